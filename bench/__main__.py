@@ -1,0 +1,32 @@
+"""`python -m headwater.bench NAME [options]`: run one benchmark by name.
+
+Each benchmark is a module of this package with a ``main(argv) -> int``; ``--help`` after the
+name shows its options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = {
+    "objstore": "Headwater's S3 gateway against OpenStack Swift (s3api), with machine ceilings",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help") or args[0] not in BENCHES:
+        out = sys.stdout if args and args[0] in ("-h", "--help") else sys.stderr
+        if args and args[0] not in ("-h", "--help"):
+            print(f"unknown benchmark {args[0]!r}", file=out)
+        print("usage: python -m headwater.bench NAME [options]   (NAME --help for its options)", file=out)
+        for name, what in BENCHES.items():
+            print(f"  {name:<10} {what}", file=out)
+        return 0 if out is sys.stdout else 2
+    module = importlib.import_module(f"{__package__ or 'headwater.bench'}.{args[0]}")
+    return module.main(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

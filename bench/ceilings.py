@@ -1,0 +1,201 @@
+"""What this machine can do at most, measured in the same run as the store benchmarks.
+
+Each function times one resource the object store leans on — erasure coding, hashing, fsync'd
+writes to the data disk, loopback TCP — so a store figure can be read against the ceiling it can
+never pass. CPU-bound figures are single-threaded (one core), which is how one gateway worker
+runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Ceiling", "zfec_codec", "md5", "fsync_writes", "fsync_small_files", "loopback_tcp",
+           "parse_iperf3"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GB = 1e9
+MB = 1e6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ceiling:
+    """One measured ceiling: ``value`` in ``unit``, and how it was measured."""
+
+    name: str
+    value: float
+    unit: str
+    how: str
+
+
+def _timed_loop(step, min_seconds: float) -> tuple[int, float]:
+    """Run ``step()`` until ``min_seconds`` have passed; return (iterations, seconds)."""
+    step()  # warm up (tables, page faults)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return n, elapsed
+
+
+def zfec_codec(*, k: int = 4, m: int = 2, stripe_bytes: int = 1 * MiB,
+               seconds: float = 1.0) -> list[Ceiling]:
+    """zfec encode (k data -> m parity) and decode (rebuild with m data fragments lost), GB/s of
+    user data, one core."""
+    import zfec
+
+    frag = -(-stripe_bytes // k)
+    data = os.urandom(frag * k)
+    blocks = tuple(data[i * frag:(i + 1) * frag] for i in range(k))
+    enc = zfec.Encoder(k, k + m)
+    parity_ids = tuple(range(k, k + m))
+    parity = enc.encode(blocks, parity_ids)
+    n, s = _timed_loop(lambda: enc.encode(blocks, parity_ids), seconds)
+    encode = n * frag * k / s / GB
+
+    # Worst case: the first m data fragments are gone, so m of the k outputs need the matrix.
+    have = blocks[m:] + tuple(parity)
+    have_ids = tuple(range(m, k)) + parity_ids
+    dec = zfec.Decoder(k, k + m)
+    out = dec.decode(have, have_ids)
+    if b"".join(bytes(b) for b in out) != data:
+        raise AssertionError("zfec decode did not give the stripe back")
+    n, s = _timed_loop(lambda: dec.decode(have, have_ids), seconds)
+    decode = n * frag * k / s / GB
+    what = f"zfec {k}+{m}, {stripe_bytes // KiB} KiB stripes, 1 core"
+    return [Ceiling(name="zfec encode", value=encode, unit="GB/s", how=what),
+            Ceiling(name="zfec decode", value=decode, unit="GB/s", how=f"{what}, {m} data fragments lost")]
+
+
+def md5(*, seconds: float = 1.0, chunk_bytes: int = 1 * MiB) -> Ceiling:
+    """hashlib MD5 (what an S3 ETag costs), GB/s, one core."""
+    buf = os.urandom(chunk_bytes)
+    h = hashlib.md5()
+    n, s = _timed_loop(lambda: h.update(buf), seconds)
+    return Ceiling(name="MD5", value=n * chunk_bytes / s / GB, unit="GB/s",
+                   how=f"hashlib.md5, {chunk_bytes // KiB} KiB updates, 1 core")
+
+
+def fsync_writes(directory: Path, *, file_bytes: int = 1 * MiB, total_bytes: int = 256 * MiB) -> Ceiling:
+    """Write ``file_bytes`` files and fsync each (and the directory at the end), MB/s."""
+    buf = os.urandom(file_bytes)
+    count = max(1, total_bytes // file_bytes)
+    with tempfile.TemporaryDirectory(prefix="hw-fsync-", dir=directory) as d:
+        t0 = time.perf_counter()
+        for i in range(count):
+            fd = os.open(os.path.join(d, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, buf)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        s = time.perf_counter() - t0
+    return Ceiling(name="fsync'd writes", value=count * file_bytes / s / MB, unit="MB/s",
+                   how=f"{count} x {file_bytes // KiB} KiB files written+fsynced in {directory}")
+
+
+def fsync_small_files(directory: Path, *, file_bytes: int = 4 * KiB, count: int = 500) -> Ceiling:
+    """Create, write and fsync small files one after another, files/s (bounds small PUTs/s per
+    writer that waits for its fsync)."""
+    buf = os.urandom(file_bytes)
+    with tempfile.TemporaryDirectory(prefix="hw-fsync-", dir=directory) as d:
+        t0 = time.perf_counter()
+        for i in range(count):
+            fd = os.open(os.path.join(d, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, buf)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        s = time.perf_counter() - t0
+    return Ceiling(name="fsync'd small files", value=count / s, unit="files/s",
+                   how=f"{count} x {file_bytes // KiB} KiB files written+fsynced one at a time in {directory}")
+
+
+def parse_iperf3(text: str) -> float:
+    """Receiver-side bits/s from ``iperf3 -J`` output."""
+    doc = json.loads(text)
+    if "error" in doc:
+        raise ValueError(doc["error"])
+    return float(doc["end"]["sum_received"]["bits_per_second"])
+
+
+def loopback_tcp(*, seconds: float = 3.0, port: int = 15201) -> Ceiling:
+    """One TCP stream over 127.0.0.1, GB/s: iperf3 when installed, else a Python socket loop."""
+    iperf = shutil.which("iperf3")
+    if iperf:
+        server = subprocess.Popen([iperf, "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        try:
+            # No probe connection: it would use up the server's one (-1) test. Retry instead.
+            for _ in range(20):
+                time.sleep(0.2)
+                r = subprocess.run([iperf, "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"],
+                                   capture_output=True, text=True, timeout=seconds + 30)
+                if r.returncode == 0 or server.poll() is not None:
+                    break
+            bps = parse_iperf3(r.stdout)
+            return Ceiling(name="loopback TCP", value=bps / 8 / GB, unit="GB/s",
+                           how=f"iperf3, 1 stream, {seconds:g} s")
+        except (ValueError, KeyError, subprocess.SubprocessError, OSError):
+            pass  # fall back to the Python loop below
+        finally:
+            if server.poll() is None:
+                server.terminate()
+            try:
+                server.wait(5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return _python_tcp(seconds)
+
+
+def _python_tcp(seconds: float) -> Ceiling:
+    chunk = 1 * MiB
+    buf = os.urandom(chunk)
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = [0]
+
+    def sink() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            rb = bytearray(chunk)
+            view = memoryview(rb)
+            while True:
+                n = conn.recv_into(view)
+                if not n:
+                    return
+                received[0] += n
+
+    t = threading.Thread(target=sink, daemon=True)
+    t.start()
+    client = socket.create_connection(listener.getsockname())
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        client.sendall(buf)
+    client.shutdown(socket.SHUT_WR)
+    t.join()
+    s = time.perf_counter() - t0
+    client.close()
+    listener.close()
+    return Ceiling(name="loopback TCP", value=received[0] / s / GB, unit="GB/s",
+                   how=f"Python socket loop (no iperf3), 1 stream, {seconds:g} s")

@@ -1,0 +1,438 @@
+"""`python -m headwater.bench objstore`: Headwater's S3 gateway against OpenStack Swift (s3api).
+
+One run measures the machine's ceilings, then starts a temporary Headwater cluster and a
+temporary one-node Swift in turn (never both at once), drives the same workloads at each with
+s5cmd, and prints one table: our figure, Swift's, the ratio, the goal, and the ceiling that
+bounds the workload. Machines are noisy and shared, so the ratios and ceilings of one run are
+what to read, not the absolute numbers. Goals are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from . import ceilings as _ceilings
+from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd
+from .peers import Endpoint, PeerError, external_endpoint, headwater_cluster, swift_saio
+
+__all__ = ["main", "Sizes", "Row", "ROWS", "ratio", "goal_met", "render_table", "fmt_value"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+# --- what is measured --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sizes:
+    """Object sizes and counts of one run."""
+
+    big_bytes: int = 64 * MiB
+    big_objects_1: int = 8          # objects moved by the single client
+    big_objects_8: int = 32         # objects moved by the 8 clients
+    big_clients: int = 8
+    small_bytes: int = 4 * KiB
+    small_objects: int = 2000
+    small_clients: int = 32
+    stream_bytes: int = 1 * GiB     # objects streamed in and out while gateway RSS is sampled
+    stream_clients: int = 8
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(big_objects_1=2, big_objects_8=8, small_objects=400, stream_bytes=256 * MiB)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    """One line of the report: which result, how to show it, and the goal beside it."""
+
+    key: str
+    label: str
+    unit: str
+    min_ratio: float | None = None      # goal: ours/Swift at least this
+    max_value: float | None = None      # goal: ours at most this (absolute)
+    ceilings: tuple[str, ...] = ()      # names of the ceilings that bound this workload
+
+    @property
+    def goal_text(self) -> str:
+        if self.min_ratio is not None:
+            return f">= {self.min_ratio:g}x Swift"
+        if self.max_value is not None:
+            return f"< {self.max_value:g} {self.unit}"
+        return ""
+
+
+ROWS: tuple[Row, ...] = (
+    Row(key="put_big_1", label="PUT 64 MiB, 1 client", unit="MB/s", min_ratio=1.5,
+        ceilings=("fsync'd writes", "zfec encode", "MD5")),
+    Row(key="get_big_1", label="GET 64 MiB, 1 client", unit="MB/s", min_ratio=2.0,
+        ceilings=("loopback TCP", "zfec decode")),
+    Row(key="put_big_8", label="PUT 64 MiB, 8 clients", unit="MB/s", min_ratio=1.5,
+        ceilings=("fsync'd writes", "zfec encode", "MD5")),
+    Row(key="get_big_8", label="GET 64 MiB, 8 clients", unit="MB/s", min_ratio=2.0,
+        ceilings=("loopback TCP", "zfec decode")),
+    Row(key="put_small", label="PUT 4 KiB, 32 clients", unit="ops/s", min_ratio=2.0,
+        ceilings=("fsync'd small files",)),
+    Row(key="get_small", label="GET 4 KiB, 32 clients", unit="ops/s"),
+    Row(key="head_small", label="HEAD 4 KiB, 32 clients", unit="ops/s"),
+    Row(key="rss", label="gateway peak RSS, 8 x 1 GiB in+out", unit="MiB", max_value=300.0),
+)
+
+
+# --- pure report maths -------------------------------------------------------------------------
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    """ours / theirs, or None when either is missing or theirs is zero."""
+    if ours is None or theirs is None or theirs <= 0:
+        return None
+    return ours / theirs
+
+
+def goal_met(row: Row, ours: float | None, theirs: float | None) -> bool | None:
+    """Whether ``row``'s goal is met; None when it cannot be judged (a figure is missing)."""
+    if row.min_ratio is not None:
+        r = ratio(ours, theirs)
+        return None if r is None else r >= row.min_ratio
+    if row.max_value is not None:
+        return None if ours is None else ours < row.max_value
+    return None
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit in ("ops/s", "files/s") or value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_ceiling(c: dict) -> str:
+    return f"{c['name']} {fmt_value(c['value'], c['unit'])} {c['unit']}"
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def numeric(cell: str) -> bool:
+        s = cell.replace(",", "").replace(".", "").replace("x", "").strip()
+        return s.isdigit()
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for i, c in enumerate(cells):
+            c = str(c)
+            out.append(c.rjust(widths[i]) if numeric(c) else c.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def report_rows(results: dict, ceilings: list[dict]) -> list[dict]:
+    """One dict per ROWS entry with both figures, the ratio, the goal and the ceilings."""
+    by_name = {c["name"]: c for c in ceilings}
+    ours = results.get("ours", {}).get("results", {})
+    swift = results.get("swift", {}).get("results", {})
+    out = []
+    for row in ROWS:
+        a = (ours.get(row.key) or {}).get("value")
+        b = (swift.get(row.key) or {}).get("value")
+        out.append({
+            "key": row.key, "label": row.label, "unit": row.unit, "ours": a, "swift": b,
+            "ratio": ratio(a, b), "goal": row.goal_text, "goal_met": goal_met(row, a, b),
+            "ceiling": "; ".join(fmt_ceiling(by_name[n]) for n in row.ceilings if n in by_name),
+        })
+    return out
+
+
+def render_report(doc: dict) -> str:
+    rows = []
+    for r in doc["rows"]:
+        status = {True: "met", False: "NOT met", None: ""}[r["goal_met"]]
+        goal = f"{r['goal']} ({status})" if r["goal"] and status else r["goal"]
+        rows.append([f"{r['label']} ({r['unit']})", fmt_value(r["ours"], r["unit"]),
+                     fmt_value(r["swift"], r["unit"]),
+                     "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", goal, r["ceiling"] or "-"])
+    out = [render_table(["workload", "Headwater", "Swift", "ours/Swift", "goal", "ceiling (same run)"], rows)]
+    out.append("")
+    for name in ("ours", "swift"):
+        t = doc["targets"].get(name)
+        if not t:
+            continue
+        out.append(f"{'Headwater' if name == 'ours' else 'Swift'}: {t['description']}")
+        if t.get("error"):
+            out.append(f"  failed: {t['error']}")
+        for key, res in t.get("results", {}).items():
+            if res.get("errors"):
+                out.append(f"  {key}: {res['errors']}/{res['ops']} requests failed, first: {res['first_error']}")
+    if doc["ceilings"]:
+        out.append("")
+        out.append("Ceilings (this machine, this run):")
+        for c in doc["ceilings"]:
+            out.append(f"  {c['name']:<20} {fmt_value(c['value'], c['unit']):>8} {c['unit']:<8} {c['how']}")
+    cores = [(name, key, res["client_cores"]) for name, t in doc["targets"].items()
+             for key, res in t.get("results", {}).items() if res.get("client_cores") is not None]
+    if cores:
+        worst = max(cores, key=lambda x: x[2])
+        out.append("")
+        out.append(f"Load generators: s5cmd (64 MiB, streams), a SigV4 http.client driver (4 KiB); the busiest batch used {worst[2]:.2f} of "
+                   f"{os.cpu_count()} cores ({worst[0]} {worst[1]}). "
+                   f"Sizes: {doc['sizes_text']}.")
+    return "\n".join(out)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _write_random(path: Path, size: int) -> None:
+    chunk = os.urandom(4 * MiB)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            f.write(chunk[:min(left, len(chunk))])
+            left -= len(chunk)
+
+
+def _batch_result(b: Batch, unit: str) -> dict:
+    value = b.mb_per_s if unit == "MB/s" else b.ops_per_s
+    return {"value": value if b.ok_ops else None, "unit": unit, "ops": b.ops, "errors": b.errors,
+            "seconds": round(b.seconds, 3), "clients": b.clients, "object_bytes": b.bytes,
+            "client_cores": round(b.client_cores, 3), "first_error": b.first_error}
+
+
+def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], label: str) -> dict:
+    """Every workload against one endpoint, in order; returns {row key: result dict}."""
+    bucket = f"hwbench-{os.getpid()}-{secrets.token_hex(3)}"
+    s5.make_bucket(bucket)
+    results: dict[str, dict] = {}
+
+    def record(key: str, b: Batch, unit: str) -> None:
+        results[key] = _batch_result(b, unit)
+        v = results[key]["value"]
+        err = f", {b.errors} errors ({b.first_error[:120]})" if b.errors else ""
+        _say(f"  {label}: {key:<11} {fmt_value(v, unit):>8} {unit:<5} "
+             f"{b.ops} x {b.bytes} B in {b.seconds:.1f} s, client {b.client_cores:.2f} cores{err}")
+
+    try:
+        keys1 = [f"big1/{i:05d}" for i in range(sizes.big_objects_1)]
+        keys8 = [f"big8/{i:05d}" for i in range(sizes.big_objects_8)]
+        record("put_big_1", s5.put("put_big_1", sources["big"], bucket, keys1, clients=1), "MB/s")
+        record("get_big_1", s5.get("get_big_1", bucket, keys1, object_bytes=sizes.big_bytes, clients=1), "MB/s")
+        record("put_big_8", s5.put("put_big_8", sources["big"], bucket, keys8, clients=sizes.big_clients), "MB/s")
+        record("get_big_8", s5.get("get_big_8", bucket, keys8, object_bytes=sizes.big_bytes,
+                                   clients=sizes.big_clients), "MB/s")
+        s5.delete_prefix(bucket, "big")
+
+        keys_s = [f"small/{i:06d}" for i in range(sizes.small_objects)]
+        n = sizes.small_clients
+        body = sources["small"].read_bytes()
+        http = HttpDriver(ep)
+        record("put_small", http.run("put", "put_small", bucket, keys_s, clients=n, body=body,
+                                     object_bytes=len(body)), "ops/s")
+        record("get_small", http.run("get", "get_small", bucket, keys_s, clients=n,
+                                     object_bytes=len(body)), "ops/s")
+        record("head_small", http.run("head", "head_small", bucket, keys_s, clients=n), "ops/s")
+        s5.delete_prefix(bucket, "small")
+
+        keys_x = [f"stream/{i:03d}" for i in range(sizes.stream_clients)]
+        with RssSampler(ep.server_pids) as rss:
+            put = s5.put("stream_put", sources["stream"], bucket, keys_x, clients=sizes.stream_clients)
+            get = s5.get("stream_get", bucket, keys_x, object_bytes=sizes.stream_bytes,
+                         clients=sizes.stream_clients)
+        record("stream_put", put, "MB/s")
+        record("stream_get", get, "MB/s")
+        results["rss"] = {"value": rss.peak_total_mib if rss.samples else None, "unit": "MiB",
+                          "peak_process_hwm_mib": round(rss.peak_process_mib, 1),
+                          "processes": rss.processes, "samples": rss.samples,
+                          "first_error": "" if rss.samples else "no gateway process found to sample"}
+        _say(f"  {label}: rss         {fmt_value(results['rss']['value'], 'MiB'):>8} MiB   "
+             f"summed over {rss.processes} processes, {rss.samples} samples; "
+             f"largest one process VmHWM {rss.peak_process_mib:.0f} MiB")
+    finally:
+        err = s5.remove_bucket(bucket)
+        if err:
+            _say(f"  {label}: could not remove bucket {bucket}: {err}")
+    return results
+
+
+def _run_target(name: str, peer: contextlib.AbstractContextManager[Endpoint], sizes: Sizes,
+                sources: dict[str, Path], scratch: Path) -> dict:
+    _say(f"{name}: starting")
+    t0 = time.monotonic()
+    out: dict = {"description": "", "results": {}}
+    try:
+        with peer as ep:
+            out["description"] = ep.description
+            out["url"] = ep.url
+            _say(f"{name}: {ep.description} at {ep.url} (ready in {time.monotonic() - t0:.0f} s)")
+            out["results"] = measure(ep, S5cmd(ep, scratch), sizes, sources, name)
+    except (PeerError, LoadError, OSError) as e:
+        out["error"] = str(e)[:2000]
+        _say(f"{name}: FAILED: {e}")
+    return out
+
+
+def _fit_stream(sizes: Sizes, directory: Path, replicas: int) -> Sizes:
+    """Shrink the 1 GiB stream objects if the data disk cannot hold them ``replicas`` times."""
+    free = shutil.disk_usage(directory).free
+    size = sizes.stream_bytes
+    while size > 64 * MiB and size * sizes.stream_clients * (replicas + 0.5) + 4 * GiB > free:
+        size //= 2
+    if size != sizes.stream_bytes:
+        _say(f"note: only {free / GiB:.0f} GiB free in {directory}: stream objects shrunk to {size // MiB} MiB")
+    return replace(sizes, stream_bytes=size)
+
+
+def _sizes_text(s: Sizes) -> str:
+    return (f"{s.big_objects_1}+{s.big_objects_8} x {s.big_bytes // MiB} MiB, "
+            f"{s.small_objects} x {s.small_bytes // KiB} KiB, "
+            f"{s.stream_clients} x {s.stream_bytes // MiB} MiB streamed")
+
+
+@contextlib.contextmanager
+def _sources(sizes: Sizes, scratch: Path) -> Iterator[dict[str, Path]]:
+    """Random source files, on tmpfs when there is one so reading them costs no disk."""
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(prefix="hwbench-src-", dir=shm if shm.is_dir() else scratch))
+    try:
+        paths = {"big": base / "big", "small": base / "small", "stream": base / "stream"}
+        _write_random(paths["big"], sizes.big_bytes)
+        _write_random(paths["small"], sizes.small_bytes)
+        _write_random(paths["stream"], sizes.stream_bytes)
+        yield paths
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _measure_ceilings(data_dir: Path, quick: bool) -> list[dict]:
+    _say(f"ceilings: measuring (fsync in {data_dir})")
+    found: list[_ceilings.Ceiling] = []
+    seconds = 0.5 if quick else 1.5
+    found += _ceilings.zfec_codec(seconds=seconds)
+    found.append(_ceilings.md5(seconds=seconds))
+    found.append(_ceilings.fsync_writes(data_dir, total_bytes=(256 if quick else 1024) * MiB))
+    found.append(_ceilings.fsync_small_files(data_dir, count=200 if quick else 1000))
+    found.append(_ceilings.loopback_tcp(seconds=2.0 if quick else 5.0))
+    for c in found:
+        _say(f"  {c.name}: {fmt_value(c.value, c.unit)} {c.unit}  ({c.how})")
+    return [asdict(c) for c in found]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m headwater.bench objstore", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", type=Path, default=Path("cluster.toml"),
+                   help="cluster.toml to copy for the temporary cluster (default: ./cluster.toml)")
+    p.add_argument("--quick", action="store_true", help="small sizes and counts: a 1-2 minute smoke run")
+    p.add_argument("--no-swift", action="store_true", help="do not start or measure Swift")
+    p.add_argument("--ours-only", action="store_true", help="measure only Headwater (implies --no-swift)")
+    p.add_argument("--no-ours", action="store_true", help="measure only Swift and the ceilings")
+    p.add_argument("--no-ceilings", action="store_true", help="skip the machine ceilings")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="measure this running S3 endpoint as ours instead of starting a cluster")
+    p.add_argument("--access-key", help="with --endpoint (default: the first [[users]] of --config)")
+    p.add_argument("--secret-key", help="with --endpoint (default: the first [[users]] of --config)")
+    p.add_argument("--gateway-pid", type=int, action="append", default=[],
+                   help="with --endpoint: a gateway process to sample for RSS (repeatable; its "
+                        "children count too). Default: scan /proc for `headwater node s3`")
+    p.add_argument("--port-offset", type=int, default=10000,
+                   help="added to every port of the copied cluster.toml (default 10000: S3 on 19000)")
+    p.add_argument("--swift-port-base", type=int, default=16010,
+                   help="Swift object server port; container +1, account +2, proxy +70, memcached +201")
+    p.add_argument("--swift-replicas", type=int, default=3)
+    p.add_argument("--workers", type=int, help="Swift workers per server (default: our gateway's workers)")
+    p.add_argument("--work-dir", type=Path,
+                   help="where the temporary clusters keep their data (default: a new temp dir, removed after)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes()
+    no_swift = args.no_swift or args.ours_only
+    keep_work = args.work_dir is not None
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="headwater-bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = work / "scratch"
+    scratch.mkdir(exist_ok=True)
+
+    users, workers, region = [], 2, "us-east-1"
+    try:
+        from headwater import config as hwconfig
+        cfg = hwconfig.load(args.config)
+        users = list(cfg.users)
+        workers = cfg.gateway.workers if cfg.gateway else workers
+        region = cfg.objstore.region
+    except Exception as e:  # noqa: BLE001 - the config is only needed for defaults here
+        if not args.no_ours and not args.endpoint:
+            _say(f"cannot read {args.config}: {e}")
+            return 2
+    swift_workers = args.workers or workers
+
+    doc: dict = {
+        "bench": "objstore", "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "quick": args.quick, "sizes": asdict(sizes), "ceilings": [], "targets": {},
+    }
+    try:
+        if not args.no_ceilings:
+            doc["ceilings"] = _measure_ceilings(work, args.quick)
+        sizes = _fit_stream(sizes, work, 1 if no_swift else args.swift_replicas)
+        doc["sizes"] = asdict(sizes)
+        doc["sizes_text"] = _sizes_text(sizes)
+        with _sources(sizes, scratch) as sources:
+            if not args.no_ours:
+                if args.endpoint:
+                    ak = args.access_key or (users[0].access_key if users else "")
+                    sk = args.secret_key or (users[0].secret_key if users else "")
+                    ep = external_endpoint(args.endpoint, access_key=ak, secret_key=sk, region=region)
+                    if args.gateway_pid:
+                        from .peers import _tree
+                        pids = list(args.gateway_pid)
+                        ep = replace(ep, server_pids=lambda: [q for p in pids for q in _tree(p)])
+                    peer: contextlib.AbstractContextManager[Endpoint] = contextlib.nullcontext(ep)
+                else:
+                    peer = headwater_cluster(args.config.resolve(), work / "headwater",
+                                             port_offset=args.port_offset)
+                doc["targets"]["ours"] = _run_target("headwater", peer, sizes, sources, scratch)
+                shutil.rmtree(work / "headwater" / "var", ignore_errors=True)
+            if not no_swift:
+                peer = swift_saio(work / "swift", replicas=args.swift_replicas, workers=swift_workers,
+                                  port_base=args.swift_port_base)
+                doc["targets"]["swift"] = _run_target("swift", peer, sizes, sources, scratch)
+    except KeyboardInterrupt:
+        _say("interrupted: servers stopped")
+        return 130
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    doc["rows"] = report_rows(doc["targets"], doc["ceilings"])
+    print(render_report(doc))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        _say(f"results written to {args.json}")
+    return 0

@@ -1,0 +1,80 @@
+"""The admin endpoint every daemon serves on its ``admin_port``: GET /healthz and GET /metrics.
+
+``health()`` returns a dict of what the daemon wants operators to see (free space, entries, EC
+scheme). It reports trouble with ``"status"`` set to anything but ``"ok"`` (or by raising), which
+answers 503. ``pid`` is added when the dict has none, so ``headwater status`` can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .config import HttpLimits
+from .http.types import Request, Response
+from .metrics import CONTENT_TYPE, Registry
+
+__all__ = ["serve_admin", "admin_app", "ADMIN_LIMITS"]
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+# Scrapers and health probes send tiny requests; nothing here needs a body.
+ADMIN_LIMITS = HttpLimits(max_header_bytes=16 * 1024, max_body_bytes=0, header_timeout_s=5.0,
+                          idle_timeout_s=30.0, body_timeout_s=5.0, max_concurrent_streams=16,
+                          max_connections=256)
+
+
+def _json(status: int, doc: dict[str, Any], head: bool) -> Response:
+    body = json.dumps(doc, default=str, separators=(",", ":")).encode() + b"\n"
+    headers = [("content-type", "application/json"), ("content-length", str(len(body))),
+               ("cache-control", "no-store")]
+    return Response(status=status, headers=headers, body=b"" if head else body)
+
+
+def _text(status: int, text: str, head: bool, content_type: str = "text/plain; charset=utf-8",
+          extra: list[tuple[str, str]] | None = None) -> Response:
+    body = text.encode()
+    headers = [("content-type", content_type), ("content-length", str(len(body))),
+               ("cache-control", "no-store"), *(extra or [])]
+    return Response(status=status, headers=headers, body=b"" if head else body)
+
+
+def admin_app(*, health: HealthCheck, registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+    """The admin endpoint as an HTTP app (usable without a socket in tests)."""
+
+    async def app(request: Request) -> Response:
+        head = request.method == "HEAD"
+        if request.path not in ("/healthz", "/metrics"):
+            return _text(404, "not found: try /healthz or /metrics\n", head)
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, "method not allowed\n", head, extra=[("allow", "GET, HEAD")])
+        if request.path == "/metrics":
+            return _text(200, registry.render(), head, CONTENT_TYPE)
+        try:
+            report = dict(await health())
+        except Exception as e:  # a failing check means unhealthy, not a broken endpoint
+            report = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+        report.setdefault("status", "ok")
+        report.setdefault("pid", os.getpid())
+        doc = {"status": report.pop("status"), **report}
+        return _json(200 if doc["status"] == "ok" else 503, doc, head)
+
+    return app
+
+
+async def serve_admin(*, host: str, port: int, health: HealthCheck, registry: Registry,
+                      reuse_port: bool = False,
+                      task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve /healthz and /metrics on ``host:port`` until cancelled.
+
+    ``task_status.started()`` fires once the port is listening. Gateway workers pass
+    ``reuse_port=True`` so all of them answer on the one admin port.
+    """
+    from .http.server import serve  # the server core imports more than a health check needs
+
+    await serve(admin_app(health=health, registry=registry), host=host, port=port,
+                limits=ADMIN_LIMITS, reuse_port=reuse_port, task_status=task_status)

@@ -1,0 +1,84 @@
+"""Errors of the HTTP server core, one root (``HttpError``), each class carrying its wire mapping.
+
+``http_status`` is what the core answers when the error escapes before the response head is
+sent; ``h2_error_code`` is the RST_STREAM / GOAWAY code used on HTTP/2. The mapping to the wire
+happens in one place, ``headwater.http.server``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HttpError",
+    "ClientDisconnected",
+    "ProtocolError",
+    "BadRequest",
+    "HeadersTooLarge",
+    "PayloadTooLarge",
+    "RequestTimeout",
+    "UnsupportedTransferCoding",
+    "LocalProtocolError",
+]
+
+# RFC 9113 section 7 error codes.
+H2_NO_ERROR = 0x0
+H2_PROTOCOL_ERROR = 0x1
+H2_INTERNAL_ERROR = 0x2
+H2_REFUSED_STREAM = 0x7
+H2_CANCEL = 0x8
+
+
+class HttpError(Exception):
+    """Root of every error the HTTP core raises."""
+
+    http_status: int = 500
+    h2_error_code: int = H2_INTERNAL_ERROR
+
+
+class ClientDisconnected(HttpError):
+    """The peer went away (closed the connection or reset the stream) before the exchange ended.
+
+    Raised by ``RequestBody.receive``. Nothing is written back: there is nobody to write to.
+    """
+
+    http_status = 499  # nginx's "client closed request"; never sent
+    h2_error_code = H2_CANCEL
+
+
+class ProtocolError(HttpError):
+    """The peer broke HTTP: the request is answered with ``http_status`` and the connection closed."""
+
+    http_status = 400
+    h2_error_code = H2_PROTOCOL_ERROR
+
+
+class BadRequest(ProtocolError):
+    http_status = 400
+
+
+class HeadersTooLarge(ProtocolError):
+    http_status = 431
+
+
+class PayloadTooLarge(ProtocolError):
+    """The declared (or received) body exceeds ``HttpLimits.max_body_bytes``."""
+
+    http_status = 413
+    h2_error_code = H2_REFUSED_STREAM
+
+
+class RequestTimeout(ProtocolError):
+    """The peer was too slow sending the head (header_timeout_s) or the body (body_timeout_s)."""
+
+    http_status = 408
+    h2_error_code = H2_CANCEL
+
+
+class UnsupportedTransferCoding(ProtocolError):
+    http_status = 501
+
+
+class LocalProtocolError(HttpError):
+    """The app handed the core something it cannot send (bad header, wrong content-length)."""
+
+    http_status = 500
+    h2_error_code = H2_INTERNAL_ERROR

@@ -1,0 +1,338 @@
+"""HTTP/2 server connection, sans-IO: a thin adapter over the ``h2`` state machine.
+
+It turns h2's frames-level events into the request-level events the shell needs (one
+``StreamRequest`` per stream, its ``StreamData``, ``StreamEnd``, ``StreamReset``), applies the
+HttpLimits (SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_HEADER_LIST_SIZE, body size), and
+turns app responses into HEADERS/DATA frames. Flow control is explicit: the shell asks
+``outbound_window(stream_id)`` before sending DATA and calls ``acknowledge(stream_id, n)`` once
+the app has consumed received bytes, which is what re-opens the peer's window (backpressure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from headwater.config import HttpLimits, KiB, MiB
+from headwater.http.errors import (
+    H2_NO_ERROR,
+    H2_PROTOCOL_ERROR,
+    BadRequest,
+    LocalProtocolError,
+    PayloadTooLarge,
+    ProtocolError,
+)
+from headwater.http.h1 import SERVER_NAME, check_field, http_date
+
+__all__ = [
+    "PREFACE",
+    "H2Connection",
+    "StreamRequest",
+    "StreamData",
+    "StreamEnd",
+    "StreamReset",
+    "StreamInvalid",
+    "WindowOpened",
+    "ConnectionEnded",
+]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+STREAM_WINDOW_BYTES = 256 * KiB
+CONNECTION_WINDOW_BYTES = 1 * MiB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRequest:
+    stream_id: int
+    method: str
+    target: str
+    authority: str
+    scheme: str
+    headers: list[tuple[str, str]]
+    content_length: int | None
+    expects_continue: bool
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamData:
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnd:
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamReset:
+    """The peer reset the stream (RST_STREAM): its request is abandoned."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamInvalid:
+    """The stream broke a limit or the protocol; the shell answers ``error.http_status``."""
+
+    stream_id: int
+    error: ProtocolError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowOpened:
+    """Send windows grew (WINDOW_UPDATE or SETTINGS); stream 0 means the connection or all."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionEnded:
+    """GOAWAY received, or the peer broke the protocol (our GOAWAY is then queued)."""
+
+    error_code: int
+    reason: str = ""
+
+
+Event = StreamRequest | StreamData | StreamEnd | StreamReset | StreamInvalid | WindowOpened | ConnectionEnded
+
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+                         "proxy-connection", "trailer"})
+
+
+class H2Connection:
+    """One HTTP/2 server connection."""
+
+    def __init__(self, limits: HttpLimits = HttpLimits(), *,
+                 stream_window: int = STREAM_WINDOW_BYTES,
+                 connection_window: int = CONNECTION_WINDOW_BYTES) -> None:
+        self.limits = limits
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._conn = h2.connection.H2Connection(config=config)
+        self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        })
+        self._connection_window = connection_window
+        self._body_bytes: dict[int, int] = {}
+        self._declared: dict[int, int | None] = {}
+        self.closed = False
+
+    def initiate(self) -> None:
+        """Queue the server preface (SETTINGS, and the connection window increase)."""
+        self._conn.initiate_connection()
+        extra = self._connection_window - 65535
+        if extra > 0:
+            self._conn.increment_flow_control_window(extra)
+
+    # --- input -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.closed:
+            return []
+        if not data:
+            self.closed = True
+            return [ConnectionEnded(error_code=H2_NO_ERROR, reason="peer closed the connection")]
+        try:
+            raw = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self.closed = True  # h2 has queued GOAWAY with the matching code
+            return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
+                                    reason=str(e))]
+        out: list[Event] = []
+        for ev in raw:
+            t = type(ev)
+            if t is h2.events.DataReceived:
+                sid = ev.stream_id
+                n = self._body_bytes.get(sid, 0) + len(ev.data)
+                self._body_bytes[sid] = n
+                if n > self.limits.max_body_bytes:
+                    self.acknowledge(sid, ev.flow_controlled_length)
+                    self._reset_quietly(sid, H2_PROTOCOL_ERROR)
+                    out.append(StreamInvalid(stream_id=sid, error=PayloadTooLarge(
+                        "body exceeds max_body_bytes")))
+                    continue
+                out.append(StreamData(stream_id=sid, data=ev.data,
+                                      flow_controlled_length=ev.flow_controlled_length))
+            elif t is h2.events.RequestReceived:
+                out.append(self._request(ev))
+            elif t is h2.events.StreamEnded:  # also follows a HEADERS or DATA with END_STREAM
+                out.append(StreamEnd(stream_id=ev.stream_id))
+            elif t is h2.events.StreamReset:
+                self._forget(ev.stream_id)
+                out.append(StreamReset(stream_id=ev.stream_id, error_code=int(ev.error_code)))
+            elif t is h2.events.WindowUpdated:
+                out.append(WindowOpened(stream_id=ev.stream_id))
+            elif t is h2.events.RemoteSettingsChanged:
+                out.append(WindowOpened(stream_id=0))
+            elif t is h2.events.ConnectionTerminated:
+                self.closed = True
+                out.append(ConnectionEnded(error_code=int(ev.error_code),
+                                           reason=(ev.additional_data or b"").decode("latin-1")))
+            # PingReceived, SettingsAcknowledged, PriorityUpdated, TrailersReceived: h2 already
+            # queued whatever answer they need.
+        return out
+
+    def _request(self, ev: h2.events.RequestReceived) -> StreamRequest | StreamInvalid:
+        sid = ev.stream_id
+        method = target = authority = scheme = ""
+        headers: list[tuple[str, str]] = []
+        content_length: int | None = None
+        expects_continue = False
+        has_host = False
+        for raw_name, raw_value in ev.headers:
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            if name[0] == ":":
+                if name == ":method":
+                    method = value
+                elif name == ":path":
+                    target = value
+                elif name == ":authority":
+                    authority = value
+                elif name == ":scheme":
+                    scheme = value
+                continue
+            headers.append((name, value))
+            if name == "content-length":
+                if not value.isdigit():
+                    return StreamInvalid(stream_id=sid, error=BadRequest("invalid content-length"))
+                content_length = int(value)
+            elif name == "host":
+                has_host = True
+                authority = authority or value
+            elif name == "expect" and value.lower() == "100-continue":
+                expects_continue = True
+        if not has_host and authority:
+            headers.append(("host", authority))
+        self._declared[sid] = content_length
+        if content_length is not None and content_length > self.limits.max_body_bytes:
+            return StreamInvalid(stream_id=sid, error=PayloadTooLarge(
+                f"declared body of {content_length} bytes exceeds the limit"))
+        return StreamRequest(stream_id=sid, method=method, target=target, authority=authority,
+                             scheme=scheme, headers=headers, content_length=content_length,
+                             expects_continue=expects_continue,
+                             end_stream=ev.stream_ended is not None)
+
+    # --- output ----------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        return self._conn.data_to_send()
+
+    def send_informational(self, stream_id: int, status: int = 100) -> None:
+        self._conn.send_headers(stream_id, [(":status", str(status))])
+
+    def send_response(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]], *,
+                      body_length: int | None, head_request: bool = False) -> bool:
+        """Queue the response HEADERS; True when that already ended the stream (no body)."""
+        if not 200 <= status <= 999:
+            raise LocalProtocolError(f"cannot send status {status} as a final response")
+        no_body = head_request or status in (204, 304)
+        out: list[tuple[str, str]] = [(":status", str(status))]
+        declared = None
+        has_date = has_server = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _HOP_BY_HOP:
+                continue
+            check_field(name, value)
+            if lname == "content-length":
+                if not value.isdigit():
+                    raise LocalProtocolError(f"bad content-length {value!r} in the response")
+                declared = int(value)
+                if status == 204:
+                    continue
+                if not no_body and body_length is not None and body_length != declared:
+                    raise LocalProtocolError(
+                        f"content-length {declared} but the body has {body_length} bytes")
+            elif lname == "date":
+                has_date = True
+            elif lname == "server":
+                has_server = True
+            out.append((lname, value))
+        if declared is None and body_length is not None and status not in (204, 304) and (
+                body_length or not head_request):
+            out.append(("content-length", str(body_length)))
+        if not has_date:
+            out.append(("date", http_date()))
+        if not has_server:
+            out.append(("server", SERVER_NAME))
+        end = no_body or body_length == 0
+        self._conn.send_headers(stream_id, out, end_stream=end)
+        return end
+
+    def outbound_window(self, stream_id: int) -> int:
+        """Bytes of DATA that may be sent on the stream now (0 when a window is exhausted)."""
+        try:
+            window = self._conn.local_flow_control_window(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            return 0
+        return min(window, self._conn.max_outbound_frame_size)
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        self._conn.send_data(stream_id, data, end_stream=end_stream)
+
+    def end_stream(self, stream_id: int) -> None:
+        self._conn.end_stream(stream_id)
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        """The app consumed ``nbytes`` flow-controlled bytes: let the peer send more."""
+        if nbytes:
+            try:
+                self._conn.acknowledge_received_data(nbytes, stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError,
+                    h2.exceptions.ProtocolError):
+                pass
+
+    def reset(self, stream_id: int, error_code: int) -> None:
+        self._reset_quietly(stream_id, error_code)
+
+    def stream_finished(self, stream_id: int) -> None:
+        """The exchange is over: forget per-stream accounting."""
+        self._forget(stream_id)
+
+    def request_complete(self, stream_id: int) -> bool:
+        """The peer has ended its side of the stream (or the stream is gone)."""
+        stream = self._conn.streams.get(stream_id)
+        return stream is None or stream.closed or stream.state_machine.state.name in (
+            "HALF_CLOSED_REMOTE", "CLOSED")
+
+    def close(self, error_code: int = H2_NO_ERROR) -> None:
+        """GOAWAY: no new streams; streams already open may finish."""
+        if not self.closed:
+            try:
+                self._conn.close_connection(error_code=error_code)
+            except h2.exceptions.ProtocolError:
+                pass
+            self.closed = True
+
+    @property
+    def open_streams(self) -> int:
+        return self._conn.open_inbound_streams
+
+    def _stream_open(self, stream_id: int) -> bool:
+        stream = self._conn.streams.get(stream_id)
+        return stream is not None and not stream.closed
+
+    def _reset_quietly(self, stream_id: int, error_code: int) -> None:
+        try:
+            self._conn.reset_stream(stream_id, error_code=error_code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError,
+                h2.exceptions.ProtocolError):
+            pass
+        self._forget(stream_id)
+
+    def _forget(self, stream_id: int) -> None:
+        self._body_bytes.pop(stream_id, None)
+        self._declared.pop(stream_id, None)

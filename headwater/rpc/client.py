@@ -1,0 +1,277 @@
+"""The RPC client: many concurrent calls multiplexed over one lazily (re)connected TCP connection.
+
+``call`` may be used from any number of tasks at once. The connection is opened on first use and
+re-opened on the first call after it is lost; calls in flight when it drops get
+:class:`Unavailable`. A refused connection raises :class:`Unavailable` at once, a silent peer after
+``connect_timeout``. Each call has a deadline (``timeout``, else ``default_timeout``) that is also
+sent to the server, and a caller that gives up sends CANCEL so the server stops working on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .errors import BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
+from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
+                    cancel_header, encode_frame, request_header)
+from .server import RECEIVE_BYTES, Reply, set_nodelay
+
+__all__ = ["RpcClient"]
+
+log = logging.getLogger("headwater.rpc")
+
+_NETWORK_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+class _Pending:
+    __slots__ = ("event", "reply", "error")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.reply: Reply | None = None
+        self.error: RpcError | None = None
+
+
+class _Connection:
+    """One TCP connection and the calls waiting on it."""
+
+    __slots__ = ("stream", "send_lock", "pending", "lost", "closed_event", "peer")
+
+    def __init__(self, stream: anyio.abc.ByteStream, peer: str):
+        self.stream = stream
+        self.peer = peer
+        self.send_lock = anyio.Lock()
+        self.pending: dict[int, _Pending] = {}
+        self.lost: str | None = None  # why the connection is unusable, once it is
+        self.closed_event = anyio.Event()
+
+    def fail(self, reason: str) -> None:
+        """Mark lost and wake every waiting call with Unavailable."""
+        if self.lost is None:
+            self.lost = reason
+        for p in self.pending.values():
+            if p.reply is None and p.error is None:
+                p.error = Unavailable(f"connection to {self.peer} lost: {self.lost}", peer=self.peer)
+                p.event.set()
+        self.pending.clear()
+
+
+class RpcClient:
+    """A client for one :class:`~headwater.rpc.server.RpcServer` address.
+
+    Use as ``async with RpcClient(host, port) as c: reply = await c.call("m", {...}, payload)``.
+    """
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 3.0,
+                 default_timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.default_timeout = default_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self._peer = f"{host}:{port}"
+        self._ids = itertools.count(1)
+        self._conn: _Connection | None = None
+        self._connect_lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self.counters = {"calls": 0, "errors": 0, "connects": 0, "bytes_out": 0, "bytes_in": 0}
+
+    def __repr__(self) -> str:
+        return f"RpcClient({self._peer!r})"
+
+    async def __aenter__(self) -> RpcClient:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._closed = False
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        tg, self._tg = self._tg, None
+        await self.aclose()
+        if tg is None:
+            return None
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(*exc_info)
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight get Unavailable. Further calls raise Unavailable."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.fail("client closed")
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(conn.stream)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.lost is None
+
+    def statistics(self) -> dict[str, int]:
+        return {**self.counters, "in_flight": len(self._conn.pending) if self._conn else 0}
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    async def call(self, method: str, args: dict | None = None,
+                   payload: bytes | bytearray | memoryview = b"", *,
+                   timeout: float | None = None) -> Reply:
+        """Call ``method`` and return its :class:`Reply`; raises the server's typed error,
+        :class:`DeadlineExceeded` after ``timeout`` seconds, :class:`Unavailable` if the peer
+        cannot be reached or the connection drops."""
+        if timeout is None:
+            timeout = self.default_timeout
+        self.counters["calls"] += 1
+        rid = next(self._ids)
+        deadline = anyio.current_time() + timeout
+        pending: _Pending | None = None
+        conn: _Connection | None = None
+        sent = False
+        try:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                conn = await self._connection(deadline)
+                remaining = deadline - anyio.current_time()
+                try:
+                    header = request_header(rid, method, args, max(0.0, remaining))
+                    buffers = encode_frame(header, payload, max_frame_bytes=self.max_frame_bytes)
+                except (FrameError, TypeError, ValueError, OverflowError) as e:
+                    raise BadRequest(str(e), method=method) from None
+                pending = _Pending()
+                conn.pending[rid] = pending
+                await self._send(conn, buffers, deadline)
+                sent = True
+                await pending.event.wait()
+            if scope.cancelled_caught and not pending_done(pending):
+                raise DeadlineExceeded(f"{method} to {self._peer} took longer than {timeout:g}s",
+                                       peer=self._peer, method=method)
+        except BaseException:
+            self.counters["errors"] += 1
+            if sent and conn is not None and not pending_done(pending) and conn.lost is None:
+                # We gave up (deadline or our own cancellation): tell the server to stop.
+                await self._send_cancel(conn, rid)
+            raise
+        finally:
+            if conn is not None:
+                conn.pending.pop(rid, None)
+        assert pending is not None
+        if pending.error is not None:
+            self.counters["errors"] += 1
+            raise pending.error
+        assert pending.reply is not None
+        return pending.reply
+
+    async def _send(self, conn: _Connection, buffers: list, deadline: float) -> None:
+        async with conn.send_lock:  # waiting for the lock is cancellable
+            if conn.lost is not None:
+                raise Unavailable(f"connection to {self._peer} lost: {conn.lost}", peer=self._peer)
+            # Once started, a frame is written whole: shield it, and if the deadline passes
+            # mid-frame the connection cannot be reused, so it is dropped.
+            with anyio.CancelScope(shield=True, deadline=deadline) as scope:
+                try:
+                    for buf in buffers:
+                        await conn.stream.send(buf)
+                except _NETWORK_ERRORS as e:
+                    self._lose(conn, f"send failed: {e!r}")
+                    raise Unavailable(f"connection to {self._peer} lost while sending", peer=self._peer) from None
+            if scope.cancelled_caught:
+                self._lose(conn, "deadline passed mid-frame")
+                raise DeadlineExceeded(f"sending to {self._peer} did not finish before the deadline",
+                                       peer=self._peer)
+            self.counters["bytes_out"] += sum(len(b) for b in buffers)
+
+    async def _send_cancel(self, conn: _Connection, rid: int) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await self._send(conn, encode_frame(cancel_header(rid)), anyio.current_time() + 1.0)
+            except RpcError:
+                pass
+
+    # --- connection ----------------------------------------------------------------------------
+
+    async def _connection(self, deadline: float) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.lost is None:
+            return conn
+        if self._closed:
+            raise Unavailable(f"client for {self._peer} is closed", peer=self._peer)
+        if self._tg is None:
+            raise RuntimeError("RpcClient must be used as `async with RpcClient(...) as client`")
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.lost is None:
+                return conn
+            budget = max(0.0, min(self.connect_timeout, deadline - anyio.current_time()))
+            try:
+                with anyio.fail_after(budget):
+                    stream = await anyio.connect_tcp(self.host, self.port)
+            except TimeoutError:
+                if anyio.current_time() >= deadline:
+                    raise DeadlineExceeded(f"connecting to {self._peer} took past the deadline",
+                                           peer=self._peer) from None
+                raise Unavailable(f"connecting to {self._peer} timed out after {self.connect_timeout:g}s",
+                                  peer=self._peer) from None
+            except OSError as e:
+                raise Unavailable(f"cannot connect to {self._peer}: {e.strerror or e}",
+                                  peer=self._peer) from None
+            set_nodelay(stream)
+            conn = _Connection(stream, self._peer)
+            if self._closed:
+                await anyio.aclose_forcefully(stream)
+                raise Unavailable(f"client for {self._peer} is closed", peer=self._peer)
+            self._conn = conn
+            self.counters["connects"] += 1
+            self._tg.start_soon(self._reader, conn)
+            return conn
+
+    def _lose(self, conn: _Connection, reason: str) -> None:
+        conn.fail(reason)
+        if self._conn is conn:
+            self._conn = None
+        if self._tg is not None:
+            self._tg.start_soon(anyio.aclose_forcefully, conn.stream)
+
+    async def _reader(self, conn: _Connection) -> None:
+        decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
+        stream = conn.stream
+        reason = "closed by peer"
+        try:
+            while conn.lost is None:
+                data = await stream.receive(RECEIVE_BYTES)
+                self.counters["bytes_in"] += len(data)
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    h = frame.header
+                    kind = h[0]
+                    p = conn.pending.get(h[1]) if len(h) > 1 else None
+                    if p is None:
+                        continue  # a reply for a call that already gave up
+                    if kind == RESPONSE and len(h) >= 3:
+                        p.reply = Reply(h[2], frame.payload)
+                    elif kind == ERROR and len(h) >= 5:
+                        p.error = from_wire(h[2], h[3], h[4])
+                    else:
+                        continue
+                    del conn.pending[h[1]]
+                    p.event.set()
+        except anyio.EndOfStream:
+            pass
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            reason = f"receive failed: {e!r}"
+        except (FrameError, TypeError, ValueError, IndexError) as e:
+            reason = f"bad frame from server: {e}"
+            log.warning("rpc: %s: %s", self._peer, reason)
+        finally:
+            conn.fail(reason)
+            if self._conn is conn:
+                self._conn = None
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+
+
+def pending_done(p: _Pending | None) -> bool:
+    return p is not None and (p.reply is not None or p.error is not None)

@@ -1,0 +1,207 @@
+"""Bucket operations and listings: Create/Head/Delete bucket, ListBuckets, ListObjects V1/V2,
+ListObjectVersions, GetBucketLocation, GetBucketVersioning."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Sequence
+
+from headwater.http.types import Response
+
+from .context import Call, Store
+from .listing import list_page
+from .metadata.errors import ConditionFailed
+from .records import BUCKETS_NS, BucketRecord, ObjectRecord, objects_ns
+from .s3 import errors as s3e
+from .s3 import names, xmlio
+
+__all__ = ["create_bucket", "head_bucket", "delete_bucket", "list_buckets", "list_objects_v1",
+           "list_objects_v2", "list_versions", "get_location", "get_versioning", "owned_bucket",
+           "xml_response", "int_param"]
+
+MAX_KEYS = 1000
+
+
+def xml_response(body: bytes, status: int = 200) -> Response:
+    return Response(status=status, headers=[("content-type", "application/xml")], body=body)
+
+
+def int_param(call: Call, name: str, default: int, lo: int = 0, hi: int = 2**31 - 1) -> int:
+    raw = call.q(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise s3e.InvalidArgument(f"{name} must be an integer", ArgumentName=name, ArgumentValue=raw) from None
+    if value < lo:
+        raise s3e.InvalidArgument(f"{name} must be at least {lo}", ArgumentName=name, ArgumentValue=raw)
+    return min(value, hi)
+
+
+async def get_bucket(store: Store, name: str) -> BucketRecord | None:
+    entry = await store.meta.get(BUCKETS_NS, name)
+    return BucketRecord.from_value(entry.value) if entry else None
+
+
+async def owned_bucket(store: Store, call: Call, name: str | None = None) -> BucketRecord:
+    """The named bucket, if it exists and the caller owns it (else NoSuchBucket / AccessDenied)."""
+    name = name if name is not None else call.bucket
+    assert name is not None
+    rec = await get_bucket(store, name)
+    if rec is None:
+        raise s3e.NoSuchBucket(resource=f"/{name}", BucketName=name)
+    if rec.owner != call.user.name:
+        raise s3e.AccessDenied(resource=f"/{name}")
+    return rec
+
+
+async def create_bucket(store: Store, call: Call) -> Response:
+    assert call.bucket is not None
+    names.validate_bucket_name(call.bucket)
+    body = await call.request.body.read_all(64 * 1024)
+    region = store.cluster.objstore.region
+    if body.strip():
+        location = xmlio.parse_create_bucket(body)
+        if location and location != region:
+            raise s3e.InvalidLocationConstraint(
+                f"this endpoint serves region {region}, not {location}")
+    rec = BucketRecord(name=call.bucket, owner=call.user.name, created=store.clock(), region=region)
+    try:
+        await store.meta.put(BUCKETS_NS, call.bucket, rec.to_value(), if_absent=True)
+    except ConditionFailed as e:
+        current = BucketRecord.from_value(e.current.value) if e.current else None
+        if current is not None and current.owner == call.user.name:
+            raise s3e.BucketAlreadyOwnedByYou(BucketName=call.bucket) from None
+        raise s3e.BucketAlreadyExists(BucketName=call.bucket) from None
+    return Response(status=200, headers=[("location", f"/{call.bucket}"), ("content-length", "0")])
+
+
+async def head_bucket(store: Store, call: Call) -> Response:
+    rec = await owned_bucket(store, call)
+    return Response(status=200, headers=[("x-amz-bucket-region", rec.region), ("content-length", "0")])
+
+
+async def delete_bucket(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    if await store.meta.scan(objects_ns(call.bucket), limit=1):
+        raise s3e.BucketNotEmpty(BucketName=call.bucket)
+    await store.meta.delete(BUCKETS_NS, call.bucket)
+    return Response(status=204)
+
+
+async def list_buckets(store: Store, call: Call) -> Response:
+    found: list[BucketRecord] = []
+    after = ""
+    while True:
+        batch = await store.meta.scan(BUCKETS_NS, start_after=after, limit=1000)
+        for e in batch:
+            rec = BucketRecord.from_value(e.value)
+            if rec.owner == call.user.name:
+                found.append(rec)
+        if len(batch) < 1000:
+            break
+        after = batch[-1].key
+    body = xmlio.list_buckets(owner_id=call.user.name, owner_name=call.user.name,
+                              buckets=[(b.name, b.created) for b in found])
+    return xml_response(body)
+
+
+async def get_location(store: Store, call: Call) -> Response:
+    rec = await owned_bucket(store, call)
+    # us-east-1 answers an empty LocationConstraint, as S3 does.
+    return xml_response(xmlio.location_constraint("" if rec.region == "us-east-1" else rec.region))
+
+
+async def get_versioning(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    return xml_response(xmlio.versioning_configuration(None))
+
+
+def _scanner(store: Store, bucket: str):
+    ns = objects_ns(bucket)
+
+    async def scan(prefix: str, start_after: str, limit: int) -> Sequence[tuple[str, Any]]:
+        return [(e.key, e.value) for e in await store.meta.scan(ns, prefix=prefix, start_after=start_after,
+                                                                 limit=limit)]
+    return scan
+
+
+def _listing_args(call: Call) -> tuple[str, str, int, bool]:
+    prefix = call.q("prefix", "") or ""
+    delimiter = call.q("delimiter", "") or ""
+    max_keys = int_param(call, "max-keys", MAX_KEYS, 0, MAX_KEYS)
+    enc = call.q("encoding-type")
+    if enc not in (None, "url"):
+        raise s3e.InvalidArgument("Invalid Encoding Method specified in Request",
+                                  ArgumentName="encoding-type", ArgumentValue=enc)
+    return prefix, delimiter, max_keys, enc == "url"
+
+
+def _entry(key: str, value: dict[str, Any]) -> xmlio.ListEntry:
+    rec = ObjectRecord.from_value(value)
+    return xmlio.ListEntry(key=key, last_modified=rec.last_modified, etag=rec.etag, size=rec.size,
+                           owner=rec.owner)
+
+
+async def list_objects_v1(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    prefix, delimiter, max_keys, url = _listing_args(call)
+    marker = call.q("marker", "") or ""
+    page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
+                           start_after=marker, max_keys=max_keys)
+    body = xmlio.list_objects_v1(
+        bucket=call.bucket, prefix=prefix, marker=marker, delimiter=delimiter, max_keys=max_keys,
+        is_truncated=page.truncated, next_marker=page.last if (page.truncated and delimiter) else None,
+        contents=[_entry(k, v) for k, v in page.contents], common_prefixes=page.prefixes, encoding_url=url)
+    return xml_response(body)
+
+
+def _encode_token(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise s3e.InvalidArgument("The continuation token provided is incorrect",
+                                  ArgumentName="continuation-token", ArgumentValue=token) from None
+
+
+async def list_objects_v2(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    prefix, delimiter, max_keys, url = _listing_args(call)
+    token = call.q("continuation-token")
+    start_after = call.q("start-after", "") or ""
+    cursor = _decode_token(token) if token else start_after
+    page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
+                           start_after=cursor, max_keys=max_keys)
+    body = xmlio.list_objects_v2(
+        bucket=call.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+        is_truncated=page.truncated, key_count=page.count, continuation_token=token,
+        next_continuation_token=_encode_token(page.last) if page.truncated else None,
+        start_after=start_after or None, contents=[_entry(k, v) for k, v in page.contents],
+        common_prefixes=page.prefixes, encoding_url=url,
+        fetch_owner=call.q("fetch-owner") == "true")
+    return xml_response(body)
+
+
+async def list_versions(store: Store, call: Call) -> Response:
+    """Buckets are unversioned: each object is listed once, version id ``null``, latest."""
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    prefix, delimiter, max_keys, url = _listing_args(call)
+    key_marker = call.q("key-marker", "") or ""
+    page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
+                           start_after=key_marker, max_keys=max_keys)
+    body = xmlio.list_versions(
+        bucket=call.bucket, prefix=prefix, key_marker=key_marker, version_id_marker=call.q("version-id-marker", ""),
+        delimiter=delimiter, max_keys=max_keys, is_truncated=page.truncated,
+        next_key_marker=page.last if page.truncated else None,
+        next_version_id_marker="null" if page.truncated else None,
+        versions=[_entry(k, v) for k, v in page.contents], common_prefixes=page.prefixes, encoding_url=url)
+    return xml_response(body)

@@ -1,0 +1,72 @@
+"""What every S3 operation handler works with: the store's clients and one request's facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import anyio
+
+from headwater.config import ClusterConfig, User
+from headwater.http.types import Request
+
+from .datapath import StoragePool, delete_layouts
+from .records import Layout
+from .metadata.client import MetadataClient
+
+__all__ = ["Store", "Call"]
+
+
+@dataclass(slots=True, kw_only=True)
+class Store:
+    """The gateway's long-lived handles: config, metadata ring, storage pool, clock."""
+
+    cluster: ClusterConfig
+    meta: MetadataClient
+    pool: StoragePool
+    clock: Callable[[], float]
+    # Fragments of replaced or deleted objects wait this long before removal, so that a GET that
+    # read the old record just before the change can still stream it.
+    retire_grace_s: float = 30.0
+    _retired: list[tuple[float, Layout]] = field(default_factory=list)
+
+    def retire(self, layouts: Iterable[Layout], *, now: bool = False) -> None:
+        """Schedule fragments no record points to any more for deletion."""
+        due = self.clock() + (0.0 if now else self.retire_grace_s)
+        self._retired.extend((due, lay) for lay in layouts)
+
+    async def collect_retired(self) -> int:
+        """Delete the fragments whose grace period has passed; returns how many layouts went."""
+        now = self.clock()
+        due = [lay for t, lay in self._retired if t <= now]
+        if not due:
+            return 0
+        self._retired = [(t, lay) for t, lay in self._retired if t > now]
+        await delete_layouts(self.pool, due)
+        return len(due)
+
+    async def run_retirer(self, interval_s: float = 1.0) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            await self.collect_retired()
+
+
+@dataclass(slots=True, kw_only=True)
+class Call:
+    """One authenticated S3 request, routed: who asks, for which bucket and key, with what."""
+
+    request: Request
+    request_id: str
+    user: User
+    bucket: str | None
+    key: str | None
+    query: dict[str, list[str]]
+    auth: object  # sigv4.AuthResult: what the payload verifier needs
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def q(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.request.headers.get(name, default)

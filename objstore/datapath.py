@@ -1,0 +1,273 @@
+"""Moving object bytes between the gateway and the storage nodes: stripes out, stripes back.
+
+``StoragePool`` holds one RPC client per storage node and remembers which nodes failed recently.
+``LayoutWriter`` cuts a byte stream into stripes, erasure-codes each and sends fragment i of every
+stripe to node i; ``read_layout`` streams a byte range back, reading data fragments first and
+decoding from parity only when some are missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import AsyncExitStack
+from typing import AsyncIterator, Callable, Sequence
+
+import anyio
+
+from headwater.config import ClusterConfig, ErasureScheme
+from headwater.rpc import RpcError, Unavailable
+
+from . import stripe
+from .placement import NodeSite, PlacementError, place
+from .records import Layout
+from .storage_client import StorageClient
+
+__all__ = ["StoragePool", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed", "delete_layouts"]
+
+log = logging.getLogger(__name__)
+
+# How long a node that failed stays out of new placements before we try it again.
+DOWN_HOLD_S = 5.0
+# Stripes fetched per read RPC: bounds memory per GET to about READ_BATCH * stripe * (k+m)/k.
+READ_BATCH = 4
+
+
+class WriteFailed(Exception):
+    """Too few fragments could be stored for the write to be durable."""
+
+
+class ReadFailed(Exception):
+    """Fewer than k fragments of a stripe could be read back intact."""
+
+
+class StoragePool:
+    """RPC clients for every storage node, plus a short memory of which nodes are failing."""
+
+    def __init__(self, cluster: ClusterConfig, *, clock: Callable[[], float] = time.monotonic):
+        self.cluster = cluster
+        self.clock = clock
+        self.sites = [NodeSite(id=s.id, zone=s.zone, rack=s.rack, host=s.node_host or s.id)
+                      for s in cluster.storage]
+        self._clients: dict[str, StorageClient] = {}
+        self._down_until: dict[str, float] = {}
+        self._stack = AsyncExitStack()
+        self.stats = {"fragment_read_errors": 0, "fragment_write_errors": 0, "degraded_reads": 0}
+
+    async def __aenter__(self) -> StoragePool:
+        await self._stack.__aenter__()
+        timeout = self.cluster.objstore.rpc_timeout_s
+        for s in self.cluster.storage:
+            client = StorageClient(s.id, s.host, s.port, timeout=timeout)
+            self._clients[s.id] = await self._stack.enter_async_context(client)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.__aexit__(*exc)
+
+    def client(self, node_id: str) -> StorageClient:
+        return self._clients[node_id]
+
+    def mark_down(self, node_id: str) -> None:
+        self._down_until[node_id] = self.clock() + DOWN_HOLD_S
+
+    def mark_up(self, node_id: str) -> None:
+        self._down_until.pop(node_id, None)
+
+    def down(self) -> set[str]:
+        now = self.clock()
+        return {n for n, t in self._down_until.items() if t > now}
+
+    def place(self, oid: str, width: int) -> list[str]:
+        return place(oid, width, self.sites, down=self.down())
+
+
+def new_oid() -> str:
+    return uuid.uuid4().hex
+
+
+def write_quorum(scheme: ErasureScheme) -> int:
+    """Fragments that must be stored before a write is acknowledged.
+
+    k alone would leave no redundancy at all; k+1 (when m > 0) survives one more loss while the
+    reconstructor restores the rest, which is what lets a write go on with a node down.
+    """
+    return scheme.k + min(scheme.m, 1) if scheme.m else scheme.k
+
+
+class LayoutWriter:
+    """Writes one run of bytes (a whole object or one part) as erasure-coded stripes.
+
+    Use: ``w = LayoutWriter(pool, scheme)``; ``await w.write(chunk)`` repeatedly; then
+    ``layout = await w.finish()`` (or ``await w.abort()`` on any failure, which removes every
+    fragment written so far).
+    """
+
+    def __init__(self, pool: StoragePool, scheme: ErasureScheme):
+        self.pool = pool
+        self.scheme = scheme
+        self.oid = new_oid()
+        try:
+            self.nodes: list[str | None] = list(pool.place(self.oid, scheme.width))
+        except PlacementError as e:
+            raise WriteFailed(str(e)) from None
+        self._buf = bytearray()
+        self._stripes = 0
+        self._size = 0
+        self._finished = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes | memoryview) -> None:
+        self._buf += data
+        self._size += len(data)
+        sb = self.scheme.stripe_bytes
+        while len(self._buf) >= sb:
+            piece = bytes(self._buf[:sb])
+            del self._buf[:sb]
+            await self._send_stripe(piece)
+
+    async def _send_stripe(self, data: bytes) -> None:
+        blocks = stripe.encode(self.scheme, data)
+        index = self._stripes
+        meta = {"k": self.scheme.k, "m": self.scheme.m, "stripe": self.scheme.stripe_bytes}
+        block_bytes = self.scheme.fragment_bytes
+
+        async def send(i: int, node: str) -> None:
+            try:
+                await self.pool.client(node).append(f"{self.oid}.{i}", index, blocks[i],
+                                                    block_bytes=block_bytes, meta=meta)
+            except RpcError as e:
+                log.warning("fragment append to %s failed: %s", node, e)
+                self.pool.stats["fragment_write_errors"] += 1
+                if isinstance(e, Unavailable):
+                    self.pool.mark_down(node)
+                self.nodes[i] = None
+
+        async with anyio.create_task_group() as tg:
+            for i, node in enumerate(self.nodes):
+                if node is not None:
+                    tg.start_soon(send, i, node)
+        self._stripes += 1
+        self._check_quorum()
+
+    def _check_quorum(self) -> None:
+        alive = sum(1 for n in self.nodes if n is not None)
+        if alive < write_quorum(self.scheme):
+            raise WriteFailed(f"only {alive} of {self.scheme.width} fragments could be stored")
+
+    async def finish(self) -> Layout:
+        if self._buf or self._stripes == 0:
+            await self._send_stripe(bytes(self._buf))
+            self._buf.clear()
+
+        async def commit(i: int, node: str) -> None:
+            try:
+                await self.pool.client(node).commit(f"{self.oid}.{i}", self._stripes)
+            except RpcError as e:
+                log.warning("fragment commit on %s failed: %s", node, e)
+                self.pool.stats["fragment_write_errors"] += 1
+                self.nodes[i] = None
+
+        async with anyio.create_task_group() as tg:
+            for i, node in enumerate(self.nodes):
+                if node is not None:
+                    tg.start_soon(commit, i, node)
+        self._check_quorum()
+        self._finished = True
+        return Layout(oid=self.oid, size=self._size, k=self.scheme.k, m=self.scheme.m,
+                      stripe_bytes=self.scheme.stripe_bytes, nodes=tuple(self.nodes))
+
+    async def abort(self) -> None:
+        """Remove whatever was written; safe to call after a failure or a cancellation."""
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for i, node in enumerate(self.nodes):
+                    if node is None:
+                        continue
+                    call = self.pool.client(node).delete if self._finished else self.pool.client(node).abort
+                    tg.start_soon(_quietly, call, f"{self.oid}.{i}")
+
+
+async def _quietly(fn: Callable, *args: object) -> None:
+    try:
+        with anyio.fail_after(10):
+            await fn(*args)
+    except (RpcError, TimeoutError) as e:
+        log.info("cleanup call failed (garbage collector will remove it): %s", e)
+
+
+async def delete_layouts(pool: StoragePool, layouts: Sequence[Layout]) -> None:
+    """Best-effort removal of the fragments of replaced or deleted objects."""
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            for lay in layouts:
+                for i, node in enumerate(lay.nodes):
+                    if node is not None:
+                        tg.start_soon(_quietly, pool.client(node).delete, lay.fid(i))
+
+
+async def _fetch(pool: StoragePool, lay: Layout, index: int, first: int, count: int) -> list[bytes] | None:
+    node = lay.nodes[index]
+    if node is None:
+        return None
+    try:
+        blocks = await pool.client(node).read(lay.fid(index), first, count)
+    except RpcError as e:
+        log.warning("fragment %s on %s unreadable: %s", lay.fid(index), node, e)
+        pool.stats["fragment_read_errors"] += 1
+        if isinstance(e, Unavailable):
+            pool.mark_down(node)
+        return None
+    if len(blocks) != count:
+        return None
+    return blocks
+
+
+async def _read_stripes(pool: StoragePool, lay: Layout, first: int, count: int) -> list[bytes]:
+    """Stripes ``first .. first+count-1`` of ``lay`` as user bytes (the last one unpadded)."""
+    scheme = lay.scheme
+    got: dict[int, list[bytes]] = {}
+
+    async def fetch(i: int) -> None:
+        res = await _fetch(pool, lay, i, first, count)
+        if res is not None:
+            got[i] = res
+
+    # Data fragments first: zfec is systematic, so with all k of them there is nothing to decode.
+    async with anyio.create_task_group() as tg:
+        for i in range(scheme.k):
+            tg.start_soon(fetch, i)
+    if len(got) < scheme.k:
+        pool.stats["degraded_reads"] += 1
+        async with anyio.create_task_group() as tg:
+            for i in range(scheme.k, scheme.width):
+                tg.start_soon(fetch, i)
+    if len(got) < scheme.k:
+        raise ReadFailed(f"object {lay.oid}: only {len(got)} of {scheme.k} needed fragments readable")
+    out = []
+    for j in range(count):
+        s = first + j
+        length = min(lay.stripe_bytes, lay.size - s * lay.stripe_bytes)
+        out.append(stripe.decode(scheme, {i: b[j] for i, b in got.items()}, length))
+    return out
+
+
+async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> AsyncIterator[bytes]:
+    """Yield bytes ``start .. end-1`` of ``lay``, touching only the stripes the range covers."""
+    if end <= start:
+        return
+    sb = lay.stripe_bytes
+    s0, s1 = start // sb, (end - 1) // sb
+    s = s0
+    while s <= s1:
+        count = min(READ_BATCH, s1 - s + 1)
+        for j, data in enumerate(await _read_stripes(pool, lay, s, count)):
+            base = (s + j) * sb
+            lo = max(start - base, 0)
+            hi = min(end - base, len(data))
+            yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
+        s += count

@@ -1,0 +1,471 @@
+"""The on-disk fragment format, its checksums, and the blocking file operations on it.
+
+A fragment file holds, for one object part and one fragment index, block ``i`` of every stripe
+``i`` in order. Layout (all integers big-endian)::
+
+    header   MAGIC(8) | version u16 | flags u16 | header_len u32 | block_bytes u32
+             | fid_len u16 | meta_len u32 | fid (utf-8) | meta (msgpack map) | xxh64(preceding) u64
+    block i  length u32 | xxh3_64(data, seed=i) u64 | data (length bytes)
+    footer   b"HWFE" | nblocks u32 | last_len u32 | xxh64(footer fields, seed=header checksum) u64
+
+Block ``i`` starts at ``header_len + i * (BLOCK_PREFIX + block_bytes)``: every block but the last
+has exactly ``block_bytes`` bytes, so any block is found without scanning. The checksum is seeded
+with the block's index, so a block read from the wrong slot fails verification too. The footer,
+written at commit, records the block count; a file cut short loses it (and the blocks past the
+cut fail to read as corrupt, while the blocks before it still verify and serve).
+
+Nothing here is async: the storage node runs these functions in worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgpack
+import xxhash
+
+from headwater.rpc.errors import BadRequest, RpcError, register_error
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "BLOCK_PREFIX",
+    "FOOTER_BYTES",
+    "MAX_META_BYTES",
+    "FragmentError",
+    "FragmentCorrupt",
+    "FragmentNotFound",
+    "StorageFull",
+    "FragmentHeader",
+    "FragmentInfo",
+    "check_fid",
+    "fragment_relpath",
+    "encode_header",
+    "parse_header",
+    "block_prefix",
+    "verify_block",
+    "encode_footer",
+    "parse_footer",
+    "slot_offset",
+    "file_size",
+    "FragmentWriter",
+    "read_blocks",
+    "read_info",
+    "fsync_dir",
+]
+
+MAGIC = b"\x89HWFRAG\n"
+FORMAT_VERSION = 1
+MAX_META_BYTES = 64 * 1024
+MAX_BLOCK_BYTES = 64 * 1024 * 1024
+
+_HEAD = struct.Struct("!8sHHIIHI")
+_BLOCK = struct.Struct("!IQ")
+_FOOT = struct.Struct("!4sIIQ")
+_FOOT_MAGIC = b"HWFE"
+BLOCK_PREFIX = _BLOCK.size
+FOOTER_BYTES = _FOOT.size
+
+_FID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+class FragmentError(RpcError):
+    """Root of the storage node's errors."""
+
+    code = "fragment_error"
+
+
+@register_error
+class FragmentCorrupt(FragmentError):
+    """Stored bytes fail their checksum (or the file is cut short / its header is damaged)."""
+
+    code = "fragment_corrupt"
+
+
+@register_error
+class FragmentNotFound(FragmentError):
+    code = "fragment_not_found"
+
+
+@register_error
+class StorageFull(FragmentError):
+    """The node's disk (or quota) is full; the node stays up and keeps serving reads."""
+
+    code = "storage_full"
+    retryable = True
+
+
+register_error(FragmentError)
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _raise_os(e: OSError, fid: str, what: str) -> None:
+    if e.errno in _FULL_ERRNOS:
+        raise StorageFull(f"no space left to {what} {fid}: {e.strerror}", fid=fid) from None
+    raise e
+
+
+def check_fid(fid: Any) -> str:
+    """The fid if it is an opaque name matching ``[A-Za-z0-9._-]{1,200}``; BadRequest otherwise."""
+    if not isinstance(fid, str) or not _FID.fullmatch(fid) or fid in (".", ".."):
+        raise BadRequest(f"invalid fragment id {fid!r}: expected [A-Za-z0-9._-]{{1,200}}",
+                         fid=str(fid)[:200])
+    return fid
+
+
+def fragment_relpath(fid: str) -> str:
+    """``frags/ab/cd/<fid>``: a two-level fan-out from a hash of the fid."""
+    h = xxhash.xxh64_hexdigest(fid.encode())
+    return f"frags/{h[:2]}/{h[2:4]}/{fid}"
+
+
+# --- sans-IO encode / parse --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FragmentHeader:
+    fid: str
+    block_bytes: int
+    meta: dict = field(default_factory=dict)
+    header_len: int = 0
+    checksum: int = 0
+    version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FragmentInfo:
+    """What :func:`read_info` learns about a committed fragment file."""
+
+    fid: str
+    block_bytes: int
+    meta: dict
+    nblocks: int
+    last_len: int
+    size_bytes: int
+    complete: bool  # footer present and consistent with the file size
+
+
+def encode_header(fid: str, block_bytes: int, meta: dict | None = None) -> bytes:
+    raw_fid = check_fid(fid).encode()
+    if not 0 < block_bytes <= MAX_BLOCK_BYTES:
+        raise BadRequest(f"block_bytes {block_bytes} is outside 1..{MAX_BLOCK_BYTES}")
+    try:
+        raw_meta = msgpack.packb(meta or {}, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise BadRequest(f"fragment meta cannot be packed: {e}") from None
+    if len(raw_meta) > MAX_META_BYTES:
+        raise BadRequest(f"fragment meta is {len(raw_meta)} bytes; the limit is {MAX_META_BYTES}")
+    header_len = _HEAD.size + len(raw_fid) + len(raw_meta) + 8
+    body = _HEAD.pack(MAGIC, FORMAT_VERSION, 0, header_len, block_bytes, len(raw_fid),
+                      len(raw_meta)) + raw_fid + raw_meta
+    return body + xxhash.xxh64_intdigest(body).to_bytes(8, "big")
+
+
+def header_fixed_bytes() -> int:
+    return _HEAD.size
+
+
+def parse_header(buf: bytes | memoryview, fid: str | None = None) -> FragmentHeader:
+    """Parse and verify a header (``buf`` holds at least its first ``header_len`` bytes).
+
+    Raises FragmentCorrupt on a bad magic, version, checksum, or a fid other than ``fid``.
+    """
+    if len(buf) < _HEAD.size:
+        raise FragmentCorrupt("fragment header is cut short", fid=fid or "")
+    magic, version, _flags, header_len, block_bytes, fid_len, meta_len = _HEAD.unpack_from(buf)
+    if magic != MAGIC:
+        raise FragmentCorrupt("not a fragment file (bad magic)", fid=fid or "")
+    if version != FORMAT_VERSION:
+        raise FragmentCorrupt(f"unknown fragment format version {version}", fid=fid or "")
+    if header_len != _HEAD.size + fid_len + meta_len + 8 or len(buf) < header_len:
+        raise FragmentCorrupt("fragment header lengths are inconsistent", fid=fid or "")
+    body = memoryview(buf)[:header_len - 8]
+    checksum = int.from_bytes(buf[header_len - 8:header_len], "big")
+    if xxhash.xxh64_intdigest(body) != checksum:
+        raise FragmentCorrupt("fragment header checksum mismatch", fid=fid or "")
+    stored_fid = bytes(body[_HEAD.size:_HEAD.size + fid_len]).decode()
+    if fid is not None and stored_fid != fid:
+        raise FragmentCorrupt(f"file holds fragment {stored_fid!r}, not {fid!r}", fid=fid)
+    meta = msgpack.unpackb(body[_HEAD.size + fid_len:], raw=False) if meta_len else {}
+    return FragmentHeader(fid=stored_fid, block_bytes=block_bytes, meta=meta,
+                          header_len=header_len, checksum=checksum, version=version)
+
+
+def block_checksum(index: int, data: bytes | memoryview) -> int:
+    return xxhash.xxh3_64_intdigest(data, seed=index)
+
+
+def block_prefix(index: int, data: bytes | memoryview) -> bytes:
+    return _BLOCK.pack(len(data), block_checksum(index, data))
+
+
+def verify_block(fid: str, index: int, prefix: bytes | memoryview, data: bytes | memoryview) -> None:
+    length, checksum = _BLOCK.unpack_from(prefix)
+    if length != len(data):
+        raise FragmentCorrupt(f"block {index} of {fid}: stored length {length}, expected {len(data)}",
+                              fid=fid, block=index)
+    if block_checksum(index, data) != checksum:
+        raise FragmentCorrupt(f"block {index} of {fid}: checksum mismatch", fid=fid, block=index)
+
+
+def encode_footer(header: FragmentHeader, nblocks: int, last_len: int) -> bytes:
+    fields = _FOOT_MAGIC + struct.pack("!II", nblocks, last_len)
+    return fields + xxhash.xxh64_intdigest(fields, seed=header.checksum).to_bytes(8, "big")
+
+
+def parse_footer(header: FragmentHeader, buf: bytes | memoryview) -> tuple[int, int] | None:
+    """(nblocks, last_len), or None if ``buf`` is not this file's valid footer."""
+    if len(buf) != FOOTER_BYTES:
+        return None
+    magic, nblocks, last_len, checksum = _FOOT.unpack(buf)
+    if magic != _FOOT_MAGIC or last_len > header.block_bytes:
+        return None
+    if xxhash.xxh64_intdigest(bytes(buf[:12]), seed=header.checksum) != checksum:
+        return None
+    return nblocks, last_len
+
+
+def slot_offset(header: FragmentHeader, index: int) -> int:
+    return header.header_len + index * (BLOCK_PREFIX + header.block_bytes)
+
+
+def file_size(header: FragmentHeader, nblocks: int, last_len: int) -> int:
+    """Size of a committed file with ``nblocks`` blocks, the last ``last_len`` bytes long."""
+    if nblocks == 0:
+        return header.header_len + FOOTER_BYTES
+    return slot_offset(header, nblocks - 1) + BLOCK_PREFIX + last_len + FOOTER_BYTES
+
+
+# --- blocking file operations ------------------------------------------------------------------
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: Path) -> None:
+    """Create ``path`` and any missing parents, fsyncing each parent that gained an entry."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
+class FragmentWriter:
+    """Appends the blocks of one fragment to a temporary file, then commits it into place.
+
+    Not thread-safe: the node serialises the operations on one writer.
+    """
+
+    def __init__(self, tmp_path: Path, fid: str, block_bytes: int, meta: dict | None = None):
+        self.fid = check_fid(fid)
+        raw = encode_header(fid, block_bytes, meta)
+        self.header = parse_header(raw, fid)
+        self.tmp_path = tmp_path
+        self.count = 0
+        self.last_len = 0
+        self.fd: int | None = None
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.fd = fd
+        try:
+            self._write_all([raw])
+        except BaseException:
+            self.abort()
+            raise
+        self.size = len(raw)
+
+    def _write_all(self, buffers: Sequence[bytes | memoryview]) -> None:
+        assert self.fd is not None
+        try:
+            want = sum(len(b) for b in buffers)
+            done = os.writev(self.fd, buffers)
+            while done < want:  # a short write: finish the rest
+                flat = memoryview(b"".join(buffers))[done:]
+                done += os.write(self.fd, flat)
+        except OSError as e:
+            _raise_os(e, self.fid, "write")
+
+    def append(self, index: int, blocks: Sequence[bytes | memoryview]) -> int:
+        """Append blocks ``index, index+1, ...``; returns the bytes written. Only the very last
+        block of the fragment may be shorter than ``block_bytes``."""
+        if self.fd is None:
+            raise BadRequest(f"upload of {self.fid} is closed")
+        if index != self.count:
+            raise BadRequest(f"{self.fid}: expected block {self.count}, got {index}",
+                             fid=self.fid, expected=self.count, got=index)
+        bs = self.header.block_bytes
+        if self.count and self.last_len != bs:
+            raise BadRequest(f"{self.fid}: block {self.count - 1} was short, so it must be the last")
+        buffers: list[bytes | memoryview] = []
+        for j, b in enumerate(blocks):
+            n = len(b)
+            if n > bs or n == 0 or (n < bs and j != len(blocks) - 1):
+                raise BadRequest(f"{self.fid}: block {index + j} is {n} bytes; blocks are {bs} "
+                                 f"bytes, only the last may be shorter (and not empty)",
+                                 fid=self.fid, block=index + j)
+            buffers.append(block_prefix(index + j, b))
+            buffers.append(b)
+        before = self.size
+        try:
+            self._write_all(buffers)
+        except BaseException:
+            # Leave the temp file exactly at its last whole block so the upload can go on.
+            try:
+                os.ftruncate(self.fd, before)
+                os.lseek(self.fd, before, os.SEEK_SET)
+            except OSError:
+                pass
+            raise
+        written = sum(len(b) for b in buffers)
+        self.size += written
+        self.count += len(blocks)
+        if blocks:
+            self.last_len = len(blocks[-1])
+        return written
+
+    def commit(self, dest: Path, nblocks: int) -> int:
+        """Write the footer, fsync, rename to ``dest`` and fsync its directory. Returns the size."""
+        if self.fd is None:
+            raise BadRequest(f"upload of {self.fid} is closed")
+        if nblocks != self.count:
+            raise BadRequest(f"{self.fid}: commit of {nblocks} blocks, but {self.count} were written",
+                             fid=self.fid, have=self.count, want=nblocks)
+        self._write_all([encode_footer(self.header, self.count, self.last_len if self.count else 0)])
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            makedirs_durable(dest.parent)
+            os.replace(self.tmp_path, dest)
+            fsync_dir(dest.parent)
+        except OSError as e:
+            _raise_os(e, self.fid, "commit")
+        return self.size + FOOTER_BYTES
+
+    def abort(self) -> None:
+        """Close and remove the temp file (idempotent)."""
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _open(path: Path, fid: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FragmentNotFound(f"no fragment {fid}", fid=fid) from None
+
+
+def _read_header(fd: int, fid: str) -> FragmentHeader:
+    head = os.pread(fd, 4096, 0)
+    if len(head) >= _HEAD.size:
+        header_len = _HEAD.unpack_from(head)[3]
+        if len(head) < header_len <= _HEAD.size + 200 + MAX_META_BYTES + 8:
+            head = os.pread(fd, header_len, 0)
+    return parse_header(head, fid)
+
+
+def _layout(fd: int, header: FragmentHeader) -> tuple[int, int, bool, int]:
+    """(nblocks, last_len, complete, size) from the footer, or estimated from the size."""
+    size = os.fstat(fd).st_size
+    if size >= header.header_len + FOOTER_BYTES:
+        found = parse_footer(header, os.pread(fd, FOOTER_BYTES, size - FOOTER_BYTES))
+        if found is not None and file_size(header, *found) == size:
+            return found[0], found[1], True, size
+    # No valid footer: the file was cut short (or its tail damaged). Count the slots present.
+    slot = BLOCK_PREFIX + header.block_bytes
+    body = max(0, size - header.header_len)
+    return -(-body // slot), 0, False, size
+
+
+def read_info(path: Path, fid: str) -> FragmentInfo:
+    fd = _open(path, fid)
+    try:
+        header = _read_header(fd, fid)
+        nblocks, last_len, complete, size = _layout(fd, header)
+    finally:
+        os.close(fd)
+    return FragmentInfo(fid=fid, block_bytes=header.block_bytes, meta=header.meta, nblocks=nblocks,
+                        last_len=last_len, size_bytes=size, complete=complete)
+
+
+def read_blocks(path: Path, fid: str, first: int, count: int) -> list[bytearray]:
+    """Blocks ``first .. first+count-1`` of a committed fragment, each verified.
+
+    FragmentNotFound if there is no file; BadRequest for blocks past the end; FragmentCorrupt if
+    the header or any returned block fails its checksum, or the file is cut short before them.
+    """
+    if first < 0 or count < 0:
+        raise BadRequest(f"bad block range first={first} count={count}")
+    fd = _open(path, fid)
+    try:
+        header = _read_header(fd, fid)
+        nblocks, last_len, complete, size = _layout(fd, header)
+        if complete and first + count > nblocks:
+            raise BadRequest(f"{fid} has {nblocks} blocks; asked for {first}..{first + count - 1}",
+                             fid=fid, nblocks=nblocks)
+        if count == 0:
+            return []
+        bs = header.block_bytes
+        buffers: list[bytearray] = []
+        datas: list[bytearray] = []
+        for i in range(first, first + count):
+            if complete and i == nblocks - 1:
+                n = last_len
+            elif complete:
+                n = bs
+            else:  # unknown tail: a block is whatever fits up to the end of the file
+                n = max(0, min(bs, size - slot_offset(header, i) - BLOCK_PREFIX))
+            p, d = bytearray(BLOCK_PREFIX), bytearray(n)
+            buffers += (p, d)
+            datas.append(d)
+        got = os.preadv(fd, buffers, slot_offset(header, first))
+    finally:
+        os.close(fd)
+    pos = 0
+    for j, d in enumerate(datas):
+        index = first + j
+        p = buffers[2 * j]
+        need = BLOCK_PREFIX + len(d)
+        if got < pos + need or (not complete and len(d) == 0):
+            raise FragmentCorrupt(f"block {index} of {fid} is cut short (truncated file)",
+                                  fid=fid, block=index)
+        if not complete:
+            # Without a footer the length must come from the block itself.
+            stored = _BLOCK.unpack_from(p)[0]
+            if stored < len(d):
+                del d[stored:]
+                need = BLOCK_PREFIX + stored
+        verify_block(fid, index, p, d)
+        pos += need
+    return datas

@@ -1,0 +1,207 @@
+"""The S3 gateway daemon: HTTP in, SigV4, routing to the operation handlers, S3 errors out.
+
+Each worker process runs ``run_gateway``: it opens the metadata and storage clients, serves the
+S3 API on the shared port (SO_REUSEPORT), and /healthz and /metrics on the admin port.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+import anyio
+
+from headwater.admin import serve_admin
+from headwater.config import ClusterConfig, GatewayConfig
+from headwater.http.errors import ClientDisconnected
+from headwater.http.server import serve
+from headwater.http.types import Request, Response
+from headwater.metrics import Registry
+
+from . import buckets, multipart, objects
+from .context import Call, Store
+from .datapath import ReadFailed, StoragePool, WriteFailed
+from .metadata.client import MetadataClient
+from .metadata.errors import MetadataError
+from .s3 import errors as s3e
+from .s3 import names, sigv4
+
+__all__ = ["Gateway", "run_gateway"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Store, Call], Awaitable[Response]]
+
+
+def route(method: str, bucket: str | None, key: str | None, query: dict[str, list[str]],
+          headers: Any) -> tuple[str, Handler]:
+    """Name the S3 operation a request asks for, and the handler that performs it."""
+    q = query
+    if bucket is None:
+        if method == "GET":
+            return "ListBuckets", buckets.list_buckets
+        raise s3e.MethodNotAllowed(f"{method} is not allowed on the service")
+    if key is None:
+        if method == "GET":
+            for sub, name, h in (("location", "GetBucketLocation", buckets.get_location),
+                                 ("versioning", "GetBucketVersioning", buckets.get_versioning),
+                                 ("versions", "ListObjectVersions", buckets.list_versions),
+                                 ("uploads", "ListMultipartUploads", multipart.list_uploads)):
+                if sub in q:
+                    return name, h
+            for sub in ("acl", "policy", "cors", "lifecycle", "tagging", "website", "encryption",
+                        "replication", "logging", "notification", "object-lock", "ownershipControls",
+                        "publicAccessBlock", "accelerate", "requestPayment", "analytics", "metrics",
+                        "inventory", "intelligent-tiering"):
+                if sub in q:
+                    raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
+            if q.get("list-type", [""])[0] == "2":
+                return "ListObjectsV2", buckets.list_objects_v2
+            return "ListObjects", buckets.list_objects_v1
+        if method == "PUT":
+            if q:
+                raise s3e.NotImplemented(f"bucket subresource ?{next(iter(q))} is not implemented")
+            return "CreateBucket", buckets.create_bucket
+        if method == "HEAD":
+            return "HeadBucket", buckets.head_bucket
+        if method == "DELETE":
+            if q:
+                raise s3e.NotImplemented(f"bucket subresource ?{next(iter(q))} is not implemented")
+            return "DeleteBucket", buckets.delete_bucket
+        if method == "POST" and "delete" in q:
+            return "DeleteObjects", objects.delete_objects
+        raise s3e.MethodNotAllowed(f"{method} is not allowed on a bucket")
+    upload = "uploadId" in q
+    if method == "PUT":
+        if upload and "partNumber" in q:
+            if "x-amz-copy-source" in headers:
+                return "UploadPartCopy", multipart.upload_part_copy
+            return "UploadPart", multipart.upload_part
+        for sub in ("acl", "tagging", "retention", "legal-hold"):
+            if sub in q:
+                raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
+        if "x-amz-copy-source" in headers:
+            return "CopyObject", objects.copy_object
+        return "PutObject", objects.put_object
+    if method == "GET":
+        if upload:
+            return "ListParts", multipart.list_parts
+        for sub in ("acl", "tagging", "attributes", "torrent", "retention", "legal-hold"):
+            if sub in q:
+                raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
+        return "GetObject", objects.get_object
+    if method == "HEAD":
+        return "HeadObject", objects.head_object
+    if method == "DELETE":
+        if upload:
+            return "AbortMultipartUpload", multipart.abort_upload
+        return "DeleteObject", objects.delete_object
+    if method == "POST":
+        if "uploads" in q:
+            return "CreateMultipartUpload", multipart.create_upload
+        if upload:
+            return "CompleteMultipartUpload", multipart.complete_upload
+    raise s3e.MethodNotAllowed(f"{method} is not allowed on an object")
+
+
+class Gateway:
+    """The S3 HTTP app over one Store."""
+
+    def __init__(self, store: Store, *, registry: Registry, base_domains: list[str] | None = None,
+                 worker: int = 0):
+        self.store = store
+        self.base_domains = base_domains or ["localhost", "s3.localhost"]
+        self.worker = worker
+        self.registry = registry
+        self.m_requests = registry.counter("headwater_s3_requests_total", "S3 requests by operation and status",
+                                           labels=("operation", "status"))
+        self.m_seconds = registry.histogram("headwater_s3_request_seconds", "S3 request latency",
+                                            labels=("operation",))
+        self.m_bytes_in = registry.counter("headwater_s3_bytes_in_total", "Request body bytes accepted")
+        self.m_bytes_out = registry.counter("headwater_s3_bytes_out_total", "Object bytes served")
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = secrets.token_hex(8).upper()
+        operation = "Unknown"
+        resource = request.path
+        try:
+            bucket, key, query = names.parse_target(request.host or request.headers.get("host", ""),
+                                                    request.path, request.query,
+                                                    base_domains=self.base_domains)
+            if bucket is not None:
+                resource = f"/{bucket}" + (f"/{key}" if key is not None else "")
+            auth = sigv4.authenticate(
+                method=request.method, raw_path=request.path, raw_query=request.query,
+                headers=request.headers, lookup_user=self.store.cluster.user_by_access_key,
+                region=self.store.cluster.objstore.region, now=self.store.clock(),
+                max_skew_s=self.store.cluster.objstore.clock_skew_s)
+            operation, handler = route(request.method, bucket, key, query, request.headers)
+            call = Call(request=request, request_id=request_id, user=auth.user, bucket=bucket, key=key,
+                        query=query, auth=auth)
+            response = await handler(self.store, call)
+            response.headers.extend(call.response_headers)
+        except s3e.S3Error as e:
+            response = self._error(e, resource, request_id, request.method)
+        except MetadataError as e:
+            log.warning("metadata unavailable: %s", e)
+            response = self._error(s3e.ServiceUnavailable(f"metadata ring: {e}"), resource, request_id,
+                                   request.method)
+        except WriteFailed as e:
+            log.warning("write failed: %s", e)
+            response = self._error(s3e.SlowDown(f"not enough storage nodes: {e}"), resource, request_id,
+                                   request.method)
+        except ReadFailed as e:
+            log.error("read failed: %s", e)
+            response = self._error(s3e.ServiceUnavailable(f"object unreadable now: {e}"), resource,
+                                   request_id, request.method)
+        except ClientDisconnected:
+            raise
+        except Exception:  # noqa: BLE001 — one bad request must not take the worker down
+            log.exception("internal error in %s", operation)
+            response = self._error(s3e.InternalError(), resource, request_id, request.method)
+        response.headers.append(("x-amz-request-id", request_id))
+        response.headers.append(("x-amz-id-2", base64.b64encode(f"{self.worker}/{request_id}".encode()).decode()))
+        self.m_requests.labels(operation, str(response.status)).inc()
+        self.m_seconds.labels(operation).observe(time.perf_counter() - started)
+        return response
+
+    def _error(self, err: s3e.S3Error, resource: str, request_id: str, method: str) -> Response:
+        status, headers, body = s3e.error_response(err, resource=resource, request_id=request_id,
+                                                   head=method == "HEAD")
+        return Response(status=status, headers=list(headers), body=body)
+
+
+async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: int = 0,
+                      task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    """Run one gateway worker: S3 on ``node.port`` and admin on ``node.admin_port``."""
+    registry = Registry()
+    async with MetadataClient(cluster, writer_id=f"{node.id}-w{worker}-{os.getpid()}") as meta, \
+            StoragePool(cluster) as pool:
+        store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time)
+        app = Gateway(store, registry=registry, worker=worker)
+        ssl_context = None
+        if node.tls_cert and node.tls_key:
+            from headwater.http.tls import server_context
+            ssl_context = server_context(node.tls_cert, node.tls_key)
+
+        async def health() -> dict[str, Any]:
+            meta_up = await meta.health()
+            down = pool.down()
+            ok = sum(meta_up.values()) * 2 > len(meta_up)
+            return {"status": "ok" if ok else "degraded", "role": "gateway", "id": node.id, "pid": os.getpid(), "worker": worker,
+                    "ec": cluster.objstore.ec.describe(), "metadata_up": meta_up,
+                    "storage_down": sorted(down), "workers": node.workers}
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
+                                                     ssl_context=ssl_context, reuse_port=True,
+                                                     task_status=task_status))
+            await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
+                                                           registry=registry, reuse_port=True,
+                                                           task_status=task_status))
+            task_status.started()

@@ -1,0 +1,450 @@
+"""One metadata node's records on LMDB: versioned, checksummed, last-writer-wins.
+
+Layout: one LMDB environment per node, one unnamed database, keys sorted bytewise::
+
+    partition (2 bytes, big-endian) | namespace (UTF-8) | NUL | key (UTF-8)
+
+UTF-8 byte order is code-point order, which is the order S3 lists keys in. LMDB caps a key at
+511 bytes and S3 keys reach 1024, so a key longer than ``inline_key_bytes`` lives in an
+*overflow group*: one LMDB record under its first ``inline_key_bytes`` bytes plus one NUL byte,
+holding every long key with that prefix, sorted. No inline key has that length, and the group
+key sorts exactly where its members do, so a cursor walk still yields keys in order.
+
+A stored record is ``msgpack([1, ts, writer, tombstone, value]) + xxh3_64`` (8 bytes, big-endian)
+and is verified on every read; a group is the same wrapping around ``[[key, record], ...]``.
+
+Every write is ordered by its version ``(timestamp_ns, writer_id)``: a write older than the
+record it meets is ignored and reported stale (last writer wins), so replicas converge whatever
+order writes and repairs reach them in. Deletes leave tombstones, which scans return when asked
+so that a coordinator can repair a replica that missed the delete. ``apply_batch`` commits many
+operations in one transaction, synced to disk before it returns.
+
+This module is synchronous; the node runs writes on a worker thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import lmdb
+import msgpack
+import xxhash
+
+from .errors import CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
+
+__all__ = [
+    "Version", "MIN_VERSION", "Record", "Op", "OpKind", "Status", "ApplyResult", "ScanPage",
+    "Store", "encode_record", "decode_record", "record_to_wire", "record_from_wire",
+    "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES",
+]
+
+log = logging.getLogger("headwater.objstore.metadata.store")
+
+Version = tuple[int, str]
+MIN_VERSION: Version = (0, "")
+
+MAX_NS_BYTES = 255
+MAX_KEY_BYTES = 4096
+_FORMAT = 1
+_SUM_BYTES = 8
+
+
+# --- records -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One version of a key on one node: a value, or a tombstone when ``value`` is None."""
+
+    version: Version
+    value: dict[str, Any] | None
+
+    @property
+    def tombstone(self) -> bool:
+        return self.value is None
+
+
+def _wrap(payload: bytes) -> bytes:
+    return payload + xxhash.xxh3_64_intdigest(payload).to_bytes(_SUM_BYTES, "big")
+
+
+def _unwrap(raw: bytes, where: str) -> bytes:
+    if len(raw) < _SUM_BYTES:
+        raise CorruptRecord(where)
+    payload, stored = raw[:-_SUM_BYTES], raw[-_SUM_BYTES:]
+    if xxhash.xxh3_64_intdigest(payload).to_bytes(_SUM_BYTES, "big") != stored:
+        raise CorruptRecord(where)
+    return payload
+
+
+def encode_record(rec: Record) -> bytes:
+    ts, writer = rec.version
+    return _wrap(msgpack.packb([_FORMAT, ts, writer, rec.value is None, rec.value], use_bin_type=True))
+
+
+def decode_record(raw: bytes, where: str = "?") -> Record:
+    payload = _unwrap(bytes(raw), where)
+    try:
+        fmt, ts, writer, tomb, value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception:
+        raise CorruptRecord(where) from None
+    if fmt != _FORMAT:
+        raise CorruptRecord(f"{where} (unknown format {fmt})")
+    return Record(version=(ts, writer), value=None if tomb else value)
+
+
+def record_to_wire(rec: Record | None) -> list[Any] | None:
+    """A record as an RPC argument: ``[ts, writer, value-or-None]``."""
+    if rec is None:
+        return None
+    return [rec.version[0], rec.version[1], rec.value]
+
+
+def record_from_wire(w: list[Any] | None) -> Record | None:
+    if w is None:
+        return None
+    ts, writer, value = w
+    if not isinstance(ts, int) or not isinstance(writer, str) or not (value is None or isinstance(value, dict)):
+        raise ValueError(f"malformed record {w!r}")
+    return Record(version=(ts, writer), value=value)
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+def check_ns(ns: str) -> bytes:
+    if not isinstance(ns, str) or not ns:
+        raise InvalidKey(f"namespace must be a non-empty string, got {ns!r}")
+    if "\0" in ns:
+        raise InvalidKey(f"namespace {ns!r} contains NUL")
+    try:
+        b = ns.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"namespace {ns!r} is not valid UTF-8") from None
+    if len(b) > MAX_NS_BYTES:
+        raise KeyTooLong(f"namespace is {len(b)} bytes, the limit is {MAX_NS_BYTES}")
+    return b
+
+
+def check_key(key: str) -> bytes:
+    if not isinstance(key, str):
+        raise InvalidKey(f"key must be a string, got {type(key).__name__}")
+    try:
+        b = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"key {key!r} is not valid UTF-8") from None
+    if len(b) > MAX_KEY_BYTES:
+        raise KeyTooLong(f"key is {len(b)} bytes, the limit is {MAX_KEY_BYTES}")
+    return b
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+class OpKind(enum.StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+    REVERT = "revert"
+
+
+class Status(enum.StrEnum):
+    APPLIED = "applied"    # stored; the node now holds this version
+    SAME = "same"          # the node already held exactly this version (a retry or a repair)
+    STALE = "stale"        # the node holds a newer version; this write was ignored
+    CONFLICT = "conflict"  # ``expect`` failed: the node holds a version newer than expected
+    REVERTED = "reverted"  # a revert found its version and restored the previous record
+    NOOP = "noop"          # a revert found another version and left it alone
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Op:
+    """One write to apply on a node.
+
+    ``expect`` makes a put or delete conditional: it applies only if the node's current version
+    (tombstones included, an absent key counts as ``MIN_VERSION``) is not newer than ``expect``,
+    the version the coordinator read. A replica that lags behind that read still accepts.
+    A revert replaces the record only if it still holds exactly ``version``, with ``restore``
+    (None removes the key): it undoes a write that failed to reach a quorum.
+    """
+
+    ns: str
+    partition: int
+    key: str
+    kind: OpKind
+    version: Version
+    value: dict[str, Any] | None = None
+    expect: Version | None = None
+    restore: Record | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        w: dict[str, Any] = {"ns": self.ns, "p": self.partition, "key": self.key, "kind": str(self.kind),
+                             "v": list(self.version)}
+        if self.value is not None:
+            w["value"] = self.value
+        if self.expect is not None:
+            w["expect"] = list(self.expect)
+        if self.restore is not None:
+            w["restore"] = record_to_wire(self.restore)
+        return w
+
+    @classmethod
+    def from_wire(cls, w: dict[str, Any]) -> Op:
+        try:
+            kind = OpKind(w["kind"])
+            ts, writer = w["v"]
+            expect = w.get("expect")
+            op = cls(ns=w["ns"], partition=int(w["p"]), key=w["key"], kind=kind, version=(int(ts), str(writer)),
+                     value=w.get("value"), expect=(int(expect[0]), str(expect[1])) if expect is not None else None,
+                     restore=record_from_wire(w.get("restore")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed op {w!r}: {e}") from None
+        if kind is OpKind.PUT and not isinstance(op.value, dict):
+            raise ValueError("a put needs a dict value")
+        return op
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyResult:
+    status: Status
+    previous: Record | None  # what the node held before (None: absent or unreadable)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanPage:
+    """Records of one partition in key order. ``last`` is the last key examined: the page is
+    complete up to it, and when ``more`` is true the next page starts after it."""
+
+    items: list[tuple[str, Record]]
+    more: bool
+    last: str | None
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+class Store:
+    """A node's LMDB environment. Reads may run on any thread; writes serialise in LMDB."""
+
+    def __init__(self, env: lmdb.Environment, path: Path, *, inline_key_bytes: int | None = None):
+        self._env = env
+        self.path = path
+        limit = env.max_key_size() - 1
+        self._inline = min(inline_key_bytes, limit) if inline_key_bytes else limit
+        self.corrupt_reads = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, map_size_bytes: int = 1 << 30,
+             inline_key_bytes: int | None = None) -> Store:
+        """Open (creating) the environment in directory ``path``; a clear error if it cannot."""
+        p = Path(path)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataDirError(f"cannot create metadata data_dir {p}: {e.strerror or e}") from None
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise DataDirError(f"metadata data_dir {p} is not writable")
+        try:
+            env = lmdb.open(str(p), map_size=map_size_bytes, subdir=True, sync=True, metasync=True,
+                            max_dbs=0, readahead=False, max_readers=256)
+        except lmdb.Error as e:
+            raise DataDirError(f"cannot open LMDB in {p}: {e}") from None
+        return cls(env, p, inline_key_bytes=inline_key_bytes)
+
+    def close(self) -> None:
+        self._env.close()
+
+    # keys
+
+    @staticmethod
+    def _base(partition: int, ns: str) -> bytes:
+        if not 0 <= partition < 65536:
+            raise InvalidKey(f"partition {partition} is outside 0..65535")
+        return partition.to_bytes(2, "big") + check_ns(ns) + b"\0"
+
+    def _encode(self, partition: int, ns: str, key: str) -> bytes:
+        if key == "":
+            raise InvalidKey("a key cannot be empty")
+        return self._base(partition, ns) + check_key(key)
+
+    def _group_key(self, enc: bytes) -> bytes | None:
+        """The overflow group holding ``enc``, or None when ``enc`` is stored inline."""
+        return None if len(enc) <= self._inline else enc[:self._inline] + b"\0"
+
+    # raw access inside a transaction
+
+    def _read_group(self, txn: lmdb.Transaction, gkey: bytes) -> dict[bytes, bytes]:
+        raw = txn.get(gkey)
+        if raw is None:
+            return {}
+        try:
+            members = msgpack.unpackb(_unwrap(bytes(raw), f"group {gkey!r}"), raw=True)
+            return {gkey[:-1] + bytes(tail): bytes(rec) for tail, rec in members}
+        except Exception:
+            self.corrupt_reads += 1
+            log.error("metadata overflow group %r failed its checksum; treating it as empty", gkey)
+            return {}
+
+    def _write_group(self, txn: lmdb.Transaction, gkey: bytes, members: dict[bytes, bytes]) -> None:
+        if not members:
+            txn.delete(gkey)
+            return
+        cut = len(gkey) - 1
+        payload = msgpack.packb([[k[cut:], members[k]] for k in sorted(members)], use_bin_type=True)
+        txn.put(gkey, _wrap(payload))
+
+    def _get_raw(self, txn: lmdb.Transaction, enc: bytes) -> bytes | None:
+        gkey = self._group_key(enc)
+        if gkey is None:
+            raw = txn.get(enc)
+            return None if raw is None else bytes(raw)
+        return self._read_group(txn, gkey).get(enc)
+
+    def _put_raw(self, txn: lmdb.Transaction, enc: bytes, raw: bytes | None) -> None:
+        gkey = self._group_key(enc)
+        if gkey is None:
+            if raw is None:
+                txn.delete(enc)
+            else:
+                txn.put(enc, raw)
+            return
+        members = self._read_group(txn, gkey)
+        if raw is None:
+            members.pop(enc, None)
+        else:
+            members[enc] = raw
+        self._write_group(txn, gkey, members)
+
+    def _load(self, txn: lmdb.Transaction, enc: bytes, where: str) -> Record | None:
+        raw = self._get_raw(txn, enc)
+        return None if raw is None else decode_record(raw, where)
+
+    # public operations
+
+    def get(self, ns: str, partition: int, key: str) -> Record | None:
+        """The node's record for ``key`` (a tombstone included), or None. Raises CorruptRecord."""
+        enc = self._encode(partition, ns, key)
+        with self._env.begin() as txn:
+            try:
+                return self._load(txn, enc, f"{ns}/{key!r}")
+            except CorruptRecord:
+                self.corrupt_reads += 1
+                raise
+
+    def apply(self, op: Op) -> ApplyResult:
+        return self.apply_batch([op])[0]
+
+    def apply_batch(self, ops: list[Op]) -> list[ApplyResult]:
+        """Apply ``ops`` in order in one transaction, synced to disk before returning."""
+        encoded = [self._encode(op.partition, op.ns, op.key) for op in ops]  # validate first
+        try:
+            with self._env.begin(write=True) as txn:
+                return [self._apply_one(txn, op, enc) for op, enc in zip(ops, encoded)]
+        except lmdb.MapFullError:
+            raise StoreFull(f"LMDB map of {self.path} is full; raise map_size") from None
+
+    def _apply_one(self, txn: lmdb.Transaction, op: Op, enc: bytes) -> ApplyResult:
+        try:
+            cur = self._load(txn, enc, f"{op.ns}/{op.key!r}")
+        except CorruptRecord:
+            self.corrupt_reads += 1
+            log.error("metadata record %s/%r failed its checksum; overwriting it", op.ns, op.key)
+            cur = None
+        cv = cur.version if cur is not None else MIN_VERSION
+        if op.kind is OpKind.REVERT:
+            if cur is None or cv != op.version:
+                return ApplyResult(status=Status.NOOP, previous=cur)
+            self._put_raw(txn, enc, None if op.restore is None else encode_record(op.restore))
+            return ApplyResult(status=Status.REVERTED, previous=cur)
+        if cur is not None and cv == op.version:
+            return ApplyResult(status=Status.SAME, previous=cur)
+        if op.expect is not None and cv > op.expect:
+            return ApplyResult(status=Status.CONFLICT, previous=cur)
+        if cv > op.version:
+            return ApplyResult(status=Status.STALE, previous=cur)
+        value = op.value if op.kind is OpKind.PUT else None
+        self._put_raw(txn, enc, encode_record(Record(version=op.version, value=value)))
+        return ApplyResult(status=Status.APPLIED, previous=cur)
+
+    def scan(self, ns: str, partition: int, *, prefix: str = "", start_after: str = "", limit: int = 1000,
+             include_tombstones: bool = False, max_examined: int | None = None) -> ScanPage:
+        """Records of ``ns`` in ``partition`` with keys starting with ``prefix`` and greater than
+        ``start_after``, in key order, at most ``limit`` of them. Tombstones are skipped unless
+        ``include_tombstones``; skipping stops after ``max_examined`` records (default 10 x limit
+        + 1000) with ``more`` set, so a page full of deletions costs bounded time. Corrupt
+        records are logged and skipped."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if max_examined is None:
+            max_examined = 10 * limit + 1000
+        base = self._base(partition, ns)
+        pfx = base + check_key(prefix)
+        after = base + check_key(start_after) if start_after else None
+        seek = max(pfx, after) if after is not None else pfx
+        seek = seek[:self._inline]  # a long bound's overflow group sorts at its truncated prefix
+        items: list[tuple[str, Record]] = []
+        examined = 0
+        last: bytes | None = None
+        more = False
+        with self._env.begin() as txn:
+            for enc, raw in self._walk(txn, seek, base):
+                if after is not None and enc <= after:
+                    continue
+                if not enc.startswith(pfx):
+                    if enc > pfx:
+                        break
+                    continue
+                key = enc[len(base):].decode("utf-8")
+                try:
+                    rec = decode_record(raw, f"{ns}/{key!r}")
+                except CorruptRecord:
+                    self.corrupt_reads += 1
+                    log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key)
+                    continue
+                examined += 1
+                last = enc
+                if rec.tombstone and not include_tombstones:
+                    if examined >= max_examined:
+                        more = True
+                        break
+                    continue
+                items.append((key, rec))
+                if len(items) >= limit or examined >= max_examined:
+                    more = True
+                    break
+        return ScanPage(items=items, more=more, last=None if last is None else last[len(base):].decode("utf-8"))
+
+    def _walk(self, txn: lmdb.Transaction, seek: bytes, base: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(encoded key, raw record) from ``seek`` on, overflow groups expanded, while under ``base``."""
+        cur = txn.cursor()
+        if not cur.set_range(seek):
+            return
+        for k, v in cur:
+            k = bytes(k)
+            if not k.startswith(base):
+                return
+            if len(k) == self._inline + 1:
+                yield from sorted(self._read_group(txn, k).items())
+            else:
+                yield k, bytes(v)
+
+    # introspection
+
+    def info(self, partitions: int) -> dict[str, Any]:
+        """``partitions`` holding data, LMDB ``entries`` (an overflow group counts once), ``db_bytes``."""
+        with self._env.begin() as txn:
+            cur = txn.cursor()
+            held = 0
+            p = 0
+            while p < min(partitions, 65536):
+                if not cur.set_range(p.to_bytes(2, "big")):
+                    break
+                found = int.from_bytes(bytes(cur.key())[:2], "big")
+                if found >= partitions:
+                    break
+                held += 1
+                p = found + 1
+            stat = txn.stat()
+        info = self._env.info()
+        return {"partitions": held, "entries": stat["entries"],
+                "db_bytes": (info["last_pgno"] + 1) * stat["psize"], "map_bytes": info["map_size"]}

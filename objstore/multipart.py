@@ -1,0 +1,278 @@
+"""Multipart uploads: Create, UploadPart, UploadPartCopy, Complete, Abort, ListParts, ListMultipartUploads.
+
+Every part is erasure-coded on its own (its own object id and fragments). Completing an upload
+writes one object record that lists the chosen parts' layouts in order, so no bytes move; parts
+that were uploaded but not chosen are retired with the upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from headwater.http.types import Response
+
+from .buckets import int_param, owned_bucket, xml_response
+from .context import Call, Store
+from .objects import _etag_condition, commit_object, copy_source, object_stream, standard_headers, store_body
+from .payload import Payload
+from .records import (ObjectRecord, PartInfo, PartRecord, UploadRecord, part_key, parts_ns, upload_key,
+                      uploads_ns)
+from .s3 import checksums, names, ranges, xmlio
+from .s3 import errors as s3e
+
+__all__ = ["create_upload", "upload_part", "upload_part_copy", "complete_upload", "abort_upload",
+           "list_parts", "list_uploads"]
+
+
+async def _upload(store: Store, call: Call) -> UploadRecord:
+    assert call.bucket is not None and call.key is not None
+    upload_id = call.q("uploadId") or ""
+    entry = await store.meta.get(uploads_ns(call.bucket), upload_key(call.key, upload_id))
+    if entry is None:
+        raise s3e.NoSuchUpload(UploadId=upload_id)
+    return UploadRecord.from_value(entry.value)
+
+
+async def create_upload(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    names.validate_key(call.key)
+    content_type, std, meta = standard_headers(call.request.headers)
+    algo = (call.header("x-amz-checksum-algorithm") or "").strip().lower() or None
+    if algo is not None and not checksums.supported(algo):
+        raise s3e.InvalidRequest(f"checksum algorithm {algo} is not supported")
+    upload_id = secrets.token_urlsafe(24)
+    rec = UploadRecord(key=call.key, upload_id=upload_id, initiated=store.clock(), owner=call.user.name,
+                       content_type=content_type, headers=std, meta=meta, checksum_algorithm=algo)
+    await store.meta.put(uploads_ns(call.bucket), upload_key(call.key, upload_id), rec.to_value())
+    headers = [("x-amz-checksum-algorithm", algo.upper())] if algo else []
+    resp = xml_response(xmlio.initiate_multipart_upload(bucket=call.bucket, key=call.key, upload_id=upload_id))
+    resp.headers.extend(headers)
+    return resp
+
+
+def _part_number(call: Call) -> int:
+    raw = call.q("partNumber") or ""
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 10000:
+        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
+                                  ArgumentName="partNumber", ArgumentValue=raw)
+    return n
+
+
+async def _save_part(store: Store, call: Call, part: PartRecord) -> None:
+    """Record a part; the layout it replaces (same number uploaded again) is retired."""
+    assert call.bucket is not None
+    upload_id = call.q("uploadId") or ""
+    ns = parts_ns(call.bucket, upload_id)
+    try:
+        old = await store.meta.get(ns, part_key(part.number))
+        await store.meta.put(ns, part_key(part.number), part.to_value())
+        # An Abort or Complete that raced this upload would leave the part unreachable.
+        await _upload(store, call)
+    except BaseException:
+        store.retire([part.layout], now=True)
+        raise
+    if old is not None:
+        store.retire([PartRecord.from_value(old.value).layout])
+
+
+async def upload_part(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    number = _part_number(call)
+    upload = await _upload(store, call)
+    payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
+    if upload.checksum_algorithm and payload.algorithm is None:
+        payload.algorithm = upload.checksum_algorithm
+        payload.checksum = checksums.new(upload.checksum_algorithm)
+    assert call.bucket is not None
+    _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket), payload.chunks(),
+                                 inline_max=-1)
+    assert layout is not None
+    try:
+        payload.verify()
+    except BaseException:
+        store.retire([layout], now=True)
+        raise
+    part = PartRecord(number=number, size=payload.size, etag=payload.etag, md5=payload.md5.digest(),
+                      last_modified=store.clock(), checksums=payload.checksums(), layout=layout)
+    await _save_part(store, call, part)
+    headers = [("etag", part.etag), ("content-length", "0")]
+    headers += [(f"x-amz-checksum-{a}", v) for a, v in part.checksums.items()]
+    return Response(status=200, headers=headers)
+
+
+async def upload_part_copy(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    number = _part_number(call)
+    await _upload(store, call)
+    src = await copy_source(store, call)
+    start, end = 0, src.size
+    raw_range = call.header("x-amz-copy-source-range")
+    if raw_range is not None:
+        parsed = ranges.parse_copy_range(raw_range, src.size)
+        start, end = parsed[0], parsed[1] + 1
+    if end - start > store.cluster.objstore.max_put_bytes:
+        raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
+                                 "copy source: 5368709120")
+    md5 = hashlib.md5()
+
+    async def hashed():
+        async for piece in object_stream(store, src, start, end):
+            md5.update(piece)
+            yield piece
+
+    assert call.bucket is not None
+    _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket), hashed(), inline_max=-1)
+    assert layout is not None
+    part = PartRecord(number=number, size=end - start, etag=f'"{md5.hexdigest()}"', md5=md5.digest(),
+                      last_modified=store.clock(), layout=layout)
+    await _save_part(store, call, part)
+    return xml_response(xmlio.copy_part_result(etag=part.etag, last_modified=part.last_modified))
+
+
+async def _all_parts(store: Store, bucket: str, upload_id: str) -> list[PartRecord]:
+    ns = parts_ns(bucket, upload_id)
+    out: list[PartRecord] = []
+    after = ""
+    while True:
+        batch = await store.meta.scan(ns, start_after=after, limit=1000)
+        out += [PartRecord.from_value(e.value) for e in batch]
+        if len(batch) < 1000:
+            return out
+        after = batch[-1].key
+
+
+async def complete_upload(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    upload = await _upload(store, call)
+    upload_id = upload.upload_id
+    body = await Payload(call, max_bytes=4 * 1024 * 1024).read_all()
+    wanted = xmlio.parse_complete_multipart(body)
+    if not wanted:
+        raise s3e.MalformedXML("The XML you provided was not well-formed or did not validate against our "
+                               "published schema")
+    numbers = [p.number for p in wanted]
+    if any(b <= a for a, b in zip(numbers, numbers[1:])):
+        raise s3e.InvalidPartOrder(UploadId=upload_id)
+    have = {p.number: p for p in await _all_parts(store, call.bucket, upload_id)}
+    chosen: list[PartRecord] = []
+    for w in wanted:
+        part = have.get(w.number)
+        if part is None or part.etag.strip('"') != w.etag.strip().strip('"'):
+            raise s3e.InvalidPart(UploadId=upload_id, PartNumber=str(w.number), ETag=w.etag)
+        chosen.append(part)
+    min_part = store.cluster.objstore.min_part_bytes
+    for part in chosen[:-1]:
+        if part.size < min_part:
+            raise s3e.EntityTooSmall(ProposedSize=str(part.size), MinSizeAllowed=str(min_part),
+                                     PartNumber=str(part.number), ETag=part.etag)
+    if_absent, if_match = _etag_condition(call.request.headers)
+    etag = checksums.multipart_etag([p.md5 for p in chosen])
+    sums: dict[str, str] = {}
+    algo = upload.checksum_algorithm
+    if algo and all(algo in p.checksums for p in chosen):
+        sums[algo] = checksums.composite_checksum(algo, [p.checksums[algo] for p in chosen])
+    rec = ObjectRecord(key=call.key, size=sum(p.size for p in chosen), etag=etag, last_modified=store.clock(),
+                       owner=call.user.name, content_type=upload.content_type, headers=dict(upload.headers),
+                       meta=dict(upload.meta), checksums=sums, layouts=tuple(p.layout for p in chosen),
+                       parts=tuple(PartInfo(number=p.number, size=p.size, etag=p.etag) for p in chosen))
+    await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match)
+    kept = {p.number for p in chosen}
+    store.retire([p.layout for n, p in have.items() if n not in kept])
+    await _drop_upload(store, call.bucket, upload)
+    location = f"/{call.bucket}/{call.key}"
+    resp = xml_response(xmlio.complete_multipart_upload(location=location, bucket=call.bucket, key=call.key,
+                                                        etag=etag))
+    resp.headers += [(f"x-amz-checksum-{a}", v) for a, v in sums.items()]
+    return resp
+
+
+async def _drop_upload(store: Store, bucket: str, upload: UploadRecord) -> None:
+    await store.meta.delete(uploads_ns(bucket), upload_key(upload.key, upload.upload_id))
+    ns = parts_ns(bucket, upload.upload_id)
+    for part in await _all_parts(store, bucket, upload.upload_id):
+        await store.meta.delete(ns, part_key(part.number))
+
+
+async def abort_upload(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    upload = await _upload(store, call)
+    parts = await _all_parts(store, call.bucket, upload.upload_id)
+    await _drop_upload(store, call.bucket, upload)
+    store.retire([p.layout for p in parts], now=True)
+    return Response(status=204)
+
+
+async def list_parts(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    upload = await _upload(store, call)
+    marker = int_param(call, "part-number-marker", 0)
+    max_parts = int_param(call, "max-parts", 1000, 0, 1000)
+    batch = await store.meta.scan(parts_ns(call.bucket, upload.upload_id), start_after=part_key(marker) if marker else "",
+                                  limit=max_parts + 1)
+    parts = [PartRecord.from_value(e.value) for e in batch]
+    truncated = len(parts) > max_parts
+    parts = parts[:max_parts]
+    body = xmlio.list_parts(
+        bucket=call.bucket, key=call.key, upload_id=upload.upload_id, part_number_marker=marker,
+        next_part_number_marker=parts[-1].number if parts else marker, max_parts=max_parts,
+        is_truncated=truncated, owner=upload.owner, checksum_algorithm=upload.checksum_algorithm,
+        parts=[xmlio.PartEntry(number=p.number, last_modified=p.last_modified, etag=p.etag, size=p.size,
+                               checksums=p.checksums) for p in parts])
+    return xml_response(body)
+
+
+async def list_uploads(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    prefix = call.q("prefix", "") or ""
+    delimiter = call.q("delimiter", "") or ""
+    key_marker = call.q("key-marker", "") or ""
+    id_marker = call.q("upload-id-marker", "") or ""
+    max_uploads = int_param(call, "max-uploads", 1000, 0, 1000)
+    start = upload_key(key_marker, id_marker) if id_marker else (upload_key(key_marker, "\U0010ffff")
+                                                                  if key_marker else "")
+    uploads: list[UploadRecord] = []
+    prefixes: list[str] = []
+    truncated = False
+    after = start
+    while not truncated:
+        batch = await store.meta.scan(uploads_ns(call.bucket), prefix=prefix, start_after=after, limit=1000)
+        for e in batch:
+            rec = UploadRecord.from_value(e.value)
+            after = e.key
+            if delimiter:
+                cut = rec.key.find(delimiter, len(prefix))
+                if cut >= 0:
+                    common = rec.key[: cut + len(delimiter)]
+                    if prefixes and prefixes[-1] == common:
+                        continue
+                    if len(uploads) + len(prefixes) >= max_uploads:
+                        truncated = True
+                        break
+                    prefixes.append(common)
+                    continue
+            if len(uploads) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            uploads.append(rec)
+        if len(batch) < 1000:
+            break
+    body = xmlio.list_multipart_uploads(
+        bucket=call.bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker, upload_id_marker=id_marker,
+        next_key_marker=uploads[-1].key if (truncated and uploads) else None,
+        next_upload_id_marker=uploads[-1].upload_id if (truncated and uploads) else None,
+        max_uploads=max_uploads, is_truncated=truncated,
+        uploads=[xmlio.UploadEntry(key=u.key, upload_id=u.upload_id, initiated=u.initiated, owner=u.owner)
+                 for u in uploads],
+        common_prefixes=prefixes, encoding_url=call.q("encoding-type") == "url")
+    return xml_response(body)
+

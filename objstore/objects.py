@@ -1,0 +1,356 @@
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject, DeleteObjects, CopyObject."""
+
+from __future__ import annotations
+
+import urllib.parse
+import hashlib
+from typing import AsyncIterator
+
+import anyio
+
+from headwater.config import ErasureScheme
+from headwater.http.types import Headers, Response
+
+from .buckets import owned_bucket, xml_response
+from .context import Call, Store
+from .datapath import LayoutWriter, read_layout
+from .metadata.errors import ConditionFailed
+from .payload import Payload
+from .records import Layout, ObjectRecord, objects_ns
+from .s3 import conditions, names, ranges, xmlio
+from .s3 import errors as s3e
+from .s3.xmlio import http_date
+
+__all__ = ["put_object", "get_object", "head_object", "delete_object", "delete_objects", "copy_object",
+           "store_body", "get_record", "object_stream", "parse_copy_source"]
+
+# Response headers a GET may override with response-* query parameters (signed requests only).
+OVERRIDES = ("content-type", "content-language", "expires", "cache-control", "content-disposition",
+             "content-encoding")
+
+
+async def get_record(store: Store, bucket: str, key: str) -> ObjectRecord | None:
+    entry = await store.meta.get(objects_ns(bucket), key)
+    return ObjectRecord.from_value(entry.value) if entry else None
+
+
+async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[bytes], *,
+                     inline_max: int) -> tuple[bytes | None, Layout | None]:
+    """Consume ``chunks`` into either inline bytes (small bodies) or an erasure-coded layout.
+
+    On any failure (bad body, client gone, too few nodes) every fragment written is removed.
+    """
+    head = bytearray()
+    writer: LayoutWriter | None = None
+    try:
+        async for piece in chunks:
+            if writer is None:
+                head += piece
+                if len(head) > inline_max:
+                    writer = LayoutWriter(store.pool, scheme)
+                    await writer.write(bytes(head))
+                    head.clear()
+            else:
+                await writer.write(piece)
+        if writer is None:
+            return bytes(head), None
+        return None, await writer.finish()
+    except BaseException:
+        if writer is not None:
+            await writer.abort()
+        raise
+
+
+def standard_headers(h: Headers) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Content-Type, the other standard headers, and x-amz-meta-* from a request."""
+    content_type = h.get("content-type") or "binary/octet-stream"
+    std = {name: v for name in ("cache-control", "content-disposition", "content-encoding",
+                                "content-language", "expires") if (v := h.get(name)) is not None}
+    # aws-chunked is a transfer detail of this request, not a property of the object.
+    if "content-encoding" in std:
+        kept = [e.strip() for e in std["content-encoding"].split(",") if e.strip() and e.strip() != "aws-chunked"]
+        if kept:
+            std["content-encoding"] = ", ".join(kept)
+        else:
+            del std["content-encoding"]
+    meta = names.user_metadata(h)
+    return content_type, std, meta
+
+
+def _etag_condition(h: Headers) -> tuple[bool, str | None]:
+    """(If-None-Match: *, If-Match etag) of a conditional PUT."""
+    inm = h.get("if-none-match")
+    if inm is not None and inm.strip() != "*":
+        raise s3e.NotImplemented("If-None-Match on PUT supports only *", header="If-None-Match")
+    im = h.get("if-match")
+    return inm is not None, (_quote(im.strip()) if im is not None else None)
+
+
+def _quote(etag: str) -> str:
+    etag = etag.strip()
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_absent: bool = False,
+                        if_match: str | None = None) -> None:
+    """Make ``rec`` the visible version; retire the fragments of the version it replaces."""
+    try:
+        previous = await store.meta.put(objects_ns(bucket), rec.key, rec.to_value(), if_absent=if_absent,
+                                        if_match=("etag", if_match) if if_match else None)
+    except ConditionFailed as e:
+        if if_match is not None and e.current is None:
+            raise s3e.NoSuchKey(Key=rec.key) from None
+        raise s3e.PreconditionFailed(Condition="If-None-Match" if if_absent else "If-Match") from None
+    old = getattr(previous, "previous", None)
+    if old is not None:
+        store.retire(ObjectRecord.from_value(old.value).layouts)
+
+
+async def put_object(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    names.validate_key(call.key)
+    h = call.request.headers
+    if_absent, if_match = _etag_condition(h)
+    if if_absent or if_match:
+        # Fail fast before reading the body; the metadata write re-checks atomically.
+        current = await get_record(store, call.bucket, call.key)
+        if if_absent and current is not None:
+            raise s3e.PreconditionFailed(Condition="If-None-Match")
+        if if_match is not None:
+            if current is None:
+                raise s3e.NoSuchKey(Key=call.key)
+            if current.etag != if_match:
+                raise s3e.PreconditionFailed(Condition="If-Match")
+    content_type, std, meta = standard_headers(h)
+    payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
+    cfg = store.cluster.objstore
+    inline, layout = await store_body(store, cfg.scheme_for(call.bucket), payload.chunks(),
+                                      inline_max=cfg.inline_max_bytes)
+    try:
+        payload.verify()
+        rec = ObjectRecord(key=call.key, size=payload.size, etag=payload.etag, last_modified=store.clock(),
+                           owner=call.user.name, content_type=content_type, headers=std, meta=meta,
+                           checksums=payload.checksums(), inline=inline,
+                           layouts=(layout,) if layout else ())
+        await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match)
+    except BaseException:
+        if layout is not None:
+            store.retire([layout], now=True)
+        raise
+    headers = [("etag", rec.etag), ("content-length", "0")]
+    headers += [(f"x-amz-checksum-{a}", v) for a, v in rec.checksums.items()]
+    return Response(status=200, headers=headers)
+
+
+def object_headers(rec: ObjectRecord, call: Call) -> list[tuple[str, str]]:
+    out = [("etag", rec.etag), ("last-modified", http_date(rec.last_modified)), ("accept-ranges", "bytes"),
+           ("content-type", rec.content_type)]
+    out += sorted(rec.headers.items())
+    out += [(f"x-amz-meta-{k}", v) for k, v in sorted(rec.meta.items())]
+    if rec.parts:
+        out.append(("x-amz-mp-parts-count", str(len(rec.parts))))
+    if (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
+        out += [(f"x-amz-checksum-{a}", v) for a, v in rec.checksums.items()]
+    overrides = {}
+    for name in OVERRIDES:
+        value = call.q(f"response-{name}")
+        if value is not None:
+            overrides[name] = value
+    if overrides:
+        out = [(k, v) for k, v in out if k not in overrides] + list(overrides.items())
+    return out
+
+
+async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes ``start .. end-1`` of an object, from its inline bytes or its layouts in order."""
+    if rec.inline is not None:
+        if end > start:
+            yield rec.inline[start:end]
+        return
+    base = 0
+    for lay in rec.layouts:
+        lo, hi = max(start - base, 0), min(end - base, lay.size)
+        if lo < hi:
+            async for piece in read_layout(store.pool, lay, lo, hi):
+                yield piece
+        base += lay.size
+        if base >= end:
+            return
+
+
+async def _read_target(store: Store, call: Call) -> ObjectRecord:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    rec = await get_record(store, call.bucket, call.key)
+    if rec is None:
+        raise s3e.NoSuchKey(Key=call.key)
+    try:
+        conditions.check_read(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
+    except s3e.NotModified as e:
+        e.extra_headers = [("etag", rec.etag), ("last-modified", http_date(rec.last_modified))]
+        raise
+    return rec
+
+
+def _part_range(call: Call, rec: ObjectRecord) -> tuple[int, int] | None:
+    raw = call.q("partNumber")
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise s3e.InvalidArgument("Part number must be an integer", ArgumentName="partNumber",
+                                  ArgumentValue=raw) from None
+    parts = rec.parts or ()
+    if not parts:
+        if n == 1:
+            return 0, rec.size
+        raise s3e.InvalidPartNumber()
+    if not 1 <= n <= len(parts):
+        raise s3e.InvalidPartNumber()
+    start = sum(p.size for p in parts[: n - 1])
+    return start, start + parts[n - 1].size
+
+
+async def get_object(store: Store, call: Call, *, head: bool = False) -> Response:
+    rec = await _read_target(store, call)
+    headers = object_headers(rec, call)
+    part = _part_range(call, rec)
+    rng = ranges.parse_range(call.header("range"), rec.size) if part is None else None
+    if part is not None:
+        start, end = part
+        status = 206 if rec.parts else 200
+        if rec.parts:
+            headers.append(("content-range", ranges.content_range(start, end - 1, rec.size)))
+    elif rng is not None:
+        start, end = rng[0], rng[1] + 1
+        status = 206
+        headers.append(("content-range", ranges.content_range(start, end - 1, rec.size)))
+    else:
+        start, end, status = 0, rec.size, 200
+    headers.append(("content-length", str(end - start)))
+    if head:
+        return Response(status=status, headers=headers, body=b"")
+    if rec.inline is not None:
+        return Response(status=status, headers=headers, body=rec.inline[start:end])
+    return Response(status=status, headers=headers, body=object_stream(store, rec, start, end))
+
+
+async def head_object(store: Store, call: Call) -> Response:
+    return await get_object(store, call, head=True)
+
+
+async def delete_object(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    await _delete_key(store, call.bucket, call.key)
+    return Response(status=204)
+
+
+async def _delete_key(store: Store, bucket: str, key: str) -> None:
+    previous = await store.meta.delete(objects_ns(bucket), key)
+    if previous is not None:
+        store.retire(ObjectRecord.from_value(previous.value).layouts)
+
+
+async def delete_objects(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    h = call.request.headers
+    if h.get("content-md5") is None and not any(k.startswith("x-amz-checksum-") or k == "x-amz-sdk-checksum-algorithm"
+                                                for k, _ in h):
+        raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
+    body = await Payload(call, max_bytes=2 * 1024 * 1024).read_all()
+    keys, quiet = xmlio.parse_delete(body)
+    deleted: list[str] = []
+    failed: list[tuple[str, str, str]] = []
+    limiter = anyio.CapacityLimiter(16)
+
+    async def one(key: str) -> None:
+        async with limiter:
+            try:
+                names.validate_key(key)
+                await _delete_key(store, call.bucket, key)  # type: ignore[arg-type]
+                deleted.append(key)
+            except s3e.S3Error as e:
+                failed.append((key, e.code, e.message))
+
+    async with anyio.create_task_group() as tg:
+        for key in keys:
+            tg.start_soon(one, key)
+    order = {k: i for i, k in enumerate(keys)}
+    deleted.sort(key=order.__getitem__)
+    failed.sort(key=lambda f: order[f[0]])
+    return xml_response(xmlio.delete_result(deleted=[] if quiet else deleted, errors=failed))
+
+
+def parse_copy_source(raw: str) -> tuple[str, str]:
+    """``/bucket/key`` (URL-encoded, optionally ``?versionId=``) from x-amz-copy-source."""
+    src, _, query = raw.partition("?")
+    src = urllib.parse.unquote(src).lstrip("/")
+    bucket, _, key = src.partition("/")
+    if not bucket or not key:
+        raise s3e.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                                  ArgumentName="x-amz-copy-source", ArgumentValue=raw)
+    version = urllib.parse.parse_qs(query).get("versionId", ["null"])[0]
+    if version != "null":
+        raise s3e.NoSuchVersion(Key=key, VersionId=version)
+    return bucket, key
+
+
+async def copy_source(store: Store, call: Call) -> ObjectRecord:
+    """The readable source record of a copy, after its x-amz-copy-source-if-* conditions."""
+    bucket, key = parse_copy_source(call.header("x-amz-copy-source") or "")
+    await owned_bucket(store, call, bucket)
+    rec = await get_record(store, bucket, key)
+    if rec is None:
+        raise s3e.NoSuchKey(Key=key)
+    conditions.check_copy_source(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
+    return rec
+
+
+async def copy_object(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    names.validate_key(call.key)
+    src = await copy_source(store, call)
+    directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive",
+                                  ArgumentValue=directive)
+    src_bucket, src_key = parse_copy_source(call.header("x-amz-copy-source") or "")
+    if (src_bucket, src_key) == (call.bucket, call.key) and directive == "COPY":
+        raise s3e.InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself without changing "
+            "the object's metadata, storage class, website redirect location or encryption attributes.")
+    if directive == "REPLACE":
+        content_type, std, meta = standard_headers(call.request.headers)
+    else:
+        content_type, std, meta = src.content_type, dict(src.headers), dict(src.meta)
+    cfg = store.cluster.objstore
+    if src.size > cfg.max_put_bytes:
+        raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
+                                 "copy source: 5368709120")
+    md5 = hashlib.md5()
+
+    async def hashed() -> AsyncIterator[bytes]:
+        async for piece in object_stream(store, src, 0, src.size):
+            md5.update(piece)
+            yield piece
+
+    inline, layout = await store_body(store, cfg.scheme_for(call.bucket), hashed(),
+                                      inline_max=cfg.inline_max_bytes)
+    now = store.clock()
+    # A copy is a new single-part object: its ETag is the MD5 of its bytes.
+    rec = ObjectRecord(key=call.key, size=src.size, etag=f'"{md5.hexdigest()}"', last_modified=now,
+                       owner=call.user.name, content_type=content_type, headers=std, meta=meta,
+                       checksums=dict(src.checksums) if not src.parts else {}, inline=inline,
+                       layouts=(layout,) if layout else ())
+    try:
+        await commit_object(store, call.bucket, rec)
+    except BaseException:
+        if layout is not None:
+            store.retire([layout], now=True)
+        raise
+    return xml_response(xmlio.copy_object_result(etag=rec.etag, last_modified=now))

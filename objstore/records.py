@@ -1,0 +1,199 @@
+"""The records the gateway keeps in the metadata ring: buckets, objects, multipart uploads, parts.
+
+Each record is a frozen dataclass with ``to_value()`` / ``from_value()`` to the msgpack-able dict
+the metadata ring stores. The ring does not interpret them; only this module knows their shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater.config import ErasureScheme
+
+__all__ = [
+    "BUCKETS_NS",
+    "objects_ns",
+    "uploads_ns",
+    "parts_ns",
+    "upload_key",
+    "part_key",
+    "Layout",
+    "BucketRecord",
+    "ObjectRecord",
+    "UploadRecord",
+    "PartRecord",
+    "PartInfo",
+]
+
+BUCKETS_NS = "buckets"
+
+
+def objects_ns(bucket: str) -> str:
+    return f"obj/{bucket}"
+
+
+def uploads_ns(bucket: str) -> str:
+    return f"mpu/{bucket}"
+
+
+def parts_ns(bucket: str, upload_id: str) -> str:
+    return f"part/{bucket}/{upload_id}"
+
+
+def upload_key(key: str, upload_id: str) -> str:
+    # "\0" sorts before every other character, so uploads list in key order, then upload id.
+    return f"{key}\0{upload_id}"
+
+
+def part_key(number: int) -> str:
+    return f"{number:05d}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    """Where one erasure-coded run of bytes lives: fragment i of every stripe is on nodes[i].
+
+    ``nodes[i]`` is None where the write of fragment i failed; reads then use the others.
+    Fragment files are named ``f"{oid}.{i}"``.
+    """
+
+    oid: str
+    size: int
+    k: int
+    m: int
+    stripe_bytes: int
+    nodes: tuple[str | None, ...]
+
+    @property
+    def scheme(self) -> ErasureScheme:
+        return ErasureScheme(k=self.k, m=self.m, stripe_bytes=self.stripe_bytes)
+
+    def fid(self, index: int) -> str:
+        return f"{self.oid}.{index}"
+
+    @property
+    def stripes(self) -> int:
+        return -(-self.size // self.stripe_bytes)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"oid": self.oid, "size": self.size, "k": self.k, "m": self.m,
+                "stripe": self.stripe_bytes, "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_value(cls, v: dict[str, Any]) -> Layout:
+        return cls(oid=v["oid"], size=v["size"], k=v["k"], m=v["m"], stripe_bytes=v["stripe"],
+                   nodes=tuple(v["nodes"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BucketRecord:
+    """A bucket and its owner (the user's name)."""
+
+    name: str
+    owner: str
+    created: float
+    region: str = "us-east-1"
+
+    def to_value(self) -> dict[str, Any]:
+        return {"name": self.name, "owner": self.owner, "created": self.created, "region": self.region}
+
+    @classmethod
+    def from_value(cls, v: dict[str, Any]) -> BucketRecord:
+        return cls(name=v["name"], owner=v["owner"], created=v["created"], region=v.get("region", "us-east-1"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartInfo:
+    """What an object remembers of each multipart part (for partNumber reads and ETags)."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectRecord:
+    """One object. Small objects carry their bytes in ``inline``; others list their layouts."""
+
+    key: str
+    size: int
+    etag: str  # quoted, as on the wire
+    last_modified: float
+    owner: str
+    content_type: str = "binary/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)  # standard headers stored with the object
+    meta: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* (names without the prefix)
+    checksums: dict[str, str] = field(default_factory=dict)  # "crc32" -> base64, ...
+    inline: bytes | None = None
+    layouts: tuple[Layout, ...] = ()
+    parts: tuple[PartInfo, ...] = ()  # non-empty for completed multipart uploads
+
+    def oids(self) -> list[str]:
+        return [lay.oid for lay in self.layouts]
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "size": self.size, "etag": self.etag, "mtime": self.last_modified,
+            "owner": self.owner, "ctype": self.content_type, "headers": self.headers,
+            "meta": self.meta, "sums": self.checksums, "inline": self.inline,
+            "layouts": [lay.to_value() for lay in self.layouts],
+            "parts": [[p.number, p.size, p.etag] for p in self.parts],
+        }
+
+    @classmethod
+    def from_value(cls, v: dict[str, Any]) -> ObjectRecord:
+        return cls(
+            key=v["key"], size=v["size"], etag=v["etag"], last_modified=v["mtime"], owner=v["owner"],
+            content_type=v.get("ctype", "binary/octet-stream"), headers=dict(v.get("headers") or {}),
+            meta=dict(v.get("meta") or {}), checksums=dict(v.get("sums") or {}), inline=v.get("inline"),
+            layouts=tuple(Layout.from_value(x) for x in v.get("layouts") or ()),
+            parts=tuple(PartInfo(number=a, size=b, etag=c) for a, b, c in v.get("parts") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadRecord:
+    """A multipart upload in progress: what CompleteMultipartUpload will give the object."""
+
+    key: str
+    upload_id: str
+    initiated: float
+    owner: str
+    content_type: str = "binary/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    checksum_algorithm: str | None = None
+
+    def to_value(self) -> dict[str, Any]:
+        return {"key": self.key, "upload_id": self.upload_id, "initiated": self.initiated,
+                "owner": self.owner, "ctype": self.content_type, "headers": self.headers,
+                "meta": self.meta, "algo": self.checksum_algorithm}
+
+    @classmethod
+    def from_value(cls, v: dict[str, Any]) -> UploadRecord:
+        return cls(key=v["key"], upload_id=v["upload_id"], initiated=v["initiated"], owner=v["owner"],
+                   content_type=v.get("ctype", "binary/octet-stream"), headers=dict(v.get("headers") or {}),
+                   meta=dict(v.get("meta") or {}), checksum_algorithm=v.get("algo"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartRecord:
+    """One uploaded part; parts are always erasure-coded, however small the last one is."""
+
+    number: int
+    size: int
+    etag: str  # quoted
+    md5: bytes  # raw digest, for the multipart ETag
+    last_modified: float
+    layout: Layout
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def to_value(self) -> dict[str, Any]:
+        return {"n": self.number, "size": self.size, "etag": self.etag, "md5": self.md5,
+                "mtime": self.last_modified, "sums": self.checksums, "layout": self.layout.to_value()}
+
+    @classmethod
+    def from_value(cls, v: dict[str, Any]) -> PartRecord:
+        return cls(number=v["n"], size=v["size"], etag=v["etag"], md5=v["md5"], last_modified=v["mtime"],
+                   checksums=dict(v.get("sums") or {}), layout=Layout.from_value(v["layout"]))

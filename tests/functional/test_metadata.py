@@ -1,0 +1,316 @@
+"""The metadata service over real sockets: three (or five) nodes in-process, real LMDB, real RPC."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+
+import anyio
+import pytest
+
+from headwater.config import ClusterConfig, MetadataNodeConfig, ObjstoreConfig
+from headwater.objstore.metadata import (ConditionFailed, DataDirError, Entry, MetadataClient,
+                                         QuorumUnavailable, run_metadata_node)
+from headwater.objstore.metadata.partition import PartitionMap
+
+pytestmark = pytest.mark.anyio
+
+
+class MetaCluster:
+    """n metadata nodes on ephemeral ports; stop and restart them by index."""
+
+    def __init__(self, tmp_path, tg, n: int, partitions: int):
+        self.tg = tg
+        nodes = tuple(MetadataNodeConfig(id=f"meta-{i}", port=0, admin_port=1, data_dir=tmp_path / f"meta-{i}",
+                                         map_size_bytes=64 << 20) for i in range(n))
+        self.cfg = ClusterConfig(objstore=ObjstoreConfig(partitions=partitions, rpc_timeout_s=5.0), metadata=nodes)
+        self.running: dict[int, tuple] = {}
+
+    async def start(self, i: int):
+        scope = anyio.CancelScope()
+        stopped = anyio.Event()
+
+        async def run(*, task_status):
+            try:
+                with scope:
+                    await run_metadata_node(self.cfg, self.cfg.metadata[i], task_status=task_status)
+            finally:
+                stopped.set()
+
+        node = await self.tg.start(run)
+        self.running[i] = (node, scope, stopped)
+        if self.cfg.metadata[i].port == 0:
+            ms = list(self.cfg.metadata)
+            ms[i] = dataclasses.replace(ms[i], port=node.port)
+            self.cfg = dataclasses.replace(self.cfg, metadata=tuple(ms))
+        return node
+
+    async def stop(self, i: int) -> None:
+        _node, scope, stopped = self.running.pop(i)
+        scope.cancel()
+        await stopped.wait()
+
+    def node(self, i: int):
+        return self.running[i][0]
+
+    def client(self, writer_id: str = "t1", **kw) -> MetadataClient:
+        return MetadataClient(self.cfg, writer_id=writer_id, connect_timeout_s=1.0, **kw)
+
+
+@asynccontextmanager
+async def meta_cluster(tmp_path, n: int = 3, partitions: int = 16):
+    async with anyio.create_task_group() as tg:
+        mc = MetaCluster(tmp_path, tg, n, partitions)
+        for i in range(n):
+            await mc.start(i)
+        try:
+            yield mc
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def settle() -> None:
+    """Let background repairs and reverts finish (they are in-process and quick)."""
+    await anyio.sleep(0.2)
+
+
+async def test_put_get_scan_delete_round_trip(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        assert await meta.get("buckets", "photos") is None
+        e = await meta.put("buckets", "photos", {"owner": "alice", "created": 1})
+        assert isinstance(e, Entry) and e.version[1] == "t1"
+        got = await meta.get("buckets", "photos")
+        assert got == e
+        for k in ("b/2", "a", "b/1", "c"):
+            await meta.put("obj/photos", k, {"etag": k, "size": len(k)})
+        assert [x.key for x in await meta.scan("obj/photos")] == ["a", "b/1", "b/2", "c"]
+        assert [x.key for x in await meta.scan("obj/photos", prefix="b/")] == ["b/1", "b/2"]
+        assert [x.key for x in await meta.scan("obj/photos", start_after="b/1", limit=1)] == ["b/2"]
+        mpu = "video.mp4\0upload-1"
+        await meta.put("mpu/photos", mpu, {"initiated": 1})
+        assert (await meta.get("mpu/photos", mpu)).value == {"initiated": 1}
+        prev = await meta.delete("obj/photos", "a")
+        assert prev.value == {"etag": "a", "size": 1}
+        assert await meta.get("obj/photos", "a") is None
+        assert await meta.delete("obj/photos", "a") is None
+        assert [x.key for x in await meta.scan("obj/photos")] == ["b/1", "b/2", "c"]
+        assert all((await meta.health()).values())
+        info = await meta.node_info()
+        assert all(v["entries"] > 0 for v in info.values())
+        stats = mc.node(0).statistics()
+        assert stats["puts"] > 0 and stats["gets"] > 0 and stats["scans"] > 0
+
+
+async def test_versions_move_forward_even_if_the_clock_does_not(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client(clock=lambda: 1000) as meta:
+        a = await meta.put("obj/b", "k", {"n": 1})
+        b = await meta.put("obj/b", "k", {"n": 2})
+        assert b.version > a.version
+        assert (await meta.get("obj/b", "k")).value == {"n": 2}
+        # a writer whose clock is far behind still overwrites after it has seen the newer version
+        async with mc.client("late", clock=lambda: 5) as late:
+            await late.get("obj/b", "k")
+            await late.put("obj/b", "k", {"n": 3})
+            assert (await meta.get("obj/b", "k")).value == {"n": 3}
+            # ...and even without reading first: a stale write is retried past what the nodes hold
+            await late.put("obj/b", "k2", {"n": 1})
+            async with mc.client("later", clock=lambda: 1) as later:
+                await later.put("obj/b", "k2", {"n": 2})
+            assert (await meta.get("obj/b", "k2")).value == {"n": 2}
+
+
+async def test_one_node_down_reads_and_writes_work(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        await meta.put("obj/b", "before", {"n": 1})
+        await mc.stop(1)
+        assert (await meta.get("obj/b", "before")).value == {"n": 1}
+        await meta.put("obj/b", "during", {"n": 2})
+        await meta.put("obj/b", "before", {"n": 3}, if_match=("n", 1))
+        assert [e.key for e in await meta.scan("obj/b")] == ["before", "during"]
+        health = await meta.health()
+        assert health == {"meta-0": True, "meta-1": False, "meta-2": True}
+
+
+async def test_two_down_put_fails_and_nothing_acknowledged_is_lost(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        acked = {f"k{i}": {"n": i} for i in range(20)}
+        for k, v in acked.items():
+            await meta.put("obj/b", k, v)
+        await mc.stop(0)
+        await meta.put("obj/b", "k0", {"n": "new"})  # still a majority
+        acked["k0"] = {"n": "new"}
+        await mc.stop(2)
+        with pytest.raises(QuorumUnavailable) as err:
+            await meta.put("obj/b", "k1", {"n": "lost"})
+        assert err.value.s3_code == "ServiceUnavailable" and err.value.http_status == 503
+        with pytest.raises(QuorumUnavailable):
+            await meta.get("obj/b", "k1")
+        with pytest.raises(QuorumUnavailable):
+            await meta.scan("obj/b")
+        await settle()
+        await mc.start(0)
+        await mc.start(2)
+        for k, v in acked.items():
+            assert (await meta.get("obj/b", k)).value == v, k
+        assert {e.key: e.value for e in await meta.scan("obj/b")} == acked
+        # the failed write was reverted on the node it reached
+        assert mc.node(1).store.get("obj/b", PartitionMap.from_cluster(mc.cfg).partition_of("obj/b", "k1"),
+                                    "k1").value == {"n": 1}
+
+
+async def test_read_repair_brings_a_restarted_node_up_to_date(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        ring = PartitionMap.from_cluster(mc.cfg)
+        await meta.put("obj/b", "gone", {"n": 0})
+        await mc.stop(2)
+        keys = [f"k{i}" for i in range(10)]
+        for k in keys:
+            await meta.put("obj/b", k, {"n": k})
+        await meta.delete("obj/b", "gone")
+        await mc.start(2)
+        store = mc.node(2).store
+        assert all(store.get("obj/b", ring.partition_of("obj/b", k), k) is None for k in keys)
+        for k in keys[:5]:
+            await meta.get("obj/b", k)  # point reads repair...
+        await meta.get("obj/b", "gone")
+        await meta.scan("obj/b", prefix="k")  # ...and so do scans
+        await settle()
+        for k in keys:
+            assert store.get("obj/b", ring.partition_of("obj/b", k), k).value == {"n": k}
+        assert store.get("obj/b", ring.partition_of("obj/b", "gone"), "gone").tombstone
+        # now the other two may fail and node 2 still serves everything with one partner
+        await mc.stop(0)
+        assert {e.key for e in await meta.scan("obj/b")} == set(keys)
+
+
+@pytest.mark.parametrize("clients", [1, 4])
+async def test_conditional_put_race_has_one_winner(tmp_path, clients):
+    async with meta_cluster(tmp_path) as mc:
+        metas = [mc.client(f"w{i}") for i in range(clients)]
+        async with AsyncExitStack() as stack:
+            for m in metas:
+                await stack.enter_async_context(m)
+            for round_ in range(5):
+                key = f"bucket-{round_}"
+                winners, losers = [], []
+
+                async def attempt(i: int) -> None:
+                    try:
+                        e = await metas[i % clients].put("buckets", key, {"owner": f"u{i}"}, if_absent=True)
+                        winners.append(e)
+                    except ConditionFailed as cf:
+                        losers.append(cf)
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(20):
+                        tg.start_soon(attempt, i)
+                assert len(winners) == 1, (winners, losers)
+                assert len(losers) == 19
+                assert all(cf.http_status == 412 for cf in losers)
+                await settle()
+                final = await metas[0].get("buckets", key)
+                assert final.value == winners[0].value
+                for i in range(3):  # every replica converged on the winner, losers reverted
+                    store = mc.node(i).store
+                    p = PartitionMap.from_cluster(mc.cfg).partition_of("buckets", key)
+                    assert store.get("buckets", p, key).value == winners[0].value
+
+
+async def test_if_match_and_conditional_delete(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        with pytest.raises(ConditionFailed) as err:
+            await meta.put("obj/b", "k", {"etag": "2"}, if_match=("etag", "1"))
+        assert err.value.current is None
+        await meta.put("obj/b", "k", {"etag": "1"})
+        with pytest.raises(ConditionFailed) as err:
+            await meta.put("obj/b", "k", {"etag": "x"}, if_absent=True)
+        assert err.value.current.value == {"etag": "1"}
+        await meta.put("obj/b", "k", {"etag": "2"}, if_match=("etag", "1"))
+        with pytest.raises(ConditionFailed):
+            await meta.put("obj/b", "k", {"etag": "3"}, if_match=("etag", "1"))
+        with pytest.raises(ConditionFailed):
+            await meta.delete("obj/b", "k", if_match=("etag", "1"))
+        assert (await meta.delete("obj/b", "k", if_match=("etag", "2"))).value == {"etag": "2"}
+        await meta.put("obj/b", "k", {"etag": "4"}, if_absent=True)  # absent again after a delete
+
+        # racing If-Match writers: exactly one moves etag 4 on
+        results: list = []
+
+        async def swap(i: int) -> None:
+            try:
+                results.append(await meta.put("obj/b", "k", {"etag": f"5-{i}"}, if_match=("etag", "4")))
+            except ConditionFailed:
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(swap, i)
+        assert len(results) == 1
+        assert (await meta.get("obj/b", "k")).value == results[0].value
+
+
+async def test_listing_merges_partitions_with_a_hot_prefix(tmp_path):
+    async with meta_cluster(tmp_path, partitions=64) as mc, mc.client() as meta:
+        keys = [f"videos/title-{i % 7}/seg-{i:05}.m4s" for i in range(600)] + ["a", "videos/", "zz", "é"]
+        rnd = random.Random(3)
+        rnd.shuffle(keys)
+        ring = PartitionMap.from_cluster(mc.cfg)
+        assert len({ring.partition_of("obj/v", k) for k in keys}) == 64  # the hot prefix spreads
+
+        async def put(k: str) -> None:
+            await meta.put("obj/v", k, {"k": k})
+
+        async with anyio.create_task_group() as tg:
+            for k in keys:
+                tg.start_soon(put, k)
+        for k in rnd.sample(keys, 50):
+            await meta.delete("obj/v", k)
+            keys.remove(k)
+        want = sorted(keys)
+        got = await meta.scan("obj/v", limit=10_000)
+        assert [e.key for e in got] == want
+        # pages of any size, with a prefix, resume where the last one ended
+        for limit in (1, 7, 100):
+            seen, after = [], ""
+            while page := await meta.scan("obj/v", prefix="videos/title-3/", start_after=after, limit=limit):
+                seen += [e.key for e in page]
+                after = page[-1].key
+            assert seen == [k for k in want if k.startswith("videos/title-3/")]
+        async with aclosing(meta.scan_iter("obj/v", page_size=3)) as it:
+            assert [e.key async for e in it] == want
+
+
+async def test_five_nodes_partial_replica_sets(tmp_path):
+    async with meta_cluster(tmp_path, n=5, partitions=32) as mc, mc.client() as meta:
+        ring = PartitionMap.from_cluster(mc.cfg)
+        keys = [f"k{i:03}" for i in range(200)]
+        for k in keys:
+            await meta.put("obj/b", k, {"k": k})
+        for i in range(5):  # each node holds only its partitions
+            parts = set(ring.partitions_of(f"meta-{i}"))
+            held = {ring.partition_of("obj/b", k) for k in keys
+                    if mc.node(i).store.get("obj/b", ring.partition_of("obj/b", k), k) is not None}
+            assert held <= parts
+        assert [e.key for e in await meta.scan("obj/b", limit=500)] == keys
+        await mc.stop(0)
+        await mc.stop(1)
+        ok = fail = 0
+        for k in keys:
+            p = ring.partition_of("obj/b", k)
+            if {"meta-0", "meta-1"} <= set(ring.replica_set(p)):
+                with pytest.raises(QuorumUnavailable):
+                    await meta.get("obj/b", k)
+                fail += 1
+            else:
+                assert (await meta.get("obj/b", k)).value == {"k": k}
+                ok += 1
+        assert ok and fail
+
+
+async def test_unwritable_data_dir_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    node = MetadataNodeConfig(id="m", port=0, admin_port=1, data_dir=tmp_path / "file" / "meta")
+    cfg = ClusterConfig(metadata=(node,))
+    with pytest.raises(DataDirError, match="cannot create metadata data_dir"):
+        await run_metadata_node(cfg, node)

@@ -1,0 +1,266 @@
+"""The RPC client and server over real loopback sockets, on asyncio(+uvloop) and trio."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+
+import anyio
+import pytest
+
+from headwater.rpc import (BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, Reply, RpcClient,
+                           RpcError, RpcServer, Unavailable, register_error)
+
+pytestmark = pytest.mark.anyio
+
+
+@register_error
+class QuotaExceeded(RpcError):
+    code = "test_quota_exceeded"
+
+
+def make_server() -> tuple[RpcServer, dict]:
+    srv = RpcServer("test")
+    seen: dict = {"cancelled": 0}
+
+    async def echo(args, payload):
+        return Reply({"args": args, "n": len(payload)}, payload)
+
+    async def sleep(args, payload):
+        try:
+            await anyio.sleep(args.get("s", 0))
+        except anyio.get_cancelled_exc_class():
+            seen["cancelled"] += 1
+            raise
+        return args.get("tag")
+
+    async def blob(args, payload):
+        return Reply(None, os.urandom(16) * (args["n"] // 16))
+
+    async def quota(args, payload):
+        raise QuotaExceeded("over quota", used=args["used"], limit=10)
+
+    async def boom(args, payload):
+        raise ValueError("kaput")
+
+    async def bad(args, payload):
+        raise BadRequest("nope", field="x")
+
+    async def unpackable(args, payload):
+        return object()
+
+    for name, h in [("echo", echo), ("sleep", sleep), ("blob", blob), ("quota", quota),
+                    ("boom", boom), ("bad", bad), ("unpackable", unpackable)]:
+        srv.add(name, h)
+    return srv, seen
+
+
+async def start(tg, srv: RpcServer, port: int = 0) -> int:
+    return await tg.start(srv.serve, "127.0.0.1", port)
+
+
+async def test_round_trip(anyio_backend):
+    srv, _ = make_server()
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port) as c:
+            r = await c.call("echo", {"a": 1, "b": [1, "x"]}, b"hello")
+            assert r.result == {"args": {"a": 1, "b": [1, "x"]}, "n": 5}
+            assert r.payload == b"hello"
+            r = await c.call("echo")
+            assert r.result == {"args": {}, "n": 0} and r.payload == b""
+            r = await c.call("echo", {}, memoryview(b"abcdef")[1:4])
+            assert r.payload == b"bcd"
+            assert (await c.call("sleep", {"tag": "plain"})).result == "plain"
+        tg.cancel_scope.cancel()
+
+
+async def test_many_concurrent_calls_are_multiplexed(anyio_backend):
+    srv, _ = make_server()
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port) as c:
+            results = {}
+
+            async def one(i):
+                delay = random.random() * 0.05
+                payload = i.to_bytes(4, "big") * (i % 50)
+                r = await c.call("sleep", {"s": delay, "tag": i})
+                e = await c.call("echo", {"i": i}, payload)
+                assert e.payload == payload and e.result["args"] == {"i": i}
+                results[i] = r.result
+
+            async with anyio.create_task_group() as calls:
+                for i in range(300):
+                    calls.start_soon(one, i)
+            assert results == {i: i for i in range(300)}
+            assert c.counters["connects"] == 1  # one connection carried them all
+        tg.cancel_scope.cancel()
+
+
+async def test_big_payloads_both_ways(anyio_backend):
+    srv, _ = make_server()
+    big = os.urandom(16 * 1024 * 1024)
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port) as c:
+            async with anyio.create_task_group() as calls:
+                async def put():
+                    r = await c.call("echo", {}, big)
+                    assert r.result["n"] == len(big) and r.payload == big
+
+                async def get():
+                    r = await c.call("blob", {"n": 16 * 1024 * 1024})
+                    assert len(r.payload) == 16 * 1024 * 1024
+
+                for _ in range(2):
+                    calls.start_soon(put)
+                    calls.start_soon(get)
+        tg.cancel_scope.cancel()
+
+
+async def test_frame_limit(anyio_backend):
+    srv, _ = make_server()
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port, max_frame_bytes=1024) as c:
+            with pytest.raises(BadRequest):
+                await c.call("echo", {}, b"x" * 2000)
+            assert (await c.call("echo", {}, b"x" * 100)).result["n"] == 100
+        # The server drops a connection whose peer announces an oversized frame, and keeps serving.
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(struct.pack("!II", 2**31, 1))
+            await anyio.to_thread.run_sync(lambda: raw.settimeout(5) or raw.recv(1))
+        async with RpcClient("127.0.0.1", port) as c:
+            assert (await c.call("echo", {}, b"ok")).payload == b"ok"
+        tg.cancel_scope.cancel()
+
+
+async def test_deadline_exceeded_and_server_gives_up(anyio_backend):
+    srv, seen = make_server()
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port) as c:
+            t0 = anyio.current_time()
+            with pytest.raises(DeadlineExceeded) as ei:
+                await c.call("sleep", {"s": 30}, timeout=0.2)
+            assert anyio.current_time() - t0 < 1.0
+            assert ei.value.retryable
+            with anyio.fail_after(2):
+                while seen["cancelled"] < 1:
+                    await anyio.sleep(0.01)
+            # The connection is still good after a call timed out.
+            assert (await c.call("sleep", {"tag": 5}, timeout=2)).result == 5
+            # default_timeout applies when no timeout is given.
+            c.default_timeout = 0.1
+            with pytest.raises(DeadlineExceeded):
+                await c.call("sleep", {"s": 30})
+        tg.cancel_scope.cancel()
+
+
+async def test_caller_cancellation_cancels_the_handler(anyio_backend):
+    srv, seen = make_server()
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port) as c:
+            with anyio.move_on_after(0.2):
+                await c.call("sleep", {"s": 30})
+            with anyio.fail_after(2):
+                while seen["cancelled"] < 1:
+                    await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+
+
+async def test_server_down_is_unavailable_fast(anyio_backend):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with RpcClient("127.0.0.1", port, connect_timeout=5) as c:
+        t0 = anyio.current_time()
+        with pytest.raises(Unavailable) as ei:
+            await c.call("echo", timeout=10)
+        assert anyio.current_time() - t0 < 0.5
+        assert ei.value.retryable
+
+
+async def test_reconnects_after_server_restart(anyio_backend):
+    srv, _ = make_server()
+    async with RpcClient("127.0.0.1", 1) as c:  # port set below
+        async with anyio.create_task_group() as tg:
+            port = await start(tg, srv)
+            c.port = port
+            assert (await c.call("echo", {}, b"1")).payload == b"1"
+
+            # A call in flight when the server goes away gets Unavailable.
+            async def stop_soon():
+                await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_soon)
+            with pytest.raises(Unavailable):
+                await c.call("sleep", {"s": 30}, timeout=5)
+        with pytest.raises(Unavailable):
+            await c.call("echo", {}, b"2", timeout=5)
+
+        srv2, _ = make_server()
+        async with anyio.create_task_group() as tg:
+            await start(tg, srv2, port)
+            assert (await c.call("echo", {}, b"3")).payload == b"3"
+            assert c.counters["connects"] == 2
+            tg.cancel_scope.cancel()
+
+
+async def test_typed_errors_cross_the_wire(anyio_backend):
+    srv, _ = make_server()
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port) as c:
+            with pytest.raises(QuotaExceeded) as ei:
+                await c.call("quota", {"used": 11})
+            assert ei.value.message == "over quota"
+            assert ei.value.details == {"used": 11, "limit": 10}
+            assert ei.value.code == "test_quota_exceeded"
+            with pytest.raises(NoSuchMethod):
+                await c.call("missing")
+            with pytest.raises(BadRequest) as ei:
+                await c.call("bad")
+            assert ei.value.details == {"field": "x"}
+            with pytest.raises(RemoteError, match="ValueError: kaput"):
+                await c.call("boom")
+            with pytest.raises(RemoteError, match="cannot be sent"):
+                await c.call("unpackable")
+            with pytest.raises(BadRequest):
+                await c.call("echo", {"x": object()})
+            # Errors do not poison the connection.
+            assert (await c.call("echo", {}, b"ok")).payload == b"ok"
+            assert c.counters["connects"] == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_closed_client_and_missing_context(anyio_backend):
+    c = RpcClient("127.0.0.1", 9)
+    with pytest.raises(RuntimeError, match="async with"):
+        await c.call("echo")
+    async with RpcClient("127.0.0.1", 9) as c2:
+        await c2.aclose()
+        with pytest.raises(Unavailable):
+            await c2.call("echo")
+
+
+def test_register_error_checks():
+    with pytest.raises(TypeError):
+        register_error(ValueError)
+
+    class NoCode(RpcError):
+        pass
+
+    with pytest.raises(TypeError):
+        register_error(NoCode)
+
+    class Clash(RpcError):
+        code = "bad_request"
+
+    with pytest.raises(ValueError):
+        register_error(Clash)

@@ -1,0 +1,285 @@
+"""A storage node over real loopback sockets, driven through StorageClient."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from headwater.config import ClusterConfig, ErasureScheme, StorageNodeConfig
+from headwater.objstore import fragment as fr
+from headwater.objstore import stripe
+from headwater.objstore.storage_client import (FragmentCorrupt, FragmentNotFound, StorageClient,
+                                               StorageFull)
+from headwater.objstore.storage_node import StorageNode, StorageNodeError, run_storage_node
+from headwater.rpc import BadRequest
+
+pytestmark = pytest.mark.anyio
+
+
+def node_config(tmp_path: Path, node_id: str = "s1") -> StorageNodeConfig:
+    return StorageNodeConfig(id=node_id, port=1, admin_port=2, data_dir=tmp_path / node_id)
+
+
+class Running:
+    def __init__(self, tg, node: StorageNode):
+        self.tg, self.node = tg, node
+
+    def client(self, **kw) -> StorageClient:
+        return StorageClient(self.node.id, "127.0.0.1", self.node.rpc_port, **kw)
+
+
+async def start(tg, tmp_path: Path, node_id: str = "s1") -> Running:
+    node = await tg.start(lambda task_status: run_storage_node(
+        ClusterConfig(), node_config(tmp_path, node_id), port=0, task_status=task_status))
+    return Running(tg, node)
+
+
+async def test_round_trip_and_info(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        blocks = [os.urandom(4096) for _ in range(7)] + [os.urandom(1000)]
+        async with sn.client() as c:
+            for i, b in enumerate(blocks):
+                await c.append("obj1.p0.f2", i, b, block_bytes=4096, meta={"k": 4, "m": 2, "i": 2})
+            assert await c.commit("obj1.p0.f2", len(blocks)) > 0
+            assert await c.read("obj1.p0.f2", 0, 8) == blocks
+            assert await c.read("obj1.p0.f2", 7) == blocks[7:]
+            assert await c.read("obj1.p0.f2", 2, 3) == blocks[2:5]
+            st = await c.stat("obj1.p0.f2")
+            assert st["nblocks"] == 8 and st["block_bytes"] == 4096 and st["complete"]
+            assert st["meta"] == {"k": 4, "m": 2, "i": 2}
+            info = await c.info()
+            assert info["id"] == "s1" and info["fragments"] == 1
+            assert info["used_bytes"] == st["size_bytes"]
+            assert 0 < info["free_bytes"] <= info["total_bytes"]
+            # Files sit where the layout says, and no temp file is left.
+            assert (tmp_path / "s1" / fr.fragment_relpath("obj1.p0.f2")).is_file()
+            assert os.listdir(tmp_path / "s1" / "tmp") == []
+            # A retried commit (the first answer lost) succeeds again.
+            assert await c.commit("obj1.p0.f2", len(blocks)) == st["size_bytes"]
+            assert await c.delete("obj1.p0.f2") is True
+            assert await c.delete("obj1.p0.f2") is False
+            with pytest.raises(FragmentNotFound):
+                await c.read("obj1.p0.f2", 0, 1)
+            assert (await c.info())["fragments"] == 0
+        s = sn.node.stats()
+        assert s["bytes_written"] >= sum(map(len, blocks)) and s["not_found_reads"] == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_erasure_coded_object_across_nodes(anyio_backend, tmp_path):
+    """Six nodes, a 4+2 object: lose two nodes, read it back from the other four."""
+    scheme = ErasureScheme(k=4, m=2, stripe_bytes=64 * 1024)
+    data = os.urandom(5 * scheme.stripe_bytes + 12345)
+    n = stripe.stripe_count(scheme, len(data))
+    async with anyio.create_task_group() as tg:
+        nodes = [await start(tg, tmp_path, f"s{i}") for i in range(6)]
+        async with contextlib.AsyncExitStack() as stack:  # clients own task groups: exit LIFO
+            clients = [await stack.enter_async_context(r.client()) for r in nodes]
+            for s in range(n):
+                off = stripe.stripe_offset(scheme, s)
+                blocks = stripe.encode(scheme, data[off:off + stripe.stripe_length(scheme, len(data), s)])
+                async with anyio.create_task_group() as put:
+                    for i, c in enumerate(clients):
+                        put.start_soon(lambda c=c, i=i: c.append(f"o.f{i}", s, blocks[i],
+                                                                 block_bytes=scheme.fragment_bytes))
+            async with anyio.create_task_group() as put:
+                for i, c in enumerate(clients):
+                    put.start_soon(c.commit, f"o.f{i}", n)
+            survivors = [1, 3, 4, 5]
+            frags = {i: await clients[i].read(f"o.f{i}", 0, n) for i in survivors}
+            out = b"".join(stripe.decode(scheme, {i: frags[i][s] for i in survivors},
+                                         stripe.stripe_length(scheme, len(data), s)) for s in range(n))
+            assert out == data
+        tg.cancel_scope.cancel()
+
+
+async def test_corrupt_block_on_disk(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        blocks = [os.urandom(1024) for _ in range(4)]
+        async with sn.client() as c:
+            for i, b in enumerate(blocks):
+                await c.append("f", i, b, block_bytes=1024)
+            await c.commit("f", 4)
+            path = sn.node.path_of("f")
+            raw = bytearray(path.read_bytes())
+            header = fr.parse_header(bytes(raw), "f")
+            raw[fr.slot_offset(header, 1) + fr.BLOCK_PREFIX + 500] ^= 0x80
+            path.write_bytes(raw)
+            with pytest.raises(FragmentCorrupt) as ei:
+                await c.read("f", 1, 1)
+            assert ei.value.details["block"] == 1 and ei.value.details["node"] == "s1"
+            with pytest.raises(FragmentCorrupt):
+                await c.read("f", 0, 4)
+            assert await c.read("f", 2, 2) == blocks[2:]
+            assert await c.read("f", 0, 1) == blocks[:1]
+            # Truncate: blocks before the cut still serve.
+            with open(path, "r+b") as f:
+                f.truncate(fr.slot_offset(header, 3) + 5)
+            with pytest.raises(FragmentCorrupt):
+                await c.read("f", 3, 1)
+            assert await c.read("f", 2, 1) == blocks[2:3]
+        assert sn.node.stats()["corrupt_reads"] == 3
+        tg.cancel_scope.cancel()
+
+
+async def test_commit_abort_and_bad_requests(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        async with sn.client() as c:
+            await c.append("g", 0, b"a" * 100, block_bytes=100)
+            await c.append("g", 1, b"b" * 100, block_bytes=100)
+            with pytest.raises(BadRequest) as ei:
+                await c.commit("g", 3)
+            assert ei.value.details["have"] == 2
+            with pytest.raises(FragmentNotFound):
+                await c.read("g", 0, 1)  # nothing visible before commit
+            with pytest.raises(BadRequest, match="expected block 2"):
+                await c.append("g", 5, b"x" * 100, block_bytes=100)
+            assert await c.abort("g") is True
+            assert not (tmp_path / "s1" / "tmp" / "g").exists()
+            assert await c.abort("g") is False
+            with pytest.raises(BadRequest, match="no upload"):
+                await c.commit("g", 2)
+            with pytest.raises(BadRequest, match="no upload"):
+                await c.append("g", 1, b"x" * 100, block_bytes=100)
+            # Re-sending block 0 starts an upload over.
+            await c.append("h", 0, b"1" * 10, block_bytes=10)
+            await c.append("h", 0, b"2" * 10, block_bytes=10)
+            await c.commit("h", 1)
+            assert await c.read("h") == [b"2" * 10]
+            with pytest.raises(BadRequest):
+                await c.read("h", 0, 2)
+            for bad in ("", "..", "a/b", "x" * 201, "a\0b"):
+                with pytest.raises(BadRequest):
+                    await c.rpc.call("frag.read", {"fid": bad, "first": 0, "count": 1})
+            with pytest.raises(BadRequest):
+                await c.rpc.call("frag.append", {"fid": "z", "index": 0, "block_bytes": 10,
+                                                 "lengths": [5, 6]}, b"x" * 10)
+            with pytest.raises(BadRequest):
+                await c.append("z", 0, b"x" * 11, block_bytes=10)
+        tg.cancel_scope.cancel()
+
+
+async def test_concurrent_writers(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        expected = {}
+        async with sn.client() as c:
+            async def writer(w):
+                fid = f"w{w}"
+                blocks = [os.urandom(8192) for _ in range(10)] + [os.urandom(w + 1)]
+                for i, b in enumerate(blocks):
+                    await c.append(fid, i, b, block_bytes=8192)
+                    await anyio.sleep(0)
+                await c.commit(fid, len(blocks))
+                expected[fid] = blocks
+
+            async with anyio.create_task_group() as ws:
+                for w in range(20):
+                    ws.start_soon(writer, w)
+            for fid, blocks in expected.items():
+                assert await c.read(fid, 0, len(blocks)) == blocks
+            assert (await c.info())["fragments"] == 20
+        tg.cancel_scope.cancel()
+
+
+async def test_big_blocks_append_many(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        bs = 4 * 1024 * 1024
+        blocks = [os.urandom(bs) for _ in range(4)]
+        async with sn.client() as c:
+            await c.append_many("big", 0, blocks[:3], block_bytes=bs, meta={"x": 1})
+            await c.append("big", 3, blocks[3], block_bytes=bs)
+            await c.commit("big", 4)
+            assert await c.read("big", 0, 4) == blocks
+        tg.cancel_scope.cancel()
+
+
+async def test_storage_full_keeps_node_up(anyio_backend, tmp_path, monkeypatch):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        async with sn.client() as c:
+            await c.append("f", 0, b"a" * 10, block_bytes=10)
+            real = fr.os.writev
+
+            def full(fd, bufs):
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(fr.os, "writev", full)
+            with pytest.raises(StorageFull):
+                await c.append("f", 1, b"b" * 10, block_bytes=10)
+            monkeypatch.setattr(fr.os, "writev", real)
+            await c.append("f", 1, b"b" * 10, block_bytes=10)
+            await c.commit("f", 2)
+            assert await c.read("f", 0, 2) == [b"a" * 10, b"b" * 10]
+        assert sn.node.stats()["storage_full"] == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_gc_of_stale_temp_files(anyio_backend, tmp_path):
+    now = [time.time()]  # a wall clock (temp files of a previous run are judged by mtime)
+    node = StorageNode("s1", tmp_path / "s1", tmp_max_age_s=600, clock=lambda: now[0])
+    await anyio.to_thread.run_sync(node.prepare)
+    await node.append("stale", 0, [memoryview(b"x" * 10)], block_bytes=10)
+    await node.append("fresh", 0, [memoryview(b"y" * 10)], block_bytes=10)
+    # A temp file left by a previous run of the node (no upload in memory), old on disk.
+    orphan = tmp_path / "s1" / "tmp" / "orphan"
+    orphan.write_bytes(b"junk")
+    os.utime(orphan, (now[0] - 7200, now[0] - 7200))
+    now[0] += 300
+    await node.append("fresh", 1, [memoryview(b"y" * 10)], block_bytes=10)
+    now[0] += 400  # stale untouched for 700 s, fresh for 400 s
+    removed = node.collect_garbage()
+    assert sorted(removed) == ["orphan", "stale"]
+    assert sorted(os.listdir(tmp_path / "s1" / "tmp")) == ["fresh"]
+    with pytest.raises(BadRequest, match="no upload"):
+        await node.append("stale", 1, [memoryview(b"x" * 10)], block_bytes=10)
+    await node.commit("fresh", 2)
+    assert await node.read("fresh", 0, 2) == [b"y" * 10, b"y" * 10]
+    assert node.collect_garbage(now[0] + 10**6) == []
+    assert node.stats()["tmp_collected"] == 2
+
+
+async def test_unwritable_data_dir_fails_clearly(anyio_backend, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        cfg = StorageNodeConfig(id="s9", port=1, admin_port=2, data_dir=ro / "s9")
+        with pytest.raises(StorageNodeError, match="not usable"):
+            await run_storage_node(ClusterConfig(), cfg, port=0)
+    finally:
+        ro.chmod(stat.S_IRWXU)
+
+
+async def test_data_dir_is_a_file(anyio_backend, tmp_path):
+    (tmp_path / "s9").write_bytes(b"")
+    cfg = StorageNodeConfig(id="s9", port=1, admin_port=2, data_dir=tmp_path / "s9")
+    with pytest.raises(StorageNodeError, match="not usable"):
+        await run_storage_node(ClusterConfig(), cfg, port=0)
+
+
+async def test_restart_keeps_fragments(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        async with sn.client() as c:
+            await c.append("keep", 0, b"k" * 50, block_bytes=50)
+            await c.commit("keep", 1)
+        tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        async with sn.client() as c:
+            assert await c.read("keep") == [b"k" * 50]
+            assert (await c.info())["fragments"] == 1
+        tg.cancel_scope.cancel()

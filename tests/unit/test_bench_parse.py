@@ -1,0 +1,92 @@
+"""The bench's pure parts: report maths, table layout, cluster.toml rewriting, SigV4, iperf3 JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from headwater import config as hwconfig
+from headwater.bench import ceilings, objstore
+from headwater.bench.load import Batch, sign_v4
+from headwater.bench.peers import rewrite_cluster_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ratio_and_goals():
+    assert objstore.ratio(300.0, 100.0) == pytest.approx(3.0)
+    assert objstore.ratio(None, 100.0) is None
+    assert objstore.ratio(1.0, 0.0) is None
+    get = next(r for r in objstore.ROWS if r.key == "get_big_8")
+    assert objstore.goal_met(get, 200.0, 100.0) is True
+    assert objstore.goal_met(get, 199.0, 100.0) is False
+    assert objstore.goal_met(get, 199.0, None) is None
+    rss = next(r for r in objstore.ROWS if r.key == "rss")
+    assert objstore.goal_met(rss, 120.0, None) is True
+    assert objstore.goal_met(rss, 300.0, 50.0) is False
+    assert rss.goal_text == "< 300 MiB"
+
+
+def test_report_rows_and_table():
+    targets = {
+        "ours": {"results": {"put_big_1": {"value": 150.0}, "rss": {"value": 90.0}}},
+        "swift": {"results": {"put_big_1": {"value": 100.0}, "rss": {"value": 200.0}}},
+    }
+    ceils = [{"name": "fsync'd writes", "value": 250.0, "unit": "MB/s", "how": "x"}]
+    rows = {r["key"]: r for r in objstore.report_rows(targets, ceils)}
+    assert rows["put_big_1"]["ratio"] == pytest.approx(1.5)
+    assert rows["put_big_1"]["goal_met"] is True
+    assert rows["put_big_1"]["ceiling"] == "fsync'd writes 250 MB/s"
+    assert rows["get_big_1"]["ratio"] is None and rows["get_big_1"]["goal_met"] is None
+    table = objstore.render_table(["a", "bb"], [["x", "1.50x"], ["longer", "12.00x"]]).splitlines()
+    assert len(table[1]) == len(table[2]) == len(table[3])  # rows padded to the separator's width
+    assert table[2].endswith(" 1.50x")  # numbers right-aligned
+
+
+def test_fmt_value():
+    assert objstore.fmt_value(None, "MB/s") == "-"
+    assert objstore.fmt_value(1234.4, "ops/s") == "1,234"
+    assert objstore.fmt_value(0.923, "GB/s") == "0.92"
+    assert objstore.fmt_value(42.25, "MB/s") == "42.2"
+
+
+def test_batch_rates_count_only_successes():
+    b = Batch(op="put", ops=10, errors=2, bytes=1_000_000, seconds=2.0, clients=8, client_cpu_s=1.0)
+    assert b.ops_per_s == pytest.approx(4.0)
+    assert b.mb_per_s == pytest.approx(4.0)
+    assert b.client_cores == pytest.approx(0.5)
+
+
+def test_rewrite_cluster_toml_moves_ports_and_data(tmp_path):
+    text = (ROOT / "cluster.toml").read_text()
+    out = rewrite_cluster_toml(text + '\n[[storage]]\nid = "extra"\nport = 9107\nadmin_port = 9117\n'
+                               'data_dir = "/somewhere/else"\n', port_offset=10000, data_dir=tmp_path / "var")
+    path = tmp_path / "c.toml"
+    path.write_text(out)
+    cfg = hwconfig.load(path)
+    assert cfg.gateway.port == 19000 and cfg.gateway.admin_port == 19001
+    assert {s.port for s in cfg.storage} == set(range(19101, 19108))
+    assert all(d.data_dir == tmp_path / "var" / d.id for d in (*cfg.storage, *cfg.metadata))
+    assert cfg.data_dir == tmp_path / "var"
+
+
+def test_sign_v4_matches_aws_reference():
+    # The GET Object example of the AWS S3 SigV4 documentation ("Signature Calculations for the
+    # Authorization Header"), without its Range header.
+    h = sign_v4(method="GET", host="examplebucket.s3.amazonaws.com", path="/test.txt",
+                access_key="AKIAIOSFODNN7EXAMPLE", secret_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                region="us-east-1", amz_date="20130524T000000Z", headers={"Range": "bytes=0-9"})
+    assert h["Authorization"].endswith(
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+    assert h["x-amz-content-sha256"] == hashlib.sha256(b"").hexdigest()
+
+
+def test_parse_iperf3():
+    doc = {"end": {"sum_received": {"bits_per_second": 8e9}}}
+    assert ceilings.parse_iperf3(json.dumps(doc)) == 8e9
+    with pytest.raises(ValueError):
+        ceilings.parse_iperf3(json.dumps({"error": "unable to connect"}))

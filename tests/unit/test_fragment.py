@@ -1,0 +1,214 @@
+"""The fragment file format and its blocking file operations."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headwater.objstore import fragment as fr
+from headwater.objstore.fragment import (BadRequest, FragmentCorrupt, FragmentNotFound,
+                                         FragmentWriter, StorageFull)
+from headwater.rpc.errors import error_class
+
+
+def write(tmp_path: Path, fid: str, blocks: list[bytes], bs: int, meta=None) -> Path:
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    w = FragmentWriter(tmp_path / "tmp" / fid, fid, bs, meta)
+    for i, b in enumerate(blocks):
+        w.append(i, [b])
+    dest = tmp_path / fr.fragment_relpath(fid)
+    w.commit(dest, len(blocks))
+    return dest
+
+
+def test_round_trip(tmp_path):
+    blocks = [os.urandom(1000) for _ in range(5)] + [os.urandom(321)]
+    path = write(tmp_path, "obj-1.part0.f3", blocks, 1000, {"k": 4, "m": 2, "stripe": 4000})
+    assert path.parent.parent.parent.name == "frags"
+    assert not (tmp_path / "tmp" / "obj-1.part0.f3").exists()
+    assert fr.read_blocks(path, "obj-1.part0.f3", 0, 6) == blocks
+    assert fr.read_blocks(path, "obj-1.part0.f3", 2, 3) == blocks[2:5]
+    assert fr.read_blocks(path, "obj-1.part0.f3", 5, 1) == blocks[5:]
+    assert fr.read_blocks(path, "obj-1.part0.f3", 1, 0) == []
+    info = fr.read_info(path, "obj-1.part0.f3")
+    assert (info.nblocks, info.last_len, info.block_bytes, info.complete) == (6, 321, 1000, True)
+    assert info.meta == {"k": 4, "m": 2, "stripe": 4000}
+    assert info.size_bytes == path.stat().st_size
+    with pytest.raises(BadRequest):
+        fr.read_blocks(path, "obj-1.part0.f3", 5, 2)
+
+
+def test_block_i_is_at_a_fixed_offset(tmp_path):
+    blocks = [bytes([i]) * 64 for i in range(4)]
+    path = write(tmp_path, "f", blocks, 64)
+    header = fr.parse_header(path.read_bytes(), "f")
+    raw = path.read_bytes()
+    for i in range(4):
+        off = fr.slot_offset(header, i) + fr.BLOCK_PREFIX
+        assert raw[off:off + 64] == blocks[i]
+
+
+def test_flipped_byte_fails_only_that_block(tmp_path):
+    blocks = [os.urandom(500) for _ in range(4)]
+    path = write(tmp_path, "f", blocks, 500)
+    header = fr.parse_header(path.read_bytes(), "f")
+    raw = bytearray(path.read_bytes())
+    raw[fr.slot_offset(header, 2) + fr.BLOCK_PREFIX + 17] ^= 0x01
+    path.write_bytes(raw)
+    with pytest.raises(FragmentCorrupt) as ei:
+        fr.read_blocks(path, "f", 0, 4)
+    assert ei.value.details["block"] == 2
+    with pytest.raises(FragmentCorrupt):
+        fr.read_blocks(path, "f", 2, 1)
+    assert fr.read_blocks(path, "f", 0, 2) == blocks[:2]
+    assert fr.read_blocks(path, "f", 3, 1) == blocks[3:]
+
+
+def test_flipped_length_or_checksum_field(tmp_path):
+    blocks = [os.urandom(100) for _ in range(3)]
+    path = write(tmp_path, "f", blocks, 100)
+    header = fr.parse_header(path.read_bytes(), "f")
+    for delta in (1, 6):  # a byte of the length, a byte of the checksum
+        raw = bytearray(path.read_bytes())
+        raw[fr.slot_offset(header, 1) + delta] ^= 0x40
+        bad = tmp_path / f"bad{delta}"
+        bad.write_bytes(raw)
+        with pytest.raises(FragmentCorrupt):
+            fr.read_blocks(bad, "f", 1, 1)
+        assert fr.read_blocks(bad, "f", 2, 1) == blocks[2:]
+
+
+def test_damaged_header(tmp_path):
+    path = write(tmp_path, "f", [b"x" * 10], 10, {"a": 1})
+    raw = bytearray(path.read_bytes())
+    raw[30] ^= 0xFF
+    path.write_bytes(raw)
+    with pytest.raises(FragmentCorrupt, match="header"):
+        fr.read_blocks(path, "f", 0, 1)
+
+
+def test_wrong_fid_in_file(tmp_path):
+    path = write(tmp_path, "f", [b"x" * 10], 10)
+    with pytest.raises(FragmentCorrupt, match="holds fragment"):
+        fr.read_blocks(path, "g", 0, 1)
+
+
+def test_truncated_file(tmp_path):
+    blocks = [os.urandom(256) for _ in range(4)]
+    path = write(tmp_path, "f", blocks, 256)
+    header = fr.parse_header(path.read_bytes(), "f")
+    # Cut in the middle of block 2: blocks 0 and 1 still serve, 2 and 3 are corrupt.
+    with open(path, "r+b") as f:
+        f.truncate(fr.slot_offset(header, 2) + fr.BLOCK_PREFIX + 100)
+    assert fr.read_blocks(path, "f", 0, 2) == blocks[:2]
+    for i in (2, 3):
+        with pytest.raises(FragmentCorrupt):
+            fr.read_blocks(path, "f", i, 1)
+    assert not fr.read_info(path, "f").complete
+    # Cut exactly at a block boundary: the footer is gone, so the missing block is corrupt.
+    with open(path, "r+b") as f:
+        f.truncate(fr.slot_offset(header, 2))
+    with pytest.raises(FragmentCorrupt):
+        fr.read_blocks(path, "f", 2, 1)
+    assert fr.read_blocks(path, "f", 1, 1) == blocks[1:2]
+    # Cut inside the header.
+    with open(path, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(FragmentCorrupt):
+        fr.read_blocks(path, "f", 0, 1)
+
+
+def test_missing_fragment(tmp_path):
+    with pytest.raises(FragmentNotFound):
+        fr.read_blocks(tmp_path / "nope", "nope", 0, 1)
+    with pytest.raises(FragmentNotFound):
+        fr.read_info(tmp_path / "nope", "nope")
+
+
+def test_commit_needs_every_block(tmp_path):
+    w = FragmentWriter(tmp_path / "t", "f", 10, None)
+    w.append(0, [b"a" * 10])
+    with pytest.raises(BadRequest, match="commit of 2 blocks"):
+        w.commit(tmp_path / "d" / "f", 2)
+    w.append(1, [b"b" * 10])
+    w.commit(tmp_path / "d" / "f", 2)
+    assert fr.read_blocks(tmp_path / "d" / "f", "f", 0, 2) == [b"a" * 10, b"b" * 10]
+
+
+def test_append_rules(tmp_path):
+    w = FragmentWriter(tmp_path / "t", "f", 10, None)
+    with pytest.raises(BadRequest, match="expected block 0"):
+        w.append(1, [b"x" * 10])
+    with pytest.raises(BadRequest):
+        w.append(0, [b"x" * 11])  # bigger than block_bytes
+    with pytest.raises(BadRequest):
+        w.append(0, [b"x" * 5, b"x" * 10])  # a short block that is not the last
+    w.append(0, [b"x" * 10, b"y" * 3])
+    with pytest.raises(BadRequest, match="must be the last"):
+        w.append(2, [b"z" * 10])
+    w.commit(tmp_path / "d", 2)
+    assert fr.read_blocks(tmp_path / "d", "f", 0, 2) == [b"x" * 10, b"y" * 3]
+
+
+def test_abort_removes_temp_file(tmp_path):
+    w = FragmentWriter(tmp_path / "t", "f", 10, None)
+    w.append(0, [b"x" * 10])
+    w.abort()
+    assert not (tmp_path / "t").exists()
+    w.abort()  # idempotent
+
+
+def test_empty_fragment(tmp_path):
+    path = write(tmp_path, "f", [], 10)
+    info = fr.read_info(path, "f")
+    assert info.nblocks == 0 and info.complete
+    assert fr.read_blocks(path, "f", 0, 0) == []
+
+
+@pytest.mark.parametrize("fid", ["", ".", "..", "a/b", "a b", "x" * 201, "é", None, 5, "../etc"])
+def test_bad_fids(fid):
+    with pytest.raises(BadRequest):
+        fr.check_fid(fid)
+
+
+@given(st.from_regex(r"[A-Za-z0-9._-]{1,200}", fullmatch=True))
+def test_good_fids(fid):
+    if fid in (".", ".."):
+        return
+    assert fr.check_fid(fid) == fid
+    rel = fr.fragment_relpath(fid)
+    assert rel.startswith("frags/") and rel.endswith("/" + fid) and rel.count("/") == 3
+
+
+@given(fid=st.from_regex(r"[A-Za-z0-9_-]{1,50}", fullmatch=True), bs=st.integers(1, 1 << 20),
+       meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=5))
+def test_header_round_trip(fid, bs, meta):
+    raw = fr.encode_header(fid, bs, meta)
+    h = fr.parse_header(raw, fid)
+    assert (h.fid, h.block_bytes, h.meta, h.header_len) == (fid, bs, meta, len(raw))
+    assert fr.parse_footer(h, fr.encode_footer(h, 7, min(3, bs))) == (7, min(3, bs))
+
+
+def test_errors_are_registered():
+    assert error_class("fragment_corrupt") is FragmentCorrupt
+    assert error_class("fragment_not_found") is FragmentNotFound
+    assert error_class("storage_full") is StorageFull
+
+
+def test_enospc_becomes_storage_full(tmp_path, monkeypatch):
+    w = FragmentWriter(tmp_path / "t", "f", 10, None)
+    w.append(0, [b"a" * 10])
+
+    def full(fd, bufs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fr.os, "writev", full)
+    with pytest.raises(StorageFull):
+        w.append(1, [b"b" * 10])
+    monkeypatch.undo()
+    # The upload is still consistent and can carry on.
+    w.append(1, [b"b" * 10])
+    w.commit(tmp_path / "d", 2)
+    assert fr.read_blocks(tmp_path / "d", "f", 0, 2) == [b"a" * 10, b"b" * 10]

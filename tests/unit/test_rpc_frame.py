@@ -1,0 +1,108 @@
+"""Sans-IO framing: round trips however the bytes are split, and limits."""
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headwater.rpc.frame import (CANCEL, ERROR, REQUEST, RESPONSE, FrameDecoder, FrameError,
+                                 cancel_header, encode_frame, error_header, request_header,
+                                 response_header)
+
+
+def wire(header: bytes, payload: bytes = b"", **kw) -> bytes:
+    return b"".join(bytes(b) for b in encode_frame(header, payload, **kw))
+
+
+def decode_all(data: bytes, cuts: list[int], **kw):
+    d = FrameDecoder(**kw)
+    frames = []
+    last = 0
+    for c in sorted(set(cuts)) + [len(data)]:
+        d.feed(data[last:c])
+        last = c
+        while (f := d.next_frame()) is not None:
+            frames.append(f)
+    assert d.buffered == 0
+    return frames
+
+
+def test_request_round_trip():
+    data = wire(request_header(7, "frag.read", {"fid": "a", "n": 2}, 1.5), b"payload")
+    [f] = decode_all(data, [])
+    assert f.header == [REQUEST, 7, "frag.read", {"fid": "a", "n": 2}, 1.5]
+    assert f.payload == b"payload"
+    assert isinstance(f.payload, bytes)
+
+
+def test_every_message_kind():
+    data = (wire(response_header(1, {"ok": True}), b"x" * 100_000)
+            + wire(error_header(2, "bad_request", "no", {"k": 1}))
+            + wire(cancel_header(3)))
+    frames = decode_all(data, [5, 9, 100, 70_000])
+    assert [f.header[0] for f in frames] == [RESPONSE, ERROR, CANCEL]
+    assert frames[0].payload == b"x" * 100_000
+    assert frames[1].header == [ERROR, 2, "bad_request", "no", {"k": 1}]
+    assert frames[2].payload == b""
+
+
+def test_large_payload_is_not_joined_into_the_header_buffer():
+    payload = bytes(range(256)) * 1024
+    bufs = encode_frame(response_header(1, None), payload)
+    assert len(bufs) == 2 and bufs[1].obj is payload  # no copy of the payload
+    small = encode_frame(response_header(1, None), b"abc")
+    assert len(small) == 1
+
+
+def test_byte_at_a_time():
+    data = wire(request_header(1, "m", None, None), b"hello") * 3
+    frames = decode_all(data, list(range(len(data))))
+    assert [f.payload for f in frames] == [b"hello"] * 3
+    assert frames[0].header[3] == {}
+
+
+@settings(max_examples=200)
+@given(payloads=st.lists(st.binary(max_size=3000), min_size=1, max_size=6),
+       cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=12))
+def test_any_split_decodes_the_same(payloads, cuts):
+    data = b"".join(wire(response_header(i, i), p, join_below=1000) for i, p in enumerate(payloads))
+    cuts = [c for c in cuts if c < len(data)]
+    frames = decode_all(data, cuts)
+    assert [f.payload for f in frames] == payloads
+    assert [f.header[2] for f in frames] == list(range(len(payloads)))
+
+
+def test_oversized_frame_is_refused_both_ways():
+    with pytest.raises(FrameError):
+        encode_frame(b"\x90", b"x" * 101, max_frame_bytes=100)
+    d = FrameDecoder(max_frame_bytes=100)
+    d.feed(struct.pack("!II", 1000, 1))
+    with pytest.raises(FrameError, match="limit"):
+        d.next_frame()
+
+
+@pytest.mark.parametrize("prefix", [struct.pack("!II", 10, 11), struct.pack("!II", 10, 0)])
+def test_bad_header_length(prefix):
+    d = FrameDecoder()
+    d.feed(prefix + b"\0" * 10)
+    with pytest.raises(FrameError):
+        d.next_frame()
+
+
+@pytest.mark.parametrize("header", [msgpack.packb({"a": 1}), msgpack.packb([]), b"\xc1", msgpack.packb(["x"])])
+def test_header_that_is_not_a_message(header):
+    d = FrameDecoder()
+    d.feed(struct.pack("!II", len(header), len(header)) + header)
+    with pytest.raises(FrameError):
+        d.next_frame()
+
+
+def test_wanted_reports_missing_bytes():
+    d = FrameDecoder()
+    assert d.wanted() == 8
+    data = wire(response_header(1, None), b"z" * 50)
+    d.feed(data[:20])
+    assert d.next_frame() is None
+    assert d.wanted() == len(data) - 20
