@@ -35,6 +35,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
+	bash scripts/install-bench-deps.sh
 	$(PY) -m headwater.bench objstore
 
 clean:

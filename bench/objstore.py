@@ -166,7 +166,10 @@ def report_rows(results: dict, ceilings: list[dict]) -> list[dict]:
 
 def render_report(doc: dict) -> str:
     rows = []
+    stream = doc.get("sizes", {}).get("stream_bytes", GiB)
     for r in doc["rows"]:
+        if r["key"] == "rss" and stream != GiB:
+            r = {**r, "label": r["label"].replace("1 GiB", f"{stream // MiB} MiB")}
         status = {True: "met", False: "NOT met", None: ""}[r["goal_met"]]
         goal = f"{r['goal']} ({status})" if r["goal"] and status else r["goal"]
         rows.append([f"{r['label']} ({r['unit']})", fmt_value(r["ours"], r["unit"]),
@@ -281,7 +284,7 @@ def _run_target(name: str, peer: contextlib.AbstractContextManager[Endpoint], si
                 sources: dict[str, Path], scratch: Path) -> dict:
     _say(f"{name}: starting")
     t0 = time.monotonic()
-    out: dict = {"description": "", "results": {}}
+    out: dict = {"description": "(did not start)", "results": {}}
     try:
         with peer as ep:
             out["description"] = ep.description

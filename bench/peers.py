@@ -9,6 +9,7 @@ answers, and on exit — normal, error or Ctrl-C — stops exactly the processes
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -222,37 +223,62 @@ def rewrite_cluster_toml(text: str, *, port_offset: int, data_dir: Path) -> str:
 
 
 def gateway_pids(gateway_id: str = "s3", config: Path | None = None) -> list[int]:
-    """PIDs of the S3 gateway's processes (the node and its workers).
+    """PIDs of the S3 gateway's processes (every ``headwater node <id>`` worker and its children).
 
-    Asks ``headwater status --json`` first; falls back to scanning /proc for
-    ``headwater node <gateway_id>``.
+    Unites what ``headwater status --json -c config`` reports for the gateway with a /proc scan
+    for ``headwater node <gateway_id>`` (restricted to command lines naming ``config`` if given,
+    so another cluster's gateway on this machine is never counted).
     """
     pids: list[int] = []
     if config is not None:
         try:
             r = subprocess.run([sys.executable, "-m", "headwater", "status", "--json", "-c", str(config)],
                                capture_output=True, timeout=15, text=True)
-            import json
             for d in json.loads(r.stdout) if r.returncode == 0 else []:
                 if d.get("role") == "gateway" and d.get("pid"):
                     pids.append(int(d["pid"]))
-        except (OSError, ValueError, subprocess.SubprocessError, TypeError):
-            pids = []
-    if not pids:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            args = _cmdline(int(entry.name))
-            if "node" in args and gateway_id in args and any("headwater" in a for a in args):
-                i = args.index("node")
-                if i + 1 < len(args) and args[i + 1] == gateway_id:
-                    pids.append(int(entry.name))
+        except (OSError, ValueError, subprocess.SubprocessError, TypeError, AttributeError):
+            pass
+    pids += _pids_matching(lambda args: _is_node(args, gateway_id)
+                           and (config is None or str(config) in args))
     out: list[int] = []
     for p in pids:
         for q in _tree(p):
             if q not in out:
                 out.append(q)
     return out
+
+
+def _is_node(args: list[str], node_id: str) -> bool:
+    if "node" not in args or not any("headwater" in a for a in args):
+        return False
+    i = args.index("node")
+    return i + 1 < len(args) and args[i + 1] == node_id
+
+
+def _pids_matching(test: Callable[[list[str]], bool]) -> list[int]:
+    me = os.getpid()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me and test(_cmdline(int(entry.name))):
+            out.append(int(entry.name))
+    return out
+
+
+def _stop_leftovers(config: Path) -> None:
+    """SIGTERM, then SIGKILL, any process whose command line names our temp ``config`` (daemons
+    the supervisor started in their own sessions and did not stop)."""
+    left = _pids_matching(lambda args: str(config) in args)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [p for p in left if Path(f"/proc/{p}").exists() and _cmdline(p)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -287,7 +313,8 @@ def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
                 server_pids=lambda: gateway_pids(gw.id, tmp_cfg),
             )
         finally:
-            procs.stop()
+            procs.stop(timeout_s=20.0)
+            _stop_leftovers(tmp_cfg)
 
 
 def external_endpoint(url: str, *, access_key: str, secret_key: str, region: str = "us-east-1",

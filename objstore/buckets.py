@@ -62,7 +62,7 @@ async def create_bucket(store: Store, call: Call) -> Response:
     body = await call.request.body.read_all(64 * 1024)
     region = store.cluster.objstore.region
     if body.strip():
-        location = xmlio.parse_create_bucket(body)
+        location = xmlio.parse_create_bucket_configuration(body)
         if location and location != region:
             raise s3e.InvalidLocationConstraint(
                 f"this endpoint serves region {region}, not {location}")
@@ -103,8 +103,9 @@ async def list_buckets(store: Store, call: Call) -> Response:
         if len(batch) < 1000:
             break
         after = batch[-1].key
-    body = xmlio.list_buckets(owner_id=call.user.name, owner_name=call.user.name,
-                              buckets=[(b.name, b.created) for b in found])
+    body = xmlio.list_buckets(owner=_owner(call.user.name),
+                              buckets=[xmlio.BucketEntry(name=b.name, created=b.created, region=b.region)
+                                       for b in found])
     return xml_response(body)
 
 
@@ -128,7 +129,7 @@ def _scanner(store: Store, bucket: str):
     return scan
 
 
-def _listing_args(call: Call) -> tuple[str, str, int, bool]:
+def _listing_args(call: Call) -> tuple[str, str, int, str | None]:
     prefix = call.q("prefix", "") or ""
     delimiter = call.q("delimiter", "") or ""
     max_keys = int_param(call, "max-keys", MAX_KEYS, 0, MAX_KEYS)
@@ -136,13 +137,24 @@ def _listing_args(call: Call) -> tuple[str, str, int, bool]:
     if enc not in (None, "url"):
         raise s3e.InvalidArgument("Invalid Encoding Method specified in Request",
                                   ArgumentName="encoding-type", ArgumentValue=enc)
-    return prefix, delimiter, max_keys, enc == "url"
+    return prefix, delimiter, max_keys, enc
 
 
-def _entry(key: str, value: dict[str, Any]) -> xmlio.ListEntry:
+def _owner(name: str) -> xmlio.Owner:
+    return xmlio.Owner(id=name, display_name=name)
+
+
+def _entry(key: str, value: dict[str, Any], owner: bool = True) -> xmlio.ObjectEntry:
     rec = ObjectRecord.from_value(value)
-    return xmlio.ListEntry(key=key, last_modified=rec.last_modified, etag=rec.etag, size=rec.size,
-                           owner=rec.owner)
+    return xmlio.ObjectEntry(key=key, last_modified=rec.last_modified, etag=rec.etag, size=rec.size,
+                             owner=_owner(rec.owner) if owner else None,
+                             checksum_algorithm=next(iter(rec.checksums), None))
+
+
+def _version(key: str, value: dict[str, Any]) -> xmlio.VersionEntry:
+    rec = ObjectRecord.from_value(value)
+    return xmlio.VersionEntry(key=key, last_modified=rec.last_modified, etag=rec.etag, size=rec.size,
+                              owner=_owner(rec.owner))
 
 
 async def list_objects_v1(store: Store, call: Call) -> Response:
@@ -155,7 +167,7 @@ async def list_objects_v1(store: Store, call: Call) -> Response:
     body = xmlio.list_objects_v1(
         bucket=call.bucket, prefix=prefix, marker=marker, delimiter=delimiter, max_keys=max_keys,
         is_truncated=page.truncated, next_marker=page.last if (page.truncated and delimiter) else None,
-        contents=[_entry(k, v) for k, v in page.contents], common_prefixes=page.prefixes, encoding_url=url)
+        contents=[_entry(k, v) for k, v in page.contents], common_prefixes=page.prefixes, encoding_type=url)
     return xml_response(body)
 
 
@@ -178,15 +190,15 @@ async def list_objects_v2(store: Store, call: Call) -> Response:
     token = call.q("continuation-token")
     start_after = call.q("start-after", "") or ""
     cursor = _decode_token(token) if token else start_after
+    fetch_owner = call.q("fetch-owner") == "true"
     page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
                            start_after=cursor, max_keys=max_keys)
     body = xmlio.list_objects_v2(
         bucket=call.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-        is_truncated=page.truncated, key_count=page.count, continuation_token=token,
+        is_truncated=page.truncated, continuation_token=token,
         next_continuation_token=_encode_token(page.last) if page.truncated else None,
-        start_after=start_after or None, contents=[_entry(k, v) for k, v in page.contents],
-        common_prefixes=page.prefixes, encoding_url=url,
-        fetch_owner=call.q("fetch-owner") == "true")
+        start_after=start_after or None, contents=[_entry(k, v, fetch_owner) for k, v in page.contents],
+        common_prefixes=page.prefixes, encoding_type=url, fetch_owner=fetch_owner)
     return xml_response(body)
 
 
@@ -198,10 +210,10 @@ async def list_versions(store: Store, call: Call) -> Response:
     key_marker = call.q("key-marker", "") or ""
     page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
                            start_after=key_marker, max_keys=max_keys)
-    body = xmlio.list_versions(
-        bucket=call.bucket, prefix=prefix, key_marker=key_marker, version_id_marker=call.q("version-id-marker", ""),
+    body = xmlio.list_object_versions(
+        bucket=call.bucket, prefix=prefix, key_marker=key_marker, version_id_marker=call.q("version-id-marker", "") or "",
         delimiter=delimiter, max_keys=max_keys, is_truncated=page.truncated,
         next_key_marker=page.last if page.truncated else None,
         next_version_id_marker="null" if page.truncated else None,
-        versions=[_entry(k, v) for k, v in page.contents], common_prefixes=page.prefixes, encoding_url=url)
+        versions=[_version(k, v) for k, v in page.contents], common_prefixes=page.prefixes, encoding_type=url)
     return xml_response(body)

@@ -419,9 +419,11 @@ def read_info(path: Path, fid: str) -> FragmentInfo:
                         last_len=last_len, size_bytes=size, complete=complete)
 
 
-def read_blocks(path: Path, fid: str, first: int, count: int) -> list[bytearray]:
+def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview]:
     """Blocks ``first .. first+count-1`` of a committed fragment, each verified.
 
+    The blocks are views into one buffer filled by a single ``pread`` (block ``j`` starts at
+    ``j * (BLOCK_PREFIX + block_bytes)`` in ``view.obj``), so serving them costs no copy.
     FragmentNotFound if there is no file; BadRequest for blocks past the end; FragmentCorrupt if
     the header or any returned block fails its checksum, or the file is cut short before them.
     """
@@ -436,36 +438,32 @@ def read_blocks(path: Path, fid: str, first: int, count: int) -> list[bytearray]
                              fid=fid, nblocks=nblocks)
         if count == 0:
             return []
-        bs = header.block_bytes
-        buffers: list[bytearray] = []
-        datas: list[bytearray] = []
-        for i in range(first, first + count):
-            if complete and i == nblocks - 1:
-                n = last_len
-            elif complete:
-                n = bs
-            else:  # unknown tail: a block is whatever fits up to the end of the file
-                n = max(0, min(bs, size - slot_offset(header, i) - BLOCK_PREFIX))
-            p, d = bytearray(BLOCK_PREFIX), bytearray(n)
-            buffers += (p, d)
-            datas.append(d)
-        got = os.preadv(fd, buffers, slot_offset(header, first))
+        start = slot_offset(header, first)
+        if complete:
+            end = slot_offset(header, first + count - 1) + BLOCK_PREFIX + (
+                last_len if first + count == nblocks else header.block_bytes)
+        else:
+            end = slot_offset(header, first + count)
+        raw = os.pread(fd, end - start, start)
     finally:
         os.close(fd)
-    pos = 0
-    for j, d in enumerate(datas):
+    stride = BLOCK_PREFIX + header.block_bytes
+    mv = memoryview(raw)
+    out = []
+    for j in range(count):
         index = first + j
-        p = buffers[2 * j]
-        need = BLOCK_PREFIX + len(d)
-        if got < pos + need or (not complete and len(d) == 0):
+        pos = j * stride
+        if len(raw) < pos + BLOCK_PREFIX:
             raise FragmentCorrupt(f"block {index} of {fid} is cut short (truncated file)",
                                   fid=fid, block=index)
-        if not complete:
-            # Without a footer the length must come from the block itself.
-            stored = _BLOCK.unpack_from(p)[0]
-            if stored < len(d):
-                del d[stored:]
-                need = BLOCK_PREFIX + stored
-        verify_block(fid, index, p, d)
-        pos += need
-    return datas
+        if complete:
+            n = last_len if index == nblocks - 1 else header.block_bytes
+        else:  # no footer: trust the stored length only as far as the bytes go
+            n = min(_BLOCK.unpack_from(raw, pos)[0], header.block_bytes)
+        data = mv[pos + BLOCK_PREFIX:pos + BLOCK_PREFIX + n]
+        if len(data) < n:
+            raise FragmentCorrupt(f"block {index} of {fid} is cut short (truncated file)",
+                                  fid=fid, block=index)
+        verify_block(fid, index, mv[pos:pos + BLOCK_PREFIX], data)
+        out.append(data)
+    return out

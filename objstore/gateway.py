@@ -139,7 +139,7 @@ class Gateway:
                 method=request.method, raw_path=request.path, raw_query=request.query,
                 headers=request.headers, lookup_user=self.store.cluster.user_by_access_key,
                 region=self.store.cluster.objstore.region, now=self.store.clock(),
-                max_skew_s=self.store.cluster.objstore.clock_skew_s)
+                max_skew_s=self.store.cluster.objstore.clock_skew_s, host=request.host or None)
             operation, handler = route(request.method, bucket, key, query, request.headers)
             call = Call(request=request, request_id=request_id, user=auth.user, bucket=bucket, key=key,
                         query=query, auth=auth)

@@ -8,6 +8,7 @@ that were uploaded but not chosen are retired with the upload.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 from headwater.http.types import Response
@@ -18,7 +19,7 @@ from .objects import _etag_condition, commit_object, copy_source, object_stream,
 from .payload import Payload
 from .records import (ObjectRecord, PartInfo, PartRecord, UploadRecord, part_key, parts_ns, upload_key,
                       uploads_ns)
-from .s3 import checksums, names, ranges, xmlio
+from .s3 import checksums, names, xmlio
 from .s3 import errors as s3e
 
 __all__ = ["create_upload", "upload_part", "upload_part_copy", "complete_upload", "abort_upload",
@@ -40,7 +41,7 @@ async def create_upload(store: Store, call: Call) -> Response:
     names.validate_key(call.key)
     content_type, std, meta = standard_headers(call.request.headers)
     algo = (call.header("x-amz-checksum-algorithm") or "").strip().lower() or None
-    if algo is not None and not checksums.supported(algo):
+    if algo is not None and algo not in checksums.ALGORITHMS:
         raise s3e.InvalidRequest(f"checksum algorithm {algo} is not supported")
     upload_id = secrets.token_urlsafe(24)
     rec = UploadRecord(key=call.key, upload_id=upload_id, initiated=store.clock(), owner=call.user.name,
@@ -88,7 +89,7 @@ async def upload_part(store: Store, call: Call) -> Response:
     payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
     if upload.checksum_algorithm and payload.algorithm is None:
         payload.algorithm = upload.checksum_algorithm
-        payload.checksum = checksums.new(upload.checksum_algorithm)
+        payload.checksum = checksums.new_checksum(upload.checksum_algorithm)
     assert call.bucket is not None
     _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket), payload.chunks(),
                                  inline_max=-1)
@@ -114,8 +115,7 @@ async def upload_part_copy(store: Store, call: Call) -> Response:
     start, end = 0, src.size
     raw_range = call.header("x-amz-copy-source-range")
     if raw_range is not None:
-        parsed = ranges.parse_copy_range(raw_range, src.size)
-        start, end = parsed[0], parsed[1] + 1
+        start, end = _copy_range(raw_range, src.size)
     if end - start > store.cluster.objstore.max_put_bytes:
         raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
                                  "copy source: 5368709120")
@@ -133,6 +133,19 @@ async def upload_part_copy(store: Store, call: Call) -> Response:
                       last_modified=store.clock(), layout=layout)
     await _save_part(store, call, part)
     return xml_response(xmlio.copy_part_result(etag=part.etag, last_modified=part.last_modified))
+
+
+def _copy_range(raw: str, size: int) -> tuple[int, int]:
+    """x-amz-copy-source-range ``bytes=first-last`` (both required, inside the source)."""
+    m = re.fullmatch(r"\s*bytes=(\d+)-(\d+)\s*", raw)
+    if not m:
+        raise s3e.InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last "
+                                  "where first and last are the zero-based offsets of the first and last bytes "
+                                  "to copy", ArgumentName="x-amz-copy-source-range", ArgumentValue=raw)
+    first, last = int(m.group(1)), int(m.group(2))
+    if first > last or last >= size:
+        raise s3e.InvalidRange(ActualObjectSize=str(size))
+    return first, last + 1
 
 
 async def _all_parts(store: Store, bucket: str, upload_id: str) -> list[PartRecord]:
@@ -153,19 +166,19 @@ async def complete_upload(store: Store, call: Call) -> Response:
     upload = await _upload(store, call)
     upload_id = upload.upload_id
     body = await Payload(call, max_bytes=4 * 1024 * 1024).read_all()
-    wanted = xmlio.parse_complete_multipart(body)
+    wanted = xmlio.parse_complete_multipart_upload(body)
     if not wanted:
         raise s3e.MalformedXML("The XML you provided was not well-formed or did not validate against our "
                                "published schema")
-    numbers = [p.number for p in wanted]
+    numbers = [p.part_number for p in wanted]
     if any(b <= a for a, b in zip(numbers, numbers[1:])):
         raise s3e.InvalidPartOrder(UploadId=upload_id)
     have = {p.number: p for p in await _all_parts(store, call.bucket, upload_id)}
     chosen: list[PartRecord] = []
     for w in wanted:
-        part = have.get(w.number)
+        part = have.get(w.part_number)
         if part is None or part.etag.strip('"') != w.etag.strip().strip('"'):
-            raise s3e.InvalidPart(UploadId=upload_id, PartNumber=str(w.number), ETag=w.etag)
+            raise s3e.InvalidPart(UploadId=upload_id, PartNumber=str(w.part_number), ETag=w.etag)
         chosen.append(part)
     min_part = store.cluster.objstore.min_part_bytes
     for part in chosen[:-1]:
@@ -173,7 +186,7 @@ async def complete_upload(store: Store, call: Call) -> Response:
             raise s3e.EntityTooSmall(ProposedSize=str(part.size), MinSizeAllowed=str(min_part),
                                      PartNumber=str(part.number), ETag=part.etag)
     if_absent, if_match = _etag_condition(call.request.headers)
-    etag = checksums.multipart_etag([p.md5 for p in chosen])
+    etag = checksums.quote_etag(checksums.multipart_etag([p.md5 for p in chosen]))
     sums: dict[str, str] = {}
     algo = upload.checksum_algorithm
     if algo and all(algo in p.checksums for p in chosen):
@@ -224,8 +237,9 @@ async def list_parts(store: Store, call: Call) -> Response:
     body = xmlio.list_parts(
         bucket=call.bucket, key=call.key, upload_id=upload.upload_id, part_number_marker=marker,
         next_part_number_marker=parts[-1].number if parts else marker, max_parts=max_parts,
-        is_truncated=truncated, owner=upload.owner, checksum_algorithm=upload.checksum_algorithm,
-        parts=[xmlio.PartEntry(number=p.number, last_modified=p.last_modified, etag=p.etag, size=p.size,
+        is_truncated=truncated, owner=xmlio.Owner(id=upload.owner, display_name=upload.owner),
+        checksum_algorithm=upload.checksum_algorithm,
+        parts=[xmlio.PartEntry(part_number=p.number, last_modified=p.last_modified, etag=p.etag, size=p.size,
                                checksums=p.checksums) for p in parts])
     return xml_response(body)
 
@@ -271,8 +285,8 @@ async def list_uploads(store: Store, call: Call) -> Response:
         next_key_marker=uploads[-1].key if (truncated and uploads) else None,
         next_upload_id_marker=uploads[-1].upload_id if (truncated and uploads) else None,
         max_uploads=max_uploads, is_truncated=truncated,
-        uploads=[xmlio.UploadEntry(key=u.key, upload_id=u.upload_id, initiated=u.initiated, owner=u.owner)
-                 for u in uploads],
-        common_prefixes=prefixes, encoding_url=call.q("encoding-type") == "url")
+        uploads=[xmlio.UploadEntry(key=u.key, upload_id=u.upload_id, initiated=u.initiated,
+                                   owner=xmlio.Owner(id=u.owner, display_name=u.owner)) for u in uploads],
+        common_prefixes=prefixes, encoding_type=call.q("encoding-type"))
     return xml_response(body)
 

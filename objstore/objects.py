@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.parse
 import hashlib
 from typing import AsyncIterator
 
@@ -24,9 +23,6 @@ from .s3.xmlio import http_date
 __all__ = ["put_object", "get_object", "head_object", "delete_object", "delete_objects", "copy_object",
            "store_body", "get_record", "object_stream", "parse_copy_source"]
 
-# Response headers a GET may override with response-* query parameters (signed requests only).
-OVERRIDES = ("content-type", "content-language", "expires", "cache-control", "content-disposition",
-             "content-encoding")
 
 
 async def get_record(store: Store, bucket: str, key: str) -> ObjectRecord | None:
@@ -63,18 +59,9 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
 
 def standard_headers(h: Headers) -> tuple[str, dict[str, str], dict[str, str]]:
     """Content-Type, the other standard headers, and x-amz-meta-* from a request."""
-    content_type = h.get("content-type") or "binary/octet-stream"
-    std = {name: v for name in ("cache-control", "content-disposition", "content-encoding",
-                                "content-language", "expires") if (v := h.get(name)) is not None}
-    # aws-chunked is a transfer detail of this request, not a property of the object.
-    if "content-encoding" in std:
-        kept = [e.strip() for e in std["content-encoding"].split(",") if e.strip() and e.strip() != "aws-chunked"]
-        if kept:
-            std["content-encoding"] = ", ".join(kept)
-        else:
-            del std["content-encoding"]
-    meta = names.user_metadata(h)
-    return content_type, std, meta
+    std = names.extract_standard_headers(h)
+    content_type = std.pop("content-type", None) or "binary/octet-stream"
+    return content_type, std, names.extract_metadata(h)
 
 
 def _etag_condition(h: Headers) -> tuple[bool, str | None]:
@@ -152,11 +139,7 @@ def object_headers(rec: ObjectRecord, call: Call) -> list[tuple[str, str]]:
         out.append(("x-amz-mp-parts-count", str(len(rec.parts))))
     if (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
         out += [(f"x-amz-checksum-{a}", v) for a, v in rec.checksums.items()]
-    overrides = {}
-    for name in OVERRIDES:
-        value = call.q(f"response-{name}")
-        if value is not None:
-            overrides[name] = value
+    overrides = names.response_overrides(call.query)
     if overrides:
         out = [(k, v) for k, v in out if k not in overrides] + list(overrides.items())
     return out
@@ -185,11 +168,7 @@ async def _read_target(store: Store, call: Call) -> ObjectRecord:
     rec = await get_record(store, call.bucket, call.key)
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)
-    try:
-        conditions.check_read(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
-    except s3e.NotModified as e:
-        e.extra_headers = [("etag", rec.etag), ("last-modified", http_date(rec.last_modified))]
-        raise
+    conditions.check_get_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
     return rec
 
 
@@ -262,7 +241,8 @@ async def delete_objects(store: Store, call: Call) -> Response:
                                                 for k, _ in h):
         raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
     body = await Payload(call, max_bytes=2 * 1024 * 1024).read_all()
-    keys, quiet = xmlio.parse_delete(body)
+    wanted, quiet = xmlio.parse_delete(body)
+    keys = [o.key for o in wanted]
     deleted: list[str] = []
     failed: list[tuple[str, str, str]] = []
     limiter = anyio.CapacityLimiter(16)
@@ -282,19 +262,15 @@ async def delete_objects(store: Store, call: Call) -> Response:
     order = {k: i for i, k in enumerate(keys)}
     deleted.sort(key=order.__getitem__)
     failed.sort(key=lambda f: order[f[0]])
-    return xml_response(xmlio.delete_result(deleted=[] if quiet else deleted, errors=failed))
+    return xml_response(xmlio.delete_result(
+        deleted=[xmlio.DeletedEntry(key=k) for k in deleted],
+        errors=[xmlio.DeleteErrorEntry(key=k, code=c, message=m) for k, c, m in failed], quiet=quiet))
 
 
 def parse_copy_source(raw: str) -> tuple[str, str]:
-    """``/bucket/key`` (URL-encoded, optionally ``?versionId=``) from x-amz-copy-source."""
-    src, _, query = raw.partition("?")
-    src = urllib.parse.unquote(src).lstrip("/")
-    bucket, _, key = src.partition("/")
-    if not bucket or not key:
-        raise s3e.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
-                                  ArgumentName="x-amz-copy-source", ArgumentValue=raw)
-    version = urllib.parse.parse_qs(query).get("versionId", ["null"])[0]
-    if version != "null":
+    """(bucket, key) of x-amz-copy-source; buckets are unversioned, so only version ``null`` exists."""
+    bucket, key, version = names.parse_copy_source(raw)
+    if version not in (None, "null"):
         raise s3e.NoSuchVersion(Key=key, VersionId=version)
     return bucket, key
 
@@ -306,7 +282,7 @@ async def copy_source(store: Store, call: Call) -> ObjectRecord:
     rec = await get_record(store, bucket, key)
     if rec is None:
         raise s3e.NoSuchKey(Key=key)
-    conditions.check_copy_source(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
+    conditions.check_copy_source_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
     return rec
 
 

@@ -72,19 +72,19 @@ class Payload:
         sdk_algo = h.get("x-amz-sdk-checksum-algorithm")
         if self.algorithm is None and sdk_algo:
             self.algorithm = sdk_algo.strip().lower()
-        if self.algorithm is not None and not checksums.supported(self.algorithm):
+        if self.algorithm is not None and self.algorithm not in checksums.ALGORITHMS:
             raise s3e.InvalidRequest(f"checksum algorithm {self.algorithm} is not supported")
 
         self.md5 = hashlib.md5()
-        self.checksum = checksums.new(self.algorithm) if self.algorithm else None
+        self.checksum = checksums.new_checksum(self.algorithm) if self.algorithm else None
         self.sha256 = None
         if not self.streaming and self.mode != "UNSIGNED-PAYLOAD":
             if len(self.mode) != 64:
                 raise s3e.InvalidArgument("x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-* or a SHA-256",
                                           ArgumentName="x-amz-content-sha256", ArgumentValue=self.mode)
             self.sha256 = hashlib.sha256()
-        self.decoder = chunked.AwsChunkedDecoder(call.auth, self.mode, decoded_length=self.declared) \
-            if self.streaming else None
+        self.decoder = chunked.AwsChunkedDecoder(call.auth, sigv4.payload_mode(self.mode),  # type: ignore[arg-type]
+                                                 decoded_length=self.declared) if self.streaming else None
         self.size = 0
         self._done = False
 
@@ -100,9 +100,7 @@ class Payload:
                 if piece:
                     yield self._account(piece)
         if self.decoder:
-            for piece in self.decoder.finish() or ():
-                if piece:
-                    yield self._account(piece)
+            self.decoder.finish()
         self._done = True
 
     def _account(self, piece: bytes) -> bytes:
@@ -137,8 +135,8 @@ class Payload:
         if self.checksum is not None and self.algorithm is not None:
             expected = self.expected_checksum
             if expected is None and self.decoder is not None:
-                expected = self.decoder.trailers.get(f"x-amz-checksum-{self.algorithm}")
-            actual = self.checksum.b64digest()
+                expected = self.decoder.checksums.get(self.algorithm)
+            actual = self.checksum.b64()
             if expected is not None and expected != actual:
                 raise s3e.BadDigest(f"The {self.algorithm.upper()} you specified did not match the calculated checksum.")
 
@@ -149,4 +147,4 @@ class Payload:
     def checksums(self) -> dict[str, str]:
         if self.checksum is None or self.algorithm is None:
             return {}
-        return {self.algorithm: self.checksum.b64digest()}
+        return {self.algorithm: self.checksum.b64()}

@@ -76,14 +76,11 @@ class StorageClient:
         r = await self._call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
                              timeout=timeout)
         lengths = r.result["lengths"]
-        if len(lengths) == 1:
-            return [r.payload]
+        if len(lengths) <= 1:
+            return [r.payload] if lengths else []
+        stride = r.result.get("stride") or lengths[0]  # blocks sit `stride` bytes apart
         mv = memoryview(r.payload)
-        out, pos = [], 0
-        for n in lengths:
-            out.append(mv[pos:pos + n].tobytes())
-            pos += n
-        return out
+        return [mv[j * stride:j * stride + n].tobytes() for j, n in enumerate(lengths)]
 
     async def stat(self, fid: str, *, timeout: float | None = None) -> dict:
         return (await self._call("frag.stat", {"fid": check_fid(fid)}, timeout=timeout)).result

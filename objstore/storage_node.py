@@ -42,7 +42,7 @@ import anyio.to_thread
 from headwater.config import ClusterConfig, StorageNodeConfig
 from headwater.rpc import BadRequest, Reply, RpcServer
 
-from .fragment import (FragmentCorrupt, FragmentNotFound, FragmentWriter, StorageFull, check_fid,
+from .fragment import (BLOCK_PREFIX, FragmentCorrupt, FragmentNotFound, FragmentWriter, StorageFull, check_fid,
                        fragment_relpath, fsync_dir, read_blocks, read_info)
 
 __all__ = ["StorageNode", "StorageNodeError", "run_storage_node", "DEFAULT_TMP_MAX_AGE_S"]
@@ -217,7 +217,7 @@ class StorageNode:
         self.counters["aborts"] += 1
         return True
 
-    async def read(self, fid: str, first: int, count: int) -> list[bytearray]:
+    async def read(self, fid: str, first: int, count: int) -> list[memoryview]:
         check_fid(fid)
         if not isinstance(first, int) or not isinstance(count, int) or first < 0 or not 0 <= count <= MAX_READ_BLOCKS:
             raise BadRequest(f"bad block range first={first!r} count={count!r} (count <= {MAX_READ_BLOCKS})")
@@ -369,9 +369,15 @@ class StorageNode:
     async def _rpc_read(self, args: dict, payload: bytes) -> Reply:
         blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1))
         lengths = [len(b) for b in blocks]
-        if len(blocks) == 1:
-            return Reply({"lengths": lengths}, blocks[0])
-        return Reply({"lengths": lengths}, b"".join(blocks))
+        if len(blocks) <= 1:
+            return Reply({"lengths": lengths}, blocks[0] if blocks else b"")
+        # read_blocks leaves block j at j * stride + BLOCK_PREFIX in one buffer (every block but
+        # the last is full): send that buffer from the first block's data on, the later blocks'
+        # prefixes included, and let the client slice. No copy on the node.
+        stride = BLOCK_PREFIX + lengths[0]
+        end = (len(blocks) - 1) * stride + BLOCK_PREFIX + lengths[-1]
+        whole = memoryview(blocks[0].obj)[BLOCK_PREFIX:end]
+        return Reply({"lengths": lengths, "stride": stride}, whole)
 
     async def _rpc_stat(self, args: dict, payload: bytes) -> Any:
         return await self.stat(args.get("fid"))

@@ -489,6 +489,8 @@ class H1Connection:
             out.append(b"connection: keep-alive\r\n")
         out.append(b"\r\n")
 
+        if framing is _LENGTH and not self._remaining:
+            framing = _NONE
         self._framing = framing
         self._head_request = head_request
         self.our_state = _OUR_NEXT[(IDLE, "response_no_body" if framing is _NONE else "response")]
@@ -505,10 +507,10 @@ class H1Connection:
 
     def send_data(self, data: bytes) -> bytes:
         """Frame one piece of the response body."""
-        if self.our_state is not SEND_BODY:
-            raise LocalProtocolError(f"send_data in state {self.our_state}")
         if not data:
             return b""
+        if self.our_state is not SEND_BODY:
+            raise LocalProtocolError(f"send_data in state {self.our_state}")
         framing = self._framing
         if framing is _LENGTH:
             if len(data) > self._remaining:

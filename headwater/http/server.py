@@ -15,9 +15,11 @@ so a whole-file response on HTTP/1.1 can go out with ``os.sendfile``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import ssl
+import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -95,6 +97,7 @@ async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
     slots = anyio.Semaphore(limits.max_connections)
     try:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(server.watchdog.run)
             task_status.started(listener.getsockname()[1])
             while True:
                 await slots.acquire()
@@ -269,11 +272,40 @@ async def _aclose_iterable(body: Any) -> None:
                 log.exception("closing the response body iterator failed")
 
 
+class _Watchdog:
+    """Coarse read timeouts without a cancel scope per read (they cost more than the request).
+
+    A connection waiting on the socket sets ``deadline`` (time.monotonic); every ``tick`` the
+    watchdog shuts the read side of connections past it. The pending read then sees end of
+    file, the handler sees ``expired`` and answers 408 or closes, as the phase requires; the
+    write side stays open for that answer. Timeouts fire up to one tick late.
+    """
+
+    def __init__(self, limits: HttpLimits) -> None:
+        shortest = min(limits.header_timeout_s, limits.idle_timeout_s, limits.body_timeout_s)
+        self.tick = min(1.0, max(0.02, shortest / 10))
+        self.watched: set[_H1Handler] = set()
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.tick)
+            now = time.monotonic()
+            for h in self.watched:
+                if h.deadline < now:
+                    h.deadline = math.inf
+                    h.expired = True
+                    try:
+                        h.sock.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
+
+
 class _Server:
     def __init__(self, app: App, limits: HttpLimits, ssl_context: ssl.SSLContext | None) -> None:
         self.app = app
         self.limits = limits
         self.ssl_context = ssl_context
+        self.watchdog = _Watchdog(limits)
 
     async def connection(self, sock: socket.socket, addr: Any, slots: anyio.Semaphore) -> None:
         stream: anyio.abc.ByteStream = SocketStream(sock)
@@ -290,7 +322,7 @@ class _Server:
                 if stream.extra(TLSAttribute.alpn_protocol, None) == "h2":
                     await _H2Handler(self, stream, b"", "https", client, local).run()
                 else:
-                    await _H1Handler(self, stream, b"", "https", client, local).run()
+                    await _H1Handler(self, stream, sock, b"", "https", client, local).run()
                 return
             data = b""
             with anyio.move_on_after(self.limits.header_timeout_s):
@@ -302,7 +334,7 @@ class _Server:
             if data.startswith(h2.PREFACE):
                 await _H2Handler(self, stream, data, "http", client, local).run()
             else:
-                await _H1Handler(self, stream, data, "http", client, local).run()
+                await _H1Handler(self, stream, sock, data, "http", client, local).run()
         except _DISCONNECTS:
             pass
         except Exception:
@@ -418,8 +450,12 @@ class _H1Body:
 
 
 class _H1Handler:
-    def __init__(self, server: _Server, stream: anyio.abc.ByteStream, initial: bytes, scheme: str,
-                 client: tuple[str, int] | None, local: tuple[str, int] | None) -> None:
+    def __init__(self, server: _Server, stream: anyio.abc.ByteStream, sock: socket.socket,
+                 initial: bytes, scheme: str, client: tuple[str, int] | None,
+                 local: tuple[str, int] | None) -> None:
+        self.sock = sock
+        self.deadline = math.inf  # read deadline, enforced by the server's watchdog
+        self.expired = False
         self.app = server.app
         self.server = server
         self.limits = server.limits
@@ -434,18 +470,25 @@ class _H1Handler:
 
     async def read(self, timeout: float) -> bool:
         """One socket read into the parser; False if nothing came within ``timeout``."""
-        with anyio.move_on_after(timeout):
-            try:
-                data = await self.stream.receive(RECV_BYTES)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
-                data = b""
-            self.conn.receive_data(data)
-            return True
-        return False
+        if self.expired:
+            return False
+        self.deadline = time.monotonic() + timeout
+        try:
+            data = await self.stream.receive(RECV_BYTES)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
+            data = b""
+        finally:
+            self.deadline = math.inf
+        if self.expired:
+            return False
+        self.conn.receive_data(data)
+        return True
 
     async def run(self) -> None:
         conn = self.conn
         first = True
+        watched = self.server.watchdog.watched
+        watched.add(self)
         try:
             while True:
                 ev = conn.next_event()
@@ -466,6 +509,7 @@ class _H1Handler:
                 else:  # ConnectionClosed
                     return
         finally:
+            watched.discard(self)
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(1):
                     try:
@@ -476,10 +520,10 @@ class _H1Handler:
     async def _wait_for_head(self, first: bool) -> h1.Event | None:
         conn = self.conn
         header_phase = first or conn.head_in_progress
-        deadline = anyio.current_time() + (
+        deadline = time.monotonic() + (
             self.limits.header_timeout_s if header_phase else self.limits.idle_timeout_s)
         while True:
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self.read(remaining):
                 if conn.head_in_progress:  # slowloris: cut off, with a 408 for honest slow peers
                     conn._fail(RequestTimeout("request head not received within header_timeout_s"))
@@ -492,7 +536,7 @@ class _H1Handler:
                 return ev
             if not header_phase and conn.head_in_progress:
                 header_phase = True
-                deadline = anyio.current_time() + self.limits.header_timeout_s
+                deadline = time.monotonic() + self.limits.header_timeout_s
 
     async def _send_simple(self, response: Response) -> None:
         assert isinstance(response.body, bytes)
@@ -604,9 +648,8 @@ class _H1Handler:
     async def _write_stream(self, response: Response, body: Any, head: h1.RequestHead,
                             close: bool) -> None:
         conn = self.conn
-        declared = None
         try:
-            out = conn.send_response(response.status, response.headers, body_length=declared,
+            out = conn.send_response(response.status, response.headers, body_length=None,
                                      close=close)
         except LocalProtocolError:
             log.exception("unsendable response to %s %s", head.method, head.target)

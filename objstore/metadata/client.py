@@ -29,6 +29,7 @@ Quorum rules (n = replicas of the partition, q = n // 2 + 1):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import logging
 import time
@@ -53,6 +54,7 @@ log = logging.getLogger("headwater.objstore.metadata.client")
 
 _STALE_RETRIES = 3
 _REPAIR_BATCH = 500
+_SETTLE_DELAYS_S = (0.0, 0.05, 0.25, 1.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,6 +270,8 @@ class QuorumReplication:
             acks = [prev for status, prev in outcomes.values() if status in (Status.APPLIED, Status.SAME)]
             if len(acks) >= q:
                 previous = self._newest(r for r in acks if r is None or r.version != version)
+                if len(acks) < len(nodes):
+                    self._background(self._complete_write, g, op)
                 return Record(version=version, value=value), previous
 
             self._background(self._revert, g, op)
@@ -282,6 +286,28 @@ class QuorumReplication:
             raise QuorumUnavailable(f"write {ns}/{key!r}", needed=q, answered=len(acks), errors=g.errors)
         self.stats["quorum_failures"] += 1
         raise QuorumUnavailable(f"write {ns}/{key!r} kept meeting newer versions", needed=q, answered=0)
+
+    async def _complete_write(self, g: _Gather, op: Op) -> None:
+        """After a write won a quorum: bring replicas that refused it (they held a racing loser's
+        write, which its coordinator is reverting) up to date, so they need no read repair."""
+        with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
+            await g.complete.wait()
+        fix = dataclasses.replace(op, expect=None)
+        for node, r in list(g.results.items()):
+            if r["results"][0][0] not in (Status.CONFLICT, Status.STALE):
+                continue
+            for delay in _SETTLE_DELAYS_S:
+                await anyio.sleep(delay)
+                try:
+                    reply = await self._call(node, "kv.apply", {"ops": [fix.to_wire()]})
+                except Exception:
+                    break
+                status, current = reply["results"][0]
+                if status != Status.STALE:
+                    break
+                cur = record_from_wire(current)
+                if cur is not None and cur.value == op.value:
+                    break  # a newer write of the same value: nothing to settle
 
     async def _revert(self, g: _Gather, op: Op) -> None:
         """Undo ``op`` on every replica that applied it: now on those that answered, then on late ones."""

@@ -30,7 +30,7 @@ __all__ = [
     "ServerSideEncryptionConfigurationNotFoundError", "NoSuchObjectLockConfiguration",
     # others
     "BucketAlreadyExists", "BucketAlreadyOwnedByYou", "BucketNotEmpty", "OperationAborted",
-    "ConditionalRequestConflict", "InvalidRange", "PreconditionFailed", "NotModified",
+    "ConditionalRequestConflict", "InvalidRange", "InvalidPartNumber", "PreconditionFailed", "NotModified",
     "MethodNotAllowed", "NotImplemented", "MissingContentLength", "InternalError",
     "ServiceUnavailable", "SlowDown",
 ]
@@ -171,6 +171,7 @@ ConditionalRequestConflict = _error("ConditionalRequestConflict", 409,
                                     "The conditional request cannot succeed due to a conflicting "
                                     "operation against this resource.")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
+InvalidPartNumber = _error("InvalidPartNumber", 416, "The requested partnumber is not satisfiable")
 PreconditionFailed = _error("PreconditionFailed", 412,
                             "At least one of the pre-conditions you specified did not hold")
 NotModified = _error("NotModified", 304, "Not Modified")

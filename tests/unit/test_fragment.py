@@ -183,7 +183,7 @@ def test_good_fids(fid):
 
 
 @given(fid=st.from_regex(r"[A-Za-z0-9_-]{1,50}", fullmatch=True), bs=st.integers(1, 1 << 20),
-       meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=5))
+       meta=st.dictionaries(st.text(max_size=10), st.integers(-2**63, 2**64 - 1) | st.text(max_size=20), max_size=5))
 def test_header_round_trip(fid, bs, meta):
     raw = fr.encode_header(fid, bs, meta)
     h = fr.parse_header(raw, fid)
@@ -212,3 +212,10 @@ def test_enospc_becomes_storage_full(tmp_path, monkeypatch):
     w.append(1, [b"b" * 10])
     w.commit(tmp_path / "d", 2)
     assert fr.read_blocks(tmp_path / "d", "f", 0, 2) == [b"a" * 10, b"b" * 10]
+
+
+def test_meta_that_cannot_be_packed():
+    with pytest.raises(BadRequest):
+        fr.encode_header("f", 10, {"x": 2**70})
+    with pytest.raises(BadRequest):
+        fr.encode_header("f", 10, {"x": b"y" * (fr.MAX_META_BYTES + 1)})

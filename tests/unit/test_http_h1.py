@@ -1,0 +1,245 @@
+"""headwater.http.h1 driven with bytes only."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headwater.config import HttpLimits
+from headwater.http import h1
+from headwater.http.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    LocalProtocolError,
+    PayloadTooLarge,
+    UnsupportedTransferCoding,
+)
+
+
+def events(conn: h1.H1Connection) -> list:
+    out = []
+    while (ev := conn.next_event()) is not h1.NEED_DATA:
+        out.append(ev)
+    return out
+
+
+def body_of(evs: list) -> bytes:
+    return b"".join(e.data for e in evs if isinstance(e, h1.BodyData))
+
+
+def test_simple_get_and_response_framing() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y:  z \r\n\r\n")
+    head, end = events(c)
+    assert head.method == "GET" and head.target == "/a?b=1" and head.http_version == "1.1"
+    assert head.headers == [("host", "x"), ("x-y", "z")] and head.keep_alive
+    assert isinstance(end, h1.RequestEnd)
+    out = c.send_response(200, [("Content-Type", "text/plain")], body_length=2)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ndate: ")
+    assert b"\r\nserver: headwater\r\ncontent-length: 2\r\n\r\n" in out
+    assert c.send_data(b"hi") == b"hi" and c.send_end() == b""
+    c.start_next_cycle()
+    assert c.their_state == h1.IDLE and c.our_state == h1.IDLE
+
+
+def test_pipelined_requests_wait_for_the_next_cycle() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHo")
+    first = events(c)
+    assert [type(e) for e in first] == [h1.RequestHead, h1.RequestEnd]
+    assert c.next_event() is h1.NEED_DATA  # /2 waits for our answer to /1
+    c.send_response(204, [], body_length=0)
+    with pytest.raises(LocalProtocolError):
+        c.send_data(b"x")  # 204 has no body
+    c.start_next_cycle()
+    second = events(c)
+    assert second[0].target == "/2"
+    c.send_response(200, [], body_length=0)
+    c.send_end()
+    c.start_next_cycle()
+    assert c.next_event() is h1.NEED_DATA and c.head_in_progress
+    c.receive_data(b"st: x\r\n\r\n")
+    assert events(c)[0].target == "/3"
+
+
+def test_chunked_request_and_response() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n")
+    evs = events(c)
+    assert evs[0].chunked and evs[0].content_length is None
+    assert body_of(evs) == b"hello world" and isinstance(evs[-1], h1.RequestEnd)
+    head = c.send_response(200, [], body_length=None)
+    assert b"transfer-encoding: chunked\r\n" in head
+    assert c.send_data(b"abc") == b"3\r\nabc\r\n"
+    assert c.send_data(b"") == b""
+    assert c.send_end() == b"0\r\n\r\n"
+
+
+def test_expect_continue_and_drain_policy() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+    head = c.next_event()
+    assert head.expects_continue
+    assert c.send_continue() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert c.send_continue() == b""  # once
+    c.send_response(200, [], body_length=0)
+    assert c.keep_alive and c.drain_before_next  # small rest: drain and keep the connection
+
+    c = h1.H1Connection()
+    c.receive_data(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+    c.next_event()
+    out = c.send_response(417, [], body_length=0)
+    assert not c.keep_alive and b"connection: close" in out  # no 100 sent: never wait for it
+
+    c = h1.H1Connection()
+    c.receive_data(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+    c.next_event()
+    out = c.send_response(403, [], body_length=0)
+    assert not c.keep_alive and b"connection: close" in out  # too much to drain
+
+
+def test_http10() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    head = c.next_event()
+    assert head.http_version == "1.0" and not head.keep_alive
+    out = c.send_response(200, [], body_length=None)
+    assert b"transfer-encoding" not in out and b"connection: close" in out
+    assert c.send_data(b"raw") == b"raw"
+    c = h1.H1Connection()
+    c.receive_data(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert c.next_event().keep_alive
+    assert b"connection: keep-alive\r\n" in c.send_response(200, [], body_length=1)
+
+
+def test_head_and_304_keep_headers_but_send_no_body() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    events(c)
+    out = c.send_response(200, [("content-length", "1234")], body_length=0)
+    assert b"content-length: 1234" in out and c.our_state == h1.DONE
+    c.start_next_cycle()
+
+
+@pytest.mark.parametrize("raw, error", [
+    (b"GET / HTTP/1.1\r\n\r\n", BadRequest),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadRequest),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", BadRequest),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferCoding),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n", PayloadTooLarge),
+    (b"\x00\x01garbage\r\n\r\n", BadRequest),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 5000 + b"\r\n\r\n", HeadersTooLarge),
+])
+def test_invalid_requests(raw: bytes, error: type) -> None:
+    c = h1.H1Connection(HttpLimits(max_header_bytes=4096, max_body_bytes=10**9))
+    c.receive_data(raw)
+    evs = events(c)
+    assert isinstance(evs[-1], h1.RequestInvalid) and type(evs[-1].error) is error
+    assert not c.keep_alive
+    out = c.send_response(evs[-1].error.http_status, [], body_length=0)
+    assert out.startswith(b"HTTP/1.1 %d " % evs[-1].error.http_status) and b"connection: close" in out
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # ignored after an error
+    assert c.next_event() is h1.NEED_DATA
+
+
+def test_header_limit_on_a_head_that_never_ends() -> None:
+    c = h1.H1Connection(HttpLimits(max_header_bytes=1000))
+    c.receive_data(b"GET / HTTP/1.1\r\nX: ")
+    for _ in range(20):
+        c.receive_data(b"v" * 100)
+    evs = events(c)
+    assert isinstance(evs[-1], h1.RequestInvalid) and evs[-1].error.http_status == 431
+
+
+def test_chunked_body_limit() -> None:
+    c = h1.H1Connection(HttpLimits(max_body_bytes=10))
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n")
+    evs = events(c)
+    assert isinstance(evs[-1], h1.RequestInvalid) and evs[-1].error.http_status == 413
+
+
+def test_eof_mid_body_and_upgrade_offer() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    c.receive_data(b"")
+    evs = events(c)
+    assert isinstance(evs[-1], h1.ConnectionClosed) and body_of(evs) == b"abc"
+    # curl's "Upgrade: h2c" offer is declined: the request is served over HTTP/1.1
+    c = h1.H1Connection()
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                   b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+                   b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [type(e) for e in events(c)] == [h1.RequestHead, h1.RequestEnd]
+    c.send_response(200, [], body_length=0)
+    c.start_next_cycle()
+    assert events(c)[0].target == "/next"
+
+
+def test_response_header_injection_is_refused() -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    events(c)
+    with pytest.raises(LocalProtocolError):
+        c.send_response(200, [("x-a", "b\r\nSet-Cookie: evil")], body_length=0)
+    with pytest.raises(LocalProtocolError):
+        c.send_response(200, [("content-length", "5")], body_length=3)
+    out = c.send_response(200, [("content-length", "5")], body_length=None)
+    c.send_data(b"12345")
+    with pytest.raises(LocalProtocolError):
+        c.send_data(b"6")
+
+
+# --- property tests ------------------------------------------------------------------------------
+
+def _chunked(parts: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(st.binary(min_size=0, max_size=300), max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=6))
+def test_chunked_decoding_any_split(parts: list[bytes], cuts: list[int]) -> None:
+    raw = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(parts)
+           + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    c = h1.H1Connection()
+    points = sorted({min(x, len(raw)) for x in cuts} | {0, len(raw)})
+    for a, b in zip(points, points[1:]):
+        c.receive_data(raw[a:b])
+    evs = events(c)
+    assert body_of(evs) == b"".join(parts) and isinstance(evs[-1], h1.RequestEnd)
+    c.send_response(200, [], body_length=0)
+    c.start_next_cycle()
+    assert events(c)[0].target == "/after"
+
+
+@settings(max_examples=100, deadline=None)
+@given(parts=st.lists(st.binary(min_size=1, max_size=200), max_size=8))
+def test_chunked_encoding_round_trips(parts: list[bytes]) -> None:
+    server = h1.H1Connection()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    events(server)
+    server.send_response(200, [], body_length=None)
+    wire = b"".join(server.send_data(p) for p in parts) + server.send_end()
+    # decode it again with the request parser (same chunked grammar)
+    c = h1.H1Connection()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + wire)
+    assert body_of(events(c)) == b"".join(parts)
+
+
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+_value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=st.lists(st.tuples(_token, _value), max_size=10))
+def test_header_parsing_round_trips(fields: list[tuple[str, str]]) -> None:
+    fields = [(n, v) for n, v in fields if n not in ("host", "content-length", "transfer-encoding",
+                                                      "connection", "expect", "upgrade")]
+    raw = ("GET / HTTP/1.1\r\nHost: h\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
+           + "\r\n").encode("latin-1")
+    c = h1.H1Connection()
+    c.receive_data(raw)
+    head = c.next_event()
+    assert head.headers == [("host", "h"), *[(n.lower(), v) for n, v in fields]]

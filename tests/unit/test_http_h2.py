@@ -1,0 +1,153 @@
+"""headwater.http.h2 driven with bytes only, against the h2 library as the client."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+from headwater.config import HttpLimits, KiB
+from headwater.http import h2 as server_h2
+
+
+class Pair:
+    """A client (h2 library) and our server connection, wired back to back."""
+
+    def __init__(self, limits: HttpLimits = HttpLimits()) -> None:
+        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.server = server_h2.H2Connection(limits)
+        self.server.initiate()
+        self.client.initiate_connection()
+        self.server_events: list = []
+        self.client_events: list = []
+        self.exchange()
+
+    def exchange(self) -> None:
+        for _ in range(10):
+            c = self.client.data_to_send()
+            if c:
+                self.server_events += self.server.receive_data(c)
+            s = self.server.data_to_send()
+            if s:
+                self.client_events += self.client.receive_data(s)
+            if not c and not s:
+                return
+
+    def request(self, sid: int, method: str, path: str, extra=(), end: bool = True) -> None:
+        self.client.send_headers(sid, [(":method", method), (":path", path), (":scheme", "http"),
+                                       (":authority", "example"), *extra], end_stream=end)
+        self.exchange()
+
+    def take(self, kind: type) -> list:
+        out = [e for e in self.server_events if isinstance(e, kind)]
+        self.server_events = [e for e in self.server_events if not isinstance(e, kind)]
+        return out
+
+
+def test_settings_advertise_limits() -> None:
+    p = Pair(HttpLimits(max_concurrent_streams=9, max_header_bytes=8 * KiB))
+    changed = [e for e in p.client_events if isinstance(e, h2.events.RemoteSettingsChanged)][0]
+    values = {k: v.new_value for k, v in changed.changed_settings.items()}
+    assert values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 9
+    assert values[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] == 8 * KiB
+    assert values[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == server_h2.STREAM_WINDOW_BYTES
+
+
+def test_request_response_round_trip() -> None:
+    p = Pair()
+    p.request(1, "GET", "/a?b=c", [("x-thing", "1")])
+    [req] = p.take(server_h2.StreamRequest)
+    assert (req.method, req.target, req.authority, req.end_stream) == ("GET", "/a?b=c", "example", True)
+    assert ("x-thing", "1") in req.headers and ("host", "example") in req.headers
+    assert p.take(server_h2.StreamEnd) == [server_h2.StreamEnd(stream_id=1)]
+    ended = p.server.send_response(1, 200, [("Content-Type", "text/plain"), ("Connection", "x")],
+                                   body_length=5)
+    assert not ended
+    p.server.send_data(1, b"hello", end_stream=True)
+    p.exchange()
+    [resp] = [e for e in p.client_events if isinstance(e, h2.events.ResponseReceived)]
+    headers = dict(resp.headers)
+    assert headers[b":status"] == b"200" and headers[b"content-length"] == b"5"
+    assert b"connection" not in headers and b"date" in headers and headers[b"server"] == b"headwater"
+    data = b"".join(e.data for e in p.client_events if isinstance(e, h2.events.DataReceived))
+    assert data == b"hello"
+
+
+def test_head_and_204_end_the_stream_with_headers() -> None:
+    p = Pair()
+    p.request(1, "HEAD", "/")
+    assert p.server.send_response(1, 200, [("content-length", "10")], body_length=0, head_request=True)
+    p.request(3, "GET", "/")
+    assert p.server.send_response(3, 204, [], body_length=0)
+    p.exchange()
+    assert len([e for e in p.client_events if isinstance(e, h2.events.StreamEnded)]) == 2
+
+
+def test_request_body_flow_control_opens_as_acknowledged() -> None:
+    p = Pair()
+    p.request(1, "PUT", "/", end=False)
+    window = p.client.local_flow_control_window(1)
+    assert window == server_h2.STREAM_WINDOW_BYTES  # SETTINGS and connection WINDOW_UPDATE applied
+    for _ in range(window // 16384):
+        p.client.send_data(1, b"x" * 16384)
+    p.exchange()
+    assert p.client.local_flow_control_window(1) == 0
+    got = p.take(server_h2.StreamData)
+    assert sum(len(e.data) for e in got) == window
+    before = p.client.local_flow_control_window(1)
+    for e in got:
+        p.server.acknowledge(1, e.flow_controlled_length)
+    p.exchange()
+    assert p.client.local_flow_control_window(1) > before
+
+
+def test_response_respects_the_peer_window() -> None:
+    p = Pair()
+    p.request(1, "GET", "/")
+    p.server.send_response(1, 200, [], body_length=None)
+    sent = 0
+    while (n := p.server.outbound_window(1)) > 0:
+        p.server.send_data(1, b"y" * n)
+        sent += n
+    assert sent == 65535  # the client's default window
+    p.exchange()
+    received = [e for e in p.client_events if isinstance(e, h2.events.DataReceived)]
+    for e in received:
+        p.client.acknowledge_received_data(e.flow_controlled_length, 1)
+    p.exchange()
+    assert p.take(server_h2.WindowOpened)
+    assert p.server.outbound_window(1) > 0
+
+
+def test_declared_body_over_the_limit_is_invalid() -> None:
+    p = Pair(HttpLimits(max_body_bytes=100))
+    p.request(1, "PUT", "/", [("content-length", "101")], end=False)
+    [bad] = p.take(server_h2.StreamInvalid)
+    assert bad.error.http_status == 413
+    p.request(3, "PUT", "/", end=False)
+    p.client.send_data(3, b"z" * 150)
+    p.exchange()
+    [bad] = p.take(server_h2.StreamInvalid)
+    assert bad.stream_id == 3 and bad.error.http_status == 413
+
+
+def test_reset_and_goaway() -> None:
+    p = Pair()
+    p.request(1, "PUT", "/", end=False)
+    p.client.reset_stream(1, error_code=8)
+    p.exchange()
+    assert p.take(server_h2.StreamReset) == [server_h2.StreamReset(stream_id=1, error_code=8)]
+    p.server.close()
+    p.exchange()
+    assert any(isinstance(e, h2.events.ConnectionTerminated) for e in p.client_events)
+
+
+def test_protocol_violation_ends_the_connection_with_goaway() -> None:
+    server = server_h2.H2Connection()
+    server.initiate()
+    server.data_to_send()
+    evs = server.receive_data(server_h2.PREFACE + b"\x00\x00\x01\x09\x00\x00\x00\x00\x01x")  # CONTINUATION out of place
+    assert isinstance(evs[-1], server_h2.ConnectionEnded) and evs[-1].error_code != 0
+    assert server.data_to_send()  # GOAWAY queued
+    assert server.receive_data(b"more") == []
