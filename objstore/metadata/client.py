@@ -274,7 +274,13 @@ class QuorumReplication:
                     self._background(self._complete_write, g, op)
                 return Record(version=version, value=value), previous
 
-            self._background(self._revert, g, op)
+            # Undo what landed before answering, so a read right after this error cannot find
+            # the failed write on one replica and repair it onto the others; late ones follow.
+            reverted: set[str] = set()
+            with anyio.move_on_after(self.timeout_s):
+                await self._revert(g, op, reverted)
+            if not g.complete.is_set():
+                self._background(self._revert_late, g, op, reverted)
             refused = [prev for status, prev in outcomes.values() if status in (Status.CONFLICT, Status.STALE)]
             if condition is not None and refused:
                 self.stats["conflicts"] += 1
@@ -309,25 +315,28 @@ class QuorumReplication:
                 if cur is not None and cur.value == op.value:
                     break  # a newer write of the same value: nothing to settle
 
-    async def _revert(self, g: _Gather, op: Op) -> None:
-        """Undo ``op`` on every replica that applied it: now on those that answered, then on late ones."""
-        reverted: set[str] = set()
-        for final in (False, True):
-            if final:
-                with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
-                    await g.complete.wait()
+    async def _revert(self, g: _Gather, op: Op, reverted: set[str]) -> None:
+        """Undo ``op`` on every replica that has answered that it applied it (once per replica)."""
+        async def one(node: str, prev: Record | None) -> None:
+            self.stats["reverts"] += 1
+            undo = Op(ns=op.ns, partition=op.partition, key=op.key, kind=OpKind.REVERT,
+                      version=op.version, restore=prev)
+            try:
+                await self._apply_on(node, [undo])
+            except Exception as e:
+                log.warning("could not revert %s/%r on %s: %r", op.ns, op.key, node, e)
+
+        async with anyio.create_task_group() as tg:
             for node, r in list(g.results.items()):
                 status, prev = r["results"][0]
-                if node in reverted or status != Status.APPLIED:
-                    continue
-                reverted.add(node)
-                self.stats["reverts"] += 1
-                undo = Op(ns=op.ns, partition=op.partition, key=op.key, kind=OpKind.REVERT,
-                          version=op.version, restore=record_from_wire(prev))
-                try:
-                    await self._apply_on(node, [undo])
-                except Exception as e:
-                    log.warning("could not revert %s/%r on %s: %r", op.ns, op.key, node, e)
+                if node not in reverted and status == Status.APPLIED:
+                    reverted.add(node)
+                    tg.start_soon(one, node, record_from_wire(prev))
+
+    async def _revert_late(self, g: _Gather, op: Op, reverted: set[str]) -> None:
+        with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
+            await g.complete.wait()
+        await self._revert(g, op, reverted)
 
     # --- scans ---------------------------------------------------------------------------------
 

@@ -70,9 +70,14 @@ async def meta_cluster(tmp_path, n: int = 3, partitions: int = 16):
             tg.cancel_scope.cancel()
 
 
-async def settle() -> None:
-    """Let background repairs and reverts finish (they are in-process and quick)."""
-    await anyio.sleep(0.2)
+async def settle(check=None, timeout: float = 5.0) -> None:
+    """Let background repairs and reverts finish: until ``check()`` holds, or a short while."""
+    if check is None:
+        await anyio.sleep(0.2)
+        return
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.02)
 
 
 async def test_put_get_scan_delete_round_trip(tmp_path):
@@ -208,13 +213,14 @@ async def test_conditional_put_race_has_one_winner(tmp_path, clients):
                 assert len(winners) == 1, (winners, losers)
                 assert len(losers) == 19
                 assert all(cf.http_status == 412 for cf in losers)
-                await settle()
                 final = await metas[0].get("buckets", key)
                 assert final.value == winners[0].value
-                for i in range(3):  # every replica converged on the winner, losers reverted
-                    store = mc.node(i).store
-                    p = PartitionMap.from_cluster(mc.cfg).partition_of("buckets", key)
-                    assert store.get("buckets", p, key).value == winners[0].value
+                p = PartitionMap.from_cluster(mc.cfg).partition_of("buckets", key)
+
+                def converged() -> bool:  # every replica holds the winner, losers reverted
+                    recs = [mc.node(i).store.get("buckets", p, key) for i in range(3)]
+                    return all(r is not None and r.value == winners[0].value for r in recs)
+                await settle(converged)
 
 
 async def test_if_match_and_conditional_delete(tmp_path):
