@@ -232,8 +232,11 @@ class Cluster:
             raise
         return self
 
-    def _check_alive(self) -> None:
+    def _check_alive(self, daemons: Iterable[Daemon] | None = None) -> None:
+        ids = None if daemons is None else {d.id for d in daemons}
         for name, p in self.procs.items():
+            if ids is not None and name.split("#")[0] not in ids and name != "up":
+                continue
             if p.poll() is not None:
                 raise ClusterStartError(f"{name} exited with {p.returncode} while starting\n"
                                         + self.log_tail(name))
@@ -255,9 +258,10 @@ class Cluster:
     def wait_ready(self, timeout: float = CLUSTER_START_TIMEOUT_S, daemons: Iterable[Daemon] | None = None) -> None:
         """Wait until the S3 port accepts and every /healthz (of ``daemons``) answers 200."""
         todo = list(daemons if daemons is not None else self.daemons)
+        waiting_for = list(todo)
         deadline = time.monotonic() + timeout
         while True:
-            self._check_alive()
+            self._check_alive(waiting_for)
             todo = [d for d in todo if not self._ready(d)]
             s3_ok = _port_open(self.host, self.gateway.port)
             if not todo and s3_ok:

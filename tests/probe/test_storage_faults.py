@@ -51,6 +51,13 @@ def slice_for(spec: str, body: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
+def s3(cluster):
+    """boto3 that checks bytes itself: these tests compare every byte, and whole-object checksum
+    headers on ranged reads are test_s3_boto3's business, not fault tolerance's."""
+    return cluster.s3_client(0, response_checksum_validation="when_required")
+
+
+@pytest.fixture(scope="module")
 def objects(cluster, s3):
     """Objects written while every node was up: {key: bytes}, in bucket "faults"."""
     s3.create_bucket(Bucket="faults")
