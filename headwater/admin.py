@@ -18,7 +18,7 @@ from .config import HttpLimits
 from .http.types import Request, Response
 from .metrics import CONTENT_TYPE, Registry
 
-__all__ = ["serve_admin", "admin_app", "ADMIN_LIMITS"]
+__all__ = ["serve_admin", "admin_app", "ADMIN_LIMITS", "export_stats"]
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -78,3 +78,23 @@ async def serve_admin(*, host: str, port: int, health: HealthCheck, registry: Re
 
     await serve(admin_app(health=health, registry=registry), host=host, port=port,
                 limits=ADMIN_LIMITS, reuse_port=reuse_port, task_status=task_status)
+
+
+def export_stats(registry: Registry, prefix: str, stats: Callable[[], dict[str, Any]]) -> None:
+    """Publish every numeric value of a daemon's ``stats()`` dict as ``{prefix}_{key}`` at scrape time.
+
+    Daemons keep plain counters in a dict on their hot paths; this turns them into gauges only
+    when /metrics is read, so counting costs nothing more than a dict update.
+    """
+    gauges: dict[str, Any] = {}
+
+    def collect() -> None:
+        for key, value in stats().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            g = gauges.get(key)
+            if g is None:
+                g = gauges[key] = registry.gauge(f"{prefix}_{key}", f"{prefix} {key.replace('_', ' ')}")
+            g.set(value)
+
+    registry.add_collector(collect)

@@ -130,14 +130,16 @@ async def put_object(store: Store, call: Call) -> Response:
     return Response(status=200, headers=headers)
 
 
-def object_headers(rec: ObjectRecord, call: Call) -> list[tuple[str, str]]:
+def object_headers(rec: ObjectRecord, call: Call, *, whole: bool = True) -> list[tuple[str, str]]:
     out = [("etag", rec.etag), ("last-modified", http_date(rec.last_modified)), ("accept-ranges", "bytes"),
            ("content-type", rec.content_type)]
     out += sorted(rec.headers.items())
     out += [(f"x-amz-meta-{k}", v) for k, v in sorted(rec.meta.items())]
     if rec.parts:
         out.append(("x-amz-mp-parts-count", str(len(rec.parts))))
-    if (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
+    # A checksum describes the whole object: S3 returns none with a range (clients would fail
+    # to verify the partial bytes against it).
+    if whole and (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
         out += [(f"x-amz-checksum-{a}", v) for a, v in rec.checksums.items()]
     overrides = names.response_overrides(call.query)
     if overrides:
@@ -194,9 +196,9 @@ def _part_range(call: Call, rec: ObjectRecord) -> tuple[int, int] | None:
 
 async def get_object(store: Store, call: Call, *, head: bool = False) -> Response:
     rec = await _read_target(store, call)
-    headers = object_headers(rec, call)
     part = _part_range(call, rec)
     rng = ranges.parse_range(call.header("range"), rec.size) if part is None else None
+    headers = object_headers(rec, call, whole=rng is None and (part is None or not rec.parts))
     if part is not None:
         start, end = part
         status = 206 if rec.parts else 200

@@ -39,7 +39,9 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from headwater.admin import export_stats, serve_admin
 from headwater.config import ClusterConfig, StorageNodeConfig
+from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, Reply, RpcServer
 
 from .fragment import (BLOCK_PREFIX, FragmentCorrupt, FragmentNotFound, FragmentWriter, StorageFull, check_fid,
@@ -401,5 +403,18 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
         bound = await tg.start(srv.serve, node.host, node.port if port is None else port)
         sn.rpc_port, sn.rpc = bound, srv
         tg.start_soon(sn.run_gc_forever)
+        registry = Registry()
+        add_process_metrics(registry)
+        export_stats(registry, "headwater_storage", sn.stats)
+
+        async def health() -> dict[str, Any]:
+            st = sn.stats()
+            return {"status": "ok", "role": "storage", "id": node.id, "rpc_port": bound,
+                    "free_bytes": st.get("free_bytes"), "used_bytes": st.get("used_bytes"),
+                    "total_bytes": st.get("total_bytes"), "fragments": st.get("fragments")}
+
+        if port is None:
+            await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
+                                                           registry=registry, task_status=task_status))
         log.info("storage node %s serving %s on %s:%d", node.id, node.data_dir, node.host, bound)
         task_status.started(sn)

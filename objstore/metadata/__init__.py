@@ -5,7 +5,7 @@ The gateway uses :class:`MetadataClient`; :func:`run_metadata_node` is the daemo
 
 from .client import Entry, MetadataClient
 from .errors import (ConditionFailed, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, MetadataError,
-                     QuorumUnavailable, StoreFull)
+                     QuorumUnavailable, StoreFull, WriteConflict)
 from .node import MetadataNode, run_metadata_node
 from .partition import PartitionMap
 
@@ -18,6 +18,7 @@ __all__ = [
     "MetadataError",
     "ConditionFailed",
     "QuorumUnavailable",
+    "WriteConflict",
     "InvalidKey",
     "KeyTooLong",
     "CorruptRecord",

@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import heapq
 import logging
+import random
 import time
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ import anyio.abc
 from headwater.config import ClusterConfig
 from headwater.rpc import RpcClient
 
-from .errors import ConditionFailed, InvalidKey, MetadataError, QuorumUnavailable
+from .errors import ConditionFailed, InvalidKey, MetadataError, QuorumUnavailable, WriteConflict
 from .partition import PartitionMap, majority
 from .store import (MIN_VERSION, Op, OpKind, Record, Status, Version, check_key, check_ns,
                     record_from_wire)
@@ -55,6 +56,9 @@ log = logging.getLogger("headwater.objstore.metadata.client")
 _STALE_RETRIES = 3
 _REPAIR_BATCH = 500
 _SETTLE_DELAYS_S = (0.0, 0.05, 0.25, 1.0)
+_CONDITION_ATTEMPTS = 8
+_STRAGGLER_GRACE_S = 0.02
+_UNCONFIRMED_REREADS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +91,10 @@ class HybridClock:
         ts = max(int(self._clock()), self._last + 1)
         self._last = ts
         return (ts, self.writer_id)
+
+    def wall(self) -> int:
+        """The wall clock alone (ns), to judge how old a version is."""
+        return int(self._clock())
 
     def observe(self, version: Version) -> None:
         if version[0] > self._last:
@@ -134,13 +142,15 @@ class QuorumReplication:
     """Reads and writes a partition's replica set by majority quorum (see the module docstring)."""
 
     def __init__(self, cluster: ClusterConfig, *, clock: HybridClock, timeout_s: float,
-                 connect_timeout_s: float = 3.0):
+                 connect_timeout_s: float = 3.0, settle_s: float = 0.5, rng: random.Random | None = None):
         if not cluster.metadata:
             raise MetadataError("the cluster has no [[metadata]] nodes")
         self.ring = PartitionMap.from_cluster(cluster)
         self.clock = clock
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.settle_s = settle_s
+        self._rng = rng or random.Random()
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
         self._clients: dict[str, RpcClient] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -197,27 +207,48 @@ class QuorumReplication:
     # --- reads ---------------------------------------------------------------------------------
 
     async def read(self, ns: str, key: str) -> Record | None:
-        """The newest record (tombstones included) a majority of the replicas hold."""
+        """The newest record (tombstones included) among a majority of the replicas."""
+        return (await self._read(ns, key))[0]
+
+    async def _read(self, ns: str, key: str) -> tuple[Record | None, bool]:
+        """(newest record, whether a majority of the answers hold exactly it).
+
+        An unconfirmed newest record is a write still in flight, one that failed and is being
+        reverted, or one a down replica's absence hides; it is repaired only if it is still
+        there after ``settle_s``, so a failed write is not spread by reads in the meantime.
+        """
         self.stats["reads"] += 1
         p, nodes = self.ring.nodes_for(ns, key)
         q = majority(len(nodes))
         g = self._gather({n: ("kv.get", {"ns": ns, "p": p, "key": key}) for n in nodes},
                          lambda g: len(g.results) >= q or len(g.errors) > len(nodes) - q)
         await self._wait(g)
-        if len(g.results) < q:
+        answers = [record_from_wire(r["record"]) for r in list(g.results.values())]
+        if len(answers) < q:
             self.stats["quorum_failures"] += 1
-            raise QuorumUnavailable(f"read {ns}/{key!r}", needed=q, answered=len(g.results), errors=g.errors)
-        best = self._newest(record_from_wire(r["record"]) for r in list(g.results.values()))
-        if best is not None:
-            self.clock.observe(best.version)
-            self._background(self._repair_read, g, ns, p, key, best)
-        return best
+            raise QuorumUnavailable(f"read {ns}/{key!r}", needed=q, answered=len(answers), errors=g.errors)
+        best = self._newest(answers)
+        if best is None:
+            return None, True
+        confirmed = sum(1 for r in answers if r is not None and r.version == best.version) >= q
+        self.clock.observe(best.version)
+        self._background(self._repair_read, g, ns, p, key, best, confirmed)
+        return best, confirmed
 
     @staticmethod
     def _newest(records: Any) -> Record | None:
         return max((r for r in records if r is not None), key=lambda r: r.version, default=None)
 
-    async def _repair_read(self, g: _Gather, ns: str, p: int, key: str, best: Record) -> None:
+    async def _repair_read(self, g: _Gather, ns: str, p: int, key: str, best: Record, confirmed: bool) -> None:
+        if not confirmed:
+            await anyio.sleep(self.settle_s)
+            nodes = self.ring.replica_set(p)
+            g = self._gather({n: ("kv.get", {"ns": ns, "p": p, "key": key}) for n in nodes}, lambda g: False)
+            with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
+                await g.complete.wait()
+            current = [record_from_wire(r["record"]) for r in list(g.results.values())]
+            if not any(r is not None and r.version == best.version for r in current):
+                return  # it was reverted (or superseded and reverted): nothing to spread
         with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
             await g.complete.wait()
         kind = OpKind.PUT if best.value is not None else OpKind.DELETE
@@ -240,14 +271,22 @@ class QuorumReplication:
 
         Returns (the record written, the newest record it replaced or None). With ``condition``,
         checks it against a quorum read first and raises ConditionFailed when it does not hold.
+        A conditional write that loses a race without anyone winning (each racer reached a
+        minority) reverts, backs off and tries again; WriteConflict after ``_CONDITION_ATTEMPTS``.
         """
         self.stats["writes"] += 1
         p, nodes = self.ring.nodes_for(ns, key)
         q = majority(len(nodes))
-        for _attempt in range(_STALE_RETRIES):
+        attempts = _CONDITION_ATTEMPTS if condition is not None else _STALE_RETRIES
+        for attempt in range(attempts):
             expect: Version | None = None
             if condition is not None:
-                cur = await self.read(ns, key)
+                cur, confirmed = await self._read(ns, key)
+                for _ in range(_UNCONFIRMED_REREADS):
+                    if confirmed:
+                        break
+                    await anyio.sleep(self._rng.uniform(0.005, 0.05))  # let an in-flight write settle
+                    cur, confirmed = await self._read(ns, key)
                 if not condition(cur):
                     self.stats["conflicts"] += 1
                     raise ConditionFailed(ns, key, _entry(ns, key, cur), describe)
@@ -282,16 +321,17 @@ class QuorumReplication:
             if not g.complete.is_set():
                 self._background(self._revert_late, g, op, reverted)
             refused = [prev for status, prev in outcomes.values() if status in (Status.CONFLICT, Status.STALE)]
-            if condition is not None and refused:
-                self.stats["conflicts"] += 1
-                raise ConditionFailed(ns, key, _entry(ns, key, self._newest(refused)), describe)
             if refused and len(acks) + len(refused) >= q:
-                self.stats["stale_retries"] += 1  # a newer write got there first: go after it
+                # Someone else's write got there first. Unconditional: go after it with a newer
+                # version. Conditional: back off, then re-read; the condition decides.
+                self.stats["stale_retries"] += 1
+                if condition is not None:
+                    await anyio.sleep(self._rng.uniform(0.005, 0.03) * (attempt + 1))
                 continue
             self.stats["quorum_failures"] += 1
             raise QuorumUnavailable(f"write {ns}/{key!r}", needed=q, answered=len(acks), errors=g.errors)
-        self.stats["quorum_failures"] += 1
-        raise QuorumUnavailable(f"write {ns}/{key!r} kept meeting newer versions", needed=q, answered=0)
+        self.stats["conflicts"] += 1
+        raise WriteConflict(f"{ns}/{key!r}: {attempts} attempts met concurrent writes; try again")
 
     async def _complete_write(self, g: _Gather, op: Op) -> None:
         """After a write won a quorum: bring replicas that refused it (they held a racing loser's
@@ -391,11 +431,14 @@ class QuorumReplication:
         args = {"ns": ns, "prefix": prefix, "limit": page_size, "tombstones": True}
         g = self._gather({n: ("kv.scan", {**args, "parts": parts}) for n, parts in by_node.items()}, enough)
         await self._wait(g)
+        with anyio.move_on_after(_STRAGGLER_GRACE_S):  # more answers, more repairs confirmed
+            await g.complete.wait()
         pages: dict[int, dict[str, tuple[list[Any], bool, str | None]]] = collections.defaultdict(dict)
         for n, r in list(g.results.items()):
             for p, items, more, last in r["pages"]:
                 pages[p][n] = (items, more, last)
         repairs: dict[str, list[Op]] = collections.defaultdict(list)
+        now = self.clock.wall()
         for c in cursors:
             answers = pages.get(c.partition, {})
             if len(answers) < quorum[c.partition]:
@@ -420,6 +463,9 @@ class QuorumReplication:
                 self.clock.observe(rec.version)
                 if rec.value is not None:
                     c.buf.append((k, rec))
+                holders = sum(1 for mine in held.values() if k in mine and mine[k].version == rec.version)
+                if holders < quorum[c.partition] and now - rec.version[0] < self.settle_s * 1e9:
+                    continue  # possibly a failed write being reverted: point reads repair it later
                 for n, mine in held.items():
                     have = mine.get(k)
                     if have is None or have.version < rec.version:

@@ -17,6 +17,7 @@ __all__ = [
     "MetadataError",
     "ConditionFailed",
     "QuorumUnavailable",
+    "WriteConflict",
     "InvalidKey",
     "KeyTooLong",
     "CorruptRecord",
@@ -63,6 +64,17 @@ class QuorumUnavailable(MetadataError):
         detail = ", ".join(f"{n}: {e!r}" for n, e in sorted(self.errors.items()))
         super().__init__(f"{what}: {answered} of the {needed} replicas needed answered"
                          + (f" ({detail})" if detail else ""))
+
+
+class WriteConflict(MetadataError):
+    """A conditional write kept meeting concurrent writes to the same key; the caller may retry.
+
+    S3 answers a conditional write that loses to a concurrent one with 409
+    ConditionalRequestConflict.
+    """
+
+    s3_code = "ConditionalRequestConflict"
+    http_status = 409
 
 
 class InvalidKey(MetadataError):

@@ -145,6 +145,15 @@ def test_kill_one_storage_node_writes_still_work(cluster, s3, objects, heal):
             assert time.monotonic() < deadline, "writes never succeeded with one of six nodes down"
             time.sleep(0.5)
     assert s3.get_object(Bucket="faults", Key="written-degraded")["Body"].read() == new
+    # and writes keep working while the node stays down (past the gateway's memory of the failure)
+    failures = []
+    for i in range(8):
+        try:
+            s3.put_object(Bucket="faults", Key=f"degraded-{i}", Body=data(2 * STRIPE + i, i))
+        except botocore.exceptions.ClientError as e:
+            failures.append((i, *client_error(e), e.response["Error"].get("Message")))
+        time.sleep(1)
+    assert not failures, f"writes with 5 of 6 storage nodes up failed: {failures}"
     read_all_exact(s3, objects)
     # the object written with a node down survives that node coming back and another going away
     cluster.restart_node("storage-4")
