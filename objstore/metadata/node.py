@@ -24,6 +24,8 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
+from headwater.admin import export_stats, serve_admin
+from headwater.metrics import Registry, add_process_metrics
 from headwater.config import ClusterConfig, MetadataNodeConfig
 from headwater.rpc import BadRequest, RpcServer
 
@@ -215,6 +217,20 @@ async def run_metadata_node(cluster: ClusterConfig, node: MetadataNodeConfig, *,
     """Run metadata node ``node`` until cancelled; ``task_status.started(MetadataNode)`` once listening.
 
     Raises :class:`~.errors.DataDirError` (before listening) if ``node.data_dir`` cannot be
-    created or written.
+    created or written. /healthz and /metrics are served on ``node.admin_port``.
     """
-    await MetadataNode(cluster, node).serve(task_status=task_status)
+    mn = MetadataNode(cluster, node)
+    registry = Registry()
+    add_process_metrics(registry)
+    export_stats(registry, "headwater_metadata", mn.statistics)
+
+    async def health() -> dict[str, Any]:
+        info = await mn._info({}, b"") if mn.store is not None else {}
+        return {"status": "ok" if mn.store is not None else "starting", "role": "metadata", "id": node.id,
+                "entries": info.get("entries"), "db_bytes": info.get("db_bytes")}
+
+    async with anyio.create_task_group() as tg:
+        started = await tg.start(mn.serve)
+        await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
+                                                       registry=registry, task_status=task_status))
+        task_status.started(started)
