@@ -9,17 +9,21 @@ Quorum rules (n = replicas of the partition, q = n // 2 + 1):
 
 * A write is acknowledged once q replicas stored it durably (LMDB synced). If it cannot reach q,
   the replicas it did reach are reverted to what they held before (best effort), and the caller
-  gets QuorumUnavailable: the outcome is unknown, as for any 503. A read that met the write on
-  one replica before the revert may have repaired it onto others; then it survives.
+  gets QuorumUnavailable: the outcome is unknown, as for any 503 (if the revert cannot reach a
+  replica either, a later read repairs the write onto the others and it survives).
 * A read asks all n, returns once q answered, and gives the highest version. Replicas that
   answered with an older version or nothing (also those answering after the caller returned)
-  are repaired in the background with that version.
-* Conditional writes (``if_absent``, ``if_match``) read a quorum, check the condition here, then
-  write with ``expect`` = the version read: a replica holding anything newer refuses, so of two
-  coordinators racing on one key at most one reaches q in the common case, and the loser reverts
-  what it wrote. This is not linearizable: a coordinator that dies between writing and
-  reverting, or a replica set re-ordering three or more racers, can let a loser's write survive.
-  Issue 4 replaces this class with one Raft group per replica set, which closes the race.
+  are repaired in the background with that version, at once if q answers held it, otherwise
+  only if it is still there ``settle_s`` later (it may be a failed write being reverted).
+* Conditional writes (``if_absent``, ``if_match``) read a quorum (re-reading briefly while the
+  newest record is held by fewer than q, i.e. still in flight), check the condition here, then
+  write with ``expect`` = the version read: a replica holding anything newer refuses. Of several
+  coordinators racing on one key, at most one reaches q; the others revert what they wrote,
+  back off, re-read and then fail the condition (or, if nobody won, try again; WriteConflict
+  after a few rounds). The winner re-sends its write to replicas that refused it. This is not
+  linearizable: a coordinator that dies between writing and reverting leaves a write whose
+  outcome is unknown, and a read can return a write that is reverted a moment later. Issue 4
+  replaces this class with one Raft group per replica set, which closes these windows.
 * Versions are ``(timestamp_ns, writer_id)`` from a hybrid logical clock: never behind the newest
   version this client has seen, so a conditional write always outranks the record it checked.
   ``writer_id`` must be unique per process (e.g. ``s3-w1``, ``s3-w2``).

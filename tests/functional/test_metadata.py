@@ -321,3 +321,24 @@ async def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     cfg = ClusterConfig(metadata=(node,))
     with pytest.raises(DataDirError, match="cannot create metadata data_dir"):
         await run_metadata_node(cfg, node)
+
+
+async def test_corrupt_replica_is_outvoted_and_repaired(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        await meta.put("obj/b", "k", {"etag": "1"})
+        store = mc.node(0).store
+        p = PartitionMap.from_cluster(mc.cfg).partition_of("obj/b", "k")
+        enc = store._encode(p, "obj/b", "k")
+        with store._env.begin(write=True) as txn:
+            raw = bytearray(store._get_raw(txn, enc))
+            raw[2] ^= 0xFF
+            store._put_raw(txn, enc, bytes(raw))
+        assert (await meta.get("obj/b", "k")).value == {"etag": "1"}
+
+        def healed() -> bool:
+            try:
+                return store.get("obj/b", p, "k").value == {"etag": "1"}
+            except Exception:
+                return False
+        await settle(healed)
+        assert mc.node(0).statistics()["corrupt_records"] >= 1
