@@ -82,6 +82,20 @@ class StoragePool:
     def place(self, oid: str, width: int) -> list[str]:
         return place(oid, width, self.sites, down=self.down())
 
+    def place_degraded(self, oid: str, scheme: ErasureScheme) -> list[str | None]:
+        """Nodes for fragments 0..k+m-1; with nodes known down, as many as are up (at least the
+        write quorum), the rest None so the write goes on with less redundancy."""
+        down = self.down()
+        up = len(self.sites) - len([s for s in self.sites if s.id in down])
+        width = min(scheme.width, up)
+        if width < write_quorum(scheme):
+            raise WriteFailed(f"{up} storage nodes are up; {scheme.describe()} needs {write_quorum(scheme)} to write")
+        try:
+            chosen: list[str | None] = list(place(oid, width, self.sites, down=down))
+        except PlacementError as e:
+            raise WriteFailed(str(e)) from None
+        return chosen + [None] * (scheme.width - width)
+
 
 def new_oid() -> str:
     return uuid.uuid4().hex
@@ -108,10 +122,7 @@ class LayoutWriter:
         self.pool = pool
         self.scheme = scheme
         self.oid = new_oid()
-        try:
-            self.nodes: list[str | None] = list(pool.place(self.oid, scheme.width))
-        except PlacementError as e:
-            raise WriteFailed(str(e)) from None
+        self.nodes: list[str | None] = pool.place_degraded(self.oid, scheme)
         self._buf = bytearray()
         self._stripes = 0
         self._size = 0

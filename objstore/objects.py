@@ -82,15 +82,14 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
                         if_match: str | None = None) -> None:
     """Make ``rec`` the visible version; retire the fragments of the version it replaces."""
     try:
-        previous = await store.meta.put(objects_ns(bucket), rec.key, rec.to_value(), if_absent=if_absent,
-                                        if_match=("etag", if_match) if if_match else None)
+        _, previous = await store.meta.replace(objects_ns(bucket), rec.key, rec.to_value(), if_absent=if_absent,
+                                               if_match=("etag", if_match) if if_match else None)
     except ConditionFailed as e:
         if if_match is not None and e.current is None:
             raise s3e.NoSuchKey(Key=rec.key) from None
         raise s3e.PreconditionFailed(Condition="If-None-Match" if if_absent else "If-Match") from None
-    old = getattr(previous, "previous", None)
-    if old is not None:
-        store.retire(ObjectRecord.from_value(old.value).layouts)
+    if previous is not None:
+        store.retire(ObjectRecord.from_value(previous.value).layouts)
 
 
 async def put_object(store: Store, call: Call) -> Response:

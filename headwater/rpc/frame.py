@@ -57,8 +57,10 @@ PREFIX_BYTES = _PREFIX.size
 
 #: Largest frame body (header + payload) either side accepts: a whole 64 MiB stripe plus room.
 DEFAULT_MAX_FRAME_BYTES = 65 * 1024 * 1024
-#: Largest msgpack header: method arguments and results are small; bulk bytes go in the payload.
-DEFAULT_MAX_HEADER_BYTES = 1024 * 1024
+#: Largest msgpack header. Bulk bytes go in the payload, but a metadata scan answers with a page
+#: of records from every partition a node holds (64 partitions x 256 records of ~300 B is ~5 MiB),
+#: so this bound is generous rather than tight.
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024 * 1024
 
 
 class FrameError(Exception):

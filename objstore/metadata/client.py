@@ -554,12 +554,18 @@ class MetadataClient:
         live entry exists and ``entry.value[field] == expected``. Raises ConditionFailed (with
         ``.current``) or QuorumUnavailable.
         """
+        entry, _previous = await self.replace(ns, key, value, if_absent=if_absent, if_match=if_match)
+        return entry
+
+    async def replace(self, ns: str, key: str, value: dict[str, Any], *, if_absent: bool = False,
+                      if_match: tuple[str, Any] | None = None) -> tuple[Entry, Entry | None]:
+        """``put``, also returning the live entry it replaced (None if there was none)."""
         _check(ns, key)
         if not isinstance(value, dict):
             raise TypeError(f"a metadata value is a dict, got {type(value).__name__}")
         condition, describe = _condition(if_absent, if_match)
-        rec, _prev = await self.replication.write(ns, key, value, condition=condition, describe=describe)
-        return Entry(ns=ns, key=key, value=value, version=rec.version)
+        rec, prev = await self.replication.write(ns, key, value, condition=condition, describe=describe)
+        return Entry(ns=ns, key=key, value=value, version=rec.version), _entry(ns, key, prev)
 
     async def delete(self, ns: str, key: str, *, if_match: tuple[str, Any] | None = None) -> Entry | None:
         """Delete ``key`` (a tombstone); returns the live entry it replaced, or None."""
