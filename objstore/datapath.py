@@ -15,6 +15,8 @@ from contextlib import AsyncExitStack
 from typing import AsyncIterator, Callable, Sequence
 
 import anyio
+import anyio.abc
+import anyio.to_thread
 
 from headwater.config import ClusterConfig, ErasureScheme
 from headwater.rpc import RpcError, Unavailable
@@ -113,9 +115,13 @@ def write_quorum(scheme: ErasureScheme) -> int:
 class LayoutWriter:
     """Writes one run of bytes (a whole object or one part) as erasure-coded stripes.
 
-    Use: ``w = LayoutWriter(pool, scheme)``; ``await w.write(chunk)`` repeatedly; then
-    ``layout = await w.finish()`` (or ``await w.abort()`` on any failure, which removes every
-    fragment written so far).
+    Use as ``async with LayoutWriter(pool, scheme) as w:`` then ``await w.write(chunk)``
+    repeatedly and ``layout = await w.finish()``. Leaving the block without finishing (an error,
+    a cancellation, a client gone) removes every fragment written so far.
+
+    Stripes are pipelined: stripe i is encoded (on a worker thread, so the second core helps)
+    while stripe i-1 is still travelling to the storage nodes; fragments of one file still
+    arrive in order, because stripe i is sent only once stripe i-1 is acknowledged.
     """
 
     def __init__(self, pool: StoragePool, scheme: ErasureScheme):
@@ -127,6 +133,25 @@ class LayoutWriter:
         self._stripes = 0
         self._size = 0
         self._finished = False
+        self._inflight: anyio.Event | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._meta = {"k": scheme.k, "m": scheme.m, "stripe": scheme.stripe_bytes}
+
+    async def __aenter__(self) -> LayoutWriter:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> bool | None:
+        assert self._tg is not None
+        if exc is not None:
+            self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            if not self._finished:
+                await self.abort()
 
     @property
     def size(self) -> int:
@@ -142,15 +167,31 @@ class LayoutWriter:
             await self._send_stripe(piece)
 
     async def _send_stripe(self, data: bytes) -> None:
-        blocks = stripe.encode(self.scheme, data)
-        index = self._stripes
-        meta = {"k": self.scheme.k, "m": self.scheme.m, "stripe": self.scheme.stripe_bytes}
+        if len(data) >= 128 * 1024:
+            blocks = await anyio.to_thread.run_sync(stripe.encode, self.scheme, data)
+        else:
+            blocks = stripe.encode(self.scheme, data)
+        await self._drain()
+        done = anyio.Event()
+        self._inflight = done
+        assert self._tg is not None, "use LayoutWriter as an async context manager"
+        self._tg.start_soon(self._send_blocks, self._stripes, blocks, done)
+        self._stripes += 1
+
+    async def _drain(self) -> None:
+        """Wait for the stripe in flight, then check enough of its fragments were stored."""
+        if self._inflight is not None:
+            await self._inflight.wait()
+            self._inflight = None
+        self._check_quorum()
+
+    async def _send_blocks(self, index: int, blocks: list, done: anyio.Event) -> None:
         block_bytes = self.scheme.fragment_bytes
 
         async def send(i: int, node: str) -> None:
             try:
                 await self.pool.client(node).append(f"{self.oid}.{i}", index, blocks[i],
-                                                    block_bytes=block_bytes, meta=meta)
+                                                    block_bytes=block_bytes, meta=self._meta)
             except RpcError as e:
                 log.warning("fragment append to %s failed: %s", node, e)
                 self.pool.stats["fragment_write_errors"] += 1
@@ -158,12 +199,13 @@ class LayoutWriter:
                     self.pool.mark_down(node)
                 self.nodes[i] = None
 
-        async with anyio.create_task_group() as tg:
-            for i, node in enumerate(self.nodes):
-                if node is not None:
-                    tg.start_soon(send, i, node)
-        self._stripes += 1
-        self._check_quorum()
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, node in enumerate(self.nodes):
+                    if node is not None:
+                        tg.start_soon(send, i, node)
+        finally:
+            done.set()
 
     def _check_quorum(self) -> None:
         alive = sum(1 for n in self.nodes if n is not None)
@@ -174,6 +216,7 @@ class LayoutWriter:
         if self._buf or self._stripes == 0:
             await self._send_stripe(bytes(self._buf))
             self._buf.clear()
+        await self._drain()
 
         async def commit(i: int, node: str) -> None:
             try:

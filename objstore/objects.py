@@ -37,24 +37,19 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
     On any failure (bad body, client gone, too few nodes) every fragment written is removed.
     """
     head = bytearray()
-    writer: LayoutWriter | None = None
-    try:
+    async for piece in chunks:
+        head += piece
+        if len(head) > inline_max:
+            break
+    else:
+        return bytes(head), None
+    async with LayoutWriter(store.pool, scheme) as writer:
+        await writer.write(bytes(head))
+        del head
+        # The same iterator goes on where the loop above stopped.
         async for piece in chunks:
-            if writer is None:
-                head += piece
-                if len(head) > inline_max:
-                    writer = LayoutWriter(store.pool, scheme)
-                    await writer.write(bytes(head))
-                    head.clear()
-            else:
-                await writer.write(piece)
-        if writer is None:
-            return bytes(head), None
+            await writer.write(piece)
         return None, await writer.finish()
-    except BaseException:
-        if writer is not None:
-            await writer.abort()
-        raise
 
 
 def standard_headers(h: Headers) -> tuple[str, dict[str, str], dict[str, str]]:

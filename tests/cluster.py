@@ -56,11 +56,40 @@ USERS = (
 )
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago (bind port 0)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_rng = random.Random()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago.
+
+    Picked at random below the kernel's ephemeral range (and checked by binding them), because a
+    port the kernel handed out for ``bind(port 0)`` can be handed out again as the source port of
+    any outgoing connection before the daemon binds it; falls back to port 0 binds.
+    """
+    lo, _ = _ephemeral_range()
+    socks: list[socket.socket] = []
+    try:
+        tries = 0
+        while len(socks) < n and tries < 50 * n and lo > 12000:
+            tries += 1
+            port = _rng.randrange(10000, lo)
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", 0))
@@ -114,16 +143,13 @@ class Cluster:
         self.start_timeout = start_timeout
         self.users = USERS
         self.region = "us-east-1"
-        n_ports = 2 + 2 * storage_nodes + 2 * metadata_nodes
-        ports = iter(free_ports(n_ports))
         self.host = "127.0.0.1"
-        self.gateway = Daemon(id="s3", role="gateway", port=next(ports), admin_port=next(ports))
-        self.storage = [Daemon(id=f"storage-{i + 1}", role="storage", port=next(ports),
-                               admin_port=next(ports), data_dir=self.data_dir / f"storage-{i + 1}")
-                        for i in range(storage_nodes)]
-        self.metadata = [Daemon(id=f"meta-{i + 1}", role="metadata", port=next(ports),
-                                admin_port=next(ports), data_dir=self.data_dir / f"meta-{i + 1}")
-                         for i in range(metadata_nodes)]
+        self.gateway = Daemon(id="s3", role="gateway", port=0, admin_port=0)
+        self.storage = [Daemon(id=f"storage-{i + 1}", role="storage", port=0, admin_port=0,
+                               data_dir=self.data_dir / f"storage-{i + 1}") for i in range(storage_nodes)]
+        self.metadata = [Daemon(id=f"meta-{i + 1}", role="metadata", port=0, admin_port=0,
+                                data_dir=self.data_dir / f"meta-{i + 1}") for i in range(metadata_nodes)]
+        self._assign_ports()
         self.settings = dict(k=k, m=m, stripe_size=stripe_size, inline_max_size=inline_max_size,
                              min_part_size=min_part_size, max_put_size=max_put_size,
                              clock_skew_seconds=clock_skew_seconds, runtime=runtime,
@@ -134,6 +160,12 @@ class Cluster:
         self.config_path.write_text(self.config_text())
 
     # --- configuration ------------------------------------------------------------------------
+
+    def _assign_ports(self) -> None:
+        daemons = [self.gateway, *self.storage, *self.metadata]
+        ports = iter(free_ports(2 * len(daemons)))
+        for d in daemons:
+            d.port, d.admin_port = next(ports), next(ports)
 
     @staticmethod
     def _size(v: str | int) -> str:
@@ -219,17 +251,27 @@ class Cluster:
         else:
             self.procs[d.id] = self._spawn(d.id, self._node_args(d))
 
-    def start(self) -> Cluster:
-        try:
-            if self.mode == "up":
-                self.procs["up"] = self._spawn("up", ["up", "-c", str(self.config_path)])
-            else:
-                for d in self.daemons:
-                    self._start_daemon(d)
-            self.wait_ready(self.start_timeout)
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, attempts: int = 3) -> Cluster:
+        """Start every daemon and wait until ready. A port grabbed by someone else between
+        choosing it and binding it ("address already in use") means new ports and another try."""
+        for attempt in range(attempts):
+            try:
+                if self.mode == "up":
+                    self.procs["up"] = self._spawn("up", ["up", "-c", str(self.config_path)])
+                else:
+                    for d in self.daemons:
+                        self._start_daemon(d)
+                self.wait_ready(self.start_timeout)
+                return self
+            except ClusterStartError as e:
+                self.stop()
+                if "already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                self._assign_ports()
+                self.config_path.write_text(self.config_text())
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _check_alive(self, daemons: Iterable[Daemon] | None = None) -> None:
@@ -249,11 +291,7 @@ class Cluster:
 
     def _ready(self, d: Daemon) -> bool:
         r = self.healthz(d)
-        if r is not None:
-            return r.status_code == 200
-        # TEMPORARY (remove once every daemon serves /healthz): HW_TEST_READY=port accepts a daemon
-        # whose service port answers though its admin port does not.
-        return os.environ.get("HW_TEST_READY") == "port" and _port_open(self.host, d.port)
+        return r is not None and r.status_code == 200
 
     def wait_ready(self, timeout: float = CLUSTER_START_TIMEOUT_S, daemons: Iterable[Daemon] | None = None) -> None:
         """Wait until the S3 port accepts and every /healthz (of ``daemons``) answers 200."""

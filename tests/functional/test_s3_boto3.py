@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import os
 import re
 import socket
 import subprocess
@@ -1174,3 +1173,99 @@ def test_keep_alive_many_requests_one_connection(cluster, s3, bucket):
             url = f"{cluster.endpoint}/{bucket}/ka"
             r = client.get(url, headers=sign_headers(cluster, "GET", url))
             assert r.status_code == 200 and r.content == b"keep"
+
+
+# --- aws-chunked uploads (Java SDK / minio-go over HTTP; boto3 and the AWS CLI over HTTPS) --------
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    import hmac
+
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def _chunked_body(cluster, path: str, payload: bytes, chunk: int, *, mode: str, trailer: str | None = None,
+                  corrupt_chunk: int | None = None) -> tuple[dict[str, str], bytes]:
+    """Headers and an aws-chunked body for PUT ``path`` in ``mode``
+    (STREAMING-AWS4-HMAC-SHA256-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER)."""
+    pieces = [payload[i:i + chunk] for i in range(0, len(payload), chunk)] + [b""]
+    headers = {"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(payload))}
+    if trailer:
+        headers["x-amz-trailer"] = "x-amz-checksum-crc32"
+    # the encoded length depends on nothing signed, so sign first with a placeholder length
+    signed_mode = mode == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    sig_len = len(";chunk-signature=") + 64 if signed_mode else 0
+    length = sum(len(f"{len(p):x}") + sig_len + 2 + len(p) + 2 for p in pieces[:-1])
+    length += len("0") + sig_len + 2
+    trailer_bytes = (f"x-amz-checksum-crc32:{trailer}\r\n".encode() if trailer else b"") + b"\r\n"
+    length += len(trailer_bytes)
+    headers["Content-Length"] = str(length)
+    hdrs = sign_headers(cluster, "PUT", cluster.endpoint + path, headers=headers, payload_hash=mode)
+    body = bytearray()
+    if signed_mode:
+        auth = hdrs["Authorization"]
+        prev = auth.rsplit("Signature=", 1)[1]
+        amz_date = hdrs["X-Amz-Date"]
+        scope = f"{amz_date[:8]}/{cluster.region}/s3/aws4_request"
+        secret = cluster.users[0].secret_key
+        key = _hmac(_hmac(_hmac(_hmac(f"AWS4{secret}".encode(), amz_date[:8]), cluster.region), "s3"),
+                    "aws4_request")
+        empty = hashlib.sha256(b"").hexdigest()
+        for n, p in enumerate(pieces):
+            sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, prev, empty,
+                             hashlib.sha256(p).hexdigest()])
+            sig = _hmac(key, sts).hex()
+            prev = sig
+            data_bytes = p
+            if corrupt_chunk == n and p:
+                data_bytes = bytes([p[0] ^ 1]) + p[1:]
+            body += f"{len(p):x};chunk-signature={sig}\r\n".encode() + data_bytes + (b"\r\n" if p else b"")
+        body += b"\r\n" if not trailer else b""
+        if trailer:
+            body += trailer_bytes
+    else:
+        for p in pieces:
+            body += f"{len(p):x}\r\n".encode() + p + (b"\r\n" if p else b"")
+        body += trailer_bytes
+    assert len(body) == length, (len(body), length)
+    return hdrs, bytes(body)
+
+
+@pytest.mark.parametrize("size,chunk", [(0, 8192), (100, 8192), (3 * STRIPE + 5, 64 * KiB), (200_000, 8192)])
+def test_aws_chunked_signed_upload(cluster, s3, bucket, size, chunk):
+    payload = data(size, seed=size + 1)
+    hdrs, body = _chunked_body(cluster, f"/{bucket}/chunked", payload, chunk,
+                               mode="STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+    r = httpx.put(f"{cluster.endpoint}/{bucket}/chunked", headers=hdrs, content=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["etag"] == f'"{md5_hex(payload)}"'
+    got = s3.get_object(Bucket=bucket, Key="chunked")
+    assert got["Body"].read() == payload
+    assert got.get("ContentEncoding") in (None, "")  # aws-chunked is not stored
+
+
+def test_aws_chunked_bad_chunk_signature(cluster, s3, bucket):
+    payload = data(100_000, seed=3)
+    hdrs, body = _chunked_body(cluster, f"/{bucket}/badchunk", payload, 8192,
+                               mode="STREAMING-AWS4-HMAC-SHA256-PAYLOAD", corrupt_chunk=5)
+    r = httpx.put(f"{cluster.endpoint}/{bucket}/badchunk", headers=hdrs, content=body)
+    assert r.status_code == 403, r.text
+    assert xml_error(r)["Code"] == "SignatureDoesNotMatch"
+    expect_error(s3.head_object, 404, "404", Bucket=bucket, Key="badchunk")
+
+
+def test_aws_chunked_unsigned_trailer_checksum(cluster, s3, bucket):
+    payload = data(150_000, seed=4)
+    hdrs, body = _chunked_body(cluster, f"/{bucket}/trailer", payload, 64 * KiB,
+                               mode="STREAMING-UNSIGNED-PAYLOAD-TRAILER", trailer=_crc32_b64(payload))
+    r = httpx.put(f"{cluster.endpoint}/{bucket}/trailer", headers=hdrs, content=body)
+    assert r.status_code == 200, r.text
+    assert s3.get_object(Bucket=bucket, Key="trailer")["Body"].read() == payload
+    head = s3.head_object(Bucket=bucket, Key="trailer", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32") == _crc32_b64(payload)
+    # a trailer checksum that does not match the bytes
+    hdrs, body = _chunked_body(cluster, f"/{bucket}/trailer-bad", payload, 64 * KiB,
+                               mode="STREAMING-UNSIGNED-PAYLOAD-TRAILER", trailer=_crc32_b64(b"nope"))
+    r = httpx.put(f"{cluster.endpoint}/{bucket}/trailer-bad", headers=hdrs, content=body)
+    assert r.status_code == 400, r.text
+    assert xml_error(r)["Code"] == "BadDigest"
+    expect_error(s3.head_object, 404, "404", Bucket=bucket, Key="trailer-bad")

@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
