@@ -24,7 +24,7 @@ from headwater.rpc import RpcError, Unavailable
 from . import stripe
 from .placement import NodeSite, PlacementError, place
 from .records import Layout
-from .storage_client import StorageClient
+from .storage_client import PendingRead, StorageClient
 
 __all__ = ["StoragePool", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed", "delete_layouts"]
 
@@ -264,42 +264,52 @@ async def delete_layouts(pool: StoragePool, layouts: Sequence[Layout]) -> None:
                         tg.start_soon(_quietly, pool.client(node).delete, lay.fid(i))
 
 
-async def _fetch(pool: StoragePool, lay: Layout, index: int, first: int, count: int) -> list[bytes] | None:
-    node = lay.nodes[index]
-    if node is None:
-        return None
-    try:
-        blocks = await pool.client(node).read(lay.fid(index), first, count)
-    except RpcError as e:
-        log.warning("fragment %s on %s unreadable: %s", lay.fid(index), node, e)
-        pool.stats["fragment_read_errors"] += 1
-        if isinstance(e, Unavailable):
-            pool.mark_down(node)
-        return None
-    if len(blocks) != count:
-        return None
-    return blocks
+def _read_failed(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> None:
+    log.warning("fragment %s on %s unreadable: %s", lay.fid(index), lay.nodes[index], e)
+    pool.stats["fragment_read_errors"] += 1
+    if isinstance(e, Unavailable):
+        pool.mark_down(lay.nodes[index])  # type: ignore[arg-type]
 
 
-async def _read_stripes(pool: StoragePool, lay: Layout, first: int, count: int) -> list[bytes]:
-    """Stripes ``first .. first+count-1`` of ``lay`` as user bytes (the last one unpadded)."""
+async def _start_reads(pool: StoragePool, lay: Layout, first: int, count: int,
+                       indexes: range) -> dict[int, PendingRead]:
+    """Put reads of blocks ``first .. first+count-1`` of the given fragments on the wire."""
+    calls: dict[int, PendingRead] = {}
+    for i in indexes:
+        node = lay.nodes[i]
+        if node is None or node in pool.down():
+            continue
+        try:
+            calls[i] = await pool.client(node).start_read(lay.fid(i), first, count)
+        except RpcError as e:
+            _read_failed(pool, lay, i, e)
+    return calls
+
+
+async def _collect(pool: StoragePool, lay: Layout, count: int, calls: dict[int, PendingRead],
+                   got: dict[int, list]) -> None:
+    for i, call in calls.items():
+        try:
+            blocks = await call.blocks()
+        except RpcError as e:
+            _read_failed(pool, lay, i, e)
+            continue
+        if len(blocks) == count:
+            got[i] = blocks
+
+
+async def _finish_reads(pool: StoragePool, lay: Layout, first: int, count: int,
+                        calls: dict[int, PendingRead]) -> list[bytes]:
+    """Stripes ``first .. first+count-1`` as user bytes (the last one unpadded), from the reads in
+    ``calls`` (data fragments), falling back to parity fragments when some are missing."""
     scheme = lay.scheme
-    got: dict[int, list[bytes]] = {}
-
-    async def fetch(i: int) -> None:
-        res = await _fetch(pool, lay, i, first, count)
-        if res is not None:
-            got[i] = res
-
-    # Data fragments first: zfec is systematic, so with all k of them there is nothing to decode.
-    async with anyio.create_task_group() as tg:
-        for i in range(scheme.k):
-            tg.start_soon(fetch, i)
+    got: dict[int, list] = {}
+    await _collect(pool, lay, count, calls, got)
     if len(got) < scheme.k:
+        # zfec is systematic: only a missing or corrupt data fragment costs a decode.
         pool.stats["degraded_reads"] += 1
-        async with anyio.create_task_group() as tg:
-            for i in range(scheme.k, scheme.width):
-                tg.start_soon(fetch, i)
+        extra = await _start_reads(pool, lay, first, count, range(scheme.k, scheme.width))
+        await _collect(pool, lay, count, extra, got)
     if len(got) < scheme.k:
         raise ReadFailed(f"object {lay.oid}: only {len(got)} of {scheme.k} needed fragments readable")
     out = []
@@ -311,17 +321,30 @@ async def _read_stripes(pool: StoragePool, lay: Layout, first: int, count: int) 
 
 
 async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> AsyncIterator[bytes]:
-    """Yield bytes ``start .. end-1`` of ``lay``, touching only the stripes the range covers."""
+    """Yield bytes ``start .. end-1`` of ``lay``, touching only the stripes the range covers.
+
+    The next batch of stripes is requested before the current one is yielded, so the storage
+    nodes read while the client receives.
+    """
     if end <= start:
         return
     sb = lay.stripe_bytes
     s0, s1 = start // sb, (end - 1) // sb
-    s = s0
-    while s <= s1:
-        count = min(READ_BATCH, s1 - s + 1)
-        for j, data in enumerate(await _read_stripes(pool, lay, s, count)):
-            base = (s + j) * sb
-            lo = max(start - base, 0)
-            hi = min(end - base, len(data))
-            yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
-        s += count
+    batches = [(s, min(READ_BATCH, s1 - s + 1)) for s in range(s0, s1 + 1, READ_BATCH)]
+    data_indexes = range(lay.k)
+    ahead: dict[int, PendingRead] | None = await _start_reads(pool, lay, *batches[0], data_indexes)
+    try:
+        for n, (first, count) in enumerate(batches):
+            current, ahead = ahead, None
+            assert current is not None
+            stripes = await _finish_reads(pool, lay, first, count, current)
+            if n + 1 < len(batches):
+                ahead = await _start_reads(pool, lay, *batches[n + 1], data_indexes)
+            for j, data in enumerate(stripes):
+                base = (first + j) * sb
+                lo = max(start - base, 0)
+                hi = min(end - base, len(data))
+                yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
+    finally:
+        for call in (ahead or {}).values():
+            call.discard()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from headwater.rpc import Reply, RpcClient, RpcError
+from headwater.rpc import PendingCall, Reply, RpcClient, RpcError
 
 from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid
 
-__all__ = ["StorageClient", "FragmentCorrupt", "FragmentNotFound", "StorageFull"]
+__all__ = ["StorageClient", "PendingRead", "FragmentCorrupt", "FragmentNotFound", "StorageFull"]
 
 
 class StorageClient:
@@ -20,6 +20,7 @@ class StorageClient:
     def __init__(self, node_id: str, host: str, port: int, *, timeout: float = 30.0,
                  connect_timeout: float = 3.0):
         self.node_id = node_id
+        self.timeout = timeout
         self.rpc = RpcClient(host, port, connect_timeout=connect_timeout, default_timeout=timeout)
 
     def __repr__(self) -> str:
@@ -71,16 +72,22 @@ class StorageClient:
         return r.result["aborted"]
 
     async def read(self, fid: str, first: int = 0, count: int = 1, *,
-                   timeout: float | None = None) -> list[bytes]:
+                   timeout: float | None = None) -> list[memoryview]:
         """Blocks ``first .. first+count-1``, each verified by the node (FragmentCorrupt if not)."""
         r = await self._call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
                              timeout=timeout)
-        lengths = r.result["lengths"]
-        if len(lengths) <= 1:
-            return [r.payload] if lengths else []
-        stride = r.result.get("stride") or lengths[0]  # blocks sit `stride` bytes apart
-        mv = memoryview(r.payload)
-        return [mv[j * stride:j * stride + n].tobytes() for j, n in enumerate(lengths)]
+        return _blocks(r)
+
+    async def start_read(self, fid: str, first: int = 0, count: int = 1, *,
+                         timeout: float | None = None) -> PendingRead:
+        """Send a read now; ``await pending.blocks()`` later (prefetching while streaming)."""
+        try:
+            call = await self.rpc.start_call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
+                                             timeout=self.timeout if timeout is None else timeout)
+        except RpcError as e:
+            e.details.setdefault("node", self.node_id)
+            raise
+        return PendingRead(self.node_id, call)
 
     async def stat(self, fid: str, *, timeout: float | None = None) -> dict:
         return (await self._call("frag.stat", {"fid": check_fid(fid)}, timeout=timeout)).result
@@ -91,3 +98,33 @@ class StorageClient:
 
     async def info(self, *, timeout: float | None = None) -> dict:
         return (await self._call("node.info", {}, timeout=timeout)).result
+
+
+def _blocks(r: Reply) -> list[memoryview]:
+    """Split a frag.read reply's payload into its blocks, without copying."""
+    lengths = r.result["lengths"]
+    mv = memoryview(r.payload)
+    if len(lengths) <= 1:
+        return [mv] if lengths else []
+    stride = r.result.get("stride") or lengths[0]  # blocks sit `stride` bytes apart
+    return [mv[j * stride:j * stride + n] for j, n in enumerate(lengths)]
+
+
+class PendingRead:
+    """A fragment read in flight (see ``StorageClient.start_read``)."""
+
+    __slots__ = ("node_id", "_call")
+
+    def __init__(self, node_id: str, call: PendingCall):
+        self.node_id = node_id
+        self._call = call
+
+    async def blocks(self) -> list[memoryview]:
+        try:
+            return _blocks(await self._call.result())
+        except RpcError as e:
+            e.details.setdefault("node", self.node_id)
+            raise
+
+    def discard(self) -> None:
+        self._call.discard()

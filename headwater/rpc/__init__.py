@@ -4,13 +4,14 @@ Bulk bytes travel as the raw payload after each frame's msgpack header, never in
 See :mod:`headwater.rpc.frame` for the wire format.
 """
 
-from .client import RpcClient
+from .client import PendingCall, RpcClient
 from .errors import (BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, RpcError, Unavailable,
                      register_error)
 from .frame import DEFAULT_MAX_FRAME_BYTES, FrameError
 from .server import Handler, Reply, RpcServer
 
 __all__ = [
+    "PendingCall",
     "RpcError",
     "Unavailable",
     "DeadlineExceeded",

@@ -21,7 +21,7 @@ from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, Fram
                     cancel_header, encode_frame, request_header)
 from .server import RECEIVE_BYTES, Reply, set_nodelay
 
-__all__ = ["RpcClient"]
+__all__ = ["RpcClient", "PendingCall"]
 
 log = logging.getLogger("headwater.rpc")
 
@@ -165,6 +165,42 @@ class RpcClient:
         assert pending.reply is not None
         return pending.reply
 
+    async def start_call(self, method: str, args: dict | None = None,
+                         payload: bytes | bytearray | memoryview = b"", *,
+                         timeout: float | None = None) -> PendingCall:
+        """Send a request now and collect its reply later with ``await pending.result()``.
+
+        This lets a caller keep several requests in flight from one task (a GET prefetching the
+        next stripes while it streams the current ones) without spawning tasks. A caller that
+        no longer wants the reply calls ``pending.discard()``.
+        """
+        if timeout is None:
+            timeout = self.default_timeout
+        self.counters["calls"] += 1
+        rid = next(self._ids)
+        deadline = anyio.current_time() + timeout
+        with anyio.CancelScope(deadline=deadline) as scope:
+            conn = await self._connection(deadline)
+            try:
+                header = request_header(rid, method, args, max(0.0, deadline - anyio.current_time()))
+                buffers = encode_frame(header, payload, max_frame_bytes=self.max_frame_bytes)
+            except (FrameError, TypeError, ValueError, OverflowError) as e:
+                raise BadRequest(str(e), method=method) from None
+            pending = _Pending()
+            conn.pending[rid] = pending
+            try:
+                await self._send(conn, buffers, deadline)
+            except BaseException:
+                conn.pending.pop(rid, None)
+                self.counters["errors"] += 1
+                raise
+        if scope.cancelled_caught:
+            conn.pending.pop(rid, None)
+            self.counters["errors"] += 1
+            raise DeadlineExceeded(f"{method} to {self._peer} took longer than {timeout:g}s",
+                                   peer=self._peer, method=method)
+        return PendingCall(self, conn, rid, pending, deadline, method, timeout)
+
     async def _send(self, conn: _Connection, buffers: list, deadline: float) -> None:
         async with conn.send_lock:  # waiting for the lock is cancellable
             if conn.lost is not None:
@@ -275,3 +311,45 @@ class RpcClient:
 
 def pending_done(p: _Pending | None) -> bool:
     return p is not None and (p.reply is not None or p.error is not None)
+
+
+class PendingCall:
+    """A request already on the wire (from ``RpcClient.start_call``) whose reply is awaited later."""
+
+    __slots__ = ("_client", "_conn", "_rid", "_pending", "_deadline", "_method", "_timeout")
+
+    def __init__(self, client: RpcClient, conn: _Connection, rid: int, pending: _Pending, deadline: float,
+                 method: str, timeout: float):
+        self._client = client
+        self._conn = conn
+        self._rid = rid
+        self._pending = pending
+        self._deadline = deadline
+        self._method = method
+        self._timeout = timeout
+
+    async def result(self) -> Reply:
+        """The reply; raises the server's typed error, DeadlineExceeded or Unavailable."""
+        client, conn, pending = self._client, self._conn, self._pending
+        try:
+            with anyio.CancelScope(deadline=self._deadline) as scope:
+                await pending.event.wait()
+            if scope.cancelled_caught and not pending_done(pending):
+                raise DeadlineExceeded(f"{self._method} to {client._peer} took longer than {self._timeout:g}s",
+                                       peer=client._peer, method=self._method)
+        except BaseException:
+            client.counters["errors"] += 1
+            if not pending_done(pending) and conn.lost is None:
+                await client._send_cancel(conn, self._rid)
+            raise
+        finally:
+            conn.pending.pop(self._rid, None)
+        if pending.error is not None:
+            client.counters["errors"] += 1
+            raise pending.error
+        assert pending.reply is not None
+        return pending.reply
+
+    def discard(self) -> None:
+        """Forget the call: its reply, if it comes, is dropped by the reader."""
+        self._conn.pending.pop(self._rid, None)

@@ -212,14 +212,18 @@ class MetadataNode:
         return {"id": self.config.id, **info, "stats": self.statistics()}
 
 
-async def run_metadata_node(cluster: ClusterConfig, node: MetadataNodeConfig, *,
+async def run_metadata_node(cluster: ClusterConfig, node: MetadataNodeConfig, *, admin: bool = True,
                             task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
     """Run metadata node ``node`` until cancelled; ``task_status.started(MetadataNode)`` once listening.
 
     Raises :class:`~.errors.DataDirError` (before listening) if ``node.data_dir`` cannot be
-    created or written. /healthz and /metrics are served on ``node.admin_port``.
+    created or written. /healthz and /metrics are served on ``node.admin_port`` unless ``admin``
+    is false (in-process tests).
     """
     mn = MetadataNode(cluster, node)
+    if not admin:
+        await mn.serve(task_status=task_status)
+        return
     registry = Registry()
     add_process_metrics(registry)
     export_stats(registry, "headwater_metadata", mn.statistics)

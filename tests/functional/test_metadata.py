@@ -34,7 +34,7 @@ class MetaCluster:
         async def run(*, task_status):
             try:
                 with scope:
-                    await run_metadata_node(self.cfg, self.cfg.metadata[i], task_status=task_status)
+                    await run_metadata_node(self.cfg, self.cfg.metadata[i], admin=False, task_status=task_status)
             finally:
                 stopped.set()
 
@@ -320,7 +320,7 @@ async def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     node = MetadataNodeConfig(id="m", port=0, admin_port=1, data_dir=tmp_path / "file" / "meta")
     cfg = ClusterConfig(metadata=(node,))
     with pytest.raises(DataDirError, match="cannot create metadata data_dir"):
-        await run_metadata_node(cfg, node)
+        await run_metadata_node(cfg, node, admin=False)
 
 
 async def test_corrupt_replica_is_outvoted_and_repaired(tmp_path):
