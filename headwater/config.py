@@ -175,6 +175,7 @@ class ObjstoreConfig:
     clock_skew_s: int = 900
     partitions: int = 64
     rpc_timeout_s: float = 30.0
+    retire_grace_s: float = 30.0
 
     def scheme_for(self, bucket: str) -> ErasureScheme:
         return self.bucket_ec.get(bucket, self.ec)
@@ -337,7 +338,7 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
     p = "objstore"
     r.check_keys(data, p, {"region", "ec", "bucket_ec", "inline_max_size", "max_object_size",
                            "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
-                           "partitions", "rpc_timeout_seconds"})
+                           "partitions", "rpc_timeout_seconds", "retire_grace_seconds"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
     bucket_ec = {name: _scheme(r, v if isinstance(v, dict) else {}, f"{p}.bucket_ec.{name}", ec)
@@ -357,6 +358,7 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
         clock_skew_s=r.get(data, "clock_skew_seconds", p, int, d.clock_skew_s),
         partitions=partitions,
         rpc_timeout_s=r.get(data, "rpc_timeout_seconds", p, float, d.rpc_timeout_s),
+        retire_grace_s=r.get(data, "retire_grace_seconds", p, float, d.retire_grace_s),
     )
 
 

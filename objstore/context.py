@@ -35,9 +35,10 @@ class Store:
         due = self.clock() + (0.0 if now else self.retire_grace_s)
         self._retired.extend((due, lay) for lay in layouts)
 
-    async def collect_retired(self) -> int:
-        """Delete the fragments whose grace period has passed; returns how many layouts went."""
-        now = self.clock()
+    async def collect_retired(self, *, everything: bool = False) -> int:
+        """Delete the fragments whose grace period has passed (all of them when ``everything``,
+        as at shutdown); returns how many layouts went."""
+        now = float("inf") if everything else self.clock()
         due = [lay for t, lay in self._retired if t <= now]
         if not due:
             return 0
@@ -46,9 +47,15 @@ class Store:
         return len(due)
 
     async def run_retirer(self, interval_s: float = 1.0) -> None:
-        while True:
-            await anyio.sleep(interval_s)
-            await self.collect_retired()
+        """Delete retired fragments as their grace ends; on shutdown, delete the rest at once
+        (fragments left by a crash are the garbage collector's)."""
+        try:
+            while True:
+                await anyio.sleep(interval_s)
+                await self.collect_retired()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self.collect_retired(everything=True)
 
 
 @dataclass(slots=True, kw_only=True)

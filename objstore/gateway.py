@@ -108,6 +108,15 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
     raise s3e.MethodNotAllowed(f"{method} is not allowed on an object")
 
 
+def _from_metadata(e: MetadataError) -> s3e.S3Error:
+    """The S3 error a metadata-ring error maps to (each carries its ``s3_code``)."""
+    code = getattr(e, "s3_code", "InternalError")
+    cls = s3e.ERRORS_BY_CODE.get(code, s3e.InternalError)
+    if cls.http_status >= 500:
+        return cls(f"metadata ring: {e}")
+    return cls()
+
+
 class Gateway:
     """The S3 HTTP app over one Store."""
 
@@ -148,9 +157,8 @@ class Gateway:
         except s3e.S3Error as e:
             response = self._error(e, resource, request_id, request.method)
         except MetadataError as e:
-            log.warning("metadata unavailable: %s", e)
-            response = self._error(s3e.ServiceUnavailable(f"metadata ring: {e}"), resource, request_id,
-                                   request.method)
+            log.warning("metadata error: %s", e)
+            response = self._error(_from_metadata(e), resource, request_id, request.method)
         except WriteFailed as e:
             log.warning("write failed: %s", e)
             response = self._error(s3e.SlowDown(f"not enough storage nodes: {e}"), resource, request_id,
@@ -182,7 +190,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
     registry = Registry()
     async with MetadataClient(cluster, writer_id=f"{node.id}-w{worker}-{os.getpid()}") as meta, \
             StoragePool(cluster) as pool:
-        store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time)
+        store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time,
+                      retire_grace_s=cluster.objstore.retire_grace_s)
         app = Gateway(store, registry=registry, worker=worker)
         ssl_context = None
         if node.tls_cert and node.tls_key:
@@ -204,4 +213,5 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
                                                            registry=registry, reuse_port=True,
                                                            task_status=task_status))
+            tg.start_soon(store.run_retirer)
             task_status.started()

@@ -1,0 +1,342 @@
+"""Review of the S3 gateway: bugs found by reading objstore/{gateway,objects,multipart,datapath}.py.
+
+Two kinds of test:
+
+- over the wire (boto3 or raw signed requests) against the module's cluster;
+- in-process: a ``Store`` built from the cluster's own cluster.toml, with the real metadata
+  client and storage pool, driving the operation handlers directly. A thin proxy around the
+  metadata client lets a test place a cancellation (what an HTTP/2 RST_STREAM or a gateway
+  shutdown does to a handler) or a concurrent request at one exact point, so races that are
+  otherwise a matter of luck become deterministic.
+
+Each test documents a bug and fails until it is fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from headwater.config import load as load_config
+from headwater.http.types import Headers, Request
+from headwater.objstore import multipart, objects
+from headwater.objstore.context import Call, Store
+from headwater.objstore.datapath import ReadFailed, StoragePool
+from headwater.objstore.metadata.client import MetadataClient
+from tests.cluster import client_error, xml_error
+from tests.functional.test_s3_review_wire import streaming_put
+
+KiB = 1024
+STRIPE = 64 * KiB
+CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size="4KiB", min_part_size="100KiB")
+
+
+def data(n: int, seed: int = 0) -> bytes:
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{seed}:{i}".encode()).digest()
+        i += 1
+    return bytes(out[:n])
+
+
+# --- over the wire ------------------------------------------------------------------------------
+
+
+def test_empty_upload_part_is_accepted(s3, bucket):
+    """S3 accepts a zero-byte part (the last part of an upload may be any size, 0 included;
+    SDKs send one for an empty stream). store_body(inline_max=-1) returns no layout for an empty
+    body and upload_part's ``assert layout is not None`` turns it into a 500."""
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="empty")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="empty", UploadId=uid, PartNumber=1, Body=b"")
+    assert part["ETag"] == '"d41d8cd98f00b204e9800998ecf8427e"'
+    s3.complete_multipart_upload(Bucket=bucket, Key="empty", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3.get_object(Bucket=bucket, Key="empty")["Body"].read() == b""
+
+
+def test_upload_part_copy_of_empty_object(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="zero", Body=b"")
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
+    r = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=uid, PartNumber=1,
+                            CopySource={"Bucket": bucket, "Key": "zero"})
+    assert r["CopyPartResult"]["ETag"] == '"d41d8cd98f00b204e9800998ecf8427e"'
+
+
+@pytest.mark.parametrize("tamper", ["first-chunk", "later-chunk", "trailer-signature"])
+def test_bad_chunk_signature_in_large_body_is_403(cluster, s3, bucket, tamper):
+    """A wrong aws-chunked chunk (or trailer) signature must answer 403 SignatureDoesNotMatch.
+
+    Once the body passes the inline limit, the error is raised inside ``async with
+    LayoutWriter`` (a task group): anyio wraps it in an ExceptionGroup, which none of the
+    gateway's ``except s3e.S3Error`` / ``WriteFailed`` / ``ClientDisconnected`` clauses match,
+    so the client gets 500 InternalError (and retries a request that can never succeed)."""
+    body = data(5 * STRIPE + 123)
+    kw: dict[str, Any] = {"first-chunk": {"tamper_chunk": 0}, "later-chunk": {"tamper_chunk": 3},
+                          "trailer-signature": {"tamper_trailer": True}}[tamper]
+    r = streaming_put(cluster, f"/{bucket}/sig", body, **kw)
+    assert (r.status_code, xml_error(r).get("Code")) == (403, "SignatureDoesNotMatch"), r.text[:300]
+    with pytest.raises(Exception) as ei:
+        s3.head_object(Bucket=bucket, Key="sig")
+    assert client_error(ei.value)[0] == 404
+
+
+def test_incomplete_aws_chunked_body_in_large_body_is_400(cluster, bucket):
+    """x-amz-decoded-content-length smaller than the chunks: IncompleteBody (400), not 500."""
+    body = data(3 * STRIPE)
+    r = streaming_put(cluster, f"/{bucket}/short", body, decoded_length=len(body) - 10)
+    assert (r.status_code, xml_error(r).get("Code")) == (400, "IncompleteBody"), r.text[:300]
+
+
+# --- in-process: one handler driven at a precise point --------------------------------------------
+
+
+class FakeBody:
+    """A RequestBody that hands out ``data`` in 64 KiB pieces."""
+
+    def __init__(self, payload: bytes) -> None:
+        self._data = payload
+        self._pos = 0
+
+    @property
+    def expects_continue(self) -> bool:
+        return False
+
+    @property
+    def content_length(self) -> int | None:
+        return len(self._data)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        piece = self._data[self._pos:self._pos + min(max_bytes, 65536)]
+        self._pos += len(piece)
+        return piece
+
+    async def read_all(self, limit: int) -> bytes:
+        return self._data[self._pos:]
+
+
+def make_call(cfg, method: str, bucket: str, key: str, *, body: bytes = b"", query: dict | None = None) -> Call:
+    headers = Headers([("host", "127.0.0.1"), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+                       ("content-length", str(len(body)))])
+    req = Request(method=method, target=f"/{bucket}/{key}", path=f"/{bucket}/{key}", query="",
+                  headers=headers, body=FakeBody(body))  # type: ignore[arg-type]
+    return Call(request=req, request_id="TEST", user=cfg.users[0], bucket=bucket, key=key,
+                query={k: [v] for k, v in (query or {}).items()}, auth=None)
+
+
+class MetaProxy:
+    """The real MetadataClient, with a hook run before chosen calls (by method and namespace)."""
+
+    def __init__(self, meta: MetadataClient) -> None:
+        self.meta = meta
+        self.hooks: dict[tuple[str, str], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.meta, name)
+
+    async def _hooked(self, method: str, ns: str, *args: Any, **kw: Any) -> Any:
+        for (m, prefix), hook in list(self.hooks.items()):
+            if m == method and ns.startswith(prefix):
+                await hook()
+        # put() on the real client calls its own replace(), so each is delegated by name
+        return await getattr(self.meta, method)(ns, *args, **kw)
+
+    async def get(self, ns: str, *a: Any, **kw: Any) -> Any:
+        return await self._hooked("get", ns, *a, **kw)
+
+    async def put(self, ns: str, *a: Any, **kw: Any) -> Any:
+        return await self._hooked("put", ns, *a, **kw)
+
+    async def replace(self, ns: str, *a: Any, **kw: Any) -> Any:
+        return await self._hooked("replace", ns, *a, **kw)
+
+    async def delete(self, ns: str, *a: Any, **kw: Any) -> Any:
+        return await self._hooked("delete", ns, *a, **kw)
+
+    async def scan(self, ns: str, *a: Any, **kw: Any) -> Any:
+        return await self._hooked("scan", ns, *a, **kw)
+
+
+def run_in_store(cluster, fn) -> Any:
+    """Run ``await fn(store, proxy, cfg)`` against the cluster with a private Store."""
+    cfg = load_config(cluster.config_path)
+
+    async def main() -> Any:
+        async with MetadataClient(cfg, writer_id=f"review-{time.monotonic_ns()}") as meta, \
+                StoragePool(cfg) as pool:
+            proxy = MetaProxy(meta)
+            store = Store(cluster=cfg, meta=proxy, pool=pool, clock=time.time,  # type: ignore[arg-type]
+                          retire_grace_s=cfg.objstore.retire_grace_s)
+            return await fn(store, proxy, cfg)
+
+    return anyio.run(main)
+
+
+async def read_all(store: Store, bucket: str, key: str) -> bytes | None:
+    rec = await objects.get_record(store, bucket, key)
+    if rec is None:
+        return None
+    out = bytearray()
+    async for piece in objects.object_stream(store, rec, 0, rec.size):
+        out += piece
+    return bytes(out)
+
+
+def frag_oids(cluster) -> set[str]:
+    return {p.name.split(".")[0] for p in cluster.fragment_files()}
+
+
+def test_put_cancelled_during_commit_leaves_no_broken_object(cluster, s3, bucket):
+    """A PutObject whose handler is cancelled while the metadata write is in flight (HTTP/2
+    RST_STREAM after the body, or the worker shutting down) must leave either the old object or
+    the new one, readable.
+
+    MetadataClient.write sends kv.apply to the replicas from its own task group; cancelling the
+    caller does not stop them, so the record lands. put_object's ``except BaseException:
+    store.retire([layout], now=True)`` then deletes the fragments that record points to: the key
+    lists and HEADs fine, but every GET fails (503), and the replaced object's fragments leak."""
+    s3.put_object(Bucket=bucket, Key="k", Body=data(3 * STRIPE, seed=1))
+    new = data(3 * STRIPE, seed=2)
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> tuple[bytes | None, str | None]:
+        scope = anyio.CancelScope()
+
+        async def cancel_now() -> None:
+            scope.cancel()  # the reset arrives while the record is on its way to the replicas
+
+        proxy.hooks[("replace", "obj/")] = cancel_now
+        with scope:
+            await objects.put_object(store, make_call(cfg, "PUT", bucket, "k", body=new))
+        proxy.hooks.clear()
+        await anyio.sleep(0.5)  # the background kv.apply calls finish
+        await store.collect_retired(everything=True)  # the retirer's next tick
+        try:
+            return await read_all(store, bucket, "k"), None
+        except ReadFailed as e:
+            return None, str(e)
+
+    got, err = run_in_store(cluster, scenario)
+    assert err is None, f"the visible object is unreadable: {err}"
+    assert got in (data(3 * STRIPE, seed=1), new)
+
+
+def test_delete_cancelled_mid_flight_does_not_leak_fragments(cluster, s3, bucket):
+    """DeleteObject cancelled while its tombstone is in flight: the tombstone lands (background
+    kv.apply), but ``_delete_key`` never gets ``previous`` back, so the object's fragments are
+    never retired: a permanent leak (nothing references them any more)."""
+    s3.put_object(Bucket=bucket, Key="gone", Body=data(2 * STRIPE, seed=3))
+    before = frag_oids(cluster)
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> str:
+        rec = await objects.get_record(store, bucket, "gone")
+        assert rec is not None
+        scope = anyio.CancelScope()
+
+        async def cancel_now() -> None:
+            scope.cancel()
+
+        proxy.hooks[("delete", "obj/")] = cancel_now
+        with scope:
+            await objects.delete_object(store, make_call(cfg, "DELETE", bucket, "gone"))
+        proxy.hooks.clear()
+        await anyio.sleep(0.5)
+        await store.collect_retired(everything=True)
+        return rec.layouts[0].oid
+
+    oid = run_in_store(cluster, scenario)
+    assert oid in before
+    with pytest.raises(Exception) as ei:
+        s3.head_object(Bucket=bucket, Key="gone")
+    assert client_error(ei.value)[0] == 404
+    assert oid not in frag_oids(cluster), "fragments of a deleted object were never removed"
+
+
+def test_concurrent_uploads_of_one_part_number_leak_no_fragments(cluster, s3, bucket):
+    """Two UploadPart calls for the same part number: _save_part does get(old) then put(new)
+    (not atomic), so when both read the same ``old`` the loser's layout is overwritten without
+    ever being retired. After AbortMultipartUpload every fragment of the upload must go."""
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> None:
+        arrived = 0
+        both = anyio.Event()
+
+        async def rendezvous() -> None:  # both uploads read the old part before either writes
+            nonlocal arrived
+            arrived += 1
+            if arrived == 2:
+                both.set()
+            with anyio.fail_after(10):
+                await both.wait()
+
+        proxy.hooks[("get", "part/")] = rendezvous
+
+        async def upload(seed: int) -> None:
+            call = make_call(cfg, "PUT", bucket, "mp", body=data(2 * STRIPE, seed=seed),
+                             query={"uploadId": uid, "partNumber": "1"})
+            await multipart.upload_part(store, call)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(upload, 10)
+            tg.start_soon(upload, 11)
+        proxy.hooks.clear()
+        await multipart.abort_upload(store, make_call(cfg, "DELETE", bucket, "mp", query={"uploadId": uid}))
+        await store.collect_retired(everything=True)
+
+    before = frag_oids(cluster)
+    run_in_store(cluster, scenario)
+    leaked = frag_oids(cluster) - before
+    assert leaked == set(), f"fragments of an aborted upload left behind: {sorted(leaked)}"
+
+
+def test_part_reupload_during_complete_does_not_destroy_object(cluster, s3, bucket):
+    """UploadPart(n) racing CompleteMultipartUpload: Complete reads the parts, the re-upload
+    replaces part n and retires the old layout (upload still present), then Complete commits an
+    object made of the old layout. When the grace period ends the object's bytes are deleted."""
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="race")["UploadId"]
+    p1 = data(2 * STRIPE, seed=20)
+    etag = s3.upload_part(Bucket=bucket, Key="race", UploadId=uid, PartNumber=1, Body=p1)["ETag"]
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> tuple[bytes | None, str | None]:
+        async def reupload() -> None:  # arrives between Complete's scan and its commit
+            proxy.hooks.clear()
+            call = make_call(cfg, "PUT", bucket, "race", body=data(2 * STRIPE, seed=21),
+                             query={"uploadId": uid, "partNumber": "1"})
+            await multipart.upload_part(store, call)
+
+        proxy.hooks[("replace", "obj/")] = reupload
+        body = (f'<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part>'
+                f'</CompleteMultipartUpload>').encode()
+        call = make_call(cfg, "POST", bucket, "race", body=body, query={"uploadId": uid})
+        await multipart.complete_upload(store, call)
+        await store.collect_retired(everything=True)  # the grace period has passed
+        try:
+            return await read_all(store, bucket, "race"), None
+        except ReadFailed as e:
+            return None, str(e)
+
+    got, err = run_in_store(cluster, scenario)
+    assert err is None, f"the completed object lost its bytes: {err}"
+    assert got == p1
+
+
+def test_deleted_bucket_does_not_hand_its_uploads_to_the_next_owner(s3, s3_bob, bucket):
+    """DeleteBucket checks only for objects: in-progress multipart uploads survive it (their part
+    fragments are never deleted), and whoever creates a bucket of that name next inherits them:
+    here bob lists alice's upload and could complete it into an object holding her bytes.
+    Either refuse (409 BucketNotEmpty, as several S3 implementations do) or abort the uploads."""
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="secret")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="secret", UploadId=uid, PartNumber=1, Body=b"alice's bytes")
+    try:
+        s3.delete_bucket(Bucket=bucket)
+    except Exception as e:  # refusing is fine
+        assert client_error(e) == (409, "BucketNotEmpty")
+        return
+    s3_bob.create_bucket(Bucket=bucket)
+    uploads = s3_bob.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == [], f"bob inherited alice's uploads: {uploads}"
