@@ -369,7 +369,33 @@ class _Server:
 
 # --- HTTP/1.1 ------------------------------------------------------------------------------------
 
-class _H1Body:
+class _BodyReading:
+    """What both protocols' request bodies build on ``receive`` and ``content_length``."""
+
+    content_length: int | None
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        raise NotImplementedError
+
+    async def read_all(self, limit: int) -> bytes:
+        declared = self.content_length
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(f"body of {declared} bytes exceeds {limit}")
+        parts: list[bytes] = []
+        total = 0
+        while chunk := await self.receive(RECV_BYTES):
+            total += len(chunk)
+            if total > limit:
+                raise BodyTooLarge(f"body exceeds {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self.receive(RECV_BYTES):
+            yield chunk
+
+
+class _H1Body(_BodyReading):
     """RequestBody for HTTP/1.1: pulls events (and socket reads) only when the app asks."""
 
     __slots__ = ("_h", "_head", "_leftover", "done", "disconnected", "failed", "scope")
@@ -430,24 +456,6 @@ class _H1Body:
             self.disconnected = True
             self.scope.cancel()
             raise ClientDisconnected("the client closed the connection mid-body")
-
-    async def read_all(self, limit: int) -> bytes:
-        declared = self.content_length
-        if declared is not None and declared > limit:
-            raise BodyTooLarge(f"body of {declared} bytes exceeds {limit}")
-        parts: list[bytes] = []
-        total = 0
-        while chunk := await self.receive(RECV_BYTES):
-            total += len(chunk)
-            if total > limit:
-                raise BodyTooLarge(f"body exceeds {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while chunk := await self.receive(RECV_BYTES):
-            yield chunk
-
 
 class _H1Handler:
     def __init__(self, server: _Server, stream: anyio.abc.ByteStream, sock: socket.socket,
@@ -712,7 +720,7 @@ class _AbortConnection(Exception):
 
 # --- HTTP/2 --------------------------------------------------------------------------------------
 
-class _H2Stream:
+class _H2Stream(_BodyReading):
     """One HTTP/2 request in flight; also its RequestBody."""
 
     __slots__ = ("sid", "_h", "_chunks", "ended", "reset", "failed", "_wakeup", "in_receive",
@@ -815,23 +823,6 @@ class _H2Stream:
                 self.in_receive = False
             if timeout.cancelled_caught:
                 self.failed = RequestTimeout("request body stalled past body_timeout_s")
-
-    async def read_all(self, limit: int) -> bytes:
-        if self._content_length is not None and self._content_length > limit:
-            raise BodyTooLarge(f"body of {self._content_length} bytes exceeds {limit}")
-        parts: list[bytes] = []
-        total = 0
-        while chunk := await self.receive(RECV_BYTES):
-            total += len(chunk)
-            if total > limit:
-                raise BodyTooLarge(f"body exceeds {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while chunk := await self.receive(RECV_BYTES):
-            yield chunk
-
 
 class _H2Handler:
     def __init__(self, server: _Server, stream: anyio.abc.ByteStream, initial: bytes, scheme: str,
