@@ -10,8 +10,9 @@ from headwater.http.types import Response
 
 from .context import Call, Store
 from .listing import list_page
+from .payload import Payload
 from .metadata.errors import ConditionFailed
-from .records import BUCKETS_NS, BucketRecord, ObjectRecord, objects_ns
+from .records import BUCKETS_NS, BucketRecord, ObjectRecord, objects_ns, uploads_ns
 from .s3 import errors as s3e
 from .s3 import names, xmlio
 
@@ -59,7 +60,7 @@ async def owned_bucket(store: Store, call: Call, name: str | None = None) -> Buc
 async def create_bucket(store: Store, call: Call) -> Response:
     assert call.bucket is not None
     names.validate_bucket_name(call.bucket)
-    body = await call.request.body.read_all(64 * 1024)
+    body = await Payload(call, max_bytes=64 * 1024).read_all()
     region = store.cluster.objstore.region
     if body.strip():
         location = xmlio.parse_create_bucket_configuration(body)
@@ -85,7 +86,10 @@ async def head_bucket(store: Store, call: Call) -> Response:
 async def delete_bucket(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None
-    if await store.meta.scan(objects_ns(call.bucket), limit=1):
+    # Uploads in progress count too: their parts would otherwise outlive the bucket and pass to
+    # whoever creates the name next.
+    if await store.meta.scan(objects_ns(call.bucket), limit=1) or \
+            await store.meta.scan(uploads_ns(call.bucket), limit=1):
         raise s3e.BucketNotEmpty(BucketName=call.bucket)
     await store.meta.delete(BUCKETS_NS, call.bucket)
     return Response(status=204)

@@ -147,11 +147,14 @@ class LayoutWriter:
         assert self._tg is not None
         if exc is not None:
             self._tg.cancel_scope.cancel()
+        # The sends catch their own errors, so the caller's exception is kept out of the task
+        # group: it propagates as itself (an S3 error stays an S3 error), not inside a group.
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            await self._tg.__aexit__(None, None, None)
         finally:
             if not self._finished:
                 await self.abort()
+        return None
 
     @property
     def size(self) -> int:
@@ -213,7 +216,12 @@ class LayoutWriter:
             raise WriteFailed(f"only {alive} of {self.scheme.width} fragments could be stored")
 
     async def finish(self) -> Layout:
-        if self._buf or self._stripes == 0:
+        if self._size == 0:
+            # An empty part: nothing to store, no fragment anywhere.
+            self._finished = True
+            return Layout(oid=self.oid, size=0, k=self.scheme.k, m=self.scheme.m,
+                          stripe_bytes=self.scheme.stripe_bytes, nodes=(None,) * self.scheme.width)
+        if self._buf:
             await self._send_stripe(bytes(self._buf))
             self._buf.clear()
         await self._drain()

@@ -18,8 +18,9 @@ import anyio
 from headwater.admin import serve_admin
 from headwater.config import ClusterConfig, GatewayConfig
 from headwater.http.errors import ClientDisconnected
+from headwater.http.errors import RequestTimeout as HttpRequestTimeout
 from headwater.http.server import serve
-from headwater.http.types import Request, Response
+from headwater.http.types import BodyTooLarge, Request, Response
 from headwater.metrics import Registry
 
 from . import buckets, multipart, objects
@@ -108,13 +109,34 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
     raise s3e.MethodNotAllowed(f"{method} is not allowed on an object")
 
 
-def _from_metadata(e: MetadataError) -> s3e.S3Error:
-    """The S3 error a metadata-ring error maps to (each carries its ``s3_code``)."""
-    code = getattr(e, "s3_code", "InternalError")
-    cls = s3e.ERRORS_BY_CODE.get(code, s3e.InternalError)
-    if cls.http_status >= 500:
-        return cls(f"metadata ring: {e}")
-    return cls()
+def s3_error_for(exc: BaseException, operation: str = "") -> s3e.S3Error | None:
+    """The S3 error a failure is answered with; None when the client is gone.
+
+    This is the one place where other layers' errors meet the wire: S3 errors as they are,
+    metadata-ring errors by their ``s3_code``, storage shortfalls as 503, HTTP body errors as
+    S3's own codes, anything else as 500 (and logged).
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, s3e.S3Error):
+        return exc
+    if isinstance(exc, ClientDisconnected):
+        return None
+    if isinstance(exc, MetadataError):
+        log.warning("metadata error in %s: %s", operation, exc)
+        return s3e.s3_error_for(exc)
+    if isinstance(exc, WriteFailed):
+        log.warning("write failed in %s: %s", operation, exc)
+        return s3e.SlowDown(f"not enough storage nodes: {exc}")
+    if isinstance(exc, ReadFailed):
+        log.error("read failed in %s: %s", operation, exc)
+        return s3e.ServiceUnavailable(f"object unreadable now: {exc}")
+    if isinstance(exc, HttpRequestTimeout):
+        return s3e.RequestTimeout()
+    if isinstance(exc, BodyTooLarge):
+        return s3e.MaxMessageLengthExceeded()
+    log.error("internal error in %s", operation, exc_info=exc)
+    return s3e.InternalError()
 
 
 class Gateway:
@@ -154,24 +176,11 @@ class Gateway:
                         query=query, auth=auth)
             response = await handler(self.store, call)
             response.headers.extend(call.response_headers)
-        except s3e.S3Error as e:
-            response = self._error(e, resource, request_id, request.method)
-        except MetadataError as e:
-            log.warning("metadata error: %s", e)
-            response = self._error(_from_metadata(e), resource, request_id, request.method)
-        except WriteFailed as e:
-            log.warning("write failed: %s", e)
-            response = self._error(s3e.SlowDown(f"not enough storage nodes: {e}"), resource, request_id,
-                                   request.method)
-        except ReadFailed as e:
-            log.error("read failed: %s", e)
-            response = self._error(s3e.ServiceUnavailable(f"object unreadable now: {e}"), resource,
-                                   request_id, request.method)
-        except ClientDisconnected:
-            raise
-        except Exception:  # noqa: BLE001 — one bad request must not take the worker down
-            log.exception("internal error in %s", operation)
-            response = self._error(s3e.InternalError(), resource, request_id, request.method)
+        except Exception as e:  # noqa: BLE001 — one bad request must not take the worker down
+            err = s3_error_for(e, operation)
+            if err is None:
+                raise  # the client went away: there is no one to answer
+            response = self._error(err, resource, request_id, request.method)
         response.headers.append(("x-amz-request-id", request_id))
         response.headers.append(("x-amz-id-2", base64.b64encode(f"{self.worker}/{request_id}".encode()).decode()))
         self.m_requests.labels(operation, str(response.status)).inc()

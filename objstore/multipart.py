@@ -7,15 +7,20 @@ that were uploaded but not chosen are retired with the upload.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
+
+import anyio
 
 from headwater.http.types import Response
 
 from .buckets import int_param, owned_bucket, xml_response
 from .context import Call, Store
+from .listing import after_prefix
 from .objects import _etag_condition, commit_object, copy_source, object_stream, standard_headers, store_body
+from .metadata.errors import NOT_STORED, ConditionFailed, MetadataError
 from .payload import Payload
 from .records import (ObjectRecord, PartInfo, PartRecord, UploadRecord, part_key, parts_ns, upload_key,
                       uploads_ns)
@@ -26,13 +31,33 @@ __all__ = ["create_upload", "upload_part", "upload_part_copy", "complete_upload"
            "list_parts", "list_uploads"]
 
 
-async def _upload(store: Store, call: Call) -> UploadRecord:
+async def _upload(store: Store, call: Call, *, open_only: bool = False) -> UploadRecord:
+    """The upload the request names (NoSuchUpload if there is none, or with ``open_only``, if it
+    is being completed)."""
     assert call.bucket is not None and call.key is not None
     upload_id = call.q("uploadId") or ""
     entry = await store.meta.get(uploads_ns(call.bucket), upload_key(call.key, upload_id))
     if entry is None:
         raise s3e.NoSuchUpload(UploadId=upload_id)
-    return UploadRecord.from_value(entry.value)
+    upload = UploadRecord.from_value(entry.value)
+    if open_only and upload.state != "open":
+        raise s3e.NoSuchUpload(UploadId=upload_id)
+    return upload
+
+
+async def _set_state(store: Store, bucket: str, upload: UploadRecord, state: str, *, expect: str) -> UploadRecord:
+    """Compare-and-set the upload's state; OperationAborted if someone else changed it."""
+    new = dataclasses.replace(upload, state=state)
+    try:
+        with anyio.CancelScope(shield=True):
+            await store.meta.put(uploads_ns(bucket), upload_key(upload.key, upload.upload_id), new.to_value(),
+                                 if_match=("state", expect))
+    except ConditionFailed as e:
+        if e.current is None:
+            raise s3e.NoSuchUpload(UploadId=upload.upload_id) from None
+        raise s3e.OperationAborted("A conflicting conditional operation is currently in progress against "
+                                   "this resource. Please try again.") from None
+    return new
 
 
 async def create_upload(store: Store, call: Call) -> Response:
@@ -66,18 +91,22 @@ def _part_number(call: Call) -> int:
 
 
 async def _save_part(store: Store, call: Call, part: PartRecord) -> None:
-    """Record a part; the layout it replaces (same number uploaded again) is retired."""
+    """Record a part; the layout it replaces (same number uploaded again) is retired.
+
+    Only while the upload is still open: once a Complete or Abort has started, which layout
+    the object uses is not this request's to know, so nothing is retired here and leftovers
+    are the garbage collector's.
+    """
     assert call.bucket is not None
     upload_id = call.q("uploadId") or ""
     ns = parts_ns(call.bucket, upload_id)
     try:
-        old = await store.meta.get(ns, part_key(part.number))
-        await store.meta.put(ns, part_key(part.number), part.to_value())
-        # An Abort or Complete that raced this upload would leave the part unreachable.
-        await _upload(store, call)
-    except BaseException:
+        with anyio.CancelScope(shield=True):
+            _, old = await store.meta.replace(ns, part_key(part.number), part.to_value())
+    except NOT_STORED:
         store.retire([part.layout], now=True)
         raise
+    await _upload(store, call, open_only=True)
     if old is not None:
         store.retire([PartRecord.from_value(old.value).layout])
 
@@ -85,7 +114,7 @@ async def _save_part(store: Store, call: Call, part: PartRecord) -> None:
 async def upload_part(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     number = _part_number(call)
-    upload = await _upload(store, call)
+    upload = await _upload(store, call, open_only=True)
     payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
     if upload.checksum_algorithm and payload.algorithm is None:
         payload.algorithm = upload.checksum_algorithm
@@ -110,7 +139,7 @@ async def upload_part(store: Store, call: Call) -> Response:
 async def upload_part_copy(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     number = _part_number(call)
-    await _upload(store, call)
+    await _upload(store, call, open_only=True)
     src = await copy_source(store, call)
     start, end = 0, src.size
     raw_range = call.header("x-amz-copy-source-range")
@@ -163,10 +192,27 @@ async def _all_parts(store: Store, bucket: str, upload_id: str) -> list[PartReco
 async def complete_upload(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
-    upload = await _upload(store, call)
+    upload = await _upload(store, call, open_only=True)
     upload_id = upload.upload_id
     body = await Payload(call, max_bytes=4 * 1024 * 1024).read_all()
     wanted = xmlio.parse_complete_multipart_upload(body)
+    if_absent, if_match = _etag_condition(call.request.headers)
+    upload = await _set_state(store, call.bucket, upload, "completing", expect="open")
+    try:
+        return await _complete(store, call, upload, wanted, if_absent, if_match)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            try:
+                await _set_state(store, call.bucket, upload, "open", expect="completing")
+            except (s3e.S3Error, MetadataError):
+                pass  # completed after all, or gone: nothing to reopen
+        raise
+
+
+async def _complete(store: Store, call: Call, upload: UploadRecord, wanted: list, if_absent: bool,
+                    if_match: str | None) -> Response:
+    assert call.bucket is not None and call.key is not None
+    upload_id = upload.upload_id
     if not wanted:
         raise s3e.MalformedXML("The XML you provided was not well-formed or did not validate against our "
                                "published schema")
@@ -185,7 +231,6 @@ async def complete_upload(store: Store, call: Call) -> Response:
         if part.size < min_part:
             raise s3e.EntityTooSmall(ProposedSize=str(part.size), MinSizeAllowed=str(min_part),
                                      PartNumber=str(part.number), ETag=part.etag)
-    if_absent, if_match = _etag_condition(call.request.headers)
     etag = checksums.quote_etag(checksums.multipart_etag([p.md5 for p in chosen]))
     sums: dict[str, str] = {}
     algo = upload.checksum_algorithm
@@ -195,10 +240,11 @@ async def complete_upload(store: Store, call: Call) -> Response:
                        owner=call.user.name, content_type=upload.content_type, headers=dict(upload.headers),
                        meta=dict(upload.meta), checksums=sums, layouts=tuple(p.layout for p in chosen),
                        parts=tuple(PartInfo(number=p.number, size=p.size, etag=p.etag) for p in chosen))
-    await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match)
-    kept = {p.number for p in chosen}
-    store.retire([p.layout for n, p in have.items() if n not in kept])
-    await _drop_upload(store, call.bucket, upload)
+    with anyio.CancelScope(shield=True):
+        await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match, owns_layouts=False)
+        kept = {p.number for p in chosen}
+        store.retire([p.layout for n, p in have.items() if n not in kept])
+        await _drop_upload(store, call.bucket, upload)
     location = f"/{call.bucket}/{call.key}"
     resp = xml_response(xmlio.complete_multipart_upload(location=location, bucket=call.bucket, key=call.key,
                                                         etag=etag))
@@ -252,11 +298,18 @@ async def list_uploads(store: Store, call: Call) -> Response:
     key_marker = call.q("key-marker", "") or ""
     id_marker = call.q("upload-id-marker", "") or ""
     max_uploads = int_param(call, "max-uploads", 1000, 0, 1000)
-    start = upload_key(key_marker, id_marker) if id_marker else (upload_key(key_marker, "\U0010ffff")
-                                                                  if key_marker else "")
+    if id_marker:
+        start = upload_key(key_marker, id_marker)
+    elif delimiter and key_marker.endswith(delimiter):
+        start = after_prefix(key_marker)  # the marker is a common prefix: skip all of it
+    elif key_marker:
+        start = upload_key(key_marker, "\U0010ffff")
+    else:
+        start = ""
     uploads: list[UploadRecord] = []
     prefixes: list[str] = []
     truncated = False
+    last_key, last_id = "", ""  # where the next page starts: after an upload, or a whole prefix
     after = start
     while not truncated:
         batch = await store.meta.scan(uploads_ns(call.bucket), prefix=prefix, start_after=after, limit=1000)
@@ -273,17 +326,19 @@ async def list_uploads(store: Store, call: Call) -> Response:
                         truncated = True
                         break
                     prefixes.append(common)
+                    last_key, last_id = common, ""
                     continue
             if len(uploads) + len(prefixes) >= max_uploads:
                 truncated = True
                 break
             uploads.append(rec)
+            last_key, last_id = rec.key, rec.upload_id
         if len(batch) < 1000:
             break
     body = xmlio.list_multipart_uploads(
         bucket=call.bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker, upload_id_marker=id_marker,
-        next_key_marker=uploads[-1].key if (truncated and uploads) else None,
-        next_upload_id_marker=uploads[-1].upload_id if (truncated and uploads) else None,
+        next_key_marker=last_key if truncated else None,
+        next_upload_id_marker=last_id if truncated else None,
         max_uploads=max_uploads, is_truncated=truncated,
         uploads=[xmlio.UploadEntry(key=u.key, upload_id=u.upload_id, initiated=u.initiated,
                                    owner=xmlio.Owner(id=u.owner, display_name=u.owner)) for u in uploads],

@@ -13,7 +13,7 @@ from headwater.http.types import Headers, Response
 from .buckets import owned_bucket, xml_response
 from .context import Call, Store
 from .datapath import LayoutWriter, read_layout
-from .metadata.errors import ConditionFailed
+from .metadata.errors import NOT_STORED, ConditionFailed, MetadataError
 from .payload import Payload
 from .records import Layout, ObjectRecord, objects_ns
 from .s3 import conditions, names, ranges, xmlio
@@ -42,7 +42,8 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
         if len(head) > inline_max:
             break
     else:
-        return bytes(head), None
+        if inline_max >= 0:
+            return bytes(head), None
     async with LayoutWriter(store.pool, scheme) as writer:
         await writer.write(bytes(head))
         del head
@@ -74,15 +75,27 @@ def _quote(etag: str) -> str:
 
 
 async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_absent: bool = False,
-                        if_match: str | None = None) -> None:
-    """Make ``rec`` the visible version; retire the fragments of the version it replaces."""
+                        if_match: str | None = None, owns_layouts: bool = True) -> None:
+    """Make ``rec`` the visible version; retire the fragments of the version it replaces.
+
+    The record write is shielded: once started it completes even if the client goes away, so
+    the outcome is always known here. When the write provably stored nothing, the new
+    fragments are removed at once (if ``owns_layouts``); they are never removed on an unknown
+    outcome, which would leave a visible record without its bytes.
+    """
     try:
-        _, previous = await store.meta.replace(objects_ns(bucket), rec.key, rec.to_value(), if_absent=if_absent,
-                                               if_match=("etag", if_match) if if_match else None)
-    except ConditionFailed as e:
-        if if_match is not None and e.current is None:
-            raise s3e.NoSuchKey(Key=rec.key) from None
-        raise s3e.PreconditionFailed(Condition="If-None-Match" if if_absent else "If-Match") from None
+        with anyio.CancelScope(shield=True):
+            _, previous = await store.meta.replace(objects_ns(bucket), rec.key, rec.to_value(),
+                                                   if_absent=if_absent,
+                                                   if_match=("etag", if_match) if if_match else None)
+    except NOT_STORED as e:
+        if owns_layouts:
+            store.retire(rec.layouts, now=True)
+        if isinstance(e, ConditionFailed):
+            if if_match is not None and e.current is None:
+                raise s3e.NoSuchKey(Key=rec.key) from None
+            raise s3e.PreconditionFailed(Condition="If-None-Match" if if_absent else "If-Match") from None
+        raise
     if previous is not None:
         store.retire(ObjectRecord.from_value(previous.value).layouts)
 
@@ -110,15 +123,14 @@ async def put_object(store: Store, call: Call) -> Response:
                                       inline_max=cfg.inline_max_bytes)
     try:
         payload.verify()
-        rec = ObjectRecord(key=call.key, size=payload.size, etag=payload.etag, last_modified=store.clock(),
-                           owner=call.user.name, content_type=content_type, headers=std, meta=meta,
-                           checksums=payload.checksums(), inline=inline,
-                           layouts=(layout,) if layout else ())
-        await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match)
     except BaseException:
         if layout is not None:
             store.retire([layout], now=True)
         raise
+    rec = ObjectRecord(key=call.key, size=payload.size, etag=payload.etag, last_modified=store.clock(),
+                       owner=call.user.name, content_type=content_type, headers=std, meta=meta,
+                       checksums=payload.checksums(), inline=inline, layouts=(layout,) if layout else ())
+    await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match)
     headers = [("etag", rec.etag), ("content-length", "0")]
     headers += [(f"x-amz-checksum-{a}", v) for a, v in rec.checksums.items()]
     return Response(status=200, headers=headers)
@@ -129,7 +141,7 @@ def object_headers(rec: ObjectRecord, call: Call, *, whole: bool = True) -> list
            ("content-type", rec.content_type)]
     out += sorted(rec.headers.items())
     out += [(f"x-amz-meta-{k}", v) for k, v in sorted(rec.meta.items())]
-    if rec.parts:
+    if rec.parts and call.q("partNumber") is not None:
         out.append(("x-amz-mp-parts-count", str(len(rec.parts))))
     # A checksum describes the whole object: S3 returns none with a range (clients would fail
     # to verify the partial bytes against it).
@@ -191,6 +203,8 @@ def _part_range(call: Call, rec: ObjectRecord) -> tuple[int, int] | None:
 async def get_object(store: Store, call: Call, *, head: bool = False) -> Response:
     rec = await _read_target(store, call)
     part = _part_range(call, rec)
+    if part is not None and call.header("range") is not None:
+        raise s3e.InvalidRequest("Cannot specify both Range header and partNumber query parameter")
     rng = ranges.parse_range(call.header("range"), rec.size) if part is None else None
     headers = object_headers(rec, call, whole=rng is None and (part is None or not rec.parts))
     if part is not None:
@@ -224,7 +238,9 @@ async def delete_object(store: Store, call: Call) -> Response:
 
 
 async def _delete_key(store: Store, bucket: str, key: str) -> None:
-    previous = await store.meta.delete(objects_ns(bucket), key)
+    # Shielded like commit_object: a delete that lands must also retire what it removed.
+    with anyio.CancelScope(shield=True):
+        previous = await store.meta.delete(objects_ns(bucket), key)
     if previous is not None:
         store.retire(ObjectRecord.from_value(previous.value).layouts)
 
@@ -251,6 +267,9 @@ async def delete_objects(store: Store, call: Call) -> Response:
                 deleted.append(key)
             except s3e.S3Error as e:
                 failed.append((key, e.code, e.message))
+            except MetadataError as e:
+                err = s3e.s3_error_for(e)
+                failed.append((key, err.code, err.message))
 
     async with anyio.create_task_group() as tg:
         for key in keys:
@@ -319,10 +338,5 @@ async def copy_object(store: Store, call: Call) -> Response:
                        owner=call.user.name, content_type=content_type, headers=std, meta=meta,
                        checksums=dict(src.checksums) if not src.parts else {}, inline=inline,
                        layouts=(layout,) if layout else ())
-    try:
-        await commit_object(store, call.bucket, rec)
-    except BaseException:
-        if layout is not None:
-            store.retire([layout], now=True)
-        raise
+    await commit_object(store, call.bucket, rec)
     return xml_response(xmlio.copy_object_result(etag=rec.etag, last_modified=now))

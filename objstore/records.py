@@ -164,17 +164,21 @@ class UploadRecord:
     headers: dict[str, str] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     checksum_algorithm: str | None = None
+    # "open" takes parts; "completing" while CompleteMultipartUpload builds the object, so that
+    # a racing UploadPart never retires a layout the object is about to use.
+    state: str = "open"
 
     def to_value(self) -> dict[str, Any]:
         return {"key": self.key, "upload_id": self.upload_id, "initiated": self.initiated,
                 "owner": self.owner, "ctype": self.content_type, "headers": self.headers,
-                "meta": self.meta, "algo": self.checksum_algorithm}
+                "meta": self.meta, "algo": self.checksum_algorithm, "state": self.state}
 
     @classmethod
     def from_value(cls, v: dict[str, Any]) -> UploadRecord:
         return cls(key=v["key"], upload_id=v["upload_id"], initiated=v["initiated"], owner=v["owner"],
                    content_type=v.get("ctype", "binary/octet-stream"), headers=dict(v.get("headers") or {}),
-                   meta=dict(v.get("meta") or {}), checksum_algorithm=v.get("algo"))
+                   meta=dict(v.get("meta") or {}), checksum_algorithm=v.get("algo"),
+                   state=v.get("state", "open"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,7 @@ __all__ = [
     "MetadataError",
     "ConditionFailed",
     "QuorumUnavailable",
+    "NOT_STORED",
     "WriteConflict",
     "InvalidKey",
     "KeyTooLong",
@@ -108,3 +109,8 @@ class StoreFull(MetadataError):
 
 class DataDirError(MetadataError):
     """The node's data directory cannot be created, written or opened as an LMDB environment."""
+
+
+#: Errors after which a write provably stored nothing (a failed quorum write is reverted).
+NOT_STORED = (ConditionFailed, QuorumUnavailable, WriteConflict)
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "S3Error", "error_response", "xml_text", "ERRORS_BY_CODE",
+    "S3Error", "error_response", "xml_text", "ERRORS_BY_CODE", "s3_error_for",
     # 403
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed",
     "InvalidObjectState", "InvalidChunkSizeError",
@@ -186,7 +186,7 @@ ServiceUnavailable = _error("ServiceUnavailable", 503, "Please reduce your reque
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
 
 ERRORS_BY_CODE: dict[str, type[S3Error]] = {
-    cls.code: cls for cls in (globals()[n] for n in __all__ if n not in ("S3Error", "error_response", "xml_text", "ERRORS_BY_CODE"))
+    cls.code: cls for cls in (globals()[n] for n in __all__ if n not in ("S3Error", "error_response", "xml_text", "ERRORS_BY_CODE", "s3_error_for"))
 }
 
 
@@ -229,3 +229,9 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def s3_error_for(exc: BaseException) -> S3Error:
+    """The S3 error for another layer's exception that names its ``s3_code`` (metadata ring)."""
+    cls = ERRORS_BY_CODE.get(getattr(exc, "s3_code", "InternalError"), InternalError)
+    return cls(f"{exc}") if cls.http_status >= 500 else cls()
