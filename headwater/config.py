@@ -175,7 +175,9 @@ class ObjstoreConfig:
     clock_skew_s: int = 900
     partitions: int = 64
     rpc_timeout_s: float = 30.0
-    retire_grace_s: float = 30.0
+    # Long enough for a slow client to finish a large download of the replaced version (Ceph
+    # RGW waits 2 h); the queue is per gateway worker and in memory until issue 4's collector.
+    retire_grace_s: float = 300.0
 
     def scheme_for(self, bucket: str) -> ErasureScheme:
         return self.bucket_ec.get(bucket, self.ec)

@@ -27,7 +27,7 @@ class Store:
     clock: Callable[[], float]
     # Fragments of replaced or deleted objects wait this long before removal, so that a GET that
     # read the old record just before the change can still stream it.
-    retire_grace_s: float = 30.0
+    retire_grace_s: float = 300.0
     _retired: list[tuple[float, Layout]] = field(default_factory=list)
 
     def retire(self, layouts: Iterable[Layout], *, now: bool = False) -> None:
