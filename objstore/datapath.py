@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 DOWN_HOLD_S = 5.0
 # Stripes fetched per read RPC: bounds memory per GET to about READ_BATCH * stripe * (k+m)/k.
 READ_BATCH = 4
+# User bytes sent to the storage nodes per append round trip. A round trip costs about the same
+# whatever its size, so one stripe per trip left PUT latency-bound (nodes and gateway idle);
+# batching stripes up to this many bytes fills the pipe. Bounds memory per PUT to ~3x this.
+WRITE_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class WriteFailed(Exception):
@@ -134,6 +138,8 @@ class LayoutWriter:
         self._size = 0
         self._finished = False
         self._inflight: anyio.Event | None = None
+        self._batch: list[list] = []  # encoded stripes not yet sent
+        self._batch_size = max(1, WRITE_BATCH_BYTES // scheme.stripe_bytes)
         self._tg: anyio.abc.TaskGroup | None = None
         self._meta = {"k": scheme.k, "m": scheme.m, "stripe": scheme.stripe_bytes}
 
@@ -174,12 +180,21 @@ class LayoutWriter:
             blocks = await anyio.to_thread.run_sync(stripe.encode, self.scheme, data)
         else:
             blocks = stripe.encode(self.scheme, data)
+        self._batch.append(blocks)
+        if len(self._batch) >= self._batch_size:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send the batched stripes once the previous batch is acknowledged."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
         await self._drain()
         done = anyio.Event()
         self._inflight = done
         assert self._tg is not None, "use LayoutWriter as an async context manager"
-        self._tg.start_soon(self._send_blocks, self._stripes, blocks, done)
-        self._stripes += 1
+        self._tg.start_soon(self._send_blocks, self._stripes, batch, done)
+        self._stripes += len(batch)
 
     async def _drain(self) -> None:
         """Wait for the stripe in flight, then check enough of its fragments were stored."""
@@ -188,13 +203,14 @@ class LayoutWriter:
             self._inflight = None
         self._check_quorum()
 
-    async def _send_blocks(self, index: int, blocks: list, done: anyio.Event) -> None:
+    async def _send_blocks(self, first: int, batch: list[list], done: anyio.Event) -> None:
+        """Fragment i of every stripe in ``batch`` to node i, in one round trip per node."""
         block_bytes = self.scheme.fragment_bytes
 
         async def send(i: int, node: str) -> None:
             try:
-                await self.pool.client(node).append(f"{self.oid}.{i}", index, blocks[i],
-                                                    block_bytes=block_bytes, meta=self._meta)
+                await self.pool.client(node).append_many(f"{self.oid}.{i}", first, [b[i] for b in batch],
+                                                         block_bytes=block_bytes, meta=self._meta)
             except RpcError as e:
                 log.warning("fragment append to %s failed: %s", node, e)
                 self.pool.stats["fragment_write_errors"] += 1
@@ -224,6 +240,7 @@ class LayoutWriter:
         if self._buf:
             await self._send_stripe(bytes(self._buf))
             self._buf.clear()
+        await self._flush()
         await self._drain()
 
         async def commit(i: int, node: str) -> None:
