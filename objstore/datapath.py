@@ -324,9 +324,14 @@ async def _collect(pool: StoragePool, lay: Layout, count: int, calls: dict[int, 
 
 
 async def _finish_reads(pool: StoragePool, lay: Layout, first: int, count: int,
-                        calls: dict[int, PendingRead]) -> list[bytes]:
-    """Stripes ``first .. first+count-1`` as user bytes (the last one unpadded), from the reads in
-    ``calls`` (data fragments), falling back to parity fragments when some are missing."""
+                        calls: dict[int, PendingRead]) -> list[list]:
+    """Stripes ``first .. first+count-1``, each as the buffers that make up its user bytes (the
+    last stripe unpadded), from the reads in ``calls`` (data fragments), falling back to parity
+    fragments when some are missing.
+
+    With every data fragment at hand a stripe is just its k data blocks in order (zfec is
+    systematic), so they are handed on as they are, uncopied, for the socket to send.
+    """
     scheme = lay.scheme
     got: dict[int, list] = {}
     await _collect(pool, lay, count, calls, got)
@@ -337,11 +342,42 @@ async def _finish_reads(pool: StoragePool, lay: Layout, first: int, count: int,
         await _collect(pool, lay, count, extra, got)
     if len(got) < scheme.k:
         raise ReadFailed(f"object {lay.oid}: only {len(got)} of {scheme.k} needed fragments readable")
+    whole = all(i in got for i in range(scheme.k))
     out = []
     for j in range(count):
         s = first + j
         length = min(lay.stripe_bytes, lay.size - s * lay.stripe_bytes)
-        out.append(stripe.decode(scheme, {i: b[j] for i, b in got.items()}, length))
+        if whole:
+            out.append(_truncate([got[i][j] for i in range(scheme.k)], length))
+        else:
+            out.append([stripe.decode(scheme, {i: b[j] for i, b in got.items()}, length)])
+    return out
+
+
+def _truncate(pieces: list, length: int) -> list:
+    """The first ``length`` bytes of the concatenation of ``pieces``, as views."""
+    out = []
+    for p in pieces:
+        if length <= 0:
+            break
+        mv = memoryview(p)
+        out.append(mv[:length] if len(mv) > length else mv)
+        length -= len(mv)
+    return out
+
+
+def _window(pieces: list, lo: int, hi: int) -> list:
+    """Bytes ``lo .. hi-1`` of the concatenation of ``pieces``, as views."""
+    out = []
+    pos = 0
+    for p in pieces:
+        n = len(p)
+        a, b = max(lo - pos, 0), min(hi - pos, n)
+        if a < b:
+            out.append(p[a:b] if (a, b) != (0, n) else p)
+        pos += n
+        if pos >= hi:
+            break
     return out
 
 
@@ -365,11 +401,10 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
             stripes = await _finish_reads(pool, lay, first, count, current)
             if n + 1 < len(batches):
                 ahead = await _start_reads(pool, lay, *batches[n + 1], data_indexes)
-            for j, data in enumerate(stripes):
+            for j, pieces in enumerate(stripes):
                 base = (first + j) * sb
-                lo = max(start - base, 0)
-                hi = min(end - base, len(data))
-                yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
+                for piece in _window(pieces, max(start - base, 0), end - base):
+                    yield piece
     finally:
         for call in (ahead or {}).values():
             call.discard()

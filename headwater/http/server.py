@@ -117,6 +117,13 @@ async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
 
 # --- transport -----------------------------------------------------------------------------------
 
+#: An HTTP/2 request body the app did not read is let in (and discarded) up to this size rather
+#: than stopped with RST_STREAM(NO_ERROR): some clients (httpx/h2, curl) fail the whole request
+#: when the reset races their last DATA frames, though RFC 9113 allows it. Flow control keeps
+#: the cost to this many bytes.
+H2_DRAIN_MAX_BYTES = 1024 * 1024
+
+
 class SocketStream(anyio.abc.ByteStream):
     """An anyio byte stream straight over a non-blocking socket (both backends), with sendfile."""
 
@@ -964,7 +971,7 @@ class _H2Handler:
                     # acknowledged as it arrives, the stream is no longer in self.streams);
                     # otherwise stop the upload with RST_STREAM(NO_ERROR), RFC 9113 8.1.
                     declared = st.content_length
-                    if declared is None or declared - st.received >= h1.DRAIN_MAX_BYTES:
+                    if declared is None or declared - st.received >= H2_DRAIN_MAX_BYTES:
                         conn.reset(st.sid, H2_NO_ERROR)
                 conn.acknowledge(st.sid, st.discard())
             conn.stream_finished(st.sid)
