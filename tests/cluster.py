@@ -81,6 +81,9 @@ def free_ports(n: int) -> list[int]:
         while len(socks) < n and tries < 50 * n and lo > 12000:
             tries += 1
             port = _rng.randrange(10000, lo)
+            # SO_REUSEADDR lets two unlistened sockets bind one port: never pick a port twice.
+            if any(x.getsockname()[1] == port for x in socks):
+                continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -91,7 +94,6 @@ def free_ports(n: int) -> list[int]:
             socks.append(s)
         while len(socks) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]

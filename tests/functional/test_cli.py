@@ -24,6 +24,7 @@ import pytest
 from headwater.admin import admin_app
 from headwater.http.types import Headers, Request
 from headwater.metrics import Registry
+from tests.cluster import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = "tests.functional.test_cli:run_fake"
@@ -69,18 +70,6 @@ async def run_fake(cluster, node_cfg, *, worker=None, task_status=anyio.TASK_STA
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-def free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
 
 def write_cluster(tmp_path, *, runtime="asyncio", workers=2, extra=""):
     p = free_ports(10)
