@@ -1,6 +1,18 @@
-"""Shared fixtures: kernel tests run on both anyio backends (asyncio on uvloop, and trio)."""
+"""Shared fixtures.
+
+Kernel tests run on both anyio backends (asyncio on uvloop, and trio). End-to-end and probe
+tests get one real cluster per test module: a module sets ``CLUSTER_OPTIONS = {...}`` (keyword
+arguments of :class:`tests.cluster.Cluster`) for smaller stripes, a smaller minimum part size
+and so on, and tests keep out of each other's way with the function-scoped ``bucket`` fixture
+(a fresh bucket with a unique name per test).
+"""
+
+import itertools
+import re
 
 import pytest
+
+from tests.cluster import Cluster
 
 
 @pytest.fixture(
@@ -11,3 +23,59 @@ import pytest
 )
 def anyio_backend(request):
     return request.param
+
+
+_counter = itertools.count()
+
+
+def _cluster_fixture(request, tmp_path_factory):
+    opts = dict(getattr(request.module, "CLUSTER_OPTIONS", {}))
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    c = Cluster(tmp_path_factory.mktemp(name), **opts)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(request, tmp_path_factory):
+    yield from _cluster_fixture(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def s3(cluster):
+    """boto3 client of the first user (alice)."""
+    return cluster.s3_client(0)
+
+
+@pytest.fixture(scope="module")
+def s3_bob(cluster):
+    """boto3 client of the second user (bob)."""
+    return cluster.s3_client(1)
+
+
+def unique_bucket_name(hint: str) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:40].strip("-") or "b"
+    return f"{base}-{next(_counter)}"
+
+
+@pytest.fixture
+def bucket(request, s3):
+    """A new, empty bucket owned by alice, named after the test."""
+    name = unique_bucket_name(request.node.name.removeprefix("test_"))
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    c = getattr(item, "funcargs", {}).get("cluster")
+    if rep.failed and isinstance(c, Cluster):
+        for n in ("s3", "up"):
+            if (c.logs / f"{n}.log").exists():
+                rep.sections.append((f"cluster log {n}", c.log_tail(n, 40)))
+        rep.sections.append(("cluster root", str(c.root)))
