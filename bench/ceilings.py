@@ -89,19 +89,24 @@ def md5(*, seconds: float = 1.0, chunk_bytes: int = 1 * MiB) -> Ceiling:
                    how=f"hashlib.md5, {chunk_bytes // KiB} KiB updates, 1 core")
 
 
+def _write_fsynced(directory: str, buf: bytes, count: int) -> None:
+    """Create ``count`` files of ``buf`` one after another, each fsynced before the next."""
+    for i in range(count):
+        fd = os.open(os.path.join(directory, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, buf)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def fsync_writes(directory: Path, *, file_bytes: int = 1 * MiB, total_bytes: int = 256 * MiB) -> Ceiling:
     """Write ``file_bytes`` files and fsync each (and the directory at the end), MB/s."""
     buf = os.urandom(file_bytes)
     count = max(1, total_bytes // file_bytes)
     with tempfile.TemporaryDirectory(prefix="hw-fsync-", dir=directory) as d:
         t0 = time.perf_counter()
-        for i in range(count):
-            fd = os.open(os.path.join(d, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, buf)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _write_fsynced(d, buf, count)
         dfd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -118,13 +123,7 @@ def fsync_small_files(directory: Path, *, file_bytes: int = 4 * KiB, count: int 
     buf = os.urandom(file_bytes)
     with tempfile.TemporaryDirectory(prefix="hw-fsync-", dir=directory) as d:
         t0 = time.perf_counter()
-        for i in range(count):
-            fd = os.open(os.path.join(d, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, buf)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _write_fsynced(d, buf, count)
         s = time.perf_counter() - t0
     return Ceiling(name="fsync'd small files", value=count / s, unit="files/s",
                    how=f"{count} x {file_bytes // KiB} KiB files written+fsynced one at a time in {directory}")

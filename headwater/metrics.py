@@ -156,7 +156,15 @@ class _CounterChild:
         self.value += amount
 
 
-class Counter(_Metric):
+class _ValueMetric(_Metric):
+    """A metric whose children each hold one number (counters and gauges)."""
+
+    def _samples(self) -> Iterable[str]:
+        for key, child in self._children.items():
+            yield f"{self.name}{_label_text(self.label_names, key)} {format_value(child.value)}\n"
+
+
+class Counter(_ValueMetric):
     """A value that only goes up (requests, bytes, errors). Name it ``..._total``."""
 
     kind = "counter"
@@ -171,9 +179,6 @@ class Counter(_Metric):
     def value(self) -> float:
         return self._require_unlabelled().value
 
-    def _samples(self) -> Iterable[str]:
-        for key, child in self._children.items():
-            yield f"{self.name}{_label_text(self.label_names, key)} {format_value(child.value)}\n"
 
 
 class _GaugeChild:
@@ -192,7 +197,7 @@ class _GaugeChild:
         self.value -= amount
 
 
-class Gauge(_Metric):
+class Gauge(_ValueMetric):
     """A value that goes up and down (connections open, bytes free)."""
 
     kind = "gauge"
@@ -213,9 +218,6 @@ class Gauge(_Metric):
     def value(self) -> float:
         return self._require_unlabelled().value
 
-    def _samples(self) -> Iterable[str]:
-        for key, child in self._children.items():
-            yield f"{self.name}{_label_text(self.label_names, key)} {format_value(child.value)}\n"
 
 
 class _HistogramChild:
