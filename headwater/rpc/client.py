@@ -250,10 +250,10 @@ class RpcClient:
                     raise DeadlineExceeded(f"connecting to {self._peer} took past the deadline",
                                            peer=self._peer) from None
                 raise Unavailable(f"connecting to {self._peer} timed out after {self.connect_timeout:g}s",
-                                  peer=self._peer) from None
+                                  peer=self._peer, sent=False) from None
             except OSError as e:
                 raise Unavailable(f"cannot connect to {self._peer}: {e.strerror or e}",
-                                  peer=self._peer) from None
+                                  peer=self._peer, sent=False) from None
             set_nodelay(stream)
             conn = _Connection(stream, self._peer)
             if self._closed:

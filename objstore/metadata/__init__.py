@@ -5,7 +5,7 @@ The gateway uses :class:`MetadataClient`; :func:`run_metadata_node` is the daemo
 
 from .client import Entry, MetadataClient
 from .errors import (ConditionFailed, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, MetadataError,
-                     QuorumUnavailable, StoreFull, WriteConflict)
+                     QuorumUnavailable, StoreFull, WriteConflict, WriteOutcomeUnknown)
 from .node import MetadataNode, run_metadata_node
 from .partition import PartitionMap
 
@@ -19,6 +19,7 @@ __all__ = [
     "ConditionFailed",
     "QuorumUnavailable",
     "WriteConflict",
+    "WriteOutcomeUnknown",
     "InvalidKey",
     "KeyTooLong",
     "CorruptRecord",

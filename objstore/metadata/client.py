@@ -1,39 +1,23 @@
 """What the gateway imports: :class:`MetadataClient`, records as :class:`Entry`.
 
 ``MetadataClient`` is the public surface: namespaces and keys, conditions, versions from a hybrid
-logical clock. How a write reaches the replicas is :class:`QuorumReplication`'s business alone,
-so the Raft issue replaces that class (same ``read`` / ``write`` / ``scan`` / ``health``) and
-nothing above it.
+logical clock. :class:`RaftReplication` routes each request to the leader of the Raft group that
+holds the key's partition (see ``node.py``), so:
 
-Quorum rules (n = replicas of the partition, q = n // 2 + 1):
+* every read is linearizable: it sees every write acknowledged before it started;
+* conditional writes (``if_absent``, ``if_match``) are checked where the log is applied, so of
+  many racing ``If-None-Match: *`` writes exactly one wins, and ``If-Match`` is a compare-and-swap;
+* concurrent unconditional writes to a key land in one order, the same on every replica;
+* a write that failed before a leader took it stored nothing (QuorumUnavailable); a write whose
+  answer was lost may have committed (WriteOutcomeUnknown). Both are 503 to an S3 client.
 
-* A write is acknowledged once q replicas stored it durably (LMDB synced). If it cannot reach q,
-  the replicas it did reach are reverted to what they held before (best effort), and the caller
-  gets QuorumUnavailable: the outcome is unknown, as for any 503 (if the revert cannot reach a
-  replica either, a later read repairs the write onto the others and it survives).
-* A read asks all n, returns once q answered, and gives the highest version. Replicas that
-  answered with an older version or nothing (also those answering after the caller returned)
-  are repaired in the background with that version, at once if q answers held it, otherwise
-  only if it is still there ``settle_s`` later (it may be a failed write being reverted).
-* Conditional writes (``if_absent``, ``if_match``) read a quorum (re-reading briefly while the
-  newest record is held by fewer than q, i.e. still in flight), check the condition here, then
-  write with ``expect`` = the version read: a replica holding anything newer refuses. Of several
-  coordinators racing on one key, at most one reaches q; the others revert what they wrote,
-  back off, re-read and then fail the condition (or, if nobody won, try again; WriteConflict
-  after a few rounds). The winner re-sends its write to replicas that refused it. This is not
-  linearizable: a coordinator that dies between writing and reverting leaves a write whose
-  outcome is unknown, and a read can return a write that is reverted a moment later. Issue 4
-  replaces this class with one Raft group per replica set, which closes these windows.
-* Versions are ``(timestamp_ns, writer_id)`` from a hybrid logical clock: never behind the newest
-  version this client has seen, so a conditional write always outranks the record it checked.
-  ``writer_id`` must be unique per process (e.g. ``s3-w1``, ``s3-w2``).
-* Tombstones are kept forever in this issue (purging them safely needs every replica to agree).
+Versions are ``(timestamp_ns, writer_id)`` from a hybrid logical clock; the log, not the
+version, decides which write is last.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import heapq
 import logging
 import random
@@ -46,23 +30,17 @@ import anyio
 import anyio.abc
 
 from headwater.config import ClusterConfig
-from headwater.rpc import RpcClient
+from headwater.rpc import DeadlineExceeded, RpcClient, Unavailable
 
-from .errors import ConditionFailed, InvalidKey, MetadataError, QuorumUnavailable, WriteConflict
-from .partition import PartitionMap, majority
-from .store import (MIN_VERSION, Op, OpKind, Record, Status, Version, check_key, check_ns,
-                    record_from_wire)
+from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
+                     WriteOutcomeUnknown)
+from .partition import PartitionMap, group_id
+from .store import Record, Version, check_key, check_ns, record_from_wire
 
-__all__ = ["Entry", "MetadataClient", "QuorumReplication", "HybridClock"]
+__all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock"]
 
 log = logging.getLogger("headwater.objstore.metadata.client")
 
-_STALE_RETRIES = 3
-_REPAIR_BATCH = 500
-_SETTLE_DELAYS_S = (0.0, 0.05, 0.25, 1.0)
-_CONDITION_ATTEMPTS = 8
-_STRAGGLER_GRACE_S = 0.02
-_UNCONFIRMED_REREADS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,36 +83,9 @@ class HybridClock:
             self._last = version[0]
 
 
-class _Gather:
-    """Answers to one call sent to several nodes, collected as they arrive.
-
-    ``sufficient`` is set once ``enough(self)`` holds or every node has answered; ``complete``
-    once every node has answered (or failed). Errors are kept per node, never raised.
-    """
-
-    def __init__(self, nodes: list[str], enough: Callable[[_Gather], bool]):
-        self.nodes = nodes
-        self.results: dict[str, Any] = {}
-        self.errors: dict[str, Exception] = {}
-        self._enough = enough
-        self.sufficient = anyio.Event()
-        self.complete = anyio.Event()
-
-    def add(self, node: str, result: Any = None, error: Exception | None = None) -> None:
-        if error is None:
-            self.results[node] = result
-        else:
-            self.errors[node] = error
-        if len(self.results) + len(self.errors) == len(self.nodes):
-            self.complete.set()
-            self.sufficient.set()
-        elif self._enough(self):
-            self.sufficient.set()
-
-
 @dataclass(slots=True)
 class _Cursor:
-    """Where a scan stands in one partition: live entries fetched but not yet yielded."""
+    """Where a scan stands in one partition: entries fetched but not yet yielded."""
 
     partition: int
     after: str
@@ -142,245 +93,115 @@ class _Cursor:
     done: bool = False
 
 
-class QuorumReplication:
-    """Reads and writes a partition's replica set by majority quorum (see the module docstring)."""
+class RaftReplication:
+    """Sends each request to its group's leader, following ``not_leader`` hints.
+
+    The outcome of a write is known unless the leader took it and no answer came back (the
+    connection dropped after sending, or the deadline passed): then WriteOutcomeUnknown.
+    Everything else that fails before a leader took the write (no leader reachable, a
+    ``not_leader`` answer, a log entry replaced in an election) is retried until the deadline
+    and then raised as QuorumUnavailable: nothing was stored.
+    """
 
     def __init__(self, cluster: ClusterConfig, *, clock: HybridClock, timeout_s: float,
-                 connect_timeout_s: float = 3.0, settle_s: float = 0.5, rng: random.Random | None = None):
+                 connect_timeout_s: float = 3.0, rng: random.Random | None = None):
         if not cluster.metadata:
             raise MetadataError("the cluster has no [[metadata]] nodes")
         self.ring = PartitionMap.from_cluster(cluster)
         self.clock = clock
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.settle_s = settle_s
         self._rng = rng or random.Random()
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
         self._clients: dict[str, RpcClient] = {}
-        self._tg: anyio.abc.TaskGroup | None = None
-        self.stats = {"reads": 0, "writes": 0, "scans": 0, "repairs": 0, "reverts": 0,
-                      "conflicts": 0, "quorum_failures": 0, "stale_retries": 0}
+        self._leaders: dict[str, str] = {}
+        self.stats = {"reads": 0, "writes": 0, "scans": 0, "redirects": 0, "retries": 0,
+                      "quorum_failures": 0, "unknown_outcomes": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:
         for node, (host, port) in self._addresses.items():
             self._clients[node] = await stack.enter_async_context(
-                RpcClient(host, port, connect_timeout=self.connect_timeout_s, default_timeout=self.timeout_s))
-        self._tg = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(self._tg.cancel_scope.cancel)  # runs before the task group exits
+                RpcClient(host, port, connect_timeout=min(self.connect_timeout_s, 1.0),
+                          default_timeout=self.timeout_s))
 
-    # --- plumbing ------------------------------------------------------------------------------
+    # --- routing -------------------------------------------------------------------------------
 
-    async def _call(self, node: str, method: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-        return (await self._clients[node].call(method, args, timeout=timeout or self.timeout_s)).result
-
-    def _gather(self, calls: dict[str, tuple[str, dict[str, Any]]], enough: Callable[[_Gather], bool]) -> _Gather:
-        """Send every call in the background; the caller waits on ``sufficient``."""
-        assert self._tg is not None, "use MetadataClient as `async with MetadataClient(...)`"
-        g = _Gather(list(calls), enough)
-
-        async def one(node: str, method: str, args: dict[str, Any]) -> None:
+    async def _leader_call(self, p: int, method: str, args: dict[str, Any], *, write: bool) -> Any:
+        members = self.ring.replica_set(p)
+        gid = group_id(members)
+        deadline = anyio.current_time() + self.timeout_s
+        node = self._leaders.get(gid) or members[self._rng.randrange(len(members))]
+        tried: list[str] = []
+        errors: dict[str, Exception] = {}
+        while True:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
             try:
-                result = await self._call(node, method, args)
-            except Exception as e:  # an unreachable or failing replica is an answer too
-                g.add(node, error=e)
-            else:
-                g.add(node, result)
+                result = (await self._clients[node].call(method, args, timeout=remaining)).result
+            except NotLeaderError as e:
+                errors[node] = e
+                hint = e.details.get("leader")
+                self._leaders.pop(gid, None)
+                self.stats["redirects"] += 1
+                if isinstance(hint, str) and hint in members and hint != node:
+                    node = hint
+                    continue
+                node = await self._next(members, node, tried)
+                continue
+            except NotStoredError as e:
+                errors[node] = e  # an election replaced the entry: nothing stored, try again
+                self.stats["retries"] += 1
+                await anyio.sleep(0.05)
+                continue
+            except (Unavailable, DeadlineExceeded) as e:
+                errors[node] = e
+                self._leaders.pop(gid, None)
+                if write and e.details.get("sent") is not False:
+                    self.stats["unknown_outcomes"] += 1
+                    raise WriteOutcomeUnknown(f"{method} to {node}: {e}") from None
+                node = await self._next(members, node, tried)
+                continue
+            self._leaders[gid] = node
+            return result
+        self.stats["quorum_failures"] += 1
+        raise QuorumUnavailable(f"{method} to group {gid}", needed=len(members) // 2 + 1, answered=0, errors=errors)
 
-        for node, (method, args) in calls.items():
-            self._tg.start_soon(one, node, method, args)
-        return g
+    async def _next(self, members: tuple[str, ...], node: str, tried: list[str]) -> str:
+        """The next member to ask; after a full round without a leader, pause for an election."""
+        tried.append(node)
+        if len(tried) % len(members) == 0:
+            await anyio.sleep(0.05 + self._rng.random() * 0.1)
+        return members[(members.index(node) + 1) % len(members)]
 
-    async def _wait(self, g: _Gather) -> None:
-        with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
-            await g.sufficient.wait()
-
-    def _background(self, fn: Callable[..., Any], *args: Any) -> None:
-        assert self._tg is not None
-
-        async def guarded() -> None:
-            try:
-                await fn(*args)
-            except Exception:
-                log.exception("metadata background task %s failed", getattr(fn, "__name__", fn))
-        self._tg.start_soon(guarded)
-
-    async def _apply_on(self, node: str, ops: list[Op]) -> None:
-        for i in range(0, len(ops), _REPAIR_BATCH):
-            await self._call(node, "kv.apply", {"ops": [op.to_wire() for op in ops[i:i + _REPAIR_BATCH]]})
-
-    # --- reads ---------------------------------------------------------------------------------
+    # --- reads and writes ------------------------------------------------------------------------
 
     async def read(self, ns: str, key: str) -> Record | None:
-        """The newest record (tombstones included) among a majority of the replicas."""
-        return (await self._read(ns, key))[0]
-
-    async def _read(self, ns: str, key: str) -> tuple[Record | None, bool]:
-        """(newest record, whether a majority of the answers hold exactly it).
-
-        An unconfirmed newest record is a write still in flight, one that failed and is being
-        reverted, or one a down replica's absence hides; it is repaired only if it is still
-        there after ``settle_s``, so a failed write is not spread by reads in the meantime.
-        """
+        """The key's record, read linearizably from its group's leader."""
         self.stats["reads"] += 1
-        p, nodes = self.ring.nodes_for(ns, key)
-        q = majority(len(nodes))
-        g = self._gather({n: ("kv.get", {"ns": ns, "p": p, "key": key}) for n in nodes},
-                         lambda g: len(g.results) >= q or len(g.errors) > len(nodes) - q)
-        await self._wait(g)
-        answers = [record_from_wire(r["record"]) for r in list(g.results.values())]
-        if len(answers) < q:
-            self.stats["quorum_failures"] += 1
-            raise QuorumUnavailable(f"read {ns}/{key!r}", needed=q, answered=len(answers), errors=g.errors)
-        best = self._newest(answers)
-        if best is None:
-            return None, True
-        confirmed = sum(1 for r in answers if r is not None and r.version == best.version) >= q
-        self.clock.observe(best.version)
-        self._background(self._repair_read, g, ns, p, key, best, confirmed)
-        return best, confirmed
+        p = self.ring.partition_of(ns, key)
+        r = await self._leader_call(p, "kv.get", {"ns": ns, "p": p, "key": key}, write=False)
+        rec = record_from_wire(r["record"])
+        if rec is not None:
+            self.clock.observe(rec.version)
+        return rec
 
-    @staticmethod
-    def _newest(records: Any) -> Record | None:
-        return max((r for r in records if r is not None), key=lambda r: r.version, default=None)
-
-    async def _repair_read(self, g: _Gather, ns: str, p: int, key: str, best: Record, confirmed: bool) -> None:
-        if not confirmed:
-            await anyio.sleep(self.settle_s)
-            nodes = self.ring.replica_set(p)
-            g = self._gather({n: ("kv.get", {"ns": ns, "p": p, "key": key}) for n in nodes}, lambda g: False)
-            with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
-                await g.complete.wait()
-            current = [record_from_wire(r["record"]) for r in list(g.results.values())]
-            if not any(r is not None and r.version == best.version for r in current):
-                return  # it was reverted (or superseded and reverted): nothing to spread
-        with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
-            await g.complete.wait()
-        kind = OpKind.PUT if best.value is not None else OpKind.DELETE
-        op = Op(ns=ns, partition=p, key=key, kind=kind, version=best.version, value=best.value)
-        for node, r in list(g.results.items()):
-            rec = record_from_wire(r["record"])
-            if rec is None or rec.version < best.version:
-                self.stats["repairs"] += 1
-                try:
-                    await self._apply_on(node, [op])
-                except Exception as e:
-                    log.info("read repair of %s/%r on %s failed: %r", ns, key, node, e)
-
-    # --- writes --------------------------------------------------------------------------------
-
-    async def write(self, ns: str, key: str, value: dict[str, Any] | None, *,
-                    condition: Callable[[Record | None], bool] | None = None,
-                    describe: str = "") -> tuple[Record, Record | None]:
-        """Store ``value`` (None: a tombstone) under a new version once a majority holds it.
-
-        Returns (the record written, the newest record it replaced or None). With ``condition``,
-        checks it against a quorum read first and raises ConditionFailed when it does not hold.
-        A conditional write that loses a race without anyone winning (each racer reached a
-        minority) reverts, backs off and tries again; WriteConflict after ``_CONDITION_ATTEMPTS``.
-        """
+    async def write(self, ns: str, key: str, value: dict[str, Any] | None, *, if_absent: bool = False,
+                    if_match: tuple[str, Any] | None = None, describe: str = "") -> tuple[Record, Record | None]:
+        """Store ``value`` (None deletes) once its group's log committed it; returns (the record
+        written, the live record it replaced). The condition is checked where the entry is
+        applied, in log order: ConditionFailed when it does not hold."""
         self.stats["writes"] += 1
-        p, nodes = self.ring.nodes_for(ns, key)
-        q = majority(len(nodes))
-        attempts = _CONDITION_ATTEMPTS if condition is not None else _STALE_RETRIES
-        for attempt in range(attempts):
-            expect: Version | None = None
-            if condition is not None:
-                cur, confirmed = await self._read(ns, key)
-                for _ in range(_UNCONFIRMED_REREADS):
-                    if confirmed:
-                        break
-                    await anyio.sleep(self._rng.uniform(0.005, 0.05))  # let an in-flight write settle
-                    cur, confirmed = await self._read(ns, key)
-                if not condition(cur):
-                    self.stats["conflicts"] += 1
-                    raise ConditionFailed(ns, key, _entry(ns, key, cur), describe)
-                expect = cur.version if cur is not None else MIN_VERSION
-            version = self.clock.next()
-            op = Op(ns=ns, partition=p, key=key, kind=OpKind.PUT if value is not None else OpKind.DELETE,
-                    version=version, value=value, expect=expect)
-
-            def acked(g: _Gather) -> int:
-                return sum(1 for r in g.results.values() if r["results"][0][0] in (Status.APPLIED, Status.SAME))
-
-            g = self._gather({n: ("kv.apply", {"ops": [op.to_wire()]}) for n in nodes},
-                             lambda g: acked(g) >= q or len(g.nodes) - (len(g.results) + len(g.errors) - acked(g)) < q)
-            await self._wait(g)
-            outcomes = {n: (Status(r["results"][0][0]), record_from_wire(r["results"][0][1]))
-                        for n, r in list(g.results.items())}
-            for _status, prev in outcomes.values():
-                if prev is not None:
-                    self.clock.observe(prev.version)
-            acks = [prev for status, prev in outcomes.values() if status in (Status.APPLIED, Status.SAME)]
-            if len(acks) >= q:
-                previous = self._newest(r for r in acks if r is None or r.version != version)
-                if len(acks) < len(nodes):
-                    self._background(self._complete_write, g, op)
-                return Record(version=version, value=value), previous
-
-            # Undo what landed before answering, so a read right after this error cannot find
-            # the failed write on one replica and repair it onto the others; late ones follow.
-            reverted: set[str] = set()
-            with anyio.move_on_after(self.timeout_s):
-                await self._revert(g, op, reverted)
-            if not g.complete.is_set():
-                self._background(self._revert_late, g, op, reverted)
-            refused = [prev for status, prev in outcomes.values() if status in (Status.CONFLICT, Status.STALE)]
-            if refused and len(acks) + len(refused) >= q:
-                # Someone else's write got there first. Unconditional: go after it with a newer
-                # version. Conditional: back off, then re-read; the condition decides.
-                self.stats["stale_retries"] += 1
-                if condition is not None:
-                    await anyio.sleep(self._rng.uniform(0.005, 0.03) * (attempt + 1))
-                continue
-            self.stats["quorum_failures"] += 1
-            raise QuorumUnavailable(f"write {ns}/{key!r}", needed=q, answered=len(acks), errors=g.errors)
-        self.stats["conflicts"] += 1
-        raise WriteConflict(f"{ns}/{key!r}: {attempts} attempts met concurrent writes; try again")
-
-    async def _complete_write(self, g: _Gather, op: Op) -> None:
-        """After a write won a quorum: bring replicas that refused it (they held a racing loser's
-        write, which its coordinator is reverting) up to date, so they need no read repair."""
-        with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
-            await g.complete.wait()
-        fix = dataclasses.replace(op, expect=None)
-        for node, r in list(g.results.items()):
-            if r["results"][0][0] not in (Status.CONFLICT, Status.STALE):
-                continue
-            for delay in _SETTLE_DELAYS_S:
-                await anyio.sleep(delay)
-                try:
-                    reply = await self._call(node, "kv.apply", {"ops": [fix.to_wire()]})
-                except Exception:
-                    break
-                status, current = reply["results"][0]
-                if status != Status.STALE:
-                    break
-                cur = record_from_wire(current)
-                if cur is not None and cur.value == op.value:
-                    break  # a newer write of the same value: nothing to settle
-
-    async def _revert(self, g: _Gather, op: Op, reverted: set[str]) -> None:
-        """Undo ``op`` on every replica that has answered that it applied it (once per replica)."""
-        async def one(node: str, prev: Record | None) -> None:
-            self.stats["reverts"] += 1
-            undo = Op(ns=op.ns, partition=op.partition, key=op.key, kind=OpKind.REVERT,
-                      version=op.version, restore=prev)
-            try:
-                await self._apply_on(node, [undo])
-            except Exception as e:
-                log.warning("could not revert %s/%r on %s: %r", op.ns, op.key, node, e)
-
-        async with anyio.create_task_group() as tg:
-            for node, r in list(g.results.items()):
-                status, prev = r["results"][0]
-                if node not in reverted and status == Status.APPLIED:
-                    reverted.add(node)
-                    tg.start_soon(one, node, record_from_wire(prev))
-
-    async def _revert_late(self, g: _Gather, op: Op, reverted: set[str]) -> None:
-        with anyio.move_on_after(self.timeout_s + self.connect_timeout_s + 1.0):
-            await g.complete.wait()
-        await self._revert(g, op, reverted)
+        p = self.ring.partition_of(ns, key)
+        version = self.clock.next()
+        args: dict[str, Any] = {"ns": ns, "p": p, "key": key, "kind": "put" if value is not None else "delete",
+                                "v": list(version), "value": value, "if_absent": if_absent,
+                                "if_match": list(if_match) if if_match is not None else None}
+        r = await self._leader_call(p, "kv.write", args, write=True)
+        previous = record_from_wire(r["previous"])
+        if not r["applied"]:
+            raise ConditionFailed(ns, key, _entry(ns, key, previous), describe)
+        return Record(version=version, value=value), previous
 
     # --- scans ---------------------------------------------------------------------------------
 
@@ -409,80 +230,40 @@ class QuorumReplication:
                 heapq.heappush(heap, (c.buf[0][0], p))
 
     async def _fetch(self, ns: str, prefix: str, cursors: list[_Cursor], page_size: int) -> None:
-        """One page for each cursor, one request per node, merged per partition by version."""
-        by_node: dict[str, list[list[Any]]] = {}
+        """One page for each cursor: one request per group, to its leader, all at once."""
+        by_group: dict[str, list[_Cursor]] = collections.defaultdict(list)
         for c in cursors:
-            for n in self.ring.replica_set(c.partition):
-                by_node.setdefault(n, []).append([c.partition, c.after])
-        quorum = {c.partition: self.ring.quorum(c.partition) for c in cursors}
+            by_group[group_id(self.ring.replica_set(c.partition))].append(c)
 
-        def tally(g: _Gather) -> tuple[dict[int, int], dict[int, int]]:
-            ok: dict[int, int] = collections.Counter()
-            bad: dict[int, int] = collections.Counter()
-            for n in g.results:
-                for p, _ in by_node[n]:
-                    ok[p] += 1
-            for n in g.errors:
-                for p, _ in by_node[n]:
-                    bad[p] += 1
-            return ok, bad
+        failures: list[Exception] = []
 
-        def enough(g: _Gather) -> bool:
-            ok, bad = tally(g)
-            return (all(ok[p] >= q for p, q in quorum.items())
-                    or any(bad[p] > len(self.ring.replica_set(p)) - q for p, q in quorum.items()))
-
-        args = {"ns": ns, "prefix": prefix, "limit": page_size, "tombstones": True}
-        g = self._gather({n: ("kv.scan", {**args, "parts": parts}) for n, parts in by_node.items()}, enough)
-        await self._wait(g)
-        with anyio.move_on_after(_STRAGGLER_GRACE_S):  # more answers, more repairs confirmed
-            await g.complete.wait()
-        pages: dict[int, dict[str, tuple[list[Any], bool, str | None]]] = collections.defaultdict(dict)
-        for n, r in list(g.results.items()):
+        async def one(group: list[_Cursor]) -> None:
+            index = {c.partition: c for c in group}
+            try:
+                r = await self._leader_call(group[0].partition, "kv.scan", {
+                    "ns": ns, "prefix": prefix, "limit": page_size,
+                    "parts": [[c.partition, c.after] for c in group]}, write=False)
+            except Exception as e:  # raised below, as itself rather than inside a group
+                failures.append(e)
+                return
             for p, items, more, last in r["pages"]:
-                pages[p][n] = (items, more, last)
-        repairs: dict[str, list[Op]] = collections.defaultdict(list)
-        now = self.clock.wall()
-        for c in cursors:
-            answers = pages.get(c.partition, {})
-            if len(answers) < quorum[c.partition]:
-                raise QuorumUnavailable(f"scan {ns} partition {c.partition}", needed=quorum[c.partition],
-                                        answered=len(answers), errors=g.errors)
-            bounds = [last for _items, more, last in answers.values() if more and last is not None]
-            bound = min(bounds) if bounds else None
-            held: dict[str, dict[str, Record]] = {}
-            best: dict[str, Record] = {}
-            for n, (items, _more, _last) in answers.items():
-                mine = held[n] = {}
+                c = index[p]
                 for k, w in items:
-                    if bound is not None and k > bound:
-                        break
                     rec = record_from_wire(w)
                     assert rec is not None
-                    mine[k] = rec
-                    if k not in best or rec.version > best[k].version:
-                        best[k] = rec
-            for k in sorted(best):
-                rec = best[k]
-                self.clock.observe(rec.version)
-                if rec.value is not None:
-                    c.buf.append((k, rec))
-                holders = sum(1 for mine in held.values() if k in mine and mine[k].version == rec.version)
-                if holders < quorum[c.partition] and now - rec.version[0] < self.settle_s * 1e9:
-                    continue  # possibly a failed write being reverted: point reads repair it later
-                for n, mine in held.items():
-                    have = mine.get(k)
-                    if have is None or have.version < rec.version:
-                        repairs[n].append(Op(ns=ns, partition=c.partition, key=k, version=rec.version,
-                                             kind=OpKind.PUT if rec.value is not None else OpKind.DELETE,
-                                             value=rec.value))
-            if bound is None:
-                c.done = True
-            else:
-                c.after = bound
-        for n, ops in repairs.items():
-            self.stats["repairs"] += len(ops)
-            self._background(self._apply_on, n, ops)
+                    self.clock.observe(rec.version)
+                    if rec.value is not None:
+                        c.buf.append((k, rec))
+                if more and last is not None:
+                    c.after = last
+                else:
+                    c.done = True
+
+        async with anyio.create_task_group() as tg:
+            for group in by_group.values():
+                tg.start_soon(one, group)
+        if failures:
+            raise failures[0]
 
     # --- health --------------------------------------------------------------------------------
 
@@ -491,7 +272,7 @@ class QuorumReplication:
 
         async def one(node: str) -> None:
             try:
-                out[node] = await self._call(node, "node.info", {}, timeout=timeout_s)
+                out[node] = (await self._clients[node].call("node.info", {}, timeout=timeout_s)).result
             except Exception:
                 out[node] = None
 
@@ -516,9 +297,9 @@ class MetadataClient:
         self.cluster = cluster
         self.writer_id = writer_id
         self.clock = HybridClock(writer_id, clock)
-        self.replication = QuorumReplication(
+        self.replication = RaftReplication(
             cluster, clock=self.clock, connect_timeout_s=connect_timeout_s,
-            timeout_s=cluster.objstore.rpc_timeout_s if timeout_s is None else timeout_s)
+            timeout_s=cluster.objstore.metadata_timeout_s if timeout_s is None else timeout_s)
         self._stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> MetadataClient:
@@ -563,15 +344,16 @@ class MetadataClient:
         _check(ns, key)
         if not isinstance(value, dict):
             raise TypeError(f"a metadata value is a dict, got {type(value).__name__}")
-        condition, describe = _condition(if_absent, if_match)
-        rec, prev = await self.replication.write(ns, key, value, condition=condition, describe=describe)
+        describe = _describe(if_absent, if_match)
+        rec, prev = await self.replication.write(ns, key, value, if_absent=if_absent, if_match=if_match,
+                                                 describe=describe)
         return Entry(ns=ns, key=key, value=value, version=rec.version), _entry(ns, key, prev)
 
     async def delete(self, ns: str, key: str, *, if_match: tuple[str, Any] | None = None) -> Entry | None:
         """Delete ``key`` (a tombstone); returns the live entry it replaced, or None."""
         _check(ns, key)
-        condition, describe = _condition(False, if_match)
-        _rec, prev = await self.replication.write(ns, key, None, condition=condition, describe=describe)
+        _rec, prev = await self.replication.write(ns, key, None, if_match=if_match,
+                                                  describe=_describe(False, if_match))
         return _entry(ns, key, prev)
 
     async def scan(self, ns: str, *, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[Entry]:
@@ -616,14 +398,11 @@ def _check(ns: str, key: str) -> None:
         raise InvalidKey("a key cannot be empty")
 
 
-def _condition(if_absent: bool, if_match: tuple[str, Any] | None
-               ) -> tuple[Callable[[Record | None], bool] | None, str]:
+def _describe(if_absent: bool, if_match: tuple[str, Any] | None) -> str:
     if if_absent and if_match is not None:
         raise ValueError("give if_absent or if_match, not both")
     if if_absent:
-        return (lambda cur: cur is None or cur.value is None), "if_absent"
+        return "if_absent"
     if if_match is not None:
-        field, expected = if_match
-        return ((lambda cur: cur is not None and cur.value is not None and cur.value.get(field) == expected),
-                f"if_match {field}={expected!r}")
-    return None, ""
+        return f"if_match {if_match[0]}={if_match[1]!r}"
+    return ""

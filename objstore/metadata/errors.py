@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from headwater.rpc import RpcError, register_error
+
 if TYPE_CHECKING:
     from .client import Entry
 
@@ -19,6 +21,9 @@ __all__ = [
     "QuorumUnavailable",
     "NOT_STORED",
     "WriteConflict",
+    "WriteOutcomeUnknown",
+    "NotLeaderError",
+    "NotStoredError",
     "InvalidKey",
     "KeyTooLong",
     "CorruptRecord",
@@ -65,6 +70,31 @@ class QuorumUnavailable(MetadataError):
         detail = ", ".join(f"{n}: {e!r}" for n, e in sorted(self.errors.items()))
         super().__init__(f"{what}: {answered} of the {needed} replicas needed answered"
                          + (f" ({detail})" if detail else ""))
+
+
+class WriteOutcomeUnknown(MetadataError):
+    """A write was handed to a leader but no answer came back in time (the leader died, or lost
+    its majority): it may still commit. Unlike QuorumUnavailable, something may be stored."""
+
+    s3_code = "ServiceUnavailable"
+    http_status = 503
+
+
+@register_error
+class NotLeaderError(RpcError):
+    """On the wire: the node asked is not its group's leader. ``leader`` names the one it
+    believes leads, if any; the client retries there. Nothing was stored."""
+
+    code = "not_leader"
+    retryable = True
+
+
+@register_error
+class NotStoredError(RpcError):
+    """On the wire: the write's log entry was replaced by another leader's; nothing was stored."""
+
+    code = "not_stored"
+    retryable = True
 
 
 class WriteConflict(MetadataError):

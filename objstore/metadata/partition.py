@@ -14,7 +14,7 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["DEFAULT_REPLICAS", "PartitionMap", "partition_of", "rendezvous", "majority"]
+__all__ = ["DEFAULT_REPLICAS", "PartitionMap", "partition_of", "rendezvous", "majority", "group_id"]
 
 DEFAULT_REPLICAS = 3
 
@@ -37,6 +37,11 @@ def rendezvous(partition: int, node_ids: tuple[str, ...] | list[str], replicas: 
     return tuple(scored[:max(0, min(replicas, len(scored)))])
 
 
+def group_id(replica_set: tuple[str, ...]) -> str:
+    """The name of the consensus group a replica set forms: its members, sorted."""
+    return ",".join(sorted(replica_set))
+
+
 def majority(n: int) -> int:
     """Answers needed out of ``n`` replicas so that any two majorities share a node."""
     return n // 2 + 1
@@ -52,8 +57,8 @@ class PartitionMap:
     _sets: tuple[tuple[str, ...], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.partitions < 1 or self.partitions > 65536:
-            raise ValueError(f"partitions={self.partitions} must be between 1 and 65536")
+        if self.partitions < 1 or self.partitions > 65535:
+            raise ValueError(f"partitions={self.partitions} must be between 1 and 65535")
         if len(set(self.nodes)) != len(self.nodes):
             raise ValueError(f"duplicate metadata node ids in {self.nodes}")
         if self.replicas < 1:

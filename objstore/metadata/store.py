@@ -40,7 +40,7 @@ from .errors import CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFu
 __all__ = [
     "Version", "MIN_VERSION", "Record", "Op", "OpKind", "Status", "ApplyResult", "ScanPage",
     "Store", "encode_record", "decode_record", "record_to_wire", "record_from_wire",
-    "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES",
+    "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult", "RAFT_DB_NAME",
 ]
 
 log = logging.getLogger("headwater.objstore.metadata.store")
@@ -48,6 +48,7 @@ log = logging.getLogger("headwater.objstore.metadata.store")
 Version = tuple[int, str]
 MIN_VERSION: Version = (0, "")
 
+RAFT_DB_NAME = b"\xff\xff\xffraft"
 MAX_NS_BYTES = 255
 MAX_KEY_BYTES = 4096
 _FORMAT = 1
@@ -232,6 +233,14 @@ class Store:
         limit = env.max_key_size() - 1
         self._inline = min(inline_key_bytes, limit) if inline_key_bytes else limit
         self.corrupt_reads = 0
+        # The Raft log and state share the environment, so that applying an entry and recording
+        # it applied commit together. Its name starts with bytes no partition prefix followed by
+        # a UTF-8 namespace can produce, so it never shows up in a partition's key range.
+        self.raft_db = env.open_db(RAFT_DB_NAME)
+
+    @property
+    def env(self) -> lmdb.Environment:
+        return self._env
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, map_size_bytes: int = 1 << 30,
@@ -246,7 +255,7 @@ class Store:
             raise DataDirError(f"metadata data_dir {p} is not writable")
         try:
             env = lmdb.open(str(p), map_size=map_size_bytes, subdir=True, sync=True, metasync=True,
-                            max_dbs=0, readahead=False, max_readers=256)
+                            max_dbs=2, readahead=False, max_readers=256)
         except lmdb.Error as e:
             raise DataDirError(f"cannot open LMDB in {p}: {e}") from None
         return cls(env, p, inline_key_bytes=inline_key_bytes)
@@ -258,8 +267,8 @@ class Store:
 
     @staticmethod
     def _base(partition: int, ns: str) -> bytes:
-        if not 0 <= partition < 65536:
-            raise InvalidKey(f"partition {partition} is outside 0..65535")
+        if not 0 <= partition < 65535:
+            raise InvalidKey(f"partition {partition} is outside 0..65534")
         return partition.to_bytes(2, "big") + check_ns(ns) + b"\0"
 
     def _encode(self, partition: int, ns: str, key: str) -> bytes:
@@ -330,6 +339,12 @@ class Store:
             except CorruptRecord:
                 self.corrupt_reads += 1
                 raise
+
+    def put_record(self, ns: str, partition: int, key: str, rec: Record | None) -> None:
+        """Store ``rec`` as is (None removes the key): a repair from a peer's copy."""
+        enc = self._encode(partition, ns, key)
+        with self._env.begin(write=True) as txn:
+            self._put_raw(txn, enc, None if rec is None else encode_record(rec))
 
     def apply(self, op: Op) -> ApplyResult:
         return self.apply_batch([op])[0]
@@ -428,6 +443,73 @@ class Store:
             else:
                 yield k, bytes(v)
 
+    # the replicated state machine (see Command)
+
+    def execute(self, txn: lmdb.Transaction, cmd: Command) -> CommandResult:
+        """Apply one Raft command inside write transaction ``txn``."""
+        enc = self._encode(cmd.partition, cmd.ns, cmd.key)
+        try:
+            cur = self._load(txn, enc, f"{cmd.ns}/{cmd.key!r}")
+        except CorruptRecord:
+            self.corrupt_reads += 1
+            log.error("metadata record %s/%r failed its checksum; overwriting it", cmd.ns, cmd.key)
+            cur = None
+        live = cur if cur is not None and cur.value is not None else None
+        if not _satisfied(cmd, live):
+            return CommandResult(applied=False, previous=live)
+        if cmd.kind is OpKind.PUT:
+            self._put_raw(txn, enc, encode_record(Record(version=cmd.version, value=cmd.value)))
+        else:
+            self._put_raw(txn, enc, None)  # consensus orders deletes: no tombstone to keep
+        return CommandResult(applied=True, previous=live)
+
+
+    def dump_partitions(self, txn: lmdb.Transaction, partitions: list[int], after: bytes | None,
+              limit_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Raw (key, value) pairs of ``partitions`` (sorted) after raw key ``after``, about
+        ``limit_bytes`` of them; returns them and the key to continue after (None: done)."""
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
+        cur = txn.cursor()
+        for p in sorted(partitions):
+            base = p.to_bytes(2, "big")
+            if after is not None and after[:2] > base:
+                continue
+            seek = after if after is not None and after[:2] == base else base
+            if not cur.set_range(seek):
+                break
+            for k, v in cur:
+                k = bytes(k)
+                if not k.startswith(base):
+                    break
+                if after is not None and k <= after:
+                    continue
+                out.append((k, bytes(v)))
+                size += len(k) + len(v)
+                if size >= limit_bytes:
+                    return out, k
+        return out, None
+
+
+    def clear_partitions(self, txn: lmdb.Transaction, partitions: list[int]) -> None:
+        """Delete every record of ``partitions`` (before a snapshot is installed)."""
+        cur = txn.cursor()
+        for p in partitions:
+            base = p.to_bytes(2, "big")
+            if not cur.set_range(base):
+                continue
+            while bytes(cur.key()).startswith(base):
+                if not cur.delete():
+                    break
+
+
+    def load_raw(self, txn: lmdb.Transaction, pairs: list[tuple[bytes, bytes]], partitions: set[int]) -> None:
+        """Store snapshot pairs from ``dump_partitions`` as they are."""
+        for k, v in pairs:
+            if len(k) < 3 or int.from_bytes(k[:2], "big") not in partitions:
+                raise ValueError(f"snapshot key {k[:40]!r} is outside the group's partitions")
+            txn.put(k, v)
+
     # introspection
 
     def info(self, partitions: int) -> dict[str, Any]:
@@ -436,7 +518,7 @@ class Store:
             cur = txn.cursor()
             held = 0
             p = 0
-            while p < min(partitions, 65536):
+            while p < min(partitions, 65535):
                 if not cur.set_range(p.to_bytes(2, "big")):
                     break
                 found = int.from_bytes(bytes(cur.key())[:2], "big")
@@ -446,5 +528,56 @@ class Store:
                 p = found + 1
             stat = txn.stat()
         info = self._env.info()
-        return {"partitions": held, "entries": stat["entries"],
+        # The Raft database's name is one record of the main database: not an entry.
+        return {"partitions": held, "entries": stat["entries"] - 1,
                 "db_bytes": (info["last_pgno"] + 1) * stat["psize"], "map_bytes": info["map_size"]}
+
+
+# --- the replicated state machine ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    """One write as a Raft log entry: applied in log order on every replica, the same everywhere.
+
+    The condition is checked when the entry is applied, against the state every replica holds
+    at that point of the log: that is what makes ``If-None-Match: *`` races have one winner and
+    ``If-Match`` a compare-and-swap.
+    """
+
+    kind: OpKind
+    ns: str
+    partition: int
+    key: str
+    version: Version
+    value: dict[str, Any] | None = None
+    if_absent: bool = False
+    if_match: tuple[str, Any] | None = None
+
+    def encode(self) -> bytes:
+        return msgpack.packb([self.kind.value, self.ns, self.partition, self.key, list(self.version), self.value,
+                              self.if_absent, list(self.if_match) if self.if_match else None], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Command:
+        kind, ns, p, key, (ts, writer), value, if_absent, if_match = msgpack.unpackb(
+            data, raw=False, strict_map_key=False)
+        return cls(kind=OpKind(kind), ns=ns, partition=p, key=key, version=(ts, writer), value=value,
+                   if_absent=if_absent, if_match=tuple(if_match) if if_match else None)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandResult:
+    """``applied`` false: the condition failed and nothing changed. ``previous``: the live
+    record the command met (None when the key was absent)."""
+
+    applied: bool
+    previous: Record | None
+
+
+def _satisfied(cmd: Command, live: Record | None) -> bool:
+    if cmd.if_absent and live is not None:
+        return False
+    if cmd.if_match is not None:
+        field, expected = cmd.if_match
+        return live is not None and live.value is not None and live.value.get(field) == expected
+    return True

@@ -11,8 +11,10 @@ import pytest
 
 from headwater.config import ClusterConfig, MetadataNodeConfig, ObjstoreConfig
 from headwater.objstore.metadata import (ConditionFailed, DataDirError, Entry, MetadataClient,
-                                         QuorumUnavailable, run_metadata_node)
+                                         QuorumUnavailable, WriteOutcomeUnknown, run_metadata_node)
 from headwater.objstore.metadata.partition import PartitionMap
+
+from ..cluster import free_ports
 
 pytestmark = pytest.mark.anyio
 
@@ -22,9 +24,12 @@ class MetaCluster:
 
     def __init__(self, tmp_path, tg, n: int, partitions: int):
         self.tg = tg
-        nodes = tuple(MetadataNodeConfig(id=f"meta-{i}", port=0, admin_port=1, data_dir=tmp_path / f"meta-{i}",
+        # Raft peers find each other by the configured ports, so they are fixed up front.
+        ports = free_ports(n)
+        nodes = tuple(MetadataNodeConfig(id=f"meta-{i}", port=ports[i], admin_port=1, data_dir=tmp_path / f"meta-{i}",
                                          map_size_bytes=64 << 20) for i in range(n))
-        self.cfg = ClusterConfig(objstore=ObjstoreConfig(partitions=partitions, rpc_timeout_s=5.0), metadata=nodes)
+        self.cfg = ClusterConfig(objstore=ObjstoreConfig(partitions=partitions, rpc_timeout_s=3.0, metadata_timeout_s=3.0,
+                                                         raft_election_timeout_s=0.3), metadata=nodes)
         self.running: dict[int, tuple] = {}
 
     async def start(self, i: int):
@@ -40,10 +45,6 @@ class MetaCluster:
 
         node = await self.tg.start(run)
         self.running[i] = (node, scope, stopped)
-        if self.cfg.metadata[i].port == 0:
-            ms = list(self.cfg.metadata)
-            ms[i] = dataclasses.replace(ms[i], port=node.port)
-            self.cfg = dataclasses.replace(self.cfg, metadata=tuple(ms))
         return node
 
     async def stop(self, i: int) -> None:
@@ -103,8 +104,10 @@ async def test_put_get_scan_delete_round_trip(tmp_path):
         assert all((await meta.health()).values())
         info = await meta.node_info()
         assert all(v["entries"] > 0 for v in info.values())
-        stats = mc.node(0).statistics()
-        assert stats["puts"] > 0 and stats["gets"] > 0 and stats["scans"] > 0
+        stats = [mc.node(i).statistics() for i in range(3)]
+        assert sum(st["writes"] for st in stats) >= 6 and sum(st["gets"] for st in stats) > 0
+        assert sum(st["raft_leading"] for st in stats) == 1  # 3 nodes, 16 partitions: one group
+        assert all(st["raft_applied"] >= 7 for st in stats)  # every replica applied every write
 
 
 async def test_versions_move_forward_even_if_the_clock_does_not(tmp_path):
@@ -118,7 +121,7 @@ async def test_versions_move_forward_even_if_the_clock_does_not(tmp_path):
             await late.get("obj/b", "k")
             await late.put("obj/b", "k", {"n": 3})
             assert (await meta.get("obj/b", "k")).value == {"n": 3}
-            # ...and even without reading first: a stale write is retried past what the nodes hold
+            # ...and even without reading first: the log, not the clock, orders writes
             await late.put("obj/b", "k2", {"n": 1})
             async with mc.client("later", clock=lambda: 1) as later:
                 await later.put("obj/b", "k2", {"n": 2})
@@ -146,25 +149,25 @@ async def test_two_down_put_fails_and_nothing_acknowledged_is_lost(tmp_path):
         await meta.put("obj/b", "k0", {"n": "new"})  # still a majority
         acked["k0"] = {"n": "new"}
         await mc.stop(2)
-        with pytest.raises(QuorumUnavailable) as err:
-            await meta.put("obj/b", "k1", {"n": "lost"})
+        # The survivor may have taken the write into its log before it lost its majority: then
+        # the outcome is unknown (it may commit later); either way the client gets a 503.
+        with pytest.raises((QuorumUnavailable, WriteOutcomeUnknown)) as err:
+            await meta.put("obj/b", "k1", {"n": "maybe"})
         assert err.value.s3_code == "ServiceUnavailable" and err.value.http_status == 503
         with pytest.raises(QuorumUnavailable):
             await meta.get("obj/b", "k1")
         with pytest.raises(QuorumUnavailable):
             await meta.scan("obj/b")
-        await settle()
         await mc.start(0)
         await mc.start(2)
+        assert (await meta.get("obj/b", "k1")).value in ({"n": 1}, {"n": "maybe"})
+        acked["k1"] = (await meta.get("obj/b", "k1")).value
         for k, v in acked.items():
             assert (await meta.get("obj/b", k)).value == v, k
         assert {e.key: e.value for e in await meta.scan("obj/b")} == acked
-        # the failed write was reverted on the node it reached
-        assert mc.node(1).store.get("obj/b", PartitionMap.from_cluster(mc.cfg).partition_of("obj/b", "k1"),
-                                    "k1").value == {"n": 1}
 
 
-async def test_read_repair_brings_a_restarted_node_up_to_date(tmp_path):
+async def test_a_restarted_node_catches_up_from_the_log(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client() as meta:
         ring = PartitionMap.from_cluster(mc.cfg)
         await meta.put("obj/b", "gone", {"n": 0})
@@ -175,17 +178,12 @@ async def test_read_repair_brings_a_restarted_node_up_to_date(tmp_path):
         await meta.delete("obj/b", "gone")
         await mc.start(2)
         store = mc.node(2).store
-        assert all(store.get("obj/b", ring.partition_of("obj/b", k), k) is None for k in keys)
-        for k in keys[:5]:
-            await meta.get("obj/b", k)  # point reads repair...
-        await meta.get("obj/b", "gone")
-        await meta.scan("obj/b", prefix="k")  # ...and so do scans
 
-        def repaired() -> bool:
+        def caught_up() -> bool:
             recs = [store.get("obj/b", ring.partition_of("obj/b", k), k) for k in [*keys, "gone"]]
-            return all(r is not None for r in recs) and [r.value for r in recs] == [{"n": k} for k in keys] + [None]
-        await settle(repaired)
-        # now the other two may fail and node 2 still serves everything with one partner
+            return [r.value if r else None for r in recs] == [{"n": k} for k in keys] + [None]
+        await settle(caught_up)
+        # now either other node may fail and node 2 still serves everything with one partner
         await mc.stop(0)
         assert {e.key for e in await meta.scan("obj/b")} == set(keys)
 
@@ -218,7 +216,7 @@ async def test_conditional_put_race_has_one_winner(tmp_path, clients):
                 assert final.value == winners[0].value
                 p = PartitionMap.from_cluster(mc.cfg).partition_of("buckets", key)
 
-                def converged() -> bool:  # every replica holds the winner, losers reverted
+                def converged() -> bool:  # every replica holds the winner
                     recs = [mc.node(i).store.get("buckets", p, key) for i in range(3)]
                     return all(r is not None and r.value == winners[0].value for r in recs)
                 await settle(converged)
@@ -303,15 +301,20 @@ async def test_five_nodes_partial_replica_sets(tmp_path):
         await mc.stop(0)
         await mc.stop(1)
         ok = fail = 0
-        for k in keys:
-            p = ring.partition_of("obj/b", k)
-            if {"meta-0", "meta-1"} <= set(ring.replica_set(p)):
-                with pytest.raises(QuorumUnavailable):
-                    await meta.get("obj/b", k)
-                fail += 1
-            else:
-                assert (await meta.get("obj/b", k)).value == {"k": k}
-                ok += 1
+        lost_groups: set = set()
+        async with mc.client("quick", timeout_s=1.0) as quick:
+            for k in keys:
+                p = ring.partition_of("obj/b", k)
+                if {"meta-0", "meta-1"} <= set(ring.replica_set(p)):
+                    fail += 1
+                    if frozenset(ring.replica_set(p)) in lost_groups:
+                        continue  # one 1 s timeout per group that lost its majority is enough
+                    lost_groups.add(frozenset(ring.replica_set(p)))
+                    with pytest.raises(QuorumUnavailable):
+                        await quick.get("obj/b", k)
+                else:
+                    assert (await meta.get("obj/b", k)).value == {"k": k}
+                    ok += 1
         assert ok and fail
 
 
@@ -323,22 +326,20 @@ async def test_unwritable_data_dir_is_a_clear_error(tmp_path):
         await run_metadata_node(cfg, node, admin=False)
 
 
-async def test_corrupt_replica_is_outvoted_and_repaired(tmp_path):
+async def test_a_corrupt_record_on_the_leader_is_repaired_from_a_peer(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client() as meta:
         await meta.put("obj/b", "k", {"etag": "1"})
-        store = mc.node(0).store
         p = PartitionMap.from_cluster(mc.cfg).partition_of("obj/b", "k")
+        stores = [mc.node(i).store for i in range(3)]
+        await settle(lambda: all(st.get("obj/b", p, "k") is not None for st in stores))
+        leader = next(i for i in range(3) if any(g.is_leader for g in mc.node(i).groups.values()))
+        store = stores[leader]
         enc = store._encode(p, "obj/b", "k")
         with store._env.begin(write=True) as txn:
             raw = bytearray(store._get_raw(txn, enc))
             raw[2] ^= 0xFF
             store._put_raw(txn, enc, bytes(raw))
         assert (await meta.get("obj/b", "k")).value == {"etag": "1"}
-
-        def healed() -> bool:
-            try:
-                return store.get("obj/b", p, "k").value == {"etag": "1"}
-            except Exception:
-                return False
-        await settle(healed)
-        assert mc.node(0).statistics()["corrupt_records"] >= 1
+        assert store.get("obj/b", p, "k").value == {"etag": "1"}  # healed in place
+        stats = mc.node(leader).statistics()
+        assert stats["corrupt_records"] >= 1 and stats["records_repaired"] == 1

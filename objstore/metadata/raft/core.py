@@ -1,0 +1,564 @@
+"""Raft, sans-IO: one consensus group's state machine, driven by calls and a clock value.
+
+The core knows no sockets, threads or disks. The shell (``group.py``) feeds it messages and
+the time, and takes from it what to persist, what to send and what to apply:
+
+* ``tick(now)`` runs timers: an election when a follower hears from no leader, heartbeats, and
+  a leader's step-down when it no longer hears from a majority (check-quorum).
+* ``on_vote`` / ``on_append`` handle a peer's request and return the reply; the shell may send
+  the reply only once ``ready()``'s changes up to ``seq`` are durable (a vote must not be
+  forgotten, nor an acknowledged entry).
+* ``vote_requests()`` / ``append_for(peer)`` give a candidate's and a leader's outgoing requests;
+  ``on_vote_reply`` / ``on_append_reply`` take their answers.
+* ``propose(data)`` appends a command on the leader; ``read_index()`` starts a linearizable read
+  (Raft thesis section 6.4: the commit index, confirmed by a heartbeat round).
+* ``ready()`` returns the hard state, log changes and newly committed entries as one unit of
+  work; ``persisted(ready)`` reports it durable and applied.
+
+Safety follows the Raft paper (Ongaro and Ousterhout, 2014) figure 2. Two additions from the
+thesis (section 9.6) keep a node that was cut off from disrupting a healthy group when it comes
+back: a node that heard from a leader within the minimum election timeout ignores vote requests,
+and a leader that loses contact with a majority steps down. Membership is fixed per group here;
+the log can be compacted behind a snapshot, and a peer behind the compacted log gets a snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Role", "Entry", "Timing", "HardState", "VoteRequest", "VoteReply", "AppendRequest", "AppendReply",
+    "SnapshotNeeded", "Ready", "NotLeader", "RaftCore",
+]
+
+
+class Role(enum.StrEnum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. ``data`` empty is the no-op a new leader commits to learn the commit index."""
+
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    """Timers in seconds. Elections start after a random ``election_s``..``2 * election_s``."""
+
+    election_s: float = 1.0
+    heartbeat_s: float = 0.1
+    max_batch_entries: int = 512
+    max_batch_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_s < self.election_s:
+            raise ValueError("heartbeat must be positive and shorter than the election timeout")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HardState:
+    """What must survive a restart besides the log: the term and whom this node voted for in it."""
+
+    term: int = 0
+    vote: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteRequest:
+    term: int
+    candidate: str
+    last_index: int
+    last_term: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteReply:
+    term: int
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendRequest:
+    term: int
+    leader: str
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+    round: int  # the leader's heartbeat round, echoed back: confirms leadership for reads
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendReply:
+    term: int
+    success: bool
+    match: int  # success: the last index known to match; failure: a hint where to retry from
+    round: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotNeeded:
+    """The peer is behind the compacted log: send it the state as of ``index``."""
+
+    peer: str
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    """One unit of work for the shell, in this order: write ``hard_state`` (if set), delete log
+    entries from ``truncate_from`` on (if set), write ``entries``, apply ``committed`` to the
+    state machine and record ``applied``; all durably. ``seq`` orders readies."""
+
+    seq: int
+    hard_state: HardState | None
+    truncate_from: int | None
+    entries: tuple[tuple[int, Entry], ...]
+    committed: tuple[tuple[int, Entry], ...]
+    applied: int
+
+    @property
+    def empty(self) -> bool:
+        return (self.hard_state is None and self.truncate_from is None and not self.entries
+                and not self.committed)
+
+
+class NotLeader(Exception):
+    """This node cannot order the request; ``leader`` is who it believes leads (or None)."""
+
+    def __init__(self, leader: str | None):
+        self.leader = leader
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What a leader knows of one follower."""
+
+    next: int
+    match: int = 0
+    round: int = 0           # highest heartbeat round the follower acknowledged
+    heard_at: float = 0.0    # when it last answered
+    sent_at: float = -1e18   # when it was last sent anything
+    inflight: bool = False
+    snapshotting: bool = False
+
+
+@dataclass(slots=True)
+class _Reads:
+    """Pending ReadIndex requests: round needed -> commit index to wait for."""
+
+    waiting: dict[int, int] = field(default_factory=dict)
+
+
+class RaftCore:
+    """One node's view of one Raft group. See the module docstring for the calling protocol."""
+
+    def __init__(self, node_id: str, peers: tuple[str, ...], *, now: float, timing: Timing | None = None,
+                 hard_state: HardState | None = None, entries: list[Entry] | None = None,
+                 snapshot_index: int = 0, snapshot_term: int = 0, applied: int | None = None,
+                 rng: random.Random | None = None):
+        if node_id not in peers:
+            raise ValueError(f"{node_id} is not one of the group's members {peers}")
+        self.id = node_id
+        self.members = tuple(sorted(peers))
+        self.others = tuple(p for p in self.members if p != node_id)
+        self.timing = timing or Timing()
+        self._rng = rng or random.Random()
+        hs = hard_state or HardState()
+        self.term = hs.term
+        self.vote = hs.vote
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        # The log: entries[i] has index snapshot_index + 1 + i.
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
+        self._entries: list[Entry] = list(entries or [])
+        self.applied = snapshot_index if applied is None else applied
+        self.commit = self.applied
+        self.durable = self.last_index  # what storage holds (it gave us these entries)
+        # Pending changes for the next ready().
+        self._seq = 0
+        self._hard_dirty = False
+        self._truncate_from: int | None = None
+        self._unstable_from: int | None = None
+        self._applying_to = self.applied
+        # Timers and leader state.
+        self._heard_leader_at = -1e18
+        self._election_at = now + self._election_timeout()
+        self._votes: set[str] = set()
+        self._progress: dict[str, _Progress] = {}
+        self._round = 0
+        self._round_sent = True
+        self._reads = _Reads()
+        self._term_start = 0  # index of the leader's first entry in its term
+
+    # --- log view -------------------------------------------------------------------------------
+
+    @property
+    def last_index(self) -> int:
+        return self.snapshot_index + len(self._entries)
+
+    @property
+    def last_term(self) -> int:
+        return self._entries[-1].term if self._entries else self.snapshot_term
+
+    def term_at(self, index: int) -> int | None:
+        """The term of the entry at ``index``; None if it is compacted away or not there."""
+        if index == self.snapshot_index:
+            return self.snapshot_term
+        if self.snapshot_index < index <= self.last_index:
+            return self._entries[index - self.snapshot_index - 1].term
+        return None
+
+    def entry(self, index: int) -> Entry:
+        return self._entries[index - self.snapshot_index - 1]
+
+    def _quorum(self) -> int:
+        return len(self.members) // 2 + 1
+
+    def _election_timeout(self) -> float:
+        return self.timing.election_s * (1.0 + self._rng.random())
+
+    # --- changes to persist ---------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._seq += 1
+
+    @property
+    def seq(self) -> int:
+        """Increases with every change; a reply may go out once ``persisted`` covered it."""
+        return self._seq
+
+    def _set_term(self, term: int, vote: str | None) -> None:
+        self.term, self.vote = term, vote
+        self._hard_dirty = True
+        self._changed()
+
+    def _append(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        first = self.last_index + 1
+        self._entries.extend(entries)
+        if self._unstable_from is None or first < self._unstable_from:
+            self._unstable_from = first
+        self._changed()
+
+    def _truncate(self, index: int) -> None:
+        """Drop entries from ``index`` on (a conflicting suffix from an old leader)."""
+        assert index > self.commit, "a committed entry is never truncated"
+        del self._entries[index - self.snapshot_index - 1:]
+        self._truncate_from = index if self._truncate_from is None else min(self._truncate_from, index)
+        if self._unstable_from is not None and self._unstable_from >= index:
+            self._unstable_from = None
+        self.durable = min(self.durable, index - 1)
+        self._changed()
+
+    def ready(self) -> Ready:
+        """Everything to persist and apply now; hand it back to ``persisted`` once done."""
+        entries: tuple[tuple[int, Entry], ...] = ()
+        if self._unstable_from is not None:
+            entries = tuple((i, self.entry(i)) for i in range(self._unstable_from, self.last_index + 1))
+        # Only what is durable here may be applied (a follower's commit can run ahead of its log).
+        upto = min(self.commit, max(self.durable, self.last_index if entries else self.durable))
+        committed = tuple((i, self.entry(i)) for i in range(self._applying_to + 1, upto + 1))
+        r = Ready(seq=self._seq, hard_state=HardState(term=self.term, vote=self.vote) if self._hard_dirty else None,
+                  truncate_from=self._truncate_from, entries=entries, committed=committed,
+                  applied=committed[-1][0] if committed else self.applied)
+        self._hard_dirty = False
+        self._truncate_from = None
+        self._unstable_from = None
+        self._applying_to = r.applied
+        return r
+
+    def unready(self, r: Ready) -> None:
+        """Writing ``r`` failed (a full disk): hand its work out again with the next ready."""
+        if r.hard_state is not None:
+            self._hard_dirty = True
+        if r.truncate_from is not None:
+            self._truncate_from = r.truncate_from if self._truncate_from is None else min(self._truncate_from,
+                                                                                           r.truncate_from)
+        if r.entries:
+            first = r.entries[0][0]
+            if first <= self.last_index:
+                self._unstable_from = first if self._unstable_from is None else min(self._unstable_from, first)
+        if r.committed:
+            self._applying_to = min(self._applying_to, r.committed[0][0] - 1)
+        self._changed()
+
+    def persisted(self, r: Ready, now: float) -> None:
+        """``r`` is durable and its committed entries applied."""
+        if r.entries:
+            last_i, last_e = r.entries[-1]
+            # Still the same entry (the log matching property makes the prefix the same too)?
+            if self.term_at(last_i) == last_e.term:
+                self.durable = max(self.durable, last_i)
+        self.applied = max(self.applied, r.applied)
+        if self.role is Role.LEADER:
+            self._advance_commit()
+
+    def has_ready(self) -> bool:
+        return (self._hard_dirty or self._truncate_from is not None or self._unstable_from is not None
+                or self._applying_to < min(self.commit, self.durable))
+
+    # --- roles ----------------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: str | None, now: float) -> None:
+        if term > self.term:
+            self._set_term(term, None)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._progress = {}
+        self._reads = _Reads()
+        self._election_at = now + self._election_timeout()
+
+    def _start_election(self, now: float) -> None:
+        self.role = Role.CANDIDATE
+        self.leader = None
+        self._set_term(self.term + 1, self.id)
+        self._votes = {self.id}
+        self._election_at = now + self._election_timeout()
+        if len(self._votes) >= self._quorum():  # a group of one
+            self._become_leader(now)
+
+    def _become_leader(self, now: float) -> None:
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._progress = {p: _Progress(next=self.last_index + 1, heard_at=now) for p in self.others}
+        self._append([Entry(self.term, b"")])  # commit one entry of our own term (paper 5.4.2)
+        self._term_start = self.last_index
+        self._round = 0
+        self._round_sent = True
+        self._advance_commit()
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Run timers. Afterwards a candidate has ``vote_requests()`` to send."""
+        if self.role is Role.LEADER:
+            # Check quorum: a leader cut off from the majority stops accepting work.
+            heard = 1 + sum(1 for p in self._progress.values() if now - p.heard_at < self.timing.election_s)
+            if heard < self._quorum():
+                self._become_follower(self.term, None, now)
+            return
+        if now >= self._election_at:
+            self._start_election(now)
+
+    def vote_requests(self) -> list[tuple[str, VoteRequest]]:
+        if self.role is not Role.CANDIDATE:
+            return []
+        req = VoteRequest(term=self.term, candidate=self.id, last_index=self.last_index, last_term=self.last_term)
+        return [(p, req) for p in self.others if p not in self._votes]
+
+    # --- elections ------------------------------------------------------------------------------
+
+    def on_vote(self, req: VoteRequest, now: float) -> VoteReply:
+        # A node that hears from a live leader ignores candidates: a peer that was cut off and
+        # comes back with a high term must not depose a working leader (thesis 4.2.3).
+        if req.term > self.term and now - self._heard_leader_at < self.timing.election_s:
+            return VoteReply(term=self.term, granted=False)
+        if req.term > self.term:
+            self._become_follower(req.term, None, now)
+        up_to_date = (req.last_term, req.last_index) >= (self.last_term, self.last_index)
+        granted = (req.term == self.term and self.vote in (None, req.candidate) and up_to_date)
+        if granted:
+            if self.vote != req.candidate:
+                self._set_term(self.term, req.candidate)
+            self._election_at = now + self._election_timeout()
+        return VoteReply(term=self.term, granted=granted)
+
+    def on_vote_reply(self, peer: str, reply: VoteReply, now: float) -> None:
+        if reply.term > self.term:
+            self._become_follower(reply.term, None, now)
+            return
+        if self.role is not Role.CANDIDATE or reply.term != self.term or not reply.granted:
+            return
+        self._votes.add(peer)
+        if len(self._votes) >= self._quorum():
+            self._become_leader(now)
+
+    # --- replication: follower side -------------------------------------------------------------
+
+    def on_append(self, req: AppendRequest, now: float) -> AppendReply:
+        if req.term < self.term:
+            return AppendReply(term=self.term, success=False, match=0, round=req.round)
+        if req.term > self.term or self.role is not Role.FOLLOWER:
+            self._become_follower(req.term, req.leader, now)
+        self.leader = req.leader
+        self._heard_leader_at = now
+        self._election_at = now + self._election_timeout()
+        if req.prev_index > self.last_index:
+            return AppendReply(term=self.term, success=False, match=self.last_index, round=req.round)
+        if req.prev_index < self.snapshot_index:
+            # Already compacted here, hence committed: skip what we hold.
+            skip = self.snapshot_index - req.prev_index
+            if skip >= len(req.entries):
+                return AppendReply(term=self.term, success=True, match=self.snapshot_index, round=req.round)
+            req = AppendRequest(term=req.term, leader=req.leader, prev_index=self.snapshot_index,
+                                prev_term=req.entries[skip - 1].term if skip else self.snapshot_term,
+                                entries=req.entries[skip:], commit=req.commit, round=req.round)
+        if self.term_at(req.prev_index) != req.prev_term:
+            # Conflict: hint the start of our entries of that term, so the leader skips back fast.
+            t = self.term_at(req.prev_index)
+            i = req.prev_index
+            while i - 1 > max(self.commit, self.snapshot_index) and self.term_at(i - 1) == t:
+                i -= 1
+            return AppendReply(term=self.term, success=False, match=max(i - 1, self.commit), round=req.round)
+        index = req.prev_index
+        new: list[Entry] = []
+        for k, e in enumerate(req.entries):
+            index = req.prev_index + 1 + k
+            have = self.term_at(index)
+            if have is None:
+                new = list(req.entries[k:])
+                break
+            if have != e.term:
+                self._truncate(index)
+                new = list(req.entries[k:])
+                break
+        self._append(new)
+        last_new = req.prev_index + len(req.entries)
+        if req.commit > self.commit:
+            self.commit = min(req.commit, last_new)
+            self._changed()
+        return AppendReply(term=self.term, success=True, match=last_new, round=req.round)
+
+    # --- replication: leader side ---------------------------------------------------------------
+
+    def propose(self, data: bytes) -> tuple[int, int]:
+        """Append a command; returns (index, term). Raises NotLeader."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        self._append([Entry(self.term, data)])
+        return self.last_index, self.term
+
+    def append_for(self, peer: str, now: float) -> AppendRequest | SnapshotNeeded | None:
+        """The next request for ``peer``, or None when nothing is due. One request in flight per
+        peer; the caller reports its outcome to ``on_append_reply`` or ``append_failed``."""
+        if self.role is not Role.LEADER:
+            return None
+        pr = self._progress[peer]
+        if pr.inflight or pr.snapshotting:
+            return None
+        has_entries = pr.next <= self.last_index
+        round_due = pr.round < self._round
+        heartbeat_due = now - pr.sent_at >= self.timing.heartbeat_s
+        if not (has_entries or round_due or heartbeat_due):
+            return None
+        prev = pr.next - 1
+        prev_term = self.term_at(prev)
+        if prev_term is None:
+            pr.snapshotting = True
+            return SnapshotNeeded(peer=peer, index=self.snapshot_index, term=self.snapshot_term)
+        batch: list[Entry] = []
+        size = 0
+        i = pr.next
+        while i <= self.last_index and len(batch) < self.timing.max_batch_entries:
+            e = self.entry(i)
+            if batch and size + len(e.data) > self.timing.max_batch_bytes:
+                break
+            batch.append(e)
+            size += len(e.data)
+            i += 1
+        pr.inflight = True
+        pr.sent_at = now
+        self._round_sent = True
+        return AppendRequest(term=self.term, leader=self.id, prev_index=prev, prev_term=prev_term,
+                             entries=tuple(batch), commit=min(self.commit, prev + len(batch)), round=self._round)
+
+    def append_failed(self, peer: str) -> None:
+        """The request to ``peer`` got no answer (timeout, connection refused)."""
+        pr = self._progress.get(peer)
+        if pr is not None:
+            pr.inflight = False
+
+    def on_append_reply(self, peer: str, req: AppendRequest, reply: AppendReply, now: float) -> None:
+        if reply.term > self.term:
+            self._become_follower(reply.term, None, now)
+            return
+        pr = self._progress.get(peer)
+        if self.role is not Role.LEADER or reply.term != self.term or pr is None:
+            return
+        pr.inflight = False
+        pr.heard_at = now
+        pr.round = max(pr.round, reply.round)
+        if reply.success:
+            pr.match = max(pr.match, reply.match)
+            pr.next = max(pr.next, reply.match + 1)
+            self._advance_commit()
+        else:
+            pr.next = max(1, min(pr.next - 1, reply.match + 1))
+
+    def snapshot_sent(self, peer: str, index: int, ok: bool, now: float) -> None:
+        pr = self._progress.get(peer)
+        if pr is None:
+            return
+        pr.snapshotting = False
+        if ok:
+            pr.match = max(pr.match, index)
+            pr.next = max(pr.next, index + 1)
+            pr.heard_at = now
+
+    def _advance_commit(self) -> None:
+        matches = sorted([self.durable] + [p.match for p in self._progress.values()], reverse=True)
+        n = matches[self._quorum() - 1]
+        # Only an entry of the current term is committed by counting (paper 5.4.2).
+        if n > self.commit and self.term_at(n) == self.term:
+            self.commit = n
+            self._changed()
+
+    # --- linearizable reads ---------------------------------------------------------------------
+
+    def read_index(self) -> tuple[int, int]:
+        """Start a read: (round, index). The read may be served once ``read_ready(round)`` and
+        the state machine has applied ``index``. Raises NotLeader."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self._round_sent:
+            self._round += 1
+            self._round_sent = False
+        index = max(self.commit, self._term_start)
+        self._reads.waiting[self._round] = max(self._reads.waiting.get(self._round, 0), index)
+        return self._round, index
+
+    def read_ready(self, round_: int) -> bool:
+        """A majority (this leader included) acknowledged heartbeat ``round_`` or a later one."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        acked = 1 + sum(1 for p in self._progress.values() if p.round >= round_)
+        return acked >= self._quorum()
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def compact(self, index: int) -> None:
+        """Forget entries up to ``index`` (applied, and kept in the state machine's snapshot)."""
+        if index <= self.snapshot_index:
+            return
+        if index > self.applied:
+            raise ValueError(f"cannot compact to {index}: only {self.applied} is applied")
+        term = self.term_at(index)
+        assert term is not None
+        del self._entries[:index - self.snapshot_index]
+        self.snapshot_index, self.snapshot_term = index, term
+
+    def restore(self, index: int, term: int, now: float) -> None:
+        """A snapshot as of (``index``, ``term``) was installed: the log restarts after it."""
+        self._entries = []
+        self.snapshot_index, self.snapshot_term = index, term
+        self.commit = self.applied = self._applying_to = self.durable = index
+        self._unstable_from = None
+        self._truncate_from = None
+        self._heard_leader_at = now
+
+    def status(self) -> dict[str, object]:
+        return {"role": str(self.role), "term": self.term, "leader": self.leader, "commit": self.commit,
+                "applied": self.applied, "last_index": self.last_index, "snapshot_index": self.snapshot_index,
+                "match": {p: pr.match for p, pr in self._progress.items()}}

@@ -1,0 +1,371 @@
+"""The socket shell around :class:`~.core.RaftCore`: timers, persistence, replication, proposals.
+
+One :class:`RaftGroup` per consensus group a metadata node belongs to. Its tasks:
+
+* the persister writes each :class:`~.core.Ready` on a worker thread (one LMDB transaction:
+  log, hard state and the committed entries applied) and wakes what waited for it. Everything
+  that piles up while one write runs goes into the next: group commit for free;
+* one replicator per peer sends appends (or a snapshot) while this node leads, heartbeats when
+  idle;
+* the ticker runs the core's timers and, for a candidate, sends vote requests.
+
+Replies to a peer's vote or append go out only after the change they report is durable.
+A proposal resolves when its entry is applied: with the state machine's result if the entry
+is still the one proposed, with :class:`NotStored` if another leader's entry replaced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ..store import Command, CommandResult
+from .core import (AppendReply, AppendRequest, Entry, NotLeader, RaftCore, Ready, Role, SnapshotNeeded, Timing,
+                   VoteReply, VoteRequest)
+from .storage import RaftStorage
+
+__all__ = ["RaftGroup", "Transport", "NotStored", "append_to_wire", "append_from_wire", "GroupSettings"]
+
+log = logging.getLogger("headwater.objstore.metadata.raft")
+
+SNAPSHOT_CHUNK_BYTES = 1 << 20
+
+
+class NotStored(Exception):
+    """The proposed entry was replaced by another leader's: it never committed."""
+
+
+class Transport(Protocol):
+    async def __call__(self, peer: str, method: str, args: dict[str, Any], timeout: float) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSettings:
+    timing: Timing = Timing()
+    rpc_timeout_s: float = 2.0
+    compact_after_entries: int = 20_000  # compact when this many applied entries are in the log
+    keep_entries: int = 2_000            # ...keeping this many for followers a little behind
+
+
+def append_to_wire(m: AppendRequest) -> list[Any]:
+    return [m.term, m.leader, m.prev_index, m.prev_term, [[e.term, e.data] for e in m.entries], m.commit, m.round]
+
+
+def append_from_wire(w: list[Any]) -> AppendRequest:
+    term, leader, prev_index, prev_term, entries, commit, round_ = w
+    return AppendRequest(term=int(term), leader=str(leader), prev_index=int(prev_index), prev_term=int(prev_term),
+                         entries=tuple(Entry(int(t), bytes(d)) for t, d in entries), commit=int(commit),
+                         round=int(round_))
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    done: anyio.Event
+    result: CommandResult | None = None
+    error: Exception | None = None
+
+
+class RaftGroup:
+    """One node's member of group ``group_id`` (see the module docstring)."""
+
+    def __init__(self, *, group_id: str, node_id: str, members: tuple[str, ...], storage: RaftStorage,
+                 transport: Transport, settings: GroupSettings = GroupSettings(),
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+        self.group_id = group_id
+        self.node_id = node_id
+        self.storage = storage
+        self.settings = settings
+        self._send = transport
+        self._clock = clock
+        st = storage.load()
+        self.core = RaftCore(node_id, members, now=clock(), timing=settings.timing, hard_state=st.hard_state,
+                             entries=st.entries, snapshot_index=st.snapshot_index, snapshot_term=st.snapshot_term,
+                             applied=st.applied, rng=rng)
+        self._changed = anyio.Event()
+        self._durable_seq = -1
+        self._waiters: dict[int, _Waiter] = {}
+        self._io = anyio.Lock()  # storage writes: the persister and a snapshot install take turns
+        self._installing: dict[str, Any] | None = None
+        self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
+                      "reads": 0, "compactions": 0, "leader_changes": 0,
+                      "persist_errors": 0}
+        self._last_leader: str | None = None
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, anyio.Event()
+        ev.set()
+        leader = self.core.leader
+        if leader != self._last_leader:
+            self._last_leader = leader
+            self.stats["leader_changes"] += 1
+            log.info("raft group %s: leader is now %s (term %d)", self.group_id, leader, self.core.term)
+
+    async def _wait_changed(self, timeout: float) -> None:
+        ev = self._changed
+        with anyio.move_on_after(timeout):
+            await ev.wait()
+
+    async def _durable(self, seq: int) -> None:
+        self._notify()
+        while self._durable_seq < seq:
+            await self._wait_changed(1.0)
+
+    @property
+    def io_lock(self) -> anyio.Lock:
+        """Held while storage is written: hold it to keep the applied index still."""
+        return self._io
+
+    @property
+    def leader(self) -> str | None:
+        return self.core.leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._persister)
+            tg.start_soon(self._ticker, tg)
+            for peer in self.core.others:
+                tg.start_soon(self._replicator, peer)
+            task_status.started(self)
+
+    async def _persister(self) -> None:
+        while True:
+            if self.core.seq <= self._durable_seq:
+                await self._wait_changed(1.0)
+                continue
+            async with self._io:
+                r = self.core.ready()
+                if not r.empty:
+                    snap = (self.core.snapshot_index, self.core.snapshot_term)
+                    try:
+                        await anyio.to_thread.run_sync(self.storage.save, r, snap, self._on_applied)
+                    except Exception as e:
+                        # A full map or disk: keep the work and retry; callers time out meanwhile.
+                        log.error("raft group %s: cannot persist (%r); retrying", self.group_id, e)
+                        self.core.unready(r)
+                        self.stats["persist_errors"] += 1
+                        await anyio.sleep(1.0)
+                        continue
+                self.core.persisted(r, self._clock())
+                self._durable_seq = r.seq
+                self.stats["applied"] += len(r.committed)
+                self._resolve_replaced(r)
+            await self._maybe_compact()
+            self._notify()
+
+    def _on_applied(self, index: int, entry: Entry, result: CommandResult | None) -> None:
+        # Called on the worker thread after the commit; only reads and sets plain fields.
+        w = self._waiters.get(index)
+        if w is None:
+            return
+        if entry.term == w.term:
+            w.result = result
+        else:
+            w.error = NotStored(f"entry {index} of term {w.term} was replaced")
+
+    def _resolve_replaced(self, r: Ready) -> None:
+        for index in [i for i in self._waiters if i <= self.core.applied]:
+            w = self._waiters.pop(index)
+            if w.result is None and w.error is None:
+                w.error = NotStored(f"entry {index} was compacted before its result was seen")
+            w.done.set()
+
+    async def _maybe_compact(self) -> None:
+        c, s = self.core, self.settings
+        if c.applied - c.snapshot_index < s.compact_after_entries:
+            return
+        upto = c.applied - s.keep_entries
+        term = c.term_at(upto)
+        if term is None:
+            return
+        async with self._io:
+            await anyio.to_thread.run_sync(self.storage.compact, upto, term, c.applied)
+            c.compact(upto)
+        self.stats["compactions"] += 1
+
+    async def _ticker(self, tg: anyio.abc.TaskGroup) -> None:
+        period = self.settings.timing.heartbeat_s / 2
+        while True:
+            was = self.core.role
+            self.core.tick(self._clock())
+            if self.core.role is Role.CANDIDATE and (was is not Role.CANDIDATE or self._vote_term != self.core.term):
+                self._vote_term = self.core.term
+                self.stats["elections"] += 1
+                for peer, req in self.core.vote_requests():
+                    tg.start_soon(self._request_vote, peer, req)
+            if self.core.role is not was:
+                self._notify()
+            await anyio.sleep(period)
+
+    _vote_term = -1
+
+    async def _request_vote(self, peer: str, req: VoteRequest) -> None:
+        await self._durable(self.core.seq)  # our own vote first
+        try:
+            w = await self._send(peer, "raft.vote", {"g": self.group_id, "term": req.term, "candidate": req.candidate,
+                                                     "last_index": req.last_index, "last_term": req.last_term},
+                                 self.settings.timing.election_s / 2)
+        except Exception:
+            return
+        self.core.on_vote_reply(peer, VoteReply(term=int(w["term"]), granted=bool(w["granted"])), self._clock())
+        self._notify()
+
+    async def _replicator(self, peer: str) -> None:
+        failures = 0
+        while True:
+            msg = self.core.append_for(peer, self._clock())
+            if msg is None:
+                await self._wait_changed(self.settings.timing.heartbeat_s / 2)
+                continue
+            if isinstance(msg, SnapshotNeeded):
+                ok = False
+                try:
+                    ok = await self._send_snapshot(peer)
+                except Exception as e:
+                    log.warning("raft group %s: snapshot to %s failed: %r", self.group_id, peer, e)
+                self.core.snapshot_sent(peer, self._snapshot_index, ok, self._clock())
+                if not ok:
+                    await anyio.sleep(min(1.0, self.settings.timing.heartbeat_s * 4))
+                continue
+            try:
+                w = await self._send(peer, "raft.append", {"g": self.group_id, "m": append_to_wire(msg)},
+                                     self.settings.rpc_timeout_s)
+                reply = AppendReply(term=int(w["term"]), success=bool(w["success"]), match=int(w["match"]),
+                                    round=int(w["round"]))
+            except Exception:
+                self.core.append_failed(peer)
+                failures += 1
+                # A dead peer: retry at heartbeat pace, not in a tight loop.
+                await anyio.sleep(min(self.settings.timing.heartbeat_s * min(failures, 4), 1.0))
+                continue
+            failures = 0
+            self.core.on_append_reply(peer, msg, reply, self._clock())
+            self._notify()
+
+    _snapshot_index = 0
+
+    async def _send_snapshot(self, peer: str) -> bool:
+        txn, index, term = self.storage.snapshot_reader()
+        self._snapshot_index = index
+        self.stats["snapshots_sent"] += 1
+        log.info("raft group %s: sending %s a snapshot at index %d", self.group_id, peer, index)
+        try:
+            after: bytes | None = None
+            first = True
+            while True:
+                pairs, after = await anyio.to_thread.run_sync(
+                    self.storage.snapshot_chunk, txn, after, SNAPSHOT_CHUNK_BYTES)
+                w = await self._send(peer, "raft.snapshot", {
+                    "g": self.group_id, "term": self.core.term, "leader": self.node_id, "index": index,
+                    "snap_term": term, "first": first, "done": after is None, "pairs": pairs},
+                    self.settings.rpc_timeout_s * 4)
+                first = False
+                if int(w["term"]) > self.core.term or not w["ok"]:
+                    return False
+                if after is None:
+                    return True
+        finally:
+            txn.abort()
+
+    # --- peer requests --------------------------------------------------------------------------
+
+    async def on_vote(self, args: dict[str, Any]) -> dict[str, Any]:
+        req = VoteRequest(term=int(args["term"]), candidate=str(args["candidate"]),
+                          last_index=int(args["last_index"]), last_term=int(args["last_term"]))
+        reply = self.core.on_vote(req, self._clock())
+        await self._durable(self.core.seq)
+        return {"term": reply.term, "granted": reply.granted}
+
+    async def on_append(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._installing is not None:
+            return {"term": self.core.term, "success": False, "match": 0, "round": 0}
+        reply = self.core.on_append(append_from_wire(args["m"]), self._clock())
+        await self._durable(self.core.seq)
+        return {"term": reply.term, "success": reply.success, "match": reply.match, "round": reply.round}
+
+    async def on_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        term, leader, index = int(args["term"]), str(args["leader"]), int(args["index"])
+        probe = AppendRequest(term=term, leader=leader, prev_index=0, prev_term=0, entries=(), commit=0, round=0)
+        if term < self.core.term:
+            return {"term": self.core.term, "ok": False}
+        self.core.on_append(probe, self._clock())  # adopt the term and the leader, reset the timer
+        pairs = [(bytes(k), bytes(v)) for k, v in args["pairs"]]
+        async with self._io:
+            if args["first"]:
+                self._installing = {"leader": leader, "term": term, "index": index}
+                await anyio.to_thread.run_sync(self.storage.install_begin)
+            elif self._installing != {"leader": leader, "term": term, "index": index}:
+                return {"term": self.core.term, "ok": False}
+            await anyio.to_thread.run_sync(self.storage.install_chunk, pairs)
+            if args["done"]:
+                snap_term = int(args["snap_term"])
+                await anyio.to_thread.run_sync(self.storage.install_end, index, snap_term)
+                await self._durable_now()
+                self.core.restore(index, snap_term, self._clock())
+                self._installing = None
+                self.stats["snapshots_installed"] += 1
+                log.info("raft group %s: installed a snapshot at index %d from %s", self.group_id, index, leader)
+        self._notify()
+        return {"term": self.core.term, "ok": True}
+
+    async def _durable_now(self) -> None:
+        # The hard state (the term adopted above) must be on disk before the log restarts.
+        r = self.core.ready()
+        snap = (self.core.snapshot_index, self.core.snapshot_term)
+        if r.hard_state is not None:
+            r = Ready(seq=r.seq, hard_state=r.hard_state, truncate_from=None, entries=(), committed=(),
+                      applied=self.core.applied)
+            await anyio.to_thread.run_sync(self.storage.save, r, snap, self._on_applied)
+        self._durable_seq = max(self._durable_seq, r.seq)
+
+    # --- client requests ------------------------------------------------------------------------
+
+    async def propose(self, cmd: Command) -> CommandResult:
+        """Order ``cmd`` and wait until it is applied here. Raises NotLeader (nothing stored),
+        NotStored (replaced: nothing stored). A caller's timeout leaves the outcome unknown."""
+        index, term = self.core.propose(cmd.encode())
+        self.stats["proposals"] += 1
+        w = _Waiter(term=term, done=anyio.Event())
+        self._waiters[index] = w
+        self._notify()
+        try:
+            await w.done.wait()
+        finally:
+            self._waiters.pop(index, None)
+        if w.error is not None:
+            raise w.error
+        assert w.result is not None
+        return w.result
+
+    async def read_barrier(self) -> None:
+        """Return once this node may serve a linearizable read: it was still the leader after
+        the read arrived (a majority answered a heartbeat) and has applied everything committed
+        before it. Raises NotLeader."""
+        self.stats["reads"] += 1
+        round_, index = self.core.read_index()
+        self._notify()
+        while not self.core.read_ready(round_):
+            await self._wait_changed(self.settings.timing.heartbeat_s)
+        while self.core.applied < index:
+            if not self.is_leader:
+                raise NotLeader(self.core.leader)
+            await self._wait_changed(self.settings.timing.heartbeat_s)
+
+    def status(self) -> dict[str, Any]:
+        return {"group": self.group_id, **self.core.status(), "stats": dict(self.stats)}
+

@@ -1,0 +1,157 @@
+"""One Raft group's log and hard state, in the metadata node's LMDB environment.
+
+Keys in the store's Raft database, per group (``g`` = the group id, UTF-8)::
+
+    g NUL "H"            msgpack [term, vote]
+    g NUL "S"            msgpack [applied, snapshot_index, snapshot_term, applied_term]
+    g NUL "L" index(8)   msgpack [term, data]
+
+``save`` writes a :class:`~.core.Ready` in one transaction: hard state, truncation, new entries,
+and the committed entries applied to the records with the applied index beside them. Applying
+and recording it commit together, so a restart neither skips nor repeats an entry. LMDB syncs
+the transaction to disk before ``save`` returns.
+
+Synchronous; the group runs it on a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import lmdb
+import msgpack
+
+from ..errors import StoreFull
+from ..store import Command, CommandResult, Store
+from .core import Entry, HardState, Ready
+
+__all__ = ["LoadedState", "RaftStorage"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedState:
+    hard_state: HardState
+    entries: list[Entry]
+    snapshot_index: int
+    snapshot_term: int
+    applied: int
+
+
+def _index_key(prefix: bytes, index: int) -> bytes:
+    return prefix + b"L" + index.to_bytes(8, "big")
+
+
+class RaftStorage:
+    """Persistence for group ``group`` whose records live in ``partitions`` of ``store``."""
+
+    def __init__(self, store: Store, group: str, partitions: list[int]):
+        self.store = store
+        self.group = group
+        self.partitions = sorted(partitions)
+        self._prefix = group.encode() + b"\0"
+        self._db = store.raft_db
+        self.applied_term = 0
+
+    def load(self) -> LoadedState:
+        with self.store.env.begin(db=self._db) as txn:
+            hs = txn.get(self._prefix + b"H")
+            term, vote = msgpack.unpackb(hs) if hs is not None else (0, None)
+            st = txn.get(self._prefix + b"S")
+            applied, snap_i, snap_t, applied_term = msgpack.unpackb(st) if st is not None else (0, 0, 0, 0)
+            entries: list[Entry] = []
+            cur = txn.cursor()
+            expect = snap_i + 1
+            if cur.set_range(_index_key(self._prefix, expect)):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(self._prefix + b"L"):
+                        break
+                    index = int.from_bytes(k[-8:], "big")
+                    if index != expect:
+                        raise RuntimeError(f"raft log of {self.group} has a gap at {expect} (found {index})")
+                    t, data = msgpack.unpackb(v)
+                    entries.append(Entry(t, bytes(data)))
+                    expect += 1
+        self.applied_term = applied_term
+        return LoadedState(hard_state=HardState(term=term, vote=vote), entries=entries,
+                           snapshot_index=snap_i, snapshot_term=snap_t, applied=applied)
+
+    def save(self, r: Ready, snapshot: tuple[int, int], on_result: Callable[[int, Entry, CommandResult | None], None]
+             ) -> None:
+        """Persist ``r``; ``on_result(index, entry, result)`` for each applied entry (result
+        None for a no-op). ``snapshot`` = the log's current (snapshot_index, snapshot_term)."""
+        results: list[tuple[int, Entry, CommandResult | None]] = []
+        try:
+            with self.store.env.begin(write=True) as txn:
+                if r.hard_state is not None:
+                    txn.put(self._prefix + b"H", msgpack.packb([r.hard_state.term, r.hard_state.vote]), db=self._db)
+                if r.truncate_from is not None:
+                    cur = txn.cursor(db=self._db)
+                    if cur.set_range(_index_key(self._prefix, r.truncate_from)):
+                        while bytes(cur.key()).startswith(self._prefix + b"L"):
+                            if not cur.delete():
+                                break
+                for index, e in r.entries:
+                    txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
+                applied_term = self.applied_term
+                for index, e in r.committed:
+                    res = self.store.execute(txn, Command.decode(e.data)) if e.data else None
+                    results.append((index, e, res))
+                    applied_term = e.term
+                if r.committed:
+                    txn.put(self._prefix + b"S", msgpack.packb([r.applied, snapshot[0], snapshot[1], applied_term]),
+                            db=self._db)
+        except lmdb.MapFullError:
+            raise StoreFull(f"LMDB map of {self.store.path} is full; raise map_size") from None
+        if r.committed:
+            self.applied_term = applied_term
+        for item in results:
+            on_result(*item)
+
+    def compact(self, upto: int, term: int, applied: int) -> None:
+        """Delete log entries up to ``upto`` (they are applied; the records are the snapshot)."""
+        with self.store.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._db)
+            if cur.set_range(self._prefix + b"L"):
+                while True:
+                    k = bytes(cur.key())
+                    if not k.startswith(self._prefix + b"L") or int.from_bytes(k[-8:], "big") > upto:
+                        break
+                    if not cur.delete():
+                        break
+            txn.put(self._prefix + b"S", msgpack.packb([applied, upto, term, self.applied_term]), db=self._db)
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def snapshot_reader(self) -> tuple[lmdb.Transaction, int, int]:
+        """A read transaction (a consistent view while it lives) with its (applied, applied_term)."""
+        txn = self.store.env.begin(buffers=False)
+        st = txn.get(self._prefix + b"S", db=self._db)
+        applied, _si, _st, applied_term = msgpack.unpackb(st) if st is not None else (0, 0, 0, 0)
+        return txn, applied, applied_term
+
+    def snapshot_chunk(self, txn: lmdb.Transaction, after: bytes | None, limit_bytes: int
+                       ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        return self.store.dump_partitions(txn, self.partitions, after, limit_bytes)
+
+    def install_begin(self) -> None:
+        """Wipe this group's records and log before a snapshot's chunks arrive. The applied
+        index drops to 0 first, so a crash mid-install restarts as an empty replica."""
+        with self.store.env.begin(write=True) as txn:
+            self.store.clear_partitions(txn, self.partitions)
+            cur = txn.cursor(db=self._db)
+            if cur.set_range(self._prefix + b"L"):
+                while bytes(cur.key()).startswith(self._prefix + b"L"):
+                    if not cur.delete():
+                        break
+            txn.put(self._prefix + b"S", msgpack.packb([0, 0, 0, 0]), db=self._db)
+
+    def install_chunk(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        with self.store.env.begin(write=True) as txn:
+            self.store.load_raw(txn, pairs, set(self.partitions))
+
+    def install_end(self, index: int, term: int) -> None:
+        with self.store.env.begin(write=True) as txn:
+            txn.put(self._prefix + b"S", msgpack.packb([index, index, term, term]), db=self._db)
+        self.applied_term = term
