@@ -5,10 +5,13 @@ on) gives the mean time to data loss (MTTDL), solved exactly with fractions; the
 probability follows from it, for one object and for a cluster of independent groups. The table
 puts nines of durability beside storage overhead: the replication vs erasure-coding trade-off.
 
-The repair rate comes from this machine, measured in the same run: zfec rebuild throughput through
-``objstore.stripe.rebuild`` (one core) and fsync'd write MB/s of the data directory, capped by a
-configurable network share. There is no reconstructor yet, so that is the ceiling a reconstructor
-could reach, never a measurement of one. ``--repair-mbps`` skips the measurement.
+The repair rate comes from this machine. When ``bench rebuild`` has run (it keeps its result in
+``<data_dir>/bench/rebuild.json``; ``--measure-rebuild`` runs it now), the reconstructor's own
+measured read rate is used: k surviving fragments read over RPC, zfec, written and fsynced on the
+target, as a repair pass does it. Otherwise the ceiling a reconstructor could reach is used,
+measured in the same run: zfec rebuild throughput through ``objstore.stripe.rebuild`` (one core)
+and fsync'd write MB/s of the data directory. Either is capped by a configurable network share.
+``--repair-mbps`` skips the measurement.
 
 The model, its assumptions and its sources are in docs/durability.md. The maths section below is
 pure (no I/O, no clock); measuring and printing live at the bottom.
@@ -370,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hours before a failed disk's repair starts (default 0.5)")
     p.add_argument("--repair-mbps", type=float, default=None,
                    help="repair read bandwidth per failed disk, MB/s; skips the measurement")
+    p.add_argument("--measure-rebuild", action="store_true",
+                   help="run the reconstructor benchmark (bench rebuild) now and use its rate")
+    p.add_argument("--no-saved-rebuild", action="store_true",
+                   help="ignore a saved `bench rebuild` result; use the machine's ceilings")
     p.add_argument("--network-mbps", type=float, default=1250.0,
                    help="network share a repair may use, MB/s (default 1250: one 10 GbE link)")
     p.add_argument("--domain-afr", type=float, default=0.0,
@@ -451,11 +458,25 @@ def main(argv: list[str] | None = None) -> int:
         fsync = measure_fsync(data_dir)
         measured = {"fsync_write_mbps": fsync / MB, "fsync_dir": str(data_dir),
                     "network_share_mbps": args.network_mbps, "zfec_rebuild_mbps": {}}
+        from .rebuild import load_saved, measure as measure_reconstructor
+
+        recon = None
+        if args.measure_rebuild:
+            recon = measure_reconstructor(data_dir=data_dir, total_bytes=48 * MiB, ceilings=False)
+        elif not args.no_saved_rebuild:
+            recon = load_saved(data_dir)
+        if recon is not None:
+            measured["reconstructor"] = {k: recon.get(k) for k in (
+                "scheme", "rebuild_read_mbps", "rebuild_write_mbps", "measured_at", "fragments_rebuilt")}
         for s in schemes:
             rebuild = measure_rebuild(s, seconds=args.seconds)
             measured["zfec_rebuild_mbps"][s.name] = rebuild / MB
             read = min(rebuild, args.network_mbps * MB)
             which = "zfec" if rebuild < args.network_mbps * MB else "network"
+            if recon is not None and recon["rebuild_read_mbps"] * MB < read:
+                # The reconstructor's own end-to-end rate (RPC, zfec, fsync'd writes) binds.
+                read = recon["rebuild_read_mbps"] * MB
+                which = "reconstructor"
             if disk_bytes / fsync > s.k * disk_bytes / read:
                 which = "fsync"
             repairs[s] = Repair(read_bytes_per_s=read, write_bytes_per_s=fsync, source=which)
@@ -476,8 +497,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repair bandwidth, measured now on this machine: zfec rebuild (1 MiB stripes, 1 core, "
               f"MB/s of fragments read) {zf}; fsync'd writes {measured['fsync_write_mbps']:.0f} MB/s "
               f"in {measured['fsync_dir']}; network share {args.network_mbps:g} MB/s (--network-mbps)", file=out)
-        print("  this is the ceiling a reconstructor could reach on this machine, NOT a reconstructor "
-              "measurement (there is no reconstructor yet)", file=out)
+        rc = measured.get("reconstructor")
+        if rc:
+            age_h = (time.time() - float(rc.get("measured_at") or 0)) / 3600
+            print(f"  reconstructor measured on this machine ({rc['scheme']}, `bench rebuild`, {age_h:.1f} h ago): "
+                  f"{rc['rebuild_read_mbps']:.0f} MB/s read from survivors, {rc['rebuild_write_mbps']:.0f} MB/s "
+                  f"rebuilt; where it is below the ceilings, it is the repair rate (bound \"reconstructor\")",
+                  file=out)
+        else:
+            print("  no reconstructor measurement found (run `python -m headwater.bench rebuild`, or pass "
+                  "--measure-rebuild): these are the ceilings a reconstructor could reach", file=out)
         print("  repair time = detection + max(k x disk / min(zfec, network), disk / fsync)", file=out)
     else:
         print(f"repair bandwidth: {args.repair_mbps:g} MB/s read per failed disk (--repair-mbps, "

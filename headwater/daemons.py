@@ -26,6 +26,7 @@ ROLES: Mapping[str, str] = {
     "metadata": "headwater.objstore.metadata.node:run_metadata_node",
     "storage": "headwater.objstore.storage_node:run_storage_node",
     "gateway": "headwater.objstore.gateway:run_gateway",
+    "repair": "headwater.objstore.repair:run_repair",
 }
 
 ENV_OVERRIDE = "HEADWATER_ENTRY_POINTS"

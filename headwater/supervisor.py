@@ -1,6 +1,6 @@
 """The supervisor behind ``headwater up``: one child process per daemon (per worker for the gateway).
 
-Start order is metadata -> storage -> gateway. The daemons of one role start together (metadata
+Start order is metadata -> storage -> gateway -> repair. The daemons of one role start together (metadata
 nodes may need a quorum of their peers before they report healthy) and the next role starts only
 when every one of them answers ``/healthz`` on its admin port. If any cannot start, everything
 already started is stopped and :class:`StartupError` says which daemon failed and shows the end
@@ -36,7 +36,7 @@ import httpx
 from anyio.abc import Process, TaskStatus
 
 from .clock import SYSTEM_CLOCK, Clock
-from .config import ClusterConfig, GatewayConfig, MetadataNodeConfig, StorageNodeConfig
+from .config import ClusterConfig, GatewayConfig, MetadataNodeConfig, RepairConfig, StorageNodeConfig
 from .log import Logger, get_logger
 
 __all__ = [
@@ -53,9 +53,9 @@ __all__ = [
 ]
 
 SUPERVISOR_PID_ENV = "HEADWATER_SUPERVISOR_PID"
-ROLE_ORDER = ("metadata", "storage", "gateway")
+ROLE_ORDER = ("metadata", "storage", "gateway", "repair")
 
-DaemonConfig = GatewayConfig | StorageNodeConfig | MetadataNodeConfig
+DaemonConfig = GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig
 
 
 # --- restart policy (pure) ---------------------------------------------------------------------
@@ -183,7 +183,7 @@ def check_ports(daemons: Sequence[DaemonConfig], *, reuse_port: bool = False) ->
     """One line per port that cannot be listened on: ``"storage-1: cannot listen on h:p: why"``."""
     problems = []
     for d in daemons:
-        for port in (d.port, d.admin_port):
+        for port in dict.fromkeys((d.port, d.admin_port)):  # the repair daemon has one port
             why = _bind_error(d.host, port, reuse_port=reuse_port)
             if why:
                 problems.append(f"{d.id}: cannot listen on {d.host}:{port}: {why}")

@@ -57,6 +57,7 @@ __all__ = [
     "FragmentWriter",
     "read_blocks",
     "read_info",
+    "FragmentScanner",
     "fsync_dir",
 ]
 
@@ -432,21 +433,27 @@ def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview
     fd = _open(path, fid)
     try:
         header = _read_header(fd, fid)
-        nblocks, last_len, complete, size = _layout(fd, header)
-        if complete and first + count > nblocks:
-            raise BadRequest(f"{fid} has {nblocks} blocks; asked for {first}..{first + count - 1}",
-                             fid=fid, nblocks=nblocks)
-        if count == 0:
-            return []
-        start = slot_offset(header, first)
-        if complete:
-            end = slot_offset(header, first + count - 1) + BLOCK_PREFIX + (
-                last_len if first + count == nblocks else header.block_bytes)
-        else:
-            end = slot_offset(header, first + count)
-        raw = os.pread(fd, end - start, start)
+        layout = _layout(fd, header)
+        return _read_verified(fd, header, layout, fid, first, count)
     finally:
         os.close(fd)
+
+
+def _read_verified(fd: int, header: FragmentHeader, layout: tuple[int, int, bool, int], fid: str,
+                   first: int, count: int) -> list[memoryview]:
+    nblocks, last_len, complete, _size = layout
+    if complete and first + count > nblocks:
+        raise BadRequest(f"{fid} has {nblocks} blocks; asked for {first}..{first + count - 1}",
+                         fid=fid, nblocks=nblocks)
+    if count == 0:
+        return []
+    start = slot_offset(header, first)
+    if complete:
+        end = slot_offset(header, first + count - 1) + BLOCK_PREFIX + (
+            last_len if first + count == nblocks else header.block_bytes)
+    else:
+        end = slot_offset(header, first + count)
+    raw = os.pread(fd, end - start, start)
     stride = BLOCK_PREFIX + header.block_bytes
     mv = memoryview(raw)
     out = []
@@ -467,3 +474,65 @@ def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview
         verify_block(fid, index, mv[pos:pos + BLOCK_PREFIX], data)
         out.append(data)
     return out
+
+
+class FragmentScanner:
+    """Verifies every block of one committed fragment file, a few blocks per call (the scrubber).
+
+    Holds one descriptor for the whole scan, so a file renamed over mid-scan (a rebuild
+    committing) is never mixed with its replacement; ``inode`` names what was scanned, for a
+    quarantine that must not move the replacement. Blocking: call it from a worker thread.
+    The constructor raises FragmentNotFound if the file is gone; :meth:`start` raises
+    FragmentCorrupt for a bad header or a missing footer (a committed file always has one), and
+    :meth:`verify_next` for a block that fails its checksum.
+    """
+
+    def __init__(self, path: Path, fid: str):
+        self.fid = fid
+        self.fd: int | None = _open(path, fid)
+        try:
+            st = os.fstat(self.fd)
+        except BaseException:
+            self.close()
+            raise
+        self.inode = (st.st_dev, st.st_ino)
+        self.size_bytes = st.st_size
+        self.nblocks = 0
+        self.next_block = 0
+        self.header: FragmentHeader | None = None
+        self._layout: tuple[int, int, bool, int] = (0, 0, False, 0)
+
+    def start(self) -> None:
+        """Read and verify the header and footer."""
+        assert self.fd is not None, "scanner is closed"
+        self.header = _read_header(self.fd, self.fid)
+        self._layout = _layout(self.fd, self.header)
+        self.nblocks, _last, complete, self.size_bytes = self._layout
+        if not complete:
+            raise FragmentCorrupt(f"{self.fid} has no valid footer (cut short or damaged tail)",
+                                  fid=self.fid)
+
+    @property
+    def done(self) -> bool:
+        return self.next_block >= self.nblocks
+
+    def verify_next(self, count: int) -> int:
+        """Verify up to ``count`` more blocks; returns the file bytes they span (0 when done)."""
+        assert self.fd is not None and self.header is not None, "start() the scanner first"
+        n = min(count, self.nblocks - self.next_block)
+        if n <= 0:
+            return 0
+        blocks = _read_verified(self.fd, self.header, self._layout, self.fid, self.next_block, n)
+        self.next_block += n
+        return sum(len(b) for b in blocks) + n * BLOCK_PREFIX
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> FragmentScanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

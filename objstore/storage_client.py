@@ -92,6 +92,23 @@ class StorageClient:
     async def stat(self, fid: str, *, timeout: float | None = None) -> dict:
         return (await self._call("frag.stat", {"fid": check_fid(fid)}, timeout=timeout)).result
 
+    async def stat_many(self, fids: Sequence[str], *, timeout: float | None = None) -> list[dict]:
+        """One stat per fid, in order: ``{fid, nblocks, complete, ...}`` or ``{fid, error: code}``
+        (``fragment_not_found``, ``fragment_corrupt``)."""
+        r = await self._call("frag.stat_many", {"fids": [check_fid(f) for f in fids]}, timeout=timeout)
+        return r.result["stats"]
+
+    async def list(self, after: str = "", limit: int = 1000, *,
+                   timeout: float | None = None) -> tuple[list[tuple[str, int, float]], str | None]:
+        """A page of committed fragments ``[(fid, size_bytes, mtime)]`` and the next cursor (None
+        at the end)."""
+        r = await self._call("frag.list", {"after": after, "limit": limit}, timeout=timeout)
+        return [(e[0], e[1], e[2]) for e in r.result["entries"]], r.result["next"]
+
+    async def collect(self, *, timeout: float | None = None) -> int:
+        """Ask the node to remove its stale temp files now; returns how many went."""
+        return (await self._call("node.collect", {}, timeout=timeout)).result["removed"]
+
     async def delete(self, fid: str, *, timeout: float | None = None) -> bool:
         r = await self._call("frag.delete", {"fid": check_fid(fid)}, timeout=timeout)
         return r.result["deleted"]

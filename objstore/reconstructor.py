@@ -1,0 +1,590 @@
+"""The reconstructor: finds fragments that are missing, damaged or never written, and rebuilds them.
+
+A pass walks every layout the metadata names (:func:`layouts.walk_layouts`), asks the storage
+nodes about the fragments in batches (``frag.stat_many``), and judges each fragment
+(:func:`judge`):
+
+- ``ok``: committed, complete, as many blocks as the layout has stripes;
+- ``missing`` / ``bad``: the node answers but has no such file (lost, or quarantined by the
+  scrubber) or a file cut short: rebuilt onto that same node;
+- ``unplaced``: the layout names no node (the write went on with the node down, k+1 quorum) or
+  a node the cluster no longer has: rebuilt onto another node, chosen away from the layout's
+  failure domains (:func:`choose_targets`), and the record rewritten with a conditional write;
+- ``unreachable``: the node does not answer: nothing to do until it is back (then its fragments
+  are ``ok``, or ``missing`` and rebuilt onto it).
+
+A rebuild reads k surviving fragments a few stripes at a time (data fragments first, switching
+to another survivor if one fails mid-way), regenerates the wanted blocks with zfec
+(:func:`stripe.rebuild`), appends them to the targets and commits, exactly as a PUT writes:
+the new file replaces a damaged one atomically. Traffic is paced to ``rate_bytes_s``.
+
+The judging and target choice are pure; the class around them does the I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import anyio
+import anyio.to_thread
+import xxhash
+
+from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.rpc import RpcError, Unavailable
+
+from . import stripe
+from .datapath import StoragePool
+from contextlib import aclosing
+
+from .layouts import LayoutRef, layouts_in, rewrite, walk_layouts
+from .metadata.client import MetadataClient
+from .metadata.errors import ConditionFailed, MetadataError
+from .placement import NodeSite
+from .records import Layout
+from .throttle import Pacer
+
+__all__ = [
+    "FragState", "LayoutCheck", "RebuildPlan", "judge", "choose_targets", "plan_rebuild",
+    "Reconstructor", "RepairError", "SourcesLost", "TargetsFailed", "failure_reason",
+]
+
+log = logging.getLogger("headwater.reconstructor")
+
+# Layouts whose fragments are checked with one frag.stat_many round per node.
+CHECK_BATCH = 64
+# Surviving-fragment bytes read per rebuild round (all k sources together).
+REBUILD_BATCH_BYTES = 4 * 1024 * 1024
+STAT_TIMEOUT_S = 10.0
+
+
+# --- errors: the repair daemon's root, mapped to metric reasons in one place ------------------
+
+class RepairError(Exception):
+    """Root of what the repair daemon raises; ``reason`` labels it in metrics and logs."""
+
+    reason = "repair_error"
+
+
+class SourcesLost(RepairError):
+    """Fewer than k fragments of a stripe could be read: nothing to rebuild from (yet)."""
+
+    reason = "sources_lost"
+
+
+class TargetsFailed(RepairError):
+    """Every node a rebuilt fragment was to go to refused it."""
+
+    reason = "targets_failed"
+
+
+class ScanIncomplete(RepairError):
+    """The metadata or a storage listing could not be read whole; the pass stops, deleting nothing."""
+
+    reason = "scan_incomplete"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The metric label for a failed repair step (the one place errors are classified)."""
+    if isinstance(exc, RepairError):
+        return exc.reason
+    if isinstance(exc, MetadataError):
+        return "metadata"
+    if isinstance(exc, RpcError):
+        return "storage_rpc"
+    if isinstance(exc, OSError):
+        return "os"
+    return "internal"
+
+
+# --- judging (pure) --------------------------------------------------------------------------
+
+class FragState(enum.Enum):
+    OK = "ok"
+    MISSING = "missing"          # node up, no file (lost or quarantined)
+    BAD = "bad"                  # node up, file damaged or of the wrong size
+    UNPLACED = "unplaced"        # no node (written degraded) or a node no longer in the cluster
+    UNREACHABLE = "unreachable"  # node not answering
+
+    @property
+    def rebuildable(self) -> bool:
+        return self in (FragState.MISSING, FragState.BAD, FragState.UNPLACED)
+
+
+def judge(layout: Layout, index: int, stat: Mapping[str, Any] | None, *, known: bool = True) -> FragState:
+    """What fragment ``index`` of ``layout`` is, from its node's ``frag.stat_many`` answer
+    (``stat`` None: the node did not answer). ``known``: the node is in the cluster."""
+    if layout.nodes[index] is None or not known:
+        return FragState.UNPLACED
+    if stat is None:
+        return FragState.UNREACHABLE
+    err = stat.get("error")
+    if err == "fragment_not_found":
+        return FragState.MISSING
+    if err is not None:
+        return FragState.BAD
+    if not stat.get("complete") or stat.get("nblocks") != layout.stripes:
+        return FragState.BAD
+    if stat.get("block_bytes") != layout.scheme.fragment_bytes:
+        return FragState.BAD
+    return FragState.OK
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayoutCheck:
+    """One layout and the state of each of its fragments."""
+
+    ref: LayoutRef
+    states: tuple[FragState, ...]
+
+    @property
+    def layout(self) -> Layout:
+        return self.ref.layout
+
+    @property
+    def healthy(self) -> list[int]:
+        return [i for i, s in enumerate(self.states) if s is FragState.OK]
+
+    @property
+    def degraded(self) -> bool:
+        return any(s is not FragState.OK for s in self.states)
+
+    @property
+    def readable(self) -> bool:
+        return len(self.healthy) >= self.layout.k
+
+    @property
+    def rebuildable(self) -> list[int]:
+        return [i for i, s in enumerate(self.states) if s.rebuildable]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebuildPlan:
+    """Rebuild fragments ``targets`` (index -> node) from ``sources``; ``moved`` indexes change
+    node, so the record must be rewritten to ``new_layout`` once they are stored."""
+
+    check: LayoutCheck
+    sources: tuple[int, ...]
+    targets: Mapping[int, str]
+    moved: frozenset[int] = field(default_factory=frozenset)
+    new_layout: Layout | None = None
+
+
+def _weight(oid: str, node_id: str) -> int:
+    return xxhash.xxh64_intdigest(f"{oid}/{node_id}".encode())
+
+
+def choose_targets(layout: Layout, count: int, up: Sequence[NodeSite],
+                   sites: Mapping[str, NodeSite]) -> list[str]:
+    """Up to ``count`` up nodes that hold no fragment of ``layout``, fewest shared failure domains
+    (zone, then rack, then host) with the nodes already holding it first, then rendezvous order."""
+    used = [n for n in layout.nodes if n is not None]
+    taken = set(used)
+    held = [sites[n] for n in used if n in sites]
+    chosen: list[str] = []
+    for _ in range(count):
+        best: tuple | None = None
+        best_id = None
+        for s in up:
+            if s.id in taken:
+                continue
+            zone = sum(h.zone == s.zone for h in held)
+            rack = sum((h.zone, h.rack) == (s.zone, s.rack) for h in held)
+            host = sum((h.host or h.id) == (s.host or s.id) for h in held)
+            key = (zone, rack, host, -_weight(layout.oid, s.id))
+            if best is None or key < best:
+                best, best_id = key, s.id
+        if best_id is None:
+            break
+        chosen.append(best_id)
+        taken.add(best_id)
+        held.append(sites[best_id])
+    return chosen
+
+
+def plan_rebuild(check: LayoutCheck, up: Sequence[NodeSite], sites: Mapping[str, NodeSite]) -> RebuildPlan | None:
+    """What to rebuild of a checked layout, or None (healthy, or fewer than k sources now)."""
+    want = check.rebuildable
+    if not want or not check.readable:
+        return None
+    lay = check.layout
+    targets: dict[int, str] = {}
+    unplaced = []
+    for i in want:
+        if check.states[i] is FragState.UNPLACED:
+            unplaced.append(i)
+        else:
+            targets[i] = lay.nodes[i]  # type: ignore[assignment]
+    moved: set[int] = set()
+    new_layout = None
+    if unplaced:
+        # Nodes the cluster lost count as taken no more; nodes merely unreachable still hold theirs.
+        known_lay = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
+                           nodes=tuple(n if (n in sites and check.states[i] is not FragState.UNPLACED) else None
+                                       for i, n in enumerate(lay.nodes)))
+        picked = choose_targets(known_lay, len(unplaced), up, sites)
+        nodes = list(lay.nodes)
+        for i, node in zip(unplaced, picked):
+            targets[i] = node
+            nodes[i] = node
+            moved.add(i)
+        if moved:
+            new_layout = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
+                                nodes=tuple(nodes))
+    if not targets:
+        return None
+    # zfec is systematic: data fragments as sources mean no decode when only parity is lost.
+    return RebuildPlan(check=check, sources=tuple(check.healthy), targets=targets,
+                       moved=frozenset(moved), new_layout=new_layout)
+
+
+# --- the reconstructor -------------------------------------------------------------------------
+
+class Reconstructor:
+    """Checks every layout and rebuilds what :func:`plan_rebuild` says, ``rate_bytes_s`` paced."""
+
+    def __init__(self, cluster: Any, meta: MetadataClient, pool: StoragePool, *, rate_bytes_s: float,
+                 clock: Clock = SYSTEM_CLOCK, interval_s: float = 60.0,
+                 batch_bytes: int = REBUILD_BATCH_BYTES) -> None:
+        self.cluster = cluster
+        self.meta = meta
+        self.pool = pool
+        self.clock = clock
+        self.interval_s = interval_s
+        self.batch_bytes = batch_bytes
+        self.pacer = Pacer(rate_bytes_s, clock=clock)
+        self.sites = {s.id: s for s in pool.sites}
+        self.counters: dict[str, float] = {
+            "passes": 0, "layouts_checked": 0, "fragments_rebuilt": 0, "fragments_relocated": 0,
+            "bytes_rebuilt": 0, "bytes_read": 0, "rebuild_seconds": 0.0, "failures": 0,
+            "records_rewritten": 0, "orphaned_rebuilds": 0,
+        }
+        self.failures: dict[str, int] = {}
+        # Figures of the last complete pass (what `headwater status` shows) and the current one.
+        self.last: dict[str, float] = {"degraded_objects": 0, "degraded_layouts": 0, "degraded_stripes": 0,
+                                       "unreadable_objects": 0, "layouts": 0}
+        self.current: dict[str, float] = dict(self.last)
+        self.last_pass_end: float | None = None
+        self.running = False
+
+    # --- stats -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        total = self.last["layouts"]
+        progress = 1.0 if not self.running else (
+            min(0.99, self.current["layouts"] / total) if total else 0.0)
+        out: dict[str, Any] = {**self.counters, **self.last, "pass_progress": progress,
+                               "pass_running": int(self.running),
+                               "last_pass_end": self.last_pass_end or 0.0}
+        for reason, n in self.failures.items():
+            out[f"failures_{reason}"] = n
+        out["rebuild_bytes_per_second"] = (self.counters["bytes_rebuilt"] / self.counters["rebuild_seconds"]
+                                           if self.counters["rebuild_seconds"] else 0.0)
+        return out
+
+    def _failed(self, exc: BaseException, what: str) -> None:
+        reason = failure_reason(exc)
+        self.counters["failures"] += 1
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        log.warning("reconstructor: %s failed (%s): %s", what, reason, exc)
+
+    # --- checking ------------------------------------------------------------------------------
+
+    async def check(self, refs: Sequence[LayoutRef]) -> tuple[list[LayoutCheck], set[str]]:
+        """Judge every fragment of ``refs``: one ``frag.stat_many`` per node. Returns the checks
+        and the nodes that answered."""
+        by_node: dict[str, list[str]] = {}
+        for ref in refs:
+            for i, node in enumerate(ref.layout.nodes):
+                if node is not None and node in self.sites and ref.layout.size > 0:
+                    by_node.setdefault(node, []).append(ref.layout.fid(i))
+        answers: dict[tuple[str, str], dict] = {}
+        up: set[str] = set()
+
+        async def ask(node: str, fids: list[str]) -> None:
+            try:
+                for start in range(0, len(fids), 1024):
+                    got = await self.pool.client(node).stat_many(fids[start:start + 1024], timeout=STAT_TIMEOUT_S)
+                    for st in got:
+                        answers[(node, st["fid"])] = st
+            except (RpcError, TimeoutError) as e:
+                log.info("reconstructor: %s did not answer frag.stat_many: %s", node, e)
+                return
+            up.add(node)
+
+        async with anyio.create_task_group() as tg:
+            for node, fids in by_node.items():
+                tg.start_soon(ask, node, fids)
+        checks = []
+        for ref in refs:
+            lay = ref.layout
+            if lay.size == 0:
+                continue
+            states = tuple(judge(lay, i, answers.get((n, lay.fid(i))) if n in up else None,
+                                 known=n is None or n in self.sites)
+                           for i, n in enumerate(lay.nodes))
+            checks.append(LayoutCheck(ref=ref, states=states))
+        return checks, up
+
+    async def _up_sites(self, answered: set[str]) -> list[NodeSite]:
+        """Storage nodes that can take a relocated fragment now: they answer ``node.info``."""
+        up: list[NodeSite] = []
+
+        async def ping(site: NodeSite) -> None:
+            if site.id in answered:
+                up.append(site)
+                return
+            try:
+                await self.pool.client(site.id).info(timeout=STAT_TIMEOUT_S)
+            except (RpcError, TimeoutError):
+                return
+            up.append(site)
+
+        async with anyio.create_task_group() as tg:
+            for s in self.sites.values():
+                tg.start_soon(ping, s)
+        return sorted(up, key=lambda s: s.id)
+
+    # --- a pass ------------------------------------------------------------------------------
+
+    async def run_once(self) -> dict[str, float]:
+        """Check every layout once and rebuild what can be; returns the pass's figures."""
+        self.running = True
+        self.current = {k: 0 for k in self.last}
+        degraded_objects: set[tuple[str, str]] = set()
+        unreadable: set[tuple[str, str]] = set()
+        up_sites: list[NodeSite] | None = None
+        try:
+            batch: list[LayoutRef] = []
+
+            async def flush() -> None:
+                nonlocal up_sites
+                checks, answered = await self.check(batch)
+                batch.clear()
+                for c in checks:
+                    self.current["layouts"] += 1
+                    self.counters["layouts_checked"] += 1
+                    if not c.degraded:
+                        continue
+                    obj = (c.ref.ns, c.ref.key)
+                    if up_sites is None and any(s is FragState.UNPLACED for s in c.states):
+                        up_sites = await self._up_sites(answered)
+                    plan = plan_rebuild(c, up_sites or [], self.sites)
+                    if plan is not None:
+                        try:
+                            done = await self.rebuild(plan)
+                            if set(done) == set(c.rebuildable) and FragState.UNREACHABLE not in c.states:
+                                continue  # fully repaired now
+                        except Exception as e:  # noqa: BLE001 - one layout must not stop the pass
+                            self._failed(e, f"rebuild of {c.layout.oid}")
+                    self.current["degraded_layouts"] += 1
+                    self.current["degraded_stripes"] += c.layout.stripes
+                    degraded_objects.add(obj)
+                    if not c.readable:
+                        unreadable.add(obj)
+                    self.current["degraded_objects"] = len(degraded_objects)
+                    self.current["unreadable_objects"] = len(unreadable)
+
+            async with aclosing(walk_layouts(self.meta)) as refs:
+                async for ref in refs:
+                    batch.append(ref)
+                    if len(batch) >= CHECK_BATCH:
+                        await flush()
+            if batch:
+                await flush()
+            self.last = dict(self.current)
+            self.counters["passes"] += 1
+            self.last_pass_end = self.clock.time()
+            log.info("reconstructor: pass done: %d layouts, %d degraded objects (%d stripes) left, "
+                     "%d unreadable", self.last["layouts"], self.last["degraded_objects"],
+                     self.last["degraded_stripes"], self.last["unreadable_objects"])
+            return dict(self.last)
+        finally:
+            self.running = False
+
+    async def run_forever(self) -> None:
+        """Passes ``interval_s`` apart; a failed pass is logged and counted, never fatal."""
+        while True:
+            try:
+                await self.run_once()
+            except Exception as e:  # noqa: BLE001 - the daemon outlives any one pass
+                self._failed(e, "pass")
+            await self.clock.sleep(self.interval_s)
+
+    # --- one rebuild ---------------------------------------------------------------------------
+
+    async def rebuild(self, plan: RebuildPlan) -> dict[int, str]:
+        """Rebuild ``plan.targets`` and, for moved fragments, rewrite the record. Returns the
+        fragments stored (index -> node; a target that failed is left out). Raises SourcesLost /
+        TargetsFailed, leaving nothing half-written behind."""
+        lay = plan.check.layout
+        scheme = lay.scheme
+        targets = dict(plan.targets)
+        meta = {"k": scheme.k, "m": scheme.m, "stripe": scheme.stripe_bytes}
+        nstripes = lay.stripes
+        per_round = max(1, min(1024, self.batch_bytes // max(1, scheme.k * scheme.fragment_bytes)))
+        sources = list(plan.sources)
+        started = time.perf_counter()
+        written = 0
+        try:
+            for first in range(0, nstripes, per_round):
+                count = min(per_round, nstripes - first)
+                got = await self._read_sources(lay, sources, first, count)
+                read = sum(len(b) for blocks in got.values() for b in blocks)
+                self.counters["bytes_read"] += read
+                made = await anyio.to_thread.run_sync(_rebuild_blocks, scheme, got, count, sorted(targets))
+                written += await self._append(lay, targets, first, made, meta)
+                if not targets:
+                    raise TargetsFailed(f"{lay.oid}: every target refused the rebuilt fragments")
+                await self.pacer.pace(read + sum(len(b) for i in targets for b in made[i]))
+            await self._commit(lay, targets, nstripes)
+            if not targets:
+                raise TargetsFailed(f"{lay.oid}: every target refused the commit")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abort(lay, targets)
+            raise
+        self.counters["rebuild_seconds"] += time.perf_counter() - started
+        self.counters["bytes_rebuilt"] += written
+        self.counters["fragments_rebuilt"] += len(targets)
+        moved = {i: n for i, n in targets.items() if i in plan.moved}
+        if moved:
+            await self._record_moves(plan.check.ref, moved)
+        log.info("reconstructor: rebuilt %s fragments %s (%d bytes)", lay.oid,
+                 {i: n for i, n in sorted(targets.items())}, written)
+        return targets
+
+    async def _read_sources(self, lay: Layout, sources: list[int], first: int, count: int) -> dict[int, list]:
+        """Blocks ``first .. first+count-1`` of k fragments; a source that fails is dropped for the
+        rest of this rebuild and the next one is read instead."""
+        k = lay.k
+        got: dict[int, list] = {}
+        tried: set[int] = set()
+        while len(got) < k:
+            todo = [i for i in sources if i not in got and i not in tried][:k - len(got)]
+            if not todo:
+                raise SourcesLost(f"{lay.oid}: stripes {first}..{first + count - 1}: only {len(got)} of "
+                                  f"{k} fragments readable")
+
+            async def one(i: int) -> None:
+                node = lay.nodes[i]
+                assert node is not None
+                try:
+                    blocks = await self.pool.client(node).read(lay.fid(i), first, count)
+                except RpcError as e:
+                    log.info("reconstructor: source %s on %s failed: %s", lay.fid(i), node, e)
+                    if isinstance(e, Unavailable):
+                        self.pool.mark_down(node)
+                    return
+                if len(blocks) == count:
+                    got[i] = blocks
+
+            async with anyio.create_task_group() as tg:
+                for i in todo:
+                    tried.add(i)
+                    tg.start_soon(one, i)
+            for i in todo:
+                if i not in got and i in sources:
+                    sources.remove(i)
+        return got
+
+    async def _append(self, lay: Layout, targets: dict[int, str], first: int, made: dict[int, list],
+                      meta: dict) -> int:
+        written = 0
+        failed: list[int] = []
+
+        async def one(i: int, node: str) -> None:
+            nonlocal written
+            try:
+                await self.pool.client(node).append_many(lay.fid(i), first, made[i],
+                                                         block_bytes=lay.scheme.fragment_bytes, meta=meta)
+            except RpcError as e:
+                log.warning("reconstructor: append of %s to %s failed: %s", lay.fid(i), node, e)
+                failed.append(i)
+                return
+            written += sum(len(b) for b in made[i])
+
+        async with anyio.create_task_group() as tg:
+            for i, node in targets.items():
+                tg.start_soon(one, i, node)
+        for i in failed:
+            await self._abort(lay, {i: targets.pop(i)})
+        return written
+
+    async def _commit(self, lay: Layout, targets: dict[int, str], nstripes: int) -> None:
+        failed: list[int] = []
+
+        async def one(i: int, node: str) -> None:
+            try:
+                await self.pool.client(node).commit(lay.fid(i), nstripes)
+            except RpcError as e:
+                log.warning("reconstructor: commit of %s on %s failed: %s", lay.fid(i), node, e)
+                failed.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i, node in targets.items():
+                tg.start_soon(one, i, node)
+        for i in failed:
+            targets.pop(i)
+
+    async def _abort(self, lay: Layout, targets: Mapping[int, str]) -> None:
+        for i, node in targets.items():
+            try:
+                with anyio.fail_after(10):
+                    await self.pool.client(node).abort(lay.fid(i))
+            except (RpcError, TimeoutError):
+                pass  # a temp file left behind is the node's own collector's
+
+    async def _record_moves(self, ref: LayoutRef, moved: dict[int, str]) -> None:
+        """Point the record at the fragments rebuilt onto new nodes: a compare-and-swap on the
+        layout field, re-read and retried if the record changed for another reason. If the
+        layout is gone (object overwritten or deleted meanwhile), the new fragments are removed;
+        if the outcome is unknown (metadata unavailable), they stay for the collector to judge."""
+        oid = ref.layout.oid
+        for _attempt in range(4):
+            current = next((r for r in _refs_of(ref) if r.layout.oid == oid), None)
+            if current is None:
+                break
+            nodes = list(current.layout.nodes)
+            for i, node in moved.items():
+                if nodes[i] is None or nodes[i] not in self.sites:
+                    nodes[i] = node
+            lay = current.layout
+            new = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
+                         nodes=tuple(nodes))
+            value, cond = rewrite(current, new)
+            try:
+                await self.meta.put(ref.ns, ref.key, value, if_match=cond)
+            except ConditionFailed:
+                entry = await self.meta.get(ref.ns, ref.key)
+                if entry is None:
+                    break
+                ref = LayoutRef(ns=ref.ns, key=ref.key, slot=ref.slot, layout=ref.layout, value=entry.value)
+                continue
+            self.counters["records_rewritten"] += 1
+            self.counters["fragments_relocated"] += len(moved)
+            return
+        # The layout is gone: what was rebuilt for it is garbage now.
+        self.counters["orphaned_rebuilds"] += len(moved)
+        for i, node in moved.items():
+            try:
+                await self.pool.client(node).delete(ref.layout.fid(i))
+            except RpcError:
+                pass
+
+
+def _refs_of(ref: LayoutRef) -> Iterable[LayoutRef]:
+    return layouts_in(ref.ns, ref.key, ref.value)
+
+
+def _rebuild_blocks(scheme: Any, got: Mapping[int, list], count: int, want: list[int]) -> dict[int, list]:
+    """The blocks ``want`` of ``count`` stripes, from the blocks ``got`` (index -> per stripe)."""
+    out: dict[int, list] = {i: [] for i in want}
+    for j in range(count):
+        made = stripe.rebuild(scheme, {i: blocks[j] for i, blocks in got.items()}, want)
+        for i in want:
+            out[i].append(made[i])
+    return out

@@ -1,0 +1,87 @@
+"""The repair daemon: the reconstructor and the garbage collector of one cluster, side by side.
+
+One process per cluster (``[repair]`` in cluster.toml, role ``repair``): both walk the whole
+metadata, so running them once is enough, and they share one metadata client and one set of
+storage-node connections. The scrubbers are not here: each storage node scrubs its own disk.
+
+It serves only an admin endpoint: ``/healthz`` reports degraded objects and stripes, repair
+progress and collector figures (what ``headwater status`` prints); ``/metrics`` the same as
+``headwater_repair_*`` and ``headwater_gc_*``. A failed pass is logged and counted by reason
+(:func:`reconstructor.failure_reason`, the one place repair errors are classified) and the next
+pass comes ``interval_seconds`` later; the daemon itself never stops for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from headwater.admin import export_stats, serve_admin
+from headwater.clock import SYSTEM_CLOCK
+from headwater.config import ClusterConfig, RepairConfig
+from headwater.metrics import Registry, add_process_metrics
+
+from .datapath import StoragePool
+from .gc import GarbageCollector
+from .metadata.client import MetadataClient
+from .reconstructor import Reconstructor
+
+__all__ = ["run_repair", "repair_health"]
+
+log = logging.getLogger("headwater.repair")
+
+
+def repair_health(node: RepairConfig, recon: Reconstructor, gc: GarbageCollector | None) -> dict[str, Any]:
+    """What /healthz says: the last complete pass's figures and the current pass's progress."""
+    st = recon.stats()
+    doc: dict[str, Any] = {
+        "status": "ok", "role": "repair", "id": node.id,
+        "degraded_objects": int(st["degraded_objects"]), "degraded_stripes": int(st["degraded_stripes"]),
+        "unreadable_objects": int(st["unreadable_objects"]), "layouts": int(st["layouts"]),
+        "passes": int(st["passes"]), "pass_running": bool(st["pass_running"]),
+        "pass_progress": round(st["pass_progress"], 3),
+        "last_pass_end": st["last_pass_end"] or None,
+        "fragments_rebuilt": int(st["fragments_rebuilt"]), "fragments_relocated": int(st["fragments_relocated"]),
+        "bytes_rebuilt": int(st["bytes_rebuilt"]), "rebuild_bytes_per_second": round(st["rebuild_bytes_per_second"]),
+        "rebuild_failures": int(st["failures"]), "rebuild_rate_limit": node.rebuild_rate_bytes,
+    }
+    if gc is not None:
+        g = gc.stats()
+        doc["gc"] = {"passes": int(g["passes"]), "fragments_deleted": int(g["fragments_deleted"]),
+                     "bytes_deleted": int(g["bytes_deleted"]), "candidates": int(g["candidates"]),
+                     "tmp_removed": int(g["tmp_removed"]), "last_pass_end": g["last_pass_end"] or None}
+    return doc
+
+
+async def run_repair(cluster: ClusterConfig, node: RepairConfig, *,
+                     task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Run the reconstructor and (if enabled) the collector until cancelled; admin on
+    ``node.admin_port``. ``task_status.started()`` once the admin endpoint listens."""
+    registry = Registry()
+    add_process_metrics(registry)
+    async with MetadataClient(cluster, writer_id=f"{node.id}-{os.getpid()}") as meta, \
+            StoragePool(cluster) as pool:
+        recon = Reconstructor(cluster, meta, pool, rate_bytes_s=node.rebuild_rate_bytes,
+                              interval_s=node.interval_s, clock=SYSTEM_CLOCK)
+        gc = (GarbageCollector(meta, pool, grace_s=cluster.objstore.retire_grace_s,
+                               interval_s=node.gc_interval_s, clock=SYSTEM_CLOCK) if node.gc else None)
+        export_stats(registry, "headwater_repair", recon.stats)
+        if gc is not None:
+            export_stats(registry, "headwater_gc", gc.stats)
+
+        async def health() -> dict[str, Any]:
+            return repair_health(node, recon, gc)
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
+                                                           registry=registry, task_status=task_status))
+            tg.start_soon(recon.run_forever)
+            if gc is not None:
+                tg.start_soon(gc.run_forever)
+            log.info("repair %s: reconstructor at %d B/s, collector %s (grace %.0fs)", node.id,
+                     node.rebuild_rate_bytes, "on" if gc else "off", cluster.objstore.retire_grace_s)
+            task_status.started()

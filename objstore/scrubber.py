@@ -1,0 +1,156 @@
+"""The scrubber: each storage node re-reads and verifies its own fragments at a bounded rate.
+
+Swift's object auditor, in our terms. It runs inside the storage node (the disk it reads is the
+node's own, so no fragment crosses the network to be checked), walks every committed fragment
+file in on-disk order, and verifies the header, the footer and every block's xxh3 checksum,
+``scrub_rate`` bytes per second at most. A fragment that fails is moved to ``quarantine/``
+(:meth:`StorageNode.quarantine`): it is never served again and reads as missing, so the
+reconstructor's next pass rebuilds it from the other fragments of its stripes.
+
+Fragments that failed a client read are *suspects*: the node hands them over at once
+(:meth:`Scrubber.suspect`) and they are verified ahead of the pass, within about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from headwater.clock import SYSTEM_CLOCK, Clock
+
+from .fragment import FragmentCorrupt, FragmentNotFound, FragmentScanner
+from .throttle import Pacer
+
+if TYPE_CHECKING:
+    from .storage_node import StorageNode
+
+__all__ = ["Scrubber", "CHUNK_BLOCKS"]
+
+log = logging.getLogger("headwater.scrubber")
+
+# Blocks verified per worker-thread call: large enough that thread hops cost little, small
+# enough (16 x 256 KiB with 1 MiB stripes and k=4) that pacing stays smooth.
+CHUNK_BLOCKS = 16
+# How often run_forever looks for suspects while it waits between passes.
+SUSPECT_POLL_S = 1.0
+LIST_PAGE = 1000
+
+
+class Scrubber:
+    """Verifies ``node``'s fragments; ``rate_bytes_s <= 0`` disables full passes (suspects are
+    still verified), ``interval_s`` is the pause between two passes."""
+
+    def __init__(self, node: StorageNode, *, rate_bytes_s: float, interval_s: float,
+                 clock: Clock = SYSTEM_CLOCK, chunk_blocks: int = CHUNK_BLOCKS) -> None:
+        self.node = node
+        self.enabled = rate_bytes_s > 0
+        self.interval_s = interval_s
+        self.clock = clock
+        self.chunk_blocks = chunk_blocks
+        self.pacer = Pacer(rate_bytes_s, clock=clock)
+        self._suspects: dict[str, None] = {}  # insertion-ordered set
+        self.counters = {"scrub_passes": 0, "scrub_fragments": 0, "scrub_bytes": 0, "scrub_corrupt": 0,
+                         "scrub_suspects_checked": 0}
+        self.last_pass_end: float | None = None  # wall clock
+        self.pass_started: float | None = None
+        self._pass_total = 0
+        self._pass_done = 0
+
+    # --- what others call --------------------------------------------------------------------
+
+    def suspect(self, fid: str) -> None:
+        """Verify ``fid`` soon (a read found a bad block in it)."""
+        self._suspects[fid] = None
+
+    def stats(self) -> dict[str, Any]:
+        progress = 0.0 if self.pass_started is None else (
+            min(1.0, self._pass_done / self._pass_total) if self._pass_total else 1.0)
+        age = None if self.last_pass_end is None else max(0.0, self.clock.time() - self.last_pass_end)
+        return {**self.counters, "scrub_enabled": int(self.enabled), "scrub_pass_progress": progress,
+                "scrub_last_pass_end": self.last_pass_end or 0.0,
+                "scrub_age_seconds": age if age is not None else -1.0}
+
+    # --- one fragment ------------------------------------------------------------------------
+
+    async def check(self, fid: str) -> bool:
+        """Verify one fragment, paced; quarantine it if it fails. True if it is sound (or gone)."""
+        try:
+            scanner = await anyio.to_thread.run_sync(FragmentScanner, self.node.path_of(fid), fid)
+        except FragmentNotFound:
+            return True
+        try:
+            try:
+                await anyio.to_thread.run_sync(scanner.start)
+                await self.pacer.pace(scanner.header.header_len if scanner.header else 0)
+                while not scanner.done:
+                    n = await anyio.to_thread.run_sync(scanner.verify_next, self.chunk_blocks)
+                    self.counters["scrub_bytes"] += n
+                    await self.pacer.pace(n)
+            except FragmentCorrupt as e:
+                self.counters["scrub_corrupt"] += 1
+                log.warning("scrub %s: %s", self.node.id, e)
+                await anyio.to_thread.run_sync(self.node.quarantine, fid, scanner.inode)
+                return False
+        finally:
+            scanner.close()
+        self.counters["scrub_fragments"] += 1
+        return True
+
+    async def check_suspects(self) -> int:
+        """Verify every fragment handed over by a failed read; returns how many were corrupt."""
+        bad = 0
+        while self._suspects:
+            fid = next(iter(self._suspects))
+            del self._suspects[fid]
+            self.counters["scrub_suspects_checked"] += 1
+            if not await self.check(fid):
+                bad += 1
+        return bad
+
+    # --- passes ------------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One pass over every committed fragment; returns how many were found corrupt."""
+        self.pass_started = self.clock.time()
+        self._pass_total = max(self.node.fragment_count, 1)
+        self._pass_done = 0
+        bad = 0
+        cursor = ""
+        while True:
+            entries, nxt = await anyio.to_thread.run_sync(self.node.list_fragments, cursor, LIST_PAGE)
+            for fid, _size, _mtime in entries:
+                bad += await self.check_suspects()
+                if not await self.check(fid):
+                    bad += 1
+                self._pass_done += 1
+            if nxt is None:
+                break
+            cursor = nxt
+        bad += await self.check_suspects()
+        self.counters["scrub_passes"] += 1
+        self.last_pass_end = self.clock.time()
+        self.pass_started = None
+        log.info("scrub %s: pass done, %d fragments, %d corrupt", self.node.id, self._pass_done, bad)
+        return bad
+
+    async def run_forever(self) -> None:
+        """Passes ``interval_s`` apart (when enabled); suspects are verified within a second."""
+        while True:
+            if self.enabled:
+                try:
+                    await self.run_once()
+                except OSError as e:  # a disk error must not stop the node; try again next time
+                    log.warning("scrub %s: pass failed: %s", self.node.id, e)
+            deadline = self.clock.monotonic() + self.interval_s
+            while True:
+                try:
+                    await self.check_suspects()
+                except OSError as e:
+                    log.warning("scrub %s: suspect check failed: %s", self.node.id, e)
+                left = deadline - self.clock.monotonic()
+                if left <= 0 and self.enabled:
+                    break
+                await self.clock.sleep(min(max(left, 0.0), SUSPECT_POLL_S) or SUSPECT_POLL_S)

@@ -1,0 +1,221 @@
+"""Scrubber, reconstructor and collector against real storage nodes over loopback sockets.
+
+The metadata ring is replaced by a dict with the same ``scan_iter`` / ``get`` / ``put(if_match)``
+surface (the ring itself is tested on its own, and the probe tests run all of it together);
+time is a FakeClock, so rate limits and grace periods cost no sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from headwater.clock import FakeClock
+from headwater.config import ClusterConfig, ErasureScheme, StorageNodeConfig
+from headwater.objstore import fragment as fr
+from headwater.objstore.datapath import LayoutWriter, StoragePool, read_layout
+from headwater.objstore.gc import GarbageCollector
+from headwater.objstore.metadata.client import Entry
+from headwater.objstore.metadata.errors import ConditionFailed
+from headwater.objstore.reconstructor import Reconstructor
+from headwater.objstore.records import BUCKETS_NS, Layout, objects_ns
+from headwater.objstore.scrubber import Scrubber
+from headwater.objstore.storage_node import StorageNode, run_storage_node
+
+pytestmark = pytest.mark.anyio
+
+KiB = 1024
+SCHEME = ErasureScheme(k=4, m=2, stripe_bytes=64 * KiB)
+
+
+class DictMeta:
+    """The slice of MetadataClient the repair daemon uses, over a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, dict]] = {}
+        self.puts = 0
+
+    async def scan_iter(self, ns: str, *, page_size: int = 256, **_: Any):
+        for key in sorted(self.data.get(ns, {})):
+            yield Entry(ns=ns, key=key, value=self.data[ns][key], version=(0, "t"))
+
+    async def get(self, ns: str, key: str) -> Entry | None:
+        v = self.data.get(ns, {}).get(key)
+        return None if v is None else Entry(ns=ns, key=key, value=v, version=(0, "t"))
+
+    async def put(self, ns: str, key: str, value: dict, *, if_match: tuple[str, Any] | None = None, **_: Any):
+        cur = self.data.get(ns, {}).get(key)
+        if if_match is not None and (cur is None or cur.get(if_match[0]) != if_match[1]):
+            raise ConditionFailed(ns, key, None, "if_match")
+        self.data.setdefault(ns, {})[key] = value
+        self.puts += 1
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def start_nodes(tg, tmp_path: Path, n: int = 6) -> tuple[ClusterConfig, list[StorageNode]]:
+    nodes = []
+    for i in range(n):
+        cfg = StorageNodeConfig(id=f"s{i + 1}", port=1, admin_port=2, data_dir=tmp_path / f"s{i + 1}")
+        nodes.append(await tg.start(lambda task_status, cfg=cfg: run_storage_node(
+            ClusterConfig(), cfg, port=0, task_status=task_status)))
+    storage = tuple(StorageNodeConfig(id=sn.id, port=sn.rpc_port, admin_port=2, data_dir=sn.data_dir)
+                    for sn in nodes)
+    return ClusterConfig(storage=storage), nodes
+
+
+async def put_object(pool: StoragePool, meta: DictMeta, key: str, data: bytes, *, bucket: str = "b") -> Layout:
+    async with LayoutWriter(pool, SCHEME) as w:
+        await w.write(data)
+        layout = await w.finish()
+    meta.data.setdefault(BUCKETS_NS, {})[bucket] = {"name": bucket}
+    meta.data.setdefault(objects_ns(bucket), {})[key] = {"key": key, "size": len(data),
+                                                         "layouts": [layout.to_value()]}
+    return layout
+
+
+async def read_back(pool: StoragePool, layout: Layout) -> bytes:
+    return b"".join([bytes(p) async for p in read_layout(pool, layout, 0, layout.size)])
+
+
+def frag_path(node: StorageNode, fid: str) -> Path:
+    return node.path_of(fid)
+
+
+def all_verify(node: StorageNode, fid: str, nblocks: int) -> None:
+    assert len(fr.read_blocks(frag_path(node, fid), fid, 0, nblocks)) == nblocks
+
+
+async def test_scrubber_quarantines_flipped_and_truncated_fragments(tmp_path):
+    sn = StorageNode("s1", tmp_path / "s1")
+    sn.prepare()
+    for name in ("good.0", "flip.0", "cut.0", "head.0"):
+        w = fr.FragmentWriter(sn.tmp_dir / name, name, 4096, {"k": 4})
+        w.append(0, [os.urandom(4096) for _ in range(20)])
+        w.commit(sn.path_of(name), 20)
+    sn.prepare()  # recount
+    p = sn.path_of("flip.0")
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    os.truncate(sn.path_of("cut.0"), os.path.getsize(sn.path_of("cut.0")) - 100)
+    raw = bytearray(sn.path_of("head.0").read_bytes())
+    raw[12] ^= 0x01
+    sn.path_of("head.0").write_bytes(bytes(raw))
+
+    clock = FakeClock(autojump=True)
+    scrub = Scrubber(sn, rate_bytes_s=64 * KiB, interval_s=60, clock=clock, chunk_blocks=4)
+    sn.scrubber = scrub
+    t0 = clock.monotonic()
+    assert await scrub.run_once() == 3
+    # paced: good.0 whole and half of flip.0 (~120 KiB) at 64 KiB/s, less the burst: ~1.5 s
+    assert clock.monotonic() - t0 >= 1.0
+    assert sorted(os.listdir(sn.quarantine_dir)) == ["cut.0", "flip.0", "head.0"]
+    assert sn.path_of("good.0").exists() and not sn.path_of("flip.0").exists()
+    st = sn.stats()
+    assert st["scrub_corrupt"] == 3 and st["quarantined"] == 3 and st["fragments"] == 1
+    assert st["scrub_passes"] == 1 and st["scrub_last_pass_end"] == clock.time()
+    assert await scrub.run_once() == 0
+
+
+async def test_quarantine_never_moves_a_file_committed_over_the_corrupt_one(tmp_path):
+    sn = StorageNode("s1", tmp_path / "s1")
+    sn.prepare()
+    w = fr.FragmentWriter(sn.tmp_dir / "x.0", "x.0", 64, {})
+    w.append(0, [b"a" * 64])
+    w.commit(sn.path_of("x.0"), 1)
+    st = os.stat(sn.path_of("x.0"))
+    old_inode = (st.st_dev, st.st_ino)
+    w = fr.FragmentWriter(sn.tmp_dir / "x.0", "x.0", 64, {})  # a rebuild replaces it
+    w.append(0, [b"b" * 64])
+    w.commit(sn.path_of("x.0"), 1)
+    assert sn.quarantine("x.0", old_inode) is False
+    assert sn.path_of("x.0").exists()
+    sn._mark_committing("x.0", +1)
+    assert sn.quarantine("x.0") is False  # a commit of the same fid is under way
+    sn._mark_committing("x.0", -1)
+    assert sn.quarantine("x.0") is True
+
+
+async def test_reconstructor_rebuilds_lost_corrupt_and_unplaced_fragments(tmp_path):
+    async with anyio.create_task_group() as tg:
+        cluster, nodes = await start_nodes(tg, tmp_path)
+        by_id = {n.id: n for n in nodes}
+        meta = DictMeta()
+        async with StoragePool(cluster) as pool:
+            data = {f"k{i}": os.urandom(5 * SCHEME.stripe_bytes + 1000 * i + 1) for i in range(3)}
+            lays = {k: await put_object(pool, meta, k, v) for k, v in data.items()}
+            # k0: one fragment deleted, one quarantined; k1: written with a node "down" (unplaced)
+            l0 = lays["k0"]
+            by_id[l0.nodes[0]].path_of(l0.fid(0)).unlink()
+            by_id[l0.nodes[5]].quarantine(l0.fid(5))
+            l1 = lays["k1"]
+            gone = l1.nodes[3]
+            by_id[gone].path_of(l1.fid(3)).unlink()
+            nodes1 = list(l1.nodes)
+            nodes1[3] = None
+            meta.data["obj/b"]["k1"]["layouts"] = [Layout(**{**_fields(l1), "nodes": tuple(nodes1)}).to_value()]
+
+            clock = FakeClock(autojump=True)
+            recon = Reconstructor(cluster, meta, pool, rate_bytes_s=1024 * KiB, clock=clock)
+            figures = await recon.run_once()
+            assert figures["layouts"] == 3 and figures["degraded_objects"] == 0
+            st = recon.stats()
+            assert st["fragments_rebuilt"] == 3 and st["fragments_relocated"] == 1 and st["records_rewritten"] == 1
+            assert st["bytes_rebuilt"] > 0 and clock.monotonic() > 1000.0  # paced on the fake clock
+            for i in (0, 5):
+                all_verify(by_id[l0.nodes[i]], l0.fid(i), l0.stripes)
+            new1 = Layout.from_value(meta.data["obj/b"]["k1"]["layouts"][0])
+            assert None not in new1.nodes and len(set(new1.nodes)) == 6
+            all_verify(by_id[new1.nodes[3]], new1.fid(3), new1.stripes)
+            # a second pass finds nothing to do
+            assert (await recon.run_once())["degraded_layouts"] == 0
+            assert recon.stats()["fragments_rebuilt"] == 3
+            # every object reads back from the rebuilt fragments alone (the others lost)
+            for k, lay in [("k0", l0), ("k1", new1)]:
+                lost = [i for i in range(6) if i not in ((0, 5) if k == "k0" else (3,))][:2 if k == "k0" else 1]
+                for i in lost:
+                    by_id[lay.nodes[i]].path_of(lay.fid(i)).unlink()
+                assert await read_back(pool, lay) == data[k]
+        tg.cancel_scope.cancel()
+
+
+def _fields(lay: Layout) -> dict:
+    return {"oid": lay.oid, "size": lay.size, "k": lay.k, "m": lay.m, "stripe_bytes": lay.stripe_bytes,
+            "nodes": lay.nodes}
+
+
+async def test_collector_removes_orphans_after_grace_and_keeps_what_records_name(tmp_path):
+    async with anyio.create_task_group() as tg:
+        cluster, nodes = await start_nodes(tg, tmp_path)
+        meta = DictMeta()
+        async with StoragePool(cluster) as pool:
+            kept = await put_object(pool, meta, "kept", os.urandom(3 * SCHEME.stripe_bytes))
+            orphan = await put_object(pool, meta, "orphan", os.urandom(2 * SCHEME.stripe_bytes))
+            del meta.data["obj/b"]["orphan"]  # as if the gateway died before retiring it
+            (nodes[0].tmp_dir / "stale.0").write_bytes(b"torn write")
+            os.utime(nodes[0].tmp_dir / "stale.0", (0, 0))
+            by_id = {n.id: n for n in nodes}
+            newest = max(os.path.getmtime(by_id[n].path_of(orphan.fid(i))) for i, n in enumerate(orphan.nodes))
+            clock = FakeClock(start=newest + 1, autojump=True)
+            gc = GarbageCollector(meta, pool, grace_s=30, clock=clock)
+            assert await gc.run_once() == 0          # first sighting: candidates only
+            assert gc.stats()["candidates"] == 6
+            assert gc.stats()["tmp_removed"] == 1
+            clock.advance(29)
+            assert await gc.run_once() == 0          # not yet grace_s
+            clock.advance(1)
+            assert await gc.run_once() == 6
+            for i, node in enumerate(orphan.nodes):
+                assert not by_id[node].path_of(orphan.fid(i)).exists()
+            for i, node in enumerate(kept.nodes):
+                assert by_id[node].path_of(kept.fid(i)).exists()
+            assert gc.stats()["candidates"] == 0
+        tg.cancel_scope.cancel()
