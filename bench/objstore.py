@@ -17,18 +17,20 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import ceilings as _ceilings
 from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd
 from .peers import Endpoint, PeerError, external_endpoint, headwater_cluster, swift_saio
 
-__all__ = ["main", "Sizes", "Row", "ROWS", "ratio", "goal_met", "render_table", "fmt_value"]
+__all__ = ["main", "Sizes", "Row", "ROWS", "SelfRow", "SELF_ROWS", "ratio", "goal_met", "render_table",
+           "fmt_value", "self_rows", "hot_prefix_keys", "uniform_keys"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -50,10 +52,13 @@ class Sizes:
     small_clients: int = 32
     stream_bytes: int = 1 * GiB     # objects streamed in and out while gateway RSS is sampled
     stream_clients: int = 8
+    key_rounds: int = 2             # hot-prefix vs uniform: alternating rounds of small PUTs each
+    degraded_objects: int = 16      # 64 MiB PUTs by big_clients, healthy and with a node down
 
     @classmethod
     def quick(cls) -> "Sizes":
-        return cls(big_objects_1=2, big_objects_8=8, small_objects=400, stream_bytes=256 * MiB)
+        return cls(big_objects_1=2, big_objects_8=8, small_objects=400, stream_bytes=256 * MiB,
+                   degraded_objects=4)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,15 +320,16 @@ def _sizes_text(s: Sizes) -> str:
 
 
 @contextlib.contextmanager
-def _sources(sizes: Sizes, scratch: Path) -> Iterator[dict[str, Path]]:
+def _sources(sizes: Sizes, scratch: Path, names: tuple[str, ...] = ("big", "small", "stream")
+             ) -> Iterator[dict[str, Path]]:
     """Random source files, on tmpfs when there is one so reading them costs no disk."""
     shm = Path("/dev/shm")
     base = Path(tempfile.mkdtemp(prefix="hwbench-src-", dir=shm if shm.is_dir() else scratch))
+    size_of = {"big": sizes.big_bytes, "small": sizes.small_bytes, "stream": sizes.stream_bytes}
     try:
-        paths = {"big": base / "big", "small": base / "small", "stream": base / "stream"}
-        _write_random(paths["big"], sizes.big_bytes)
-        _write_random(paths["small"], sizes.small_bytes)
-        _write_random(paths["stream"], sizes.stream_bytes)
+        paths = {name: base / name for name in names}
+        for name, path in paths.items():
+            _write_random(path, size_of[name])
         yield paths
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -343,12 +349,189 @@ def _measure_ceilings(data_dir: Path, quick: bool) -> list[dict]:
     return [asdict(c) for c in found]
 
 
+# --- resilience: hot prefixes and a storage node down (Headwater against itself) ---------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelfRow:
+    """A figure measured against another figure of ours from the same run (not against Swift)."""
+
+    key: str
+    baseline: str
+    label: str
+    unit: str
+    baseline_label: str
+    min_ratio: float | None = None
+
+
+SELF_ROWS: tuple[SelfRow, ...] = (
+    SelfRow(key="put_hot_prefix", baseline="put_uniform_keys", unit="ops/s", min_ratio=0.9,
+            label="PUT 4 KiB, every key under videos/2026/", baseline_label="uniform keys"),
+    SelfRow(key="put_big_node_down", baseline="put_big_healthy", unit="MB/s",
+            label="PUT 64 MiB, 1 storage node down", baseline_label="all nodes up"),
+)
+
+
+def self_rows(results: dict) -> list[dict]:
+    """One dict per SELF_ROWS entry: the figure, its baseline, the ratio and the goal."""
+    out = []
+    for row in SELF_ROWS:
+        a = (results.get(row.key) or {}).get("value")
+        b = (results.get(row.baseline) or {}).get("value")
+        r = ratio(a, b)
+        out.append({"key": row.key, "label": row.label, "unit": row.unit, "value": a, "baseline": b,
+                    "baseline_label": row.baseline_label, "ratio": r,
+                    "goal": f">= {row.min_ratio:g}x" if row.min_ratio is not None else "",
+                    "goal_met": None if row.min_ratio is None or r is None else r >= row.min_ratio})
+    return out
+
+
+def render_self_rows(rows: list[dict]) -> str:
+    cells = []
+    for r in rows:
+        status = {True: "met", False: "NOT met", None: ""}[r["goal_met"]]
+        cells.append([f"{r['label']} ({r['unit']})", fmt_value(r["value"], r["unit"]),
+                      f"{fmt_value(r['baseline'], r['unit'])} {r['baseline_label']}",
+                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+                      f"{r['goal']} ({status})" if r["goal"] and status else r["goal"]])
+    return render_table(["workload (Headwater against itself)", "figure", "baseline (same run)", "ratio", "goal"],
+                        cells)
+
+
+def hot_prefix_keys(n: int, tag: str) -> list[str]:
+    """Keys as a video platform writes them: all under one date prefix, in upload order."""
+    return [f"videos/2026/11/{tag}/title-{i:06d}/seg-0001.m4s" for i in range(n)]
+
+
+def uniform_keys(n: int, tag: str) -> list[str]:
+    """Keys that share no prefix: a hash first, so they spread by name as well as by hash."""
+    import hashlib
+    return [f"{hashlib.sha1(f'{tag}/{i}'.encode()).hexdigest()[:16]}/obj-{i:06d}" for i in range(n)]
+
+
+@contextlib.contextmanager
+def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000,
+                    ready_timeout_s: float = 60.0) -> Iterator[tuple[Endpoint, Callable[[str], None], list[str]]]:
+    """The cluster of ``config`` (ports moved, data in ``work_dir``) with every daemon started on
+    its own, ``headwater node ID`` as systemd runs it, so that a killed node stays down (under
+    ``headwater up`` the supervisor would restart it). Yields the endpoint, ``kill(node_id)``
+    (SIGKILL) and the storage node ids."""
+    from headwater import config as hwconfig
+
+    from .peers import ProcessGroup, _stop_leftovers, rewrite_cluster_toml, wait_http
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp_cfg = work_dir / "cluster.toml"
+    tmp_cfg.write_text(rewrite_cluster_toml(config.read_text(), port_offset=port_offset, data_dir=work_dir / "var"))
+    cfg = hwconfig.load(tmp_cfg)
+    if cfg.gateway is None or not cfg.users or not cfg.storage:
+        raise PeerError(f"{config} has no [gateway], [[users]] or [[storage]]")
+    gw, user = cfg.gateway, cfg.users[0]
+    url = f"http://{gw.host}:{gw.port}"
+    procs = ProcessGroup(work_dir)
+    started: dict[str, object] = {}
+    base = [sys.executable, "-m", "headwater", "node"]
+    try:
+        for d in cfg.daemons():
+            if d.role == "gateway":
+                for w in range(gw.workers):
+                    procs.start(f"{d.id}-{w}", [*base, d.id, "-c", str(tmp_cfg), "--worker", str(w)], cwd=work_dir)
+            else:
+                started[d.id] = procs.start(d.id, [*base, d.id, "-c", str(tmp_cfg)], cwd=work_dir)
+        for d in cfg.daemons():
+            wait_http(f"http://{d.host}:{d.admin_port}/healthz", timeout_s=ready_timeout_s, procs=procs,
+                      ok=lambda status: status == 200)
+        wait_http(url + "/", timeout_s=ready_timeout_s, procs=procs)
+
+        def kill(node_id: str) -> None:
+            proc = started[node_id]
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+            proc.wait(10)  # type: ignore[attr-defined]
+            procs.procs = [(n, p) for n, p in procs.procs if p is not proc]
+
+        yield (Endpoint(name="headwater", url=url, access_key=user.access_key, secret_key=user.secret_key,
+                        region=cfg.objstore.region, data_dir=cfg.data_dir, workers=gw.workers,
+                        description=(f"Headwater, {cfg.objstore.ec.describe()}, {gw.workers} gateway workers, "
+                                     f"each daemon a `headwater node` process")),
+               kill, [s.id for s in cfg.storage])
+    finally:
+        procs.stop(timeout_s=20.0)
+        _stop_leftovers(tmp_cfg)
+
+
+def measure_resilience(ep: Endpoint, kill: Callable[[str], None], storage_ids: list[str], s5: S5cmd,
+                       sizes: Sizes, sources: dict[str, Path]) -> dict:
+    """Hot-prefix against uniform-key small PUTs (alternating rounds, summed), then 64 MiB PUTs
+    with every node up and with the last storage node killed. Returns {key: result dict}."""
+    bucket = f"hwbench-res-{os.getpid()}-{secrets.token_hex(3)}"
+    s5.make_bucket(bucket)
+    results: dict[str, dict] = {}
+    body = sources["small"].read_bytes()
+    http = HttpDriver(ep)
+    n, clients = sizes.small_objects, sizes.small_clients
+    try:
+        batches: dict[str, list[Batch]] = {"put_uniform_keys": [], "put_hot_prefix": []}
+        # Alternating rounds, so drift in the machine's load (it is shared) hits both alike.
+        for r in range(sizes.key_rounds):
+            for key, make in (("put_uniform_keys", uniform_keys), ("put_hot_prefix", hot_prefix_keys)):
+                b = http.run("put", key, bucket, make(n, f"r{r}"), clients=clients, body=body,
+                             object_bytes=len(body))
+                batches[key].append(b)
+                _say(f"  resilience: {key:<17} round {r + 1}: {fmt_value(b.ops_per_s, 'ops/s'):>8} ops/s"
+                     f"{f', {b.errors} errors ({b.first_error[:120]})' if b.errors else ''}")
+        for key, bs in batches.items():
+            total = Batch(op=key, ops=sum(b.ops for b in bs), errors=sum(b.errors for b in bs),
+                          bytes=len(body), seconds=sum(b.seconds for b in bs), clients=clients,
+                          client_cpu_s=sum(b.client_cpu_s for b in bs),
+                          first_error=next((b.first_error for b in bs if b.first_error), ""))
+            results[key] = _batch_result(total, "ops/s")
+        s5.delete_prefix(bucket, "")
+
+        keys = [f"degraded/{i:05d}" for i in range(sizes.degraded_objects)]
+        for key, label in (("put_big_healthy", "all up"), ("put_big_node_down", f"{storage_ids[-1]} down")):
+            if key == "put_big_node_down":
+                kill(storage_ids[-1])
+                _say(f"  resilience: killed {storage_ids[-1]} (SIGKILL; nobody restarts it)")
+            b = s5.put(key, sources["big"], bucket, keys, clients=sizes.big_clients)
+            results[key] = _batch_result(b, "MB/s")
+            _say(f"  resilience: {key:<17} {fmt_value(results[key]['value'], 'MB/s'):>8} MB/s  {label}, "
+                 f"{b.ops} x {b.bytes // MiB} MiB in {b.seconds:.1f} s"
+                 f"{f', {b.errors} errors ({b.first_error[:120]})' if b.errors else ''}")
+            s5.delete_prefix(bucket, "")
+    finally:
+        err = s5.remove_bucket(bucket)
+        if err:
+            _say(f"  resilience: could not remove bucket {bucket}: {err}")
+    return results
+
+
+def _run_resilience(config: Path, work: Path, sizes: Sizes, sources: dict[str, Path], scratch: Path,
+                    port_offset: int) -> dict:
+    _say("resilience: starting")
+    out: dict = {"description": "(did not start)", "results": {}}
+    try:
+        with headwater_nodes(config, work / "headwater-nodes", port_offset=port_offset) as (ep, kill, ids):
+            out["description"] = ep.description
+            _say(f"resilience: {ep.description} at {ep.url}")
+            out["results"] = measure_resilience(ep, kill, ids, S5cmd(ep, scratch), sizes, sources)
+    except (PeerError, LoadError, OSError) as e:
+        out["error"] = str(e)[:2000]
+        _say(f"resilience: FAILED: {e}")
+    shutil.rmtree(work / "headwater-nodes" / "var", ignore_errors=True)
+    out["rows"] = self_rows(out["results"])
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m headwater.bench objstore", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", type=Path, default=Path("cluster.toml"),
                    help="cluster.toml to copy for the temporary cluster (default: ./cluster.toml)")
     p.add_argument("--quick", action="store_true", help="small sizes and counts: a 1-2 minute smoke run")
+    p.add_argument("--scenario", choices=("all", "swift", "resilience"), default="all",
+                   help="all (default): ours against Swift, then resilience; swift: only ours "
+                        "against Swift; resilience: only hot-prefix/uniform PUTs and PUTs with a "
+                        "storage node down, Headwater against itself (no Swift, no ceilings)")
     p.add_argument("--no-swift", action="store_true", help="do not start or measure Swift")
     p.add_argument("--ours-only", action="store_true", help="measure only Headwater (implies --no-swift)")
     p.add_argument("--no-ours", action="store_true", help="measure only Swift and the ceilings")
@@ -394,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"cannot read {args.config}: {e}")
             return 2
     swift_workers = args.workers or workers
+    only_resilience = args.scenario == "resilience"
+    # Resilience kills one of its own daemons, so it needs a cluster it starts, never --endpoint.
+    with_resilience = args.scenario in ("all", "resilience") and not args.no_ours and not args.endpoint
+    if only_resilience and not with_resilience:
+        _say("--scenario resilience starts its own cluster: it cannot run with --endpoint or --no-ours")
+        return 2
 
     doc: dict = {
         "bench": "objstore", "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -401,13 +590,15 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "sizes": asdict(sizes), "ceilings": [], "targets": {},
     }
     try:
-        if not args.no_ceilings:
+        if not args.no_ceilings and not only_resilience:
             doc["ceilings"] = _measure_ceilings(work, args.quick)
-        sizes = _fit_stream(sizes, work, 1 if no_swift else args.swift_replicas)
+        if not only_resilience:
+            sizes = _fit_stream(sizes, work, 1 if no_swift else args.swift_replicas)
         doc["sizes"] = asdict(sizes)
         doc["sizes_text"] = _sizes_text(sizes)
-        with _sources(sizes, scratch) as sources:
-            if not args.no_ours:
+        names = ("big", "small") if only_resilience else ("big", "small", "stream")
+        with _sources(sizes, scratch, names) as sources:
+            if not args.no_ours and not only_resilience:
                 if args.endpoint:
                     ak = args.access_key or (users[0].access_key if users else "")
                     sk = args.secret_key or (users[0].secret_key if users else "")
@@ -422,10 +613,13 @@ def main(argv: list[str] | None = None) -> int:
                                              port_offset=args.port_offset)
                 doc["targets"]["ours"] = _run_target("headwater", peer, sizes, sources, scratch)
                 shutil.rmtree(work / "headwater" / "var", ignore_errors=True)
-            if not no_swift:
+            if not no_swift and not only_resilience:
                 peer = swift_saio(work / "swift", replicas=args.swift_replicas, workers=swift_workers,
                                   port_base=args.swift_port_base)
                 doc["targets"]["swift"] = _run_target("swift", peer, sizes, sources, scratch)
+            if with_resilience:
+                doc["resilience"] = _run_resilience(args.config.resolve(), work, sizes, sources, scratch,
+                                                    args.port_offset)
     except KeyboardInterrupt:
         _say("interrupted: servers stopped")
         return 130
@@ -434,7 +628,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     doc["rows"] = report_rows(doc["targets"], doc["ceilings"])
-    print(render_report(doc))
+    out = [] if only_resilience else [render_report(doc)]
+    res = doc.get("resilience")
+    if res:
+        out.append(render_self_rows(res["rows"]))
+        out.append(f"Resilience: {res['description']}; {sizes.key_rounds} alternating rounds of "
+                   f"{sizes.small_objects} x {sizes.small_bytes // KiB} KiB PUTs per key pattern, "
+                   f"{sizes.small_clients} clients; {sizes.degraded_objects} x {sizes.big_bytes // MiB} MiB "
+                   f"PUTs by {sizes.big_clients} clients each way.")
+        if res.get("error"):
+            out.append(f"  failed: {res['error']}")
+        for key, r in res["results"].items():
+            if r.get("errors"):
+                out.append(f"  {key}: {r['errors']}/{r['ops']} requests failed, first: {r['first_error']}")
+    print("\n\n".join(out))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         _say(f"results written to {args.json}")

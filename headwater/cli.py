@@ -253,6 +253,12 @@ def _details_text(role: str, details: dict[str, Any]) -> str:
         for key, label in (("free_bytes", "free"), ("used_bytes", "used"), ("fragments", "fragments")):
             if key in details:
                 shown.append(f"{label} {_human_bytes(details[key]) if key.endswith('_bytes') else details[key]}")
+        if details.get("quarantined"):
+            shown.append(f"quarantined {details['quarantined']}")
+        if "scrub_last_pass_end" in details:
+            shown.append(_scrub_text(details))
+    elif role == "repair":
+        shown.append(_repair_text(details))
     elif role == "gateway":
         for key in ("ec", "ec_scheme", "scheme"):
             if key in details:
@@ -265,15 +271,79 @@ def _details_text(role: str, details: dict[str, Any]) -> str:
             if key in details:
                 shown.append(f"{key} {details[key]}")
                 break
-        for key in ("raft_role", "leader_of", "partitions"):
-            if key in details:
-                shown.append(f"{key} {details[key]}")
+        if isinstance(details.get("raft"), dict):
+            shown.append(_raft_text(details["raft"]))
     if "error" in details:
         shown.append(f"error: {details['error']}")
     if not shown:  # unknown shape: show the scalar fields
         shown = [f"{k}={v}" for k, v in details.items()
                  if k not in ("status", "pid") and isinstance(v, (str, int, float, bool))][:4]
     return ", ".join(shown)
+
+
+def _raft_text(groups: dict[str, Any]) -> str:
+    """A metadata node's Raft groups: how many it leads, the terms, and how far it has applied."""
+    if not groups:
+        return "raft: no groups"
+    states = [g for g in groups.values() if isinstance(g, dict)]
+    leading = sum(1 for g in states if g.get("role") == "leader")
+    terms = sorted({g.get("term", 0) for g in states})
+    text = f"raft: leads {leading} of {len(states)} group{'s' if len(states) != 1 else ''}"
+    text += f", term {terms[0]}" if len(terms) == 1 else f", terms {terms[0]}..{terms[-1]}"
+    leaderless = sum(1 for g in states if not g.get("leader"))
+    if leaderless:
+        text += f", {leaderless} without a leader"
+    lag = max((g.get("commit", 0) - g.get("applied", 0) for g in states), default=0)
+    text += f", applied {sum(g.get('applied', 0) for g in states)}" + (f" ({lag} behind commit)" if lag else "")
+    return text
+
+
+def _age(ts: Any, now: float) -> str:
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or ts <= 0:
+        return "never"
+    s = max(0.0, now - ts)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.1f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
+def _scrub_text(details: dict[str, Any], now: float | None = None) -> str:
+    """A storage node's scrub age and progress: ``scrubbed 5m ago``, ``scrubbing 40%``."""
+    import time
+
+    now = time.time() if now is None else now
+    if not details.get("scrub_enabled", True):
+        return "scrub off"
+    text = f"scrubbed {_age(details.get('scrub_last_pass_end'), now)}"
+    progress = details.get("scrub_pass_progress")
+    if isinstance(progress, (int, float)) and 0 < progress < 1:
+        text += f" (pass {progress:.0%})"
+    return text
+
+
+def _repair_text(details: dict[str, Any], now: float | None = None) -> str:
+    """The repair daemon's degraded objects and stripes, progress and collector figures."""
+    import time
+
+    now = time.time() if now is None else now
+    if "degraded_objects" not in details:
+        return ""
+    if not details.get("passes"):
+        parts = ["first pass " + (f"{details.get('pass_progress', 0):.0%}" if details.get("pass_running") else "pending")]
+    else:
+        parts = [f"degraded {details['degraded_objects']} objects / {details.get('degraded_stripes', 0)} stripes"]
+        if details.get("unreadable_objects"):
+            parts.append(f"UNREADABLE {details['unreadable_objects']}")
+        parts.append(f"last pass {_age(details.get('last_pass_end'), now)}")
+        if details.get("pass_running"):
+            parts.append(f"pass {details.get('pass_progress', 0):.0%}")
+    parts.append(f"rebuilt {details.get('fragments_rebuilt', 0)} fragments "
+                 f"({_human_bytes(details.get('bytes_rebuilt', 0))})")
+    gc = details.get("gc")
+    if isinstance(gc, dict):
+        parts.append(f"gc removed {gc.get('fragments_deleted', 0)}, {gc.get('candidates', 0)} waiting")
+    return ", ".join(parts)
 
 
 async def gather_status(cfg: ClusterConfig, *, timeout_s: float = 1.5) -> list[dict[str, Any]]:
@@ -326,6 +396,34 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".strip().rstrip(":")
 
 
+def failure_domain_report(cfg: ClusterConfig) -> tuple[list[str], list[str]]:
+    """What losing one zone, rack, host or node costs each erasure scheme in use, and warnings
+    for the losses that are unsafe (data unreadable, no parity margin left, or writes stopped)."""
+    from headwater.objstore.placement import NodeSite, PlacementError, analyse, placement_warnings
+
+    if not cfg.storage:
+        return [], []
+    sites = [NodeSite(id=s.id, zone=s.zone, rack=s.rack, host=s.node_host or s.id) for s in cfg.storage]
+    schemes = dict.fromkeys((s.k, s.m, s.write_fragments) for s in [cfg.objstore.ec, *cfg.objstore.bucket_ec.values()])
+    counts = {level: len({key(s) for s in sites}) for level, key in (
+        ("zone", lambda s: s.zone), ("rack", lambda s: (s.zone, s.rack)), ("host", lambda s: (s.zone, s.rack, s.host)))}
+    where = ", ".join(f"{n} {level}{'s' if n != 1 else ''}" for level, n in
+                      (("host", counts["host"]), ("rack", counts["rack"]), ("zone", counts["zone"])))
+    lines: list[str] = []
+    warnings: list[str] = []
+    for k, m, quorum in schemes:
+        lines.append(f"failure domains, EC {k}+{m} (writes need {quorum} fragments) on "
+                     f"{len(sites)} storage nodes, {where}:")
+        try:
+            losses = analyse(sites, k=k, m=m, write_quorum=quorum)
+        except PlacementError as e:
+            warnings.append(str(e))
+            continue
+        lines += [f"  {d.cost()}" for d in losses]
+        warnings += placement_warnings(losses, k=k, m=m)
+    return lines, warnings
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
@@ -335,8 +433,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = anyio.run(functools.partial(gather_status, cfg, timeout_s=args.timeout),
                      backend="asyncio", backend_options={"use_uvloop": True})
     all_ok = all(r["healthy"] for r in rows)
+    domains, warnings = failure_domain_report(cfg)
     if args.json:
         print(json.dumps(rows, indent=2))
+        # stdout stays the JSON list scripts parse; the placement warnings go beside it
+        for w in warnings:
+            _err(f"warning: {w}")
         return EXIT_OK if all_ok else EXIT_FAILED
     table = [("ID", "ROLE", "PID", "ADDRESS", "HEALTH", "DETAILS")]
     for r in rows:
@@ -347,6 +449,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{cfg.name}: {up}/{len(rows)} daemons healthy; {cfg.objstore.ec.describe()}")
     for line in _table(table):
         print(line)
+    for r in rows:
+        d = r["details"]
+        if r["role"] == "repair" and r["healthy"] and d.get("passes"):
+            state = ("every stripe has its full redundancy" if not d.get("degraded_objects") else
+                     f"{d['degraded_objects']} objects ({d.get('degraded_stripes', 0)} stripes) lack redundancy")
+            print(f"repair: {state} as of the last pass; {d.get('layouts', 0)} layouts checked")
+    if domains:
+        print()
+        for line in domains:
+            print(line)
+    for w in warnings:
+        print(f"warning: {w}")
     return EXIT_OK if all_ok else EXIT_FAILED
 
 

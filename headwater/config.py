@@ -22,6 +22,7 @@ __all__ = [
     "StorageNodeConfig",
     "MetadataNodeConfig",
     "ObjstoreConfig",
+    "RepairConfig",
     "HttpLimits",
     "load",
     "loads",
@@ -72,10 +73,26 @@ class ErasureScheme:
     k: int = 4
     m: int = 2
     stripe_bytes: int = 1 * MiB
+    # Fragments of every stripe a PUT must store before it is acknowledged; None means the
+    # default, :attr:`write_fragments`.
+    write_quorum: int | None = None
 
     @property
     def width(self) -> int:
         return self.k + self.m
+
+    @property
+    def write_fragments(self) -> int:
+        """Fragments a write must store before it is acknowledged.
+
+        The default is Swift's rule, k+1 (k when m = 0): k alone would acknowledge a stripe with
+        no redundancy at all, while k+1 survives one more loss until the reconstructor restores
+        the rest, and still lets writes go on with up to m-1 nodes down. ``write_quorum`` trades
+        that: k+m refuses writes whenever any node is down, k acknowledges unprotected stripes.
+        """
+        if self.write_quorum is not None:
+            return self.write_quorum
+        return self.k + min(self.m, 1)
 
     @property
     def fragment_bytes(self) -> int:
@@ -175,12 +192,46 @@ class ObjstoreConfig:
     clock_skew_s: int = 900
     partitions: int = 64
     rpc_timeout_s: float = 30.0
+    # Metadata replica sets are Raft groups: a follower that hears no leader for a random
+    # 1..2 x this starts an election, so failover takes about that long.
+    raft_election_timeout_s: float = 1.0
+    # A metadata read or write gives up (503) after this long, leader failover included.
+    metadata_timeout_s: float = 10.0
     # Long enough for a slow client to finish a large download of the replaced version (Ceph
     # RGW waits 2 h); the queue is per gateway worker and in memory until issue 4's collector.
     retire_grace_s: float = 300.0
+    # Each storage node re-reads and verifies its own fragments at this many bytes/s (0: never),
+    # pausing scrub_interval_s between passes. 8 MiB/s reads a 4 TB disk in about 6 days.
+    scrub_rate_bytes: int = 8 * MiB
+    scrub_interval_s: float = 3600.0
 
     def scheme_for(self, bucket: str) -> ErasureScheme:
         return self.bucket_ec.get(bucket, self.ec)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepairConfig:
+    """The repair daemon: the reconstructor and the garbage collector, one per cluster.
+
+    It serves only its admin endpoint (/healthz, /metrics), so ``port`` is ``admin_port``.
+    """
+
+    id: str = "repair"
+    host: str = "127.0.0.1"
+    admin_port: int = 9401
+    # Repair traffic (fragment bytes read from survivors plus bytes written) per second.
+    rebuild_rate_bytes: int = 64 * MiB
+    interval_s: float = 60.0  # pause between two reconstructor passes
+    gc: bool = True
+    gc_interval_s: float = 60.0  # between two collector passes; orphans go after retire_grace_s
+
+    @property
+    def port(self) -> int:
+        return self.admin_port
+
+    @property
+    def role(self) -> str:
+        return "repair"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,15 +248,19 @@ class ClusterConfig:
     gateway: GatewayConfig | None = None
     storage: tuple[StorageNodeConfig, ...] = ()
     metadata: tuple[MetadataNodeConfig, ...] = ()
+    repair: RepairConfig | None = None
 
-    def daemons(self) -> list[GatewayConfig | StorageNodeConfig | MetadataNodeConfig]:
-        """Every daemon, in the order the supervisor starts them (metadata, storage, gateway)."""
-        out: list[GatewayConfig | StorageNodeConfig | MetadataNodeConfig] = [*self.metadata, *self.storage]
+    def daemons(self) -> list[GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig]:
+        """Every daemon, in the order the supervisor starts them (metadata, storage, gateway, repair)."""
+        out: list[GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig] = [
+            *self.metadata, *self.storage]
         if self.gateway is not None:
             out.append(self.gateway)
+        if self.repair is not None:
+            out.append(self.repair)
         return out
 
-    def daemon(self, node_id: str) -> GatewayConfig | StorageNodeConfig | MetadataNodeConfig:
+    def daemon(self, node_id: str) -> GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig:
         for d in self.daemons():
             if d.id == node_id:
                 return d
@@ -323,7 +378,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 # --- sections ----------------------------------------------------------------------------------
 
 def _scheme(r: _Reader, data: Mapping[str, Any], prefix: str, base: ErasureScheme) -> ErasureScheme:
-    r.check_keys(data, prefix, {"k", "m", "stripe_size"})
+    r.check_keys(data, prefix, {"k", "m", "stripe_size", "write_quorum"})
     k = r.get(data, "k", prefix, int, base.k)
     m = r.get(data, "m", prefix, int, base.m)
     stripe = r.size(data, "stripe_size", prefix, base.stripe_bytes)
@@ -333,21 +388,30 @@ def _scheme(r: _Reader, data: Mapping[str, Any], prefix: str, base: ErasureSchem
         raise r.error(_join(prefix, "m"), f"m={m} must be between 0 and 64 with k+m <= 256")
     if stripe < k or stripe > 64 * MiB:
         raise r.error(_join(prefix, "stripe_size"), f"stripe_size={stripe} must be between k bytes and 64 MiB")
-    return ErasureScheme(k=k, m=m, stripe_bytes=stripe)
+    # A bucket's scheme inherits the base write_quorum only when it keeps the base k and m: an
+    # absolute count means nothing for another scheme.
+    inherited = base.write_quorum if (k, m) == (base.k, base.m) else None
+    quorum = r.get(data, "write_quorum", prefix, int, inherited)
+    if quorum is not None and not k <= quorum <= k + m:
+        raise r.error(_join(prefix, "write_quorum"),
+                      f"write_quorum={quorum} must be between k={k} and k+m={k + m} fragments")
+    return ErasureScheme(k=k, m=m, stripe_bytes=stripe, write_quorum=quorum)
 
 
 def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
     p = "objstore"
     r.check_keys(data, p, {"region", "ec", "bucket_ec", "inline_max_size", "max_object_size",
                            "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
-                           "partitions", "rpc_timeout_seconds", "retire_grace_seconds"})
+                           "partitions", "rpc_timeout_seconds", "retire_grace_seconds",
+                           "raft_election_timeout_seconds", "metadata_timeout_seconds",
+                           "scrub_rate", "scrub_interval_seconds"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
     bucket_ec = {name: _scheme(r, v if isinstance(v, dict) else {}, f"{p}.bucket_ec.{name}", ec)
                  for name, v in r.table(data, "bucket_ec", p).items()}
     partitions = r.get(data, "partitions", p, int, d.partitions)
-    if not 1 <= partitions <= 65536:
-        raise r.error(f"{p}.partitions", "must be between 1 and 65536")
+    if not 1 <= partitions <= 65535:
+        raise r.error(f"{p}.partitions", "must be between 1 and 65535 (partition 0xffff is reserved)")
     return ObjstoreConfig(
         region=r.get(data, "region", p, str, d.region),
         ec=ec,
@@ -360,7 +424,47 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
         clock_skew_s=r.get(data, "clock_skew_seconds", p, int, d.clock_skew_s),
         partitions=partitions,
         rpc_timeout_s=r.get(data, "rpc_timeout_seconds", p, float, d.rpc_timeout_s),
-        retire_grace_s=r.get(data, "retire_grace_seconds", p, float, d.retire_grace_s),
+        raft_election_timeout_s=_positive(r, data, "raft_election_timeout_seconds", p, d.raft_election_timeout_s),
+        metadata_timeout_s=_positive(r, data, "metadata_timeout_seconds", p, d.metadata_timeout_s),
+        retire_grace_s=_non_negative(r, data, "retire_grace_seconds", p, d.retire_grace_s),
+        scrub_rate_bytes=r.size(data, "scrub_rate", p, d.scrub_rate_bytes),
+        scrub_interval_s=_non_negative(r, data, "scrub_interval_seconds", p, d.scrub_interval_s),
+    )
+
+
+def _positive(r: _Reader, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+    value = r.get(data, key, prefix, float, default)
+    if value <= 0:
+        raise r.error(_join(prefix, key), f"{value} must be positive")
+    return value
+
+
+def _non_negative(r: _Reader, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+    value = r.get(data, key, prefix, float, default)
+    if value < 0:
+        raise r.error(_join(prefix, key), f"{value} is negative")
+    return value
+
+
+def _repair(r: _Reader, data: Mapping[str, Any]) -> RepairConfig:
+    p = "repair"
+    r.check_keys(data, p, {"id", "host", "admin_port", "rebuild_rate", "interval_seconds", "gc",
+                           "gc_interval_seconds"})
+    d = RepairConfig()
+    rate = r.size(data, "rebuild_rate", p, d.rebuild_rate_bytes)
+    if rate <= 0:
+        raise r.error(f"{p}.rebuild_rate", "must be a positive size per second, such as \"64MiB\"")
+    node_id = r.get(data, "id", p, str, d.id)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}", node_id):
+        raise r.error(f"{p}.id", f"{node_id!r} is not a valid id (letters, digits, . _ -)")
+    return RepairConfig(
+        id=node_id,
+        host=r.get(data, "host", p, str, d.host),
+        admin_port=r.port(data, "admin_port", p, d.admin_port),
+        rebuild_rate_bytes=rate,
+        interval_s=_non_negative(r, data, "interval_seconds", p, d.interval_s),
+        gc=r.get(data, "gc", p, bool, d.gc),
+        gc_interval_s=_non_negative(r, data, "gc_interval_seconds", p, d.gc_interval_s),
     )
 
 
@@ -428,7 +532,7 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError("toml", str(e), path=path, line=int(m.group(1)) if m else None) from None
     r = _Reader(path, text)
-    r.check_keys(data, "", {"cluster", "objstore", "users", "gateway", "storage", "metadata"})
+    r.check_keys(data, "", {"cluster", "objstore", "users", "gateway", "storage", "metadata", "repair"})
     root = Path(path).resolve().parent if path else Path.cwd()
 
     cl = r.table(data, "cluster", "")
@@ -462,6 +566,7 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
         users.append(User(name=r.get(u, "name", p, str, access), access_key=access, secret_key=secret))
 
     gateway = _gateway(r, r.table(data, "gateway", "")) if "gateway" in data else None
+    repair = _repair(r, r.table(data, "repair", "")) if "repair" in data else None
 
     storage: list[StorageNodeConfig] = []
     for n in _nodes(r, data.get("storage"), "storage", root, base):
@@ -488,6 +593,7 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
         name=r.get(cl, "name", "cluster", str, "headwater"), runtime=runtime, log_level=log_level,
         path=Path(path).resolve() if path else None, data_dir=base, objstore=objstore,
         users=tuple(users), gateway=gateway, storage=tuple(storage), metadata=tuple(metadata),
+        repair=repair,
     )
     _check_cluster(r, cfg, env or os.environ)
     return cfg
@@ -501,11 +607,14 @@ def _check_cluster(r: _Reader, cfg: ClusterConfig, env: Mapping[str, str]) -> No
         keyed.append(("gateway", cfg.gateway))
     keyed += [(f"storage[{i}]", s) for i, s in enumerate(cfg.storage)]
     keyed += [(f"metadata[{i}]", m) for i, m in enumerate(cfg.metadata)]
+    if cfg.repair:
+        keyed.append(("repair", cfg.repair))
     for prefix, d in keyed:
         if d.id in seen_ids:
             raise r.error(f"{prefix}.id", f"id {d.id!r} is also used by {seen_ids[d.id]}")
         seen_ids[d.id] = prefix
-        for attr in ("port", "admin_port"):
+        # The repair daemon listens on its admin port only (its ``port`` is the same number).
+        for attr in ("admin_port",) if isinstance(d, RepairConfig) else ("port", "admin_port"):
             addr = (d.host, getattr(d, attr))
             if addr in seen_ports:
                 raise r.error(f"{prefix}.{attr}", f"{addr[0]}:{addr[1]} is also used by {seen_ports[addr]}")
@@ -519,6 +628,8 @@ def _check_cluster(r: _Reader, cfg: ClusterConfig, env: Mapping[str, str]) -> No
         if len(cfg.storage) < widest.width:
             raise r.error("storage", f"{widest.describe()} needs {widest.width} storage nodes, "
                                      f"the file has {len(cfg.storage)}")
+    if cfg.repair is not None and not (cfg.metadata and cfg.storage):
+        raise r.error("repair", "the repair daemon needs [[metadata]] and [[storage]] nodes to repair")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> ClusterConfig:

@@ -19,7 +19,7 @@ import anyio.abc
 import anyio.to_thread
 
 from headwater.config import ClusterConfig, ErasureScheme
-from headwater.rpc import RpcError, Unavailable
+from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
 
 from . import stripe
 from .placement import NodeSite, PlacementError, place
@@ -110,10 +110,11 @@ def new_oid() -> str:
 def write_quorum(scheme: ErasureScheme) -> int:
     """Fragments that must be stored before a write is acknowledged.
 
-    k alone would leave no redundancy at all; k+1 (when m > 0) survives one more loss while the
-    reconstructor restores the rest, which is what lets a write go on with a node down.
+    ``[objstore.ec] write_quorum`` when set, else k+1 (k when m = 0): k alone would leave no
+    redundancy at all; k+1 survives one more loss while the reconstructor restores the rest,
+    which is what lets a write go on with a node down. See ``ErasureScheme.write_fragments``.
     """
-    return scheme.k + min(scheme.m, 1) if scheme.m else scheme.k
+    return scheme.write_fragments
 
 
 class LayoutWriter:
@@ -133,6 +134,10 @@ class LayoutWriter:
         self.scheme = scheme
         self.oid = new_oid()
         self.nodes: list[str | None] = pool.place_degraded(self.oid, scheme)
+        # Every node asked to hold a fragment, even those dropped after a failed call: one that
+        # failed mid-append (a full disk, say) still holds a temp file that abort must remove.
+        self._placed: list[str | None] = list(self.nodes)
+        self._committing = False
         self._buf = bytearray()
         self._stripes = 0
         self._size = 0
@@ -214,8 +219,11 @@ class LayoutWriter:
             except RpcError as e:
                 log.warning("fragment append to %s failed: %s", node, e)
                 self.pool.stats["fragment_write_errors"] += 1
-                if isinstance(e, Unavailable):
+                if isinstance(e, (Unavailable, DeadlineExceeded)):
+                    # Refused, or silent past the deadline (a host cut off): out of placements
+                    # for a while, or every write would wait the deadline out on it again.
                     self.pool.mark_down(node)
+                    self._placed[i] = None  # unreachable: cleaning up there would only wait
                 self.nodes[i] = None
 
         try:
@@ -243,6 +251,8 @@ class LayoutWriter:
         await self._flush()
         await self._drain()
 
+        self._committing = True
+
         async def commit(i: int, node: str) -> None:
             try:
                 await self.pool.client(node).commit(f"{self.oid}.{i}", self._stripes)
@@ -264,11 +274,16 @@ class LayoutWriter:
         """Remove whatever was written; safe to call after a failure or a cancellation."""
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
-                for i, node in enumerate(self.nodes):
+                for i, node in enumerate(self._placed):
                     if node is None:
                         continue
-                    call = self.pool.client(node).delete if self._finished else self.pool.client(node).abort
-                    tg.start_soon(_quietly, call, f"{self.oid}.{i}")
+                    client = self.pool.client(node)
+                    if self._finished:
+                        tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
+                        continue
+                    tg.start_soon(_quietly, client.abort, f"{self.oid}.{i}")
+                    if self._committing:  # some nodes may have committed before the quorum failed
+                        tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
 
 
 async def _quietly(fn: Callable, *args: object) -> None:
@@ -292,7 +307,7 @@ async def delete_layouts(pool: StoragePool, layouts: Sequence[Layout]) -> None:
 def _read_failed(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> None:
     log.warning("fragment %s on %s unreadable: %s", lay.fid(index), lay.nodes[index], e)
     pool.stats["fragment_read_errors"] += 1
-    if isinstance(e, Unavailable):
+    if isinstance(e, (Unavailable, DeadlineExceeded)):
         pool.mark_down(lay.nodes[index])  # type: ignore[arg-type]
 
 

@@ -21,8 +21,18 @@ method             args                                                       re
                                                                               last_len, size_bytes,
                                                                               complete, meta}
 ``frag.delete``    fid                                                        {deleted: bool}
+``frag.stat_many`` fids [...] (at most 1024)                                  {stats: [{fid, ...} or
+                                                                              {fid, error: code}]}
+``frag.list``      after (cursor), limit                                      {entries: [[fid, size,
+                                                                              mtime]], next}
 ``node.info``      -                                                          {id, free_bytes, ...}
+``node.collect``   -                                                          {removed: n} (stale
+                                                                              temp files)
 =================  =========================================================  =====================
+
+Corruption: a fragment that fails a checksum on read is handed to the node's scrubber to verify
+whole; a fragment the scrubber finds corrupt is moved to ``data_dir/quarantine/`` (never served
+again, kept for inspection), so it reads as missing and the reconstructor rebuilds it.
 """
 
 from __future__ import annotations
@@ -46,14 +56,17 @@ from headwater.rpc import BadRequest, Reply, RpcServer
 
 from .fragment import (BLOCK_PREFIX, FragmentCorrupt, FragmentNotFound, FragmentWriter, StorageFull, check_fid,
                        fragment_relpath, fsync_dir, read_blocks, read_info)
+from .scrubber import Scrubber
 
-__all__ = ["StorageNode", "StorageNodeError", "run_storage_node", "DEFAULT_TMP_MAX_AGE_S"]
+__all__ = ["StorageNode", "StorageNodeError", "run_storage_node", "DEFAULT_TMP_MAX_AGE_S", "MAX_STAT_FIDS"]
 
 log = logging.getLogger("headwater.storage")
 
 DEFAULT_TMP_MAX_AGE_S = 3600.0
 GC_INTERVAL_S = 60.0
 MAX_READ_BLOCKS = 1024
+MAX_STAT_FIDS = 1024
+MAX_LIST_ENTRIES = 10_000
 
 
 class StorageNodeError(Exception):
@@ -83,6 +96,7 @@ class StorageNode:
         self.data_dir = Path(data_dir)
         self.frags_dir = self.data_dir / "frags"
         self.tmp_dir = self.data_dir / "tmp"
+        self.quarantine_dir = self.data_dir / "quarantine"
         self.tmp_max_age_s = tmp_max_age_s
         self.clock = clock
         self._uploads: dict[str, _Upload] = {}
@@ -90,16 +104,23 @@ class StorageNode:
         self.rpc_port: int | None = None
         self._fragments = 0
         self._used_bytes = 0
+        # Fids whose commit may be renaming a file into place right now; a quarantine of the same
+        # fid waits its turn on _lock and then leaves the fresh file alone.
+        self._lock = threading.Lock()
+        self._committing: dict[str, int] = {}
+        # Set by run_storage_node: fragments that failed a read are handed to it to verify whole.
+        self.scrubber: Any = None
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
                          "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
-                         "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0}
+                         "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
+                         "quarantined": 0}
 
     # --- startup -------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Create the data directory layout, check it is writable, count what is there (blocking)."""
         try:
-            for d in (self.data_dir, self.frags_dir, self.tmp_dir):
+            for d in (self.data_dir, self.frags_dir, self.tmp_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
             probe = self.tmp_dir / f".probe-{os.getpid()}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -125,6 +146,10 @@ class StorageNode:
 
     def path_of(self, fid: str) -> Path:
         return self.data_dir / fragment_relpath(fid)
+
+    @property
+    def fragment_count(self) -> int:
+        return self._fragments
 
     # --- operations ----------------------------------------------------------------------------
 
@@ -188,6 +213,7 @@ class StorageNode:
                 return info.size_bytes
             raise BadRequest(f"no upload of {fid} in progress", fid=fid)
         existed = await anyio.to_thread.run_sync(dest.exists)
+        self._mark_committing(fid, +1)
         try:
             # Shielded: once the rename may have happened, the node's books must follow it.
             with anyio.CancelScope(shield=True):
@@ -199,6 +225,8 @@ class StorageNode:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
             raise
+        finally:
+            self._mark_committing(fid, -1)
         self._uploads.pop(fid, None)
         self.counters["commits"] += 1
         if not existed:
@@ -228,6 +256,8 @@ class StorageNode:
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
             log.warning("storage %s: %s", self.id, e)
+            if self.scrubber is not None:
+                self.scrubber.suspect(fid)
             raise
         except FragmentNotFound:
             self.counters["not_found_reads"] += 1
@@ -242,6 +272,99 @@ class StorageNode:
         return {"fid": fid, "block_bytes": info.block_bytes, "nblocks": info.nblocks,
                 "last_len": info.last_len, "size_bytes": info.size_bytes,
                 "complete": info.complete, "meta": info.meta}
+
+    async def stat_many(self, fids: list[str]) -> list[dict]:
+        """``stat`` of many fragments in one call (the reconstructor's check); a fragment that is
+        missing or damaged answers ``{fid, error: code}`` instead of failing the call."""
+        for fid in fids:
+            check_fid(fid)
+        return await anyio.to_thread.run_sync(self._stat_many, fids)
+
+    def _stat_many(self, fids: list[str]) -> list[dict]:
+        out = []
+        for fid in fids:
+            try:
+                info = read_info(self.path_of(fid), fid)
+            except (FragmentNotFound, FragmentCorrupt) as e:
+                out.append({"fid": fid, "error": e.code})
+                continue
+            out.append({"fid": fid, "block_bytes": info.block_bytes, "nblocks": info.nblocks,
+                        "last_len": info.last_len, "size_bytes": info.size_bytes,
+                        "complete": info.complete})
+        return out
+
+    def list_fragments(self, after: str = "", limit: int = 1000) -> tuple[list[list], str | None]:
+        """Committed fragments in on-disk order after the cursor ``after`` (blocking).
+
+        Returns ``([[fid, size_bytes, mtime], ...], next_cursor)``; ``next_cursor`` is None at
+        the end. The cursor is the fragment's path under ``frags/``, so a page resumes without
+        walking what came before it.
+        """
+        out: list[list] = []
+        last = ""
+        cursor = after.split("/") if after else []
+        for top in _sorted_dirs(self.frags_dir):
+            if cursor and top < cursor[0]:
+                continue
+            for sub in _sorted_dirs(self.frags_dir / top):
+                if cursor and (top, sub) < (cursor[0], cursor[1]):
+                    continue
+                d = self.frags_dir / top / sub
+                try:
+                    names = sorted(os.listdir(d))
+                except FileNotFoundError:
+                    continue
+                for name in names:
+                    rel = f"{top}/{sub}/{name}"
+                    if after and rel <= after:
+                        continue
+                    try:
+                        st = os.stat(d / name)
+                    except FileNotFoundError:
+                        continue
+                    out.append([name, st.st_size, st.st_mtime])
+                    last = rel
+                    if len(out) >= limit:
+                        return out, last
+        return out, None
+
+    def quarantine(self, fid: str, inode: tuple[int, int] | None = None) -> bool:
+        """Move a corrupt fragment to ``quarantine/`` so it is never served and reads as missing.
+
+        ``inode`` is the (st_dev, st_ino) that was found corrupt: if the path now names another
+        file (a rebuild committed meanwhile), or a commit of this fid is under way, nothing moves.
+        Blocking; returns whether the file was moved.
+        """
+        path = self.path_of(fid)
+        with self._lock:
+            if self._committing.get(fid):
+                return False
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return False
+            if inode is not None and (st.st_dev, st.st_ino) != inode:
+                return False
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(path, self.quarantine_dir / fid)
+            self._fragments -= 1
+            self._used_bytes -= st.st_size
+        try:
+            fsync_dir(path.parent)
+            fsync_dir(self.quarantine_dir)
+        except OSError as e:
+            log.warning("storage %s: fsync after quarantining %s failed: %s", self.id, fid, e)
+        self.counters["quarantined"] += 1
+        log.warning("storage %s: quarantined corrupt fragment %s", self.id, fid)
+        return True
+
+    def _mark_committing(self, fid: str, delta: int) -> None:
+        with self._lock:
+            n = self._committing.get(fid, 0) + delta
+            if n > 0:
+                self._committing[fid] = n
+            else:
+                self._committing.pop(fid, None)
 
     async def delete(self, fid: str) -> bool:
         check_fid(fid)
@@ -273,9 +396,10 @@ class StorageNode:
             free, total = self.disk_usage()
         except OSError:
             free = total = 0
+        scrub = self.scrubber.stats() if self.scrubber is not None else {}
         return {"id": self.id, "free_bytes": free, "total_bytes": total,
                 "fragments": self._fragments, "used_bytes": self._used_bytes,
-                "uploads_open": len(self._uploads), **self.counters}
+                "uploads_open": len(self._uploads), **self.counters, **scrub}
 
     # --- garbage ---------------------------------------------------------------------------------
 
@@ -334,7 +458,10 @@ class StorageNode:
         srv.add("frag.read", self._rpc_read)
         srv.add("frag.stat", self._rpc_stat)
         srv.add("frag.delete", self._rpc_delete)
+        srv.add("frag.stat_many", self._rpc_stat_many)
+        srv.add("frag.list", self._rpc_list)
         srv.add("node.info", self._rpc_info)
+        srv.add("node.collect", self._rpc_collect)
         return srv
 
     async def _rpc_append(self, args: dict, payload: bytes) -> Any:
@@ -390,6 +517,32 @@ class StorageNode:
     async def _rpc_info(self, args: dict, payload: bytes) -> Any:
         return await self.info()
 
+    async def _rpc_stat_many(self, args: dict, payload: bytes) -> Any:
+        fids = args.get("fids")
+        if not isinstance(fids, list) or len(fids) > MAX_STAT_FIDS:
+            raise BadRequest(f"fids must be a list of at most {MAX_STAT_FIDS} fragment ids")
+        return {"stats": await self.stat_many(fids)}
+
+    async def _rpc_list(self, args: dict, payload: bytes) -> Any:
+        after = args.get("after") or ""
+        limit = args.get("limit", 1000)
+        if not isinstance(after, str) or len(after) > 300 or ".." in after:
+            raise BadRequest("after must be a cursor from an earlier frag.list")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_ENTRIES:
+            raise BadRequest(f"limit must be between 1 and {MAX_LIST_ENTRIES}")
+        entries, nxt = await anyio.to_thread.run_sync(self.list_fragments, after, limit)
+        return {"entries": entries, "next": nxt}
+
+    async def _rpc_collect(self, args: dict, payload: bytes) -> Any:
+        return {"removed": len(await anyio.to_thread.run_sync(self.collect_garbage))}
+
+
+def _sorted_dirs(path: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir())
+    except FileNotFoundError:
+        return []
+
 
 async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
                            task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
@@ -399,10 +552,13 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     sn = StorageNode(node.id, node.data_dir, clock=clock)
     await anyio.to_thread.run_sync(sn.prepare)
     srv = sn.rpc_server()
+    sn.scrubber = Scrubber(sn, rate_bytes_s=cluster.objstore.scrub_rate_bytes,
+                           interval_s=cluster.objstore.scrub_interval_s)
     async with anyio.create_task_group() as tg:
         bound = await tg.start(srv.serve, node.host, node.port if port is None else port)
         sn.rpc_port, sn.rpc = bound, srv
         tg.start_soon(sn.run_gc_forever)
+        tg.start_soon(sn.scrubber.run_forever)
         registry = Registry()
         add_process_metrics(registry)
         export_stats(registry, "headwater_storage", sn.stats)
@@ -411,7 +567,10 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
             st = sn.stats()
             return {"status": "ok", "role": "storage", "id": node.id, "rpc_port": bound,
                     "free_bytes": st.get("free_bytes"), "used_bytes": st.get("used_bytes"),
-                    "total_bytes": st.get("total_bytes"), "fragments": st.get("fragments")}
+                    "total_bytes": st.get("total_bytes"), "fragments": st.get("fragments"),
+                    "quarantined": st.get("quarantined"), "scrub_enabled": bool(st.get("scrub_enabled")),
+                    "scrub_last_pass_end": st.get("scrub_last_pass_end") or None,
+                    "scrub_pass_progress": st.get("scrub_pass_progress")}
 
         if port is None:
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,

@@ -117,6 +117,9 @@ class Daemon:
     port: int
     admin_port: int
     data_dir: Path | None = None
+    host: str = "127.0.0.1"       # the address it binds (its "host's" address)
+    netns: str | None = None      # network namespace it runs in (`ip netns exec`), if any
+    domain_host: str | None = None  # failure-domain host name (storage `node_host`)
 
 
 class ClusterStartError(RuntimeError):
@@ -132,6 +135,7 @@ class Cluster:
                  storage_nodes: int = 6, metadata_nodes: int = 3, workers: int = 1,
                  mode: str = "nodes", runtime: str = "asyncio", log_level: str = "info",
                  extra_objstore: dict[str, Any] | None = None, rpc_timeout_seconds: float | None = None,
+                 repair: dict[str, Any] | None = None,
                  start_timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
         assert mode in ("nodes", "up")
         self.root = Path(root)
@@ -151,6 +155,10 @@ class Cluster:
                                data_dir=self.data_dir / f"storage-{i + 1}") for i in range(storage_nodes)]
         self.metadata = [Daemon(id=f"meta-{i + 1}", role="metadata", port=0, admin_port=0,
                                 data_dir=self.data_dir / f"meta-{i + 1}") for i in range(metadata_nodes)]
+        # The repair daemon (reconstructor + collector) only when asked for: ``repair={...}``
+        # gives its [repair] keys (e.g. {"interval_seconds": 1}); it serves its admin port only.
+        self.repair_options = repair
+        self.repair = Daemon(id="repair", role="repair", port=0, admin_port=0) if repair is not None else None
         self._assign_ports()
         self.settings = dict(k=k, m=m, stripe_size=stripe_size, inline_max_size=inline_max_size,
                              min_part_size=min_part_size, max_put_size=max_put_size,
@@ -164,10 +172,12 @@ class Cluster:
     # --- configuration ------------------------------------------------------------------------
 
     def _assign_ports(self) -> None:
-        daemons = [self.gateway, *self.storage, *self.metadata]
+        daemons = [self.gateway, *self.storage, *self.metadata, *([self.repair] if self.repair else [])]
         ports = iter(free_ports(2 * len(daemons)))
         for d in daemons:
             d.port, d.admin_port = next(ports), next(ports)
+        if self.repair is not None:
+            self.repair.port = self.repair.admin_port
 
     @staticmethod
     def _size(v: str | int) -> str:
@@ -204,10 +214,27 @@ class Cluster:
         lines += ["[gateway]", f'id = "{g.id}"', f'host = "{self.host}"', f"port = {g.port}",
                   f"admin_port = {g.admin_port}", f"workers = {self.workers}", ""]
         for d in self.metadata:
-            lines += ["[[metadata]]", f'id = "{d.id}"', f"port = {d.port}", f"admin_port = {d.admin_port}", ""]
+            lines += ["[[metadata]]", f'id = "{d.id}"', f'host = "{d.host}"', f"port = {d.port}",
+                      f"admin_port = {d.admin_port}", ""]
         for d in self.storage:
-            lines += ["[[storage]]", f'id = "{d.id}"', f"port = {d.port}", f"admin_port = {d.admin_port}", ""]
+            lines += ["[[storage]]", f'id = "{d.id}"', f'host = "{d.host}"', f"port = {d.port}",
+                      f"admin_port = {d.admin_port}"]
+            lines += [f'node_host = "{d.domain_host}"', ""] if d.domain_host else [""]
+        if self.repair is not None:
+            lines += ["[repair]", f'id = "{self.repair.id}"', f"admin_port = {self.repair.admin_port}"]
+            lines += [f"{key} = {json.dumps(value)}" for key, value in (self.repair_options or {}).items()]
+            lines.append("")
         return "\n".join(lines)
+
+    def place_on_host(self, node_id: str, address: str, *, netns: str | None = None,
+                      name: str | None = None) -> None:
+        """Run a storage or metadata daemon as if on another host (before ``start``): bound to
+        ``address``, inside network namespace ``netns`` when given, and (storage) in failure
+        domain host ``name``."""
+        d = self.daemon(node_id)
+        assert d.role != "gateway", "the gateway stays on the test's own host"
+        d.host, d.netns, d.domain_host = address, netns, name
+        self.config_path.write_text(self.config_text())
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -217,7 +244,7 @@ class Cluster:
 
     @property
     def daemons(self) -> list[Daemon]:
-        return [*self.metadata, *self.storage, self.gateway]
+        return [*self.metadata, *self.storage, self.gateway, *([self.repair] if self.repair else [])]
 
     def daemon(self, node_id: str) -> Daemon:
         for d in self.daemons:
@@ -227,13 +254,14 @@ class Cluster:
 
     # --- processes ----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None,
+               prefix: Sequence[str] = ()) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
         self._log_files.append(log)
         log.write(f"\n=== {time.strftime('%H:%M:%S')} start: {' '.join(args)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "headwater", *args],
+            [*prefix, sys.executable, "-m", "headwater", *args],
             cwd=str(self.root), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
@@ -251,7 +279,9 @@ class Cluster:
                 name = d.id if w == 0 else f"{d.id}#{w}"
                 self.procs[name] = self._spawn(name, self._node_args(d, w))
         else:
-            self.procs[d.id] = self._spawn(d.id, self._node_args(d))
+            # `ip netns exec` execs the daemon in place, so the pid (and group) stays the daemon's
+            prefix = ["ip", "netns", "exec", d.netns] if d.netns else []
+            self.procs[d.id] = self._spawn(d.id, self._node_args(d), prefix=prefix)
 
     def start(self, attempts: int = 3) -> Cluster:
         """Start every daemon and wait until ready. A port grabbed by someone else between
@@ -287,7 +317,7 @@ class Cluster:
 
     def healthz(self, d: Daemon, timeout: float = 1.0) -> httpx.Response | None:
         try:
-            return httpx.get(f"http://{self.host}:{d.admin_port}/healthz", timeout=timeout)
+            return httpx.get(f"http://{d.host}:{d.admin_port}/healthz", timeout=timeout)
         except httpx.HTTPError:
             return None
 
