@@ -197,6 +197,9 @@ class ObjstoreConfig:
     raft_election_timeout_s: float = 1.0
     # A metadata read or write gives up (503) after this long, leader failover included.
     metadata_timeout_s: float = 10.0
+    # A Raft log is compacted once it holds this many applied entries (the records are the
+    # snapshot); a follower further behind than a tenth of it is sent a snapshot instead.
+    raft_log_entries: int = 20_000
     # Long enough for a slow client to finish a large download of the replaced version (Ceph
     # RGW waits 2 h); the queue is per gateway worker and in memory until issue 4's collector.
     retire_grace_s: float = 300.0
@@ -403,7 +406,7 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
     r.check_keys(data, p, {"region", "ec", "bucket_ec", "inline_max_size", "max_object_size",
                            "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
                            "partitions", "rpc_timeout_seconds", "retire_grace_seconds",
-                           "raft_election_timeout_seconds", "metadata_timeout_seconds",
+                           "raft_election_timeout_seconds", "metadata_timeout_seconds", "raft_log_entries",
                            "scrub_rate", "scrub_interval_seconds"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
@@ -426,6 +429,7 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
         rpc_timeout_s=r.get(data, "rpc_timeout_seconds", p, float, d.rpc_timeout_s),
         raft_election_timeout_s=_positive(r, data, "raft_election_timeout_seconds", p, d.raft_election_timeout_s),
         metadata_timeout_s=_positive(r, data, "metadata_timeout_seconds", p, d.metadata_timeout_s),
+        raft_log_entries=int(_positive(r, data, "raft_log_entries", p, d.raft_log_entries)),
         retire_grace_s=_non_negative(r, data, "retire_grace_seconds", p, d.retire_grace_s),
         scrub_rate_bytes=r.size(data, "scrub_rate", p, d.scrub_rate_bytes),
         scrub_interval_s=_non_negative(r, data, "scrub_interval_seconds", p, d.scrub_interval_s),

@@ -91,7 +91,9 @@ class MetadataNode:
         o = self.cluster.objstore
         election_s = o.raft_election_timeout_s
         return GroupSettings(timing=Timing(election_s=election_s, heartbeat_s=election_s / 10),
-                             rpc_timeout_s=min(o.rpc_timeout_s, max(election_s, 1.0)))
+                             rpc_timeout_s=min(o.rpc_timeout_s, max(election_s, 1.0)),
+                             compact_after_entries=o.raft_log_entries,
+                             keep_entries=max(1, o.raft_log_entries // 10))
 
     async def _transport(self, peer: str, method: str, args: dict[str, Any], timeout: float) -> Any:
         return (await self._clients[peer].call(method, args, timeout=timeout)).result

@@ -343,3 +343,38 @@ async def test_a_corrupt_record_on_the_leader_is_repaired_from_a_peer(tmp_path):
         assert store.get("obj/b", p, "k").value == {"etag": "1"}  # healed in place
         stats = mc.node(leader).statistics()
         assert stats["corrupt_records"] >= 1 and stats["records_repaired"] == 1
+
+
+async def test_a_node_behind_the_compacted_log_gets_a_snapshot(tmp_path):
+    async with meta_cluster(tmp_path, partitions=8) as mc:
+        mc.cfg = dataclasses.replace(mc.cfg, objstore=dataclasses.replace(mc.cfg.objstore, raft_log_entries=40))
+        for i in range(3):  # restart with the small log limit
+            await mc.stop(i)
+        for i in range(3):
+            await mc.start(i)
+        async with mc.client() as meta:
+            ring = PartitionMap.from_cluster(mc.cfg)
+            await meta.put("obj/b", "before", {"n": 0})
+            await meta.put("obj/b", "doomed", {"n": 0})
+            await mc.stop(2)
+            keys = [f"k{i:03}" for i in range(150)]
+            for k in keys:
+                await meta.put("obj/b", k, {"k": k})
+            await meta.delete("obj/b", "doomed")
+            stats = [mc.node(i).statistics() for i in (0, 1)]
+            assert all(st["raft_compactions"] >= 1 for st in stats)
+            await mc.start(2)
+            store = mc.node(2).store
+
+            def caught_up() -> bool:
+                held = {k for k in [*keys, "before", "doomed"]
+                        if store.get("obj/b", ring.partition_of("obj/b", k), k) is not None}
+                return held == {*keys, "before"}
+            await settle(caught_up, timeout=10)
+            assert sum(mc.node(i).statistics()["raft_snapshots_sent"] for i in (0, 1)) >= 1
+            assert mc.node(2).statistics()["raft_snapshots_installed"] >= 1
+            # the snapshot is a working replica: it can serve with either partner gone
+            await mc.stop(0)
+            assert {e.key for e in await meta.scan("obj/b", limit=500)} == {*keys, "before"}
+            await meta.put("obj/b", "after", {"n": 1})
+            assert (await meta.get("obj/b", "after")).value == {"n": 1}

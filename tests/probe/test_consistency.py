@@ -11,13 +11,10 @@ Outcomes: 2xx, 404 on GET, and 412 (or 404 on If-Match) are known; a 5xx, a time
 broken connection leaves the op's outcome unknown (it may or may not have taken effect); 409
 ConditionalRequestConflict is S3's "not applied" and is left out of the history.
 
-The metadata ring is quorum-replicated last-writer-wins and documented as not yet linearizable
-(objstore/metadata/client.py: a coordinator dying between writing a minority and reverting it,
-a read returning a write that is reverted a moment later). With at most one metadata node down
-and the gateway alive those windows are narrow, and no violation has been seen: the default
-test checks the full model. The slow soaks run it for ``HEADWATER_SOAK_SECONDS`` (default 600),
-one of them also killing the gateway (every write's coordinator); if the Raft ring is not in
-yet, that one is the likeliest to find a violation. ``HEADWATER_CONSISTENCY_SECONDS`` sets the
+The metadata ring is Raft (one consensus group per replica set, linearizable reads through
+the leader), so the full model must hold under every fault here, including a metadata leader
+killed mid-write. The slow soaks run it for ``HEADWATER_SOAK_SECONDS`` (default 600), one of
+them also killing the gateway (every write's client). ``HEADWATER_CONSISTENCY_SECONDS`` sets the
 default test's length (20). Run with ``-s`` to see each run's summary: ops, unknown outcomes,
 faults injected, and on a violation the ops that prove it.
 """
@@ -42,7 +39,8 @@ from tests.linearizability import CheckResult, Kind, Recorder, check
 
 KiB = 1024
 CLUSTER_OPTIONS = dict(k=4, m=2, stripe_size=64 * KiB, inline_max_size=2 * KiB, min_part_size=100 * KiB,
-                       rpc_timeout_seconds=3)
+                       rpc_timeout_seconds=3,
+                       extra_objstore={"raft_election_timeout_seconds": 0.5, "metadata_timeout_seconds": 4})
 M = 2                       # storage nodes that may be down at once
 REQUEST_TIMEOUT_S = 5.0     # boto3 connect and read timeouts; one attempt
 SOAK_SECONDS = float(os.environ.get("HEADWATER_SOAK_SECONDS", "600"))
@@ -350,8 +348,7 @@ def test_soak(cluster, bucket):
 @pytest.mark.slow
 @pytest.mark.timeout(SOAK_SECONDS + 600)
 def test_soak_with_gateway_kills(cluster, bucket):
-    """The soak with the gateway (every write's coordinator) killed and restarted too: a
-    coordinator dying between writing a minority and reverting it is the window the quorum ring
-    documents as not linearizable."""
+    """The soak with the gateway (every write's client) killed and restarted too: writes in
+    flight when it dies have unknown outcomes, and must still resolve one way everywhere."""
     w = Workload(seconds=SOAK_SECONDS, kill_metadata=True, kill_gateway=True)
     assert_linearizable(run_workload(cluster, bucket, w))

@@ -5,6 +5,7 @@ Keys in the store's Raft database, per group (``g`` = the group id, UTF-8)::
     g NUL "H"            msgpack [term, vote]
     g NUL "S"            msgpack [applied, snapshot_index, snapshot_term, applied_term]
     g NUL "L" index(8)   msgpack [term, data]
+    g NUL "I"            present while a snapshot is being installed
 
 ``save`` writes a :class:`~.core.Ready` in one transaction: hard state, truncation, new entries,
 and the committed entries applied to the records with the applied index beside them. Applying
@@ -54,6 +55,12 @@ class RaftStorage:
         self.applied_term = 0
 
     def load(self) -> LoadedState:
+        with self.store.env.begin(write=True) as txn:
+            if txn.get(self._prefix + b"I", db=self._db) is not None:
+                # A snapshot install was cut short: its records are a mix of old and new, and
+                # replaying a log over them could diverge. Start empty; the leader sends it again.
+                self.store.clear_partitions(txn, self.partitions)
+                txn.delete(self._prefix + b"I", db=self._db)
         with self.store.env.begin(db=self._db) as txn:
             hs = txn.get(self._prefix + b"H")
             term, vote = msgpack.unpackb(hs) if hs is not None else (0, None)
@@ -146,6 +153,7 @@ class RaftStorage:
                     if not cur.delete():
                         break
             txn.put(self._prefix + b"S", msgpack.packb([0, 0, 0, 0]), db=self._db)
+            txn.put(self._prefix + b"I", b"1", db=self._db)
 
     def install_chunk(self, pairs: list[tuple[bytes, bytes]]) -> None:
         with self.store.env.begin(write=True) as txn:
@@ -154,4 +162,5 @@ class RaftStorage:
     def install_end(self, index: int, term: int) -> None:
         with self.store.env.begin(write=True) as txn:
             txn.put(self._prefix + b"S", msgpack.packb([index, index, term, term]), db=self._db)
+            txn.delete(self._prefix + b"I", db=self._db)
         self.applied_term = term
