@@ -176,6 +176,10 @@ class RaftCore:
         hs = hard_state or HardState()
         self.term = hs.term
         self.vote = hs.vote
+        # A node with nothing on disk may be a replaced one whose disk (and the votes on it) is
+        # gone: it votes in no term past the first until a leader has brought it into the group,
+        # so it cannot vote twice in a term it forgot.
+        self._fresh = hs.term == 0 and not entries and snapshot_index == 0
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         # The log: entries[i] has index snapshot_index + 1 + i.
@@ -365,6 +369,8 @@ class RaftCore:
         # comes back with a high term must not depose a working leader (thesis 4.2.3).
         if req.term > self.term and now - self._heard_leader_at < self.timing.election_s:
             return VoteReply(term=self.term, granted=False)
+        if self._fresh and req.term > 1:
+            return VoteReply(term=self.term, granted=False)
         if req.term > self.term:
             self._become_follower(req.term, None, now)
         up_to_date = (req.last_term, req.last_index) >= (self.last_term, self.last_index)
@@ -395,6 +401,11 @@ class RaftCore:
         self.leader = req.leader
         self._heard_leader_at = now
         self._election_at = now + self._election_timeout()
+        self._fresh = False
+        if self.vote is None:
+            # Count the leader as this term's vote: no other candidate can win a term that has
+            # a leader, and a late vote request of this term must not get a second vote here.
+            self._set_term(self.term, req.leader)
         if req.prev_index > self.last_index:
             return AppendReply(term=self.term, success=False, match=self.last_index, round=req.round)
         if req.prev_index < self.snapshot_index:
