@@ -29,6 +29,7 @@ __all__ = [
     "CorruptRecord",
     "StoreFull",
     "DataDirError",
+    "RingChanged",
 ]
 
 
@@ -139,6 +140,12 @@ class StoreFull(MetadataError):
 
 class DataDirError(MetadataError):
     """The node's data directory cannot be created, written or opened as an LMDB environment."""
+
+
+class RingChanged(DataDirError):
+    """cluster.toml's metadata nodes or partitions differ from those the node's data was written
+    under: moving partitions between Raft groups is not supported, so the node refuses to start
+    rather than serve a ring whose groups have no data."""
 
 
 #: Errors after which a write provably stored nothing (a failed quorum write is reverted).

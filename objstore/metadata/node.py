@@ -34,11 +34,11 @@ from headwater.config import ClusterConfig, MetadataNodeConfig
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, RpcClient, RpcServer, Unavailable
 
-from .errors import CorruptRecord, InvalidKey, NotLeaderError, NotStoredError
+from .errors import CorruptRecord, InvalidKey, NotLeaderError, NotStoredError, RingChanged
 from .partition import PartitionMap, group_id
 from .raft.core import NotLeader, Timing
 from .raft.group import GroupSettings, NotStored, RaftGroup
-from .raft.storage import RaftStorage
+from .raft.storage import RaftStorage, check_ring
 from .store import Command, OpKind, Record, Store, record_from_wire, record_to_wire
 
 __all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT"]
@@ -104,6 +104,15 @@ class MetadataNode:
         self.store = await anyio.to_thread.run_sync(lambda: Store.open(
             cfg.data_dir, map_size_bytes=cfg.map_size_bytes, inline_key_bytes=self._inline_key_bytes))
         try:
+            ring = {"partitions": self.ring.partitions, "nodes": sorted(self.ring.nodes),
+                    "replicas": self.ring.replicas}
+            recorded = check_ring(self.store, ring)
+            if recorded is not None:
+                raise RingChanged(
+                    f"metadata node {cfg.id}: {cfg.data_dir} holds records of a ring with {recorded}, but "
+                    f"cluster.toml now describes {ring}; changing the metadata nodes or partitions of a "
+                    f"running store is not supported yet (a node with the same id and an empty data_dir "
+                    f"may replace a lost one)")
             async with AsyncExitStack() as stack:
                 for peer, (host, port) in self._addresses.items():
                     if peer != cfg.id:
@@ -183,7 +192,7 @@ class MetadataNode:
             cmd = Command(kind=kind, ns=args["ns"], partition=p, key=args["key"], version=(int(ts), str(writer)),
                           value=args.get("value"), if_absent=bool(args.get("if_absent", False)),
                           if_match=(str(if_match[0]), if_match[1]) if if_match else None)
-            if kind is OpKind.REVERT or (kind is OpKind.PUT and not isinstance(cmd.value, dict)):
+            if kind is OpKind.PUT and not isinstance(cmd.value, dict):
                 raise ValueError("kv.write takes a put with a dict value or a delete")
             self.store._encode(p, cmd.ns, cmd.key)  # validate before it enters the log
         except InvalidKey as e:

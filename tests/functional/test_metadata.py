@@ -12,6 +12,7 @@ import pytest
 from headwater.config import ClusterConfig, MetadataNodeConfig, ObjstoreConfig
 from headwater.objstore.metadata import (ConditionFailed, DataDirError, Entry, MetadataClient,
                                          QuorumUnavailable, WriteOutcomeUnknown, run_metadata_node)
+from headwater.objstore.metadata.errors import RingChanged
 from headwater.objstore.metadata.partition import PartitionMap
 
 from ..cluster import free_ports
@@ -404,3 +405,20 @@ async def test_a_replaced_node_with_an_empty_disk_rejoins_without_downtime(tmp_p
         await mc.stop(other)
         assert [e.key for e in await meta.scan("obj/b")] == keys
         await meta.put("obj/b", "after", {"n": 1})
+
+
+async def test_a_changed_ring_is_refused_at_start(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        await meta.put("obj/b", "k", {"n": 1})
+        await mc.stop(0)
+        before = mc.cfg
+        extra = MetadataNodeConfig(id="meta-9", port=free_ports(1)[0], admin_port=1, data_dir=tmp_path / "meta-9")
+        mc.cfg = dataclasses.replace(mc.cfg, metadata=(*mc.cfg.metadata, extra))
+        with pytest.raises(RingChanged, match="changing the metadata nodes or partitions"):
+            await run_metadata_node(mc.cfg, mc.cfg.metadata[0], admin=False)
+        mc.cfg = dataclasses.replace(before, objstore=dataclasses.replace(before.objstore, partitions=32))
+        with pytest.raises(RingChanged):
+            await run_metadata_node(mc.cfg, mc.cfg.metadata[0], admin=False)
+        mc.cfg = before
+        await mc.start(0)  # the unchanged ring starts as before
+        assert (await meta.get("obj/b", "k")).value == {"n": 1}

@@ -46,12 +46,12 @@ REQUEST_TIMEOUT_S = 5.0     # boto3 connect and read timeouts; one attempt
 SOAK_SECONDS = float(os.environ.get("HEADWATER_SOAK_SECONDS", "600"))
 UNKNOWN_HORIZON_S = 30.0    # if the strict check is inconclusive: unknown outcomes settle within this
 
-# A refused or timed-out connect should mean the request never left, but a run with gateway
-# kills once saw a value whose PUT had failed so (or the checker found a real stale read): until
-# that is understood these are unknown outcomes like the rest. Set HEADWATER_CONNECT_ERRORS_UNSENT=1
-# to leave them out of the history instead (faster checks, and the stricter reading).
+# A refused or timed-out connect means the request never left: it is left out of the history.
+# (Under the quorum ring one gateway-kill run saw a value whose PUT had failed so; the Raft ring
+# has no such window.) HEADWATER_CONNECT_ERRORS_UNKNOWN=1 counts them as unknown outcomes
+# instead: a weaker check that costs the checker far more search.
 NOT_SENT_ERRORS = ((botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)
-                   if os.environ.get("HEADWATER_CONNECT_ERRORS_UNSENT") == "1" else ())
+                   if os.environ.get("HEADWATER_CONNECT_ERRORS_UNKNOWN") != "1" else ())
 UNKNOWN_ERRORS = (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError,
                   botocore.exceptions.ConnectionClosedError, botocore.exceptions.ResponseStreamingError,
                   botocore.exceptions.IncompleteReadError)

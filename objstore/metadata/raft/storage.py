@@ -27,7 +27,22 @@ from ..errors import StoreFull
 from ..store import Command, CommandResult, Store
 from .core import Entry, HardState, Ready
 
-__all__ = ["LoadedState", "RaftStorage"]
+__all__ = ["LoadedState", "RaftStorage", "check_ring"]
+
+_RING_KEY = b"\0ring"  # sorts before every group's keys; no group id is empty
+
+
+def check_ring(store: Store, ring: dict[str, object]) -> dict[str, object] | None:
+    """Record ``ring`` (partitions, node ids, replicas) on first use; afterwards return the
+    recorded ring if it differs from ``ring`` (None when they agree)."""
+    packed = msgpack.packb(ring, use_bin_type=True)
+    with store.env.begin(write=True) as txn:
+        old = txn.get(_RING_KEY, db=store.raft_db)
+        if old is None:
+            txn.put(_RING_KEY, packed, db=store.raft_db)
+            return None
+        recorded = msgpack.unpackb(old, raw=False)
+    return None if recorded == msgpack.unpackb(packed, raw=False) else recorded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
