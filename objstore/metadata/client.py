@@ -110,6 +110,8 @@ class RaftReplication:
         self.ring = PartitionMap.from_cluster(cluster)
         self.clock = clock
         self.timeout_s = timeout_s
+        # Long enough for a busy leader, short enough to move on to the next one in time.
+        self.attempt_s = min(timeout_s, max(1.0, 3 * cluster.objstore.raft_election_timeout_s))
         self.connect_timeout_s = connect_timeout_s
         self._rng = rng or random.Random()
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
@@ -126,19 +128,28 @@ class RaftReplication:
 
     # --- routing -------------------------------------------------------------------------------
 
-    async def _leader_call(self, p: int, method: str, args: dict[str, Any], *, write: bool) -> Any:
+    async def _leader_call(self, p: int, method: str, args: dict[str, Any], *, write: bool,
+                           retry_unknown: bool = True) -> Any:
+        """Call ``method`` on the leader of ``p``'s group until it answers or the deadline.
+
+        Each attempt gets ``attempt_s``: a leader that stopped answering (frozen, cut off) is
+        given up in time to ask the one elected after it. A write whose attempt went unanswered
+        is sent again with the same version (the group applies a version once) when
+        ``retry_unknown``; otherwise, or when the deadline passes, it is WriteOutcomeUnknown.
+        """
         members = self.ring.replica_set(p)
         gid = group_id(members)
         deadline = anyio.current_time() + self.timeout_s
         node = self._leaders.get(gid) or members[self._rng.randrange(len(members))]
         tried: list[str] = []
         errors: dict[str, Exception] = {}
+        unknown = False
         while True:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
             try:
-                result = (await self._clients[node].call(method, args, timeout=remaining)).result
+                result = (await self._clients[node].call(method, args, timeout=min(remaining, self.attempt_s))).result
             except NotLeaderError as e:
                 errors[node] = e
                 hint = e.details.get("leader")
@@ -158,12 +169,17 @@ class RaftReplication:
                 errors[node] = e
                 self._leaders.pop(gid, None)
                 if write and e.details.get("sent") is not False:
-                    self.stats["unknown_outcomes"] += 1
-                    raise WriteOutcomeUnknown(f"{method} to {node}: {e}") from None
+                    unknown = True
+                    if not retry_unknown:
+                        break
+                    self.stats["retries"] += 1
                 node = await self._next(members, node, tried)
                 continue
             self._leaders[gid] = node
             return result
+        if unknown:
+            self.stats["unknown_outcomes"] += 1
+            raise WriteOutcomeUnknown(f"{method} to group {gid}: no answer ({errors})")
         self.stats["quorum_failures"] += 1
         raise QuorumUnavailable(f"{method} to group {gid}", needed=len(members) // 2 + 1, answered=0, errors=errors)
 
@@ -197,7 +213,10 @@ class RaftReplication:
         args: dict[str, Any] = {"ns": ns, "p": p, "key": key, "kind": "put" if value is not None else "delete",
                                 "v": list(version), "value": value, "if_absent": if_absent,
                                 "if_match": list(if_match) if if_match is not None else None}
-        r = await self._leader_call(p, "kv.write", args, write=True)
+        # A conditional delete cannot be told from its own retry once it applied (the key is
+        # gone, so the condition fails): it is not sent twice. Puts and plain deletes are.
+        r = await self._leader_call(p, "kv.write", args, write=True,
+                                    retry_unknown=not (value is None and if_match is not None))
         previous = record_from_wire(r["previous"])
         if not r["applied"]:
             raise ConditionFailed(ns, key, _entry(ns, key, previous), describe)

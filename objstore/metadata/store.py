@@ -1,4 +1,4 @@
-"""One metadata node's records on LMDB: versioned, checksummed, last-writer-wins.
+"""One metadata node's records on LMDB, written in Raft log order, checksummed.
 
 Layout: one LMDB environment per node, one unnamed database, keys sorted bytewise::
 
@@ -13,11 +13,13 @@ key sorts exactly where its members do, so a cursor walk still yields keys in or
 A stored record is ``msgpack([1, ts, writer, tombstone, value]) + xxh3_64`` (8 bytes, big-endian)
 and is verified on every read; a group is the same wrapping around ``[[key, record], ...]``.
 
-Every write is ordered by its version ``(timestamp_ns, writer_id)``: a write older than the
-record it meets is ignored and reported stale (last writer wins), so replicas converge whatever
-order writes and repairs reach them in. Deletes leave tombstones, which scans return when asked
-so that a coordinator can repair a replica that missed the delete. ``apply_batch`` commits many
-operations in one transaction, synced to disk before it returns.
+Every write is a Raft :class:`Command`, applied by :meth:`Store.execute` inside the caller's
+write transaction in log order, so every replica holds the same records at the same index.
+A delete removes the key. The tombstone flag is still decoded (the old last-writer-wins design
+wrote tombstones; such a record reads with ``value`` None and counts as absent), but nothing
+writes one now. ``put_record`` stores a peer's copy to repair a corrupt record, and
+``dump_partitions`` / ``clear_partitions`` / ``load_raw`` move a Raft group's records as a
+snapshot. The Raft log itself lives in a named database of the same environment.
 
 This module is synchronous; the node runs writes on a worker thread.
 """
@@ -38,15 +40,14 @@ import xxhash
 from .errors import CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 
 __all__ = [
-    "Version", "MIN_VERSION", "Record", "Op", "OpKind", "Status", "ApplyResult", "ScanPage",
-    "Store", "encode_record", "decode_record", "record_to_wire", "record_from_wire",
-    "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult", "RAFT_DB_NAME",
+    "Version", "Record", "OpKind", "ScanPage", "Store", "encode_record", "decode_record", "record_to_wire",
+    "record_from_wire", "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult",
+    "RAFT_DB_NAME",
 ]
 
 log = logging.getLogger("headwater.objstore.metadata.store")
 
 Version = tuple[int, str]
-MIN_VERSION: Version = (0, "")
 
 RAFT_DB_NAME = b"\xff\xff\xffraft"
 MAX_NS_BYTES = 255
@@ -59,14 +60,11 @@ _SUM_BYTES = 8
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Record:
-    """One version of a key on one node: a value, or a tombstone when ``value`` is None."""
+    """One version of a key on one node. ``value`` is None only for a tombstone the old
+    last-writer-wins design left on disk: such a record counts as absent."""
 
     version: Version
     value: dict[str, Any] | None
-
-    @property
-    def tombstone(self) -> bool:
-        return self.value is None
 
 
 def _wrap(payload: bytes) -> bytes:
@@ -121,6 +119,8 @@ def check_ns(ns: str) -> bytes:
         raise InvalidKey(f"namespace must be a non-empty string, got {ns!r}")
     if "\0" in ns:
         raise InvalidKey(f"namespace {ns!r} contains NUL")
+    if ns.startswith("\x7f"):
+        raise InvalidKey(f"namespace {ns!r} is reserved (0x7f starts the store's own namespaces)")
     try:
         b = ns.encode("utf-8")
     except UnicodeEncodeError:
@@ -147,69 +147,6 @@ def check_key(key: str) -> bytes:
 class OpKind(enum.StrEnum):
     PUT = "put"
     DELETE = "delete"
-    REVERT = "revert"
-
-
-class Status(enum.StrEnum):
-    APPLIED = "applied"    # stored; the node now holds this version
-    SAME = "same"          # the node already held exactly this version (a retry or a repair)
-    STALE = "stale"        # the node holds a newer version; this write was ignored
-    CONFLICT = "conflict"  # ``expect`` failed: the node holds a version newer than expected
-    REVERTED = "reverted"  # a revert found its version and restored the previous record
-    NOOP = "noop"          # a revert found another version and left it alone
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Op:
-    """One write to apply on a node.
-
-    ``expect`` makes a put or delete conditional: it applies only if the node's current version
-    (tombstones included, an absent key counts as ``MIN_VERSION``) is not newer than ``expect``,
-    the version the coordinator read. A replica that lags behind that read still accepts.
-    A revert replaces the record only if it still holds exactly ``version``, with ``restore``
-    (None removes the key): it undoes a write that failed to reach a quorum.
-    """
-
-    ns: str
-    partition: int
-    key: str
-    kind: OpKind
-    version: Version
-    value: dict[str, Any] | None = None
-    expect: Version | None = None
-    restore: Record | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        w: dict[str, Any] = {"ns": self.ns, "p": self.partition, "key": self.key, "kind": str(self.kind),
-                             "v": list(self.version)}
-        if self.value is not None:
-            w["value"] = self.value
-        if self.expect is not None:
-            w["expect"] = list(self.expect)
-        if self.restore is not None:
-            w["restore"] = record_to_wire(self.restore)
-        return w
-
-    @classmethod
-    def from_wire(cls, w: dict[str, Any]) -> Op:
-        try:
-            kind = OpKind(w["kind"])
-            ts, writer = w["v"]
-            expect = w.get("expect")
-            op = cls(ns=w["ns"], partition=int(w["p"]), key=w["key"], kind=kind, version=(int(ts), str(writer)),
-                     value=w.get("value"), expect=(int(expect[0]), str(expect[1])) if expect is not None else None,
-                     restore=record_from_wire(w.get("restore")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed op {w!r}: {e}") from None
-        if kind is OpKind.PUT and not isinstance(op.value, dict):
-            raise ValueError("a put needs a dict value")
-        return op
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApplyResult:
-    status: Status
-    previous: Record | None  # what the node held before (None: absent or unreadable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,7 +268,7 @@ class Store:
     # public operations
 
     def get(self, ns: str, partition: int, key: str) -> Record | None:
-        """The node's record for ``key`` (a tombstone included), or None. Raises CorruptRecord."""
+        """The node's record for ``key``, or None. Raises CorruptRecord."""
         enc = self._encode(partition, ns, key)
         with self._env.begin() as txn:
             try:
@@ -343,62 +280,25 @@ class Store:
     def put_record(self, ns: str, partition: int, key: str, rec: Record | None) -> None:
         """Store ``rec`` as is (None removes the key): a repair from a peer's copy."""
         enc = self._encode(partition, ns, key)
-        with self._env.begin(write=True) as txn:
-            self._put_raw(txn, enc, None if rec is None else encode_record(rec))
-
-    def apply(self, op: Op) -> ApplyResult:
-        return self.apply_batch([op])[0]
-
-    def apply_batch(self, ops: list[Op]) -> list[ApplyResult]:
-        """Apply ``ops`` in order in one transaction, synced to disk before returning."""
-        encoded = [self._encode(op.partition, op.ns, op.key) for op in ops]  # validate first
         try:
             with self._env.begin(write=True) as txn:
-                return [self._apply_one(txn, op, enc) for op, enc in zip(ops, encoded)]
+                self._put_raw(txn, enc, None if rec is None else encode_record(rec))
         except lmdb.MapFullError:
             raise StoreFull(f"LMDB map of {self.path} is full; raise map_size") from None
 
-    def _apply_one(self, txn: lmdb.Transaction, op: Op, enc: bytes) -> ApplyResult:
-        try:
-            cur = self._load(txn, enc, f"{op.ns}/{op.key!r}")
-        except CorruptRecord:
-            self.corrupt_reads += 1
-            log.error("metadata record %s/%r failed its checksum; overwriting it", op.ns, op.key)
-            cur = None
-        cv = cur.version if cur is not None else MIN_VERSION
-        if op.kind is OpKind.REVERT:
-            if cur is None or cv != op.version:
-                return ApplyResult(status=Status.NOOP, previous=cur)
-            self._put_raw(txn, enc, None if op.restore is None else encode_record(op.restore))
-            return ApplyResult(status=Status.REVERTED, previous=cur)
-        if cur is not None and cv == op.version:
-            return ApplyResult(status=Status.SAME, previous=cur)
-        if op.expect is not None and cv > op.expect:
-            return ApplyResult(status=Status.CONFLICT, previous=cur)
-        if cv > op.version:
-            return ApplyResult(status=Status.STALE, previous=cur)
-        value = op.value if op.kind is OpKind.PUT else None
-        self._put_raw(txn, enc, encode_record(Record(version=op.version, value=value)))
-        return ApplyResult(status=Status.APPLIED, previous=cur)
-
-    def scan(self, ns: str, partition: int, *, prefix: str = "", start_after: str = "", limit: int = 1000,
-             include_tombstones: bool = False, max_examined: int | None = None) -> ScanPage:
+    def scan(self, ns: str, partition: int, *, prefix: str = "", start_after: str = "",
+             limit: int = 1000) -> ScanPage:
         """Records of ``ns`` in ``partition`` with keys starting with ``prefix`` and greater than
-        ``start_after``, in key order, at most ``limit`` of them. Tombstones are skipped unless
-        ``include_tombstones``; skipping stops after ``max_examined`` records (default 10 x limit
-        + 1000) with ``more`` set, so a page full of deletions costs bounded time. Corrupt
-        records are logged and skipped."""
+        ``start_after``, in key order, at most ``limit`` of them. Corrupt records and old
+        tombstones are skipped, corrupt ones with an error logged."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        if max_examined is None:
-            max_examined = 10 * limit + 1000
         base = self._base(partition, ns)
         pfx = base + check_key(prefix)
         after = base + check_key(start_after) if start_after else None
         seek = max(pfx, after) if after is not None else pfx
         seek = seek[:self._inline]  # a long bound's overflow group sorts at its truncated prefix
         items: list[tuple[str, Record]] = []
-        examined = 0
         last: bytes | None = None
         more = False
         with self._env.begin() as txn:
@@ -416,15 +316,11 @@ class Store:
                     self.corrupt_reads += 1
                     log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key)
                     continue
-                examined += 1
                 last = enc
-                if rec.tombstone and not include_tombstones:
-                    if examined >= max_examined:
-                        more = True
-                        break
+                if rec.value is None:
                     continue
                 items.append((key, rec))
-                if len(items) >= limit or examined >= max_examined:
+                if len(items) >= limit:
                     more = True
                     break
         return ScanPage(items=items, more=more, last=None if last is None else last[len(base):].decode("utf-8"))
@@ -446,7 +342,9 @@ class Store:
     # the replicated state machine (see Command)
 
     def execute(self, txn: lmdb.Transaction, cmd: Command) -> CommandResult:
-        """Apply one Raft command inside write transaction ``txn``."""
+        """Apply one Raft command inside write transaction ``txn``. A corrupt record counts
+        as absent and is overwritten. The caller owns ``txn``: it maps ``lmdb.MapFullError``
+        (from here or from the commit) to StoreFull."""
         enc = self._encode(cmd.partition, cmd.ns, cmd.key)
         try:
             cur = self._load(txn, enc, f"{cmd.ns}/{cmd.key!r}")
@@ -463,9 +361,10 @@ class Store:
             self._put_raw(txn, enc, None)  # consensus orders deletes: no tombstone to keep
         return CommandResult(applied=True, previous=live)
 
+    # snapshots of a Raft group's partitions
 
     def dump_partitions(self, txn: lmdb.Transaction, partitions: list[int], after: bytes | None,
-              limit_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+                        limit_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         """Raw (key, value) pairs of ``partitions`` (sorted) after raw key ``after``, about
         ``limit_bytes`` of them; returns them and the key to continue after (None: done)."""
         out: list[tuple[bytes, bytes]] = []
@@ -490,7 +389,6 @@ class Store:
                     return out, k
         return out, None
 
-
     def clear_partitions(self, txn: lmdb.Transaction, partitions: list[int]) -> None:
         """Delete every record of ``partitions`` (before a snapshot is installed)."""
         cur = txn.cursor()
@@ -501,7 +399,6 @@ class Store:
             while bytes(cur.key()).startswith(base):
                 if not cur.delete():
                     break
-
 
     def load_raw(self, txn: lmdb.Transaction, pairs: list[tuple[bytes, bytes]], partitions: set[int]) -> None:
         """Store snapshot pairs from ``dump_partitions`` as they are."""

@@ -94,3 +94,30 @@ def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_pat
         assert dst.scan("obj/b", p).items == src.scan("obj/b", p).items
     src.close()
     dst.close()
+
+
+def test_a_retried_write_applies_once_and_old_versions_are_forgotten(tmp_path):
+    from headwater.objstore.metadata.raft.storage import DEDUP_WINDOW_NS
+
+    store = Store.open(tmp_path, map_size_bytes=16 << 20)
+    rs = RaftStorage(store, "g", [0])
+    first = Entry(1, put("k", 10))
+    newer = Entry(1, put("k", 20))
+    results: list = []
+    entries = ((1, first), (2, newer), (3, first))  # the client resent `first` after a lost answer
+    rs.save(ready(1, entries=entries, committed=entries, applied=3), (0, 0), lambda *a: results.append(a[2]))
+    assert [r.applied for r in results] == [True, True, True]
+    assert results[2].previous is None  # a duplicate: nothing new to report
+    assert store.get("obj/b", 0, "k").value == {"n": 20}  # the newer write stays
+    # a write far later forgets old versions, so the same command would apply again
+    late = Entry(1, put("other", DEDUP_WINDOW_NS + 100))
+    again = Entry(1, put("k", 10))
+    rs.save(ready(2, entries=((4, late), (5, again)), committed=((4, late), (5, again)), applied=5), (0, 0),
+            lambda *a: None)
+    assert store.get("obj/b", 0, "k").value == {"n": 10}
+    # the applied versions are records of the partition: a snapshot carries them
+    txn, _, _ = rs.snapshot_reader()
+    pairs, _ = rs.snapshot_chunk(txn, None, 1 << 20)
+    txn.abort()
+    assert any(b"\x7fapplied\x00" in k for k, _ in pairs)
+    store.close()

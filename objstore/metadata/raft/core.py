@@ -150,6 +150,7 @@ class _Progress:
     sent_at: float = -1e18   # when it was last sent anything
     inflight: bool = False
     snapshotting: bool = False
+    refused: int = 1 << 62   # prev_index it refused since its last success: its log differs there and beyond
 
 
 @dataclass(slots=True)
@@ -176,9 +177,11 @@ class RaftCore:
         hs = hard_state or HardState()
         self.term = hs.term
         self.vote = hs.vote
-        # A node with nothing on disk may be a replaced one whose disk (and the votes on it) is
-        # gone: it votes in no term past the first until a leader has brought it into the group,
-        # so it cannot vote twice in a term it forgot.
+        # A node with nothing on disk may be a replaced one whose disk (and the votes it cast) is
+        # gone. Until a leader has brought it into the group it votes only for candidates with
+        # an empty log: in a new group those are everyone, so first elections can fail and be
+        # retried; in an established group none can win, so a vote it forgot is never repeated
+        # for a candidate that could.
         self._fresh = hs.term == 0 and not entries and snapshot_index == 0
         self.role = Role.FOLLOWER
         self.leader: str | None = None
@@ -202,6 +205,7 @@ class RaftCore:
         self._progress: dict[str, _Progress] = {}
         self._round = 0
         self._round_sent = True
+        self._first_round = 0  # rounds up to this one belong to an earlier leadership
         self._reads = _Reads()
         self._term_start = 0  # index of the leader's first entry in its term
 
@@ -336,10 +340,13 @@ class RaftCore:
     def _become_leader(self, now: float) -> None:
         self.role = Role.LEADER
         self.leader = self.id
+        self._fresh = False
         self._progress = {p: _Progress(next=self.last_index + 1, heard_at=now) for p in self.others}
         self._append([Entry(self.term, b"")])  # commit one entry of our own term (paper 5.4.2)
         self._term_start = self.last_index
-        self._round = 0
+        # Rounds keep counting across terms, so that a read begun in an earlier leadership is
+        # never confirmed by this one's heartbeats (writes may have committed in between).
+        self._first_round = self._round
         self._round_sent = True
         self._advance_commit()
 
@@ -369,7 +376,7 @@ class RaftCore:
         # comes back with a high term must not depose a working leader (thesis 4.2.3).
         if req.term > self.term and now - self._heard_leader_at < self.timing.election_s:
             return VoteReply(term=self.term, granted=False)
-        if self._fresh and req.term > 1:
+        if self._fresh and req.last_index > 0:
             return VoteReply(term=self.term, granted=False)
         if req.term > self.term:
             self._become_follower(req.term, None, now)
@@ -466,6 +473,11 @@ class RaftCore:
             return None
         prev = pr.next - 1
         prev_term = self.term_at(prev)
+        if prev_term is None and pr.refused > self.snapshot_index:
+            # Installing a snapshot replaces the peer's whole log, and a hint may have skipped back
+            # over entries that match ours (and that it acknowledged, perhaps to an earlier leader):
+            # first ask whether it agrees at the snapshot point.
+            pr.next, prev, prev_term = self.snapshot_index + 1, self.snapshot_index, self.snapshot_term
         if prev_term is None:
             pr.snapshotting = True
             return SnapshotNeeded(peer=peer, index=self.snapshot_index, term=self.snapshot_term)
@@ -502,13 +514,22 @@ class RaftCore:
         pr.heard_at = now
         pr.round = max(pr.round, reply.round)
         if reply.success:
+            pr.refused = 1 << 62
             pr.match = max(pr.match, reply.match)
             pr.next = max(pr.next, reply.match + 1)
             self._advance_commit()
-        else:
-            pr.next = max(1, min(pr.next - 1, reply.match + 1))
+        elif req.prev_index == pr.next - 1:
+            # (Otherwise a late refusal of an older request: we have moved on since.)
+            pr.refused = req.prev_index
+            pr.next = max(1, min(req.prev_index, reply.match + 1))
 
-    def snapshot_sent(self, peer: str, index: int, ok: bool, now: float) -> None:
+    def snapshot_sent(self, peer: str, index: int, ok: bool, now: float, *, term: int = 0) -> None:
+        """The snapshot for ``peer`` (as of ``index``) was installed, or not; ``term`` is the
+        peer's term from its answer. A peer behind the compacted log hears only snapshots, so
+        this is where a leader learns that the peer has moved to a later term and steps down."""
+        if term > self.term:
+            self._become_follower(term, None, now)
+            return
         pr = self._progress.get(peer)
         if pr is None:
             return
@@ -541,8 +562,9 @@ class RaftCore:
         return self._round, index
 
     def read_ready(self, round_: int) -> bool:
-        """A majority (this leader included) acknowledged heartbeat ``round_`` or a later one."""
-        if self.role is not Role.LEADER:
+        """A majority (this leader included) acknowledged heartbeat ``round_`` or a later one.
+        Raises NotLeader if this node no longer leads or the read began under an earlier term."""
+        if self.role is not Role.LEADER or round_ <= self._first_round:
             raise NotLeader(self.leader)
         acked = 1 + sum(1 for p in self._progress.values() if p.round >= round_)
         return acked >= self._quorum()

@@ -233,12 +233,13 @@ class RaftGroup:
                 await self._wait_changed(self.settings.timing.heartbeat_s / 2)
                 continue
             if isinstance(msg, SnapshotNeeded):
-                ok = False
+                index, ok, term = 0, False, 0
                 try:
-                    ok = await self._send_snapshot(peer)
+                    index, ok, term = await self._send_snapshot(peer)
                 except Exception as e:
                     log.warning("raft group %s: snapshot to %s failed: %r", self.group_id, peer, e)
-                self.core.snapshot_sent(peer, self._snapshot_index, ok, self._clock())
+                self.core.snapshot_sent(peer, index, ok, self._clock(), term=term)
+                self._notify()
                 if not ok:
                     await anyio.sleep(min(1.0, self.settings.timing.heartbeat_s * 4))
                 continue
@@ -257,11 +258,9 @@ class RaftGroup:
             self.core.on_append_reply(peer, msg, reply, self._clock())
             self._notify()
 
-    _snapshot_index = 0
-
-    async def _send_snapshot(self, peer: str) -> bool:
+    async def _send_snapshot(self, peer: str) -> tuple[int, bool, int]:
+        """Stream this node's records as of its applied index; (index, installed, peer's term)."""
         txn, index, term = self.storage.snapshot_reader()
-        self._snapshot_index = index
         self.stats["snapshots_sent"] += 1
         log.info("raft group %s: sending %s a snapshot at index %d", self.group_id, peer, index)
         try:
@@ -276,9 +275,9 @@ class RaftGroup:
                     self.settings.rpc_timeout_s * 4)
                 first = False
                 if int(w["term"]) > self.core.term or not w["ok"]:
-                    return False
+                    return index, False, int(w["term"])
                 if after is None:
-                    return True
+                    return index, True, int(w["term"])
         finally:
             txn.abort()
 
@@ -293,45 +292,61 @@ class RaftGroup:
 
     async def on_append(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._installing is not None:
-            return {"term": self.core.term, "success": False, "match": 0, "round": 0}
+            m = append_from_wire(args["m"])
+            if (m.term, m.leader) == (self._installing["term"], self._installing["leader"]):
+                return {"term": self.core.term, "success": False, "match": 0, "round": m.round}
+            await self._abandon_install()  # its sender is no longer the leader
         reply = self.core.on_append(append_from_wire(args["m"]), self._clock())
         await self._durable(self.core.seq)
         return {"term": reply.term, "success": reply.success, "match": reply.match, "round": reply.round}
 
     async def on_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
         term, leader, index = int(args["term"]), str(args["leader"]), int(args["index"])
-        probe = AppendRequest(term=term, leader=leader, prev_index=0, prev_term=0, entries=(), commit=0, round=0)
         if term < self.core.term:
             return {"term": self.core.term, "ok": False}
+        probe = AppendRequest(term=term, leader=leader, prev_index=0, prev_term=0, entries=(), commit=0, round=0)
         self.core.on_append(probe, self._clock())  # adopt the term and the leader, reset the timer
+        transfer = {"leader": leader, "term": term, "index": index}
+        if args["first"] and self._installing is None and index <= self.core.commit:
+            # Nothing new (a late or repeated transfer): installing would drop entries this
+            # node acknowledged after ``index``.
+            await self._durable(self.core.seq)
+            return {"term": self.core.term, "ok": True}
         pairs = [(bytes(k), bytes(v)) for k, v in args["pairs"]]
         async with self._io:
             if args["first"]:
-                self._installing = {"leader": leader, "term": term, "index": index}
+                if self._installing is not None:
+                    log.info("raft group %s: restarting an unfinished snapshot install", self.group_id)
+                self._installing = transfer
                 await anyio.to_thread.run_sync(self.storage.install_begin)
-            elif self._installing != {"leader": leader, "term": term, "index": index}:
+                # The records and the log are wiped: the core must not believe it still holds
+                # them, and with an empty log the persister has nothing but the term to write
+                # while the chunks arrive.
+                self.core.restore(0, 0, self._clock())
+            elif self._installing != transfer:
                 return {"term": self.core.term, "ok": False}
             await anyio.to_thread.run_sync(self.storage.install_chunk, pairs)
             if args["done"]:
                 snap_term = int(args["snap_term"])
                 await anyio.to_thread.run_sync(self.storage.install_end, index, snap_term)
-                await self._durable_now()
                 self.core.restore(index, snap_term, self._clock())
                 self._installing = None
                 self.stats["snapshots_installed"] += 1
                 log.info("raft group %s: installed a snapshot at index %d from %s", self.group_id, index, leader)
-        self._notify()
+        await self._durable(self.core.seq)  # the adopted term is on disk before the answer
         return {"term": self.core.term, "ok": True}
 
-    async def _durable_now(self) -> None:
-        # The hard state (the term adopted above) must be on disk before the log restarts.
-        r = self.core.ready()
-        snap = (self.core.snapshot_index, self.core.snapshot_term)
-        if r.hard_state is not None:
-            r = Ready(seq=r.seq, hard_state=r.hard_state, truncate_from=None, entries=(), committed=(),
-                      applied=self.core.applied)
-            await anyio.to_thread.run_sync(self.storage.save, r, snap, self._on_applied)
-        self._durable_seq = max(self._durable_seq, r.seq)
+    async def _abandon_install(self) -> None:
+        """Give up a half-installed snapshot: its records are a mix, so the group's records
+        are wiped again and the node starts over as an empty replica."""
+        async with self._io:
+            if self._installing is None:
+                return
+            log.warning("raft group %s: abandoning the snapshot from %s", self.group_id, self._installing["leader"])
+            await anyio.to_thread.run_sync(self.storage.install_begin)
+            await anyio.to_thread.run_sync(self.storage.install_end, 0, 0)
+            self.core.restore(0, 0, self._clock())
+            self._installing = None
 
     # --- client requests ------------------------------------------------------------------------
 

@@ -29,7 +29,15 @@ from .core import Entry, HardState, Ready
 
 __all__ = ["LoadedState", "RaftStorage", "check_ring"]
 
-_RING_KEY = b"\0ring"  # sorts before every group's keys; no group id is empty
+_RING_KEY = b"\0ring"
+# Applied write versions live in each partition under a namespace no client can name (0x7f
+# then NUL), with the timestamp big-endian first so that the oldest come first.
+_DEDUP_NS = b"\x7fapplied\0"
+DEDUP_WINDOW_NS = 600 * 10**9
+
+
+def _dedup_key(partition: int, version: tuple[int, str]) -> bytes:
+    return partition.to_bytes(2, "big") + _DEDUP_NS + max(0, version[0]).to_bytes(8, "big") + version[1].encode()  # sorts before every group's keys; no group id is empty
 
 
 def check_ring(store: Store, ring: dict[str, object]) -> dict[str, object] | None:
@@ -118,7 +126,7 @@ class RaftStorage:
                     txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
                 applied_term = self.applied_term
                 for index, e in r.committed:
-                    res = self.store.execute(txn, Command.decode(e.data)) if e.data else None
+                    res = self._apply(txn, Command.decode(e.data)) if e.data else None
                     results.append((index, e, res))
                     applied_term = e.term
                 if r.committed:
@@ -130,6 +138,31 @@ class RaftStorage:
             self.applied_term = applied_term
         for item in results:
             on_result(*item)
+
+    def _apply(self, txn: lmdb.Transaction, cmd: Command) -> CommandResult:
+        """Apply ``cmd`` once: a client that lost the answer to a write sends the same command
+        (same version) again, and a retry of a write that did apply must not apply twice (a
+        reader could see its value come back after a newer one). Applied versions are kept per
+        partition for DEDUP_WINDOW_NS, as records of the partition, so snapshots carry them."""
+        key = _dedup_key(cmd.partition, cmd.version)
+        if txn.get(key) is not None:
+            return CommandResult(applied=True, previous=None)
+        result = self.store.execute(txn, cmd)
+        if result.applied:
+            txn.put(key, b"")
+        # Forget versions older than the window, judged by this command's own timestamp: the
+        # same on every replica, since it comes from the log.
+        base = cmd.partition.to_bytes(2, "big") + _DEDUP_NS
+        cur = txn.cursor()
+        if cur.set_range(base):
+            horizon = cmd.version[0] - DEDUP_WINDOW_NS
+            while True:
+                k = bytes(cur.key())
+                if not k.startswith(base) or int.from_bytes(k[len(base):len(base) + 8], "big") >= horizon:
+                    break
+                if not cur.delete():
+                    break
+        return result
 
     def compact(self, upto: int, term: int, applied: int) -> None:
         """Delete log entries up to ``upto`` (they are applied; the records are the snapshot)."""
