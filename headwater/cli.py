@@ -343,6 +343,15 @@ def _repair_text(details: dict[str, Any], now: float | None = None) -> str:
     gc = details.get("gc")
     if isinstance(gc, dict):
         parts.append(f"gc removed {gc.get('fragments_deleted', 0)}, {gc.get('candidates', 0)} waiting")
+    rb = details.get("rebalance")
+    if isinstance(rb, dict):
+        text = (f"rebalance moved {rb.get('fragments_moved', 0)} fragments "
+                f"({_human_bytes(rb.get('bytes_moved', 0))})")
+        if rb.get("pass_running"):
+            text += f", pass {rb.get('pass_progress', 0):.0%}"
+        elif rb.get("passes"):
+            text += f", least-filled node at {rb.get('least_filled', 0):.0%} of its share"
+        parts.append(text)
     return ", ".join(parts)
 
 

@@ -227,6 +227,12 @@ class RepairConfig:
     interval_s: float = 60.0  # pause between two reconstructor passes
     gc: bool = True
     gc_interval_s: float = 60.0  # between two collector passes; orphans go after retire_grace_s
+    # The rebalancer moves fragments toward where placement puts them now (a storage node added)
+    # at this many bytes/s (read from the old node, written to the new, read back), one pass
+    # every rebalance_interval_s; old copies go retire_grace_s after the record changes.
+    rebalance: bool = True
+    rebalance_rate_bytes: int = 16 * MiB
+    rebalance_interval_s: float = 600.0
 
     @property
     def port(self) -> int:
@@ -453,11 +459,15 @@ def _non_negative(r: _Reader, data: Mapping[str, Any], key: str, prefix: str, de
 def _repair(r: _Reader, data: Mapping[str, Any]) -> RepairConfig:
     p = "repair"
     r.check_keys(data, p, {"id", "host", "admin_port", "rebuild_rate", "interval_seconds", "gc",
-                           "gc_interval_seconds"})
+                           "gc_interval_seconds", "rebalance", "rebalance_rate",
+                           "rebalance_interval_seconds"})
     d = RepairConfig()
     rate = r.size(data, "rebuild_rate", p, d.rebuild_rate_bytes)
     if rate <= 0:
         raise r.error(f"{p}.rebuild_rate", "must be a positive size per second, such as \"64MiB\"")
+    rebalance_rate = r.size(data, "rebalance_rate", p, d.rebalance_rate_bytes)
+    if rebalance_rate <= 0:
+        raise r.error(f"{p}.rebalance_rate", "must be a positive size per second, such as \"16MiB\"")
     node_id = r.get(data, "id", p, str, d.id)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}", node_id):
         raise r.error(f"{p}.id", f"{node_id!r} is not a valid id (letters, digits, . _ -)")
@@ -469,6 +479,9 @@ def _repair(r: _Reader, data: Mapping[str, Any]) -> RepairConfig:
         interval_s=_non_negative(r, data, "interval_seconds", p, d.interval_s),
         gc=r.get(data, "gc", p, bool, d.gc),
         gc_interval_s=_non_negative(r, data, "gc_interval_seconds", p, d.gc_interval_s),
+        rebalance=r.get(data, "rebalance", p, bool, d.rebalance),
+        rebalance_rate_bytes=rebalance_rate,
+        rebalance_interval_s=_non_negative(r, data, "rebalance_interval_seconds", p, d.rebalance_interval_s),
     )
 
 

@@ -11,7 +11,9 @@ A pass (:meth:`GarbageCollector.run_once`):
 1. lists every committed fragment on every storage node that answers;
 2. then walks every layout the metadata names (objects, and parts of uploads in progress),
    collecting the object ids in use; if the walk fails anywhere, the pass deletes nothing;
-3. a fragment whose object id is not in use is a *candidate*. It is deleted only once it has
+3. a fragment no layout names on that node is a *candidate*: its object id is in no layout,
+   or the layouts that have it name another node for that fragment (a copy left behind by a
+   rebalancer move or an old placement). It is deleted only once it has
    been a candidate continuously for ``grace_s`` (seen unreferenced by passes at least that far
    apart, and never referenced in between) **and** its file is at least ``grace_s`` old.
 
@@ -70,8 +72,12 @@ class Candidates:
         return len(self._since)
 
     def update(self, listed: Iterable[Listed], in_use: set[str], *, now: float, wall: float,
-               nodes_listed: set[str]) -> list[Listed]:
+               nodes_listed: set[str], named: set[tuple[str, str]] | None = None) -> list[Listed]:
         """Record one pass's findings; return the fragments to delete now.
+
+        ``in_use``: object ids some layout names; ``named`` (when given): the (node, fid) pairs
+        the layouts name, so that a fragment of a live object on a node its layout no longer
+        names is a candidate too.
 
         ``now`` is monotonic, ``wall`` the wall clock (file mtimes are wall-clock times).
         Fragments on nodes not listed this pass keep their state; a fragment referenced again,
@@ -81,7 +87,7 @@ class Candidates:
         due: list[Listed] = []
         for f in listed:
             key = (f.node, f.fid)
-            if oid_of(f.fid) in in_use:
+            if oid_of(f.fid) in in_use and (named is None or key in named):
                 continue
             seen.add(key)
             since = self._since.setdefault(key, now)
@@ -142,24 +148,28 @@ class GarbageCollector:
                 tg.start_soon(one, s.id)
         return listed, nodes
 
-    async def _in_use(self) -> set[str]:
+    async def _in_use(self) -> tuple[set[str], set[tuple[str, str]]]:
+        """The object ids the layouts name, and the (node, fid) pairs."""
         oids: set[str] = set()
+        named: set[tuple[str, str]] = set()
         try:
             async with aclosing(walk_layouts(self.meta)) as refs:
                 async for ref in refs:
-                    oids.add(ref.layout.oid)
+                    lay = ref.layout
+                    oids.add(lay.oid)
+                    named.update((n, lay.fid(i)) for i, n in enumerate(lay.nodes) if n is not None)
         except Exception as e:  # noqa: BLE001 - any hole in the walk makes every verdict unsafe
             raise ScanIncomplete(f"metadata walk failed: {type(e).__name__}: {e}") from e
-        return oids
+        return oids, named
 
     async def run_once(self) -> int:
         """One pass; returns how many fragments were deleted. Raises ScanIncomplete (having
         deleted nothing) if the metadata could not be walked whole."""
         listed, nodes = await self._list()  # before the walk: see the module docstring
         self.counters["fragments_listed"] = len(listed)
-        in_use = await self._in_use()
+        in_use, named = await self._in_use()
         due = self.candidates.update(listed, in_use, now=self.clock.monotonic(), wall=self.clock.time(),
-                                     nodes_listed=nodes)
+                                     nodes_listed=nodes, named=named)
         deleted = 0
         for f in due:
             try:

@@ -538,19 +538,26 @@ class Reconstructor:
             except (RpcError, TimeoutError):
                 pass  # a temp file left behind is the node's own collector's
 
-    async def _record_moves(self, ref: LayoutRef, moved: dict[int, str]) -> None:
+    async def _record_moves(self, ref: LayoutRef, moved: dict[int, str], *,
+                            replacing: Mapping[int, str] | None = None) -> bool:
         """Point the record at the fragments rebuilt onto new nodes: a compare-and-swap on the
         layout field, re-read and retried if the record changed for another reason. If the
         layout is gone (object overwritten or deleted meanwhile), the new fragments are removed;
-        if the outcome is unknown (metadata unavailable), they stay for the collector to judge."""
+        if the outcome is unknown (metadata unavailable), they stay for the collector to judge.
+
+        ``replacing`` (the rebalancer's moves: index -> the node the fragment moves off) makes
+        every index conditional on still being on that node; if one is not, nothing is rewritten
+        and the new fragments are removed. Returns whether the record was rewritten."""
         oid = ref.layout.oid
         for _attempt in range(4):
             current = next((r for r in _refs_of(ref) if r.layout.oid == oid), None)
             if current is None:
                 break
             nodes = list(current.layout.nodes)
+            if replacing is not None and any(nodes[i] != replacing[i] for i in moved):
+                break
             for i, node in moved.items():
-                if nodes[i] is None or nodes[i] not in self.sites:
+                if replacing is not None or nodes[i] is None or nodes[i] not in self.sites:
                     nodes[i] = node
             lay = current.layout
             new = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
@@ -564,16 +571,21 @@ class Reconstructor:
                     break
                 ref = LayoutRef(ns=ref.ns, key=ref.key, slot=ref.slot, layout=ref.layout, value=entry.value)
                 continue
-            self.counters["records_rewritten"] += 1
-            self.counters["fragments_relocated"] += len(moved)
-            return
+            if replacing is None:
+                self.counters["records_rewritten"] += 1
+                self.counters["fragments_relocated"] += len(moved)
+            return True
         # The layout is gone: what was rebuilt for it is garbage now.
-        self.counters["orphaned_rebuilds"] += len(moved)
+        if replacing is None:
+            self.counters["orphaned_rebuilds"] += len(moved)
         for i, node in moved.items():
+            if current is not None and current.layout.nodes[i] == node:
+                continue  # named by the record after all: not ours to remove
             try:
                 await self.pool.client(node).delete(ref.layout.fid(i))
             except RpcError:
                 pass
+        return False
 
 
 def _refs_of(ref: LayoutRef) -> Iterable[LayoutRef]:

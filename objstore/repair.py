@@ -1,4 +1,4 @@
-"""The repair daemon: the reconstructor and the garbage collector of one cluster, side by side.
+"""The repair daemon: the reconstructor, the garbage collector and the rebalancer of one cluster.
 
 One process per cluster (``[repair]`` in cluster.toml, role ``repair``): both walk the whole
 metadata, so running them once is enough, and they share one metadata client and one set of
@@ -6,7 +6,8 @@ storage-node connections. The scrubbers are not here: each storage node scrubs i
 
 It serves only an admin endpoint: ``/healthz`` reports degraded objects and stripes, repair
 progress and collector figures (what ``headwater status`` prints); ``/metrics`` the same as
-``headwater_repair_*`` and ``headwater_gc_*``. A failed pass is logged and counted by reason
+``headwater_repair_*``, ``headwater_gc_*`` and ``headwater_rebalance_*`` (fragments and bytes
+moved, pass progress). A failed pass is logged and counted by reason
 (:func:`reconstructor.failure_reason`, the one place repair errors are classified) and the next
 pass comes ``interval_seconds`` later; the daemon itself never stops for one.
 """
@@ -28,6 +29,7 @@ from headwater.metrics import Registry, add_process_metrics
 from .datapath import StoragePool
 from .gc import GarbageCollector
 from .metadata.client import MetadataClient
+from .rebalancer import Rebalancer
 from .reconstructor import Reconstructor
 
 __all__ = ["run_repair", "repair_health"]
@@ -35,7 +37,8 @@ __all__ = ["run_repair", "repair_health"]
 log = logging.getLogger("headwater.repair")
 
 
-def repair_health(node: RepairConfig, recon: Reconstructor, gc: GarbageCollector | None) -> dict[str, Any]:
+def repair_health(node: RepairConfig, recon: Reconstructor, gc: GarbageCollector | None,
+                  rebalancer: Rebalancer | None = None) -> dict[str, Any]:
     """What /healthz says: the last complete pass's figures and the current pass's progress."""
     st = recon.stats()
     doc: dict[str, Any] = {
@@ -54,6 +57,18 @@ def repair_health(node: RepairConfig, recon: Reconstructor, gc: GarbageCollector
         doc["gc"] = {"passes": int(g["passes"]), "fragments_deleted": int(g["fragments_deleted"]),
                      "bytes_deleted": int(g["bytes_deleted"]), "candidates": int(g["candidates"]),
                      "tmp_removed": int(g["tmp_removed"]), "last_pass_end": g["last_pass_end"] or None}
+    if rebalancer is not None:
+        b = rebalancer.stats()
+        doc["rebalance"] = {
+            "passes": int(b["passes"]), "pass_running": bool(b["pass_running"]),
+            "pass_progress": round(b["pass_progress"], 3), "last_pass_end": b["last_pass_end"] or None,
+            "fragments_moved": int(b["fragments_moved"]), "bytes_moved": int(b["bytes_moved"]),
+            "last_pass_moved": int(b["last_fragments_moved"]),
+            "least_filled": round(b["last_least_filled"], 3), "imbalance": round(b["last_imbalance"], 3),
+            "moves_lost_race": int(b["moves_lost_race"]), "old_copies_waiting": int(b["old_copies_waiting"]),
+            "old_copies_removed": int(b["old_copies_removed"]), "failures": int(b["failures"]),
+            "rate_limit": node.rebalance_rate_bytes,
+        }
     return doc
 
 
@@ -69,12 +84,17 @@ async def run_repair(cluster: ClusterConfig, node: RepairConfig, *,
                               interval_s=node.interval_s, clock=SYSTEM_CLOCK)
         gc = (GarbageCollector(meta, pool, grace_s=cluster.objstore.retire_grace_s,
                                interval_s=node.gc_interval_s, clock=SYSTEM_CLOCK) if node.gc else None)
+        rebalancer = (Rebalancer(cluster, meta, pool, recon=recon, rate_bytes_s=node.rebalance_rate_bytes,
+                                 grace_s=cluster.objstore.retire_grace_s, interval_s=node.rebalance_interval_s,
+                                 clock=SYSTEM_CLOCK) if node.rebalance else None)
         export_stats(registry, "headwater_repair", recon.stats)
         if gc is not None:
             export_stats(registry, "headwater_gc", gc.stats)
+        if rebalancer is not None:
+            export_stats(registry, "headwater_rebalance", rebalancer.stats)
 
         async def health() -> dict[str, Any]:
-            return repair_health(node, recon, gc)
+            return repair_health(node, recon, gc, rebalancer)
 
         async with anyio.create_task_group() as tg:
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
@@ -82,6 +102,8 @@ async def run_repair(cluster: ClusterConfig, node: RepairConfig, *,
             tg.start_soon(recon.run_forever)
             if gc is not None:
                 tg.start_soon(gc.run_forever)
+            if rebalancer is not None:
+                tg.start_soon(rebalancer.run_forever)
             log.info("repair %s: reconstructor at %d B/s, collector %s (grace %.0fs)", node.id,
                      node.rebuild_rate_bytes, "on" if gc else "off", cluster.objstore.retire_grace_s)
             task_status.started()

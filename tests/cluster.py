@@ -387,6 +387,27 @@ class Cluster:
         self._start_daemon(d)
         self.wait_ready(timeout, daemons=[d])
 
+    def add_storage_node(self, timeout: float = CLUSTER_START_TIMEOUT_S) -> Daemon:
+        """Add a storage node to the running cluster as an operator does: append a
+        ``[[storage]]`` to cluster.toml, start the node, then restart (SIGTERM, so they finish
+        what they do) the daemons that read the storage list at start: the gateway and the
+        repair daemon. Returns the new node."""
+        assert self.mode == "nodes", "add_storage_node needs mode='nodes'"
+        n = len(self.storage) + 1
+        taken = {p for d in self.daemons for p in (d.port, d.admin_port)}
+        port, admin = [p for p in free_ports(8) if p not in taken][:2]
+        d = Daemon(id=f"storage-{n}", role="storage", port=port, admin_port=admin,
+                   data_dir=self.data_dir / f"storage-{n}")
+        self.storage.append(d)
+        self.config_path.write_text(self.config_text())
+        self._start_daemon(d)
+        self.wait_ready(timeout, daemons=[d])
+        for other in [self.gateway, *([self.repair] if self.repair else [])]:
+            self.kill_node(other.id, signal.SIGTERM)
+            self._start_daemon(other)
+        self.wait_ready(timeout, daemons=[self.gateway, *([self.repair] if self.repair else [])])
+        return d
+
     def status(self) -> list[dict[str, Any]]:
         out = self.headwater("status", "-c", str(self.config_path), "--json", timeout=30)
         return json.loads(out.stdout)
