@@ -15,22 +15,33 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import ceilings as _ceilings
+from . import rebuild as _rebuild
 from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd
-from .peers import Endpoint, PeerError, external_endpoint, headwater_cluster, swift_saio
+from .peers import Endpoint, PeerError, ProcessGroup, external_endpoint, headwater_cluster, swift_saio
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from headwater.config import ClusterConfig, ErasureScheme
 
 __all__ = ["main", "Sizes", "Row", "ROWS", "SelfRow", "SELF_ROWS", "ratio", "goal_met", "render_table",
-           "fmt_value", "self_rows", "hot_prefix_keys", "uniform_keys"]
+           "fmt_value", "self_rows", "hot_prefix_keys", "uniform_keys", "with_rebuild_rate", "rebuild_window",
+           "ClusterNodes", "headwater_nodes", "measure_resilience"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -53,12 +64,13 @@ class Sizes:
     stream_bytes: int = 1 * GiB     # objects streamed in and out while gateway RSS is sampled
     stream_clients: int = 8
     key_rounds: int = 2             # hot-prefix vs uniform: alternating rounds of small PUTs each
-    degraded_objects: int = 16      # 64 MiB PUTs by big_clients, healthy and with a node down
+    degraded_objects: int = 16      # 64 MiB PUTs by big_clients: healthy, a node down, while rebuilding
+    rebuild_bytes: int = 1 * GiB    # written by the standalone rebuild measurement; 1/k of it is rebuilt
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(big_objects_1=2, big_objects_8=8, small_objects=400, stream_bytes=256 * MiB,
-                   degraded_objects=4)
+                   degraded_objects=4, rebuild_bytes=256 * MiB)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -368,7 +380,19 @@ SELF_ROWS: tuple[SelfRow, ...] = (
             label="PUT 4 KiB, every key under videos/2026/", baseline_label="uniform keys"),
     SelfRow(key="put_big_node_down", baseline="put_big_healthy", unit="MB/s",
             label="PUT 64 MiB, 1 storage node down", baseline_label="all nodes up"),
+    SelfRow(key="put_big_rebuilding", baseline="put_big_healthy", unit="MB/s",
+            label="PUT 64 MiB while the repair daemon rebuilds", baseline_label="all nodes up"),
+    SelfRow(key="rebuild_rate", baseline="rebuild_disk_ceiling", unit="MB/s",
+            label="rebuild, one node's disk lost (written)", baseline_label="fsync'd writes"),
 )
+
+# The repair daemon's rate while the resilience scenario rebuilds: generous, so the rebuild runs
+# as fast as it can and the PUTs beside it see the worst of it.
+REBUILD_RATE = "1GiB"
+# How long to wait for the rebuild pass to end after the PUTs beside it (then it is reported as cut short).
+REBUILD_WAIT_S = 120.0
+# Objects the standalone rebuild measurement writes (bench/rebuild.py).
+REBUILD_OBJECT_BYTES = 8 * MiB
 
 
 def self_rows(results: dict) -> list[dict]:
@@ -408,27 +432,142 @@ def uniform_keys(n: int, tag: str) -> list[str]:
     return [f"{hashlib.sha1(f'{tag}/{i}'.encode()).hexdigest()[:16]}/obj-{i:06d}" for i in range(n)]
 
 
+_REBUILD_RATE_LINE = re.compile(r"\s*rebuild_rate\s*=")
+
+
+def with_rebuild_rate(text: str, rate: str) -> str:
+    """cluster.toml text with ``[repair] rebuild_rate`` set to ``rate`` (added to the table when it
+    has none); unchanged when there is no ``[repair]`` table. Comments and layout stay."""
+    out: list[str] = []
+    in_repair = done = False
+    setting = f'rebuild_rate = "{rate}"'
+    for line in text.splitlines():
+        head = line.split("#", 1)[0].replace(" ", "")
+        if head.startswith("["):
+            if in_repair and not done:
+                out.append(setting)
+                done = True
+            in_repair = head == "[repair]"
+        elif in_repair and _REBUILD_RATE_LINE.match(line):
+            line, done = setting, True
+        out.append(line)
+    if in_repair and not done:
+        out.append(setting)
+    return "\n".join(out) + "\n"
+
+
+def rebuild_window(samples: list[tuple[float, dict]], start: float, end: float) -> dict:
+    """What the repair daemon did between ``start`` and ``end`` (monotonic seconds), from its
+    /healthz answers ``samples`` ((time, doc), in time order, taken since it started): bytes and
+    fragments rebuilt (counted as each fragment is committed), MB/s over the window, and how much
+    of the window its first pass was still running."""
+    seconds = end - start
+    if not samples or seconds <= 0:
+        return {"seconds": max(seconds, 0.0), "bytes_rebuilt": None, "fragments_rebuilt": None,
+                "mb_per_s": None, "running_fraction": None, "pass_done_s": None, "bytes_rebalanced": None}
+    before = next((d for t, d in reversed(samples) if t <= start), samples[0][1])
+    after = next((d for t, d in samples if t >= end), samples[-1][1])
+    done_at = next((t for t, d in samples if d.get("passes", 0) >= 1 and not d.get("pass_running")), None)
+    running = min(max((end if done_at is None else min(done_at, end)) - start, 0.0), seconds)
+    moved = after.get("bytes_rebuilt", 0) - before.get("bytes_rebuilt", 0)
+    # The same daemon may also run a rebalancer: its traffic in the window, when it reports one.
+    rebalanced = [(d.get("rebalance") or {}).get("bytes_moved") for d in (before, after)]
+    return {"seconds": seconds, "bytes_rebuilt": moved,
+            "fragments_rebuilt": after.get("fragments_rebuilt", 0) - before.get("fragments_rebuilt", 0),
+            "mb_per_s": moved / seconds / 1e6, "running_fraction": running / seconds,
+            "pass_done_s": None if done_at is None else done_at - start,
+            "bytes_rebalanced": None if None in rebalanced else rebalanced[1] - rebalanced[0]}
+
+
+def _get_json(url: str, timeout_s: float = 2.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            doc = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 @contextlib.contextmanager
-def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000,
-                    ready_timeout_s: float = 60.0) -> Iterator[tuple[Endpoint, Callable[[str], None], list[str]]]:
-    """The cluster of ``config`` (ports moved, data in ``work_dir``) with every daemon started on
-    its own, ``headwater node ID`` as systemd runs it, so that a killed node stays down (under
-    ``headwater up`` the supervisor would restart it). Yields the endpoint, ``kill(node_id)``
-    (SIGKILL) and the storage node ids."""
+def _sample_health(url: str, interval_s: float = 0.2) -> Iterator[list[tuple[float, dict]]]:
+    """(monotonic time, /healthz doc) every ``interval_s`` in a background thread, while inside."""
+    samples: list[tuple[float, dict]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            doc = _get_json(url)
+            if doc is not None:
+                samples.append((time.monotonic(), doc))
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=loop, name="health-sampler", daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+class ClusterNodes:
+    """The daemons of a :func:`headwater_nodes` cluster, each killed or started on its own."""
+
+    def __init__(self, cfg: ClusterConfig, cfg_path: Path, procs: ProcessGroup,
+                 started: dict[str, subprocess.Popen[bytes]], ready_timeout_s: float) -> None:
+        self.cfg = cfg
+        self.cfg_path = cfg_path
+        self.procs = procs
+        self.started = started
+        self.ready_timeout_s = ready_timeout_s
+        self.storage_ids: list[str] = [s.id for s in cfg.storage]
+        self.repair_id: str | None = cfg.repair.id if cfg.repair is not None else None
+
+    def health_url(self, node_id: str) -> str:
+        d = self.cfg.daemon(node_id)
+        return f"http://{d.host}:{d.admin_port}/healthz"
+
+    def kill(self, node_id: str) -> None:
+        """SIGKILL the daemon; nobody restarts it."""
+        proc = self.started.pop(node_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        self.procs.procs = [(n, p) for n, p in self.procs.procs if p is not proc]
+
+    def start(self, node_id: str) -> None:
+        """Start a killed daemon again (same data) and wait until its /healthz answers 200."""
+        from .peers import wait_http
+
+        self.started[node_id] = self.procs.start(
+            node_id, [sys.executable, "-m", "headwater", "node", node_id, "-c", str(self.cfg_path)],
+            cwd=self.cfg_path.parent)
+        wait_http(self.health_url(node_id), timeout_s=self.ready_timeout_s, procs=self.procs,
+                  ok=lambda status: status == 200)
+
+
+@contextlib.contextmanager
+def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000, ready_timeout_s: float = 60.0,
+                    rebuild_rate: str | None = None) -> Iterator[tuple[Endpoint, ClusterNodes]]:
+    """The cluster of ``config`` (ports moved, data in ``work_dir``, ``[repair] rebuild_rate`` set
+    to ``rebuild_rate`` if given) with every daemon started on its own, ``headwater node ID`` as
+    systemd runs it, so that a killed node stays down (under ``headwater up`` the supervisor would
+    restart it). Yields the endpoint and the :class:`ClusterNodes` to kill and start daemons."""
     from headwater import config as hwconfig
 
-    from .peers import ProcessGroup, _stop_leftovers, rewrite_cluster_toml, wait_http
+    from .peers import _stop_leftovers, rewrite_cluster_toml, wait_http
 
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp_cfg = work_dir / "cluster.toml"
-    tmp_cfg.write_text(rewrite_cluster_toml(config.read_text(), port_offset=port_offset, data_dir=work_dir / "var"))
+    text = rewrite_cluster_toml(config.read_text(), port_offset=port_offset, data_dir=work_dir / "var")
+    tmp_cfg.write_text(with_rebuild_rate(text, rebuild_rate) if rebuild_rate else text)
     cfg = hwconfig.load(tmp_cfg)
     if cfg.gateway is None or not cfg.users or not cfg.storage:
         raise PeerError(f"{config} has no [gateway], [[users]] or [[storage]]")
     gw, user = cfg.gateway, cfg.users[0]
     url = f"http://{gw.host}:{gw.port}"
     procs = ProcessGroup(work_dir)
-    started: dict[str, object] = {}
+    started: dict[str, subprocess.Popen[bytes]] = {}
     base = [sys.executable, "-m", "headwater", "node"]
     try:
         for d in cfg.daemons():
@@ -441,28 +580,21 @@ def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000,
             wait_http(f"http://{d.host}:{d.admin_port}/healthz", timeout_s=ready_timeout_s, procs=procs,
                       ok=lambda status: status == 200)
         wait_http(url + "/", timeout_s=ready_timeout_s, procs=procs)
-
-        def kill(node_id: str) -> None:
-            proc = started[node_id]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
-            proc.wait(10)  # type: ignore[attr-defined]
-            procs.procs = [(n, p) for n, p in procs.procs if p is not proc]
-
         yield (Endpoint(name="headwater", url=url, access_key=user.access_key, secret_key=user.secret_key,
                         region=cfg.objstore.region, data_dir=cfg.data_dir, workers=gw.workers,
                         description=(f"Headwater, {cfg.objstore.ec.describe()}, {gw.workers} gateway workers, "
                                      f"each daemon a `headwater node` process")),
-               kill, [s.id for s in cfg.storage])
+               ClusterNodes(cfg, tmp_cfg, procs, started, ready_timeout_s))
     finally:
         procs.stop(timeout_s=20.0)
         _stop_leftovers(tmp_cfg)
 
 
-def measure_resilience(ep: Endpoint, kill: Callable[[str], None], storage_ids: list[str], s5: S5cmd,
-                       sizes: Sizes, sources: dict[str, Path]) -> dict:
+def measure_resilience(ep: Endpoint, nodes: ClusterNodes, s5: S5cmd, sizes: Sizes,
+                       sources: dict[str, Path]) -> dict:
     """Hot-prefix against uniform-key small PUTs (alternating rounds, summed), then 64 MiB PUTs
-    with every node up and with the last storage node killed. Returns {key: result dict}."""
+    with every node up, with the last storage node killed, and (when the cluster has a repair
+    daemon) after it is back while the repair daemon rebuilds what it missed. Returns {key: result dict}."""
     bucket = f"hwbench-res-{os.getpid()}-{secrets.token_hex(3)}"
     s5.make_bucket(bucket)
     results: dict[str, dict] = {}
@@ -487,17 +619,37 @@ def measure_resilience(ep: Endpoint, kill: Callable[[str], None], storage_ids: l
             results[key] = _batch_result(total, "ops/s")
         s5.delete_prefix(bucket, "")
 
-        keys = [f"degraded/{i:05d}" for i in range(sizes.degraded_objects)]
-        for key, label in (("put_big_healthy", "all up"), ("put_big_node_down", f"{storage_ids[-1]} down")):
-            if key == "put_big_node_down":
-                kill(storage_ids[-1])
-                _say(f"  resilience: killed {storage_ids[-1]} (SIGKILL; nobody restarts it)")
+        def put_big(key: str, prefix: str, label: str) -> None:
+            keys = [f"{prefix}/{i:05d}" for i in range(sizes.degraded_objects)]
             b = s5.put(key, sources["big"], bucket, keys, clients=sizes.big_clients)
             results[key] = _batch_result(b, "MB/s")
             _say(f"  resilience: {key:<17} {fmt_value(results[key]['value'], 'MB/s'):>8} MB/s  {label}, "
                  f"{b.ops} x {b.bytes // MiB} MiB in {b.seconds:.1f} s"
                  f"{f', {b.errors} errors ({b.first_error[:120]})' if b.errors else ''}")
-            s5.delete_prefix(bucket, "")
+
+        victim = nodes.storage_ids[-1]
+        if nodes.repair_id is not None:
+            # No pass may start on its own (every interval_seconds): the rebuild begins when we say.
+            nodes.kill(nodes.repair_id)
+            _say(f"  resilience: stopped {nodes.repair_id} until the rebuild phase")
+        put_big("put_big_healthy", "healthy", "all up")
+        s5.delete_prefix(bucket, "healthy/")
+        nodes.kill(victim)
+        _say(f"  resilience: killed {victim} (SIGKILL; nobody restarts it)")
+        # Kept: their fragments for the dead node are what the rebuild restores.
+        put_big("put_big_node_down", "node-down", f"{victim} down")
+        if nodes.repair_id is None:
+            _say("  resilience: the cluster has no [repair] daemon: no PUTs during a rebuild")
+        else:
+            # As much again, unmeasured, so the rebuild outlasts the PUTs measured beside it.
+            put_big("put_big_backlog", "backlog", f"{victim} down, more for the rebuild to do (not a row)")
+            window = results["rebuild_during_put"] = _put_while_rebuilding(nodes, victim, put_big)
+            window["backlog_objects"] = 2 * sizes.degraded_objects
+            if window["pass_finished"]:
+                # The same PUTs once more with all up and the rebuild over: how far the shared
+                # machine drifted since the healthy baseline (not a row; shown beside it).
+                put_big("put_big_healthy_after", "healthy-after", "all up again, rebuild over")
+        s5.delete_prefix(bucket, "")
     finally:
         err = s5.remove_bucket(bucket)
         if err:
@@ -505,19 +657,112 @@ def measure_resilience(ep: Endpoint, kill: Callable[[str], None], storage_ids: l
     return results
 
 
+def _put_while_rebuilding(nodes: ClusterNodes, victim: str, put_big: Callable[[str, str, str], None]) -> dict:
+    """Bring ``victim`` back, start the repair daemon (its first pass begins at once), run the
+    64 MiB PUTs while that pass rebuilds; returns what the pass did in the PUTs' window and in all
+    (:func:`rebuild_window` and the pass's own figures)."""
+    from headwater.objstore.datapath import DOWN_HOLD_S
+
+    repair = nodes.repair_id
+    assert repair is not None
+    nodes.start(victim)
+    # The gateway tries a node it saw fail again DOWN_HOLD_S later: wait, so the PUTs are placed
+    # on every node, as the healthy ones were.
+    time.sleep(DOWN_HOLD_S + 0.5)
+    with _sample_health(nodes.health_url(repair)) as samples:
+        nodes.start(repair)
+        deadline = time.monotonic() + 30
+        while not (samples and (samples[-1][1].get("pass_running") or samples[-1][1].get("passes"))):
+            if time.monotonic() > deadline:
+                raise PeerError(f"{repair} started no reconstructor pass in 30 s")
+            time.sleep(0.05)
+        _say(f"  resilience: {victim} back, {repair} restarted at rebuild_rate {REBUILD_RATE}: pass running")
+        start = time.monotonic()
+        put_big("put_big_rebuilding", "rebuilding", f"while {repair} rebuilds {victim}'s fragments")
+        end = time.monotonic()
+        deadline = end + REBUILD_WAIT_S
+        while time.monotonic() < deadline and not (samples and samples[-1][1].get("passes")):
+            time.sleep(0.2)
+        final = samples[-1][1] if samples else {}
+        window = rebuild_window(list(samples), start, end)
+    window.update({"rebuild_rate": REBUILD_RATE, "pass_finished": bool(final.get("passes")),
+                   "pass_fragments_rebuilt": final.get("fragments_rebuilt"),
+                   "pass_bytes_rebuilt": final.get("bytes_rebuilt"),
+                   "pass_rebuild_mb_per_s": (final.get("rebuild_bytes_per_second") or 0) / 1e6,
+                   "degraded_objects_left": final.get("degraded_objects") if final.get("passes") else None,
+                   "rebuild_failures": final.get("rebuild_failures")})
+    _say(f"  resilience: rebuild in the PUT window: {rebuild_window_text(window)}")
+    return window
+
+
+def rebuild_window_text(w: dict) -> str:
+    """One line on what the rebuild did beside the PUTs (from :func:`_put_while_rebuilding`)."""
+    if w.get("bytes_rebuilt") is None:
+        return "no figures (the repair daemon's /healthz never answered)"
+    done_s = w.get("pass_done_s")
+    if done_s is None or done_s >= w["seconds"]:
+        done = "its pass ran all through it"
+    elif done_s >= 0:
+        done = f"its pass ended {done_s:.1f} s into it"
+    else:
+        done = "its pass had already ended"
+    total = ""
+    if w.get("pass_finished"):
+        total = (f"; the whole pass rebuilt {w['pass_fragments_rebuilt']} fragments "
+                 f"({w['pass_bytes_rebuilt'] / 1e6:.0f} MB) at {w['pass_rebuild_mb_per_s']:.1f} MB/s, "
+                 f"{w['degraded_objects_left']} degraded objects left")
+    if w.get("bytes_rebalanced"):
+        total += f"; its rebalancer also moved {w['bytes_rebalanced'] / 1e6:.0f} MB in the window"
+    if w.get("rebuild_failures"):
+        total += f"; {w['rebuild_failures']} rebuild failures (see the repair daemon's log)"
+    elif w.get("pass_finished") is False:
+        total = f"; the pass had not ended {REBUILD_WAIT_S:.0f} s after the PUTs"
+    return (f"{w['bytes_rebuilt'] / 1e6:.0f} MB ({w['fragments_rebuilt']} fragments) rebuilt in "
+            f"{w['seconds']:.1f} s = {w['mb_per_s']:.1f} MB/s; {done} "
+            f"(running {w['running_fraction']:.0%} of the window){total}")
+
+
+def _measure_rebuild(ec: ErasureScheme, work: Path, sizes: Sizes) -> dict:
+    """bench/rebuild.py's measurement (its own k+m storage nodes, scheme ``ec``) on the clusters'
+    disk, with a disk ceiling as large as what it rebuilds."""
+    _say(f"rebuild: {sizes.rebuild_bytes // MiB} MiB written, one node's disk lost, rebuilt (bench rebuild)")
+    r = _rebuild.measure(data_dir=work / "rebuild", k=ec.k, m=ec.m, stripe_bytes=ec.stripe_bytes,
+                         total_bytes=sizes.rebuild_bytes, object_bytes=REBUILD_OBJECT_BYTES,
+                         fsync_bytes=max(64 * MiB, sizes.rebuild_bytes // ec.k))
+    for line in _rebuild.render(r).splitlines():
+        _say(f"  {line}")
+    return r
+
+
 def _run_resilience(config: Path, work: Path, sizes: Sizes, sources: dict[str, Path], scratch: Path,
                     port_offset: int) -> dict:
+    from headwater import config as hwconfig
+
     _say("resilience: starting")
     out: dict = {"description": "(did not start)", "results": {}}
+    ec: ErasureScheme | None = None
     try:
-        with headwater_nodes(config, work / "headwater-nodes", port_offset=port_offset) as (ep, kill, ids):
+        with headwater_nodes(config, work / "headwater-nodes", port_offset=port_offset,
+                             rebuild_rate=REBUILD_RATE) as (ep, nodes):
+            ec = nodes.cfg.objstore.ec  # the config as the cluster read it, not re-read later
             out["description"] = ep.description
             _say(f"resilience: {ep.description} at {ep.url}")
-            out["results"] = measure_resilience(ep, kill, ids, S5cmd(ep, scratch), sizes, sources)
+            out["results"] = measure_resilience(ep, nodes, S5cmd(ep, scratch), sizes, sources)
     except (PeerError, LoadError, OSError) as e:
         out["error"] = str(e)[:2000]
         _say(f"resilience: FAILED: {e}")
     shutil.rmtree(work / "headwater-nodes" / "var", ignore_errors=True)
+    # After the cluster is gone: never two stores at once.
+    try:
+        r = out["rebuild"] = _measure_rebuild(ec or hwconfig.load(config).objstore.ec, work, sizes)
+        out["results"]["rebuild_rate"] = {"value": r["rebuild_write_mbps"], "unit": "MB/s",
+                                          "still_degraded": r["still_degraded"]}
+        out["results"]["rebuild_disk_ceiling"] = {"value": r.get("fsync_write_mbps"), "unit": "MB/s",
+                                                  "how": r.get("fsync_how")}
+    except Exception as e:  # noqa: BLE001 - a failed rebuild measurement must not lose the rows above
+        out["rebuild_error"] = f"{type(e).__name__}: {e}"[:2000]
+        _say(f"rebuild: FAILED: {out['rebuild_error']}")
+    shutil.rmtree(work / "rebuild", ignore_errors=True)
     out["rows"] = self_rows(out["results"])
     return out
 
@@ -530,8 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes and counts: a 1-2 minute smoke run")
     p.add_argument("--scenario", choices=("all", "swift", "resilience"), default="all",
                    help="all (default): ours against Swift, then resilience; swift: only ours "
-                        "against Swift; resilience: only hot-prefix/uniform PUTs and PUTs with a "
-                        "storage node down, Headwater against itself (no Swift, no ceilings)")
+                        "against Swift; resilience: only hot-prefix/uniform PUTs, PUTs with a "
+                        "storage node down and while it is rebuilt, and the rebuild rate against the "
+                        "disk, Headwater against itself (no Swift, no other ceilings)")
     p.add_argument("--no-swift", action="store_true", help="do not start or measure Swift")
     p.add_argument("--ours-only", action="store_true", help="measure only Headwater (implies --no-swift)")
     p.add_argument("--no-ours", action="store_true", help="measure only Swift and the ceilings")
@@ -632,15 +878,33 @@ def main(argv: list[str] | None = None) -> int:
     res = doc.get("resilience")
     if res:
         out.append(render_self_rows(res["rows"]))
-        out.append(f"Resilience: {res['description']}; {sizes.key_rounds} alternating rounds of "
-                   f"{sizes.small_objects} x {sizes.small_bytes // KiB} KiB PUTs per key pattern, "
-                   f"{sizes.small_clients} clients; {sizes.degraded_objects} x {sizes.big_bytes // MiB} MiB "
-                   f"PUTs by {sizes.big_clients} clients each way.")
+        notes = [f"Resilience: {res['description']}; {sizes.key_rounds} alternating rounds of "
+                 f"{sizes.small_objects} x {sizes.small_bytes // KiB} KiB PUTs per key pattern, "
+                 f"{sizes.small_clients} clients; {sizes.degraded_objects} x {sizes.big_bytes // MiB} MiB "
+                 f"PUTs by {sizes.big_clients} clients each time (all up, a node down, while rebuilding)."]
+        w = res["results"].get("rebuild_during_put")
+        if w:
+            notes.append(f"  While rebuilding: the killed node back, the repair daemon restarted at rebuild_rate "
+                         f"{w['rebuild_rate']} with {w['backlog_objects']} objects written without that node to "
+                         f"repair; in the PUTs' window: {rebuild_window_text(w)}.")
+            again = (res["results"].get("put_big_healthy_after") or {}).get("value")
+            healthy = (res["results"].get("put_big_healthy") or {}).get("value")
+            if again is not None and healthy:
+                during = (res["results"].get("put_big_rebuilding") or {}).get("value")
+                beside = f"; the PUTs while rebuilding were {during / again:.2f}x this" if during and again else ""
+                notes.append(f"  The same PUTs with all up again after the rebuild: {fmt_value(again, 'MB/s')} MB/s "
+                             f"({again / healthy:.2f}x the baseline: the machine's drift over the scenario{beside}).")
+        if res.get("rebuild"):
+            notes.append("  Rebuild rate, measured alone (bench rebuild, after the cluster above stopped):")
+            notes += [f"    {line}" for line in _rebuild.render(res["rebuild"]).splitlines()]
+        if res.get("rebuild_error"):
+            notes.append(f"  rebuild measurement failed: {res['rebuild_error']}")
         if res.get("error"):
-            out.append(f"  failed: {res['error']}")
+            notes.append(f"  failed: {res['error']}")
         for key, r in res["results"].items():
             if r.get("errors"):
-                out.append(f"  {key}: {r['errors']}/{r['ops']} requests failed, first: {r['first_error']}")
+                notes.append(f"  {key}: {r['errors']}/{r['ops']} requests failed, first: {r['first_error']}")
+        out.append("\n".join(notes))
     print("\n\n".join(out))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
