@@ -97,7 +97,11 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
             raise s3e.PreconditionFailed(Condition="If-None-Match" if if_absent else "If-Match") from None
         raise
     if previous is not None:
-        store.retire(ObjectRecord.from_value(previous.value).layouts)
+        # Never the layouts just written: a record that names them is this very write (a resent
+        # write the metadata ring had already applied once).
+        mine = {layout.oid for layout in rec.layouts}
+        store.retire([layout for layout in ObjectRecord.from_value(previous.value).layouts
+                      if layout.oid not in mine])
 
 
 async def put_object(store: Store, call: Call) -> Response:

@@ -473,7 +473,7 @@ class Cluster:
         from botocore.config import Config
 
         u = self.user(user)
-        cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"},
+        cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"},
                      connect_timeout=5, read_timeout=60, signature_version="s3v4", **config)
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
                             aws_access_key_id=access_key or u.access_key,

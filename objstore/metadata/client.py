@@ -63,8 +63,8 @@ class HybridClock:
     """Versions that follow the wall clock but never go backwards or behind what was observed."""
 
     def __init__(self, writer_id: str, clock: Callable[[], int] = time.time_ns):
-        if not writer_id:
-            raise ValueError("writer_id must be a non-empty string")
+        if not writer_id or len(writer_id.encode()) > 128:
+            raise ValueError("writer_id must be a string of 1..128 bytes")
         self.writer_id = writer_id
         self._clock = clock
         self._last = 0

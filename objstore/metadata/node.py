@@ -37,7 +37,7 @@ from headwater.rpc import BadRequest, RpcClient, RpcServer, Unavailable
 from .errors import CorruptRecord, InvalidKey, NotLeaderError, NotStoredError, RingChanged
 from .partition import PartitionMap, group_id
 from .raft.core import NotLeader, Timing
-from .raft.group import GroupSettings, NotStored, RaftGroup
+from .raft.group import GroupSettings, NotStored, OutcomeUnknown, RaftGroup
 from .raft.storage import RaftStorage, check_ring
 from .store import Command, OpKind, Record, Store, record_from_wire, record_to_wire
 
@@ -46,6 +46,9 @@ __all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT"]
 log = logging.getLogger("headwater.objstore.metadata.node")
 
 MAX_SCAN_LIMIT = 10_000
+# Writer ids travel in every log entry and key the record of applied versions (LMDB keys are at
+# most 511 bytes): an entry that cannot be applied must never enter the log.
+MAX_WRITER_BYTES = 128
 
 
 class MetadataNode:
@@ -192,6 +195,8 @@ class MetadataNode:
             cmd = Command(kind=kind, ns=args["ns"], partition=p, key=args["key"], version=(int(ts), str(writer)),
                           value=args.get("value"), if_absent=bool(args.get("if_absent", False)),
                           if_match=(str(if_match[0]), if_match[1]) if if_match else None)
+            if not 0 <= cmd.version[0] < 1 << 63 or not 0 < len(cmd.version[1].encode()) <= MAX_WRITER_BYTES:
+                raise ValueError(f"a version is (timestamp 0..2^63, writer id of 1..{MAX_WRITER_BYTES} bytes)")
             if kind is OpKind.PUT and not isinstance(cmd.value, dict):
                 raise ValueError("kv.write takes a put with a dict value or a delete")
             self.store._encode(p, cmd.ns, cmd.key)  # validate before it enters the log
@@ -206,6 +211,8 @@ class MetadataNode:
             raise self._not_leader(e) from None
         except NotStored as e:
             raise NotStoredError(str(e)) from None
+        except OutcomeUnknown as e:
+            raise Unavailable(str(e), sent=True) from None  # the client resends the same version
         if not result.applied:
             self.stats["conditions_failed"] += 1
         return {"applied": result.applied, "previous": record_to_wire(result.previous)}
@@ -229,11 +236,10 @@ class MetadataNode:
         assert self.store is not None
         p = self._partition(args.get("p"))
         g = self._group(p)
-        applied = g.core.applied
         try:
-            rec = self.store.get(args["ns"], p, args["key"])
+            applied, rec = g.storage.read_applied(args["ns"], p, args["key"])
         except CorruptRecord:
-            return {"corrupt": True, "applied": applied}
+            return {"corrupt": True, "applied": -1}
         except (KeyError, InvalidKey) as e:
             raise self._bad(f"kv.peek: {e}") from None
         return {"corrupt": False, "applied": applied, "record": record_to_wire(rec)}

@@ -267,15 +267,20 @@ class Store:
 
     # public operations
 
-    def get(self, ns: str, partition: int, key: str) -> Record | None:
-        """The node's record for ``key``, or None. Raises CorruptRecord."""
+    def get(self, ns: str, partition: int, key: str, *, txn: lmdb.Transaction | None = None) -> Record | None:
+        """The node's record for ``key``, or None (inside ``txn`` if given). Raises CorruptRecord."""
         enc = self._encode(partition, ns, key)
-        with self._env.begin() as txn:
-            try:
-                return self._load(txn, enc, f"{ns}/{key!r}")
-            except CorruptRecord:
-                self.corrupt_reads += 1
-                raise
+        if txn is not None:
+            return self._get_in(txn, enc, ns, key)
+        with self._env.begin() as own:
+            return self._get_in(own, enc, ns, key)
+
+    def _get_in(self, txn: lmdb.Transaction, enc: bytes, ns: str, key: str) -> Record | None:
+        try:
+            return self._load(txn, enc, f"{ns}/{key!r}")
+        except CorruptRecord:
+            self.corrupt_reads += 1
+            raise
 
     def put_record(self, ns: str, partition: int, key: str, rec: Record | None) -> None:
         """Store ``rec`` as is (None removes the key): a repair from a peer's copy."""

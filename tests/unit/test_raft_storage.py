@@ -97,7 +97,7 @@ def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_pat
 
 
 def test_a_retried_write_applies_once_and_old_versions_are_forgotten(tmp_path):
-    from headwater.objstore.metadata.raft.storage import DEDUP_WINDOW_NS
+    from headwater.objstore.metadata.raft.storage import DEDUP_WINDOW_ENTRIES
 
     store = Store.open(tmp_path, map_size_bytes=16 << 20)
     rs = RaftStorage(store, "g", [0])
@@ -109,15 +109,19 @@ def test_a_retried_write_applies_once_and_old_versions_are_forgotten(tmp_path):
     assert [r.applied for r in results] == [True, True, True]
     assert results[2].previous is None  # a duplicate: nothing new to report
     assert store.get("obj/b", 0, "k").value == {"n": 20}  # the newer write stays
-    # a write far later forgets old versions, so the same command would apply again
-    late = Entry(1, put("other", DEDUP_WINDOW_NS + 100))
+    # a hundred thousand entries later the version is forgotten (whatever the writers' clocks
+    # say), so the same command would apply again
+    far = DEDUP_WINDOW_ENTRIES + 10
+    late = Entry(1, put("other", 10**18))  # a writer with a clock far ahead changes nothing
     again = Entry(1, put("k", 10))
-    rs.save(ready(2, entries=((4, late), (5, again)), committed=((4, late), (5, again)), applied=5), (0, 0),
-            lambda *a: None)
+    rs.save(ready(2, entries=((4, late),), committed=((4, late),), applied=4), (0, 0), lambda *a: None)
+    rs.save(ready(3, entries=((5, again),), committed=((5, again),), applied=5), (0, 0), lambda *a: None)
+    assert store.get("obj/b", 0, "k").value == {"n": 20}  # still remembered: not applied again
+    rs.save(ready(4, entries=((far, again),), committed=((far, again),), applied=far), (0, 0), lambda *a: None)
     assert store.get("obj/b", 0, "k").value == {"n": 10}
     # the applied versions are records of the partition: a snapshot carries them
     txn, _, _ = rs.snapshot_reader()
     pairs, _ = rs.snapshot_chunk(txn, None, 1 << 20)
     txn.abort()
-    assert any(b"\x7fapplied\x00" in k for k, _ in pairs)
+    assert any(k[2:5] == b"\x7fv\x00" for k, _ in pairs)
     store.close()

@@ -3,22 +3,33 @@
 The core knows no sockets, threads or disks. The shell (``group.py``) feeds it messages and
 the time, and takes from it what to persist, what to send and what to apply:
 
-* ``tick(now)`` runs timers: an election when a follower hears from no leader, heartbeats, and
+* ``tick(now)`` runs timers: a pre-vote round when a node hears from no leader, heartbeats, and
   a leader's step-down when it no longer hears from a majority (check-quorum).
 * ``on_vote`` / ``on_append`` handle a peer's request and return the reply; the shell may send
   the reply only once ``ready()``'s changes up to ``seq`` are durable (a vote must not be
-  forgotten, nor an acknowledged entry).
-* ``vote_requests()`` / ``append_for(peer)`` give a candidate's and a leader's outgoing requests;
-  ``on_vote_reply`` / ``on_append_reply`` take their answers.
+  forgotten, nor an acknowledged entry). A pre-vote changes nothing, so its reply is due at once.
+* ``vote_requests()`` / ``append_for(peer)`` give a (pre-)candidate's and a leader's outgoing
+  requests; ``on_vote_reply`` / ``on_append_reply`` take their answers.
+* Elections run in two steps (thesis section 9.6, Pre-Vote). When the election timer fires, the
+  node becomes a ``PRE_CANDIDATE``: its term stays, and ``vote_requests()`` asks the others
+  whether they would vote for it in ``term + 1`` (``pre=True``). Once a majority would,
+  ``on_vote_reply`` starts the real election (``CANDIDATE``, term + 1, a vote for itself to
+  persist) and ``vote_requests()`` gives the real requests (``pre=False``), to send once
+  ``seq`` as of then is durable. ``campaign`` increases with each round of either kind (also
+  when a round restarts in the same term): the shell sends ``vote_requests()`` once per value,
+  checking after ``tick`` and after ``on_vote_reply``. Each reply goes back to
+  ``on_vote_reply`` as it came, ``pre`` flag included.
 * ``propose(data)`` appends a command on the leader; ``read_index()`` starts a linearizable read
   (Raft thesis section 6.4: the commit index, confirmed by a heartbeat round).
 * ``ready()`` returns the hard state, log changes and newly committed entries as one unit of
   work; ``persisted(ready)`` reports it durable and applied.
 
-Safety follows the Raft paper (Ongaro and Ousterhout, 2014) figure 2. Two additions from the
-thesis (section 9.6) keep a node that was cut off from disrupting a healthy group when it comes
-back: a node that heard from a leader within the minimum election timeout ignores vote requests,
-and a leader that loses contact with a majority steps down. Membership is fixed per group here;
+Safety follows the Raft paper (Ongaro and Ousterhout, 2014) figure 2. Three additions from the
+thesis (sections 4.2.3 and 9.6) keep a node that was cut off from disrupting a healthy group when
+it comes back: it stands for election only once a majority answered a pre-vote, so it does not
+come back with a raised term; a node that heard from a leader within the minimum election
+timeout, or leads itself, refuses (pre-)votes for a later term; and a leader that loses contact
+with a majority steps down. Membership is fixed per group here;
 the log can be compacted behind a snapshot, and a peer behind the compacted log gets a snapshot.
 """
 
@@ -36,6 +47,7 @@ __all__ = [
 
 class Role(enum.StrEnum):
     FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"  # asking whether a majority would vote for it; term unchanged
     CANDIDATE = "candidate"
     LEADER = "leader"
 
@@ -72,16 +84,25 @@ class HardState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VoteRequest:
+    """A vote request; with ``pre`` a pre-vote: "would you vote for me in ``term``?" (the
+    candidate's own term + 1), which changes nothing on either side."""
+
     term: int
     candidate: str
     last_index: int
     last_term: int
+    pre: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VoteReply:
+    """The answer to a ``VoteRequest``, ``pre`` copied from it. A granted pre-vote carries the
+    term asked about (so the pre-candidate can tell it from an answer to an older round);
+    any other reply carries the voter's term."""
+
     term: int
     granted: bool
+    pre: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,7 +222,8 @@ class RaftCore:
         # Timers and leader state.
         self._heard_leader_at = -1e18
         self._election_at = now + self._election_timeout()
-        self._votes: set[str] = set()
+        self._votes: set[str] = set()  # (pre-)votes won in the current round
+        self._campaign = 0
         self._progress: dict[str, _Progress] = {}
         self._round = 0
         self._round_sent = True
@@ -328,11 +350,22 @@ class RaftCore:
         self._reads = _Reads()
         self._election_at = now + self._election_timeout()
 
+    def _start_pre_vote(self, now: float) -> None:
+        """Ask whether a majority would vote for us in the next term; nothing to persist."""
+        self.role = Role.PRE_CANDIDATE
+        self.leader = None
+        self._votes = {self.id}
+        self._campaign += 1
+        self._election_at = now + self._election_timeout()
+        if len(self._votes) >= self._quorum():  # a group of one
+            self._start_election(now)
+
     def _start_election(self, now: float) -> None:
         self.role = Role.CANDIDATE
         self.leader = None
         self._set_term(self.term + 1, self.id)
         self._votes = {self.id}
+        self._campaign += 1
         self._election_at = now + self._election_timeout()
         if len(self._votes) >= self._quorum():  # a group of one
             self._become_leader(now)
@@ -353,7 +386,7 @@ class RaftCore:
     # --- timers ---------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run timers. Afterwards a candidate has ``vote_requests()`` to send."""
+        """Run timers. When ``campaign`` moved, there are ``vote_requests()`` to send."""
         if self.role is Role.LEADER:
             # Check quorum: a leader cut off from the majority stops accepting work.
             heard = 1 + sum(1 for p in self._progress.values() if now - p.heard_at < self.timing.election_s)
@@ -361,20 +394,36 @@ class RaftCore:
                 self._become_follower(self.term, None, now)
             return
         if now >= self._election_at:
-            self._start_election(now)
+            # A follower, or a (pre-)candidate whose round went nowhere: (re)start with a pre-vote.
+            self._start_pre_vote(now)
+
+    @property
+    def campaign(self) -> int:
+        """Increases with every pre-vote or vote round this node starts; ``vote_requests()``
+        are to be sent once per value."""
+        return self._campaign
 
     def vote_requests(self) -> list[tuple[str, VoteRequest]]:
-        if self.role is not Role.CANDIDATE:
+        """The current round's requests to the peers that have not granted them yet: pre-votes
+        for ``term + 1`` from a pre-candidate, votes for ``term`` from a candidate."""
+        if self.role is Role.PRE_CANDIDATE:
+            req = VoteRequest(term=self.term + 1, candidate=self.id, last_index=self.last_index,
+                              last_term=self.last_term, pre=True)
+        elif self.role is Role.CANDIDATE:
+            req = VoteRequest(term=self.term, candidate=self.id, last_index=self.last_index, last_term=self.last_term)
+        else:
             return []
-        req = VoteRequest(term=self.term, candidate=self.id, last_index=self.last_index, last_term=self.last_term)
         return [(p, req) for p in self.others if p not in self._votes]
 
     # --- elections ------------------------------------------------------------------------------
 
     def on_vote(self, req: VoteRequest, now: float) -> VoteReply:
-        # A node that hears from a live leader ignores candidates: a peer that was cut off and
-        # comes back with a high term must not depose a working leader (thesis 4.2.3).
-        if req.term > self.term and now - self._heard_leader_at < self.timing.election_s:
+        # A node that hears from a live leader, or leads, ignores candidates: a peer that was cut
+        # off and comes back with a high term must not depose a working leader (thesis 4.2.3).
+        in_lease = self.role is Role.LEADER or now - self._heard_leader_at < self.timing.election_s
+        if req.pre:
+            return self._on_pre_vote(req, in_lease)
+        if req.term > self.term and in_lease:
             return VoteReply(term=self.term, granted=False)
         if self._fresh and req.last_index > 0:
             return VoteReply(term=self.term, granted=False)
@@ -388,9 +437,25 @@ class RaftCore:
             self._election_at = now + self._election_timeout()
         return VoteReply(term=self.term, granted=granted)
 
+    def _on_pre_vote(self, req: VoteRequest, in_lease: bool) -> VoteReply:
+        """Would we vote for ``req.candidate`` in ``req.term``? Answered without adopting the term,
+        casting a vote or resetting the election timer: a pre-vote changes nothing here."""
+        up_to_date = (req.last_term, req.last_index) >= (self.last_term, self.last_index)
+        granted = (req.term > self.term and not in_lease and up_to_date
+                   and not (self._fresh and req.last_index > 0))
+        return VoteReply(term=req.term if granted else self.term, granted=granted, pre=True)
+
     def on_vote_reply(self, peer: str, reply: VoteReply, now: float) -> None:
-        if reply.term > self.term:
+        if reply.term > self.term and not (reply.pre and reply.granted):
+            # A later term (a refused pre-vote carries the voter's own term): follow in it.
             self._become_follower(reply.term, None, now)
+            return
+        if reply.pre:
+            # Only a grant for the term this round asks about counts; older rounds' are stale.
+            if self.role is Role.PRE_CANDIDATE and reply.granted and reply.term == self.term + 1:
+                self._votes.add(peer)
+                if len(self._votes) >= self._quorum():
+                    self._start_election(now)
             return
         if self.role is not Role.CANDIDATE or reply.term != self.term or not reply.granted:
             return

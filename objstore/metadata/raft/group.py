@@ -31,7 +31,7 @@ from .core import (AppendReply, AppendRequest, Entry, NotLeader, RaftCore, Ready
                    VoteReply, VoteRequest)
 from .storage import RaftStorage
 
-__all__ = ["RaftGroup", "Transport", "NotStored", "append_to_wire", "append_from_wire", "GroupSettings"]
+__all__ = ["RaftGroup", "Transport", "NotStored", "OutcomeUnknown", "append_to_wire", "append_from_wire", "GroupSettings"]
 
 log = logging.getLogger("headwater.objstore.metadata.raft")
 
@@ -40,6 +40,10 @@ SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 class NotStored(Exception):
     """The proposed entry was replaced by another leader's: it never committed."""
+
+
+class OutcomeUnknown(Exception):
+    """The proposed entry's fate was not seen here (a snapshot passed it): it may have committed."""
 
 
 class Transport(Protocol):
@@ -91,7 +95,9 @@ class RaftGroup:
                              applied=st.applied, rng=rng)
         self._changed = anyio.Event()
         self._durable_seq = -1
-        self._waiters: dict[int, _Waiter] = {}
+        # Index -> proposals waiting for it. Several: a deposed leader re-elected may propose at
+        # an index its earlier proposal (still waiting, never applied) had.
+        self._waiters: dict[int, list[_Waiter]] = {}
         self._io = anyio.Lock()  # storage writes: the persister and a snapshot install take turns
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
@@ -170,30 +176,30 @@ class RaftGroup:
 
     def _on_applied(self, index: int, entry: Entry, result: CommandResult | None) -> None:
         # Called on the worker thread after the commit; only reads and sets plain fields.
-        w = self._waiters.get(index)
-        if w is None:
-            return
-        if entry.term == w.term:
-            w.result = result
-        else:
-            w.error = NotStored(f"entry {index} of term {w.term} was replaced")
+        for w in self._waiters.get(index, ()):
+            if entry.term == w.term:
+                w.result = result
+            else:
+                w.error = NotStored(f"entry {index} of term {w.term} was replaced")
 
     def _resolve_replaced(self, r: Ready) -> None:
         for index in [i for i in self._waiters if i <= self.core.applied]:
-            w = self._waiters.pop(index)
-            if w.result is None and w.error is None:
-                w.error = NotStored(f"entry {index} was compacted before its result was seen")
-            w.done.set()
+            for w in self._waiters.pop(index):
+                if w.result is None and w.error is None:
+                    # Passed by a snapshot: it may have committed, but its result is not known.
+                    w.error = OutcomeUnknown(f"entry {index} was installed from a snapshot")
+                w.done.set()
 
     async def _maybe_compact(self) -> None:
         c, s = self.core, self.settings
         if c.applied - c.snapshot_index < s.compact_after_entries:
             return
-        upto = c.applied - s.keep_entries
-        term = c.term_at(upto)
-        if term is None:
-            return
         async with self._io:
+            # Decided under the lock: a snapshot install may have reset the log meanwhile.
+            upto = c.applied - s.keep_entries
+            term = c.term_at(upto)
+            if self._installing is not None or upto <= c.snapshot_index or term is None:
+                return
             await anyio.to_thread.run_sync(self.storage.compact, upto, term, c.applied)
             c.compact(upto)
         self.stats["compactions"] += 1
@@ -261,20 +267,23 @@ class RaftGroup:
     async def _send_snapshot(self, peer: str) -> tuple[int, bool, int]:
         """Stream this node's records as of its applied index; (index, installed, peer's term)."""
         txn, index, term = self.storage.snapshot_reader()
+        my_term = self.core.term  # every chunk speaks for this leadership, and stops with it
         self.stats["snapshots_sent"] += 1
         log.info("raft group %s: sending %s a snapshot at index %d", self.group_id, peer, index)
         try:
             after: bytes | None = None
             first = True
             while True:
+                if not self.is_leader or self.core.term != my_term:
+                    return index, False, 0
                 pairs, after = await anyio.to_thread.run_sync(
                     self.storage.snapshot_chunk, txn, after, SNAPSHOT_CHUNK_BYTES)
                 w = await self._send(peer, "raft.snapshot", {
-                    "g": self.group_id, "term": self.core.term, "leader": self.node_id, "index": index,
+                    "g": self.group_id, "term": my_term, "leader": self.node_id, "index": index,
                     "snap_term": term, "first": first, "done": after is None, "pairs": pairs},
                     self.settings.rpc_timeout_s * 4)
                 first = False
-                if int(w["term"]) > self.core.term or not w["ok"]:
+                if int(w["term"]) > my_term or not w["ok"]:
                     return index, False, int(w["term"])
                 if after is None:
                     return index, True, int(w["term"])
@@ -293,9 +302,10 @@ class RaftGroup:
     async def on_append(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._installing is not None:
             m = append_from_wire(args["m"])
-            if (m.term, m.leader) == (self._installing["term"], self._installing["leader"]):
+            if m.term <= self._installing["term"]:
+                # From the installing leader itself, or a stale one the core would refuse.
                 return {"term": self.core.term, "success": False, "match": 0, "round": m.round}
-            await self._abandon_install()  # its sender is no longer the leader
+            await self._abandon_install()  # a later leader: the transfer's sender is deposed
         reply = self.core.on_append(append_from_wire(args["m"]), self._clock())
         await self._durable(self.core.seq)
         return {"term": reply.term, "success": reply.success, "match": reply.match, "round": reply.round}
@@ -356,12 +366,16 @@ class RaftGroup:
         index, term = self.core.propose(cmd.encode())
         self.stats["proposals"] += 1
         w = _Waiter(term=term, done=anyio.Event())
-        self._waiters[index] = w
+        self._waiters.setdefault(index, []).append(w)
         self._notify()
         try:
             await w.done.wait()
         finally:
-            self._waiters.pop(index, None)
+            waiting = self._waiters.get(index)
+            if waiting is not None and w in waiting:
+                waiting.remove(w)
+                if not waiting:
+                    del self._waiters[index]
         if w.error is not None:
             raise w.error
         assert w.result is not None

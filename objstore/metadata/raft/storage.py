@@ -24,20 +24,25 @@ import lmdb
 import msgpack
 
 from ..errors import StoreFull
-from ..store import Command, CommandResult, Store
+from ..store import Command, CommandResult, Record, Store
 from .core import Entry, HardState, Ready
 
 __all__ = ["LoadedState", "RaftStorage", "check_ring"]
 
 _RING_KEY = b"\0ring"
-# Applied write versions live in each partition under a namespace no client can name (0x7f
-# then NUL), with the timestamp big-endian first so that the oldest come first.
-_DEDUP_NS = b"\x7fapplied\0"
-DEDUP_WINDOW_NS = 600 * 10**9
+# Applied write versions live in each partition under namespaces no client can name (0x7f,
+# see store.check_ns): version -> log index, and log index -> version so that the oldest can be
+# dropped in order. The window is counted in log entries, not in the writers' clocks, so a
+# gateway whose clock runs fast cannot cut it short.
+_DEDUP_BY_VERSION = b"\x7fv\0"
+_DEDUP_BY_INDEX = b"\x7fi\0"
+DEDUP_WINDOW_ENTRIES = 100_000
 
 
-def _dedup_key(partition: int, version: tuple[int, str]) -> bytes:
-    return partition.to_bytes(2, "big") + _DEDUP_NS + max(0, version[0]).to_bytes(8, "big") + version[1].encode()  # sorts before every group's keys; no group id is empty
+def _dedup_keys(partition: int, version: tuple[int, str], index: int) -> tuple[bytes, bytes]:
+    p = partition.to_bytes(2, "big")
+    return (p + _DEDUP_BY_VERSION + max(0, version[0]).to_bytes(8, "big") + version[1].encode(),
+            p + _DEDUP_BY_INDEX + index.to_bytes(8, "big"))
 
 
 def check_ring(store: Store, ring: dict[str, object]) -> dict[str, object] | None:
@@ -126,7 +131,7 @@ class RaftStorage:
                     txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
                 applied_term = self.applied_term
                 for index, e in r.committed:
-                    res = self._apply(txn, Command.decode(e.data)) if e.data else None
+                    res = self._apply(txn, index, Command.decode(e.data)) if e.data else None
                     results.append((index, e, res))
                     applied_term = e.term
                 if r.committed:
@@ -139,29 +144,29 @@ class RaftStorage:
         for item in results:
             on_result(*item)
 
-    def _apply(self, txn: lmdb.Transaction, cmd: Command) -> CommandResult:
-        """Apply ``cmd`` once: a client that lost the answer to a write sends the same command
-        (same version) again, and a retry of a write that did apply must not apply twice (a
-        reader could see its value come back after a newer one). Applied versions are kept per
-        partition for DEDUP_WINDOW_NS, as records of the partition, so snapshots carry them."""
-        key = _dedup_key(cmd.partition, cmd.version)
-        if txn.get(key) is not None:
+    def _apply(self, txn: lmdb.Transaction, index: int, cmd: Command) -> CommandResult:
+        """Apply ``cmd`` (log entry ``index``) once: a client that lost the answer to a write
+        sends the same command (same version) again, and a retry of a write that did apply must
+        not apply twice (a reader could see its value come back after a newer one). Applied
+        versions are kept for DEDUP_WINDOW_ENTRIES log entries, as records of the partition, so
+        snapshots carry them."""
+        base = cmd.partition.to_bytes(2, "big") + _DEDUP_BY_INDEX
+        cur = txn.cursor()
+        if cur.set_range(base):
+            while True:
+                k = bytes(cur.key())
+                if not k.startswith(base) or int.from_bytes(k[len(base):], "big") >= index - DEDUP_WINDOW_ENTRIES:
+                    break
+                txn.delete(bytes(cur.value()))
+                if not cur.delete():
+                    break
+        by_version, by_index = _dedup_keys(cmd.partition, cmd.version, index)
+        if txn.get(by_version) is not None:
             return CommandResult(applied=True, previous=None)
         result = self.store.execute(txn, cmd)
         if result.applied:
-            txn.put(key, b"")
-        # Forget versions older than the window, judged by this command's own timestamp: the
-        # same on every replica, since it comes from the log.
-        base = cmd.partition.to_bytes(2, "big") + _DEDUP_NS
-        cur = txn.cursor()
-        if cur.set_range(base):
-            horizon = cmd.version[0] - DEDUP_WINDOW_NS
-            while True:
-                k = bytes(cur.key())
-                if not k.startswith(base) or int.from_bytes(k[len(base):len(base) + 8], "big") >= horizon:
-                    break
-                if not cur.delete():
-                    break
+            txn.put(by_version, index.to_bytes(8, "big"))
+            txn.put(by_index, by_version)
         return result
 
     def compact(self, upto: int, term: int, applied: int) -> None:
@@ -176,6 +181,14 @@ class RaftStorage:
                     if not cur.delete():
                         break
             txn.put(self._prefix + b"S", msgpack.packb([applied, upto, term, self.applied_term]), db=self._db)
+
+    def read_applied(self, ns: str, partition: int, key: str) -> tuple[int, Record | None]:
+        """(applied index, the record) from one read transaction: the record as of that index.
+        Raises CorruptRecord."""
+        with self.store.env.begin() as txn:
+            st = txn.get(self._prefix + b"S", db=self._db)
+            applied = msgpack.unpackb(st)[0] if st is not None else 0
+            return applied, self.store.get(ns, partition, key, txn=txn)
 
     # --- snapshots ------------------------------------------------------------------------------
 
