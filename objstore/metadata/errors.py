@@ -27,6 +27,7 @@ __all__ = [
     "InvalidKey",
     "KeyTooLong",
     "CorruptRecord",
+    "CorruptGroup",
     "StoreFull",
     "DataDirError",
     "RingChanged",
@@ -129,6 +130,11 @@ class CorruptRecord(MetadataError):
     def __init__(self, where: str):
         self.where = where
         super().__init__(f"record {where} failed its checksum")
+
+
+class CorruptGroup(CorruptRecord):
+    """An overflow group (the keys too long for LMDB sharing one prefix) failed its checksum:
+    several records are unreadable on this node at once."""
 
 
 class StoreFull(MetadataError):

@@ -34,7 +34,7 @@ from headwater.config import ClusterConfig, MetadataNodeConfig
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, RpcClient, RpcServer, Unavailable
 
-from .errors import CorruptRecord, InvalidKey, NotLeaderError, NotStoredError, RingChanged
+from .errors import CorruptGroup, CorruptRecord, InvalidKey, NotLeaderError, NotStoredError, RingChanged
 from .partition import PartitionMap, group_id
 from .raft.core import NotLeader, Timing
 from .raft.group import GroupSettings, NotStored, OutcomeUnknown, RaftGroup
@@ -225,6 +225,11 @@ class MetadataNode:
         await self._barrier(g)
         try:
             rec = self.store.get(args["ns"], p, args["key"])
+        except CorruptGroup as e:
+            # Many records at once: rebuild this replica from the group (it steps down; the
+            # client retries on the next leader).
+            await g.resync(str(e))
+            raise Unavailable(f"{self.config.id} is rebuilding its replica: {e}", sent=True) from None
         except CorruptRecord:
             rec = await self._repair(g, args["ns"], p, args["key"])
         except (KeyError, InvalidKey) as e:

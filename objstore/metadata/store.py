@@ -37,7 +37,7 @@ import lmdb
 import msgpack
 import xxhash
 
-from .errors import CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
+from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 
 __all__ = [
     "Version", "Record", "OpKind", "ScanPage", "Store", "encode_record", "decode_record", "record_to_wire",
@@ -219,7 +219,10 @@ class Store:
 
     # raw access inside a transaction
 
-    def _read_group(self, txn: lmdb.Transaction, gkey: bytes) -> dict[bytes, bytes]:
+    def _read_group(self, txn: lmdb.Transaction, gkey: bytes, *, strict: bool = True) -> dict[bytes, bytes]:
+        """An overflow group's members. A corrupt group raises CorruptGroup (``strict``: a read
+        of one key, or a write that would rewrite the group and drop its other members) or,
+        in a scan, is logged and skipped."""
         raw = txn.get(gkey)
         if raw is None:
             return {}
@@ -228,7 +231,9 @@ class Store:
             return {gkey[:-1] + bytes(tail): bytes(rec) for tail, rec in members}
         except Exception:
             self.corrupt_reads += 1
-            log.error("metadata overflow group %r failed its checksum; treating it as empty", gkey)
+            if strict:
+                raise CorruptGroup(f"overflow group {gkey[:40]!r}") from None
+            log.error("metadata overflow group %r failed its checksum; skipped in a scan", gkey)
             return {}
 
     def _write_group(self, txn: lmdb.Transaction, gkey: bytes, members: dict[bytes, bytes]) -> None:
@@ -340,23 +345,24 @@ class Store:
             if not k.startswith(base):
                 return
             if len(k) == self._inline + 1:
-                yield from sorted(self._read_group(txn, k).items())
+                yield from sorted(self._read_group(txn, k, strict=False).items())
             else:
                 yield k, bytes(v)
 
     # the replicated state machine (see Command)
 
     def execute(self, txn: lmdb.Transaction, cmd: Command) -> CommandResult:
-        """Apply one Raft command inside write transaction ``txn``. A corrupt record counts
-        as absent and is overwritten. The caller owns ``txn``: it maps ``lmdb.MapFullError``
-        (from here or from the commit) to StoreFull."""
+        """Apply one Raft command inside write transaction ``txn``. A corrupt record raises
+        CorruptRecord: what the command does may depend on it (a condition), and guessing
+        would make this replica differ from the others, so the caller must not apply here.
+        The caller owns ``txn``: it maps ``lmdb.MapFullError`` (from here or from the commit)
+        to StoreFull."""
         enc = self._encode(cmd.partition, cmd.ns, cmd.key)
         try:
             cur = self._load(txn, enc, f"{cmd.ns}/{cmd.key!r}")
         except CorruptRecord:
             self.corrupt_reads += 1
-            log.error("metadata record %s/%r failed its checksum; overwriting it", cmd.ns, cmd.key)
-            cur = None
+            raise
         live = cur if cur is not None and cur.value is not None else None
         if not _satisfied(cmd, live):
             return CommandResult(applied=False, previous=live)

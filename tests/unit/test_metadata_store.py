@@ -7,7 +7,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.objstore.metadata.errors import CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
+from headwater.objstore.metadata.errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 from headwater.objstore.metadata.raft.core import Entry, Ready
 from headwater.objstore.metadata.raft.storage import RaftStorage
 from headwater.objstore.metadata.store import Command, OpKind, Record, Store, decode_record, encode_record
@@ -167,28 +167,29 @@ def test_corrupt_record_detected(any_store):
             any_store.get("obj/b", 0, key)
     assert any_store.scan("obj/b", 0).items == []  # skipped, not returned
     assert any_store.corrupt_reads >= 2
-    # a command meets a corrupt record as absent and overwrites it
+    # a command must not judge anything on a corrupt record: it raises, and the transaction
+    # applies nothing (the Raft group rebuilds this replica instead)
     before = any_store.corrupt_reads
-    r = run(any_store, put("k", 5, if_absent=True))
-    assert r.applied and r.previous is None and any_store.corrupt_reads == before + 1
-    assert any_store.get("obj/b", 0, "k").version == (5, "w")
-    # and a repair replaces it with a peer's copy
-    any_store.put_record("obj/b", 0, long_key, Record(version=(10, "w"), value={"v": 10}))
-    assert keys(any_store) == ["k", long_key]
+    with pytest.raises(CorruptRecord):
+        run(any_store, put("k", 5, if_absent=True))
+    assert any_store.corrupt_reads == before + 1
+    # and a repair replaces the inline record with a peer's copy
+    any_store.put_record("obj/b", 0, "k", Record(version=(10, "w"), value={"v": 10}))
+    assert any_store.get("obj/b", 0, "k").value == {"v": 10}
 
 
-def test_a_corrupt_overflow_group_reads_as_empty(tmp_path):
+def test_a_corrupt_overflow_group_is_an_error_on_reads_and_skipped_in_scans(tmp_path):
     s = Store.open(tmp_path / "m", map_size_bytes=16 << 20, inline_key_bytes=12)
     try:
         run(s, put("group/" + "a" * 20, 1), put("group/" + "b" * 20, 1), put("other", 1))
         gkey = s._group_key(s._encode(0, "obj/b", "group/" + "a" * 20))
         with s.env.begin(write=True) as txn:
             txn.put(gkey, txn.get(gkey)[:-1] + b"!")
-        assert keys(s) == ["other"] and s.corrupt_reads == 1
-        assert s.get("obj/b", 0, "group/" + "a" * 20) is None
-        # the next write to the group starts it afresh
-        assert run(s, put("group/" + "b" * 20, 2, if_absent=True)).applied
-        assert keys(s) == ["group/" + "b" * 20, "other"]
+        assert keys(s) == ["other"] and s.corrupt_reads == 1  # a listing skips it, logged
+        with pytest.raises(CorruptGroup):  # a read of a member never answers "absent"
+            s.get("obj/b", 0, "group/" + "a" * 20)
+        with pytest.raises(CorruptGroup):  # nor does a write judge (or rewrite) the group
+            run(s, put("group/" + "b" * 20, 2, if_absent=True))
     finally:
         s.close()
 

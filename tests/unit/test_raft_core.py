@@ -1,16 +1,17 @@
 """The sans-IO Raft core: its rules one at a time, then a seeded simulation of whole groups.
 
 The scenario tests drive :class:`RaftCore` by hand, one call at a time, and check one rule of
-the Raft paper (figure 2), of the thesis additions (leader stickiness, check-quorum, ReadIndex)
-or of the calling protocol (``ready`` / ``persisted`` / ``unready``).
+the Raft paper (figure 2), of the thesis additions (Pre-Vote, leader stickiness, check-quorum,
+ReadIndex) or of the calling protocol (``ready`` / ``persisted`` / ``unready``).
 
 The simulation runs 3- and 5-node groups on a fake clock over a network that delays, drops,
 duplicates, reorders and partitions messages. Nodes crash and lose everything not yet
 persisted, and restart from their "disk" (a dict built only from the readies they persisted).
 After every step it checks Election Safety, Log Matching, Leader Completeness, State Machine
-Safety, that acknowledged commands stay applied, and that ReadIndex reads see every write
-applied before they started. After healing the network it checks that a leader emerges and a
-new command commits.
+Safety, that acknowledged commands stay applied, that ReadIndex reads see every write
+applied before they started, and that answering a pre-vote changes nothing. After healing the
+network it checks that a leader emerges and a new command commits. A calm variant cuts off or
+freezes one follower and checks that its return costs the group no election.
 """
 
 from __future__ import annotations
@@ -46,12 +47,22 @@ def flush(core: RaftCore, now: float = 0.0) -> Ready:
     return r
 
 
+def stand(core: RaftCore, now: float) -> None:
+    """Make ``core`` a candidate: its election timer fires at ``now`` (a pre-candidate, same term),
+    and every other member would vote for it."""
+    term = core.term
+    core.tick(now)
+    assert core.role is Role.PRE_CANDIDATE and core.term == term
+    for p in core.others:
+        core.on_vote_reply(p, VoteReply(term=term + 1, granted=True, pre=True), now)
+    assert core.role is Role.CANDIDATE and core.term == term + 1
+
+
 def elect(core: RaftCore, now: float) -> float:
-    """Make ``core`` the leader: time out, persist the vote, win the others' votes. Returns the
-    time it won (two election timeouts after ``now``)."""
+    """Make ``core`` the leader: time out, win the pre-votes, persist the vote, win the others'
+    votes. Returns the time it won (two election timeouts after ``now``)."""
     t = now + 2 * TIMING.election_s
-    core.tick(t)
-    assert core.role is Role.CANDIDATE
+    stand(core, t)
     flush(core, t)
     for p in core.others:
         core.on_vote_reply(p, VoteReply(term=core.term, granted=True), t)
@@ -118,22 +129,33 @@ def test_a_follower_counts_its_leader_as_its_vote() -> None:
     assert not a.on_vote(VoteRequest(term=2, candidate="c", last_index=9, last_term=2), 9.0).granted
 
 
+def ask(core: RaftCore, peers: list[RaftCore], now: float) -> None:
+    """Send ``core``'s current vote requests to ``peers`` and hand it their answers."""
+    by_id = {p.id: p for p in peers}
+    for p, req in core.vote_requests():
+        if p in by_id:
+            core.on_vote_reply(p, by_id[p].on_vote(req, now), now)
+
+
 def test_a_new_group_whose_first_election_fails_still_elects_a_leader() -> None:
     a, b, c = mk("a", seed=1), mk("b", seed=2), mk("c", seed=3)
-    # a and b stand in term 1 at once and each votes for itself; c hears neither (lost messages).
+    # a and b time out at once; c would vote for either, so both stand in term 1 and each votes
+    # for itself; c hears neither vote request (lost messages).
     a.tick(5.0)
     b.tick(5.0)
+    ask(a, [c], 5.0)
+    ask(b, [c], 5.0)
     flush(a, 5.0)
     flush(b, 5.0)
     assert (a.role, b.role, a.term, b.term) == (Role.CANDIDATE, Role.CANDIDATE, 1, 1)
-    # a stands again in term 2; b and c are reachable and a's log is as good as theirs.
+    # a's timer fires again: a new pre-vote round, in term 1 still; b and c are reachable and
+    # a's log is as good as theirs, so it stands in term 2 and wins.
     a.tick(10.0)
-    assert a.term == 2
+    assert (a.role, a.term) == (Role.PRE_CANDIDATE, 1)
+    ask(a, [b, c], 10.0)
+    assert (a.role, a.term) == (Role.CANDIDATE, 2)
     flush(a, 10.0)
-    for peer in (b, c):
-        for p, req in a.vote_requests():
-            if p == peer.id:
-                a.on_vote_reply(p, peer.on_vote(req, 10.0), 10.0)
+    ask(a, [b, c], 10.0)
     assert a.role is Role.LEADER
 
 
@@ -158,7 +180,7 @@ def test_granting_a_vote_resets_the_election_timer() -> None:
 
 def test_candidate_wins_with_a_majority_and_its_own_vote_is_persisted() -> None:
     a = mk("a", ("a", "b", "c", "d", "e"))
-    a.tick(2 * TIMING.election_s)
+    stand(a, 2 * TIMING.election_s)
     assert a.role is Role.CANDIDATE and a.term == 1 and a.vote == "a"
     assert a.ready().hard_state == HardState(term=1, vote="a")
     reqs = a.vote_requests()
@@ -176,7 +198,7 @@ def test_candidate_wins_with_a_majority_and_its_own_vote_is_persisted() -> None:
 
 def test_a_higher_term_in_a_vote_reply_ends_the_candidacy() -> None:
     a = mk()
-    a.tick(5.0)
+    stand(a, 5.0)
     a.on_vote_reply("b", VoteReply(term=7, granted=False), 5.0)
     assert (a.role, a.term, a.vote) == (Role.FOLLOWER, 7, None)
 
@@ -191,6 +213,218 @@ def test_a_single_node_group_elects_itself_and_commits_once_durable() -> None:
     r1 = flush(a, 5.0)
     r2 = flush(a, 5.0)
     assert [(i, e.data) for i, e in r1.committed + r2.committed] == [(1, b""), (2, b"x")]
+
+
+# --- pre-vote ------------------------------------------------------------------------------------
+
+def drive(nodes: list[RaftCore], now: float, seconds: float, step: float = 0.05) -> float:
+    """Run ``nodes`` for ``seconds`` over a perfect network between them: timers, every new
+    (pre-)vote round asked of the others, a leader's appends; returns the time."""
+    sent = {n.id: n.campaign for n in nodes}
+    end = now + seconds
+    while now < end:
+        now += step
+        for n in nodes:
+            n.tick(now)
+            while n.campaign != sent[n.id]:  # a round, and the election a pre-vote majority starts
+                sent[n.id] = n.campaign
+                flush(n, now)
+                ask(n, [p for p in nodes if p is not n], now)
+            if n.role is Role.LEADER:
+                for p in nodes:
+                    if p is not n:
+                        exchange(n, p, now)
+            flush(n, now)
+    return now
+
+
+def leading_group() -> tuple[RaftCore, RaftCore, RaftCore, float]:
+    """a leads b and c in term 1, the no-op committed everywhere; returns them and the time."""
+    a, b, c = mk("a", seed=1), mk("b", seed=2), mk("c", seed=3)
+    t = elect(a, 0.0)
+    for t in (t, t + TIMING.heartbeat_s):  # the second round tells them the commit
+        for f in (b, c):
+            exchange(a, f, t)
+        flush(a, t)
+    assert (a.commit, b.commit, c.commit, b.term, c.term) == (1, 1, 1, 1, 1)
+    return a, b, c, t
+
+
+def test_a_returning_cut_off_follower_neither_raises_the_term_nor_deposes_the_leader() -> None:
+    a, b, c, t = leading_group()
+    c_seq = c.seq
+    # c is cut off for five election timeouts: its pre-vote rounds reach nobody, a and b go on.
+    now = t
+    for _ in range(50):
+        now += 0.1
+        exchange(a, b, now)
+        if a.append_for("c", now) is not None:
+            a.append_failed("c")
+        a.tick(now)
+        c.tick(now)
+    assert c.role is Role.PRE_CANDIDATE and c.campaign >= 2  # it retried, round after round
+    assert (c.term, c.vote, c.seq) == (1, "a", c_seq) and not c.has_ready()  # with nothing to persist
+    # c is back: its pre-votes reach a leader that leads and a follower that hears it.
+    for p, req in c.vote_requests():
+        assert req.pre and req.term == 2
+        reply = {"a": a, "b": b}[p].on_vote(req, now)
+        assert reply == VoteReply(term=1, granted=False, pre=True)
+        c.on_vote_reply(p, reply, now)
+    assert (c.role, c.term) == (Role.PRE_CANDIDATE, 1)
+    # The leader's next append brings it back under the leader, in the same term.
+    assert isinstance(exchange(a, c, now + TIMING.heartbeat_s), AppendRequest)
+    assert (c.role, c.term, c.leader) == (Role.FOLLOWER, 1, "a")
+    assert (a.role, a.term, b.term) == (Role.LEADER, 1, 1)
+    assert a._progress["c"].match == a.last_index
+
+
+@pytest.mark.parametrize("why, my_log, heard_leader, req, reply", [
+    ("would vote", log(1, 3), False, VoteRequest(term=5, candidate="b", last_index=2, last_term=3, pre=True),
+     VoteReply(term=5, granted=True, pre=True)),
+    ("would vote in the next term", log(1, 3), False,
+     VoteRequest(term=4, candidate="b", last_index=2, last_term=3, pre=True),
+     VoteReply(term=4, granted=True, pre=True)),
+    ("not for its own term", log(1, 3), False, VoteRequest(term=3, candidate="b", last_index=2, last_term=3, pre=True),
+     VoteReply(term=3, granted=False, pre=True)),
+    ("older term", log(1, 3), False, VoteRequest(term=2, candidate="b", last_index=9, last_term=2, pre=True),
+     VoteReply(term=3, granted=False, pre=True)),
+    ("log behind", log(1, 3), False, VoteRequest(term=5, candidate="b", last_index=1, last_term=3, pre=True),
+     VoteReply(term=3, granted=False, pre=True)),
+    ("hears a leader", log(1, 3), True, VoteRequest(term=5, candidate="b", last_index=9, last_term=3, pre=True),
+     VoteReply(term=3, granted=False, pre=True)),
+])
+def test_a_pre_vote_is_answered_without_changing_anything(why: str, my_log: list[Entry], heard_leader: bool,
+                                                          req: VoteRequest, reply: VoteReply) -> None:
+    a = mk(hard_state=HardState(term=3), entries=my_log)
+    now = 0.5
+    if heard_leader:
+        a.on_append(heartbeat(3, "c", prev=2, prev_term=3), now)
+    flush(a, now)
+    before = (a.term, a.vote, a.role, a.leader, a.seq, a._election_at)
+    assert a.on_vote(req, now) == reply, why
+    assert (a.term, a.vote, a.role, a.leader, a.seq, a._election_at) == before, why
+    assert not a.has_ready() and a.ready().empty, why
+    # Its vote is still free: a real request of its term from another candidate gets it.
+    if not heard_leader:
+        assert a.on_vote(VoteRequest(term=3, candidate="c", last_index=2, last_term=3), now).granted, why
+
+
+def test_a_pre_candidate_without_a_majority_never_raises_its_term() -> None:
+    five = ("a", "b", "c", "d", "e")
+    a = mk("a", five, hard_state=HardState(term=4, vote="c"), entries=log(1, 4))
+    flush(a)
+    seq = a.seq
+    now = 0.0
+    for _ in range(10):
+        now += 2 * TIMING.election_s
+        campaign = a.campaign
+        a.tick(now)
+        assert (a.role, a.campaign) == (Role.PRE_CANDIDATE, campaign + 1)
+        reqs = dict(a.vote_requests())
+        assert sorted(reqs) == ["b", "c", "d", "e"]
+        assert reqs["b"] == VoteRequest(term=5, candidate="a", last_index=2, last_term=4, pre=True)
+        a.on_vote_reply("b", VoteReply(term=5, granted=True, pre=True), now)    # would vote
+        a.on_vote_reply("b", VoteReply(term=5, granted=True, pre=True), now)    # a duplicate counts once
+        a.on_vote_reply("c", VoteReply(term=4, granted=False, pre=True), now)   # hears a leader
+        a.on_vote_reply("d", VoteReply(term=4, granted=True, pre=True), now)    # from an older round: stale
+        # e never answers: two of five.
+        assert (a.role, a.term, a.vote, a.seq) == (Role.PRE_CANDIDATE, 4, "c", seq)
+    assert a.ready().empty
+
+
+def test_a_pre_vote_majority_starts_the_real_election() -> None:
+    a = mk("a", ("a", "b", "c", "d", "e"), hard_state=HardState(term=4), entries=log(1, 4))
+    flush(a)
+    a.tick(5.0)
+    campaign = a.campaign
+    a.on_vote_reply("b", VoteReply(term=5, granted=True, pre=True), 5.0)
+    assert (a.role, a.term) == (Role.PRE_CANDIDATE, 4)
+    a.on_vote_reply("c", VoteReply(term=5, granted=True, pre=True), 5.0)
+    assert (a.role, a.term, a.vote, a.campaign) == (Role.CANDIDATE, 5, "a", campaign + 1)
+    assert a.ready().hard_state == HardState(term=5, vote="a")  # persisted before the requests go out
+    reqs = dict(a.vote_requests())
+    assert sorted(reqs) == ["b", "c", "d", "e"]  # every peer: a pre-vote is no vote
+    assert reqs["b"] == VoteRequest(term=5, candidate="a", last_index=2, last_term=4)
+    a.on_vote_reply("d", VoteReply(term=5, granted=True, pre=True), 5.0)  # a late pre-vote: not a vote
+    a.on_vote_reply("b", VoteReply(term=5, granted=True), 5.0)
+    assert a.role is Role.CANDIDATE
+    a.on_vote_reply("c", VoteReply(term=5, granted=True), 5.0)
+    assert a.role is Role.LEADER
+
+
+def test_a_refused_pre_vote_from_a_later_term_makes_the_pre_candidate_follow_it() -> None:
+    a = mk("a", ("a", "b", "c", "d", "e"), hard_state=HardState(term=4, vote="a"), entries=log(1, 4))
+    a.tick(5.0)
+    a.on_vote_reply("b", VoteReply(term=5, granted=True, pre=True), 5.0)  # a grant carries the term asked about
+    assert (a.role, a.term) == (Role.PRE_CANDIDATE, 4)
+    a.on_vote_reply("c", VoteReply(term=7, granted=False, pre=True), 5.0)  # a refusal, the voter's term
+    assert (a.role, a.term, a.vote) == (Role.FOLLOWER, 7, None)
+    assert a.ready().hard_state == HardState(term=7, vote=None)
+
+
+def test_a_candidate_whose_election_times_out_asks_for_pre_votes_again_in_its_term() -> None:
+    a = mk()
+    stand(a, 5.0)
+    flush(a, 5.0)
+    a.tick(5.0 + 2 * TIMING.election_s)
+    assert (a.role, a.term, a.vote) == (Role.PRE_CANDIDATE, 1, "a")
+    assert {req for _, req in a.vote_requests()} == {
+        VoteRequest(term=2, candidate="a", last_index=0, last_term=0, pre=True)}
+    assert a.ready().empty
+
+
+@pytest.mark.parametrize("term", [4, 6])
+def test_a_pre_candidate_follows_a_leader_of_its_term_or_later(term: int) -> None:
+    a = mk(hard_state=HardState(term=4, vote="c"), entries=log(1, 4))
+    a.tick(5.0)
+    assert a.on_append(heartbeat(3, "c", prev=2, prev_term=4), 5.0).success is False
+    assert a.role is Role.PRE_CANDIDATE  # an old leader: nothing changes
+    assert a.on_append(heartbeat(term, "b", prev=2, prev_term=4), 5.0).success
+    assert (a.role, a.term, a.leader) == (Role.FOLLOWER, term, "b")
+    assert a.vote_requests() == []
+    a.on_vote_reply("c", VoteReply(term=term + 1, granted=True, pre=True), 5.0)  # late: ignored
+    assert (a.role, a.term) == (Role.FOLLOWER, term)
+
+
+def test_a_leader_refuses_pre_votes_and_later_terms_while_it_leads() -> None:
+    a, b, c, t = leading_group()
+    req = VoteRequest(term=2, candidate="c", last_index=9, last_term=1)
+    assert a.on_vote(VoteRequest(term=2, candidate="c", last_index=9, last_term=1, pre=True), t) == VoteReply(
+        term=1, granted=False, pre=True)
+    assert a.on_vote(req, t) == VoteReply(term=1, granted=False)
+    assert (a.role, a.term) == (Role.LEADER, 1)
+    # Once check-quorum has made it a follower, and no leader is heard for an election timeout, it would.
+    later = t + TIMING.election_s + 0.01
+    a.tick(later)
+    assert a.role is Role.FOLLOWER
+    assert a.on_vote(VoteRequest(term=2, candidate="c", last_index=9, last_term=1, pre=True), later).granted
+
+
+def test_an_election_still_happens_when_the_leader_is_gone() -> None:
+    a, b, c, t = leading_group()
+    now = drive([a, b, c], t, 1.0)
+    assert (a.role, a.term) == (Role.LEADER, 1)
+    # a is gone (its process died); b and c elect one of them after one timeout or two.
+    now = drive([b, c], now, 3 * TIMING.election_s)
+    leaders = [n for n in (b, c) if n.role is Role.LEADER]
+    assert len(leaders) == 1 and leaders[0].term >= 2
+    assert b.term == c.term and {b.leader, c.leader} == {leaders[0].id}
+
+
+def test_a_new_group_elects_a_leader() -> None:
+    for seed in range(5):
+        nodes = [mk(i, ABC, seed=seed * 3 + k) for k, i in enumerate(ABC)]
+        drive(nodes, 0.0, 4 * TIMING.election_s)
+        leaders = [n for n in nodes if n.role is Role.LEADER]
+        assert len(leaders) == 1, seed
+        assert all(n.term == leaders[0].term and n.leader == leaders[0].id for n in nodes), seed
+        assert all(n.commit == 1 for n in nodes), seed
+
+
+def test_a_single_node_group_goes_straight_from_pre_vote_to_leader() -> None:
+    a = mk("a", ("a",), hard_state=HardState(term=3), entries=log(1, 3))
+    a.tick(5.0)
+    assert (a.role, a.term, a.vote) == (Role.LEADER, 4, "a") and a.vote_requests() == []
 
 
 # --- leader stickiness and check-quorum ----------------------------------------------------------
@@ -236,7 +470,7 @@ def test_leader_keeps_leading_while_a_majority_answers() -> None:
 
 def test_candidate_steps_down_on_an_append_from_the_leader_of_its_term() -> None:
     a = mk()
-    a.tick(5.0)
+    stand(a, 5.0)
     assert a.role is Role.CANDIDATE and a.term == 1
     reply = a.on_append(heartbeat(1, "b"), 5.1)
     assert reply.success and (a.role, a.term, a.leader, a.vote) == (Role.FOLLOWER, 1, "b", "a")
@@ -248,7 +482,7 @@ def test_an_append_from_an_old_term_is_refused_and_resets_nothing() -> None:
     assert reply == AppendReply(term=5, success=False, match=0, round=0)
     assert a.leader is None
     a.tick(2 * TIMING.election_s + 0.01)
-    assert a.role is Role.CANDIDATE  # the stale leader did not hold back our election
+    assert a.role is Role.PRE_CANDIDATE  # the stale leader did not hold back our election
 
 
 # --- replication, follower side ------------------------------------------------------------------
@@ -679,7 +913,7 @@ class Node:
     durable_seq: int = 0
     writing: tuple[Ready, float] | None = None
     outbox: list[tuple[int, tuple[Any, ...]]] = field(default_factory=list)  # (seq needed, message)
-    vote_term: int = -1
+    campaign: int = 0                   # the core's last campaign whose vote requests went out
     rpc: dict[str, tuple[int, str, float]] = field(default_factory=dict)     # peer -> (id, kind, deadline)
     led_term: int = -1
     checked_seq: int = -1
@@ -720,7 +954,7 @@ class Sim:
         self.acked: dict[bytes, int] = {}             # command -> index, once its leader applied it
         self.reads: list[tuple[str, int, int, int, int]] = []  # (node, life, round, index, history length)
         self.hist_cmds: set[bytes] = set()            # the commands in it, each at most once
-        self.counts = {"elections": 0, "crashes": 0, "snapshots": 0, "reads": 0, "persist_fail": 0}
+        self.counts = {"pre_votes": 0, "elections": 0, "crashes": 0, "snapshots": 0, "reads": 0, "persist_fail": 0}
         self.cmds = itertools.count()
 
     # --- nodes ----------------------------------------------------------------------------------
@@ -756,10 +990,17 @@ class Sim:
             return
         c, now, kind = n.core, self.now, msg[0]
         if kind == "vote":
-            vote = c.on_vote(msg[1], now)
+            req = msg[1]
+            before = (c.seq, c.term, c.vote, c.role, c.leader)
+            vote = c.on_vote(req, now)
+            if req.pre and (c.seq, c.term, c.vote, c.role, c.leader) != before:
+                raise Violation(f"{c.id}: a pre-vote changed its state {before} to "
+                                f"{(c.seq, c.term, c.vote, c.role, c.leader)}")
+            if vote.pre != req.pre:
+                raise Violation(f"{c.id}: answered {req} with {vote}")
             n.outbox.append((c.seq, (src, ("voted", vote))))  # c.seq read after the call: it covers the vote
         elif kind == "voted":
-            c.on_vote_reply(src, msg[1], now)
+            c.on_vote_reply(src, msg[1], now)  # the reply as it came, pre flag and all
         elif kind == "append":
             _, req, rpc = msg
             reply = c.on_append(req, now)
@@ -888,11 +1129,20 @@ class Sim:
         """One node's turn: timers, vote requests, RPC timeouts, appends, persistence, replies."""
         c, now = n.core, self.now
         c.tick(now)
-        if c.role is Role.CANDIDATE and n.vote_term != c.term:
-            n.vote_term = c.term
-            self.counts["elections"] += 1
-            for p, req in c.vote_requests():
-                n.outbox.append((c.seq, (p, ("vote", req))))  # after our own vote is durable
+        # A new round, from tick (a pre-vote) or from a pre-vote majority delivered this step
+        # (the real election): send its requests once.
+        if c.campaign != n.campaign:
+            n.campaign = c.campaign
+            reqs = c.vote_requests()
+            if c.role is Role.PRE_CANDIDATE:
+                self.counts["pre_votes"] += 1
+            elif c.role is not Role.LEADER:  # (a group of one goes straight through)
+                self.counts["elections"] += 1
+            for p, req in reqs:
+                if req.pre and (req.term != c.term + 1 or c.role is not Role.PRE_CANDIDATE):
+                    raise Violation(f"{c.id}: a pre-vote request {req} as {c.role} of term {c.term}")
+                # A pre-vote needs nothing durable; a vote goes after our own vote is durable.
+                n.outbox.append((0 if req.pre else c.seq, (p, ("vote", req))))
         for p, (rpc, kind, deadline) in list(n.rpc.items()):
             if now >= deadline:
                 del n.rpc[p]
@@ -1084,7 +1334,7 @@ def test_simulation_keeps_raft_safe_and_live(seed: int, size: int) -> None:
     # Everyone converges on one history once the network and the clients are quiet.
     sim.clients = False
     sim.converge(within_s=20.0)
-    assert sim.acked and sim.counts["elections"] > 0
+    assert sim.acked and sim.counts["elections"] > 0 and sim.counts["pre_votes"] >= sim.counts["elections"]
 
 
 def test_a_node_on_an_empty_disk_refuses_candidates_with_a_log_until_it_hears_a_leader() -> None:
@@ -1096,3 +1346,39 @@ def test_a_node_on_an_empty_disk_refuses_candidates_with_a_log_until_it_hears_a_
     other = mk("c", seed=6)
     other.on_append(heartbeat(8, "a", prev=0, prev_term=0), 60.0)  # a leader brought it in
     assert other.on_vote(VoteRequest(term=9, candidate="b", last_index=3, last_term=8), 60.0 + 100).granted
+
+
+@pytest.mark.parametrize("how", ["cut off", "deaf", "frozen"])
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("seed", range(4))
+def test_simulation_a_returning_follower_does_not_disrupt_the_group(seed: int, size: int, how: str) -> None:
+    """A follower cut off both ways, or only from hearing the group (its own requests get
+    through), or frozen (SIGSTOP: it runs nothing and misses everything) for several election
+    timeouts comes back under the same leader in the same term."""
+    sim = Sim(seed * 104729 + size, size)
+    sim.heal()
+    sim.clients = False
+    lead = sim.converge(within_s=10.0)
+    leader, term, elections = lead.id, lead.term, sim.counts["elections"]
+    victim = next(i for i in sim.ids if i != leader)
+    sim.clients = True
+    away_s = 5 * TIMING.election_s
+    if how == "frozen":
+        frozen = sim.nodes[victim]
+        sim.nodes[victim], sim.down_until[victim] = None, float("inf")
+        sim.run(away_s)
+        sim.nodes[victim] = frozen
+    else:
+        sim.cut = {(x, victim) for x in sim.ids if x != victim}
+        if how == "cut off":
+            sim.cut |= {(victim, x) for x in sim.ids if x != victim}
+        sim.heal_at = sim.now + away_s
+        sim.run(away_s)
+        victim_core = sim.nodes[victim]
+        assert victim_core is not None and victim_core.core.role is Role.PRE_CANDIDATE
+    assert sim.counts["elections"] == elections
+    sim.run(3 * TIMING.election_s)
+    sim.clients = False
+    assert sim.converge(within_s=5.0).id == leader
+    assert sim.counts["elections"] == elections and max(sim.leaders) == term
+    assert {n.core.term for n in sim.nodes.values() if n is not None} == {term}

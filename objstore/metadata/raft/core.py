@@ -656,6 +656,11 @@ class RaftCore:
         self._truncate_from = None
         self._heard_leader_at = now
 
+    def step_down(self, now: float) -> None:
+        """Stop leading (this node cannot serve: its state is being rebuilt)."""
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, None, now)
+
     def status(self) -> dict[str, object]:
         return {"role": str(self.role), "term": self.term, "leader": self.leader, "commit": self.commit,
                 "applied": self.applied, "last_index": self.last_index, "snapshot_index": self.snapshot_index,

@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from ..errors import CorruptRecord
 from ..store import Command, CommandResult
 from .core import (AppendReply, AppendRequest, Entry, NotLeader, RaftCore, Ready, Role, SnapshotNeeded, Timing,
                    VoteReply, VoteRequest)
@@ -102,7 +103,7 @@ class RaftGroup:
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "reads": 0, "compactions": 0, "leader_changes": 0,
-                      "persist_errors": 0}
+                      "persist_errors": 0, "resyncs": 0}
         self._last_leader: str | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -154,23 +155,32 @@ class RaftGroup:
             if self.core.seq <= self._durable_seq:
                 await self._wait_changed(1.0)
                 continue
+            failed = False
             async with self._io:
                 r = self.core.ready()
                 if not r.empty:
                     snap = (self.core.snapshot_index, self.core.snapshot_term)
                     try:
                         await anyio.to_thread.run_sync(self.storage.save, r, snap, self._on_applied)
+                    except CorruptRecord as e:
+                        self.core.unready(r)
+                        await self._resync(f"a record failed its checksum while applying: {e}")
+                        continue
                     except Exception as e:
-                        # A full map or disk: keep the work and retry; callers time out meanwhile.
+                        # A full map or disk: keep the work and retry (outside the lock, so a
+                        # snapshot install can go on); callers time out meanwhile.
                         log.error("raft group %s: cannot persist (%r); retrying", self.group_id, e)
                         self.core.unready(r)
                         self.stats["persist_errors"] += 1
-                        await anyio.sleep(1.0)
-                        continue
-                self.core.persisted(r, self._clock())
-                self._durable_seq = r.seq
-                self.stats["applied"] += len(r.committed)
-                self._resolve_replaced(r)
+                        failed = True
+                if not failed:
+                    self.core.persisted(r, self._clock())
+                    self._durable_seq = r.seq
+                    self.stats["applied"] += len(r.committed)
+                    self._resolve_replaced(r)
+            if failed:
+                await anyio.sleep(1.0)
+                continue
             await self._maybe_compact()
             self._notify()
 
@@ -205,30 +215,44 @@ class RaftGroup:
         self.stats["compactions"] += 1
 
     async def _ticker(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
         period = self.settings.timing.heartbeat_s / 2
         while True:
             was = self.core.role
             self.core.tick(self._clock())
-            if self.core.role is Role.CANDIDATE and (was is not Role.CANDIDATE or self._vote_term != self.core.term):
-                self._vote_term = self.core.term
-                self.stats["elections"] += 1
-                for peer, req in self.core.vote_requests():
-                    tg.start_soon(self._request_vote, peer, req)
+            self._campaign()
             if self.core.role is not was:
                 self._notify()
             await anyio.sleep(period)
 
-    _vote_term = -1
+    _sent_campaign = -1
+    _tg: anyio.abc.TaskGroup | None = None
+
+    def _campaign(self) -> None:
+        """Send the current (pre-)vote round's requests once per round: a round starts on a
+        timer in ``tick`` and, for the real election after a pre-vote majority, in a reply."""
+        if self.core.campaign == self._sent_campaign or self._tg is None:
+            return
+        self._sent_campaign = self.core.campaign
+        requests = self.core.vote_requests()
+        if requests and not requests[0][1].pre:
+            self.stats["elections"] += 1
+        for peer, req in requests:
+            self._tg.start_soon(self._request_vote, peer, req)
 
     async def _request_vote(self, peer: str, req: VoteRequest) -> None:
-        await self._durable(self.core.seq)  # our own vote first
+        if not req.pre:
+            await self._durable(self.core.seq)  # our own vote first; a pre-vote changes nothing
         try:
             w = await self._send(peer, "raft.vote", {"g": self.group_id, "term": req.term, "candidate": req.candidate,
-                                                     "last_index": req.last_index, "last_term": req.last_term},
+                                                     "last_index": req.last_index, "last_term": req.last_term,
+                                                     "pre": req.pre},
                                  self.settings.timing.election_s / 2)
         except Exception:
             return
-        self.core.on_vote_reply(peer, VoteReply(term=int(w["term"]), granted=bool(w["granted"])), self._clock())
+        self.core.on_vote_reply(peer, VoteReply(term=int(w["term"]), granted=bool(w["granted"]),
+                                                pre=bool(w.get("pre", False))), self._clock())
+        self._campaign()
         self._notify()
 
     async def _replicator(self, peer: str) -> None:
@@ -294,10 +318,11 @@ class RaftGroup:
 
     async def on_vote(self, args: dict[str, Any]) -> dict[str, Any]:
         req = VoteRequest(term=int(args["term"]), candidate=str(args["candidate"]),
-                          last_index=int(args["last_index"]), last_term=int(args["last_term"]))
+                          last_index=int(args["last_index"]), last_term=int(args["last_term"]),
+                          pre=bool(args.get("pre", False)))
         reply = self.core.on_vote(req, self._clock())
-        await self._durable(self.core.seq)
-        return {"term": reply.term, "granted": reply.granted}
+        await self._durable(self.core.seq)  # a vote is on disk before it is announced
+        return {"term": reply.term, "granted": reply.granted, "pre": reply.pre}
 
     async def on_append(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._installing is not None:
@@ -345,6 +370,24 @@ class RaftGroup:
                 log.info("raft group %s: installed a snapshot at index %d from %s", self.group_id, index, leader)
         await self._durable(self.core.seq)  # the adopted term is on disk before the answer
         return {"term": self.core.term, "ok": True}
+
+    async def resync(self, reason: str) -> None:
+        """Rebuild this replica from the group: its records cannot be trusted (a corrupt record
+        met while applying, a corrupt overflow group). Wiped like a replaced disk, it catches up
+        from the leader's log or a snapshot; a leader steps down first."""
+        async with self._io:
+            await self._resync(reason)
+
+    async def _resync(self, reason: str) -> None:
+        # The caller holds self._io.
+        log.error("raft group %s on %s: %s; wiping this replica and catching up from the group",
+                  self.group_id, self.node_id, reason)
+        self.stats["resyncs"] += 1
+        self.core.step_down(self._clock())
+        await anyio.to_thread.run_sync(self.storage.install_begin)
+        await anyio.to_thread.run_sync(self.storage.install_end, 0, 0)
+        self.core.restore(0, 0, self._clock())
+        self._notify()
 
     async def _abandon_install(self) -> None:
         """Give up a half-installed snapshot: its records are a mix, so the group's records
