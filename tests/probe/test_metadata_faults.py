@@ -628,11 +628,6 @@ def test_one_metadata_node_down(cluster, bucket, heal, fault):
         f"a 503 after the new leader had answered, with the old one frozen: {s.retries}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "raft: a follower that was cut off (here frozen with SIGSTOP) starts an election the moment it "
-    "runs again, with no Pre-Vote; the leader adopts its higher term from the vote request (the "
-    "'heard from a leader recently' guard in RaftCore.on_vote never applies to a leader) and steps "
-    "down, so every return of a partitioned node costs the group an election"))
 def test_thawed_follower_does_not_depose_the_leader(cluster, heal):
     """A follower frozen past its election timeout and then thawed rejoins under the leader it
     left: same leader, same term (raft/core.py: "a node that was cut off [must not disrupt] a
