@@ -3,6 +3,12 @@
 Every part is erasure-coded on its own (its own object id and fragments). Completing an upload
 writes one object record that lists the chosen parts' layouts in order, so no bytes move; parts
 that were uploaded but not chosen are retired with the upload.
+
+An upload's record goes ``open -> completing -> (dropped)`` or ``open -> aborting -> (dropped)``,
+each step a compare-and-set on its state, so Complete and Abort never both own it. Only an Abort
+that won ``open -> aborting`` (or finishes one) retires part fragments. When Complete's object
+write has an unknown outcome the upload stays ``completing`` and the next request that meets it
+settles it (:func:`_settle`): done if the object record names the upload's parts, reopened if not.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from headwater.http.types import Response
 from .buckets import int_param, owned_bucket, xml_response
 from .context import Call, Store
 from .listing import after_prefix
-from .objects import _etag_condition, commit_object, copy_source, object_stream, standard_headers, store_body
+from .objects import (_etag_condition, commit_object, copy_source, get_record, object_stream, standard_headers,
+                      store_body)
 from .metadata.errors import NOT_STORED, ConditionFailed, MetadataError
 from .payload import Payload
-from .records import (ObjectRecord, PartInfo, PartRecord, UploadRecord, part_key, parts_ns, upload_key,
-                      uploads_ns)
+from .records import (ObjectRecord, PartInfo, PartRecord, UploadRecord, objects_ns, part_key, parts_ns,
+                      upload_key, uploads_ns)
 from .s3 import checksums, names, xmlio
 from .s3 import errors as s3e
 
@@ -31,17 +38,23 @@ __all__ = ["create_upload", "upload_part", "upload_part_copy", "complete_upload"
            "list_parts", "list_uploads"]
 
 
-async def _upload(store: Store, call: Call, *, open_only: bool = False) -> UploadRecord:
-    """The upload the request names (NoSuchUpload if there is none, or with ``open_only``, if it
-    is being completed)."""
+async def _lookup(store: Store, call: Call) -> tuple[UploadRecord, int]:
+    """The upload the request names (NoSuchUpload if there is none), and when its record was
+    last written (wall-clock ns of its version: when it entered its present state)."""
     assert call.bucket is not None and call.key is not None
     upload_id = call.q("uploadId") or ""
     entry = await store.meta.get(uploads_ns(call.bucket), upload_key(call.key, upload_id))
     if entry is None:
         raise s3e.NoSuchUpload(UploadId=upload_id)
-    upload = UploadRecord.from_value(entry.value)
+    return UploadRecord.from_value(entry.value), entry.version[0]
+
+
+async def _upload(store: Store, call: Call, *, open_only: bool = False) -> UploadRecord:
+    """The upload the request names (NoSuchUpload if there is none, or with ``open_only``, if it
+    is being completed or aborted)."""
+    upload, _ = await _lookup(store, call)
     if open_only and upload.state != "open":
-        raise s3e.NoSuchUpload(UploadId=upload_id)
+        raise s3e.NoSuchUpload(UploadId=upload.upload_id)
     return upload
 
 
@@ -58,6 +71,75 @@ async def _set_state(store: Store, bucket: str, upload: UploadRecord, state: str
         raise s3e.OperationAborted("A conflicting conditional operation is currently in progress against "
                                    "this resource. Please try again.") from None
     return new
+
+
+def _completing_lease_s(store: Store) -> float:
+    """How long a ``completing`` upload may still have a Complete at work on it.
+
+    A Complete gives up before its object write once half of this has passed since it took the
+    upload (see complete_upload), and the write itself answers or fails within
+    ``metadata_timeout_s``; a write whose answer was lost is committed or dropped by the next
+    leader well within the rest. After the lease an object record that does not name the
+    upload's parts proves the write did not commit. (Wall clocks of gateways are assumed to
+    agree to well under the lease.)
+    """
+    return 4 * store.cluster.objstore.metadata_timeout_s
+
+
+def _names_parts(rec: ObjectRecord | None, parts: list[PartRecord]) -> bool:
+    """Whether ``rec`` is the object a Complete of this upload wrote: its layouts are exactly the
+    layouts of the upload's parts it lists, in order. Layouts compare by object id, which is
+    unique per part (the rebalancer may since have moved fragments to other nodes)."""
+    if rec is None or not rec.parts or len(rec.parts) != len(rec.layouts):
+        return False
+    by_number = {p.number: p.layout.oid for p in parts}
+    return all(by_number.get(info.number) == lay.oid for info, lay in zip(rec.parts, rec.layouts))
+
+
+async def _settle(store: Store, bucket: str, upload: UploadRecord, written_ns: int) -> UploadRecord | None:
+    """Resolve an upload left ``completing`` (a Complete whose object write had an unknown
+    outcome, or that is still at work); any other upload is returned as it is.
+
+    - The object record names this upload's parts: the Complete committed. The upload record is
+      dropped and nothing retired (the object uses the chosen parts; the garbage collector takes
+      the unchosen ones, which no record names any more): None.
+    - Within the lease (a Complete may still be writing): the upload, still ``completing``.
+    - The key was written after the upload began completing, by someone else (or by this
+      Complete, then overwritten): which cannot be told, so the upload ends as above (None)
+      rather than reopen onto layouts an overwrite may have retired.
+    - Otherwise the write provably did not commit: the upload is reopened.
+    """
+    if upload.state != "completing":
+        return upload
+    parts = await _all_parts(store, bucket, upload.upload_id)
+    entry = await store.meta.get(objects_ns(bucket), upload.key)
+    rec = ObjectRecord.from_value(entry.value) if entry is not None else None
+    if _names_parts(rec, parts):
+        await _drop_upload(store, bucket, upload)
+        return None
+    if store.clock() - written_ns / 1e9 < _completing_lease_s(store):
+        return upload
+    if entry is not None and entry.version[0] > written_ns:
+        await _drop_upload(store, bucket, upload)
+        return None
+    return await _set_state(store, bucket, upload, "open", expect="completing")
+
+
+async def _reopen(store: Store, bucket: str, upload: UploadRecord) -> None:
+    """Back to ``open`` after a Complete that provably stored no object."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await _set_state(store, bucket, upload, "open", expect="completing")
+        except (s3e.S3Error, MetadataError):
+            pass  # gone, changed, or unreachable: a later request settles it
+
+
+def _in_progress(upload: UploadRecord) -> s3e.S3Error:
+    # S3 documents no answer for an upload whose Complete is still running; this is the
+    # "conflicting operation in progress, try again" of its error table (409). A retry after the
+    # Complete finished gets NoSuchUpload (completed) or goes ahead (reopened).
+    return s3e.OperationAborted("A conflicting conditional operation is currently in progress against this "
+                                "resource. Please try again.", UploadId=upload.upload_id)
 
 
 async def create_upload(store: Store, call: Call) -> Response:
@@ -192,25 +274,69 @@ async def _all_parts(store: Store, bucket: str, upload_id: str) -> list[PartReco
 async def complete_upload(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
-    upload = await _upload(store, call, open_only=True)
-    upload_id = upload.upload_id
+    upload, written_ns = await _lookup(store, call)
     body = await Payload(call, max_bytes=4 * 1024 * 1024).read_all()
     wanted = xmlio.parse_complete_multipart_upload(body)
+    settled = await _settle(store, call.bucket, upload, written_ns)
+    if settled is None:
+        return await _completed_before(store, call, upload, wanted)
+    upload = settled
+    if upload.state == "completing":
+        raise _in_progress(upload)
+    if upload.state != "open":
+        raise s3e.NoSuchUpload(UploadId=upload.upload_id)
     if_absent, if_match = _etag_condition(call.request.headers)
+    took = store.clock()
     upload = await _set_state(store, call.bucket, upload, "completing", expect="open")
     try:
-        return await _complete(store, call, upload, wanted, if_absent, if_match)
+        rec, unchosen = await _assemble(store, call, upload, wanted)
+        if store.clock() - took > _completing_lease_s(store) / 2:
+            # Too late to write: a settle may already take the upload for abandoned.
+            raise s3e.ServiceUnavailable()
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            try:
-                await _set_state(store, call.bucket, upload, "open", expect="completing")
-            except (s3e.S3Error, MetadataError):
-                pass  # completed after all, or gone: nothing to reopen
+        await _reopen(store, call.bucket, upload)
         raise
+    with anyio.CancelScope(shield=True):
+        try:
+            await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match,
+                                owns_layouts=False)
+        except (s3e.PreconditionFailed, s3e.NoSuchKey, *NOT_STORED):
+            # commit_object raises these only when the record provably was not stored.
+            await _reopen(store, call.bucket, upload)
+            raise
+        # Any other failure (WriteOutcomeUnknown above all: 503) may have stored the record: the
+        # upload stays "completing" and the next request on it settles it.
+        store.retire(unchosen)
+        try:
+            await _drop_upload(store, call.bucket, upload)
+        except MetadataError:
+            pass  # the object is committed; the next request on the upload drops it (_settle)
+    return _complete_response(call, rec.etag, rec.checksums)
 
 
-async def _complete(store: Store, call: Call, upload: UploadRecord, wanted: list, if_absent: bool,
-                    if_match: str | None) -> Response:
+async def _completed_before(store: Store, call: Call, upload: UploadRecord, wanted: list) -> Response:
+    """A Complete of an upload found completed (a retry after an unknown outcome): S3 answers
+    with the object's ETag when the same parts are asked for."""
+    assert call.bucket is not None and call.key is not None
+    rec = await get_record(store, call.bucket, call.key)
+    asked = [(w.part_number, w.etag.strip().strip('"')) for w in wanted]
+    if rec is None or asked != [(p.number, p.etag.strip('"')) for p in rec.parts]:
+        raise s3e.NoSuchUpload(UploadId=upload.upload_id)
+    return _complete_response(call, rec.etag, rec.checksums)
+
+
+def _complete_response(call: Call, etag: str, sums: dict[str, str]) -> Response:
+    assert call.bucket is not None and call.key is not None
+    location = f"/{call.bucket}/{call.key}"
+    resp = xml_response(xmlio.complete_multipart_upload(location=location, bucket=call.bucket, key=call.key,
+                                                        etag=etag))
+    resp.headers += [(f"x-amz-checksum-{a}", v) for a, v in sums.items()]
+    return resp
+
+
+async def _assemble(store: Store, call: Call, upload: UploadRecord,
+                    wanted: list) -> tuple[ObjectRecord, list]:
+    """The object record the Complete asks for, and the layouts of the parts it leaves out."""
     assert call.bucket is not None and call.key is not None
     upload_id = upload.upload_id
     if not wanted:
@@ -240,39 +366,55 @@ async def _complete(store: Store, call: Call, upload: UploadRecord, wanted: list
                        owner=call.user.name, content_type=upload.content_type, headers=dict(upload.headers),
                        meta=dict(upload.meta), checksums=sums, layouts=tuple(p.layout for p in chosen),
                        parts=tuple(PartInfo(number=p.number, size=p.size, etag=p.etag) for p in chosen))
-    with anyio.CancelScope(shield=True):
-        await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match, owns_layouts=False)
-        kept = {p.number for p in chosen}
-        store.retire([p.layout for n, p in have.items() if n not in kept])
-        await _drop_upload(store, call.bucket, upload)
-    location = f"/{call.bucket}/{call.key}"
-    resp = xml_response(xmlio.complete_multipart_upload(location=location, bucket=call.bucket, key=call.key,
-                                                        etag=etag))
-    resp.headers += [(f"x-amz-checksum-{a}", v) for a, v in sums.items()]
-    return resp
+    kept = {p.number for p in chosen}
+    return rec, [p.layout for n, p in have.items() if n not in kept]
 
 
-async def _drop_upload(store: Store, bucket: str, upload: UploadRecord) -> None:
-    await store.meta.delete(uploads_ns(bucket), upload_key(upload.key, upload.upload_id))
+async def _drop_upload(store: Store, bucket: str, upload: UploadRecord, *, expect: str | None = None) -> bool:
+    """Delete the upload's record, then its parts' records; whether this call removed the upload
+    record (with ``expect``, only while its state is that one)."""
+    try:
+        previous = await store.meta.delete(uploads_ns(bucket), upload_key(upload.key, upload.upload_id),
+                                           if_match=("state", expect) if expect else None)
+    except ConditionFailed:
+        return False
     ns = parts_ns(bucket, upload.upload_id)
     for part in await _all_parts(store, bucket, upload.upload_id):
         await store.meta.delete(ns, part_key(part.number))
+    return previous is not None
 
 
 async def abort_upload(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None
-    upload = await _upload(store, call)
-    parts = await _all_parts(store, call.bucket, upload.upload_id)
-    await _drop_upload(store, call.bucket, upload)
-    store.retire([p.layout for p in parts], now=True)
+    upload, written_ns = await _lookup(store, call)
+    settled = await _settle(store, call.bucket, upload, written_ns)
+    if settled is None:
+        # Completed: S3 answers NoSuchUpload ("may have been aborted or completed") and deletes
+        # nothing; the parts are the object's now.
+        raise s3e.NoSuchUpload(UploadId=upload.upload_id)
+    upload = settled
+    if upload.state == "completing":
+        raise _in_progress(upload)
+    if upload.state == "open":
+        upload = await _set_state(store, call.bucket, upload, "aborting", expect="open")
+    # "aborting": this Abort won the CAS, or finishes one that stopped half-way. Either way no
+    # Complete can take the upload any more, so its parts are no one's once its record is gone.
+    with anyio.CancelScope(shield=True):
+        parts = await _all_parts(store, call.bucket, upload.upload_id)
+        if await _drop_upload(store, call.bucket, upload, expect="aborting"):
+            store.retire([p.layout for p in parts])
     return Response(status=204)
 
 
 async def list_parts(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
-    upload = await _upload(store, call)
+    upload, written_ns = await _lookup(store, call)
+    settled = await _settle(store, call.bucket, upload, written_ns)
+    if settled is None:
+        raise s3e.NoSuchUpload(UploadId=upload.upload_id)
+    upload = settled
     marker = int_param(call, "part-number-marker", 0)
     max_parts = int_param(call, "max-parts", 1000, 0, 1000)
     batch = await store.meta.scan(parts_ns(call.bucket, upload.upload_id), start_after=part_key(marker) if marker else "",
@@ -316,6 +458,14 @@ async def list_uploads(store: Store, call: Call) -> Response:
         for e in batch:
             rec = UploadRecord.from_value(e.value)
             after = e.key
+            if rec.state == "completing":
+                try:
+                    settled = await _settle(store, call.bucket, rec, e.version[0])
+                except (s3e.S3Error, MetadataError):
+                    settled = rec  # listed as it is; the next request on it settles it
+                if settled is None:
+                    continue  # completed
+                rec = settled
             if delimiter:
                 cut = rec.key.find(delimiter, len(prefix))
                 if cut >= 0:

@@ -27,6 +27,7 @@ from headwater.objstore import multipart, objects
 from headwater.objstore.context import Call, Store
 from headwater.objstore.datapath import ReadFailed, StoragePool
 from headwater.objstore.metadata.client import MetadataClient
+from headwater.objstore.metadata.errors import MetadataError, WriteOutcomeUnknown
 from headwater.objstore.s3 import errors as s3e
 from tests.cluster import client_error, xml_error
 from tests.functional.test_s3_review_wire import streaming_put
@@ -131,11 +132,14 @@ def make_call(cfg, method: str, bucket: str, key: str, *, body: bytes = b"", que
 
 
 class MetaProxy:
-    """The real MetadataClient, with a hook run before chosen calls (by method and namespace)."""
+    """The real MetadataClient, with hooks run before (``hooks``) or after (``after``) chosen
+    calls (by method and namespace). A hook that raises stands for the call failing: before it,
+    nothing was sent; after it, the call took effect but its answer was lost."""
 
     def __init__(self, meta: MetadataClient) -> None:
         self.meta = meta
         self.hooks: dict[tuple[str, str], Any] = {}
+        self.after: dict[tuple[str, str], Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.meta, name)
@@ -145,7 +149,11 @@ class MetaProxy:
             if m == method and ns.startswith(prefix):
                 await hook()
         # put() on the real client calls its own replace(), so each is delegated by name
-        return await getattr(self.meta, method)(ns, *args, **kw)
+        result = await getattr(self.meta, method)(ns, *args, **kw)
+        for (m, prefix), hook in list(self.after.items()):
+            if m == method and ns.startswith(prefix):
+                await hook()
+        return result
 
     async def get(self, ns: str, *a: Any, **kw: Any) -> Any:
         return await self._hooked("get", ns, *a, **kw)
@@ -344,3 +352,192 @@ def test_deleted_bucket_does_not_hand_its_uploads_to_the_next_owner(s3, s3_bob, 
     s3_bob.create_bucket(Bucket=bucket)
     uploads = s3_bob.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert uploads == [], f"bob inherited alice's uploads: {uploads}"
+
+
+# --- AbortMultipartUpload against CompleteMultipartUpload -------------------------------------------
+
+
+def _complete_body(*parts: tuple[int, str]) -> bytes:
+    inner = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>" for n, e in parts)
+    return f"<CompleteMultipartUpload>{inner}</CompleteMultipartUpload>".encode()
+
+
+async def _answer(op, store: Store, call: Call) -> tuple[int, str]:
+    """(status, S3 code) of one handler call, errors included as the gateway maps them."""
+    try:
+        resp = await op(store, call)
+    except s3e.S3Error as e:
+        return e.http_status, e.code
+    except MetadataError as e:
+        return e.http_status, e.s3_code
+    return resp.status, ""
+
+
+def _one_part_upload(s3, bucket: str, key: str, seed: int) -> tuple[str, str, bytes]:
+    uid = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    body = data(2 * STRIPE, seed=seed)
+    etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=uid, PartNumber=1, Body=body)["ETag"]
+    return uid, etag, body
+
+
+async def _outcome(store: Store, bucket: str, key: str) -> str:
+    """What a reader gets once every retired fragment is gone."""
+    await store.collect_retired(everything=True)
+    try:
+        return "ok" if await read_all(store, bucket, key) is not None else "absent"
+    except ReadFailed as e:
+        return f"unreadable: {e}"
+
+
+def _upload_ids(s3, bucket: str) -> list[str]:
+    return [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def test_abort_after_complete_committed_deletes_nothing(cluster, s3, bucket):
+    """Abort arriving after Complete's object record committed, before Complete dropped the
+    upload: abort_upload looked the upload up in any state and retired its parts at once, so the
+    new object lost every fragment. S3 answers NoSuchUpload for a completed upload and deletes
+    nothing."""
+    uid, etag, body = _one_part_upload(s3, bucket, "ac", seed=30)
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        async def abort_now() -> None:
+            proxy.after.clear()
+            out["abort"] = await _answer(multipart.abort_upload, store,
+                                         make_call(cfg, "DELETE", bucket, "ac", query={"uploadId": uid}))
+
+        proxy.after[("replace", "obj/")] = abort_now
+        out["complete"] = await _answer(multipart.complete_upload, store,
+                                        make_call(cfg, "POST", bucket, "ac", body=_complete_body((1, etag)),
+                                                  query={"uploadId": uid}))
+        out["read"] = await _outcome(store, bucket, "ac")
+        return out
+
+    out = run_in_store(cluster, scenario)
+    assert out == {"abort": (404, "NoSuchUpload"), "complete": (200, ""), "read": "ok"}
+    assert s3.get_object(Bucket=bucket, Key="ac")["Body"].read() == body
+    assert uid not in _upload_ids(s3, bucket)
+
+
+def test_abort_while_completing_is_refused(cluster, s3, bucket):
+    """Abort arriving while Complete builds the object (its state is "completing", the object
+    not yet written) must not take the upload: 409 OperationAborted, try again. The Complete
+    goes on; an Abort after it answers NoSuchUpload."""
+    uid, etag, body = _one_part_upload(s3, bucket, "aw", seed=31)
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        abort = make_call(cfg, "DELETE", bucket, "aw", query={"uploadId": uid})
+
+        async def abort_now() -> None:
+            proxy.hooks.clear()
+            out["abort"] = await _answer(multipart.abort_upload, store, abort)
+
+        proxy.hooks[("replace", "obj/")] = abort_now
+        out["complete"] = await _answer(multipart.complete_upload, store,
+                                        make_call(cfg, "POST", bucket, "aw", body=_complete_body((1, etag)),
+                                                  query={"uploadId": uid}))
+        out["abort again"] = await _answer(multipart.abort_upload, store,
+                                           make_call(cfg, "DELETE", bucket, "aw", query={"uploadId": uid}))
+        out["read"] = await _outcome(store, bucket, "aw")
+        return out
+
+    out = run_in_store(cluster, scenario)
+    assert out == {"abort": (409, "OperationAborted"), "complete": (200, ""),
+                   "abort again": (404, "NoSuchUpload"), "read": "ok"}
+    assert s3.get_object(Bucket=bucket, Key="aw")["Body"].read() == body
+
+
+def _lose_answer() -> Any:
+    async def raise_unknown() -> None:
+        raise WriteOutcomeUnknown("answer lost (simulated)")
+    return raise_unknown
+
+
+@pytest.mark.parametrize("then", ["abort", "retried-complete", "list-uploads"])
+def test_unknown_outcome_of_complete_that_committed(cluster, s3, bucket, then):
+    """Complete whose object write committed but whose answer was lost (WriteOutcomeUnknown,
+    503): complete_upload set the upload back to "open", and an Abort then retired the parts
+    the committed object is made of. The upload must stay "completing" until a later request
+    finds the object naming its parts: then the upload is over without anything retired. An
+    Abort answers NoSuchUpload, a retried Complete 200 with the object's ETag, and listings no
+    longer show the upload."""
+    key = f"uc-{then}"
+    uid, etag, body = _one_part_upload(s3, bucket, key, seed=32)
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        complete = make_call(cfg, "POST", bucket, key, body=_complete_body((1, etag)), query={"uploadId": uid})
+        proxy.after[("replace", "obj/")] = _lose_answer()
+        out["complete"] = await _answer(multipart.complete_upload, store, complete)
+        proxy.after.clear()
+        if then == "abort":
+            out["then"] = await _answer(multipart.abort_upload, store,
+                                        make_call(cfg, "DELETE", bucket, key, query={"uploadId": uid}))
+        elif then == "retried-complete":
+            retry = make_call(cfg, "POST", bucket, key, body=_complete_body((1, etag)), query={"uploadId": uid})
+            resp = await multipart.complete_upload(store, retry)
+            rec = await objects.get_record(store, bucket, key)
+            assert rec is not None
+            assert isinstance(resp.body, bytes) and f"<ETag>{rec.etag}</ETag>".encode() in resp.body.replace(
+                b"&quot;", b'"'), resp.body
+            out["then"] = (resp.status, "")
+        else:
+            resp = await multipart.list_uploads(store, make_call(cfg, "GET", bucket, ""))
+            assert isinstance(resp.body, bytes) and uid.encode() not in resp.body, resp.body
+            out["then"] = (resp.status, "")
+        out["read"] = await _outcome(store, bucket, key)
+        return out
+
+    out = run_in_store(cluster, scenario)
+    expected_then = (404, "NoSuchUpload") if then == "abort" else (200, "")
+    assert out == {"complete": (503, "ServiceUnavailable"), "then": expected_then, "read": "ok"}
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    assert uid not in _upload_ids(s3, bucket)
+
+
+@pytest.mark.parametrize("then", ["abort", "retried-complete"])
+def test_unknown_outcome_of_complete_that_did_not_commit(cluster, s3, bucket, then):
+    """Complete whose object write was lost before it committed (WriteOutcomeUnknown without a
+    record): while a Complete may still be writing, Abort and Complete answer 409 and nothing is
+    retired; once that lease has passed, the missing object record proves the write did not
+    commit, the upload is reopened, and the request goes ahead."""
+    key = f"un-{then}"
+    before = frag_oids(cluster)
+    uid, etag, body = _one_part_upload(s3, bucket, key, seed=33)
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def request() -> Call:
+            if then == "abort":
+                return make_call(cfg, "DELETE", bucket, key, query={"uploadId": uid})
+            return make_call(cfg, "POST", bucket, key, body=_complete_body((1, etag)), query={"uploadId": uid})
+
+        op = multipart.abort_upload if then == "abort" else multipart.complete_upload
+        proxy.hooks[("replace", "obj/")] = _lose_answer()
+        out["complete"] = await _answer(multipart.complete_upload, store,
+                                        make_call(cfg, "POST", bucket, key, body=_complete_body((1, etag)),
+                                                  query={"uploadId": uid}))
+        proxy.hooks.clear()
+        out["within lease"] = await _answer(op, store, request())
+        out["read then"] = await _outcome(store, bucket, key)
+        lease = 4 * cfg.objstore.metadata_timeout_s
+        store.clock = lambda: time.time() + lease + 1  # the lease has passed
+        out["after lease"] = await _answer(op, store, request())
+        out["read"] = await _outcome(store, bucket, key)
+        return out
+
+    out = run_in_store(cluster, scenario)
+    assert out["complete"] == (503, "ServiceUnavailable")
+    assert out["within lease"] == (409, "OperationAborted")
+    assert out["read then"] == "absent"
+    if then == "abort":
+        assert (out["after lease"], out["read"]) == ((204, ""), "absent")
+        assert frag_oids(cluster) - before == set(), "the aborted upload's parts were not removed"
+    else:
+        assert (out["after lease"], out["read"]) == ((200, ""), "ok")
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    assert uid not in _upload_ids(s3, bucket)
