@@ -16,7 +16,7 @@ empty. A rebalancer pass:
 3. copies each chosen fragment: reads its blocks from A (the node verifies each block's
    checksum), appends them to B, commits, reads B's copy back and compares an xxhash of the
    bytes, then points the record at B with a conditional write (the reconstructor's
-   ``_record_moves``: a concurrent overwrite or delete wins and the copy is removed);
+   ``record_moves``: a concurrent overwrite or delete wins and the copy is removed);
 4. removes A's copy ``grace_s`` after the record changed (a gateway may be mid-GET on the old
    layout), re-checking first that no record names it again.
 
@@ -345,7 +345,7 @@ class Rebalancer:
             copied.append(mv)
         if not copied:
             return []
-        landed = await self.recon._record_moves(ref, {mv.index: mv.target for mv in copied},
+        landed = await self.recon.record_moves(ref, {mv.index: mv.target for mv in copied},
                                                 replacing={mv.index: mv.source for mv in copied})
         size = fragment_size(lay)
         self.counters["move_seconds"] += time.perf_counter() - started
@@ -381,11 +381,11 @@ class Rebalancer:
                     raise RepairError(f"{fid} on {mv.source}: {len(blocks)} of {count} blocks")
                 for b in blocks:
                     digest.update(b)
-                await self.recon._append(lay, targets, first, {i: blocks}, meta)
+                await self.recon.append(lay, targets, first, {i: blocks}, meta)
                 if not targets:
                     raise RepairError(f"{fid}: {mv.target} refused the copy")
                 await self.pacer.pace(2 * sum(len(b) for b in blocks))
-            await self.recon._commit(lay, targets, nstripes)
+            await self.recon.commit(lay, targets, nstripes)
             if not targets:
                 raise RepairError(f"{fid}: {mv.target} refused the commit")
             check = xxhash.xxh64()
@@ -400,7 +400,7 @@ class Rebalancer:
                 raise CopyMismatch(f"{fid} on {mv.target} does not read back as written")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.recon._abort(lay, {i: mv.target})
+                await self.recon.abort(lay, {i: mv.target})
                 # A committed copy is no temp file: abort leaves it, so delete it (never the source).
                 try:
                     with anyio.fail_after(10):

@@ -436,23 +436,23 @@ class Reconstructor:
                 read = sum(len(b) for blocks in got.values() for b in blocks)
                 self.counters["bytes_read"] += read
                 made = await anyio.to_thread.run_sync(_rebuild_blocks, scheme, got, count, sorted(targets))
-                written += await self._append(lay, targets, first, made, meta)
+                written += await self.append(lay, targets, first, made, meta)
                 if not targets:
                     raise TargetsFailed(f"{lay.oid}: every target refused the rebuilt fragments")
                 await self.pacer.pace(read + sum(len(b) for i in targets for b in made[i]))
-            await self._commit(lay, targets, nstripes)
+            await self.commit(lay, targets, nstripes)
             if not targets:
                 raise TargetsFailed(f"{lay.oid}: every target refused the commit")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._abort(lay, targets)
+                await self.abort(lay, targets)
             raise
         self.counters["rebuild_seconds"] += time.perf_counter() - started
         self.counters["bytes_rebuilt"] += written
         self.counters["fragments_rebuilt"] += len(targets)
         moved = {i: n for i, n in targets.items() if i in plan.moved}
         if moved:
-            await self._record_moves(plan.check.ref, moved)
+            await self.record_moves(plan.check.ref, moved)
         log.info("reconstructor: rebuilt %s fragments %s (%d bytes)", lay.oid,
                  {i: n for i, n in sorted(targets.items())}, written)
         return targets
@@ -491,8 +491,10 @@ class Reconstructor:
                     sources.remove(i)
         return got
 
-    async def _append(self, lay: Layout, targets: dict[int, str], first: int, made: dict[int, list],
+    async def append(self, lay: Layout, targets: dict[int, str], first: int, made: dict[int, list],
                       meta: dict) -> int:
+        """Append stripes ``first``.. of fragment i (``made[i]``) to ``targets[i]``; a target
+        that fails is aborted and dropped from ``targets``. Returns the bytes written."""
         written = 0
         failed: list[int] = []
 
@@ -511,10 +513,11 @@ class Reconstructor:
             for i, node in targets.items():
                 tg.start_soon(one, i, node)
         for i in failed:
-            await self._abort(lay, {i: targets.pop(i)})
+            await self.abort(lay, {i: targets.pop(i)})
         return written
 
-    async def _commit(self, lay: Layout, targets: dict[int, str], nstripes: int) -> None:
+    async def commit(self, lay: Layout, targets: dict[int, str], nstripes: int) -> None:
+        """Commit the appended fragments; a target that fails is dropped from ``targets``."""
         failed: list[int] = []
 
         async def one(i: int, node: str) -> None:
@@ -530,7 +533,8 @@ class Reconstructor:
         for i in failed:
             targets.pop(i)
 
-    async def _abort(self, lay: Layout, targets: Mapping[int, str]) -> None:
+    async def abort(self, lay: Layout, targets: Mapping[int, str]) -> None:
+        """Drop uncommitted fragment writes (best effort)."""
         for i, node in targets.items():
             try:
                 with anyio.fail_after(10):
@@ -538,7 +542,7 @@ class Reconstructor:
             except (RpcError, TimeoutError):
                 pass  # a temp file left behind is the node's own collector's
 
-    async def _record_moves(self, ref: LayoutRef, moved: dict[int, str], *,
+    async def record_moves(self, ref: LayoutRef, moved: dict[int, str], *,
                             replacing: Mapping[int, str] | None = None) -> bool:
         """Point the record at the fragments rebuilt onto new nodes: a compare-and-swap on the
         layout field, re-read and retried if the record changed for another reason. If the

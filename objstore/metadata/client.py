@@ -117,6 +117,9 @@ class RaftReplication:
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
         self._clients: dict[str, RpcClient] = {}
         self._leaders: dict[str, str] = {}
+        # Nodes that just failed to answer (down, frozen, cut off): asked last for a while, so
+        # that losing track of a leader does not mean waiting on the same dead node again.
+        self._suspect_until: dict[str, float] = {}
         self.stats = {"reads": 0, "writes": 0, "scans": 0, "redirects": 0, "retries": 0,
                       "quorum_failures": 0, "unknown_outcomes": 0}
 
@@ -140,7 +143,7 @@ class RaftReplication:
         members = self.ring.replica_set(p)
         gid = group_id(members)
         deadline = anyio.current_time() + self.timeout_s
-        node = self._leaders.get(gid) or members[self._rng.randrange(len(members))]
+        node = self._leaders.get(gid) or self._pick(members)
         tried: list[str] = []
         errors: dict[str, Exception] = {}
         unknown = False
@@ -168,6 +171,7 @@ class RaftReplication:
             except (Unavailable, DeadlineExceeded) as e:
                 errors[node] = e
                 self._leaders.pop(gid, None)
+                self._suspect_until[node] = anyio.current_time() + 2 * self.attempt_s
                 if write and e.details.get("sent") is not False:
                     unknown = True
                     if not retry_unknown:
@@ -183,12 +187,22 @@ class RaftReplication:
         self.stats["quorum_failures"] += 1
         raise QuorumUnavailable(f"{method} to group {gid}", needed=len(members) // 2 + 1, answered=0, errors=errors)
 
+    def _pick(self, members: tuple[str, ...]) -> str:
+        """A random member, one that answered lately if there is one."""
+        now = anyio.current_time()
+        healthy = [m for m in members if self._suspect_until.get(m, 0.0) <= now]
+        pool = healthy or list(members)
+        return pool[self._rng.randrange(len(pool))]
+
     async def _next(self, members: tuple[str, ...], node: str, tried: list[str]) -> str:
-        """The next member to ask; after a full round without a leader, pause for an election."""
+        """The next member to ask (nodes that just failed last); after a full round without a
+        leader, pause for an election."""
         tried.append(node)
         if len(tried) % len(members) == 0:
             await anyio.sleep(0.05 + self._rng.random() * 0.1)
-        return members[(members.index(node) + 1) % len(members)]
+        now = anyio.current_time()
+        order = [members[(members.index(node) + k) % len(members)] for k in range(1, len(members) + 1)]
+        return min(order, key=lambda m: (self._suspect_until.get(m, 0.0) > now, order.index(m)))
 
     # --- reads and writes ------------------------------------------------------------------------
 
