@@ -289,8 +289,8 @@ class MetadataNode:
             except (TypeError, ValueError):
                 raise self._bad(f"kv.scan: malformed part {item!r}") from None
             wanted.append((self._partition(p), start_after or ""))
-        for gid in {self._group_of[p] for p, _ in wanted}:
-            await self._barrier(self._group(next(p for p, _ in wanted if self._group_of[p] == gid)))
+        for g in {self._group(p) for p, _ in wanted}:  # one read barrier per group
+            await self._barrier(g)
         pages = []
         for p, start_after in wanted:
             try:

@@ -384,10 +384,13 @@ class RaftGroup:
                   self.group_id, self.node_id, reason)
         self.stats["resyncs"] += 1
         self.core.step_down(self._clock())
-        await anyio.to_thread.run_sync(self.storage.install_begin)
-        await anyio.to_thread.run_sync(self.storage.install_end, 0, 0)
-        self.core.restore(0, 0, self._clock())
+        await self._wipe()
         self._notify()
+
+    async def _wipe(self) -> None:
+        # The caller holds self._io.
+        await anyio.to_thread.run_sync(self.storage.wipe)
+        self.core.restore(0, 0, self._clock())
 
     async def _abandon_install(self) -> None:
         """Give up a half-installed snapshot: its records are a mix, so the group's records
@@ -396,9 +399,7 @@ class RaftGroup:
             if self._installing is None:
                 return
             log.warning("raft group %s: abandoning the snapshot from %s", self.group_id, self._installing["leader"])
-            await anyio.to_thread.run_sync(self.storage.install_begin)
-            await anyio.to_thread.run_sync(self.storage.install_end, 0, 0)
-            self.core.restore(0, 0, self._clock())
+            await self._wipe()
             self._installing = None
 
     # --- client requests ------------------------------------------------------------------------

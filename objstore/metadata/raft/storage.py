@@ -122,11 +122,7 @@ class RaftStorage:
                 if r.hard_state is not None:
                     txn.put(self._prefix + b"H", msgpack.packb([r.hard_state.term, r.hard_state.vote]), db=self._db)
                 if r.truncate_from is not None:
-                    cur = txn.cursor(db=self._db)
-                    if cur.set_range(_index_key(self._prefix, r.truncate_from)):
-                        while bytes(cur.key()).startswith(self._prefix + b"L"):
-                            if not cur.delete():
-                                break
+                    self._delete_log(txn, first=r.truncate_from)
                 for index, e in r.entries:
                     txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
                 applied_term = self.applied_term
@@ -172,15 +168,20 @@ class RaftStorage:
     def compact(self, upto: int, term: int, applied: int) -> None:
         """Delete log entries up to ``upto`` (they are applied; the records are the snapshot)."""
         with self.store.env.begin(write=True) as txn:
-            cur = txn.cursor(db=self._db)
-            if cur.set_range(self._prefix + b"L"):
-                while True:
-                    k = bytes(cur.key())
-                    if not k.startswith(self._prefix + b"L") or int.from_bytes(k[-8:], "big") > upto:
-                        break
-                    if not cur.delete():
-                        break
+            self._delete_log(txn, last=upto)
             txn.put(self._prefix + b"S", msgpack.packb([applied, upto, term, self.applied_term]), db=self._db)
+
+    def _delete_log(self, txn: lmdb.Transaction, *, first: int = 0, last: int | None = None) -> None:
+        """Delete this group's log entries ``first``..``last`` (to the end when None)."""
+        cur = txn.cursor(db=self._db)
+        if not cur.set_range(_index_key(self._prefix, first)):
+            return
+        while True:
+            k = bytes(cur.key())
+            if not k.startswith(self._prefix + b"L") or (last is not None and int.from_bytes(k[-8:], "big") > last):
+                return
+            if not cur.delete():
+                return
 
     def read_applied(self, ns: str, partition: int, key: str) -> tuple[int, Record | None]:
         """(applied index, the record) from one read transaction: the record as of that index.
@@ -207,14 +208,20 @@ class RaftStorage:
         """Wipe this group's records and log before a snapshot's chunks arrive. The applied
         index drops to 0 first, so a crash mid-install restarts as an empty replica."""
         with self.store.env.begin(write=True) as txn:
-            self.store.clear_partitions(txn, self.partitions)
-            cur = txn.cursor(db=self._db)
-            if cur.set_range(self._prefix + b"L"):
-                while bytes(cur.key()).startswith(self._prefix + b"L"):
-                    if not cur.delete():
-                        break
-            txn.put(self._prefix + b"S", msgpack.packb([0, 0, 0, 0]), db=self._db)
+            self._wipe(txn)
             txn.put(self._prefix + b"I", b"1", db=self._db)
+
+    def wipe(self) -> None:
+        """Make this replica empty (records, log, applied index) in one transaction: it
+        catches up from the group as a replaced disk would. The hard state stays."""
+        with self.store.env.begin(write=True) as txn:
+            self._wipe(txn)
+            txn.delete(self._prefix + b"I", db=self._db)
+
+    def _wipe(self, txn: lmdb.Transaction) -> None:
+        self.store.clear_partitions(txn, self.partitions)
+        self._delete_log(txn)
+        txn.put(self._prefix + b"S", msgpack.packb([0, 0, 0, 0]), db=self._db)
 
     def install_chunk(self, pairs: list[tuple[bytes, bytes]]) -> None:
         with self.store.env.begin(write=True) as txn:
