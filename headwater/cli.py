@@ -3,6 +3,9 @@
     headwater up [-c cluster.toml]                 every daemon of the cluster, on this machine
     headwater node ID [-c cluster.toml] [--worker N]  one daemon in the foreground (systemd runs this)
     headwater status [-c cluster.toml] [--json]    health of every daemon
+    headwater meta status [-c cluster.toml]        each metadata Raft group: leader, voters, placement
+    headwater meta rebalance [-c cluster.toml]     move the groups to where cluster.toml places them
+                                                   (after adding a [[metadata]] node, or `drain = true`)
 
 Exit codes: 0 success; 1 a daemon failed (to start, or is down for ``status``); 2 a bad config or
 command line, with nothing started.
@@ -473,6 +476,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if all_ok else EXIT_FAILED
 
 
+def _meta_table(states: list[Any]) -> list[str]:
+    from headwater.objstore.metadata.partition import group_name
+    rows: list[tuple[str, ...]] = [("GROUP", "LEADER", "VOTERS", "PLACEMENT", "STATE")]
+    for st in states:
+        state = ("no leader" if st.leader is None else "in place" if st.in_place else "to move")
+        if st.strays:
+            state += f"; stale copy on {','.join(st.strays)}"
+        rows.append((group_name(st.group), st.leader or "-", ",".join(st.voters) or "-",
+                     ",".join(st.target), state))
+    return _table(rows)
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    """``headwater meta status|rebalance``: the metadata ring's Raft groups."""
+    from headwater.objstore.metadata.rebalance import RebalanceError, rebalance, survey
+    try:
+        cfg = _load(args.config)
+    except ConfigError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not cfg.metadata:
+        _err(f"{cfg.path}: has no [[metadata]] nodes")
+        return EXIT_USAGE
+    if args.action == "status":
+        states = anyio.run(survey, cfg, backend="asyncio")
+        for line in _meta_table(states):
+            print(line)
+        return EXIT_OK if all(st.leader is not None and st.in_place for st in states) else EXIT_FAILED
+    try:
+        states = anyio.run(functools.partial(rebalance, cfg, catch_up_s=args.catch_up_timeout,
+                                             report=lambda line: print(line, flush=True)), backend="asyncio")
+    except RebalanceError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    for line in _meta_table(states):
+        print(line)
+    moved_away = [m.id for m in cfg.metadata if m.drain and not any(m.id in st.holders for st in states)]
+    if moved_away:
+        print(f"drained: {', '.join(moved_away)} hold no group; stop them and remove their [[metadata]] entries")
+    return EXIT_OK
+
+
 # --- entry -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -501,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1.5, metavar="SECONDS",
                    help="how long to wait for each /healthz (default 1.5)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("meta", help="the metadata ring's Raft groups: status, or rebalance onto the listed nodes")
+    p.add_argument("action", choices=("status", "rebalance"))
+    p.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    p.add_argument("--catch-up-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a new node has to catch up with a group (default 300)")
+    p.set_defaults(func=cmd_meta)
     return parser
 
 

@@ -171,6 +171,9 @@ class MetadataNodeConfig:
     admin_port: int
     data_dir: Path
     map_size_bytes: int = 1 * GiB
+    # Being taken out: `headwater meta rebalance` moves its Raft groups to the other nodes, after
+    # which it can be stopped and its entry removed.
+    drain: bool = False
 
     @property
     def role(self) -> str:
@@ -191,6 +194,10 @@ class ObjstoreConfig:
     max_parts: int = 10_000
     clock_skew_s: int = 900
     partitions: int = 64
+    # Partitions are spread over this many Raft groups (partition % groups), each on 3 metadata
+    # nodes chosen by rendezvous hashing. Fixed when the ring is formed, like partitions; more
+    # groups than nodes is what lets an added node take its share.
+    metadata_groups: int = 8
     rpc_timeout_s: float = 30.0
     # Metadata replica sets are Raft groups: a follower that hears no leader for a random
     # 1..2 x this starts an election, so failover takes about that long.
@@ -411,7 +418,7 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
     p = "objstore"
     r.check_keys(data, p, {"region", "ec", "bucket_ec", "inline_max_size", "max_object_size",
                            "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
-                           "partitions", "rpc_timeout_seconds", "retire_grace_seconds",
+                           "partitions", "metadata_groups", "rpc_timeout_seconds", "retire_grace_seconds",
                            "raft_election_timeout_seconds", "metadata_timeout_seconds", "raft_log_entries",
                            "scrub_rate", "scrub_interval_seconds"})
     d = ObjstoreConfig()
@@ -421,6 +428,9 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
     partitions = r.get(data, "partitions", p, int, d.partitions)
     if not 1 <= partitions <= 65535:
         raise r.error(f"{p}.partitions", "must be between 1 and 65535 (partition 0xffff is reserved)")
+    groups = r.get(data, "metadata_groups", p, int, min(d.metadata_groups, partitions))
+    if not 1 <= groups <= partitions:
+        raise r.error(f"{p}.metadata_groups", f"must be between 1 and partitions ({partitions})")
     return ObjstoreConfig(
         region=r.get(data, "region", p, str, d.region),
         ec=ec,
@@ -432,6 +442,7 @@ def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
         max_parts=r.get(data, "max_parts", p, int, d.max_parts),
         clock_skew_s=r.get(data, "clock_skew_seconds", p, int, d.clock_skew_s),
         partitions=partitions,
+        metadata_groups=groups,
         rpc_timeout_s=r.get(data, "rpc_timeout_seconds", p, float, d.rpc_timeout_s),
         raft_election_timeout_s=_positive(r, data, "raft_election_timeout_seconds", p, d.raft_election_timeout_s),
         metadata_timeout_s=_positive(r, data, "metadata_timeout_seconds", p, d.metadata_timeout_s),
@@ -599,11 +610,12 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
     metadata: list[MetadataNodeConfig] = []
     for n in _nodes(r, data.get("metadata"), "metadata", root, base):
         p, item = n["prefix"], n["item"]
-        r.check_keys(item, p, {"id", "host", "port", "admin_port", "data_dir", "map_size"})
+        r.check_keys(item, p, {"id", "host", "port", "admin_port", "data_dir", "map_size", "drain"})
         metadata.append(MetadataNodeConfig(
             id=n["id"], host=r.get(item, "host", p, str, "127.0.0.1"),
             port=r.port(item, "port", p), admin_port=r.port(item, "admin_port", p),
             data_dir=n["data_dir"], map_size_bytes=r.size(item, "map_size", p, 1 * GiB),
+            drain=r.get(item, "drain", p, bool, False),
         ))
 
     cfg = ClusterConfig(

@@ -8,6 +8,7 @@ from .client import PendingCall, RpcClient
 from .errors import (BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, RpcError, Unavailable,
                      register_error)
 from .frame import DEFAULT_MAX_FRAME_BYTES, FrameError
+from .pool import ClientPool
 from .server import Handler, Reply, RpcServer
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Handler",
     "RpcServer",
     "RpcClient",
+    "ClientPool",
     "FrameError",
     "DEFAULT_MAX_FRAME_BYTES",
 ]

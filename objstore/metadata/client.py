@@ -30,11 +30,11 @@ import anyio
 import anyio.abc
 
 from headwater.config import ClusterConfig
-from headwater.rpc import DeadlineExceeded, RpcClient, Unavailable
+from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable
 
 from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
                      WriteOutcomeUnknown)
-from .partition import PartitionMap, group_id
+from .partition import PartitionMap
 from .store import Record, Version, check_key, check_ns, record_from_wire
 
 __all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock"]
@@ -114,9 +114,12 @@ class RaftReplication:
         self.attempt_s = min(timeout_s, max(1.0, 3 * cluster.objstore.raft_election_timeout_s))
         self.connect_timeout_s = connect_timeout_s
         self._rng = rng or random.Random()
-        self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
-        self._clients: dict[str, RpcClient] = {}
-        self._leaders: dict[str, str] = {}
+        self.nodes = ClientPool({m.id: (m.host, m.port) for m in cluster.metadata},
+                                connect_timeout=min(connect_timeout_s, 1.0), default_timeout=timeout_s)
+        self._leaders: dict[int, str] = {}
+        # Group -> its voters as a node last told us (a membership change moved it away from
+        # where cluster.toml places it, or not there yet); absent: cluster.toml's placement.
+        self._members: dict[int, tuple[str, ...]] = {}
         # Nodes that just failed to answer (down, frozen, cut off): asked last for a while, so
         # that losing track of a leader does not mean waiting on the same dead node again.
         self._suspect_until: dict[str, float] = {}
@@ -124,10 +127,23 @@ class RaftReplication:
                       "quorum_failures": 0, "unknown_outcomes": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:
-        for node, (host, port) in self._addresses.items():
-            self._clients[node] = await stack.enter_async_context(
-                RpcClient(host, port, connect_timeout=min(self.connect_timeout_s, 1.0),
-                          default_timeout=self.timeout_s))
+        await stack.enter_async_context(self.nodes)
+
+    def members(self, group: int) -> tuple[str, ...]:
+        """Whom to ask about ``group``: the voters a node told us of, else cluster.toml's placement."""
+        return self._members.get(group) or self.ring.members_of(group)
+
+    def _learn(self, group: int, details: dict[str, Any]) -> None:
+        """A node told us the group's voters (and their addresses): ask those from now on."""
+        members = details.get("members")
+        if not isinstance(members, dict) or not members:
+            return
+        for node, addr in members.items():
+            if isinstance(addr, (list, tuple)) and len(addr) == 2 and str(node) not in self.nodes:
+                self.nodes.learn(str(node), addr)
+        known = tuple(sorted(n for n in members if n in self.nodes))
+        if known and known != self._members.get(group):
+            self._members[group] = known
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -140,8 +156,8 @@ class RaftReplication:
         is sent again with the same version (the group applies a version once) when
         ``retry_unknown``; otherwise, or when the deadline passes, it is WriteOutcomeUnknown.
         """
-        members = self.ring.replica_set(p)
-        gid = group_id(members)
+        gid = self.ring.group_of(p)
+        members = self.members(gid)
         deadline = anyio.current_time() + self.timeout_s
         node = self._leaders.get(gid) or self._pick(members)
         tried: list[str] = []
@@ -152,13 +168,18 @@ class RaftReplication:
             if remaining <= 0:
                 break
             try:
-                result = (await self._clients[node].call(method, args, timeout=min(remaining, self.attempt_s))).result
+                client = await self.nodes.get(node)
+                result = (await client.call(method, args, timeout=min(remaining, self.attempt_s))).result
             except NotLeaderError as e:
                 errors[node] = e
                 hint = e.details.get("leader")
                 self._leaders.pop(gid, None)
                 self.stats["redirects"] += 1
-                if isinstance(hint, str) and hint in members and hint != node:
+                self._learn(gid, e.details)
+                if self.members(gid) != members:
+                    members = self.members(gid)
+                    tried.clear()
+                if isinstance(hint, str) and hint in self.nodes and hint != node:
                     node = hint
                     continue
                 node = await self._next(members, node, tried)
@@ -201,7 +222,8 @@ class RaftReplication:
         if len(tried) % len(members) == 0:
             await anyio.sleep(0.05 + self._rng.random() * 0.1)
         now = anyio.current_time()
-        order = [members[(members.index(node) + k) % len(members)] for k in range(1, len(members) + 1)]
+        start = members.index(node) if node in members else -1
+        order = [members[(start + k) % len(members)] for k in range(1, len(members) + 1)]
         return min(order, key=lambda m: (self._suspect_until.get(m, 0.0) > now, order.index(m)))
 
     # --- reads and writes ------------------------------------------------------------------------
@@ -264,9 +286,9 @@ class RaftReplication:
 
     async def _fetch(self, ns: str, prefix: str, cursors: list[_Cursor], page_size: int) -> None:
         """One page for each cursor: one request per group, to its leader, all at once."""
-        by_group: dict[str, list[_Cursor]] = collections.defaultdict(list)
+        by_group: dict[int, list[_Cursor]] = collections.defaultdict(list)
         for c in cursors:
-            by_group[group_id(self.ring.replica_set(c.partition))].append(c)
+            by_group[self.ring.group_of(c.partition)].append(c)
 
         failures: list[Exception] = []
 
@@ -305,12 +327,12 @@ class RaftReplication:
 
         async def one(node: str) -> None:
             try:
-                out[node] = (await self._clients[node].call("node.info", {}, timeout=timeout_s)).result
+                out[node] = (await (await self.nodes.get(node)).call("node.info", {}, timeout=timeout_s)).result
             except Exception:
                 out[node] = None
 
         async with anyio.create_task_group() as tg:
-            for node in self._clients:
+            for node in list(self.nodes.addresses):
                 tg.start_soon(one, node)
         return out
 

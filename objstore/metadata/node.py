@@ -1,8 +1,15 @@
 """The metadata node daemon: LMDB records replicated by Raft, served over msgpack RPC.
 
-Partitions map to replica sets (``partition.py``); each distinct replica set is one Raft group,
-and a node runs one :class:`~.raft.group.RaftGroup` for every group it belongs to. Clients talk
-to a group's leader; any other member answers ``not_leader`` with the leader it knows.
+Partitions belong to Raft groups (``partition.py``), and a node runs one
+:class:`~.raft.group.RaftGroup` for every group it is a member of. Clients talk to a group's
+leader; any other node answers ``not_leader`` with the leader and the members it knows.
+
+The ring (partitions, groups, and the founders, whose rendezvous placement is every group's
+first membership) is formed once: a node with an empty data_dir takes it from any peer that has
+one, and forms it from cluster.toml only when every listed peer answered that it has none. So a
+node added later, or a replaced disk, joins the ring that exists. It then holds no group until a
+leader adds it (``headwater meta rebalance``): the first message from that leader creates the
+replica, which catches up from the log or a snapshot.
 
 Client methods (records travel as ``[ts, writer, value]``):
 
@@ -14,6 +21,11 @@ Client methods (records travel as ``[ts, writer, value]``):
              {pages: [[p, [[key, record], ...], more, last], ...]}: linearizable per group.
 ``node.info`` -> {id, partitions, entries, db_bytes, map_bytes, groups, stats}
 
+Operator methods: ``ring.get`` -> {ring}; ``meta.config`` {g} -> {config, leader, role};
+``meta.reconfigure`` {g, voters: {id: [host, port]}, catch_up_s} -> {config} (on the leader:
+walk the group to those voters, one server at a time); ``meta.retire`` {g, config} (this node
+was removed by that committed configuration: drop the replica).
+
 Peer methods: ``raft.vote``, ``raft.append``, ``raft.snapshot`` (see ``raft/group.py``).
 """
 
@@ -21,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -32,13 +43,13 @@ import anyio.to_thread
 from headwater.admin import export_stats, serve_admin
 from headwater.config import ClusterConfig, MetadataNodeConfig
 from headwater.metrics import Registry, add_process_metrics
-from headwater.rpc import BadRequest, RpcClient, RpcServer, Unavailable
+from headwater.rpc import BadRequest, ClientPool, RpcServer, Unavailable
 
-from .errors import CorruptGroup, CorruptRecord, InvalidKey, NotLeaderError, NotStoredError, RingChanged
-from .partition import PartitionMap, group_id
-from .raft.core import NotLeader, Timing
-from .raft.group import GroupSettings, NotStored, OutcomeUnknown, RaftGroup
-from .raft.storage import RaftStorage, check_ring
+from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, NotLeaderError, NotStoredError, RingChanged
+from .partition import DEFAULT_REPLICAS, PartitionMap, group_name, rendezvous
+from .raft.core import Config, NotLeader, Timing
+from .raft.group import GroupSettings, MembershipError, NotStored, OutcomeUnknown, RaftGroup
+from .raft.storage import RaftStorage, read_ring, write_ring
 from .store import Command, OpKind, Record, Store, record_from_wire, record_to_wire
 
 __all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT"]
@@ -49,6 +60,7 @@ MAX_SCAN_LIMIT = 10_000
 # Writer ids travel in every log entry and key the record of applied versions (LMDB keys are at
 # most 511 bytes): an entry that cannot be applied must never enter the log.
 MAX_WRITER_BYTES = 128
+RING_FORMAT = 2
 
 
 class MetadataNode:
@@ -69,13 +81,19 @@ class MetadataNode:
             "not_leader": 0, "corrupt_records": 0, "bad_requests": 0, "records_repaired": 0,
         }
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
-        self._clients: dict[str, RpcClient] = {}
+        self.peers = ClientPool({k: v for k, v in self._addresses.items() if k != node.id})
         self.groups: dict[str, RaftGroup] = {}
-        self._group_of: dict[int, str] = {}
+        self.retired: dict[str, Config] = {}  # groups this node was removed from, and where they went
+        self.ring_record: dict[str, Any] | None = None
+        self.ready = False  # the ring is known and the groups are running
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._creating: dict[str, anyio.Lock] = {}
         self.server = RpcServer(node.id)
         for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan),
-                         ("kv.peek", self._peek),
-                         ("node.info", self._info), ("raft.vote", self._raft("on_vote")),
+                         ("kv.peek", self._peek), ("node.info", self._info), ("ring.get", self._ring_get),
+                         ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),
+                         ("meta.retire", self._meta_retire),
+                         ("raft.vote", self._raft("on_vote")),
                          ("raft.append", self._raft("on_append")), ("raft.snapshot", self._raft("on_snapshot"))):
             self.server.add(name, fn)
 
@@ -99,52 +117,124 @@ class MetadataNode:
                              keep_entries=max(1, o.raft_log_entries // 10))
 
     async def _transport(self, peer: str, method: str, args: dict[str, Any], timeout: float) -> Any:
-        return (await self._clients[peer].call(method, args, timeout=timeout)).result
+        if peer not in self.peers:
+            # A node added after we started: its address travels in the group's membership.
+            for g in self.groups.values():
+                if peer in g.config.addresses:
+                    self.peers.learn(peer, g.config.addresses[peer])
+        return (await (await self.peers.get(peer)).call(method, args, timeout=timeout)).result
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open the store, start the node's Raft groups, listen, ``task_status.started(self)``."""
+        """Open the store, listen, ``task_status.started(self)``, then join (or form) the ring
+        and start the node's Raft groups. Until then kv.* calls answer not_leader."""
         cfg = self.config
         self.store = await anyio.to_thread.run_sync(lambda: Store.open(
             cfg.data_dir, map_size_bytes=cfg.map_size_bytes, inline_key_bytes=self._inline_key_bytes))
         try:
-            ring = {"partitions": self.ring.partitions, "nodes": sorted(self.ring.nodes),
-                    "replicas": self.ring.replicas}
-            recorded = check_ring(self.store, ring)
-            if recorded is not None:
-                raise RingChanged(
-                    f"metadata node {cfg.id}: {cfg.data_dir} holds records of a ring with {recorded}, but "
-                    f"cluster.toml now describes {ring}; changing the metadata nodes or partitions of a "
-                    f"running store is not supported yet (a node with the same id and an empty data_dir "
-                    f"may replace a lost one)")
-            async with AsyncExitStack() as stack:
-                for peer, (host, port) in self._addresses.items():
-                    if peer != cfg.id:
-                        self._clients[peer] = await stack.enter_async_context(
-                            RpcClient(host, port, connect_timeout=1.0, default_timeout=2.0))
-                members: dict[str, tuple[str, ...]] = {}
-                parts: dict[str, list[int]] = {}
-                for p in range(self.partitions):
-                    rs = self.ring.replica_set(p)
-                    gid = group_id(rs)
-                    self._group_of[p] = gid
-                    if cfg.id in rs:
-                        members[gid] = rs
-                        parts.setdefault(gid, []).append(p)
-                settings = self._settings()
-                for gid, rs in members.items():
-                    self.groups[gid] = RaftGroup(group_id=gid, node_id=cfg.id, members=rs,
-                                                 storage=RaftStorage(self.store, gid, parts[gid]),
-                                                 transport=self._transport, settings=settings, clock=self._clock)
-                async with anyio.create_task_group() as tg:
-                    for g in self.groups.values():
-                        await tg.start(g.run)
-                    self.port = await tg.start(self.server.serve, cfg.host, cfg.port)
-                    log.info("metadata node %s serving %s on %s:%d (%d raft groups)", cfg.id, cfg.data_dir,
-                             cfg.host, self.port, len(self.groups))
-                    task_status.started(self)
+            await self._serve(task_status)
+        except BaseExceptionGroup as eg:
+            # A refusal to start (a changed ring) is the operator's to read, not a task group's.
+            refusals = eg.subgroup(lambda e: isinstance(e, DataDirError))
+            if refusals is not None and refusals.exceptions and len(eg.exceptions) == 1:
+                leaf: BaseException = refusals
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                raise leaf from None
+            raise
         finally:
             self.store.close()
             self.store = None
+            self._tg = None
+
+    async def _serve(self, task_status: anyio.abc.TaskStatus[Any]) -> None:
+        cfg = self.config
+        assert self.store is not None
+        async with self.peers, anyio.create_task_group() as tg:
+            self._tg = tg
+            self.port = await tg.start(self.server.serve, cfg.host, cfg.port)
+            task_status.started(self)
+            self.ring_record = await self._join_ring()
+            for g in range(self.ring.groups):
+                name = group_name(g)
+                storage = RaftStorage(self.store, name, self.ring.partitions_in(g))
+                st = await anyio.to_thread.run_sync(storage.load)
+                if st.retired is not None:
+                    self.retired[name] = st.retired
+                    continue
+                has_state = (st.hard_state.term > 0 or st.entries or st.snapshot_index > 0
+                             or st.config is not None)
+                if has_state or cfg.id in self._initial(g).voters:
+                    await self._start_group(g, storage)
+            self.ready = True
+            log.info("metadata node %s serving %s on %s:%d (member of %d of %d raft groups)", cfg.id,
+                     cfg.data_dir, cfg.host, self.port, len(self.groups), self.ring.groups)
+
+    def _initial(self, g: int) -> Config:
+        """Group ``g``'s first membership: where the ring's founders placed it."""
+        assert self.ring_record is not None
+        founders = tuple(self.ring_record["founders"])
+        return Config(voters=rendezvous(g, founders, int(self.ring_record["replicas"])),
+                      addresses={n: self._addresses[n] for n in founders if n in self._addresses})
+
+    async def _start_group(self, g: int, storage: RaftStorage | None = None) -> RaftGroup:
+        assert self.store is not None and self._tg is not None
+        name = group_name(g)
+        storage = storage or RaftStorage(self.store, name, self.ring.partitions_in(g))
+        group = RaftGroup(group_id=name, node_id=self.config.id, initial=self._initial(g), storage=storage,
+                          transport=self._transport, settings=self._settings(), clock=self._clock)
+        self.groups[name] = group
+        await self._tg.start(group.run)
+        return group
+
+    async def _join_ring(self) -> dict[str, Any]:
+        """The ring this node belongs to: its own record, a peer's, or (when every peer listed in
+        cluster.toml answers that it has none) a new one from cluster.toml."""
+        assert self.store is not None
+        cfg, o = self.config, self.cluster.objstore
+        record = await anyio.to_thread.run_sync(read_ring, self.store)
+        waited = 0
+        while record is None:
+            peers = [m for m in self._addresses if m != cfg.id]
+            answers: dict[str, Any] = {}
+
+            async def ask(peer: str) -> None:
+                try:
+                    answers[peer] = (await self._transport(peer, "ring.get", {}, 1.0))["ring"]
+                except Exception:
+                    pass
+
+            async with anyio.create_task_group() as tg:
+                for peer in peers:
+                    tg.start_soon(ask, peer)
+            found = [r for r in answers.values() if r is not None]
+            if found:
+                record = found[0]
+                log.info("metadata node %s joins the existing ring (founders %s)", cfg.id,
+                         ",".join(record["founders"]))
+            elif len(answers) == len(peers):
+                record = {"format": RING_FORMAT, "partitions": o.partitions, "groups": o.metadata_groups,
+                          "replicas": DEFAULT_REPLICAS,
+                          "founders": sorted(m.id for m in self.cluster.metadata if not m.drain)}
+                log.info("metadata node %s forms a new ring: %s", cfg.id, record)
+            else:
+                if waited % 20 == 0:
+                    log.warning("metadata node %s: waiting for %s to answer before forming the ring", cfg.id,
+                                ",".join(sorted(set(peers) - set(answers))))
+                waited += 1
+                await anyio.sleep(0.5)
+                continue
+            await anyio.to_thread.run_sync(write_ring, self.store, record)
+        if record.get("format") != RING_FORMAT:
+            raise RingChanged(f"metadata node {cfg.id}: {cfg.data_dir} was written by an earlier Headwater "
+                              f"(groups named by their members); move its records with an export, or start "
+                              f"from an empty data_dir")
+        want = {"partitions": o.partitions, "groups": o.metadata_groups}
+        have = {"partitions": record["partitions"], "groups": record["groups"]}
+        if want != have:
+            raise RingChanged(f"metadata node {cfg.id}: the ring was formed with {have}, but cluster.toml "
+                              f"says {want}; partitions and metadata_groups are fixed once a ring is formed "
+                              f"(metadata nodes can be added and removed: headwater meta rebalance)")
+        return record
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -158,31 +248,68 @@ class MetadataNode:
         return value
 
     def _group(self, p: int) -> RaftGroup:
-        g = self.groups.get(self._group_of[p])
+        name = group_name(self.ring.group_of(p))
+        g = self.groups.get(name)
         if g is None:
             self.stats["not_leader"] += 1
-            raise NotLeaderError(f"{self.config.id} holds no replica of partition {p}", leader=None)
+            if not self.ready:
+                raise NotLeaderError(f"{self.config.id} is starting", leader=None)
+            moved = self.retired.get(name)
+            raise NotLeaderError(f"{self.config.id} holds no replica of partition {p} (group {name})", leader=None,
+                                 members=_wire_members(moved) if moved is not None else None)
         return g
 
-    def _not_leader(self, e: NotLeader) -> NotLeaderError:
+    def _not_leader(self, g: RaftGroup, e: NotLeader) -> NotLeaderError:
         self.stats["not_leader"] += 1
-        return NotLeaderError(f"{self.config.id} is not the leader", leader=e.leader)
+        return NotLeaderError(f"{self.config.id} is not the leader of {g.group_id}", leader=e.leader,
+                              members=_wire_members(g.config))
 
     async def _barrier(self, g: RaftGroup) -> None:
         try:
             await g.read_barrier()
         except NotLeader as e:
-            raise self._not_leader(e) from None
+            raise self._not_leader(g, e) from None
+
+    def _group_index(self, value: Any) -> int:
+        if not isinstance(value, str) or not value.startswith("g") or not value[1:].isdigit() \
+                or int(value[1:]) >= self.ring.groups:
+            raise self._bad(f"{value!r} is not a raft group of this ring (g0..g{self.ring.groups - 1})")
+        return int(value[1:])
 
     # --- handlers ------------------------------------------------------------------------------
 
     def _raft(self, method: str) -> Any:
         async def handler(args: dict, payload: bytes) -> dict[str, Any]:
-            g = self.groups.get(args.get("g"))  # type: ignore[arg-type]
+            if not self.ready:
+                raise Unavailable(f"{self.config.id} is starting", sent=False)
+            name = args.get("g")
+            g = self.groups.get(name)  # type: ignore[arg-type]
             if g is None:
-                raise self._bad(f"{self.config.id} is not a member of raft group {args.get('g')!r}")
+                index = self._group_index(name)
+                if method == "on_vote":
+                    # No replica here: no vote to give (it is not a voter of any configuration
+                    # it knows). A replica is created only by a leader's message.
+                    return {"term": 0, "granted": False, "pre": bool(args.get("pre", False))}
+                g = await self._adopt(index)
             return await getattr(g, method)(args)
         return handler
+
+    async def _adopt(self, index: int) -> RaftGroup:
+        """A leader sent us group ``index``'s log: we were added to it. Start an empty replica
+        (a learner as far as we know, until the log says otherwise)."""
+        name = group_name(index)
+        lock = self._creating.setdefault(name, anyio.Lock())
+        async with lock:
+            g = self.groups.get(name)
+            if g is not None:
+                return g
+            assert self.store is not None
+            storage = RaftStorage(self.store, name, self.ring.partitions_in(index))
+            if name in self.retired:
+                await anyio.to_thread.run_sync(storage.unretire)
+                del self.retired[name]
+            log.info("metadata node %s: a leader of %s reached us; starting a replica", self.config.id, name)
+            return await self._start_group(index, storage)
 
     async def _write(self, args: dict, payload: bytes) -> dict[str, Any]:
         assert self.store is not None
@@ -208,7 +335,7 @@ class MetadataNode:
         try:
             result = await g.propose(cmd)
         except NotLeader as e:
-            raise self._not_leader(e) from None
+            raise self._not_leader(g, e) from None
         except NotStored as e:
             raise NotStoredError(str(e)) from None
         except OutcomeUnknown as e:
@@ -306,7 +433,68 @@ class MetadataNode:
         assert self.store is not None
         info = await anyio.to_thread.run_sync(self.store.info, self.partitions)
         return {"id": self.config.id, **info, "stats": self.statistics(),
-                "groups": {gid: g.status() for gid, g in self.groups.items()}}
+                "groups": {gid: g.status() for gid, g in self.groups.items()},
+                "retired": {gid: c.to_wire() for gid, c in self.retired.items()}}
+
+    # --- membership ----------------------------------------------------------------------------
+
+    async def _ring_get(self, args: dict, payload: bytes) -> dict[str, Any]:
+        return {"ring": self.ring_record}
+
+    async def _meta_config(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """This node's view of a group: its membership, leader and role (None if it holds none)."""
+        name = args.get("g")
+        self._group_index(name)
+        g = self.groups.get(name)  # type: ignore[arg-type]
+        if g is None:
+            moved = self.retired.get(name)  # type: ignore[arg-type]
+            return {"config": moved.to_wire() if moved else None, "leader": None, "role": "retired" if moved else None}
+        return {"config": g.config.to_wire(), "leader": g.leader, "role": str(g.core.role),
+                "applied": g.core.applied, "commit": g.core.commit}
+
+    async def _meta_reconfigure(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """On the group's leader: change its voters to ``voters``, one server at a time."""
+        name = args.get("g")
+        self._group_index(name)
+        voters = args.get("voters")
+        if not isinstance(voters, dict) or not voters or not all(
+                isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == 2 for k, v in voters.items()):
+            raise self._bad("meta.reconfigure needs voters: {node id: [host, port]}")
+        g = self.groups.get(name)  # type: ignore[arg-type]
+        if g is None:
+            raise NotLeaderError(f"{self.config.id} holds no replica of {name}", leader=None)
+        try:
+            cfg = await g.change_membership(voters, catch_up_s=float(args.get("catch_up_s", 120.0)))
+        except NotLeader as e:
+            raise self._not_leader(g, e) from None
+        except MembershipError as e:
+            raise Unavailable(str(e), sent=True) from None
+        return {"config": cfg.to_wire()}
+
+    async def _meta_retire(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """Drop this node's replica of a group whose committed ``config`` no longer names it."""
+        name = args.get("g")
+        self._group_index(name)
+        try:
+            cfg = Config.from_wire(args["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise self._bad(f"meta.retire: malformed config: {e}") from None
+        if self.config.id in cfg.nodes:
+            raise self._bad(f"meta.retire: {self.config.id} is still a member of {name} in {cfg.voters}")
+        g = self.groups.get(name)  # type: ignore[arg-type]
+        if g is not None:
+            if self.config.id in g.config.nodes and g.core.config_index > 0 and g.is_leader:
+                raise self._bad(f"meta.retire: {self.config.id} still leads {name}")
+            await g.retire(cfg)
+            del self.groups[name]
+            self.retired[name] = cfg
+            log.info("metadata node %s: left %s (now on %s)", self.config.id, name, ",".join(cfg.voters))
+        return {"retired": True}
+
+
+def _wire_members(cfg: Config) -> dict[str, list[Any]]:
+    """A membership as clients are told it: voter id -> [host, port] (learners do not serve)."""
+    return {n: list(cfg.addresses[n]) for n in cfg.voters if n in cfg.addresses}
 
 
 async def run_metadata_node(cluster: ClusterConfig, node: MetadataNodeConfig, *, admin: bool = True,
@@ -326,9 +514,9 @@ async def run_metadata_node(cluster: ClusterConfig, node: MetadataNodeConfig, *,
     export_stats(registry, "headwater_metadata", mn.statistics)
 
     async def health() -> dict[str, Any]:
-        info = await mn._info({}, b"") if mn.store is not None else {}
+        info = await mn._info({}, b"") if mn.ready else {}
         groups = info.get("groups", {})
-        return {"status": "ok" if mn.store is not None else "starting", "role": "metadata", "id": node.id,
+        return {"status": "ok" if mn.ready else "starting", "role": "metadata", "id": node.id,
                 "entries": info.get("entries"), "db_bytes": info.get("db_bytes"),
                 "raft": {gid: {k: g[k] for k in ("role", "term", "leader", "commit", "applied")}
                          for gid, g in groups.items()}}

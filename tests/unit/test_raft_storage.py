@@ -60,7 +60,7 @@ def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_pat
     a = RaftStorage(src, "g", [0, 1])
     entries = tuple((i, Entry(1, put(f"k{i}", i, p=i % 3))) for i in range(1, 31))
     a.save(ready(1, entries=entries, committed=entries, applied=30), (0, 0), lambda *x: None)
-    txn, index, term = a.snapshot_reader()
+    txn, index, term, _config = a.snapshot_reader()
     chunks, after = [], None
     while True:
         pairs, after = a.snapshot_chunk(txn, after, 200)  # small chunks: resumable
@@ -87,7 +87,7 @@ def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_pat
     b.install_begin()
     for c in chunks:
         b.install_chunk(c)
-    b.install_end(index, term)
+    b.install_end(index, term, None)
     st = b.load()
     assert (st.applied, st.snapshot_index, st.snapshot_term) == (30, 30, 1)
     for p in (0, 1):
@@ -120,7 +120,7 @@ def test_a_retried_write_applies_once_and_old_versions_are_forgotten(tmp_path):
     rs.save(ready(4, entries=((far, again),), committed=((far, again),), applied=far), (0, 0), lambda *a: None)
     assert store.get("obj/b", 0, "k").value == {"n": 10}
     # the applied versions are records of the partition: a snapshot carries them
-    txn, _, _ = rs.snapshot_reader()
+    txn, _, _, _ = rs.snapshot_reader()
     pairs, _ = rs.snapshot_chunk(txn, None, 1 << 20)
     txn.abort()
     assert any(k[2:5] == b"\x7fv\x00" for k, _ in pairs)

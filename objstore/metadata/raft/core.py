@@ -29,8 +29,18 @@ thesis (sections 4.2.3 and 9.6) keep a node that was cut off from disrupting a h
 it comes back: it stands for election only once a majority answered a pre-vote, so it does not
 come back with a raised term; a node that heard from a leader within the minimum election
 timeout, or leads itself, refuses (pre-)votes for a later term; and a leader that loses contact
-with a majority steps down. Membership is fixed per group here;
-the log can be compacted behind a snapshot, and a peer behind the compacted log gets a snapshot.
+with a majority steps down. The log can be compacted behind a snapshot, and a peer behind the
+compacted log gets a snapshot.
+
+Membership changes one server at a time (thesis section 4.1). A configuration is a log entry
+(``Config``, data starting with ``CONFIG_MARK``) and takes effect as soon as it is in a node's log,
+committed or not; a truncated one reverts to the one before. ``learners`` receive the log but
+neither vote nor count towards a majority, so a new node catches up before it can slow commits.
+A leader proposes a change (``propose_config``) only when the previous one is committed and it has
+committed an entry of its own term (the fix to the single-server algorithm from the raft-dev list,
+2015), and at most one voter is added or removed per change, so any majority of the old
+configuration overlaps any majority of the new. A leader that commits a configuration without
+itself steps down; a node that is not a voter never stands for election.
 """
 
 from __future__ import annotations
@@ -38,11 +48,17 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
 
 __all__ = [
     "Role", "Entry", "Timing", "HardState", "VoteRequest", "VoteReply", "AppendRequest", "AppendReply",
-    "SnapshotNeeded", "Ready", "NotLeader", "RaftCore",
+    "SnapshotNeeded", "Ready", "NotLeader", "RaftCore", "Config", "CONFIG_MARK", "ConfigChangeRefused",
 ]
+
+# msgpack never starts an encoding with 0xc1, so no command can be mistaken for a configuration.
+CONFIG_MARK = b"\xc1"
 
 
 class Role(enum.StrEnum):
@@ -58,6 +74,48 @@ class Entry:
 
     term: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A group's membership: ``voters`` elect and make majorities, ``learners`` only follow.
+    ``addresses`` (node id -> [host, port]) travel with it so that every member, and every
+    client told about it, can reach a node added after it started."""
+
+    voters: tuple[str, ...]
+    learners: tuple[str, ...] = ()
+    addresses: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "voters", tuple(sorted(self.voters)))
+        object.__setattr__(self, "learners", tuple(sorted(set(self.learners) - set(self.voters))))
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.voters + self.learners
+
+    def encode(self) -> bytes:
+        return CONFIG_MARK + msgpack.packb({"voters": list(self.voters), "learners": list(self.learners),
+                                            "addresses": {k: list(v) for k, v in self.addresses.items()}})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Config:
+        d = msgpack.unpackb(data[len(CONFIG_MARK):], raw=False)
+        return cls(voters=tuple(d["voters"]), learners=tuple(d.get("learners", ())),
+                   addresses={k: tuple(v) for k, v in d.get("addresses", {}).items()})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"voters": list(self.voters), "learners": list(self.learners),
+                "addresses": {k: list(v) for k, v in self.addresses.items()}}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Config:
+        return cls(voters=tuple(d["voters"]), learners=tuple(d.get("learners", ())),
+                   addresses={k: tuple(v) for k, v in d.get("addresses", {}).items()})
+
+
+def is_config(data: bytes) -> bool:
+    return data[:1] == CONFIG_MARK
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +210,11 @@ class Ready:
                 and not self.committed)
 
 
+class ConfigChangeRefused(Exception):
+    """A membership change that cannot be proposed now (one is pending, or it changes more than
+    one voter)."""
+
+
 class NotLeader(Exception):
     """This node cannot order the request; ``leader`` is who it believes leads (or None)."""
 
@@ -184,15 +247,18 @@ class _Reads:
 class RaftCore:
     """One node's view of one Raft group. See the module docstring for the calling protocol."""
 
-    def __init__(self, node_id: str, peers: tuple[str, ...], *, now: float, timing: Timing | None = None,
+    def __init__(self, node_id: str, peers: tuple[str, ...] | Config, *, now: float, timing: Timing | None = None,
                  hard_state: HardState | None = None, entries: list[Entry] | None = None,
                  snapshot_index: int = 0, snapshot_term: int = 0, applied: int | None = None,
                  rng: random.Random | None = None):
-        if node_id not in peers:
-            raise ValueError(f"{node_id} is not one of the group's members {peers}")
+        """``peers``: the configuration as of the snapshot (a Config, or the voters); later
+        configuration entries in ``entries`` override it. A node need not be in it: a node added
+        to a group starts with no say and learns its place from the leader's log."""
+        if not isinstance(peers, Config):
+            if node_id not in peers:
+                raise ValueError(f"{node_id} is not one of the group's members {peers}")
+            peers = Config(voters=tuple(peers))
         self.id = node_id
-        self.members = tuple(sorted(peers))
-        self.others = tuple(p for p in self.members if p != node_id)
         self.timing = timing or Timing()
         self._rng = rng or random.Random()
         hs = hard_state or HardState()
@@ -210,6 +276,11 @@ class RaftCore:
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
         self._entries: list[Entry] = list(entries or [])
+        self._snapshot_config = peers
+        self.config = peers
+        self.config_index = snapshot_index  # where self.config comes from (snapshot_index: the snapshot)
+        self._now = now
+        self._recompute_config()
         self.applied = snapshot_index if applied is None else applied
         self.commit = self.applied
         self.durable = self.last_index  # what storage holds (it gave us these entries)
@@ -252,8 +323,69 @@ class RaftCore:
     def entry(self, index: int) -> Entry:
         return self._entries[index - self.snapshot_index - 1]
 
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The voters."""
+        return self.config.voters
+
+    @property
+    def others(self) -> tuple[str, ...]:
+        """Everyone the leader replicates to: voters and learners but this node."""
+        return tuple(p for p in self.config.nodes if p != self.id)
+
+    @property
+    def is_voter(self) -> bool:
+        return self.id in self.config.voters
+
     def _quorum(self) -> int:
-        return len(self.members) // 2 + 1
+        return len(self.config.voters) // 2 + 1
+
+    # --- membership -----------------------------------------------------------------------------
+
+    def _recompute_config(self) -> None:
+        """The configuration in effect: the last one in the log, else the snapshot's."""
+        for k in range(len(self._entries) - 1, -1, -1):
+            if is_config(self._entries[k].data):
+                self._set_config(Config.decode(self._entries[k].data), self.snapshot_index + 1 + k)
+                return
+        self._set_config(self._snapshot_config, self.snapshot_index)
+
+    def _set_config(self, cfg: Config, index: int) -> None:
+        self.config, self.config_index = cfg, index
+        if self.role is Role.LEADER:
+            for p in self.others:
+                if p not in self._progress:
+                    self._progress[p] = _Progress(next=self.last_index + 1, heard_at=self._now)
+            for p in [p for p in self._progress if p not in self.config.nodes]:
+                del self._progress[p]
+
+    def config_at(self, index: int) -> Config:
+        """The configuration in effect at ``index`` (at least the snapshot index)."""
+        for i in range(min(index, self.last_index), self.snapshot_index, -1):
+            data = self.entry(i).data
+            if is_config(data):
+                return Config.decode(data)
+        return self._snapshot_config
+
+    def propose_config(self, cfg: Config) -> tuple[int, int]:
+        """Append a membership change; returns (index, term). It takes effect at once, here and
+        on each follower as it appends it. Raises NotLeader, ConfigChangeRefused."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self.config_index > self.commit or self.commit < self._term_start:
+            raise ConfigChangeRefused("the previous change (or this leader's first entry) is not committed yet")
+        changed = set(cfg.voters) ^ set(self.config.voters)
+        if len(changed) > 1:
+            raise ConfigChangeRefused(f"one voter at a time: {sorted(changed)} would change")
+        if not cfg.voters:
+            raise ConfigChangeRefused("a group needs a voter")
+        self._append([Entry(self.term, cfg.encode())])
+        return self.last_index, self.term
+
+    def match_of(self, peer: str) -> int:
+        """The leader's knowledge of how far ``peer``'s log matches its own (0 if unknown)."""
+        pr = self._progress.get(peer)
+        return pr.match if pr is not None else 0
 
     def _election_timeout(self) -> float:
         return self.timing.election_s * (1.0 + self._rng.random())
@@ -278,6 +410,10 @@ class RaftCore:
             return
         first = self.last_index + 1
         self._entries.extend(entries)
+        for k in range(len(entries) - 1, -1, -1):
+            if is_config(entries[k].data):
+                self._set_config(Config.decode(entries[k].data), first + k)
+                break
         if self._unstable_from is None or first < self._unstable_from:
             self._unstable_from = first
         self._changed()
@@ -286,6 +422,8 @@ class RaftCore:
         """Drop entries from ``index`` on (a conflicting suffix from an old leader)."""
         assert index > self.commit, "a committed entry is never truncated"
         del self._entries[index - self.snapshot_index - 1:]
+        if self.config_index >= index:
+            self._recompute_config()
         self._truncate_from = index if self._truncate_from is None else min(self._truncate_from, index)
         if self._unstable_from is not None and self._unstable_from >= index:
             self._unstable_from = None
@@ -326,6 +464,7 @@ class RaftCore:
 
     def persisted(self, r: Ready, now: float) -> None:
         """``r`` is durable and its committed entries applied."""
+        self._now = now
         if r.entries:
             last_i, last_e = r.entries[-1]
             # Still the same entry (the log matching property makes the prefix the same too)?
@@ -357,7 +496,7 @@ class RaftCore:
         self._votes = {self.id}
         self._campaign += 1
         self._election_at = now + self._election_timeout()
-        if len(self._votes) >= self._quorum():  # a group of one
+        if self._won():  # a group of one
             self._start_election(now)
 
     def _start_election(self, now: float) -> None:
@@ -367,10 +506,18 @@ class RaftCore:
         self._votes = {self.id}
         self._campaign += 1
         self._election_at = now + self._election_timeout()
-        if len(self._votes) >= self._quorum():  # a group of one
+        if self._won():  # a group of one
             self._become_leader(now)
 
+    def _won(self) -> bool:
+        """The round's (pre-)votes make a majority of the voters in effect now. Counted afresh:
+        the configuration can change under a campaign (a snapshot installed meanwhile), and then
+        a vote taken from a peer that is no longer a voter, or this node's own once it is not one,
+        counts for nothing."""
+        return len(self._votes.intersection(self.config.voters)) >= self._quorum()
+
     def _become_leader(self, now: float) -> None:
+        self._now = now
         self.role = Role.LEADER
         self.leader = self.id
         self._fresh = False
@@ -387,13 +534,21 @@ class RaftCore:
 
     def tick(self, now: float) -> None:
         """Run timers. When ``campaign`` moved, there are ``vote_requests()`` to send."""
+        self._now = now
         if self.role is Role.LEADER:
             # Check quorum: a leader cut off from the majority stops accepting work.
-            heard = 1 + sum(1 for p in self._progress.values() if now - p.heard_at < self.timing.election_s)
+            voters = self.config.voters
+            heard = int(self.is_voter) + sum(1 for p, pr in self._progress.items()
+                                             if p in voters and now - pr.heard_at < self.timing.election_s)
             if heard < self._quorum():
                 self._become_follower(self.term, None, now)
             return
         if now >= self._election_at:
+            if not self.is_voter:
+                # A learner, a node removed from the group, or one that has not learnt its place yet.
+                self.role = Role.FOLLOWER
+                self._election_at = now + self._election_timeout()
+                return
             # A follower, or a (pre-)candidate whose round went nowhere: (re)start with a pre-vote.
             self._start_pre_vote(now)
 
@@ -413,11 +568,12 @@ class RaftCore:
             req = VoteRequest(term=self.term, candidate=self.id, last_index=self.last_index, last_term=self.last_term)
         else:
             return []
-        return [(p, req) for p in self.others if p not in self._votes]
+        return [(p, req) for p in self.config.voters if p != self.id and p not in self._votes]
 
     # --- elections ------------------------------------------------------------------------------
 
     def on_vote(self, req: VoteRequest, now: float) -> VoteReply:
+        self._now = now
         # A node that hears from a live leader, or leads, ignores candidates: a peer that was cut
         # off and comes back with a high term must not depose a working leader (thesis 4.2.3).
         in_lease = self.role is Role.LEADER or now - self._heard_leader_at < self.timing.election_s
@@ -446,26 +602,30 @@ class RaftCore:
         return VoteReply(term=req.term if granted else self.term, granted=granted, pre=True)
 
     def on_vote_reply(self, peer: str, reply: VoteReply, now: float) -> None:
+        self._now = now
         if reply.term > self.term and not (reply.pre and reply.granted):
             # A later term (a refused pre-vote carries the voter's own term): follow in it.
             self._become_follower(reply.term, None, now)
             return
         if reply.pre:
             # Only a grant for the term this round asks about counts; older rounds' are stale.
-            if self.role is Role.PRE_CANDIDATE and reply.granted and reply.term == self.term + 1:
+            if (self.role is Role.PRE_CANDIDATE and reply.granted and reply.term == self.term + 1
+                    and peer in self.config.voters):
                 self._votes.add(peer)
-                if len(self._votes) >= self._quorum():
+                if self._won():
                     self._start_election(now)
             return
-        if self.role is not Role.CANDIDATE or reply.term != self.term or not reply.granted:
+        if (self.role is not Role.CANDIDATE or reply.term != self.term or not reply.granted
+                or peer not in self.config.voters):
             return
         self._votes.add(peer)
-        if len(self._votes) >= self._quorum():
+        if self._won():
             self._become_leader(now)
 
     # --- replication: follower side -------------------------------------------------------------
 
     def on_append(self, req: AppendRequest, now: float) -> AppendReply:
+        self._now = now
         if req.term < self.term:
             return AppendReply(term=self.term, success=False, match=0, round=req.round)
         if req.term > self.term or self.role is not Role.FOLLOWER:
@@ -528,8 +688,10 @@ class RaftCore:
         peer; the caller reports its outcome to ``on_append_reply`` or ``append_failed``."""
         if self.role is not Role.LEADER:
             return None
-        pr = self._progress[peer]
-        if pr.inflight or pr.snapshotting:
+        pr = self._progress.get(peer)
+        # A peer the configuration just dropped: the shell's sender for it may run once more
+        # before it notices the change.
+        if pr is None or pr.inflight or pr.snapshotting:
             return None
         has_entries = pr.next <= self.last_index
         round_due = pr.round < self._round
@@ -569,6 +731,7 @@ class RaftCore:
             pr.inflight = False
 
     def on_append_reply(self, peer: str, req: AppendRequest, reply: AppendReply, now: float) -> None:
+        self._now = now
         if reply.term > self.term:
             self._become_follower(reply.term, None, now)
             return
@@ -605,12 +768,20 @@ class RaftCore:
             pr.heard_at = now
 
     def _advance_commit(self) -> None:
-        matches = sorted([self.durable] + [p.match for p in self._progress.values()], reverse=True)
+        voters = self.config.voters
+        matches = [self.durable] if self.is_voter else []
+        matches += [pr.match for p, pr in self._progress.items() if p in voters]
+        matches.sort(reverse=True)
+        if len(matches) < self._quorum():
+            return
         n = matches[self._quorum() - 1]
         # Only an entry of the current term is committed by counting (paper 5.4.2).
         if n > self.commit and self.term_at(n) == self.term:
             self.commit = n
             self._changed()
+        if not self.is_voter and self.commit >= self.config_index:
+            # Our own removal is committed: the group goes on without us (thesis 4.2.2).
+            self._become_follower(self.term, None, self._now)
 
     # --- linearizable reads ---------------------------------------------------------------------
 
@@ -631,7 +802,8 @@ class RaftCore:
         Raises NotLeader if this node no longer leads or the read began under an earlier term."""
         if self.role is not Role.LEADER or round_ <= self._first_round:
             raise NotLeader(self.leader)
-        acked = 1 + sum(1 for p in self._progress.values() if p.round >= round_)
+        voters = self.config.voters
+        acked = int(self.is_voter) + sum(1 for p, pr in self._progress.items() if p in voters and pr.round >= round_)
         return acked >= self._quorum()
 
     # --- snapshots ------------------------------------------------------------------------------
@@ -644,13 +816,19 @@ class RaftCore:
             raise ValueError(f"cannot compact to {index}: only {self.applied} is applied")
         term = self.term_at(index)
         assert term is not None
+        self._snapshot_config = self.config_at(index)
         del self._entries[:index - self.snapshot_index]
         self.snapshot_index, self.snapshot_term = index, term
 
-    def restore(self, index: int, term: int, now: float) -> None:
-        """A snapshot as of (``index``, ``term``) was installed: the log restarts after it."""
+    def restore(self, index: int, term: int, now: float, config: Config | None = None) -> None:
+        """A snapshot as of (``index``, ``term``) with membership ``config`` (default: the one in
+        effect) was installed, or the replica wiped (0, 0 and the group's first configuration):
+        the log restarts after it."""
+        config = config or self.config
         self._entries = []
         self.snapshot_index, self.snapshot_term = index, term
+        self._snapshot_config = config
+        self._set_config(config, index)
         self.commit = self.applied = self._applying_to = self.durable = index
         self._unstable_from = None
         self._truncate_from = None
@@ -663,5 +841,6 @@ class RaftCore:
 
     def status(self) -> dict[str, object]:
         return {"role": str(self.role), "term": self.term, "leader": self.leader, "commit": self.commit,
+                "voters": list(self.config.voters), "learners": list(self.config.learners),
                 "applied": self.applied, "last_index": self.last_index, "snapshot_index": self.snapshot_index,
                 "match": {p: pr.match for p, pr in self._progress.items()}}

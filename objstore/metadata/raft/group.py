@@ -6,12 +6,16 @@ One :class:`RaftGroup` per consensus group a metadata node belongs to. Its tasks
   log, hard state and the committed entries applied) and wakes what waited for it. Everything
   that piles up while one write runs goes into the next: group commit for free;
 * one replicator per peer sends appends (or a snapshot) while this node leads, heartbeats when
-  idle;
+  idle; replicators come and go with the group's membership;
 * the ticker runs the core's timers and, for a candidate, sends vote requests.
 
 Replies to a peer's vote or append go out only after the change they report is durable.
 A proposal resolves when its entry is applied: with the state machine's result if the entry
 is still the one proposed, with :class:`NotStored` if another leader's entry replaced it.
+
+``change_membership`` walks the group, on its leader, to a target set of voters one server at
+a time: a node is added as a learner, promoted once it has caught up, and only then is a node
+removed, so the group never has fewer voters than either end.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import anyio.to_thread
 
 from ..errors import CorruptRecord
 from ..store import Command, CommandResult
-from .core import (AppendReply, AppendRequest, Entry, NotLeader, RaftCore, Ready, Role, SnapshotNeeded, Timing,
-                   VoteReply, VoteRequest)
+from .core import (AppendReply, AppendRequest, Config, ConfigChangeRefused, Entry, NotLeader, RaftCore, Ready, Role,
+                   SnapshotNeeded, Timing, VoteReply, VoteRequest)
 from .storage import RaftStorage
 
-__all__ = ["RaftGroup", "Transport", "NotStored", "OutcomeUnknown", "append_to_wire", "append_from_wire", "GroupSettings"]
+__all__ = ["RaftGroup", "Transport", "NotStored", "OutcomeUnknown", "append_to_wire", "append_from_wire", "GroupSettings",
+           "MembershipError"]
 
 log = logging.getLogger("headwater.objstore.metadata.raft")
 
@@ -45,6 +50,10 @@ class NotStored(Exception):
 
 class OutcomeUnknown(Exception):
     """The proposed entry's fate was not seen here (a snapshot passed it): it may have committed."""
+
+
+class MembershipError(Exception):
+    """A membership change could not finish (a learner that does not catch up, a lost leadership)."""
 
 
 class Transport(Protocol):
@@ -81,19 +90,23 @@ class _Waiter:
 class RaftGroup:
     """One node's member of group ``group_id`` (see the module docstring)."""
 
-    def __init__(self, *, group_id: str, node_id: str, members: tuple[str, ...], storage: RaftStorage,
+    def __init__(self, *, group_id: str, node_id: str, initial: Config | tuple[str, ...], storage: RaftStorage,
                  transport: Transport, settings: GroupSettings = GroupSettings(),
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+        """``initial``: the group's first membership (the ring's, before any change)."""
         self.group_id = group_id
         self.node_id = node_id
         self.storage = storage
         self.settings = settings
+        self.initial = initial if isinstance(initial, Config) else Config(voters=tuple(initial))
         self._send = transport
         self._clock = clock
         st = storage.load()
-        self.core = RaftCore(node_id, members, now=clock(), timing=settings.timing, hard_state=st.hard_state,
-                             entries=st.entries, snapshot_index=st.snapshot_index, snapshot_term=st.snapshot_term,
-                             applied=st.applied, rng=rng)
+        self.core = RaftCore(node_id, st.config or self.initial, now=clock(), timing=settings.timing,
+                             hard_state=st.hard_state, entries=st.entries, snapshot_index=st.snapshot_index,
+                             snapshot_term=st.snapshot_term, applied=st.applied, rng=rng)
+        self._replicators: dict[str, anyio.CancelScope] = {}
+        self._scope: anyio.CancelScope | None = None
         self._changed = anyio.Event()
         self._durable_seq = -1
         # Index -> proposals waiting for it. Several: a deposed leader re-elected may propose at
@@ -103,7 +116,7 @@ class RaftGroup:
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "reads": 0, "compactions": 0, "leader_changes": 0,
-                      "persist_errors": 0, "resyncs": 0}
+                      "persist_errors": 0, "resyncs": 0, "config_changes": 0}
         self._last_leader: str | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -143,12 +156,31 @@ class RaftGroup:
     # --- tasks ----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._persister)
-            tg.start_soon(self._ticker, tg)
-            for peer in self.core.others:
-                tg.start_soon(self._replicator, peer)
-            task_status.started(self)
+        with anyio.CancelScope() as self._scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._persister)
+                tg.start_soon(self._ticker, tg)
+                self._sync_replicators(tg)
+                task_status.started(self)
+
+    def stop(self) -> None:
+        """Stop the group's tasks (the node was removed from it)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _sync_replicators(self, tg: anyio.abc.TaskGroup) -> None:
+        """One replicator per peer of the configuration in effect."""
+        others = set(self.core.others)
+        for peer in others - set(self._replicators):
+            scope = anyio.CancelScope()
+            self._replicators[peer] = scope
+            tg.start_soon(self._replicate_in, scope, peer)
+        for peer in set(self._replicators) - others:
+            self._replicators.pop(peer).cancel()
+
+    async def _replicate_in(self, scope: anyio.CancelScope, peer: str) -> None:
+        with scope:
+            await self._replicator(peer)
 
     async def _persister(self) -> None:
         while True:
@@ -220,6 +252,7 @@ class RaftGroup:
         while True:
             was = self.core.role
             self.core.tick(self._clock())
+            self._sync_replicators(tg)
             self._campaign()
             if self.core.role is not was:
                 self._notify()
@@ -290,7 +323,7 @@ class RaftGroup:
 
     async def _send_snapshot(self, peer: str) -> tuple[int, bool, int]:
         """Stream this node's records as of its applied index; (index, installed, peer's term)."""
-        txn, index, term = self.storage.snapshot_reader()
+        txn, index, term, config = self.storage.snapshot_reader()
         my_term = self.core.term  # every chunk speaks for this leadership, and stops with it
         self.stats["snapshots_sent"] += 1
         log.info("raft group %s: sending %s a snapshot at index %d", self.group_id, peer, index)
@@ -304,7 +337,8 @@ class RaftGroup:
                     self.storage.snapshot_chunk, txn, after, SNAPSHOT_CHUNK_BYTES)
                 w = await self._send(peer, "raft.snapshot", {
                     "g": self.group_id, "term": my_term, "leader": self.node_id, "index": index,
-                    "snap_term": term, "first": first, "done": after is None, "pairs": pairs},
+                    "snap_term": term, "first": first, "done": after is None, "pairs": pairs,
+                    "config": config},
                     self.settings.rpc_timeout_s * 4)
                 first = False
                 if int(w["term"]) > my_term or not w["ok"]:
@@ -357,14 +391,17 @@ class RaftGroup:
                 # The records and the log are wiped: the core must not believe it still holds
                 # them, and with an empty log the persister has nothing but the term to write
                 # while the chunks arrive.
-                self.core.restore(0, 0, self._clock())
+                self.core.restore(0, 0, self._clock(), self.initial)
             elif self._installing != transfer:
                 return {"term": self.core.term, "ok": False}
             await anyio.to_thread.run_sync(self.storage.install_chunk, pairs)
             if args["done"]:
                 snap_term = int(args["snap_term"])
-                await anyio.to_thread.run_sync(self.storage.install_end, index, snap_term)
-                self.core.restore(index, snap_term, self._clock())
+                raw = args.get("config")
+                config = bytes(raw) if raw is not None else None
+                await anyio.to_thread.run_sync(self.storage.install_end, index, snap_term, config)
+                self.core.restore(index, snap_term, self._clock(),
+                                  Config.decode(config) if config is not None else self.initial)
                 self._installing = None
                 self.stats["snapshots_installed"] += 1
                 log.info("raft group %s: installed a snapshot at index %d from %s", self.group_id, index, leader)
@@ -390,7 +427,7 @@ class RaftGroup:
     async def _wipe(self) -> None:
         # The caller holds self._io.
         await anyio.to_thread.run_sync(self.storage.wipe)
-        self.core.restore(0, 0, self._clock())
+        self.core.restore(0, 0, self._clock(), self.initial)
 
     async def _abandon_install(self) -> None:
         """Give up a half-installed snapshot: its records are a mix, so the group's records
@@ -438,6 +475,98 @@ class RaftGroup:
             if not self.is_leader:
                 raise NotLeader(self.core.leader)
             await self._wait_changed(self.settings.timing.heartbeat_s)
+
+    # --- membership ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.core.config
+
+    async def change_membership(self, target: dict[str, Any], *, catch_up_s: float = 120.0) -> Config:
+        """On the leader: walk the group's voters to ``target`` (node id -> [host, port]), one
+        server at a time, and return the configuration reached. A new node joins as a learner
+        and becomes a voter once its log has caught up with the commit index of when it was
+        added; nodes leave only after every new one has joined. A leader that removes itself
+        returns once that change is committed (another node leads from then on). Raises
+        NotLeader, MembershipError; safe to call again after either."""
+        if not target:
+            raise MembershipError("a group needs at least one voter")
+        while True:
+            if not self.is_leader:
+                raise NotLeader(self.core.leader)
+            cfg = self.core.config
+            want = set(target)
+            addresses = {**cfg.addresses, **{k: tuple(v) for k, v in target.items()}}
+
+            def make(voters: set[str], learners: set[str]) -> Config:
+                return Config(voters=tuple(voters), learners=tuple(learners),
+                              addresses={n: addresses[n] for n in voters | learners if n in addresses})
+
+            voters, learners = set(cfg.voters), set(cfg.learners)
+            add = sorted(want - voters)
+            if add:
+                node = add[0]
+                if node not in learners:
+                    await self._commit_config(make(voters, learners | {node}))
+                    continue
+                await self._wait_caught_up(node, catch_up_s)
+                await self._commit_config(make(voters | {node}, learners - {node}))
+                continue
+            if learners:
+                await self._commit_config(make(voters, set()))
+                continue
+            remove = sorted(voters - want, key=lambda n: (n == self.node_id, n))  # ourselves last
+            if not remove:
+                return cfg
+            node = remove[0]
+            done = await self._commit_config(make(voters - {node}, set()))
+            if node == self.node_id:
+                return done
+
+    async def _commit_config(self, cfg: Config) -> Config:
+        deadline = anyio.current_time() + 10 * self.settings.timing.election_s
+        while True:
+            try:
+                index, term = self.core.propose_config(cfg)
+                break
+            except ConfigChangeRefused:
+                # The previous change, or this leader's first entry, is still on its way.
+                if anyio.current_time() > deadline:
+                    raise MembershipError(f"group {self.group_id}: the previous change does not commit") from None
+                await self._wait_changed(self.settings.timing.heartbeat_s)
+        log.info("raft group %s: membership -> voters %s learners %s (index %d)", self.group_id,
+                 ",".join(cfg.voters), ",".join(cfg.learners) or "-", index)
+        self.stats["config_changes"] += 1
+        self._notify()
+        deadline = anyio.current_time() + 10 * self.settings.timing.election_s
+        while self.core.commit < index:
+            # A leader removing itself steps down at the commit; before it, losing the lead is a failure.
+            if self.core.term != term or (not self.is_leader and self.node_id in cfg.voters):
+                raise NotLeader(self.core.leader)
+            if anyio.current_time() > deadline:
+                raise MembershipError(f"group {self.group_id}: the change to {cfg.voters} did not commit in time")
+            await self._wait_changed(self.settings.timing.heartbeat_s)
+        if self.core.term_at(index) not in (term, None):
+            raise NotLeader(self.core.leader)
+        return cfg
+
+    async def _wait_caught_up(self, node: str, timeout_s: float) -> None:
+        goal = self.core.commit
+        with anyio.move_on_after(timeout_s):
+            while self.core.match_of(node) < goal:
+                if not self.is_leader:
+                    raise NotLeader(self.core.leader)
+                await self._wait_changed(self.settings.timing.heartbeat_s)
+            return
+        raise MembershipError(f"group {self.group_id}: learner {node} did not catch up within {timeout_s:.0f} s "
+                              f"(it has {self.core.match_of(node)} of {goal})")
+
+    async def retire(self, config: Config) -> None:
+        """This node was removed from the group by ``config`` (committed): stop, and drop the
+        replica, remembering ``config`` to send clients on."""
+        self.stop()
+        async with self._io:
+            await anyio.to_thread.run_sync(self.storage.retire, config)
 
     def status(self) -> dict[str, Any]:
         return {"group": self.group_id, **self.core.status(), "stats": dict(self.stats)}

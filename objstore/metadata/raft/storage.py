@@ -5,7 +5,11 @@ Keys in the store's Raft database, per group (``g`` = the group id, UTF-8)::
     g NUL "H"            msgpack [term, vote]
     g NUL "S"            msgpack [applied, snapshot_index, snapshot_term, applied_term]
     g NUL "L" index(8)   msgpack [term, data]
+    g NUL "C"            the membership as of the applied index (a Config entry's data); absent:
+                         the group's first membership, which the ring derives
     g NUL "I"            present while a snapshot is being installed
+    g NUL "R"            present once this node was removed from the group: the membership that
+                         removed it, so that clients asking here can be sent on
 
 ``save`` writes a :class:`~.core.Ready` in one transaction: hard state, truncation, new entries,
 and the committed entries applied to the records with the applied index beside them. Applying
@@ -25,9 +29,9 @@ import msgpack
 
 from ..errors import StoreFull
 from ..store import Command, CommandResult, Record, Store
-from .core import Entry, HardState, Ready
+from .core import Config, Entry, HardState, Ready, is_config
 
-__all__ = ["LoadedState", "RaftStorage", "check_ring"]
+__all__ = ["LoadedState", "RaftStorage", "read_ring", "write_ring"]
 
 _RING_KEY = b"\0ring"
 # Applied write versions live in each partition under namespaces no client can name (0x7f,
@@ -45,17 +49,16 @@ def _dedup_keys(partition: int, version: tuple[int, str], index: int) -> tuple[b
             p + _DEDUP_BY_INDEX + index.to_bytes(8, "big"))
 
 
-def check_ring(store: Store, ring: dict[str, object]) -> dict[str, object] | None:
-    """Record ``ring`` (partitions, node ids, replicas) on first use; afterwards return the
-    recorded ring if it differs from ``ring`` (None when they agree)."""
-    packed = msgpack.packb(ring, use_bin_type=True)
+def read_ring(store: Store) -> dict[str, object] | None:
+    """The ring this node joined (see ``ring.py``), None before it joined one."""
+    with store.env.begin(db=store.raft_db) as txn:
+        raw = txn.get(_RING_KEY)
+    return msgpack.unpackb(raw, raw=False) if raw is not None else None
+
+
+def write_ring(store: Store, ring: dict[str, object]) -> None:
     with store.env.begin(write=True) as txn:
-        old = txn.get(_RING_KEY, db=store.raft_db)
-        if old is None:
-            txn.put(_RING_KEY, packed, db=store.raft_db)
-            return None
-        recorded = msgpack.unpackb(old, raw=False)
-    return None if recorded == msgpack.unpackb(packed, raw=False) else recorded
+        txn.put(_RING_KEY, msgpack.packb(ring, use_bin_type=True), db=store.raft_db)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +68,8 @@ class LoadedState:
     snapshot_index: int
     snapshot_term: int
     applied: int
+    config: Config | None  # as of the applied index; None: the group's first
+    retired: Config | None  # the membership that removed this node, if it was removed
 
 
 def _index_key(prefix: bytes, index: int) -> bytes:
@@ -108,9 +113,13 @@ class RaftStorage:
                     t, data = msgpack.unpackb(v)
                     entries.append(Entry(t, bytes(data)))
                     expect += 1
+            cfg = txn.get(self._prefix + b"C")
+            retired = txn.get(self._prefix + b"R")
         self.applied_term = applied_term
         return LoadedState(hard_state=HardState(term=term, vote=vote), entries=entries,
-                           snapshot_index=snap_i, snapshot_term=snap_t, applied=applied)
+                           snapshot_index=snap_i, snapshot_term=snap_t, applied=applied,
+                           config=Config.decode(bytes(cfg)) if cfg is not None else None,
+                           retired=Config.decode(bytes(retired)) if retired is not None else None)
 
     def save(self, r: Ready, snapshot: tuple[int, int], on_result: Callable[[int, Entry, CommandResult | None], None]
              ) -> None:
@@ -127,7 +136,11 @@ class RaftStorage:
                     txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
                 applied_term = self.applied_term
                 for index, e in r.committed:
-                    res = self._apply(txn, index, Command.decode(e.data)) if e.data else None
+                    if is_config(e.data):
+                        txn.put(self._prefix + b"C", e.data, db=self._db)
+                        res = None
+                    else:
+                        res = self._apply(txn, index, Command.decode(e.data)) if e.data else None
                     results.append((index, e, res))
                     applied_term = e.term
                 if r.committed:
@@ -193,12 +206,14 @@ class RaftStorage:
 
     # --- snapshots ------------------------------------------------------------------------------
 
-    def snapshot_reader(self) -> tuple[lmdb.Transaction, int, int]:
-        """A read transaction (a consistent view while it lives) with its (applied, applied_term)."""
+    def snapshot_reader(self) -> tuple[lmdb.Transaction, int, int, bytes | None]:
+        """A read transaction (a consistent view while it lives) with its applied index and term
+        and the membership as of then (None: the group's first)."""
         txn = self.store.env.begin(buffers=False)
         st = txn.get(self._prefix + b"S", db=self._db)
         applied, _si, _st, applied_term = msgpack.unpackb(st) if st is not None else (0, 0, 0, 0)
-        return txn, applied, applied_term
+        cfg = txn.get(self._prefix + b"C", db=self._db)
+        return txn, applied, applied_term, bytes(cfg) if cfg is not None else None
 
     def snapshot_chunk(self, txn: lmdb.Transaction, after: bytes | None, limit_bytes: int
                        ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
@@ -222,13 +237,30 @@ class RaftStorage:
         self.store.clear_partitions(txn, self.partitions)
         self._delete_log(txn)
         txn.put(self._prefix + b"S", msgpack.packb([0, 0, 0, 0]), db=self._db)
+        txn.delete(self._prefix + b"C", db=self._db)
+
+    def retire(self, config: Config) -> None:
+        """This node was removed from the group by ``config`` (committed): drop its replica
+        (records, log, membership) and remember where the group went. The hard state stays, so
+        a vote once cast is never cast again should the node be added back."""
+        with self.store.env.begin(write=True) as txn:
+            self._wipe(txn)
+            txn.delete(self._prefix + b"I", db=self._db)
+            txn.put(self._prefix + b"R", config.encode(), db=self._db)
+
+    def unretire(self) -> None:
+        """The node is being added back to the group: it starts as an empty replica."""
+        with self.store.env.begin(write=True) as txn:
+            txn.delete(self._prefix + b"R", db=self._db)
 
     def install_chunk(self, pairs: list[tuple[bytes, bytes]]) -> None:
         with self.store.env.begin(write=True) as txn:
             self.store.load_raw(txn, pairs, set(self.partitions))
 
-    def install_end(self, index: int, term: int) -> None:
+    def install_end(self, index: int, term: int, config: bytes | None) -> None:
         with self.store.env.begin(write=True) as txn:
             txn.put(self._prefix + b"S", msgpack.packb([index, index, term, term]), db=self._db)
+            if config is not None:
+                txn.put(self._prefix + b"C", config, db=self._db)
             txn.delete(self._prefix + b"I", db=self._db)
         self.applied_term = term

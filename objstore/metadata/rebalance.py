@@ -1,0 +1,144 @@
+"""``headwater meta rebalance``: move each Raft group of the metadata ring to where cluster.toml
+places it now (``PartitionMap.members_of``: rendezvous over the nodes that are not draining).
+
+For each group it finds the leader and asks it to walk the membership there one server at a
+time (``meta.reconfigure``: a new node joins as a learner, catches up, becomes a voter, and only
+then is an old one removed), then tells every node the group left to drop its replica
+(``meta.retire``). Reads and writes go on throughout: every step keeps a majority of the old and
+of the new voters. Running it again resumes where it stopped; a group already in place is left
+alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import anyio
+
+from headwater.config import ClusterConfig
+from headwater.rpc import ClientPool, RpcError
+
+from .errors import MetadataError, NotLeaderError
+from .partition import DEFAULT_REPLICAS, PartitionMap, group_name
+
+__all__ = ["GroupState", "RebalanceError", "survey", "rebalance"]
+
+log = logging.getLogger("headwater.objstore.metadata.rebalance")
+
+
+class RebalanceError(MetadataError):
+    """A group could not be moved (no leader, a learner that did not catch up, too few nodes)."""
+
+    s3_code = "ServiceUnavailable"
+    http_status = 503
+
+
+@dataclass(slots=True)
+class GroupState:
+    """One group as its leader sees it, beside where cluster.toml places it."""
+
+    group: int
+    target: tuple[str, ...]
+    leader: str | None = None
+    voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+    holders: list[str] = field(default_factory=list)  # nodes holding a replica, members or not
+
+    @property
+    def in_place(self) -> bool:
+        return set(self.voters) == set(self.target) and not self.learners
+
+    @property
+    def strays(self) -> list[str]:
+        """Nodes still holding a replica of a group that no longer names them."""
+        return sorted(n for n in self.holders if n not in self.voters and n not in self.learners)
+
+
+def _pool(cluster: ClusterConfig) -> ClientPool:
+    return ClientPool({m.id: (m.host, m.port) for m in cluster.metadata}, connect_timeout=1.0, default_timeout=5.0)
+
+
+async def _views(pool: ClientPool, g: int, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Every reachable node's view of group ``g`` (``meta.config``)."""
+    views: dict[str, dict[str, Any]] = {}
+
+    async def one(node: str) -> None:
+        try:
+            views[node] = (await (await pool.get(node)).call("meta.config", {"g": group_name(g)},
+                                                                timeout=timeout_s)).result
+        except (RpcError, OSError):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for node in list(pool.addresses):
+            tg.start_soon(one, node)
+    return views
+
+
+async def _state(pool: ClientPool, ring: PartitionMap, g: int, timeout_s: float) -> GroupState:
+    st = GroupState(group=g, target=tuple(sorted(ring.members_of(g))))
+    views = await _views(pool, g, timeout_s)
+    st.holders = sorted(n for n, v in views.items() if v.get("role") not in (None, "retired"))
+    for node, v in views.items():
+        if v.get("role") == "leader":
+            st.leader = node
+            st.voters = tuple(v["config"]["voters"])
+            st.learners = tuple(v["config"]["learners"])
+    return st
+
+
+async def survey(cluster: ClusterConfig, *, timeout_s: float = 2.0) -> list[GroupState]:
+    """Each group's leader, voters and learners, and where cluster.toml wants it."""
+    ring = PartitionMap.from_cluster(cluster)
+    async with _pool(cluster) as pool:
+        return [await _state(pool, ring, g, timeout_s) for g in range(ring.groups)]
+
+
+async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attempts: int = 5,
+                    report: Callable[[str], None] = lambda line: None) -> list[GroupState]:
+    """Move every group to its placement in ``cluster``, one group at a time; returns the
+    groups' states afterwards. Raises RebalanceError for a group that could not be moved (the
+    groups before it stay moved; running again goes on from there)."""
+    ring = PartitionMap.from_cluster(cluster)
+    wanted = min(DEFAULT_REPLICAS, len(cluster.metadata))
+    if len(ring.nodes) < wanted:
+        raise RebalanceError(f"only {len(ring.nodes)} metadata node(s) are not draining; each group needs {wanted}")
+    addresses = {m.id: [m.host, m.port] for m in cluster.metadata}
+    out: list[GroupState] = []
+    async with _pool(cluster) as pool:
+        for g in range(ring.groups):
+            name = group_name(g)
+            st = await _state(pool, ring, g, 2.0)
+            for attempt in range(attempts):
+                if st.leader is None:
+                    await anyio.sleep(1.0)  # an election, or a leader that just removed itself
+                    st = await _state(pool, ring, g, 2.0)
+                    continue
+                if st.in_place:
+                    break
+                report(f"{name}: {','.join(st.voters)} -> {','.join(st.target)} (leader {st.leader})")
+                try:
+                    await (await pool.get(st.leader)).call(
+                        "meta.reconfigure", {"g": name, "voters": {n: addresses[n] for n in st.target},
+                                             "catch_up_s": catch_up_s}, timeout=catch_up_s + 60.0)
+                except NotLeaderError:
+                    pass
+                except (RpcError, OSError) as e:
+                    report(f"{name}: attempt {attempt + 1} failed: {e}")
+                    await anyio.sleep(1.0)
+                st = await _state(pool, ring, g, 2.0)
+            if st.leader is None or not st.in_place:
+                raise RebalanceError(f"{name} could not be moved to {','.join(st.target)} "
+                                     f"(now: voters {','.join(st.voters) or '?'}, leader {st.leader or 'none'})")
+            config = {"voters": list(st.voters), "learners": [], "addresses": {n: addresses[n] for n in st.voters}}
+            for node in st.strays:
+                try:
+                    await (await pool.get(node)).call("meta.retire", {"g": name, "config": config}, timeout=30.0)
+                    report(f"{name}: {node} dropped its replica")
+                except (RpcError, OSError) as e:
+                    # It keeps a stale copy it never serves; the next run tries again.
+                    report(f"{name}: {node} could not drop its replica: {e}")
+            out.append(await _state(pool, ring, g, 2.0))
+    return out

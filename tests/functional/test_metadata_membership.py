@@ -1,0 +1,113 @@
+"""Adding and draining metadata nodes on a live ring: each Raft group walks to its new members one
+server at a time (learner, catch-up, voter, then the old member leaves) while a client writes and
+reads. Nothing acknowledged is lost, and clients that knew only the old nodes follow the hints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import anyio
+import pytest
+
+from headwater.config import MetadataNodeConfig
+from headwater.objstore.metadata import QuorumUnavailable, WriteOutcomeUnknown
+from headwater.objstore.metadata.partition import PartitionMap, group_name
+from headwater.objstore.metadata.rebalance import RebalanceError, rebalance, survey
+from .test_metadata import meta_cluster
+from ..cluster import free_ports
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_write(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client("w1") as meta:
+        acked: dict[str, int] = {}
+        for i in range(40):
+            await meta.put("obj/b", f"pre{i:02}", {"n": i})
+            acked[f"pre{i:02}"] = i
+        done = anyio.Event()
+        progress = {"ok": 0, "unavailable": 0}
+
+        async def writer() -> None:
+            n = 0
+            while not done.is_set():
+                key = f"live{n:04}"
+                try:
+                    await meta.put("obj/b", key, {"n": n})
+                    acked[key] = n
+                    progress["ok"] += 1
+                except (QuorumUnavailable, WriteOutcomeUnknown):
+                    progress["unavailable"] += 1
+                n += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            # Add meta-3: it joins the existing ring, holds nothing until rebalance moves groups.
+            extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
+                                       data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
+            mc.cfg = dataclasses.replace(mc.cfg, metadata=(*mc.cfg.metadata, extra))
+            await mc.start(3)
+            await anyio.sleep(0.5)
+            assert mc.node(3).groups == {}  # joined, not founding: no group until a leader adds it
+            assert mc.node(3).ring_record["founders"] == ["meta-0", "meta-1", "meta-2"]
+            before = progress["ok"]
+            states = await rebalance(mc.cfg, catch_up_s=30)
+            assert progress["ok"] > before  # writes went on during the moves
+            ring = PartitionMap.from_cluster(mc.cfg)
+            moved = [g for g in range(ring.groups) if "meta-3" in ring.members_of(g)]
+            assert moved and all(st.in_place and st.leader for st in states)
+            assert set(mc.node(3).groups) == {group_name(g) for g in moved}
+            for g in moved:  # the member each moved group left holds no copy any more
+                (left,) = {"meta-0", "meta-1", "meta-2"} - set(ring.members_of(g))
+                assert group_name(g) not in mc.node(int(left[-1])).groups
+                assert group_name(g) in mc.node(int(left[-1])).retired
+
+            # Drain meta-0: its groups move to the others; then it is stopped.
+            mc.cfg = dataclasses.replace(mc.cfg, metadata=tuple(
+                dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
+            before = progress["ok"]
+            states = await rebalance(mc.cfg, catch_up_s=30)
+            assert progress["ok"] > before
+            assert all(st.in_place and "meta-0" not in st.voters for st in states)
+            assert mc.node(0).groups == {}
+            await mc.stop(0)
+            await anyio.sleep(0.3)
+            done.set()
+        assert progress["ok"] > 50
+
+        # The client that knew only meta-0..2 found the groups through the hints; everything
+        # acknowledged is there, by key and in a listing.
+        for key, n in acked.items():
+            got = await meta.get("obj/b", key)
+            assert got is not None and got.value == {"n": n}, key
+        listed = {e.key for e in await meta.scan("obj/b", limit=10_000)}
+        assert set(acked) <= listed
+        # A new client from the new cluster.toml, and writes with meta-0 gone for good.
+        async with mc.client("w2") as fresh:
+            await fresh.put("obj/b", "after", {"n": -1})
+            assert (await fresh.get("obj/b", "after")).value == {"n": -1}
+            assert len(await fresh.scan("obj/b", limit=10_000)) == len(listed) + 1
+        assert {st.group for st in await survey(mc.cfg)} == set(range(mc.cfg.objstore.metadata_groups))
+
+
+async def test_a_node_that_never_catches_up_is_not_made_a_voter(tmp_path):
+    async with meta_cluster(tmp_path) as mc, mc.client("w1") as meta:
+        await meta.put("obj/b", "k", {"n": 1})
+        ghost = MetadataNodeConfig(id="meta-9", port=free_ports(1)[0], admin_port=1,
+                                   data_dir=tmp_path / "meta-9", map_size_bytes=64 << 20)
+        mc.cfg = dataclasses.replace(mc.cfg, metadata=(*mc.cfg.metadata, ghost))  # listed, never started
+        with pytest.raises(RebalanceError):
+            await rebalance(mc.cfg, catch_up_s=1.0, attempts=2)
+        for st in await survey(mc.cfg):
+            assert "meta-9" not in st.voters  # at most a learner, which counts for nothing
+        # The group stays fully writable with a learner that never answers.
+        await meta.put("obj/b", "k", {"n": 2})
+        assert (await meta.get("obj/b", "k")).value == {"n": 2}
+
+
+async def test_rebalance_refuses_to_shrink_groups_below_three(tmp_path):
+    async with meta_cluster(tmp_path) as mc:
+        mc.cfg = dataclasses.replace(mc.cfg, metadata=tuple(
+            dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
+        with pytest.raises(RebalanceError, match="not draining"):
+            await rebalance(mc.cfg)
