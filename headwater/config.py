@@ -232,6 +232,9 @@ class RepairConfig:
     # Repair traffic (fragment bytes read from survivors plus bytes written) per second.
     rebuild_rate_bytes: int = 64 * MiB
     interval_s: float = 60.0  # pause between two reconstructor passes
+    # A storage node that has failed every health check for this long is "out": the
+    # reconstructor rebuilds the fragments the layouts place on it onto other nodes. 0: never.
+    node_down_out_s: float = 600.0
     gc: bool = True
     gc_interval_s: float = 60.0  # between two collector passes; orphans go after retire_grace_s
     # The rebalancer moves fragments toward where placement puts them now (a storage node added)
@@ -469,9 +472,9 @@ def _non_negative(r: _Reader, data: Mapping[str, Any], key: str, prefix: str, de
 
 def _repair(r: _Reader, data: Mapping[str, Any]) -> RepairConfig:
     p = "repair"
-    r.check_keys(data, p, {"id", "host", "admin_port", "rebuild_rate", "interval_seconds", "gc",
-                           "gc_interval_seconds", "rebalance", "rebalance_rate",
-                           "rebalance_interval_seconds"})
+    r.check_keys(data, p, {"id", "host", "admin_port", "rebuild_rate", "interval_seconds",
+                           "node_down_out_seconds", "gc", "gc_interval_seconds", "rebalance",
+                           "rebalance_rate", "rebalance_interval_seconds"})
     d = RepairConfig()
     rate = r.size(data, "rebuild_rate", p, d.rebuild_rate_bytes)
     if rate <= 0:
@@ -488,6 +491,7 @@ def _repair(r: _Reader, data: Mapping[str, Any]) -> RepairConfig:
         admin_port=r.port(data, "admin_port", p, d.admin_port),
         rebuild_rate_bytes=rate,
         interval_s=_non_negative(r, data, "interval_seconds", p, d.interval_s),
+        node_down_out_s=_non_negative(r, data, "node_down_out_seconds", p, d.node_down_out_s),
         gc=r.get(data, "gc", p, bool, d.gc),
         gc_interval_s=_non_negative(r, data, "gc_interval_seconds", p, d.gc_interval_s),
         rebalance=r.get(data, "rebalance", p, bool, d.rebalance),

@@ -11,7 +11,11 @@ nodes about the fragments in batches (``frag.stat_many``), and judges each fragm
   a node the cluster no longer has: rebuilt onto another node, chosen away from the layout's
   failure domains (:func:`choose_targets`), and the record rewritten with a conditional write;
 - ``unreachable``: the node does not answer: nothing to do until it is back (then its fragments
-  are ``ok``, or ``missing`` and rebuilt onto it).
+  are ``ok``, or ``missing`` and rebuilt onto it);
+- ``out``: the node has not answered for ``out_after_s`` (``[repair] node_down_out_seconds``,
+  tracked by :class:`liveness.NodeLiveness`): its fragments are rebuilt onto other nodes as
+  ``unplaced`` ones are, and the record rewritten only where it still names the out node.
+  Should the node come back, its copies are unnamed and the garbage collector removes them.
 
 A rebuild reads k surviving fragments a few stripes at a time (data fragments first, switching
 to another survivor if one fails mid-way), regenerates the wanted blocks with zfec
@@ -41,6 +45,7 @@ from .datapath import StoragePool
 from contextlib import aclosing
 
 from .layouts import LayoutRef, layouts_in, rewrite, walk_layouts
+from .liveness import NodeLiveness
 from .metadata.client import MetadataClient
 from .metadata.errors import ConditionFailed, MetadataError
 from .placement import NodeSite
@@ -108,19 +113,27 @@ class FragState(enum.Enum):
     BAD = "bad"                  # node up, file damaged or of the wrong size
     UNPLACED = "unplaced"        # no node (written degraded) or a node no longer in the cluster
     UNREACHABLE = "unreachable"  # node not answering
+    OUT = "out"                  # node not answering for longer than node_down_out_seconds
 
     @property
     def rebuildable(self) -> bool:
-        return self in (FragState.MISSING, FragState.BAD, FragState.UNPLACED)
+        return self in (FragState.MISSING, FragState.BAD, FragState.UNPLACED, FragState.OUT)
+
+    @property
+    def relocated(self) -> bool:
+        """Rebuilt onto another node (not the one the layout names)."""
+        return self in (FragState.UNPLACED, FragState.OUT)
 
 
-def judge(layout: Layout, index: int, stat: Mapping[str, Any] | None, *, known: bool = True) -> FragState:
+def judge(layout: Layout, index: int, stat: Mapping[str, Any] | None, *, known: bool = True,
+          out: bool = False) -> FragState:
     """What fragment ``index`` of ``layout`` is, from its node's ``frag.stat_many`` answer
-    (``stat`` None: the node did not answer). ``known``: the node is in the cluster."""
+    (``stat`` None: the node did not answer). ``known``: the node is in the cluster; ``out``:
+    it has been down for longer than ``node_down_out_seconds``."""
     if layout.nodes[index] is None or not known:
         return FragState.UNPLACED
     if stat is None:
-        return FragState.UNREACHABLE
+        return FragState.OUT if out else FragState.UNREACHABLE
     err = stat.get("error")
     if err == "fragment_not_found":
         return FragState.MISSING
@@ -214,16 +227,17 @@ def plan_rebuild(check: LayoutCheck, up: Sequence[NodeSite], sites: Mapping[str,
     targets: dict[int, str] = {}
     unplaced = []
     for i in want:
-        if check.states[i] is FragState.UNPLACED:
+        if check.states[i].relocated:
             unplaced.append(i)
         else:
             targets[i] = lay.nodes[i]  # type: ignore[assignment]
     moved: set[int] = set()
     new_layout = None
     if unplaced:
-        # Nodes the cluster lost count as taken no more; nodes merely unreachable still hold theirs.
+        # Nodes the cluster lost (or that are out) count as taken no more; nodes merely
+        # unreachable still hold theirs.
         known_lay = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
-                           nodes=tuple(n if (n in sites and check.states[i] is not FragState.UNPLACED) else None
+                           nodes=tuple(n if (n in sites and not check.states[i].relocated) else None
                                        for i, n in enumerate(lay.nodes)))
         picked = choose_targets(known_lay, len(unplaced), up, sites)
         nodes = list(lay.nodes)
@@ -244,11 +258,14 @@ def plan_rebuild(check: LayoutCheck, up: Sequence[NodeSite], sites: Mapping[str,
 # --- the reconstructor -------------------------------------------------------------------------
 
 class Reconstructor:
-    """Checks every layout and rebuilds what :func:`plan_rebuild` says, ``rate_bytes_s`` paced."""
+    """Checks every layout and rebuilds what :func:`plan_rebuild` says, ``rate_bytes_s`` paced.
+
+    ``out_after_s``: a storage node that has failed every health check for this long is out
+    (its fragments are rebuilt elsewhere); 0 waits for down nodes forever."""
 
     def __init__(self, cluster: Any, meta: MetadataClient, pool: StoragePool, *, rate_bytes_s: float,
                  clock: Clock = SYSTEM_CLOCK, interval_s: float = 60.0,
-                 batch_bytes: int = REBUILD_BATCH_BYTES) -> None:
+                 batch_bytes: int = REBUILD_BATCH_BYTES, out_after_s: float = 0.0) -> None:
         self.cluster = cluster
         self.meta = meta
         self.pool = pool
@@ -257,10 +274,11 @@ class Reconstructor:
         self.batch_bytes = batch_bytes
         self.pacer = Pacer(rate_bytes_s, clock=clock)
         self.sites = {s.id: s for s in pool.sites}
+        self.liveness = NodeLiveness(out_after_s)
         self.counters: dict[str, float] = {
             "passes": 0, "layouts_checked": 0, "fragments_rebuilt": 0, "fragments_relocated": 0,
             "bytes_rebuilt": 0, "bytes_read": 0, "rebuild_seconds": 0.0, "failures": 0,
-            "records_rewritten": 0, "orphaned_rebuilds": 0,
+            "records_rewritten": 0, "orphaned_rebuilds": 0, "out_fragments_rebuilt": 0,
         }
         self.failures: dict[str, int] = {}
         # Figures of the last complete pass (what `headwater status` shows) and the current one.
@@ -283,7 +301,18 @@ class Reconstructor:
             out[f"failures_{reason}"] = n
         out["rebuild_bytes_per_second"] = (self.counters["bytes_rebuilt"] / self.counters["rebuild_seconds"]
                                            if self.counters["rebuild_seconds"] else 0.0)
+        now = self.clock.monotonic()
+        out["nodes_down"] = len(self.liveness.down(now))
+        out["nodes_out"] = len(self.liveness.out(now))
+        out["nodes_marked_out"] = self.liveness.outs
+        out["node_down_out_seconds"] = self.liveness.out_after_s
         return out
+
+    def node_liveness(self) -> dict[str, Any]:
+        """Storage nodes down now, with seconds down, and which of them are out."""
+        now = self.clock.monotonic()
+        return {"down": {n: round(s, 1) for n, s in self.liveness.down(now).items()},
+                "out": sorted(self.liveness.out(now))}
 
     def _failed(self, exc: BaseException, what: str) -> None:
         reason = failure_reason(exc)
@@ -318,34 +347,45 @@ class Reconstructor:
         async with anyio.create_task_group() as tg:
             for node, fids in by_node.items():
                 tg.start_soon(ask, node, fids)
+        now = self.clock.monotonic()
+        self.liveness.observe_many(up, set(by_node) - up, now)
+        out = self.liveness.out(now)
         checks = []
         for ref in refs:
             lay = ref.layout
             if lay.size == 0:
                 continue
             states = tuple(judge(lay, i, answers.get((n, lay.fid(i))) if n in up else None,
-                                 known=n is None or n in self.sites)
+                                 known=n is None or n in self.sites, out=n in out)
                            for i, n in enumerate(lay.nodes))
             checks.append(LayoutCheck(ref=ref, states=states))
         return checks, up
 
-    async def _up_sites(self, answered: set[str]) -> list[NodeSite]:
-        """Storage nodes that can take a relocated fragment now: they answer ``node.info``."""
+    async def probe_nodes(self) -> list[NodeSite]:
+        """Ping every storage node (``node.info``) and record who answered in :attr:`liveness`:
+        the health check that starts each pass (so a node holding nothing the pass looks at is
+        tracked too). Returns the nodes that answered: those that can take a fragment rebuilt
+        away from its layout's node."""
         up: list[NodeSite] = []
+        down: list[str] = []
 
         async def ping(site: NodeSite) -> None:
-            if site.id in answered:
-                up.append(site)
-                return
             try:
                 await self.pool.client(site.id).info(timeout=STAT_TIMEOUT_S)
             except (RpcError, TimeoutError):
+                down.append(site.id)
                 return
             up.append(site)
 
         async with anyio.create_task_group() as tg:
             for s in self.sites.values():
                 tg.start_soon(ping, s)
+        now = self.clock.monotonic()
+        self.liveness.observe_many([s.id for s in up], down, now)
+        for node, secs in self.liveness.down(now).items():
+            log.warning("reconstructor: storage node %s down for %.0fs%s", node, secs,
+                        " (out: its fragments are rebuilt onto other nodes)"
+                        if self.liveness.is_out(node, now) else "")
         return sorted(up, key=lambda s: s.id)
 
     # --- a pass ------------------------------------------------------------------------------
@@ -356,13 +396,14 @@ class Reconstructor:
         self.current = {k: 0 for k in self.last}
         degraded_objects: set[tuple[str, str]] = set()
         unreadable: set[tuple[str, str]] = set()
-        up_sites: list[NodeSite] | None = None
         try:
+            # Every node pinged once a pass: who is down (and out), and who can take a fragment
+            # rebuilt away from its layout's node.
+            up_sites = await self.probe_nodes()
             batch: list[LayoutRef] = []
 
             async def flush() -> None:
-                nonlocal up_sites
-                checks, answered = await self.check(batch)
+                checks, _answered = await self.check(batch)
                 batch.clear()
                 for c in checks:
                     self.current["layouts"] += 1
@@ -370,9 +411,7 @@ class Reconstructor:
                     if not c.degraded:
                         continue
                     obj = (c.ref.ns, c.ref.key)
-                    if up_sites is None and any(s is FragState.UNPLACED for s in c.states):
-                        up_sites = await self._up_sites(answered)
-                    plan = plan_rebuild(c, up_sites or [], self.sites)
+                    plan = plan_rebuild(c, up_sites, self.sites)
                     if plan is not None:
                         try:
                             done = await self.rebuild(plan)
@@ -452,7 +491,10 @@ class Reconstructor:
         self.counters["fragments_rebuilt"] += len(targets)
         moved = {i: n for i, n in targets.items() if i in plan.moved}
         if moved:
-            await self.record_moves(plan.check.ref, moved)
+            applied: set[int] = set()
+            await self.record_moves(plan.check.ref, moved, off={i: lay.nodes[i] for i in moved}, applied=applied)
+            self.counters["out_fragments_rebuilt"] += sum(
+                1 for i in applied if plan.check.states[i] is FragState.OUT)
         log.info("reconstructor: rebuilt %s fragments %s (%d bytes)", lay.oid,
                  {i: n for i, n in sorted(targets.items())}, written)
         return targets
@@ -543,7 +585,9 @@ class Reconstructor:
                 pass  # a temp file left behind is the node's own collector's
 
     async def record_moves(self, ref: LayoutRef, moved: dict[int, str], *,
-                            replacing: Mapping[int, str] | None = None) -> bool:
+                            replacing: Mapping[int, str] | None = None,
+                            off: Mapping[int, str | None] | None = None,
+                            applied: set[int] | None = None) -> bool:
         """Point the record at the fragments rebuilt onto new nodes: a compare-and-swap on the
         layout field, re-read and retried if the record changed for another reason. If the
         layout is gone (object overwritten or deleted meanwhile), the new fragments are removed;
@@ -551,7 +595,10 @@ class Reconstructor:
 
         ``replacing`` (the rebalancer's moves: index -> the node the fragment moves off) makes
         every index conditional on still being on that node; if one is not, nothing is rewritten
-        and the new fragments are removed. Returns whether the record was rewritten."""
+        and the new fragments are removed. Without it (the reconstructor's), an index is
+        rewritten where the record names no node, a node the cluster no longer has, or still
+        ``off[i]`` (the out node it was rebuilt away from); indexes rewritten are added to
+        ``applied``. Returns whether the record was rewritten."""
         oid = ref.layout.oid
         for _attempt in range(4):
             current = next((r for r in _refs_of(ref) if r.layout.oid == oid), None)
@@ -560,9 +607,14 @@ class Reconstructor:
             nodes = list(current.layout.nodes)
             if replacing is not None and any(nodes[i] != replacing[i] for i in moved):
                 break
+            done = set()
             for i, node in moved.items():
-                if replacing is not None or nodes[i] is None or nodes[i] not in self.sites:
+                if (replacing is not None or nodes[i] is None or nodes[i] not in self.sites
+                        or (off is not None and off.get(i) is not None and nodes[i] == off[i])):
                     nodes[i] = node
+                    done.add(i)
+            if not done:
+                break  # every index was filled by someone else meanwhile: ours are garbage
             lay = current.layout
             new = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
                          nodes=tuple(nodes))
@@ -577,7 +629,9 @@ class Reconstructor:
                 continue
             if replacing is None:
                 self.counters["records_rewritten"] += 1
-                self.counters["fragments_relocated"] += len(moved)
+                self.counters["fragments_relocated"] += len(done)
+            if applied is not None:
+                applied |= done
             return True
         # The layout is gone: what was rebuilt for it is garbage now.
         if replacing is None:

@@ -26,7 +26,7 @@ Operator methods: ``ring.get`` -> {ring}; ``meta.config`` {g} -> {config, leader
 walk the group to those voters, one server at a time); ``meta.retire`` {g, config} (this node
 was removed by that committed configuration: drop the replica).
 
-Peer methods: ``raft.vote``, ``raft.append``, ``raft.snapshot`` (see ``raft/group.py``).
+Peer methods: ``raft.vote``, ``raft.append``, ``raft.snapshot``, ``raft.timeout_now`` (see ``raft/group.py``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class MetadataNode:
                          ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),
                          ("meta.retire", self._meta_retire),
                          ("raft.vote", self._raft("on_vote")),
-                         ("raft.append", self._raft("on_append")), ("raft.snapshot", self._raft("on_snapshot"))):
+                         ("raft.append", self._raft("on_append")), ("raft.snapshot", self._raft("on_snapshot")),
+                         ("raft.timeout_now", self._raft("on_timeout_now"))):
             self.server.add(name, fn)
 
     def statistics(self) -> dict[str, int]:
@@ -286,10 +287,10 @@ class MetadataNode:
             g = self.groups.get(name)  # type: ignore[arg-type]
             if g is None:
                 index = self._group_index(name)
-                if method == "on_vote":
+                if method in ("on_vote", "on_timeout_now"):
                     # No replica here: no vote to give (it is not a voter of any configuration
                     # it knows). A replica is created only by a leader's message.
-                    return {"term": 0, "granted": False, "pre": bool(args.get("pre", False))}
+                    return {"term": 0, "granted": False, "pre": bool(args.get("pre", False)), "started": False}
                 g = await self._adopt(index)
             return await getattr(g, method)(args)
         return handler
@@ -449,7 +450,7 @@ class MetadataNode:
         if g is None:
             moved = self.retired.get(name)  # type: ignore[arg-type]
             return {"config": moved.to_wire() if moved else None, "leader": None, "role": "retired" if moved else None}
-        return {"config": g.config.to_wire(), "leader": g.leader, "role": str(g.core.role),
+        return {"config": g.config.to_wire(), "leader": g.leader, "role": str(g.core.role), "term": g.core.term,
                 "applied": g.core.applied, "commit": g.core.commit}
 
     async def _meta_reconfigure(self, args: dict, payload: bytes) -> dict[str, Any]:
@@ -483,7 +484,7 @@ class MetadataNode:
             raise self._bad(f"meta.retire: {self.config.id} is still a member of {name} in {cfg.voters}")
         g = self.groups.get(name)  # type: ignore[arg-type]
         if g is not None:
-            if self.config.id in g.config.nodes and g.core.config_index > 0 and g.is_leader:
+            if g.is_leader:
                 raise self._bad(f"meta.retire: {self.config.id} still leads {name}")
             await g.retire(cfg)
             del self.groups[name]

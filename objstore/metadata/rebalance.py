@@ -81,11 +81,13 @@ async def _state(pool: ClientPool, ring: PartitionMap, g: int, timeout_s: float)
     st = GroupState(group=g, target=tuple(sorted(ring.members_of(g))))
     views = await _views(pool, g, timeout_s)
     st.holders = sorted(n for n, v in views.items() if v.get("role") not in (None, "retired"))
-    for node, v in views.items():
-        if v.get("role") == "leader":
-            st.leader = node
-            st.voters = tuple(v["config"]["voters"])
-            st.learners = tuple(v["config"]["learners"])
+    # A deposed leader may not know it yet: the one of the latest term leads.
+    leaders = sorted((int(v.get("term", 0)), node) for node, v in views.items() if v.get("role") == "leader")
+    if leaders:
+        node = leaders[-1][1]
+        st.leader = node
+        st.voters = tuple(views[node]["config"]["voters"])
+        st.learners = tuple(views[node]["config"]["learners"])
     return st
 
 

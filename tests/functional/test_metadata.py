@@ -186,6 +186,10 @@ async def test_a_restarted_node_catches_up_from_the_log(tmp_path):
             recs = [store.get("obj/b", ring.partition_of("obj/b", k), k) for k in [*keys, "gone"]]
             return [r.value if r else None for r in recs] == [{"n": k} for k in keys] + [None]
         await settle(caught_up)
+        # ... and heard from every group's leader: a group that took no write while it was away
+        # may have elected its first leader without it, and until a leader reaches it, its empty
+        # log makes it refuse votes (a replaced disk must not vote twice)
+        await settle(lambda: all(g.leader is not None for g in mc.node(2).groups.values()))
         # now either other node may fail and node 2 still serves everything with one partner
         await mc.stop(0)
         assert {e.key for e in await meta.scan("obj/b")} == set(keys)

@@ -7,7 +7,10 @@ time is a FakeClock, so rate limits and grace periods cost no sleeping.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,4 +221,71 @@ async def test_collector_removes_orphans_after_grace_and_keeps_what_records_name
             for i, node in enumerate(kept.nodes):
                 assert by_id[node].path_of(kept.fid(i)).exists()
             assert gc.stats()["candidates"] == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_an_out_nodes_fragments_are_rebuilt_elsewhere_and_its_copies_collected_when_back(tmp_path):
+    """A node down for node_down_out_seconds is out: its fragments are rebuilt onto the spare
+    node and the records point there; once it answers again it is no longer out, and the
+    collector removes its now unnamed copies after the grace period."""
+    async with anyio.create_task_group() as tg:
+        cluster, nodes = await start_nodes(tg, tmp_path, n=7)
+        by_id = {n.id: n for n in nodes}
+        meta = DictMeta()
+        async with StoragePool(cluster) as pool:
+            data = {f"k{i}": os.urandom(3 * SCHEME.stripe_bytes + 1000 * i + 1) for i in range(6)}
+            lays = {k: await put_object(pool, meta, k, v) for k, v in data.items()}
+        victim = lays["k0"].nodes[2]
+        on_victim = {k for k, lay in lays.items() if victim in lay.nodes}
+        # the victim stops answering: its address is now a port bound but never listened on
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        cut = ClusterConfig(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1]) if s.id == victim
+                                          else s for s in cluster.storage))
+        clock = FakeClock(autojump=True)
+        try:
+            async with StoragePool(cut) as down_pool:
+                recon = Reconstructor(cut, meta, down_pool, rate_bytes_s=1024 * KiB, clock=clock, out_after_s=600)
+                figures = await recon.run_once()     # down, not out: waited for
+                assert recon.node_liveness() == {"down": {victim: 0.0}, "out": []}
+                assert figures["degraded_objects"] == len(on_victim) and recon.stats()["fragments_rebuilt"] == 0
+                clock.advance(599)
+                await recon.run_once()
+                assert recon.node_liveness()["out"] == [] and recon.stats()["fragments_rebuilt"] == 0
+                clock.advance(1)
+                figures = await recon.run_once()     # 600 s of failed checks: out
+                st = recon.stats()
+                live = recon.node_liveness()  # (rebuilds are paced on the fake clock: it moved on)
+                assert live["out"] == [victim] and list(live["down"]) == [victim] and live["down"][victim] >= 600
+                assert st["nodes_out"] == 1 and st["nodes_down"] == 1 and st["nodes_marked_out"] == 1
+                assert figures["degraded_objects"] == 0
+                assert st["out_fragments_rebuilt"] == len(on_victim) == st["fragments_relocated"]
+                moved = {k: Layout.from_value(meta.data["obj/b"][k]["layouts"][0]) for k in data}
+                for k, new in moved.items():
+                    assert victim not in new.nodes and len(set(new.nodes)) == 6
+                    if k in on_victim:
+                        i = lays[k].nodes.index(victim)
+                        all_verify(by_id[new.nodes[i]], new.fid(i), new.stripes)
+                    assert await read_back(down_pool, new) == data[k]
+                assert (await recon.run_once())["degraded_objects"] == 0 and recon.stats()["fragments_rebuilt"] == len(on_victim)
+        finally:
+            dead.close()
+        # the victim answers again: no longer down nor out; its copies are garbage now
+        async with StoragePool(cluster) as pool:
+            recon.pool = pool
+            assert (await recon.run_once())["degraded_objects"] == 0
+            assert recon.node_liveness() == {"down": {}, "out": []} and recon.stats()["nodes_out"] == 0
+            stale = [lays[k].fid(lays[k].nodes.index(victim)) for k in on_victim]
+            assert all(by_id[victim].path_of(f).exists() for f in stale)
+            gc_clock = FakeClock(start=time.time() + 100, autojump=True)
+            gc = GarbageCollector(meta, pool, grace_s=30, clock=gc_clock)
+            assert await gc.run_once() == 0 and gc.stats()["candidates"] == len(stale)
+            gc_clock.advance(30)
+            assert await gc.run_once() == len(stale)
+            assert not any(by_id[victim].path_of(f).exists() for f in stale)
+            # the rebuilt objects survive losing two more fragments each, from the survivors alone
+            for k, new in moved.items():
+                for i in (0, 1):
+                    by_id[new.nodes[i]].path_of(new.fid(i)).unlink()
+                assert await read_back(pool, new) == data[k]
         tg.cancel_scope.cancel()

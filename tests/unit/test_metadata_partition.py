@@ -72,3 +72,51 @@ def test_helpers():
         PartitionMap(partitions=0, nodes=("a",))
     with pytest.raises(ValueError):
         PartitionMap(partitions=4, nodes=("a", "a"))
+
+
+def test_groups_are_fixed_per_partition_and_placed_by_rendezvous():
+    ring = PartitionMap(partitions=64, groups=8, nodes=("a", "b", "c", "d"))
+    assert [ring.group_of(p) for p in range(10)] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
+    assert ring.partitions_in(3) == [3, 11, 19, 27, 35, 43, 51, 59]
+    assert all(ring.replica_set(p) == ring.members_of(p % 8) for p in range(64))
+    # a fifth node changes only the groups it wins: the group's partitions stay where they are
+    wider = PartitionMap(partitions=64, groups=8, nodes=("a", "b", "c", "d", "e"))
+    for g in range(8):
+        if "e" not in wider.members_of(g):
+            assert set(wider.members_of(g)) == set(ring.members_of(g))
+        else:
+            assert len(set(wider.members_of(g)) - set(ring.members_of(g))) == 1
+    with pytest.raises(ValueError):
+        PartitionMap(partitions=4, groups=5, nodes=("a",))
+
+
+def _toml(objstore: str = "", drain: str = "") -> str:
+    return f"""
+[objstore]
+{objstore}
+[[metadata]]
+id = "m1"
+port = 9201
+admin_port = 9301
+{drain}
+[[metadata]]
+id = "m2"
+port = 9202
+admin_port = 9302
+"""
+
+
+def test_metadata_groups_and_drain_are_read_and_checked():
+    from headwater.config import ConfigError, loads
+    cfg = loads(_toml())
+    assert cfg.objstore.metadata_groups == 8 and not cfg.metadata[0].drain
+    cfg = loads(_toml("partitions = 4"))
+    assert cfg.objstore.metadata_groups == 4  # never more groups than partitions
+    cfg = loads(_toml("metadata_groups = 2", "drain = true"))
+    assert cfg.objstore.metadata_groups == 2 and cfg.metadata[0].drain
+    assert PartitionMap.from_cluster(cfg).nodes == ("m2",)  # a draining node is placed nowhere
+    for bad in ("metadata_groups = 0", "partitions = 4\nmetadata_groups = 5"):
+        with pytest.raises(ConfigError, match="metadata_groups"):
+            loads(_toml(bad), path="c.toml")
+    with pytest.raises(ConfigError, match="drain"):
+        loads(_toml("", 'drain = "yes"'), path="c.toml")

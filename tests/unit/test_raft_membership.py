@@ -886,3 +886,58 @@ def test_simulation_exercises_every_kind_of_change() -> None:
 @pytest.mark.parametrize("seed", range(100))
 def test_simulation_with_membership_changes_soak(seed: int, voters: int, pool: int) -> None:
     run_membership_sim(seed * 104729 + voters * 10 + pool, seconds=40.0, voters=voters, pool=pool)
+
+
+# --- leadership transfer (thesis 3.10) -----------------------------------------------------------
+
+def test_a_leader_hands_its_leadership_to_a_caught_up_voter_which_wins_at_once():
+    nodes = group(ABC)
+    a = nodes["a"]
+    win(a, nodes, 2 * TIMING.election_s)
+    now = sync(a, nodes, 2 * TIMING.election_s)
+    a.propose(b"x")
+    a.transfer_leadership("b", now)
+    assert a.timeout_now_for("b") is None  # b lacks the entry just proposed
+    assert a.timeout_now_for("c") is None  # not the chosen one
+    now = sync(a, nodes, now, rounds=2)
+    term = a.timeout_now_for("b")
+    assert term == a.term and a.timeout_now_for("b") is None  # once per transfer
+    b, c = nodes["b"], nodes["c"]
+    assert b.on_timeout_now(term, "a", now) and b.role is Role.CANDIDATE
+    flush(b, now)
+    (_, req), *_ = b.vote_requests()
+    assert req.transfer and not req.pre
+    # c heard from a a moment ago: without the transfer flag it would refuse (leader stickiness)
+    plain = VoteRequest(term=req.term, candidate="b", last_index=req.last_index, last_term=req.last_term)
+    assert not c.on_vote(plain, now).granted
+    reply = c.on_vote(req, now)
+    flush(c, now)
+    assert reply.granted
+    b.on_vote_reply("c", reply, now)
+    assert b.role is Role.LEADER
+    # the old leader learns of the new term from b's first append and follows
+    flush(b, now)
+    exchange(b, a, now + TIMING.heartbeat_s)
+    assert a.role is Role.FOLLOWER and a.leader == "b"
+
+
+def test_a_transfer_that_goes_nowhere_is_given_up_and_stale_timeout_nows_are_ignored():
+    nodes = group(ABC)
+    a = nodes["a"]
+    win(a, nodes, 2 * TIMING.election_s)
+    now = sync(a, nodes, 2 * TIMING.election_s)
+    a.transfer_leadership("c", now)
+    a.tick(now)
+    assert a.transferring_to == "c"
+    now = sync(a, nodes, now, only=("b",), rounds=11)  # c is cut off: it never catches up
+    a.tick(now)
+    assert a.role is Role.LEADER and a.transferring_to is None
+    with pytest.raises(ConfigChangeRefused):
+        a.transfer_leadership("a", now)
+    with pytest.raises(ConfigChangeRefused):
+        a.transfer_leadership("z", now)
+    b = nodes["b"]
+    assert not b.on_timeout_now(a.term - 1, "a", now)  # an old term's
+    assert not b.on_timeout_now(a.term, "c", now)  # not from the leader b follows
+    with pytest.raises(NotLeader):
+        b.transfer_leadership("c", now)

@@ -150,6 +150,9 @@ class VoteRequest:
     last_index: int
     last_term: int
     pre: bool = False
+    # Sent by the node a leader handed its leadership to (thesis 3.10): voters grant it although
+    # they heard from that leader a moment ago, which would otherwise protect the leader.
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,6 +304,9 @@ class RaftCore:
         self._first_round = 0  # rounds up to this one belong to an earlier leadership
         self._reads = _Reads()
         self._term_start = 0  # index of the leader's first entry in its term
+        self._transfer_to: str | None = None  # the voter this leader hands its leadership to
+        self._transfer_until = 0.0
+        self._transfer_election = False  # this node's current election was handed to it
 
     # --- log view -------------------------------------------------------------------------------
 
@@ -381,6 +387,45 @@ class RaftCore:
             raise ConfigChangeRefused("a group needs a voter")
         self._append([Entry(self.term, cfg.encode())])
         return self.last_index, self.term
+
+    def transfer_leadership(self, peer: str, now: float) -> None:
+        """Hand leadership to voter ``peer`` (thesis 3.10): once its log matches ours,
+        ``timeout_now_for(peer)`` says so and the shell tells it to stand for election at once;
+        it wins before anyone's election timer would have run out. Given up after an election
+        timeout. Raises NotLeader, ConfigChangeRefused (not a voter)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if peer == self.id or peer not in self.config.voters:
+            raise ConfigChangeRefused(f"{peer} is not another voter of the group")
+        self._transfer_to = peer
+        self._transfer_until = now + self.timing.election_s
+
+    @property
+    def transferring_to(self) -> str | None:
+        return self._transfer_to if self.role is Role.LEADER else None
+
+    def timeout_now_for(self, peer: str) -> int | None:
+        """The term to send ``peer`` a TimeoutNow in, when this leader is handing it the
+        leadership and its log has caught up (None otherwise); sent once per transfer."""
+        if self.role is not Role.LEADER or self._transfer_to != peer:
+            return None
+        pr = self._progress.get(peer)
+        if pr is None or pr.match < self.last_index:
+            return None
+        self._transfer_until = self._now + self.timing.election_s  # it has that long to win
+        self._transfer_to = None
+        return self.term
+
+    def on_timeout_now(self, term: int, leader: str, now: float) -> bool:
+        """The leader of ``term`` hands us its leadership: stand for election now, without a
+        pre-vote (the leader has stepped aside), asking voters to ignore its recent heartbeats.
+        Returns whether an election started."""
+        self._now = now
+        if term != self.term or not self.is_voter or self.role is Role.LEADER or leader != self.leader:
+            return False
+        self._start_election(now)
+        self._transfer_election = self.role is Role.CANDIDATE
+        return True
 
     def match_of(self, peer: str) -> int:
         """The leader's knowledge of how far ``peer``'s log matches its own (0 if unknown)."""
@@ -483,6 +528,8 @@ class RaftCore:
     def _become_follower(self, term: int, leader: str | None, now: float) -> None:
         if term > self.term:
             self._set_term(term, None)
+        self._transfer_to = None
+        self._transfer_election = False
         self.role = Role.FOLLOWER
         self.leader = leader
         self._progress = {}
@@ -491,6 +538,7 @@ class RaftCore:
 
     def _start_pre_vote(self, now: float) -> None:
         """Ask whether a majority would vote for us in the next term; nothing to persist."""
+        self._transfer_election = False
         self.role = Role.PRE_CANDIDATE
         self.leader = None
         self._votes = {self.id}
@@ -536,6 +584,8 @@ class RaftCore:
         """Run timers. When ``campaign`` moved, there are ``vote_requests()`` to send."""
         self._now = now
         if self.role is Role.LEADER:
+            if self._transfer_to is not None and now >= self._transfer_until:
+                self._transfer_to = None  # the transfer went nowhere: go on leading
             # Check quorum: a leader cut off from the majority stops accepting work.
             voters = self.config.voters
             heard = int(self.is_voter) + sum(1 for p, pr in self._progress.items()
@@ -565,7 +615,8 @@ class RaftCore:
             req = VoteRequest(term=self.term + 1, candidate=self.id, last_index=self.last_index,
                               last_term=self.last_term, pre=True)
         elif self.role is Role.CANDIDATE:
-            req = VoteRequest(term=self.term, candidate=self.id, last_index=self.last_index, last_term=self.last_term)
+            req = VoteRequest(term=self.term, candidate=self.id, last_index=self.last_index, last_term=self.last_term,
+                              transfer=self._transfer_election)
         else:
             return []
         return [(p, req) for p in self.config.voters if p != self.id and p not in self._votes]
@@ -577,6 +628,8 @@ class RaftCore:
         # A node that hears from a live leader, or leads, ignores candidates: a peer that was cut
         # off and comes back with a high term must not depose a working leader (thesis 4.2.3).
         in_lease = self.role is Role.LEADER or now - self._heard_leader_at < self.timing.election_s
+        if req.transfer and not req.pre:
+            in_lease = False  # the leader itself asked the candidate to stand
         if req.pre:
             return self._on_pre_vote(req, in_lease)
         if req.term > self.term and in_lease:

@@ -116,7 +116,7 @@ class RaftGroup:
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "reads": 0, "compactions": 0, "leader_changes": 0,
-                      "persist_errors": 0, "resyncs": 0, "config_changes": 0}
+                      "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0}
         self._last_leader: str | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ class RaftGroup:
         try:
             w = await self._send(peer, "raft.vote", {"g": self.group_id, "term": req.term, "candidate": req.candidate,
                                                      "last_index": req.last_index, "last_term": req.last_term,
-                                                     "pre": req.pre},
+                                                     "pre": req.pre, "transfer": req.transfer},
                                  self.settings.timing.election_s / 2)
         except Exception:
             return
@@ -319,6 +319,9 @@ class RaftGroup:
                 continue
             failures = 0
             self.core.on_append_reply(peer, msg, reply, self._clock())
+            term = self.core.timeout_now_for(peer)
+            if term is not None and self._tg is not None:
+                self._tg.start_soon(self._timeout_now, peer, term)
             self._notify()
 
     async def _send_snapshot(self, peer: str) -> tuple[int, bool, int]:
@@ -348,12 +351,28 @@ class RaftGroup:
         finally:
             txn.abort()
 
+    async def _timeout_now(self, peer: str, term: int) -> None:
+        log.info("raft group %s: handing the leadership of term %d to %s", self.group_id, term, peer)
+        try:
+            await self._send(peer, "raft.timeout_now", {"g": self.group_id, "term": term, "leader": self.node_id},
+                             self.settings.rpc_timeout_s)
+        except Exception as e:
+            log.warning("raft group %s: could not hand the leadership to %s: %r", self.group_id, peer, e)
+
     # --- peer requests --------------------------------------------------------------------------
+
+    async def on_timeout_now(self, args: dict[str, Any]) -> dict[str, Any]:
+        started = self.core.on_timeout_now(int(args["term"]), str(args["leader"]), self._clock())
+        if started:
+            self.stats["transfers_received"] += 1
+            self._campaign()
+            self._notify()
+        return {"started": started}
 
     async def on_vote(self, args: dict[str, Any]) -> dict[str, Any]:
         req = VoteRequest(term=int(args["term"]), candidate=str(args["candidate"]),
                           last_index=int(args["last_index"]), last_term=int(args["last_term"]),
-                          pre=bool(args.get("pre", False)))
+                          pre=bool(args.get("pre", False)), transfer=bool(args.get("transfer", False)))
         reply = self.core.on_vote(req, self._clock())
         await self._durable(self.core.seq)  # a vote is on disk before it is announced
         return {"term": reply.term, "granted": reply.granted, "pre": reply.pre}
@@ -519,9 +538,13 @@ class RaftGroup:
             if not remove:
                 return cfg
             node = remove[0]
-            done = await self._commit_config(make(voters - {node}, set()))
-            if node == self.node_id:
-                return done
+            if node == self.node_id and len(voters) > 1:
+                # Removing ourselves would leave the group leaderless for an election timeout:
+                # hand the leadership to the most caught-up remaining voter, which removes us.
+                heir = max(sorted(voters - {node}), key=self.core.match_of)
+                await self.transfer_leadership(heir)
+                raise NotLeader(heir)
+            await self._commit_config(make(voters - {node}, set()))
 
     async def _commit_config(self, cfg: Config) -> Config:
         deadline = anyio.current_time() + 10 * self.settings.timing.election_s
@@ -549,6 +572,17 @@ class RaftGroup:
         if self.core.term_at(index) not in (term, None):
             raise NotLeader(self.core.leader)
         return cfg
+
+    async def transfer_leadership(self, peer: str) -> None:
+        """Hand the leadership to voter ``peer`` and return once this node no longer leads.
+        Raises MembershipError if ``peer`` did not take it within an election timeout or two."""
+        self.core.transfer_leadership(peer, self._clock())
+        self._notify()
+        with anyio.move_on_after(3 * self.settings.timing.election_s):
+            while self.is_leader:
+                await self._wait_changed(self.settings.timing.heartbeat_s)
+            return
+        raise MembershipError(f"group {self.group_id}: {peer} did not take the leadership")
 
     async def _wait_caught_up(self, node: str, timeout_s: float) -> None:
         goal = self.core.commit
