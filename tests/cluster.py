@@ -120,6 +120,7 @@ class Daemon:
     host: str = "127.0.0.1"       # the address it binds (its "host's" address)
     netns: str | None = None      # network namespace it runs in (`ip netns exec`), if any
     domain_host: str | None = None  # failure-domain host name (storage `node_host`)
+    drain: bool = False           # metadata: `drain = true` (its groups move away on `meta rebalance`)
 
 
 class ClusterStartError(RuntimeError):
@@ -215,7 +216,8 @@ class Cluster:
                   f"admin_port = {g.admin_port}", f"workers = {self.workers}", ""]
         for d in self.metadata:
             lines += ["[[metadata]]", f'id = "{d.id}"', f'host = "{d.host}"', f"port = {d.port}",
-                      f"admin_port = {d.admin_port}", ""]
+                      f"admin_port = {d.admin_port}"]
+            lines += ["drain = true", ""] if d.drain else [""]
         for d in self.storage:
             lines += ["[[storage]]", f'id = "{d.id}"', f'host = "{d.host}"', f"port = {d.port}",
                       f"admin_port = {d.admin_port}"]
@@ -407,6 +409,40 @@ class Cluster:
             self._start_daemon(other)
         self.wait_ready(timeout, daemons=[self.gateway, *([self.repair] if self.repair else [])])
         return d
+
+    def add_metadata_node(self, timeout: float = CLUSTER_START_TIMEOUT_S) -> Daemon:
+        """Add a metadata node as an operator does: append a ``[[metadata]]`` to cluster.toml
+        and start that node alone (empty data_dir: it joins the existing ring and holds no
+        group until ``headwater meta rebalance`` moves some to it). Nothing else is restarted.
+        Returns the new node."""
+        assert self.mode == "nodes", "add_metadata_node needs mode='nodes'"
+        # never an id used before (a removed node's data_dir is still there)
+        used = [d.id for d in self.metadata] + [name for name in self.procs if name.startswith("meta-")]
+        n = max(int(i.rsplit("-", 1)[1]) for i in used) + 1
+        taken = {p for d in self.daemons for p in (d.port, d.admin_port)}
+        port, admin = [p for p in free_ports(8) if p not in taken][:2]
+        d = Daemon(id=f"meta-{n}", role="metadata", port=port, admin_port=admin,
+                   data_dir=self.data_dir / f"meta-{n}")
+        self.metadata.append(d)
+        self.config_path.write_text(self.config_text())
+        self._start_daemon(d)
+        self.wait_ready(timeout, daemons=[d])
+        return d
+
+    def set_drain(self, node_id: str, drain: bool = True) -> None:
+        """Mark a metadata node ``drain = true`` in cluster.toml (nothing is restarted)."""
+        d = self.daemon(node_id)
+        assert d.role == "metadata"
+        d.drain = drain
+        self.config_path.write_text(self.config_text())
+
+    def remove_metadata_node(self, node_id: str) -> None:
+        """Drop a (drained, stopped) metadata node's ``[[metadata]]`` from cluster.toml; its
+        process, if still running, stays in ``procs`` so that ``stop()`` ends it."""
+        d = self.daemon(node_id)
+        assert d.role == "metadata"
+        self.metadata.remove(d)
+        self.config_path.write_text(self.config_text())
 
     def status(self) -> list[dict[str, Any]]:
         out = self.headwater("status", "-c", str(self.config_path), "--json", timeout=30)

@@ -98,10 +98,12 @@ async def survey(cluster: ClusterConfig, *, timeout_s: float = 2.0) -> list[Grou
         return [await _state(pool, ring, g, timeout_s) for g in range(ring.groups)]
 
 
-async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attempts: int = 5,
+async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attempts: int = 3,
+                    leader_wait_s: float = 30.0,
                     report: Callable[[str], None] = lambda line: None) -> list[GroupState]:
     """Move every group to its placement in ``cluster``, one group at a time; returns the
-    groups' states afterwards. Raises RebalanceError for a group that could not be moved (the
+    groups' states afterwards. A group gets ``attempts`` failed changes and ``leader_wait_s``
+    without a leader before it counts as stuck. Raises RebalanceError for a group that could not be moved (the
     groups before it stay moved; running again goes on from there)."""
     ring = PartitionMap.from_cluster(cluster)
     wanted = min(DEFAULT_REPLICAS, len(cluster.metadata))
@@ -113,22 +115,29 @@ async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attemp
         for g in range(ring.groups):
             name = group_name(g)
             st = await _state(pool, ring, g, 2.0)
-            for attempt in range(attempts):
+            failures = redirects = 0
+            leaderless_until = anyio.current_time() + leader_wait_s
+            while failures < attempts and not (st.leader is not None and st.in_place):
                 if st.leader is None:
-                    await anyio.sleep(1.0)  # an election, or a leader that just removed itself
+                    # An election (a leader that just handed over, a busy machine): wait for it.
+                    if anyio.current_time() > leaderless_until:
+                        break
+                    await anyio.sleep(0.5)
                     st = await _state(pool, ring, g, 2.0)
                     continue
-                if st.in_place:
-                    break
+                leaderless_until = anyio.current_time() + leader_wait_s
                 report(f"{name}: {','.join(st.voters)} -> {','.join(st.target)} (leader {st.leader})")
                 try:
                     await (await pool.get(st.leader)).call(
                         "meta.reconfigure", {"g": name, "voters": {n: addresses[n] for n in st.target},
                                              "catch_up_s": catch_up_s}, timeout=catch_up_s + 60.0)
                 except NotLeaderError:
-                    pass
+                    redirects += 1  # handed over, or deposed: ask the group again
+                    if redirects > 10 * attempts:
+                        break
                 except (RpcError, OSError) as e:
-                    report(f"{name}: attempt {attempt + 1} failed: {e}")
+                    failures += 1
+                    report(f"{name}: attempt {failures} failed: {e}")
                     await anyio.sleep(1.0)
                 st = await _state(pool, ring, g, 2.0)
             if st.leader is None or not st.in_place:
