@@ -343,6 +343,9 @@ def _repair_text(details: dict[str, Any], now: float | None = None) -> str:
             parts.append(f"pass {details.get('pass_progress', 0):.0%}")
     parts.append(f"rebuilt {details.get('fragments_rebuilt', 0)} fragments "
                  f"({_human_bytes(details.get('bytes_rebuilt', 0))})")
+    out = set(details.get("nodes_out") or ())
+    for node, down_s in (details.get("nodes_down") or {}).items():
+        parts.append(f"{node} down {down_s:.0f}s" + (" (out: its fragments are rebuilt elsewhere)" if node in out else ""))
     gc = details.get("gc")
     if isinstance(gc, dict):
         parts.append(f"gc removed {gc.get('fragments_deleted', 0)}, {gc.get('candidates', 0)} waiting")

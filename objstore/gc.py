@@ -15,7 +15,8 @@ A pass (:meth:`GarbageCollector.run_once`):
    or the layouts that have it name another node for that fragment (a copy left behind by a
    rebalancer move or an old placement). It is deleted only once it has
    been a candidate continuously for ``grace_s`` (seen unreferenced by passes at least that far
-   apart, and never referenced in between) **and** its file is at least ``grace_s`` old.
+   apart, and never referenced in between) **and** its file is at least ``grace_s`` old; the
+   delete names the file's listed mtime, so a file committed over it meanwhile is not removed.
 
 Why that is safe for a PUT in progress: its fragments are committed (renamed into ``frags/``)
 moments before its record is; listing before walking means such a fragment is at worst a
@@ -173,7 +174,9 @@ class GarbageCollector:
         deleted = 0
         for f in due:
             try:
-                if await self.pool.client(f.node).delete(f.fid):
+                # only the file listed: one committed over it since (the same fid written to
+                # this node again, e.g. a fragment moved back onto a node that was out) stays
+                if await self.pool.client(f.node).delete(f.fid, if_mtime=f.mtime):
                     deleted += 1
                     self.counters["bytes_deleted"] += f.size
             except RpcError as e:

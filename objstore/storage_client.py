@@ -109,8 +109,12 @@ class StorageClient:
         """Ask the node to remove its stale temp files now; returns how many went."""
         return (await self._call("node.collect", {}, timeout=timeout)).result["removed"]
 
-    async def delete(self, fid: str, *, timeout: float | None = None) -> bool:
-        r = await self._call("frag.delete", {"fid": check_fid(fid)}, timeout=timeout)
+    async def delete(self, fid: str, *, if_mtime: float | None = None, timeout: float | None = None) -> bool:
+        """Remove a committed fragment; with ``if_mtime`` only the file ``list`` gave that mtime."""
+        args: dict = {"fid": check_fid(fid)}
+        if if_mtime is not None:
+            args["if_mtime"] = if_mtime
+        r = await self._call("frag.delete", args, timeout=timeout)
         return r.result["deleted"]
 
     async def info(self, *, timeout: float | None = None) -> dict:

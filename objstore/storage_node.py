@@ -20,7 +20,7 @@ method             args                                                       re
 ``frag.stat``      fid                                                        {block_bytes, nblocks,
                                                                               last_len, size_bytes,
                                                                               complete, meta}
-``frag.delete``    fid                                                        {deleted: bool}
+``frag.delete``    fid, if_mtime (optional: only the file listed with it)     {deleted: bool}
 ``frag.stat_many`` fids [...] (at most 1024)                                  {stats: [{fid, ...} or
                                                                               {fid, error: code}]}
 ``frag.list``      after (cursor), limit                                      {entries: [[fid, size,
@@ -366,19 +366,27 @@ class StorageNode:
             else:
                 self._committing.pop(fid, None)
 
-    async def delete(self, fid: str) -> bool:
+    async def delete(self, fid: str, if_mtime: float | None = None) -> bool:
+        """Remove a committed fragment. With ``if_mtime`` (the mtime ``frag.list`` gave), only
+        that file: not one committed over it since (the same fid written again, say a fragment
+        moved back onto this node), nor while a commit of the fid is under way."""
         check_fid(fid)
-        return await anyio.to_thread.run_sync(self._delete, fid)
+        return await anyio.to_thread.run_sync(self._delete, fid, if_mtime)
 
-    def _delete(self, fid: str) -> bool:
+    def _delete(self, fid: str, if_mtime: float | None = None) -> bool:
         path = self.path_of(fid)
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        self._fragments -= 1
-        self._used_bytes -= size
+        with self._lock:
+            if if_mtime is not None and self._committing.get(fid):
+                return False
+            try:
+                st = os.stat(path)
+                if if_mtime is not None and st.st_mtime != if_mtime:
+                    return False
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            self._fragments -= 1
+            self._used_bytes -= st.st_size
         self.counters["deletes"] += 1
         return True
 
@@ -512,7 +520,10 @@ class StorageNode:
         return await self.stat(args.get("fid"))
 
     async def _rpc_delete(self, args: dict, payload: bytes) -> Any:
-        return {"deleted": await self.delete(args.get("fid"))}
+        if_mtime = args.get("if_mtime")
+        if if_mtime is not None and (isinstance(if_mtime, bool) or not isinstance(if_mtime, (int, float))):
+            raise BadRequest("if_mtime must be a number")
+        return {"deleted": await self.delete(args.get("fid"), if_mtime)}
 
     async def _rpc_info(self, args: dict, payload: bytes) -> Any:
         return await self.info()

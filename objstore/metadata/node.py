@@ -181,8 +181,10 @@ class MetadataNode:
         assert self.store is not None and self._tg is not None
         name = group_name(g)
         storage = storage or RaftStorage(self.store, name, self.ring.partitions_in(g))
+        placed = self.ring.members_of(g)
         group = RaftGroup(group_id=name, node_id=self.config.id, initial=self._initial(g), storage=storage,
-                          transport=self._transport, settings=self._settings(), clock=self._clock)
+                          transport=self._transport, settings=self._settings(), clock=self._clock,
+                          preferred_leader=placed[0] if placed else None)
         self.groups[name] = group
         await self._tg.start(group.run)
         return group

@@ -147,6 +147,34 @@ async def test_quarantine_never_moves_a_file_committed_over_the_corrupt_one(tmp_
     assert sn.quarantine("x.0") is True
 
 
+async def test_a_delete_naming_the_listed_mtime_spares_a_file_committed_over_it(tmp_path):
+    """The collector deletes the file it listed, not one committed under the same fid since (a
+    fragment moved back onto a node that still had its old, unnamed copy)."""
+    sn = StorageNode("s1", tmp_path / "s1")
+    sn.prepare()
+
+    def write(fill: bytes) -> float:
+        w = fr.FragmentWriter(sn.tmp_dir / "x.0", "x.0", 64, {})
+        w.append(0, [fill * 64])
+        w.commit(sn.path_of("x.0"), 1)
+        return os.stat(sn.path_of("x.0")).st_mtime
+
+    listed = write(b"a")
+    os.utime(sn.path_of("x.0"), (listed - 600, listed - 600))  # an old copy
+    listed -= 600
+    fresh = write(b"b")                                         # committed over it
+    sn.prepare()  # recount
+    assert fresh != listed
+    assert await sn.delete("x.0", if_mtime=listed) is False
+    assert sn.path_of("x.0").read_bytes() and sn.stats()["fragments"] == 1
+    sn._mark_committing("x.0", +1)
+    assert await sn.delete("x.0", if_mtime=fresh) is False      # a commit of it under way
+    sn._mark_committing("x.0", -1)
+    assert await sn.delete("x.0", if_mtime=fresh) is True
+    assert not sn.path_of("x.0").exists() and sn.stats()["fragments"] == 0
+    assert await sn.delete("x.0") is False
+
+
 async def test_reconstructor_rebuilds_lost_corrupt_and_unplaced_fragments(tmp_path):
     async with anyio.create_task_group() as tg:
         cluster, nodes = await start_nodes(tg, tmp_path)

@@ -92,8 +92,14 @@ class RaftGroup:
 
     def __init__(self, *, group_id: str, node_id: str, initial: Config | tuple[str, ...], storage: RaftStorage,
                  transport: Transport, settings: GroupSettings = GroupSettings(),
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
-        """``initial``: the group's first membership (the ring's, before any change)."""
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 preferred_leader: str | None = None):
+        """``initial``: the group's first membership (the ring's, before any change).
+        ``preferred_leader``: the node that should lead when it can (placement's first choice,
+        which spreads leaders, and so the write work, evenly over the nodes)."""
+        self.preferred_leader = preferred_leader
+        self._leading_since = 0.0
+        self._last_handover = -1e18
         self.group_id = group_id
         self.node_id = node_id
         self.storage = storage
@@ -116,7 +122,8 @@ class RaftGroup:
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "reads": 0, "compactions": 0, "leader_changes": 0,
-                      "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0}
+                      "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0,
+                      "handovers": 0}
         self._last_leader: str | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -127,6 +134,7 @@ class RaftGroup:
         leader = self.core.leader
         if leader != self._last_leader:
             self._last_leader = leader
+            self._leading_since = self._clock()
             self.stats["leader_changes"] += 1
             log.info("raft group %s: leader is now %s (term %d)", self.group_id, leader, self.core.term)
 
@@ -252,11 +260,27 @@ class RaftGroup:
         while True:
             was = self.core.role
             self.core.tick(self._clock())
+            self._hand_to_preferred()
             self._sync_replicators(tg)
             self._campaign()
             if self.core.role is not was:
                 self._notify()
             await anyio.sleep(period)
+
+    def _hand_to_preferred(self) -> None:
+        """A leader that is not the group's preferred leader hands over to it once both have
+        been steady a while (leadership lands wherever an election timer fired first, which can
+        leave one node leading most groups). Rare on purpose: at most once a minute."""
+        c, now, election = self.core, self._clock(), self.settings.timing.election_s
+        p = self.preferred_leader
+        if (not self.is_leader or p is None or p == self.node_id or p not in c.config.voters
+                or c.transferring_to is not None or now - self._leading_since < 5 * election
+                or now - self._last_handover < max(60.0, 20 * election) or c.match_of(p) < c.commit):
+            return
+        self._last_handover = now
+        c.transfer_leadership(p, now)
+        self.stats["handovers"] += 1
+        self._notify()
 
     _sent_campaign = -1
     _tg: anyio.abc.TaskGroup | None = None
