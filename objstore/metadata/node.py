@@ -521,7 +521,7 @@ async def run_metadata_node(cluster: ClusterConfig, node: MetadataNodeConfig, *,
         groups = info.get("groups", {})
         return {"status": "ok" if mn.ready else "starting", "role": "metadata", "id": node.id,
                 "entries": info.get("entries"), "db_bytes": info.get("db_bytes"),
-                "raft": {gid: {k: g[k] for k in ("role", "term", "leader", "commit", "applied")}
+                "raft": {gid: {k: g[k] for k in ("role", "term", "leader", "commit", "applied", "voters")}
                          for gid, g in groups.items()}}
 
     async with anyio.create_task_group() as tg:

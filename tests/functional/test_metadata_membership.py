@@ -4,6 +4,7 @@ reads. Nothing acknowledged is lost, and clients that knew only the old nodes fo
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import anyio
@@ -115,3 +116,22 @@ async def test_rebalance_refuses_to_shrink_groups_below_three(tmp_path):
             dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
         with pytest.raises(RebalanceError, match="not draining"):
             await rebalance(mc.cfg)
+
+
+async def test_leaders_move_to_their_preferred_nodes_and_spread(tmp_path):
+    """Leadership lands wherever an election timer fires first; each group's leader hands over
+    to the placement's first choice once both are steady, so the write work spreads."""
+    from .test_metadata import settle
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        ring = PartitionMap.from_cluster(mc.cfg)
+        preferred = {group_name(g): ring.members_of(g)[0] for g in range(ring.groups)}
+
+        def settled() -> bool:
+            groups = [mc.node(int(node[-1])).groups.get(name) for name, node in preferred.items()]
+            return all(g is not None and g.is_leader for g in groups)
+        await settle(settled, timeout=30)
+        leading = [sum(g.is_leader for g in mc.node(i).groups.values()) for i in range(3)]
+        assert sorted(leading) == sorted(list(collections.Counter(preferred.values()).values())
+                                         + [0] * (3 - len(set(preferred.values()))))
+        await meta.put("obj/b", "k", {"n": 1})
+        assert (await meta.get("obj/b", "k")).value == {"n": 1}

@@ -106,7 +106,7 @@ def settled_leaders(view: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str
     groups = {gid for node in view.values() for gid in node}
     out = {}
     for gid in groups:
-        members = gid.split(",")
+        members = max((tuple(node[gid].get("voters", ())) for node in view.values() if gid in node), key=len)
         leaders = [(g["term"], n) for n, node in view.items() if (g := node.get(gid)) and g["role"] == "leader"]
         if not leaders:
             return None
