@@ -48,7 +48,7 @@ from headwater.rpc import BadRequest, ClientPool, RpcServer, Unavailable
 from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, NotLeaderError, NotStoredError, RingChanged
 from .partition import DEFAULT_REPLICAS, PartitionMap, group_name, rendezvous
 from .raft.core import Config, NotLeader, Timing
-from .raft.group import GroupSettings, MembershipError, NotStored, OutcomeUnknown, RaftGroup
+from .raft.group import Committer, GroupSettings, MembershipError, NotStored, OutcomeUnknown, RaftGroup
 from .raft.storage import RaftStorage, read_ring, write_ring
 from .store import Command, OpKind, Record, Store, record_from_wire, record_to_wire
 
@@ -83,6 +83,7 @@ class MetadataNode:
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
         self.peers = ClientPool({k: v for k, v in self._addresses.items() if k != node.id})
         self.groups: dict[str, RaftGroup] = {}
+        self.committer = Committer()  # one write transaction for every group busy at once
         self.retired: dict[str, Config] = {}  # groups this node was removed from, and where they went
         self.ring_record: dict[str, Any] | None = None
         self.ready = False  # the ring is known and the groups are running
@@ -107,6 +108,7 @@ class MetadataNode:
             for k, v in g.stats.items():
                 out[f"raft_{k}"] = out.get(f"raft_{k}", 0) + v
         out["raft_leading"] = sum(1 for g in self.groups.values() if g.is_leader)
+        out["raft_write_transactions"] = self.committer.stats["transactions"]
         return out
 
     def _settings(self) -> GroupSettings:
@@ -184,7 +186,7 @@ class MetadataNode:
         placed = self.ring.members_of(g)
         group = RaftGroup(group_id=name, node_id=self.config.id, initial=self._initial(g), storage=storage,
                           transport=self._transport, settings=self._settings(), clock=self._clock,
-                          preferred_leader=placed[0] if placed else None)
+                          preferred_leader=placed[0] if placed else None, committer=self.committer)
         self.groups[name] = group
         await self._tg.start(group.run)
         return group

@@ -129,7 +129,7 @@ async def test_leaders_move_to_their_preferred_nodes_and_spread(tmp_path):
         def settled() -> bool:
             groups = [mc.node(int(node[-1])).groups.get(name) for name, node in preferred.items()]
             return all(g is not None and g.is_leader for g in groups)
-        await settle(settled, timeout=30)
+        await settle(settled, timeout=60)
         leading = [sum(g.is_leader for g in mc.node(i).groups.values()) for i in range(3)]
         assert sorted(leading) == sorted(list(collections.Counter(preferred.values()).values())
                                          + [0] * (3 - len(set(preferred.values()))))

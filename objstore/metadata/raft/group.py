@@ -34,9 +34,9 @@ from ..errors import CorruptRecord
 from ..store import Command, CommandResult
 from .core import (AppendReply, AppendRequest, Config, ConfigChangeRefused, Entry, NotLeader, RaftCore, Ready, Role,
                    SnapshotNeeded, Timing, VoteReply, VoteRequest)
-from .storage import RaftStorage
+from .storage import RaftStorage, SaveItem, save_together
 
-__all__ = ["RaftGroup", "Transport", "NotStored", "OutcomeUnknown", "append_to_wire", "append_from_wire", "GroupSettings",
+__all__ = ["RaftGroup", "Committer", "Transport", "NotStored", "OutcomeUnknown", "append_to_wire", "append_from_wire", "GroupSettings",
            "MembershipError"]
 
 log = logging.getLogger("headwater.objstore.metadata.raft")
@@ -50,6 +50,50 @@ class NotStored(Exception):
 
 class OutcomeUnknown(Exception):
     """The proposed entry's fate was not seen here (a snapshot passed it): it may have committed."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: SaveItem
+    done: bool = False
+    error: Exception | None = None
+
+
+class Committer:
+    """Writes the readies of a node's groups: whatever piles up while one transaction is being
+    written goes into the next, whichever group it is from. LMDB takes one writer at a time
+    anyway, and each transaction costs an fsync: groups busy at once share it."""
+
+    def __init__(self) -> None:
+        self._queue: list[_Pending] = []
+        self._lock = anyio.Lock()
+        self.stats = {"transactions": 0, "readies": 0}
+
+    async def save(self, item: SaveItem) -> None:
+        """Persist one group's ready (see ``RaftStorage.save``); raises what writing it raised."""
+        mine = _Pending(item)
+        self._queue.append(mine)
+        try:
+            async with self._lock:
+                if not mine.done:
+                    batch, self._queue = self._queue, []
+                    # Shielded: once taken, the batch is written and every item told how it
+                    # went, even if this caller is cancelled meanwhile (a group being stopped).
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            errors = await anyio.to_thread.run_sync(save_together, [p.item for p in batch])
+                        except Exception as e:  # a bug: say so to everyone in the batch
+                            errors = [e] * len(batch)
+                    self.stats["transactions"] += 1
+                    self.stats["readies"] += len(batch)
+                    for p, err in zip(batch, errors):
+                        p.done, p.error = True, err
+        except BaseException:
+            if not mine.done and mine in self._queue:
+                self._queue.remove(mine)  # a stopped group's work must not be written later
+            raise
+        if mine.error is not None:
+            raise mine.error
 
 
 class MembershipError(Exception):
@@ -93,11 +137,12 @@ class RaftGroup:
     def __init__(self, *, group_id: str, node_id: str, initial: Config | tuple[str, ...], storage: RaftStorage,
                  transport: Transport, settings: GroupSettings = GroupSettings(),
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 preferred_leader: str | None = None):
+                 preferred_leader: str | None = None, committer: Committer | None = None):
         """``initial``: the group's first membership (the ring's, before any change).
         ``preferred_leader``: the node that should lead when it can (placement's first choice,
         which spreads leaders, and so the write work, evenly over the nodes)."""
         self.preferred_leader = preferred_leader
+        self._committer = committer or Committer()
         self._leading_since = 0.0
         self._last_handover = -1e18
         self.group_id = group_id
@@ -201,7 +246,7 @@ class RaftGroup:
                 if not r.empty:
                     snap = (self.core.snapshot_index, self.core.snapshot_term)
                     try:
-                        await anyio.to_thread.run_sync(self.storage.save, r, snap, self._on_applied)
+                        await self._committer.save((self.storage, r, snap, self._on_applied))
                     except CorruptRecord as e:
                         self.core.unready(r)
                         await self._resync(f"a record failed its checksum while applying: {e}")
@@ -270,11 +315,12 @@ class RaftGroup:
     def _hand_to_preferred(self) -> None:
         """A leader that is not the group's preferred leader hands over to it once both have
         been steady a while (leadership lands wherever an election timer fired first, which can
-        leave one node leading most groups). Rare on purpose: at most once a minute."""
+        leave one node leading most groups). Rare on purpose: after 10 s of steady leadership
+        at the earliest, and at most once a minute."""
         c, now, election = self.core, self._clock(), self.settings.timing.election_s
         p = self.preferred_leader
         if (not self.is_leader or p is None or p == self.node_id or p not in c.config.voters
-                or c.transferring_to is not None or now - self._leading_since < 5 * election
+                or c.transferring_to is not None or now - self._leading_since < max(10.0, 10 * election)
                 or now - self._last_handover < max(60.0, 20 * election) or c.match_of(p) < c.commit):
             return
         self._last_handover = now

@@ -31,7 +31,7 @@ from ..errors import StoreFull
 from ..store import Command, CommandResult, Record, Store
 from .core import Config, Entry, HardState, Ready, is_config
 
-__all__ = ["LoadedState", "RaftStorage", "read_ring", "write_ring"]
+__all__ = ["LoadedState", "RaftStorage", "read_ring", "write_ring", "save_together", "SaveItem"]
 
 _RING_KEY = b"\0ring"
 # Applied write versions live in each partition under namespaces no client can name (0x7f,
@@ -59,6 +59,31 @@ def read_ring(store: Store) -> dict[str, object] | None:
 def write_ring(store: Store, ring: dict[str, object]) -> None:
     with store.env.begin(write=True) as txn:
         txn.put(_RING_KEY, msgpack.packb(ring, use_bin_type=True), db=store.raft_db)
+
+
+SaveItem = tuple["RaftStorage", Ready, tuple[int, int], Callable[[int, Entry, CommandResult | None], None]]
+
+
+def save_together(items: list[SaveItem]) -> list[Exception | None]:
+    """Persist several groups' readies (all in one store) in one transaction, so that groups
+    busy at once share one fsync; each item as ``RaftStorage.save``. If the shared transaction
+    fails (a corrupt record met while applying, a full map), each is tried alone, so that one
+    group's trouble is its own. Returns each item's error, None when it is durable."""
+    store = items[0][0].store
+    try:
+        with store.env.begin(write=True) as txn:
+            written = [st._write(txn, r, snap) for st, r, snap, _ in items]
+    except Exception as e:
+        if len(items) == 1:
+            return [StoreFull(f"LMDB map of {store.path} is full; raise map_size")
+                    if isinstance(e, lmdb.MapFullError) else e]
+        return [save_together([item])[0] for item in items]
+    for (st, r, _snap, on_result), (applied_term, results) in zip(items, written):
+        if r.committed:
+            st.applied_term = applied_term
+        for res in results:
+            on_result(*res)
+    return [None] * len(items)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,33 +150,33 @@ class RaftStorage:
              ) -> None:
         """Persist ``r``; ``on_result(index, entry, result)`` for each applied entry (result
         None for a no-op). ``snapshot`` = the log's current (snapshot_index, snapshot_term)."""
+        error = save_together([(self, r, snapshot, on_result)])[0]
+        if error is not None:
+            raise error
+
+    def _write(self, txn: lmdb.Transaction, r: Ready, snapshot: tuple[int, int]
+               ) -> tuple[int, list[tuple[int, Entry, CommandResult | None]]]:
+        """Write ``r`` into ``txn``; (the applied term after it, the applied entries' results)."""
         results: list[tuple[int, Entry, CommandResult | None]] = []
-        try:
-            with self.store.env.begin(write=True) as txn:
-                if r.hard_state is not None:
-                    txn.put(self._prefix + b"H", msgpack.packb([r.hard_state.term, r.hard_state.vote]), db=self._db)
-                if r.truncate_from is not None:
-                    self._delete_log(txn, first=r.truncate_from)
-                for index, e in r.entries:
-                    txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
-                applied_term = self.applied_term
-                for index, e in r.committed:
-                    if is_config(e.data):
-                        txn.put(self._prefix + b"C", e.data, db=self._db)
-                        res = None
-                    else:
-                        res = self._apply(txn, index, Command.decode(e.data)) if e.data else None
-                    results.append((index, e, res))
-                    applied_term = e.term
-                if r.committed:
-                    txn.put(self._prefix + b"S", msgpack.packb([r.applied, snapshot[0], snapshot[1], applied_term]),
-                            db=self._db)
-        except lmdb.MapFullError:
-            raise StoreFull(f"LMDB map of {self.store.path} is full; raise map_size") from None
+        if r.hard_state is not None:
+            txn.put(self._prefix + b"H", msgpack.packb([r.hard_state.term, r.hard_state.vote]), db=self._db)
+        if r.truncate_from is not None:
+            self._delete_log(txn, first=r.truncate_from)
+        for index, e in r.entries:
+            txn.put(_index_key(self._prefix, index), msgpack.packb([e.term, e.data]), db=self._db)
+        applied_term = self.applied_term
+        for index, e in r.committed:
+            if is_config(e.data):
+                txn.put(self._prefix + b"C", e.data, db=self._db)
+                res = None
+            else:
+                res = self._apply(txn, index, Command.decode(e.data)) if e.data else None
+            results.append((index, e, res))
+            applied_term = e.term
         if r.committed:
-            self.applied_term = applied_term
-        for item in results:
-            on_result(*item)
+            txn.put(self._prefix + b"S", msgpack.packb([r.applied, snapshot[0], snapshot[1], applied_term]),
+                    db=self._db)
+        return applied_term, results
 
     def _apply(self, txn: lmdb.Transaction, index: int, cmd: Command) -> CommandResult:
         """Apply ``cmd`` (log entry ``index``) once: a client that lost the answer to a write
