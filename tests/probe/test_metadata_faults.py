@@ -39,6 +39,8 @@ import httpx
 import pytest
 from botocore.config import Config
 
+from headwater.config import load as load_config
+from headwater.objstore.metadata.partition import PartitionMap, group_name
 from tests.cluster import Cluster, client_error
 
 KiB = 1024
@@ -632,8 +634,20 @@ def test_thawed_follower_does_not_depose_the_leader(cluster, heal):
     """A follower frozen past its election timeout and then thawed rejoins under the leader it
     left: same leader, same term (raft/core.py: "a node that was cut off [must not disrupt] a
     healthy group when it comes back")."""
-    leaders = wait_leaders(cluster, everyone=True)
-    gid, leader = sorted(leaders.items())[0]
+    # A group led by its preferred node: any other may hand over to it (after 10 s of steady
+    # leadership), which is a leader change the thaw had no part in.
+    ring = PartitionMap.from_cluster(load_config(cluster.config_path))
+    preferred = {group_name(g): ring.members_of(g)[0] for g in range(ring.groups)}
+    deadline = time.monotonic() + 60
+    while True:
+        leaders = wait_leaders(cluster, everyone=True)
+        steady = sorted(g for g, node in leaders.items() if node == preferred[g])
+        if steady or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert steady, f"no group settled on its preferred leader: {leaders} (preferred {preferred})"
+    gid = steady[0]
+    leader = leaders[gid]
     term = raft_view(cluster)[leader][gid]["term"]
     follower = sorted(d.id for d in cluster.metadata if d.id != leader)[0]
     cluster.kill_node(follower, signal.SIGSTOP, wait=False)
