@@ -112,7 +112,6 @@ class RaftReplication:
         self.timeout_s = timeout_s
         # Long enough for a busy leader, short enough to move on to the next one in time.
         self.attempt_s = min(timeout_s, max(1.0, 3 * cluster.objstore.raft_election_timeout_s))
-        self.connect_timeout_s = connect_timeout_s
         self._rng = rng or random.Random()
         self.nodes = ClientPool({m.id: (m.host, m.port) for m in cluster.metadata},
                                 connect_timeout=min(connect_timeout_s, 1.0), default_timeout=timeout_s)

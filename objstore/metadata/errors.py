@@ -149,9 +149,9 @@ class DataDirError(MetadataError):
 
 
 class RingChanged(DataDirError):
-    """cluster.toml's metadata nodes or partitions differ from those the node's data was written
-    under: moving partitions between Raft groups is not supported, so the node refuses to start
-    rather than serve a ring whose groups have no data."""
+    """cluster.toml's ``partitions`` or ``metadata_groups`` differ from those the ring was formed
+    with, or the data_dir was written in an earlier format: groups are never split or merged, so
+    the node refuses to start rather than serve partitions from groups that do not hold them."""
 
 
 #: Errors after which a write provably stored nothing (a failed quorum write is reverted).

@@ -22,6 +22,7 @@ from headwater.rpc import ClientPool, RpcError
 
 from .errors import MetadataError, NotLeaderError
 from .partition import DEFAULT_REPLICAS, PartitionMap, group_name
+from .raft.core import Config
 
 __all__ = ["GroupState", "RebalanceError", "survey", "rebalance"]
 
@@ -143,7 +144,7 @@ async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attemp
             if st.leader is None or not st.in_place:
                 raise RebalanceError(f"{name} could not be moved to {','.join(st.target)} "
                                      f"(now: voters {','.join(st.voters) or '?'}, leader {st.leader or 'none'})")
-            config = {"voters": list(st.voters), "learners": [], "addresses": {n: addresses[n] for n in st.voters}}
+            config = Config(voters=st.voters, addresses={n: addresses[n] for n in st.voters}).to_wire()
             for node in st.strays:
                 try:
                     await (await pool.get(node)).call("meta.retire", {"g": name, "config": config}, timeout=30.0)
