@@ -85,7 +85,7 @@ async def _run(config_path: Path, total_bytes: int, object_bytes: int, rate: flo
     from headwater import config as hwconfig
     from headwater.objstore.datapath import LayoutWriter, StoragePool
     from headwater.objstore.layouts import LayoutRef
-    from headwater.objstore.reconstructor import Reconstructor, plan_rebuild
+    from headwater.objstore.repair.reconstructor import Reconstructor, plan_rebuild
 
     cfg = hwconfig.load(config_path)
     scheme = cfg.objstore.ec

@@ -24,9 +24,9 @@ __all__ = ["ROLES", "ENV_OVERRIDE", "RoleUnavailable", "entry_points", "entry_po
 
 ROLES: Mapping[str, str] = {
     "metadata": "headwater.objstore.metadata.node:run_metadata_node",
-    "storage": "headwater.objstore.storage_node:run_storage_node",
-    "gateway": "headwater.objstore.gateway:run_gateway",
-    "repair": "headwater.objstore.repair:run_repair",
+    "storage": "headwater.objstore.storage.daemon:run_storage_node",
+    "gateway": "headwater.objstore.gateway.daemon:run_gateway",
+    "repair": "headwater.objstore.repair.daemon:run_repair",
 }
 
 ENV_OVERRIDE = "HEADWATER_ENTRY_POINTS"

@@ -24,7 +24,7 @@ from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
 from . import stripe
 from .placement import NodeSite, PlacementError, place
 from .records import Layout
-from .storage_client import PendingRead, StorageClient
+from .storage.client import PendingRead, StorageClient
 
 __all__ = ["StoragePool", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed", "delete_layouts"]
 

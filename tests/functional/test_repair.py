@@ -19,15 +19,15 @@ import pytest
 
 from headwater.clock import FakeClock
 from headwater.config import ClusterConfig, ErasureScheme, StorageNodeConfig
-from headwater.objstore import fragment as fr
+from headwater.objstore.storage import fragment as fr
 from headwater.objstore.datapath import LayoutWriter, StoragePool, read_layout
-from headwater.objstore.gc import GarbageCollector
+from headwater.objstore.repair.gc import GarbageCollector
 from headwater.objstore.metadata.client import Entry
 from headwater.objstore.metadata.errors import ConditionFailed
-from headwater.objstore.reconstructor import Reconstructor
+from headwater.objstore.repair.reconstructor import Reconstructor
 from headwater.objstore.records import BUCKETS_NS, Layout, objects_ns
-from headwater.objstore.scrubber import Scrubber
-from headwater.objstore.storage_node import StorageNode, run_storage_node
+from headwater.objstore.storage.scrubber import Scrubber
+from headwater.objstore.storage.daemon import StorageNode, run_storage_node
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,8 @@ import pytest
 
 from headwater.config import load as load_config
 from headwater.http.types import Headers, Request
-from headwater.objstore import multipart, objects
-from headwater.objstore.context import Call, Store
+from headwater.objstore.gateway import multipart, objects
+from headwater.objstore.gateway.context import Call, Store
 from headwater.objstore.datapath import ReadFailed, StoragePool
 from headwater.objstore.metadata.client import MetadataClient
 from headwater.objstore.metadata.errors import MetadataError, WriteOutcomeUnknown

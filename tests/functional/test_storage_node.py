@@ -12,11 +12,11 @@ import anyio
 import pytest
 
 from headwater.config import ClusterConfig, ErasureScheme, StorageNodeConfig
-from headwater.objstore import fragment as fr
+from headwater.objstore.storage import fragment as fr
 from headwater.objstore import stripe
-from headwater.objstore.storage_client import (FragmentCorrupt, FragmentNotFound, StorageClient,
+from headwater.objstore.storage.client import (FragmentCorrupt, FragmentNotFound, StorageClient,
                                                StorageFull)
-from headwater.objstore.storage_node import StorageNode, StorageNodeError, run_storage_node
+from headwater.objstore.storage.daemon import StorageNode, StorageNodeError, run_storage_node
 from headwater.rpc import BadRequest
 
 pytestmark = pytest.mark.anyio

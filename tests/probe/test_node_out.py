@@ -19,7 +19,7 @@ import signal
 
 import pytest
 
-from headwater.objstore import fragment as fr
+from headwater.objstore.storage import fragment as fr
 from tests.probe.test_repair_faults import (admin_get, data, frag_path, layouts, metric, read_all_exact,
                                             repair_state, wait_for)
 

@@ -22,7 +22,7 @@ import botocore.exceptions
 import httpx
 
 from headwater import config as hwconfig
-from headwater.objstore import fragment as fr
+from headwater.objstore.storage import fragment as fr
 from headwater.objstore.layouts import walk_layouts
 from headwater.objstore.metadata.client import MetadataClient
 

@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from headwater import config as hwconfig
-from headwater.objstore import fragment as fr
+from headwater.objstore.storage import fragment as fr
 from headwater.objstore.metadata.client import MetadataClient
 from headwater.objstore.records import Layout, ObjectRecord, objects_ns
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater.objstore import fragment as fr
-from headwater.objstore.fragment import (BadRequest, FragmentCorrupt, FragmentNotFound,
+from headwater.objstore.storage import fragment as fr
+from headwater.objstore.storage.fragment import (BadRequest, FragmentCorrupt, FragmentNotFound,
                                          FragmentWriter, StorageFull)
 from headwater.rpc.errors import error_class
 

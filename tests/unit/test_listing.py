@@ -4,7 +4,7 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.objstore.listing import list_page
+from headwater.objstore.gateway.listing import list_page
 
 
 def model(keys, prefix, delimiter, start_after, max_keys):

@@ -7,9 +7,9 @@ import pytest
 
 from headwater.config import ConfigError, loads
 from headwater.objstore.layouts import layouts_in
-from headwater.objstore.liveness import NodeLiveness
+from headwater.objstore.repair.liveness import NodeLiveness
 from headwater.objstore.placement import NodeSite
-from headwater.objstore.reconstructor import FragState, LayoutCheck, judge, plan_rebuild
+from headwater.objstore.repair.reconstructor import FragState, LayoutCheck, judge, plan_rebuild
 from headwater.objstore.records import Layout
 
 KiB = 1024

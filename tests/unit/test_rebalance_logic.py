@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from headwater.objstore.gc import Candidates, Listed
+from headwater.objstore.repair.gc import Candidates, Listed
 from headwater.objstore.placement import NodeSite, place
-from headwater.objstore.rebalancer import apply_moves, fair_share, plan_moves, spread, tally
+from headwater.objstore.repair.rebalancer import apply_moves, fair_share, plan_moves, spread, tally
 from headwater.objstore.records import Layout
 
 K, M, STRIPE = 4, 2, 64 * 1024

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.objstore.gc import Candidates, Listed
+from headwater.objstore.repair.gc import Candidates, Listed
 from headwater.objstore.layouts import layouts_in, oid_of, rewrite
 from headwater.objstore.placement import NodeSite
-from headwater.objstore.reconstructor import (FragState, LayoutCheck, choose_targets, judge,
+from headwater.objstore.repair.reconstructor import (FragState, LayoutCheck, choose_targets, judge,
                                               plan_rebuild)
 from headwater.objstore.records import Layout
-from headwater.objstore.throttle import TokenBucket
+from headwater.throttle import TokenBucket
 
 KiB = 1024
 

@@ -40,9 +40,9 @@ import anyio
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError
 
-from .datapath import StoragePool
-from .layouts import oid_of, walk_layouts
-from .metadata.client import MetadataClient
+from ..datapath import StoragePool
+from ..layouts import oid_of, walk_layouts
+from ..metadata.client import MetadataClient
 from .reconstructor import ScanIncomplete, failure_reason
 
 __all__ = ["Candidates", "Listed", "GarbageCollector"]

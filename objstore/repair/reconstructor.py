@@ -40,17 +40,17 @@ import xxhash
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError, Unavailable
 
-from . import stripe
-from .datapath import StoragePool
+from .. import stripe
+from ..datapath import StoragePool
 from contextlib import aclosing
 
-from .layouts import LayoutRef, layouts_in, rewrite, walk_layouts
+from ..layouts import LayoutRef, layouts_in, rewrite, walk_layouts
 from .liveness import NodeLiveness
-from .metadata.client import MetadataClient
-from .metadata.errors import ConditionFailed, MetadataError
-from .placement import NodeSite
-from .records import Layout
-from .throttle import Pacer
+from ..metadata.client import MetadataClient
+from ..metadata.errors import ConditionFailed, MetadataError
+from ..placement import NodeSite
+from ..records import Layout
+from headwater.throttle import Pacer
 
 __all__ = [
     "FragState", "LayoutCheck", "RebuildPlan", "judge", "choose_targets", "plan_rebuild",

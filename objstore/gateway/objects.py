@@ -12,13 +12,13 @@ from headwater.http.types import Headers, Response
 
 from .buckets import owned_bucket, xml_response
 from .context import Call, Store
-from .datapath import LayoutWriter, read_layout
-from .metadata.errors import NOT_STORED, ConditionFailed, MetadataError
+from ..datapath import LayoutWriter, read_layout
+from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
 from .payload import Payload
-from .records import Layout, ObjectRecord, objects_ns
-from .s3 import conditions, names, ranges, xmlio
-from .s3 import errors as s3e
-from .s3.xmlio import http_date
+from ..records import Layout, ObjectRecord, objects_ns
+from ..s3 import conditions, names, ranges, xmlio
+from ..s3 import errors as s3e
+from ..s3.xmlio import http_date
 
 __all__ = ["put_object", "get_object", "head_object", "delete_object", "delete_objects", "copy_object",
            "store_body", "get_record", "object_stream", "parse_copy_source"]

@@ -25,11 +25,11 @@ from headwater.metrics import Registry
 
 from . import buckets, multipart, objects
 from .context import Call, Store
-from .datapath import ReadFailed, StoragePool, WriteFailed
-from .metadata.client import MetadataClient
-from .metadata.errors import MetadataError
-from .s3 import errors as s3e
-from .s3 import names, sigv4
+from ..datapath import ReadFailed, StoragePool, WriteFailed
+from ..metadata.client import MetadataClient
+from ..metadata.errors import MetadataError
+from ..s3 import errors as s3e
+from ..s3 import names, sigv4
 
 __all__ = ["Gateway", "run_gateway"]
 

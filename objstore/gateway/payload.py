@@ -14,8 +14,8 @@ import hashlib
 from typing import AsyncIterator
 
 from .context import Call
-from .s3 import checksums, chunked, sigv4
-from .s3 import errors as s3e
+from ..s3 import checksums, chunked, sigv4
+from ..s3 import errors as s3e
 
 __all__ = ["Payload", "CHECKSUM_ALGORITHMS"]
 

@@ -22,10 +22,10 @@ import anyio.to_thread
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from .fragment import FragmentCorrupt, FragmentNotFound, FragmentScanner
-from .throttle import Pacer
+from headwater.throttle import Pacer
 
 if TYPE_CHECKING:
-    from .storage_node import StorageNode
+    from .daemon import StorageNode
 
 __all__ = ["Scrubber", "CHUNK_BLOCKS"]
 

@@ -29,9 +29,9 @@ from headwater.clock import SYSTEM_CLOCK
 from headwater.config import ClusterConfig, RepairConfig
 from headwater.metrics import Registry, add_process_metrics
 
-from .datapath import StoragePool
+from ..datapath import StoragePool
 from .gc import GarbageCollector
-from .metadata.client import MetadataClient
+from ..metadata.client import MetadataClient
 from .rebalancer import Rebalancer
 from .reconstructor import Reconstructor
 

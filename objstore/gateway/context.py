@@ -10,9 +10,9 @@ import anyio
 from headwater.config import ClusterConfig, User
 from headwater.http.types import Request
 
-from .datapath import StoragePool, delete_layouts
-from .records import Layout
-from .metadata.client import MetadataClient
+from ..datapath import StoragePool, delete_layouts
+from ..records import Layout
+from ..metadata.client import MetadataClient
 
 __all__ = ["Store", "Call"]
 

@@ -1,0 +1,1 @@
+"""The repair daemon (``daemon.py``): the reconstructor, the garbage collector and the rebalancer."""
