@@ -299,8 +299,8 @@ def measure_rebuild(scheme: Scheme, *, stripe_bytes: int = 1 * MiB, seconds: flo
     The best of ``bursts`` short bursts sharing ``seconds``: a ceiling, so the burst least slowed
     by whatever else runs on the machine is the one to keep.
     """
-    from headwater.config import ErasureScheme
     from headwater.objstore import stripe
+    from headwater.objstore.config import ErasureScheme
 
     if scheme.m == 0:
         raise ValueError("a scheme without redundancy cannot rebuild")
@@ -458,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         fsync = measure_fsync(data_dir)
         measured = {"fsync_write_mbps": fsync / MB, "fsync_dir": str(data_dir),
                     "network_share_mbps": args.network_mbps, "zfec_rebuild_mbps": {}}
-        from .rebuild import load_saved, measure as measure_reconstructor
+        from .rebuild import load_saved
+        from .rebuild import measure as measure_reconstructor
 
         recon = None
         if args.measure_rebuild:

@@ -32,12 +32,21 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from . import ceilings as _ceilings
 from . import rebuild as _rebuild
 from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd
-from .peers import Endpoint, PeerError, ProcessGroup, external_endpoint, headwater_cluster, swift_saio
+from .peers import (
+    Endpoint,
+    PeerError,
+    ProcessGroup,
+    external_endpoint,
+    headwater_cluster,
+    swift_saio,
+)
 
 if TYPE_CHECKING:
     import subprocess
 
-    from headwater.config import ClusterConfig, ErasureScheme
+    from headwater.objstore.config import ErasureScheme
+
+    from headwater.config import ClusterConfig
 
 __all__ = ["main", "Sizes", "Row", "ROWS", "SelfRow", "SELF_ROWS", "ratio", "goal_met", "render_table",
            "fmt_value", "self_rows", "hot_prefix_keys", "uniform_keys", "with_rebuild_rate", "rebuild_window",

@@ -81,11 +81,11 @@ def _wait_healthy(ports: list[int], procs: list[subprocess.Popen], timeout: floa
 
 async def _run(config_path: Path, total_bytes: int, object_bytes: int, rate: float) -> dict:
     import anyio
-
-    from headwater import config as hwconfig
     from headwater.objstore.datapath import LayoutWriter, StoragePool
     from headwater.objstore.layouts import LayoutRef
     from headwater.objstore.repair.reconstructor import Reconstructor, plan_rebuild
+
+    from headwater import config as hwconfig
 
     cfg = hwconfig.load(config_path)
     scheme = cfg.objstore.ec

@@ -1,7 +1,13 @@
-"""cluster.toml, read once and validated into frozen dataclasses.
+"""cluster.toml, read once and validated into frozen dataclasses: the kernel's part.
 
-Every default lives in this module. A bad file raises :class:`ConfigError` naming the key and the
-line it sits on, before anything starts.
+The kernel reads ``[cluster]`` itself and hands every other section to the daemon package that
+registered it (:mod:`headwater.roles`): a role's reader gets a :class:`Reader`, which pulls typed
+values out of the parsed TOML and raises :class:`ConfigError` naming the key and the line it sits
+on, before anything starts. The kernel then checks what holds across every daemon (unique ids,
+unique addresses) and runs each package's own cross-section checks.
+
+Every kernel default lives in this module; each daemon package keeps its own defaults beside its
+dataclasses.
 """
 
 from __future__ import annotations
@@ -9,24 +15,22 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 __all__ = [
     "ConfigError",
     "ClusterConfig",
-    "ErasureScheme",
-    "User",
-    "GatewayConfig",
-    "StorageNodeConfig",
-    "MetadataNodeConfig",
-    "ObjstoreConfig",
-    "RepairConfig",
+    "DaemonConfig",
     "HttpLimits",
+    "Reader",
+    "read_http_limits",
+    "valid_id",
     "load",
     "loads",
     "parse_size",
+    "KiB", "MiB", "GiB", "TiB",
 ]
 
 KiB = 1024
@@ -36,6 +40,7 @@ TiB = 1024 * GiB
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
                "g": GiB, "gb": GiB, "gib": GiB, "t": TiB, "tb": TiB, "tib": TiB}
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 
 
 class ConfigError(Exception):
@@ -66,50 +71,34 @@ def parse_size(value: Any, key: str = "size") -> int:
     raise ConfigError(key, f"expected a size such as 1048576 or \"1MiB\", got {value!r}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ErasureScheme:
-    """k data + m parity fragments per stripe of ``stripe_bytes`` user bytes."""
+def valid_id(node_id: str) -> bool:
+    """Daemon ids are file and URL safe: letters, digits, ``. _ -``, at most 63 characters."""
+    return _ID.fullmatch(node_id) is not None
 
-    k: int = 4
-    m: int = 2
-    stripe_bytes: int = 1 * MiB
-    # Fragments of every stripe a PUT must store before it is acknowledged; None means the
-    # default, :attr:`write_fragments`.
-    write_quorum: int | None = None
 
-    @property
-    def width(self) -> int:
-        return self.k + self.m
+class DaemonConfig(Protocol):
+    """What the kernel needs of every daemon's config: who it is and where it listens.
+
+    A daemon config may also set ``port_keys`` (the cluster.toml keys of its distinct ports, when
+    it does not listen on both ``port`` and ``admin_port``) and ``workers`` (processes sharing its
+    port, for roles registered with ``workers=True``).
+    """
 
     @property
-    def write_fragments(self) -> int:
-        """Fragments a write must store before it is acknowledged.
-
-        The default is Swift's rule, k+1 (k when m = 0): k alone would acknowledge a stripe with
-        no redundancy at all, while k+1 survives one more loss until the reconstructor restores
-        the rest, and still lets writes go on with up to m-1 nodes down. ``write_quorum`` trades
-        that: k+m refuses writes whenever any node is down, k acknowledges unprotected stripes.
-        """
-        if self.write_quorum is not None:
-            return self.write_quorum
-        return self.k + min(self.m, 1)
-
+    def id(self) -> str: ...
     @property
-    def fragment_bytes(self) -> int:
-        """Bytes of one fragment of a full stripe (the stripe is padded to a multiple of k)."""
-        return -(-self.stripe_bytes // self.k)
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def admin_port(self) -> int: ...
+    @property
+    def role(self) -> str: ...
 
-    def describe(self) -> str:
-        return f"EC {self.k}+{self.m}, {self.stripe_bytes // KiB} KiB stripes"
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class User:
-    """An S3 user: SigV4 credentials and the buckets they own."""
-
-    name: str
-    access_key: str
-    secret_key: str
+def port_keys(d: DaemonConfig) -> tuple[str, ...]:
+    """The cluster.toml keys naming ``d``'s distinct listening ports."""
+    return tuple(getattr(d, "port_keys", ("port", "admin_port")))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,171 +114,104 @@ class HttpLimits:
     max_connections: int = 10_000
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GatewayConfig:
-    """The S3 gateway: ``workers`` processes share ``port`` with SO_REUSEPORT."""
-
-    id: str = "s3"
-    host: str = "127.0.0.1"
-    port: int = 9000
-    admin_port: int = 9001
-    workers: int = 2
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    limits: HttpLimits = field(default_factory=HttpLimits)
-
-    @property
-    def role(self) -> str:
-        return "gateway"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StorageNodeConfig:
-    """A storage node: one data directory, as if its own disk on its own host."""
-
-    id: str
-    host: str = "127.0.0.1"
-    port: int
-    admin_port: int
-    data_dir: Path
-    zone: str = "z1"
-    rack: str = "r1"
-    node_host: str = ""  # failure-domain host name; defaults to the node id
-
-    @property
-    def role(self) -> str:
-        return "storage"
+def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str) -> HttpLimits:
+    """A ``[<daemon>.limits]`` table: every HTTP-serving daemon reads its limits through this."""
+    d = HttpLimits()
+    r.check_keys(data, prefix, {"max_header_size", "max_body_size", "header_timeout_seconds",
+                                "idle_timeout_seconds", "body_timeout_seconds",
+                                "max_concurrent_streams", "max_connections"})
+    return HttpLimits(
+        max_header_bytes=r.size(data, "max_header_size", prefix, d.max_header_bytes),
+        max_body_bytes=r.size(data, "max_body_size", prefix, d.max_body_bytes),
+        header_timeout_s=r.get(data, "header_timeout_seconds", prefix, float, d.header_timeout_s),
+        idle_timeout_s=r.get(data, "idle_timeout_seconds", prefix, float, d.idle_timeout_s),
+        body_timeout_s=r.get(data, "body_timeout_seconds", prefix, float, d.body_timeout_s),
+        max_concurrent_streams=r.get(data, "max_concurrent_streams", prefix, int, d.max_concurrent_streams),
+        max_connections=r.get(data, "max_connections", prefix, int, d.max_connections),
+    )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MetadataNodeConfig:
-    """A metadata node: object and bucket records on LMDB."""
+class ClusterConfig:
+    """The whole cluster as one cluster.toml describes it.
 
-    id: str
-    host: str = "127.0.0.1"
-    port: int
-    admin_port: int
-    data_dir: Path
-    map_size_bytes: int = 1 * GiB
-    # Being taken out: `headwater meta rebalance` moves its Raft groups to the other nodes, after
-    # which it can be stopped and its entry removed.
-    drain: bool = False
-
-    @property
-    def role(self) -> str:
-        return "metadata"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ObjstoreConfig:
-    """Object-store policy shared by every daemon of the store."""
-
-    region: str = "us-east-1"
-    ec: ErasureScheme = field(default_factory=ErasureScheme)
-    bucket_ec: Mapping[str, ErasureScheme] = field(default_factory=dict)
-    inline_max_bytes: int = 64 * KiB
-    max_object_bytes: int = 5 * TiB
-    max_put_bytes: int = 5 * GiB
-    min_part_bytes: int = 5 * MiB
-    max_parts: int = 10_000
-    clock_skew_s: int = 900
-    partitions: int = 64
-    # Partitions are spread over this many Raft groups (partition % groups), each on 3 metadata
-    # nodes chosen by rendezvous hashing. Fixed when the ring is formed, like partitions; more
-    # groups than nodes is what lets an added node take its share.
-    metadata_groups: int = 8
-    rpc_timeout_s: float = 30.0
-    # Metadata replica sets are Raft groups: a follower that hears no leader for a random
-    # 1..2 x this starts an election, so failover takes about that long.
-    raft_election_timeout_s: float = 1.0
-    # A metadata read or write gives up (503) after this long, leader failover included.
-    metadata_timeout_s: float = 10.0
-    # A Raft log is compacted once it holds this many applied entries (the records are the
-    # snapshot); a follower further behind than a tenth of it is sent a snapshot instead.
-    raft_log_entries: int = 20_000
-    # Long enough for a slow client to finish a large download of the replaced version (Ceph
-    # RGW waits 2 h); the queue is per gateway worker and in memory until issue 4's collector.
-    retire_grace_s: float = 300.0
-    # Each storage node re-reads and verifies its own fragments at this many bytes/s (0: never),
-    # pausing scrub_interval_s between passes. 8 MiB/s reads a 4 TB disk in about 6 days.
-    scrub_rate_bytes: int = 8 * MiB
-    scrub_interval_s: float = 3600.0
-
-    def scheme_for(self, bucket: str) -> ErasureScheme:
-        return self.bucket_ec.get(bucket, self.ec)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RepairConfig:
-    """The repair daemon: the reconstructor and the garbage collector, one per cluster.
-
-    It serves only its admin endpoint (/healthz, /metrics), so ``port`` is ``admin_port``.
+    ``[cluster]`` keys are attributes; every registered section is reached by its name too:
+    ``cfg.objstore`` (a table section: its dataclass, or its default when the file has none),
+    ``cfg.storage`` (an array of daemon tables: a tuple), ``cfg.gateway`` (one daemon table: its
+    config, or None). Frozen: :meth:`replace` returns a changed copy.
     """
 
-    id: str = "repair"
-    host: str = "127.0.0.1"
-    admin_port: int = 9401
-    # Repair traffic (fragment bytes read from survivors plus bytes written) per second.
-    rebuild_rate_bytes: int = 64 * MiB
-    interval_s: float = 60.0  # pause between two reconstructor passes
-    # A storage node that has failed every health check for this long is "out": the
-    # reconstructor rebuilds the fragments the layouts place on it onto other nodes. 0: never.
-    node_down_out_s: float = 600.0
-    gc: bool = True
-    gc_interval_s: float = 60.0  # between two collector passes; orphans go after retire_grace_s
-    # The rebalancer moves fragments toward where placement puts them now (a storage node added)
-    # at this many bytes/s (read from the old node, written to the new, read back), one pass
-    # every rebalance_interval_s; old copies go retire_grace_s after the record changes.
-    rebalance: bool = True
-    rebalance_rate_bytes: int = 16 * MiB
-    rebalance_interval_s: float = 600.0
+    __slots__ = ("name", "runtime", "log_level", "path", "data_dir", "_sections")
 
-    @property
-    def port(self) -> int:
-        return self.admin_port
+    name: str
+    runtime: str
+    log_level: str
+    path: Path | None
+    data_dir: Path
 
-    @property
-    def role(self) -> str:
-        return "repair"
+    def __init__(self, *, name: str = "headwater", runtime: str = "asyncio", log_level: str = "info",
+                 path: Path | None = None, data_dir: Path = Path("var"), **sections: Any) -> None:
+        from .roles import registry
 
+        known = registry().section_names()
+        unknown = sorted(set(sections) - known)
+        if unknown:
+            raise TypeError(f"ClusterConfig has no section {', '.join(unknown)} "
+                            f"(registered: {', '.join(sorted(known))})")
+        for key, value in (("name", name), ("runtime", runtime), ("log_level", log_level),
+                           ("path", path), ("data_dir", data_dir), ("_sections", dict(sections))):
+            object.__setattr__(self, key, value)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClusterConfig:
-    """The whole cluster as one cluster.toml describes it."""
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sections = object.__getattribute__(self, "_sections")
+        if name in sections:
+            return sections[name]
+        from .roles import registry
 
-    name: str = "headwater"
-    runtime: str = "asyncio"
-    log_level: str = "info"
-    path: Path | None = None
-    data_dir: Path = Path("var")
-    objstore: ObjstoreConfig = field(default_factory=ObjstoreConfig)
-    users: tuple[User, ...] = ()
-    gateway: GatewayConfig | None = None
-    storage: tuple[StorageNodeConfig, ...] = ()
-    metadata: tuple[MetadataNodeConfig, ...] = ()
-    repair: RepairConfig | None = None
+        try:
+            return registry().default(name)
+        except KeyError:
+            raise AttributeError(f"cluster config has no section or attribute {name!r}") from None
 
-    def daemons(self) -> list[GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig]:
-        """Every daemon, in the order the supervisor starts them (metadata, storage, gateway, repair)."""
-        out: list[GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig] = [
-            *self.metadata, *self.storage]
-        if self.gateway is not None:
-            out.append(self.gateway)
-        if self.repair is not None:
-            out.append(self.repair)
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ClusterConfig is frozen; use .replace({name}=...)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClusterConfig) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.path))
+
+    def __repr__(self) -> str:
+        return f"ClusterConfig(name={self.name!r}, path={self.path!r}, sections={sorted(self._sections)})"
+
+    def _fields(self) -> dict[str, Any]:
+        return {"name": self.name, "runtime": self.runtime, "log_level": self.log_level,
+                "path": self.path, "data_dir": self.data_dir, **self._sections}
+
+    def replace(self, **changes: Any) -> ClusterConfig:
+        """A copy with ``changes`` applied (``[cluster]`` keys or whole sections)."""
+        return ClusterConfig(**{**self._fields(), **changes})
+
+    def daemons(self) -> list[DaemonConfig]:
+        """Every daemon, in the order the supervisor starts them (the registry's start order)."""
+        from .roles import registry
+
+        out: list[DaemonConfig] = []
+        for role in registry().roles():
+            value = getattr(self, role.section)
+            if role.many:
+                out.extend(value)
+            elif value is not None:
+                out.append(value)
         return out
 
-    def daemon(self, node_id: str) -> GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig:
+    def daemon(self, node_id: str) -> DaemonConfig:
         for d in self.daemons():
             if d.id == node_id:
                 return d
         raise ConfigError("node", f"no daemon with id {node_id!r} in {self.path or 'the config'}")
-
-    def user_by_access_key(self, access_key: str) -> User | None:
-        for u in self.users:
-            if u.access_key == access_key:
-                return u
-        return None
 
 
 # --- line lookup -------------------------------------------------------------------------------
@@ -325,12 +247,20 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
-class _Reader:
-    """Pulls typed values out of the parsed TOML, raising ConfigError that names key and line."""
+class Reader:
+    """Pulls typed values out of the parsed TOML, raising ConfigError that names key and line.
 
-    def __init__(self, path: str | None, text: str):
+    Daemon packages read their sections through it: ``root`` is the folder relative paths
+    resolve against, ``data_dir`` the cluster's data directory (each node's default lives in
+    ``data_dir/<id>``).
+    """
+
+    def __init__(self, path: str | None, text: str, *, root: Path | None = None,
+                 data_dir: Path | None = None) -> None:
         self.path = path
         self.lines = _key_lines(text)
+        self.root = root or Path.cwd()
+        self.data_dir = data_dir or self.root / "var"
 
     def error(self, key: str, message: str) -> ConfigError:
         line = self.lines.get(key)
@@ -382,6 +312,32 @@ class _Reader:
             raise self.error(_join(prefix, key), str(e).split(": ", 1)[-1]) from None
 
 
+    def positive(self, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+        value = self.get(data, key, prefix, float, default)
+        if value <= 0:
+            raise self.error(_join(prefix, key), f"{value} must be positive")
+        return value
+
+    def non_negative(self, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+        value = self.get(data, key, prefix, float, default)
+        if value < 0:
+            raise self.error(_join(prefix, key), f"{value} is negative")
+        return value
+
+    def node_id(self, data: Mapping[str, Any], prefix: str, default: Any = ...) -> str:
+        """A daemon's ``id``: required unless ``default`` is given, and file and URL safe."""
+        node_id = self.get(data, "id", prefix, str, default, required=default is ...)
+        if not valid_id(node_id):
+            raise self.error(_join(prefix, "id"), f"{node_id!r} is not a valid id (letters, digits, . _ -)")
+        return node_id
+
+    def node_data_dir(self, data: Mapping[str, Any], prefix: str, node_id: str) -> Path:
+        """A daemon's ``data_dir``: as given (relative to cluster.toml), else ``data_dir/<id>``."""
+        raw = self.get(data, "data_dir", prefix, str, "")
+        path = Path(raw) if raw else self.data_dir / node_id
+        return path if path.is_absolute() else self.root / path
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
@@ -394,181 +350,28 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return names.get(kind, kind.__name__)
 
 
-# --- sections ----------------------------------------------------------------------------------
 
-def _scheme(r: _Reader, data: Mapping[str, Any], prefix: str, base: ErasureScheme) -> ErasureScheme:
-    r.check_keys(data, prefix, {"k", "m", "stripe_size", "write_quorum"})
-    k = r.get(data, "k", prefix, int, base.k)
-    m = r.get(data, "m", prefix, int, base.m)
-    stripe = r.size(data, "stripe_size", prefix, base.stripe_bytes)
-    if not 1 <= k <= 128:
-        raise r.error(_join(prefix, "k"), f"k={k} must be between 1 and 128")
-    if not 0 <= m <= 64 or k + m > 256:
-        raise r.error(_join(prefix, "m"), f"m={m} must be between 0 and 64 with k+m <= 256")
-    if stripe < k or stripe > 64 * MiB:
-        raise r.error(_join(prefix, "stripe_size"), f"stripe_size={stripe} must be between k bytes and 64 MiB")
-    # A bucket's scheme inherits the base write_quorum only when it keeps the base k and m: an
-    # absolute count means nothing for another scheme.
-    inherited = base.write_quorum if (k, m) == (base.k, base.m) else None
-    quorum = r.get(data, "write_quorum", prefix, int, inherited)
-    if quorum is not None and not k <= quorum <= k + m:
-        raise r.error(_join(prefix, "write_quorum"),
-                      f"write_quorum={quorum} must be between k={k} and k+m={k + m} fragments")
-    return ErasureScheme(k=k, m=m, stripe_bytes=stripe, write_quorum=quorum)
+# --- reading -----------------------------------------------------------------------------------
 
-
-def _objstore(r: _Reader, data: Mapping[str, Any]) -> ObjstoreConfig:
-    p = "objstore"
-    r.check_keys(data, p, {"region", "ec", "bucket_ec", "inline_max_size", "max_object_size",
-                           "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
-                           "partitions", "metadata_groups", "rpc_timeout_seconds", "retire_grace_seconds",
-                           "raft_election_timeout_seconds", "metadata_timeout_seconds", "raft_log_entries",
-                           "scrub_rate", "scrub_interval_seconds"})
-    d = ObjstoreConfig()
-    ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
-    bucket_ec = {name: _scheme(r, v if isinstance(v, dict) else {}, f"{p}.bucket_ec.{name}", ec)
-                 for name, v in r.table(data, "bucket_ec", p).items()}
-    partitions = r.get(data, "partitions", p, int, d.partitions)
-    if not 1 <= partitions <= 65535:
-        raise r.error(f"{p}.partitions", "must be between 1 and 65535 (partition 0xffff is reserved)")
-    groups = r.get(data, "metadata_groups", p, int, min(d.metadata_groups, partitions))
-    if not 1 <= groups <= partitions:
-        raise r.error(f"{p}.metadata_groups", f"must be between 1 and partitions ({partitions})")
-    return ObjstoreConfig(
-        region=r.get(data, "region", p, str, d.region),
-        ec=ec,
-        bucket_ec=bucket_ec,
-        inline_max_bytes=r.size(data, "inline_max_size", p, d.inline_max_bytes),
-        max_object_bytes=r.size(data, "max_object_size", p, d.max_object_bytes),
-        max_put_bytes=r.size(data, "max_put_size", p, d.max_put_bytes),
-        min_part_bytes=r.size(data, "min_part_size", p, d.min_part_bytes),
-        max_parts=r.get(data, "max_parts", p, int, d.max_parts),
-        clock_skew_s=r.get(data, "clock_skew_seconds", p, int, d.clock_skew_s),
-        partitions=partitions,
-        metadata_groups=groups,
-        rpc_timeout_s=r.get(data, "rpc_timeout_seconds", p, float, d.rpc_timeout_s),
-        raft_election_timeout_s=_positive(r, data, "raft_election_timeout_seconds", p, d.raft_election_timeout_s),
-        metadata_timeout_s=_positive(r, data, "metadata_timeout_seconds", p, d.metadata_timeout_s),
-        raft_log_entries=int(_positive(r, data, "raft_log_entries", p, d.raft_log_entries)),
-        retire_grace_s=_non_negative(r, data, "retire_grace_seconds", p, d.retire_grace_s),
-        scrub_rate_bytes=r.size(data, "scrub_rate", p, d.scrub_rate_bytes),
-        scrub_interval_s=_non_negative(r, data, "scrub_interval_seconds", p, d.scrub_interval_s),
-    )
-
-
-def _positive(r: _Reader, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
-    value = r.get(data, key, prefix, float, default)
-    if value <= 0:
-        raise r.error(_join(prefix, key), f"{value} must be positive")
-    return value
-
-
-def _non_negative(r: _Reader, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
-    value = r.get(data, key, prefix, float, default)
-    if value < 0:
-        raise r.error(_join(prefix, key), f"{value} is negative")
-    return value
-
-
-def _repair(r: _Reader, data: Mapping[str, Any]) -> RepairConfig:
-    p = "repair"
-    r.check_keys(data, p, {"id", "host", "admin_port", "rebuild_rate", "interval_seconds",
-                           "node_down_out_seconds", "gc", "gc_interval_seconds", "rebalance",
-                           "rebalance_rate", "rebalance_interval_seconds"})
-    d = RepairConfig()
-    rate = r.size(data, "rebuild_rate", p, d.rebuild_rate_bytes)
-    if rate <= 0:
-        raise r.error(f"{p}.rebuild_rate", "must be a positive size per second, such as \"64MiB\"")
-    rebalance_rate = r.size(data, "rebalance_rate", p, d.rebalance_rate_bytes)
-    if rebalance_rate <= 0:
-        raise r.error(f"{p}.rebalance_rate", "must be a positive size per second, such as \"16MiB\"")
-    node_id = r.get(data, "id", p, str, d.id)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}", node_id):
-        raise r.error(f"{p}.id", f"{node_id!r} is not a valid id (letters, digits, . _ -)")
-    return RepairConfig(
-        id=node_id,
-        host=r.get(data, "host", p, str, d.host),
-        admin_port=r.port(data, "admin_port", p, d.admin_port),
-        rebuild_rate_bytes=rate,
-        interval_s=_non_negative(r, data, "interval_seconds", p, d.interval_s),
-        node_down_out_s=_non_negative(r, data, "node_down_out_seconds", p, d.node_down_out_s),
-        gc=r.get(data, "gc", p, bool, d.gc),
-        gc_interval_s=_non_negative(r, data, "gc_interval_seconds", p, d.gc_interval_s),
-        rebalance=r.get(data, "rebalance", p, bool, d.rebalance),
-        rebalance_rate_bytes=rebalance_rate,
-        rebalance_interval_s=_non_negative(r, data, "rebalance_interval_seconds", p, d.rebalance_interval_s),
-    )
-
-
-def _limits(r: _Reader, data: Mapping[str, Any], prefix: str) -> HttpLimits:
-    d = HttpLimits()
-    r.check_keys(data, prefix, {"max_header_size", "max_body_size", "header_timeout_seconds",
-                                "idle_timeout_seconds", "body_timeout_seconds",
-                                "max_concurrent_streams", "max_connections"})
-    return HttpLimits(
-        max_header_bytes=r.size(data, "max_header_size", prefix, d.max_header_bytes),
-        max_body_bytes=r.size(data, "max_body_size", prefix, d.max_body_bytes),
-        header_timeout_s=r.get(data, "header_timeout_seconds", prefix, float, d.header_timeout_s),
-        idle_timeout_s=r.get(data, "idle_timeout_seconds", prefix, float, d.idle_timeout_s),
-        body_timeout_s=r.get(data, "body_timeout_seconds", prefix, float, d.body_timeout_s),
-        max_concurrent_streams=r.get(data, "max_concurrent_streams", prefix, int, d.max_concurrent_streams),
-        max_connections=r.get(data, "max_connections", prefix, int, d.max_connections),
-    )
-
-
-def _gateway(r: _Reader, data: Mapping[str, Any]) -> GatewayConfig:
-    p = "gateway"
-    r.check_keys(data, p, {"id", "host", "port", "admin_port", "workers", "tls_cert", "tls_key", "limits"})
-    d = GatewayConfig()
-    workers = r.get(data, "workers", p, int, d.workers)
-    if not 1 <= workers <= 256:
-        raise r.error(f"{p}.workers", "must be between 1 and 256")
-    return GatewayConfig(
-        id=r.get(data, "id", p, str, d.id),
-        host=r.get(data, "host", p, str, d.host),
-        port=r.port(data, "port", p, d.port),
-        admin_port=r.port(data, "admin_port", p, d.admin_port),
-        workers=workers,
-        tls_cert=r.get(data, "tls_cert", p, str, None),
-        tls_key=r.get(data, "tls_key", p, str, None),
-        limits=_limits(r, r.table(data, "limits", p), f"{p}.limits"),
-    )
-
-
-def _nodes(r: _Reader, items: Any, name: str, root: Path, base: Path) -> list[dict[str, Any]]:
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise r.error(name, f"expected an array of tables ([[{name}]])")
-    out = []
-    for i, item in enumerate(items):
-        p = f"{name}[{i}]"
-        if not isinstance(item, dict):
-            raise r.error(p, "expected a table")
-        node_id = r.get(item, "id", p, str, required=True)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}", node_id):
-            raise r.error(f"{p}.id", f"{node_id!r} is not a valid id (letters, digits, . _ -)")
-        raw_dir = r.get(item, "data_dir", p, str, "")
-        data_dir = Path(raw_dir) if raw_dir else base / node_id
-        if not data_dir.is_absolute():
-            data_dir = root / data_dir
-        out.append({"prefix": p, "item": item, "id": node_id, "data_dir": data_dir})
-    return out
+_CLUSTER_KEYS = {"name", "runtime", "log_level", "data_dir"}
 
 
 def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None = None) -> ClusterConfig:
     """Parse cluster.toml text. Relative data directories resolve against the file's folder."""
+    from .roles import registry
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError("toml", str(e), path=path, line=int(m.group(1)) if m else None) from None
-    r = _Reader(path, text)
-    r.check_keys(data, "", {"cluster", "objstore", "users", "gateway", "storage", "metadata", "repair"})
     root = Path(path).resolve().parent if path else Path.cwd()
+    r = Reader(path, text, root=root)
+    reg = registry()
+    r.check_keys(data, "", {"cluster", *reg.section_names()})
 
     cl = r.table(data, "cluster", "")
-    r.check_keys(cl, "cluster", {"name", "runtime", "log_level", "data_dir"})
+    r.check_keys(cl, "cluster", _CLUSTER_KEYS)
     runtime = r.get(cl, "runtime", "cluster", str, "asyncio")
     if runtime not in ("asyncio", "trio"):
         raise r.error("cluster.runtime", f"{runtime!r} is not one of asyncio, trio")
@@ -576,93 +379,67 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
     if log_level not in ("debug", "info", "warning", "error"):
         raise r.error("cluster.log_level", f"{log_level!r} is not one of debug, info, warning, error")
     base = Path(r.get(cl, "data_dir", "cluster", str, "var"))
-    if not base.is_absolute():
-        base = root / base
+    r.data_dir = base if base.is_absolute() else root / base
 
-    objstore = _objstore(r, r.table(data, "objstore", ""))
+    sections: dict[str, Any] = {}
+    for section in reg.sections():
+        if section.name in data:
+            sections[section.name] = section.read(r, data[section.name])
+    for role in reg.roles():
+        if role.section in data:
+            sections[role.section] = _read_daemons(r, data[role.section], role)
 
-    users_raw = data.get("users", [])
-    if not isinstance(users_raw, list):
-        raise r.error("users", "expected an array of tables ([[users]])")
-    users: list[User] = []
-    for i, u in enumerate(users_raw):
-        p = f"users[{i}]"
-        r.check_keys(u, p, {"name", "access_key", "secret_key"})
-        access = r.get(u, "access_key", p, str, required=True)
-        secret = r.get(u, "secret_key", p, str, required=True)
-        if len(access) < 3 or len(secret) < 8:
-            raise r.error(f"{p}.secret_key" if len(access) >= 3 else f"{p}.access_key",
-                          "access_key needs at least 3 characters and secret_key at least 8")
-        if any(x.access_key == access for x in users):
-            raise r.error(f"{p}.access_key", f"access key {access!r} is given to two users")
-        users.append(User(name=r.get(u, "name", p, str, access), access_key=access, secret_key=secret))
-
-    gateway = _gateway(r, r.table(data, "gateway", "")) if "gateway" in data else None
-    repair = _repair(r, r.table(data, "repair", "")) if "repair" in data else None
-
-    storage: list[StorageNodeConfig] = []
-    for n in _nodes(r, data.get("storage"), "storage", root, base):
-        p, item = n["prefix"], n["item"]
-        r.check_keys(item, p, {"id", "host", "port", "admin_port", "data_dir", "zone", "rack", "node_host"})
-        storage.append(StorageNodeConfig(
-            id=n["id"], host=r.get(item, "host", p, str, "127.0.0.1"),
-            port=r.port(item, "port", p), admin_port=r.port(item, "admin_port", p),
-            data_dir=n["data_dir"], zone=r.get(item, "zone", p, str, "z1"),
-            rack=r.get(item, "rack", p, str, "r1"),
-            node_host=r.get(item, "node_host", p, str, n["id"]),
-        ))
-    metadata: list[MetadataNodeConfig] = []
-    for n in _nodes(r, data.get("metadata"), "metadata", root, base):
-        p, item = n["prefix"], n["item"]
-        r.check_keys(item, p, {"id", "host", "port", "admin_port", "data_dir", "map_size", "drain"})
-        metadata.append(MetadataNodeConfig(
-            id=n["id"], host=r.get(item, "host", p, str, "127.0.0.1"),
-            port=r.port(item, "port", p), admin_port=r.port(item, "admin_port", p),
-            data_dir=n["data_dir"], map_size_bytes=r.size(item, "map_size", p, 1 * GiB),
-            drain=r.get(item, "drain", p, bool, False),
-        ))
-
-    cfg = ClusterConfig(
-        name=r.get(cl, "name", "cluster", str, "headwater"), runtime=runtime, log_level=log_level,
-        path=Path(path).resolve() if path else None, data_dir=base, objstore=objstore,
-        users=tuple(users), gateway=gateway, storage=tuple(storage), metadata=tuple(metadata),
-        repair=repair,
-    )
-    _check_cluster(r, cfg, env or os.environ)
+    cfg = ClusterConfig(name=r.get(cl, "name", "cluster", str, "headwater"), runtime=runtime,
+                        log_level=log_level, path=Path(path).resolve() if path else None,
+                        data_dir=r.data_dir, **sections)
+    _check_addresses(r, cfg)
+    for check in reg.checks():
+        check(r, cfg, env or os.environ)
     return cfg
 
 
-def _check_cluster(r: _Reader, cfg: ClusterConfig, env: Mapping[str, str]) -> None:
+def _read_daemons(r: Reader, raw: Any, role: Any) -> Any:
+    """One ``[section]`` daemon, or the tuple of a ``[[section]]`` array, through the role's reader."""
+    if not role.many:
+        if not isinstance(raw, dict):
+            raise r.error(role.section, "expected a table")
+        return role.read(r, raw, role.section)
+    if not isinstance(raw, list):
+        raise r.error(role.section, f"expected an array of tables ([[{role.section}]])")
+    out = []
+    for i, item in enumerate(raw):
+        prefix = f"{role.section}[{i}]"
+        if not isinstance(item, dict):
+            raise r.error(prefix, "expected a table")
+        out.append(role.read(r, item, prefix))
+    return tuple(out)
+
+
+def _keyed_daemons(cfg: ClusterConfig) -> Iterator[tuple[str, DaemonConfig]]:
+    """Every daemon with the cluster.toml prefix its keys sit under (``storage[2]``, ``gateway``)."""
+    from .roles import registry
+
+    for role in registry().roles():
+        value = getattr(cfg, role.section)
+        if role.many:
+            yield from ((f"{role.section}[{i}]", d) for i, d in enumerate(value))
+        elif value is not None:
+            yield role.section, value
+
+
+def _check_addresses(r: Reader, cfg: ClusterConfig) -> None:
+    """No two daemons share an id, and no two listen on one address."""
     seen_ids: dict[str, str] = {}
     seen_ports: dict[tuple[str, int], str] = {}
-    keyed: list[tuple[str, Any]] = []
-    if cfg.gateway:
-        keyed.append(("gateway", cfg.gateway))
-    keyed += [(f"storage[{i}]", s) for i, s in enumerate(cfg.storage)]
-    keyed += [(f"metadata[{i}]", m) for i, m in enumerate(cfg.metadata)]
-    if cfg.repair:
-        keyed.append(("repair", cfg.repair))
-    for prefix, d in keyed:
+    for prefix, d in _keyed_daemons(cfg):
         if d.id in seen_ids:
             raise r.error(f"{prefix}.id", f"id {d.id!r} is also used by {seen_ids[d.id]}")
         seen_ids[d.id] = prefix
-        # The repair daemon listens on its admin port only (its ``port`` is the same number).
-        for attr in ("admin_port",) if isinstance(d, RepairConfig) else ("port", "admin_port"):
+        for attr in port_keys(d):
             addr = (d.host, getattr(d, attr))
             if addr in seen_ports:
                 raise r.error(f"{prefix}.{attr}", f"{addr[0]}:{addr[1]} is also used by {seen_ports[addr]}")
             seen_ports[addr] = f"{prefix}.{attr}"
-    if cfg.gateway is not None:
-        if not cfg.users:
-            raise r.error("users", "the S3 gateway needs at least one [[users]] entry")
-        if not cfg.metadata:
-            raise r.error("metadata", "the S3 gateway needs at least one [[metadata]] node")
-        widest = max([cfg.objstore.ec, *cfg.objstore.bucket_ec.values()], key=lambda s: s.width)
-        if len(cfg.storage) < widest.width:
-            raise r.error("storage", f"{widest.describe()} needs {widest.width} storage nodes, "
-                                     f"the file has {len(cfg.storage)}")
-    if cfg.repair is not None and not (cfg.metadata and cfg.storage):
-        raise r.error("repair", "the repair daemon needs [[metadata]] and [[storage]] nodes to repair")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> ClusterConfig:

@@ -1,7 +1,9 @@
-"""The supervisor behind ``headwater up``: one child process per daemon (per worker for the gateway).
+"""The supervisor behind ``headwater up``: one child process per daemon (per worker for roles that
+run ``workers`` processes on one port, such as the S3 gateway).
 
-Start order is metadata -> storage -> gateway -> repair. The daemons of one role start together (metadata
-nodes may need a quorum of their peers before they report healthy) and the next role starts only
+Roles start in the registry's order (:mod:`headwater.roles`; for the object store metadata ->
+storage -> gateway -> repair). The daemons of one role start together (metadata nodes may need a
+quorum of their peers before they report healthy) and the next role starts only
 when every one of them answers ``/healthz`` on its admin port. If any cannot start, everything
 already started is stopped and :class:`StartupError` says which daemon failed and shows the end
 of its log: nothing is left half-started.
@@ -36,8 +38,10 @@ import httpx
 from anyio.abc import Process, TaskStatus
 
 from .clock import SYSTEM_CLOCK, Clock
-from .config import ClusterConfig, GatewayConfig, MetadataNodeConfig, RepairConfig, StorageNodeConfig
+from .config import ClusterConfig, DaemonConfig, port_keys
 from .log import Logger, get_logger
+from .roles import registry
+from .status import url_host
 
 __all__ = [
     "BackoffPolicy",
@@ -53,9 +57,6 @@ __all__ = [
 ]
 
 SUPERVISOR_PID_ENV = "HEADWATER_SUPERVISOR_PID"
-ROLE_ORDER = ("metadata", "storage", "gateway", "repair")
-
-DaemonConfig = GatewayConfig | StorageNodeConfig | MetadataNodeConfig | RepairConfig
 
 
 # --- restart policy (pure) ---------------------------------------------------------------------
@@ -102,7 +103,7 @@ class BackoffPolicy:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildSpec:
-    """One child process: a daemon, or one worker of the gateway."""
+    """One child process: a daemon, or one worker of a daemon that runs several."""
 
     daemon_id: str
     role: str
@@ -125,8 +126,9 @@ class ChildSpec:
 def child_specs(cfg: ClusterConfig) -> list[ChildSpec]:
     """Every child process ``up`` starts, in start order."""
     out: list[ChildSpec] = []
+    with_workers = {r.name for r in registry().roles() if r.workers}
     for d in cfg.daemons():
-        workers: Sequence[int | None] = range(d.workers) if isinstance(d, GatewayConfig) else (None,)
+        workers: Sequence[int | None] = range(getattr(d, "workers")) if d.role in with_workers else (None,)
         for w in workers:
             out.append(ChildSpec(daemon_id=d.id, role=d.role, worker=w, host=d.host, port=d.port,
                                  admin_port=d.admin_port))
@@ -183,7 +185,7 @@ def check_ports(daemons: Sequence[DaemonConfig], *, reuse_port: bool = False) ->
     """One line per port that cannot be listened on: ``"storage-1: cannot listen on h:p: why"``."""
     problems = []
     for d in daemons:
-        for port in dict.fromkeys((d.port, d.admin_port)):  # the repair daemon has one port
+        for port in dict.fromkeys(getattr(d, key) for key in port_keys(d)):
             why = _bind_error(d.host, port, reuse_port=reuse_port)
             if why:
                 problems.append(f"{d.id}: cannot listen on {d.host}:{port}: {why}")
@@ -308,7 +310,7 @@ class Supervisor:
     # -- starting -----------------------------------------------------------------------------
 
     async def _start_all(self) -> None:
-        for role in ROLE_ORDER:
+        for role in _role_order():
             group = [c for c in self.children if c.spec.role == role]
             if not group:
                 continue
@@ -357,7 +359,7 @@ class Supervisor:
     async def _wait_healthy(self, children: list[_Child]) -> None:
         """Until /healthz is ok and (for workers sharing a port) every worker has answered."""
         spec = children[0].spec
-        url = f"http://{_url_host(spec.host)}:{spec.admin_port}/healthz"
+        url = f"http://{url_host(spec.host)}:{spec.admin_port}/healthz"
         deadline = self.clock.monotonic() + self.start_timeout_s
         pending = {c.pid for c in children}
         last = "no answer yet"
@@ -427,7 +429,7 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         self._stopping = True
-        for role in reversed(ROLE_ORDER):
+        for role in reversed(_role_order()):
             group = [c for c in self.children if c.spec.role == role and c.process is not None]
             async with anyio.create_task_group() as tg:
                 for child in group:
@@ -475,12 +477,8 @@ class Supervisor:
             self.log.warning("state.write_failed", path=str(self.state_path), error=str(e))
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
+def _role_order() -> list[str]:
+    return [r.name for r in registry().roles()]
 
 
 def _json_pid(r: httpx.Response) -> int | None:

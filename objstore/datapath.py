@@ -18,10 +18,11 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from headwater.config import ClusterConfig, ErasureScheme
+from headwater.config import ClusterConfig
 from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
 
 from . import stripe
+from .config import ErasureScheme
 from .placement import NodeSite, PlacementError, place
 from .records import Layout
 from .storage.client import PendingRead, StorageClient

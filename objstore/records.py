@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headwater.config import ErasureScheme
+from .config import ErasureScheme
 
 __all__ = [
     "BUCKETS_NS",

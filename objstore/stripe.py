@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Union
 
 import zfec
 
-from headwater.config import ErasureScheme
+from .config import ErasureScheme
 
 __all__ = [
     "Buffer",

@@ -8,13 +8,13 @@ from typing import Any, Sequence
 
 from headwater.http.types import Response
 
-from .context import Call, Store
-from .listing import list_page
-from .payload import Payload
 from ..metadata.errors import ConditionFailed
 from ..records import BUCKETS_NS, BucketRecord, ObjectRecord, objects_ns, uploads_ns
 from ..s3 import errors as s3e
 from ..s3 import names, xmlio
+from .context import Call, Store
+from .listing import list_page
+from .payload import Payload
 
 __all__ = ["create_bucket", "head_bucket", "delete_bucket", "list_buckets", "list_objects_v1",
            "list_objects_v2", "list_versions", "get_location", "get_versioning", "owned_bucket",

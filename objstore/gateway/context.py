@@ -7,12 +7,13 @@ from typing import Callable, Iterable
 
 import anyio
 
-from headwater.config import ClusterConfig, User
+from headwater.config import ClusterConfig
 from headwater.http.types import Request
 
+from ..config import User
 from ..datapath import StoragePool, delete_layouts
-from ..records import Layout
 from ..metadata.client import MetadataClient
+from ..records import Layout
 
 __all__ = ["Store", "Call"]
 

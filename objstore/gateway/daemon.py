@@ -7,6 +7,7 @@ S3 API on the shared port (SO_REUSEPORT), and /healthz and /metrics on the admin
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import secrets
@@ -16,20 +17,21 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from headwater.admin import serve_admin
-from headwater.config import ClusterConfig, GatewayConfig
+from headwater.config import ClusterConfig
 from headwater.http.errors import ClientDisconnected
 from headwater.http.errors import RequestTimeout as HttpRequestTimeout
 from headwater.http.server import serve
 from headwater.http.types import BodyTooLarge, Request, Response
 from headwater.metrics import Registry
 
-from . import buckets, multipart, objects
-from .context import Call, Store
+from ..config import GatewayConfig, user_by_access_key
 from ..datapath import ReadFailed, StoragePool, WriteFailed
 from ..metadata.client import MetadataClient
 from ..metadata.errors import MetadataError
 from ..s3 import errors as s3e
 from ..s3 import names, sigv4
+from . import buckets, multipart, objects
+from .context import Call, Store
 
 __all__ = ["Gateway", "run_gateway"]
 
@@ -168,7 +170,7 @@ class Gateway:
                 resource = f"/{bucket}" + (f"/{key}" if key is not None else "")
             auth = sigv4.authenticate(
                 method=request.method, raw_path=request.path, raw_query=request.query,
-                headers=request.headers, lookup_user=self.store.cluster.user_by_access_key,
+                headers=request.headers, lookup_user=functools.partial(user_by_access_key, self.store.cluster),
                 region=self.store.cluster.objstore.region, now=self.store.clock(),
                 max_skew_s=self.store.cluster.objstore.clock_skew_s, host=request.host or None)
             operation, handler = route(request.method, bucket, key, query, request.headers)

@@ -22,17 +22,33 @@ import anyio
 
 from headwater.http.types import Response
 
+from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
+from ..records import (
+    ObjectRecord,
+    PartInfo,
+    PartRecord,
+    UploadRecord,
+    objects_ns,
+    part_key,
+    parts_ns,
+    upload_key,
+    uploads_ns,
+)
+from ..s3 import checksums, names, xmlio
+from ..s3 import errors as s3e
 from .buckets import int_param, owned_bucket, xml_response
 from .context import Call, Store
 from .listing import after_prefix
-from .objects import (_etag_condition, commit_object, copy_source, get_record, object_stream, standard_headers,
-                      store_body)
-from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
+from .objects import (
+    _etag_condition,
+    commit_object,
+    copy_source,
+    get_record,
+    object_stream,
+    standard_headers,
+    store_body,
+)
 from .payload import Payload
-from ..records import (ObjectRecord, PartInfo, PartRecord, UploadRecord, objects_ns, part_key, parts_ns,
-                      upload_key, uploads_ns)
-from ..s3 import checksums, names, xmlio
-from ..s3 import errors as s3e
 
 __all__ = ["create_upload", "upload_part", "upload_part_copy", "complete_upload", "abort_upload",
            "list_parts", "list_uploads"]

@@ -7,18 +7,18 @@ from typing import AsyncIterator
 
 import anyio
 
-from headwater.config import ErasureScheme
 from headwater.http.types import Headers, Response
 
-from .buckets import owned_bucket, xml_response
-from .context import Call, Store
+from ..config import ErasureScheme
 from ..datapath import LayoutWriter, read_layout
 from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
-from .payload import Payload
 from ..records import Layout, ObjectRecord, objects_ns
 from ..s3 import conditions, names, ranges, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
+from .buckets import owned_bucket, xml_response
+from .context import Call, Store
+from .payload import Payload
 
 __all__ = ["put_object", "get_object", "head_object", "delete_object", "delete_objects", "copy_object",
            "store_body", "get_record", "object_stream", "parse_copy_source"]

@@ -13,9 +13,9 @@ import binascii
 import hashlib
 from typing import AsyncIterator
 
-from .context import Call
 from ..s3 import checksums, chunked, sigv4
 from ..s3 import errors as s3e
+from .context import Call
 
 __all__ = ["Payload", "CHECKSUM_ALGORITHMS"]
 

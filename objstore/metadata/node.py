@@ -41,14 +41,30 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from headwater.admin import export_stats, serve_admin
-from headwater.config import ClusterConfig, MetadataNodeConfig
+from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, ClientPool, RpcServer, Unavailable
 
-from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, NotLeaderError, NotStoredError, RingChanged
+from ..config import MetadataNodeConfig
+from .errors import (
+    CorruptGroup,
+    CorruptRecord,
+    DataDirError,
+    InvalidKey,
+    NotLeaderError,
+    NotStoredError,
+    RingChanged,
+)
 from .partition import DEFAULT_REPLICAS, PartitionMap, group_name, rendezvous
 from .raft.core import Config, NotLeader, Timing
-from .raft.group import Committer, GroupSettings, MembershipError, NotStored, OutcomeUnknown, RaftGroup
+from .raft.group import (
+    Committer,
+    GroupSettings,
+    MembershipError,
+    NotStored,
+    OutcomeUnknown,
+    RaftGroup,
+)
 from .raft.storage import RaftStorage, read_ring, write_ring
 from .store import Command, OpKind, Record, Store, record_from_wire, record_to_wire
 

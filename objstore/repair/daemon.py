@@ -26,12 +26,13 @@ import anyio.abc
 
 from headwater.admin import export_stats, serve_admin
 from headwater.clock import SYSTEM_CLOCK
-from headwater.config import ClusterConfig, RepairConfig
+from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
 
+from ..config import RepairConfig
 from ..datapath import StoragePool
-from .gc import GarbageCollector
 from ..metadata.client import MetadataClient
+from .gc import GarbageCollector
 from .rebalancer import Rebalancer
 from .reconstructor import Reconstructor
 

@@ -44,15 +44,20 @@ import xxhash
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError
+from headwater.throttle import Pacer
 
 from ..datapath import StoragePool
-from ..storage.client import FragmentNotFound
 from ..layouts import LayoutRef, layouts_in, walk_layouts
 from ..metadata.client import MetadataClient
 from ..placement import NodeSite, place
-from .reconstructor import REBUILD_BATCH_BYTES, Reconstructor, RepairError, failure_reason
 from ..records import Layout
-from headwater.throttle import Pacer
+from ..storage.client import FragmentNotFound
+from .reconstructor import (
+    REBUILD_BATCH_BYTES,
+    Reconstructor,
+    RepairError,
+    failure_reason,
+)
 
 __all__ = ["Move", "tally", "fair_share", "spread", "plan_moves", "Rebalancer", "CopyMismatch"]
 

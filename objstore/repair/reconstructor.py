@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -39,18 +40,16 @@ import xxhash
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError, Unavailable
+from headwater.throttle import Pacer
 
 from .. import stripe
 from ..datapath import StoragePool
-from contextlib import aclosing
-
 from ..layouts import LayoutRef, layouts_in, rewrite, walk_layouts
-from .liveness import NodeLiveness
 from ..metadata.client import MetadataClient
 from ..metadata.errors import ConditionFailed, MetadataError
 from ..placement import NodeSite
 from ..records import Layout
-from headwater.throttle import Pacer
+from .liveness import NodeLiveness
 
 __all__ = [
     "FragState", "LayoutCheck", "RebuildPlan", "judge", "choose_targets", "plan_rebuild",

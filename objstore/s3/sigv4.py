@@ -30,12 +30,21 @@ from email.utils import parsedate_to_datetime
 from typing import Callable
 from urllib.parse import quote, unquote_to_bytes
 
-from headwater.config import User
 from headwater.http.types import Headers
 
-from .errors import (AccessDenied, AuthorizationHeaderMalformed, AuthorizationQueryParametersError,
-                     InvalidAccessKeyId, InvalidArgument, InvalidRequest, NotImplemented,
-                     RequestTimeTooSkewed, SignatureDoesNotMatch, XAmzContentSHA256Mismatch)
+from ..config import User
+from .errors import (
+    AccessDenied,
+    AuthorizationHeaderMalformed,
+    AuthorizationQueryParametersError,
+    InvalidAccessKeyId,
+    InvalidArgument,
+    InvalidRequest,
+    NotImplemented,
+    RequestTimeTooSkewed,
+    SignatureDoesNotMatch,
+    XAmzContentSHA256Mismatch,
+)
 
 __all__ = [
     "ALGORITHM", "UNSIGNED_PAYLOAD", "STREAMING_SIGNED", "STREAMING_SIGNED_TRAILER",

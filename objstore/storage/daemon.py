@@ -50,12 +50,23 @@ import anyio.abc
 import anyio.to_thread
 
 from headwater.admin import export_stats, serve_admin
-from headwater.config import ClusterConfig, StorageNodeConfig
+from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, Reply, RpcServer
 
-from .fragment import (BLOCK_PREFIX, FragmentCorrupt, FragmentNotFound, FragmentWriter, StorageFull, check_fid,
-                       fragment_relpath, fsync_dir, read_blocks, read_info)
+from ..config import StorageNodeConfig
+from .fragment import (
+    BLOCK_PREFIX,
+    FragmentCorrupt,
+    FragmentNotFound,
+    FragmentWriter,
+    StorageFull,
+    check_fid,
+    fragment_relpath,
+    fsync_dir,
+    read_blocks,
+    read_info,
+)
 from .scrubber import Scrubber
 
 __all__ = ["StorageNode", "StorageNodeError", "run_storage_node", "DEFAULT_TMP_MAX_AGE_S", "MAX_STAT_FIDS"]

@@ -20,9 +20,9 @@ import anyio
 import anyio.to_thread
 
 from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.throttle import Pacer
 
 from .fragment import FragmentCorrupt, FragmentNotFound, FragmentScanner
-from headwater.throttle import Pacer
 
 if TYPE_CHECKING:
     from .daemon import StorageNode

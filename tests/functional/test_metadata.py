@@ -8,12 +8,20 @@ from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
 import anyio
 import pytest
-
-from headwater.config import ClusterConfig, MetadataNodeConfig, ObjstoreConfig
-from headwater.objstore.metadata import (ConditionFailed, DataDirError, Entry, MetadataClient,
-                                         QuorumUnavailable, WriteOutcomeUnknown, run_metadata_node)
+from headwater.objstore.config import MetadataNodeConfig, ObjstoreConfig
+from headwater.objstore.metadata import (
+    ConditionFailed,
+    DataDirError,
+    Entry,
+    MetadataClient,
+    QuorumUnavailable,
+    WriteOutcomeUnknown,
+    run_metadata_node,
+)
 from headwater.objstore.metadata.errors import RingChanged
 from headwater.objstore.metadata.partition import PartitionMap, group_name
+
+from headwater.config import ClusterConfig
 
 from ..cluster import free_ports
 
@@ -354,7 +362,7 @@ async def test_a_corrupt_record_on_the_leader_is_repaired_from_a_peer(tmp_path):
 
 async def test_a_node_behind_the_compacted_log_gets_a_snapshot(tmp_path):
     async with meta_cluster(tmp_path, partitions=8) as mc:
-        mc.cfg = dataclasses.replace(mc.cfg, objstore=dataclasses.replace(mc.cfg.objstore, raft_log_entries=10))
+        mc.cfg = mc.cfg.replace(objstore=dataclasses.replace(mc.cfg.objstore, raft_log_entries=10))
         for i in range(3):  # restart with the small log limit
             await mc.stop(i)
         for i in range(3):
@@ -420,7 +428,7 @@ async def test_partitions_and_groups_are_fixed_once_the_ring_is_formed(tmp_path)
         await mc.stop(0)
         before = mc.cfg
         for change in ({"partitions": 32}, {"metadata_groups": 4}):
-            mc.cfg = dataclasses.replace(before, objstore=dataclasses.replace(before.objstore, **change))
+            mc.cfg = before.replace(objstore=dataclasses.replace(before.objstore, **change))
             with pytest.raises(RingChanged, match="fixed once a ring is formed"):
                 await run_metadata_node(mc.cfg, mc.cfg.metadata[0], admin=False)
         mc.cfg = before

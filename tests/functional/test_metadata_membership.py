@@ -9,13 +9,13 @@ import dataclasses
 
 import anyio
 import pytest
-
-from headwater.config import MetadataNodeConfig
+from headwater.objstore.config import MetadataNodeConfig
 from headwater.objstore.metadata import QuorumUnavailable, WriteOutcomeUnknown
 from headwater.objstore.metadata.partition import PartitionMap, group_name
 from headwater.objstore.metadata.rebalance import RebalanceError, rebalance, survey
-from .test_metadata import meta_cluster
+
 from ..cluster import free_ports
+from .test_metadata import meta_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +46,7 @@ async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_wri
             # Add meta-3: it joins the existing ring, holds nothing until rebalance moves groups.
             extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
                                        data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
-            mc.cfg = dataclasses.replace(mc.cfg, metadata=(*mc.cfg.metadata, extra))
+            mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
             await mc.start(3)
             await anyio.sleep(0.5)
             assert mc.node(3).groups == {}  # joined, not founding: no group until a leader adds it
@@ -64,7 +64,7 @@ async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_wri
                 assert group_name(g) in mc.node(int(left[-1])).retired
 
             # Drain meta-0: its groups move to the others; then it is stopped.
-            mc.cfg = dataclasses.replace(mc.cfg, metadata=tuple(
+            mc.cfg = mc.cfg.replace(metadata=tuple(
                 dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
             led = sum(g.is_leader for g in mc.node(0).groups.values())
             before = progress["ok"]
@@ -100,7 +100,7 @@ async def test_a_node_that_never_catches_up_is_not_made_a_voter(tmp_path):
         await meta.put("obj/b", "k", {"n": 1})
         ghost = MetadataNodeConfig(id="meta-9", port=free_ports(1)[0], admin_port=1,
                                    data_dir=tmp_path / "meta-9", map_size_bytes=64 << 20)
-        mc.cfg = dataclasses.replace(mc.cfg, metadata=(*mc.cfg.metadata, ghost))  # listed, never started
+        mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, ghost))  # listed, never started
         with pytest.raises(RebalanceError):
             await rebalance(mc.cfg, catch_up_s=1.0, attempts=2)
         for st in await survey(mc.cfg):
@@ -112,7 +112,7 @@ async def test_a_node_that_never_catches_up_is_not_made_a_voter(tmp_path):
 
 async def test_rebalance_refuses_to_shrink_groups_below_three(tmp_path):
     async with meta_cluster(tmp_path) as mc:
-        mc.cfg = dataclasses.replace(mc.cfg, metadata=tuple(
+        mc.cfg = mc.cfg.replace(metadata=tuple(
             dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
         with pytest.raises(RebalanceError, match="not draining"):
             await rebalance(mc.cfg)

@@ -6,14 +6,14 @@ import os
 
 import anyio
 import pytest
+from headwater.objstore.datapath import StoragePool
+from headwater.objstore.placement import place
+from headwater.objstore.records import Layout
+from headwater.objstore.repair.rebalancer import Rebalancer
+from headwater.objstore.repair.reconstructor import Reconstructor
 
 from headwater.clock import FakeClock
 from headwater.config import ClusterConfig
-from headwater.objstore.datapath import StoragePool
-from headwater.objstore.placement import place
-from headwater.objstore.repair.rebalancer import Rebalancer
-from headwater.objstore.repair.reconstructor import Reconstructor
-from headwater.objstore.records import Layout
 
 from .test_repair import SCHEME, DictMeta, put_object, read_back, start_nodes
 

@@ -16,18 +16,19 @@ from typing import Any
 
 import anyio
 import pytest
-
-from headwater.clock import FakeClock
-from headwater.config import ClusterConfig, ErasureScheme, StorageNodeConfig
-from headwater.objstore.storage import fragment as fr
+from headwater.objstore.config import ErasureScheme, StorageNodeConfig
 from headwater.objstore.datapath import LayoutWriter, StoragePool, read_layout
-from headwater.objstore.repair.gc import GarbageCollector
 from headwater.objstore.metadata.client import Entry
 from headwater.objstore.metadata.errors import ConditionFailed
-from headwater.objstore.repair.reconstructor import Reconstructor
 from headwater.objstore.records import BUCKETS_NS, Layout, objects_ns
-from headwater.objstore.storage.scrubber import Scrubber
+from headwater.objstore.repair.gc import GarbageCollector
+from headwater.objstore.repair.reconstructor import Reconstructor
+from headwater.objstore.storage import fragment as fr
 from headwater.objstore.storage.daemon import StorageNode, run_storage_node
+from headwater.objstore.storage.scrubber import Scrubber
+
+from headwater.clock import FakeClock
+from headwater.config import ClusterConfig
 
 pytestmark = pytest.mark.anyio
 

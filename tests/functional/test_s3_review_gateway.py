@@ -20,15 +20,15 @@ from typing import Any
 
 import anyio
 import pytest
-
-from headwater.config import load as load_config
-from headwater.http.types import Headers, Request
+from headwater.objstore.datapath import ReadFailed, StoragePool
 from headwater.objstore.gateway import multipart, objects
 from headwater.objstore.gateway.context import Call, Store
-from headwater.objstore.datapath import ReadFailed, StoragePool
 from headwater.objstore.metadata.client import MetadataClient
 from headwater.objstore.metadata.errors import MetadataError, WriteOutcomeUnknown
 from headwater.objstore.s3 import errors as s3e
+
+from headwater.config import load as load_config
+from headwater.http.types import Headers, Request
 from tests.cluster import client_error, xml_error
 from tests.functional.test_s3_review_wire import streaming_put
 

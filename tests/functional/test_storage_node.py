@@ -10,13 +10,22 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from headwater.config import ClusterConfig, ErasureScheme, StorageNodeConfig
-from headwater.objstore.storage import fragment as fr
 from headwater.objstore import stripe
-from headwater.objstore.storage.client import (FragmentCorrupt, FragmentNotFound, StorageClient,
-                                               StorageFull)
-from headwater.objstore.storage.daemon import StorageNode, StorageNodeError, run_storage_node
+from headwater.objstore.config import ErasureScheme, StorageNodeConfig
+from headwater.objstore.storage import fragment as fr
+from headwater.objstore.storage.client import (
+    FragmentCorrupt,
+    FragmentNotFound,
+    StorageClient,
+    StorageFull,
+)
+from headwater.objstore.storage.daemon import (
+    StorageNode,
+    StorageNodeError,
+    run_storage_node,
+)
+
+from headwater.config import ClusterConfig
 from headwater.rpc import BadRequest
 
 pytestmark = pytest.mark.anyio

@@ -18,10 +18,18 @@ import re
 import signal
 
 import pytest
-
 from headwater.objstore.storage import fragment as fr
-from tests.probe.test_repair_faults import (admin_get, data, frag_path, layouts, metric, read_all_exact,
-                                            repair_state, wait_for)
+
+from tests.probe.test_repair_faults import (
+    admin_get,
+    data,
+    frag_path,
+    layouts,
+    metric,
+    read_all_exact,
+    repair_state,
+    wait_for,
+)
 
 KiB = 1024
 STRIPE = 64 * KiB

@@ -20,11 +20,11 @@ import time
 import anyio
 import botocore.exceptions
 import httpx
-
-from headwater import config as hwconfig
-from headwater.objstore.storage import fragment as fr
 from headwater.objstore.layouts import walk_layouts
 from headwater.objstore.metadata.client import MetadataClient
+from headwater.objstore.storage import fragment as fr
+
+from headwater import config as hwconfig
 
 KiB = 1024
 STRIPE = 64 * KiB

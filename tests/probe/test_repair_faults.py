@@ -29,11 +29,11 @@ import anyio
 import botocore.exceptions
 import httpx
 import pytest
-
-from headwater import config as hwconfig
-from headwater.objstore.storage import fragment as fr
 from headwater.objstore.metadata.client import MetadataClient
 from headwater.objstore.records import Layout, ObjectRecord, objects_ns
+from headwater.objstore.storage import fragment as fr
+
+from headwater import config as hwconfig
 
 KiB = 1024
 STRIPE = 64 * KiB

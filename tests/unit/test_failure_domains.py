@@ -4,8 +4,14 @@ layout forces, and the loss analysis says what one zone, rack, host or node cost
 from collections import Counter
 
 import pytest
-
-from headwater.objstore.placement import LEVELS, NodeSite, PlacementError, analyse, place, placement_warnings
+from headwater.objstore.placement import (
+    LEVELS,
+    NodeSite,
+    PlacementError,
+    analyse,
+    place,
+    placement_warnings,
+)
 
 
 def layout(hosts: int, per_host: int, racks: int = 1, zones: int = 1) -> list[NodeSite]:
@@ -101,8 +107,10 @@ def test_too_few_nodes_for_the_scheme():
 
 # --- write quorum in cluster.toml ------------------------------------------------------------------
 
-from headwater.config import ConfigError, ErasureScheme, loads  # noqa: E402
+from headwater.objstore.config import ErasureScheme
 from headwater.objstore.datapath import write_quorum  # noqa: E402
+
+from headwater.config import ConfigError, loads  # noqa: E402
 
 EC_TOML = """
 [objstore.ec]
@@ -142,7 +150,7 @@ def test_bad_write_quorum_names_the_key_and_line(value):
 
 
 def test_status_report_warns_for_4_plus_2_on_3_hosts():
-    from headwater.cli import failure_domain_report
+    from headwater.objstore.status import failure_domain_report
 
     nodes = "\n".join(f'[[storage]]\nid = "s{i}"\nport = {9100 + i}\nadmin_port = {9200 + i}\nnode_host = "h{i // 2}"\n'
                       for i in range(6))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from headwater.objstore.repair.gc import Candidates, Listed
 from headwater.objstore.placement import NodeSite, place
-from headwater.objstore.repair.rebalancer import apply_moves, fair_share, plan_moves, spread, tally
 from headwater.objstore.records import Layout
+from headwater.objstore.repair.gc import Candidates, Listed
+from headwater.objstore.repair.rebalancer import (
+    apply_moves,
+    fair_share,
+    plan_moves,
+    spread,
+    tally,
+)
 
 K, M, STRIPE = 4, 2, 64 * 1024
 
@@ -168,7 +174,7 @@ def test_bad_rebalance_keys_name_the_key(extra, key):
 
 
 def test_status_line_shows_rebalance_progress():
-    from headwater.cli import _repair_text
+    from headwater.objstore.status import repair_text as _repair_text
 
     base = {"degraded_objects": 0, "degraded_stripes": 0, "passes": 3, "last_pass_end": 100.0,
             "fragments_rebuilt": 0, "bytes_rebuilt": 0}

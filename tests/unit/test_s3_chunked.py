@@ -8,16 +8,22 @@ import io
 
 import pytest
 from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from headwater.config import User
-from headwater.http.types import Headers
+from headwater.objstore.config import User
 from headwater.objstore.s3 import errors as e
 from headwater.objstore.s3.checksums import checksum_b64
 from headwater.objstore.s3.chunked import AwsChunkedDecoder
-from headwater.objstore.s3.sigv4 import (EMPTY_SHA256, AuthResult, PayloadMode, authenticate,
-                                         parse_amz_date, signing_key)
+from headwater.objstore.s3.sigv4 import (
+    EMPTY_SHA256,
+    AuthResult,
+    PayloadMode,
+    authenticate,
+    parse_amz_date,
+    signing_key,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headwater.http.types import Headers
 
 AK, SK = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 USER = User(name="example", access_key=AK, secret_key=SK)

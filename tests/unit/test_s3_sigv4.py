@@ -11,14 +11,21 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.config import Config
 from botocore.credentials import Credentials
+from headwater.objstore.config import User
+from headwater.objstore.s3 import errors as e
+from headwater.objstore.s3.sigv4 import (
+    PayloadMode,
+    PayloadVerifier,
+    authenticate,
+    canonical_query,
+    canonical_uri,
+    parse_amz_date,
+    payload_mode,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.config import User
 from headwater.http.types import Headers
-from headwater.objstore.s3 import errors as e
-from headwater.objstore.s3.sigv4 import (PayloadMode, PayloadVerifier, authenticate, canonical_query,
-                                         canonical_uri, parse_amz_date, payload_mode)
 
 AK, SK = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 USER = User(name="example", access_key=AK, secret_key=SK)
@@ -213,8 +220,8 @@ def capture(c, call, **params):
 
 @pytest.mark.parametrize("key", ["obj", "with space/ü ✓", "a+b=c"])
 def test_boto3_put_object_over_https_uses_unsigned_trailer(key):
-    from headwater.objstore.s3.chunked import AwsChunkedDecoder
     from headwater.objstore.s3.checksums import checksum_b64
+    from headwater.objstore.s3.chunked import AwsChunkedDecoder
     c = client("https://localhost:9000")
     data = b"hello world" * 1000
     s = capture(c, "put_object", Bucket="bucket", Key=key, Body=data)

@@ -4,12 +4,11 @@ import itertools
 import os
 
 import pytest
+from headwater.objstore import stripe
+from headwater.objstore.config import ErasureScheme
+from headwater.objstore.stripe import NotEnoughBlocks, StripeError
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-from headwater.config import ErasureScheme
-from headwater.objstore import stripe
-from headwater.objstore.stripe import NotEnoughBlocks, StripeError
 
 
 @st.composite
