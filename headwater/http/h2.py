@@ -205,6 +205,7 @@ class H2Connection:
             # whatever answer they need.
         if costly and not self.budget.spend(costly):
             error = Flooding("too many RST_STREAM/PING/SETTINGS/PRIORITY/empty DATA frames")
+            self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
             self.close(error.h2_error_code)
             out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error)))
         return out
