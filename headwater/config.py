@@ -112,6 +112,18 @@ class HttpLimits:
     body_timeout_s: float = 60.0
     max_concurrent_streams: int = 128
     max_connections: int = 10_000
+    # A write (HTTP/1.1 socket, HTTP/2 socket or flow-control window) making no progress this
+    # long drops the connection or stream, like nginx's send_timeout.
+    send_timeout_s: float = 60.0
+    # A request body slower than this on average over each window of waiting is answered 408
+    # (Apache mod_reqtimeout's MinRate); 0 disables it. body_timeout_s still bounds one read.
+    min_body_rate_bytes_per_s: int = 1 * KiB
+    min_body_rate_window_s: float = 10.0
+    # HTTP/2 frames cheap for the client and costly for us (RST_STREAM, PING, SETTINGS, PRIORITY,
+    # empty DATA, refused streams) draw on a per-connection bucket of h2_flood_burst tokens
+    # refilled at h2_flood_rate_per_s; an empty bucket means GOAWAY(ENHANCE_YOUR_CALM).
+    h2_flood_rate_per_s: float = 100.0
+    h2_flood_burst: int = 400
 
 
 def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str) -> HttpLimits:
@@ -119,7 +131,9 @@ def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str) -> HttpLim
     d = HttpLimits()
     r.check_keys(data, prefix, {"max_header_size", "max_body_size", "header_timeout_seconds",
                                 "idle_timeout_seconds", "body_timeout_seconds",
-                                "max_concurrent_streams", "max_connections"})
+                                "max_concurrent_streams", "max_connections", "send_timeout_seconds",
+                                "min_body_rate", "min_body_rate_window_seconds",
+                                "h2_flood_rate_per_second", "h2_flood_burst"})
     return HttpLimits(
         max_header_bytes=r.size(data, "max_header_size", prefix, d.max_header_bytes),
         max_body_bytes=r.size(data, "max_body_size", prefix, d.max_body_bytes),
@@ -128,6 +142,11 @@ def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str) -> HttpLim
         body_timeout_s=r.get(data, "body_timeout_seconds", prefix, float, d.body_timeout_s),
         max_concurrent_streams=r.get(data, "max_concurrent_streams", prefix, int, d.max_concurrent_streams),
         max_connections=r.get(data, "max_connections", prefix, int, d.max_connections),
+        send_timeout_s=r.positive(data, "send_timeout_seconds", prefix, d.send_timeout_s),
+        min_body_rate_bytes_per_s=r.size(data, "min_body_rate", prefix, d.min_body_rate_bytes_per_s),
+        min_body_rate_window_s=r.positive(data, "min_body_rate_window_seconds", prefix, d.min_body_rate_window_s),
+        h2_flood_rate_per_s=r.positive(data, "h2_flood_rate_per_second", prefix, d.h2_flood_rate_per_s),
+        h2_flood_burst=int(r.positive(data, "h2_flood_burst", prefix, d.h2_flood_burst)),
     )
 
 

@@ -15,6 +15,8 @@ __all__ = [
     "HeadersTooLarge",
     "PayloadTooLarge",
     "RequestTimeout",
+    "SendTimeout",
+    "Flooding",
     "UnsupportedTransferCoding",
     "LocalProtocolError",
 ]
@@ -25,6 +27,7 @@ H2_PROTOCOL_ERROR = 0x1
 H2_INTERNAL_ERROR = 0x2
 H2_REFUSED_STREAM = 0x7
 H2_CANCEL = 0x8
+H2_ENHANCE_YOUR_CALM = 0xB
 
 
 class HttpError(Exception):
@@ -67,10 +70,29 @@ class PayloadTooLarge(ProtocolError):
 
 
 class RequestTimeout(ProtocolError):
-    """The peer was too slow sending the head (header_timeout_s) or the body (body_timeout_s)."""
+    """The peer was too slow sending the head (header_timeout_s) or the body (body_timeout_s, or
+    below min_body_rate_bytes_per_s over a window)."""
 
     http_status = 408
     h2_error_code = H2_CANCEL
+
+
+class SendTimeout(HttpError):
+    """The peer took none of our bytes for send_timeout_s (socket or HTTP/2 window): dropped.
+
+    Nothing more is written: the peer is not reading.
+    """
+
+    http_status = 499  # never sent
+    h2_error_code = H2_CANCEL
+
+
+class Flooding(ProtocolError):
+    """The peer spent its budget of cheap-for-it, costly-for-us HTTP/2 frames (rapid reset,
+    PING/SETTINGS/PRIORITY floods): GOAWAY(ENHANCE_YOUR_CALM) and close."""
+
+    http_status = 429
+    h2_error_code = H2_ENHANCE_YOUR_CALM
 
 
 class UnsupportedTransferCoding(ProtocolError):

@@ -23,6 +23,7 @@ from typing import Iterable
 
 import httptools
 
+from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB
 from headwater.http.errors import (
     BadRequest,
@@ -45,6 +46,8 @@ __all__ = [
     "SERVER_NAME",
     "http_date",
     "reason_phrase",
+    "check_field",
+    "HOP_BY_HOP",
 ]
 
 SERVER_NAME = "headwater"
@@ -149,7 +152,7 @@ def _status_line(status: int) -> bytes:
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE_BAD = re.compile(r"[\r\n\x00]")
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
                          "proxy-connection", "trailer"})
 
 
@@ -192,8 +195,9 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
 class H1Connection:
     """One HTTP/1.1 server connection. See the module docstring for the calling pattern."""
 
-    def __init__(self, limits: HttpLimits = HttpLimits()) -> None:
+    def __init__(self, limits: HttpLimits = HttpLimits(), *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.limits = limits
+        self.clock = clock
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
         self._broken = False  # parser failed or peer closed: no more input accepted
@@ -426,7 +430,7 @@ class H1Connection:
         has_date = has_server = False
         for name, value in headers:
             lname = name.lower()
-            if lname in _HOP_BY_HOP:
+            if lname in HOP_BY_HOP:
                 if lname == "connection" and "close" in value.lower():
                     close = True
                 continue
@@ -443,7 +447,7 @@ class H1Connection:
                 has_server = True
             out.append(f"{name}: {value}\r\n".encode("latin-1"))
         if not has_date:
-            out.append(f"date: {http_date()}\r\n".encode("latin-1"))
+            out.append(f"date: {http_date(self.clock.time())}\r\n".encode("latin-1"))
         if not has_server:
             out.append(b"server: " + SERVER_NAME.encode() + b"\r\n")
 

@@ -6,6 +6,10 @@ HttpLimits (SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_HEADER_LIST_SIZE, body
 turns app responses into HEADERS/DATA frames. Flow control is explicit: the shell asks
 ``outbound_window(stream_id)`` before sending DATA and calls ``acknowledge(stream_id, n)`` once
 the app has consumed received bytes, which is what re-opens the peer's window (backpressure).
+
+Frames that cost the peer little and us more (RST_STREAM of a stream we took on, PING,
+SETTINGS, PRIORITY, empty DATA, refused streams) draw on a ``FloodBudget`` on the injected clock;
+once it is spent the connection ends with GOAWAY(ENHANCE_YOUR_CALM) (``Flooding``).
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http.errors import (
     H2_NO_ERROR,
     H2_PROTOCOL_ERROR,
     BadRequest,
+    Flooding,
     LocalProtocolError,
     PayloadTooLarge,
     ProtocolError,
 )
-from headwater.http.h1 import SERVER_NAME, check_field, http_date
+from headwater.http.guards import FloodBudget
+from headwater.http.h1 import HOP_BY_HOP, SERVER_NAME, check_field, http_date
 
 __all__ = [
     "PREFACE",
@@ -105,17 +112,16 @@ class ConnectionEnded:
 
 Event = StreamRequest | StreamData | StreamEnd | StreamReset | StreamInvalid | WindowOpened | ConnectionEnded
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
-                         "proxy-connection", "trailer"})
-
 
 class H2Connection:
     """One HTTP/2 server connection."""
 
-    def __init__(self, limits: HttpLimits = HttpLimits(), *,
+    def __init__(self, limits: HttpLimits = HttpLimits(), *, clock: Clock = SYSTEM_CLOCK,
                  stream_window: int = STREAM_WINDOW_BYTES,
                  connection_window: int = CONNECTION_WINDOW_BYTES) -> None:
         self.limits = limits
+        self.clock = clock
+        self.budget = FloodBudget(limits.h2_flood_rate_per_s, limits.h2_flood_burst, clock=clock)
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self._conn = h2.connection.H2Connection(config=config)
         self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -126,7 +132,6 @@ class H2Connection:
         })
         self._connection_window = connection_window
         self._body_bytes: dict[int, int] = {}
-        self._declared: dict[int, int | None] = {}
         self.closed = False
 
     def initiate(self) -> None:
@@ -151,10 +156,14 @@ class H2Connection:
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
         out: list[Event] = []
+        costly = 0  # frames charged to the flood budget
+        on_headers = None  # the PriorityUpdated h2 also reports for the last HEADERS
         for ev in raw:
             t = type(ev)
             if t is h2.events.DataReceived:
                 sid = ev.stream_id
+                if not ev.data and ev.stream_ended is None:
+                    costly += 1  # empty DATA (CVE-2019-9518)
                 n = self._body_bytes.get(sid, 0) + len(ev.data)
                 self._body_bytes[sid] = n
                 if n > self.limits.max_body_bytes:
@@ -166,22 +175,39 @@ class H2Connection:
                 out.append(StreamData(stream_id=sid, data=ev.data,
                                       flow_controlled_length=ev.flow_controlled_length))
             elif t is h2.events.RequestReceived:
-                out.append(self._request(ev))
+                on_headers = ev.priority_updated
+                req = self._request(ev)
+                if type(req) is StreamInvalid:
+                    costly += 1
+                out.append(req)
             elif t is h2.events.StreamEnded:  # also follows a HEADERS or DATA with END_STREAM
                 out.append(StreamEnd(stream_id=ev.stream_id))
             elif t is h2.events.StreamReset:
+                if ev.remote_reset:
+                    costly += 1  # rapid reset (CVE-2023-44487)
                 self._forget(ev.stream_id)
                 out.append(StreamReset(stream_id=ev.stream_id, error_code=int(ev.error_code)))
             elif t is h2.events.WindowUpdated:
                 out.append(WindowOpened(stream_id=ev.stream_id))
             elif t is h2.events.RemoteSettingsChanged:
+                costly += 1  # SETTINGS flood (CVE-2019-9515)
                 out.append(WindowOpened(stream_id=0))
+            elif t is h2.events.PingReceived:
+                costly += 1  # PING flood (CVE-2019-9512)
+            elif t is h2.events.PriorityUpdated:
+                if ev is not on_headers:
+                    costly += 1  # a PRIORITY frame of its own (CVE-2019-9513), not on HEADERS
             elif t is h2.events.ConnectionTerminated:
                 self.closed = True
                 out.append(ConnectionEnded(error_code=int(ev.error_code),
                                            reason=(ev.additional_data or b"").decode("latin-1")))
-            # PingReceived, SettingsAcknowledged, PriorityUpdated, TrailersReceived: h2 already
-            # queued whatever answer they need.
+            # SettingsAcknowledged, PingAckReceived, TrailersReceived: h2 already queued
+            # whatever answer they need.
+        if costly and not self.budget.spend(costly):
+            error = Flooding("too many RST_STREAM/PING/SETTINGS/PRIORITY/empty DATA frames")
+            self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
+            self.close(error.h2_error_code)
+            out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error)))
         return out
 
     def _request(self, ev: h2.events.RequestReceived) -> StreamRequest | StreamInvalid:
@@ -216,7 +242,6 @@ class H2Connection:
                 expects_continue = True
         if not has_host and authority:
             headers.append(("host", authority))
-        self._declared[sid] = content_length
         if content_length is not None and content_length > self.limits.max_body_bytes:
             return StreamInvalid(stream_id=sid, error=PayloadTooLarge(
                 f"declared body of {content_length} bytes exceeds the limit"))
@@ -244,7 +269,7 @@ class H2Connection:
         has_date = has_server = False
         for name, value in headers:
             lname = name.lower()
-            if lname in _HOP_BY_HOP:
+            if lname in HOP_BY_HOP:
                 continue
             check_field(name, value)
             if lname == "content-length":
@@ -265,7 +290,7 @@ class H2Connection:
                 body_length or not head_request):
             out.append(("content-length", str(body_length)))
         if not has_date:
-            out.append(("date", http_date()))
+            out.append(("date", http_date(self.clock.time())))
         if not has_server:
             out.append(("server", SERVER_NAME))
         end = no_body or body_length == 0
@@ -317,14 +342,6 @@ class H2Connection:
                 pass
             self.closed = True
 
-    @property
-    def open_streams(self) -> int:
-        return self._conn.open_inbound_streams
-
-    def _stream_open(self, stream_id: int) -> bool:
-        stream = self._conn.streams.get(stream_id)
-        return stream is not None and not stream.closed
-
     def _reset_quietly(self, stream_id: int, error_code: int) -> None:
         try:
             self._conn.reset_stream(stream_id, error_code=error_code)
@@ -335,4 +352,3 @@ class H2Connection:
 
     def _forget(self, stream_id: int) -> None:
         self._body_bytes.pop(stream_id, None)
-        self._declared.pop(stream_id, None)

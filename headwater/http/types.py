@@ -120,11 +120,17 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class FileBody:
-    """A region of a file, which the core may send with sendfile on plain HTTP/1.1."""
+    """A region of a file, which the core may send with sendfile on plain HTTP/1.1.
 
-    path: str | PathLike[str]
+    ``fd``, if given, is a file descriptor already open on the file (a cache may evict the path
+    between deciding to serve it and the send). The core takes it over: it is closed once the
+    response is over, sent or not, and ``path`` then only names the file in logs.
+    """
+
+    path: str | PathLike[str] = ""
     offset: int = 0
     length: int | None = None
+    fd: int | None = None
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from headwater.clock import FakeClock
 from headwater.config import HttpLimits
 from headwater.http import h1
 from headwater.http.errors import (
@@ -243,3 +244,30 @@ def test_header_parsing_round_trips(fields: list[tuple[str, str]]) -> None:
     c.receive_data(raw)
     head = c.next_event()
     assert head.headers == [("host", "h"), *[(n.lower(), v) for n, v in fields]]
+
+
+@pytest.mark.parametrize("chunks", [
+    b"zz\r\n",                      # not hex
+    b"5\r\nhelloXX",                # no CRLF after the data
+    b"5\nhello\n0\n\n",             # bare LF after the size
+    b"5\r\nhello\r\n-1\r\n",        # negative size
+    b"fffffffffffffffffffff\r\n",   # overflow
+    b"5 \r\nhello\r\n0\r\n\r\n",    # space before CRLF
+    b"5;a=\"\r\nhello\r\n",         # unterminated quoted extension
+])
+def test_malformed_chunked_body_is_a_400(chunks: bytes) -> None:
+    c = h1.H1Connection()
+    c.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    evs = events(c)
+    assert isinstance(evs[0], h1.RequestHead)
+    assert isinstance(evs[-1], h1.RequestInvalid) and evs[-1].error.http_status == 400
+    assert not c.keep_alive
+    head = c.send_response(400, [], body_length=0)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close\r\n" in head
+
+
+def test_date_comes_from_the_injected_clock() -> None:
+    c = h1.H1Connection(clock=FakeClock(start=1_000_000_000.0))
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    events(c)
+    assert b"\r\ndate: Sun, 09 Sep 2001 01:46:40 GMT\r\n" in c.send_response(204, [], body_length=0)

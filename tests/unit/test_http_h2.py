@@ -7,6 +7,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
+from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB
 from headwater.http import h2 as server_h2
 
@@ -151,3 +152,103 @@ def test_protocol_violation_ends_the_connection_with_goaway() -> None:
     assert isinstance(evs[-1], server_h2.ConnectionEnded) and evs[-1].error_code != 0
     assert server.data_to_send()  # GOAWAY queued
     assert server.receive_data(b"more") == []
+
+
+# --- floods (CVE-2023-44487 rapid reset, CVE-2019-9512/9515 PING and SETTINGS floods) ----------
+
+def _goaway_code(p: Pair) -> int | None:
+    for e in p.client_events:
+        if isinstance(e, h2.events.ConnectionTerminated):
+            return int(e.error_code)
+    return None
+
+
+def _flood_pair(clock: FakeClock, *, burst: int = 50, rate: float = 10.0) -> Pair:
+    limits = HttpLimits(h2_flood_burst=burst, h2_flood_rate_per_s=rate, max_concurrent_streams=1000)
+    p = Pair.__new__(Pair)
+    p.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    p.server = server_h2.H2Connection(limits, clock=clock)
+    p.server.initiate()
+    p.client.initiate_connection()
+    p.server_events, p.client_events = [], []
+    p.exchange()
+    return p
+
+
+def test_rapid_reset_spends_the_budget_and_ends_with_enhance_your_calm() -> None:
+    clock = FakeClock()
+    p = _flood_pair(clock)
+    sid = 1
+    while not p.server.closed and sid < 2000:
+        p.request(sid, "GET", "/", end=True)
+        p.client.reset_stream(sid, error_code=8)
+        p.exchange()
+        sid += 2
+    assert p.server.closed and sid < 120  # 50 resets (less the SETTINGS frame), not 1000
+    assert _goaway_code(p) == 0xB
+    ended = p.take(server_h2.ConnectionEnded)
+    assert ended[-1].error_code == 0xB
+
+
+def test_resets_at_a_human_pace_never_trip_the_budget() -> None:
+    clock = FakeClock()
+    p = _flood_pair(clock)
+    for i in range(200):
+        sid = 1 + 2 * i
+        p.request(sid, "GET", "/", end=True)
+        p.client.reset_stream(sid, error_code=8)
+        p.exchange()
+        clock.advance(0.2)  # 5 resets a second against a refill of 10
+    assert not p.server.closed and _goaway_code(p) is None
+
+
+def test_ping_and_settings_floods_end_with_enhance_your_calm() -> None:
+    for flood in ("ping", "settings"):
+        clock = FakeClock()
+        p = _flood_pair(clock)
+        for i in range(200):
+            if flood == "ping":
+                p.client.ping(b"%08d" % i)
+            else:
+                p.client.update_settings({h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1000 + i})
+        p.exchange()  # all in one read: the budget trips within it
+        assert p.server.closed and _goaway_code(p) == 0xB, flood
+        acks = [e for e in p.client_events if isinstance(e, (h2.events.PingAckReceived,
+                                                              h2.events.SettingsAcknowledged))]
+        assert len(acks) <= 1  # the answers to the flood's read are dropped with the connection
+
+
+def test_priority_on_headers_is_free_but_priority_frames_are_not() -> None:
+    clock = FakeClock()
+    p = _flood_pair(clock, burst=20, rate=0.0)
+    for i in range(30):  # HEADERS carrying priority, as browsers send them
+        p.client.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                          (":authority", "a")], end_stream=True, priority_weight=200)
+        p.exchange()
+    assert not p.server.closed
+    for i in range(30):
+        if p.server.closed:
+            break
+        p.client.prioritize(1 + 2 * i, weight=10)
+        p.exchange()
+    assert p.server.closed and i == 20 and _goaway_code(p) == 0xB
+
+
+def test_empty_data_frames_are_charged() -> None:
+    clock = FakeClock()
+    p = _flood_pair(clock, burst=20, rate=0.0)
+    p.request(1, "PUT", "/", end=False)
+    for _ in range(30):
+        p.client.send_data(1, b"")
+    p.exchange()
+    assert p.server.closed and _goaway_code(p) == 0xB
+
+
+def test_date_comes_from_the_injected_clock() -> None:
+    clock = FakeClock(start=1_000_000_000.0)
+    p = _flood_pair(clock)
+    p.request(1, "GET", "/")
+    p.server.send_response(1, 204, [], body_length=0)
+    p.exchange()
+    [resp] = [e for e in p.client_events if isinstance(e, h2.events.ResponseReceived)]
+    assert dict(resp.headers)[b"date"] == b"Sun, 09 Sep 2001 01:46:40 GMT"

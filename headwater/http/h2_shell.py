@@ -1,0 +1,434 @@
+"""The HTTP/2 connection loop around ``h2.H2Connection``: one reader task, one task per stream.
+
+The reader feeds frames to the sans-IO connection and hands the events to the streams; each
+stream task runs the app and writes its response within the flow-control windows. Writes share
+one lock, so DATA frames of many streams interleave but never tear.
+
+What one stream can hold: its unread request body is bounded by the stream window we advertise
+(the peer's window only reopens as the app reads), and its response by one chunk of the app's
+body plus one DATA frame queued behind the write lock. A stream whose send window stays shut
+for send_timeout_s is reset (CANCEL) and its body closed; a socket that takes nothing for that
+long is cut by the transport's watchdog. Flood budgets are the sans-IO connection's business:
+it ends the connection with GOAWAY(ENHANCE_YOUR_CALM), and this loop then closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from headwater.http import h2
+from headwater.http.errors import (
+    H2_ENHANCE_YOUR_CALM,
+    H2_INTERNAL_ERROR,
+    H2_NO_ERROR,
+    ClientDisconnected,
+    LocalProtocolError,
+    ProtocolError,
+    RequestTimeout,
+    SendTimeout,
+)
+from headwater.http.exchange import (
+    SHUTDOWN_GRACE_S,
+    BodyReading,
+    OpenFile,
+    Service,
+    aclose_iterable,
+    discard_body,
+    error_response,
+    override_for_broken_body,
+    split_target,
+)
+from headwater.http.guards import RateFloor
+from headwater.http.transport import DISCONNECTS, RECV_BYTES
+from headwater.http.types import FileBody, Headers, Request, Response
+
+__all__ = ["H2Shell", "H2_DRAIN_MAX_BYTES"]
+
+log = logging.getLogger("headwater.http")
+
+#: An HTTP/2 request body the app did not read is let in (and discarded) up to this size rather
+#: than stopped with RST_STREAM(NO_ERROR): some clients (httpx/h2, curl) fail the whole request
+#: when the reset races their last DATA frames, though RFC 9113 allows it. Flow control keeps
+#: the cost to this many bytes.
+H2_DRAIN_MAX_BYTES = 1024 * 1024
+
+
+class H2Stream(BodyReading):
+    """One HTTP/2 request in flight; also its RequestBody."""
+
+    __slots__ = ("sid", "_h", "_chunks", "ended", "reset", "failed", "_wakeup", "in_receive",
+                 "scope", "_expects_continue", "_content_length", "continue_sent", "received",
+                 "_floor")
+
+    def __init__(self, shell: H2Shell, req: h2.StreamRequest) -> None:
+        self.sid = req.stream_id
+        self._h = shell
+        self._chunks: deque[list[Any]] = deque()  # [data, unacknowledged flow-controlled bytes]
+        self.ended = req.end_stream
+        self.reset = False
+        self.failed: ProtocolError | None = None
+        self._wakeup: anyio.Event | None = None
+        self.in_receive = False
+        self.scope = anyio.CancelScope()
+        self._expects_continue = req.expects_continue
+        self._content_length = req.content_length
+        self.continue_sent = False
+        self.received = 0
+        self._floor: RateFloor | None = None
+
+    # fed by the connection's reader task
+
+    def feed(self, data: bytes, flow: int) -> None:
+        self.received += len(data)
+        self._chunks.append([data, flow])
+        self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def fail(self, error: ProtocolError) -> None:
+        self.failed = error
+        self._wake()
+
+    def abort(self) -> None:
+        """The peer reset the stream or left: wake a receiver with ClientDisconnected, or cancel."""
+        self.reset = True
+        if self.in_receive:
+            self._wake()
+        else:
+            self.scope.cancel()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def discard(self) -> int:
+        """Drop unread data; the flow-controlled bytes to hand back to the connection window."""
+        n = sum(c[1] for c in self._chunks)
+        self._chunks.clear()
+        return n
+
+    # RequestBody
+
+    @property
+    def expects_continue(self) -> bool:
+        return self._expects_continue
+
+    @property
+    def content_length(self) -> int | None:
+        return self._content_length
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        h = self._h
+        while True:
+            if self.reset:
+                self.scope.cancel()
+                raise ClientDisconnected("the client reset the stream")
+            if self._chunks:
+                chunk = self._chunks[0]
+                data: bytes = chunk[0]
+                if len(data) > max_bytes:
+                    out = data[:max_bytes]
+                    chunk[0] = data[max_bytes:]
+                    ack = len(out)
+                    chunk[1] -= ack
+                else:
+                    out = data
+                    ack = chunk[1]
+                    self._chunks.popleft()
+                h.conn.acknowledge(self.sid, ack)
+                await h.flush()
+                return out
+            if self.failed is not None:
+                raise self.failed
+            if self.ended:
+                return b""
+            if self._expects_continue and not self.continue_sent:
+                self.continue_sent = True
+                h.conn.send_informational(self.sid, 100)
+                await h.flush()
+            await self._wait_for_data()
+
+    async def _wait_for_data(self) -> None:
+        limits = self._h.limits
+        floor = self._floor
+        if floor is None and limits.min_body_rate_bytes_per_s:
+            floor = self._floor = RateFloor(limits.min_body_rate_bytes_per_s,
+                                            limits.min_body_rate_window_s)
+        now = time.monotonic()
+        timeout = limits.body_timeout_s
+        if floor is not None:
+            timeout = min(timeout, floor.begin_wait(now) - now)
+        before = self.received
+        self._wakeup = wakeup = anyio.Event()
+        self.in_receive = True
+        try:
+            with anyio.move_on_after(timeout) as waited:
+                await wakeup.wait()
+        finally:
+            self.in_receive = False
+        if waited.cancelled_caught:
+            self.failed = RequestTimeout("request body stalled past body_timeout_s")
+        if floor is not None and not floor.end_wait(self.received - before, time.monotonic()):
+            self.failed = RequestTimeout("request body below min_body_rate")
+
+
+class H2Shell:
+    """One HTTP/2 connection: ``run`` serves its streams until GOAWAY, idle timeout or EOF."""
+
+    def __init__(self, service: Service, stream: anyio.abc.ByteStream, initial: bytes,
+                 scheme: str, client: tuple[str, int] | None, local: tuple[str, int] | None) -> None:
+        self.service = service
+        self.limits = service.limits
+        self.stream = stream
+        self.scheme = scheme
+        self.client = client
+        self.local = local
+        self.conn = h2.H2Connection(service.limits, clock=service.clock)
+        self.conn.initiate()
+        self.initial = initial
+        self.streams: dict[int, H2Stream] = {}
+        self._write_lock = anyio.Lock()
+        self._window = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def flush(self) -> None:
+        async with self._write_lock:
+            data = self.conn.data_to_send()
+            if data:
+                await self.stream.send(data)
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    await self._read_loop()
+                finally:
+                    for st in list(self.streams.values()):
+                        st.abort()
+        finally:
+            # GOAWAY (also when serve() is being cancelled), then close.
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(SHUTDOWN_GRACE_S):
+                    try:
+                        self.conn.close()
+                        data = self.conn.data_to_send()
+                        if data:
+                            await self.stream.send(data)
+                    except Exception:
+                        pass
+                    try:
+                        await self.stream.aclose()
+                    except Exception:
+                        pass
+
+    async def _read_loop(self) -> None:
+        if self.initial:
+            self._dispatch(self.conn.receive_data(self.initial))
+        await self.flush()
+        while not self.conn.closed:
+            data = None
+            with anyio.move_on_after(self.limits.idle_timeout_s):
+                try:
+                    data = await self.stream.receive(RECV_BYTES)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
+                    data = b""
+            if data is None:
+                if not self.streams:
+                    return  # idle: GOAWAY and close
+                continue
+            self._dispatch(self.conn.receive_data(data))
+            # Answers (PING and SETTINGS acks, refusals) go out before the next read: a peer
+            # that does not read stops being read, so they cannot pile up.
+            await self.flush()
+
+    def _dispatch(self, events: list[h2.Event]) -> None:
+        for ev in events:
+            kind = type(ev)
+            if kind is h2.StreamData:
+                st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
+                if st is not None:
+                    st.feed(ev.data, ev.flow_controlled_length)  # type: ignore[union-attr]
+                else:
+                    self.conn.acknowledge(ev.stream_id, ev.flow_controlled_length)  # type: ignore[union-attr]
+            elif kind is h2.StreamRequest:
+                st = H2Stream(self, ev)  # type: ignore[arg-type]
+                self.streams[st.sid] = st
+                assert self._tg is not None
+                self._tg.start_soon(self._run_stream, st, ev)
+            elif kind is h2.StreamEnd:
+                st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
+                if st is not None:
+                    st.end()
+            elif kind is h2.StreamReset:
+                st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
+                if st is not None:
+                    st.abort()
+            elif kind is h2.WindowOpened:
+                self._window.set()
+                self._window = anyio.Event()
+            elif kind is h2.StreamInvalid:
+                st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
+                if st is not None:
+                    st.fail(ev.error)  # type: ignore[union-attr]
+                else:
+                    self._refuse(ev.stream_id, ev.error)  # type: ignore[union-attr]
+            elif kind is h2.ConnectionEnded:
+                if ev.error_code == H2_ENHANCE_YOUR_CALM:  # type: ignore[union-attr]
+                    log.warning("HTTP/2 client %s flooded: GOAWAY(ENHANCE_YOUR_CALM): %s",
+                                self.client, ev.reason)  # type: ignore[union-attr]
+                for st in list(self.streams.values()):
+                    st.abort()
+
+    def _refuse(self, sid: int, error: ProtocolError) -> None:
+        resp = error_response(error.http_status)
+        body = resp.body
+        assert isinstance(body, bytes)
+        try:
+            self.conn.send_response(sid, resp.status, resp.headers, body_length=len(body))
+            self.conn.send_data(sid, body, end_stream=True)
+            if not self.conn.request_complete(sid):
+                self.conn.reset(sid, H2_NO_ERROR)
+        except Exception:
+            self.conn.reset(sid, error.h2_error_code)
+        self.conn.stream_finished(sid)
+
+    async def _run_stream(self, st: H2Stream, req: h2.StreamRequest) -> None:
+        conn = self.conn
+        path, query = split_target(req.target)
+        request = Request(method=req.method, target=req.target, path=path, query=query,
+                          headers=Headers(req.headers), body=st, http_version="2",
+                          scheme=req.scheme or self.scheme, client=self.client, server=self.local,
+                          host=req.authority)
+        try:
+            response, _ = await self.service.call(request, st.scope)
+            if response is not None and st.reset:
+                await discard_body(response.body)
+            elif response is not None:
+                if st.failed is not None:
+                    response = await override_for_broken_body(response, st.failed)
+                st.scope = anyio.CancelScope()  # a reset now cancels the sending
+                with st.scope:
+                    await self._write(st, req, response)
+        except SendTimeout as e:
+            log.info("HTTP/2 stream %d from %s reset: %s", st.sid, self.client, e)
+            conn.reset(st.sid, e.h2_error_code)
+            st.reset = True
+        except DISCONNECTS:
+            pass
+        except Exception:
+            log.exception("HTTP/2 stream %d failed", st.sid)
+            conn.reset(st.sid, H2_INTERNAL_ERROR)
+        finally:
+            self.streams.pop(st.sid, None)
+            unread = st.discard()
+            if not st.reset:
+                if not conn.request_complete(st.sid):
+                    # Answered before the whole body came: a short rest is let in (and
+                    # acknowledged as it arrives, the stream is no longer in self.streams);
+                    # otherwise stop the upload with RST_STREAM(NO_ERROR), RFC 9113 8.1.
+                    declared = st.content_length
+                    if declared is None or declared - st.received >= H2_DRAIN_MAX_BYTES:
+                        conn.reset(st.sid, H2_NO_ERROR)
+                conn.acknowledge(st.sid, unread)
+            conn.stream_finished(st.sid)
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(SHUTDOWN_GRACE_S):
+                    try:
+                        await self.flush()
+                    except Exception:
+                        pass
+
+    async def _write(self, st: H2Stream, req: h2.StreamRequest, response: Response) -> None:
+        conn = self.conn
+        body = response.body
+        head_request = req.method == "HEAD"
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            try:
+                ended = conn.send_response(st.sid, response.status, response.headers,
+                                           body_length=len(body), head_request=head_request)
+            except LocalProtocolError:
+                log.exception("unsendable response on stream %d", st.sid)
+                return await self._write(st, req, error_response(500))
+            if not ended:
+                await self._send_data(st, bytes(body), end=True)
+            else:
+                await self.flush()
+        elif isinstance(body, FileBody):
+            try:
+                f = OpenFile(body)
+            except (OSError, LocalProtocolError):
+                log.exception("cannot send %s on stream %d", body.path, st.sid)
+                return await self._write(st, req, error_response(500))
+            try:
+                ended = conn.send_response(st.sid, response.status, response.headers,
+                                           body_length=f.length, head_request=head_request)
+                if not ended:
+                    async for chunk in f.chunks():
+                        await self._send_data(st, chunk)
+                    await self._send_data(st, b"", end=True)
+                else:
+                    await self.flush()
+            finally:
+                f.close()
+        else:
+            try:
+                ended = conn.send_response(st.sid, response.status, response.headers,
+                                           body_length=None, head_request=head_request)
+                if not ended:
+                    async for chunk in body:
+                        if chunk:
+                            await self._send_data(st, chunk)
+                    await self._send_data(st, b"", end=True)
+                else:
+                    await self.flush()
+            finally:
+                await aclose_iterable(body)
+
+    async def _send_data(self, st: H2Stream, data: bytes, *, end: bool = False) -> None:
+        """DATA frames within the stream's and the connection's send windows.
+
+        A window that stays shut for send_timeout_s raises SendTimeout (the stream is reset).
+        """
+        conn = self.conn
+        view = memoryview(data)
+        shut_since = math.inf  # since when the window has been shut (no progress)
+        while True:
+            if st.reset:
+                raise ClientDisconnected("the client reset the stream")
+            if not view:
+                if end:
+                    conn.end_stream(st.sid)
+                    await self.flush()
+                return
+            n = conn.outbound_window(st.sid)
+            if n <= 0:
+                now = time.monotonic()
+                if shut_since == math.inf:
+                    shut_since = now
+                left = shut_since + self.limits.send_timeout_s - now
+                if left <= 0:
+                    raise SendTimeout(f"the send window stayed shut for {self.limits.send_timeout_s} s")
+                window = self._window
+                await self.flush()
+                with anyio.move_on_after(left):
+                    await window.wait()
+                continue
+            shut_since = math.inf
+            piece = view[:n]
+            view = view[n:]
+            conn.send_data(st.sid, bytes(piece), end_stream=end and not view)
+            await self.flush()
+            if end and not view:
+                return

@@ -1,0 +1,343 @@
+"""Hostile peers replayed over real sockets: each attack the HTTP core bounds, and the bound.
+
+Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, request bodies
+trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, malformed chunked
+bodies; plus FileBody with an open descriptor and the Date header from the injected clock.
+Every test runs on both anyio backends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+import anyio.abc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+import pytest
+
+from headwater.clock import FakeClock
+from headwater.config import HttpLimits, KiB, MiB
+from headwater.http import FileBody, Request, Response
+from tests.functional.test_http_server import Probe, make_app, raw_exchange, running, split_responses
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+class Live:
+    """Counts response body iterators still open (what a stalled response holds)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.started = 0
+
+
+def hostile_app(live: Live, fallback):
+    async def app(req: Request) -> Response:
+        if req.path == "/endless":
+            async def endless() -> AsyncIterator[bytes]:
+                live.open += 1
+                live.started += 1
+                try:
+                    block = b"e" * (64 * KiB)
+                    while True:
+                        yield block
+                finally:
+                    live.open -= 1
+            return Response(200, [], endless())
+        if req.path == "/swallow":  # like the S3 gateway: any unknown exception becomes a 500
+            try:
+                await req.body.read_all(MiB)
+            except Exception:
+                return Response(500, [], b"internal error")
+            return Response(200, [], b"read")
+        return await fallback(req)
+    return app
+
+
+class H2Client:
+    """The h2 library as a client over a raw anyio socket."""
+
+    def __init__(self, stream: anyio.abc.SocketStream, *, initial_window: int | None = None) -> None:
+        self.s = stream
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        if initial_window is not None:
+            self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window})
+        self.events: list = []
+        self.closed = False
+
+    async def start(self) -> None:
+        self.conn.initiate_connection()
+        await self.send()
+
+    async def send(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            await self.s.send(data)
+
+    async def pump(self) -> None:
+        """One read: feed the events, answer what h2 answers (SETTINGS acks)."""
+        try:
+            data = await self.s.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            self.closed = True
+            return
+        self.events += self.conn.receive_data(data)
+        try:
+            await self.send()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.closed = True
+
+    async def pump_until(self, pred) -> None:
+        while not pred() and not self.closed:
+            await self.pump()
+
+    def goaway(self) -> h2.events.ConnectionTerminated | None:
+        return next((e for e in self.events if isinstance(e, h2.events.ConnectionTerminated)), None)
+
+    @staticmethod
+    def headers(method: str, path: str, extra=()) -> list[tuple[str, str]]:
+        return [(":method", method), (":path", path), (":scheme", "http"), (":authority", "a"), *extra]
+
+
+# --- send timeout ------------------------------------------------------------------------------
+
+async def test_http1_client_that_stops_reading_is_dropped() -> None:
+    live = Live()
+    limits = HttpLimits(send_timeout_s=0.5)
+    async with running(hostile_app(live, make_app(Probe())), limits=limits) as port:
+        with anyio.fail_after(20):
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                await stream.send(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
+                while not live.started:
+                    await anyio.sleep(0.01)
+                # never read: the server's send blocks, makes no progress, and is cut
+                while live.open:
+                    await anyio.sleep(0.05)
+                got = 0
+                with pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream)):
+                    while True:  # what the kernel had buffered, then the reset (or end)
+                        got += len(await stream.receive())
+            finally:
+                await stream.aclose()
+        assert live.open == 0 and live.started == 1
+
+
+async def test_http2_window_never_opened_resets_the_streams_and_frees_them() -> None:
+    live = Live()
+    limits = HttpLimits(send_timeout_s=0.5)
+    async with running(hostile_app(live, make_app(Probe())), limits=limits) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s, initial_window=0)  # no DATA may ever be sent to us
+                await c.start()
+                sids = list(range(1, 81, 2))  # the 40 streams of the hostile probe
+                for sid in sids:
+                    c.conn.send_headers(sid, c.headers("GET", "/endless"), end_stream=True)
+                await c.send()
+
+                def all_reset() -> bool:
+                    return {e.stream_id for e in c.events if isinstance(e, h2.events.StreamReset)} >= set(sids)
+                await c.pump_until(all_reset)
+                resets = [e for e in c.events if isinstance(e, h2.events.StreamReset)]
+                assert {e.error_code for e in resets} == {h2.errors.ErrorCodes.CANCEL}
+                assert live.started == 40
+                while live.open:  # every stalled response body closed: its buffers are free
+                    await anyio.sleep(0.01)
+                # the connection itself still serves (a HEAD needs no window)
+                c.conn.send_headers(101, c.headers("HEAD", "/hello"), end_stream=True)
+                await c.send()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 101
+                                               for e in c.events))
+                assert c.goaway() is None
+
+
+# --- minimum body rate -------------------------------------------------------------------------
+
+async def test_http1_trickled_body_gets_408() -> None:
+    limits = HttpLimits(min_body_rate_bytes_per_s=1 * KiB, min_body_rate_window_s=0.5)
+    async with running(make_app(Probe()), limits=limits) as port:
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                await s.send(b"PUT /hash HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+                start = anyio.current_time()
+                out = b""
+                try:
+                    for _ in range(100):  # 1 byte every 0.1 s: 10 B/s, far below 1 KiB/s
+                        await s.send(b"t")
+                        await anyio.sleep(0.1)
+                        with anyio.move_on_after(0):
+                            out += await s.receive()
+                        if out:
+                            break
+                except (anyio.BrokenResourceError, anyio.EndOfStream):
+                    pass
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    while True:
+                        out += await s.receive()
+                assert anyio.current_time() - start < 3.0
+        [(status, headers, _)] = split_responses(out)
+        assert status == 408 and headers["connection"] == "close"
+        # an honest upload under the same limits
+        raw = await raw_exchange(port, b"PUT /hash HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n"
+                                       b"Connection: close\r\n\r\n" + b"h" * 200_000)
+        assert raw.startswith(b"HTTP/1.1 200") and b"200000 " in raw
+
+
+async def test_http2_trickled_body_gets_408() -> None:
+    limits = HttpLimits(min_body_rate_bytes_per_s=1 * KiB, min_body_rate_window_s=0.5)
+    async with running(make_app(Probe()), limits=limits) as port:
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                c.conn.send_headers(1, c.headers("PUT", "/hash"))
+                await c.send()
+                start = anyio.current_time()
+
+                def answered() -> bool:
+                    return any(isinstance(e, h2.events.ResponseReceived) for e in c.events)
+                while not answered() and not c.closed:
+                    c.conn.send_data(1, b"t")
+                    await c.send()
+                    with anyio.move_on_after(0.1):
+                        await c.pump()
+                [resp] = [e for e in c.events if isinstance(e, h2.events.ResponseReceived)]
+                assert dict(resp.headers)[b":status"] == b"408"
+                assert anyio.current_time() - start < 3.0
+
+
+# --- HTTP/2 floods -----------------------------------------------------------------------------
+
+async def test_http2_rapid_reset_gets_goaway_enhance_your_calm() -> None:
+    probe = Probe()
+    async with running(make_app(probe)) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
+                sid = 1
+                sent = 0
+                try:
+                    while c.goaway() is None and sent < 20_000:
+                        for _ in range(100):  # HEADERS + RST_STREAM pairs, as in CVE-2023-44487
+                            c.conn.send_headers(sid, c.headers("GET", "/hello"), end_stream=True)
+                            c.conn.reset_stream(sid, error_code=8)
+                            sid += 2
+                            sent += 1
+                        await c.send()
+                        with anyio.move_on_after(0.01):
+                            await c.pump()
+                except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
+                    pass
+                await c.pump_until(lambda: c.goaway() is not None)
+        goaway = c.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        assert sent < 5000 and probe.calls < 5000  # cut off within the budget (400 + 100/s)
+
+
+@pytest.mark.parametrize("flood", ["ping", "settings"])
+async def test_http2_control_frame_flood_gets_goaway_enhance_your_calm(flood: str) -> None:
+    async with running(make_app(Probe())) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                sent = 0
+                try:
+                    while c.goaway() is None and sent < 200_000:
+                        for i in range(1000):
+                            if flood == "ping":
+                                c.conn.ping(b"%08d" % (i % 10**8))
+                            else:
+                                c.conn.update_settings({h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 4096 + i})
+                        sent += 1000
+                        await c.send()
+                        with anyio.move_on_after(0.01):
+                            await c.pump()
+                except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
+                    pass
+                await c.pump_until(lambda: c.goaway() is not None)
+        goaway = c.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        answered = [e for e in c.events if isinstance(e, (h2.events.PingAckReceived,
+                                                          h2.events.SettingsAcknowledged))]
+        assert len(answered) < 2000 and sent < 200_000
+
+
+# --- malformed chunked bodies ----------------------------------------------------------------
+
+@pytest.mark.parametrize("chunks", [b"zz\r\n", b"5\r\nhelloXX", b"5\nhello\n"])
+async def test_malformed_chunked_body_is_400_even_when_the_app_answers_500(chunks: bytes) -> None:
+    async with running(hostile_app(Live(), make_app(Probe()))) as port:
+        raw = await raw_exchange(port, b"POST /swallow HTTP/1.1\r\nHost: a\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+        [(status, headers, body)] = split_responses(raw)
+        assert status == 400 and headers["connection"] == "close" and body.startswith(b"400 ")
+
+
+async def test_malformed_chunked_body_while_echoing_logs_no_traceback(caplog) -> None:
+    async with running(make_app(Probe())) as port:
+        with caplog.at_level(logging.INFO, logger="headwater.http"):
+            raw = await raw_exchange(port, b"POST /echo HTTP/1.1\r\nHost: a\r\n"
+                                           b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+    assert raw.startswith(b"HTTP/1.1 200") and not raw.endswith(b"0\r\n\r\n")
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+# --- FileBody with a descriptor, Date from the clock ------------------------------------------
+
+async def test_file_body_fd_survives_unlink_and_is_closed(tmp_path: Path) -> None:
+    blob = os.urandom(300 * KiB)
+    handed: list[tuple[int, int]] = []  # (fd, inode)
+
+    async def app(req: Request) -> Response:
+        path = tmp_path / f"evicted-{len(handed)}"
+        path.write_bytes(blob)
+        fd = os.open(path, os.O_RDONLY)
+        handed.append((fd, os.fstat(fd).st_ino))
+        path.unlink()  # the cache evicts the path; the descriptor still reads the bytes
+        return Response(200, [], FileBody(str(path), fd=fd, offset=5, length=len(blob) - 5))
+
+    def closed(fd: int, ino: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino != ino
+        except OSError:
+            return True
+
+    async with running(app) as port:
+        for http2 in (False, True):
+            async with httpx.AsyncClient(http1=not http2, http2=http2) as c:
+                r = await c.get(f"http://127.0.0.1:{port}/f")
+                assert r.content == blob[5:]
+            with anyio.fail_after(5):
+                while not closed(*handed[-1]):
+                    await anyio.sleep(0.01)
+        head = await raw_exchange(port, b"HEAD /f HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: %d" % (len(blob) - 5) in head
+        with anyio.fail_after(5):
+            while not closed(*handed[-1]):
+                await anyio.sleep(0.01)
+
+
+async def test_date_header_comes_from_the_injected_clock() -> None:
+    clock = FakeClock(start=1_000_000_000.0)
+    async with running(make_app(Probe()), clock=clock) as port:
+        for http2 in (False, True):
+            async with httpx.AsyncClient(http1=not http2, http2=http2) as c:
+                r = await c.get(f"http://127.0.0.1:{port}/hello")
+                assert r.headers["date"] == "Sun, 09 Sep 2001 01:46:40 GMT"
