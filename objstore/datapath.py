@@ -23,6 +23,7 @@ from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
 
 from . import stripe
 from .config import ErasureScheme
+from .errors import StoreError
 from .placement import NodeSite, PlacementError, place
 from .records import Layout
 from .storage.client import PendingRead, StorageClient
@@ -41,12 +42,17 @@ READ_BATCH = 4
 WRITE_BATCH_BYTES = 4 * 1024 * 1024
 
 
-class WriteFailed(Exception):
+class WriteFailed(StoreError):
     """Too few fragments could be stored for the write to be durable."""
 
+    s3_code = "SlowDown"
+    log_level = logging.WARNING
 
-class ReadFailed(Exception):
+
+class ReadFailed(StoreError):
     """Fewer than k fragments of a stripe could be read back intact."""
+
+    s3_code = "ServiceUnavailable"
 
 
 class StoragePool:

@@ -17,10 +17,12 @@ from typing import Iterable, Sequence
 
 import xxhash
 
+from .errors import StoreError
+
 __all__ = ["NodeSite", "place", "PlacementError", "DomainLoss", "analyse", "placement_warnings", "LEVELS"]
 
 
-class PlacementError(Exception):
+class PlacementError(StoreError):
     """Fewer healthy storage nodes than a scheme's width."""
 
 

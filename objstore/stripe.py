@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Union
 import zfec
 
 from .config import ErasureScheme
+from .errors import StoreError
 
 __all__ = [
     "Buffer",
@@ -39,7 +40,7 @@ __all__ = [
 Buffer = Union[bytes, bytearray, memoryview]
 
 
-class StripeError(ValueError):
+class StripeError(StoreError, ValueError):
     """Inconsistent input to the stripe maths (wrong sizes, bad indexes)."""
 
 

@@ -18,16 +18,14 @@ import anyio
 
 from headwater.admin import serve_admin
 from headwater.config import ClusterConfig
-from headwater.http.errors import ClientDisconnected
-from headwater.http.errors import RequestTimeout as HttpRequestTimeout
 from headwater.http.server import serve
-from headwater.http.types import BodyTooLarge, Request, Response
+from headwater.http.types import Request, Response
 from headwater.metrics import Registry
 
 from ..config import GatewayConfig, user_by_access_key
-from ..datapath import ReadFailed, StoragePool, WriteFailed
+from ..datapath import StoragePool
+from ..errors import s3_error
 from ..metadata.client import MetadataClient
-from ..metadata.errors import MetadataError
 from ..s3 import errors as s3e
 from ..s3 import names, sigv4
 from . import buckets, multipart, objects
@@ -111,36 +109,6 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
     raise s3e.MethodNotAllowed(f"{method} is not allowed on an object")
 
 
-def s3_error_for(exc: BaseException, operation: str = "") -> s3e.S3Error | None:
-    """The S3 error a failure is answered with; None when the client is gone.
-
-    This is the one place where other layers' errors meet the wire: S3 errors as they are,
-    metadata-ring errors by their ``s3_code``, storage shortfalls as 503, HTTP body errors as
-    S3's own codes, anything else as 500 (and logged).
-    """
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, s3e.S3Error):
-        return exc
-    if isinstance(exc, ClientDisconnected):
-        return None
-    if isinstance(exc, MetadataError):
-        log.warning("metadata error in %s: %s", operation, exc)
-        return s3e.s3_error_for(exc)
-    if isinstance(exc, WriteFailed):
-        log.warning("write failed in %s: %s", operation, exc)
-        return s3e.SlowDown(f"not enough storage nodes: {exc}")
-    if isinstance(exc, ReadFailed):
-        log.error("read failed in %s: %s", operation, exc)
-        return s3e.ServiceUnavailable(f"object unreadable now: {exc}")
-    if isinstance(exc, HttpRequestTimeout):
-        return s3e.RequestTimeout()
-    if isinstance(exc, BodyTooLarge):
-        return s3e.MaxMessageLengthExceeded()
-    log.error("internal error in %s", operation, exc_info=exc)
-    return s3e.InternalError()
-
-
 class Gateway:
     """The S3 HTTP app over one Store."""
 
@@ -179,7 +147,7 @@ class Gateway:
             response = await handler(self.store, call)
             response.headers.extend(call.response_headers)
         except Exception as e:  # noqa: BLE001 — one bad request must not take the worker down
-            err = s3_error_for(e, operation)
+            err = s3_error(e, operation)
             if err is None:
                 raise  # the client went away: there is no one to answer
             response = self._error(err, resource, request_id, request.method)

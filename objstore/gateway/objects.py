@@ -11,6 +11,7 @@ from headwater.http.types import Headers, Response
 
 from ..config import ErasureScheme
 from ..datapath import LayoutWriter, read_layout
+from ..errors import s3_error
 from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
 from ..records import Layout, ObjectRecord, objects_ns
 from ..s3 import conditions, names, ranges, xmlio
@@ -269,10 +270,9 @@ async def delete_objects(store: Store, call: Call) -> Response:
                 names.validate_key(key)
                 await _delete_key(store, call.bucket, key)  # type: ignore[arg-type]
                 deleted.append(key)
-            except s3e.S3Error as e:
-                failed.append((key, e.code, e.message))
-            except MetadataError as e:
-                err = s3e.s3_error_for(e)
+            except (s3e.S3Error, MetadataError) as e:
+                err = s3_error(e, "DeleteObjects")
+                assert err is not None  # only the client going away answers None
                 failed.append((key, err.code, err.message))
 
     async with anyio.create_task_group() as tg:

@@ -8,12 +8,15 @@ CreateBucket the gateway turns it into BucketAlreadyExists / BucketAlreadyOwnedB
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from headwater.rpc import RpcError, register_error
 
 if TYPE_CHECKING:
     from .client import Entry
+
+from ..errors import StoreError
 
 __all__ = [
     "MetadataError",
@@ -34,11 +37,12 @@ __all__ = [
 ]
 
 
-class MetadataError(Exception):
+class MetadataError(StoreError):
     """Root of every error the metadata service raises."""
 
     s3_code = "InternalError"
     http_status = 500
+    log_level = logging.WARNING
 
 
 class ConditionFailed(MetadataError):

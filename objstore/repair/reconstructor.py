@@ -44,6 +44,7 @@ from headwater.throttle import Pacer
 
 from .. import stripe
 from ..datapath import StoragePool
+from ..errors import StoreError
 from ..layouts import LayoutRef, layouts_in, rewrite, walk_layouts
 from ..metadata.client import MetadataClient
 from ..metadata.errors import ConditionFailed, MetadataError
@@ -67,7 +68,7 @@ STAT_TIMEOUT_S = 10.0
 
 # --- errors: the repair daemon's root, mapped to metric reasons in one place ------------------
 
-class RepairError(Exception):
+class RepairError(StoreError):
     """Root of what the repair daemon raises; ``reason`` labels it in metrics and logs."""
 
     reason = "repair_error"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
+from ..errors import StoreError
+
 __all__ = [
-    "S3Error", "error_response", "xml_text", "ERRORS_BY_CODE", "s3_error_for",
+    "S3Error", "error_response", "xml_text", "ERRORS_BY_CODE",
     # 403
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed",
     "InvalidObjectState", "InvalidChunkSizeError",
@@ -36,8 +38,10 @@ __all__ = [
 ]
 
 
-class S3Error(Exception):
+class S3Error(StoreError):
     """Root of every S3 error. ``code`` is the S3 error code, ``http_status`` its status.
+
+    Already in wire form, so the gateway answers it as it is and does not log it.
 
     ``resource`` overrides the resource the gateway reports; ``headers`` are extra response
     headers (e.g. ``Retry-After``); any other keyword becomes an XML element of the error body.
@@ -45,6 +49,7 @@ class S3Error(Exception):
 
     code: str = "InternalError"
     http_status: int = 500
+    log_level = None
     default_message: str = "We encountered an internal error. Please try again."
 
     def __init__(self, message: str | None = None, *, resource: str | None = None,
@@ -186,7 +191,7 @@ ServiceUnavailable = _error("ServiceUnavailable", 503, "Please reduce your reque
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
 
 ERRORS_BY_CODE: dict[str, type[S3Error]] = {
-    cls.code: cls for cls in (globals()[n] for n in __all__ if n not in ("S3Error", "error_response", "xml_text", "ERRORS_BY_CODE", "s3_error_for"))
+    cls.code: cls for cls in (globals()[n] for n in __all__ if n not in ("S3Error", "error_response", "xml_text", "ERRORS_BY_CODE"))
 }
 
 
@@ -231,7 +236,3 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def s3_error_for(exc: BaseException) -> S3Error:
-    """The S3 error for another layer's exception that names its ``s3_code`` (metadata ring)."""
-    cls = ERRORS_BY_CODE.get(getattr(exc, "s3_code", "InternalError"), InternalError)
-    return cls(f"{exc}") if cls.http_status >= 500 else cls()

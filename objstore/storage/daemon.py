@@ -55,6 +55,7 @@ from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, Reply, RpcServer
 
 from ..config import StorageNodeConfig
+from ..errors import StoreError
 from .fragment import (
     BLOCK_PREFIX,
     FragmentCorrupt,
@@ -80,7 +81,7 @@ MAX_STAT_FIDS = 1024
 MAX_LIST_ENTRIES = 10_000
 
 
-class StorageNodeError(Exception):
+class StorageNodeError(StoreError):
     """The node cannot start (its data directory is missing, not a directory, or read-only)."""
 
 

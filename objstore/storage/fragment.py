@@ -32,6 +32,8 @@ import xxhash
 
 from headwater.rpc.errors import BadRequest, RpcError, register_error
 
+from ..errors import StoreError
+
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
@@ -78,8 +80,8 @@ _FID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 # --- errors ------------------------------------------------------------------------------------
 
-class FragmentError(RpcError):
-    """Root of the storage node's errors."""
+class FragmentError(RpcError, StoreError):
+    """Root of the storage node's errors; an RPC error too, so it crosses between daemons typed."""
 
     code = "fragment_error"
 
