@@ -66,7 +66,7 @@ from .raft.group import (
     RaftGroup,
 )
 from .raft.storage import RaftStorage, read_ring, write_ring
-from .store import Command, OpKind, Record, Store, record_from_wire, record_to_wire
+from .store import Command, OpKind, Record, RecordStore, record_from_wire, record_to_wire
 
 __all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT"]
 
@@ -89,7 +89,7 @@ class MetadataNode:
         self.ring = PartitionMap.from_cluster(cluster)
         self.partitions = cluster.objstore.partitions
         self.port: int | None = None
-        self.store: Store | None = None
+        self.store: RecordStore | None = None
         self._inline_key_bytes = inline_key_bytes
         self._clock = clock
         self.stats: dict[str, int] = {
@@ -147,7 +147,7 @@ class MetadataNode:
         """Open the store, listen, ``task_status.started(self)``, then join (or form) the ring
         and start the node's Raft groups. Until then kv.* calls answer not_leader."""
         cfg = self.config
-        self.store = await anyio.to_thread.run_sync(lambda: Store.open(
+        self.store = await anyio.to_thread.run_sync(lambda: RecordStore.open(
             cfg.data_dir, map_size_bytes=cfg.map_size_bytes, inline_key_bytes=self._inline_key_bytes))
         try:
             await self._serve(task_status)

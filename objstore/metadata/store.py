@@ -13,7 +13,7 @@ key sorts exactly where its members do, so a cursor walk still yields keys in or
 A stored record is ``msgpack([1, ts, writer, tombstone, value]) + xxh3_64`` (8 bytes, big-endian)
 and is verified on every read; a group is the same wrapping around ``[[key, record], ...]``.
 
-Every write is a Raft :class:`Command`, applied by :meth:`Store.execute` inside the caller's
+Every write is a Raft :class:`Command`, applied by :meth:`RecordStore.execute` inside the caller's
 write transaction in log order, so every replica holds the same records at the same index.
 A delete removes the key. The tombstone flag is still decoded (the old last-writer-wins design
 wrote tombstones; such a record reads with ``value`` None and counts as absent), but nothing
@@ -40,7 +40,7 @@ import xxhash
 from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 
 __all__ = [
-    "Version", "Record", "OpKind", "ScanPage", "Store", "encode_record", "decode_record", "record_to_wire",
+    "Version", "Record", "OpKind", "ScanPage", "RecordStore", "encode_record", "decode_record", "record_to_wire",
     "record_from_wire", "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult",
     "RAFT_DB_NAME",
 ]
@@ -161,7 +161,7 @@ class ScanPage:
 
 # --- the store -----------------------------------------------------------------------------------
 
-class Store:
+class RecordStore:
     """A node's LMDB environment. Reads may run on any thread; writes serialise in LMDB."""
 
     def __init__(self, env: lmdb.Environment, path: Path, *, inline_key_bytes: int | None = None):
@@ -181,7 +181,7 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, map_size_bytes: int = 1 << 30,
-             inline_key_bytes: int | None = None) -> Store:
+             inline_key_bytes: int | None = None) -> RecordStore:
         """Open (creating) the environment in directory ``path``; a clear error if it cannot."""
         p = Path(path)
         try:
@@ -412,7 +412,7 @@ class Store:
                     break
 
     def load_raw(self, txn: lmdb.Transaction, pairs: list[tuple[bytes, bytes]], partitions: set[int]) -> None:
-        """Store snapshot pairs from ``dump_partitions`` as they are."""
+        """RecordStore snapshot pairs from ``dump_partitions`` as they are."""
         for k, v in pairs:
             if len(k) < 3 or int.from_bytes(k[:2], "big") not in partitions:
                 raise ValueError(f"snapshot key {k[:40]!r} is outside the group's partitions")

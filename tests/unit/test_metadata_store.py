@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from headwater.objstore.metadata.errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 from headwater.objstore.metadata.raft.core import Entry, Ready
 from headwater.objstore.metadata.raft.storage import RaftStorage
-from headwater.objstore.metadata.store import Command, OpKind, Record, Store, decode_record, encode_record
+from headwater.objstore.metadata.store import Command, OpKind, Record, RecordStore, decode_record, encode_record
 
 
 def put(key, ts, value=None, *, ns="obj/b", p=0, writer="w", if_absent=False, if_match=None):
@@ -35,7 +35,7 @@ def keys(store, ns="obj/b", p=0, **kw):
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store.open(tmp_path / "meta", map_size_bytes=64 << 20)
+    s = RecordStore.open(tmp_path / "meta", map_size_bytes=64 << 20)
     yield s
     s.close()
 
@@ -43,7 +43,7 @@ def store(tmp_path):
 @pytest.fixture(params=[None, 24], ids=["inline", "overflow"])
 def any_store(request, tmp_path):
     """The default store, and one whose keys over 24 bytes all go to overflow groups."""
-    s = Store.open(tmp_path / "meta", map_size_bytes=64 << 20, inline_key_bytes=request.param)
+    s = RecordStore.open(tmp_path / "meta", map_size_bytes=64 << 20, inline_key_bytes=request.param)
     yield s
     s.close()
 
@@ -179,7 +179,7 @@ def test_corrupt_record_detected(any_store):
 
 
 def test_a_corrupt_overflow_group_is_an_error_on_reads_and_skipped_in_scans(tmp_path):
-    s = Store.open(tmp_path / "m", map_size_bytes=16 << 20, inline_key_bytes=12)
+    s = RecordStore.open(tmp_path / "m", map_size_bytes=16 << 20, inline_key_bytes=12)
     try:
         run(s, put("group/" + "a" * 20, 1), put("group/" + "b" * 20, 1), put("other", 1))
         gkey = s._group_key(s._encode(0, "obj/b", "group/" + "a" * 20))
@@ -226,14 +226,14 @@ def test_data_dir_errors(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(DataDirError, match="cannot create"):
-        Store.open(f / "meta")
+        RecordStore.open(f / "meta")
 
 
 def test_durable_across_reopen(tmp_path):
-    s = Store.open(tmp_path / "m", map_size_bytes=16 << 20)
+    s = RecordStore.open(tmp_path / "m", map_size_bytes=16 << 20)
     run(s, put("a", 1), put("b", 2), delete("a", 3), put("c" * 600, 4))
     s.close()
-    s = Store.open(tmp_path / "m", map_size_bytes=16 << 20)
+    s = RecordStore.open(tmp_path / "m", map_size_bytes=16 << 20)
     assert s.get("obj/b", 0, "a") is None and s.get("obj/b", 0, "b").value == {"v": 2}
     assert s.get("obj/b", 0, "c" * 600).value == {"v": 4}
     s.close()
@@ -245,7 +245,7 @@ BIG = {"pad": "x" * 20_000}
 
 
 def test_a_full_map_is_store_full(tmp_path):
-    s = Store.open(tmp_path / "m", map_size_bytes=256 << 10)
+    s = RecordStore.open(tmp_path / "m", map_size_bytes=256 << 10)
     try:
         with pytest.raises(StoreFull, match="map"):
             for i in range(100):
@@ -263,7 +263,7 @@ def test_a_full_map_is_store_full(tmp_path):
 
 
 def test_a_full_map_during_raft_apply_is_store_full(tmp_path):
-    s = Store.open(tmp_path / "m", map_size_bytes=256 << 10)
+    s = RecordStore.open(tmp_path / "m", map_size_bytes=256 << 10)
     try:
         rs = RaftStorage(s, "g", [0])
         committed = tuple((i, Entry(1, put(f"k{i:03}", i, BIG).encode())) for i in range(1, 100))
@@ -306,7 +306,7 @@ def test_scan_order_prefix_start_after_limit(any_store):
 
 def test_scan_across_overflow_groups_in_order(tmp_path):
     """Long keys sharing a prefix share a group; groups and inline keys interleave in key order."""
-    s = Store.open(tmp_path / "m", map_size_bytes=16 << 20, inline_key_bytes=16)
+    s = RecordStore.open(tmp_path / "m", map_size_bytes=16 << 20, inline_key_bytes=16)
     try:
         ks = [f"{c}/{'p' * 20}{i}" for c in "acd" for i in range(5)] + ["a", "b", "b/short", "c/" + "p" * 5, "e"]
         run(s, *[put(k, 1) for k in reversed(ks)])
@@ -331,7 +331,7 @@ def test_scan_across_overflow_groups_in_order(tmp_path):
                 max_size=40),
        st.text(alphabet="ab/", max_size=3), st.text(alphabet="ab/", max_size=4))
 def test_execute_and_scan_match_a_dict(tmp_path_factory, writes, prefix, after):
-    s = Store.open(tmp_path_factory.mktemp("m"), map_size_bytes=16 << 20, inline_key_bytes=12)
+    s = RecordStore.open(tmp_path_factory.mktemp("m"), map_size_bytes=16 << 20, inline_key_bytes=12)
     try:
         model: dict[str, int] = {}
         for key, ts, kind in writes:
@@ -391,8 +391,8 @@ def dump(store, partitions, limit_bytes):
 @pytest.mark.parametrize("inline", [None, 24], ids=["inline", "overflow"])
 @pytest.mark.parametrize("limit_bytes", [1, 300, 1 << 20])
 def test_snapshot_round_trip(tmp_path, inline, limit_bytes):
-    src = Store.open(tmp_path / "src", map_size_bytes=16 << 20, inline_key_bytes=inline)
-    dst = Store.open(tmp_path / "dst", map_size_bytes=16 << 20, inline_key_bytes=inline)
+    src = RecordStore.open(tmp_path / "src", map_size_bytes=16 << 20, inline_key_bytes=inline)
+    dst = RecordStore.open(tmp_path / "dst", map_size_bytes=16 << 20, inline_key_bytes=inline)
     try:
         group = [5, 2]
         fill(src, [0, 2, 3, 5, 9], "src")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from headwater.objstore.metadata.raft.core import Entry, HardState, Ready
 from headwater.objstore.metadata.raft.storage import RaftStorage
-from headwater.objstore.metadata.store import Command, OpKind, Store
+from headwater.objstore.metadata.store import Command, OpKind, RecordStore
 
 
 def put(key: str, n: int, *, p: int = 0, if_absent: bool = False) -> bytes:
@@ -19,7 +19,7 @@ def ready(seq: int, *, hs: HardState | None = None, truncate: int | None = None,
 
 
 def test_a_restart_loads_what_was_saved_and_applies_nothing_twice(tmp_path):
-    store = Store.open(tmp_path, map_size_bytes=16 << 20)
+    store = RecordStore.open(tmp_path, map_size_bytes=16 << 20)
     rs = RaftStorage(store, "g", [0, 1])
     e1, e2, e3 = Entry(1, b""), Entry(1, put("a", 1)), Entry(1, put("a", 2, if_absent=True))
     results: list = []
@@ -34,7 +34,7 @@ def test_a_restart_loads_what_was_saved_and_applies_nothing_twice(tmp_path):
             lambda *a: None)
     store.close()
 
-    store = Store.open(tmp_path, map_size_bytes=16 << 20)
+    store = RecordStore.open(tmp_path, map_size_bytes=16 << 20)
     st = RaftStorage(store, "g", [0, 1]).load()
     assert st.hard_state == HardState(term=2, vote=None)
     assert st.applied == 3 and st.snapshot_index == 0
@@ -44,7 +44,7 @@ def test_a_restart_loads_what_was_saved_and_applies_nothing_twice(tmp_path):
 
 
 def test_compaction_keeps_the_tail_and_the_snapshot_point(tmp_path):
-    store = Store.open(tmp_path, map_size_bytes=16 << 20)
+    store = RecordStore.open(tmp_path, map_size_bytes=16 << 20)
     rs = RaftStorage(store, "g", [0])
     entries = tuple((i, Entry(1, put(f"k{i}", i))) for i in range(1, 11))
     rs.save(ready(1, entries=entries, committed=entries, applied=10), (0, 0), lambda *a: None)
@@ -56,7 +56,7 @@ def test_compaction_keeps_the_tail_and_the_snapshot_point(tmp_path):
 
 
 def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_path):
-    src = Store.open(tmp_path / "src", map_size_bytes=16 << 20)
+    src = RecordStore.open(tmp_path / "src", map_size_bytes=16 << 20)
     a = RaftStorage(src, "g", [0, 1])
     entries = tuple((i, Entry(1, put(f"k{i}", i, p=i % 3))) for i in range(1, 31))
     a.save(ready(1, entries=entries, committed=entries, applied=30), (0, 0), lambda *x: None)
@@ -71,14 +71,14 @@ def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_pat
     assert index == 30 and term == 1 and len(chunks) > 2
     assert all(int.from_bytes(k[:2], "big") in (0, 1) for c in chunks for k, _ in c)  # not partition 2
 
-    dst = Store.open(tmp_path / "dst", map_size_bytes=16 << 20)
+    dst = RecordStore.open(tmp_path / "dst", map_size_bytes=16 << 20)
     b = RaftStorage(dst, "g", [0, 1])
     b.save(ready(1, entries=((1, Entry(1, put("stale", 0))),), committed=((1, Entry(1, put("stale", 0))),),
                  applied=1), (0, 0), lambda *x: None)
     b.install_begin()
     b.install_chunk(chunks[0])
     dst.close()
-    dst = Store.open(tmp_path / "dst", map_size_bytes=16 << 20)  # a crash mid-install, then a restart
+    dst = RecordStore.open(tmp_path / "dst", map_size_bytes=16 << 20)  # a crash mid-install, then a restart
     st = RaftStorage(dst, "g", [0, 1]).load()
     assert st.applied == 0 and st.entries == []
     assert dst.scan("obj/b", 0).items == [] and dst.scan("obj/b", 1).items == []  # wiped, not half-loaded
@@ -99,7 +99,7 @@ def test_a_snapshot_moves_records_and_an_interrupted_install_starts_over(tmp_pat
 def test_a_retried_write_applies_once_and_old_versions_are_forgotten(tmp_path):
     from headwater.objstore.metadata.raft.storage import DEDUP_WINDOW_ENTRIES
 
-    store = Store.open(tmp_path, map_size_bytes=16 << 20)
+    store = RecordStore.open(tmp_path, map_size_bytes=16 << 20)
     rs = RaftStorage(store, "g", [0])
     first = Entry(1, put("k", 10))
     newer = Entry(1, put("k", 20))

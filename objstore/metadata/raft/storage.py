@@ -28,7 +28,7 @@ import lmdb
 import msgpack
 
 from ..errors import StoreFull
-from ..store import Command, CommandResult, Record, Store
+from ..store import Command, CommandResult, Record, RecordStore
 from .core import Config, Entry, HardState, Ready, is_config
 
 __all__ = ["LoadedState", "RaftStorage", "read_ring", "write_ring", "save_together", "SaveItem"]
@@ -49,14 +49,14 @@ def _dedup_keys(partition: int, version: tuple[int, str], index: int) -> tuple[b
             p + _DEDUP_BY_INDEX + index.to_bytes(8, "big"))
 
 
-def read_ring(store: Store) -> dict[str, object] | None:
+def read_ring(store: RecordStore) -> dict[str, object] | None:
     """The ring this node joined (see ``ring.py``), None before it joined one."""
     with store.env.begin(db=store.raft_db) as txn:
         raw = txn.get(_RING_KEY)
     return msgpack.unpackb(raw, raw=False) if raw is not None else None
 
 
-def write_ring(store: Store, ring: dict[str, object]) -> None:
+def write_ring(store: RecordStore, ring: dict[str, object]) -> None:
     with store.env.begin(write=True) as txn:
         txn.put(_RING_KEY, msgpack.packb(ring, use_bin_type=True), db=store.raft_db)
 
@@ -104,7 +104,7 @@ def _index_key(prefix: bytes, index: int) -> bytes:
 class RaftStorage:
     """Persistence for group ``group`` whose records live in ``partitions`` of ``store``."""
 
-    def __init__(self, store: Store, group: str, partitions: list[int]):
+    def __init__(self, store: RecordStore, group: str, partitions: list[int]):
         self.store = store
         self.group = group
         self.partitions = sorted(partitions)
