@@ -1,8 +1,9 @@
 """S3 listing with delimiters over a sorted key stream: contents, common prefixes, where to resume.
 
-The metadata ring returns keys in order, a page at a time. ``ListWalk`` folds that stream into
-one S3 listing page: keys under a delimiter roll up into a common prefix, which counts once
-toward max-keys, and the walk asks the ring to skip the rest of a rolled-up prefix at once.
+The metadata ring returns keys in order, a batch at a time. :func:`list_page` folds that stream
+into one S3 listing page (:class:`ListPage`): keys under a delimiter roll up into a common prefix,
+which counts once toward max-keys, and the next scan starts after the whole rolled-up prefix
+rather than walking its keys.
 """
 
 from __future__ import annotations
