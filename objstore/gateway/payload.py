@@ -29,7 +29,9 @@ class Payload:
     def __init__(self, call: Call, *, max_bytes: int):
         h = call.request.headers
         self.call = call
-        self.mode = (h.get("x-amz-content-sha256") or "UNSIGNED-PAYLOAD").strip()
+        # What the signature vouches for, not the header: a presigned request's unsigned
+        # x-amz-content-sha256 is ignored (UNSIGNED-PAYLOAD).
+        self.mode = call.auth.content_sha256  # type: ignore[attr-defined]
         self.streaming = self.mode.startswith("STREAMING-")
         length_header = h.get("x-amz-decoded-content-length") if self.streaming else h.get("content-length")
         self.declared: int | None = None
