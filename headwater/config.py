@@ -523,14 +523,31 @@ def _gateway(r: _Reader, data: Mapping[str, Any]) -> GatewayConfig:
     workers = r.get(data, "workers", p, int, d.workers)
     if not 1 <= workers <= 256:
         raise r.error(f"{p}.workers", "must be between 1 and 256")
+    # TLS needs both files (relative paths resolve against the file's folder), readable now.
+    tls: dict[str, str | None] = {"tls_cert": None, "tls_key": None}
+    for name, other in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        raw = r.get(data, name, p, str, None)
+        if raw is None:
+            continue
+        if other not in data:
+            raise r.error(f"{p}.{name}", f"needs {p}.{other} too (TLS takes a certificate and its key)")
+        file = Path(raw).expanduser()
+        if not file.is_absolute():
+            file = (Path(r.path).resolve().parent if r.path else Path.cwd()) / file
+        try:
+            with open(file, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise r.error(f"{p}.{name}", f"cannot read {file}: {e.strerror}") from None
+        tls[name] = str(file)
     return GatewayConfig(
         id=r.get(data, "id", p, str, d.id),
         host=r.get(data, "host", p, str, d.host),
         port=r.port(data, "port", p, d.port),
         admin_port=r.port(data, "admin_port", p, d.admin_port),
         workers=workers,
-        tls_cert=r.get(data, "tls_cert", p, str, None),
-        tls_key=r.get(data, "tls_key", p, str, None),
+        tls_cert=tls["tls_cert"],
+        tls_key=tls["tls_key"],
         limits=_limits(r, r.table(data, "limits", p), f"{p}.limits"),
     )
 
