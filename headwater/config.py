@@ -350,6 +350,28 @@ class Reader:
             raise self.error(_join(prefix, "id"), f"{node_id!r} is not a valid id (letters, digits, . _ -)")
         return node_id
 
+    def tls_files(self, data: Mapping[str, Any], prefix: str) -> tuple[str | None, str | None]:
+        """``tls_cert`` and ``tls_key``: both or neither, each readable now (relative to the file's
+        folder), so a daemon never starts serving cleartext where TLS was asked for."""
+        files: dict[str, str | None] = {"tls_cert": None, "tls_key": None}
+        for name, other in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+            raw = self.get(data, name, prefix, str, None)
+            if raw is None:
+                continue
+            if other not in data:
+                raise self.error(_join(prefix, name),
+                                 f"needs {_join(prefix, other)} too (TLS takes a certificate and its key)")
+            file = Path(raw).expanduser()
+            if not file.is_absolute():
+                file = self.root / file
+            try:
+                with open(file, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise self.error(_join(prefix, name), f"cannot read {file}: {e.strerror}") from None
+            files[name] = str(file)
+        return files["tls_cert"], files["tls_key"]
+
     def node_data_dir(self, data: Mapping[str, Any], prefix: str, node_id: str) -> Path:
         """A daemon's ``data_dir``: as given (relative to cluster.toml), else ``data_dir/<id>``."""
         raw = self.get(data, "data_dir", prefix, str, "")

@@ -312,14 +312,15 @@ def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
     workers = r.get(data, "workers", p, int, d.workers)
     if not 1 <= workers <= 256:
         raise r.error(f"{p}.workers", "must be between 1 and 256")
+    tls_cert, tls_key = r.tls_files(data, p)
     return GatewayConfig(
         id=r.node_id(data, p, d.id),
         host=r.get(data, "host", p, str, d.host),
         port=r.port(data, "port", p, d.port),
         admin_port=r.port(data, "admin_port", p, d.admin_port),
         workers=workers,
-        tls_cert=r.get(data, "tls_cert", p, str, None),
-        tls_key=r.get(data, "tls_key", p, str, None),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         limits=read_http_limits(r, r.table(data, "limits", p), f"{p}.limits"),
     )
 

@@ -15,6 +15,9 @@ it started, so nothing outlives a test run even when the test fails.
 
 Clients: ``s3_client(user)`` (boto3, path-style, one attempt), ``aws(...)`` (the AWS CLI from the
 virtualenv with only environment credentials and a fresh HOME), ``s5cmd(...)``.
+
+``tls=True`` serves S3 over TLS with a throwaway CA and a certificate for 127.0.0.1 made with the
+openssl CLI (``make_test_tls``); the endpoint is then https and every client above trusts that CA.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,7 +39,7 @@ from typing import Any, Iterable, Sequence
 import httpx
 
 __all__ = ["Cluster", "UserKeys", "USERS", "free_ports", "VENV_BIN", "CLUSTER_START_TIMEOUT_S",
-           "sign_headers", "signed_request", "xml_error", "client_error", "write_random",
+           "TlsFiles", "make_test_tls", "sign_headers", "signed_request", "xml_error", "client_error", "write_random",
            "sha256_file"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +131,33 @@ class ClusterStartError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    ca: Path       # the test CA's certificate: what clients trust
+    cert: Path     # the server certificate, signed by the CA
+    key: Path      # its private key
+
+
+def make_test_tls(folder: Path, *, ip: str = "127.0.0.1") -> TlsFiles:
+    """A throwaway CA and a server certificate it signs for ``ip`` (SAN IP and DNS:localhost),
+    P-256 keys, valid for two days, made with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr, ext = folder / "server.pem", folder / "server.key", folder / "server.csr", folder / "server.ext"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+        "-subj", "/CN=Headwater test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={ip}")
+    ext.write_text(f"subjectAltName=IP:{ip},DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return TlsFiles(ca=ca, cert=cert, key=key)
+
+
 class Cluster:
     """One object-store cluster in ``root`` (a temporary folder)."""
 
@@ -136,7 +167,7 @@ class Cluster:
                  storage_nodes: int = 6, metadata_nodes: int = 3, workers: int = 1,
                  mode: str = "nodes", runtime: str = "asyncio", log_level: str = "info",
                  extra_objstore: dict[str, Any] | None = None, rpc_timeout_seconds: float | None = None,
-                 repair: dict[str, Any] | None = None,
+                 repair: dict[str, Any] | None = None, tls: bool = False,
                  start_timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
         assert mode in ("nodes", "up")
         self.root = Path(root)
@@ -151,6 +182,7 @@ class Cluster:
         self.users = USERS
         self.region = "us-east-1"
         self.host = "127.0.0.1"
+        self.tls = make_test_tls(self.root / "tls", ip=self.host) if tls else None
         self.gateway = Daemon(id="s3", role="gateway", port=0, admin_port=0)
         self.storage = [Daemon(id=f"storage-{i + 1}", role="storage", port=0, admin_port=0,
                                data_dir=self.data_dir / f"storage-{i + 1}") for i in range(storage_nodes)]
@@ -213,7 +245,10 @@ class Cluster:
                       f'secret_key = "{u.secret_key}"', ""]
         g = self.gateway
         lines += ["[gateway]", f'id = "{g.id}"', f'host = "{self.host}"', f"port = {g.port}",
-                  f"admin_port = {g.admin_port}", f"workers = {self.workers}", ""]
+                  f"admin_port = {g.admin_port}", f"workers = {self.workers}"]
+        if self.tls is not None:
+            lines += [f"tls_cert = {json.dumps(str(self.tls.cert))}", f"tls_key = {json.dumps(str(self.tls.key))}"]
+        lines.append("")
         for d in self.metadata:
             lines += ["[[metadata]]", f'id = "{d.id}"', f'host = "{d.host}"', f"port = {d.port}",
                       f"admin_port = {d.admin_port}"]
@@ -242,7 +277,8 @@ class Cluster:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.gateway.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.gateway.port}"
 
     @property
     def daemons(self) -> list[Daemon]:
@@ -513,7 +549,8 @@ class Cluster:
                      connect_timeout=5, read_timeout=60, signature_version="s3v4", **config)
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
                             aws_access_key_id=access_key or u.access_key,
-                            aws_secret_access_key=secret_key or u.secret_key, config=cfg)
+                            aws_secret_access_key=secret_key or u.secret_key, config=cfg,
+                            verify=str(self.tls.ca) if self.tls is not None else None)
 
     def client_env(self, user: int | UserKeys = 0) -> dict[str, str]:
         u = self.user(user)
@@ -525,12 +562,15 @@ class Cluster:
                    AWS_CONFIG_FILE=str(home / "nonexistent-config"),
                    AWS_SHARED_CREDENTIALS_FILE=str(home / "nonexistent-credentials"),
                    AWS_EC2_METADATA_DISABLED="true", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
+        if self.tls is not None:
+            env["AWS_CA_BUNDLE"] = str(self.tls.ca)
         return env
 
     def aws(self, *args: str, user: int | UserKeys = 0, check: bool = True, timeout: float = 300,
             input: bytes | None = None) -> subprocess.CompletedProcess:
         """Run the AWS CLI against the gateway; returns the CompletedProcess (bytes out)."""
-        cmd = [str(VENV_BIN / "aws"), "--endpoint-url", self.endpoint, *args]
+        ca = ["--ca-bundle", str(self.tls.ca)] if self.tls is not None else []
+        cmd = [str(VENV_BIN / "aws"), "--endpoint-url", self.endpoint, *ca, *args]
         res = subprocess.run(cmd, env=self.client_env(user), capture_output=True, timeout=timeout,
                              input=input, cwd=str(self.root))
         if check and res.returncode != 0:
@@ -597,7 +637,8 @@ def signed_request(cluster: Cluster, method: str, path: str, *, query: str = "",
         hdrs["host"] = host
     if sign:
         hdrs = sign_headers(cluster, method, url, headers=hdrs, body=body, user=user, **sign_kw)
-    with httpx.Client(timeout=timeout) as client:
+    verify = ssl.create_default_context(cafile=str(cluster.tls.ca)) if cluster.tls is not None else True
+    with httpx.Client(timeout=timeout, verify=verify) as client:
         req = client.build_request(method, url, headers=hdrs, content=body)
         return client.send(req)
 

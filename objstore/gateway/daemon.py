@@ -19,6 +19,7 @@ import anyio
 from headwater.admin import serve_admin
 from headwater.config import ClusterConfig
 from headwater.http.server import serve
+from headwater.http.tls import server_ssl_context
 from headwater.http.types import Request, Response
 from headwater.metrics import Registry
 
@@ -172,10 +173,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
         store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time,
                       retire_grace_s=cluster.objstore.retire_grace_s)
         app = Gateway(store, registry=registry, worker=worker)
-        ssl_context = None
-        if node.tls_cert and node.tls_key:
-            from headwater.http.tls import server_context
-            ssl_context = server_context(node.tls_cert, node.tls_key)
+        # The config reader has checked that both files are given and readable.
+        ssl_context = server_ssl_context(node.tls_cert, node.tls_key) if node.tls_cert else None
 
         async def health() -> dict[str, Any]:
             meta_up = await meta.health()

@@ -291,8 +291,7 @@ async def complete_upload(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     upload, written_ns = await _lookup(store, call)
-    body = await Payload(call, max_bytes=4 * 1024 * 1024).read_all()
-    wanted = xmlio.parse_complete_multipart_upload(body)
+    wanted = await Payload(call, max_bytes=4 * 1024 * 1024).read_document(xmlio.parse_complete_multipart_upload)
     settled = await _settle(store, call.bucket, upload, written_ns)
     if settled is None:
         return await _completed_before(store, call, upload, wanted)

@@ -257,8 +257,7 @@ async def delete_objects(store: Store, call: Call) -> Response:
     if h.get("content-md5") is None and not any(k.startswith("x-amz-checksum-") or k == "x-amz-sdk-checksum-algorithm"
                                                 for k, _ in h):
         raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
-    body = await Payload(call, max_bytes=2 * 1024 * 1024).read_all()
-    wanted, quiet = xmlio.parse_delete(body)
+    wanted, quiet = await Payload(call, max_bytes=2 * 1024 * 1024).read_document(xmlio.parse_delete)
     keys = [o.key for o in wanted]
     deleted: list[str] = []
     failed: list[tuple[str, str, str]] = []

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, TypeVar
+
+import anyio
 
 from ..s3 import checksums, chunked, sigv4
 from ..s3 import errors as s3e
@@ -21,6 +23,8 @@ __all__ = ["Payload", "CHECKSUM_ALGORITHMS"]
 
 CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "sha1", "sha256", "crc64nvme")
 READ_SIZE = 256 * 1024
+INLINE_PARSE_BYTES = 64 * 1024  # XML documents up to this size are parsed on the event loop
+T = TypeVar("T")
 
 
 class Payload:
@@ -29,7 +33,9 @@ class Payload:
     def __init__(self, call: Call, *, max_bytes: int):
         h = call.request.headers
         self.call = call
-        self.mode = (h.get("x-amz-content-sha256") or "UNSIGNED-PAYLOAD").strip()
+        # What the signature vouches for, not the header: a presigned request's unsigned
+        # x-amz-content-sha256 is ignored (UNSIGNED-PAYLOAD).
+        self.mode = call.auth.content_sha256  # type: ignore[attr-defined]
         self.streaming = self.mode.startswith("STREAMING-")
         length_header = h.get("x-amz-decoded-content-length") if self.streaming else h.get("content-length")
         self.declared: int | None = None
@@ -120,6 +126,15 @@ class Payload:
             out += piece
         self.verify()
         return bytes(out)
+
+    async def read_document(self, parse: Callable[[bytes], T]) -> T:
+        """The whole body, verified, then ``parse``d (an ``xmlio.parse_*``). defusedxml parses
+        in pure Python (a 10,000-part CompleteMultipartUpload takes ~0.4 s), so a large body is
+        parsed in a worker thread rather than stalling every other request of this worker."""
+        body = await self.read_all()
+        if len(body) <= INLINE_PARSE_BYTES:
+            return parse(body)
+        return await anyio.to_thread.run_sync(parse, body)
 
     def verify(self) -> None:
         """Raise the S3 error for the first declaration the body does not match."""

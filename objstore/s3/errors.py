@@ -12,7 +12,7 @@ import re
 from ..errors import StoreError
 
 __all__ = [
-    "S3Error", "error_response", "xml_text", "ERRORS_BY_CODE",
+    "S3Error", "error_response", "xml_text", "xml_forbidden", "ERRORS_BY_CODE",
     # 403
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed",
     "InvalidObjectState", "InvalidChunkSizeError",
@@ -191,7 +191,8 @@ ServiceUnavailable = _error("ServiceUnavailable", 503, "Please reduce your reque
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
 
 ERRORS_BY_CODE: dict[str, type[S3Error]] = {
-    cls.code: cls for cls in (globals()[n] for n in __all__ if n not in ("S3Error", "error_response", "xml_text", "ERRORS_BY_CODE"))
+    cls.code: cls for cls in (globals()[n] for n in __all__
+                              if n not in ("S3Error", "error_response", "xml_text", "xml_forbidden", "ERRORS_BY_CODE"))
 }
 
 
@@ -219,15 +220,25 @@ def error_response(err: S3Error, *, resource: str, request_id: str,
     return status, headers, body
 
 
-_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff&<>\r]")
+# Characters XML 1.0 cannot carry at all, not even as a character reference (section 2.2).
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_XML_ESCAPE = re.compile("[&<>\r]")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"}  # CR: parsers turn a bare one into LF
+
+
+def xml_forbidden(value: str) -> bool:
+    """Whether ``value`` holds a character no XML 1.0 document can carry."""
+    return _XML_FORBIDDEN.search(value) is not None
 
 
 def xml_text(value: str) -> str:
-    """Escape text for element content; characters XML 1.0 cannot carry become char references."""
-    if not _XML_BAD.search(value):
+    """Escape text for element content. Characters XML 1.0 forbids become U+FFFD: they only
+    reach here in echoed text (messages, a requested key or marker), and ``&#x0;`` would make the
+    whole document unparseable. Listings refuse them instead (``xmlio``)."""
+    value = _XML_FORBIDDEN.sub("\ufffd", value)
+    if not _XML_ESCAPE.search(value):
         return value
-    return _XML_BAD.sub(lambda m: {"&": "&amp;", "<": "&lt;", ">": "&gt;"}.get(
-        m.group(), f"&#x{ord(m.group()):X};"), value)
+    return _XML_ESCAPE.sub(lambda m: _ESCAPES[m.group()], value)
 
 
 def _text(value: object) -> str:

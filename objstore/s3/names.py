@@ -182,6 +182,26 @@ def extract_standard_headers(headers: Headers) -> dict[str, str]:
     return out
 
 
+# Characters an HTTP field value cannot hold (RFC 9110 5.5: CTLs but HTAB, and DEL); CR and LF
+# would end the header and start another (response splitting).
+_FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
-    """GET's ``response-*`` query parameters -> ``{header name: value}``."""
-    return {header: query[param][-1] for param, header in RESPONSE_OVERRIDES.items() if param in query}
+    """GET's ``response-*`` query parameters -> ``{header name: value}``.
+
+    A value with a control character (CR, LF, NUL, ...) is InvalidArgument, as on S3: it cannot be
+    sent as a header. Other text goes out as its UTF-8 bytes (header values here are the wire's
+    bytes decoded as latin-1), so ``filename="日本.txt"`` reaches the client as sent.
+    """
+    out: dict[str, str] = {}
+    for param, header in RESPONSE_OVERRIDES.items():
+        if param not in query:
+            continue
+        value = query[param][-1]
+        if _FIELD_VALUE_BAD.search(value):
+            raise InvalidArgument(f"{param} holds a control character, which an HTTP header cannot carry",
+                                  ArgumentName=param,
+                                  ArgumentValue=value.encode("unicode_escape").decode("ascii"))
+        out[header] = value.encode("utf-8").decode("latin-1")
+    return out

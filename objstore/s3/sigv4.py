@@ -331,6 +331,26 @@ def _signed_header_list(signed: str, err: type) -> list[str]:
     return names
 
 
+# x-amz-* headers a presigned request may carry without signing them. S3 lets an unsigned
+# x-amz-content-sha256 through; its value is then not used (the payload is UNSIGNED-PAYLOAD, see
+# _query_auth), so it cannot switch the body to aws-chunked or to another digest.
+PRESIGNED_UNSIGNED_OK = frozenset({"x-amz-content-sha256"})
+
+
+def _refuse_unsigned(headers: Headers, signed: list[str], exempt: frozenset[str] = frozenset()) -> None:
+    """AccessDenied naming every ``x-amz-*`` header the signature does not cover.
+
+    A signature binds only the headers it lists; any other ``x-amz-*`` header would still steer
+    the request (``x-amz-copy-source`` turns a PUT into a copy, ``x-amz-meta-*`` is stored), so
+    S3 refuses them, for header-signed and presigned requests alike.
+    """
+    unsigned = sorted({k for k, _ in headers
+                       if k.startswith("x-amz-") and k not in signed and k not in exempt})
+    if unsigned:
+        raise AccessDenied("There were headers present in the request which were not signed",
+                           HeadersNotSigned=", ".join(unsigned))
+
+
 def _verify(*, method: str, raw_path: str, raw_query: str, headers: Headers, signed: list[str],
             signed_str: str, payload_hash: str, amz_date: str, scope: str, key: bytes,
             signature: str, access_key: str, exclude: str | None, host: str | None) -> None:
@@ -371,10 +391,7 @@ def _header_auth(method: str, raw_path: str, raw_query: str, headers: Headers, a
     if "x-amz-content-sha256" not in signed:
         raise AccessDenied("There were headers present in the request which were not signed",
                            HeadersNotSigned="x-amz-content-sha256")
-    unsigned = sorted({k for k, _ in headers if k.startswith("x-amz-") and k not in signed})
-    if unsigned:
-        raise AccessDenied("There were headers present in the request which were not signed",
-                           HeadersNotSigned=", ".join(unsigned))
+    _refuse_unsigned(headers, signed)
     _check_skew(amz_date, now, max_skew_s)
     user = lookup_user(access_key)
     if user is None:
@@ -431,6 +448,7 @@ def _query_auth(method: str, raw_path: str, raw_query: str, headers: Headers,
                                                       amz_date, region)
     signed_str = p["X-Amz-SignedHeaders"]
     signed = _signed_header_list(signed_str, AuthorizationQueryParametersError)
+    _refuse_unsigned(headers, signed, PRESIGNED_UNSIGNED_OK)
     if ts - now > max_skew_s:
         raise AccessDenied("Request is not valid yet")
     if now > ts + expires:

@@ -1,21 +1,25 @@
 """S3 XML documents: builders for every response body, strict parsers for request bodies.
 
 Builders return UTF-8 bytes with the XML declaration and the S3 namespace, elements in the order
-S3 itself sends them. Parsers accept the S3 namespace or none, refuse DTDs (so no entity is ever
+S3 itself sends them, and never a character XML 1.0 forbids (listings refuse them unless asked
+for encoding-type=url; other text has them replaced, see :func:`.errors.xml_text`). Parsers
+accept the S3 namespace or none, refuse DTDs in any encoding (defusedxml, so no entity is ever
 expanded), enforce a size limit and raise MalformedXML naming what is wrong.
 """
 
 from __future__ import annotations
 
 import email.utils
-import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 from urllib.parse import quote
 
-from .errors import InvalidArgument, InvalidPartOrder, MalformedXML, xml_text
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
+
+from .errors import InvalidArgument, InvalidPartOrder, MalformedXML, xml_forbidden, xml_text
 
 __all__ = [
     "NS", "iso8601", "http_date", "parse_http_date", "xml_text", "url_encode",
@@ -197,9 +201,20 @@ def _common_prefixes(w: _W, prefixes: Iterable[str], enc) -> None:
         w.close("CommonPrefixes")
 
 
+def _as_is(value: str | None) -> str | None:
+    """A listing value sent without encoding-type=url: XML 1.0 cannot carry NUL and most other
+    C0 controls (not even as ``&#x1;``, which strict parsers refuse), so a key, prefix, marker
+    or delimiter holding one is InvalidArgument, never a document the client cannot parse."""
+    if value is not None and xml_forbidden(value):
+        raise InvalidArgument("The listing holds a key, prefix, marker or delimiter with a character "
+                              "XML 1.0 cannot carry (a control character such as NUL); list with "
+                              "encoding-type=url", ArgumentName="encoding-type")
+    return value
+
+
 def _encoder(encoding_type: str | None):
     if encoding_type is None:
-        return lambda s: s
+        return _as_is
     if encoding_type != "url":
         raise InvalidArgument("Invalid Encoding Method specified in Request",
                               ArgumentName="encoding-type", ArgumentValue=encoding_type)
@@ -468,21 +483,21 @@ def delete_result(*, deleted: Sequence[DeletedEntry] = (), errors: Sequence[Dele
 
 # --- parsers -----------------------------------------------------------------------------------
 
-_DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
-
-
 def _parse(body: bytes, root: str, max_bytes: int) -> ET.Element:
+    """Parse a request document with defusedxml: a DTD (and so any entity, internal or
+    external) is refused whatever the document's encoding, since the check runs on what expat
+    decoded, not on the raw bytes."""
     if len(body) > max_bytes:
         raise MalformedXML(f"The XML you provided is larger than {max_bytes} bytes")
     if not body.strip():
         raise MalformedXML("The XML you provided was empty")
-    if _DTD.search(body):
-        raise MalformedXML("DTDs and entity declarations are not allowed")
     try:
-        parser = ET.XMLParser()
+        parser = DefusedXMLParser(forbid_dtd=True, forbid_entities=True, forbid_external=True)
         parser.feed(body)
         el = parser.close()
-    except ET.ParseError as e:
+    except DefusedXmlException as e:
+        raise MalformedXML(f"DTDs, entities and external references are not allowed ({e})") from None
+    except (ET.ParseError, ValueError, LookupError) as e:
         raise MalformedXML(f"The XML you provided was not well-formed: {e}") from None
     if _local(el.tag) != root or _ns(el.tag) not in ("", NS):
         raise MalformedXML(f"The root element must be {root}, not {_local(el.tag)}")

@@ -1,5 +1,6 @@
 """Bucket/key validation, request routing, metadata headers."""
 
+import re
 from urllib.parse import quote
 
 import pytest
@@ -8,7 +9,8 @@ from hypothesis import strategies as st
 
 from headwater.http.types import Headers
 from headwater.objstore.s3 import errors as e
-from headwater.objstore.s3.names import (extract_metadata, extract_standard_headers, parse_copy_source,
+from headwater.objstore.s3.errors import InvalidArgument
+from headwater.objstore.s3.names import (RESPONSE_OVERRIDES, extract_metadata, extract_standard_headers, parse_copy_source,
                                          parse_query, parse_target, response_overrides,
                                          validate_bucket_name, validate_key)
 
@@ -86,3 +88,17 @@ def test_metadata_and_standard_headers():
         extract_metadata(Headers([("x-amz-meta-big", "x" * 2046)]))
     extract_metadata(Headers([("x-amz-meta-big", "x" * 2045)]))
     assert response_overrides({"response-content-type": ["a/b"], "other": ["x"]}) == {"content-type": "a/b"}
+
+
+@pytest.mark.parametrize("param", sorted(RESPONSE_OVERRIDES))
+@pytest.mark.parametrize("bad", ["a\r\nSet-Cookie: x=1", "a\nb", "a\rb", "a\x00b", "a\x7fb", "\x1b[31m"])
+def test_response_overrides_refuse_control_characters(param, bad):
+    with pytest.raises(InvalidArgument) as info:
+        response_overrides({param: [bad]})
+    assert info.value.extra["ArgumentName"] == param
+    assert not re.search(r"[\x00-\x1f]", info.value.extra["ArgumentValue"])
+
+
+def test_response_overrides_send_utf8_bytes():
+    got = response_overrides({"response-content-disposition": ['attachment; filename="日本\t.txt"']})
+    assert got["content-disposition"].encode("latin-1") == 'attachment; filename="日本\t.txt"'.encode()

@@ -184,6 +184,49 @@ def test_presigned_put_and_bad_expires():
         verify("PUT", url.replace("X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Algorithm=X"), {}, now=now)
 
 
+def _presigned_put(**params):
+    c = client()
+    url = c.generate_presigned_url("put_object", Params={"Bucket": "b", "Key": "k", **params}, ExpiresIn=60)
+    q = dict(p.split("=", 1) for p in urlsplit(url).query.split("&"))
+    return url, parse_amz_date(q["X-Amz-Date"])
+
+
+@pytest.mark.parametrize("extra", [
+    {"x-amz-copy-source": "/other-bucket/secret"},
+    {"x-amz-meta-owner": "mallory"},
+    {"x-amz-date": "20260101T000000Z"},
+    {"x-amz-security-token": "token"},
+    {"x-amz-checksum-crc32": "AAAAAA=="},
+    {"x-amz-trailer": "x-amz-checksum-crc32"},
+    {"x-amz-decoded-content-length": "5"},
+    {"X-Amz-Copy-Source": "/other-bucket/secret", "x-amz-acl": "public-read"},
+])
+def test_presigned_refuses_unsigned_amz_headers(extra):
+    url, now = _presigned_put()
+    with pytest.raises(e.AccessDenied) as info:
+        verify("PUT", url, extra, now=now)
+    assert info.value.message == "There were headers present in the request which were not signed"
+    assert info.value.extra["HeadersNotSigned"] == ", ".join(sorted(k.lower() for k in extra))
+
+
+def test_presigned_unsigned_content_sha256_is_ignored():
+    url, now = _presigned_put()
+    for value in ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "0" * 64):
+        r = verify("PUT", url, {"x-amz-content-sha256": value}, now=now)
+        assert r.content_sha256 == "UNSIGNED-PAYLOAD" and r.mode is PayloadMode.UNSIGNED
+
+
+def test_presigned_signed_amz_headers_are_accepted():
+    url, now = _presigned_put(Metadata={"owner": "alice"}, ContentType="text/plain")
+    assert "x-amz-meta-owner" in url
+    hdrs = {"x-amz-meta-owner": "alice", "content-type": "text/plain"}
+    assert verify("PUT", url, hdrs, now=now).signed_headers == ("content-type", "host", "x-amz-meta-owner")
+    with pytest.raises(e.AccessDenied):
+        verify("PUT", url, {**hdrs, "x-amz-meta-other": "x"}, now=now)
+    # non-x-amz headers need no signature (as on S3)
+    assert verify("PUT", url, {**hdrs, "cache-control": "no-cache", "x-amzn-trace-id": "t"}, now=now)
+
+
 def test_botocore_query_auth_direct():
     req = AWSRequest(method="GET", url=f"{ENDPOINT}/bucket/" + quote("a b/ü+=", safe="/~"),
                      params={"versionId": "null"})
