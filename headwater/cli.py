@@ -99,7 +99,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         _err(problems[0])
         return EXIT_FAILED
 
-    log.configure(level=cfg.log_level)
+    log.configure(level=cfg.log_level, daemon=node_cfg.id, fields={"worker": args.worker or 0} if is_gateway else None)
     logger = log.get_logger(node_cfg.id)
     if is_gateway:
         worker = args.worker or 0
