@@ -123,19 +123,23 @@ def s3_error_for(exc: BaseException, operation: str = "") -> s3e.S3Error | None:
     if isinstance(exc, ClientDisconnected):
         return None
     if isinstance(exc, MetadataError):
-        log.warning("metadata error in %s: %s", operation, exc)
+        log.warning("metadata error in %s: %s", operation, exc,
+                    extra={"event": "s3.metadata_error", "operation": operation, "error": str(exc)})
         return s3e.s3_error_for(exc)
     if isinstance(exc, WriteFailed):
-        log.warning("write failed in %s: %s", operation, exc)
+        log.warning("write failed in %s: %s", operation, exc,
+                    extra={"event": "s3.write_failed", "operation": operation, "error": str(exc)})
         return s3e.SlowDown(f"not enough storage nodes: {exc}")
     if isinstance(exc, ReadFailed):
-        log.error("read failed in %s: %s", operation, exc)
+        log.error("read failed in %s: %s", operation, exc,
+                  extra={"event": "s3.read_failed", "operation": operation, "error": str(exc)})
         return s3e.ServiceUnavailable(f"object unreadable now: {exc}")
     if isinstance(exc, HttpRequestTimeout):
         return s3e.RequestTimeout()
     if isinstance(exc, BodyTooLarge):
         return s3e.MaxMessageLengthExceeded()
-    log.error("internal error in %s", operation, exc_info=exc)
+    log.error("internal error in %s", operation, exc_info=exc,
+              extra={"event": "s3.internal_error", "operation": operation})
     return s3e.InternalError()
 
 
