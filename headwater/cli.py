@@ -108,7 +108,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         err(problems[0])
         return EXIT_FAILED
 
-    log.configure(level=cfg.log_level)
+    log.configure(level=cfg.log_level, daemon=node_cfg.id,
+                  fields={"worker": args.worker or 0} if has_workers else None)
     logger = log.get_logger(node_cfg.id)
     if has_workers:
         worker = args.worker or 0

@@ -47,12 +47,14 @@ class WriteFailed(StoreError):
 
     s3_code = "SlowDown"
     log_level = logging.WARNING
+    log_event = "s3.write_failed"
 
 
 class ReadFailed(StoreError):
     """Fewer than k fragments of a stripe could be read back intact."""
 
     s3_code = "ServiceUnavailable"
+    log_event = "s3.read_failed"
 
 
 class StoragePool:
@@ -224,7 +226,9 @@ class LayoutWriter:
                 await self.pool.client(node).append_many(f"{self.oid}.{i}", first, [b[i] for b in batch],
                                                          block_bytes=block_bytes, meta=self._meta)
             except RpcError as e:
-                log.warning("fragment append to %s failed: %s", node, e)
+                log.warning("fragment append to %s failed: %s", node, e,
+                            extra={"event": "fragment.append_failed", "node": node, "fid": f"{self.oid}.{i}",
+                                   "error": str(e)})
                 self.pool.stats["fragment_write_errors"] += 1
                 if isinstance(e, (Unavailable, DeadlineExceeded)):
                     # Refused, or silent past the deadline (a host cut off): out of placements
@@ -264,7 +268,9 @@ class LayoutWriter:
             try:
                 await self.pool.client(node).commit(f"{self.oid}.{i}", self._stripes)
             except RpcError as e:
-                log.warning("fragment commit on %s failed: %s", node, e)
+                log.warning("fragment commit on %s failed: %s", node, e,
+                            extra={"event": "fragment.commit_failed", "node": node, "fid": f"{self.oid}.{i}",
+                                   "error": str(e)})
                 self.pool.stats["fragment_write_errors"] += 1
                 self.nodes[i] = None
 
@@ -312,7 +318,9 @@ async def delete_layouts(pool: StoragePool, layouts: Sequence[Layout]) -> None:
 
 
 def _read_failed(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> None:
-    log.warning("fragment %s on %s unreadable: %s", lay.fid(index), lay.nodes[index], e)
+    log.warning("fragment %s on %s unreadable: %s", lay.fid(index), lay.nodes[index], e,
+                extra={"event": "fragment.read_failed", "node": lay.nodes[index], "fid": lay.fid(index),
+                       "error": str(e)})
     pool.stats["fragment_read_errors"] += 1
     if isinstance(e, (Unavailable, DeadlineExceeded)):
         pool.mark_down(lay.nodes[index])  # type: ignore[arg-type]

@@ -38,11 +38,13 @@ class StoreError(Exception):
     """Root of every error the object store raises.
 
     ``s3_code`` is the S3 error code a client is answered with when this reaches the gateway;
-    ``log_level`` is how the gateway logs it then (None: not at all, the client was told).
+    ``log_level`` is how the gateway logs it then (None: not at all, the client was told), as
+    the event ``log_event``.
     """
 
     s3_code: str = "InternalError"
     log_level: int | None = logging.ERROR
+    log_event: str = "s3.store_error"
 
 
 # The HTTP core's errors, which are not the store's: exception type -> S3 code (None: the client
@@ -67,12 +69,14 @@ def s3_error(exc: BaseException, operation: str = "") -> S3Error | None:
         return exc
     if isinstance(exc, StoreError):
         if exc.log_level is not None:
-            log.log(exc.log_level, "%s in %s: %s", type(exc).__name__, operation or "a request", exc)
+            log.log(exc.log_level, "%s in %s: %s", type(exc).__name__, operation or "a request", exc,
+                    extra={"event": exc.log_event, "operation": operation, "error": str(exc)})
         cls = s3e.ERRORS_BY_CODE.get(exc.s3_code, s3e.InternalError)
         # Server-side failures say what went wrong; a client's mistake gets S3's own message.
         return cls(f"{exc}") if cls.http_status >= 500 else cls()
     for kind, code in HTTP_ERRORS:
         if isinstance(exc, kind):
             return None if code is None else s3e.ERRORS_BY_CODE[code]()
-    log.error("internal error in %s", operation or "a request", exc_info=exc)
+    log.error("internal error in %s", operation or "a request", exc_info=exc,
+              extra={"event": "s3.internal_error", "operation": operation})
     return s3e.InternalError()

@@ -43,6 +43,7 @@ class MetadataError(StoreError):
     s3_code = "InternalError"
     http_status = 500
     log_level = logging.WARNING
+    log_event = "s3.metadata_error"
 
 
 class ConditionFailed(MetadataError):

@@ -186,7 +186,10 @@ class MetadataNode:
                     await self._start_group(g, storage)
             self.ready = True
             log.info("metadata node %s serving %s on %s:%d (member of %d of %d raft groups)", cfg.id,
-                     cfg.data_dir, cfg.host, self.port, len(self.groups), self.ring.groups)
+                     cfg.data_dir, cfg.host, self.port, len(self.groups), self.ring.groups,
+                     extra={"event": "metadata.serving", "data_dir": str(cfg.data_dir),
+                            "address": f"{cfg.host}:{self.port}", "groups": len(self.groups),
+                            "ring_groups": self.ring.groups})
 
     def _initial(self, g: int) -> Config:
         """Group ``g``'s first membership: where the ring's founders placed it."""
@@ -231,16 +234,19 @@ class MetadataNode:
             if found:
                 record = found[0]
                 log.info("metadata node %s joins the existing ring (founders %s)", cfg.id,
-                         ",".join(record["founders"]))
+                         ",".join(record["founders"]),
+                         extra={"event": "ring.joined", "founders": list(record["founders"])})
             elif len(answers) == len(peers):
                 record = {"format": RING_FORMAT, "partitions": o.partitions, "groups": o.metadata_groups,
                           "replicas": DEFAULT_REPLICAS,
                           "founders": sorted(m.id for m in self.cluster.metadata if not m.drain)}
-                log.info("metadata node %s forms a new ring: %s", cfg.id, record)
+                log.info("metadata node %s forms a new ring: %s", cfg.id, record,
+                         extra={"event": "ring.formed", "ring": record})
             else:
                 if waited % 20 == 0:
                     log.warning("metadata node %s: waiting for %s to answer before forming the ring", cfg.id,
-                                ",".join(sorted(set(peers) - set(answers))))
+                                ",".join(sorted(set(peers) - set(answers))),
+                                extra={"event": "ring.waiting", "peers": sorted(set(peers) - set(answers))})
                 waited += 1
                 await anyio.sleep(0.5)
                 continue
@@ -329,7 +335,8 @@ class MetadataNode:
             if name in self.retired:
                 await anyio.to_thread.run_sync(storage.unretire)
                 del self.retired[name]
-            log.info("metadata node %s: a leader of %s reached us; starting a replica", self.config.id, name)
+            log.info("metadata node %s: a leader of %s reached us; starting a replica", self.config.id, name,
+                     extra={"event": "raft.replica_started", "group": name})
             return await self._start_group(index, storage)
 
     async def _write(self, args: dict, payload: bytes) -> dict[str, Any]:
@@ -402,7 +409,8 @@ class MetadataNode:
         log (same applied index, so the same state) and store it here. Unavailable if no peer
         has a good copy at that point within a few seconds."""
         assert self.store is not None
-        log.error("metadata record %s/%r is corrupt on %s; repairing it from a peer", ns, key, self.config.id)
+        log.error("metadata record %s/%r is corrupt on %s; repairing it from a peer", ns, key, self.config.id,
+                  extra={"event": "record.corrupt", "ns": ns, "key": key})
         with anyio.move_on_after(5.0):
             while True:
                 for peer in g.core.others:
@@ -509,7 +517,8 @@ class MetadataNode:
             await g.retire(cfg)
             del self.groups[name]
             self.retired[name] = cfg
-            log.info("metadata node %s: left %s (now on %s)", self.config.id, name, ",".join(cfg.voters))
+            log.info("metadata node %s: left %s (now on %s)", self.config.id, name, ",".join(cfg.voters),
+                     extra={"event": "raft.replica_retired", "group": name, "voters": list(cfg.voters)})
         return {"retired": True}
 
 

@@ -233,7 +233,8 @@ class RecordStore:
             self.corrupt_reads += 1
             if strict:
                 raise CorruptGroup(f"overflow group {gkey[:40]!r}") from None
-            log.error("metadata overflow group %r failed its checksum; skipped in a scan", gkey)
+            log.error("metadata overflow group %r failed its checksum; skipped in a scan", gkey,
+                      extra={"event": "record.corrupt", "overflow_group": repr(gkey), "skipped": True})
             return {}
 
     def _write_group(self, txn: lmdb.Transaction, gkey: bytes, members: dict[bytes, bytes]) -> None:
@@ -324,7 +325,8 @@ class RecordStore:
                     rec = decode_record(raw, f"{ns}/{key!r}")
                 except CorruptRecord:
                     self.corrupt_reads += 1
-                    log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key)
+                    log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key,
+                              extra={"event": "record.corrupt", "ns": ns, "key": key, "skipped": True})
                     continue
                 last = enc
                 if rec.value is None:

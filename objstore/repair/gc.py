@@ -25,7 +25,8 @@ for a GET of an object just overwritten: the old fragments become candidates onl
 record stops naming them, and live on for ``grace_s`` after that, as the gateway's own retire
 queue would keep them.
 
-The decision is pure (:class:`Candidates`); the class around it does the I/O.
+The decision is pure (:class:`Candidates`); the class around it does the I/O, and the loop
+around the passes is :class:`headwater.background.BackgroundLoop`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, Iterable
 
 import anyio
 
+from headwater.background import BackgroundLoop
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError
 
@@ -103,24 +105,25 @@ class Candidates:
         self._since.pop((f.node, f.fid), None)
 
 
-class GarbageCollector:
+class GarbageCollector(BackgroundLoop[int]):
     """Deletes fragments no record names, ``grace_s`` after they stopped being named."""
+
+    name = "gc"
+    logger = log
 
     def __init__(self, meta: MetadataClient, pool: StoragePool, *, grace_s: float,
                  clock: Clock = SYSTEM_CLOCK, interval_s: float = 60.0) -> None:
+        super().__init__(interval_s=interval_s, clock=clock, classify=failure_reason)
         self.meta = meta
         self.pool = pool
-        self.clock = clock
-        self.interval_s = interval_s
         self.candidates = Candidates(grace_s)
-        self.counters: dict[str, float] = {"passes": 0, "fragments_deleted": 0, "bytes_deleted": 0,
-                                           "tmp_removed": 0, "failures": 0, "fragments_listed": 0}
-        self.failures: dict[str, int] = {}
-        self.last_pass_end: float | None = None
+        self.counters: dict[str, float] = {"fragments_deleted": 0, "bytes_deleted": 0,
+                                           "tmp_removed": 0, "fragments_listed": 0}
+        self._due = 0
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.counters, "candidates": len(self.candidates),
-                               "last_pass_end": self.last_pass_end or 0.0}
+        out: dict[str, Any] = {"passes": self.passes, **self.counters, "failures": self.failure_count,
+                               "candidates": len(self.candidates), "last_pass_end": self.last_pass_end or 0.0}
         for reason, n in self.failures.items():
             out[f"failures_{reason}"] = n
         return out
@@ -139,7 +142,8 @@ class GarbageCollector:
                     if cursor is None:
                         break
             except (RpcError, TimeoutError) as e:
-                log.info("gc: %s could not be listed, skipped this pass: %s", node, e)
+                log.info("gc: %s could not be listed, skipped this pass: %s", node, e,
+                         extra={"event": "gc.node_skipped", "node": node, "error": str(e)})
                 return
             listed.extend(out)
             nodes.add(node)
@@ -163,15 +167,16 @@ class GarbageCollector:
             raise ScanIncomplete(f"metadata walk failed: {type(e).__name__}: {e}") from e
         return oids, named
 
-    async def run_once(self) -> int:
-        """One pass; returns how many fragments were deleted. Raises ScanIncomplete (having
-        deleted nothing) if the metadata could not be walked whole."""
+    async def one_pass(self) -> int:
+        """One pass (``run_once``, ``run_forever``); returns how many fragments were deleted.
+        Raises ScanIncomplete (having deleted nothing) if the metadata could not be walked whole."""
         listed, nodes = await self._list()  # before the walk: see the module docstring
         self.counters["fragments_listed"] = len(listed)
         in_use, named = await self._in_use()
         due = self.candidates.update(listed, in_use, now=self.clock.monotonic(), wall=self.clock.time(),
                                      nodes_listed=nodes, named=named)
         deleted = 0
+        self._due = len(due)
         for f in due:
             try:
                 # only the file listed: one committed over it since (the same fid written to
@@ -180,7 +185,8 @@ class GarbageCollector:
                     deleted += 1
                     self.counters["bytes_deleted"] += f.size
             except RpcError as e:
-                log.info("gc: delete of %s on %s failed: %s", f.fid, f.node, e)
+                log.info("gc: delete of %s on %s failed: %s", f.fid, f.node, e,
+                         extra={"event": "gc.delete_failed", "node": f.node, "fid": f.fid, "error": str(e)})
                 continue
             self.candidates.forget(f)
         self.counters["fragments_deleted"] += deleted
@@ -188,20 +194,10 @@ class GarbageCollector:
             try:
                 self.counters["tmp_removed"] += await self.pool.client(node).collect()
             except RpcError as e:
-                log.info("gc: temp-file collection on %s failed: %s", node, e)
-        self.counters["passes"] += 1
-        self.last_pass_end = self.clock.time()
-        if deleted or due:
-            log.info("gc: deleted %d orphan fragments (%d candidates waiting)", deleted, len(self.candidates))
+                log.info("gc: temp-file collection on %s failed: %s", node, e,
+                         extra={"event": "gc.collect_failed", "node": node, "error": str(e)})
         return deleted
 
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as e:  # noqa: BLE001 - the daemon outlives any one pass
-                reason = failure_reason(e)
-                self.counters["failures"] += 1
-                self.failures[reason] = self.failures.get(reason, 0) + 1
-                log.warning("gc: pass failed (%s): %s", reason, e)
-            await self.clock.sleep(self.interval_s)
+    def summary(self, deleted: int) -> dict[str, Any] | None:
+        # a line only when there was something to delete (a pass a minute finds nothing, mostly)
+        return {"deleted": deleted, "candidates": len(self.candidates)} if deleted or self._due else None

@@ -28,7 +28,9 @@ collector removes it (it judges each node's files, not only object ids).
 Multipart uploads in progress are left alone (their part records are short-lived and
 CompleteMultipartUpload copies their layouts into the object record, which a later pass moves).
 
-The planning is pure (:func:`tally`, :func:`plan_moves`); the class around it does the I/O.
+The planning is pure (:func:`tally`, :func:`plan_moves`); the class around it does the I/O, and
+the loop around the passes is :class:`headwater.background.BackgroundLoop` (old copies are its
+idle work between passes).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any, Mapping, Sequence
 import anyio
 import xxhash
 
+from headwater.background import BackgroundLoop
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError
 from headwater.throttle import Pacer
@@ -195,39 +198,40 @@ class _OldCopy:
     size: int
 
 
-class Rebalancer:
+class Rebalancer(BackgroundLoop[dict[str, float]]):
     """Moves fragments as :func:`plan_moves` says, ``rate_bytes_s`` paced (bytes read plus
     written plus read back). ``recon`` lends its fragment-writing and record-rewriting code."""
+
+    name = "rebalancer"
+    idle_what = "removing old copies"
+    logger = log
 
     def __init__(self, cluster: Any, meta: MetadataClient, pool: StoragePool, *, recon: Reconstructor,
                  rate_bytes_s: float, grace_s: float, clock: Clock = SYSTEM_CLOCK,
                  interval_s: float = 60.0, slack: float = DEFAULT_SLACK,
                  batch_bytes: int = REBUILD_BATCH_BYTES) -> None:
+        super().__init__(interval_s=interval_s, clock=clock, tick_s=RETIRE_CHECK_S, classify=failure_reason)
         self.cluster = cluster
         self.meta = meta
         self.pool = pool
         self.recon = recon
         self.grace_s = grace_s
-        self.clock = clock
-        self.interval_s = interval_s
         self.slack = slack
         self.batch_bytes = batch_bytes
         self.pacer = Pacer(rate_bytes_s, clock=clock)
         self.sites = list(pool.sites)
         self.counters: dict[str, float] = {
-            "passes": 0, "fragments_moved": 0, "bytes_moved": 0, "moves_lost_race": 0,
-            "old_copies_removed": 0, "failures": 0, "move_seconds": 0.0,
+            "fragments_moved": 0, "bytes_moved": 0, "moves_lost_race": 0,
+            "old_copies_removed": 0, "move_seconds": 0.0,
         }
-        self.failures: dict[str, int] = {}
-        self.running = False
-        self.progress = 0.0  # share of the current pass's layouts looked at
+        # (self.progress: share of the current pass's layouts looked at)
         self.last: dict[str, float] = {"layouts": 0, "moves_planned": 0, "fragments_moved": 0,
                                        "imbalance": 0.0, "least_filled": 0.0}
-        self.last_pass_end: float | None = None
         self._old: list[_OldCopy] = []
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.counters, "pass_running": int(self.running),
+        out: dict[str, Any] = {"passes": self.passes, **self.counters, "failures": self.failure_count,
+                               "pass_running": int(self.running),
                                "pass_progress": self.progress, "old_copies_waiting": len(self._old),
                                "last_pass_end": self.last_pass_end or 0.0}
         for k, v in self.last.items():
@@ -236,80 +240,55 @@ class Rebalancer:
             out[f"failures_{reason}"] = n
         return out
 
-    def _failed(self, exc: BaseException, what: str) -> None:
-        reason = failure_reason(exc)
-        self.counters["failures"] += 1
-        self.failures[reason] = self.failures.get(reason, 0) + 1
-        log.warning("rebalancer: %s failed (%s): %s", what, reason, exc)
-
     # --- a pass ------------------------------------------------------------------------------
 
-    async def run_once(self) -> dict[str, float]:
-        """Tally, then move what :func:`plan_moves` says; returns the pass's figures."""
-        self.running = True
-        self.progress = 0.0
-        try:
-            await self.collect_old_copies()
-            ids = [s.id for s in self.sites]
-            load: dict[str, float] = {n: 0 for n in ids}
-            total = 0
-            async with aclosing(walk_layouts(self.meta)) as refs:
-                async for ref in refs:
-                    total += 1
-                    for n, size in tally([ref.layout]).items():
-                        load[n] = load.get(n, 0) + size
-            up = await self._up()
-            share = fair_share(load, ids)
-            figures = {"layouts": 0, "moves_planned": 0, "fragments_moved": 0}
-            seen = 0
-            async with aclosing(walk_layouts(self.meta)) as refs:
-                async for ref in refs:
-                    seen += 1
-                    self.progress = min(1.0, seen / total) if total else 1.0
-                    if not ref.ns.startswith("obj/"):
-                        continue
-                    figures["layouts"] += 1
-                    moves = plan_moves(ref.layout, self.sites, load, up=up, slack=self.slack)
-                    if not moves:
-                        continue
-                    figures["moves_planned"] += len(moves)
-                    try:
-                        done = await self.move(ref, moves)
-                    except Exception as e:  # noqa: BLE001 - one layout must not stop the pass
-                        self._failed(e, f"move of {ref.layout.oid}")
-                        continue
-                    apply_moves(load, ref.layout, done)
-                    figures["fragments_moved"] += len(done)
-                    await self.collect_old_copies()
-            least = min((load.get(n, 0) for n in ids), default=0)
-            self.last = {**figures, "least_filled": least / share if share else 1.0,
-                         "imbalance": (max((load.get(n, 0) for n in ids), default=0) - least) / share if share else 0.0}
-            self.counters["passes"] += 1
-            self.last_pass_end = self.clock.time()
-            self.progress = 1.0
-            log.info("rebalancer: pass done: %d layouts, %d fragments moved, least-filled node at %.0f%% "
-                     "of its share", figures["layouts"], figures["fragments_moved"],
-                     100 * self.last["least_filled"])
-            return dict(self.last)
-        finally:
-            self.running = False
-
-    async def run_forever(self) -> None:
-        """Passes ``interval_s`` apart; old copies are removed as their grace ends in between."""
-        while True:
-            try:
-                await self.run_once()
-            except Exception as e:  # noqa: BLE001 - the daemon outlives any one pass
-                self._failed(e, "pass")
-            waited = 0.0
-            while waited < self.interval_s:
-                step = min(RETIRE_CHECK_S, self.interval_s - waited)
-                await self.clock.sleep(step)
-                waited += step
+    async def one_pass(self) -> dict[str, float]:
+        """Tally, then move what :func:`plan_moves` says (``run_once``, ``run_forever``); returns
+        the pass's figures."""
+        await self.collect_old_copies()
+        ids = [s.id for s in self.sites]
+        load: dict[str, float] = {n: 0 for n in ids}
+        total = 0
+        async with aclosing(walk_layouts(self.meta)) as refs:
+            async for ref in refs:
+                total += 1
+                for n, size in tally([ref.layout]).items():
+                    load[n] = load.get(n, 0) + size
+        up = await self._up()
+        share = fair_share(load, ids)
+        figures = {"layouts": 0, "moves_planned": 0, "fragments_moved": 0}
+        seen = 0
+        async with aclosing(walk_layouts(self.meta)) as refs:
+            async for ref in refs:
+                seen += 1
+                self.progress = min(1.0, seen / total) if total else 1.0
+                if not ref.ns.startswith("obj/"):
+                    continue
+                figures["layouts"] += 1
+                moves = plan_moves(ref.layout, self.sites, load, up=up, slack=self.slack)
+                if not moves:
+                    continue
+                figures["moves_planned"] += len(moves)
                 try:
-                    await self.collect_old_copies()
-                except Exception as e:  # noqa: BLE001
-                    self._failed(e, "removing old copies")
+                    done = await self.move(ref, moves)
+                except Exception as e:  # noqa: BLE001 - one layout must not stop the pass
+                    self.record_failure(e, f"move of {ref.layout.oid}")
+                    continue
+                apply_moves(load, ref.layout, done)
+                figures["fragments_moved"] += len(done)
+                await self.collect_old_copies()
+        least = min((load.get(n, 0) for n in ids), default=0)
+        self.last = {**figures, "least_filled": least / share if share else 1.0,
+                     "imbalance": (max((load.get(n, 0) for n in ids), default=0) - least) / share if share else 0.0}
+        return dict(self.last)
+
+    def summary(self, figures: dict[str, float]) -> dict[str, Any]:
+        return {"layouts": int(figures["layouts"]), "fragments_moved": int(figures["fragments_moved"]),
+                "least_filled": round(figures["least_filled"], 3), "imbalance": round(figures["imbalance"], 3)}
+
+    async def idle(self) -> None:
+        """Between passes: old copies are removed as their grace ends."""
+        await self.collect_old_copies()
 
     async def _up(self) -> set[str]:
         up: set[str] = set()
@@ -342,10 +321,11 @@ class Rebalancer:
                 # Gone from the source since the walk: the object was overwritten or deleted
                 # (its fragments retired), or the fragment was lost (the reconstructor's case).
                 self.counters["moves_lost_race"] += 1
-                log.info("rebalancer: %s left %s before it could be copied", lay.fid(mv.index), mv.source)
+                log.info("rebalancer: %s left %s before it could be copied", lay.fid(mv.index), mv.source,
+                         extra={"event": "rebalancer.source_gone", "fid": lay.fid(mv.index), "node": mv.source})
                 continue
             except Exception as e:  # noqa: BLE001 - the others may still go
-                self._failed(e, f"copy of {lay.fid(mv.index)} {mv.source}->{mv.target}")
+                self.record_failure(e, f"copy of {lay.fid(mv.index)} {mv.source}->{mv.target}")
                 continue
             copied.append(mv)
         if not copied:
@@ -356,7 +336,8 @@ class Rebalancer:
         self.counters["move_seconds"] += time.perf_counter() - started
         if not landed:
             self.counters["moves_lost_race"] += len(copied)
-            log.info("rebalancer: %s changed while moving; copies removed", lay.oid)
+            log.info("rebalancer: %s changed while moving; copies removed", lay.oid,
+                     extra={"event": "rebalancer.lost_race", "oid": lay.oid})
             return []
         due = self.clock.monotonic() + self.grace_s
         for mv in copied:
@@ -364,7 +345,9 @@ class Rebalancer:
                                       index=mv.index, size=size))
         self.counters["fragments_moved"] += len(copied)
         self.counters["bytes_moved"] += size * len(copied)
-        log.info("rebalancer: moved %s", ", ".join(f"{lay.fid(m.index)} {m.source}->{m.target}" for m in copied))
+        log.info("rebalancer: moved %s", ", ".join(f"{lay.fid(m.index)} {m.source}->{m.target}" for m in copied),
+                 extra={"event": "rebalancer.moved", "oid": lay.oid,
+                        "moves": [{"fid": lay.fid(m.index), "from": m.source, "to": m.target} for m in copied]})
         return copied
 
     async def _copy(self, lay: Layout, mv: Move) -> None:
@@ -437,6 +420,6 @@ class Rebalancer:
                     removed += 1
             except Exception as e:  # noqa: BLE001 - try again on the next look
                 self._old.append(c)
-                self._failed(e, f"removing {c.oid}.{c.index} from {c.node}")
+                self.record_failure(e, f"removing {c.oid}.{c.index} from {c.node}")
         self.counters["old_copies_removed"] += removed
         return removed

@@ -22,7 +22,8 @@ to another survivor if one fails mid-way), regenerates the wanted blocks with zf
 (:func:`stripe.rebuild`), appends them to the targets and commits, exactly as a PUT writes:
 the new file replaces a damaged one atomically. Traffic is paced to ``rate_bytes_s``.
 
-The judging and target choice are pure; the class around them does the I/O.
+The judging and target choice are pure; the class around them does the I/O, and the loop
+around the passes is :class:`headwater.background.BackgroundLoop`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import anyio
 import anyio.to_thread
 import xxhash
 
+from headwater.background import BackgroundLoop
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.rpc import RpcError, Unavailable
 from headwater.throttle import Pacer
@@ -257,36 +259,35 @@ def plan_rebuild(check: LayoutCheck, up: Sequence[NodeSite], sites: Mapping[str,
 
 # --- the reconstructor -------------------------------------------------------------------------
 
-class Reconstructor:
+class Reconstructor(BackgroundLoop[dict[str, float]]):
     """Checks every layout and rebuilds what :func:`plan_rebuild` says, ``rate_bytes_s`` paced.
 
     ``out_after_s``: a storage node that has failed every health check for this long is out
     (its fragments are rebuilt elsewhere); 0 waits for down nodes forever."""
 
+    name = "reconstructor"
+    logger = log
+
     def __init__(self, cluster: Any, meta: MetadataClient, pool: StoragePool, *, rate_bytes_s: float,
                  clock: Clock = SYSTEM_CLOCK, interval_s: float = 60.0,
                  batch_bytes: int = REBUILD_BATCH_BYTES, out_after_s: float = 0.0) -> None:
+        super().__init__(interval_s=interval_s, clock=clock, classify=failure_reason)
         self.cluster = cluster
         self.meta = meta
         self.pool = pool
-        self.clock = clock
-        self.interval_s = interval_s
         self.batch_bytes = batch_bytes
         self.pacer = Pacer(rate_bytes_s, clock=clock)
         self.sites = {s.id: s for s in pool.sites}
         self.liveness = NodeLiveness(out_after_s)
         self.counters: dict[str, float] = {
-            "passes": 0, "layouts_checked": 0, "fragments_rebuilt": 0, "fragments_relocated": 0,
-            "bytes_rebuilt": 0, "bytes_read": 0, "rebuild_seconds": 0.0, "failures": 0,
+            "layouts_checked": 0, "fragments_rebuilt": 0, "fragments_relocated": 0,
+            "bytes_rebuilt": 0, "bytes_read": 0, "rebuild_seconds": 0.0,
             "records_rewritten": 0, "orphaned_rebuilds": 0, "out_fragments_rebuilt": 0,
         }
-        self.failures: dict[str, int] = {}
         # Figures of the last complete pass (what `headwater status` shows) and the current one.
         self.last: dict[str, float] = {"degraded_objects": 0, "degraded_layouts": 0, "degraded_stripes": 0,
                                        "unreadable_objects": 0, "layouts": 0}
         self.current: dict[str, float] = dict(self.last)
-        self.last_pass_end: float | None = None
-        self.running = False
 
     # --- stats -------------------------------------------------------------------------------
 
@@ -294,7 +295,8 @@ class Reconstructor:
         total = self.last["layouts"]
         progress = 1.0 if not self.running else (
             min(0.99, self.current["layouts"] / total) if total else 0.0)
-        out: dict[str, Any] = {**self.counters, **self.last, "pass_progress": progress,
+        out: dict[str, Any] = {"passes": self.passes, **self.counters, "failures": self.failure_count,
+                               **self.last, "pass_progress": progress,
                                "pass_running": int(self.running),
                                "last_pass_end": self.last_pass_end or 0.0}
         for reason, n in self.failures.items():
@@ -313,12 +315,6 @@ class Reconstructor:
         now = self.clock.monotonic()
         return {"down": {n: round(s, 1) for n, s in self.liveness.down(now).items()},
                 "out": sorted(self.liveness.out(now))}
-
-    def _failed(self, exc: BaseException, what: str) -> None:
-        reason = failure_reason(exc)
-        self.counters["failures"] += 1
-        self.failures[reason] = self.failures.get(reason, 0) + 1
-        log.warning("reconstructor: %s failed (%s): %s", what, reason, exc)
 
     # --- checking ------------------------------------------------------------------------------
 
@@ -340,7 +336,8 @@ class Reconstructor:
                     for st in got:
                         answers[(node, st["fid"])] = st
             except (RpcError, TimeoutError) as e:
-                log.info("reconstructor: %s did not answer frag.stat_many: %s", node, e)
+                log.info("reconstructor: %s did not answer frag.stat_many: %s", node, e,
+                         extra={"event": "reconstructor.node_silent", "node": node, "error": str(e)})
                 return
             up.add(node)
 
@@ -383,75 +380,64 @@ class Reconstructor:
         now = self.clock.monotonic()
         self.liveness.observe_many([s.id for s in up], down, now)
         for node, secs in self.liveness.down(now).items():
+            out = self.liveness.is_out(node, now)
             log.warning("reconstructor: storage node %s down for %.0fs%s", node, secs,
-                        " (out: its fragments are rebuilt onto other nodes)"
-                        if self.liveness.is_out(node, now) else "")
+                        " (out: its fragments are rebuilt onto other nodes)" if out else "",
+                        extra={"event": "node.down", "node": node, "down_s": round(secs, 1), "out": out})
         return sorted(up, key=lambda s: s.id)
 
     # --- a pass ------------------------------------------------------------------------------
 
-    async def run_once(self) -> dict[str, float]:
-        """Check every layout once and rebuild what can be; returns the pass's figures."""
-        self.running = True
+    async def one_pass(self) -> dict[str, float]:
+        """Check every layout once and rebuild what can be (``run_once``, ``run_forever``);
+        returns the pass's figures."""
         self.current = {k: 0 for k in self.last}
         degraded_objects: set[tuple[str, str]] = set()
         unreadable: set[tuple[str, str]] = set()
-        try:
-            # Every node pinged once a pass: who is down (and out), and who can take a fragment
-            # rebuilt away from its layout's node.
-            up_sites = await self.probe_nodes()
-            batch: list[LayoutRef] = []
+        # Every node pinged once a pass: who is down (and out), and who can take a fragment
+        # rebuilt away from its layout's node.
+        up_sites = await self.probe_nodes()
+        batch: list[LayoutRef] = []
 
-            async def flush() -> None:
-                checks, _answered = await self.check(batch)
-                batch.clear()
-                for c in checks:
-                    self.current["layouts"] += 1
-                    self.counters["layouts_checked"] += 1
-                    if not c.degraded:
-                        continue
-                    obj = (c.ref.ns, c.ref.key)
-                    plan = plan_rebuild(c, up_sites, self.sites)
-                    if plan is not None:
-                        try:
-                            done = await self.rebuild(plan)
-                            if set(done) == set(c.rebuildable) and FragState.UNREACHABLE not in c.states:
-                                continue  # fully repaired now
-                        except Exception as e:  # noqa: BLE001 - one layout must not stop the pass
-                            self._failed(e, f"rebuild of {c.layout.oid}")
-                    self.current["degraded_layouts"] += 1
-                    self.current["degraded_stripes"] += c.layout.stripes
-                    degraded_objects.add(obj)
-                    if not c.readable:
-                        unreadable.add(obj)
-                    self.current["degraded_objects"] = len(degraded_objects)
-                    self.current["unreadable_objects"] = len(unreadable)
+        async def flush() -> None:
+            checks, _answered = await self.check(batch)
+            batch.clear()
+            for c in checks:
+                self.current["layouts"] += 1
+                self.counters["layouts_checked"] += 1
+                if not c.degraded:
+                    continue
+                obj = (c.ref.ns, c.ref.key)
+                plan = plan_rebuild(c, up_sites, self.sites)
+                if plan is not None:
+                    try:
+                        done = await self.rebuild(plan)
+                        if set(done) == set(c.rebuildable) and FragState.UNREACHABLE not in c.states:
+                            continue  # fully repaired now
+                    except Exception as e:  # noqa: BLE001 - one layout must not stop the pass
+                        self.record_failure(e, f"rebuild of {c.layout.oid}")
+                self.current["degraded_layouts"] += 1
+                self.current["degraded_stripes"] += c.layout.stripes
+                degraded_objects.add(obj)
+                if not c.readable:
+                    unreadable.add(obj)
+                self.current["degraded_objects"] = len(degraded_objects)
+                self.current["unreadable_objects"] = len(unreadable)
 
-            async with aclosing(walk_layouts(self.meta)) as refs:
-                async for ref in refs:
-                    batch.append(ref)
-                    if len(batch) >= CHECK_BATCH:
-                        await flush()
-            if batch:
-                await flush()
-            self.last = dict(self.current)
-            self.counters["passes"] += 1
-            self.last_pass_end = self.clock.time()
-            log.info("reconstructor: pass done: %d layouts, %d degraded objects (%d stripes) left, "
-                     "%d unreadable", self.last["layouts"], self.last["degraded_objects"],
-                     self.last["degraded_stripes"], self.last["unreadable_objects"])
-            return dict(self.last)
-        finally:
-            self.running = False
+        async with aclosing(walk_layouts(self.meta)) as refs:
+            async for ref in refs:
+                batch.append(ref)
+                if len(batch) >= CHECK_BATCH:
+                    await flush()
+        if batch:
+            await flush()
+        self.last = dict(self.current)
+        return dict(self.last)
 
-    async def run_forever(self) -> None:
-        """Passes ``interval_s`` apart; a failed pass is logged and counted, never fatal."""
-        while True:
-            try:
-                await self.run_once()
-            except Exception as e:  # noqa: BLE001 - the daemon outlives any one pass
-                self._failed(e, "pass")
-            await self.clock.sleep(self.interval_s)
+    def summary(self, figures: dict[str, float]) -> dict[str, Any]:
+        return {"layouts": int(figures["layouts"]), "degraded_objects": int(figures["degraded_objects"]),
+                "degraded_stripes": int(figures["degraded_stripes"]),
+                "unreadable_objects": int(figures["unreadable_objects"])}
 
     # --- one rebuild ---------------------------------------------------------------------------
 
@@ -496,7 +482,9 @@ class Reconstructor:
             self.counters["out_fragments_rebuilt"] += sum(
                 1 for i in applied if plan.check.states[i] is FragState.OUT)
         log.info("reconstructor: rebuilt %s fragments %s (%d bytes)", lay.oid,
-                 {i: n for i, n in sorted(targets.items())}, written)
+                 {i: n for i, n in sorted(targets.items())}, written,
+                 extra={"event": "reconstructor.rebuilt", "oid": lay.oid,
+                        "targets": {str(i): n for i, n in sorted(targets.items())}, "bytes": written})
         return targets
 
     async def _read_sources(self, lay: Layout, sources: list[int], first: int, count: int) -> dict[int, list]:
@@ -517,7 +505,9 @@ class Reconstructor:
                 try:
                     blocks = await self.pool.client(node).read(lay.fid(i), first, count)
                 except RpcError as e:
-                    log.info("reconstructor: source %s on %s failed: %s", lay.fid(i), node, e)
+                    log.info("reconstructor: source %s on %s failed: %s", lay.fid(i), node, e,
+                             extra={"event": "reconstructor.source_failed", "fid": lay.fid(i), "node": node,
+                                    "error": str(e)})
                     if isinstance(e, Unavailable):
                         self.pool.mark_down(node)
                     return
@@ -546,7 +536,9 @@ class Reconstructor:
                 await self.pool.client(node).append_many(lay.fid(i), first, made[i],
                                                          block_bytes=lay.scheme.fragment_bytes, meta=meta)
             except RpcError as e:
-                log.warning("reconstructor: append of %s to %s failed: %s", lay.fid(i), node, e)
+                log.warning("reconstructor: append of %s to %s failed: %s", lay.fid(i), node, e,
+                            extra={"event": "reconstructor.append_failed", "fid": lay.fid(i), "node": node,
+                                   "error": str(e)})
                 failed.append(i)
                 return
             written += sum(len(b) for b in made[i])
@@ -566,7 +558,9 @@ class Reconstructor:
             try:
                 await self.pool.client(node).commit(lay.fid(i), nstripes)
             except RpcError as e:
-                log.warning("reconstructor: commit of %s on %s failed: %s", lay.fid(i), node, e)
+                log.warning("reconstructor: commit of %s on %s failed: %s", lay.fid(i), node, e,
+                            extra={"event": "reconstructor.commit_failed", "fid": lay.fid(i), "node": node,
+                                   "error": str(e)})
                 failed.append(i)
 
         async with anyio.create_task_group() as tg:

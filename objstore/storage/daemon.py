@@ -126,6 +126,7 @@ class StorageNode:
                          "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
                          "quarantined": 0}
+        self._full = False  # a write found the disk full and none has succeeded since
 
     # --- startup -------------------------------------------------------------------------------
 
@@ -188,13 +189,14 @@ class StorageNode:
         up.touched = self.clock()
         self.counters["bytes_written"] += written
         self.counters["blocks_written"] += len(blocks)
+        self._full = False
         return written
 
     def _new_writer(self, tmp: Path, fid: str, block_bytes: int, meta: dict | None) -> FragmentWriter:
         try:
             return FragmentWriter(tmp, fid, block_bytes, meta)
-        except StorageFull:
-            self.counters["storage_full"] += 1
+        except StorageFull as e:
+            self._disk_full(e)
             raise
         except OSError as e:
             if e.errno == errno.ENOENT:  # tmp/ removed under us: recreate it
@@ -206,9 +208,17 @@ class StorageNode:
         with up.lock:
             try:
                 return fn(*args)
-            except StorageFull:
-                self.counters["storage_full"] += 1
+            except StorageFull as e:
+                self._disk_full(e)
                 raise
+
+    def _disk_full(self, e: StorageFull) -> None:
+        """Count a write refused for want of space; say so once until a write succeeds again."""
+        self.counters["storage_full"] += 1
+        if not self._full:
+            self._full = True
+            log.warning("storage %s: disk full: %s", self.id, e,
+                        extra={"event": "disk.full", "data_dir": str(self.data_dir), "error": str(e)})
 
     async def commit(self, fid: str, nblocks: int) -> int:
         """Make the fragment durable and visible; idempotent once it has succeeded."""
@@ -267,7 +277,8 @@ class StorageNode:
             blocks = await anyio.to_thread.run_sync(read_blocks, self.path_of(fid), fid, first, count)
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
-            log.warning("storage %s: %s", self.id, e)
+            log.warning("storage %s: %s", self.id, e,
+                        extra={"event": "fragment.corrupt_read", "fid": fid, "error": str(e)})
             if self.scrubber is not None:
                 self.scrubber.suspect(fid)
             raise
@@ -365,9 +376,12 @@ class StorageNode:
             fsync_dir(path.parent)
             fsync_dir(self.quarantine_dir)
         except OSError as e:
-            log.warning("storage %s: fsync after quarantining %s failed: %s", self.id, fid, e)
+            log.warning("storage %s: fsync after quarantining %s failed: %s", self.id, fid, e,
+                        extra={"event": "fsync.failed", "fid": fid, "error": str(e)})
         self.counters["quarantined"] += 1
-        log.warning("storage %s: quarantined corrupt fragment %s", self.id, fid)
+        log.warning("storage %s: quarantined corrupt fragment %s", self.id, fid,
+                    extra={"event": "fragment.quarantined", "fid": fid,
+                           "path": str(self.quarantine_dir / fid)})
         return True
 
     def _mark_committing(self, fid: str, delta: int) -> None:
@@ -457,7 +471,8 @@ class StorageNode:
             removed.append(name)
         if removed:
             self.counters["tmp_collected"] += len(removed)
-            log.info("storage %s: removed %d stale temp files", self.id, len(removed))
+            log.info("storage %s: removed %d stale temp files", self.id, len(removed),
+                     extra={"event": "tmp.collected", "files": len(removed)})
         return removed
 
     async def run_gc_forever(self, interval_s: float = GC_INTERVAL_S) -> None:
@@ -466,7 +481,8 @@ class StorageNode:
             try:
                 await anyio.to_thread.run_sync(self.collect_garbage)
             except OSError as e:
-                log.warning("storage %s: temp-file collection failed: %s", self.id, e)
+                log.warning("storage %s: temp-file collection failed: %s", self.id, e,
+                            extra={"event": "tmp.collect_failed", "error": str(e)})
 
     # --- RPC -----------------------------------------------------------------------------------
 
@@ -598,5 +614,7 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
         if port is None:
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
                                                            registry=registry, task_status=task_status))
-        log.info("storage node %s serving %s on %s:%d", node.id, node.data_dir, node.host, bound)
+        log.info("storage node %s serving %s on %s:%d", node.id, node.data_dir, node.host, bound,
+                 extra={"event": "storage.serving", "data_dir": str(node.data_dir), "address": f"{node.host}:{bound}",
+                        "fragments": sn.fragment_count})
         task_status.started(sn)

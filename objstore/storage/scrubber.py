@@ -9,6 +9,9 @@ reconstructor's next pass rebuilds it from the other fragments of its stripes.
 
 Fragments that failed a client read are *suspects*: the node hands them over at once
 (:meth:`Scrubber.suspect`) and they are verified ahead of the pass, within about a second.
+
+The loop around the passes (interval, a failed pass retried after a backoff, the books) is
+:class:`headwater.background.BackgroundLoop`; suspects are its idle work between passes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from headwater.background import BackgroundLoop
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.throttle import Pacer
 
@@ -39,23 +43,24 @@ SUSPECT_POLL_S = 1.0
 LIST_PAGE = 1000
 
 
-class Scrubber:
+class Scrubber(BackgroundLoop[int]):
     """Verifies ``node``'s fragments; ``rate_bytes_s <= 0`` disables full passes (suspects are
     still verified), ``interval_s`` is the pause between two passes."""
 
+    name = "scrub"
+    idle_what = "suspect check"
+    logger = log
+
     def __init__(self, node: StorageNode, *, rate_bytes_s: float, interval_s: float,
                  clock: Clock = SYSTEM_CLOCK, chunk_blocks: int = CHUNK_BLOCKS) -> None:
+        super().__init__(interval_s=interval_s, clock=clock, tick_s=SUSPECT_POLL_S)
         self.node = node
         self.enabled = rate_bytes_s > 0
-        self.interval_s = interval_s
-        self.clock = clock
         self.chunk_blocks = chunk_blocks
         self.pacer = Pacer(rate_bytes_s, clock=clock)
         self._suspects: dict[str, None] = {}  # insertion-ordered set
-        self.counters = {"scrub_passes": 0, "scrub_fragments": 0, "scrub_bytes": 0, "scrub_corrupt": 0,
+        self.counters = {"scrub_fragments": 0, "scrub_bytes": 0, "scrub_corrupt": 0,
                          "scrub_suspects_checked": 0}
-        self.last_pass_end: float | None = None  # wall clock
-        self.pass_started: float | None = None
         self._pass_total = 0
         self._pass_done = 0
 
@@ -66,10 +71,9 @@ class Scrubber:
         self._suspects[fid] = None
 
     def stats(self) -> dict[str, Any]:
-        progress = 0.0 if self.pass_started is None else (
-            min(1.0, self._pass_done / self._pass_total) if self._pass_total else 1.0)
         age = None if self.last_pass_end is None else max(0.0, self.clock.time() - self.last_pass_end)
-        return {**self.counters, "scrub_enabled": int(self.enabled), "scrub_pass_progress": progress,
+        return {"scrub_passes": self.passes, **self.counters, "scrub_enabled": int(self.enabled),
+                "scrub_pass_progress": self.progress if self.running else 0.0,
                 "scrub_last_pass_end": self.last_pass_end or 0.0,
                 "scrub_age_seconds": age if age is not None else -1.0}
 
@@ -91,7 +95,8 @@ class Scrubber:
                     await self.pacer.pace(n)
             except FragmentCorrupt as e:
                 self.counters["scrub_corrupt"] += 1
-                log.warning("scrub %s: %s", self.node.id, e)
+                log.warning("scrub %s: %s", self.node.id, e,
+                            extra={"event": "scrub.corrupt", "fid": fid, "error": str(e)})
                 await anyio.to_thread.run_sync(self.node.quarantine, fid, scanner.inode)
                 return False
         finally:
@@ -112,9 +117,9 @@ class Scrubber:
 
     # --- passes ------------------------------------------------------------------------------
 
-    async def run_once(self) -> int:
-        """One pass over every committed fragment; returns how many were found corrupt."""
-        self.pass_started = self.clock.time()
+    async def one_pass(self) -> int:
+        """One pass over every committed fragment (``run_once``, ``run_forever``); returns how
+        many were found corrupt."""
         self._pass_total = max(self.node.fragment_count, 1)
         self._pass_done = 0
         bad = 0
@@ -126,31 +131,16 @@ class Scrubber:
                 if not await self.check(fid):
                     bad += 1
                 self._pass_done += 1
+                self.progress = min(1.0, self._pass_done / self._pass_total)
             if nxt is None:
                 break
             cursor = nxt
         bad += await self.check_suspects()
-        self.counters["scrub_passes"] += 1
-        self.last_pass_end = self.clock.time()
-        self.pass_started = None
-        log.info("scrub %s: pass done, %d fragments, %d corrupt", self.node.id, self._pass_done, bad)
         return bad
 
-    async def run_forever(self) -> None:
-        """Passes ``interval_s`` apart (when enabled); suspects are verified within a second."""
-        while True:
-            if self.enabled:
-                try:
-                    await self.run_once()
-                except OSError as e:  # a disk error must not stop the node; try again next time
-                    log.warning("scrub %s: pass failed: %s", self.node.id, e)
-            deadline = self.clock.monotonic() + self.interval_s
-            while True:
-                try:
-                    await self.check_suspects()
-                except OSError as e:
-                    log.warning("scrub %s: suspect check failed: %s", self.node.id, e)
-                left = deadline - self.clock.monotonic()
-                if left <= 0 and self.enabled:
-                    break
-                await self.clock.sleep(min(max(left, 0.0), SUSPECT_POLL_S) or SUSPECT_POLL_S)
+    def summary(self, bad: int) -> dict[str, Any]:
+        return {"fragments": self._pass_done, "corrupt": bad}
+
+    async def idle(self) -> None:
+        """Between passes (and always, when passes are disabled): suspects within a second."""
+        await self.check_suspects()

@@ -178,10 +178,16 @@ class RaftGroup:
         ev.set()
         leader = self.core.leader
         if leader != self._last_leader:
-            self._last_leader = leader
+            previous, self._last_leader = self._last_leader, leader
             self._leading_since = self._clock()
             self.stats["leader_changes"] += 1
-            log.info("raft group %s: leader is now %s (term %d)", self.group_id, leader, self.core.term)
+            # raft.leader_elected: this node now leads; raft.leader_changed: another does;
+            # raft.leader_lost: none is known (an election is on)
+            event = ("raft.leader_lost" if leader is None else
+                     "raft.leader_elected" if leader == self.node_id else "raft.leader_changed")
+            log.info("raft group %s: leader is now %s (term %d)", self.group_id, leader, self.core.term,
+                     extra={"event": event, "group": self.group_id, "term": self.core.term, "leader": leader,
+                            "previous": previous})
 
     async def _wait_changed(self, timeout: float) -> None:
         ev = self._changed
@@ -254,7 +260,8 @@ class RaftGroup:
                     except Exception as e:
                         # A full map or disk: keep the work and retry (outside the lock, so a
                         # snapshot install can go on); callers time out meanwhile.
-                        log.error("raft group %s: cannot persist (%r); retrying", self.group_id, e)
+                        log.error("raft group %s: cannot persist (%r); retrying", self.group_id, e,
+                                  extra={"event": "raft.persist_failed", "group": self.group_id, "error": repr(e)})
                         self.core.unready(r)
                         self.stats["persist_errors"] += 1
                         failed = True
@@ -370,7 +377,9 @@ class RaftGroup:
                 try:
                     index, ok, term = await self._send_snapshot(peer)
                 except Exception as e:
-                    log.warning("raft group %s: snapshot to %s failed: %r", self.group_id, peer, e)
+                    log.warning("raft group %s: snapshot to %s failed: %r", self.group_id, peer, e,
+                                extra={"event": "raft.snapshot_failed", "group": self.group_id, "peer": peer,
+                                       "error": repr(e)})
                 self.core.snapshot_sent(peer, index, ok, self._clock(), term=term)
                 self._notify()
                 if not ok:
@@ -399,7 +408,8 @@ class RaftGroup:
         txn, index, term, config = self.storage.snapshot_reader()
         my_term = self.core.term  # every chunk speaks for this leadership, and stops with it
         self.stats["snapshots_sent"] += 1
-        log.info("raft group %s: sending %s a snapshot at index %d", self.group_id, peer, index)
+        log.info("raft group %s: sending %s a snapshot at index %d", self.group_id, peer, index,
+                 extra={"event": "raft.snapshot_sending", "group": self.group_id, "peer": peer, "index": index})
         try:
             after: bytes | None = None
             first = True
@@ -422,12 +432,15 @@ class RaftGroup:
             txn.abort()
 
     async def _timeout_now(self, peer: str, term: int) -> None:
-        log.info("raft group %s: handing the leadership of term %d to %s", self.group_id, term, peer)
+        log.info("raft group %s: handing the leadership of term %d to %s", self.group_id, term, peer,
+                 extra={"event": "raft.handover", "group": self.group_id, "term": term, "peer": peer})
         try:
             await self._send(peer, "raft.timeout_now", {"g": self.group_id, "term": term, "leader": self.node_id},
                              self.settings.rpc_timeout_s)
         except Exception as e:
-            log.warning("raft group %s: could not hand the leadership to %s: %r", self.group_id, peer, e)
+            log.warning("raft group %s: could not hand the leadership to %s: %r", self.group_id, peer, e,
+                        extra={"event": "raft.handover_failed", "group": self.group_id, "peer": peer,
+                               "error": repr(e)})
 
     # --- peer requests --------------------------------------------------------------------------
 
@@ -493,7 +506,9 @@ class RaftGroup:
                                   Config.decode(config) if config is not None else self.initial)
                 self._installing = None
                 self.stats["snapshots_installed"] += 1
-                log.info("raft group %s: installed a snapshot at index %d from %s", self.group_id, index, leader)
+                log.info("raft group %s: installed a snapshot at index %d from %s", self.group_id, index, leader,
+                         extra={"event": "raft.snapshot_installed", "group": self.group_id, "index": index,
+                                "leader": leader})
         await self._durable(self.core.seq)  # the adopted term is on disk before the answer
         return {"term": self.core.term, "ok": True}
 
@@ -507,7 +522,8 @@ class RaftGroup:
     async def _resync(self, reason: str) -> None:
         # The caller holds self._io.
         log.error("raft group %s on %s: %s; wiping this replica and catching up from the group",
-                  self.group_id, self.node_id, reason)
+                  self.group_id, self.node_id, reason,
+                  extra={"event": "raft.replica_wiped", "group": self.group_id, "reason": reason})
         self.stats["resyncs"] += 1
         self.core.step_down(self._clock())
         await self._wipe()
@@ -524,7 +540,9 @@ class RaftGroup:
         async with self._io:
             if self._installing is None:
                 return
-            log.warning("raft group %s: abandoning the snapshot from %s", self.group_id, self._installing["leader"])
+            log.warning("raft group %s: abandoning the snapshot from %s", self.group_id, self._installing["leader"],
+                        extra={"event": "raft.snapshot_abandoned", "group": self.group_id,
+                               "leader": self._installing["leader"]})
             await self._wipe()
             self._installing = None
 
@@ -628,7 +646,9 @@ class RaftGroup:
                     raise MembershipError(f"group {self.group_id}: the previous change does not commit") from None
                 await self._wait_changed(self.settings.timing.heartbeat_s)
         log.info("raft group %s: membership -> voters %s learners %s (index %d)", self.group_id,
-                 ",".join(cfg.voters), ",".join(cfg.learners) or "-", index)
+                 ",".join(cfg.voters), ",".join(cfg.learners) or "-", index,
+                 extra={"event": "raft.membership_changed", "group": self.group_id, "voters": list(cfg.voters),
+                        "learners": list(cfg.learners), "index": index})
         self.stats["config_changes"] += 1
         self._notify()
         deadline = anyio.current_time() + 10 * self.settings.timing.election_s
