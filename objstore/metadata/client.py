@@ -34,6 +34,7 @@ from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable
 
 from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
                      WriteOutcomeUnknown)
+from .failover import MemberStanding, Route
 from .partition import PartitionMap
 from .store import Record, Version, check_key, check_ns, record_from_wire
 
@@ -101,6 +102,12 @@ class RaftReplication:
     Everything else that fails before a leader took the write (no leader reachable, a
     ``not_leader`` answer, a log entry replaced in an election) is retried until the deadline
     and then raised as QuorumUnavailable: nothing was stored.
+
+    Failover (see ``failover.py``): each attempt gets a third of the deadline at most, so a
+    leader that fell silent leaves time to find the one elected after it; a node that did not
+    answer is held (not asked, hints naming it not followed) until its group's followers would
+    have noticed it is gone, longer if it stays silent, and asked only after the others until it
+    answers again.
     """
 
     def __init__(self, cluster: ClusterConfig, *, clock: HybridClock, timeout_s: float,
@@ -110,8 +117,10 @@ class RaftReplication:
         self.ring = PartitionMap.from_cluster(cluster)
         self.clock = clock
         self.timeout_s = timeout_s
-        # Long enough for a busy leader, short enough to move on to the next one in time.
-        self.attempt_s = min(timeout_s, max(1.0, 3 * cluster.objstore.raft_election_timeout_s))
+        election_s = cluster.objstore.raft_election_timeout_s
+        # Long enough for a busy leader, short enough that a silent one leaves time, within the
+        # deadline, to ask the others and reach the leader elected after it.
+        self.attempt_s = min(timeout_s / 3, max(1.0, 3 * election_s))
         self._rng = rng or random.Random()
         self.nodes = ClientPool({m.id: (m.host, m.port) for m in cluster.metadata},
                                 connect_timeout=min(connect_timeout_s, 1.0), default_timeout=timeout_s)
@@ -119,11 +128,9 @@ class RaftReplication:
         # Group -> its voters as a node last told us (a membership change moved it away from
         # where cluster.toml places it, or not there yet); absent: cluster.toml's placement.
         self._members: dict[int, tuple[str, ...]] = {}
-        # Nodes that just failed to answer (down, frozen, cut off): asked last for a while, so
-        # that losing track of a leader does not mean waiting on the same dead node again.
-        self._suspect_until: dict[str, float] = {}
+        self.standing = MemberStanding(election_s=election_s)
         self.stats = {"reads": 0, "writes": 0, "scans": 0, "redirects": 0, "retries": 0,
-                      "quorum_failures": 0, "unknown_outcomes": 0}
+                      "quorum_failures": 0, "unknown_outcomes": 0, "silent_attempts": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:
         await stack.enter_async_context(self.nodes)
@@ -150,55 +157,63 @@ class RaftReplication:
                            retry_unknown: bool = True) -> Any:
         """Call ``method`` on the leader of ``p``'s group until it answers or the deadline.
 
-        Each attempt gets ``attempt_s``: a leader that stopped answering (frozen, cut off) is
-        given up in time to ask the one elected after it. A write whose attempt went unanswered
-        is sent again with the same version (the group applies a version once) when
+        Members are asked in the order of a :class:`Route`; after a round without a leader the
+        call pauses for an election and starts another. A write whose attempt went unanswered is
+        sent again with the same version (the group applies a version once) when
         ``retry_unknown``; otherwise, or when the deadline passes, it is WriteOutcomeUnknown.
         """
         gid = self.ring.group_of(p)
         members = self.members(gid)
-        deadline = anyio.current_time() + self.timeout_s
-        node = self._leaders.get(gid) or self._pick(members)
-        tried: list[str] = []
+        start = anyio.current_time()
+        deadline = start + self.timeout_s
+        route = Route(members, leader=self._leaders.get(gid), standing=self.standing, now=start, rng=self._rng)
         errors: dict[str, Exception] = {}
         unknown = False
         while True:
-            remaining = deadline - anyio.current_time()
+            now = anyio.current_time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
+            node = route.next()
+            if node is None:  # a round without a leader: give the group time to elect one
+                await anyio.sleep(min(remaining, 0.05 + self._rng.random() * 0.1))
+                route.new_round(anyio.current_time())
+                continue
             try:
                 client = await self.nodes.get(node)
                 result = (await client.call(method, args, timeout=min(remaining, self.attempt_s))).result
             except NotLeaderError as e:
                 errors[node] = e
-                hint = e.details.get("leader")
-                self._leaders.pop(gid, None)
+                self.standing.answered(node)
+                self._forget_leader(gid, node)
                 self.stats["redirects"] += 1
                 self._learn(gid, e.details)
                 if self.members(gid) != members:
                     members = self.members(gid)
-                    tried.clear()
-                if isinstance(hint, str) and hint in self.nodes and hint != node:
-                    node = hint
-                    continue
-                node = await self._next(members, node, tried)
+                    route.set_members(members, anyio.current_time())
+                hint = e.details.get("leader")
+                route.redirect(hint if isinstance(hint, str) and hint in self.nodes and hint != node else None,
+                               anyio.current_time())
                 continue
             except NotStoredError as e:
                 errors[node] = e  # an election replaced the entry: nothing stored, try again
+                self.standing.answered(node)
                 self.stats["retries"] += 1
+                route.again(node)
                 await anyio.sleep(0.05)
                 continue
             except (Unavailable, DeadlineExceeded) as e:
                 errors[node] = e
-                self._leaders.pop(gid, None)
-                self._suspect_until[node] = anyio.current_time() + 2 * self.attempt_s
+                self.standing.failed(node, asked_at=now)
+                self._forget_leader(gid, node)
+                self.stats["silent_attempts"] += 1
                 if write and e.details.get("sent") is not False:
                     unknown = True
                     if not retry_unknown:
                         break
                     self.stats["retries"] += 1
-                node = await self._next(members, node, tried)
                 continue
+            self.standing.answered(node)
             self._leaders[gid] = node
             return result
         if unknown:
@@ -207,23 +222,10 @@ class RaftReplication:
         self.stats["quorum_failures"] += 1
         raise QuorumUnavailable(f"{method} to group {gid}", needed=len(members) // 2 + 1, answered=0, errors=errors)
 
-    def _pick(self, members: tuple[str, ...]) -> str:
-        """A random member, one that answered lately if there is one."""
-        now = anyio.current_time()
-        healthy = [m for m in members if self._suspect_until.get(m, 0.0) <= now]
-        pool = healthy or list(members)
-        return pool[self._rng.randrange(len(pool))]
-
-    async def _next(self, members: tuple[str, ...], node: str, tried: list[str]) -> str:
-        """The next member to ask (nodes that just failed last); after a full round without a
-        leader, pause for an election."""
-        tried.append(node)
-        if len(tried) % len(members) == 0:
-            await anyio.sleep(0.05 + self._rng.random() * 0.1)
-        now = anyio.current_time()
-        start = members.index(node) if node in members else -1
-        order = [members[(start + k) % len(members)] for k in range(1, len(members) + 1)]
-        return min(order, key=lambda m: (self._suspect_until.get(m, 0.0) > now, order.index(m)))
+    def _forget_leader(self, gid: int, node: str) -> None:
+        """``node`` did not serve as ``gid``'s leader: unless another request learnt better since."""
+        if self._leaders.get(gid) == node:
+            del self._leaders[gid]
 
     # --- reads and writes ------------------------------------------------------------------------
 

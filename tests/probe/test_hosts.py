@@ -28,8 +28,8 @@ KiB = 1024
 STRIPE = 64 * KiB
 HOSTS = 3
 RPC_TIMEOUT_S = 3
-# The metadata client spends its whole deadline on a leader that fell silent before it tries
-# another member, so that deadline is kept as short as the storage RPCs' here.
+# The metadata deadline as short as the storage RPCs': the metadata client must leave a leader
+# that fell silent for the one elected after it within that deadline (a third of it per attempt).
 OPTIONS = dict(k=2, m=1, storage_nodes=2 * HOSTS, metadata_nodes=HOSTS, stripe_size=STRIPE,
                inline_max_size=4 * KiB, rpc_timeout_seconds=RPC_TIMEOUT_S,
                extra_objstore={"metadata_timeout_seconds": RPC_TIMEOUT_S})
