@@ -670,14 +670,14 @@ def _put_while_rebuilding(nodes: ClusterNodes, victim: str, put_big: Callable[[s
     """Bring ``victim`` back, start the repair daemon (its first pass begins at once), run the
     64 MiB PUTs while that pass rebuilds; returns what the pass did in the PUTs' window and in all
     (:func:`rebuild_window` and the pass's own figures)."""
-    from headwater.objstore.datapath import DOWN_HOLD_S
+    from headwater.objstore.datapath import DOWN_HOLD_S, PROBE_INTERVAL_S, PROBE_TIMEOUT_S
 
     repair = nodes.repair_id
     assert repair is not None
     nodes.start(victim)
-    # The gateway tries a node it saw fail again DOWN_HOLD_S later: wait, so the PUTs are placed
-    # on every node, as the healthy ones were.
-    time.sleep(DOWN_HOLD_S + 0.5)
+    # The gateway readmits a node it saw fail once DOWN_HOLD_S have passed and it answers a probe:
+    # wait, so the PUTs are placed on every node, as the healthy ones were.
+    time.sleep(DOWN_HOLD_S + PROBE_INTERVAL_S + PROBE_TIMEOUT_S + 0.5)
     with _sample_health(nodes.health_url(repair)) as samples:
         nodes.start(repair)
         deadline = time.monotonic() + 30

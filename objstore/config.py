@@ -88,6 +88,10 @@ class GatewayConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     limits: HttpLimits = field(default_factory=HttpLimits)
+    # Stripes a worker's GETs may hold read ahead of their clients, together; a GET that finds it
+    # spent (clients that stopped reading) waits read_buffer_wait_s for its share, then gets 503.
+    read_buffer_bytes: int = 256 * MiB
+    read_buffer_wait_s: float = 10.0
 
     @property
     def role(self) -> str:
@@ -307,7 +311,8 @@ def read_users(r: Reader, raw: Any) -> tuple[User, ...]:
 
 def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
     """``[gateway]``: the S3 gateway and its HTTP limits."""
-    r.check_keys(data, p, {"id", "host", "port", "admin_port", "workers", "tls_cert", "tls_key", "limits"})
+    r.check_keys(data, p, {"id", "host", "port", "admin_port", "workers", "tls_cert", "tls_key", "limits",
+                           "read_buffer", "read_buffer_wait_seconds"})
     d = GatewayConfig()
     workers = r.get(data, "workers", p, int, d.workers)
     if not 1 <= workers <= 256:
@@ -322,7 +327,16 @@ def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         limits=read_http_limits(r, r.table(data, "limits", p), f"{p}.limits"),
+        read_buffer_bytes=_at_least(r, data, "read_buffer", p, d.read_buffer_bytes, 4 * MiB),
+        read_buffer_wait_s=r.positive(data, "read_buffer_wait_seconds", p, d.read_buffer_wait_s),
     )
+
+
+def _at_least(r: Reader, data: Mapping[str, Any], key: str, p: str, default: int, least: int) -> int:
+    value = r.size(data, key, p, default)
+    if value < least:
+        raise r.error(f"{p}.{key}", f"must be at least {least // MiB} MiB")
+    return value
 
 
 def read_storage(r: Reader, item: Mapping[str, Any], p: str) -> StorageNodeConfig:

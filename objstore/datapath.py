@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from headwater.budget import BudgetExhausted, ByteBudget
 from headwater.config import ClusterConfig
 from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
 
@@ -28,12 +29,17 @@ from .placement import NodeSite, PlacementError, place
 from .records import Layout
 from .storage.client import PendingRead, StorageClient
 
-__all__ = ["StoragePool", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed", "delete_layouts"]
+__all__ = ["StoragePool", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed", "ReadsBusy",
+           "delete_layouts"]
 
 log = logging.getLogger(__name__)
 
-# How long a node that failed stays out of new placements before we try it again.
+# How long a node that failed stays out of new placements and reads at least; after that it
+# comes back only once it answers a probe (every PROBE_INTERVAL_S, each given PROBE_TIMEOUT_S),
+# so a node that stays cut off never costs another PUT a fragment (and a 2+1 PUT its quorum).
 DOWN_HOLD_S = 5.0
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 2.0
 # Stripes fetched per read RPC: bounds memory per GET to about READ_BATCH * stripe * (k+m)/k.
 READ_BATCH = 4
 # User bytes sent to the storage nodes per append round trip. A round trip costs about the same
@@ -57,16 +63,36 @@ class ReadFailed(StoreError):
     log_event = "s3.read_failed"
 
 
-class StoragePool:
-    """RPC clients for every storage node, plus a short memory of which nodes are failing."""
+class ReadsBusy(StoreError):
+    """Every byte of the read buffer is held by GETs whose clients have not taken them yet."""
 
-    def __init__(self, cluster: ClusterConfig, *, clock: Callable[[], float] = time.monotonic):
+    s3_code = "SlowDown"
+    log_level = logging.WARNING
+    log_event = "s3.reads_busy"
+
+
+class StoragePool:
+    """RPC clients for every storage node, plus a memory of which nodes are failing.
+
+    A node an RPC found unreachable is *down*: left out of placements and reads for at least
+    ``DOWN_HOLD_S``, and after that until it answers a probe, which a background task sends it
+    every ``probe_interval_s`` while the pool is open.
+    """
+
+    def __init__(self, cluster: ClusterConfig, *, clock: Callable[[], float] = time.monotonic,
+                 read_budget: ByteBudget | None = None, read_wait_s: float = 10.0,
+                 probe_interval_s: float = PROBE_INTERVAL_S):
         self.cluster = cluster
         self.clock = clock
+        # What every GET of this process may hold in stripes read ahead of its client, and how
+        # long a GET waits for its share before answering 503 (None: unbounded, for repair).
+        self.read_budget = read_budget
+        self.read_wait_s = read_wait_s
         self.sites = [NodeSite(id=s.id, zone=s.zone, rack=s.rack, host=s.node_host or s.id)
                       for s in cluster.storage]
         self._clients: dict[str, StorageClient] = {}
-        self._down_until: dict[str, float] = {}
+        self._down_until: dict[str, float] = {}   # down nodes -> when a probe may readmit them
+        self.probe_interval_s = probe_interval_s
         self._stack = AsyncExitStack()
         self.stats = {"fragment_read_errors": 0, "fragment_write_errors": 0, "degraded_reads": 0}
 
@@ -76,9 +102,12 @@ class StoragePool:
         for s in self.cluster.storage:
             client = StorageClient(s.id, s.host, s.port, timeout=timeout)
             self._clients[s.id] = await self._stack.enter_async_context(client)
+        self._prober = await self._stack.enter_async_context(anyio.create_task_group())
+        self._prober.start_soon(self._probe_forever)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._prober.cancel_scope.cancel()
         await self._stack.__aexit__(*exc)
 
     def client(self, node_id: str) -> StorageClient:
@@ -91,8 +120,31 @@ class StoragePool:
         self._down_until.pop(node_id, None)
 
     def down(self) -> set[str]:
+        return set(self._down_until)
+
+    async def probe_once(self) -> None:
+        """Ask each down node whose hold is over whether it answers; readmit those that do."""
         now = self.clock()
-        return {n for n, t in self._down_until.items() if t > now}
+        due = [n for n, t in self._down_until.items() if t <= now]
+
+        async def probe(node: str) -> None:
+            try:
+                await self._clients[node].info(timeout=PROBE_TIMEOUT_S)
+            except RpcError:
+                self._down_until[node] = self.clock() + DOWN_HOLD_S
+            else:
+                log.info("storage node %s answers again", node, extra={"event": "node.readmitted", "node": node})
+                self.mark_up(node)
+
+        async with anyio.create_task_group() as tg:
+            for node in due:
+                tg.start_soon(probe, node)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.probe_interval_s)
+            if self._down_until:
+                await self.probe_once()
 
     def place(self, oid: str, width: int) -> list[str]:
         return place(oid, width, self.sites, down=self.down())
@@ -415,7 +467,10 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
     """Yield bytes ``start .. end-1`` of ``lay``, touching only the stripes the range covers.
 
     The next batch of stripes is requested before the current one is yielded, so the storage
-    nodes read while the client receives.
+    nodes read while the client receives. With a read budget, a batch's bytes are taken from it
+    before its reads go out and given back once the client has taken them; read-ahead happens
+    only while the budget has room, so a stalled client holds one batch at most, and a GET that
+    finds the budget spent for ``read_wait_s`` fails with :class:`ReadsBusy` (503).
     """
     if end <= start:
         return
@@ -423,18 +478,44 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
     s0, s1 = start // sb, (end - 1) // sb
     batches = [(s, min(READ_BATCH, s1 - s + 1)) for s in range(s0, s1 + 1, READ_BATCH)]
     data_indexes = range(lay.k)
-    ahead: dict[int, PendingRead] | None = await _start_reads(pool, lay, *batches[0], data_indexes)
+    budget = pool.read_budget
+    held = ahead_held = 0
+
+    async def take(count: int) -> int:
+        if budget is None:
+            return 0
+        try:
+            return await budget.take(count * sb, timeout=pool.read_wait_s)
+        except BudgetExhausted as e:
+            raise ReadsBusy(f"read buffer full: {e}") from None
+
+    ahead: dict[int, PendingRead] | None = None
     try:
+        ahead_held = await take(batches[0][1])
+        ahead = await _start_reads(pool, lay, *batches[0], data_indexes)
         for n, (first, count) in enumerate(batches):
+            if ahead is None:  # no room to read ahead last time: read this batch now
+                ahead_held = await take(count)
+                ahead = await _start_reads(pool, lay, first, count, data_indexes)
             current, ahead = ahead, None
-            assert current is not None
+            held, ahead_held = ahead_held, 0
             stripes = await _finish_reads(pool, lay, first, count, current)
             if n + 1 < len(batches):
-                ahead = await _start_reads(pool, lay, *batches[n + 1], data_indexes)
+                nxt = batches[n + 1]
+                room = 0 if budget is None else budget.try_take(nxt[1] * sb)
+                if room is not None:
+                    ahead_held = room
+                    ahead = await _start_reads(pool, lay, *nxt, data_indexes)
             for j, pieces in enumerate(stripes):
                 base = (first + j) * sb
                 for piece in _window(pieces, max(start - base, 0), end - base):
                     yield piece
+            del stripes
+            if budget is not None:
+                budget.give(held)
+            held = 0
     finally:
         for call in (ahead or {}).values():
             call.discard()
+        if budget is not None:
+            budget.give(held + ahead_held)

@@ -168,6 +168,7 @@ class Cluster:
                  mode: str = "nodes", runtime: str = "asyncio", log_level: str = "info",
                  extra_objstore: dict[str, Any] | None = None, rpc_timeout_seconds: float | None = None,
                  repair: dict[str, Any] | None = None, tls: bool = False,
+                 extra_gateway: dict[str, Any] | None = None,
                  start_timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
         assert mode in ("nodes", "up")
         self.root = Path(root)
@@ -183,6 +184,7 @@ class Cluster:
         self.region = "us-east-1"
         self.host = "127.0.0.1"
         self.tls = make_test_tls(self.root / "tls", ip=self.host) if tls else None
+        self.extra_gateway = dict(extra_gateway or {})
         self.gateway = Daemon(id="s3", role="gateway", port=0, admin_port=0)
         self.storage = [Daemon(id=f"storage-{i + 1}", role="storage", port=0, admin_port=0,
                                data_dir=self.data_dir / f"storage-{i + 1}") for i in range(storage_nodes)]
@@ -248,6 +250,7 @@ class Cluster:
                   f"admin_port = {g.admin_port}", f"workers = {self.workers}"]
         if self.tls is not None:
             lines += [f"tls_cert = {json.dumps(str(self.tls.cert))}", f"tls_key = {json.dumps(str(self.tls.key))}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.extra_gateway.items()]
         lines.append("")
         for d in self.metadata:
             lines += ["[[metadata]]", f'id = "{d.id}"', f'host = "{d.host}"', f"port = {d.port}",

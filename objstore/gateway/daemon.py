@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from headwater.admin import serve_admin
+from headwater.budget import ByteBudget
 from headwater.config import ClusterConfig
 from headwater.http.server import serve
 from headwater.http.tls import server_ssl_context
@@ -169,7 +170,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
     """Run one gateway worker: S3 on ``node.port`` and admin on ``node.admin_port``."""
     registry = Registry()
     async with MetadataClient(cluster, writer_id=f"{node.id}-w{worker}-{os.getpid()}") as meta, \
-            StoragePool(cluster) as pool:
+            StoragePool(cluster, read_budget=ByteBudget(node.read_buffer_bytes),
+                        read_wait_s=node.read_buffer_wait_s) as pool:
         store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time,
                       retire_grace_s=cluster.objstore.retire_grace_s)
         app = Gateway(store, registry=registry, worker=worker)
@@ -182,7 +184,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
             ok = sum(meta_up.values()) * 2 > len(meta_up)
             return {"status": "ok" if ok else "degraded", "role": "gateway", "id": node.id, "pid": os.getpid(), "worker": worker,
                     "ec": cluster.objstore.ec.describe(), "metadata_up": meta_up,
-                    "storage_down": sorted(down), "workers": node.workers}
+                    "storage_down": sorted(down), "workers": node.workers,
+                    "read_buffer": pool.read_budget.statistics() if pool.read_budget else None}
 
         async with anyio.create_task_group() as tg:
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,

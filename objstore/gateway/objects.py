@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 import anyio
 
@@ -158,7 +158,7 @@ def object_headers(rec: ObjectRecord, call: Call, *, whole: bool = True) -> list
     return out
 
 
-async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -> AsyncIterator[bytes]:
+async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -> AsyncGenerator[bytes, None]:
     """Bytes ``start .. end-1`` of an object, from its inline bytes or its layouts in order."""
     if rec.inline is not None:
         if end > start:
@@ -228,7 +228,26 @@ async def get_object(store: Store, call: Call, *, head: bool = False) -> Respons
         return Response(status=status, headers=headers, body=b"")
     if rec.inline is not None:
         return Response(status=status, headers=headers, body=rec.inline[start:end])
-    return Response(status=status, headers=headers, body=object_stream(store, rec, start, end))
+    # The first stripes are read before the head is sent, so a GET that cannot start (the read
+    # buffer spent, too few fragments) is answered with its S3 error, not a cut 200.
+    stream = object_stream(store, rec, start, end)
+    try:
+        first = await anext(stream, None)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return Response(status=status, headers=headers, body=_resumed(first, stream))
+
+
+async def _resumed(first: bytes | None, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """``first``, then the rest of the stream it came from."""
+    try:
+        if first is not None:
+            yield first
+            async for piece in rest:
+                yield piece
+    finally:
+        await rest.aclose()
 
 
 async def head_object(store: Store, call: Call) -> Response:

@@ -318,3 +318,38 @@ async def test_an_out_nodes_fragments_are_rebuilt_elsewhere_and_its_copies_colle
                     by_id[new.nodes[i]].path_of(new.fid(i)).unlink()
                 assert await read_back(pool, new) == data[k]
         tg.cancel_scope.cancel()
+
+
+async def test_a_down_node_is_left_out_until_it_answers_a_probe(tmp_path):
+    """A node that failed stays out of placements and reads past DOWN_HOLD_S for as long as it
+    does not answer (every new PUT would otherwise lose a fragment to it again), and comes back
+    at the first probe it answers."""
+    from headwater.objstore.datapath import DOWN_HOLD_S
+
+    clock = FakeClock()
+    async with anyio.create_task_group() as tg:
+        cluster, nodes = await start_nodes(tg, tmp_path, n=6)
+        victim = cluster.storage[2]
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        cut = ClusterConfig(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1]) if s.id == victim.id
+                                          else s for s in cluster.storage))
+        try:
+            async with StoragePool(cut, clock=clock.monotonic, probe_interval_s=3600) as pool:
+                pool.mark_down(victim.id)
+                await pool.probe_once()            # the hold is not over: not even asked
+                assert pool.down() == {victim.id}
+                clock.advance(DOWN_HOLD_S)
+                await pool.probe_once()            # asked, no answer: held again
+                assert pool.down() == {victim.id}
+                assert all(victim.id not in pool.place_degraded(f"oid-{i}", SCHEME) for i in range(20))
+                clock.advance(DOWN_HOLD_S)
+            dead.close()
+            async with StoragePool(cluster, clock=clock.monotonic, probe_interval_s=3600) as pool:
+                pool.mark_down(victim.id)
+                clock.advance(DOWN_HOLD_S)
+                await pool.probe_once()            # it answers: back in placements
+                assert pool.down() == set()
+        finally:
+            dead.close()
+        tg.cancel_scope.cancel()
