@@ -13,7 +13,6 @@ fragments, so one full node is enough to refuse a PUT.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import subprocess
 import time
@@ -23,6 +22,7 @@ import botocore.exceptions
 import pytest
 
 from tests.cluster import Cluster, client_error
+from tests.data import data
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -30,15 +30,6 @@ STRIPE = 64 * KiB
 FS_BYTES = 4 * MiB
 OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=3, stripe_size=STRIPE, inline_max_size=4 * KiB,
                rpc_timeout_seconds=5)
-
-
-def data(n: int, seed: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}/{i}".encode()).digest() * 64
-        i += 1
-    return bytes(out[:n])
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:

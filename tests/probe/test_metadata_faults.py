@@ -15,33 +15,38 @@ What must hold, whatever is killed:
   ConditionalRequestConflict, which S3 allows for "a concurrent write got there first"), and the
   stored body is the winner's; racing ``If-Match`` PUTs are a compare-and-swap with one winner.
 
-Each key is written by one client thread only, so what a key may hold is known exactly: an
-acknowledged PUT or DELETE fixes it, an unacknowledged one adds a possibility, and a read
-narrows it again (a Raft write whose answer was lost is ordered before the writer's next
-request, or never applied). Run with ``-s`` to see each test's counts: ops, unknown outcomes,
+Each key is written by one client thread only, so what a key may hold is known exactly (see
+tests/probe/workload.py). Run with ``-s`` to see each test's counts: ops, unknown outcomes,
 503s, election times.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import httpx
 import pytest
-from botocore.config import Config
 
 from headwater.config import load as load_config
 from headwater.objstore.metadata.partition import PartitionMap, group_name
 from tests.cluster import Cluster, client_error
+from tests.probe.workload import (
+    CLIENT_GONE,
+    READ_TIMEOUT_S,
+    Answer,
+    Writer,
+    Workload,
+    body_for,
+    describe,
+    s3_client,
+    verify,
+)
 
 KiB = 1024
 ELECTION_TIMEOUT_S = 0.5
@@ -50,43 +55,11 @@ CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, stripe_size=64 * KiB, inline_m
                        min_part_size=100 * KiB, rpc_timeout_seconds=5,
                        extra_objstore={"raft_election_timeout_seconds": ELECTION_TIMEOUT_S,
                                        "metadata_timeout_seconds": METADATA_TIMEOUT_S})
-# Longer than any answer the gateway can take (a few metadata calls of METADATA_TIMEOUT_S each):
-# a client-side timeout would leave a request running in the gateway after the client moved on.
-READ_TIMEOUT_S = 30.0
 # How late a 503 may come with two of three metadata nodes down: the metadata deadline, plus
 # slack for a loaded two-core machine. Far less than "hangs until the client gives up".
 NO_QUORUM_ANSWER_S = METADATA_TIMEOUT_S + 4.0
 SOAK_KILLS = int(os.environ.get("HEADWATER_META_KILLS", "12"))
 SIZES = [0, 1, 300, 4 * KiB, 4 * KiB + 1, 20_000, 64 * KiB + 7, 150_000]   # inline and erasure-coded
-
-CLIENT_GONE = (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError,
-               botocore.exceptions.ConnectionClosedError, botocore.exceptions.ResponseStreamingError,
-               botocore.exceptions.IncompleteReadError)
-
-
-def s3_client(cluster: Cluster, *, pool: int = 2):
-    u = cluster.users[0]
-    # total_max_attempts: botocore's "max_attempts" counts retries, so max_attempts=1 retries a
-    # 503 or a timeout once, behind the test's back.
-    cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"},
-                 connect_timeout=5, read_timeout=READ_TIMEOUT_S, signature_version="s3v4",
-                 response_checksum_validation="when_required", max_pool_connections=pool)
-    return boto3.client("s3", endpoint_url=cluster.endpoint, region_name=cluster.region,
-                        aws_access_key_id=u.access_key, aws_secret_access_key=u.secret_key, config=cfg)
-
-
-def body_for(tag: str, size: int) -> bytes:
-    """A body that names the write it came from on its first line."""
-    head = tag.encode() + b"\n"
-    rng = random.Random(tag)
-    return (head + rng.randbytes(max(0, size - len(head))))[:size] if size >= len(head) else head[:size]
-
-
-def describe(value: bytes | None) -> str:
-    if value is None:
-        return "absent"
-    first = value.split(b"\n", 1)[0][:40]
-    return f"{len(value)} bytes {first!r} md5 {hashlib.md5(value).hexdigest()[:8]}"
 
 
 # --- the metadata nodes' Raft state ------------------------------------------------------------
@@ -198,222 +171,25 @@ def heal(cluster):
     wait_leaders(cluster, everyone=True)
 
 
-# --- what each key may hold --------------------------------------------------------------------
+# --- the client threads' op mix ------------------------------------------------------------------
 
-@dataclass(slots=True)
-class KeyState:
-    """What one key may hold now, given its single writer's history."""
+class PutDeleteGet(Writer):
+    """PUT (overwrite) and DELETE of six keys of its own, PUT of a new key, GET."""
 
-    possible: set = field(default_factory=lambda: {None})   # bytes values, None = absent
-    written: set = field(default_factory=set)               # every body ever PUT
-    loose: bool = False   # a request timed out on the client: it may take effect at any later time
-
-    def allowed(self) -> set:
-        return self.written | {None} if self.loose else self.possible
-
-
-@dataclass(slots=True)
-class Ledger:
-    """Every key's state and the test's counts; shared by the client threads."""
-
-    keys: dict[str, KeyState] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    violations: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    unknown_at: list[float] = field(default_factory=list)   # monotonic times of unknown outcomes
-    acked_at: list[float] = field(default_factory=list)     # ... of acknowledged writes
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, what: str) -> None:
-        with self.lock:
-            self.counts[what] = self.counts.get(what, 0) + 1
-
-    def state(self, key: str) -> KeyState:
-        with self.lock:
-            return self.keys.setdefault(key, KeyState())
-
-    def acks_since(self, t: float) -> int:
-        with self.lock:
-            return sum(1 for a in self.acked_at if a >= t)
-
-
-class Outcome:
-    OK, UNKNOWN, LOST_CONNECTION, REFUSED = "ok", "unknown", "lost-connection", "refused"
-
-
-def attempt(ledger: Ledger, what: str, fn) -> tuple[str, Any]:
-    """Run one request: (Outcome, result or the error)."""
-    try:
-        result = fn()
-    except botocore.exceptions.ClientError as e:
-        status, code = client_error(e)
-        if status == 503:
-            ledger.count(f"{what} 503")
-            with ledger.lock:
-                ledger.unknown_at.append(time.monotonic())
-            return Outcome.UNKNOWN, e
-        return Outcome.REFUSED, e
-    except CLIENT_GONE as e:
-        ledger.count(f"{what} {type(e).__name__}")
-        return Outcome.LOST_CONNECTION, e
-    return Outcome.OK, result
-
-
-class Writer:
-    """One client thread's single-writer workload on its own keys: PUT (overwrite), PUT of a new
-    key, DELETE and GET, each outcome folded into the ledger; a GET whose answer is not one the
-    key may hold is a violation."""
-
-    def __init__(self, cluster: Cluster, bucket: str, ledger: Ledger, index: int, seed: int):
-        self.s3 = s3_client(cluster)
-        self.bucket, self.ledger, self.index = bucket, ledger, index
-        self.rng = random.Random(seed * 1000 + index)
-        self.own = [f"w{index}/k{i}" for i in range(6)]
-        self.seq = 0
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.one()
-            except Exception as e:  # a bug in the test or the server: report it, keep going
-                with self.ledger.lock:
-                    self.ledger.unexpected.append(f"w{self.index}: {e!r}"[:500])
-                time.sleep(0.1)
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.own = [f"w{self.index}/k{i}" for i in range(6)]
 
     def one(self) -> None:
         op = self.rng.choices(["put", "new", "delete", "get"], [45, 15, 15, 25])[0]
         self.seq += 1
         key = f"w{self.index}/n{self.seq}" if op == "new" else self.rng.choice(self.own)
-        st = self.ledger.state(key)
         if op in ("put", "new"):
-            body = body_for(f"{key}#{self.seq}", self.rng.choice(SIZES))
-            st.written.add(body)
-            outcome, r = attempt(self.ledger, "put",
-                                 lambda: self.s3.put_object(Bucket=self.bucket, Key=key, Body=body))
-            self.settle(key, st, outcome, r, body)
+            self.put(key, body_for(f"{key}#{self.seq}", self.rng.choice(SIZES)))
         elif op == "delete":
-            outcome, r = attempt(self.ledger, "delete",
-                                 lambda: self.s3.delete_object(Bucket=self.bucket, Key=key))
-            self.settle(key, st, outcome, r, None)
+            self.delete(key)
         else:
-            self.read(key, st)
-
-    def settle(self, key: str, st: KeyState, outcome: str, r: Any, value: bytes | None) -> None:
-        led = self.ledger
-        if outcome == Outcome.OK:
-            st.possible = {value}
-            led.count("acked")
-            with led.lock:
-                led.acked_at.append(time.monotonic())
-        elif outcome == Outcome.UNKNOWN:
-            st.possible.add(value)
-        elif outcome == Outcome.LOST_CONNECTION:
-            st.possible.add(value)
-            st.loose = True
-        else:
-            with led.lock:
-                led.unexpected.append(f"{key}: {'PUT' if value is not None else 'DELETE'} refused: "
-                                      f"{client_error(r)} {r}"[:500])
-
-    def read(self, key: str, st: KeyState) -> None:
-        outcome, r = attempt(self.ledger, "get", lambda: self.s3.get_object(Bucket=self.bucket, Key=key))
-        if outcome == Outcome.OK:
-            try:
-                got = r["Body"].read()
-            except CLIENT_GONE:
-                self.ledger.count("get body cut")
-                return
-        elif outcome == Outcome.REFUSED and client_error(r) == (404, "NoSuchKey"):
-            got = None
-        elif outcome == Outcome.REFUSED:
-            with self.ledger.lock:
-                self.ledger.unexpected.append(f"GET {key}: {client_error(r)} {r}"[:500])
-            return
-        else:
-            return
-        self.ledger.count("reads")
-        if got not in st.allowed():
-            with self.ledger.lock:
-                self.ledger.violations.append(
-                    f"GET {key} during the run: {describe(got)}; may hold only "
-                    f"{sorted(describe(v) for v in st.allowed())}")
-        elif not st.loose:
-            st.possible = {got}
-
-
-class Workload:
-    """``n`` Writer threads on ``bucket`` until ``stop()``."""
-
-    def __init__(self, cluster: Cluster, bucket: str, n: int, seed: int | None = None):
-        self.seed = random.randrange(2**32) if seed is None else seed
-        self.ledger = Ledger()
-        self.stop_event = threading.Event()
-        self.writers = [Writer(cluster, bucket, self.ledger, i, self.seed) for i in range(n)]
-        self.threads = [threading.Thread(target=w.run, args=(self.stop_event,), name=f"writer-{w.index}",
-                                         daemon=True) for w in self.writers]
-
-    def __enter__(self) -> Workload:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=READ_TIMEOUT_S + 5)
-        assert not any(t.is_alive() for t in self.threads), "a writer thread hangs"
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def verify_ledger(cluster: Cluster, bucket: str, ledger: Ledger, retry_for: float = 20.0) -> dict[str, int]:
-    """Every key holds a value its history allows (byte-exact), and the listing names exactly
-    the keys that hold something. 503s are retried for ``retry_for`` seconds."""
-    s3 = s3_client(cluster)
-    deadline = time.monotonic() + retry_for
-    problems = list(ledger.violations)
-    held: dict[str, bytes | None] = {}
-    retried = 0
-    for key, st in sorted(ledger.keys.items()):
-        while True:
-            try:
-                got = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                break
-            except botocore.exceptions.ClientError as e:
-                if client_error(e) == (404, "NoSuchKey"):
-                    got = None
-                    break
-                if client_error(e)[0] != 503 or time.monotonic() > deadline:
-                    problems.append(f"GET {key} afterwards: {client_error(e)} {e}; may hold "
-                                    f"{sorted(describe(v) for v in st.allowed())}")
-                    got = ...
-                    break
-                retried += 1
-                time.sleep(0.2)
-        if got is ...:
-            continue
-        held[key] = got
-        if got not in st.allowed():
-            acked = st.possible if len(st.possible) == 1 else None
-            problems.append(f"{key} holds {describe(got)} afterwards; may hold only "
-                            f"{sorted(describe(v) for v in st.allowed())}"
-                            + (" (an ACKNOWLEDGED write lost)" if acked and None not in acked else ""))
-    listed: set[str] = set()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        listed |= {o["Key"] for o in page.get("Contents", [])}
-    present = {k for k, v in held.items() if v is not None}
-    missing = sorted(present - listed)
-    phantom = sorted(k for k in listed - present if k in held)
-    unknown = sorted(listed - set(ledger.keys))
-    if missing:
-        problems.append(f"{len(missing)} readable keys not listed: {missing[:10]}")
-    if phantom:
-        problems.append(f"{len(phantom)} listed keys that read as absent: {phantom[:10]}")
-    if unknown:
-        problems.append(f"{len(unknown)} listed keys no one wrote: {unknown[:10]}")
-    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:30])
-    return {"keys": len(ledger.keys), "present": len(present), "retried_503": retried}
+            self.get(key)
 
 
 # --- 1. leader killed mid-write ------------------------------------------------------------------
@@ -429,12 +205,12 @@ def leader_faults(cluster: Cluster, bucket: str, faults: list[str], clients: int
     SIGCONT: a deposed leader comes back with entries no one else has). Each time the victim
     must catch up; then every key is checked (see the module docstring)."""
     elections, resumed, caught_up, kill_times = [], [], [], []
-    with Workload(cluster, bucket, clients) as w:
+    with Workload(cluster, bucket, clients, writer=PutDeleteGet) as w:
         for fault in faults:
             time.sleep(1.5)
             leaders = wait_leaders(cluster)
             victim = sorted(leaders.values())[0]
-            acks = w.ledger.acks_since(0)
+            acks = w.ledger.tally(Answer.ACKED)
             if fault.startswith("freeze"):
                 cluster.kill_node(victim, signal.SIGSTOP, wait=False)
             if fault == "freeze-kill":
@@ -447,12 +223,12 @@ def leader_faults(cluster: Cluster, bucket: str, faults: list[str], clients: int
                 new = wait_leaders(cluster, not_on=victim)
                 elections.append((fault, victim, "->", sorted(new.values()), round(time.monotonic() - t_kill, 2)))
                 deadline = time.monotonic() + 15
-                while w.ledger.acks_since(time.monotonic() - 0.5) < 5:
+                while w.ledger.tally(Answer.ACKED, time.monotonic() - 0.5) < 5:
                     assert time.monotonic() < deadline, (
                         f"writes did not resume within 15s of {fault} on leader {victim}: {w.ledger.counts}")
                     time.sleep(0.1)
                 resumed.append(round(time.monotonic() - t_kill, 2))
-                assert w.ledger.acks_since(0) > acks
+                assert w.ledger.tally(Answer.ACKED) > acks
                 time.sleep(0.5)
             finally:
                 if fault == "freeze-thaw":
@@ -465,13 +241,13 @@ def leader_faults(cluster: Cluster, bucket: str, faults: list[str], clients: int
         time.sleep(1.0)
     led = w.ledger
     assert not led.unexpected, "unexpected errors:\n" + "\n".join(led.unexpected[:20])
-    result = verify_ledger(cluster, bucket, led)
+    result = verify(cluster, bucket, led)
     converged = wait_converged(cluster)
-    unknown_after = [sum(1 for u in led.unknown_at if k - 0.5 <= u < k + 10) for k in kill_times]
+    unknown_after = [led.tally(Answer.UNAVAILABLE, k - 0.5, k + 10) for k in kill_times]
     print(f"\nseed {w.seed}: {led.counts}; 503s within 10s of each fault {unknown_after}; "
           f"elections (fault, victim, new leader, s) {elections}; "
           f"writes resumed after {resumed}s; caught up {caught_up}; {result}; {converged}")
-    assert led.counts.get("acked", 0) > 25 * len(faults), f"too few acknowledged writes: {led.counts}"
+    assert led.tally(Answer.ACKED) > 25 * len(faults), f"too few acknowledged writes: {led.counts}"
 
 
 def test_leader_killed_mid_write(cluster, bucket, heal):

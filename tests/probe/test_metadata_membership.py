@@ -22,30 +22,24 @@ the new placement). What must hold:
   the gateway restart; a PUT that got no answer (503) left either nothing or its exact bytes.
 
 Each key has one writer thread, so what it may hold is known exactly (see
-test_metadata_faults.py). The slow variant (``-m slow``) does three rounds of add-one,
+tests/probe/workload.py). The slow variant (``-m slow``) does three rounds of add-one,
 drain-one, so that no founding node is left and the gateway's original cluster.toml names only
 dead nodes. Run with ``-s`` to see the counts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import signal
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-import botocore.exceptions
 import pytest
-from botocore.config import Config
 
 from headwater import config as hwconfig
 from headwater.objstore.metadata.partition import PartitionMap, group_name
-from tests.cluster import Cluster, client_error
+from tests.cluster import Cluster
+from tests.probe.workload import DIGESTS, Ledger, Workload, Writer, body_for, s3_client, verify
 
 KiB, MiB = 1024, 1024 * 1024
 ELECTION_TIMEOUT_S = 0.5
@@ -54,7 +48,6 @@ CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, stripe_size=256 * KiB, inline_
                        min_part_size=5 * MiB, rpc_timeout_seconds=5,
                        extra_objstore={"raft_election_timeout_seconds": ELECTION_TIMEOUT_S,
                                        "metadata_timeout_seconds": METADATA_TIMEOUT_S})
-READ_TIMEOUT_S = 30.0
 CLIENTS = 4
 SMALL = [0, 1, 300, 4 * KiB, 4 * KiB + 1, 20_000, 150_000, 600_000]
 LARGE = [MiB + 3, 2 * MiB + 17, 3 * MiB]
@@ -67,257 +60,28 @@ MAX_STALL_S = METADATA_TIMEOUT_S
 # 503s in a row for one client: each burst is one election; a few in a row at most.
 MAX_503_STREAK = 4
 
-CLIENT_GONE = (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError,
-               botocore.exceptions.ConnectionClosedError, botocore.exceptions.ResponseStreamingError,
-               botocore.exceptions.IncompleteReadError)
 
+# --- the client threads' op mix ------------------------------------------------------------------
 
-def s3_client(cluster: Cluster):
-    u = cluster.users[0]
-    # total_max_attempts (not max_attempts) = 1: botocore retries nothing behind the test's back.
-    cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"},
-                 connect_timeout=5, read_timeout=READ_TIMEOUT_S, signature_version="s3v4",
-                 response_checksum_validation="when_required", max_pool_connections=2)
-    return boto3.client("s3", endpoint_url=cluster.endpoint, region_name=cluster.region,
-                        aws_access_key_id=u.access_key, aws_secret_access_key=u.secret_key, config=cfg)
+class NewOverwriteGet(Writer):
+    """PUT of a new key, overwrite, GET; small bodies mostly, a multi-MiB one now and then."""
 
-
-def body_for(tag: str, size: int) -> bytes:
-    head = tag.encode() + b"\n"
-    if size <= len(head):
-        return head[:size]
-    return head + random.Random(tag).randbytes(size - len(head))
-
-
-Value = tuple[str, int] | None   # (md5, length) of a body, None = absent
-
-
-def value_of(body: bytes) -> tuple[str, int]:
-    return hashlib.md5(body).hexdigest(), len(body)
-
-
-def show(v: Value) -> str:
-    return "absent" if v is None else f"{v[1]} bytes md5 {v[0][:8]}"
-
-
-@dataclass(slots=True)
-class KeyState:
-    possible: set = field(default_factory=lambda: {None})   # values the key may hold now
-    written: set = field(default_factory=set)               # every value ever PUT to it
-    loose: bool = False       # a request lost its connection: it may land at any later time
-
-    def allowed(self) -> set:
-        return self.written | {None} if self.loose else self.possible
-
-    @property
-    def acked(self) -> bool:
-        """An acknowledged PUT fixed what it holds."""
-        return len(self.possible) == 1 and None not in self.possible
-
-
-@dataclass(slots=True)
-class Ledger:
-    keys: dict[str, KeyState] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    events: list[tuple[float, int, str]] = field(default_factory=list)  # (monotonic, client, "ok"/"503"/...)
-    violations: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def note(self, client: int, what: str, count: str) -> None:
-        with self.lock:
-            self.events.append((time.monotonic(), client, what))
-            self.counts[count] = self.counts.get(count, 0) + 1
-
-    def window(self, t0: float, t1: float) -> dict[str, Any]:
-        """Acknowledged requests, 503s, the longest time with no acknowledged request (from
-        ``t0`` to ``t1``) and the longest run of 503s one client had, in [t0, t1]."""
-        with self.lock:
-            ev = [e for e in self.events if t0 <= e[0] <= t1]
-        oks = [t for t, _, w in ev if w == "ok"]
-        gaps = [b - a for a, b in zip([t0, *oks], [*oks, t1])]
-        streak: dict[int, int] = {}
-        longest = 0
-        for _, c, w in ev:
-            streak[c] = streak.get(c, 0) + 1 if w == "503" else 0
-            longest = max(longest, streak[c])
-        return {"seconds": round(t1 - t0, 2), "acked": len(oks), "503": sum(1 for e in ev if e[2] == "503"),
-                "lost": sum(1 for e in ev if e[2] == "lost"), "stall_s": round(max(gaps), 2),
-                "503_streak": longest}
-
-
-class Writer:
-    """One client thread on its own keys: PUT of a new key, overwrite, GET; small bodies mostly,
-    a multi-MiB one now and then. Every answer is folded into the ledger; a GET that returns
-    what the key cannot hold is a violation."""
-
-    def __init__(self, cluster: Cluster, bucket: str, ledger: Ledger, index: int, seed: int):
-        self.s3 = s3_client(cluster)
-        self.bucket, self.ledger, self.index = bucket, ledger, index
-        self.rng = random.Random(seed * 1000 + index)
+    def __init__(self, *args: Any):
+        super().__init__(*args)
         self.own: list[str] = []
-        self.seq = 0
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.one()
-            except Exception as e:  # a bug in the test or the server: report it, keep going
-                with self.ledger.lock:
-                    self.ledger.unexpected.append(f"w{self.index}: {e!r}"[:500])
-                time.sleep(0.1)
 
     def one(self) -> None:
         self.seq += 1
         op = self.rng.choices(["new", "overwrite", "get"], [45, 15, 40])[0] if self.own else "new"
         if op == "get":
-            return self.read(self.rng.choice(self.own))
+            return self.get(self.rng.choice(self.own))
         if op == "new":
             key = f"w{self.index}/k{self.seq}"
             self.own.append(key)
         else:
             key = self.rng.choice(self.own)
-        st = self.ledger.keys.setdefault(key, KeyState())
         size = self.rng.choice(LARGE) if self.rng.random() < LARGE_SHARE else self.rng.choice(SMALL)
-        body = body_for(f"{key}#{self.seq}", size)
-        value = value_of(body)
-        st.written.add(value)
-        kind = "put large" if size >= MiB else "put"
-        try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
-        except botocore.exceptions.ClientError as e:
-            status, code = client_error(e)
-            if status != 503:
-                self.ledger.note(self.index, "refused", f"{kind} {status} {code}")
-                with self.ledger.lock:
-                    self.ledger.unexpected.append(f"PUT {key}: {status} {code} {e}"[:500])
-                return
-            self.ledger.note(self.index, "503", f"{kind} 503")
-            st.possible.add(value)
-            return
-        except CLIENT_GONE as e:
-            self.ledger.note(self.index, "lost", f"{kind} {type(e).__name__}")
-            st.possible.add(value)
-            st.loose = True
-            return
-        st.possible = {value}
-        self.ledger.note(self.index, "ok", f"{kind} acked")
-
-    def read(self, key: str) -> None:
-        st = self.ledger.keys[key]
-        try:
-            got: Value = value_of(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-        except botocore.exceptions.ClientError as e:
-            status, code = client_error(e)
-            if status == 503:
-                self.ledger.note(self.index, "503", "get 503")
-                return
-            if (status, code) != (404, "NoSuchKey"):
-                self.ledger.note(self.index, "refused", f"get {status} {code}")
-                with self.ledger.lock:
-                    self.ledger.unexpected.append(f"GET {key}: {status} {code} {e}"[:500])
-                return
-            got = None
-        except CLIENT_GONE as e:
-            self.ledger.note(self.index, "lost", f"get {type(e).__name__}")
-            return
-        self.ledger.note(self.index, "ok", "get ok")
-        if got not in st.allowed():
-            with self.ledger.lock:
-                self.ledger.violations.append(f"GET {key} during the run: {show(got)}; may hold only "
-                                              f"{sorted(map(show, st.allowed()), key=str)}")
-        elif not st.loose:
-            st.possible = {got}
-
-
-class Workload:
-    def __init__(self, cluster: Cluster, bucket: str, n: int):
-        self.seed = random.randrange(2**32)
-        self.ledger = Ledger()
-        self.stop_event = threading.Event()
-        self.writers = [Writer(cluster, bucket, self.ledger, i, self.seed) for i in range(n)]
-        self.threads = [threading.Thread(target=w.run, args=(self.stop_event,), name=f"writer-{w.index}",
-                                         daemon=True) for w in self.writers]
-
-    def __enter__(self) -> Workload:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=READ_TIMEOUT_S + 5)
-        assert not any(t.is_alive() for t in self.threads), "a client thread hangs"
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def verify(cluster: Cluster, bucket: str, ledger: Ledger, retry_for: float = 20.0) -> dict[str, int]:
-    """Every key holds a value its history allows (every acknowledged PUT byte-exact), and a
-    listing names exactly the keys that hold something. 503s are retried for ``retry_for`` s.
-    The GETs run in ``CLIENTS`` threads."""
-    deadline = time.monotonic() + retry_for
-    problems = list(ledger.violations)
-    held: dict[str, Value] = {}
-    retried = [0]
-    lock = threading.Lock()
-
-    def check(keys: list[str]) -> None:
-        s3 = s3_client(cluster)
-        for key in keys:
-            st = ledger.keys[key]
-            while True:
-                try:
-                    got: Any = value_of(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-                except botocore.exceptions.ClientError as e:
-                    if client_error(e) == (404, "NoSuchKey"):
-                        got = None
-                    elif client_error(e)[0] == 503 and time.monotonic() < deadline:
-                        with lock:
-                            retried[0] += 1
-                        time.sleep(0.2)
-                        continue
-                    else:
-                        with lock:
-                            problems.append(f"GET {key}: {client_error(e)} {e}")
-                        got = ...
-                except CLIENT_GONE as e:
-                    with lock:
-                        problems.append(f"GET {key}: {e!r}")
-                    got = ...
-                break
-            if got is ...:
-                continue
-            with lock:
-                held[key] = got
-                if got not in st.allowed():
-                    problems.append(f"{key} holds {show(got)}; may hold only "
-                                    f"{sorted(map(show, st.allowed()), key=str)}"
-                                    + (" (an ACKNOWLEDGED write lost)" if st.acked else ""))
-
-    keys = sorted(ledger.keys)
-    threads = [threading.Thread(target=check, args=(keys[i::CLIENTS],), daemon=True) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a GET hangs"
-    s3 = s3_client(cluster)
-    listed: set[str] = set()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        listed |= {o["Key"] for o in page.get("Contents", [])}
-    present = {k for k, v in held.items() if v is not None}
-    for what, bad in (("readable keys not listed", present - listed),
-                      ("listed keys that read as absent", {k for k in listed - present if k in held}),
-                      ("listed keys no one wrote", listed - set(ledger.keys))):
-        if bad:
-            problems.append(f"{len(bad)} {what}: {sorted(bad)[:10]}")
-    acked = [k for k, st in ledger.keys.items() if st.acked]
-    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:30])
-    return {"keys": len(ledger.keys), "acked": len(acked), "present": len(present),
-            "bytes": sum(v[1] for v in held.values() if v is not None), "retried_503": retried[0]}
+        self.put(key, body_for(f"{key}#{self.seq}", size), "put large" if size >= MiB else "put")
 
 
 # --- the operator's side -------------------------------------------------------------------------
@@ -436,7 +200,7 @@ def membership_change(cluster: Cluster, rounds: int, run_after_s: float) -> None
     s3.create_bucket(Bucket=bucket)
     founders = [d.id for d in cluster.metadata]
     done: list[dict[str, Any]] = []
-    with Workload(cluster, bucket, CLIENTS) as w:
+    with Workload(cluster, bucket, CLIENTS, writer=NewOverwriteGet, values=DIGESTS) as w:
         led = w.ledger
         time.sleep(1.5)
         assert led.counts.get("put acked", 0) > 0, f"no PUT acknowledged before the change: {led.counts}"
@@ -448,12 +212,12 @@ def membership_change(cluster: Cluster, rounds: int, run_after_s: float) -> None
 
     timings: dict[str, float] = {}
     t = time.monotonic()
-    result = verify(cluster, bucket, led)
+    result = verify(cluster, bucket, led, threads=CLIENTS)
     timings["verify"] = time.monotonic() - t
     # the gateway restarted with the new cluster.toml routes by the new placement
     t = time.monotonic()
     cluster.restart_node(cluster.gateway.id)
-    result_restarted = verify(cluster, bucket, led)
+    result_restarted = verify(cluster, bucket, led, threads=CLIENTS)
     timings["restart + verify"] = time.monotonic() - t
 
     print(f"\nseed {w.seed}; counts {led.counts}")

@@ -20,9 +20,9 @@ import signal
 import pytest
 from headwater.objstore.storage import fragment as fr
 
+from tests.data import data
 from tests.probe.test_repair_faults import (
     admin_get,
-    data,
     frag_path,
     layouts,
     metric,

@@ -10,7 +10,6 @@ every acknowledged object reads back exact, and no fragment file is left that no
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -25,6 +24,7 @@ from headwater.objstore.metadata.client import MetadataClient
 from headwater.objstore.storage import fragment as fr
 
 from headwater import config as hwconfig
+from tests.data import data
 
 KiB = 1024
 STRIPE = 64 * KiB
@@ -37,15 +37,6 @@ CLUSTER_OPTIONS = dict(
             "rebalance_interval_seconds": 1, "rebalance_rate": "2MiB"},
 )
 BUCKET = "grow"
-
-
-def data(n: int, seed: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}/{i}".encode()).digest() * 128
-        i += 1
-    return bytes(out[:n])
 
 
 def rebalance_state(cluster) -> dict:

@@ -16,7 +16,6 @@ reading every object it had acknowledged, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -34,6 +33,7 @@ from headwater.objstore.records import Layout, ObjectRecord, objects_ns
 from headwater.objstore.storage import fragment as fr
 
 from headwater import config as hwconfig
+from tests.data import data
 
 KiB = 1024
 STRIPE = 64 * KiB
@@ -43,15 +43,6 @@ CLUSTER_OPTIONS = dict(
     extra_objstore={"retire_grace_seconds": 3, "scrub_rate": "32MiB", "scrub_interval_seconds": 1},
     repair={"interval_seconds": 1, "gc_interval_seconds": 1, "rebuild_rate": "64MiB"},
 )
-
-
-def data(n: int, seed: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}/{i}".encode()).digest() * 128
-        i += 1
-    return bytes(out[:n])
 
 
 @pytest.fixture(scope="module")

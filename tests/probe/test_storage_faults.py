@@ -8,7 +8,6 @@ killing any two leaves exactly k=4 fragments of each stripe.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import time
@@ -18,6 +17,7 @@ import botocore.exceptions
 import pytest
 
 from tests.cluster import client_error
+from tests.data import data
 
 KiB = 1024
 STRIPE = 64 * KiB
@@ -31,15 +31,6 @@ RANGES = ["bytes=0-0", "bytes=0-99", f"bytes={STRIPE - 10}-{STRIPE + 9}", "bytes
 STREAM_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
                  botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError,
                  botocore.exceptions.EndpointConnectionError)
-
-
-def data(n: int, seed: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}/{i}".encode()).digest() * 128
-        i += 1
-    return bytes(out[:n])
 
 
 def slice_for(spec: str, body: bytes) -> bytes:
