@@ -26,6 +26,7 @@ import anyio
 
 from . import __version__
 from .config import ClusterConfig, ConfigError, GatewayConfig, load
+from .rpc.auth import cluster_secret, ensure_cluster_secret
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,6 +77,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
         node_cfg = cfg.daemon(args.id)
+        cluster_secret(cfg)  # every role talks RPC: no secret, no start
     except ConfigError as e:
         _err(str(e))
         return EXIT_USAGE
@@ -178,6 +180,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             _err(p)
         _err("nothing was started")
         return EXIT_FAILED
+    try:
+        _, created = ensure_cluster_secret(cfg)
+    except ConfigError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if created is not None:
+        print(f"headwater: created the cluster secret {created} (owner-only; every host of the cluster "
+              "needs the same file)", flush=True)
 
     supervisor = Supervisor(cfg, start_timeout_s=args.start_timeout, stop_grace_s=args.stop_grace)
     print(f"headwater: starting {len(cfg.daemons())} daemons of {cfg.name} from {cfg.path} "
@@ -496,6 +506,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
     from headwater.objstore.metadata.rebalance import RebalanceError, rebalance, survey
     try:
         cfg = _load(args.config)
+        cluster_secret(cfg)
     except ConfigError as e:
         _err(str(e))
         return EXIT_USAGE

@@ -262,6 +262,11 @@ class ClusterConfig:
     log_level: str = "info"
     path: Path | None = None
     data_dir: Path = Path("var")
+    # The cluster secret every node proves before its RPC calls are served (headwater.rpc.auth):
+    # the variable ``secret_env`` names when it is set, else the file ``secret_file``. Neither
+    # given: the file <data_dir>/cluster.secret.
+    secret_file: Path | None = None
+    secret_env: str | None = None
     objstore: ObjstoreConfig = field(default_factory=ObjstoreConfig)
     users: tuple[User, ...] = ()
     gateway: GatewayConfig | None = None
@@ -568,7 +573,7 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
     root = Path(path).resolve().parent if path else Path.cwd()
 
     cl = r.table(data, "cluster", "")
-    r.check_keys(cl, "cluster", {"name", "runtime", "log_level", "data_dir"})
+    r.check_keys(cl, "cluster", {"name", "runtime", "log_level", "data_dir", "secret_file", "secret_env"})
     runtime = r.get(cl, "runtime", "cluster", str, "asyncio")
     if runtime not in ("asyncio", "trio"):
         raise r.error("cluster.runtime", f"{runtime!r} is not one of asyncio, trio")
@@ -578,6 +583,15 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
     base = Path(r.get(cl, "data_dir", "cluster", str, "var"))
     if not base.is_absolute():
         base = root / base
+    secret_env = r.get(cl, "secret_env", "cluster", str, None)
+    if secret_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
+        raise r.error("cluster.secret_env", f"{secret_env!r} is not an environment variable name")
+    secret_file = r.get(cl, "secret_file", "cluster", str, None)
+    if secret_file is not None:
+        secret_file = Path(secret_file).expanduser()
+        secret_file = secret_file if secret_file.is_absolute() else root / secret_file
+    elif secret_env is None:
+        secret_file = base / "cluster.secret"
 
     objstore = _objstore(r, r.table(data, "objstore", ""))
 
@@ -624,7 +638,8 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
 
     cfg = ClusterConfig(
         name=r.get(cl, "name", "cluster", str, "headwater"), runtime=runtime, log_level=log_level,
-        path=Path(path).resolve() if path else None, data_dir=base, objstore=objstore,
+        path=Path(path).resolve() if path else None, data_dir=base, secret_file=secret_file,
+        secret_env=secret_env, objstore=objstore,
         users=tuple(users), gateway=gateway, storage=tuple(storage), metadata=tuple(metadata),
         repair=repair,
     )

@@ -19,7 +19,7 @@ import anyio.abc
 import anyio.to_thread
 
 from headwater.config import ClusterConfig, ErasureScheme
-from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
+from headwater.rpc import DeadlineExceeded, RpcError, Unavailable, cluster_secret
 
 from . import stripe
 from .placement import NodeSite, PlacementError, place
@@ -64,8 +64,9 @@ class StoragePool:
     async def __aenter__(self) -> StoragePool:
         await self._stack.__aenter__()
         timeout = self.cluster.objstore.rpc_timeout_s
+        secret = cluster_secret(self.cluster)
         for s in self.cluster.storage:
-            client = StorageClient(s.id, s.host, s.port, timeout=timeout)
+            client = StorageClient(s.id, s.host, s.port, secret=secret, timeout=timeout)
             self._clients[s.id] = await self._stack.enter_async_context(client)
         return self
 
