@@ -355,8 +355,8 @@ class ClientHandshake(_Handshake):
         if not hmac.compare_digest(expected, h[3]):
             self._fail("the server did not prove knowledge of the cluster secret (different secret or "
                        f"cluster name than this node's {self.secret.source})",
-                       tell_peer="your proof did not verify here: this client has a different cluster "
-                                 "secret or cluster name")
+                       tell_peer="the client could not verify this server's proof: the two have "
+                                 "different cluster secrets or cluster names")
         self._send([PROOF, self.secret.proof(b"client", self.nonce, server_nonce)])
         self.state = "proof_sent"
 
@@ -398,6 +398,7 @@ class ServerHandshake(_Handshake):
         if not hmac.compare_digest(expected, h[1]):
             self._fail("the client did not prove knowledge of the cluster secret (different secret, "
                        "or not a node of this cluster)",
-                       tell_peer="your proof did not verify: this node has a different cluster secret")
+                       tell_peer="the server could not verify this client's proof: the two have "
+                                 "different cluster secrets")
         self._send([WELCOME])
         self.state = "established"

@@ -4,8 +4,8 @@
 re-opened on the first call after it is lost; calls in flight when it drops get
 :class:`Unavailable`. A refused connection raises :class:`Unavailable` at once, a silent peer after
 ``connect_timeout``. A connection is usable once both ends have proved knowledge of the cluster
-secret (:class:`~headwater.rpc.auth.ClientHandshake`), which ``connect_timeout`` also bounds; a
-peer that fails it raises :class:`AuthFailed` (an Unavailable: nothing was sent). Each call has a deadline (``timeout``, else ``default_timeout``) that is also
+secret (:class:`~headwater.rpc.auth.ClientHandshake`), within the call's deadline; a peer that
+fails it raises :class:`AuthFailed` (an Unavailable: nothing was sent). Each call has a deadline (``timeout``, else ``default_timeout``) that is also
 sent to the server, and a caller that gives up sends CANCEL so the server stops working on it.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .auth import ClientHandshake, ClusterSecret, HandshakeError, HandshakeRefused
+from .auth import HANDSHAKE_TIMEOUT_S, ClientHandshake, ClusterSecret, HandshakeError, HandshakeRefused
 from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
                     cancel_header, encode_frame, request_header)
@@ -254,27 +254,35 @@ class RpcClient:
             if conn is not None and conn.lost is None:
                 return conn
             budget = max(0.0, min(self.connect_timeout, deadline - anyio.current_time()))
-            stream = None
             try:
                 with anyio.fail_after(budget):
                     stream = await anyio.connect_tcp(self.host, self.port)
-                    set_nodelay(stream)
-                    early = await self._authenticate(stream)
             except TimeoutError:
-                if stream is not None:
-                    await anyio.aclose_forcefully(stream)
                 if anyio.current_time() >= deadline:
                     raise DeadlineExceeded(f"connecting to {self._peer} took past the deadline",
                                            peer=self._peer) from None
-                what = "connecting to" if stream is None else "authenticating with"
-                raise Unavailable(f"{what} {self._peer} timed out after {self.connect_timeout:g}s",
+                raise Unavailable(f"connecting to {self._peer} timed out after {self.connect_timeout:g}s",
                                   peer=self._peer, sent=False) from None
             except OSError as e:
                 raise Unavailable(f"cannot connect to {self._peer}: {e.strerror or e}",
                                   peer=self._peer, sent=False) from None
+            set_nodelay(stream)
+            # The handshake needs the server's event loop (the kernel accepted the connection), so
+            # a busy peer may take longer than connect_timeout: it has the call's deadline, and
+            # at most as long as the server would wait for it.
+            budget = max(0.0, min(HANDSHAKE_TIMEOUT_S, deadline - anyio.current_time()))
+            try:
+                with anyio.fail_after(budget):
+                    early = await self._authenticate(stream)
+            except TimeoutError:
+                await anyio.aclose_forcefully(stream)
+                if anyio.current_time() >= deadline:
+                    raise DeadlineExceeded(f"authenticating with {self._peer} took past the deadline",
+                                           peer=self._peer) from None
+                raise Unavailable(f"{self._peer} did not complete authentication in {budget:g}s",
+                                  peer=self._peer, sent=False) from None
             except BaseException:
-                if stream is not None:
-                    await anyio.aclose_forcefully(stream)
+                await anyio.aclose_forcefully(stream)
                 raise
             conn = _Connection(stream, self._peer)
             if self._closed:

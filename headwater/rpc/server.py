@@ -247,7 +247,7 @@ class RpcServer:
         if failure is not None:
             self.counters["auth_refused"] += 1
             if isinstance(failure, HandshakeRefused):
-                self._auth_log(stream, f"refused this node's proof: {failure.reason}")
+                self._auth_log(stream, f"refused this node: {failure.reason}")
             else:
                 self._auth_log(stream, f"refused: {failure.reason}")
             return None
