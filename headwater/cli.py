@@ -77,7 +77,6 @@ def cmd_node(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
         node_cfg = cfg.daemon(args.id)
-        cluster_secret(cfg)  # every role talks RPC: no secret, no start
     except ConfigError as e:
         _err(str(e))
         return EXIT_USAGE
@@ -87,6 +86,11 @@ def cmd_node(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if is_gateway and args.worker is not None and not 0 <= args.worker < node_cfg.workers:
         _err(f"{node_cfg.id}: --worker {args.worker} is outside 0..{node_cfg.workers - 1} (workers = {node_cfg.workers})")
+        return EXIT_USAGE
+    try:
+        cluster_secret(cfg)  # every role talks RPC: no secret, no start
+    except ConfigError as e:
+        _err(f"{node_cfg.id}: {e}")
         return EXIT_USAGE
     try:
         entry = daemons.resolve(node_cfg.role)
