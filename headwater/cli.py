@@ -189,13 +189,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _err(str(e))
         return EXIT_USAGE
-    if created is not None:
-        print(f"headwater: created the cluster secret {created} (owner-only; every host of the cluster "
-              "needs the same file)", flush=True)
 
     supervisor = Supervisor(cfg, start_timeout_s=args.start_timeout, stop_grace_s=args.stop_grace)
     print(f"headwater: starting {len(cfg.daemons())} daemons of {cfg.name} from {cfg.path} "
           f"(logs in {supervisor.log_dir})", flush=True)
+    if created is not None:
+        print(f"headwater: created the cluster secret {created} (owner-only; every host of the cluster "
+              "needs the same file)", flush=True)
 
     async def main() -> list[int]:
         got: list[int] = []
