@@ -24,7 +24,10 @@ TLS in Python costs the data path 40-85 % of its fragment throughput (every byte
 SSL MemoryBIO, encrypted and copied twice more in the interpreter's event loop thread), and the
 whole point of node-to-node RPC is moving fragment bytes. The HMAC handshake costs two round
 trips and four HMACs once per connection (connections are long-lived and multiplexed) and
-nothing per byte afterwards: see ``bench`` figures in the commit that introduced this module.
+nothing per byte afterwards. Measured before/after on the same machine, interleaved in one
+process (load ~10 on 2 cores, so absolute figures are low): 1 MiB calls 108 vs 110 MiB/s one at a
+time, 100 vs 142 MiB/s with 8 in flight (no difference beyond noise); connect + first call 9 vs
+19 ms (the two extra round trips through both event loops under that load).
 
 What it buys, and what it does not: an outsider who can reach a node's port but does not hold
 the secret cannot issue a single call, nor pose as a node to a client (the proof is mutual, so a
