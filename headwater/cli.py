@@ -27,6 +27,7 @@ import anyio
 from . import __version__
 from .config import ClusterConfig, ConfigError, load
 from .roles import add_commands, registry
+from .rpc.auth import cluster_secret, ensure_cluster_secret
 from .status import details_text, gather_status, table
 
 EXIT_OK = 0
@@ -83,7 +84,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         err(str(e))
         return EXIT_USAGE
     try:
-        has_workers = roles.registry().role(node_cfg.role).workers
+        role = roles.registry().role(node_cfg.role)
+        has_workers = role.workers
     except roles.RoleUnavailable as e:
         err(f"{node_cfg.id}: {e}")
         return EXIT_FAILED
@@ -95,6 +97,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     if has_workers and args.worker is not None and not 0 <= args.worker < node_cfg.workers:
         err(f"{node_cfg.id}: --worker {args.worker} is outside 0..{node_cfg.workers - 1} (workers = {node_cfg.workers})")
         return EXIT_USAGE
+    if role.rpc:
+        try:
+            cluster_secret(cfg)  # a role that talks RPC to its peers: no secret, no start
+        except ConfigError as e:
+            err(f"{node_cfg.id}: {e}")
+            return EXIT_USAGE
     try:
         entry = roles.resolve(node_cfg.role)
     except roles.RoleUnavailable as e:
@@ -189,10 +197,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             err(p)
         err("nothing was started")
         return EXIT_FAILED
+    created = None
+    if any(registry().role(d.role).rpc for d in cfg.daemons()):
+        try:
+            _, created = ensure_cluster_secret(cfg)
+        except ConfigError as e:
+            err(str(e))
+            return EXIT_USAGE
 
     supervisor = Supervisor(cfg, start_timeout_s=args.start_timeout, stop_grace_s=args.stop_grace)
     print(f"headwater: starting {len(cfg.daemons())} daemons of {cfg.name} from {cfg.path} "
           f"(logs in {supervisor.log_dir})", flush=True)
+    if created is not None:
+        print(f"headwater: created the cluster secret {created} (owner-only; every host of the cluster "
+              "needs the same file)", flush=True)
 
     async def main() -> list[int]:
         got: list[int] = []

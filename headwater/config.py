@@ -159,16 +159,22 @@ class ClusterConfig:
     config, or None). Frozen: :meth:`replace` returns a changed copy.
     """
 
-    __slots__ = ("name", "runtime", "log_level", "path", "data_dir", "_sections")
+    __slots__ = ("name", "runtime", "log_level", "path", "data_dir", "secret_file", "secret_env", "_sections")
 
     name: str
     runtime: str
     log_level: str
     path: Path | None
     data_dir: Path
+    # The cluster secret every node proves before its RPC calls are served (headwater.rpc.auth):
+    # the variable ``secret_env`` names when it is set, else the file ``secret_file``. Neither
+    # given in cluster.toml: the file <data_dir>/cluster.secret.
+    secret_file: Path | None
+    secret_env: str | None
 
     def __init__(self, *, name: str = "headwater", runtime: str = "asyncio", log_level: str = "info",
-                 path: Path | None = None, data_dir: Path = Path("var"), **sections: Any) -> None:
+                 path: Path | None = None, data_dir: Path = Path("var"), secret_file: Path | None = None,
+                 secret_env: str | None = None, **sections: Any) -> None:
         from .roles import registry
 
         known = registry().section_names()
@@ -177,7 +183,8 @@ class ClusterConfig:
             raise TypeError(f"ClusterConfig has no section {', '.join(unknown)} "
                             f"(registered: {', '.join(sorted(known))})")
         for key, value in (("name", name), ("runtime", runtime), ("log_level", log_level),
-                           ("path", path), ("data_dir", data_dir), ("_sections", dict(sections))):
+                           ("path", path), ("data_dir", data_dir), ("secret_file", secret_file),
+                           ("secret_env", secret_env), ("_sections", dict(sections))):
             object.__setattr__(self, key, value)
 
     def __getattr__(self, name: str) -> Any:
@@ -207,7 +214,8 @@ class ClusterConfig:
 
     def _fields(self) -> dict[str, Any]:
         return {"name": self.name, "runtime": self.runtime, "log_level": self.log_level,
-                "path": self.path, "data_dir": self.data_dir, **self._sections}
+                "path": self.path, "data_dir": self.data_dir, "secret_file": self.secret_file,
+                "secret_env": self.secret_env, **self._sections}
 
     def replace(self, **changes: Any) -> ClusterConfig:
         """A copy with ``changes`` applied (``[cluster]`` keys or whole sections)."""
@@ -394,7 +402,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 # --- reading -----------------------------------------------------------------------------------
 
-_CLUSTER_KEYS = {"name", "runtime", "log_level", "data_dir"}
+_CLUSTER_KEYS = {"name", "runtime", "log_level", "data_dir", "secret_file", "secret_env"}
 
 
 def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None = None) -> ClusterConfig:
@@ -421,6 +429,15 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
         raise r.error("cluster.log_level", f"{log_level!r} is not one of debug, info, warning, error")
     base = Path(r.get(cl, "data_dir", "cluster", str, "var"))
     r.data_dir = base if base.is_absolute() else root / base
+    secret_env = r.get(cl, "secret_env", "cluster", str, None)
+    if secret_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
+        raise r.error("cluster.secret_env", f"{secret_env!r} is not an environment variable name")
+    secret_file = r.get(cl, "secret_file", "cluster", str, None)
+    if secret_file is not None:
+        secret_file = Path(secret_file).expanduser()
+        secret_file = secret_file if secret_file.is_absolute() else root / secret_file
+    elif secret_env is None:
+        secret_file = r.data_dir / "cluster.secret"
 
     sections: dict[str, Any] = {}
     for section in reg.sections():
@@ -432,7 +449,7 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
 
     cfg = ClusterConfig(name=r.get(cl, "name", "cluster", str, "headwater"), runtime=runtime,
                         log_level=log_level, path=Path(path).resolve() if path else None,
-                        data_dir=r.data_dir, **sections)
+                        data_dir=r.data_dir, secret_file=secret_file, secret_env=secret_env, **sections)
     _check_addresses(r, cfg)
     for check in reg.checks():
         check(r, cfg, env or os.environ)

@@ -60,7 +60,8 @@ class Role:
     and line. ``many`` means an array of tables (``[[storage]]``), else one table (``[gateway]``).
     Roles start in ascending ``order`` (ties in registration order), each role's daemons together,
     and stop in reverse. ``details_text(health)`` is the role's DETAILS column in ``headwater
-    status`` from its ``/healthz`` JSON.
+    status`` from its ``/healthz`` JSON. ``rpc`` means its daemons talk msgpack RPC to their peers,
+    so they need the cluster secret (``headwater up`` makes one; ``node`` refuses to start without).
     """
 
     name: str
@@ -70,6 +71,7 @@ class Role:
     many: bool = False
     order: int = 50
     workers: bool = False
+    rpc: bool = False
     details_text: Callable[[Mapping[str, Any]], str] | None = None
 
 

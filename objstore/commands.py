@@ -11,6 +11,7 @@ import anyio
 from headwater.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from headwater.cli import err as _err
 from headwater.config import ConfigError, load
+from headwater.rpc.auth import cluster_secret
 from headwater.status import table
 
 from .metadata.partition import group_name
@@ -45,6 +46,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
     try:
         cfg = load(args.config)
+        cluster_secret(cfg)
     except ConfigError as e:
         _err(str(e))
         return EXIT_USAGE

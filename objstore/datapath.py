@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from headwater.budget import BudgetExhausted, ByteBudget
 from headwater.config import ClusterConfig
-from headwater.rpc import DeadlineExceeded, RpcError, Unavailable
+from headwater.rpc import DeadlineExceeded, RpcError, Unavailable, cluster_secret
 
 from . import stripe
 from .config import ErasureScheme
@@ -99,8 +99,9 @@ class StoragePool:
     async def __aenter__(self) -> StoragePool:
         await self._stack.__aenter__()
         timeout = self.cluster.objstore.rpc_timeout_s
+        secret = cluster_secret(self.cluster)
         for s in self.cluster.storage:
-            client = StorageClient(s.id, s.host, s.port, timeout=timeout)
+            client = StorageClient(s.id, s.host, s.port, secret=secret, timeout=timeout)
             self._clients[s.id] = await self._stack.enter_async_context(client)
         self._prober = await self._stack.enter_async_context(anyio.create_task_group())
         self._prober.start_soon(self._probe_forever)

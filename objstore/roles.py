@@ -41,13 +41,13 @@ def _commands(sub: object, config_help: str) -> None:
 ROLE_SET = RoleSet(
     name="objstore",
     roles=(
-        Role(name="metadata", section="metadata", many=True, order=10, read=config.read_metadata,
+        Role(name="metadata", section="metadata", many=True, order=10, rpc=True, read=config.read_metadata,
              entry="headwater.objstore.metadata.node:run_metadata_node", details_text=status.metadata_text),
-        Role(name="storage", section="storage", many=True, order=20, read=config.read_storage,
+        Role(name="storage", section="storage", many=True, order=20, rpc=True, read=config.read_storage,
              entry="headwater.objstore.storage.daemon:run_storage_node", details_text=status.storage_text),
-        Role(name="gateway", section="gateway", order=30, workers=True, read=config.read_gateway,
+        Role(name="gateway", section="gateway", order=30, workers=True, rpc=True, read=config.read_gateway,
              entry="headwater.objstore.gateway.daemon:run_gateway", details_text=status.gateway_text),
-        Role(name="repair", section="repair", order=40, read=config.read_repair,
+        Role(name="repair", section="repair", order=40, rpc=True, read=config.read_repair,
              entry="headwater.objstore.repair.daemon:run_repair", details_text=status.repair_text),
     ),
     sections=(

@@ -38,13 +38,17 @@ from typing import Any, Iterable, Sequence
 
 import httpx
 
-__all__ = ["Cluster", "UserKeys", "USERS", "free_ports", "VENV_BIN", "CLUSTER_START_TIMEOUT_S",
+__all__ = ["Cluster", "UserKeys", "USERS", "free_ports", "VENV_BIN", "CLUSTER_START_TIMEOUT_S", "TEST_SECRET_ENV",
            "TlsFiles", "make_test_tls", "sign_headers", "signed_request", "xml_error", "client_error", "write_random",
            "sha256_file"]
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CLUSTER_START_TIMEOUT_S = 30.0
+#: In-process tests build ``ClusterConfig(secret_env=TEST_SECRET_ENV)`` themselves; tests/conftest.py
+#: puts a random secret in this variable for the session. Clusters this module starts do not name
+#: it: they use the secret file under their data_dir, as a deployment does.
+TEST_SECRET_ENV = "HEADWATER_TEST_CLUSTER_SECRET"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,9 +333,10 @@ class Cluster:
         choosing it and binding it ("address already in use") means new ports and another try."""
         for attempt in range(attempts):
             try:
-                if self.mode == "up":
+                if self.mode == "up":  # `up` creates the secret file itself
                     self.procs["up"] = self._spawn("up", ["up", "-c", str(self.config_path)])
                 else:
+                    self.provision_secret()
                     for d in self.daemons:
                         self._start_daemon(d)
                 self.wait_ready(self.start_timeout)
@@ -346,6 +351,13 @@ class Cluster:
                 self.stop()
                 raise
         return self
+
+    def provision_secret(self) -> Path | None:
+        """Create the cluster secret file as `headwater up` would (each `headwater node` needs it)."""
+        from headwater.config import load
+        from headwater.rpc.auth import ensure_cluster_secret
+
+        return ensure_cluster_secret(load(self.config_path), env={})[1]
 
     def _check_alive(self, daemons: Iterable[Daemon] | None = None) -> None:
         ids = None if daemons is None else {d.id for d in daemons}

@@ -8,11 +8,15 @@ and so on, and tests keep out of each other's way with the function-scoped ``buc
 """
 
 import itertools
+import os
 import re
+import secrets
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import TEST_SECRET_ENV, Cluster
+
+os.environ.setdefault(TEST_SECRET_ENV, secrets.token_hex(32))
 
 
 @pytest.fixture(

@@ -3,7 +3,9 @@
 ``call`` may be used from any number of tasks at once. The connection is opened on first use and
 re-opened on the first call after it is lost; calls in flight when it drops get
 :class:`Unavailable`. A refused connection raises :class:`Unavailable` at once, a silent peer after
-``connect_timeout``. Each call has a deadline (``timeout``, else ``default_timeout``) that is also
+``connect_timeout``. A connection is usable once both ends have proved knowledge of the cluster
+secret (:class:`~headwater.rpc.auth.ClientHandshake`), within the call's deadline; a peer that
+fails it raises :class:`AuthFailed` (an Unavailable: nothing was sent). Each call has a deadline (``timeout``, else ``default_timeout``) that is also
 sent to the server, and a caller that gives up sends CANCEL so the server stops working on it.
 """
 
@@ -16,16 +18,20 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .errors import BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
+from .auth import HANDSHAKE_TIMEOUT_S, ClientHandshake, ClusterSecret, HandshakeError, HandshakeRefused
+from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
                     cancel_header, encode_frame, request_header)
-from .server import RECEIVE_BYTES, Reply, set_nodelay
+from .server import DEFAULT_FRAME_TIMEOUT_S, RECEIVE_BYTES, FrameWatch, LogThrottle, Reply, set_nodelay
 
 __all__ = ["RpcClient", "PendingCall"]
 
 log = logging.getLogger("headwater.rpc")
 
 _NETWORK_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+# A node retrying a peer that refuses it logs why once per peer and reason every 10 s.
+_auth_log_throttle = LogThrottle()
 
 
 class _Pending:
@@ -67,8 +73,13 @@ class RpcClient:
     Use as ``async with RpcClient(host, port) as c: reply = await c.call("m", {...}, payload)``.
     """
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float = 3.0,
-                 default_timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+    def __init__(self, host: str, port: int, *, secret: ClusterSecret, connect_timeout: float = 3.0,
+                 default_timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S):
+        if not isinstance(secret, ClusterSecret):
+            raise TypeError("RpcClient needs the cluster secret (headwater.rpc.auth.cluster_secret(cfg))")
+        self.secret = secret
+        self.frame_timeout_s = frame_timeout_s
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
@@ -80,7 +91,8 @@ class RpcClient:
         self._connect_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
-        self.counters = {"calls": 0, "errors": 0, "connects": 0, "bytes_out": 0, "bytes_in": 0}
+        self.counters = {"calls": 0, "errors": 0, "connects": 0, "bytes_out": 0, "bytes_in": 0,
+                         "auth_failures": 0}
 
     def __repr__(self) -> str:
         return f"RpcClient({self._peer!r})"
@@ -255,14 +267,67 @@ class RpcClient:
                 raise Unavailable(f"cannot connect to {self._peer}: {e.strerror or e}",
                                   peer=self._peer, sent=False) from None
             set_nodelay(stream)
+            # The handshake needs the server's event loop (the kernel accepted the connection), so
+            # a busy peer may take longer than connect_timeout: it has the call's deadline, and
+            # at most as long as the server would wait for it.
+            budget = max(0.0, min(HANDSHAKE_TIMEOUT_S, deadline - anyio.current_time()))
+            try:
+                with anyio.fail_after(budget):
+                    early = await self._authenticate(stream)
+            except TimeoutError:
+                await anyio.aclose_forcefully(stream)
+                if anyio.current_time() >= deadline:
+                    raise DeadlineExceeded(f"authenticating with {self._peer} took past the deadline",
+                                           peer=self._peer) from None
+                raise Unavailable(f"{self._peer} did not complete authentication in {budget:g}s",
+                                  peer=self._peer, sent=False) from None
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
             conn = _Connection(stream, self._peer)
             if self._closed:
                 await anyio.aclose_forcefully(stream)
                 raise Unavailable(f"client for {self._peer} is closed", peer=self._peer)
             self._conn = conn
             self.counters["connects"] += 1
-            self._tg.start_soon(self._reader, conn)
+            self._tg.start_soon(self._reader, conn, early)
             return conn
+
+    async def _authenticate(self, stream: anyio.abc.ByteStream) -> bytes:
+        """Prove the secret to the server and check its proof; the bytes that followed (if any).
+
+        Raises AuthFailed (after telling the server why, when this side refused it), or
+        Unavailable if the connection drops midway."""
+        hs = ClientHandshake(self.secret)
+        failure: HandshakeError | None = None
+        try:
+            await stream.send(hs.data_to_send())
+            while not hs.established and failure is None:
+                data = await stream.receive(hs.wanted())
+                try:
+                    hs.receive_data(data)
+                except HandshakeError as e:
+                    failure = e
+                out = hs.data_to_send()
+                if out:
+                    await stream.send(out)
+        except _NETWORK_ERRORS as e:
+            if failure is None:
+                await anyio.aclose_forcefully(stream)
+                raise Unavailable(f"{self._peer} closed the connection during authentication ({e!r}): "
+                                  "is it a headwater RPC port?", peer=self._peer, sent=False) from None
+        if failure is not None:
+            await anyio.aclose_forcefully(stream)
+            self.counters["auth_failures"] += 1
+            if isinstance(failure, HandshakeRefused):
+                why = f"{self._peer} refused this node: {failure.reason}"
+            else:
+                why = f"{self._peer} failed authentication: {failure.reason}"
+            held = _auth_log_throttle.allow((self._peer, failure.reason))
+            if held is not None:
+                log.warning("rpc: %s%s", why, f" ({held} more like it held back)" if held else "")
+            raise AuthFailed(why, peer=self._peer, sent=False)
+        return hs.unused_data()
 
     def _lose(self, conn: _Connection, reason: str) -> None:
         conn.fail(reason)
@@ -271,42 +336,64 @@ class RpcClient:
         if self._tg is not None:
             self._tg.start_soon(anyio.aclose_forcefully, conn.stream)
 
-    async def _reader(self, conn: _Connection) -> None:
+    async def _reader(self, conn: _Connection, early: bytes = b"") -> None:
         decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
-        stream = conn.stream
+        decoder.feed(early)
         reason = "closed by peer"
         try:
-            while conn.lost is None:
-                data = await stream.receive(RECEIVE_BYTES)
-                self.counters["bytes_in"] += len(data)
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    h = frame.header
-                    kind = h[0]
-                    p = conn.pending.get(h[1]) if len(h) > 1 else None
-                    if p is None:
-                        continue  # a reply for a call that already gave up
-                    if kind == RESPONSE and len(h) >= 3:
-                        p.reply = Reply(h[2], frame.payload)
-                    elif kind == ERROR and len(h) >= 5:
-                        p.error = from_wire(h[2], h[3], h[4])
-                    else:
-                        continue
-                    del conn.pending[h[1]]
-                    p.event.set()
-        except anyio.EndOfStream:
-            pass
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
-            reason = f"receive failed: {e!r}"
-        except (FrameError, TypeError, ValueError, IndexError) as e:
-            reason = f"bad frame from server: {e}"
-            log.warning("rpc: %s: %s", self._peer, reason)
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as reading:
+                    watch = FrameWatch(self.frame_timeout_s, reading)
+                    tg.start_soon(watch.run)
+                    try:
+                        await self._read_frames(conn, decoder, watch)
+                    except anyio.EndOfStream:
+                        pass
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                        reason = f"receive failed: {e!r}"
+                    except (FrameError, TypeError, ValueError, IndexError) as e:
+                        reason = f"bad frame from server: {e}"
+                        log.warning("rpc: %s: %s", self._peer, reason)
+                tg.cancel_scope.cancel()
+            if watch.tripped:
+                reason = (f"a reply frame begun {self.frame_timeout_s:g}s ago is still incomplete "
+                          f"({decoder.buffered} bytes buffered)")
+                log.warning("rpc: %s: %s", self._peer, reason)
         finally:
             conn.fail(reason)
             if self._conn is conn:
                 self._conn = None
             with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(stream)
+                await anyio.aclose_forcefully(conn.stream)
+
+    async def _read_frames(self, conn: _Connection, decoder: FrameDecoder, watch: FrameWatch) -> None:
+        stream = conn.stream
+        data = b""
+        while conn.lost is None:
+            if data:
+                self.counters["bytes_in"] += len(data)
+                decoder.feed(data)
+            got = False
+            while (frame := decoder.next_frame()) is not None:
+                got = True
+                h = frame.header
+                kind = h[0]
+                p = conn.pending.get(h[1]) if len(h) > 1 else None
+                if p is None:
+                    continue  # a reply for a call that already gave up
+                if kind == RESPONSE and len(h) >= 3:
+                    p.reply = Reply(h[2], frame.payload)
+                elif kind == ERROR and len(h) >= 5:
+                    p.error = from_wire(h[2], h[3], h[4])
+                else:
+                    continue
+                del conn.pending[h[1]]
+                p.event.set()
+            if got:
+                watch.completed(decoder.buffered)
+            else:
+                watch.partial(decoder.buffered)
+            data = await stream.receive(RECEIVE_BYTES)
 
 
 def pending_done(p: _Pending | None) -> bool:

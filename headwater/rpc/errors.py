@@ -16,6 +16,7 @@ __all__ = [
     "RpcError",
     "Unavailable",
     "DeadlineExceeded",
+    "AuthFailed",
     "NoSuchMethod",
     "BadRequest",
     "RemoteError",
@@ -66,6 +67,14 @@ class DeadlineExceeded(RpcError):
     retryable = True
 
 
+class AuthFailed(Unavailable):
+    """The connection failed the cluster-secret handshake (:mod:`headwater.rpc.auth`), in either
+    direction: the peer has another secret or cluster name, or is not a headwater node. Nothing
+    was sent. It is an Unavailable so callers treat the peer as down; the message says why."""
+
+    code = "auth_failed"
+
+
 class NoSuchMethod(RpcError):
     code = "no_such_method"
 
@@ -100,7 +109,7 @@ def register_error(cls: E) -> E:
     return cls
 
 
-for _cls in (RpcError, Unavailable, DeadlineExceeded, NoSuchMethod, BadRequest, RemoteError):
+for _cls in (RpcError, Unavailable, DeadlineExceeded, AuthFailed, NoSuchMethod, BadRequest, RemoteError):
     register_error(_cls)
 
 

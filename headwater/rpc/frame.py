@@ -149,6 +149,17 @@ class FrameDecoder:
             self._chunks.append(data if isinstance(data, memoryview) else memoryview(data))
             self._size += len(data)
 
+    def take_buffered(self) -> bytes:
+        """Hand back every byte received but not decoded, and forget it (a frame in progress too).
+
+        The RPC handshake decodes its frames with tight limits, then passes what follows them to
+        the connection's own decoder."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._pending = None
+        return data
+
     def next_frame(self) -> Frame | None:
         if self._pending is None:
             if self._size < PREFIX_BYTES:

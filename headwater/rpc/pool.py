@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .auth import ClusterSecret
 from .client import RpcClient
 from .errors import Unavailable
 
@@ -20,10 +21,11 @@ __all__ = ["ClientPool"]
 
 
 class ClientPool:
-    """``async with ClientPool(addresses) as pool: await (await pool.get("meta-1")).call(...)``."""
+    """``async with ClientPool(addresses, secret=s) as pool: await (await pool.get("meta-1")).call(...)``."""
 
-    def __init__(self, addresses: dict[str, tuple[str, int]] | None = None, *, connect_timeout: float = 1.0,
-                 default_timeout: float = 2.0):
+    def __init__(self, addresses: dict[str, tuple[str, int]] | None = None, *, secret: ClusterSecret,
+                 connect_timeout: float = 1.0, default_timeout: float = 2.0):
+        self.secret = secret
         self.addresses: dict[str, tuple[str, int]] = dict(addresses or {})
         self._connect_timeout = connect_timeout
         self._default_timeout = default_timeout
@@ -68,7 +70,7 @@ class ClientPool:
             addr = self.addresses.get(peer)
             if addr is None or self._tg is None:
                 raise Unavailable(f"no address known for {peer}", sent=False)
-            c = RpcClient(addr[0], addr[1], connect_timeout=self._connect_timeout,
+            c = RpcClient(addr[0], addr[1], secret=self.secret, connect_timeout=self._connect_timeout,
                           default_timeout=self._default_timeout)
             await self._tg.start(self._hold, c)
             self._clients[peer] = c

@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 
 from headwater.config import ClusterConfig
-from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable
+from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable, cluster_secret
 
 from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
                      WriteOutcomeUnknown)
@@ -122,7 +122,7 @@ class RaftReplication:
         # deadline, to ask the others and reach the leader elected after it.
         self.attempt_s = min(timeout_s / 3, max(1.0, 3 * election_s))
         self._rng = rng or random.Random()
-        self.nodes = ClientPool({m.id: (m.host, m.port) for m in cluster.metadata},
+        self.nodes = ClientPool({m.id: (m.host, m.port) for m in cluster.metadata}, secret=cluster_secret(cluster),
                                 connect_timeout=min(connect_timeout_s, 1.0), default_timeout=timeout_s)
         self._leaders: dict[int, str] = {}
         # Group -> its voters as a node last told us (a membership change moved it away from

@@ -43,7 +43,7 @@ import anyio.to_thread
 from headwater.admin import export_stats, serve_admin
 from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
-from headwater.rpc import BadRequest, ClientPool, RpcServer, Unavailable
+from headwater.rpc import BadRequest, ClientPool, RpcServer, Unavailable, cluster_secret
 
 from ..config import MetadataNodeConfig
 from .errors import (
@@ -97,7 +97,8 @@ class MetadataNode:
             "not_leader": 0, "corrupt_records": 0, "bad_requests": 0, "records_repaired": 0,
         }
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
-        self.peers = ClientPool({k: v for k, v in self._addresses.items() if k != node.id})
+        secret = cluster_secret(cluster)
+        self.peers = ClientPool({k: v for k, v in self._addresses.items() if k != node.id}, secret=secret)
         self.groups: dict[str, RaftGroup] = {}
         self.committer = Committer()  # one write transaction for every group busy at once
         self.retired: dict[str, Config] = {}  # groups this node was removed from, and where they went
@@ -105,7 +106,7 @@ class MetadataNode:
         self.ready = False  # the ring is known and the groups are running
         self._tg: anyio.abc.TaskGroup | None = None
         self._creating: dict[str, anyio.Lock] = {}
-        self.server = RpcServer(node.id)
+        self.server = RpcServer(node.id, secret=secret)
         for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan),
                          ("kv.peek", self._peek), ("node.info", self._info), ("ring.get", self._ring_get),
                          ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import anyio
 
 from headwater.config import ClusterConfig
-from headwater.rpc import ClientPool, RpcError
+from headwater.rpc import ClientPool, RpcError, cluster_secret
 
 from .errors import MetadataError, NotLeaderError
 from .partition import DEFAULT_REPLICAS, PartitionMap, group_name
@@ -58,7 +58,8 @@ class GroupState:
 
 
 def _pool(cluster: ClusterConfig) -> ClientPool:
-    return ClientPool({m.id: (m.host, m.port) for m in cluster.metadata}, connect_timeout=1.0, default_timeout=5.0)
+    return ClientPool({m.id: (m.host, m.port) for m in cluster.metadata}, secret=cluster_secret(cluster),
+                      connect_timeout=1.0, default_timeout=5.0)
 
 
 async def _views(pool: ClientPool, g: int, timeout_s: float) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from headwater.rpc import PendingCall, Reply, RpcClient, RpcError
+from headwater.rpc import ClusterSecret, PendingCall, Reply, RpcClient, RpcError
 
 from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid
 
@@ -14,14 +14,14 @@ __all__ = ["StorageClient", "PendingRead", "FragmentCorrupt", "FragmentNotFound"
 class StorageClient:
     """Typed calls to one storage node; one multiplexed connection, opened lazily.
 
-    ``async with StorageClient("s1", host, port) as sc: await sc.append(fid, 0, block, ...)``
+    ``async with StorageClient("s1", host, port, secret=s) as sc: await sc.append(fid, 0, block, ...)``
     """
 
-    def __init__(self, node_id: str, host: str, port: int, *, timeout: float = 30.0,
+    def __init__(self, node_id: str, host: str, port: int, *, secret: ClusterSecret, timeout: float = 30.0,
                  connect_timeout: float = 3.0):
         self.node_id = node_id
         self.timeout = timeout
-        self.rpc = RpcClient(host, port, connect_timeout=connect_timeout, default_timeout=timeout)
+        self.rpc = RpcClient(host, port, secret=secret, connect_timeout=connect_timeout, default_timeout=timeout)
 
     def __repr__(self) -> str:
         return f"StorageClient({self.node_id!r}, {self.rpc.host}:{self.rpc.port})"

@@ -52,7 +52,7 @@ import anyio.to_thread
 from headwater.admin import export_stats, serve_admin
 from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
-from headwater.rpc import BadRequest, Reply, RpcServer
+from headwater.rpc import BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
 
 from ..config import StorageNodeConfig
 from ..errors import StoreError
@@ -486,8 +486,8 @@ class StorageNode:
 
     # --- RPC -----------------------------------------------------------------------------------
 
-    def rpc_server(self) -> RpcServer:
-        srv = RpcServer(f"storage:{self.id}")
+    def rpc_server(self, secret: ClusterSecret) -> RpcServer:
+        srv = RpcServer(f"storage:{self.id}", secret=secret)
         srv.add("frag.append", self._rpc_append)
         srv.add("frag.commit", self._rpc_commit)
         srv.add("frag.abort", self._rpc_abort)
@@ -588,9 +588,10 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
                            port: int | None = None, clock: Callable[[], float] = time.time) -> None:
     """Run one storage node until cancelled. ``task_status.started(StorageNode)`` once listening
     (``node.rpc_port`` holds the bound port; pass ``port=0`` in tests for an ephemeral one)."""
+    secret = cluster_secret(cluster)
     sn = StorageNode(node.id, node.data_dir, clock=clock)
     await anyio.to_thread.run_sync(sn.prepare)
-    srv = sn.rpc_server()
+    srv = sn.rpc_server(secret)
     sn.scrubber = Scrubber(sn, rate_bytes_s=cluster.objstore.scrub_rate_bytes,
                            interval_s=cluster.objstore.scrub_interval_s)
     async with anyio.create_task_group() as tg:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -71,7 +72,9 @@ async def run_fake(cluster, node_cfg, *, worker=None, task_status=anyio.TASK_STA
 
 # --- helpers ---------------------------------------------------------------------------------------
 
-def write_cluster(tmp_path, *, runtime="asyncio", workers=2, extra=""):
+def write_cluster(tmp_path, *, runtime="asyncio", workers=2, extra="", secret=True):
+    """cluster.toml for fake daemons; with ``secret``, var/cluster.secret too (as an operator
+    copies it to a host before `headwater node`; `headwater up` creates it itself)."""
     p = free_ports(10)
     text = f"""
 [cluster]
@@ -118,6 +121,11 @@ admin_port = {p[9]}
 {extra}"""
     path = tmp_path / "cluster.toml"
     path.write_text(text)
+    if secret:
+        (tmp_path / "var").mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(tmp_path / "var" / "cluster.secret", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, os.urandom(32).hex().encode())
+        os.close(fd)
     return path, p
 
 
@@ -179,7 +187,7 @@ def port_free(port):
 # --- config errors and nothing running ---------------------------------------------------------
 
 def test_up_with_a_bad_config_names_key_and_line_and_starts_nothing(tmp_path):
-    path, _ = write_cluster(tmp_path)
+    path, _ = write_cluster(tmp_path, secret=False)
     text = path.read_text().replace('id = "storage-2"\nport = ', 'id = "storage-2"\nport = "x" #')
     path.write_text(text)
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith('port = "x"'))
@@ -223,6 +231,23 @@ def test_node_worker_flag_only_for_the_gateway(tmp_path):
     assert r.returncode == 2 and "--worker applies to the gateway only" in r.stderr
     r = headwater("node", "s3", "-c", str(path), "--worker", "5")
     assert r.returncode == 2 and "outside 0..1" in r.stderr
+
+
+def test_node_without_the_cluster_secret_refuses_to_start(tmp_path):
+    path, _ = write_cluster(tmp_path, secret=False)
+    r = headwater("node", "storage-1", "-c", str(path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"headwater: storage-1: {path}: cluster.secret_file: cannot read the cluster secret "
+        f"{tmp_path / 'var' / 'cluster.secret'}: No such file or directory (`headwater up` creates it on "
+        "first start; on other hosts copy it there)")
+    secret = tmp_path / "var" / "cluster.secret"
+    secret.parent.mkdir()
+    secret.write_text("s" * 64)
+    secret.chmod(0o640)
+    r = headwater("node", "storage-1", "-c", str(path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "permissions 0640 for" in r.stderr and f"chmod 600 {secret}" in r.stderr
 
 
 def test_node_whose_role_cannot_be_imported(tmp_path):
@@ -311,10 +336,13 @@ def child_pids(tmp_path):
 
 @pytest.mark.parametrize("runtime", ["asyncio", "trio"])
 def test_up_status_restart_and_clean_stop(tmp_path, runtime):
-    path, ports = write_cluster(tmp_path, runtime=runtime)
+    path, ports = write_cluster(tmp_path, runtime=runtime, secret=False)
     proc = start_up(path)
     try:
-        read_until(proc, "is up")
+        started = read_until(proc, "is up")
+        secret_file = tmp_path / "var" / "cluster.secret"
+        assert f"created the cluster secret {secret_file}" in started
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         summary = read_until(proc, "Ctrl-C")
         assert f"S3 endpoint   http://127.0.0.1:{ports[0]}" in summary
         assert "access key    testkey" in summary and "secret key    test-secret-key" in summary
@@ -358,6 +386,9 @@ def test_up_status_restart_and_clean_stop(tmp_path, runtime):
     assert {c["state"] for c in state(tmp_path)["children"]} == {"stopped"}
     log = (tmp_path / "var" / "logs" / "storage-2.log").read_text()
     assert log.count("fake storage-2 starting") == 2
+    secret = secret_file.read_text().strip()
+    assert secret not in started + out + err
+    assert not any(secret in f.read_text() for f in (tmp_path / "var" / "logs").iterdir() if f.is_file())
 
 
 def test_up_stops_everything_when_a_daemon_cannot_start(tmp_path):

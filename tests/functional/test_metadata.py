@@ -20,6 +20,7 @@ from headwater.objstore.metadata import (
 )
 from headwater.objstore.metadata.errors import RingChanged
 from headwater.objstore.metadata.partition import PartitionMap, group_name
+from tests.cluster import TEST_SECRET_ENV
 
 from headwater.config import ClusterConfig
 
@@ -38,7 +39,8 @@ class MetaCluster:
         nodes = tuple(MetadataNodeConfig(id=f"meta-{i}", port=ports[i], admin_port=1, data_dir=tmp_path / f"meta-{i}",
                                          map_size_bytes=64 << 20) for i in range(n))
         self.cfg = ClusterConfig(objstore=ObjstoreConfig(partitions=partitions, rpc_timeout_s=3.0, metadata_timeout_s=6.0,
-                                                         raft_election_timeout_s=0.5), metadata=nodes)
+                                                         raft_election_timeout_s=0.5), metadata=nodes,
+                                 secret_env=TEST_SECRET_ENV)
         self.running: dict[int, tuple] = {}
 
     async def start(self, i: int):
@@ -336,7 +338,7 @@ async def test_five_nodes_partial_replica_sets(tmp_path):
 async def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     node = MetadataNodeConfig(id="m", port=0, admin_port=1, data_dir=tmp_path / "file" / "meta")
-    cfg = ClusterConfig(metadata=(node,))
+    cfg = ClusterConfig(secret_env=TEST_SECRET_ENV, metadata=(node,))
     with pytest.raises(DataDirError, match="cannot create metadata data_dir"):
         await run_metadata_node(cfg, node, admin=False)
 

@@ -14,6 +14,7 @@ from headwater.objstore.repair.reconstructor import Reconstructor
 
 from headwater.clock import FakeClock
 from headwater.config import ClusterConfig
+from tests.cluster import TEST_SECRET_ENV
 
 from .test_repair import SCHEME, DictMeta, put_object, read_back, start_nodes
 
@@ -40,7 +41,7 @@ def layout_of(meta: DictMeta, key: str) -> Layout:
 async def test_new_node_is_filled_old_copies_go_after_grace_and_a_second_pass_moves_nothing(tmp_path):
     async with anyio.create_task_group() as tg:
         seven, nodes = await start_nodes(tg, tmp_path, n=7)
-        six = ClusterConfig(storage=seven.storage[:6])
+        six = ClusterConfig(secret_env=TEST_SECRET_ENV, storage=seven.storage[:6])
         by_id = {n.id: n for n in nodes}
         meta = DictMeta()
         async with StoragePool(six) as pool6:
@@ -90,7 +91,7 @@ class DeletingMeta(DictMeta):
 async def test_a_delete_racing_a_move_wins_and_the_copy_is_removed(tmp_path):
     async with anyio.create_task_group() as tg:
         seven, nodes = await start_nodes(tg, tmp_path, n=7)
-        six = ClusterConfig(storage=seven.storage[:6])
+        six = ClusterConfig(secret_env=TEST_SECRET_ENV, storage=seven.storage[:6])
         meta = DeletingMeta()
         async with StoragePool(six) as pool6:
             lays = [await put_object(pool6, meta, f"k{i}", os.urandom(SCHEME.stripe_bytes + 1)) for i in range(8)]

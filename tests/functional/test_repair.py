@@ -29,6 +29,7 @@ from headwater.objstore.storage.scrubber import Scrubber
 
 from headwater.clock import FakeClock
 from headwater.config import ClusterConfig
+from tests.cluster import TEST_SECRET_ENV
 
 pytestmark = pytest.mark.anyio
 
@@ -69,10 +70,10 @@ async def start_nodes(tg, tmp_path: Path, n: int = 6) -> tuple[ClusterConfig, li
     for i in range(n):
         cfg = StorageNodeConfig(id=f"s{i + 1}", port=1, admin_port=2, data_dir=tmp_path / f"s{i + 1}")
         nodes.append(await tg.start(lambda task_status, cfg=cfg: run_storage_node(
-            ClusterConfig(), cfg, port=0, task_status=task_status)))
+            ClusterConfig(secret_env=TEST_SECRET_ENV), cfg, port=0, task_status=task_status)))
     storage = tuple(StorageNodeConfig(id=sn.id, port=sn.rpc_port, admin_port=2, data_dir=sn.data_dir)
                     for sn in nodes)
-    return ClusterConfig(storage=storage), nodes
+    return ClusterConfig(secret_env=TEST_SECRET_ENV, storage=storage), nodes
 
 
 async def put_object(pool: StoragePool, meta: DictMeta, key: str, data: bytes, *, bucket: str = "b") -> Layout:
@@ -269,8 +270,8 @@ async def test_an_out_nodes_fragments_are_rebuilt_elsewhere_and_its_copies_colle
         # the victim stops answering: its address is now a port bound but never listened on
         dead = socket.socket()
         dead.bind(("127.0.0.1", 0))
-        cut = ClusterConfig(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1]) if s.id == victim
-                                          else s for s in cluster.storage))
+        cut = cluster.replace(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1])
+                                                         if s.id == victim else s for s in cluster.storage))
         clock = FakeClock(autojump=True)
         try:
             async with StoragePool(cut) as down_pool:
@@ -332,7 +333,7 @@ async def test_a_down_node_is_left_out_until_it_answers_a_probe(tmp_path):
         victim = cluster.storage[2]
         dead = socket.socket()
         dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        cut = ClusterConfig(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1]) if s.id == victim.id
+        cut = cluster.replace(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1]) if s.id == victim.id
                                           else s for s in cluster.storage))
         try:
             async with StoragePool(cut, clock=clock.monotonic, probe_interval_s=3600) as pool:

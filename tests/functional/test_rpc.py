@@ -10,10 +10,12 @@ import struct
 import anyio
 import pytest
 
-from headwater.rpc import (BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, Reply, RpcClient,
+from headwater.rpc import (BadRequest, ClusterSecret, DeadlineExceeded, NoSuchMethod, RemoteError, Reply, RpcClient,
                            RpcError, RpcServer, Unavailable, register_error)
 
 pytestmark = pytest.mark.anyio
+
+SECRET = ClusterSecret.from_secret("test", os.urandom(32))
 
 
 @register_error
@@ -22,7 +24,7 @@ class QuotaExceeded(RpcError):
 
 
 def make_server() -> tuple[RpcServer, dict]:
-    srv = RpcServer("test")
+    srv = RpcServer("test", secret=SECRET)
     seen: dict = {"cancelled": 0}
 
     async def echo(args, payload):
@@ -65,7 +67,7 @@ async def test_round_trip(anyio_backend):
     srv, _ = make_server()
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             r = await c.call("echo", {"a": 1, "b": [1, "x"]}, b"hello")
             assert r.result == {"args": {"a": 1, "b": [1, "x"]}, "n": 5}
             assert r.payload == b"hello"
@@ -81,7 +83,7 @@ async def test_many_concurrent_calls_are_multiplexed(anyio_backend):
     srv, _ = make_server()
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             results = {}
 
             async def one(i):
@@ -105,7 +107,7 @@ async def test_big_payloads_both_ways(anyio_backend):
     big = os.urandom(16 * 1024 * 1024)
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             async with anyio.create_task_group() as calls:
                 async def put():
                     r = await c.call("echo", {}, big)
@@ -125,7 +127,7 @@ async def test_frame_limit(anyio_backend):
     srv, _ = make_server()
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port, max_frame_bytes=1024) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET, max_frame_bytes=1024) as c:
             with pytest.raises(BadRequest):
                 await c.call("echo", {}, b"x" * 2000)
             assert (await c.call("echo", {}, b"x" * 100)).result["n"] == 100
@@ -133,7 +135,7 @@ async def test_frame_limit(anyio_backend):
         with socket.create_connection(("127.0.0.1", port)) as raw:
             raw.sendall(struct.pack("!II", 2**31, 1))
             await anyio.to_thread.run_sync(lambda: raw.settimeout(5) or raw.recv(1))
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             assert (await c.call("echo", {}, b"ok")).payload == b"ok"
         tg.cancel_scope.cancel()
 
@@ -142,7 +144,7 @@ async def test_deadline_exceeded_and_server_gives_up(anyio_backend):
     srv, seen = make_server()
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             t0 = anyio.current_time()
             with pytest.raises(DeadlineExceeded) as ei:
                 await c.call("sleep", {"s": 30}, timeout=0.2)
@@ -164,7 +166,7 @@ async def test_caller_cancellation_cancels_the_handler(anyio_backend):
     srv, seen = make_server()
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             with anyio.move_on_after(0.2):
                 await c.call("sleep", {"s": 30})
             with anyio.fail_after(2):
@@ -177,7 +179,7 @@ async def test_server_down_is_unavailable_fast(anyio_backend):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with RpcClient("127.0.0.1", port, connect_timeout=5) as c:
+    async with RpcClient("127.0.0.1", port, secret=SECRET, connect_timeout=5) as c:
         t0 = anyio.current_time()
         with pytest.raises(Unavailable) as ei:
             await c.call("echo", timeout=10)
@@ -187,7 +189,7 @@ async def test_server_down_is_unavailable_fast(anyio_backend):
 
 async def test_reconnects_after_server_restart(anyio_backend):
     srv, _ = make_server()
-    async with RpcClient("127.0.0.1", 1) as c:  # port set below
+    async with RpcClient("127.0.0.1", 1, secret=SECRET) as c:  # port set below
         async with anyio.create_task_group() as tg:
             port = await start(tg, srv)
             c.port = port
@@ -216,7 +218,7 @@ async def test_typed_errors_cross_the_wire(anyio_backend):
     srv, _ = make_server()
     async with anyio.create_task_group() as tg:
         port = await start(tg, srv)
-        async with RpcClient("127.0.0.1", port) as c:
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
             with pytest.raises(QuotaExceeded) as ei:
                 await c.call("quota", {"used": 11})
             assert ei.value.message == "over quota"
@@ -240,10 +242,10 @@ async def test_typed_errors_cross_the_wire(anyio_backend):
 
 
 async def test_closed_client_and_missing_context(anyio_backend):
-    c = RpcClient("127.0.0.1", 9)
+    c = RpcClient("127.0.0.1", 9, secret=SECRET)
     with pytest.raises(RuntimeError, match="async with"):
         await c.call("echo")
-    async with RpcClient("127.0.0.1", 9) as c2:
+    async with RpcClient("127.0.0.1", 9, secret=SECRET) as c2:
         await c2.aclose()
         with pytest.raises(Unavailable):
             await c2.call("echo")

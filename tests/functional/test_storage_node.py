@@ -26,7 +26,8 @@ from headwater.objstore.storage.daemon import (
 )
 
 from headwater.config import ClusterConfig
-from headwater.rpc import BadRequest
+from headwater.rpc import BadRequest, cluster_secret
+from tests.cluster import TEST_SECRET_ENV
 
 pytestmark = pytest.mark.anyio
 
@@ -40,12 +41,13 @@ class Running:
         self.tg, self.node = tg, node
 
     def client(self, **kw) -> StorageClient:
-        return StorageClient(self.node.id, "127.0.0.1", self.node.rpc_port, **kw)
+        secret = cluster_secret(ClusterConfig(secret_env=TEST_SECRET_ENV))
+        return StorageClient(self.node.id, "127.0.0.1", self.node.rpc_port, secret=secret, **kw)
 
 
 async def start(tg, tmp_path: Path, node_id: str = "s1") -> Running:
     node = await tg.start(lambda task_status: run_storage_node(
-        ClusterConfig(), node_config(tmp_path, node_id), port=0, task_status=task_status))
+        ClusterConfig(secret_env=TEST_SECRET_ENV), node_config(tmp_path, node_id), port=0, task_status=task_status))
     return Running(tg, node)
 
 
@@ -267,7 +269,7 @@ async def test_unwritable_data_dir_fails_clearly(anyio_backend, tmp_path):
     try:
         cfg = StorageNodeConfig(id="s9", port=1, admin_port=2, data_dir=ro / "s9")
         with pytest.raises(StorageNodeError, match="not usable"):
-            await run_storage_node(ClusterConfig(), cfg, port=0)
+            await run_storage_node(ClusterConfig(secret_env=TEST_SECRET_ENV), cfg, port=0)
     finally:
         ro.chmod(stat.S_IRWXU)
 
@@ -276,7 +278,7 @@ async def test_data_dir_is_a_file(anyio_backend, tmp_path):
     (tmp_path / "s9").write_bytes(b"")
     cfg = StorageNodeConfig(id="s9", port=1, admin_port=2, data_dir=tmp_path / "s9")
     with pytest.raises(StorageNodeError, match="not usable"):
-        await run_storage_node(ClusterConfig(), cfg, port=0)
+        await run_storage_node(ClusterConfig(secret_env=TEST_SECRET_ENV), cfg, port=0)
 
 
 async def test_restart_keeps_fragments(anyio_backend, tmp_path):
