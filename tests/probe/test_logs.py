@@ -79,7 +79,14 @@ def test_every_line_of_every_daemon_is_json_with_its_id(cluster):
 
 
 def test_raft_elections_and_a_leader_killed(cluster):
-    meta = {d.id: read_lines(cluster.logs / f"{d.id}.log") for d in cluster.metadata}
+    def elections():
+        meta = {d.id: read_lines(cluster.logs / f"{d.id}.log") for d in cluster.metadata}
+        every_node_knows = all(any(x["event"] in ("raft.leader_elected", "raft.leader_changed") for x in lines)
+                               for lines in meta.values())
+        return meta if every_node_knows else None
+
+    # A node answers /healthz before its groups have elected: wait for every node to hear of one.
+    meta = wait_for("every metadata node learning a group's leader", elections)
     elected = [x for lines in meta.values() for x in lines if x["event"] == "raft.leader_elected"]
     changed = [x for lines in meta.values() for x in lines if x["event"] == "raft.leader_changed"]
     assert elected and changed
@@ -151,6 +158,7 @@ def test_log_level_applies_to_the_daemon_and_the_stdlib_lines(tmp_path, level):
     raw[len(raw) // 2] ^= 0xFF
     sn.path_of("bad.0").write_bytes(bytes(raw))
 
+    c.provision_secret()  # as `headwater up` would have
     log_path = tmp_path / "storage-1.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "headwater", "node", d.id, "-c", str(c.config_path)],
