@@ -29,7 +29,9 @@ from headwater.http.errors import (
     RequestTimeout,
 )
 from headwater.http.exchange import (
+    NO_BODY,
     BodyReading,
+    NoBody,
     OpenFile,
     Service,
     aclose_iterable,
@@ -228,12 +230,18 @@ class H1Shell:
     async def _exchange(self, head: h1.RequestHead) -> bool:
         """Answer one request; True if the connection may carry the next one."""
         conn = self.conn
-        scope = anyio.CancelScope()
-        body = H1Body(self, head, scope)
-        if self.floor is not None:
-            self.floor.reset()
+        body: H1Body | NoBody
+        if not head.has_body and conn.end_without_body():
+            # Nothing to read, so nothing can find the client gone mid-body: no scope to cancel.
+            scope: anyio.CancelScope | None = None
+            body = NO_BODY
+        else:
+            scope = anyio.CancelScope()
+            body = H1Body(self, head, scope)
+            if self.floor is not None:
+                self.floor.reset()
         path, query = split_target(head.target)
-        headers = Headers(head.headers)
+        headers = Headers.from_lower(head.headers)
         request = Request(method=head.method, target=head.target, path=path, query=query,
                           headers=headers, body=body, http_version=head.http_version,
                           scheme=self.scheme, client=self.client, server=self.local,
