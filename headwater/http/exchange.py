@@ -72,17 +72,18 @@ class Service:
         without a body needs none (entering a scope costs as much as a small app).
         """
         if scope is None:
-            return await self._run_app(request)
+            return await self.run_app(request)
         response: Response | None = None
         with scope:
-            response, close = await self._run_app(request)
+            response, close = await self.run_app(request)
         if scope.cancelled_caught:
             if response is not None:
                 await discard_body(response.body)
             return None, True
         return response, close
 
-    async def _run_app(self, request: Request) -> tuple[Response | None, bool]:
+    async def run_app(self, request: Request) -> tuple[Response | None, bool]:
+        """``call`` without a scope."""
         try:
             response = await self.app(request)
             if type(response) is not Response and not isinstance(response, Response):

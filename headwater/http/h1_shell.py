@@ -196,25 +196,39 @@ class H1Shell:
                         pass
 
     async def _wait_for_head(self, first: bool) -> h1.Event | None:
+        # The read of ``read`` inlined: this wait happens once per request.
         conn = self.conn
+        transport = self.transport
         header_phase = first or conn.head_in_progress
         deadline = time.monotonic() + (
             self.limits.header_timeout_s if header_phase else self.limits.idle_timeout_s)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self.read(remaining):
-                if conn.head_in_progress:  # slowloris: cut off, with a 408 for honest slow peers
-                    conn._fail(RequestTimeout("request head not received within header_timeout_s"))
-                    err = conn.next_event()
-                    if isinstance(err, h1.RequestInvalid):
-                        await self._send_simple(error_response(408))
-                return None
+            if transport.read_expired:
+                break
+            transport.read_deadline = deadline
+            try:
+                data = await self.stream.receive(RECV_BYTES)
+            except _READ_FAILURES:
+                data = b""
+            finally:
+                transport.read_deadline = math.inf
+            if transport.read_expired:
+                break
+            conn.receive_data(data)
             ev = conn.next_event()
             if ev is not h1.NEED_DATA:
                 return ev
             if not header_phase and conn.head_in_progress:
                 header_phase = True
                 deadline = time.monotonic() + self.limits.header_timeout_s
+            if deadline <= time.monotonic():
+                break
+        if conn.head_in_progress:  # slowloris: cut off, with a 408 for honest slow peers
+            conn._fail(RequestTimeout("request head not received within header_timeout_s"))
+            err = conn.next_event()
+            if isinstance(err, h1.RequestInvalid):
+                await self._send_simple(error_response(408))
+        return None
 
     async def _send_simple(self, response: Response) -> None:
         assert isinstance(response.body, bytes)
@@ -246,7 +260,10 @@ class H1Shell:
                           headers=headers, body=body, http_version=head.http_version,
                           scheme=self.scheme, client=self.client, server=self.local,
                           host=headers.get("host") or "")
-        response, close = await self.service.call(request, scope)
+        if scope is None:
+            response, close = await self.service.run_app(request)
+        else:
+            response, close = await self.service.call(request, scope)
         if response is None:
             return False
         if body.disconnected:

@@ -151,7 +151,8 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
             self._immediate = 0
             await anyio.lowlevel.checkpoint()
 
-    async def receive(self, max_bytes: int = READ_BUFFER_BYTES) -> bytes:
+    async def _wait_readable(self) -> None:
+        self._immediate = 0
         while not self._chunks:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -159,15 +160,21 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
                 if self._error is not None:
                     raise anyio.BrokenResourceError from self._error
                 raise anyio.EndOfStream
-            self._immediate = 0
             waiter = self._read_waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
             finally:
                 self._read_waiter = None
-        else:
-            await self._fairness()
+
+    async def receive(self, max_bytes: int = READ_BUFFER_BYTES) -> bytes:
         chunks = self._chunks
+        if not chunks:
+            await self._wait_readable()
+        else:
+            self._immediate += 1
+            if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+                self._immediate = 0
+                await anyio.lowlevel.checkpoint()
         data = chunks.popleft()
         if len(data) > max_bytes:
             chunks.appendleft(data[max_bytes:])
@@ -202,11 +209,16 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
             self.send_blocked_since = math.inf
 
     async def send(self, item: bytes) -> None:
-        self._check_writable().write(item)
+        if self._closed or self._lost or self.send_expired:
+            self._check_writable()
+        self._transport.write(item)  # type: ignore[union-attr]
         if self._writing_paused:
             await self._wait_drained()
         else:
-            await self._fairness()
+            self._immediate += 1
+            if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+                self._immediate = 0
+                await anyio.lowlevel.checkpoint()
 
     async def _wait_empty(self) -> None:
         """Until the transport's buffer is empty (the low-water mark at 0 for the wait)."""
