@@ -88,6 +88,31 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
+_new_object = object.__new__
+_HEAD_SETTERS = tuple(RequestHead.__dict__[name].__set__ for name in (
+    "method", "target", "headers", "http_version", "keep_alive", "content_length", "chunked",
+    "expects_continue"))
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]], http_version: str,
+                  keep_alive: bool, content_length: int | None, chunked: bool,
+                  expects_continue: bool) -> RequestHead:
+    """``RequestHead(...)`` at less than half the cost, for the parser (once per request): the
+    slots are filled through their descriptors instead of the frozen ``__init__``'s
+    ``object.__setattr__``. The result is the same frozen object."""
+    head = _new_object(RequestHead)
+    s_method, s_target, s_headers, s_version, s_keep_alive, s_length, s_chunked, s_expects = _HEAD_SETTERS
+    s_method(head, method)
+    s_target(head, target)
+    s_headers(head, headers)
+    s_version(head, http_version)
+    s_keep_alive(head, keep_alive)
+    s_length(head, content_length)
+    s_chunked(head, chunked)
+    s_expects(head, expects_continue)
+    return head
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BodyData:
     data: bytes
@@ -363,16 +388,10 @@ class H1Connection:
         if chunked:
             content_length = None
         self._parsed_chunked = chunked
-        self._events.append(RequestHead(
-            method=method.decode("ascii"),
-            target=target.decode("latin-1"),
-            headers=headers,
-            http_version=version,
-            keep_alive=parser.should_keep_alive(),
-            content_length=content_length,
-            chunked=chunked,
-            expects_continue=expects_continue and version != "1.0",
-        ))
+        self._events.append(_request_head(
+            method.decode("ascii"), target.decode("latin-1"), headers, version,
+            parser.should_keep_alive(), content_length, chunked,
+            expects_continue and version != "1.0"))
 
     def on_body(self, body: bytes) -> None:
         self._parsed_body_bytes += len(body)

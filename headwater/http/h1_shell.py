@@ -336,8 +336,8 @@ class H1Shell:
                 return
             try:
                 if self.can_sendfile and conn.sends_length_framed:
-                    await self.stream.send(out)
-                    await self.transport.sendfile(f.fd, f.offset, f.length)
+                    # the head goes with the file's first bytes (MSG_MORE), as nginx's tcp_nopush
+                    await self.transport.sendfile(f.fd, f.offset, f.length, head=out)
                     conn.note_body_sent(f.length)
                 else:
                     async for chunk in f.chunks():
@@ -345,7 +345,9 @@ class H1Shell:
                         out = b""
                     if out:
                         await self.stream.send(out)
-                await self.stream.send(conn.send_end())
+                end = conn.send_end()
+                if end:
+                    await self.stream.send(end)
             except LocalProtocolError:
                 log.exception("file body failed for %s %s", head.method, head.target)
                 raise AbortConnection from None

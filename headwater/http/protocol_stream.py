@@ -49,6 +49,7 @@ WRITE_HIGH_BYTES = 64 * KiB
 WRITE_LOW_BYTES = 16 * KiB
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
 async def open_protocol_stream(sock: socket.socket, send_timeout_s: float) -> ProtocolStream:
@@ -232,9 +233,24 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
             if not self._lost:
                 transport.set_write_buffer_limits(WRITE_HIGH_BYTES, WRITE_LOW_BYTES)
 
-    async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of the file ``fd`` from ``offset`` (os.sendfile when the kernel
-        takes them; one chunk through the transport when it does not)."""
+    async def sendfile(self, fd: int, offset: int, count: int, *, head: bytes = b"") -> None:
+        """Send ``head``, then ``count`` bytes of the file ``fd`` from ``offset`` (os.sendfile
+        when the kernel takes them; one chunk through the transport when it does not).
+
+        ``head`` goes straight to the socket with MSG_MORE when the transport holds nothing, so
+        it shares a segment with the file's first bytes (what nginx gets from tcp_nopush).
+        """
+        if head:
+            await self._wait_empty()
+            transport = self._check_writable()
+            try:
+                n = self._sock.send(head, MSG_MORE)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+            if n < len(head):
+                transport.write(head[n:])
         while count > 0:
             await self._wait_empty()
             transport = self._check_writable()
