@@ -571,6 +571,15 @@ class H1Connection:
         except UnicodeEncodeError:
             raise LocalProtocolError("response header fields must be latin-1") from None
 
+    def send_whole(self, status: int, headers: Iterable[tuple[str, str]], body: bytes, *,
+                   close: bool = False) -> bytes:
+        """A whole response with a body in memory: ``send_response`` + ``send_data`` +
+        ``send_end`` in one call."""
+        out = self.send_response(status, headers, body_length=len(body), close=close)
+        if self.our_state is SEND_BODY:
+            out += self.send_data(body) + self.send_end()
+        return out
+
     def note_body_sent(self, nbytes: int) -> None:
         """Account for body bytes the shell wrote itself (sendfile), unframed."""
         if self.our_state is not SEND_BODY or not self.sends_length_framed:

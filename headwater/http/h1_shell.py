@@ -117,6 +117,11 @@ class H1Body(BodyReading):
             raise ClientDisconnected("the client closed the connection mid-body")
 
 
+def _plain(response: Response) -> tuple[list[tuple[str, str]], bytes]:
+    assert isinstance(response.body, bytes)
+    return response.headers, response.body
+
+
 class AbortConnection(Exception):
     """Drop the connection without another byte (response half-sent)."""
 
@@ -255,11 +260,16 @@ class H1Shell:
             if self.floor is not None:
                 self.floor.reset()
         path, query = split_target(head.target)
-        headers = Headers.from_lower(head.headers)
+        fields = head.headers
+        host = ""
+        for name, value in fields:
+            if name == "host":
+                host = value
+                break
         request = Request(method=head.method, target=head.target, path=path, query=query,
-                          headers=headers, body=body, http_version=head.http_version,
-                          scheme=self.scheme, client=self.client, server=self.local,
-                          host=headers.get("host") or "")
+                          headers=Headers.from_lower(fields), body=body,
+                          http_version=head.http_version, scheme=self.scheme, client=self.client,
+                          server=self.local, host=host)
         if scope is None:
             response, close = await self.service.run_app(request)
         else:
@@ -272,7 +282,19 @@ class H1Shell:
         if body.failed is not None:
             close = True
             response = await override_for_broken_body(response, body.failed)
-        if not await self._write(response, head, close):
+        out = response.body
+        if type(out) is bytes and len(out) < RECV_BYTES:
+            # The common small answer, framed and sent in one piece without _write's dispatch.
+            try:
+                out = conn.send_whole(response.status, response.headers, out, close=close)
+            except LocalProtocolError:
+                log.exception("unsendable response to %s %s", head.method, head.target)
+                out = conn.send_whole(500, *_plain(error_response(500)), close=close)
+            try:
+                await self.stream.send(out)
+            except DISCONNECTS:
+                return False
+        elif not await self._write(response, head, close):
             return False
         if conn.their_state is h1.BODY:
             if conn.keep_alive and conn.drain_before_next:
