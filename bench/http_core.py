@@ -11,8 +11,10 @@ never two servers under load at once, each driven by the same ``wrk`` command:
 and the ceilings of the same run: for 1 KiB, wrk against nginx answering 1 KiB from memory
 (``return 200``: a C responder with no file at all) and against a bare uvloop ``asyncio.Protocol``
 with httptools (the floor a Python server cannot go under); for 2 MiB, loopback TCP (iperf3, one
-stream). Rounds alternate ours and nginx ``--rounds`` times and report the median of each, so
-drift in the shared machine's load hits both alike. Nothing is installed here: ``make bench``
+stream). Each round measures ours and nginx back to back (the order alternating) and gives one
+ratio; the report shows the median of those paired ratios beside the median figures, so drift in
+a shared machine's load hits both sides of every ratio alike. The servers' CPU time per request
+(from /proc) is printed too: on a busy machine it is steadier than requests per second. Nothing is installed here: ``make bench``
 runs ``scripts/install-bench-deps.sh`` (Debian ``wrk`` and ``nginx``).
 
 ``--driver raw`` keeps the older raw-socket load generator (pipelining depths, server CPU per
@@ -310,7 +312,8 @@ def run_wrk(args: argparse.Namespace) -> int:
     loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=_free_port())
 
     medians = {row: {name: _median(figs) for name, figs in by.items()} for row, by in results.items()}
-    lines = [f"{'row':<22}{'ours':>16}{'nginx':>16}{'ratio':>8}{'goal':>7}   ceiling"]
+    lines = [f"{'row':<22}{'ours':>16}{'nginx':>16}{'ratio':>8}{'goal':>7}   ceiling "
+             f"(same run)"]
     ceiling_text = {
         "1k": f"{memory.rps / 1e3:.1f} k req/s nginx from memory; "
               f"{floor.rps / 1e3:.1f} k req/s bare uvloop+httptools",
@@ -321,7 +324,8 @@ def run_wrk(args: argparse.Namespace) -> int:
                                  "seconds": args.seconds, "rounds": args.rounds, "rows": {}}
     for row in ("1k", "2m"):
         o, n = medians[row]["ours"], medians[row]["nginx"]
-        ratio = o.rps / n.rps if n.rps else 0.0
+        ratio = statistics.median(f.rps / g.rps for f, g in zip(results[row]["ours"],
+                                                                  results[row]["nginx"]))
         mark = "ok" if ratio >= GOALS[row] else "MISS"
         lines.append(f"{label[row]:<22}{_fmt(row, o):>16}{_fmt(row, n):>16}{ratio:>7.2f}x"
                      f"{GOALS[row]:>6.1f}x {mark:<4} {ceiling_text[row]}")
@@ -338,6 +342,8 @@ def run_wrk(args: argparse.Namespace) -> int:
                  f"1 KiB ours {cpu['1k']['ours']:.1f} us, nginx {cpu['1k']['nginx']:.1f} us "
                  f"({cpu['1k']['nginx'] / cpu['1k']['ours']:.2f}x); 2 MiB ours {cpu['2m']['ours']:.0f} us, "
                  f"nginx {cpu['2m']['nginx']:.0f} us ({cpu['2m']['nginx'] / cpu['2m']['ours']:.2f}x)")
+    lines.append(f"  ratio = median of the {args.rounds} paired rounds; ours and nginx columns are "
+                 f"medians; bare uvloop+httptools used {_us_per_request(floor):.1f} us/request")
     lines.append(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
                  f"(wrk, the server and everything else share them)")
     report["ceilings"] = {"nginx_memory_rps": memory.rps, "bare_python_rps": floor.rps,
@@ -449,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     ap.add_argument("--conns", type=int, default=32, help="wrk connections (default 32)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default 5)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per wrk run (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
     ap.add_argument("--json", metavar="FILE", help="save every round's figures")
     ap.add_argument("--driver", default="wrk", choices=["wrk", "raw"])
     ap.add_argument("--depths", default="1,16", help="pipelining depths (raw driver)")
