@@ -13,6 +13,7 @@ BENCHES = {
     "objstore": "Headwater's S3 gateway against OpenStack Swift (s3api), with machine ceilings",
     "durability": "annual object-loss probability and nines per scheme (Markov model, measured repair)",
     "rebuild": "the reconstructor's rebuild rate after a lost disk, beside the fsync'd-write ceiling",
+    "http_core": "the HTTP server core against nginx (one worker each, wrk), with machine ceilings",
 }
 
 

@@ -21,7 +21,7 @@ from headwater.http.errors import ClientDisconnected, HttpError, LocalProtocolEr
 from headwater.http.transport import RECV_BYTES
 from headwater.http.types import App, BodyTooLarge, FileBody, Request, Response
 
-__all__ = ["Service", "BodyReading", "OpenFile", "error_response", "split_target", "address",
+__all__ = ["Service", "BodyReading", "NoBody", "NO_BODY", "OpenFile", "error_response", "split_target", "address",
            "aclose_iterable", "discard_body", "override_for_broken_body", "SHUTDOWN_GRACE_S"]
 
 log = logging.getLogger("headwater.http")
@@ -64,30 +64,40 @@ class Service:
         self.limits = limits
         self.clock = clock
 
-    async def call(self, request: Request, scope: anyio.CancelScope) -> tuple[Response | None, bool]:
-        """Run the app; (response, close). None when the client is gone (nothing to write)."""
-        close = False
+    async def call(self, request: Request,
+                   scope: anyio.CancelScope | None = None) -> tuple[Response | None, bool]:
+        """Run the app; (response, close). None when the client is gone (nothing to write).
+
+        ``scope`` is what a request body cancels when the client vanishes mid-body; a request
+        without a body needs none (entering a scope costs as much as a small app).
+        """
+        if scope is None:
+            return await self.run_app(request)
         response: Response | None = None
         with scope:
-            try:
-                response = await self.app(request)
-                if not isinstance(response, Response):
-                    raise TypeError(f"the app returned {type(response).__name__}, not a Response")
-            except ClientDisconnected:
-                return None, True
-            except HttpError as e:
-                if not isinstance(e, ProtocolError):
-                    log.exception("app failed on %s %s", request.method, request.target)
-                response = error_response(e.http_status)
-                close = isinstance(e, ProtocolError)
-            except Exception:
-                log.exception("app failed on %s %s", request.method, request.target)
-                response = error_response(500)
+            response, close = await self.run_app(request)
         if scope.cancelled_caught:
             if response is not None:
                 await discard_body(response.body)
             return None, True
         return response, close
+
+    async def run_app(self, request: Request) -> tuple[Response | None, bool]:
+        """``call`` without a scope."""
+        try:
+            response = await self.app(request)
+            if type(response) is not Response and not isinstance(response, Response):
+                raise TypeError(f"the app returned {type(response).__name__}, not a Response")
+            return response, False
+        except ClientDisconnected:
+            return None, True
+        except HttpError as e:
+            if not isinstance(e, ProtocolError):
+                log.exception("app failed on %s %s", request.method, request.target)
+            return error_response(e.http_status), isinstance(e, ProtocolError)
+        except Exception:
+            log.exception("app failed on %s %s", request.method, request.target)
+            return error_response(500), False
 
 
 async def override_for_broken_body(response: Response, failed: ProtocolError | None) -> Response:
@@ -129,6 +139,24 @@ class BodyReading:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while chunk := await self.receive(RECV_BYTES):
             yield chunk
+
+
+class NoBody(BodyReading):
+    """The body of a request that has none: every read is the end."""
+
+    __slots__ = ()
+
+    expects_continue = False
+    content_length: int | None = 0
+    done = True
+    disconnected = False
+    failed: ProtocolError | None = None
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return b""
+
+
+NO_BODY = NoBody()
 
 
 class OpenFile:

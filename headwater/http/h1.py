@@ -88,6 +88,31 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
+_new_object = object.__new__
+_HEAD_SETTERS = tuple(RequestHead.__dict__[name].__set__ for name in (
+    "method", "target", "headers", "http_version", "keep_alive", "content_length", "chunked",
+    "expects_continue"))
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]], http_version: str,
+                  keep_alive: bool, content_length: int | None, chunked: bool,
+                  expects_continue: bool) -> RequestHead:
+    """``RequestHead(...)`` at less than half the cost, for the parser (once per request): the
+    slots are filled through their descriptors instead of the frozen ``__init__``'s
+    ``object.__setattr__``. The result is the same frozen object."""
+    head = _new_object(RequestHead)
+    s_method, s_target, s_headers, s_version, s_keep_alive, s_length, s_chunked, s_expects = _HEAD_SETTERS
+    s_method(head, method)
+    s_target(head, target)
+    s_headers(head, headers)
+    s_version(head, http_version)
+    s_keep_alive(head, keep_alive)
+    s_length(head, content_length)
+    s_chunked(head, chunked)
+    s_expects(head, expects_continue)
+    return head
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BodyData:
     data: bytes
@@ -139,27 +164,58 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
-_STATUS_LINES: dict[int, bytes] = {}
+_STATUS_LINES: dict[int, str] = {}
 
 
-def _status_line(status: int) -> bytes:
+def _status_line(status: int) -> str:
     line = _STATUS_LINES.get(status)
     if line is None:
-        line = f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode("latin-1")
+        line = f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"
         _STATUS_LINES[status] = line
     return line
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE_BAD = re.compile(r"[\r\n\x00]")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
                          "proxy-connection", "trailer"})
+
+_CHECKED_NAMES: dict[str, str] = {}  # response header name -> lower case, once it passed _TOKEN
+_CHECKED_NAMES_MAX = 1024
+
+
+def _checked_name(name: str) -> str:
+    """``name`` in lower case; LocalProtocolError unless it is a token (memoised: apps answer
+    with the same few names)."""
+    lname = _CHECKED_NAMES.get(name)
+    if lname is None:
+        if not _TOKEN.fullmatch(name):
+            raise LocalProtocolError(f"invalid response header name {name!r}")
+        lname = name.lower()
+        if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+            _CHECKED_NAMES[name] = lname
+    return lname
 
 
 def check_field(name: str, value: str) -> None:
     """Refuse header fields that would corrupt the framing (CR/LF injection, bad names)."""
-    if not _TOKEN.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
+    _checked_name(name)
+    if "\r" in value or "\n" in value or "\x00" in value:
         raise LocalProtocolError(f"invalid response header field {name!r}: {value!r}")
+
+
+_date_lines: tuple[int, str] = (0, "")
+
+
+def _date_and_server(now: float) -> str:
+    """The Date and Server lines of a response head, rebuilt at most once a second."""
+    global _date_lines
+    t = int(now)
+    if _date_lines[0] != t:
+        _date_lines = (t, f"date: {http_date(t)}\r\nserver: {SERVER_NAME}\r\n")
+    return _date_lines[1]
+
+
+_FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "expect"})
 
 
 # --- state tables ------------------------------------------------------------------------------
@@ -187,6 +243,8 @@ _OUR_NEXT: dict[tuple[str, str], str] = {
     (SEND_BODY, "data"): SEND_BODY,
     (SEND_BODY, "end"): DONE,
 }
+
+_SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {"content-length", "date", "server"}
 
 # Framing of our response body.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
@@ -300,6 +358,8 @@ class H1Connection:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1").strip(" \t")
             headers.append((name, value))
+            if name not in _FRAMING_FIELDS:
+                continue
             if name == "host":
                 host_count += 1
             elif name == "content-length":
@@ -328,16 +388,10 @@ class H1Connection:
         if chunked:
             content_length = None
         self._parsed_chunked = chunked
-        self._events.append(RequestHead(
-            method=method.decode("ascii"),
-            target=target.decode("latin-1"),
-            headers=headers,
-            http_version=version,
-            keep_alive=parser.should_keep_alive(),
-            content_length=content_length,
-            chunked=chunked,
-            expects_continue=expects_continue and version != "1.0",
-        ))
+        self._events.append(_request_head(
+            method.decode("ascii"), target.decode("latin-1"), headers, version,
+            parser.should_keep_alive(), content_length, chunked,
+            expects_continue and version != "1.0"))
 
     def on_body(self, body: bytes) -> None:
         self._parsed_body_bytes += len(body)
@@ -379,6 +433,16 @@ class H1Connection:
         elif nxt is ERROR or nxt is CLOSED:
             self.keep_alive = False
         return ev
+
+    def end_without_body(self) -> bool:
+        """Take the end of the current request if it came with its head (no body); False if
+        anything else is next (the shell then reads the body as events, as usual)."""
+        events = self._events
+        if events and type(events[0]) is RequestEnd and self.their_state is BODY:
+            events.popleft()
+            self.their_state = _THEIR_NEXT[(BODY, RequestEnd)]
+            return True
+        return False
 
     @property
     def head_in_progress(self) -> bool:
@@ -424,38 +488,42 @@ class H1Connection:
             req = _UNPARSED
             close = True
         head_request = req.method == "HEAD"
-        no_body = head_request or status in (204, 304)
+        no_body = head_request or status == 204 or status == 304
         out = [_status_line(status)]
         declared: int | None = None
         has_date = has_server = False
         for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == "connection" and "close" in value.lower():
-                    close = True
-                continue
-            check_field(name, value)
-            if lname == "content-length":
-                if declared is not None or not value.isdigit():
-                    raise LocalProtocolError(f"bad content-length {value!r} in the response")
-                declared = int(value)
-                if status == 204:
+            lname = _checked_name(name)
+            if lname in _SPECIAL_RESPONSE_FIELDS:
+                if lname in HOP_BY_HOP:
+                    if lname == "connection" and "close" in value.lower():
+                        close = True
                     continue
-            elif lname == "date":
-                has_date = True
-            elif lname == "server":
-                has_server = True
-            out.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if not has_date:
-            out.append(f"date: {http_date(self.clock.time())}\r\n".encode("latin-1"))
-        if not has_server:
-            out.append(b"server: " + SERVER_NAME.encode() + b"\r\n")
+                if lname == "content-length":
+                    if declared is not None or not value.isdigit():
+                        raise LocalProtocolError(f"bad content-length {value!r} in the response")
+                    declared = int(value)
+                    if status == 204:
+                        continue
+                elif lname == "date":
+                    has_date = True
+                elif lname == "server":
+                    has_server = True
+            if "\r" in value or "\n" in value or "\x00" in value:
+                raise LocalProtocolError(f"invalid response header field {name!r}: {value!r}")
+            out.append(f"{name}: {value}\r\n")
+        if not has_date and not has_server:
+            out.append(_date_and_server(self.clock.time()))
+        elif not has_date:
+            out.append(f"date: {http_date(self.clock.time())}\r\n")
+        elif not has_server:
+            out.append(f"server: {SERVER_NAME}\r\n")
 
         # framing
         if no_body:
             framing = _NONE
             if declared is None and body_length and head_request:
-                out.append(f"content-length: {body_length}\r\n".encode("latin-1"))
+                out.append(f"content-length: {body_length}\r\n")
         elif declared is not None:
             if body_length is not None and body_length != declared:
                 raise LocalProtocolError(
@@ -465,10 +533,10 @@ class H1Connection:
         elif body_length is not None:
             framing = _LENGTH
             self._remaining = body_length
-            out.append(f"content-length: {body_length}\r\n".encode("latin-1"))
+            out.append(f"content-length: {body_length}\r\n")
         elif req.http_version == "1.1":
             framing = _CHUNKED
-            out.append(b"transfer-encoding: chunked\r\n")
+            out.append("transfer-encoding: chunked\r\n")
         else:
             framing = _UNTIL_CLOSE
             close = True
@@ -488,17 +556,29 @@ class H1Connection:
         elif self.their_state is BODY:
             self.drain_before_next = True
         if not self.keep_alive:
-            out.append(b"connection: close\r\n")
+            out.append("connection: close\r\n")
         elif req.http_version == "1.0":
-            out.append(b"connection: keep-alive\r\n")
-        out.append(b"\r\n")
+            out.append("connection: keep-alive\r\n")
+        out.append("\r\n")
 
         if framing is _LENGTH and not self._remaining:
             framing = _NONE
         self._framing = framing
         self._head_request = head_request
         self.our_state = _OUR_NEXT[(IDLE, "response_no_body" if framing is _NONE else "response")]
-        return b"".join(out)
+        try:
+            return "".join(out).encode("latin-1")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("response header fields must be latin-1") from None
+
+    def send_whole(self, status: int, headers: Iterable[tuple[str, str]], body: bytes, *,
+                   close: bool = False) -> bytes:
+        """A whole response with a body in memory: ``send_response`` + ``send_data`` +
+        ``send_end`` in one call."""
+        out = self.send_response(status, headers, body_length=len(body), close=close)
+        if self.our_state is SEND_BODY:
+            out += self.send_data(body) + self.send_end()
+        return out
 
     def note_body_sent(self, nbytes: int) -> None:
         """Account for body bytes the shell wrote itself (sendfile), unframed."""

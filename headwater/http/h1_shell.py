@@ -29,7 +29,9 @@ from headwater.http.errors import (
     RequestTimeout,
 )
 from headwater.http.exchange import (
+    NO_BODY,
     BodyReading,
+    NoBody,
     OpenFile,
     Service,
     aclose_iterable,
@@ -115,6 +117,11 @@ class H1Body(BodyReading):
             raise ClientDisconnected("the client closed the connection mid-body")
 
 
+def _plain(response: Response) -> tuple[list[tuple[str, str]], bytes]:
+    assert isinstance(response.body, bytes)
+    return response.headers, response.body
+
+
 class AbortConnection(Exception):
     """Drop the connection without another byte (response half-sent)."""
 
@@ -194,25 +201,39 @@ class H1Shell:
                         pass
 
     async def _wait_for_head(self, first: bool) -> h1.Event | None:
+        # The read of ``read`` inlined: this wait happens once per request.
         conn = self.conn
+        transport = self.transport
         header_phase = first or conn.head_in_progress
         deadline = time.monotonic() + (
             self.limits.header_timeout_s if header_phase else self.limits.idle_timeout_s)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self.read(remaining):
-                if conn.head_in_progress:  # slowloris: cut off, with a 408 for honest slow peers
-                    conn._fail(RequestTimeout("request head not received within header_timeout_s"))
-                    err = conn.next_event()
-                    if isinstance(err, h1.RequestInvalid):
-                        await self._send_simple(error_response(408))
-                return None
+            if transport.read_expired:
+                break
+            transport.read_deadline = deadline
+            try:
+                data = await self.stream.receive(RECV_BYTES)
+            except _READ_FAILURES:
+                data = b""
+            finally:
+                transport.read_deadline = math.inf
+            if transport.read_expired:
+                break
+            conn.receive_data(data)
             ev = conn.next_event()
             if ev is not h1.NEED_DATA:
                 return ev
             if not header_phase and conn.head_in_progress:
                 header_phase = True
                 deadline = time.monotonic() + self.limits.header_timeout_s
+            if deadline <= time.monotonic():
+                break
+        if conn.head_in_progress:  # slowloris: cut off, with a 408 for honest slow peers
+            conn._fail(RequestTimeout("request head not received within header_timeout_s"))
+            err = conn.next_event()
+            if isinstance(err, h1.RequestInvalid):
+                await self._send_simple(error_response(408))
+        return None
 
     async def _send_simple(self, response: Response) -> None:
         assert isinstance(response.body, bytes)
@@ -228,17 +249,31 @@ class H1Shell:
     async def _exchange(self, head: h1.RequestHead) -> bool:
         """Answer one request; True if the connection may carry the next one."""
         conn = self.conn
-        scope = anyio.CancelScope()
-        body = H1Body(self, head, scope)
-        if self.floor is not None:
-            self.floor.reset()
+        body: H1Body | NoBody
+        if not head.has_body and conn.end_without_body():
+            # Nothing to read, so nothing can find the client gone mid-body: no scope to cancel.
+            scope: anyio.CancelScope | None = None
+            body = NO_BODY
+        else:
+            scope = anyio.CancelScope()
+            body = H1Body(self, head, scope)
+            if self.floor is not None:
+                self.floor.reset()
         path, query = split_target(head.target)
-        headers = Headers(head.headers)
+        fields = head.headers
+        host = ""
+        for name, value in fields:
+            if name == "host":
+                host = value
+                break
         request = Request(method=head.method, target=head.target, path=path, query=query,
-                          headers=headers, body=body, http_version=head.http_version,
-                          scheme=self.scheme, client=self.client, server=self.local,
-                          host=headers.get("host") or "")
-        response, close = await self.service.call(request, scope)
+                          headers=Headers.from_lower(fields), body=body,
+                          http_version=head.http_version, scheme=self.scheme, client=self.client,
+                          server=self.local, host=host)
+        if scope is None:
+            response, close = await self.service.run_app(request)
+        else:
+            response, close = await self.service.call(request, scope)
         if response is None:
             return False
         if body.disconnected:
@@ -247,7 +282,19 @@ class H1Shell:
         if body.failed is not None:
             close = True
             response = await override_for_broken_body(response, body.failed)
-        if not await self._write(response, head, close):
+        out = response.body
+        if type(out) is bytes and len(out) < RECV_BYTES:
+            # The common small answer, framed and sent in one piece without _write's dispatch.
+            try:
+                out = conn.send_whole(response.status, response.headers, out, close=close)
+            except LocalProtocolError:
+                log.exception("unsendable response to %s %s", head.method, head.target)
+                out = conn.send_whole(500, *_plain(error_response(500)), close=close)
+            try:
+                await self.stream.send(out)
+            except DISCONNECTS:
+                return False
+        elif not await self._write(response, head, close):
             return False
         if conn.their_state is h1.BODY:
             if conn.keep_alive and conn.drain_before_next:
@@ -311,8 +358,8 @@ class H1Shell:
                 return
             try:
                 if self.can_sendfile and conn.sends_length_framed:
-                    await self.stream.send(out)
-                    await self.transport.sendfile(f.fd, f.offset, f.length)
+                    # the head goes with the file's first bytes (MSG_MORE), as nginx's tcp_nopush
+                    await self.transport.sendfile(f.fd, f.offset, f.length, head=out)
                     conn.note_body_sent(f.length)
                 else:
                     async for chunk in f.chunks():
@@ -320,7 +367,9 @@ class H1Shell:
                         out = b""
                     if out:
                         await self.stream.send(out)
-                await self.stream.send(conn.send_end())
+                end = conn.send_end()
+                if end:
+                    await self.stream.send(end)
             except LocalProtocolError:
                 log.exception("file body failed for %s %s", head.method, head.target)
                 raise AbortConnection from None

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import sniffio
 from anyio.streams.tls import TLSAttribute
 
 from headwater.clock import SYSTEM_CLOCK, Clock
@@ -30,6 +31,7 @@ from headwater.http import h2
 from headwater.http.exchange import Service, address, error_response
 from headwater.http.h1_shell import H1Shell
 from headwater.http.h2_shell import H2_DRAIN_MAX_BYTES, H2Shell
+from headwater.http.protocol_stream import ProtocolStream, open_protocol_stream
 from headwater.http.transport import (
     DISCONNECTS,
     RECV_BYTES,
@@ -77,9 +79,16 @@ class _Server:
         self.limits = service.limits
         self.ssl_context = ssl_context
         self.watchdog = Watchdog(service.limits)
+        # On asyncio the loop's own transports carry the bytes (uvloop's, in C); trio waits on
+        # the bare socket. Both are the same byte stream to the shells.
+        self.on_asyncio = sniffio.current_async_library() == "asyncio"
 
     async def connection(self, sock: socket.socket, addr: Any) -> None:
-        transport = SocketStream(sock)
+        if self.on_asyncio:
+            transport: SocketStream | ProtocolStream = await open_protocol_stream(
+                sock, self.limits.send_timeout_s)
+        else:
+            transport = SocketStream(sock)
         watched = self.watchdog.watched
         watched.add(transport)
         try:

@@ -41,6 +41,7 @@ log = logging.getLogger("headwater.http")
 RECV_BYTES = 64 * KiB
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 DISCONNECTS = (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError,
                ClientDisconnected, ConnectionError, ssl.SSLError)
@@ -162,6 +163,19 @@ class SocketStream(anyio.abc.ByteStream):
         finally:
             self.send_blocked_since = math.inf
 
+    async def _send_more(self, item: bytes) -> None:
+        sock = self._sock
+        view = memoryview(item)
+        while view:
+            try:
+                n = sock.send(view, MSG_MORE)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_writable()
+                continue
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+            view = view[n:]
+
     async def send(self, item: bytes) -> None:
         sock = self._sock
         view = memoryview(item)
@@ -176,8 +190,11 @@ class SocketStream(anyio.abc.ByteStream):
             view = view[n:]
         await self._fairness()
 
-    async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of the file ``fd`` from ``offset`` with os.sendfile."""
+    async def sendfile(self, fd: int, offset: int, count: int, *, head: bytes = b"") -> None:
+        """Send ``head``, then ``count`` bytes of the file ``fd`` from ``offset`` with
+        os.sendfile; ``head`` is sent with MSG_MORE so it shares a segment with the file."""
+        if head:
+            await self._send_more(head)
         out = self._sock.fileno()
         while count > 0:
             try:

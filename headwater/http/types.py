@@ -29,6 +29,14 @@ class Headers:
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
 
+    @classmethod
+    def from_lower(cls, items: list[tuple[str, str]]) -> Headers:
+        """Headers over ``items`` as they are: names already lower case (the parsers' output).
+        The list is taken over, not copied."""
+        h = cls.__new__(cls)
+        h._items = items
+        return h
+
     def get(self, name: str, default: str | None = None) -> str | None:
         name = name.lower()
         for k, v in self._items:

@@ -418,6 +418,43 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_file_body_to_a_slow_reader_keeps_order_and_keep_alive(tmp_path: Path) -> None:
+    # The kernel's send buffer fills while sendfile runs: the rest must follow in order (on
+    # asyncio through the loop's transport, on trio by waiting for the socket), and the next
+    # request on the connection must still be answered.
+    blob = os.urandom(2 * MiB)
+    (tmp_path / "f.bin").write_bytes(blob)
+    request = b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with running(make_app(Probe(), tmp_path / "f.bin")) as port:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        sock.setblocking(False)
+        try:
+            with anyio.fail_after(30):
+                try:
+                    sock.connect(("127.0.0.1", port))
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+                sock.send(request + request)
+                raw = b""
+                want = 2 * len(blob) + 200  # two heads of over 100 bytes each
+                while len(raw) < want:
+                    await anyio.wait_readable(sock)
+                    try:
+                        piece = sock.recv(8 * KiB)
+                    except BlockingIOError:
+                        continue
+                    assert piece, f"the server closed the connection after {len(raw)} bytes"
+                    raw += piece
+                    if len(raw) < 512 * KiB:
+                        await anyio.sleep(0.001)  # slow at first: the send buffer fills
+        finally:
+            sock.close()
+        responses = split_responses(raw)
+        assert [r[0] for r in responses] == [200, 200]
+        assert responses[0][2] == blob and responses[1][2] == blob
+
+
 async def test_streaming_upload_64mib_keeps_rss_flat() -> None:
     probe = Probe()
     size = 64 * MiB

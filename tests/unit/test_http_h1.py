@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -271,3 +273,31 @@ def test_date_comes_from_the_injected_clock() -> None:
     c.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     events(c)
     assert b"\r\ndate: Sun, 09 Sep 2001 01:46:40 GMT\r\n" in c.send_response(204, [], body_length=0)
+
+
+def test_a_request_without_a_body_ends_with_its_head_and_send_whole_frames_it() -> None:
+    conn = h1.H1Connection()
+    conn.receive_data(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 2\r\n\r\nhi")
+    head = conn.next_event()
+    assert head == h1.RequestHead(method="GET", target="/a", headers=[("host", "x")],
+                                  http_version="1.1", keep_alive=True, content_length=None,
+                                  chunked=False, expects_continue=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        head.method = "PUT"  # type: ignore[misc]
+    assert conn.end_without_body() and conn.their_state is h1.DONE
+    out = conn.send_whole(200, [("content-type", "text/plain")], b"hello")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n")
+    assert out.endswith(b"content-length: 5\r\n\r\nhello") and conn.our_state is h1.DONE
+    conn.start_next_cycle()
+    assert type(conn.next_event()) is h1.RequestHead
+    assert not conn.end_without_body()  # a body follows: the shell reads it as events
+    assert body_of(events(conn)) == b"hi"
+
+
+def test_non_latin1_response_field_is_a_local_protocol_error() -> None:
+    conn = h1.H1Connection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    with pytest.raises(LocalProtocolError):
+        conn.send_response(200, [("x-name", "\u20ac")], body_length=0)

@@ -1,0 +1,322 @@
+"""An accepted connection as an asyncio ``Protocol`` on the event loop's own transport (uvloop's
+in C), seen by the shells as the same anyio byte stream as ``transport.SocketStream``.
+
+Used for plain TCP when serve() runs on asyncio. Compared with waiting for readiness on a bare
+socket, the socket stays registered with the loop for the whole connection (no epoll_ctl pair per
+read), the loop reads into its buffer and writes from it in C, and a read that finds bytes
+already buffered does not suspend. The shells, the sans-IO parsers and the limits are unchanged;
+trio keeps ``SocketStream``.
+
+Backpressure both ways: reading pauses once ``READ_BUFFER_BYTES`` wait unread (the shell reads
+only when the parser wants bytes, so a peer that pipelines or uploads faster than the app reads
+stops being read); ``send`` returns once the transport's buffer is under its high-water mark.
+
+Deadlines are the ``Watchdog``'s, as for ``SocketStream``: ``read_deadline`` and
+``send_blocked_since`` are stamps the watchdog reads; ``expire_read`` ends a pending read with end
+of file, ``abort`` resets the connection. A send counts as blocked from the moment the transport
+pauses the writer until it resumes (its buffer is back under the low-water mark).
+
+``sendfile``: uvloop's transports have none, so the stream calls ``os.sendfile`` on the socket
+itself, only ever while the transport's own buffer is empty (so bytes keep their order). When
+the kernel's buffer is full, one chunk is read and handed to the transport instead, which then
+tells us when it has drained: the only wait for writability a transport offers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import struct
+import time
+from collections import deque
+from typing import Any, Callable, Mapping
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.abc import SocketAttribute
+
+from headwater.config import KiB
+from headwater.http.errors import LocalProtocolError
+
+__all__ = ["ProtocolStream", "open_protocol_stream", "READ_BUFFER_BYTES"]
+
+READ_BUFFER_BYTES = 64 * KiB
+SENDFILE_FALLBACK_BYTES = 256 * KiB
+WRITE_HIGH_BYTES = 64 * KiB
+WRITE_LOW_BYTES = 16 * KiB
+_IMMEDIATE_OPS_PER_CHECKPOINT = 16
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+async def open_protocol_stream(sock: socket.socket, send_timeout_s: float) -> ProtocolStream:
+    """Hand the accepted ``sock`` to the running asyncio loop; the stream over it.
+
+    The loop owns the socket from here on and closes it once the stream is closed (``sock.close``
+    by its acceptor is then harmless: the loop holds a reference on its file descriptor).
+    """
+    loop = asyncio.get_running_loop()
+    stream = ProtocolStream(sock, send_timeout_s)
+    await loop.connect_accepted_socket(lambda: stream, sock)
+    return stream
+
+
+class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
+    """One connection: the Protocol the loop calls, and the byte stream the shell awaits."""
+
+    def __init__(self, sock: socket.socket, send_timeout_s: float) -> None:
+        self._sock = sock
+        self._send_timeout_s = send_timeout_s
+        self._fd = sock.fileno()
+        self._transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._lost = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._immediate = 0
+        # the Watchdog's stamps, as on SocketStream
+        self.read_deadline = math.inf
+        self.read_expired = False
+        self.send_blocked_since = math.inf
+        self.send_expired = False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    # --- asyncio.Protocol (called by the loop) ----------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(WRITE_HIGH_BYTES, WRITE_LOW_BYTES)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= READ_BUFFER_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()  # type: ignore[union-attr]
+        waiter = self._read_waiter
+        if waiter is not None:
+            self._read_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return True  # keep our sending side open: the shell closes when it is done
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._error = exc
+        self._eof = True
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None:
+            self._read_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- the byte stream (awaited by the shell) ---------------------------------------------
+
+    async def _fairness(self) -> None:
+        self._immediate += 1
+        if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+            self._immediate = 0
+            await anyio.lowlevel.checkpoint()
+
+    async def _wait_readable(self) -> None:
+        self._immediate = 0
+        while not self._chunks:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._eof or self.read_expired:
+                if self._error is not None:
+                    raise anyio.BrokenResourceError from self._error
+                raise anyio.EndOfStream
+            waiter = self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+
+    async def receive(self, max_bytes: int = READ_BUFFER_BYTES) -> bytes:
+        chunks = self._chunks
+        if not chunks:
+            await self._wait_readable()
+        else:
+            self._immediate += 1
+            if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+                self._immediate = 0
+                await anyio.lowlevel.checkpoint()
+        data = chunks.popleft()
+        if len(data) > max_bytes:
+            chunks.appendleft(data[max_bytes:])
+            data = data[:max_bytes]
+        self._buffered -= len(data)
+        if self._reading_paused and self._buffered < READ_BUFFER_BYTES and not self._lost:
+            self._reading_paused = False
+            self._transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+    def _check_writable(self) -> asyncio.Transport:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._lost or self.send_expired:
+            raise anyio.BrokenResourceError from self._error
+        return self._transport  # type: ignore[return-value]
+
+    async def _wait_drained(self) -> None:
+        """Wait for resume_writing; the watchdog sees the send as blocked meanwhile."""
+        self._immediate = 0
+        self.send_blocked_since = time.monotonic()
+        try:
+            while self._writing_paused:
+                self._check_writable()
+                waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._drain_waiter = None
+            self._check_writable()
+        finally:
+            self.send_blocked_since = math.inf
+
+    async def send(self, item: bytes) -> None:
+        if self._closed or self._lost or self.send_expired:
+            self._check_writable()
+        self._transport.write(item)  # type: ignore[union-attr]
+        if self._writing_paused:
+            await self._wait_drained()
+        else:
+            self._immediate += 1
+            if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+                self._immediate = 0
+                await anyio.lowlevel.checkpoint()
+
+    async def _wait_empty(self) -> None:
+        """Until the transport's buffer is empty (the low-water mark at 0 for the wait)."""
+        transport = self._check_writable()
+        if not transport.get_write_buffer_size():
+            return
+        transport.set_write_buffer_limits(0, 0)  # pauses the writer now: something is buffered
+        try:
+            await self._wait_drained()
+        finally:
+            if not self._lost:
+                transport.set_write_buffer_limits(WRITE_HIGH_BYTES, WRITE_LOW_BYTES)
+
+    async def sendfile(self, fd: int, offset: int, count: int, *, head: bytes = b"") -> None:
+        """Send ``head``, then ``count`` bytes of the file ``fd`` from ``offset`` (os.sendfile
+        when the kernel takes them; one chunk through the transport when it does not).
+
+        ``head`` goes straight to the socket with MSG_MORE when the transport holds nothing, so
+        it shares a segment with the file's first bytes (what nginx gets from tcp_nopush).
+        """
+        if head:
+            await self._wait_empty()
+            transport = self._check_writable()
+            try:
+                n = self._sock.send(head, MSG_MORE)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+            if n < len(head):
+                transport.write(head[n:])
+        while count > 0:
+            await self._wait_empty()
+            transport = self._check_writable()
+            try:
+                n = os.sendfile(self._fd, fd, offset, min(count, 1 << 30))
+            except (BlockingIOError, InterruptedError):
+                chunk = os.pread(fd, min(count, SENDFILE_FALLBACK_BYTES), offset)
+                if not chunk:
+                    raise LocalProtocolError("file shorter than the response claimed (truncated?)") from None
+                transport.write(chunk)
+                n = len(chunk)
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+            if n == 0:
+                raise LocalProtocolError("file shorter than the response claimed (truncated?)")
+            offset += n
+            count -= n
+        await self._fairness()
+
+    def expire_read(self) -> None:
+        """The read deadline passed: a pending (or the next) read ends with end of file."""
+        self.read_deadline = math.inf
+        self.read_expired = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._wake_reader()
+
+    def abort(self) -> None:
+        """The peer stopped taking our bytes: fail the pending send, reset the connection."""
+        self.send_expired = True
+        self.send_blocked_since = math.inf
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        except OSError:
+            pass
+        if self._transport is not None:
+            self._transport.abort()
+        self._wake_writer()
+
+    async def send_eof(self) -> None:
+        transport = self._transport
+        if transport is not None and not self._lost and transport.can_write_eof():
+            transport.write_eof()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            transport = self._transport
+            if transport is not None:
+                if self.send_expired:
+                    transport.abort()
+                else:
+                    transport.close()  # flushes what is buffered (at most the high-water mark)
+                    if transport.get_write_buffer_size():
+                        # ... to a peer that takes it within send_timeout_s, as a send would
+                        asyncio.get_running_loop().call_later(self._send_timeout_s, transport.abort)
+            self._wake_reader()
+            self._wake_writer()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        sock = self._sock
+        return {
+            SocketAttribute.raw_socket: lambda: sock,
+            SocketAttribute.family: lambda: sock.family,
+            SocketAttribute.local_address: sock.getsockname,
+            SocketAttribute.remote_address: sock.getpeername,
+        }
