@@ -93,11 +93,20 @@ async def accept_loop(listener: socket.socket, max_connections: int, tg: anyio.a
 
 async def _connection(handle: Callable[[socket.socket, Any], Awaitable[None]], sock: socket.socket,
                       addr: Any, slots: anyio.Semaphore) -> None:
+    # One connection's failure is that connection's: it is logged and closed, and the listener
+    # and every other connection go on (an error escaping here would end the whole server).
     try:
         await handle(sock, addr)
+    except Exception:
+        log.warning("connection from %s failed", addr, exc_info=True,
+                    extra={"event": "http.connection_failed", "peer": str(addr)})
     finally:
         slots.release()
-        sock.close()
+        try:
+            sock.close()
+        except OSError as e:
+            log.warning("closing the connection from %s failed: %s", addr, e,
+                        extra={"event": "http.close_failed", "peer": str(addr), "error": str(e)})
 
 
 async def start_tls(stream: anyio.abc.ByteStream, ssl_context: ssl.SSLContext,

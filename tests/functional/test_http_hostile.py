@@ -341,3 +341,37 @@ async def test_date_header_comes_from_the_injected_clock() -> None:
             async with httpx.AsyncClient(http1=not http2, http2=http2) as c:
                 r = await c.get(f"http://127.0.0.1:{port}/hello")
                 assert r.headers["date"] == "Sun, 09 Sep 2001 01:46:40 GMT"
+
+
+async def test_one_connection_that_fails_ends_only_itself():
+    """A connection whose handling raises (a probe saw uvloop refuse an accepted socket with
+    EBADF, and the close after it fail again) is logged and closed; the listener and the other
+    connections go on. Before, the error reached the server's task group and ended the daemon."""
+    from headwater.http.transport import accept_loop, bind_socket
+
+    handled: list[bytes] = []
+
+    async def handle(sock: socket.socket, addr) -> None:
+        data = await anyio.to_thread.run_sync(sock.recv, 100)
+        if data == b"boom":
+            sock.close()  # the descriptor goes away under the acceptor: its own close fails too
+            raise OSError(9, "Bad file descriptor")
+        handled.append(data)
+        sock.sendall(b"ok")
+
+    listener = bind_socket("127.0.0.1", 0, reuse_port=False)
+    port = listener.getsockname()[1]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(accept_loop, listener, 10, tg, handle)
+        for payload in (b"boom", b"after", b"boom", b"again"):
+            with anyio.fail_after(5):
+                async with await anyio.connect_tcp("127.0.0.1", port) as c:
+                    await c.send(payload)
+                    try:
+                        reply = await c.receive(10)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        reply = b""
+            assert reply == (b"" if payload == b"boom" else b"ok")
+        tg.cancel_scope.cancel()
+    listener.close()
+    assert handled == [b"after", b"again"]
