@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.cluster import client_error, sign_headers, signed_request, xml_error
+from tests.data import data
 
 KiB = 1024
 STRIPE = 64 * KiB
@@ -36,14 +37,6 @@ NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 ClientError = botocore.exceptions.ClientError
 
 
-def data(n: int, seed: int = 0) -> bytes:
-    """``n`` deterministic pseudo-random bytes (incompressible, no repeating stripes)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:n])
 
 
 def md5_hex(b: bytes) -> str:

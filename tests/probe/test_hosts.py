@@ -14,7 +14,6 @@ write quorum (3). With 3 metadata nodes on 3 hosts, a majority survives the cut.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import defaultdict
 
@@ -22,6 +21,7 @@ import botocore.exceptions
 import pytest
 
 from tests.cluster import Cluster
+from tests.data import data
 from tests.hosts import SimulatedHosts
 
 KiB = 1024
@@ -38,13 +38,6 @@ OPTIONS = dict(k=2, m=1, storage_nodes=2 * HOSTS, metadata_nodes=HOSTS, stripe_s
 SETTLE_S = 30.0
 
 
-def data(n: int, seed: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}/{i}".encode()).digest() * 64
-        i += 1
-    return bytes(out[:n])
 
 
 def host_of(node_id: str) -> int:

@@ -2,7 +2,7 @@
 trailers (STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, STREAMING-UNSIGNED-PAYLOAD-TRAILER), as the
 AWS SDKs send them: signed with botocore's SigV4 signer, framed here.
 
-``streaming_request`` / ``streaming_put`` are also used by test_s3_review_gateway.py.
+``streaming_request`` / ``streaming_put`` are also used by test_s3_write_races.py.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.cluster import client_error, sign_headers, xml_error
+from tests.data import data
 
 KiB = 1024
 STRIPE = 64 * KiB
@@ -30,13 +31,6 @@ SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 
 
-def data(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"w{seed}:{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
 
 
 def crc32_b64(b: bytes) -> str:

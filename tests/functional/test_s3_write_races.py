@@ -1,4 +1,5 @@
-"""Review of the S3 gateway: bugs found by reading objstore/{gateway,objects,multipart,datapath}.py.
+"""S3 writes interrupted and raced: PUT, DELETE and multipart operations cancelled mid-flight,
+racing each other, or left with an unknown outcome, and what they must never leave behind.
 
 Two kinds of test:
 
@@ -9,12 +10,11 @@ Two kinds of test:
   shutdown does to a handler) or a concurrent request at one exact point, so races that are
   otherwise a matter of luck become deterministic.
 
-Each test documents a bug and fails until it is fixed.
+Each test replays a bug that a reading of the gateway found (and that is fixed).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -31,20 +31,14 @@ from headwater.objstore.s3 import sigv4
 from headwater.config import load as load_config
 from headwater.http.types import Headers, Request
 from tests.cluster import client_error, xml_error
-from tests.functional.test_s3_review_wire import streaming_put
+from tests.data import data
+from tests.functional.test_s3_h2_and_streaming import streaming_put
 
 KiB = 1024
 STRIPE = 64 * KiB
 CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size="4KiB", min_part_size="100KiB")
 
 
-def data(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
 
 
 # --- over the wire ------------------------------------------------------------------------------
