@@ -51,17 +51,21 @@ log = logging.getLogger("headwater.http")
 async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
                 limits: HttpLimits = HttpLimits(), ssl_context: ssl.SSLContext | None = None,
                 reuse_port: bool = False, sock: socket.socket | None = None,
-                clock: Clock = SYSTEM_CLOCK,
+                clock: Clock = SYSTEM_CLOCK, loop_transport: bool = False,
                 task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` until cancelled. ``task_status.started`` receives the bound port.
 
     ``sock``, if given, is an already listening socket (see ``bind_socket``); host, port and
     reuse_port are then ignored. ``clock`` gives the Date header and the HTTP/2 flood budget
-    their time.
+    their time. ``loop_transport`` (asyncio only) carries the bytes on the loop's own transports
+    (uvloop's, in C: ``ProtocolStream``), which ``bench http_core`` measures at about 1.5x the
+    requests per second; it is off by default because under the fault probes uvloop refused a
+    freshly accepted socket now and then (EEXIST, once EBADF, from ``connect_accepted_socket``),
+    which cut that client's request, and the cause is not found yet.
     """
     listener = sock if sock is not None else bind_socket(host, port, reuse_port=reuse_port)
     listener.setblocking(False)
-    server = _Server(Service(app, limits, clock), ssl_context)
+    server = _Server(Service(app, limits, clock), ssl_context, loop_transport=loop_transport)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.watchdog.run)
@@ -74,14 +78,14 @@ async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
 class _Server:
     """Picks each connection's protocol and hands it to its shell."""
 
-    def __init__(self, service: Service, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, service: Service, ssl_context: ssl.SSLContext | None, *, loop_transport: bool) -> None:
         self.service = service
         self.limits = service.limits
         self.ssl_context = ssl_context
         self.watchdog = Watchdog(service.limits)
         # On asyncio the loop's own transports carry the bytes (uvloop's, in C); trio waits on
         # the bare socket. Both are the same byte stream to the shells.
-        self.on_asyncio = sniffio.current_async_library() == "asyncio"
+        self.on_asyncio = loop_transport and sniffio.current_async_library() == "asyncio"
 
     async def connection(self, sock: socket.socket, addr: Any) -> None:
         if self.on_asyncio:

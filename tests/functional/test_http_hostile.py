@@ -375,3 +375,21 @@ async def test_one_connection_that_fails_ends_only_itself():
         tg.cancel_scope.cancel()
     listener.close()
     assert handled == [b"after", b"again"]
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio")])
+async def test_the_loop_transport_serves_bodies_both_ways_and_keep_alive(anyio_backend, tmp_path):
+    """``serve(loop_transport=True)`` (uvloop's transports under the same shells, what bench
+    http_core measures): requests on one keep-alive connection, a body echoed back, HTTP/2."""
+    async with running(make_app(Probe()), loop_transport=True) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            for _ in range(20):
+                r = await client.get("/hello")
+                assert r.status_code == 200 and r.content == b"hello GET"
+            body = os.urandom(3 * MiB)
+            r = await client.post("/echo", content=body)
+            assert r.status_code == 200 and r.content == body
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", http1=False, http2=True,
+                                     trust_env=False) as client:
+            r = await client.get("/hello")
+            assert r.status_code == 200 and r.http_version == "HTTP/2"
