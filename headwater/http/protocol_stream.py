@@ -36,10 +36,10 @@ from typing import Any, Callable, Mapping
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.abc import SocketAttribute
 
 from headwater.config import KiB
 from headwater.http.errors import LocalProtocolError
+from headwater.http.transport import socket_attributes
 
 __all__ = ["ProtocolStream", "open_protocol_stream", "READ_BUFFER_BYTES"]
 
@@ -313,10 +313,4 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        sock = self._sock
-        return {
-            SocketAttribute.raw_socket: lambda: sock,
-            SocketAttribute.family: lambda: sock.family,
-            SocketAttribute.local_address: sock.getsockname,
-            SocketAttribute.remote_address: sock.getpeername,
-        }
+        return socket_attributes(self._sock)

@@ -250,13 +250,17 @@ class SocketStream(anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        sock = self._sock
-        return {
-            SocketAttribute.raw_socket: lambda: sock,
-            SocketAttribute.family: lambda: sock.family,
-            SocketAttribute.local_address: sock.getsockname,
-            SocketAttribute.remote_address: sock.getpeername,
-        }
+        return socket_attributes(self._sock)
+
+
+def socket_attributes(sock: socket.socket) -> Mapping[Any, Callable[[], Any]]:
+    """anyio's socket attributes of a stream over ``sock`` (both stream classes of the core)."""
+    return {
+        SocketAttribute.raw_socket: lambda: sock,
+        SocketAttribute.family: lambda: sock.family,
+        SocketAttribute.local_address: sock.getsockname,
+        SocketAttribute.remote_address: sock.getpeername,
+    }
 
 
 class Watchdog:
