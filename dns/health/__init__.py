@@ -1,0 +1,1 @@
+"""POP health: active /healthz probes and the rise/fall hysteresis that turns them into up or down."""
