@@ -29,6 +29,15 @@ def anyio_backend(request):
     return request.param
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``heavy`` (a multi-second in-process cluster) runs on asyncio in ``make test``;
+    its trio run is marked slow. Kernel and protocol tests keep both backends in ``make test``."""
+    for item in items:
+        if item.get_closest_marker("heavy") and "[trio" in item.nodeid:
+            item.add_marker(pytest.mark.slow)
+
+
 _counter = itertools.count()
 
 

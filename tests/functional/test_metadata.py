@@ -152,6 +152,7 @@ async def test_one_node_down_reads_and_writes_work(tmp_path):
         assert health == {"meta-0": True, "meta-1": False, "meta-2": True}
 
 
+@pytest.mark.heavy
 async def test_two_down_put_fails_and_nothing_acknowledged_is_lost(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client() as meta:
         acked = {f"k{i}": {"n": i} for i in range(20)}
@@ -180,6 +181,7 @@ async def test_two_down_put_fails_and_nothing_acknowledged_is_lost(tmp_path):
         assert {e.key: e.value for e in await meta.scan("obj/b")} == acked
 
 
+@pytest.mark.heavy
 async def test_a_restarted_node_catches_up_from_the_log(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client() as meta:
         ring = PartitionMap.from_cluster(mc.cfg)
@@ -272,6 +274,7 @@ async def test_if_match_and_conditional_delete(tmp_path):
         assert (await meta.get("obj/b", "k")).value == results[0].value
 
 
+@pytest.mark.heavy
 async def test_listing_merges_partitions_with_a_hot_prefix(tmp_path):
     async with meta_cluster(tmp_path, partitions=64) as mc, mc.client() as meta:
         keys = [f"videos/title-{i % 7}/seg-{i:05}.m4s" for i in range(600)] + ["a", "videos/", "zz", "é"]
@@ -309,6 +312,7 @@ async def test_listing_merges_partitions_with_a_hot_prefix(tmp_path):
             assert [e.key async for e in it] == want
 
 
+@pytest.mark.heavy
 async def test_five_nodes_partial_replica_sets(tmp_path):
     async with meta_cluster(tmp_path, n=5, partitions=32) as mc, mc.client() as meta:
         ring = PartitionMap.from_cluster(mc.cfg)
@@ -368,6 +372,7 @@ async def test_a_corrupt_record_on_the_leader_is_repaired_from_a_peer(tmp_path):
         assert stats["corrupt_records"] >= 1 and stats["records_repaired"] == 1
 
 
+@pytest.mark.heavy
 async def test_a_node_behind_the_compacted_log_gets_a_snapshot(tmp_path):
     async with meta_cluster(tmp_path, partitions=8) as mc:
         mc.cfg = mc.cfg.replace(objstore=dataclasses.replace(mc.cfg.objstore, raft_log_entries=10))

@@ -20,6 +20,7 @@ from .test_metadata import meta_cluster
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.heavy
 async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_write(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client("w1") as meta:
         acked: dict[str, int] = {}
@@ -95,6 +96,7 @@ async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_wri
         assert {st.group for st in await survey(mc.cfg)} == set(range(mc.cfg.objstore.metadata_groups))
 
 
+@pytest.mark.heavy
 async def test_a_node_that_never_catches_up_is_not_made_a_voter(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client("w1") as meta:
         await meta.put("obj/b", "k", {"n": 1})
@@ -118,6 +120,7 @@ async def test_rebalance_refuses_to_shrink_groups_below_three(tmp_path):
             await rebalance(mc.cfg)
 
 
+@pytest.mark.heavy
 async def test_leaders_move_to_their_preferred_nodes_and_spread(tmp_path):
     """Leadership lands wherever an election timer fires first; each group's leader hands over
     to the placement's first choice once both are steady, so the write work spreads."""
