@@ -22,7 +22,8 @@ class HealthConfig:
     timeout_s: float = 1.0
     rise: int = 2
     fall: int = 2
-    # At most this much of a /healthz body is read (its JSON `load`); a longer body fails the probe.
+    # At most this much of a /healthz body is read, for its JSON `load`; past it the probe stops
+    # reading, the status alone decides and the load counts as not reported.
     max_body_bytes: int = 4 * KiB
 
 
