@@ -116,13 +116,19 @@ class Prober:
         before = self.tracker.health(pop.name)
         changed = self.tracker.record(pop.name, result.ok, result.load, error=result.error)
         after = self.tracker.health(pop.name)
-        if after.state != before.state and after.state in ("up", "down") and before.state != "unknown":
-            log.log(logging.WARNING if after.state == "down" else logging.INFO,
-                    f"dns.health.pop_{after.state}",
-                    extra={"pop": pop.name, "error": result.error, "load": result.load})
+        if (after.state == "down") != (before.state == "down"):
+            if after.state == "down":
+                log.warning("POP %s is down after %d failed probes: %s", pop.name, after.failures,
+                            result.error, extra={"event": "dns.health.pop_down", "pop": pop.name,
+                                                 "error": result.error})
+            else:
+                log.info("POP %s is up again after %d good probes", pop.name, after.successes,
+                         extra={"event": "dns.health.pop_up", "pop": pop.name, "load": result.load})
         elif changed and after.full != before.full:
-            log.info("dns.health.pop_full" if after.full else "dns.health.pop_has_room",
-                     extra={"pop": pop.name, "load": after.load})
+            log.info("POP %s reports load %s (max_load %s): %s", pop.name, after.load, pop.max_load,
+                     "full" if after.full else "has room again",
+                     extra={"event": "dns.health.pop_full" if after.full else "dns.health.pop_has_room",
+                            "pop": pop.name, "load": after.load})
 
     async def run_once(self) -> None:
         """Probe every POP once, at the same time, and record the results."""

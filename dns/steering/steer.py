@@ -11,9 +11,10 @@ The rule, for a query of family 4 (A) or 6 (AAAA):
    (private, reserved, not in the database, or an ECS source prefix of 0): configuration order.
 3. The healthy candidates with room are kept: up (per the health view) and not full (their last
    ``/healthz`` reported ``load`` >= ``max_load``). If every up candidate is full, the full ones
-   are kept (a full POP beats none); if no candidate is up, all of them are kept (fail open,
-   logged once per transition: never an empty answer).
+   are kept (a full POP beats none).
 4. The first ``answers`` kept POPs (``[[dns.steered]] answers``) give their addresses, in order.
+   If no candidate is up, every candidate answers, nearest first (fail open, logged once per
+   transition: never an empty answer).
 
 The ECS scope (RFC 7871 section 7.2.1) is the prefix length of the client's address that the
 location depended on (the rule's, or the geo database network's, lengthened past any
@@ -146,8 +147,9 @@ class Steering:
         room = [p for p in ranked if up[p.name] and not full[p.name]]
         all_full = not room and any(up.values())
         fail_open = not any(up.values()) and bool(ranked)
-        kept = room or [p for p in ranked if up[p.name]] or ranked
-        chosen = kept[:answers]
+        # fail open: every candidate, however many answers are asked for; the health view may be
+        # what is broken (the DNS cut off from the POPs), and clients try the addresses in turn
+        chosen = ranked if fail_open else (room or [p for p in ranked if up[p.name]])[:answers]
         self._note_fail_open(family, fail_open, len(ranked))
         chosen_names = {p.name for p in chosen}
         candidates = tuple(
@@ -168,11 +170,11 @@ class Steering:
             return
         self._failing_open[family] = fail_open
         if fail_open:
-            log.warning("dns.steering.fail_open", extra={"family": family, "pops": candidates,
-                        "detail": f"no IPv{family} POP is up: answering with all {candidates}"})
+            log.warning("no IPv%d POP is up: answering with all %d (fail open)", family, candidates,
+                        extra={"event": "dns.steering.fail_open", "family": family, "pops": candidates})
         else:
-            log.info("dns.steering.fail_open_ended", extra={"family": family,
-                     "detail": f"an IPv{family} POP is up again"})
+            log.info("an IPv%d POP is up again: fail-open ends", family,
+                     extra={"event": "dns.steering.fail_open_ended", "family": family})
 
     def explain(self, client_ip: str, name: str | None = None) -> dict[str, Any]:
         """Why ``client_ip`` gets the POPs it gets, as a JSON-able dict (``headwater dns explain``).
