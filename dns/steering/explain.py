@@ -46,7 +46,7 @@ def render_text(report: Mapping[str, Any]) -> str:
     """``report`` (from :func:`explain`) as the lines a terminal shows."""
     loc = report["location"]
     if loc["source"] == "none":
-        where = f"no location (private, reserved or not in the geo database): POPs in config order"
+        where = "no location (private, reserved or not in the geo database): POPs in config order"
     else:
         place = " ".join(x for x in (loc["place"], loc["country"]) if x)
         where = f"{loc['source']}: {place} ({loc['lat']:.4f}, {loc['lon']:.4f})"

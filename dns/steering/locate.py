@@ -24,7 +24,7 @@ from .config import GeoConfig, GeoRule, IPNetwork
 
 __all__ = ["Location", "Locator", "DEFAULT_MEMO_ENTRIES"]
 
-DEFAULT_MEMO_ENTRIES = 65_536
+DEFAULT_MEMO_ENTRIES = 32_768  # ~300 bytes each: ~10 MB per worker at most
 
 Source = Literal["rule", "geoip", "none"]
 

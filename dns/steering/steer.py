@@ -45,6 +45,8 @@ log = logging.getLogger("headwater.dns.steering")
 # old one's and an answer cache keyed by generation cannot serve the old config's answers.
 _epochs = itertools.count(1)
 
+_MEMO_ENTRIES = 32_768
+
 _UNTAILORED = Location(lat=None, lon=None, country="", prefix_len=0, source="none",
                        place="ECS source prefix 0")
 
@@ -105,6 +107,10 @@ class Steering:
         self.decisions: dict[str, int] = {p.name: 0 for p in config.pops}
         self.decisions_by_source: dict[str, int] = {"ecs": 0, "resolver": 0}
         self.fail_open_answers = 0
+        # answers by (family, answers, location), valid for one health generation: the locator
+        # memoises the location, this the ranking and filtering (tens of microseconds) after it
+        self._memo: dict[tuple[int, int, Location], tuple[Steered, str | None, bool]] = {}
+        self._memo_generation = -1
 
     @property
     def generation(self) -> int:
@@ -119,21 +125,42 @@ class Steering:
         """The answer for ``name`` (relative to the zone, lowercase), family 4 or 6, for
         ``client``: the ECS source network (``from_ecs``) or the resolver's address as a /32 or
         /128."""
-        decision = self.decide(family, client, self.answers(name))
-        if decision.addresses:
-            first = next(c.pop.name for c in decision.candidates if c.chosen)
+        answers = self.answers(name)
+        location = self._locate(client)
+        generation = self.health.generation
+        if generation != self._memo_generation:
+            self._memo.clear()  # the health view changed: every remembered answer may be wrong
+            self._memo_generation = generation
+        key = (family, answers, location)
+        hit = self._memo.get(key)
+        if hit is None:
+            decision = self._decide(family, location, answers)
+            first = next((c.pop.name for c in decision.candidates if c.chosen), None)
+            hit = (Steered(decision.addresses, self.config.steered_ttl, decision.scope_prefix),
+                   first, decision.fail_open)
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = hit
+        steered, first, fail_open = hit
+        if first is not None:
             self.decisions[first] = self.decisions.get(first, 0) + 1
         self.decisions_by_source["ecs" if from_ecs else "resolver"] += 1
-        if decision.fail_open:
+        if fail_open:
             self.fail_open_answers += 1
-        return Steered(decision.addresses, self.config.steered_ttl, decision.scope_prefix)
+        return steered
+
+    def _locate(self, client: IPNetwork) -> Location:
+        return _UNTAILORED if client.prefixlen == 0 else self.locator.locate(client)
 
     def decide(self, family: int, client: IPNetwork, answers: int) -> Decision:
-        """The full decision for ``client`` (see the module docstring)."""
+        """The full decision for ``client`` (see the module docstring), without counting it or
+        logging a fail-open transition (what ``explain`` shows)."""
+        return self._decide(family, self._locate(client), answers, note=False)
+
+    def _decide(self, family: int, location: Location, answers: int, *, note: bool = True) -> Decision:
         if family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, not {family!r}")
         pops = self._family_pops[family]
-        location = _UNTAILORED if client.prefixlen == 0 else self.locator.locate(client)
         if location.known:
             assert location.lat is not None and location.lon is not None
             dist = {p.name: great_circle_km(location.lat, location.lon, p.lat, p.lon) for p in pops}
@@ -150,7 +177,8 @@ class Steering:
         # fail open: every candidate, however many answers are asked for; the health view may be
         # what is broken (the DNS cut off from the POPs), and clients try the addresses in turn
         chosen = ranked if fail_open else (room or [p for p in ranked if up[p.name]])[:answers]
-        self._note_fail_open(family, fail_open, len(ranked))
+        if note:
+            self._note_fail_open(family, fail_open, len(ranked))
         chosen_names = {p.name for p in chosen}
         candidates = tuple(
             Candidate(pop=p, rank=i, distance_km=dist.get(p.name), up=up[p.name], full=full[p.name],
@@ -158,10 +186,8 @@ class Steering:
                       reason=_reason(p.name in chosen_names, up[p.name], full[p.name], fail_open, all_full))
             for i, p in enumerate(ranked))
         addresses = tuple(a for p in chosen for a in p.addresses(family))
-        if client.prefixlen == 0 or len(pops) <= 1:
-            scope = 0
-        else:
-            scope = min(location.prefix_len, client.max_prefixlen)
+        # the untailored location (ECS source prefix 0) has prefix_len 0 already
+        scope = 0 if len(pops) <= 1 else location.prefix_len
         return Decision(family=family, location=location, candidates=candidates, addresses=addresses,
                         scope_prefix=scope, fail_open=fail_open, all_full=all_full)
 

@@ -16,11 +16,9 @@ from headwater.clock import FakeClock
 from headwater.config import ConfigError, Reader
 from headwater.dns.health.tracker import HealthTracker, StaticHealthView
 from headwater.dns.steering.config import (
-    GeoConfig,
     GeoRule,
     Pop,
     SteeringConfig,
-    SteeredName,
     packaged_geoip_db,
     read_steering,
 )
