@@ -412,3 +412,21 @@ def test_explain_says_where_which_pop_and_why(cfg: SteeringConfig, locator: Loca
     assert json.loads(explain_command(cfg, "10.1.2.3", None, as_json=True))["answer"]["A"]["addresses"] == ["192.0.2.21"]
     with pytest.raises(ValueError):
         explain(cfg, "not-an-address")
+
+
+def test_decisions_are_counted_per_pop_and_source_even_when_remembered(cfg: SteeringConfig, locator: Locator) -> None:
+    s = steering(cfg, locator)
+    for _ in range(3):
+        s.steer("video", 4, net("81.2.69.0/24"), True)
+    s.steer("video", 4, net("10.1.0.0/16"), False)
+    assert s.decisions["lon"] == 3 and s.decisions["nyc"] == 1 and s.decisions["fra"] == 0
+    assert s.decisions_by_source == {"ecs": 3, "resolver": 1}
+
+
+def test_explain_logs_no_fail_open(cfg: SteeringConfig, locator: Locator, caplog: pytest.LogCaptureFixture) -> None:
+    t = tracker(cfg)
+    down(t, "lon", "fra", "nyc", "syd")
+    caplog.set_level(logging.INFO, logger="headwater.dns.steering")
+    report = explain(cfg, "81.2.69.7", t.to_json(), locator=locator)
+    assert report["answer"]["A"]["fail_open"] and len(report["answer"]["A"]["addresses"]) == 5
+    assert not caplog.records
