@@ -2,7 +2,8 @@
 
 Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, request bodies
 trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, malformed chunked
-bodies; plus FileBody with an open descriptor and the Date header from the injected clock.
+bodies, connections that end (or stay silent) before their first request; plus FileBody with
+an open descriptor and the Date header from the injected clock.
 Every test runs on both anyio backends.
 """
 
