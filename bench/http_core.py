@@ -73,7 +73,7 @@ def _serve_ours(root: str, port: int, backend: str) -> None:
         return not_found
 
     async def main() -> None:
-        await serve(app, sock=sock, loop_transport=True)
+        await serve(app, sock=sock)  # the loop transport on asyncio, as every daemon
 
     run(main, backend=backend)
 

@@ -1,10 +1,11 @@
 """An accepted connection as an asyncio ``Protocol`` on the event loop's own transport (uvloop's
 in C), seen by the shells as the same anyio byte stream as ``transport.SocketStream``.
 
-Used for plain TCP when serve() runs on asyncio. Compared with waiting for readiness on a bare
-socket, the socket stays registered with the loop for the whole connection (no epoll_ctl pair per
-read), the loop reads into its buffer and writes from it in C, and a read that finds bytes
-already buffered does not suspend. The shells, the sans-IO parsers and the limits are unchanged;
+Used for plain TCP when serve() runs on asyncio (the default; ``serve(loop_transport=False)``
+keeps ``SocketStream``). Compared with waiting for readiness on a bare socket, the socket stays
+registered with the loop for the whole connection (no epoll_ctl pair per read), the loop reads
+into its buffer and writes from it in C, and a read that finds bytes already buffered does not
+suspend. The shells, the sans-IO parsers and the limits are unchanged;
 trio keeps ``SocketStream``.
 
 Backpressure both ways: reading pauses once ``READ_BUFFER_BYTES`` wait unread (the shell reads
@@ -55,8 +56,18 @@ MSG_MORE = getattr(socket, "MSG_MORE", 0)
 async def open_protocol_stream(sock: socket.socket, send_timeout_s: float) -> ProtocolStream:
     """Hand the accepted ``sock`` to the running asyncio loop; the stream over it.
 
-    The loop owns the socket from here on and closes it once the stream is closed (``sock.close``
-    by its acceptor is then harmless: the loop holds a reference on its file descriptor).
+    The loop owns the socket from here on, and the caller must ``aclose`` the stream on every
+    path: that is what closes the descriptor (uvloop closes it and detaches ``sock``).
+    ``sock.close()`` does not: uvloop holds an I/O reference on the socket object, so close only
+    marks it closed. A stream never closed keeps its connection open (the peer waits for our end
+    of file) and leaks its descriptor until the garbage collector frees the transport and the
+    socket object together; then both close the same descriptor number, uvloop's
+    ``__dealloc__`` and the socket's finalizer, at a moment of the collector's choosing (from
+    a worker thread, too). When the number was reused in between, by an accepted connection
+    or a file, the second close takes that one away from under its owner: a live connection
+    cut, and libuv still watching a number the kernel hands out again, so the next
+    ``connect_accepted_socket`` on it fails with EEXIST (or EBADF, when the close falls between
+    the accept and the registration).
     """
     loop = asyncio.get_running_loop()
     stream = ProtocolStream(sock, send_timeout_s)

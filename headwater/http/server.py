@@ -51,17 +51,15 @@ log = logging.getLogger("headwater.http")
 async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
                 limits: HttpLimits = HttpLimits(), ssl_context: ssl.SSLContext | None = None,
                 reuse_port: bool = False, sock: socket.socket | None = None,
-                clock: Clock = SYSTEM_CLOCK, loop_transport: bool = False,
+                clock: Clock = SYSTEM_CLOCK, loop_transport: bool = True,
                 task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` until cancelled. ``task_status.started`` receives the bound port.
 
     ``sock``, if given, is an already listening socket (see ``bind_socket``); host, port and
     reuse_port are then ignored. ``clock`` gives the Date header and the HTTP/2 flood budget
-    their time. ``loop_transport`` (asyncio only) carries the bytes on the loop's own transports
-    (uvloop's, in C: ``ProtocolStream``), which ``bench http_core`` measures at about 1.5x the
-    requests per second; it is off by default because under the fault probes uvloop refused a
-    freshly accepted socket now and then (EEXIST, once EBADF, from ``connect_accepted_socket``),
-    which cut that client's request, and the cause is not found yet.
+    their time. ``loop_transport`` (on by default; asyncio only, trio always waits on the bare
+    socket) carries the bytes on the loop's own transports (uvloop's, in C: ``ProtocolStream``),
+    which ``bench http_core`` measures at about 1.5x the requests per second of ``SocketStream``.
     """
     listener = sock if sock is not None else bind_socket(host, port, reuse_port=reuse_port)
     listener.setblocking(False)
@@ -124,3 +122,9 @@ class _Server:
             log.exception("connection from %s failed", addr)
         finally:
             watched.discard(transport)
+            # Every path closes the stream, also those that end before a shell runs (no byte
+            # before the header timeout, end of file or a reset first, a slow TLS handshake).
+            # The acceptor's sock.close() cannot: a ProtocolStream's socket belongs to the loop
+            # (see open_protocol_stream), and left open it would be closed twice, later.
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()

@@ -2,15 +2,18 @@
 
 Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, request bodies
 trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, malformed chunked
-bodies; plus FileBody with an open descriptor and the Date header from the injected clock.
+bodies, connections that end (or stay silent) before their first request; plus FileBody with
+an open descriptor and the Date header from the injected clock.
 Every test runs on both anyio backends.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -375,6 +378,66 @@ async def test_one_connection_that_fails_ends_only_itself():
         tg.cancel_scope.cancel()
     listener.close()
     assert handled == [b"after", b"again"]
+
+
+# --- connections that end before their first request --------------------------------------------
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def server_end_of_file(s: anyio.abc.SocketStream) -> bool:
+    """Whether the server closed its side (the client reads end of file, or a reset)."""
+    try:
+        await s.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return True
+    return False
+
+
+async def test_a_connection_silent_or_closed_before_its_first_byte_is_closed_by_the_server() -> None:
+    """A client that half-closes before sending anything, and one that stays silent past the
+    header timeout, see the server close the connection. Before, on the loop transport (asyncio)
+    such a connection was never closed: its transport stayed open with the peer waiting, and its
+    descriptor was later closed twice by the garbage collector (the cause of EEXIST/EBADF from
+    ``connect_accepted_socket`` under load)."""
+    limits = HttpLimits(header_timeout_s=0.3)
+    async with running(make_app(Probe()), limits=limits) as port:
+        with anyio.fail_after(3):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                await s.send_eof()
+                assert await server_end_of_file(s)
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                start = anyio.current_time()
+                assert await server_end_of_file(s)
+                assert anyio.current_time() - start >= 0.25
+
+
+async def test_port_probes_leave_no_descriptor_behind() -> None:
+    """Connections closed or reset before their first byte (port probes, health checkers, scans)
+    hold no descriptor once they are gone, without the garbage collector's help: what is left
+    for it to close, it closes twice (uvloop's transport and the socket object both close the
+    number, which another connection or file may have been given in between)."""
+    async with running(make_app(Probe())) as port:
+        assert (await raw_exchange(port, b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                ).startswith(b"HTTP/1.1 200")
+        gc.collect()
+        gc.disable()
+        try:
+            before = open_descriptors()
+            for i in range(40):
+                s = socket.create_connection(("127.0.0.1", port))
+                if i % 2:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            # answered once the server accepted (in order) every probe before it
+            assert (await raw_exchange(port, b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    ).startswith(b"HTTP/1.1 200")
+            with anyio.fail_after(3):
+                while open_descriptors() > before:
+                    await anyio.sleep(0.02)
+        finally:
+            gc.enable()
 
 
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio")])
