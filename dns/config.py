@@ -6,9 +6,10 @@ zones it names (the ``zone`` of this table and each master file of ``zone_files`
 record outside its zone, a missing SOA or a CNAME beside other data stops ``headwater up`` with
 the key at fault, not the daemon later.
 
-The sub-tables of the other areas (``[[dns.pops]]``, ``[dns.geo]``, ``[dns.health]``,
-``[dns.dnssec]``, ``[dns.rrl]``) are kept as read (plain TOML values) until their own readers
-(``headwater.dns.steering.config`` and friends) are wired in here.
+The steering keys (``[[dns.steered]]``, ``[[dns.pops]]``, ``[dns.geo]``, ``steered_ttl``) are
+read by :func:`headwater.dns.steering.config.read_steering` and ``[dns.health]`` by
+:func:`headwater.dns.health.config.read_health`. ``[dns.dnssec]`` and ``[dns.rrl]`` are kept as
+read (plain TOML values) until their own readers are wired in here.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import dnslib
 from headwater.config import MiB, Reader
 
 from .edns import MAX_UDP, MIN_UDP
+from .health.config import HealthConfig, read_health
+from .steering.config import SteeredName, SteeringConfig, read_steering
 from .errors import ZoneError
 from .masterfile import read_master_file, record_from_text
 from .zone import STATIC_TYPES, Zone, build_zone
 
-__all__ = ["StaticRecord", "SteeredName", "DnsConfig", "read_dns", "config_zone", "zone_files"]
+__all__ = ["StaticRecord", "DnsConfig", "read_dns", "config_zone", "zone_files"]
 
 _TYPES = {dnslib.QTYPE.get(t) for t in STATIC_TYPES}
 
@@ -39,15 +42,6 @@ class StaticRecord:
     type: str
     value: str
     ttl: int | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SteeredName:
-    """One ``[[dns.steered]]`` name: its A and AAAA answers come from steering, ``answers``
-    addresses each."""
-
-    name: str
-    answers: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,10 +77,10 @@ class DnsConfig:
     cache_bytes: int = 64 * MiB
     # Zone files and cluster.toml are checked for changes this often (0: only on SIGHUP).
     reload_interval_s: float = 2.0
+    # Steering (POPs, geo, steered names) and the POPs' health checks.
+    steering: SteeringConfig | None = None
+    health: HealthConfig = field(default_factory=HealthConfig)
     # The other areas' tables, as read (see the module docstring).
-    pops: tuple[Mapping[str, Any], ...] = ()
-    geo: Mapping[str, Any] = field(default_factory=dict)
-    health: Mapping[str, Any] = field(default_factory=dict)
     dnssec: Mapping[str, Any] = field(default_factory=dict)
     rrl: Mapping[str, Any] = field(default_factory=dict)
 
@@ -150,14 +144,7 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         records.append(StaticRecord(name=r.get(item, "name", rp, str, "@"), type=rtype,
                                     value=r.get(item, "value", rp, str, required=True),
                                     ttl=_ttl(r, item, "ttl", rp, None)))
-    steered = []
-    for sp, item in _tables(r, data, "steered", p):
-        r.check_keys(item, sp, {"name", "answers"})
-        answers = r.get(item, "answers", sp, int, 1)
-        if not 1 <= answers <= 16:
-            raise r.error(f"{sp}.answers", "must be between 1 and 16")
-        steered.append(SteeredName(name=r.get(item, "name", sp, str, required=True).strip().rstrip(".").lower(),
-                                   answers=answers))
+    steering = read_steering(r, data, p)
     max_udp = r.get(data, "max_udp_size", p, int, d.max_udp_size)
     if not MIN_UDP <= max_udp <= MAX_UDP:
         raise r.error(f"{p}.max_udp_size", f"must be between {MIN_UDP} and {MAX_UDP}")
@@ -179,14 +166,14 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         zone=zone,
         zone_files=tuple(paths),
         ttl=_ttl(r, data, "ttl", p, d.ttl),
-        steered_ttl=_ttl(r, data, "steered_ttl", p, d.steered_ttl),
+        steered_ttl=steering.steered_ttl,
         negative_ttl=_ttl(r, data, "negative_ttl", p, d.negative_ttl),
         ns=tuple(ns),
         soa_mname=r.get(data, "soa_mname", p, str, d.soa_mname),
         soa_rname=r.get(data, "soa_rname", p, str, d.soa_rname),
         serial=r.get(data, "serial", p, int, d.serial),
         records=tuple(records),
-        steered=tuple(steered),
+        steered=steering.steered,
         max_udp_size=max_udp,
         tcp_max_connections=tcp_conns,
         tcp_idle_timeout_s=r.positive(data, "tcp_idle_timeout_seconds", p, d.tcp_idle_timeout_s),
@@ -194,14 +181,16 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         cache_entries=cache_entries,
         cache_bytes=r.size(data, "cache_size", p, d.cache_bytes),
         reload_interval_s=r.non_negative(data, "reload_interval_seconds", p, d.reload_interval_s),
-        pops=tuple(item for _, item in _tables(r, data, "pops", p)),
-        geo=r.table(data, "geo", p), health=r.table(data, "health", p),
+        steering=steering,
+        health=read_health(r, r.table(data, "health", p), f"{p}.health"),
         dnssec=r.table(data, "dnssec", p), rrl=r.table(data, "rrl", p),
     )
     if cfg.zone is None and not cfg.zone_files:
         raise r.error(f"{p}.zone", "the DNS serves no zone: give zone or zone_files")
     if cfg.steered and cfg.zone is None:
         raise r.error(f"{p}.steered", "steered names belong to the zone of [dns] zone")
+    if cfg.steered and not steering.pops:
+        raise r.error(f"{p}.pops", "steered names need at least one [[dns.pops]] entry to answer with")
     # Build every zone now: a bad record stops the cluster before anything starts.
     try:
         config_zone(cfg)

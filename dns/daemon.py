@@ -17,6 +17,7 @@ steering, the DNSSEC signers and the response rate limiter from :func:`build_ste
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -37,7 +38,10 @@ from .answer import Answerer, Signer, Steering
 from .cache import AnswerCache, query_key
 from .config import DnsConfig
 from .errors import rcode_name
+from .health import prober
+from .health.tracker import HealthTracker
 from .reload import ZoneSource
+from .steering.steer import Steering as PopSteering
 from .tcp import TcpStats, serve_tcp
 from .zone import Key
 
@@ -46,15 +50,18 @@ __all__ = ["DnsServer", "run_dns", "build_steering", "build_signers", "build_rrl
 log = logging.getLogger("headwater.dns")
 
 
-def build_steering(cluster: ClusterConfig, cfg: DnsConfig) -> tuple[Steering | None, list[Any]]:
-    """The steering of the steered names, and the background tasks it needs (health probes).
-
-    The steering package (``headwater.dns.steering``) is wired here by the lead; until then a
-    steered name is answered SERVFAIL (and this is logged once at start)."""
-    if cfg.steered:
-        log.warning("dns: no steering is wired in yet; steered names answer SERVFAIL",
-                    extra={"event": "dns.no_steering", "names": [s.name for s in cfg.steered]})
-    return None, []
+def build_steering(cluster: ClusterConfig, cfg: DnsConfig,
+                   tracker: HealthTracker | None = None) -> tuple[Steering | None, HealthTracker | None]:
+    """The steering of the steered names over a health tracker of the POPs (``tracker``, when
+    given, is kept: a reload changes its POPs, not their health so far). None without steered
+    names. The daemon runs the tracker's prober (:func:`headwater.dns.health.prober.run`)."""
+    if cfg.steering is None or not cfg.steered:
+        return None, tracker
+    if tracker is None:
+        tracker = HealthTracker(cfg.steering.pops, rise=cfg.health.rise, fall=cfg.health.fall)
+    else:
+        tracker.set_pops(cfg.steering.pops)
+    return PopSteering(cfg.steering, tracker), tracker
 
 
 def build_signers(cluster: ClusterConfig, cfg: DnsConfig) -> Mapping[Key, Signer]:
@@ -96,7 +103,7 @@ class DnsServer:
         self.worker = worker
         self.clock = clock
         self.source = ZoneSource(cluster, cfg)
-        self.steering, self.background = build_steering(cluster, cfg)
+        self.steering, self.tracker = build_steering(cluster, cfg)
         self.signers = build_signers(cluster, cfg)
         self.rrl = build_rrl(cluster, cfg)
         self.answerer = self._answerer()
@@ -163,7 +170,10 @@ class DnsServer:
         ok = self.source.try_reload()
         self.reloads["ok" if ok else "failed"] += 1
         if ok:
-            self.cfg = self.source.cfg
+            fresh = self.source.cfg
+            if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health):
+                self.steering, self.tracker = build_steering(self.cluster, fresh, self.tracker)
+            self.cfg = fresh
             self.answerer = self._answerer()
         return ok
 
@@ -190,6 +200,7 @@ class DnsServer:
                 "workers": self.cfg.workers, "port": self.udp_port,
                 "zones": [str(z.origin) for z in zones.zones], "generation": self.source.generation,
                 "steered": [s.name for s in self.cfg.steered], "steering": self.steering is not None,
+                "pops": self.tracker.to_json() if self.tracker is not None else {},
                 "signed": sorted(".".join(k.decode() for k in key) + "." for key in self.signers),
                 "cache": self.cache.statistics(), "reloads": dict(self.reloads),
                 "queries": sum(self.counts.values())}
@@ -204,6 +215,9 @@ class DnsServer:
         tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason", labels=("what",))
         rrl = registry.gauge("headwater_dns_rrl_verdicts", "rate limiter verdicts", labels=("verdict",))
         generation = registry.gauge("headwater_dns_zone_generation", "zone generation (bumped by each reload)")
+        decisions = registry.gauge("headwater_dns_steering_decisions", "steered answers by first-choice POP",
+                                   labels=("pop",))
+        pop_up = registry.gauge("headwater_dns_pop_up", "1 while the health checks see the POP up", labels=("pop",))
         seen: dict[tuple[int, int, str], float] = {}
 
         def collect() -> None:
@@ -222,6 +236,12 @@ class DnsServer:
             for k, v in self.rrl_counts.items():
                 rrl.labels(k.lower()).set(v)
             generation.set(self.source.generation)
+            if self.steering is not None:
+                for pop, n in self.steering.decisions.items():
+                    decisions.labels(pop).set(n)
+            if self.tracker is not None:
+                for pop in self.tracker.pops:
+                    pop_up.labels(pop.name).set(1 if self.tracker.is_up(pop.name) else 0)
 
         registry.add_collector(collect)
         add_process_metrics(registry)
@@ -257,6 +277,8 @@ async def run_dns(cluster: ClusterConfig, node: DnsConfig, *, worker: int = 0,
             task_status=task_status))
         tg.start_soon(server.watch_signals)
         tg.start_soon(server.watch_files)
-        for task in server.background:
-            tg.start_soon(task)
+        if server.tracker is not None:
+            # The prober reads the tracker's POPs on every pass, so a reload's new POPs are
+            # probed from the next pass on; its interval is the one read at start.
+            await tg.start(functools.partial(prober.run, server.tracker, node.health))
         task_status.started(server)

@@ -20,6 +20,12 @@ def dns_text(details: Mapping[str, Any]) -> str:
         hits, misses = cache.get("hits", 0), cache.get("misses", 0)
         if hits + misses:
             shown.append(f"cache {hits / (hits + misses):.0%} hits")
+    pops = details.get("pops")
+    if isinstance(pops, dict) and isinstance(pops.get("pops"), dict):
+        states = pops["pops"]
+        up = [n for n, h in states.items() if isinstance(h, dict) and h.get("up")]
+        down = [n for n in states if n not in up]
+        shown.append(f"POPs up {len(up)}/{len(states)}" + (f" (down: {', '.join(down)})" if down else ""))
     if details.get("steered") and not details.get("steering"):
         shown.append("steering not wired: steered names SERVFAIL")
     if "workers" in details:
