@@ -171,7 +171,7 @@ class Answerer:
             record.add_ar(opt_record(udp_size=self.max_udp, ext_rcode=rcode >> 4))
         qtype = question.qtype if question is not None else 0
         kind = "nxdomain" if rcode == RCODES["NXDOMAIN"] else "error"
-        return Answered(wire=record.pack(), rcode=rcode, qtype=qtype, kind=kind)
+        return Answered(wire=bytes(record.pack()), rcode=rcode, qtype=qtype, kind=kind)
 
     def _answer_query(self, query: Query, client_ip: str, tcp: bool) -> Answered:
         q = query.question
@@ -295,12 +295,12 @@ class Answerer:
     def _fit(self, record: dnslib.DNSRecord, limit: int, header: Header) -> tuple[bytes, bool]:
         """Pack ``record`` within ``limit`` bytes: without its additional data if need be (OPT
         kept), then without whole RRsets from the end, with TC=1."""
-        wire = record.pack()
+        wire = bytes(record.pack())
         if len(wire) <= limit:
             return wire, False
         opt = [rr for rr in record.ar if rr.rtype == QT.OPT]
         record.ar = opt
-        wire = record.pack()
+        wire = bytes(record.pack())
         if len(wire) <= limit:
             return wire, False
         record.header.tc = 1
@@ -309,10 +309,10 @@ class Answerer:
             while sets:
                 sets.pop()
                 setattr(record, section, [rr for rrset in sets for rr in rrset])
-                wire = record.pack()
+                wire = bytes(record.pack())
                 if len(wire) <= limit:
                     return wire, True
-        return record.pack(), True
+        return bytes(record.pack()), True
 
 
 class _NoSteering(DnsError):
