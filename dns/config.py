@@ -144,7 +144,8 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         records.append(StaticRecord(name=r.get(item, "name", rp, str, "@"), type=rtype,
                                     value=r.get(item, "value", rp, str, required=True),
                                     ttl=_ttl(r, item, "ttl", rp, None)))
-    steering = read_steering(r, data, p)
+    # A DNS with only static zones needs no POPs: steering is read when it is used.
+    steering = read_steering(r, data, p) if ("steered" in data or "pops" in data) else None
     max_udp = r.get(data, "max_udp_size", p, int, d.max_udp_size)
     if not MIN_UDP <= max_udp <= MAX_UDP:
         raise r.error(f"{p}.max_udp_size", f"must be between {MIN_UDP} and {MAX_UDP}")
@@ -166,14 +167,14 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         zone=zone,
         zone_files=tuple(paths),
         ttl=_ttl(r, data, "ttl", p, d.ttl),
-        steered_ttl=steering.steered_ttl,
+        steered_ttl=steering.steered_ttl if steering is not None else d.steered_ttl,
         negative_ttl=_ttl(r, data, "negative_ttl", p, d.negative_ttl),
         ns=tuple(ns),
         soa_mname=r.get(data, "soa_mname", p, str, d.soa_mname),
         soa_rname=r.get(data, "soa_rname", p, str, d.soa_rname),
         serial=r.get(data, "serial", p, int, d.serial),
         records=tuple(records),
-        steered=steering.steered,
+        steered=steering.steered if steering is not None else (),
         max_udp_size=max_udp,
         tcp_max_connections=tcp_conns,
         tcp_idle_timeout_s=r.positive(data, "tcp_idle_timeout_seconds", p, d.tcp_idle_timeout_s),
@@ -189,8 +190,6 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         raise r.error(f"{p}.zone", "the DNS serves no zone: give zone or zone_files")
     if cfg.steered and cfg.zone is None:
         raise r.error(f"{p}.steered", "steered names belong to the zone of [dns] zone")
-    if cfg.steered and not steering.pops:
-        raise r.error(f"{p}.pops", "steered names need at least one [[dns.pops]] entry to answer with")
     # Build every zone now: a bad record stops the cluster before anything starts.
     try:
         config_zone(cfg)
@@ -229,9 +228,11 @@ def config_zone(cfg: DnsConfig) -> Zone | None:
     if not ns_given:
         records += [record_from_text("@", "NS", ns, origin=origin, ttl=cfg.ttl, source="dns.ns") for ns in cfg.ns]
     for i, rec in enumerate(cfg.records):
-        records.append(record_from_text(rec.name, rec.type, rec.value, origin=origin,
-                                        ttl=cfg.ttl if rec.ttl is None else rec.ttl,
-                                        source=f"dns.records[{i}]"))
+        rr = record_from_text(rec.name, rec.type, rec.value, origin=origin,
+                              ttl=cfg.ttl if rec.ttl is None else rec.ttl, source=f"dns.records[{i}]")
+        if not rr.rname.matchSuffix(origin):
+            raise ZoneError(f"dns.records[{i}]: {rr.rname} is outside the zone {origin}")
+        records.append(rr)
     return build_zone(origin, records, steered=[s.name for s in cfg.steered], source="cluster.toml [dns]")
 
 
