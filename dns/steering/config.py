@@ -1,0 +1,275 @@
+"""The steering part of ``[dns]``: ``[[dns.pops]]``, ``[dns.geo]``, ``[[dns.geo.rules]]``, ``[[dns.steered]]``.
+
+Read through the kernel's :class:`~headwater.config.Reader`, so a bad value names its key and
+line before anything starts. dns-core's ``dns/config.py`` calls :func:`read_steering` with the raw
+``[dns]`` table (or the three readers one by one); every steering default lives here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from headwater.config import Reader
+
+__all__ = [
+    "Pop", "GeoRule", "GeoConfig", "SteeredName", "SteeringConfig",
+    "read_pops", "read_geo", "read_steered", "read_steering", "packaged_geoip_db",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# One DNS label (RFC 1035 letters, digits and hyphens; underscores for service names).
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+# A POP name is an id (it appears in metrics labels, logs and `headwater dns explain`).
+_POP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+MAX_ANSWERS = 16  # POPs in one steered answer: more would only bloat the UDP response
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pop:
+    """One edge POP the GeoDNS may answer with.
+
+    ``weight`` scales its reach: the steering ranks POPs by distance / weight, so a POP of
+    weight 2 wins over one of weight 1 up to twice as far away. ``max_load`` (0..1) caps it: a
+    POP whose last ``/healthz`` reported ``load`` at or above it is passed over while another
+    candidate has room.
+    """
+
+    name: str
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    lat: float
+    lon: float
+    region: str = ""
+    healthz: str
+    weight: float = 1.0
+    max_load: float | None = None
+
+    def addresses(self, family: int) -> tuple[str, ...]:
+        """This POP's A (family 4) or AAAA (family 6) addresses."""
+        return self.ipv4 if family == 4 else self.ipv6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeoRule:
+    """A configured location for a network: it overrides the geo database (private ranges, tests)."""
+
+    network: IPNetwork
+    lat: float
+    lon: float
+    country: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeoConfig:
+    """Where client locations come from: CIDR rules first, then a MaxMind-format database."""
+
+    geoip_db: Path
+    rules: tuple[GeoRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SteeredName:
+    """A name (relative to the zone, lowercase) whose A and AAAA answers the steering chooses."""
+
+    name: str
+    answers: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SteeringConfig:
+    """Everything :class:`~headwater.dns.steering.steer.Steering` is built from."""
+
+    pops: tuple[Pop, ...]
+    geo: GeoConfig
+    steered: tuple[SteeredName, ...] = ()
+    steered_ttl: int = 30
+
+    def pop(self, name: str) -> Pop:
+        for p in self.pops:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def packaged_geoip_db() -> Path:
+    """The GeoLite2 City file the ``maxminddb-geolite2`` package ships (the default database)."""
+    from _maxminddb_geolite2 import geolite2_database  # the package's own locator of its file
+
+    return Path(geolite2_database())
+
+
+def _table(r: Reader, value: Any, prefix: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise r.error(prefix, "expected a table")
+    return value
+
+
+def _array(r: Reader, raw: Any, prefix: str) -> list[Any]:
+    if not isinstance(raw, list):
+        raise r.error(prefix, f"expected an array of tables ([[{prefix}]])")
+    return raw
+
+
+def _coordinate(r: Reader, data: Mapping[str, Any], key: str, prefix: str, limit: float) -> float:
+    value = r.get(data, key, prefix, float, required=True)
+    if not -limit <= value <= limit:
+        raise r.error(f"{prefix}.{key}", f"{value} is outside -{limit:g}..{limit:g}")
+    return value
+
+
+def _addresses(r: Reader, data: Mapping[str, Any], key: str, prefix: str, version: int) -> tuple[str, ...]:
+    raw = r.get(data, key, prefix, list, [])
+    out: list[str] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise r.error(f"{prefix}.{key}", f"item {i} is not a string")
+        try:
+            addr = ipaddress.ip_address(item)
+        except ValueError:
+            raise r.error(f"{prefix}.{key}", f"{item!r} is not an IP address") from None
+        if addr.version != version:
+            raise r.error(f"{prefix}.{key}", f"{item!r} is not an IPv{version} address")
+        text = str(addr)  # canonical form, so equal configs give byte-equal answers
+        if text in out:
+            raise r.error(f"{prefix}.{key}", f"{item!r} is listed twice")
+        out.append(text)
+    return tuple(out)
+
+
+def _healthz_url(r: Reader, data: Mapping[str, Any], prefix: str) -> str:
+    url = r.get(data, "healthz", prefix, str, required=True)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a bad port
+    except ValueError as e:
+        raise r.error(f"{prefix}.healthz", f"{url!r} is not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise r.error(f"{prefix}.healthz", f"{url!r} is not an http:// or https:// URL with a host")
+    if port == 0:
+        raise r.error(f"{prefix}.healthz", f"{url!r} names port 0")
+    return url
+
+
+def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
+    """``[[dns.pops]]``: the POPs, each with its addresses, coordinates, health URL and weight."""
+    pops: list[Pop] = []
+    for i, item in enumerate(_array(r, raw, prefix)):
+        p = f"{prefix}[{i}]"
+        item = _table(r, item, p)
+        r.check_keys(item, p, {"name", "ipv4", "ipv6", "lat", "lon", "region", "healthz", "weight",
+                               "max_load"})
+        name = r.get(item, "name", p, str, required=True)
+        if not _POP_NAME.fullmatch(name):
+            raise r.error(f"{p}.name", f"{name!r} is not a valid POP name (letters, digits, . _ -)")
+        if any(x.name == name for x in pops):
+            raise r.error(f"{p}.name", f"POP {name!r} is defined twice")
+        ipv4 = _addresses(r, item, "ipv4", p, 4)
+        ipv6 = _addresses(r, item, "ipv6", p, 6)
+        if not ipv4 and not ipv6:
+            raise r.error(f"{p}.ipv4", "a POP needs at least one address (ipv4 or ipv6)")
+        max_load = r.get(item, "max_load", p, float, None)
+        if max_load is not None and not 0.0 < max_load <= 1.0:
+            raise r.error(f"{p}.max_load", f"{max_load} is outside 0..1 (a fraction of capacity, above 0)")
+        pops.append(Pop(
+            name=name, ipv4=ipv4, ipv6=ipv6,
+            lat=_coordinate(r, item, "lat", p, 90.0), lon=_coordinate(r, item, "lon", p, 180.0),
+            region=r.get(item, "region", p, str, ""), healthz=_healthz_url(r, item, p),
+            weight=r.positive(item, "weight", p, 1.0), max_load=max_load,
+        ))
+    if not pops:
+        raise r.error(prefix, "the GeoDNS needs at least one POP")
+    return tuple(pops)
+
+
+def _read_rules(r: Reader, raw: Any, prefix: str) -> tuple[GeoRule, ...]:
+    rules: list[GeoRule] = []
+    for i, item in enumerate(_array(r, raw, prefix)):
+        p = f"{prefix}[{i}]"
+        item = _table(r, item, p)
+        r.check_keys(item, p, {"cidr", "lat", "lon", "country"})
+        cidr = r.get(item, "cidr", p, str, required=True)
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as e:
+            raise r.error(f"{p}.cidr", f"{cidr!r} is not a network (host bits must be zero): {e}") from None
+        if any(x.network == network for x in rules):
+            raise r.error(f"{p}.cidr", f"{cidr} has two rules")
+        country = r.get(item, "country", p, str, "").upper()
+        if country and not _COUNTRY.fullmatch(country):
+            raise r.error(f"{p}.country", f"{country!r} is not a two-letter ISO 3166 country code")
+        rules.append(GeoRule(network=network, lat=_coordinate(r, item, "lat", p, 90.0),
+                             lon=_coordinate(r, item, "lon", p, 180.0), country=country))
+    return tuple(rules)
+
+
+def read_geo(r: Reader, data: Mapping[str, Any], prefix: str = "dns.geo") -> GeoConfig:
+    """``[dns.geo]``: the geo database (checked to open now) and its ``[[dns.geo.rules]]``."""
+    data = _table(r, data, prefix)
+    r.check_keys(data, prefix, {"geoip_db", "rules"})
+    raw = r.get(data, "geoip_db", prefix, str, "")
+    if raw:
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else r.root / path
+    else:
+        try:
+            path = packaged_geoip_db()
+        except ImportError:
+            raise r.error(f"{prefix}.geoip_db", "not set, and the maxminddb-geolite2 package that "
+                                                "ships the default database is not installed") from None
+    import maxminddb
+
+    try:
+        with maxminddb.open_database(str(path)) as db:
+            kind = db.metadata().database_type
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
+        raise r.error(f"{prefix}.geoip_db", f"cannot open {path} as a MaxMind database: {e}") from None
+    if "City" not in kind and "Location" not in kind:
+        # A Country or ASN database has no coordinates to measure distances from.
+        raise r.error(f"{prefix}.geoip_db", f"{path} is a {kind} database; steering needs coordinates "
+                                            "(a City database such as GeoLite2-City)")
+    rules = _read_rules(r, data.get("rules", []), f"{prefix}.rules")
+    return GeoConfig(geoip_db=path, rules=rules)
+
+
+def read_steered(r: Reader, raw: Any, prefix: str = "dns.steered",
+                 *, max_answers: int = MAX_ANSWERS) -> tuple[SteeredName, ...]:
+    """``[[dns.steered]]``: the names answered by steering, and how many POPs each answer holds."""
+    out: list[SteeredName] = []
+    for i, item in enumerate(_array(r, raw, prefix)):
+        p = f"{prefix}[{i}]"
+        item = _table(r, item, p)
+        r.check_keys(item, p, {"name", "answers"})
+        name = r.get(item, "name", p, str, required=True).lower().rstrip(".")
+        labels = name.split(".")
+        if name != "@" and not all(_LABEL.fullmatch(label) for label in labels):
+            raise r.error(f"{p}.name", f"{name!r} is not a name relative to the zone (such as \"video\")")
+        if any(x.name == name for x in out):
+            raise r.error(f"{p}.name", f"{name!r} is steered twice")
+        answers = r.get(item, "answers", p, int, 1)
+        if not 1 <= answers <= max_answers:
+            raise r.error(f"{p}.answers", f"{answers} is outside 1..{max_answers}")
+        out.append(SteeredName(name=name, answers=answers))
+    return tuple(out)
+
+
+def read_steering(r: Reader, dns: Mapping[str, Any], prefix: str = "dns") -> SteeringConfig:
+    """The steering keys of the raw ``[dns]`` table: ``pops``, ``geo``, ``steered``, ``steered_ttl``.
+
+    It leaves the other keys of ``[dns]`` to dns-core's reader (which checks the table's keys).
+    """
+    ttl = r.get(dns, "steered_ttl", prefix, int, 30)
+    if not 0 <= ttl <= 86400:
+        raise r.error(f"{prefix}.steered_ttl", f"{ttl} is outside 0..86400 seconds")
+    return SteeringConfig(
+        pops=read_pops(r, dns.get("pops", []), f"{prefix}.pops"),
+        geo=read_geo(r, dns.get("geo", {}), f"{prefix}.geo"),
+        steered=read_steered(r, dns.get("steered", []), f"{prefix}.steered"),
+        steered_ttl=ttl,
+    )
