@@ -471,7 +471,9 @@ def _log(msg: str) -> None:
 
 
 def _fmt_res(r: Dnsperf) -> str:
-    return (f"{r.qps / 1e3:7.1f} k q/s, {r.lost} lost, mean {r.latency_avg_s * 1e3:.2f} ms"
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(r.rcodes.items(), key=lambda kv: -kv[1]))
+    return (f"{r.qps / 1e3:7.1f} k q/s, {r.lost} lost, rcodes {codes or '-'}, "
+            f"mean {r.latency_avg_s * 1e3:.2f} ms"
             + (f", p99 {r.p99_s * 1e3:.2f} ms" if r.p99_s is not None else ""))
 
 
@@ -595,6 +597,11 @@ def render(rows: list[Row], ceilings: dict[str, Dnsperf], ours_note: str,
                 cpu += f" (Knot/ours {r.cpu['knot'] / r.cpu['ours']:.2f}x: steadier than q/s when " \
                        f"dnsperf, not the server, is the limit)"
             lines.append(f"  workers {r.workers}: server CPU per 1000 queries at peak: {cpu}")
+        for name, p in r.peak.items():
+            bad = sum(v for k, v in p.rcodes.items() if k != "NOERROR")
+            if bad:
+                lines.append(f"  workers {r.workers}: {name} answered {bad} of {p.completed} queries "
+                             f"with another RCODE than NOERROR ({p.rcodes}): check the zone")
         for name, h in r.half.items():
             if h.qps < 0.9 * r.half_rate:
                 lines.append(f"  workers {r.workers}: {name} answered only {h.qps:,.0f} q/s of the "
