@@ -294,16 +294,34 @@ class DnsServer:
     description: str = ""
 
 
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free for both UDP and TCP on 127.0.0.1 (all held until all are
+    chosen, so two calls cannot hand out the same one)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(50 * count):
+            if len(ports) == count:
+                return ports
+            t = socket.socket()
+            held.append(t)
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(u)
+            with contextlib.suppress(OSError):
+                u.bind(("127.0.0.1", port))
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) == count:
+        return ports
+    raise PeerError("no free ports on 127.0.0.1")
+
+
 def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", port))
-            return port
-    raise PeerError("no free port on 127.0.0.1")
+    return _free_ports(1)[0]
 
 
 def _probe_query() -> bytes:
@@ -398,7 +416,8 @@ class _HealthzHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200 if self.path.startswith("/healthz") else 404)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        with contextlib.suppress(OSError):  # a prober that hung up early
+            self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -505,10 +524,10 @@ def run(args: argparse.Namespace) -> int:
                 row = Row(workers=w)
                 rows.append(row)
                 if not args.no_ours:
-                    port = _free_port()
+                    port, admin_port = _free_ports(2)
                     cfg = root / f"cluster-{w}.toml"
                     cfg.write_text(args.ours_config.read_text() if args.ours_config else
-                                   headwater_cluster_toml(spec, port=port, admin_port=_free_port(),
+                                   headwater_cluster_toml(spec, port=port, admin_port=admin_port,
                                                           workers=w, healthz=healthz,
                                                           data_dir=root / "var"))
                     if args.ours_config:
@@ -524,7 +543,9 @@ def run(args: argparse.Namespace) -> int:
                             _log(f"  workers {w} ours  at {row.half_rate / 1e3:.1f} k q/s  "
                                  f"{_fmt_res(row.half['ours'])}")
                     except PeerError as e:
-                        last = procs.tail("headwater-dns", 1).strip()
+                        logs = sorted((root / "var" / "logs").glob("*.log"))
+                        last = (logs[-1].read_text(errors="replace").strip().splitlines() or [""])[-1] \
+                            if logs else procs.tail("headwater-dns", 1).strip()
                         ours_note = (f"ours not measured: {str(e).split('; last log lines')[0]}"
                                      + (f" ({last})" if last and last != "(no log)" else ""))
                         _log(f"  workers {w} {ours_note}")

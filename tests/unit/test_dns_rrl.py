@@ -251,3 +251,51 @@ def test_set_associative_table_with_tiny_capacity():
     for i in range(10):
         rrl.decide(f"10.0.{i}.1", "answer", "x.test.", 0.0)
     assert len(rrl) == 3
+
+
+# --- the daemon's UDP path (dns-core's DnsServer) with a limiter attached ---------------------------
+
+def test_daemon_udp_path_sends_drops_and_slips(tmp_path):
+    import dnslib
+
+    from headwater import config as hwconfig
+    from headwater.dns.daemon import DnsServer
+
+    cfg = hwconfig.loads(f"""
+[cluster]
+data_dir = "{tmp_path}"
+[dns]
+id = "dns-1"
+port = 15410
+admin_port = 15411
+zone = "cdn.headwater.test."
+[[dns.records]]
+name = "www"
+type = "A"
+value = "10.0.0.1"
+[[dns.pops]]
+name = "pop-1"
+ipv4 = ["127.0.0.1"]
+lat = 51.5
+lon = 0.0
+healthz = "http://127.0.0.1:1/healthz"
+""")
+    now = [100.0]
+    server = DnsServer(cfg, cfg.daemon("dns-1"), registry=Registry(), clock=lambda: now[0])
+    server.rrl = limiter(responses_per_second=2, slip=2)  # what build_rrl is to return
+    query = dnslib.DNSRecord.question("WWW.cdn.headwater.test", "A")
+    query.header.rd = 0
+    replies = [server.on_datagram(query.pack(), ("192.0.2.1", 5000)) for _ in range(6)]
+    parsed = [None if r is None else dnslib.DNSRecord.parse(r) for r in replies]
+    assert [p is not None and p.header.tc == 0 and len(p.rr) == 1 for p in parsed] == [True] * 2 + [False] * 4
+    assert parsed[2] is None and parsed[4] is None  # dropped
+    for slipped in (parsed[3], parsed[5]):  # truncated, empty, the question kept
+        assert slipped.header.tc == 1 and slipped.header.qr == 1 and not slipped.rr
+        assert str(slipped.q.qname) == "WWW.cdn.headwater.test."
+    now[0] += 20.0  # past the window: answered again
+    assert dnslib.DNSRecord.parse(server.on_datagram(query.pack(), ("192.0.2.9", 5000))).rr
+    assert rrl_counts(server) == {"SEND": 3, "DROP": 2, "SLIP": 2}
+
+
+def rrl_counts(server) -> dict[str, int]:
+    return dict(server.rrl_counts)
