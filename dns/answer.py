@@ -86,6 +86,7 @@ class Answered:
     cacheable: bool = False
     per_client: bool = False
     truncated: bool = False
+    zone: str = ""  # the zone answering (RRL accounts NXDOMAINs per zone)
 
 
 @dataclass(slots=True)
@@ -206,7 +207,7 @@ class Answerer:
         limit = MAX_TCP_ANSWER if tcp else (edns.udp_size if edns is not None else MIN_UDP)
         wire, truncated = self._fit(record, limit, header)
         return Answered(wire=wire, rcode=s.rcode, qtype=q.qtype, kind=s.kind, cacheable=True,
-                        per_client=s.per_client, truncated=truncated)
+                        per_client=s.per_client, truncated=truncated, zone=zone.origin_text)
 
     def _resolve(self, q: Question, key: Key, zone: Zone, client: ipaddress.IPv4Network | ipaddress.IPv6Network,
                  from_ecs: bool, signer: Signer | None) -> _Sections:

@@ -69,6 +69,7 @@ class Cached:
     rcode: int
     qtype: int
     kind: str
+    zone: str = ""
 
 
 _PER_CLIENT = Cached(wire=b"", rcode=-1, qtype=-1, kind="per-client")
@@ -125,7 +126,8 @@ class AnswerCache:
         if answered.per_client:
             self._put(key, _PER_CLIENT)
             key = key + b"@" + client_ip.encode()
-        self._put(key, Cached(wire=answered.wire, rcode=answered.rcode, qtype=answered.qtype, kind=answered.kind))
+        self._put(key, Cached(wire=answered.wire, rcode=answered.rcode, qtype=answered.qtype, kind=answered.kind,
+                              zone=answered.zone))
 
     def _put(self, key: bytes, entry: Cached) -> None:
         old = self._entries.pop(key, None)

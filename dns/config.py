@@ -7,9 +7,10 @@ record outside its zone, a missing SOA or a CNAME beside other data stops ``head
 the key at fault, not the daemon later.
 
 The steering keys (``[[dns.steered]]``, ``[[dns.pops]]``, ``[dns.geo]``, ``steered_ttl``) are
-read by :func:`headwater.dns.steering.config.read_steering` and ``[dns.health]`` by
-:func:`headwater.dns.health.config.read_health`. ``[dns.dnssec]`` and ``[dns.rrl]`` are kept as
-read (plain TOML values) until their own readers are wired in here.
+read by :func:`headwater.dns.steering.config.read_steering`, ``[dns.health]`` by
+:func:`headwater.dns.health.config.read_health` and ``[dns.rrl]`` by
+:func:`headwater.dns.rrl.read_rrl`. ``[dns.dnssec]`` is kept as read (plain TOML values) until
+its reader is wired in here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .health.config import HealthConfig, read_health
 from .steering.config import SteeredName, SteeringConfig, read_steering
 from .errors import ZoneError
 from .masterfile import read_master_file, record_from_text
+from .rrl import RrlConfig, read_rrl
 from .zone import STATIC_TYPES, Zone, build_zone
 
 __all__ = ["StaticRecord", "DnsConfig", "read_dns", "config_zone", "zone_files"]
@@ -82,7 +84,8 @@ class DnsConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     # The other areas' tables, as read (see the module docstring).
     dnssec: Mapping[str, Any] = field(default_factory=dict)
-    rrl: Mapping[str, Any] = field(default_factory=dict)
+    # Response rate limiting of UDP answers (on by default, as against reflection it must be).
+    rrl: RrlConfig = field(default_factory=RrlConfig)
 
     @property
     def role(self) -> str:
@@ -184,7 +187,7 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         reload_interval_s=r.non_negative(data, "reload_interval_seconds", p, d.reload_interval_s),
         steering=steering,
         health=read_health(r, r.table(data, "health", p), f"{p}.health"),
-        dnssec=r.table(data, "dnssec", p), rrl=r.table(data, "rrl", p),
+        dnssec=r.table(data, "dnssec", p), rrl=read_rrl(r, r.table(data, "rrl", p), f"{p}.rrl"),
     )
     if cfg.zone is None and not cfg.zone_files:
         raise r.error(f"{p}.zone", "the DNS serves no zone: give zone or zone_files")

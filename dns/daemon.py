@@ -41,6 +41,7 @@ from .errors import rcode_name
 from .health import prober
 from .health.tracker import HealthTracker
 from .reload import ZoneSource
+from .rrl import ResponseRateLimiter, RrlConfig, Verdict, add_rrl_metrics
 from .steering.steer import Steering as PopSteering
 from .tcp import TcpStats, serve_tcp
 from .zone import Key
@@ -72,9 +73,14 @@ def build_signers(cluster: ClusterConfig, cfg: DnsConfig) -> Mapping[Key, Signer
     return {}
 
 
-def build_rrl(cluster: ClusterConfig, cfg: DnsConfig) -> Any | None:
-    """The response rate limiter (``headwater.dns.rrl.ResponseRateLimiter``), wired by the lead."""
-    return None
+def build_rrl(cluster: ClusterConfig, cfg: DnsConfig) -> ResponseRateLimiter | None:
+    """The response rate limiter of UDP answers (``[dns.rrl]``), None when it is off. Its hash
+    secret is fresh per worker (os.urandom): nobody outside can aim accounts at one set."""
+    return ResponseRateLimiter(cfg.rrl) if cfg.rrl.enabled else None
+
+
+# What the RRL metrics read once a reload has turned the limiter off.
+_IDLE_RRL = ResponseRateLimiter(RrlConfig(max_buckets=1), secret=b"idle")
 
 
 def _slip(data: bytes, end: int) -> bytes:
@@ -109,7 +115,7 @@ class DnsServer:
         self.answerer = self._answerer()
         self.cache = AnswerCache(max_entries=cfg.cache_entries, max_bytes=cfg.cache_bytes)
         self.counts: Counter[tuple[int, int, str]] = Counter()
-        self.rrl_counts: Counter[str] = Counter()
+        self.rrl_counts: Counter[str] = Counter()  # verdict name -> UDP answers (SEND, DROP, SLIP)
         self.udp = DatagramStats()
         self.tcp = TcpStats()
         self.reloads = Counter({"ok": 0, "failed": 0})
@@ -132,7 +138,7 @@ class DnsServer:
             wire, found = self.cache.lookup(data, client_ip, answerer.generation)
             if wire is not None:
                 self.counts[(found.qtype, found.rcode, "udp")] += 1
-                return wire if self.rrl is None else self._limit(data, client_ip, found.kind, wire)
+                return wire if self.rrl is None else self._limit(data, client_ip, found.kind, wire, found.zone)
         else:
             found = None
         answered = answerer.answer(data, client_ip, tcp=False)
@@ -140,20 +146,22 @@ class DnsServer:
             return None
         self.cache.store(found, client_ip, answered)
         self.counts[(answered.qtype, answered.rcode, "udp")] += 1
-        return answered.wire if self.rrl is None else self._limit(data, client_ip, answered.kind, answered.wire)
+        if self.rrl is None:
+            return answered.wire
+        return self._limit(data, client_ip, answered.kind, answered.wire, answered.zone)
 
-    def _limit(self, data: bytes, client_ip: str, kind: str, wire: bytes) -> bytes | None:
+    def _limit(self, data: bytes, client_ip: str, kind: str, wire: bytes, zone: str) -> bytes | None:
+        """RRL's verdict on one UDP answer: the answer, nothing, or a slip (TC=1, empty)."""
         key = query_key(data)
         end = key[1] if key is not None else 0
         qname = _qname_text(data, end) if end else ""
-        verdict = self.rrl.decide(client_ip, kind, qname, self.clock())
-        name = getattr(verdict, "name", str(verdict)).upper()
-        self.rrl_counts[name] += 1
-        if name == "DROP":
-            return None
-        if name == "SLIP":
-            return _slip(data, end) if end else None
-        return wire
+        verdict = self.rrl.decide(client_ip, kind, qname, self.clock(), zone=zone)
+        self.rrl_counts[verdict.name] += 1
+        if verdict is Verdict.SEND:
+            return wire
+        if verdict is Verdict.SLIP and end:
+            return _slip(data, end)
+        return None
 
     def on_tcp_message(self, data: bytes, client_ip: str) -> bytes | None:
         """One TCP query (never cached as UDP answers are: no truncation limit, no RRL)."""
@@ -173,6 +181,8 @@ class DnsServer:
             fresh = self.source.cfg
             if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health):
                 self.steering, self.tracker = build_steering(self.cluster, fresh, self.tracker)
+            if fresh.rrl != self.cfg.rrl:
+                self.rrl = build_rrl(self.cluster, fresh)
             self.cfg = fresh
             self.answerer = self._answerer()
         return ok
@@ -224,7 +234,6 @@ class DnsServer:
         udp = registry.gauge("headwater_dns_udp", "UDP datagrams: received, sent, send_dropped, handler_errors",
                              labels=("what",))
         tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason", labels=("what",))
-        rrl = registry.gauge("headwater_dns_rrl_verdicts", "rate limiter verdicts", labels=("verdict",))
         generation = registry.gauge("headwater_dns_zone_generation", "zone generation (bumped by each reload)")
         decisions = registry.gauge("headwater_dns_steering_decisions", "steered answers by first-choice POP",
                                    labels=("pop",))
@@ -244,8 +253,6 @@ class DnsServer:
                 udp.labels(k).set(getattr(self.udp, k))
             for k in ("connections", "queries", "idle_closed", "timed_out", "bad_closed"):
                 tcp.labels(k).set(getattr(self.tcp, k))
-            for k, v in self.rrl_counts.items():
-                rrl.labels(k.lower()).set(v)
             generation.set(self.source.generation)
             if self.steering is not None:
                 for pop, n in self.steering.decisions.items():
@@ -255,6 +262,8 @@ class DnsServer:
                     pop_up.labels(pop.name).set(1 if self.tracker.is_up(pop.name) else 0)
 
         registry.add_collector(collect)
+        if self.rrl is not None:
+            add_rrl_metrics(registry, lambda: self.rrl or _IDLE_RRL)
         add_process_metrics(registry)
 
 

@@ -51,6 +51,11 @@ class Zone:
     source: str = ""
 
     @property
+    def origin_text(self) -> str:
+        """The apex as lowercase text with the final dot (``cdn.headwater.test.``)."""
+        return ".".join(k.decode("ascii", "replace") for k in self.origin_key) + "."
+
+    @property
     def negative_ttl(self) -> int:
         """The TTL of the SOA in a negative answer: min(SOA TTL, SOA MINIMUM) (RFC 2308 3)."""
         return min(self.soa.ttl, self.soa.rdata.times[-1])

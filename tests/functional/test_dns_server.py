@@ -57,7 +57,7 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def write_config(folder: Path, *, port: int, admin_port: int, address: str = "192.0.2.1") -> Path:
+def write_config(folder: Path, *, port: int, admin_port: int, address: str = "192.0.2.1", rrl: bool = False) -> Path:
     zone = folder / "files.zone"
     zone.write_text(ZONE.format(address=address, big=BIG))
     path = folder / "cluster.toml"
@@ -77,6 +77,10 @@ negative_ttl = 40
 reload_interval_seconds = 0.2
 tcp_idle_timeout_seconds = 2
 tcp_query_timeout_seconds = 0.5
+[dns.rrl]
+enabled = {"true" if rrl else "false"}
+responses_per_second = 5
+slip = 2
 [[dns.records]]
 name = "ns1"
 type = "A"
@@ -456,3 +460,31 @@ def test_sighup_reloads_a_node_started_by_the_cli(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_rrl_limits_a_flood_over_udp_and_never_tcp(tmp_path):
+    d = Daemon(write_config(tmp_path, port=free_port(), admin_port=free_port(), rrl=True), "asyncio").start()
+    try:
+        q = dns.message.make_query("static.cdn.headwater.test.", "A")
+        answered = slipped = dropped = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            for _ in range(40):
+                s.sendto(q.to_wire(), ("127.0.0.1", d.cfg.port))
+                try:
+                    msg = dns.message.from_wire(s.recv(4096))
+                except socket.timeout:
+                    dropped += 1
+                    continue
+                if msg.flags & dns.flags.TC:
+                    assert not msg.answer
+                    slipped += 1
+                else:
+                    answered += 1
+        assert 5 <= answered <= 8 and slipped >= 10 and dropped >= 10
+        msg = dns.query.tcp(q, "127.0.0.1", port=d.cfg.port, timeout=2)
+        assert msg.answer[0][0].address == "192.0.2.10"
+        metrics = httpx.get(f"http://127.0.0.1:{d.cfg.admin_port}/metrics").text
+        assert 'hw_dns_rrl_responses_total{verdict="dropped"}' in metrics
+    finally:
+        d.stop()
