@@ -31,5 +31,6 @@ ROLE_SET = RoleSet(
              entry="headwater.dns.daemon:run_dns", details_text=status.dns_text),
     ),
     endpoints=_endpoints,
+    status_report=status.status_report,
     commands=_commands,
 )

@@ -1,10 +1,13 @@
-"""The GeoDNS's part of ``headwater status``: its DETAILS text from /healthz."""
+"""The GeoDNS's part of ``headwater status``: its DETAILS text from /healthz, and each POP's
+health as the DNS sees it below the table."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["dns_text"]
+from headwater.roles import StatusReport
+
+__all__ = ["dns_text", "status_report"]
 
 
 def dns_text(details: Mapping[str, Any]) -> str:
@@ -31,3 +34,31 @@ def dns_text(details: Mapping[str, Any]) -> str:
     if "workers" in details:
         shown.append(f"workers {details['workers']}")
     return ", ".join(shown)
+
+
+def status_report(cfg: Any, rows: list[dict[str, Any]]) -> StatusReport:
+    """One line per POP (state, load, last error) from the first healthy dns row's /healthz,
+    and a warning when every POP is down (the DNS then answers with all of them)."""
+    lines: list[str] = []
+    warnings: list[str] = []
+    for row in rows:
+        details = row.get("details") or {}
+        if row.get("role") != "dns" or not row.get("healthy") or not isinstance(details.get("pops"), dict):
+            continue
+        pops = details["pops"].get("pops")
+        if not isinstance(pops, dict) or not pops:
+            continue
+        lines.append(f"POPs as {row.get('id', 'the DNS')} sees them:")
+        for name, h in pops.items():
+            if not isinstance(h, dict):
+                continue
+            text = f"  {name:<12} {h.get('state', '?'):<8}"
+            if h.get("load") is not None:
+                text += f" load {h['load']:.2f}" + (" (full)" if h.get("full") else "")
+            if h.get("last_error") and not h.get("up"):
+                text += f"  {h['last_error']}"
+            lines.append(text)
+        if not any(isinstance(h, dict) and h.get("up") for h in pops.values()):
+            warnings.append("every POP is down: the DNS answers steered names with all of them (fail open)")
+        break
+    return StatusReport(lines=lines, warnings=warnings)

@@ -80,3 +80,19 @@ def test_reload_keeps_the_listening_addresses(tmp_path):
     path.write_text(MINIMAL + 'port = 5454\nttl = 77\n')
     assert source.try_reload()
     assert source.cfg.port == 5353 and source.cfg.ttl == 77
+
+
+def test_status_text_and_pop_lines():
+    from headwater.dns.status import dns_text, status_report
+
+    details = {"zones": ["cdn.example."], "generation": 3, "cache": {"hits": 3, "misses": 1}, "workers": 2,
+               "steered": ["video"], "steering": True,
+               "pops": {"pops": {"lon": {"state": "up", "up": True, "load": 0.5},
+                                 "nyc": {"state": "down", "up": False, "last_error": "timeout"}}}}
+    assert dns_text(details) == ("zones cdn.example., generation 3, cache 75% hits, POPs up 1/2 (down: nyc), "
+                                 "workers 2")
+    report = status_report(None, [{"role": "dns", "id": "dns-1", "healthy": True, "details": details}])
+    assert report.lines[1].split() == ["lon", "up", "load", "0.50"] and "timeout" in report.lines[2]
+    assert not report.warnings
+    details["pops"]["pops"]["lon"] = {"state": "down", "up": False}
+    assert status_report(None, [{"role": "dns", "healthy": True, "details": details}]).warnings
