@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import dnslib
 
-from .edns import DEFAULT_UDP, MIN_UDP, Edns, read_opt
+from .edns import DEFAULT_UDP, Edns, read_opt
 from .errors import DnsError, FormatError, NotImplementedOpcode, Unanswerable
 
 __all__ = ["Header", "Question", "Query", "read_header", "parse_query", "OPCODE_QUERY"]
@@ -149,7 +149,3 @@ def parse_query(data: bytes, header: Header | None = None, *, max_udp: int = DEF
         raise
     return Query(header=header, question=question, edns=edns)
 
-
-def udp_limit(query: Query | None) -> int:
-    """The largest UDP answer a client takes: its EDNS size, or 512 without EDNS."""
-    return query.edns.udp_size if query is not None and query.edns is not None else MIN_UDP
