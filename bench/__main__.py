@@ -14,6 +14,7 @@ BENCHES = {
     "durability": "annual object-loss probability and nines per scheme (Markov model, measured repair)",
     "rebuild": "the reconstructor's rebuild rate after a lost disk, beside the fsync'd-write ceiling",
     "http_core": "the HTTP server core against nginx (one worker each, wrk), with machine ceilings",
+    "dns": "the GeoDNS against Knot DNS (dnsperf, ECS and plain queries), with machine ceilings",
 }
 
 

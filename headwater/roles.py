@@ -45,6 +45,7 @@ __all__ = [
 # One line per daemon package: a module with a ``ROLE_SET``.
 PACKAGES: tuple[str, ...] = (
     "headwater.objstore.roles",
+    "headwater.dns.roles",
 )
 
 ENV_PACKAGES = "HEADWATER_ROLE_PACKAGES"

@@ -2,9 +2,11 @@
 # Debian packages `python -m headwater.bench` drives: OpenStack Swift (the peer we compare with,
 # run from a temp dir, nothing written to /etc), memcached (Swift's token cache), iperf3 (the
 # loopback TCP ceiling), curl, and wrk + nginx (`bench http_core`: the load generator and the
-# peer, run from a temp dir). Idempotent: installs only what is missing; `make bench` calls it.
+# peer, run from a temp dir), knot + dnsperf (`bench dns`: the peer DNS server, run from a temp
+# dir with its own knot.conf, and the load generator). Idempotent: installs only what is missing;
+# `make bench` calls it.
 set -euo pipefail
-PACKAGES=(swift-proxy swift-object swift-container swift-account python3-swift memcached iperf3 curl wrk nginx)
+PACKAGES=(swift-proxy swift-object swift-container swift-account python3-swift memcached iperf3 curl wrk nginx knot dnsperf)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,8 +24,8 @@ echo "bench deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # Refresh the package lists only when they are absent or a first attempt fails.
 if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then apt-get update -qq; fi
-# policy-rc.d 101 keeps the packages' own services (memcached, swift-*, iperf3, nginx) from starting:
-# the bench runs its own instances on its own ports.
+# policy-rc.d 101 keeps the packages' own services (memcached, swift-*, iperf3, nginx, knot) from
+# starting: the bench runs its own instances on its own ports.
 policy=/usr/sbin/policy-rc.d
 made_policy=0
 if [[ ! -e $policy ]]; then

@@ -1,0 +1,304 @@
+"""The ``dns`` daemon: UDP and TCP on ``port``, /healthz and /metrics on ``admin_port``.
+
+Each worker process runs :func:`run_dns`: it loads the zones, builds the answerer (with the
+steering, the DNSSEC signers and the response rate limiter from :func:`build_steering`,
+:func:`build_signers` and :func:`build_rrl`, the one place each is constructed), and serves:
+
+- UDP through the kernel's shell (:mod:`headwater.datagram`) with SO_REUSEPORT, every datagram
+  answered synchronously: the answer cache first (:mod:`.cache`), the answerer on a miss, then
+  the rate limiter's verdict (send, drop, or slip a truncated answer);
+- TCP (:mod:`.tcp`), never rate limited;
+- the admin endpoint: /healthz (zones, generation, cache) and /metrics (queries by type, RCODE
+  and transport, cache hits and misses, reloads);
+- hot reload on SIGHUP and when cluster.toml or a zone file changes (:mod:`.reload`): the new
+  zones are validated whole and swapped in between two datagrams, so no query is lost or
+  answered from half a zone; a bad file is logged and the old zones stay.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any, Mapping
+
+import anyio
+import dnslib
+
+from headwater.admin import serve_admin
+from headwater.config import ClusterConfig
+from headwater.datagram import DatagramStats, bind_udp, serve_datagrams
+from headwater.http.transport import bind_socket
+from headwater.metrics import Registry, add_process_metrics
+
+from .answer import Answerer, Signer, Steering
+from .cache import AnswerCache, query_key
+from .config import DnsConfig
+from .errors import rcode_name
+from .health import prober
+from .health.tracker import HealthTracker
+from .reload import ZoneSource
+from .rrl import ResponseRateLimiter, RrlConfig, Verdict, add_rrl_metrics
+from .steering.steer import Steering as PopSteering
+from .tcp import TcpStats, serve_tcp
+from .zone import Key
+
+__all__ = ["DnsServer", "run_dns", "build_steering", "build_signers", "build_rrl"]
+
+log = logging.getLogger("headwater.dns")
+
+
+def build_steering(cluster: ClusterConfig, cfg: DnsConfig,
+                   tracker: HealthTracker | None = None) -> tuple[Steering | None, HealthTracker | None]:
+    """The steering of the steered names over a health tracker of the POPs (``tracker``, when
+    given, is kept: a reload changes its POPs, not their health so far). None without steered
+    names. The daemon runs the tracker's prober (:func:`headwater.dns.health.prober.run`)."""
+    if cfg.steering is None or not cfg.steered:
+        return None, tracker
+    if tracker is None:
+        tracker = HealthTracker(cfg.steering.pops, rise=cfg.health.rise, fall=cfg.health.fall)
+    else:
+        tracker.set_pops(cfg.steering.pops)
+    return PopSteering(cfg.steering, tracker), tracker
+
+
+def build_signers(cluster: ClusterConfig, cfg: DnsConfig) -> Mapping[Key, Signer]:
+    """Zone origin key -> online signer, when ``[dns.dnssec]`` is on (wired by the lead)."""
+    if cfg.dnssec.get("enabled"):
+        log.warning("dns: [dns.dnssec] is enabled but no signer is wired in yet; answers are unsigned",
+                    extra={"event": "dns.no_signer"})
+    return {}
+
+
+def build_rrl(cluster: ClusterConfig, cfg: DnsConfig) -> ResponseRateLimiter | None:
+    """The response rate limiter of UDP answers (``[dns.rrl]``), None when it is off. Its hash
+    secret is fresh per worker (os.urandom): nobody outside can aim accounts at one set."""
+    return ResponseRateLimiter(cfg.rrl) if cfg.rrl.enabled else None
+
+
+# What the RRL metrics read once a reload has turned the limiter off.
+_IDLE_RRL = ResponseRateLimiter(RrlConfig(max_buckets=1), secret=b"idle")
+
+
+def _slip(data: bytes, end: int) -> bytes:
+    """A truncated, empty answer to ``data`` (RRL's slip): the client retries over TCP."""
+    flags = 0x8000 | ((data[2] << 8 | data[3]) & 0x7910) | 0x0400 | 0x0200
+    return data[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:end + 4]
+
+
+def _qname_text(data: bytes, end: int) -> str:
+    labels, i = [], 12
+    while i < end - 1:
+        n = data[i]
+        labels.append(data[i + 1:i + 1 + n].decode("ascii", "replace").lower())
+        i += 1 + n
+    return ".".join(labels) + "."
+
+
+class DnsServer:
+    """One worker's state: the zones' source, the answerer (swapped on reload), the cache,
+    the counters; :meth:`on_datagram` and :meth:`on_tcp_message` are the shells' handlers."""
+
+    def __init__(self, cluster: ClusterConfig, cfg: DnsConfig, *, registry: Registry, worker: int = 0,
+                 clock: Any = time.monotonic) -> None:
+        self.cluster = cluster
+        self.cfg = cfg
+        self.worker = worker
+        self.clock = clock
+        self.source = ZoneSource(cluster, cfg)
+        self.steering, self.tracker = build_steering(cluster, cfg)
+        self.signers = build_signers(cluster, cfg)
+        self.rrl = build_rrl(cluster, cfg)
+        self.answerer = self._answerer()
+        self.cache = AnswerCache(max_entries=cfg.cache_entries, max_bytes=cfg.cache_bytes)
+        self.counts: Counter[tuple[int, int, str]] = Counter()
+        self.rrl_counts: Counter[str] = Counter()  # verdict name -> UDP answers (SEND, DROP, SLIP)
+        self.udp = DatagramStats()
+        self.tcp = TcpStats()
+        self.reloads = Counter({"ok": 0, "failed": 0})
+        self.udp_port = cfg.port
+        self.tcp_port = cfg.port
+        self.admin_port = cfg.admin_port
+        self._export(registry)
+
+    def _answerer(self) -> Answerer:
+        return Answerer(self.source.zones, steering=self.steering, signers=self.signers,
+                        max_udp=self.source.cfg.max_udp_size)
+
+    # --- the hot paths --------------------------------------------------------------------------
+
+    def on_datagram(self, data: bytes, addr: Any) -> bytes | None:
+        """One UDP query: from the cache when it can be, else answered and cached; then RRL."""
+        client_ip = addr[0]
+        answerer = self.answerer
+        if self.cache.max_entries:
+            wire, found = self.cache.lookup(data, client_ip, answerer.generation)
+            if wire is not None:
+                self.counts[(found.qtype, found.rcode, "udp")] += 1
+                return wire if self.rrl is None else self._limit(data, client_ip, found.kind, wire, found.zone)
+        else:
+            found = None
+        answered = answerer.answer(data, client_ip, tcp=False)
+        if answered is None:
+            return None
+        self.cache.store(found, client_ip, answered)
+        self.counts[(answered.qtype, answered.rcode, "udp")] += 1
+        if self.rrl is None:
+            return answered.wire
+        return self._limit(data, client_ip, answered.kind, answered.wire, answered.zone)
+
+    def _limit(self, data: bytes, client_ip: str, kind: str, wire: bytes, zone: str) -> bytes | None:
+        """RRL's verdict on one UDP answer: the answer, nothing, or a slip (TC=1, empty)."""
+        key = query_key(data)
+        end = key[1] if key is not None else 0
+        qname = _qname_text(data, end) if end else ""
+        verdict = self.rrl.decide(client_ip, kind, qname, self.clock(), zone=zone)
+        self.rrl_counts[verdict.name] += 1
+        if verdict is Verdict.SEND:
+            return wire
+        if verdict is Verdict.SLIP and end:
+            return _slip(data, end)
+        return None
+
+    def on_tcp_message(self, data: bytes, client_ip: str) -> bytes | None:
+        """One TCP query (never cached as UDP answers are: no truncation limit, no RRL)."""
+        answered = self.answerer.answer(data, client_ip, tcp=True)
+        if answered is None:
+            return None
+        self.counts[(answered.qtype, answered.rcode, "tcp")] += 1
+        return answered.wire
+
+    # --- reload -------------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read config and zones; swap the answerer in whole, or keep the old one."""
+        ok = self.source.try_reload()
+        self.reloads["ok" if ok else "failed"] += 1
+        if ok:
+            fresh = self.source.cfg
+            if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health):
+                self.steering, self.tracker = build_steering(self.cluster, fresh, self.tracker)
+            if fresh.rrl != self.cfg.rrl:
+                self.rrl = build_rrl(self.cluster, fresh)
+            self.cfg = fresh
+            self.answerer = self._answerer()
+        return ok
+
+    async def watch_signals(self) -> None:
+        """Reload on SIGHUP (only the main thread can receive signals; a daemon run in another
+        thread, as some tests do, reloads on file changes alone)."""
+        try:
+            receiver = anyio.open_signal_receiver(signal.SIGHUP)
+            signals = receiver.__enter__()
+        except (RuntimeError, ValueError) as e:
+            log.info("dns: no SIGHUP handling here (%s); file changes still reload", e,
+                     extra={"event": "dns.no_sighup"})
+            return
+        try:
+            async for _ in signals:
+                log.info("dns: SIGHUP, reloading", extra={"event": "dns.sighup"})
+                self.reload()
+        finally:
+            receiver.__exit__(None, None, None)
+
+    async def watch_files(self) -> None:
+        interval = self.cfg.reload_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await anyio.sleep(interval)
+            if self.source.changed():
+                self.reload()
+
+    # --- admin --------------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        zones = self.source.zones
+        return {"status": "ok", "role": "dns", "id": self.cfg.id, "pid": os.getpid(), "worker": self.worker,
+                "workers": self.cfg.workers, "port": self.udp_port,
+                "zones": [str(z.origin) for z in zones.zones], "generation": self.source.generation,
+                "steered": [s.name for s in self.cfg.steered], "steering": self.steering is not None,
+                "pops": self.tracker.to_json() if self.tracker is not None else {},
+                "signed": sorted(".".join(k.decode() for k in key) + "." for key in self.signers),
+                "cache": self.cache.statistics(), "reloads": dict(self.reloads),
+                "queries": sum(self.counts.values())}
+
+    def _export(self, registry: Registry) -> None:
+        queries = registry.counter("headwater_dns_queries_total", "DNS queries answered, by type, RCODE and transport",
+                                   labels=("qtype", "rcode", "transport"))
+        cache = registry.gauge("headwater_dns_cache", "answer cache: entries, bytes, hits, misses", labels=("what",))
+        reloads = registry.gauge("headwater_dns_reloads", "zone reloads, by outcome", labels=("outcome",))
+        udp = registry.gauge("headwater_dns_udp", "UDP datagrams: received, sent, send_dropped, handler_errors",
+                             labels=("what",))
+        tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason", labels=("what",))
+        generation = registry.gauge("headwater_dns_zone_generation", "zone generation (bumped by each reload)")
+        decisions = registry.gauge("headwater_dns_steering_decisions", "steered answers by first-choice POP",
+                                   labels=("pop",))
+        pop_up = registry.gauge("headwater_dns_pop_up", "1 while the health checks see the POP up", labels=("pop",))
+        seen: dict[tuple[int, int, str], float] = {}
+
+        def collect() -> None:
+            for (qtype, rcode, transport), n in list(self.counts.items()):
+                child = queries.labels(dnslib.QTYPE.get(qtype, str(qtype)), rcode_name(rcode), transport)
+                child.inc(n - seen.get((qtype, rcode, transport), 0))
+                seen[(qtype, rcode, transport)] = n
+            for k, v in self.cache.statistics().items():
+                cache.labels(k).set(v)
+            for k, v in self.reloads.items():
+                reloads.labels(k).set(v)
+            for k in ("received", "sent", "send_dropped", "handler_errors"):
+                udp.labels(k).set(getattr(self.udp, k))
+            for k in ("connections", "queries", "idle_closed", "timed_out", "bad_closed"):
+                tcp.labels(k).set(getattr(self.tcp, k))
+            generation.set(self.source.generation)
+            if self.steering is not None:
+                for pop, n in self.steering.decisions.items():
+                    decisions.labels(pop).set(n)
+            if self.tracker is not None:
+                for pop in self.tracker.pops:
+                    pop_up.labels(pop.name).set(1 if self.tracker.is_up(pop.name) else 0)
+
+        registry.add_collector(collect)
+        if self.rrl is not None:
+            add_rrl_metrics(registry, lambda: self.rrl or _IDLE_RRL)
+        add_process_metrics(registry)
+
+
+async def run_dns(cluster: ClusterConfig, node: DnsConfig, *, worker: int = 0,
+                  task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    """Run one worker: DNS on ``node.port`` (UDP and TCP), admin on ``node.admin_port``.
+
+    ``task_status.started(server)`` once all three listen (the :class:`DnsServer`; its
+    ``udp_port``, ``tcp_port`` and ``admin_port`` are the bound ports)."""
+    registry = Registry()
+    server = DnsServer(cluster, node, registry=registry, worker=worker)
+    # Bind both DNS sockets before serving anything: a port taken fails the start, whole.
+    udp_sock = bind_udp(node.host, node.port, reuse_port=True, receive_buffer=4 * 1024 * 1024)
+    tcp_sock = bind_socket(node.host, node.port, reuse_port=True)
+    server.udp_port = udp_sock.getsockname()[1]
+    server.tcp_port = tcp_sock.getsockname()[1]
+    zones = server.source.zones
+    log.info("dns: serving %s on %s:%d (udp %d, tcp %d), worker %d", ", ".join(str(z.origin) for z in zones.zones),
+             node.host, node.port, server.udp_port, server.tcp_port, worker,
+             extra={"event": "dns.listening", "zones": [str(z.origin) for z in zones.zones]})
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: serve_datagrams(server.on_datagram, sock=udp_sock, stats=server.udp,
+                                                           task_status=task_status))
+        await tg.start(lambda task_status: serve_tcp(server.on_tcp_message, sock=tcp_sock,
+                                                     max_connections=node.tcp_max_connections,
+                                                     idle_timeout_s=node.tcp_idle_timeout_s,
+                                                     query_timeout_s=node.tcp_query_timeout_s, stats=server.tcp,
+                                                     task_status=task_status))
+        server.admin_port = await tg.start(lambda task_status: serve_admin(
+            host=node.host, port=node.admin_port, health=server.health, registry=registry, reuse_port=True,
+            task_status=task_status))
+        tg.start_soon(server.watch_signals)
+        tg.start_soon(server.watch_files)
+        if server.tracker is not None:
+            # The prober reads the tracker's POPs on every pass, so a reload's new POPs are
+            # probed from the next pass on; its interval is the one read at start.
+            await tg.start(functools.partial(prober.run, server.tracker, node.health))
+        task_status.started(server)

@@ -1,0 +1,151 @@
+"""Reading a query off the wire, sans-IO: the header, the question, the OPT record.
+
+:func:`read_header` needs only the first 12 bytes; a datagram shorter than that, or one that is
+itself a response, raises :class:`~.errors.Unanswerable` (no answer: there is nobody to answer
+correctly, and answering responses is how reflection loops start). :func:`parse_query` then
+reads the rest with dnslib and raises a :class:`~.errors.DnsError` carrying the RCODE: an opcode
+other than QUERY is NOTIMP; a packet dnslib cannot parse (truncated, compression loops, pointers
+past the end or forwards, bad labels), QDCOUNT other than 1, trailing bytes, more than one OPT
+or a bad EDNS option is FORMERR; an EDNS version other than 0 is BADVERS. Any exception at all
+from the parser becomes FORMERR: hostile bytes never crash the server.
+
+Errors raised after the question was read carry it as ``exc.question`` (a
+:class:`Question`), so the answer can repeat it, and ``exc.had_opt`` when the query's OPT
+record was found (the answer then carries one: BADVERS lives in it).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import dnslib
+
+from .edns import DEFAULT_UDP, Edns, read_opt
+from .errors import DnsError, FormatError, NotImplementedOpcode, Unanswerable
+
+__all__ = ["Header", "Question", "Query", "read_header", "parse_query", "OPCODE_QUERY"]
+
+OPCODE_QUERY = 0
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")
+_MAX_NAME = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The 12-byte header: ID, flags and the four section counts."""
+
+    id: int
+    flags: int
+    qdcount: int
+    ancount: int
+    nscount: int
+    arcount: int
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """The question as asked: ``name`` keeps the client's case (0x20 randomisation)."""
+
+    name: dnslib.DNSLabel
+    qtype: int
+    qclass: int
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: the header, its one question and its EDNS (None without an OPT record)."""
+
+    header: Header
+    question: Question
+    edns: Edns | None
+
+
+def read_header(data: bytes) -> Header:
+    """The header, or Unanswerable for fewer than 12 bytes or a response (QR=1)."""
+    if len(data) < 12:
+        raise Unanswerable(f"{len(data)} bytes is shorter than a DNS header")
+    header = Header(*_HEADER.unpack_from(data))
+    if header.flags & 0x8000:
+        raise Unanswerable("a response, not a query")
+    return header
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    """The offset just past a (possibly compressed) name at ``offset``; dnslib has already
+    decoded it, this only finds where it ends."""
+    length = 0
+    while True:
+        if offset >= len(data):
+            raise FormatError("a name runs past the end of the packet")
+        b = data[offset]
+        if b & 0xC0 == 0xC0:
+            return offset + 2
+        if b & 0xC0:
+            raise FormatError(f"label type {b >> 6:#x} is not supported")
+        offset += 1 + b
+        length += 1 + b
+        if length > _MAX_NAME:
+            raise FormatError("a name longer than 255 bytes")
+        if b == 0:
+            return offset
+
+
+def _find_opt(data: bytes, header: Header) -> tuple[int, int, bytes] | None:
+    """(CLASS, TTL, RDATA) of the query's OPT record, or None; FORMERR for more than one OPT,
+    an OPT outside the additional section or not at the root, or bytes past the last record."""
+    offset = _skip_name(data, 12) + 4
+    found: tuple[int, int, bytes] | None = None
+    total = header.ancount + header.nscount + header.arcount
+    for i in range(total):
+        start = offset
+        offset = _skip_name(data, offset)
+        if offset + 10 > len(data):
+            raise FormatError("a record header runs past the end of the packet")
+        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
+        offset += 10
+        if offset + rdlength > len(data):
+            raise FormatError("record data runs past the end of the packet")
+        if rtype == dnslib.QTYPE.OPT:
+            if i < header.ancount + header.nscount:
+                raise FormatError("an OPT record outside the additional section")
+            if found is not None:
+                raise FormatError("more than one OPT record")
+            if data[start] != 0:
+                raise FormatError("an OPT record whose owner is not the root")
+            found = (rclass, ttl, data[offset:offset + rdlength])
+        offset += rdlength
+    if offset != len(data):
+        raise FormatError(f"{len(data) - offset} bytes after the last record")
+    return found
+
+
+def parse_query(data: bytes, header: Header | None = None, *, max_udp: int = DEFAULT_UDP) -> Query:
+    """Parse a whole query (see the module docstring for what each failure is answered)."""
+    header = header or read_header(data)
+    if header.opcode != OPCODE_QUERY:
+        raise NotImplementedOpcode(f"opcode {header.opcode}")
+    if header.qdcount != 1:
+        raise FormatError(f"QDCOUNT is {header.qdcount}, not 1")
+    try:
+        record = dnslib.DNSRecord.parse(data)
+        q = record.questions[0]
+        question = Question(q.qname, q.qtype, q.qclass)
+    except Exception as e:  # noqa: BLE001 — whatever the parser trips on is the client's fault
+        raise FormatError(f"unparseable: {type(e).__name__}: {e}") from None
+    opt = None
+    try:
+        opt = _find_opt(data, header)
+        edns = None if opt is None else read_opt(*opt, max_udp=max_udp)
+    except DnsError as e:
+        # The answer repeats the question, and carries an OPT record if the query had one.
+        e.question = question  # type: ignore[attr-defined]
+        e.had_opt = opt is not None  # type: ignore[attr-defined]
+        raise
+    return Query(header=header, question=question, edns=edns)
+

@@ -1,0 +1,98 @@
+"""[dns] in cluster.toml: defaults, errors naming key and line, and hot reload's validate-then-swap."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from headwater.config import ConfigError, load, loads
+from headwater.dns.config import DnsConfig
+from headwater.dns.reload import ZoneSource
+
+MINIMAL = '[dns]\nzone = "z.example."\n'
+
+
+def test_defaults_and_the_default_cluster_toml():
+    cfg = loads(MINIMAL).dns
+    assert (cfg.port, cfg.admin_port, cfg.workers, cfg.max_udp_size, cfg.role) == (5353, 9353, 2, 1232, "dns")
+    assert cfg.steering is None and not cfg.steered
+    shipped = load(os.path.join(os.path.dirname(__file__), "..", "..", "cluster.toml")).dns
+    assert isinstance(shipped, DnsConfig) and shipped.zone == "cdn.headwater.test."
+    assert [s.name for s in shipped.steered] == ["video"] and len(shipped.steering.pops) == 3
+
+
+@pytest.mark.parametrize("extra,key,line", [
+    ('workers = 0\n', "dns.workers", 3),
+    ('max_udp_size = 100\n', "dns.max_udp_size", 3),
+    ('colour = "red"\n', "dns.colour", 3),
+    ('[[dns.records]]\nname = "a"\ntype = "HINFO"\nvalue = "x"\n', "dns.records[0].type", 5),
+    ('[[dns.records]]\nname = "a"\ntype = "A"\nvalue = "not-an-address"\n', "dns.records[0]", 3),
+    ('[[dns.records]]\nname = "a.other."\ntype = "A"\nvalue = "192.0.2.1"\n', "dns.records[0]", 3),
+    ('[[dns.steered]]\nname = "video"\n', "dns.pops", None),
+])
+def test_errors_name_the_key_and_line(extra, key, line):
+    with pytest.raises(ConfigError) as e:
+        loads(MINIMAL + extra, path="cluster.toml")
+    assert e.value.key == key
+    if line is not None:
+        assert e.value.line == line
+
+
+def test_a_zone_file_is_checked_when_the_config_is_read(tmp_path):
+    (tmp_path / "bad.zone").write_text("$ORIGIN f.example.\n@ 60 IN NS ns\n")
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL + 'zone_files = ["bad.zone"]\n')
+    with pytest.raises(ConfigError, match="no SOA"):
+        load(path)
+
+
+def write_zone(path, address):
+    path.write_text(f"$ORIGIN f.example.\n@ 60 IN SOA ns h 1 2 3 4 5\n@ 60 IN NS ns\nwww 60 IN A {address}\n")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visible change
+
+
+def test_reload_swaps_good_files_and_keeps_serving_on_bad_ones(tmp_path):
+    zone = tmp_path / "f.zone"
+    write_zone(zone, "192.0.2.1")
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL + 'zone_files = ["f.zone"]\n')
+    source = ZoneSource(load(path), load(path).dns)
+    assert not source.changed()
+    first = source.zones
+    write_zone(zone, "192.0.2.2")
+    assert source.changed() and source.try_reload()
+    assert source.generation == 1 and source.zones is not first
+    (www,) = [z for z in source.zones.zones if str(z.origin) == "f.example."][0].rrsets[(b"www", b"f", b"example")][1]
+    assert str(www.rdata) == "192.0.2.2"
+    good = source.zones
+    zone.write_text("$ORIGIN f.example.\nwww 60 IN A 192.0.2.3\n")  # no SOA
+    assert source.changed() and not source.try_reload()
+    assert source.zones is good and source.generation == 1 and not source.changed()
+    path.write_text(MINIMAL + 'zone_files = ["f.zone"]\nworkers = 0\n')  # a bad config
+    assert not source.try_reload() and source.zones is good
+
+
+def test_reload_keeps_the_listening_addresses(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL)
+    source = ZoneSource(load(path), load(path).dns)
+    path.write_text(MINIMAL + 'port = 5454\nttl = 77\n')
+    assert source.try_reload()
+    assert source.cfg.port == 5353 and source.cfg.ttl == 77
+
+
+def test_status_text_and_pop_lines():
+    from headwater.dns.status import dns_text, status_report
+
+    details = {"zones": ["cdn.example."], "generation": 3, "cache": {"hits": 3, "misses": 1}, "workers": 2,
+               "steered": ["video"], "steering": True,
+               "pops": {"pops": {"lon": {"state": "up", "up": True, "load": 0.5},
+                                 "nyc": {"state": "down", "up": False, "last_error": "timeout"}}}}
+    assert dns_text(details) == ("zones cdn.example., generation 3, cache 75% hits, POPs up 1/2 (down: nyc), "
+                                 "workers 2")
+    report = status_report(None, [{"role": "dns", "id": "dns-1", "healthy": True, "details": details}])
+    assert report.lines[1].split() == ["lon", "up", "load", "0.50"] and "timeout" in report.lines[2]
+    assert not report.warnings
+    details["pops"]["pops"]["lon"] = {"state": "down", "up": False}
+    assert status_report(None, [{"role": "dns", "healthy": True, "details": details}]).warnings
