@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import tests.dnspython  # noqa: F401 — before any dns.* (see there)
 import anyio
 import dns.edns
 import dns.flags

@@ -4,7 +4,6 @@ referrals, REFUSED, EDNS and ECS echo, truncation, and steered names through the
 
 from __future__ import annotations
 
-import tests.dnspython  # noqa: F401 — before any dns.* (see there)
 import dns.edns
 import dns.flags
 import dns.message

@@ -3,7 +3,6 @@ answers, generations, and both bounds."""
 
 from __future__ import annotations
 
-import tests.dnspython  # noqa: F401 — before any dns.* (see there)
 import dns.edns
 import dns.message
 import pytest

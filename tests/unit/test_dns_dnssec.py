@@ -7,7 +7,7 @@ are checked here by hand, with dnspython's canonical name ordering.
 
 Server-level validation with BIND's validator (``delv``) needs the daemon: :func:`delv_validate`
 below runs it against a live GeoDNS with our DS as the only trust anchor; the lead wires it into
-the functional tests once ``dns/daemon.py`` serves signed answers.
+the functional tests once ``geodns/daemon.py`` serves signed answers.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dns.dnssec
+import dns.exception
+import dns.message
+import dns.name
+import dns.rdatatype
+import dns.rrset
 import dnslib
 import pytest
 from dnslib import RR, DNSLabel
@@ -36,25 +42,6 @@ from headwater.dns.dnssec.sign import WINDOW_S, ZoneSigner
 from headwater.sealed import Sealer, SealedKeyMismatch
 
 
-def _dnspython():
-    """dnspython's ``dns`` package. The worktree's own ``dns/`` folder (imported as
-    ``headwater.dns``) shadows it when the repository root is on sys.path, as it is under pytest
-    (rootdir insertion) and ``python -m``; load dnspython from where it is installed."""
-    mod = sys.modules.get("dns")
-    if mod is None or not hasattr(mod, "__version__"):  # ours has no __version__
-        sys.modules.pop("dns", None)
-        site = str(importlib.metadata.distribution("dnspython").locate_file(""))
-        sys.path.insert(0, site)
-        try:
-            mod = importlib.import_module("dns")
-        finally:
-            sys.path.remove(site)
-    for sub in ("dnssec", "message", "name", "rdatatype", "rrset", "exception"):
-        importlib.import_module(f"dns.{sub}")
-    return mod
-
-
-dns = _dnspython()
 
 ZONE = "cdn.headwater.test."
 QT = dnslib.QTYPE

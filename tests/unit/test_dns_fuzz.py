@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 
-import tests.dnspython  # noqa: F401 — before any dns.* (see there)
 import dns.edns
 import dns.message
 import pytest

@@ -1,7 +1,7 @@
 """The steering part of ``[dns]``: ``[[dns.pops]]``, ``[dns.geo]``, ``[[dns.geo.rules]]``, ``[[dns.steered]]``.
 
 Read through the kernel's :class:`~headwater.config.Reader`, so a bad value names its key and
-line before anything starts. dns-core's ``dns/config.py`` calls :func:`read_steering` with the raw
+line before anything starts. ``geodns/config.py`` calls :func:`read_steering` with the raw
 ``[dns]`` table (or the three readers one by one); every steering default lives here.
 """
 

@@ -1,6 +1,6 @@
 """``headwater dns explain IP``: which POPs a client gets and why, from config and a health snapshot.
 
-Pure: dns-core's ``dns/commands.py`` reads the config, fetches the running daemon's health view
+Pure: ``geodns/commands.py`` reads the config, fetches the running daemon's health view
 (:meth:`~headwater.dns.health.tracker.HealthTracker.to_json`, e.g. from its ``/healthz``; None
 when no daemon answers, and every POP then counts as up) and prints what :func:`explain_command`
 returns.

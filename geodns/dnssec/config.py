@@ -1,7 +1,7 @@
 """``[dns.dnssec]``: whether the GeoDNS signs its zones, with which algorithm, where the key lives.
 
 Read through the kernel's :class:`~headwater.config.Reader` (errors name the key and its line);
-dns-core's ``dns/config.py`` calls :func:`read_dnssec` with the table and the DNS daemon's data
+``geodns/config.py`` calls :func:`read_dnssec` with the table and the DNS daemon's data
 directory. Every DNSSEC default lives here.
 """
 
