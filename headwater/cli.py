@@ -90,8 +90,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         err(f"{node_cfg.id}: {e}")
         return EXIT_FAILED
     if args.worker is not None and not has_workers:
-        worker_roles = " and ".join(r.name for r in roles.registry().roles() if r.workers) or "no role"
-        err(f"{node_cfg.id}: --worker applies to the {worker_roles} only "
+        worker_roles = ", ".join(r.name for r in roles.registry().roles() if r.workers) or "no role"
+        err(f"{node_cfg.id}: --worker applies only to roles with workers ({worker_roles}) "
             f"({node_cfg.id} is a {node_cfg.role} node)")
         return EXIT_USAGE
     if has_workers and args.worker is not None and not 0 <= args.worker < node_cfg.workers:

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from contextlib import AsyncExitStack
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 import anyio
 import anyio.abc
@@ -380,12 +380,14 @@ def _read_failed(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> Non
 
 
 async def _start_reads(pool: StoragePool, lay: Layout, first: int, count: int,
-                       indexes: range) -> dict[int, PendingRead]:
-    """Put reads of blocks ``first .. first+count-1`` of the given fragments on the wire."""
+                       indexes: Iterable[int], *, down_too: bool = False) -> dict[int, PendingRead]:
+    """Put reads of blocks ``first .. first+count-1`` of the given fragments on the wire (those
+    on nodes marked down only with ``down_too``)."""
     calls: dict[int, PendingRead] = {}
+    down = set() if down_too else pool.down()
     for i in indexes:
         node = lay.nodes[i]
-        if node is None or node in pool.down():
+        if node is None or node in down:
             continue
         try:
             calls[i] = await pool.client(node).start_read(lay.fid(i), first, count)
@@ -423,6 +425,14 @@ async def _finish_reads(pool: StoragePool, lay: Layout, first: int, count: int,
         pool.stats["degraded_reads"] += 1
         extra = await _start_reads(pool, lay, first, count, range(scheme.k, scheme.width))
         await _collect(pool, lay, count, extra, got)
+    if len(got) < scheme.k:
+        # Last resort before failing the read: fragments on nodes marked down. A node restarted
+        # within its hold answers (it is readmitted by the prober only later); one still dead
+        # costs the attempt, on a read that would otherwise fail anyway.
+        held = [i for i in range(scheme.width) if i not in got and lay.nodes[i] in pool.down()]
+        if held:
+            extra = await _start_reads(pool, lay, first, count, held, down_too=True)
+            await _collect(pool, lay, count, extra, got)
     if len(got) < scheme.k:
         raise ReadFailed(f"object {lay.oid}: only {len(got)} of {scheme.k} needed fragments readable")
     whole = all(i in got for i in range(scheme.k))

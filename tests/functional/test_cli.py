@@ -228,7 +228,8 @@ def test_node_with_an_unknown_id(tmp_path):
 def test_node_worker_flag_only_for_the_gateway(tmp_path):
     path, _ = write_cluster(tmp_path)
     r = headwater("node", "storage-1", "-c", str(path), "--worker", "1")
-    assert r.returncode == 2 and "--worker applies to the gateway only" in r.stderr
+    assert r.returncode == 2 and "--worker applies only to roles with workers (gateway" in r.stderr
+    assert "storage-1 is a storage node" in r.stderr
     r = headwater("node", "s3", "-c", str(path), "--worker", "5")
     assert r.returncode == 2 and "outside 0..1" in r.stderr
 
