@@ -84,10 +84,20 @@ async def head_bucket(store: Store, call: Call) -> Response:
 
 
 async def delete_bucket(store: Store, call: Call) -> Response:
+    """DeleteBucket: BucketNotEmpty while any object is left. Multipart uploads in progress do
+    not keep a bucket alive on S3: they are aborted here, their parts retired as
+    AbortMultipartUpload retires them, so that no upload outlives its bucket and passes to
+    whoever creates the name next."""
+    # multipart imports this module's helpers, so it is imported here rather than at the top.
+    from .multipart import abort_all
+
     await owned_bucket(store, call)
     assert call.bucket is not None
-    # Uploads in progress count too: their parts would otherwise outlive the bucket and pass to
-    # whoever creates the name next.
+    if await store.meta.scan(objects_ns(call.bucket), limit=1):
+        raise s3e.BucketNotEmpty(BucketName=call.bucket)
+    await abort_all(store, call.bucket)
+    # Checked again: a Complete that finished meanwhile made an object, and an upload created
+    # since the scan would outlive the bucket.
     if await store.meta.scan(objects_ns(call.bucket), limit=1) or \
             await store.meta.scan(uploads_ns(call.bucket), limit=1):
         raise s3e.BucketNotEmpty(BucketName=call.bucket)
