@@ -13,7 +13,7 @@ from .errors import InvalidArgument, InvalidBucketName, InvalidURI, KeyTooLongEr
 
 __all__ = [
     "MAX_KEY_BYTES", "MAX_METADATA_BYTES", "STANDARD_HEADERS", "RESPONSE_OVERRIDES",
-    "validate_bucket_name", "validate_key", "Target", "parse_target", "parse_query",
+    "validate_bucket_name", "validate_key", "Target", "host_bucket", "parse_target", "parse_query",
     "parse_copy_source", "extract_metadata", "extract_standard_headers", "response_overrides",
 ]
 
@@ -97,6 +97,16 @@ def _strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def host_bucket(host: str, base_domains: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The bucket a virtual-host-style Host names (``<bucket>.<base domain>``, port ignored, the
+    longest base domain first), else None."""
+    h = _strip_port(host or "")
+    for base in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True):
+        if base and h.endswith("." + base):
+            return h[: -len(base) - 1]
+    return None
+
+
 def parse_target(host: str, raw_path: str, raw_query: str, *,
                  base_domains: list[str] | tuple[str, ...] = ()) -> Target:
     """Route a request to ``(bucket, key, query)``.
@@ -107,12 +117,7 @@ def parse_target(host: str, raw_path: str, raw_query: str, *,
     An empty key is None (a bucket operation).
     """
     query = parse_query(raw_query)
-    h = _strip_port(host or "")
-    bucket: str | None = None
-    for base in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True):
-        if base and h.endswith("." + base):
-            bucket = h[: -len(base) - 1]
-            break
+    bucket = host_bucket(host, base_domains)
     path = raw_path or "/"
     if not path.startswith("/"):
         raise InvalidURI(URI=raw_path)

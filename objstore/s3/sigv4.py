@@ -49,7 +49,7 @@ from .errors import (
 __all__ = [
     "ALGORITHM", "UNSIGNED_PAYLOAD", "STREAMING_SIGNED", "STREAMING_SIGNED_TRAILER",
     "STREAMING_UNSIGNED_TRAILER", "EMPTY_SHA256", "MAX_PRESIGN_EXPIRES_S",
-    "PayloadMode", "payload_mode", "AuthResult", "authenticate", "PayloadVerifier",
+    "PayloadMode", "payload_mode", "AuthResult", "authenticate", "has_query_auth", "PayloadVerifier",
     "signing_key", "sign", "canonical_uri", "canonical_query", "canonical_headers",
     "canonical_request", "string_to_sign", "parse_amz_date", "format_amz_date",
 ]
@@ -221,7 +221,7 @@ def authenticate(*, method: str, raw_path: str, raw_query: str, headers: Headers
     raises AccessDenied.
     """
     authz = headers.get("authorization")
-    query_auth = _has_query_auth(raw_query)
+    query_auth = has_query_auth(raw_query)
     if authz is not None and query_auth:
         raise InvalidArgument("Only one auth mechanism allowed; only the X-Amz-Algorithm query "
                               "parameter or the Authorization header should be specified",
@@ -239,7 +239,8 @@ def authenticate(*, method: str, raw_path: str, raw_query: str, headers: Headers
     raise AccessDenied("Anonymous access is not allowed")
 
 
-def _has_query_auth(raw_query: str) -> bool:
+def has_query_auth(raw_query: str) -> bool:
+    """Whether the query carries SigV4 query-string authentication (a presigned URL)."""
     return "X-Amz-Signature=" in raw_query or "X-Amz-Credential=" in raw_query
 
 
