@@ -104,6 +104,15 @@ def canonical_resource(raw_path: str, raw_query: str, *, host_bucket: str | None
     return res
 
 
+def _resources(raw_path: str, raw_query: str, host_bucket: str | None) -> list[bytes]:
+    """The canonical resources a signer may have meant. A path-style bucket request is sent as
+    ``/bucket`` but botocore signs ``/bucket/`` (S3 accepts both): the second is tried too."""
+    out = [canonical_resource(raw_path, raw_query, host_bucket=host_bucket)]
+    if host_bucket is None and len(raw_path) > 1 and "/" not in raw_path[1:]:
+        out.append(canonical_resource(raw_path + "/", raw_query))
+    return out
+
+
 def canonical_amz_headers(fields: list[tuple[str, str]]) -> bytes:
     """``name:v1,v2\\n`` for every ``x-amz-*`` field, names lower-case and sorted, values trimmed."""
     merged: dict[str, list[str]] = {}
@@ -195,20 +204,20 @@ def authenticate_header(*, method: str, raw_path: str, raw_query: str, headers: 
     user = lookup_user(access_key)
     if user is None:
         raise InvalidAccessKeyId(AWSAccessKeyId=access_key)
-    resource = canonical_resource(raw_path, raw_query, host_bucket=host_bucket)
     fields = list(headers)
-    candidates = [string_to_sign(method=method, content_md5=headers.get("content-md5") or "",
-                                 content_type=headers.get("content-type") or "", date=date_field,
-                                 amz_headers=canonical_amz_headers(fields), resource=resource)]
+    md5, ctype = headers.get("content-md5") or "", headers.get("content-type") or ""
     amz_date = headers.get("x-amz-date")
-    if amz_date is not None:
-        # The reference's own x-amz-date example signs that date in the Date position and not
-        # among the x-amz-* headers; accepted too (the date is signed either way).
-        candidates.append(string_to_sign(
-            method=method, content_md5=headers.get("content-md5") or "",
-            content_type=headers.get("content-type") or "", date=amz_date,
-            amz_headers=canonical_amz_headers([(k, v) for k, v in fields if k != "x-amz-date"]),
-            resource=resource))
+    candidates = []
+    for resource in _resources(raw_path, raw_query, host_bucket):
+        candidates.append(string_to_sign(method=method, content_md5=md5, content_type=ctype, date=date_field,
+                                         amz_headers=canonical_amz_headers(fields), resource=resource))
+        if amz_date is not None:
+            # The reference's own x-amz-date example signs that date in the Date position and
+            # not among the x-amz-* headers; accepted too (the date is signed either way).
+            candidates.append(string_to_sign(
+                method=method, content_md5=md5, content_type=ctype, date=amz_date,
+                amz_headers=canonical_amz_headers([(k, v) for k, v in fields if k != "x-amz-date"]),
+                resource=resource))
     _verify(user.secret_key, candidates, signature, access_key)
     return SigV2Result(auth=_result(user, access_key, signature, when, headers, presigned=False))
 
@@ -243,11 +252,11 @@ def authenticate_query(*, method: str, raw_path: str, raw_query: str, headers: H
     absent = [(k, v) for k, v in carried if k not in headers]
     fields = list(headers) + absent
     lookup = Headers(fields)
-    sts = string_to_sign(method=method, content_md5=lookup.get("content-md5") or "",
-                         content_type=lookup.get("content-type") or "", date=params["Expires"],
-                         amz_headers=canonical_amz_headers(fields),
-                         resource=canonical_resource(raw_path, raw_query, host_bucket=host_bucket))
-    _verify(user.secret_key, [sts], params["Signature"], access_key)
+    candidates = [string_to_sign(method=method, content_md5=lookup.get("content-md5") or "",
+                                 content_type=lookup.get("content-type") or "", date=params["Expires"],
+                                 amz_headers=canonical_amz_headers(fields), resource=resource)
+                  for resource in _resources(raw_path, raw_query, host_bucket)]
+    _verify(user.secret_key, candidates, params["Signature"], access_key)
     return SigV2Result(auth=_result(user, access_key, params["Signature"], now, lookup, presigned=True),
                        query_headers=tuple(absent))
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import time
 
 import botocore.exceptions
+import httpx
 import pytest
 
-from tests.cluster import client_error
+from tests.cluster import client_error, xml_error
 
 CLUSTER_OPTIONS = dict(stripe_size="64KiB", inline_max_size="4KiB", min_part_size="100KiB",
                        extra_objstore={"retire_grace_seconds": 0.2})
@@ -82,3 +83,84 @@ def test_aws_cli_rb_after_an_abandoned_upload(cluster, s3):
     s3.create_multipart_upload(Bucket="compat-rb-force", Key="abandoned")
     cluster.aws("s3", "rb", "--force", "s3://compat-rb-force")
     expect_error(s3.head_bucket, 404, "404", Bucket="compat-rb-force")
+
+
+# --- 2. SigV2 ------------------------------------------------------------------------------------
+
+def v2_client(cluster, user: int = 0):
+    """boto3 signing SigV2 (``signature_version="s3"``): headers, and presigned URLs."""
+    import boto3
+    from botocore.config import Config
+
+    u = cluster.user(user)
+    return boto3.client("s3", endpoint_url=cluster.endpoint, region_name=cluster.region,
+                        aws_access_key_id=u.access_key, aws_secret_access_key=u.secret_key,
+                        config=Config(signature_version="s3", s3={"addressing_style": "path"},
+                                      retries={"total_max_attempts": 1, "mode": "standard"}))
+
+
+def test_sigv2_header_signed_requests(cluster, s3, bucket):
+    v2 = v2_client(cluster)
+    v2.put_object(Bucket=bucket, Key="dir/a b+c.txt", Body=b"hello v2", ContentType="text/plain",
+                  Metadata={"who": "v2"})
+    got = v2.get_object(Bucket=bucket, Key="dir/a b+c.txt", ResponseContentDisposition='attachment; filename="x y"')
+    assert got["Body"].read() == b"hello v2" and got["Metadata"] == {"who": "v2"}
+    assert got["ContentDisposition"] == 'attachment; filename="x y"'
+    assert [o["Key"] for o in v2.list_objects_v2(Bucket=bucket, Prefix="dir/")["Contents"]] == ["dir/a b+c.txt"]
+    assert bucket in {b["Name"] for b in v2.list_buckets()["Buckets"]}
+    # a multipart upload: ?uploads, ?uploadId&partNumber, ?uploadId are signed sub-resources
+    uid = v2.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    etag = v2.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=b"part")["ETag"]
+    v2.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == b"part"
+    v2.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "mp"}, {"Key": "dir/a b+c.txt"}]})
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    # the wrong secret, and another user's bucket
+    bad = boto3_with_secret(cluster, "wrong")
+    expect_error(bad.list_buckets, 403, "SignatureDoesNotMatch")
+    expect_error(v2_client(cluster, 1).list_objects_v2, 403, "AccessDenied", Bucket=bucket)
+
+
+def boto3_with_secret(cluster, secret: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=cluster.endpoint, region_name=cluster.region,
+                        aws_access_key_id=cluster.user(0).access_key, aws_secret_access_key=secret,
+                        config=Config(signature_version="s3", s3={"addressing_style": "path"},
+                                      retries={"total_max_attempts": 1, "mode": "standard"}))
+
+
+def test_sigv2_presigned_urls_with_httpx(cluster, s3, bucket):
+    v2 = v2_client(cluster)
+    s3.put_object(Bucket=bucket, Key="movie.mp4", Body=b"frames")
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "movie.mp4"}, ExpiresIn=300)
+    assert "AWSAccessKeyId=" in url and "Signature=" in url and "Expires=" in url and "X-Amz-" not in url
+    r = httpx.get(url)
+    assert (r.status_code, r.content) == (200, b"frames")
+    assert httpx.head(url).status_code == 403  # signed for GET
+    # PUT, with a content type and metadata signed into the URL (boto3 puts them in the query)
+    url = v2.generate_presigned_url("put_object", ExpiresIn=300, Params={
+        "Bucket": bucket, "Key": "up.txt", "ContentType": "text/plain", "Metadata": {"origin": "presigned"}})
+    r = httpx.put(url, content=b"uploaded", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200, r.text
+    head = s3.head_object(Bucket=bucket, Key="up.txt")
+    assert (head["ContentType"], head["Metadata"]) == ("text/plain", {"origin": "presigned"})
+    r = httpx.put(url, content=b"x", headers={"Content-Type": "text/html"})
+    assert (r.status_code, xml_error(r)["Code"]) == (403, "SignatureDoesNotMatch")
+    # a tampered URL
+    r = httpx.get(url.replace("up.txt", "movie.mp4"))
+    assert (r.status_code, xml_error(r)["Code"]) == (403, "SignatureDoesNotMatch")
+
+
+def test_sigv2_presigned_url_expired(cluster, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    url = v2_client(cluster).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"},
+                                                    ExpiresIn=-5)
+    r = httpx.get(url)
+    err = xml_error(r)
+    assert (r.status_code, err["Code"], err["Message"]) == (403, "AccessDenied", "Request has expired")
+    assert set(err) >= {"Expires", "ServerTime", "RequestId"}
+    r = httpx.get(url.split("?")[0] + "?AWSAccessKeyId=" + cluster.user(0).access_key)
+    assert (r.status_code, xml_error(r)["Code"]) == (403, "AccessDenied")

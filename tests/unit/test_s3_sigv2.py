@@ -213,3 +213,13 @@ def test_botocore_presigned_url_and_its_query_headers():
         _verify("PUT", raw_path, query, Headers([("host", h["host"]), ("x-amz-meta-who", "you")]), now=1_700_000_000)
     with pytest.raises(e.SignatureDoesNotMatch):
         _verify("PUT", raw_path, query.replace("Expires=1700000600", "Expires=1700009999"), bare, now=1_700_000_000)
+
+
+def test_botocore_path_style_bucket_request_signs_a_trailing_slash():
+    """boto3 sends ``/bucket`` and signs ``/bucket/`` for bucket operations; both verify."""
+    raw_path, query, h = _botocore("GET", "/bucket?list-type=2", auth_path="/bucket/")
+    assert raw_path == "/bucket"
+    assert _verify("GET", raw_path, query, h, at(h["date"])).version == 2
+    raw_path, query, h = _botocore("GET", "/bucket/key", auth_path="/bucket/key/")
+    with pytest.raises(e.SignatureDoesNotMatch):  # only the bucket's own path gains the slash
+        _verify("GET", raw_path, query, h, at(h["date"]))
