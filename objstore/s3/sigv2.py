@@ -40,7 +40,7 @@ from headwater.http.types import Headers
 
 from ..config import User
 from .errors import AccessDenied, InvalidAccessKeyId, InvalidRequest, RequestTimeTooSkewed, SignatureDoesNotMatch
-from .sigv4 import UNSIGNED_PAYLOAD, AuthResult, format_amz_date, payload_mode
+from .sigv4 import UNSIGNED_PAYLOAD, AuthResult, format_amz_date, payload_mode, wire_bytes
 
 __all__ = ["SUBRESOURCES", "QUERY_AUTH_PARAMS", "SigV2Result", "has_query_auth", "canonical_resource",
            "canonical_amz_headers", "string_to_sign", "sign", "authenticate_header", "authenticate_query"]
@@ -67,12 +67,7 @@ class SigV2Result:
     query_headers: tuple[tuple[str, str], ...] = ()
 
 
-def _wire(text: str) -> bytes:
-    """The bytes a header value arrived as (decoded as latin-1); other text as UTF-8."""
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
+_wire = wire_bytes  # header values and the raw path are signed as the bytes they arrived as
 
 
 def _query_pieces(raw_query: str) -> list[tuple[str, str | None]]:

@@ -51,7 +51,7 @@ __all__ = [
     "STREAMING_UNSIGNED_TRAILER", "EMPTY_SHA256", "MAX_PRESIGN_EXPIRES_S",
     "PayloadMode", "payload_mode", "AuthResult", "authenticate", "has_query_auth", "PayloadVerifier",
     "signing_key", "sign", "canonical_uri", "canonical_query", "canonical_headers",
-    "canonical_request", "string_to_sign", "parse_amz_date", "format_amz_date",
+    "canonical_request", "string_to_sign", "wire_bytes", "parse_amz_date", "format_amz_date",
 ]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -173,8 +173,25 @@ def canonical_query(raw_query: str, *, exclude: str | None = None, plus_is_space
     return "&".join(f"{n}={v}" for n, v in pairs)
 
 
+# The whitespace botocore collapses. Not str.split(): header values here are the wire's bytes
+# decoded as latin-1, where a UTF-8 byte such as 0xA0 or 0x85 reads as Unicode whitespace.
+_WS = " \t\n\r\x0b\x0c"
+_WS_RUN = re.compile(f"[{_WS}]+")
+
+
 def _trim(value: str) -> str:
-    return " ".join(value.split())
+    return _WS_RUN.sub(" ", value.strip(_WS))
+
+
+def wire_bytes(text: str) -> bytes:
+    """The bytes a canonical string stands for: header values (and a raw path) hold the wire's
+    bytes decoded as latin-1, so latin-1 gives those bytes back, e.g. the UTF-8 of a
+    non-ASCII x-amz-meta-* value exactly as the client signed it. Text that cannot have come
+    off the wire (a character past U+00FF) is UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def canonical_headers(headers: Headers, signed: list[str], *, host: str | None = None) -> str:
@@ -194,7 +211,7 @@ def canonical_request(method: str, uri: str, query: str, canonical_hdrs: str,
 
 
 def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
-    return "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()))
+    return "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(wire_bytes(canonical)).hexdigest()))
 
 
 def parse_amz_date(value: str) -> float:

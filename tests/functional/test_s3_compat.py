@@ -22,7 +22,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from tests.cluster import client_error, xml_error
+from tests.cluster import client_error, sign_headers, xml_error
 
 CLUSTER_OPTIONS = dict(stripe_size="64KiB", inline_max_size="4KiB", min_part_size="100KiB",
                        extra_objstore={"retire_grace_seconds": 0.2})
@@ -164,3 +164,91 @@ def test_sigv2_presigned_url_expired(cluster, s3, bucket):
     assert set(err) >= {"Expires", "ServerTime", "RequestId"}
     r = httpx.get(url.split("?")[0] + "?AWSAccessKeyId=" + cluster.user(0).access_key)
     assert (r.status_code, xml_error(r)["Code"]) == (403, "AccessDenied")
+
+
+# --- 3. non-ASCII user metadata -------------------------------------------------------------------
+
+def raw_metadata_client(cluster):
+    """boto3 as it sends non-ASCII metadata once its client-side ASCII check is off (the check
+    S3 does not make): the header carries the UTF-8 bytes, and SigV4 signs those bytes."""
+    import botocore.handlers
+
+    client = cluster.s3_client(0)
+    client.meta.events.unregister("before-parameter-build.s3.PutObject", botocore.handlers.validate_ascii_metadata)
+    client.meta.events.unregister("before-parameter-build.s3.CreateMultipartUpload",
+                                  botocore.handlers.validate_ascii_metadata)
+    return client
+
+
+def decoded(value: str) -> str:
+    from email.header import decode_header, make_header
+
+    return str(make_header(decode_header(value)))
+
+
+@pytest.mark.parametrize("value", ["Café", "日本語のタイトル", "à la carte — Å", "emoji 🎬 " * 11 + "fin"])
+def test_non_ascii_metadata_is_accepted_and_returned_rfc2047_encoded(cluster, s3, bucket, value):
+    raw = raw_metadata_client(cluster)
+    raw.put_object(Bucket=bucket, Key="k", Body=b"x", Metadata={"title": value, "plain": "ascii only"})
+    got = s3.head_object(Bucket=bucket, Key="k")["Metadata"]
+    # S3: "encoded as per RFC 2047 to make them mail-safe before returning"; ASCII as it was
+    assert got["plain"] == "ascii only"
+    assert got["title"].startswith("=?UTF-8?B?") and got["title"].isascii()
+    assert decoded(got["title"]) == value
+    # multipart uploads keep it the same way, and a copy carries it on
+    uid = raw.create_multipart_upload(Bucket=bucket, Key="mp", Metadata={"title": value})["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=b"p")["ETag"]
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "mp"})
+    for key in ("mp", "copy"):
+        assert decoded(s3.get_object(Bucket=bucket, Key=key)["Metadata"]["title"]) == value
+
+
+def test_non_ascii_metadata_with_sigv2(cluster, s3, bucket):
+    import botocore.handlers
+
+    v2 = v2_client(cluster)
+    v2.meta.events.unregister("before-parameter-build.s3.PutObject", botocore.handlers.validate_ascii_metadata)
+    v2.put_object(Bucket=bucket, Key="k", Body=b"x", Metadata={"title": "Grüße"})
+    assert decoded(s3.head_object(Bucket=bucket, Key="k")["Metadata"]["title"]) == "Grüße"
+
+
+# --- 4. stored headers byte for byte ------------------------------------------------------------
+
+STORED = dict(ContentEncoding="deflate, gzip", CacheControl="max-age=60,  public", ContentLanguage="en-GB, fr",
+              ContentDisposition='attachment; filename="a  b.txt"', ContentType="text/plain; charset=UTF-8")
+
+
+def test_stored_headers_come_back_as_sent(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x", **STORED)
+    for resp in (s3.get_object(Bucket=bucket, Key="k"), s3.head_object(Bucket=bucket, Key="k")):
+        assert {name: resp[name] for name in STORED} == STORED
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp", **STORED)["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=b"p")["ETag"]
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    head = s3.head_object(Bucket=bucket, Key="mp")
+    assert {name: head[name] for name in STORED} == STORED
+
+
+@pytest.mark.parametrize("sent,stored", [("aws-chunked", None), ("gzip, aws-chunked", "gzip"),
+                                         ("aws-chunked,deflate, gzip", "deflate, gzip")])
+def test_aws_chunked_is_removed_from_content_encoding(cluster, s3, bucket, sent, stored):
+    """As boto3 and the AWS CLI upload over HTTPS: an aws-chunked body with a trailing checksum."""
+    import base64
+    import zlib
+
+    payload = b"compressed bytes, notionally"
+    crc = base64.b64encode(zlib.crc32(payload).to_bytes(4, "big")).decode()
+    body = (f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n"
+            + f"x-amz-checksum-crc32:{crc}\r\n\r\n".encode())
+    headers = {"Content-Encoding": sent, "x-amz-decoded-content-length": str(len(payload)),
+               "x-amz-trailer": "x-amz-checksum-crc32", "Content-Length": str(len(body))}
+    url = f"{cluster.endpoint}/{bucket}/k"
+    hdrs = sign_headers(cluster, "PUT", url, headers=headers, payload_hash="STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+    r = httpx.put(url, headers=hdrs, content=body)
+    assert r.status_code == 200, r.text
+    got = s3.get_object(Bucket=bucket, Key="k")
+    assert got["Body"].read() == payload
+    assert got.get("ContentEncoding") == stored
