@@ -459,16 +459,22 @@ def _query_auth(method: str, raw_path: str, raw_query: str, headers: Headers,
     if expires < 0:
         raise AuthorizationQueryParametersError("X-Amz-Expires must be non-negative")
     if expires > MAX_PRESIGN_EXPIRES_S:
+        # S3's own wording
         raise AuthorizationQueryParametersError(
-            "X-Amz-Expires must be less than a week (in seconds) that is 604800")
+            "X-Amz-Expires must be less than a week (in seconds); that is, the given X-Amz-Expires "
+            "must be less than 604800 seconds")
     access_key, date, cred_region = _parse_credential(p["X-Amz-Credential"],
                                                       AuthorizationQueryParametersError,
                                                       amz_date, region)
     signed_str = p["X-Amz-SignedHeaders"]
     signed = _signed_header_list(signed_str, AuthorizationQueryParametersError)
     _refuse_unsigned(headers, signed, PRESIGNED_UNSIGNED_OK)
+    # A URL dated ahead of this clock by more than the allowed skew is refused as S3 refuses a
+    # URL used before its X-Amz-Date (403 AccessDenied, "Request is not yet valid").
     if ts - now > max_skew_s:
-        raise AccessDenied("Request is not valid yet")
+        raise AccessDenied("Request is not yet valid", **{"X-Amz-Date": amz_date,
+                                                           "Expires": _iso(ts + expires),
+                                                           "ServerTime": _iso(now)})
     if now > ts + expires:
         raise AccessDenied("Request has expired", **{"X-Amz-Expires": expires,
                                                       "Expires": _iso(ts + expires),

@@ -22,7 +22,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from tests.cluster import client_error, sign_headers, xml_error
+from tests.cluster import client_error, sign_headers, signed_request, xml_error
 
 CLUSTER_OPTIONS = dict(stripe_size="64KiB", inline_max_size="4KiB", min_part_size="100KiB",
                        extra_objstore={"retire_grace_seconds": 0.2})
@@ -252,3 +252,135 @@ def test_aws_chunked_is_removed_from_content_encoding(cluster, s3, bucket, sent,
     got = s3.get_object(Bucket=bucket, Key="k")
     assert got["Body"].read() == payload
     assert got.get("ContentEncoding") == stored
+
+
+# --- 5. listing parameters with control characters ----------------------------------------------
+
+def plain_listing_client(cluster):
+    """boto3 without its default encoding-type=url on listings: the XML carries the text as is."""
+    import botocore.handlers
+
+    client = cluster.s3_client(0)
+    for op in ("ListObjects", "ListObjectsV2", "ListObjectVersions"):
+        client.meta.events.unregister(f"before-parameter-build.s3.{op}",
+                                      botocore.handlers.set_list_objects_encoding_type_url)
+    return client
+
+
+@pytest.mark.parametrize("ctl", ["\n", "\r", "\r\n", "\t"], ids=["lf", "cr", "crlf", "tab"])
+def test_listing_parameters_with_control_characters_come_back_as_sent(cluster, s3, bucket, ctl):
+    prefix = f"line{ctl}one/"
+    for k in (f"{prefix}a", f"{prefix}sub/b", "z"):
+        s3.put_object(Bucket=bucket, Key=k, Body=b"")
+    plain = plain_listing_client(cluster)
+    v2 = plain.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/", StartAfter=f"{prefix}0")
+    assert "EncodingType" not in v2
+    assert (v2["Prefix"], v2["Delimiter"], v2["StartAfter"]) == (prefix, "/", f"{prefix}0")
+    assert [o["Key"] for o in v2["Contents"]] == [f"{prefix}a"]
+    assert v2["CommonPrefixes"] == [{"Prefix": f"{prefix}sub/"}]
+    v1 = plain.list_objects(Bucket=bucket, Prefix=f"line{ctl}", Delimiter=ctl, Marker=f"line{ctl}")
+    assert (v1["Prefix"], v1["Delimiter"], v1["Marker"]) == (f"line{ctl}", ctl, f"line{ctl}")
+    versions = plain.list_object_versions(Bucket=bucket, Prefix=prefix, KeyMarker=f"{prefix}a")
+    assert (versions["Prefix"], versions["KeyMarker"]) == (prefix, f"{prefix}a")
+    assert [v["Key"] for v in versions["Versions"]] == [f"{prefix}sub/b"]
+    # boto3's default (encoding-type=url, decoded by botocore) sees the same
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")["CommonPrefixes"] == \
+        [{"Prefix": f"{prefix}sub/"}]
+
+
+def test_listing_a_character_xml_cannot_carry_needs_encoding_type_url(cluster, s3, bucket):
+    """U+0001 cannot appear in an XML 1.0 document, not even as &#x1; (S3 writes that reference,
+    which boto3's parser and most others refuse): 400 InvalidArgument without encoding-type=url."""
+    s3.put_object(Bucket=bucket, Key="a\x01b", Body=b"")
+    expect_error(plain_listing_client(cluster).list_objects_v2, 400, "InvalidArgument", Bucket=bucket)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["a\x01b"]
+
+
+# --- 6. CreateBucket of one's own bucket, GetBucketLocation (us-east-1) --------------------------
+
+def test_recreating_an_owned_bucket_in_us_east_1_is_200(cluster, s3, s3_bob, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"kept")
+    resp = s3.create_bucket(Bucket=bucket)
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 200 and resp["Location"] == f"/{bucket}"
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"kept"
+    expect_error(s3_bob.create_bucket, 409, "BucketAlreadyExists", Bucket=bucket)
+    cluster.aws("s3", "mb", f"s3://{bucket}")  # the CLI's mb succeeds, as against S3
+    # us-east-1 answers LocationConstraint null (an empty element)
+    assert s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") is None
+    assert s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "us-east-1"
+
+
+# --- 7. ListBuckets with max-buckets, continuation-token, prefix ----------------------------------
+
+def test_list_buckets_paginated(cluster, s3, s3_bob):
+    mine = [f"page-{i:02d}" for i in range(7)]
+    for name in mine:
+        s3.create_bucket(Bucket=name)
+    s3_bob.create_bucket(Bucket="page-bob")  # someone else's, between alice's in name order
+    pages, token = [], None
+    while True:
+        kw = {"ContinuationToken": token} if token else {}
+        resp = s3.list_buckets(MaxBuckets=3, Prefix="page-", **kw)
+        assert resp["Prefix"] == "page-"
+        pages.append([b["Name"] for b in resp["Buckets"]])
+        token = resp.get("ContinuationToken")
+        if not token:
+            break
+    assert pages == [mine[0:3], mine[3:6], mine[6:]]
+    # boto3's paginator does the same
+    got = [b["Name"] for page in s3.get_paginator("list_buckets").paginate(Prefix="page-",
+                                                                          PaginationConfig={"PageSize": 2})
+           for b in page["Buckets"]]
+    assert got == mine
+    # a prefix alone: one page of up to 10,000
+    resp = s3.list_buckets(Prefix="page-0")
+    assert [b["Name"] for b in resp["Buckets"]] == mine and "ContinuationToken" not in resp
+    assert [b["Name"] for b in s3.list_buckets(Prefix="nothing-here")["Buckets"]] == []
+    assert [b["Name"] for b in s3.list_buckets(BucketRegion="eu-west-1", Prefix="page-")["Buckets"]] == []
+    # unpaginated: every bucket, no token
+    resp = s3.list_buckets()
+    assert set(mine) <= {b["Name"] for b in resp["Buckets"]} and "ContinuationToken" not in resp
+    expect_error(s3.list_buckets, 400, "InvalidArgument", MaxBuckets=10_001)
+    for bad in ("0", "ten"):  # boto3 refuses these itself
+        r = signed_request(cluster, "GET", "/", query=f"max-buckets={bad}")
+        assert (r.status_code, xml_error(r)["Code"], xml_error(r)["ArgumentName"]) == (400, "InvalidArgument",
+                                                                                      "max-buckets")
+    expect_error(s3.list_buckets, 400, "InvalidArgument", ContinuationToken="%%%not-a-token")
+
+
+# --- 8. presigned URLs outside their validity window ---------------------------------------------
+
+def presign_at(cluster, s3, bucket: str, key: str, *, expires: int, when=None) -> str:
+    """A SigV4 presigned GET, as boto3 makes it, signed as if the clock said ``when``."""
+    from unittest import mock
+
+    if when is None:
+        return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+    with mock.patch("botocore.auth.get_current_datetime", lambda *a, **k: when):
+        return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+
+
+def test_presigned_url_validity_window(cluster, s3, bucket):
+    import datetime as dt
+
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    ok = presign_at(cluster, s3, bucket, "k", expires=604800)
+    assert httpx.get(ok).status_code == 200
+    cases = [
+        (presign_at(cluster, s3, bucket, "k", expires=604801), 400, "AuthorizationQueryParametersError",
+         "X-Amz-Expires must be less than a week (in seconds); that is, the given X-Amz-Expires must be "
+         "less than 604800 seconds"),
+        (presign_at(cluster, s3, bucket, "k", expires=-1), 400, "AuthorizationQueryParametersError",
+         "X-Amz-Expires must be non-negative"),
+        (presign_at(cluster, s3, bucket, "k", expires=60, when=now - dt.timedelta(seconds=61)),
+         403, "AccessDenied", "Request has expired"),
+        (presign_at(cluster, s3, bucket, "k", expires=60, when=now + dt.timedelta(hours=1)),
+         403, "AccessDenied", "Request is not yet valid"),
+    ]
+    for url, status, code, message in cases:
+        r = httpx.get(url)
+        err = xml_error(r)
+        assert (r.status_code, err["Code"], err["Message"]) == (status, code, message), url
+    r = httpx.get(cases[2][0])
+    assert {"X-Amz-Expires", "Expires", "ServerTime"} <= set(xml_error(r))
