@@ -162,9 +162,11 @@ def _verify(secret_key: str, candidates: list[bytes], signature: str, access_key
 
 def _result(user: User, access_key: str, signature: str, date: float, headers: Headers, *,
             presigned: bool) -> AuthResult:
+    # Every x-amz-* field is signed in SigV2. No signing key: SigV2 has no chunk signatures.
+    amz = tuple(sorted({k for k, _ in headers if k.startswith("x-amz-")}))
     return AuthResult(user=user, access_key=access_key, signing_key=b"", seed_signature=signature,
                       amz_date=format_amz_date(date), scope="", content_sha256=_payload_hash(headers),
-                      presigned=presigned, signed_headers=tuple(sorted({k for k, _ in headers if k.startswith("x-amz-")})))
+                      presigned=presigned, signed_headers=amz)
 
 
 def _request_time(headers: Headers) -> tuple[str, float]:
