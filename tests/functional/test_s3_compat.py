@@ -384,3 +384,24 @@ def test_presigned_url_validity_window(cluster, s3, bucket):
         assert (r.status_code, err["Code"], err["Message"]) == (status, code, message), url
     r = httpx.get(cases[2][0])
     assert {"X-Amz-Expires", "Expires", "ServerTime"} <= set(xml_error(r))
+
+
+def test_sigv2_virtual_host_style(cluster, s3, bucket):
+    """The bucket named by the Host is signed in front of the path (``/bucket/key``)."""
+    from botocore.auth import HmacV1Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    s3.put_object(Bucket=bucket, Key="vh/key", Body=b"virtual")
+    u = cluster.user(0)
+    port = cluster.endpoint.rsplit(":", 1)[1]
+    for path, auth_path in (("/vh/key", f"/{bucket}/vh/key"), ("/vh/key", "/vh/key")):
+        req = AWSRequest(method="GET", url=cluster.endpoint + path)
+        req.auth_path = auth_path
+        HmacV1Auth(Credentials(u.access_key, u.secret_key)).add_auth(req)
+        headers = dict(req.headers) | {"Host": f"{bucket}.localhost:{port}"}
+        r = httpx.get(cluster.endpoint + path, headers=headers)
+        if auth_path.startswith(f"/{bucket}/"):
+            assert (r.status_code, r.content) == (200, b"virtual")
+        else:
+            assert (r.status_code, xml_error(r)["Code"]) == (403, "SignatureDoesNotMatch")
