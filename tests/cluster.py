@@ -172,7 +172,7 @@ class Cluster:
                  mode: str = "nodes", runtime: str = "asyncio", log_level: str = "info",
                  extra_objstore: dict[str, Any] | None = None, rpc_timeout_seconds: float | None = None,
                  repair: dict[str, Any] | None = None, tls: bool = False,
-                 extra_gateway: dict[str, Any] | None = None,
+                 extra_gateway: dict[str, Any] | None = None, region: str = "us-east-1",
                  start_timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
         assert mode in ("nodes", "up")
         self.root = Path(root)
@@ -185,7 +185,7 @@ class Cluster:
         self.workers = workers
         self.start_timeout = start_timeout
         self.users = USERS
-        self.region = "us-east-1"
+        self.region = region
         self.host = "127.0.0.1"
         self.tls = make_test_tls(self.root / "tls", ip=self.host) if tls else None
         self.extra_gateway = dict(extra_gateway or {})

@@ -72,9 +72,13 @@ async def create_bucket(store: Store, call: Call) -> Response:
         await store.meta.put(BUCKETS_NS, call.bucket, rec.to_value(), if_absent=True)
     except ConditionFailed as e:
         current = BucketRecord.from_value(e.current.value) if e.current else None
-        if current is not None and current.owner == call.user.name:
+        if current is None or current.owner != call.user.name:
+            raise s3e.BucketAlreadyExists(BucketName=call.bucket) from None
+        # S3: BucketAlreadyOwnedByYou "in all Regions except in the North Virginia Region. For
+        # legacy compatibility, if you re-create an existing bucket that you already own in
+        # the North Virginia Region, Amazon S3 returns 200 OK" (the bucket is left as it is).
+        if region != "us-east-1":
             raise s3e.BucketAlreadyOwnedByYou(BucketName=call.bucket) from None
-        raise s3e.BucketAlreadyExists(BucketName=call.bucket) from None
     return Response(status=200, headers=[("location", f"/{call.bucket}"), ("content-length", "0")])
 
 
@@ -84,10 +88,20 @@ async def head_bucket(store: Store, call: Call) -> Response:
 
 
 async def delete_bucket(store: Store, call: Call) -> Response:
+    """DeleteBucket: BucketNotEmpty while any object is left. Multipart uploads in progress do
+    not keep a bucket alive on S3: they are aborted here, their parts retired as
+    AbortMultipartUpload retires them, so that no upload outlives its bucket and passes to
+    whoever creates the name next."""
+    # multipart imports this module's helpers, so it is imported here rather than at the top.
+    from .multipart import abort_all
+
     await owned_bucket(store, call)
     assert call.bucket is not None
-    # Uploads in progress count too: their parts would otherwise outlive the bucket and pass to
-    # whoever creates the name next.
+    if await store.meta.scan(objects_ns(call.bucket), limit=1):
+        raise s3e.BucketNotEmpty(BucketName=call.bucket)
+    await abort_all(store, call.bucket)
+    # Checked again: a Complete that finished meanwhile made an object, and an upload created
+    # since the scan would outlive the bucket.
     if await store.meta.scan(objects_ns(call.bucket), limit=1) or \
             await store.meta.scan(uploads_ns(call.bucket), limit=1):
         raise s3e.BucketNotEmpty(BucketName=call.bucket)
@@ -95,21 +109,48 @@ async def delete_bucket(store: Store, call: Call) -> Response:
     return Response(status=204)
 
 
+MAX_BUCKETS = 10_000  # S3's page size for a paginated ListBuckets, and the largest max-buckets
+
+
 async def list_buckets(store: Store, call: Call) -> Response:
+    """ListBuckets: the caller's buckets in name order. With ``max-buckets``, ``continuation-token``,
+    ``prefix`` or ``bucket-region`` it is paginated as S3 paginates it: pages of ``max-buckets``
+    (10,000 when not given), a ContinuationToken while more buckets follow, Prefix echoed."""
+    prefix = call.q("prefix")
+    token = call.q("continuation-token")
+    region = call.q("bucket-region")
+    paginated = any(call.q(p) is not None for p in ("max-buckets", "continuation-token", "prefix", "bucket-region"))
+    raw_max = call.q("max-buckets")
+    limit = MAX_BUCKETS
+    if raw_max is not None:
+        try:
+            limit = int(raw_max)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_BUCKETS:
+            raise s3e.InvalidArgument(f"max-buckets must be an integer between 1 and {MAX_BUCKETS}",
+                                      ArgumentName="max-buckets", ArgumentValue=raw_max)
+    after = _decode_token(token) if token else ""
     found: list[BucketRecord] = []
-    after = ""
-    while True:
-        batch = await store.meta.scan(BUCKETS_NS, start_after=after, limit=1000)
+    more = False
+    while not more:
+        batch = await store.meta.scan(BUCKETS_NS, prefix=prefix or "", start_after=after, limit=1000)
         for e in batch:
             rec = BucketRecord.from_value(e.value)
-            if rec.owner == call.user.name:
-                found.append(rec)
+            if rec.owner != call.user.name or (region is not None and rec.region != region):
+                continue
+            if paginated and len(found) >= limit:
+                more = True
+                break
+            found.append(rec)
         if len(batch) < 1000:
             break
         after = batch[-1].key
     body = xmlio.list_buckets(owner=_owner(call.user.name),
                               buckets=[xmlio.BucketEntry(name=b.name, created=b.created, region=b.region)
-                                       for b in found])
+                                       for b in found],
+                              continuation_token=_encode_token(found[-1].name) if more else None,
+                              prefix=prefix)
     return xml_response(body)
 
 

@@ -29,7 +29,7 @@ from ..datapath import StoragePool
 from ..errors import s3_error
 from ..metadata.client import MetadataClient
 from ..s3 import errors as s3e
-from ..s3 import names, sigv4
+from ..s3 import auth, names
 from . import buckets, multipart, objects
 from .context import Call, Store
 
@@ -133,19 +133,24 @@ class Gateway:
         operation = "Unknown"
         resource = request.path
         try:
-            bucket, key, query = names.parse_target(request.host or request.headers.get("host", ""),
-                                                    request.path, request.query,
+            host = request.host or request.headers.get("host", "")
+            bucket, key, query = names.parse_target(host, request.path, request.query,
                                                     base_domains=self.base_domains)
             if bucket is not None:
                 resource = f"/{bucket}" + (f"/{key}" if key is not None else "")
-            auth = sigv4.authenticate(
+            verified = auth.authenticate(
                 method=request.method, raw_path=request.path, raw_query=request.query,
                 headers=request.headers, lookup_user=functools.partial(user_by_access_key, self.store.cluster),
                 region=self.store.cluster.objstore.region, now=self.store.clock(),
-                max_skew_s=self.store.cluster.objstore.clock_skew_s, host=request.host or None)
+                max_skew_s=self.store.cluster.objstore.clock_skew_s, host=request.host or None,
+                host_bucket=names.host_bucket(host, self.base_domains))
+            # A SigV2 presigned URL may carry signed header fields (x-amz-meta-*, Content-Type)
+            # as parameters: they apply as the headers they stand for.
+            for name, value in verified.query_headers:
+                request.headers.add(name, value)
             operation, handler = route(request.method, bucket, key, query, request.headers)
-            call = Call(request=request, request_id=request_id, user=auth.user, bucket=bucket, key=key,
-                        query=query, auth=auth)
+            call = Call(request=request, request_id=request_id, user=verified.auth.user, bucket=bucket,
+                        key=key, query=query, auth=verified.auth)
             response = await handler(self.store, call)
             response.headers.extend(call.response_headers)
         except Exception as e:  # noqa: BLE001 — one bad request must not take the worker down

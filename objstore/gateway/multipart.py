@@ -51,7 +51,7 @@ from .objects import (
 from .payload import Payload
 
 __all__ = ["create_upload", "upload_part", "upload_part_copy", "complete_upload", "abort_upload",
-           "list_parts", "list_uploads"]
+           "list_parts", "list_uploads", "abort", "abort_all"]
 
 
 async def _lookup(store: Store, call: Call) -> tuple[UploadRecord, int]:
@@ -399,11 +399,12 @@ async def _drop_upload(store: Store, bucket: str, upload: UploadRecord, *, expec
     return previous is not None
 
 
-async def abort_upload(store: Store, call: Call) -> Response:
-    await owned_bucket(store, call)
-    assert call.bucket is not None
-    upload, written_ns = await _lookup(store, call)
-    settled = await _settle(store, call.bucket, upload, written_ns)
+async def abort(store: Store, bucket: str, upload: UploadRecord, written_ns: int) -> None:
+    """Abort one upload (``written_ns``: the version time of its record) and retire its parts'
+    fragments. NoSuchUpload if it turns out to have completed, OperationAborted while a
+    Complete is still at work on it. AbortMultipartUpload and DeleteBucket both end uploads here.
+    """
+    settled = await _settle(store, bucket, upload, written_ns)
     if settled is None:
         # Completed: S3 answers NoSuchUpload ("may have been aborted or completed") and deletes
         # nothing; the parts are the object's now.
@@ -412,14 +413,43 @@ async def abort_upload(store: Store, call: Call) -> Response:
     if upload.state == "completing":
         raise _in_progress(upload)
     if upload.state == "open":
-        upload = await _set_state(store, call.bucket, upload, "aborting", expect="open")
+        upload = await _set_state(store, bucket, upload, "aborting", expect="open")
     # "aborting": this Abort won the CAS, or finishes one that stopped half-way. Either way no
     # Complete can take the upload any more, so its parts are no one's once its record is gone.
     with anyio.CancelScope(shield=True):
-        parts = await _all_parts(store, call.bucket, upload.upload_id)
-        if await _drop_upload(store, call.bucket, upload, expect="aborting"):
+        parts = await _all_parts(store, bucket, upload.upload_id)
+        if await _drop_upload(store, bucket, upload, expect="aborting"):
             store.retire([p.layout for p in parts])
+
+
+async def abort_upload(store: Store, call: Call) -> Response:
+    await owned_bucket(store, call)
+    assert call.bucket is not None
+    upload, written_ns = await _lookup(store, call)
+    await abort(store, call.bucket, upload, written_ns)
     return Response(status=204)
+
+
+async def abort_all(store: Store, bucket: str) -> int:
+    """Abort every upload in progress in ``bucket`` (DeleteBucket); how many were aborted.
+
+    An upload that completed meanwhile is skipped (its object then keeps the bucket non-empty);
+    one a Complete is still writing raises OperationAborted, so that the caller retries once
+    the outcome is known.
+    """
+    aborted = 0
+    after = ""
+    while True:
+        batch = await store.meta.scan(uploads_ns(bucket), start_after=after, limit=1000)
+        for e in batch:
+            try:
+                await abort(store, bucket, UploadRecord.from_value(e.value), e.version[0])
+                aborted += 1
+            except s3e.NoSuchUpload:
+                pass  # completed or aborted by someone else meanwhile
+        if len(batch) < 1000:
+            return aborted
+        after = batch[-1].key
 
 
 async def list_parts(store: Store, call: Call) -> Response:

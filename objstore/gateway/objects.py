@@ -145,7 +145,7 @@ def object_headers(rec: ObjectRecord, call: Call, *, whole: bool = True) -> list
     out = [("etag", rec.etag), ("last-modified", http_date(rec.last_modified)), ("accept-ranges", "bytes"),
            ("content-type", rec.content_type)]
     out += sorted(rec.headers.items())
-    out += [(f"x-amz-meta-{k}", v) for k, v in sorted(rec.meta.items())]
+    out += [(f"x-amz-meta-{k}", names.metadata_value_out(v)) for k, v in sorted(rec.meta.items())]
     if rec.parts and call.q("partNumber") is not None:
         out.append(("x-amz-mp-parts-count", str(len(rec.parts))))
     # A checksum describes the whole object: S3 returns none with a range (clients would fail

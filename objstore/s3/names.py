@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from typing import NamedTuple
@@ -13,8 +14,9 @@ from .errors import InvalidArgument, InvalidBucketName, InvalidURI, KeyTooLongEr
 
 __all__ = [
     "MAX_KEY_BYTES", "MAX_METADATA_BYTES", "STANDARD_HEADERS", "RESPONSE_OVERRIDES",
-    "validate_bucket_name", "validate_key", "Target", "parse_target", "parse_query",
-    "parse_copy_source", "extract_metadata", "extract_standard_headers", "response_overrides",
+    "validate_bucket_name", "validate_key", "Target", "host_bucket", "parse_target", "parse_query",
+    "parse_copy_source", "extract_metadata", "metadata_value_out", "extract_standard_headers",
+    "without_aws_chunked", "response_overrides",
 ]
 
 MAX_KEY_BYTES = 1024
@@ -97,6 +99,16 @@ def _strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def host_bucket(host: str, base_domains: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The bucket a virtual-host-style Host names (``<bucket>.<base domain>``, port ignored, the
+    longest base domain first), else None."""
+    h = _strip_port(host or "")
+    for base in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True):
+        if base and h.endswith("." + base):
+            return h[: -len(base) - 1]
+    return None
+
+
 def parse_target(host: str, raw_path: str, raw_query: str, *,
                  base_domains: list[str] | tuple[str, ...] = ()) -> Target:
     """Route a request to ``(bucket, key, query)``.
@@ -107,12 +119,7 @@ def parse_target(host: str, raw_path: str, raw_query: str, *,
     An empty key is None (a bucket operation).
     """
     query = parse_query(raw_query)
-    h = _strip_port(host or "")
-    bucket: str | None = None
-    for base in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True):
-        if base and h.endswith("." + base):
-            bucket = h[: -len(base) - 1]
-            break
+    bucket = host_bucket(host, base_domains)
     path = raw_path or "/"
     if not path.startswith("/"):
         raise InvalidURI(URI=raw_path)
@@ -157,7 +164,7 @@ def extract_metadata(headers: Headers, *, limit: int = MAX_METADATA_BYTES) -> di
     for name, value in headers:
         if name.startswith(META_PREFIX):
             k = name[len(META_PREFIX):]
-            v = value.strip()
+            v = value.strip(" \t")  # not str.strip(): 0x85 and 0xA0 are bytes of UTF-8 text here
             meta[k] = f"{meta[k]},{v}" if k in meta else v
     size = sum(len(k.encode("latin-1", "replace")) + len(v.encode("latin-1", "replace"))
                for k, v in meta.items())
@@ -166,17 +173,63 @@ def extract_metadata(headers: Headers, *, limit: int = MAX_METADATA_BYTES) -> di
     return meta
 
 
+# RFC 2047: an encoded-word is at most 75 characters; "=?UTF-8?B?" and "?=" take 12 of them,
+# and 45 bytes make 60 base64 characters.
+_WORD_BYTES = 45
+
+
+def metadata_value_out(value: str) -> str:
+    """An ``x-amz-meta-*`` value as S3 returns it: as stored when it is US-ASCII, otherwise
+    RFC 2047 encoded ("encoded as per RFC 2047 to make them mail-safe before returning", the
+    S3 user guide on user-defined metadata), as ``=?UTF-8?B?...?=`` words of at most 75
+    characters, separated by spaces, split between characters.
+
+    ``value`` holds the wire's bytes decoded as latin-1 (see :func:`extract_metadata`). Those
+    bytes are read as UTF-8, which is what clients send (botocore sends and signs the UTF-8 of
+    the text); bytes that are not UTF-8 are read as ISO-8859-1. A decoder (Python's
+    ``email.header``, Go's ``mime.WordDecoder``) gives the sender's text back.
+    """
+    if value.isascii():
+        return value
+    raw = value.encode("latin-1", "replace")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = value
+    words: list[str] = []
+    chunk = b""
+    for ch in text:
+        b = ch.encode("utf-8", "surrogatepass")
+        if len(chunk) + len(b) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = b""
+        chunk += b
+    words.append(chunk)
+    return " ".join(f"=?UTF-8?B?{base64.b64encode(w).decode('ascii')}?=" for w in words)
+
+
+def without_aws_chunked(content_encoding: str) -> str:
+    """Content-Encoding less the ``aws-chunked`` coding (the framing of the request body, not a
+    coding of the object), the rest exactly as sent: ``deflate, gzip`` stays ``deflate, gzip``;
+    ``aws-chunked, gzip`` becomes ``gzip``; ``aws-chunked`` alone becomes empty."""
+    codings = content_encoding.split(",")
+    kept = [c for c in codings if c.strip().lower() != "aws-chunked"]
+    if len(kept) == len(codings):
+        return content_encoding
+    return ",".join(kept).strip(" \t")
+
+
 def extract_standard_headers(headers: Headers) -> dict[str, str]:
-    """The STANDARD_HEADERS present; ``aws-chunked`` is dropped from Content-Encoding."""
+    """The STANDARD_HEADERS present, byte for byte as sent; ``aws-chunked`` is dropped from
+    Content-Encoding (and Content-Encoding with it when nothing else is left)."""
     out: dict[str, str] = {}
     for name in STANDARD_HEADERS:
         value = headers.get(name)
         if value is None:
             continue
         if name == "content-encoding":
-            value = ",".join(t.strip() for t in value.split(",")
-                             if t.strip() and t.strip().lower() != "aws-chunked")
-            if not value:
+            value = without_aws_chunked(value)
+            if not value.strip():
                 continue
         out[name] = value
     return out

@@ -49,9 +49,9 @@ from .errors import (
 __all__ = [
     "ALGORITHM", "UNSIGNED_PAYLOAD", "STREAMING_SIGNED", "STREAMING_SIGNED_TRAILER",
     "STREAMING_UNSIGNED_TRAILER", "EMPTY_SHA256", "MAX_PRESIGN_EXPIRES_S",
-    "PayloadMode", "payload_mode", "AuthResult", "authenticate", "PayloadVerifier",
+    "PayloadMode", "payload_mode", "AuthResult", "authenticate", "has_query_auth", "PayloadVerifier",
     "signing_key", "sign", "canonical_uri", "canonical_query", "canonical_headers",
-    "canonical_request", "string_to_sign", "parse_amz_date", "format_amz_date",
+    "canonical_request", "string_to_sign", "wire_bytes", "parse_amz_date", "format_amz_date",
 ]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -173,8 +173,25 @@ def canonical_query(raw_query: str, *, exclude: str | None = None, plus_is_space
     return "&".join(f"{n}={v}" for n, v in pairs)
 
 
+# The whitespace botocore collapses. Not str.split(): header values here are the wire's bytes
+# decoded as latin-1, where a UTF-8 byte such as 0xA0 or 0x85 reads as Unicode whitespace.
+_WS = " \t\n\r\x0b\x0c"
+_WS_RUN = re.compile(f"[{_WS}]+")
+
+
 def _trim(value: str) -> str:
-    return " ".join(value.split())
+    return _WS_RUN.sub(" ", value.strip(_WS))
+
+
+def wire_bytes(text: str) -> bytes:
+    """The bytes a canonical string stands for: header values (and a raw path) hold the wire's
+    bytes decoded as latin-1, so latin-1 gives those bytes back, e.g. the UTF-8 of a
+    non-ASCII x-amz-meta-* value exactly as the client signed it. Text that cannot have come
+    off the wire (a character past U+00FF) is UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def canonical_headers(headers: Headers, signed: list[str], *, host: str | None = None) -> str:
@@ -194,7 +211,7 @@ def canonical_request(method: str, uri: str, query: str, canonical_hdrs: str,
 
 
 def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
-    return "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()))
+    return "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(wire_bytes(canonical)).hexdigest()))
 
 
 def parse_amz_date(value: str) -> float:
@@ -221,7 +238,7 @@ def authenticate(*, method: str, raw_path: str, raw_query: str, headers: Headers
     raises AccessDenied.
     """
     authz = headers.get("authorization")
-    query_auth = _has_query_auth(raw_query)
+    query_auth = has_query_auth(raw_query)
     if authz is not None and query_auth:
         raise InvalidArgument("Only one auth mechanism allowed; only the X-Amz-Algorithm query "
                               "parameter or the Authorization header should be specified",
@@ -239,7 +256,8 @@ def authenticate(*, method: str, raw_path: str, raw_query: str, headers: Headers
     raise AccessDenied("Anonymous access is not allowed")
 
 
-def _has_query_auth(raw_query: str) -> bool:
+def has_query_auth(raw_query: str) -> bool:
+    """Whether the query carries SigV4 query-string authentication (a presigned URL)."""
     return "X-Amz-Signature=" in raw_query or "X-Amz-Credential=" in raw_query
 
 
@@ -441,16 +459,22 @@ def _query_auth(method: str, raw_path: str, raw_query: str, headers: Headers,
     if expires < 0:
         raise AuthorizationQueryParametersError("X-Amz-Expires must be non-negative")
     if expires > MAX_PRESIGN_EXPIRES_S:
+        # S3's own wording
         raise AuthorizationQueryParametersError(
-            "X-Amz-Expires must be less than a week (in seconds) that is 604800")
+            "X-Amz-Expires must be less than a week (in seconds); that is, the given X-Amz-Expires "
+            "must be less than 604800 seconds")
     access_key, date, cred_region = _parse_credential(p["X-Amz-Credential"],
                                                       AuthorizationQueryParametersError,
                                                       amz_date, region)
     signed_str = p["X-Amz-SignedHeaders"]
     signed = _signed_header_list(signed_str, AuthorizationQueryParametersError)
     _refuse_unsigned(headers, signed, PRESIGNED_UNSIGNED_OK)
+    # A URL dated ahead of this clock by more than the allowed skew is refused as S3 refuses a
+    # URL used before its X-Amz-Date (403 AccessDenied, "Request is not yet valid").
     if ts - now > max_skew_s:
-        raise AccessDenied("Request is not valid yet")
+        raise AccessDenied("Request is not yet valid", **{"X-Amz-Date": amz_date,
+                                                           "Expires": _iso(ts + expires),
+                                                           "ServerTime": _iso(now)})
     if now > ts + expires:
         raise AccessDenied("Request has expired", **{"X-Amz-Expires": expires,
                                                       "Expires": _iso(ts + expires),

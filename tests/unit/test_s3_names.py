@@ -102,3 +102,35 @@ def test_response_overrides_refuse_control_characters(param, bad):
 def test_response_overrides_send_utf8_bytes():
     got = response_overrides({"response-content-disposition": ['attachment; filename="日本\t.txt"']})
     assert got["content-disposition"].encode("latin-1") == 'attachment; filename="日本\t.txt"'.encode()
+
+
+@pytest.mark.parametrize("sent,stored", [
+    ("deflate, gzip", "deflate, gzip"), ("deflate,gzip", "deflate,gzip"), ("gzip", "gzip"),
+    ("aws-chunked", ""), ("aws-chunked,gzip", "gzip"), ("aws-chunked, gzip", "gzip"),
+    ("gzip, aws-chunked", "gzip"), ("deflate, AWS-Chunked, gzip", "deflate, gzip"),
+    ("br ,  gzip", "br ,  gzip"),
+])
+def test_content_encoding_is_stored_as_sent_less_aws_chunked(sent, stored):
+    from headwater.objstore.s3.names import without_aws_chunked
+
+    assert without_aws_chunked(sent) == stored
+    got = extract_standard_headers(Headers([("content-encoding", sent)]))
+    assert got == ({"content-encoding": stored} if stored else {})
+
+
+def test_metadata_values_out():
+    """ASCII as stored; anything else RFC 2047 encoded, decodable back to the sender's text."""
+    from email.header import decode_header, make_header
+
+    from headwater.objstore.s3.names import metadata_value_out
+
+    def wire(text: str) -> str:  # how the HTTP core hands over UTF-8 bytes
+        return text.encode("utf-8").decode("latin-1")
+
+    assert metadata_value_out("plain ascii =?x?= ") == "plain ascii =?x?= "
+    assert metadata_value_out(wire("Café")) == "=?UTF-8?B?Q2Fmw6k=?="
+    assert metadata_value_out("Caf\xe9") == "=?UTF-8?B?Q2Fmw6k=?="  # latin-1 bytes, not UTF-8
+    long = "日本語のタイトル — " * 8
+    out = metadata_value_out(wire(long))
+    assert out.isascii() and all(len(w) <= 75 for w in out.split(" "))
+    assert str(make_header(decode_header(out))) == long

@@ -356,3 +356,18 @@ def test_payload_modes():
         payload_mode("nope")
     with pytest.raises(e.NotImplemented):
         payload_mode("STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD")
+
+
+def test_non_ascii_metadata_as_botocore_signs_and_sends_it():
+    """botocore signs the UTF-8 of a non-ASCII x-amz-meta-* value and sends those bytes; the HTTP
+    core hands them over decoded as latin-1. Bytes such as 0xA0 (à) and 0x85 (Å) are Unicode
+    whitespace once decoded so, and must not be collapsed."""
+    value = "Café 日本 à Å…"
+    method, url, headers = botocore_signed("PUT", "k", headers={"x-amz-meta-title": value})
+    wire = {k: (v.encode("utf-8").decode("latin-1") if k.lower() == "x-amz-meta-title" else v)
+            for k, v in headers.items()}
+    assert verify(method, url, wire).user is USER
+    # the same text sent as other bytes (latin-1's single é) is not what was signed
+    method, url, headers = botocore_signed("PUT", "k", headers={"x-amz-meta-title": "Café"})
+    with pytest.raises(e.SignatureDoesNotMatch):
+        verify(method, url, headers)
