@@ -21,6 +21,20 @@ def test_defaults_and_the_default_cluster_toml():
     assert [s.name for s in shipped.steered] == ["video"] and len(shipped.steering.pops) == 3
 
 
+def test_dnssec_is_read_by_its_reader_with_keys_under_the_daemons_data_dir(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text('[cluster]\ndata_dir = "state"\n' + MINIMAL + 'id = "dns-7"\n[dns.dnssec]\nenabled = true\n')
+    cfg = load(path).dns
+    assert cfg.dnssec.enabled and cfg.needs_cluster_secret and cfg.dnssec.algorithm == 13
+    assert cfg.data_dir == tmp_path / "state" / "dns-7" and cfg.dnssec.key_dir == cfg.data_dir / "keys"
+    path.write_text(MINIMAL + 'data_dir = "/srv/dns"\n[dns.dnssec]\nkey_dir = "k"\n')
+    cfg = load(path).dns
+    assert not cfg.dnssec.enabled and not cfg.needs_cluster_secret
+    assert str(cfg.data_dir) == "/srv/dns"
+    assert cfg.dnssec.key_dir == tmp_path / "k"
+    assert not loads(MINIMAL).dns.dnssec.enabled
+
+
 @pytest.mark.parametrize("extra,key,line", [
     ('workers = 0\n', "dns.workers", 3),
     ('max_udp_size = 100\n', "dns.max_udp_size", 3),
@@ -29,6 +43,8 @@ def test_defaults_and_the_default_cluster_toml():
     ('[[dns.records]]\nname = "a"\ntype = "A"\nvalue = "not-an-address"\n', "dns.records[0]", 3),
     ('[[dns.records]]\nname = "a.other."\ntype = "A"\nvalue = "192.0.2.1"\n', "dns.records[0]", 3),
     ('[[dns.steered]]\nname = "video"\n', "dns.pops", None),
+    ('[dns.dnssec]\nenabled = true\nalgorithm = 8\n', "dns.dnssec.algorithm", 5),
+    ('[dns.dnssec]\nnsec3 = true\n', "dns.dnssec.nsec3", 4),
 ])
 def test_errors_name_the_key_and_line(extra, key, line):
     with pytest.raises(ConfigError) as e:
