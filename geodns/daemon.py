@@ -148,6 +148,7 @@ class DnsServer:
         self.wall_clock = wall_clock
         self.source = ZoneSource(cluster, cfg)
         self.steering, self.tracker = build_steering(cluster, cfg)
+        self._geo_stamp = self.source.geo_stamp()
         self._keys: dict[tuple[Key, Path], ZoneKey] = {}
         self.signers = build_signers(cluster, cfg, self.source.zones, self._keys)
         self.rrl = build_rrl(cluster, cfg)
@@ -223,8 +224,15 @@ class DnsServer:
         self.reloads["ok" if ok else "failed"] += 1
         if ok:
             fresh = self.source.cfg
-            if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health):
+            geo_stamp = self.source.geo_stamp()
+            if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health) or geo_stamp != self._geo_stamp:
+                # (a geo database replaced at the same path is opened afresh too)
+                old = self.steering
                 self.steering, self.tracker = build_steering(self.cluster, fresh, self.tracker)
+                self._geo_stamp = geo_stamp
+                if old is not None:
+                    # nothing else holds it: queries are answered synchronously, between reloads
+                    old.locator.close()
             if fresh.rrl != self.cfg.rrl:
                 self.rrl = build_rrl(self.cluster, fresh)
             try:

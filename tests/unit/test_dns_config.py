@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import pytest
@@ -112,3 +113,30 @@ def test_status_text_and_pop_lines():
     assert not report.warnings
     details["pops"]["pops"]["lon"] = {"state": "down", "up": False}
     assert status_report(None, [{"role": "dns", "healthy": True, "details": details}]).warnings
+
+
+def test_a_replaced_geo_database_is_a_reload_that_opens_it_afresh(tmp_path):
+    import shutil
+
+    from headwater.dns.daemon import DnsServer
+    from headwater.dns.steering.config import packaged_geoip_db
+    from headwater.metrics import Registry
+
+    db = tmp_path / "City.mmdb"
+    shutil.copyfile(packaged_geoip_db(), db)
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL + 'reload_interval_seconds = 0\n[dns.geo]\ngeoip_db = "City.mmdb"\n'
+                    '[[dns.steered]]\nname = "video"\n[[dns.pops]]\nname = "p"\nipv4 = ["192.0.2.1"]\n'
+                    'lat = 1.0\nlon = 2.0\nhealthz = "http://127.0.0.1:1/healthz"\n')
+    cluster = load(path)
+    server = DnsServer(cluster, cluster.dns, registry=Registry())
+    first = server.steering
+    assert not server.source.changed()
+    st = db.stat()
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # what geoipupdate's rename looks like
+    assert server.source.changed() and server.reload()
+    assert server.steering is not first and server.answerer.steering is server.steering
+    assert server.steering.steer("video", 4, ipaddress.ip_network("81.2.69.0/24"), True).addresses == ("192.0.2.1",)
+    again = server.steering
+    path.write_text(path.read_text().replace(MINIMAL, MINIMAL + "ttl = 77\n"))  # no geo change
+    assert server.reload() and server.steering is again
