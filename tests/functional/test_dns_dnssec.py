@@ -319,6 +319,9 @@ def test_dns_explain_uses_the_running_daemons_health(signed, tmp_path, capsys):
 
 def test_dns_ds_creates_the_key_the_daemon_would_and_refuses_when_off(tmp_path, capsys):
     path = config(tmp_path, port=free_port(), admin_port=free_port(), healthz=["http://127.0.0.1:1/healthz"] * 2)
+    # a signing DNS needs the cluster secret its keys are sealed with: `node` refuses to start without
+    refused = headwater_here(capsys, "node", "dns-sec", "-c", str(path))
+    assert refused.returncode == 2 and "cluster.secret" in refused.stderr, refused.stderr
     first = headwater_here(capsys, "dns", "ds", "-c", str(path))
     assert first.returncode == 0
     assert "created the DNSSEC key" in first.stderr and "created the cluster secret" in first.stderr
