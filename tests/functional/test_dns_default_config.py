@@ -62,6 +62,7 @@ def test_headwater_up_serves_the_shipped_dns_config(tmp_path):
         wait_for(ready, 40, interval=0.1)
         said = Path(log.name).read_text()
         assert "created the cluster secret" in said and f"DNS           127.0.0.1:{port} UDP and TCP" in said
+        assert "DNSSEC        signed online" in said and "headwater dns ds" in said
         assert httpx.get(f"http://127.0.0.1:{admin_port}/healthz").json()["signed"]
 
         # the dig lines

@@ -26,6 +26,7 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import httpx
 import pytest
 
 from headwater.cli import main
@@ -267,6 +268,11 @@ def test_the_workers_share_one_key_and_the_ds_commits_to_it(signed):
     dnskey = keyring(signed)[ORIGIN][0]
     ds = dns.dnssec.make_ds(ORIGIN, dnskey, "SHA256")
     assert (ds.key_tag, ds.algorithm, ds.digest_type, ds.digest.hex().upper()) == signed.ds
+    health = httpx.get(f"http://127.0.0.1:{signed.admin_port}/healthz").json()
+    assert health["signed"] == {ZONE: ds.key_tag}
+    metrics = httpx.get(f"http://127.0.0.1:{signed.admin_port}/metrics").text
+    made = [line for line in metrics.splitlines() if line.startswith('headwater_dns_dnssec_signatures{what="made"}')]
+    assert made and float(made[0].split()[-1]) >= 1
 
 
 
