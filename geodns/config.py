@@ -8,9 +8,10 @@ the key at fault, not the daemon later.
 
 The steering keys (``[[dns.steered]]``, ``[[dns.pops]]``, ``[dns.geo]``, ``steered_ttl``) are
 read by :func:`headwater.dns.steering.config.read_steering`, ``[dns.health]`` by
-:func:`headwater.dns.health.config.read_health` and ``[dns.rrl]`` by
-:func:`headwater.dns.rrl.read_rrl`. ``[dns.dnssec]`` is kept as read (plain TOML values) until
-its reader is wired in here.
+:func:`headwater.dns.health.config.read_health`, ``[dns.rrl]`` by
+:func:`headwater.dns.rrl.read_rrl` and ``[dns.dnssec]`` by
+:func:`headwater.dns.dnssec.config.read_dnssec` (its keys default to ``<data_dir>/keys``, the
+daemon's own ``data_dir`` being ``[cluster] data_dir/<id>`` unless ``[dns] data_dir`` says).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import dnslib
 
 from headwater.config import MiB, Reader
 
+from .dnssec.config import DnssecConfig, read_dnssec
 from .edns import MAX_UDP, MIN_UDP
 from .health.config import HealthConfig, read_health
 from .steering.config import SteeredName, SteeringConfig, read_steering
@@ -55,6 +57,8 @@ class DnsConfig:
     port: int = 5353
     admin_port: int = 9353
     workers: int = 2
+    # Where the daemon keeps its state (the DNSSEC keys): [cluster] data_dir/<id> by default.
+    data_dir: Path = Path("var/dns-1")
     zone: str | None = "cdn.headwater.test."
     zone_files: tuple[Path, ...] = ()
     ttl: int = 300
@@ -82,8 +86,8 @@ class DnsConfig:
     # Steering (POPs, geo, steered names) and the POPs' health checks.
     steering: SteeringConfig | None = None
     health: HealthConfig = field(default_factory=HealthConfig)
-    # The other areas' tables, as read (see the module docstring).
-    dnssec: Mapping[str, Any] = field(default_factory=dict)
+    # Online DNSSEC signing of every zone served (off by default: the parent must get the DS).
+    dnssec: DnssecConfig = field(default_factory=DnssecConfig)
     # Response rate limiting of UDP answers (on by default, as against reflection it must be).
     rrl: RrlConfig = field(default_factory=RrlConfig)
 
@@ -91,8 +95,14 @@ class DnsConfig:
     def role(self) -> str:
         return "dns"
 
+    @property
+    def needs_cluster_secret(self) -> bool:
+        """Whether this daemon opens sealed secrets (the DNSSEC keys), so ``headwater up`` must
+        make the cluster secret even when no RPC role needs it."""
+        return self.dnssec.enabled
 
-_KEYS = {"id", "host", "port", "admin_port", "workers", "zone", "zone_files", "ttl", "steered_ttl",
+
+_KEYS = {"id", "host", "port", "admin_port", "workers", "data_dir", "zone", "zone_files", "ttl", "steered_ttl",
          "negative_ttl", "ns", "soa_mname", "soa_rname", "serial", "records", "steered", "max_udp_size",
          "tcp_max_connections", "tcp_idle_timeout_seconds", "tcp_query_timeout_seconds", "cache_entries",
          "cache_size", "reload_interval_seconds", "pops", "geo", "health", "dnssec", "rrl"}
@@ -161,8 +171,11 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
     cache_entries = r.get(data, "cache_entries", p, int, d.cache_entries)
     if cache_entries < 0:
         raise r.error(f"{p}.cache_entries", "cannot be negative (0 turns the cache off)")
+    node_id = r.node_id(data, p, d.id)
+    data_dir = r.node_data_dir(data, p, node_id)
     cfg = DnsConfig(
-        id=r.node_id(data, p, d.id),
+        id=node_id,
+        data_dir=data_dir,
         host=r.get(data, "host", p, str, d.host),
         port=r.port(data, "port", p, d.port),
         admin_port=r.port(data, "admin_port", p, d.admin_port),
@@ -187,7 +200,8 @@ def read_dns(r: Reader, data: Mapping[str, Any], p: str) -> DnsConfig:
         reload_interval_s=r.non_negative(data, "reload_interval_seconds", p, d.reload_interval_s),
         steering=steering,
         health=read_health(r, r.table(data, "health", p), f"{p}.health"),
-        dnssec=r.table(data, "dnssec", p), rrl=read_rrl(r, r.table(data, "rrl", p), f"{p}.rrl"),
+        dnssec=read_dnssec(r, r.table(data, "dnssec", p), f"{p}.dnssec", node_data_dir=data_dir),
+        rrl=read_rrl(r, r.table(data, "rrl", p), f"{p}.rrl"),
     )
     if cfg.zone is None and not cfg.zone_files:
         raise r.error(f"{p}.zone", "the DNS serves no zone: give zone or zone_files")

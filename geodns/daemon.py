@@ -8,6 +8,10 @@ steering, the DNSSEC signers and the response rate limiter from :func:`build_ste
   answered synchronously: the answer cache first (:mod:`.cache`), the answerer on a miss, then
   the rate limiter's verdict (send, drop, or slip a truncated answer);
 - TCP (:mod:`.tcp`), never rate limited;
+- with ``[dns.dnssec] enabled``, every zone signed online (:mod:`.dnssec`): queries with the DO
+  bit get RRSIGs, DNSKEY and NSEC white lies; each zone's key is sealed in ``key_dir``, created
+  on first start. The answer cache keeps DO and plain answers apart (the DO bit is part of its
+  key) and is emptied when the signing window turns, so it never serves old signatures;
 - the admin endpoint: /healthz (zones, generation, cache) and /metrics (queries by type, RCODE
   and transport, cache hits and misses, reloads);
 - hot reload on SIGHUP and when cluster.toml or a zone file changes (:mod:`.reload`): the new
@@ -23,7 +27,8 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import anyio
 import dnslib
@@ -33,10 +38,13 @@ from headwater.config import ClusterConfig
 from headwater.datagram import DatagramStats, bind_udp, serve_datagrams
 from headwater.http.transport import bind_socket
 from headwater.metrics import Registry, add_process_metrics
+from headwater.sealed import Sealer
 
-from .answer import Answerer, Signer, Steering
+from .answer import Answerer, Steering
 from .cache import AnswerCache, query_key
 from .config import DnsConfig
+from .dnssec.keys import ZoneKey, load_or_create_zone_key
+from .dnssec.sign import WINDOW_S, ZoneSigner
 from .errors import rcode_name
 from .health import prober
 from .health.tracker import HealthTracker
@@ -44,7 +52,7 @@ from .reload import ZoneSource
 from .rrl import ResponseRateLimiter, RrlConfig, Verdict, add_rrl_metrics
 from .steering.steer import Steering as PopSteering
 from .tcp import TcpStats, serve_tcp
-from .zone import Key
+from .zone import Key, ZoneSet
 
 __all__ = ["DnsServer", "run_dns", "build_steering", "build_signers", "build_rrl"]
 
@@ -65,12 +73,41 @@ def build_steering(cluster: ClusterConfig, cfg: DnsConfig,
     return PopSteering(cfg.steering, tracker), tracker
 
 
-def build_signers(cluster: ClusterConfig, cfg: DnsConfig) -> Mapping[Key, Signer]:
-    """Zone origin key -> online signer, when ``[dns.dnssec]`` is on (wired by the lead)."""
-    if cfg.dnssec.get("enabled"):
-        log.warning("dns: [dns.dnssec] is enabled but no signer is wired in yet; answers are unsigned",
-                    extra={"event": "dns.no_signer"})
-    return {}
+def build_signers(cluster: ClusterConfig, cfg: DnsConfig, zones: ZoneSet,
+                  keys: dict[tuple[Key, Path], ZoneKey] | None = None) -> dict[Key, ZoneSigner]:
+    """Zone origin key -> online signer of that zone, for every zone in ``zones``, when
+    ``[dns.dnssec]`` is on (else empty: answers go unsigned).
+
+    Each zone's key is loaded from ``key_dir``, or created and sealed there on first start (the
+    file is published exclusively, so the workers starting together end up with one key: see
+    :func:`headwater.dns.dnssec.keys.load_or_create_zone_key`). ``keys`` (zone and key_dir ->
+    key), when given, caches the keys across reloads; a reload adding a zone creates its key.
+    Raises :class:`~headwater.sealed.SealedError` or ConfigError (no cluster secret): a daemon
+    told to sign must not serve unsigned answers under a DS the parent may hold."""
+    dnssec = cfg.dnssec
+    if not dnssec.enabled:
+        return {}
+    sealer: Sealer | None = None
+    signers: dict[Key, ZoneSigner] = {}
+    for zone in zones.zones:
+        slot = (zone.origin_key, dnssec.key_dir)
+        key = keys.get(slot) if keys is not None else None
+        if key is None:
+            if sealer is None:
+                sealer = Sealer.from_config(cluster)
+            key, created = load_or_create_zone_key(zone.origin, dnssec.key_dir, sealer)
+            if created:
+                log.warning("dns: created the DNSSEC key of %s in %s (tag %d): give its DS to the parent zone "
+                            "(headwater dns ds)", zone.origin_text, dnssec.key_dir, key.key_tag,
+                            extra={"event": "dns.dnssec_key_created", "zone": zone.origin_text,
+                                   "key_tag": key.key_tag})
+            if keys is not None:
+                keys[slot] = key
+        # NSEC records carry the negative TTL the SOA beside them has (RFC 9077); the DNSKEY
+        # RRset lives as long as the apex's other records.
+        signers[zone.origin_key] = ZoneSigner(zone.origin, key, negative_ttl=zone.negative_ttl,
+                                              dnskey_ttl=zone.soa.ttl, config=dnssec)
+    return signers
 
 
 def build_rrl(cluster: ClusterConfig, cfg: DnsConfig) -> ResponseRateLimiter | None:
@@ -103,14 +140,17 @@ class DnsServer:
     the counters; :meth:`on_datagram` and :meth:`on_tcp_message` are the shells' handlers."""
 
     def __init__(self, cluster: ClusterConfig, cfg: DnsConfig, *, registry: Registry, worker: int = 0,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, wall_clock: Any = time.time) -> None:
         self.cluster = cluster
         self.cfg = cfg
         self.worker = worker
         self.clock = clock
+        self.wall_clock = wall_clock
         self.source = ZoneSource(cluster, cfg)
         self.steering, self.tracker = build_steering(cluster, cfg)
-        self.signers = build_signers(cluster, cfg)
+        self._geo_stamp = self.source.geo_stamp()
+        self._keys: dict[tuple[Key, Path], ZoneKey] = {}
+        self.signers = build_signers(cluster, cfg, self.source.zones, self._keys)
         self.rrl = build_rrl(cluster, cfg)
         self.answerer = self._answerer()
         self.cache = AnswerCache(max_entries=cfg.cache_entries, max_bytes=cfg.cache_bytes)
@@ -135,7 +175,12 @@ class DnsServer:
         client_ip = addr[0]
         answerer = self.answerer
         if self.cache.max_entries:
-            wire, found = self.cache.lookup(data, client_ip, answerer.generation)
+            generation: Any = answerer.generation
+            if self.signers:
+                # Signed answers carry the signing window's inception and expiration: a new
+                # window (hourly) empties the cache, as a zone change does.
+                generation = (generation, int(self.wall_clock()) // WINDOW_S)
+            wire, found = self.cache.lookup(data, client_ip, generation)
             if wire is not None:
                 self.counts[(found.qtype, found.rcode, "udp")] += 1
                 return wire if self.rrl is None else self._limit(data, client_ip, found.kind, wire, found.zone)
@@ -179,10 +224,24 @@ class DnsServer:
         self.reloads["ok" if ok else "failed"] += 1
         if ok:
             fresh = self.source.cfg
-            if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health):
+            geo_stamp = self.source.geo_stamp()
+            if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health) or geo_stamp != self._geo_stamp:
+                # (a geo database replaced at the same path is opened afresh too)
+                old = self.steering
                 self.steering, self.tracker = build_steering(self.cluster, fresh, self.tracker)
+                self._geo_stamp = geo_stamp
+                if old is not None:
+                    # nothing else holds it: queries are answered synchronously, between reloads
+                    old.locator.close()
             if fresh.rrl != self.cfg.rrl:
                 self.rrl = build_rrl(self.cluster, fresh)
+            try:
+                # Fresh signers for the new zones (their SOA gives the NSEC TTL); the keys are
+                # kept, so only a zone new to this daemon costs a key file read (or creation).
+                self.signers = build_signers(self.cluster, fresh, self.source.zones, self._keys)
+            except Exception as e:  # noqa: BLE001 — a key that cannot be opened keeps the old signers
+                log.error("dns: the DNSSEC keys of the reloaded zones cannot be used (%s); keeping the old "
+                          "signers", e, extra={"event": "dns.dnssec_reload_failed", "error": str(e)})
             self.cfg = fresh
             self.answerer = self._answerer()
         return ok
@@ -222,7 +281,8 @@ class DnsServer:
                 "zones": [str(z.origin) for z in zones.zones], "generation": self.source.generation,
                 "steered": [s.name for s in self.cfg.steered], "steering": self.steering is not None,
                 "pops": self.tracker.to_json() if self.tracker is not None else {},
-                "signed": sorted(".".join(k.decode() for k in key) + "." for key in self.signers),
+                "signed": {".".join(k.decode() for k in key) + ".": signer.key.key_tag
+                           for key, signer in sorted(self.signers.items())},
                 "cache": self.cache.statistics(), "reloads": dict(self.reloads),
                 "queries": sum(self.counts.values())}
 
@@ -237,6 +297,8 @@ class DnsServer:
         generation = registry.gauge("headwater_dns_zone_generation", "zone generation (bumped by each reload)")
         decisions = registry.gauge("headwater_dns_steering_decisions", "steered answers by first-choice POP",
                                    labels=("pop",))
+        signing = registry.gauge("headwater_dns_dnssec_signatures",
+                                 "DNSSEC signatures: made, served from the signature cache", labels=("what",))
         pop_up = registry.gauge("headwater_dns_pop_up", "1 while the health checks see the POP up", labels=("pop",))
         seen: dict[tuple[int, int, str], float] = {}
 
@@ -257,6 +319,10 @@ class DnsServer:
             if self.steering is not None:
                 for pop, n in self.steering.decisions.items():
                     decisions.labels(pop).set(n)
+            if self.signers:
+                stats = [signer.statistics() for signer in self.signers.values()]
+                signing.labels("made").set(sum(st.signatures for st in stats))
+                signing.labels("cache_hits").set(sum(st.cache_hits for st in stats))
             if self.tracker is not None:
                 for pop in self.tracker.pops:
                     pop_up.labels(pop.name).set(1 if self.tracker.is_up(pop.name) else 0)

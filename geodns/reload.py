@@ -5,7 +5,8 @@ master files it names) and builds a fresh :class:`~.zone.ZoneSet` from them. Its
 :meth:`~ZoneSource.reload` reads everything again; only when every zone validates does it
 return the new set (with the next generation, which empties the answer caches), else it raises
 and the caller keeps serving the old one. :meth:`~ZoneSource.changed` compares the files'
-modification stamps, so a poll costs a few ``stat`` calls.
+modification stamps (the geo database's included: a fresh one is opened on reload), so a
+poll costs a few ``stat`` calls.
 
 What a reload cannot change while running (the addresses, the worker count) is logged as
 needing a restart; everything the answerer uses changes at once.
@@ -57,7 +58,13 @@ class ZoneSource:
         self._stamps = self._current_stamps()
 
     def _files(self) -> list[Path]:
-        return ([self.path] if self.path is not None else []) + list(self.cfg.zone_files)
+        # The geo database too: an operator (or geoipupdate) replacing it is a reload.
+        geo = [self.cfg.steering.geo.geoip_db] if self.cfg.steering is not None else []
+        return ([self.path] if self.path is not None else []) + list(self.cfg.zone_files) + geo
+
+    def geo_stamp(self) -> tuple[int, int] | None:
+        """The geo database file's modification stamp (None without steering)."""
+        return _stamp(self.cfg.steering.geo.geoip_db) if self.cfg.steering is not None else None
 
     def _current_stamps(self) -> dict[Path, tuple[int, int] | None]:
         return {p: _stamp(p) for p in self._files()}

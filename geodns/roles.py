@@ -14,8 +14,11 @@ def _endpoints(cfg: ClusterConfig) -> list[str]:
     if d is None:
         return []
     name = d.zone or "its zones"
-    return [f"DNS           {d.host}:{d.port} UDP and TCP, zone {name}  "
-            f"(dig @{d.host} -p {d.port} {d.steered[0].name + '.' if d.steered and d.zone else ''}{d.zone or ''} A)"]
+    lines = [f"DNS           {d.host}:{d.port} UDP and TCP, zone {name}  "
+             f"(dig @{d.host} -p {d.port} {d.steered[0].name + '.' if d.steered and d.zone else ''}{d.zone or ''} A)"]
+    if d.dnssec.enabled:
+        lines.append(f"DNSSEC        signed online, keys in {d.dnssec.key_dir}  (headwater dns ds: the DS for the parent)")
+    return lines
 
 
 def _commands(sub: object, config_help: str) -> None:

@@ -97,9 +97,10 @@ def cmd_node(args: argparse.Namespace) -> int:
     if has_workers and args.worker is not None and not 0 <= args.worker < node_cfg.workers:
         err(f"{node_cfg.id}: --worker {args.worker} is outside 0..{node_cfg.workers - 1} (workers = {node_cfg.workers})")
         return EXIT_USAGE
-    if role.rpc:
+    if role.rpc or getattr(node_cfg, "needs_cluster_secret", False):
         try:
-            cluster_secret(cfg)  # a role that talks RPC to its peers: no secret, no start
+            # a role that talks RPC to its peers, or opens sealed secrets: no secret, no start
+            cluster_secret(cfg)
         except ConfigError as e:
             err(f"{node_cfg.id}: {e}")
             return EXIT_USAGE
@@ -198,7 +199,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         err("nothing was started")
         return EXIT_FAILED
     created = None
-    if any(registry().role(d.role).rpc for d in cfg.daemons()):
+    if any(registry().role(d.role).rpc or getattr(d, "needs_cluster_secret", False) for d in cfg.daemons()):
         try:
             _, created = ensure_cluster_secret(cfg)
         except ConfigError as e:

@@ -80,8 +80,9 @@ class DaemonConfig(Protocol):
     """What the kernel needs of every daemon's config: who it is and where it listens.
 
     A daemon config may also set ``port_keys`` (the cluster.toml keys of its distinct ports, when
-    it does not listen on both ``port`` and ``admin_port``) and ``workers`` (processes sharing its
-    port, for roles registered with ``workers=True``).
+    it does not listen on both ``port`` and ``admin_port``), ``workers`` (processes sharing its
+    port, for roles registered with ``workers=True``) and ``needs_cluster_secret`` (true when it
+    opens sealed secrets, so ``headwater up`` makes the cluster secret even without RPC roles).
     """
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import pytest
@@ -21,6 +22,20 @@ def test_defaults_and_the_default_cluster_toml():
     assert [s.name for s in shipped.steered] == ["video"] and len(shipped.steering.pops) == 3
 
 
+def test_dnssec_is_read_by_its_reader_with_keys_under_the_daemons_data_dir(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text('[cluster]\ndata_dir = "state"\n' + MINIMAL + 'id = "dns-7"\n[dns.dnssec]\nenabled = true\n')
+    cfg = load(path).dns
+    assert cfg.dnssec.enabled and cfg.needs_cluster_secret and cfg.dnssec.algorithm == 13
+    assert cfg.data_dir == tmp_path / "state" / "dns-7" and cfg.dnssec.key_dir == cfg.data_dir / "keys"
+    path.write_text(MINIMAL + 'data_dir = "/srv/dns"\n[dns.dnssec]\nkey_dir = "k"\n')
+    cfg = load(path).dns
+    assert not cfg.dnssec.enabled and not cfg.needs_cluster_secret
+    assert str(cfg.data_dir) == "/srv/dns"
+    assert cfg.dnssec.key_dir == tmp_path / "k"
+    assert not loads(MINIMAL).dns.dnssec.enabled
+
+
 @pytest.mark.parametrize("extra,key,line", [
     ('workers = 0\n', "dns.workers", 3),
     ('max_udp_size = 100\n', "dns.max_udp_size", 3),
@@ -29,6 +44,8 @@ def test_defaults_and_the_default_cluster_toml():
     ('[[dns.records]]\nname = "a"\ntype = "A"\nvalue = "not-an-address"\n', "dns.records[0]", 3),
     ('[[dns.records]]\nname = "a.other."\ntype = "A"\nvalue = "192.0.2.1"\n', "dns.records[0]", 3),
     ('[[dns.steered]]\nname = "video"\n', "dns.pops", None),
+    ('[dns.dnssec]\nenabled = true\nalgorithm = 8\n', "dns.dnssec.algorithm", 5),
+    ('[dns.dnssec]\nnsec3 = true\n', "dns.dnssec.nsec3", 4),
 ])
 def test_errors_name_the_key_and_line(extra, key, line):
     with pytest.raises(ConfigError) as e:
@@ -96,3 +113,30 @@ def test_status_text_and_pop_lines():
     assert not report.warnings
     details["pops"]["pops"]["lon"] = {"state": "down", "up": False}
     assert status_report(None, [{"role": "dns", "healthy": True, "details": details}]).warnings
+
+
+def test_a_replaced_geo_database_is_a_reload_that_opens_it_afresh(tmp_path):
+    import shutil
+
+    from headwater.dns.daemon import DnsServer
+    from headwater.dns.steering.config import packaged_geoip_db
+    from headwater.metrics import Registry
+
+    db = tmp_path / "City.mmdb"
+    shutil.copyfile(packaged_geoip_db(), db)
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL + 'reload_interval_seconds = 0\n[dns.geo]\ngeoip_db = "City.mmdb"\n'
+                    '[[dns.steered]]\nname = "video"\n[[dns.pops]]\nname = "p"\nipv4 = ["192.0.2.1"]\n'
+                    'lat = 1.0\nlon = 2.0\nhealthz = "http://127.0.0.1:1/healthz"\n')
+    cluster = load(path)
+    server = DnsServer(cluster, cluster.dns, registry=Registry())
+    first = server.steering
+    assert not server.source.changed()
+    st = db.stat()
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # what geoipupdate's rename looks like
+    assert server.source.changed() and server.reload()
+    assert server.steering is not first and server.answerer.steering is server.steering
+    assert server.steering.steer("video", 4, ipaddress.ip_network("81.2.69.0/24"), True).addresses == ("192.0.2.1",)
+    again = server.steering
+    path.write_text(path.read_text().replace(MINIMAL, MINIMAL + "ttl = 77\n"))  # no geo change
+    assert server.reload() and server.steering is again

@@ -5,9 +5,8 @@ DNSKEY, after a trip through the wire (dnslib packs, dnspython parses); tamperin
 fail. dnspython has no NSEC proof checker, so the negative answers' NSEC ranges and type bitmaps
 are checked here by hand, with dnspython's canonical name ordering.
 
-Server-level validation with BIND's validator (``delv``) needs the daemon: :func:`delv_validate`
-below runs it against a live GeoDNS with our DS as the only trust anchor; the lead wires it into
-the functional tests once ``geodns/daemon.py`` serves signed answers.
+Server-level validation with BIND's validator (``delv``) against the live daemon is in
+``tests/functional/test_dns_dnssec.py`` (``delv_validate`` in ``tests/functional/dns_harness.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import importlib
 import importlib.metadata
 import random
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -441,25 +439,3 @@ def test_config_errors_name_the_key_and_line(tmp_path: Path, raw: dict, key: str
     with pytest.raises(ConfigError, match=message) as e:
         read_dnssec(_reader(tmp_path), raw, node_data_dir=tmp_path)
     assert e.value.key == key and e.value.line == line
-
-
-# --- for the lead: validation by BIND's validator against the live daemon ----------------------
-
-def delv_validate(host: str, port: int, qname: str, qtype: str, key: ZoneKey, workdir: Path,
-                  *, timeout_s: float = 10.0) -> subprocess.CompletedProcess[str]:
-    """Ask a running GeoDNS for ``qname``/``qtype`` with ``delv`` (bind9-dnsutils), validating
-    with our DS as the only trust anchor. ``delv`` fetches the DNSKEY RRset itself and prints
-    "; fully validated" for a good answer, "; negative response, fully validated" for a proven
-    NXDOMAIN/NODATA, and "resolution failed: ..." for a bogus one. Needs the daemon (the lead's
-    functional test starts it with ``[dns.dnssec] enabled = true``); not run by this module.
-    Tried by hand (delv 9.18) against a throwaway responder answering from a ZoneSigner: signed
-    A and SOA "fully validated"; NXDOMAIN (also below an empty non-terminal, also in mixed case)
-    and NODATA (also at an empty non-terminal) "negative response, fully validated"."""
-    ds = ds_rdata(key)
-    anchors = workdir / "delv-anchors.conf"
-    zone = str(key.zone).rstrip(".") + "."
-    anchors.write_text("trust-anchors {\n"
-                       f'  {zone} static-ds {ds.key_tag} {ds.algorithm} {ds.digest_type} "{ds.digest.hex().upper()}";\n'
-                       "};\n")
-    return subprocess.run(["delv", f"@{host}", "-p", str(port), "-a", str(anchors), f"+root={zone}",
-                           qname, qtype], capture_output=True, text=True, timeout=timeout_s)
