@@ -74,6 +74,8 @@ __all__ = [
     "custom_policy",
     "sign_url",
     "sign_cookies",
+    "sign_with_key",
+    "parse_expiry",
     "strip_signing_params",
     "strip_signing_cookies",
     "resource_matches",
@@ -278,6 +280,9 @@ def cf_b64decode(text: str) -> bytes:
         raise ValueError("not ASCII") from None
     if len(raw) % 4:
         raise ValueError("length is not a multiple of 4")
+    if raw.translate(None, b"+=/") != raw:
+        # Standard base64's + = / would be a second spelling of the same bytes.
+        raise ValueError("uses + = / instead of CloudFront's - _ ~")
     std = raw.translate(_TO_STD)
     try:
         data = base64.b64decode(std, validate=True)
@@ -625,3 +630,32 @@ def sign_cookies(resource: str, *, key_id: str, private_key: RSA.RsaKey, expires
     if hash_algorithm != "SHA1":
         cookies["CloudFront-Hash-Algorithm"] = hash_algorithm
     return cookies
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)?\s*")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
+
+
+def parse_expiry(text: str, *, now: float) -> int:
+    """``--expires`` for ``headwater cdn sign``: a duration from ``now`` ("90s", "15m", "1h", "7d",
+    "1w", or bare seconds) or an absolute epoch ("@1767290400"); ValueError otherwise."""
+    if text.startswith("@") and _EPOCH.fullmatch(text[1:]):
+        return int(text[1:])
+    m = _DURATION.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 1h, 7d, or @EPOCH")
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds <= 0:
+        raise ValueError("the expiry must be in the future")
+    return int(now + seconds)
+
+
+def sign_with_key(url: str, key: SigningKey, *, expires: int, starts: int | None = None,
+                  ip_range: str | None = None, resource: str | None = None,
+                  hash_algorithm: str = "SHA1") -> str:
+    """:func:`sign_url` with a configured ``[[cdn.keys]]`` entry; ValueError naming the key when
+    this host has no ``private_key_file`` for it."""
+    if key.private_key_pem is None:
+        raise ValueError(f"key {key.id} has no private_key_file here: cannot sign with it")
+    return sign_url(url, key_id=key.id, private_key=load_private_key(key.private_key_pem), expires=expires,
+                    starts=starts, ip_range=ip_range, resource=resource, hash_algorithm=hash_algorithm)

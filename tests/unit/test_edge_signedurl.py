@@ -254,6 +254,8 @@ def test_base64_must_be_canonical() -> None:
         su.cf_b64decode("AQIDBB__")  # same bytes, other unused bits
     with pytest.raises(ValueError):
         su.cf_b64decode("AQIDBA")  # padding dropped
+    with pytest.raises(ValueError):
+        su.cf_b64decode("AQIDBA==")  # standard base64's padding: found by the tamper test
 
 
 # --- tampering ------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def test_tamper_bases_verify(keys, verifier) -> None:
         assert check(verifier, _tamper_base(keys[0], which)).allowed
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(which=st.sampled_from(["canned", "custom"]), where=st.floats(0, 1, exclude_max=True),
        new=st.sampled_from(_ALPHABET))
 def test_a_tampered_url_never_verifies(keys, verifier, which: str, where: float, new: str) -> None:
@@ -291,6 +293,20 @@ def test_a_tampered_url_never_verifies(keys, verifier, which: str, where: float,
     tampered = signed[:i] + new + signed[i + 1:]
     got = check(verifier, tampered)
     assert not got.allowed, (i, signed[i], new, tampered)
+
+
+def test_every_position_tampered(keys, verifier) -> None:
+    """Exhaustively: every position after the host, three substitutions each (one of them the
+    standard-base64 twin of a CloudFront character), for both kinds of policy."""
+    twins = {"-": "+", "_": "=", "~": "/"}
+    for which in ("canned", "custom"):
+        signed = _tamper_base(keys[0], which)
+        for i in range(len(f"http://{HOST}"), len(signed)):
+            for new in {twins.get(signed[i], "A"), "z" if signed[i] != "z" else "y", "%"}:
+                if new == signed[i]:
+                    continue
+                tampered = signed[:i] + new + signed[i + 1:]
+                assert not check(verifier, tampered).allowed, (which, i, signed[i], new)
 
 
 @settings(max_examples=100, deadline=None)
@@ -341,3 +357,18 @@ def test_private_key_loading(keys) -> None:
     with pytest.raises(ValueError):
         su.load_private_key(key.public_key().export_key())
     assert base64.b64decode(su.cf_b64encode(b"\xfb\xff").translate(str.maketrans("-_~", "+=/"))) == b"\xfb\xff"
+
+
+def test_sign_with_a_configured_key_and_parse_expiry(keys, verifier) -> None:
+    key = su.SigningKey(id=KEY_ID, public_key_pem=keys[0].public_key().export_key(),
+                        private_key_pem=keys[0].export_key())
+    expires = su.parse_expiry("1h", now=NOW)
+    assert expires == NOW + 3600
+    assert check(verifier, su.sign_with_key(f"http://{HOST}/m.mpd", key, expires=expires)).allowed
+    with pytest.raises(ValueError, match="no private_key_file"):
+        su.sign_with_key("http://h/x", su.SigningKey(id="K", public_key_pem=b""), expires=expires)
+    assert su.parse_expiry("90", now=NOW) == NOW + 90 and su.parse_expiry("2d", now=NOW) == NOW + 172800
+    assert su.parse_expiry("@1767290400", now=NOW) == 1767290400
+    for bad in ("", "1y", "-5m", "0s", "soon"):
+        with pytest.raises(ValueError):
+            su.parse_expiry(bad, now=NOW)
