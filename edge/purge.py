@@ -59,8 +59,11 @@ Protocol between tiers (carried by the edge-daemon; this module is its state)
 3. A tier starting up (or one that was down) loads its persisted replica and pulls ``since`` its
    ``last_seq`` until ``more`` is false **before it serves**; until then it answers 503. A replica
    older than the shield's ``floor_seq`` adopts the floor (its older entries then count as
-   purged). A batch from a log with another ``epoch`` (the shield's log was lost and recreated)
-   makes ``apply`` report ``reset``: the tier must drop every stored entry of the distribution.
+   purged). A batch from a log with another ``epoch`` (the shield's log was lost and recreated),
+   or whose ``last_seq`` is below the replica's (the log went back), makes ``apply`` report
+   ``reset``: the tier must drop every stored entry of the distribution. (A log restored from a
+   backup must be given a new epoch: once it has numbered new purges past the replicas'
+   ``last_seq``, reused numbers can no longer be told apart.)
 4. Every response between tiers carries ``Hw-Purge-Seq: N``, the ``purge_seq`` the receiving tier
    stores with it: the stored entry's own ``purge_seq`` raised to the sender's ``last_seq`` when
    the sender checked it against its log (a hit), or the number it got from its own upstream (a
@@ -262,8 +265,8 @@ def _is_seq(v: Any) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Applied:
-    """What ``apply`` did: purges added, and ``reset`` when the log was replaced (another epoch):
-    then the tier must drop every stored entry of the distribution."""
+    """What ``apply`` did: purges added, and ``reset`` when the log was replaced (another epoch, or
+    the same one gone backwards): then the tier must drop every stored entry of the distribution."""
 
     added: int
     reset: bool = False
@@ -348,7 +351,9 @@ class PurgeLog:
         """
         if batch.distribution != self.distribution:
             raise PurgeGap(f"a batch for {batch.distribution!r} offered to {self.distribution!r}")
-        reset = batch.epoch != self.epoch
+        # Another epoch, or the same one gone backwards (the shield's log restored from an older
+        # copy): sequence numbers this replica holds may be reused for other purges, so start over.
+        reset = batch.epoch != self.epoch or batch.last_seq < self._last
         # Check everything before changing anything, so a refused batch leaves the replica as it was.
         base = 0 if reset else self._last
         expected = max(base, batch.floor_seq) + 1

@@ -198,6 +198,19 @@ def test_another_epoch_resets_the_replica() -> None:
     assert applied == pg.Applied(added=1, reset=False) and replica.last_seq == 1
 
 
+def test_a_log_gone_backwards_resets_the_replica() -> None:
+    shield = shield_log()
+    for i in range(5):
+        shield.append([f"/p{i}"], now=0.0)
+    backup = shield.dumps()
+    shield.append(["/p5"], now=1.0)
+    replica = PurgeLog("video", epoch="e1")
+    replica.apply(shield.since(0))
+    restored2 = PurgeLog.loads(backup)  # same epoch, seq 6 forgotten
+    applied = replica.apply(restored2.since(replica.last_seq))
+    assert applied.reset and replica.last_seq == 0 and len(replica) == 0
+
+
 def test_persistence_round_trip() -> None:
     log = shield_log(retention_s=10.0)
     log.append(["/a*"], tags=["t"], now=1.0)
