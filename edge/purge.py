@@ -55,7 +55,9 @@ Protocol between tiers (carried by the edge-daemon; this module is its state)
    purges, ``more`` set when the client should ask again at once). With ``wait``, the shield holds
    the request up to W seconds until ``last_seq > S`` (a long poll: purges reach every tier in
    about one round trip, without a push channel). The tier ``apply``-s the batch, persists its
-   replica, and repeats.
+   replica, and repeats. One puller per distribution applies batches in the order it fetched
+   them (an older batch applied after a newer one looks like a log gone backwards, below); the
+   invalidate handler of step 1 waits for that puller to reach N rather than pulling itself.
 3. A tier starting up (or one that was down) loads its persisted replica and pulls ``since`` its
    ``last_seq`` until ``more`` is false **before it serves**; until then it answers 503. A replica
    older than the shield's ``floor_seq`` adopts the floor (its older entries then count as
