@@ -232,7 +232,7 @@ def test_the_chain_pop_regional_shield_origin(env):
 
 
 def test_200_concurrent_requests_over_two_pops_make_one_origin_fetch(env):
-    body = bytes(range(256)) * 4096  # 1 MiB, streamed by the origin in 8 pieces over ~0.4 s
+    body = bytes(range(256)) * 1024  # 256 KiB, streamed by the origin in 8 pieces over ~0.4 s
     env.origin.objects["/t/5/cold.m4s"] = Obj(body, [("cache-control", "max-age=60")], chunk_delay_s=0.05)
     results: list[tuple[int, bytes]] = []
 
