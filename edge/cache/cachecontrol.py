@@ -4,7 +4,8 @@
 first: ``joined(headers, name)``). The syntax is RFC 9110's list: elements separated by commas
 with optional whitespace, empty elements ignored; each element is ``token [ "=" ( token /
 quoted-string ) ]``, names compared case-insensitively. An element that is not in that shape is
-skipped up to the next comma outside a quoted string.
+skipped up to the next comma outside a quoted string, read the restrictive way when it names a
+directive (``no-store=)`` is no-store, a garbled ``max-age`` makes the response stale).
 
 What the RFC leaves to the cache, decided here (RFC 9111 4.2.1 and 1.2.2):
 
@@ -102,6 +103,7 @@ _ELEMENT = re.compile(
     rf"[ \t]*({_TCHAR}+)[ \t]*(?:=[ \t]*(?:\"((?:[^\"\\]|\\.)*)\"|({_TCHAR}*)))?[ \t]*(?:,|\Z)")
 _SKIP = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)*(?:,|\Z)')
 _NAME = re.compile(rf"[ \t]*({_TCHAR}+)")
+_RESTRICTIVE = frozenset({"no-store", "no-cache", "private", "must-revalidate", "proxy-revalidate"})
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -141,11 +143,16 @@ def _elements(value: str) -> Iterable[tuple[str, str | None]]:
         # Empty element (",," or OWS) or a malformed one: skip past the next comma outside quotes.
         s = _SKIP.match(value, pos)
         nxt = s.end() if s is not None and s.end() > pos else pos + 1
-        # A malformed freshness directive ("max-age=60 x", "max-age==1") still says the origin
-        # meant to bound freshness: report it with an invalid argument, which makes it stale.
+        # A malformed element still says what the origin meant, read the restrictive way: a
+        # freshness directive ("max-age=60 x", "max-age==1") makes the response stale, and
+        # no-store / no-cache / private / *-revalidate count in their unqualified form.
         n = _NAME.match(value, pos, nxt)
-        if n is not None and n.group(1).lower() in ("max-age", "s-maxage"):
-            yield n.group(1).lower(), ""
+        if n is not None:
+            name = n.group(1).lower()
+            if name in ("max-age", "s-maxage"):
+                yield name, ""
+            elif name in _RESTRICTIVE:
+                yield name, None
         pos = nxt
 
 
