@@ -908,7 +908,7 @@ class DiskHit:
         hasher = xxhash.xxh3_128()
         pos = 0
         want_end = None if length is None else offset + length
-        held: bytes | None = None  # one piece held back until more follows or the end is checked
+        held: bytes | None = None  # the last byte read, held back until the end is checked
         delay = 0.001
         last_progress = clock.monotonic()
         final: list | None = None
@@ -926,9 +926,14 @@ class DiskHit:
                     hi = len(data) if want_end is None else min(want_end - pos, len(data))
                     pos += len(data)
                     if lo < hi:
+                        piece = data[lo:hi] if (lo, hi) != (0, len(data)) else data
                         if held is not None:
-                            yield held
-                        held = data[lo:hi] if (lo, hi) != (0, len(data)) else data
+                            piece = held + piece
+                        # All but the last byte goes out now; that byte waits until the end is
+                        # known and checked, so a truncated or corrupt fill is never whole.
+                        held = piece[-1:]
+                        if len(piece) > 1:
+                            yield piece[:-1]
                     delay = 0.001
                     last_progress = clock.monotonic()
                     continue
