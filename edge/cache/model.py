@@ -14,7 +14,7 @@ the core speaks.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Iterator, Protocol
 
 __all__ = [
     "Headers",
@@ -46,6 +46,8 @@ class HeaderView(Protocol):
     def get(self, name: str, default: str | None = None) -> str | None: ...
 
     def get_all(self, name: str) -> list[str]: ...
+
+    def __iter__(self) -> Iterator[tuple[str, str]]: ...
 
 
 class CacheRequest(Protocol):

@@ -33,7 +33,6 @@ __all__ = [
     "StoreFault",
     "EntryCorrupt",
     "EntryAborted",
-    "EntryTooLarge",
     "AlreadyFilling",
     "EntryInfo",
     "StoreStats",
@@ -57,10 +56,6 @@ class EntryCorrupt(StoreFault):
 class EntryAborted(StoreFault):
     """The entry a reader followed was aborted by its writer (or the writer died): the reader
     must abort its response as if the upstream had reset mid-body."""
-
-
-class EntryTooLarge(StoreFault):
-    """``Writer.write`` went past the entry's size limit: the writer has aborted the entry."""
 
 
 class AlreadyFilling(StoreFault):
@@ -92,6 +87,8 @@ class StoreStats:
     corrupt_dropped: int
     commits: int
     aborts: int
+    declined: int  # writes the tier refused (larger than its entry limit)
+    followed: int  # gets answered with an entry still being written (collapsed misses)
 
 
 KeyPredicate = Callable[[bytes, bytes], bool]
@@ -120,9 +117,16 @@ class Hit(Protocol):
     @property
     def complete(self) -> bool: ...
 
-    def file_body(self) -> FileBody | None: ...
+    def file_body(self, offset: int = 0, length: int | None = None) -> FileBody | None:
+        """The body (or ``length`` bytes from ``offset``) for sendfile, verified first; None when
+        the hit has no file (RAM), is still growing, or failed its checksum (then dropped: serve
+        it as a miss). The fd is the caller's (the HTTP core's) from then on."""
+        ...
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    def chunks(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The body (or a range of it) in verified pieces; raises ``EntryCorrupt`` or
+        ``EntryAborted`` mid-way, after which the response must be aborted."""
+        ...
 
     def close(self) -> None: ...
 
@@ -138,7 +142,10 @@ class Writer(Protocol):
     @property
     def written(self) -> int: ...
 
-    def write(self, chunk: bytes) -> None: ...
+    def write(self, chunk: bytes) -> None:
+        """Append body bytes. Past the tier's entry limit the entry is dropped (followers see
+        it aborted) and later writes are ignored: the fetch goes on for its own client, uncached."""
+        ...
 
     def commit(self) -> bool:
         """Make the entry a hit; False when the store declined it (too large for the tier)."""
