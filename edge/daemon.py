@@ -29,7 +29,8 @@ from .app import EdgeApp
 from .config import EdgeConfig
 from .tiers import TierRouter, Upstream
 from .upstream import OriginFetcher, UpstreamClient
-from .worker_store import WorkerStore
+from .store.disk import DiskSettings, DiskStore
+from .store.ram import RamStore
 
 __all__ = ["run_edge", "next_tier", "open_stores"]
 
@@ -50,11 +51,11 @@ def next_tier(cluster: ClusterConfig, node: EdgeConfig, clock: Clock = SYSTEM_CL
 
 def open_stores(node: EdgeConfig, worker: int) -> list[Any]:
     """The tiers of this worker: a POP's RAM store (its own), then the disk store (shared)."""
-    Path(node.cache_dir).mkdir(parents=True, exist_ok=True)
-    # edge-store's RAM and disk tiers are not merged yet: every tier runs on one in-memory
-    # store per worker, bounded by the disk size (the RAM size for a POP with a RAM tier).
-    capacity = node.ram_bytes if node.tier == "pop" and node.ram_bytes > 0 else node.disk_bytes
-    return [WorkerStore(capacity)]
+    stores: list[Any] = []
+    if node.tier == "pop" and node.ram_bytes > 0:
+        stores.append(RamStore(node.ram_bytes))
+    stores.append(DiskStore(DiskSettings(cache_dir=Path(node.cache_dir), capacity_bytes=node.disk_bytes)))
+    return stores
 
 
 async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0, clock: Clock = SYSTEM_CLOCK,
