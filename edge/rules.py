@@ -1,8 +1,8 @@
 """The one place the request path (:mod:`.app`) meets the HTTP caching rules.
 
 The rules are edge-cache's (:mod:`headwater.edge.cache`). This module names the few decisions
-the request path needs, so that the daemon depends on one small surface. Until edge-cache's
-rule functions are merged it implements them here as a deliberately small RFC 9111 subset for a
+the request path needs, so that the daemon depends on one small surface. edge-cache's rule
+functions are merged but not yet wired in here: until they are, this implements a small RFC 9111 subset for a
 shared cache (s-maxage > max-age > Expires > 10 % heuristic; no-store, private, no-cache,
 must-revalidate, proxy-revalidate, Authorization; Vary; Age; stale-while-revalidate and
 stale-if-error; one byte range; 304 merge), pure and time injected.
