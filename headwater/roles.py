@@ -46,6 +46,7 @@ __all__ = [
 PACKAGES: tuple[str, ...] = (
     "headwater.objstore.roles",
     "headwater.dns.roles",
+    "headwater.edge.roles",
 )
 
 ENV_PACKAGES = "HEADWATER_ROLE_PACKAGES"

@@ -1,0 +1,280 @@
+"""The edge's part of cluster.toml: ``[[edge]]`` daemons and ``[[distributions]]``.
+
+Read once through the kernel's :class:`~headwater.config.Reader` (errors name the key and its
+line) into frozen dataclasses; every edge default lives here.
+
+An ``[[edge]]`` entry is one daemon of the ``edge`` role; its ``tier`` says what it is:
+
+- ``pop``: faces viewers; a RAM tier then a disk tier; misses go to a regional cache chosen by
+  rendezvous hashing of the cache key (:mod:`.tiers`);
+- ``regional``: a disk tier; misses go to the shield;
+- ``shield``: a disk tier in front of the origin; the only tier that talks to origins.
+
+A tier with nothing configured above it skips to the next one (a POP with no regionals goes to
+the shield; with no shield either, to the origin).
+
+A ``[[distributions]]`` entry is one CloudFront-like distribution: the hostnames it answers for,
+its origin (``http(s)://host:port/prefix`` or ``s3://bucket/prefix``, the object store's S3
+gateway of this cluster, fetched with SigV4), an optional secondary origin for failover, and its
+cache behaviours (read by edge-cache's reader when it is there, kept as read otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
+
+__all__ = ["TIERS", "EdgeConfig", "Origin", "Distribution", "read_edge", "read_distributions",
+           "read_origin", "check_edge"]
+
+TIERS = ("pop", "regional", "shield")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeConfig:
+    """One edge daemon: ``workers`` processes share ``port`` (and ``tls_port``) with SO_REUSEPORT."""
+
+    id: str
+    tier: str
+    host: str = "127.0.0.1"
+    port: int
+    admin_port: int
+    # HTTPS with ALPN (h2, http/1.1) on tls_port, with tls_cert and tls_key.
+    tls_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: int = 1
+    region: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    # The RAM tier (POPs only; 0 turns it off) and the disk tier.
+    ram_bytes: int = 0
+    disk_bytes: int = 1 * GiB
+    cache_dir: Path = Path("var/edge/cache")
+    # The ids of the next tier's daemons this one fetches from; empty: every daemon of that tier.
+    upstreams: tuple[str, ...] = ()
+    # Upstream: connecting, and the wait for each part of the answer (head, each body read).
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 10.0
+    # A regional that fails this many fetches in a row is left out for down_seconds.
+    upstream_fall: int = 3
+    upstream_down_s: float = 10.0
+    # A collapsed fetch keeps this much of its body in memory for the requests that share it;
+    # a waiter further behind reads the stored entry instead.
+    collapse_window_bytes: int = 4 * MiB
+    limits: HttpLimits = field(default_factory=HttpLimits)
+
+    @property
+    def role(self) -> str:
+        return "edge"
+
+    @property
+    def port_keys(self) -> tuple[str, ...]:
+        return ("port", "admin_port") + (("tls_port",) if self.tls_port is not None else ())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Origin:
+    """Where a distribution's objects come from.
+
+    ``kind`` "http": ``scheme://host:port`` plus ``path_prefix``. ``kind`` "s3": ``bucket`` on the
+    S3 endpoint (``endpoint``, or this cluster's ``[gateway]`` when empty), signed with SigV4
+    using ``access_key``/``secret_key`` (or the first ``[[users]]`` entry when empty).
+    """
+
+    url: str
+    kind: str
+    scheme: str = "http"
+    host: str = ""
+    port: int = 80
+    path_prefix: str = ""
+    bucket: str = ""
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Distribution:
+    """One distribution: what it answers for and where its objects come from."""
+
+    name: str
+    hostnames: tuple[str, ...] = ()
+    origin: Origin
+    secondary: Origin | None = None
+    # Each behaviour as edge-cache's reader made it (or the raw table when that is absent).
+    behaviours: tuple[Any, ...] = ()
+    # How long the shield waits on the origin before it fails over (connect, head, each read).
+    origin_timeout_s: float = 10.0
+
+
+_EDGE_KEYS = {"id", "tier", "host", "port", "admin_port", "tls_port", "tls_cert", "tls_key", "workers",
+              "region", "lat", "lon", "ram_size", "disk_size", "cache_dir", "data_dir", "upstreams",
+              "connect_timeout_seconds", "read_timeout_seconds", "upstream_fall", "upstream_down_seconds",
+              "collapse_window", "limits"}
+
+
+def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
+    """One ``[[edge]]`` table."""
+    r.check_keys(item, p, _EDGE_KEYS)
+    node_id = r.node_id(item, p)
+    tier = r.get(item, "tier", p, str, required=True)
+    if tier not in TIERS:
+        raise r.error(f"{p}.tier", f"{tier!r} is not one of {', '.join(TIERS)}")
+    workers = r.get(item, "workers", p, int, 1)
+    if not 1 <= workers <= 256:
+        raise r.error(f"{p}.workers", "must be between 1 and 256")
+    lat = r.get(item, "lat", p, float, None)
+    lon = r.get(item, "lon", p, float, None)
+    if tier == "pop" and (lat is None or lon is None):
+        raise r.error(f"{p}.lat" if lat is None else f"{p}.lon", "a POP needs its location (lat and lon)")
+    if lat is not None and not -90 <= lat <= 90:
+        raise r.error(f"{p}.lat", f"{lat} is outside -90..90")
+    if lon is not None and not -180 <= lon <= 180:
+        raise r.error(f"{p}.lon", f"{lon} is outside -180..180")
+    ram = r.size(item, "ram_size", p, 256 * MiB if tier == "pop" else 0)
+    if ram and tier != "pop":
+        raise r.error(f"{p}.ram_size", "only POPs have a RAM tier")
+    tls_port = r.port(item, "tls_port", p, None) if "tls_port" in item else None
+    cert, key = r.tls_files(item, p)
+    if tls_port is not None and cert is None:
+        raise r.error(f"{p}.tls_port", "needs tls_cert and tls_key")
+    raw_dir = r.get(item, "cache_dir", p, str, "")
+    if raw_dir:
+        cache_dir = Path(raw_dir).expanduser()
+        cache_dir = cache_dir if cache_dir.is_absolute() else r.root / cache_dir
+    else:
+        cache_dir = r.node_data_dir(item, p, node_id) / "cache"
+    upstreams = r.get(item, "upstreams", p, list, [])
+    if not all(isinstance(u, str) for u in upstreams):
+        raise r.error(f"{p}.upstreams", "must be an array of [[edge]] ids")
+    if tier == "shield" and upstreams:
+        raise r.error(f"{p}.upstreams", "a shield fetches from the distributions' origins")
+    fall = r.get(item, "upstream_fall", p, int, 3)
+    if fall < 1:
+        raise r.error(f"{p}.upstream_fall", "must be at least 1")
+    return EdgeConfig(
+        id=node_id, tier=tier, host=r.get(item, "host", p, str, "127.0.0.1"),
+        port=r.port(item, "port", p), admin_port=r.port(item, "admin_port", p),
+        tls_port=tls_port, tls_cert=cert, tls_key=key, workers=workers,
+        region=r.get(item, "region", p, str, ""), lat=lat, lon=lon,
+        ram_bytes=ram, disk_bytes=r.size(item, "disk_size", p, 1 * GiB), cache_dir=cache_dir,
+        upstreams=tuple(upstreams),
+        connect_timeout_s=r.positive(item, "connect_timeout_seconds", p, 2.0),
+        read_timeout_s=r.positive(item, "read_timeout_seconds", p, 10.0),
+        upstream_fall=fall, upstream_down_s=r.positive(item, "upstream_down_seconds", p, 10.0),
+        collapse_window_bytes=r.size(item, "collapse_window", p, 4 * MiB),
+        limits=read_http_limits(r, r.table(item, "limits", p), f"{p}.limits"),
+    )
+
+
+def read_origin(r: Reader, item: Mapping[str, Any], key: str, p: str, *, required: bool = True) -> Origin | None:
+    """``origin`` / ``secondary_origin``: an HTTP(S) URL or ``s3://bucket[/prefix]``."""
+    url = r.get(item, key, p, str, None, required=required)
+    if url is None:
+        return None
+    full = f"{p}.{key}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise r.error(full, f"{url!r} is not a URL: {e}") from None
+    if parts.query or parts.fragment:
+        raise r.error(full, "an origin URL has no query or fragment")
+    prefix = parts.path.rstrip("/")
+    if parts.scheme == "s3":
+        if not parts.hostname:
+            raise r.error(full, "s3://BUCKET[/prefix]: the bucket is missing")
+        endpoint = r.get(item, "s3_endpoint", p, str, "")
+        if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise r.error(f"{p}.s3_endpoint", "must be an http:// or https:// URL")
+        access = r.get(item, "access_key", p, str, "")
+        secret = r.get(item, "secret_key", p, str, "")
+        if bool(access) != bool(secret):
+            raise r.error(f"{p}.access_key", "access_key and secret_key go together")
+        return Origin(url=url, kind="s3", bucket=parts.netloc, path_prefix=prefix, endpoint=endpoint,
+                      access_key=access, secret_key=secret, region=r.get(item, "s3_region", p, str, ""))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise r.error(full, f"{url!r}: expected http://host[:port][/prefix], https://… or s3://bucket")
+    return Origin(url=url, kind="http", scheme=parts.scheme, host=parts.hostname,
+                  port=port or (443 if parts.scheme == "https" else 80), path_prefix=prefix)
+
+
+def _read_behaviours(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Any, ...]:
+    raw = item.get("behaviours", [])
+    if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
+        raise r.error(f"{p}.behaviours", "expected an array of tables ([[distributions.behaviours]])")
+    try:
+        from .cache import config as cache_config  # edge-cache's reader, when it is there
+    except ImportError:
+        return tuple(raw)
+    reader = getattr(cache_config, "read_behaviours", None)
+    if reader is None:
+        return tuple(raw)
+    return tuple(reader(r, raw, f"{p}.behaviours"))
+
+
+_DIST_KEYS = {"name", "hostnames", "origin", "secondary_origin", "s3_endpoint", "s3_region", "access_key",
+              "secret_key", "behaviours", "origin_timeout_seconds"}
+
+
+def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
+    """``[[distributions]]``: names unique, a hostname in one distribution only."""
+    if not isinstance(value, list):
+        raise r.error("distributions", "expected an array of tables ([[distributions]])")
+    out: list[Distribution] = []
+    seen_hosts: dict[str, str] = {}
+    for i, item in enumerate(value):
+        p = f"distributions[{i}]"
+        if not isinstance(item, dict):
+            raise r.error(p, "expected a table")
+        r.check_keys(item, p, _DIST_KEYS)
+        name = r.get(item, "name", p, str, required=True)
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise r.error(f"{p}.name", f"{name!r}: letters, digits, - and _ only")
+        if any(d.name == name for d in out):
+            raise r.error(f"{p}.name", f"distribution {name!r} is named twice")
+        hosts = r.get(item, "hostnames", p, list, [])
+        if not all(isinstance(h, str) and h for h in hosts):
+            raise r.error(f"{p}.hostnames", "must be an array of host names")
+        hosts = [h.lower().rstrip(".") for h in hosts]
+        for h in hosts:
+            if h in seen_hosts:
+                raise r.error(f"{p}.hostnames", f"{h!r} is already distribution {seen_hosts[h]!r}'s")
+            seen_hosts[h] = name
+        out.append(Distribution(
+            name=name, hostnames=tuple(hosts), origin=read_origin(r, item, "origin", p),  # type: ignore[arg-type]
+            secondary=read_origin(r, item, "secondary_origin", p, required=False),
+            behaviours=_read_behaviours(r, item, p),
+            origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, 10.0)))
+    return tuple(out)
+
+
+def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
+    """Across sections: upstream ids name daemons of the next tier; an s3:// origin needs a
+    gateway (or s3_endpoint) and credentials (its own or a [[users]] entry)."""
+    edges = tuple(getattr(cfg, "edge", ()) or ())
+    by_id = {e.id: e for e in edges}
+    for i, e in enumerate(edges):
+        want = "regional" if e.tier == "pop" else "shield"
+        for u in e.upstreams:
+            if u not in by_id:
+                raise r.error(f"edge[{i}].upstreams", f"no [[edge]] with id {u!r}")
+            if by_id[u].tier != want:
+                raise r.error(f"edge[{i}].upstreams", f"{u!r} is a {by_id[u].tier}, not a {want}")
+    dists = getattr(cfg, "distributions", ()) or ()
+    if edges and not dists:
+        raise r.error("edge", "the edge serves distributions: add a [[distributions]] entry")
+    for i, d in enumerate(dists):
+        for key, o in (("origin", d.origin), ("secondary_origin", d.secondary)):
+            if o is None or o.kind != "s3":
+                continue
+            if not o.endpoint and getattr(cfg, "gateway", None) is None:
+                raise r.error(f"distributions[{i}].{key}", "an s3:// origin needs [gateway] or s3_endpoint")
+            if not o.access_key and not tuple(getattr(cfg, "users", ()) or ()):
+                raise r.error(f"distributions[{i}].{key}", "an s3:// origin needs access_key/secret_key or [[users]]")

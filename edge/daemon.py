@@ -1,0 +1,104 @@
+"""The ``edge`` daemon: one worker process of a POP, a regional cache or a shield.
+
+:func:`run_edge` is the role's entry point. Each worker opens its stores (a POP's RAM tier is
+its own; the disk tier is shared by the daemon's workers through edge-store's LMDB index),
+builds its upstream client and the router over the next tier, and serves:
+
+- the cache on ``port``: HTTP/1.1 and h2c (prior knowledge), every worker on one port with
+  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured;
+- the admin endpoint on ``admin_port``: /healthz (tier, hits, misses, cached bytes, upstreams'
+  state, ``load`` for the GeoDNS's health checks) and /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from headwater.admin import export_stats, serve_admin
+from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.config import ClusterConfig
+from headwater.http import serve, server_ssl_context
+from headwater.log import get_logger
+from headwater.metrics import Registry, add_process_metrics
+
+from .app import EdgeApp
+from .config import EdgeConfig
+from .tiers import TierRouter, Upstream
+from .upstream import OriginFetcher, UpstreamClient
+from .store.disk import DiskSettings, DiskStore
+from .store.ram import RamStore
+
+__all__ = ["run_edge", "next_tier", "open_stores"]
+
+log = logging.getLogger("headwater.edge")
+
+
+def next_tier(cluster: ClusterConfig, node: EdgeConfig, clock: Clock = SYSTEM_CLOCK) -> TierRouter | None:
+    """The router over the tier this daemon fetches from; None when that is the origin."""
+    edges = tuple(getattr(cluster, "edge", ()) or ())
+    wanted = {"pop": ("regional", "shield"), "regional": ("shield",), "shield": ()}[node.tier]
+    for tier in wanted:
+        members = [e for e in edges if e.tier == tier and (not node.upstreams or e.id in node.upstreams)]
+        if members:
+            return TierRouter([Upstream(id=e.id, host=e.host, port=e.port) for e in members],
+                              fall=node.upstream_fall, down_s=node.upstream_down_s, clock=clock.monotonic)
+    return None
+
+
+def open_stores(node: EdgeConfig, worker: int) -> list[Any]:
+    """The tiers of this worker: a POP's RAM store (its own), then the disk store (shared)."""
+    stores: list[Any] = []
+    if node.tier == "pop" and node.ram_bytes > 0:
+        stores.append(RamStore(node.ram_bytes))
+    stores.append(DiskStore(DiskSettings(cache_dir=Path(node.cache_dir), capacity_bytes=node.disk_bytes)))
+    return stores
+
+
+async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0, clock: Clock = SYSTEM_CLOCK,
+                   task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point)."""
+    registry = Registry()
+    add_process_metrics(registry)
+    stores = open_stores(node, worker)
+    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s)
+    router = next_tier(cluster, node, clock)
+    distributions = tuple(getattr(cluster, "distributions", ()) or ())
+    origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
+        if router is None else {}
+    access_log = get_logger(node.id)
+    try:
+        async with anyio.create_task_group() as tg:
+            app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
+                          next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
+                          clock=clock, access_log=access_log)
+            export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
+                                                              "active": app.active})
+
+            async def health() -> dict[str, Any]:
+                return {**app.health(), "worker": worker}
+
+            await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
+                                                     reuse_port=True, clock=clock, task_status=task_status))
+            if node.tls_port is not None and node.tls_cert is not None:
+                ctx = server_ssl_context(node.tls_cert, node.tls_key)
+                await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
+                                                         ssl_context=ctx, reuse_port=True, clock=clock,
+                                                         task_status=task_status))
+            await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
+                                                           registry=registry, reuse_port=True,
+                                                           task_status=task_status))
+            log.info("edge: %s (%s) serving on %s:%d, worker %d", node.id, node.tier, node.host, node.port, worker,
+                     extra={"event": "edge.started", "tier": node.tier, "worker": worker})
+            task_status.started()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()
+        for store in stores:
+            try:
+                store.close()
+            except Exception:
+                log.exception("edge: closing a store failed")

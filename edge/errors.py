@@ -1,0 +1,85 @@
+"""The edge's one exception root, and the one table that maps failures to HTTP statuses.
+
+Every error the edge raises derives from :class:`EdgeError` and carries the status a client is
+answered with (``http_status``). :func:`status_of` is the only place an exception becomes a
+status: the edge's own errors by their class attribute, the HTTP core's by their own
+``http_status``, anything else 500.
+
+- :class:`UpstreamError` and its kinds: the next tier or the origin failed (connection refused,
+  timeout, a broken response: wrong length, truncated body, garbage headers) -> 502/504;
+- :class:`NoDistribution`: no distribution answers for the request's Host -> 404 (never
+  forwarded anywhere);
+- :class:`LoopDetected`: the request already passed through this daemon (its own id in Via) -> 508;
+- :class:`MethodNotAllowed`: only GET and HEAD are served -> 405.
+"""
+
+from __future__ import annotations
+
+from headwater.http.errors import HttpError
+
+__all__ = [
+    "EdgeError", "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "UpstreamBroken",
+    "NoDistribution", "LoopDetected", "MethodNotAllowed", "CollapsedFetchFailed", "status_of",
+]
+
+
+class EdgeError(Exception):
+    """Root of every error the edge raises; ``http_status`` is what a client is answered."""
+
+    http_status: int = 500
+
+
+class UpstreamError(EdgeError):
+    """The next tier or the origin did not give a usable response."""
+
+    http_status = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connection refused, reset before the response head, or no upstream left to try."""
+
+    http_status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer (or stopped sending its body) within the timeout."""
+
+    http_status = 504
+
+
+class UpstreamBroken(UpstreamError):
+    """A response that breaks HTTP: garbage head, body shorter or longer than its length."""
+
+    http_status = 502
+
+
+class CollapsedFetchFailed(UpstreamError):
+    """The shared fetch a collapsed request was waiting on failed after it started streaming,
+    or the waiter fell too far behind a response that is not stored to be read back."""
+
+    http_status = 502
+
+
+class NoDistribution(EdgeError):
+    """No ``[[distributions]]`` entry answers for this Host."""
+
+    http_status = 404
+
+
+class LoopDetected(EdgeError):
+    """The request's Via already names this daemon: a tier loop in the configuration."""
+
+    http_status = 508
+
+
+class MethodNotAllowed(EdgeError):
+    """The edge serves GET and HEAD only (a CDN in front of video)."""
+
+    http_status = 405
+
+
+def status_of(error: BaseException) -> int:
+    """The HTTP status a client is answered with for ``error`` (the one mapping)."""
+    if isinstance(error, (EdgeError, HttpError)):
+        return error.http_status
+    return 500

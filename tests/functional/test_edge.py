@@ -1,0 +1,287 @@
+"""The edge on loopback: two POPs, two regionals and a shield (real daemons, in-process through
+the role's entry point, in a thread with its own event loop) in front of a test origin whose
+answers the test sets and whose fetches it counts; driven by curl and httpx over HTTP/1.1 and
+h2c.
+
+Covered: miss then hit with X-Cache, Age growing, max-age expiry and revalidation answered 304
+(RefreshHit), no-store never stored, the POP -> regional -> shield -> origin chain (Via,
+Server-Timing), 200 concurrent requests over both POPs collapsing into one origin fetch while the
+body streams, a truncated origin body never stored, a dead origin answered with stale-if-error,
+Range 206/416 from cache, methods and loops refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import httpx
+import pytest
+
+from headwater.config import load
+from headwater.edge.daemon import run_edge
+from headwater.http import Request, Response, serve
+from tests.cluster import free_ports
+
+
+@dataclass
+class Obj:
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    etag: str | None = None
+    chunk_delay_s: float = 0.0  # a slow origin: the body in 8 pieces, this long apart
+    truncate: bool = False  # declare the full length, send half, then end
+
+
+class ControlledOrigin:
+    """An origin the test controls: ``objects`` by path, ``fetches`` counted by path."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Obj] = {}
+        self.fetches: Counter[str] = Counter()
+        self.conditionals: Counter[str] = Counter()
+        self.scope: anyio.CancelScope | None = None
+
+    async def app(self, request: Request) -> Response:
+        self.fetches[request.path] += 1
+        obj = self.objects.get(request.path)
+        if obj is None:
+            return Response(404, [("content-length", "0")], b"")
+        headers = list(obj.headers)
+        if obj.etag:
+            headers.append(("etag", obj.etag))
+            if request.headers.get("if-none-match") == obj.etag:
+                self.conditionals[request.path] += 1
+                return Response(304, headers, b"")
+        headers.append(("content-length", str(len(obj.body))))
+        if obj.truncate:
+            async def half():
+                yield obj.body[: len(obj.body) // 2]
+            return Response(200, headers, half())
+        if obj.chunk_delay_s:
+            async def slow():
+                step = max(1, len(obj.body) // 8)
+                for i in range(0, len(obj.body), step):
+                    await anyio.sleep(obj.chunk_delay_s)
+                    yield obj.body[i:i + step]
+            return Response(200, headers, slow())
+        return Response(200, headers, obj.body)
+
+    async def run(self, port: int, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as self.scope:
+            await serve(self.app, host="127.0.0.1", port=port, task_status=task_status)
+
+
+@dataclass
+class Env:
+    origin: ControlledOrigin
+    pops: list[str]
+    admin: dict[str, str]
+    portal: Any
+    origin_port: int
+    tasks: list[Any]
+
+
+CONFIG = """
+[cluster]
+name = "edge-test"
+data_dir = "var"
+
+[[distributions]]
+name = "video"
+hostnames = ["video.test"]
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = {p[0]}
+admin_port = {p[1]}
+lat = 51.5
+lon = -0.12
+ram_size = "64MiB"
+
+[[edge]]
+id = "pop-2"
+tier = "pop"
+port = {p[2]}
+admin_port = {p[3]}
+lat = 40.7
+lon = -74.0
+ram_size = "64MiB"
+
+[[edge]]
+id = "regional-1"
+tier = "regional"
+port = {p[4]}
+admin_port = {p[5]}
+disk_size = "64MiB"
+
+[[edge]]
+id = "regional-2"
+tier = "regional"
+port = {p[6]}
+admin_port = {p[7]}
+disk_size = "64MiB"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {p[8]}
+admin_port = {p[9]}
+disk_size = "64MiB"
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    folder: Path = tmp_path_factory.mktemp("edge")
+    ports = free_ports(11)
+    path = folder / "cluster.toml"
+    path.write_text(CONFIG.format(origin=ports[10], p=ports))
+    cfg = load(str(path))
+    origin = ControlledOrigin()
+    with anyio.from_thread.start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
+        futures = [portal.start_task(origin.run, ports[10])[0]]
+        for node in cfg.edge:
+            futures.append(portal.start_task(functools.partial(run_edge, cfg, node))[0])
+        yield Env(origin=origin, pops=[f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[2]}"],
+                  admin={e.id: f"http://127.0.0.1:{e.admin_port}" for e in cfg.edge}, portal=portal,
+                  origin_port=ports[10], tasks=futures)
+        for f in futures:
+            f.cancel()
+
+
+def client(http2: bool = False) -> httpx.Client:
+    return httpx.Client(http1=not http2, http2=http2, trust_env=False, timeout=10)
+
+
+def test_miss_then_hit_over_http1_and_h2c_with_age_growing(env):
+    env.origin.objects["/t/1/seg-1.m4s"] = Obj(b"x" * 5000, [("cache-control", "max-age=60")])
+    with client() as c:
+        first = c.get(env.pops[0] + "/t/1/seg-1.m4s")
+        assert first.status_code == 200 and first.content == b"x" * 5000
+        assert first.headers["x-cache"] == "Miss from pop-1"
+        assert "pop-1" in first.headers["via"]
+    with client(http2=True) as c:
+        second = c.get(env.pops[0] + "/t/1/seg-1.m4s")
+        assert second.http_version == "HTTP/2"
+        assert second.headers["x-cache"] == "Hit from pop-1" and second.content == b"x" * 5000
+    out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", env.pops[0] + "/t/1/seg-1.m4s"],
+                         capture_output=True, text=True, timeout=10).stdout.lower()
+    assert "x-cache: hit from pop-1" in out and "content-length: 5000" in out
+    assert env.origin.fetches["/t/1/seg-1.m4s"] == 1
+    age0 = int(second.headers["age"])
+    time.sleep(1.1)
+    with client() as c:
+        assert int(c.get(env.pops[0] + "/t/1/seg-1.m4s").headers["age"]) >= age0 + 1
+
+
+def test_expiry_revalidates_with_304_and_stale_if_error_when_the_origin_is_down(env):
+    env.origin.objects["/t/2/manifest.mpd"] = Obj(b"<MPD/>", [("cache-control", "max-age=1")], etag='"v1"')
+    env.origin.objects["/t/2/seg.m4s"] = Obj(b"s" * 100, [("cache-control", "max-age=1, stale-if-error=60")])
+    with client() as c:
+        assert c.get(env.pops[0] + "/t/2/manifest.mpd").headers["x-cache"] == "Miss from pop-1"
+        assert c.get(env.pops[0] + "/t/2/seg.m4s").status_code == 200
+        time.sleep(1.2)
+        again = c.get(env.pops[0] + "/t/2/manifest.mpd")
+        assert again.status_code == 200 and again.content == b"<MPD/>"
+        assert again.headers["x-cache"] == "RefreshHit from pop-1"
+        assert env.origin.conditionals["/t/2/manifest.mpd"] == 1  # the shield's If-None-Match
+        assert env.origin.fetches["/t/2/manifest.mpd"] == 2
+        # The origin goes away; the stored segment is stale, within stale-if-error.
+        env.portal.call(env.origin.scope.cancel)
+        try:
+            time.sleep(0.3)
+            stale = c.get(env.pops[1] + "/t/2/seg.m4s")
+            assert stale.status_code == 200 and stale.content == b"s" * 100
+            assert stale.headers["x-cache"] in ("StaleHit from pop-2", "Miss from pop-2")
+            gone = c.get(env.pops[1] + "/t/2/never-stored")
+            assert gone.status_code in (502, 504)
+        finally:
+            env.tasks.append(env.portal.start_task(env.origin.run, env.origin_port)[0])
+
+
+def test_no_store_is_never_stored(env):
+    env.origin.objects["/t/3/private"] = Obj(b"p", [("cache-control", "no-store")])
+    with client() as c:
+        for _ in range(2):
+            r = c.get(env.pops[0] + "/t/3/private")
+            assert r.headers["x-cache"] == "Miss from pop-1"
+    assert env.origin.fetches["/t/3/private"] == 2
+
+
+def test_the_chain_pop_regional_shield_origin(env):
+    env.origin.objects["/t/4/seg.m4s"] = Obj(b"c" * 300, [("cache-control", "max-age=60")])
+    with client() as c:
+        r = c.get(env.pops[0] + "/t/4/seg.m4s")
+        via = r.headers["via"]
+        assert "shield-1" in via and "regional-" in via and via.endswith("pop-1 (headwater)")
+        assert "Miss from shield-1" in r.headers["server-timing"]
+        r2 = c.get(env.pops[1] + "/t/4/seg.m4s", headers={"host": "video.test"})
+        assert r2.headers["x-cache"] == "Miss from pop-2"
+        assert "Hit from regional-" in r2.headers["server-timing"]  # both POPs hash the key to one regional
+    assert env.origin.fetches["/t/4/seg.m4s"] == 1
+
+
+def test_200_concurrent_requests_over_two_pops_make_one_origin_fetch(env):
+    body = bytes(range(256)) * 1024  # 256 KiB, streamed by the origin in 8 pieces over ~0.4 s
+    env.origin.objects["/t/5/cold.m4s"] = Obj(body, [("cache-control", "max-age=60")], chunk_delay_s=0.05)
+    results: list[tuple[int, bytes]] = []
+
+    async def one(c: httpx.AsyncClient, base: str) -> None:
+        r = await c.get(base + "/t/5/cold.m4s")
+        results.append((r.status_code, r.content))
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(trust_env=False, timeout=20, limits=limits) as h1, \
+                httpx.AsyncClient(trust_env=False, timeout=20, http1=False, http2=True) as h2:
+            async with anyio.create_task_group() as tg:
+                for i in range(200):
+                    tg.start_soon(one, h1 if i % 2 else h2, env.pops[i % 2])
+
+    anyio.run(main)
+    assert len(results) == 200 and all(s == 200 and b == body for s, b in results)
+    assert env.origin.fetches["/t/5/cold.m4s"] == 1
+    metrics = httpx.get(env.admin["pop-1"] + "/metrics", trust_env=False).text
+    assert 'hw_edge_collapsed_total{tier="pop"}' in metrics
+
+
+def test_a_truncated_origin_body_is_never_stored(env):
+    env.origin.objects["/t/6/broken.m4s"] = Obj(b"b" * 10000, [("cache-control", "max-age=60")], truncate=True)
+    with client() as c:
+        for _ in range(2):
+            # A 502 when the break came before the head reached the POP, else a cut response.
+            try:
+                r = c.get(env.pops[0] + "/t/6/broken.m4s")
+            except httpx.HTTPError:
+                continue
+            assert r.status_code == 502, r.status_code
+    assert env.origin.fetches["/t/6/broken.m4s"] == 2  # nothing stored at any tier
+    env.origin.objects["/t/6/broken.m4s"] = Obj(b"b" * 10000, [("cache-control", "max-age=60")])
+    with client() as c:
+        r = c.get(env.pops[0] + "/t/6/broken.m4s")
+        assert r.status_code == 200 and len(r.content) == 10000
+
+
+def test_ranges_from_cache_and_what_the_edge_refuses(env):
+    env.origin.objects["/t/7/big.mp4"] = Obj(bytes(range(100)), [("cache-control", "max-age=60")])
+    with client() as c:
+        c.get(env.pops[0] + "/t/7/big.mp4")
+        r = c.get(env.pops[0] + "/t/7/big.mp4", headers={"range": "bytes=10-19"})
+        assert r.status_code == 206 and r.content == bytes(range(10, 20))
+        assert r.headers["content-range"] == "bytes 10-19/100"
+        assert c.get(env.pops[0] + "/t/7/big.mp4", headers={"range": "bytes=500-"}).status_code == 416
+        assert c.post(env.pops[0] + "/t/7/big.mp4", content=b"x").status_code == 405
+        loop = c.get(env.pops[0] + "/t/7/big.mp4", headers={"via": "1.1 pop-1 (headwater)"})
+        assert loop.status_code == 508
+    health = httpx.get(env.admin["pop-1"] + "/healthz", trust_env=False).json()
+    assert health["status"] == "ok" and health["tier"] == "pop" and "load" in health
