@@ -32,6 +32,10 @@ def dns_only_copy(folder: Path, port: int, admin_port: int) -> Path:
     cluster = text[:text.index("\n[objstore]\n")]
     start = text.index("\n# The GeoDNS")
     dns_part = text[start:]
+    # up to the first table of another daemon (the edge's follow the GeoDNS's)
+    other = re.search(r"(?m)^(?:#[^\n]*\n)*\[\[?(?!\[)(?!dns[.\]])", dns_part)
+    if other:
+        dns_part = dns_part[:other.start()]
     dns_part = re.sub(r"(?m)^port = 5353$", f"port = {port}", dns_part, count=1)
     dns_part = re.sub(r"(?m)^admin_port = 9353$", f"admin_port = {admin_port}", dns_part, count=1)
     dns_part = dns_part.replace("[dns.dnssec]\nenabled = false", "[dns.dnssec]\nenabled = true")
