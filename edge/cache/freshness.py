@@ -152,6 +152,7 @@ class _Facts:
     etag: str | None
     last_modified_raw: str | None
     sets_cookie: bool
+    has_age: bool
 
 
 _facts_memo: dict[Headers, _Facts] = {}
@@ -183,7 +184,7 @@ def _facts(headers: Headers) -> _Facts:
         if s.isdigit():
             age = min(int(s[:11]), 2 ** 31)
     f = _Facts(cc, parse_http_date(date), age, parse_http_date(expires_raw), has_expires,
-               parse_http_date(lm_raw), etag, lm_raw, sets_cookie)
+               parse_http_date(lm_raw), etag, lm_raw, sets_cookie, age_raw is not None)
     if len(_facts_memo) >= _MEMO_MAX:
         _facts_memo.clear()
     _facts_memo[headers] = f
@@ -355,7 +356,10 @@ def served_headers(stored: StoredResponse, age: float) -> list[tuple[str, str]]:
     be sent after a successful revalidation, RFC 9111 5.2.2.4)."""
     f = _facts(stored.headers)
     drop = f.cc.no_cache_fields
-    out = [h for h in stored.headers if h[0] != "age" and (not drop or h[0] not in drop)]
+    if drop or f.has_age:
+        out = [h for h in stored.headers if h[0] != "age" and h[0] not in drop]
+    else:
+        out = list(stored.headers)            # the common case: a plain copy
     out.append(("age", str(int(age))))
     return out
 

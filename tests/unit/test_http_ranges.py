@@ -95,3 +95,13 @@ def test_never_crashes(value):
                 assert 0 <= s <= e < 1000
         except RangeNotSatisfiable:
             pass
+
+
+def test_long_runs_of_whitespace_parse_in_linear_time():
+    # The earlier pattern (optional whitespace on both sides of an optional digit run) took ~14 s
+    # on this input: quadratic backtracking.
+    import time
+    t = time.perf_counter()
+    assert parse_range_header("bytes=" + " " * 60000 + "1") is None
+    assert parse_range_header("bytes=1-" + " " * 60000 + "x") is None
+    assert time.perf_counter() - t < 1.0
