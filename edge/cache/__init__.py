@@ -58,6 +58,7 @@ from .cachekey import (
     key_prefix,
     upstream_target,
     variant_key,
+    variant_key_for,
     vary_matches,
 )
 from .freshness import (
@@ -85,5 +86,5 @@ __all__ = [
     "key_prefix", "match_behaviour", "merge_304", "parse_cache_control", "plan_range",
     "read_behaviour", "response_cache_control", "served_headers", "stale_if_error_allowed",
     "storable", "stored_response", "strip_for_storage", "upstream_target", "validates",
-    "variant_key", "vary_matches",
+    "variant_key", "variant_key_for", "vary_matches",
 ]

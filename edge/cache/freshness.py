@@ -12,7 +12,8 @@ since the epoch from the daemon's injected clock); nothing here reads a clock.
   them. An upstream 206 is not stored here (``slices`` stores 206 slices).
 * ``freshness_lifetime(response, behaviour)``: targeted fields first (``cachecontrol``), then
   ``s-maxage`` > ``max-age`` > ``Expires - Date`` (an invalid Expires means already expired);
-  no explicit value: ``default_ttl``, or with ``default_ttl=None`` RFC 9111 4.2.2's heuristic
+  no explicit value: ``error_ttl`` for an error status, else ``default_ttl``, or with
+  ``default_ttl=None`` RFC 9111 4.2.2's heuristic
   (10 % of ``Date - Last-Modified``, at most ``HEURISTIC_MAX``), for heuristically cacheable
   statuses only; then clamped into ``[min_ttl, max_ttl]``. Invalid or conflicting ``max-age`` /
   ``s-maxage`` make it 0 (stale).
@@ -263,6 +264,9 @@ def _lifetime(f: _Facts, status: int, response_time: float, behaviour: Behaviour
     if explicit is None:
         if status not in HEURISTIC_STATUSES:
             return lo
+        if status >= 400:
+            explicit = behaviour.error_ttl
+            return lo if explicit < lo else hi if explicit > hi else explicit
         if behaviour.default_ttl is not None:
             return behaviour.default_ttl
         if f.last_modified is None:

@@ -22,6 +22,7 @@ from headwater.edge.cache.cachekey import (
     normalise_path,
     upstream_target,
     variant_key,
+    variant_key_for,
     vary_matches,
 )
 from headwater.edge.cache.model import stored_response
@@ -232,3 +233,6 @@ def test_vary_matching_and_variant_keys():
     assert variant_key(k, s.vary_key) == same
     assert variant_key(k, (("accept-encoding", "gzip"), ("accept-language", "en"))) != same
     assert variant_key(k, ()) == k
+    fr = req(headers=[("Accept-Encoding", "gzip, br"), ("Accept-Language", "fr")])
+    assert variant_key_for(k, fr, s) == variant_key(k, (("accept-encoding", "gzip, br"), ("accept-language", "fr")))
+    assert variant_key_for(k, fr, s) != variant_key_for(k, first, s)
