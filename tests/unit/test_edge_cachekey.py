@@ -92,6 +92,12 @@ def test_read_behaviour_from_toml_names_the_bad_key():
     assert b.key_cookies == FieldPolicy("all_except", frozenset({"tracking"}))
     assert b.forward_headers.names == frozenset({"x-trace"})
     assert b.slice_size == 1 << 20 and b.prefetch == 2 and b.compress
+    text = '[d]\ndefault_ttl = "heuristic"\nerror_ttl = 3\ncached_methods = ["GET"]\n'
+    b = read_behaviour(Reader("c.toml", text), tomllib.loads(text)["d"], "d")
+    assert b.default_ttl is None and b.error_ttl == 3 and b.cached_methods == frozenset({"GET"})
+    for bad in ('[d]\nunknown = 1\n', '[d]\ncached_methods = ["POST"]\n', '[d]\nslice_size = "3MiB"\n'):
+        with pytest.raises(ConfigError):
+            read_behaviour(Reader("c.toml", bad), tomllib.loads(bad)["d"], "d")
     bad = '[d]\nmin_ttl = 10\nmax_ttl = 5\n'
     with pytest.raises(ConfigError) as ei:
         read_behaviour(Reader("c.toml", bad), tomllib.loads(bad)["d"], "d")

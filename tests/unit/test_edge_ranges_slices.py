@@ -20,6 +20,7 @@ from headwater.edge.cache.slices import (
     slice_key,
     slice_request_headers,
     slices_touched,
+    whole_headers,
 )
 from headwater.edge.cache.model import StoredResponse
 from headwater.http.types import Headers
@@ -237,3 +238,8 @@ def test_slices_combine_only_within_one_representation():
     assert not same_representation([("ETag", '"a"')], [])
     lm = [("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT")]
     assert same_representation(lm, lm) and not same_representation([], [])
+
+
+def test_whole_headers_describe_the_full_representation():
+    hs = [("Content-Range", "bytes 0-99/5000"), ("Content-Length", "100"), ("ETag", '"e"')]
+    assert whole_headers(hs, 5000) == (("etag", '"e"'), ("content-length", "5000"))
