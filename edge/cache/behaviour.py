@@ -12,7 +12,10 @@ Each behaviour says:
   ``max-age`` / ``Expires`` from the origin the lifetime is ``default_ttl`` (``None``: RFC 9111's
   heuristic instead); an origin's lifetime is clamped into ``[min_ttl, max_ttl]``; and with
   ``min_ttl > 0`` even ``no-cache`` / ``no-store`` / ``private`` responses are kept for
-  ``min_ttl`` (CloudFront's rule: the operator's minimum overrides the origin).
+  ``min_ttl`` (CloudFront's rule: the operator's minimum overrides the origin). An error
+  (status >= 400) without an origin lifetime is kept for ``error_ttl`` (CloudFront's error
+  caching minimum TTL, 10 s by default) rather than ``default_ttl``: a segment that is not
+  published yet must not stay a cached 404 for a day.
 * What forms the cache key and what is forwarded upstream: header, cookie and query-string
   policies (``FieldPolicy``: none, an allow-list, all, or all except a deny-list). Whatever is in
   the key is forwarded; ``forward_*`` may add more (sent upstream but not keyed: only safe for
@@ -93,6 +96,7 @@ class Behaviour:
     min_ttl: float = 0.0
     default_ttl: float | None = 86400.0
     max_ttl: float = 31536000.0
+    error_ttl: float = 10.0
     key_headers: FieldPolicy = NONE
     key_cookies: FieldPolicy = NONE
     key_query: FieldPolicy = NONE
@@ -109,6 +113,8 @@ class Behaviour:
     def __post_init__(self) -> None:
         if self.min_ttl < 0 or self.max_ttl < 0 or (self.default_ttl is not None and self.default_ttl < 0):
             raise ValueError("TTLs must not be negative")
+        if self.error_ttl < 0:
+            raise ValueError("error_ttl must not be negative")
         if self.min_ttl > self.max_ttl:
             raise ValueError(f"min_ttl {self.min_ttl} is above max_ttl {self.max_ttl}")
         if self.default_ttl is not None and not self.min_ttl <= self.default_ttl <= self.max_ttl:
@@ -167,7 +173,7 @@ def match_behaviour(path: str, behaviours: Sequence[Behaviour],
 # --- reading from cluster.toml ---------------------------------------------------------------
 
 _KEYS = {
-    "path_pattern", "min_ttl", "default_ttl", "max_ttl", "key_headers", "key_cookies", "key_query",
+    "path_pattern", "min_ttl", "default_ttl", "max_ttl", "error_ttl", "key_headers", "key_cookies", "key_query",
     "forward_headers", "forward_cookies", "forward_query", "compress", "prefetch",
     "slice_size", "honour_request_no_cache", "cached_methods",
 }
@@ -209,7 +215,7 @@ def read_behaviour(reader: Any, data: Mapping[str, Any], prefix: str, *,
     """
     reader.check_keys(data, prefix, _KEYS)
     kw: dict[str, Any] = {"path_pattern": reader.get(data, "path_pattern", prefix, str, default_pattern)}
-    for k in ("min_ttl", "max_ttl"):
+    for k in ("min_ttl", "max_ttl", "error_ttl"):
         if k in data:
             kw[k] = reader.get(data, k, prefix, float)
     if "default_ttl" in data:

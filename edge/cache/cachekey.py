@@ -36,7 +36,7 @@ import re
 from urllib.parse import unquote
 
 from .behaviour import Behaviour, FieldPolicy
-from .model import HOP_BY_HOP, CacheRequest, Headers, StoredResponse
+from .model import HOP_BY_HOP, CacheRequest, Headers, StoredResponse, vary_key_of
 
 __all__ = [
     "cache_key",
@@ -49,6 +49,7 @@ __all__ = [
     "accept_encoding_class",
     "parse_cookies",
     "variant_key",
+    "variant_key_for",
     "vary_matches",
 ]
 
@@ -229,6 +230,13 @@ def variant_key(key: bytes, vary_key: Headers) -> bytes:
     if not vary_key:
         return key
     return key + b"\x01" + _latin1("\n".join(f"{n}:{_norm_vary(n, v)}" for n, v in vary_key))
+
+
+def variant_key_for(key: bytes, request: CacheRequest, stored: StoredResponse) -> bytes:
+    """Where the variant ``request`` selects is kept, when ``stored`` (the entry under ``key``)
+    varies and does not match it: look there, and store the new variant there. (The entry under
+    ``key`` itself holds the first variant stored; every other one lives under its variant key.)"""
+    return variant_key(key, vary_key_of(request, stored.headers))
 
 
 def _norm_vary(name: str, value: str) -> str:

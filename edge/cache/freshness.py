@@ -12,7 +12,8 @@ since the epoch from the daemon's injected clock); nothing here reads a clock.
   them. An upstream 206 is not stored here (``slices`` stores 206 slices).
 * ``freshness_lifetime(response, behaviour)``: targeted fields first (``cachecontrol``), then
   ``s-maxage`` > ``max-age`` > ``Expires - Date`` (an invalid Expires means already expired);
-  no explicit value: ``default_ttl``, or with ``default_ttl=None`` RFC 9111 4.2.2's heuristic
+  no explicit value: ``error_ttl`` for an error status, else ``default_ttl``, or with
+  ``default_ttl=None`` RFC 9111 4.2.2's heuristic
   (10 % of ``Date - Last-Modified``, at most ``HEURISTIC_MAX``), for heuristically cacheable
   statuses only; then clamped into ``[min_ttl, max_ttl]``. Invalid or conflicting ``max-age`` /
   ``s-maxage`` make it 0 (stale).
@@ -152,6 +153,7 @@ class _Facts:
     etag: str | None
     last_modified_raw: str | None
     sets_cookie: bool
+    has_age: bool
 
 
 _facts_memo: dict[Headers, _Facts] = {}
@@ -183,7 +185,7 @@ def _facts(headers: Headers) -> _Facts:
         if s.isdigit():
             age = min(int(s[:11]), 2 ** 31)
     f = _Facts(cc, parse_http_date(date), age, parse_http_date(expires_raw), has_expires,
-               parse_http_date(lm_raw), etag, lm_raw, sets_cookie)
+               parse_http_date(lm_raw), etag, lm_raw, sets_cookie, age_raw is not None)
     if len(_facts_memo) >= _MEMO_MAX:
         _facts_memo.clear()
     _facts_memo[headers] = f
@@ -262,6 +264,9 @@ def _lifetime(f: _Facts, status: int, response_time: float, behaviour: Behaviour
     if explicit is None:
         if status not in HEURISTIC_STATUSES:
             return lo
+        if status >= 400:
+            explicit = behaviour.error_ttl
+            return lo if explicit < lo else hi if explicit > hi else explicit
         if behaviour.default_ttl is not None:
             return behaviour.default_ttl
         if f.last_modified is None:
@@ -355,7 +360,10 @@ def served_headers(stored: StoredResponse, age: float) -> list[tuple[str, str]]:
     be sent after a successful revalidation, RFC 9111 5.2.2.4)."""
     f = _facts(stored.headers)
     drop = f.cc.no_cache_fields
-    out = [h for h in stored.headers if h[0] != "age" and (not drop or h[0] not in drop)]
+    if drop or f.has_age:
+        out = [h for h in stored.headers if h[0] != "age" and h[0] not in drop]
+    else:
+        out = list(stored.headers)            # the common case: a plain copy
     out.append(("age", str(int(age))))
     return out
 

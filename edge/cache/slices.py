@@ -13,6 +13,10 @@ combined when they come from one representation: ``same_representation`` compare
 (else Last-Modified), and later slice fetches carry ``If-Range`` with the first slice's
 validator, so a changed object answers 200 (the new whole) rather than a mismatched piece.
 
+The object's metadata (what ``freshness.storable`` / ``decide`` judge, and what a client's
+``ranges.plan_range`` answers from) is the first slice's header fields turned into those of the
+whole 200 representation: ``whole_headers`` (no Content-Range, Content-Length the total).
+
 ``pieces(start, end, slice_size)`` maps a client's byte range onto the slices: for each touched
 slice, its index, the offset inside it and the length to send, in order.
 """
@@ -41,6 +45,7 @@ __all__ = [
     "parse_content_range",
     "read_slice_response",
     "same_representation",
+    "whole_headers",
 ]
 
 MIN_SLICE = 64 * 1024
@@ -204,3 +209,10 @@ def same_representation(a: Iterable[tuple[str, str]], b: Iterable[tuple[str, str
             and ea.strip() == eb.strip()
     la, lb = _field(a, "last-modified"), _field(b, "last-modified")
     return la is not None and la == lb
+
+
+def whole_headers(headers: Iterable[tuple[str, str]], total: int) -> tuple[tuple[str, str], ...]:
+    """A slice response's fields as the whole representation's: ``Content-Range`` dropped,
+    ``Content-Length`` set to ``total`` (names lower-cased)."""
+    out = tuple((k.lower(), v) for k, v in headers if k.lower() not in ("content-range", "content-length"))
+    return out + (("content-length", str(total)),)

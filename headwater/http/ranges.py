@@ -42,7 +42,9 @@ MAX_SPECS = 100
 """More range specs than this in one header and the header is ignored."""
 
 _UNIT = re.compile(r"[ \t]*bytes[ \t]*=", re.IGNORECASE)
-_SPEC = re.compile(r"[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*")
+# Applied to a spec already stripped of OWS: adjacent optional runs of whitespace around an
+# optional digit run would backtrack quadratically on a long run of spaces.
+_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
 _DIGITS_MAX = 19                          # past 10^19 bytes nothing is satisfiable anyway
 
 
@@ -70,7 +72,8 @@ def parse_range_header(value: str | None, *, max_specs: int = MAX_SPECS) -> tupl
         return None
     specs: list[RangeSpec] = []
     for part in value[m.end():].split(","):
-        if not part.strip(" \t"):
+        part = part.strip(" \t")
+        if not part:
             continue                      # empty list elements are allowed (RFC 9110 5.6.1)
         s = _SPEC.fullmatch(part)
         if s is None:

@@ -176,6 +176,15 @@ def test_cloudfront_ttls_default_and_clamp():
     assert freshness_lifetime(resp([("Cache-Control", "s-maxage=5000")]), b) == 1000
 
 
+def test_errors_without_an_origin_lifetime_get_the_error_ttl():
+    b = Behaviour(min_ttl=0, default_ttl=86400, max_ttl=31536000, error_ttl=10)
+    assert freshness_lifetime(resp([], 404), b) == 10
+    assert freshness_lifetime(resp([], 200), b) == 86400
+    assert freshness_lifetime(resp([("Cache-Control", "max-age=300")], 404), b) == 300
+    assert freshness_lifetime(resp([], 404), Behaviour(min_ttl=30, default_ttl=60)) == 30
+    assert freshness_lifetime(resp([], 410), RFC) == 10
+
+
 def test_cdn_cache_control_replaces_cache_control_and_expires():
     r = resp([("Cache-Control", "max-age=60"), ("CDN-Cache-Control", "max-age=600"),
               ("Expires", date(NOW + 5))])
