@@ -139,6 +139,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_REPLACED: DiskHit = object()  # type: ignore[assignment]  # _open_complete: "look again"
+
+
 @dataclass(slots=True)
 class _Counters:
     hits: int = 0
@@ -244,18 +247,20 @@ class DiskStore:
         if journal:
             self._journal_append(txn, _OP_REMOVE, key, rec[_E_SIZE])
 
-    def _drop_if_same(self, key: bytes, name: str) -> None:
-        """Drop ``key``'s entry if it is still the one stored in ``name`` (corrupt or missing)."""
+    def _drop_if_same(self, key: bytes, name: str) -> bool:
+        """Drop ``key``'s entry if it is still the one stored in ``name`` (corrupt or missing);
+        False if it is gone or another version by now."""
         with self._env.begin(write=True) as txn:
             raw = txn.get(key, db=self._entries)
             if raw is None:
-                return
+                return False
             rec = _unpack(raw)
             if rec[_E_NAME] != name:
-                return
+                return False
             self._drop_entry_txn(txn, key, rec, journal=True)
         self._unlink(name)
         self._n.corrupt_dropped += 1
+        return True
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -273,12 +278,15 @@ class DiskStore:
         return hit
 
     def _lookup(self, key: bytes) -> DiskHit | None:
-        for _ in range(2):  # a second look if the file was renamed between snapshot and open
+        for _ in range(2):  # a second look if the file changed between snapshot and open
             with self._env.begin() as txn:
                 raw = txn.get(key, db=self._entries)
                 fraw = None if raw is not None else txn.get(key, db=self._filling)
             if raw is not None:
-                return self._open_complete(key, _unpack(raw))
+                hit = self._open_complete(key, _unpack(raw))
+                if hit is _REPLACED:
+                    continue
+                return hit
             if fraw is None:
                 break
             frec = _unpack(fraw)
@@ -296,12 +304,13 @@ class DiskStore:
         return None
 
     def _open_complete(self, key: bytes, rec: list) -> DiskHit | None:
+        """The hit for a committed record, verified if small; None if it failed (dropped)."""
         name, size = rec[_E_NAME], rec[_E_SIZE]
         try:
             fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            self._drop_if_same(key, name)
-            return None
+            # Lost, or replaced by a newer commit (whose file is another): look again then.
+            return _REPLACED if not self._drop_if_same(key, name) else None
         ok = False
         try:
             if os.fstat(fd).st_size != size:
@@ -940,6 +949,7 @@ class DiskHit:
                 if final is not None:
                     # All of the committed body is read: it must be what was committed.
                     if pos != final[_E_SIZE] or hasher.digest() != final[_E_SUM]:
+                        store._drop_if_same(key, self._name)
                         raise EntryCorrupt(f"the followed body of {key!r} does not match its checksum")
                     if held is not None:
                         yield held
