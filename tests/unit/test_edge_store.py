@@ -258,20 +258,28 @@ async def test_a_reader_follows_a_growing_entry_until_commit(disk: DiskStore) ->
     w = disk.begin(b"k", b"meta")
     w.write(data[:10_000])
     hit = disk.get(b"k")
+    assert isinstance(hit, Hit)
     assert hit is not None and not hit.complete and hit.info.meta == b"meta"
+    ranged = disk.get(b"k")
     got = []
+    got_range = []
 
     async def reader() -> None:
         got.append(b"".join([c async for c in hit.chunks()]))
 
+    async def range_reader() -> None:
+        got_range.append(b"".join([c async for c in ranged.chunks(30_000, 5_000)]))
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
+        tg.start_soon(range_reader)
         for i in range(10_000, len(data), 9_000):
             await anyio.sleep(0.005)
             w.write(data[i : i + 9_000])
         w.commit()
     assert got == [data]
-    assert disk.stats().followed == 1
+    assert got_range == [data[30_000:35_000]]
+    assert disk.stats().followed == 2
 
 
 @pytest.mark.anyio
