@@ -9,16 +9,24 @@ The request path, per tier::
 
     hit = store.get(key)                      # Hit | None; never a corrupt body
     if hit is None:
-        claim = store.claim(key)              # disk: the in-flight marker (RAM: always granted)
-        if claim is None:                     # another process is already fetching it
-            hit = await store.wait_filling(key, timeout=...)   # its growing entry, or None
+        claim = store.claim(key)              # the in-flight marker (disk: across processes)
+        if claim is None:                     # someone is already fetching it
+            hit = await store.wait_filling(key, timeout=...)   # its entry, or None: claim again
         else:
             writer = store.begin(key, meta, claim=claim)       # once the upstream headers are in
             writer.write(chunk) ... writer.commit()            # or writer.abort()
+            # (claim.release() instead of begin when the fetch fails before any header)
 
-``Hit.complete`` is False for an entry another process is still writing: its ``chunks()`` follow
-the body as it grows and end when the writer commits (raising ``EntryAborted`` if it aborts or
-dies). That is how misses collapse across a POP's worker processes.
+Serving a hit: ``hit.data`` if it is not None (RAM; disk bodies up to one checksum block, already
+verified), else ``hit.file_body(offset, length)`` for sendfile (verified first; None means it
+failed and was dropped: treat as a miss) or ``hit.chunks(offset, length)``.
+
+``Hit.complete`` is False for an entry another process is still writing (the disk tier's ``get``
+and ``wait_filling`` return those): its ``chunks()`` follow the body as it grows and end when
+the writer commits, raising ``EntryAborted`` if it aborts or dies. The last byte is held back
+until the committed checksum is checked, so a failed fill never reaches a client whole. That is
+how misses collapse across a POP's worker processes. Within one process, ``RamStore``'s
+``wait_filling`` returns the committed entry once its writer is done.
 """
 
 from __future__ import annotations

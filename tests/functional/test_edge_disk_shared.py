@@ -103,6 +103,43 @@ def read_key(cache_dir: str, key: bytes, q) -> None:
         store.close()
 
 
+def collapse_worker(cache_dir: str, keys: int, barrier, q) -> None:
+    """For each key, as a POP worker does on a miss: claim and fetch it, or follow the fetcher."""
+    store = DiskStore(settings(cache_dir, 4096 * KiB, max_entry_bytes=1024 * KiB))
+    fetched, read = [], {}
+
+    async def main() -> None:
+        for k in range(keys):
+            key = b"obj%d" % k
+            barrier.wait(WAIT)  # every worker misses on the same key at the same moment
+            while True:
+                hit = store.get(key)
+                if hit is None:
+                    claim = store.claim(key)
+                    if claim is not None:
+                        fetched.append(k)  # "the origin fetch"
+                        w = store.begin(key, b"meta", claim=claim)
+                        for i in range(4):
+                            w.write(body(5 * KiB, k + i))
+                            await anyio.sleep(0.002)
+                        w.commit()
+                        break
+                    hit = await store.wait_filling(key, timeout=WAIT)
+                    if hit is None:
+                        continue
+                if hit.data is not None:
+                    read[k] = hit.data
+                else:
+                    read[k] = b"".join([c async for c in hit.chunks()])
+                break
+
+    try:
+        anyio.run(main)
+        q.put((fetched, read))
+    finally:
+        store.close()
+
+
 def run(target, *args, timeout: float = WAIT) -> list:
     """Run target in a worker process; what it put on its queue."""
     q = CTX.Queue()
@@ -164,6 +201,24 @@ def test_concurrent_writers_of_different_keys_and_the_size_bound(tmp_path: Path)
         assert held == st.entries >= 5
     finally:
         store.close()
+
+
+def test_concurrent_misses_in_three_processes_cause_one_fetch_each(tmp_path: Path) -> None:
+    cache, keys = str(tmp_path / "cache"), 15
+    barrier, q = CTX.Barrier(3), CTX.Queue()
+    procs = [CTX.Process(target=collapse_worker, args=(cache, keys, barrier, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=WAIT) for _ in procs]
+    for p in procs:
+        p.join(WAIT)
+        assert p.exitcode == 0
+    fetches = sorted(k for fetched, _ in results for k in fetched)
+    assert fetches == list(range(keys))  # exactly one fetch per key, whoever made it
+    for _, read in results:  # every other worker read the fetcher's body, whole
+        for k, data in read.items():
+            assert data == b"".join(body(5 * KiB, k + i) for i in range(4))
+    assert sum(len(read) for _, read in results) == 2 * keys
 
 
 @pytest.mark.anyio

@@ -27,7 +27,7 @@ ops = st.lists(
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(capacity=st.integers(0, 2000), program=ops)
 def test_invariants_hold_under_any_sequence(name: str, capacity: int, program: list) -> None:
     evicted: list[tuple[int, int]] = []
@@ -101,7 +101,7 @@ def sieve_reference(capacity: int, requests: list[tuple[int, int]]) -> list[bool
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     capacity=st.integers(1, 1500),
     requests=st.lists(st.tuples(st.integers(0, 25), st.integers(1, 300)), max_size=300),
@@ -132,7 +132,7 @@ def lru_reference(capacity: int, requests: list[tuple[int, int]]) -> list[bool]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     capacity=st.integers(1, 1500),
     requests=st.lists(st.tuples(st.integers(0, 25), st.integers(1, 300)), max_size=300),

@@ -258,20 +258,28 @@ async def test_a_reader_follows_a_growing_entry_until_commit(disk: DiskStore) ->
     w = disk.begin(b"k", b"meta")
     w.write(data[:10_000])
     hit = disk.get(b"k")
+    assert isinstance(hit, Hit)
     assert hit is not None and not hit.complete and hit.info.meta == b"meta"
+    ranged = disk.get(b"k")
     got = []
+    got_range = []
 
     async def reader() -> None:
         got.append(b"".join([c async for c in hit.chunks()]))
 
+    async def range_reader() -> None:
+        got_range.append(b"".join([c async for c in ranged.chunks(30_000, 5_000)]))
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
+        tg.start_soon(range_reader)
         for i in range(10_000, len(data), 9_000):
             await anyio.sleep(0.005)
             w.write(data[i : i + 9_000])
         w.commit()
     assert got == [data]
-    assert disk.stats().followed == 1
+    assert got_range == [data[30_000:35_000]]
+    assert disk.stats().followed == 2
 
 
 @pytest.mark.anyio
@@ -383,5 +391,59 @@ def test_without_an_evictor_the_hard_bound_evicts_oldest_first(tmp_path: Path) -
             put(store, b"k%d" % i, body(4 * KiB))
             assert store.stats().bytes <= s.capacity_bytes
         assert [i for i in range(20) if store.get(b"k%d" % i) is not None] == list(range(10, 20))
+    finally:
+        store.close()
+
+
+def test_a_writer_renews_its_lease_as_it_writes(tmp_path: Path) -> None:
+    clock = FakeClock(start=1_000_000.0)
+    store = DiskStore(settings(tmp_path, lease_s=9.0), clock=clock)
+    try:
+        w = store.begin(b"k", b"")
+        for _ in range(5):  # 20 s of a slow upstream, a write every 4 s
+            clock.advance(4.0)
+            w.write(b"x" * 100)
+            assert store.claim(b"k") is None  # still alive: nobody takes it over
+        clock.advance(10.0)  # then silence past the lease: dead
+        assert store.claim(b"k") is not None
+        assert not w.commit()
+    finally:
+        store.close()
+
+
+def test_a_refill_leaves_the_old_entry_served_until_it_commits(disk: DiskStore) -> None:
+    put(disk, b"k", b"old")
+    w = disk.begin(b"k", b"new-meta")
+    w.write(b"new")
+    assert disk.get(b"k").data == b"old"  # stale-while-revalidate keeps serving the old one
+    assert w.commit()
+    assert disk.get(b"k").data == b"new" and disk.stats().bytes == 3
+    assert len(body_files(disk.settings.cache_dir)) == 1  # the old body file is gone
+
+
+def test_a_full_journal_makes_the_evictor_rebuild_from_the_index(tmp_path: Path) -> None:
+    s = settings(
+        tmp_path, capacity_bytes=100 * KiB, max_entry_bytes=5 * KiB, journal_max=5,
+        hit_flush_count=10_000, hit_flush_interval_s=10_000,
+    )
+    store = DiskStore(s)
+    try:
+        for i in range(40):  # no evictor yet: the journal fills at 5 records, then overflows
+            put(store, b"k%d" % i, body(4 * KiB))
+        store.run_once()  # the new evictor rebuilds from the index and evicts to its target
+        assert store.is_evictor
+        assert store.stats().bytes <= s.capacity_bytes * (1 - s.headroom)
+        for _ in range(3):
+            for i in range(40):
+                store.get(b"k%d" % i)
+        store.flush_hits()  # more hits than the journal holds: records dropped, overflow noted
+        with store._env.begin() as txn:
+            assert store._int(txn, store._state, b"overflow") == 1
+        store.run_once()
+        with store._env.begin() as txn:
+            assert store._int(txn, store._state, b"overflow") == 0
+            assert txn.stat(store._journal)["entries"] == 0
+        assert sorted(store._evictor.policy.keys()) == sorted(store.keys_matching(lambda k, m: True))
+        assert store.stats().entries >= 10
     finally:
         store.close()
