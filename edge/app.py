@@ -864,8 +864,8 @@ class EdgeApp:
         headers = self._request_headers(ctx)
         for name in _PASS_FIELDS:
             headers += [(name, v) for v in request.headers.get_all(name)]
-        has_body = request.method not in _SAFE and (
-            request.body.content_length or request.headers.get("transfer-encoding") is not None)
+        # (An HTTP/2 body has no declared length: only a declared 0 means there is none.)
+        has_body = request.method not in _SAFE and request.body.content_length != 0
         content = _body(request) if has_body else None
         response = await self._send(ctx, request.method, headers, content)
         host = request.host or request.headers.get("host") or ""
