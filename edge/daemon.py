@@ -25,8 +25,9 @@ from headwater.http import serve, server_ssl_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
 
+from .access import FrontDoor
 from .app import EdgeApp
-from .config import EdgeConfig
+from .config import CdnConfig, EdgeConfig
 from .tiers import TierRouter, Upstream
 from .upstream import OriginFetcher, UpstreamClient
 from .store.disk import DiskSettings, DiskStore
@@ -70,11 +71,16 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
         if router is None else {}
     access_log = get_logger(node.id)
+    # A POP's front door (client limits, rules, signed URLs); the other tiers' clients are POPs.
+    door = FrontDoor(getattr(cluster, "cdn", None) or CdnConfig(), distributions, registry=registry,
+                     tier=node.tier, monotonic=clock.monotonic, wall=clock.time) if node.tier == "pop" else None
+    hooks: dict[str, Any] = {} if door is None else {"on_connection": door.on_connection,
+                                                      "on_disconnect": door.on_disconnect}
     try:
         async with anyio.create_task_group() as tg:
             app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
                           next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
-                          clock=clock, access_log=access_log)
+                          clock=clock, access_log=access_log, front_door=door)
             export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
                                                               "active": app.active})
 
@@ -82,12 +88,13 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                 return {**app.health(), "worker": worker}
 
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
-                                                     reuse_port=True, clock=clock, task_status=task_status))
+                                                     reuse_port=True, clock=clock, task_status=task_status,
+                                                     **hooks))
             if node.tls_port is not None and node.tls_cert is not None:
                 ctx = server_ssl_context(node.tls_cert, node.tls_key)
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
                                                          ssl_context=ctx, reuse_port=True, clock=clock,
-                                                         task_status=task_status))
+                                                         task_status=task_status, **hooks))
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
                                                            registry=registry, reuse_port=True,
                                                            task_status=task_status))

@@ -1,6 +1,6 @@
 """The edge's registration with the kernel: the ``edge`` role (every tier: POPs, regional
-caches, shields; ``workers`` processes per daemon on one port), the ``[[distributions]]``
-section, and the ``headwater edge`` subcommands.
+caches, shields; ``workers`` processes per daemon on one port), the ``[[distributions]]`` and
+``[cdn]`` sections, and the ``headwater edge`` subcommands.
 
 The three tiers are one role, so they start together (order 60, after the object store and the
 GeoDNS): an edge daemon is healthy without its upstream, which it only needs on a miss, and
@@ -47,7 +47,8 @@ ROLE_SET = RoleSet(
         Role(name="edge", section="edge", many=True, order=60, workers=True, read=config.read_edge,
              entry="headwater.edge.daemon:run_edge", details_text=status.edge_text),
     ),
-    sections=(Section(name="distributions", read=config.read_distributions, default=tuple),),
+    sections=(Section(name="distributions", read=config.read_distributions, default=tuple),
+              Section(name="cdn", read=config.read_cdn, default=config.CdnConfig)),
     check=config.check_edge,
     headline=_headline,
     endpoints=_endpoints,
