@@ -21,7 +21,8 @@ import anyio
 from headwater.admin import export_stats, serve_admin
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
-from headwater.http import serve, server_ssl_context
+from headwater.http import serve
+from headwater.localca import tls_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
 
@@ -83,8 +84,8 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
 
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
                                                      reuse_port=True, clock=clock, task_status=task_status))
-            if node.tls_port is not None and node.tls_cert is not None:
-                ctx = server_ssl_context(node.tls_cert, node.tls_key)
+            ctx = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None
+            if ctx is not None:
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
                                                          ssl_context=ctx, reuse_port=True, clock=clock,
                                                          task_status=task_status))
