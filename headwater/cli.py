@@ -24,11 +24,10 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import anyio
 
-from . import __version__, localca
+from . import __version__
 from .config import ClusterConfig, ConfigError, load
 from .roles import add_commands, registry
 from .rpc.auth import cluster_secret, ensure_cluster_secret
-from .sealed import SealedError
 from .status import details_text, gather_status, table
 
 EXIT_OK = 0
@@ -176,7 +175,8 @@ async def _exit_when_orphaned(supervisor_pid: int, scope: anyio.CancelScope, log
 # --- up ----------------------------------------------------------------------------------------
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from . import roles
+    from . import localca, roles
+    from .sealed import SealedError
     from .supervisor import StartupError, Supervisor, check_ports
 
     try:
@@ -258,6 +258,8 @@ def headline(cfg: ClusterConfig) -> str:
 
 
 def up_summary(cfg: ClusterConfig, supervisor: Any) -> str:
+    from . import localca
+
     words = headline(cfg)
     lines = [f"headwater: {cfg.name} is up" + (f" ({words})" if words else ""), ""]
     for rs in registry().role_sets:
@@ -322,6 +324,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ca(args: argparse.Namespace) -> int:
     """``headwater ca path``: where the local CA's certificate is; ``headwater ca show``: its
     subject, expiry, fingerprints and the leaf's names. Neither needs the cluster secret."""
+    from . import localca
+
     try:
         cfg = _load(args.config)
     except ConfigError as e:

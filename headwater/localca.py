@@ -58,7 +58,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import TLS_AUTO
-from .http.tls import server_ssl_context
 from .sealed import Sealer, load_or_create
 
 if TYPE_CHECKING:
@@ -508,6 +507,8 @@ def tls_context(cfg: ClusterConfig, cert: str | None, key: str | None, *,
                 clock: Clock = SYSTEM_CLOCK) -> ssl.SSLContext | None:
     """A daemon's server SSLContext (ALPN h2, http/1.1) from its ``tls_cert``/``tls_key``: None
     without TLS, the local CA's leaf for ``"auto"`` (issued now if needed), else the files."""
+    from .http.tls import server_ssl_context
+
     if cert is None:
         return None
     if cert == TLS_AUTO:
