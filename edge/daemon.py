@@ -5,7 +5,8 @@ its own; the disk tier is shared by the daemon's workers through edge-store's LM
 builds its upstream client and the router over the next tier, and serves:
 
 - the cache on ``port``: HTTP/1.1 and h2c (prior knowledge), every worker on one port with
-  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured;
+  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured, with the
+  operator's files or, for ``"auto"``, the cluster's local CA's leaf (:mod:`headwater.localca`);
 - the admin endpoint on ``admin_port``: /healthz (tier, hits, misses, cached bytes, upstreams'
   state, ``load`` for the GeoDNS's health checks) and /metrics.
 """

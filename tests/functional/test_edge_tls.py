@@ -135,6 +135,15 @@ def test_httpx_over_http2_trusting_the_ca(env):
     assert second.content == bytes(range(256)) * 64
 
 
+def test_ssl_cert_file_alone_makes_httpx_trust_the_ca(env, monkeypatch):
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(env.ca))  # the README's way for OpenSSL-based clients
+    with httpx.Client(http2=True, timeout=5) as c:
+        r = c.get(env.base + "/t/3/seg.m4s")
+    assert r.status_code == 200 and r.http_version == "HTTP/2"
+
+
 def test_alpn_negotiates_h2_first_and_http11_when_only_it_is_offered(env):
     for offered, chosen in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")):
         ctx = trusting(env.ca)

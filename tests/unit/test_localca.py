@@ -19,7 +19,7 @@ from headwater import cli
 from headwater.clock import FakeClock
 from headwater.config import TLS_AUTO, ConfigError, loads
 from headwater.localca import (LocalCA, LocalCAError, TlsNames, cluster_tls_names, prepare, read_ca_info,
-                               read_leaf_names, uses_local_ca)
+                               read_leaf_names, tls_context, uses_local_ca)
 from headwater.sealed import Sealer, SealedKeyMismatch
 
 SECRET = b"s" * 32
@@ -317,3 +317,18 @@ def test_prepare_does_nothing_without_an_auto_listener(tmp_path: Path):
     assert cfg.edge[0].tls_cert == str(tmp_path / "c.pem") and not cfg.edge[0].needs_cluster_secret
     assert not uses_local_ca(cfg) and prepare(cfg) is None
     assert not (tmp_path / "var" / "ca").exists()
+
+
+def test_tls_context_for_auto_files_and_none(tmp_path: Path):
+    cfg, _ = cluster(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "cluster.secret").write_text("cd" * 32 + "\n")
+    (tmp_path / "var" / "cluster.secret").chmod(0o600)
+    assert tls_context(cfg, None, None) is None
+    ctx = tls_context(cfg, TLS_AUTO, TLS_AUTO)  # a daemon started without `up` issues what it needs
+    assert isinstance(ctx, ssl.SSLContext) and ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    leaf = tmp_path / "var" / "ca"
+    ctx = tls_context(cfg, str(leaf / "tls.pem"), str(leaf / "tls-key.pem"))  # the operator's own files
+    assert isinstance(ctx, ssl.SSLContext)
+    with pytest.raises(ssl.SSLError):
+        tls_context(cfg, str(leaf / "tls.pem"), str(tmp_path / "var" / "cluster.secret"))
