@@ -23,7 +23,7 @@ from headwater.admin import export_stats, serve_admin
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.http import serve
-from headwater.localca import tls_context
+from headwater.localca import client_ssl_context, tls_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
 
@@ -65,8 +65,13 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point)."""
     registry = Registry()
     add_process_metrics(registry)
+    # First: with tls_cert = "auto" this makes the local CA on a first start without `headwater up`,
+    # which the upstream client below then trusts.
+    tls = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None
     stores = open_stores(node, worker)
-    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s)
+    # An https origin signed by the cluster's local CA (the gateway with tls_cert = "auto") verifies.
+    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s,
+                              verify=client_ssl_context(cluster))
     router = next_tier(cluster, node, clock)
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
     origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
@@ -85,10 +90,9 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
 
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
                                                      reuse_port=True, clock=clock, task_status=task_status))
-            ctx = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None
-            if ctx is not None:
+            if tls is not None:
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
-                                                         ssl_context=ctx, reuse_port=True, clock=clock,
+                                                         ssl_context=tls, reuse_port=True, clock=clock,
                                                          task_status=task_status))
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
                                                            registry=registry, reuse_port=True,

@@ -71,6 +71,7 @@ __all__ = [
     "LocalCAError",
     "TlsNames",
     "ca_folder",
+    "client_ssl_context",
     "cluster_tls_names",
     "prepare",
     "read_ca_info",
@@ -515,3 +516,18 @@ def tls_context(cfg: ClusterConfig, cert: str | None, key: str | None, *,
         leaf = local_ca(cfg, clock=clock).ensure(cluster_tls_names(cfg))[1]
         return server_ssl_context(leaf.cert, leaf.key)
     return server_ssl_context(cert, key)
+
+
+def client_ssl_context(cfg: ClusterConfig) -> ssl.SSLContext | bool:
+    """What a daemon's HTTPS client verifies servers with: the public CAs httpx trusts by default
+    (certifi's bundle) plus this cluster's local CA once it exists, so a shield fetching from a
+    gateway with ``tls_cert = "auto"`` verifies it as any other origin; ``True`` (httpx's default)
+    when there is no local CA."""
+    ca = ca_folder(cfg) / CA_CERT_FILE
+    if not ca.exists():
+        return True
+    import certifi  # httpx's own trust store
+
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    ctx.load_verify_locations(cafile=str(ca))
+    return ctx

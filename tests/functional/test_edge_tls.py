@@ -5,7 +5,8 @@ test_edge.py; curl and httpx trusting the CA's certificate and nothing else.
 Covered: the POP makes the CA and its leaf when it starts (no certificate files given), HTTP/2
 chosen by ALPN (curl --http2, httpx http2=True, a bare TLS socket) and HTTP/1.1 for clients that
 offer only it, X-Cache Miss then Hit over TLS, the distribution's hostname and a sibling through
-the wildcard verified by name, and clients that do not trust the CA refused. Then ``headwater up``
+the wildcard verified by name, clients that do not trust the CA refused, and an https origin
+holding the CA's certificate verified by the POP's own client. Then ``headwater up``
 as an operator runs it: it makes and announces the CA before the POP starts, ``headwater ca
 path`` finds it, and curl reaches the POP's HTTPS port with it.
 """
@@ -31,6 +32,7 @@ import pytest
 from headwater import cli
 from headwater.config import load
 from headwater.edge.daemon import run_edge
+from headwater.http import serve, server_ssl_context
 from headwater.rpc.auth import ensure_cluster_secret
 from tests.cluster import free_ports
 from tests.functional.test_edge import ControlledOrigin, Obj
@@ -44,6 +46,12 @@ data_dir = "var"
 name = "video"
 hostnames = ["video.cdn.headwater.test"]
 origin = "http://127.0.0.1:{origin}"
+
+# The same origin over HTTPS with the local CA's certificate (as the gateway with "auto" would be).
+[[distributions]]
+name = "secure"
+hostnames = ["secure.cdn.headwater.test"]
+origin = "https://localhost:{p[4]}"
 
 [[edge]]
 id = "pop-1"
@@ -71,7 +79,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     folder: Path = tmp_path_factory.mktemp("edge-tls")
-    ports = free_ports(4)
+    ports = free_ports(5)
     path = folder / "cluster.toml"
     path.write_text(CONFIG.format(origin=ports[3], p=ports))
     cfg = load(str(path))
@@ -81,7 +89,11 @@ def env(tmp_path_factory):
     with anyio.from_thread.start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
         futures = [portal.start_task(origin.run, ports[3])[0],
                    portal.start_task(functools.partial(run_edge, cfg, cfg.edge[0]))[0]]
-        yield Env(origin, f"https://127.0.0.1:{ports[2]}", ports[2], folder / "var" / "ca" / "ca.pem")
+        ca = folder / "var" / "ca"
+        tls = server_ssl_context(ca / "tls.pem", ca / "tls-key.pem")  # the POP has made them by now
+        futures.append(portal.start_task(functools.partial(serve, origin.app, host="127.0.0.1", port=ports[4],
+                                                           ssl_context=tls))[0])
+        yield Env(origin, f"https://127.0.0.1:{ports[2]}", ports[2], ca / "ca.pem")
         for f in futures:
             f.cancel()
 
@@ -111,6 +123,17 @@ def test_the_pop_made_the_ca_and_curl_gets_http2_miss_then_hit(env):
     # A client that offers only HTTP/1.1 gets it on the same port.
     r = curl("--http1.1", "--cacert", str(env.ca), "-D", "-", "-o", "/dev/null", env.base + "/t/1/seg-1.m4s")
     assert r.stdout.lower().startswith("http/1.1 200") and "x-cache: hit from pop-1" in r.stdout.lower()
+
+
+def test_an_https_origin_with_the_local_ca_certificate_is_verified_and_cached(env):
+    env.origin.objects["/t/4/secure.m4s"] = Obj(b"s" * 500, [("cache-control", "max-age=60")])
+    with httpx.Client(http2=True, verify=trusting(env.ca), trust_env=False, timeout=10) as c:
+        url = env.base + "/t/4/secure.m4s"
+        first = c.get(url, headers={"host": "secure.cdn.headwater.test"})
+        second = c.get(url, headers={"host": "secure.cdn.headwater.test"})
+    assert first.status_code == 200 and first.content == b"s" * 500, first.text
+    assert first.headers["x-cache"] == "Miss from pop-1" and second.headers["x-cache"] == "Hit from pop-1"
+    assert env.origin.fetches["/t/4/secure.m4s"] == 1
 
 
 def test_the_distribution_hostname_and_its_wildcard_verify_by_name(env):
@@ -165,7 +188,7 @@ def test_clients_that_do_not_trust_the_ca_are_refused(env):
 # --- headwater up, as an operator runs it -------------------------------------------------------------
 
 def test_headwater_up_announces_the_ca_and_serves_https_with_it(tmp_path: Path, capsys):
-    ports = free_ports(4)
+    ports = free_ports(5)
     path = tmp_path / "cluster.toml"
     path.write_text(CONFIG.format(origin=ports[3], p=ports))
     hw = [sys.executable, "-m", "headwater"]

@@ -19,7 +19,8 @@ from headwater import cli
 from headwater.clock import FakeClock
 from headwater.config import TLS_AUTO, ConfigError, loads
 from headwater.localca import (LocalCA, LocalCAError, TlsNames, cluster_tls_names, prepare, read_ca_info,
-                               read_leaf_names, tls_context, uses_local_ca)
+                               read_leaf_names, tls_context, uses_local_ca,
+                               client_ssl_context)
 from headwater.sealed import Sealer, SealedKeyMismatch
 
 SECRET = b"s" * 32
@@ -42,12 +43,16 @@ def leaf_cert(path: Path) -> x509.Certificate:
 
 
 def handshake(ca_file: Path | None, leaf_cert_file: Path, leaf_key_file: Path, server_name: str) -> str | None:
-    """A TLS handshake over memory BIOs; returns the ALPN protocol chosen, or raises the client's
-    ssl.SSLCertVerificationError."""
+    """A TLS handshake over memory BIOs with a client trusting ``ca_file`` (else the system's
+    store); returns the ALPN protocol chosen, or raises the client's ssl.SSLCertVerificationError."""
+    client = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
+    return handshake_with(client, leaf_cert_file, leaf_key_file, server_name)
+
+
+def handshake_with(client: ssl.SSLContext, leaf_cert_file: Path, leaf_key_file: Path, server_name: str) -> str | None:
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(leaf_cert_file, leaf_key_file)
     server.set_alpn_protocols(["h2", "http/1.1"])
-    client = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
     client.set_alpn_protocols(["h2", "http/1.1"])
     bios = [ssl.MemoryBIO() for _ in range(4)]
     c = client.wrap_bio(bios[0], bios[1], server_hostname=server_name)
@@ -332,3 +337,14 @@ def test_tls_context_for_auto_files_and_none(tmp_path: Path):
     assert isinstance(ctx, ssl.SSLContext)
     with pytest.raises(ssl.SSLError):
         tls_context(cfg, str(leaf / "tls.pem"), str(tmp_path / "var" / "cluster.secret"))
+
+
+def test_a_client_context_trusts_the_local_ca_beside_the_public_ones(tmp_path: Path):
+    cfg, _ = cluster(tmp_path)
+    assert client_ssl_context(cfg) is True  # no local CA yet: httpx's default
+    _, leaf = make_ca(tmp_path / "var" / "ca").ensure(NAMES)
+    ctx = client_ssl_context(cfg)
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    stats = ctx.cert_store_stats()
+    assert stats["x509_ca"] > 1  # certifi's public roots and ours
+    assert handshake_with(ctx, leaf.cert, leaf.key, "video.cdn.headwater.test") == "h2"
