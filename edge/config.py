@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
+from headwater.config import TLS_AUTO, GiB, HttpLimits, MiB, Reader, read_http_limits
 
 from .cache import DEFAULT_BEHAVIOUR, Behaviour, read_behaviour
 from .limits import ClientLimits, Rule, read_client_limits, read_rules
@@ -90,6 +90,11 @@ class EdgeConfig:
     @property
     def port_keys(self) -> tuple[str, ...]:
         return ("port", "admin_port") + (("tls_port",) if self.tls_port is not None else ())
+
+    @property
+    def needs_cluster_secret(self) -> bool:
+        """The local CA's key is sealed under the cluster secret (``tls_cert = "auto"``)."""
+        return self.tls_cert == TLS_AUTO
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,7 +202,8 @@ def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
     tls_port = r.port(item, "tls_port", p, None) if "tls_port" in item else None
     cert, key = r.tls_files(item, p)
     if tls_port is not None and cert is None:
-        raise r.error(f"{p}.tls_port", "needs tls_cert and tls_key")
+        raise r.error(f"{p}.tls_port", 'needs tls_cert and tls_key (files, or both "auto" for a certificate '
+                      "from the cluster's local CA)")
     raw_dir = r.get(item, "cache_dir", p, str, "")
     if raw_dir:
         cache_dir = Path(raw_dir).expanduser()

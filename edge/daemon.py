@@ -5,7 +5,8 @@ its own; the disk tier is shared by the daemon's workers through edge-store's LM
 builds its upstream client and the router over the next tier, and serves:
 
 - the cache on ``port``: HTTP/1.1 and h2c (prior knowledge), every worker on one port with
-  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured;
+  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured, with the
+  operator's files or, for ``"auto"``, the cluster's local CA's leaf (:mod:`headwater.localca`);
 - the admin endpoint on ``admin_port``: /healthz (tier, hits, misses, cached bytes, upstreams'
   state, ``load`` for the GeoDNS's health checks) and /metrics.
 """
@@ -21,19 +22,20 @@ import anyio
 from headwater.admin import export_stats, serve_admin
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
-from headwater.http import serve, server_ssl_context
+from headwater.http import serve
+from headwater.localca import client_ssl_context, tls_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
 
 from .access import FrontDoor
 from .app import EdgeApp
 from .config import CdnConfig, EdgeConfig
-from .tiers import TierRouter, Upstream
-from .upstream import OriginFetcher, UpstreamClient
 from .store.disk import DiskSettings, DiskStore
 from .store.ram import RamStore
+from .tiers import TierRouter, Upstream
+from .upstream import OriginFetcher, UpstreamClient
 
-__all__ = ["run_edge", "next_tier", "open_stores"]
+__all__ = ["next_tier", "open_stores", "run_edge"]
 
 log = logging.getLogger("headwater.edge")
 
@@ -64,8 +66,13 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point)."""
     registry = Registry()
     add_process_metrics(registry)
+    # First: with tls_cert = "auto" this makes the local CA on a first start without `headwater up`,
+    # which the upstream client below then trusts.
+    tls = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None
     stores = open_stores(node, worker)
-    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s)
+    # An https origin signed by the cluster's local CA (the gateway with tls_cert = "auto") verifies.
+    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s,
+                              verify=client_ssl_context(cluster))
     router = next_tier(cluster, node, clock)
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
     origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
@@ -90,10 +97,9 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
                                                      reuse_port=True, clock=clock, task_status=task_status,
                                                      **hooks))
-            if node.tls_port is not None and node.tls_cert is not None:
-                ctx = server_ssl_context(node.tls_cert, node.tls_key)
+            if tls is not None:
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
-                                                         ssl_context=ctx, reuse_port=True, clock=clock,
+                                                         ssl_context=tls, reuse_port=True, clock=clock,
                                                          task_status=task_status, **hooks))
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
                                                            registry=registry, reuse_port=True,
