@@ -651,8 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zipf-objects", type=int, default=10_000)
     ap.add_argument("--zipf-object-bytes", type=int, default=8 * KiB)
     ap.add_argument("--zipf-s", type=float, default=0.9, help="the Zipf exponent")
-    ap.add_argument("--zipf-warm", type=int, default=20_000, help="requests before counting")
-    ap.add_argument("--zipf-requests", type=int, default=20_000, help="requests counted")
+    ap.add_argument("--zipf-warm", type=int, default=10_000, help="requests before counting")
+    ap.add_argument("--zipf-requests", type=int, default=10_000, help="requests counted")
     ap.add_argument("--zipf-ram", default="8MiB")
     ap.add_argument("--zipf-disk", default="16MiB")
     ap.add_argument("--zipf-clients", type=int, default=8)
@@ -660,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds, args.cold = 2.0, 1, 100
-        args.zipf_warm, args.zipf_requests = 10_000, 10_000
+        args.zipf_warm, args.zipf_requests = 5_000, 5_000
     missing = [name for name in ("nginx", "varnishd", "wrk", "h2load", "openssl") if _binary(name) is None]
     if missing:
         _log(f"missing {' '.join(missing)}: run scripts/install-bench-deps.sh (make bench does)")
@@ -744,7 +744,7 @@ def render(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], di
     """The report: the hit table with ratios, goals and ceilings, then misses and Zipf."""
     proto_label = {"h1": "HTTP/1.1", "h2-tls": "h2 TLS", "h2c": "h2c"}
     head = (f"{'cache hits':<18}{'ours':>12}{'nginx':>12}{'varnish':>12}{'ours/nginx':>12}{'ours/varnish':>14}"
-            f"   goal          ceiling (same run)")
+            f"   {'goal':<20}ceiling (same run)")
     lines = [f"edge cache hits, one worker each; HTTP/1.1: wrk -t{args.threads} -c{args.conns}; HTTP/2: h2load "
              f"-t{args.threads} -c{args.h2_conns} -m{args.h2_streams} (-m1 for 2 MiB); {args.seconds:g} s per point, "
              f"{args.rounds} round(s); nginx {stack.versions['nginx']}, Varnish {stack.versions['varnish']}",
@@ -768,7 +768,7 @@ def render(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], di
             lines.append(f"{row:<18}{_fmt(med.get('ours'), name):>12}{_fmt(med.get('nginx'), name):>12}"
                          f"{_fmt(med.get('varnish'), name) if 'varnish' in figs else 'no TLS':>12}"
                          f"{f'{rn:.2f}x' if rn is not None else '-':>12}"
-                         f"{f'{rv:.2f}x' if rv is not None else '-':>14}   {goal_text:<14}{ceiling}")
+                         f"{f'{rv:.2f}x' if rv is not None else '-':>14}   {goal_text:<20}{ceiling}")
     errors = {s: sum(f.errors for objs in hits.values() for figs in objs.values() for f in figs.get(s, []))
               for s in SERVERS}
     lines += [
