@@ -468,7 +468,6 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
         (www / name).write_bytes(os.urandom(size))
     (www / "zipf").write_bytes(os.urandom(args.zipf_object_bytes))
     cert, key = _self_signed(root)
-    os.chmod(key, 0o644)  # read by nginx's master (root) and our POP (us) only; the dir is ours
     (p_origin, p_direct, p_memory, p_nginx, p_nginx_tls, p_nginx_h2c, p_varnish,
      p_pop, p_pop_admin, p_pop_tls, p_zpop, p_zpop_admin, *p_chain) = _free_ports(19)
     for sub in ("origin", "nginx", "varnish", "ours", "chain", "logs"):
