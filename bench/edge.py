@@ -200,6 +200,10 @@ name = "bench-edge"
 log_level = "warning"
 data_dir = "{data_dir}"
 
+# One load generator on 127.0.0.1 is one client: per-client limits would measure the limiter.
+[cdn.client_limits]
+enabled = false
+
 [[distributions]]
 name = "bench"
 origin = "http://127.0.0.1:{origin_port}"
@@ -240,6 +244,7 @@ def chain_cluster_toml(data_dir: Path, *, origin_port: int, ports: list[int]) ->
         tables.append(f'[[edge]]\nid = "{node}"\ntier = "{tier}"\nport = {ports[2 * i]}\n'
                       f'admin_port = {ports[2 * i + 1]}\nworkers = 1\ndisk_size = "256MiB"\n{extra}')
     return (f'[cluster]\nname = "bench-edge-chain"\nlog_level = "warning"\ndata_dir = "{data_dir}"\n\n'
+            '[cdn.client_limits]\nenabled = false\n\n'
             f'[[distributions]]\nname = "bench"\norigin = "http://127.0.0.1:{origin_port}"\n\n'
             + "\n".join(tables))
 
