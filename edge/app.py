@@ -231,7 +231,16 @@ class EdgeApp:
             if stored is None or not rules.vary_matches(request, stored):
                 hit.close()
                 continue
-            return hit, stored, hit.info.size
+            size = hit.info.size
+            if not hit.complete:
+                # A growing entry (another fetch is writing it): info.size is what is written so
+                # far, not the body's size; answer with the declared length, or not from here.
+                declared = rules.declared_length(stored)
+                if declared is None:
+                    hit.close()
+                    continue
+                size = declared
+            return hit, stored, size
         return None
 
     # --- hits --------------------------------------------------------------------------------
