@@ -15,6 +15,7 @@ BENCHES = {
     "rebuild": "the reconstructor's rebuild rate after a lost disk, beside the fsync'd-write ceiling",
     "http_core": "the HTTP server core against nginx (one worker each, wrk), with machine ceilings",
     "dns": "the GeoDNS against Knot DNS (dnsperf, ECS and plain queries), with machine ceilings",
+    "upstream_client": "the edge's upstream HTTP/1.1 client against httpx (1 KiB and 2 MiB fetch loops)",
 }
 
 

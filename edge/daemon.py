@@ -72,6 +72,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     access_log = get_logger(node.id)
     try:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(upstream.run)
             app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
                           next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
                           clock=clock, access_log=access_log)

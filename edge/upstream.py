@@ -144,6 +144,11 @@ class UpstreamClient:
             raise _upstream_error(source, e, "no answer") from None
         return UpstreamResponse(response, source)
 
+    async def run(self) -> None:
+        """The read-timeout watchdog of the client's connections: run it in the worker's task
+        group (without it every read pays for a cancel scope of its own)."""
+        await self._client.run()
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

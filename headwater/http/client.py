@@ -12,7 +12,10 @@ One :class:`HttpClient` per process keeps a pool per origin (scheme, host, port)
   idempotent; nothing else is retried;
 - TLS for ``https`` origins with the system's CAs or a configured CA file
   (:func:`client_ssl_context`), the origin's name checked against its certificate;
-- every connect bounded by ``connect_timeout_s`` and every read by the read timeout:
+- every connect bounded by ``connect_timeout_s`` and every read by the read timeout (with
+  :meth:`HttpClient.run` running, as deadline stamps a watchdog enforces every tick, as the
+  server core does: a cancel scope per read costs more than the rest of a 1 KiB fetch; without
+  it, a cancel scope per read):
   :class:`~headwater.http.errors.ResponseTimeout`; no connection, or one lost before the
   response: :class:`~headwater.http.errors.ConnectFailed`; a response that breaks HTTP (bad head,
   bad chunk, short or long body, connection lost mid-body):
@@ -27,16 +30,22 @@ closes its connection).
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import select
+import socket
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
+import sniffio
+from anyio.abc import ByteStream
+from anyio.streams.tls import TLSStream
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import KiB
@@ -53,6 +62,8 @@ from headwater.http.client_h1 import (
     ResponseInvalid,
 )
 from headwater.http.errors import BadResponse, ConnectFailed, ResponseTimeout
+from headwater.http.protocol_stream import ProtocolStream, open_protocol_stream
+from headwater.http.transport import SocketStream
 
 __all__ = ["ClientSettings", "HttpClient", "ClientResponse", "PoolStatistics", "client_ssl_context"]
 
@@ -98,28 +109,33 @@ class PoolStatistics:
 
 
 class _Connection:
-    __slots__ = ("stream", "h1", "fd", "idle_since")
+    __slots__ = ("stream", "transport", "fd", "h1", "idle_since")
 
-    def __init__(self, stream: ByteStream, h1: H1ClientConnection, fd: int) -> None:
-        self.stream = stream
-        self.h1 = h1
+    def __init__(self, stream: ByteStream, transport: SocketStream | ProtocolStream, fd: int,
+                 h1: H1ClientConnection) -> None:
+        self.stream = stream  # the transport, or TLS over it
+        self.transport = transport  # where the deadline stamps are
         self.fd = fd
+        self.h1 = h1
         self.idle_since = 0.0
 
-    def readable(self) -> bool:
-        """True when the idle socket has anything to read: the server closed it (or broke the
+    def has_input(self) -> bool:
+        """True when the idle connection has anything to read: the server closed it (or broke the
         protocol by talking out of turn). Either way it cannot carry a request."""
-        if self.fd < 0:
-            return False
+        transport = self.transport
+        if isinstance(transport, ProtocolStream):
+            if transport.has_input:
+                return True
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN | select.POLLPRI)
         try:
+            poller.register(self.fd, select.POLLIN | select.POLLPRI)
             return bool(poller.poll(0))
-        except OSError:
+        except (OSError, ValueError):
             return True
 
 
-async def _close(conn: _Connection) -> None:
+async def _close(conn: _Connection, watched: set) -> None:
+    watched.discard(conn.transport)
     with anyio.CancelScope(shield=True):
         try:
             await conn.stream.aclose()
@@ -234,6 +250,10 @@ class HttpClient:
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._stats = PoolStatistics()
         self._closed = False
+        self._watched: set[SocketStream | ProtocolStream] = set()
+        self._watchdog_running = False
+        shortest = min(settings.connect_timeout_s, settings.read_timeout_s)
+        self.tick_s = min(1.0, max(0.02, shortest / 10))
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -285,13 +305,13 @@ class HttpClient:
                 try:
                     head = await self._exchange(conn, method, target, headers, body, timeout)
                 except _StaleConnection as e:
-                    await _close(conn)
+                    await _close(conn, self._watched)
                     if reused and attempt == 0 and method in IDEMPOTENT_METHODS:
                         self._stats.retries += 1
                         continue
                     raise ConnectFailed(f"{host}:{port}: connection lost before the response ({e})") from None
                 except BaseException:
-                    await _close(conn)
+                    await _close(conn, self._watched)
                     raise
                 return ClientResponse(self, pool, conn, head, timeout)
             raise AssertionError("unreachable")
@@ -305,7 +325,7 @@ class HttpClient:
         self._closed = True
         for pool in self._pools.values():
             while pool.idle:
-                await _close(pool.idle.pop())
+                await _close(pool.idle.pop(), self._watched)
 
     # --- the pool ----------------------------------------------------------------------------
 
@@ -314,9 +334,9 @@ class HttpClient:
         idle = pool.idle
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be closed by now
-            if now - conn.idle_since > self.settings.idle_timeout_s or conn.readable():
+            if now - conn.idle_since > self.settings.idle_timeout_s or conn.has_input():
                 self._stats.dropped_idle += 1
-                await _close(conn)
+                await _close(conn, self._watched)
                 continue
             return conn
         return None
@@ -326,7 +346,7 @@ class HttpClient:
         pool.slots.release()
         h1 = conn.h1
         if not h1.keep_alive or self._closed or len(pool.idle) >= self.settings.max_idle_per_origin:
-            await _close(conn)
+            await _close(conn, self._watched)
             return
         h1.start_next_cycle()
         now = self.clock.monotonic()
@@ -334,31 +354,62 @@ class HttpClient:
         idle = pool.idle
         while idle and now - idle[0].idle_since > self.settings.idle_timeout_s:
             self._stats.dropped_idle += 1
-            await _close(idle.popleft())
+            await _close(idle.popleft(), self._watched)
         idle.append(conn)
 
     async def _discard(self, pool: _Pool, conn: _Connection) -> None:
         pool.active -= 1
         pool.slots.release()
-        await _close(conn)
+        await _close(conn, self._watched)
+
+    async def run(self) -> NoReturn:
+        """Enforce the read timeouts and stuck sends of every connection, once a ``tick_s``
+        (run it in the owner's task group for as long as the client is used). Without it each
+        read is bounded by a cancel scope instead, which costs more than the rest of a fetch."""
+        self._watchdog_running = True
+        try:
+            while True:
+                await anyio.sleep(self.tick_s)
+                now = time.monotonic()
+                stalled_before = now - self.settings.read_timeout_s
+                for t in self._watched:
+                    if t.read_deadline < now:
+                        t.expire_read()
+                    if t.send_blocked_since < stalled_before:
+                        t.abort()
+        finally:
+            self._watchdog_running = False
 
     async def _connect(self, scheme: str, host: str, port: int, timeout: float) -> _Connection:
         tls = scheme == "https"
         try:
             with anyio.fail_after(timeout):
-                stream: ByteStream = await anyio.connect_tcp(
-                    host, port, ssl_context=self.ssl_context if tls else None,
-                    tls_hostname=host if tls else None, tls_standard_compatible=False)
+                sock = await _open_socket(host, port)
+                try:
+                    if sniffio.current_async_library() == "asyncio":
+                        transport: SocketStream | ProtocolStream = await open_protocol_stream(
+                            sock, self.settings.read_timeout_s)
+                    else:
+                        transport = SocketStream(sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                stream: ByteStream = transport
+                if tls:
+                    try:
+                        stream = await TLSStream.wrap(transport, hostname=host, ssl_context=self.ssl_context,
+                                                      standard_compatible=False)
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await transport.aclose()
+                        raise
         except TimeoutError:
             raise ResponseTimeout(f"{host}:{port}: no connection within {timeout} s") from None
         except _STREAM_ERRORS as e:
             raise ConnectFailed(f"{host}:{port}: {type(e).__name__}: {e}") from None
         self._stats.connects += 1
-        try:
-            fd = stream.extra(SocketAttribute.raw_socket).fileno()
-        except Exception:  # no socket under it: the poll before reuse is skipped
-            fd = -1
-        return _Connection(stream, H1ClientConnection(self.settings.limits), fd)
+        self._watched.add(transport)
+        return _Connection(stream, transport, sock.fileno(), H1ClientConnection(self.settings.limits))
 
     # --- one exchange ------------------------------------------------------------------------
 
@@ -367,11 +418,16 @@ class HttpClient:
         h1 = conn.h1
         wire = h1.send_request(method, target, headers, body=body)
         try:
-            with anyio.fail_after(timeout):
+            if self._watchdog_running:
                 await conn.stream.send(wire)
+            else:
+                with anyio.fail_after(timeout):
+                    await conn.stream.send(wire)
         except TimeoutError:
             raise ResponseTimeout(f"request not taken within {timeout} s") from None
         except _STREAM_ERRORS as e:
+            if conn.transport.send_expired:
+                raise ResponseTimeout(f"request not taken within {timeout} s") from None
             raise _StaleConnection(f"{type(e).__name__}: {e}") from None
         while True:
             ev = h1.next_event()
@@ -391,19 +447,63 @@ class HttpClient:
 
     async def _read_into(self, conn: _Connection, timeout: float, *, mid_body: bool) -> None:
         """One read of the socket into the connection's parser (``b""`` at end of file)."""
+        transport = conn.transport
         try:
-            with anyio.fail_after(timeout):
-                data = await conn.stream.receive(self.settings.read_bytes)
+            if self._watchdog_running:
+                transport.read_deadline = time.monotonic() + timeout
+                try:
+                    data = await conn.stream.receive(self.settings.read_bytes)
+                finally:
+                    transport.read_deadline = math.inf
+            else:
+                with anyio.fail_after(timeout):
+                    data = await conn.stream.receive(self.settings.read_bytes)
         except anyio.EndOfStream:
             data = b""
         except TimeoutError:
-            raise ResponseTimeout(f"no data from the server within {timeout} s"
-                                  + (" in the middle of the body" if mid_body else "")) from None
+            data = None
         except _STREAM_ERRORS as e:
-            if not conn.h1.response_started:
+            if transport.read_expired:
+                data = None
+            elif not conn.h1.response_started:
                 raise _StaleConnection(f"{type(e).__name__}: {e}") from None
-            raise BadResponse(f"connection lost in the response: {type(e).__name__}: {e}") from None
+            else:
+                raise BadResponse(f"connection lost in the response: {type(e).__name__}: {e}") from None
+        if data is None or (not data and transport.read_expired):
+            raise ResponseTimeout(f"no data from the server within {timeout} s"
+                                  + (" in the middle of the body" if mid_body else ""))
         conn.h1.receive_data(data)
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to ``host`` (each of its addresses in turn)."""
+    try:
+        ip = ipaddress.ip_address(host)
+        addresses = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+    except ValueError:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [(family, addr[:2] if family == socket.AF_INET else addr) for family, _, _, _, addr in infos]
+    error: OSError = OSError(f"no address for {host}")
+    for family, addr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.connect(addr)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+        except BaseException:
+            sock.close()
+            raise
+    raise error
 
 
 class _StaleConnection(Exception):
