@@ -196,7 +196,12 @@ class ClientResponse:
         while True:
             ev = h1.next_event()
             if ev is NEED_DATA:
-                await self._client._read_into(conn, self._timeout_s, mid_body=True)
+                try:
+                    await self._client._read_into(conn, self._timeout_s, mid_body=True)
+                except BaseException:  # a timeout, a lost connection, a cancellation: not reusable
+                    self._conn = None
+                    await self._client._discard(self._pool, conn)
+                    raise
                 continue
             kind = type(ev)
             if kind is BodyData:
