@@ -231,16 +231,13 @@ class EdgeApp:
             if stored is None or not rules.vary_matches(request, stored):
                 hit.close()
                 continue
-            size = hit.info.size
             if not hit.complete:
-                # A growing entry (another fetch is writing it): info.size is what is written so
-                # far, not the body's size; answer with the declared length, or not from here.
-                declared = rules.declared_length(stored)
-                if declared is None:
-                    hit.close()
-                    continue
-                size = declared
-            return hit, stored, size
+                # A growing entry (a fetch is writing it): not a hit. Its info.size is what is
+                # written so far, not the body's size; the request joins that fetch instead (the
+                # flight in this process, or the peer's growing entry through _follow_peer).
+                hit.close()
+                continue
+            return hit, stored, hit.info.size
         return None
 
     # --- hits --------------------------------------------------------------------------------
