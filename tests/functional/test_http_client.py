@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import anyio
 import pytest
 
+from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB
 from headwater.http import Request, Response, serve, server_ssl_context
 from headwater.http.client import ClientSettings, HttpClient, client_ssl_context
@@ -82,6 +83,23 @@ async def test_pool_reuses_connections_and_survives_a_server_closing_idle_ones()
                 burst.start_soon(one, i)
         assert sorted(responses) == sorted(f"hello /p{i}".encode() for i in range(5))
         assert client.statistics().idle == 2 and client.statistics().active == 0
+        await client.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_connections_idle_longer_than_the_idle_timeout_are_not_reused() -> None:
+    port = free_port()
+    clock = FakeClock()
+    client = HttpClient(ClientSettings(idle_timeout_s=5.0), clock=clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: serve(app, host="127.0.0.1", port=port, task_status=task_status))
+        url = f"http://127.0.0.1:{port}/x"
+        for advance, connects in ((0, 1), (4.0, 1), (5.5, 2)):
+            clock.advance(advance)
+            r = await client.request("GET", url, [("host", "t")])
+            assert await body_of(r) == b"hello /x"
+            assert client.statistics().connects == connects
+        assert client.statistics().dropped_idle == 1
         await client.aclose()
         tg.cancel_scope.cancel()
 
