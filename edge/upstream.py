@@ -70,6 +70,9 @@ class UpstreamResponse:
             (k, v) for k, v in response.headers if k not in HOP_BY_HOP and k not in connection_named]
         self.content_length: int | None = response.content_length
         self.chunked = response.chunked
+        # Neither length nor chunks: the body ends when the upstream closes, so a cut-short one
+        # cannot be told from a whole one (HTTP/1.0-style origins only; the tiers never do this).
+        self.until_close = response.until_close
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
