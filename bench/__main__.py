@@ -16,6 +16,7 @@ BENCHES = {
     "http_core": "the HTTP server core against nginx (one worker each, wrk), with machine ceilings",
     "dns": "the GeoDNS against Knot DNS (dnsperf, ECS and plain queries), with machine ceilings",
     "edge": "the CDN edge's hits against nginx proxy_cache and Varnish (wrk, h2load), misses, Zipf",
+    "upstream_client": "the edge's upstream HTTP/1.1 client against httpx (1 KiB and 2 MiB fetch loops)",
 }
 
 

@@ -49,17 +49,59 @@ from headwater.http.types import FileBody
 from headwater.metrics import Registry
 
 from .access import FrontDoor
-from .cache import (Action, Behaviour, StoredResponse, cache_key, conditional_headers, current_age, decide,
-                    forwarded_headers, invalidation_paths, key_prefix, merge_304, plan_range, served_headers,
-                    stale_if_error_allowed, storable, stored_response, strip_for_storage, upstream_target,
-                    validates, variant_key_for, vary_matches)
-from .cache.slices import (SliceError, pieces, read_slice_response, same_representation, slice_key,
-                           slice_request_headers, whole_headers)
+from .cache import (
+    Action,
+    Behaviour,
+    StoredResponse,
+    cache_key,
+    conditional_headers,
+    current_age,
+    decide,
+    forwarded_headers,
+    invalidation_paths,
+    key_prefix,
+    merge_304,
+    plan_range,
+    served_headers,
+    stale_if_error_allowed,
+    storable,
+    stored_response,
+    strip_for_storage,
+    upstream_target,
+    validates,
+    variant_key_for,
+    vary_matches,
+)
+from .cache.slices import (
+    SliceError,
+    pieces,
+    read_slice_response,
+    same_representation,
+    slice_key,
+    slice_request_headers,
+    whole_headers,
+)
 from .collapse import Collapser, Flight, FlightHead
 from .config import Distribution, EdgeConfig
-from .entry import Entry, decode_entry, decode_meta, encode_meta, readable_key, store_key
-from .errors import (CollapsedFetchFailed, EdgeError, LoopDetected, MethodNotAllowed, NoDistribution,
-                     UpstreamBroken, UpstreamError, UpstreamUnavailable, status_of)
+from .entry import (
+    Entry,
+    decode_entry,
+    decode_meta,
+    encode_meta,
+    readable_key,
+    store_key,
+)
+from .errors import (
+    CollapsedFetchFailed,
+    EdgeError,
+    LoopDetected,
+    MethodNotAllowed,
+    NoDistribution,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamUnavailable,
+    status_of,
+)
 from .preconditions import not_modified
 from .tiers import TierRouter
 from .upstream import OriginFetcher, UpstreamClient, UpstreamResponse
@@ -318,6 +360,12 @@ class EdgeApp:
         digest store key shared by another key reads as a miss)."""
         hit = store.get(store_key(key))
         if hit is None:
+            return None
+        if not hit.complete:
+            # A growing entry (a fetch is writing it): not a hit. Its info.size is what is written
+            # so far, not the body's size; the request joins that fetch instead (the flight in
+            # this process, or the peer's growing entry through _follow_peer).
+            hit.close()
             return None
         entry = decode_entry(hit.info.meta)
         if entry is None or entry.key != key:

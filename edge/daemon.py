@@ -85,6 +85,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                                                       "on_disconnect": door.on_disconnect}
     try:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(upstream.run)
             app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
                           next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
                           clock=clock, access_log=access_log, front_door=door)

@@ -78,6 +78,12 @@ class MethodNotAllowed(EdgeError):
     http_status = 405
 
 
+class PassBodyTooLarge(EdgeError):
+    """A passed-through request's body is larger than the edge buffers for its upstream."""
+
+    http_status = 413
+
+
 def status_of(error: BaseException) -> int:
     """The HTTP status a client is answered with for ``error`` (the one mapping)."""
     if isinstance(error, (EdgeError, HttpError)):

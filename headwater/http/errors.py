@@ -19,6 +19,10 @@ __all__ = [
     "Flooding",
     "UnsupportedTransferCoding",
     "LocalProtocolError",
+    "BadResponse",
+    "ResponseHeadTooLarge",
+    "ConnectFailed",
+    "ResponseTimeout",
 ]
 
 # RFC 9113 section 7 error codes.
@@ -104,3 +108,29 @@ class LocalProtocolError(HttpError):
 
     http_status = 500
     h2_error_code = H2_INTERNAL_ERROR
+
+
+# --- the client side (headwater.http.client_h1 and headwater.http.client) ----------------------
+
+class BadResponse(HttpError):
+    """The server's response broke HTTP: a garbage head, a bad chunk, a body shorter or longer
+    than its framing, a connection lost mid-response. Never stored, never reused."""
+
+    http_status = 502
+
+
+class ResponseHeadTooLarge(BadResponse):
+    """The response head (or its trailers) exceeded the client's size or field-count bound."""
+
+
+class ConnectFailed(HttpError):
+    """No connection (refused, unreachable, TLS handshake or certificate refused), or the
+    connection was lost before any byte of the response arrived."""
+
+    http_status = 502
+
+
+class ResponseTimeout(HttpError):
+    """Connecting, or a read of the response, took longer than its timeout."""
+
+    http_status = 504

@@ -323,5 +323,11 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         await anyio.lowlevel.checkpoint()
 
     @property
+    def has_input(self) -> bool:
+        """Bytes or end of file wait unread (the loop reads ahead): for a client's pool, an
+        idle connection with input is one the server closed or talked on out of turn."""
+        return bool(self._chunks) or self._eof or self._lost
+
+    @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return socket_attributes(self._sock)

@@ -258,8 +258,10 @@ def test_200_concurrent_requests_over_two_pops_make_one_origin_fetch(env):
     anyio.run(main)
     assert len(results) == 200 and all(s == 200 and b == body for s, b in results)
     assert env.origin.fetches["/t/5/cold.m4s"] == 1
-    metrics = httpx.get(env.admin["pop-1"] + "/metrics", trust_env=False).text
-    assert 'hw_edge_collapsed_total{tier="pop"}' in metrics
+    # Counted where they collapsed: which POP's requests overlap its own fetch depends on timing
+    # (a POP whose fetch hits the regional's finished copy is done before its other requests come).
+    metrics = [httpx.get(env.admin[pop] + "/metrics", trust_env=False).text for pop in ("pop-1", "pop-2")]
+    assert any('hw_edge_collapsed_total{tier="pop"}' in m for m in metrics)
 
 
 def test_a_truncated_origin_body_is_never_stored(env):
