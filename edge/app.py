@@ -116,7 +116,7 @@ class EdgeApp:
     def __init__(self, *, node: EdgeConfig, distributions: Sequence[Distribution], stores: Sequence[Any],
                  upstream: UpstreamClient, next_tier: TierRouter | None, origins: Mapping[str, OriginFetcher],
                  registry: Registry, spawn: Callable[..., Any], clock: Clock = SYSTEM_CLOCK,
-                 access_log: Any = None) -> None:
+                 access_log: Any = None, purges: Any = None) -> None:
         self.node = node
         self.distributions = tuple(distributions)
         self._by_host = {h: d for d in self.distributions for h in d.hostnames}
@@ -131,6 +131,9 @@ class EdgeApp:
         self.spawn = spawn
         self.clock = clock
         self.access_log = access_log
+        # Invalidation (.invalidation.Invalidation): the catch-up gate, the purged-entry check on
+        # hits, the purge fields between tiers. None: no purges (unit tests of the request path).
+        self.purges = purges
         self.via = f"1.1 {node.id} (headwater)"
         self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0}
         self.active = 0
@@ -203,10 +206,11 @@ class EdgeApp:
         if self.node.id in _via_ids(request):
             raise LoopDetected(f"the request has already passed through {self.node.id}")
         dist = self.distribution(request)
+        use_cache = await self.purges.admit(request, dist) if self.purges is not None else True
         behaviour = rules.behaviour_for(dist, request.path)
         key = rules.key_for(dist, request, behaviour)
         now = self.clock.time()
-        found = self._lookup(key, request)
+        found = self._lookup(key, request, dist.name) if use_cache else None
         if found is not None:
             hit, stored, size = found
             decision = rules.decide(request, stored, now, behaviour)
@@ -221,8 +225,8 @@ class EdgeApp:
             return await self._via_flight(_Context(request, dist, behaviour, key, stored), now)
         return await self._via_flight(_Context(request, dist, behaviour, key, None), now)
 
-    def _lookup(self, key: bytes, request: Request) -> tuple[Any, StoredResponse, int] | None:
-        """The first store's usable hit: readable metadata and a matching Vary key."""
+    def _lookup(self, key: bytes, request: Request, dist: str) -> tuple[Any, StoredResponse, int] | None:
+        """The first store's usable hit: readable metadata, a matching Vary key, not purged."""
         for store in self.stores:
             hit = store.get(key)
             if hit is None:
@@ -231,13 +235,17 @@ class EdgeApp:
             if stored is None or not rules.vary_matches(request, stored):
                 hit.close()
                 continue
+            if self.purges is not None and self.purges.purged(dist, key, stored):
+                hit.close()
+                self.purges.forget(key)  # from every tier: none of them may serve it
+                return None
             return hit, stored, hit.info.size
         return None
 
     # --- hits --------------------------------------------------------------------------------
 
     def _headers(self, stored: StoredResponse, *, age: float, result: str, upstream_timing: str = "",
-                 started: float | None = None) -> list[tuple[str, str]]:
+                 started: float | None = None, hit_dist: str | None = None) -> list[tuple[str, str]]:
         out = [(k, v) for k, v in stored.headers if k not in _OWN_FIELDS and k != "via"]
         via = ", ".join(v for k, v in stored.headers if k == "via")
         out.append(("via", f"{via}, {self.via}" if via else self.via))
@@ -247,11 +255,14 @@ class EdgeApp:
         if started is not None:
             timing += f";dur={(time.perf_counter() - started) * 1000:.1f}"
         out.append(("server-timing", timing + (f", {upstream_timing}" if upstream_timing else "")))
+        if self.purges is not None:
+            out = self.purges.outgoing(out, stored, hit_dist)
         return out
 
     def _from_hit(self, request: Request, hit: Any, stored: StoredResponse, size: int, now: float,
                   result: str) -> Response:
-        headers = self._headers(stored, age=rules.current_age(stored, now), result=result)
+        headers = self._headers(stored, age=rules.current_age(stored, now), result=result,
+                                hit_dist=self.distribution(request).name if self.purges is not None else None)
         if rules.not_modified(request, stored):
             hit.close()
             return Response(304, [(k, v) for k, v in headers if k not in ("content-type", "content-encoding")], b"")
@@ -299,7 +310,7 @@ class EdgeApp:
             head = await flight.wait_head()
         except UpstreamError:
             if ctx.stale is not None and rules.stale_if_error_ok(ctx.stale, self.clock.time(), ctx.behaviour):
-                found = self._lookup(ctx.key, ctx.request)
+                found = self._lookup(ctx.key, ctx.request, ctx.dist.name)
                 if found is not None:
                     self.counts["stale"] += 1
                     hit, stored, size = found
@@ -307,7 +318,7 @@ class EdgeApp:
             raise
         kind, stored, timing = head.extra
         if kind == "refreshed":
-            found = self._lookup(ctx.key, ctx.request)
+            found = self._lookup(ctx.key, ctx.request, ctx.dist.name)
             if found is not None:
                 self.counts["refresh_hits"] += 1
                 hit, stored, size = found
@@ -388,9 +399,13 @@ class EdgeApp:
         return True
 
     async def _fetch_upstream(self, flight: Flight, ctx: _Context, claim: Any) -> None:
+        purges = self.purges
+        origin_seq = purges.origin_seq(ctx.dist.name) if purges is not None else None  # before the request
         request_time = self.clock.time()
         headers = rules.forward_headers(ctx.request, ctx.behaviour)
         headers.append(("via", ", ".join(ctx.request.headers.get_all("via") + [self.via])))
+        if purges is not None:
+            headers += purges.upstream_headers(ctx.dist.name)
         if ctx.stale is not None:
             headers += rules.conditional_headers(ctx.stale)
         response = await self._send(ctx, headers)
@@ -398,6 +413,8 @@ class EdgeApp:
             response_time = self.clock.time()
             timing = response.header("server-timing") or ""
             kept = [(k, v) for k, v in response.headers if k not in ("x-cache", "server-timing")]
+            if purges is not None:
+                kept = purges.stamp(kept, origin_seq)
             if response.status == 304 and ctx.stale is not None:
                 merged = rules.merge_304(ctx.stale, kept, request_time, response_time)
                 meta = encode_meta(merged)
@@ -413,6 +430,8 @@ class EdgeApp:
             stored = rules.stored_from(ctx.request, response.status, kept, request_time=request_time,
                                        response_time=response_time, body_size=response.content_length or 0)
             why_not = rules.why_not_storable(ctx.request, stored, ctx.behaviour)
+            if why_not is None and purges is not None and not purges.storable_tags(kept):
+                why_not = "surrogate_key"
             writers = []
             if why_not is None:
                 meta = encode_meta(stored)
@@ -498,6 +517,8 @@ class EdgeApp:
             except Exception:
                 pass
         doc["cached_bytes"] = cached
+        if self.purges is not None:
+            doc.update(self.purges.health())
         return doc
 
 

@@ -28,8 +28,11 @@ from urllib.parse import urlsplit
 
 from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
 
-__all__ = ["TIERS", "EdgeConfig", "Origin", "Distribution", "read_edge", "read_distributions",
-           "read_origin", "check_edge"]
+from .purge import PurgeConfig, read_purge_config
+from .signedurl import SigningKeys, read_signing_keys
+
+__all__ = ["TIERS", "EdgeConfig", "Origin", "Distribution", "CdnConfig", "read_edge", "read_distributions",
+           "read_origin", "read_cdn", "check_edge"]
 
 TIERS = ("pop", "regional", "shield")
 
@@ -75,6 +78,12 @@ class EdgeConfig:
     @property
     def port_keys(self) -> tuple[str, ...]:
         return ("port", "admin_port") + (("tls_port",) if self.tls_port is not None else ())
+
+    @property
+    def needs_cluster_secret(self) -> bool:
+        """Invalidations and the purge feed between tiers are signed with it (:mod:`.adminauth`):
+        ``headwater up`` makes it, ``headwater node`` refuses to start without it."""
+        return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +262,24 @@ def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
             behaviours=_read_behaviours(r, item, p),
             origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, 10.0)))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CdnConfig:
+    """``[cdn]``: what every distribution shares: the trusted key pairs (``[[cdn.keys]]``, for
+    signed URLs and cookies) and the invalidation log's bounds (``[cdn.purge]``)."""
+
+    keys: SigningKeys = field(default_factory=SigningKeys)
+    purge: PurgeConfig = field(default_factory=PurgeConfig)
+
+
+def read_cdn(r: Reader, value: Any) -> CdnConfig:
+    """The ``[cdn]`` table: ``keys`` (``[[cdn.keys]]``) and ``purge`` (``[cdn.purge]``)."""
+    if not isinstance(value, dict):
+        raise r.error("cdn", "expected a table")
+    r.check_keys(value, "cdn", {"keys", "purge"})
+    return CdnConfig(keys=read_signing_keys(r, value.get("keys"), "cdn.keys"),
+                     purge=read_purge_config(r, value.get("purge"), "cdn.purge"))
 
 
 def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
