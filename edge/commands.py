@@ -43,6 +43,8 @@ def add_commands(sub: Any, config_help: str) -> None:
     s.add_argument("--disk", default="1GiB", metavar="SIZE", help="the disk tier's size")
     s.add_argument("--id", default="edge", help="this POP's name in X-Cache and Via")
     s.add_argument("--runtime", default="asyncio", choices=("asyncio", "trio"))
+    s.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="the secret signing POST /_hw/invalidate on the admin port (none: purges refused)")
     s.set_defaults(func=cmd_edge_serve)
     c = edge_sub.add_parser("check", help="validate [[edge]] and [[distributions]]; print the tiers")
     c.add_argument("-c", "--config", metavar="FILE", help=config_help)
@@ -91,7 +93,10 @@ def serve_config(args: argparse.Namespace) -> ClusterConfig:
                       cache_dir=Path(args.cache_dir))
     if admin_host != host:
         raise ConfigError("--admin", "the admin port listens on the --listen host")
-    return ClusterConfig(name="edge-serve", edge=(node,),
+    # Without --secret-file, the kernel's default (var/cluster.secret); none there: the admin port
+    # refuses every purge, having nothing to check it against.
+    secret = Path(args.secret_file).expanduser().absolute() if getattr(args, "secret_file", None) else None
+    return ClusterConfig(name="edge-serve", edge=(node,), secret_file=secret,
                          distributions=(Distribution(name="default", origin=origin),))
 
 

@@ -87,6 +87,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                           clock=clock, access_log=access_log, purges=purges)
             export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
                                                               "active": app.active})
+            purges.flights = app.collapser.flights
             export_stats(registry, "hw_edge_purge", purges.stats)
             for puller in purges.pullers():
                 tg.start_soon(puller.run_forever)

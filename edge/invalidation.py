@@ -290,6 +290,10 @@ class Invalidation:
                 why, key = f"no usable cluster secret ({e})", None
         self.key: AdminKey | None = key
         self.verifier = AdminVerifier(key, window_s=60.0, why_no_key=why)
+        # The worker's in-flight upstream fetches by cache key (the app's Collapser.flights): a
+        # purge detaches those it may cover, so a request after it never shares a fetch begun
+        # before it (the fetch goes on for the requests that came earlier).
+        self.flights: dict[bytes, Any] = {}
         self.counts = {"purges_accepted": 0, "purges_applied": 0, "entries_removed": 0, "resets": 0,
                        "admin_refused": 0, "pulls": 0}
         self._registry = registry
@@ -520,10 +524,19 @@ class Invalidation:
             seq, tags = stored_seq(stored), _tags(stored)
             return any(p.seq > seq and p.matches(path, tags) for p in purges)
 
+        detached = []
+        for key in list(self.flights):
+            dist, path = purge_path_of_key(key)
+            # A fetch's tags are unknown until its head is in: a tag purge detaches every fetch.
+            if dist == dist_name and (purges is None or with_tags or any(p.matches(path) for p in purges)):
+                del self.flights[key]
+                detached.append(key)
         for store in self.stores:
             try:
                 for key in store.keys_matching(pred):
                     removed += bool(store.remove(key))
+                for key in detached:  # and its fill in flight (the disk tier's claim)
+                    store.remove(key)
             except Exception:
                 log.exception("%s: sweeping purged entries of %s failed", self.node.id, dist_name)
         self.counts["entries_removed"] += removed

@@ -102,12 +102,18 @@ def test_the_home_log_is_durable_and_swept(tmp_path):
         await home._append(d, ("/t/1/*",), ("tag-b",))
         assert sorted(ram.keys_matching(lambda k, m: True)) == [b"video\x00/t/3/c"]
         assert home.counts["entries_removed"] == 2
+        # In-flight fetches a purge may cover are detached: later requests start their own.
+        home.flights.update({b"video\x00/t/1/z": object(), b"video\x00/t/9/z": object(), b"other\x00/t/1/z": 1})
+        await home._append(d, ("/t/1/*",), ())
+        assert sorted(home.flights) == [b"other\x00/t/1/z", b"video\x00/t/9/z"]
+        await home._append(d, (), ("any-tag",))  # a fetch's tags are unknown: a tag purge detaches all
+        assert sorted(home.flights) == [b"other\x00/t/1/z"]
         mode = stat.S_IMODE(os.stat(d.path).st_mode)
         assert mode == 0o600 and [p.name for p in d.path.parent.iterdir()] == ["video.log.json"]
         again = Invalidation(cluster=cfg, node=cfg.edge[1], distributions=[DIST], stores=[], top=True,
                              epoch=lambda: "e2")
         await again.open()
-        assert (again.dists["video"].log.epoch, again.dists["video"].log.last_seq) == ("e1", 1)
+        assert (again.dists["video"].log.epoch, again.dists["video"].log.last_seq) == ("e1", 3)
         # A log that cannot be read starts a new lineage (replicas then reset).
         d.path.write_bytes(b"{not json")
         third = Invalidation(cluster=cfg, node=cfg.edge[1], distributions=[DIST], stores=[], top=True,
