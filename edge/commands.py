@@ -57,7 +57,8 @@ def add_commands(sub: Any, config_help: str) -> None:
     i.add_argument("paths", nargs="*", metavar="PATH", help="an exact path, or a prefix ending in * ('/titles/1/*')")
     i.add_argument("--tag", action="append", default=[], metavar="TAG",
                    help="purge every object whose Surrogate-Key carried TAG (repeatable)")
-    i.add_argument("--via", metavar="ID", help="the [[edge]] daemon to send it to (default: the purge home, the shield)")
+    i.add_argument("--via", metavar="ID",
+                   help="the [[edge]] daemon to send it to (default: the purge home, the shield)")
     i.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                    help="wait this long for every tier to apply it (0: return once it is accepted)")
     i.add_argument("-c", "--config", metavar="FILE", help=config_help)

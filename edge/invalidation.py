@@ -80,7 +80,7 @@ from headwater.config import ClusterConfig, ConfigError
 from headwater.http.types import BodyTooLarge, Request, Response
 from headwater.metrics import Registry
 
-from .adminauth import AdminAuthError, AdminKey, AdminVerifier, admin_key
+from .adminauth import AdminAuthError, AdminKey, AdminVerifier
 from .app import decode_meta
 from .cache.cachekey import normalise_path
 from .cache.model import StoredResponse
@@ -89,8 +89,8 @@ from .errors import EdgeError
 from .purge import (InvalidPurge, Purge, PurgeBatch, PurgeConfig, PurgeGap, PurgeLog, parse_invalidation_request,
                     parse_surrogate_keys)
 
-__all__ = ["Invalidation", "PurgePuller", "NotCaughtUp", "purge_home", "purge_path_of_key", "SEQ_FIELD", "INVALIDATE_PATH", "FEED_PATH",
-           "MIN_SEQ_FIELD", "SURROGATE_FIELD", "CATCH_UP_WAIT_S", "MIN_SEQ_WAIT_S", "FORWARD_WAIT_S",
+__all__ = ["Invalidation", "PurgePuller", "NotCaughtUp", "purge_home", "purge_path_of_key", "stored_seq",
+           "SEQ_FIELD", "INVALIDATE_PATH", "FEED_PATH", "MIN_SEQ_FIELD", "SURROGATE_FIELD", "CATCH_UP_WAIT_S", "MIN_SEQ_WAIT_S", "FORWARD_WAIT_S",
            "MAX_BODY_BYTES", "MAX_FEED_BYTES", "write_atomically"]
 
 log = logging.getLogger("headwater.edge")
@@ -296,7 +296,6 @@ class Invalidation:
         self.flights: dict[bytes, Any] = {}
         self.counts = {"purges_accepted": 0, "purges_applied": 0, "entries_removed": 0, "resets": 0,
                        "admin_refused": 0, "pulls": 0}
-        self._registry = registry
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -311,6 +310,9 @@ class Invalidation:
                     log_ = PurgeLog(name, epoch=self._epoch(), retention_s=self.config.retention_s,
                                     max_purges=self.config.max_purges)
                     await anyio.to_thread.run_sync(write_atomically, path, log_.dumps())
+                    # Nothing vouches for what this tier stored under a lost log: drop it, as
+                    # the replicas do when they see the new epoch.
+                    self._sweep(name, None)
                 self.dists[name] = _Distribution(name, log_, path, ready=True)
             else:
                 path = self._folder / f"{name}.replica-w{self.worker}.json"
@@ -409,7 +411,8 @@ class Invalidation:
         if origin_seq is not None:
             seq = origin_seq  # an origin never says which purges its answer reflects
         else:
-            seq = int(upstream) if upstream is not None and upstream.isdigit() and len(upstream) <= _MAX_SEQ_DIGITS else 0
+            ok = upstream is not None and upstream.isdigit() and len(upstream) <= _MAX_SEQ_DIGITS
+            seq = int(upstream) if ok else 0  # type: ignore[arg-type]
         out.append((SEQ_FIELD, str(seq)))
         return out
 

@@ -8,6 +8,7 @@ import os
 import stat
 
 import anyio
+import pytest
 
 from headwater.config import ClusterConfig
 from headwater.edge.app import encode_meta
@@ -91,17 +92,23 @@ def test_the_home_log_is_durable_and_swept(tmp_path):
     async def main():
         cfg = cluster(tmp_path)
         ram = RamStore(1 << 20)
-        for path, st in (("/t/1/a", stored(0)), ("/t/2/b", stored(0, "tag-b")), ("/t/3/c", stored(0))):
-            w = ram.begin(f"video\x00{path}".encode(), encode_meta(st))
-            w.write(b"x")
-            w.commit()
+
+        def fill():
+            for path, st in (("/t/1/a", stored(0)), ("/t/2/b", stored(0, "tag-b")), ("/t/3/c", stored(0))):
+                w = ram.begin(f"video\x00{path}".encode(), encode_meta(st))
+                w.write(b"x")
+                w.commit()
+
+        fill()
         home = Invalidation(cluster=cfg, node=cfg.edge[1], distributions=[DIST], stores=[ram], top=True,
                             epoch=lambda: "e1")
         await home.open()
+        assert ram.keys_matching(lambda k, m: True) == []  # a new log vouches for nothing stored before
+        fill()
         d = home.dists["video"]
         await home._append(d, ("/t/1/*",), ("tag-b",))
         assert sorted(ram.keys_matching(lambda k, m: True)) == [b"video\x00/t/3/c"]
-        assert home.counts["entries_removed"] == 2
+        assert home.counts["entries_removed"] == 3 + 2
         # In-flight fetches a purge may cover are detached: later requests start their own.
         home.flights.update({b"video\x00/t/1/z": object(), b"video\x00/t/9/z": object(), b"other\x00/t/1/z": 1})
         await home._append(d, ("/t/1/*",), ())
@@ -143,3 +150,34 @@ def test_write_atomically_replaces_whole_files(tmp_path):
     assert json.loads(target.read_bytes()) == {"two": 2}
     assert [p.name for p in target.parent.iterdir()] == ["f.json"]
     assert stat.S_IMODE(os.stat(target.parent).st_mode) == 0o700
+
+
+def test_admission_waits_for_the_catch_up_and_for_purges_a_lower_tier_asks_for(tmp_path, monkeypatch):
+    import headwater.edge.invalidation as invalidation
+    from headwater.http.types import Headers, Request
+
+    monkeypatch.setattr(invalidation, "CATCH_UP_WAIT_S", 0.05)
+    monkeypatch.setattr(invalidation, "MIN_SEQ_WAIT_S", 0.05)
+
+    def request(min_seq: str | None) -> Request:
+        headers = Headers([("hw-purge-min-seq", min_seq)] if min_seq is not None else [])
+        return Request(method="GET", target="/t", path="/t", query="", headers=headers, body=None)  # type: ignore[arg-type]
+
+    async def main():
+        base = cluster(tmp_path)
+        cfg = base.replace(edge=(*base.edge, node("regional", "regional-1", tmp_path)))
+        regional = Invalidation(cluster=cfg, node=cfg.edge[2], distributions=[DIST], stores=[], top=False)
+        pop = Invalidation(cluster=cfg, node=cfg.edge[0], distributions=[DIST], stores=[], top=False)
+        await regional.open()
+        await pop.open()
+        with pytest.raises(invalidation.NotCaughtUp):  # never pulled: it cannot vouch for its cache
+            await regional.admit(request(None), DIST)
+        assert regional.health()["status"] == "catching_up"
+        regional.dists["video"].mark_ready()
+        pop.dists["video"].mark_ready()
+        assert "status" not in regional.health()
+        assert await regional.admit(request("0"), DIST) is True
+        assert await regional.admit(request("5"), DIST) is False   # behind what the POP applied: bypass
+        assert await regional.admit(request("9" * 40), DIST) is True  # not a sequence number: ignored
+        assert await pop.admit(request("5"), DIST) is True  # a POP's clients are viewers: never honoured
+    run(main)
