@@ -55,9 +55,9 @@ Limits: request bodies up to :data:`MAX_BODY_BYTES` (CloudFront's 3,000 paths); 
 to :data:`MAX_FEED_BYTES` (the home halves a batch until it fits, and says ``more``); a long poll
 is bounded by ``long_poll_seconds`` and the admin port's connection cap.
 
-Known limits: the home must run one worker (its log is that process's); with ``workers > 1`` on
-a POP or regional each worker pulls and keeps its own replica, and sweeps the shared disk tier.
-The sweep scans each store once per applied batch, in the event loop.
+Workers: the home runs one (its log is that process's; :func:`~.config.check_edge` refuses more);
+with ``workers > 1`` on a POP or regional each worker pulls and keeps its own replica, and sweeps
+the shared disk tier. The sweep scans each store once per applied batch, in the event loop.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ from .adminauth import AdminAuthError, AdminKey, AdminVerifier
 from .app import decode_meta
 from .cache.cachekey import normalise_path
 from .cache.model import StoredResponse
-from .config import CdnConfig, Distribution, EdgeConfig
+from .config import CdnConfig, Distribution, EdgeConfig, purge_home
 from .errors import EdgeError
 from .purge import (InvalidPurge, Purge, PurgeBatch, PurgeConfig, PurgeGap, PurgeLog, parse_invalidation_request,
                     parse_surrogate_keys)
@@ -123,17 +123,6 @@ class PullFailed(EdgeError):
 
 
 # --- where the log lives, and what an entry's purge path is ---------------------------------------
-
-def purge_home(cluster: ClusterConfig) -> EdgeConfig | None:
-    """The daemon holding every distribution's purge log: the first shield in cluster.toml; with
-    no shield the first regional, else the first POP (None: no ``[[edge]]`` at all)."""
-    edges = tuple(getattr(cluster, "edge", ()) or ())
-    for tier in ("shield", "regional", "pop"):
-        for e in edges:
-            if e.tier == tier:
-                return e
-    return None
-
 
 def purge_path_of_key(key: bytes) -> tuple[str, str]:
     """``(distribution, path[?query])`` of a cache key, the spelling invalidation paths match.

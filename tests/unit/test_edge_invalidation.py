@@ -181,3 +181,38 @@ def test_admission_waits_for_the_catch_up_and_for_purges_a_lower_tier_asks_for(t
         assert await regional.admit(request("9" * 40), DIST) is True  # not a sequence number: ignored
         assert await pop.admit(request("5"), DIST) is True  # a POP's clients are viewers: never honoured
     run(main)
+
+
+def test_the_purge_home_must_run_one_worker(tmp_path):
+    from headwater.config import ConfigError, load
+
+    text = """
+[[distributions]]
+name = "video"
+origin = "http://127.0.0.1:1"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = 2
+admin_port = 3
+lat = 0.0
+lon = 0.0
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = 4
+admin_port = 5
+workers = {workers}
+
+[cdn.purge]
+long_poll_seconds = 5
+"""
+    path = tmp_path / "c.toml"
+    path.write_text(text.format(workers=1))
+    cfg = load(str(path))
+    assert purge_home(cfg).id == "shield-1" and cfg.cdn.purge.long_poll_s == 5
+    path.write_text(text.format(workers=2))
+    with pytest.raises(ConfigError, match=r"edge\[1\]\.workers.*purge log"):
+        load(str(path))
