@@ -15,6 +15,7 @@ BENCHES = {
     "rebuild": "the reconstructor's rebuild rate after a lost disk, beside the fsync'd-write ceiling",
     "http_core": "the HTTP server core against nginx (one worker each, wrk), with machine ceilings",
     "dns": "the GeoDNS against Knot DNS (dnsperf, ECS and plain queries), with machine ceilings",
+    "edge": "the CDN edge's hits against nginx proxy_cache and Varnish (wrk, h2load), misses, Zipf",
 }
 
 

@@ -186,7 +186,7 @@ def _cmdline(pid: int) -> list[str]:
 # --- Headwater ---------------------------------------------------------------------------------
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"]+)\s*\]\]?")
-_PORT = re.compile(r"^(\s*(?:port|admin_port)\s*=\s*)(\d+)(.*)$")
+_PORT = re.compile(r"^(\s*(?:port|admin_port|tls_port)\s*=\s*)(\d+)(.*)$")
 _DATA_DIR = re.compile(r"^\s*data_dir\s*=")
 
 

@@ -1,8 +1,11 @@
 """The edge's request path: one HTTP app per worker, the same for every tier.
 
-For a GET or HEAD: pick the distribution by Host, its cache behaviour by path, the cache key;
-look the key up in the RAM tier then the disk tier (:mod:`headwater.edge.store`); decide by the
-RFC 9111 rules (:mod:`.rules`, over edge-cache's :mod:`headwater.edge.cache`) whether the stored
+For a GET or HEAD: a POP's front door first (:mod:`.access`: client limits and rules, then the
+signed URL or cookies a behaviour requires; nothing below runs for a refused request); then the
+distribution by Host, its cache behaviour by path (:class:`~.config.Route`), the cache key; the
+key is looked up in the RAM tier then the disk tier (:mod:`headwater.edge.store`), with Vary
+variants under ``variant_key_for``; RFC 9111 decides (edge-cache's :mod:`headwater.edge.cache`:
+``decide``, ``storable``, ``merge_304``, ``served_headers``, ``plan_range`` ...) whether the stored
 response is fresh, must be revalidated, may be served stale while it is refreshed in the
 background (``stale-while-revalidate``) or instead of an error (``stale-if-error``).
 
@@ -11,35 +14,53 @@ per worker; across workers the disk store's in-flight claim): the fetch runs in 
 group, writes the body into the stores as it streams it to every waiting request, and commits
 only a complete, well-framed body (a truncated or over-long body aborts the entry: nothing
 partial is ever served as a hit). Upstream is the next tier (a regional chosen by rendezvous
-hashing, or the shield) or, at the shield, the distribution's origin group with failover.
+hashing, or the shield) or, at the shield, the distribution's origin group with failover; the
+request sent is ``upstream_target`` with ``forwarded_headers`` (what the behaviour keys on or
+forwards, nothing else).
+
+Large objects: under a behaviour with ``slice_size``, objects are fetched with upstream Range
+requests one slice at a time (``cache.slices``). The first fetch tells the object's size; an
+object larger than one slice is kept as a record of the whole (empty body) plus one entry per
+slice, and a client's Range is answered from the slices it touches, fetching only those.
+
+Other methods, where a behaviour allows them, are passed through uncached; a successful unsafe
+one invalidates what it changed (RFC 9111 4.4) in this tier's stores.
 
 Every response carries ``X-Cache`` (``Hit from pop-1``, ``Miss from pop-1``, ``RefreshHit from
-pop-1``, ``StaleHit from pop-1``, ``Error from pop-1``), ``Age``, ``Via`` and ``Server-Timing``
-(this tier's entry, then the upstream tiers' on a miss); each request is one structured access
-log line with CloudFront's standard fields, and counted in the metrics per tier.
+pop-1``, ``StaleHit from pop-1``, ``Error from pop-1``, ``LimitExceeded from pop-1``), ``Age``,
+``Via`` and ``Server-Timing`` (this tier's entry, then the upstream tiers' on a miss); each
+request is one structured access log line with CloudFront's standard fields, and counted in the
+metrics per tier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-
-import anyio
-import msgpack
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.http import Request, Response, error_response
+from headwater.http.ranges import parse_range_header
 from headwater.http.types import FileBody
 from headwater.metrics import Registry
 
-from . import rules
-from .cache.model import StoredResponse
+from .access import FrontDoor
+from .cache import (Action, Behaviour, StoredResponse, cache_key, conditional_headers, current_age, decide,
+                    forwarded_headers, invalidation_paths, key_prefix, merge_304, plan_range, served_headers,
+                    stale_if_error_allowed, storable, stored_response, strip_for_storage, upstream_target,
+                    validates, variant_key_for, vary_matches)
+from .cache.slices import (SliceError, pieces, read_slice_response, same_representation, slice_key,
+                           slice_request_headers, whole_headers)
 from .collapse import Collapser, Flight, FlightHead
 from .config import Distribution, EdgeConfig
+from .entry import Entry, decode_entry, decode_meta, encode_meta, readable_key, store_key
 from .errors import (CollapsedFetchFailed, EdgeError, LoopDetected, MethodNotAllowed, NoDistribution,
-                     UpstreamError, UpstreamUnavailable, status_of)
+                     UpstreamBroken, UpstreamError, UpstreamUnavailable, status_of)
+from .preconditions import not_modified
 from .tiers import TierRouter
 from .upstream import OriginFetcher, UpstreamClient, UpstreamResponse
 
@@ -47,21 +68,11 @@ __all__ = ["EdgeApp", "EdgeMetrics", "encode_meta", "decode_meta"]
 
 log = logging.getLogger("headwater.edge")
 
-# Set by this tier on each response, never stored (each tier sets its own).
-_OWN_FIELDS = frozenset({"x-cache", "server-timing", "age", "content-length", "date"})
-
-
-def encode_meta(stored: StoredResponse) -> bytes:
-    """The store's metadata bytes for ``stored`` (msgpack of its record)."""
-    return msgpack.packb(stored.to_record(), use_bin_type=True)
-
-
-def decode_meta(meta: bytes) -> StoredResponse | None:
-    """The StoredResponse in ``meta``, or None when it cannot be read (treated as a miss)."""
-    try:
-        return StoredResponse.from_record(msgpack.unpackb(meta, raw=False))
-    except Exception:
-        return None
+# Set by each tier on its own responses: never stored, never passed on from upstream.
+_OWN_FIELDS = frozenset({"x-cache", "server-timing", "content-length", "via"})
+_SAFE = frozenset({"GET", "HEAD"})
+# Request fields a passed-through request carries besides what the behaviour forwards.
+_PASS_FIELDS = ("content-type", "content-length", "content-encoding")
 
 
 class EdgeMetrics:
@@ -82,6 +93,9 @@ class EdgeMetrics:
                                                 "Upstream fetches that failed, by kind.", labels=["tier", "kind"])
         self.not_stored = registry.counter("hw_edge_not_stored_total",
                                            "Upstream bodies not stored, by reason.", labels=["tier", "reason"])
+        self.invalidated = registry.counter("hw_edge_invalidated_total",
+                                            "Entries removed by unsafe requests passed through (RFC 9111 4.4).",
+                                            labels=["tier"])
 
     def answered(self, result: str, nbytes: int) -> None:
         self.requests.labels(self.tier, result).inc()
@@ -91,13 +105,32 @@ class EdgeMetrics:
 
 @dataclass(slots=True)
 class _Context:
-    """One cache key's fetch: what the flight needs of the request that started it."""
+    """One fetch: what the flight needs of the request that started it.
+
+    ``key`` is the readable key of the entry the fetch fills (the object, one of its Vary
+    variants, or one slice). For a slice fetch, ``slice`` is its index, ``object_key`` the
+    object's key, ``whole`` the object's record when known (None: this fetch finds out the size)
+    and ``validator`` what ``If-Range`` carries.
+    """
 
     request: Request
     dist: Distribution
-    behaviour: Any
+    behaviour: Behaviour
     key: bytes
-    stale: StoredResponse | None  # the stored response being revalidated, if any
+    stale: StoredResponse | None = None
+    slice: int | None = None
+    object_key: bytes = b""
+    whole: StoredResponse | None = None
+    validator: str | None = None
+
+
+@dataclass(slots=True)
+class _Found:
+    """A usable stored entry: the store's hit and what its metadata says."""
+
+    hit: Any
+    entry: Entry
+    size: int
 
 
 def _via_ids(request: Request) -> list[str]:
@@ -110,13 +143,34 @@ def _via_ids(request: Request) -> list[str]:
     return ids
 
 
+def _as_get(request: Request) -> Request:
+    """``request`` as the GET the edge sends upstream for it (a HEAD is fetched as a GET)."""
+    return request if request.method == "GET" else dataclasses.replace(request, method="GET")
+
+
+def _declared_length(headers: Sequence[tuple[str, str]]) -> int | None:
+    for k, v in headers:
+        if k == "content-length" and v.isdigit():
+            return int(v)
+    return None
+
+
+def _validator(stored: StoredResponse) -> str | None:
+    """The strong validator later slice fetches carry in If-Range."""
+    etag = stored.get("etag")
+    if etag is not None and not etag.strip().startswith("W/"):
+        return etag.strip()
+    return stored.get("last-modified")
+
+
 class EdgeApp:
     """The request path of one edge worker (any tier)."""
 
     def __init__(self, *, node: EdgeConfig, distributions: Sequence[Distribution], stores: Sequence[Any],
                  upstream: UpstreamClient, next_tier: TierRouter | None, origins: Mapping[str, OriginFetcher],
                  registry: Registry, spawn: Callable[..., Any], clock: Clock = SYSTEM_CLOCK,
-                 access_log: Any = None, purges: Any = None) -> None:
+                 access_log: Any = None, front_door: FrontDoor | None = None,
+                 boundary: Callable[[], str] = lambda: secrets.token_hex(16), purges: Any = None) -> None:
         self.node = node
         self.distributions = tuple(distributions)
         self._by_host = {h: d for d in self.distributions for h in d.hostnames}
@@ -131,11 +185,13 @@ class EdgeApp:
         self.spawn = spawn
         self.clock = clock
         self.access_log = access_log
+        self.front_door = front_door
+        self.boundary = boundary
         # Invalidation (.invalidation.Invalidation): the catch-up gate, the purged-entry check on
         # hits, the purge fields between tiers. None: no purges (unit tests of the request path).
         self.purges = purges
         self.via = f"1.1 {node.id} (headwater)"
-        self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0}
+        self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0, "refused": 0}
         self.active = 0
 
     # --- entry -------------------------------------------------------------------------------
@@ -161,14 +217,18 @@ class EdgeApp:
         r.headers += [("x-cache", f"Error from {self.node.id}"), ("via", self.via)]
         return r
 
+    def _refused(self, response: Response) -> tuple[Response, str]:
+        self.counts["refused"] += 1
+        result = "LimitExceeded" if response.status == 429 else "Error"
+        response.headers += [("x-cache", f"{result} from {self.node.id}"), ("via", self.via)]
+        return response, result
+
     def _finish(self, request: Request, response: Response, result: str, started: float) -> None:
         taken = time.perf_counter() - started
         size = 0
         for k, v in response.headers:
             if k == "content-length" and v.isdigit():
                 size = int(v)
-            elif k == "server-timing" and not v.startswith("edge;"):
-                pass
         if request.method == "HEAD":
             size = 0
         self.metrics.answered(result, size)
@@ -201,87 +261,147 @@ class EdgeApp:
         raise NoDistribution(f"no distribution answers for {host!r}")
 
     async def _serve(self, request: Request) -> tuple[Response, str]:
-        if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"{request.method} is not served by the edge (GET and HEAD are)")
+        door = self.front_door
+        if door is not None:
+            refused = door.admit(request)
+            if refused is not None:
+                return self._refused(refused)
         if self.node.id in _via_ids(request):
             raise LoopDetected(f"the request has already passed through {self.node.id}")
         dist = self.distribution(request)
+        route = dist.route(request.path)
+        if door is not None:
+            request, refused = door.verify(request, dist, route)
+            if refused is not None:
+                return self._refused(refused)
+        behaviour = route.cache
+        if request.method not in _SAFE:
+            if request.method not in dist.methods_for(route):
+                raise MethodNotAllowed(f"{request.method} is not allowed here (GET and HEAD are)")
+            return await self._pass(request, dist, behaviour)
+        key = cache_key(request, behaviour, distribution=dist.name)
         use_cache = await self.purges.admit(request, dist) if self.purges is not None else True
-        behaviour = rules.behaviour_for(dist, request.path)
-        key = rules.key_for(dist, request, behaviour)
         now = self.clock.time()
-        found = self._lookup(key, request, dist.name) if use_cache else None
-        if found is not None:
-            hit, stored, size = found
-            decision = rules.decide(request, stored, now, behaviour)
-            if decision is rules.FRESH:
-                self.counts["hits"] += 1
-                return self._from_hit(request, hit, stored, size, now, "Hit"), "Hit"
-            if decision is rules.STALE_WHILE_REVALIDATE:
-                self.counts["stale"] += 1
-                self._start_flight(_Context(request, dist, behaviour, key, stored))
-                return self._from_hit(request, hit, stored, size, now, "StaleHit"), "StaleHit"
-            hit.close()
-            return await self._via_flight(_Context(request, dist, behaviour, key, stored), now)
-        return await self._via_flight(_Context(request, dist, behaviour, key, None), now)
+        found, fill_key = self._lookup(key, request) if use_cache else (None, key)
+        if found is None:
+            if request.method not in behaviour.cached_methods:
+                return await self._pass(request, dist, behaviour)
+            ctx = _Context(request, dist, behaviour, fill_key)
+            if behaviour.slice_size:
+                return await self._sliced_miss(ctx, now)
+            return await self._via_flight(ctx)
+        entry = found.entry
+        stored = entry.stored
+        decision = decide(request, stored, now, behaviour)
+        action = decision.action
+        if action is Action.PASS:
+            found.hit.close()
+            return await self._pass(request, dist, behaviour)
+        if entry.slice_size:
+            found.hit.close()
+            ctx = _Context(request, dist, behaviour, entry.key)
+            if action in (Action.FRESH, Action.STALE_WHILE_REVALIDATE):
+                result = "Hit" if action is Action.FRESH else "StaleHit"
+                self.counts["hits" if action is Action.FRESH else "stale"] += 1
+                return self._sliced_response(ctx, stored, decision.age, result), result
+            # A stale sliced object is fetched afresh from its first needed slice; slices of the
+            # same representation already stored are kept (their validators are compared).
+            return await self._sliced_miss(ctx, now)
+        if action is Action.FRESH:
+            self.counts["hits"] += 1
+            return self._from_hit(request, found, decision.age, "Hit"), "Hit"
+        if action is Action.STALE_WHILE_REVALIDATE:
+            self.counts["stale"] += 1
+            self._start_flight(_Context(request, dist, behaviour, entry.key, stored))
+            return self._from_hit(request, found, decision.age, "StaleHit"), "StaleHit"
+        found.hit.close()
+        return await self._via_flight(_Context(request, dist, behaviour, entry.key, stored))
 
-    def _lookup(self, key: bytes, request: Request, dist: str) -> tuple[Any, StoredResponse, int] | None:
-        """The first store's usable hit: readable metadata, a matching Vary key, not purged."""
+    def _get(self, store: Any, key: bytes) -> _Found | None:
+        """``key``'s entry in ``store`` if its metadata is readable and names ``key`` itself (a
+        digest store key shared by another key reads as a miss)."""
+        hit = store.get(store_key(key))
+        if hit is None:
+            return None
+        entry = decode_entry(hit.info.meta)
+        if entry is None or entry.key != key:
+            hit.close()
+            return None
+        if self.purges is not None and self.purges.purged(key, entry.stored):
+            hit.close()
+            self._remove(key)  # from every tier: none of them may serve it
+            return None
+        return _Found(hit, entry, hit.info.size)
+
+    def _lookup(self, key: bytes, request: Request) -> tuple[_Found | None, bytes]:
+        """The first store's usable entry for ``request`` (the object's, or the Vary variant it
+        selects), and the key a miss fills (the variant's key when another variant is stored)."""
+        fill = key
         for store in self.stores:
-            hit = store.get(key)
-            if hit is None:
+            found = self._get(store, key)
+            if found is None:
                 continue
-            stored = decode_meta(hit.info.meta)
-            if stored is None or not rules.vary_matches(request, stored):
-                hit.close()
-                continue
-            if self.purges is not None and self.purges.purged(dist, key, stored):
-                hit.close()
-                self.purges.forget(key)  # from every tier: none of them may serve it
-                return None
-            return hit, stored, hit.info.size
-        return None
+            stored = found.entry.stored
+            if not stored.vary_key or vary_matches(request, stored):
+                return found, key
+            found.hit.close()
+            fill = variant_key_for(key, request, stored)
+            variant = self._get(store, fill)
+            if variant is not None:
+                if vary_matches(request, variant.entry.stored):
+                    return variant, fill
+                variant.hit.close()
+        return None, fill
+
+    def _remove(self, key: bytes) -> None:
+        for store in self.stores:
+            store.remove(store_key(key))
 
     # --- hits --------------------------------------------------------------------------------
 
     def _headers(self, stored: StoredResponse, *, age: float, result: str, upstream_timing: str = "",
-                 started: float | None = None, hit_dist: str | None = None) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in stored.headers if k not in _OWN_FIELDS and k != "via"]
+                 started: float | None = None, hit_key: bytes | None = None) -> list[tuple[str, str]]:
+        out = [h for h in served_headers(stored, age) if h[0] not in _OWN_FIELDS]
         via = ", ".join(v for k, v in stored.headers if k == "via")
         out.append(("via", f"{via}, {self.via}" if via else self.via))
-        out.append(("age", str(int(age))))
         out.append(("x-cache", f"{result} from {self.node.id}"))
         timing = f'edge;desc="{result} from {self.node.id}"'
         if started is not None:
             timing += f";dur={(time.perf_counter() - started) * 1000:.1f}"
         out.append(("server-timing", timing + (f", {upstream_timing}" if upstream_timing else "")))
         if self.purges is not None:
-            out = self.purges.outgoing(out, stored, hit_dist)
+            out = self.purges.outgoing(out, stored, hit_key)
         return out
 
-    def _from_hit(self, request: Request, hit: Any, stored: StoredResponse, size: int, now: float,
-                  result: str) -> Response:
-        headers = self._headers(stored, age=rules.current_age(stored, now), result=result,
-                                hit_dist=self.distribution(request).name if self.purges is not None else None)
-        if rules.not_modified(request, stored):
+    def _planned(self, request: Request, stored: StoredResponse, headers: list[tuple[str, str]]) -> Any:
+        """``headers`` completed by the Range plan for ``request`` (a 304 for the client's own
+        matching conditional: then None)."""
+        if not_modified(request.headers, stored):
+            return None
+        plan = plan_range(request.method, request.headers, stored, boundary=self.boundary())
+        names = {k for k, _ in plan.headers}
+        headers[:] = [h for h in headers if h[0] not in names] + list(plan.headers)
+        return plan
+
+    def _not_modified(self, headers: list[tuple[str, str]]) -> Response:
+        return Response(304, [h for h in headers if h[0] not in ("content-type", "content-encoding")], b"")
+
+    def _from_hit(self, request: Request, found: _Found, age: float, result: str) -> Response:
+        hit, stored = found.hit, found.entry.stored
+        if stored.body_size != found.size:  # a length-less upstream body: the store counted it
+            stored = dataclasses.replace(stored, body_size=found.size)
+        headers = self._headers(stored, age=age, result=result, hit_key=found.entry.key)
+        plan = self._planned(request, stored, headers)
+        if plan is None:
             hit.close()
-            return Response(304, [(k, v) for k, v in headers if k not in ("content-type", "content-encoding")], b"")
-        status, start, length = stored.status, 0, size
-        if stored.status == 200:
-            wanted = rules.range_for(request, stored, size)
-            if wanted is rules.UNSATISFIABLE:
-                hit.close()
-                return Response(416, [("content-range", f"bytes */{size}"), ("content-length", "0"),
-                                      ("x-cache", f"{result} from {self.node.id}"), ("via", self.via)], b"")
-            if wanted is not None:
-                start, end = wanted
-                status, length = 206, end - start + 1
-                headers.append(("content-range", f"bytes {start}-{end}/{size}"))
-        headers.append(("content-length", str(length)))
-        if request.method == "HEAD":
+            return self._not_modified(headers)
+        if request.method == "HEAD" or plan.status == 416 or not plan.parts:
             hit.close()
-            return Response(status, headers, b"")
-        return Response(status, headers, self._hit_body(hit, start, length, size))
+            return Response(plan.status, headers, b"")
+        if len(plan.parts) == 1:
+            start, length = plan.parts[0]
+            return Response(plan.status, headers, self._hit_body(hit, start, length, found.size))
+        return Response(plan.status, headers, self._multipart(hit, plan.parts))
 
     def _hit_body(self, hit: Any, start: int, length: int, size: int) -> Any:
         data = hit.data
@@ -291,7 +411,20 @@ class EdgeApp:
             file = hit.file_body()
             if file is not None:
                 return FileBody(path=file.path, fd=file.fd, offset=file.offset + start, length=length)
-        return _slice(hit.chunks(), start, length, hit.close)
+        return _window(hit.chunks(), start, length, hit.close)
+
+    async def _multipart(self, hit: Any, parts: Sequence[Any]) -> AsyncIterator[bytes]:
+        try:
+            for part in parts:
+                if isinstance(part, bytes):
+                    yield part
+                elif hit.data is not None:
+                    yield hit.data[part[0]:part[0] + part[1]]
+                else:
+                    async for chunk in hit.chunks(part[0], part[1]):
+                        yield chunk
+        finally:
+            hit.close()
 
     # --- misses and revalidations ------------------------------------------------------------
 
@@ -303,29 +436,42 @@ class EdgeApp:
             self.metrics.collapsed.labels(self.node.tier).inc()
         return flight, leader
 
-    async def _via_flight(self, ctx: _Context, now: float) -> tuple[Response, str]:
+    def _stale_answer(self, ctx: _Context) -> tuple[Response, str] | None:
+        """The stored response instead of an upstream failure, if stale-if-error allows it."""
+        now = self.clock.time()
+        if ctx.stale is None or not stale_if_error_allowed(ctx.stale, now, ctx.behaviour):
+            return None
+        found, _ = self._lookup(ctx.key, ctx.request)
+        if found is None:
+            return None
+        self.counts["stale"] += 1
+        return self._from_hit(ctx.request, found, current_age(found.entry.stored, now), "StaleHit"), "StaleHit"
+
+    async def _via_flight(self, ctx: _Context) -> tuple[Response, str]:
         started = time.perf_counter()
-        flight, _ = self._start_flight(ctx)
+        flight, leader = self._start_flight(ctx)
         try:
             head = await flight.wait_head()
         except UpstreamError:
-            if ctx.stale is not None and rules.stale_if_error_ok(ctx.stale, self.clock.time(), ctx.behaviour):
-                found = self._lookup(ctx.key, ctx.request, ctx.dist.name)
-                if found is not None:
-                    self.counts["stale"] += 1
-                    hit, stored, size = found
-                    return self._from_hit(ctx.request, hit, stored, size, self.clock.time(), "StaleHit"), "StaleHit"
+            answer = self._stale_answer(ctx)
+            if answer is not None:
+                return answer
             raise
-        kind, stored, timing = head.extra
+        kind, stored, timing, _ = head.extra
         if kind == "refreshed":
-            found = self._lookup(ctx.key, ctx.request, ctx.dist.name)
+            found, _ = self._lookup(ctx.key, ctx.request)
             if found is not None:
                 self.counts["refresh_hits"] += 1
-                hit, stored, size = found
-                return self._from_hit(ctx.request, hit, stored, size, self.clock.time(), "RefreshHit"), "RefreshHit"
+                return self._from_hit(ctx.request, found, current_age(found.entry.stored, self.clock.time()),
+                                      "RefreshHit"), "RefreshHit"
             raise UpstreamUnavailable("the refreshed entry is gone from the store")
+        if not leader and stored.vary_key and not vary_matches(ctx.request, stored):
+            # Collapsed onto a fetch for another variant: this request's variant is fetched
+            # (and stored) under its own key.
+            return await self._via_flight(dataclasses.replace(
+                ctx, key=variant_key_for(ctx.key, ctx.request, stored), stale=None))
         self.counts["misses"] += 1
-        headers = self._headers(stored, age=rules.current_age(stored, self.clock.time()), result="Miss",
+        headers = self._headers(stored, age=current_age(stored, self.clock.time()), result="Miss",
                                 upstream_timing=timing, started=started)
         if head.content_length is not None:
             headers.append(("content-length", str(head.content_length)))
@@ -339,12 +485,12 @@ class EdgeApp:
         store = self.stores[-1]
 
         async def read_from(offset: int) -> AsyncIterator[bytes]:
-            hit = store.get(key)
+            hit = store.get(store_key(key))
             if hit is None:
-                hit = await store.wait_filling(key, timeout=self.node.read_timeout_s)
+                hit = await store.wait_filling(store_key(key), timeout=self.node.read_timeout_s)
             if hit is None:
                 raise CollapsedFetchFailed("the shared response left the store before it was read")
-            async for chunk in _slice(hit.chunks(), offset, None, hit.close):
+            async for chunk in _window(hit.chunks(), offset, None, hit.close):
                 yield chunk
         return read_from
 
@@ -367,11 +513,14 @@ class EdgeApp:
         """The flight's one upstream fetch: into the stores and to every waiter."""
         claim = None
         if self.disk is not None and ctx.stale is None:
-            claim = self.disk.claim(ctx.key)
+            claim = self.disk.claim(store_key(ctx.key))
             if claim is None and await self._follow_peer(flight, ctx):
                 return
         try:
-            await self._fetch_upstream(flight, ctx, claim)
+            if ctx.slice is not None:
+                await self._fetch_slice(flight, ctx, claim)
+            else:
+                await self._fetch_whole(flight, ctx, claim)
         finally:
             if claim is not None:
                 claim.release()
@@ -379,17 +528,26 @@ class EdgeApp:
     async def _follow_peer(self, flight: Flight, ctx: _Context) -> bool:
         """Another worker process is fetching the key: share its growing entry. False when it
         gave up (or its response is not being stored): then this worker fetches itself."""
-        hit = await self.disk.wait_filling(ctx.key, timeout=self.node.read_timeout_s)
+        hit = await self.disk.wait_filling(store_key(ctx.key), timeout=self.node.read_timeout_s)
         if hit is None:
             return False
-        stored = decode_meta(hit.info.meta)
-        if stored is None:
+        entry = decode_entry(hit.info.meta)
+        whole = None
+        if ctx.slice is not None:
+            object_entry = self._get(self.disk, ctx.object_key)
+            if object_entry is not None:
+                object_entry.hit.close()
+                whole = object_entry.entry.stored if object_entry.entry.slice_size else None
+        if entry is None or entry.key != ctx.key or (ctx.slice is not None and whole is None):
             hit.close()
             return False
         self.metrics.collapsed.labels(self.node.tier).inc()
+        stored = entry.stored
+        extra = ("slice", whole, "", ctx.slice * ctx.behaviour.slice_size) if ctx.slice is not None \
+            else ("fetched", stored, "", 0)
         flight.publish_head(FlightHead(status=stored.status, headers=stored.headers,
-                                       content_length=rules.declared_length(stored), stored=True,
-                                       extra=("fetched", stored, "")))
+                                       content_length=_declared_length(stored.headers), stored=True,
+                                       extra=extra))
         try:
             async for chunk in hit.chunks():
                 flight.feed(chunk)
@@ -398,96 +556,145 @@ class EdgeApp:
         flight.finish()
         return True
 
-    async def _fetch_upstream(self, flight: Flight, ctx: _Context, claim: Any) -> None:
-        purges = self.purges
-        origin_seq = purges.origin_seq(ctx.dist.name) if purges is not None else None  # before the request
+    def _request_headers(self, ctx: _Context) -> list[tuple[str, str]]:
+        request = ctx.request
+        headers = forwarded_headers(request, ctx.behaviour)
+        client = request.client[0] if request.client else None
+        if client is not None:
+            # Only a POP's client is the viewer; behind it, the chain so far (from our own tiers).
+            chain = request.headers.get("x-forwarded-for") if self.node.tier != "pop" else None
+            headers.append(("x-forwarded-for", f"{chain}, {client}" if chain else client))
+        headers.append(("via", ", ".join(request.headers.get_all("via") + [self.via])))
+        if self.purges is not None:
+            headers += self.purges.upstream_headers(ctx.dist.name)
+        return headers
+
+    def _writers(self, key: bytes, meta: bytes, claim: Any) -> list[Any]:
+        writers = []
+        for store in self.stores:
+            try:
+                writers.append(store.begin(store_key(key), meta, claim=claim if store is self.disk else None))
+            except Exception as e:  # a store that declines (too large, busy) is skipped
+                log.info("%s: store %s declined %r: %s", self.node.id, type(store).__name__, key, e)
+        return writers
+
+    async def _stream(self, flight: Flight, response: UpstreamResponse, writers: list[Any],
+                      skip: int = 0, take: int | None = None) -> None:
+        """The response body (``take`` bytes from ``skip``; None: to its end) into ``writers`` and
+        to the flight's waiters; the writers commit only if all of it arrived."""
+        try:
+            async for chunk in _window(response.chunks(), skip, take, lambda: None):
+                for w in list(writers):
+                    try:
+                        w.write(chunk)
+                    except Exception as e:  # EntryTooLarge: this tier will not keep it
+                        log.info("%s: store stopped writing %r: %s", self.node.id, flight.key, e)
+                        writers.remove(w)
+                flight.feed(chunk)
+        except BaseException as e:
+            for w in writers:
+                w.abort()
+            if isinstance(e, UpstreamError):
+                self.metrics.not_stored.labels(self.node.tier, "broken_body").inc()
+                self.metrics.upstream_errors.labels(self.node.tier, type(e).__name__).inc()
+            raise
+        for w in writers:
+            w.commit()
+        flight.finish()
+
+    def _kept(self, response: UpstreamResponse) -> list[tuple[str, str]]:
+        kept = [(k, v) for k, v in response.headers if k not in ("x-cache", "server-timing")]
+        if self.purges is not None:  # hw-purge-seq: the purges this response is known to reflect
+            kept = self.purges.stamp(kept, getattr(response, "origin_seq", None))
+        return kept
+
+    async def _fetch_whole(self, flight: Flight, ctx: _Context, claim: Any) -> None:
         request_time = self.clock.time()
-        headers = rules.forward_headers(ctx.request, ctx.behaviour)
-        headers.append(("via", ", ".join(ctx.request.headers.get_all("via") + [self.via])))
-        if purges is not None:
-            headers += purges.upstream_headers(ctx.dist.name)
-        if ctx.stale is not None:
-            headers += rules.conditional_headers(ctx.stale)
-        response = await self._send(ctx, headers)
+        headers = self._request_headers(ctx)
+        stale = ctx.stale
+        if stale is not None:
+            headers += conditional_headers(stale)
+        response = await self._send(ctx, "GET", headers)
         try:
             response_time = self.clock.time()
             timing = response.header("server-timing") or ""
-            kept = [(k, v) for k, v in response.headers if k not in ("x-cache", "server-timing")]
-            if purges is not None:
-                kept = purges.stamp(kept, origin_seq)
-            if response.status == 304 and ctx.stale is not None:
-                merged = rules.merge_304(ctx.stale, kept, request_time, response_time)
-                meta = encode_meta(merged)
+            kept = self._kept(response)
+            if response.status == 304 and stale is not None:
+                if not validates(stale, kept):
+                    # A 304 for another representation: fetch it whole instead.
+                    await response.aclose()
+                    ctx.stale = None
+                    self._remove(ctx.key)
+                    await self._fetch_whole(flight, ctx, claim)
+                    return
+                merged = merge_304(stale, kept, request_time=request_time, response_time=response_time)
+                meta = encode_meta(merged, ctx.key)
                 for store in self.stores:
-                    store.update_meta(ctx.key, meta)
+                    store.update_meta(store_key(ctx.key), meta)
                 flight.publish_head(FlightHead(status=200, headers=merged.headers, content_length=None,
-                                               stored=True, extra=("refreshed", merged, timing)))
+                                               stored=True, extra=("refreshed", merged, timing, 0)))
                 flight.finish()
                 return
-            if response.status >= 500 and ctx.stale is not None:
-                # An error instead of the revalidation: the waiters may serve the stale copy.
+            if response.status >= 500 and stale is not None and stale_if_error_allowed(
+                    stale, response_time, ctx.behaviour):
+                # An error instead of the revalidation: the waiters serve the stale copy.
                 raise UpstreamUnavailable(f"{response.source} answered {response.status}")
-            stored = rules.stored_from(ctx.request, response.status, kept, request_time=request_time,
-                                       response_time=response_time, body_size=response.content_length or 0)
-            why_not = rules.why_not_storable(ctx.request, stored, ctx.behaviour)
-            if why_not is None and purges is not None and not purges.storable_tags(kept):
-                why_not = "surrogate_key"
-            writers = []
-            if why_not is None:
-                meta = encode_meta(stored)
-                for store in self.stores:
-                    try:
-                        writers.append(store.begin(ctx.key, meta, claim=claim if store is self.disk else None))
-                    except Exception as e:  # a store that declines (too large, busy) is skipped
-                        log.info("%s: store %s declined %r: %s", self.node.id, type(store).__name__, ctx.key, e)
-            else:
-                self.metrics.not_stored.labels(self.node.tier, why_not).inc()
-                if ctx.stale is not None:  # the new answer replaces the old one: drop what is stored
-                    for store in self.stores:
-                        store.remove(ctx.key)
-            flight.publish_head(FlightHead(status=response.status, headers=stored.headers,
-                                           content_length=response.content_length, stored=bool(writers),
-                                           extra=("fetched", stored, timing)))
-            try:
-                async for chunk in response.chunks():
-                    for w in list(writers):
-                        try:
-                            w.write(chunk)
-                        except Exception as e:  # EntryTooLarge: this tier will not keep it
-                            log.info("%s: store stopped writing %r: %s", self.node.id, ctx.key, e)
-                            writers.remove(w)
-                    flight.feed(chunk)
-            except BaseException as e:
-                for w in writers:
-                    w.abort()
-                if isinstance(e, UpstreamError):
-                    self.metrics.not_stored.labels(self.node.tier, "broken_body").inc()
-                    self.metrics.upstream_errors.labels(self.node.tier, type(e).__name__).inc()
-                raise
-            for w in writers:
-                w.commit()
-            flight.finish()
+            writers = self._publish_and_store(flight, ctx, response, kept, request_time, response_time, timing,
+                                              claim)
+            await self._stream(flight, response, writers)
         finally:
             await response.aclose()
 
-    async def _send(self, ctx: _Context, headers: list[tuple[str, str]]) -> UpstreamResponse:
+    def _publish_and_store(self, flight: Flight, ctx: _Context, response: UpstreamResponse,
+                           kept: list[tuple[str, str]], request_time: float, response_time: float, timing: str,
+                           claim: Any, *, status: int | None = None, key: bytes | None = None,
+                           length: int | None = None) -> list[Any]:
+        """Decide whether the response is stored (under ``key``, default ``ctx.key``), publish
+        the head to the waiters, and return the stores' writers (none: not stored)."""
+        status = response.status if status is None else status
+        length = response.content_length if length is None else length
+        key = ctx.key if key is None else key
+        as_get = _as_get(ctx.request)
+        stored = stored_response(as_get, status, kept, request_time=request_time, response_time=response_time,
+                                 body_size=length or 0)
+        writers: list[Any] = []
+        if storable(as_get, stored, ctx.behaviour) and (self.purges is None or self.purges.storable_tags(kept)):
+            stored = strip_for_storage(stored)
+            writers = self._writers(key, encode_meta(stored, key), claim)
+        else:
+            self.metrics.not_stored.labels(self.node.tier, "not_storable").inc()
+            if ctx.stale is not None and status < 500:  # the new answer replaces the old one
+                self._remove(key)
+        flight.publish_head(FlightHead(status=status, headers=stored.headers, content_length=length,
+                                       stored=bool(writers), extra=("fetched", stored, timing, 0)))
+        return writers
+
+    async def _send(self, ctx: _Context, method: str, headers: list[tuple[str, str]],
+                    content: Any = None) -> UpstreamResponse:
         """The request to the next tier (trying the key's next preference when one is down) or,
         at the top, to the distribution's origin group."""
         request = ctx.request
+        target = upstream_target(request, ctx.behaviour)
         if self.next_tier is None:
             self.metrics.fetches.labels(self.node.tier, "origin").inc()
+            path, _, query = target.partition("?")
+            # Taken before the request is sent: the purges its answer is known to reflect.
+            origin_seq = self.purges.origin_seq(ctx.dist.name) if self.purges is not None else None
             try:
-                return await self.origins[ctx.dist.name].fetch("GET", request.path, request.query, headers)
+                response = await self.origins[ctx.dist.name].fetch(method, path, query, headers, content=content)
+                response.origin_seq = origin_seq  # read by _kept
+                return response
             except UpstreamError as e:
                 self.metrics.upstream_errors.labels(self.node.tier, type(e).__name__).inc()
                 raise
         host = request.host or request.headers.get("host") or ctx.dist.name
         last: UpstreamError | None = None
-        for upstream in self.next_tier.order(ctx.key)[:2]:
-            url = f"http://{upstream.host}:{upstream.port}{request.path}" + (f"?{request.query}" if request.query else "")
+        for upstream in self.next_tier.order(ctx.object_key or ctx.key)[:2 if content is None else 1]:
+            url = f"http://{upstream.host}:{upstream.port}{target}"
             self.metrics.fetches.labels(self.node.tier, upstream.id).inc()
             try:
-                response = await self.upstream.fetch("GET", url, [("host", host)] + headers, source=upstream.id)
+                response = await self.upstream.fetch(method, url, [("host", host)] + headers, source=upstream.id,
+                                                     content=content)
             except UpstreamError as e:
                 self.metrics.upstream_errors.labels(self.node.tier, type(e).__name__).inc()
                 if self.next_tier.failed(upstream.id):
@@ -501,6 +708,209 @@ class EdgeApp:
             return response
         assert last is not None
         raise last
+
+    # --- large objects: slices -----------------------------------------------------------------
+
+    def _first_slice(self, request: Request, slice_size: int) -> int:
+        """The slice a miss fetches first: the one holding the client's first wanted byte."""
+        raw = request.headers.get("range")
+        specs = parse_range_header(raw) if raw is not None and request.method == "GET" else None
+        if specs:
+            starts = [a for a, _ in specs if a is not None]
+            if starts and len(starts) == len(specs):  # (a suffix range needs the size first)
+                return min(starts) // slice_size
+        return 0
+
+    async def _sliced_miss(self, ctx: _Context, now: float) -> tuple[Response, str]:
+        """A miss under a slicing behaviour: fetch the first needed slice, which tells the size."""
+        started = time.perf_counter()
+        index = self._first_slice(ctx.request, ctx.behaviour.slice_size)
+        sctx = dataclasses.replace(ctx, key=slice_key(ctx.key, index), slice=index, object_key=ctx.key,
+                                   whole=None, validator=None, stale=None)
+        flight, _ = self._start_flight(sctx)
+        head = await flight.wait_head()
+        kind, stored, timing, base = head.extra
+        self.counts["misses"] += 1
+        if kind == "slice":
+            return self._sliced_response(ctx, stored, current_age(stored, self.clock.time()), "Miss", timing,
+                                         started), "Miss"
+        # The object came whole (it fits in one slice, or the upstream ignored Range).
+        headers = self._headers(stored, age=current_age(stored, self.clock.time()), result="Miss",
+                                upstream_timing=timing, started=started)
+        if head.content_length is not None:
+            headers.append(("content-length", str(head.content_length)))
+        if ctx.request.method == "HEAD":
+            return Response(head.status, headers, b""), "Miss"
+        fallback = self._fallback(ctx.key) if head.stored and self.stores else None
+        return Response(head.status, headers, flight.follow(fallback)), "Miss"
+
+    def _sliced_response(self, ctx: _Context, whole: StoredResponse, age: float, result: str,
+                         timing: str = "", started: float | None = None) -> Response:
+        headers = self._headers(whole, age=age, result=result, upstream_timing=timing, started=started)
+        plan = self._planned(ctx.request, whole, headers)
+        if plan is None:
+            return self._not_modified(headers)
+        if ctx.request.method == "HEAD" or plan.status == 416 or not plan.parts:
+            return Response(plan.status, headers, b"")
+        return Response(plan.status, headers, self._sliced_body(ctx, whole, plan.parts))
+
+    async def _sliced_body(self, ctx: _Context, whole: StoredResponse, parts: Sequence[Any]) -> AsyncIterator[bytes]:
+        size = ctx.behaviour.slice_size
+        for part in parts:
+            if isinstance(part, bytes):
+                yield part
+                continue
+            start, length = part
+            for piece in pieces(start, start + length - 1, size):
+                async for chunk in self._slice_data(ctx, whole, piece.index, piece.offset, piece.length):
+                    yield chunk
+
+    async def _slice_data(self, ctx: _Context, whole: StoredResponse, index: int, offset: int,
+                          length: int) -> AsyncIterator[bytes]:
+        """``length`` bytes from ``offset`` of slice ``index``: from a fetch of it in progress here,
+        else from the stores, else fetched (the fetch joins any concurrent one)."""
+        key = slice_key(ctx.key, index)
+        flight = self.collapser.flights.get(key)
+        if flight is None or flight.done:
+            for store in self.stores:
+                found = self._get(store, key)
+                if found is None:
+                    continue
+                if same_representation(found.entry.stored.headers, whole.headers):
+                    async for chunk in self._slice_hit(found, offset, length):
+                        yield chunk
+                    return
+                found.hit.close()
+            sctx = dataclasses.replace(ctx, key=key, slice=index, object_key=ctx.key, whole=whole,
+                                       validator=_validator(whole), stale=None)
+            flight, _ = self._start_flight(sctx)
+        head = await flight.wait_head()
+        kind, _, _, base = head.extra
+        skip = index * ctx.behaviour.slice_size + offset - base
+        if head.status not in (200, 206) or skip < 0:
+            raise CollapsedFetchFailed(f"slice {index} could not be fetched (status {head.status})")
+        fallback = self._fallback(key) if head.stored and kind == "slice" else None
+        async for chunk in _window(flight.follow(fallback), skip, length, lambda: None):
+            yield chunk
+
+    async def _slice_hit(self, found: _Found, offset: int, length: int) -> AsyncIterator[bytes]:
+        hit = found.hit
+        if offset + length > found.size:
+            hit.close()
+            raise CollapsedFetchFailed("a stored slice is shorter than the object's record says")
+        if hit.data is not None:
+            hit.close()
+            yield hit.data[offset:offset + length]
+            return
+        try:
+            async for chunk in hit.chunks(offset, length):
+                yield chunk
+        finally:
+            hit.close()
+
+    async def _fetch_slice(self, flight: Flight, ctx: _Context, claim: Any) -> None:
+        """One slice's fetch (``Range`` upstream). The first fetch of an object (``ctx.whole``
+        None) finds its size: an object that fits one slice, or that the upstream sends whole,
+        is stored whole under the object's key; a larger one gets its record (empty body) under
+        the object's key and this slice under the slice's key."""
+        assert ctx.slice is not None
+        size, index = ctx.behaviour.slice_size, ctx.slice
+        request_time = self.clock.time()
+        headers = self._request_headers(ctx) + list(slice_request_headers(index, size, validator=ctx.validator))
+        response = await self._send(ctx, "GET", headers)
+        try:
+            response_time = self.clock.time()
+            timing = response.header("server-timing") or ""
+            kept = self._kept(response)
+            if response.status not in (200, 206):
+                # Not a slice (416 past the end, 404, 5xx ...): the waiters get it as it is, unstored.
+                stored = stored_response(_as_get(ctx.request), response.status, kept, request_time=request_time,
+                                         response_time=response_time, body_size=response.content_length or 0)
+                flight.publish_head(FlightHead(status=response.status, headers=stored.headers,
+                                               content_length=response.content_length, stored=False,
+                                               extra=("fetched", stored, timing, 0)))
+                await self._stream(flight, response, [])
+                return
+            try:
+                got = read_slice_response(response.status, kept, index, size)
+            except SliceError as e:
+                raise UpstreamBroken(f"{response.source}: {e}") from None
+            first = ctx.whole is None
+            if not first and not same_representation(kept, ctx.whole.headers):  # type: ignore[union-attr]
+                # The object changed under its slices: drop its record, the next request refetches.
+                self._remove(ctx.object_key)
+                raise UpstreamBroken(f"{response.source}: the object changed while it was fetched in slices")
+            if first and (got.whole or got.total <= size):
+                whole_fields = kept if got.whole else list(whole_headers(kept, got.total))
+                writers = self._publish_and_store(flight, ctx, response, whole_fields, request_time, response_time,
+                                                  timing, None, status=200, key=ctx.object_key, length=got.total)
+                await self._stream(flight, response, writers)
+                return
+            if got.whole:
+                # The upstream ignores Range: keep only this slice's bytes of the whole body.
+                skip, take = index * size, min(size, got.total - index * size)
+                slice_fields = list(whole_headers(kept, got.total))
+            else:
+                skip, take = 0, got.length
+                slice_fields = kept
+            whole = ctx.whole
+            as_get = _as_get(ctx.request)
+            if whole is None:
+                whole = stored_response(as_get, 200, whole_headers(kept, got.total), request_time=request_time,
+                                        response_time=response_time, body_size=got.total)
+                if storable(as_get, whole, ctx.behaviour):
+                    whole = strip_for_storage(whole)
+                    for w in self._writers(ctx.object_key, encode_meta(whole, ctx.object_key, size), None):
+                        w.commit()
+            piece = stored_response(as_get, 206, slice_fields, request_time=request_time,
+                                    response_time=response_time, body_size=take)
+            writers = []
+            if storable(as_get, whole, ctx.behaviour):
+                writers = self._writers(ctx.key, encode_meta(piece, ctx.key), claim)
+            flight.publish_head(FlightHead(status=206, headers=piece.headers, content_length=take,
+                                           stored=bool(writers), extra=("slice", whole, timing, index * size)))
+            await self._stream(flight, response, writers, skip, take if got.whole else None)
+        finally:
+            await response.aclose()
+
+    # --- other methods -----------------------------------------------------------------------
+
+    async def _pass(self, request: Request, dist: Distribution, behaviour: Behaviour) -> tuple[Response, str]:
+        """An uncached request passed through as it is; a successful unsafe one invalidates the
+        URIs it changed in this tier's stores."""
+        started = time.perf_counter()
+        ctx = _Context(request, dist, behaviour, cache_key(request, behaviour, distribution=dist.name))
+        headers = self._request_headers(ctx)
+        for name in _PASS_FIELDS:
+            headers += [(name, v) for v in request.headers.get_all(name)]
+        # (An HTTP/2 body has no declared length: only a declared 0 means there is none.)
+        has_body = request.method not in _SAFE and request.body.content_length != 0
+        content = _body(request) if has_body else None
+        response = await self._send(ctx, request.method, headers, content)
+        host = request.host or request.headers.get("host") or ""
+        for path in invalidation_paths(request.method, response.status, request.path, response.headers,
+                                       scheme=request.scheme, authority=host):
+            self._invalidate(key_prefix(dist.name, path))
+        timing = response.header("server-timing") or ""
+        out = [h for h in self._kept(response) if h[0] not in _OWN_FIELDS]
+        if self.purges is not None:
+            out = self.purges.outgoing(out, None, None)
+        out.append(("via", self.via))
+        out.append(("x-cache", f"Miss from {self.node.id}"))
+        out.append(("server-timing", f'edge;desc="Pass from {self.node.id}";dur='
+                    f'{(time.perf_counter() - started) * 1000:.1f}' + (f", {timing}" if timing else "")))
+        if response.content_length is not None:
+            out.append(("content-length", str(response.content_length)))
+        if request.method == "HEAD":
+            await response.aclose()
+            return Response(response.status, out, b""), "Pass"
+        return Response(response.status, out, _closing(response)), "Pass"
+
+    def _invalidate(self, prefix: bytes) -> None:
+        for store in self.stores:
+            for k in store.keys_matching(lambda k, meta: readable_key(k, meta).startswith(prefix)):
+                if store.remove(k):
+                    self.metrics.invalidated.labels(self.node.tier).inc()
 
     # --- what /healthz shows -----------------------------------------------------------------
 
@@ -517,17 +927,35 @@ class EdgeApp:
             except Exception:
                 pass
         doc["cached_bytes"] = cached
+        if self.front_door is not None:
+            stats = self.front_door.guard.statistics()
+            doc["refused_by_reason"] = dict(stats.rejected)
         if self.purges is not None:
             doc.update(self.purges.health())
         return doc
 
 
-async def _slice(chunks: AsyncIterator[bytes], start: int, length: int | None,
-                 close: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.body:
+        yield chunk
+
+
+async def _closing(response: UpstreamResponse) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.chunks():
+            yield chunk
+    finally:
+        await response.aclose()
+
+
+async def _window(chunks: AsyncIterator[bytes], start: int, length: int | None,
+                  close: Callable[[], None]) -> AsyncIterator[bytes]:
     """``length`` bytes (None: all) of ``chunks`` from ``start``; ``close`` once done."""
     pos = 0
     end = None if length is None else start + length
     try:
+        if end is not None and end <= start:
+            return
         async for chunk in chunks:
             lo, hi = pos, pos + len(chunk)
             pos = hi

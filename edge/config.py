@@ -15,8 +15,15 @@ the shield; with no shield either, to the origin).
 
 A ``[[distributions]]`` entry is one CloudFront-like distribution: the hostnames it answers for,
 its origin (``http(s)://host:port/prefix`` or ``s3://bucket/prefix``, the object store's S3
-gateway of this cluster, fetched with SigV4), an optional secondary origin for failover, and its
-cache behaviours (read by edge-cache's reader when it is there, kept as read otherwise).
+gateway of this cluster, fetched with SigV4), an optional secondary origin for failover, its
+cache behaviours (``[[distributions.behaviours]]``, each read by edge-cache's
+:func:`~headwater.edge.cache.read_behaviour`), and who may fetch: ``trusted_keys`` (ids of
+``[[cdn.keys]]``: requests need a CloudFront signed URL or signed cookies made with one of them)
+and ``allowed_methods`` (GET and HEAD by default; others are passed through to the origin, never
+cached, and invalidate what they change). A behaviour may set both for its paths.
+
+``[cdn]`` holds what every POP enforces: ``[[cdn.keys]]`` (:mod:`.signedurl`),
+``[cdn.client_limits]`` and ``[[cdn.rules]]`` (:mod:`.limits`), ``[cdn.purge]`` (:mod:`.purge`).
 """
 
 from __future__ import annotations
@@ -28,13 +35,18 @@ from urllib.parse import urlsplit
 
 from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
 
+from .cache import DEFAULT_BEHAVIOUR, Behaviour, read_behaviour
+from .limits import ClientLimits, Rule, read_client_limits, read_rules
 from .purge import PurgeConfig, read_purge_config
 from .signedurl import SigningKeys, read_signing_keys
 
-__all__ = ["TIERS", "EdgeConfig", "Origin", "Distribution", "CdnConfig", "read_edge", "read_distributions",
-           "read_origin", "read_cdn", "check_edge", "purge_home"]
+__all__ = ["TIERS", "METHODS", "SAFE_ONLY", "EdgeConfig", "Origin", "Route", "Distribution", "CdnConfig",
+           "read_edge", "read_distributions", "read_origin", "read_cdn", "check_edge", "purge_home"]
 
 TIERS = ("pop", "regional", "shield")
+# What ``allowed_methods`` may name (CloudFront's seven); GET and HEAD are always allowed.
+METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"})
+SAFE_ONLY = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,8 +93,8 @@ class EdgeConfig:
 
     @property
     def needs_cluster_secret(self) -> bool:
-        """Invalidations and the purge feed between tiers are signed with it (:mod:`.adminauth`):
-        ``headwater up`` makes it, ``headwater node`` refuses to start without it."""
+        """Always: invalidations and the purge feed between tiers are signed with it
+        (:mod:`.adminauth`); and with ``tls_cert = "auto"`` the local CA's key is sealed under it."""
         return True
 
 
@@ -109,17 +121,56 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One cache behaviour as the request path uses it: edge-cache's :class:`Behaviour` (TTLs,
+    key and forward policies, slices) plus who may use it. ``trusted_keys`` None: the
+    distribution's; () : no signature needed."""
+
+    cache: Behaviour = DEFAULT_BEHAVIOUR
+    trusted_keys: tuple[str, ...] | None = None
+    allowed_methods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Distribution:
-    """One distribution: what it answers for and where its objects come from."""
+    """One distribution: what it answers for, where its objects come from, and its behaviours."""
 
     name: str
     hostnames: tuple[str, ...] = ()
     origin: Origin
     secondary: Origin | None = None
-    # Each behaviour as edge-cache's reader made it (or the raw table when that is absent).
-    behaviours: tuple[Any, ...] = ()
+    # In order, first match wins; then ``default_route`` (the behaviour whose pattern is "*").
+    behaviours: tuple[Route, ...] = ()
+    default_route: Route = Route()
+    # Key-pair ids of [[cdn.keys]]: empty = public.
+    trusted_keys: tuple[str, ...] = ()
+    allowed_methods: frozenset[str] = SAFE_ONLY
     # How long the shield waits on the origin before it fails over (connect, head, each read).
     origin_timeout_s: float = 10.0
+
+    def route(self, path: str) -> Route:
+        """The behaviour ``path`` falls under (CloudFront: the first matching pattern)."""
+        for route in self.behaviours:
+            if route.cache.matches(path):
+                return route
+        return self.default_route
+
+    def keys_for(self, route: Route) -> tuple[str, ...]:
+        """The key-pair ids whose signatures ``route`` requires (empty: none)."""
+        return self.trusted_keys if route.trusted_keys is None else route.trusted_keys
+
+    def methods_for(self, route: Route) -> frozenset[str]:
+        return self.allowed_methods if route.allowed_methods is None else route.allowed_methods
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CdnConfig:
+    """``[cdn]``: the signing keys, the client limits and rules, and purge settings."""
+
+    keys: SigningKeys = SigningKeys()
+    client_limits: ClientLimits = ClientLimits()
+    rules: tuple[Rule, ...] = ()
+    purge: PurgeConfig = PurgeConfig()
 
 
 _EDGE_KEYS = {"id", "tier", "host", "port", "admin_port", "tls_port", "tls_cert", "tls_key", "workers",
@@ -152,7 +203,8 @@ def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
     tls_port = r.port(item, "tls_port", p, None) if "tls_port" in item else None
     cert, key = r.tls_files(item, p)
     if tls_port is not None and cert is None:
-        raise r.error(f"{p}.tls_port", "needs tls_cert and tls_key")
+        raise r.error(f"{p}.tls_port", 'needs tls_cert and tls_key (files, or both "auto" for a certificate '
+                      "from the cluster's local CA)")
     raw_dir = r.get(item, "cache_dir", p, str, "")
     if raw_dir:
         cache_dir = Path(raw_dir).expanduser()
@@ -214,22 +266,44 @@ def read_origin(r: Reader, item: Mapping[str, Any], key: str, p: str, *, require
                   port=port or (443 if parts.scheme == "https" else 80), path_prefix=prefix)
 
 
-def _read_behaviours(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Any, ...]:
+def _key_ids(r: Reader, item: Mapping[str, Any], p: str) -> tuple[str, ...]:
+    ids = r.get(item, "trusted_keys", p, list, [])
+    if not all(isinstance(k, str) and k for k in ids):
+        raise r.error(f"{p}.trusted_keys", "expected an array of [[cdn.keys]] ids")
+    return tuple(ids)
+
+
+def _methods(r: Reader, item: Mapping[str, Any], p: str) -> frozenset[str]:
+    methods = r.get(item, "allowed_methods", p, list, ["GET", "HEAD"])
+    if not all(isinstance(m, str) and m.upper() in METHODS for m in methods):
+        raise r.error(f"{p}.allowed_methods", f"expected names among {', '.join(sorted(METHODS))}")
+    return frozenset(m.upper() for m in methods) | SAFE_ONLY
+
+
+def _read_routes(r: Reader, item: Mapping[str, Any], p: str) -> tuple[tuple[Route, ...], Route]:
+    """``[[distributions.behaviours]]``: edge-cache's keys (``read_behaviour``) plus ours
+    (``trusted_keys``, ``allowed_methods``). A behaviour whose pattern is ``*`` is the default."""
     raw = item.get("behaviours", [])
     if not isinstance(raw, list) or not all(isinstance(b, dict) for b in raw):
         raise r.error(f"{p}.behaviours", "expected an array of tables ([[distributions.behaviours]])")
-    try:
-        from .cache import config as cache_config  # edge-cache's reader, when it is there
-    except ImportError:
-        return tuple(raw)
-    reader = getattr(cache_config, "read_behaviours", None)
-    if reader is None:
-        return tuple(raw)
-    return tuple(reader(r, raw, f"{p}.behaviours"))
+    routes: list[Route] = []
+    default = Route()
+    for i, table in enumerate(raw):
+        bp = f"{p}.behaviours[{i}]"
+        ours = {k: table[k] for k in ("trusted_keys", "allowed_methods") if k in table}
+        cache = read_behaviour(r, {k: v for k, v in table.items() if k not in ours}, bp)
+        route = Route(cache=cache,
+                      trusted_keys=_key_ids(r, ours, bp) if "trusted_keys" in ours else None,
+                      allowed_methods=_methods(r, ours, bp) if "allowed_methods" in ours else None)
+        if cache.path_pattern == "*":
+            default = route
+        else:
+            routes.append(route)
+    return tuple(routes), default
 
 
 _DIST_KEYS = {"name", "hostnames", "origin", "secondary_origin", "s3_endpoint", "s3_region", "access_key",
-              "secret_key", "behaviours", "origin_timeout_seconds"}
+              "secret_key", "behaviours", "origin_timeout_seconds", "trusted_keys", "allowed_methods"}
 
 
 def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
@@ -256,29 +330,24 @@ def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
             if h in seen_hosts:
                 raise r.error(f"{p}.hostnames", f"{h!r} is already distribution {seen_hosts[h]!r}'s")
             seen_hosts[h] = name
+        routes, default = _read_routes(r, item, p)
         out.append(Distribution(
             name=name, hostnames=tuple(hosts), origin=read_origin(r, item, "origin", p),  # type: ignore[arg-type]
             secondary=read_origin(r, item, "secondary_origin", p, required=False),
-            behaviours=_read_behaviours(r, item, p),
+            behaviours=routes, default_route=default, trusted_keys=_key_ids(r, item, p),
+            allowed_methods=_methods(r, item, p),
             origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, 10.0)))
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CdnConfig:
-    """``[cdn]``: what every distribution shares: the trusted key pairs (``[[cdn.keys]]``, for
-    signed URLs and cookies) and the invalidation log's bounds (``[cdn.purge]``)."""
-
-    keys: SigningKeys = field(default_factory=SigningKeys)
-    purge: PurgeConfig = field(default_factory=PurgeConfig)
-
-
 def read_cdn(r: Reader, value: Any) -> CdnConfig:
-    """The ``[cdn]`` table: ``keys`` (``[[cdn.keys]]``) and ``purge`` (``[cdn.purge]``)."""
+    """``[cdn]``: ``[[cdn.keys]]``, ``[cdn.client_limits]``, ``[[cdn.rules]]``, ``[cdn.purge]``."""
     if not isinstance(value, dict):
-        raise r.error("cdn", "expected a table")
-    r.check_keys(value, "cdn", {"keys", "purge"})
+        raise r.error("cdn", "expected a table ([cdn])")
+    r.check_keys(value, "cdn", {"keys", "client_limits", "rules", "purge"})
     return CdnConfig(keys=read_signing_keys(r, value.get("keys"), "cdn.keys"),
+                     client_limits=read_client_limits(r, value.get("client_limits"), "cdn.client_limits"),
+                     rules=read_rules(r, value.get("rules"), "cdn.rules"),
                      purge=read_purge_config(r, value.get("purge"), "cdn.purge"))
 
 
@@ -314,7 +383,14 @@ def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
     dists = getattr(cfg, "distributions", ()) or ()
     if edges and not dists:
         raise r.error("edge", "the edge serves distributions: add a [[distributions]] entry")
+    known = set(getattr(cfg, "cdn", CdnConfig()).keys.ids())
     for i, d in enumerate(dists):
+        for where, ids in [("trusted_keys", d.trusted_keys)] + [
+                (f"behaviours[{j}].trusted_keys", b.trusted_keys or ())
+                for j, b in enumerate(d.behaviours + (d.default_route,))]:
+            for k in ids:
+                if k not in known:
+                    raise r.error(f"distributions[{i}].{where}", f"no [[cdn.keys]] entry has id {k!r}")
         for key, o in (("origin", d.origin), ("secondary_origin", d.secondary)):
             if o is None or o.kind != "s3":
                 continue

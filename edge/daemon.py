@@ -5,7 +5,8 @@ its own; the disk tier is shared by the daemon's workers through edge-store's LM
 builds its upstream client and the router over the next tier, and serves:
 
 - the cache on ``port``: HTTP/1.1 and h2c (prior knowledge), every worker on one port with
-  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured;
+  SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured, with the
+  operator's files or, for ``"auto"``, the cluster's local CA's leaf (:mod:`headwater.localca`);
 - the admin endpoint on ``admin_port``: /healthz (tier, hits, misses, cached bytes, upstreams'
   state, ``load`` for the GeoDNS's health checks, purges applied) and /metrics, and the signed
   invalidation routes ``POST /_hw/invalidate`` and ``GET /_hw/purges`` (:mod:`.invalidation`,
@@ -24,21 +25,23 @@ import anyio
 from headwater.admin import ADMIN_LIMITS, admin_app, export_stats
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
-from headwater.http import serve, server_ssl_context
+from headwater.http import serve
+from headwater.localca import client_ssl_context, tls_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc.auth import cluster_secret
 
-from .app import EdgeApp
+from .access import FrontDoor
 from .adminauth import admin_key
-from .config import EdgeConfig
+from .app import EdgeApp
+from .config import CdnConfig, EdgeConfig
 from .invalidation import MAX_BODY_BYTES, Invalidation
-from .tiers import TierRouter, Upstream
-from .upstream import OriginFetcher, UpstreamClient
 from .store.disk import DiskSettings, DiskStore
 from .store.ram import RamStore
+from .tiers import TierRouter, Upstream
+from .upstream import OriginFetcher, UpstreamClient
 
-__all__ = ["run_edge", "next_tier", "open_stores"]
+__all__ = ["next_tier", "open_stores", "run_edge"]
 
 log = logging.getLogger("headwater.edge")
 
@@ -69,22 +72,32 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point)."""
     registry = Registry()
     add_process_metrics(registry)
+    # First: with tls_cert = "auto" this makes the local CA on a first start without `headwater up`,
+    # which the upstream client below then trusts.
+    tls = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None
     stores = open_stores(node, worker)
-    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s)
+    # An https origin signed by the cluster's local CA (the gateway with tls_cert = "auto") verifies.
+    upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s,
+                              verify=client_ssl_context(cluster))
     router = next_tier(cluster, node, clock)
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
     origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
         if router is None else {}
     access_log = get_logger(node.id)
+    # A POP's front door (client limits, rules, signed URLs); the other tiers' clients are POPs.
+    door = FrontDoor(getattr(cluster, "cdn", None) or CdnConfig(), distributions, registry=registry,
+                     tier=node.tier, monotonic=clock.monotonic, wall=clock.time) if node.tier == "pop" else None
+    hooks: dict[str, Any] = {} if door is None else {"on_connection": door.on_connection,
+                                                      "on_disconnect": door.on_disconnect}
     purges = Invalidation(cluster=cluster, node=node, distributions=distributions, stores=stores,
-                          top=router is None, worker=worker, clock=clock, registry=registry,
+                          top=router is None, worker=worker, clock=clock,
                           key=lambda: admin_key(cluster_secret(cluster)))
     try:
         await purges.open()
         async with anyio.create_task_group() as tg:
             app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
                           next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
-                          clock=clock, access_log=access_log, purges=purges)
+                          clock=clock, access_log=access_log, front_door=door, purges=purges)
             export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
                                                               "active": app.active})
             purges.flights = app.collapser.flights
@@ -96,12 +109,12 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                 return {**app.health(), "worker": worker}
 
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
-                                                     reuse_port=True, clock=clock, task_status=task_status))
-            if node.tls_port is not None and node.tls_cert is not None:
-                ctx = server_ssl_context(node.tls_cert, node.tls_key)
+                                                     reuse_port=True, clock=clock, task_status=task_status,
+                                                     **hooks))
+            if tls is not None:
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
-                                                         ssl_context=ctx, reuse_port=True, clock=clock,
-                                                         task_status=task_status))
+                                                         ssl_context=tls, reuse_port=True, clock=clock,
+                                                         task_status=task_status, **hooks))
             admin = purges.admin_app(admin_app(health=health, registry=registry))
             # Invalidation bodies, and long polls that must outlast no idle timeout.
             admin_limits = dataclasses.replace(

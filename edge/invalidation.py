@@ -81,10 +81,10 @@ from headwater.http.types import BodyTooLarge, Request, Response
 from headwater.metrics import Registry
 
 from .adminauth import AdminAuthError, AdminKey, AdminVerifier
-from .app import decode_meta
 from .cache.cachekey import normalise_path
 from .cache.model import StoredResponse
 from .config import CdnConfig, Distribution, EdgeConfig, purge_home
+from .entry import decode_entry
 from .errors import EdgeError
 from .purge import (InvalidPurge, Purge, PurgeBatch, PurgeConfig, PurgeGap, PurgeLog, parse_invalidation_request,
                     parse_surrogate_keys)
@@ -270,6 +270,7 @@ class Invalidation:
         self._epoch = epoch
         self._folder = Path(node.cache_dir) / "purge"
         self.dists: dict[str, _Distribution] = {}
+        self._by_prefix: dict[bytes, _Distribution] = {}
         self._client: httpx.AsyncClient | None = None
         why = "no cluster secret is configured on this host"
         if callable(key):
@@ -303,6 +304,7 @@ class Invalidation:
                     # the replicas do when they see the new epoch.
                     self._sweep(name, None)
                 self.dists[name] = _Distribution(name, log_, path, ready=True)
+                self._by_prefix[name.encode()] = self.dists[name]
             else:
                 path = self._folder / f"{name}.replica-w{self.worker}.json"
                 log_ = await anyio.to_thread.run_sync(self._load, path, name)
@@ -312,6 +314,7 @@ class Invalidation:
                     log_ = PurgeLog(name, epoch="", retention_s=self.config.retention_s,
                                     max_purges=self.config.max_purges)
                 self.dists[name] = _Distribution(name, log_, path, ready=False)
+                self._by_prefix[name.encode()] = self.dists[name]
         if not self.is_home and self.home is not None:
             timeout = httpx.Timeout(self.node.connect_timeout_s + self.config.long_poll_s + self.node.read_timeout_s,
                                     connect=self.node.connect_timeout_s)
@@ -364,23 +367,19 @@ class Invalidation:
                     return False
         return True
 
-    def purged(self, dist_name: str, key: bytes, stored: StoredResponse) -> bool:
-        """Whether the stored response at ``key`` was purged since it was stored."""
-        d = self.dists.get(dist_name)
+    def _of_key(self, key: bytes) -> _Distribution | None:
+        """The distribution a (readable) cache key belongs to: its first field."""
+        return self._by_prefix.get(key.partition(b"\0")[0])
+
+    def purged(self, key: bytes, stored: StoredResponse) -> bool:
+        """Whether the response stored under the readable cache ``key`` was purged since."""
+        d = self._of_key(key)
         if d is None:
             return False
         seq = stored_seq(stored)
         if seq >= d.log.last_seq:  # the common case: nothing newer was purged
             return False
         return d.log.is_purged(purge_path_of_key(key)[1], _tags(stored), seq)
-
-    def forget(self, key: bytes) -> None:
-        """Remove a purged entry from every store (the hit path found it)."""
-        for store in self.stores:
-            try:
-                store.remove(key)
-            except Exception:
-                log.exception("%s: removing a purged entry failed", self.node.id)
 
     def origin_seq(self, dist_name: str) -> int | None:
         """At a tier that fetches from the origin, its log's ``last_seq`` now (take it before
@@ -418,15 +417,15 @@ class Invalidation:
             return False
         return True
 
-    def outgoing(self, headers: list[tuple[str, str]], stored: StoredResponse,
-                 hit_dist: str | None) -> list[tuple[str, str]]:
+    def outgoing(self, headers: list[tuple[str, str]], stored: StoredResponse | None,
+                 hit_key: bytes | None) -> list[tuple[str, str]]:
         """The purge fields of a response this tier sends: none to viewers (a POP); to the next
         tier down the entry's ``Hw-Purge-Seq``, raised to this tier's ``last_seq`` on a hit."""
         if self.strip:
             return [(k, v) for k, v in headers if k != SEQ_FIELD and k != SURROGATE_FIELD]
-        if hit_dist is None:
+        if hit_key is None or stored is None:
             return headers
-        d = self.dists.get(hit_dist)
+        d = self._of_key(hit_key)
         if d is None:
             return headers
         seq = max(stored_seq(stored), d.log.last_seq)
@@ -503,16 +502,16 @@ class Invalidation:
         with_tags = purges is not None and any(p.tags for p in purges)
 
         def pred(key: bytes, meta: bytes) -> bool:
-            dist, path = purge_path_of_key(key)
+            # The store may hold a long key under its digest: the readable key is in the meta.
+            entry = decode_entry(meta)
+            dist, path = purge_path_of_key(key if entry is None else entry.key)
             if dist != dist_name:
                 return False
-            if purges is None:
+            if purges is None or entry is None:
                 return True
             if not with_tags and not any(p.matches(path) for p in purges):
                 return False
-            stored = decode_meta(meta)
-            if stored is None:
-                return True
+            stored = entry.stored
             seq, tags = stored_seq(stored), _tags(stored)
             return any(p.seq > seq and p.matches(path, tags) for p in purges)
 

@@ -1,6 +1,6 @@
 """The edge's registration with the kernel: the ``edge`` role (every tier: POPs, regional
-caches, shields; ``workers`` processes per daemon on one port), the ``[[distributions]]``
-section, and the ``headwater edge`` subcommands.
+caches, shields; ``workers`` processes per daemon on one port), the ``[[distributions]]`` and
+``[cdn]`` sections, and the ``headwater edge`` subcommands.
 
 The three tiers are one role, so they start together (order 60, after the object store and the
 GeoDNS): an edge daemon is healthy without its upstream, which it only needs on a miss, and
@@ -35,6 +35,24 @@ def _headline(cfg: ClusterConfig) -> str | None:
     return f"CDN {count['pop']} POPs, {count['regional']} regional, {count['shield']} shield"
 
 
+def _tls_names(cfg: ClusterConfig) -> list[str]:
+    """The distributions' hostnames, each with its parent domain and that domain's wildcard
+    (``video.cdn.headwater.test`` brings ``cdn.headwater.test`` and ``*.cdn.headwater.test``,
+    so a hostname added beside it needs no new certificate); a parent of one label (a TLD) is
+    left out, as clients refuse wildcards over one."""
+    names: list[str] = []
+    for d in cfg.distributions:
+        for host in d.hostnames:
+            names.append(host)
+            if host.startswith("*."):
+                names.append(host[2:])
+                continue
+            parent = host.split(".", 1)[-1]
+            if host.count(".") >= 2:
+                names += [parent, f"*.{parent}"]
+    return names
+
+
 def _commands(sub: object, config_help: str) -> None:
     from .commands import add_commands
 
@@ -54,4 +72,5 @@ ROLE_SET = RoleSet(
     endpoints=_endpoints,
     status_report=status.status_report,
     commands=_commands,
+    tls_names=_tls_names,
 )

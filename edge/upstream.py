@@ -105,10 +105,11 @@ class UpstreamClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2))
 
     async def fetch(self, method: str, url: str, headers: Sequence[tuple[str, str]], *, source: str,
-                    timeout_s: float | None = None) -> UpstreamResponse:
-        """Send the request; return once the response head is in. Raises UpstreamError kinds."""
+                    timeout_s: float | None = None, content: Any = None) -> UpstreamResponse:
+        """Send the request (``content``: a passed-through request's body, an async iterator of
+        bytes); return once the response head is in. Raises UpstreamError kinds."""
         timeout = self.timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, self.timeout.connect or timeout_s))
-        request = self._client.build_request(method, url, headers=list(headers), timeout=timeout)
+        request = self._client.build_request(method, url, headers=list(headers), timeout=timeout, content=content)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as e:
@@ -209,27 +210,29 @@ class OriginFetcher:
         return url, out
 
     async def fetch(self, method: str, path: str, query: str,
-                    headers: Sequence[tuple[str, str]]) -> UpstreamResponse:
+                    headers: Sequence[tuple[str, str]], content: Any = None) -> UpstreamResponse:
         """From the primary; from the secondary (when there is one) if the primary answers 5xx,
-        cannot be reached or times out. The last failure is raised when both fail."""
+        cannot be reached or times out. The last failure is raised when both fail. A request
+        with a body (``content``, passed through once) is sent to the primary only."""
         failure: UpstreamError | None = None
         bad: UpstreamResponse | None = None  # a 5xx kept in case the secondary fails worse
-        for i, origin in enumerate(self.origins):
+        origins = self.origins if content is None else self.origins[:1]
+        for i, origin in enumerate(origins):
             url, sent = self.request_for(origin, method, path, query, headers)
             try:
                 response = await self.client.fetch(method, url, sent, source=f"{self.dist.name} {origin.label}",
-                                                   timeout_s=self.dist.origin_timeout_s)
+                                                   timeout_s=self.dist.origin_timeout_s, content=content)
             except UpstreamError as e:
                 failure = e
             else:
-                if response.status < 500 or i == len(self.origins) - 1:
+                if response.status < 500 or i == len(origins) - 1:
                     if bad is not None:
                         await bad.aclose()
                     return response
                 if bad is not None:
                     await bad.aclose()
                 bad = response
-            if i < len(self.origins) - 1:
+            if i < len(origins) - 1:
                 self.failovers += 1
                 log.warning("origin of %s failed (%s): trying the secondary", self.dist.name,
                             failure if bad is None else f"status {bad.status}",

@@ -175,7 +175,8 @@ async def _exit_when_orphaned(supervisor_pid: int, scope: anyio.CancelScope, log
 # --- up ----------------------------------------------------------------------------------------
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from . import roles
+    from . import localca, roles
+    from .sealed import SealedError
     from .supervisor import StartupError, Supervisor, check_ports
 
     try:
@@ -206,12 +207,25 @@ def cmd_up(args: argparse.Namespace) -> int:
             err(str(e))
             return EXIT_USAGE
 
+    try:
+        # Before any daemon starts, so its workers find the certificate made and agree on it.
+        tls = localca.prepare(cfg)
+    except (localca.LocalCAError, SealedError, ConfigError) as e:
+        err(f"local CA: {e}")
+        err("nothing was started")
+        return EXIT_FAILED
+
     supervisor = Supervisor(cfg, start_timeout_s=args.start_timeout, stop_grace_s=args.stop_grace)
     print(f"headwater: starting {len(cfg.daemons())} daemons of {cfg.name} from {cfg.path} "
           f"(logs in {supervisor.log_dir})", flush=True)
     if created is not None:
         print(f"headwater: created the cluster secret {created} (owner-only; every host of the cluster "
               "needs the same file)", flush=True)
+    if tls is not None and tls[0].created:
+        print(f"headwater: created a local CA, {tls[0].cert_path}: trust it to use the HTTPS ports without "
+              "warnings (README, \"Trusting the local CA\"; `headwater ca show`)", flush=True)
+    if tls is not None and tls[1].issued:
+        print(f"headwater: issued {tls[1].cert} for {tls[1].names}", flush=True)
 
     async def main() -> list[int]:
         got: list[int] = []
@@ -244,6 +258,8 @@ def headline(cfg: ClusterConfig) -> str:
 
 
 def up_summary(cfg: ClusterConfig, supervisor: Any) -> str:
+    from . import localca
+
     words = headline(cfg)
     lines = [f"headwater: {cfg.name} is up" + (f" ({words})" if words else ""), ""]
     for rs in registry().role_sets:
@@ -258,6 +274,9 @@ def up_summary(cfg: ClusterConfig, supervisor: Any) -> str:
         rows.append((d.id, d.role, ",".join(pids.get(d.id, ["-"])), f"{d.host}:{d.port}",
                      f"{d.host}:{d.admin_port}"))
     lines += ["  " + line for line in table(rows)]
+    if localca.uses_local_ca(cfg):
+        lines += ["", f"  TLS: certificates from the local CA {localca.ca_folder(cfg) / localca.CA_CERT_FILE} "
+                      "(curl --cacert it; `headwater ca show`)"]
     lines += ["", f"  logs: {supervisor.log_dir}/<id>.log   state: {supervisor.state_path}",
               "  `headwater status` shows health; Ctrl-C (or SIGTERM) stops the cluster."]
     return "\n".join(lines)
@@ -300,6 +319,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if all_ok else EXIT_FAILED
 
 
+# --- ca ----------------------------------------------------------------------------------------
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    """``headwater ca path``: where the local CA's certificate is; ``headwater ca show``: its
+    subject, expiry, fingerprints and the leaf's names. Neither needs the cluster secret."""
+    from . import localca
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as e:
+        err(str(e))
+        return EXIT_USAGE
+    folder = localca.ca_folder(cfg)
+    path = folder / localca.CA_CERT_FILE
+    try:
+        info = localca.read_ca_info(folder)
+    except localca.LocalCAError as e:
+        err(str(e))
+        return EXIT_FAILED
+    if args.ca_command == "path":
+        print(path)
+        if info is None:
+            err(f"{path} does not exist yet: `headwater up` makes it when a listener has tls_cert = \"auto\"")
+            return EXIT_FAILED
+        return EXIT_OK
+    if info is None:
+        err(f"no local CA yet ({path}): `headwater up` makes it when a listener has tls_cert = \"auto\"")
+        return EXIT_FAILED
+    print(f"certificate: {info.cert_path}")
+    print(f"subject:     {info.subject}")
+    print(f"expires:     {info.not_after:%Y-%m-%d %H:%M} UTC")
+    print(f"sha256:      {info.sha256}")
+    print(f"spki sha256: {info.spki_sha256}   (chromium --ignore-certificate-errors-spki-list=...)")
+    leaf = localca.read_leaf_names(folder)
+    if leaf is not None:
+        names, not_after = leaf
+        print(f"leaf:        {folder / localca.LEAF_CERT_FILE} for {names}, expires {not_after:%Y-%m-%d} UTC")
+    return EXIT_OK
+
+
 # --- entry -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1.5, metavar="SECONDS",
                    help="how long to wait for each /healthz (default 1.5)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ca", help="the local CA that signs the certificates of tls_cert = \"auto\" listeners")
+    ca_sub = p.add_subparsers(dest="ca_command", required=True, metavar="CA_COMMAND")
+    for name, text in (("path", "print the CA certificate's path (curl --cacert \"$(headwater ca path)\")"),
+                       ("show", "the CA's subject, expiry and fingerprints, and the leaf's names")):
+        c = ca_sub.add_parser(name, help=text)
+        c.add_argument("-c", "--config", metavar="FILE", help=config_help)
+        c.set_defaults(func=cmd_ca)
 
     add_commands(sub, config_help)
     return parser

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping, Protocol
 __all__ = [
     "ConfigError",
     "ClusterConfig",
+    "TLS_AUTO",
     "DaemonConfig",
     "HttpLimits",
     "Reader",
@@ -41,6 +42,9 @@ TiB = 1024 * GiB
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
                "g": GiB, "gb": GiB, "gib": GiB, "t": TiB, "tb": TiB, "tib": TiB}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+#: ``tls_cert = "auto"`` with ``tls_key = "auto"``: the leaf the cluster's local CA issues
+#: (:mod:`headwater.localca`) instead of files the operator provides.
+TLS_AUTO = "auto"
 
 
 class ConfigError(Exception):
@@ -361,8 +365,16 @@ class Reader:
 
     def tls_files(self, data: Mapping[str, Any], prefix: str) -> tuple[str | None, str | None]:
         """``tls_cert`` and ``tls_key``: both or neither, each readable now (relative to the file's
-        folder), so a daemon never starts serving cleartext where TLS was asked for."""
+        folder), so a daemon never starts serving cleartext where TLS was asked for; or both
+        ``"auto"`` (:data:`TLS_AUTO`): the local CA's leaf, made when the daemon starts."""
         files: dict[str, str | None] = {"tls_cert": None, "tls_key": None}
+        autos = [name for name in ("tls_cert", "tls_key") if data.get(name) == TLS_AUTO]
+        if autos:
+            if len(autos) == 1:
+                other = "tls_key" if autos[0] == "tls_cert" else "tls_cert"
+                raise self.error(_join(prefix, other), f'must be "{TLS_AUTO}" too when {_join(prefix, autos[0])} '
+                                 "is (the local CA issues the certificate and its key together)")
+            return TLS_AUTO, TLS_AUTO
         for name, other in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
             raw = self.get(data, name, prefix, str, None)
             if raw is None:

@@ -110,6 +110,9 @@ class RoleSet:
     - ``status_report(cfg, rows)``: lines and warnings ``status`` prints after its table.
     - ``commands(subparsers, config_help)``: adds the package's own subcommands; each sets
       ``func`` as the kernel's do.
+    - ``tls_names(cfg)``: host names the package's TLS listeners answer for beyond their own
+      addresses (the edge's distribution hostnames), put in the local CA's leaf
+      (:mod:`headwater.localca`).
     """
 
     name: str
@@ -120,6 +123,7 @@ class RoleSet:
     endpoints: Callable[[ClusterConfig], list[str]] | None = None
     status_report: Callable[[ClusterConfig, list[dict[str, Any]]], StatusReport] | None = None
     commands: Callable[[Any, str], None] | None = None
+    tls_names: Callable[[ClusterConfig], Iterable[str]] | None = None
 
 
 class RoleUnavailable(Exception):

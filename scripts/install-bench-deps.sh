@@ -3,10 +3,11 @@
 # run from a temp dir, nothing written to /etc), memcached (Swift's token cache), iperf3 (the
 # loopback TCP ceiling), curl, and wrk + nginx (`bench http_core`: the load generator and the
 # peer, run from a temp dir), knot + dnsperf (`bench dns`: the peer DNS server, run from a temp
-# dir with its own knot.conf, and the load generator). Idempotent: installs only what is missing;
+# dir with its own knot.conf, and the load generator), varnish + nghttp2-client (`bench edge`: the
+# second peer cache, run from a temp dir with its own -n work dir, and h2load for HTTP/2). Idempotent: installs only what is missing;
 # `make bench` calls it.
 set -euo pipefail
-PACKAGES=(swift-proxy swift-object swift-container swift-account python3-swift memcached iperf3 curl wrk nginx knot dnsperf)
+PACKAGES=(swift-proxy swift-object swift-container swift-account python3-swift memcached iperf3 curl wrk nginx knot dnsperf varnish nghttp2-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -24,7 +25,7 @@ echo "bench deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # Refresh the package lists only when they are absent or a first attempt fails.
 if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then apt-get update -qq; fi
-# policy-rc.d 101 keeps the packages' own services (memcached, swift-*, iperf3, nginx, knot) from
+# policy-rc.d 101 keeps the packages' own services (memcached, swift-*, iperf3, nginx, knot, varnish) from
 # starting: the bench runs its own instances on its own ports.
 policy=/usr/sbin/policy-rc.d
 made_policy=0

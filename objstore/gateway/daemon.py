@@ -20,7 +20,7 @@ from headwater.admin import serve_admin
 from headwater.budget import ByteBudget
 from headwater.config import ClusterConfig
 from headwater.http.server import serve
-from headwater.http.tls import server_ssl_context
+from headwater.localca import tls_context
 from headwater.http.types import Request, Response
 from headwater.metrics import Registry
 
@@ -180,8 +180,9 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
         store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time,
                       retire_grace_s=cluster.objstore.retire_grace_s)
         app = Gateway(store, registry=registry, worker=worker)
-        # The config reader has checked that both files are given and readable.
-        ssl_context = server_ssl_context(node.tls_cert, node.tls_key) if node.tls_cert else None
+        # The config reader has checked that both files are given and readable (or both "auto":
+        # the local CA's leaf).
+        ssl_context = tls_context(cluster, node.tls_cert, node.tls_key)
 
         async def health() -> dict[str, Any]:
             meta_up = await meta.health()

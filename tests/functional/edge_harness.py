@@ -80,6 +80,13 @@ CONFIG = """
 name = "edge-test"
 data_dir = "var"
 
+# Every test request comes from 127.0.0.1: one client to the POPs' limits, which 200 concurrent
+# connections would exceed with the defaults (64 connections, burst 200).
+[cdn.client_limits]
+max_connections_per_client = 1000
+requests_per_second = 1000
+burst = 5000
+
 [[distributions]]
 name = "video"
 hostnames = ["video.test"]

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from headwater.config import ClusterConfig
-from headwater.edge.app import encode_meta
+from headwater.edge.entry import encode_meta
 from headwater.edge.cache.model import StoredResponse
 from headwater.edge.config import Distribution, EdgeConfig, Origin
 from headwater.edge.invalidation import (MAX_FEED_BYTES, Invalidation, _bounded_batch, purge_home,
@@ -73,16 +73,18 @@ def test_stamp_outgoing_and_the_hit_check_at_each_tier(tmp_path):
         assert pop.stamp([("hw-purge-seq", "x9")], None) == [("hw-purge-seq", "0")]
         # Purge fields never reach viewers; between tiers a hit says this tier's log.
         out = [("x", "1"), ("surrogate-key", "t"), ("hw-purge-seq", "0")]
-        assert pop.outgoing(list(out), stored(0), "video") == [("x", "1")]
+        assert pop.outgoing(list(out), stored(0), b"video\x00/t") == [("x", "1")]
+        assert pop.outgoing(list(out), None, None) == [("x", "1")]  # passed through: stripped too
         await shield._append(shield.dists["video"], ("/t/1/*",), ("tag-a",))
-        assert shield.outgoing(list(out), stored(0), "video")[-1] == ("hw-purge-seq", "1")
+        assert shield.outgoing(list(out), stored(0), b"video\x00/t")[-1] == ("hw-purge-seq", "1")
         assert shield.outgoing(list(out), stored(0), None) == out  # a miss passes on what it got
         # The hit check: by path, by tag, not what was stored after the purge.
-        assert shield.purged("video", b"video\x00/t/1/a", stored(0))
-        assert shield.purged("video", b"video\x00/t/2/a", stored(None, "x tag-a"))
-        assert not shield.purged("video", b"video\x00/t/2/a", stored(0, "x"))
-        assert not shield.purged("video", b"video\x00/t/1/a", stored(1))
-        assert not shield.purged("other", b"other\x00/t/1/a", stored(0))
+        assert shield.purged(b"video\x00/t/1/a\x00\x00\x00\x00", stored(0))
+        assert shield.purged(b"video\x00/t/1/a\x00\x00\x00\x00\x02slice:3", stored(0))  # a slice of it
+        assert shield.purged(b"video\x00/t/2/a", stored(None, "x tag-a"))
+        assert not shield.purged(b"video\x00/t/2/a", stored(0, "x"))
+        assert not shield.purged(b"video\x00/t/1/a", stored(1))
+        assert not shield.purged(b"other\x00/t/1/a", stored(0))
         assert pop.upstream_headers("video") == [("hw-purge-min-seq", "0")]
         assert shield.upstream_headers("video") == []
     run(main)
@@ -95,7 +97,8 @@ def test_the_home_log_is_durable_and_swept(tmp_path):
 
         def fill():
             for path, st in (("/t/1/a", stored(0)), ("/t/2/b", stored(0, "tag-b")), ("/t/3/c", stored(0))):
-                w = ram.begin(f"video\x00{path}".encode(), encode_meta(st))
+                key = f"video\x00{path}\x00\x00\x00\x00".encode()
+                w = ram.begin(key, encode_meta(st, key))
                 w.write(b"x")
                 w.commit()
 
@@ -107,7 +110,7 @@ def test_the_home_log_is_durable_and_swept(tmp_path):
         fill()
         d = home.dists["video"]
         await home._append(d, ("/t/1/*",), ("tag-b",))
-        assert sorted(ram.keys_matching(lambda k, m: True)) == [b"video\x00/t/3/c"]
+        assert sorted(ram.keys_matching(lambda k, m: True)) == [b"video\x00/t/3/c\x00\x00\x00\x00"]
         assert home.counts["entries_removed"] == 3 + 2
         # In-flight fetches a purge may cover are detached: later requests start their own.
         home.flights.update({b"video\x00/t/1/z": object(), b"video\x00/t/9/z": object(), b"other\x00/t/1/z": 1})

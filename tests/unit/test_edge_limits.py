@@ -108,15 +108,16 @@ def test_eviction_prefers_the_fullest_bucket() -> None:
     assert buckets.evictions == 1 and ("k", 0) in buckets._buckets and len(buckets) == lim.WAYS
 
 
-def test_bucket_cost_is_flat() -> None:
-    """The hot path stays O(1): 20,000 checks over 20,000 clients in well under a second."""
+def test_a_spray_of_clients_keeps_the_table_at_its_bound() -> None:
+    """20,000 clients through a 4,096-bucket table: it fills, never grows past its bound, and
+    every check is answered (the hot path's cost is measured in bench, not here)."""
     clock = FakeClock()
     g = guard(max_clients=4096)
-    ips = [f"10.{i >> 8 & 255}.{i & 255}.1" for i in range(20_000)]
-    t0 = time.perf_counter()
-    for ip in ips:
-        get(g, clock, ip=ip)
-    assert time.perf_counter() - t0 < 2.0
+    for i in range(20_000):
+        assert get(g, clock, ip=f"10.{i >> 8 & 255}.{i & 255}.1").allowed
+    st = g.statistics()
+    assert st.buckets <= st.bucket_capacity <= 4096 + 8
+    assert st.evictions >= 20_000 - st.bucket_capacity
 
 
 # --- connections ----------------------------------------------------------------------------------------
@@ -215,7 +216,8 @@ def test_regex_cost_is_bounded() -> None:
               max_user_agent_chars=4096)
     t0 = time.perf_counter()
     d = get(g, clock, ua="a" * 4000 + "!")
-    assert d.allowed and time.perf_counter() - t0 < 0.5
+    # Python's re would take longer than the age of the universe here; RE2 takes microseconds.
+    assert d.allowed and time.perf_counter() - t0 < 5.0
     with pytest.raises(ValueError, match="RE2"):
         lim.compile_regex(r"(a)\1")
 

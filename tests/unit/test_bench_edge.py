@@ -1,0 +1,186 @@
+"""`bench edge`'s pure parts: h2load's and wrk's summaries, the Zipf trace and the LRU yardstick,
+which cache made an origin fetch, and the generated configs (read by our config loader, and by
+``nginx -t`` when nginx is installed)."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from headwater import config as hwconfig
+from headwater.bench import edge
+from headwater.bench.http_core import parse_wrk
+
+# h2load 1.52 against a TLS server, -D 2000ms --warm-up-time 500ms (progress lines cut).
+H2LOAD_TLS = """\
+starting benchmark...
+spawning thread #0: 16 total client(s). Timing-based test with 500ms of warm-up time and 2s of main duration for measurements.
+TLS Protocol: TLSv1.3
+Cipher: TLS_AES_256_GCM_SHA384
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Warm-up started for thread #0.
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 2.53s, 69.00 req/s, 11.77MB/s
+requests: 138 total, 322 started, 138 done, 136 succeeded, 2 failed, 0 errored, 1 timeout
+status codes: 244 2xx, 0 3xx, 0 4xx, 2 5xx
+traffic: 23.55MB (24693196) total, 9.69KB (9920) headers (space savings 88.88%), 24.26MB (25436160) data
+                     min         max         mean         sd        +/- sd
+time for request:      1.38s       2.13s    812.50ms    235.83ms    50.72%
+time for connect:    43.68ms       1.14s    591.24ms    329.53ms    56.52%
+time to 1st byte:   241.38ms       1.32s    768.59ms    332.90ms    60.87%
+req/s           :       0.00        3.95        2.13        1.85    62.50%
+"""
+
+H2LOAD_H2C = """\
+Application protocol: h2c
+finished in 3.51s, 314.33 req/s, 325.39KB/s
+requests: 943 total, 943 started, 943 done, 943 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 1100 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 1.08MB (1133056) total, 20.65KB (21145) headers (space savings 93.12%), 1.04MB (1092608) data
+                     min         max         mean         sd        +/- sd
+time for request:    23.70ms    881.19ms    105.44ms     80.09ms    85.05%
+"""
+
+WRK = """\
+Running 2s test @ http://127.0.0.1:42555/1k
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   149.81ms  270.39ms   1.96s    91.05%
+    Req/Sec   370.12    120.50   600.00     70.00%
+  Latency Distribution
+     50%   52.10ms
+     75%  120.00ms
+     90%  400.00ms
+     99%    1.50s
+  1442 requests in 2.00s, 1.62MB read
+  Socket errors: connect 0, read 1, write 0, timeout 3
+  Non-2xx or 3xx responses: 2
+Requests/sec:    720.33
+Transfer/sec:      0.81MB
+"""
+
+
+def test_parse_h2load_tls_summary():
+    h = edge.parse_h2load(H2LOAD_TLS)
+    assert h.rps == pytest.approx(69.0) and h.protocol == "h2"
+    assert (h.done, h.succeeded, h.failed, h.errored, h.timeout) == (138, 136, 2, 0, 1)
+    assert h.status_2xx == 244 and h.data_bytes == 25436160
+    assert h.mean_ms == pytest.approx(812.5) and h.max_ms == pytest.approx(2130.0)
+
+
+def test_parse_h2load_h2c_and_microseconds():
+    h = edge.parse_h2load(H2LOAD_H2C)
+    assert h.protocol == "h2c" and h.rps == pytest.approx(314.33) and h.succeeded == 943
+    assert h.mean_ms == pytest.approx(105.44) and h.max_ms == pytest.approx(881.19)
+    fast = edge.parse_h2load(H2LOAD_H2C.replace("105.44ms", "950us").replace("881.19ms", "2.5s"))
+    assert fast.mean_ms == pytest.approx(0.95) and fast.max_ms == pytest.approx(2500.0)
+
+
+def test_parse_h2load_refuses_a_run_without_a_summary():
+    with pytest.raises(ValueError, match="finished in"):
+        edge.parse_h2load("starting benchmark...\nconnect to 127.0.0.1:1 failed\n")
+    with pytest.raises(ValueError, match="requests:"):
+        edge.parse_h2load("finished in 1.00s, 5.00 req/s, 1KB/s\n")
+
+
+def test_parse_wrk_counts_socket_errors_and_non_2xx():
+    w = parse_wrk(WRK)
+    assert w["rps"] == pytest.approx(720.33) and w["requests"] == 1442
+    assert w["errors"] == 1 + 3 + 2
+    assert w["p50_ms"] == pytest.approx(52.1) and w["p99_ms"] == pytest.approx(1500.0)
+
+
+def test_zipf_trace_is_skewed_deterministic_and_in_range():
+    trace = edge.zipf_trace(1000, 20_000, s=1.0, rng=random.Random(1))
+    assert trace == edge.zipf_trace(1000, 20_000, s=1.0, rng=random.Random(1))
+    assert min(trace) >= 0 and max(trace) < 1000
+    counts = Counter(trace)
+    # P(rank 1) / P(rank 2) = 2 with s = 1; the most popular object is index 0.
+    assert counts.most_common(1)[0][0] == 0
+    assert 1.6 < counts[0] / counts[1] < 2.5
+    harmonic = sum(1 / k for k in range(1, 1001))
+    assert counts[0] / len(trace) == pytest.approx(1 / harmonic, rel=0.1)
+    flat = Counter(edge.zipf_trace(10, 20_000, s=0.0, rng=random.Random(2)))
+    assert max(flat.values()) / min(flat.values()) < 1.2  # s = 0: uniform
+
+
+def test_lru_fetches_counts_misses_after_the_warm_up():
+    trace = [0, 1, 2, 0, 1, 2, 3, 0]
+    # Two slots: 0,1 -> miss, miss; 2 evicts 0; every later request misses too.
+    assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=20) == 8
+    assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=30) == 5  # 0,1,2,3 and 0 after 3
+    assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=30, warm=3) == 2
+    assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=5) == len(trace)  # holds nothing
+    big = edge.zipf_trace(500, 5000, s=0.9, rng=random.Random(3))
+    small_cache = edge.lru_fetches(big, object_bytes=1, capacity_bytes=50)
+    large_cache = edge.lru_fetches(big, object_bytes=1, capacity_bytes=400)
+    assert large_cache < small_cache <= len(big)  # a larger cache fetches less
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert edge.percentile(values, 50) == 50.0
+    assert edge.percentile(values, 99) == 99.0
+    assert edge.percentile([3.0], 99) == 3.0
+    assert math.isnan(edge.percentile([], 50))
+
+
+def test_fetcher_of_origin_log_lines():
+    assert edge.fetcher_of("1.1 pop (headwater)|-|/1k") == "ours"
+    assert edge.fetcher_of("1.1 cpop (headwater), 1.1 regional (headwater)|-|/cold/1") == "ours"
+    assert edge.fetcher_of("1.1 nginx|-|/2m") == "nginx"
+    assert edge.fetcher_of("-|32769|/2m") == "varnish"
+    assert edge.fetcher_of("-|-|/1k") == "direct"
+
+
+def test_generated_cluster_tomls_load(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    solo = tmp_path / "solo.toml"
+    solo.write_text(edge.solo_cluster_toml(tmp_path / "var", origin_port=8080, pop=(9001, 9002, 9003), cert=cert,
+                                           key=key, ram="256MiB", zipf_pop=(9004, 9005), zipf_ram="8MiB",
+                                           zipf_disk="16MiB"))
+    cfg = hwconfig.load(str(solo))
+    pop, zpop = cfg.edge
+    assert (pop.tier, pop.port, pop.tls_port, pop.workers, pop.ram_bytes) == ("pop", 9001, 9003, 1, 256 << 20)
+    assert (zpop.ram_bytes, zpop.disk_bytes) == (8 << 20, 16 << 20)
+    assert cfg.distributions[0].origin.port == 8080 and cfg.log_level == "warning"
+    chain = tmp_path / "chain.toml"
+    chain.write_text(edge.chain_cluster_toml(tmp_path / "var2", origin_port=8080, ports=list(range(9100, 9106))))
+    tiers = [(e.id, e.tier, e.port) for e in hwconfig.load(str(chain)).edge]
+    assert tiers == [("cpop", "pop", 9100), ("regional", "regional", 9102), ("shield", "shield", 9104)]
+
+
+def test_varnish_argv_has_one_pool_and_the_origin():
+    argv = edge.varnish_argv("/usr/sbin/varnishd", Path("/tmp/v"), port=6081, origin_port=8080, malloc="24m")
+    joined = " ".join(argv)
+    assert "-a 127.0.0.1:6081" in joined and "-b 127.0.0.1:8080" in joined and "-s malloc,24m" in joined
+    assert "thread_pools=1" in joined and "-n /tmp/v" in joined and "-F" in argv
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="no nginx")
+def test_nginx_accepts_the_generated_configs(tmp_path):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-days", "1",
+                    "-subj", "/CN=t"], check=True, capture_output=True)
+    for name, text in (
+        ("origin.conf", edge.origin_nginx_conf(tmp_path, tmp_path / "www", port=18080, direct_port=18081,
+                                                memory_port=18082)),
+        ("cache.conf", edge.cache_nginx_conf(tmp_path, origin_port=18080, port=18083, tls_port=18084, h2c_port=18085,
+                                              cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")),
+    ):
+        (tmp_path / name).write_text(text)
+        r = subprocess.run([nginx, "-t", "-q", "-c", str(tmp_path / name), "-p", str(tmp_path)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
