@@ -78,7 +78,6 @@ from headwater.background import BackgroundLoop
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig, ConfigError
 from headwater.http.types import BodyTooLarge, Request, Response
-from headwater.metrics import Registry
 
 from .adminauth import AdminAuthError, AdminKey, AdminVerifier
 from .cache.cachekey import normalise_path
@@ -90,7 +89,8 @@ from .purge import (InvalidPurge, Purge, PurgeBatch, PurgeConfig, PurgeGap, Purg
                     parse_surrogate_keys)
 
 __all__ = ["Invalidation", "PurgePuller", "NotCaughtUp", "purge_home", "purge_path_of_key", "stored_seq",
-           "SEQ_FIELD", "INVALIDATE_PATH", "FEED_PATH", "MIN_SEQ_FIELD", "SURROGATE_FIELD", "CATCH_UP_WAIT_S", "MIN_SEQ_WAIT_S", "FORWARD_WAIT_S",
+           "SEQ_FIELD", "INVALIDATE_PATH", "FEED_PATH", "MIN_SEQ_FIELD", "SURROGATE_FIELD", "CATCH_UP_WAIT_S",
+           "MIN_SEQ_WAIT_S", "FORWARD_WAIT_S",
            "MAX_BODY_BYTES", "MAX_FEED_BYTES", "write_atomically"]
 
 log = logging.getLogger("headwater.edge")
@@ -252,7 +252,7 @@ class Invalidation:
 
     def __init__(self, *, cluster: ClusterConfig, node: EdgeConfig, distributions: Sequence[Distribution],
                  stores: Sequence[Any], top: bool, worker: int = 0, clock: Clock = SYSTEM_CLOCK,
-                 registry: Registry | None = None, key: AdminKey | None | Callable[[], AdminKey] = None,
+                 key: AdminKey | None | Callable[[], AdminKey] = None,
                  epoch: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
         cdn = getattr(cluster, "cdn", None)
         self.config: PurgeConfig = cdn.purge if isinstance(cdn, CdnConfig) else PurgeConfig()
