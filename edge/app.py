@@ -212,7 +212,7 @@ class EdgeApp:
                  upstream: UpstreamClient, next_tier: TierRouter | None, origins: Mapping[str, OriginFetcher],
                  registry: Registry, spawn: Callable[..., Any], clock: Clock = SYSTEM_CLOCK,
                  access_log: Any = None, front_door: FrontDoor | None = None,
-                 boundary: Callable[[], str] = lambda: secrets.token_hex(16)) -> None:
+                 boundary: Callable[[], str] = lambda: secrets.token_hex(16), purges: Any = None) -> None:
         self.node = node
         self.distributions = tuple(distributions)
         self._by_host = {h: d for d in self.distributions for h in d.hostnames}
@@ -229,6 +229,9 @@ class EdgeApp:
         self.access_log = access_log
         self.front_door = front_door
         self.boundary = boundary
+        # Invalidation (.invalidation.Invalidation): the catch-up gate, the purged-entry check on
+        # hits, the purge fields between tiers. None: no purges (unit tests of the request path).
+        self.purges = purges
         self.via = f"1.1 {node.id} (headwater)"
         self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0, "refused": 0}
         self.active = 0
@@ -319,8 +322,9 @@ class EdgeApp:
                 raise MethodNotAllowed(f"{request.method} is not allowed here (GET and HEAD are)")
             return await self._pass(request, dist, behaviour)
         key = cache_key(request, behaviour, distribution=dist.name)
+        use_cache = await self.purges.admit(request, dist) if self.purges is not None else True
         now = self.clock.time()
-        found, fill_key = self._lookup(key, request)
+        found, fill_key = self._lookup(key, request) if use_cache else (None, key)
         if found is None:
             if request.method not in behaviour.cached_methods:
                 return await self._pass(request, dist, behaviour)
@@ -371,6 +375,10 @@ class EdgeApp:
         if entry is None or entry.key != key:
             hit.close()
             return None
+        if self.purges is not None and self.purges.purged(key, entry.stored):
+            hit.close()
+            self._remove(key)  # from every tier: none of them may serve it
+            return None
         return _Found(hit, entry, hit.info.size)
 
     def _lookup(self, key: bytes, request: Request) -> tuple[_Found | None, bytes]:
@@ -400,7 +408,7 @@ class EdgeApp:
     # --- hits --------------------------------------------------------------------------------
 
     def _headers(self, stored: StoredResponse, *, age: float, result: str, upstream_timing: str = "",
-                 started: float | None = None) -> list[tuple[str, str]]:
+                 started: float | None = None, hit_key: bytes | None = None) -> list[tuple[str, str]]:
         out = [h for h in served_headers(stored, age) if h[0] not in _OWN_FIELDS]
         via = ", ".join(v for k, v in stored.headers if k == "via")
         out.append(("via", f"{via}, {self.via}" if via else self.via))
@@ -409,6 +417,8 @@ class EdgeApp:
         if started is not None:
             timing += f";dur={(time.perf_counter() - started) * 1000:.1f}"
         out.append(("server-timing", timing + (f", {upstream_timing}" if upstream_timing else "")))
+        if self.purges is not None:
+            out = self.purges.outgoing(out, stored, hit_key)
         return out
 
     def _planned(self, request: Request, stored: StoredResponse, headers: list[tuple[str, str]]) -> Any:
@@ -428,7 +438,7 @@ class EdgeApp:
         hit, stored = found.hit, found.entry.stored
         if stored.body_size != found.size:  # a length-less upstream body: the store counted it
             stored = dataclasses.replace(stored, body_size=found.size)
-        headers = self._headers(stored, age=age, result=result)
+        headers = self._headers(stored, age=age, result=result, hit_key=found.entry.key)
         plan = self._planned(request, stored, headers)
         if plan is None:
             hit.close()
@@ -603,6 +613,8 @@ class EdgeApp:
             chain = request.headers.get("x-forwarded-for") if self.node.tier != "pop" else None
             headers.append(("x-forwarded-for", f"{chain}, {client}" if chain else client))
         headers.append(("via", ", ".join(request.headers.get_all("via") + [self.via])))
+        if self.purges is not None:
+            headers += self.purges.upstream_headers(ctx.dist.name)
         return headers
 
     def _writers(self, key: bytes, meta: bytes, claim: Any) -> list[Any]:
@@ -639,7 +651,10 @@ class EdgeApp:
         flight.finish()
 
     def _kept(self, response: UpstreamResponse) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in response.headers if k not in ("x-cache", "server-timing")]
+        kept = [(k, v) for k, v in response.headers if k not in ("x-cache", "server-timing")]
+        if self.purges is not None:  # hw-purge-seq: the purges this response is known to reflect
+            kept = self.purges.stamp(kept, getattr(response, "origin_seq", None))
+        return kept
 
     async def _fetch_whole(self, flight: Flight, ctx: _Context, claim: Any) -> None:
         request_time = self.clock.time()
@@ -691,7 +706,7 @@ class EdgeApp:
         stored = stored_response(as_get, status, kept, request_time=request_time, response_time=response_time,
                                  body_size=length or 0)
         writers: list[Any] = []
-        if storable(as_get, stored, ctx.behaviour):
+        if storable(as_get, stored, ctx.behaviour) and (self.purges is None or self.purges.storable_tags(kept)):
             stored = strip_for_storage(stored)
             writers = self._writers(key, encode_meta(stored, key), claim)
         else:
@@ -711,8 +726,12 @@ class EdgeApp:
         if self.next_tier is None:
             self.metrics.fetches.labels(self.node.tier, "origin").inc()
             path, _, query = target.partition("?")
+            # Taken before the request is sent: the purges its answer is known to reflect.
+            origin_seq = self.purges.origin_seq(ctx.dist.name) if self.purges is not None else None
             try:
-                return await self.origins[ctx.dist.name].fetch(method, path, query, headers, content=content)
+                response = await self.origins[ctx.dist.name].fetch(method, path, query, headers, content=content)
+                response.origin_seq = origin_seq  # read by _kept
+                return response
             except UpstreamError as e:
                 self.metrics.upstream_errors.labels(self.node.tier, type(e).__name__).inc()
                 raise
@@ -922,6 +941,8 @@ class EdgeApp:
             self._invalidate(key_prefix(dist.name, path))
         timing = response.header("server-timing") or ""
         out = [h for h in self._kept(response) if h[0] not in _OWN_FIELDS]
+        if self.purges is not None:
+            out = self.purges.outgoing(out, None, None)
         out.append(("via", self.via))
         out.append(("x-cache", f"Miss from {self.node.id}"))
         out.append(("server-timing", f'edge;desc="Pass from {self.node.id}";dur='
@@ -957,6 +978,8 @@ class EdgeApp:
         if self.front_door is not None:
             stats = self.front_door.guard.statistics()
             doc["refused_by_reason"] = dict(stats.rejected)
+        if self.purges is not None:
+            doc.update(self.purges.health())
         return doc
 
 

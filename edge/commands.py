@@ -1,5 +1,8 @@
 """The edge's own subcommands: ``headwater edge serve`` (one POP in front of any origin, no
-cluster.toml, as ``varnishd -b`` does) and ``headwater edge check``.
+cluster.toml, as ``varnishd -b`` does), ``headwater edge check``, and the CDN's operations:
+``headwater cdn invalidate DIST PATH... [--tag T]`` (a signed ``POST /_hw/invalidate`` to the
+purge home, then a wait until every tier has applied it) and ``headwater cdn sign DIST PATH
+--expires 1h`` (a CloudFront signed URL with a ``[[cdn.keys]]`` private key).
 
 ``headwater edge serve --origin http://127.0.0.1:8080 --listen 127.0.0.1:6081 --cache-dir DIR
 --ram 256MiB`` runs one edge worker whose tier is "pop" with no tier above it: misses go
@@ -10,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from headwater.cli import EXIT_OK, EXIT_USAGE
+from headwater.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from headwater.cli import err as _err
 from headwater.config import ClusterConfig, ConfigError, GiB, Reader, load, parse_size
 
 from .config import Distribution, EdgeConfig, read_origin
 
-__all__ = ["add_commands", "serve_config", "cmd_edge_serve"]
+__all__ = ["add_commands", "serve_config", "cmd_edge_serve", "cmd_cdn_invalidate", "cmd_cdn_sign"]
 
 
 def add_commands(sub: Any, config_help: str) -> None:
@@ -37,10 +43,35 @@ def add_commands(sub: Any, config_help: str) -> None:
     s.add_argument("--disk", default="1GiB", metavar="SIZE", help="the disk tier's size")
     s.add_argument("--id", default="edge", help="this POP's name in X-Cache and Via")
     s.add_argument("--runtime", default="asyncio", choices=("asyncio", "trio"))
+    s.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="the secret signing POST /_hw/invalidate on the admin port (none: purges refused)")
     s.set_defaults(func=cmd_edge_serve)
     c = edge_sub.add_parser("check", help="validate [[edge]] and [[distributions]]; print the tiers")
     c.add_argument("-c", "--config", metavar="FILE", help=config_help)
     c.set_defaults(func=cmd_edge_check)
+
+    p = sub.add_parser("cdn", help="the CDN's operations: invalidate cached objects, sign URLs")
+    cdn_sub = p.add_subparsers(dest="cdn_command", required=True)
+    i = cdn_sub.add_parser("invalidate", help="purge PATHs (and tagged objects) of DIST from every POP and tier")
+    i.add_argument("distribution", metavar="DIST")
+    i.add_argument("paths", nargs="*", metavar="PATH", help="an exact path, or a prefix ending in * ('/titles/1/*')")
+    i.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="purge every object whose Surrogate-Key carried TAG (repeatable)")
+    i.add_argument("--via", metavar="ID",
+                   help="the [[edge]] daemon to send it to (default: the purge home, the shield)")
+    i.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for every tier to apply it (0: return once it is accepted)")
+    i.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    i.set_defaults(func=cmd_cdn_invalidate)
+    g = cdn_sub.add_parser("sign", help="a signed URL for PATH of DIST (CloudFront's format)")
+    g.add_argument("distribution", metavar="DIST")
+    g.add_argument("path", metavar="PATH")
+    g.add_argument("--expires", required=True, metavar="WHEN", help="a duration (90s, 15m, 1h, 7d) or @EPOCH")
+    g.add_argument("--key-id", metavar="ID", help="the [[cdn.keys]] key pair (default: the first with a private key)")
+    g.add_argument("--pop", metavar="ID", help="the POP whose port the URL names (default: the first POP)")
+    g.add_argument("--https", action="store_true", help="an https:// URL on the POP's tls_port")
+    g.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    g.set_defaults(func=cmd_cdn_sign)
 
 
 def _host_port(value: str, flag: str) -> tuple[str, int]:
@@ -63,7 +94,10 @@ def serve_config(args: argparse.Namespace) -> ClusterConfig:
                       cache_dir=Path(args.cache_dir))
     if admin_host != host:
         raise ConfigError("--admin", "the admin port listens on the --listen host")
-    return ClusterConfig(name="edge-serve", edge=(node,),
+    # Without --secret-file, the kernel's default (var/cluster.secret); none there: the admin port
+    # refuses every purge, having nothing to check it against.
+    secret = Path(args.secret_file).expanduser().absolute() if getattr(args, "secret_file", None) else None
+    return ClusterConfig(name="edge-serve", edge=(node,), secret_file=secret,
                          distributions=(Distribution(name="default", origin=origin),))
 
 
@@ -103,4 +137,139 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     for d in cfg.distributions:
         print(f"distribution {d.name}: {', '.join(d.hostnames) or '(any host)'} -> {d.origin.url}"
               + (f" (secondary {d.secondary.url})" if d.secondary else ""))
+    return EXIT_OK
+
+
+def _tier_applied(edges: Any, dist: str, seq: int, epoch: str, deadline: float) -> tuple[list[str], list[str]]:
+    """Poll every edge daemon's /healthz until it shows ``seq`` of ``epoch`` applied for ``dist``
+    or ``deadline`` passes: (ids that applied it, ids that did not say so)."""
+    import httpx
+
+    pending = {e.id: e for e in edges}
+    applied: list[str] = []
+    unreachable: dict[str, str] = {}
+    with httpx.Client(trust_env=False, timeout=2.0) as client:
+        while True:
+            for node_id, e in list(pending.items()):
+                try:
+                    doc = client.get(f"http://{e.host}:{e.admin_port}/healthz").json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    unreachable[node_id] = type(exc).__name__
+                    continue
+                unreachable.pop(node_id, None)
+                state = (doc.get("purge") or {}).get(dist) or {}
+                if state.get("epoch") == epoch and isinstance(state.get("last_seq"), int) and state["last_seq"] >= seq:
+                    applied.append(node_id)
+                    del pending[node_id]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    return applied, [f"{i} ({unreachable[i]}: it applies the purge before it serves again)" if i in unreachable else i
+                     for i in pending]
+
+
+def cmd_cdn_invalidate(args: argparse.Namespace) -> int:
+    """``headwater cdn invalidate DIST PATH... [--tag T]``: purge, then wait for every tier."""
+    import httpx
+
+    from headwater.rpc.auth import cluster_secret
+
+    from .adminauth import admin_key
+    from .invalidation import FORWARD_WAIT_S, INVALIDATE_PATH, purge_home
+    from .purge import InvalidPurge, validate_path
+
+    try:
+        cfg = load(args.config)
+        if args.distribution not in {d.name for d in cfg.distributions}:
+            raise ConfigError("DIST", f"no [[distributions]] entry is named {args.distribution!r} "
+                                      f"({', '.join(d.name for d in cfg.distributions) or 'none'})")
+        if not args.paths and not args.tag:
+            raise ConfigError("PATH", "give at least one path or --tag")
+        for path in args.paths:
+            try:
+                validate_path(path)
+            except InvalidPurge as e:
+                raise ConfigError("PATH", str(e)) from None
+        edges = {e.id: e for e in cfg.edge}
+        node = edges.get(args.via) if args.via else purge_home(cfg)
+        if node is None:
+            raise ConfigError("--via" if args.via else "edge", f"no [[edge]] daemon {args.via!r}" if args.via
+                              else "cluster.toml has no [[edge]] daemons")
+        key = admin_key(cluster_secret(cfg))
+    except ConfigError as e:
+        _err(str(e).lstrip(": "))
+        return EXIT_USAGE
+    body = json.dumps({"distribution": args.distribution, "paths": args.paths, "tags": args.tag}).encode()
+    headers = {"authorization": key.authorization("POST", INVALIDATE_PATH, body, now=time.time()),
+               "content-type": "application/json"}
+    url = f"http://{node.host}:{node.admin_port}{INVALIDATE_PATH}"
+    try:
+        r = httpx.post(url, content=body, headers=headers, trust_env=False, timeout=FORWARD_WAIT_S + 5)
+    except httpx.HTTPError as e:
+        _err(f"{node.id} ({url}): {type(e).__name__}: {e}")
+        return EXIT_FAILED
+    try:
+        doc = r.json()
+    except ValueError:
+        doc = {}
+    if r.status_code != 201 or not isinstance(doc.get("seq"), int):
+        _err(f"{node.id} refused the invalidation ({r.status_code}): {doc.get('error') or r.text[:300]}")
+        return EXIT_FAILED
+    what = ", ".join([*args.paths, *(f"tag {t}" for t in args.tag)])
+    print(f"invalidation {doc['seq']} of {args.distribution} accepted by {doc.get('at', node.id)}: {what}", flush=True)
+    if args.wait <= 0:
+        return EXIT_OK
+    applied, missing = _tier_applied(cfg.edge, args.distribution, doc["seq"], str(doc.get("epoch")),
+                                     time.monotonic() + args.wait)
+    if not missing:
+        print(f"applied at every tier ({len(applied)} of {len(applied)})")
+        return EXIT_OK
+    print(f"applied at {len(applied)} of {len(applied) + len(missing)} tiers; not confirmed: {', '.join(missing)}",
+          file=sys.stderr)
+    # A daemon that is down applies the purge before it serves again; one that answers but has
+    # not applied it within --wait is a failure.
+    return EXIT_OK if all("(" in m for m in missing) else EXIT_FAILED
+
+
+def cmd_cdn_sign(args: argparse.Namespace) -> int:
+    """``headwater cdn sign DIST PATH --expires 1h``: print a signed URL (canned policy)."""
+    from .signedurl import parse_expiry, sign_with_key
+
+    try:
+        cfg = load(args.config)
+        dist = next((d for d in cfg.distributions if d.name == args.distribution), None)
+        if dist is None:
+            raise ConfigError("DIST", f"no [[distributions]] entry is named {args.distribution!r}")
+        if not args.path.startswith("/"):
+            raise ConfigError("PATH", f"{args.path!r} must start with /")
+        keys = cfg.cdn.keys
+        if args.key_id:
+            key = keys.get(args.key_id)
+            if key is None:
+                raise ConfigError("--key-id", f"no [[cdn.keys]] entry has id {args.key_id!r} "
+                                              f"({', '.join(keys.ids()) or 'none configured'})")
+        else:
+            key = next((k for k in keys.keys if k.private_key_pem is not None), None)
+            if key is None:
+                raise ConfigError("cdn.keys", "no [[cdn.keys]] entry has a private_key_file on this host")
+        pops = [e for e in cfg.edge if e.tier == "pop"]
+        pop = next((e for e in pops if e.id == args.pop), None) if args.pop else (pops[0] if pops else None)
+        if pop is None:
+            raise ConfigError("--pop", f"no POP {args.pop!r}" if args.pop else "cluster.toml has no POP")
+        if args.https and pop.tls_port is None:
+            raise ConfigError("--https", f"{pop.id} has no tls_port")
+        expires = parse_expiry(args.expires, now=time.time())
+    except ConfigError as e:
+        _err(str(e).lstrip(": "))
+        return EXIT_USAGE
+    except ValueError as e:
+        _err(f"--expires: {e}")
+        return EXIT_USAGE
+    host = dist.hostnames[0] if dist.hostnames else pop.host
+    scheme, port = ("https", pop.tls_port) if args.https else ("http", pop.port)
+    try:
+        print(sign_with_key(f"{scheme}://{host}:{port}{args.path}", key, expires=expires))
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
     return EXIT_OK

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from headwater.config import TLS_AUTO, GiB, HttpLimits, MiB, Reader, read_http_limits
+from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
 
 from .cache import DEFAULT_BEHAVIOUR, Behaviour, read_behaviour
 from .limits import ClientLimits, Rule, read_client_limits, read_rules
@@ -41,7 +41,7 @@ from .purge import PurgeConfig, read_purge_config
 from .signedurl import SigningKeys, read_signing_keys
 
 __all__ = ["TIERS", "METHODS", "SAFE_ONLY", "EdgeConfig", "Origin", "Route", "Distribution", "CdnConfig",
-           "read_edge", "read_distributions", "read_origin", "read_cdn", "check_edge"]
+           "read_edge", "read_distributions", "read_origin", "read_cdn", "check_edge", "purge_home"]
 
 TIERS = ("pop", "regional", "shield")
 # What ``allowed_methods`` may name (CloudFront's seven); GET and HEAD are always allowed.
@@ -93,8 +93,9 @@ class EdgeConfig:
 
     @property
     def needs_cluster_secret(self) -> bool:
-        """The local CA's key is sealed under the cluster secret (``tls_cert = "auto"``)."""
-        return self.tls_cert == TLS_AUTO
+        """Always: invalidations and the purge feed between tiers are signed with it
+        (:mod:`.adminauth`); and with ``tls_cert = "auto"`` the local CA's key is sealed under it."""
+        return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -350,11 +351,28 @@ def read_cdn(r: Reader, value: Any) -> CdnConfig:
                      purge=read_purge_config(r, value.get("purge"), "cdn.purge"))
 
 
+def purge_home(cluster: Any) -> EdgeConfig | None:
+    """The daemon holding every distribution's purge log (:mod:`.invalidation`): the first shield
+    in cluster.toml; with no shield the first regional, else the first POP (None: no ``[[edge]]``)."""
+    edges = tuple(getattr(cluster, "edge", ()) or ())
+    for tier in ("shield", "regional", "pop"):
+        for e in edges:
+            if e.tier == tier:
+                return e
+    return None
+
+
 def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
-    """Across sections: upstream ids name daemons of the next tier; an s3:// origin needs a
-    gateway (or s3_endpoint) and credentials (its own or a [[users]] entry)."""
+    """Across sections: upstream ids name daemons of the next tier; the purge home runs one
+    worker; an s3:// origin needs a gateway (or s3_endpoint) and credentials (its own or a
+    [[users]] entry)."""
     edges = tuple(getattr(cfg, "edge", ()) or ())
     by_id = {e.id: e for e in edges}
+    home = purge_home(cfg)
+    if home is not None and home.workers > 1:
+        i = edges.index(home)
+        raise r.error(f"edge[{i}].workers", f"{home.id} keeps the purge log (the first {home.tier}): it runs "
+                                            f"one worker, so that one process numbers the purges")
     for i, e in enumerate(edges):
         want = "regional" if e.tier == "pop" else "shield"
         for u in e.upstreams:

@@ -8,28 +8,34 @@ builds its upstream client and the router over the next tier, and serves:
   SO_REUSEPORT; HTTPS with ALPN (h2, http/1.1) on ``tls_port`` when it is configured, with the
   operator's files or, for ``"auto"``, the cluster's local CA's leaf (:mod:`headwater.localca`);
 - the admin endpoint on ``admin_port``: /healthz (tier, hits, misses, cached bytes, upstreams'
-  state, ``load`` for the GeoDNS's health checks) and /metrics.
+  state, ``load`` for the GeoDNS's health checks, purges applied) and /metrics, and the signed
+  invalidation routes ``POST /_hw/invalidate`` and ``GET /_hw/purges`` (:mod:`.invalidation`,
+  whose pullers run in the worker's task group).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from headwater.admin import export_stats, serve_admin
+from headwater.admin import ADMIN_LIMITS, admin_app, export_stats
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.http import serve
 from headwater.localca import client_ssl_context, tls_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
+from headwater.rpc.auth import cluster_secret
 
 from .access import FrontDoor
+from .adminauth import admin_key
 from .app import EdgeApp
 from .config import CdnConfig, EdgeConfig
+from .invalidation import MAX_BODY_BYTES, Invalidation
 from .store.disk import DiskSettings, DiskStore
 from .store.ram import RamStore
 from .tiers import TierRouter, Upstream
@@ -83,14 +89,22 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                      tier=node.tier, monotonic=clock.monotonic, wall=clock.time) if node.tier == "pop" else None
     hooks: dict[str, Any] = {} if door is None else {"on_connection": door.on_connection,
                                                       "on_disconnect": door.on_disconnect}
+    purges = Invalidation(cluster=cluster, node=node, distributions=distributions, stores=stores,
+                          top=router is None, worker=worker, clock=clock,
+                          key=lambda: admin_key(cluster_secret(cluster)))
     try:
+        await purges.open()
         async with anyio.create_task_group() as tg:
             tg.start_soon(upstream.run)
             app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
                           next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
-                          clock=clock, access_log=access_log, front_door=door)
+                          clock=clock, access_log=access_log, front_door=door, purges=purges)
             export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
                                                               "active": app.active})
+            purges.flights = app.collapser.flights
+            export_stats(registry, "hw_edge_purge", purges.stats)
+            for puller in purges.pullers():
+                tg.start_soon(puller.run_forever)
 
             async def health() -> dict[str, Any]:
                 return {**app.health(), "worker": worker}
@@ -102,15 +116,20 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
                                                          ssl_context=tls, reuse_port=True, clock=clock,
                                                          task_status=task_status, **hooks))
-            await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
-                                                           registry=registry, reuse_port=True,
-                                                           task_status=task_status))
+            admin = purges.admin_app(admin_app(health=health, registry=registry))
+            # Invalidation bodies, and long polls that must outlast no idle timeout.
+            admin_limits = dataclasses.replace(
+                ADMIN_LIMITS, max_body_bytes=MAX_BODY_BYTES,
+                idle_timeout_s=max(ADMIN_LIMITS.idle_timeout_s, purges.config.long_poll_s + 10))
+            await tg.start(lambda task_status: serve(admin, host=node.host, port=node.admin_port, limits=admin_limits,
+                                                     reuse_port=True, clock=clock, task_status=task_status))
             log.info("edge: %s (%s) serving on %s:%d, worker %d", node.id, node.tier, node.host, node.port, worker,
                      extra={"event": "edge.started", "tier": node.tier, "worker": worker})
             task_status.started()
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.aclose()
+            await purges.aclose()
         for store in stores:
             try:
                 store.close()

@@ -12,71 +12,16 @@ Range 206/416 from cache, methods and loops refused.
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import httpx
 import pytest
 
-from headwater.config import load
-from headwater.edge.daemon import run_edge
-from headwater.http import Request, Response, serve
-from tests.cluster import free_ports
-
-
-@dataclass
-class Obj:
-    body: bytes
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    etag: str | None = None
-    chunk_delay_s: float = 0.0  # a slow origin: the body in 8 pieces, this long apart
-    truncate: bool = False  # declare the full length, send half, then end
-
-
-class ControlledOrigin:
-    """An origin the test controls: ``objects`` by path, ``fetches`` counted by path."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, Obj] = {}
-        self.fetches: Counter[str] = Counter()
-        self.conditionals: Counter[str] = Counter()
-        self.scope: anyio.CancelScope | None = None
-
-    async def app(self, request: Request) -> Response:
-        self.fetches[request.path] += 1
-        obj = self.objects.get(request.path)
-        if obj is None:
-            return Response(404, [("content-length", "0")], b"")
-        headers = list(obj.headers)
-        if obj.etag:
-            headers.append(("etag", obj.etag))
-            if request.headers.get("if-none-match") == obj.etag:
-                self.conditionals[request.path] += 1
-                return Response(304, headers, b"")
-        headers.append(("content-length", str(len(obj.body))))
-        if obj.truncate:
-            async def half():
-                yield obj.body[: len(obj.body) // 2]
-            return Response(200, headers, half())
-        if obj.chunk_delay_s:
-            async def slow():
-                step = max(1, len(obj.body) // 8)
-                for i in range(0, len(obj.body), step):
-                    await anyio.sleep(obj.chunk_delay_s)
-                    yield obj.body[i:i + step]
-            return Response(200, headers, slow())
-        return Response(200, headers, obj.body)
-
-    async def run(self, port: int, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.CancelScope() as self.scope:
-            await serve(self.app, host="127.0.0.1", port=port, task_status=task_status)
+from tests.functional.edge_harness import ControlledOrigin, Obj, running_edge
 
 
 @dataclass
@@ -89,81 +34,11 @@ class Env:
     tasks: list[Any]
 
 
-CONFIG = """
-[cluster]
-name = "edge-test"
-data_dir = "var"
-
-# Every test request comes from 127.0.0.1: one client to the POPs' limits, which the 200
-# concurrent connections below would exceed with the defaults (64 connections, burst 200).
-[cdn.client_limits]
-max_connections_per_client = 1000
-requests_per_second = 1000
-burst = 5000
-
-[[distributions]]
-name = "video"
-hostnames = ["video.test"]
-origin = "http://127.0.0.1:{origin}"
-
-[[edge]]
-id = "pop-1"
-tier = "pop"
-port = {p[0]}
-admin_port = {p[1]}
-lat = 51.5
-lon = -0.12
-ram_size = "64MiB"
-
-[[edge]]
-id = "pop-2"
-tier = "pop"
-port = {p[2]}
-admin_port = {p[3]}
-lat = 40.7
-lon = -74.0
-ram_size = "64MiB"
-
-[[edge]]
-id = "regional-1"
-tier = "regional"
-port = {p[4]}
-admin_port = {p[5]}
-disk_size = "64MiB"
-
-[[edge]]
-id = "regional-2"
-tier = "regional"
-port = {p[6]}
-admin_port = {p[7]}
-disk_size = "64MiB"
-
-[[edge]]
-id = "shield-1"
-tier = "shield"
-port = {p[8]}
-admin_port = {p[9]}
-disk_size = "64MiB"
-"""
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    folder: Path = tmp_path_factory.mktemp("edge")
-    ports = free_ports(11)
-    path = folder / "cluster.toml"
-    path.write_text(CONFIG.format(origin=ports[10], p=ports))
-    cfg = load(str(path))
-    origin = ControlledOrigin()
-    with anyio.from_thread.start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
-        futures = [portal.start_task(origin.run, ports[10])[0]]
-        for node in cfg.edge:
-            futures.append(portal.start_task(functools.partial(run_edge, cfg, node))[0])
-        yield Env(origin=origin, pops=[f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[2]}"],
-                  admin={e.id: f"http://127.0.0.1:{e.admin_port}" for e in cfg.edge}, portal=portal,
-                  origin_port=ports[10], tasks=futures)
-        for f in futures:
-            f.cancel()
+    with running_edge(tmp_path_factory.mktemp("edge")) as cluster:
+        yield Env(origin=cluster.origin, pops=cluster.pops, admin={e.id: cluster.admin(e.id) for e in cluster.cfg.edge},
+                  portal=cluster.portal, origin_port=cluster.origin_port, tasks=cluster.others)
 
 
 def client(http2: bool = False) -> httpx.Client:

@@ -37,6 +37,7 @@ from headwater.config import load
 from headwater.edge.daemon import run_edge
 from headwater.edge.signedurl import cf_b64encode
 from headwater.http import Request, Response, serve
+from headwater.rpc.auth import ensure_cluster_secret
 from tests.cluster import free_ports
 
 MiB = 1024 * 1024
@@ -189,6 +190,7 @@ def env(tmp_path_factory):
     path = folder / "cluster.toml"
     path.write_text(CONFIG.format(pub=folder / "cf.pub", origin=ports[4], p=ports))
     cfg = load(str(path))
+    ensure_cluster_secret(cfg, env={})  # what `headwater up` does first: the tiers sign their purge pulls
     origin = RangeOrigin()
     with anyio.from_thread.start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
         futures = [portal.start_task(functools.partial(serve, origin.app, host="127.0.0.1", port=ports[4]))[0]]
