@@ -35,12 +35,16 @@ from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable, cluster_sec
 from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
                      WriteOutcomeUnknown)
 from .failover import MemberStanding, Route
+from .merge import PartitionMerge, PageWanted
 from .partition import PartitionMap
 from .store import Record, Version, check_key, check_ns, record_from_wire
 
-__all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock"]
+__all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock", "MAX_LIST_PAGE"]
 
 log = logging.getLogger("headwater.objstore.metadata.client")
+
+# The most names one partition is asked for in one kv.list round (the node allows 10,000).
+MAX_LIST_PAGE = 1000
 
 
 
@@ -129,7 +133,8 @@ class RaftReplication:
         # where cluster.toml places it, or not there yet); absent: cluster.toml's placement.
         self._members: dict[int, tuple[str, ...]] = {}
         self.standing = MemberStanding(election_s=election_s)
-        self.stats = {"reads": 0, "writes": 0, "scans": 0, "redirects": 0, "retries": 0,
+        self.stats = {"reads": 0, "writes": 0, "scans": 0, "lists": 0, "list_rounds": 0,
+                      "list_calls": 0, "redirects": 0, "retries": 0,
                       "quorum_failures": 0, "unknown_outcomes": 0, "silent_attempts": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:
@@ -321,6 +326,71 @@ class RaftReplication:
         if failures:
             raise failures[0]
 
+    async def list(self, ns: str, *, prefix: str, delimiter: str, start_after: str,
+                   limit: int) -> list[tuple[str, Record | None]]:
+        """Up to ``limit`` names of ``ns`` after ``start_after``, keys with ``delimiter`` after
+        ``prefix`` rolled up into common prefixes (record None) by the nodes, merged across every
+        partition. Each round asks every group that owes a page once (one ``kv.list`` naming its
+        partitions, to its leader: linearizable), all groups at once; see :mod:`.merge` for how
+        many rounds a page takes."""
+        self.stats["lists"] += 1
+        parts = self.ring.partitions
+        # Enough per partition that names spread evenly fill the page in one round, with slack.
+        first = max(16, min(MAX_LIST_PAGE, 2 * limit // parts + 16, limit))
+        merge = PartitionMerge(range(parts), start_after=start_after, first_page=first,
+                               max_page=max(first, min(MAX_LIST_PAGE, limit)))
+        out: list[tuple[str, Record | None]] = []
+        while len(out) < limit:
+            wanted = merge.wanted()
+            if wanted:
+                await self._list_round(ns, prefix, delimiter, merge, wanted)
+                continue
+            item = merge.pop()
+            if item is None:
+                break
+            out.append(item)
+        return out
+
+    async def _list_round(self, ns: str, prefix: str, delimiter: str, merge: PartitionMerge,
+                          wanted: list[PageWanted]) -> None:
+        """One ``kv.list`` per group that owes a page, to its leader, all at once."""
+        self.stats["list_rounds"] += 1
+        by_group: dict[int, list[PageWanted]] = collections.defaultdict(list)
+        for w in wanted:
+            by_group[self.ring.group_of(w.partition)].append(w)
+        failures: list[Exception] = []
+
+        async def one(group: list[PageWanted]) -> None:
+            self.stats["list_calls"] += 1
+            try:
+                r = await self._leader_call(group[0].partition, "kv.list", {
+                    "ns": ns, "prefix": prefix, "delimiter": delimiter, "limit": max(w.limit for w in group),
+                    "parts": [[w.partition, w.start_after, w.start_open] for w in group]}, write=False)
+                asked = {w.partition for w in group}
+                for p, items, more, last, last_open in r["pages"]:
+                    if p not in asked:
+                        raise ValueError(f"it answered partition {p}, which was not asked")
+                    asked.discard(p)
+                    names: list[tuple[str, Record | None]] = []
+                    for name, w in items:
+                        rec = None if w is None else record_from_wire(w)
+                        if rec is not None:
+                            self.clock.observe(rec.version)
+                        names.append((name, rec))
+                    merge.feed(p, names, more=more, last=last, last_open=last_open)
+                if asked:
+                    raise ValueError(f"it left partitions {sorted(asked)} unanswered")
+            except (ValueError, TypeError, KeyError) as e:  # a malformed answer
+                failures.append(MetadataError(f"kv.list to group {self.ring.group_of(group[0].partition)}: {e}"))
+            except Exception as e:  # raised below, as itself rather than inside a group
+                failures.append(e)
+
+        async with anyio.create_task_group() as tg:
+            for group in by_group.values():
+                tg.start_soon(one, group)
+        if failures:
+            raise failures[0]
+
     # --- health --------------------------------------------------------------------------------
 
     async def node_info(self, timeout_s: float = 2.0) -> dict[str, dict[str, Any] | None]:
@@ -437,6 +507,27 @@ class MetadataClient:
             async for key, rec in it:
                 assert rec.value is not None
                 yield Entry(ns=ns, key=key, value=rec.value, version=rec.version)
+
+    async def list(self, ns: str, *, prefix: str = "", delimiter: str = "", start_after: str = "",
+                   limit: int = 1000) -> list[tuple[str, Entry | None]]:
+        """Up to ``limit`` names of ``ns`` greater than ``start_after`` in order: live keys starting
+        with ``prefix`` as (key, Entry), and, when ``delimiter`` is given, every key with the
+        delimiter after the prefix rolled up into its common prefix (the key up to and including
+        that delimiter) as (prefix, None), once. A ``start_after`` inside a common prefix skips
+        that prefix. Read from every partition's group leader, like :meth:`scan`; a page costs a
+        few rounds of one call per group, however many keys each common prefix holds."""
+        check_ns(ns), check_key(prefix), check_key(delimiter), check_key(start_after)
+        if limit < 1:
+            return []
+        names = await self.replication.list(ns, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                                            limit=limit)
+        out: list[tuple[str, Entry | None]] = []
+        for name, rec in names:
+            if rec is None:
+                out.append((name, None))
+            elif rec.value is not None:
+                out.append((name, Entry(ns=ns, key=name, value=rec.value, version=rec.version)))
+        return out
 
     async def health(self) -> dict[str, bool]:
         """Node id -> whether it answered ``node.info`` within two seconds."""

@@ -19,6 +19,11 @@ Client methods (records travel as ``[ts, writer, value]``):
 ``kv.get``   {ns, p, key} -> {record}: a linearizable read (ReadIndex).
 ``kv.scan``  {ns, parts: [[p, start_after], ...], prefix, limit} ->
              {pages: [[p, [[key, record], ...], more, last], ...]}: linearizable per group.
+``kv.list``  {ns, parts: [[p, start_after, start_open], ...], prefix, delimiter, limit} ->
+             {pages: [[p, [[name, record or None], ...], more, last, last_open], ...]}: keys with
+             the delimiter after the prefix rolled up into common prefixes (record None) on the
+             node, each prefix skipped with one cursor seek; at most ``limit`` names and
+             MAX_LIST_EXAMINED records read per partition; linearizable per group.
 ``node.info`` -> {id, partitions, entries, db_bytes, map_bytes, groups, stats}
 
 Operator methods: ``ring.get`` -> {ring}; ``meta.config`` {g} -> {config, leader, role};
@@ -68,11 +73,14 @@ from .raft.group import (
 from .raft.storage import RaftStorage, read_ring, write_ring
 from .store import Command, OpKind, Record, RecordStore, record_from_wire, record_to_wire
 
-__all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT"]
+__all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT", "MAX_LIST_EXAMINED"]
 
 log = logging.getLogger("headwater.objstore.metadata.node")
 
 MAX_SCAN_LIMIT = 10_000
+# Records one kv.list reads per partition, returned or not (dead records, overflow groups): a
+# listing over a hostile key layout pays in round trips, never in one long call.
+MAX_LIST_EXAMINED = 10_000
 # Writer ids travel in every log entry and key the record of applied versions (LMDB keys are at
 # most 511 bytes): an entry that cannot be applied must never enter the log.
 MAX_WRITER_BYTES = 128
@@ -94,6 +102,7 @@ class MetadataNode:
         self._clock = clock
         self.stats: dict[str, int] = {
             "gets": 0, "writes": 0, "conditions_failed": 0, "scans": 0, "scanned_records": 0,
+            "lists": 0, "listed_names": 0, "list_examined": 0,
             "not_leader": 0, "corrupt_records": 0, "bad_requests": 0, "records_repaired": 0,
         }
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
@@ -107,7 +116,7 @@ class MetadataNode:
         self._tg: anyio.abc.TaskGroup | None = None
         self._creating: dict[str, anyio.Lock] = {}
         self.server = RpcServer(node.id, secret=secret)
-        for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan),
+        for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan), ("kv.list", self._list),
                          ("kv.peek", self._peek), ("node.info", self._info), ("ring.get", self._ring_get),
                          ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),
                          ("meta.retire", self._meta_retire),
@@ -456,6 +465,36 @@ class MetadataNode:
                 raise self._bad(f"kv.scan: {e}") from None
             self.stats["scanned_records"] += len(page.items)
             pages.append([p, [[k, record_to_wire(r)] for k, r in page.items], page.more, page.last])
+            await anyio.lowlevel.checkpoint()  # many partitions: let other calls run between them
+        return {"pages": pages}
+
+    async def _list(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """``kv.list``: one rolled-up page per partition asked, after one read barrier per group."""
+        assert self.store is not None
+        self.stats["lists"] += 1
+        ns, parts = args.get("ns"), args.get("parts")
+        prefix, delimiter, limit = args.get("prefix", ""), args.get("delimiter", ""), args.get("limit", 1000)
+        if not isinstance(parts, list) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT \
+                or len(parts) > self.partitions:
+            raise self._bad(f"kv.list needs at most {self.partitions} parts and a limit of 1..{MAX_SCAN_LIMIT}")
+        wanted: list[tuple[int, str, bool]] = []
+        for item in parts:
+            if not isinstance(item, (list, tuple)) or len(item) != 3 or not isinstance(item[2], bool):
+                raise self._bad(f"kv.list: malformed part {item!r}")
+            wanted.append((self._partition(item[0]), item[1] or "", item[2]))
+        for g in {self._group(p) for p, _, _ in wanted}:  # one read barrier per group
+            await self._barrier(g)
+        pages = []
+        for p, start_after, start_open in wanted:
+            try:
+                page = self.store.rolled_scan(ns, p, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                                              start_open=start_open, limit=limit, max_examined=MAX_LIST_EXAMINED)
+            except (InvalidKey, ValueError) as e:
+                raise self._bad(f"kv.list: {e}") from None
+            self.stats["listed_names"] += len(page.items)
+            self.stats["list_examined"] += page.examined
+            pages.append([p, [[name, None if r is None else record_to_wire(r)] for name, r in page.items],
+                          page.more, page.last, page.last_open])
             await anyio.lowlevel.checkpoint()  # many partitions: let other calls run between them
         return {"pages": pages}
 

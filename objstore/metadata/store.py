@@ -40,7 +40,7 @@ import xxhash
 from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 
 __all__ = [
-    "Version", "Record", "OpKind", "ScanPage", "RecordStore", "encode_record", "decode_record", "record_to_wire",
+    "Version", "Record", "OpKind", "ScanPage", "RolledPage", "RecordStore", "encode_record", "decode_record", "record_to_wire",
     "record_from_wire", "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult",
     "RAFT_DB_NAME",
 ]
@@ -157,6 +157,28 @@ class ScanPage:
     items: list[tuple[str, Record]]
     more: bool
     last: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RolledPage:
+    """One partition's listing with keys under a delimiter rolled up into common prefixes.
+
+    ``items`` are (name, record) in name order; a record of None marks a common prefix. When
+    ``more`` is true the next page starts after ``last`` with ``last_open`` passed back: true when
+    ``last`` lies inside a common prefix that was not returned yet (only live keys make one, and
+    the page stopped among dead records under it), so resuming must not skip that prefix.
+    ``examined`` counts the records the page read, returned or not.
+    """
+
+    items: list[tuple[str, Record | None]]
+    more: bool
+    last: str | None
+    last_open: bool
+    examined: int
+
+
+# Above every UTF-8 byte: an exclusive bound after every key that starts with a given prefix.
+_PAST = b"\xff"
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -336,6 +358,75 @@ class RecordStore:
                     more = True
                     break
         return ScanPage(items=items, more=more, last=None if last is None else last[len(base):].decode("utf-8"))
+
+    def rolled_scan(self, ns: str, partition: int, *, prefix: str = "", delimiter: str = "",
+                    start_after: str = "", start_open: bool = False, limit: int = 1000,
+                    max_examined: int = 10_000) -> RolledPage:
+        """Live keys of ``ns`` in ``partition`` that start with ``prefix``, in order, with every
+        key that has ``delimiter`` after the prefix rolled up into its common prefix (the key up
+        to and including that delimiter), returned once, as S3 lists "folders".
+
+        After a common prefix the LMDB cursor seeks past all of its keys, so a page costs one
+        seek per prefix rather than a read per key. Names returned are greater than
+        ``start_after``; a ``start_after`` inside a common prefix skips that whole prefix (S3's
+        rule for a marker) unless ``start_open`` (a resumed page, see :class:`RolledPage`).
+        At most ``limit`` names, and at most ``max_examined`` records read, per call.
+        """
+        if limit < 1 or max_examined < 1:
+            raise ValueError("limit and max_examined must be at least 1")
+        base = self._base(partition, ns)
+        pfx = base + check_key(prefix)
+        check_key(delimiter)
+        lower = base + check_key(start_after) if start_after else None  # exclusive
+        if delimiter and not start_open and start_after.startswith(prefix):
+            cut = start_after.find(delimiter, len(prefix))
+            if cut >= 0:
+                past = base + start_after[: cut + len(delimiter)].encode("utf-8") + _PAST
+                lower = past if lower is None else max(lower, past)
+        items: list[tuple[str, Record | None]] = []
+        examined = 0
+        last: str | None = None
+        last_open = False
+        more = False
+        seek = pfx if lower is None else max(pfx, lower)
+        with self._env.begin() as txn:
+            while seek is not None:
+                resume, seek = seek, None
+                for enc, raw in self._walk(txn, resume[:self._inline], base):
+                    examined += 1
+                    if lower is not None and enc <= lower:
+                        continue  # an overflow group's members before the bound, or the bound itself
+                    if not enc.startswith(pfx):
+                        if enc > pfx:
+                            break
+                        continue
+                    key = enc[len(base):].decode("utf-8")
+                    cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                    common = key[: cut + len(delimiter)] if cut >= 0 else None
+                    try:
+                        rec = decode_record(raw, f"{ns}/{key!r}")
+                    except CorruptRecord:
+                        self.corrupt_reads += 1
+                        log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key,
+                                  extra={"event": "record.corrupt", "ns": ns, "key": key, "skipped": True})
+                        rec = None
+                    if rec is None or rec.value is None:
+                        last, last_open = key, common is not None
+                    elif common is not None:
+                        items.append((common, None))
+                        last, last_open = common, False
+                        lower = base + common.encode("utf-8") + _PAST
+                        seek = lower  # past every key of this prefix, with a fresh cursor
+                    else:
+                        items.append((key, rec))
+                        last, last_open = key, False
+                        lower = enc
+                    if len(items) >= limit or examined >= max_examined:
+                        more, seek = True, None
+                        break
+                    if seek is not None:
+                        break
+        return RolledPage(items=items, more=more, last=last, last_open=last_open, examined=examined)
 
     def _walk(self, txn: lmdb.Transaction, seek: bytes, base: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(encoded key, raw record) from ``seek`` on, overflow groups expanded, while under ``base``."""
