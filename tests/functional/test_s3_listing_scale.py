@@ -1,0 +1,91 @@
+"""Delimiter listings through boto3 cost a bounded number of metadata calls per page, however many
+common prefixes the page holds (the roll-up runs on the metadata nodes, see ``kv.list``).
+
+Counted on the metadata nodes' own /metrics (``headwater_metadata_lists``: kv.list calls served,
+``headwater_metadata_scans``: kv.scan calls), not timed. The default ring: 64 partitions in 8
+Raft groups, so one round of a listing is at most 8 calls, one per group.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+PREFIXES = 500
+GROUPS = 8
+# PartitionMerge doubles what it asks each partition for every round; a page of 1,001 names
+# from 64 partitions starting at 47 each needs at most 5 rounds (47+94+188+376+752 >= 1,001).
+MAX_ROUNDS_PER_PAGE = 6
+
+
+def metadata_counters(cluster) -> dict[str, float]:
+    """Sum of ``headwater_metadata_lists`` and ``_scans`` over every metadata node's /metrics."""
+    out = {"lists": 0.0, "scans": 0.0}
+    for d in cluster.metadata:
+        text = httpx.get(f"http://{d.host}:{d.admin_port}/metrics", timeout=5).text
+        for name in out:
+            m = re.search(rf"^headwater_metadata_{name} ([0-9.e+]+)$", text, re.M)
+            assert m, f"no headwater_metadata_{name} on {d.id}"
+            out[name] += float(m.group(1))
+    return out
+
+
+def fill(s3, bucket: str, keys: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"x"), keys))
+
+
+def test_500_prefixes_list_in_a_bounded_number_of_calls(cluster, s3, bucket):
+    # Two keys under each prefix (in different partitions, mostly) and a few beside them, so
+    # equal prefixes from several partitions must come out once.
+    keys = [f"titles/{i:04d}/{part}" for i in range(PREFIXES) for part in ("a.mp4", "b/c.m4s")]
+    keys += ["titles/index.json", "titles/zz", "other/x", "titles"]
+    fill(s3, bucket, keys)
+    want_prefixes = [f"titles/{i:04d}/" for i in range(PREFIXES)]
+
+    before = metadata_counters(cluster)
+    r = s3.list_objects_v2(Bucket=bucket, Prefix="titles/", Delimiter="/")
+    after = metadata_counters(cluster)
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == want_prefixes
+    assert [c["Key"] for c in r["Contents"]] == ["titles/index.json", "titles/zz"]
+    assert not r["IsTruncated"] and r["KeyCount"] == PREFIXES + 2
+    calls = after["lists"] - before["lists"]
+    assert 1 <= calls <= GROUPS * MAX_ROUNDS_PER_PAGE, calls  # was >= one scan per prefix and group
+    assert after["scans"] == before["scans"]  # nothing walked keys one prefix at a time
+
+    # Paged with small pages, by continuation token (V2) and by marker (V1): every prefix once,
+    # in order, and each page's calls bounded.
+    for version in (2, 1):
+        got, pages, token = [], 0, None
+        before = metadata_counters(cluster)
+        while True:
+            if version == 2:
+                kw = {"ContinuationToken": token} if token else {}
+                r = s3.list_objects_v2(Bucket=bucket, Prefix="titles/", Delimiter="/", MaxKeys=70, **kw)
+            else:
+                kw = {"Marker": token} if token else {}
+                r = s3.list_objects(Bucket=bucket, Prefix="titles/", Delimiter="/", MaxKeys=70, **kw)
+            pages += 1
+            names = [p["Prefix"] for p in r.get("CommonPrefixes", [])] + [c["Key"] for c in r.get("Contents", [])]
+            assert len(names) <= 70
+            got += sorted(names)
+            if not r["IsTruncated"]:
+                break
+            token = r["NextContinuationToken"] if version == 2 else r["NextMarker"]
+        calls = metadata_counters(cluster)["lists"] - before["lists"]
+        assert got == want_prefixes + ["titles/index.json", "titles/zz"], version
+        assert pages == -(-(PREFIXES + 2) // 70)
+        assert calls <= pages * GROUPS * MAX_ROUNDS_PER_PAGE, (version, calls, pages)
+
+    # A start-after inside a prefix skips that prefix; deeper delimiters roll up the same way.
+    r = s3.list_objects_v2(Bucket=bucket, Prefix="titles/", Delimiter="/", StartAfter="titles/0007/a.mp4",
+                           MaxKeys=2)
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["titles/0008/", "titles/0009/"]
+    r = s3.list_objects_v2(Bucket=bucket, Prefix="titles/0042/", Delimiter="/")
+    assert [c["Key"] for c in r["Contents"]] == ["titles/0042/a.mp4"]
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["titles/0042/b/"]
+    r = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["other/", "titles/"]
+    assert [c["Key"] for c in r["Contents"]] == ["titles"]
