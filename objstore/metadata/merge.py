@@ -61,16 +61,18 @@ class PartitionMerge:
         self._max_page = max_page
         self._heap: list[tuple[str, int]] = []
         self._fetched: set[int] = set()
+        # Unfinished partitions with nothing buffered: kept as a count, so that checking before
+        # each pop costs nothing however many partitions there are.
+        self._starved = len(self._cursors)
         self.pages = 0  # pages fed so far
 
     def wanted(self) -> list[PageWanted]:
         """Partitions to ask before another name can be popped: none while every unfinished
         partition holds a name, else every unfinished partition (see the module's note on rounds)."""
-        live = [c for c in self._cursors.values() if not c.done]
-        if all(c.buf for c in live):
+        if not self._starved:
             return []
         return [PageWanted(partition=c.partition, start_after=c.after, start_open=c.open, limit=c.page)
-                for c in live]
+                for c in self._cursors.values() if not c.done]
 
     def feed(self, partition: int, items: list[tuple[str, Any]], *, more: bool, last: str | None,
              last_open: bool = False) -> None:
@@ -99,6 +101,8 @@ class PartitionMerge:
             c.done = True
         if c.buf and not had:
             heapq.heappush(self._heap, (c.buf[0][0], partition))
+        if not had and (c.buf or c.done):
+            self._starved -= 1
 
     def pop(self) -> tuple[str, Any] | None:
         """The next (name, value) in order, or None when every partition is exhausted.
@@ -107,7 +111,7 @@ class PartitionMerge:
         a smaller name. Every unfinished partition then holds its next name in the heap, so the
         same name from other partitions sits at the top beside it and is dropped with it.
         """
-        if any(not c.buf and not c.done for c in self._cursors.values()):
+        if self._starved:
             raise RuntimeError("pop() while pages are wanted")
         if not self._heap:
             return None
@@ -122,4 +126,6 @@ class PartitionMerge:
         _, value = c.buf.popleft()
         if c.buf:
             heapq.heappush(self._heap, (c.buf[0][0], p))
+        elif not c.done:
+            self._starved += 1
         return value

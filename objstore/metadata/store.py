@@ -26,6 +26,7 @@ This module is synchronous; the node runs writes on a worker thread.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import os
@@ -94,6 +95,23 @@ def decode_record(raw: bytes, where: str = "?") -> Record:
     if fmt != _FORMAT:
         raise CorruptRecord(f"{where} (unknown format {fmt})")
     return Record(version=(ts, writer), value=None if tomb else value)
+
+
+def record_is_live(raw: bytes, where: str = "?") -> bool:
+    """Whether a stored record is live (not an old tombstone), checksum verified, without decoding
+    its value: a listing that rolls a key up into a common prefix needs no more (an inline
+    object's value can be tens of KiB)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(_unwrap(bytes(raw), where))
+    try:
+        if unpacker.read_array_header() != 5:
+            raise ValueError("not a record")
+        fmt, _ts, _writer, tomb = unpacker.unpack(), unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+    except Exception:
+        raise CorruptRecord(where) from None
+    if fmt != _FORMAT:
+        raise CorruptRecord(f"{where} (unknown format {fmt})")
+    return not tomb
 
 
 def record_to_wire(rec: Record | None) -> list[Any] | None:
@@ -388,44 +406,63 @@ class RecordStore:
         last: str | None = None
         last_open = False
         more = False
-        seek = pfx if lower is None else max(pfx, lower)
+        group_len = self._inline + 1
         with self._env.begin() as txn:
-            while seek is not None:
-                resume, seek = seek, None
-                for enc, raw in self._walk(txn, resume[:self._inline], base):
-                    examined += 1
-                    if lower is not None and enc <= lower:
-                        continue  # an overflow group's members before the bound, or the bound itself
-                    if not enc.startswith(pfx):
-                        if enc > pfx:
-                            break
+            # One cursor for the whole page: after a common prefix it jumps past the prefix's keys
+            # (set_range), and an overflow group's members are walked from ``pending``.
+            cur = txn.cursor()
+            on = cur.set_range((pfx if lower is None else max(pfx, lower))[:self._inline])
+            pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
+            while pending or on:
+                if pending:
+                    enc, raw = pending.popleft()
+                else:
+                    k = cur.key()
+                    if not k.startswith(base):
+                        break
+                    if len(k) == group_len:
+                        pending.extend(sorted(self._read_group(txn, bytes(k), strict=False).items()))
+                        on = cur.next()
                         continue
-                    key = enc[len(base):].decode("utf-8")
-                    cut = key.find(delimiter, len(prefix)) if delimiter else -1
-                    common = key[: cut + len(delimiter)] if cut >= 0 else None
-                    try:
+                    enc, raw = bytes(k), cur.value()
+                    on = cur.next()
+                examined += 1
+                if lower is not None and enc <= lower:
+                    continue  # an overflow group's members before the bound, or the bound itself
+                if not enc.startswith(pfx):
+                    if enc > pfx:
+                        break
+                    continue
+                key = enc[len(base):].decode("utf-8")
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                rec: Record | None = None
+                try:
+                    if cut < 0:
                         rec = decode_record(raw, f"{ns}/{key!r}")
-                    except CorruptRecord:
-                        self.corrupt_reads += 1
-                        log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key,
-                                  extra={"event": "record.corrupt", "ns": ns, "key": key, "skipped": True})
-                        rec = None
-                    if rec is None or rec.value is None:
-                        last, last_open = key, common is not None
-                    elif common is not None:
-                        items.append((common, None))
-                        last, last_open = common, False
-                        lower = base + common.encode("utf-8") + _PAST
-                        seek = lower  # past every key of this prefix, with a fresh cursor
+                        live = rec.value is not None
                     else:
-                        items.append((key, rec))
-                        last, last_open = key, False
-                        lower = enc
-                    if len(items) >= limit or examined >= max_examined:
-                        more, seek = True, None
-                        break
-                    if seek is not None:
-                        break
+                        live = record_is_live(raw, f"{ns}/{key!r}")
+                except CorruptRecord:
+                    self.corrupt_reads += 1
+                    log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key,
+                              extra={"event": "record.corrupt", "ns": ns, "key": key, "skipped": True})
+                    live = False
+                if not live:
+                    last, last_open = key, cut >= 0
+                elif cut >= 0:
+                    common = key[: cut + len(delimiter)]
+                    items.append((common, None))
+                    last, last_open = common, False
+                    lower = base + common.encode("utf-8") + _PAST
+                    pending.clear()  # past every key of this prefix
+                    on = cur.set_range(lower[:self._inline])
+                else:
+                    items.append((key, rec))
+                    last, last_open = key, False
+                    lower = enc
+                if len(items) >= limit or examined >= max_examined:
+                    more = True
+                    break
         return RolledPage(items=items, more=more, last=last, last_open=last_open, examined=examined)
 
     def _walk(self, txn: lmdb.Transaction, seek: bytes, base: bytes) -> Iterator[tuple[bytes, bytes]]:
