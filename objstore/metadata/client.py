@@ -35,7 +35,7 @@ from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable, cluster_sec
 from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
                      WriteOutcomeUnknown)
 from .failover import MemberStanding, Route
-from .merge import PartitionMerge, PageWanted
+from .merge import StreamMerge, PageWanted
 from .partition import PartitionMap
 from .store import Record, Version, check_key, check_ns, record_from_wire
 
@@ -43,7 +43,7 @@ __all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock", "MAX_LIS
 
 log = logging.getLogger("headwater.objstore.metadata.client")
 
-# The most names one partition is asked for in one kv.list round (the node allows 10,000).
+# The most names one group is asked for in one kv.list round (the node allows 10,000).
 MAX_LIST_PAGE = 1000
 
 
@@ -330,20 +330,27 @@ class RaftReplication:
                    limit: int) -> list[tuple[str, Record | None]]:
         """Up to ``limit`` names of ``ns`` after ``start_after``, keys with ``delimiter`` after
         ``prefix`` rolled up into common prefixes (record None) by the nodes, merged across every
-        partition. Each round asks every group that owes a page once (one ``kv.list`` naming its
-        partitions, to its leader: linearizable), all groups at once; see :mod:`.merge` for how
-        many rounds a page takes."""
+        group. A round asks every group that is not finished once (one ``kv.list`` naming its
+        partitions, to its leader: linearizable), all groups at once; each node merges its
+        group's partitions, so a page is usually one round (see :mod:`.merge`)."""
         self.stats["lists"] += 1
-        parts = self.ring.partitions
-        # Enough per partition that names spread evenly fill the page in one round, with slack.
-        first = max(16, min(MAX_LIST_PAGE, 2 * limit // parts + 16, limit))
-        merge = PartitionMerge(range(parts), start_after=start_after, first_page=first,
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for p in range(self.ring.partitions):
+            groups[self.ring.group_of(p)].append(p)
+        if delimiter:
+            # Names are small and one group's share of a page is most of it when prefixes hold
+            # many keys (each prefix is in most groups): ask for the whole page.
+            first = limit
+        else:
+            # Keys spread evenly: a group holds about 1/groups of the page; twice that, with slack.
+            first = max(16, min(limit, 2 * limit // len(groups) + 16))
+        merge = StreamMerge(groups, start_after=start_after, first_page=first,
                                max_page=max(first, min(MAX_LIST_PAGE, limit)))
         out: list[tuple[str, Record | None]] = []
         while len(out) < limit:
             wanted = merge.wanted()
             if wanted:
-                await self._list_round(ns, prefix, delimiter, merge, wanted)
+                await self._list_round(ns, prefix, delimiter, merge, wanted, groups)
                 continue
             item = merge.pop()
             if item is None:
@@ -351,43 +358,34 @@ class RaftReplication:
             out.append(item)
         return out
 
-    async def _list_round(self, ns: str, prefix: str, delimiter: str, merge: PartitionMerge,
-                          wanted: list[PageWanted]) -> None:
+    async def _list_round(self, ns: str, prefix: str, delimiter: str, merge: StreamMerge,
+                          wanted: list[PageWanted], groups: dict[int, list[int]]) -> None:
         """One ``kv.list`` per group that owes a page, to its leader, all at once."""
         self.stats["list_rounds"] += 1
-        by_group: dict[int, list[PageWanted]] = collections.defaultdict(list)
-        for w in wanted:
-            by_group[self.ring.group_of(w.partition)].append(w)
         failures: list[Exception] = []
 
-        async def one(group: list[PageWanted]) -> None:
+        async def one(w: PageWanted) -> None:
             self.stats["list_calls"] += 1
+            parts = groups[w.stream]
             try:
-                r = await self._leader_call(group[0].partition, "kv.list", {
-                    "ns": ns, "prefix": prefix, "delimiter": delimiter, "limit": max(w.limit for w in group),
-                    "parts": [[w.partition, w.start_after, w.start_open] for w in group]}, write=False)
-                asked = {w.partition for w in group}
-                for p, items, more, last, last_open in r["pages"]:
-                    if p not in asked:
-                        raise ValueError(f"it answered partition {p}, which was not asked")
-                    asked.discard(p)
-                    names: list[tuple[str, Record | None]] = []
-                    for name, w in items:
-                        rec = None if w is None else record_from_wire(w)
-                        if rec is not None:
-                            self.clock.observe(rec.version)
-                        names.append((name, rec))
-                    merge.feed(p, names, more=more, last=last, last_open=last_open)
-                if asked:
-                    raise ValueError(f"it left partitions {sorted(asked)} unanswered")
+                r = await self._leader_call(parts[0], "kv.list", {
+                    "ns": ns, "parts": parts, "prefix": prefix, "delimiter": delimiter,
+                    "start_after": w.start_after, "start_open": w.start_open, "limit": w.limit}, write=False)
+                names: list[tuple[str, Record | None]] = []
+                for name, wire in r["names"]:
+                    rec = None if wire is None else record_from_wire(wire)
+                    if rec is not None:
+                        self.clock.observe(rec.version)
+                    names.append((name, rec))
+                merge.feed(w.stream, names, more=r["more"], last=r["last"], last_open=r["last_open"])
             except (ValueError, TypeError, KeyError) as e:  # a malformed answer
-                failures.append(MetadataError(f"kv.list to group {self.ring.group_of(group[0].partition)}: {e}"))
+                failures.append(MetadataError(f"kv.list to group {w.stream}: {e}"))
             except Exception as e:  # raised below, as itself rather than inside a group
                 failures.append(e)
 
         async with anyio.create_task_group() as tg:
-            for group in by_group.values():
-                tg.start_soon(one, group)
+            for w in wanted:
+                tg.start_soon(one, w)
         if failures:
             raise failures[0]
 

@@ -1,21 +1,21 @@
-"""Merging the partitions' sorted listing pages into one sorted stream, sans-IO.
+"""Merging sorted listing streams into one sorted stream, sans-IO.
 
 Keys hash to partitions, so a listing reads every partition and merges their sorted pages, as
-MinIO merges its erasure sets. :class:`PartitionMerge` knows no sockets: the caller asks
-:meth:`~PartitionMerge.wanted` which partitions need a page (and from where, and how many
-names), fetches them however it likes (one request per Raft group, all groups at once), hands
-each page to :meth:`~PartitionMerge.feed`, and takes names with :meth:`~PartitionMerge.pop`
-while nothing is wanted.
+MinIO merges its erasure sets. A metadata node merges the partitions of one Raft group itself
+(``kv.list``), so the client merges one stream per group. :class:`StreamMerge` knows no sockets:
+the caller asks :meth:`~StreamMerge.wanted` which streams need a page (from where, how many
+names), fetches them however it likes (one request per group, all at once), hands each page to
+:meth:`~StreamMerge.feed`, and takes names with :meth:`~StreamMerge.pop` while nothing is wanted.
 
 Pages may hold common prefixes rolled up on the node; one prefix usually has keys in many
-partitions, so equal names from different partitions come out once.
+groups, so equal names from different streams come out once.
 
-Rounds: as soon as one unfinished partition runs dry, every unfinished partition is asked for its
-next page, twice as large as its last (up to ``max_page``). After r rounds each unfinished
-partition has sent ``first_page * (2**r - 1)`` names, and once that reaches the N names a page
-needs, N of them are known to be in order: a page of N names costs at most about
-log2(N / first_page) + 1 rounds however the names fall, where asking only the partition that ran
-dry could cost a round per partition (89 rounds for a page of 500 prefixes over 64 partitions).
+Rounds: as soon as one unfinished stream runs dry, every unfinished stream is asked for its next
+page, twice as large as its last (up to ``max_page``). After r rounds each unfinished stream has
+sent ``first_page * (2**r - 1)`` names, and once that reaches the N names a page needs, N of them
+are known to be in order: a page of N names costs at most about log2(N / first_page) + 1 rounds
+however the names fall (one when ``first_page`` is N), where asking only the stream that ran dry
+could cost a round per stream (89 rounds for a page of 500 prefixes over 64 partitions).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-__all__ = ["PartitionMerge", "PageWanted"]
+__all__ = ["StreamMerge", "PageWanted"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PageWanted:
-    """Partition ``partition`` needs its next page: names after ``start_after``, ``limit`` at most."""
+    """Stream ``stream`` needs its next page: names after ``start_after``, ``limit`` at most."""
 
-    partition: int
+    stream: int
     start_after: str
     start_open: bool
     limit: int
@@ -40,7 +40,7 @@ class PageWanted:
 
 @dataclass(slots=True)
 class _Cursor:
-    partition: int
+    stream: int
     after: str
     open: bool
     page: int
@@ -49,49 +49,50 @@ class _Cursor:
     done: bool = False
 
 
-class PartitionMerge:
-    """A k-way merge of per-partition sorted pages, equal names once, in name order."""
+class StreamMerge:
+    """A k-way merge of sorted streams fed a page at a time, equal names once, in name order."""
 
-    def __init__(self, partitions: Iterable[int], *, start_after: str = "", first_page: int = 16,
+    def __init__(self, streams: Iterable[int], *, start_after: str = "", first_page: int = 16,
                  max_page: int = 1000):
         if first_page < 1 or max_page < first_page:
             raise ValueError("need 1 <= first_page <= max_page")
-        self._cursors = {p: _Cursor(partition=p, after=start_after, open=False, page=first_page, high=start_after)
-                         for p in partitions}
+        self._cursors = {i: _Cursor(stream=i, after=start_after, open=False, page=first_page, high=start_after)
+                         for i in streams}
         self._max_page = max_page
         self._heap: list[tuple[str, int]] = []
         self._fetched: set[int] = set()
-        # Unfinished partitions with nothing buffered: kept as a count, so that checking before
-        # each pop costs nothing however many partitions there are.
+        # Unfinished streams with nothing buffered: kept as a count, so that checking before
+        # each pop costs nothing however many streams there are.
         self._starved = len(self._cursors)
         self.pages = 0  # pages fed so far
 
     def wanted(self) -> list[PageWanted]:
-        """Partitions to ask before another name can be popped: none while every unfinished
-        partition holds a name, else every unfinished partition (see the module's note on rounds)."""
+        """Streams to ask before another name can be popped: none while every unfinished stream
+        holds a name, else every unfinished stream (see the module's note on rounds)."""
         if not self._starved:
             return []
-        return [PageWanted(partition=c.partition, start_after=c.after, start_open=c.open, limit=c.page)
+        return [PageWanted(stream=c.stream, start_after=c.after, start_open=c.open, limit=c.page)
                 for c in self._cursors.values() if not c.done]
 
-    def feed(self, partition: int, items: list[tuple[str, Any]], *, more: bool, last: str | None,
+    def feed(self, stream: int, items: list[tuple[str, Any]], *, more: bool, last: str | None,
              last_open: bool = False) -> None:
-        """The page a partition answered: ``items`` sorted, ``more`` if it has more after ``last``."""
-        c = self._cursors[partition]
+        """The page a stream answered: ``items`` sorted, ``more`` if it has more after ``last``
+        (``last_open``: ``last`` lies in a common prefix not yet sent, see ``RolledPage``)."""
+        c = self._cursors[stream]
         if c.done:
-            raise ValueError(f"partition {partition} has no more pages")
+            raise ValueError(f"stream {stream} has no more pages")
         previous = c.high
         for name, _ in items:
             if name <= previous:
-                raise ValueError(f"partition {partition} answered {name!r} out of order")
+                raise ValueError(f"stream {stream} answered {name!r} out of order")
             previous = name
         advances = more and last is not None
         if advances and (last < c.after or (last == c.after and not items)):  # type: ignore[operator]
-            raise ValueError(f"partition {partition} did not advance past {c.after!r}")
+            raise ValueError(f"stream {stream} did not advance past {c.after!r}")
         self.pages += 1
-        if partition in self._fetched:
+        if stream in self._fetched:
             c.page = min(self._max_page, 2 * c.page)
-        self._fetched.add(partition)
+        self._fetched.add(stream)
         had = bool(c.buf)
         c.buf.extend(items)
         c.high = previous
@@ -100,16 +101,16 @@ class PartitionMerge:
         else:
             c.done = True
         if c.buf and not had:
-            heapq.heappush(self._heap, (c.buf[0][0], partition))
+            heapq.heappush(self._heap, (c.buf[0][0], stream))
         if not had and (c.buf or c.done):
             self._starved -= 1
 
     def pop(self) -> tuple[str, Any] | None:
-        """The next (name, value) in order, or None when every partition is exhausted.
+        """The next (name, value) in order, or None when every stream is exhausted.
 
-        Only while :meth:`wanted` is empty: otherwise a partition not yet heard from could hold
-        a smaller name. Every unfinished partition then holds its next name in the heap, so the
-        same name from other partitions sits at the top beside it and is dropped with it.
+        Only while :meth:`wanted` is empty: otherwise a stream not yet heard from could hold a
+        smaller name. Every unfinished stream then holds its next name in the heap, so the same
+        name from other streams sits at the top beside it and is dropped with it.
         """
         if self._starved:
             raise RuntimeError("pop() while pages are wanted")
@@ -118,7 +119,7 @@ class PartitionMerge:
         name, p = heapq.heappop(self._heap)
         value = self._advance(p)
         while self._heap and self._heap[0][0] == name:
-            self._advance(heapq.heappop(self._heap)[1])  # the same common prefix from another partition
+            self._advance(heapq.heappop(self._heap)[1])  # the same common prefix from another stream
         return name, value
 
     def _advance(self, p: int) -> Any:

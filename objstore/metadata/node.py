@@ -19,11 +19,12 @@ Client methods (records travel as ``[ts, writer, value]``):
 ``kv.get``   {ns, p, key} -> {record}: a linearizable read (ReadIndex).
 ``kv.scan``  {ns, parts: [[p, start_after], ...], prefix, limit} ->
              {pages: [[p, [[key, record], ...], more, last], ...]}: linearizable per group.
-``kv.list``  {ns, parts: [[p, start_after, start_open], ...], prefix, delimiter, limit} ->
-             {pages: [[p, [[name, record or None], ...], more, last, last_open], ...]}: keys with
-             the delimiter after the prefix rolled up into common prefixes (record None) on the
-             node, each prefix skipped with one cursor seek; at most ``limit`` names and
-             MAX_LIST_EXAMINED records read per partition; linearizable per group.
+``kv.list``  {ns, parts: [p, ...], prefix, delimiter, start_after, start_open, limit} ->
+             {names: [[name, record or None], ...], more, last, last_open}: the partitions' live
+             keys merged in order, those with the delimiter after the prefix rolled up into
+             common prefixes (record None, each once) on the node, each prefix skipped with a
+             cursor seek per partition; at most ``limit`` names and MAX_LIST_EXAMINED records
+             read per call, then resume after ``last`` with ``last_open``; linearizable per group.
 ``node.info`` -> {id, partitions, entries, db_bytes, map_bytes, groups, stats}
 
 Operator methods: ``ring.get`` -> {ring}; ``meta.config`` {g} -> {config, leader, role};
@@ -78,8 +79,8 @@ __all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT", "MAX_LIST_EXAM
 log = logging.getLogger("headwater.objstore.metadata.node")
 
 MAX_SCAN_LIMIT = 10_000
-# Records one kv.list reads per partition, returned or not (dead records, overflow groups): a
-# listing over a hostile key layout pays in round trips, never in one long call.
+# Records one kv.list reads, returned or not (keys of prefixes already listed, dead records,
+# overflow groups): a listing over a hostile key layout pays in round trips, not in one long call.
 MAX_LIST_EXAMINED = 10_000
 # Writer ids travel in every log entry and key the record of applied versions (LMDB keys are at
 # most 511 bytes): an entry that cannot be applied must never enter the log.
@@ -469,34 +470,29 @@ class MetadataNode:
         return {"pages": pages}
 
     async def _list(self, args: dict, payload: bytes) -> dict[str, Any]:
-        """``kv.list``: one rolled-up page per partition asked, after one read barrier per group."""
+        """``kv.list``: the partitions' rolled-up names merged into one page, after one read
+        barrier per group."""
         assert self.store is not None
         self.stats["lists"] += 1
-        ns, parts = args.get("ns"), args.get("parts")
-        prefix, delimiter, limit = args.get("prefix", ""), args.get("delimiter", ""), args.get("limit", 1000)
-        if not isinstance(parts, list) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT \
-                or len(parts) > self.partitions:
-            raise self._bad(f"kv.list needs at most {self.partitions} parts and a limit of 1..{MAX_SCAN_LIMIT}")
-        wanted: list[tuple[int, str, bool]] = []
-        for item in parts:
-            if not isinstance(item, (list, tuple)) or len(item) != 3 or not isinstance(item[2], bool):
-                raise self._bad(f"kv.list: malformed part {item!r}")
-            wanted.append((self._partition(item[0]), item[1] or "", item[2]))
-        for g in {self._group(p) for p, _, _ in wanted}:  # one read barrier per group
+        ns, parts, limit = args.get("ns"), args.get("parts"), args.get("limit", 1000)
+        prefix, delimiter = args.get("prefix", ""), args.get("delimiter", "")
+        start_after, start_open = args.get("start_after", ""), args.get("start_open", False)
+        if not isinstance(parts, list) or not parts or len(parts) > self.partitions \
+                or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT or not isinstance(start_open, bool):
+            raise self._bad(f"kv.list needs 1..{self.partitions} parts, a limit of 1..{MAX_SCAN_LIMIT} "
+                            "and a boolean start_open")
+        wanted = sorted({self._partition(p) for p in parts})
+        for g in {self._group(p) for p in wanted}:  # one read barrier per group
             await self._barrier(g)
-        pages = []
-        for p, start_after, start_open in wanted:
-            try:
-                page = self.store.rolled_scan(ns, p, prefix=prefix, delimiter=delimiter, start_after=start_after,
-                                              start_open=start_open, limit=limit, max_examined=MAX_LIST_EXAMINED)
-            except (InvalidKey, ValueError) as e:
-                raise self._bad(f"kv.list: {e}") from None
-            self.stats["listed_names"] += len(page.items)
-            self.stats["list_examined"] += page.examined
-            pages.append([p, [[name, None if r is None else record_to_wire(r)] for name, r in page.items],
-                          page.more, page.last, page.last_open])
-            await anyio.lowlevel.checkpoint()  # many partitions: let other calls run between them
-        return {"pages": pages}
+        try:
+            page = self.store.rolled_scan(ns, wanted, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                                          start_open=start_open, limit=limit, max_examined=MAX_LIST_EXAMINED)
+        except (InvalidKey, ValueError) as e:
+            raise self._bad(f"kv.list: {e}") from None
+        self.stats["listed_names"] += len(page.items)
+        self.stats["list_examined"] += page.examined
+        return {"names": [[name, None if r is None else record_to_wire(r)] for name, r in page.items],
+                "more": page.more, "last": page.last, "last_open": page.last_open}
 
     async def _info(self, args: dict, payload: bytes) -> dict[str, Any]:
         assert self.store is not None

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import collections
 import enum
+import heapq
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import lmdb
 import msgpack
@@ -377,63 +378,64 @@ class RecordStore:
                     break
         return ScanPage(items=items, more=more, last=None if last is None else last[len(base):].decode("utf-8"))
 
-    def rolled_scan(self, ns: str, partition: int, *, prefix: str = "", delimiter: str = "",
+    def rolled_scan(self, ns: str, partitions: Sequence[int], *, prefix: str = "", delimiter: str = "",
                     start_after: str = "", start_open: bool = False, limit: int = 1000,
                     max_examined: int = 10_000) -> RolledPage:
-        """Live keys of ``ns`` in ``partition`` that start with ``prefix``, in order, with every
-        key that has ``delimiter`` after the prefix rolled up into its common prefix (the key up
-        to and including that delimiter), returned once, as S3 lists "folders".
+        """Live keys of ``ns`` in ``partitions`` that start with ``prefix``, merged in order, with
+        every key that has ``delimiter`` after the prefix rolled up into its common prefix (the key
+        up to and including that delimiter), returned once, as S3 lists "folders".
 
-        After a common prefix the LMDB cursor seeks past all of its keys, so a page costs one
-        seek per prefix rather than a read per key. Names returned are greater than
-        ``start_after``; a ``start_after`` inside a common prefix skips that whole prefix (S3's
-        rule for a marker) unless ``start_open`` (a resumed page, see :class:`RolledPage`).
-        At most ``limit`` names, and at most ``max_examined`` records read, per call.
+        A cursor per partition; after a common prefix, each cursor that reaches a key of it jumps
+        past all of them with one seek, so a page costs a seek per prefix and partition rather
+        than a read per key. Names returned are greater than ``start_after``; a ``start_after``
+        inside a common prefix skips that whole prefix (S3's rule for a marker) unless
+        ``start_open`` (a resumed page, see :class:`RolledPage`). At most ``limit`` names, and at
+        most ``max_examined`` records read, per call.
         """
         if limit < 1 or max_examined < 1:
             raise ValueError("limit and max_examined must be at least 1")
-        base = self._base(partition, ns)
-        pfx = base + check_key(prefix)
+        bases = [self._base(p, ns) for p in partitions]
+        pfx = check_key(prefix)
         check_key(delimiter)
-        lower = base + check_key(start_after) if start_after else None  # exclusive
+        # Bounds are compared on a key's bytes after its partition's base: the same in every partition.
+        lower = check_key(start_after) if start_after else None  # exclusive
         if delimiter and not start_open and start_after.startswith(prefix):
             cut = start_after.find(delimiter, len(prefix))
             if cut >= 0:
-                past = base + start_after[: cut + len(delimiter)].encode("utf-8") + _PAST
+                past = start_after[: cut + len(delimiter)].encode("utf-8") + _PAST
                 lower = past if lower is None else max(lower, past)
         items: list[tuple[str, Record | None]] = []
         examined = 0
         last: str | None = None
         last_open = False
         more = False
-        group_len = self._inline + 1
         with self._env.begin() as txn:
-            # One cursor for the whole page: after a common prefix it jumps past the prefix's keys
-            # (set_range), and an overflow group's members are walked from ``pending``.
-            cur = txn.cursor()
-            on = cur.set_range((pfx if lower is None else max(pfx, lower))[:self._inline])
-            pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
-            while pending or on:
-                if pending:
-                    enc, raw = pending.popleft()
-                else:
-                    k = cur.key()
-                    if not k.startswith(base):
-                        break
-                    if len(k) == group_len:
-                        pending.extend(sorted(self._read_group(txn, bytes(k), strict=False).items()))
-                        on = cur.next()
-                        continue
-                    enc, raw = bytes(k), cur.value()
-                    on = cur.next()
+            walkers = [_PartitionWalker(self, txn, base) for base in bases]
+            heap: list[tuple[bytes, int]] = []
+            start = pfx if lower is None else max(pfx, lower)
+            for i, w in enumerate(walkers):
+                if (head := w.seek(start)) is not None:
+                    heap.append((head, i))
+            heapq.heapify(heap)
+            while heap:
+                kb, i = heap[0]
+                w = walkers[i]
+                raw = w.raw
                 examined += 1
-                if lower is not None and enc <= lower:
-                    continue  # an overflow group's members before the bound, or the bound itself
-                if not enc.startswith(pfx):
-                    if enc > pfx:
-                        break
+                if lower is not None and kb <= lower:
+                    # the bound itself, an overflow group's members before it, or a key of a prefix
+                    # already listed: jump past that prefix (unless the seek would land in the same
+                    # overflow group again), else step
+                    jump = lower.endswith(_PAST) and len(w.base) + len(lower) <= self._inline
+                    _replace(heap, w.seek(lower) if jump else w.step(), i)
                     continue
-                key = enc[len(base):].decode("utf-8")
+                if not kb.startswith(pfx):
+                    if kb > pfx:
+                        heapq.heappop(heap)  # past the prefix: this partition is done
+                    else:
+                        _replace(heap, w.step(), i)
+                    continue
+                key = kb.decode("utf-8")
                 cut = key.find(delimiter, len(prefix)) if delimiter else -1
                 rec: Record | None = None
                 try:
@@ -449,19 +451,20 @@ class RecordStore:
                     live = False
                 if not live:
                     last, last_open = key, cut >= 0
+                    _replace(heap, w.step(), i)
                 elif cut >= 0:
                     common = key[: cut + len(delimiter)]
                     items.append((common, None))
                     last, last_open = common, False
-                    lower = base + common.encode("utf-8") + _PAST
-                    pending.clear()  # past every key of this prefix
-                    on = cur.set_range(lower[:self._inline])
+                    lower = common.encode("utf-8") + _PAST
+                    _replace(heap, w.seek(lower), i)  # the other partitions jump when they reach it
                 else:
                     items.append((key, rec))
                     last, last_open = key, False
-                    lower = enc
+                    lower = kb
+                    _replace(heap, w.step(), i)
                 if len(items) >= limit or examined >= max_examined:
-                    more = True
+                    more = bool(heap)
                     break
         return RolledPage(items=items, more=more, last=last, last_open=last_open, examined=examined)
 
@@ -619,3 +622,69 @@ def _satisfied(cmd: Command, live: Record | None) -> bool:
         field, expected = cmd.if_match
         return live is not None and live.value is not None and live.value.get(field) == expected
     return True
+
+
+def _replace(heap: list[tuple[bytes, int]], head: bytes | None, i: int) -> None:
+    """Partition ``i`` (at the top of ``heap``) moved to ``head``, or ran out (None)."""
+    if head is None:
+        heapq.heappop(heap)
+    else:
+        heapq.heapreplace(heap, (head, i))
+
+
+class _PartitionWalker:
+    """One partition's records in key order from an LMDB cursor, overflow groups expanded.
+
+    ``seek(bound)`` goes to the first key at or after ``bound`` and ``step()`` to the next; both
+    return that key's bytes after the partition's base (None at the end of the partition), and
+    ``raw`` holds its record.
+    """
+
+    __slots__ = ("_store", "_txn", "_cur", "base", "_pending", "raw")
+
+    def __init__(self, store: RecordStore, txn: lmdb.Transaction, base: bytes):
+        self._store = store
+        self._txn = txn
+        self._cur = txn.cursor()
+        self.base = base
+        self._pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self.raw = b""
+
+    def seek(self, bound: bytes) -> bytes | None:
+        self._pending.clear()
+        if not self._cur.set_range((self.base + bound)[:self._store._inline]):
+            return None
+        return self._load()
+
+    def step(self) -> bytes | None:
+        if self._pending:
+            self._pending.popleft()
+            if self._pending:
+                return self._head()
+            if not self._cur.next():
+                return None
+            return self._load()
+        if not self._cur.next():
+            return None
+        return self._load()
+
+    def _head(self) -> bytes:
+        enc, self.raw = self._pending[0]
+        return enc[len(self.base):]
+
+    def _load(self) -> bytes | None:
+        """The record under the cursor, or an overflow group's first member (the cursor stays on
+        the group until ``step`` has walked its members)."""
+        while True:
+            k = self._cur.key()
+            if not k.startswith(self.base):
+                return None
+            if len(k) != self._store._inline + 1:
+                self.raw = self._cur.value()
+                return k[len(self.base):]
+            members = sorted(self._store._read_group(self._txn, bytes(k), strict=False).items())
+            if members:
+                self._pending.extend(members)
+                return self._head()
+            if not self._cur.next():
+                return None

@@ -1,5 +1,6 @@
-"""Delimiter listings rolled up on the metadata node (RecordStore.rolled_scan) and merged across
-partitions (PartitionMerge), against a brute-force model of S3's listing rules."""
+"""Delimiter listings rolled up on the metadata node (RecordStore.rolled_scan, over one partition
+or a group's partitions at once) and merged across groups (StreamMerge), against a brute-force
+model of S3's listing rules."""
 
 import itertools
 import random
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.objstore.metadata.merge import PartitionMerge
+from headwater.objstore.metadata.merge import StreamMerge
 from headwater.objstore.metadata.store import Command, OpKind, RecordStore
 
 NS = "obj/b"
@@ -40,11 +41,11 @@ def model(keys, prefix, delimiter, start_after):
             if n > start_after and not (isp and start_after.startswith(n))]
 
 
-def walk(store, ns, p, *, prefix, delimiter, start_after, limit, max_examined):
-    """Every page of one partition, resuming as a client does; returns (names, pages)."""
+def walk(store, ns, parts, *, prefix, delimiter, start_after, limit, max_examined):
+    """Every page of some partitions, resuming as a client does; returns (names, pages)."""
     names, after, open_, pages = [], start_after, False, 0
     while True:
-        page = store.rolled_scan(ns, p, prefix=prefix, delimiter=delimiter, start_after=after,
+        page = store.rolled_scan(ns, parts, prefix=prefix, delimiter=delimiter, start_after=after,
                                  start_open=open_, limit=limit, max_examined=max_examined)
         pages += 1
         names += [(n, r is None) for n, r in page.items]
@@ -64,32 +65,54 @@ def shared_store(request, tmp_path_factory):
     s.close()
 
 
+def corrupt(store, ns, p, key):
+    enc = store._encode(p, ns, key)
+    with store.env.begin(write=True) as txn:
+        raw = bytearray(store._get_raw(txn, enc))
+        raw[3] ^= 0xFF
+        store._put_raw(txn, enc, bytes(raw))
+
+
 alphabet = st.sampled_from(list("ab/c"))
 keys_st = st.lists(st.text(alphabet, min_size=1, max_size=7), max_size=40)
 
 
 @settings(max_examples=150, deadline=None)
 @given(keys=keys_st, prefix=st.text(alphabet, max_size=2), delimiter=st.sampled_from(["", "/", "b", "/c"]),
-       start_after=st.text(alphabet, max_size=4), limit=st.integers(1, 5), max_examined=st.integers(1, 6))
-def test_rolled_scan_pages_match_model(shared_store, keys, prefix, delimiter, start_after, limit, max_examined):
+       start_after=st.text(alphabet, max_size=4), limit=st.integers(1, 5), max_examined=st.integers(1, 6),
+       seed=st.integers(0, 2**32))
+def test_rolled_scan_pages_match_model(shared_store, keys, prefix, delimiter, start_after, limit, max_examined,
+                                       seed):
+    """One partition, and three partitions walked together (keys spread at random, some corrupt:
+    skipped, and no prefix only they would make), paged by tiny limits and record budgets."""
+    rng = random.Random(seed)
+    where = {k: rng.randrange(3) for k in keys}
     ns = f"obj/h{next(_ns_counter)}"
-    load(shared_store, keys, ns=ns)
-    got, _ = walk(shared_store, ns, 0, prefix=prefix, delimiter=delimiter, start_after=start_after,
+    load(shared_store, keys, ns=ns, partition_of=where.__getitem__)
+    dead = {k for k in where if rng.random() < 0.2}
+    for k in dead:
+        corrupt(shared_store, ns, where[k], k)
+    live = set(keys) - dead
+    want = model(live, prefix, delimiter, start_after)
+    got, _ = walk(shared_store, ns, [0, 1, 2], prefix=prefix, delimiter=delimiter, start_after=start_after,
                   limit=limit, max_examined=max_examined)
-    assert got == model(keys, prefix, delimiter, start_after)
+    assert got == want
+    got, _ = walk(shared_store, ns, [1], prefix=prefix, delimiter=delimiter, start_after=start_after,
+                  limit=limit, max_examined=max_examined)
+    assert got == model({k for k in live if where[k] == 1}, prefix, delimiter, start_after)
 
 
 def test_prefix_is_one_seek_not_a_walk(store):
     """500 prefixes of 20 keys: one page of 500 names reads about one record per prefix."""
     keys = [f"titles/{i:04d}/seg{j:02d}" for i in range(500) for j in range(20)] + ["titles/readme"]
     load(store, keys)
-    page = store.rolled_scan(NS, 0, prefix="titles/", delimiter="/", limit=1000)
+    page = store.rolled_scan(NS, [0], prefix="titles/", delimiter="/", limit=1000)
     assert [n for n, _ in page.items] == [f"titles/{i:04d}/" for i in range(500)] + ["titles/readme"]
     assert not page.more and page.examined <= 501 + 1
     # the marker rule: a start-after inside a prefix skips that prefix, a resumed page does not
-    inside = store.rolled_scan(NS, 0, prefix="titles/", delimiter="/", start_after="titles/0007/seg03", limit=1)
+    inside = store.rolled_scan(NS, [0], prefix="titles/", delimiter="/", start_after="titles/0007/seg03", limit=1)
     assert inside.items[0][0] == "titles/0008/"
-    resumed = store.rolled_scan(NS, 0, prefix="titles/", delimiter="/", start_after="titles/0007/seg03",
+    resumed = store.rolled_scan(NS, [0], prefix="titles/", delimiter="/", start_after="titles/0007/seg03",
                                 start_open=True, limit=1)
     assert resumed.items[0][0] == "titles/0007/"
 
@@ -101,12 +124,12 @@ def test_dead_records_bound_a_call_and_do_not_lose_a_prefix(store):
     load(store, keys)
     for k in keys[:9]:  # all but v/09 fail their checksum
         corrupt(store, NS, 0, k)
-    first = store.rolled_scan(NS, 0, delimiter="/", limit=10, max_examined=4)
+    first = store.rolled_scan(NS, [0], delimiter="/", limit=10, max_examined=4)
     assert first.items == [] and first.more and first.last == "v/03" and first.last_open
-    got, pages = walk(store, NS, 0, prefix="", delimiter="/", start_after="", limit=10, max_examined=4)
+    got, pages = walk(store, NS, [0], prefix="", delimiter="/", start_after="", limit=10, max_examined=4)
     assert got == [("v/", True), ("w", False)] and pages == 4  # a resumed call reads its bound again
     with pytest.raises(ValueError):
-        store.rolled_scan(NS, 0, limit=0)
+        store.rolled_scan(NS, [0], limit=0)
 
 
 @pytest.fixture
@@ -118,32 +141,24 @@ def store(tmp_path):
 
 # --- the merge across partitions ---------------------------------------------------------------
 
-def merged(store, partitions, *, prefix, delimiter, start_after, limit, first_page, max_page):
-    """Drive PartitionMerge as RaftReplication.list does, pages from rolled_scan; (names, rounds)."""
-    merge = PartitionMerge(range(partitions), start_after=start_after, first_page=first_page, max_page=max_page)
+def merged(store, ns, streams, *, prefix, delimiter, start_after, limit, first_page, max_page, max_examined=10_000):
+    """Drive StreamMerge as RaftReplication.list does, one stream per group of partitions, each
+    page from rolled_scan over the group; returns (names, rounds)."""
+    merge = StreamMerge(range(len(streams)), start_after=start_after, first_page=first_page, max_page=max_page)
     out, rounds = [], 0
     while len(out) < limit:
-        wanted = merge.wanted()
-        if wanted:
+        if wanted := merge.wanted():
             rounds += 1
             for w in wanted:
-                page = store.rolled_scan(NS, w.partition, prefix=prefix, delimiter=delimiter,
-                                         start_after=w.start_after, start_open=w.start_open, limit=w.limit)
-                merge.feed(w.partition, page.items, more=page.more, last=page.last, last_open=page.last_open)
+                page = store.rolled_scan(ns, streams[w.stream], prefix=prefix, delimiter=delimiter,
+                                         start_after=w.start_after, start_open=w.start_open, limit=w.limit,
+                                         max_examined=max_examined)
+                merge.feed(w.stream, page.items, more=page.more, last=page.last, last_open=page.last_open)
             continue
-        item = merge.pop()
-        if item is None:
+        if (item := merge.pop()) is None:
             break
         out.append((item[0], item[1] is None))
     return out, rounds
-
-
-def corrupt(store, ns, p, key):
-    enc = store._encode(p, ns, key)
-    with store.env.begin(write=True) as txn:
-        raw = bytearray(store._get_raw(txn, enc))
-        raw[3] ^= 0xFF
-        store._put_raw(txn, enc, bytes(raw))
 
 
 @settings(max_examples=100, deadline=None)
@@ -151,54 +166,60 @@ def corrupt(store, ns, p, key):
        start_after=st.text(alphabet, max_size=4), limit=st.integers(1, 30), first=st.integers(1, 4),
        max_examined=st.integers(1, 5), seed=st.integers(0, 2**32))
 def test_merge_matches_model(shared_store, keys, prefix, delimiter, start_after, limit, first, max_examined, seed):
-    """Keys spread over 4 partitions at random, some of them corrupt (skipped: they are not
-    listed, nor is a prefix only they would make); equal common prefixes come out once."""
+    """Keys spread over 6 partitions in 3 groups at random, some corrupt; equal common prefixes
+    from several groups come out once."""
     rng = random.Random(seed)
-    where = {k: rng.randrange(4) for k in keys}
+    where = {k: rng.randrange(6) for k in keys}
     ns = f"obj/m{next(_ns_counter)}"
     load(shared_store, keys, ns=ns, partition_of=where.__getitem__)
     dead = {k for k in where if rng.random() < 0.3}
     for k in dead:
         corrupt(shared_store, ns, where[k], k)
-    merge = PartitionMerge(range(4), start_after=start_after, first_page=first, max_page=4 * first)
-    out = []
-    while len(out) < limit:
-        if wanted := merge.wanted():
-            for w in wanted:
-                page = shared_store.rolled_scan(ns, w.partition, prefix=prefix, delimiter=delimiter,
-                                                start_after=w.start_after, start_open=w.start_open, limit=w.limit,
-                                                max_examined=max_examined)
-                merge.feed(w.partition, page.items, more=page.more, last=page.last, last_open=page.last_open)
-            continue
-        if (item := merge.pop()) is None:
-            break
-        out.append((item[0], item[1] is None))
-    assert out == model(set(keys) - dead, prefix, delimiter, start_after)[:limit]
+    got, _ = merged(shared_store, ns, [[0, 3], [1, 4], [2, 5]], prefix=prefix, delimiter=delimiter,
+                    start_after=start_after, limit=limit, first_page=first, max_page=4 * first,
+                    max_examined=max_examined)
+    assert got == model(set(keys) - dead, prefix, delimiter, start_after)[:limit]
 
 
 @pytest.mark.parametrize("prefixes,per_prefix", [(500, 20), (5000, 2), (200, 200)])
-def test_rounds_per_page_are_bounded_whatever_the_prefixes(store, prefixes, per_prefix):
-    """A page of 1001 names from 64 partitions takes a few rounds, not one per prefix, however
-    the keys fall: 500 prefixes of 20 keys (each prefix in ~27 % of partitions), 5,000 of 2,
-    200 of 200 (every prefix in nearly every partition: the doubling page size matters)."""
+def test_a_page_is_one_round_whatever_the_prefixes(store, prefixes, per_prefix):
+    """A page of 1,001 names from 64 partitions in 8 groups, each group asked for the whole page
+    (as the client does with a delimiter), is one round of 8 calls however the keys fall: 500
+    prefixes of 20 keys (each prefix in ~27 % of partitions), 5,000 of 2, 200 of 200 (every
+    prefix in nearly every partition), and each call reads about a record per prefix and
+    partition, not per key."""
     rng = random.Random(7)
     keys = [f"t/{i:05d}/s{j:03d}" for i in range(prefixes) for j in range(per_prefix)]
     load(store, keys, partition_of=lambda k: rng.randrange(64))
-    first = max(16, 2 * 1001 // 64 + 16)
-    got, rounds = merged(store, 64, prefix="t/", delimiter="/", start_after="", limit=1001,
-                         first_page=first, max_page=1001)
+    streams = [[p for p in range(64) if p % 8 == g] for g in range(8)]
+    got, rounds = merged(store, NS, streams, prefix="t/", delimiter="/", start_after="", limit=1001,
+                         first_page=1001, max_page=1001)
     assert got == [(f"t/{i:05d}/", True) for i in range(min(prefixes, 1001))]
-    assert rounds <= 6, rounds
+    assert rounds == 1
+    page = store.rolled_scan(NS, streams[0], prefix="t/", delimiter="/", limit=1001)
+    assert page.examined <= 2 * 8 * min(prefixes, 1001) + 8
 
 
-def test_merge_refuses_a_partition_that_goes_backwards():
-    merge = PartitionMerge([0, 1], start_after="m")
+def test_flat_pages_take_few_rounds(store):
+    """Without a delimiter the client asks each group for a quarter of the page; uneven groups
+    (one holds most keys) cost a few more rounds, each twice as large."""
+    keys = [f"k{i:05d}" for i in range(3000)]
+    load(store, keys, partition_of=lambda k: 0 if int(k[1:]) % 4 else int(k[1:]) % 64)
+    streams = [[p for p in range(64) if p % 8 == g] for g in range(8)]
+    got, rounds = merged(store, NS, streams, prefix="", delimiter="", start_after="k00100", limit=1001,
+                         first_page=2 * 1001 // 8 + 16, max_page=1001)
+    assert [n for n, _ in got] == keys[101:1102]
+    assert rounds <= 3, rounds
+
+
+def test_merge_refuses_a_stream_that_goes_backwards():
+    merge = StreamMerge([0, 1], start_after="m")
     with pytest.raises(ValueError):
         merge.feed(0, [("a", None)], more=False, last=None)
     merge.feed(0, [("n", 1), ("o", 2)], more=True, last="o")
     with pytest.raises(RuntimeError):
         merge.pop()  # partition 1 has not answered
-    assert [w.partition for w in merge.wanted()] == [0, 1]  # a round asks every unfinished partition
+    assert [w.stream for w in merge.wanted()] == [0, 1]  # a round asks every unfinished stream
     merge.feed(1, [("n", None)], more=False, last=None)
     assert merge.pop() == ("n", 1) and merge.wanted() == []
     assert merge.pop() == ("o", 2) and [(w.start_after, w.limit) for w in merge.wanted()] == [("o", 16)]
