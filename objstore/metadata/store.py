@@ -42,7 +42,8 @@ import xxhash
 from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 
 __all__ = [
-    "Version", "Record", "OpKind", "ScanPage", "RolledPage", "RecordStore", "encode_record", "decode_record", "record_to_wire",
+    "Version", "Record", "OpKind", "ScanPage", "RolledPage", "RecordStore", "encode_record", "decode_record",
+    "record_is_live", "record_to_wire",
     "record_from_wire", "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult",
     "RAFT_DB_NAME",
 ]
@@ -102,8 +103,15 @@ def record_is_live(raw: bytes, where: str = "?") -> bool:
     """Whether a stored record is live (not an old tombstone), checksum verified, without decoding
     its value: a listing that rolls a key up into a common prefix needs no more (an inline
     object's value can be tens of KiB)."""
+    payload = _unwrap(raw, where)
+    # The usual layout, read in place: fixarray(5), format 1, a uint64 timestamp, a writer id of
+    # at most 31 bytes, then the tombstone flag. Anything else takes the general path below.
+    if payload[:3] == b"\x95\x01\xcf" and len(payload) > 12 and 0xa0 <= payload[11] <= 0xbf:
+        flag = 12 + (payload[11] & 0x1f)
+        if flag < len(payload) and payload[flag] in (0xc2, 0xc3):
+            return payload[flag] == 0xc2
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(_unwrap(bytes(raw), where))
+    unpacker.feed(payload)
     try:
         if unpacker.read_array_header() != 5:
             raise ValueError("not a record")
@@ -399,11 +407,13 @@ class RecordStore:
         check_key(delimiter)
         # Bounds are compared on a key's bytes after its partition's base: the same in every partition.
         lower = check_key(start_after) if start_after else None  # exclusive
+        jump_first = None
         if delimiter and not start_open and start_after.startswith(prefix):
             cut = start_after.find(delimiter, len(prefix))
             if cut >= 0:
                 past = start_after[: cut + len(delimiter)].encode("utf-8") + _PAST
                 lower = past if lower is None else max(lower, past)
+                jump_first = past if lower == past else None
         items: list[tuple[str, Record | None]] = []
         examined = 0
         last: str | None = None
@@ -417,17 +427,22 @@ class RecordStore:
                 if (head := w.seek(start)) is not None:
                     heap.append((head, i))
             heapq.heapify(heap)
+            # Where a key at or below ``lower`` jumps to: past a listed prefix with one seek, unless
+            # the seek would land in the same overflow group again (then it steps).
+            jump = jump_first
+            inline = self._inline
             while heap:
                 kb, i = heap[0]
                 w = walkers[i]
-                raw = w.raw
                 examined += 1
                 if lower is not None and kb <= lower:
-                    # the bound itself, an overflow group's members before it, or a key of a prefix
-                    # already listed: jump past that prefix (unless the seek would land in the same
-                    # overflow group again), else step
-                    jump = lower.endswith(_PAST) and len(w.base) + len(lower) <= self._inline
-                    _replace(heap, w.seek(lower) if jump else w.step(), i)
+                    # the bound itself, an overflow group's members before it, or a key of a
+                    # prefix already listed (the hot path: one per prefix and partition)
+                    head = w.seek(jump) if jump is not None and len(w.base) + len(jump) <= inline else w.step()
+                    if head is None:
+                        heapq.heappop(heap)
+                    else:
+                        heapq.heapreplace(heap, (head, i))
                     continue
                 if not kb.startswith(pfx):
                     if kb > pfx:
@@ -440,10 +455,10 @@ class RecordStore:
                 rec: Record | None = None
                 try:
                     if cut < 0:
-                        rec = decode_record(raw, f"{ns}/{key!r}")
+                        rec = decode_record(w.raw())
                         live = rec.value is not None
                     else:
-                        live = record_is_live(raw, f"{ns}/{key!r}")
+                        live = record_is_live(w.raw())
                 except CorruptRecord:
                     self.corrupt_reads += 1
                     log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key,
@@ -456,12 +471,12 @@ class RecordStore:
                     common = key[: cut + len(delimiter)]
                     items.append((common, None))
                     last, last_open = common, False
-                    lower = common.encode("utf-8") + _PAST
+                    lower = jump = common.encode("utf-8") + _PAST
                     _replace(heap, w.seek(lower), i)  # the other partitions jump when they reach it
                 else:
                     items.append((key, rec))
                     last, last_open = key, False
-                    lower = kb
+                    lower, jump = kb, None
                     _replace(heap, w.step(), i)
                 if len(items) >= limit or examined >= max_examined:
                     more = bool(heap)
@@ -637,10 +652,10 @@ class _PartitionWalker:
 
     ``seek(bound)`` goes to the first key at or after ``bound`` and ``step()`` to the next; both
     return that key's bytes after the partition's base (None at the end of the partition), and
-    ``raw`` holds its record.
+    ``raw()`` its record (read only when asked: a key skipped by a seek costs no value read).
     """
 
-    __slots__ = ("_store", "_txn", "_cur", "base", "_pending", "raw")
+    __slots__ = ("_store", "_txn", "_cur", "base", "_pending")
 
     def __init__(self, store: RecordStore, txn: lmdb.Transaction, base: bytes):
         self._store = store
@@ -648,10 +663,10 @@ class _PartitionWalker:
         self._cur = txn.cursor()
         self.base = base
         self._pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self.raw = b""
 
     def seek(self, bound: bytes) -> bytes | None:
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
         if not self._cur.set_range((self.base + bound)[:self._store._inline]):
             return None
         return self._load()
@@ -660,31 +675,26 @@ class _PartitionWalker:
         if self._pending:
             self._pending.popleft()
             if self._pending:
-                return self._head()
-            if not self._cur.next():
-                return None
-            return self._load()
+                return self._pending[0][0][len(self.base):]
         if not self._cur.next():
             return None
         return self._load()
 
-    def _head(self) -> bytes:
-        enc, self.raw = self._pending[0]
-        return enc[len(self.base):]
+    def raw(self) -> bytes:
+        return self._pending[0][1] if self._pending else self._cur.value()
 
     def _load(self) -> bytes | None:
-        """The record under the cursor, or an overflow group's first member (the cursor stays on
+        """The key under the cursor, or an overflow group's first member (the cursor stays on
         the group until ``step`` has walked its members)."""
         while True:
             k = self._cur.key()
             if not k.startswith(self.base):
                 return None
             if len(k) != self._store._inline + 1:
-                self.raw = self._cur.value()
                 return k[len(self.base):]
             members = sorted(self._store._read_group(self._txn, bytes(k), strict=False).items())
             if members:
                 self._pending.extend(members)
-                return self._head()
+                return members[0][0][len(self.base):]
             if not self._cur.next():
                 return None

@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headwater.objstore.metadata.merge import StreamMerge
-from headwater.objstore.metadata.store import Command, OpKind, RecordStore
+from headwater.objstore.metadata.errors import CorruptRecord
+from headwater.objstore.metadata.store import (Command, OpKind, Record, RecordStore, encode_record,
+                                               record_is_live)
 
 NS = "obj/b"
 _ns_counter = itertools.count()
@@ -229,3 +231,17 @@ def test_merge_refuses_a_stream_that_goes_backwards():
     assert merge.pop() is None
     with pytest.raises(ValueError):
         merge.feed(1, [], more=False, last=None)  # it said it had no more
+
+
+@pytest.mark.parametrize("version", [(1_764_660_000_000_000_000, "s3-w1"), (5, "w"), (2**63, "x" * 31),
+                                     (1_764_660_000_000_000_000, "x" * 40)])
+def test_record_is_live_reads_the_flag_in_place_or_decodes(version):
+    """The in-place read (a real clock's timestamp, a short writer id) and the general decode
+    (anything else) agree, and both verify the checksum."""
+    for value in ({"etag": "e", "inline": "x" * 5000}, None):
+        raw = encode_record(Record(version=version, value=value))
+        assert record_is_live(raw) is (value is not None)
+        bad = bytearray(raw)
+        bad[len(bad) // 2] ^= 0x01
+        with pytest.raises(CorruptRecord):
+            record_is_live(bytes(bad))
