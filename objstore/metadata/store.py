@@ -431,6 +431,7 @@ class RecordStore:
             # the seek would land in the same overflow group again (then it steps).
             jump = jump_first
             inline = self._inline
+            base_len = len(bases[0]) if bases else 0  # one namespace: the same in every partition
             while heap:
                 kb, i = heap[0]
                 w = walkers[i]
@@ -438,7 +439,10 @@ class RecordStore:
                 if lower is not None and kb <= lower:
                     # the bound itself, an overflow group's members before it, or a key of a
                     # prefix already listed (the hot path: one per prefix and partition)
-                    head = w.seek(jump) if jump is not None and len(w.base) + len(jump) <= inline else w.step()
+                    if jump is not None and base_len + len(jump) <= inline:
+                        head = w.seek(jump)
+                    else:
+                        head = w.step()
                     if head is None:
                         heapq.heappop(heap)
                     else:
@@ -667,8 +671,12 @@ class _PartitionWalker:
     def seek(self, bound: bytes) -> bytes | None:
         if self._pending:
             self._pending.clear()
-        if not self._cur.set_range((self.base + bound)[:self._store._inline]):
+        cur, base = self._cur, self.base
+        if not cur.set_range((base + bound)[:self._store._inline]):
             return None
+        k = cur.key()
+        if k.startswith(base) and len(k) != self._store._inline + 1:
+            return k[len(base):]  # the usual case, without the call to _load
         return self._load()
 
     def step(self) -> bytes | None:
