@@ -43,8 +43,9 @@ __all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock", "MAX_LIS
 
 log = logging.getLogger("headwater.objstore.metadata.client")
 
-# The most names one group is asked for in one kv.list round (the node allows 10,000).
-MAX_LIST_PAGE = 1000
+# The most names one group is asked for in one kv.list round (the node allows 10,000); above
+# the 1,001 a gateway page asks for.
+MAX_LIST_PAGE = 2000
 
 
 
@@ -340,7 +341,7 @@ class RaftReplication:
         if delimiter:
             # Names are small and one group's share of a page is most of it when prefixes hold
             # many keys (each prefix is in most groups): ask for the whole page.
-            first = limit
+            first = min(limit, MAX_LIST_PAGE)
         else:
             # Keys spread evenly: a group holds about 1/groups of the page; twice that, with slack.
             first = max(16, min(limit, 2 * limit // len(groups) + 16))

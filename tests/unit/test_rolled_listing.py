@@ -79,7 +79,7 @@ alphabet = st.sampled_from(list("ab/c"))
 keys_st = st.lists(st.text(alphabet, min_size=1, max_size=7), max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(keys=keys_st, prefix=st.text(alphabet, max_size=2), delimiter=st.sampled_from(["", "/", "b", "/c"]),
        start_after=st.text(alphabet, max_size=4), limit=st.integers(1, 5), max_examined=st.integers(1, 6),
        seed=st.integers(0, 2**32))
