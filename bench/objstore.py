@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import ceilings as _ceilings
+from . import listing as _listing
 from . import rebuild as _rebuild
 from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd
 from .peers import (
@@ -307,7 +308,8 @@ def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], lab
 
 
 def _run_target(name: str, peer: contextlib.AbstractContextManager[Endpoint], sizes: Sizes,
-                sources: dict[str, Path], scratch: Path) -> dict:
+                sources: dict[str, Path], scratch: Path, *, swift_rows: bool = True,
+                listing: tuple[_listing.Shape, ...] = (), listing_repeats: int = 3) -> dict:
     _say(f"{name}: starting")
     t0 = time.monotonic()
     out: dict = {"description": "(did not start)", "results": {}}
@@ -316,7 +318,14 @@ def _run_target(name: str, peer: contextlib.AbstractContextManager[Endpoint], si
             out["description"] = ep.description
             out["url"] = ep.url
             _say(f"{name}: {ep.description} at {ep.url} (ready in {time.monotonic() - t0:.0f} s)")
-            out["results"] = measure(ep, S5cmd(ep, scratch), sizes, sources, name)
+            if swift_rows:
+                out["results"] = measure(ep, S5cmd(ep, scratch), sizes, sources, name)
+            if listing:
+                try:
+                    out["listing"] = _listing.measure_listing(ep, listing, label=name, repeats=listing_repeats)
+                except Exception as e:  # noqa: BLE001 - boto3's errors too: reported, the run goes on
+                    out["listing_error"] = f"{type(e).__name__}: {e}"[:2000]
+                    _say(f"{name}: listing FAILED: {e}")
     except (PeerError, LoadError, OSError) as e:
         out["error"] = str(e)[:2000]
         _say(f"{name}: FAILED: {e}")
@@ -782,11 +791,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path, default=Path("cluster.toml"),
                    help="cluster.toml to copy for the temporary cluster (default: ./cluster.toml)")
     p.add_argument("--quick", action="store_true", help="small sizes and counts: a 1-2 minute smoke run")
-    p.add_argument("--scenario", choices=("all", "swift", "resilience"), default="all",
-                   help="all (default): ours against Swift, then resilience; swift: only ours "
-                        "against Swift; resilience: only hot-prefix/uniform PUTs, PUTs with a "
+    p.add_argument("--scenario", choices=("all", "swift", "listing", "resilience"), default="all",
+                   help="all (default): ours against Swift, then listing, then resilience; swift: only "
+                        "ours against Swift; listing: only delimiter listings (ListObjectsV2 with "
+                        "Prefix and Delimiter over many common prefixes), ours beside Swift; "
+                        "resilience: only hot-prefix/uniform PUTs, PUTs with a "
                         "storage node down and while it is rebuilt, and the rebuild rate against the "
                         "disk, Headwater against itself (no Swift, no other ceilings)")
+    p.add_argument("--listing-shapes", metavar="KEYSxPREFIXES,...",
+                   help="bucket shapes of the listing scenario (default 10000x500,100000x500,"
+                        "10000x5000,100000x5000; with --quick 10000x500,10000x5000)")
+    p.add_argument("--listing-repeats", type=int, default=3, metavar="N",
+                   help="time each listing N times and report the best (default 3)")
     p.add_argument("--no-swift", action="store_true", help="do not start or measure Swift")
     p.add_argument("--ours-only", action="store_true", help="measure only Headwater (implies --no-swift)")
     p.add_argument("--no-ours", action="store_true", help="measure only Swift and the ceilings")
@@ -833,6 +849,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     swift_workers = args.workers or workers
     only_resilience = args.scenario == "resilience"
+    swift_rows = args.scenario in ("all", "swift")
+    with_listing = args.scenario in ("all", "listing")
+    try:
+        shapes = (_listing.parse_shapes(args.listing_shapes) if args.listing_shapes
+                  else _listing.QUICK_SHAPES if args.quick else _listing.DEFAULT_SHAPES)
+    except ValueError as e:
+        _say(str(e))
+        return 2
     # Resilience kills one of its own daemons, so it needs a cluster it starts, never --endpoint.
     with_resilience = args.scenario in ("all", "resilience") and not args.no_ours and not args.endpoint
     if only_resilience and not with_resilience:
@@ -845,15 +869,15 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "sizes": asdict(sizes), "ceilings": [], "targets": {},
     }
     try:
-        if not args.no_ceilings and not only_resilience:
+        if not args.no_ceilings and swift_rows:
             doc["ceilings"] = _measure_ceilings(work, args.quick)
-        if not only_resilience:
+        if swift_rows:
             sizes = _fit_stream(sizes, work, 1 if no_swift else args.swift_replicas)
         doc["sizes"] = asdict(sizes)
         doc["sizes_text"] = _sizes_text(sizes)
-        names = ("big", "small") if only_resilience else ("big", "small", "stream")
+        names = ("big", "small", "stream") if swift_rows else ("big", "small") if with_resilience else ()
         with _sources(sizes, scratch, names) as sources:
-            if not args.no_ours and not only_resilience:
+            if not args.no_ours and (swift_rows or with_listing):
                 if args.endpoint:
                     ak = args.access_key or (users[0].access_key if users else "")
                     sk = args.secret_key or (users[0].secret_key if users else "")
@@ -866,12 +890,16 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     peer = headwater_cluster(args.config.resolve(), work / "headwater",
                                              port_offset=args.port_offset)
-                doc["targets"]["ours"] = _run_target("headwater", peer, sizes, sources, scratch)
+                doc["targets"]["ours"] = _run_target("headwater", peer, sizes, sources, scratch,
+                                                     swift_rows=swift_rows, listing=shapes if with_listing else (),
+                                                     listing_repeats=args.listing_repeats)
                 shutil.rmtree(work / "headwater" / "var", ignore_errors=True)
-            if not no_swift and not only_resilience:
+            if not no_swift and (swift_rows or with_listing):
                 peer = swift_saio(work / "swift", replicas=args.swift_replicas, workers=swift_workers,
                                   port_base=args.swift_port_base)
-                doc["targets"]["swift"] = _run_target("swift", peer, sizes, sources, scratch)
+                doc["targets"]["swift"] = _run_target("swift", peer, sizes, sources, scratch,
+                                                      swift_rows=swift_rows, listing=shapes if with_listing else (),
+                                                     listing_repeats=args.listing_repeats)
             if with_resilience:
                 doc["resilience"] = _run_resilience(args.config.resolve(), work, sizes, sources, scratch,
                                                     args.port_offset)
@@ -883,7 +911,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     doc["rows"] = report_rows(doc["targets"], doc["ceilings"])
-    out = [] if only_resilience else [render_report(doc)]
+    out = [render_report(doc)] if swift_rows else []
+    if with_listing:
+        out.append(_listing.render_listing(doc["targets"].get("ours", {}).get("listing", {}),
+                                           doc["targets"].get("swift", {}).get("listing", {}), shapes))
+        out[-1] += ("\nListing: ListObjectsV2(Prefix='titles/', Delimiter='/') with boto3, every page "
+                    f"(1,000 names each), best of {args.listing_repeats}; keys titles/PPPPP/kNNNNNNN, 16-byte objects.")
+        for name in ("ours", "swift"):
+            err = doc["targets"].get(name, {}).get("listing_error")
+            if err:
+                out[-1] += f"\n  {name} listing failed: {err}"
     res = doc.get("resilience")
     if res:
         out.append(render_self_rows(res["rows"]))

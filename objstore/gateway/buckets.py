@@ -165,12 +165,14 @@ async def get_versioning(store: Store, call: Call) -> Response:
     return xml_response(xmlio.versioning_configuration(None))
 
 
-def _scanner(store: Store, bucket: str):
+def _scanner(store: Store, bucket: str, delimiter: str):
+    """The bucket's names for :func:`list_page`, rolled up under ``delimiter`` on the metadata nodes."""
     ns = objects_ns(bucket)
 
     async def scan(prefix: str, start_after: str, limit: int) -> Sequence[tuple[str, Any]]:
-        return [(e.key, e.value) for e in await store.meta.scan(ns, prefix=prefix, start_after=start_after,
-                                                                 limit=limit)]
+        return [(name, None if e is None else e.value)
+                for name, e in await store.meta.list(ns, prefix=prefix, delimiter=delimiter,
+                                                     start_after=start_after, limit=limit)]
     return scan
 
 
@@ -207,8 +209,8 @@ async def list_objects_v1(store: Store, call: Call) -> Response:
     assert call.bucket is not None
     prefix, delimiter, max_keys, url = _listing_args(call)
     marker = call.q("marker", "") or ""
-    page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
-                           start_after=marker, max_keys=max_keys)
+    page = await list_page(_scanner(store, call.bucket, delimiter), prefix=prefix, delimiter=delimiter,
+                           start_after=marker, max_keys=max_keys, page_size=max_keys + 1)
     body = xmlio.list_objects_v1(
         bucket=call.bucket, prefix=prefix, marker=marker, delimiter=delimiter, max_keys=max_keys,
         is_truncated=page.truncated, next_marker=page.last if (page.truncated and delimiter) else None,
@@ -236,8 +238,8 @@ async def list_objects_v2(store: Store, call: Call) -> Response:
     start_after = call.q("start-after", "") or ""
     cursor = _decode_token(token) if token else start_after
     fetch_owner = call.q("fetch-owner") == "true"
-    page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
-                           start_after=cursor, max_keys=max_keys)
+    page = await list_page(_scanner(store, call.bucket, delimiter), prefix=prefix, delimiter=delimiter,
+                           start_after=cursor, max_keys=max_keys, page_size=max_keys + 1)
     body = xmlio.list_objects_v2(
         bucket=call.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
         is_truncated=page.truncated, continuation_token=token,
@@ -253,8 +255,8 @@ async def list_versions(store: Store, call: Call) -> Response:
     assert call.bucket is not None
     prefix, delimiter, max_keys, url = _listing_args(call)
     key_marker = call.q("key-marker", "") or ""
-    page = await list_page(_scanner(store, call.bucket), prefix=prefix, delimiter=delimiter,
-                           start_after=key_marker, max_keys=max_keys)
+    page = await list_page(_scanner(store, call.bucket, delimiter), prefix=prefix, delimiter=delimiter,
+                           start_after=key_marker, max_keys=max_keys, page_size=max_keys + 1)
     body = xmlio.list_object_versions(
         bucket=call.bucket, prefix=prefix, key_marker=key_marker, version_id_marker=call.q("version-id-marker", "") or "",
         delimiter=delimiter, max_keys=max_keys, is_truncated=page.truncated,

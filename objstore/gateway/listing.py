@@ -1,9 +1,14 @@
 """S3 listing with delimiters over a sorted key stream: contents, common prefixes, where to resume.
 
-The metadata ring returns keys in order, a batch at a time. :func:`list_page` folds that stream
+The metadata ring returns names in order, a batch at a time. :func:`list_page` folds that stream
 into one S3 listing page (:class:`ListPage`): keys under a delimiter roll up into a common prefix,
 which counts once toward max-keys, and the next scan starts after the whole rolled-up prefix
 rather than walking its keys.
+
+The stream may be keys, or names the metadata nodes already rolled up (``MetadataClient.list``:
+each common prefix once, as its own name); the fold is the same for both, and a common prefix
+followed by more names in the same batch goes on with that batch, so a page of rolled-up names
+is one scan however many prefixes it holds.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ Scan = Callable[[str, str, int], Awaitable[Sequence[tuple[str, Any]]]]
 
 async def list_page(scan: Scan, *, prefix: str, delimiter: str, start_after: str, max_keys: int,
                     page_size: int = 1000) -> ListPage:
-    """Build one listing page. ``scan(prefix, start_after, limit)`` returns sorted (key, value)s."""
+    """Build one listing page. ``scan(prefix, start_after, limit)`` returns sorted (name, value)s,
+    fewer than ``limit`` only at the end; a name under a common prefix already listed is skipped."""
     page = ListPage()
     if max_keys <= 0:
         return page
@@ -67,11 +73,10 @@ async def list_page(scan: Scan, *, prefix: str, delimiter: str, start_after: str
                     common = key[: cut + len(delimiter)]
                     page.prefixes.append(common)
                     page.last = common
-                    cursor = after_prefix(common)
-                    break  # rescan from after the whole common prefix
+                    cursor = after_prefix(common)  # the batch's other keys under it are <= cursor
+                    continue
             page.contents.append((key, value))
             page.last = key
             cursor = key
-        else:
-            if len(batch) < page_size:
-                return page
+        if len(batch) < page_size:
+            return page

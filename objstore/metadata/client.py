@@ -35,12 +35,17 @@ from headwater.rpc import ClientPool, DeadlineExceeded, Unavailable, cluster_sec
 from .errors import (ConditionFailed, InvalidKey, MetadataError, NotLeaderError, NotStoredError, QuorumUnavailable,
                      WriteOutcomeUnknown)
 from .failover import MemberStanding, Route
+from .merge import StreamMerge, PageWanted
 from .partition import PartitionMap
 from .store import Record, Version, check_key, check_ns, record_from_wire
 
-__all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock"]
+__all__ = ["Entry", "MetadataClient", "RaftReplication", "HybridClock", "MAX_LIST_PAGE"]
 
 log = logging.getLogger("headwater.objstore.metadata.client")
+
+# The most names one group is asked for in one kv.list round (the node allows 10,000); above
+# the 1,001 a gateway page asks for.
+MAX_LIST_PAGE = 2000
 
 
 
@@ -129,7 +134,8 @@ class RaftReplication:
         # where cluster.toml places it, or not there yet); absent: cluster.toml's placement.
         self._members: dict[int, tuple[str, ...]] = {}
         self.standing = MemberStanding(election_s=election_s)
-        self.stats = {"reads": 0, "writes": 0, "scans": 0, "redirects": 0, "retries": 0,
+        self.stats = {"reads": 0, "writes": 0, "scans": 0, "lists": 0, "list_rounds": 0,
+                      "list_calls": 0, "redirects": 0, "retries": 0,
                       "quorum_failures": 0, "unknown_outcomes": 0, "silent_attempts": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:
@@ -321,6 +327,69 @@ class RaftReplication:
         if failures:
             raise failures[0]
 
+    async def list(self, ns: str, *, prefix: str, delimiter: str, start_after: str,
+                   limit: int) -> list[tuple[str, Record | None]]:
+        """Up to ``limit`` names of ``ns`` after ``start_after``, keys with ``delimiter`` after
+        ``prefix`` rolled up into common prefixes (record None) by the nodes, merged across every
+        group. A round asks every group that is not finished once (one ``kv.list`` naming its
+        partitions, to its leader: linearizable), all groups at once; each node merges its
+        group's partitions, so a page is usually one round (see :mod:`.merge`)."""
+        self.stats["lists"] += 1
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for p in range(self.ring.partitions):
+            groups[self.ring.group_of(p)].append(p)
+        if delimiter:
+            # Names are small and one group's share of a page is most of it when prefixes hold
+            # many keys (each prefix is in most groups): ask for the whole page.
+            first = min(limit, MAX_LIST_PAGE)
+        else:
+            # Keys spread evenly: a group holds about 1/groups of the page; twice that, with slack.
+            first = max(16, min(limit, 2 * limit // len(groups) + 16))
+        merge = StreamMerge(groups, start_after=start_after, first_page=first,
+                               max_page=max(first, min(MAX_LIST_PAGE, limit)))
+        out: list[tuple[str, Record | None]] = []
+        while len(out) < limit:
+            wanted = merge.wanted()
+            if wanted:
+                await self._list_round(ns, prefix, delimiter, merge, wanted, groups)
+                continue
+            item = merge.pop()
+            if item is None:
+                break
+            out.append(item)
+        return out
+
+    async def _list_round(self, ns: str, prefix: str, delimiter: str, merge: StreamMerge,
+                          wanted: list[PageWanted], groups: dict[int, list[int]]) -> None:
+        """One ``kv.list`` per group that owes a page, to its leader, all at once."""
+        self.stats["list_rounds"] += 1
+        failures: list[Exception] = []
+
+        async def one(w: PageWanted) -> None:
+            self.stats["list_calls"] += 1
+            parts = groups[w.stream]
+            try:
+                r = await self._leader_call(parts[0], "kv.list", {
+                    "ns": ns, "parts": parts, "prefix": prefix, "delimiter": delimiter,
+                    "start_after": w.start_after, "start_open": w.start_open, "limit": w.limit}, write=False)
+                names: list[tuple[str, Record | None]] = []
+                for name, wire in r["names"]:
+                    rec = None if wire is None else record_from_wire(wire)
+                    if rec is not None:
+                        self.clock.observe(rec.version)
+                    names.append((name, rec))
+                merge.feed(w.stream, names, more=r["more"], last=r["last"], last_open=r["last_open"])
+            except (ValueError, TypeError, KeyError) as e:  # a malformed answer
+                failures.append(MetadataError(f"kv.list to group {w.stream}: {e}"))
+            except Exception as e:  # raised below, as itself rather than inside a group
+                failures.append(e)
+
+        async with anyio.create_task_group() as tg:
+            for w in wanted:
+                tg.start_soon(one, w)
+        if failures:
+            raise failures[0]
+
     # --- health --------------------------------------------------------------------------------
 
     async def node_info(self, timeout_s: float = 2.0) -> dict[str, dict[str, Any] | None]:
@@ -437,6 +506,27 @@ class MetadataClient:
             async for key, rec in it:
                 assert rec.value is not None
                 yield Entry(ns=ns, key=key, value=rec.value, version=rec.version)
+
+    async def list(self, ns: str, *, prefix: str = "", delimiter: str = "", start_after: str = "",
+                   limit: int = 1000) -> list[tuple[str, Entry | None]]:
+        """Up to ``limit`` names of ``ns`` greater than ``start_after`` in order: live keys starting
+        with ``prefix`` as (key, Entry), and, when ``delimiter`` is given, every key with the
+        delimiter after the prefix rolled up into its common prefix (the key up to and including
+        that delimiter) as (prefix, None), once. A ``start_after`` inside a common prefix skips
+        that prefix. Read from every partition's group leader, like :meth:`scan`; a page costs a
+        few rounds of one call per group, however many keys each common prefix holds."""
+        check_ns(ns), check_key(prefix), check_key(delimiter), check_key(start_after)
+        if limit < 1:
+            return []
+        names = await self.replication.list(ns, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                                            limit=limit)
+        out: list[tuple[str, Entry | None]] = []
+        for name, rec in names:
+            if rec is None:
+                out.append((name, None))
+            elif rec.value is not None:
+                out.append((name, Entry(ns=ns, key=name, value=rec.value, version=rec.version)))
+        return out
 
     async def health(self) -> dict[str, bool]:
         """Node id -> whether it answered ``node.info`` within two seconds."""

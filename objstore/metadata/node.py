@@ -19,6 +19,12 @@ Client methods (records travel as ``[ts, writer, value]``):
 ``kv.get``   {ns, p, key} -> {record}: a linearizable read (ReadIndex).
 ``kv.scan``  {ns, parts: [[p, start_after], ...], prefix, limit} ->
              {pages: [[p, [[key, record], ...], more, last], ...]}: linearizable per group.
+``kv.list``  {ns, parts: [p, ...], prefix, delimiter, start_after, start_open, limit} ->
+             {names: [[name, record or None], ...], more, last, last_open}: the partitions' live
+             keys merged in order, those with the delimiter after the prefix rolled up into
+             common prefixes (record None, each once) on the node, each prefix skipped with a
+             cursor seek per partition; at most ``limit`` names and MAX_LIST_EXAMINED records
+             read per call, then resume after ``last`` with ``last_open``; linearizable per group.
 ``node.info`` -> {id, partitions, entries, db_bytes, map_bytes, groups, stats}
 
 Operator methods: ``ring.get`` -> {ring}; ``meta.config`` {g} -> {config, leader, role};
@@ -68,11 +74,14 @@ from .raft.group import (
 from .raft.storage import RaftStorage, read_ring, write_ring
 from .store import Command, OpKind, Record, RecordStore, record_from_wire, record_to_wire
 
-__all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT"]
+__all__ = ["MetadataNode", "run_metadata_node", "MAX_SCAN_LIMIT", "MAX_LIST_EXAMINED"]
 
 log = logging.getLogger("headwater.objstore.metadata.node")
 
 MAX_SCAN_LIMIT = 10_000
+# Records one kv.list reads, returned or not (keys of prefixes already listed, dead records,
+# overflow groups): a listing over a hostile key layout pays in round trips, not in one long call.
+MAX_LIST_EXAMINED = 10_000
 # Writer ids travel in every log entry and key the record of applied versions (LMDB keys are at
 # most 511 bytes): an entry that cannot be applied must never enter the log.
 MAX_WRITER_BYTES = 128
@@ -94,6 +103,7 @@ class MetadataNode:
         self._clock = clock
         self.stats: dict[str, int] = {
             "gets": 0, "writes": 0, "conditions_failed": 0, "scans": 0, "scanned_records": 0,
+            "lists": 0, "listed_names": 0, "list_examined": 0,
             "not_leader": 0, "corrupt_records": 0, "bad_requests": 0, "records_repaired": 0,
         }
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
@@ -107,7 +117,7 @@ class MetadataNode:
         self._tg: anyio.abc.TaskGroup | None = None
         self._creating: dict[str, anyio.Lock] = {}
         self.server = RpcServer(node.id, secret=secret)
-        for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan),
+        for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan), ("kv.list", self._list),
                          ("kv.peek", self._peek), ("node.info", self._info), ("ring.get", self._ring_get),
                          ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),
                          ("meta.retire", self._meta_retire),
@@ -458,6 +468,31 @@ class MetadataNode:
             pages.append([p, [[k, record_to_wire(r)] for k, r in page.items], page.more, page.last])
             await anyio.lowlevel.checkpoint()  # many partitions: let other calls run between them
         return {"pages": pages}
+
+    async def _list(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """``kv.list``: the partitions' rolled-up names merged into one page, after one read
+        barrier per group."""
+        assert self.store is not None
+        self.stats["lists"] += 1
+        ns, parts, limit = args.get("ns"), args.get("parts"), args.get("limit", 1000)
+        prefix, delimiter = args.get("prefix", ""), args.get("delimiter", "")
+        start_after, start_open = args.get("start_after", ""), args.get("start_open", False)
+        if not isinstance(parts, list) or not parts or len(parts) > self.partitions \
+                or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT or not isinstance(start_open, bool):
+            raise self._bad(f"kv.list needs 1..{self.partitions} parts, a limit of 1..{MAX_SCAN_LIMIT} "
+                            "and a boolean start_open")
+        wanted = sorted({self._partition(p) for p in parts})
+        for g in {self._group(p) for p in wanted}:  # one read barrier per group
+            await self._barrier(g)
+        try:
+            page = self.store.rolled_scan(ns, wanted, prefix=prefix, delimiter=delimiter, start_after=start_after,
+                                          start_open=start_open, limit=limit, max_examined=MAX_LIST_EXAMINED)
+        except (InvalidKey, ValueError) as e:
+            raise self._bad(f"kv.list: {e}") from None
+        self.stats["listed_names"] += len(page.items)
+        self.stats["list_examined"] += page.examined
+        return {"names": [[name, None if r is None else record_to_wire(r)] for name, r in page.items],
+                "more": page.more, "last": page.last, "last_open": page.last_open}
 
     async def _info(self, args: dict, payload: bytes) -> dict[str, Any]:
         assert self.store is not None

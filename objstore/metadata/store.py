@@ -26,12 +26,14 @@ This module is synchronous; the node runs writes on a worker thread.
 
 from __future__ import annotations
 
+import collections
 import enum
+import heapq
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import lmdb
 import msgpack
@@ -40,7 +42,8 @@ import xxhash
 from .errors import CorruptGroup, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, StoreFull
 
 __all__ = [
-    "Version", "Record", "OpKind", "ScanPage", "RecordStore", "encode_record", "decode_record", "record_to_wire",
+    "Version", "Record", "OpKind", "ScanPage", "RolledPage", "RecordStore", "encode_record", "decode_record",
+    "record_is_live", "record_to_wire",
     "record_from_wire", "check_ns", "check_key", "MAX_NS_BYTES", "MAX_KEY_BYTES", "Command", "CommandResult",
     "RAFT_DB_NAME",
 ]
@@ -94,6 +97,30 @@ def decode_record(raw: bytes, where: str = "?") -> Record:
     if fmt != _FORMAT:
         raise CorruptRecord(f"{where} (unknown format {fmt})")
     return Record(version=(ts, writer), value=None if tomb else value)
+
+
+def record_is_live(raw: bytes, where: str = "?") -> bool:
+    """Whether a stored record is live (not an old tombstone), checksum verified, without decoding
+    its value: a listing that rolls a key up into a common prefix needs no more (an inline
+    object's value can be tens of KiB)."""
+    payload = _unwrap(raw, where)
+    # The usual layout, read in place: fixarray(5), format 1, a uint64 timestamp, a writer id of
+    # at most 31 bytes, then the tombstone flag. Anything else takes the general path below.
+    if payload[:3] == b"\x95\x01\xcf" and len(payload) > 12 and 0xa0 <= payload[11] <= 0xbf:
+        flag = 12 + (payload[11] & 0x1f)
+        if flag < len(payload) and payload[flag] in (0xc2, 0xc3):
+            return payload[flag] == 0xc2
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(payload)
+    try:
+        if unpacker.read_array_header() != 5:
+            raise ValueError("not a record")
+        fmt, _ts, _writer, tomb = unpacker.unpack(), unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+    except Exception:
+        raise CorruptRecord(where) from None
+    if fmt != _FORMAT:
+        raise CorruptRecord(f"{where} (unknown format {fmt})")
+    return not tomb
 
 
 def record_to_wire(rec: Record | None) -> list[Any] | None:
@@ -157,6 +184,28 @@ class ScanPage:
     items: list[tuple[str, Record]]
     more: bool
     last: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RolledPage:
+    """One partition's listing with keys under a delimiter rolled up into common prefixes.
+
+    ``items`` are (name, record) in name order; a record of None marks a common prefix. When
+    ``more`` is true the next page starts after ``last`` with ``last_open`` passed back: true when
+    ``last`` lies inside a common prefix that was not returned yet (only live keys make one, and
+    the page stopped among dead records under it), so resuming must not skip that prefix.
+    ``examined`` counts the records the page read, returned or not.
+    """
+
+    items: list[tuple[str, Record | None]]
+    more: bool
+    last: str | None
+    last_open: bool
+    examined: int
+
+
+# Above every UTF-8 byte: an exclusive bound after every key that starts with a given prefix.
+_PAST = b"\xff"
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -337,6 +386,107 @@ class RecordStore:
                     break
         return ScanPage(items=items, more=more, last=None if last is None else last[len(base):].decode("utf-8"))
 
+    def rolled_scan(self, ns: str, partitions: Sequence[int], *, prefix: str = "", delimiter: str = "",
+                    start_after: str = "", start_open: bool = False, limit: int = 1000,
+                    max_examined: int = 10_000) -> RolledPage:
+        """Live keys of ``ns`` in ``partitions`` that start with ``prefix``, merged in order, with
+        every key that has ``delimiter`` after the prefix rolled up into its common prefix (the key
+        up to and including that delimiter), returned once, as S3 lists "folders".
+
+        A cursor per partition; after a common prefix, each cursor that reaches a key of it jumps
+        past all of them with one seek, so a page costs a seek per prefix and partition rather
+        than a read per key. Names returned are greater than ``start_after``; a ``start_after``
+        inside a common prefix skips that whole prefix (S3's rule for a marker) unless
+        ``start_open`` (a resumed page, see :class:`RolledPage`). At most ``limit`` names, and at
+        most ``max_examined`` records read, per call.
+        """
+        if limit < 1 or max_examined < 1:
+            raise ValueError("limit and max_examined must be at least 1")
+        bases = [self._base(p, ns) for p in partitions]
+        pfx = check_key(prefix)
+        check_key(delimiter)
+        # Bounds are compared on a key's bytes after its partition's base: the same in every partition.
+        lower = check_key(start_after) if start_after else None  # exclusive
+        jump_first = None
+        if delimiter and not start_open and start_after.startswith(prefix):
+            cut = start_after.find(delimiter, len(prefix))
+            if cut >= 0:
+                past = start_after[: cut + len(delimiter)].encode("utf-8") + _PAST
+                lower = past if lower is None else max(lower, past)
+                jump_first = past if lower == past else None
+        items: list[tuple[str, Record | None]] = []
+        examined = 0
+        last: str | None = None
+        last_open = False
+        more = False
+        with self._env.begin() as txn:
+            walkers = [_PartitionWalker(self, txn, base) for base in bases]
+            heap: list[tuple[bytes, int]] = []
+            start = pfx if lower is None else max(pfx, lower)
+            for i, w in enumerate(walkers):
+                if (head := w.seek(start)) is not None:
+                    heap.append((head, i))
+            heapq.heapify(heap)
+            # Where a key at or below ``lower`` jumps to: past a listed prefix with one seek, unless
+            # the seek would land in the same overflow group again (then it steps).
+            jump = jump_first
+            inline = self._inline
+            base_len = len(bases[0]) if bases else 0  # one namespace: the same in every partition
+            while heap:
+                kb, i = heap[0]
+                w = walkers[i]
+                examined += 1
+                if lower is not None and kb <= lower:
+                    # the bound itself, an overflow group's members before it, or a key of a
+                    # prefix already listed (the hot path: one per prefix and partition)
+                    if jump is not None and base_len + len(jump) <= inline:
+                        head = w.seek(jump)
+                    else:
+                        head = w.step()
+                    if head is None:
+                        heapq.heappop(heap)
+                    else:
+                        heapq.heapreplace(heap, (head, i))
+                    continue
+                if not kb.startswith(pfx):
+                    if kb > pfx:
+                        heapq.heappop(heap)  # past the prefix: this partition is done
+                    else:
+                        _replace(heap, w.step(), i)
+                    continue
+                key = kb.decode("utf-8")
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                rec: Record | None = None
+                try:
+                    if cut < 0:
+                        rec = decode_record(w.raw())
+                        live = rec.value is not None
+                    else:
+                        live = record_is_live(w.raw())
+                except CorruptRecord:
+                    self.corrupt_reads += 1
+                    log.error("metadata record %s/%r failed its checksum; skipped in a scan", ns, key,
+                              extra={"event": "record.corrupt", "ns": ns, "key": key, "skipped": True})
+                    live = False
+                if not live:
+                    last, last_open = key, cut >= 0
+                    _replace(heap, w.step(), i)
+                elif cut >= 0:
+                    common = key[: cut + len(delimiter)]
+                    items.append((common, None))
+                    last, last_open = common, False
+                    lower = jump = common.encode("utf-8") + _PAST
+                    _replace(heap, w.seek(lower), i)  # the other partitions jump when they reach it
+                else:
+                    items.append((key, rec))
+                    last, last_open = key, False
+                    lower, jump = kb, None
+                    _replace(heap, w.step(), i)
+                if len(items) >= limit or examined >= max_examined:
+                    more = bool(heap)
+                    break
+        return RolledPage(items=items, more=more, last=last, last_open=last_open, examined=examined)
+
     def _walk(self, txn: lmdb.Transaction, seek: bytes, base: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(encoded key, raw record) from ``seek`` on, overflow groups expanded, while under ``base``."""
         cur = txn.cursor()
@@ -491,3 +641,68 @@ def _satisfied(cmd: Command, live: Record | None) -> bool:
         field, expected = cmd.if_match
         return live is not None and live.value is not None and live.value.get(field) == expected
     return True
+
+
+def _replace(heap: list[tuple[bytes, int]], head: bytes | None, i: int) -> None:
+    """Partition ``i`` (at the top of ``heap``) moved to ``head``, or ran out (None)."""
+    if head is None:
+        heapq.heappop(heap)
+    else:
+        heapq.heapreplace(heap, (head, i))
+
+
+class _PartitionWalker:
+    """One partition's records in key order from an LMDB cursor, overflow groups expanded.
+
+    ``seek(bound)`` goes to the first key at or after ``bound`` and ``step()`` to the next; both
+    return that key's bytes after the partition's base (None at the end of the partition), and
+    ``raw()`` its record (read only when asked: a key skipped by a seek costs no value read).
+    """
+
+    __slots__ = ("_store", "_txn", "_cur", "base", "_pending")
+
+    def __init__(self, store: RecordStore, txn: lmdb.Transaction, base: bytes):
+        self._store = store
+        self._txn = txn
+        self._cur = txn.cursor()
+        self.base = base
+        self._pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
+
+    def seek(self, bound: bytes) -> bytes | None:
+        if self._pending:
+            self._pending.clear()
+        cur, base = self._cur, self.base
+        if not cur.set_range((base + bound)[:self._store._inline]):
+            return None
+        k = cur.key()
+        if k.startswith(base) and len(k) != self._store._inline + 1:
+            return k[len(base):]  # the usual case, without the call to _load
+        return self._load()
+
+    def step(self) -> bytes | None:
+        if self._pending:
+            self._pending.popleft()
+            if self._pending:
+                return self._pending[0][0][len(self.base):]
+        if not self._cur.next():
+            return None
+        return self._load()
+
+    def raw(self) -> bytes:
+        return self._pending[0][1] if self._pending else self._cur.value()
+
+    def _load(self) -> bytes | None:
+        """The key under the cursor, or an overflow group's first member (the cursor stays on
+        the group until ``step`` has walked its members)."""
+        while True:
+            k = self._cur.key()
+            if not k.startswith(self.base):
+                return None
+            if len(k) != self._store._inline + 1:
+                return k[len(self.base):]
+            members = sorted(self._store._read_group(self._txn, bytes(k), strict=False).items())
+            if members:
+                self._pending.extend(members)
+                return members[0][0][len(self.base):]
+            if not self._cur.next():
+                return None
