@@ -2,7 +2,8 @@
 
 Large objects: s5cmd (Go, one process, N workers) runs a batch command file. Objects go up as
 single PUTs (the part size is set above the object size, so s5cmd never switches to multipart)
-and come down into /dev/null; s5cmd sends a HEAD before each GET, which is noise at 64 MiB.
+and come down into files in /dev/shm (removed after each batch); s5cmd sends a HEAD before each
+GET, which is noise at 64 MiB.
 
 Small objects: s5cmd's HEAD-before-GET would double the requests, and boto3 costs ~1 ms of CPU
 per request, which on a 2-core machine that also runs the servers takes a good part of a core
@@ -186,8 +187,17 @@ class S5cmd:
 
     def get(self, op: str, bucket: str, keys: list[str], *, object_bytes: int, clients: int) -> Batch:
         part_mib = max(5, object_bytes // MiB + 1)
-        cmds = [f"cp --concurrency 1 --part-size {part_mib} s3://{bucket}/{k} /dev/null" for k in keys]
-        return self.run(op, cmds, clients=clients, object_bytes=object_bytes)
+        # Into files in RAM, removed after the batch: s5cmd (2.2 and later) downloads to a
+        # temporary file and renames it over the target, so a target of /dev/null replaced the
+        # machine's /dev/null with a regular file.
+        ram = "/dev/shm" if os.path.isdir("/dev/shm") else self.scratch
+        sink = Path(tempfile.mkdtemp(prefix=f"s5cmd-{op}-", dir=ram))
+        try:
+            cmds = [f"cp --concurrency 1 --part-size {part_mib} s3://{bucket}/{k} {sink}/{i}"
+                    for i, k in enumerate(keys)]
+            return self.run(op, cmds, clients=clients, object_bytes=object_bytes)
+        finally:
+            shutil.rmtree(sink, ignore_errors=True)
 
     def head(self, op: str, bucket: str, keys: list[str], *, clients: int) -> Batch:
         cmds = [f"head s3://{bucket}/{k}" for k in keys]
