@@ -116,6 +116,24 @@ def build_rrl(cluster: ClusterConfig, cfg: DnsConfig) -> ResponseRateLimiter | N
     return ResponseRateLimiter(cfg.rrl) if cfg.rrl.enabled else None
 
 
+# The query types /metrics names: the ones dnslib knows (a fixed set of about fifty). A client
+# can put any of 65536 numbers in a question; counting each apart would let it mint that many
+# series per RCODE and transport (and grow the counters here without bound), so every other
+# type is counted under one label, "other".
+_NAMED_QTYPES = frozenset(dnslib.QTYPE.forward)
+OTHER_QTYPE = -1
+
+
+def counted_qtype(qtype: int) -> int:
+    """``qtype`` as the query counters key it: itself when it has a name, else OTHER_QTYPE."""
+    return qtype if qtype in _NAMED_QTYPES else OTHER_QTYPE
+
+
+def qtype_label(qtype: int) -> str:
+    """The ``qtype`` label of a counted type."""
+    return "other" if qtype == OTHER_QTYPE else dnslib.QTYPE[qtype]
+
+
 # What the RRL metrics read once a reload has turned the limiter off.
 _IDLE_RRL = ResponseRateLimiter(RrlConfig(max_buckets=1), secret=b"idle")
 
@@ -182,7 +200,7 @@ class DnsServer:
                 generation = (generation, int(self.wall_clock()) // WINDOW_S)
             wire, found = self.cache.lookup(data, client_ip, generation)
             if wire is not None:
-                self.counts[(found.qtype, found.rcode, "udp")] += 1
+                self.counts[(counted_qtype(found.qtype), found.rcode, "udp")] += 1
                 return wire if self.rrl is None else self._limit(data, client_ip, found.kind, wire, found.zone)
         else:
             found = None
@@ -190,7 +208,7 @@ class DnsServer:
         if answered is None:
             return None
         self.cache.store(found, client_ip, answered)
-        self.counts[(answered.qtype, answered.rcode, "udp")] += 1
+        self.counts[(counted_qtype(answered.qtype), answered.rcode, "udp")] += 1
         if self.rrl is None:
             return answered.wire
         return self._limit(data, client_ip, answered.kind, answered.wire, answered.zone)
@@ -213,7 +231,7 @@ class DnsServer:
         answered = self.answerer.answer(data, client_ip, tcp=True)
         if answered is None:
             return None
-        self.counts[(answered.qtype, answered.rcode, "tcp")] += 1
+        self.counts[(counted_qtype(answered.qtype), answered.rcode, "tcp")] += 1
         return answered.wire
 
     # --- reload -------------------------------------------------------------------------------------
@@ -304,7 +322,7 @@ class DnsServer:
 
         def collect() -> None:
             for (qtype, rcode, transport), n in list(self.counts.items()):
-                child = queries.labels(dnslib.QTYPE.get(qtype, str(qtype)), rcode_name(rcode), transport)
+                child = queries.labels(qtype_label(qtype), rcode_name(rcode), transport)
                 child.inc(n - seen.get((qtype, rcode, transport), 0))
                 seen[(qtype, rcode, transport)] = n
             for k, v in self.cache.statistics().items():
