@@ -132,6 +132,10 @@ def parse_query(data: bytes, header: Header | None = None, *, max_udp: int = DEF
         raise NotImplementedOpcode(f"opcode {header.opcode}")
     if header.qdcount != 1:
         raise FormatError(f"QDCOUNT is {header.qdcount}, not 1")
+    # The question's name first, by the RFC's limits: dnslib takes names longer than 255 bytes and
+    # labels of 64 bytes and more (types 0x40 and 0x80), and such a name cannot be repeated in
+    # the FORMERR answer (packing it fails), so it must fail here, before it is kept.
+    _skip_name(data, 12)
     try:
         record = dnslib.DNSRecord.parse(data)
         q = record.questions[0]
