@@ -311,7 +311,7 @@ class DnsServer:
         reloads = registry.gauge("headwater_dns_reloads", "zone reloads, by outcome", labels=("outcome",))
         udp = registry.gauge("headwater_dns_udp", "UDP datagrams: received, sent, send_dropped, handler_errors",
                              labels=("what",))
-        tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason", labels=("what",))
+        tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason (evicted: to make room)", labels=("what",))
         generation = registry.gauge("headwater_dns_zone_generation", "zone generation (bumped by each reload)")
         decisions = registry.gauge("headwater_dns_steering_decisions", "steered answers by first-choice POP",
                                    labels=("pop",))
@@ -331,7 +331,7 @@ class DnsServer:
                 reloads.labels(k).set(v)
             for k in ("received", "sent", "send_dropped", "handler_errors"):
                 udp.labels(k).set(getattr(self.udp, k))
-            for k in ("connections", "queries", "idle_closed", "timed_out", "bad_closed"):
+            for k in ("connections", "queries", "idle_closed", "timed_out", "bad_closed", "evicted"):
                 tcp.labels(k).set(getattr(self.tcp, k))
             generation.set(self.source.generation)
             if self.steering is not None:
