@@ -1,9 +1,10 @@
 """Attacks found against the running GeoDNS, replayed on the sans-IO parts: each input that once
 got no answer (the handler raised), or could grow state without bound, now gets its RFC answer
-and changes nothing."""
+and changes nothing; zone files that would hang or bloat a reload are refused."""
 
 from __future__ import annotations
 
+import os
 import struct
 
 import dns.message
@@ -13,7 +14,9 @@ import pytest
 from headwater.config import loads
 from headwater.dns.answer import Answerer
 from headwater.dns.daemon import OTHER_QTYPE, counted_qtype, qtype_label
-from headwater.dns.errors import FormatError, rcode_of
+from headwater.dns import masterfile
+from headwater.dns.errors import FormatError, ZoneError, rcode_of
+from headwater.dns.masterfile import read_master_file
 from headwater.dns.reload import load_zones
 from headwater.dns.wire import Header, Question, parse_query
 
@@ -80,3 +83,66 @@ def test_query_types_from_clients_map_to_a_bounded_label_set():
     assert counted_qtype(1) == 1 and qtype_label(1) == "A"
     assert counted_qtype(0) == OTHER_QTYPE and counted_qtype(4321) == OTHER_QTYPE
     assert "other" in labels and len(labels) < 80
+
+
+# --- zone files: the daemon reads them in its event loop, so a read must neither block nor grow
+
+
+@pytest.fixture
+def good_zone(tmp_path):
+    path = tmp_path / "good.zone"
+    path.write_text("$ORIGIN files.test.\n@ 300 IN SOA ns1 hostmaster 1 3600 600 86400 30\n@ 300 IN NS ns1\n"
+                    "ns1 300 IN A 192.0.2.53\n")
+    return path
+
+
+def test_a_good_zone_file_still_reads(good_zone):
+    assert read_master_file(good_zone).origin_text == "files.test."
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_in_a_zone_files_place_is_refused_without_blocking(tmp_path):
+    # It used to hang the worker in open() for good (SIGTERM could not even stop it).
+    fifo = tmp_path / "fifo.zone"
+    os.mkfifo(fifo)
+    with pytest.raises(ZoneError, match="not a regular file"):
+        read_master_file(fifo)
+
+
+def test_what_is_not_a_regular_file_is_refused(tmp_path):
+    # Found by hand with a symlink to /dev/zero: its size says 0 and reading it whole never ends
+    # (memory grows until OOM). A directory takes the same path through the check and cannot
+    # blow up the suite should the check ever go.
+    link = tmp_path / "device.zone"
+    link.symlink_to(tmp_path)
+    with pytest.raises(ZoneError, match="not a regular file"):
+        read_master_file(link)
+
+
+def test_a_symlink_loop_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "a.zone").symlink_to(tmp_path / "b.zone")
+    (tmp_path / "b.zone").symlink_to(tmp_path / "a.zone")
+    with pytest.raises(ZoneError, match="a.zone: cannot read"):
+        read_master_file(tmp_path / "a.zone")
+
+
+def test_a_zone_file_over_the_limit_is_refused_however_its_size_looked(good_zone, monkeypatch):
+    # The limit is applied to what is read, not to a size looked at before reading (which a file
+    # being written can outgrow): only one byte past the limit is ever read.
+    size = good_zone.stat().st_size
+    monkeypatch.setattr(masterfile, "MAX_FILE_BYTES", size - 1)
+    reads = []
+    real_fdopen = os.fdopen
+
+    def spy(fd, *args, **kw):
+        f = real_fdopen(fd, *args, **kw)
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)  # type: ignore[method-assign]
+        return f
+
+    monkeypatch.setattr(masterfile.os, "fdopen", spy)
+    with pytest.raises(ZoneError, match="more than the"):
+        read_master_file(good_zone)
+    assert reads == [size]
+    monkeypatch.setattr(masterfile, "MAX_FILE_BYTES", size)
+    assert read_master_file(good_zone).origin_text == "files.test."
