@@ -3,11 +3,12 @@
 :func:`read_header` needs only the first 12 bytes; a datagram shorter than that, or one that is
 itself a response, raises :class:`~.errors.Unanswerable` (no answer: there is nobody to answer
 correctly, and answering responses is how reflection loops start). :func:`parse_query` then
-reads the rest with dnslib and raises a :class:`~.errors.DnsError` carrying the RCODE: an opcode
-other than QUERY is NOTIMP; a packet dnslib cannot parse (truncated, compression loops, pointers
-past the end or forwards, bad labels), QDCOUNT other than 1, trailing bytes, more than one OPT
-or a bad EDNS option is FORMERR; an EDNS version other than 0 is BADVERS. Any exception at all
-from the parser becomes FORMERR: hostile bytes never crash the server.
+reads the rest itself (names by :func:`read_name`, which takes any octets in a label as DNS
+does) and raises a :class:`~.errors.DnsError` carrying the RCODE: an opcode other than QUERY is
+NOTIMP; a packet that does not parse (truncated, compression loops, pointers past the end or
+forwards, unknown label types, names over 255 octets), QDCOUNT other than 1, trailing bytes,
+more than one OPT or a bad EDNS option is FORMERR; an EDNS version other than 0 is BADVERS.
+Records other than the OPT record are walked (their names and lengths must hold) and ignored.
 
 Errors raised after the question was read carry it as ``exc.question`` (a
 :class:`Question`), so the answer can repeat it, and ``exc.had_opt`` when the query's OPT
@@ -24,7 +25,7 @@ import dnslib
 from .edns import DEFAULT_UDP, Edns, read_opt
 from .errors import DnsError, FormatError, NotImplementedOpcode, Unanswerable
 
-__all__ = ["Header", "Question", "Query", "read_header", "parse_query", "OPCODE_QUERY"]
+__all__ = ["Header", "Question", "Query", "read_header", "read_name", "parse_query", "OPCODE_QUERY"]
 
 OPCODE_QUERY = 0
 _HEADER = struct.Struct("!HHHHHH")
@@ -76,35 +77,56 @@ def read_header(data: bytes) -> Header:
     return header
 
 
-def _skip_name(data: bytes, offset: int) -> int:
-    """The offset just past a (possibly compressed) name at ``offset``; dnslib has already
-    decoded it, this only finds where it ends."""
+def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
+    """The labels of the (possibly compressed) name at ``offset``, as raw octets, and the offset
+    just past it in the packet.
+
+    A label may hold any octets at all (RFC 2181 11: dnslib refuses labels that are not UTF-8,
+    which made a query for such a name FORMERR instead of an answer). FormatError for a name
+    past the end, a label type other than 0 or a pointer, a name over 255 octets, and a
+    compression pointer that does not point strictly before the previous one's target and into
+    the packet after the header (so no loop, no forward pointer: every jump goes further back,
+    and the walk ends)."""
+    labels: list[bytes] = []
     length = 0
+    end: int | None = None
+    limit = offset  # a pointer must land before this
     while True:
         if offset >= len(data):
             raise FormatError("a name runs past the end of the packet")
         b = data[offset]
         if b & 0xC0 == 0xC0:
-            return offset + 2
+            if offset + 1 >= len(data):
+                raise FormatError("a compression pointer cut short")
+            target = ((b & 0x3F) << 8) | data[offset + 1]
+            if not 12 <= target < limit:
+                raise FormatError(f"a compression pointer to {target} (must point back, past the header)")
+            if end is None:
+                end = offset + 2
+            offset = limit = target
+            continue
         if b & 0xC0:
             raise FormatError(f"label type {b >> 6:#x} is not supported")
-        offset += 1 + b
         length += 1 + b
         if length > _MAX_NAME:
             raise FormatError("a name longer than 255 bytes")
         if b == 0:
-            return offset
+            return tuple(labels), (end if end is not None else offset + 1)
+        if offset + 1 + b > len(data):
+            raise FormatError("a label runs past the end of the packet")
+        labels.append(bytes(data[offset + 1:offset + 1 + b]))
+        offset += 1 + b
 
 
 def _find_opt(data: bytes, header: Header) -> tuple[int, int, bytes] | None:
     """(CLASS, TTL, RDATA) of the query's OPT record, or None; FORMERR for more than one OPT,
     an OPT outside the additional section or not at the root, or bytes past the last record."""
-    offset = _skip_name(data, 12) + 4
+    offset = read_name(data, 12)[1] + 4
     found: tuple[int, int, bytes] | None = None
     total = header.ancount + header.nscount + header.arcount
     for i in range(total):
         start = offset
-        offset = _skip_name(data, offset)
+        offset = read_name(data, offset)[1]
         if offset + 10 > len(data):
             raise FormatError("a record header runs past the end of the packet")
         rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
@@ -132,16 +154,13 @@ def parse_query(data: bytes, header: Header | None = None, *, max_udp: int = DEF
         raise NotImplementedOpcode(f"opcode {header.opcode}")
     if header.qdcount != 1:
         raise FormatError(f"QDCOUNT is {header.qdcount}, not 1")
-    # The question's name first, by the RFC's limits: dnslib takes names longer than 255 bytes and
-    # labels of 64 bytes and more (types 0x40 and 0x80), and such a name cannot be repeated in
-    # the FORMERR answer (packing it fails), so it must fail here, before it is kept.
-    _skip_name(data, 12)
-    try:
-        record = dnslib.DNSRecord.parse(data)
-        q = record.questions[0]
-        question = Question(q.qname, q.qtype, q.qclass)
-    except Exception as e:  # noqa: BLE001 — whatever the parser trips on is the client's fault
-        raise FormatError(f"unparseable: {type(e).__name__}: {e}") from None
+    # Read here, not by dnslib: dnslib refuses labels that are not UTF-8 (legal in DNS), and takes
+    # names over 255 octets and 0x40 labels, which then cannot be repeated in the answer.
+    labels, end = read_name(data, 12)
+    if end + 4 > len(data):
+        raise FormatError("the question is cut short")
+    qtype, qclass = struct.unpack_from("!HH", data, end)
+    question = Question(dnslib.DNSLabel(labels), qtype, qclass)
     opt = None
     try:
         opt = _find_opt(data, header)

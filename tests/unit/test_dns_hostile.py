@@ -8,8 +8,11 @@ import os
 import struct
 import time
 
+import dns.dnssec
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdatatype
 import dnslib
 import pytest
 from Crypto.Hash import SHA256
@@ -17,6 +20,7 @@ from Crypto.Signature import DSS
 from headwater.config import loads
 from headwater.dns.answer import Answerer
 from headwater.dns.dnssec.keys import ZoneKey, generate_private_scalar
+from headwater.dns.dnssec.sign import ZoneSigner
 from headwater.dns.daemon import OTHER_QTYPE, counted_qtype, qtype_label
 from headwater.dns import masterfile
 from headwater.dns.errors import FormatError, ZoneError, rcode_of
@@ -194,3 +198,76 @@ def test_openssl_signatures_are_r_s_padded_and_verify():
     assert len(checked) == 4, "no short r or s in 5000 signatures"
     for data, sig in checked:
         verifier.verify(SHA256.new(data), sig)  # raises if r || s were misplaced
+
+
+# --- labels of any octets (RFC 2181 11): dnslib refused all but UTF-8, and the query got FORMERR
+
+
+def signed_answerer() -> tuple[Answerer, dict]:
+    cfg = loads(CONFIG + '[[dns.records]]\nname = "*.wild"\ntype = "A"\nvalue = "192.0.2.2"\n').dns
+    zones = load_zones(cfg)
+    key = ZoneKey.from_scalar("cdn.example.", generate_private_scalar())
+    signer = ZoneSigner("cdn.example.", key, negative_ttl=60, dnskey_ttl=300)
+    answerer = Answerer(zones, signers={(b"cdn", b"example"): signer}, max_udp=4096)
+    q = dns.message.make_query("cdn.example.", "DNSKEY", want_dnssec=True)
+    keys = {dns.name.from_text("cdn.example."): dns.message.from_wire(answerer.answer(q.to_wire(), "192.0.2.9").wire).answer[0]}
+    return answerer, keys
+
+
+ZONE_WIRE = b"\x03cdn\x07example\x00"
+BINARY = {
+    "0xff": ([b"\xff"], 1, "NXDOMAIN"),
+    "NUL, 0xff, space": ([b"\x00\xff "], 1, "NXDOMAIN"),
+    "lone UTF-8 lead byte": ([b"\xc3"], 1, "NXDOMAIN"),
+    "63 octets of 0xff": ([b"\xff" * 63], 1, "NXDOMAIN"),
+    "0xff under a wildcard": ([b"x\xff", b"wild"], 1, "NOERROR"),
+    "www with a 0xff": ([b"WWW\xff"], 1, "NXDOMAIN"),
+    # NODATA at a 255-octet wildcard expansion led by 63 0xff octets: no successor name exists
+    # (it was SERVFAIL and a logged traceback per query); the answer goes without the NSEC.
+    "NODATA, 255 octets": ([b"\xff" * 63, b"a" * 63, b"b" * 63, b"c" * 44, b"wild"], 16, "NOERROR"),
+}
+
+
+@pytest.mark.parametrize("labels,qtype,rcode", BINARY.values(), ids=BINARY.keys())
+def test_a_name_with_any_octets_gets_its_answer_signed_when_asked(labels, qtype, rcode):
+    answerer, keys = signed_answerer()
+    name = b"".join(bytes([len(x)]) + x for x in labels) + ZONE_WIRE
+    assert len(name) <= 255
+    opt = b"\x00" + struct.pack("!HHIH", 41, 4096, 0x8000, 0)
+    data = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 1) + name + struct.pack("!HH", qtype, 1) + opt
+    assert parse_query(data).question.name.label == tuple(labels) + (b"cdn", b"example")
+    msg = dns.message.from_wire(answerer.answer(data, "192.0.2.9").wire)
+    assert dns.rcode.to_text(msg.rcode()) == rcode
+    assert msg.question[0].name.labels[:len(labels)] == tuple(labels)  # the client's octets back
+    for section in (msg.answer, msg.authority):
+        sigs = {(r.name, r.covers): r for r in section if r.rdtype == dns.rdatatype.RRSIG}
+        for rrset in section:
+            if rrset.rdtype != dns.rdatatype.RRSIG:
+                dns.dnssec.validate(rrset, sigs[(rrset.name, rrset.rdtype)], keys)
+
+
+POINTERS = {
+    "to itself": b"\xc0\x0c",
+    "into the header": b"\xc0\x02",
+    "forward": b"\xc0\x0e\x00",
+    "cut short": b"\xc0",
+    "a label then back to its own start": b"\x01a\xc0\x0c",
+}
+
+
+@pytest.mark.parametrize("name", POINTERS.values(), ids=POINTERS.keys())
+def test_question_compression_pointers_are_formerr(name):
+    with pytest.raises(FormatError):
+        parse_query(packet(name))
+
+
+def test_a_later_record_may_point_back_at_the_question():
+    # An OPT record is at the root; an A record in the additional section pointing at the
+    # question's name is legal compression (and ignored); a loop there is not.
+    base = packet(b"\x03www\x03cdn\x07example\x00")[:4] + b"\x00\x01\x00\x00\x00\x00\x00\x01"
+    question = b"\x03www\x03cdn\x07example\x00" + struct.pack("!HH", 1, 1)
+    good = base + question + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + b"\x01\x02\x03\x04"
+    assert parse_query(good).edns is None
+    loop = base + question + b"\xc0\x21" + struct.pack("!HHIH", 1, 1, 0, 4) + b"\x01\x02\x03\x04"
+    with pytest.raises(FormatError):
+        parse_query(loop)
