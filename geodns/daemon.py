@@ -15,8 +15,9 @@ steering, the DNSSEC signers and the response rate limiter from :func:`build_ste
 - the admin endpoint: /healthz (zones, generation, cache) and /metrics (queries by type, RCODE
   and transport, cache hits and misses, reloads);
 - hot reload on SIGHUP and when cluster.toml or a zone file changes (:mod:`.reload`): the new
-  zones are validated whole and swapped in between two datagrams, so no query is lost or
-  answered from half a zone; a bad file is logged and the old zones stay.
+  zones are read in a worker thread (queries are answered meanwhile), validated whole and
+  swapped in between two datagrams, so no query is lost or answered from half a zone; a bad
+  file is logged and the old zones stay.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import dnslib
 
 from headwater.admin import serve_admin
@@ -177,6 +179,7 @@ class DnsServer:
         self.udp = DatagramStats()
         self.tcp = TcpStats()
         self.reloads = Counter({"ok": 0, "failed": 0})
+        self._reloading: anyio.Lock | None = None
         self.udp_port = cfg.port
         self.tcp_port = cfg.port
         self.admin_port = cfg.admin_port
@@ -238,9 +241,25 @@ class DnsServer:
 
     def reload(self) -> bool:
         """Re-read config and zones; swap the answerer in whole, or keep the old one."""
-        ok = self.source.try_reload()
+        return self._apply(self.source.try_read())
+
+    async def reload_off_loop(self) -> bool:
+        """:meth:`reload` with the reading in a worker thread: a big zone takes seconds to parse,
+        and the event loop answers queries meanwhile (the thread and the loop share the GIL, the
+        loop gets it back every few milliseconds). The swap happens here, in the loop, between
+        two datagrams. One reload at a time (SIGHUP and a file change may come together); a
+        shutdown does not wait for a read in progress."""
+        if self._reloading is None:
+            self._reloading = anyio.Lock()
+        async with self._reloading:
+            read = await anyio.to_thread.run_sync(self.source.try_read, abandon_on_cancel=True)
+            return self._apply(read)
+
+    def _apply(self, read: tuple[DnsConfig, ZoneSet] | None) -> bool:
+        ok = read is not None
         self.reloads["ok" if ok else "failed"] += 1
-        if ok:
+        if read is not None:
+            self.source.adopt(*read)
             fresh = self.source.cfg
             geo_stamp = self.source.geo_stamp()
             if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health) or geo_stamp != self._geo_stamp:
@@ -277,7 +296,7 @@ class DnsServer:
         try:
             async for _ in signals:
                 log.info("dns: SIGHUP, reloading", extra={"event": "dns.sighup"})
-                self.reload()
+                await self.reload_off_loop()
         finally:
             receiver.__exit__(None, None, None)
 
@@ -288,7 +307,7 @@ class DnsServer:
         while True:
             await anyio.sleep(interval)
             if self.source.changed():
-                self.reload()
+                await self.reload_off_loop()
 
     # --- admin --------------------------------------------------------------------------------------
 
