@@ -8,7 +8,8 @@ does) and raises a :class:`~.errors.DnsError` carrying the RCODE: an opcode othe
 NOTIMP; a packet that does not parse (truncated, compression loops, pointers past the end or
 forwards, unknown label types, names over 255 octets), QDCOUNT other than 1, trailing bytes,
 more than one OPT or a bad EDNS option is FORMERR; an EDNS version other than 0 is BADVERS.
-Records other than the OPT record are walked (their names and lengths must hold) and ignored.
+Records other than the OPT record are walked (their lengths must hold; their names are skipped,
+never decoded) and ignored.
 
 Errors raised after the question was read carry it as ``exc.question`` (a
 :class:`Question`), so the answer can repeat it, and ``exc.had_opt`` when the query's OPT
@@ -31,6 +32,7 @@ OPCODE_QUERY = 0
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _MAX_NAME = 255
+_MAX_JUMPS = 127
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +88,13 @@ def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
     past the end, a label type other than 0 or a pointer, a name over 255 octets, and a
     compression pointer that does not point strictly before the previous one's target and into
     the packet after the header (so no loop, no forward pointer: every jump goes further back,
-    and the walk ends)."""
+    and the walk ends), and more than _MAX_JUMPS pointers (a name has at most 127 labels; a
+    chain of pointers to pointers would cost a walk of the packet per name)."""
     labels: list[bytes] = []
     length = 0
     end: int | None = None
     limit = offset  # a pointer must land before this
+    jumps = 0
     while True:
         if offset >= len(data):
             raise FormatError("a name runs past the end of the packet")
@@ -101,6 +105,9 @@ def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
             target = ((b & 0x3F) << 8) | data[offset + 1]
             if not 12 <= target < limit:
                 raise FormatError(f"a compression pointer to {target} (must point back, past the header)")
+            jumps += 1
+            if jumps > _MAX_JUMPS:
+                raise FormatError(f"more than {_MAX_JUMPS} compression pointers in one name")
             if end is None:
                 end = offset + 2
             offset = limit = target
@@ -118,6 +125,32 @@ def read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
         offset += 1 + b
 
 
+def _skip_name(data: bytes, offset: int) -> int:
+    """The offset just past the name of a record at ``offset`` (after the question), without
+    following its compression pointer: those records are only walked, and following every
+    record's pointers lets one packet of chained pointers cost seconds (thousands of records
+    times thousands of jumps). A pointer must still point back into the packet after the header."""
+    length = 0
+    while True:
+        if offset >= len(data):
+            raise FormatError("a name runs past the end of the packet")
+        b = data[offset]
+        if b & 0xC0 == 0xC0:
+            if offset + 1 >= len(data):
+                raise FormatError("a compression pointer cut short")
+            if not 12 <= (((b & 0x3F) << 8) | data[offset + 1]) < offset:
+                raise FormatError("a compression pointer that does not point back, past the header")
+            return offset + 2
+        if b & 0xC0:
+            raise FormatError(f"label type {b >> 6:#x} is not supported")
+        offset += 1 + b
+        length += 1 + b
+        if length > _MAX_NAME:
+            raise FormatError("a name longer than 255 bytes")
+        if b == 0:
+            return offset
+
+
 def _find_opt(data: bytes, header: Header) -> tuple[int, int, bytes] | None:
     """(CLASS, TTL, RDATA) of the query's OPT record, or None; FORMERR for more than one OPT,
     an OPT outside the additional section or not at the root, or bytes past the last record."""
@@ -126,7 +159,7 @@ def _find_opt(data: bytes, header: Header) -> tuple[int, int, bytes] | None:
     total = header.ancount + header.nscount + header.arcount
     for i in range(total):
         start = offset
-        offset = read_name(data, offset)[1]
+        offset = _skip_name(data, offset)
         if offset + 10 > len(data):
             raise FormatError("a record header runs past the end of the packet")
         rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
