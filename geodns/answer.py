@@ -172,9 +172,15 @@ class Answerer:
             record.add_question(dnslib.DNSQuestion(question.name, question.qtype, question.qclass))
         if had_opt:
             record.add_ar(opt_record(udp_size=self.max_udp, ext_rcode=rcode >> 4))
+        try:
+            wire = bytes(record.pack())
+        except Exception:  # noqa: BLE001 — a question we cannot repeat: the answer goes without it
+            record.questions = []
+            wire = bytes(record.pack())
+            question = None
         qtype = question.qtype if question is not None else 0
         kind = "nxdomain" if rcode == RCODES["NXDOMAIN"] else "error"
-        return Answered(wire=bytes(record.pack()), rcode=rcode, qtype=qtype, kind=kind)
+        return Answered(wire=wire, rcode=rcode, qtype=qtype, kind=kind)
 
     def _answer_query(self, query: Query, client_ip: str, tcp: bool) -> Answered:
         q = query.question

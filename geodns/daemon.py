@@ -15,8 +15,9 @@ steering, the DNSSEC signers and the response rate limiter from :func:`build_ste
 - the admin endpoint: /healthz (zones, generation, cache) and /metrics (queries by type, RCODE
   and transport, cache hits and misses, reloads);
 - hot reload on SIGHUP and when cluster.toml or a zone file changes (:mod:`.reload`): the new
-  zones are validated whole and swapped in between two datagrams, so no query is lost or
-  answered from half a zone; a bad file is logged and the old zones stay.
+  zones are read in a worker thread (queries are answered meanwhile), validated whole and
+  swapped in between two datagrams, so no query is lost or answered from half a zone; a bad
+  file is logged and the old zones stay.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import dnslib
 
 from headwater.admin import serve_admin
@@ -116,6 +118,24 @@ def build_rrl(cluster: ClusterConfig, cfg: DnsConfig) -> ResponseRateLimiter | N
     return ResponseRateLimiter(cfg.rrl) if cfg.rrl.enabled else None
 
 
+# The query types /metrics names: the ones dnslib knows (a fixed set of about fifty). A client
+# can put any of 65536 numbers in a question; counting each apart would let it mint that many
+# series per RCODE and transport (and grow the counters here without bound), so every other
+# type is counted under one label, "other".
+_NAMED_QTYPES = frozenset(dnslib.QTYPE.forward)
+OTHER_QTYPE = -1
+
+
+def counted_qtype(qtype: int) -> int:
+    """``qtype`` as the query counters key it: itself when it has a name, else OTHER_QTYPE."""
+    return qtype if qtype in _NAMED_QTYPES else OTHER_QTYPE
+
+
+def qtype_label(qtype: int) -> str:
+    """The ``qtype`` label of a counted type."""
+    return "other" if qtype == OTHER_QTYPE else dnslib.QTYPE[qtype]
+
+
 # What the RRL metrics read once a reload has turned the limiter off.
 _IDLE_RRL = ResponseRateLimiter(RrlConfig(max_buckets=1), secret=b"idle")
 
@@ -159,6 +179,7 @@ class DnsServer:
         self.udp = DatagramStats()
         self.tcp = TcpStats()
         self.reloads = Counter({"ok": 0, "failed": 0})
+        self._reloading: anyio.Lock | None = None
         self.udp_port = cfg.port
         self.tcp_port = cfg.port
         self.admin_port = cfg.admin_port
@@ -182,7 +203,7 @@ class DnsServer:
                 generation = (generation, int(self.wall_clock()) // WINDOW_S)
             wire, found = self.cache.lookup(data, client_ip, generation)
             if wire is not None:
-                self.counts[(found.qtype, found.rcode, "udp")] += 1
+                self.counts[(counted_qtype(found.qtype), found.rcode, "udp")] += 1
                 return wire if self.rrl is None else self._limit(data, client_ip, found.kind, wire, found.zone)
         else:
             found = None
@@ -190,7 +211,7 @@ class DnsServer:
         if answered is None:
             return None
         self.cache.store(found, client_ip, answered)
-        self.counts[(answered.qtype, answered.rcode, "udp")] += 1
+        self.counts[(counted_qtype(answered.qtype), answered.rcode, "udp")] += 1
         if self.rrl is None:
             return answered.wire
         return self._limit(data, client_ip, answered.kind, answered.wire, answered.zone)
@@ -213,16 +234,32 @@ class DnsServer:
         answered = self.answerer.answer(data, client_ip, tcp=True)
         if answered is None:
             return None
-        self.counts[(answered.qtype, answered.rcode, "tcp")] += 1
+        self.counts[(counted_qtype(answered.qtype), answered.rcode, "tcp")] += 1
         return answered.wire
 
     # --- reload -------------------------------------------------------------------------------------
 
     def reload(self) -> bool:
         """Re-read config and zones; swap the answerer in whole, or keep the old one."""
-        ok = self.source.try_reload()
+        return self._apply(self.source.try_read())
+
+    async def reload_off_loop(self) -> bool:
+        """:meth:`reload` with the reading in a worker thread: a big zone takes seconds to parse,
+        and the event loop answers queries meanwhile (the thread and the loop share the GIL, the
+        loop gets it back every few milliseconds). The swap happens here, in the loop, between
+        two datagrams. One reload at a time (SIGHUP and a file change may come together); a
+        shutdown does not wait for a read in progress."""
+        if self._reloading is None:
+            self._reloading = anyio.Lock()
+        async with self._reloading:
+            read = await anyio.to_thread.run_sync(self.source.try_read, abandon_on_cancel=True)
+            return self._apply(read)
+
+    def _apply(self, read: tuple[DnsConfig, ZoneSet] | None) -> bool:
+        ok = read is not None
         self.reloads["ok" if ok else "failed"] += 1
-        if ok:
+        if read is not None:
+            self.source.adopt(*read)
             fresh = self.source.cfg
             geo_stamp = self.source.geo_stamp()
             if (fresh.steering, fresh.health) != (self.cfg.steering, self.cfg.health) or geo_stamp != self._geo_stamp:
@@ -259,7 +296,7 @@ class DnsServer:
         try:
             async for _ in signals:
                 log.info("dns: SIGHUP, reloading", extra={"event": "dns.sighup"})
-                self.reload()
+                await self.reload_off_loop()
         finally:
             receiver.__exit__(None, None, None)
 
@@ -270,7 +307,7 @@ class DnsServer:
         while True:
             await anyio.sleep(interval)
             if self.source.changed():
-                self.reload()
+                await self.reload_off_loop()
 
     # --- admin --------------------------------------------------------------------------------------
 
@@ -293,7 +330,7 @@ class DnsServer:
         reloads = registry.gauge("headwater_dns_reloads", "zone reloads, by outcome", labels=("outcome",))
         udp = registry.gauge("headwater_dns_udp", "UDP datagrams: received, sent, send_dropped, handler_errors",
                              labels=("what",))
-        tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason", labels=("what",))
+        tcp = registry.gauge("headwater_dns_tcp", "TCP: connections, queries, closes by reason (evicted: to make room)", labels=("what",))
         generation = registry.gauge("headwater_dns_zone_generation", "zone generation (bumped by each reload)")
         decisions = registry.gauge("headwater_dns_steering_decisions", "steered answers by first-choice POP",
                                    labels=("pop",))
@@ -304,7 +341,7 @@ class DnsServer:
 
         def collect() -> None:
             for (qtype, rcode, transport), n in list(self.counts.items()):
-                child = queries.labels(dnslib.QTYPE.get(qtype, str(qtype)), rcode_name(rcode), transport)
+                child = queries.labels(qtype_label(qtype), rcode_name(rcode), transport)
                 child.inc(n - seen.get((qtype, rcode, transport), 0))
                 seen[(qtype, rcode, transport)] = n
             for k, v in self.cache.statistics().items():
@@ -313,7 +350,7 @@ class DnsServer:
                 reloads.labels(k).set(v)
             for k in ("received", "sent", "send_dropped", "handler_errors"):
                 udp.labels(k).set(getattr(self.udp, k))
-            for k in ("connections", "queries", "idle_closed", "timed_out", "bad_closed"):
+            for k in ("connections", "queries", "idle_closed", "timed_out", "bad_closed", "evicted"):
                 tcp.labels(k).set(getattr(self.tcp, k))
             generation.set(self.source.generation)
             if self.steering is not None:

@@ -9,6 +9,8 @@ become :class:`~.errors.ZoneError` naming the file. The zone's origin is the own
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -56,18 +58,39 @@ def record_from_text(owner: str, rtype: str, value: str, *, origin: str, ttl: in
     return records[0]
 
 
+def _read_bounded(path: Path) -> str:
+    """The text of the regular file at ``path``, at most MAX_FILE_BYTES of it, else ZoneError.
+
+    The daemon reads zones in its event loop, so nothing here may block or grow without bound:
+    the file is opened non-blocking (a FIFO put in a zone file's place would otherwise hang the
+    worker in open() until a writer came), must be a regular file (not /dev/zero, whose size
+    says 0 and whose read never ends), and is read up to one byte past the limit (a file that
+    grows after its size was looked at is still refused, never read whole)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ZoneError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ZoneError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ZoneError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise ZoneError(f"{path}: more than the {MAX_FILE_BYTES} bytes a zone file may have")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ZoneError(f"{path}: not UTF-8 text: {e}") from None
+
+
 def read_master_file(path: str | Path, *, origin: str | None = None, steered: Iterable[str] = ()) -> Zone:
     """Read and validate one master file; its origin is ``origin`` or its SOA's owner."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ZoneError(f"{path}: {size} bytes is more than the {MAX_FILE_BYTES} a zone file may have")
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ZoneError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ZoneError(f"{path}: not UTF-8 text: {e}") from None
+    text = _read_bounded(path)
     records = parse_records(text, origin=origin or "", source=str(path))
     if origin is None:
         soas = [rr for rr in records if rr.rtype == dnslib.QTYPE.SOA]

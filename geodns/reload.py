@@ -4,7 +4,10 @@
 master files it names) and builds a fresh :class:`~.zone.ZoneSet` from them. Its
 :meth:`~ZoneSource.reload` reads everything again; only when every zone validates does it
 return the new set (with the next generation, which empties the answer caches), else it raises
-and the caller keeps serving the old one. :meth:`~ZoneSource.changed` compares the files'
+and the caller keeps serving the old one. The reading (:meth:`~ZoneSource.read`) and the taking
+in (:meth:`~ZoneSource.adopt`) are apart so that the daemon reads in a worker thread: parsing a
+zone of 20 000 records takes over a second of CPU, during which the event loop would answer
+nothing. :meth:`~ZoneSource.changed` compares the files'
 modification stamps (the geo database's included: a fresh one is opened on reload), so a
 poll costs a few ``stat`` calls.
 
@@ -73,9 +76,11 @@ class ZoneSource:
         """Whether cluster.toml or a zone file changed since the last (attempted) load."""
         return self._current_stamps() != self._stamps
 
-    def reload(self) -> ZoneSet:
-        """Read the config and every zone again; the new set, or ConfigError / ZoneError (the
-        current one stays). Files that fail are not retried until they change again."""
+    def read(self) -> tuple[DnsConfig, ZoneSet]:
+        """Read the config and every zone again: the new config and zones (at the next
+        generation), or ConfigError / ZoneError. Changes nothing the answering side reads, so it
+        may run in a worker thread (a big zone takes seconds to parse); :meth:`adopt` takes the
+        result in. Files that fail are not retried until they change again."""
         self._stamps = self._current_stamps()
         cfg = self.cfg
         if self.path is not None:
@@ -92,22 +97,37 @@ class ZoneSource:
                             extra={"event": "dns.reload_needs_restart", "keys": stuck})
                 fresh = replace(fresh, **{k: getattr(cfg, k) for k in stuck})
             cfg = fresh
-        zones = load_zones(cfg, self.generation + 1)
+        return cfg, load_zones(cfg, self.generation + 1)
+
+    def adopt(self, cfg: DnsConfig, zones: ZoneSet) -> None:
+        """Take in what :meth:`read` returned."""
         self.cfg = cfg
-        self.generation += 1
+        self.generation = zones.generation
         self.zones = zones
         self._stamps = self._current_stamps()
+        log.info("dns: reloaded %d zone(s), generation %d", len(zones.zones), self.generation,
+                 extra={"event": "dns.reloaded", "generation": self.generation,
+                        "zones": [str(z.origin) for z in zones.zones]})
+
+    def try_read(self) -> tuple[DnsConfig, ZoneSet] | None:
+        """:meth:`read`, logging instead of raising (None: the current zones stay)."""
+        try:
+            return self.read()
+        except (ConfigError, ZoneError) as e:
+            log.error("dns: reload refused, still serving generation %d: %s", self.generation, e,
+                      extra={"event": "dns.reload_failed", "error": str(e)})
+            return None
+
+    def reload(self) -> ZoneSet:
+        """:meth:`read` and :meth:`adopt`: the new set, or ConfigError / ZoneError (the current
+        one stays)."""
+        cfg, zones = self.read()
+        self.adopt(cfg, zones)
         return zones
 
     def try_reload(self) -> bool:
         """:meth:`reload`, logging instead of raising; True when the new zones are in."""
-        try:
-            zones = self.reload()
-        except (ConfigError, ZoneError) as e:
-            log.error("dns: reload refused, still serving generation %d: %s", self.generation, e,
-                      extra={"event": "dns.reload_failed", "error": str(e)})
-            return False
-        log.info("dns: reloaded %d zone(s), generation %d", len(zones.zones), self.generation,
-                 extra={"event": "dns.reloaded", "generation": self.generation,
-                        "zones": [str(z.origin) for z in zones.zones]})
-        return True
+        read = self.try_read()
+        if read is not None:
+            self.adopt(*read)
+        return read is not None

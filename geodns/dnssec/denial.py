@@ -45,6 +45,9 @@ bitmap the signer does not know. Rather than sign a false NSEC at an existing na
 RFC 8198 resolver could use to deny that name's real data), the NXDOMAIN for such a name carries
 only the wildcard denial: a validator finds it bogus and answers SERVFAIL to whoever asked
 for that name only.
+
+Nor can a name whose first label is 63 ``\\255`` octets, the last of its siblings (no next name
+ends its range): clients may ask for any octets, and such a name gets the same treatment.
 """
 
 from __future__ import annotations
@@ -195,9 +198,15 @@ def matching_nsec(qname: DNSLabel | str, types_present: Iterable[int], ttl: int)
 
 def covering_nsec(name: DNSLabel | str, ttl: int) -> dnslib.RR | None:
     """NXDOMAIN: an NSEC whose range holds ``name`` and all its descendants and nothing else a
-    zone would hold; None for a name whose first label is ``\\000`` alone (see the module doc)."""
+    zone would hold; None for a name whose first label is ``\\000`` alone (see the module doc)
+    or 63 ``\\255`` octets (the last name among its siblings: no next sibling to end the range
+    at), which a client may ask for as well as any other."""
     labels = _lower(name)
     owner = predecessor(labels)
     if owner is None:
         return None
-    return _nsec(owner, next_after_subtree(labels), (RRSIG, NSEC), ttl)
+    try:
+        following = next_after_subtree(labels)
+    except ValueError:
+        return None
+    return _nsec(owner, following, (RRSIG, NSEC), ttl)

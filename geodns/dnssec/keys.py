@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Callable
 
 import dnslib
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import ECC
 from Crypto.Signature import DSS
@@ -84,6 +87,14 @@ class ZoneKey:
     flags: int = FLAGS_CSK
     algorithm: int = ALGORITHM_ECDSAP256SHA256
     randfunc: Callable[[int], bytes] | None = field(default=None, repr=False)
+    # The same key for OpenSSL (through cryptography), which signs about eight times faster than
+    # pycryptodome's pure-Python ECDSA (~0.2 ms against ~1.4 ms here): a query for a random name
+    # with DO costs one fresh signature, so the signing speed is the CPU an attacker buys with
+    # one small packet.
+    _openssl: ec.EllipticCurvePrivateKey = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_openssl", ec.derive_private_key(int(self.private.d), ec.SECP256R1()))
 
     @classmethod
     def from_scalar(cls, zone: DNSLabel | str, d: int, *, flags: int = FLAGS_CSK,
@@ -110,9 +121,15 @@ class ZoneKey:
         return dnslib.DNSKEY(self.flags, PROTOCOL, self.algorithm, self.public_key)
 
     def sign(self, data: bytes) -> bytes:
-        """ECDSA P-256 / SHA-256 over ``data``: 64 octets, r || s (RFC 6605 §4), not DER."""
-        signer = DSS.new(self.private, "fips-186-3", encoding="binary", randfunc=self.randfunc)
-        return signer.sign(SHA256.new(data))
+        """ECDSA P-256 / SHA-256 over ``data``: 64 octets, r || s (RFC 6605 §4), not DER.
+
+        OpenSSL signs with its own randomness; an injected ``randfunc`` (tests) takes the slower
+        pycryptodome path, which uses it."""
+        if self.randfunc is not None:
+            signer = DSS.new(self.private, "fips-186-3", encoding="binary", randfunc=self.randfunc)
+            return signer.sign(SHA256.new(data))
+        r, s = decode_dss_signature(self._openssl.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def to_json(self, created: float) -> bytes:
         """What is sealed on disk (``created``: seconds since the epoch, for the operator)."""

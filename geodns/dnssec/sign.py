@@ -168,7 +168,12 @@ class ZoneSigner:
             present = set(types_present)
             if labels == self._zone_labels:
                 present.add(DNSKEY)  # the signer publishes it there
-            return (matching_nsec(qname, present, ttl),)
+            try:
+                return (matching_nsec(qname, present, ttl),)
+            except ValueError:
+                # A 255-octet name whose first label is 63 \255 octets (a wildcard's expansion,
+                # as a client may ask) has no successor: no proof, bogus for that name alone.
+                return ()
         if labels == self._zone_labels:
             raise ValueError("the zone apex always exists: it cannot be NXDOMAIN")
         out = []
