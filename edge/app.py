@@ -115,6 +115,9 @@ _OWN_FIELDS = frozenset({"x-cache", "server-timing", "content-length", "via"})
 _SAFE = frozenset({"GET", "HEAD"})
 # Request fields a passed-through request carries besides what the behaviour forwards.
 _PASS_FIELDS = ("content-type", "content-length", "content-encoding")
+_HOST_MEMO_MAX = 1024
+_UNUSED_BOUNDARY = "unused"
+_SERVED_MEMO_MAX = 4096
 
 
 class EdgeMetrics:
@@ -138,11 +141,16 @@ class EdgeMetrics:
         self.invalidated = registry.counter("hw_edge_invalidated_total",
                                             "Entries removed by unsafe requests passed through (RFC 9111 4.4).",
                                             labels=["tier"])
+        self._answered: dict[str, tuple[Any, Any]] = {}
 
     def answered(self, result: str, nbytes: int) -> None:
-        self.requests.labels(self.tier, result).inc()
+        children = self._answered.get(result)
+        if children is None:  # (labels() per request cost as much as the rest of the counting)
+            children = self._answered[result] = (self.requests.labels(self.tier, result),
+                                                 self.bytes.labels(self.tier, result))
+        children[0].inc()
         if nbytes:
-            self.bytes.labels(self.tier, result).inc(nbytes)
+            children[1].inc(nbytes)
 
 
 @dataclass(slots=True)
@@ -216,6 +224,10 @@ class EdgeApp:
         self.node = node
         self.distributions = tuple(distributions)
         self._by_host = {h: d for d in self.distributions for h in d.hostnames}
+        self._dist_by_raw_host: dict[str, Distribution] = {}
+        # Per stored response and result: the served fields before and after Age (_headers).
+        self._served: dict[tuple[int, str], tuple[StoredResponse, list[tuple[str, str]],
+                                                  list[tuple[str, str]]]] = {}
         self.stores = tuple(stores)
         # The disk tier (shared by the workers) is the last store; a POP's RAM tier comes first.
         self.disk = self.stores[-1] if self.stores and getattr(self.stores[-1], "shared", True) else None
@@ -274,7 +286,7 @@ class EdgeApp:
         if request.method == "HEAD":
             size = 0
         self.metrics.answered(result, size)
-        if self.access_log is not None:
+        if self.access_log is not None and self.access_log.enabled("info"):
             self.access_log.info(
                 "edge.access", **{"x-edge-location": self.node.id, "c-ip": (request.client or ("", 0))[0],
                                   "cs-method": request.method, "cs(Host)": request.host,
@@ -288,7 +300,18 @@ class EdgeApp:
     # --- the request path --------------------------------------------------------------------
 
     def distribution(self, request: Request) -> Distribution:
-        host = (request.host or request.headers.get("host") or "").lower()
+        raw = request.host or request.headers.get("host") or ""
+        dist = self._dist_by_raw_host.get(raw)
+        if dist is not None:
+            return dist
+        dist = self._distribution(raw)
+        if len(self._dist_by_raw_host) >= _HOST_MEMO_MAX:  # (the Host is the client's: bounded)
+            self._dist_by_raw_host.clear()
+        self._dist_by_raw_host[raw] = dist
+        return dist
+
+    def _distribution(self, raw: str) -> Distribution:
+        host = raw.lower()
         if host.startswith("["):
             host = host[1:host.find("]")] if "]" in host else host
         else:
@@ -409,7 +432,28 @@ class EdgeApp:
 
     def _headers(self, stored: StoredResponse, *, age: float, result: str, upstream_timing: str = "",
                  started: float | None = None, hit_key: bytes | None = None) -> list[tuple[str, str]]:
-        out = [h for h in served_headers(stored, age) if h[0] not in _OWN_FIELDS]
+        if started is None and not upstream_timing:
+            # A hit: the same fields around Age every time for this stored response, built once.
+            memo = self._served.get((id(stored), result))
+            if memo is None or memo[0] is not stored:
+                before = [h for h in served_headers(stored, 0) if h[0] not in _OWN_FIELDS and h[0] != "age"]
+                after = self._own_fields(stored, result, "", None)
+                if len(self._served) >= _SERVED_MEMO_MAX:
+                    self._served.clear()
+                memo = self._served[(id(stored), result)] = (stored, before, after)
+            out = [*memo[1], ("age", str(int(age))), *memo[2]]
+        else:
+            out = [h for h in served_headers(stored, age) if h[0] not in _OWN_FIELDS]
+            out += self._own_fields(stored, result, upstream_timing, started)
+        if self.purges is not None:
+            # Not memoised: what it stamps follows the purge log.
+            out = self.purges.outgoing(out, stored, hit_key)
+        return out
+
+    def _own_fields(self, stored: StoredResponse, result: str, upstream_timing: str,
+                    started: float | None) -> list[tuple[str, str]]:
+        """Via, X-Cache and Server-Timing of this tier's response."""
+        out = []
         via = ", ".join(v for k, v in stored.headers if k == "via")
         out.append(("via", f"{via}, {self.via}" if via else self.via))
         out.append(("x-cache", f"{result} from {self.node.id}"))
@@ -417,8 +461,6 @@ class EdgeApp:
         if started is not None:
             timing += f";dur={(time.perf_counter() - started) * 1000:.1f}"
         out.append(("server-timing", timing + (f", {upstream_timing}" if upstream_timing else "")))
-        if self.purges is not None:
-            out = self.purges.outgoing(out, stored, hit_key)
         return out
 
     def _planned(self, request: Request, stored: StoredResponse, headers: list[tuple[str, str]]) -> Any:
@@ -426,7 +468,14 @@ class EdgeApp:
         matching conditional: then None)."""
         if not_modified(request.headers, stored):
             return None
-        plan = plan_range(request.method, request.headers, stored, boundary=self.boundary())
+        # The boundary (fresh randomness) only matters to a multipart answer: a request without
+        # Range never gets one.
+        ranged = request.headers.get("range") is not None
+        plan = plan_range(request.method, request.headers, stored,
+                          boundary=self.boundary() if ranged else _UNUSED_BOUNDARY)
+        if not ranged and all(k in _OWN_FIELDS for k, _ in plan.headers):
+            headers += plan.headers  # (content-length: never among the stored fields served)
+            return plan
         names = {k for k, _ in plan.headers}
         headers[:] = [h for h in headers if h[0] not in names] + list(plan.headers)
         return plan

@@ -29,6 +29,12 @@ __all__ = ["MAX_STORE_KEY", "Entry", "store_key", "encode_meta", "decode_entry",
 
 MAX_STORE_KEY = 511
 _VERSION = 1
+# Decoded metadata by its bytes: a hit reads the same entry's metadata over and over (the RAM
+# tier hands back the very same bytes object, whose hash Python keeps), and msgpack plus the
+# StoredResponse rebuild cost more than the rest of a RAM hit's lookup. Entries are frozen, so
+# sharing one between requests is safe; the memo is bounded and simply cleared when full.
+_MEMO_MAX = 4096
+_decoded: dict[bytes, Entry | None] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,19 @@ def encode_meta(stored: StoredResponse, key: bytes, slice_size: int = 0) -> byte
 
 def decode_entry(meta: bytes) -> Entry | None:
     """The Entry in ``meta``, or None when it cannot be read (the caller treats it as a miss)."""
+    try:
+        return _decoded[meta]
+    except (KeyError, TypeError):  # (TypeError: a memoryview or bytearray, not hashable)
+        pass
+    entry = _decode(meta)
+    if type(meta) is bytes:
+        if len(_decoded) >= _MEMO_MAX:
+            _decoded.clear()
+        _decoded[meta] = entry
+    return entry
+
+
+def _decode(meta: bytes) -> Entry | None:
     try:
         version, record, key, slice_size = msgpack.unpackb(meta, raw=False)
         if version != _VERSION or not isinstance(key, bytes) or not isinstance(slice_size, int):
