@@ -208,4 +208,7 @@ def test_reloading_a_big_zone_does_not_stop_the_answers(tmp_path):
         d.stop()
     assert d.server.reloads["ok"] == 1 and len(d.server.source.zones.zones[-1].names) > 6000
     gaps = [b - a for a, b in zip(answered, answered[1:])]
-    assert not lost and max(gaps) < parse_s / 2, (max(gaps), parse_s)
+    # In the event loop the reload parsed twice (a gap of about 2 x parse_s); in a thread the loop
+    # shares the GIL with the parse, so on a loaded machine answers slow down but never stop for
+    # a whole parse.
+    assert not lost and max(gaps) < parse_s, (max(gaps), parse_s)

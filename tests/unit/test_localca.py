@@ -275,8 +275,9 @@ def cluster(tmp_path: Path, tls: str = 'tls_cert = "auto"\ntls_key = "auto"'):
 def test_auto_in_cluster_toml_names_and_the_secret(tmp_path: Path):
     cfg, _ = cluster(tmp_path)
     pop1, pop2 = cfg.edge
+    # (every edge daemon needs the secret: it signs and checks purges; the sealed CA key too)
     assert pop1.tls_cert == pop1.tls_key == TLS_AUTO and pop1.needs_cluster_secret
-    assert pop2.tls_cert is None and not pop2.needs_cluster_secret
+    assert pop2.tls_cert is None
     assert uses_local_ca(cfg)
     names = cluster_tls_names(cfg)
     # pop-2 has no TLS listener: its address is not in the leaf; the distributions' names are,
@@ -319,7 +320,7 @@ def test_prepare_does_nothing_without_an_auto_listener(tmp_path: Path):
     for name in ("c.pem", "k.pem"):
         (tmp_path / name).write_text("operator's own file")
     cfg, _ = cluster(tmp_path, 'tls_cert = "c.pem"\ntls_key = "k.pem"')
-    assert cfg.edge[0].tls_cert == str(tmp_path / "c.pem") and not cfg.edge[0].needs_cluster_secret
+    assert cfg.edge[0].tls_cert == str(tmp_path / "c.pem")
     assert not uses_local_ca(cfg) and prepare(cfg) is None
     assert not (tmp_path / "var" / "ca").exists()
 
