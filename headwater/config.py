@@ -131,9 +131,12 @@ class HttpLimits:
     h2_flood_burst: int = 400
 
 
-def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str) -> HttpLimits:
-    """A ``[<daemon>.limits]`` table: every HTTP-serving daemon reads its limits through this."""
-    d = HttpLimits()
+def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str,
+                     defaults: HttpLimits | None = None) -> HttpLimits:
+    """A ``[<daemon>.limits]`` table: every HTTP-serving daemon reads its limits through this.
+    A key the table leaves out keeps the daemon's own default (``defaults``), not the core's:
+    setting one limit must not quietly loosen the others."""
+    d = defaults if defaults is not None else HttpLimits()
     r.check_keys(data, prefix, {"max_header_size", "max_body_size", "header_timeout_seconds",
                                 "idle_timeout_seconds", "body_timeout_seconds",
                                 "max_concurrent_streams", "max_connections", "send_timeout_seconds",
@@ -392,6 +395,17 @@ class Reader:
                 raise self.error(_join(prefix, name), f"cannot read {file}: {e.strerror}") from None
             files[name] = str(file)
         return files["tls_cert"], files["tls_key"]
+
+    def tls_or_auto(self, data: Mapping[str, Any], prefix: str) -> tuple[str | None, str | None]:
+        """For a daemon that serves HTTPS unless told not to: ``tls = false`` is plain HTTP (and
+        refuses ``tls_cert``/``tls_key`` beside it); otherwise the files of :meth:`tls_files`,
+        or the local CA's leaf (:data:`TLS_AUTO`) when none are named."""
+        if self.get(data, "tls", prefix, bool, True):
+            cert, key = self.tls_files(data, prefix)
+            return (TLS_AUTO, TLS_AUTO) if cert is None else (cert, key)
+        if "tls_cert" in data or "tls_key" in data:
+            raise self.error(_join(prefix, "tls"), "tls = false serves plain HTTP: drop tls_cert and tls_key")
+        return None, None
 
     def node_data_dir(self, data: Mapping[str, Any], prefix: str, node_id: str) -> Path:
         """A daemon's ``data_dir``: as given (relative to cluster.toml), else ``data_dir/<id>``."""

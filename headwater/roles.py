@@ -47,6 +47,8 @@ PACKAGES: tuple[str, ...] = (
     "headwater.objstore.roles",
     "headwater.dns.roles",
     "headwater.edge.roles",
+    "headwater.drm.roles",
+    "headwater.origin.roles",
 )
 
 ENV_PACKAGES = "HEADWATER_ROLE_PACKAGES"

@@ -48,9 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from Crypto.Cipher import AES
-from Crypto.Hash import SHA256
-from Crypto.Protocol.KDF import HKDF
 
 if TYPE_CHECKING:
     from headwater.config import ClusterConfig
@@ -142,6 +139,11 @@ class Sealer:
         return cls(secret, source)
 
     def _keys(self, purpose: bytes, salt: bytes) -> tuple[bytes, bytes]:
+        # pycryptodome is imported here, not at the top: its first import costs a process a
+        # tenth of a second of CPU (cffi), and most commands that import this module seal nothing.
+        from Crypto.Hash import SHA256
+        from Crypto.Protocol.KDF import HKDF
+
         enc = HKDF(self.secret, 32, salt, SHA256, context=_INFO_KEY + purpose)
         chk = HKDF(self.secret, 32, salt, SHA256, context=_INFO_CHECK + purpose)
         return enc, chk  # type: ignore[return-value]
@@ -156,6 +158,8 @@ class Sealer:
         enc_key, check_key = self._keys(purpose, salt)
         head = MAGIC + struct.pack("!BB", FORMAT_VERSION, len(purpose)) + purpose + salt + nonce
         head += hmac.new(check_key, head, hashlib.sha256).digest()[:CHECK_BYTES]
+        from Crypto.Cipher import AES
+
         cipher = AES.new(enc_key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_BYTES)
         cipher.update(head)
         body, tag = cipher.encrypt_and_digest(plaintext)
@@ -175,6 +179,8 @@ class Sealer:
                                     f"{self.source} (or its header is damaged); it cannot be opened")
         body = blob[len(h.raw):-TAG_BYTES]
         tag = blob[-TAG_BYTES:]
+        from Crypto.Cipher import AES
+
         cipher = AES.new(enc_key, AES.MODE_GCM, nonce=h.nonce, mac_len=TAG_BYTES)
         cipher.update(h.raw)
         try:
@@ -293,35 +299,44 @@ def write_sealed(path: Path, plaintext: bytes, sealer: Sealer, purpose: bytes, *
     _fsync_dir(path.parent)
 
 
-def read_sealed(path: Path, sealer: Sealer, purpose: bytes) -> bytes:
-    """The plaintext sealed in ``path``. Refuses, as ssh does for keys, a file its group or others
-    may read or write, or that another user owns. Raises FileNotFoundError if it does not exist
-    and :class:`SealedError` for anything else wrong with it."""
+def read_owner_only(path: Path, max_bytes: int, what: str = "") -> bytes:
+    """The bytes of ``path``, refusing, as ssh does for keys, a file its group or others may read
+    or write, that another user owns, that is not a regular file, or that is larger than
+    ``max_bytes``. ``what`` names the file in messages (default: its path). Raises
+    FileNotFoundError if it does not exist and :class:`SealedError` for anything else wrong."""
     path = Path(path)
+    name = what or str(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise
     except OSError as e:
-        raise SealedError(f"cannot read {path}: {e.strerror}") from None
+        raise SealedError(f"cannot read {name}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise SealedError(f"{path} is not a regular file")
+            raise SealedError(f"{name} is not a regular file")
         if st.st_mode & 0o077:
-            raise SealedError(f"permissions {stat.S_IMODE(st.st_mode):04o} for {path} are too open: a "
-                              f"sealed secret must be accessible by its owner only (chmod 600 {path})")
+            raise SealedError(f"permissions {stat.S_IMODE(st.st_mode):04o} for {name} are too open: it must "
+                              f"be accessible by its owner only (chmod 600 {path})")
         if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-            raise SealedError(f"{path} is owned by uid {st.st_uid}, not by the user running headwater "
+            raise SealedError(f"{name} is owned by uid {st.st_uid}, not by the user running headwater "
                               f"(uid {os.geteuid()})")
-        if st.st_size > MAX_SEALED_BYTES:
-            raise SealedFormatError(f"{path} is {st.st_size} bytes, larger than any sealed secret "
-                                    f"({MAX_SEALED_BYTES})")
+        if st.st_size > max_bytes:
+            raise SealedFormatError(f"{name} is {st.st_size} bytes, larger than it can be ({max_bytes})")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            blob = f.read(MAX_SEALED_BYTES + 1)
+            data = f.read(max_bytes + 1)
     finally:
         os.close(fd)
-    return sealer.open(blob, purpose, source=str(path))
+    if len(data) > max_bytes:
+        raise SealedFormatError(f"{name} is larger than it can be ({max_bytes})")
+    return data
+
+
+def read_sealed(path: Path, sealer: Sealer, purpose: bytes) -> bytes:
+    """The plaintext sealed in ``path`` (read with :func:`read_owner_only`). Raises
+    FileNotFoundError if it does not exist and :class:`SealedError` for anything else wrong."""
+    return sealer.open(read_owner_only(path, MAX_SEALED_BYTES), purpose, source=str(path))
 
 
 def load_or_create(path: Path, sealer: Sealer, purpose: bytes,

@@ -8,13 +8,15 @@ table (:attr:`headwater.roles.RoleSet.status_report`).
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import anyio
-import httpx
 
 from .config import ClusterConfig
 from .roles import RoleUnavailable, registry
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["gather_status", "details_text", "human_bytes", "age", "table", "url_host", "short_error"]
 
@@ -83,6 +85,8 @@ def short_error(e: BaseException) -> str:
 
 async def gather_status(cfg: ClusterConfig, *, timeout_s: float = 1.5) -> list[dict[str, Any]]:
     """Ask every daemon's /healthz; one entry per daemon, in start order."""
+    import httpx  # here, not at the top: every daemon imports this module, only `status` asks
+
     from .supervisor import read_state
 
     state = read_state(cfg) or {}

@@ -44,7 +44,7 @@ __all__ = ["Cluster", "UserKeys", "USERS", "free_ports", "VENV_BIN", "CLUSTER_ST
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-CLUSTER_START_TIMEOUT_S = 30.0
+CLUSTER_START_TIMEOUT_S = 60.0
 #: In-process tests build ``ClusterConfig(secret_env=TEST_SECRET_ENV)`` themselves; tests/conftest.py
 #: puts a random secret in this variable for the session. Clusters this module starts do not name
 #: it: they use the secret file under their data_dir, as a deployment does.
@@ -560,8 +560,10 @@ class Cluster:
         from botocore.config import Config
 
         u = self.user(user)
-        cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"},
-                     connect_timeout=5, read_timeout=60, signature_version="s3v4", **config)
+        options: dict[str, Any] = dict(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
+                                       retries={"total_max_attempts": 1, "mode": "standard"},
+                                       signature_version="s3v4")
+        cfg = Config(**{**options, **config})
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
                             aws_access_key_id=access_key or u.access_key,
                             aws_secret_access_key=secret_key or u.secret_key, config=cfg,
@@ -582,11 +584,12 @@ class Cluster:
         return env
 
     def aws(self, *args: str, user: int | UserKeys = 0, check: bool = True, timeout: float = 300,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
-        """Run the AWS CLI against the gateway; returns the CompletedProcess (bytes out)."""
+            input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run the AWS CLI against the gateway; returns the CompletedProcess (bytes out).
+        ``env`` adds to the client's environment (``AWS_CONFIG_FILE``, say)."""
         ca = ["--ca-bundle", str(self.tls.ca)] if self.tls is not None else []
         cmd = [str(VENV_BIN / "aws"), "--endpoint-url", self.endpoint, *ca, *args]
-        res = subprocess.run(cmd, env=self.client_env(user), capture_output=True, timeout=timeout,
+        res = subprocess.run(cmd, env={**self.client_env(user), **(env or {})}, capture_output=True, timeout=timeout,
                              input=input, cwd=str(self.root))
         if check and res.returncode != 0:
             raise AssertionError(f"aws {' '.join(args)} exited {res.returncode}\n"

@@ -29,13 +29,33 @@ def anyio_backend(request):
     return request.param
 
 
+#: The longest files first (from ``--durations``), so that with ``make test``'s two xdist workers
+#: (one file to a worker at a time) no long file starts last while the other worker sits idle.
+LONGEST_FIRST = (
+    "tests/probe/test_metadata_membership.py", "tests/functional/test_s3_cli.py",
+    "tests/probe/test_repair_faults.py", "tests/functional/test_metadata_membership.py",
+    "tests/functional/test_cli_cluster.py", "tests/probe/test_metadata_faults.py",
+    "tests/probe/test_node_out.py", "tests/functional/test_s3_large.py", "tests/functional/test_roles.py",
+    "tests/probe/test_consistency.py", "tests/functional/test_s3_tls.py", "tests/probe/test_rebalance.py",
+    "tests/functional/test_s3_listing_scale.py", "tests/functional/test_drm_playback.py",
+    "tests/probe/test_hosts.py", "tests/functional/test_metadata.py", "tests/functional/test_cli.py",
+    "tests/functional/test_origin_catalogue.py", "tests/functional/test_origin_api.py",
+    "tests/functional/test_origin_upload.py", "tests/functional/test_origin_transcode.py",
+    "tests/functional/test_origin_delivery.py", "tests/functional/test_s3_handoff.py",
+    "tests/functional/test_origin_pipeline.py", "tests/functional/test_origin_hostile.py",
+)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """A test marked ``heavy`` (a multi-second in-process cluster) runs on asyncio in ``make test``;
-    its trio run is marked slow. Kernel and protocol tests keep both backends in ``make test``."""
+    its trio run is marked slow. Kernel and protocol tests keep both backends in ``make test``.
+    The longest files go first (:data:`LONGEST_FIRST`); a file's tests stay together in order."""
     for item in items:
         if item.get_closest_marker("heavy") and "[trio" in item.nodeid:
             item.add_marker(pytest.mark.slow)
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 _counter = itertools.count()

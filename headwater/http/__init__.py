@@ -1,14 +1,18 @@
 """The HTTP server core every Headwater daemon uses: HTTP/1.1 and HTTP/2, plain or TLS.
 
-A daemon writes an ``App`` (``async def app(request) -> Response``) and runs ``serve``.
+A daemon writes an ``App`` (``async def app(request) -> Response``) and runs ``serve``. The
+names below are imported on first use (``headwater.lazy``): importing ``headwater.http.errors``
+does not import the server.
 """
 
-from headwater.http.errors import ClientDisconnected, HttpError
-from headwater.http.server import bind_socket, error_response, serve
-from headwater.http.tls import server_ssl_context
-from headwater.http.types import App, BodyTooLarge, FileBody, Headers, Request, RequestBody, Response
+from headwater.lazy import lazy_exports
 
-__all__ = [
-    "App", "BodyTooLarge", "ClientDisconnected", "FileBody", "Headers", "HttpError", "Request",
-    "RequestBody", "Response", "bind_socket", "error_response", "serve", "server_ssl_context",
-]
+_EXPORTS = {
+    "ClientDisconnected": ".errors", "HttpError": ".errors",
+    "bind_socket": ".server", "error_response": ".server", "serve": ".server",
+    "server_ssl_context": ".tls",
+    "App": ".types", "BodyTooLarge": ".types", "FileBody": ".types", "Headers": ".types",
+    "Request": ".types", "RequestBody": ".types", "Response": ".types",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

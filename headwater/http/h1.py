@@ -47,6 +47,7 @@ __all__ = [
     "http_date",
     "reason_phrase",
     "check_field",
+    "valid_target",
     "HOP_BY_HOP",
 ]
 
@@ -218,6 +219,19 @@ def _date_and_server(now: float) -> str:
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "expect"})
 
 
+def valid_target(method: str, target: str) -> bool:
+    """Whether ``target`` is a request-target ``method`` may carry (RFC 9112 3.2): origin-form
+    (``/...``), absolute-form (``scheme://...``), ``*`` for OPTIONS only, authority-form for
+    CONNECT only. Anything else is refused: a proxy builds its upstream URL by appending the
+    path to ``http://host:port``, and a path like ``@evil:80/x`` or ``x`` would name another
+    host or port (SSRF)."""
+    if target[:1] == "/":
+        return True
+    if "://" in target:
+        return True
+    return (target == "*" and method == "OPTIONS") or method == "CONNECT"
+
+
 # --- state tables ------------------------------------------------------------------------------
 
 # Their side (as the consumer of events sees it).
@@ -378,6 +392,8 @@ class H1Connection:
                     expects_continue = True
         if size > self.limits.max_header_bytes:
             raise HeadersTooLarge("request head exceeds max_header_bytes")
+        if target[:1] != b"/" and not valid_target(method.decode("ascii"), target.decode("latin-1")):
+            raise BadRequest("invalid request-target")
         version = parser.get_http_version()
         if version == "1.1" and host_count != 1:
             raise BadRequest("HTTP/1.1 requests need exactly one Host header")
@@ -490,6 +506,15 @@ class H1Connection:
         head_request = req.method == "HEAD"
         no_body = head_request or status == 204 or status == 304
         out = [_status_line(status)]
+        if (req.expects_continue and not self.continue_sent and not req.chunked
+                and not req.content_length):
+            # RFC 9110 §10.1.1 lets a server skip the 100 when the framing says there is no
+            # content, but botocore (every AWS SDK for Python, the AWS CLI) then keeps the early
+            # final status on the connection object and parses the *next* response on that
+            # connection with it: the real status line is read as a header, the framing is
+            # lost and the client hangs until its read timeout. A 100 first costs 25 bytes.
+            self.continue_sent = True
+            out.insert(0, "HTTP/1.1 100 Continue\r\n\r\n")
         declared: int | None = None
         has_date = has_server = False
         for name, value in headers:

@@ -14,6 +14,7 @@ once it is spent the connection ends with GOAWAY(ENHANCE_YOUR_CALM) (``Flooding`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_SERVER = SERVER_NAME.encode()
 STREAM_WINDOW_BYTES = 256 * KiB
 CONNECTION_WINDOW_BYTES = 1 * MiB
 
@@ -113,6 +115,18 @@ class ConnectionEnded:
 Event = StreamRequest | StreamData | StreamEnd | StreamReset | StreamInvalid | WindowOpened | ConnectionEnded
 
 
+def _valid_path(method: str, path: str) -> bool:
+    """RFC 9113 8.3.1: ``:path`` starts with ``/`` (``*`` only for OPTIONS), and carries no
+    space or control character (RFC 3986). A proxy appends the path to ``http://host:port``: a
+    path like ``@evil:80/x`` would name another host (SSRF), one with a space could not be sent."""
+    if path[:1] != "/":
+        return path == "*" and method == "OPTIONS"
+    return _PATH_OK.fullmatch(path) is not None
+
+
+_PATH_OK = re.compile(r"[^\x00-\x20\x7f]*")
+
+
 class H2Connection:
     """One HTTP/2 server connection."""
 
@@ -122,7 +136,12 @@ class H2Connection:
         self.limits = limits
         self.clock = clock
         self.budget = FloodBudget(limits.h2_flood_rate_per_s, limits.h2_flood_burst, clock=clock)
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Outbound fields are checked, lower-cased, stripped and latin-1 encoded by
+        # send_response itself (as h1 frames them): h2's own pass over them cost more than the
+        # rest of a small response (and encoded str values as UTF-8, not as they came in).
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self._conn = h2.connection.H2Connection(config=config)
         self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -240,6 +259,8 @@ class H2Connection:
                 authority = authority or value
             elif name == "expect" and value.lower() == "100-continue":
                 expects_continue = True
+        if not _valid_path(method, target):
+            return StreamInvalid(stream_id=sid, error=BadRequest("invalid :path"))
         if not has_host and authority:
             headers.append(("host", authority))
         if content_length is not None and content_length > self.limits.max_body_bytes:
@@ -256,7 +277,7 @@ class H2Connection:
         return self._conn.data_to_send()
 
     def send_informational(self, stream_id: int, status: int = 100) -> None:
-        self._conn.send_headers(stream_id, [(":status", str(status))])
+        self._conn.send_headers(stream_id, [(b":status", str(status).encode())])
 
     def send_response(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]], *,
                       body_length: int | None, head_request: bool = False) -> bool:
@@ -264,35 +285,39 @@ class H2Connection:
         if not 200 <= status <= 999:
             raise LocalProtocolError(f"cannot send status {status} as a final response")
         no_body = head_request or status in (204, 304)
-        out: list[tuple[str, str]] = [(":status", str(status))]
+        out: list[tuple[bytes, bytes]] = [(b":status", str(status).encode())]
         declared = None
         has_date = has_server = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                continue
-            check_field(name, value)
-            if lname == "content-length":
-                if not value.isdigit():
-                    raise LocalProtocolError(f"bad content-length {value!r} in the response")
-                declared = int(value)
-                if status == 204:
+        try:
+            for name, value in headers:
+                lname = name.lower()
+                if lname in HOP_BY_HOP:
                     continue
-                if not no_body and body_length is not None and body_length != declared:
-                    raise LocalProtocolError(
-                        f"content-length {declared} but the body has {body_length} bytes")
-            elif lname == "date":
-                has_date = True
-            elif lname == "server":
-                has_server = True
-            out.append((lname, value))
+                check_field(name, value)
+                if lname == "content-length":
+                    if not value.isdigit():
+                        raise LocalProtocolError(f"bad content-length {value!r} in the response")
+                    declared = int(value)
+                    if status == 204:
+                        continue
+                    if not no_body and body_length is not None and body_length != declared:
+                        raise LocalProtocolError(
+                            f"content-length {declared} but the body has {body_length} bytes")
+                elif lname == "date":
+                    has_date = True
+                elif lname == "server":
+                    has_server = True
+                # RFC 9113 8.2.1: no leading or trailing whitespace in a field value.
+                out.append((lname.encode(), value.strip(" \t").encode("latin-1")))
+        except UnicodeEncodeError:
+            raise LocalProtocolError("a response header value is not latin-1") from None
         if declared is None and body_length is not None and status not in (204, 304) and (
                 body_length or not head_request):
-            out.append(("content-length", str(body_length)))
+            out.append((b"content-length", str(body_length).encode()))
         if not has_date:
-            out.append(("date", http_date(self.clock.time())))
+            out.append((b"date", http_date(self.clock.time()).encode()))
         if not has_server:
-            out.append(("server", SERVER_NAME))
+            out.append((b"server", _SERVER))
         end = no_body or body_length == 0
         self._conn.send_headers(stream_id, out, end_stream=end)
         return end

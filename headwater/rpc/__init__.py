@@ -8,32 +8,18 @@ Bulk bytes travel as the raw payload after each frame's msgpack header, never in
 See :mod:`headwater.rpc.frame` for the wire format.
 """
 
-from .auth import ClusterSecret, cluster_secret, ensure_cluster_secret
-from .client import PendingCall, RpcClient
-from .errors import (AuthFailed, BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, RpcError, Unavailable,
-                     register_error)
-from .frame import DEFAULT_MAX_FRAME_BYTES, FrameError
-from .pool import ClientPool
-from .server import Handler, Reply, RpcServer
+from headwater.lazy import lazy_exports
 
-__all__ = [
-    "ClusterSecret",
-    "cluster_secret",
-    "ensure_cluster_secret",
-    "AuthFailed",
-    "PendingCall",
-    "RpcError",
-    "Unavailable",
-    "DeadlineExceeded",
-    "NoSuchMethod",
-    "BadRequest",
-    "RemoteError",
-    "register_error",
-    "Reply",
-    "Handler",
-    "RpcServer",
-    "RpcClient",
-    "ClientPool",
-    "FrameError",
-    "DEFAULT_MAX_FRAME_BYTES",
-]
+# Imported on first use (headwater.lazy): the CLI needs only ``auth`` (the cluster secret), and
+# the client and server pull in anyio, the framing and the pools.
+_EXPORTS = {
+    "ClusterSecret": ".auth", "cluster_secret": ".auth", "ensure_cluster_secret": ".auth",
+    "PendingCall": ".client", "RpcClient": ".client",
+    **{name: ".errors" for name in ("AuthFailed", "BadRequest", "DeadlineExceeded", "NoSuchMethod", "RemoteError",
+                                    "RpcError", "Unavailable", "register_error")},
+    "DEFAULT_MAX_FRAME_BYTES": ".frame", "FrameError": ".frame",
+    "ClientPool": ".pool",
+    "Handler": ".server", "Reply": ".server", "RpcServer": ".server",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,7 +21,7 @@ import anyio.abc
 from .auth import HANDSHAKE_TIMEOUT_S, ClientHandshake, ClusterSecret, HandshakeError, HandshakeRefused
 from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
-                    cancel_header, encode_frame, request_header)
+                    FramePayload, cancel_header, encode_frame, request_header)
 from .server import DEFAULT_FRAME_TIMEOUT_S, RECEIVE_BYTES, FrameWatch, LogThrottle, Reply, set_nodelay
 
 __all__ = ["RpcClient", "PendingCall"]
@@ -131,7 +131,7 @@ class RpcClient:
     # --- calls ---------------------------------------------------------------------------------
 
     async def call(self, method: str, args: dict | None = None,
-                   payload: bytes | bytearray | memoryview = b"", *,
+                   payload: FramePayload = b"", *,
                    timeout: float | None = None) -> Reply:
         """Call ``method`` and return its :class:`Reply`; raises the server's typed error,
         :class:`DeadlineExceeded` after ``timeout`` seconds, :class:`Unavailable` if the peer
@@ -178,7 +178,7 @@ class RpcClient:
         return pending.reply
 
     async def start_call(self, method: str, args: dict | None = None,
-                         payload: bytes | bytearray | memoryview = b"", *,
+                         payload: FramePayload = b"", *,
                          timeout: float | None = None) -> PendingCall:
         """Send a request now and collect its reply later with ``await pending.result()``.
 

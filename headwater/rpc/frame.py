@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence, Union
 
 import msgpack
 
@@ -41,6 +41,7 @@ __all__ = [
     "FrameError",
     "FrameDecoder",
     "encode_frame",
+    "FramePayload",
     "request_header",
     "response_header",
     "error_header",
@@ -94,16 +95,22 @@ def cancel_header(request_id: int) -> bytes:
     return _packb([CANCEL, request_id])
 
 
-def encode_frame(header: bytes, payload: bytes | bytearray | memoryview = b"",
+FramePayload = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
+
+
+def encode_frame(header: bytes, payload: FramePayload = b"",
                  *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  join_below: int = 64 * 1024) -> list[bytes | memoryview]:
     """The buffers to write for one frame, in order.
 
-    Small frames come back as one joined buffer (one write, one segment). For a large payload the
-    prefix+header buffer and the payload are returned separately so the payload is never copied;
-    the caller writes them back to back under its send lock.
+    ``payload`` is one buffer, or a list or tuple of buffers sent back to back as one payload
+    (a storage append's blocks, sent without joining them first). Small frames come back as one
+    joined buffer (one write, one segment). For a large payload the prefix+header buffer and
+    the payload's buffers are returned separately so the payload is never copied; the caller
+    writes them back to back under its send lock.
     """
-    plen = len(payload)
+    parts = list(payload) if isinstance(payload, (list, tuple)) else [payload]
+    plen = sum(len(p) for p in parts)
     body = len(header) + plen
     if body > max_frame_bytes:
         raise FrameError(f"frame of {body} bytes exceeds the {max_frame_bytes}-byte limit")
@@ -111,8 +118,8 @@ def encode_frame(header: bytes, payload: bytes | bytearray | memoryview = b"",
     if plen == 0:
         return [prefix + header]
     if plen < join_below:
-        return [b"".join((prefix, header, payload))]
-    return [prefix + header, payload if isinstance(payload, memoryview) else memoryview(payload)]
+        return [b"".join((prefix, header, *parts))]
+    return [prefix + header, *(p if isinstance(p, memoryview) else memoryview(p) for p in parts if len(p))]
 
 
 class FrameDecoder:

@@ -6,7 +6,6 @@ Every test runs on both anyio backends (asyncio on uvloop, and trio).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from headwater.config import HttpLimits, KiB
 from headwater.http import Request, Response, serve, server_ssl_context
 from headwater.http.client import ClientSettings, HttpClient, client_ssl_context
 from headwater.http.errors import BadResponse, ConnectFailed, ResponseTimeout
+
+from tests.cluster import free_ports
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -36,9 +37,7 @@ async def app(request: Request) -> Response:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 async def body_of(response: Any) -> bytes:

@@ -60,7 +60,8 @@ greeting = "bonjour"
 def test_the_registry_orders_roles_and_refuses_a_section_twice():
     reg = Registry([ROLE_SET, *registry().role_sets])
     assert reg.roles()[0].name == "beacon"  # order 5, before the metadata nodes
-    assert [r.name for r in reg.roles()][1:] == ["metadata", "storage", "gateway", "repair", "dns", "edge"]
+    assert [r.name for r in reg.roles()][1:] == ["metadata", "storage", "gateway", "repair", "dns", "origin", "edge",
+                                                "licence", "transcoder"]
     twice = RoleSet(name="twice", roles=(Role(name="other", section="beacon", read=read_beacon, entry="x:y"),))
     with pytest.raises(ValueError, match="beacon"):
         Registry([ROLE_SET, twice])

@@ -103,6 +103,29 @@ def test_expect_continue_and_drain_policy() -> None:
     assert not c.keep_alive and b"connection: close" in out  # too much to drain
 
 
+
+def test_expect_continue_without_content_gets_a_100_before_the_final_status() -> None:
+    # botocore parses the next response on a kept-alive connection with the status of an early
+    # answer to an Expect: 100-continue request, so an empty PUT must not be answered early.
+    for framing in (b"Content-Length: 0\r\n", b""):
+        c = h1.H1Connection()
+        c.receive_data(b"PUT /k HTTP/1.1\r\nHost: x\r\n" + framing + b"Expect: 100-continue\r\n\r\n")
+        head = c.next_event()
+        assert head.expects_continue
+        assert c.end_without_body()
+        out = c.send_whole(200, [("etag", '"e"')], b"")
+        assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), out
+        assert out.count(b"100 Continue") == 1 and c.keep_alive
+        c.start_next_cycle()
+        c.receive_data(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.next_event()
+        assert b"100 Continue" not in c.send_whole(200, [], b"x")  # only where it was asked for
+
+    c = h1.H1Connection()  # with content, the 100 is the shell's to send when it reads the body
+    c.receive_data(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    c.next_event()
+    assert not c.send_response(400, [], body_length=0).startswith(b"HTTP/1.1 100")
+
 def test_http10() -> None:
     c = h1.H1Connection()
     c.receive_data(b"GET / HTTP/1.0\r\n\r\n")
@@ -134,6 +157,8 @@ def test_head_and_304_keep_headers_but_send_no_body() -> None:
     (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n", PayloadTooLarge),
     (b"\x00\x01garbage\r\n\r\n", BadRequest),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 5000 + b"\r\n\r\n", HeadersTooLarge),
+    # asterisk-form is for OPTIONS only: a proxy appending "*" to http://host:port names a port
+    (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
 ])
 def test_invalid_requests(raw: bytes, error: type) -> None:
     c = h1.H1Connection(HttpLimits(max_header_bytes=4096, max_body_bytes=10**9))
@@ -301,3 +326,11 @@ def test_non_latin1_response_field_is_a_local_protocol_error() -> None:
     conn.next_event()
     with pytest.raises(LocalProtocolError):
         conn.send_response(200, [("x-name", "\u20ac")], body_length=0)
+
+
+@pytest.mark.parametrize("method, target, ok", [
+    ("GET", "/a", True), ("GET", "http://h/a", True), ("OPTIONS", "*", True), ("GET", "*", False),
+    ("GET", "@evil:80/x", False), ("GET", "x", False), ("GET", "", False), ("CONNECT", "h:443", True),
+])
+def test_valid_target(method: str, target: str, ok: bool) -> None:
+    assert h1.valid_target(method, target) is ok

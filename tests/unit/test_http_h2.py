@@ -10,6 +10,7 @@ import h2.settings
 from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB
 from headwater.http import h2 as server_h2
+from headwater.http.errors import LocalProtocolError
 
 
 class Pair:
@@ -252,3 +253,43 @@ def test_date_comes_from_the_injected_clock() -> None:
     p.exchange()
     [resp] = [e for e in p.client_events if isinstance(e, h2.events.ResponseReceived)]
     assert dict(resp.headers)[b"date"] == b"Sun, 09 Sep 2001 01:46:40 GMT"
+
+
+def test_a_path_not_starting_with_a_slash_is_invalid() -> None:
+    # A proxy appends :path to http://host:port: "@evil:80/x" named another host (SSRF).
+    p = Pair.__new__(Pair)
+    p.client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    p.server = server_h2.H2Connection(HttpLimits())
+    p.server.initiate()
+    p.client.initiate_connection()
+    p.server_events, p.client_events = [], []
+    p.exchange()
+    for sid, method, path in ((1, "GET", "@127.0.0.1:9/x"), (3, "GET", "x"), (5, "GET", "*"), (7, "GET", "/a b"),
+                              (9, "GET", "/a\x7f")):
+        p.request(sid, method, path)
+        [bad] = p.take(server_h2.StreamInvalid)
+        assert bad.stream_id == sid and bad.error.http_status == 400, path
+    p.request(11, "OPTIONS", "*")
+    p.request(13, "GET", "/a?b=%20")
+    assert [r.target for r in p.take(server_h2.StreamRequest)] == ["*", "/a?b=%20"]
+
+
+def test_response_fields_go_out_as_latin1_stripped_and_checked() -> None:
+    p = Pair()
+    p.request(1, "GET", "/")
+    p.server.send_response(1, 200, [("X-Name", " caf\u00e9 "), ("x-t", "a\tb")], body_length=0)
+    p.exchange()
+    [resp] = [e for e in p.client_events if isinstance(e, h2.events.ResponseReceived)]
+    headers = dict(resp.headers)
+    # The bytes the str came from (latin-1, as h1 sends them), no surrounding whitespace
+    # (RFC 9113 8.2.1), inner whitespace kept.
+    assert headers[b"x-name"] == b"caf\xe9" and headers[b"x-t"] == b"a\tb"
+    p.request(3, "GET", "/")
+    for bad in ([("x-a", "\u20ac")], [("x-a", "b\r\nx-c: d")], [(":status", "200")], [("bad name", "1")]):
+        try:
+            p.server.send_response(3, 200, bad, body_length=0)
+        except LocalProtocolError:
+            continue
+        raise AssertionError(f"{bad} was sent")
+

@@ -56,6 +56,21 @@ def test_large_payload_is_not_joined_into_the_header_buffer():
     assert len(small) == 1
 
 
+def test_a_payload_of_several_buffers_goes_out_unjoined_and_arrives_as_one():
+    blocks = [bytes([i]) * 70_000 for i in range(3)] + [memoryview(b"tail")]
+    bufs = encode_frame(request_header(7, "frag.append", {"n": 4}, None), blocks)
+    assert len(bufs) == 5 and bufs[4] is blocks[3]
+    assert all(v.obj is b for v, b in zip(bufs[1:4], blocks[:3]))  # views of the blocks: no copies
+    d = FrameDecoder()
+    d.feed(b"".join(bytes(b) for b in bufs))
+    frame = d.next_frame()
+    assert frame is not None and frame.payload == b"".join(bytes(b) for b in blocks)
+    # Small ones are joined, prefix and all, as a single buffer would be.
+    assert wire(cancel_header(1), [b"ab", b"", b"c"]) == wire(cancel_header(1), b"abc")
+    with pytest.raises(FrameError):
+        encode_frame(b"\x90", [b"x" * 60, b"x" * 41], max_frame_bytes=100)
+
+
 def test_byte_at_a_time():
     data = wire(request_header(1, "m", None, None), b"hello") * 3
     frames = decode_all(data, list(range(len(data))))
