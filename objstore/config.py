@@ -169,6 +169,10 @@ class ObjstoreConfig:
     # pausing scrub_interval_s between passes. 8 MiB/s reads a 4 TB disk in about 6 days.
     scrub_rate_bytes: int = 8 * MiB
     scrub_interval_s: float = 3600.0
+    # A fragment the scrubber found corrupt is kept in the node's quarantine/ this long (for
+    # inspection; it is already rebuilt elsewhere from the other fragments), then removed by the
+    # node's background loop. 0: kept until removed by hand.
+    quarantine_retention_s: float = 7 * 86400.0
 
     def scheme_for(self, bucket: str) -> ErasureScheme:
         return self.bucket_ec.get(bucket, self.ec)
@@ -184,6 +188,8 @@ class RepairConfig:
     id: str = "repair"
     host: str = "127.0.0.1"
     admin_port: int = 9401
+    # Its state across restarts (the storage nodes' down-timers); None keeps none (tests).
+    data_dir: Path | None = None
     # Repair traffic (fragment bytes read from survivors plus bytes written) per second.
     rebuild_rate_bytes: int = 64 * MiB
     interval_s: float = 60.0  # pause between two reconstructor passes
@@ -250,7 +256,7 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
                            "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
                            "partitions", "metadata_groups", "rpc_timeout_seconds", "retire_grace_seconds",
                            "raft_election_timeout_seconds", "metadata_timeout_seconds", "raft_log_entries",
-                           "scrub_rate", "scrub_interval_seconds"})
+                           "scrub_rate", "scrub_interval_seconds", "quarantine_retention_seconds"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
     bucket_ec = {name: _scheme(r, v if isinstance(v, dict) else {}, f"{p}.bucket_ec.{name}", ec)
@@ -280,6 +286,7 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
         retire_grace_s=r.non_negative(data, "retire_grace_seconds", p, d.retire_grace_s),
         scrub_rate_bytes=r.size(data, "scrub_rate", p, d.scrub_rate_bytes),
         scrub_interval_s=r.non_negative(data, "scrub_interval_seconds", p, d.scrub_interval_s),
+        quarantine_retention_s=r.non_negative(data, "quarantine_retention_seconds", p, d.quarantine_retention_s),
     )
 
 
@@ -366,7 +373,7 @@ def read_metadata(r: Reader, item: Mapping[str, Any], p: str) -> MetadataNodeCon
 
 def read_repair(r: Reader, data: Mapping[str, Any], p: str) -> RepairConfig:
     """``[repair]``: the reconstructor, the collector and the rebalancer, and their rates."""
-    r.check_keys(data, p, {"id", "host", "admin_port", "rebuild_rate", "interval_seconds",
+    r.check_keys(data, p, {"id", "host", "admin_port", "data_dir", "rebuild_rate", "interval_seconds",
                            "node_down_out_seconds", "gc", "gc_interval_seconds", "rebalance",
                            "rebalance_rate", "rebalance_interval_seconds"})
     d = RepairConfig()
@@ -381,6 +388,7 @@ def read_repair(r: Reader, data: Mapping[str, Any], p: str) -> RepairConfig:
         id=node_id,
         host=r.get(data, "host", p, str, d.host),
         admin_port=r.port(data, "admin_port", p, d.admin_port),
+        data_dir=r.node_data_dir(data, p, node_id),
         rebuild_rate_bytes=rate,
         interval_s=r.non_negative(data, "interval_seconds", p, d.interval_s),
         node_down_out_s=r.non_negative(data, "node_down_out_seconds", p, d.node_down_out_s),

@@ -4,10 +4,27 @@
 ``LayoutWriter`` cuts a byte stream into stripes, erasure-codes each and sends fragment i of every
 stripe to node i; ``read_layout`` streams a byte range back, reading data fragments first and
 decoding from parity only when some are missing or corrupt.
+
+Handoff (as Swift's handoff nodes): fragment i's node is its *home*
+(:func:`placement.assign`); a home known down is replaced before the PUT starts by the next up
+node of the object's handoff order (:func:`placement.handoff_order`), and a node that fails
+during the PUT (refused, silent past the deadline, or refusing the append or the commit) is
+replaced in the same PUT by the next one: the blocks the failed node had taken are rebuilt for
+the handoff node from k other fragments of the upload in progress (``frag.read`` with
+``pending``), then the PUT goes on. The layout names the node each fragment is really on and,
+in ``homes``, the home of each one that is away; the reconstructor moves them home later.
+
+What a PUT acknowledges: every one of the k+m fragments of every stripe committed (fsynced) on
+a distinct node, home or handoff. Only when fewer than k+m storage nodes answer at all does it
+fall back to the scheme's write quorum (``[objstore.ec] write_quorum``, default k+1, which is
+Swift's EC quorum, ndata + 1): it then says so (``degraded_writes`` counter, a
+``object.degraded_write`` warning) and a reader has one spare fragment per stripe, not m, until
+the reconstructor rebuilds the rest.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
@@ -25,7 +42,7 @@ from headwater.rpc import DeadlineExceeded, RpcError, Unavailable, cluster_secre
 from . import stripe
 from .config import ErasureScheme
 from .errors import StoreError
-from .placement import NodeSite, PlacementError, place
+from .placement import Assignment, NodeSite, PlacementError, assign, place
 from .records import Layout
 from .storage.client import PendingRead, StorageClient
 
@@ -94,7 +111,8 @@ class StoragePool:
         self._down_until: dict[str, float] = {}   # down nodes -> when a probe may readmit them
         self.probe_interval_s = probe_interval_s
         self._stack = AsyncExitStack()
-        self.stats = {"fragment_read_errors": 0, "fragment_write_errors": 0, "degraded_reads": 0}
+        self.stats = {"fragment_read_errors": 0, "fragment_write_errors": 0, "degraded_reads": 0,
+                      "handoff_writes": 0, "degraded_writes": 0}
 
     async def __aenter__(self) -> StoragePool:
         await self._stack.__aenter__()
@@ -150,19 +168,22 @@ class StoragePool:
     def place(self, oid: str, width: int) -> list[str]:
         return place(oid, width, self.sites, down=self.down())
 
-    def place_degraded(self, oid: str, scheme: ErasureScheme) -> list[str | None]:
-        """Nodes for fragments 0..k+m-1; with nodes known down, as many as are up (at least the
-        write quorum), the rest None so the write goes on with less redundancy."""
-        down = self.down()
-        up = len(self.sites) - len([s for s in self.sites if s.id in down])
-        width = min(scheme.width, up)
-        if width < write_quorum(scheme):
-            raise WriteFailed(f"{up} storage nodes are up; {scheme.describe()} needs {write_quorum(scheme)} to write")
+    def assign(self, oid: str, scheme: ErasureScheme) -> Assignment:
+        """Nodes for fragments 0..k+m-1: each its home, or a handoff node where the home is known
+        down; None where no up node is left (then at least the write quorum must be placed)."""
         try:
-            chosen: list[str | None] = list(place(oid, width, self.sites, down=down))
+            a = assign(oid, scheme.width, self.sites, down=self.down())
         except PlacementError as e:
             raise WriteFailed(str(e)) from None
-        return chosen + [None] * (scheme.width - width)
+        placed = sum(1 for n in a.nodes if n is not None)
+        if placed < write_quorum(scheme):
+            raise WriteFailed(f"{placed} storage nodes are up; {scheme.describe()} needs "
+                              f"{write_quorum(scheme)} to write")
+        return a
+
+    def place_degraded(self, oid: str, scheme: ErasureScheme) -> list[str | None]:
+        """The nodes :meth:`assign` picks (handoffs in place of down homes)."""
+        return list(self.assign(oid, scheme).nodes)
 
 
 def new_oid() -> str:
@@ -186,21 +207,40 @@ class LayoutWriter:
     repeatedly and ``layout = await w.finish()``. Leaving the block without finishing (an error,
     a cancellation, a client gone) removes every fragment written so far.
 
-    Stripes are pipelined: stripe i is encoded (on a worker thread, so the second core helps)
-    while stripe i-1 is still travelling to the storage nodes; fragments of one file still
-    arrive in order, because stripe i is sent only once stripe i-1 is acknowledged.
+    Stripes are pipelined three deep: while the caller receives stripe i+1, stripe i is hashed
+    (``digest``) and encoded on a worker thread, and the batch before it travels to the storage
+    nodes. Fragments of one file still arrive in order, because a batch is sent only once the
+    one before it is acknowledged, and ``digest`` sees the bytes in order, because one stripe is
+    encoded at a time.
+
+    ``digest``, if given, is called with every byte written, stripe by stripe and in order,
+    beside the encode (on the worker thread for a full stripe): the caller's MD5/SHA-256 then
+    run off the event loop and overlap the receive. Every call has returned once ``finish``
+    has; hashlib releases the GIL, so the hashing uses the other core.
     """
 
-    def __init__(self, pool: StoragePool, scheme: ErasureScheme):
+    def __init__(self, pool: StoragePool, scheme: ErasureScheme, *,
+                 digest: Callable[[bytes], None] | None = None):
         self.pool = pool
         self.scheme = scheme
         self.oid = new_oid()
-        self.nodes: list[str | None] = pool.place_degraded(self.oid, scheme)
+        plan = pool.assign(self.oid, scheme)
+        self.nodes: list[str | None] = list(plan.nodes)
+        self.homes: list[str] = list(plan.homes)
+        # Handoff nodes not used yet, in order: taken by fragments whose node fails mid-PUT.
+        self._spare: list[str] = list(plan.handoffs)
         # Every node asked to hold a fragment, even those dropped after a failed call: one that
         # failed mid-append (a full disk, say) still holds a temp file that abort must remove.
         self._placed: list[str | None] = list(self.nodes)
+        self._strays: list[tuple[int, str]] = []  # replaced nodes that may hold a temp file
         self._committing = False
-        self._buf = bytearray()
+        self.digest = digest
+        # Written bytes not yet cut into a stripe: immutable buffers, joined once per stripe.
+        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
+        self._buffered = 0
+        # The stripe being hashed and encoded on a worker thread: its done event and outcome.
+        self._encoding: anyio.Event | None = None
+        self._encoded: list | BaseException | None = None
         self._stripes = 0
         self._size = 0
         self._finished = False
@@ -233,20 +273,76 @@ class LayoutWriter:
     def size(self) -> int:
         return self._size
 
-    async def write(self, data: bytes | memoryview) -> None:
-        self._buf += data
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not (isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)):
+            data = bytes(data)  # a buffer the caller may reuse: keep a copy, not a view
+        self._pieces.append(data)
+        self._buffered += len(data)
         self._size += len(data)
         sb = self.scheme.stripe_bytes
-        while len(self._buf) >= sb:
-            piece = bytes(self._buf[:sb])
-            del self._buf[:sb]
-            await self._send_stripe(piece)
+        while self._buffered >= sb:
+            await self._send_stripe(self._take(sb))
+
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes as one ``bytes`` (the one copy a stripe costs here)."""
+        parts: list[bytes | memoryview] = []
+        need = n
+        while need:
+            p = self._pieces[0]
+            if len(p) <= need:
+                parts.append(self._pieces.popleft())
+                need -= len(p)
+            else:
+                mv = p if isinstance(p, memoryview) else memoryview(p)
+                parts.append(mv[:need])
+                self._pieces[0] = mv[need:]
+                need = 0
+        self._buffered -= n
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    def _digest_and_encode(self, data: bytes) -> list:
+        if self.digest is not None:
+            self.digest(data)
+        return stripe.encode(self.scheme, data)
 
     async def _send_stripe(self, data: bytes) -> None:
-        if len(data) >= 128 * 1024:
-            blocks = await anyio.to_thread.run_sync(stripe.encode, self.scheme, data)
-        else:
-            blocks = stripe.encode(self.scheme, data)
+        """Hash and encode ``data`` (the next stripe) and batch its blocks; a full stripe goes to
+        a worker thread, and this returns once the stripe before it is done, not this one."""
+        await self._settle()
+        if len(data) < 128 * 1024:
+            await self._add(self._digest_and_encode(data))
+            return
+        done = anyio.Event()
+        self._encoding, self._encoded = done, None
+        assert self._tg is not None, "use LayoutWriter as an async context manager"
+        self._tg.start_soon(self._encode_in_thread, data, done)
+
+    async def _encode_in_thread(self, data: bytes, done: anyio.Event) -> None:
+        try:
+            self._encoded = await anyio.to_thread.run_sync(self._digest_and_encode, data)
+        except BaseException as e:  # noqa: BLE001 - handed to the writer's own task by _settle
+            self._encoded = e
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            done.set()
+
+    async def _settle(self) -> None:
+        """Wait for the stripe on the worker thread, if any, and batch its blocks."""
+        if self._encoding is None:
+            return
+        await self._encoding.wait()
+        self._encoding, result, self._encoded = None, self._encoded, None
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None
+        await self._add(result)
+
+    async def _add(self, blocks: list) -> None:
         self._batch.append(blocks)
         if len(self._batch) >= self._batch_size:
             await self._flush()
@@ -275,20 +371,16 @@ class LayoutWriter:
         block_bytes = self.scheme.fragment_bytes
 
         async def send(i: int, node: str) -> None:
+            blocks = [b[i] for b in batch]
             try:
-                await self.pool.client(node).append_many(f"{self.oid}.{i}", first, [b[i] for b in batch],
+                await self.pool.client(node).append_many(f"{self.oid}.{i}", first, blocks,
                                                          block_bytes=block_bytes, meta=self._meta)
             except RpcError as e:
                 log.warning("fragment append to %s failed: %s", node, e,
                             extra={"event": "fragment.append_failed", "node": node, "fid": f"{self.oid}.{i}",
                                    "error": str(e)})
-                self.pool.stats["fragment_write_errors"] += 1
-                if isinstance(e, (Unavailable, DeadlineExceeded)):
-                    # Refused, or silent past the deadline (a host cut off): out of placements
-                    # for a while, or every write would wait the deadline out on it again.
-                    self.pool.mark_down(node)
-                    self._placed[i] = None  # unreachable: cleaning up there would only wait
-                self.nodes[i] = None
+                self._lose(i, node, e)
+                await self._hand_off(i, first, blocks)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -297,6 +389,82 @@ class LayoutWriter:
                         tg.start_soon(send, i, node)
         finally:
             done.set()
+
+    def _lose(self, i: int, node: str, e: RpcError) -> None:
+        """Fragment i's node failed a call: no longer named for it."""
+        self.pool.stats["fragment_write_errors"] += 1
+        if isinstance(e, (Unavailable, DeadlineExceeded)):
+            # Refused, or silent past the deadline (a host cut off): out of placements for a
+            # while, or every write would wait the deadline out on it again.
+            self.pool.mark_down(node)
+        else:  # it answered (a full disk, say): its temp file is abort's to remove
+            self._strays.append((i, node))
+        if self._placed[i] == node:
+            self._placed[i] = None
+        self.nodes[i] = None
+
+    async def _hand_off(self, i: int, first: int, blocks: Sequence) -> bool:
+        """Give fragment i to the next up handoff node: the blocks before ``first`` rebuilt from
+        k other fragments of this upload, then ``blocks`` (stripes ``first``..). Returns whether
+        a node took it; if none could, fragment i stays unplaced and the quorum check decides."""
+        fid = f"{self.oid}.{i}"
+        while self._spare:
+            target = self._spare.pop(0)
+            if target in self.pool.down():
+                continue
+            self._placed[i] = target
+            try:
+                await self._backfill(i, target, first)
+                if blocks:
+                    await self.pool.client(target).append_many(fid, first, blocks,
+                                                               block_bytes=self.scheme.fragment_bytes,
+                                                               meta=self._meta)
+            except RpcError as e:
+                log.warning("handoff of %s to %s failed: %s", fid, target, e,
+                            extra={"event": "fragment.handoff_failed", "node": target, "fid": fid,
+                                   "error": str(e)})
+                self._lose(i, target, e)
+                continue
+            except ReadFailed as e:
+                # Fewer than k other fragments readable: nothing to rebuild the node's share from.
+                log.warning("handoff of %s impossible: %s", fid, e,
+                            extra={"event": "fragment.handoff_failed", "fid": fid, "error": str(e)})
+                self._strays.append((i, target))
+                self._placed[i] = None
+                return False
+            self.nodes[i] = target
+            self.pool.stats["handoff_writes"] += 1
+            log.info("fragment %s handed off to %s (home %s)", fid, target, self.homes[i],
+                     extra={"event": "fragment.handoff", "fid": fid, "node": target, "home": self.homes[i]})
+            return True
+        return False
+
+    async def _backfill(self, i: int, target: str, upto: int) -> None:
+        """Append blocks 0..upto-1 of fragment i to ``target``, rebuilt from other fragments of
+        this upload as their nodes hold them so far (data fragments first, so a lost parity
+        costs an encode, not a decode). Reads go ``WRITE_BATCH_BYTES`` of stripes at a time."""
+        per_round = max(1, WRITE_BATCH_BYTES // self.scheme.stripe_bytes)
+        k = self.scheme.k
+        bad: set[int] = set()
+        for first in range(0, upto, per_round):
+            count = min(per_round, upto - first)
+            got: dict[int, list] = {}
+            for j, node in enumerate(list(self.nodes)):
+                if len(got) == k:
+                    break
+                if j == i or node is None or j in bad or node in self.pool.down():
+                    continue
+                try:
+                    got[j] = await self.pool.client(node).read(f"{self.oid}.{j}", first, count, pending=True)
+                except RpcError:
+                    bad.add(j)  # the append to it will fail and hand it off in turn
+            if len(got) < k or any(len(b) != count for b in got.values()):
+                raise ReadFailed(f"{self.oid}: stripes {first}..{first + count - 1}: only {len(got)} "
+                                 f"of {k} fragments readable to rebuild fragment {i}")
+            made = await anyio.to_thread.run_sync(_rebuild_block, self.scheme, got, count, i)
+            await self.pool.client(target).append_many(f"{self.oid}.{i}", first, made,
+                                                       block_bytes=self.scheme.fragment_bytes,
+                                                       meta=self._meta)
 
     def _check_quorum(self) -> None:
         alive = sum(1 for n in self.nodes if n is not None)
@@ -309,13 +477,15 @@ class LayoutWriter:
             self._finished = True
             return Layout(oid=self.oid, size=0, k=self.scheme.k, m=self.scheme.m,
                           stripe_bytes=self.scheme.stripe_bytes, nodes=(None,) * self.scheme.width)
-        if self._buf:
-            await self._send_stripe(bytes(self._buf))
-            self._buf.clear()
+        if self._buffered:
+            await self._send_stripe(self._take(self._buffered))
+        await self._settle()
         await self._flush()
         await self._drain()
 
         self._committing = True
+
+        failed: list[int] = []
 
         async def commit(i: int, node: str) -> None:
             try:
@@ -324,17 +494,37 @@ class LayoutWriter:
                 log.warning("fragment commit on %s failed: %s", node, e,
                             extra={"event": "fragment.commit_failed", "node": node, "fid": f"{self.oid}.{i}",
                                    "error": str(e)})
-                self.pool.stats["fragment_write_errors"] += 1
-                self.nodes[i] = None
+                self._lose(i, node, e)
+                failed.append(i)
 
         async with anyio.create_task_group() as tg:
             for i, node in enumerate(self.nodes):
                 if node is not None:
                     tg.start_soon(commit, i, node)
+        # A node lost at the commit: the whole fragment rebuilt onto a handoff node, committed.
+        for i in failed:
+            while await self._hand_off(i, self._stripes, ()):
+                node = self.nodes[i]
+                assert node is not None
+                try:
+                    await self.pool.client(node).commit(f"{self.oid}.{i}", self._stripes)
+                    break
+                except RpcError as e:
+                    self._lose(i, node, e)
         self._check_quorum()
         self._finished = True
+        stored = sum(1 for n in self.nodes if n is not None)
+        if stored < self.scheme.width:
+            self.pool.stats["degraded_writes"] += 1
+            log.warning("object %s acknowledged with %d of %d fragments per stripe (write quorum %d): "
+                        "too few storage nodes answered", self.oid, stored, self.scheme.width,
+                        write_quorum(self.scheme),
+                        extra={"event": "object.degraded_write", "oid": self.oid, "fragments": stored,
+                               "width": self.scheme.width})
+        homes = tuple(h if self.nodes[i] != h else None for i, h in enumerate(self.homes))
         return Layout(oid=self.oid, size=self._size, k=self.scheme.k, m=self.scheme.m,
-                      stripe_bytes=self.scheme.stripe_bytes, nodes=tuple(self.nodes))
+                      stripe_bytes=self.scheme.stripe_bytes, nodes=tuple(self.nodes),
+                      homes=homes if any(h is not None for h in homes) else ())
 
     async def abort(self) -> None:
         """Remove whatever was written; safe to call after a failure or a cancellation."""
@@ -350,6 +540,18 @@ class LayoutWriter:
                     tg.start_soon(_quietly, client.abort, f"{self.oid}.{i}")
                     if self._committing:  # some nodes may have committed before the quorum failed
                         tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
+                for i, node in self._strays:
+                    if node in self._placed:
+                        continue  # named again for some fragment: handled above
+                    client = self.pool.client(node)
+                    tg.start_soon(_quietly, client.abort, f"{self.oid}.{i}")
+                    if self._committing or self._finished:
+                        tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
+
+
+def _rebuild_block(scheme: ErasureScheme, got: dict[int, list], count: int, want: int) -> list[bytes]:
+    """Block ``want`` of ``count`` stripes from k other blocks of each (index -> per stripe)."""
+    return [stripe.rebuild(scheme, {j: b[n] for j, b in got.items()}, [want])[want] for n in range(count)]
 
 
 async def _quietly(fn: Callable, *args: object) -> None:

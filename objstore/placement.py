@@ -19,7 +19,7 @@ import xxhash
 
 from .errors import StoreError
 
-__all__ = ["NodeSite", "place", "PlacementError", "DomainLoss", "analyse", "placement_warnings", "LEVELS"]
+__all__ = ["NodeSite", "place", "handoff_order", "Assignment", "assign", "PlacementError", "DomainLoss", "analyse", "placement_warnings", "LEVELS"]
 
 
 class PlacementError(StoreError):
@@ -67,6 +67,49 @@ def place(oid: str, width: int, nodes: Sequence[NodeSite], *, down: Iterable[str
             key = _domain(best, level)
             counts[key] = counts.get(key, 0) + 1
     return chosen
+
+
+def handoff_order(oid: str, width: int, nodes: Sequence[NodeSite]) -> list[str]:
+    """The nodes that take a fragment of ``oid`` in place of a home node, in the order to try.
+
+    The same greedy walk as :func:`place`, continued past ``width`` over every node: the first
+    handoff is the node placement would have picked next (fewest fragments in its zone, rack and
+    host so far, then rendezvous weight), so handoffs spread over failure domains as homes do,
+    and every gateway and the reconstructor derive the same order from the object id alone.
+    """
+    return place(oid, len(nodes), nodes)[width:] if len(nodes) > width else []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    """Where a new object's fragments go: ``nodes[i]`` takes fragment i (None: no live node was
+    left for it); ``homes[i]`` is its home node, which differs from ``nodes[i]`` for handoffs."""
+
+    nodes: tuple[str | None, ...]
+    homes: tuple[str, ...]
+    handoffs: tuple[str, ...]  # the rest of the handoff order, unused yet, for mid-write failures
+
+    @property
+    def away(self) -> dict[int, str]:
+        return {i: h for i, h in enumerate(self.homes) if self.nodes[i] != h}
+
+
+def assign(oid: str, width: int, nodes: Sequence[NodeSite], *, down: Iterable[str] = ()) -> Assignment:
+    """Fragment i of ``oid`` to its home node (:func:`place` over *all* nodes, down or not), or,
+    where the home is down, to the next node of :func:`handoff_order` that is up and holds no
+    fragment of the object yet. Deterministic: the same object, layout and down set give the
+    same answer. Raises PlacementError when the cluster has fewer than ``width`` nodes.
+    """
+    down_set = set(down)
+    homes = place(oid, width, nodes)
+    spare = [n for n in handoff_order(oid, width, nodes) if n not in down_set]
+    chosen: list[str | None] = []
+    for home in homes:
+        if home not in down_set:
+            chosen.append(home)
+        else:
+            chosen.append(spare.pop(0) if spare else None)
+    return Assignment(nodes=tuple(chosen), homes=tuple(homes), handoffs=tuple(spare))
 
 
 def _domain(n: NodeSite, level: str) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ the metadata ring stores. The ring does not interpret them; only this module kno
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ErasureScheme
@@ -56,6 +56,10 @@ class Layout:
 
     ``nodes[i]`` is None where the write of fragment i failed; reads then use the others.
     Fragment files are named ``f"{oid}.{i}"``.
+
+    ``homes`` marks handoffs: where ``homes[i]`` is a node, fragment i was written to
+    ``nodes[i]`` in its place (that node was down or failed mid-write) and the reconstructor
+    moves it back there once it answers. Empty, or None at an index, means "at home".
     """
 
     oid: str
@@ -64,6 +68,7 @@ class Layout:
     m: int
     stripe_bytes: int
     nodes: tuple[str | None, ...]
+    homes: tuple[str | None, ...] = ()
 
     @property
     def scheme(self) -> ErasureScheme:
@@ -76,14 +81,39 @@ class Layout:
     def stripes(self) -> int:
         return -(-self.size // self.stripe_bytes)
 
+    def home_of(self, index: int) -> str | None:
+        """The node fragment ``index`` belongs on when it is away on a handoff node, else None."""
+        return self.homes[index] if index < len(self.homes) else None
+
+    @property
+    def away(self) -> dict[int, str]:
+        """Handed-off fragments: index -> the home node it is to move back to."""
+        return {i: h for i, h in enumerate(self.homes) if h is not None and h != self.nodes[i]}
+
+    def moved(self, moves: dict[int, str | None]) -> Layout:
+        """This layout with fragment i now on ``moves[i]``; an index moved onto its home node is
+        home (its mark is cleared), one moved elsewhere keeps the home it is to go back to."""
+        nodes = list(self.nodes)
+        homes = list(self.homes) or [None] * len(nodes)
+        for i, node in moves.items():
+            nodes[i] = node
+            if homes[i] == node:
+                homes[i] = None
+        return replace(self, nodes=tuple(nodes),
+                       homes=tuple(homes) if any(h is not None for h in homes) else ())
+
     def to_value(self) -> dict[str, Any]:
-        return {"oid": self.oid, "size": self.size, "k": self.k, "m": self.m,
-                "stripe": self.stripe_bytes, "nodes": list(self.nodes)}
+        v = {"oid": self.oid, "size": self.size, "k": self.k, "m": self.m,
+             "stripe": self.stripe_bytes, "nodes": list(self.nodes)}
+        if any(h is not None for h in self.homes):
+            # Only written when something is away: records of objects at home keep their shape.
+            v["homes"] = list(self.homes)
+        return v
 
     @classmethod
     def from_value(cls, v: dict[str, Any]) -> Layout:
         return cls(oid=v["oid"], size=v["size"], k=v["k"], m=v["m"], stripe_bytes=v["stripe"],
-                   nodes=tuple(v["nodes"]))
+                   nodes=tuple(v["nodes"]), homes=tuple(v.get("homes") or ()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

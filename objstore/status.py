@@ -25,6 +25,8 @@ def storage_text(details: Mapping[str, Any]) -> str:
             shown.append(f"{label} {_human_bytes(details[key]) if key.endswith('_bytes') else details[key]}")
     if details.get("quarantined"):
         shown.append(f"quarantined {details['quarantined']}")
+    if details.get("quarantine_files"):
+        shown.append(f"in quarantine {details['quarantine_files']}")
     if "scrub_last_pass_end" in details:
         shown.append(scrub_text(details))
     return ", ".join(shown)

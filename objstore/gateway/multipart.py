@@ -219,7 +219,7 @@ async def upload_part(store: Store, call: Call) -> Response:
         payload.checksum = checksums.new_checksum(upload.checksum_algorithm)
     assert call.bucket is not None
     _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket), payload.chunks(),
-                                 inline_max=-1)
+                                 inline_max=-1, digest=payload.defer_digests())
     assert layout is not None
     try:
         payload.verify()
@@ -247,14 +247,10 @@ async def upload_part_copy(store: Store, call: Call) -> Response:
         raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
                                  "copy source: 5368709120")
     md5 = hashlib.md5()
-
-    async def hashed():
-        async for piece in object_stream(store, src, start, end):
-            md5.update(piece)
-            yield piece
-
     assert call.bucket is not None
-    _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket), hashed(), inline_max=-1)
+    # The MD5 runs on the writer's encode thread, beside the erasure code (see store_body).
+    _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket),
+                                 object_stream(store, src, start, end), inline_max=-1, digest=md5.update)
     assert layout is not None
     part = PartRecord(number=number, size=end - start, etag=f'"{md5.hexdigest()}"', md5=md5.digest(),
                       last_modified=store.clock(), layout=layout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import AsyncGenerator, AsyncIterator
+from typing import AsyncGenerator, AsyncIterator, Callable
 
 import anyio
 
@@ -32,9 +32,12 @@ async def get_record(store: Store, bucket: str, key: str) -> ObjectRecord | None
 
 
 async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[bytes], *,
-                     inline_max: int) -> tuple[bytes | None, Layout | None]:
+                     inline_max: int, digest: Callable[[bytes], None] | None = None
+                     ) -> tuple[bytes | None, Layout | None]:
     """Consume ``chunks`` into either inline bytes (small bodies) or an erasure-coded layout.
 
+    ``digest`` (a ``Payload.defer_digests()``) is given every byte of the body, in order, before
+    this returns: on the writer's encode thread for a layout, here for inline bytes.
     On any failure (bad body, client gone, too few nodes) every fragment written is removed.
     """
     head = bytearray()
@@ -44,8 +47,11 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
             break
     else:
         if inline_max >= 0:
-            return bytes(head), None
-    async with LayoutWriter(store.pool, scheme) as writer:
+            inline = bytes(head)
+            if digest is not None:
+                digest(inline)
+            return inline, None
+    async with LayoutWriter(store.pool, scheme, digest=digest) as writer:
         await writer.write(bytes(head))
         del head
         # The same iterator goes on where the loop above stopped.
@@ -125,7 +131,7 @@ async def put_object(store: Store, call: Call) -> Response:
     payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
     cfg = store.cluster.objstore
     inline, layout = await store_body(store, cfg.scheme_for(call.bucket), payload.chunks(),
-                                      inline_max=cfg.inline_max_bytes)
+                                      inline_max=cfg.inline_max_bytes, digest=payload.defer_digests())
     try:
         payload.verify()
     except BaseException:
@@ -346,14 +352,9 @@ async def copy_object(store: Store, call: Call) -> Response:
         raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
                                  "copy source: 5368709120")
     md5 = hashlib.md5()
-
-    async def hashed() -> AsyncIterator[bytes]:
-        async for piece in object_stream(store, src, 0, src.size):
-            md5.update(piece)
-            yield piece
-
-    inline, layout = await store_body(store, cfg.scheme_for(call.bucket), hashed(),
-                                      inline_max=cfg.inline_max_bytes)
+    # The MD5 runs on the writer's encode thread, beside the erasure code (see store_body).
+    inline, layout = await store_body(store, cfg.scheme_for(call.bucket), object_stream(store, src, 0, src.size),
+                                      inline_max=cfg.inline_max_bytes, digest=md5.update)
     now = store.clock()
     # A copy is a new single-part object: its ETag is the MD5 of its bytes.
     rec = ObjectRecord(key=call.key, size=src.size, etag=f'"{md5.hexdigest()}"', last_modified=now,

@@ -93,6 +93,8 @@ class Payload:
                                                  decoded_length=self.declared) if self.streaming else None
         self.size = 0
         self._done = False
+        # Hashing left to whoever consumes the chunks (see ``defer_digests``).
+        self._deferred = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The decoded body, piece by piece, hashed as it passes."""
@@ -113,12 +115,27 @@ class Payload:
         self.size += len(piece)
         if self.size > self.max_bytes:
             raise s3e.EntityTooLarge(ProposedSize=str(self.size), MaxSizeAllowed=str(self.max_bytes))
-        self.md5.update(piece)
-        if self.checksum is not None:
-            self.checksum.update(piece)
-        if self.sha256 is not None:
-            self.sha256.update(piece)
+        if not self._deferred:
+            self.digest(piece)
         return piece
+
+    def digest(self, data: bytes | memoryview) -> None:
+        """Feed ``data`` to the hashes ``verify`` checks and the ETag comes from. Thread-safe as
+        long as the calls are sequential: the caller of ``defer_digests`` may make them on a
+        worker thread."""
+        self.md5.update(data)
+        if self.checksum is not None:
+            self.checksum.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
+
+    def defer_digests(self) -> Callable[[bytes | memoryview], None]:
+        """Stop hashing in ``chunks()``: the caller promises to pass every chunk, in order, to
+        the function returned (``digest``) before it calls ``verify`` or reads the ETag. The
+        object writer does so on its encode thread, so the MD5 and SHA-256 of a large PUT run
+        off the event loop, beside the erasure code, instead of in front of it."""
+        self._deferred = True
+        return self.digest
 
     async def read_all(self) -> bytes:
         out = bytearray()

@@ -1,28 +1,19 @@
 """The metadata service: a partitioned, replicated, sorted key-value store on LMDB.
 
-The gateway uses :class:`MetadataClient`; :func:`run_metadata_node` is the daemon.
+The gateway uses :class:`MetadataClient`; :func:`run_metadata_node` is the daemon. The names
+below are imported on first use (``headwater.lazy``), so reading one small module of the
+package (``partition``) does not start up Raft.
 """
 
-from .client import Entry, MetadataClient
-from .errors import (ConditionFailed, CorruptRecord, DataDirError, InvalidKey, KeyTooLong, MetadataError,
-                     QuorumUnavailable, StoreFull, WriteConflict, WriteOutcomeUnknown)
-from .node import MetadataNode, run_metadata_node
-from .partition import PartitionMap
+from headwater.lazy import lazy_exports
 
-__all__ = [
-    "Entry",
-    "MetadataClient",
-    "MetadataNode",
-    "run_metadata_node",
-    "PartitionMap",
-    "MetadataError",
-    "ConditionFailed",
-    "QuorumUnavailable",
-    "WriteConflict",
-    "WriteOutcomeUnknown",
-    "InvalidKey",
-    "KeyTooLong",
-    "CorruptRecord",
-    "StoreFull",
-    "DataDirError",
-]
+_EXPORTS = {
+    "Entry": ".client", "MetadataClient": ".client",
+    "MetadataNode": ".node", "run_metadata_node": ".node",
+    "PartitionMap": ".partition",
+    **{name: ".errors" for name in (
+        "MetadataError", "ConditionFailed", "QuorumUnavailable", "WriteConflict", "WriteOutcomeUnknown",
+        "InvalidKey", "KeyTooLong", "CorruptRecord", "StoreFull", "DataDirError")},
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,8 @@ storage-node connections. The scrubbers are not here: each storage node scrubs i
 
 It serves only an admin endpoint: ``/healthz`` reports degraded objects and stripes, repair
 progress, storage nodes down (seconds each) and out (down longer than
-``node_down_out_seconds``: their fragments are rebuilt elsewhere) and collector figures (what
+``node_down_out_seconds``: their fragments are rebuilt elsewhere; the down-timers survive a
+restart, kept in ``data_dir/node-liveness.json``) and collector figures (what
 ``headwater status`` prints); ``/metrics`` the same as ``headwater_repair_*`` (with
 ``headwater_repair_node_down_seconds{node}`` and ``headwater_repair_node_out{node}`` per down
 node), ``headwater_gc_*`` and ``headwater_rebalance_*`` (fragments and bytes moved, pass
@@ -33,6 +34,7 @@ from ..config import RepairConfig
 from ..datapath import StoragePool
 from ..metadata.client import MetadataClient
 from .gc import GarbageCollector
+from .liveness_file import FILE_NAME, LivenessFile
 from .rebalancer import Rebalancer
 from .reconstructor import Reconstructor
 
@@ -112,7 +114,8 @@ async def run_repair(cluster: ClusterConfig, node: RepairConfig, *,
             StoragePool(cluster) as pool:
         recon = Reconstructor(cluster, meta, pool, rate_bytes_s=node.rebuild_rate_bytes,
                               interval_s=node.interval_s, clock=SYSTEM_CLOCK,
-                              out_after_s=node.node_down_out_s)
+                              out_after_s=node.node_down_out_s,
+                              liveness_file=LivenessFile(node.data_dir / FILE_NAME) if node.data_dir else None)
         gc = (GarbageCollector(meta, pool, grace_s=cluster.objstore.retire_grace_s,
                                interval_s=node.gc_interval_s, clock=SYSTEM_CLOCK) if node.gc else None)
         rebalancer = (Rebalancer(cluster, meta, pool, recon=recon, rate_bytes_s=node.rebalance_rate_bytes,

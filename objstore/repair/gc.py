@@ -25,8 +25,11 @@ for a GET of an object just overwritten: the old fragments become candidates onl
 record stops naming them, and live on for ``grace_s`` after that, as the gateway's own retire
 queue would keep them.
 
-The decision is pure (:class:`Candidates`); the class around it does the I/O, and the loop
-around the passes is :class:`headwater.background.BackgroundLoop`.
+The rule is one pure function, :func:`may_delete`, which the rebalancer's removal of the old
+copy a move left behind calls too: a copy goes only when no record names it, it has been so for
+``grace_s``, and its file is ``grace_s`` old; the delete then names the file's mtime. The
+bookkeeping is pure (:class:`Candidates`); the class around it does the I/O, and the loop around
+the passes is :class:`headwater.background.BackgroundLoop`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from ..layouts import oid_of, walk_layouts
 from ..metadata.client import MetadataClient
 from .reconstructor import ScanIncomplete, failure_reason
 
-__all__ = ["Candidates", "Listed", "GarbageCollector"]
+__all__ = ["may_delete", "Candidates", "Listed", "GarbageCollector"]
 
 log = logging.getLogger("headwater.gc")
 
@@ -62,6 +65,22 @@ class Listed:
     fid: str
     size: int
     mtime: float  # wall clock
+
+
+def may_delete(*, named: bool, unnamed_since: float | None, now: float, mtime: float, wall: float,
+               grace_s: float) -> bool:
+    """Whether a fragment file may be deleted now: the one rule of the collector and of the
+    rebalancer's old copies.
+
+    ``named``: a record names this fragment on this node now (read *after* ``mtime`` was);
+    ``unnamed_since``: when (monotonic) it was first seen unnamed in the current run of not
+    being named (None: never); ``now`` monotonic, ``wall`` the wall clock, ``mtime`` the
+    file's (wall clock). True only when it is not named, has not been for ``grace_s`` (a GET
+    may still be reading the layout that named it) and the file is ``grace_s`` old (a file
+    committed since is another write's). The caller deletes with ``if_mtime=mtime``."""
+    if named or unnamed_since is None:
+        return False
+    return now - unnamed_since >= grace_s and wall - mtime >= grace_s
 
 
 class Candidates:
@@ -90,11 +109,12 @@ class Candidates:
         due: list[Listed] = []
         for f in listed:
             key = (f.node, f.fid)
-            if oid_of(f.fid) in in_use and (named is None or key in named):
-                continue
-            seen.add(key)
-            since = self._since.setdefault(key, now)
-            if now - since >= self.grace_s and wall - f.mtime >= self.grace_s:
+            is_named = oid_of(f.fid) in in_use and (named is None or key in named)
+            if not is_named:
+                seen.add(key)
+                self._since.setdefault(key, now)
+            if may_delete(named=is_named, unnamed_since=self._since.get(key) if not is_named else None,
+                          now=now, mtime=f.mtime, wall=wall, grace_s=self.grace_s):
                 due.append(f)
         for key in list(self._since):
             if key[0] in nodes_listed and key not in seen:

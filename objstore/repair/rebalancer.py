@@ -17,8 +17,16 @@ empty. A rebalancer pass:
    checksum), appends them to B, commits, reads B's copy back and compares an xxhash of the
    bytes, then points the record at B with a conditional write (the reconstructor's
    ``record_moves``: a concurrent overwrite or delete wins and the copy is removed);
-4. removes A's copy ``grace_s`` after the record changed (a gateway may be mid-GET on the old
-   layout), re-checking first that no record names it again.
+4. removes A's copy on exactly the collector's condition (:func:`gc.may_delete`): the file's
+   mtime read first (``frag.stat``), then the record, and the copy deleted, naming that mtime,
+   only if the record does not name it, the record changed ``grace_s`` ago or more (a gateway
+   may be mid-GET on the old layout) and the file is ``grace_s`` old. A copy named again is
+   left alone (the collector's, should it become unnamed again); one whose file is younger (the
+   fragment written to A again since) is looked at again when it is old enough.
+
+Handed-off fragments (``Layout.homes``) are the reconstructor's: the rebalancer never moves a
+fragment that is away from home, never moves another fragment onto a node that is an away
+fragment's home (that would keep it from coming home), and its record rewrite keeps the marks.
 
 Reads never wait: until the record changes, GETs read A; after it, B; A's copy outlives the
 change by the retire grace. Writes never wait: the record write is a compare-and-swap the
@@ -38,7 +46,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import anyio
@@ -55,6 +63,7 @@ from ..metadata.client import MetadataClient
 from ..placement import NodeSite, place
 from ..records import Layout
 from ..storage.client import FragmentNotFound
+from .gc import may_delete
 from .reconstructor import (
     REBUILD_BATCH_BYTES,
     Reconstructor,
@@ -127,9 +136,10 @@ def plan_moves(layout: Layout, sites: Sequence[NodeSite], load: Mapping[str, flo
     """Which fragments of ``layout`` to move now, given each node's ``load`` (bytes).
 
     A layout with an unplaced fragment, a node the cluster no longer has, or a node twice is
-    the reconstructor's business: nothing moves. Otherwise fragment i moves from A to B when:
-    B is in the placement ``place()`` gives the object over ``sites`` and A is not; both are up
-    (``up``: None means all); B is below ``fair share * (1 - slack)`` and the move narrows the
+    the reconstructor's business: nothing moves; nor does a fragment away from home
+    (``layout.away``), and no fragment moves onto an away fragment's home. Otherwise fragment
+    i moves from A to B when: B is in the placement ``place()`` gives the object over ``sites``
+    and A is not; both are up (``up``: None means all); B is below ``fair share * (1 - slack)`` and the move narrows the
     gap between them (A holds more than B will); and the layout's failure-domain
     :func:`spread` is no worse afterwards. Among several sources, the one leaving the best
     spread, then the fullest, gives.
@@ -146,8 +156,9 @@ def plan_moves(layout: Layout, sites: Sequence[NodeSite], load: Mapping[str, flo
     share = fair_share(load, [s.id for s in sites])
     size = fragment_size(layout)
     live = (lambda n: True) if up is None else (lambda n: n in up)
-    sources = [n for n in nodes if n not in desired and live(n)]
-    targets = [n for n in desired if n not in current and live(n)]
+    away = layout.away  # handed off: the reconstructor moves these home, and their homes are theirs
+    sources = [n for i, n in enumerate(nodes) if n not in desired and live(n) and i not in away]
+    targets = [n for n in desired if n not in current and live(n) and n not in away.values()]
     plan_load = dict(load)
     moves: list[Move] = []
     for target in targets:
@@ -189,7 +200,8 @@ def apply_moves(load: dict[str, float], layout: Layout, moves: Sequence[Move]) -
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _OldCopy:
-    due: float  # monotonic
+    unnamed_since: float  # monotonic: when the record stopped naming it
+    due: float            # monotonic: when to look at it next
     ns: str
     key: str
     node: str
@@ -339,10 +351,10 @@ class Rebalancer(BackgroundLoop[dict[str, float]]):
             log.info("rebalancer: %s changed while moving; copies removed", lay.oid,
                      extra={"event": "rebalancer.lost_race", "oid": lay.oid})
             return []
-        due = self.clock.monotonic() + self.grace_s
+        changed = self.clock.monotonic()
         for mv in copied:
-            self._old.append(_OldCopy(due=due, ns=ref.ns, key=ref.key, node=mv.source, oid=lay.oid,
-                                      index=mv.index, size=size))
+            self._old.append(_OldCopy(unnamed_since=changed, due=changed + self.grace_s, ns=ref.ns, key=ref.key,
+                                      node=mv.source, oid=lay.oid, index=mv.index, size=size))
         self.counters["fragments_moved"] += len(copied)
         self.counters["bytes_moved"] += size * len(copied)
         log.info("rebalancer: moved %s", ", ".join(f"{lay.fid(m.index)} {m.source}->{m.target}" for m in copied),
@@ -400,26 +412,43 @@ class Rebalancer(BackgroundLoop[dict[str, float]]):
     # --- old copies ------------------------------------------------------------------------------
 
     async def collect_old_copies(self, *, everything: bool = False) -> int:
-        """Delete old copies whose grace has passed (all when ``everything``), unless a record
-        names them again; returns how many went."""
-        now = float("inf") if everything else self.clock.monotonic()
-        due = [c for c in self._old if c.due <= now]
-        if not due:
+        """Delete the old copies :func:`gc.may_delete` allows now (``everything``: look at every
+        one waiting, due or not; the rule still applies); returns how many went."""
+        now = self.clock.monotonic()
+        look = [c for c in self._old if everything or c.due <= now]
+        if not look:
             return 0
-        self._old = [c for c in self._old if c.due > now]
+        self._old = [c for c in self._old if not (everything or c.due <= now)]
         removed = 0
-        for c in due:
+        for c in look:
+            fid = f"{c.oid}.{c.index}"
             try:
+                # the file first, then the record: the collector's order (its module docstring)
+                try:
+                    st = await self.pool.client(c.node).stat(fid)
+                except FragmentNotFound:
+                    continue  # gone already
+                mtime = st.get("mtime")
+                if not isinstance(mtime, (int, float)):
+                    continue  # a node that does not say: the collector judges it from its listing
                 entry = await self.meta.get(c.ns, c.key)
                 named = entry is not None and any(
                     r.layout.oid == c.oid and r.layout.nodes[c.index] == c.node
                     for r in layouts_in(c.ns, c.key, entry.value))
                 if named:
+                    continue  # named again: no longer ours; the collector's should that change
+                now, wall = self.clock.monotonic(), self.clock.time()
+                if not may_delete(named=False, unnamed_since=c.unnamed_since, now=now, mtime=mtime, wall=wall,
+                                  grace_s=self.grace_s):
+                    # a file written since the move (the fragment came back here): look again
+                    # once both clocks allow it
+                    wait = max(c.unnamed_since + self.grace_s - now, self.grace_s - (wall - mtime), 1.0)
+                    self._old.append(replace(c, due=now + wait))
                     continue
-                if await self.pool.client(c.node).delete(f"{c.oid}.{c.index}"):
+                if await self.pool.client(c.node).delete(fid, if_mtime=mtime):
                     removed += 1
             except Exception as e:  # noqa: BLE001 - try again on the next look
                 self._old.append(c)
-                self.record_failure(e, f"removing {c.oid}.{c.index} from {c.node}")
+                self.record_failure(e, f"removing {fid} from {c.node}")
         self.counters["old_copies_removed"] += removed
         return removed

@@ -17,6 +17,15 @@ nodes about the fragments in batches (``frag.stat_many``), and judges each fragm
   ``unplaced`` ones are, and the record rewritten only where it still names the out node.
   Should the node come back, its copies are unnamed and the garbage collector removes them.
 
+- ``away`` (not a state: a mark of the layout, ``Layout.homes``): a fragment a PUT handed off to
+  another node because its home was down. Once the home answers, the fragment is copied home
+  (read block by block, each block's checksum verified by the node serving it), committed and
+  checked there (``frag.stat``: complete, every stripe), the record rewritten to name the home
+  by a compare-and-swap on the layout that still names the handoff node (so an overwrite or
+  delete of the object meanwhile is never undone: the home copy is removed instead), and only
+  then is the handoff copy deleted (:meth:`Reconstructor.bring_home`). An unplaced fragment
+  whose home answers is rebuilt there.
+
 A rebuild reads k surviving fragments a few stripes at a time (data fragments first, switching
 to another survivor if one fails mid-way), regenerates the wanted blocks with zfec
 (:func:`stripe.rebuild`), appends them to the targets and commits, exactly as a PUT writes:
@@ -52,7 +61,8 @@ from ..metadata.client import MetadataClient
 from ..metadata.errors import ConditionFailed, MetadataError
 from ..placement import NodeSite
 from ..records import Layout
-from .liveness import NodeLiveness
+from .liveness import DownRun, NodeLiveness
+from .liveness_file import LivenessFile
 
 __all__ = [
     "FragState", "LayoutCheck", "RebuildPlan", "judge", "choose_targets", "plan_rebuild",
@@ -238,18 +248,29 @@ def plan_rebuild(check: LayoutCheck, up: Sequence[NodeSite], sites: Mapping[str,
     if unplaced:
         # Nodes the cluster lost (or that are out) count as taken no more; nodes merely
         # unreachable still hold theirs.
+        up_ids = {s.id for s in up}
+        taken = {n for n in lay.nodes if n is not None}
+        homeward = []
+        for i in unplaced:
+            home = lay.home_of(i)
+            if home is not None and home in up_ids and home not in taken:
+                targets[i] = home  # its home is back: rebuilt where it belongs
+                taken.add(home)
+                moved.add(i)
+            else:
+                homeward.append(i)
+        unplaced = homeward
         known_lay = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
                            nodes=tuple(n if (n in sites and not check.states[i].relocated) else None
                                        for i, n in enumerate(lay.nodes)))
         picked = choose_targets(known_lay, len(unplaced), up, sites)
-        nodes = list(lay.nodes)
         for i, node in zip(unplaced, picked):
+            if node in taken:
+                continue
             targets[i] = node
-            nodes[i] = node
             moved.add(i)
         if moved:
-            new_layout = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
-                                nodes=tuple(nodes))
+            new_layout = lay.moved({i: targets[i] for i in moved})
     if not targets:
         return None
     # zfec is systematic: data fragments as sources mean no decode when only parity is lost.
@@ -263,14 +284,17 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
     """Checks every layout and rebuilds what :func:`plan_rebuild` says, ``rate_bytes_s`` paced.
 
     ``out_after_s``: a storage node that has failed every health check for this long is out
-    (its fragments are rebuilt elsewhere); 0 waits for down nodes forever."""
+    (its fragments are rebuilt elsewhere); 0 waits for down nodes forever. ``liveness_file``
+    (the daemon's): where the down-timers are kept across restarts; the first pass resumes
+    them, and every pass (and every change of who is down) writes them."""
 
     name = "reconstructor"
     logger = log
 
     def __init__(self, cluster: Any, meta: MetadataClient, pool: StoragePool, *, rate_bytes_s: float,
                  clock: Clock = SYSTEM_CLOCK, interval_s: float = 60.0,
-                 batch_bytes: int = REBUILD_BATCH_BYTES, out_after_s: float = 0.0) -> None:
+                 batch_bytes: int = REBUILD_BATCH_BYTES, out_after_s: float = 0.0,
+                 liveness_file: LivenessFile | None = None) -> None:
         super().__init__(interval_s=interval_s, clock=clock, classify=failure_reason)
         self.cluster = cluster
         self.meta = meta
@@ -279,10 +303,15 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
         self.pacer = Pacer(rate_bytes_s, clock=clock)
         self.sites = {s.id: s for s in pool.sites}
         self.liveness = NodeLiveness(out_after_s)
+        self.liveness_file = liveness_file
+        self._liveness_loaded = liveness_file is None
+        self._liveness_saved: dict[str, DownRun] = {}
         self.counters: dict[str, float] = {
             "layouts_checked": 0, "fragments_rebuilt": 0, "fragments_relocated": 0,
             "bytes_rebuilt": 0, "bytes_read": 0, "rebuild_seconds": 0.0,
             "records_rewritten": 0, "orphaned_rebuilds": 0, "out_fragments_rebuilt": 0,
+            "fragments_moved_home": 0, "homecomings_abandoned": 0,
+            "down_timers_resumed": 0, "down_timer_writes": 0,
         }
         # Figures of the last complete pass (what `headwater status` shows) and the current one.
         self.last: dict[str, float] = {"degraded_objects": 0, "degraded_layouts": 0, "degraded_stripes": 0,
@@ -346,6 +375,7 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
                 tg.start_soon(ask, node, fids)
         now = self.clock.monotonic()
         self.liveness.observe_many(up, set(by_node) - up, now)
+        await self.save_liveness(every_pass=False)
         out = self.liveness.out(now)
         checks = []
         for ref in refs:
@@ -357,6 +387,54 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
                            for i, n in enumerate(lay.nodes))
             checks.append(LayoutCheck(ref=ref, states=states))
         return checks, up
+
+    # --- down-timers across restarts ------------------------------------------------------------
+
+    def resume_gap_s(self) -> float:
+        """How old a kept run's last failed check may be and still be resumed: the out period,
+        or two passes if those are longer apart (a run is refreshed on disk once a pass)."""
+        return max(self.liveness.out_after_s, 2 * self.interval_s)
+
+    async def load_liveness(self) -> list[str]:
+        """Resume the down-timers an earlier process kept (once; the first pass calls it).
+        Returns the nodes resumed."""
+        if self._liveness_loaded:
+            return []
+        self._liveness_loaded = True
+        assert self.liveness_file is not None
+        runs = await anyio.to_thread.run_sync(self.liveness_file.load, set(self.sites))
+        resumed = self.liveness.restore(runs, self.clock.monotonic(), self.clock.time(),
+                                        max_gap_s=self.resume_gap_s() if self.liveness.out_after_s else 0.0)
+        self._liveness_saved = runs  # what is on disk: the next write drops what was not resumed
+        self.counters["down_timers_resumed"] += len(resumed)
+        if resumed:
+            now = self.clock.monotonic()
+            log.warning("reconstructor: resumed the down-timers of %s", ", ".join(
+                f"{n} ({self.liveness.down_for(n, now):.0f}s)" for n in resumed),
+                extra={"event": "node.down_resumed", "nodes": {n: round(self.liveness.down_for(n, now), 1)
+                                                               for n in resumed}})
+        return resumed
+
+    async def save_liveness(self, *, every_pass: bool) -> None:
+        """Write the down-timers if who is down (or since when) changed; with ``every_pass``
+        (once a pass) also to refresh each run's latest failed check. A failed write is
+        counted and logged, never fatal: the file is a hint for the next process."""
+        if self.liveness_file is None:
+            return
+        runs = self.liveness.snapshot(self.clock.monotonic(), self.clock.time())
+        if not runs and not self._liveness_saved:
+            return
+        kept = self._liveness_saved
+        same = runs.keys() == kept.keys() and all(abs(runs[n].since - kept[n].since) < 1.0 for n in runs)
+        if same and not every_pass:
+            return
+        try:
+            await anyio.to_thread.run_sync(self.liveness_file.save, runs)
+        except OSError as e:
+            self.record_failure(e, f"writing {self.liveness_file.path}")
+            return
+        self._liveness_saved = runs
+        self.counters["down_timer_writes"] += 1
 
     async def probe_nodes(self) -> list[NodeSite]:
         """Ping every storage node (``node.info``) and record who answered in :attr:`liveness`:
@@ -379,6 +457,7 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
                 tg.start_soon(ping, s)
         now = self.clock.monotonic()
         self.liveness.observe_many([s.id for s in up], down, now)
+        await self.save_liveness(every_pass=True)
         for node, secs in self.liveness.down(now).items():
             out = self.liveness.is_out(node, now)
             log.warning("reconstructor: storage node %s down for %.0fs%s", node, secs,
@@ -392,11 +471,14 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
         """Check every layout once and rebuild what can be (``run_once``, ``run_forever``);
         returns the pass's figures."""
         self.current = {k: 0 for k in self.last}
+        if not self._liveness_loaded:
+            await self.load_liveness()
         degraded_objects: set[tuple[str, str]] = set()
         unreadable: set[tuple[str, str]] = set()
         # Every node pinged once a pass: who is down (and out), and who can take a fragment
         # rebuilt away from its layout's node.
         up_sites = await self.probe_nodes()
+        up_ids = {s.id for s in up_sites}
         batch: list[LayoutRef] = []
 
         async def flush() -> None:
@@ -405,6 +487,11 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
             for c in checks:
                 self.current["layouts"] += 1
                 self.counters["layouts_checked"] += 1
+                if c.layout.away:
+                    try:
+                        await self.bring_home(c, up_ids)
+                    except Exception as e:  # noqa: BLE001 - one layout must not stop the pass
+                        self.record_failure(e, f"move home of {c.layout.oid}")
                 if not c.degraded:
                     continue
                 obj = (c.ref.ns, c.ref.key)
@@ -438,6 +525,86 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
         return {"layouts": int(figures["layouts"]), "degraded_objects": int(figures["degraded_objects"]),
                 "degraded_stripes": int(figures["degraded_stripes"]),
                 "unreadable_objects": int(figures["unreadable_objects"])}
+
+    # --- moving handed-off fragments home ------------------------------------------------------
+
+    async def bring_home(self, check: LayoutCheck, up: set[str]) -> dict[int, str]:
+        """Move every handed-off fragment of ``check`` that is intact on its handoff node to its
+        home node, where that node answers and holds no other fragment of the layout: copy,
+        verify, rewrite the record (compare-and-swap), then delete the handoff copy. Returns the
+        fragments moved (index -> home)."""
+        lay = check.layout
+        moves = {i: home for i, home in lay.away.items()
+                 if check.states[i] is FragState.OK and home in up and home not in lay.nodes}
+        done: dict[int, str] = {}
+        for i, home in moves.items():
+            handoff = lay.nodes[i]
+            assert handoff is not None
+            if not await self._copy_home(lay, i, handoff, home):
+                continue
+            applied = await self.record_moves(check.ref, {i: home}, replacing={i: handoff})
+            if not applied:
+                # The object changed meanwhile (overwritten, deleted, or its fragment moved by
+                # someone else): record_moves removed the home copy; the handoff copy is the old
+                # layout's, for whoever replaced it (or the collector) to remove.
+                self.counters["homecomings_abandoned"] += 1
+                continue
+            self.counters["fragments_moved_home"] += 1
+            done[i] = home
+            try:
+                await self.pool.client(handoff).delete(lay.fid(i))
+            except RpcError as e:  # unnamed now: the collector removes it if this did not
+                log.info("reconstructor: handoff copy %s on %s not deleted: %s", lay.fid(i), handoff, e)
+            log.info("reconstructor: %s moved home from %s to %s", lay.fid(i), handoff, home,
+                     extra={"event": "reconstructor.moved_home", "fid": lay.fid(i), "from": handoff,
+                            "to": home})
+            # Later moves of this layout compare against the record as now written.
+            entry = await self.meta.get(check.ref.ns, check.ref.key)
+            if entry is None:
+                break
+            ref = next((r for r in layouts_in(check.ref.ns, check.ref.key, entry.value)
+                        if r.layout.oid == lay.oid), None)
+            if ref is None:
+                break
+            check = LayoutCheck(ref=ref, states=check.states)
+            lay = ref.layout
+        return done
+
+    async def _copy_home(self, lay: Layout, i: int, source: str, home: str) -> bool:
+        """Copy fragment i from ``source`` to ``home`` and check it there; False (nothing left
+        behind on ``home``) if a read, a write or the check fails."""
+        fid = lay.fid(i)
+        scheme = lay.scheme
+        meta = {"k": scheme.k, "m": scheme.m, "stripe": scheme.stripe_bytes}
+        per_round = max(1, min(1024, self.batch_bytes // max(1, scheme.fragment_bytes)))
+        nstripes = lay.stripes
+        try:
+            for first in range(0, nstripes, per_round):
+                count = min(per_round, nstripes - first)
+                blocks = await self.pool.client(source).read(fid, first, count)  # verified there
+                if len(blocks) != count:
+                    raise TargetsFailed(f"{fid}: {source} returned {len(blocks)} of {count} blocks")
+                await self.pool.client(home).append_many(fid, first, blocks, block_bytes=scheme.fragment_bytes,
+                                                         meta=meta)
+                n = sum(len(b) for b in blocks)
+                self.counters["bytes_read"] += n
+                await self.pacer.pace(2 * n)
+            await self.pool.client(home).commit(fid, nstripes)
+            st = await self.pool.client(home).stat(fid)
+            if not st.get("complete") or st.get("nblocks") != nstripes or st.get("block_bytes") != scheme.fragment_bytes:
+                raise TargetsFailed(f"{fid} on {home}: {st.get('nblocks')} blocks after the copy, want {nstripes}")
+        except (RpcError, TargetsFailed) as e:
+            log.warning("reconstructor: moving %s home to %s failed: %s", fid, home, e,
+                        extra={"event": "reconstructor.move_home_failed", "fid": fid, "node": home,
+                               "error": str(e)})
+            with anyio.CancelScope(shield=True):
+                await self.abort(lay, {i: home})
+                try:
+                    await self.pool.client(home).delete(fid)
+                except RpcError:
+                    pass
+            return False
+        return True
 
     # --- one rebuild ---------------------------------------------------------------------------
 
@@ -609,9 +776,7 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
                     done.add(i)
             if not done:
                 break  # every index was filled by someone else meanwhile: ours are garbage
-            lay = current.layout
-            new = Layout(oid=lay.oid, size=lay.size, k=lay.k, m=lay.m, stripe_bytes=lay.stripe_bytes,
-                         nodes=tuple(nodes))
+            new = current.layout.moved({i: nodes[i] for i in done})
             value, cond = rewrite(current, new)
             try:
                 await self.meta.put(ref.ns, ref.key, value, if_match=cond)

@@ -292,8 +292,8 @@ def _parse_authorization(authz: str) -> tuple[str, str, str]:
 def _parse_credential(credential: str, err: type, amz_date: str, region: str | None) -> tuple[str, str, str]:
     parts = credential.rsplit("/", 4)
     if len(parts) != 5 or not parts[0]:
-        raise err(f"The authorization header is malformed; the Credential is mal-formed; "
-                  f"expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
+        raise err("The authorization header is malformed; the Credential is mal-formed; "
+                  "expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
     access_key, date, cred_region, service, terminal = parts
     if date != amz_date[:8]:
         raise err(f"The authorization header is malformed; Invalid credential date \"{date}\". "

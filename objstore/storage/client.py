@@ -58,8 +58,8 @@ class StorageClient:
                                 "lengths": [len(b) for b in blocks]}
         if meta is not None and first == 0:
             args["meta"] = meta
-        payload = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-        await self._call("frag.append", args, payload, timeout)
+        # The blocks go out as one payload, back to back, never joined into a new buffer.
+        await self._call("frag.append", args, list(blocks), timeout)
 
     async def commit(self, fid: str, nblocks: int, *, timeout: float | None = None) -> int:
         """fsync, rename into place, fsync the directory; returns the file size. BadRequest if
@@ -71,11 +71,14 @@ class StorageClient:
         r = await self._call("frag.abort", {"fid": check_fid(fid)}, timeout=timeout)
         return r.result["aborted"]
 
-    async def read(self, fid: str, first: int = 0, count: int = 1, *,
+    async def read(self, fid: str, first: int = 0, count: int = 1, *, pending: bool = False,
                    timeout: float | None = None) -> list[memoryview]:
-        """Blocks ``first .. first+count-1``, each verified by the node (FragmentCorrupt if not)."""
-        r = await self._call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
-                             timeout=timeout)
+        """Blocks ``first .. first+count-1``, each verified by the node (FragmentCorrupt if not);
+        ``pending``: of the upload of ``fid`` still in progress there, if any."""
+        args: dict[str, Any] = {"fid": check_fid(fid), "first": first, "count": count}
+        if pending:
+            args["pending"] = True
+        r = await self._call("frag.read", args, timeout=timeout)
         return _blocks(r)
 
     async def start_read(self, fid: str, first: int = 0, count: int = 1, *,

@@ -15,11 +15,12 @@ method             args                                                       re
                                                                               the blocks back to back
 ``frag.commit``    fid, nblocks                                               {size_bytes}
 ``frag.abort``     fid                                                        {aborted: bool}
-``frag.read``      fid, first, count                                          {lengths}; payload =
+``frag.read``      fid, first, count, pending (optional: the upload in        {lengths}; payload =
+                   progress, if any)
                                                                               the blocks back to back
 ``frag.stat``      fid                                                        {block_bytes, nblocks,
                                                                               last_len, size_bytes,
-                                                                              complete, meta}
+                                                                              complete, meta, mtime}
 ``frag.delete``    fid, if_mtime (optional: only the file listed with it)     {deleted: bool}
 ``frag.stat_many`` fids [...] (at most 1024)                                  {stats: [{fid, ...} or
                                                                               {fid, error: code}]}
@@ -32,7 +33,9 @@ method             args                                                       re
 
 Corruption: a fragment that fails a checksum on read is handed to the node's scrubber to verify
 whole; a fragment the scrubber finds corrupt is moved to ``data_dir/quarantine/`` (never served
-again, kept for inspection), so it reads as missing and the reconstructor rebuilds it.
+again, kept for inspection), so it reads as missing and the reconstructor rebuilds it. Its mtime
+is set to when it was quarantined, and the node's background loop (:meth:`StorageNode.run_gc_forever`)
+removes it ``quarantine_retention_s`` later (:meth:`StorageNode.prune_quarantine`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import anyio.abc
 import anyio.to_thread
 
 from headwater.admin import export_stats, serve_admin
+from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
@@ -75,6 +79,7 @@ __all__ = ["StorageNode", "StorageNodeError", "run_storage_node", "DEFAULT_TMP_M
 log = logging.getLogger("headwater.storage")
 
 DEFAULT_TMP_MAX_AGE_S = 3600.0
+DEFAULT_QUARANTINE_RETENTION_S = 7 * 86400.0
 GC_INTERVAL_S = 60.0
 MAX_READ_BLOCKS = 1024
 MAX_STAT_FIDS = 1024
@@ -98,11 +103,13 @@ class StorageNode:
     """One node's fragments. All blocking file I/O runs in worker threads.
 
     ``clock`` is a wall clock (seconds since the epoch, like ``time.time``): temp files left by an
-    earlier run of the node are judged by their mtime against it.
+    earlier run of the node are judged by their mtime against it, and quarantined fragments by
+    when it says they were quarantined (0 ``quarantine_retention_s``: kept for ever).
     """
 
     def __init__(self, node_id: str, data_dir: str | os.PathLike[str], *,
                  tmp_max_age_s: float = DEFAULT_TMP_MAX_AGE_S,
+                 quarantine_retention_s: float = DEFAULT_QUARANTINE_RETENTION_S,
                  clock: Callable[[], float] = time.time):
         self.id = node_id
         self.data_dir = Path(data_dir)
@@ -110,6 +117,7 @@ class StorageNode:
         self.tmp_dir = self.data_dir / "tmp"
         self.quarantine_dir = self.data_dir / "quarantine"
         self.tmp_max_age_s = tmp_max_age_s
+        self.quarantine_retention_s = quarantine_retention_s
         self.clock = clock
         self._uploads: dict[str, _Upload] = {}
         self.rpc: RpcServer | None = None
@@ -125,7 +133,9 @@ class StorageNode:
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
                          "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
-                         "quarantined": 0}
+                         "quarantined": 0, "quarantine_pruned": 0, "quarantine_pruned_bytes": 0}
+        self._quarantine_files = 0
+        self._quarantine_bytes = 0
         self._full = False  # a write found the disk full and none has succeeded since
 
     # --- startup -------------------------------------------------------------------------------
@@ -156,6 +166,21 @@ class StorageNode:
                 except FileNotFoundError:
                     pass
         self._fragments, self._used_bytes = count, used
+        self._count_quarantine()
+
+    def _count_quarantine(self) -> None:
+        files = size = 0
+        try:
+            with os.scandir(self.quarantine_dir) as it:
+                for e in it:
+                    try:
+                        size += e.stat(follow_symlinks=False).st_size
+                        files += 1
+                    except FileNotFoundError:
+                        pass
+        except FileNotFoundError:
+            pass
+        self._quarantine_files, self._quarantine_bytes = files, size
 
     def path_of(self, fid: str) -> Path:
         return self.data_dir / fragment_relpath(fid)
@@ -269,12 +294,27 @@ class StorageNode:
         self.counters["aborts"] += 1
         return True
 
-    async def read(self, fid: str, first: int, count: int) -> list[memoryview]:
+    async def read(self, fid: str, first: int, count: int, *, pending: bool = False) -> list[memoryview]:
+        """Blocks ``first .. first+count-1`` of a committed fragment, each verified. With
+        ``pending``, of the upload of ``fid`` in progress if there is one (its blocks appended
+        so far), else of the committed file: what a gateway reads to rebuild, for a handoff
+        node, the blocks a failed node took before the PUT ends."""
         check_fid(fid)
         if not isinstance(first, int) or not isinstance(count, int) or first < 0 or not 0 <= count <= MAX_READ_BLOCKS:
             raise BadRequest(f"bad block range first={first!r} count={count!r} (count <= {MAX_READ_BLOCKS})")
         try:
-            blocks = await anyio.to_thread.run_sync(read_blocks, self.path_of(fid), fid, first, count)
+            up = self._uploads.get(fid) if pending else None
+            blocks = None
+            if up is not None:
+                if first + count > up.writer.count:
+                    raise BadRequest(f"{fid}: {up.writer.count} blocks appended so far; asked for "
+                                     f"{first}..{first + count - 1}", fid=fid)
+                try:
+                    blocks = await anyio.to_thread.run_sync(read_blocks, up.writer.tmp_path, fid, first, count)
+                except FragmentNotFound:
+                    blocks = None  # committed (renamed) meanwhile: read it where it is now
+            if blocks is None:
+                blocks = await anyio.to_thread.run_sync(read_blocks, self.path_of(fid), fid, first, count)
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
             log.warning("storage %s: %s", self.id, e,
@@ -291,10 +331,18 @@ class StorageNode:
 
     async def stat(self, fid: str) -> dict:
         check_fid(fid)
-        info = await anyio.to_thread.run_sync(read_info, self.path_of(fid), fid)
+        return await anyio.to_thread.run_sync(self._stat, fid)
+
+    def _stat(self, fid: str) -> dict:
+        path = self.path_of(fid)
+        try:
+            mtime = os.stat(path).st_mtime  # first: what a delete naming it will compare
+        except FileNotFoundError:
+            raise FragmentNotFound(f"no fragment {fid}", fid=fid) from None
+        info = read_info(path, fid)
         return {"fid": fid, "block_bytes": info.block_bytes, "nblocks": info.nblocks,
                 "last_len": info.last_len, "size_bytes": info.size_bytes,
-                "complete": info.complete, "meta": info.meta}
+                "complete": info.complete, "meta": info.meta, "mtime": mtime}
 
     async def stat_many(self, fids: list[str]) -> list[dict]:
         """``stat`` of many fragments in one call (the reconstructor's check); a fragment that is
@@ -369,9 +417,18 @@ class StorageNode:
             if inode is not None and (st.st_dev, st.st_ino) != inode:
                 return False
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            os.replace(path, self.quarantine_dir / fid)
+            dest = self.quarantine_dir / fid
+            os.replace(path, dest)
             self._fragments -= 1
             self._used_bytes -= st.st_size
+        try:
+            # when it was quarantined, for the retention (a rename keeps the old mtime)
+            now = self.clock()
+            os.utime(dest, (now, now))
+        except OSError as e:
+            log.warning("storage %s: could not stamp quarantined %s: %s", self.id, fid, e,
+                        extra={"event": "quarantine.stamp_failed", "fid": fid, "error": str(e)})
+        self._count_quarantine()
         try:
             fsync_dir(path.parent)
             fsync_dir(self.quarantine_dir)
@@ -433,6 +490,7 @@ class StorageNode:
         scrub = self.scrubber.stats() if self.scrubber is not None else {}
         return {"id": self.id, "free_bytes": free, "total_bytes": total,
                 "fragments": self._fragments, "used_bytes": self._used_bytes,
+                "quarantine_files": self._quarantine_files, "quarantine_bytes": self._quarantine_bytes,
                 "uploads_open": len(self._uploads), **self.counters, **scrub}
 
     # --- garbage ---------------------------------------------------------------------------------
@@ -475,14 +533,55 @@ class StorageNode:
                      extra={"event": "tmp.collected", "files": len(removed)})
         return removed
 
-    async def run_gc_forever(self, interval_s: float = GC_INTERVAL_S) -> None:
+    def prune_quarantine(self, now: float | None = None) -> list[str]:
+        """Remove quarantined fragments kept ``quarantine_retention_s`` or longer (blocking;
+        nothing when the retention is 0). A fragment's age counts from when it was quarantined:
+        its mtime, stamped then on this node's clock. (One quarantined by a version that did not
+        stamp it counts from when it was written.) Returns their names."""
+        if not self.quarantine_retention_s:
+            return []
+        now = self.clock() if now is None else now
+        cutoff = now - self.quarantine_retention_s
+        removed: list[str] = []
+        freed = 0
+        try:
+            entries = list(os.scandir(self.quarantine_dir))
+        except FileNotFoundError:
+            return removed
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if st.st_mtime > cutoff:
+                    continue
+                os.unlink(e.path)
+            except FileNotFoundError:
+                continue
+            removed.append(e.name)
+            freed += st.st_size
+        if removed:
+            self.counters["quarantine_pruned"] += len(removed)
+            self.counters["quarantine_pruned_bytes"] += freed
+            self._count_quarantine()
+            log.info("storage %s: removed %d quarantined fragments kept %.0fs", self.id, len(removed),
+                     self.quarantine_retention_s,
+                     extra={"event": "quarantine.pruned", "files": len(removed), "bytes": freed})
+        return removed
+
+    async def run_gc_forever(self, interval_s: float = GC_INTERVAL_S, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Every ``interval_s`` on ``clock``: stale temp files, then quarantined fragments past
+        their retention."""
         while True:
-            await anyio.sleep(interval_s)
+            await clock.sleep(interval_s)
             try:
                 await anyio.to_thread.run_sync(self.collect_garbage)
             except OSError as e:
                 log.warning("storage %s: temp-file collection failed: %s", self.id, e,
                             extra={"event": "tmp.collect_failed", "error": str(e)})
+            try:
+                await anyio.to_thread.run_sync(self.prune_quarantine)
+            except OSError as e:
+                log.warning("storage %s: quarantine pruning failed: %s", self.id, e,
+                            extra={"event": "quarantine.prune_failed", "error": str(e)})
 
     # --- RPC -----------------------------------------------------------------------------------
 
@@ -532,7 +631,8 @@ class StorageNode:
         return {"aborted": await self.abort(args.get("fid"))}
 
     async def _rpc_read(self, args: dict, payload: bytes) -> Reply:
-        blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1))
+        blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1),
+                                 pending=args.get("pending") is True)
         lengths = [len(b) for b in blocks]
         if len(blocks) <= 1:
             return Reply({"lengths": lengths}, blocks[0] if blocks else b"")
@@ -589,7 +689,8 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     """Run one storage node until cancelled. ``task_status.started(StorageNode)`` once listening
     (``node.rpc_port`` holds the bound port; pass ``port=0`` in tests for an ephemeral one)."""
     secret = cluster_secret(cluster)
-    sn = StorageNode(node.id, node.data_dir, clock=clock)
+    sn = StorageNode(node.id, node.data_dir, clock=clock,
+                     quarantine_retention_s=cluster.objstore.quarantine_retention_s)
     await anyio.to_thread.run_sync(sn.prepare)
     srv = sn.rpc_server(secret)
     sn.scrubber = Scrubber(sn, rate_bytes_s=cluster.objstore.scrub_rate_bytes,
@@ -608,7 +709,8 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
             return {"status": "ok", "role": "storage", "id": node.id, "rpc_port": bound,
                     "free_bytes": st.get("free_bytes"), "used_bytes": st.get("used_bytes"),
                     "total_bytes": st.get("total_bytes"), "fragments": st.get("fragments"),
-                    "quarantined": st.get("quarantined"), "scrub_enabled": bool(st.get("scrub_enabled")),
+                    "quarantined": st.get("quarantined"), "quarantine_files": st.get("quarantine_files"),
+                    "quarantine_pruned": st.get("quarantine_pruned"), "scrub_enabled": bool(st.get("scrub_enabled")),
                     "scrub_last_pass_end": st.get("scrub_last_pass_end") or None,
                     "scrub_pass_progress": st.get("scrub_pass_progress")}
 

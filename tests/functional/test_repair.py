@@ -8,6 +8,7 @@ time is a FakeClock, so rate limits and grace periods cost no sleeping.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -354,3 +355,121 @@ async def test_a_down_node_is_left_out_until_it_answers_a_probe(tmp_path):
         finally:
             dead.close()
         tg.cancel_scope.cancel()
+
+
+async def test_a_restarted_repair_daemon_declares_a_node_out_at_the_original_deadline(tmp_path):
+    """The down-timer survives a restart: the second process (a new Reconstructor on the same
+    data_dir, its monotonic clock elsewhere, 30 s of wall clock later) resumes the count and
+    declares the node out 600 s after its first failed check, not 600 s after the restart; a
+    process without the file would still be waiting. Once the node answers, the file forgets it."""
+    from headwater.objstore.repair.liveness_file import FILE_NAME, LivenessFile
+
+    async with anyio.create_task_group() as tg:
+        cluster, nodes = await start_nodes(tg, tmp_path, n=7)
+        meta = DictMeta()
+        async with StoragePool(cluster) as pool:
+            bodies = [os.urandom(SCHEME.stripe_bytes + 100 * i + 1) for i in range(3)]
+            lays = [await put_object(pool, meta, f"k{i}", body) for i, body in enumerate(bodies)]
+        victim = lays[0].nodes[1]
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        cut = cluster.replace(storage=tuple(dataclasses.replace(s, port=dead.getsockname()[1])
+                                            if s.id == victim else s for s in cluster.storage))
+        state = tmp_path / "repair" / FILE_NAME
+        wall0 = time.time()
+        try:
+            async with StoragePool(cut) as down_pool:
+                first_clock = FakeClock(start=wall0, monotonic_start=5000.0, autojump=True)
+                first = Reconstructor(cut, meta, down_pool, rate_bytes_s=1024 * KiB, clock=first_clock,
+                                      out_after_s=600, liveness_file=LivenessFile(state))
+                await first.run_once()                            # the first failed check: wall0
+                first_clock.advance(400)
+                await first.run_once()
+                assert first.node_liveness() == {"down": {victim: 400.0}, "out": []}
+                del first                                         # the daemon stops (or crashes)
+
+                def restarted(keep_state: bool) -> tuple[Reconstructor, FakeClock]:
+                    clock = FakeClock(start=wall0 + 430, monotonic_start=10.0, autojump=True)
+                    return Reconstructor(cut, meta, down_pool, rate_bytes_s=1024 * KiB, clock=clock, out_after_s=600,
+                                         liveness_file=LivenessFile(state) if keep_state else None), clock
+
+                amnesiac, amnesiac_clock = restarted(keep_state=False)  # what a restart did before
+                second, clock = restarted(keep_state=True)
+                await second.run_once()
+                assert second.node_liveness() == {"down": {victim: 430.0}, "out": []}
+                assert second.stats()["down_timers_resumed"] == 1
+                clock.advance(169)
+                await second.run_once()
+                assert second.node_liveness()["out"] == [] and second.stats()["fragments_rebuilt"] == 0
+                clock.advance(1)                                  # wall0 + 600: the original deadline
+                amnesiac_clock.advance(170)
+                await amnesiac.run_once()
+                assert amnesiac.node_liveness()["out"] == []      # 170 s into its own count
+                await second.run_once()
+                st = second.stats()
+                assert second.node_liveness()["out"] == [victim] and st["nodes_marked_out"] == 1
+                assert st["out_fragments_rebuilt"] == sum(victim in lay.nodes for lay in lays) > 0
+                for i, lay in enumerate(lays):
+                    new = Layout.from_value(meta.data["obj/b"][f"k{i}"]["layouts"][0])
+                    assert victim not in new.nodes
+                    assert await read_back(down_pool, new) == bodies[i]
+        finally:
+            dead.close()
+        kept = json.loads(state.read_bytes())["down"]
+        assert list(kept) == [victim] and kept[victim]["since"] == pytest.approx(wall0, abs=0.01)
+        async with StoragePool(cluster) as pool:             # it answers again: the file forgets it
+            second.pool = pool
+            await second.run_once()
+            assert json.loads(state.read_bytes())["down"] == {}
+            third = Reconstructor(cluster, meta, pool, rate_bytes_s=1024 * KiB, clock=FakeClock(autojump=True),
+                                  out_after_s=600, liveness_file=LivenessFile(state))
+            await third.run_once()
+            assert third.node_liveness() == {"down": {}, "out": []} and third.stats()["down_timers_resumed"] == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_quarantined_fragments_are_pruned_after_the_retention_on_the_nodes_loop(tmp_path):
+    """The storage node's background loop, on a FakeClock, removes a quarantined fragment
+    quarantine_retention_s after it was quarantined (not after it was written), one
+    quarantined later stays until its own time comes, and the counters say so."""
+    week = 7 * 86400.0
+    clock = FakeClock(start=time.time())
+    sn = StorageNode("s1", tmp_path / "s1", clock=clock.time, quarantine_retention_s=week)
+    sn.prepare()
+    for name in ("a.0", "b.0", "good.0"):
+        w = fr.FragmentWriter(sn.tmp_dir / name, name, 4096, {"k": 4})
+        w.append(0, [os.urandom(4096) for _ in range(4)])
+        w.commit(sn.path_of(name), 4)
+        os.utime(sn.path_of(name), (clock.time() - 30 * 86400,) * 2)  # written a month ago
+    sn.prepare()
+    assert sn.quarantine("a.0")                    # day 0
+    assert sn.stats()["quarantine_files"] == 1
+
+    async def until(cond) -> None:
+        with anyio.fail_after(5):
+            while not cond():
+                await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: sn.run_gc_forever(3600, clock=clock))
+        await until(lambda: clock.sleepers == 1)
+        clock.advance(3 * 86400)                                # day 3: b.0 goes bad too
+        await until(lambda: clock.sleepers == 1)
+        assert sn.quarantine("b.0")
+        clock.advance(4 * 86400 - 3600)                         # day 7 less an hour: both kept
+        await until(lambda: clock.sleepers == 1)
+        assert sorted(os.listdir(sn.quarantine_dir)) == ["a.0", "b.0"]
+        clock.advance(3600)                                     # day 7: a.0's week is over
+        await until(lambda: sn.counters["quarantine_pruned"] == 1)
+        assert os.listdir(sn.quarantine_dir) == ["b.0"]
+        st = sn.stats()
+        assert st["quarantine_files"] == 1 and st["quarantine_pruned_bytes"] > 0
+        assert st["quarantined"] == 2 and st["fragments"] == 1 and sn.path_of("good.0").exists()
+        clock.advance(3 * 86400)                                # day 10: b.0's turn
+        await until(lambda: sn.counters["quarantine_pruned"] == 2)
+        assert os.listdir(sn.quarantine_dir) == [] and sn.stats()["quarantine_files"] == 0
+        tg.cancel_scope.cancel()
+    # retention 0: kept for ever
+    keep = StorageNode("s1", tmp_path / "s1", clock=lambda: clock.time() + 10 ** 9, quarantine_retention_s=0)
+    keep.prepare()
+    assert keep.quarantine("good.0") and keep.prune_quarantine() == [] and keep.stats()["quarantine_files"] == 1

@@ -107,6 +107,30 @@ def test_aws_sync_and_recursive_rm(cluster, tmp_path):
     cluster.aws("s3", "rb", "s3://cli-sync")
 
 
+
+
+def test_aws_cli_reuses_a_connection_after_an_empty_file(cluster, tmp_path):
+    # The AWS CLI's botocore sends "Expect: 100-continue" with every file, empty ones too. An
+    # empty PUT answered with its final status and no 100 first left that status on the
+    # connection object, and the next Expect request on the same kept-alive connection was parsed
+    # with it: the real status line read as a header, the framing lost, a hang to the read timeout
+    # (a sync in CI: an empty file, then a 3 MiB one). One request at a time makes it certain.
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\ns3 =\n    max_concurrent_requests = 1\n")
+    src = tmp_path / "tree"
+    src.mkdir()
+    files = {"0-empty": b"", "1-data": os.urandom(200_000), "2-empty": b"", "3-data": b"three"}
+    for name, body in files.items():
+        (src / name).write_bytes(body)
+    cluster.aws("s3", "mb", "s3://expect-continue")
+    out = cluster.aws("s3", "sync", str(src), "s3://expect-continue/", "--cli-read-timeout", "15",
+                      env={"AWS_CONFIG_FILE": str(config)}).stdout.decode()
+    assert out.count("upload:") == len(files), out
+    back = tmp_path / "back"
+    cluster.aws("s3", "sync", "s3://expect-continue/", str(back))
+    for name, body in files.items():
+        assert (back / name).read_bytes() == body, name
+
 def test_aws_s3api_head_and_errors(cluster):
     cluster.aws("s3api", "create-bucket", "--bucket", "cli-api")
     cluster.aws("s3api", "put-object", "--bucket", "cli-api", "--key", "k", "--content-type", "text/csv",

@@ -254,6 +254,8 @@ def membership_change(cluster: Cluster, rounds: int, run_after_s: float) -> None
     assert result["acked"] > 50, result
 
 
+@pytest.mark.slow  # 135 s of a CI worker; make test keeps the unloaded add-and-drain in
+# tests/functional/test_metadata_membership.py
 def test_add_then_replace_a_metadata_node_under_load(cluster):
     """Add meta-4 and rebalance, drain the busiest founder and rebalance, kill it; the client
     runs throughout, and every acknowledged object is intact, before and after a gateway restart."""

@@ -76,14 +76,23 @@ def heal(cluster, s3):
         p = cluster.procs.get(d.id)
         if p is None or p.poll() is not None:
             cluster.restart_node(d.id)
-    wait_writable(s3)
+    wait_writable(s3, cluster)
 
 
-def wait_writable(s3, timeout: float = 30.0) -> None:
-    """The gateway holds a failed node out of placements for a few seconds; wait that out."""
+def wait_writable(s3, cluster=None, timeout: float = 60.0) -> None:
+    """The gateway holds a failed node out of placements for a few seconds; wait that out.
+    With ``cluster``, also until the gateway marks no storage node down: a PUT succeeds
+    before that with k+1 fragments (the write quorum), and a test that then kills two nodes
+    would find such an object unreadable by design, not by a fault."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
+        if cluster is not None:
+            r = cluster.healthz(cluster.gateway)
+            if r is None or r.status_code != 200 or r.json().get("storage_down"):
+                last = r.json().get("storage_down") if r is not None and r.status_code == 200 else r
+                time.sleep(0.5)
+                continue
         try:
             s3.put_object(Bucket="faults", Key="probe-write", Body=data(3 * STRIPE, 99))
             return
@@ -190,11 +199,21 @@ def test_all_nodes_back_everything_readable(cluster, s3, objects):
 # --- on-disk corruption -------------------------------------------------------------------------
 
 def fresh_object(cluster, s3, key: str, size: int, seed: int) -> tuple[bytes, list[Path]]:
-    """PUT an object; return its bytes and the fragment files it added (sorted by index)."""
-    before = set(cluster.fragment_files())
+    """PUT an object; return its bytes and the fragment files it added (sorted by index).
+
+    The nodes killed by earlier tests are back, but the gateway may still hold one as down for a
+    moment (a write then succeeds on K + 1 of them, as it should): such a PUT is deleted and
+    tried again, since the corruption tests need a fragment on every node."""
     body = data(size, seed)
-    s3.put_object(Bucket="faults", Key=key, Body=body)
-    added = sorted(set(cluster.fragment_files()) - before, key=lambda p: fragment_index(p))
+    deadline = time.monotonic() + 30
+    while True:
+        before = set(cluster.fragment_files())
+        s3.put_object(Bucket="faults", Key=key, Body=body)
+        added = sorted(set(cluster.fragment_files()) - before, key=lambda p: fragment_index(p))
+        if len(added) == K + M or time.monotonic() > deadline:
+            break
+        s3.delete_object(Bucket="faults", Key=key)
+        time.sleep(0.5)
     assert len(added) == K + M, f"expected {K + M} new fragment files, found {len(added)}: {added}"
     return body, added
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from headwater.objstore.placement import NodeSite, place
 from headwater.objstore.records import Layout
-from headwater.objstore.repair.gc import Candidates, Listed
+from headwater.objstore.repair.gc import Candidates, Listed, may_delete
 from headwater.objstore.repair.rebalancer import (
     apply_moves,
     fair_share,
@@ -127,6 +129,44 @@ def test_collector_removes_a_copy_its_layout_no_longer_names():
     c2 = Candidates(grace_s=10)
     c2.update([old], {"oid1"}, now=0, wall=100, nodes_listed={"s1"})
     assert c2.update([old], {"oid1"}, now=20, wall=120, nodes_listed={"s1"}) == []
+
+
+def test_one_rule_for_deleting_an_unnamed_copy():
+    rule = dict(now=100.0, mtime=1000.0, wall=1100.0, grace_s=30.0)
+    assert may_delete(named=False, unnamed_since=70.0, **rule)
+    assert not may_delete(named=True, unnamed_since=70.0, **rule)             # a record names it
+    assert not may_delete(named=False, unnamed_since=None, **rule)            # never seen unnamed
+    assert not may_delete(named=False, unnamed_since=70.1, **rule)            # grace not over
+    assert not may_delete(named=False, unnamed_since=0.0, **(rule | {"mtime": 1070.1}))  # file too young
+    # the collector's candidates decide by it: the same inputs, the same verdicts
+    for since, mtime in ((70.0, 1000.0), (70.1, 1000.0), (0.0, 1070.1), (0.0, 1070.0)):
+        c = Candidates(grace_s=30.0)
+        f = Listed(node="s1", fid="o.0", size=1, mtime=mtime)
+        c.update([f], set(), now=since, wall=1000.0, nodes_listed={"s1"})
+        verdict = c.update([f], set(), now=100.0, wall=1100.0, nodes_listed={"s1"}) == [f]
+        assert verdict == may_delete(named=False, unnamed_since=since, **(rule | {"mtime": mtime}))
+
+
+def test_fragments_away_from_home_and_their_homes_are_left_to_the_reconstructor():
+    eight = sites(8)
+    six = eight[:6]
+    lays = [written(f"o{i}", six) for i in range(80)]
+    load = tally(lays, [s.id for s in eight])
+    plain = {lay.oid: plan_moves(lay, eight, load) for lay in lays}
+    assert any(mv.target == "s8" for moves in plain.values() for mv in moves)
+    checked = 0
+    for lay in lays:
+        j = 2
+        marked = replace(lay, homes=tuple("s8" if i == j else None for i in range(6)))
+        assert marked.away == {j: "s8"}
+        moves = plan_moves(marked, eight, load)
+        assert all(mv.index != j and mv.target != "s8" for mv in moves)
+        if any(mv.index == j or mv.target == "s8" for mv in plain[lay.oid]):
+            checked += 1
+        # what the rebalancer writes keeps the mark
+        after = marked.moved({mv.index: mv.target for mv in moves})
+        assert after.away == {j: "s8"}
+    assert checked > 0
 
 
 # --- [repair] rebalance keys in cluster.toml ---------------------------------------------------
