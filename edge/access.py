@@ -73,10 +73,12 @@ class FrontDoor:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def admit(self, request: Request) -> Response | None:
-        """None to go on, else the 403/429 to answer."""
+    def admit(self, request: Request, path: str | None = None) -> Response | None:
+        """None to go on, else the 403/429 to answer. ``path``: what path rules are matched
+        against (the app's canonical form of the request's path; default the raw path)."""
         client = request.client[0] if request.client else ""
-        decision = self.guard.check_request(client_ip=client, method=request.method, path=request.path,
+        decision = self.guard.check_request(client_ip=client, method=request.method,
+                                            path=request.path if path is None else path,
                                             now=self.monotonic(),
                                             user_agent=request.headers.get("user-agent") or "")
         if decision.allowed:

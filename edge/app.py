@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ from .cache import (
     invalidation_paths,
     key_prefix,
     merge_304,
+    parse_cache_control,
     plan_range,
+    response_cache_control,
     served_headers,
     stale_if_error_allowed,
     storable,
@@ -72,6 +75,7 @@ from .cache import (
     variant_key_for,
     vary_matches,
 )
+from .cache.cachekey import normalise_path
 from .cache.slices import (
     SliceError,
     pieces,
@@ -92,6 +96,7 @@ from .entry import (
     store_key,
 )
 from .errors import (
+    BadTarget,
     CollapsedFetchFailed,
     EdgeError,
     LoopDetected,
@@ -103,6 +108,9 @@ from .errors import (
     status_of,
 )
 from .preconditions import not_modified
+from .compress import CompressionConfig, Compressor, keep_weak_etag, with_vary, without_vary_on_encoding
+from .prefetch import PrefetchConfig, PrefetchPlanner
+from .promote import PROMOTED, Promoter, PromotionConfig, copy_data, copy_entry
 from .tiers import TierRouter
 from .upstream import OriginFetcher, UpstreamClient, UpstreamResponse
 
@@ -118,6 +126,9 @@ _PASS_FIELDS = ("content-type", "content-length", "content-encoding")
 _HOST_MEMO_MAX = 1024
 _UNUSED_BOUNDARY = "unused"
 _SERVED_MEMO_MAX = 4096
+# Not copied from the viewer's request into a prefetch's: its Range and conditionals are its own.
+_PREFETCH_DROPPED = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "if-match",
+                               "if-unmodified-since", "content-length", "transfer-encoding"})
 
 
 class EdgeMetrics:
@@ -141,6 +152,13 @@ class EdgeMetrics:
         self.invalidated = registry.counter("hw_edge_invalidated_total",
                                             "Entries removed by unsafe requests passed through (RFC 9111 4.4).",
                                             labels=["tier"])
+        self.prefetch = registry.counter("hw_edge_prefetch_total",
+                                         "Segment prefetches (edge.prefetch), by result.", labels=["tier", "result"])
+        self.promotions = registry.counter("hw_edge_promotions_total",
+                                           "Disk-tier hits copied into the RAM tier (edge.promote).", labels=["tier"])
+        self.promotions_declined = registry.counter(
+            "hw_edge_promotions_declined_total", "Disk-tier hits not copied into the RAM tier, by reason.",
+            labels=["tier", "reason"])
         self._answered: dict[str, tuple[Any, Any]] = {}
 
     def answered(self, result: str, nbytes: int) -> None:
@@ -168,6 +186,7 @@ class _Context:
     behaviour: Behaviour
     key: bytes
     stale: StoredResponse | None = None
+    prefetch: bool = False  # a prefetch's fetch: stored in the disk tier only
     slice: int | None = None
     object_key: bytes = b""
     whole: StoredResponse | None = None
@@ -181,6 +200,7 @@ class _Found:
     hit: Any
     entry: Entry
     size: int
+    tier: str = "ram"  # the store it was found in: "ram" or "disk" (Server-Timing's tier)
 
 
 def _via_ids(request: Request) -> list[str]:
@@ -191,6 +211,43 @@ def _via_ids(request: Request) -> list[str]:
             if len(fields) >= 2:
                 ids.append(fields[1])
     return ids
+
+
+_SLASHES = re.compile(r"(?:/|\\|%2[Ff]|%5[Cc])+")
+
+
+def _matched_path(path: str) -> str:
+    """The path that rules and behaviours (which of them needs a signature) are matched against:
+    the path the upstream is sent (``normalise_path``: ``/%70rivate/x`` is ``/private/x``) with
+    every run of ``/``, ``\\``, ``%2F`` and ``%5C`` read as one ``/``, as origins resolve it
+    (nginx merges slashes, S3 decodes ``%2F``). Matched on the raw path, ``/%70rivate/x`` and
+    ``//private/x`` fell under the default behaviour and were fetched without a signature.
+    Dot segments (``/a/../private/x``, also as ``%2e%2e``) resolve differently at every origin:
+    refused (400). A path that is not ``/...`` too: appended to the upstream's URL, it could
+    name another host."""
+    if path[:1] != "/":
+        raise BadTarget(f"request-target {path[:64]!r} is not a path")
+    if "%" not in path and "\\" not in path and "//" not in path and "/." not in path:
+        return path  # (the common case, on every hit: nothing to read differently)
+    merged = _SLASHES.sub("/", normalise_path(path))
+    for segment in merged.split("/"):
+        if segment in (".", ".."):
+            raise BadTarget(f"dot segments are not served: {path[:64]!r}")
+    return merged
+
+
+def _personal(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether a response is meant for the one request that caused it: it sets a cookie, or a
+    Cache-Control (the viewer's, or the one this CDN obeys) says ``private``."""
+    cc_values = []
+    for k, v in headers:
+        if k == "set-cookie":
+            return True
+        if k == "cache-control":
+            cc_values.append(v)
+    if cc_values and parse_cache_control(", ".join(cc_values)).private:
+        return True
+    return response_cache_control(tuple(headers)).private
 
 
 def _as_get(request: Request) -> Request:
@@ -220,7 +277,9 @@ class EdgeApp:
                  upstream: UpstreamClient, next_tier: TierRouter | None, origins: Mapping[str, OriginFetcher],
                  registry: Registry, spawn: Callable[..., Any], clock: Clock = SYSTEM_CLOCK,
                  access_log: Any = None, front_door: FrontDoor | None = None,
-                 boundary: Callable[[], str] = lambda: secrets.token_hex(16), purges: Any = None) -> None:
+                 boundary: Callable[[], str] = lambda: secrets.token_hex(16), purges: Any = None,
+                 promotion: PromotionConfig | None = None, prefetch: PrefetchConfig | None = None,
+                 compression: CompressionConfig | None = None) -> None:
         self.node = node
         self.distributions = tuple(distributions)
         self._by_host = {h: d for d in self.distributions for h in d.hostnames}
@@ -245,6 +304,14 @@ class EdgeApp:
         # hits, the purge fields between tiers. None: no purges (unit tests of the request path).
         self.purges = purges
         self.via = f"1.1 {node.id} (headwater)"
+        # A POP's RAM tier (the first store, when the disk tier follows it) and what promotes to it.
+        self.ram = self.stores[0] if len(self.stores) > 1 and self.stores[0] is not self.disk else None
+        self.promoter = Promoter(promotion or PromotionConfig(), ram_max_entry_bytes=self.ram.max_entry_bytes,
+                                 now=clock.monotonic()) if self.ram is not None else None
+        # Compressed variants (.compress) under behaviours with compress = true.
+        self.compressor = Compressor(compression or CompressionConfig())
+        # Segment prefetch (.prefetch): a POP's, under behaviours with prefetch > 0.
+        self.prefetch = PrefetchPlanner(prefetch or PrefetchConfig()) if node.tier == "pop" else None
         self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0, "refused": 0}
         self.active = 0
 
@@ -326,15 +393,16 @@ class EdgeApp:
         raise NoDistribution(f"no distribution answers for {host!r}")
 
     async def _serve(self, request: Request) -> tuple[Response, str]:
+        matched = _matched_path(request.path)
         door = self.front_door
         if door is not None:
-            refused = door.admit(request)
+            refused = door.admit(request, path=matched)
             if refused is not None:
                 return self._refused(refused)
         if self.node.id in _via_ids(request):
             raise LoopDetected(f"the request has already passed through {self.node.id}")
         dist = self.distribution(request)
-        route = dist.route(request.path)
+        route = dist.route(matched)
         if door is not None:
             request, refused = door.verify(request, dist, route)
             if refused is not None:
@@ -344,10 +412,22 @@ class EdgeApp:
             if request.method not in dist.methods_for(route):
                 raise MethodNotAllowed(f"{request.method} is not allowed here (GET and HEAD are)")
             return await self._pass(request, dist, behaviour)
+        if behaviour.compress:
+            response, result = await self._cached(request, dist, behaviour)
+            with_vary(response.headers)  # (the key holds the encoding the request chose)
+            return response, result
+        return await self._cached(request, dist, behaviour)
+
+    async def _cached(self, request: Request, dist: Distribution, behaviour: Behaviour) -> tuple[Response, str]:
+        """A GET or HEAD under ``behaviour``: from the stores, or through a flight."""
         key = cache_key(request, behaviour, distribution=dist.name)
         use_cache = await self.purges.admit(request, dist) if self.purges is not None else True
         now = self.clock.time()
         found, fill_key = self._lookup(key, request) if use_cache else (None, key)
+        if found is not None and found.tier == "disk" and self.promoter is not None:
+            self._promote(found)
+        if behaviour.prefetch and self.prefetch is not None and request.method == "GET":
+            self._prefetch_after(request, dist, behaviour, fill_key)
         if found is None:
             if request.method not in behaviour.cached_methods:
                 return await self._pass(request, dist, behaviour)
@@ -402,7 +482,7 @@ class EdgeApp:
             hit.close()
             self._remove(key)  # from every tier: none of them may serve it
             return None
-        return _Found(hit, entry, hit.info.size)
+        return _Found(hit, entry, hit.info.size, "disk" if store is self.disk else "ram")
 
     def _lookup(self, key: bytes, request: Request) -> tuple[_Found | None, bytes]:
         """The first store's usable entry for ``request`` (the object's, or the Vary variant it
@@ -427,6 +507,32 @@ class EdgeApp:
     def _remove(self, key: bytes) -> None:
         for store in self.stores:
             store.remove(store_key(key))
+
+    def _promote(self, found: _Found) -> None:
+        """A disk-tier hit: copy it into the RAM tier if the promoter says so (:mod:`.promote`)."""
+        promoter, key = self.promoter, store_key(found.entry.key)
+        result = promoter.consider(key, found.size, self.clock.monotonic())
+        if result != PROMOTED:
+            self.metrics.promotions_declined.labels(self.node.tier, result).inc()
+            return
+        data = found.hit.data
+        if data is not None:  # (a small disk body comes verified and in memory)
+            try:
+                if copy_data(self.ram, key, found.hit.info.meta, data):
+                    self.metrics.promotions.labels(self.node.tier).inc()
+            finally:
+                promoter.done(key)
+            return
+
+        async def copy() -> None:
+            try:
+                if await copy_entry(self.disk, self.ram, key):
+                    self.metrics.promotions.labels(self.node.tier).inc()
+            except Exception as e:  # a corrupt or vanished entry: it stays a disk hit (or a miss)
+                log.info("%s: promotion of %r failed: %s", self.node.id, key, e)
+            finally:
+                promoter.done(key)
+        self.spawn(copy)
 
     # --- hits --------------------------------------------------------------------------------
 
@@ -488,6 +594,8 @@ class EdgeApp:
         if stored.body_size != found.size:  # a length-less upstream body: the store counted it
             stored = dataclasses.replace(stored, body_size=found.size)
         headers = self._headers(stored, age=age, result=result, hit_key=found.entry.key)
+        if self.ram is not None:  # a POP says which of its tiers answered
+            headers.append(("server-timing", f'tier;desc="{found.tier}"'))
         plan = self._planned(request, stored, headers)
         if plan is None:
             hit.close()
@@ -567,6 +675,10 @@ class EdgeApp:
             # (and stored) under its own key.
             return await self._via_flight(dataclasses.replace(
                 ctx, key=variant_key_for(ctx.key, ctx.request, stored), stale=None))
+        if not leader and not head.stored and _personal(stored.headers):
+            # One viewer's answer (it sets a cookie, or says private): shared with the requests
+            # collapsed onto its fetch, it handed one session to all of them. Each asks itself.
+            return await self._pass(ctx.request, ctx.dist, ctx.behaviour)
         self.counts["misses"] += 1
         headers = self._headers(stored, age=current_age(stored, self.clock.time()), result="Miss",
                                 upstream_timing=timing, started=started)
@@ -661,14 +773,19 @@ class EdgeApp:
             # Only a POP's client is the viewer; behind it, the chain so far (from our own tiers).
             chain = request.headers.get("x-forwarded-for") if self.node.tier != "pop" else None
             headers.append(("x-forwarded-for", f"{chain}, {client}" if chain else client))
-        headers.append(("via", ", ".join(request.headers.get_all("via") + [self.via])))
+        # A POP's client is outside: its Via is not passed on. Forged ("1.1 shield-1"), it made
+        # the upper tier answer 508 to a fetch that every request collapsed onto it shared.
+        upstream_via = request.headers.get_all("via") if self.node.tier != "pop" else []
+        headers.append(("via", ", ".join(upstream_via + [self.via])))
         if self.purges is not None:
             headers += self.purges.upstream_headers(ctx.dist.name)
         return headers
 
-    def _writers(self, key: bytes, meta: bytes, claim: Any) -> list[Any]:
+    def _writers(self, key: bytes, meta: bytes, claim: Any, *, disk_only: bool = False) -> list[Any]:
         writers = []
         for store in self.stores:
+            if disk_only and store is not self.disk and self.disk is not None:
+                continue
             try:
                 writers.append(store.begin(store_key(key), meta, claim=claim if store is self.disk else None))
             except Exception as e:  # a store that declines (too large, busy) is skipped
@@ -712,11 +829,17 @@ class EdgeApp:
         if stale is not None:
             headers += conditional_headers(stale)
         response = await self._send(ctx, "GET", headers)
+        if ctx.behaviour.compress:  # an identity body for a key that wants br or gzip
+            response = self.compressor.wrap(response, ctx.request.headers)
         try:
             response_time = self.clock.time()
             timing = response.header("server-timing") or ""
             kept = self._kept(response)
+            if ctx.behaviour.compress:
+                kept = without_vary_on_encoding(kept)
             if response.status == 304 and stale is not None:
+                if ctx.behaviour.compress:
+                    kept = keep_weak_etag(stale.headers, kept)
                 if not validates(stale, kept):
                     # A 304 for another representation: fetch it whole instead.
                     await response.aclose()
@@ -757,7 +880,7 @@ class EdgeApp:
         writers: list[Any] = []
         if storable(as_get, stored, ctx.behaviour) and (self.purges is None or self.purges.storable_tags(kept)):
             stored = strip_for_storage(stored)
-            writers = self._writers(key, encode_meta(stored, key), claim)
+            writers = self._writers(key, encode_meta(stored, key), claim, disk_only=ctx.prefetch)
         else:
             self.metrics.not_stored.labels(self.node.tier, "not_storable").inc()
             if ctx.stale is not None and status < 500:  # the new answer replaces the old one
@@ -805,6 +928,77 @@ class EdgeApp:
             return response
         assert last is not None
         raise last
+
+    # --- segment prefetch (.prefetch) ----------------------------------------------------------
+
+    def _prefetch_after(self, request: Request, dist: Distribution, behaviour: Behaviour, key: bytes) -> None:
+        """A viewer's GET under a prefetching behaviour: count it if a prefetch fetched it, and
+        start a run for the segments after it (if the planner allows one now)."""
+        planner = self.prefetch
+        if planner.requested(key):
+            self.metrics.prefetch.labels(self.node.tier, "used").inc()
+        if behaviour.slice_size:
+            return  # (sliced objects are large files, not segments)
+        paths = planner.namer.following(request.path, behaviour.prefetch)
+        if not paths:
+            return
+        started = planner.start(key, self.clock.monotonic())
+        if started == "start":
+            self.spawn(self._prefetch_run, request, dist, behaviour, paths)
+        elif started == "busy":
+            self.metrics.prefetch.labels(self.node.tier, "busy").inc()
+
+    async def _prefetch_run(self, request: Request, dist: Distribution, behaviour: Behaviour,
+                            paths: list[str]) -> None:
+        """Fetch ``paths`` one after another through the collapsing path, into the disk tier;
+        skip what is stored or being fetched; stop at the first error or 404."""
+        planner = self.prefetch
+        try:
+            for path in paths:
+                target = path + ("?" + request.query if request.query else "")
+                headers = [(k, v) for k, v in request.headers if k not in _PREFETCH_DROPPED]
+                ask = dataclasses.replace(request, method="GET", path=path, target=target,
+                                          headers=type(request.headers)(headers))
+                key = cache_key(ask, behaviour, distribution=dist.name)
+                result = "fetched"
+                if key in self.collapser.flights:
+                    result = "in_flight"
+                else:
+                    for store in self.stores:
+                        found = self._get(store, key)
+                        if found is not None:
+                            found.hit.close()
+                            # A cached 404 ends the run as a fetched one does.
+                            result = "cached" if found.entry.stored.status < 400 else "not_found"
+                            break
+                if result == "not_found":
+                    planner.count(result)
+                    self.metrics.prefetch.labels(self.node.tier, result).inc()
+                    return
+                if result != "fetched":
+                    planner.count(result)
+                    self.metrics.prefetch.labels(self.node.tier, result).inc()
+                    continue
+                flight, _ = self._start_flight(_Context(ask, dist, behaviour, key, prefetch=True))
+                planner.fetched(key)
+                try:
+                    head = await flight.wait_head()
+                    await flight.wait_done()
+                except EdgeError:
+                    head = None
+                if head is None or flight.error is not None or head.status >= 400:
+                    planner.forget(key)
+                    result = "not_found" if head is not None and head.status in (404, 410) else "error"
+                    planner.count(result)
+                    self.metrics.prefetch.labels(self.node.tier, result).inc()
+                    return
+                if not head.stored:
+                    planner.forget(key)
+                    result = "not_stored"
+                planner.count(result)
+                self.metrics.prefetch.labels(self.node.tier, result).inc()
+        finally:
+            planner.finish()
 
     # --- large objects: slices -----------------------------------------------------------------
 
@@ -1029,6 +1223,11 @@ class EdgeApp:
             doc["refused_by_reason"] = dict(stats.rejected)
         if self.purges is not None:
             doc.update(self.purges.health())
+        if self.prefetch is not None:
+            served = sum(self.counts[k] for k in ("hits", "misses", "refresh_hits", "stale"))
+            doc["prefetch"] = self.prefetch.health(served)
+        if self.promoter is not None:
+            doc["promotions"] = dict(self.promoter.results)
         return doc
 
 

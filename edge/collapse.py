@@ -99,6 +99,11 @@ class Flight:
             await self._changed.wait()
         return self.head
 
+    async def wait_done(self) -> None:
+        """Until the fetch is over (complete or failed), without reading its body."""
+        while not self.done:
+            await self._changed.wait()
+
     async def follow(self, fallback: Fallback | None = None, start: int = 0) -> AsyncIterator[bytes]:
         """The body from ``start`` as it arrives. Raises CollapsedFetchFailed if the fetch fails
         (the response must then be cut short), or if this waiter fell behind the window and

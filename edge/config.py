@@ -36,6 +36,9 @@ from urllib.parse import urlsplit
 from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
 
 from .cache import DEFAULT_BEHAVIOUR, Behaviour, read_behaviour
+from .compress import CompressionConfig, read_compression_config
+from .prefetch import PrefetchConfig, read_prefetch_config
+from .promote import PromotionConfig
 from .limits import ClientLimits, Rule, read_client_limits, read_rules
 from .purge import PurgeConfig, read_purge_config
 from .signedurl import SigningKeys, read_signing_keys
@@ -81,6 +84,9 @@ class EdgeConfig:
     # A collapsed fetch keeps this much of its body in memory for the requests that share it;
     # a waiter further behind reads the stored entry instead.
     collapse_window_bytes: int = 4 * MiB
+    # A POP copies a disk-tier hit into its RAM tier on the key's second disk hit (.promote):
+    # bodies up to promote_max_size, at most promote_rate bytes a second.
+    promotion: PromotionConfig = PromotionConfig()
     limits: HttpLimits = field(default_factory=HttpLimits)
 
     @property
@@ -165,18 +171,21 @@ class Distribution:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CdnConfig:
-    """``[cdn]``: the signing keys, the client limits and rules, and purge settings."""
+    """``[cdn]``: the signing keys, the client limits and rules, purge, prefetch and compression settings."""
 
     keys: SigningKeys = SigningKeys()
     client_limits: ClientLimits = ClientLimits()
     rules: tuple[Rule, ...] = ()
     purge: PurgeConfig = PurgeConfig()
+    prefetch: PrefetchConfig = PrefetchConfig()
+    compression: CompressionConfig = CompressionConfig()
 
 
 _EDGE_KEYS = {"id", "tier", "host", "port", "admin_port", "tls_port", "tls_cert", "tls_key", "workers",
               "region", "lat", "lon", "ram_size", "disk_size", "cache_dir", "data_dir", "upstreams",
               "connect_timeout_seconds", "read_timeout_seconds", "upstream_fall", "upstream_down_seconds",
-              "collapse_window", "limits"}
+              "collapse_window", "limits", "promote_max_size",
+              "promote_rate"}
 
 
 def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
@@ -230,6 +239,8 @@ def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
         read_timeout_s=r.positive(item, "read_timeout_seconds", p, 10.0),
         upstream_fall=fall, upstream_down_s=r.positive(item, "upstream_down_seconds", p, 10.0),
         collapse_window_bytes=r.size(item, "collapse_window", p, 4 * MiB),
+        promotion=PromotionConfig(max_object_bytes=r.size(item, "promote_max_size", p, 1 * MiB),
+                                  bytes_per_second=r.size(item, "promote_rate", p, 64 * MiB)),
         limits=read_http_limits(r, r.table(item, "limits", p), f"{p}.limits"),
     )
 
@@ -344,11 +355,14 @@ def read_cdn(r: Reader, value: Any) -> CdnConfig:
     """``[cdn]``: ``[[cdn.keys]]``, ``[cdn.client_limits]``, ``[[cdn.rules]]``, ``[cdn.purge]``."""
     if not isinstance(value, dict):
         raise r.error("cdn", "expected a table ([cdn])")
-    r.check_keys(value, "cdn", {"keys", "client_limits", "rules", "purge"})
+    r.check_keys(value, "cdn", {"keys", "client_limits", "rules", "purge", "prefetch",
+                                "compression"})
     return CdnConfig(keys=read_signing_keys(r, value.get("keys"), "cdn.keys"),
                      client_limits=read_client_limits(r, value.get("client_limits"), "cdn.client_limits"),
                      rules=read_rules(r, value.get("rules"), "cdn.rules"),
-                     purge=read_purge_config(r, value.get("purge"), "cdn.purge"))
+                     purge=read_purge_config(r, value.get("purge"), "cdn.purge"),
+                     prefetch=read_prefetch_config(r, value.get("prefetch"), "cdn.prefetch"),
+                     compression=read_compression_config(r, value.get("compression"), "cdn.compression"))
 
 
 def purge_home(cluster: Any) -> EdgeConfig | None:

@@ -98,7 +98,10 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
             tg.start_soon(upstream.run)
             app = EdgeApp(node=node, distributions=distributions, stores=stores, upstream=upstream,
                           next_tier=router, origins=origins, registry=registry, spawn=tg.start_soon,
-                          clock=clock, access_log=access_log, front_door=door, purges=purges)
+                          clock=clock, access_log=access_log, front_door=door, purges=purges,
+                          promotion=node.promotion,
+                          prefetch=(getattr(cluster, "cdn", None) or CdnConfig()).prefetch,
+                          compression=(getattr(cluster, "cdn", None) or CdnConfig()).compression)
             export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
                                                               "active": app.active})
             purges.flights = app.collapser.flights

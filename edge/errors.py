@@ -19,7 +19,7 @@ from headwater.http.errors import HttpError
 
 __all__ = [
     "EdgeError", "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "UpstreamBroken",
-    "NoDistribution", "LoopDetected", "MethodNotAllowed", "CollapsedFetchFailed", "status_of",
+    "NoDistribution", "LoopDetected", "MethodNotAllowed", "BadTarget", "CollapsedFetchFailed", "status_of",
 ]
 
 
@@ -76,6 +76,13 @@ class MethodNotAllowed(EdgeError):
     """The edge serves GET and HEAD only (a CDN in front of video)."""
 
     http_status = 405
+
+
+class BadTarget(EdgeError):
+    """A request path that is not ``/...`` (``*``, or anything the HTTP core let by): it would
+    be appended to the upstream's ``http://host:port`` and could name another host."""
+
+    http_status = 400
 
 
 class PassBodyTooLarge(EdgeError):

@@ -26,7 +26,7 @@ regexes run on RE2 (``google-re2``: linear time, no backtracking, a memory cap a
 so no pattern and no header can make one request expensive; path globs are compiled into RE2 too.
 Rules are the operator's, the inputs the attacker's: every match is O(rules × input length).
 
-Bounded memory under a spray of sources: the bucket table holds at most ``max_clients`` buckets,
+Bounded memory under a spray of sources (the table is the kernel's :mod:`headwater.tokenbucket`): the bucket table holds at most ``max_clients`` buckets,
 set-associatively (sets of :data:`WAYS` slots chosen by a keyed BLAKE2b hash with a secret drawn
 at start, so nobody outside can aim keys at a chosen set). A new client takes a free slot in its
 set, else evicts the bucket holding the *most tokens* (refilled to now, relative to its burst).
@@ -47,16 +47,15 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import ipaddress
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import re2
 
 from headwater.config import Reader
+from headwater.tokenbucket import WAYS, RateLimit, TokenBuckets
 
 __all__ = [
     "Action",
@@ -76,7 +75,6 @@ __all__ = [
     "WAYS",
 ]
 
-WAYS = 8
 _RE2_MAX_MEM = 1 << 20  # per compiled pattern: RE2 refuses patterns whose automaton needs more
 
 
@@ -118,18 +116,6 @@ class Decision:
 
 
 ALLOW = Decision(action=Action.ALLOW)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RateLimit:
-    """A token bucket's shape: refill rate (requests/s) and capacity (burst)."""
-
-    requests_per_s: float
-    burst: float
-
-    def __post_init__(self) -> None:
-        if self.requests_per_s <= 0 or self.burst < 1:
-            raise ValueError("a rate limit needs requests_per_s > 0 and burst >= 1")
 
 
 # --- rules ------------------------------------------------------------------------------------------
@@ -284,68 +270,6 @@ def client_prefix(client_ip: str, *, ipv4_prefix: int = 32, ipv6_prefix: int = 6
     if version == 4:
         return (4, value >> (32 - ipv4_prefix))
     return (6, value >> (128 - ipv6_prefix))
-
-
-# A bucket is a small list mutated in place on the hot path: [tokens, stamp, rate, burst, key]
-_TOK, _STAMP, _RATE, _BURST, _KEY = range(5)
-
-
-class TokenBuckets:
-    """Token buckets by key in a fixed-size set-associative table (see the module docstring)."""
-
-    def __init__(self, max_buckets: int, *, secret: bytes | None = None) -> None:
-        if max_buckets < 1:
-            raise ValueError("max_buckets must be at least 1")
-        secret = secret if secret is not None else os.urandom(16)
-        self._ways = min(WAYS, max_buckets)
-        self._nsets = max(1, max_buckets // self._ways)
-        self.capacity = self._nsets * self._ways
-        self._sets: list[list[list]] = [[] for _ in range(self._nsets)]
-        self._blake = hashlib.blake2b(key=secret, digest_size=8)
-        self._buckets: dict[tuple, list] = {}
-        self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def take(self, key: tuple, limit: RateLimit, now: float) -> float:
-        """Take one token from ``key``'s bucket; 0.0 if taken, else seconds until one is there."""
-        rate, burst = limit.requests_per_s, limit.burst
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._insert(key, rate, burst, now)
-        else:
-            dt = now - b[_STAMP]
-            if dt > 0.0:
-                t = b[_TOK] + rate * dt
-                b[_TOK] = burst if t > burst else t
-                b[_STAMP] = now
-            b[_RATE], b[_BURST] = rate, burst
-        if b[_TOK] >= 1.0:
-            b[_TOK] -= 1.0
-            return 0.0
-        return (1.0 - b[_TOK]) / rate
-
-    def _insert(self, key: tuple, rate: float, burst: float, now: float) -> list:
-        h = self._blake.copy()
-        h.update(repr(key).encode())
-        slots = self._sets[int.from_bytes(h.digest(), "little") % self._nsets]
-        b = [burst, now, rate, burst, key]
-        if len(slots) < self._ways:
-            slots.append(b)
-        else:
-            # Evict the bucket with the most tokens relative to its burst, refilled to now: a full
-            # bucket is the same as a fresh one, so that eviction changes nothing.
-            best, best_fill = 0, -1.0
-            for i, s in enumerate(slots):
-                fill = min(s[_BURST], s[_TOK] + s[_RATE] * max(0.0, now - s[_STAMP])) / s[_BURST]
-                if fill > best_fill:
-                    best, best_fill = i, fill
-            del self._buckets[slots[best][_KEY]]
-            slots[best] = b
-            self.evictions += 1
-        self._buckets[key] = b
-        return b
 
 
 class ConnectionCounter:

@@ -51,18 +51,18 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import ipaddress
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
-
-from Crypto.Hash import SHA1, SHA256
-from Crypto.PublicKey import RSA
-from Crypto.Signature import pkcs1_15
+from typing import TYPE_CHECKING, Any, Mapping
 
 from headwater.config import Reader
+
+if TYPE_CHECKING:
+    from Crypto.PublicKey import RSA
 
 __all__ = [
     "Denial",
@@ -103,7 +103,25 @@ _MAX_SIGNATURE_CHARS = 1368
 _MAX_KEY_ID_CHARS = 128
 _KEY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _EPOCH = re.compile(r"[0-9]{1,12}")
-_HASHES = {"SHA1": SHA1, "SHA256": SHA256}
+_HASH_NAMES = ("SHA1", "SHA256")
+
+
+@functools.lru_cache(maxsize=None)
+def _digest(name: str) -> Any:
+    """pycryptodome's hash module for ``name`` (imported on first use: see :func:`_pkcs1`)."""
+    from Crypto.Hash import SHA1, SHA256
+
+    return {"SHA1": SHA1, "SHA256": SHA256}[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _pkcs1() -> Any:
+    # pycryptodome is imported when a key is loaded or a signature checked, not when the edge's
+    # configuration is read: every headwater command reads it, and pycryptodome's first import
+    # costs a tenth of a second of CPU.
+    from Crypto.Signature import pkcs1_15
+
+    return pkcs1_15
 
 _TO_STD = bytes.maketrans(b"-_~", b"+=/")
 _TO_CF = bytes.maketrans(b"+=/", b"-_~")
@@ -195,12 +213,16 @@ class SigningKeys:
 
 def load_public_key(pem: bytes) -> RSA.RsaKey:
     """An RSA public key from PEM (SubjectPublicKeyInfo or PKCS#1); a private key's public half."""
+    from Crypto.PublicKey import RSA
+
     key = RSA.import_key(pem)
     return key.public_key()
 
 
 def load_private_key(pem: bytes) -> RSA.RsaKey:
     """An RSA private key from PEM (PKCS#1 or PKCS#8, unencrypted)."""
+    from Crypto.PublicKey import RSA
+
     key = RSA.import_key(pem)
     if not key.has_private():
         raise ValueError("the PEM holds a public key, not a private key")
@@ -527,8 +549,8 @@ class Verifier:
             return deny(Denial.MALFORMED)
         if len(key_id) > _MAX_KEY_ID_CHARS or not _KEY_ID.fullmatch(key_id):
             return deny(Denial.MALFORMED)
-        digest = _HASHES.get(hash_name if hash_name is not None else "SHA1")
-        if digest is None or len(sig_s) > _MAX_SIGNATURE_CHARS:
+        hash_name = hash_name if hash_name is not None else "SHA1"
+        if hash_name not in _HASH_NAMES or len(sig_s) > _MAX_SIGNATURE_CHARS:
             return deny(Denial.MALFORMED, key_id)
         try:
             signature = cf_b64decode(sig_s)
@@ -552,7 +574,7 @@ class Verifier:
         if key is None:
             return deny(Denial.UNKNOWN_KEY, key_id, policy.expires)
         try:
-            pkcs1_15.new(key).verify(digest.new(policy_bytes), signature)
+            _pkcs1().new(key).verify(_digest(hash_name).new(policy_bytes), signature)
         except (ValueError, TypeError):
             return deny(Denial.BAD_SIGNATURE, key_id, policy.expires)
         if now >= policy.expires:
@@ -582,10 +604,9 @@ def _ip_in(client_ip: str, network: ipaddress.IPv4Network | ipaddress.IPv6Networ
 # --- signing -------------------------------------------------------------------------------------
 
 def _sign(policy: bytes, private_key: RSA.RsaKey, hash_algorithm: str) -> str:
-    digest = _HASHES.get(hash_algorithm)
-    if digest is None:
+    if hash_algorithm not in _HASH_NAMES:
         raise ValueError(f"hash algorithm {hash_algorithm!r} is not SHA1 or SHA256")
-    return cf_b64encode(pkcs1_15.new(private_key).sign(digest.new(policy)))
+    return cf_b64encode(_pkcs1().new(private_key).sign(_digest(hash_algorithm).new(policy)))
 
 
 def _wants_custom(url: str, resource: str | None, starts: int | None, ip_range: str | None) -> bool:

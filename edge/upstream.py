@@ -15,7 +15,7 @@ never stores it), a stalled one :class:`UpstreamTimeout`; no connection at all
 :class:`UpstreamUnavailable`.
 
 :class:`OriginFetcher` is the shield's way to an origin: the URL of an HTTP(S) origin, or of the
-object store's S3 gateway signed with SigV4 (:mod:`.sigv4`), and failover to the secondary
+object store's S3 gateway signed with SigV4 (:mod:`headwater.sigv4`), and failover to the secondary
 origin on a 5xx, a connection failure or a timeout.
 """
 
@@ -45,7 +45,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .sigv4 import canonical_path, canonical_query, sign_request
+from headwater.sigv4 import canonical_path, canonical_query, sign_request
 
 __all__ = ["UpstreamResponse", "UpstreamClient", "ResolvedOrigin", "resolve_origin", "OriginFetcher",
            "HOP_BY_HOP"]

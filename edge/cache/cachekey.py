@@ -16,7 +16,8 @@
 * headers: for each allow-listed name, sorted, ``name:value`` (repeated lines joined with ``, ``).
 * cookies: the keyed cookies from ``Cookie``, sorted by name, ``name=value`` joined by ``; ``.
 * encoding: with ``compress`` on, ``br``, ``gzip`` or empty, from ``Accept-Encoding`` (the
-  representation the edge stores and serves for that client, as CloudFront normalises it).
+  representation the edge stores and serves for that client, as CloudFront normalises it);
+  empty for a request with ``Range`` (served from the identity variant).
 
 ``Range``, conditionals (``If-*``), ``Cache-Control`` and every unkeyed header, cookie and
 parameter are not read. ``upstream_target`` and ``forwarded_headers`` build the request sent
@@ -118,30 +119,48 @@ def parse_cookies(values: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+_ACCEPT_ENCODING_MAX = 1024  # (a longer field is read up to here: the client's, so bounded)
+
+
+def _qvalue(text: str) -> float | None:
+    """An RFC 9110 12.4.2 qvalue (``0`` .. ``1`` with up to three decimals), or None."""
+    text = text.strip()
+    if not text or len(text) > 5 or text[0] not in "01" or (len(text) > 1 and text[1] != "."):
+        return None
+    if not all(c.isdigit() for c in text[2:]) or not text[:1].isdigit():
+        return None
+    q = float(text)
+    return q if q <= 1 else None
+
+
 def accept_encoding_class(value: str | None) -> str:
-    """``br`` if the client accepts Brotli, else ``gzip`` if it accepts gzip, else ``""``
-    (identity). A coding with ``q=0`` is refused; ``*`` accepts both (RFC 9110 12.5.3)."""
+    """The coding the edge serves a client sending ``Accept-Encoding: value``: ``br``, ``gzip``
+    or ``""`` (identity), by the client's q-values (RFC 9110 12.5.3): the acceptable coding
+    with the highest q, ``br`` on a tie; a coding not named takes ``*``'s q (0 without ``*``);
+    ``q=0`` refuses (a malformed q too). ``x-gzip`` counts as gzip. When the client refuses
+    both (or even identity: ``identity;q=0`` alone), identity is served: RFC 9110 lets the
+    server disregard the field rather than answer 406, and a segment is never compressed."""
     if not value:
         return ""
-    accepted: dict[str, bool] = {}
-    for item in value.split(","):
+    q: dict[str, float] = {}
+    for item in value[:_ACCEPT_ENCODING_MAX].split(","):
         coding, _, params = item.strip().partition(";")
         coding = coding.strip().lower()
         if not coding:
             continue
-        ok = True
+        weight: float | None = 1.0
         for p in params.split(";"):
             k, _, v = p.strip().partition("=")
             if k.strip().lower() == "q":
-                try:
-                    ok = float(v.strip()) > 0
-                except ValueError:
-                    ok = False
-        accepted[coding] = ok
-    star = accepted.get("*", False)
-    if accepted.get("br", star):
+                weight = _qvalue(v)
+        if coding == "x-gzip":
+            coding = "gzip"
+        q[coding] = max(q.get(coding, 0.0), weight or 0.0)
+    star = q.get("*", 0.0)
+    br, gzip = q.get("br", star), q.get("gzip", star)
+    if br > 0 and br >= gzip:
         return "br"
-    if accepted.get("gzip", accepted.get("x-gzip", star)):
+    if gzip > 0:
         return "gzip"
     return ""
 
@@ -164,7 +183,9 @@ def cache_key(request: CacheRequest, behaviour: Behaviour, *, distribution: str 
         cookies = [c for c in parse_cookies(headers.get_all("cookie")) if cpol.selects(c[0])]
         cookies.sort(key=lambda c: c[0])
         cpart = "; ".join(f"{n}={v}" for n, v in cookies)
-    enc = accept_encoding_class(headers.get("accept-encoding")) if behaviour.compress else ""
+    # (A Range request is keyed and served as identity: ranges of a compressed body are no one's.)
+    enc = accept_encoding_class(headers.get("accept-encoding")) \
+        if behaviour.compress and headers.get("range") is None else ""
     return _latin1(_SEP.join((distribution, normalise_path(request.path), query, hpart, cpart, enc)))
 
 
@@ -213,7 +234,8 @@ def forwarded_headers(request: CacheRequest, behaviour: Behaviour) -> list[tuple
             if kh.selects(name) or fh.selects(name):
                 out.append((name, value))
     if behaviour.compress:
-        enc = accept_encoding_class(request.headers.get("accept-encoding"))
+        enc = accept_encoding_class(request.headers.get("accept-encoding")) \
+            if request.headers.get("range") is None else ""
         out.append(("accept-encoding", enc or "identity"))
     kc, fc = behaviour.key_cookies, behaviour.forward_cookies
     if kc.selects_any or fc.selects_any:

@@ -7,8 +7,9 @@ since the epoch from the daemon's injected clock); nothing here reads a clock.
   status, no-store, private, Authorization, explicit freshness or a heuristically cacheable
   status), plus CloudFront's rule that ``min_ttl > 0`` keeps even no-store/no-cache/private
   responses for ``min_ttl``, plus one conservative rule of nginx and Varnish: a response that sets
-  a cookie is kept only if it says ``public`` or ``s-maxage`` (one viewer's session cookie served
-  to every viewer is the classic CDN leak). Only GET responses are stored; HEAD is answered from
+  a cookie is kept only if it says ``public`` or ``s-maxage``, and then without its Set-Cookie
+  (``strip_for_storage``: one viewer's session cookie served to every viewer is the classic CDN
+  leak). Only GET responses are stored; HEAD is answered from
   them. An upstream 206 is not stored here (``slices`` stores 206 slices).
 * ``freshness_lifetime(response, behaviour)``: targeted fields first (``cachecontrol``), then
   ``s-maxage`` > ``max-age`` > ``Expires - Date`` (an invalid Expires means already expired);
@@ -228,13 +229,20 @@ def storable(request: CacheRequest, response: StoredResponse, behaviour: Behavio
     return explicit or status in HEURISTIC_STATUSES or forced or cc.public
 
 
+_NEVER_STORED = frozenset({"set-cookie", "set-cookie2"})
+
+
 def strip_for_storage(response: StoredResponse) -> StoredResponse:
     """``response`` without the fields a shared cache must not store: those ``private="..."``
-    names (RFC 9111 5.2.2.7). (Hop-by-hop fields are already gone: ``model.stored_response``.)"""
-    cc = _facts(response.headers).cc
-    if not cc.private_fields:
+    names (RFC 9111 5.2.2.7), and ``Set-Cookie`` always: a response kept because it says
+    ``public`` (or because ``min_ttl`` forces it) may share its body, never one viewer's cookie
+    (as CloudFront drops Set-Cookie where it does not forward cookies). (Hop-by-hop fields are
+    already gone: ``model.stored_response``.)"""
+    f = _facts(response.headers)
+    cc = f.cc
+    if not cc.private_fields and not f.sets_cookie:
         return response
-    drop = set(cc.private_fields)
+    drop = set(cc.private_fields) | _NEVER_STORED
     return StoredResponse(response.status, tuple(h for h in response.headers if h[0] not in drop),
                           response.request_time, response.response_time, response.body_size,
                           response.vary_key)

@@ -115,6 +115,17 @@ class DiskSettings:
         return self.capacity_bytes // 16 if self.max_entry_bytes is None else self.max_entry_bytes
 
 
+# What an entry costs besides its body: its file (at least one filesystem block and an inode) and
+# its index records. Charged for the body alone, empty bodies (404s, 204s) under distinct keys
+# cost nothing, and a client requesting random paths filled the disk with files and the index.
+ENTRY_OVERHEAD_BYTES = 4096
+
+
+def charged(key: bytes, size: int) -> int:
+    """The bytes an entry of ``size`` body bytes under ``key`` is charged against the capacity."""
+    return size + len(key) + ENTRY_OVERHEAD_BYTES
+
+
 def _pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -244,9 +255,10 @@ class DiskStore:
         """Delete a committed entry inside ``txn`` (its file is the caller's to unlink after)."""
         txn.delete(key, db=self._entries)
         txn.delete(_seq_key(rec[_E_SEQ]), db=self._byseq)
-        self._set_int(txn, self._state, _USED, self._int(txn, self._state, _USED) - rec[_E_SIZE])
+        cost = charged(key, rec[_E_SIZE])
+        self._set_int(txn, self._state, _USED, self._int(txn, self._state, _USED) - cost)
         if journal:
-            self._journal_append(txn, _OP_REMOVE, key, rec[_E_SIZE])
+            self._journal_append(txn, _OP_REMOVE, key, cost)
 
     def _drop_if_same(self, key: bytes, name: str) -> bool:
         """Drop ``key``'s entry if it is still the one stored in ``name`` (corrupt or missing);
@@ -532,7 +544,7 @@ class DiskStore:
         for _, key in txn.cursor(db=self._byseq):
             raw = txn.get(key, db=self._entries)
             if raw is not None:
-                ev.policy.admit(bytes(key), _unpack(raw)[_E_SIZE])
+                ev.policy.admit(bytes(key), charged(bytes(key), _unpack(raw)[_E_SIZE]))
         txn.drop(self._journal, delete=False)
         self._set_int(txn, self._state, _OVERFLOW, 0)
 
@@ -588,6 +600,7 @@ class DiskStore:
         dead_fills: list[str] = []
         bad_entries: list[str] = []
         known: set[str] = set()
+        used = 0
         with self._env.begin(write=True) as txn:
             for key, raw in list(txn.cursor(db=self._filling)):
                 rec = _unpack(raw)
@@ -604,9 +617,12 @@ class DiskStore:
                     ok = False
                 if ok:
                     known.add(rec[_E_NAME])
+                    used += charged(bytes(key), rec[_E_SIZE])
                 else:
                     self._drop_entry_txn(txn, bytes(key), rec, journal=True)
                     bad_entries.append(rec[_E_NAME])
+            # Recounted, not trusted: a cache written by an older version charged bodies only.
+            self._set_int(txn, self._state, _USED, used)
         orphans = 0
         doomed = set(dead_fills) | set(bad_entries)
         for fname, path in files:
@@ -773,7 +789,7 @@ class DiskWriter:
                 rec[_E_SEQ] = seq
                 txn.put(self.key, _pack(rec), db=s._entries)
                 txn.put(_seq_key(seq), self.key, db=s._byseq)
-                used = s._int(txn, s._state, _USED) + self.written
+                used = s._int(txn, s._state, _USED) + charged(self.key, self.written)
                 # The hard bound, whatever the evictor does: the oldest commits go first.
                 cap = s.settings.capacity_bytes
                 if used > cap:
@@ -786,12 +802,12 @@ class DiskWriter:
                         vrec = _unpack(txn.get(vkey, db=s._entries))
                         txn.delete(vkey, db=s._entries)
                         cur.delete()
-                        used -= vrec[_E_SIZE]
+                        used -= charged(vkey, vrec[_E_SIZE])
                         unlink.append(vrec[_E_NAME])
-                        s._journal_append(txn, _OP_REMOVE, vkey, vrec[_E_SIZE])
+                        s._journal_append(txn, _OP_REMOVE, vkey, charged(vkey, vrec[_E_SIZE]))
                         s._n.evictions += 1
                 s._set_int(txn, s._state, _USED, used)
-                s._journal_append(txn, _OP_COMMIT, self.key, self.written)
+                s._journal_append(txn, _OP_COMMIT, self.key, charged(self.key, self.written))
         self._state = "committed" if committed else "aborted"
         self._claim._held = False
         if not committed:

@@ -161,7 +161,13 @@ def test_path_normalisation():
 
 @pytest.mark.parametrize("value,cls", [("gzip, deflate, br", "br"), ("gzip", "gzip"), ("br;q=0, gzip", "gzip"),
                                        ("*", "br"), ("identity", ""), ("", ""), (None, ""),
-                                       ("gzip;q=0", ""), ("GZIP;Q=0.5", "gzip"), ("br;q=bad", "")])
+                                       ("gzip;q=0", ""), ("GZIP;Q=0.5", "gzip"), ("br;q=bad", ""),
+                                       # q-values order the choice; br wins a tie; * fills the rest
+                                       ("gzip;q=1.0, br;q=0.5", "gzip"), ("br;q=0.8, gzip;q=0.8", "br"),
+                                       ("gzip;q=0.2, *;q=0.5", "br"), ("*;q=0", ""), ("*;q=0, gzip", "gzip"),
+                                       ("identity;q=0", ""), ("gzip, identity;q=0", "gzip"),
+                                       ("x-gzip", "gzip"), ("br;q=1.5", ""), ("br;q=0.001", "br"),
+                                       ("deflate, compress", ""), (" , ;q=1, br", "br")])
 def test_accept_encoding_classes(value, cls):
     assert accept_encoding_class(value) == cls
 
@@ -221,8 +227,17 @@ def test_forwarded_headers_never_carry_poisoning_vectors_or_conditionals():
     r = req(headers=UNKEYED + [("Origin", "o"), ("X-Trace", "t"), ("Cookie", "tier=gold; s=1"),
                                ("Accept-Encoding", "gzip, br"), ("Connection", "close")])
     out = forwarded_headers(r, b)
-    assert out == [("origin", "o"), ("x-trace", "t"), ("accept-encoding", "br"), ("cookie", "tier=gold")]
+    # (UNKEYED holds a Range: a Range request is fetched, keyed and served as identity.)
+    assert out == [("origin", "o"), ("x-trace", "t"), ("accept-encoding", "identity"), ("cookie", "tier=gold")]
     assert forwarded_headers(r, DEFAULT_BEHAVIOUR) == []
+    plain = req(headers=[("Accept-Encoding", "gzip, br"), ("Origin", "o")])
+    assert ("accept-encoding", "br") in forwarded_headers(plain, b)
+
+
+def test_a_range_request_is_keyed_as_identity_under_compress():
+    on = Behaviour(compress=True)
+    ranged = req(headers=[("Accept-Encoding", "br"), ("Range", "bytes=0-9")])
+    assert cache_key(ranged, on) == cache_key(req(), on) != cache_key(req(headers=[("Accept-Encoding", "br")]), on)
 
 
 # --- Vary ------------------------------------------------------------------------------------------

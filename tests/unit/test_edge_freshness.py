@@ -95,6 +95,14 @@ def test_private_with_field_names_is_stored_without_those_fields():
     assert ("x-user", "alice") not in strip_for_storage(r).headers
 
 
+def test_a_public_response_setting_a_cookie_is_stored_without_the_cookie():
+    # Stored with its Set-Cookie, one viewer's session was served on every hit.
+    r = resp([("Cache-Control", "public, max-age=60"), ("Set-Cookie", "session=victim"), ("ETag", '"a"')])
+    assert storable(req(), r, RFC)
+    kept = strip_for_storage(r).headers
+    assert not any(k == "set-cookie" for k, _ in kept) and ("etag", '"a"') in kept
+
+
 def test_no_cache_is_stored_but_always_revalidated():
     r = resp([("Cache-Control", "no-cache, max-age=600"), ("ETag", '"a"')])
     assert storable(req(), r, RFC)

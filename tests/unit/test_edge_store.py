@@ -10,7 +10,7 @@ import pytest
 
 from headwater.clock import FakeClock
 from headwater.edge.store.api import AlreadyFilling, EntryAborted, EntryCorrupt, Hit, Store, Writer
-from headwater.edge.store.disk import DiskSettings, DiskStore
+from headwater.edge.store.disk import DiskSettings, DiskStore, charged
 from headwater.edge.store.ram import RamStore
 
 KiB = 1024
@@ -75,6 +75,16 @@ def test_ram_store_stays_within_its_bytes_and_declines_large_entries() -> None:
     assert ram.get(b"big") is None and ram.stats().declined == 1
 
 
+def test_ram_store_charges_keys_and_metadata_so_empty_bodies_cannot_grow_it_without_bound() -> None:
+    # Charged for bodies alone, 10,000 empty 404s under random 2 KiB paths were all kept
+    # (~25 MiB of keys and metadata in a 64 KiB tier).
+    ram = RamStore(64 * KiB)
+    for i in range(10_000):
+        put(ram, b"/random/%d/" % i + b"p" * 2048, b"", meta=b"m" * 400)
+    st = ram.stats()
+    assert st.entries <= 64 * KiB // 2048 and st.bytes <= 64 * KiB
+
+
 @pytest.mark.anyio
 async def test_ram_claim_collapses_and_waiters_get_the_committed_entry() -> None:
     ram = RamStore(64 * KiB)
@@ -123,7 +133,7 @@ def test_small_disk_hit_is_verified_and_returned_as_bytes(disk: DiskStore) -> No
     assert hit.complete and hit.data == data and hit.info.meta == b"meta"
     assert hit.info.size == len(data)
     st = disk.stats()
-    assert (st.hits, st.misses, st.entries, st.bytes, st.commits) == (1, 1, 1, len(data), 1)
+    assert (st.hits, st.misses, st.entries, st.bytes, st.commits) == (1, 1, 1, charged(b"k", len(data)), 1)
 
 
 @pytest.mark.anyio
@@ -352,7 +362,7 @@ def test_restart_keeps_entries_and_cleans_orphans_dead_fills_and_lost_files(tmp_
         assert store.get(b"keep").info.meta == b"m1"
         assert store.get(b"lost") is None and store.get(b"filling") is None
         assert [p.stat().st_size for p in body_files(s.cache_dir)] == [5000]
-        assert store.stats().bytes == 5000 and store.stats().entries == 1
+        assert store.stats().bytes == charged(b"keep", 5000) and store.stats().entries == 1
     finally:
         store.close()
 
@@ -373,8 +383,10 @@ def test_size_bound_holds_and_the_evictor_keeps_hot_entries(tmp_path: Path) -> N
                 store.run_once()  # the daemon's background loop
             st = store.stats()
             assert st.bytes <= s.capacity_bytes
-            if i % 50 == 0:
-                assert sum(p.stat().st_size for p in body_files(s.cache_dir)) == st.bytes
+            if i % 50 == 0:  # (each entry is charged its key and a file's overhead besides its body)
+                files = body_files(s.cache_dir)
+                overhead = st.bytes - sum(p.stat().st_size for p in files)
+                assert len(files) * charged(b"", 0) <= overhead <= len(files) * charged(b"cold000", 0)
         store.run_once()
         assert store.stats().bytes <= s.capacity_bytes * (1 - s.headroom)
         assert sum(store.get(k) is not None for k in hot) == len(hot)
@@ -383,8 +395,22 @@ def test_size_bound_holds_and_the_evictor_keeps_hot_entries(tmp_path: Path) -> N
         store.close()
 
 
+def test_empty_bodies_under_random_keys_cannot_fill_the_disk_without_bound(tmp_path: Path) -> None:
+    # Charged for bodies alone, 3,000 empty 404s under random paths were all kept in a 64 KiB
+    # tier (3,000 files and index records, "bytes 0").
+    s = settings(tmp_path, capacity_bytes=64 * KiB)
+    store = DiskStore(s)
+    try:
+        for i in range(300):
+            put(store, b"/random/%d/" % i + b"p" * 400, b"", b"m" * 400)
+        assert store.stats().entries <= 64 * KiB // charged(b"", 0)
+        assert len(body_files(s.cache_dir)) == store.stats().entries
+    finally:
+        store.close()
+
+
 def test_without_an_evictor_the_hard_bound_evicts_oldest_first(tmp_path: Path) -> None:
-    s = settings(tmp_path, capacity_bytes=40 * KiB, max_entry_bytes=10 * KiB)
+    s = settings(tmp_path, capacity_bytes=10 * charged(b"k10", 4 * KiB), max_entry_bytes=10 * KiB)
     store = DiskStore(s)  # run_once never called: nobody runs the policy
     try:
         for i in range(20):
@@ -417,7 +443,7 @@ def test_a_refill_leaves_the_old_entry_served_until_it_commits(disk: DiskStore) 
     w.write(b"new")
     assert disk.get(b"k").data == b"old"  # stale-while-revalidate keeps serving the old one
     assert w.commit()
-    assert disk.get(b"k").data == b"new" and disk.stats().bytes == 3
+    assert disk.get(b"k").data == b"new" and disk.stats().bytes == charged(b"k", 3)
     assert len(body_files(disk.settings.cache_dir)) == 1  # the old body file is gone
 
 
