@@ -1,0 +1,88 @@
+"""Search and the lists a search form needs: public routes over published titles only.
+
+``GET /api/search?q=&category=&language=&year=&duration=&page=&per_page=`` (``year`` and
+``duration`` as ``a..b``, ``a..``, ``..b`` or one value; ``duration`` in seconds) answers::
+
+    {"q": "night trian", "hits": [{"id", "title", "category", "year", "language", "duration_s",
+     "score"}], "total": 2, "total_exact": true, "page": 1, "per_page": 20, "pages": 1,
+     "next": null, "corrections": {"trian": "train"}, "facets": {"category": {"drama": 2}}}
+
+``total`` is counted up to the deepest page a client may ask for (``max_offset`` +
+``max_page_size``); past it ``total_exact`` is false and the facets count that many matches.
+``GET /api/categories`` and ``GET /api/languages`` answer ``{"categories": [{"slug", "name"}]}``
+and ``{"languages": [{"code", "name"}]}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import urlencode
+
+from headwater.http import Request, Response
+
+from ..catalogue import SearchPage, parse_search_params
+from ..errors import BadSearch
+from .runner import CatalogueRunner
+from .wire import Route, json_response, query_params
+
+__all__ = ["SearchApi", "search_json"]
+
+_PARAMS = frozenset({"q", "category", "language", "year", "duration", "page", "per_page"})
+
+
+class SearchApi:
+    """The handlers of ``/api/search``, ``/api/categories`` and ``/api/languages``."""
+
+    def __init__(self, *, catalogue: CatalogueRunner) -> None:
+        self.catalogue = catalogue
+
+    def routes(self) -> list[Route]:
+        """This module's routes, for the app's table."""
+        return [Route.of("GET HEAD", r"/api/search", self.search),
+                Route.of("GET HEAD", r"/api/categories", self.categories),
+                Route.of("GET HEAD", r"/api/languages", self.languages)]
+
+    async def search(self, request: Request, args: tuple[str, ...]) -> Response:
+        params = query_params(request, _PARAMS)
+        limits = self.catalogue.catalogue.config.search
+        per_page = _page_number(params, "per_page", limits.default_page_size, limits.max_page_size)
+        page = _page_number(params, "page", 1, limits.max_offset // per_page + 1)
+        query = parse_search_params(
+            {**{k: v for k, v in params.items() if k not in ("page", "per_page")},
+             "limit": str(per_page), "offset": str((page - 1) * per_page)}, limits)
+        query = replace(query, with_total=True)
+        result = await self.catalogue.call(lambda cat: cat.search(query))
+        return json_response(200, search_json(result, params, page=page, per_page=per_page))
+
+    async def categories(self, request: Request, args: tuple[str, ...]) -> Response:
+        rows = await self.catalogue.call(lambda cat: cat.categories())
+        return json_response(200, {"categories": [{"slug": s, "name": n} for s, n in rows]})
+
+    async def languages(self, request: Request, args: tuple[str, ...]) -> Response:
+        rows = await self.catalogue.call(lambda cat: cat.languages())
+        return json_response(200, {"languages": [{"code": c, "name": n} for c, n in rows]})
+
+
+def _page_number(params: dict[str, str], key: str, default: int, hi: int) -> int:
+    raw = params.get(key, "")
+    if raw == "":
+        return default
+    if len(raw) > 9 or not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= hi:
+        raise BadSearch(f"{key} must be an integer within 1..{hi}")
+    return int(raw)
+
+
+def search_json(result: SearchPage, params: dict[str, str], *, page: int, per_page: int) -> dict:
+    """The search answer (see the module docstring)."""
+    total = result.total or 0
+    nxt = None
+    if result.next_offset is not None:
+        nxt = "/api/search?" + urlencode({**params, "page": str(page + 1), "per_page": str(per_page)})
+    return {
+        "q": params.get("q", ""),
+        "hits": [{"id": h.id, "title": h.title, "category": h.category, "year": h.year, "language": h.language,
+                  "duration_s": h.duration_s, "score": round(h.score, 6)} for h in result.hits],
+        "total": total, "total_exact": result.total_exact, "page": page, "per_page": per_page,
+        "pages": -(-total // per_page), "next": nxt, "corrections": dict(result.corrections),
+        "facets": {"category": dict(result.facets)},
+    }

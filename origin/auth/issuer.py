@@ -1,0 +1,215 @@
+"""The built-in OAuth2 issuer: the client-credentials grant (RFC 6749 §4.4) minting RFC 9068
+access tokens signed ES256, its JWKS and its metadata (RFC 8414).
+
+So that ``make up`` works alone. A real deployment names its OIDC provider in
+``[origin.oauth]`` instead (issuer + jwks_url) and this issuer is off.
+
+- The signing key: a P-256 key made on first start and sealed under the cluster secret
+  (:mod:`headwater.sealed`, purpose ``origin-token-key``) in ``<data_dir>/issuer-es256.sealed``;
+  its ``kid`` is its RFC 7638 thumbprint, so a new key is a new kid.
+- Clients (``[[origin.clients]]``): a sealed random secret (``<data_dir>/client-<id>.sealed``,
+  purpose ``origin-client-secret``) or the SHA-256 of the operator's own secret; compared in
+  constant time either way.
+- The token request (sans-IO, :func:`parse_token_request`): ``POST /oauth/token``,
+  ``application/x-www-form-urlencoded``, ``grant_type=client_credentials``, optional ``scope``;
+  the client authenticates with HTTP Basic (id and secret form-encoded first, §2.3.1) or with
+  ``client_id``/``client_secret`` in the body, never both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, unquote_plus
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..config import ClientConfig, OriginConfig
+from ..errors import InvalidClient, InvalidGrant, InvalidScope, UnsupportedGrantType
+from .tokens import AccessKey
+
+__all__ = ["TokenRequest", "parse_token_request", "ClientRegistry", "Issuer", "client_secret", "load_signing_key",
+           "KEY_PURPOSE", "CLIENT_PURPOSE", "MAX_TOKEN_REQUEST"]
+
+KEY_PURPOSE = b"origin-token-key"
+CLIENT_PURPOSE = b"origin-client-secret"
+MAX_TOKEN_REQUEST = 4096
+
+
+class TokenRequest:
+    """A parsed token request."""
+
+    __slots__ = ("client_id", "client_secret", "scopes")
+
+    def __init__(self, client_id: str, client_secret: str, scopes: tuple[str, ...] | None) -> None:
+        self.client_id, self.client_secret, self.scopes = client_id, client_secret, scopes
+
+
+def parse_token_request(authorization: str | None, content_type: str | None, body: bytes) -> TokenRequest:
+    """The client credentials and scopes of a token request (see the module docstring)."""
+    if (content_type or "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise InvalidGrant("the token request is application/x-www-form-urlencoded")
+    try:
+        form = parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=bool(body),
+                         max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidGrant("the token request body is not a form") from None
+    fields: dict[str, str] = {}
+    for k, v in form:
+        if k in fields:
+            raise InvalidGrant(f"{k!r} is given twice")  # RFC 6749 §3.2
+        fields[k] = v
+    grant = fields.get("grant_type")
+    if grant is None:
+        raise InvalidGrant("grant_type is missing")
+    if grant != "client_credentials":
+        raise UnsupportedGrantType(f"grant_type {grant[:40]!r}: this issuer grants client_credentials only")
+    scheme, _, cred = (authorization or "").partition(" ")
+    if authorization:
+        if scheme.lower() != "basic":
+            raise InvalidClient("client authentication is HTTP Basic or client_id/client_secret in the body")
+        if "client_secret" in fields:
+            raise InvalidGrant("authenticate with one method: HTTP Basic or the body, not both")
+        try:
+            pair = base64.b64decode(cred.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidClient("the Basic credentials are not base64 of id:secret") from None
+        raw_id, sep, raw_secret = pair.partition(":")
+        if not sep:
+            raise InvalidClient("the Basic credentials are not id:secret")
+        client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        if "client_id" in fields and fields["client_id"] != client_id:
+            raise InvalidGrant("client_id differs from the authenticated client")
+    else:
+        client_id, secret = fields.get("client_id", ""), fields.get("client_secret", "")
+        if not client_id or not secret:
+            raise InvalidClient("no client authentication (HTTP Basic, or client_id and client_secret)")
+    scope = fields.get("scope")
+    scopes = tuple(dict.fromkeys(scope.split())) if scope is not None else None
+    if scopes is not None and (not scopes or len(scopes) > 16):
+        raise InvalidScope("scope is 1..16 space-separated scopes")
+    return TokenRequest(client_id, secret, scopes)
+
+
+def _sealer(cluster: Any) -> Any:
+    from headwater.sealed import Sealer
+
+    return Sealer.from_config(cluster)
+
+
+def client_secret(cluster: Any, node: OriginConfig, client: ClientConfig) -> str:
+    """A sealed client's secret, made on first use (the daemon and ``headwater token`` share it)."""
+    from headwater.sealed import load_or_create
+
+    path = Path(node.data_dir) / f"client-{client.id}.sealed"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw, _ = load_or_create(path, _sealer(cluster), CLIENT_PURPOSE,
+                            lambda: secrets.token_urlsafe(32).encode())
+    return raw.decode()
+
+
+class ClientRegistry:
+    """The configured clients and the SHA-256 of each one's secret (sealed ones unsealed once)."""
+
+    def __init__(self, clients: Mapping[str, tuple[ClientConfig, bytes]]) -> None:
+        self._clients = dict(clients)
+
+    @classmethod
+    def from_config(cls, cluster: Any, node: OriginConfig) -> ClientRegistry:
+        out = {}
+        for c in node.clients:
+            digest = c.secret_sha256 if c.secret_sha256 is not None else \
+                hashlib.sha256(client_secret(cluster, node, c).encode()).digest()
+            out[c.id] = (c, digest)
+        return cls(out)
+
+    def authenticate(self, client_id: str, secret: str) -> ClientConfig:
+        """The client, if ``secret`` is its secret; InvalidClient otherwise (one answer for an
+        unknown client and a wrong secret)."""
+        entry = self._clients.get(client_id)
+        digest = hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+        # Compare even for an unknown client: the time does not tell which ids exist.
+        ok = hmac.compare_digest(digest, entry[1] if entry else b"\0" * 32)
+        if entry is None or not ok:
+            raise InvalidClient("unknown client or wrong secret")
+        return entry[0]
+
+
+def _thumbprint(public: ec.EllipticCurvePublicKey) -> str:
+    """RFC 7638: SHA-256 of the canonical JWK (crv, kty, x, y), base64url."""
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
+    canon = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canon.encode()).digest()).rstrip(b"=").decode()
+
+
+def load_signing_key(cluster: Any, node: OriginConfig) -> ec.EllipticCurvePrivateKey:
+    """The issuer's P-256 key, made and sealed on first use."""
+    from headwater.sealed import load_or_create
+
+    def make() -> bytes:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    path = Path(node.data_dir) / "issuer-es256.sealed"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem, _ = load_or_create(path, _sealer(cluster), KEY_PURPOSE, make)
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} does not hold an EC key")
+    return key
+
+
+class Issuer:
+    """Mints access tokens for authenticated clients (sans-IO but for the key it is given)."""
+
+    def __init__(self, *, key: ec.EllipticCurvePrivateKey, issuer: str, audience: str, lifetime_s: float,
+                 clients: ClientRegistry) -> None:
+        self.key = key
+        self.issuer = issuer
+        self.audience = audience
+        self.lifetime_s = lifetime_s
+        self.clients = clients
+        self.kid = _thumbprint(key.public_key())
+        self.access_key = AccessKey(kid=self.kid, alg="ES256", key=key.public_key())
+
+    def grant(self, request: TokenRequest, now: float) -> dict[str, Any]:
+        """The token response (RFC 6749 §5.1) for ``request``."""
+        client = self.clients.authenticate(request.client_id, request.client_secret)
+        scopes = request.scopes if request.scopes is not None else client.scopes
+        other = [s for s in scopes if s not in client.scopes]
+        if other:
+            raise InvalidScope(f"client {client.id!r} may not have scope {other[0]!r}")
+        token = self.mint(client.id, scopes, now)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": int(self.lifetime_s),
+                "scope": " ".join(scopes)}
+
+    def mint(self, client_id: str, scopes: tuple[str, ...], now: float, *, lifetime_s: float | None = None) -> str:
+        """An RFC 9068 access token for ``client_id`` (the client is its own subject here)."""
+        iat = int(now)
+        claims = {"iss": self.issuer, "sub": client_id, "client_id": client_id, "aud": self.audience,
+                  "iat": iat, "exp": iat + int(self.lifetime_s if lifetime_s is None else lifetime_s),
+                  "jti": uuid.uuid4().hex, "scope": " ".join(scopes)}
+        return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid, "typ": "at+jwt"})
+
+    def jwks(self) -> dict[str, Any]:
+        """The public key as a JWKS (RFC 7517)."""
+        jwk = jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        return {"keys": [{**jwk, "kid": self.kid, "alg": "ES256", "use": "sig"}]}
+
+    def metadata(self, scopes: tuple[str, ...]) -> dict[str, Any]:
+        """Authorization server metadata (RFC 8414)."""
+        return {"issuer": self.issuer, "token_endpoint": f"{self.issuer}/oauth/token",
+                "jwks_uri": f"{self.issuer}/.well-known/jwks.json", "grant_types_supported": ["client_credentials"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "response_types_supported": ["token"], "scopes_supported": list(scopes),
+                "token_endpoint_auth_signing_alg_values_supported": ["ES256"]}

@@ -1,0 +1,144 @@
+"""The backend for several origin hosts: PostgreSQL through psycopg 3 and its connection pool.
+
+Search is PostgreSQL's own full-text search: a weighted ``tsvector`` (title A, people B,
+description C) kept in ``title_search`` with a GIN index, matched with ``to_tsquery('simple', …)``
+built from normalised words (``websearch_to_tsquery`` has no prefix operator, which search as
+you type needs) and ranked by ``ts_rank_cd``. Typos use the same symmetric-deletion vocabulary
+as SQLite (:mod:`.text` says why not pg_trgm). The job queue leases with
+``SELECT … FOR UPDATE SKIP LOCKED``: workers on many hosts each take a different job without
+waiting on one another.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from headwater.clock import SYSTEM_CLOCK, Clock
+
+from .config import CatalogueConfig
+from .errors import BackendUnavailable
+from .query import TermGroup, tsquery_expression
+from .schema import POSTGRES_MIGRATIONS
+from .store import _HIT_COLS, SqlCatalogue, Tx
+
+__all__ = ["PostgresCatalogue"]
+
+# Any constant: the advisory lock that serialises migrations across origin hosts starting at once.
+_MIGRATION_LOCK = 0x6877_6361  # "hwca"
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _pg(sql: str) -> str:
+    # The shared SQL uses "?"; none of it has a literal "?" or "%".
+    return _PLACEHOLDER.sub("%s", sql)
+
+
+class _PgTx(Tx):
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        cur = self.conn.execute(_pg(sql), tuple(params))
+        return cur.fetchall() if cur.description is not None else []
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(_pg(sql), tuple(params)).rowcount
+
+
+class PostgresCatalogue(SqlCatalogue):
+    """The catalogue in a PostgreSQL database."""
+
+    lease_lock_clause = " FOR UPDATE SKIP LOCKED"
+    search_key = "title_id"
+    json_rows = "json_array_elements_text(?::json)"
+    json_pair_rows = "json_array_elements(?::json)"
+    json_pair = "value->>0, value->>1"
+    json_pair_int = "value->>0, (value->>1)::integer"
+
+    def _json_item(self, i: int, sql_type: str | None = None) -> str:
+        return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"
+
+    def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(config, clock=clock, rng=rng)
+        if not config.dsn:
+            raise ValueError("the PostgreSQL catalogue needs a dsn")
+        self._pool = ConnectionPool(
+            config.dsn, min_size=1, max_size=config.pool_size, open=False, name="catalogue",
+            timeout=config.connect_timeout_s,
+            kwargs={"connect_timeout": max(1, int(config.connect_timeout_s))},
+            configure=self._configure)
+        try:
+            self._pool.open(wait=True, timeout=config.connect_timeout_s)
+        except psycopg.Error as e:
+            self._pool.close()
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+        except Exception as e:  # psycopg_pool.PoolTimeout
+            self._pool.close()
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+        self._migrate()
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        # statement_timeout bounds what one search can cost the database (set per connection,
+        # so a DSN's own options, such as a search_path, are kept).
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(self.config.statement_timeout_ms),))
+        conn.commit()
+
+    def _migrate(self) -> None:
+        with self._tx(write=True) as tx:
+            tx.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            tx.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = tx.one("SELECT max(version) FROM schema_version")
+            current = int(row[0]) if row and row[0] is not None else 0
+            for n, statements in enumerate(POSTGRES_MIGRATIONS, start=1):
+                if n <= current:
+                    continue
+                for sql in statements:
+                    tx.run(sql)
+                tx.run("INSERT INTO schema_version (version) VALUES (?)", (n,))
+
+    @property
+    def schema_version(self) -> int:
+        """The highest migration applied."""
+        with self._tx(write=False) as tx:
+            row = tx.one("SELECT max(version) FROM schema_version")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Tx]:
+        try:
+            with self._pool.connection() as conn:
+                with conn.transaction():
+                    yield _PgTx(conn)
+        except psycopg.OperationalError as e:
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+
+    def _match_rows(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
+                    limit: int, offset: int) -> list[tuple]:
+        # ts_rank_cd's default weights (A 1.0, B 0.4, C 0.2); normalisation 1 divides by
+        # 1 + log(length), so "Night Train" ranks above a long title that merely contains it.
+        return tx.rows(
+            f"SELECT {_HIT_COLS}, ts_rank_cd(s.doc, q.q, 1) * (1.0 + least(1.0, ?::float8 / s.title_words)) AS score "
+            "FROM to_tsquery('simple', ?) AS q(q), title_search s JOIN titles t ON t.id = s.title_id "
+            f"WHERE s.doc @@ q.q AND {' AND '.join(where)} "
+            "ORDER BY score DESC, t.id LIMIT ? OFFSET ?",
+            (len(groups), tsquery_expression(groups), *params, limit, offset))
+
+    def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
+                       cap: int) -> list[tuple]:
+        return tx.rows(
+            "SELECT category, count(*) FROM (SELECT t.category AS category "
+            "FROM to_tsquery('simple', ?) AS q(q), title_search s JOIN titles t ON t.id = s.title_id "
+            f"WHERE s.doc @@ q.q AND {' AND '.join(where)} LIMIT ?) m GROUP BY category",
+            (tsquery_expression(groups), *params, cap))
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,216 @@
+"""The ``origin`` daemon: a thin shell on the kernel's HTTP core.
+
+:func:`run_origin` is the role's entry point. It opens the upload records (LMDB) and makes the
+spool agree with them, ensures the uploads bucket, loads the built-in issuer's key (or starts
+fetching the configured issuer's JWKS), opens (and migrates) the catalogue, and serves:
+
+- the API on ``port`` (tus uploads, OAuth2, and the catalogue's JSON API, whose blocking
+  database calls run in at most ``catalogue_threads`` worker threads): HTTPS (ALPN h2,
+  http/1.1) with the operator's files or, for ``"auto"``, the cluster's local CA's leaf; plain
+  HTTP with ``tls = false``;
+- the admin endpoint on ``admin_port``: /healthz (uploads in progress and done, tokens issued)
+  and /metrics;
+- the CDN's origin (``/titles/T/vN/...`` from the videos bucket) and the playback API
+  (``/api/titles/T/play``), reading the catalogue (``[origin.catalogue]``);
+- a loop sending queued CDN purges (:mod:`.delivery.invalidation`) to the edge;
+- a loop aborting expired uploads, retiring the records of long-completed ones, and completing
+  whole ones the store refused to complete (every minute, or a tenth of the expiry if shorter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from typing import Any
+
+import anyio
+
+from headwater.admin import ADMIN_LIMITS, admin_app, export_stats
+from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.config import ClusterConfig
+from headwater.http import serve
+from headwater.http.client import ClientSettings, HttpClient
+from headwater.drm import client as drm_client
+from headwater.edge import client as edge_client
+from headwater.localca import client_ssl_context, tls_context
+from headwater.metrics import Registry, add_process_metrics
+
+from .api import CatalogueRunner, SearchApi, TitlesApi
+from .app import OriginApp
+from .catalogue import open_catalogue
+from .delivery import ObjectServer, PlaybackService, PublishedVersions, PurgeWorker
+from .auth.issuer import ClientRegistry, Issuer, load_signing_key
+from .auth.jwks import JwksSource
+from .auth.tokens import AccessKey, AccessTokenVerifier
+from .config import OriginConfig
+from .errors import StoreUnavailable
+from .upload.janitor import UploadJanitor
+from .upload.records import UploadRecords
+from .upload.s3 import MultipartStore
+from .upload.service import UploadService
+
+__all__ = ["run_origin", "store_settings"]
+
+log = logging.getLogger("headwater.origin")
+
+
+def store_settings(cluster: ClusterConfig, node: OriginConfig) -> tuple[str, str, str, str]:
+    """(endpoint URL, access key, secret key, region) of the object store uploads go to: the
+    node's own, else this cluster's [gateway] and first [[users]] entry."""
+    endpoint, access, secret = node.s3_endpoint, node.access_key, node.secret_key
+    if not endpoint:
+        gateway = getattr(cluster, "gateway", None)
+        if gateway is None:
+            raise ValueError("origin: no s3_endpoint and no [gateway] in cluster.toml")
+        endpoint = f"{'https' if getattr(gateway, 'tls_cert', None) else 'http'}://{gateway.host}:{gateway.port}"
+    if not access:
+        users = tuple(getattr(cluster, "users", ()) or ())
+        if not users:
+            raise ValueError("origin: no access_key/secret_key and no [[users]] in cluster.toml")
+        access, secret = users[0].access_key, users[0].secret_key
+    region = node.region
+    if not region:
+        try:
+            region = cluster.objstore.region
+        except AttributeError:
+            region = "us-east-1"
+    return endpoint, access, secret, region
+
+
+async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock = SYSTEM_CLOCK,
+                     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve the origin until cancelled (the ``origin`` role's entry point)."""
+    registry = Registry()
+    add_process_metrics(registry)
+    tls = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock)
+    trust = client_ssl_context(cluster)
+    client = HttpClient(ClientSettings(read_timeout_s=30.0, connect_timeout_s=5.0),
+                        ssl_context=trust if isinstance(trust, ssl.SSLContext) else None, clock=clock)
+    endpoint, access, secret, region = store_settings(cluster, node)
+    try:
+        min_part = cluster.objstore.min_part_bytes
+    except AttributeError:
+        min_part = 0
+    if node.part_size < min_part:
+        raise ValueError(f"origin: part_size {node.part_size} is below the store's min_part_size {min_part}")
+    store = MultipartStore(client, endpoint=endpoint, bucket=node.uploads_bucket, access_key=access,
+                           secret_key=secret, region=region, clock=clock)
+    records = UploadRecords(node.state_dir, map_size=node.state_map_bytes)
+    uploads = UploadService(records=records, store=store, spool_dir=node.spool_dir, part_size=node.part_size,
+                            max_upload_bytes=node.max_upload_bytes,
+                            max_uploads_per_client=node.max_uploads_per_client, expiry_s=node.upload_expiry_s,
+                            max_metadata_bytes=node.max_metadata_bytes,
+                            max_parts_in_flight=node.max_parts_in_flight,
+                            max_unverified_spool_bytes=node.max_unverified_spool_bytes,
+                            min_spool_free_bytes=node.min_spool_free_bytes, retention_s=node.upload_retention_s,
+                            clock=clock)
+    pending = uploads.recover()
+
+    issuer: Issuer | None = None
+    jwks: JwksSource | None = None
+    if node.oauth.builtin:
+        issuer = Issuer(key=load_signing_key(cluster, node), issuer=node.issuer, audience=node.oauth.audience,
+                        lifetime_s=node.oauth.token_lifetime_s, clients=ClientRegistry.from_config(cluster, node))
+        builtin_keys = [issuer.access_key]
+
+        def keys() -> list[AccessKey]:
+            return builtin_keys
+    else:
+        assert node.oauth.jwks_url is not None
+        jwks = JwksSource(node.oauth.jwks_url, client=client, refresh_s=node.oauth.jwks_refresh_s,
+                          max_bytes=node.oauth.jwks_max_bytes, max_keys=node.oauth.jwks_max_keys,
+                          monotonic=clock.monotonic)
+
+        def keys() -> list[AccessKey]:
+            return jwks.keys if jwks is not None else []
+    verifier = AccessTokenVerifier(keys, issuer=node.issuer, audience=node.oauth.audience, clock=clock.time,
+                                   leeway_s=node.oauth.leeway_s,
+                                   on_unknown_kid=jwks.request_refresh if jwks is not None else None)
+    catalogue_config = node.catalogue_config
+    # Opening migrates the schema (and waits on another host's migration): off the event loop.
+    catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
+    # PostgreSQL: no more threads than pooled connections (a thread would only wait for one).
+    threads = node.catalogue_threads if catalogue_config.backend == "sqlite" \
+        else min(node.catalogue_threads, catalogue_config.pool_size)
+    runner = CatalogueRunner(catalogue, threads=threads)
+    delivery = node.delivery
+    videos = MultipartStore(client, endpoint=endpoint, bucket=node.videos_bucket, access_key=access,
+                            secret_key=secret, region=region, clock=clock, timeout_s=delivery.store_timeout_s)
+
+    async def read_title(title_id: int) -> Any:
+        return await anyio.to_thread.run_sync(catalogue.get_title, title_id)
+
+    versions = PublishedVersions(read_title, ttl_s=delivery.publish_cache_s, max_entries=delivery.publish_cache_entries,
+                                 clock=clock)
+    objects = ObjectServer(store=videos, versions=versions, config=delivery)
+    playback = _playback(cluster, node, versions, clock)
+    purger = edge_client.EdgePurger.from_cluster(cluster, client=client, distribution=delivery.distribution,
+                                                 timeout_s=delivery.purge_timeout_s)
+    purges = PurgeWorker(catalogue, purger.purge if purger is not None else None, versions=versions,
+                         worker=f"{node.id}:{os.getpid()}", clock=clock)
+    routes = [*TitlesApi(catalogue=runner, uploads=uploads, verifier=verifier,
+                         uploads_bucket=node.uploads_bucket).routes(),
+              *SearchApi(catalogue=runner).routes()]
+    app = OriginApp(verifier=verifier, uploads=uploads, issuer=issuer, allowed_origins=node.allowed_origins,
+                    cors_max_age_s=node.cors_max_age_s, rate_limits=node.rate_limits, clock=clock, routes=routes,
+                    objects=objects, playback=playback)
+
+    def counts() -> dict[str, Any]:
+        return {**uploads.counts, **app.counts, **runner.statistics(), **objects.counts, **versions.counts,
+                **playback.counts, **purges.counts}
+    export_stats(registry, "hw_origin", counts)
+
+    async def health() -> dict[str, Any]:
+        return {**counts(), "uploads": records.count(), "catalogue": catalogue_config.backend, "tls": tls is not None,
+                "issuer": node.issuer, "builtin_issuer": issuer is not None, "pid": os.getpid()}
+
+    janitor = UploadJanitor(uploads, interval_s=min(60.0, node.upload_expiry_s / 10), clock=clock)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.run)
+            if jwks is not None:
+                tg.start_soon(jwks.run_forever)
+            try:
+                await store.ensure_bucket()
+                await uploads.finish_pending(pending)
+            except StoreUnavailable as e:
+                # Serve anyway: each upload request reports the store's state as 503.
+                log.warning("origin: the object store is not ready: %s", e, extra={"event": "origin.store_down"})
+            await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
+                                                     ssl_context=tls, clock=clock, task_status=task_status))
+            await tg.start(lambda task_status: serve(admin_app(health=health, registry=registry), host=node.host,
+                                                     port=node.admin_port, limits=ADMIN_LIMITS, clock=clock,
+                                                     task_status=task_status))
+            tg.start_soon(janitor.run_forever)
+            tg.start_soon(purges.run_forever)
+            log.info("origin: %s serving on %s", node.id, node.base_url, extra={"event": "origin.started"})
+            task_status.started()
+    finally:
+        records.close()
+        catalogue.close()
+        await client.aclose()
+
+
+def _playback(cluster: ClusterConfig, node: OriginConfig, versions: PublishedVersions, clock: Clock) -> PlaybackService:
+    """The playback API as cluster.toml makes it: the CDN's URL and signing key, the licence
+    server's URL and token key (a missing licence key is logged and /play answers 503; a named
+    CDN key that is absent is a configuration error)."""
+    delivery = node.delivery
+    cdn_base = delivery.cdn_base_url or edge_client.default_cdn_base_url(cluster) or node.base_url
+    key = edge_client.find_signing_key(cluster, delivery.signing_key_id)
+    cdn = getattr(cluster, "cdn", None)
+    signing_required = bool(cdn is not None and cdn.keys.keys)
+    grant = None
+    if key is not None:
+        def grant(resource: str, expires: int) -> edge_client.SignedGrant:
+            return edge_client.signed_grant(resource, key, expires=expires)
+    mint = None
+    try:
+        mint = drm_client.EntitlementMinter(cluster, key_id=delivery.licence_key_id).mint
+    except Exception as e:  # noqa: BLE001 - no [licence], or its key cannot sign here: /play says so
+        log.warning("origin: playback cannot mint licence tokens: %s", e, extra={"event": "origin.no_licence_key"})
+    return PlaybackService(versions=versions, config=delivery, cdn_base_url=cdn_base,
+                           licence_url=delivery.licence_url or drm_client.licence_url(cluster), grant=grant,
+                           mint=mint, signing_required=signing_required, clock=clock)

@@ -1,0 +1,172 @@
+"""ffmpeg for the pipeline: the command lines (sans-IO), ``-progress`` parsing (sans-IO,
+:class:`ProgressParser`), and :func:`run_ffmpeg`, which runs one with a deadline, a stop
+check, progress callbacks and a bounded tail of stderr for the error message.
+
+The ladder is encoded in one ffmpeg run: the source is decoded once, split, scaled per rung and
+encoded into one MP4 with a video track per rung (tallest first) and one AAC track; the DRM
+packager then cuts that one file into every rendition's CMAF segments and writes a master DASH
+MPD and HLS playlist naming them all.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import TranscodeFailed
+from .ladder import PlannedRung, gop_frames
+from .probe import SourceInfo
+
+__all__ = ["ladder_command", "poster_command", "sprite_command", "ProgressParser", "run_ffmpeg", "Stopped",
+           "STDERR_TAIL_BYTES"]
+
+STDERR_TAIL_BYTES = 4096
+MAX_PROGRESS_LINE = 1024
+
+
+class Stopped(Exception):
+    """The run was stopped from outside (the daemon is stopping, or the lease was lost)."""
+
+
+def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[PlannedRung], info: SourceInfo, *,
+                   segment_seconds: int, preset: str, audio_bitrate: int) -> list[str]:
+    """One ffmpeg run: ``source`` → ``out``, an MP4 with one H.264 track per rung (in ``rungs``'
+    order) and the first audio stream as stereo AAC, every rung with the same fixed GOP."""
+    n = len(rungs)
+    gop = gop_frames(info.frame_rate, segment_seconds)
+    split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "[0:v:0]null[s0]"
+    scales = [f"[s{i}]scale={r.width}:{r.height}:flags=bicubic,setsar=1[v{i}]" for i, r in enumerate(rungs)]
+    argv = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-nostats", "-progress", "pipe:1",
+            "-i", str(source), "-filter_complex", ";".join([split, *scales])]
+    for i in range(n):
+        argv += ["-map", f"[v{i}]"]
+    if info.has_audio:
+        argv += ["-map", "0:a:0"]
+    argv += ["-c:v", "libx264", "-preset", preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
+             "-fps_mode", "cfr",
+             # Fixed GOPs aligned across rungs: a keyframe at every multiple of the segment
+             # duration, none at scene cuts, none in between.
+             "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+             "-force_key_frames", f"expr:gte(t,n_forced*{segment_seconds})"]
+    for i, r in enumerate(rungs):
+        argv += [f"-b:v:{i}", str(r.bitrate), f"-maxrate:v:{i}", str(r.bitrate * 3 // 2),
+                 f"-bufsize:v:{i}", str(r.bitrate * 2)]
+    if info.has_audio:
+        argv += ["-c:a", "aac", "-b:a", str(audio_bitrate), "-ac", "2"]
+    argv += ["-map_metadata", "-1", "-sn", "-dn", "-f", "mp4", str(out)]
+    return argv
+
+
+def poster_command(ffmpeg: str, ladder_mp4: Path, out: Path, *, at_s: float) -> list[str]:
+    """The poster: the first rung's frame at ``at_s`` as a JPEG."""
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-ss", f"{at_s:.3f}", "-i", str(ladder_mp4),
+            "-map", "0:v:0", "-frames:v", "1", "-q:v", "3", "-f", "image2", str(out)]
+
+
+def sprite_command(ffmpeg: str, ladder_mp4: Path, pattern: Path, *, every_s: float, width: int, height: int,
+                   columns: int, rows: int) -> list[str]:
+    """Thumbnail sprites: one frame every ``every_s`` (the frame at the start of each interval),
+    scaled to ``width`` x ``height``, tiled ``columns`` x ``rows`` per JPEG, the JPEGs numbered
+    from 1 by ``pattern`` (``…/sprite-%03d.jpg``)."""
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(ladder_mp4), "-map", "0:v:0",
+            "-vf", f"fps=1/{every_s:g}:round=down,scale={width}:{height},tile={columns}x{rows}",
+            "-q:v", "4", "-f", "image2", "-start_number", "1", str(pattern)]
+
+
+class ProgressParser:
+    """Reads ffmpeg's ``-progress`` stream (``key=value`` lines, each block ending with
+    ``progress=continue`` or ``progress=end``) and gives the share of ``duration_s`` done at the
+    end of each block. Lines longer than :data:`MAX_PROGRESS_LINE` are dropped, not buffered."""
+
+    def __init__(self, duration_s: float) -> None:
+        self.duration_s = duration_s
+        self._buf = b""
+        self._skipping = False
+        self._out_us: int | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> list[float]:
+        """Progress values (0..1) of the blocks that ``data`` completes."""
+        out: list[float] = []
+        self._buf += data
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > MAX_PROGRESS_LINE:
+                    self._buf, self._skipping = b"", True
+                return out
+            line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+            if self._skipping:
+                self._skipping = False
+                continue
+            key, _, value = line.decode("ascii", "replace").strip().partition("=")
+            if key in ("out_time_us", "out_time_ms"):  # both are microseconds (ffmpeg's old name lies)
+                try:
+                    self._out_us = max(0, int(value))
+                except ValueError:
+                    pass
+            elif key == "progress":
+                if value == "end":
+                    self.done = True
+                    out.append(1.0)
+                elif self._out_us is not None and self.duration_s > 0:
+                    out.append(min(1.0, self._out_us / 1e6 / self.duration_s))
+
+
+def run_ffmpeg(argv: Sequence[str], *, duration_s: float = 0.0, timeout_s: float,
+               tick: Callable[[float | None], None] = lambda p: None, should_stop: Callable[[], bool] = lambda: False,
+               tick_s: float = 0.5, monotonic: Callable[[], float] = time.monotonic) -> None:
+    """Run ffmpeg to the end. ``tick(progress)`` is called from this thread every ``tick_s``
+    with the latest progress (None before the first), and may raise to stop the run;
+    ``should_stop()`` true stops it too (:class:`Stopped`). Past ``timeout_s``, or on a non-zero
+    exit, :class:`TranscodeFailed` with the tail of stderr. The process is killed and reaped on
+    every way out."""
+    parser = ProgressParser(duration_s)
+    latest: list[float | None] = [None]
+    tail: collections.deque[bytes] = collections.deque()
+    tail_size = [0]
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def read_progress() -> None:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            for p in parser.feed(chunk):
+                latest[0] = p
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # type: ignore[union-attr]
+            tail.append(chunk)
+            tail_size[0] += len(chunk)
+            while tail_size[0] - len(tail[0]) >= STDERR_TAIL_BYTES:
+                tail_size[0] -= len(tail.popleft())
+
+    readers = [threading.Thread(target=read_progress, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
+    for t in readers:
+        t.start()
+    deadline = monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=tick_s)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if should_stop():
+                raise Stopped("stopped")
+            if monotonic() > deadline:
+                raise TranscodeFailed(f"ffmpeg ran longer than {timeout_s:g} s and was killed")
+            tick(latest[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for t in readers:
+            t.join(5)
+    if code != 0:
+        text = b"".join(tail)[-STDERR_TAIL_BYTES:].decode(errors="replace").strip()
+        raise TranscodeFailed(f"ffmpeg exited {code}: {text or 'no message'}")

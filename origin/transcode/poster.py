@@ -1,0 +1,94 @@
+"""The poster and the thumbnail track of a title.
+
+- ``poster.jpg``: one frame of the top rung, ``poster_at`` into the title;
+- ``thumbs/thumbs.vtt``: a WebVTT track whose cue for each interval of ``thumbnail_seconds``
+  names its picture as a region of a sprite, ``sprite-001.jpg#xywh=x,y,w,h`` (the media
+  fragment form players' thumbnail plugins read), and ``thumbs/sprite-NNN.jpg``: JPEGs of
+  :data:`COLUMNS` x :data:`ROWS` thumbnails each, numbered from 1, row by row.
+
+:func:`thumbnail_vtt` (sans-IO) writes the track; :func:`make_images` runs ffmpeg for both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ffmpeg import poster_command, run_ffmpeg, sprite_command
+
+__all__ = ["COLUMNS", "ROWS", "POSTER_NAME", "THUMBS_DIR", "VTT_NAME", "ThumbnailGrid", "thumbnail_grid",
+           "thumbnail_vtt", "sprite_name", "make_images"]
+
+COLUMNS = 10
+ROWS = 10
+POSTER_NAME = "poster.jpg"
+THUMBS_DIR = "thumbs"
+VTT_NAME = "thumbs/thumbs.vtt"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThumbnailGrid:
+    """How many thumbnails, their size, and the interval they cover."""
+
+    count: int
+    width: int
+    height: int
+    every_s: float
+
+    @property
+    def sprites(self) -> int:
+        return math.ceil(self.count / (COLUMNS * ROWS))
+
+
+def thumbnail_grid(duration_s: float, every_s: float, width: int, source_width: int,
+                   source_height: int) -> ThumbnailGrid:
+    """The grid for a title of ``duration_s``: one thumbnail per started interval, the height
+    keeping the source's aspect (even)."""
+    height = max(2, 2 * round(width * source_height / source_width / 2))
+    return ThumbnailGrid(count=max(1, math.ceil(duration_s / every_s)), width=width, height=height, every_s=every_s)
+
+
+def sprite_name(n: int) -> str:
+    """The n-th sprite's file name (from 1), as ffmpeg's image2 pattern numbers them."""
+    return f"sprite-{n:03d}.jpg"
+
+
+def _stamp(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def thumbnail_vtt(grid: ThumbnailGrid, duration_s: float) -> str:
+    """The WebVTT thumbnail track; cue URLs are relative to the track (in the same folder)."""
+    lines = ["WEBVTT", ""]
+    per_sprite = COLUMNS * ROWS
+    for i in range(grid.count):
+        start = i * grid.every_s
+        end = min(duration_s, start + grid.every_s)
+        if end <= start:
+            break
+        n, cell = divmod(i, per_sprite)
+        x, y = (cell % COLUMNS) * grid.width, (cell // COLUMNS) * grid.height
+        lines += [f"{_stamp(start)} --> {_stamp(end)}",
+                  f"{sprite_name(n + 1)}#xywh={x},{y},{grid.width},{grid.height}", ""]
+    return "\n".join(lines)
+
+
+def make_images(ffmpeg: str, ladder_mp4: Path, folder: Path, *, duration_s: float, poster_at: float,
+                grid: ThumbnailGrid, timeout_s: float, should_stop: Callable[[], bool]) -> dict[str, Path]:
+    """Render the poster, the sprites and the track into ``folder``: {object name: file}."""
+    thumbs = folder / THUMBS_DIR
+    thumbs.mkdir(parents=True, exist_ok=True)
+    poster = folder / POSTER_NAME
+    run_ffmpeg(poster_command(ffmpeg, ladder_mp4, poster, at_s=duration_s * poster_at), timeout_s=timeout_s,
+               should_stop=should_stop)
+    run_ffmpeg(sprite_command(ffmpeg, ladder_mp4, thumbs / "sprite-%03d.jpg", every_s=grid.every_s,
+                              width=grid.width, height=grid.height, columns=COLUMNS, rows=ROWS),
+               timeout_s=timeout_s, should_stop=should_stop)
+    (folder / VTT_NAME).write_text(thumbnail_vtt(grid, duration_s))
+    out = {POSTER_NAME: poster, VTT_NAME: folder / VTT_NAME}
+    for p in sorted(thumbs.glob("sprite-*.jpg")):
+        out[f"{THUMBS_DIR}/{p.name}"] = p
+    return out

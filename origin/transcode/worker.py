@@ -1,0 +1,272 @@
+"""The lease loop: one worker takes one ``transcode`` job at a time from the catalogue's queue
+and turns the upload it names into a published title.
+
+One job, step by step (the title's progress in brackets)::
+
+    lease → title transcoding (0) → fetch the upload to scratch → ffprobe → ffmpeg: the ladder
+    MP4 (0.05 → 0.85, heartbeats) → poster + thumbnails → the title's key → package into
+    titles/T/vN/ (0.9) → title packaged → publish: complete(lease, published, renditions)
+
+Idempotency and fencing: every attempt writes under its own version prefix
+``titles/T/v<job id>-<attempt>/``, so two attempts never write the same object, and an attempt
+that fails or loses its lease deletes only its own prefix. An attempt after a dead one (the
+lease expired: SIGKILL, a lost host) first deletes what earlier attempts of the job left. The
+title changes only through catalogue calls fenced by the lease token (:meth:`move_title`,
+:meth:`complete`, :meth:`fail`), so a worker whose lease was taken over can no longer publish:
+its next heartbeat or its publish raises :class:`LeaseLost`, and it cleans up and gives up.
+Publishing is the one ``complete`` transaction: until it commits nothing of the prefix is named
+by the catalogue, and the manifests are written last (the sink's commit).
+
+Failures: bad input (:class:`InvalidMedia`) fails the title at once with the reason; anything
+else (ffmpeg, the store, the packager) is retried by the queue with backoff while attempts are
+left (the title stays ``transcoding`` with the error shown), then fails the title.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.drm.client import S3Sink, S3Target, licence_url, open_title_keys, title_key
+
+from ..catalogue import Lease, LeaseLost, SqlCatalogue, TitleState
+from ..delivery.invalidation import request_cdn_purge
+from ..errors import InvalidMedia, TranscodeError
+from .config import TranscoderConfig
+from .ffmpeg import Stopped, ladder_command, run_ffmpeg
+from .ladder import plan_ladder
+from .objects import ObjectStore
+from .package import TickingSink, package_title, renditions_of
+from .poster import make_images, thumbnail_grid
+from .probe import probe_file
+
+__all__ = ["TranscodeWorker", "StoreSettings", "JOB_KIND", "version_prefix"]
+
+log = logging.getLogger("headwater.origin.transcode")
+
+JOB_KIND = "transcode"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSettings:
+    """Where uploads are read and titles written."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str
+    videos_bucket: str = "videos"
+    ssl_context: Any = None
+
+
+def version_prefix(title_id: int, job_id: int, attempt: int) -> str:
+    """``titles/T/v<job>-<attempt>/``: the folder one attempt of one job writes."""
+    return f"titles/{title_id}/v{job_id}-{attempt}/"
+
+
+class TranscodeWorker:
+    """One worker: :meth:`run_once` takes and runs at most one job; :meth:`run_forever` loops."""
+
+    def __init__(self, config: TranscoderConfig, catalogue: SqlCatalogue, store: StoreSettings, *, cluster: Any,
+                 name: str, scratch: Path, clock: Clock = SYSTEM_CLOCK,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.store = store
+        self.cluster = cluster
+        self.name = name
+        self.scratch = scratch
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.counts = {"jobs_leased": 0, "jobs_published": 0, "jobs_failed": 0, "jobs_retried": 0, "jobs_dropped": 0,
+                       "leases_lost": 0}
+        self.current: dict[str, Any] | None = None
+
+    def _objects(self) -> ObjectStore:
+        s = self.store
+        return ObjectStore(s.endpoint, access_key=s.access_key, secret_key=s.secret_key, region=s.region,
+                           ssl_context=s.ssl_context)
+
+    def run_forever(self) -> None:
+        """Lease and run jobs until :attr:`stop` is set; wait ``poll_s`` when there is none."""
+        while not self.stop.is_set():
+            try:
+                did = self.run_once()
+            except Exception:  # a catalogue or store outage: log, wait, go on
+                log.exception("transcoder: %s: the lease loop failed", self.name,
+                              extra={"event": "transcode.loop_error"})
+                did = False
+            if not did:
+                self.stop.wait(self.config.poll_s)
+
+    def run_once(self) -> bool:
+        """Lease one job and run it to its end (published, retried, failed or lost); False if
+        there was none."""
+        lease = self.catalogue.lease(self.name, [JOB_KIND], self.config.lease_s)
+        if lease is None:
+            return False
+        self.counts["jobs_leased"] += 1
+        _Job(self, lease).run()
+        return True
+
+
+class _Job:
+    """One attempt of one job."""
+
+    def __init__(self, worker: TranscodeWorker, lease: Lease) -> None:
+        self.w = worker
+        self.lease = lease
+        self.job = lease.job
+        assert self.job.title_id is not None, "a transcode job names its title"
+        self.title_id: int = self.job.title_id
+        self.prefix = version_prefix(self.title_id, self.job.id, self.job.attempts)
+        self.next_beat = worker.clock.monotonic() + worker.config.heartbeat_s
+        self.progress = 0.0
+
+    # --- lease keeping ----------------------------------------------------------------------
+
+    def beat(self, progress: float | None = None, *, force: bool = False) -> None:
+        """Heartbeat (with progress) when one is due; raises :class:`LeaseLost` if it was taken."""
+        if progress is not None:
+            self.progress = max(self.progress, progress)
+        now = self.w.clock.monotonic()
+        if force or now >= self.next_beat:
+            self.lease = self.w.catalogue.heartbeat(self.lease, self.w.config.lease_s, progress=self.progress)
+            self.next_beat = now + self.w.config.heartbeat_s
+        if self.w.stop.is_set():
+            raise Stopped("the transcoder is stopping")
+
+    def stopping(self) -> bool:
+        return self.w.stop.is_set()
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        w = self.w
+        w.current = {"job": self.job.id, "title": self.title_id, "attempt": self.job.attempts}
+        work = w.scratch / f"job-{self.job.id}-{self.job.attempts}"
+        shutil.rmtree(w.scratch, ignore_errors=True)  # this worker's leftovers (a killed run's too)
+        work.mkdir(parents=True)
+        objects = w._objects()
+        try:
+            self._attempt(objects, work)
+        except LeaseLost as e:
+            w.counts["leases_lost"] += 1
+            log.warning("transcoder: job %s: lease lost (%s); its attempt is dropped", self.job.id, e,
+                        extra={"event": "transcode.lease_lost", "job": self.job.id})
+            self._clean(objects)
+        except Stopped:
+            self._clean(objects)
+            self._give_back("the transcoder stopped during the job", retry=True)
+        except Exception as e:
+            retry = e.retry if isinstance(e, TranscodeError) else True
+            message = str(e) if isinstance(e, TranscodeError) else f"{type(e).__name__}: {e}"
+            log.warning("transcoder: job %s (title %s) attempt %s failed: %s", self.job.id, self.title_id,
+                        self.job.attempts, message, extra={"event": "transcode.failed", "job": self.job.id})
+            self._clean(objects)
+            self._give_back(message, retry=retry)
+        finally:
+            objects.close()
+            shutil.rmtree(work, ignore_errors=True)
+            w.current = None
+
+    def _attempt(self, objects: ObjectStore, work: Path) -> None:
+        w, cfg = self.w, self.w.config
+        bucket = w.store.videos_bucket
+        if w.catalogue.get_title(self.title_id).state is TitleState.WITHDRAWN:
+            # Withdrawn while its job waited: transcoding now would bring the title back.
+            w.catalogue.complete(self.lease)
+            w.counts["jobs_dropped"] += 1
+            log.info("transcoder: job %s dropped: title %s was withdrawn", self.job.id, self.title_id,
+                     extra={"event": "transcode.dropped", "job": self.job.id, "title": self.title_id})
+            return
+        if self.job.attempts > 1:
+            # Earlier attempts of this job died or failed: delete what they left.
+            for key in objects.list_keys(bucket, f"titles/{self.title_id}/v{self.job.id}-"):
+                if not key.startswith(self.prefix):
+                    objects.delete(bucket, key)
+        w.catalogue.move_title(self.lease, TitleState.TRANSCODING, progress=0.0)
+        payload = self.job.payload
+        if not isinstance(payload.get("bucket"), str) or not isinstance(payload.get("key"), str):
+            raise InvalidMedia("the job names no upload (payload bucket and key)")
+        source = work / "source"
+        objects.download(payload["bucket"], payload["key"], source, max_bytes=cfg.max_source_bytes)
+        self.beat(0.02)
+        info = probe_file(cfg.ffprobe, source)
+        rungs = plan_ladder(cfg.ladder, info)
+        ladder_mp4 = work / "ladder.mp4"
+        argv = ladder_command(cfg.ffmpeg, source, ladder_mp4, rungs, info, segment_seconds=cfg.segment_seconds,
+                              preset=cfg.preset, audio_bitrate=cfg.audio_bitrate)
+        run_ffmpeg(argv, duration_s=info.duration_s, timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
+                   tick=lambda p: self.beat(None if p is None else 0.05 + 0.8 * p))
+        source.unlink()
+        self.beat(0.85)
+        grid = thumbnail_grid(info.duration_s, cfg.thumbnail_s, cfg.thumbnail_width, rungs[0].width,
+                              rungs[0].height)
+        images = make_images(cfg.ffmpeg, ladder_mp4, work / "images", duration_s=info.duration_s,
+                             poster_at=cfg.poster_at, grid=grid, timeout_s=cfg.job_timeout_s,
+                             should_stop=self.stopping)
+        self.beat(0.88)
+        kid = key = b""
+        if cfg.scheme != "none":
+            keys = open_title_keys(w.cluster)
+            try:
+                content = title_key(keys, str(self.title_id), cfg.scheme)
+            finally:
+                keys.close()
+            kid, key = content.kid, content.key
+        objects.ensure_bucket(bucket)
+        s = w.store
+        sink = S3Sink(S3Target(endpoint=s.endpoint, bucket=bucket, prefix=self.prefix, access_key=s.access_key,
+                               secret_key=s.secret_key, region=s.region), ssl_context=s.ssl_context)
+        result = package_title(ladder_mp4, TickingSink(sink, lambda: self.beat(0.9)), images=images,
+                               scheme=cfg.scheme, key=key, kid=kid, segment_seconds=cfg.segment_seconds,
+                               licence_url=licence_url(w.cluster) if cfg.scheme != "none" else None)
+        renditions = renditions_of(result, rungs, self.prefix)
+        w.catalogue.move_title(self.lease, TitleState.PACKAGED)
+        # The publish: fenced, one transaction. LeaseLost here leaves the title to the new holder.
+        w.catalogue.complete(self.lease, title_state=TitleState.PUBLISHED, renditions=renditions)
+        w.counts["jobs_published"] += 1
+        try:
+            # The CDN may hold this title's earlier version or a cached 404: purge its surrogate key.
+            request_cdn_purge(w.catalogue, w.catalogue.get_title(self.title_id))
+        except Exception as e:  # noqa: BLE001 - published stays published; the purge is what is lost
+            log.warning("transcoder: title %s published, but its CDN purge was not queued: %s", self.title_id, e,
+                        extra={"event": "transcode.purge_not_queued", "title": self.title_id})
+        log.info("transcoder: title %s published as %s (%d rungs)", self.title_id, self.prefix, len(rungs),
+                 extra={"event": "transcode.published", "job": self.job.id, "title": self.title_id})
+
+    def _clean(self, objects: ObjectStore) -> None:
+        """Delete this attempt's prefix (never another's); a failure is logged: the next attempt
+        of the job deletes it again."""
+        try:
+            objects.delete_prefix(self.w.store.videos_bucket, self.prefix)
+        except Exception as e:
+            log.warning("transcoder: could not delete %s: %s", self.prefix, e,
+                        extra={"event": "transcode.cleanup_failed", "job": self.job.id})
+
+    def _give_back(self, message: str, *, retry: bool) -> None:
+        """Record the failure, fenced: retried (the title stays transcoding, the error shown)
+        or dead (the title failed with the reason)."""
+        w = self.w
+        again = retry and self.job.attempts < self.job.max_attempts
+        try:
+            if again:
+                w.catalogue.move_title(self.lease, TitleState.TRANSCODING, progress=0.0,
+                                       error=f"attempt {self.job.attempts} of {self.job.max_attempts} failed, "
+                                             f"retrying: {message}")
+                w.counts["jobs_retried"] += 1
+            else:
+                w.catalogue.move_title(self.lease, TitleState.FAILED, error=message)
+                w.counts["jobs_failed"] += 1
+            w.catalogue.fail(self.lease, message, retry=again)
+        except LeaseLost:
+            w.counts["leases_lost"] += 1
+            log.warning("transcoder: job %s: lease lost before its failure was recorded", self.job.id,
+                        extra={"event": "transcode.lease_lost", "job": self.job.id})
+

@@ -1,0 +1,203 @@
+"""One bucket of the object store as the origin uses it: the multipart API (the upload service)
+and streamed reads (the CDN's origin, :mod:`headwater.origin.delivery`). S3 requests signed with
+:mod:`headwater.sigv4` and sent with the kernel's :class:`~headwater.http.client.HttpClient`.
+
+Path-style URLs (``/bucket/key``). Every failure (a refused connection, a timeout, a 5xx, an
+S3 error) is :class:`~headwater.origin.errors.StoreUnavailable`: the caller acknowledges nothing
+it was sending. A read (:meth:`MultipartStore.get_object`) hands back the store's answer once its
+head is in and streams the body as it arrives, one socket read per chunk, each bounded by the
+read timeout: an object is never held whole in memory. Each part is sent as one body of at most ``part_size`` bytes with its SHA-256 in
+the signature, so the store checks every byte it acknowledges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+from urllib.parse import quote, urlsplit
+
+from defusedxml import ElementTree
+
+from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.http.client import ClientResponse, HttpClient
+from headwater.http.errors import BadResponse, ConnectFailed, ResponseTimeout
+from headwater.sigv4 import EMPTY_SHA256, sign_request
+
+from ..errors import NotFound, StoreUnavailable
+from .tus import Part
+
+__all__ = ["MultipartStore", "StoredObject", "READ_STATUSES"]
+
+_MAX_ANSWER = 64 * 1024
+#: The store's answers to a GET/HEAD that :meth:`MultipartStore.get_object` hands back: the object
+#: (200), a range of it (206), a conditional's verdicts (304, 412), an unsatisfiable range (416).
+READ_STATUSES = (200, 206, 304, 412, 416)
+# Response fields of the store worth passing on for an object: the rest (x-amz-*, Server, Date,
+# the store's own caching headers) are the store's business.
+_OBJECT_FIELDS = frozenset({"content-length", "content-range", "etag", "last-modified", "accept-ranges",
+                            "content-type"})
+
+
+@dataclass(slots=True, kw_only=True)
+class StoredObject:
+    """The store's answer to a read: ``status`` (one of :data:`READ_STATUSES`), the object's
+    fields (lower-case names, from :data:`_OBJECT_FIELDS`) and its body, streamed. Iterate
+    ``body`` once, or ``aclose`` it: either way the connection is released."""
+
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+
+    async def aclose(self) -> None:
+        """Give up the body (its connection is closed unless the body was read to its end)."""
+        await self.body.aclose()  # type: ignore[attr-defined]
+
+
+def _text(xml: bytes, name: str) -> str | None:
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == name:
+            return el.text or ""
+    return None
+
+
+class MultipartStore:
+    """One bucket of an S3 endpoint, for multipart uploads."""
+
+    def __init__(self, client: HttpClient, *, endpoint: str, bucket: str, access_key: str, secret_key: str,
+                 region: str, clock: Clock = SYSTEM_CLOCK, timeout_s: float = 30.0) -> None:
+        parts = urlsplit(endpoint)
+        self.client = client
+        self.endpoint = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.netloc
+        self.bucket = bucket
+        self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        self.clock = clock
+        self.timeout_s = timeout_s
+
+    async def _call(self, method: str, key: str | None, query: str, body: bytes = b"",
+                    ok: Sequence[int] = (200,)) -> tuple[int, dict[str, str], bytes]:
+        path = f"/{self.bucket}" + (f"/{quote(key, safe='/')}" if key is not None else "")
+        sha = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        extra = (("content-length", str(len(body))),) if method in ("PUT", "POST") else ()
+        headers = [("host", self.host), *extra,
+                   *sign_request(method, self.host, path, query, access_key=self.access_key,
+                                 secret_key=self.secret_key, region=self.region, now=self.clock.time(),
+                                 payload_sha256=sha)]
+        url = f"{self.endpoint}{path}" + (f"?{query}" if query else "")
+        try:
+            resp = await self.client.request(method, url, headers, body=body, timeout_s=self.timeout_s)
+            try:
+                answer = await resp.read(_MAX_ANSWER)
+            finally:
+                await resp.aclose()
+        except (ConnectFailed, ResponseTimeout, BadResponse, OSError) as e:
+            raise StoreUnavailable(f"the object store did not answer {method} {path}: {e}") from None
+        if resp.status not in ok:
+            code = _text(answer, "Code") or f"HTTP {resp.status}"
+            raise StoreUnavailable(f"the object store refused {method} {path}: {code}")
+        return resp.status, {k: v for k, v in resp.headers}, answer
+
+    async def get_object(self, key: str, *, head: bool = False,
+                         forward: Sequence[tuple[str, str]] = ()) -> StoredObject:
+        """GetObject (HeadObject with ``head``) of ``key``, with the request fields in ``forward``
+        (a single ``Range``, the conditionals) passed to the store, which applies them.
+
+        Returns once the head is in; the body streams. A missing object is :class:`NotFound`;
+        anything else the store says outside :data:`READ_STATUSES` is :class:`StoreUnavailable`."""
+        method = "HEAD" if head else "GET"
+        path = f"/{self.bucket}/{quote(key, safe='/')}"
+        headers = [("host", self.host), *forward,
+                   *sign_request(method, self.host, path, "", access_key=self.access_key,
+                                 secret_key=self.secret_key, region=self.region, now=self.clock.time(),
+                                 payload_sha256=EMPTY_SHA256)]
+        try:
+            resp = await self.client.request(method, f"{self.endpoint}{path}", headers, timeout_s=self.timeout_s)
+        except (ConnectFailed, ResponseTimeout, BadResponse, OSError) as e:
+            raise StoreUnavailable(f"the object store did not answer {method} {path}: {e}") from None
+        if resp.status not in READ_STATUSES or resp.status in (304, 412, 416):
+            # No object bytes follow: read the (small) error document, and free the connection.
+            try:
+                answer = await resp.read(_MAX_ANSWER)
+            except (ResponseTimeout, BadResponse, OSError):
+                answer = b""
+            finally:
+                await resp.aclose()
+            if resp.status == 404:
+                raise NotFound(f"no object {key[:200]!r}")
+            if resp.status not in READ_STATUSES:
+                code = _text(answer, "Code") or f"HTTP {resp.status}"
+                raise StoreUnavailable(f"the object store refused {method} {path}: {code}")
+
+            async def nothing() -> AsyncIterator[bytes]:
+                return
+                yield b""  # pragma: no cover - makes this an async generator
+            body: AsyncIterator[bytes] = nothing()
+        else:
+            body = self._stream(resp, method, path)
+        fields = {k: v for k, v in resp.headers if k in _OBJECT_FIELDS}
+        return StoredObject(status=resp.status, headers=fields, body=body)
+
+    @staticmethod
+    async def _stream(resp: "ClientResponse", method: str, path: str) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                try:
+                    chunk = await resp.receive()
+                except (ResponseTimeout, BadResponse, OSError) as e:
+                    # The head (and its Content-Length) is already sent: the only honest answer
+                    # left is a cut connection, which the HTTP core gives a body that fails.
+                    raise StoreUnavailable(f"the object store broke off {method} {path}: {e}") from None
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            await resp.aclose()
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists (ours already: 409 BucketAlreadyOwnedByYou)."""
+        try:
+            await self._call("PUT", None, "", ok=(200,))
+        except StoreUnavailable as e:
+            if "BucketAlreadyOwnedByYou" not in str(e):
+                raise
+
+    async def create(self, key: str) -> str:
+        """CreateMultipartUpload: the store's upload id."""
+        _, _, answer = await self._call("POST", key, "uploads=")
+        upload_id = _text(answer, "UploadId")
+        if not upload_id:
+            raise StoreUnavailable("CreateMultipartUpload answered no UploadId")
+        return upload_id
+
+    async def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
+        """UploadPart: durable in the store once this returns."""
+        _, headers, _ = await self._call("PUT", key, f"partNumber={number}&uploadId={quote(upload_id, safe='')}",
+                                         data)
+        etag = headers.get("etag")
+        if not etag:
+            raise StoreUnavailable("UploadPart answered no ETag")
+        return Part(number, etag, len(data))
+
+    async def complete(self, key: str, upload_id: str, parts: Sequence[Part]) -> str:
+        """CompleteMultipartUpload: the object's ETag."""
+        body = "<CompleteMultipartUpload>" + "".join(
+            f"<Part><PartNumber>{p.number}</PartNumber><ETag>{p.etag}</ETag></Part>" for p in parts
+        ) + "</CompleteMultipartUpload>"
+        _, _, answer = await self._call("POST", key, f"uploadId={quote(upload_id, safe='')}", body.encode())
+        # S3 may answer 200 with an error document once the body has started.
+        if _text(answer, "Code") is not None:
+            raise StoreUnavailable(f"CompleteMultipartUpload failed: {_text(answer, 'Code')}")
+        return _text(answer, "ETag") or ""
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject (an object already gone is fine: S3 answers 204 either way)."""
+        await self._call("DELETE", key, "", ok=(204, 200, 404))
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload (an upload already gone is fine)."""
+        await self._call("DELETE", key, f"uploadId={quote(upload_id, safe='')}", ok=(204, 200, 404))

@@ -1,0 +1,540 @@
+"""The upload service: tus requests (checked by :mod:`.tus`) made real, each PATCH streamed
+into the object store's multipart upload.
+
+Where bytes are, and when an offset is acknowledged (``Upload-Offset`` in an answer is always
+the durable offset):
+
+- A PATCH's body is read in pieces of at most 256 KiB and appended to the upload's **spool
+  file** (``<data_dir>/spool/<id>.<generation>``). The spool holds the bytes past the last part
+  stored, so at most one part (``part_size``) per upload sits on local disk between PATCHes;
+  in memory there is one piece per PATCH, and one part while it is being sent (at most
+  ``max_parts_in_flight`` parts in the whole process).
+- Whenever the spool reaches ``part_size`` (a PATCH without a checksum), that part is read
+  back, sent to the store (UploadPart, its SHA-256 signed so the store checks it), and once the
+  store has answered, the record (LMDB) gains the part and names a fresh, empty spool
+  generation: the part is acknowledged because it is durable in the store.
+- When the PATCH ends (or the client goes away mid-body, as tus asks a server to keep what it
+  got), the spool is fsynced and then the record's ``spooled`` count is updated: those bytes are
+  acknowledged durable *on the origin's disk*, and survive a daemon restart (the spool is cut
+  back to the recorded count at start). That is the one window where acknowledged bytes live on
+  one disk rather than in the erasure-coded store: at most part_size - 1 bytes per upload, until
+  the next PATCH fills the part or the upload completes. The alternative (acknowledge only
+  whole parts) would make tus clients with chunks smaller than a part resend forever.
+- With ``Upload-Checksum``, nothing of the body counts until the digest matches: the bytes wait
+  in the spool (on disk, never in memory), are dropped on a mismatch (460, offset unchanged) or
+  when the body is cut, and are cut into parts once verified. Such bytes are bounded for the
+  whole process by ``max_unverified_spool``: before its body is read, a checksummed PATCH
+  reserves what it may spool (its Content-Length, else the rest of the upload); one that would
+  take the total past the budget is answered 503 ``spool_busy`` with Retry-After (nothing read,
+  nothing acknowledged), one larger than the whole budget 413 (send smaller chunks). The
+  reservation is released when the PATCH ends, however it ends.
+- The spool's filesystem: a PATCH that would leave less than ``min_spool_free`` free (counting
+  what it may write) is answered 507 before its body is read; a disk that fills anyway
+  (ENOSPC mid-body) drops the bytes not yet recorded and answers 507: the client resumes from
+  the recorded offset.
+- Completion (offset == length): the spool's rest is the last part, then
+  CompleteMultipartUpload; the object is ``s3://<uploads_bucket>/uploads/<id>``.
+
+A record is rewritten only after what it names is durable (a part in the store, spool bytes
+fsynced), and a new spool generation is written before the record names it, so a crash at any
+point leaves a record describing bytes that exist. One PATCH at a time per upload (another gets
+409 ``upload_locked``); at most ``max_uploads_per_client`` unfinished uploads per client (429). A
+creation-with-upload whose first chunk is refused (460, 413, 503, 507) is removed at once: its
+answer names no upload to resume. An upload of 0 bytes is refused (400 ``empty_upload``): it can
+be no video, and each would leave an object and a record for nothing.
+
+Records of completed uploads are retired (:meth:`UploadService.retire_once`, from the janitor)
+``upload_retention_seconds`` after completion; the object stays. A record is only what lets its
+owner name the upload in ``POST /api/titles``: the title's transcode job names the object
+(bucket and key in its payload), never the record, so retiring one cannot take a source away
+from a title; a creator has the retention (7 days by default) to make the title.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+
+from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.http.errors import HttpError
+
+from ..errors import BadRequest, ChecksumMismatch, Conflict, Gone, InsufficientStorage, NotFound, OriginError, \
+    PayloadTooLarge, SpoolFull, StoreUnavailable, TooManyRequests
+from . import tus
+from .records import UploadRecords
+from .s3 import MultipartStore
+from .tus import Part, UploadState
+
+__all__ = ["UploadService", "READ_BYTES"]
+
+READ_BYTES = 256 * 1024
+# What a PATCH refused for the spool budget is told to wait: the PATCHes holding it end at
+# their clients' pace, which the origin cannot know; a short wait costs a retry at most.
+SPOOL_RETRY_AFTER_S = 10
+log = logging.getLogger("headwater.origin.upload")
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still put on ``path``'s filesystem."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class UploadService:
+    """Every upload of one origin process (see the module docstring)."""
+
+    def __init__(self, *, records: UploadRecords, store: MultipartStore, spool_dir: Path, part_size: int,
+                 max_upload_bytes: int, max_uploads_per_client: int, expiry_s: float, max_metadata_bytes: int,
+                 max_parts_in_flight: int = 8, max_unverified_spool_bytes: int = 2 * 1024**3,
+                 min_spool_free_bytes: int = 1024**3, retention_s: float = 7 * 86400.0,
+                 clock: Clock = SYSTEM_CLOCK, new_id: Callable[[], str] = lambda: secrets.token_hex(16),
+                 disk_free: Callable[[Path], int] = free_disk_bytes) -> None:
+        self.records = records
+        self.store = store
+        self.spool_dir = spool_dir
+        self.part_size = part_size
+        self.max_upload_bytes = max_upload_bytes
+        self.max_uploads_per_client = max_uploads_per_client
+        self.expiry_s = expiry_s
+        self.max_metadata_bytes = max_metadata_bytes
+        self.clock = clock
+        self.new_id = new_id
+        self.max_unverified_spool_bytes = max_unverified_spool_bytes
+        self.min_spool_free_bytes = min_spool_free_bytes
+        self.retention_s = retention_s
+        self.disk_free = disk_free
+        self.unverified_bytes = 0  # reserved by checksummed PATCHes in progress
+        self._busy: set[str] = set()
+        # A part is in memory while it is sent: this bounds the process's part buffers to
+        # max_parts_in_flight x part_size whatever the number of uploads.
+        self._part_slots = anyio.Semaphore(max_parts_in_flight)
+        self._open: dict[str, int] = {}  # unfinished uploads per owner
+        self.counts = {"created": 0, "completed": 0, "patches": 0, "parts": 0, "checksum_mismatches": 0,
+                       "expired": 0, "terminated": 0, "bytes": 0,
+                       "spool_busy": 0, "disk_refusals": 0, "retired": 0}
+        spool_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- start: make the spool agree with the records --------------------------------------------
+
+    def recover(self) -> list[UploadState]:
+        """Cut every spool back to its recorded length, drop files no record names; returns the
+        uploads that are whole but not completed (a crash between the last byte and completion)."""
+        live: set[str] = set()
+        pending = []
+        for st in self.records:
+            if st.finished:
+                continue
+            self._open[st.owner] = self._open.get(st.owner, 0) + 1
+            path = self._spool(st)
+            live.add(path.name)
+            with open(path, "ab") as f:
+                if f.tell() < st.spooled:
+                    raise RuntimeError(f"upload {st.id}: its spool {path} lost acknowledged bytes")
+                f.truncate(st.spooled)
+            if st.offset == st.length:
+                pending.append(st)
+        for p in self.spool_dir.iterdir():
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+        return pending
+
+    def _spool(self, st: UploadState, gen: int | None = None) -> Path:
+        return self.spool_dir / f"{st.id}.{st.spool_gen if gen is None else gen}"
+
+    # --- the requests --------------------------------------------------------------------------
+
+    def get(self, owner: str, upload_id: str) -> UploadState:
+        """The upload, if it is ``owner``'s (404 for an unknown id or another client's, 410 expired).
+
+        Another client's upload is answered exactly as an id that never existed: a 403 would
+        tell a prober which ids are live."""
+        if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
+            raise NotFound("no such upload")
+        st = self.records.get(upload_id)
+        if st is None or st.owner != owner:
+            raise NotFound("no such upload")
+        if not st.finished and self.clock.time() >= st.expires:
+            raise Gone("the upload has expired")
+        return st
+
+    async def head(self, owner: str, upload_id: str) -> UploadState:
+        """tus HEAD. An upload whose bytes are all durable but whose completion failed (the store
+        was down at the last PATCH) is completed now: a client that reads offset == length takes
+        the upload as done, so it must be (503 if the store still refuses)."""
+        st = self.get(owner, upload_id)
+        if not st.finished and st.offset == st.length:
+            st = await self._locked(st, self._complete_if_whole)
+        return st
+
+    async def _complete_if_whole(self, st: UploadState) -> UploadState:
+        return st if st.finished else await self._complete(st)
+
+    async def create(self, owner: str, headers: Any, body: Any) -> UploadState:
+        """tus creation (and creation-with-upload when the POST has a body)."""
+        length, metadata, with_body = tus.creation(headers, max_size=self.max_upload_bytes,
+                                                   max_metadata_bytes=self.max_metadata_bytes)
+        if length == 0:
+            raise _EmptyUpload()
+        if self._open.get(owner, 0) >= self.max_uploads_per_client:
+            raise TooManyRequests(f"at most {self.max_uploads_per_client} unfinished uploads per client")
+        self._check_disk(0)  # an upload that could not spool a byte is not worth making
+        self._open[owner] = self._open.get(owner, 0) + 1
+        try:
+            upload_id = self.new_id()
+            key = f"uploads/{upload_id}"
+            store_id = await self.store.create(key)
+            now = self.clock.time()
+            st = UploadState(id=upload_id, owner=owner, length=length, metadata=metadata, created=now,
+                             expires=now + self.expiry_s, store_upload_id=store_id, key=key)
+            open(self._spool(st), "wb").close()
+            try:
+                self.records.put(st)
+            except InsufficientStorage:
+                # No record will ever name this multipart upload: abort it now (best effort:
+                # the store's own lifecycle is the last resort), or it would hold parts forever.
+                self._spool(st).unlink(missing_ok=True)
+                try:
+                    await self.store.abort(key, store_id)
+                except OriginError:
+                    pass
+                raise
+        except BaseException:
+            self._open[owner] -= 1
+            raise
+        self.counts["created"] += 1
+        log.info("upload %s created by %s: %d bytes", upload_id, owner, length,
+                 extra={"event": "origin.upload_created", "upload": upload_id, "owner": owner, "length": length})
+        if with_body:
+            try:
+                return await self.patch(owner, upload_id, headers, body, offset_given=False)
+            except OriginError:
+                # The refusal carries no Location: the client can neither resume nor terminate
+                # this upload, which would hold one of its max_uploads_per_client until expiry.
+                await self._discard(st)
+                raise
+        return st
+
+    async def patch(self, owner: str, upload_id: str, headers: Any, body: Any, *,
+                    offset_given: bool = True) -> UploadState:
+        """tus PATCH: the body appended at the upload's offset; the new durable state."""
+        st = self.get(owner, upload_id)
+        if not offset_given:  # creation-with-upload: the body starts at 0 by definition
+            headers = _WithOffset(headers, st.offset)
+        checksum = tus.patch_start(st, headers, self.clock.time())
+        may_write = st.length - st.offset
+        declared = (headers.get("content-length") or "").strip()
+        if declared.isascii() and declared.isdigit() and len(declared) <= 19:
+            may_write = min(may_write, int(declared))
+        # Both checks before a byte of the body is read: a refusal costs the client nothing.
+        reserved = self._reserve_unverified(may_write) if checksum is not None else 0
+        try:
+            self._check_disk(may_write if checksum is not None else min(may_write, self.part_size))
+            self.counts["patches"] += 1
+            return await self._locked(st, lambda s: self._receive(s, body, checksum, reserved))
+        finally:
+            self.unverified_bytes -= reserved
+
+    def _reserve_unverified(self, size: int) -> int:
+        """Take ``size`` bytes of the unverified-spool budget (see the module docstring)."""
+        budget = self.max_unverified_spool_bytes
+        if size > budget:
+            raise PayloadTooLarge(f"a PATCH with Upload-Checksum is held on disk until verified: at most "
+                                  f"{budget} bytes at once (max_unverified_spool); send chunks of at most "
+                                  f"that many bytes")
+        if self.unverified_bytes + size > budget:
+            self.counts["spool_busy"] += 1
+            raise SpoolFull(f"the origin is holding other unverified uploads (max_unverified_spool, {budget} "
+                            f"bytes): retry this PATCH later", retry_after_s=SPOOL_RETRY_AFTER_S)
+        self.unverified_bytes += size
+        return size
+
+    def _check_disk(self, size: int) -> None:
+        """507 when writing ``size`` bytes would leave the spool's filesystem below its floor."""
+        if self.min_spool_free_bytes <= 0:
+            return
+        free = self.disk_free(self.spool_dir)
+        if free - size < self.min_spool_free_bytes:
+            self.counts["disk_refusals"] += 1
+            raise InsufficientStorage(f"the origin's spool disk has {free} bytes free, under min_spool_free "
+                                      f"({self.min_spool_free_bytes} bytes) once this PATCH is written: retry later")
+
+    async def delete(self, owner: str, upload_id: str) -> None:
+        """tus termination: the multipart upload aborted (or the finished object deleted), the
+        spool and the record removed."""
+        st = self.get(owner, upload_id)
+        await self._locked(st, self._remove)
+        self.counts["terminated"] += 1
+
+    async def _discard(self, st: UploadState) -> None:
+        """Remove an upload nobody can name any more; a store that refuses leaves it to expiry."""
+        try:
+            await self._locked(st, self._remove)
+        except OriginError as e:
+            log.warning("upload %s: discarding it failed, it will expire: %s", st.id, e,
+                        extra={"event": "origin.discard_failed", "upload": st.id})
+
+    async def _locked(self, st: UploadState, action: Callable[[UploadState], Any]) -> Any:
+        if st.id in self._busy:
+            raise _Locked()
+        self._busy.add(st.id)
+        try:
+            fresh = self.records.get(st.id)
+            if fresh is None:
+                raise NotFound("no such upload")
+            return await action(fresh)
+        finally:
+            self._busy.discard(st.id)
+
+    async def _remove(self, st: UploadState) -> None:
+        if st.finished:
+            await self.store.delete(st.key)  # tus: termination frees what the upload holds
+        else:
+            await self.store.abort(st.key, st.store_upload_id)
+            self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
+        self.records.delete(st.id)
+        self._spool(st).unlink(missing_ok=True)
+
+    # --- a PATCH body ----------------------------------------------------------------------------
+
+    async def _receive(self, st: UploadState, body: Any, checksum: tus.Checksum | None,
+                       reserved: int) -> UploadState:
+        # A checksummed body may not spool more than it reserved of the budget (its
+        # Content-Length, which an HTTP/2 peer could overrun without the core noticing).
+        limit = reserved if checksum is not None else st.length - st.offset
+        hasher = checksum.new() if checksum is not None else None
+        drop_unrecorded = hasher is not None  # until verified
+        f = open(self._spool(st), "r+b")
+        try:
+            f.truncate(st.spooled)
+            f.seek(st.spooled)
+            size = st.spooled  # bytes in the spool file now (recorded or not)
+            received = 0
+            try:
+                while True:
+                    chunk = await body.receive(READ_BYTES)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    if received > limit:
+                        raise PayloadTooLarge(f"the body ends past Upload-Length {st.length}"
+                                              if hasher is None or limit == st.length - st.offset
+                                              else f"the body is longer than its Content-Length {limit}")
+                    if hasher is not None:
+                        hasher.update(chunk)
+                        f.write(chunk)
+                        size += len(chunk)
+                        continue
+                    view = memoryview(chunk)
+                    while view:
+                        take = min(len(view), self.part_size - size)
+                        f.write(view[:take])
+                        size += take
+                        view = view[take:]
+                        if size == self.part_size:
+                            st, f = await self._cut_one(st, f)
+                            size = 0
+            except HttpError:
+                # The client went away or was cut off mid-body: keep what arrived (tus), unless it
+                # was to be verified as a whole.
+                # The core cancels the request's scope when the client vanishes: shield the fsync
+                # and the record, or the bytes already on disk would never be acknowledged.
+                if hasher is None:
+                    with anyio.CancelScope(shield=True):
+                        st = await self._commit_spool(st, f, size)
+                raise
+            if hasher is not None and checksum is not None:
+                if hasher.digest() != checksum.digest:
+                    self.counts["checksum_mismatches"] += 1
+                    raise ChecksumMismatch(f"the body's {checksum.algorithm} differs from Upload-Checksum")
+                drop_unrecorded = False
+                st, f, size = await self._cut_spool(st, f, size)
+            st = await self._commit_spool(st, f, size)
+            self.counts["bytes"] += received
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # What was not recorded is not acknowledged: drop it (the disk is full), the client
+            # resumes from the recorded offset.
+            drop_unrecorded = True
+            self.counts["disk_refusals"] += 1
+            raise InsufficientStorage("the origin's spool disk is full: retry later") from None
+        finally:
+            if drop_unrecorded:
+                # Unverified bytes leave the disk with the PATCH that brought them (a mismatch, a
+                # cut body, a full disk), not at the next PATCH or the expiry. Closed first: a
+                # buffered write flushed at close would grow the file again.
+                try:
+                    f.close()
+                except OSError:
+                    pass
+                _truncate_quietly(self._spool(st), st.spooled)
+            else:
+                f.close()
+        if st.offset == st.length:
+            st = await self._complete(st)
+        return st
+
+    async def _commit_spool(self, st: UploadState, f: Any, size: int) -> UploadState:
+        """fsync the spool, then record its length: those bytes are acknowledged."""
+        if size == st.spooled:
+            return st
+        f.flush()
+        await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        st = replace(st, spooled=size)
+        self.records.put(st)
+        return st
+
+    async def _send(self, st: UploadState, f: Any, regions: list[tuple[int, int]]) -> tuple[Part, ...]:
+        f.flush()
+        out = []
+        number = len(st.parts) + 1
+        for start, size in regions:
+            async with self._part_slots:
+                data = os.pread(f.fileno(), size, start)
+                if len(data) != size:
+                    raise RuntimeError(f"upload {st.id}: the spool is shorter than its record")
+                out.append(await self.store.put_part(st.key, st.store_upload_id, number, data))
+                del data
+            number += 1
+            self.counts["parts"] += 1
+        return tuple(out)
+
+    async def _new_generation(self, st: UploadState, f: Any, tail_start: int, tail: int) -> tuple[int, Any]:
+        """A new spool file holding the old one's last ``tail`` bytes, fsynced before any record
+        names it."""
+        gen = st.spool_gen + 1
+        path = self._spool(st, gen)
+        data = os.pread(f.fileno(), tail, tail_start) if tail else b""
+        nf = open(path, "w+b")
+        nf.write(data)
+        nf.flush()
+        await anyio.to_thread.run_sync(os.fsync, nf.fileno())
+        return gen, nf
+
+    async def _cut_one(self, st: UploadState, f: Any) -> tuple[UploadState, Any]:
+        """The spool is exactly one part: store it, then record it with an empty spool."""
+        parts = await self._send(st, f, [(0, self.part_size)])
+        gen, nf = await self._new_generation(st, f, 0, 0)
+        return self._switch(st, f, parts, 0, gen), nf
+
+    async def _cut_spool(self, st: UploadState, f: Any, size: int) -> tuple[UploadState, Any, int]:
+        """A verified spool of ``size`` bytes: its whole parts stored, the rest kept."""
+        regions = tus.parts_to_cut(size, self.part_size, final=False, stored_parts=len(st.parts))
+        if not regions:
+            return st, f, size
+        parts = await self._send(st, f, regions)
+        cut = sum(r[1] for r in regions)
+        await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        gen, nf = await self._new_generation(st, f, cut, size - cut)
+        return self._switch(st, f, parts, size - cut, gen), nf, size - cut
+
+    def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...], spooled: int, gen: int) -> UploadState:
+        old = self._spool(st)
+        new = st.with_parts(parts, spooled, gen)
+        self.records.put(new)
+        f.close()
+        old.unlink(missing_ok=True)
+        return new
+
+    async def _complete(self, st: UploadState) -> UploadState:
+        """The rest of the spool as the last part, then CompleteMultipartUpload."""
+        regions = tus.parts_to_cut(st.spooled, self.part_size, final=True, stored_parts=len(st.parts))
+        with open(self._spool(st), "rb") as f:
+            last = await self._send(st, f, regions)
+        parts = st.parts + last
+        await self.store.complete(st.key, st.store_upload_id, parts)
+        done = replace(st, parts=(), spooled=0, completed=self.clock.time())
+        self.records.put(done)
+        self._spool(st).unlink(missing_ok=True)
+        self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
+        self.counts["completed"] += 1
+        log.info("upload %s complete: s3://%s/%s", st.id, self.store.bucket, st.key,
+                 extra={"event": "origin.upload_completed", "upload": st.id, "key": st.key, "length": st.length})
+        return done
+
+    async def finish_pending(self, pending: list[UploadState] | None = None) -> None:
+        """Complete uploads that are whole but not completed (found at start after a crash, or
+        left by a store that refused the completion); every whole one when ``pending`` is None."""
+        if pending is None:
+            pending = [st for st in self.records if not st.finished and st.offset == st.length]
+        for st in pending:
+            if st.id in self._busy:
+                continue
+            try:
+                await self._locked(st, self._complete_if_whole)
+            except (StoreUnavailable, Conflict, NotFound) as e:
+                log.warning("upload %s: completing at start failed: %s", st.id, e,
+                            extra={"event": "origin.complete_failed", "upload": st.id})
+
+    # --- expiry and retention ----------------------------------------------------------------------
+
+    def retire_once(self) -> int:
+        """Remove the records of uploads completed ``retention_s`` ago or more (their objects
+        stay: see the module docstring); how many."""
+        cutoff = self.clock.time() - self.retention_s
+        old = [st.id for st in self.records if st.finished and st.completed is not None and st.completed <= cutoff]
+        old = [i for i in old if i not in self._busy]
+        for upload_id in old:
+            self.records.delete(upload_id)
+        self.counts["retired"] += len(old)
+        return len(old)
+
+    async def expire_once(self) -> int:
+        """Abort every unfinished upload past its expiry; how many."""
+        now = self.clock.time()
+        gone = [st for st in self.records if not st.finished and st.expires <= now and st.id not in self._busy]
+        for st in gone:
+            try:
+                await self._locked(st, self._remove)
+                self.counts["expired"] += 1
+            except (StoreUnavailable, Conflict) as e:
+                log.warning("upload %s: expiring failed: %s", st.id, e, extra={"event": "origin.expire_failed"})
+        return len(gone)
+
+
+class _Locked(Conflict):
+    """Another request is writing this upload."""
+
+    code = "upload_locked"
+
+    def __init__(self) -> None:
+        super().__init__("another request is writing this upload; retry after it ends")
+
+
+class _EmptyUpload(BadRequest):
+    """Upload-Length 0."""
+
+    code = "empty_upload"
+
+    def __init__(self) -> None:
+        super().__init__("Upload-Length 0: an empty file is no video")
+
+
+def _truncate_quietly(path: Path, size: int) -> None:
+    try:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+    except OSError:  # already gone (the upload removed), or the disk refuses: the next PATCH cuts it
+        pass
+
+
+class _WithOffset:
+    """A creation-with-upload's headers seen as a PATCH's: Upload-Offset 0."""
+
+    def __init__(self, headers: Any, offset: int) -> None:
+        self._headers, self._offset = headers, offset
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        if name.lower() == "upload-offset":
+            return str(self._offset)
+        return self._headers.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name == "upload-offset" or name in self._headers

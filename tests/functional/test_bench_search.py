@@ -1,0 +1,49 @@
+"""The search benchmark's pieces on a small catalogue (SQLite only, a few seconds): the bulk
+import builds the same vocabulary and people as titles published one by one, and the benchmark
+runs end to end and reports every query kind."""
+
+from __future__ import annotations
+
+import json
+
+from headwater.bench import search as bench
+from headwater.origin.catalogue import CatalogueConfig, SearchQuery, TitleState, open_catalogue
+
+
+def _vocabulary(cat) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    with cat._tx(write=False) as tx:
+        return (tx.rows("SELECT word, docs FROM search_words ORDER BY word"),
+                tx.rows("SELECT variant, word FROM search_deletions ORDER BY variant, word"),
+                tx.rows("SELECT tp.title_id, tp.position, p.name, tp.role FROM title_people tp "
+                        "JOIN people p ON p.id = tp.person_id ORDER BY tp.title_id, tp.position"))
+
+
+def test_bulk_import_matches_titles_published_one_by_one(tmp_path):
+    drafts = bench.generate_catalogue(60, seed=3).drafts
+    bulk = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "bulk.sqlite3"))
+    single = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "single.sqlite3"))
+    with bulk, single:
+        bulk.import_titles(drafts[:30], state=TitleState.PUBLISHED)
+        bulk.import_titles(drafts[30:], state=TitleState.PUBLISHED)
+        for d in drafts:
+            t = single.create_title(d)
+            for s in (TitleState.TRANSCODING, TitleState.PACKAGED, TitleState.PUBLISHED):
+                single.set_state(t.id, s)
+        words, variants, people = _vocabulary(bulk)
+        assert (words, variants, people) == _vocabulary(single)
+        assert max(n for _, n in words) > 1  # words shared by several titles were counted once each
+        assert bulk.get_title(5).people == single.get_title(5).people
+        assert bulk.get_title(5).state is TitleState.PUBLISHED and bulk.get_title(5).progress == 1
+        q = SearchQuery(q=drafts[7].title, with_total=True)
+        assert bulk.search(q) == single.search(q)
+
+
+def test_bench_runs_every_query_kind(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert bench.main(["--titles", "400", "--backend", "sqlite", "--queries", "35", "--work-dir",
+                       str(tmp_path), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["backends"]["sqlite"]
+    assert set(result["stats"]) == {*bench.KINDS, "all"} and result["stats"]["all"]["n"] == 35
+    assert all(s["p99_ms"] >= s["p50_ms"] > 0 for s in result["stats"].values())
+    assert len(result["ceilings"]) == 2
+    assert "as_you_type" in capsys.readouterr().out

@@ -1,0 +1,315 @@
+"""The catalogue and job queue on both backends: SQLite in a temporary file and a real
+PostgreSQL server (Debian's) started for the session.
+
+Search relevance is asserted on a seeded catalogue of a few thousand titles (exact, prefix,
+typo, people and filtered queries); the queue with two workers, one of which dies (its lease
+expires on a fake clock) and the job is done exactly once; threads racing for jobs; idempotent
+enqueue; SQL injection strings in the query and the filters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from headwater.clock import FakeClock
+from headwater.origin.catalogue import (BadQuery, CatalogueConfig, IllegalTransition, JobState, LeaseLost,
+                                        SearchQuery, TitleDraft, TitleState, open_catalogue,
+                                        parse_search_params)
+from headwater.origin.catalogue.backoff import Backoff
+
+from .catalogue_seed import HIDDEN, NAMED, generated
+from .postgres_server import find_initdb, start_postgres
+
+SEEDED = 2000
+_schemas = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    if find_initdb() is None:
+        pytest.fail("PostgreSQL is missing: install Debian's postgresql (make setup does)")
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+def _config(backend: str, postgres, tmp: Path, **kw) -> CatalogueConfig:
+    if backend == "sqlite":
+        return CatalogueConfig(backend="sqlite", path=tmp / f"catalogue-{next(_schemas)}.sqlite3", **kw)
+    schema = f"t{next(_schemas)}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return CatalogueConfig(backend="postgresql", dsn=postgres.dsn(options=f"-csearch_path={schema}"), **kw)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def fresh(backend, request, tmp_path):
+    """An empty catalogue on a fake clock, with a seeded rng."""
+    pg = request.getfixturevalue("postgres") if backend == "postgresql" else None
+    clock = FakeClock()
+    cat = open_catalogue(_config(backend, pg, tmp_path, backoff=Backoff(base_s=10, cap_s=100), job_max_attempts=3),
+                         clock=clock, rng=random.Random(1))
+    yield cat, clock
+    cat.close()
+
+
+_seeded_cache: dict[str, object] = {}
+
+
+@pytest.fixture
+def seeded(backend, request, tmp_path_factory):
+    """The seeded catalogue, built once per backend per session."""
+    if backend not in _seeded_cache:
+        pg = request.getfixturevalue("postgres") if backend == "postgresql" else None
+        cat = open_catalogue(_config(backend, pg, tmp_path_factory.mktemp("seeded")))
+        drafts = generated(SEEDED)
+        # The named titles in the middle, so neither insertion order nor id decides their rank.
+        cat.import_titles(drafts[:SEEDED // 2], state=TitleState.PUBLISHED)
+        cat.import_titles(NAMED, state=TitleState.PUBLISHED)
+        cat.import_titles(drafts[SEEDED // 2:], state=TitleState.PUBLISHED)
+        for d in HIDDEN:
+            t = cat.create_title(d)
+            cat.set_state(t.id, TitleState.TRANSCODING)
+        request.session.config.add_cleanup(cat.close)
+        _seeded_cache[backend] = cat
+    return _seeded_cache[backend]
+
+
+def titles(page) -> list[str]:
+    return [h.title for h in page.hits]
+
+
+# --- search relevance ---------------------------------------------------------------------------
+
+def test_exact_query_ranks_the_exact_title_first(seeded):
+    page = seeded.search(SearchQuery(q="Night Train"))
+    assert titles(page)[:2] == ["Night Train", "Night Train to Lisbon"]
+    assert "Night Train Secrets" not in titles(page)
+    assert page.corrections == {}
+
+
+def test_typo_finds_the_title(seeded):
+    page = seeded.search(SearchQuery(q="night trian"))
+    assert titles(page)[0] == "Night Train"
+    assert page.corrections == {"trian": "train"}
+    assert titles(seeded.search(SearchQuery(q="nigth train")))[0] == "Night Train"
+    # A transposition and a dropped letter in generated words, on a long page.
+    top = titles(seeded.search(SearchQuery(q="slient rivr", limit=50)))
+    assert all("Silent River" in t for t in top[:3])
+
+
+def test_prefix_search_as_you_type(seeded):
+    assert titles(seeded.search(SearchQuery(q="night train to lis")))[0] == "Night Train to Lisbon"
+    assert titles(seeded.search(SearchQuery(q="lisb"))) == ["Night Train to Lisbon"]
+
+
+def test_diacritics_and_case_are_folded(seeded):
+    assert titles(seeded.search(SearchQuery(q="ultimo TREN"))) == ["Último Tren"]
+    assert titles(seeded.search(SearchQuery(q="Último")))[0] == "Último Tren"
+
+
+def test_people_are_searched(seeded):
+    assert titles(seeded.search(SearchQuery(q="ana ruiz"))) == ["Night Train"]
+    assert titles(seeded.search(SearchQuery(q="bille augst"))) == ["Night Train to Lisbon"]
+
+
+def test_filters(seeded):
+    assert titles(seeded.search(SearchQuery(q="night", category="thriller"))) == ["The Night Watch"]
+    recent = titles(seeded.search(SearchQuery(q="night train", year_min=2020, year_max=2026)))
+    assert recent == ["Night Train"]
+    assert titles(seeded.search(SearchQuery(q="train", language="fr"))) == ["Train of Thought"]
+    short = titles(seeded.search(SearchQuery(q="night", duration_max_s=1200)))
+    assert short == ["Short Night"]
+    q = parse_search_params({"q": "night trian", "category": "drama", "year": "2020..2026"})
+    assert titles(seeded.search(q)) == ["Night Train"]
+    # Filters alone browse the catalogue.
+    page = seeded.search(SearchQuery(category="documentary", year_min=2021, year_max=2021, limit=100))
+    assert page.hits and all(h.category == "documentary" and h.year == 2021 for h in page.hits)
+
+
+def test_paging_without_overlap_and_capped(seeded):
+    seen: list[int] = []
+    q = SearchQuery(q="silent", limit=25)
+    offset = 0
+    while offset is not None and offset < 200:
+        page = seeded.search(SearchQuery(q=q.q, limit=q.limit, offset=offset))
+        seen += [h.id for h in page.hits]
+        offset = page.next_offset
+    assert len(seen) == len(set(seen)) >= 100
+    with pytest.raises(BadQuery):
+        seeded.search(SearchQuery(q="silent", offset=seeded.config.search.max_offset + 1))
+    with pytest.raises(BadQuery):
+        seeded.search(SearchQuery(q="silent", limit=1000))
+    with pytest.raises(BadQuery):
+        seeded.search(SearchQuery(q="x" * 1000))
+    with pytest.raises(BadQuery):
+        seeded.search(SearchQuery(q=" ".join(f"w{i}" for i in range(50))))
+
+
+def test_unpublished_titles_are_never_found(seeded):
+    assert seeded.search(SearchQuery(q="secrets")).hits == ()
+    assert seeded.search(SearchQuery(q="secre")).hits == ()  # not even by prefix or as a correction
+    assert all(h.title != "Night Train Secrets" for h in seeded.search(SearchQuery(category="drama", limit=100)).hits)
+
+
+INJECTIONS = [
+    "'; DROP TABLE titles; --", "\" OR 1=1 --", "night\" OR \"", "') OR ('1'='1", "NEAR(night train)",
+    "*", "title:night", "!:*&|", "night & ! train", "1; SELECT pg_sleep(5)", "\\x00\x00night",
+    "night' || (SELECT string_agg(title, ',') FROM titles) || '", "%' OR '%'='", "train:* | !night",
+]
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_injection_strings_are_harmless(seeded, text):
+    before = len(seeded.search(SearchQuery(category="drama", limit=100)).hits)
+    page = seeded.search(SearchQuery(q=text))
+    for h in page.hits:
+        assert h.title != "Night Train Secrets"
+    try:
+        assert seeded.search(SearchQuery(q=text, category=text[:64], language=text[:64])).hits == ()
+    except BadQuery:
+        assert not text.isprintable()  # a NUL or control character in a filter is refused
+    assert len(seeded.search(SearchQuery(category="drama", limit=100)).hits) == before
+    assert titles(seeded.search(SearchQuery(q="night train")))[0] == "Night Train"
+
+
+# --- titles --------------------------------------------------------------------------------------
+
+def test_title_lifecycle_and_search_follows_state(fresh):
+    cat, clock = fresh
+    t = cat.create_title(TitleDraft(title="Night Train", category="drama", year=2026))
+    assert t.state is TitleState.UPLOADED and cat.search(SearchQuery(q="night")).hits == ()
+    with pytest.raises(IllegalTransition):
+        cat.set_state(t.id, TitleState.PUBLISHED)
+    cat.set_state(t.id, TitleState.TRANSCODING, progress=0.4)
+    assert cat.get_title(t.id).progress == pytest.approx(0.4)
+    cat.set_state(t.id, TitleState.PACKAGED)
+    cat.set_state(t.id, TitleState.PUBLISHED)
+    assert titles(cat.search(SearchQuery(q="night"))) == ["Night Train"]
+    cat.update_metadata(t.id, TitleDraft(title="Day Bus", category="drama", year=2026))
+    assert cat.search(SearchQuery(q="night")).hits == ()
+    assert titles(cat.search(SearchQuery(q="day bus"))) == ["Day Bus"]
+    cat.set_state(t.id, TitleState.WITHDRAWN)
+    assert cat.search(SearchQuery(q="day")).hits == ()
+    assert cat.search(SearchQuery(q="dya")).corrections == {}  # the vocabulary forgot its words
+
+
+# --- the job queue ----------------------------------------------------------------------------
+
+def test_enqueue_is_idempotent(fresh):
+    cat, clock = fresh
+    a = cat.enqueue("transcode", "upload-123", payload={"upload": "123"})
+    b = cat.enqueue("transcode", "upload-123", payload={"upload": "other"})
+    assert a == b and b.payload == {"upload": "123"}
+    assert cat.lease("w1", ["transcode"], 30).job.id == a.id
+    assert cat.lease("w2", ["transcode"], 30) is None
+
+
+def test_a_dead_workers_job_is_done_once_by_another(fresh):
+    cat, clock = fresh
+    t = cat.create_title(TitleDraft(title="Night Train"))
+    cat.set_state(t.id, TitleState.TRANSCODING)
+    cat.enqueue("transcode", f"title-{t.id}", title_id=t.id)
+    first = cat.lease("worker-a", ["transcode"], 30)
+    assert first is not None
+    cat.heartbeat(first, 30, progress=0.25)
+    clock.advance(20)
+    assert cat.lease("worker-b", ["transcode"], 30) is None  # still held
+    clock.advance(31)  # worker-a died: no heartbeat for longer than its lease
+    second = cat.lease("worker-b", ["transcode"], 30)
+    assert second is not None and second.job.id == first.job.id and second.token != first.token
+    assert second.job.attempts == 2
+    # worker-a wakes up: everything it tries is refused (fenced by the lease token).
+    for attempt in (lambda: cat.heartbeat(first, 30, progress=0.9),
+                    lambda: cat.complete(first, title_state=TitleState.PACKAGED),
+                    lambda: cat.fail(first, "late")):
+        with pytest.raises(LeaseLost):
+            attempt()
+    assert cat.get_title(t.id).progress == pytest.approx(0.25)
+    cat.complete(second, title_state=TitleState.PACKAGED)
+    assert cat.get_job(first.job.id).state is JobState.DONE
+    assert cat.get_title(t.id).state is TitleState.PACKAGED
+    with pytest.raises(LeaseLost):
+        cat.complete(second)
+    assert cat.lease("worker-c", ["transcode"], 30) is None
+
+
+def test_failures_back_off_then_die(fresh):
+    cat, clock = fresh
+    job = cat.enqueue("transcode", "k")
+    lease = cat.lease("w", ["transcode"], 30)
+    after = cat.fail(lease, "object store down")
+    assert after.state is JobState.QUEUED and after.last_error == "object store down"
+    delay = after.run_at - clock.time()
+    assert 5 <= delay <= 10  # base 10 s, equal jitter
+    assert cat.lease("w", ["transcode"], 30) is None
+    clock.advance(delay)
+    lease = cat.lease("w", ["transcode"], 30)
+    after = cat.fail(lease, "again")
+    assert 10 <= after.run_at - clock.time() <= 20  # doubled
+    clock.advance(20)
+    lease = cat.lease("w", ["transcode"], 30)
+    assert lease.job.attempts == 3
+    dead = cat.fail(lease, "third time")
+    assert dead.state is JobState.FAILED and cat.get_job(job.id).state is JobState.FAILED
+    clock.advance(1000)
+    assert cat.lease("w", ["transcode"], 30) is None
+    # A bad input is not retried at all.
+    cat.enqueue("probe", "bad-input")
+    lease = cat.lease("w", ["probe"], 30)
+    assert cat.fail(lease, "not a video", retry=False).state is JobState.FAILED
+
+
+def test_a_job_whose_workers_keep_dying_ends_failed(fresh):
+    cat, clock = fresh
+    job = cat.enqueue("transcode", "poison")
+    for _ in range(3):
+        assert cat.lease("w", ["transcode"], 10) is not None
+        clock.advance(11)
+    assert cat.lease("w", ["transcode"], 10) is None
+    dead = cat.get_job(job.id)
+    assert dead.state is JobState.FAILED and "lease expired" in dead.last_error
+
+
+def test_kinds_select_jobs(fresh):
+    cat, clock = fresh
+    cat.enqueue("package", "p1")
+    assert cat.lease("w", ["transcode"], 10) is None
+    assert cat.lease("w", ["transcode", "package"], 10).job.kind == "package"
+
+
+def test_racing_workers_each_job_exactly_once(fresh):
+    """Four threads lease from one queue on the real clock: every job is completed once."""
+    cat, _ = fresh
+    real = open_catalogue(cat.config)  # the system clock: leases long enough not to expire
+    try:
+        for i in range(40):
+            real.enqueue("transcode", f"job-{i}")
+        done: list[int] = []
+        lock = threading.Lock()
+
+        def worker(name: str) -> None:
+            while (lease := real.lease(name, ["transcode"], 60)) is not None:
+                real.complete(lease)
+                with lock:
+                    done.append(lease.job.id)
+
+        threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert sorted(done) == sorted(set(done)) and len(done) == 40
+    finally:
+        real.close()

@@ -1,0 +1,245 @@
+"""The whole origin flow on real daemons, as a creator and a viewer see it: an object store
+cluster, ``headwater node licence``, ``headwater node origin`` (TLS "auto" from the local CA, the
+built-in issuer) and ``headwater node transcoder``, each its own process, driven only through
+their public interfaces. The origin speaks plain HTTP here (``tls = false``): the static ffprobe
+8.1 is built with mbedTLS, which refuses the local CA's certificate (its critical Name
+Constraints extension), so HTTPS to the origin is left to ``test_origin_delivery.py``; the
+licence server is on HTTPS with the local CA.
+
+A creator's token (``upload titles:write``) from the built-in issuer; a 10-second ``testsrc2``
+clip uploaded with ``tuspy`` (stopped half-way, resumed by a second uploader from the server's
+offset); ``POST /api/titles``; ``GET /api/titles/T`` polled through ``transcoding`` (progress
+only going up) to ``published``; a search with a typo finds it; a viewer's token gets ``/play``;
+the HLS master and a segment are fetched through an edge POP and its shield (in-process, as
+``test_origin_delivery.py`` runs them) from the origin, and ffprobe reads the HLS URL on the POP;
+the licence server answers the /play licence token with the title's key for the KID in the
+MPD's ``cenc:default_KID``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+import ssl
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from urllib.parse import urljoin
+
+import anyio
+import anyio.from_thread
+import httpx
+import pytest
+from tusclient import client as tus_client
+
+from headwater import localca
+from headwater.config import load
+from headwater.drm.client import EntitlementMinter, open_title_keys
+from headwater.edge.daemon import run_edge
+from tests.cluster import free_ports
+from tests.functional.drm_media import FFPROBE, make_clip
+from tests.functional.licence_harness import cli
+from tests.functional.origin_harness import LICENCE_SECTION, SMALL_LADDER, Daemon
+
+CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
+CENC = "{urn:mpeg:cenc:2013}"
+
+SECTIONS = """
+[origin]
+port = {origin}
+admin_port = {origin_admin}
+tls = false
+
+[origin.delivery]
+publish_cache_seconds = 1
+
+[[origin.clients]]
+id = "creator-app"
+scopes = ["upload", "titles:write"]
+secret = "sealed"
+
+[[origin.clients]]
+id = "viewer-app"
+scopes = ["view"]
+secret = "sealed"
+
+""" + LICENCE_SECTION + """
+[transcoder]
+admin_port = {transcoder_admin}
+workers = 1
+lease_seconds = 10
+heartbeat_seconds = 0.5
+poll_seconds = 0.2
+preset = "ultrafast"
+audio_bitrate = "64k"
+thumbnail_seconds = 5
+
+""" + SMALL_LADDER + """
+[cdn.client_limits]
+enabled = false
+
+[[distributions]]
+name = "video"
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = {pop}
+admin_port = {pop_admin}
+lat = 51.5
+lon = -0.12
+ram_size = "16MiB"
+disk_size = "64MiB"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {shield}
+admin_port = {shield_admin}
+disk_size = "64MiB"
+"""
+
+
+@pytest.fixture(scope="module")
+def world(cluster):
+    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_admin", "shield",
+             "shield_admin")
+    p = dict(zip(names, free_ports(len(names))))
+    with open(cluster.config_path, "a") as f:
+        f.write(SECTIONS.format(**p))
+    cfg = load(str(cluster.config_path))
+    # The local CA and the licence token secret made once here, as `headwater up` would, so the
+    # daemons do not race to create them.
+    localca.prepare(cfg)
+    EntitlementMinter(cfg)
+    logs = cluster.root / "logs"
+    # The licence node first: it makes the key store's KEK the transcoder then opens.
+    daemons = [Daemon(cluster.config_path, "licence", p["licence_admin"], logs / "licence.out").wait()]
+    try:
+        daemons += [Daemon(cluster.config_path, "origin", p["origin_admin"], logs / "origin.out"),
+                    Daemon(cluster.config_path, "transcoder", p["transcoder_admin"], logs / "transcoder.out")]
+        for d in daemons:
+            d.wait()
+        # The edge (a POP and its shield) in-process through the role's entry point, as
+        # test_origin_delivery.py runs it: /play's URLs are on the POP.
+        with anyio.from_thread.start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
+            edges = [portal.start_task(functools.partial(run_edge, cfg, cfg.daemon(i)))[0]
+                     for i in ("shield-1", "pop-1")]
+            try:
+                yield {"cfg": cfg, "config": cluster.config_path, "ports": p, "logs": logs,
+                       "url": f"http://127.0.0.1:{p['origin']}", "pop": f"http://127.0.0.1:{p['pop']}",
+                       "ca": str(cluster.data_dir / "ca" / "ca.pem")}
+            finally:
+                for e in edges:
+                    e.cancel()
+    finally:
+        for d in reversed(daemons):
+            d.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_a_video_file_becomes_a_playable_encrypted_title(world, tmp_path):
+    config, ca = world["config"], world["ca"]
+    creator = cli(config, "token", "--client", "creator-app", "--scope", "upload titles:write").strip()
+    viewer = cli(config, "token", "--client", "viewer-app", "--scope", "view").strip()
+    clip = make_clip(tmp_path / "clip.mp4", seconds=10, size="320x180", gop=25)
+
+    # tuspy: the first uploader stops half-way; a second one resumes from the server's offset.
+    client = tus_client.TusClient(f"{world['url']}/uploads", headers=bearer(creator))
+    size = clip.stat().st_size
+    first = client.uploader(str(clip), chunk_size=64 * 1024, metadata={"filename": "clip.mp4"})
+    first.upload(stop_at=size // 2)
+    second = client.uploader(str(clip), url=first.url, chunk_size=64 * 1024, upload_checksum=True)
+    assert 0 < second.offset < size
+    second.upload()
+    upload_id = first.url.rsplit("/", 1)[1]
+
+    http = httpx.Client(base_url=world["url"], timeout=30, trust_env=False)
+    with http:
+        r = http.post("/api/titles", headers=bearer(creator),
+                      json={"title": "Midnight Lighthouse", "category": "documentary", "year": 2026,
+                            "language": "en", "upload": upload_id})
+        assert r.status_code == 201, r.text
+        tid = r.json()["id"]
+
+        # Status, as the creator polls it: uploaded -> transcoding (progress only going up) -> published.
+        states, progress = [], []
+        deadline = time.monotonic() + 90
+        while True:
+            doc = http.get(f"/api/titles/{tid}", headers=bearer(creator)).json()
+            if not states or states[-1] != doc["state"]:
+                states.append(doc["state"])
+            progress.append(doc["progress"])
+            if doc["state"] in ("published", "failed"):
+                break
+            assert time.monotonic() < deadline, (states, progress, _tail(world, "transcoder"))
+            time.sleep(0.1)
+        assert doc["state"] == "published", (doc["error"], _tail(world, "transcoder"))
+        assert "transcoding" in states and states[-1] == "published", states
+        assert progress == sorted(progress) and progress[-1] == 100, progress  # per cent
+        assert any(0 < x < 100 for x in progress), progress  # reported while it ran, not only at the end
+        by_name = {r["name"]: r for r in doc["renditions"]}
+        assert {"dash", "hls", "180p", "90p"} <= set(by_name), by_name
+        version = by_name["hls"]["path"].rsplit("/", 1)[0]
+        assert re.fullmatch(rf"titles/{tid}/v\d+-1", version), version
+
+        # Search: public, typo-tolerant.
+        hits = http.get("/api/search", params={"q": "lighthuose"}).json()["hits"]
+        assert tid in [h["id"] for h in hits], hits
+
+        # Playback: a viewer's token; the manifests on the POP, which fetches from the origin.
+        assert http.get(f"/api/titles/{tid}/play").status_code == 401
+        r = http.get(f"/api/titles/{tid}/play", headers=bearer(viewer))
+        assert r.status_code == 200, r.text
+        play = r.json()
+        assert http.get(f"/{version}/master.m3u8").headers["surrogate-key"] == f"title-{tid}"  # the origin's own URL
+        base = f"{world['pop']}/{version}/"
+        assert play["hls"].startswith(base + "master.m3u8") and play["dash"].startswith(base + "manifest.mpd")
+        master = http.get(play["hls"])
+        assert master.status_code == 200 and "shield-1" in master.headers["via"], master.headers
+        variant = next(line for line in master.text.splitlines() if line and not line.startswith("#"))
+        media = http.get(urljoin(play["hls"], variant))
+        assert media.status_code == 200, media.text
+        segment = next(line for line in media.text.splitlines() if line and not line.startswith("#"))
+        seg = http.get(urljoin(str(media.url), segment))
+        assert seg.status_code == 200 and len(seg.content) > 1000
+        assert "immutable" in seg.headers["cache-control"]
+        mpd = http.get(play["dash"])
+        assert mpd.status_code == 200
+
+    # ffprobe reads the HLS master and what it names from the origin (the ClearKey key URI in the
+    # playlists is a data: URI, which ffmpeg allows only with -allowed_extensions ALL).
+    probe = subprocess.run([FFPROBE, "-v", "error", "-allowed_extensions", "ALL",
+                            "-show_entries", "stream=codec_type,width,height", "-of", "csv=p=0", play["hls"]],
+                           capture_output=True, text=True, timeout=60)
+    assert "video,320,180" in probe.stdout and "video,160,90" in probe.stdout and "audio" in probe.stdout, \
+        probe.stdout + probe.stderr[-2000:]
+
+    # The licence: the /play token buys the title's key for the MPD's KID.
+    kids = {e.get(f"{CENC}default_KID") for e in ET.fromstring(mpd.content).iter()} - {None}
+    assert len(kids) == 1, kids
+    kid = uuid.UUID(kids.pop()).bytes
+    b64 = base64.urlsafe_b64encode(kid).rstrip(b"=").decode()
+    lic = play["licence"]
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=15, trust_env=False) as c:
+        r = c.post(lic["url"], headers=bearer(lic["token"]), json={"kids": [b64], "type": "temporary"})
+    assert r.status_code == 200, r.text
+    (key,) = r.json()["keys"]
+    keys = open_title_keys(world["cfg"])
+    try:
+        expected = keys.get(kid).key
+        assert [i.kid for i in keys.infos(str(tid))] == [kid]
+    finally:
+        keys.close()
+    assert key["kid"] == b64
+    assert base64.urlsafe_b64decode(key["k"] + "==") == expected
+
+
+def _tail(world, name: str) -> str:
+    return (world["logs"] / f"{name}.out").read_text(errors="replace")[-3000:]

@@ -1,0 +1,240 @@
+"""The transcode pipeline on real daemons: an object store cluster, the licence node's key
+store (LMDB, the daemon itself is not needed), the origin's SQLite catalogue, and the
+``transcoder`` role as an operator runs it (``headwater node transcoder``).
+
+A 12-second ``testsrc2`` clip uploaded to ``uploads`` and a title + job enqueued in the
+catalogue are published by the worker: ``published`` with its renditions, ffprobe reads the
+MPD and the HLS master, the 180p rung decrypts with the title's key from the key store to the
+source's picture (SSIM against the source, which a wrong key fails), and nothing is written
+outside ``titles/T/v<job>-<attempt>/``. A corrupt upload fails its title with ffprobe's reason
+and publishes nothing. A worker SIGKILLed mid-job (with its ffmpeg) loses the job when its
+lease expires; the restarted worker takes it as attempt 2, deletes the dead attempt's objects
+and publishes one version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import pytest
+
+from headwater.config import load
+from headwater.drm.client import open_title_keys
+from headwater.origin.catalogue import JobState, TitleDraft, TitleState, open_catalogue
+from headwater.origin.transcode.config import origin_catalogue
+from tests.cluster import free_ports
+from tests.functional.drm_media import FFMPEG, FFPROBE, make_clip, run
+from tests.functional.origin_harness import SMALL_LADDER
+
+CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB")
+TOKEN_ENV = "HW_TEST_TRANSCODE_TOKEN_SECRET"
+
+SECTIONS = """
+[origin]
+id = "origin"
+port = {origin_port}
+admin_port = {origin_admin}
+tls = false
+
+[licence]
+id = "licence"
+port = {licence_port}
+admin_port = {licence_admin}
+tls = false
+
+[[licence.tokens.keys]]
+id = "t"
+alg = "HS256"
+secret_env = "{token_env}"
+
+[transcoder]
+admin_port = {admin}
+workers = 1
+lease_seconds = 4
+heartbeat_seconds = 1
+poll_seconds = 0.2
+preset = "ultrafast"
+audio_bitrate = "64k"
+thumbnail_seconds = 5
+
+""" + SMALL_LADDER
+
+
+class Transcoder:
+    def __init__(self, cluster, admin: int) -> None:
+        self.cluster, self.admin = cluster, admin
+        self.proc: subprocess.Popen | None = None
+        self.log = open(cluster.root / "logs" / "transcoder.out", "ab")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "headwater", "node", "transcoder", "--worker", "0",
+                                      "-c", str(self.cluster.config_path)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env={**os.environ, TOKEN_ENV: "x" * 32})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.tail()
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.admin}/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the transcoder did not start\n" + self.tail())
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its ffmpeg (its process group): a host lost mid-job."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def tail(self) -> str:
+        return (self.cluster.root / "logs" / "transcoder.out").read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def setup(cluster, s3, tmp_path_factory):
+    origin_port, origin_admin, licence_port, licence_admin, admin = free_ports(5)
+    with open(cluster.config_path, "a") as f:
+        f.write(SECTIONS.format(origin_port=origin_port, origin_admin=origin_admin, licence_port=licence_port,
+                                licence_admin=licence_admin, admin=admin, token_env=TOKEN_ENV))
+    os.environ[TOKEN_ENV] = "x" * 32
+    cfg = load(cluster.config_path)
+    s3.create_bucket(Bucket="uploads")
+    catalogue = open_catalogue(origin_catalogue(cfg))
+    clips = tmp_path_factory.mktemp("clips")
+    clip = make_clip(clips / "clip.mp4", seconds=12, size="320x180", gop=25)
+    worker = Transcoder(cluster, admin)
+    worker.start()
+    try:
+        yield cfg, catalogue, clip, worker
+    finally:
+        worker.kill()
+        worker.log.close()
+        catalogue.close()
+
+
+def submit(s3, catalogue, name: str, body: bytes) -> tuple[int, int]:
+    """An upload in the store, a title and its transcode job, as POST /api/titles makes them."""
+    s3.put_object(Bucket="uploads", Key=f"uploads/{name}", Body=body)
+    title = catalogue.create_title(TitleDraft(title=f"Night Train {name}", upload=name, owner="creator-app"))
+    job = catalogue.enqueue("transcode", f"transcode:{title.id}:{name}", title_id=title.id,
+                            payload={"bucket": "uploads", "key": f"uploads/{name}"})
+    return title.id, job.id
+
+
+def wait_state(catalogue, title_id: int, states: set[TitleState], worker: Transcoder, timeout: float = 40):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = catalogue.get_title(title_id)
+        if t.state in states:
+            return t
+        time.sleep(0.05)
+    raise AssertionError(f"title {title_id} is {t.state.value} ({t.error}) after {timeout} s\n{worker.tail()}")
+
+
+def keys_under(s3, prefix: str) -> list[str]:
+    found = s3.list_objects_v2(Bucket="videos", Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"] for o in found)
+
+
+def download(s3, prefix: str, dest: Path) -> None:
+    for k in keys_under(s3, prefix):
+        p = dest / k.removeprefix(prefix)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(s3.get_object(Bucket="videos", Key=k)["Body"].read())
+
+
+def ssim(encrypted: Path, source: Path, key: bytes) -> float:
+    out = subprocess.run([FFMPEG, "-v", "info", "-nostats", "-decryption_key", key.hex(), "-i", str(encrypted),
+                          "-i", str(source), "-lavfi", "[0:v][1:v]ssim", "-f", "null", "-"],
+                         capture_output=True, timeout=60).stderr.decode(errors="replace")
+    m = re.search(r"SSIM .* All:([0-9.]+)", out)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_an_upload_is_published_encrypted_under_its_version_prefix(setup, s3, tmp_path):
+    cfg, catalogue, clip, worker = setup
+    title_id, job_id = submit(s3, catalogue, "clip-1", clip.read_bytes())
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker)
+    assert title.state is TitleState.PUBLISHED, title.error
+    prefix = f"titles/{title_id}/v{job_id}-1/"
+    by_name = {r.name: r for r in title.renditions}
+    assert set(by_name) == {"dash", "hls", "180p", "90p", "audio"}
+    assert by_name["dash"].path == prefix + "manifest.mpd" and by_name["hls"].path == prefix + "master.m3u8"
+    assert (by_name["180p"].width, by_name["180p"].height, by_name["90p"].height) == (320, 180, 90)
+    assert by_name["180p"].codec.startswith("avc1.") and by_name["audio"].codec == "mp4a.40.2"
+    assert title.progress == 1.0 and catalogue.get_job(job_id).state is JobState.DONE
+    # Nothing outside the version prefix; every rendition's object is there.
+    stored = keys_under(s3, f"titles/{title_id}/")
+    assert stored and all(k.startswith(prefix) for k in stored), stored
+    assert {r.path for r in title.renditions} <= set(stored)
+    assert {prefix + n for n in ("poster.jpg", "thumbs/thumbs.vtt", "thumbs/sprite-001.jpg",
+                                 "video-1/init.mp4", "video-2/seg-1.m4s")} <= set(stored)
+
+    local = tmp_path / "title"
+    download(s3, prefix, local)
+    # ffprobe reads the HLS master and every variant and rendition it names (the static ffprobe
+    # 8.1 has no DASH demuxer: the MPD's representations are read from its XML instead).
+    # (-allowed_extensions ALL: the playlists' ClearKey key URI is a data: URI ffmpeg blocks by
+    # default; without the key the probe's decoder complains about the encrypted samples.)
+    probe = run(FFPROBE, "-v", "quiet", "-allowed_extensions", "ALL", "-show_entries", "stream=codec_type,width,height", "-of", "csv=p=0",
+                local / "master.m3u8").stdout.decode()
+    assert "video,320,180" in probe and "video,160,90" in probe and "audio" in probe, probe
+    mpd = ET.parse(local / "manifest.mpd").getroot()
+    reps = {(r.get("width"), r.get("height")) for r in mpd.iter("{urn:mpeg:dash:schema:mpd:2011}Representation")}
+    assert reps == {("320", "180"), ("160", "90"), (None, None)}, reps
+    assert (local / "poster.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert "#xywh=0,0,160,90" in (local / "thumbs/thumbs.vtt").read_text()
+
+    # The 180p rung decrypts with the title's key (from the key store, by title) to the source.
+    keys = open_title_keys(cfg)
+    try:
+        (info,) = [i for i in keys.infos(str(title_id))]
+        key = keys.get(info.kid).key
+    finally:
+        keys.close()
+    assert info.scheme == "cbcs" and info.kid.hex() in (local / "manifest.mpd").read_text().replace("-", "")
+    segs = sorted((local / "video-1").glob("seg-*.m4s"), key=lambda p: int(p.stem.split("-")[1]))
+    joined = tmp_path / "video-1.mp4"
+    joined.write_bytes((local / "video-1/init.mp4").read_bytes() + b"".join(s.read_bytes() for s in segs))
+    assert ssim(joined, clip, key) > 0.9
+    assert ssim(joined, clip, bytes(16)) < 0.8
+
+
+def test_a_corrupt_upload_fails_its_title_and_publishes_nothing(setup, s3):
+    cfg, catalogue, clip, worker = setup
+    data = bytearray(clip.read_bytes())
+    data[:4096] = os.urandom(4096)  # the ftyp and moov head are gone
+    title_id, job_id = submit(s3, catalogue, "corrupt", bytes(data))
+    title = wait_state(catalogue, title_id, {TitleState.FAILED, TitleState.PUBLISHED}, worker)
+    assert title.state is TitleState.FAILED and "not a video ffprobe can read" in title.error, title.error
+    job = catalogue.get_job(job_id)
+    assert job.state is JobState.FAILED and job.attempts == 1  # bad input is not retried
+    assert title.renditions == () and keys_under(s3, f"titles/{title_id}/") == []
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_one_version_published(setup, s3):
+    cfg, catalogue, clip, worker = setup
+    title_id, job_id = submit(s3, catalogue, "killed", clip.read_bytes())
+    wait_state(catalogue, title_id, {TitleState.TRANSCODING}, worker, timeout=20)
+    time.sleep(0.3)  # into the download or ffmpeg
+    worker.kill()
+    title = catalogue.get_title(title_id)
+    assert title.state is TitleState.TRANSCODING, f"the job ended before the kill ({title.state.value})"
+    worker.start()  # the restarted worker takes the job once the dead one's lease has expired
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker)
+    assert title.state is TitleState.PUBLISHED, title.error
+    job = catalogue.get_job(job_id)
+    assert job.state is JobState.DONE and job.attempts == 2
+    prefix = f"titles/{title_id}/v{job_id}-2/"
+    assert {r.path.rsplit("/", 1)[0] + "/" for r in title.renditions if r.name in ("dash", "hls")} == {prefix}
+    stored = keys_under(s3, f"titles/{title_id}/")
+    assert stored and all(k.startswith(prefix) for k in stored), stored

@@ -1,0 +1,346 @@
+"""The origin's upload service on real daemons: an object store cluster, and the origin as an
+operator runs it (``headwater node origin``, TLS "auto" from the local CA, the built-in issuer),
+driven by real clients: ``headwater token`` and curl for tokens, the ``tuspy`` tus client for
+uploads, httpx for the protocol's corners, boto3 to read the result back from the store.
+
+Covered: a 12 MiB upload with tuspy stopped after a few chunks, a PATCH whose connection dies
+mid-body (its bytes kept: tus), the origin killed (SIGKILL) and restarted, then the upload resumed
+by a new tuspy uploader from the server's offset with sha1 checksums, and the completed object's
+bytes equal to the file's; a wrong checksum -> 460 with the offset unchanged; no token, a wrong
+scope, an expired token, another client's upload -> 401/403/404 JSON; the built-in issuer's token
+by curl (Basic auth) verifying against its JWKS; tus discovery and the CORS preflight; 412; the
+S3 gateway down during a PATCH -> 503 with nothing acknowledged, then the same PATCH once it is back;
+the JWKS fetcher against the built-in issuer; expiry (410, then aborted by the janitor) and the
+spool's recovery at start, on a fake clock against the real store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import httpx
+import jwt
+import pytest
+from tusclient import client as tus_client
+
+from .origin_harness import TUS, Origin, auth, origin_fixture
+
+CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
+MiB = 1024 * 1024
+
+origin = origin_fixture()
+
+
+@pytest.fixture(scope="module")
+def token(origin):
+    return origin.cli("token", "--client", "creator-app", "--scope", "upload")
+
+
+def offset_of(origin: Origin, url: str, token: str) -> int:
+    with origin.http() as c:
+        r = c.head(url, headers=auth(token))
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    return int(r.headers["upload-offset"])
+
+
+def test_builtin_issuer_by_curl(origin):
+    secret = origin.cli("token", "--client", "creator-app", "--print-secret")
+    out = subprocess.run(["curl", "-sS", "--cacert", origin.ca, "-u", f"creator-app:{secret}",
+                          "-d", "grant_type=client_credentials", "-d", "scope=upload titles:write",
+                          "-w", "\n%{http_code}", f"{origin.url}/oauth/token"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    body, status = out.rsplit("\n", 1)
+    doc = json.loads(body)
+    assert status == "200" and doc["token_type"] == "Bearer" and doc["scope"] == "upload titles:write"
+    jwks = json.loads(subprocess.run(["curl", "-sS", "--cacert", origin.ca, f"{origin.url}/.well-known/jwks.json"],
+                                     capture_output=True, text=True, timeout=30, check=True).stdout)
+    kid = jwt.get_unverified_header(doc["access_token"])["kid"]
+    key = next(k for k in jwks["keys"] if k["kid"] == kid)
+    claims = jwt.decode(doc["access_token"], jwt.PyJWK(key).key, algorithms=["ES256"], audience="headwater-origin",
+                        issuer=origin.url)
+    assert claims["client_id"] == "creator-app" and claims["scope"] == "upload titles:write"
+    with origin.http() as c:
+        meta = c.get("/.well-known/oauth-authorization-server").json()
+        assert meta["token_endpoint"] == f"{origin.url}/oauth/token"
+        bad = c.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=("creator-app", "wrong"))
+        assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
+        assert bad.headers["www-authenticate"].startswith("Basic")
+        scope = c.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "view"},
+                       auth=("creator-app", secret))
+        assert scope.status_code == 400 and scope.json()["error"] == "invalid_scope"
+
+
+def test_tuspy_upload_interrupted_killed_and_resumed(origin, token, s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", origin.ca)
+    data = os.urandom(12 * MiB + 12345)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    client = tus_client.TusClient(f"{origin.url}/uploads", headers={"Authorization": f"Bearer {token}"})
+    first = client.uploader(str(path), chunk_size=1 * MiB, metadata={"filename": "clip.mp4"})
+    first.upload(stop_at=6 * MiB)  # the client stops after six chunks
+    url = first.url
+    assert offset_of(origin, url, token) == 6 * MiB
+    # One part (5 MiB) is in the store; only the part being filled is spooled on the origin.
+    spool = list((origin.cluster.data_dir / "origin" / "spool").iterdir())
+    assert [p.stat().st_size for p in spool] == [1 * MiB]
+
+    # A PATCH whose connection dies mid-body: what arrived is kept and acknowledged (tus).
+    host = "127.0.0.1"
+    ctx = ssl.create_default_context(cafile=origin.ca)
+    sent = 700_000
+    with socket.create_connection((host, origin.port)) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+        head = (f"PATCH /uploads/{url.rsplit('/', 1)[1]} HTTP/1.1\r\nHost: {host}:{origin.port}\r\n"
+                f"Authorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n"
+                f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {6 * MiB}\r\n"
+                f"Content-Length: {2 * MiB}\r\n\r\n")
+        s.sendall(head.encode() + data[6 * MiB: 6 * MiB + sent])
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while offset_of(origin, url, token) != 6 * MiB + sent and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert offset_of(origin, url, token) == 6 * MiB + sent
+
+    # The origin dies (SIGKILL) and comes back: the acknowledged offset survives.
+    origin.kill()
+    origin.start()
+    assert offset_of(origin, url, token) == 6 * MiB + sent
+
+    # A new uploader (another process, say) resumes from the server's offset, with checksums.
+    second = client.uploader(str(path), url=url, chunk_size=2 * MiB, upload_checksum=True)
+    assert second.offset == 6 * MiB + sent
+    second.upload()
+    assert offset_of(origin, url, token) == len(data)
+    got = s3.get_object(Bucket="uploads", Key=f"uploads/{url.rsplit('/', 1)[1]}")["Body"].read()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert not list((origin.cluster.data_dir / "origin" / "spool").iterdir())
+
+
+def _create(c: httpx.Client, token: str, length: int, **extra: str) -> str:
+    r = c.post("/uploads", headers={**auth(token), "upload-length": str(length), **extra})
+    assert r.status_code == 201, r.text
+    return r.headers["location"]
+
+
+def test_checksum_mismatch_keeps_the_offset(origin, token, s3):
+    body = os.urandom(300_000)
+    good = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    bad = base64.b64encode(hashlib.sha256(body + b"x").digest()).decode()
+    patch = {**auth(token), "content-type": "application/offset+octet-stream", "upload-offset": "0"}
+    with origin.http() as c:
+        url = _create(c, token, len(body), **{"upload-metadata": "filename " + base64.b64encode(b"a.mp4").decode()})
+        r = c.patch(url, content=body, headers={**patch, "upload-checksum": f"sha256 {bad}"})
+        assert r.status_code == 460 and r.json()["error"] == "checksum_mismatch"
+        assert offset_of(origin, url, token) == 0
+        r = c.patch(url, content=body, headers={**patch, "upload-checksum": f"md5 {bad}"})
+        assert r.status_code == 400
+        r = c.patch(url, content=body[:10], headers={**patch, "upload-offset": "5"})
+        assert r.status_code == 409 and r.json()["error"] == "offset_mismatch"
+        r = c.patch(url, content=body, headers={**patch, "content-type": "application/octet-stream"})
+        assert r.status_code == 415
+        r = c.patch(url, content=body, headers={**patch, "upload-checksum": f"sha256 {good}"})
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(len(body))
+        h = c.head(url, headers=auth(token))
+        assert h.headers["upload-metadata"] == "filename " + base64.b64encode(b"a.mp4").decode()
+        # creation-with-upload: the whole (small) body in the POST.
+        r = c.post("/uploads", content=b"tiny", headers={**auth(token), "upload-length": "4",
+                                                         "content-type": "application/offset+octet-stream"})
+        assert r.status_code == 201 and r.headers["upload-offset"] == "4"
+        tiny = r.headers["location"].rsplit("/", 1)[1]
+        # A zero-length upload is refused: no video, and it would leave an object and a record.
+        r = c.post("/uploads", headers={**auth(token), "upload-length": "0"})
+        assert r.status_code == 400 and r.json()["error"] == "empty_upload"
+        # termination
+        gone = _create(c, token, 10)
+        assert c.delete(gone, headers=auth(token)).status_code == 204
+        assert c.head(gone, headers=auth(token)).status_code == 404
+        # too large for Tus-Max-Size
+        r = c.post("/uploads", headers={**auth(token), "upload-length": str(65 * MiB)})
+        assert r.status_code == 413
+    got = s3.get_object(Bucket="uploads", Key=f"uploads/{url.rsplit('/', 1)[1]}")["Body"].read()
+    assert got == body
+    assert s3.get_object(Bucket="uploads", Key=f"uploads/{tiny}")["Body"].read() == b"tiny"
+    with origin.http() as c:  # terminating a finished upload deletes its object
+        assert c.delete(f"/uploads/{tiny}", headers=auth(token)).status_code == 204
+    with pytest.raises(Exception, match="NoSuchKey|404"):
+        s3.get_object(Bucket="uploads", Key=f"uploads/{tiny}")
+
+
+def test_tokens_and_scopes(origin, token, cluster):
+    from headwater.config import load
+    from headwater.origin.auth.issuer import ClientRegistry, Issuer, load_signing_key
+
+    viewer = origin.cli("token", "--client", "viewer-app")
+    with origin.http() as c:
+        r = c.post("/uploads", headers={**TUS, "upload-length": "10"})
+        assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+        assert 'error="invalid_token"' in r.headers["www-authenticate"]
+        r = c.post("/uploads", headers={**auth(viewer), "upload-length": "10"})
+        assert r.status_code == 403 and r.json()["error"] == "insufficient_scope"
+        # An expired token, signed with the issuer's real (sealed) key.
+        cfg = load(cluster.config_path)
+        issuer = Issuer(key=load_signing_key(cfg, cfg.origin), issuer=origin.url, audience="headwater-origin",
+                        lifetime_s=600, clients=ClientRegistry({}))
+        old = issuer.mint("creator-app", ("upload",), time.time() - 3600)
+        r = c.post("/uploads", headers={**auth(old), "upload-length": "10"})
+        assert r.status_code == 401 and "expired" in r.json()["message"]
+        # Another client's upload: 404, as if it did not exist (no existence oracle).
+        url = _create(c, token, 10)
+        other = issuer.mint("intruder", ("upload",), time.time())
+        assert c.head(url, headers=auth(other)).status_code == 404
+        # tus: a request without Tus-Resumable -> 412 naming the version.
+        r = c.post("/uploads", headers={"authorization": f"Bearer {token}", "upload-length": "10"})
+        assert r.status_code == 412 and r.headers["tus-version"] == "1.0.0"
+        # Discovery and the CORS preflight (no token needed).
+        r = c.options("/uploads")
+        assert r.status_code == 204 and "checksum" in r.headers["tus-extension"]
+        r = c.options("/uploads", headers={"origin": "https://studio.example",
+                                           "access-control-request-method": "PATCH"})
+        assert r.headers["access-control-allow-origin"] == "https://studio.example"
+        assert "Upload-Offset" in r.headers["access-control-allow-headers"]
+        assert "Location" in r.headers["access-control-expose-headers"]
+        assert c.delete(url, headers=auth(token)).status_code == 204
+
+
+def test_store_down_acknowledges_nothing(origin, token, cluster, s3):
+    """The S3 gateway is down while a PATCH fills a part: 503 JSON, the offset unchanged; once
+    the gateway is back the same PATCH goes through and the object is whole."""
+    body = os.urandom(6 * MiB)
+    patch = {**auth(token), "content-type": "application/offset+octet-stream", "upload-offset": "0"}
+    with origin.http() as c:
+        url = _create(c, token, len(body))
+        cluster.kill_node("s3")
+        try:
+            r = c.patch(url, content=body, headers=patch)
+            assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
+            assert offset_of(origin, url, token) == 0
+        finally:
+            cluster.restart_node("s3")
+        r = c.patch(url, content=body, headers=patch)
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(len(body))
+    assert s3.get_object(Bucket="uploads", Key=f"uploads/{url.rsplit('/', 1)[1]}")["Body"].read() == body
+
+
+def test_jwks_source_fetches_an_issuers_keys(origin, token):
+    """The external-issuer path: :class:`JwksSource` (the kernel's HttpClient, TLS trusting the
+    local CA) fetches this origin's JWKS as it would an OIDC provider's, and a verifier on those
+    keys accepts the origin's tokens."""
+    import anyio
+
+    from headwater.http.client import HttpClient, client_ssl_context
+    from headwater.origin.auth.jwks import JwksSource
+    from headwater.origin.auth.tokens import AccessTokenVerifier
+
+    async def main() -> None:
+        client = HttpClient(ssl_context=client_ssl_context(origin.ca))
+        source = JwksSource(f"{origin.url}/.well-known/jwks.json", client=client, refresh_s=60, max_bytes=64 * 1024,
+                            max_keys=4, monotonic=time.monotonic)
+        await source.fetch_once()
+        assert source.errors == 0 and len(source.keys) == 1
+        verifier = AccessTokenVerifier(lambda: source.keys, issuer=origin.url, audience="headwater-origin",
+                                       clock=time.time)
+        assert "upload" in verifier.verify(token).scopes
+        tiny = JwksSource(f"{origin.url}/.well-known/jwks.json", client=client, refresh_s=60, max_bytes=16,
+                          max_keys=4, monotonic=time.monotonic)
+        await tiny.fetch_once()  # larger than its bound: refused, no keys
+        assert tiny.errors == 1 and tiny.keys == []
+        await client.aclose()
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
+    """The upload service in this process against the cluster's real S3 gateway, on a fake
+    clock: an unfinished upload is 410 once expired and the janitor's pass aborts its multipart
+    upload and removes it; at start, bytes a spool holds past its record are cut away."""
+    import anyio
+
+    from headwater.clock import FakeClock
+    from headwater.http import Headers
+    from headwater.http.client import HttpClient
+    from headwater.origin.errors import Gone, NotFound, TooManyRequests
+    from headwater.origin.upload.janitor import UploadJanitor
+    from headwater.origin.upload.records import UploadRecords
+    from headwater.origin.upload.s3 import MultipartStore
+    from headwater.origin.upload.service import UploadService
+
+    clock = FakeClock(start=time.time())
+    user = cluster.user(0)
+
+    def service(client: HttpClient, records: UploadRecords) -> UploadService:
+        store = MultipartStore(client, endpoint=cluster.endpoint, bucket="uploads", access_key=user.access_key,
+                               secret_key=user.secret_key, region=cluster.region, clock=clock)
+        return UploadService(records=records, store=store, spool_dir=tmp_path / "spool", part_size=5 * MiB,
+                             max_upload_bytes=64 * MiB, max_uploads_per_client=2, expiry_s=600,
+                             max_metadata_bytes=4096, retention_s=3600, clock=clock)
+
+    async def main() -> None:
+        client = HttpClient()
+        records = UploadRecords(tmp_path / "records", map_size=16 * MiB)
+        uploads = service(client, records)
+        await uploads.store.ensure_bucket()
+        hdrs = Headers([("tus-resumable", "1.0.0"), ("upload-length", "1000")])
+        a = await uploads.create("alice-app", hdrs, None)
+        b = await uploads.create("alice-app", hdrs, None)
+        with pytest.raises(TooManyRequests):  # a third unfinished upload for the same client
+            await uploads.create("alice-app", hdrs, None)
+        live = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket="uploads").get("Uploads", [])}
+        assert {a.store_upload_id, b.store_upload_id} <= live
+
+        # Junk past b's recorded spool (a crash mid-PATCH): a restarted service cuts it away.
+        (tmp_path / "spool" / f"{b.id}.0").write_bytes(b"x" * 500)
+        (tmp_path / "spool" / "orphan.3").write_bytes(b"y")
+        uploads = service(client, records)
+        assert uploads.recover() == []
+        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == sorted([f"{a.id}.0", f"{b.id}.0"])
+        assert (tmp_path / "spool" / f"{b.id}.0").stat().st_size == 0
+
+        clock.advance(601)
+        with pytest.raises(Gone):
+            uploads.get("alice-app", a.id)
+        assert await UploadJanitor(uploads, interval_s=60, clock=clock).run_once() == (2, 0)
+        with pytest.raises(NotFound):
+            uploads.get("alice-app", a.id)
+        live = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket="uploads").get("Uploads", [])}
+        assert not {a.store_upload_id, b.store_upload_id} & live
+        assert not list((tmp_path / "spool").iterdir())
+
+        # A completed upload's record is retired after the retention; its object stays.
+        done = await uploads.create("alice-app", Headers([("tus-resumable", "1.0.0"), ("upload-length", "3"),
+                                                          ("content-type", "application/offset+octet-stream"),
+                                                          ("content-length", "3")]), _Bytes(b"abc"))
+        assert done.finished
+        clock.advance(3599)
+        assert await UploadJanitor(uploads, interval_s=60, clock=clock).run_once() == (0, 0)
+        assert uploads.get("alice-app", done.id).finished
+        clock.advance(1)
+        assert await UploadJanitor(uploads, interval_s=60, clock=clock).run_once() == (0, 1)
+        with pytest.raises(NotFound):
+            uploads.get("alice-app", done.id)
+        assert s3.get_object(Bucket="uploads", Key=f"uploads/{done.id}")["Body"].read() == b"abc"
+        records.close()
+        await client.aclose()
+
+    anyio.run(main, backend=backend)
+
+
+class _Bytes:
+    """A request body as the HTTP core hands it to the app, from bytes in memory."""
+
+    content_length = None
+    expects_continue = False
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        chunk, self.data = self.data[:max_bytes], self.data[max_bytes:]
+        return chunk

@@ -1,0 +1,167 @@
+"""The transcoder's sans-IO parts: the ladder for a source, ffprobe's JSON, ffmpeg's progress
+stream, the command lines, the thumbnail track and the [transcoder] reader."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from headwater.config import ConfigError, loads
+from headwater.origin.errors import InvalidMedia
+from headwater.origin.transcode.config import DEFAULT_LADDER, Rung, parse_bitrate
+from headwater.origin.transcode.ffmpeg import ProgressParser, ladder_command, sprite_command
+from headwater.origin.transcode.ladder import PlannedRung, gop_frames, plan_ladder
+from headwater.origin.transcode.poster import thumbnail_grid, thumbnail_vtt
+from headwater.origin.transcode.probe import SourceInfo, parse_probe
+from headwater.origin.transcode.worker import version_prefix
+
+
+def source(w=1920, h=1080, rate=Fraction(25), audio=True) -> SourceInfo:
+    return SourceInfo(width=w, height=h, duration_s=30.0, frame_rate=rate, video_codec="h264", has_audio=audio)
+
+
+def test_ladder_skips_rungs_above_the_source_and_keeps_its_aspect():
+    rungs = plan_ladder(DEFAULT_LADDER, source(1280, 720))
+    assert [(r.name, r.width, r.height) for r in rungs] == [("720p", 1280, 720), ("480p", 854, 480),
+                                                            ("360p", 640, 360)]
+    # 4:3 and odd results round to even widths
+    assert [(r.width, r.height) for r in plan_ladder(DEFAULT_LADDER, source(1440, 1080))][-1] == (480, 360)
+
+
+def test_a_source_below_every_rung_gets_one_at_its_own_height():
+    (only,) = plan_ladder(DEFAULT_LADDER, source(320, 181))
+    assert (only.name, only.width, only.height, only.bitrate) == ("360p", 318, 180, 700_000)
+
+
+def test_gop_is_one_segment_of_frames():
+    assert gop_frames(Fraction(25), 2) == 50
+    assert gop_frames(Fraction(30000, 1001), 2) == 60
+
+
+def probe_json(**over) -> bytes:
+    doc = {"streams": [{"codec_type": "video", "codec_name": "h264", "width": 320, "height": 180,
+                        "avg_frame_rate": "25/1", "r_frame_rate": "25/1"},
+                       {"codec_type": "audio", "codec_name": "aac"}],
+           "format": {"duration": "12.000000"}}
+    doc.update(over)
+    return json.dumps(doc).encode()
+
+
+def test_probe_reads_size_rate_duration_and_audio():
+    info = parse_probe(probe_json())
+    assert (info.width, info.height, info.frame_rate, info.duration_s, info.has_audio) == (320, 180, 25, 12.0, True)
+
+
+@pytest.mark.parametrize("doc,reason", [
+    (b"not json", "unreadable"),
+    (probe_json(streams=[{"codec_type": "audio"}]), "no video stream (found: audio)"),
+    (probe_json(streams=[]), "no streams"),
+    (probe_json(format={}), "no duration"),
+    (probe_json(streams=[{"codec_type": "video", "width": 0, "height": 180, "avg_frame_rate": "25/1"}]), "size"),
+    (probe_json(streams=[{"codec_type": "video", "width": 9, "height": 9, "avg_frame_rate": "0/0",
+                          "r_frame_rate": "0/0"}]), "frame rate"),
+    (probe_json(streams=[{"codec_type": "video", "width": 9, "height": 9, "avg_frame_rate": "25/1",
+                          "disposition": {"attached_pic": 1}}]), "no video stream"),
+])
+def test_probe_refuses_what_is_not_a_video(doc, reason):
+    with pytest.raises(InvalidMedia, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        parse_probe(doc)
+
+
+def test_progress_blocks_give_the_share_done_and_end():
+    p = ProgressParser(10.0)
+    stream = b"frame=5\nout_time_us=2500000\nprogress=continue\nout_time_ms=5000000\nprogress=cont"
+    assert p.feed(stream[:20]) == []
+    assert p.feed(stream[20:]) == [0.25]
+    assert p.feed(b"inue\nout_time_us=N/A\nprogress=continue\nprogress=end\n") == [0.5, 0.5, 1.0]
+    assert p.done
+
+
+def test_progress_drops_overlong_lines_without_buffering_them():
+    p = ProgressParser(4.0)
+    assert p.feed(b"x" * 5000) == []
+    assert len(p._buf) == 0
+    assert p.feed(b"yyy=1\nout_time_us=1000000\nprogress=continue\n") == [0.25]
+
+
+def test_ladder_command_maps_every_rung_with_aligned_keyframes():
+    rungs = (PlannedRung(name="a", width=640, height=360, bitrate=800_000),
+             PlannedRung(name="b", width=320, height=180, bitrate=300_000))
+    argv = ladder_command("ffmpeg", Path("in"), Path("out.mp4"), rungs, source(1280, 720), segment_seconds=2,
+                          preset="veryfast", audio_bitrate=96_000)
+    graph = argv[argv.index("-filter_complex") + 1]
+    assert graph.startswith("[0:v:0]split=2[s0][s1];") and "scale=640:360" in graph and "scale=320:180" in graph
+    maps = [argv[i + 1] for i, a in enumerate(argv) if a == "-map"]
+    assert maps == ["[v0]", "[v1]", "0:a:0"]
+    assert argv[argv.index("-g") + 1] == "50" and argv[argv.index("-sc_threshold") + 1] == "0"
+    assert argv[argv.index("-force_key_frames") + 1] == "expr:gte(t,n_forced*2)"
+    assert argv[argv.index("-b:v:1") + 1] == "300000" and argv[argv.index("-b:a") + 1] == "96000"
+    assert argv[argv.index("-progress") + 1] == "pipe:1" and argv[-1] == "out.mp4"
+    silent = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(audio=False), segment_seconds=4,
+                            preset="fast", audio_bitrate=96_000)
+    assert "0:a:0" not in silent and "-c:a" not in silent
+    assert silent[silent.index("-filter_complex") + 1].startswith("[0:v:0]null[s0];")
+
+
+def test_thumbnail_track_names_regions_of_the_sprites():
+    grid = thumbnail_grid(1005.0, 10.0, 160, 1920, 1080)
+    assert (grid.count, grid.width, grid.height, grid.sprites) == (101, 160, 90, 2)
+    vtt = thumbnail_vtt(grid, 1005.0).splitlines()
+    assert vtt[0] == "WEBVTT"
+    assert vtt[2:4] == ["00:00:00.000 --> 00:00:10.000", "sprite-001.jpg#xywh=0,0,160,90"]
+    cues = [line for line in vtt if "#xywh" in line]
+    assert cues[11] == "sprite-001.jpg#xywh=160,90,160,90"
+    assert cues[100] == "sprite-002.jpg#xywh=0,0,160,90"
+    assert vtt[-2] == "00:16:40.000 --> 00:16:45.000"
+    argv = sprite_command("ffmpeg", Path("l.mp4"), Path("t/sprite-%03d.jpg"), every_s=10, width=160, height=90,
+                          columns=10, rows=10)
+    assert "fps=1/10:round=down,scale=160:90,tile=10x10" in argv
+
+
+def test_each_attempt_has_its_own_prefix():
+    assert version_prefix(7, 12, 1) == "titles/7/v12-1/"
+    assert version_prefix(7, 12, 1) != version_prefix(7, 12, 2)
+
+
+def test_bitrates():
+    assert parse_bitrate("3000k") == 3_000_000 and parse_bitrate("5M") == 5_000_000 and parse_bitrate("640") == 640
+    for bad in ("", "0k", "3.5M", "fast"):
+        with pytest.raises(ValueError):
+            parse_bitrate(bad)
+
+
+BASE = '[cluster]\nname = "t"\n\n[origin]\ntls = false\n\n[licence]\ntls = false\n\n'
+
+
+def test_reader_defaults_and_a_ladder():
+    cfg = loads(BASE + '[transcoder]\nworkers = 2\nlease_seconds = 8\n[[transcoder.ladder]]\nname = "small"\n'
+                       'height = 180\nbitrate = "300k"\n[[transcoder.ladder]]\nname = "big"\nheight = 360\n'
+                       'bitrate = 800000\n')
+    t = cfg.transcoder
+    assert (t.workers, t.lease_s, t.heartbeat_s, t.scheme, t.segment_seconds) == (2, 8.0, 2.0, "cbcs", 2)
+    assert t.ladder == (Rung(name="big", height=360, bitrate=800_000), Rung(name="small", height=180, bitrate=300_000))
+    assert t.scratch_dir == t.data_dir / "scratch" and t.port_keys == ("admin_port",)
+
+
+@pytest.mark.parametrize("body,key", [
+    ("scheme = \"aes128\"\n", "transcoder.scheme"),
+    ("workers = 0\n", "transcoder.workers"),
+    ("heartbeat_seconds = 40\n", "transcoder.heartbeat_seconds"),
+    ("[[transcoder.ladder]]\nname = \"x\"\nheight = 181\nbitrate = \"1M\"\n", "transcoder.ladder[0].height"),
+    ("[[transcoder.ladder]]\nname = \"dash\"\nheight = 180\nbitrate = \"1M\"\n", "transcoder.ladder[0].name"),
+    ("colour = 1\n", "transcoder.colour"),
+])
+def test_reader_errors_name_the_key(body, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        loads(BASE + "[transcoder]\n" + body)
+
+
+def test_the_transcoder_needs_the_origin_and_for_keys_the_licence_node():
+    with pytest.raises(ConfigError, match="origin"):
+        loads('[cluster]\nname = "t"\n\n[licence]\ntls = false\n\n[transcoder]\n')
+    with pytest.raises(ConfigError, match="licence"):
+        loads('[cluster]\nname = "t"\n\n[origin]\ntls = false\n\n[transcoder]\n')
+    assert loads('[cluster]\nname = "t"\n\n[origin]\ntls = false\n\n[transcoder]\nscheme = "none"\n').transcoder
