@@ -14,8 +14,6 @@ import json
 import sys
 from typing import Any
 
-import httpx
-
 from headwater.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from headwater.cli import err as _err
 from headwater.config import ClusterConfig, ConfigError, load
@@ -135,6 +133,8 @@ def daemon_health(dns: DnsConfig, *, timeout_s: float = HEALTH_TIMEOUT_S) -> tup
     """The running daemon's view of the POPs' health (its /healthz ``pops``, what
     :meth:`~headwater.dns.health.tracker.HealthTracker.to_json` gives) and where it came from;
     ``(None, why)`` when no daemon answers with one."""
+    import httpx  # here: every headwater command registers these subcommands, few ask a daemon
+
     url = f"http://{url_host(dns.host)}:{dns.admin_port}/healthz"
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:

@@ -2,13 +2,17 @@
 
 dns-core uses: :func:`read_dnssec` (``[dns.dnssec]``), :func:`load_or_create_zone_key` (the
 zone's CSK, sealed with :mod:`headwater.sealed`), :class:`ZoneSigner` (RRSIGs, DNSKEY, NSEC) and
-:func:`render_ds` (``headwater dns ds``).
+:func:`render_ds` (``headwater dns ds``). The names are imported on first use
+(``headwater.lazy``): reading ``[dns.dnssec]`` does not load the crypto libraries.
 """
 
-from .config import DnssecConfig, read_dnssec
-from .ds import ds_rdata, render_ds
-from .keys import ZoneKey, key_path, load_or_create_zone_key, load_zone_key
-from .sign import ZoneSigner
+from headwater.lazy import lazy_exports
 
-__all__ = ["DnssecConfig", "ZoneKey", "ZoneSigner", "ds_rdata", "key_path", "load_or_create_zone_key",
-           "load_zone_key", "read_dnssec", "render_ds"]
+_EXPORTS = {
+    "DnssecConfig": ".config", "read_dnssec": ".config",
+    "ds_rdata": ".ds", "render_ds": ".ds",
+    "ZoneKey": ".keys", "key_path": ".keys", "load_or_create_zone_key": ".keys", "load_zone_key": ".keys",
+    "ZoneSigner": ".sign",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

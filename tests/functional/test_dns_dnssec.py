@@ -31,8 +31,7 @@ import pytest
 
 from headwater.cli import main
 
-from .dns_harness import (HEADWATER, NodeWorkers, StandinHealthz, UdpProxy, delv_validate, free_port, wait_for,
-                          write_secret)
+from .dns_harness import (HEADWATER, NodeWorkers, StandinHealthz, UdpProxy, delv_validate, free_port, write_secret)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,6 +31,8 @@ from headwater.config import load
 from headwater.dns.daemon import run_dns
 from headwater.runtime import backend_options
 
+from tests.functional.dns_harness import free_port
+
 BIG = "\n".join(f"big 300 IN TXT \"{'x' * 200} {i}\"" for i in range(12))
 ZONE = """$ORIGIN files.test.
 @ 300 IN SOA ns1 hostmaster 1 3600 600 86400 30
@@ -39,21 +41,6 @@ ns1 300 IN A 192.0.2.53
 www 300 IN A {address}
 {big}
 """
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                    t.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 def write_config(folder: Path, *, port: int, admin_port: int, address: str = "192.0.2.1", rrl: bool = False) -> Path:

@@ -11,7 +11,6 @@ import dns.message
 import dns.name
 import dns.rdatatype
 import dns.rrset
-import dnslib
 import pytest
 
 from headwater.dns.answer import Answerer

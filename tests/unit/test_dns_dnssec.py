@@ -11,11 +11,8 @@ Server-level validation with BIND's validator (``delv``) against the live daemon
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import random
 import stat
-import sys
 from pathlib import Path
 
 import dns.dnssec
