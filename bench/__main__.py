@@ -17,6 +17,10 @@ BENCHES = {
     "dns": "the GeoDNS against Knot DNS (dnsperf, ECS and plain queries), with machine ceilings",
     "edge": "the CDN edge's hits against nginx proxy_cache and Varnish (wrk, h2load), misses, Zipf",
     "upstream_client": "the edge's upstream HTTP/1.1 client against httpx (1 KiB and 2 MiB fetch loops)",
+    "drm": "packaging + encryption against Shaka Packager, ffmpeg and the AES ceilings; licences/s (wrk)",
+    "search": "catalogue search on a 100,000-title synthetic catalogue per backend (SQLite, PostgreSQL), with ceilings",
+
+    "origin": "tus uploads through the origin beside S3 multipart; the transcode pipeline beside ffmpeg alone",
 }
 
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .peers import PeerError, ProcessGroup
+from .peers import PeerError, ProcessGroup, free_ports
 
 __all__ = [
     "main", "ZoneSpec", "knot_zone", "knot_conf", "headwater_cluster_toml", "query_file",
@@ -294,36 +294,6 @@ class DnsServer:
     description: str = ""
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free for both UDP and TCP on 127.0.0.1 (all held until all are
-    chosen, so two calls cannot hand out the same one)."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for _ in range(50 * count):
-            if len(ports) == count:
-                return ports
-            t = socket.socket()
-            held.append(t)
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            held.append(u)
-            with contextlib.suppress(OSError):
-                u.bind(("127.0.0.1", port))
-                ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    if len(ports) == count:
-        return ports
-    raise PeerError("no free ports on 127.0.0.1")
-
-
-def _free_port() -> int:
-    return _free_ports(1)[0]
-
-
 def _probe_query() -> bytes:
     return _wire_query(f"ns1.{ZONE}", 1, ecs=None)
 
@@ -377,7 +347,7 @@ def start_knot(root: Path, spec: ZoneSpec, workers: int) -> Iterator[DnsServer]:
     knotd = shutil.which("knotd") or "/usr/sbin/knotd"
     root.mkdir(parents=True, exist_ok=True)
     (root / "zone").write_text(knot_zone(spec))
-    port = _free_port()
+    port = free_ports(1, udp=True)[0]
     (root / "knot.conf").write_text(knot_conf(root, port, workers))
     procs = ProcessGroup(root)
     try:
@@ -524,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
                 row = Row(workers=w)
                 rows.append(row)
                 if not args.no_ours:
-                    port, admin_port = _free_ports(2)
+                    port, admin_port = free_ports(2, udp=True)
                     cfg = root / f"cluster-{w}.toml"
                     cfg.write_text(args.ours_config.read_text() if args.ours_config else
                                    headwater_cluster_toml(spec, port=port, admin_port=admin_port,
@@ -566,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
                 _warm(knot, datafile, args)
                 ceilings[f"knot, udp-workers {cpus} (every CPU)"], _ = _measure(knot, datafile, args)
             procs = ProcessGroup(root)
-            port = _free_port()
+            port = free_ports(1, udp=True)[0]
             try:
                 procs.start("bare", [sys.executable, "-m", "headwater.bench.dns", "--serve-bare", str(port)])
                 wait_answering(port, procs)

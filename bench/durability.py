@@ -518,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     print(file=out)
     print("P(loss)/yr object: one object (one placement group); nines = -log10 of it, the figure "
           "durability claims quote.", file=out)
-    print(f"P(any loss)/yr cluster: some object somewhere, the cluster as disks // n independent "
-          f"disjoint groups (fewest groups; random placement has more and loses data more often).", file=out)
+    print("P(any loss)/yr cluster: some object somewhere, the cluster as disks // n independent "
+          "disjoint groups (fewest groups; random placement has more and loses data more often).", file=out)
     print(file=out)
     print(verdict(rows, default), file=out)
 

@@ -61,7 +61,7 @@ from typing import Iterator
 
 from . import ceilings as _ceilings
 from .http_core import parse_wrk
-from .peers import PeerError, ProcessGroup, _sigterm_as_interrupt, wait_http
+from .peers import PeerError, ProcessGroup, _sigterm_as_interrupt, free_ports, wait_http, wait_port
 
 __all__ = [
     "main", "OBJECTS", "GOALS", "Figure", "H2load", "parse_h2load", "origin_nginx_conf",
@@ -392,35 +392,6 @@ def fetcher_of(line: str) -> str:
 
 # --- the servers -----------------------------------------------------------------------------------
 
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    held = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
-
-
-def _wait_port(port: int, procs: ProcessGroup, timeout_s: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        procs.check_alive()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise PeerError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stack:
     """Where everything listens once started."""
@@ -474,7 +445,7 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
     (www / "zipf").write_bytes(os.urandom(args.zipf_object_bytes))
     cert, key = _self_signed(root)
     (p_origin, p_direct, p_memory, p_nginx, p_nginx_tls, p_nginx_h2c, p_varnish,
-     p_pop, p_pop_admin, p_pop_tls, p_zpop, p_zpop_admin, *p_chain) = _free_ports(19)
+     p_pop, p_pop_admin, p_pop_tls, p_zpop, p_zpop_admin, *p_chain) = free_ports(19)
     for sub in ("origin", "nginx", "varnish", "ours", "chain", "logs"):
         (root / sub).mkdir()
     (root / "origin" / "nginx.conf").write_text(origin_nginx_conf(
@@ -499,7 +470,7 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
             procs.start("chain", [sys.executable, "-m", "headwater", "up", "-c", str(chain)], env=env)
             for port in (p_origin, p_direct, p_memory, p_nginx, p_nginx_tls, p_nginx_h2c, p_varnish,
                          p_pop, p_pop_tls, p_zpop, p_chain[0], p_chain[2], p_chain[4]):
-                _wait_port(port, procs)
+                wait_port(port, procs, 60.0)
             for admin in (p_pop_admin, p_zpop_admin, p_chain[1], p_chain[3], p_chain[5]):
                 wait_http(f"http://127.0.0.1:{admin}/healthz", timeout_s=60, procs=procs, ok=lambda s: s == 200)
             versions = {
@@ -704,13 +675,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, port, malloc in targets:
             with contextlib.ExitStack() as extra:
                 if malloc is not None:
-                    port = _free_ports(1)[0]
+                    port = free_ports(1)[0]
                     vdir = Path(tmp) / "varnish-zipf"
                     zprocs = ProcessGroup(Path(tmp) / "logs")
                     extra.callback(zprocs.stop)
                     zprocs.start("varnish-zipf", varnish_argv(_binary("varnishd") or "varnishd", vdir, port=port,
                                                               origin_port=stack.origin, malloc=str(malloc)))
-                    _wait_port(port, zprocs)
+                    wait_port(port, zprocs, 60.0)
                 errs_w, _ = drive_trace(port, paths[:args.zipf_warm], args.zipf_clients)
                 c0 = fetch_counts(stack.fetch_log)[name]
                 errs_m, secs = drive_trace(port, paths[args.zipf_warm:], args.zipf_clients)
@@ -722,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
             f = lru_fetches(trace, object_bytes=args.zipf_object_bytes, capacity_bytes=capacity, warm=args.zipf_warm)
             zipf[label] = {"fetches": f, "per_1000": f / args.zipf_requests * 1000}
         load_avg = os.getloadavg()[0]
-    loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=_free_ports(1)[0])
+    loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=free_ports(1)[0])
 
     lines = render(stack, hits, direct, memory, loopback, misses, zipf, args,
                    measured_fetches={s: after[s] - before[s] for s in SERVERS}, load_avg=load_avg)

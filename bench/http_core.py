@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import ceilings as _ceilings
-from .peers import PeerError, ProcessGroup
+from .peers import PeerError, ProcessGroup, free_ports, wait_port
 
 __all__ = ["main", "parse_wrk", "nginx_conf", "Figure", "load"]
 
@@ -139,24 +139,6 @@ http {{
     }}
 }}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, procs: ProcessGroup, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        procs.check_alive()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise PeerError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
 
 
 # --- wrk -------------------------------------------------------------------------------------------
@@ -266,7 +248,7 @@ def run_wrk(args: argparse.Namespace) -> int:
         www.mkdir()
         (www / "1k").write_bytes(b"x" * SMALL_BYTES)
         (www / "2m").write_bytes(os.urandom(LARGE_BYTES))
-        ours_port, nginx_port, memory_port, bare_port = (_free_port() for _ in range(4))
+        ours_port, nginx_port, memory_port, bare_port = free_ports(4)
         (root / "nginx.conf").write_text(nginx_conf(root, nginx_port, memory_port))
         procs = ProcessGroup(root)
         try:
@@ -277,7 +259,7 @@ def run_wrk(args: argparse.Namespace) -> int:
             bare = procs.start("bare", [sys.executable, "-m", "headwater.bench.http_core",
                                         "--serve-bare", str(bare_port)])
             for p in (ours_port, nginx_port, memory_port, bare_port):
-                _wait_port(p, procs)
+                wait_port(p, procs, 15.0)
             nginx_pid = _worker_pid(nginx)
             urls = {"ours": f"http://127.0.0.1:{ours_port}/", "nginx": f"http://127.0.0.1:{nginx_port}/"}
             pids = {"ours": ours.pid, "nginx": nginx_pid}
@@ -309,7 +291,7 @@ def run_wrk(args: argparse.Namespace) -> int:
                             conns=args.conns, seconds=args.seconds)
         finally:
             procs.stop()
-    loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=_free_port())
+    loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=free_ports(1)[0])
 
     medians = {row: {name: _median(figs) for name, figs in by.items()} for row, by in results.items()}
     lines = [f"{'row':<22}{'ours':>16}{'nginx':>16}{'ratio':>8}{'goal':>7}   ceiling "
@@ -417,7 +399,7 @@ def run_raw(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="hw-http-bench-") as tmp:
         Path(tmp, "1k").write_bytes(b"x" * SMALL_BYTES)
         Path(tmp, "2m").write_bytes(b"y" * LARGE_BYTES)
-        port = _free_port()
+        port = free_ports(1)[0]
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(target=_serve_ours, args=(tmp, port, args.backend), daemon=True)
         proc.start()

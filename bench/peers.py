@@ -32,6 +32,8 @@ __all__ = [
     "swift_saio",
     "gateway_pids",
     "rewrite_cluster_toml",
+    "free_ports",
+    "wait_port",
     "SWIFT_PACKAGES",
 ]
 
@@ -107,6 +109,49 @@ class ProcessGroup:
             if proc.poll() is None:
                 proc.wait(5)
         self.procs.clear()
+
+
+def free_ports(count: int, *, udp: bool = False) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (and free for UDP too with ``udp``, for a
+    DNS server). All are held until all are chosen, so two in one call are never the same."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(50 * count):
+            if len(ports) == count:
+                return ports
+            t = socket.socket()
+            held.append(t)
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            if not udp:
+                ports.append(port)
+                continue
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(u)
+            with contextlib.suppress(OSError):
+                u.bind(("127.0.0.1", port))
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) == count:
+        return ports
+    raise PeerError("no free ports on 127.0.0.1")
+
+
+def wait_port(port: int, procs: ProcessGroup, timeout_s: float = 30.0) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:``port``; raise
+    :class:`PeerError` if a process of ``procs`` died or ``timeout_s`` passed first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise PeerError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
 
 
 @contextlib.contextmanager

@@ -20,30 +20,18 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .peers import free_ports
+
 __all__ = ["measure", "main", "saved_result_path", "load_saved"]
 
 MiB = 1024 * 1024
 MB = 1e6
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _config_text(root: Path, k: int, m: int, stripe_bytes: int, ports: list[int]) -> str:
@@ -145,7 +133,7 @@ def measure(*, data_dir: Path, k: int = 4, m: int = 2, stripe_bytes: int = 1 * M
     data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hw-rebuild-", dir=data_dir) as tmp:
         root = Path(tmp)
-        ports = _free_ports(2 * (k + m))
+        ports = free_ports(2 * (k + m))
         config_path = root / "cluster.toml"
         config_path.write_text(_config_text(root, k, m, stripe_bytes, ports))
         procs: list[subprocess.Popen] = []
