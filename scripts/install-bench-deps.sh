@@ -4,10 +4,11 @@
 # loopback TCP ceiling), curl, and wrk + nginx (`bench http_core`: the load generator and the
 # peer, run from a temp dir), knot + dnsperf (`bench dns`: the peer DNS server, run from a temp
 # dir with its own knot.conf, and the load generator), varnish + nghttp2-client (`bench edge`: the
-# second peer cache, run from a temp dir with its own -n work dir, and h2load for HTTP/2). Idempotent: installs only what is missing;
+# second peer cache, run from a temp dir with its own -n work dir, and h2load for HTTP/2), openssl
+# (`bench drm`: `openssl speed`, the AES ceiling; wrk drives its licence server). Idempotent: installs only what is missing;
 # `make bench` calls it.
 set -euo pipefail
-PACKAGES=(swift-proxy swift-object swift-container swift-account python3-swift memcached iperf3 curl wrk nginx knot dnsperf varnish nghttp2-client)
+PACKAGES=(swift-proxy swift-object swift-container swift-account python3-swift memcached iperf3 curl wrk nginx knot dnsperf varnish nghttp2-client openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -250,13 +250,11 @@ def test_bad_config_exit_2_names_key_and_line(tmp_path, case):
         return new, "objstore.ec.k", n
 
     path, line_no, key = _bad_config(tmp_path, mutate)
-    t0 = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "headwater", "up", "-c", str(path)], capture_output=True,
                          text=True, timeout=30)
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     assert key in res.stderr, res.stderr
     assert f":{line_no}" in res.stderr, (line_no, res.stderr)
-    assert time.monotonic() - t0 < 10
     assert _processes_using(path) == []
     # status refuses the same file the same way
     res = subprocess.run([sys.executable, "-m", "headwater", "status", "-c", str(path), "--json"],
