@@ -97,6 +97,10 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     store = MultipartStore(client, endpoint=endpoint, bucket=node.uploads_bucket, access_key=access,
                            secret_key=secret, region=region, clock=clock)
     records = UploadRecords(node.state_dir, map_size=node.state_map_bytes)
+
+    async def source_in_use(owner: str, upload_id: str) -> bool:
+        return await runner.call(lambda cat: cat.uses_upload(owner, upload_id))  # runner: made below
+
     uploads = UploadService(records=records, store=store, spool_dir=node.spool_dir, part_size=node.part_size,
                             max_upload_bytes=node.max_upload_bytes,
                             max_uploads_per_client=node.max_uploads_per_client, expiry_s=node.upload_expiry_s,
@@ -104,7 +108,7 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                             max_parts_in_flight=node.max_parts_in_flight,
                             max_unverified_spool_bytes=node.max_unverified_spool_bytes,
                             min_spool_free_bytes=node.min_spool_free_bytes, retention_s=node.upload_retention_s,
-                            clock=clock)
+                            clock=clock, source_in_use=source_in_use)
     pending = uploads.recover()
 
     issuer: Issuer | None = None

@@ -81,26 +81,30 @@ class TitlesApi:
         draft = parse_create(await read_json_object(request))
         assert draft.upload is not None
         owner = token.subject
+        draft = replace(draft, owner=owner)
         try:
-            upload = self.uploads.get(owner, draft.upload)
+            # held while the title is made: the janitor's retirement cannot decide meanwhile
+            # that no title names the upload and delete its object
+            async with self.uploads.claimed(owner, draft.upload) as upload:
+                if upload.completed is None:
+                    raise UploadNotFinished(f"upload {upload.id} has {upload.offset} of {upload.length} bytes: "
+                                            "finish it first (tus HEAD, then PATCH)")
+                payload = {"bucket": self.uploads_bucket, "key": f"uploads/{upload.id}"}
+                upload_id = upload.id
+
+                def create(cat: SqlCatalogue) -> tuple[Title, bool]:
+                    title, created = cat.create_title_once(draft)
+                    # Always (re-)enqueued: a crash between the two writes is healed by the client's
+                    # retry, and the key makes a second enqueue return the first job.
+                    cat.enqueue(TRANSCODE_KIND, f"transcode:{title.id}:{upload_id}", title_id=title.id,
+                                payload=payload)
+                    return title, created
+
+                title, created = await self.catalogue.call(create)
         except Forbidden:
             raise NotFound("no such upload") from None  # another client's: not told
         except Gone:
             raise UploadNotFinished("the upload expired before it was finished: upload again") from None
-        if upload.completed is None:
-            raise UploadNotFinished(f"upload {upload.id} has {upload.offset} of {upload.length} bytes: "
-                                    "finish it first (tus HEAD, then PATCH)")
-        draft = replace(draft, owner=owner)
-        payload = {"bucket": self.uploads_bucket, "key": f"uploads/{upload.id}"}
-
-        def create(cat: SqlCatalogue) -> tuple[Title, bool]:
-            title, created = cat.create_title_once(draft)
-            # Always (re-)enqueued: a crash between the two writes is healed by the client's retry,
-            # and the key makes a second enqueue return the first job.
-            cat.enqueue(TRANSCODE_KIND, f"transcode:{title.id}:{upload.id}", title_id=title.id, payload=payload)
-            return title, created
-
-        title, created = await self.catalogue.call(create)
         return json_response(201 if created else 200, title_json(title, owner_view=True),
                              [("location", f"/api/titles/{title.id}")])
 

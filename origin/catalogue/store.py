@@ -236,6 +236,12 @@ class SqlCatalogue(ABC):
         with self._tx(write=False) as tx:
             return self._load_title(tx, title_id)
 
+    def uses_upload(self, owner: str, upload: str) -> bool:
+        """Whether a title was made from ``owner``'s ``upload`` (the unique (owner, upload)
+        index answers it)."""
+        with self._tx(write=False) as tx:
+            return tx.one("SELECT 1 FROM titles WHERE owner = ? AND upload = ?", (owner, upload)) is not None
+
     def set_state(self, title_id: int, state: TitleState, *, progress: float | None = None,
                   error: str | None = None, renditions: Sequence[Rendition] | None = None) -> Title:
         """Move a title through the publish-state machine (:data:`~.records.TRANSITIONS`)."""

@@ -1,7 +1,7 @@
 """The upload service's background loop: each pass aborts unfinished uploads past their expiry
 (tus expiration: the multipart upload aborted, spool and record removed), retires the records
-of uploads completed more than ``upload_retention_seconds`` ago (the LMDB map is bounded; the
-objects stay), and completes whole uploads whose completion the store refused earlier. On the kernel's
+of uploads completed more than ``upload_retention_seconds`` ago (the LMDB map is bounded) with
+the objects of those no title was made from, and completes whole uploads whose completion the store refused earlier. On the kernel's
 :class:`~headwater.background.BackgroundLoop` (``run_once`` for tests, ``run_forever`` in the
 daemon)."""
 
@@ -28,7 +28,7 @@ class UploadJanitor(BackgroundLoop[tuple[int, int]]):
 
     async def one_pass(self) -> tuple[int, int]:
         expired = await self.uploads.expire_once()
-        retired = self.uploads.retire_once()
+        retired = await self.uploads.retire_once()
         await self.uploads.finish_pending()
         return expired, retired
 

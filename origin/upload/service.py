@@ -44,10 +44,16 @@ answer names no upload to resume. An upload of 0 bytes is refused (400 ``empty_u
 be no video, and each would leave an object and a record for nothing.
 
 Records of completed uploads are retired (:meth:`UploadService.retire_once`, from the janitor)
-``upload_retention_seconds`` after completion; the object stays. A record is only what lets its
-owner name the upload in ``POST /api/titles``: the title's transcode job names the object
-(bucket and key in its payload), never the record, so retiring one cannot take a source away
-from a title; a creator has the retention (7 days by default) to make the title.
+``upload_retention_seconds`` after completion. A record is only what lets its owner name the
+upload in ``POST /api/titles``: a creator has the retention (7 days by default) to make the
+title. The title's transcode job names the object (bucket and key in its payload), never the
+record, so the object of an upload a title was made from stays (the source master, for a later
+transcode); the object of an upload no title names is deleted with its record, or it would hold
+its bytes forever. Whether a title names it is ``source_in_use`` (the catalogue, in the daemon);
+without one, retirement keeps every object. A title is made under :meth:`UploadService.claimed`,
+which holds the upload as a PATCH does, so a retirement or a tus termination never decides on
+an upload while a title is being made from it; a termination (tus DELETE) of an upload a title
+names removes the record and keeps the object.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ import os
 import secrets
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 
@@ -72,7 +79,10 @@ from .records import UploadRecords
 from .s3 import MultipartStore
 from .tus import Part, UploadState
 
-__all__ = ["UploadService", "READ_BYTES"]
+__all__ = ["UploadService", "READ_BYTES", "SourceInUse"]
+
+#: ``(owner, upload id) -> whether a title was made from that upload`` (the catalogue's answer).
+SourceInUse = Callable[[str, str], Awaitable[bool]]
 
 READ_BYTES = 256 * 1024
 # What a PATCH refused for the spool budget is told to wait: the PATCHes holding it end at
@@ -95,7 +105,8 @@ class UploadService:
                  max_parts_in_flight: int = 8, max_unverified_spool_bytes: int = 2 * 1024**3,
                  min_spool_free_bytes: int = 1024**3, retention_s: float = 7 * 86400.0,
                  clock: Clock = SYSTEM_CLOCK, new_id: Callable[[], str] = lambda: secrets.token_hex(16),
-                 disk_free: Callable[[Path], int] = free_disk_bytes) -> None:
+                 disk_free: Callable[[Path], int] = free_disk_bytes,
+                 source_in_use: SourceInUse | None = None) -> None:
         self.records = records
         self.store = store
         self.spool_dir = spool_dir
@@ -110,6 +121,7 @@ class UploadService:
         self.min_spool_free_bytes = min_spool_free_bytes
         self.retention_s = retention_s
         self.disk_free = disk_free
+        self.source_in_use = source_in_use
         self.unverified_bytes = 0  # reserved by checksummed PATCHes in progress
         self._busy: set[str] = set()
         # A part is in memory while it is sent: this bounds the process's part buffers to
@@ -118,7 +130,8 @@ class UploadService:
         self._open: dict[str, int] = {}  # unfinished uploads per owner
         self.counts = {"created": 0, "completed": 0, "patches": 0, "parts": 0, "checksum_mismatches": 0,
                        "expired": 0, "terminated": 0, "bytes": 0,
-                       "spool_busy": 0, "disk_refusals": 0, "retired": 0}
+                       "spool_busy": 0, "disk_refusals": 0, "retired": 0,
+                       "unused_deleted": 0}
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     # --- start: make the spool agree with the records --------------------------------------------
@@ -163,6 +176,20 @@ class UploadService:
         if not st.finished and self.clock.time() >= st.expires:
             raise Gone("the upload has expired")
         return st
+
+    @asynccontextmanager
+    async def claimed(self, owner: str, upload_id: str) -> AsyncIterator[UploadState]:
+        """The upload (as :meth:`get`), held while the caller makes a title from it: a PATCH, a
+        termination or a retirement of it meanwhile is refused or skipped (409 ``upload_locked``
+        for one that arrives while it is held, as for one that finds a PATCH running)."""
+        st = self.get(owner, upload_id)
+        if st.id in self._busy:
+            raise _Locked()
+        self._busy.add(st.id)
+        try:
+            yield st
+        finally:
+            self._busy.discard(st.id)
 
     async def head(self, owner: str, upload_id: str) -> UploadState:
         """tus HEAD. An upload whose bytes are all durable but whose completion failed (the store
@@ -294,7 +321,9 @@ class UploadService:
 
     async def _remove(self, st: UploadState) -> None:
         if st.finished:
-            await self.store.delete(st.key)  # tus: termination frees what the upload holds
+            # tus: termination frees what the upload holds, but not a title's source
+            if self.source_in_use is None or not await self.source_in_use(st.owner, st.id):
+                await self.store.delete(st.key)
         else:
             await self.store.abort(st.key, st.store_upload_id)
             self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
@@ -475,16 +504,30 @@ class UploadService:
 
     # --- expiry and retention ----------------------------------------------------------------------
 
-    def retire_once(self) -> int:
-        """Remove the records of uploads completed ``retention_s`` ago or more (their objects
-        stay: see the module docstring); how many."""
+    async def retire_once(self) -> int:
+        """Remove the records of uploads completed ``retention_s`` ago or more, and the objects
+        of those no title was made from (see the module docstring); how many records. One the
+        store or the catalogue cannot answer for now is left to the next pass."""
         cutoff = self.clock.time() - self.retention_s
-        old = [st.id for st in self.records if st.finished and st.completed is not None and st.completed <= cutoff]
-        old = [i for i in old if i not in self._busy]
-        for upload_id in old:
-            self.records.delete(upload_id)
-        self.counts["retired"] += len(old)
-        return len(old)
+        old = [st for st in self.records if st.finished and st.completed is not None and st.completed <= cutoff]
+        retired = 0
+        for st in old:
+            if st.id in self._busy:
+                continue
+            try:
+                await self._locked(st, self._retire)
+                retired += 1
+            except OriginError as e:
+                log.warning("upload %s: retiring it failed, the next pass tries again: %s", st.id, e,
+                            extra={"event": "origin.retire_failed", "upload": st.id})
+        return retired
+
+    async def _retire(self, st: UploadState) -> None:
+        if self.source_in_use is not None and not await self.source_in_use(st.owner, st.id):
+            await self.store.delete(st.key)  # first: a record left behind is retried next pass
+            self.counts["unused_deleted"] += 1
+        self.records.delete(st.id)
+        self.counts["retired"] += 1
 
     async def expire_once(self) -> int:
         """Abort every unfinished upload past its expiry; how many."""

@@ -83,7 +83,7 @@ def seeded(origin):
     return {"published": ids, "hidden": hidden}
 
 
-def test_title_from_a_tuspy_upload(origin, tokens, tmp_path, monkeypatch):
+def test_title_from_a_tuspy_upload(origin, tokens, s3, tmp_path, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", origin.ca)
     path = tmp_path / "clip.mp4"
     path.write_bytes(os.urandom(300_000))
@@ -108,6 +108,13 @@ def test_title_from_a_tuspy_upload(origin, tokens, tmp_path, monkeypatch):
         again = c.post("/api/titles", json={**body, "title": "Other"}, headers=bearer(tokens["creator"]))
         assert again.status_code == 200 and again.json()["id"] == tid and again.json()["title"] == "Harbour Lights"
         assert again.headers["location"] == f"/api/titles/{tid}"
+
+        # A tus termination of the upload a title was made from removes the upload (404 from now
+        # on) and keeps its object: it is the title's source, which the transcode job names.
+        creator_tus = {**TUS, **bearer(tokens["creator"])}
+        assert c.delete(f"/uploads/{upload_id}", headers=creator_tus).status_code == 204
+        assert c.head(f"/uploads/{upload_id}", headers=creator_tus).status_code == 404
+        assert s3.head_object(Bucket="uploads", Key=f"uploads/{upload_id}")["ContentLength"] == 300_000
 
         # Status: the owner sees it; nobody else does while it is unpublished.
         assert c.get(f"/api/titles/{tid}", headers=bearer(tokens["creator"])).json()["state"] == "uploaded"

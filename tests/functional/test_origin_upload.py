@@ -263,7 +263,7 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
     upload and removes it; at start, bytes a spool holds past its record are cut away."""
     import anyio
 
-    from headwater.clock import FakeClock
+    from headwater.clock import SYSTEM_CLOCK, FakeClock
     from headwater.http import Headers
     from headwater.http.client import HttpClient
     from headwater.origin.errors import Gone, NotFound, TooManyRequests
@@ -276,11 +276,18 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
     user = cluster.user(0)
 
     def service(client: HttpClient, records: UploadRecords) -> UploadService:
+        # requests are signed at the real time: the fake clock runs hours ahead (RequestTimeTooSkewed)
         store = MultipartStore(client, endpoint=cluster.endpoint, bucket="uploads", access_key=user.access_key,
-                               secret_key=user.secret_key, region=cluster.region, clock=clock)
+                               secret_key=user.secret_key, region=cluster.region, clock=SYSTEM_CLOCK)
         return UploadService(records=records, store=store, spool_dir=tmp_path / "spool", part_size=5 * MiB,
                              max_upload_bytes=64 * MiB, max_uploads_per_client=2, expiry_s=600,
-                             max_metadata_bytes=4096, retention_s=3600, clock=clock)
+                             max_metadata_bytes=4096, retention_s=3600, clock=clock,
+                             source_in_use=source_in_use)
+
+    titled: set[str] = set()  # the uploads "a title was made from", as the catalogue would answer
+
+    async def source_in_use(owner: str, upload_id: str) -> bool:
+        return upload_id in titled
 
     async def main() -> None:
         client = HttpClient()
@@ -313,19 +320,28 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
         assert not {a.store_upload_id, b.store_upload_id} & live
         assert not list((tmp_path / "spool").iterdir())
 
-        # A completed upload's record is retired after the retention; its object stays.
-        done = await uploads.create("alice-app", Headers([("tus-resumable", "1.0.0"), ("upload-length", "3"),
-                                                          ("content-type", "application/offset+octet-stream"),
-                                                          ("content-length", "3")]), _Bytes(b"abc"))
-        assert done.finished
+        # A completed upload's record is retired after the retention; the object of one a title
+        # was made from stays (the title's source), the object of one no title names goes.
+        def whole(data: bytes) -> tuple[Headers, _Bytes]:
+            return Headers([("tus-resumable", "1.0.0"), ("upload-length", str(len(data))),
+                            ("content-type", "application/offset+octet-stream"),
+                            ("content-length", str(len(data)))]), _Bytes(data)
+        done = await uploads.create("alice-app", *whole(b"abc"))
+        unused = await uploads.create("alice-app", *whole(b"never titled"))
+        assert done.finished and unused.finished
+        titled.add(done.id)
         clock.advance(3599)
         assert await UploadJanitor(uploads, interval_s=60, clock=clock).run_once() == (0, 0)
         assert uploads.get("alice-app", done.id).finished
         clock.advance(1)
-        assert await UploadJanitor(uploads, interval_s=60, clock=clock).run_once() == (0, 1)
-        with pytest.raises(NotFound):
-            uploads.get("alice-app", done.id)
+        assert await UploadJanitor(uploads, interval_s=60, clock=clock).run_once() == (0, 2)
+        for gone in (done, unused):
+            with pytest.raises(NotFound):
+                uploads.get("alice-app", gone.id)
         assert s3.get_object(Bucket="uploads", Key=f"uploads/{done.id}")["Body"].read() == b"abc"
+        with pytest.raises(s3.exceptions.NoSuchKey):
+            s3.get_object(Bucket="uploads", Key=f"uploads/{unused.id}")
+        assert uploads.counts["unused_deleted"] == 1
         records.close()
         await client.aclose()
 

@@ -29,11 +29,11 @@ from headwater.origin.app import OriginApp
 from headwater.origin.auth.issuer import ClientRegistry, Issuer
 from headwater.origin.auth.ratelimit import RateLimits
 from headwater.origin.auth.tokens import AccessTokenVerifier
-from headwater.origin.errors import (BadRequest, ChecksumMismatch, InsufficientStorage, PayloadTooLarge, SpoolFull,
-                                     wire_of)
+from headwater.origin.errors import (BadRequest, ChecksumMismatch, Conflict, InsufficientStorage, PayloadTooLarge,
+                                     SpoolFull, wire_of)
 from headwater.origin.upload.records import UploadRecords
 from headwater.origin.upload.s3 import MultipartStore
-from headwater.origin.upload.service import SPOOL_RETRY_AFTER_S, UploadService
+from headwater.origin.upload.service import SPOOL_RETRY_AFTER_S, SourceInUse, UploadService
 from headwater.origin.upload.tus import UploadState
 from headwater.tokenbucket import RateLimit
 
@@ -90,7 +90,8 @@ class Disk:
 
 
 def service(tmp_path: Path, clock: FakeClock, *, budget: int = 4 * MiB, floor: int = 0, disk: Disk | None = None,
-            map_size: int = 1 * MiB, retention_s: float = 7 * 86400.0) -> UploadService:
+            map_size: int = 1 * MiB, retention_s: float = 7 * 86400.0,
+            source_in_use: SourceInUse | None = None) -> UploadService:
     store = MultipartStore(HttpClient(ClientSettings(connect_timeout_s=0.1, read_timeout_s=0.1)),
                            endpoint="http://127.0.0.1:9", bucket="uploads", access_key="a", secret_key="s",
                            region="us-east-1", clock=clock)
@@ -98,7 +99,7 @@ def service(tmp_path: Path, clock: FakeClock, *, budget: int = 4 * MiB, floor: i
                          spool_dir=tmp_path / "spool", part_size=1 * MiB, max_upload_bytes=64 * MiB,
                          max_uploads_per_client=4, expiry_s=3600.0, max_metadata_bytes=1024,
                          max_unverified_spool_bytes=budget, min_spool_free_bytes=floor, retention_s=retention_s,
-                         clock=clock, disk_free=disk or Disk(10**15))
+                         clock=clock, disk_free=disk or Disk(10**15), source_in_use=source_in_use)
 
 
 def put_upload(svc: UploadService, upload_id: str, length: int, *, completed: float | None = None) -> UploadState:
@@ -220,13 +221,13 @@ async def test_completed_records_are_retired_after_the_retention_and_others_kept
     unfinished = put_upload(svc, uid(8), 10)
     clock.advance(60)
     young = put_upload(svc, uid(9), 10, completed=clock.time())
-    assert svc.retire_once() == 0
+    assert await svc.retire_once() == 0
     clock.advance(40)  # old: completed 100 s ago
-    assert svc.retire_once() == 1
+    assert await svc.retire_once() == 1
     assert svc.records.get(old.id) is None
     assert svc.records.get(young.id) is not None and svc.records.get(unfinished.id) is not None
     clock.advance(60)
-    assert svc.retire_once() == 1 and svc.records.get(young.id) is None
+    assert await svc.retire_once() == 1 and svc.records.get(young.id) is None
     assert svc.records.get(unfinished.id) is not None  # expiry, not retention, removes it
     assert svc.counts["retired"] == 2
 
@@ -311,3 +312,30 @@ async def test_json_api_writes_and_tus_writes_share_one_budget_per_client(tmp_pa
     clock.advance(1.0)  # one write a second refills
     assert (await app(request("PATCH", "/api/titles/7", mine))).status == 200
     assert (await app(request("PATCH", "/api/titles/7", mine))).status == 429
+
+
+async def test_retiring_an_unused_upload_whose_object_cannot_be_deleted_keeps_its_record(tmp_path):
+    # This service's store is a closed port: deleting the unused upload's object fails, so its
+    # record stays for the next pass (a record gone first would leave the object behind for
+    # ever); the used upload is retired without asking the store; a claimed one is skipped.
+    clock = FakeClock()
+    asked: list[str] = []
+
+    async def in_use(owner: str, upload_id: str) -> bool:
+        asked.append(upload_id)
+        return upload_id == uid(1)
+
+    svc = service(tmp_path, clock, retention_s=100.0, source_in_use=in_use)
+    used = put_upload(svc, uid(1), 10, completed=clock.time())
+    unused = put_upload(svc, uid(2), 10, completed=clock.time())
+    held = put_upload(svc, uid(3), 10, completed=clock.time())
+    clock.advance(100)
+    async with svc.claimed(OWNER, held.id):
+        assert await svc.retire_once() == 1
+        with pytest.raises(Conflict):  # a second claim while a title is being made
+            async with svc.claimed(OWNER, held.id):
+                pass
+    assert asked == [used.id, unused.id]
+    assert svc.records.get(used.id) is None
+    assert svc.records.get(unused.id) is not None and svc.records.get(held.id) is not None
+    assert svc.counts["retired"] == 1 and svc.counts["unused_deleted"] == 0
