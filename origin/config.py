@@ -21,7 +21,8 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
                                                until verified, the whole process; over it 503)
     min_spool_free                            ("1GiB": free space the spool's disk keeps; under it 507)
     upload_retention_seconds                  (604800: a completed upload's record is removed
-                                               this long after completion; its object stays)
+                                               this long after completion, with its object
+                                               if no title was made from it)
     allowed_origins, cors_max_age_seconds     (CORS for browser tus clients: [] = any origin; 600)
     [origin.oauth]    issuer, audience, jwks_url, jwks_refresh_seconds, jwks_max_size,
                       jwks_max_keys, leeway_seconds, token_lifetime_seconds
