@@ -76,7 +76,8 @@ class ObjectStore:
             raise
 
     def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
-        """Every key under ``prefix`` (ListObjectsV2, page by page)."""
+        """Every key under ``prefix`` (ListObjectsV2, page by page); none in a bucket that does
+        not exist yet (a first attempt that died before it made the bucket left nothing)."""
         token = None
         while True:
             params = {"list-type": "2", "prefix": prefix}
@@ -85,6 +86,8 @@ class ObjectStore:
             query = urlencode(sorted(params.items()), quote_via=quote)
             resp = self._send("GET", "/" + quote(bucket, safe=""), query)
             body = resp.read(MAX_LIST_BYTES)
+            if resp.status == 404 and _code(body) == "NoSuchBucket":
+                return
             if resp.status != 200:
                 raise StoreUnavailable(f"LIST s3://{bucket}/{prefix}: HTTP {resp.status} {_code(body)}")
             root = ET.fromstring(body)

@@ -238,3 +238,33 @@ def test_a_worker_killed_mid_job_is_replaced_and_one_version_published(setup, s3
     assert {r.path.rsplit("/", 1)[0] + "/" for r in title.renditions if r.name in ("dash", "hls")} == {prefix}
     stored = keys_under(s3, f"titles/{title_id}/")
     assert stored and all(k.startswith(prefix) for k in stored), stored
+
+
+def test_the_store_down_mid_job_costs_an_attempt_and_the_title_is_published_once(setup, cluster, s3):
+    """The S3 gateway killed while a job runs: the attempt fails (its download, a part or the
+    publish finds no store), the job is queued again after the backoff, and once the store is
+    back the next attempt publishes one version; the title is never failed for an outage."""
+    cfg, catalogue, clip, worker = setup
+    title_id, job_id = submit(s3, catalogue, "store-down", clip.read_bytes())
+    wait_state(catalogue, title_id, {TitleState.TRANSCODING}, worker, timeout=20)
+    cluster.kill_node("s3")
+    try:
+        deadline = time.monotonic() + 40
+        while True:  # until the attempt ends: the job queued again, the title never failed
+            job, title = catalogue.get_job(job_id), catalogue.get_title(title_id)
+            assert title.state is not TitleState.FAILED, title.error
+            if job.state is JobState.QUEUED and job.attempts >= 1:
+                break
+            assert time.monotonic() < deadline, f"the attempt did not end with the store down\n{worker.tail()}"
+            time.sleep(0.1)
+        title = catalogue.get_title(title_id)
+        assert title.state is TitleState.TRANSCODING and "retrying" in (title.error or ""), title
+    finally:
+        cluster.restart_node("s3")
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker, timeout=60)
+    assert title.state is TitleState.PUBLISHED, title.error
+    job = catalogue.get_job(job_id)
+    assert job.state is JobState.DONE and job.attempts >= 2
+    prefix = f"titles/{title_id}/v{job_id}-{job.attempts}/"
+    stored = keys_under(s3, f"titles/{title_id}/")
+    assert stored and all(k.startswith(prefix) for k in stored), stored
