@@ -15,6 +15,7 @@ import httpx
 
 PREFIXES = 500
 GROUPS = 8
+CLUSTER_OPTIONS = dict(metadata_groups=GROUPS)  # the default ring, not the test clusters' three groups
 # With a delimiter each group is asked for the whole page at once: one round of one call per
 # group (8 here, as measured). Twice that leaves room for a leader change or a node's
 # per-call record budget, never for a call per prefix (the old listing made >= 500 x 8).

@@ -144,7 +144,7 @@ class RaftGroup:
         self.preferred_leader = preferred_leader
         self._committer = committer or Committer()
         self._leading_since = 0.0
-        self._last_handover = -1e18
+        self._next_handover = -1e18  # no hand-over before this (clock time)
         self.group_id = group_id
         self.node_id = node_id
         self.storage = storage
@@ -323,14 +323,16 @@ class RaftGroup:
         """A leader that is not the group's preferred leader hands over to it once both have
         been steady a while (leadership lands wherever an election timer fired first, which can
         leave one node leading most groups). Rare on purpose: after 10 s of steady leadership
-        at the earliest, and at most once a minute."""
+        at the earliest, and at most once a minute; one whose TimeoutNow went unanswered is
+        tried again a few election timeouts later (a minute's wait had a busy peer's one missed
+        reply leave the group on the wrong node)."""
         c, now, election = self.core, self._clock(), self.settings.timing.election_s
         p = self.preferred_leader
         if (not self.is_leader or p is None or p == self.node_id or p not in c.config.voters
                 or c.transferring_to is not None or now - self._leading_since < max(10.0, 10 * election)
-                or now - self._last_handover < max(60.0, 20 * election) or c.match_of(p) < c.commit):
+                or now < self._next_handover or c.match_of(p) < c.commit):
             return
-        self._last_handover = now
+        self._next_handover = now + max(60.0, 20 * election)
         c.transfer_leadership(p, now)
         self.stats["handovers"] += 1
         self._notify()
@@ -438,6 +440,8 @@ class RaftGroup:
             await self._send(peer, "raft.timeout_now", {"g": self.group_id, "term": term, "leader": self.node_id},
                              self.settings.rpc_timeout_s)
         except Exception as e:
+            election = self.settings.timing.election_s
+            self._next_handover = min(self._next_handover, self._clock() + max(2.0, 4 * election))
             log.warning("raft group %s: could not hand the leadership to %s: %r", self.group_id, peer, e,
                         extra={"event": "raft.handover_failed", "group": self.group_id, "peer": peer,
                                "error": repr(e)})
