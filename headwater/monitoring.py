@@ -6,8 +6,10 @@ the role registry alone (``ClusterConfig.daemons()``: every daemon knows its ``h
 
 - ``job``: the daemon's role (``storage``, ``gateway``, ``edge``, ``dns``, ``licence``, ...), which
   the alert rules and dashboards in ``monitoring/`` select on;
-- ``node``: its id in cluster.toml (``storage-3``, ``pop-1``), for humans and for per-node
-  alerts; ``instance`` stays Prometheus's ``host:admin_port``;
+- ``daemon``: its id in cluster.toml (``storage-3``, ``pop-1``), for humans and for per-daemon
+  alerts; ``instance`` stays Prometheus's ``host:admin_port``. (Not ``node``: the repair
+  daemon's own metrics label the storage node they describe with ``node``, and a target label
+  of the same name would rename theirs to ``exported_node``.)
 - ``cluster``: ``[cluster] name``, so one Prometheus can watch several clusters (a target
   label, not an external one: rules and dashboards can group by it).
 
@@ -38,13 +40,13 @@ class Target:
     """One daemon's admin endpoint as Prometheus scrapes it."""
 
     job: str       # the role
-    node: str      # the daemon's id
+    daemon: str    # the daemon's id
     address: str   # host:admin_port, reachable from this machine
 
 
 def targets(cfg: ClusterConfig) -> list[Target]:
     """Every daemon of ``cfg``, in the registry's start order."""
-    return [Target(job=d.role, node=d.id, address=f"{url_host(d.host)}:{d.admin_port}") for d in cfg.daemons()]
+    return [Target(job=d.role, daemon=d.id, address=f"{url_host(d.host)}:{d.admin_port}") for d in cfg.daemons()]
 
 
 def _seconds(s: float) -> str:
@@ -74,7 +76,7 @@ def prometheus_config(cfg: ClusterConfig, *, rule_files: Sequence[str | Path] = 
         {"job_name": job, "metrics_path": "/metrics", "scheme": "http",
          # a scrape must end before the next one starts
          "scrape_timeout": _seconds(min(10.0, scrape_interval_s)),
-         "static_configs": [{"targets": [t.address], "labels": {"node": t.node, "cluster": cfg.name}}
+         "static_configs": [{"targets": [t.address], "labels": {"daemon": t.daemon, "cluster": cfg.name}}
                             for t in by_job[job]]}
         for job in jobs
     ]
