@@ -3,7 +3,9 @@
 The smallest cluster that still has each kind of target Prometheus scrapes: the object store
 (EC 2+1 on three storage nodes, one metadata node, the gateway, the repair daemon), a GeoDNS
 server watching the POP, an edge POP and its shield, the licence server, the origin and one
-transcoder; each daemon ``headwater node ID``, its own process, as systemd runs them.
+transcoder; each daemon ``headwater node ID``, its own process, as systemd runs them. The
+gateway and the GeoDNS run two workers each on one admin port, so Prometheus scrapes the
+workers' series merged (headwater/workermetrics.py).
 
 They start as soon as what they need is there rather than role by role as ``headwater up`` does
 (which waits for each role's health before the next: about 45 s here against about 20): the
@@ -25,6 +27,7 @@ from headwater import localca
 from headwater.config import load
 from headwater.drm.client import EntitlementMinter
 from tests.cluster import Cluster, free_ports
+from tests.functional.dns_harness import NodeWorkers
 from tests.functional.origin_harness import Daemon
 
 __all__ = ["monitored_cluster", "running_monitored_cluster", "wait_healthy", "SECTIONS"]
@@ -91,7 +94,7 @@ disk_size = "64MiB"
 id = "dns-1"
 port = {dns}
 admin_port = {dns_admin}
-workers = 1
+workers = 2
 zone = "cdn.headwater.test."
 reload_interval_seconds = 0
 
@@ -122,7 +125,7 @@ PORT_NAMES = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_
 
 def monitored_cluster(root: Path) -> Cluster:
     """A Cluster (not started) whose cluster.toml has one daemon of every role."""
-    c = Cluster(root, k=2, m=1, storage_nodes=3, metadata_nodes=1,
+    c = Cluster(root, k=2, m=1, storage_nodes=3, metadata_nodes=1, workers=2,
                 repair={"interval_seconds": 1})
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
     taken = {p for d in c.daemons for p in (d.port, d.admin_port)}
@@ -156,7 +159,7 @@ def running_monitored_cluster(root: Path) -> Iterator[Cluster]:
     """:func:`monitored_cluster`, every daemon started and healthy; all stopped on exit."""
     c = monitored_cluster(root)
     logs = c.root / "logs"
-    others: list[Daemon] = []
+    others: list[Daemon | NodeWorkers] = []
     try:
         c.provision_secret()
         cfg = load(str(c.config_path))
@@ -164,11 +167,13 @@ def running_monitored_cluster(root: Path) -> Iterator[Cluster]:
         # licence token key (made once here, so the daemons do not race to create them).
         localca.prepare(cfg)
         EntitlementMinter(cfg)
-        early = [d for d in cfg.daemons() if d.role in ("licence", "dns", "edge")]
+        early = [d for d in cfg.daemons() if d.role in ("licence", "edge")]
         others += [Daemon(c.config_path, d.id, d.admin_port, logs / f"{d.id}.out") for d in early]
+        dns = NodeWorkers(c.config_path, cfg.dns.id, cfg.dns.workers, cfg.dns.admin_port)
+        others.append(dns)
         c.start()
         for d in others:
-            d.wait()
+            d.wait_ready() if isinstance(d, NodeWorkers) else d.wait()
         late = [d for d in cfg.daemons() if d.role in ("origin", "transcoder")]
         others += [Daemon(c.config_path, d.id, d.admin_port, logs / f"{d.id}.out") for d in late]
         wait_healthy(c.config_path)

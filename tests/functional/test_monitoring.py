@@ -2,7 +2,8 @@
 small real cluster (one daemon of every role, tests/functional/monitoring_harness.py), configured
 by ``headwater monitoring prometheus-config`` with the repository's alert rules:
 
-- every target is up, one per daemon, under its role's job with its daemon id;
+- every target is up, one per daemon, under its role's job with its daemon id; the gateway's and
+  the GeoDNS's two workers each have their series (a worker label), whichever answers a scrape;
 - every rule group loaded and every rule evaluates without error on the real series;
 - an alert evaluates end to end: every daemon just started, so HeadwaterDaemonRestarting (a
   start in the last 5 minutes, for 15) is pending for each, which needs every daemon's
@@ -35,7 +36,7 @@ from tests.functional.monitoring_harness import running_monitored_cluster
 REPO = Path(__file__).resolve().parents[2]
 RULES = sorted((REPO / "monitoring" / "prometheus" / "rules").glob("*.yml"))
 INVENTORY = yaml.safe_load((REPO / "monitoring" / "metrics.yml").read_text())
-TARGET_LABELS = {"__name__", "job", "instance", "daemon", "cluster"}
+TARGET_LABELS = {"__name__", "job", "instance", "daemon", "cluster", "worker"}
 
 
 class Prometheus:
@@ -132,6 +133,10 @@ def test_prometheus_scrapes_every_daemon_and_evaluates_the_rules(tmp_path):
             up = prometheus.api("query", query="up")["result"]
             assert {(s["metric"]["job"], s["metric"]["daemon"], s["value"][1]) for s in up} == \
                 {(job, daemon, "1") for job, daemon in daemons}
+
+            # The two-worker daemons: both workers' series, whichever worker answered the scrape.
+            workers = prometheus.api("query", query='count by (job) (process_start_time_seconds{worker!=""})')["result"]
+            assert {(w["metric"]["job"], w["value"][1]) for w in workers} == {("gateway", "2"), ("dns", "2")}
 
             # Every rule file's groups loaded; every rule evaluated, none with an error.
             expected = {g["name"] for p in RULES for g in yaml.safe_load(p.read_text())["groups"]}

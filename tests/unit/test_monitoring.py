@@ -35,7 +35,7 @@ DASHBOARDS = sorted((MONITORING / "grafana").glob("*.json"))
 INVENTORY = yaml.safe_load((MONITORING / "metrics.yml").read_text())
 
 # Labels Prometheus and the generated scrape config put on every series.
-TARGET_LABELS = {"job", "instance", "daemon", "cluster"}
+TARGET_LABELS = {"job", "instance", "daemon", "cluster", "worker"}
 # Series Prometheus makes itself.
 BUILTIN = {"up": set(), "ALERTS": {"alertname", "alertstate", "severity"}, "scrape_duration_seconds": set()}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
