@@ -179,6 +179,8 @@ def test_prometheus_scrapes_every_daemon_and_evaluates_the_rules(tmp_path):
                 known.update({n + suffix: labels | ({"le"} if suffix == "_bucket" else set())
                               for n, labels in list(known.items())})
             series = prometheus.api("series", **{"match[]": '{cluster="%s"}' % cfg.name})
+            # no metric label clashed with a target label (Prometheus would rename it exported_*)
+            assert [x for x in series if any(k.startswith("exported_") for k in x)] == []
             labelled = set()
             for s in series:
                 name = s["__name__"]
