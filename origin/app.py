@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.http import BodyTooLarge, Request, Response
 from headwater.http.errors import HttpError
+from headwater.metrics import Registry
 
 from .auth.issuer import MAX_TOKEN_REQUEST, Issuer, parse_token_request
 from .auth.ratelimit import RateLimiter, RateLimits
@@ -100,7 +101,7 @@ class OriginApp:
                  rate_limits: RateLimits = RateLimits(), clock: Clock = SYSTEM_CLOCK,
                  on_error: Callable[[BaseException], None] | None = None,
                  routes: Sequence[Route] = (), objects: ObjectServer | None = None,
-                 playback: PlaybackService | None = None) -> None:
+                 playback: PlaybackService | None = None, registry: Registry | None = None) -> None:
         self.verifier = verifier
         # The JSON API (origin/api/): each module's Route list, matched in order.
         self.routes = list(routes)
@@ -114,6 +115,11 @@ class OriginApp:
         self.on_error = on_error
         self.limiter = RateLimiter(rate_limits)
         self.counts = {"requests": 0, "refused": 0, "tokens_issued": 0, "rate_limited": 0}
+        # Answers by status class ("2xx" .. "5xx"): the origin-errors alert's 5xx ratio. A
+        # registry of its own when none is given, so the app counts the same either way.
+        self.responses = (registry or Registry()).counter(
+            "hw_origin_responses_total", "Responses the origin's API answered, by status class.", labels=("code",))
+        self._by_class = {c: self.responses.labels(f"{c}xx") for c in range(1, 6)}
 
     # --- CORS ----------------------------------------------------------------------------------
 
@@ -130,6 +136,13 @@ class OriginApp:
     # --- the request path ----------------------------------------------------------------------
 
     async def __call__(self, request: Request) -> Response:
+        response = await self._answer(request)
+        child = self._by_class.get(response.status // 100)
+        if child is not None:
+            child.inc()
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         self.counts["requests"] += 1
         origin = request.headers.get("origin")
         path = request.path

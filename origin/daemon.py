@@ -13,6 +13,7 @@ fetching the configured issuer's JWKS), opens (and migrates) the catalogue, and 
 - the CDN's origin (``/titles/T/vN/...`` from the videos bucket) and the playback API
   (``/api/titles/T/play``), reading the catalogue (``[origin.catalogue]``);
 - a loop sending queued CDN purges (:mod:`.delivery.invalidation`) to the edge;
+- a loop reading the job queue's depth and age for /metrics (:mod:`.queuegauges`);
 - a loop aborting expired uploads, retiring the records of long-completed ones, and completing
   whole ones the store refused to complete (every minute, or a tenth of the expiry if shorter).
 """
@@ -39,12 +40,14 @@ from headwater.metrics import Registry, add_process_metrics
 from .api import CatalogueRunner, SearchApi, TitlesApi
 from .app import OriginApp
 from .catalogue import open_catalogue
-from .delivery import ObjectServer, PlaybackService, PublishedVersions, PurgeWorker
+from .api.titles import TRANSCODE_KIND
+from .delivery import PURGE_JOB, ObjectServer, PlaybackService, PublishedVersions, PurgeWorker
 from .auth.issuer import ClientRegistry, Issuer, load_signing_key
 from .auth.jwks import JwksSource
 from .auth.tokens import AccessKey, AccessTokenVerifier
 from .config import OriginConfig
 from .errors import StoreUnavailable
+from .queuegauges import JobQueueGauges
 from .upload.janitor import UploadJanitor
 from .upload.records import UploadRecords
 from .upload.s3 import MultipartStore
@@ -158,7 +161,8 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
               *SearchApi(catalogue=runner).routes()]
     app = OriginApp(verifier=verifier, uploads=uploads, issuer=issuer, allowed_origins=node.allowed_origins,
                     cors_max_age_s=node.cors_max_age_s, rate_limits=node.rate_limits, clock=clock, routes=routes,
-                    objects=objects, playback=playback)
+                    objects=objects, playback=playback, registry=registry)
+    queue = JobQueueGauges(catalogue.ready_jobs, registry, kinds=(TRANSCODE_KIND, PURGE_JOB), clock=clock)
 
     def counts() -> dict[str, Any]:
         return {**uploads.counts, **app.counts, **runner.statistics(), **objects.counts, **versions.counts,
@@ -189,6 +193,7 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                                                      task_status=task_status))
             tg.start_soon(janitor.run_forever)
             tg.start_soon(purges.run_forever)
+            tg.start_soon(queue.run_forever)
             log.info("origin: %s serving on %s", node.id, node.base_url, extra={"event": "origin.started"})
             task_status.started()
     finally:

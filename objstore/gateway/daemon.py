@@ -22,7 +22,8 @@ from headwater.config import ClusterConfig
 from headwater.http.server import serve
 from headwater.localca import tls_context
 from headwater.http.types import Request, Response
-from headwater.metrics import Registry
+from headwater.metrics import Registry, add_process_metrics
+from headwater.workermetrics import shared_metrics
 
 from ..config import GatewayConfig, user_by_access_key
 from ..datapath import StoragePool
@@ -174,6 +175,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
                       task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
     """Run one gateway worker: S3 on ``node.port`` and admin on ``node.admin_port``."""
     registry = Registry()
+    add_process_metrics(registry)  # as every daemon: the restart alert reads process_start_time_seconds
+    metrics = shared_metrics(cluster, node, registry, worker)  # whichever worker answers, all workers' series
     async with MetadataClient(cluster, writer_id=f"{node.id}-w{worker}-{os.getpid()}") as meta, \
             StoragePool(cluster, read_budget=ByteBudget(node.read_buffer_bytes),
                         read_wait_s=node.read_buffer_wait_s) as pool:
@@ -198,7 +201,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
                                                      ssl_context=ssl_context, reuse_port=True,
                                                      task_status=task_status))
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
-                                                           registry=registry, reuse_port=True,
+                                                           registry=metrics, reuse_port=True,
                                                            task_status=task_status))
+            tg.start_soon(metrics.run_forever)
             tg.start_soon(store.run_retirer)
             task_status.started()

@@ -479,6 +479,16 @@ class SqlCatalogue(ABC):
             raise JobNotFound(f"no job {job_id}")
         return _job(row)
 
+    def ready_jobs(self) -> dict[str, tuple[int, float]]:
+        """Per job kind, the jobs waiting for a worker (queued and due) and the oldest one's due
+        time (wall clock): what the origin exports as its queue depth and queue age. One indexed
+        scan (``jobs_ready``)."""
+        now = self.clock.time()
+        with self._tx(write=False) as tx:
+            rows = tx.rows("SELECT kind, count(*), min(run_at) FROM jobs WHERE state = 'queued' AND run_at <= ? "
+                           "GROUP BY kind", (now,))
+        return {str(kind): (int(n), float(oldest)) for kind, n, oldest in rows}
+
     def lease(self, worker: str, kinds: Sequence[str], lease_s: float | None = None) -> Lease | None:
         """Take the next runnable job of one of ``kinds`` for ``lease_s`` seconds, or ``None``.
 

@@ -22,6 +22,7 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.localca import client_ssl_context
 from headwater.metrics import Registry, add_process_metrics
+from headwater.workermetrics import shared_metrics
 
 from ..catalogue import open_catalogue
 from ..daemon import store_settings
@@ -66,9 +67,12 @@ async def run_transcoder(cluster: ClusterConfig, node: TranscoderConfig, *, work
 
     try:
         async with anyio.create_task_group() as tg:
+            # whichever worker answers a scrape, every worker's series (headwater/workermetrics.py)
+            metrics = shared_metrics(cluster, node, registry, worker)
             await tg.start(lambda task_status: serve_admin(host=node.host, port=node.admin_port, health=health,
-                                                           registry=registry, reuse_port=True,
+                                                           registry=metrics, reuse_port=True,
                                                            task_status=task_status))
+            tg.start_soon(metrics.run_forever)
             tg.start_soon(stop_on_cancel)
             # Not cancellable: on cancel the stop flag ends the loop (ffmpeg killed, the job handed back).
             tg.start_soon(lambda: anyio.to_thread.run_sync(job_worker.run_forever))

@@ -270,8 +270,9 @@ def test_the_workers_share_one_key_and_the_ds_commits_to_it(signed):
     health = httpx.get(f"http://127.0.0.1:{signed.admin_port}/healthz").json()
     assert health["signed"] == {ZONE: ds.key_tag}
     metrics = httpx.get(f"http://127.0.0.1:{signed.admin_port}/metrics").text
-    made = [line for line in metrics.splitlines() if line.startswith('headwater_dns_dnssec_signatures{what="made"}')]
-    assert made and float(made[0].split()[-1]) >= 1
+    made = [line for line in metrics.splitlines()
+            if line.startswith("headwater_dns_dnssec_signatures{") and 'what="made"' in line]
+    assert len(made) == 2 and sum(float(line.split()[-1]) for line in made) >= 1  # a series per worker
 
 
 

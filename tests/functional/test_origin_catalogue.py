@@ -216,6 +216,22 @@ def test_enqueue_is_idempotent(fresh):
     assert cat.lease("w2", ["transcode"], 30) is None
 
 
+def test_ready_jobs_counts_due_queued_jobs_and_the_oldest(fresh):
+    cat, clock = fresh
+    assert cat.ready_jobs() == {}
+    start = clock.time()
+    cat.enqueue("transcode", "a")
+    clock.advance(5)
+    cat.enqueue("transcode", "b")
+    cat.enqueue("transcode", "later", delay_s=60)  # not due yet: not waiting for a worker
+    cat.enqueue("cdn-purge", "p")
+    assert cat.ready_jobs() == {"transcode": (2, start), "cdn-purge": (1, start + 5)}
+    cat.lease("w1", ["transcode"], 30)  # the oldest is taken: the next one is the oldest
+    assert cat.ready_jobs()["transcode"] == (1, start + 5)
+    clock.advance(60)
+    assert cat.ready_jobs()["transcode"] == (2, start + 5)
+
+
 def test_a_dead_workers_job_is_done_once_by_another(fresh):
     cat, clock = fresh
     t = cat.create_title(TitleDraft(title="Night Train"))
