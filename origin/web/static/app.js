@@ -334,6 +334,8 @@
     follow(t.id);
   }
 
+  const seenStates = [];
+
   async function follow(id) {
     let t;
     try {
@@ -343,7 +345,9 @@
       setTimeout(() => follow(id), 3000);
       return;
     }
-    $('upload-state').textContent = t.state === 'transcoding' ? `transcoding ${t.progress} %` : t.state;
+    // The states seen so far, as a trail: uploaded → transcoding → published.
+    if (seenStates[seenStates.length - 1] !== t.state) seenStates.push(t.state);
+    $('upload-state').textContent = seenStates.join(' → ');
     $('upload-state').dataset.state = t.state;
     if (t.state === 'transcoding') setProgress('Transcoding', t.progress);
     if (t.state === 'published') {
