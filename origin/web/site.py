@@ -53,7 +53,7 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".css": "text/css; charset=utf-8"}
 _COMMON = [("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer"),
            ("cross-origin-opener-policy", "same-origin")]
-_SIGNIN_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+_SIGNIN_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
                "frame-ancestors 'none'; base-uri 'none'")
 
 
@@ -155,7 +155,7 @@ def signin_page(req: AuthorizeRequest | None, *, error: str | None = None, user:
                 f'<button type="submit">Sign in</button></form>')
     body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>Sign in · Headwater</title><link rel="stylesheet" href="/static/app.css"></head>'
+            f'<title>Sign in · Headwater</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"></head>'
             f'<body><header class="top"><a class="brand" href="/">Headwater</a></header>'
             f'<main><h1>Sign in</h1>{err}{form}</main></body></html>').encode()
     return Response(status, [("content-type", _TYPES[".html"]), ("content-length", str(len(body))),

@@ -75,7 +75,7 @@ async function creator(browser, spec, out, consoleLog) {
     }));
     const last = out.upload.samples[out.upload.samples.length - 1];
     if (!last || last.label !== s.label || last.value !== s.value || last.state !== s.state) out.upload.samples.push(s);
-    if (!shot && s.state === 'transcoding' && s.value > 0) {
+    if (!shot && s.state === 'transcoding') {
       await page.screenshot({ path: `${spec.shots}/upload-transcoding.png`, fullPage: true });
       shot = true;
     }

@@ -5,7 +5,7 @@ own process, as ``test_origin_pipeline.py`` starts them (no edge: /play's URLs a
 own, the CDN's base defaulting to it).
 
 Headless Chromium (``tests/browser/site.mjs``, playwright-core) then does what people do: a
-creator opens /upload, signs in (a wrong password first: the form says so), uploads a 6-second
+creator opens /upload, signs in (a wrong password first: the form says so), uploads a 10-second
 clip with the progress bar and watches the title go uploaded -> transcoding % -> published; a
 viewer types a misspelt query into the search box (no Enter), opens the title, presses Play, is
 sent to sign in and back, and plays it: the page's shaka-player fetches the manifest, gets the
@@ -13,8 +13,8 @@ key from the licence server with /play's entitlement token, and the test reads t
 count and the advancing clock. Screenshots of the search page, the title page (playing) and the
 upload page go to ``tests/artifacts/web/`` (ignored by git), kept after the run.
 
-Also the page's own headers: its Content-Security-Policy and caching, and the sign-in's bounds
-over HTTP.
+Also the page's own headers: its Content-Security-Policy and caching, the sign-in's bounds over
+HTTP, and ``headwater demo`` (a 4-second title) on the same daemons.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from headwater.origin.auth.login import hash_password
 from tests.cluster import free_ports
 from tests.functional.browser_harness import BROWSER_DIR, CHROMIUM, require_browser
 from tests.functional.drm_media import make_clip
-from tests.functional.licence_harness import spki_sha256
+from tests.functional.licence_harness import cli, spki_sha256
 from tests.functional.origin_harness import LICENCE_SECTION, SMALL_LADDER, Daemon
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
@@ -112,7 +112,7 @@ def world(cluster):
         for d in daemons:
             d.wait()
         ca = str(cluster.data_dir / "ca" / "ca.pem")
-        yield {"cfg": cfg, "url": f"http://127.0.0.1:{p['origin']}", "logs": logs, "ca": ca,
+        yield {"cfg": cfg, "config": cluster.config_path, "url": f"http://127.0.0.1:{p['origin']}", "logs": logs, "ca": ca,
                "licence_spki": _leaf_spki(p["licence"], ca),
                "viewer_password": user_password(cfg, cfg.origin, "vic")}
     finally:
@@ -126,7 +126,8 @@ def _tail(world, name: str) -> str:
 
 def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_path):
     require_browser()
-    clip = make_clip(tmp_path / "Harbour Lights.mp4", seconds=6, size="320x180", gop=25)
+    # 10 s: long enough that the page's half-second polls see it transcoding on a fast machine.
+    clip = make_clip(tmp_path / "Harbour Lights.mp4", seconds=10, size="320x180", gop=25)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
@@ -209,3 +210,16 @@ def test_the_page_is_served_with_a_strict_policy_and_bounded(world):
         r = http.post("/oauth/authorize", content=b"a=" + b"x" * 5000,
                       headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 400
+
+
+def test_headwater_demo_publishes_a_title_and_prints_its_page(world):
+    # The command as a user runs it, on the running daemons (8 s instead of 60 to keep it quick;
+    # over the ladder's thumbnail interval of 5 s: the transcoder fails titles shorter than it).
+    out = cli(world["config"], "demo", "--seconds", "8", "--title", "Demo Reel", "--timeout", "90")
+    url = next(line.split()[-1] for line in out.splitlines() if line.startswith("published:"))
+    assert url.startswith(world["url"] + "/title/"), out
+    assert f"sign in as vic (view): password {world['viewer_password']}" in out, out
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        assert http.get(url).status_code == 200
+        doc = http.get(url.replace("/title/", "/api/titles/")).json()
+    assert doc["state"] == "published" and doc["title"] == "Demo Reel", doc

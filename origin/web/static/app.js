@@ -363,7 +363,7 @@
       $('upload-start').disabled = false;
       return;
     }
-    setTimeout(() => follow(id), 1000);
+    setTimeout(() => follow(id), 500);
   }
 
   // --- routing ----------------------------------------------------------------------------------
