@@ -93,6 +93,8 @@ async function viewer(browser, spec, out, consoleLog) {
   const context = await browser.newContext({ viewport: spec.viewport });
   const page = await context.newPage();
   watch(page, consoleLog, 'viewer');
+  // What the player fetched from the CDN (successful answers only).
+  page.on('response', (r) => { if (spec.cdn && r.url().startsWith(spec.cdn) && r.ok()) out.cdn.push(new URL(r.url()).pathname); });
   await page.goto(`${spec.base}/`);
   // Search as you type: one key at a time, no Enter.
   await page.type('#q', spec.query, { delay: 40 });
@@ -136,7 +138,8 @@ async function main() {
   const browser = await chromium.launch({ executablePath: spec.chromium || '/usr/bin/chromium', headless: true, args, timeout: 30000 });
   log('chromium up');
   const consoleLog = [];
-  const out = { ok: false, steps: [], upload: { samples: [] }, play: null, console: consoleLog };
+  const out = { ok: false, steps: [], upload: { samples: [] }, play: null, cdn: [], console: consoleLog };
+  out.cdnPrefix = spec.cdn || null;
   try {
     await creator(browser, spec, out, consoleLog);
     log('creator done');

@@ -1,8 +1,9 @@
 """The origin's web page in a real browser, on real daemons: an object store cluster,
 ``headwater node licence`` (HTTPS from the local CA), ``headwater node origin`` (plain HTTP on
 127.0.0.1, a secure context for Chromium all the same) and ``headwater node transcoder``, each its
-own process, as ``test_origin_pipeline.py`` starts them (no edge: /play's URLs are the origin's
-own, the CDN's base defaulting to it).
+own process, as ``test_origin_pipeline.py`` starts them, and like it an edge POP and its shield
+in-process: /play's URLs are on the POP, so the page's player fetches manifests and segments
+through the CDN, cross-origin.
 
 Headless Chromium (``tests/browser/site.mjs``, playwright-core) then does what people do: a
 creator opens /upload, signs in (a wrong password first: the form says so), uploads a 10-second
@@ -19,6 +20,7 @@ HTTP, and ``headwater demo`` (a 4-second title) on the same daemons.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
@@ -27,6 +29,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import anyio
+import anyio.from_thread
 import httpx
 import pytest
 from cryptography import x509
@@ -34,6 +38,7 @@ from cryptography import x509
 from headwater import localca
 from headwater.config import load
 from headwater.drm.client import EntitlementMinter
+from headwater.edge.daemon import run_edge
 from headwater.origin.auth.issuer import user_password
 from headwater.origin.auth.login import hash_password
 from tests.cluster import free_ports
@@ -81,7 +86,31 @@ preset = "ultrafast"
 audio_bitrate = "64k"
 thumbnail_seconds = 5
 
-""" + SMALL_LADDER
+""" + SMALL_LADDER + """
+[cdn.client_limits]
+enabled = false
+
+[[distributions]]
+name = "video"
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = {pop}
+admin_port = {pop_admin}
+lat = 51.5
+lon = -0.12
+ram_size = "16MiB"
+disk_size = "64MiB"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {shield}
+admin_port = {shield_admin}
+disk_size = "64MiB"
+"""
 
 
 def _leaf_spki(port: int, ca: str) -> str:
@@ -95,7 +124,8 @@ def _leaf_spki(port: int, ca: str) -> str:
 
 @pytest.fixture(scope="module")
 def world(cluster):
-    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin")
+    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_admin", "shield",
+             "shield_admin")
     p = dict(zip(names, free_ports(len(names))))
     # A cheap scrypt (2^10) for the test; cluster.toml's default cost is 2^15.
     creator_hash = hash_password(CREATOR_PASSWORD, log_n=10)
@@ -112,9 +142,20 @@ def world(cluster):
         for d in daemons:
             d.wait()
         ca = str(cluster.data_dir / "ca" / "ca.pem")
-        yield {"cfg": cfg, "config": cluster.config_path, "url": f"http://127.0.0.1:{p['origin']}", "logs": logs, "ca": ca,
-               "licence_spki": _leaf_spki(p["licence"], ca),
-               "viewer_password": user_password(cfg, cfg.origin, "vic")}
+        # The edge (a POP and its shield) in-process through the role's entry point, as
+        # test_origin_pipeline.py runs it: /play's URLs are on the POP, so the browser fetches
+        # the manifest and segments through the CDN, cross-origin from the page.
+        with anyio.from_thread.start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
+            edges = [portal.start_task(functools.partial(run_edge, cfg, cfg.daemon(i)))[0]
+                     for i in ("shield-1", "pop-1")]
+            try:
+                yield {"cfg": cfg, "config": cluster.config_path, "url": f"http://127.0.0.1:{p['origin']}",
+                       "pop": f"http://127.0.0.1:{p['pop']}", "logs": logs, "ca": ca,
+                       "licence_spki": _leaf_spki(p["licence"], ca),
+                       "viewer_password": user_password(cfg, cfg.origin, "vic")}
+            finally:
+                for e in edges:
+                    e.cancel()
     finally:
         for d in reversed(daemons):
             d.stop()
@@ -133,6 +174,7 @@ def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_
     ARTIFACTS.mkdir(parents=True)
     spec = {"chromium": CHROMIUM, "base": world["url"], "trustSpki": [world["licence_spki"]], "clip": str(clip),
             "title": "Harbour Lights at Dusk", "query": "harbuor", "shots": str(ARTIFACTS), "timeoutMs": 60000,
+            "cdn": world["pop"],
             "viewport": {"width": 390, "height": 844},  # a phone
             "creator": {"user": "ada", "password": CREATOR_PASSWORD},
             "viewer": {"user": "vic", "password": world["viewer_password"]}}
@@ -163,6 +205,9 @@ def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_
     play = out["play"]
     assert play["ok"] and play["frames"] > 25 and play["currentTime"] > 1.0, why
     assert not play["error"], why
+    # The manifest and the segments came through the CDN's POP, not from the origin.
+    cdn = out["cdn"]
+    assert any(u.endswith("manifest.mpd") for u in cdn) and sum(".m4s" in u or ".mp4" in u for u in cdn) >= 2, cdn
     print(f"played: {play['frames']} frames, {play['currentTime']:.2f} s in {play['startMs']} ms from Play")
     for shot in ("viewer-search.png", "viewer-title-playing.png", "upload-transcoding.png", "upload-published.png"):
         assert (ARTIFACTS / shot).stat().st_size > 5000, shot
@@ -176,6 +221,7 @@ def test_the_page_is_served_with_a_strict_policy_and_bounded(world):
             csp = r.headers["content-security-policy"]
             assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
             assert "connect-src 'self'" in csp and str(world["cfg"].licence.port) in csp  # the licence server
+            assert f"media-src 'self' blob: {world['pop']};" in csp  # the CDN
             assert r.headers["cache-control"] == "no-cache" and r.headers["x-content-type-options"] == "nosniff"
         etag = r.headers["etag"]
         assert http.get("/", headers={"if-none-match": etag}).status_code == 304
