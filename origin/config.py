@@ -368,7 +368,8 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
         upload_retention_s=r.positive(item, "upload_retention_seconds", p, 7 * 86400.0),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
         cors_max_age_s=r.get(item, "cors_max_age_seconds", p, int, 600),
-        oauth=_read_oauth(r, r.table(item, "oauth", p), f"{p}.oauth"), clients=tuple(clients), users=tuple(users), limits=limits,
+        oauth=_read_oauth(r, r.table(item, "oauth", p), f"{p}.oauth"), clients=tuple(clients),
+        users=tuple(users), limits=limits,
         catalogue=read_catalogue(r, r.table(item, "catalogue", p), f"{p}.catalogue", data_dir),
         catalogue_threads=threads,
         rate_limits=read_rate_limits(r, r.table(item, "rate_limits", p), f"{p}.rate_limits"))

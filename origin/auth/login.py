@@ -43,7 +43,8 @@ from headwater.tokenbucket import RateLimit, TokenBuckets
 from ..errors import BadAuthorizationCode, BadAuthorizeRequest, InvalidScope, LoginFailed, RateLimited
 
 __all__ = ["PUBLIC_CLIENT", "CODE_TTL_S", "AuthorizeRequest", "CodeGrant", "CodeStore", "UserDirectory", "User",
-           "LoginThrottle", "parse_authorize", "parse_form", "MAX_FORM", "s256", "hash_password", "check_scrypt", "MAX_PASSWORD"]
+           "LoginThrottle", "parse_authorize", "parse_form", "MAX_FORM", "s256", "hash_password", "check_scrypt",
+           "MAX_PASSWORD"]
 
 PUBLIC_CLIENT = "headwater-web"
 CODE_TTL_S = 60.0

@@ -152,10 +152,11 @@ def signin_page(req: AuthorizeRequest | None, *, error: str | None = None, user:
                 f'value="{html.escape(user, quote=True)}" autofocus></label>'
                 f'<label>Password <input name="password" type="password" autocomplete="current-password" '
                 f'required maxlength="256"></label>'
-                f'<button type="submit">Sign in</button></form>')
+                f'<button type="submit" class="primary">Sign in</button></form>')
     body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>Sign in · Headwater</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"></head>'
+            f'<title>Sign in · Headwater</title><link rel="icon" href="data:,">'
+            f'<link rel="stylesheet" href="/static/app.css"></head>'
             f'<body><header class="top"><a class="brand" href="/">Headwater</a></header>'
             f'<main><h1>Sign in</h1>{err}{form}</main></body></html>').encode()
     return Response(status, [("content-type", _TYPES[".html"]), ("content-length", str(len(body))),

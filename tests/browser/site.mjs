@@ -53,6 +53,7 @@ async function creator(browser, spec, out, consoleLog) {
   await signIn(page, { user: spec.creator.user, password: 'not the password' });
   await page.waitForSelector('.error');
   out.wrongPassword = await page.textContent('.error');
+  await page.screenshot({ path: `${spec.shots}/signin-refused.png`, fullPage: true });
   await page.fill('input[name=password]', spec.creator.password);
   await page.click('button[type=submit]');
   await page.waitForURL(`${spec.base}/upload`);

@@ -209,7 +209,8 @@ def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_
     cdn = out["cdn"]
     assert any(u.endswith("manifest.mpd") for u in cdn) and sum(".m4s" in u or ".mp4" in u for u in cdn) >= 2, cdn
     print(f"played: {play['frames']} frames, {play['currentTime']:.2f} s in {play['startMs']} ms from Play")
-    for shot in ("viewer-search.png", "viewer-title-playing.png", "upload-transcoding.png", "upload-published.png"):
+    for shot in ("viewer-search.png", "viewer-title-playing.png", "upload-transcoding.png", "upload-published.png",
+                 "signin-refused.png"):
         assert (ARTIFACTS / shot).stat().st_size > 5000, shot
 
 

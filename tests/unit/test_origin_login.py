@@ -172,7 +172,8 @@ def test_the_issuer_redeems_a_code_for_a_users_token():
     with pytest.raises(BadAuthorizationCode):  # once only
         issuer.grant(parse_token_request(None, FORM, body), clock.time())
     meta = issuer.metadata(SCOPES)
-    assert meta["code_challenge_methods_supported"] == ["S256"] and "authorization_code" in meta["grant_types_supported"]
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert "authorization_code" in meta["grant_types_supported"]
 
 
 def test_passwords_by_scrypt_and_sealed():
