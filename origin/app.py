@@ -118,6 +118,8 @@ class OriginApp:
         self.web = web
         self.users = users
         self.login_throttle = login_throttle if login_throttle is not None else LoginThrottle()
+        # scrypt takes ~50 ms and 32 MiB a check: at most this many at once, whatever the crowd.
+        self.password_checks = anyio.CapacityLimiter(4)
         # The JSON API (origin/api/): each module's Route list, matched in order.
         self.routes = list(routes)
         self.objects = objects
@@ -323,7 +325,7 @@ class OriginApp:
             self.limiter.check_token_request(request.client[0] if request.client else None, now)
             self.login_throttle.check(name, now)
             users = self.users
-            user = await anyio.to_thread.run_sync(lambda: users.verify(name, password))
+            user = await anyio.to_thread.run_sync(lambda: users.verify(name, password), limiter=self.password_checks)
             scopes = user.scopes if req.scopes is None else tuple(s for s in req.scopes if s in user.scopes)
             if not scopes:
                 raise LoginFailed(f"{name} may not have the scopes asked for")

@@ -254,6 +254,10 @@ def test_the_page_is_served_with_a_strict_policy_and_bounded(world):
                                             "client_id": "headwater-web", "redirect_uri": good["redirect_uri"],
                                             "code_verifier": "x" * 43})
         assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+        # Attempts at one user name are bounded (10, then one a minute), whoever makes them.
+        statuses = [http.post("/oauth/authorize", data={**good, "username": "mallory", "password": f"guess{i}"})
+                    .status_code for i in range(11)]
+        assert statuses == [401] * 10 + [429], statuses
         r = http.post("/oauth/authorize", content=b"a=" + b"x" * 5000,
                       headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 400
