@@ -6,10 +6,12 @@ STAMP   := $(VENV)/.installed
 CONFIG  ?= cluster.toml
 BROWSER_DIR   := tests/browser
 BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.installed
+WEB_DIR       := origin/web
+WEB_STAMP     := $(WEB_DIR)/node_modules/.installed
 
 .PHONY: up test test-slow setup system-deps bench clean
 
-setup: system-deps $(STAMP) $(BROWSER_STAMP)
+setup: system-deps $(STAMP) $(BROWSER_STAMP) $(WEB_STAMP)
 
 # Debian packages the tests drive: curl for raw requests, openssl for the TLS test certificate,
 # iproute2 (`ip`: network namespaces, one per simulated host) and iptables (cutting a host off
@@ -44,6 +46,13 @@ $(STAMP): pyproject.toml
 # tests use Debian's Chromium.
 $(BROWSER_STAMP): $(BROWSER_DIR)/package-lock.json $(BROWSER_DIR)/package.json
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The origin's web page serves shaka-player and tus-js-client from origin/web/node_modules (its
+# /static/lib/ routes), exactly as origin/web's lock pins them: the page never loads a script
+# from the internet.
+$(WEB_STAMP): $(WEB_DIR)/package-lock.json $(WEB_DIR)/package.json
+	cd $(WEB_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 up: setup

@@ -4,7 +4,11 @@ Routes (all JSON errors ``{"error": code, "message": ...}``, statuses from
 :func:`~headwater.origin.errors.wire_of`):
 
 ==========================================  ===========  ================================
-``POST /oauth/token``                       none         the built-in issuer (client credentials)
+``POST /oauth/token``                       none         the built-in issuer (client credentials;
+                                                         authorization code + PKCE for the page)
+``GET``/``POST /oauth/authorize``           none         the sign-in form (:mod:`.auth.login`)
+``GET /``, ``/title/{id}``, ``/upload``,    none         the web page (:mod:`.web.site`)
+``/signed-in``, ``/static/...``
 ``GET /.well-known/jwks.json``              none         its public key
 ``GET /.well-known/oauth-authorization-server``  none    its metadata (RFC 8414)
 ``OPTIONS /uploads``, ``/uploads/{id}``     none         tus discovery; the CORS preflight
@@ -42,6 +46,9 @@ import json
 import logging
 import re
 from typing import Any, Callable, Sequence
+from urllib.parse import urlencode
+
+import anyio
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.http import BodyTooLarge, Request, Response
@@ -49,6 +56,7 @@ from headwater.http.errors import HttpError
 from headwater.metrics import Registry
 
 from .auth.issuer import MAX_TOKEN_REQUEST, Issuer, parse_token_request
+from .auth.login import MAX_FORM, LoginThrottle, UserDirectory, parse_authorize, parse_form
 from .auth.ratelimit import RateLimiter, RateLimits
 from .auth.tokens import AccessToken, AccessTokenVerifier, bearer_token
 from .catalogue import CatalogueError
@@ -56,7 +64,10 @@ from .config import SCOPES
 from .errors import (
     Forbidden,
     InvalidClient,
+    BadAuthorizeRequest,
     InvalidGrant,
+    InvalidScope,
+    LoginFailed,
     MethodNotAllowed,
     NotFound,
     OriginError,
@@ -72,6 +83,7 @@ from .delivery.playback import PlaybackService
 from .delivery.serve import ObjectServer
 from .upload import tus
 from .upload.service import UploadService
+from .web.site import WebSite, signin_page
 
 __all__ = ["OriginApp", "ROUTE_SCOPES"]
 
@@ -101,8 +113,15 @@ class OriginApp:
                  rate_limits: RateLimits = RateLimits(), clock: Clock = SYSTEM_CLOCK,
                  on_error: Callable[[BaseException], None] | None = None,
                  routes: Sequence[Route] = (), objects: ObjectServer | None = None,
-                 playback: PlaybackService | None = None, registry: Registry | None = None) -> None:
+                 playback: PlaybackService | None = None, registry: Registry | None = None,
+                 web: WebSite | None = None, users: UserDirectory | None = None,
+                 login_throttle: LoginThrottle | None = None) -> None:
         self.verifier = verifier
+        self.web = web
+        self.users = users
+        self.login_throttle = login_throttle if login_throttle is not None else LoginThrottle()
+        # scrypt takes ~50 ms and 32 MiB a check: at most this many at once, whatever the crowd.
+        self.password_checks = anyio.CapacityLimiter(4)
         # The JSON API (origin/api/): each module's Route list, matched in order.
         self.routes = list(routes)
         self.objects = objects
@@ -114,7 +133,8 @@ class OriginApp:
         self.clock = clock
         self.on_error = on_error
         self.limiter = RateLimiter(rate_limits)
-        self.counts = {"requests": 0, "refused": 0, "tokens_issued": 0, "rate_limited": 0}
+        self.counts = {"requests": 0, "refused": 0, "tokens_issued": 0, "rate_limited": 0, "sign_ins": 0,
+                       "sign_ins_refused": 0}
         # Answers by status class ("2xx" .. "5xx"): the origin-errors alert's 5xx ratio. A
         # registry of its own when none is given, so the app counts the same either way.
         self.responses = (registry or Registry()).counter(
@@ -158,6 +178,10 @@ class OriginApp:
                 return await self._token(request, origin)
             if path in ("/.well-known/jwks.json", "/.well-known/oauth-authorization-server"):
                 return self._discovery(request, origin)
+            if path == "/oauth/authorize":
+                return await self._authorize(request)
+            if self.web is not None and self.web.handles(path):
+                return await self.web(request)
             if self.objects is not None and is_object_path(path):
                 return await self.objects(request)
             if self.playback is not None and _PLAY.fullmatch(path):
@@ -283,6 +307,52 @@ class OriginApp:
         doc = self.issuer.grant(req, self.clock.time())
         self.counts["tokens_issued"] += 1
         return _json(200, doc, [("pragma", "no-cache"), *self._cors(origin)])
+
+    async def _authorize(self, request: Request) -> Response:
+        """The sign-in form (GET) and its submission (POST): a code redirected to the page."""
+        if self.issuer is None or self.users is None:
+            raise NotFound("this origin has no built-in issuer: people sign in with the configured OIDC provider")
+        own = f"{request.scheme}://{request.host}"
+        try:
+            if request.method == "GET":
+                return signin_page(parse_authorize(parse_form(request.query), own, SCOPES))
+            if request.method != "POST":
+                raise MethodNotAllowed("GET or POST /oauth/authorize", allow="GET, POST")
+            declared = request.body.content_length
+            if declared is not None and declared > MAX_FORM:
+                raise BadAuthorizeRequest(f"a sign-in request is at most {MAX_FORM} bytes")
+            try:
+                body = await request.body.read_all(MAX_FORM)
+            except BodyTooLarge:
+                raise BadAuthorizeRequest(f"a sign-in request is at most {MAX_FORM} bytes") from None
+            form = parse_form(body)
+            req = parse_authorize(form, own, SCOPES)
+        except (BadAuthorizeRequest, InvalidScope) as e:
+            # Never redirected (RFC 6749 §4.1.2.1): the redirect URI itself may be the bad part.
+            self.counts["refused"] += 1
+            return signin_page(None, error=str(e), status=400)
+        name, password = form.get("username", "")[:64], form.get("password", "")
+        try:
+            # Both budgets before the password is hashed: the address's (the token endpoint's)
+            # and the user name's (see auth.login).
+            now = self.clock.monotonic()
+            self.limiter.check_token_request(request.client[0] if request.client else None, now)
+            self.login_throttle.check(name, now)
+            users = self.users
+            user = await anyio.to_thread.run_sync(lambda: users.verify(name, password), limiter=self.password_checks)
+            scopes = user.scopes if req.scopes is None else tuple(s for s in req.scopes if s in user.scopes)
+            if not scopes:
+                raise LoginFailed(f"{name} may not have the scopes asked for")
+        except (LoginFailed, TooManyRequests) as e:
+            self.counts["sign_ins_refused"] += 1
+            status = 429 if isinstance(e, TooManyRequests) else 401
+            return signin_page(req, error=str(e).capitalize() + ".", user=name, status=status)
+        code = self.issuer.codes.issue(user=user.name, scopes=scopes, request=req, now=self.clock.time())
+        self.counts["sign_ins"] += 1
+        sep = "&" if "?" in req.redirect_uri else "?"
+        location = req.redirect_uri + sep + urlencode({"code": code, "state": req.state})
+        return Response(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0"),
+                              ("referrer-policy", "no-referrer")])
 
     def _discovery(self, request: Request, origin: str | None) -> Response:
         if self.issuer is None:

@@ -27,6 +27,8 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
     [origin.oauth]    issuer, audience, jwks_url, jwks_refresh_seconds, jwks_max_size,
                       jwks_max_keys, leeway_seconds, token_lifetime_seconds
     [[origin.clients]] id, scopes, and secret = "sealed" or secret_sha256 = "<hex>"
+    [[origin.users]]   name, scopes, and password = "sealed" or password_scrypt = "scrypt$..."
+                      (people who sign in on the web page: the authorization-code grant with PKCE)
     [origin.limits]   the HTTP core's limits (as [gateway.limits]; a key left out keeps
                       ORIGIN_HTTP_LIMITS's value)
     [origin.rate_limits]  token requests per address, tus writes per client
@@ -52,7 +54,7 @@ from .auth.ratelimit import RateLimits, read_rate_limits
 from .catalogue.config import CatalogueConfig, read_catalogue
 from .delivery.config import DeliveryConfig, read_delivery
 
-__all__ = ["ClientConfig", "OAuthConfig", "OriginConfig", "read_origin", "ORIGIN_HTTP_LIMITS", "SCOPES",
+__all__ = ["ClientConfig", "UserConfig", "OAuthConfig", "OriginConfig", "read_origin", "ORIGIN_HTTP_LIMITS", "SCOPES",
            "MIN_PART_SIZE"]
 
 # Every scope a route of the origin asks for (the catalogue and playback routes use the last
@@ -82,6 +84,19 @@ class ClientConfig:
     # only for high-entropy secrets).
     sealed: bool = False
     secret_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserConfig:
+    """One ``[[origin.users]]`` entry: a person who signs in on the origin's web page."""
+
+    name: str
+    scopes: tuple[str, ...]
+    # "sealed": a random password made on first use, sealed under the cluster secret in the
+    # origin's data_dir (``headwater password --user NAME`` shows it); or an scrypt hash of the
+    # person's own (``headwater password --hash`` makes one).
+    sealed: bool = False
+    password_scrypt: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +147,7 @@ class OriginConfig:
     cors_max_age_s: int = 600
     oauth: OAuthConfig = OAuthConfig()
     clients: tuple[ClientConfig, ...] = ()
+    users: tuple[UserConfig, ...] = ()
     limits: HttpLimits = ORIGIN_HTTP_LIMITS
     videos_bucket: str = "videos"
     delivery: DeliveryConfig = DeliveryConfig()
@@ -155,7 +171,8 @@ class OriginConfig:
     def needs_cluster_secret(self) -> bool:
         """TLS "auto" (the local CA's key is sealed), the built-in issuer's sealed signing key,
         sealed client secrets."""
-        return self.tls_cert == TLS_AUTO or self.oauth.builtin or any(c.sealed for c in self.clients)
+        return self.tls_cert == TLS_AUTO or self.oauth.builtin or any(c.sealed for c in self.clients) \
+            or any(u.sealed for u in self.users)
 
     @property
     def base_url(self) -> str:
@@ -180,10 +197,11 @@ _KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data
          "max_parts_in_flight", "upload_expiry_seconds", "max_metadata_size", "state_map_size", "allowed_origins",
          "max_unverified_spool", "min_spool_free", "upload_retention_seconds",
          "cors_max_age_seconds", "oauth", "clients", "limits", "catalogue", "catalogue_threads",
-         "videos_bucket", "delivery", "rate_limits"}
+         "videos_bucket", "delivery", "rate_limits", "users"}
 _OAUTH_KEYS = {"issuer", "audience", "jwks_url", "jwks_refresh_seconds", "jwks_max_size", "jwks_max_keys",
                "leeway_seconds", "token_lifetime_seconds"}
 _CLIENT_KEYS = {"id", "scopes", "secret", "secret_sha256"}
+_USER_KEYS = {"name", "scopes", "password", "password_scrypt"}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -239,6 +257,33 @@ def _read_client(r: Reader, item: Mapping[str, Any], p: str) -> ClientConfig:
                         secret_sha256=digest)
 
 
+def _read_user(r: Reader, item: Mapping[str, Any], p: str) -> UserConfig:
+    from .auth.login import check_scrypt
+
+    r.check_keys(item, p, _USER_KEYS)
+    name = r.get(item, "name", p, str, required=True)
+    if not _CLIENT_ID.match(name):
+        raise r.error(f"{p}.name", f"{name!r}: 1..64 letters, digits, . _ -")
+    scopes = r.get(item, "scopes", p, list, required=True)
+    for s in scopes:
+        if s not in SCOPES:
+            raise r.error(f"{p}.scopes", f"{s!r} is not a scope of the origin ({', '.join(SCOPES)})")
+    has = [k for k in ("password", "password_scrypt") if k in item]
+    if len(has) != 1:
+        raise r.error(f"{p}.password", 'give exactly one of password = "sealed" and password_scrypt')
+    if "password" in item and item["password"] != "sealed":
+        raise r.error(f"{p}.password", 'the only inline value is "sealed" (a random password sealed under the '
+                                       "cluster secret); for your own give password_scrypt (headwater password --hash)")
+    hashed = r.get(item, "password_scrypt", p, str, None)
+    if hashed is not None:
+        try:
+            check_scrypt(hashed)
+        except ValueError as e:
+            raise r.error(f"{p}.password_scrypt", str(e)) from None
+    return UserConfig(name=name, scopes=tuple(dict.fromkeys(scopes)), sealed="password" in item,
+                      password_scrypt=hashed)
+
+
 def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
     """The ``[origin]`` table."""
     r.check_keys(item, p, _KEYS)
@@ -280,6 +325,17 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise r.error(f"{p}.clients", f"client id {dup[0]!r} is used twice")
+    users = []
+    for i, u in enumerate(r.get(item, "users", p, list, [])):
+        if not isinstance(u, dict):
+            raise r.error(f"{p}.users[{i}]", "expected a table")
+        users.append(_read_user(r, u, f"{p}.users[{i}]"))
+    names = [u.name for u in users]
+    dup = sorted({n for n in names if names.count(n) > 1 or n in ids})
+    if dup:
+        # A token's sub names a client or a user: one name cannot be both (uploads and titles
+        # belong to the sub).
+        raise r.error(f"{p}.users", f"user name {dup[0]!r} is used twice or is also a client id")
     limits = read_http_limits(r, r.table(item, "limits", p), f"{p}.limits", ORIGIN_HTTP_LIMITS) \
         if "limits" in item else ORIGIN_HTTP_LIMITS
     if "limits" not in item or "max_body_size" not in r.table(item, "limits", p):
@@ -313,7 +369,8 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
         upload_retention_s=r.positive(item, "upload_retention_seconds", p, 7 * 86400.0),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
         cors_max_age_s=r.get(item, "cors_max_age_seconds", p, int, 600),
-        oauth=_read_oauth(r, r.table(item, "oauth", p), f"{p}.oauth"), clients=tuple(clients), limits=limits,
+        oauth=_read_oauth(r, r.table(item, "oauth", p), f"{p}.oauth"), clients=tuple(clients),
+        users=tuple(users), limits=limits,
         catalogue=read_catalogue(r, r.table(item, "catalogue", p), f"{p}.catalogue", data_dir),
         catalogue_threads=threads,
         rate_limits=read_rate_limits(r, r.table(item, "rate_limits", p), f"{p}.rate_limits"))

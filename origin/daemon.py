@@ -10,6 +10,8 @@ fetching the configured issuer's JWKS), opens (and migrates) the catalogue, and 
   HTTP with ``tls = false``;
 - the admin endpoint on ``admin_port``: /healthz (uploads in progress and done, tokens issued)
   and /metrics;
+- the web page for people (``/``, ``/title/T``, ``/upload``; :mod:`.web.site`) and the
+  sign-in form of ``[[origin.users]]`` (``/oauth/authorize``);
 - the CDN's origin (``/titles/T/vN/...`` from the videos bucket) and the playback API
   (``/api/titles/T/play``), reading the catalogue (``[origin.catalogue]``);
 - a loop sending queued CDN purges (:mod:`.delivery.invalidation`) to the edge;
@@ -42,7 +44,8 @@ from .app import OriginApp
 from .catalogue import open_catalogue
 from .api.titles import TRANSCODE_KIND
 from .delivery import PURGE_JOB, ObjectServer, PlaybackService, PublishedVersions, PurgeWorker
-from .auth.issuer import ClientRegistry, Issuer, load_signing_key
+from .auth.issuer import ClientRegistry, Issuer, load_signing_key, users_from_config
+from .auth.login import UserDirectory
 from .auth.jwks import JwksSource
 from .auth.tokens import AccessKey, AccessTokenVerifier
 from .config import OriginConfig
@@ -52,6 +55,7 @@ from .upload.janitor import UploadJanitor
 from .upload.records import UploadRecords
 from .upload.s3 import MultipartStore
 from .upload.service import UploadService
+from .web.site import WebSite, page_csp
 
 __all__ = ["run_origin", "store_settings"]
 
@@ -116,7 +120,9 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
 
     issuer: Issuer | None = None
     jwks: JwksSource | None = None
+    users: UserDirectory | None = None
     if node.oauth.builtin:
+        users = users_from_config(cluster, node)
         issuer = Issuer(key=load_signing_key(cluster, node), issuer=node.issuer, audience=node.oauth.audience,
                         lifetime_s=node.oauth.token_lifetime_s, clients=ClientRegistry.from_config(cluster, node))
         builtin_keys = [issuer.access_key]
@@ -159,9 +165,13 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     routes = [*TitlesApi(catalogue=runner, uploads=uploads, verifier=verifier,
                          uploads_bucket=node.uploads_bucket).routes(),
               *SearchApi(catalogue=runner).routes()]
+    web = WebSite(csp=page_csp(cdn_url=playback.cdn_base_url, licence_url=playback.licence_url))
+    if web.missing:
+        log.warning("origin: the web page's libraries are not installed (run `make setup`): %s",
+                    ", ".join(web.missing), extra={"event": "origin.web_libraries_missing"})
     app = OriginApp(verifier=verifier, uploads=uploads, issuer=issuer, allowed_origins=node.allowed_origins,
                     cors_max_age_s=node.cors_max_age_s, rate_limits=node.rate_limits, clock=clock, routes=routes,
-                    objects=objects, playback=playback, registry=registry)
+                    objects=objects, playback=playback, registry=registry, web=web, users=users)
     queue = JobQueueGauges(catalogue.ready_jobs, registry, kinds=(TRANSCODE_KIND, PURGE_JOB), clock=clock)
 
     def counts() -> dict[str, Any]:

@@ -194,6 +194,30 @@ class UnsupportedGrantType(OriginError):
     code = "unsupported_grant_type"
 
 
+class BadAuthorizationCode(OriginError):
+    """An authorization code that is unknown, used already, expired, for another redirect URI,
+    or whose PKCE verifier does not match (RFC 6749 §5.2 ``invalid_grant``)."""
+
+    http_status = 400
+    code = "invalid_grant"
+
+
+class BadAuthorizeRequest(OriginError):
+    """A sign-in (``/oauth/authorize``) request that cannot be answered by a redirect: an unknown
+    client, a redirect URI off this site, no PKCE challenge. Shown on the page, never redirected
+    (RFC 6749 §4.1.2.1)."""
+
+    http_status = 400
+    code = "invalid_request"
+
+
+class LoginFailed(OriginError):
+    """An unknown user or a wrong password (one answer for both)."""
+
+    http_status = 401
+    code = "access_denied"
+
+
 class TranscodeError(OriginError):
     """A transcode job that could not finish. ``retry``: whether running it again may help
     (the job is queued again after a backoff) or not (the title fails at once)."""

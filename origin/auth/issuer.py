@@ -14,6 +14,12 @@ So that ``make up`` works alone. A real deployment names its OIDC provider in
   ``application/x-www-form-urlencoded``, ``grant_type=client_credentials``, optional ``scope``;
   the client authenticates with HTTP Basic (id and secret form-encoded first, §2.3.1) or with
   ``client_id``/``client_secret`` in the body, never both.
+- ``grant_type=authorization_code`` (RFC 6749 §4.1.3) for people signing in on the origin's
+  page (:mod:`.login`): the public client ``headwater-web`` sends ``code``, ``redirect_uri`` and
+  its PKCE ``code_verifier``, no secret; the token's ``sub`` is the user's name.
+- Users (``[[origin.users]]``): ``password = "sealed"`` (random, made on first use, sealed in
+  ``<data_dir>/user-<name>.sealed``, purpose ``origin-user-password``; ``headwater password
+  --user NAME`` shows it) or ``password_scrypt`` (``headwater password --hash``).
 """
 
 from __future__ import annotations
@@ -35,23 +41,29 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..config import ClientConfig, OriginConfig
 from ..errors import InvalidClient, InvalidGrant, InvalidScope, UnsupportedGrantType
+from .login import PUBLIC_CLIENT, CodeStore, User, UserDirectory
 from .tokens import AccessKey
 
 __all__ = ["TokenRequest", "parse_token_request", "ClientRegistry", "Issuer", "client_secret", "load_signing_key",
-           "KEY_PURPOSE", "CLIENT_PURPOSE", "MAX_TOKEN_REQUEST"]
+           "KEY_PURPOSE", "CLIENT_PURPOSE", "USER_PURPOSE", "MAX_TOKEN_REQUEST", "user_password", "users_from_config"]
 
 KEY_PURPOSE = b"origin-token-key"
 CLIENT_PURPOSE = b"origin-client-secret"
+USER_PURPOSE = b"origin-user-password"
 MAX_TOKEN_REQUEST = 4096
 
 
 class TokenRequest:
-    """A parsed token request."""
+    """A parsed token request: client credentials, or (``grant == "authorization_code"``) a
+    code with its redirect URI and PKCE verifier."""
 
-    __slots__ = ("client_id", "client_secret", "scopes")
+    __slots__ = ("client_id", "client_secret", "scopes", "grant", "code", "redirect_uri", "code_verifier")
 
-    def __init__(self, client_id: str, client_secret: str, scopes: tuple[str, ...] | None) -> None:
+    def __init__(self, client_id: str, client_secret: str, scopes: tuple[str, ...] | None, *,
+                 grant: str = "client_credentials", code: str = "", redirect_uri: str = "",
+                 code_verifier: str = "") -> None:
         self.client_id, self.client_secret, self.scopes = client_id, client_secret, scopes
+        self.grant, self.code, self.redirect_uri, self.code_verifier = grant, code, redirect_uri, code_verifier
 
 
 def parse_token_request(authorization: str | None, content_type: str | None, body: bytes) -> TokenRequest:
@@ -71,8 +83,19 @@ def parse_token_request(authorization: str | None, content_type: str | None, bod
     grant = fields.get("grant_type")
     if grant is None:
         raise InvalidGrant("grant_type is missing")
+    if grant == "authorization_code":
+        if authorization or "client_secret" in fields:
+            raise InvalidClient(f"{PUBLIC_CLIENT} is a public client: no secret (PKCE proves the code is its own)")
+        if fields.get("client_id") != PUBLIC_CLIENT:
+            raise InvalidClient(f"the authorization code grant is for client {PUBLIC_CLIENT!r}")
+        missing = [k for k in ("code", "redirect_uri", "code_verifier") if not fields.get(k)]
+        if missing:
+            raise InvalidGrant(f"{missing[0]} is missing")
+        return TokenRequest(PUBLIC_CLIENT, "", None, grant=grant, code=fields["code"],
+                            redirect_uri=fields["redirect_uri"], code_verifier=fields["code_verifier"])
     if grant != "client_credentials":
-        raise UnsupportedGrantType(f"grant_type {grant[:40]!r}: this issuer grants client_credentials only")
+        raise UnsupportedGrantType(f"grant_type {grant[:40]!r}: this issuer grants client_credentials and "
+                                   "authorization_code")
     scheme, _, cred = (authorization or "").partition(" ")
     if authorization:
         if scheme.lower() != "basic":
@@ -115,6 +138,25 @@ def client_secret(cluster: Any, node: OriginConfig, client: ClientConfig) -> str
     raw, _ = load_or_create(path, _sealer(cluster), CLIENT_PURPOSE,
                             lambda: secrets.token_urlsafe(32).encode())
     return raw.decode()
+
+
+def user_password(cluster: Any, node: OriginConfig, name: str) -> str:
+    """A sealed user's password, made on first use (the daemon and ``headwater password`` share it)."""
+    from headwater.sealed import load_or_create
+
+    path = Path(node.data_dir) / f"user-{name}.sealed"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw, _ = load_or_create(path, _sealer(cluster), USER_PURPOSE, lambda: secrets.token_urlsafe(18).encode())
+    return raw.decode()
+
+
+def users_from_config(cluster: Any, node: OriginConfig) -> UserDirectory:
+    """``[[origin.users]]`` as a :class:`UserDirectory` (sealed passwords unsealed once)."""
+    users = {}
+    for u in node.users:
+        digest = hashlib.sha256(user_password(cluster, node, u.name).encode()).digest() if u.sealed else None
+        users[u.name] = User(name=u.name, scopes=u.scopes, scrypt=u.password_scrypt, sha256=digest)
+    return UserDirectory(users)
 
 
 class ClientRegistry:
@@ -173,8 +215,9 @@ class Issuer:
     """Mints access tokens for authenticated clients (sans-IO but for the key it is given)."""
 
     def __init__(self, *, key: ec.EllipticCurvePrivateKey, issuer: str, audience: str, lifetime_s: float,
-                 clients: ClientRegistry) -> None:
+                 clients: ClientRegistry, codes: CodeStore | None = None) -> None:
         self.key = key
+        self.codes = codes if codes is not None else CodeStore()
         self.issuer = issuer
         self.audience = audience
         self.lifetime_s = lifetime_s
@@ -184,6 +227,12 @@ class Issuer:
 
     def grant(self, request: TokenRequest, now: float) -> dict[str, Any]:
         """The token response (RFC 6749 §5.1) for ``request``."""
+        if request.grant == "authorization_code":
+            g = self.codes.redeem(code=request.code, redirect_uri=request.redirect_uri,
+                                  verifier=request.code_verifier, now=now)
+            token = self.mint(g.user, g.scopes, now, client_id=PUBLIC_CLIENT)
+            return {"access_token": token, "token_type": "Bearer", "expires_in": int(self.lifetime_s),
+                    "scope": " ".join(g.scopes)}
         client = self.clients.authenticate(request.client_id, request.client_secret)
         scopes = request.scopes if request.scopes is not None else client.scopes
         other = [s for s in scopes if s not in client.scopes]
@@ -193,10 +242,12 @@ class Issuer:
         return {"access_token": token, "token_type": "Bearer", "expires_in": int(self.lifetime_s),
                 "scope": " ".join(scopes)}
 
-    def mint(self, client_id: str, scopes: tuple[str, ...], now: float, *, lifetime_s: float | None = None) -> str:
-        """An RFC 9068 access token for ``client_id`` (the client is its own subject here)."""
+    def mint(self, subject: str, scopes: tuple[str, ...], now: float, *, client_id: str | None = None,
+             lifetime_s: float | None = None) -> str:
+        """An RFC 9068 access token for ``subject`` (a client, which is then its own client_id, or
+        a signed-in user of ``client_id``)."""
         iat = int(now)
-        claims = {"iss": self.issuer, "sub": client_id, "client_id": client_id, "aud": self.audience,
+        claims = {"iss": self.issuer, "sub": subject, "client_id": client_id or subject, "aud": self.audience,
                   "iat": iat, "exp": iat + int(self.lifetime_s if lifetime_s is None else lifetime_s),
                   "jti": uuid.uuid4().hex, "scope": " ".join(scopes)}
         return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid, "typ": "at+jwt"})
@@ -209,7 +260,10 @@ class Issuer:
     def metadata(self, scopes: tuple[str, ...]) -> dict[str, Any]:
         """Authorization server metadata (RFC 8414)."""
         return {"issuer": self.issuer, "token_endpoint": f"{self.issuer}/oauth/token",
-                "jwks_uri": f"{self.issuer}/.well-known/jwks.json", "grant_types_supported": ["client_credentials"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "response_types_supported": ["token"], "scopes_supported": list(scopes),
+                "jwks_uri": f"{self.issuer}/.well-known/jwks.json",
+                "authorization_endpoint": f"{self.issuer}/oauth/authorize",
+                "grant_types_supported": ["client_credentials", "authorization_code"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+                "response_types_supported": ["code"], "scopes_supported": list(scopes),
                 "token_endpoint_auth_signing_alg_values_supported": ["ES256"]}
