@@ -118,7 +118,8 @@ def test_thumbnail_track_names_regions_of_the_sprites():
     assert vtt[-2] == "00:16:40.000 --> 00:16:45.000"
     argv = sprite_command("ffmpeg", Path("l.mp4"), Path("t/sprite-%03d.jpg"), every_s=10, width=160, height=90,
                           columns=10, rows=10)
-    assert "fps=1/10:round=down,scale=160:90,tile=10x10" in argv
+    vf = argv[argv.index("-vf") + 1]
+    assert vf.endswith(",scale=160:90,tile=10x10") and "gte(t-prev_selected_t\\,10)" in vf
 
 
 def test_each_attempt_has_its_own_prefix():
