@@ -31,7 +31,8 @@ STRIPE = 64 * KiB
 INLINE = 4 * KiB
 MIN_PART = 100 * KiB
 
-CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size=INLINE, min_part_size=MIN_PART)
+CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size=INLINE, min_part_size=MIN_PART, k=2, m=1, storage_nodes=3,
+                       metadata_nodes=1)
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 ClientError = botocore.exceptions.ClientError

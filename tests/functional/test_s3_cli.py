@@ -19,7 +19,7 @@ from tests.cluster import VENV_BIN, client_error, sha256_file, signed_request, w
 
 MiB = 1024 * 1024
 
-CLUSTER_OPTIONS = dict(stripe_size="1MiB", inline_max_size="64KiB", min_part_size="5MiB")
+CLUSTER_OPTIONS = dict(stripe_size="1MiB", inline_max_size="64KiB", min_part_size="5MiB", metadata_nodes=1)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 from tests.cluster import client_error, sign_headers, signed_request, xml_error
 
 CLUSTER_OPTIONS = dict(stripe_size="64KiB", inline_max_size="4KiB", min_part_size="100KiB",
-                       extra_objstore={"retire_grace_seconds": 0.2})
+                       extra_objstore={"retire_grace_seconds": 0.2}, k=2, m=1, storage_nodes=3, metadata_nodes=1)
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from tests.cluster import client_error
 
-CLUSTER_OPTIONS = dict(region="eu-west-1", stripe_size="64KiB", inline_max_size="4KiB")
+CLUSTER_OPTIONS = dict(region="eu-west-1", stripe_size="64KiB", inline_max_size="4KiB",
+                       k=2, m=1, storage_nodes=3, metadata_nodes=1)
 
 
 def test_recreating_an_owned_bucket_outside_us_east_1(cluster, s3, s3_bob):

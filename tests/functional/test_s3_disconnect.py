@@ -17,7 +17,8 @@ from tests.cluster import client_error, sign_headers
 
 KiB = 1024
 MiB = 1024 * KiB
-CLUSTER_OPTIONS = dict(stripe_size="256KiB", inline_max_size="4KiB", min_part_size="1MiB")
+CLUSTER_OPTIONS = dict(stripe_size="256KiB", inline_max_size="4KiB", min_part_size="1MiB",
+                       k=2, m=1, storage_nodes=3, metadata_nodes=1)
 
 PROMISED = 10 * MiB
 

@@ -23,7 +23,8 @@ from tests.data import data
 
 KiB = 1024
 STRIPE = 64 * KiB
-CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size="4KiB", min_part_size="100KiB")
+CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size="4KiB", min_part_size="100KiB",
+                       k=2, m=1, storage_nodes=3, metadata_nodes=1)
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"

@@ -36,7 +36,7 @@ from tests.functional.test_s3_h2_and_streaming import streaming_put
 
 KiB = 1024
 STRIPE = 64 * KiB
-CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size="4KiB", min_part_size="100KiB")
+CLUSTER_OPTIONS = dict(stripe_size=STRIPE, inline_max_size="4KiB", min_part_size="100KiB", k=2, m=1, storage_nodes=3)
 
 
 
