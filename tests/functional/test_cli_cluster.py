@@ -21,6 +21,8 @@ import pytest
 
 from tests.cluster import Cluster
 
+# What the port-conflict tests start: which daemon fails matters, not the layout's shape.
+SMALL = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1)
 EXPECTED_IDS = ["meta-1", "meta-2", "meta-3", *[f"storage-{i}" for i in range(1, 7)], "s3"]
 
 
@@ -152,7 +154,7 @@ def test_up_restarts_a_killed_child(up_cluster):
 
 
 def test_up_with_taken_port_fails_and_starts_nothing(tmp_path):
-    c = Cluster(tmp_path / "taken", mode="up")
+    c = Cluster(tmp_path / "taken", mode="up", **SMALL)
     victim = c.daemon("storage-3")
     blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     blocker.bind(("127.0.0.1", victim.port))
@@ -176,7 +178,7 @@ def test_up_with_taken_port_fails_and_starts_nothing(tmp_path):
 
 def test_up_with_port_taken_by_a_late_binder(tmp_path):
     """A port that was free at the check but is taken when the daemon binds: still a clean failure."""
-    c = Cluster(tmp_path / "late", mode="up")
+    c = Cluster(tmp_path / "late", mode="up", **SMALL)
     victim = c.daemon("s3")
     # a listener without SO_REUSEPORT on the gateway's admin port, bound after `up` checked ports
     proc = subprocess.Popen([sys.executable, "-m", "headwater", "up", "-c", str(c.config_path)],
