@@ -49,35 +49,46 @@ validators) are memoised by its header tuple in a bounded table, Cache-Control v
 HTTP-dates by their text, and the decision is a NamedTuple.
 """
 
-from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, FieldPolicy, match_behaviour, read_behaviour
-from .cachecontrol import CacheControl, parse_cache_control, response_cache_control
-from .cachekey import (
-    cache_key,
-    forwarded_headers,
-    key_path,
-    key_prefix,
-    upstream_target,
-    variant_key,
-    variant_key_for,
-    vary_matches,
-)
-from .freshness import (
-    Action,
-    Decision,
-    conditional_headers,
-    current_age,
-    decide,
-    freshness_lifetime,
-    invalidation_paths,
-    merge_304,
-    served_headers,
-    stale_if_error_allowed,
-    storable,
-    strip_for_storage,
-    validates,
-)
-from .model import Headers, StoredResponse, stored_response
-from .ranges import RangePlan, plan_range
+from headwater.lazy import lazy_exports
+
+# Names are imported on first use (headwater.lazy): reading this package's config
+# does not load its servers.
+_EXPORTS = {
+    "DEFAULT_BEHAVIOUR": ".behaviour",
+    "Behaviour": ".behaviour",
+    "FieldPolicy": ".behaviour",
+    "match_behaviour": ".behaviour",
+    "read_behaviour": ".behaviour",
+    "CacheControl": ".cachecontrol",
+    "parse_cache_control": ".cachecontrol",
+    "response_cache_control": ".cachecontrol",
+    "cache_key": ".cachekey",
+    "forwarded_headers": ".cachekey",
+    "key_path": ".cachekey",
+    "key_prefix": ".cachekey",
+    "upstream_target": ".cachekey",
+    "variant_key": ".cachekey",
+    "variant_key_for": ".cachekey",
+    "vary_matches": ".cachekey",
+    "Action": ".freshness",
+    "Decision": ".freshness",
+    "conditional_headers": ".freshness",
+    "current_age": ".freshness",
+    "decide": ".freshness",
+    "freshness_lifetime": ".freshness",
+    "invalidation_paths": ".freshness",
+    "merge_304": ".freshness",
+    "served_headers": ".freshness",
+    "stale_if_error_allowed": ".freshness",
+    "storable": ".freshness",
+    "strip_for_storage": ".freshness",
+    "validates": ".freshness",
+    "Headers": ".model",
+    "StoredResponse": ".model",
+    "stored_response": ".model",
+    "RangePlan": ".ranges",
+    "plan_range": ".ranges",
+}
 
 __all__ = [
     "Action", "Behaviour", "CacheControl", "DEFAULT_BEHAVIOUR", "Decision", "FieldPolicy",
@@ -88,3 +99,5 @@ __all__ = [
     "storable", "stored_response", "strip_for_storage", "upstream_target", "validates",
     "variant_key", "variant_key_for", "vary_matches",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

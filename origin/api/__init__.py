@@ -8,9 +8,17 @@ them. Catalogue calls are blocking database calls: they run in worker threads th
 
 from __future__ import annotations
 
-from .runner import CatalogueRunner
-from .search import SearchApi
-from .titles import TitlesApi
-from .wire import Route
+from headwater.lazy import lazy_exports
+
+# Names are imported on first use (headwater.lazy): reading this package's config
+# does not load its servers.
+_EXPORTS = {
+    "CatalogueRunner": ".runner",
+    "SearchApi": ".search",
+    "TitlesApi": ".titles",
+    "Route": ".wire",
+}
 
 __all__ = ["CatalogueRunner", "Route", "SearchApi", "TitlesApi"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

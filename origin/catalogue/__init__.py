@@ -10,13 +10,36 @@ from __future__ import annotations
 import random
 
 from headwater.clock import SYSTEM_CLOCK, Clock
+from headwater.lazy import lazy_exports
 
-from .config import CatalogueConfig, read_catalogue
-from .errors import (BackendUnavailable, BadQuery, CatalogueError, IllegalTransition, InvalidTitle,
-                     JobNotFound, LeaseLost, TitleNotFound)
-from .query import SearchHit, SearchLimits, SearchPage, SearchQuery, parse_search_params
-from .records import Job, JobState, Lease, Person, Rendition, Title, TitleDraft, TitleState
-from .store import SqlCatalogue
+# Names are imported on first use (headwater.lazy): reading this package's config
+# does not load its servers.
+_EXPORTS = {
+    "CatalogueConfig": ".config",
+    "read_catalogue": ".config",
+    "BackendUnavailable": ".errors",
+    "BadQuery": ".errors",
+    "CatalogueError": ".errors",
+    "IllegalTransition": ".errors",
+    "InvalidTitle": ".errors",
+    "JobNotFound": ".errors",
+    "LeaseLost": ".errors",
+    "TitleNotFound": ".errors",
+    "SearchHit": ".query",
+    "SearchLimits": ".query",
+    "SearchPage": ".query",
+    "SearchQuery": ".query",
+    "parse_search_params": ".query",
+    "Job": ".records",
+    "JobState": ".records",
+    "Lease": ".records",
+    "Person": ".records",
+    "Rendition": ".records",
+    "Title": ".records",
+    "TitleDraft": ".records",
+    "TitleState": ".records",
+    "SqlCatalogue": ".store",
+}
 
 __all__ = [
     "open_catalogue", "CatalogueConfig", "read_catalogue", "SqlCatalogue",
@@ -35,3 +58,5 @@ def open_catalogue(config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
         return PostgresCatalogue(config, clock=clock, rng=rng)
     from .sqlite import SqliteCatalogue
     return SqliteCatalogue(config, clock=clock, rng=rng)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

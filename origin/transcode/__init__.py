@@ -5,7 +5,19 @@ a poster and thumbnail track (:mod:`.poster`), CMAF packaging and encryption thr
 ``headwater.drm.client`` into ``s3://videos/titles/T/vN/`` (:mod:`.package`), and one fenced
 catalogue update that publishes it."""
 
-from .config import Rung, TranscoderConfig, read_transcoder
-from .worker import JOB_KIND, TranscodeWorker, version_prefix
+from headwater.lazy import lazy_exports
+
+# Names are imported on first use (headwater.lazy): reading this package's config
+# does not load its servers.
+_EXPORTS = {
+    "Rung": ".config",
+    "TranscoderConfig": ".config",
+    "read_transcoder": ".config",
+    "JOB_KIND": ".worker",
+    "TranscodeWorker": ".worker",
+    "version_prefix": ".worker",
+}
 
 __all__ = ["Rung", "TranscoderConfig", "read_transcoder", "TranscodeWorker", "JOB_KIND", "version_prefix"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
