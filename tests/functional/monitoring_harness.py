@@ -28,7 +28,7 @@ from headwater.config import load
 from headwater.drm.client import EntitlementMinter
 from tests.cluster import Cluster, free_ports
 from tests.functional.dns_harness import NodeWorkers
-from tests.functional.origin_harness import Daemon
+from tests.functional.origin_harness import POP_AND_SHIELD, Daemon
 
 __all__ = ["monitored_cluster", "running_monitored_cluster", "wait_healthy", "SECTIONS"]
 
@@ -66,30 +66,7 @@ name = "90p"
 height = 90
 bitrate = "100k"
 
-[cdn.client_limits]
-enabled = false
-
-[[distributions]]
-name = "video"
-origin = "http://127.0.0.1:{origin}"
-
-[[edge]]
-id = "pop-1"
-tier = "pop"
-port = {pop}
-admin_port = {pop_admin}
-lat = 51.5
-lon = -0.12
-ram_size = "16MiB"
-disk_size = "64MiB"
-
-[[edge]]
-id = "shield-1"
-tier = "shield"
-port = {shield}
-admin_port = {shield_admin}
-disk_size = "64MiB"
-
+""" + POP_AND_SHIELD + """
 [dns]
 id = "dns-1"
 port = {dns}

@@ -82,6 +82,47 @@ height = 90
 bitrate = "100k"
 """
 
+#: A transcoder quick to take jobs (format keys: ``transcoder_admin``), with SMALL_LADDER.
+TRANSCODER_SECTION = """[transcoder]
+admin_port = {transcoder_admin}
+workers = 1
+lease_seconds = 10
+heartbeat_seconds = 0.5
+poll_seconds = 0.2
+preset = "ultrafast"
+audio_bitrate = "64k"
+thumbnail_seconds = 5
+
+""" + SMALL_LADDER
+
+#: Distribution ``video`` from the origin on http://127.0.0.1:{origin}, served by one POP and a
+#: shield (format keys: ``origin``, ``pop``, ``pop_admin``, ``shield``, ``shield_admin``).
+POP_AND_SHIELD = """[cdn.client_limits]
+enabled = false
+
+[[distributions]]
+name = "video"
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = {pop}
+admin_port = {pop_admin}
+lat = 51.5
+lon = -0.12
+ram_size = "16MiB"
+disk_size = "64MiB"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {shield}
+admin_port = {shield_admin}
+disk_size = "64MiB"
+"""
+
+
 class Origin:
     """One origin process of ``cluster``, started from ``config_path`` (the cluster's own file
     by default)."""

@@ -41,7 +41,7 @@ from headwater.edge.daemon import run_edge
 from tests.cluster import free_ports
 from tests.functional.drm_media import FFPROBE, make_clip
 from tests.functional.licence_harness import cli
-from tests.functional.origin_harness import LICENCE_SECTION, SMALL_LADDER, Daemon
+from tests.functional.origin_harness import LICENCE_SECTION, POP_AND_SHIELD, TRANSCODER_SECTION, Daemon
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
 CENC = "{urn:mpeg:cenc:2013}"
@@ -66,41 +66,7 @@ scopes = ["view"]
 secret = "sealed"
 
 """ + LICENCE_SECTION + """
-[transcoder]
-admin_port = {transcoder_admin}
-workers = 1
-lease_seconds = 10
-heartbeat_seconds = 0.5
-poll_seconds = 0.2
-preset = "ultrafast"
-audio_bitrate = "64k"
-thumbnail_seconds = 5
-
-""" + SMALL_LADDER + """
-[cdn.client_limits]
-enabled = false
-
-[[distributions]]
-name = "video"
-origin = "http://127.0.0.1:{origin}"
-
-[[edge]]
-id = "pop-1"
-tier = "pop"
-port = {pop}
-admin_port = {pop_admin}
-lat = 51.5
-lon = -0.12
-ram_size = "16MiB"
-disk_size = "64MiB"
-
-[[edge]]
-id = "shield-1"
-tier = "shield"
-port = {shield}
-admin_port = {shield_admin}
-disk_size = "64MiB"
-"""
+""" + TRANSCODER_SECTION + POP_AND_SHIELD
 
 
 @pytest.fixture(scope="module")
