@@ -18,6 +18,7 @@ the shield (one request, one fetch from the origin).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -36,6 +37,12 @@ import anyio.from_thread
 import httpx
 import pytest
 
+from headwater.config import load
+from headwater.edge.app import EdgeApp
+from headwater.edge.store.disk import DiskSettings, DiskStore
+from headwater.edge.upstream import OriginFetcher, UpstreamClient
+from headwater.http import serve
+from headwater.metrics import Registry
 from tests.cluster import free_ports
 from tests.functional.edge_harness import ControlledOrigin, Obj
 
@@ -253,3 +260,82 @@ def test_without_a_ram_tier_and_with_a_body_larger_than_the_collapse_window(tmp_
     """The POPs' disk tier alone, and waiters that fall behind the window (64 KiB of a 512 KiB
     body: 186 of the 300 in a run here) read the rest from the growing disk entry."""
     _collapse(tmp_path, 300, size=512 * 1024, pop='ram_size = "0"\ncollapse_window = "64KiB"')
+
+
+# --- the claim after another worker's commit ------------------------------------------------------
+
+SHIELD_ONLY = """
+[cluster]
+name = "edge-claim"
+data_dir = "var"
+
+[[distributions]]
+name = "video"
+hostnames = ["video.test"]
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {port}
+admin_port = {admin}
+disk_size = "64MiB"
+"""
+
+
+class LookedUpEarly:
+    """A worker's view of the disk store it shares, whose first lookup came just before the other
+    worker committed the entry (the lookup found nothing; by its claim, the entry was there and
+    the other worker's claim released): the race between two processes, made certain."""
+
+    def __init__(self, store: DiskStore) -> None:
+        self.store = store
+        self.early = True
+
+    def get(self, key: bytes):
+        if self.early:
+            self.early = False
+            return None
+        return self.store.get(key)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def test_a_miss_looked_up_before_another_workers_commit_reads_that_entry_not_the_origin(tmp_path):
+    ports = free_ports(4)
+    path = tmp_path / "cluster.toml"
+    path.write_text(SHIELD_ONLY.format(origin=ports[0], port=ports[1], admin=ports[2]))
+    cfg = load(str(path))
+    node = cfg.daemon("shield-1")
+    origin = ControlledOrigin()
+    body = bytes(range(256)) * 40
+    origin.objects["/t/race.m4s"] = Obj(body, [("cache-control", "max-age=60")])
+    disk = DiskStore(DiskSettings(cache_dir=tmp_path / "cache", capacity_bytes=64 * 1024 * 1024))
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(origin.run, ports[0])
+            upstream = UpstreamClient()
+            tg.start_soon(upstream.run)
+            # Two workers of one daemon: their own flights, one disk store.
+            for port, store in ((ports[1], disk), (ports[3], LookedUpEarly(disk))):
+                app = EdgeApp(node=node, distributions=cfg.distributions, stores=[store], upstream=upstream,
+                              next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream)
+                                                       for d in cfg.distributions},
+                              registry=Registry(), spawn=tg.start_soon)
+                await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+                first = await c.get(f"http://127.0.0.1:{ports[1]}/t/race.m4s")
+                assert first.headers["x-cache"] == "Miss from shield-1" and first.content == body
+                second = await c.get(f"http://127.0.0.1:{ports[3]}/t/race.m4s")
+                assert second.status_code == 200 and second.content == body
+                assert second.headers["x-cache"] == "Miss from shield-1"  # what its lookup found
+            await upstream.aclose()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        disk.close()
+    assert origin.fetches["/t/race.m4s"] == 1, origin.fetches
