@@ -262,7 +262,7 @@ def test_1000_concurrent_requests_over_three_pops_of_two_workers_make_one_origin
 
 def test_300_concurrent_requests_for_a_body_larger_than_the_collapse_window(edge):
     """At pop-3 (disk tier alone, 64 KiB window), waiters that fall behind the window of a 512 KiB
-    body read the rest from the growing disk entry (33 of its requests did in a run here)."""
+    body read the rest from the growing disk entry (33 requests in a run here)."""
     _collapse(edge, "/t/cold/seg-2.m4s", 300, 512 * 1024)
 
 
