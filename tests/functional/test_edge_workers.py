@@ -151,7 +151,10 @@ class UpEdge:
         lines = []
         for raw in (self.folder / "var" / "logs" / f"{node_id}.log").read_text(errors="replace").splitlines():
             if '"edge.access"' in raw:
-                line = json.loads(raw)
+                try:
+                    line = json.loads(raw)
+                except ValueError:  # the last line, read while a worker was writing it
+                    continue
                 if line["cs-uri-stem"] == path:
                     lines.append(line)
         return lines
