@@ -191,6 +191,9 @@ class _Context:
     object_key: bytes = b""
     whole: StoredResponse | None = None
     validator: str | None = None
+    # The request looked the key up (not bypassing the stores for a purge catch-up) and found
+    # nothing usable: an entry the disk tier holds at claim time was committed since.
+    looked_up: bool = False
 
 
 @dataclass(slots=True)
@@ -431,7 +434,7 @@ class EdgeApp:
         if found is None:
             if request.method not in behaviour.cached_methods:
                 return await self._pass(request, dist, behaviour)
-            ctx = _Context(request, dist, behaviour, fill_key)
+            ctx = _Context(request, dist, behaviour, fill_key, looked_up=use_cache)
             if behaviour.slice_size:
                 return await self._sliced_miss(ctx, now)
             return await self._via_flight(ctx)
@@ -723,6 +726,11 @@ class EdgeApp:
         claim = None
         if self.disk is not None and ctx.stale is None:
             claim = self.disk.claim(store_key(ctx.key))
+            if claim is not None and ctx.looked_up and ctx.slice is None and self._stored_since(ctx):
+                # Another worker's fetch committed the entry (and gave up its claim) between this
+                # request's lookup and this claim: read what it stored, do not fetch it again.
+                claim.release()
+                claim = None
             if claim is None and await self._follow_peer(flight, ctx):
                 return
         try:
@@ -733,6 +741,20 @@ class EdgeApp:
         finally:
             if claim is not None:
                 claim.release()
+
+    def _stored_since(self, ctx: _Context) -> bool:
+        """Whether the disk tier now holds a complete entry for ``ctx.key`` this request may be
+        answered from as it is (its variant, and fresh for it)."""
+        found = self._get(self.disk, ctx.key)
+        if found is None:
+            return False
+        try:
+            stored = found.entry.stored
+            if stored.vary_key and not vary_matches(ctx.request, stored):
+                return False
+            return decide(ctx.request, stored, self.clock.time(), ctx.behaviour).action is Action.FRESH
+        finally:
+            found.hit.close()
 
     async def _follow_peer(self, flight: Flight, ctx: _Context) -> bool:
         """Another worker process is fetching the key: share its growing entry. False when it

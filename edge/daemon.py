@@ -84,7 +84,8 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
     origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
         if router is None else {}
-    access_log = get_logger(node.id)
+    # Workers share the port: the access line says which one answered (the kernel chose).
+    access_log = get_logger(node.id).bind(worker=worker)
     # A POP's front door (client limits, rules, signed URLs); the other tiers' clients are POPs.
     door = FrontDoor(getattr(cluster, "cdn", None) or CdnConfig(), distributions, registry=registry,
                      tier=node.tier, monotonic=clock.monotonic, wall=clock.time) if node.tier == "pop" else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ class Obj:
     etag: str | None = None
     chunk_delay_s: float = 0.0  # a slow origin: the body in 8 pieces, this long apart
     truncate: bool = False  # declare the full length, send half, then end
+    # Set by the test when the rest may come: the body's first piece is sent, then the origin
+    # waits for it (a threading.Event: the test sets it from outside the origin's event loop).
+    hold: threading.Event | None = None
 
 
 class ControlledOrigin:
@@ -60,10 +64,12 @@ class ControlledOrigin:
             async def half():
                 yield obj.body[: len(obj.body) // 2]
             return Response(200, headers, half())
-        if obj.chunk_delay_s:
+        if obj.chunk_delay_s or obj.hold is not None:
             async def slow():
                 step = max(1, len(obj.body) // 8)
                 for i in range(0, len(obj.body), step):
+                    while i and obj.hold is not None and not obj.hold.is_set():
+                        await anyio.sleep(0.02)
                     await anyio.sleep(obj.chunk_delay_s)
                     yield obj.body[i:i + step]
             return Response(200, headers, slow())
