@@ -1,0 +1,135 @@
+"""The tier model: POP RAM -> POP disk -> regional (rendezvous) -> shield (rendezvous) -> origin.
+
+Every cache is an instance of the edge's own eviction policy (``headwater.edge.store.policy``)
+sized ``capacity * R`` (SHARDS), keyed by the edge's own cache keys (``cache_key`` of the path
+the player requests under the default behaviour), and the POP -> regional and regional -> shield
+choices are the edge's ``TierRouter`` (rendezvous hashing of the cache key).
+
+The tiers run one after another, each over its whole stream: a POP's caches see only that POP's
+requests (per-POP sharding), so the POPs run independently (in parallel processes if wanted);
+their misses, in time order, are the regional caches' stream, split by rendezvous; and so on.
+This is exact, not an approximation: a tier never waits on the one above it in this model
+(the fill of a miss is taken as instant, as the edge's request collapsing makes it for others).
+
+Freshness: an entry older than the TTL is revalidated upstream (a conditional request: VOD
+objects never change, so the answer is a 304 and no body moves) and counts as a miss for the
+request hit ratio but not for the byte hit ratio. A POP's RAM and disk share one freshness.
+
+Outcome codes per request: POP ``0`` RAM hit, ``1`` RAM stale, ``2`` disk hit, ``3`` disk stale,
+``4`` miss; other tiers ``0`` hit, ``1`` stale (revalidated upstream), ``2`` miss.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from headwater.edge.cache.behaviour import DEFAULT_BEHAVIOUR
+from headwater.edge.cache.cachekey import cache_key
+from headwater.edge.store.policy import make_policy
+from headwater.edge.tiers import Upstream, rendezvous_order
+
+__all__ = ["POP_RAM_HIT", "POP_RAM_STALE", "POP_DISK_HIT", "POP_DISK_STALE", "POP_MISS",
+           "HIT", "STALE", "MISS", "run_pop", "run_node", "route", "PlaybackRequest",
+           "cache_keys"]
+
+POP_RAM_HIT, POP_RAM_STALE, POP_DISK_HIT, POP_DISK_STALE, POP_MISS = range(5)
+HIT, STALE, MISS = range(3)
+
+
+class _NoHeaders:
+    """A request without header fields: the simulator's players send none the key reads."""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        return []
+
+    def __iter__(self):
+        return iter(())
+
+
+class PlaybackRequest:
+    """A player's GET as the edge's cache rules read it (``CacheRequest``)."""
+
+    __slots__ = ("path",)
+    method = "GET"
+    query = ""
+    headers = _NoHeaders()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def cache_keys(paths: Sequence[str], distribution: str = "vod") -> list[bytes]:
+    """The edge's cache key of each path (default behaviour: the path alone is keyed)."""
+    return [cache_key(PlaybackRequest(p), DEFAULT_BEHAVIOUR, distribution=distribution) for p in paths]
+
+
+def route(keys: Sequence[bytes], objs: np.ndarray, nodes: Sequence[str]) -> np.ndarray:
+    """For each request (``objs`` index ``keys``), the index in ``nodes`` its key goes to, as the
+    edge's ``TierRouter`` chooses with all nodes up: the key's first rendezvous preference."""
+    if len(nodes) == 1:
+        return np.zeros(len(objs), dtype=np.int32)
+    upstreams = [Upstream(id=n, host="127.0.0.1", port=1) for n in nodes]
+    index = {n: i for i, n in enumerate(nodes)}
+    uniq, inv = np.unique(objs, return_inverse=True)
+    choice = np.fromiter((index[rendezvous_order(keys[o], upstreams)[0].id] for o in uniq.tolist()),
+                         dtype=np.int32, count=len(uniq))
+    return choice[inv]
+
+
+def run_pop(policy: str, ram_bytes: int, disk_bytes: int, ttl_s: float, keys: Sequence[bytes],
+            objs: Sequence[int], sizes: Sequence[int], times: Sequence[float]) -> np.ndarray:
+    """One POP's stream through its RAM and disk caches; an outcome code per request."""
+    ram = make_policy(policy, ram_bytes)
+    disk = make_policy(policy, disk_bytes)
+    ram_access, disk_access = ram.access, disk.access
+    out = bytearray(len(objs))
+    if ttl_s >= 1e12 or ttl_s >= (max(times) - min(times) if len(times) else 0):
+        # No entry can expire within the stream: the fast loop without freshness.
+        for i, (o, s) in enumerate(zip(objs, sizes)):
+            key = keys[o]
+            if ram_access(key, s):
+                continue  # 0: RAM hit
+            out[i] = POP_DISK_HIT if disk_access(key, s) else POP_MISS
+        return np.frombuffer(bytes(out), dtype=np.uint8)
+    fetched: dict[bytes, float] = {}
+    for i, (o, s, t) in enumerate(zip(objs, sizes, times)):
+        key = keys[o]
+        if ram_access(key, s):
+            if t - fetched[key] > ttl_s:
+                fetched[key] = t
+                out[i] = POP_RAM_STALE
+            continue
+        if disk_access(key, s):
+            if t - fetched[key] > ttl_s:
+                fetched[key] = t
+                out[i] = POP_DISK_STALE
+            else:
+                out[i] = POP_DISK_HIT
+            continue
+        fetched[key] = t
+        out[i] = POP_MISS
+    return np.frombuffer(bytes(out), dtype=np.uint8)
+
+
+def run_node(policy: str, capacity: int, ttl_s: float, keys: Sequence[bytes], objs: Sequence[int],
+             sizes: Sequence[int], times: Sequence[float]) -> np.ndarray:
+    """One regional or shield cache over its stream; an outcome code per request."""
+    cache = make_policy(policy, capacity)
+    access = cache.access
+    out = bytearray(len(objs))
+    fetched: dict[bytes, float] = {}
+    for i, (o, s, t) in enumerate(zip(objs, sizes, times)):
+        key = keys[o]
+        if access(key, s):
+            if t - fetched[key] > ttl_s:
+                fetched[key] = t
+                out[i] = STALE
+            continue
+        fetched[key] = t
+        out[i] = MISS
+    return np.frombuffer(bytes(out), dtype=np.uint8)
