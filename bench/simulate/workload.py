@@ -213,7 +213,7 @@ def generate(sc: Scenario, *, rate: float | None = None, progress=None) -> Reque
     rung_sampler = _InverseCdf(np.array([r.share for r in media.ladder]))
     rung_bytes = np.array([r.kbps * 1000 / 8 * seg_s for r in media.ladder], dtype=np.int64)
     n_minutes = int(math.ceil(win.duration_s / 60.0))
-    conc = np.zeros(n_minutes + 1, dtype=np.int64)
+    conc = np.zeros(n_minutes + 2, dtype=np.int64)
 
     parts: list[tuple[np.ndarray, ...]] = []
     bin_idx = np.repeat(np.arange(len(bins)), arrivals)
@@ -232,7 +232,7 @@ def generate(sc: Scenario, *, rate: float | None = None, progress=None) -> Reque
         end = start + watch
         # Concurrency by minute (all sessions, for the report's check of the generator).
         a = np.clip(np.floor(start / 60.0).astype(np.int64) + 1, 0, n_minutes)
-        b = np.clip(np.floor(end / 60.0).astype(np.int64) + 1, 0, n_minutes)
+        b = np.clip(np.floor(end / 60.0).astype(np.int64) + 1, 0, n_minutes + 1)
         np.add.at(conc, a, 1)
         np.add.at(conc, b, -1)
         # Segments [lo, hi): from the first one played inside the window to the last one
@@ -272,4 +272,4 @@ def generate(sc: Scenario, *, rate: float | None = None, progress=None) -> Reque
     cols = [c[order] for c in cols]
     return Requests(time=cols[0], pop=cols[1], obj=cols[2].astype(np.int64), size=cols[3],
                     first=cols[4], manifest=cols[5], client_mbps=cols[6], object_ids=object_ids,
-                    sessions=total_sessions, concurrency=np.cumsum(conc)[1:], rate=shards.rate)
+                    sessions=total_sessions, concurrency=np.cumsum(conc)[1:n_minutes + 1], rate=shards.rate)
