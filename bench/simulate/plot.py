@@ -28,7 +28,7 @@ def plot_run(s: Summary, out: Path) -> list[Path]:
     a.set_ylim(0, 100)
     a.set_ylabel("hit ratio of the requests reaching the tier (%)")
     a.set_title("Hit ratio per tier")
-    a.legend(loc="lower right")
+    a.legend(loc="upper left")
     b.bar(LEVELS, [100 * x for x in s.served_share], color="tab:green")
     for i, v in enumerate(s.served_share):
         b.text(i, 100 * v + 1, f"{100 * v:.1f} %", ha="center")
@@ -60,7 +60,7 @@ def plot_sweep(points: Sequence[dict[str, Any]], summaries: Sequence[Summary], o
     metrics = [
         ("origin requests/s", lambda s: s.origin_requests_per_s, "log"),
         ("origin Gbit/s", lambda s: s.origin_gbps, "linear"),
-        ("viewer fetches/s (M)", lambda s: s.client_requests_per_s / 1e6, "linear"),
+        ("viewer fetches/s", lambda s: s.client_requests_per_s, "linear"),
         ("startup p50 / p95 (s)", None, "linear"),
     ]
     paths = []
@@ -89,6 +89,8 @@ def plot_sweep(points: Sequence[dict[str, Any]], summaries: Sequence[Summary], o
                 ax.set_xscale("log")
             if scale == "log":
                 ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
             if not numeric:
                 ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
             ax.grid(alpha=0.3)

@@ -122,6 +122,11 @@ def run_node(policy: str, capacity: int, ttl_s: float, keys: Sequence[bytes], ob
     cache = make_policy(policy, capacity)
     access = cache.access
     out = bytearray(len(objs))
+    if ttl_s >= 1e12 or ttl_s >= (max(times) - min(times) if len(times) else 0):
+        for i, o, s in zip(range(len(objs)), objs, sizes):
+            if not access(keys[o], s):
+                out[i] = MISS
+        return np.frombuffer(bytes(out), dtype=np.uint8)
     fetched: dict[bytes, float] = {}
     for i, (o, s, t) in enumerate(zip(objs, sizes, times)):
         key = keys[o]

@@ -217,19 +217,22 @@ def generate(sc: Scenario, *, rate: float | None = None, progress=None) -> Reque
 
     parts: list[tuple[np.ndarray, ...]] = []
     bin_idx = np.repeat(np.arange(len(bins)), arrivals)
-    done = 0
     for c0 in range(0, total_sessions, _CHUNK_SESSIONS):
         c1 = min(total_sessions, c0 + _CHUNK_SESSIONS)
         n = c1 - c0
         start = bins[bin_idx[c0:c1]] + rng.random(n) * 60.0
         day = np.floor((window_start + np.maximum(start, 0.0)) / 86400.0).astype(np.int64)
         title = draw_titles(day)
+        watch = _watch_seconds(rng, runtime[title], sc)
+        end = start + watch
+        # Sessions over before the window starts leave no trace: drop them before the rest.
+        alive = end > 0
+        start, title, watch, end = start[alive], title[alive], watch[alive], end[alive]
+        n = len(start)
         rung = rung_sampler.draw(rng.random(n))
         pop = pop_sampler.draw(rng.random(n))
         mbps = np.exp(rng.normal(math.log(sc.latency.client_mbps_median),
                                  sc.latency.client_mbps_sigma, n))
-        watch = _watch_seconds(rng, runtime[title], sc)
-        end = start + watch
         # Concurrency by minute (all sessions, for the report's check of the generator).
         a = np.clip(np.floor(start / 60.0).astype(np.int64) + 1, 0, n_minutes)
         b = np.clip(np.floor(end / 60.0).astype(np.int64) + 1, 0, n_minutes + 1)
@@ -262,9 +265,8 @@ def generate(sc: Scenario, *, rate: float | None = None, progress=None) -> Reque
             np.concatenate([np.zeros(len(pos), bool), np.ones(len(m_obj), bool)]),
             np.concatenate([mbps[sess], mbps[m]]).astype(np.float32),
         ))
-        done += n
         if progress is not None:
-            progress(n)
+            progress(c1 - c0)
 
     cols = [np.concatenate([p[i] for p in parts]) for i in range(7)] if parts else \
         [np.zeros(0, t) for t in (np.float64, np.int32, np.int64, np.int64, bool, bool, np.float32)]
