@@ -21,7 +21,7 @@ from .tiers import (HIT, MISS, POP_DISK_HIT, POP_DISK_STALE, POP_MISS, POP_RAM_S
                     cache_keys, route, run_node, run_pop)
 from .workload import Requests, generate, object_path
 
-__all__ = ["Run", "simulate", "LEVELS"]
+__all__ = ["Run", "Prepared", "prepare", "simulate", "LEVELS"]
 
 LEVELS = ("POP RAM", "POP disk", "regional", "shield", "origin")
 
@@ -86,9 +86,18 @@ def _run_shards(fn, tasks: list[tuple], workers: int, stage: str, sizes: list[in
     return results  # type: ignore[return-value]
 
 
-def simulate(sc: Scenario, *, workers: int = 1, progress: Progress | None = None,
-             rate: float | None = None) -> Run:
-    """Run ``sc`` (``rate`` overrides its SHARDS rate; ``workers`` processes for the shards)."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A generated stream and its cache keys: what sweep points that differ only in cache
+    settings (TTL, policy, sizes) share."""
+
+    requests: Requests
+    keys: list[bytes]
+    seconds: dict[str, float]
+
+
+def prepare(sc: Scenario, *, rate: float | None = None, progress: Progress | None = None) -> Prepared:
+    """Generate ``sc``'s sampled stream and build the edge's cache key of each object in it."""
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     sessions_done = [0]
@@ -99,15 +108,28 @@ def simulate(sc: Scenario, *, workers: int = 1, progress: Progress | None = None
             progress("sessions", sessions_done[0], 0)
 
     req = generate(sc, rate=rate, progress=gen_progress)
-    shards = Shards.at_rate(req.rate)
     seconds["generate"] = time.perf_counter() - t0
-
     t1 = time.perf_counter()
     keys: list[bytes] = [b""] * len(req.object_ids)
     used = np.unique(req.obj)
     for o, k in zip(used.tolist(), cache_keys([object_path(int(i), sc) for i in req.object_ids[used]])):
         keys[o] = k
     seconds["cache keys"] = time.perf_counter() - t1
+    return Prepared(req, keys, seconds)
+
+
+def simulate(sc: Scenario, *, workers: int = 1, progress: Progress | None = None,
+             rate: float | None = None, prepared: Prepared | None = None) -> Run:
+    """Run ``sc`` (``rate`` overrides its SHARDS rate; ``workers`` processes for the shards;
+    ``prepared``: a stream made by ``prepare`` for a scenario with the same workload)."""
+    t0 = time.perf_counter()
+    if prepared is None:
+        prepared = prepare(sc, rate=rate, progress=progress)
+        seconds = dict(prepared.seconds)
+    else:
+        seconds = {}
+    req, keys = prepared.requests, prepared.keys
+    shards = Shards.at_rate(req.rate)
 
     tiers, policy, ttl = sc.tiers, sc.tiers.policy, sc.media.ttl_s
     n = len(req)

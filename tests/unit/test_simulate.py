@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from headwater.bench.simulate.engine import simulate
+from headwater.bench.simulate.engine import prepare, simulate
 from headwater.bench.simulate.report import summarise
 from headwater.bench.simulate.scenario import ConfigError, load_scenario, loads_scenario
 from headwater.bench.simulate.shards import MODULUS, Shards, shard_by
@@ -183,6 +183,8 @@ def test_run_is_deterministic_and_consistent(tiny):
     a = summarise(simulate(tiny))
     b = summarise(simulate(tiny, workers=2))
     assert a.tiers == b.tiers and a.origin_gbps == b.origin_gbps
+    c = summarise(simulate(tiny, prepared=prepare(tiny)))      # a sweep group's shared stream
+    assert c.tiers == a.tiers
     assert 0 < a.edge_request_hit_ratio < 1
     assert sum(a.served_share) == pytest.approx(1.0)
     # A longer TTL never raises origin requests; a bigger POP disk never lowers the edge hit ratio.

@@ -59,7 +59,8 @@ def test_csv_and_oracle_general_read_the_same(traces):
 def test_sweep_on_a_dask_cluster_matches_the_local_run():
     distributed = pytest.importorskip("distributed")
     sc = loads_scenario(TINY)
-    points = [{"ttl": 10.0}, {"ttl": 3600.0}]
+    # Two segment lengths: two workloads, so two tasks, one per worker.
+    points = [{"segment": 2.0, "ttl": 10.0}, {"segment": 4.0, "ttl": 3600.0}]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None, host="127.0.0.1") as cluster:
         on_dask = run_sweep(sc, points, dask_address=cluster.scheduler_address)
