@@ -102,10 +102,10 @@ def prepare(sc: Scenario, *, rate: float | None = None, progress: Progress | Non
     t0 = time.perf_counter()
     sessions_done = [0]
 
-    def gen_progress(n: int) -> None:
+    def gen_progress(n: int, total: int) -> None:
         sessions_done[0] += n
         if progress:
-            progress("sessions", sessions_done[0], 0)
+            progress("sessions", sessions_done[0], total)
 
     req = generate(sc, rate=rate, progress=gen_progress)
     seconds["generate"] = time.perf_counter() - t0

@@ -95,7 +95,7 @@ def plot_sweep(points: Sequence[dict[str, Any]], summaries: Sequence[Summary], o
                 ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
-        axes[-1].legend(fontsize=6)
+        axes[-1].legend(fontsize=6, loc="best")
         fig.suptitle(f"{summaries[0].scenario}: cost of {name}")
         fig.tight_layout()
         path = out / f"sweep-{name}.png"

@@ -266,7 +266,7 @@ def generate(sc: Scenario, *, rate: float | None = None, progress=None) -> Reque
             np.concatenate([mbps[sess], mbps[m]]).astype(np.float32),
         ))
         if progress is not None:
-            progress(c1 - c0)
+            progress(c1 - c0, total_sessions)
 
     cols = [np.concatenate([p[i] for p in parts]) for i in range(7)] if parts else \
         [np.zeros(0, t) for t in (np.float64, np.int32, np.int64, np.int64, bool, bool, np.float32)]
