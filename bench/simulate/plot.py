@@ -34,7 +34,7 @@ def plot_run(s: Summary, out: Path) -> list[Path]:
         b.text(i, 100 * v + 1, f"{100 * v:.1f} %", ha="center")
     b.set_ylim(0, 100)
     b.set_ylabel("share of viewers' requests (%)")
-    b.set_title(f"Served by (origin {s.origin_gbps:,.1f} Gbit/s of {s.egress_gbps:,.0f} egress)")
+    b.set_title(f"Served by (origin {s.origin_gbps:,.1f} Gbit/s of {s.egress_gbps:,.0f} Gbit/s egress)")
     fig.suptitle(f"{s.scenario}: {s.policy}, segment {s.segment_s:g} s, TTL {s.ttl_s:g} s")
     fig.tight_layout()
     path = out / "tiers.png"
