@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(sc, args, show: bool) -> int:
-    from .report import _num
+    from .report import si
     from .sweep import label, parse_sweeps, run_sweep, sweep_points
 
     try:
@@ -142,7 +142,7 @@ def _sweep(sc, args, show: bool) -> int:
     print(f"{'point':<28} {'fetches/s':>10} {'edge hit':>9} {'origin req/s':>13} {'origin Gbit/s':>14} "
           f"{'startup p50':>12} {'p95':>8} {'POPs':>5} {'staleness':>10}")
     for p, s in zip(points, summaries):
-        print(f"{label(p):<28} {_num(s.client_requests_per_s):>10} {100 * s.edge_request_hit_ratio:>7.2f} % "
+        print(f"{label(p):<28} {si(s.client_requests_per_s):>10} {100 * s.edge_request_hit_ratio:>7.2f} % "
               f"{s.origin_requests_per_s:>13,.0f} {s.origin_gbps:>14,.2f} {s.startup_p50_s * 1000:>9.0f} ms "
               f"{s.startup_p95_s * 1000:>5.0f} ms {s.pops_needed:>5} {'<= %g s' % s.ttl_s:>10}")
     print(f"sweep wall time {time.perf_counter() - t0:.1f} s")

@@ -28,7 +28,7 @@ from .engine import LEVELS, Run
 from .tiers import (HIT, MISS, POP_DISK_HIT, POP_DISK_STALE, POP_MISS, POP_RAM_HIT, POP_RAM_STALE,
                     STALE)
 
-__all__ = ["TierFigures", "Summary", "summarise", "format_report"]
+__all__ = ["TierFigures", "Summary", "summarise", "format_report", "si"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +187,8 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.2f} %"
 
 
-def _num(x: float) -> str:
+def si(x: float) -> str:
+    """A count with an SI prefix: ``478.62 k``, ``1.97 M``."""
     if x != x:
         return "n/a"
     for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -207,26 +208,26 @@ def format_report(s: Summary, *, target_hit_ratio: float = 0.9, target_fetches: 
         f"{'tier':<10} {'requests/s':>12} {'request hit':>12} {'byte hit':>10}",
     ]
     for t in s.tiers:
-        lines.append(f"{t.name:<10} {_num(t.requests_per_s):>12} {_pct(t.request_hit_ratio):>12} "
+        lines.append(f"{t.name:<10} {si(t.requests_per_s):>12} {_pct(t.request_hit_ratio):>12} "
                      f"{_pct(t.byte_hit_ratio):>10}")
-    lines.append(f"{'origin':<10} {_num(s.origin_requests_per_s):>12}")
+    lines.append(f"{'origin':<10} {si(s.origin_requests_per_s):>12}")
     lines += [
         "",
         f"egress            {s.egress_gbps:,.0f} Gbit/s mean, {s.peak_egress_gbps:,.0f} Gbit/s busiest minute; "
-        f"{_num(s.client_requests_per_s)} fetches/s of {s.mean_object_bytes / 1e6:.2f} MB mean",
+        f"{si(s.client_requests_per_s)} fetches/s of {s.mean_object_bytes / 1e6:.2f} MB mean",
         f"edge hit ratio    {_pct(s.edge_request_hit_ratio)} of requests, {_pct(s.edge_byte_hit_ratio)} of bytes "
         f"(served by the POP; target {_pct(target_hit_ratio)}: "
         f"{'met' if s.edge_request_hit_ratio >= target_hit_ratio else 'NOT met'})",
         f"CDN hit ratio     {_pct(s.cdn_request_hit_ratio)} of requests, {_pct(s.cdn_byte_hit_ratio)} of bytes "
         f"(not reaching the origin)",
-        f"origin            {_num(s.origin_requests_per_s)} requests/s, {s.origin_gbps:,.2f} Gbit/s",
+        f"origin            {si(s.origin_requests_per_s)} requests/s, {s.origin_gbps:,.2f} Gbit/s",
         "served by         " + ", ".join(f"{n} {100 * x:.1f} %" for n, x in zip(LEVELS, s.served_share)),
         f"POPs              {s.pops_needed} needed for the busiest minute ({s.pops_configured} in the scenario; "
         f"busiest POP {s.busiest_pop_gbps:,.0f} Gbit/s)",
         f"disks per POP     {s.disks_per_pop} ({s.disks_for_capacity} to hold the disk cache, "
         f"{s.disks_for_throughput} for its reads and fills at the planned utilisation)",
         f"at {target_egress_bps / 1e12:g} Tbit/s     {s.target_pops} POPs, {s.target_disks} disks, "
-        f"{_num(s.target_fetches_per_s)} fetches/s (card: {_num(target_fetches)}), "
+        f"{si(s.target_fetches_per_s)} fetches/s (card: {si(target_fetches)}), "
         f"origin {s.target_origin_gbps:,.0f} Gbit/s",
         f"startup           p50 {s.startup_p50_s * 1000:.0f} ms, p95 {s.startup_p95_s * 1000:.0f} ms "
         f"({s.startup_samples:,} sampled session starts)",

@@ -184,6 +184,7 @@ def speed_main(args, progress) -> int:
     from .engine import simulate
     from .report import summarise
     from .scenario import load_scenario
+    from .workload import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.trace:
@@ -191,7 +192,7 @@ def speed_main(args, progress) -> int:
             trace = read_trace(args.trace, args.format, columns=columns, header=args.csv_header)  # type: ignore[arg-type]
         else:
             sc = load_scenario("small")
-            req = __import__("headwater.bench.simulate.workload", fromlist=["generate"]).generate(sc, rate=1.0)
+            req = generate(sc, rate=1.0)
             path = os.path.join(tmp, "small.oracleGeneral")
             write_oracle_general(path, req.object_ids[req.obj], req.size, req.time.astype(np.uint32))
             trace = read_trace(path, "oracleGeneral")
