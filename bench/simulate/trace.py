@@ -198,7 +198,7 @@ def speed_main(args, progress) -> int:
             trace = read_trace(path, "oracleGeneral")
             columns = (1, 2, 3)
         print(f"trace: {len(trace.ids):,} requests ({'the small scenario, unsampled' if not args.trace else trace.path})")
-        print(f"{'policy':<8} {'ours hit':>9} {'libCacheSim':>12} {'ours M req/s':>13} {'libCacheSim':>12} {'ratio':>7}")
+        print(f"{'policy':<8} {'ours hit':>9} {'libCacheSim':>12} {'ours M req/s':>13} {'libCacheSim':>12} {'slower':>7}")
         for policy in ("lru", "s3fifo", "sieve"):
             size = cache_bytes(args.cache_size, trace)
             t0 = time.process_time()
