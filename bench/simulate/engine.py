@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from headwater.edge.promote import PromotionConfig
+
 from .scenario import Scenario
 from .shards import Shards, shard_by
 from .tiers import (HIT, MISS, POP_DISK_HIT, POP_DISK_STALE, POP_MISS, POP_RAM_STALE, STALE,
@@ -50,7 +52,8 @@ class Run:
 
 
 def _pop_task(args: tuple) -> np.ndarray:
-    return run_pop(*args)
+    *positional, promotion, ram_max = args
+    return run_pop(*positional, promotion=promotion, ram_max_entry_bytes=ram_max)
 
 
 def _node_task(args: tuple) -> np.ndarray:
@@ -138,10 +141,15 @@ def simulate(sc: Scenario, *, workers: int = 1, progress: Progress | None = None
     pops = sc.pops
     pop_shards = shard_by(req.pop, len(pops))
     tasks = []
+    # The edge's promotion, its byte budget and remembered keys scaled like the caches; the
+    # largest RAM entry is the full-size RAM store's (an object's size does not scale).
+    promotion = PromotionConfig(max_object_bytes=tiers.promote_max_bytes,
+                                bytes_per_second=max(1, shards.scale(tiers.promote_bytes_per_s)),
+                                remembered_keys=max(16, shards.scale(PromotionConfig().remembered_keys)))
     for idx in pop_shards:
         k, o = _local(keys, obj[idx])
         tasks.append((policy, shards.scale(tiers.pop_ram_bytes), shards.scale(tiers.pop_disk_bytes),
-                      ttl, k, o, size[idx].tolist(), tm[idx].tolist()))
+                      ttl, k, o, size[idx].tolist(), tm[idx].tolist(), promotion, tiers.pop_ram_bytes // 16))
     codes = _run_shards(_pop_task, tasks, workers, "POPs", [len(i) for i in pop_shards], progress)
     pop_code = np.zeros(n, dtype=np.uint8)
     for idx, c in zip(pop_shards, codes):

@@ -154,6 +154,9 @@ class Tiers:
     regional_bytes: int = 400 * 2**40
     shield_bytes: int = 1000 * 2**40
     shields: tuple[str, ...] = ("shield-1", "shield-2")
+    # The edge's disk -> RAM promotion ([[edge]] promote_max_size, promote_rate; per POP here).
+    promote_max_bytes: int = 2**20
+    promote_bytes_per_s: int = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,7 +214,8 @@ class Scenario:
 
     def with_sweep(self, name: str, value: float) -> Scenario:
         """This scenario with one swept parameter set: ``segment`` (seconds), ``ttl`` (seconds),
-        ``policy`` (name), ``rate`` (SHARDS), ``ram``/``disk`` (bytes per POP)."""
+        ``policy`` (name), ``rate`` (SHARDS), ``ram``/``disk`` (bytes per POP), ``promote``
+        (the largest body copied from disk to RAM)."""
         if name == "segment":
             return dataclasses.replace(self, media=dataclasses.replace(self.media, segment_s=float(value)))
         if name == "ttl":
@@ -224,7 +228,9 @@ class Scenario:
             return dataclasses.replace(self, tiers=dataclasses.replace(self.tiers, pop_ram_bytes=int(value)))
         if name == "disk":
             return dataclasses.replace(self, tiers=dataclasses.replace(self.tiers, pop_disk_bytes=int(value)))
-        raise ValueError(f"unknown sweep parameter {name!r} (segment, ttl, policy, rate, ram, disk)")
+        if name == "promote":
+            return dataclasses.replace(self, tiers=dataclasses.replace(self.tiers, promote_max_bytes=int(value)))
+        raise ValueError(f"unknown sweep parameter {name!r} (segment, ttl, policy, rate, ram, disk, promote)")
 
 
 _TOP = {"name", "seed", "sampling", "catalogue", "media", "viewers", "window", "region", "tiers",
@@ -421,7 +427,8 @@ def _regions(r: Reader, data: Mapping[str, Any]) -> tuple[Region, ...]:
 
 def _tiers(r: Reader, data: Mapping[str, Any]) -> Tiers:
     t, p, d = r.table(data, "tiers", ""), "tiers", Tiers()
-    r.check_keys(t, p, {"policy", "pop_ram", "pop_disk", "regional", "shield", "shields"})
+    r.check_keys(t, p, {"policy", "pop_ram", "pop_disk", "regional", "shield", "shields",
+                        "promote_max_size", "promote_rate"})
     policy = r.get(t, "policy", p, str, d.policy)
     if policy not in POLICIES:
         raise r.error("tiers.policy", f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
@@ -431,7 +438,9 @@ def _tiers(r: Reader, data: Mapping[str, Any]) -> Tiers:
     return Tiers(policy=policy, pop_ram_bytes=r.size(t, "pop_ram", p, d.pop_ram_bytes),
                  pop_disk_bytes=r.size(t, "pop_disk", p, d.pop_disk_bytes),
                  regional_bytes=r.size(t, "regional", p, d.regional_bytes),
-                 shield_bytes=r.size(t, "shield", p, d.shield_bytes), shields=tuple(shields))
+                 shield_bytes=r.size(t, "shield", p, d.shield_bytes), shields=tuple(shields),
+                 promote_max_bytes=r.size(t, "promote_max_size", p, d.promote_max_bytes),
+                 promote_bytes_per_s=r.size(t, "promote_rate", p, d.promote_bytes_per_s))
 
 
 def _capacity(r: Reader, data: Mapping[str, Any]) -> Capacity:

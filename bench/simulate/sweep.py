@@ -26,6 +26,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate": float,
     "ram": lambda v: parse_size(v, "ram"),
     "disk": lambda v: parse_size(v, "disk"),
+    "promote": lambda v: parse_size(v, "promote"),
 }
 
 
@@ -51,8 +52,8 @@ def label(point: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
 
 
-# Parameters that change the generated stream; the others (ttl, policy, ram, disk) only change
-# the caches, so points differing only in those share one stream.
+# Parameters that change the generated stream; the others (ttl, policy, ram, disk, promote) change
+# only the caches, so points differing only in those share one stream.
 _WORKLOAD = ("segment", "rate")
 
 

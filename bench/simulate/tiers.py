@@ -5,6 +5,10 @@ sized ``capacity * R`` (SHARDS), keyed by the edge's own cache keys (``cache_key
 the player requests under the default behaviour), and the POP -> regional and regional -> shield
 choices are the edge's ``TierRouter`` (rendezvous hashing of the cache key).
 
+A POP follows the edge's own rules around its stores: a miss is written into both tiers, and a
+disk hit is copied into RAM only as the edge's ``Promoter`` decides (``headwater.edge.promote``:
+on the second disk hit, bodies up to ``promote_max_size``).
+
 The tiers run one after another, each over its whole stream: a POP's caches see only that POP's
 requests (per-POP sharding), so the POPs run independently (in parallel processes if wanted);
 their misses, in time order, are the regional caches' stream, split by rendezvous; and so on.
@@ -27,7 +31,9 @@ import numpy as np
 
 from headwater.edge.cache.behaviour import DEFAULT_BEHAVIOUR
 from headwater.edge.cache.cachekey import cache_key
+from headwater.edge.promote import PROMOTED, PromotionConfig, Promoter
 from headwater.edge.store.policy import make_policy
+from headwater.edge.store.ram import ENTRY_OVERHEAD_BYTES
 from headwater.edge.tiers import Upstream, rendezvous_order
 
 __all__ = ["POP_RAM_HIT", "POP_RAM_STALE", "POP_DISK_HIT", "POP_DISK_STALE", "POP_MISS",
@@ -82,36 +88,50 @@ def route(keys: Sequence[bytes], objs: np.ndarray, nodes: Sequence[str]) -> np.n
 
 
 def run_pop(policy: str, ram_bytes: int, disk_bytes: int, ttl_s: float, keys: Sequence[bytes],
-            objs: Sequence[int], sizes: Sequence[int], times: Sequence[float]) -> np.ndarray:
-    """One POP's stream through its RAM and disk caches; an outcome code per request."""
+            objs: Sequence[int], sizes: Sequence[int], times: Sequence[float], *,
+            promotion: PromotionConfig | None = None, ram_max_entry_bytes: int | None = None,
+            ram_overhead: bool = True) -> np.ndarray:
+    """One POP's stream through its RAM and disk caches; an outcome code per request.
+
+    As the edge's POP does: a miss is written into both tiers (RAM only up to
+    ``ram_max_entry_bytes``, the RAM store's default ``capacity // 16``); a disk hit is copied into
+    RAM only when the edge's own ``Promoter`` says so (second disk hit, bodies up to
+    ``promote_max_size``, at most ``promote_rate`` bytes/s; pass the config scaled by the
+    sampling rate). RAM entries are charged body + key + the RAM store's per-entry overhead
+    (``ram_overhead``; off for a plain trace replay)."""
     ram = make_policy(policy, ram_bytes)
     disk = make_policy(policy, disk_bytes)
-    ram_access, disk_access = ram.access, disk.access
+    ram_touch, ram_admit, disk_touch, disk_admit = ram.touch, ram.admit, disk.touch, disk.admit
+    ram_max = ram_bytes // 16 if ram_max_entry_bytes is None else ram_max_entry_bytes
+    promoter = Promoter(promotion or PromotionConfig(), ram_max_entry_bytes=ram_max,
+                        now=times[0] if len(times) else 0.0)
+    consider, done = promoter.consider, promoter.done
+    extra = ENTRY_OVERHEAD_BYTES
+    expires = not (ttl_s >= 1e12 or ttl_s >= (max(times) - min(times) if len(times) else 0))
     out = bytearray(len(objs))
-    if ttl_s >= 1e12 or ttl_s >= (max(times) - min(times) if len(times) else 0):
-        # No entry can expire within the stream: the fast loop without freshness.
-        for i, (o, s) in enumerate(zip(objs, sizes)):
-            key = keys[o]
-            if ram_access(key, s):
-                continue  # 0: RAM hit
-            out[i] = POP_DISK_HIT if disk_access(key, s) else POP_MISS
-        return np.frombuffer(bytes(out), dtype=np.uint8)
     fetched: dict[bytes, float] = {}
     for i, (o, s, t) in enumerate(zip(objs, sizes, times)):
         key = keys[o]
-        if ram_access(key, s):
-            if t - fetched[key] > ttl_s:
+        if ram_touch(key):
+            if expires and t - fetched[key] > ttl_s:
                 fetched[key] = t
                 out[i] = POP_RAM_STALE
-            continue
-        if disk_access(key, s):
-            if t - fetched[key] > ttl_s:
+            continue  # 0: RAM hit
+        if disk_touch(key):
+            if consider(key, s, t) == PROMOTED:
+                ram_admit(key, s + len(key) + extra if ram_overhead else s)
+                done(key)
+            if expires and t - fetched[key] > ttl_s:
                 fetched[key] = t
                 out[i] = POP_DISK_STALE
             else:
                 out[i] = POP_DISK_HIT
             continue
+        # A miss: fetched upstream, written into the disk tier and (if small enough) RAM.
         fetched[key] = t
+        disk_admit(key, s)
+        if s <= ram_max:
+            ram_admit(key, s + len(key) + extra if ram_overhead else s)
         out[i] = POP_MISS
     return np.frombuffer(bytes(out), dtype=np.uint8)
 

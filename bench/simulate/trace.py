@@ -109,7 +109,8 @@ def cache_bytes(spec: str, trace: Trace) -> int:
 
 def replay(trace: Trace, policy: str, size: int, *, ram_share: float = 0.0) -> list[tuple[str, float, float]]:
     """``(tier, request hit ratio, byte hit ratio)`` per tier: one cache of ``size`` bytes, or
-    with ``ram_share`` a POP's RAM (that share of ``size``) in front of its disk (``size``)."""
+    with ``ram_share`` a POP's RAM (that share of ``size``) in front of its disk (``size``), with
+    the edge's rules between them (misses written to both, promotion on the second disk hit)."""
     uniq, inv = np.unique(trace.ids, return_inverse=True)
     keys = uniq.tolist()
     objs, sizes = inv.tolist(), trace.sizes.tolist()
@@ -119,7 +120,8 @@ def replay(trace: Trace, policy: str, size: int, *, ram_share: float = 0.0) -> l
         codes = run_node(policy, size, float("inf"), keys, objs, sizes, times)
         hit = codes == HIT
         return [("cache", float(hit.mean()), float(sz[hit].sum() / sz.sum()))]
-    codes = run_pop(policy, int(size * ram_share), size, float("inf"), keys, objs, sizes, times)
+    codes = run_pop(policy, int(size * ram_share), size, float("inf"), keys, objs, sizes, times,
+                    ram_overhead=False)
     ram = codes == POP_RAM_HIT
     to_disk = ~ram
     disk = codes == POP_DISK_HIT

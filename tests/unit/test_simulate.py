@@ -203,3 +203,14 @@ def test_sweep_points_and_local_run(tiny):
     res = run_sweep(tiny, points[:2], workers=2)   # two local processes
     assert [r.ttl_s for r in res] == [10.0, 3600.0]
     assert res[0].origin_requests_per_s > res[1].origin_requests_per_s
+
+
+def test_pop_promotes_to_ram_as_the_edge_does():
+    """Misses go into both tiers; a key RAM lost comes back into it on its second disk hit
+    (the edge's Promoter), not on its first."""
+    from headwater.bench.simulate.tiers import POP_DISK_HIT, POP_MISS, POP_RAM_HIT, run_pop
+
+    keys = [b"a", b"b", b"c"]
+    codes = run_pop("lru", 200, 10_000, float("inf"), keys, [0, 1, 2, 0, 0, 0], [100] * 6,
+                    [float(t) for t in range(6)], ram_max_entry_bytes=150, ram_overhead=False)
+    assert codes.tolist() == [POP_MISS, POP_MISS, POP_MISS, POP_DISK_HIT, POP_DISK_HIT, POP_RAM_HIT]
