@@ -1,0 +1,160 @@
+"""The tier model: POP RAM -> POP disk -> regional (rendezvous) -> shield (rendezvous) -> origin.
+
+Every cache is an instance of the edge's own eviction policy (``headwater.edge.store.policy``)
+sized ``capacity * R`` (SHARDS), keyed by the edge's own cache keys (``cache_key`` of the path
+the player requests under the default behaviour), and the POP -> regional and regional -> shield
+choices are the edge's ``TierRouter`` (rendezvous hashing of the cache key).
+
+A POP follows the edge's own rules around its stores: a miss is written into both tiers, and a
+disk hit is copied into RAM only as the edge's ``Promoter`` decides (``headwater.edge.promote``:
+on the second disk hit, bodies up to ``promote_max_size``).
+
+The tiers run one after another, each over its whole stream: a POP's caches see only that POP's
+requests (per-POP sharding), so the POPs run independently (in parallel processes if wanted);
+their misses, in time order, are the regional caches' stream, split by rendezvous; and so on.
+This is exact, not an approximation: a tier never waits on the one above it in this model
+(the fill of a miss is taken as instant, as the edge's request collapsing makes it for others).
+
+Freshness: an entry older than the TTL is revalidated upstream (a conditional request: VOD
+objects never change, so the answer is a 304 and no body moves) and counts as a miss for the
+request hit ratio but not for the byte hit ratio. A POP's RAM and disk share one freshness.
+
+Outcome codes per request: POP ``0`` RAM hit, ``1`` RAM stale, ``2`` disk hit, ``3`` disk stale,
+``4`` miss; other tiers ``0`` hit, ``1`` stale (revalidated upstream), ``2`` miss.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from headwater.edge.cache.behaviour import DEFAULT_BEHAVIOUR
+from headwater.edge.cache.cachekey import cache_key
+from headwater.edge.promote import PROMOTED, PromotionConfig, Promoter
+from headwater.edge.store.policy import make_policy
+from headwater.edge.store.ram import ENTRY_OVERHEAD_BYTES
+from headwater.edge.tiers import Upstream, rendezvous_order
+
+__all__ = ["POP_RAM_HIT", "POP_RAM_STALE", "POP_DISK_HIT", "POP_DISK_STALE", "POP_MISS",
+           "HIT", "STALE", "MISS", "run_pop", "run_node", "route", "PlaybackRequest",
+           "cache_keys"]
+
+POP_RAM_HIT, POP_RAM_STALE, POP_DISK_HIT, POP_DISK_STALE, POP_MISS = range(5)
+HIT, STALE, MISS = range(3)
+
+
+class _NoHeaders:
+    """A request without header fields: the simulator's players send none the key reads."""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        return []
+
+    def __iter__(self):
+        return iter(())
+
+
+class PlaybackRequest:
+    """A player's GET as the edge's cache rules read it (``CacheRequest``)."""
+
+    __slots__ = ("path",)
+    method = "GET"
+    query = ""
+    headers = _NoHeaders()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def cache_keys(paths: Sequence[str], distribution: str = "vod") -> list[bytes]:
+    """The edge's cache key of each path (default behaviour: the path alone is keyed)."""
+    return [cache_key(PlaybackRequest(p), DEFAULT_BEHAVIOUR, distribution=distribution) for p in paths]
+
+
+def route(keys: Sequence[bytes], objs: np.ndarray, nodes: Sequence[str]) -> np.ndarray:
+    """For each request (``objs`` index ``keys``), the index in ``nodes`` its key goes to, as the
+    edge's ``TierRouter`` chooses with all nodes up: the key's first rendezvous preference."""
+    if len(nodes) == 1:
+        return np.zeros(len(objs), dtype=np.int32)
+    upstreams = [Upstream(id=n, host="127.0.0.1", port=1) for n in nodes]
+    index = {n: i for i, n in enumerate(nodes)}
+    uniq, inv = np.unique(objs, return_inverse=True)
+    choice = np.fromiter((index[rendezvous_order(keys[o], upstreams)[0].id] for o in uniq.tolist()),
+                         dtype=np.int32, count=len(uniq))
+    return choice[inv]
+
+
+def run_pop(policy: str, ram_bytes: int, disk_bytes: int, ttl_s: float, keys: Sequence[bytes],
+            objs: Sequence[int], sizes: Sequence[int], times: Sequence[float], *,
+            promotion: PromotionConfig | None = None, ram_max_entry_bytes: int | None = None,
+            ram_overhead: bool = True) -> np.ndarray:
+    """One POP's stream through its RAM and disk caches; an outcome code per request.
+
+    As the edge's POP does: a miss is written into both tiers (RAM only up to
+    ``ram_max_entry_bytes``, the RAM store's default ``capacity // 16``); a disk hit is copied into
+    RAM only when the edge's own ``Promoter`` says so (second disk hit, bodies up to
+    ``promote_max_size``, at most ``promote_rate`` bytes/s; pass the config scaled by the
+    sampling rate). RAM entries are charged body + key + the RAM store's per-entry overhead
+    (``ram_overhead``; off for a plain trace replay)."""
+    ram = make_policy(policy, ram_bytes)
+    disk = make_policy(policy, disk_bytes)
+    ram_touch, ram_admit, disk_touch, disk_admit = ram.touch, ram.admit, disk.touch, disk.admit
+    ram_max = ram_bytes // 16 if ram_max_entry_bytes is None else ram_max_entry_bytes
+    promoter = Promoter(promotion or PromotionConfig(), ram_max_entry_bytes=ram_max,
+                        now=times[0] if len(times) else 0.0)
+    consider, done = promoter.consider, promoter.done
+    extra = ENTRY_OVERHEAD_BYTES
+    expires = not (ttl_s >= 1e12 or ttl_s >= (max(times) - min(times) if len(times) else 0))
+    out = bytearray(len(objs))
+    fetched: dict[bytes, float] = {}
+    for i, (o, s, t) in enumerate(zip(objs, sizes, times)):
+        key = keys[o]
+        if ram_touch(key):
+            if expires and t - fetched[key] > ttl_s:
+                fetched[key] = t
+                out[i] = POP_RAM_STALE
+            continue  # 0: RAM hit
+        if disk_touch(key):
+            if consider(key, s, t) == PROMOTED:
+                ram_admit(key, s + len(key) + extra if ram_overhead else s)
+                done(key)
+            if expires and t - fetched[key] > ttl_s:
+                fetched[key] = t
+                out[i] = POP_DISK_STALE
+            else:
+                out[i] = POP_DISK_HIT
+            continue
+        # A miss: fetched upstream, written into the disk tier and (if small enough) RAM.
+        fetched[key] = t
+        disk_admit(key, s)
+        if s <= ram_max:
+            ram_admit(key, s + len(key) + extra if ram_overhead else s)
+        out[i] = POP_MISS
+    return np.frombuffer(bytes(out), dtype=np.uint8)
+
+
+def run_node(policy: str, capacity: int, ttl_s: float, keys: Sequence[bytes], objs: Sequence[int],
+             sizes: Sequence[int], times: Sequence[float]) -> np.ndarray:
+    """One regional or shield cache over its stream; an outcome code per request."""
+    cache = make_policy(policy, capacity)
+    access = cache.access
+    out = bytearray(len(objs))
+    if ttl_s >= 1e12 or ttl_s >= (max(times) - min(times) if len(times) else 0):
+        for i, o, s in zip(range(len(objs)), objs, sizes):
+            if not access(keys[o], s):
+                out[i] = MISS
+        return np.frombuffer(bytes(out), dtype=np.uint8)
+    fetched: dict[bytes, float] = {}
+    for i, (o, s, t) in enumerate(zip(objs, sizes, times)):
+        key = keys[o]
+        if access(key, s):
+            if t - fetched[key] > ttl_s:
+                fetched[key] = t
+                out[i] = STALE
+            continue
+        fetched[key] = t
+        out[i] = MISS
+    return np.frombuffer(bytes(out), dtype=np.uint8)
