@@ -12,7 +12,7 @@ from headwater.bench.simulate.trace import (cache_bytes, libcachesim_replay, rea
                                             write_oracle_general)
 from headwater.bench.simulate.workload import generate
 
-from .test_simulate import TINY
+from tests.unit.test_simulate import TINY
 
 pytest.importorskip("libcachesim")
 
