@@ -32,17 +32,17 @@ def anyio_backend(request):
 #: The longest files first (from ``--durations``), so that with ``make test``'s two xdist workers
 #: (one file to a worker at a time) no long file starts last while the other worker sits idle.
 LONGEST_FIRST = (
-    "tests/probe/test_metadata_membership.py", "tests/functional/test_s3_cli.py",
-    "tests/probe/test_repair_faults.py", "tests/functional/test_metadata_membership.py",
-    "tests/functional/test_cli_cluster.py", "tests/probe/test_metadata_faults.py",
-    "tests/probe/test_node_out.py", "tests/functional/test_s3_large.py", "tests/functional/test_roles.py",
-    "tests/probe/test_consistency.py", "tests/functional/test_s3_tls.py", "tests/probe/test_rebalance.py",
-    "tests/functional/test_s3_listing_scale.py", "tests/functional/test_drm_playback.py",
-    "tests/probe/test_hosts.py", "tests/functional/test_metadata.py", "tests/functional/test_cli.py",
-    "tests/functional/test_origin_catalogue.py", "tests/functional/test_origin_api.py",
-    "tests/functional/test_origin_upload.py", "tests/functional/test_origin_transcode.py",
-    "tests/functional/test_origin_delivery.py", "tests/functional/test_s3_handoff.py",
-    "tests/functional/test_origin_pipeline.py", "tests/functional/test_origin_hostile.py",
+    "tests/probe/test_metadata_faults.py", "tests/functional/test_s3_cli.py", "tests/probe/test_repair_faults.py",
+    "tests/functional/test_metadata.py", "tests/functional/test_cli.py", "tests/probe/test_storage_faults.py",
+    "tests/functional/test_s3_tls.py", "tests/functional/test_web_page.py", "tests/probe/test_consistency.py",
+    "tests/probe/test_rebalance.py", "tests/functional/test_cli_cluster.py", "tests/functional/test_s3_boto3.py",
+    "tests/functional/test_edge_workers.py", "tests/functional/test_s3_disconnect.py",
+    "tests/functional/test_s3_handoff.py", "tests/functional/test_s3_large.py",
+    "tests/functional/test_metadata_membership.py", "tests/functional/test_origin_transcode.py",
+    "tests/functional/test_drm_playback.py", "tests/functional/test_monitoring.py",
+    "tests/functional/test_s3_write_races.py", "tests/probe/test_hosts.py", "tests/functional/test_s3_compat.py",
+    "tests/unit/test_raft_membership.py", "tests/functional/test_metadata_failover.py",
+    "tests/probe/test_node_out.py", "tests/functional/test_origin_hostile.py",
 )
 
 
