@@ -227,11 +227,13 @@ class UserDirectory:
         if len(password) > MAX_PASSWORD:
             raise LoginFailed("unknown user or wrong password")
         raw = password.encode("utf-8", "surrogateescape")
+        # Every answer costs one scrypt, a sealed password's user's too (whose check is a SHA-256):
+        # otherwise the time of a refusal would tell which names are users with sealed passwords.
+        log_n, r, p, salt, digest = check_scrypt(user.scrypt if user is not None and user.scrypt else _DUMMY)
+        got = hashlib.scrypt(raw, salt=salt, n=1 << log_n, r=r, p=p, maxmem=256 << 20, dklen=len(digest))
         if user is not None and user.sha256 is not None:
             ok = hmac.compare_digest(hashlib.sha256(raw).digest(), user.sha256)
         else:
-            log_n, r, p, salt, digest = check_scrypt(user.scrypt if user is not None and user.scrypt else _DUMMY)
-            got = hashlib.scrypt(raw, salt=salt, n=1 << log_n, r=r, p=p, maxmem=256 << 20, dklen=len(digest))
             ok = hmac.compare_digest(got, digest) and user is not None
         if user is None or not ok:
             raise LoginFailed("unknown user or wrong password")
