@@ -19,7 +19,7 @@ import pytest
 from tests.cluster import VENV_BIN, client_error, signed_request, xml_error
 
 CLUSTER_OPTIONS = dict(tls=True, mode="up", stripe_size="64KiB", inline_max_size="4KiB",
-                       min_part_size="100KiB")
+                       min_part_size="100KiB", k=2, m=1, storage_nodes=3, metadata_nodes=1)
 KiB = 1024
 
 
