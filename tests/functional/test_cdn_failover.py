@@ -1,0 +1,412 @@
+"""The CDN hostname really goes through our DNS, and a lost POP is survived, in a real browser.
+
+Real daemons, each its own process: an object store cluster, ``headwater node`` licence, origin
+and transcoder (as ``test_web_page.py`` starts them), the GeoDNS (``dns-1``) and the edge's three
+tiers: two POPs on the same port on distinct loopback addresses (``pop-a`` on 127.0.0.2 near
+London, ``pop-b`` on 127.0.0.3 in New York, as the default cluster.toml places its POPs), a
+regional cache and the shield in front of the origin. The origin's play API hands out URLs on the
+CDN's name, ``video.cdn.headwater.test``, signed (``[[cdn.keys]]``).
+
+Headless Chromium maps that name to a test-side forwarder (:mod:`headwater.bench.steered_forwarder`)
+which asks the GeoDNS, with the viewer's client subnet (ECS, placed in London by a geo rule),
+where each new connection goes: a fresh resolution per connection stands in for a resolver whose
+TTL expired, since Chromium's ``--host-resolver-rules`` cannot change while a page plays.
+
+The viewer signs in on the title page and plays (shaka-player, ClearKey from the licence server).
+Once playback is under way the POP it uses (pop-a, the nearest) is SIGKILLed: the GeoDNS's health
+checks take it out of answers within interval x fall, the player's next requests reach pop-b (its
+``X-Cache`` says so), and playback goes on past everything that was buffered at the kill, with no
+player error and at most one rebuffer (``waiting`` events after the first ``playing``).
+
+Also, on the same daemons, security end to end: a viewer without an entitlement, tampered and
+expired signed URLs (403 at the POP, never reaching the origin), an unauthenticated upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tusclient import client as tus_client
+
+from headwater import localca
+from headwater.bench.steered_forwarder import SteeredForwarder, steered_answer
+from headwater.config import load
+from headwater.drm.client import EntitlementMinter
+from headwater.origin.auth.issuer import user_password
+from tests.cluster import free_ports
+from tests.functional.browser_harness import BROWSER_DIR, CHROMIUM, require_browser
+from tests.functional.dns_harness import free_port
+from tests.functional.drm_media import make_clip
+from tests.functional.licence_harness import cli
+from tests.functional.origin_harness import HEADWATER, LICENCE_SECTION, SMALL_LADDER, Daemon
+from tests.functional.test_web_page import _leaf_spki
+
+CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "cdn"
+CDN_HOST = "video.cdn.headwater.test"
+LONDON_VIEWER = "198.51.100.0/24"  # a geo rule below places it in London: pop-a nearest, pop-b next
+POP_A, POP_B = "127.0.0.2", "127.0.0.3"
+HEALTH_INTERVAL_S, FALL = 0.5, 2
+
+SECTIONS = """
+[origin]
+port = {origin}
+admin_port = {origin_admin}
+tls = false
+
+[origin.delivery]
+publish_cache_seconds = 1
+cdn_base_url = "http://{cdn_host}:{pop}"
+
+[[origin.clients]]
+id = "creator-app"
+scopes = ["upload", "titles:write"]
+secret = "sealed"
+
+[[origin.clients]]
+id = "viewer-app"
+scopes = ["view"]
+secret = "sealed"
+
+[[origin.users]]
+name = "vic"
+scopes = ["view"]
+password = "sealed"
+
+""" + LICENCE_SECTION + """
+[transcoder]
+admin_port = {transcoder_admin}
+workers = 1
+lease_seconds = 10
+heartbeat_seconds = 0.5
+poll_seconds = 0.2
+preset = "ultrafast"
+audio_bitrate = "64k"
+thumbnail_seconds = 5
+
+""" + SMALL_LADDER + """
+[cdn.client_limits]
+enabled = false
+
+[[cdn.keys]]
+id = "KFAILOVER"
+public_key_file = "{pub}"
+private_key_file = "{priv}"
+
+[[distributions]]
+name = "video"
+hostnames = ["{cdn_host}"]
+origin = "http://127.0.0.1:{origin}"
+trusted_keys = ["KFAILOVER"]
+
+[[edge]]
+id = "pop-a"
+tier = "pop"
+host = "{pop_a}"
+port = {pop}
+admin_port = {pop_a_admin}
+lat = 51.5
+lon = -0.12
+ram_size = "16MiB"
+disk_size = "64MiB"
+
+[[edge]]
+id = "pop-b"
+tier = "pop"
+host = "{pop_b}"
+port = {pop}
+admin_port = {pop_b_admin}
+lat = 40.71
+lon = -74.0
+ram_size = "16MiB"
+disk_size = "64MiB"
+
+[[edge]]
+id = "regional-1"
+tier = "regional"
+port = {regional}
+admin_port = {regional_admin}
+disk_size = "64MiB"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {shield}
+admin_port = {shield_admin}
+disk_size = "64MiB"
+
+[dns]
+id = "dns-1"
+port = {dns}
+admin_port = {dns_admin}
+workers = 1
+zone = "cdn.headwater.test."
+steered_ttl = 1
+reload_interval_seconds = 0
+
+[dns.rrl]
+enabled = false
+
+[dns.health]
+interval_seconds = {interval}
+timeout_seconds = {interval}
+rise = 2
+fall = {fall}
+
+[[dns.steered]]
+name = "video"
+answers = 1
+
+[[dns.pops]]
+name = "pop-a"
+ipv4 = ["{pop_a}"]
+lat = 51.5
+lon = -0.12
+healthz = "http://{pop_a}:{pop_a_admin}/healthz"
+
+[[dns.pops]]
+name = "pop-b"
+ipv4 = ["{pop_b}"]
+lat = 40.71
+lon = -74.0
+healthz = "http://{pop_b}:{pop_b_admin}/healthz"
+
+[[dns.geo.rules]]
+cidr = "{viewer}"
+lat = 51.5
+lon = -0.1
+"""
+
+
+class Node:
+    """``headwater node ID`` in its own process group (so a kill takes all of it), ready when
+    ``healthz`` answers 200."""
+
+    def __init__(self, config: Path, node_id: str, healthz: str, log: Path) -> None:
+        self.node_id, self.healthz, self.log = node_id, healthz, log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([HEADWATER, "node", node_id, "-c", str(config)], stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float = 60) -> Node:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"{self.node_id} exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(self.healthz, timeout=0.5, trust_env=False).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{self.node_id} did not start:\n{self.log.read_text()[-3000:]}"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def _signing_key(folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    priv, pub = folder / "cf.pem", folder / "cf.pub.pem"
+    priv.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pub, priv
+
+
+def _free_on_all(addresses: tuple[str, ...]) -> int:
+    """A port free on 127.0.0.1 (the forwarder) and on every POP address."""
+    import socket
+    for _ in range(50):
+        (port,) = free_ports(1)
+        try:
+            for a in addresses:
+                with socket.socket() as s:
+                    s.bind((a, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free on every POP address")
+
+
+@pytest.fixture(scope="module")
+def world(cluster):
+    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop_a_admin",
+             "pop_b_admin", "regional", "regional_admin", "shield", "shield_admin", "dns_admin")
+    p = dict(zip(names, free_ports(len(names))))
+    p["pop"] = _free_on_all((POP_A, POP_B))
+    p["dns"] = free_port()
+    pub, priv = _signing_key(cluster.root / "cdn-keys")
+    with open(cluster.config_path, "a") as f:
+        f.write(SECTIONS.format(**p, pub=pub, priv=priv, cdn_host=CDN_HOST, pop_a=POP_A, pop_b=POP_B,
+                                viewer=LONDON_VIEWER, interval=HEALTH_INTERVAL_S, fall=FALL))
+    cfg = load(str(cluster.config_path))
+    localca.prepare(cfg)
+    EntitlementMinter(cfg)
+    logs = cluster.root / "logs"
+    config = cluster.config_path
+
+    def node(node_id: str, healthz: str) -> Node:
+        return Node(config, node_id, healthz, logs / f"{node_id}.out")
+
+    started = [node("licence", f"http://127.0.0.1:{p['licence_admin']}/healthz").wait()]
+    try:
+        # The shield first and the POPs last, so each tier finds the next one up.
+        for n in (node("origin", f"http://127.0.0.1:{p['origin_admin']}/healthz"),
+                  node("transcoder", f"http://127.0.0.1:{p['transcoder_admin']}/healthz"),
+                  node("shield-1", f"http://127.0.0.1:{p['shield_admin']}/healthz"),
+                  node("regional-1", f"http://127.0.0.1:{p['regional_admin']}/healthz"),
+                  node("pop-a", f"http://{POP_A}:{p['pop_a_admin']}/healthz"),
+                  node("pop-b", f"http://{POP_B}:{p['pop_b_admin']}/healthz"),
+                  node("dns-1", f"http://127.0.0.1:{p['dns_admin']}/healthz")):
+            started.append(n)
+        for n in started:
+            n.wait()
+        ca = str(cluster.data_dir / "ca" / "ca.pem")
+        yield {"cfg": cfg, "config": config, "ports": p, "logs": logs, "nodes": {n.node_id: n for n in started},
+               "url": f"http://127.0.0.1:{p['origin']}", "ca": ca, "licence_spki": _leaf_spki(p["licence"], ca),
+               "viewer_password": user_password(cfg, cfg.origin, "vic")}
+    finally:
+        for n in reversed(started):
+            n.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def publish(world, clip: Path, title: str) -> int:
+    """``clip`` uploaded (tus) and published as ``title`` through the API; its id."""
+    creator = cli(world["config"], "token", "--client", "creator-app", "--scope", "upload titles:write").strip()
+    client = tus_client.TusClient(f"{world['url']}/uploads", headers=bearer(creator))
+    uploader = client.uploader(str(clip), chunk_size=1024 * 1024, metadata={"filename": clip.name})
+    uploader.upload()
+    with httpx.Client(base_url=world["url"], timeout=30, trust_env=False) as http:
+        r = http.post("/api/titles", headers=bearer(creator),
+                      json={"title": title, "category": "documentary", "year": 2026, "language": "en",
+                            "upload": uploader.url.rsplit("/", 1)[1]})
+        assert r.status_code == 201, r.text
+        tid = r.json()["id"]
+        deadline = time.monotonic() + 90
+        while (doc := http.get(f"/api/titles/{tid}", headers=bearer(creator)).json())["state"] not in (
+                "published", "failed"):
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.1)
+    assert doc["state"] == "published", (doc, _tail(world, "transcoder"))
+    return tid
+
+
+def _tail(world, name: str) -> str:
+    return (world["logs"] / f"{name}.out").read_text(errors="replace")[-3000:]
+
+
+def run_page(world, spec: dict, *, timeout_s: float) -> dict:
+    """failover.mjs with ``spec`` (plus the common fields); its JSON output."""
+    require_browser()
+    spec = {"chromium": CHROMIUM, "base": world["url"], "trustSpki": [world["licence_spki"]], "cdnHost": CDN_HOST,
+            "viewer": {"user": "vic", "password": world["viewer_password"]}, **spec}
+    proc = subprocess.run(["node", str(BROWSER_DIR / "failover.mjs")], input=json.dumps(spec) + "\n",
+                          capture_output=True, text=True, cwd=BROWSER_DIR, timeout=timeout_s)
+    print(proc.stderr[-3000:])
+    assert proc.returncode == 0 and proc.stdout, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_a_viewer_survives_the_loss_of_its_pop(world, tmp_path):
+    require_browser()
+    p = world["ports"]
+    # 24 s of 2 s segments: shaka buffers 10 s ahead, so half the title is fetched after the kill.
+    clip = make_clip(tmp_path / "Long Crossing.mp4", seconds=24, size="320x180", gop=50)
+    tid = publish(world, clip, "The Long Crossing")
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+
+    # Our DNS sends a London viewer to pop-a.
+    assert steered_answer(CDN_HOST + ".", dns_port=p["dns"], dns_host="127.0.0.1", subnet=LONDON_VIEWER) == [POP_A]
+    pop_a = world["nodes"]["pop-a"]
+    # When the answer changed, watched from outside the browser every 50 ms.
+    answers: list[tuple[float, list[str]]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            a = steered_answer(CDN_HOST + ".", dns_port=p["dns"], dns_host="127.0.0.1", subnet=LONDON_VIEWER)
+            if not answers or answers[-1][1] != a:
+                answers.append((time.time(), a))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with SteeredForwarder(name=CDN_HOST + ".", port=p["pop"], dns_port=p["dns"], subnet=LONDON_VIEWER) as fwd:
+        spec = {"titleIds": [tid], "kill": {"pid": pop_a.proc.pid, "atTime": 1.0, "ahead": 4.0}, "playUntil": 2.0, "rate": 2,
+                "shots": str(ARTIFACTS), "timeoutMs": 45000}
+        started = time.monotonic()
+        out = run_page(world, spec, timeout_s=120)
+        print(f"failover.mjs took {time.monotonic() - started:.1f} s")
+        connections = list(fwd.connections)
+    stop.set()
+    watcher.join(5)
+    pop_a.proc.wait(5)
+
+    plays = [{k: v for k, v in p.items() if k != "cdn"} for p in out["plays"]]
+    why = json.dumps({**{k: v for k, v in out.items() if k not in ("console", "plays")}, "plays": plays}) + "\n" + \
+        "\n".join(json.dumps(r) for p in out["plays"] for r in p["cdn"]) + "\n" + \
+        "\n".join(out["console"][-40:]) + "\n" + "\n".join(map(str, connections))
+    assert out["ok"], why
+    (play,) = out["plays"]
+    kill = play["kill"]
+    assert play["reached"] and not play["error"], why
+    assert "error" not in play["status"].lower(), why
+
+    # Before the kill, everything came from pop-a (through the regional and the shield).
+    before = [r for r in play["cdn"] if r["t"] < kill["at"]]
+    after = [r for r in play["cdn"] if r["sent"] > kill["at"]]
+    assert before and all(r["xcache"].endswith("from pop-a") and r["status"] == 200 for r in before), why
+    # After it, the player's requests went to pop-b: the DNS had taken pop-a out.
+    from_b = [r for r in after if r["xcache"].endswith("from pop-b") and r["status"] == 200]
+    assert sum(".m4s" in r["path"] for r in from_b) >= 2, why
+    assert all(not r["xcache"].endswith("from pop-a") for r in after), why
+    assert steered_answer(CDN_HOST + ".", dns_port=p["dns"], dns_host="127.0.0.1", subnet=LONDON_VIEWER) == [POP_B]
+
+    # The forwarder's resolutions: pop-a until the kill, pop-b within the health checks' reach after.
+    first_b = min(c.connected for c in connections if c.address == POP_B)
+    dns_moved_s = first_b - kill["at"] / 1000
+    failover_s = (from_b[0]["t"] - kill["at"]) / 1000
+    assert all(c.address == POP_A for c in connections if c.at < kill["at"] / 1000), why
+    assert all(c.address for c in connections), why  # every connection found a POP
+    # The GeoDNS itself: pop-a out of answers within about interval x fall (plus a pass under way
+    # and slack for a loaded machine), and never an answer without a POP.
+    assert [a for _, a in answers] == [[POP_A], [POP_B]], answers
+    dns_out_s = answers[1][0] - kill["at"] / 1000
+    assert HEALTH_INTERVAL_S * (FALL - 1) * 0.8 <= dns_out_s < HEALTH_INTERVAL_S * (FALL + 1) + 2.0, answers
+
+    # Playback went on past all that was buffered at the kill, with at most one rebuffer.
+    playing = [e for e in play["events"] if e["name"] == "playing"]
+    rebuffers = [e for e in play["events"] if e["name"] == "waiting" and playing and e["t"] > playing[0]["t"]]
+    assert play["currentTime"] >= kill["bufferedEnd"] + 1.5, why
+    assert play["frames"] > kill["frames"] + 50, why
+    assert len(rebuffers) <= 1, why
+    assert (ARTIFACTS / f"title-{tid}-after-failover.png").stat().st_size > 5000
+    print(f"startup {play['startMs']} ms; killed pop-a at media {kill['currentTime']:.2f} s "
+          f"(buffered to {kill['bufferedEnd']:.2f} s); GeoDNS answered pop-b after {dns_out_s:.2f} s, first connection to pop-b after {dns_moved_s:.2f} s, "
+          f"first response from pop-b after {failover_s:.2f} s; {len(rebuffers)} rebuffer(s); "
+          f"played to {play['currentTime']:.2f} s, {play['frames']} frames; "
+          f"{len(connections)} connections ({sum(c.address == POP_B for c in connections)} to pop-b)")
