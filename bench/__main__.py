@@ -20,6 +20,7 @@ BENCHES = {
     "drm": "packaging + encryption against Shaka Packager, ffmpeg and the AES ceilings; licences/s (wrk)",
     "search": "catalogue search on a 100,000-title synthetic catalogue per backend (SQLite, PostgreSQL), with ceilings",
 
+    "playback": "a viewer's startup in headless Chromium, DNS -> POP -> regional -> shield -> origin, cold and warm",
     "origin": "tus uploads through the origin beside S3 multipart; the transcode pipeline beside ffmpeg alone",
 }
 

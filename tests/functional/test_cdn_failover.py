@@ -35,159 +35,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from tusclient import client as tus_client
 
 from headwater import localca
+from headwater.bench.playback import (CDN_HOST, LONDON_VIEWER, POP_A, POP_B, WORLD_NODES, signing_key,
+                                      world_ports, world_sections)
 from headwater.bench.steered_forwarder import SteeredForwarder, steered_answer
 from headwater.config import load
 from headwater.drm.client import EntitlementMinter
 from headwater.origin.auth.issuer import user_password
-from tests.cluster import free_ports
 from tests.functional.browser_harness import BROWSER_DIR, CHROMIUM, require_browser
-from tests.functional.dns_harness import free_port
 from tests.functional.drm_media import make_clip
 from tests.functional.licence_harness import cli
-from tests.functional.origin_harness import HEADWATER, LICENCE_SECTION, SMALL_LADDER, Daemon
+from tests.functional.origin_harness import HEADWATER
 from tests.functional.test_web_page import _leaf_spki
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "cdn"
-CDN_HOST = "video.cdn.headwater.test"
-LONDON_VIEWER = "198.51.100.0/24"  # a geo rule below places it in London: pop-a nearest, pop-b next
-POP_A, POP_B = "127.0.0.2", "127.0.0.3"
 HEALTH_INTERVAL_S, FALL = 0.5, 2
-
-SECTIONS = """
-[origin]
-port = {origin}
-admin_port = {origin_admin}
-tls = false
-
-[origin.delivery]
-publish_cache_seconds = 1
-cdn_base_url = "http://{cdn_host}:{pop}"
-
-[[origin.clients]]
-id = "creator-app"
-scopes = ["upload", "titles:write"]
-secret = "sealed"
-
-[[origin.clients]]
-id = "viewer-app"
-scopes = ["view"]
-secret = "sealed"
-
-[[origin.users]]
-name = "vic"
-scopes = ["view"]
-password = "sealed"
-
-""" + LICENCE_SECTION + """
-[transcoder]
-admin_port = {transcoder_admin}
-workers = 1
-lease_seconds = 10
-heartbeat_seconds = 0.5
-poll_seconds = 0.2
-preset = "ultrafast"
-audio_bitrate = "64k"
-thumbnail_seconds = 5
-
-""" + SMALL_LADDER + """
-[cdn.client_limits]
-enabled = false
-
-[[cdn.keys]]
-id = "KFAILOVER"
-public_key_file = "{pub}"
-private_key_file = "{priv}"
-
-[[distributions]]
-name = "video"
-hostnames = ["{cdn_host}"]
-origin = "http://127.0.0.1:{origin}"
-trusted_keys = ["KFAILOVER"]
-
-[[edge]]
-id = "pop-a"
-tier = "pop"
-host = "{pop_a}"
-port = {pop}
-admin_port = {pop_a_admin}
-lat = 51.5
-lon = -0.12
-ram_size = "16MiB"
-disk_size = "64MiB"
-
-[[edge]]
-id = "pop-b"
-tier = "pop"
-host = "{pop_b}"
-port = {pop}
-admin_port = {pop_b_admin}
-lat = 40.71
-lon = -74.0
-ram_size = "16MiB"
-disk_size = "64MiB"
-
-[[edge]]
-id = "regional-1"
-tier = "regional"
-port = {regional}
-admin_port = {regional_admin}
-disk_size = "64MiB"
-
-[[edge]]
-id = "shield-1"
-tier = "shield"
-port = {shield}
-admin_port = {shield_admin}
-disk_size = "64MiB"
-
-[dns]
-id = "dns-1"
-port = {dns}
-admin_port = {dns_admin}
-workers = 1
-zone = "cdn.headwater.test."
-steered_ttl = 1
-reload_interval_seconds = 0
-
-[dns.rrl]
-enabled = false
-
-[dns.health]
-interval_seconds = {interval}
-timeout_seconds = {interval}
-rise = 2
-fall = {fall}
-
-[[dns.steered]]
-name = "video"
-answers = 1
-
-[[dns.pops]]
-name = "pop-a"
-ipv4 = ["{pop_a}"]
-lat = 51.5
-lon = -0.12
-healthz = "http://{pop_a}:{pop_a_admin}/healthz"
-
-[[dns.pops]]
-name = "pop-b"
-ipv4 = ["{pop_b}"]
-lat = 40.71
-lon = -74.0
-healthz = "http://{pop_b}:{pop_b_admin}/healthz"
-
-[[dns.geo.rules]]
-cidr = "{viewer}"
-lat = 51.5
-lon = -0.1
-"""
-
 
 class Node:
     """``headwater node ID`` in its own process group (so a kill takes all of it), ready when
@@ -221,63 +86,22 @@ class Node:
                 self.proc.wait(5)
 
 
-def _signing_key(folder: Path) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    priv, pub = folder / "cf.pem", folder / "cf.pub.pem"
-    priv.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
-    return pub, priv
-
-
-def _free_on_all(addresses: tuple[str, ...]) -> int:
-    """A port free on 127.0.0.1 (the forwarder) and on every POP address."""
-    import socket
-    for _ in range(50):
-        (port,) = free_ports(1)
-        try:
-            for a in addresses:
-                with socket.socket() as s:
-                    s.bind((a, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no port free on every POP address")
-
-
 @pytest.fixture(scope="module")
 def world(cluster):
-    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop_a_admin",
-             "pop_b_admin", "regional", "regional_admin", "shield", "shield_admin", "dns_admin")
-    p = dict(zip(names, free_ports(len(names))))
-    p["pop"] = _free_on_all((POP_A, POP_B))
-    p["dns"] = free_port()
-    pub, priv = _signing_key(cluster.root / "cdn-keys")
+    p = world_ports()
+    pub, priv = signing_key(cluster.root / "cdn-keys")
     with open(cluster.config_path, "a") as f:
-        f.write(SECTIONS.format(**p, pub=pub, priv=priv, cdn_host=CDN_HOST, pop_a=POP_A, pop_b=POP_B,
-                                viewer=LONDON_VIEWER, interval=HEALTH_INTERVAL_S, fall=FALL))
+        f.write(world_sections(p, public_key=pub, private_key=priv, health_interval_s=HEALTH_INTERVAL_S, fall=FALL))
     cfg = load(str(cluster.config_path))
     localca.prepare(cfg)
     EntitlementMinter(cfg)
     logs = cluster.root / "logs"
     config = cluster.config_path
-
-    def node(node_id: str, healthz: str) -> Node:
-        return Node(config, node_id, healthz, logs / f"{node_id}.out")
-
-    started = [node("licence", f"http://127.0.0.1:{p['licence_admin']}/healthz").wait()]
+    started: list[Node] = []
     try:
-        # The shield first and the POPs last, so each tier finds the next one up.
-        for n in (node("origin", f"http://127.0.0.1:{p['origin_admin']}/healthz"),
-                  node("transcoder", f"http://127.0.0.1:{p['transcoder_admin']}/healthz"),
-                  node("shield-1", f"http://127.0.0.1:{p['shield_admin']}/healthz"),
-                  node("regional-1", f"http://127.0.0.1:{p['regional_admin']}/healthz"),
-                  node("pop-a", f"http://{POP_A}:{p['pop_a_admin']}/healthz"),
-                  node("pop-b", f"http://{POP_B}:{p['pop_b_admin']}/healthz"),
-                  node("dns-1", f"http://127.0.0.1:{p['dns_admin']}/healthz")):
-            started.append(n)
+        # Each tier after the one it fetches from; one at a time, so a failure names its daemon.
+        for node_id, admin, host in WORLD_NODES:
+            started.append(Node(config, node_id, f"http://{host}:{p[admin]}/healthz", logs / f"{node_id}.out"))
         for n in started:
             n.wait()
         ca = str(cluster.data_dir / "ca" / "ca.pem")
