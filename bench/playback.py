@@ -275,12 +275,16 @@ def signing_key(folder: Path) -> tuple[Path, Path]:
 @dataclass(frozen=True, slots=True)
 class Play:
     """One viewer's play: the title, whether it was the title's first (``cold``), ms from
-    ``player.load()`` to the first decoded frame (None: no frame) and from the Play click."""
+    ``player.load()`` to the first decoded frame (None: no frame) and from the Play click, and
+    of the CDN's answers to it, how many the POP had to fetch (``X-Cache: Miss``): every one on
+    a cold play, none on a warm one, or the figure is not what it says."""
 
     title: int
     cold: bool
     start_ms: int | None
     click_ms: int | None
+    cdn_misses: int = 0
+    cdn_requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +305,10 @@ def plays_from(doc: dict[str, Any]) -> list[Play]:
     out = []
     for p in doc.get("plays", ()):
         tid = int(p["titleId"])
-        out.append(Play(title=tid, cold=tid not in seen, start_ms=p.get("startMs"), click_ms=p.get("clickToFrameMs")))
+        cdn = p.get("cdn", ())
+        out.append(Play(title=tid, cold=tid not in seen, start_ms=p.get("startMs"), click_ms=p.get("clickToFrameMs"),
+                        cdn_misses=sum(str(r.get("xcache", "")).startswith("Miss") for r in cdn),
+                        cdn_requests=len(cdn)))
         seen.add(tid)
     return out
 
@@ -334,9 +341,10 @@ def render(plays: list[Play], *, load_start: str, load_end: str, clip_s: int, cp
              f"{clip_s} s titles (2 s segments, 2 rungs, ClearKey cenc)",
              "path: GeoDNS (ECS) -> pop-a -> regional-1 -> shield-1 -> origin -> object store; signed URLs",
              f"load average {load_start} at the start, {load_end} at the end; {cpus or '?'} CPUs", "",
-             f"{'title':>6}  {'viewer':<6}  {'load->frame':>12}  {'click->frame':>13}"]
+             f"{'title':>6}  {'viewer':<6}  {'load->frame':>12}  {'click->frame':>13}  POP misses/requests"]
     for p in plays:
-        lines.append(f"{p.title:>6}  {'cold' if p.cold else 'warm':<6}  {_ms(p.start_ms):>12}  {_ms(p.click_ms):>13}")
+        lines.append(f"{p.title:>6}  {'cold' if p.cold else 'warm':<6}  {_ms(p.start_ms):>12}  {_ms(p.click_ms):>13}  "
+                     f"{p.cdn_misses}/{p.cdn_requests}")
     lines += ["",
               f"cold median {_ms(s.cold_median_ms)} (goal < {COLD_GOAL_MS / 1000:.0f} s): "
               f"{'met' if s.cold_met else 'NOT met'}",

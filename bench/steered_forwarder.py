@@ -34,7 +34,7 @@ import dns.rdatatype
 __all__ = ["Resolved", "SteeredForwarder", "steered_answer"]
 
 
-def steered_answer(name: str, *, dns_host: str, dns_port: int, subnet: str, timeout_s: float = 1.0) -> list[str]:
+def steered_answer(name: str, *, dns_port: int, subnet: str, dns_host: str = "127.0.0.1", timeout_s: float = 1.0) -> list[str]:
     """The A records the GeoDNS answers for ``name`` to a client in ``subnet`` (ECS), in order."""
     q = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption.from_text(subnet)])
     msg = dns.query.udp(q, dns_host, port=dns_port, timeout=timeout_s)

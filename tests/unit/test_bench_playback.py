@@ -35,12 +35,14 @@ def test_the_world_sections_load_as_one_cluster(tmp_path):
 
 
 def test_a_titles_first_viewer_is_cold_and_the_rest_warm():
-    doc = {"plays": [{"titleId": 3, "startMs": 900, "clickToFrameMs": 1000},
+    doc = {"plays": [{"titleId": 3, "startMs": 900, "clickToFrameMs": 1000,
+                      "cdn": [{"xcache": "Miss from pop-a"}, {"xcache": "Miss from pop-a"}, {"xcache": "Hit from pop-a"}]},
                      {"titleId": 3, "startMs": 300, "clickToFrameMs": 350},
                      {"titleId": 4, "startMs": None, "clickToFrameMs": None},
                      {"titleId": 4, "startMs": 250, "clickToFrameMs": 300}]}
     plays = plays_from(doc)
     assert [(p.title, p.cold) for p in plays] == [(3, True), (3, False), (4, True), (4, False)]
+    assert (plays[0].cdn_misses, plays[0].cdn_requests) == (2, 3)
     s = summarise(plays)
     # A play with no frame counts as slower than any: the cold median of [900, none] is no figure.
     assert s.cold_median_ms is None and not s.cold_met
