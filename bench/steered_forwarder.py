@@ -74,6 +74,12 @@ class SteeredForwarder:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
+        # shutdown() wakes the thread blocked in accept(); close() alone would not on Linux, and
+        # the port would stay bound until the next connection came.
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             for s in list(self._open):

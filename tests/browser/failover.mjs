@@ -10,7 +10,10 @@
 //   kill?: {pid, atTime, ahead} (SIGKILL the process group pid once the first title's currentTime >= atTime
 //     with `ahead` seconds buffered),
 //   playUntil: seconds of media past the buffered end at the kill (or, without kill, currentTime),
-//   rate: playbackRate, shots?: folder, timeoutMs}
+//   rate: playbackRate, shots?: folder, timeoutMs,
+//   licenceToken?: the /play answer's licence token replaced with this one (a viewer holding an
+//     entitlement for another title, or an expired one): the page must then show that no key came,
+//     and the result has refused: the status text, once it names the refusal}
 // Output (stdout, one JSON line): {ok, error?, plays: [{titleId, startMs, firstFrameMs, frames,
 //   currentTime, waiting, status, error, cdn: [{t, path, status, xcache}], kill?: {...}}], console}
 import { createInterface } from 'node:readline';
@@ -81,6 +84,15 @@ async function play(browser, spec, titleId, first, consoleLog) {
     const sent = Math.round(r.request().timing().startTime);
     out.cdn.push({ t: Date.now(), sent, path: new URL(r.url()).pathname, status: r.status(), xcache: r.headers()['x-cache'] || '' });
   });
+  if (spec.licenceToken) {
+    await page.route(/\/api\/titles\/\d+\/play$/, async (route) => {
+      const response = await route.fetch();
+      const doc = await response.json();
+      doc.licence.token = spec.licenceToken;
+      await route.fulfill({ response, json: doc });
+    });
+    page.on('response', (r) => { if (r.url().includes('/licence')) out.licence = { status: r.status() }; });
+  }
   // Signed in before the clock starts: the sign-in is not the player's startup.
   await page.goto(`${spec.base}/title/${titleId}`);
   await page.waitForSelector('#play:not([hidden])');
@@ -93,6 +105,16 @@ async function play(browser, spec, titleId, first, consoleLog) {
   await page.waitForSelector('#play:not([hidden])');
   const started = Date.now();
   await page.click('#play');
+  if (spec.licenceToken) {
+    out.refused = await page.waitForFunction(() => {
+      const t = document.getElementById('play-status').textContent;
+      return /no key/i.test(t) ? t : null;
+    }, null, { timeout: spec.timeoutMs, polling: 50 }).then((h) => h.jsonValue(), () => null);
+    Object.assign(out, await page.evaluate(videoState));
+    if (spec.shots) await page.screenshot({ path: `${spec.shots}/title-${titleId}-no-entitlement.png`, fullPage: true });
+    await context.close();
+    return out;
+  }
   // The first decoded frame: requestVideoFrameCallback fires when a frame is presented; the
   // decoded count is polled as well in case the compositor is idle in headless mode.
   const firstFrame = await page.waitForFunction(() => {

@@ -18,8 +18,16 @@ checks take it out of answers within interval x fall, the player's next requests
 ``X-Cache`` says so), and playback goes on past everything that was buffered at the kill, with no
 player error and at most one rebuffer (``waiting`` events after the first ``playing``).
 
-Also, on the same daemons, security end to end: a viewer without an entitlement, tampered and
-expired signed URLs (403 at the POP, never reaching the origin), an unauthenticated upload.
+Before that, on the same daemons, security end to end: tampered, cross-title, expired and
+unsigned manifest URLs get 403 at a POP that has nothing cached, and neither it nor the shield
+fetches anything for them (their upstream-fetch counters stay put; the genuine URL moves them);
+an upload without a creator's token is refused (401, or 403 for a viewer's); and in the browser a
+viewer whose /play answer carries an entitlement for another title, or an expired one, gets no key
+(the licence server answers 403 / 401), decodes no frame, and the page says why. Screenshots go to
+``tests/artifacts/cdn/`` (ignored by git).
+
+The world (cluster.toml sections, daemons in start order) is the one ``python -m headwater.bench
+playback`` measures startup on: :mod:`headwater.bench.playback`.
 """
 
 from __future__ import annotations
@@ -154,16 +162,104 @@ def run_page(world, spec: dict, *, timeout_s: float) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_a_viewer_survives_the_loss_of_its_pop(world, tmp_path):
-    require_browser()
-    p = world["ports"]
-    # 24 s of 2 s segments: shaka buffers 10 s ahead, so half the title is fetched after the kill.
-    clip = make_clip(tmp_path / "Long Crossing.mp4", seconds=24, size="320x180", gop=50)
-    tid = publish(world, clip, "The Long Crossing")
+@pytest.fixture(scope="module")
+def title(world, tmp_path_factory) -> int:
+    """One published title for every test here: 24 s of 2 s segments (shaka buffers 10 s ahead,
+    so a good part of it is fetched after a kill a few seconds in)."""
+    clip = make_clip(tmp_path_factory.mktemp("clip") / "Long Crossing.mp4", seconds=24, size="320x180", gop=50)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
+    return publish(world, clip, "The Long Crossing")
 
+
+def _fetches(url: str) -> float:
+    """The edge node's upstream fetches so far (its admin /metrics)."""
+    text = httpx.get(url, timeout=5, trust_env=False).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("hw_edge_upstream_fetches_total{"))
+
+
+def test_signed_urls_are_checked_at_the_pop_and_bad_ones_never_go_further(world, title):
+    p = world["ports"]
+    viewer = cli(world["config"], "token", "--client", "viewer-app", "--scope", "view").strip()
+    with httpx.Client(base_url=world["url"], timeout=30, trust_env=False) as http:
+        play = http.get(f"/api/titles/{title}/play", headers=bearer(viewer)).json()
+    assert play["cdn"]["signed"] and play["dash"].startswith(f"http://{CDN_HOST}:{p['pop']}/titles/{title}/"), play
+    # pop-b (New York) has fetched nothing of this title yet; straight to its address, the CDN's
+    # name in Host, as a resolver would have sent a New York viewer.
+    pop_b = f"http://{POP_B}:{p['pop']}"
+    pop_metrics = f"http://{POP_B}:{p['pop_b_admin']}/metrics"
+    shield_metrics = f"http://127.0.0.1:{p['shield_admin']}/metrics"
+    path_query = play["dash"].split(f":{p['pop']}", 1)[1]
+    path, query = path_query.split("?", 1)
+    params = dict(kv.split("=", 1) for kv in query.split("&"))
+
+    # Tampered: one character of the signature changed; or the policy of another title.
+    sig = params["Signature"]
+    tampered = {**params, "Signature": ("A" if sig[0] != "A" else "B") + sig[1:]}
+    other_title = path.replace(f"/titles/{title}/", f"/titles/{title + 1000}/")
+    # Expired: the same key's grant for this very resource, ended a minute ago.
+    from headwater.edge.client import find_signing_key, signed_grant
+    expired_grant = signed_grant(play["cdn"]["resource"], find_signing_key(world["cfg"]), expires=int(time.time()) - 60)
+    expired = dict(kv.split("=", 1) for kv in expired_grant.query.split("&"))
+    before = (_fetches(pop_metrics), _fetches(shield_metrics))
+    with httpx.Client(base_url=pop_b, headers={"host": f"{CDN_HOST}:{p['pop']}"}, timeout=10, trust_env=False) as cdn:
+        for name, url, q in (("tampered", path, tampered), ("another title", other_title, params),
+                             ("expired", path, expired), ("unsigned", path, {})):
+            r = cdn.get(url, params=q)
+            assert r.status_code == 403, (name, r.status_code, r.headers, r.text[:300])
+            assert r.headers.get("x-cache", "").endswith("from pop-b") or "pop-b" in r.headers.get("via", ""), \
+                (name, r.headers)
+        # None of them went past the POP: neither the POP nor the shield fetched anything.
+        assert (_fetches(pop_metrics), _fetches(shield_metrics)) == before
+        # The genuine URL, for contrast: 200, fetched through the tiers (so the counters do move).
+        r = cdn.get(path, params=params)
+        assert r.status_code == 200 and b"<MPD" in r.content, r.text[:300]
+    after = (_fetches(pop_metrics), _fetches(shield_metrics))
+    assert after[0] > before[0] and after[1] > before[1], (before, after)
+
+
+def test_an_upload_without_a_creators_token_is_refused(world, tmp_path):
+    viewer = cli(world["config"], "token", "--client", "viewer-app", "--scope", "view").strip()
+    tus = {"tus-resumable": "1.0.0", "upload-length": "1000"}
+    with httpx.Client(base_url=world["url"], timeout=10, trust_env=False) as http:
+        assert http.post("/uploads", headers=tus).status_code == 401
+        assert http.post("/uploads", headers={**tus, "authorization": "Bearer not-a-token"}).status_code == 401
+        assert http.post("/uploads", headers={**tus, **bearer(viewer)}).status_code == 403  # no upload scope
+        r = http.post("/api/titles", json={"title": "x", "upload": "nope"})
+        assert r.status_code == 401
+
+
+def test_a_viewer_without_an_entitlement_gets_no_key_and_is_told(world, title):
+    # The viewer's /play answer carries an entitlement for another title (as a viewer holding
+    # one for something else would): the licence server refuses, no frame is decoded, and the page
+    # says why.
+    minter = EntitlementMinter(world["cfg"])
+    wrong, _ = minter.mint(user="vic", titles=[str(title + 1000)], now=time.time(), lifetime_s=300)
+    lapsed, _ = minter.mint(user="vic", titles=[str(title)], now=time.time() - 3600, lifetime_s=60)
+    p = world["ports"]
+    # Another title's entitlement: 403 (authenticated, not entitled); an expired one: 401.
+    for name, token, status in (("another-title", wrong, 403), ("expired", lapsed, 401)):
+        shots = ARTIFACTS / f"no-entitlement-{name}"
+        shots.mkdir(parents=True, exist_ok=True)
+        with SteeredForwarder(name=CDN_HOST + ".", port=p["pop"], dns_port=p["dns"], subnet=LONDON_VIEWER):
+            out = run_page(world, {"titleIds": [title], "licenceToken": token, "shots": str(shots),
+                                   "timeoutMs": 20000}, timeout_s=90)
+        why = json.dumps({k: v for k, v in out.items() if k != "console"})[-3000:] + "\n" + \
+            "\n".join(out["console"][-30:])
+        assert out["ok"], why
+        (play,) = out["plays"]
+        assert play["refused"] and "not entitled" in play["refused"], why
+        assert play["licence"]["status"] == status, why  # the licence server refused: no key
+        assert play["frames"] == 0 and play["currentTime"] < 0.5, why  # nothing was decoded
+        assert (shots / f"title-{title}-no-entitlement.png").stat().st_size > 5000
+
+
+def test_a_viewer_survives_the_loss_of_its_pop(world, title):
+    require_browser()
+    p = world["ports"]
+    tid = title
     # Our DNS sends a London viewer to pop-a.
     assert steered_answer(CDN_HOST + ".", dns_port=p["dns"], dns_host="127.0.0.1", subnet=LONDON_VIEWER) == [POP_A]
     pop_a = world["nodes"]["pop-a"]
