@@ -112,6 +112,7 @@ poll_seconds = 0.2
 preset = "ultrafast"
 audio_bitrate = "64k"
 thumbnail_seconds = 5
+scheme = "{scheme}"
 
 [[transcoder.ladder]]
 name = "180p"
@@ -229,14 +230,15 @@ WORLD_NODES = (("licence", "licence_admin", "127.0.0.1"), ("origin", "origin_adm
 
 
 def world_sections(ports: dict[str, int], *, public_key: Path, private_key: Path, health_interval_s: float = 0.5,
-                   fall: int = 2) -> str:
+                   fall: int = 2, scheme: str = "cbcs") -> str:
     """:data:`WORLD` for ``ports`` (every key of :data:`WORLD_PORTS`) and a CDN signing key pair
-    (PEM files): TOML to append to a cluster.toml that has the object store."""
+    (PEM files): TOML to append to a cluster.toml that has the object store. ``scheme``: the
+    transcoder's encryption ("cbcs", its default, or "cenc")."""
     missing = set(WORLD_PORTS) - set(ports)
     if missing:
         raise ValueError(f"ports missing: {sorted(missing)}")
     return WORLD.format(**ports, pub=public_key, priv=private_key, cdn_host=CDN_HOST, pop_a=POP_A, pop_b=POP_B,
-                        viewer=LONDON_VIEWER, interval=health_interval_s, fall=fall)
+                        viewer=LONDON_VIEWER, interval=health_interval_s, fall=fall, scheme=scheme)
 
 
 def world_ports() -> dict[str, int]:
@@ -334,11 +336,12 @@ def _ms(x: float | None) -> str:
     return "no frame" if x is None else f"{x / 1000:.2f} s"
 
 
-def render(plays: list[Play], *, load_start: str, load_end: str, clip_s: int, cpus: int | None = None) -> str:
+def render(plays: list[Play], *, load_start: str, load_end: str, clip_s: int, cpus: int | None = None,
+           scheme: str = "cbcs") -> str:
     """The report: every play, then the medians beside the goals."""
     s = summarise(plays)
     lines = [f"playback startup: player.load() -> first decoded frame, headless Chromium, shaka-player, "
-             f"{clip_s} s titles (2 s segments, 2 rungs, ClearKey cenc)",
+             f"{clip_s} s titles (2 s segments, 2 rungs, ClearKey {scheme})",
              "path: GeoDNS (ECS) -> pop-a -> regional-1 -> shield-1 -> origin -> object store; signed URLs",
              f"load average {load_start} at the start, {load_end} at the end; {cpus or '?'} CPUs", "",
              f"{'title':>6}  {'viewer':<6}  {'load->frame':>12}  {'click->frame':>13}  POP misses/requests"]
@@ -379,7 +382,7 @@ class World:
 
 
 @contextlib.contextmanager
-def world(config: Path, work: Path, *, port_offset: int) -> Iterator[World]:
+def world(config: Path, work: Path, *, port_offset: int, scheme: str = "cbcs") -> Iterator[World]:
     """The store (``headwater up``), then every daemon of :data:`WORLD` as ``headwater node``."""
     store_src = work / "store-src.toml"
     store_src.write_text(set_key(split_tables(config.read_text(), STORE_TABLES), "cluster", "log_level", '"warning"'))
@@ -388,7 +391,7 @@ def world(config: Path, work: Path, *, port_offset: int) -> Iterator[World]:
         ports = world_ports()
         pub, priv = signing_key(work / "cdn-keys")
         full.write_text((work / "store" / "cluster.toml").read_text()
-                        + world_sections(ports, public_key=pub, private_key=priv))
+                        + world_sections(ports, public_key=pub, private_key=priv, scheme=scheme))
         from headwater import localca
         from headwater.config import load
         from headwater.drm.client import EntitlementMinter
@@ -500,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m headwater.bench playback", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="titles, each played cold then warm (3)")
     p.add_argument("--clip-seconds", type=int, default=8, help="each title's length (8)")
+    p.add_argument("--scheme", choices=("cbcs", "cenc"), default="cbcs", help="the titles' encryption (cbcs)")
     p.add_argument("--json", metavar="FILE", help="save every play here")
     p.add_argument("-c", "--config", type=Path, default=_DEFAULT_CONFIG, help="the cluster.toml to take the store from")
     p.add_argument("--port-offset", type=int, default=13000, help="moves the store's ports (S3 on 9000+offset)")
@@ -514,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.work_dir or Path(tempfile.mkdtemp(prefix="hw-playback-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     try:
-        with world(args.config, base, port_offset=args.port_offset) as w:
+        with world(args.config, base, port_offset=args.port_offset, scheme=args.scheme) as w:
             answer = steered_answer(CDN_HOST + ".", dns_port=w.ports["dns"], subnet=LONDON_VIEWER)
             _log(f"world up: origin {w.url}, the GeoDNS answers {answer} for a London viewer")
             token = _token(w.config, "creator-app", "upload titles:write")
@@ -534,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     load_end = _loadavg()
     import os
 
-    print(render(plays, load_start=load_start, load_end=load_end, clip_s=args.clip_seconds, cpus=os.cpu_count()))
+    print(render(plays, load_start=load_start, load_end=load_end, clip_s=args.clip_seconds, cpus=os.cpu_count(),
+                 scheme=args.scheme))
     if args.json:
         Path(args.json).write_text(json.dumps({"load_start": load_start, "load_end": load_end,
                                                "plays": [asdict(x) for x in plays], "summary": asdict(summarise(plays))},

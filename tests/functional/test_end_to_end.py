@@ -41,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+import dns.exception
 import httpx
 import pytest
 from tusclient import client as tus_client
@@ -269,7 +270,10 @@ def test_a_viewer_survives_the_loss_of_its_pop(world, title):
 
     def watch() -> None:
         while not stop.wait(0.05):
-            a = steered_answer(CDN_HOST + ".", dns_port=p["dns"], dns_host="127.0.0.1", subnet=LONDON_VIEWER)
+            try:
+                a = steered_answer(CDN_HOST + ".", dns_port=p["dns"], subnet=LONDON_VIEWER)
+            except (OSError, dns.exception.DNSException):  # a lost datagram on a loaded machine
+                continue
             if not answers or answers[-1][1] != a:
                 answers.append((time.time(), a))
 

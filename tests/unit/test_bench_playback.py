@@ -20,7 +20,7 @@ def test_the_world_sections_load_as_one_cluster(tmp_path):
     ports = {name: 20000 + i for i, name in enumerate(WORLD_PORTS)}
     pub, priv = signing_key(tmp_path / "keys")
     text = split_tables(REPO_CONFIG.read_text(), STORE_TABLES) + world_sections(
-        ports, public_key=pub, private_key=priv, health_interval_s=0.5, fall=2)
+        ports, public_key=pub, private_key=priv, health_interval_s=0.5, fall=2, scheme="cenc")
     (tmp_path / "cluster.toml").write_text(text)
     cfg = load(tmp_path / "cluster.toml")
     pops = {i: cfg.daemon(i) for i in ("pop-a", "pop-b")}
@@ -28,6 +28,7 @@ def test_the_world_sections_load_as_one_cluster(tmp_path):
     assert pops["pop-a"].port == pops["pop-b"].port == ports["pop"]  # one port: the CDN name's
     assert [p.name for p in cfg.dns.steering.pops] == ["pop-a", "pop-b"]
     assert cfg.dns.health.interval_s == 0.5
+    assert cfg.transcoder.scheme == "cenc"
     assert cfg.origin.delivery.cdn_base_url == f"http://video.cdn.headwater.test:{ports['pop']}"
     assert {n for n, _, _ in WORLD_NODES} <= {d.id for d in cfg.daemons()}
     with pytest.raises(ValueError, match="dns"):
