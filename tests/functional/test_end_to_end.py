@@ -53,7 +53,9 @@ from headwater.bench.steered_forwarder import SteeredForwarder, steered_answer
 from headwater.config import load
 from headwater.drm.client import EntitlementMinter
 from headwater.origin.auth.issuer import user_password
-from tests.functional.browser_harness import BROWSER_DIR, CHROMIUM, require_browser
+from headwater.bench.origin import set_key
+from tests.functional.browser_harness import (BROWSER_DIR, CHROMIUM, Browser, PlaybackCase, StaticSite, explain,
+                                              require_browser)
 from tests.functional.drm_media import make_clip
 from tests.functional.licence_harness import cli
 from tests.functional.origin_harness import HEADWATER
@@ -334,3 +336,45 @@ def test_a_viewer_survives_the_loss_of_its_pop(world, title):
           f"first response from pop-b after {failover_s:.2f} s; {len(rebuffers)} rebuffer(s); "
           f"played to {play['currentTime']:.2f} s, {play['frames']} frames; "
           f"{len(connections)} connections ({sum(c.address == POP_B for c in connections)} to pop-b)")
+
+
+def test_cbcs_and_cenc_titles_play_with_shaka_dashjs_and_hlsjs_through_the_cdn(world, title, tmp_path):
+    # Runs after the failover test: pop-a is dead, the GeoDNS sends the London viewer to pop-b.
+    p = world["ports"]
+    # A cenc title: the transcoder restarted on a copy of cluster.toml with scheme = "cenc" (the
+    # scheme is the transcoder's, not the title's; `title` was made with the default, cbcs).
+    world["nodes"]["transcoder"].stop()
+    cenc_config = world["config"].with_name("cluster-cenc.toml")
+    cenc_config.write_text(set_key(world["config"].read_text(), "transcoder", "scheme", '"cenc"'))
+    transcoder = Node(cenc_config, "transcoder", f"http://127.0.0.1:{p['transcoder_admin']}/healthz",
+                      world["logs"] / "transcoder-cenc.out")
+    try:
+        transcoder.wait()
+        cenc_title = publish(world, make_clip(tmp_path / "Short Crossing.mp4", seconds=8, gop=50), "The Short Crossing")
+    finally:
+        transcoder.stop()
+
+    viewer = cli(world["config"], "token", "--client", "viewer-app", "--scope", "view").strip()
+    cases, plays = [], {}
+    with httpx.Client(base_url=world["url"], timeout=30, trust_env=False) as http, \
+            httpx.Client(timeout=10, trust_env=False) as cdn:
+        for tid, scheme in ((title, "cbcs"), (cenc_title, "cenc")):
+            play = http.get(f"/api/titles/{tid}/play", headers=bearer(viewer)).json()
+            plays[scheme] = play
+            # The MPD says which scheme (fetched from pop-b, the CDN's name in Host).
+            mpd = cdn.get(play["dash"].replace(f"{CDN_HOST}:", f"{POP_B}:"), headers={"host": f"{CDN_HOST}:{p['pop']}"})
+            assert mpd.status_code == 200, mpd.text[:300]
+            assert f'value="{scheme}"' in mpd.text, mpd.text[:2000]
+    with StaticSite(tmp_path) as site, \
+            SteeredForwarder(name=CDN_HOST + ".", port=p["pop"], dns_port=p["dns"], subnet=LONDON_VIEWER) as fwd, \
+            Browser(concurrency=2, trust_spki=[world["licence_spki"]], host_map={CDN_HOST: "127.0.0.1"}) as browser:
+        for scheme, play in plays.items():
+            for player, manifest in (("shaka", play["dash"]), ("dashjs", play["dash"]), ("hlsjs", play["hls"])):
+                cases.append(PlaybackCase(name=f"{scheme}-{player}", timeout_ms=20000, url=site.page_url(
+                    player=player, manifest=manifest, licence=play["licence"]["url"],
+                    auth=f"Bearer {play['licence']['token']}", cdn_query=play["cdn"]["query"], frames=25)))
+        results = browser.run(cases)
+    for r in results:
+        assert r.ok and r.frames > 25 and r.current_time > 0.5, explain(r)
+    # Every player reached the CDN by its name, through our DNS, at the POP still standing.
+    assert fwd.connections and {c.address for c in fwd.connections} == {POP_B}, fwd.connections
