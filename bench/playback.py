@@ -8,7 +8,7 @@ One run:
    :func:`peers.headwater_cluster` (``headwater up`` on a copy with its ports moved by
    ``--port-offset``), then :func:`world_sections` appended (licence server, origin on plain HTTP
    with the built-in issuer, one transcoder, two POPs on 127.0.0.2 and 127.0.0.3 sharing a port,
-   a regional cache, the shield, the GeoDNS with health checks of both POPs, a CDN signing key:
+   two regional caches, the shield, the GeoDNS with health checks of both POPs, a CDN signing key:
    the play API's URLs are signed and on ``video.cdn.headwater.test``), each ``headwater node``
    its own process.
 2. **Titles** — ``--rounds`` clips (``--clip-seconds`` of ``testsrc2`` + sine, 320x180, the small
@@ -168,6 +168,13 @@ admin_port = {regional_admin}
 disk_size = "64MiB"
 
 [[edge]]
+id = "regional-2"
+tier = "regional"
+port = {regional2}
+admin_port = {regional2_admin}
+disk_size = "64MiB"
+
+[[edge]]
 id = "shield-1"
 tier = "shield"
 port = {shield}
@@ -219,13 +226,15 @@ lon = -0.1
 #: The ports :func:`world_sections` needs (``pop`` must be free on both POP addresses too,
 #: ``dns`` for UDP as well as TCP).
 WORLD_PORTS = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_a_admin",
-               "pop_b_admin", "regional", "regional_admin", "shield", "shield_admin", "dns", "dns_admin")
+               "pop_b_admin", "regional", "regional_admin", "regional2", "regional2_admin", "shield", "shield_admin",
+               "dns", "dns_admin")
 
 #: The daemons of :data:`WORLD` in start order (each tier after the one it fetches from), with
 #: the port key and host of their /healthz.
 WORLD_NODES = (("licence", "licence_admin", "127.0.0.1"), ("origin", "origin_admin", "127.0.0.1"),
                ("transcoder", "transcoder_admin", "127.0.0.1"), ("shield-1", "shield_admin", "127.0.0.1"),
-               ("regional-1", "regional_admin", "127.0.0.1"), ("pop-a", "pop_a_admin", POP_A),
+               ("regional-1", "regional_admin", "127.0.0.1"), ("regional-2", "regional2_admin", "127.0.0.1"),
+               ("pop-a", "pop_a_admin", POP_A),
                ("pop-b", "pop_b_admin", POP_B), ("dns-1", "dns_admin", "127.0.0.1"))
 
 
@@ -342,7 +351,8 @@ def render(plays: list[Play], *, load_start: str, load_end: str, clip_s: int, cp
     s = summarise(plays)
     lines = [f"playback startup: player.load() -> first decoded frame, headless Chromium, shaka-player, "
              f"{clip_s} s titles (2 s segments, 2 rungs, ClearKey {scheme})",
-             "path: GeoDNS (ECS) -> pop-a -> regional-1 -> shield-1 -> origin -> object store; signed URLs",
+             "path: GeoDNS (ECS) -> pop-a -> regional-1|2 (rendezvous by key) -> shield-1 -> origin -> object store; "
+             "signed URLs",
              f"load average {load_start} at the start, {load_end} at the end; {cpus or '?'} CPUs", "",
              f"{'title':>6}  {'viewer':<6}  {'load->frame':>12}  {'click->frame':>13}  POP misses/requests"]
     for p in plays:

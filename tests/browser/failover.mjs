@@ -82,7 +82,7 @@ async function play(browser, spec, titleId, first, consoleLog) {
     // sent: when the request started (a response to a request sent before the kill may still
     // arrive from the killed POP's last moments).
     const sent = Math.round(r.request().timing().startTime);
-    out.cdn.push({ t: Date.now(), sent, path: new URL(r.url()).pathname, status: r.status(), xcache: r.headers()['x-cache'] || '' });
+    out.cdn.push({ t: Date.now(), sent, path: new URL(r.url()).pathname, status: r.status(), xcache: r.headers()['x-cache'] || '', via: r.headers().via || '' });
   });
   if (spec.licenceToken) {
     await page.route(/\/api\/titles\/\d+\/play$/, async (route) => {

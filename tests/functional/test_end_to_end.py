@@ -338,6 +338,38 @@ def test_a_viewer_survives_the_loss_of_its_pop(world, title):
           f"{len(connections)} connections ({sum(c.address == POP_B for c in connections)} to pop-b)")
 
 
+def test_a_viewer_survives_the_loss_of_a_regional_cache(world, tmp_path):
+    # A title no one has watched: every segment the POP needs comes through a regional cache
+    # (rendezvous hashing spreads the keys over regional-1 and regional-2). regional-1 is killed
+    # mid-play: the POP tries each key's next preference, and the viewer sees nothing of it.
+    p = world["ports"]
+    tid = publish(world, make_clip(tmp_path / "Quiet Harbour.mp4", seconds=24, gop=50), "Quiet Harbour")
+    regional = world["nodes"]["regional-1"]
+    with SteeredForwarder(name=CDN_HOST + ".", port=p["pop"], dns_port=p["dns"], subnet=LONDON_VIEWER):
+        out = run_page(world, {"titleIds": [tid], "kill": {"pid": regional.proc.pid, "atTime": 1.0, "ahead": 4.0},
+                               "playUntil": 2.0, "rate": 2, "timeoutMs": 45000}, timeout_s=120)
+    regional.proc.wait(5)
+    plays = [{k: v for k, v in x.items() if k != "cdn"} for x in out["plays"]]
+    why = json.dumps(plays) + "\n" + "\n".join(json.dumps(r) for x in out["plays"] for r in x["cdn"]) + "\n" + \
+        "\n".join(out["console"][-30:])
+    assert out["ok"], why
+    (play,) = out["plays"]
+    kill = play["kill"]
+    misses = [r for r in play["cdn"] if r["xcache"].startswith("Miss")]
+    # Before the kill both regionals carried this title's misses; after it, regional-2 alone.
+    assert any("regional-1" in r["via"] for r in misses if r["t"] < kill["at"]), why
+    after = [r for r in misses if r["sent"] > kill["at"]]
+    assert after and all("regional-2" in r["via"] and "regional-1" not in r["via"] for r in after), why
+    assert all(r["status"] == 200 for r in play["cdn"]), why
+    playing = [e for e in play["events"] if e["name"] == "playing"]
+    rebuffers = [e for e in play["events"] if e["name"] == "waiting" and playing and e["t"] > playing[0]["t"]]
+    assert play["reached"] and not play["error"] and play["currentTime"] >= kill["bufferedEnd"] + 1.5, why
+    assert len(rebuffers) <= 1, why
+    print(f"regional-1 killed at media {kill['currentTime']:.2f} s (buffered to {kill['bufferedEnd']:.2f} s); "
+          f"{len(after)} misses after it, all through regional-2; {len(rebuffers)} rebuffer(s); "
+          f"played to {play['currentTime']:.2f} s")
+
+
 def test_cbcs_and_cenc_titles_play_with_shaka_dashjs_and_hlsjs_through_the_cdn(world, title, tmp_path):
     # Runs after the failover test: pop-a is dead, the GeoDNS sends the London viewer to pop-b.
     p = world["ports"]
