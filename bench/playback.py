@@ -287,8 +287,9 @@ def signing_key(folder: Path) -> tuple[Path, Path]:
 class Play:
     """One viewer's play: the title, whether it was the title's first (``cold``), ms from
     ``player.load()`` to the first decoded frame (None: no frame) and from the Play click, and
-    of the CDN's answers to it, how many the POP had to fetch (``X-Cache: Miss``): every one on
-    a cold play, none on a warm one, or the figure is not what it says."""
+    of the CDN's answers that came before that frame, how many the POP had to fetch
+    (``X-Cache: Miss``): every one on a cold play, none on a warm one, or the figure is not
+    what it says."""
 
     title: int
     cold: bool
@@ -316,7 +317,8 @@ def plays_from(doc: dict[str, Any]) -> list[Play]:
     out = []
     for p in doc.get("plays", ()):
         tid = int(p["titleId"])
-        cdn = p.get("cdn", ())
+        until = p.get("firstFrameAt")
+        cdn = [r for r in p.get("cdn", ()) if until is None or r.get("t", 0) <= until]
         out.append(Play(title=tid, cold=tid not in seen, start_ms=p.get("startMs"), click_ms=p.get("clickToFrameMs"),
                         cdn_misses=sum(str(r.get("xcache", "")).startswith("Miss") for r in cdn),
                         cdn_requests=len(cdn)))

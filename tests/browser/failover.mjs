@@ -122,6 +122,7 @@ async function play(browser, spec, titleId, first, consoleLog) {
     return v.webkitDecodedFrameCount > 0 ? Date.now() : null;
   }, null, { timeout: spec.timeoutMs, polling: 10 }).then((h) => h.jsonValue(), () => null);
   const loadAt = await page.evaluate(() => window.__hw.loadAt);
+  out.firstFrameAt = firstFrame;
   out.clickToFrameMs = firstFrame ? firstFrame - started : null;
   out.startMs = firstFrame && loadAt ? firstFrame - loadAt : null;  // player.load() -> first frame
   if (spec.rate && spec.rate !== 1) await page.evaluate((r) => { document.getElementById('video').playbackRate = r; }, spec.rate);

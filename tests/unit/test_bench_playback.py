@@ -36,8 +36,10 @@ def test_the_world_sections_load_as_one_cluster(tmp_path):
 
 
 def test_a_titles_first_viewer_is_cold_and_the_rest_warm():
-    doc = {"plays": [{"titleId": 3, "startMs": 900, "clickToFrameMs": 1000,
-                      "cdn": [{"xcache": "Miss from pop-a"}, {"xcache": "Miss from pop-a"}, {"xcache": "Hit from pop-a"}]},
+    # Only answers up to the first frame count: the later ones are not part of the startup.
+    doc = {"plays": [{"titleId": 3, "startMs": 900, "clickToFrameMs": 1000, "firstFrameAt": 50,
+                      "cdn": [{"t": 10, "xcache": "Miss from pop-a"}, {"t": 20, "xcache": "Miss from pop-a"},
+                              {"t": 30, "xcache": "Hit from pop-a"}, {"t": 60, "xcache": "Miss from pop-a"}]},
                      {"titleId": 3, "startMs": 300, "clickToFrameMs": 350},
                      {"titleId": 4, "startMs": None, "clickToFrameMs": None},
                      {"titleId": 4, "startMs": 250, "clickToFrameMs": 300}]}
