@@ -51,7 +51,7 @@ from .peers import PeerError, ProcessGroup, free_ports, headwater_cluster, wait_
 from .steered_forwarder import SteeredForwarder, steered_answer
 
 __all__ = ["main", "world_sections", "Play", "Summary", "summarise", "render", "WARM_GOAL_MS", "COLD_GOAL_MS",
-           "CDN_HOST", "POP_A", "POP_B", "LONDON_VIEWER"]
+           "CDN_HOST", "POP_A", "POP_B", "LONDON_VIEWER", "leaf_spki", "signing_key", "world_ports"]
 
 WARM_GOAL_MS = 2000
 COLD_GOAL_MS = 4000
@@ -417,12 +417,12 @@ def world(config: Path, work: Path, *, port_offset: int, scheme: str = "cbcs") -
                 procs.start(node, [_headwater(), "node", node, "-c", str(full)], cwd=work)
                 wait_http(f"http://{host}:{ports[admin]}/healthz", timeout_s=120, procs=procs, ok=lambda s: s == 200)
             yield World(config=full, ports=ports, url=f"http://127.0.0.1:{ports['origin']}",
-                        licence_spki=_leaf_spki(ports["licence"], localca.ca_folder(cfg) / localca.CA_CERT_FILE))
+                        licence_spki=leaf_spki(ports["licence"], localca.ca_folder(cfg) / localca.CA_CERT_FILE))
         finally:
             procs.stop()
 
 
-def _leaf_spki(port: int, ca: Path) -> str:
+def leaf_spki(port: int, ca: Path) -> str:
     """base64 SHA-256 of the licence server's certificate's SPKI (what Chromium is told to trust)."""
     import hashlib
     import ssl
@@ -467,7 +467,8 @@ def publish(w: World, clip: Path, title: str, token: str, *, timeout_s: float = 
     data = clip.read_bytes()
     with httpx.Client(base_url=w.url, timeout=60, trust_env=False) as http:
         name = base64.b64encode(clip.name.encode()).decode()
-        r = http.post("/uploads", headers={**auth, "upload-length": str(len(data)), "upload-metadata": f"filename {name}"})
+        r = http.post("/uploads", headers={**auth, "upload-length": str(len(data)),
+                                           "upload-metadata": f"filename {name}"})
         if r.status_code != 201:
             raise PeerError(f"POST /uploads: {r.status_code} {r.text[:300]}")
         location = r.headers["location"]
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(plays, load_start=load_start, load_end=load_end, clip_s=args.clip_seconds, cpus=os.cpu_count(),
                  scheme=args.scheme))
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_start": load_start, "load_end": load_end,
-                                               "plays": [asdict(x) for x in plays], "summary": asdict(summarise(plays))},
-                                              indent=2) + "\n")
+        doc = {"load_start": load_start, "load_end": load_end, "plays": [asdict(x) for x in plays],
+               "summary": asdict(summarise(plays))}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -34,7 +34,8 @@ import dns.rdatatype
 __all__ = ["Resolved", "SteeredForwarder", "steered_answer"]
 
 
-def steered_answer(name: str, *, dns_port: int, subnet: str, dns_host: str = "127.0.0.1", timeout_s: float = 1.0) -> list[str]:
+def steered_answer(name: str, *, dns_port: int, subnet: str, dns_host: str = "127.0.0.1",
+                   timeout_s: float = 1.0) -> list[str]:
     """The A records the GeoDNS answers for ``name`` to a client in ``subnet`` (ECS), in order."""
     q = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption.from_text(subnet)])
     msg = dns.query.udp(q, dns_host, port=dns_port, timeout=timeout_s)
@@ -107,7 +108,8 @@ class SteeredForwarder:
                 answer = []
             for address in answer:
                 try:
-                    return socket.create_connection((address, self.port), timeout=1.0), Resolved(at, time.time(), address, queries)
+                    upstream = socket.create_connection((address, self.port), timeout=1.0)
+                    return upstream, Resolved(at, time.time(), address, queries)
                 except OSError:
                     continue
             if time.monotonic() >= deadline:

@@ -47,19 +47,18 @@ import pytest
 from tusclient import client as tus_client
 
 from headwater import localca
-from headwater.bench.playback import (CDN_HOST, LONDON_VIEWER, POP_A, POP_B, WORLD_NODES, signing_key,
-                                      world_ports, world_sections)
+from headwater.bench.origin import set_key
+from headwater.bench.playback import (CDN_HOST, LONDON_VIEWER, POP_A, POP_B, WORLD_NODES, leaf_spki,
+                                      signing_key, world_ports, world_sections)
 from headwater.bench.steered_forwarder import SteeredForwarder, steered_answer
 from headwater.config import load
 from headwater.drm.client import EntitlementMinter
 from headwater.origin.auth.issuer import user_password
-from headwater.bench.origin import set_key
 from tests.functional.browser_harness import (BROWSER_DIR, CHROMIUM, Browser, PlaybackCase, StaticSite, explain,
                                               require_browser)
 from tests.functional.drm_media import make_clip
 from tests.functional.licence_harness import cli
 from tests.functional.origin_harness import HEADWATER
-from tests.functional.test_web_page import _leaf_spki
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "cdn"
@@ -110,14 +109,16 @@ def world(cluster):
     config = cluster.config_path
     started: list[Node] = []
     try:
-        # Each tier after the one it fetches from; one at a time, so a failure names its daemon.
+        # All started at once (a tier reaches the next only when a request comes), then waited
+        # for in order, so a failure names its daemon.
         for node_id, admin, host in WORLD_NODES:
             started.append(Node(config, node_id, f"http://{host}:{p[admin]}/healthz", logs / f"{node_id}.out"))
         for n in started:
             n.wait()
         ca = str(cluster.data_dir / "ca" / "ca.pem")
         yield {"cfg": cfg, "config": config, "ports": p, "logs": logs, "nodes": {n.node_id: n for n in started},
-               "url": f"http://127.0.0.1:{p['origin']}", "ca": ca, "licence_spki": _leaf_spki(p["licence"], ca),
+               "url": f"http://127.0.0.1:{p['origin']}", "ca": ca,
+               "licence_spki": leaf_spki(p["licence"], Path(ca)),
                "viewer_password": user_password(cfg, cfg.origin, "vic")}
     finally:
         for n in reversed(started):
@@ -282,7 +283,9 @@ def test_a_viewer_survives_the_loss_of_its_pop(world, title):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     with SteeredForwarder(name=CDN_HOST + ".", port=p["pop"], dns_port=p["dns"], subnet=LONDON_VIEWER) as fwd:
-        spec = {"titleIds": [tid], "kill": {"pid": pop_a.proc.pid, "atTime": 1.0, "ahead": 4.0}, "playUntil": 2.0, "rate": 2,
+        # Killed 1 s in with 4 s buffered; played at twice the speed to keep the test short.
+        spec = {"titleIds": [tid], "kill": {"pid": pop_a.proc.pid, "atTime": 1.0, "ahead": 4.0}, "playUntil": 2.0,
+                "rate": 2,
                 "shots": str(ARTIFACTS), "timeoutMs": 45000}
         started = time.monotonic()
         out = run_page(world, spec, timeout_s=120)
@@ -332,7 +335,8 @@ def test_a_viewer_survives_the_loss_of_its_pop(world, title):
     assert len(rebuffers) <= 1, why
     assert (ARTIFACTS / f"title-{tid}-after-failover.png").stat().st_size > 5000
     print(f"startup {play['startMs']} ms; killed pop-a at media {kill['currentTime']:.2f} s "
-          f"(buffered to {kill['bufferedEnd']:.2f} s); GeoDNS answered pop-b after {dns_out_s:.2f} s, first connection to pop-b after {dns_moved_s:.2f} s, "
+          f"(buffered to {kill['bufferedEnd']:.2f} s); GeoDNS answered pop-b after {dns_out_s:.2f} s, "
+          f"first connection to pop-b after {dns_moved_s:.2f} s, "
           f"first response from pop-b after {failover_s:.2f} s; {len(rebuffers)} rebuffer(s); "
           f"played to {play['currentTime']:.2f} s, {play['frames']} frames; "
           f"{len(connections)} connections ({sum(c.address == POP_B for c in connections)} to pop-b)")
