@@ -111,6 +111,7 @@ async function play(browser, spec, titleId, first, consoleLog) {
       return /no key/i.test(t) ? t : null;
     }, null, { timeout: spec.timeoutMs, polling: 50 }).then((h) => h.jsonValue(), () => null);
     Object.assign(out, await page.evaluate(videoState));
+    out.playEnabled = await page.evaluate(() => !document.getElementById('play').disabled);
     if (spec.shots) await page.screenshot({ path: `${spec.shots}/title-${titleId}-no-entitlement.png`, fullPage: true });
     await context.close();
     return out;

@@ -257,6 +257,7 @@ def test_a_viewer_without_an_entitlement_gets_no_key_and_is_told(world, title):
         assert play["refused"] and "not entitled" in play["refused"], why
         assert play["licence"]["status"] == status, why  # the licence server refused: no key
         assert play["frames"] == 0 and play["currentTime"] < 0.5, why  # nothing was decoded
+        assert play["playEnabled"], why  # Play may be pressed again
         assert (shots / f"title-{title}-no-entitlement.png").stat().st_size > 5000
 
 
