@@ -32,6 +32,7 @@ def anyio_backend(request):
 #: The longest files first (from ``--durations``), so that with ``make test``'s two xdist workers
 #: (one file to a worker at a time) no long file starts last while the other worker sits idle.
 LONGEST_FIRST = (
+    "tests/functional/test_end_to_end.py",
     "tests/probe/test_metadata_faults.py", "tests/functional/test_s3_cli.py", "tests/probe/test_repair_faults.py",
     "tests/functional/test_metadata.py", "tests/functional/test_cli.py", "tests/probe/test_storage_faults.py",
     "tests/functional/test_s3_tls.py", "tests/functional/test_web_page.py", "tests/probe/test_consistency.py",

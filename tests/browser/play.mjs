@@ -5,6 +5,7 @@
 //
 // Input (stdin, JSON lines): {"chromium": path?, "concurrency": int? (cases played at once, each
 //                      in its own context; 1..8), "trustSpki": [base64 sha256 of a certificate's SPKI, ...]?,
+//                      "hostMap": {host name: IPv4 address}?,
 //                      "cases": [{"name": str, "url": str, "timeoutMs": int}]?}
 // and, when that first line has no "cases", a second line {"cases": [...]}: Chromium is launched
 // on the first line, so a caller can start it and prepare the cases meanwhile.
@@ -79,6 +80,14 @@ async function main() {
     process.exit(2);
   }
   if (spki.length) args.push(`--ignore-certificate-errors-spki-list=${spki.join(',')}`);
+  // hostMap: {name: address}: names Chromium resolves to a fixed address (a CDN's name to the
+  // test's steered forwarder), --host-resolver-rules.
+  const hostMap = input.hostMap && typeof input.hostMap === 'object' ? Object.entries(input.hostMap) : [];
+  if (!hostMap.every(([h, a]) => /^[a-z0-9.-]+$/i.test(h) && /^[0-9.]+$/.test(a))) {
+    console.error('play.mjs: bad input: hostMap maps host names to IPv4 addresses');
+    process.exit(2);
+  }
+  if (hostMap.length) args.push(`--host-resolver-rules=${hostMap.map(([h, a]) => `MAP ${h} ${a}`).join(',')}`);
   let browser;
   try {
     // launch() gives every run a fresh temporary profile (its own user-data-dir), removed on

@@ -1,7 +1,8 @@
 // Plays one manifest with one player and a ClearKey licence server, then reports.
 //
 // Query string: player=shaka|dashjs|hlsjs, manifest=URL, licence=URL (empty: DASH players take it
-// from the MPD's dashif:Laurl), auth=Authorization value (optional), frames=N (decoded frames that count as "played"), timeout=ms.
+// from the MPD's dashif:Laurl), auth=Authorization value (optional), cdnquery=a signed CDN's
+// query string, appended to every manifest and segment request (optional), frames=N (decoded frames that count as "played"), timeout=ms.
 // The result lands in window.__playback as
 //   {player, ok, frames, totalVideoFrames, decodedFrames, currentTime, errors, events, elapsedMs}
 // ok is true once currentTime has advanced past 0.5 s and more than N frames were decoded; a
@@ -15,6 +16,14 @@
   const manifest = params.get('manifest');
   const licence = params.get('licence');
   const auth = params.get('auth');
+  const cdnQuery = params.get('cdnquery');
+  // A signed CDN's grant on every request that is not the licence server's (segment URLs in a
+  // manifest are relative and carry no signature).
+  const licenceOrigin = licence ? new URL(licence).origin : null;
+  const signed = (url) => {
+    if (!cdnQuery || url.includes('Signature=') || new URL(url, location.href).origin === licenceOrigin) return url;
+    return `${url}${url.includes('?') ? '&' : '?'}${cdnQuery}`;
+  };
   const wantFrames = Number(params.get('frames') || '25');
   const timeoutMs = Number(params.get('timeout') || '15000');
   const video = document.getElementById('video');
@@ -115,11 +124,14 @@
     await p.attach(video);
     // Without a licence URL here, the manifest's dashif:Laurl names the server.
     if (licence) p.configure({drm: {servers: {'org.w3.clearkey': licence}}});
-    if (auth) {
-      p.getNetworkingEngine().registerRequestFilter((type, request) => {
-        if (type === shaka.net.NetworkingEngine.RequestType.LICENSE) request.headers['Authorization'] = auth;
-      });
-    }
+    const types = shaka.net.NetworkingEngine.RequestType;
+    p.getNetworkingEngine().registerRequestFilter((type, request) => {
+      if (type === types.LICENSE) {
+        if (auth) request.headers['Authorization'] = auth;
+      } else {
+        request.uris = request.uris.map(signed);
+      }
+    });
     p.addEventListener('error', (e) => fail({shaka: e.detail && e.detail.code, detail: e.detail}));
     await p.load(manifest);
     play();
@@ -137,6 +149,7 @@
     const clearkey = {};
     if (licence) clearkey.serverURL = licence;  // else the manifest's dashif:Laurl
     if (auth) clearkey.httpRequestHeaders = {Authorization: auth};
+    if (cdnQuery) p.addRequestInterceptor((request) => { request.url = signed(request.url); return Promise.resolve(request); });
     p.initialize(video, null, true);
     p.setProtectionData({'org.w3.clearkey': clearkey});
     p.attachSource(manifest);
@@ -153,14 +166,16 @@
         xhr.setRequestHeader('Authorization', auth);
       };
     }
-    if (auth && licence) {
+    if ((auth && licence) || cdnQuery) {
       // Classic AES-128 playlists name the key at the licence server (GET /keys/<KID>): the
       // key request carries the token too, and no other request of the page does.
-      const licenceOrigin = new URL(licence).origin;
       config.xhrSetup = (xhr, url) => {
-        if (new URL(url, location.href).origin !== licenceOrigin) return;
+        if (new URL(url, location.href).origin !== licenceOrigin) {
+          if (cdnQuery) xhr.open('GET', signed(url), true);
+          return;
+        }
         xhr.open('GET', url, true);
-        xhr.setRequestHeader('Authorization', auth);
+        if (auth) xhr.setRequestHeader('Authorization', auth);
       };
     }
     const hls = new Hls(config);

@@ -126,11 +126,15 @@ class StaticSite:
         return f"{self.origin}/media/{path}"
 
     def page_url(self, *, player: Player, manifest: str, licence: str, auth: str | None = None,
-                 frames: int = 25, timeout_ms: int = 15000) -> str:
+                 frames: int = 25, timeout_ms: int = 15000, cdn_query: str | None = None) -> str:
+        """The probe page's URL; ``cdn_query``: a signed CDN's grant, appended to every manifest
+        and segment request (``cdn.query`` of the origin's /play)."""
         query = {"player": player, "manifest": manifest, "licence": licence,
                  "frames": str(frames), "timeout": str(timeout_ms)}
         if auth is not None:
             query["auth"] = auth
+        if cdn_query:
+            query["cdnquery"] = cdn_query
         return f"{self.origin}/player/player.html?{urllib.parse.urlencode(query)}"
 
     def __enter__(self) -> StaticSite:
@@ -189,12 +193,15 @@ class Browser:
     ``concurrency`` cases run at a time, each in a fresh browser context. ``trust_spki``: base64
     SHA-256 digests of the SPKIs of certificates Chromium accepts without a trusted root
     (Chromium's ``--ignore-certificate-errors-spki-list``; e.g. the leaf a cluster's local CA
-    issued); no other certificate error is ignored.
+    issued); no other certificate error is ignored. ``host_map``: host names Chromium resolves
+    to a fixed IPv4 address (``--host-resolver-rules``).
     """
 
-    def __init__(self, *, concurrency: int = 3, trust_spki: Sequence[str] = ()) -> None:
+    def __init__(self, *, concurrency: int = 3, trust_spki: Sequence[str] = (),
+                 host_map: dict[str, str] | None = None) -> None:
         self.concurrency = concurrency
         self.trust_spki = tuple(trust_spki)
+        self.host_map = dict(host_map or {})
         self._proc: subprocess.Popen | None = None
         self._stderr: Any = None
         self._started = 0.0
@@ -205,7 +212,8 @@ class Browser:
         self._started = time.monotonic()
         self._proc = subprocess.Popen(["node", str(BROWSER_DIR / "play.mjs")], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._stderr, cwd=BROWSER_DIR)
-        launch = {"chromium": CHROMIUM, "concurrency": self.concurrency, "trustSpki": list(self.trust_spki)}
+        launch = {"chromium": CHROMIUM, "concurrency": self.concurrency, "trustSpki": list(self.trust_spki),
+                  "hostMap": self.host_map}
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(launch).encode() + b"\n")
         self._proc.stdin.flush()

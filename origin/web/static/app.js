@@ -238,6 +238,9 @@
       status.textContent = d.code === 6007 || d.code === 6008
         ? 'No key for this title: the licence server refused (not entitled, or the grant expired).'
         : `Playback error ${d.code || ''}`;
+      // A refused licence may come while load() is still waiting for keys: Play works again
+      // (a fresh /play brings a fresh grant) rather than staying greyed out.
+      $('play').disabled = false;
     });
     video.addEventListener('playing', () => { status.textContent = ''; }, {once: true});
     try {
