@@ -19,7 +19,6 @@ BENCHES = {
     "upstream_client": "the edge's upstream HTTP/1.1 client against httpx (1 KiB and 2 MiB fetch loops)",
     "drm": "packaging + encryption against Shaka Packager, ffmpeg and the AES ceilings; licences/s (wrk)",
     "search": "catalogue search on a 100,000-title synthetic catalogue per backend (SQLite, PostgreSQL), with ceilings",
-
     "simulate": "the Tbps-scale CDN simulator: scenarios, sweeps, plots, trace replay vs libCacheSim",
     "playback": "a viewer's startup in headless Chromium, DNS -> POP -> regional -> shield -> origin, cold and warm",
     "origin": "tus uploads through the origin beside S3 multipart; the transcode pipeline beside ffmpeg alone",
