@@ -112,7 +112,7 @@ def cluster_toml(sc: Scenario, *, origin_port: int, ports: list[int], data_dir: 
         # Every request comes from 127.0.0.1, one client to the POPs' limits.
         "[cdn.client_limits]", "max_connections_per_client = 1000", "requests_per_second = 100000",
         "burst = 100000", "",
-        "[[distributions]]", 'name = "video"', f'hostnames = ["{_HOST}"]',
+        "[[distributions]]", 'name = "vod"', f'hostnames = ["{_HOST}"]',
         f'origin = "http://127.0.0.1:{origin_port}"', "",
     ]
     nodes = [(p, "pop") for r in sc.regions for p in r.pops]
