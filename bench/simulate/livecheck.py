@@ -43,7 +43,7 @@ import numpy as np
 
 from .engine import Prepared, Run, prepare, simulate
 from .scenario import Scenario, load_scenario
-from .tiers import HIT, POP_DISK_HIT, POP_MISS, POP_RAM_HIT, STALE
+from .tiers import HIT, POP_DISK_HIT, POP_RAM_HIT, STALE
 from .workload import object_path
 
 __all__ = ["TIERS", "LiveResult", "scaled", "predict", "cluster_toml", "live_cluster", "replay",
@@ -286,32 +286,23 @@ def live_check(scenario: str | Scenario = "live", *, scale: int = DEFAULT_SCALE,
 
 
 def _mismatches(run: Run, results: list, pops: list[str], sc: Scenario, limit: int = 10) -> list[str]:
-    """The first requests whose outcome differs between the model and the edge."""
-    names = {0: "ram", 2: "disk"}
-    reg_at = {int(i): int(c) for i, c in zip(run.regional_idx, run.regional_code)}
-    sh_at = {int(i): int(c) for i, c in zip(run.shield_idx, run.shield_code)}
+    """The first requests whose outcome differs between the model and the edge (at the POP:
+    RAM, disk or miss; upstream: which node and its result)."""
+    names = {POP_RAM_HIT: "ram", POP_DISK_HIT: "disk"}
     regionals = [g for r in sc.regions for g in r.regionals]
+    at_reg = {int(i): (regionals[int(n)], "Hit" if c == HIT else "Miss")
+              for i, n, c in zip(run.regional_idx, run.regional_node, run.regional_code)}
+    at_sh = {int(i): "Hit" if c == HIT else "Miss" for i, c in zip(run.shield_idx, run.shield_code)}
     out = []
     for i, (result, store, by_node) in enumerate(results):
-        pc = int(run.pop_code[i])
-        sim = names.get(pc, "miss")
-        live = store if result == "Hit" else "miss"
-        parts = []
-        if sim != live:
-            parts.append(f"POP sim {sim} live {live}")
-        if i in reg_at:
-            node = regionals[int(run.regional_node[list(run.regional_idx).index(i)])] if False else None
-            live_reg = next((r for n, r in by_node.items() if n.startswith("regional")), None)
-            sim_reg = "Hit" if reg_at[i] == HIT else "Miss"
-            if live_reg is not None and live_reg != sim_reg:
-                parts.append(f"regional sim {sim_reg} live {live_reg}")
-        if i in sh_at:
-            live_sh = next((r for n, r in by_node.items() if n.startswith("shield")), None)
-            sim_sh = "Hit" if sh_at[i] == HIT else "Miss"
-            if live_sh is not None and live_sh != sim_sh:
-                parts.append(f"shield sim {sim_sh} live {live_sh}")
-        if parts:
-            out.append(f"#{i} {pops[i]}: " + ", ".join(parts))
+        sim_pop = names.get(int(run.pop_code[i]), "miss")
+        live_pop = store if result == "Hit" else "miss"
+        sim_up = [f"{n} {r}" for n, r in [at_reg.get(i, (None, None))] if n]
+        if i in at_sh:
+            sim_up.append(f"{sc.tiers.shields[0] if len(sc.tiers.shields) == 1 else 'shield'} {at_sh[i]}")
+        live_up = [f"{n} {r}" for n, r in by_node.items() if n != pops[i]]
+        if sim_pop != live_pop or (len(sc.tiers.shields) == 1 and sim_up != live_up):
+            out.append(f"#{i} {pops[i]}: simulator {sim_pop} {sim_up}, daemons {live_pop} {live_up}")
             if len(out) >= limit:
                 break
     return out
