@@ -211,7 +211,7 @@ def speed_main(args, progress) -> int:
             print(f"{policy:<8} {100 * ours[1]:>8.2f}% {100 * lrh:>11.2f}% {n / ours_s / 1e6:>13.2f} "
                   f"{n / lcs_s / 1e6:>12.2f} {ours_s / lcs_s:>6.1f}x")
     sys.stdout.flush()
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario or "prime-peak")
     if args.rate:
         sc = sc.with_sweep("rate", args.rate)
     t0 = time.perf_counter()
