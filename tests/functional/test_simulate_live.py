@@ -4,8 +4,9 @@ against its two POPs (RAM and disk tiers), two regional caches and a shield on l
 tier's hit ratio within 2 points of the prediction.
 
 The check found that the daemons never ran their disk tier's evictor (disk tiers evicted FIFO at
-their hard bound) and that the simulator charged disk entries by their bodies alone: either
-alone puts the regional tier 9-14 points off here."""
+their hard bound: the regional tier 9 points below the prediction on the full scenario) and that
+the simulator charged disk entries by their bodies alone (the POP disk 7 points above the
+daemons); docs/simulate.md has the figures."""
 
 from __future__ import annotations
 
