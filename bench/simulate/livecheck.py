@@ -106,6 +106,10 @@ def cluster_toml(sc: Scenario, *, origin_port: int, ports: list[int], data_dir: 
     """A cluster.toml with ``sc``'s POPs, regional caches and shields (sizes as ``sc`` has them:
     pass the scaled scenario), one worker each; ``ports`` two per daemon (cache, admin) in the
     order POPs, regionals, shields."""
+    if len(sc.regions) != 1:
+        # One region: every POP fetches from every regional cache, as the simulator routes a
+        # region's POPs (the daemons would need `upstreams` per POP for more).
+        raise ValueError("the live check runs one region")
     t = sc.tiers
     lines = [
         "[cluster]", 'name = "simulate-live"', f'data_dir = "{data_dir}"', "",
@@ -127,9 +131,6 @@ def cluster_toml(sc: Scenario, *, origin_port: int, ports: list[int], data_dir: 
         else:
             lines.append(f"disk_size = {t.regional_bytes if tier == 'regional' else t.shield_bytes}")
         lines.append("")
-    if len(sc.regions) > 1:
-        # A POP fetches from its own region's regional caches only, as the simulator routes.
-        raise ValueError("the live check runs one region")
     return "\n".join(lines)
 
 
