@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from headwater.admin import ADMIN_LIMITS, admin_app, export_stats
+from headwater.background import BackgroundLoop
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.http import serve
@@ -42,7 +43,7 @@ from .store.ram import RamStore
 from .tiers import TierRouter, Upstream
 from .upstream import OriginFetcher, UpstreamClient
 
-__all__ = ["next_tier", "open_stores", "run_edge"]
+__all__ = ["DiskUpkeep", "next_tier", "open_stores", "run_edge"]
 
 log = logging.getLogger("headwater.edge")
 
@@ -57,6 +58,27 @@ def next_tier(cluster: ClusterConfig, node: EdgeConfig, clock: Clock = SYSTEM_CL
             return TierRouter([Upstream(id=e.id, host=e.host, port=e.port) for e in members],
                               fall=node.upstream_fall, down_s=node.upstream_down_s, clock=clock.monotonic)
     return None
+
+
+class DiskUpkeep(BackgroundLoop[int]):
+    """The disk tier's background work (``DiskStore.run_once``): journal the hits seen, take over
+    as the evictor when no worker is, and as the evictor replay the journal into the eviction
+    policy and evict. Without it no worker ever becomes the evictor: the tier then evicted only
+    by its hard bound at commit (oldest commit first, a FIFO whatever the policy) and the hit
+    journal grew to its cap (found by the simulator's live check, bench/simulate/livecheck.py).
+    Once a worker is the evictor, its own commits run a pass too; this loop covers the others'."""
+
+    name = "edge.disk_upkeep"
+
+    def __init__(self, disk: DiskStore, *, clock: Clock = SYSTEM_CLOCK, interval_s: float = 0.2) -> None:
+        super().__init__(interval_s=interval_s, clock=clock)
+        self.disk = disk
+
+    async def one_pass(self) -> int:
+        return self.disk.run_once()
+
+    def summary(self, evicted: int) -> dict[str, Any] | None:
+        return None  # (five passes a second: no line each)
 
 
 def open_stores(node: EdgeConfig, worker: int) -> list[Any]:
@@ -110,6 +132,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
             export_stats(registry, "hw_edge_purge", purges.stats)
             for puller in purges.pullers():
                 tg.start_soon(puller.run_forever)
+            tg.start_soon(DiskUpkeep(stores[-1], clock=clock).run_forever)
 
             async def health() -> dict[str, Any]:
                 return {**app.health(), "worker": worker}

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m headwater.bench simulate",
         description="Tbps-scale CDN simulator: the edge's own policies and cache keys over a "
                     "SHARDS-sampled workload, or a libCacheSim trace.")
-    p.add_argument("--scenario", default="prime-peak", help="shipped scenario name or TOML path")
+    p.add_argument("--scenario", help="shipped scenario name or TOML path (prime-peak; live with --live)")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
                    help="segment, ttl, policy, rate, ram or disk; repeat for a grid")
     p.add_argument("--dask", metavar="ADDRESS", help="run sweep points on this Dask scheduler")
@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="requests/s of our engine beside libCacheSim's on one trace, and prime-peak's wall time")
     p.add_argument("--shards-error", action="store_true",
                    help="measure SHARDS: the scenario sampled vs unsampled (use a small scenario)")
+    p.add_argument("--live", action="store_true",
+                   help="replay the scenario (default: live) against edge daemons started for it and "
+                        "compare each tier's hit ratio with the simulator's; exit 1 beyond --live-tolerance")
+    p.add_argument("--live-scale", type=int, default=256, metavar="N",
+                   help="divide every size by N for the live replay (default 256: KiB bodies)")
+    p.add_argument("--live-tolerance", type=float, default=2.0, metavar="POINTS",
+                   help="the largest disagreement per tier, percentage points (default 2)")
     return p
 
 
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed:
             from .trace import speed_main
             return speed_main(args, _Progress(show))
-        sc = load_scenario(args.scenario)
+        sc = load_scenario(args.scenario or ("live" if args.live else "prime-peak"))
     except ConfigError as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         sc = sc.with_sweep("rate", args.rate)
     if args.shards_error:
         return _shards_error(sc, args)
+    if args.live:
+        return _live(sc, args)
     if args.sweep:
         return _sweep(sc, args, show)
     from .engine import simulate
@@ -154,6 +163,22 @@ def _sweep(sc, args, show: bool) -> int:
         Path(args.json).write_text(json.dumps([{"point": p, "summary": asdict(s)}
                                                for p, s in zip(points, summaries)], indent=2))
     return 0
+
+
+def _live(sc, args) -> int:
+    from headwater.log import configure
+
+    from .livecheck import format_live, live_check
+
+    configure(level="warning")  # (the daemons' access lines: one per request and tier)
+    r = live_check(sc, scale=args.live_scale)
+    print(format_live(r))
+    ok = r.worst() <= args.live_tolerance
+    print(f"largest disagreement {r.worst():.2f} points: {'within' if ok else 'NOT within'} "
+          f"{args.live_tolerance:g}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(r), indent=2))
+    return 0 if ok else 1
 
 
 def _shards_error(sc, args) -> int:

@@ -26,7 +26,7 @@ import xxhash
 
 from headwater.config import parse_size
 
-from .tiers import HIT, POP_DISK_HIT, POP_RAM_HIT, run_node, run_pop
+from .tiers import HIT, PLAIN_DISK, POP_DISK_HIT, POP_RAM_HIT, run_node, run_pop
 
 __all__ = ["Trace", "read_trace", "write_oracle_general", "cache_bytes", "replay", "libcachesim_replay",
            "trace_main", "speed_main", "ORACLE_GENERAL"]
@@ -117,11 +117,11 @@ def replay(trace: Trace, policy: str, size: int, *, ram_share: float = 0.0) -> l
     times = trace.times.tolist()
     sz = trace.sizes.astype(np.float64)
     if ram_share <= 0:
-        codes = run_node(policy, size, float("inf"), keys, objs, sizes, times)
+        codes = run_node(policy, size, float("inf"), keys, objs, sizes, times, disk=PLAIN_DISK)
         hit = codes == HIT
         return [("cache", float(hit.mean()), float(sz[hit].sum() / sz.sum()))]
     codes = run_pop(policy, int(size * ram_share), size, float("inf"), keys, objs, sizes, times,
-                    ram_overhead=False)
+                    ram_overhead=False, ram_meta_bytes=0, disk=PLAIN_DISK)
     ram = codes == POP_RAM_HIT
     to_disk = ~ram
     disk = codes == POP_DISK_HIT
@@ -211,7 +211,7 @@ def speed_main(args, progress) -> int:
             print(f"{policy:<8} {100 * ours[1]:>8.2f}% {100 * lrh:>11.2f}% {n / ours_s / 1e6:>13.2f} "
                   f"{n / lcs_s / 1e6:>12.2f} {ours_s / lcs_s:>6.1f}x")
     sys.stdout.flush()
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario or "prime-peak")
     if args.rate:
         sc = sc.with_sweep("rate", args.rate)
     t0 = time.perf_counter()

@@ -771,6 +771,11 @@ class DiskWriter:
             b"".join(self._block_sums), None, 0,
         ]
         unlink: list[str] = []
+        if s._evictor is not None:
+            # The evictor's own hits first, journaled before this commit: they came before it, and
+            # the pass below replays them in that order (a hit replayed after the admit that
+            # evicts its key is lost to the policy).
+            s.flush_hits()
         with s._env.begin(write=True) as txn:
             fraw = txn.get(self.key, db=s._filling)
             frec = None if fraw is None else _unpack(fraw)
@@ -818,7 +823,6 @@ class DiskWriter:
         for n in unlink:
             s._unlink(n)
         if committed and s._evictor is not None:
-            s.flush_hits()  # the evictor's own hits first: they came before this commit
             s._evict_pass()
         return committed
 

@@ -13,7 +13,7 @@ from headwater.bench.simulate.report import summarise
 from headwater.bench.simulate.scenario import ConfigError, load_scenario, loads_scenario
 from headwater.bench.simulate.shards import MODULUS, Shards, shard_by
 from headwater.bench.simulate.sweep import parse_sweeps, run_sweep, sweep_points
-from headwater.bench.simulate.tiers import HIT, MISS, STALE, cache_keys, run_node
+from headwater.bench.simulate.tiers import HIT, MISS, PLAIN_DISK, STALE, cache_keys, run_node
 from headwater.bench.simulate.workload import (_InverseCdf, _watch_seconds, diurnal_at, generate,
                                                rung_of, segment_of, zipf_weights)
 from headwater.edge.cache.behaviour import DEFAULT_BEHAVIOUR
@@ -175,7 +175,7 @@ def test_node_freshness_and_eviction():
     keys = [b"a", b"b", b"c"]
     # 100-byte cache: a, b fit; c evicts; a after its TTL is stale (revalidated), not a miss.
     codes = run_node("lru", 100, 10.0, keys, [0, 1, 0, 0, 2, 1], [50, 50, 50, 50, 50, 50],
-                     [0.0, 1.0, 2.0, 20.0, 21.0, 22.0])
+                     [0.0, 1.0, 2.0, 20.0, 21.0, 22.0], disk=PLAIN_DISK)
     assert codes.tolist() == [MISS, MISS, HIT, STALE, MISS, MISS]
 
 
@@ -212,5 +212,24 @@ def test_pop_promotes_to_ram_as_the_edge_does():
 
     keys = [b"a", b"b", b"c"]
     codes = run_pop("lru", 200, 10_000, float("inf"), keys, [0, 1, 2, 0, 0, 0], [100] * 6,
-                    [float(t) for t in range(6)], ram_max_entry_bytes=150, ram_overhead=False)
+                    [float(t) for t in range(6)], ram_max_entry_bytes=150, ram_overhead=False,
+                    disk=PLAIN_DISK)
     assert codes.tolist() == [POP_MISS, POP_MISS, POP_MISS, POP_DISK_HIT, POP_DISK_HIT, POP_RAM_HIT]
+
+
+def test_disk_tier_is_charged_as_the_edge_s_disk_store():
+    """A disk tier (regional, shield, a POP's disk) holds what the edge's DiskStore holds: each
+    entry costs its body, store key and 4 KiB; the policy aims 5 % below the capacity; bodies
+    above capacity // 16 are not kept."""
+    from headwater.edge.store.disk import charged
+
+    keys = [b"a", b"b", b"c"]
+    cap = 3 * charged(b"a", 100)  # three entries of 100 bytes fill it; the headroom leaves two
+    codes = run_node("lru", cap, float("inf"), keys, [0, 1, 2, 0], [100] * 4, [0.0, 1.0, 2.0, 3.0])
+    assert codes.tolist() == [MISS, MISS, MISS, MISS]  # c evicted a
+    assert run_node("lru", cap, float("inf"), keys, [0, 1, 0], [100] * 3, [0.0, 1.0, 2.0]).tolist() == [MISS, MISS, HIT]
+    # above capacity // 16: never stored
+    big = cap // 16 + 1
+    assert run_node("lru", cap, float("inf"), keys, [0, 0], [big] * 2, [0.0, 1.0]).tolist() == [MISS, MISS]
+    assert run_node("lru", cap, float("inf"), keys, [0, 0], [big] * 2, [0.0, 1.0],
+                    disk=PLAIN_DISK).tolist() == [MISS, HIT]
