@@ -105,6 +105,14 @@ class SqlCatalogue(ABC):
                        cap: int) -> list[tuple]:
         """(category, count) over the first ``cap`` matches (unordered: no ranking is needed)."""
 
+    def _match(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any], limit: int,
+               offset: int, cap: int | None) -> tuple[list[tuple], list[tuple] | None]:
+        """The ranked page (:meth:`_match_rows`) and, with ``cap``, the (category, count) rows
+        over the first ``cap`` matches (:meth:`_count_matches`); a backend may answer both from
+        one walk of the index."""
+        rows = self._match_rows(tx, groups, where, params, limit, offset)
+        return rows, None if cap is None else self._count_matches(tx, groups, where, params, cap)
+
     @abstractmethod
     def close(self) -> None:
         """Release the connections."""
@@ -409,6 +417,8 @@ class SqlCatalogue(ABC):
                 params.append(value)
         corrections: dict[str, str] = {}
         groups: list[TermGroup] = []
+        # The total and the facets count matches up to cap (one more tells it is not exact).
+        cap = limits.max_offset + limits.max_page_size
         with self._tx(write=False) as tx:
             if terms:
                 known = {r[0] for r in tx.rows(f"SELECT word FROM search_words WHERE word IN ({_marks(len(terms))})",
@@ -422,13 +432,19 @@ class SqlCatalogue(ABC):
                         "SELECT DISTINCT w.word, w.docs FROM search_deletions d JOIN search_words w ON w.word = d.word "
                         f"WHERE d.variant IN ({_marks(len(variants))}) ORDER BY w.docs DESC LIMIT 50", variants)]
                 groups, corrections = plan_groups(terms, known, candidates, limits)
-                rows = self._match_rows(tx, groups, where, params, query.limit + 1, query.offset)
+                rows, by_category = self._match(tx, groups, where, params, query.limit + 1, query.offset,
+                                                cap + 1 if query.with_total else None)
             else:
                 rows = tx.rows(f"SELECT {_HIT_COLS}, 0 FROM titles t WHERE {' AND '.join(where)} "
                                "ORDER BY t.updated DESC, t.id DESC LIMIT ? OFFSET ?",
                                (*params, query.limit + 1, query.offset))
-            counted = self._count(tx, groups if terms else None, where, params, query, limits) \
-                if query.with_total else None
+                # One capped count grouped by category: a filter matching half the catalogue
+                # costs at most cap rows, not the whole table.
+                by_category = tx.rows(
+                    f"SELECT category, count(*) FROM (SELECT t.category AS category FROM titles t "
+                    f"WHERE {' AND '.join(where)} LIMIT ?) m GROUP BY category", (*params, cap + 1)) \
+                    if query.with_total else None
+        counted = _tally(by_category, cap) if by_category is not None else None
         hits = tuple(SearchHit(id=int(r[0]), title=r[1], category=r[2], year=r[3], language=r[4],
                                duration_s=r[5], score=float(r[6])) for r in rows[:query.limit])
         more = len(rows) > query.limit and query.offset + query.limit <= limits.max_offset
@@ -436,20 +452,6 @@ class SqlCatalogue(ABC):
         return SearchPage(hits=hits, offset=query.offset, limit=query.limit,
                           next_offset=query.offset + query.limit if more else None, corrections=corrections,
                           total=total, total_exact=exact, facets=facets)
-
-    def _count(self, tx: Tx, groups: list[TermGroup] | None, where: list[str], params: list[Any],
-               query: SearchQuery, limits: Any) -> tuple[int, bool, dict[str, int]]:
-        """(total, exact, category facets): one capped count grouped by category, so a query
-        matching half the catalogue costs at most ``cap`` rows, not the whole index."""
-        cap = limits.max_offset + limits.max_page_size
-        if groups is None:
-            rows = tx.rows(f"SELECT category, count(*) FROM (SELECT t.category AS category FROM titles t "
-                           f"WHERE {' AND '.join(where)} LIMIT ?) m GROUP BY category", (*params, cap + 1))
-        else:
-            rows = self._count_matches(tx, groups, where, params, cap + 1)
-        found = sum(int(n) for _, n in rows)
-        facets = {c: int(n) for c, n in sorted(rows, key=lambda r: (-int(r[1]), r[0] or "")) if c is not None}
-        return min(found, cap), found <= cap, facets
 
     # --- the job queue -----------------------------------------------------------------------
 
@@ -581,6 +583,14 @@ class SqlCatalogue(ABC):
 
 
 _HIT_COLS = "t.id, t.title, t.category, t.year, t.language, t.duration_s"
+
+
+def _tally(rows: list[tuple], cap: int) -> tuple[int, bool, dict[str, int]]:
+    """(total, exact, category facets) from (category, count) rows over at most ``cap + 1``
+    matches."""
+    found = sum(int(n) for _, n in rows)
+    facets = {c: int(n) for c, n in sorted(rows, key=lambda r: (-int(r[1]), r[0] or "")) if c is not None}
+    return min(found, cap), found <= cap, facets
 
 
 def _rendition_dict(r: Rendition) -> dict:

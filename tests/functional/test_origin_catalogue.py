@@ -157,6 +157,44 @@ def test_paging_without_overlap_and_capped(seeded):
         seeded.search(SearchQuery(q=" ".join(f"w{i}" for i in range(50))))
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_bounded_ranking_ranks_the_newest_and_the_title_matches(seeded, monkeypatch):
+    """SQLite ranks only the newest RANK_CANDIDATES matches and the newest RANK_CANDIDATES title
+    matches when a query matches more (docs/origin-catalogue.md); the exact score orders them,
+    and the pages of one candidate set neither repeat nor skip a title."""
+    from headwater.origin.catalogue import sqlite as sqlite_backend
+
+    def bounded(hits: list, bound: int) -> list[int]:
+        """The exact ranking restricted to the newest and the newest title matches."""
+        newest = sorted((h.id for h in hits), reverse=True)[:bound]
+        in_title = sorted((h.id for h in hits if "silent" in h.title.lower()), reverse=True)[:bound]
+        assert not set(in_title) <= set(newest)  # the title walk adds titles the newest walk misses
+        return [h.id for h in hits if h.id in set(newest) | set(in_title)]
+
+    exact = [h for o in (0, 100) for h in seeded.search(SearchQuery(q="silent", limit=100, offset=o)).hits]
+    assert 100 < len(exact) < 1000
+    # A category filter (a set of titles probed before the join; all ranked when it is small).
+    drama = SearchQuery(q="silent", category="drama", limit=100, with_total=True)
+    exact_drama = seeded.search(drama)
+    assert 6 < len(exact_drama.hits) < 100 and exact_drama.total == len(exact_drama.hits)
+    bound = 6
+    expected = bounded(exact, bound)
+    monkeypatch.setattr(sqlite_backend, "RANK_CANDIDATES", bound)
+    first = [h.id for h in seeded.search(SearchQuery(q="silent", limit=5)).hits]
+    assert first == expected[:5]
+    page = seeded.search(SearchQuery(q="silent", category="drama", limit=5, with_total=True))
+    assert [h.id for h in page.hits] == bounded(list(exact_drama.hits), bound)[:5]
+    assert (page.total, page.facets) == (exact_drama.total, exact_drama.facets)
+    paged = [h.id for o in (0, 2) for h in seeded.search(SearchQuery(q="silent", limit=2, offset=o)).hits]
+    assert paged == expected[:4]
+    # Past the first candidates the set is max_offset + max_page_size + 1 newest matches: here
+    # every match, so the ranking is the exact one.
+    assert [h.id for h in seeded.search(SearchQuery(q="silent", limit=50, offset=50)).hits] == \
+        [h.id for h in exact[50:100]]
+    # Words in few titles are ranked exactly whatever the bound.
+    assert titles(seeded.search(SearchQuery(q="Night Train")))[:2] == ["Night Train", "Night Train to Lisbon"]
+
+
 def test_unpublished_titles_are_never_found(seeded):
     assert seeded.search(SearchQuery(q="secrets")).hits == ()
     assert seeded.search(SearchQuery(q="secre")).hits == ()  # not even by prefix or as a correction
