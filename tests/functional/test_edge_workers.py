@@ -67,6 +67,9 @@ burst = 10000
 name = "video"
 hostnames = ["video.test"]
 origin = "http://127.0.0.1:{origin}"
+# The test origin holds a body until all requests reached the POPs (up to 40 s on a loaded
+# machine): no tier may give up on the stalled body first.
+origin_timeout_seconds = 60
 
 [[edge]]
 id = "pop-1"
@@ -77,6 +80,7 @@ lat = 51.5
 lon = -0.12
 workers = 2
 disk_size = "64MiB"
+read_timeout_seconds = 60
 
 [[edge]]
 id = "pop-2"
@@ -87,6 +91,7 @@ lat = 40.7
 lon = -74.0
 workers = 2
 disk_size = "64MiB"
+read_timeout_seconds = 60
 
 [[edge]]
 id = "pop-3"
@@ -97,6 +102,7 @@ lat = 35.7
 lon = 139.7
 workers = 2
 disk_size = "64MiB"
+read_timeout_seconds = 60
 # The disk tier alone, and a collapse window smaller than the bodies: waiters that fall behind
 # it read the rest from the growing disk entry.
 ram_size = "0"
@@ -109,6 +115,7 @@ port = {p[6]}
 admin_port = {p[7]}
 workers = 2
 disk_size = "64MiB"
+read_timeout_seconds = 60
 
 [[edge]]
 id = "regional-2"
@@ -117,6 +124,7 @@ port = {p[8]}
 admin_port = {p[9]}
 workers = 2
 disk_size = "64MiB"
+read_timeout_seconds = 60
 
 [[edge]]
 id = "shield-1"
@@ -124,6 +132,7 @@ tier = "shield"
 port = {p[10]}
 admin_port = {p[11]}
 disk_size = "64MiB"
+read_timeout_seconds = 60
 """
 
 
@@ -138,9 +147,10 @@ class UpEdge:
     def pop(self, index: int) -> str:
         return f"http://127.0.0.1:{self.ports[2 * index]}"
 
-    def release_when_seen(self, path: str, n: int, hold: threading.Event, timeout_s: float = 8.0) -> None:
+    def release_when_seen(self, path: str, n: int, hold: threading.Event, timeout_s: float = 40.0) -> None:
         """Set ``hold`` once the POPs logged ``n`` requests for ``path`` (or after ``timeout_s``:
-        the test then fails on the hits that came after the fetch, not on upstream timeouts)."""
+        the test then fails on the hits that came after the fetch, not on upstream timeouts).
+        Generous: on a loaded CI machine 1,000 requests took over 8 s to reach the POPs."""
         deadline = time.monotonic() + timeout_s
         while sum(len(self.access_lines(pop_id, path)) for pop_id in POPS) < n and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -280,6 +290,9 @@ data_dir = "var"
 name = "video"
 hostnames = ["video.test"]
 origin = "http://127.0.0.1:{origin}"
+# The test origin holds a body until all requests reached the POPs (up to 40 s on a loaded
+# machine): no tier may give up on the stalled body first.
+origin_timeout_seconds = 60
 
 [[edge]]
 id = "shield-1"
