@@ -473,3 +473,32 @@ def test_a_full_journal_makes_the_evictor_rebuild_from_the_index(tmp_path: Path)
         assert store.stats().entries >= 10
     finally:
         store.close()
+
+
+@pytest.mark.anyio
+async def test_the_daemons_disk_upkeep_runs_the_policy(tmp_path: Path) -> None:
+    # The edge daemon's DiskUpkeep loop is what makes a worker the evictor: before it existed no
+    # worker ever ran DiskStore.run_once, and every disk tier evicted oldest-first at its hard
+    # bound (test_without_an_evictor_the_hard_bound_evicts_oldest_first) whatever its policy.
+    from headwater.edge.daemon import DiskUpkeep
+
+    s = settings(tmp_path, capacity_bytes=200 * KiB, max_entry_bytes=10 * KiB, policy="s3fifo")
+    store = DiskStore(s)
+    upkeep = DiskUpkeep(store, clock=FakeClock())
+    try:
+        hot = [b"hot%d" % i for i in range(8)]
+        for k in hot:
+            put(store, k, body(4 * KiB))
+        await upkeep.run_once()
+        assert store.is_evictor
+        for i in range(300):
+            put(store, b"cold%d" % i, body(4 * KiB, i))
+            if i % 10 == 0:
+                for k in hot:
+                    store.get(k)
+                await upkeep.run_once()
+        await upkeep.run_once()
+        assert sum(store.get(k) is not None for k in hot) == len(hot)
+        assert store.stats().bytes <= s.capacity_bytes * (1 - s.headroom)
+    finally:
+        store.close()
