@@ -628,7 +628,8 @@ def _prediction(args: argparse.Namespace, work: Path) -> str:
     path = work / "bench-scenario.toml"
     path.write_text(scenario_toml(titles=args.titles, clip_s=args.clip_seconds, segment_s=SEGMENT_S,
                                   viewers=args.viewers, ladder_kbps=LADDER_KBPS, alpha=args.zipf,
-                                  watch_s=min(args.seconds, args.clip_seconds), pops=("pop-a", "pop-b"),
+                                  watch_s=min(args.seconds, args.clip_seconds), ramp_s=args.ramp_seconds,
+                                  pops=("pop-a", "pop-b"),
                                   regionals=("regional-1", "regional-2"), shields=("shield-1",)))
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "headwater.bench", "simulate", "--scenario", str(path),

@@ -412,11 +412,16 @@ def render_load(f: LoadFigures, tiers: Sequence[TierFigure], *, titles: int, cli
 
 
 def scenario_toml(*, titles: int, clip_s: int, segment_s: float, viewers: int, ladder_kbps: Sequence[float],
-                  alpha: float, watch_s: float, pops: Sequence[str], regionals: Sequence[str],
+                  alpha: float, watch_s: float, ramp_s: float, pops: Sequence[str], regionals: Sequence[str],
                   shields: Sequence[str], seed: int = 1) -> str:
     """The simulator's scenario for the same run (docs/simulate.md): ``titles`` of ``clip_s``,
     the ladder's rungs equally likely, ``viewers`` concurrent at a flat diurnal curve, every
-    session watching to the end, one region with these POPs, regionals and shields, unsampled."""
+    session watching to the end, one region with these POPs, regionals and shields, unsampled.
+
+    The window is the bench's run (the ramp and one watch) with no warm-up: every cache starts
+    empty, as the bench's do. It is not the same arrival process: the simulator keeps
+    ``viewers`` concurrent by Little's law (sessions arrive throughout, and those begun before
+    the window join mid-title), where the bench starts N viewers once over the ramp."""
     share = 1 / len(ladder_kbps)
     rungs = "".join(f'\n[[media.ladder]]\nname = "r{i}"\nkbps = {k:g}\nshare = {share!r}\n'
                     for i, k in enumerate(ladder_kbps))
@@ -429,8 +434,8 @@ rate = 1.0
 
 [window]
 start = "20:00"
-duration = "{max(int(watch_s * 2), 60)}s"
-warmup = "{max(int(watch_s), 30)}s"
+duration = "{math.ceil(watch_s + ramp_s)}s"
+warmup = "0s"
 
 [catalogue]
 titles = {titles}

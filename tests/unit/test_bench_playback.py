@@ -200,9 +200,10 @@ def test_the_simulators_scenario_for_the_run_loads(tmp_path):
     from headwater.bench.viewer_load import scenario_toml
 
     sc = loads_scenario(scenario_toml(titles=4, clip_s=40, segment_s=2, viewers=1000, ladder_kbps=(300, 100),
-                                      alpha=1.0, watch_s=40, pops=("pop-a", "pop-b"),
+                                      alpha=1.0, watch_s=40, ramp_s=10, pops=("pop-a", "pop-b"),
                                       regionals=("regional-1", "regional-2"), shields=("shield-1",)))
     assert sc.catalogue.titles == 4 and sc.catalogue.runtime_max_s == 40 and sc.catalogue.new_per_day == 0
     assert sc.media.segment_s == 2 and [r.kbps for r in sc.media.ladder] == [300, 100]
     assert sc.viewers.peak_concurrent == 1000 and set(sc.viewers.diurnal) == {1.0}
+    assert sc.window.duration_s == 50 and sc.window.warmup_s == 0  # the run, from empty caches
     assert sc.pops == ("pop-a", "pop-b") and sc.tiers.shields == ("shield-1",) and sc.sampling_rate == 1.0
