@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -398,6 +399,7 @@ class World:
     ports: dict[str, int]
     url: str
     licence_spki: str
+    pids: dict[str, int] = dataclasses.field(default_factory=dict)  # each daemon's (session leader's) PID
 
 
 @contextlib.contextmanager
@@ -424,7 +426,8 @@ def world(config: Path, work: Path, *, port_offset: int, scheme: str = "cbcs") -
                 procs.start(node, [_headwater(), "node", node, "-c", str(full)], cwd=work)
                 wait_http(f"http://{host}:{ports[admin]}/healthz", timeout_s=120, procs=procs, ok=lambda s: s == 200)
             yield World(config=full, ports=ports, url=f"http://127.0.0.1:{ports['origin']}",
-                        licence_spki=leaf_spki(ports["licence"], localca.ca_folder(cfg) / localca.CA_CERT_FILE))
+                        licence_spki=leaf_spki(ports["licence"], localca.ca_folder(cfg) / localca.CA_CERT_FILE),
+                        pids={name: proc.pid for name, proc in procs.procs})
         finally:
             procs.stop()
 
@@ -679,11 +682,16 @@ def load_main(args: argparse.Namespace) -> int:
                 targets.append(Target(title=t, pop=address, base=f"http://{address}:{w.ports['pop']}",
                                       host=f"{CDN_HOST}:{w.ports['pop']}", play=play))
             before = _edge_metrics(w)
+            from .viewer_load import session_cpu_seconds
+
+            daemons = {n: w.pids[n] for n in ("pop-a", "pop-b", "regional-1", "regional-2", "shield-1", "origin")}
+            cpu_before = {n: session_cpu_seconds(pid) for n, pid in daemons.items()}
             _log(f"{args.viewers} viewers start over {args.ramp_seconds:.0f} s")
             cpu0, wall0 = time.process_time(), time.monotonic()
             results, lag = asyncio.run(run_viewers(targets, watch_s=args.seconds, ahead_s=args.ahead_segments * SEGMENT_S,
                                                    ramp_s=args.ramp_seconds, seed=2))
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+            daemon_cpu = {n: session_cpu_seconds(pid) - cpu_before[n] for n, pid in daemons.items()}
             after = _edge_metrics(w)
     except (PeerError, subprocess.SubprocessError) as e:
         print(f"playback bench: {e}", file=sys.stderr)
@@ -703,7 +711,8 @@ def load_main(args: argparse.Namespace) -> int:
     print(render_load(figures, tier_figures(before, after), titles=args.titles, clip_s=args.clip_seconds,
                       watch_s=min(args.seconds, args.clip_seconds), wall_s=wall, gen_cpu_s=cpu,
                       lag_p95_s=percentile(lag, 95), load_start=load_start, load_end=load_end,
-                      cpus=os.cpu_count(), errors=[r.error for r in results if r.error], prediction=prediction))
+                      cpus=os.cpu_count(), errors=[r.error for r in results if r.error], prediction=prediction,
+                      daemon_cpu_s=daemon_cpu))
     if args.json:
         Path(args.json).write_text(json.dumps({"load_start": load_start, "load_end": load_end,
                                                "figures": asdict(figures),

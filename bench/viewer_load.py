@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 __all__ = ["PlaybackClock", "ViewerResult", "Target", "LoadFigures", "zipf_weights", "parse_master", "parse_media",
            "parse_metrics", "tier_figures", "TierFigure", "percentile", "summarise_viewers", "render_load", "scenario_toml",
-           "run_viewers", "pick_titles", "HIT_RESULTS"]
+           "run_viewers", "pick_titles", "session_cpu_seconds", "HIT_RESULTS"]
 
 #: The edge's ``result`` labels that are served from its cache (``hw_edge_requests_total``).
 HIT_RESULTS = frozenset({"Hit", "StaleHit", "RefreshHit"})
@@ -382,9 +382,11 @@ def _pct(x: float | None) -> str:
 
 def render_load(f: LoadFigures, tiers: Sequence[TierFigure], *, titles: int, clip_s: int, watch_s: float,
                 wall_s: float, gen_cpu_s: float, lag_p95_s: float | None, load_start: str, load_end: str,
-                cpus: int | None, errors: Sequence[str] = (), prediction: str = "") -> str:
-    """The printed report: viewers, tiers, the generator's own load, then the simulator's
-    prediction for the same scenario (when there is one)."""
+                cpus: int | None, errors: Sequence[str] = (), prediction: str = "",
+                daemon_cpu_s: dict[str, float] | None = None) -> str:
+    """The printed report: viewers, tiers, the generator's own load and the daemons' (CPU
+    seconds during the run: what saturated first), then the simulator's prediction for the same
+    scenario (when there is one)."""
     pops = ", ".join(f"{k} {v}" for k, v in sorted(f.per_pop.items()))
     lines = [f"playback load: {f.viewers} viewers ({pops}), Zipf over {titles} titles of {clip_s} s, "
              f"each watching up to {watch_s:.0f} s in real time; HLS video rung, signed URLs",
@@ -404,6 +406,9 @@ def render_load(f: LoadFigures, tiers: Sequence[TierFigure], *, titles: int, cli
     lines += [f"origin: {origin:.0f} fetches, ~{miss_bytes / 1e6:.2f} MB (the shield's misses)", "",
               f"generator: {gen_cpu_s:.1f} CPU s over {wall_s:.0f} s wall ({gen_cpu_s / wall_s * 100:.0f} % of a "
               f"core); pacing sleeps woke late by p95 {_s(lag_p95_s)}"]
+    if daemon_cpu_s:
+        lines.append("daemons: " + ", ".join(f"{n} {c:.1f} CPU s ({c / wall_s * 100:.0f} %)"
+                                             for n, c in daemon_cpu_s.items()))
     if errors:
         lines.append("errors (first few): " + "; ".join(errors[:5]))
     if prediction:
@@ -471,6 +476,27 @@ population = 1
 pops = [{q}]
 regionals = [{", ".join(f'"{x}"' for x in regionals)}]
 """
+
+
+def session_cpu_seconds(sid: int, proc: str = "/proc") -> float:
+    """User + system CPU seconds of every live process in session ``sid`` (a daemon and the
+    workers it forked: each daemon is started as its own session's leader)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After "pid (comm)": state ppid pgrp session ... utime (14th field overall) stime.
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 # --- the run ------------------------------------------------------------------------------------

@@ -189,10 +189,27 @@ def test_the_load_report_has_the_percentiles_the_rebuffer_ratio_and_the_generato
     assert f.per_pop == {"pop-a": 19, "pop-b": 1} and (f.started, f.failed) == (19, 1)
     text = render_load(f, [TierFigure("pop", 100, 90, 1e6, 9e5, 0), TierFigure("shield", 10, 4, 1e5, 4e4, 6)],
                        titles=4, clip_s=40, watch_s=40, wall_s=50, gen_cpu_s=10, lag_p95_s=0.02,
-                       load_start="1", load_end="2", cpus=2, errors=["403 for /x"], prediction="SIM")
+                       load_start="1", load_end="2", cpus=2, errors=["403 for /x"], prediction="SIM",
+                       daemon_cpu_s={"pop-a": 45.0})
     assert "p50 1000 ms, p95 1900 ms  (19/20 started, 1 failed)" in text
     assert "pop              100    90.00 %" in text and "origin: 6 fetches, ~0.06 MB" in text
     assert "10.0 CPU s over 50 s wall (20 % of a core)" in text and text.endswith("SIM")
+    assert "daemons: pop-a 45.0 CPU s (90 %)" in text
+
+
+def test_a_sessions_cpu_counts_the_process_and_its_workers_only(tmp_path):
+    import os
+
+    from headwater.bench.viewer_load import session_cpu_seconds
+
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, sid, ut, st in ((10, 10, 3 * tick, tick), (11, 10, tick, 0), (12, 99, 50 * tick, 0)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(
+            f"{pid} (head water) S 1 {sid} {sid} 0 -1 0 0 0 0 0 {ut} {st} 0 0 20 0 1 0 0 0 0\n")
+    (tmp_path / "self").mkdir()
+    assert session_cpu_seconds(10, proc=str(tmp_path)) == 5.0
+    assert session_cpu_seconds(os.getsid(0)) > 0  # the real /proc: this test's own session
 
 
 def test_the_simulators_scenario_for_the_run_loads(tmp_path):
