@@ -504,27 +504,28 @@ def session_cpu_seconds(sid: int, proc: str = "/proc") -> float:
 async def run_viewers(targets: Sequence[Target], *, watch_s: float, ahead_s: float, ramp_s: float, seed: int,
                       timeout_s: float = 20.0) -> tuple[list[ViewerResult], list[float]]:
     """Every target played by one viewer, their starts spread evenly over ``ramp_s``; the
-    results and the pacing sleeps' lateness. One HTTP connection pool per POP, as many
-    connections as viewers on it (each viewer holds at most one request at a time)."""
-    import httpx
+    results and the pacing sleeps' lateness. One aiohttp connection pool per POP, as many
+    connections as viewers on it (each viewer holds at most one request at a time); the CDN's
+    name in Host, as a resolver would have sent the viewer to that address."""
+    import aiohttp
 
     rng = random.Random(seed)
     lag: list[float] = []
-    by_pop: dict[str, httpx.AsyncClient] = {}
+    by_pop: dict[str, aiohttp.ClientSession] = {}
     for t in targets:
         if t.base not in by_pop:
             n = sum(x.base == t.base for x in targets)
-            by_pop[t.base] = httpx.AsyncClient(base_url=t.base, headers={"host": t.host}, trust_env=False,
-                                               timeout=timeout_s,
-                                               limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+            by_pop[t.base] = aiohttp.ClientSession(
+                base_url=t.base, connector=aiohttp.TCPConnector(limit=n, limit_per_host=n),
+                timeout=aiohttp.ClientTimeout(total=timeout_s), auto_decompress=False)
 
     async def viewer(i: int, t: Target, pick: float) -> ViewerResult:
         await asyncio.sleep(ramp_s * i / max(len(targets), 1))
-        client = by_pop[t.base]
+        session, headers = by_pop[t.base], {"Host": t.host}
 
         async def get(pq: str) -> tuple[int, bytes, str]:
-            r = await client.get(pq)
-            return r.status_code, r.content, r.headers.get("x-cache", "")
+            async with session.get(pq, headers=headers, skip_auto_headers=("Accept-Encoding",)) as r:
+                return r.status, await r.read(), r.headers.get("x-cache", "")
 
         return await play_one(get, t, pick, watch_s=watch_s, ahead_s=ahead_s, lag=lag)
 
@@ -532,7 +533,7 @@ async def run_viewers(targets: Sequence[Target], *, watch_s: float, ahead_s: flo
         results = await asyncio.gather(*(viewer(i, t, rng.random()) for i, t in enumerate(targets)))
     finally:
         for c in by_pop.values():
-            await c.aclose()
+            await c.close()
     return list(results), lag
 
 
