@@ -34,6 +34,10 @@ __all__ = ["PlaybackClock", "ViewerResult", "Target", "LoadFigures", "zipf_weigh
 #: The edge's ``result`` labels that are served from its cache (``hw_edge_requests_total``).
 HIT_RESULTS = frozenset({"Hit", "StaleHit", "RefreshHit"})
 
+#: Pacing sleeps waking later than this (p95) mean the generator could not keep time: a quarter
+#: of a 2 s segment, well under the few segments' lead a viewer keeps.
+LAG_WARNING_S = 0.25
+
 
 # --- pacing (pure) -----------------------------------------------------------------------------
 
@@ -406,6 +410,9 @@ def render_load(f: LoadFigures, tiers: Sequence[TierFigure], *, titles: int, cli
     lines += [f"origin: {origin:.0f} fetches, ~{miss_bytes / 1e6:.2f} MB (the shield's misses)", "",
               f"generator: {gen_cpu_s:.1f} CPU s over {wall_s:.0f} s wall ({gen_cpu_s / wall_s * 100:.0f} % of a "
               f"core); pacing sleeps woke late by p95 {_s(lag_p95_s)}"]
+    if lag_p95_s is not None and lag_p95_s > LAG_WARNING_S:
+        lines.append(f"WARNING: the generator's sleeps woke late by more than {_s(LAG_WARNING_S)} (p95): its own "
+                     f"CPU share (the generator or the machine) is inside the startup and rebuffer figures")
     if daemon_cpu_s:
         lines.append("daemons: " + ", ".join(f"{n} {c:.1f} CPU s ({c / wall_s * 100:.0f} %)"
                                              for n, c in daemon_cpu_s.items()))

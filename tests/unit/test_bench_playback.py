@@ -194,7 +194,10 @@ def test_the_load_report_has_the_percentiles_the_rebuffer_ratio_and_the_generato
     assert "p50 1000 ms, p95 1900 ms  (19/20 started, 1 failed)" in text
     assert "pop              100    90.00 %" in text and "origin: 6 fetches, ~0.06 MB" in text
     assert "10.0 CPU s over 50 s wall (20 % of a core)" in text and text.endswith("SIM")
-    assert "daemons: pop-a 45.0 CPU s (90 %)" in text
+    assert "daemons: pop-a 45.0 CPU s (90 %)" in text and "WARNING" not in text
+    late = render_load(f, [], titles=4, clip_s=40, watch_s=40, wall_s=50, gen_cpu_s=10, lag_p95_s=1.5,
+                       load_start="1", load_end="2", cpus=2)
+    assert "WARNING: the generator's sleeps woke late" in late  # its figures are not only the CDN's
 
 
 def test_a_sessions_cpu_counts_the_process_and_its_workers_only(tmp_path):
