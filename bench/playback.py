@@ -23,6 +23,10 @@ One run:
    which asks our GeoDNS (ECS: a London viewer, so pop-a) for every new connection: the DNS
    query is inside the figure, as a real viewer's first resolution would be.
 
+With ``--viewers N`` step 3 is instead N simulated viewers (:mod:`headwater.bench.viewer_load`,
+:func:`load_main`): a Zipf choice among ``--titles`` titles, both POPs by the GeoDNS's answers for
+two client subnets, playback paced in real time, beside the CDN simulator's prediction.
+
 The report: each round's cold and warm figure, the median of each beside its goal (the issue's:
 warm under 2 s, cold under 4 s, on this machine), and whether it is met — reported, never
 asserted. ``--json FILE`` keeps every play. The machine's cores are shared: the load average
