@@ -23,6 +23,10 @@ One run:
    which asks our GeoDNS (ECS: a London viewer, so pop-a) for every new connection: the DNS
    query is inside the figure, as a real viewer's first resolution would be.
 
+With ``--viewers N`` step 3 is instead N simulated viewers (:mod:`headwater.bench.viewer_load`,
+:func:`load_main`): a Zipf choice among ``--titles`` titles, both POPs by the GeoDNS's answers for
+two client subnets, playback paced in real time, beside the CDN simulator's prediction.
+
 The report: each round's cold and warm figure, the median of each beside its goal (the issue's:
 warm under 2 s, cold under 4 s, on this machine), and whether it is met — reported, never
 asserted. ``--json FILE`` keeps every play. The machine's cores are shared: the load average
@@ -34,7 +38,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import json
+import math
 import shutil
 import socket
 import statistics
@@ -51,12 +57,13 @@ from .peers import PeerError, ProcessGroup, free_ports, headwater_cluster, wait_
 from .steered_forwarder import SteeredForwarder, steered_answer
 
 __all__ = ["main", "world_sections", "Play", "Summary", "summarise", "render", "WARM_GOAL_MS", "COLD_GOAL_MS",
-           "CDN_HOST", "POP_A", "POP_B", "LONDON_VIEWER", "leaf_spki", "signing_key", "world_ports"]
+           "CDN_HOST", "NEW_YORK_VIEWER", "load_main", "POP_A", "POP_B", "LONDON_VIEWER", "leaf_spki", "signing_key", "world_ports"]
 
 WARM_GOAL_MS = 2000
 COLD_GOAL_MS = 4000
 CDN_HOST = "video.cdn.headwater.test"
 LONDON_VIEWER = "198.51.100.0/24"  # a geo rule places it in London: pop-a nearest, pop-b next
+NEW_YORK_VIEWER = "203.0.113.0/24"  # and this one in New York: pop-b nearest
 POP_A, POP_B = "127.0.0.2", "127.0.0.3"
 BROWSER_DIR = Path(__file__).resolve().parent.parent / "tests" / "browser"
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cluster.toml"
@@ -221,6 +228,11 @@ healthz = "http://{pop_b}:{pop_b_admin}/healthz"
 cidr = "{viewer}"
 lat = 51.5
 lon = -0.1
+
+[[dns.geo.rules]]
+cidr = "{ny_viewer}"
+lat = 40.7
+lon = -74.0
 """
 
 #: The ports :func:`world_sections` needs (``pop`` must be free on both POP addresses too,
@@ -247,7 +259,7 @@ def world_sections(ports: dict[str, int], *, public_key: Path, private_key: Path
     if missing:
         raise ValueError(f"ports missing: {sorted(missing)}")
     return WORLD.format(**ports, pub=public_key, priv=private_key, cdn_host=CDN_HOST, pop_a=POP_A, pop_b=POP_B,
-                        viewer=LONDON_VIEWER, interval=health_interval_s, fall=fall, scheme=scheme)
+                        viewer=LONDON_VIEWER, ny_viewer=NEW_YORK_VIEWER, interval=health_interval_s, fall=fall, scheme=scheme)
 
 
 def world_ports() -> dict[str, int]:
@@ -391,6 +403,7 @@ class World:
     ports: dict[str, int]
     url: str
     licence_spki: str
+    pids: dict[str, int] = dataclasses.field(default_factory=dict)  # each daemon's (session leader's) PID
 
 
 @contextlib.contextmanager
@@ -417,7 +430,8 @@ def world(config: Path, work: Path, *, port_offset: int, scheme: str = "cbcs") -
                 procs.start(node, [_headwater(), "node", node, "-c", str(full)], cwd=work)
                 wait_http(f"http://{host}:{ports[admin]}/healthz", timeout_s=120, procs=procs, ok=lambda s: s == 200)
             yield World(config=full, ports=ports, url=f"http://127.0.0.1:{ports['origin']}",
-                        licence_spki=leaf_spki(ports["licence"], localca.ca_folder(cfg) / localca.CA_CERT_FILE))
+                        licence_spki=leaf_spki(ports["licence"], localca.ca_folder(cfg) / localca.CA_CERT_FILE),
+                        pids={name: proc.pid for name, proc in procs.procs})
         finally:
             procs.stop()
 
@@ -515,13 +529,26 @@ def play_in_browser(w: World, titles: list[int], *, viewers: int = 2, timeout_s:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m headwater.bench playback", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="titles, each played cold then warm (3)")
-    p.add_argument("--clip-seconds", type=int, default=8, help="each title's length (8)")
+    p.add_argument("--clip-seconds", type=int, default=None,
+                   help="each title's length (8; with --viewers, --seconds rounded up)")
     p.add_argument("--scheme", choices=("cbcs", "cenc"), default="cbcs", help="the titles' encryption (cbcs)")
     p.add_argument("--json", metavar="FILE", help="save every play here")
     p.add_argument("-c", "--config", type=Path, default=_DEFAULT_CONFIG, help="the cluster.toml to take the store from")
     p.add_argument("--port-offset", type=int, default=13000, help="moves the store's ports (S3 on 9000+offset)")
     p.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir")
+    g = p.add_argument_group("load: many simulated viewers instead of the browser (bench/viewer_load.py)")
+    g.add_argument("--viewers", type=int, default=0, metavar="N", help="simulated viewers (0: the browser run)")
+    g.add_argument("--titles", type=int, default=4, metavar="K", help="published titles, Zipf-chosen (4)")
+    g.add_argument("--seconds", type=float, default=40, metavar="S", help="each viewer's watch time (40)")
+    g.add_argument("--ramp-seconds", type=float, default=10, help="viewers' starts spread over this (10)")
+    g.add_argument("--ahead-segments", type=float, default=3, help="media buffered ahead, in segments (3)")
+    g.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of the titles' popularity (1.0)")
+    g.add_argument("--no-simulate", action="store_true", help="skip the simulator's prediction")
     args = p.parse_args(argv)
+    if args.viewers > 0:
+        args.clip_seconds = args.clip_seconds or math.ceil(args.seconds)
+        return load_main(args)
+    args.clip_seconds = args.clip_seconds or 8
     for need in ("/usr/bin/chromium", str(BROWSER_DIR / "node_modules" / "playwright-core")):
         if not Path(need).exists():
             print(f"playback bench: {need} is missing: run `make setup`", file=sys.stderr)
@@ -557,4 +584,152 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"load_start": load_start, "load_end": load_end, "plays": [asdict(x) for x in plays],
                "summary": asdict(summarise(plays))}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+# --- load: many simulated viewers ---------------------------------------------------------------
+
+SEGMENT_S = 2  # the transcoder's default segment length (the packager's segment_seconds)
+LADDER_KBPS = (300, 100)  # WORLD's [[transcoder.ladder]]
+
+
+def _plays(w: World, titles: list[int], token: str, *, concurrency: int = 16) -> list[dict[str, Any]]:
+    """/play for each of ``titles`` (repeats allowed), ``concurrency`` at a time: not timed."""
+    import asyncio
+
+    import httpx
+
+    async def run() -> list[dict[str, Any]]:
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=w.url, timeout=60, trust_env=False,
+                                     headers={"authorization": f"Bearer {token}"}) as http:
+            async def one(t: int) -> dict[str, Any]:
+                async with sem:
+                    r = await http.get(f"/api/titles/{t}/play")
+                    if r.status_code != 200:
+                        raise PeerError(f"/play {t}: {r.status_code} {r.text[:200]}")
+                    return r.json()
+            return await asyncio.gather(*(one(t) for t in titles))
+
+    return asyncio.run(run())
+
+
+def _edge_metrics(w: World) -> dict[str, Any]:
+    """Every edge node's /metrics, parsed."""
+    import httpx
+
+    from .viewer_load import parse_metrics
+
+    p = w.ports
+    nodes = {"pop-a": (POP_A, p["pop_a_admin"]), "pop-b": (POP_B, p["pop_b_admin"]),
+             "regional-1": ("127.0.0.1", p["regional_admin"]), "regional-2": ("127.0.0.1", p["regional2_admin"]),
+             "shield-1": ("127.0.0.1", p["shield_admin"])}
+    return {n: parse_metrics(httpx.get(f"http://{h}:{port}/metrics", timeout=10, trust_env=False).text)
+            for n, (h, port) in nodes.items()}
+
+
+def _prediction(args: argparse.Namespace, work: Path) -> str:
+    """The simulator's report for the same scenario, or why there is none."""
+    from .viewer_load import scenario_toml
+
+    path = work / "bench-scenario.toml"
+    path.write_text(scenario_toml(titles=args.titles, clip_s=args.clip_seconds, segment_s=SEGMENT_S,
+                                  viewers=args.viewers, ladder_kbps=LADDER_KBPS, alpha=args.zipf,
+                                  watch_s=min(args.seconds, args.clip_seconds), ramp_s=args.ramp_seconds,
+                                  pops=("pop-a", "pop-b"),
+                                  regionals=("regional-1", "regional-2"), shields=("shield-1",)))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "headwater.bench", "simulate", "--scenario", str(path),
+                        "--no-progress", "--workers", "1"], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        return f"simulator: failed ({r.returncode}): {r.stderr[-500:]}"
+    return (f"the simulator's prediction for the same scenario ({path.name}, {time.monotonic() - t0:.0f} s):\n"
+            + r.stdout.rstrip())
+
+
+def _run_loop(coro: Any) -> Any:
+    """``coro`` on uvloop (less of the generator's CPU per request) when it is there."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def load_main(args: argparse.Namespace) -> int:
+    """``--viewers N``: the world, ``--titles`` published, N simulated viewers, the report."""
+    import asyncio
+    import os
+    import random
+
+    from .viewer_load import (Target, percentile, pick_titles, render_load, run_viewers, summarise_viewers,
+                              tier_figures)
+
+    load_start = _loadavg()
+    _log(f"playback load bench: {args.viewers} viewers; load average {load_start}")
+    base = args.work_dir or Path(tempfile.mkdtemp(prefix="hw-playback-load-"))
+    base.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    try:
+        with world(args.config, base, port_offset=args.port_offset, scheme=args.scheme) as w:
+            pops = {}
+            for subnet in (LONDON_VIEWER, NEW_YORK_VIEWER):
+                answer = steered_answer(CDN_HOST + ".", dns_port=w.ports["dns"], subnet=subnet)
+                if not answer:
+                    raise PeerError(f"the GeoDNS answered nothing for {subnet}")
+                pops[subnet] = answer[0]
+            _log(f"world up: origin {w.url}, the GeoDNS answers {pops}")
+            token = _token(w.config, "creator-app", "upload titles:write")
+            clip = make_clip(base / "clip.mp4", seconds=args.clip_seconds)
+            titles = []
+            for i in range(args.titles):
+                titles.append(publish(w, clip, f"Load Reel {i + 1}", token, timeout_s=300))
+                _log(f"published title {titles[-1]}")
+            chosen = pick_titles(titles, args.viewers, alpha=args.zipf, rng=rng)
+            viewer_token = _token(w.config, "viewer-app", "view")
+            plays = _plays(w, chosen, viewer_token)
+            subnets = (LONDON_VIEWER, NEW_YORK_VIEWER)
+            targets = []
+            for i, (t, play) in enumerate(zip(chosen, plays)):
+                address = pops[subnets[i % 2]]
+                targets.append(Target(title=t, pop=address, base=f"http://{address}:{w.ports['pop']}",
+                                      host=f"{CDN_HOST}:{w.ports['pop']}", play=play))
+            before = _edge_metrics(w)
+            from .viewer_load import session_cpu_seconds
+
+            daemons = {n: w.pids[n] for n in ("pop-a", "pop-b", "regional-1", "regional-2", "shield-1", "origin")}
+            cpu_before = {n: session_cpu_seconds(pid) for n, pid in daemons.items()}
+            _log(f"{args.viewers} viewers start over {args.ramp_seconds:.0f} s")
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            results, lag = _run_loop(run_viewers(targets, watch_s=args.seconds, ahead_s=args.ahead_segments * SEGMENT_S,
+                                                   ramp_s=args.ramp_seconds, seed=2))
+            cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+            daemon_cpu = {n: session_cpu_seconds(pid) - cpu_before[n] for n, pid in daemons.items()}
+            after = _edge_metrics(w)
+    except (PeerError, subprocess.SubprocessError) as e:
+        print(f"playback bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    load_end = _loadavg()
+    prediction = ""
+    if not args.no_simulate:
+        with tempfile.TemporaryDirectory(prefix="hw-playback-sim-") as tmp:
+            prediction = _prediction(args, args.work_dir or Path(tmp))
+    names = {POP_A: "pop-a", POP_B: "pop-b"}
+    for r in results:
+        r.pop = names.get(r.pop, r.pop)
+    figures = summarise_viewers(results)
+    print(render_load(figures, tier_figures(before, after), titles=args.titles, clip_s=args.clip_seconds,
+                      watch_s=min(args.seconds, args.clip_seconds), wall_s=wall, gen_cpu_s=cpu,
+                      lag_p95_s=percentile(lag, 95), load_start=load_start, load_end=load_end,
+                      cpus=os.cpu_count(), errors=[r.error for r in results if r.error], prediction=prediction,
+                      daemon_cpu_s=daemon_cpu))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"load_start": load_start, "load_end": load_end,
+                                               "figures": asdict(figures),
+                                               "viewers": [asdict(r) for r in results]}, indent=2) + "\n")
     return 0
