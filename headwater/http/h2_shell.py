@@ -312,6 +312,11 @@ class H2Shell:
                           scheme=req.scheme or self.scheme, client=self.client, server=self.local,
                           host=req.authority)
         try:
+            if st.reset:
+                # Reset by the peer before this task ran (a batch of HEADERS + RST_STREAM read in
+                # one go, as a rapid-reset flood sends them): nothing to answer, so the app is
+                # not called — it could start an upstream fetch before its first checkpoint.
+                return
             response, _ = await self.service.call(request, st.scope)
             if response is not None and st.reset:
                 await discard_body(response.body)
