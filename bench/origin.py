@@ -87,6 +87,7 @@ MiB = 1 << 20
 STORE_TABLES = ("cluster", "objstore", "users", "gateway", "metadata", "storage")
 ORIGIN_TABLES = ("licence", "origin", "transcoder")
 OVERHEAD_GOAL = 0.10
+_RPC_PORT_LINE = re.compile(r"^\s*rpc_port\s*=")
 _PORT_LINE = re.compile(r"^(\s*(?:port|admin_port|tls_port)\s*=\s*)(\d+)(.*)$")
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cluster.toml"
 
@@ -151,6 +152,8 @@ def origin_sections(text: str, ports: Iterator[int], *, part_size: int, max_uplo
     the idle transcoder's poll shortened (the bench's worker leases in-process anyway)."""
     out = []
     for line in split_tables(text, ORIGIN_TABLES).splitlines():
+        if _RPC_PORT_LINE.match(line):
+            continue  # no licence daemon runs here: the in-process worker opens the key store itself
         m = _PORT_LINE.match(line)
         out.append(f"{m.group(1)}{next(ports)}{m.group(3)}" if m else line)
     body = "\n".join(out) + "\n"
@@ -506,8 +509,7 @@ _STEPS = (
     ("headwater.origin.transcode.worker", "probe_file", "ffprobe"),
     ("headwater.origin.transcode.worker", "run_ffmpeg", "ffmpeg ladder"),
     ("headwater.origin.transcode.worker", "make_images", "poster + thumbnails (2 ffmpeg runs)"),
-    ("headwater.origin.transcode.worker", "open_title_keys", "title key (key store)"),
-    ("headwater.origin.transcode.worker", "title_key", "title key (key store)"),
+    ("headwater.origin.transcode.worker", "fetch_title_key", "title key (key store or licence RPC)"),
     ("headwater.origin.transcode.worker", "package_title", "packaging + encryption"),
     ("headwater.drm.package.s3sink:S3Sink", "put", "S3 PUTs of segments/images"),
     ("headwater.drm.package.s3sink:S3Sink", "commit", "S3 PUTs of manifests (commit)"),

@@ -102,6 +102,7 @@ password = "sealed"
 [licence]
 port = {licence}
 admin_port = {licence_admin}
+rpc_port = {licence_rpc}
 tls_cert = "auto"
 tls_key = "auto"
 
@@ -237,9 +238,9 @@ lon = -74.0
 
 #: The ports :func:`world_sections` needs (``pop`` must be free on both POP addresses too,
 #: ``dns`` for UDP as well as TCP).
-WORLD_PORTS = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_a_admin",
-               "pop_b_admin", "regional", "regional_admin", "regional2", "regional2_admin", "shield", "shield_admin",
-               "dns", "dns_admin")
+WORLD_PORTS = ("origin", "origin_admin", "licence", "licence_admin", "licence_rpc", "transcoder_admin", "pop",
+               "pop_a_admin", "pop_b_admin", "regional", "regional_admin", "regional2", "regional2_admin", "shield",
+               "shield_admin", "dns", "dns_admin")
 
 #: The daemons of :data:`WORLD` in start order (each tier after the one it fetches from), with
 #: the port key and host of their /healthz.

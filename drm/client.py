@@ -1,8 +1,10 @@
 """What other daemons (the origin and its transcoder) use of the DRM package: the only module
 they import from here, so what the origin depends on is this page.
 
-Packaging (the transcoder): the licence node's key store (:func:`open_title_keys`), a title's
-content key (:func:`title_key`), and the packager's entry points and S3 sink.
+Packaging (the transcoder): a title's content key (:func:`fetch_title_key`: from the licence
+daemon's ``keys.title`` RPC when ``[licence] rpc_port`` is set, so transcoders run on any host;
+otherwise from its key store opened directly, :func:`open_title_keys`, on the licence host only),
+and the packager's entry points and S3 sink.
 
 Playback (the origin's ``/api/titles/T/play``):
 
@@ -20,6 +22,8 @@ import secrets
 from typing import Any
 
 from .errors import DrmError
+from .keys.service import METHOD as KEYS_METHOD
+from .keys.service import open_key, title_key, transport_key
 from .keys.store import ContentKey, KeyStore
 from .licence.entitlement import sign_token
 from .licence.tokenkeys import signing_key
@@ -29,8 +33,8 @@ from .package.s3sink import S3Sink, S3SinkError, S3Target
 from .package.segmenter import TrackOutput
 from .package.sink import SegmentSink
 
-__all__ = ["open_title_keys", "title_key", "licence_url", "EntitlementMinter", "ContentKey", "KeyStore", "DrmError",
-           "PackageOptions", "PackageResult", "package_file", "package_path", "S3Sink", "S3SinkError", "S3Target",
+__all__ = ["fetch_title_key", "open_title_keys", "title_key", "licence_url", "EntitlementMinter", "ContentKey",
+           "KeyStore", "DrmError", "PackageOptions", "PackageResult", "package_file", "package_path", "S3Sink", "S3SinkError", "S3Target",
            "SegmentSink", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name"]
 
 
@@ -45,17 +49,40 @@ def open_title_keys(cluster: Any) -> KeyStore:
     return open_key_store(node, create_kek=True)
 
 
-def title_key(store: KeyStore, title: str, scheme: str) -> ContentKey:
-    """The title's newest key for ``scheme``, made now if it has none: re-packaging a title keeps
-    the key its viewers' players hold, and one title never shares another's key."""
-    infos = [i for i in store.infos(title) if i.scheme == scheme]
-    if infos:
-        newest = max(infos, key=lambda i: i.created)
-        key = store.get(newest.kid)
-        if key is None:
-            raise DrmError(f"key {newest.kid.hex()} of title {title} vanished from the store")
-        return key
-    return store.add(title, scheme=scheme)
+def fetch_title_key(cluster: Any, title: str, scheme: str, *, timeout_s: float = 30.0) -> ContentKey:
+    """The title's content key for ``scheme`` (made on first use), from a blocking caller (the
+    transcoder's job thread): over the licence daemon's ``keys.title`` RPC when its ``rpc_port``
+    is set (the cluster secret authenticates both ends; the key comes sealed), else from its key
+    store on this host. Raises :class:`DrmError` (or the RPC's errors) on failure."""
+    node = getattr(cluster, "licence", None)
+    if node is None:
+        raise DrmError("cluster.toml has no [licence] section: content keys live in its key store")
+    if node.rpc_port is None:
+        store = open_title_keys(cluster)
+        try:
+            return title_key(store, title, scheme)
+        finally:
+            store.close()
+
+    async def ask() -> ContentKey:
+        from headwater.rpc import RpcClient, cluster_secret  # the RPC stack only when used
+
+        secret = cluster_secret(cluster)
+        async with RpcClient(node.host, node.rpc_port, secret=secret, connect_timeout=min(5.0, timeout_s),
+                             default_timeout=timeout_s) as client:
+            reply = await client.call(KEYS_METHOD, {"title": title, "scheme": scheme})
+        result = reply.result
+        if not isinstance(result, dict) or not isinstance(result.get("kid"), bytes) or len(result["kid"]) != 16:
+            raise DrmError(f"the licence daemon's {KEYS_METHOD} answer is malformed")
+        kid = result["kid"]
+        key = open_key(transport_key(secret.key), title, scheme, kid, result.get("sealed"))
+        return ContentKey(kid=kid, key=key, title=title)
+
+    import anyio
+
+    # A loop of its own in the caller's thread: the job thread is blocking by design, and the
+    # daemon's loop keeps serving /healthz meanwhile.
+    return anyio.run(ask)
 
 
 def licence_url(cluster: Any) -> str | None:

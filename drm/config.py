@@ -5,6 +5,9 @@ Read once through the kernel's :class:`~headwater.config.Reader` (errors name th
 line) into frozen dataclasses; every licence default lives here. Keys of ``[licence]``::
 
     id, host, port, admin_port, data_dir      (defaults: "licence", 127.0.0.1, 8443, 9443, data_dir/licence)
+    rpc_port                                  (unset: none; the port of the ``keys.title`` RPC that gives
+                                               transcoders on other hosts titles' keys, authenticated by
+                                               the cluster secret; unset, transcoders must run on this host)
     tls_cert, tls_key                         ("auto" by default: the local CA's leaf; files; or tls = false)
     kek_file | kek_env                        (the key-encryption key; default data_dir/licence/kek, made
                                                on first use)
@@ -89,6 +92,7 @@ class LicenceConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     admin_port: int = 9443
+    rpc_port: int | None = None
     tls_cert: str | None = TLS_AUTO
     tls_key: str | None = TLS_AUTO
     data_dir: Path = Path("var/licence")
@@ -109,9 +113,15 @@ class LicenceConfig:
         return "licence"
 
     @property
+    def port_keys(self) -> tuple[str, ...]:
+        return ("port", "admin_port") + (("rpc_port",) if self.rpc_port is not None else ())
+
+    @property
     def needs_cluster_secret(self) -> bool:
-        """With TLS "auto" (the local CA's key is sealed) or a sealed HS256 secret."""
-        return self.tls_cert == TLS_AUTO or any(k.secret == "sealed" for k in self.tokens.keys)
+        """With the key RPC (its callers prove the secret), TLS "auto" (the local CA's key is
+        sealed) or a sealed HS256 secret."""
+        return (self.rpc_port is not None or self.tls_cert == TLS_AUTO
+                or any(k.secret == "sealed" for k in self.tokens.keys))
 
     @property
     def key_store_dir(self) -> Path:
@@ -122,7 +132,7 @@ class LicenceConfig:
         return self.data_dir / "audit.log"
 
 
-_KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data_dir", "kek_file", "kek_env",
+_KEYS = {"id", "host", "port", "admin_port", "rpc_port", "tls", "tls_cert", "tls_key", "data_dir", "kek_file", "kek_env",
          "key_store_size", "max_request_size", "max_kids", "allowed_origins", "cors_max_age_seconds",
          "tokens", "policy", "titles", "rate_limits", "limits"}
 _TOKEN_KEYS = {"keys", "issuer", "audience", "leeway_seconds", "max_lifetime_seconds", "replay_cache_entries"}
@@ -249,7 +259,8 @@ def read_licence(r: Reader, item: Mapping[str, Any], p: str) -> LicenceConfig:
         raise r.error(f"{p}.limits.max_body_size", "must be at least max_request_size")
     return LicenceConfig(
         id=node_id, host=r.get(item, "host", p, str, "127.0.0.1"), port=r.port(item, "port", p, 8443),
-        admin_port=r.port(item, "admin_port", p, 9443), tls_cert=cert, tls_key=key, data_dir=data_dir,
+        admin_port=r.port(item, "admin_port", p, 9443),
+        rpc_port=r.port(item, "rpc_port", p) if "rpc_port" in item else None, tls_cert=cert, tls_key=key, data_dir=data_dir,
         kek_file=kek_file, kek_env=kek_env, key_store_bytes=r.size(item, "key_store_size", p, 256 * MiB),
         max_request_bytes=max_req, max_kids=max_kids, allowed_origins=tuple(o.rstrip("/") for o in origins),
         cors_max_age_s=r.get(item, "cors_max_age_seconds", p, int, 600),

@@ -19,7 +19,8 @@ def _endpoints(cfg: ClusterConfig) -> list[str]:
     if node is None:
         return []
     scheme = "https" if node.tls_cert else "http"
-    return [f"licence {node.id:<6} {scheme}://{node.host}:{node.port}/licence  (tokens: headwater entitle)"]
+    rpc = f"; titles' keys for transcoders: RPC on {node.host}:{node.rpc_port}" if node.rpc_port else ""
+    return [f"licence {node.id:<6} {scheme}://{node.host}:{node.port}/licence  (tokens: headwater entitle{rpc})"]
 
 
 def _commands(sub: object, config_help: str) -> None:

@@ -1,4 +1,5 @@
-"""The licence audit log: one JSON line per licence granted or refused.
+"""The licence audit log: one JSON line per licence granted or refused, and per content key
+handed to a packager (``keys.title``, :mod:`..keys.service`).
 
 Each line says when, who (the token's user when it verified, else null), from where (the client
 address), which titles and KIDs (KIDs are not secret: they are in every manifest), the outcome,
@@ -21,7 +22,7 @@ from typing import Sequence
 
 from .clearkey import b64url
 
-__all__ = ["LicenceGranted", "LicenceRefused", "audit_line", "AuditLog"]
+__all__ = ["LicenceGranted", "LicenceRefused", "KeyServed", "audit_line", "AuditLog"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +51,17 @@ class LicenceRefused:
     user: str | None = None
     titles: Sequence[str] = ()
     kids: Sequence[bytes] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyServed:
+    """A title's content key was given (sealed) to a packager that proved the cluster secret."""
+
+    time: float
+    title: str
+    scheme: str
+    kid: bytes
+    client: str = "rpc"
 
 
 def _iso(t: float) -> str:
@@ -86,11 +98,15 @@ def _opt(value: str | None) -> str:
     return "null" if value is None else _q(value)
 
 
-def audit_line(event: LicenceGranted | LicenceRefused, *, iso=_iso) -> bytes:
+def audit_line(event: LicenceGranted | LicenceRefused | KeyServed, *, iso=_iso) -> bytes:
     """The event as one JSON line (UTF-8, ending in a newline); the same bytes as
     ``json.dumps(doc, separators=(",", ":"), ensure_ascii=True)`` of the fields in the order
-    ts, user, client, titles, kids, outcome, then type, licence_end, device (granted) or
-    status, code, reason (refused)."""
+    ts, user, client, titles, kids, outcome, then type, licence_end, device (granted),
+    status, code, reason (refused) or scheme (key_served: user null)."""
+    if isinstance(event, KeyServed):
+        return (f'{{"ts":"{iso(event.time)}","user":null,"client":{_q(event.client)},"titles":[{_q(event.title)}],'
+                f'"kids":["{b64url(event.kid)}"],"outcome":"key_served","scheme":{_q(event.scheme)}}}\n'
+                ).encode("ascii")
     head = (f'{{"ts":"{iso(event.time)}","user":{_opt(event.user)},"client":{_q(event.client)},'
             f'"titles":[{",".join(_q(t) for t in sorted(event.titles))}],'
             f'"kids":[{",".join(chr(34) + b64url(k) + chr(34) for k in event.kids)}],')
@@ -113,7 +129,7 @@ class AuditLog:
         self.lines = 0
         self._iso = _SecondStamp()
 
-    def record(self, event: LicenceGranted | LicenceRefused) -> None:
+    def record(self, event: LicenceGranted | LicenceRefused | KeyServed) -> None:
         # One unbuffered write per line, as before: the line is in the kernel (it survives a
         # crash of this process, not of the machine) before the answer is sent. Buffering lines
         # would save a few microseconds a licence and lose the last ones on a crash.

@@ -5,6 +5,8 @@ CLI), loads the token keys (and starts the JWKS fetcher for an issuer's keys), a
 
 - licences on ``port``: HTTPS (ALPN h2, http/1.1) with the operator's files or, for ``"auto"``,
   the cluster's local CA's leaf; plain HTTP with ``tls = false``;
+- titles' content keys to transcoders on ``rpc_port`` when it is set (``keys.title``, the
+  kernel's RPC: callers prove the cluster secret; :mod:`..keys.service`);
 - the admin endpoint on ``admin_port``: /healthz (keys stored, licences granted and refused,
   KEKs loaded) and /metrics.
 """
@@ -25,10 +27,13 @@ from headwater.localca import client_ssl_context, tls_context
 from headwater.metrics import Registry, add_process_metrics
 
 from ..config import LicenceConfig
+from ..errors import DrmError
 from ..keys.kek import Kek, create_kek_file, kek_from_env, read_kek_file
+from ..keys.service import METHOD as KEYS_METHOD
+from ..keys.service import BadKeyRequest, KeyService
 from ..keys.store import KeyStore
 from .app import LicenceApp
-from .audit import AuditLog
+from .audit import AuditLog, KeyServed
 from .entitlement import ReplayCache, TokenVerifier, VerificationKey
 from .ratelimit import LicenceRateLimiter
 from .tokenkeys import JwksSource, static_keys
@@ -110,8 +115,29 @@ async def run_licence(cluster: ClusterConfig, node: LicenceConfig, *, clock: Clo
                      on_error=on_error)
     export_stats(registry, "hw_licence", lambda: dict(app.counts))
 
+    keys_rpc: Any = None
+    if node.rpc_port is not None:
+        from headwater.rpc import BadRequest, RemoteError, RpcServer, cluster_secret
+
+        secret = cluster_secret(cluster)
+        service = KeyService(store, secret.key, on_served=lambda title, scheme, kid: audit.record(
+            KeyServed(time=clock.time(), title=title, scheme=scheme, kid=kid)))
+        export_stats(registry, "hw_licence_rpc", lambda: dict(service.counts))
+        keys_rpc = RpcServer(node.id, secret=secret, max_frame_bytes=64 * 1024)
+
+        async def keys_title(args: dict, payload: bytes) -> dict[str, Any]:
+            try:
+                return service.answer(args)
+            except BadKeyRequest as e:
+                raise BadRequest(str(e)) from None
+            except DrmError as e:
+                log.error("licence: keys.title: %s", e, extra={"event": "licence.key_store_error"})
+                raise RemoteError(str(e)) from None
+
+        keys_rpc.add(KEYS_METHOD, keys_title)
+
     async def health() -> dict[str, Any]:
-        return {"keys": store.count(), **app.counts, "keks": len(store.kek_ids()),
+        return {"keys": store.count(), **app.counts, **(service.counts if keys_rpc is not None else {}), "keks": len(store.kek_ids()),
                 "token_keys": len(current_keys()), "tls": tls is not None, "pid": os.getpid()}
 
     try:
@@ -123,6 +149,8 @@ async def run_licence(cluster: ClusterConfig, node: LicenceConfig, *, clock: Clo
             await tg.start(lambda task_status: serve(admin_app(health=health, registry=registry), host=node.host,
                                                      port=node.admin_port, limits=ADMIN_LIMITS, clock=clock,
                                                      task_status=task_status))
+            if keys_rpc is not None:
+                await tg.start(lambda task_status: keys_rpc.serve(node.host, node.rpc_port, task_status=task_status))
             log.info("licence: %s serving on %s://%s:%d", node.id, "https" if tls else "http", node.host, node.port,
                      extra={"event": "licence.started"})
             task_status.started()

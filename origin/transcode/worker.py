@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater.clock import SYSTEM_CLOCK, Clock
-from headwater.drm.client import S3Sink, S3Target, licence_url, open_title_keys, title_key
+from headwater.drm.client import S3Sink, S3Target, fetch_title_key, licence_url
 
 from ..catalogue import Lease, LeaseLost, SqlCatalogue, TitleState
 from ..delivery.invalidation import request_cdn_purge
@@ -214,11 +214,7 @@ class _Job:
         self.beat(0.88)
         kid = key = b""
         if cfg.scheme != "none":
-            keys = open_title_keys(w.cluster)
-            try:
-                content = title_key(keys, str(self.title_id), cfg.scheme)
-            finally:
-                keys.close()
+            content = fetch_title_key(w.cluster, str(self.title_id), cfg.scheme)
             kid, key = content.kid, content.key
         objects.ensure_bucket(bucket)
         s = w.store

@@ -56,11 +56,13 @@ secret = "sealed"
 """
 
 
-# A licence server on the test's ports ({licence}, {licence_admin}), TLS from the local CA, its
-# entitlement tokens signed with a sealed HS256 secret (what /play mints).
+# A licence server on the test's ports ({licence}, {licence_admin}, {licence_rpc}), TLS from the
+# local CA, its entitlement tokens signed with a sealed HS256 secret (what /play mints); a
+# transcoder takes titles' keys from its keys.title RPC, as one on another host would.
 LICENCE_SECTION = """[licence]
 port = {licence}
 admin_port = {licence_admin}
+rpc_port = {licence_rpc}
 tls_cert = "auto"
 tls_key = "auto"
 

@@ -107,7 +107,7 @@ M3U8 = b"#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nvideo-1.
 
 @pytest.fixture(scope="module")
 def world(cluster, s3):
-    ports = free_ports(8)
+    ports = free_ports(9)
     keys = cluster.root / "keys"
     keys.mkdir(exist_ok=True)
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # OpenSSL's: fast
@@ -117,7 +117,7 @@ def world(cluster, s3):
     os.chmod(keys / "cf.pem", 0o600)
     (keys / "cf.pub.pem").write_bytes(private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    names = ("origin", "origin_admin", "licence", "licence_admin", "pop", "pop_admin", "shield", "shield_admin")
+    names = ("origin", "origin_admin", "licence", "licence_admin", "licence_rpc", "pop", "pop_admin", "shield", "shield_admin")
     p = dict(zip(names, ports))
     with open(cluster.config_path, "a") as f:
         f.write(SECTIONS.format(**p, pub=keys / "cf.pub.pem", priv=keys / "cf.pem"))

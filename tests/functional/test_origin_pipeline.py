@@ -71,7 +71,7 @@ secret = "sealed"
 
 @pytest.fixture(scope="module")
 def world(cluster):
-    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_admin", "shield",
+    names = ("origin", "origin_admin", "licence", "licence_admin", "licence_rpc", "transcoder_admin", "pop", "pop_admin", "shield",
              "shield_admin")
     p = dict(zip(names, free_ports(len(names))))
     with open(cluster.config_path, "a") as f:
@@ -205,6 +205,9 @@ def test_a_video_file_becomes_a_playable_encrypted_title(world, tmp_path):
         keys.close()
     assert key["kid"] == b64
     assert base64.urlsafe_b64decode(key["k"] + "==") == expected
+    # The transcoder took the key over the licence server's keys.title RPC (rpc_port is set).
+    health = httpx.get(f"http://127.0.0.1:{world['cfg'].licence.admin_port}/healthz", timeout=5).json()
+    assert health["keys_served"] >= 1 and health["keys_refused"] == 0
 
 
 def _tail(world, name: str) -> str:

@@ -90,7 +90,7 @@ def _leaf_spki(port: int, ca: str) -> str:
 
 @pytest.fixture(scope="module")
 def world(cluster):
-    names = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_admin", "shield",
+    names = ("origin", "origin_admin", "licence", "licence_admin", "licence_rpc", "transcoder_admin", "pop", "pop_admin", "shield",
              "shield_admin")
     p = dict(zip(names, free_ports(len(names))))
     # A cheap scrypt (2^10) for the test; cluster.toml's default cost is 2^15.

@@ -16,6 +16,14 @@ def test_shipped_config():
     assert (node.id, node.port, node.admin_port, node.tls_cert) == ("licence", 8443, 9443, "auto")
     assert node.tokens.keys[0].alg == "HS256" and node.tokens.keys[0].secret == "sealed"
     assert node.policy.default.types == {"temporary"} and node.needs_cluster_secret
+    assert node.rpc_port == 7443 and node.port_keys == ("port", "admin_port", "rpc_port")
+
+
+def test_the_key_rpc_is_off_unless_a_port_is_given():
+    node = loads('[licence]\ntls = false\n').licence
+    assert node.rpc_port is None and node.port_keys == ("port", "admin_port") and not node.needs_cluster_secret
+    node = loads('[licence]\ntls = false\nrpc_port = 7000\n').licence
+    assert node.rpc_port == 7000 and node.needs_cluster_secret  # its callers prove the cluster secret
 
 
 def test_minimal_and_title_policies():
@@ -48,6 +56,9 @@ def test_a_partial_limits_table_keeps_the_licence_servers_own_defaults():
     ('[licence]\nkek_file = "k"\nkek_env = "K"\n', "licence.kek_env"),
     ('[licence]\nkek_env = "1BAD"\n', "licence.kek_env"),
     ('[licence]\nmax_kids = 0\n', "licence.max_kids"),
+    ('[licence]\nrpc_port = 0\n', "licence.rpc_port"),
+    ('[licence]\nrpc_port = "7443"\n', "licence.rpc_port"),
+    ('[licence]\nrpc_port = 9443\n', "licence.rpc_port"),
     ('[licence]\nallowed_origins = ["player.example"]\n', "licence.allowed_origins"),
     ('[licence]\nsurprise = 1\n', "licence.surprise"),
     ('[[licence.tokens.keys]]\nid = "a"\nalg = "none"\n', "licence.tokens.keys[0].alg"),
