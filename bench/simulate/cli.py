@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                     "SHARDS-sampled workload, or a libCacheSim trace.")
     p.add_argument("--scenario", help="shipped scenario name or TOML path (prime-peak; live with --live)")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
-                   help="segment, ttl, policy, rate, ram or disk; repeat for a grid")
+                   help="segment, ttl, policy, rate, ram, disk, promote or promote_rate; repeat for a grid")
     p.add_argument("--dask", metavar="ADDRESS", help="run sweep points on this Dask scheduler")
     p.add_argument("--workers", type=int, default=2, help="local processes (default 2)")
     p.add_argument("--rate", type=float, help="override the scenario's SHARDS sampling rate")

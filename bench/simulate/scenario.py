@@ -215,7 +215,7 @@ class Scenario:
     def with_sweep(self, name: str, value: float) -> Scenario:
         """This scenario with one swept parameter set: ``segment`` (seconds), ``ttl`` (seconds),
         ``policy`` (name), ``rate`` (SHARDS), ``ram``/``disk`` (bytes per POP), ``promote``
-        (the largest body copied from disk to RAM)."""
+        (the largest body copied from disk to RAM), ``promote_rate`` (bytes a second of it)."""
         if name == "segment":
             return dataclasses.replace(self, media=dataclasses.replace(self.media, segment_s=float(value)))
         if name == "ttl":
@@ -230,7 +230,10 @@ class Scenario:
             return dataclasses.replace(self, tiers=dataclasses.replace(self.tiers, pop_disk_bytes=int(value)))
         if name == "promote":
             return dataclasses.replace(self, tiers=dataclasses.replace(self.tiers, promote_max_bytes=int(value)))
-        raise ValueError(f"unknown sweep parameter {name!r} (segment, ttl, policy, rate, ram, disk, promote)")
+        if name == "promote_rate":
+            return dataclasses.replace(self, tiers=dataclasses.replace(self.tiers, promote_bytes_per_s=int(value)))
+        raise ValueError(f"unknown sweep parameter {name!r} "
+                         "(segment, ttl, policy, rate, ram, disk, promote, promote_rate)")
 
 
 _TOP = {"name", "seed", "sampling", "catalogue", "media", "viewers", "window", "region", "tiers",

@@ -27,6 +27,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ram": lambda v: parse_size(v, "ram"),
     "disk": lambda v: parse_size(v, "disk"),
     "promote": lambda v: parse_size(v, "promote"),
+    "promote_rate": lambda v: parse_size(v, "promote_rate"),
 }
 
 
