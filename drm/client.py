@@ -23,7 +23,7 @@ from .errors import DrmError
 from .keys.store import ContentKey, KeyStore
 from .licence.entitlement import sign_token
 from .licence.tokenkeys import signing_key
-from .package.manifests import MASTER_NAME, MPD_NAME, media_playlist_name
+from .package.manifests import MASTER_NAME, MPD_NAME, in_hls, media_playlist_name
 from .package.pipeline import PackageOptions, PackageResult, package_file, package_path
 from .package.s3sink import S3Sink, S3SinkError, S3Target
 from .package.segmenter import TrackOutput
@@ -31,7 +31,7 @@ from .package.sink import SegmentSink
 
 __all__ = ["open_title_keys", "title_key", "licence_url", "EntitlementMinter", "ContentKey", "KeyStore", "DrmError",
            "PackageOptions", "PackageResult", "package_file", "package_path", "S3Sink", "S3SinkError", "S3Target",
-           "SegmentSink", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name"]
+           "SegmentSink", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name", "in_hls"]
 
 
 def open_title_keys(cluster: Any) -> KeyStore:

@@ -98,7 +98,7 @@ def test_ladder_command_maps_every_rung_with_aligned_keyframes():
     assert maps == ["[v0]", "[v1]", "0:a:0"]
     assert argv[argv.index("-g") + 1] == "50" and argv[argv.index("-sc_threshold") + 1] == "0"
     assert argv[argv.index("-force_key_frames") + 1] == "expr:gte(t,n_forced*2)"
-    assert argv[argv.index("-b:v:1") + 1] == "300000" and argv[argv.index("-b:a") + 1] == "96000"
+    assert argv[argv.index("-b:v:1") + 1] == "300000" and argv[argv.index("-b:a:0") + 1] == "96000"
     assert argv[argv.index("-progress") + 1] == "pipe:1" and argv[-1] == "out.mp4"
     silent = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(audio=False), segment_seconds=4,
                             preset="fast", audio_bitrate=96_000)
