@@ -28,6 +28,10 @@ Key rotation: shaka-player plays ``cenc`` DASH packaged with ``--rotate-every 2s
 segments: two Periods, two KIDs from the store) past the key change at 2 s, with a licence for
 each period's KID.
 
+VP9 and Opus (issue 14): shaka-player plays a 4 s VP9 + Opus clip packaged ``--dash`` with
+``cenc`` and with ``cbcs`` (each VP9 frame's uncompressed header clear, its protected bytes
+block-aligned), the MPD having no other codec, so the frames decoded are VP9's.
+
 Classic ``METHOD=AES-128`` HLS (``headwater package --scheme aes128``: every file encrypted
 whole, the key tag naming the daemon's ``GET /keys/<KID hex>``) plays in hls.js without EME:
 hls.js fetches the key itself, with the page's token on that request (``xhrSetup``), through the
@@ -91,6 +95,8 @@ CASES = [
     # dash.js 5.2 is left out of rotation: in one run of several it skipped the first period
     # ("Adjusting playback time ... because of gap in the manifest") and decoded only the second.
     Case("hlsjs-cenc-rotated-hls", "hlsjs", "rotated/master.m3u8", frames=75),
+    Case("shaka-vp9-cenc-dash", "shaka", "vp9-cenc/manifest.mpd"),
+    Case("shaka-vp9-cbcs-dash-laurl", "shaka", "vp9-cbcs/manifest.mpd", licence="mpd"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 PLAYING = [c.name for c in CASES if c.expect == "plays" and "-rotated-" not in c.name]
@@ -130,6 +136,7 @@ def played(tmp_path_factory) -> Played:
         # seconds on a loaded machine). The local CA and its leaf are made first, as `headwater
         # up` does, so Chromium can be told the one certificate to trust before the daemon is up.
         clip = pool.submit(make_clip, root / "clip.mp4", seconds=4)
+        webm_clip = pool.submit(make_clip, root / "vp9.mp4", seconds=4, codec="vp9", audio="opus")
         prepared = prepare_licence(root / "licence", make_ca=True)
         trusted = prepared.leaf_spki_sha256()
         with Browser(concurrency=2, trust_spki=[trusted]) as browser, running_licence(prepared) as lic:
@@ -139,6 +146,9 @@ def played(tmp_path_factory) -> Played:
             lic.cli("keys", "new", "--title", OTHER_TITLE)
             for scheme in ("cenc", "cbcs", "aes128"):
                 assert _package(lic, clip.result(), media / scheme, scheme) == kid_hex, scheme
+            for scheme in ("cenc", "cbcs"):  # VP9 and Opus are DASH only (HLS names H.264/HEVC/AAC)
+                assert _package(lic, webm_clip.result(), media / f"vp9-{scheme}", scheme, "--title", TITLE,
+                                "--dash") == kid_hex
             # The right KID, so the licence is granted, but not the key the store holds for it.
             _package(lic, clip.result(), media / "wrong", "cenc", "--kid", kid_hex, "--key", secrets.token_hex(16))
             # Last: rotation adds new keys to title 1, which the runs above must not pick up.
@@ -261,3 +271,12 @@ def test_every_licence_request_is_in_the_audit_log(played):
     assert {line["user"] for line in played.audit} == users, played.audit
     refused = [line for line in played.audit if line["outcome"] == "refused"]
     assert all(line["user"] == BY_NAME["shaka-cenc-other-title"].user for line in refused), refused
+
+
+def test_vp9_renditions_played_are_vp9_and_opus(played):
+    for scheme in ("cenc", "cbcs"):
+        mpd = (played.media / f"vp9-{scheme}" / "manifest.mpd").read_text()
+        codecs = set(re.findall(r'codecs="([^"]+)"', mpd))
+        assert {c.split(".")[0] for c in codecs} == {"vp09", "opus"}, codecs
+        assert f"/media/vp9-{scheme}/video-1/init.mp4" in played.served
+        assert f"/media/vp9-{scheme}/audio-2/seg-1.m4s" in played.served
