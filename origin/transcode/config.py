@@ -18,7 +18,8 @@ Keys (every default here)::
     audio_bitrate      AAC bitrate ("128k"), one audio track for every rung
     codecs             the video codecs every rung is made in: ["h264"] (default), or
                        ["h264", "vp9"] for VP9 renditions beside the H.264 ones (DASH only:
-                       docs/origin.md says why); "h264" is required (HLS and Safari play it)
+                       README, "VP9 and Opus renditions", says why); some rung must be h264
+                       (HLS and Safari play only those)
     vp9_deadline       libvpx's quality/speed mode for VP9: "good" (default) or "realtime"
     vp9_cpu_used       libvpx's speed within that mode, 0 (slowest) … 8 (4)
     opus_bitrate       Opus bitrate ("96k"): the audio played with the VP9 renditions, made when

@@ -7,8 +7,9 @@ then AAC, and Opus when there is VP9) goes through the DRM packager once
 the title's one content key, and one DASH MPD and one HLS master name them. The MPD has one
 AdaptationSet per codec (H.264 video, VP9 video, AAC audio, Opus audio), so a player picks the
 sets it can decode and adapts within one; the HLS master names the H.264 renditions and the AAC
-audio only (VP9/Opus in HLS is played by too few players: docs/origin.md). The poster and thumbnails are put through the same sink first, so a failure anywhere
-deletes them with the segments; the manifests go last, at the sink's commit.
+audio only (VP9/Opus in HLS is played by too few players: README, "VP9 and Opus renditions").
+The poster and thumbnails are put through the same sink first, so a failure anywhere deletes
+them with the segments; the manifests go last, at the sink's commit.
 
 Layout of ``titles/T/vN/`` (names from the packager: ``video-<track>`` for rung k is track k):
 
