@@ -62,7 +62,7 @@ def split_superframe(sample: bytes | memoryview) -> tuple[list[int], int]:
     """(frame sizes, index size) of ``sample``: a superframe's frames and the bytes of its
     index, or ``([len(sample)], 0)`` for a lone frame. The index is the last byte's marker
     (``0b110`` + size bytes + frame count), the frame sizes, and the marker again first; when
-    it is there the sizes must add up to the sample exactly."""
+    both markers are there the sizes must add up to the sample exactly."""
     n = len(sample)
     if n == 0:
         raise MalformedMedia("an empty VP9 sample")
@@ -73,9 +73,10 @@ def split_superframe(sample: bytes | memoryview) -> tuple[list[int], int]:
     size_bytes = ((marker >> 3) & 0x03) + 1
     index = 2 + frames * size_bytes
     if n < index or sample[n - index] != marker:
-        # A frame whose last byte merely looks like a marker: the spec says such a frame is
-        # padded by the encoder so this cannot happen; a lone frame it is not, so refuse.
-        raise MalformedMedia("a VP9 sample ends like a superframe index but has none")
+        # A last byte that only looks like a marker, without the index's first marker to match:
+        # a lone frame, as libvpx's decoder reads it (its encoder pads such frames, but others
+        # need not).
+        return [n], 0
     sizes = []
     at = n - index + 1
     for _ in range(frames):

@@ -292,9 +292,17 @@ def test_superframe_index_round_trips(frames, size_bytes):
     assert split_superframe(sample) == ([len(f) for f in frames], 2 + len(frames) * size_bytes)
 
 
+def test_a_last_byte_like_a_marker_without_its_twin_is_a_lone_frame():
+    head, size = write_header(Header())
+    frame = head + bytes(40) + bytes([0xC9])    # marker-like, but the index's first byte is not there
+    assert split_superframe(frame) == ([len(frame)], 0)
+    (f,) = Vp9HeaderReader().frames(frame)
+    assert (f.size, f.header_size) == (len(frame), size)
+
+
 @pytest.mark.parametrize("sample", [
-    b"", bytes([0xC1, 1, 0xC1]),                              # empty; index sizes not adding up
-    bytes([5]) + bytes([0xC0, 1, 0xC1]),                      # index markers differ
+    b"", bytes([0xC1, 1, 1, 0xC1]),                           # empty; index sizes not adding up
+    bytes([0x80]) + bytes([0xC1, 0, 1, 0xC1]),                # a zero-sized frame in the index
     bytes([0b01000000]) + bytes(20),                          # wrong frame marker
     bytes([0b10000000, 0, 0, 0]),                             # keyframe with a wrong sync code
     bytes([0b10000010, 0x49, 0x83, 0x42]),                    # header runs past the frame
