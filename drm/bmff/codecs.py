@@ -5,8 +5,9 @@ A sample entry (one child of ``stsd``) is read here for what a manifest needs: t
 ``opus``), the picture size, the audio sample rate and channel count. Only the codecs the packager
 takes are known — H.264 (``avc1``/``avc3``), HEVC (``hvc1``/``hev1``), VP9 (``vp09`` with its
 ``vpcC``, the VP Codec ISO Media File Format Binding), AAC (``mp4a`` with an MPEG-4 or MPEG-2 AAC
-object type) and Opus (``Opus`` with its ``dOps``, Encapsulation of Opus in ISOBMFF); anything else is :class:`~headwater.drm.errors.UnsupportedMedia`, and a
-configuration record that does not fit its box is :class:`~headwater.drm.errors.MalformedMedia`.
+object type) and Opus (``Opus`` with its ``dOps``, Encapsulation of Opus in ISOBMFF); anything
+else is :class:`~headwater.drm.errors.UnsupportedMedia`, and a configuration record that does not
+fit its box is :class:`~headwater.drm.errors.MalformedMedia`.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-from headwater.drm.client import (MASTER_NAME, MPD_NAME, PackageOptions, PackageResult, SegmentSink, in_hls,
-                                  media_playlist_name, package_path)
+from headwater.drm.client import (MASTER_NAME, MPD_NAME, PackageOptions, PackageResult, SegmentSink, TrackOutput,
+                                  in_hls, media_playlist_name, package_path)
 
 from ..catalogue import Rendition
 from .ladder import PlannedRung
@@ -81,7 +81,7 @@ def renditions_of(result: PackageResult, rungs: Sequence[PlannedRung], prefix: s
         raise ValueError(f"the ladder file has {len(videos)} video tracks for {len(rungs)} rungs")
     out = [Rendition(name="dash", codec="manifest", path=prefix + MPD_NAME),
            Rendition(name="hls", codec="manifest", path=prefix + MASTER_NAME)]
-    def path(t) -> str:
+    def path(t: TrackOutput) -> str:
         return prefix + (media_playlist_name(t) if in_hls(t) else t.init_name)
 
     for rung, t in zip(rungs, videos):

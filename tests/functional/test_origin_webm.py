@@ -91,6 +91,12 @@ def test_vp9_and_opus_renditions_are_published_encrypted_beside_h264(setup, s3, 
     assert sorted(families, key=str) == sorted([("video", {"avc1"}), ("video", {"vp09"}), ("audio", {"mp4a"}),
                                                 ("audio", {"opus"})], key=str), sets
     assert all(len(codecs) == 2 for kind, codecs in sets if kind == "video")
+    # Every video rendition, H.264 and VP9, has the same segments (the fixed GOP): a player
+    # switching codec or rung lands on the same boundaries.
+    timelines = {tuple((s.get("t"), s.get("d"), s.get("r")) for s in rep.iter(f"{MPD_NS}S"))
+                 for a in mpd.iter(f"{MPD_NS}AdaptationSet") if a.get("contentType") == "video"
+                 for rep in a.iter(f"{MPD_NS}Representation")}
+    assert len(timelines) == 1, timelines
     master = (local / "master.m3u8").read_text()
     assert "avc1." in master and "mp4a.40.2" in master and "vp09" not in master and "opus" not in master
 
