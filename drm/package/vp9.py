@@ -8,16 +8,19 @@ The VP Codec ISO Media File Format Binding (v1.0, "Common Encryption") says:
   followed by an index naming their sizes (VP9 bitstream spec, Annex B). Every frame's
   uncompressed header and the index are clear;
 * the encrypted bytes of each frame are block aligned (a multiple of 16), so that the CTR
-  counter state at the start of each frame can be computed; the alignment is made by moving
-  the few bytes that do not fill a block from the protected range into the clear bytes before
-  it. Shaka Packager applies the same rule to ``cbcs`` too (23001-7 asks it of ``cbc1`` and
-  ``cens``; it costs nothing), and so do we: the layout is the same for both schemes.
+  counter state at the start of each frame can be computed. The binding's text makes the
+  alignment by growing the clear bytes before the protected range; Shaka Packager 3.8 instead
+  starts the protected range right after the header and leaves the frame's last ``(n - h) % 16``
+  bytes clear, which is also what CMAF asks of ``cbcs`` (protection starts at the first byte
+  after the header). Every decrypter follows the map it is given, so both play; we write
+  Shaka's layout, byte for byte (the tests compare), for ``cenc`` and ``cbcs`` alike.
 
-So a frame of ``n`` bytes whose uncompressed header is ``h`` bytes gives the subsample
-``(h + (n - h) % 16, (n - h) - (n - h) % 16)``; clear runs with nothing protected after them (a
-``show_existing_frame`` frame, a frame under 16 bytes past its header, the superframe index)
-are merged into the clear bytes of the next subsample, or form a last all-clear one. Clear
-counts over 65535 are split (``senc`` counts them in 16 bits).
+So a frame of ``n`` bytes whose uncompressed header is ``h`` bytes gives ``h`` clear bytes,
+``(n - h) - (n - h) % 16`` protected, then ``(n - h) % 16`` clear; clear runs are merged with
+the clear bytes that follow them (the next frame's header, the superframe index) into one
+subsample, a run with nothing protected after it (a ``show_existing_frame`` frame, a frame
+under 16 bytes past its header, the trailing bytes, the index) ending the map as an all-clear
+subsample. Clear counts over 65535 are split (``senc`` counts them in 16 bits).
 
 Finding ``h`` means parsing the whole uncompressed header (its length depends on the loop
 filter deltas, segmentation and tile fields, and the tile fields depend on the frame width).
@@ -289,10 +292,11 @@ def vp9_subsamples(frames: list[Vp9Frame], index_size: int) -> tuple[Subsample, 
     for fr in frames:
         body = fr.size - fr.header_size
         protected = body - body % BLOCK
-        clear += fr.size - protected
+        clear += fr.header_size
         if protected:
             push(clear, protected)
             clear = 0
+        clear += body - protected
     clear += index_size
     if clear:
         push(clear, 0)
