@@ -27,7 +27,7 @@ from .aes128 import key_uri
 from .segmenter import TrackOutput
 
 __all__ = ["ManifestProtection", "MPD_NAME", "MASTER_NAME", "HLS_CODECS", "dash_manifest", "hls_manifests",
-           "media_playlist_name", "in_hls"]
+           "media_playlist_name", "in_hls", "check_hls"]
 
 MPD_NAME = "manifest.mpd"
 MASTER_NAME = "master.m3u8"
@@ -39,6 +39,15 @@ HLS_CODECS = frozenset({"avc", "hevc", "mp4a"})
 def in_hls(track: TrackOutput) -> bool:
     """Whether ``track`` is named by the HLS playlists (H.264, HEVC, AAC) or by the MPD only."""
     return dash.codec_family(track.codec) in HLS_CODECS
+
+
+def check_hls(tracks: Sequence[tuple[str, str]]) -> None:
+    """Refuse HLS for ``tracks`` ((kind, RFC 6381 codec) pairs) when it would offer nothing to
+    play: no H.264/HEVC/AAC track at all, or video but none of it H.264 or HEVC."""
+    playable = [kind for kind, codec in tracks if dash.codec_family(codec) in HLS_CODECS]
+    if not playable or ("video" in (k for k, _ in tracks) and "video" not in playable):
+        raise UnsupportedMedia("HLS carries H.264, HEVC and AAC only: package VP9 or Opus for DASH "
+                               "alone (--dash), or beside an H.264 rendition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +157,7 @@ def hls_manifests(tracks: Sequence[TrackOutput], protection: ManifestProtection 
         if ivs is None:
             raise ValueError("aes128 playlists need every file's IV")
         uri = key_uri(protection.licence_url, protection.kid)
-    videos = [t for t in tracks if t.kind == "video"]
-    if not any(in_hls(t) for t in tracks) or (videos and not any(in_hls(t) for t in videos)):
-        raise UnsupportedMedia("HLS carries H.264, HEVC and AAC only: package VP9 or Opus for DASH "
-                               "alone (--dash), or beside an H.264 rendition")
+    check_hls([(t.kind, t.codec) for t in tracks])
     tracks = [t for t in tracks if in_hls(t)]
     out: dict[str, bytes] = {}
     for t in tracks:

@@ -22,6 +22,7 @@ import pytest
 from headwater.drm.bmff.movie import read_movie
 from headwater.drm.package.pipeline import PackageOptions, package_path
 from headwater.drm.package.sink import LocalFolderSink
+from headwater.drm.errors import UnsupportedMedia
 from headwater.drm.package.vp9 import Vp9HeaderReader
 from tests.functional.drm_media import FFMPEG, framemd5, run
 
@@ -105,3 +106,26 @@ def test_a_packaged_vp9_and_opus_clip_decrypts_to_its_frames(tmp_path, scheme):
         wrong = subprocess.run([FFMPEG, "-v", "quiet", "-decryption_key", bytes(16).hex(), "-i", joined,
                                 "-f", "framemd5", "-"], capture_output=True, timeout=60).stdout.decode()
         assert [line.split(",")[-1] for line in wrong.splitlines() if not line.startswith("#")] != want
+
+
+def test_a_vp9_title_asked_for_hls_is_refused_before_any_segment(tmp_path):
+    clip = vp9_clip(tmp_path / "clip.mp4", "-deadline", "realtime", "-cpu-used", "8", seconds=2)
+
+    class Sink:
+        def __init__(self) -> None:
+            self.names: list[str] = []
+            self.aborted = False
+
+        def put(self, name: str, data: bytes) -> None:
+            self.names.append(name)
+
+        def commit(self) -> None:
+            raise AssertionError("nothing may be committed")
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    sink = Sink()
+    with pytest.raises(UnsupportedMedia, match="HLS carries H.264, HEVC and AAC only"):
+        package_path(clip, sink, PackageOptions(scheme="cbcs", key=KEY, kid=KID))
+    assert sink.names == [] and sink.aborted

@@ -67,3 +67,4 @@ def test_hls_names_only_h264_and_aac():
 def test_hls_without_an_h264_video_is_refused(tracks):
     with pytest.raises(UnsupportedMedia, match="HLS carries"):
         hls_manifests(tracks, PROTECTION)
+
