@@ -11,8 +11,8 @@ The VP Codec ISO Media File Format Binding (v1.0, "Common Encryption") says:
   counter state at the start of each frame can be computed. The binding's text makes the
   alignment by growing the clear bytes before the protected range; Shaka Packager 3.8 instead
   starts the protected range right after the header and leaves the frame's last ``(n - h) % 16``
-  bytes clear, which is also what CMAF asks of ``cbcs`` (protection starts at the first byte
-  after the header). Every decrypter follows the map it is given, so both play; we write
+  bytes clear, as CMAF has ``cbcs`` do for H.264 and HEVC (protection from the first byte after
+  the slice header). Every decrypter follows the map it is given, so both play; we write
   Shaka's layout, byte for byte (the tests compare), for ``cenc`` and ``cbcs`` alike.
 
 So a frame of ``n`` bytes whose uncompressed header is ``h`` bytes gives ``h`` clear bytes,

@@ -188,7 +188,7 @@ def _read_ladder(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Rung, ...]
         if not 16 <= height <= 4320 or height % 2:
             raise r.error(f"{q}.height", f"{height} is not an even height within 16..4320")
         if name.endswith("-vp9"):
-            raise r.error(f"{q}.name", f"{name!r}: a name ending -vp9 is the VP9 rendition of a rung's")
+            raise r.error(f"{q}.name", f"{name!r}: names ending -vp9 are kept for the rungs' VP9 renditions")
         bitrate = _bitrate(r, entry, "bitrate", q)
         codecs = _read_codecs(r, entry, "codecs", q) if "codecs" in entry else None
         vp9_bitrate = _bitrate(r, entry, "vp9_bitrate", q) if "vp9_bitrate" in entry else 0
