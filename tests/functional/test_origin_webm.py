@@ -8,7 +8,8 @@ Opus audio, all cbcs-encrypted under the title's key: the MPD has one adaptation
 the HLS master names only H.264 and AAC, ffprobe reads every VP9 rendition, the encrypted VP9
 frames' uncompressed headers are clear (ffmpeg's own VP9 header parser reads them without the
 key), and the 180p VP9 rendition decrypts with the title's key to the source's picture (SSIM,
-which a wrong key fails) and the Opus track to audio ffmpeg decodes without an error.
+which a wrong key fails) and the Opus track to audio ffmpeg decodes without an error. A WebM
+upload (VP9 + Opus in Matroska) is a source like any other.
 """
 
 from __future__ import annotations
@@ -132,3 +133,20 @@ def test_vp9_and_opus_renditions_are_published_encrypted_beside_h264(setup, s3, 
     bad = subprocess.run([FFMPEG, "-v", "error", "-decryption_key", bytes(16).hex(), "-i", opus, "-f", "framemd5",
                           "-"], capture_output=True, timeout=60)
     assert bad.stdout != good.stdout
+
+
+def test_a_webm_upload_is_transcoded_to_both_codecs(setup, s3, tmp_path):
+    """A creator's WebM (VP9 + Opus in Matroska) is a source like any other: decoded once,
+    published with H.264/AAC and VP9/Opus renditions."""
+    cfg, catalogue, clip, worker = setup
+    webm = tmp_path / "clip.webm"
+    run(FFMPEG, "-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25",
+        "-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000", "-t", "3", "-c:v", "libvpx-vp9",
+        "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k", "-c:a", "libopus", "-b:a", "48k", webm)
+    assert webm.read_bytes()[:4] == bytes.fromhex("1a45dfa3")  # EBML: a Matroska/WebM file
+    title_id, job_id = submit(s3, catalogue, "webm-source", webm.read_bytes())
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker, timeout=60)
+    assert title.state is TitleState.PUBLISHED, title.error
+    codecs = {r.name: r.codec.split(".")[0] for r in title.renditions}
+    assert codecs == {"dash": "manifest", "hls": "manifest", "180p": "avc1", "90p": "avc1", "180p-vp9": "vp09",
+                      "90p-vp9": "vp09", "audio": "mp4a", "audio-opus": "opus"}
