@@ -542,11 +542,12 @@ def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, 
     cfg = load(origin.config)
     tc = cfg.transcoder
     info = probe_file(tc.ffprobe, clip)
-    rungs = plan_ladder(tc.ladder, info)
+    rungs = plan_ladder(tc.ladder, info, tc.codecs)
     tc.scratch_dir.mkdir(parents=True, exist_ok=True)
     alone_out = tc.scratch_dir.parent / "alone-ladder.mp4"  # same filesystem as the worker's scratch
     argv = ladder_command(tc.ffmpeg, clip, alone_out, rungs, info, segment_seconds=tc.segment_seconds,
-                          preset=tc.preset, audio_bitrate=tc.audio_bitrate)
+                          preset=tc.preset, audio_bitrate=tc.audio_bitrate, opus_bitrate=tc.opus_bitrate,
+                          vp9_deadline=tc.vp9_deadline, vp9_cpu_used=tc.vp9_cpu_used)
     setup = {"argv": argv, "rungs": [asdict(r) for r in rungs], "duration_s": info.duration_s,
              "clip_bytes": clip.stat().st_size, "scheme": tc.scheme, "preset": tc.preset}
     _log("  ffmpeg: " + " ".join(argv[1:]))

@@ -27,15 +27,16 @@ from .keys.service import open_key, title_key, transport_key
 from .keys.store import ContentKey, KeyStore
 from .licence.entitlement import sign_token
 from .licence.tokenkeys import signing_key
-from .package.manifests import MASTER_NAME, MPD_NAME, media_playlist_name
+from .package.manifests import MASTER_NAME, MPD_NAME, in_hls, media_playlist_name
 from .package.pipeline import PackageOptions, PackageResult, package_file, package_path
 from .package.s3sink import S3Sink, S3SinkError, S3Target
 from .package.segmenter import TrackOutput
 from .package.sink import SegmentSink
 
 __all__ = ["fetch_title_key", "open_title_keys", "title_key", "licence_url", "EntitlementMinter", "ContentKey",
-           "KeyStore", "DrmError", "PackageOptions", "PackageResult", "package_file", "package_path", "S3Sink", "S3SinkError", "S3Target",
-           "SegmentSink", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name"]
+           "KeyStore", "DrmError", "PackageOptions", "PackageResult", "package_file", "package_path", "S3Sink",
+           "S3SinkError", "S3Target", "SegmentSink", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name",
+           "in_hls"]
 
 
 def open_title_keys(cluster: Any) -> KeyStore:

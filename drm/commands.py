@@ -77,7 +77,7 @@ def _reports_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[a
 def add_commands(sub: Any, config_help: str) -> None:
     """``headwater package``, ``headwater keys …`` and ``headwater entitle``."""
     pk = sub.add_parser("package", help="package an MP4 into encrypted CMAF with DASH and HLS manifests")
-    pk.add_argument("input", metavar="IN.mp4", help="a progressive MP4 (H.264 or HEVC video, AAC audio)")
+    pk.add_argument("input", metavar="IN.mp4", help="a progressive MP4 (H.264, HEVC or VP9 video, AAC or Opus audio; VP9 and Opus go in the MPD only)")
     pk.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX/",
                     help="a local folder, or the object store of this cluster")
     pk.add_argument("--scheme", default="cbcs", choices=("cbcs", "cenc", "aes128", "none"),

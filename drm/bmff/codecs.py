@@ -1,11 +1,13 @@
 """Sample entries' codec details: dimensions, audio parameters and RFC 6381 codec strings. Sans-IO.
 
 A sample entry (one child of ``stsd``) is read here for what a manifest needs: the
-``codecs`` string (``avc1.64001f``, ``hvc1.1.6.L93.B0``, ``mp4a.40.2``), the picture size, the
-audio sample rate and channel count. Only the codecs the packager takes are known — H.264
-(``avc1``/``avc3``), HEVC (``hvc1``/``hev1``) and AAC (``mp4a`` with an MPEG-4 or MPEG-2 AAC
-object type); anything else is :class:`~headwater.drm.errors.UnsupportedMedia`, and a
-configuration record that does not fit its box is :class:`~headwater.drm.errors.MalformedMedia`.
+``codecs`` string (``avc1.64001f``, ``hvc1.1.6.L93.B0``, ``vp09.00.10.08``, ``mp4a.40.2``,
+``opus``), the picture size, the audio sample rate and channel count. Only the codecs the packager
+takes are known — H.264 (``avc1``/``avc3``), HEVC (``hvc1``/``hev1``), VP9 (``vp09`` with its
+``vpcC``, the VP Codec ISO Media File Format Binding), AAC (``mp4a`` with an MPEG-4 or MPEG-2 AAC
+object type) and Opus (``Opus`` with its ``dOps``, Encapsulation of Opus in ISOBMFF); anything
+else is :class:`~headwater.drm.errors.UnsupportedMedia`, and a configuration record that does not
+fit its box is :class:`~headwater.drm.errors.MalformedMedia`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ __all__ = [
     "VISUAL_ENTRY_FIELDS", "AUDIO_ENTRY_FIELDS",
 ]
 
-VIDEO_FORMATS = frozenset({b"avc1", b"avc3", b"hvc1", b"hev1"})
-AUDIO_FORMATS = frozenset({b"mp4a"})
+VIDEO_FORMATS = frozenset({b"avc1", b"avc3", b"hvc1", b"hev1", b"vp09"})
+AUDIO_FORMATS = frozenset({b"mp4a", b"Opus"})
 
 #: Bytes of a VisualSampleEntry's fields after its header, before its child boxes.
 VISUAL_ENTRY_FIELDS = 78
@@ -56,12 +58,12 @@ def read_sample_entry(entry: bytes | memoryview, handler: bytes) -> CodecInfo:
         raise MalformedMedia(f"sample entry {h.name}: {len(entry) - h.end} bytes after it")
     if handler == b"vide":
         if h.type not in VIDEO_FORMATS:
-            raise UnsupportedMedia(f"video format {h.name!r} (only H.264 avc1/avc3 and HEVC "
-                                   "hvc1/hev1 are packaged)")
+            raise UnsupportedMedia(f"video format {h.name!r} (only H.264 avc1/avc3, HEVC "
+                                   "hvc1/hev1 and VP9 vp09 are packaged)")
         return _visual(entry, h)
     if handler == b"soun":
         if h.type not in AUDIO_FORMATS:
-            raise UnsupportedMedia(f"audio format {h.name!r} (only AAC mp4a is packaged)")
+            raise UnsupportedMedia(f"audio format {h.name!r} (only AAC mp4a and Opus are packaged)")
         return _audio(entry, h)
     raise UnsupportedMedia(f"track handler {handler!r}")
 
@@ -81,6 +83,11 @@ def _visual(entry: bytes | memoryview, h) -> CodecInfo:
             raise UnsupportedMedia("avcC configurationVersion other than 1")
         profile, compat, level = c.u8(), c.u8(), c.u8()
         codec = f"{h.name}.{profile:02x}{compat:02x}{level:02x}"
+    elif h.type == b"vp09":
+        cfg = find_box(entry, b"vpcC", children, h.end)
+        if cfg is None:
+            raise MalformedMedia("vp09 sample entry without its vpcC")
+        codec = _vp9_codec(ByteReader.of(entry, cfg))
     else:
         cfg = find_box(entry, b"hvcC", children, h.end)
         if cfg is None:
@@ -109,6 +116,24 @@ def _hevc_suffix(c: ByteReader) -> str:
     return ".".join(parts)
 
 
+def _vp9_codec(c: ByteReader) -> str:
+    """``vp09.PP.LL.DD``: profile, level and bit depth as two decimal digits each (the
+    binding's mandatory fields; the optional colour fields are left at their defaults, which is
+    what every 8-bit 4:2:0 BT.709 encode has). ``vpcC`` version 1 is the binding's; version 0
+    (an early draft, 4-bit ``bitDepth`` and colour space) keeps the same first three fields."""
+    version, _flags = c.full_header()
+    if version not in (0, 1):
+        raise UnsupportedMedia(f"vpcC version {version} (0 or 1)")
+    profile, level, bits = c.u8(), c.u8(), c.u8() >> 4
+    if profile > 3 or bits not in (8, 10, 12):
+        raise MalformedMedia(f"vpcC: profile {profile}, bit depth {bits}")
+    if level == 0:
+        # Some muxers leave the level unset; level 0 is no level at all, and a codecs string
+        # with it is refused by players (the binding calls it an error): name the highest.
+        level = 62
+    return f"vp09.{profile:02d}.{level:02d}.{bits:02d}"
+
+
 def _audio(entry: bytes | memoryview, h) -> CodecInfo:
     r = ByteReader.of(entry, h)
     r.skip(6 + 2)
@@ -122,6 +147,8 @@ def _audio(entry: bytes | memoryview, h) -> CodecInfo:
         r.skip(16)
     elif version != 0:
         raise UnsupportedMedia(f"audio sample entry version {version}")
+    if h.type == b"Opus":
+        return _opus(entry, h, r.pos)
     esds = find_box(entry, b"esds", r.pos, h.end)
     if esds is None:
         raise MalformedMedia("mp4a sample entry without its esds")
@@ -141,6 +168,25 @@ def _audio(entry: bytes | memoryview, h) -> CodecInfo:
     if rate == 0 or channels == 0:
         raise MalformedMedia(f"mp4a sample entry with {rate} Hz, {channels} channels")
     return CodecInfo(format=h.type, codec=codec, sample_rate=rate, channels=channels)
+
+
+def _opus(entry: bytes | memoryview, h, children: int) -> CodecInfo:
+    """An ``Opus`` entry: channels from its ``dOps`` (OutputChannelCount); Opus always decodes
+    at 48 kHz whatever InputSampleRate says, and the sample entry's rate must be 48000."""
+    dops = find_box(entry, b"dOps", children, h.end)
+    if dops is None:
+        raise MalformedMedia("Opus sample entry without its dOps")
+    c = ByteReader.of(entry, dops)
+    if c.u8() != 0:
+        raise UnsupportedMedia("dOps version other than 0")
+    channels = c.u8()
+    c.skip(2 + 4 + 2)       # PreSkip, InputSampleRate, OutputGain
+    family = c.u8()
+    if family != 0 and c.remaining < 2 + channels:
+        raise MalformedMedia(f"dOps: mapping family {family} without its channel mapping table")
+    if channels == 0:
+        raise MalformedMedia("dOps with 0 output channels")
+    return CodecInfo(format=h.type, codec="opus", sample_rate=48000, channels=channels)
 
 
 def _descriptor(r: ByteReader) -> tuple[int, int]:

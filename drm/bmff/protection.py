@@ -47,7 +47,7 @@ _MAX_PROTECTED = 0xFFFFFFFF
 
 #: Original sample-entry type -> its protected form (14496-12 §8.12: encv for visual, enca for audio).
 ENCRYPTED_ENTRY = {b"avc1": b"encv", b"avc3": b"encv", b"hvc1": b"encv", b"hev1": b"encv",
-                   b"mp4a": b"enca"}
+                   b"vp09": b"encv", b"mp4a": b"enca", b"Opus": b"enca"}
 #: Bytes of fixed fields in a VisualSampleEntry's payload before its child boxes
 #: (SampleEntry's 6 reserved + data_reference_index, then 70 bytes of visual fields).
 VISUAL_ENTRY_FIELDS = 78
@@ -178,7 +178,7 @@ def parse_sinf(buf: bytes | memoryview, h: BoxHeader) -> Sinf:
 
 
 def protect_sample_entry(entry_box: bytes, scheme: str, tenc: Tenc) -> bytes:
-    """The sample entry ``entry_box`` (``avc1``/``avc3``/``hvc1``/``hev1``/``mp4a``, a whole box)
+    """The sample entry ``entry_box`` (``avc1``/``avc3``/``hvc1``/``hev1``/``vp09``/``mp4a``/``Opus``, a whole box)
     turned into ``encv``/``enca``: same fields and children, a ``sinf`` appended, the size
     rewritten. Refuses other types and audio entries of version 1 or 2 (QuickTime's layouts,
     whose extra fields come before the children)."""
@@ -188,7 +188,7 @@ def protect_sample_entry(entry_box: bytes, scheme: str, tenc: Tenc) -> bytes:
     new_type = ENCRYPTED_ENTRY.get(h.type)
     if new_type is None:
         raise UnsupportedMedia(f"sample entry {h.name} cannot be protected (avc1, avc3, hvc1, "
-                               f"hev1 or mp4a)")
+                               f"hev1, vp09, mp4a or Opus)")
     fields = VISUAL_ENTRY_FIELDS if new_type == b"encv" else AUDIO_ENTRY_FIELDS
     if h.payload_size < fields:
         raise MalformedMedia(f"sample entry {h.name}: {h.payload_size} bytes, fewer than its "

@@ -4,7 +4,8 @@ The packager describes what it wrote as frozen :class:`Representation` records (
 track, with its own init segment, a ``$Number$`` media template and the duration of every
 segment) plus an optional :class:`Protection` (scheme and default KID); :func:`write_mpd`
 turns them into the MPD's bytes. Representations of one kind (video or audio, and for audio
-one language) share an ``AdaptationSet``; their protection is signalled there.
+one language) and one codec (H.264, HEVC, VP9, AAC, Opus) share an ``AdaptationSet``; their
+protection is signalled there.
 
 Protection signalling, in the order players look for it:
 
@@ -52,7 +53,7 @@ from typing import Literal
 
 __all__ = [
     "Representation", "Protection", "Period", "write_mpd", "write_periods", "MPD_NS", "CENC_NS", "DASHIF_NS",
-    "MP4PROTECTION_SCHEME", "CLEARKEY_SCHEME", "W3C_COMMON_SCHEME", "PROFILES",
+    "MP4PROTECTION_SCHEME", "CLEARKEY_SCHEME", "W3C_COMMON_SCHEME", "PROFILES", "codec_family",
 ]
 
 MPD_NS = "urn:mpeg:dash:schema:mpd:2011"
@@ -251,10 +252,25 @@ def _segment_template(parent: ET.Element, rep: Representation, force_timeline: b
             ET.SubElement(timeline, "S", s_attrs)
 
 
+#: RFC 6381 sample-entry prefixes that name one codec (a player switches freely between
+#: representations of one codec; across codecs it would need a new decoder).
+_CODEC_FAMILY = {"avc1": "avc", "avc3": "avc", "hvc1": "hevc", "hev1": "hevc"}
+
+
+def codec_family(codecs: str) -> str:
+    """``avc1.64001f`` → ``avc``, ``vp09.00.10.08`` → ``vp09``, ``opus`` → ``opus``."""
+    head = codecs.split(".", 1)[0].lower()
+    return _CODEC_FAMILY.get(head, head)
+
+
 def _adaptation_sets(reps: Sequence[Representation]) -> list[list[Representation]]:
-    groups: dict[tuple[str, str | None], list[Representation]] = {}
+    # One adaptation set per kind, language and codec: a player picks among representations
+    # of one set seamlessly, so a set must be one decoder's; H.264 and VP9 renditions of one
+    # title are two video sets, AAC and Opus two audio sets, and the player keeps those it
+    # can decode (MediaSource.isTypeSupported) and adapts within one.
+    groups: dict[tuple[str, str | None, str], list[Representation]] = {}
     for rep in reps:
-        groups.setdefault((rep.kind, rep.language), []).append(rep)
+        groups.setdefault((rep.kind, rep.language, codec_family(rep.codecs)), []).append(rep)
     # Video first: some players pick the first adaptation set's timing as the reference.
     return sorted(groups.values(), key=lambda g: g[0].kind != "video")
 

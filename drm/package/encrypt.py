@@ -18,7 +18,10 @@ subsample form one CBC chain, so they are gathered with 16 strided slice copies 
 of the block, all in C), enciphered in one call, and scattered back the same way.
 
 Which bytes of a video sample are protected (NAL and slice headers clear, ``cenc`` ranges
-block-aligned) is :mod:`~headwater.drm.package.nal`'s business; given the same clear samples,
+block-aligned) is :mod:`~headwater.drm.package.nal`'s business for H.264 and HEVC, and
+:mod:`~headwater.drm.package.vp9`'s for VP9 (each frame's uncompressed header and a superframe's
+index clear, every frame's protected bytes a multiple of 16, in ``cenc`` and ``cbcs`` alike).
+Opus, like AAC, is encrypted whole (no subsamples). For H.264, HEVC and AAC, given the same clear samples,
 key and IV, the result is byte for byte what Shaka Packager 3.8 writes.
 
 AES is pycryptodome's (AES-NI where the CPU has it). Creating a pycryptodome cipher costs
@@ -42,6 +45,7 @@ from headwater.drm.bmff.protection import (
 from headwater.drm.errors import BadKey, MalformedMedia, UnsupportedMedia
 from headwater.drm.package.nal import nal_length_size_of, subsamples_for
 from headwater.drm.package.slice_header import SliceHeaderReader
+from headwater.drm.package.vp9 import Vp9HeaderReader
 
 __all__ = [
     "Subsample", "SampleAux", "SampleEncryptor", "TrackProtector", "SCHEMES", "CODECS",
@@ -49,7 +53,9 @@ __all__ = [
 ]
 
 SCHEMES = ("cenc", "cbcs")
-CODECS = ("avc", "hevc", "aac")
+CODECS = ("avc", "hevc", "vp9", "aac", "opus")
+#: Codecs whose samples are encrypted whole (no subsamples, no pattern under ``cbcs``).
+AUDIO_CODECS = frozenset({"aac", "opus"})
 #: The ``cbcs`` video pattern: 1 block enciphered, 9 clear (23001-7 §10.4 recommends it).
 VIDEO_PATTERN = (1, 9)
 _BLOCK = 16
@@ -60,7 +66,8 @@ _SHORT_BLOCKS = 512
 _SHORT_XOR = 2048
 #: Low halves 0, 1, 2, … of 8-byte-IV counter blocks (high halves zero), XORed with the IV.
 _COUNTERS = b"".join(bytes(8) + i.to_bytes(8, "big") for i in range(_SHORT_BLOCKS))
-_ENTRY_CODEC = {b"avc1": "avc", b"avc3": "avc", b"hvc1": "hevc", b"hev1": "hevc", b"mp4a": "aac"}
+_ENTRY_CODEC = {b"avc1": "avc", b"avc3": "avc", b"hvc1": "hevc", b"hev1": "hevc", b"vp09": "vp9",
+                b"mp4a": "aac", b"Opus": "opus"}
 
 
 def _xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bytes:
@@ -83,8 +90,10 @@ class SampleEncryptor:
     """Encrypts and decrypts the samples of one track.
 
     ``scheme`` is ``"cenc"`` or ``"cbcs"``; ``key`` the 16-byte content key; ``codec`` ``"avc"``,
-    ``"hevc"`` (subsample encryption of NAL units, ``nal_length_size`` from the sample entry)
-    or ``"aac"`` (whole-sample). ``randbytes`` supplies randomness: the first ``cenc`` IV (or
+    ``"hevc"`` (subsample encryption of NAL units, ``nal_length_size`` from the sample entry),
+    ``"vp9"`` (subsample encryption of frames, headers clear; samples must come in decode
+    order, as the frame-size state of the header reader runs on from sample to sample) or
+    ``"aac"``/``"opus"`` (whole-sample). ``randbytes`` supplies randomness: the first ``cenc`` IV (or
     every one, with ``iv_mode="random"``) and the ``cbcs`` constant IV unless ``iv`` gives
     the starting/constant IV explicitly (8 or 16 bytes for ``cenc``, 16 for ``cbcs``).
     ``slice_headers`` (video) keeps slice headers clear, as CMAF asks of ``cbcs``; without it
@@ -98,10 +107,10 @@ class SampleEncryptor:
         if scheme not in SCHEMES:
             raise UnsupportedMedia(f"protection scheme {scheme!r} (cenc or cbcs)")
         if codec not in CODECS:
-            raise UnsupportedMedia(f"codec {codec!r} (avc, hevc or aac)")
+            raise UnsupportedMedia(f"codec {codec!r} ({', '.join(CODECS)})")
         if iv_mode not in ("increment", "random"):
             raise ValueError(f"iv_mode {iv_mode!r} (increment or random)")
-        if codec != "aac" and nal_length_size not in (1, 2, 4):
+        if codec in ("avc", "hevc") and nal_length_size not in (1, 2, 4):
             raise UnsupportedMedia(f"NAL length size {nal_length_size} (1, 2 or 4)")
         self.scheme = scheme
         self.key = _check_key(key)
@@ -109,6 +118,7 @@ class SampleEncryptor:
         self.nal_length_size = nal_length_size
         self.iv_mode = iv_mode
         self.slice_headers = slice_headers
+        self.vp9_headers = Vp9HeaderReader() if codec == "vp9" else None
         self._randbytes = randbytes
         # Long-lived ciphers (see _ctr_xor and _cbc_chain): one object per track and
         # direction, so no pycryptodome object is created per sample. Not thread-safe: one
@@ -130,7 +140,7 @@ class SampleEncryptor:
     @property
     def pattern(self) -> tuple[int, int]:
         """(crypt, skip) blocks: 1:9 for ``cbcs`` video, (0, 0) — no pattern — otherwise."""
-        return VIDEO_PATTERN if self.scheme == "cbcs" and self.codec != "aac" else (0, 0)
+        return VIDEO_PATTERN if self.scheme == "cbcs" and self.codec not in AUDIO_CODECS else (0, 0)
 
     @property
     def per_sample_iv_size(self) -> int:
@@ -139,8 +149,10 @@ class SampleEncryptor:
 
     def subsamples(self, sample: bytes | memoryview) -> tuple[Subsample, ...]:
         """The subsample map ``sample`` will be encrypted with (empty: the whole sample)."""
-        if self.codec == "aac":
+        if self.codec in AUDIO_CODECS:
             return ()
+        if self.vp9_headers is not None:
+            return self.vp9_headers.subsamples(sample)
         return subsamples_for(sample, self.nal_length_size, self.codec, self.scheme,
                               self.slice_headers)
 
@@ -293,18 +305,19 @@ class SampleEncryptor:
 
 def codec_of_entry(entry_box: bytes) -> tuple[str, int]:
     """(codec, NAL length size) of a sample entry: ``avc``/``hevc`` with the size from its
-    ``avcC``/``hvcC``, or ``aac`` (size 0) for ``mp4a``."""
+    ``avcC``/``hvcC``, or ``vp9``/``aac``/``opus`` (size 0) for ``vp09``/``mp4a``/``Opus``."""
     codec, size, _config = _entry_config(entry_box)
     return codec, size
 
 
 def _entry_config(entry_box: bytes) -> tuple[str, int, bytes]:
-    """(codec, NAL length size, ``avcC``/``hvcC`` payload) of a sample entry (``aac``, 0, b"")."""
+    """(codec, NAL length size, ``avcC``/``hvcC`` payload) of a sample entry (0 and b"" for
+    the codecs without NAL units)."""
     h = parse_header(entry_box, 0)
     codec = _ENTRY_CODEC.get(h.type)
     if codec is None:
-        raise UnsupportedMedia(f"sample entry {h.name} (avc1, avc3, hvc1, hev1 or mp4a)")
-    if codec == "aac":
+        raise UnsupportedMedia(f"sample entry {h.name} (avc1, avc3, hvc1, hev1, vp09, mp4a or Opus)")
+    if codec not in ("avc", "hevc"):
         return codec, 0, b""
     want = b"avcC" if codec == "avc" else b"hvcC"
     for child in iter_boxes(entry_box, h.payload_start + VISUAL_ENTRY_FIELDS, h.end):
@@ -342,7 +355,7 @@ class TrackProtector:
                          **kwargs) -> TrackProtector:
         """A protector for the track whose (clear) sample entry is ``entry_box``."""
         codec, nal_length_size, config = _entry_config(entry_box)
-        if codec != "aac":
+        if codec in ("avc", "hevc"):
             kwargs.setdefault("slice_headers", SliceHeaderReader(codec, config))
         return cls(scheme=scheme, key=key, kid=kid, codec=codec,
                    nal_length_size=nal_length_size or 4, **kwargs)

@@ -7,6 +7,12 @@ Names of the packaged title's files, relative to its root (the folder or ``s3://
 - ``master.m3u8`` — the HLS master playlist, and ``video-<id>.m3u8`` / ``audio-<id>.m3u8``
   beside it (media playlists at the root, so their segment URIs are the same relative paths
   the MPD's templates use: ``video-1/seg-3.m4s``).
+
+Which codecs go where: the MPD names every track (one adaptation set per codec, see
+:mod:`.dash`); HLS only the H.264, HEVC and AAC ones (:data:`HLS_CODECS`). VP9 and Opus in
+fMP4 are allowed by the HLS spec (RFC 8216bis) but Apple's players do not play them in HLS
+and hls.js only where the browser's MSE does, while every browser that decodes VP9 plays the
+DASH MPD; so a title's HLS master offers the H.264/AAC renditions, its MPD all of them.
 """
 
 from __future__ import annotations
@@ -15,16 +21,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ..errors import UnsupportedMedia
 from . import dash, hls
 from .aes128 import key_uri
 from .segmenter import TrackOutput
 
-__all__ = ["ManifestProtection", "MPD_NAME", "MASTER_NAME", "dash_manifest", "hls_manifests",
-           "media_playlist_name"]
+__all__ = ["ManifestProtection", "MPD_NAME", "MASTER_NAME", "HLS_CODECS", "dash_manifest", "hls_manifests",
+           "media_playlist_name", "in_hls", "check_hls"]
 
 MPD_NAME = "manifest.mpd"
 MASTER_NAME = "master.m3u8"
 AUDIO_GROUP = "audio"
+#: Codec families (:func:`.dash.codec_family`) an HLS master offers; other tracks are DASH only.
+HLS_CODECS = frozenset({"avc", "hevc", "mp4a"})
+
+
+def in_hls(track: TrackOutput) -> bool:
+    """Whether ``track`` is named by the HLS playlists (H.264, HEVC, AAC) or by the MPD only."""
+    return dash.codec_family(track.codec) in HLS_CODECS
+
+
+def check_hls(tracks: Sequence[tuple[str, str]]) -> None:
+    """Refuse HLS for ``tracks`` ((kind, RFC 6381 codec) pairs) when it would offer nothing to
+    play: no H.264/HEVC/AAC track at all, or video but none of it H.264 or HEVC."""
+    playable = [kind for kind, codec in tracks if dash.codec_family(codec) in HLS_CODECS]
+    if not playable or ("video" in (k for k, _ in tracks) and "video" not in playable):
+        raise UnsupportedMedia("HLS carries H.264, HEVC and AAC only: package VP9 or Opus for DASH "
+                               "alone (--dash), or beside an H.264 rendition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +140,8 @@ def media_playlist_name(track: TrackOutput) -> str:
 
 def hls_manifests(tracks: Sequence[TrackOutput], protection: ManifestProtection | None,
                   ivs: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
-    """The master playlist and one media playlist per track, by file name. For ``aes128``,
+    """The master playlist and one media playlist per H.264, HEVC or AAC track (the others are
+    left out: module docstring), by file name. For ``aes128``,
     ``ivs`` gives each file's IV by name (init segments and media segments): a key tag with
     the init segment's IV applies to the ``EXT-X-MAP``, and one before each segment carries
     its own."""
@@ -133,6 +157,8 @@ def hls_manifests(tracks: Sequence[TrackOutput], protection: ManifestProtection 
         if ivs is None:
             raise ValueError("aes128 playlists need every file's IV")
         uri = key_uri(protection.licence_url, protection.kid)
+    check_hls([(t.kind, t.codec) for t in tracks])
+    tracks = [t for t in tracks if in_hls(t)]
     out: dict[str, bytes] = {}
     for t in tracks:
         segment_keys: tuple[hls.Key, ...] = ()

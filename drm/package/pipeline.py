@@ -33,7 +33,7 @@ from ..bmff.protection import Pssh
 from ..errors import DrmError
 from .aes128 import Aes128SegmentSink, key_uri, padded_size
 from .encrypt import TrackProtector
-from .manifests import MASTER_NAME, MPD_NAME, ManifestProtection, dash_manifest, hls_manifests
+from .manifests import MASTER_NAME, MPD_NAME, ManifestProtection, check_hls, dash_manifest, hls_manifests
 from .segmenter import SegmenterOptions, TrackOutput, bandwidths, plan_periods, plan_segments, segment_file
 from .sink import SegmentSink
 
@@ -130,12 +130,18 @@ def package_file(f: BinaryIO, sink: SegmentSink, options: PackageOptions, *, fil
         kids: tuple[bytes, ...] = (options.kid,)
         media_sink: SegmentSink = sink
         cipher: Aes128SegmentSink | None = None
+        movie = None
+        if options.hls:
+            # Refused before any segment is made (the moov only is read): a VP9-only title has
+            # nothing HLS would offer.
+            movie = read_movie(f, file_size, options.movie_limits)
+            check_hls([(t.kind, t.codec) for t in movie.tracks if t.kind in ("video", "audio")])
         if options.scheme == "aes128":
             media_sink = cipher = Aes128SegmentSink(sink, options.key, random_bytes=random_bytes)
         elif options.scheme != "none":
             # The movie is read once here (its moov only, not the media) to build each track's
             # protector from its sample entry, and once more by the segmenter.
-            movie = read_movie(f, file_size, options.movie_limits)
+            movie = movie or read_movie(f, file_size, options.movie_limits)
             if options.rotate_seconds is None:
                 for t in movie.tracks:
                     if t.kind in ("video", "audio"):

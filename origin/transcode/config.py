@@ -16,12 +16,23 @@ Keys (every default here)::
     segment_seconds    CMAF segment duration = the fixed GOP of every rung (2)
     preset             x264 preset ("veryfast")
     audio_bitrate      AAC bitrate ("128k"), one audio track for every rung
+    codecs             the video codecs every rung is made in: ["h264"] (default), or
+                       ["h264", "vp9"] for VP9 renditions beside the H.264 ones (DASH only:
+                       README, "VP9 and Opus renditions", says why); some rung must be h264
+                       (HLS and Safari play only those)
+    vp9_deadline       libvpx's quality/speed mode for VP9: "good" (default) or "realtime"
+    vp9_cpu_used       libvpx's speed within that mode, 0 (slowest) … 8 (4)
+    opus_bitrate       Opus bitrate ("96k"): the audio played with the VP9 renditions, made when
+                       any rung is VP9
     poster_at          where in the title the poster frame is, as a share of its duration (0.1)
     thumbnail_seconds  one thumbnail every this many seconds (10)
     thumbnail_width    pixel width of a thumbnail (160)
     [[transcoder.ladder]]  name, height, bitrate ("3000k"): the ABR ladder, best first; rungs
                            above the source's height are skipped (default: 1080p 5000k,
-                           720p 3000k, 480p 1200k, 360p 700k)
+                           720p 3000k, 480p 1200k, 360p 700k); optional per rung: codecs
+                           (this rung's, instead of [transcoder] codecs) and vp9_bitrate
+                           (default two thirds of bitrate: VP9 needs about a third fewer bits
+                           than H.264 for the same picture)
 """
 
 from __future__ import annotations
@@ -35,20 +46,32 @@ from typing import Any, ClassVar, Mapping
 from headwater.config import GiB, Reader
 
 __all__ = ["Rung", "TranscoderConfig", "read_transcoder", "DEFAULT_LADDER", "default_binary", "parse_bitrate",
-           "SCHEMES"]
+           "SCHEMES", "VIDEO_CODECS", "VP9_DEADLINES"]
 
 SCHEMES = ("cbcs", "cenc", "none")
+#: Video codecs a rung can be made in (ffmpeg encoders: libx264, libvpx-vp9).
+VIDEO_CODECS = ("h264", "vp9")
+VP9_DEADLINES = ("good", "realtime")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _BITRATE = re.compile(r"^([0-9]+)([kKmM]?)$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rung:
-    """One rung of the ABR ladder: its name (the rendition's), height and video bitrate."""
+    """One rung of the ABR ladder: its name (the rendition's), height and video bitrate (H.264's;
+    ``vp9_bitrate`` is VP9's, 0 for two thirds of ``bitrate``); ``codecs`` are the rung's own
+    (None: ``[transcoder] codecs``)."""
 
     name: str
     height: int
     bitrate: int  # bits per second
+    codecs: tuple[str, ...] | None = None
+    vp9_bitrate: int = 0
+
+    @property
+    def vp9_bits(self) -> int:
+        """VP9's bitrate for this rung."""
+        return self.vp9_bitrate or self.bitrate * 2 // 3
 
 
 DEFAULT_LADDER = (
@@ -97,6 +120,10 @@ class TranscoderConfig:
     segment_seconds: int = 2
     preset: str = "veryfast"
     audio_bitrate: int = 128_000
+    codecs: tuple[str, ...] = ("h264",)
+    vp9_deadline: str = "good"
+    vp9_cpu_used: int = 4
+    opus_bitrate: int = 96_000
     poster_at: float = 0.1
     thumbnail_s: float = 10.0
     thumbnail_width: int = 160
@@ -117,9 +144,29 @@ class TranscoderConfig:
 _KEYS = {"id", "host", "admin_port", "data_dir", "workers", "scratch_dir", "ffmpeg", "ffprobe", "lease_seconds",
          "heartbeat_seconds", "poll_seconds", "job_timeout_seconds", "max_source_size", "scheme",
          "segment_seconds", "preset", "audio_bitrate", "poster_at", "thumbnail_seconds", "thumbnail_width",
-         "ladder"}
-_RUNG_KEYS = {"name", "height", "bitrate"}
+         "ladder", "codecs", "vp9_deadline", "vp9_cpu_used", "opus_bitrate"}
+_RUNG_KEYS = {"name", "height", "bitrate", "codecs", "vp9_bitrate"}
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def _read_codecs(r: Reader, item: Mapping[str, Any], key: str, p: str) -> tuple[str, ...]:
+    raw = r.get(item, key, p, list)
+    if not raw or not all(isinstance(c, str) for c in raw):
+        raise r.error(f"{p}.{key}", f"a non-empty list of codec names ({', '.join(VIDEO_CODECS)})")
+    bad = [c for c in raw if c not in VIDEO_CODECS]
+    if bad:
+        raise r.error(f"{p}.{key}", f"{bad[0]!r} is not one of {', '.join(VIDEO_CODECS)}")
+    if len(set(raw)) != len(raw):
+        raise r.error(f"{p}.{key}", f"codecs repeat: {raw}")
+    # H.264 first, whatever the order written: the ladder file's first track is the poster's.
+    return tuple(c for c in VIDEO_CODECS if c in raw)
+
+
+def _bitrate(r: Reader, item: Mapping[str, Any], key: str, p: str, default: Any = ...) -> int:
+    try:
+        return parse_bitrate(str(r.get(item, key, p, (str, int), default, required=default is ...)))
+    except ValueError as e:
+        raise r.error(f"{p}.{key}", str(e)) from None
 
 
 def _read_ladder(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Rung, ...]:
@@ -140,11 +187,12 @@ def _read_ladder(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Rung, ...]
         height = r.get(entry, "height", q, int, required=True)
         if not 16 <= height <= 4320 or height % 2:
             raise r.error(f"{q}.height", f"{height} is not an even height within 16..4320")
-        try:
-            bitrate = parse_bitrate(str(r.get(entry, "bitrate", q, (str, int), required=True)))
-        except ValueError as e:
-            raise r.error(f"{q}.bitrate", str(e)) from None
-        rungs.append(Rung(name=name, height=height, bitrate=bitrate))
+        if name.endswith("-vp9"):
+            raise r.error(f"{q}.name", f"{name!r}: names ending -vp9 are kept for the rungs' VP9 renditions")
+        bitrate = _bitrate(r, entry, "bitrate", q)
+        codecs = _read_codecs(r, entry, "codecs", q) if "codecs" in entry else None
+        vp9_bitrate = _bitrate(r, entry, "vp9_bitrate", q) if "vp9_bitrate" in entry else 0
+        rungs.append(Rung(name=name, height=height, bitrate=bitrate, codecs=codecs, vp9_bitrate=vp9_bitrate))
     names = [x.name for x in rungs]
     if len(set(names)) != len(names):
         raise r.error(f"{p}.ladder", f"rung names repeat: {names}")
@@ -176,10 +224,18 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
     preset = r.get(item, "preset", p, str, "veryfast")
     if preset not in _PRESETS:
         raise r.error(f"{p}.preset", f"{preset!r} is not an x264 preset ({', '.join(_PRESETS)})")
-    try:
-        audio = parse_bitrate(str(r.get(item, "audio_bitrate", p, (str, int), "128k")))
-    except ValueError as e:
-        raise r.error(f"{p}.audio_bitrate", str(e)) from None
+    audio = _bitrate(r, item, "audio_bitrate", p, "128k")
+    codecs = _read_codecs(r, item, "codecs", p) if "codecs" in item else ("h264",)
+    ladder = _read_ladder(r, item, p)
+    if not any("h264" in (rung.codecs or codecs) for rung in ladder):
+        # HLS (and so Safari and iOS) plays only the H.264 renditions: every title needs one.
+        raise r.error(f"{p}.codecs", "no rung is made in h264, which HLS players need")
+    deadline = r.get(item, "vp9_deadline", p, str, "good")
+    if deadline not in VP9_DEADLINES:
+        raise r.error(f"{p}.vp9_deadline", f"{deadline!r} is not one of {', '.join(VP9_DEADLINES)}")
+    cpu_used = r.get(item, "vp9_cpu_used", p, int, 4)
+    if not 0 <= cpu_used <= 8:
+        raise r.error(f"{p}.vp9_cpu_used", "must be within 0..8")
     poster_at = r.get(item, "poster_at", p, float, 0.1)
     if not 0 <= poster_at < 1:
         raise r.error(f"{p}.poster_at", "is a share of the duration within 0..1")
@@ -194,9 +250,10 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
         lease_s=lease, heartbeat_s=heartbeat, poll_s=r.positive(item, "poll_seconds", p, 2.0),
         job_timeout_s=r.positive(item, "job_timeout_seconds", p, 21600.0),
         max_source_bytes=r.size(item, "max_source_size", p, 50 * GiB), scheme=scheme, segment_seconds=segment,
-        preset=preset, audio_bitrate=audio, poster_at=poster_at,
+        preset=preset, audio_bitrate=audio, codecs=codecs, vp9_deadline=deadline, vp9_cpu_used=cpu_used,
+        opus_bitrate=_bitrate(r, item, "opus_bitrate", p, "96k"), poster_at=poster_at,
         thumbnail_s=r.positive(item, "thumbnail_seconds", p, 10.0), thumbnail_width=width,
-        ladder=_read_ladder(r, item, p))
+        ladder=ladder)
 
 
 def origin_catalogue(cluster: Any) -> Any:

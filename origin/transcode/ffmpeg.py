@@ -3,9 +3,17 @@
 check, progress callbacks and a bounded tail of stderr for the error message.
 
 The ladder is encoded in one ffmpeg run: the source is decoded once, split, scaled per rung and
-encoded into one MP4 with a video track per rung (tallest first) and one AAC track; the DRM
-packager then cuts that one file into every rendition's CMAF segments and writes a master DASH
-MPD and HLS playlist naming them all.
+encoded into one MP4 with a video track per rendition (H.264 tallest first, then VP9 tallest
+first) and one AAC track (and an Opus one when there are VP9 renditions); the DRM packager then
+cuts that one file into every rendition's CMAF segments and writes a master DASH MPD and HLS
+playlist naming them.
+
+VP9 is libvpx-vp9 into the same MP4 (``vp09`` with its ``vpcC``: CMAF's VP9 binding), with the
+same fixed GOP as H.264 so every rendition's segments align: ``-g``/``-keyint_min`` are libvpx's
+``kf_max_dist``/``kf_min_dist``, and forced keyframes are honoured. ``-row-mt 1`` lets one
+encode use every core; ``-deadline``/``-cpu-used`` trade quality for speed (``realtime`` with a
+high ``cpu-used`` is several times faster than ``good``). Opus is libopus at 48 kHz (the only
+rate Opus decodes at), stereo, in an ``Opus`` sample entry with its ``dOps``.
 """
 
 from __future__ import annotations
@@ -33,9 +41,11 @@ class Stopped(Exception):
 
 
 def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[PlannedRung], info: SourceInfo, *,
-                   segment_seconds: int, preset: str, audio_bitrate: int) -> list[str]:
-    """One ffmpeg run: ``source`` → ``out``, an MP4 with one H.264 track per rung (in ``rungs``'
-    order) and the first audio stream as stereo AAC, every rung with the same fixed GOP."""
+                   segment_seconds: int, preset: str, audio_bitrate: int, opus_bitrate: int = 96_000,
+                   vp9_deadline: str = "good", vp9_cpu_used: int = 4) -> list[str]:
+    """One ffmpeg run: ``source`` → ``out``, an MP4 with one video track per rendition (in
+    ``rungs``' order, each in its codec) and the first audio stream as stereo AAC, and as
+    stereo Opus too when a rendition is VP9; every rendition with the same fixed GOP."""
     n = len(rungs)
     gop = gop_frames(info.frame_rate, segment_seconds)
     split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "[0:v:0]null[s0]"
@@ -44,19 +54,31 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
             "-i", str(source), "-filter_complex", ";".join([split, *scales])]
     for i in range(n):
         argv += ["-map", f"[v{i}]"]
+    opus = info.has_audio and any(r.codec == "vp9" for r in rungs)
     if info.has_audio:
         argv += ["-map", "0:a:0"]
-    argv += ["-c:v", "libx264", "-preset", preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
-             "-fps_mode", "cfr",
+    if opus:
+        argv += ["-map", "0:a:0"]
+    argv += ["-pix_fmt", "yuv420p", "-fps_mode", "cfr",
              # Fixed GOPs aligned across rungs: a keyframe at every multiple of the segment
              # duration, none at scene cuts, none in between.
              "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
              "-force_key_frames", f"expr:gte(t,n_forced*{segment_seconds})"]
     for i, r in enumerate(rungs):
+        # Encoder options per output stream (``:v:i``): x264's preset and profile mean nothing
+        # to libvpx (an H.264 profile name is an error there) and the reverse.
+        if r.codec == "vp9":
+            argv += [f"-c:v:{i}", "libvpx-vp9", f"-deadline:v:{i}", vp9_deadline, f"-cpu-used:v:{i}",
+                     str(vp9_cpu_used), f"-row-mt:v:{i}", "1", f"-profile:v:{i}", "0"]
+        else:
+            argv += [f"-c:v:{i}", "libx264", f"-preset:v:{i}", preset, f"-profile:v:{i}", "high"]
         argv += [f"-b:v:{i}", str(r.bitrate), f"-maxrate:v:{i}", str(r.bitrate * 3 // 2),
                  f"-bufsize:v:{i}", str(r.bitrate * 2)]
     if info.has_audio:
-        argv += ["-c:a", "aac", "-b:a", str(audio_bitrate), "-ac", "2"]
+        argv += ["-c:a:0", "aac", "-b:a:0", str(audio_bitrate)]
+        if opus:
+            argv += ["-c:a:1", "libopus", "-b:a:1", str(opus_bitrate), "-ar:a:1", "48000"]
+        argv += ["-ac", "2"]
     argv += ["-map_metadata", "-1", "-sn", "-dn", "-f", "mp4", str(out)]
     return argv
 

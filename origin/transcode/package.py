@@ -1,17 +1,20 @@
 """Packaging one transcoded title into its version prefix, and the renditions the catalogue
 records for it.
 
-The ladder MP4 (one video track per rung, tallest first, then the audio) goes through the DRM
-packager once (:func:`headwater.drm.client.package_file`): every track becomes CMAF segments
-encrypted with the title's one content key, and one DASH MPD (all rungs in one video
-AdaptationSet) and one HLS master (a variant per rung, the audio as a rendition group) name
-them all. The poster and thumbnails are put through the same sink first, so a failure anywhere
-deletes them with the segments; the manifests go last, at the sink's commit.
+The ladder MP4 (one video track per rendition: H.264 tallest first, then VP9 tallest first;
+then AAC, and Opus when there is VP9) goes through the DRM packager once
+(:func:`headwater.drm.client.package_file`): every track becomes CMAF segments encrypted with
+the title's one content key, and one DASH MPD and one HLS master name them. The MPD has one
+AdaptationSet per codec (H.264 video, VP9 video, AAC audio, Opus audio), so a player picks the
+sets it can decode and adapts within one; the HLS master names the H.264 renditions and the AAC
+audio only (VP9/Opus in HLS is played by too few players: README, "VP9 and Opus renditions").
+The poster and thumbnails are put through the same sink first, so a failure anywhere deletes
+them with the segments; the manifests go last, at the sink's commit.
 
 Layout of ``titles/T/vN/`` (names from the packager: ``video-<track>`` for rung k is track k):
 
-    manifest.mpd  master.m3u8  video-1.m3u8 … video-K.m3u8  audio-<K+1>.m3u8
-    video-1/init.mp4  video-1/seg-1.m4s …   audio-<K+1>/init.mp4 …
+    manifest.mpd  master.m3u8  video-1.m3u8 … video-H.m3u8  audio-<K+1>.m3u8   (H: H.264 rungs)
+    video-1/init.mp4  video-1/seg-1.m4s … video-K/…  audio-<K+1>/init.mp4 …  [audio-<K+2>/ (Opus)]
     poster.jpg  thumbs/thumbs.vtt  thumbs/sprite-001.jpg …
 """
 
@@ -21,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-from headwater.drm.client import (MASTER_NAME, MPD_NAME, PackageOptions, PackageResult, SegmentSink,
-                                  media_playlist_name, package_path)
+from headwater.drm.client import (MASTER_NAME, MPD_NAME, PackageOptions, PackageResult, SegmentSink, TrackOutput,
+                                  in_hls, media_playlist_name, package_path)
 
 from ..catalogue import Rendition
 from .ladder import PlannedRung
@@ -69,17 +72,23 @@ def package_title(ladder_mp4: Path, sink: SegmentSink, *, images: Mapping[str, P
 
 
 def renditions_of(result: PackageResult, rungs: Sequence[PlannedRung], prefix: str) -> tuple[Rendition, ...]:
-    """The catalogue's renditions: ``dash`` and ``hls`` (the manifests), then one per rung (its
-    HLS media playlist) and the audio, each ``path`` a full object key under ``prefix``."""
+    """The catalogue's renditions: ``dash`` and ``hls`` (the manifests), then one per planned
+    rendition and audio track, each ``path`` a full object key under ``prefix``: its HLS media
+    playlist, or for a DASH-only track (VP9, Opus) its init segment. The AAC track is
+    ``audio``, the Opus one ``audio-opus``."""
     videos = [t for t in result.tracks if t.kind == "video"]
     if len(videos) != len(rungs):
         raise ValueError(f"the ladder file has {len(videos)} video tracks for {len(rungs)} rungs")
     out = [Rendition(name="dash", codec="manifest", path=prefix + MPD_NAME),
            Rendition(name="hls", codec="manifest", path=prefix + MASTER_NAME)]
+    def path(t: TrackOutput) -> str:
+        return prefix + (media_playlist_name(t) if in_hls(t) else t.init_name)
+
     for rung, t in zip(rungs, videos):
         out.append(Rendition(name=rung.name, codec=t.codec, width=t.width, height=t.height, bitrate=t.bandwidth,
-                             path=prefix + media_playlist_name(t)))
+                             path=path(t)))
     for t in result.tracks:
         if t.kind == "audio":
-            out.append(Rendition(name="audio", codec=t.codec, bitrate=t.bandwidth, path=prefix + media_playlist_name(t)))
+            out.append(Rendition(name="audio" if in_hls(t) else f"audio-{t.codec.split('.')[0]}", codec=t.codec,
+                                 bitrate=t.bandwidth, path=path(t)))
     return tuple(out)

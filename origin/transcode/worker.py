@@ -198,10 +198,11 @@ class _Job:
         objects.download(payload["bucket"], payload["key"], source, max_bytes=cfg.max_source_bytes)
         self.beat(0.02)
         info = probe_file(cfg.ffprobe, source)
-        rungs = plan_ladder(cfg.ladder, info)
+        rungs = plan_ladder(cfg.ladder, info, cfg.codecs)
         ladder_mp4 = work / "ladder.mp4"
         argv = ladder_command(cfg.ffmpeg, source, ladder_mp4, rungs, info, segment_seconds=cfg.segment_seconds,
-                              preset=cfg.preset, audio_bitrate=cfg.audio_bitrate)
+                              preset=cfg.preset, audio_bitrate=cfg.audio_bitrate, opus_bitrate=cfg.opus_bitrate,
+                              vp9_deadline=cfg.vp9_deadline, vp9_cpu_used=cfg.vp9_cpu_used)
         run_ffmpeg(argv, duration_s=info.duration_s, timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
                    tick=lambda p: self.beat(None if p is None else 0.05 + 0.8 * p))
         source.unlink()

@@ -17,6 +17,12 @@ PACKAGER = str(BIN / "packager-linux-x64")
 VIDEO_CODECS = {
     "h264": ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"],
     "hevc": ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error", "-tag:v", "hvc1"],
+    "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-b:v", "300k",
+            "-pix_fmt", "yuv420p"],
+}
+AUDIO_CODECS = {
+    "aac": ["-c:a", "aac", "-b:a", "64k"],
+    "opus": ["-c:a", "libopus", "-b:a", "48k"],
 }
 
 
@@ -29,13 +35,15 @@ def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def make_clip(path: Path, *, codec: str = "h264", seconds: int = 4, size: str = "320x180", rate: int = 25,
-              gop: int = 25, audio_rate: int = 48000) -> Path:
+              gop: int = 25, audio_rate: int = 48000, audio: str = "aac") -> Path:
     """A ``seconds``-long MP4 at ``path``: test pattern video (a keyframe every ``gop`` frames)
-    and a stereo AAC sine tone."""
+    and a stereo sine tone (AAC, or Opus)."""
     run(FFMPEG, "-hide_banner", "-v", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}",
         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={audio_rate}", "-t", str(seconds),
-        *VIDEO_CODECS[codec], "-g", str(gop), "-c:a", "aac", "-b:a", "64k", "-ac", "2", path)
+        *VIDEO_CODECS[codec], "-g", str(gop),
+        # libvpx places keyframes of its own below kf_min_dist; pin VP9's to the GOP
+        *(["-keyint_min", str(gop)] if codec == "vp9" else []), *AUDIO_CODECS[audio], "-ac", "2", path)
     return path
 
 

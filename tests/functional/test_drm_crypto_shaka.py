@@ -1,6 +1,6 @@
 """Our encryption and protection boxes against Shaka Packager 3.8's, and ffmpeg 8.1 decrypting ours.
 
-For an ffmpeg-made H.264+AAC clip and an HEVC clip, Shaka Packager writes clear, ``cenc`` and
+For an ffmpeg-made H.264+AAC clip, an HEVC clip and a VP9+Opus clip, Shaka Packager writes clear, ``cenc`` and
 ``cbcs`` fragmented MP4 with a fixed key, KID and IV and the same segmenting. Then:
 
 * our parsers read its ``sinf``/``tenc``/``pssh``/``senc``/``saiz``/``saio``, and our writers,
@@ -10,7 +10,8 @@ For an ffmpeg-made H.264+AAC clip and an HEVC clip, Shaka Packager writes clear,
   ciphertext byte for byte (and decrypts it back); for audio, whose samples are encrypted whole,
   our encryptor's own IVs and ciphertext are Shaka's;
 * our own encryptor (slice headers parsed, as Shaka does) gives Shaka's subsample maps, IVs
-  and ciphertext for every sample, video and audio (two slices per picture, weighted B/P);
+  and ciphertext for every sample, video and audio (two slices per picture, weighted B/P; for
+  VP9, each frame's uncompressed header clear and the protected bytes block-aligned);
 * ffmpeg decrypts Shaka's clear output re-encrypted in place by :class:`TrackProtector` to
   packets identical to the clear ones (and decodes them to the same frames); a wrong key does
   not.
@@ -49,9 +50,10 @@ def run(*args: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def shaka(tmp_path_factory):
-    """{(input, stream, scheme or 'clear'): path} for input 'avc' (with its audio) and 'hevc'."""
+    """{(input, stream, scheme or 'clear'): path} for input 'avc' (with its audio), 'hevc' and
+    'vp9' (with Opus audio)."""
     d = tmp_path_factory.mktemp("shaka")
-    avc, hevc = d / "avc.mp4", d / "hevc.mp4"
+    avc, hevc, vp9 = d / "avc.mp4", d / "hevc.mp4", d / "vp9.mp4"
     lavfi = ["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25"]
     run(FFMPEG, "-loglevel", "error", *lavfi, "-f", "lavfi", "-i", "sine=frequency=440", "-t", "2",
         "-c:v", "libx264", "-g", "25", "-x264-params", "slices=2:weightb=1:bframes=3",
@@ -59,8 +61,14 @@ def shaka(tmp_path_factory):
     run(FFMPEG, "-loglevel", "error", *lavfi, "-t", "2", "-c:v", "libx265", "-g", "25",
         "-preset", "superfast",
         "-x265-params", "log-level=none:slices=2:weightp=1:bframes=3", "-tag:v", "hvc1", str(hevc))
+    # Two passes: libvpx then makes hidden alt-ref frames, carried in superframes.
+    for n, target in ((1, "/dev/null"), (2, str(vp9))):
+        run(FFMPEG, "-loglevel", "error", "-y", *lavfi, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            "-t", "2", "-c:v", "libvpx-vp9", "-deadline", "good", "-cpu-used", "4", "-auto-alt-ref", "1",
+            "-lag-in-frames", "16", "-b:v", "300k", "-g", "25", "-keyint_min", "25", "-pass", str(n),
+            "-passlogfile", str(d / "vp9-pass"), "-c:a", "libopus", "-b:a", "48k", "-ac", "2", "-f", "mp4", target)
     out = {}
-    jobs = [("avc", avc, ["video", "audio"]), ("hevc", hevc, ["video"])]
+    jobs = [("avc", avc, ["video", "audio"]), ("hevc", hevc, ["video"]), ("vp9", vp9, ["video", "audio"])]
     for scheme in ("clear", "cenc", "cbcs"):
         for name, src, streams in jobs:
             specs = []
@@ -160,10 +168,10 @@ def shaka_aux(t: Track, f: Fragment) -> list[SampleAux]:
 
 
 def _fields(t: Track) -> int:
-    return 78 if t.entry.type in (b"encv", b"avc1", b"hvc1", b"hev1") else 28
+    return 78 if t.entry.type in (b"encv", b"avc1", b"hvc1", b"hev1", b"vp09") else 28
 
 
-CASES = [("avc", "video"), ("avc", "audio"), ("hevc", "video")]
+CASES = [("avc", "video"), ("avc", "audio"), ("hevc", "video"), ("vp9", "video"), ("vp9", "audio")]
 
 
 @pytest.mark.parametrize("scheme", ["cenc", "cbcs"])
@@ -295,7 +303,7 @@ def test_ffmpeg_decrypts_what_we_encrypted(shaka, tmp_path, name, stream, scheme
     assert framemd5(mine, bytes(16)) != reference               # a wrong key does not
     if stream == "video" and scheme == "cenc":
         assert framemd5(mine, KEY, decode=True) == framemd5(clear_path, decode=True)
-    assert codec_of_entry(t.entry_bytes())[0] == {"video": name, "audio": "aac"}[stream]
+    assert codec_of_entry(t.entry_bytes())[0] == {"video": name, "audio": "opus" if name == "vp9" else "aac"}[stream]
 
 
 # --- more encoder settings, on demand (-m slow): slice-header parsing against Shaka's ----------

@@ -28,6 +28,14 @@ Key rotation: shaka-player plays ``cenc`` DASH packaged with ``--rotate-every 2s
 segments: two Periods, two KIDs from the store) past the key change at 2 s, with a licence for
 each period's KID.
 
+VP9 and Opus (issue 14): shaka-player plays a 4 s VP9 + Opus clip packaged ``--dash`` with
+``cenc`` and with ``cbcs`` (each VP9 frame's uncompressed header clear, its protected bytes
+block-aligned), the MPD having no other codec, so the frames decoded are VP9's; and a clip with
+H.264 and VP9 video and AAC and Opus audio, as the transcoder makes with ``codecs = ["h264",
+"vp9"]`` (one MPD, an AdaptationSet per codec), where shaka-player picks the video codec whose
+renditions cost fewer bits for the same picture, VP9 (and, in the runs so far, the AAC audio:
+shaka 5.2 chose it over Opus).
+
 Classic ``METHOD=AES-128`` HLS (``headwater package --scheme aes128``: every file encrypted
 whole, the key tag naming the daemon's ``GET /keys/<KID hex>``) plays in hls.js without EME:
 hls.js fetches the key itself, with the page's token on that request (``xhrSetup``), through the
@@ -48,7 +56,7 @@ import pytest
 from tests.functional.browser_harness import (
     Browser, PlaybackCase, PlaybackResult, StaticSite, explain, require_browser,
 )
-from tests.functional.drm_media import make_clip
+from tests.functional.drm_media import FFMPEG, make_clip, run
 from tests.functional.licence_harness import Licence, prepare_licence, running_licence
 
 FRAMES = 25  # decoded frames that count as playing: one second of the 25 fps clip
@@ -91,6 +99,9 @@ CASES = [
     # dash.js 5.2 is left out of rotation: in one run of several it skipped the first period
     # ("Adjusting playback time ... because of gap in the manifest") and decoded only the second.
     Case("hlsjs-cenc-rotated-hls", "hlsjs", "rotated/master.m3u8", frames=75),
+    Case("shaka-vp9-cenc-dash", "shaka", "vp9-cenc/manifest.mpd"),
+    Case("shaka-vp9-cbcs-dash-laurl", "shaka", "vp9-cbcs/manifest.mpd", licence="mpd"),
+    Case("shaka-mixed-cbcs-dash", "shaka", "mixed-cbcs/manifest.mpd"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 PLAYING = [c.name for c in CASES if c.expect == "plays" and "-rotated-" not in c.name]
@@ -119,6 +130,18 @@ def _package(lic: Licence, clip: Path, out: Path, scheme: str, *key: str) -> str
     return match.group(1)
 
 
+def _mixed_clip(path: Path) -> Path:
+    """4 s with an H.264 (600k) and a VP9 (400k) track of one picture, AAC and Opus tracks of
+    one tone: the ladder file the transcoder makes for one rung with ``codecs = ["h264", "vp9"]``."""
+    run(FFMPEG, "-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "4",
+        "-map", "0:v", "-map", "0:v", "-map", "1:a", "-map", "1:a", "-pix_fmt", "yuv420p", "-g", "25",
+        "-keyint_min", "25", "-c:v:0", "libx264", "-preset:v:0", "veryfast", "-b:v:0", "600k",
+        "-c:v:1", "libvpx-vp9", "-deadline:v:1", "realtime", "-cpu-used:v:1", "8", "-b:v:1", "400k",
+        "-c:a:0", "aac", "-b:a:0", "96k", "-c:a:1", "libopus", "-b:a:1", "64k", "-ac", "2", "-f", "mp4", path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def played(tmp_path_factory) -> Played:
     require_browser()
@@ -130,6 +153,8 @@ def played(tmp_path_factory) -> Played:
         # seconds on a loaded machine). The local CA and its leaf are made first, as `headwater
         # up` does, so Chromium can be told the one certificate to trust before the daemon is up.
         clip = pool.submit(make_clip, root / "clip.mp4", seconds=4)
+        webm_clip = pool.submit(make_clip, root / "vp9.mp4", seconds=4, codec="vp9", audio="opus")
+        mixed_clip = pool.submit(_mixed_clip, root / "mixed.mp4")
         prepared = prepare_licence(root / "licence", make_ca=True)
         trusted = prepared.leaf_spki_sha256()
         with Browser(concurrency=2, trust_spki=[trusted]) as browser, running_licence(prepared) as lic:
@@ -139,6 +164,10 @@ def played(tmp_path_factory) -> Played:
             lic.cli("keys", "new", "--title", OTHER_TITLE)
             for scheme in ("cenc", "cbcs", "aes128"):
                 assert _package(lic, clip.result(), media / scheme, scheme) == kid_hex, scheme
+            for scheme in ("cenc", "cbcs"):  # VP9 and Opus are DASH only (HLS names H.264/HEVC/AAC)
+                assert _package(lic, webm_clip.result(), media / f"vp9-{scheme}", scheme, "--title", TITLE,
+                                "--dash") == kid_hex
+            assert _package(lic, mixed_clip.result(), media / "mixed-cbcs", "cbcs") == kid_hex
             # The right KID, so the licence is granted, but not the key the store holds for it.
             _package(lic, clip.result(), media / "wrong", "cenc", "--kid", kid_hex, "--key", secrets.token_hex(16))
             # Last: rotation adds new keys to title 1, which the runs above must not pick up.
@@ -261,3 +290,27 @@ def test_every_licence_request_is_in_the_audit_log(played):
     assert {line["user"] for line in played.audit} == users, played.audit
     refused = [line for line in played.audit if line["outcome"] == "refused"]
     assert all(line["user"] == BY_NAME["shaka-cenc-other-title"].user for line in refused), refused
+
+
+def test_vp9_renditions_played_are_vp9_and_opus(played):
+    for scheme in ("cenc", "cbcs"):
+        mpd = (played.media / f"vp9-{scheme}" / "manifest.mpd").read_text()
+        codecs = set(re.findall(r'codecs="([^"]+)"', mpd))
+        assert {c.split(".")[0] for c in codecs} == {"vp09", "opus"}, codecs
+        assert f"/media/vp9-{scheme}/video-1/init.mp4" in played.served
+        assert f"/media/vp9-{scheme}/audio-2/seg-1.m4s" in played.served
+
+
+def test_a_mixed_mpd_plays_in_the_codecs_shaka_prefers(played):
+    # One MPD with H.264 + VP9 video and AAC + Opus audio sets; its HLS master names only the
+    # H.264 and AAC tracks. shaka-player keeps the codecs Chromium decodes and, among the video
+    # ones, the one with the lower bitrate for the same picture: it fetched VP9 segments, no
+    # H.264 ones, and one audio track's (AAC in the runs so far: which is shaka's choice).
+    folder = played.media / "mixed-cbcs"
+    master = (folder / "master.m3u8").read_text()
+    assert "avc1." in master and "vp09" not in master and "opus" not in master
+    assert not (folder / "video-2.m3u8").exists() and not (folder / "audio-4.m3u8").exists()
+    fetched = {p.removeprefix("/media/mixed-cbcs/").split("/")[0] for p in played.served
+               if p.startswith("/media/mixed-cbcs/") and p.endswith(".m4s")}
+    assert "video-2" in fetched and "video-1" not in fetched, fetched
+    assert len(fetched & {"audio-3", "audio-4"}) == 1, fetched

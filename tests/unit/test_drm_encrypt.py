@@ -145,7 +145,7 @@ def test_unknown_scheme_and_codec_refused():
     with pytest.raises(UnsupportedMedia):
         SampleEncryptor("cens", KEY, "avc")
     with pytest.raises(UnsupportedMedia):
-        SampleEncryptor("cenc", KEY, "vp9")
+        SampleEncryptor("cenc", KEY, "av1")
     with pytest.raises(BadKey):
         TrackProtector(scheme="cenc", key=KEY, kid=b"short", codec="avc")
 

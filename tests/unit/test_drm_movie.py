@@ -152,7 +152,7 @@ def test_aac_codec_strings():
     # A second sample description in use.
     (dict(stsc=((1, 2, 2),)), UnsupportedMedia, "sample description"),
     # A codec the packager does not take.
-    (dict(entry=visual_entry(b"vp09", box(b"vpcC", bytes(8)))), UnsupportedMedia, "vp09"),
+    (dict(entry=visual_entry(b"av01", box(b"av1C", bytes(8)))), UnsupportedMedia, "av01"),
     (dict(entry=visual_entry(b"avc1", box(b"free"))), MalformedMedia, "avcC"),
     (dict(entry=visual_entry(b"encv", box(b"sinf"))), UnsupportedMedia, "encrypted"),
 ])

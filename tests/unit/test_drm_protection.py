@@ -148,7 +148,7 @@ def test_protect_sample_entry(entry, fields, new):
 
 def test_protect_sample_entry_refuses():
     t = Tenc(0, 1, 8, KID)
-    for bad in (_audio(1), _audio(2), box(b"vp09", bytes(78)), box(b"avc1", bytes(40))):
+    for bad in (_audio(1), _audio(2), box(b"av01", bytes(78)), box(b"avc1", bytes(40))):
         with pytest.raises((UnsupportedMedia, MalformedMedia)):
             protect_sample_entry(bad, "cenc", t)
     done = protect_sample_entry(_visual(), "cenc", t)

@@ -98,7 +98,7 @@ def test_ladder_command_maps_every_rung_with_aligned_keyframes():
     assert maps == ["[v0]", "[v1]", "0:a:0"]
     assert argv[argv.index("-g") + 1] == "50" and argv[argv.index("-sc_threshold") + 1] == "0"
     assert argv[argv.index("-force_key_frames") + 1] == "expr:gte(t,n_forced*2)"
-    assert argv[argv.index("-b:v:1") + 1] == "300000" and argv[argv.index("-b:a") + 1] == "96000"
+    assert argv[argv.index("-b:v:1") + 1] == "300000" and argv[argv.index("-b:a:0") + 1] == "96000"
     assert argv[argv.index("-progress") + 1] == "pipe:1" and argv[-1] == "out.mp4"
     silent = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(audio=False), segment_seconds=4,
                             preset="fast", audio_bitrate=96_000)
@@ -154,6 +154,19 @@ def test_reader_defaults_and_a_ladder():
     ("[[transcoder.ladder]]\nname = \"x\"\nheight = 181\nbitrate = \"1M\"\n", "transcoder.ladder[0].height"),
     ("[[transcoder.ladder]]\nname = \"dash\"\nheight = 180\nbitrate = \"1M\"\n", "transcoder.ladder[0].name"),
     ("colour = 1\n", "transcoder.colour"),
+    ('codecs = ["h264", "av1"]\n', "transcoder.codecs"),
+    ('codecs = ["vp9"]\n', "transcoder.codecs"),
+    ('codecs = []\n', "transcoder.codecs"),
+    ('codecs = ["h264", "h264"]\n', "transcoder.codecs"),
+    ('vp9_deadline = "best"\n', "transcoder.vp9_deadline"),
+    ('vp9_cpu_used = 9\n', "transcoder.vp9_cpu_used"),
+    ('opus_bitrate = "fast"\n', "transcoder.opus_bitrate"),
+    ('[[transcoder.ladder]]\nname = "x"\nheight = 180\nbitrate = "1M"\ncodecs = ["vp8"]\n',
+     "transcoder.ladder[0].codecs"),
+    ('[[transcoder.ladder]]\nname = "x"\nheight = 180\nbitrate = "1M"\nvp9_bitrate = "0k"\n',
+     "transcoder.ladder[0].vp9_bitrate"),
+    ('[[transcoder.ladder]]\nname = "x-vp9"\nheight = 180\nbitrate = "1M"\n', "transcoder.ladder[0].name"),
+    ('[[transcoder.ladder]]\nname = "x"\nheight = 180\nbitrate = "1M"\ncodecs = ["vp9"]\n', "transcoder.codecs"),
 ])
 def test_reader_errors_name_the_key(body, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
@@ -166,3 +179,46 @@ def test_the_transcoder_needs_the_origin_and_for_keys_the_licence_node():
     with pytest.raises(ConfigError, match="licence"):
         loads('[cluster]\nname = "t"\n\n[origin]\ntls = false\n\n[transcoder]\n')
     assert loads('[cluster]\nname = "t"\n\n[origin]\ntls = false\n\n[transcoder]\nscheme = "none"\n').transcoder
+
+
+def test_vp9_renditions_follow_the_h264_ones_with_their_own_bitrates_and_encoder():
+    cfg = loads(BASE + '[transcoder]\ncodecs = ["vp9", "h264"]\nvp9_deadline = "realtime"\nvp9_cpu_used = 8\n'
+                       '[[transcoder.ladder]]\nname = "big"\nheight = 360\nbitrate = "900k"\n'
+                       '[[transcoder.ladder]]\nname = "small"\nheight = 180\nbitrate = "300k"\n'
+                       'codecs = ["h264"]\n[[transcoder.ladder]]\nname = "tiny"\nheight = 90\n'
+                       'bitrate = "200k"\nvp9_bitrate = "90k"\n')
+    t = cfg.transcoder
+    assert (t.codecs, t.vp9_deadline, t.vp9_cpu_used, t.opus_bitrate) == (("h264", "vp9"), "realtime", 8, 96_000)
+    assert loads(BASE + "[transcoder]\n").transcoder.codecs == ("h264",)   # the default is unchanged
+    rungs = plan_ladder(t.ladder, source(640, 360), t.codecs)
+    assert [(r.name, r.codec, r.height, r.bitrate) for r in rungs] == [
+        ("big", "h264", 360, 900_000), ("small", "h264", 180, 300_000), ("tiny", "h264", 90, 200_000),
+        ("big-vp9", "vp9", 360, 600_000), ("tiny-vp9", "vp9", 90, 90_000)]
+    argv = ladder_command("ffmpeg", Path("in"), Path("out.mp4"), rungs, source(640, 360), segment_seconds=2,
+                          preset="veryfast", audio_bitrate=96_000, opus_bitrate=64_000, vp9_deadline="realtime",
+                          vp9_cpu_used=8)
+    maps = [argv[i + 1] for i, a in enumerate(argv) if a == "-map"]
+    assert maps == ["[v0]", "[v1]", "[v2]", "[v3]", "[v4]", "0:a:0", "0:a:0"]
+    assert [argv[argv.index(f"-c:v:{i}") + 1] for i in range(5)] == ["libx264"] * 3 + ["libvpx-vp9"] * 2
+    assert argv[argv.index("-deadline:v:3") + 1] == "realtime" and argv[argv.index("-cpu-used:v:4") + 1] == "8"
+    assert argv[argv.index("-row-mt:v:3") + 1] == "1" and "-preset:v:3" not in argv
+    assert argv[argv.index("-profile:v:0") + 1] == "high" and argv[argv.index("-profile:v:3") + 1] == "0"
+    assert argv[argv.index("-b:v:4") + 1] == "90000"
+    assert argv[argv.index("-c:a:1") + 1] == "libopus" and argv[argv.index("-b:a:1") + 1] == "64000"
+    assert argv[argv.index("-ar:a:1") + 1] == "48000"
+    # Every rendition, VP9 too, has the same fixed GOP: keyframes only at segment boundaries.
+    assert argv[argv.index("-g") + 1] == argv[argv.index("-keyint_min") + 1] == "50"
+    # Without VP9 there is no Opus track; without audio neither.
+    plain = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:2], source(), segment_seconds=2,
+                           preset="fast", audio_bitrate=96_000)
+    assert "libopus" not in plain and [plain[i + 1] for i, a in enumerate(plain) if a == "-map"][-1] == "0:a:0"
+    silent = ladder_command("ffmpeg", Path("in"), Path("o"), rungs, source(audio=False), segment_seconds=2,
+                            preset="fast", audio_bitrate=96_000)
+    assert "libopus" not in silent and "0:a:0" not in silent
+
+
+def test_a_source_below_every_h264_rung_still_gets_one_h264_rendition():
+    ladder = (Rung(name="big", height=720, bitrate=3_000_000, codecs=("h264",)),
+              Rung(name="small", height=180, bitrate=300_000, codecs=("vp9",)))
+    rungs = plan_ladder(ladder, source(640, 360))
+    assert [(r.name, r.codec) for r in rungs] == [("small", "h264"), ("small-vp9", "vp9")]
