@@ -90,15 +90,16 @@ def poster_command(ffmpeg: str, ladder_mp4: Path, out: Path, *, at_s: float) -> 
 
 
 def sprite_command(ffmpeg: str, ladder_mp4: Path, pattern: Path, *, every_s: float, width: int, height: int,
-                   columns: int, rows: int) -> list[str]:
+                   columns: int, rows: int, track: int = 0) -> list[str]:
     """Thumbnail sprites: one frame every ``every_s`` (the first frame, then the first at least
-    ``every_s`` after the last one taken), scaled to ``width`` x ``height``, tiled ``columns`` x
-    ``rows`` per JPEG, the JPEGs numbered from 1 by ``pattern`` (``…/sprite-%03d.jpg``).
+    ``every_s`` after the last one taken) of the ladder's video ``track``, scaled to ``width`` x
+    ``height``, tiled ``columns`` x ``rows`` per JPEG, the JPEGs numbered from 1 by ``pattern``
+    (``…/sprite-%03d.jpg``).
 
     ``select``, not ``fps=1/every_s``: the fps filter gave no frame at all for a title shorter
     than ``every_s``, and the JPEG encoder then failed the whole job."""
     pick = f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{every_s:g})'"
-    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(ladder_mp4), "-map", "0:v:0",
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(ladder_mp4), "-map", f"0:v:{track}",
             "-vf", f"{pick},scale={width}:{height},tile={columns}x{rows}", "-fps_mode", "vfr",
             "-q:v", "4", "-f", "image2", "-start_number", "1", str(pattern)]
 

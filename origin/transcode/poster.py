@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .ffmpeg import poster_command, run_ffmpeg, sprite_command
 
 __all__ = ["COLUMNS", "ROWS", "POSTER_NAME", "THUMBS_DIR", "VTT_NAME", "ThumbnailGrid", "thumbnail_grid",
-           "thumbnail_vtt", "sprite_name", "make_images"]
+           "thumbnail_vtt", "sprite_name", "sprite_track", "make_images"]
 
 COLUMNS = 10
 ROWS = 10
@@ -76,16 +76,30 @@ def thumbnail_vtt(grid: ThumbnailGrid, duration_s: float) -> str:
     return "\n".join(lines)
 
 
+def sprite_track(renditions: Sequence[tuple[int, str]], width: int) -> int:
+    """Which video track of the ladder MP4 (``renditions``: each track's width and codec, in
+    file order) the sprites are read from: the narrowest H.264 one at least ``width`` wide (the
+    sprite run decodes its every frame: the 360p rung costs a quarter of the 720p one's decode,
+    and H.264 decodes faster than VP9), else the widest H.264 one."""
+    h264 = [(w, i) for i, (w, codec) in enumerate(renditions) if codec == "h264"] or \
+        [(w, i) for i, (w, _) in enumerate(renditions)]
+    wide_enough = [(w, i) for w, i in h264 if w >= width]
+    return min(wide_enough)[1] if wide_enough else max(h264)[1]
+
+
 def make_images(ffmpeg: str, ladder_mp4: Path, folder: Path, *, duration_s: float, poster_at: float,
-                grid: ThumbnailGrid, timeout_s: float, should_stop: Callable[[], bool]) -> dict[str, Path]:
-    """Render the poster, the sprites and the track into ``folder``: {object name: file}."""
+                grid: ThumbnailGrid, timeout_s: float, should_stop: Callable[[], bool],
+                sprites_from: int = 0) -> dict[str, Path]:
+    """Render the poster (from the first video track), the sprites (from track ``sprites_from``,
+    see :func:`sprite_track`) and the track into ``folder``: {object name: file}."""
     thumbs = folder / THUMBS_DIR
     thumbs.mkdir(parents=True, exist_ok=True)
     poster = folder / POSTER_NAME
     run_ffmpeg(poster_command(ffmpeg, ladder_mp4, poster, at_s=duration_s * poster_at), timeout_s=timeout_s,
                should_stop=should_stop)
     run_ffmpeg(sprite_command(ffmpeg, ladder_mp4, thumbs / "sprite-%03d.jpg", every_s=grid.every_s,
-                              width=grid.width, height=grid.height, columns=COLUMNS, rows=ROWS),
+                              width=grid.width, height=grid.height, columns=COLUMNS, rows=ROWS,
+                              track=sprites_from),
                timeout_s=timeout_s, should_stop=should_stop)
     (folder / VTT_NAME).write_text(thumbnail_vtt(grid, duration_s))
     out = {POSTER_NAME: poster, VTT_NAME: folder / VTT_NAME}

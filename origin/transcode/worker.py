@@ -42,7 +42,7 @@ from .ffmpeg import Stopped, ladder_command, run_ffmpeg
 from .ladder import plan_ladder
 from .objects import ObjectStore
 from .package import TickingSink, package_title, renditions_of
-from .poster import make_images, thumbnail_grid
+from .poster import make_images, sprite_track, thumbnail_grid
 from .probe import probe_file
 
 __all__ = ["TranscodeWorker", "StoreSettings", "JOB_KIND", "version_prefix"]
@@ -211,7 +211,8 @@ class _Job:
                               rungs[0].height)
         images = make_images(cfg.ffmpeg, ladder_mp4, work / "images", duration_s=info.duration_s,
                              poster_at=cfg.poster_at, grid=grid, timeout_s=cfg.job_timeout_s,
-                             should_stop=self.stopping)
+                             should_stop=self.stopping,
+                             sprites_from=sprite_track([(r.width, r.codec) for r in rungs], cfg.thumbnail_width))
         self.beat(0.88)
         kid = key = b""
         if cfg.scheme != "none":

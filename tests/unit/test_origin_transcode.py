@@ -14,7 +14,7 @@ from headwater.origin.errors import InvalidMedia
 from headwater.origin.transcode.config import DEFAULT_LADDER, Rung, parse_bitrate
 from headwater.origin.transcode.ffmpeg import ProgressParser, ladder_command, sprite_command
 from headwater.origin.transcode.ladder import PlannedRung, gop_frames, plan_ladder
-from headwater.origin.transcode.poster import thumbnail_grid, thumbnail_vtt
+from headwater.origin.transcode.poster import sprite_track, thumbnail_grid, thumbnail_vtt
 from headwater.origin.transcode.probe import SourceInfo, parse_probe
 from headwater.origin.transcode.worker import version_prefix
 
@@ -120,6 +120,19 @@ def test_thumbnail_track_names_regions_of_the_sprites():
                           columns=10, rows=10)
     vf = argv[argv.index("-vf") + 1]
     assert vf.endswith(",scale=160:90,tile=10x10") and "gte(t-prev_selected_t\\,10)" in vf
+    assert argv[argv.index("-map") + 1] == "0:v:0"
+    argv = sprite_command("ffmpeg", Path("l.mp4"), Path("t/s-%03d.jpg"), every_s=10, width=160, height=90,
+                          columns=10, rows=10, track=2)
+    assert argv[argv.index("-map") + 1] == "0:v:2"
+
+
+def test_sprites_are_read_from_the_narrowest_h264_rendition_wide_enough():
+    ladder = [(1280, "h264"), (854, "h264"), (640, "h264"), (1280, "vp9"), (640, "vp9")]
+    assert sprite_track(ladder, 160) == 2          # 640 H.264, not the 640 VP9 (slower to decode)
+    assert sprite_track(ladder, 900) == 0
+    assert sprite_track(ladder, 2000) == 0         # none wide enough: the widest
+    assert sprite_track([(320, "h264"), (160, "h264"), (90, "h264")], 160) == 1
+    assert sprite_track([(640, "vp9")], 160) == 0  # (a ladder always has H.264; never fails anyway)
 
 
 def test_each_attempt_has_its_own_prefix():
