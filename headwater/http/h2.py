@@ -276,6 +276,14 @@ class H2Connection:
     def data_to_send(self) -> bytes:
         return self._conn.data_to_send()
 
+    def pending_bytes(self) -> int:
+        """Bytes queued for the wire and not yet taken by ``data_to_send``.
+
+        h2 keeps them in one buffer with no public size: read it here, the one module that
+        knows h2, so the shell can bound what streams queue ahead of a slow socket.
+        """
+        return len(self._conn._data_to_send)
+
     def send_informational(self, stream_id: int, status: int = 100) -> None:
         self._conn.send_headers(stream_id, [(b":status", str(status).encode())])
 
