@@ -99,9 +99,11 @@ class StreamInvalid:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WindowOpened:
-    """Send windows grew (WINDOW_UPDATE or SETTINGS); stream 0 means the connection or all."""
+    """Send windows grew: WINDOW_UPDATE of a stream, of the connection (stream 0), or a
+    SETTINGS frame (``settings``: every stream's window may have changed)."""
 
     stream_id: int
+    settings: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +212,7 @@ class H2Connection:
                 out.append(WindowOpened(stream_id=ev.stream_id))
             elif t is h2.events.RemoteSettingsChanged:
                 costly += 1  # SETTINGS flood (CVE-2019-9515)
-                out.append(WindowOpened(stream_id=0))
+                out.append(WindowOpened(stream_id=0, settings=True))
             elif t is h2.events.PingReceived:
                 costly += 1  # PING flood (CVE-2019-9512)
             elif t is h2.events.PriorityUpdated:
@@ -337,6 +339,10 @@ class H2Connection:
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
             return 0
         return min(window, self._conn.max_outbound_frame_size)
+
+    def connection_window(self) -> int:
+        """Bytes of DATA the connection's send window admits now, over all streams."""
+        return self._conn.outbound_flow_control_window
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         self._conn.send_data(stream_id, data, end_stream=end_stream)

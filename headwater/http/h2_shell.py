@@ -217,7 +217,13 @@ class H2Shell:
         self.conn.initiate()
         self.initial = initial
         self.streams: dict[int, H2Stream] = {}
-        self._window: anyio.Event | None = None  # made by the first stream to wait on it
+        # Streams waiting for a send window: their own stream's (woken by its WINDOW_UPDATE),
+        # or the connection's (woken one at a time, in order, while it admits bytes: each
+        # woken stream passes it on after one frame). One event for all woke every waiting
+        # stream at every update, O(streams) per frame: with small client windows (h2's 64 KiB
+        # default) many large streams over one connection crawled, and over TLS stalled.
+        self._window_waiters: dict[int, anyio.Event] = {}
+        self._connection_waiters: dict[int, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._queue: deque[tuple[H2Stream, h2.StreamRequest]] = deque()  # streams to start
         self._parked: list[anyio.Event] = []  # the idle workers' wakeups
@@ -364,9 +370,17 @@ class H2Shell:
                 if st is not None:
                     st.abort()
             elif kind is h2.WindowOpened:
-                if self._window is not None:
-                    self._window.set()
-                    self._window = None
+                if ev.settings:  # type: ignore[union-attr]
+                    for waiting in (self._window_waiters, self._connection_waiters):
+                        for wakeup in waiting.values():
+                            wakeup.set()
+                        waiting.clear()
+                elif ev.stream_id == 0:  # type: ignore[union-attr]
+                    self._pass_window()
+                else:
+                    wakeup = self._window_waiters.pop(ev.stream_id, None)  # type: ignore[union-attr]
+                    if wakeup is not None:
+                        wakeup.set()
             elif kind is h2.StreamInvalid:
                 st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
                 if st is not None:
@@ -379,6 +393,13 @@ class H2Shell:
                                 self.client, ev.reason)  # type: ignore[union-attr]
                 for st in list(self.streams.values()):
                     st.abort()
+
+    def _pass_window(self) -> None:
+        """Wake the first stream waiting for the connection's window, if it admits bytes."""
+        waiting = self._connection_waiters
+        if waiting and self.conn.connection_window() > 0:
+            sid = next(iter(waiting))
+            waiting.pop(sid).set()
 
     def _refuse(self, sid: int, error: ProtocolError) -> None:
         resp = error_response(error.http_status)
@@ -450,6 +471,9 @@ class H2Shell:
             conn.reset(st.sid, H2_INTERNAL_ERROR)
         finally:
             self.streams.pop(st.sid, None)
+            self._window_waiters.pop(st.sid, None)
+            self._connection_waiters.pop(st.sid, None)
+            self._pass_window()  # in case it was woken for a window it will not use
             unread = st.discard()
             if not st.reset:
                 if not conn.request_complete(st.sid):
@@ -535,12 +559,19 @@ class H2Shell:
                 left = shut_since + self.limits.send_timeout_s - now
                 if left <= 0:
                     raise SendTimeout(f"the send window stayed shut for {self.limits.send_timeout_s} s")
-                window = self._window
-                if window is None:
-                    window = self._window = anyio.Event()
+                if conn.connection_window() <= 0:
+                    waiting = self._connection_waiters
+                else:
+                    waiting = self._window_waiters
+                    self._pass_window()  # the connection's window is for others meanwhile
+                wakeup = waiting.get(st.sid)
+                if wakeup is None:
+                    wakeup = waiting[st.sid] = anyio.Event()
                 self.poke()
                 with anyio.move_on_after(left):
-                    await window.wait()
+                    await wakeup.wait()
+                if waiting.get(st.sid) is wakeup:
+                    del waiting[st.sid]
                 continue
             shut_since = math.inf
             piece = view[:n]
@@ -548,6 +579,8 @@ class H2Shell:
             last = end and not view
             conn.send_data(st.sid, bytes(piece), end_stream=last)
             self.poke()
+            if self._connection_waiters:
+                self._pass_window()
             if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
                 await self.room()
             if last:
