@@ -341,7 +341,10 @@ class H2Shell:
             # Answers (PING and SETTINGS acks, refusals) are bounded with what the streams
             # queue: a peer that does not read stops being read, so they cannot pile up.
             if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
-                await self.room()
+                try:
+                    await self.room()
+                except anyio.BrokenResourceError:
+                    return  # the writer could not send: the peer is gone
 
     def _dispatch(self, events: list[h2.Event]) -> None:
         for ev in events:
