@@ -99,9 +99,11 @@ class StreamInvalid:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WindowOpened:
-    """Send windows grew (WINDOW_UPDATE or SETTINGS); stream 0 means the connection or all."""
+    """Send windows grew: WINDOW_UPDATE of a stream, of the connection (stream 0), or a
+    SETTINGS frame (``settings``: every stream's window may have changed)."""
 
     stream_id: int
+    settings: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +212,7 @@ class H2Connection:
                 out.append(WindowOpened(stream_id=ev.stream_id))
             elif t is h2.events.RemoteSettingsChanged:
                 costly += 1  # SETTINGS flood (CVE-2019-9515)
-                out.append(WindowOpened(stream_id=0))
+                out.append(WindowOpened(stream_id=0, settings=True))
             elif t is h2.events.PingReceived:
                 costly += 1  # PING flood (CVE-2019-9512)
             elif t is h2.events.PriorityUpdated:
@@ -276,6 +278,14 @@ class H2Connection:
     def data_to_send(self) -> bytes:
         return self._conn.data_to_send()
 
+    def pending_bytes(self) -> int:
+        """Bytes queued for the wire and not yet taken by ``data_to_send``.
+
+        h2 keeps them in one buffer with no public size: read it here, the one module that
+        knows h2, so the shell can bound what streams queue ahead of a slow socket.
+        """
+        return len(self._conn._data_to_send)
+
     def send_informational(self, stream_id: int, status: int = 100) -> None:
         self._conn.send_headers(stream_id, [(b":status", str(status).encode())])
 
@@ -329,6 +339,10 @@ class H2Connection:
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
             return 0
         return min(window, self._conn.max_outbound_frame_size)
+
+    def connection_window(self) -> int:
+        """Bytes of DATA the connection's send window admits now, over all streams."""
+        return self._conn.outbound_flow_control_window
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         self._conn.send_data(stream_id, data, end_stream=end_stream)

@@ -1,15 +1,21 @@
-"""The HTTP/2 connection loop around ``h2.H2Connection``: one reader task, one task per stream.
+"""The HTTP/2 connection loop around ``h2.H2Connection``: a reader, a writer, one task per stream.
 
 The reader feeds frames to the sans-IO connection and hands the events to the streams; each
-stream task runs the app and writes its response within the flow-control windows. Writes share
-one lock, so DATA frames of many streams interleave but never tear.
+stream task runs the app and queues its response in the connection within the flow-control
+windows. One writer task alone sends what the connection has queued: woken by whoever queued
+something, it takes everything queued since its last send, so the frames of all the streams that
+ran in one turn of the loop leave in one write (one TLS record run, one syscall) instead of one
+write, lock and wakeup per frame.
 
 What one stream can hold: its unread request body is bounded by the stream window we advertise
 (the peer's window only reopens as the app reads), and its response by one chunk of the app's
-body plus one DATA frame queued behind the write lock. A stream whose send window stays shut
-for send_timeout_s is reset (CANCEL) and its body closed; a socket that takes nothing for that
-long is cut by the transport's watchdog. Flood budgets are the sans-IO connection's business:
-it ends the connection with GOAWAY(ENHANCE_YOUR_CALM), and this loop then closes.
+body; what all of them queue ahead of the socket is bounded by ``OUTBOUND_HIGH_BYTES``: a stream
+(or the reader, whose answers PING and SETTINGS make) that finds more queued waits for the writer
+to send it, so a peer that does not read stops being read and stops being answered. A stream
+whose send window stays shut for send_timeout_s is reset (CANCEL) and its body closed; a socket
+that takes nothing for that long is cut by the transport's watchdog, which fails the writer, and
+that ends the connection. Flood budgets are the sans-IO connection's business: it ends the
+connection with GOAWAY(ENHANCE_YOUR_CALM), and this loop then closes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from headwater.http import h2
 from headwater.http.errors import (
@@ -59,6 +66,15 @@ log = logging.getLogger("headwater.http")
 #: when the reset races their last DATA frames, though RFC 9113 allows it. Flow control keeps
 #: the cost to this many bytes.
 H2_DRAIN_MAX_BYTES = 1024 * 1024
+
+#: What the streams and the reader may queue in the connection ahead of the socket before they
+#: wait for the writer: a few DATA frames of every busy stream, one write's worth.
+OUTBOUND_HIGH_BYTES = 256 * 1024
+
+#: Stream tasks that, their stream done, wait for the next one rather than end: starting a task
+#: in a task group costs more than a small app, and a client keeps streams coming in waves of
+#: its concurrency.
+PARKED_WORKERS = 16
 
 
 class H2Stream(BodyReading):
@@ -147,7 +163,10 @@ class H2Stream(BodyReading):
                     ack = chunk[1]
                     self._chunks.popleft()
                 h.conn.acknowledge(self.sid, ack)
-                await h.flush()
+                h.poke()
+                # The writer sends the WINDOW_UPDATE; the checkpoint keeps an app that reads
+                # a buffered body in a loop from holding the event loop.
+                await anyio.lowlevel.checkpoint()
                 return out
             if self.failed is not None:
                 raise self.failed
@@ -156,7 +175,7 @@ class H2Stream(BodyReading):
             if self._expects_continue and not self.continue_sent:
                 self.continue_sent = True
                 h.conn.send_informational(self.sid, 100)
-                await h.flush()
+                h.poke()
             await self._wait_for_data()
 
     async def _wait_for_data(self) -> None:
@@ -198,33 +217,101 @@ class H2Shell:
         self.conn.initiate()
         self.initial = initial
         self.streams: dict[int, H2Stream] = {}
-        self._write_lock = anyio.Lock()
-        self._window = anyio.Event()
+        # Streams waiting for a send window: their own stream's (woken by its WINDOW_UPDATE),
+        # or the connection's (woken one at a time, in order, while it admits bytes: each
+        # woken stream passes it on after one frame). One event for all woke every waiting
+        # stream at every update, O(streams) per frame: with small client windows (h2's 64 KiB
+        # default) many large streams over one connection crawled, and over TLS stalled.
+        self._window_waiters: dict[int, anyio.Event] = {}
+        self._connection_waiters: dict[int, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._queue: deque[tuple[H2Stream, h2.StreamRequest]] = deque()  # streams to start
+        self._parked: list[anyio.Event] = []  # the idle workers' wakeups
+        self._no_more_streams = False
+        self._kick: anyio.Event | None = None  # the sleeping writer's; None while it works
+        self._sent: anyio.Event | None = None  # for those waiting on the writer to send
+        self._closing = False  # nothing more will be queued: the writer sends the rest, ends
+        self._broken = False  # the writer's send failed: the connection is gone
 
-    async def flush(self) -> None:
-        async with self._write_lock:
-            data = self.conn.data_to_send()
-            if data:
-                await self.stream.send(data)
+    def poke(self) -> None:
+        """Something was queued in the connection: wake the writer (it sends all there is)."""
+        kick = self._kick
+        if kick is not None:
+            self._kick = None
+            kick.set()
+
+    async def room(self) -> None:
+        """Return once the connection's unsent bytes are under OUTBOUND_HIGH_BYTES."""
+        conn = self.conn
+        while conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+            if self._broken:
+                raise anyio.BrokenResourceError
+            self.poke()
+            sent = self._sent
+            if sent is None:
+                sent = self._sent = anyio.Event()
+            await sent.wait()
+        if self._broken:
+            raise anyio.BrokenResourceError
+
+    async def _write_loop(self) -> None:
+        conn = self.conn
+        try:
+            while True:
+                data = conn.data_to_send()
+                if data:
+                    await self.stream.send(data)
+                    self._wake_senders()
+                    continue
+                self._wake_senders()
+                if self._closing:
+                    return
+                kick = self._kick = anyio.Event()
+                await kick.wait()
+        except DISCONNECTS:
+            # The peer is gone (or the watchdog cut it): nothing more can be sent, so the
+            # streams and the reader have nothing left to do.
+            self._broken = True
+            self._wake_senders()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+
+    def _wake_senders(self) -> None:
+        sent = self._sent
+        if sent is not None:
+            self._sent = None
+            sent.set()
 
     async def run(self) -> None:
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._write_loop)
                 try:
-                    await self._read_loop()
+                    async with anyio.create_task_group() as tg:
+                        self._tg = tg
+                        try:
+                            await self._read_loop()
+                        finally:
+                            for st in list(self.streams.values()):
+                                st.abort()
+                            self._no_more_streams = True
+                            for parked in self._parked:
+                                parked.set()
+                            self._parked.clear()
                 finally:
-                    for st in list(self.streams.values()):
-                        st.abort()
+                    # Every stream is done: GOAWAY, the writer sends what is queued and ends.
+                    self.conn.close()
+                    self._closing = True
+                    self.poke()
         finally:
-            # GOAWAY (also when serve() is being cancelled), then close.
+            # What is left when the writer could not send it (serve() is being cancelled),
+            # then close.
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(SHUTDOWN_GRACE_S):
                     try:
                         self.conn.close()
                         data = self.conn.data_to_send()
-                        if data:
+                        if data and not self._broken:
                             await self.stream.send(data)
                     except Exception:
                         pass
@@ -234,10 +321,11 @@ class H2Shell:
                         pass
 
     async def _read_loop(self) -> None:
+        conn = self.conn
         if self.initial:
-            self._dispatch(self.conn.receive_data(self.initial))
-        await self.flush()
-        while not self.conn.closed:
+            self._dispatch(conn.receive_data(self.initial))
+        self.poke()
+        while not conn.closed:
             data = None
             with anyio.move_on_after(self.limits.idle_timeout_s):
                 try:
@@ -248,10 +336,15 @@ class H2Shell:
                 if not self.streams:
                     return  # idle: GOAWAY and close
                 continue
-            self._dispatch(self.conn.receive_data(data))
-            # Answers (PING and SETTINGS acks, refusals) go out before the next read: a peer
-            # that does not read stops being read, so they cannot pile up.
-            await self.flush()
+            self._dispatch(conn.receive_data(data))
+            self.poke()
+            # Answers (PING and SETTINGS acks, refusals) are bounded with what the streams
+            # queue: a peer that does not read stops being read, so they cannot pile up.
+            if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+                try:
+                    await self.room()
+                except anyio.BrokenResourceError:
+                    return  # the writer could not send: the peer is gone
 
     def _dispatch(self, events: list[h2.Event]) -> None:
         for ev in events:
@@ -265,8 +358,12 @@ class H2Shell:
             elif kind is h2.StreamRequest:
                 st = H2Stream(self, ev)  # type: ignore[arg-type]
                 self.streams[st.sid] = st
-                assert self._tg is not None
-                self._tg.start_soon(self._run_stream, st, ev)
+                self._queue.append((st, ev))  # type: ignore[arg-type]
+                if self._parked:
+                    self._parked.pop().set()
+                else:
+                    assert self._tg is not None
+                    self._tg.start_soon(self._worker)
             elif kind is h2.StreamEnd:
                 st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
                 if st is not None:
@@ -276,8 +373,17 @@ class H2Shell:
                 if st is not None:
                     st.abort()
             elif kind is h2.WindowOpened:
-                self._window.set()
-                self._window = anyio.Event()
+                if ev.settings:  # type: ignore[union-attr]
+                    for waiting in (self._window_waiters, self._connection_waiters):
+                        for wakeup in waiting.values():
+                            wakeup.set()
+                        waiting.clear()
+                elif ev.stream_id == 0:  # type: ignore[union-attr]
+                    self._pass_window()
+                else:
+                    wakeup = self._window_waiters.pop(ev.stream_id, None)  # type: ignore[union-attr]
+                    if wakeup is not None:
+                        wakeup.set()
             elif kind is h2.StreamInvalid:
                 st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
                 if st is not None:
@@ -290,6 +396,13 @@ class H2Shell:
                                 self.client, ev.reason)  # type: ignore[union-attr]
                 for st in list(self.streams.values()):
                     st.abort()
+
+    def _pass_window(self) -> None:
+        """Wake the first stream waiting for the connection's window, if it admits bytes."""
+        waiting = self._connection_waiters
+        if waiting and self.conn.connection_window() > 0:
+            sid = next(iter(waiting))
+            waiting.pop(sid).set()
 
     def _refuse(self, sid: int, error: ProtocolError) -> None:
         resp = error_response(error.http_status)
@@ -304,6 +417,23 @@ class H2Shell:
             self.conn.reset(sid, error.h2_error_code)
         self.conn.stream_finished(sid)
 
+    async def _worker(self) -> None:
+        """Run queued streams, one at a time; then park for the next, or end.
+
+        Every stream queued wakes a parked worker or starts one, so no stream waits behind
+        another's app. Each stream runs in its own cancel scope: a reset ends only that one.
+        """
+        queue = self._queue
+        while True:
+            while queue:
+                st, req = queue.popleft()
+                await self._run_stream(st, req)
+            if self._no_more_streams or len(self._parked) >= PARKED_WORKERS:
+                return
+            wakeup = anyio.Event()
+            self._parked.append(wakeup)
+            await wakeup.wait()
+
     async def _run_stream(self, st: H2Stream, req: h2.StreamRequest) -> None:
         conn = self.conn
         path, query = split_target(req.target)
@@ -317,15 +447,22 @@ class H2Shell:
                 # one go, as a rapid-reset flood sends them): nothing to answer, so the app is
                 # not called — it could start an upstream fetch before its first checkpoint.
                 return
-            response, _ = await self.service.call(request, st.scope)
-            if response is not None and st.reset:
-                await discard_body(response.body)
-            elif response is not None:
-                if st.failed is not None:
+            # One scope for the app and the sending (a reset cancels either): a scope costs
+            # about as much as a small app.
+            response: Response | None = None
+            with st.scope:
+                response, _ = await self.service.run_app(request)
+                if response is not None and not st.reset and st.failed is None:
+                    answer, response = response, None  # _write closes its body
+                    await self._write(st, req, answer)
+            if response is not None:
+                if st.reset or st.scope.cancelled_caught:
+                    await discard_body(response.body)
+                else:
                     response = await override_for_broken_body(response, st.failed)
-                st.scope = anyio.CancelScope()  # a reset now cancels the sending
-                with st.scope:
-                    await self._write(st, req, response)
+                    st.scope = anyio.CancelScope()
+                    with st.scope:
+                        await self._write(st, req, response)
         except SendTimeout as e:
             log.info("HTTP/2 stream %d from %s reset: %s", st.sid, self.client, e)
             conn.reset(st.sid, e.h2_error_code)
@@ -337,6 +474,9 @@ class H2Shell:
             conn.reset(st.sid, H2_INTERNAL_ERROR)
         finally:
             self.streams.pop(st.sid, None)
+            self._window_waiters.pop(st.sid, None)
+            self._connection_waiters.pop(st.sid, None)
+            self._pass_window()  # in case it was woken for a window it will not use
             unread = st.discard()
             if not st.reset:
                 if not conn.request_complete(st.sid):
@@ -348,12 +488,7 @@ class H2Shell:
                         conn.reset(st.sid, H2_NO_ERROR)
                 conn.acknowledge(st.sid, unread)
             conn.stream_finished(st.sid)
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(SHUTDOWN_GRACE_S):
-                    try:
-                        await self.flush()
-                    except Exception:
-                        pass
+            self.poke()
 
     async def _write(self, st: H2Stream, req: h2.StreamRequest, response: Response) -> None:
         conn = self.conn
@@ -369,7 +504,7 @@ class H2Shell:
             if not ended:
                 await self._send_data(st, bytes(body), end=True)
             else:
-                await self.flush()
+                self.poke()
         elif isinstance(body, FileBody):
             try:
                 f = OpenFile(body)
@@ -384,7 +519,7 @@ class H2Shell:
                         await self._send_data(st, chunk)
                     await self._send_data(st, b"", end=True)
                 else:
-                    await self.flush()
+                    self.poke()
             finally:
                 f.close()
         else:
@@ -397,14 +532,16 @@ class H2Shell:
                             await self._send_data(st, chunk)
                     await self._send_data(st, b"", end=True)
                 else:
-                    await self.flush()
+                    self.poke()
             finally:
                 await aclose_iterable(body)
 
     async def _send_data(self, st: H2Stream, data: bytes, *, end: bool = False) -> None:
-        """DATA frames within the stream's and the connection's send windows.
+        """Queue DATA frames within the stream's and the connection's send windows.
 
         A window that stays shut for send_timeout_s raises SendTimeout (the stream is reset).
+        Returns once the frames are queued and what all streams queued is under
+        OUTBOUND_HIGH_BYTES (the writer sends it).
         """
         conn = self.conn
         view = memoryview(data)
@@ -415,7 +552,7 @@ class H2Shell:
             if not view:
                 if end:
                     conn.end_stream(st.sid)
-                    await self.flush()
+                    self.poke()
                 return
             n = conn.outbound_window(st.sid)
             if n <= 0:
@@ -425,15 +562,29 @@ class H2Shell:
                 left = shut_since + self.limits.send_timeout_s - now
                 if left <= 0:
                     raise SendTimeout(f"the send window stayed shut for {self.limits.send_timeout_s} s")
-                window = self._window
-                await self.flush()
+                if conn.connection_window() <= 0:
+                    waiting = self._connection_waiters
+                else:
+                    waiting = self._window_waiters
+                    self._pass_window()  # the connection's window is for others meanwhile
+                wakeup = waiting.get(st.sid)
+                if wakeup is None:
+                    wakeup = waiting[st.sid] = anyio.Event()
+                self.poke()
                 with anyio.move_on_after(left):
-                    await window.wait()
+                    await wakeup.wait()
+                if waiting.get(st.sid) is wakeup:
+                    del waiting[st.sid]
                 continue
             shut_since = math.inf
             piece = view[:n]
             view = view[n:]
-            conn.send_data(st.sid, bytes(piece), end_stream=end and not view)
-            await self.flush()
-            if end and not view:
+            last = end and not view
+            conn.send_data(st.sid, bytes(piece), end_stream=last)
+            self.poke()
+            if self._connection_waiters:
+                self._pass_window()
+            if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+                await self.room()
+            if last:
                 return

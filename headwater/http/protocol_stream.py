@@ -75,6 +75,22 @@ async def open_protocol_stream(sock: socket.socket, send_timeout_s: float) -> Pr
     return stream
 
 
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+def _forget(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+    """A waiter that was cancelled (not woken) leaves the list."""
+    if not waiter.done() or waiters:
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            pass
+
+
 class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
     """One connection: the Protocol the loop calls, and the byte stream the shell awaits."""
 
@@ -91,8 +107,12 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         self._closed = False
         self._reading_paused = False
         self._writing_paused = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        # Lists, not one slot: over TLS two tasks can wait at once (the shell's reader, and a
+        # send whose TLS record layer must read first, or a receive that must flush). With one
+        # slot the second waiter replaced the first, which then never woke: a connection with
+        # nothing queued either way, and an HTTP/2 client waiting for its responses forever.
+        self._read_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._immediate = 0
         # the Watchdog's stamps, as on SocketStream
         self.read_deadline = math.inf
@@ -116,11 +136,8 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         if self._buffered >= READ_BUFFER_BYTES and not self._reading_paused:
             self._reading_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
-        waiter = self._read_waiter
-        if waiter is not None:
-            self._read_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._read_waiters:
+            _wake(self._read_waiters)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -142,18 +159,12 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         self._wake_writer()
 
     def _wake_reader(self) -> None:
-        waiter = self._read_waiter
-        if waiter is not None:
-            self._read_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._read_waiters:
+            _wake(self._read_waiters)
 
     def _wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._drain_waiters:
+            _wake(self._drain_waiters)
 
     # --- the byte stream (awaited by the shell) ---------------------------------------------
 
@@ -172,11 +183,12 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
                 if self._error is not None:
                     raise anyio.BrokenResourceError from self._error
                 raise anyio.EndOfStream
-            waiter = self._read_waiter = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            self._read_waiters.append(waiter)
             try:
                 await waiter
             finally:
-                self._read_waiter = None
+                _forget(self._read_waiters, waiter)
 
     async def receive(self, max_bytes: int = READ_BUFFER_BYTES) -> bytes:
         chunks = self._chunks
@@ -211,11 +223,12 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         try:
             while self._writing_paused:
                 self._check_writable()
-                waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+                waiter = asyncio.get_running_loop().create_future()
+                self._drain_waiters.append(waiter)
                 try:
                     await waiter
                 finally:
-                    self._drain_waiter = None
+                    _forget(self._drain_waiters, waiter)
             self._check_writable()
         finally:
             self.send_blocked_since = math.inf

@@ -456,3 +456,55 @@ async def test_the_loop_transport_serves_bodies_both_ways_and_keep_alive(anyio_b
                                      trust_env=False) as client:
             r = await client.get("/hello")
             assert r.status_code == 200 and r.http_version == "HTTP/2"
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio")])
+async def test_the_loop_transport_wakes_every_task_waiting_on_it(anyio_backend):
+    """Two tasks waiting to read one ProtocolStream at once (over TLS, the HTTP/2 reader and
+    a send whose record layer must read) both wake when bytes come, and so do two waiting for
+    the drain: with one waiter slot the first was replaced and never woke (the HTTP/2-over-TLS
+    stall: a quiet connection, its client waiting for responses forever)."""
+    from headwater.http.protocol_stream import WRITE_HIGH_BYTES, open_protocol_stream
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small buffers both ways, so
+    peer.connect(listener.getsockname())  # that a send waits for the drain below
+    accepted, _ = listener.accept()
+    listener.close()
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    accepted.setblocking(False)
+    stream = await open_protocol_stream(accepted, send_timeout_s=10)
+    try:
+        got: list[bytes] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                async def read() -> None:
+                    got.append(await stream.receive())
+                tg.start_soon(read)
+                tg.start_soon(read)
+                await anyio.sleep(0.05)  # both are waiting now
+                peer.sendall(b"a")
+                await anyio.sleep(0.05)
+                peer.sendall(b"b")
+        assert sorted(got) == [b"a", b"b"]
+        # the drain: the peer reads nothing until both senders wait behind the high-water mark
+        sent = 0
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                async def send() -> None:
+                    nonlocal sent
+                    await stream.send(b"x" * (16 * WRITE_HIGH_BYTES))
+                    sent += 1
+                tg.start_soon(send)
+                tg.start_soon(send)
+                await anyio.sleep(0.1)
+                assert sent == 0
+                total = 0
+                while total < 32 * WRITE_HIGH_BYTES:
+                    data = await anyio.to_thread.run_sync(peer.recv, 1 << 20)
+                    assert data
+                    total += len(data)
+        assert sent == 2
+    finally:
+        await stream.aclose()
+        peer.close()

@@ -686,3 +686,63 @@ async def test_tls_alpn_h2_and_http11(tls_files: tuple[Path, Path], tmp_path: Pa
                 assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
                 r = await c.put(f"{base}/hash", content=blob)
                 assert r.text == f"{len(blob)} {hashlib.sha256(blob).hexdigest()}"
+
+
+async def test_http2_tls_many_large_streams_through_small_windows(tls_files: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """Many concurrent large responses over one TLS connection whose client gives 16 KiB
+    stream windows and the default 64 KiB connection window: the connection window binds, is
+    handed from stream to stream, and every stream finishes intact, also when some are reset
+    while they wait for it (a reset stream passes on a window it was woken for)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+    cert, key = tls_files
+    blob = os.urandom(256 * KiB)
+    (tmp_path / "f.bin").write_bytes(blob)
+    n_streams, reset_every = 48, 8
+    # A stream left waiting for a window it is never handed is reset after send_timeout_s.
+    limits = HttpLimits(send_timeout_s=5)
+    async with running(make_app(Probe(), tmp_path / "f.bin"), ssl_context=server_ssl_context(cert, key),
+                       limits=limits) as port:
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        client_ctx.set_alpn_protocols(["h2"])
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port, ssl_context=client_ctx,
+                                               tls_standard_compatible=False) as s:
+                conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+                conn.local_settings = h2.settings.Settings(client=True, initial_values={
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16 * KiB})
+                conn.initiate_connection()
+                sids = []
+                for _ in range(n_streams):
+                    sid = conn.get_next_available_stream_id()
+                    conn.send_headers(sid, [(":method", "GET"), (":path", "/file"), (":scheme", "https"),
+                                            (":authority", "localhost")], end_stream=True)
+                    sids.append(sid)
+                await s.send(conn.data_to_send())
+                bodies: dict[int, list[bytes]] = {sid: [] for sid in sids}
+                resets = set(sids[::reset_every])
+                ended: set[int] = set()
+                while len(ended) < n_streams:
+                    for ev in conn.receive_data(await s.receive()):
+                        if isinstance(ev, h2.events.DataReceived):
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                            if ev.stream_id in ended:
+                                continue
+                            bodies[ev.stream_id].append(ev.data)
+                            if ev.stream_id in resets and sum(map(len, bodies[ev.stream_id])) >= 64 * KiB:
+                                conn.reset_stream(ev.stream_id)
+                                ended.add(ev.stream_id)
+                        elif isinstance(ev, h2.events.StreamEnded):
+                            ended.add(ev.stream_id)
+                        elif isinstance(ev, h2.events.StreamReset):
+                            assert ev.stream_id in resets, f"the server reset stream {ev.stream_id}"
+                            ended.add(ev.stream_id)
+                    out = conn.data_to_send()
+                    if out:
+                        await s.send(out)
+    for sid in sids:
+        if sid not in resets:
+            assert b"".join(bodies[sid]) == blob, f"stream {sid}"
