@@ -582,6 +582,10 @@ def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000, r
     cfg = hwconfig.load(tmp_cfg)
     if cfg.gateway is None or not cfg.users or not cfg.storage:
         raise PeerError(f"{config} has no [gateway], [[users]] or [[storage]]")
+    # `headwater up` creates the cluster secret; each `headwater node` only reads it (and exits
+    # at once without it), so it is created here as up would.
+    from headwater.rpc.auth import ensure_cluster_secret
+    ensure_cluster_secret(cfg)
     gw, user = cfg.gateway, cfg.users[0]
     url = f"http://{gw.host}:{gw.port}"
     procs = ProcessGroup(work_dir)
