@@ -62,8 +62,9 @@ READ_BATCH = 4
 # Batches a GET reads ahead of the one it sends while the read buffer is at least half free (one
 # when it is not). Each batch is a round trip to k nodes whose latency (a thread hand-off and a
 # wake-up on each side) varies far more than its cost: one batch ahead left the client waiting
-# on the slowest node of every batch.
-READ_AHEAD = 3
+# on the slowest node of every batch. Two, not more: each is 4 MiB per GET, and the gateway's
+# RSS with 8 streams in and out (bench objstore) must stay under 300 MiB.
+READ_AHEAD = 2
 # User bytes sent to the storage nodes per append round trip. A round trip costs about the same
 # whatever its size, so one stripe per trip left PUT latency-bound (nodes and gateway idle);
 # batching stripes up to this many bytes fills the pipe. Bounds memory per PUT to ~3x this.
