@@ -35,7 +35,8 @@ from urllib.parse import quote, urlsplit
 
 from .peers import Endpoint
 
-__all__ = ["Batch", "S5cmd", "HttpDriver", "RssSampler", "find_s5cmd", "sign_v4", "LoadError"]
+__all__ = ["Batch", "S5cmd", "HttpDriver", "RssSampler", "ServerCpu", "cpu_seconds", "server_cpu_text",
+           "find_s5cmd", "sign_v4", "LoadError"]
 
 MiB = 1024 * 1024
 
@@ -202,6 +203,69 @@ class S5cmd:
     def head(self, op: str, bucket: str, keys: list[str], *, clients: int) -> Batch:
         cmds = [f"head s3://{bucket}/{k}" for k in keys]
         return self.run(op, cmds, clients=clients, object_bytes=0)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class ServerCpu:
+    """CPU seconds the store's own processes spent during a batch, by role.
+
+    On a shared machine a throughput figure moves with whatever else runs; the CPU a store
+    spends per byte or per request does not, much: it is the figure to compare across runs and
+    commits. ``groups`` returns {role: [pid, ...]} (``Endpoint.process_groups``); a process
+    that starts or ends inside the batch is counted only for the part both snapshots saw.
+    Use ``with ServerCpu(ep.process_groups) as cpu: ...`` then ``cpu.seconds``.
+    """
+
+    def __init__(self, groups: Callable[[], Mapping[str, list[int]]]):
+        self.groups = groups
+        self.seconds: dict[str, float] = {}
+        self._before: dict[int, tuple[str, float]] = {}
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for role, pids in self.groups().items():
+            for pid in pids:
+                used = cpu_seconds(pid)
+                if used is not None:
+                    out[pid] = (role, used)
+        return out
+
+    def __enter__(self) -> ServerCpu:
+        self._before = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = self._snapshot()
+        seconds: dict[str, float] = {}
+        for pid, (role, used) in after.items():
+            if pid in self._before:
+                seconds[role] = seconds.get(role, 0.0) + used - self._before[pid][1]
+        self.seconds = {role: round(v, 3) for role, v in sorted(seconds.items())}
+
+
+def server_cpu_text(seconds: Mapping[str, float], *, object_bytes: int, ops: int) -> str:
+    """"server 5.1 s/GB (gateway 2.0, storage 2.3, ...)" for ``ops`` objects of ``object_bytes``
+    each, when they are 1 MiB or more; per request otherwise ("server 2.6 ms/op (...)"); empty
+    without figures or requests."""
+    if not seconds or ops <= 0:
+        return ""
+    if object_bytes >= 1024 * 1024:
+        scale, unit = 1e9 / (object_bytes * ops), "s/GB"
+    else:
+        scale, unit = 1e3 / ops, "ms/op"
+    parts = ", ".join(f"{role} {v * scale:.2f}" for role, v in seconds.items())
+    return f"server {sum(seconds.values()) * scale:.2f} {unit} ({parts})"
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from . import ceilings as _ceilings
 from . import listing as _listing
 from . import rebuild as _rebuild
-from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd
+from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd, ServerCpu, server_cpu_text
 from .peers import (
     Endpoint,
     PeerError,
@@ -191,6 +191,41 @@ def report_rows(results: dict, ceilings: list[dict]) -> list[dict]:
     return out
 
 
+def server_cpu_per_unit(res: dict) -> tuple[float, str, dict[str, float]] | None:
+    """(total, unit, {role: value}) of one result's ``server_cpu_s``: CPU seconds per GB moved
+    for objects of 1 MiB or more, CPU milliseconds per request below; None without figures."""
+    seconds = res.get("server_cpu_s") or {}
+    ok = (res.get("ops") or 0) - (res.get("errors") or 0)
+    size = res.get("object_bytes") or 0
+    if not seconds or ok <= 0:
+        return None
+    scale, unit = (1e9 / (size * ok), "s/GB") if size >= MiB else (1e3 / ok, "ms/op")
+    by_role = {role: v * scale for role, v in seconds.items()}
+    return sum(by_role.values()), unit, by_role
+
+
+def render_server_cpu(doc: dict) -> str:
+    """The CPU each store's own processes spent per GB or per request, workload by workload:
+    the figure to compare between runs on a shared machine (rates move with the neighbours)."""
+    cells = []
+    for row in ROWS:
+        got = {name: server_cpu_per_unit(((doc["targets"].get(name) or {}).get("results") or {}).get(row.key) or {})
+               for name in ("ours", "swift")}
+        ours, swift = got["ours"], got["swift"]
+        if ours is None and swift is None:
+            continue
+        unit = (ours or swift)[1]  # type: ignore[index]
+        roles = ", ".join(f"{r} {v:.2f}" for r, v in ours[2].items()) if ours else ""
+        cells.append([f"{row.label} (server {unit})", "-" if ours is None else f"{ours[0]:.2f}",
+                      "-" if swift is None else f"{swift[0]:.2f}",
+                      "-" if ours is None or swift is None or not swift[0] else f"{ours[0] / swift[0]:.2f}x",
+                      roles or "-"])
+    if not cells:
+        return ""
+    return render_table(["server CPU per workload", "Headwater", "Swift", "ours/Swift", "Headwater by role"],
+                        cells)
+
+
 def render_report(doc: dict) -> str:
     rows = []
     stream = doc.get("sizes", {}).get("stream_bytes", GiB)
@@ -204,6 +239,9 @@ def render_report(doc: dict) -> str:
                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", goal, r["ceiling"] or "-"])
     out = [render_table(["workload", "Headwater", "Swift", "ours/Swift", "goal", "ceiling (same run)"], rows)]
     out.append("")
+    cpu = render_server_cpu(doc)
+    if cpu:
+        out += [cpu, ""]
     for name in ("ours", "swift"):
         t = doc["targets"].get(name)
         if not t:
@@ -258,39 +296,53 @@ def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], lab
     s5.make_bucket(bucket)
     results: dict[str, dict] = {}
 
-    def record(key: str, b: Batch, unit: str) -> None:
+    def measured(run: Callable[[], Batch]) -> tuple[Batch, dict[str, float]]:
+        # The store's own CPU for the batch beside the rate: on a shared machine the rate moves
+        # with the neighbours' load, the CPU per byte or per request much less.
+        with ServerCpu(ep.process_groups) as cpu:
+            b = run()
+        return b, cpu.seconds
+
+    def record(key: str, run: Callable[[], Batch] | tuple[Batch, dict[str, float]], unit: str) -> None:
+        b, seconds = run if isinstance(run, tuple) else measured(run)
         results[key] = _batch_result(b, unit)
+        results[key]["server_cpu_s"] = seconds
         v = results[key]["value"]
         err = f", {b.errors} errors ({b.first_error[:120]})" if b.errors else ""
+        spent = server_cpu_text(seconds, object_bytes=b.bytes, ops=b.ok_ops)
         _say(f"  {label}: {key:<11} {fmt_value(v, unit):>8} {unit:<5} "
-             f"{b.ops} x {b.bytes} B in {b.seconds:.1f} s, client {b.client_cores:.2f} cores{err}")
+             f"{b.ops} x {b.bytes} B in {b.seconds:.1f} s, client {b.client_cores:.2f} cores"
+             f"{f'; {spent}' if spent else ''}{err}")
 
     try:
         keys1 = [f"big1/{i:05d}" for i in range(sizes.big_objects_1)]
         keys8 = [f"big8/{i:05d}" for i in range(sizes.big_objects_8)]
-        record("put_big_1", s5.put("put_big_1", sources["big"], bucket, keys1, clients=1), "MB/s")
-        record("get_big_1", s5.get("get_big_1", bucket, keys1, object_bytes=sizes.big_bytes, clients=1), "MB/s")
-        record("put_big_8", s5.put("put_big_8", sources["big"], bucket, keys8, clients=sizes.big_clients), "MB/s")
-        record("get_big_8", s5.get("get_big_8", bucket, keys8, object_bytes=sizes.big_bytes,
-                                   clients=sizes.big_clients), "MB/s")
+        record("put_big_1", lambda: s5.put("put_big_1", sources["big"], bucket, keys1, clients=1), "MB/s")
+        record("get_big_1", lambda: s5.get("get_big_1", bucket, keys1, object_bytes=sizes.big_bytes, clients=1),
+               "MB/s")
+        record("put_big_8", lambda: s5.put("put_big_8", sources["big"], bucket, keys8, clients=sizes.big_clients),
+               "MB/s")
+        record("get_big_8", lambda: s5.get("get_big_8", bucket, keys8, object_bytes=sizes.big_bytes,
+                                           clients=sizes.big_clients), "MB/s")
         s5.delete_prefix(bucket, "big")
 
         keys_s = [f"small/{i:06d}" for i in range(sizes.small_objects)]
         n = sizes.small_clients
         body = sources["small"].read_bytes()
         http = HttpDriver(ep)
-        record("put_small", http.run("put", "put_small", bucket, keys_s, clients=n, body=body,
-                                     object_bytes=len(body)), "ops/s")
-        record("get_small", http.run("get", "get_small", bucket, keys_s, clients=n,
-                                     object_bytes=len(body)), "ops/s")
-        record("head_small", http.run("head", "head_small", bucket, keys_s, clients=n), "ops/s")
+        record("put_small", lambda: http.run("put", "put_small", bucket, keys_s, clients=n, body=body,
+                                             object_bytes=len(body)), "ops/s")
+        record("get_small", lambda: http.run("get", "get_small", bucket, keys_s, clients=n,
+                                             object_bytes=len(body)), "ops/s")
+        record("head_small", lambda: http.run("head", "head_small", bucket, keys_s, clients=n), "ops/s")
         s5.delete_prefix(bucket, "small")
 
         keys_x = [f"stream/{i:03d}" for i in range(sizes.stream_clients)]
         with RssSampler(ep.server_pids) as rss:
-            put = s5.put("stream_put", sources["stream"], bucket, keys_x, clients=sizes.stream_clients)
-            get = s5.get("stream_get", bucket, keys_x, object_bytes=sizes.stream_bytes,
-                         clients=sizes.stream_clients)
+            put = measured(lambda: s5.put("stream_put", sources["stream"], bucket, keys_x,
+                                          clients=sizes.stream_clients))
+            get = measured(lambda: s5.get("stream_get", bucket, keys_x, object_bytes=sizes.stream_bytes,
+                                          clients=sizes.stream_clients))
         record("stream_put", put, "MB/s")
         record("stream_get", get, "MB/s")
         results["rss"] = {"value": rss.peak_total_mib if rss.samples else None, "unit": "MiB",
@@ -582,6 +634,10 @@ def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000, r
     cfg = hwconfig.load(tmp_cfg)
     if cfg.gateway is None or not cfg.users or not cfg.storage:
         raise PeerError(f"{config} has no [gateway], [[users]] or [[storage]]")
+    # `headwater up` creates the cluster secret; each `headwater node` only reads it (and exits
+    # at once without it), so it is created here as up would.
+    from headwater.rpc.auth import ensure_cluster_secret
+    ensure_cluster_secret(cfg)
     gw, user = cfg.gateway, cfg.users[0]
     url = f"http://{gw.host}:{gw.port}"
     procs = ProcessGroup(work_dir)

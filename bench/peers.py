@@ -22,7 +22,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    from headwater.config import ClusterConfig
 
 __all__ = [
     "Endpoint",
@@ -58,6 +61,9 @@ class Endpoint:
     description: str = ""
     workers: int | None = None
     server_pids: Callable[[], list[int]] = field(default=lambda: [], repr=False)
+    # Every process of the store by role ({"gateway": [...], "storage": [...]}), for the CPU
+    # each batch costs the store (load.ServerCpu); empty when unknown (an external endpoint).
+    process_groups: Callable[[], dict[str, list[int]]] = field(default=lambda: {}, repr=False)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -326,6 +332,32 @@ def _stop_leftovers(config: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def headwater_process_groups(cfg: ClusterConfig, config: Path) -> dict[str, list[int]]:
+    """The ``headwater node`` processes of the cluster started from ``config``, by role: the
+    gateway's workers, the storage nodes, the metadata nodes, the repair daemon, and every other
+    daemon of the cluster (GeoDNS, edges, origin, ...) as ``other``."""
+    roles = {s.id: "storage" for s in cfg.storage}
+    roles.update({m.id: "metadata" for m in cfg.metadata})
+    if cfg.gateway is not None:
+        roles[cfg.gateway.id] = "gateway"
+    if cfg.repair is not None:
+        roles[cfg.repair.id] = "repair"
+    out: dict[str, list[int]] = {}
+    for pid in _pids_matching(lambda args: str(config) in args and _node_id(args) is not None):
+        node = _node_id(_cmdline(pid))
+        if node is not None:
+            out.setdefault(roles.get(node, "other"), []).append(pid)
+    return out
+
+
+def _node_id(args: list[str]) -> str | None:
+    """The daemon id of a ``headwater node ID ...`` command line."""
+    if "node" not in args or "headwater" not in args:
+        return None
+    i = args.index("node")
+    return args[i + 1] if i + 1 < len(args) else None
+
+
 @contextlib.contextmanager
 def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
                       ready_timeout_s: float = 60.0) -> Iterator[Endpoint]:
@@ -356,6 +388,7 @@ def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
                 region=cfg.objstore.region, data_dir=cfg.data_dir, workers=gw.workers,
                 description=f"Headwater, {cfg.objstore.ec.describe()}, {gw.workers} gateway workers",
                 server_pids=lambda: gateway_pids(gw.id, tmp_cfg),
+                process_groups=lambda: headwater_process_groups(cfg, tmp_cfg),
             )
         finally:
             procs.stop(timeout_s=20.0)
@@ -545,6 +578,7 @@ def swift_saio(base: Path, *, replicas: int = 3, workers: int = 2, port_base: in
                 region="us-east-1", data_dir=base / "srv", workers=workers,
                 description=f"Swift {_swift_version()}, {replicas} replicas, {workers} workers per server",
                 server_pids=lambda: _tree(proxy_pid),
+                process_groups=lambda: {name: _tree(p.pid) for name, p in procs.procs},
             )
         finally:
             procs.stop()

@@ -1,0 +1,57 @@
+"""How far a GET reads ahead of its client, against what the worker's read buffer has left.
+
+A GET reads up to ``READ_AHEAD`` batches of stripes ahead of the one it sends while at least half
+of the worker's read buffer (``[gateway] read_buffer``) is free, and one batch ahead otherwise.
+Stalled clients (they read the response head, then nothing) show what each GET holds: here a
+batch is 4 stripes of 1 MiB (EC 2+1) and the buffer 32 MiB, so the first stalled GET holds
+1 + READ_AHEAD batches (12 MiB), and the second, finding less than half free once it holds two
+batches, stops there (8 MiB): free is 12 MiB, not the 8 it would be without the half rule.
+"""
+
+from __future__ import annotations
+
+import time
+
+from headwater.config import MiB
+from headwater.objstore.datapath import READ_AHEAD, READ_BATCH
+from tests.functional.test_s3_slow_readers import gateway_health, stalled_get
+
+CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, metadata_groups=1, stripe_size="1MiB",
+                       extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1})
+
+BATCH = READ_BATCH * MiB
+SIZE = 12 * BATCH  # long enough that neither stalled GET nears its end
+
+
+def free_settles_at(cluster, expected: int, timeout_s: float = 10.0) -> None:
+    """The read buffer's free bytes reach ``expected`` and stay there for half a second."""
+    deadline = time.monotonic() + timeout_s
+    while gateway_health(cluster)["read_buffer"]["free"] != expected:
+        assert time.monotonic() < deadline, (f"read buffer free {gateway_health(cluster)['read_buffer']}, "
+                                             f"expected {expected}")
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert gateway_health(cluster)["read_buffer"]["free"] == expected
+
+
+def test_a_get_reads_further_ahead_only_while_half_the_buffer_is_free(cluster, s3, bucket):
+    assert READ_AHEAD == 2, "the figures below assume two batches ahead"
+    body = bytes(range(256)) * (SIZE // 256)
+    s3.put_object(Bucket=bucket, Key="big", Body=body)
+    total = gateway_health(cluster)["read_buffer"]["total"]
+    assert total == 32 * MiB
+
+    first = stalled_get(cluster, bucket, "big")
+    try:
+        free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH)  # 20 MiB free: over half
+        second = stalled_get(cluster, bucket, "big")
+        try:
+            free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH - 2 * BATCH)  # 12 MiB
+        finally:
+            second.close()
+    finally:
+        first.close()
+    free_settles_at(cluster, total)
+    # A client that reads it all gets every byte, in order, with the deeper read-ahead.
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == body
+    assert s3.get_object(Bucket=bucket, Key="big", Range="bytes=5-20971525")["Body"].read() == body[5:20971526]

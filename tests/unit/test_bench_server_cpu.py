@@ -1,0 +1,64 @@
+"""The objstore bench's CPU accounting: what the store's processes spend per batch, by role."""
+
+import os
+import subprocess
+import sys
+
+from headwater.bench.load import ServerCpu, cpu_seconds, server_cpu_text
+from headwater.bench.peers import _node_id
+
+
+def test_large_objects_per_gb_small_ones_per_request():
+    seconds = {"gateway": 0.5, "storage": 0.25}
+    assert server_cpu_text(seconds, object_bytes=64 * 2**20, ops=4) == (
+        "server 2.79 s/GB (gateway 1.86, storage 0.93)")
+    assert server_cpu_text(seconds, object_bytes=4096, ops=500) == "server 1.50 ms/op (gateway 1.00, storage 0.50)"
+    assert server_cpu_text(seconds, object_bytes=0, ops=250) == "server 3.00 ms/op (gateway 2.00, storage 1.00)"
+    assert server_cpu_text({}, object_bytes=4096, ops=10) == ""
+    assert server_cpu_text(seconds, object_bytes=4096, ops=0) == ""
+
+
+def test_a_busy_process_is_counted_under_its_role_and_a_gone_one_is_not():
+    # Burns 0.3 s of CPU, says so, then idles until killed (a daemon between batches).
+    busy = subprocess.Popen([sys.executable, "-c", "import sys, time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.3: pass\nprint(flush=True)\ntime.sleep(60)"],
+                            stdout=subprocess.PIPE)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        with ServerCpu(lambda: {"gateway": [busy.pid], "storage": [gone.pid]}) as cpu:
+            assert busy.stdout is not None and busy.stdout.readline() == b"\n"
+    finally:
+        busy.kill()
+        busy.wait()
+    assert set(cpu.seconds) == {"gateway"} and 0.2 <= cpu.seconds["gateway"] < 5
+    assert cpu_seconds(gone.pid) is None
+    assert (cpu_seconds(os.getpid()) or 0) > 0
+
+
+def test_node_ids_from_command_lines():
+    assert _node_id(["/venv/bin/python", "-m", "headwater", "node", "storage-3", "-c", "x.toml"]) == "storage-3"
+    assert _node_id(["python", "-m", "headwater", "up", "-c", "x.toml"]) is None
+    assert _node_id(["python", "-m", "headwater", "node"]) is None
+
+
+def test_the_report_puts_each_store_s_cpu_per_unit_side_by_side():
+    from headwater.bench import objstore
+
+    mib = 2**20
+    ours = {"put_big_1": {"ops": 8, "errors": 0, "object_bytes": 64 * mib,
+                          "server_cpu_s": {"gateway": 2.0, "storage": 1.0}},
+            "head_small": {"ops": 2000, "errors": 0, "object_bytes": 0,
+                           "server_cpu_s": {"gateway": 2.0, "metadata": 4.0}}}
+    swift = {"put_big_1": {"ops": 8, "errors": 0, "object_bytes": 64 * mib, "server_cpu_s": {"proxy": 6.0}},
+             "head_small": {"ops": 2000, "errors": 1000, "object_bytes": 0, "server_cpu_s": {"proxy": 1.5}}}
+    assert objstore.server_cpu_per_unit(ours["put_big_1"])[:2] == (3.0 * 1e9 / (8 * 64 * mib), "s/GB")
+    assert objstore.server_cpu_per_unit(ours["head_small"])[:2] == (3.0, "ms/op")
+    assert objstore.server_cpu_per_unit(swift["head_small"])[0] == 1.5  # failed requests do not count
+    assert objstore.server_cpu_per_unit({"ops": 5, "object_bytes": 0}) is None
+    text = objstore.render_server_cpu({"targets": {"ours": {"results": ours}, "swift": {"results": swift}}})
+    lines = {line.split(" (server")[0]: line for line in text.splitlines()[2:]}
+    assert "5.59" in lines["PUT 64 MiB, 1 client"] and "11.18" in lines["PUT 64 MiB, 1 client"]
+    assert "0.50x" in lines["PUT 64 MiB, 1 client"] and "gateway 3.73, storage 1.86" in lines["PUT 64 MiB, 1 client"]
+    assert "2.00x" in lines["HEAD 4 KiB, 32 clients"] and "(server ms/op)" in lines["HEAD 4 KiB, 32 clients"]
+    assert objstore.render_server_cpu({"targets": {"ours": {"results": {}}}}) == ""
