@@ -1,12 +1,11 @@
 """The backend for several origin hosts: PostgreSQL through psycopg 3 and its connection pool.
 
-Search is PostgreSQL's own full-text search: a weighted ``tsvector`` (title A, people B,
-description C) kept in ``title_search`` with a GIN index, matched with ``to_tsquery('simple', …)``
-built from normalised words (``websearch_to_tsquery`` has no prefix operator, which search as
-you type needs) and ranked by ``ts_rank_cd``. Typos use the same symmetric-deletion vocabulary
-as SQLite (:mod:`.text` says why not pg_trgm). The job queue leases with
-``SELECT … FOR UPDATE SKIP LOCKED``: workers on many hosts each take a different job without
-waiting on one another.
+Search ranks with the same scoring as SQLite (``search_postings``, :mod:`.ranking`, the walk in
+:mod:`.store`); PostgreSQL's full-text search (a weighted ``tsvector`` in ``title_search`` with a
+GIN index, ``to_tsquery('simple', …)`` built from normalised words) counts the capped total and
+the facets. Typos use the same symmetric-deletion vocabulary as SQLite (:mod:`.text` says why
+not pg_trgm). The job queue leases with ``SELECT … FOR UPDATE SKIP LOCKED``: workers on many
+hosts each take a different job without waiting on one another.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embedded backend: SQLite (the standard library's sqlite3) in WAL mode, FTS5 for search.
+"""The embedded backend: SQLite (the standard library's sqlite3) in WAL mode; FTS5 counts search matches.
 
 One writer: every write transaction takes the process's writer lock and ``BEGIN IMMEDIATE``
 (SQLite's write lock, so writers in other processes on this host wait on ``busy_timeout``

@@ -13,6 +13,7 @@ The API is synchronous: the origin daemon calls it from a worker thread
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 from abc import ABC, abstractmethod
@@ -132,16 +133,11 @@ class SqlCatalogue(ABC):
     def _top_k(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                k: int) -> list[tuple[int, float]]:
         """The best ``k`` (title id, score) for ``groups`` under the filters, best first
-        (:mod:`.ranking`: impact-ordered postings, threshold merge).
-
-        Each group walks the postings of its words (the word as typed and its corrections; for
-        the last group also the PREFIX_WALKED most frequent words it is a prefix of), best
-        impact first, in batches that grow; each title seen for the first time is looked up in
-        every group at once (one statement per batch, by the postings' primary key); the walk
-        stops when the k-th best score reaches what an unseen title could still score, when
-        one group has no posting left (a match needs every group), or after MAX_WALK postings.
-        So a query's cost follows k and how far its words' best titles lie from the top of
-        their lists, not the number of titles it matches."""
+        (:mod:`.ranking`; docs/origin-catalogue.md). Each group's lists are the postings of its
+        words (the word as typed and its corrections) and, for the last group (a prefix), of
+        its completions (one prefix list, or each completion's own); the walk below reads them
+        best impact first, so a query's cost follows k and how deep its best titles lie in
+        those lists, not the number of titles it matches."""
         row = tx.one("SELECT value FROM search_stats WHERE name = 'documents'")
         total = int(row[0]) if row else 0
         if total <= 0 or not groups:
@@ -151,7 +147,7 @@ class SqlCatalogue(ABC):
             f"SELECT word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(exact))})", exact)}
         cursors: list[ListCursor] = []
         # Per group: the weight of its exact words, and for a prefix group the weight shared by
-        # its completions and the bound on what its unwalked completions can add.
+        # its completions.
         weights: list[dict[str, float]] = []
         prefix_weight: list[float] = []
         # Per group, the most any title can score in it (for the walk's bound).
@@ -233,6 +229,9 @@ class SqlCatalogue(ABC):
                    sum(1 for c in cursors if c.group == gi) >= PREFIX_WALKED for gi, g in enumerate(groups)]
         top = TopK(k=k)
         seen: set[int] = set()
+        single = len(groups) == 1 and not any(
+            c.word.startswith("*") and len(groups[0].alternatives[0]) > 3 for c in cursors)
+        best: dict[int, float] = {}
         walked = 0
         for c in cursors:
             c.batch = max(32, k + 1)
@@ -262,26 +261,28 @@ class SqlCatalogue(ABC):
                     c.frontier = float(got[-1][1])
             fresh = [int(r[0]) for r in got if int(r[0]) not in seen]
             seen.update(fresh)
-            exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
-            if len(groups) == 1 and exact_list:
-                # One group: a title whose posting here scores at least what the group's other
-                # lists can still hold is scored as read (were it higher in another list, it
-                # would have been read there first).
-                rest = max((o.weight * o.frontier for o in cursors if o is not c), default=0.0)
-                sure = {int(tid): c.weight * impact for tid, impact in got if c.weight * impact >= rest}
-                for tid in fresh:
-                    if tid in sure:
-                        top.offer(tid, sure[tid])
-                fresh = [tid for tid in fresh if tid not in sure]
+            if single:
+                # One group whose lists each hold exactly its titles: a title's score is the best
+                # of its postings, so no lookup is needed. A title's best read so far is its score
+                # once it is above every list's bound, and a title not read that high cannot
+                # reach the k-th (the k-th best read exceeds the bound when the walk stops).
+                for tid, impact in got:
+                    v = c.weight * impact
+                    if v > best.get(int(tid), -1.0):
+                        best[int(tid)] = v
+                fresh = []
             if fresh:
                 # A superset list (a prefix past three letters) holds titles its group lacks.
+                exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
                 for tid, score in self._scored(tx, groups, weights, prefix_weight, fresh, None,
                                                held=c.group if exact_list else None, order=by_size):
                     top.offer(tid, score)
             bounds = [bound(gi) for gi in range(len(groups))]
-            kth = top.kth()
+            kth = top.kth() if not single else (heapq.nlargest(k, best.values())[-1] if len(best) >= k else None)
             if min(bounds) <= 0.0 or (kth is not None and kth > sum(bounds)) or walked >= MAX_WALK:
                 break
+        if single:
+            return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
         return top.ranked()[:k]
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
@@ -664,9 +665,10 @@ class SqlCatalogue(ABC):
         listed = json.dumps(sorted(found))
         if delta > 0:
             # "WHERE true" (in _add_words): SQLite's parser needs it between INSERT … SELECT and
-            # ON CONFLICT.
+            # ON CONFLICT. (Indexing adds words with their impacts through _add_words itself.)
             self._add_words(tx, dict.fromkeys(found, 1), {})
         else:
+            # A word's max_impact stays as it was: still a bound for the words left.
             tx.run(f"UPDATE search_words SET docs = docs - 1 WHERE word IN (SELECT value FROM {self.json_rows})",
                    (listed,))
             tx.run("DELETE FROM search_deletions WHERE word IN (SELECT word FROM search_words WHERE docs <= 0 "
