@@ -68,6 +68,7 @@ class PostgresCatalogue(SqlCatalogue):
     json_pair_int = "value->>0, (value->>1)::integer"
     json_ints = "SELECT value::bigint FROM json_array_elements_text(?::json)"
     postings_join = "JOIN titles t"
+    titles_filters = "titles t"
     greatest = "greatest"
     postings_by_title = ""
 

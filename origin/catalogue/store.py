@@ -101,6 +101,7 @@ class SqlCatalogue(ABC):
     # How a posting walk joins its title's filter columns: SQLite must be told to drive the join
     # from the postings (CROSS JOIN) and to read the narrow covering index.
     postings_join = "CROSS JOIN titles t INDEXED BY titles_search_filters"
+    titles_filters = "titles t INDEXED BY titles_search_filters"
     greatest = "max"
     # A lookup of given titles reads the postings' primary key, never the impact index (which
     # SQLite's planner may pick for a word list: a common word's whole list).
@@ -202,6 +203,12 @@ class SqlCatalogue(ABC):
         join = f" {self.postings_join} ON t.id = p.title_id" if filters else ""
         cond = "".join(f" AND {w}" for w in filters)
         fparams = params if filters else []
+        # How the walk tells which postings pass the filters: it reads a batch of a list in
+        # index order (the inner LIMIT, so the database cannot choose to read the whole list
+        # and sort it) and marks each posting, joining its title's filter columns or probing
+        # the set of titles that pass.
+        passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("1", [])
+        outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
         if any(w.startswith(("t.category", "t.language")) for w in filters):
             # A category or language filter that leaves few titles (read from their indexes,
@@ -213,6 +220,7 @@ class SqlCatalogue(ABC):
                 return self._scored(tx, groups, weights, prefix_weight, few, k, order=by_size) if few else []
             if len(few) <= FILTERED_SET_MAX:
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
+                passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
         rarest = by_size[0]
         if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
             # One group has few postings: every match is among its titles, all scored in one
@@ -252,16 +260,19 @@ class SqlCatalogue(ABC):
             c.batch *= 2
             after, aparams = "", []
             if c.after is not None:
-                after, aparams = " AND (p.impact, p.title_id) < (?, ?)", list(c.after)
-            got = tx.rows(f"SELECT p.title_id, p.impact FROM search_postings p{join} WHERE p.word = ?{after}{cond} "
-                          "ORDER BY p.impact DESC, p.title_id DESC LIMIT ?", (c.word, *aparams, *fparams, batch))
-            walked += len(got)
-            if len(got) < batch:
+                after, aparams = " AND (impact, title_id) < (?, ?)", list(c.after)
+            read = tx.rows(f"SELECT p.title_id, p.impact, {passes} FROM (SELECT title_id, impact FROM search_postings "
+                           f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
+                           "ORDER BY p.impact DESC, p.title_id DESC",
+                           (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
+            walked += len(read)
+            if len(read) < batch:
                 c.exhausted, c.frontier = True, 0.0
-            if got:
-                c.after = (float(got[-1][1]), int(got[-1][0]))
+            if read:
+                c.after = (float(read[-1][1]), int(read[-1][0]))
                 if not c.exhausted:
-                    c.frontier = float(got[-1][1])
+                    c.frontier = float(read[-1][1])
+            got = [(r[0], r[1]) for r in read if r[2]]
             fresh = [int(r[0]) for r in got if int(r[0]) not in seen]
             seen.update(fresh)
             if single:
