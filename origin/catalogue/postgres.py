@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -51,10 +51,6 @@ class _PgTx(Tx):
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.conn.execute(_pg(sql), tuple(params)).rowcount
-
-    def many(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany(_pg(sql), [tuple(p) for p in seq])
 
 
 class PostgresCatalogue(SqlCatalogue):

@@ -14,7 +14,7 @@ import random
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
@@ -42,9 +42,6 @@ class _SqliteTx(Tx):
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.conn.execute(sql, tuple(params)).rowcount
-
-    def many(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
-        self.conn.executemany(sql, seq)
 
 
 class SqliteCatalogue(SqlCatalogue):

@@ -68,10 +68,6 @@ class Tx(ABC):
     @abstractmethod
     def run(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
-    @abstractmethod
-    def many(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
-        """Run ``sql`` once per parameter tuple of ``seq``."""
-
 
 _TITLE_COLS = ("id, title, description, category, year, language, duration_s, state, progress, "
                "renditions, upload, owner, error, created, updated")
