@@ -182,5 +182,8 @@ POSTGRES_MIGRATIONS: list[list[Migration]] = [
      _backfill_postings("title_id", "INSERT INTO search_postings (title_id, word, impact) SELECT (value->>0)::bigint, "
                         "value->>1, (value->>2)::double precision FROM json_array_elements(?::json)"),
      "CREATE INDEX search_postings_impact ON search_postings(word, impact, title_id)",
-     _PEAKS],
+     _PEAKS,
+     # The planner's statistics for the millions of rows just written (autovacuum would come
+     # later, after the first searches).
+     "ANALYZE search_postings"],
 ]
