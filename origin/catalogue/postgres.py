@@ -65,6 +65,7 @@ class PostgresCatalogue(SqlCatalogue):
     json_ints = "SELECT value::bigint FROM json_array_elements_text(?::json)"
     postings_join = "JOIN titles t"
     titles_filters = "titles t"
+    walk_joins_in_order = False
     greatest = "greatest"
     postings_by_title = ""
 

@@ -98,6 +98,10 @@ class SqlCatalogue(ABC):
     # from the postings (CROSS JOIN) and to read the narrow covering index.
     postings_join = "CROSS JOIN titles t INDEXED BY titles_search_filters"
     titles_filters = "titles t INDEXED BY titles_search_filters"
+    # SQLite's planner walks the postings index in order through a CROSS JOIN (so the walk may
+    # join and filter in one statement); PostgreSQL's may read a whole list and sort it, so
+    # there the walk reads a batch in order first and marks which postings pass (store._top_k).
+    walk_joins_in_order = True
     greatest = "max"
     # A lookup of given titles reads the postings' primary key, never the impact index (which
     # SQLite's planner may pick for a word list: a common word's whole list).
@@ -257,10 +261,17 @@ class SqlCatalogue(ABC):
             after, aparams = "", []
             if c.after is not None:
                 after, aparams = " AND (impact, title_id) < (?, ?)", list(c.after)
-            read = tx.rows(f"SELECT p.title_id, p.impact, {passes} FROM (SELECT title_id, impact FROM search_postings "
-                           f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
-                           "ORDER BY p.impact DESC, p.title_id DESC",
-                           (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
+            if self.walk_joins_in_order:
+                # The planner keeps the postings' order through the join: only passing postings
+                # come back, and the batch counts those.
+                read = tx.rows(f"SELECT p.title_id, p.impact, 1 FROM search_postings p{join} WHERE p.word = ?"
+                               f"{after.replace('(impact, title_id)', '(p.impact, p.title_id)')}{cond} "
+                               "ORDER BY p.impact DESC, p.title_id DESC LIMIT ?", (c.word, *aparams, *fparams, batch))
+            else:
+                read = tx.rows(f"SELECT p.title_id, p.impact, {passes} FROM (SELECT title_id, impact FROM search_postings "
+                               f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
+                               "ORDER BY p.impact DESC, p.title_id DESC",
+                               (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
             walked += len(read)
             if len(read) < batch:
                 c.exhausted, c.frontier = True, 0.0
