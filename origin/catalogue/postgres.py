@@ -1,12 +1,11 @@
 """The backend for several origin hosts: PostgreSQL through psycopg 3 and its connection pool.
 
-Search is PostgreSQL's own full-text search: a weighted ``tsvector`` (title A, people B,
-description C) kept in ``title_search`` with a GIN index, matched with ``to_tsquery('simple', …)``
-built from normalised words (``websearch_to_tsquery`` has no prefix operator, which search as
-you type needs) and ranked by ``ts_rank_cd``. Typos use the same symmetric-deletion vocabulary
-as SQLite (:mod:`.text` says why not pg_trgm). The job queue leases with
-``SELECT … FOR UPDATE SKIP LOCKED``: workers on many hosts each take a different job without
-waiting on one another.
+Search ranks with the same scoring as SQLite (``search_postings``, :mod:`.ranking`, the walk in
+:mod:`.store`); PostgreSQL's full-text search (a weighted ``tsvector`` in ``title_search`` with a
+GIN index, ``to_tsquery('simple', …)`` built from normalised words) counts the capped total and
+the facets. Typos use the same symmetric-deletion vocabulary as SQLite (:mod:`.text` says why
+not pg_trgm). The job queue leases with ``SELECT … FOR UPDATE SKIP LOCKED``: workers on many
+hosts each take a different job without waiting on one another.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from .config import CatalogueConfig
 from .errors import BackendUnavailable
 from .query import TermGroup, tsquery_expression
 from .schema import POSTGRES_MIGRATIONS
-from .store import _HIT_COLS, SqlCatalogue, Tx
+from .store import SqlCatalogue, Tx
 
 __all__ = ["PostgresCatalogue"]
 
@@ -40,10 +39,11 @@ def _pg(sql: str) -> str:
 
 
 class _PgTx(Tx):
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "memo")
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
+        self.memo = {}
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         cur = self.conn.execute(_pg(sql), tuple(params))
@@ -62,6 +62,12 @@ class PostgresCatalogue(SqlCatalogue):
     json_pair_rows = "json_array_elements(?::json)"
     json_pair = "value->>0, value->>1"
     json_pair_int = "value->>0, (value->>1)::integer"
+    json_ints = "SELECT value::bigint FROM json_array_elements_text(?::json)"
+    postings_join = "JOIN titles t"
+    titles_filters = "titles t"
+    walk_joins_in_order = False
+    greatest = "greatest"
+    postings_by_title = ""
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"
@@ -101,8 +107,11 @@ class PostgresCatalogue(SqlCatalogue):
             for n, statements in enumerate(POSTGRES_MIGRATIONS, start=1):
                 if n <= current:
                     continue
-                for sql in statements:
-                    tx.run(sql)
+                for step in statements:
+                    if callable(step):
+                        step(tx)
+                    else:
+                        tx.run(step)
                 tx.run("INSERT INTO schema_version (version) VALUES (?)", (n,))
 
     @property
@@ -120,17 +129,6 @@ class PostgresCatalogue(SqlCatalogue):
                     yield _PgTx(conn)
         except psycopg.OperationalError as e:
             raise BackendUnavailable(f"catalogue database: {e}") from e
-
-    def _match_rows(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
-                    limit: int, offset: int) -> list[tuple]:
-        # ts_rank_cd's default weights (A 1.0, B 0.4, C 0.2); normalisation 1 divides by
-        # 1 + log(length), so "Night Train" ranks above a long title that merely contains it.
-        return tx.rows(
-            f"SELECT {_HIT_COLS}, ts_rank_cd(s.doc, q.q, 1) * (1.0 + least(1.0, ?::float8 / s.title_words)) AS score "
-            "FROM to_tsquery('simple', ?) AS q(q), title_search s JOIN titles t ON t.id = s.title_id "
-            f"WHERE s.doc @@ q.q AND {' AND '.join(where)} "
-            "ORDER BY score DESC, t.id LIMIT ? OFFSET ?",
-            (len(groups), tsquery_expression(groups), *params, limit, offset))
 
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                        cap: int) -> list[tuple]:

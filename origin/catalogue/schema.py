@@ -9,12 +9,52 @@ is built from those documents alone.
 
 from __future__ import annotations
 
-__all__ = ["SQLITE_MIGRATIONS", "POSTGRES_MIGRATIONS", "TITLE_STATES", "JOB_STATES"]
+import json
+from typing import Any, Callable, Union
+
+from .ranking import impacts, prefix_impacts
+
+__all__ = ["SQLITE_MIGRATIONS", "POSTGRES_MIGRATIONS", "TITLE_STATES", "JOB_STATES", "Migration"]
+
+# A migration step: SQL, or a function given the migration's transaction (an object with
+# ``rows(sql, params)`` and ``run(sql, params)``, store.Tx).
+Migration = Union[str, Callable[[Any], None]]
 
 TITLE_STATES = "('uploaded','transcoding','packaged','published','failed','withdrawn')"
 JOB_STATES = "('queued','leased','done','failed')"
 
-SQLITE_MIGRATIONS: list[list[str]] = [
+
+def _backfill_postings(key: str, insert: str) -> Callable[[Any], None]:
+    """The step that builds ``search_postings`` from the search documents already stored (the
+    impacts are computed in Python, :func:`.ranking.impacts`; ``insert`` takes them as one JSON
+    array of [title, word, impact] per 2,000 titles) and the document count. The impact index
+    is made after it (one sort, not millions of random inserts)."""
+
+    def step(tx: Any) -> None:
+        last = 0
+        documents = 0
+        while True:
+            batch = tx.rows(f"SELECT {key}, title, people, description FROM title_search WHERE {key} > ? "
+                            f"ORDER BY {key} LIMIT 2000", (last,))
+            if not batch:
+                break
+            rows = []
+            for r in batch:
+                found = impacts(r[1], r[2], r[3])
+                rows += [(int(r[0]), w, v) for w, v in sorted({**found, **prefix_impacts(found)}.items())]
+            tx.run(insert, (json.dumps(rows),))
+            last = int(batch[-1][0])
+            documents += len(batch)
+        tx.run("INSERT INTO search_stats (name, value) VALUES ('documents', ?)", (documents,))
+
+    return step
+
+
+# Each word's highest impact: the bound a query uses for words it looks up without walking them.
+_PEAKS = ("UPDATE search_words SET max_impact = coalesce((SELECT max(impact) FROM search_postings p "
+          "WHERE p.word = search_words.word), 0)")
+
+SQLITE_MIGRATIONS: list[list[Migration]] = [
     [
         "CREATE TABLE categories (slug TEXT PRIMARY KEY, name TEXT NOT NULL)",
         "CREATE TABLE languages (code TEXT PRIMARY KEY, name TEXT NOT NULL)",
@@ -63,9 +103,20 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     # 4: the search's join from a match to its title's filter columns (sqlite.py, INDEXED BY):
     # a narrow covering index instead of the table's rows, which hold the descriptions.
     ["CREATE INDEX titles_search_filters ON titles(id, state, category, language, year, duration_s)"],
+    # 5: our own ranking (ranking.py): each (title, word) with its impact, walked per word from
+    # the highest impact down; the vocabulary's highest impact per word (a bound for words a
+    # query only looks up); the number of search documents (for the IDFs).
+    ["CREATE TABLE search_postings (title_id INTEGER NOT NULL, word TEXT NOT NULL, impact REAL NOT NULL, "
+     "PRIMARY KEY (title_id, word)) WITHOUT ROWID",
+     "ALTER TABLE search_words ADD COLUMN max_impact REAL NOT NULL DEFAULT 0",
+     "CREATE TABLE search_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+     _backfill_postings("rowid", "INSERT INTO search_postings (title_id, word, impact) SELECT json_extract(value, '$[0]'), "
+                        "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?)"),
+     "CREATE INDEX search_postings_impact ON search_postings(word, impact, title_id)",
+     _PEAKS],
 ]
 
-POSTGRES_MIGRATIONS: list[list[str]] = [
+POSTGRES_MIGRATIONS: list[list[Migration]] = [
     [
         "CREATE TABLE categories (slug TEXT PRIMARY KEY, name TEXT NOT NULL)",
         "CREATE TABLE languages (code TEXT PRIMARY KEY, name TEXT NOT NULL)",
@@ -121,4 +172,18 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
     # columns ride in the index so the year/duration filters are checked without a table read.
     ["CREATE INDEX titles_browse_category ON titles(state, category, updated, id, year, language, duration_s)",
      "CREATE INDEX titles_browse_language ON titles(state, language, updated, id, year, category, duration_s)"],
+    # 4: as SQLite's 5 (ranking.py). COLLATE "C": a prefix is a byte range of words whatever
+    # the database's locale.
+    ["CREATE TABLE search_postings (title_id BIGINT NOT NULL REFERENCES titles(id) ON DELETE CASCADE, "
+     "word TEXT COLLATE \"C\" NOT NULL, impact DOUBLE PRECISION NOT NULL, PRIMARY KEY (title_id, word))",
+     "ALTER TABLE search_words ADD COLUMN max_impact DOUBLE PRECISION NOT NULL DEFAULT 0",
+     "CREATE TABLE search_stats (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+     "ALTER TABLE search_words ALTER COLUMN word TYPE TEXT COLLATE \"C\"",
+     _backfill_postings("title_id", "INSERT INTO search_postings (title_id, word, impact) SELECT (value->>0)::bigint, "
+                        "value->>1, (value->>2)::double precision FROM json_array_elements(?::json)"),
+     "CREATE INDEX search_postings_impact ON search_postings(word, impact, title_id)",
+     _PEAKS,
+     # The planner's statistics for the millions of rows just written (autovacuum would come
+     # later, after the first searches).
+     "ANALYZE search_postings"],
 ]

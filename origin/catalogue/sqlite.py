@@ -1,4 +1,4 @@
-"""The embedded backend: SQLite (the standard library's sqlite3) in WAL mode, FTS5 for search.
+"""The embedded backend: SQLite (the standard library's sqlite3) in WAL mode; FTS5 counts search matches.
 
 One writer: every write transaction takes the process's writer lock and ``BEGIN IMMEDIATE``
 (SQLite's write lock, so writers in other processes on this host wait on ``busy_timeout``
@@ -13,7 +13,6 @@ import queue
 import random
 import sqlite3
 import threading
-from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -23,25 +22,20 @@ from .config import CatalogueConfig
 from .errors import BackendUnavailable
 from .query import TermGroup, fts5_expression
 from .schema import SQLITE_MIGRATIONS
-from .store import _HIT_COLS, SqlCatalogue, Tx
+from .store import FILTERED_SET_MAX, SqlCatalogue, Tx
 
 __all__ = ["SqliteCatalogue"]
 
 BUSY_TIMEOUT_MS = 5000
 MAX_READERS = 8
-# Matches ranked per search (see _match): the newest this many and the newest this many title
-# matches; pages past the first RANK_CANDIDATES rank the newest max_offset + max_page_size + 1.
-RANK_CANDIDATES = 500
-# A category/language filter leaving at most this many titles is applied before the join
-# (see _match).
-FILTERED_SET_MAX = 5000
 
 
 class _SqliteTx(Tx):
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "memo")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.memo = {}
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.conn.execute(sql, tuple(params)).fetchall()
@@ -101,8 +95,11 @@ class SqliteCatalogue(SqlCatalogue):
                     if (w.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0) >= n:
                         w.execute("COMMIT")
                         continue
-                    for sql in statements:
-                        w.execute(sql)
+                    for step in statements:
+                        if callable(step):
+                            step(_SqliteTx(w))
+                        else:
+                            w.execute(step)
                     w.execute("INSERT INTO schema_version (version) VALUES (?)", (n,))
                     w.execute("COMMIT")
                 except BaseException:
@@ -149,100 +146,40 @@ class SqliteCatalogue(SqlCatalogue):
                 raise BackendUnavailable(f"catalogue database: {e}") from e
             raise
 
-    def _match_rows(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
-                    limit: int, offset: int) -> list[tuple]:
-        return self._match(tx, groups, where, params, limit, offset, None)[0]
-
     def _match(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any], limit: int,
                offset: int, cap: int | None) -> tuple[list[tuple], list[tuple] | None]:
-        # Ranking every match (bm25 x coverage, then a sort) cost one scored row per match: a
-        # word in 87,000 of 100,000 titles took 0.2-1 s (FTS5's own ORDER BY rank: 0.4 s at
-        # p99). So the ranking is in two phases, and the walks that find the candidates score
-        # nothing (they read the index in rowid order, newest first):
-        # 1. the newest n matches that pass the filters, with their category: also the capped
-        #    count and the facets, so the count costs no second MATCH walk;
-        # 2. when (1) did not hold every match, the newest RANK_CANDIDATES titles that hold the
-        #    query's words in their title (FTS5's {title} column filter), which the coverage
-        #    factor and the title weight favour;
-        # 3. the exact score (the same expression as ever) on those candidates only, in one
-        #    FTS5 cursor over the rowid range they span, "+rowid IN" filtering the rest. One
-        #    cursor matters: FTS5 computes bm25's IDFs (a walk of each phrase's whole doclist)
-        #    per cursor, so a rowid lookup per candidate took seconds on a common word.
-        # With fewer matches than n, (1) holds them all and the ranking is exact. n has two
-        # sizes only, so the pages of one query rank one candidate set and neither repeat nor
-        # skip a title: RANK_CANDIDATES for the first pages, and for every page past them the
-        # deepest page's reach (the deeper set holds the first one).
-        # "INDEXED BY titles_search_filters": the join to titles reads a narrow covering index
-        # (id and the filter columns), not the table's rows with their descriptions: half the
-        # cost of a walk whose filters reject most matches.
-        # A category or language filter that leaves few titles (found from their indexes,
-        # titles_browse_*) is applied first, as a set the walks probe before they join: a common
-        # word with a rare category and language otherwise joined each of its 87,000 matches.
-        # When the set is no larger than RANK_CANDIDATES, its matches are all scored (exact).
-        expr = fts5_expression(groups)
-        filters = " AND ".join(where)
-        prefilter, pre_params = "", []
-        if any(w.startswith(("t.category", "t.language")) for w in where):
-            few = [int(r[0]) for r in tx.rows(f"SELECT t.id FROM titles t WHERE {filters} LIMIT ?",
-                                              (*params, FILTERED_SET_MAX + 1))]
-            if len(few) <= RANK_CANDIDATES:
-                return self._rank_within(tx, groups, expr, few, where, params, limit, offset, cap)
-            if len(few) <= FILTERED_SET_MAX:
-                prefilter, pre_params = "AND +title_search.rowid IN (SELECT value FROM json_each(?)) ", \
-                    [json.dumps(few)]
-        deepest = self.config.search.max_offset + self.config.search.max_page_size + 1
-        n = RANK_CANDIDATES if offset + limit <= RANK_CANDIDATES else max(deepest, offset + limit)
-        walk = ("SELECT title_search.rowid, t.category FROM title_search "
-                "CROSS JOIN titles t INDEXED BY titles_search_filters ON t.id = title_search.rowid "
-                f"WHERE title_search MATCH ? {prefilter}AND {filters} ORDER BY title_search.rowid DESC LIMIT ?")
-        walked = tx.rows(walk, (expr, *pre_params, *params, max(n, cap or 0)))
-        by_category = None
-        if cap is not None:
-            by_category = list(Counter(c for _, c in walked[:cap]).items())
-        candidates = {int(r[0]) for r in walked[:n]}
-        if not candidates:
-            return [], by_category
-        if len(walked) >= n:
-            candidates.update(int(r[0]) for r in tx.rows(walk, ("{title} : (" + expr + ")", *pre_params,
-                                                                *params, RANK_CANDIDATES)))
-        rows = tx.rows(
-            f"SELECT {_HIT_COLS}, -bm25(title_search, 10.0, 4.0, 1.0, 0.0) "
-            "* (1.0 + min(1.0, ? * 1.0 / title_search.title_words)) AS score "
-            "FROM title_search CROSS JOIN titles t ON t.id = title_search.rowid "
-            "WHERE title_search MATCH ? AND title_search.rowid >= ? "
-            f"AND +title_search.rowid IN (SELECT value FROM json_each(?)) AND {filters} "
-            "ORDER BY score DESC, t.id LIMIT ? OFFSET ?",
-            (len(groups), expr, min(candidates), json.dumps(sorted(candidates)), *params, limit, offset))
-        return rows, by_category
-
-    def _rank_within(self, tx: Tx, groups: list[TermGroup], expr: str, ids: list[int], where: list[str],
-                     params: list[Any], limit: int, offset: int,
-                     cap: int | None) -> tuple[list[tuple], list[tuple] | None]:
-        """Every match among ``ids`` scored in one walk, ranked here (exact), and counted."""
-        if not ids:
-            return [], [] if cap is not None else None
-        scored = tx.rows(
-            f"SELECT {_HIT_COLS}, -bm25(title_search, 10.0, 4.0, 1.0, 0.0) "
-            "* (1.0 + min(1.0, ? * 1.0 / title_search.title_words)) AS score "
-            "FROM title_search CROSS JOIN titles t ON t.id = title_search.rowid "
-            "WHERE title_search MATCH ? AND title_search.rowid >= ? "
-            f"AND +title_search.rowid IN (SELECT value FROM json_each(?)) AND {' AND '.join(where)} "
-            "ORDER BY title_search.rowid DESC",
-            (len(groups), expr, min(ids), json.dumps(ids), *params))
-        by_category = None if cap is None else list(Counter(r[2] for r in scored[:cap]).items())
-        scored.sort(key=lambda r: (-r[6], r[0]))
-        return scored[offset:offset + limit], by_category
+        # The page comes from our own ranking (SqlCatalogue._top_k: impact-ordered postings),
+        # whose cost follows the page; the capped count and the facets from one unranked walk of
+        # FTS5's index, newest first.
+        rows = self._match_rows(tx, groups, where, params, limit, offset)
+        if cap is None:
+            return rows, None
+        return rows, self._count_matches(tx, groups, where, params, cap)
 
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                        cap: int) -> list[tuple]:
         # CROSS JOIN: SQLite joins left to right, so the index's matches drive the join. With a
         # plain JOIN the planner may walk every published title and run the MATCH once per
         # title (its cost estimate for a filtered FTS5 scan is blind): 1.8 s at 5,000 titles.
+        # "INDEXED BY titles_search_filters": the join reads a narrow covering index (id and the
+        # filter columns), not the table's rows with their descriptions.
+        # A category or language filter that leaves few titles (found from their indexes,
+        # titles_browse_*) is applied first, as a set the walk probes before it joins: a common
+        # word with a rare category and language otherwise joined each of its 87,000 matches.
+        filters = " AND ".join(where)
+        prefilter, pre_params = "", []
+        if any(w.startswith(("t.category", "t.language")) for w in where):
+            few = self._filtered_titles(tx, where, params)
+            if not few:
+                return []
+            if len(few) <= FILTERED_SET_MAX:
+                prefilter, pre_params = "AND +title_search.rowid IN (SELECT value FROM json_each(?)) ", \
+                    [json.dumps(few)]
         return tx.rows(
             "SELECT category, count(*) FROM (SELECT t.category AS category "
             "FROM title_search CROSS JOIN titles t INDEXED BY titles_search_filters ON t.id = title_search.rowid "
-            f"WHERE title_search MATCH ? AND {' AND '.join(where)} LIMIT ?) m GROUP BY category",
-            (fts5_expression(groups), *params, cap))
+            f"WHERE title_search MATCH ? {prefilter}AND {filters} LIMIT ?) m GROUP BY category",
+            (fts5_expression(groups), *pre_params, *params, cap))
 
     def close(self) -> None:
         with self._write_lock:

@@ -13,6 +13,7 @@ The API is synchronous: the origin daemon calls it from a worker thread
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 from abc import ABC, abstractmethod
@@ -27,6 +28,7 @@ from .query import (SearchHit, SearchPage, SearchQuery, TermGroup, check_query, 
                     query_words)
 from .records import (Job, JobState, Lease, Person, Rendition, Title, TitleDraft, TitleState,
                       check_transition, validate_draft)
+from .ranking import ListCursor, TopK, idf, impacts, max_impact, prefix_impacts, prefix_key
 from .text import deletions, max_edits, normalised_text
 
 __all__ = ["SqlCatalogue", "Tx"]
@@ -34,10 +36,27 @@ __all__ = ["SqlCatalogue", "Tx"]
 MAX_KEY_CHARS = 200
 MAX_ERROR_CHARS = 2000
 MAX_PAYLOAD_BYTES = 16 * 1024
+# The ranking's bounds (_top_k): completions of a prefix read from the vocabulary, how many of
+# them a one-letter prefix walks (its most frequent), how many a prefix past three letters walks
+# one by one before it walks its 3-letter list instead, and the postings one search reads at most.
+PREFIX_SCANNED = 2000
+PREFIX_WALKED = 16
+PREFIX_OWN_LISTS = 64
+MAX_WALK = 2000
+# A multi-word query one of whose words has at most this many postings is answered by
+# intersecting that word's titles with the others (exact) rather than by the walk.
+INTERSECT_MAX = 1500
+# A category/language filter leaving at most this many titles is applied as a set of titles.
+FILTERED_SET_MAX = 5000
+# Above every character a normalised word holds: a prefix's words lie in [prefix, prefix + this).
+_TOP_CHAR = "\U0010ffff"
 
 
 class Tx(ABC):
-    """One transaction: ``rows``/``one`` read, ``run`` writes and returns the row count."""
+    """One transaction: ``rows``/``one`` read, ``run`` writes and returns the row count;
+    ``memo`` keeps what one search reads twice."""
+
+    memo: dict[str, Any]
 
     @abstractmethod
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
@@ -73,6 +92,20 @@ class SqlCatalogue(ABC):
     json_pair_rows = "json_each(?)"
     json_pair = "json_extract(value, '$[0]'), json_extract(value, '$[1]')"
     json_pair_int = json_pair  # an [a, n] element, n as an integer
+    # The integers of one bound JSON array, as a subquery's select list.
+    json_ints = "SELECT value FROM json_each(?)"
+    # How a posting walk joins its title's filter columns: SQLite must be told to drive the join
+    # from the postings (CROSS JOIN) and to read the narrow covering index.
+    postings_join = "CROSS JOIN titles t INDEXED BY titles_search_filters"
+    titles_filters = "titles t INDEXED BY titles_search_filters"
+    # SQLite's planner walks the postings index in order through a CROSS JOIN (so the walk may
+    # join and filter in one statement); PostgreSQL's may read a whole list and sort it, so
+    # there the walk reads a batch in order first and marks which postings pass (store._top_k).
+    walk_joins_in_order = True
+    greatest = "max"
+    # A lookup of given titles reads the postings' primary key, never the impact index (which
+    # SQLite's planner may pick for a word list: a common word's whole list).
+    postings_by_title = " NOT INDEXED"
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -90,15 +123,262 @@ class SqlCatalogue(ABC):
     def _tx(self, *, write: bool) -> AbstractContextManager[Tx]:
         """A transaction; ``write`` ones are serialised where the database needs it."""
 
-    @abstractmethod
     def _match_rows(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                     limit: int, offset: int) -> list[tuple]:
-        """Ranked matches: rows of ``_HIT_COLS`` plus a score, best first.
+        """Ranked matches: rows of ``_HIT_COLS`` plus a score, best first (:meth:`_top_k`)."""
+        ranked = self._top_k(tx, groups, where, params, offset + limit)[offset:offset + limit]
+        if not ranked:
+            return []
+        found = {int(r[0]): r for r in tx.rows(f"SELECT {_HIT_COLS} FROM titles t WHERE t.id IN ({self.json_ints})",
+                                                (json.dumps([i for i, _ in ranked]),))}
+        return [(*found[i], score) for i, score in ranked if i in found]
 
-        Both backends multiply the text rank by ``1 + coverage``, where coverage is the share of
-        the title's words the query has (at most 1): the text ranks normalise by the length of
-        the whole document, so without it "Night Train to Lisbon", with a shorter description,
-        outranks "Night Train" for the query "night train"."""
+    def _top_k(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
+               k: int) -> list[tuple[int, float]]:
+        """The best ``k`` (title id, score) for ``groups`` under the filters, best first
+        (:mod:`.ranking`; docs/origin-catalogue.md). Each group's lists are the postings of its
+        words (the word as typed and its corrections) and, for the last group (a prefix), of
+        its completions (one prefix list, or each completion's own); the walk below reads them
+        best impact first, so a query's cost follows k and how deep its best titles lie in
+        those lists, not the number of titles it matches."""
+        row = tx.one("SELECT value FROM search_stats WHERE name = 'documents'")
+        total = int(row[0]) if row else 0
+        if total <= 0 or not groups:
+            return []
+        exact = sorted({w for g in groups for w in g.alternatives})
+        vocab = {r[0]: (int(r[1]), float(r[2])) for r in tx.rows(
+            f"SELECT word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(exact))})", exact)}
+        cursors: list[ListCursor] = []
+        # Per group: the weight of its exact words, and for a prefix group the weight shared by
+        # its completions.
+        weights: list[dict[str, float]] = []
+        prefix_weight: list[float] = []
+        # Per group, the most any title can score in it (for the walk's bound).
+        peaks: list[float] = []
+        # Per group, how many postings it has at most (the sum over its words).
+        sizes: list[int] = []
+        for gi, g in enumerate(groups):
+            ws = {w: idf(vocab[w][0], total) for w in g.alternatives if w in vocab}
+            sizes.append(sum(vocab[w][0] for w in ws))
+            for w in ws:
+                cursors.append(ListCursor(word=w, group=gi, weight=ws[w], frontier=vocab[w][1]))
+            weights.append(ws)
+            peak = max((ws[w] * vocab[w][1] for w in ws), default=0.0)
+            wp = 0.0
+            if g.prefix:
+                term = g.alternatives[0]
+                completions = [(r[0], int(r[1]), float(r[2])) for r in tx.rows(
+                    "SELECT word, docs, max_impact FROM search_words WHERE word > ? AND word < ? LIMIT ?",
+                    (term, term + _TOP_CHAR, PREFIX_SCANNED))]
+                completions = [c for c in completions if c[0] not in ws]
+                sizes[gi] += sum(c[1] for c in completions)
+                if completions:
+                    # The IDF of the prefix as a whole (the word as typed counted in): never
+                    # above the word's own, so a completion never outweighs the word typed.
+                    wp = idf(sum(c[1] for c in completions) + vocab.get(term, (0, 0.0))[0], total)
+                    peak = max(peak, wp * (max_impact() if len(completions) >= PREFIX_SCANNED
+                                           else max(c[2] for c in completions)))
+                    key = prefix_key(term)
+                    if len(completions) <= PREFIX_WALKED or (len(term) > 3 and len(completions) <= PREFIX_OWN_LISTS):
+                        # Few completions (a longer prefix): each one's own list (exact, where
+                        # the 3-letter list past three letters is a superset to filter).
+                        for w, _, peak in completions:
+                            cursors.append(ListCursor(word=w, group=gi, weight=wp, frontier=peak))
+                    elif key is not None:
+                        # Many: one walk of the prefix's list finds every completion (past
+                        # three letters a superset: the lookups keep the completions).
+                        cursors.append(ListCursor(word=key, group=gi, weight=wp,
+                                                  frontier=max(c[2] for c in completions)))
+                    else:
+                        # A one-letter prefix: its most frequent completions are walked, the
+                        # others only looked up (a lone one-letter query ranks the walked ones).
+                        completions.sort(key=lambda c: (-c[1], c[0]))
+                        for w, _, top_impact in completions[:PREFIX_WALKED]:
+                            cursors.append(ListCursor(word=w, group=gi, weight=wp, frontier=top_impact))
+            prefix_weight.append(wp)
+            peaks.append(peak)
+        if not cursors:
+            return []
+        filters = [w for w in where if w != "t.state = 'published'"]
+        join = f" {self.postings_join} ON t.id = p.title_id" if filters else ""
+        cond = "".join(f" AND {w}" for w in filters)
+        fparams = params if filters else []
+        # How the walk tells which postings pass the filters: it reads a batch of a list in
+        # index order (the inner LIMIT, so the database cannot choose to read the whole list
+        # and sort it) and marks each posting, joining its title's filter columns or probing
+        # the set of titles that pass.
+        passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("1", [])
+        outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
+        by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
+        if any(w.startswith(("t.category", "t.language")) for w in filters):
+            # A category or language filter that leaves few titles (read from their indexes,
+            # titles_browse_*): those titles are scored outright, or the walk probes them as a
+            # set instead of joining each posting to its title (a common word with a rare
+            # category and language otherwise joined most of its list).
+            few = self._filtered_titles(tx, where, params)
+            if len(few) <= INTERSECT_MAX:
+                return self._scored(tx, groups, weights, prefix_weight, few, k, order=by_size) if few else []
+            if len(few) <= FILTERED_SET_MAX:
+                join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
+                passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
+        rarest = by_size[0]
+        if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
+            # One group has few postings: every match is among its titles, all scored in one
+            # statement (exact, and cheaper than walking).
+            return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
+                groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
+        # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
+        # impact first); the list whose next posting could score the most is read next, in
+        # batches that double per list; each batch's new titles are scored by the database
+        # (every group looked up by primary key; a title missing a group drops out). It stops
+        # once the k-th score is above what an unread title could reach (the sum over groups of
+        # the best their lists can still hold), when a group's lists are all read (every match
+        # has been seen), or after MAX_WALK + 2k postings: then the page is the best of the titles
+        # read, those whose words score highest in some list.
+        # A one-letter prefix's unwalked completions are bounded by the group's peak.
+        partial = [len(g.alternatives[0]) < 2 and g.prefix and prefix_weight[gi] > 0 and
+                   sum(1 for c in cursors if c.group == gi) >= PREFIX_WALKED for gi, g in enumerate(groups)]
+        top = TopK(k=k)
+        seen: set[int] = set()
+        single = len(groups) == 1 and not any(
+            c.word.startswith("*") and len(groups[0].alternatives[0]) > 3 for c in cursors)
+        best: dict[int, float] = {}
+        walked = 0
+        for c in cursors:
+            c.batch = max(32, k + 1)
+
+        def bound(gi: int) -> float:
+            best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
+            return max(best, peaks[gi]) if partial[gi] and len(groups) > 1 else best
+
+        while True:
+            live = [c for c in cursors if not c.exhausted]
+            if not live:
+                break
+            c = max(live, key=lambda c: c.weight * c.frontier)
+            batch = c.batch
+            c.batch *= 2
+            after, aparams = "", []
+            if c.after is not None:
+                after, aparams = " AND (impact, title_id) < (?, ?)", list(c.after)
+            if self.walk_joins_in_order:
+                # The planner keeps the postings' order through the join: only passing postings
+                # come back, and the batch counts those.
+                read = tx.rows(f"SELECT p.title_id, p.impact, 1 FROM search_postings p{join} WHERE p.word = ?"
+                               f"{after.replace('(impact, title_id)', '(p.impact, p.title_id)')}{cond} "
+                               "ORDER BY p.impact DESC, p.title_id DESC LIMIT ?", (c.word, *aparams, *fparams, batch))
+            else:
+                read = tx.rows(f"SELECT p.title_id, p.impact, {passes} FROM (SELECT title_id, impact FROM search_postings "
+                               f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
+                               "ORDER BY p.impact DESC, p.title_id DESC",
+                               (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
+            walked += len(read)
+            if len(read) < batch:
+                c.exhausted, c.frontier = True, 0.0
+            if read:
+                c.after = (float(read[-1][1]), int(read[-1][0]))
+                if not c.exhausted:
+                    c.frontier = float(read[-1][1])
+            got = [(r[0], r[1]) for r in read if r[2]]
+            fresh = [int(r[0]) for r in got if int(r[0]) not in seen]
+            seen.update(fresh)
+            if single:
+                # One group whose lists each hold exactly its titles: a title's score is the best
+                # of its postings, so no lookup is needed. A title's best read so far is its score
+                # once it is above every list's bound, and a title not read that high cannot
+                # reach the k-th (the k-th best read exceeds the bound when the walk stops).
+                for tid, impact in got:
+                    v = c.weight * impact
+                    if v > best.get(int(tid), -1.0):
+                        best[int(tid)] = v
+                fresh = []
+            if fresh:
+                # A superset list (a prefix past three letters) holds titles its group lacks.
+                exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
+                for tid, score in self._scored(tx, groups, weights, prefix_weight, fresh, None,
+                                               held=c.group if exact_list else None, order=by_size):
+                    top.offer(tid, score)
+            bounds = [bound(gi) for gi in range(len(groups))]
+            kth = top.kth() if not single else (heapq.nlargest(k, best.values())[-1] if len(best) >= k else None)
+            if min(bounds) <= 0.0 or (kth is not None and kth > sum(bounds)) or walked >= MAX_WALK + 2 * k:
+                break
+        if single:
+            return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
+        return top.ranked()[:k]
+
+    def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
+        """The titles passing the filters, up to FILTERED_SET_MAX + 1 (read once per search)."""
+        key = (tuple(where), tuple(params))
+        memo = tx.memo.get("filtered")
+        if memo is None or memo[0] != key:
+            found = [int(r[0]) for r in tx.rows(f"SELECT t.id FROM titles t WHERE {' AND '.join(where)} LIMIT ?",
+                                                (*params, FILTERED_SET_MAX + 1))]
+            memo = tx.memo["filtered"] = (key, found)
+        return memo[1]
+
+    def _alternatives(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
+                      gi: int, col: str) -> tuple[str, list[Any]]:
+        """SQL matching group ``gi``'s words in column ``col`` (its words; its prefix's range)."""
+        words = sorted(weights[gi])
+        parts = [f"{col} IN ({_marks(len(words))})"] if words else []
+        args: list[Any] = list(words)
+        if groups[gi].prefix and prefix_weight[gi] > 0:
+            parts.append(f"({col} > ? AND {col} < ?)")
+            args += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
+        return " OR ".join(parts) or "false", args
+
+    def _group_titles(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
+                      gi: int, join: str, cond: str, fparams: list[Any]) -> tuple[str, list[Any]]:
+        """A subquery (and its parameters) of the titles holding group ``gi`` that pass the
+        filters."""
+        match, args = self._alternatives(groups, weights, prefix_weight, gi, "p.word")
+        return (f"SELECT DISTINCT p.title_id AS id FROM search_postings p{join} WHERE ({match}){cond}",
+                [*args, *fparams])
+
+    def _scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
+                ids: list[int] | tuple[str, list[Any]], k: int | None, *, held: int | None = None,
+                order: list[int] | None = None) -> list[tuple[int, float]]:
+        """(title id, score) of the titles ``ids`` (a list, or a subquery and its parameters)
+        that match every group, scored by the database; with ``k``, the best k, best first.
+
+        Each title is first checked for the groups (but ``held``, which every title of ``ids``
+        has) in ``order`` (rarest first), one primary-key probe each, stopping at the first
+        missing; only the titles that match are scored (one more probe per group)."""
+        checks, kargs = [], []
+        for gi in (order or range(len(groups))):
+            if gi == held:
+                continue
+            words = sorted(weights[gi])
+            probes = []
+            if words:
+                probes.append(f"EXISTS (SELECT 1 FROM search_postings q{self.postings_by_title} "
+                              f"WHERE q.title_id = d.id AND q.word IN ({_marks(len(words))}))")
+                kargs += words
+            if groups[gi].prefix and prefix_weight[gi] > 0:
+                probes.append(f"EXISTS (SELECT 1 FROM search_postings q{self.postings_by_title} "
+                              "WHERE q.title_id = d.id AND q.word > ? AND q.word < ?)")
+                kargs += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
+            if not probes:
+                return []
+            checks.append("(" + " OR ".join(probes) + ")")
+        cols, cargs = [], []
+        for gi in range(len(groups)):
+            match, args = self._alternatives(groups, weights, prefix_weight, gi, "q.word")
+            ws = sorted(weights[gi].items())
+            # The word's own weight; a completion of the prefix gets the prefix's.
+            weight = ("CASE q.word" + " WHEN ? THEN ?" * len(ws) + " ELSE ? END") if ws else "?"
+            cols.append(f"coalesce((SELECT max(({weight}) * q.impact) FROM search_postings q{self.postings_by_title} "
+                        f"WHERE q.title_id = d.id AND ({match})), 0)")
+            cargs += [x for pair in ws for x in pair] + [prefix_weight[gi]] + args
+        if isinstance(ids, tuple):
+            source, sargs = ids
+        else:
+            source, sargs = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(ids)]
+        where = f" WHERE {' AND '.join(checks)}" if checks else ""
+        tail = " ORDER BY score DESC, id DESC LIMIT ?" if k is not None else ""
+        return [(int(r[0]), float(r[1])) for r in tx.rows(
+            f"SELECT d.id, {' + '.join(cols)} AS score FROM ({source}) d{where}{tail}",
+            (*cargs, *sargs, *kargs, *([k] if k is not None else [])))]
 
     @abstractmethod
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
@@ -186,6 +466,7 @@ class SqlCatalogue(ABC):
         # The vocabulary is counted once for the whole import, not once per title: a common word
         # is one upsert (and its deletions one batch) however many of the titles have it.
         vocabulary: dict[str, int] = {}
+        peaks: dict[str, float] = {}
         # The same path set_state walks, checked step by step, written once (as the insert).
         steps = (TitleState.UPLOADED, *path[state])
         for a, b in zip(steps, steps[1:]):
@@ -211,9 +492,11 @@ class SqlCatalogue(ABC):
                 cast.extend((ids[-1], pos, p.role, p.name) for pos, p in enumerate(draft.people))
                 if published:
                     # A new title has no search entry yet: index it straight from the draft.
-                    for w in self._index(tx, ids[-1], draft.title, (p.name for p in draft.people),
-                                         draft.description, count=False):
+                    found = self._index(tx, ids[-1], draft.title, (p.name for p in draft.people),
+                                        draft.description, count=False)
+                    for w, v in found.items():
                         vocabulary[w] = vocabulary.get(w, 0) + 1
+                        peaks[w] = max(peaks.get(w, 0.0), v)
             if cast:
                 tx.run(f"INSERT INTO people (name) SELECT value FROM {self.json_rows} WHERE true "
                        "ON CONFLICT (name) DO NOTHING", (json.dumps(sorted({c[3] for c in cast})),))
@@ -221,7 +504,9 @@ class SqlCatalogue(ABC):
                        f"SELECT {self._json_item(0, 'bigint')}, {self._json_item(1, 'integer')}, p.id, "
                        f"{self._json_item(2)} FROM {self.json_pair_rows} "
                        f"JOIN people p ON p.name = {self._json_item(3)}", (json.dumps(cast),))
-            self._add_words(tx, vocabulary)
+            self._add_words(tx, vocabulary, peaks)
+            if published:
+                self._count_documents(tx, len(ids))
         return ids
 
     def update_metadata(self, title_id: int, draft: TitleDraft) -> Title:
@@ -348,7 +633,9 @@ class SqlCatalogue(ABC):
         old = tx.one(f"SELECT title, people, description FROM title_search WHERE {key} = ?", (title_id,))
         if old is not None:
             tx.run(f"DELETE FROM title_search WHERE {key} = ?", (title_id,))
+            tx.run("DELETE FROM search_postings WHERE title_id = ?", (title_id,))
             self._count_words(tx, set(" ".join(old).split()), -1)
+            self._count_documents(tx, -1)
         row = tx.one("SELECT title, description, state FROM titles WHERE id = ?", (title_id,))
         if row is None or row[2] != TitleState.PUBLISHED.value:
             return
@@ -358,24 +645,38 @@ class SqlCatalogue(ABC):
         self._index(tx, title_id, row[0], people, row[1])
 
     def _index(self, tx: Tx, title_id: int, title: str, people: Iterable[str], description: str, *,
-               count: bool = True) -> set[str]:
-        """Add the title's search entry; its distinct words are returned and, with ``count``,
-        added to the vocabulary (else the caller adds them: :meth:`import_titles`)."""
+               count: bool = True) -> dict[str, float]:
+        """Add the title's search entry and postings; its distinct words with their impacts are
+        returned and, with ``count``, added to the vocabulary and the document count (else the
+        caller adds them: :meth:`import_titles`)."""
         doc = (normalised_text(title), normalised_text(" ".join(people)), normalised_text(description))
         tx.run(f"INSERT INTO title_search ({self.search_key}, title, people, description, title_words) "
                "VALUES (?, ?, ?, ?, ?)", (title_id, *doc, max(1, len(doc[0].split()))))
-        found = set(" ".join(doc).split())
+        found = impacts(*doc)
+        # One statement per title, the postings as one JSON parameter: a statement per posting
+        # (some 55 a title) made a PostgreSQL import four times slower.
+        tx.run(f"INSERT INTO search_postings (title_id, word, impact) SELECT ?, {self._json_item(0)}, "
+               f"{self._json_item(1, 'double precision')} FROM {self.json_pair_rows}",
+               (title_id, json.dumps(sorted({**found, **prefix_impacts(found)}.items()))))
         if count:
-            self._count_words(tx, found, +1)
+            self._add_words(tx, dict.fromkeys(found, 1), found)
+            self._count_documents(tx, +1)
         return found
 
-    def _add_words(self, tx: Tx, counts: dict[str, int]) -> None:
-        """Add ``counts`` (word → documents that gained it) to the vocabulary, in two statements."""
+    def _count_documents(self, tx: Tx, delta: int) -> None:
+        tx.run("INSERT INTO search_stats (name, value) VALUES ('documents', ?) "
+               "ON CONFLICT (name) DO UPDATE SET value = search_stats.value + excluded.value", (delta,))
+
+    def _add_words(self, tx: Tx, counts: dict[str, int], peaks: dict[str, float]) -> None:
+        """Add ``counts`` (word → documents that gained it) to the vocabulary with the words'
+        highest impacts (``peaks``), in two statements."""
         if not counts:
             return
-        tx.run(f"INSERT INTO search_words (word, docs) SELECT {self.json_pair_int} FROM {self.json_pair_rows} "
-               "WHERE true ON CONFLICT (word) DO UPDATE SET docs = search_words.docs + excluded.docs",
-               (json.dumps(sorted(counts.items())),))
+        tx.run(f"INSERT INTO search_words (word, docs, max_impact) SELECT {self._json_item(0)}, "
+               f"{self._json_item(1, 'integer')}, {self._json_item(2, 'double precision')} FROM {self.json_pair_rows} "
+               "WHERE true ON CONFLICT (word) DO UPDATE SET docs = search_words.docs + excluded.docs, "
+               f"max_impact = {self.greatest}(search_words.max_impact, excluded.max_impact)",
+               (json.dumps([(w, n, peaks.get(w, 0.0)) for w, n in sorted(counts.items())]),))
         variants = json.dumps(sorted({(v, w) for w in counts for v in deletions(w)}))
         tx.run(f"INSERT INTO search_deletions (variant, word) SELECT {self.json_pair} FROM {self.json_pair_rows} "
                "WHERE true ON CONFLICT (variant, word) DO NOTHING", (variants,))
@@ -388,9 +689,10 @@ class SqlCatalogue(ABC):
         listed = json.dumps(sorted(found))
         if delta > 0:
             # "WHERE true" (in _add_words): SQLite's parser needs it between INSERT … SELECT and
-            # ON CONFLICT.
-            self._add_words(tx, dict.fromkeys(found, 1))
+            # ON CONFLICT. (Indexing adds words with their impacts through _add_words itself.)
+            self._add_words(tx, dict.fromkeys(found, 1), {})
         else:
+            # A word's max_impact stays as it was: still a bound for the words left.
             tx.run(f"UPDATE search_words SET docs = docs - 1 WHERE word IN (SELECT value FROM {self.json_rows})",
                    (listed,))
             tx.run("DELETE FROM search_deletions WHERE word IN (SELECT word FROM search_words WHERE docs <= 0 "
