@@ -99,20 +99,26 @@ class Transcoder:
         return (self.cluster.root / "logs" / "transcoder.out").read_text(errors="replace")[-3000:]
 
 
-@pytest.fixture(scope="module")
-def setup(cluster, s3, tmp_path_factory):
+def transcoder_world(cluster, s3, sections: str = SECTIONS):
+    """``sections`` appended to the cluster's config (free ports), the uploads bucket, the
+    catalogue, and a started transcoder: ``(cfg, catalogue, worker)``; the caller stops both."""
     origin_port, origin_admin, licence_port, licence_admin, admin = free_ports(5)
     with open(cluster.config_path, "a") as f:
-        f.write(SECTIONS.format(origin_port=origin_port, origin_admin=origin_admin, licence_port=licence_port,
+        f.write(sections.format(origin_port=origin_port, origin_admin=origin_admin, licence_port=licence_port,
                                 licence_admin=licence_admin, admin=admin, token_env=TOKEN_ENV))
     os.environ[TOKEN_ENV] = "x" * 32
     cfg = load(cluster.config_path)
     s3.create_bucket(Bucket="uploads")
     catalogue = open_catalogue(origin_catalogue(cfg))
-    clips = tmp_path_factory.mktemp("clips")
-    clip = make_clip(clips / "clip.mp4", seconds=12, size="320x180", gop=25)
     worker = Transcoder(cluster, admin)
     worker.start()
+    return cfg, catalogue, worker
+
+
+@pytest.fixture(scope="module")
+def setup(cluster, s3, tmp_path_factory):
+    clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=12, size="320x180", gop=25)
+    cfg, catalogue, worker = transcoder_world(cluster, s3)
     try:
         yield cfg, catalogue, clip, worker
     finally:

@@ -14,7 +14,6 @@ upload (VP9 + Opus in Matroska) is a source like any other.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -22,15 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from headwater.config import load
 from headwater.drm.client import open_title_keys
-from headwater.origin.catalogue import TitleState, open_catalogue
-from headwater.origin.transcode.config import origin_catalogue
-from tests.cluster import free_ports
+from headwater.origin.catalogue import TitleState
 from tests.functional.drm_media import FFMPEG, FFPROBE, make_clip, run
 from tests.functional.origin_harness import SMALL_LADDER
-from tests.functional.test_origin_transcode import (SECTIONS, TOKEN_ENV, Transcoder, download, keys_under, ssim,
-                                                    submit, wait_state)
+from tests.functional.test_origin_transcode import (SECTIONS, download, keys_under, ssim, submit,
+                                                    transcoder_world, wait_state)
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB")
 MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
@@ -42,18 +38,9 @@ WEBM = SECTIONS.replace('thumbnail_seconds = 5\n', 'thumbnail_seconds = 5\ncodec
 @pytest.fixture(scope="module")
 def setup(cluster, s3, tmp_path_factory):
     assert "vp9" in WEBM and SMALL_LADDER in WEBM
-    origin_port, origin_admin, licence_port, licence_admin, admin = free_ports(5)
-    with open(cluster.config_path, "a") as f:
-        f.write(WEBM.format(origin_port=origin_port, origin_admin=origin_admin, licence_port=licence_port,
-                            licence_admin=licence_admin, admin=admin, token_env=TOKEN_ENV))
-    os.environ[TOKEN_ENV] = "x" * 32
-    cfg = load(cluster.config_path)
-    assert cfg.transcoder.codecs == ("h264", "vp9")
-    s3.create_bucket(Bucket="uploads")
-    catalogue = open_catalogue(origin_catalogue(cfg))
     clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=4, size="320x180", gop=25)
-    worker = Transcoder(cluster, admin)
-    worker.start()
+    cfg, catalogue, worker = transcoder_world(cluster, s3, WEBM)
+    assert cfg.transcoder.codecs == ("h264", "vp9")
     try:
         yield cfg, catalogue, clip, worker
     finally:
