@@ -426,7 +426,8 @@ class EdgeApp:
     async def _cached(self, request: Request, dist: Distribution, behaviour: Behaviour) -> tuple[Response, str]:
         """A GET or HEAD under ``behaviour``: from the stores, or through a flight."""
         key = cache_key(request, behaviour, distribution=dist.name)
-        use_cache = await self.purges.admit(request, dist) if self.purges is not None else True
+        purges = self.purges
+        use_cache = True if purges is None or purges.settled(dist) else await purges.admit(request, dist)
         now = self.clock.time()
         found, fill_key = self._lookup(key, request) if use_cache else (None, key)
         if found is not None and found.tier == "disk" and self.promoter is not None:

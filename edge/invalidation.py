@@ -364,6 +364,13 @@ class Invalidation:
 
     # --- the hit path -------------------------------------------------------------------------
 
+    def settled(self, dist: Distribution) -> bool:
+        """Whether ``admit`` would answer True for any request under ``dist`` without waiting:
+        caught up, and no requester's ``Hw-Purge-Min-Seq`` to honour (a POP's case, on every
+        hit: the caller then skips the coroutine)."""
+        d = self.dists.get(dist.name)
+        return d is None or (d.ready and not self.honour_min_seq)
+
     async def admit(self, request: Request, dist: Distribution) -> bool:
         """Before a request uses the cache: wait for the catch-up (NotCaughtUp past the bound);
         False when this regional cannot vouch for its cache at the requester's ``Hw-Purge-Min-Seq``."""
