@@ -16,7 +16,6 @@ builds its upstream client and the router over the next tier, and serves:
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -157,10 +156,6 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                                                      reuse_port=True, clock=clock, task_status=task_status))
             log.info("edge: %s (%s) serving on %s:%d, worker %d", node.id, node.tier, node.host, node.port, worker,
                      extra={"event": "edge.started", "tier": node.tier, "worker": worker})
-            # What is made by now (modules, config, the app, the stores' indexes, the series) lives
-            # as long as the worker: frozen out of the collector's sight, the full collections that
-            # HTTP/2's many short-lived objects set off no longer walk it on every pass.
-            gc.freeze()
             task_status.started()
     finally:
         with anyio.CancelScope(shield=True):
