@@ -76,6 +76,8 @@ class FrontDoor:
     def admit(self, request: Request, path: str | None = None) -> Response | None:
         """None to go on, else the 403/429 to answer. ``path``: what path rules are matched
         against (the app's canonical form of the request's path; default the raw path)."""
+        if not self.guard.limits.enabled:
+            return None  # (what check_request answers then, without reading the request for it)
         client = request.client[0] if request.client else ""
         decision = self.guard.check_request(client_ip=client, method=request.method,
                                             path=request.path if path is None else path,

@@ -74,6 +74,7 @@ from .cache import (
     validates,
     variant_key_for,
     vary_matches,
+    whole_plan,
 )
 from .cache.cachekey import normalise_path
 from .cache.slices import (
@@ -124,7 +125,6 @@ _SAFE = frozenset({"GET", "HEAD"})
 # Request fields a passed-through request carries besides what the behaviour forwards.
 _PASS_FIELDS = ("content-type", "content-length", "content-encoding")
 _HOST_MEMO_MAX = 1024
-_UNUSED_BOUNDARY = "unused"
 _SERVED_MEMO_MAX = 4096
 # Not copied from the viewer's request into a prefetch's: its Range and conditionals are its own.
 _PREFETCH_DROPPED = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "if-match",
@@ -207,7 +207,9 @@ class _Found:
 
 
 def _via_ids(request: Request) -> list[str]:
-    ids = []
+    ids: list[str] = []
+    if request.headers.get("via") is None:
+        return ids  # (a viewer's request: no Via)
     for value in request.headers.get_all("via"):
         for part in value.split(","):
             fields = part.split()
@@ -350,11 +352,11 @@ class EdgeApp:
     def _finish(self, request: Request, response: Response, result: str, started: float) -> None:
         taken = time.perf_counter() - started
         size = 0
-        for k, v in response.headers:
-            if k == "content-length" and v.isdigit():
-                size = int(v)
-        if request.method == "HEAD":
-            size = 0
+        if request.method != "HEAD":
+            for k, v in reversed(response.headers):  # (the last one counts: it comes last)
+                if k == "content-length" and v.isdigit():
+                    size = int(v)
+                    break
         self.metrics.answered(result, size)
         if self.access_log is not None and self.access_log.enabled("info"):
             self.access_log.info(
@@ -424,7 +426,8 @@ class EdgeApp:
     async def _cached(self, request: Request, dist: Distribution, behaviour: Behaviour) -> tuple[Response, str]:
         """A GET or HEAD under ``behaviour``: from the stores, or through a flight."""
         key = cache_key(request, behaviour, distribution=dist.name)
-        use_cache = await self.purges.admit(request, dist) if self.purges is not None else True
+        purges = self.purges
+        use_cache = True if purges is None or purges.settled(dist) else await purges.admit(request, dist)
         now = self.clock.time()
         found, fill_key = self._lookup(key, request) if use_cache else (None, key)
         if found is not None and found.tier == "disk" and self.promoter is not None:
@@ -547,15 +550,21 @@ class EdgeApp:
             if memo is None or memo[0] is not stored:
                 before = [h for h in served_headers(stored, 0) if h[0] not in _OWN_FIELDS and h[0] != "age"]
                 after = self._own_fields(stored, result, "", None)
+                if self.purges is not None and self.purges.strip:
+                    # A POP strips the purge fields whatever the purge log says: once, here.
+                    before = self.purges.outgoing(before, None, None)
+                    after = self.purges.outgoing(after, None, None)
                 if len(self._served) >= _SERVED_MEMO_MAX:
                     self._served.clear()
                 memo = self._served[(id(stored), result)] = (stored, before, after)
             out = [*memo[1], ("age", str(int(age))), *memo[2]]
-        else:
-            out = [h for h in served_headers(stored, age) if h[0] not in _OWN_FIELDS]
-            out += self._own_fields(stored, result, upstream_timing, started)
+            if self.purges is not None and not self.purges.strip:
+                # Not memoised: what it stamps follows the purge log.
+                out = self.purges.outgoing(out, stored, hit_key)
+            return out
+        out = [h for h in served_headers(stored, age) if h[0] not in _OWN_FIELDS]
+        out += self._own_fields(stored, result, upstream_timing, started)
         if self.purges is not None:
-            # Not memoised: what it stamps follows the purge log.
             out = self.purges.outgoing(out, stored, hit_key)
         return out
 
@@ -577,14 +586,15 @@ class EdgeApp:
         matching conditional: then None)."""
         if not_modified(request.headers, stored):
             return None
-        # The boundary (fresh randomness) only matters to a multipart answer: a request without
-        # Range never gets one.
-        ranged = request.headers.get("range") is not None
-        plan = plan_range(request.method, request.headers, stored,
-                          boundary=self.boundary() if ranged else _UNUSED_BOUNDARY)
-        if not ranged and all(k in _OWN_FIELDS for k, _ in plan.headers):
-            headers += plan.headers  # (content-length: never among the stored fields served)
+        if request.headers.get("range") is None:
+            # What plan_range answers without Range (the common hit), without its pass over the
+            # request: the whole body. Its one field, content-length, is never among the stored
+            # fields served.
+            plan = whole_plan(stored.body_size)
+            headers += plan.headers
             return plan
+        # The boundary (fresh randomness) only matters to a multipart answer.
+        plan = plan_range(request.method, request.headers, stored, boundary=self.boundary())
         names = {k for k, _ in plan.headers}
         headers[:] = [h for h in headers if h[0] not in names] + list(plan.headers)
         return plan

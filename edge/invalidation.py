@@ -148,10 +148,23 @@ def _normalise_purge_path(path: str) -> str:
     return normalise_path(base) + (f"?{query}" if q else "")
 
 
+_SEQ_MEMO_MAX = 4096
+# id(stored) -> (stored, its seq): a stored response is immutable and, decoded once per entry
+# (entry.decode_entry), the same object on every hit; checked on every hit, it is read once.
+_seqs: dict[int, tuple[StoredResponse, int]] = {}
+
+
 def stored_seq(stored: StoredResponse) -> int:
     """The ``purge_seq`` an entry was stored with (0 when absent or unreadable: the oldest)."""
+    memo = _seqs.get(id(stored))
+    if memo is not None and memo[0] is stored:
+        return memo[1]
     raw = stored.get(SEQ_FIELD)
-    return int(raw) if raw is not None and raw.isdigit() and len(raw) <= _MAX_SEQ_DIGITS else 0
+    seq = int(raw) if raw is not None and raw.isdigit() and len(raw) <= _MAX_SEQ_DIGITS else 0
+    if len(_seqs) >= _SEQ_MEMO_MAX:
+        _seqs.clear()
+    _seqs[id(stored)] = (stored, seq)
+    return seq
 
 
 def _tags(stored: StoredResponse) -> list[str]:
@@ -350,6 +363,13 @@ class Invalidation:
         return all(d.ready for d in self.dists.values())
 
     # --- the hit path -------------------------------------------------------------------------
+
+    def settled(self, dist: Distribution) -> bool:
+        """Whether ``admit`` would answer True for any request under ``dist`` without waiting:
+        caught up, and no requester's ``Hw-Purge-Min-Seq`` to honour (a POP's case, on every
+        hit: the caller then skips the coroutine)."""
+        d = self.dists.get(dist.name)
+        return d is None or (d.ready and not self.honour_min_seq)
 
     async def admit(self, request: Request, dist: Distribution) -> bool:
         """Before a request uses the cache: wait for the catch-up (NotCaughtUp past the bound);

@@ -34,5 +34,7 @@ def not_modified(headers: HeaderView, stored: StoredResponse) -> bool:
             return True
         return etag is not None and _opaque(etag) in {_opaque(t) for t in tags}
     since = parse_http_date(headers.get("if-modified-since"))
+    if since is None:  # (most requests: the stored Last-Modified is not read)
+        return False
     modified = parse_http_date(stored.get("last-modified"))
-    return since is not None and modified is not None and modified <= since
+    return modified is not None and modified <= since

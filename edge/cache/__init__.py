@@ -88,6 +88,7 @@ _EXPORTS = {
     "stored_response": ".model",
     "RangePlan": ".ranges",
     "plan_range": ".ranges",
+    "whole_plan": ".ranges",
 }
 
 __all__ = [
@@ -97,7 +98,7 @@ __all__ = [
     "key_prefix", "match_behaviour", "merge_304", "parse_cache_control", "plan_range",
     "read_behaviour", "response_cache_control", "served_headers", "stale_if_error_allowed",
     "storable", "stored_response", "strip_for_storage", "upstream_target", "validates",
-    "variant_key", "variant_key_for", "vary_matches",
+    "variant_key", "variant_key_for", "vary_matches", "whole_plan",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -40,7 +40,7 @@ from headwater.http.ranges import (
 from .model import HeaderView, StoredResponse
 from .freshness import parse_http_date
 
-__all__ = ["RangePlan", "MAX_PARTS", "COALESCE_GAP", "plan_range", "if_range_matches"]
+__all__ = ["RangePlan", "MAX_PARTS", "COALESCE_GAP", "plan_range", "whole_plan", "if_range_matches"]
 
 MAX_PARTS = 16
 """More (coalesced) ranges than this in one request: answer 200 with the whole body."""
@@ -63,8 +63,24 @@ class RangePlan:
     length: int
 
 
-def _whole(size: int) -> RangePlan:
-    return RangePlan(200, (("content-length", str(size)),), ((0, size),) if size else (), size)
+_WHOLE_MEMO_MAX = 4096
+_wholes: dict[int, RangePlan] = {}
+
+
+def whole_plan(size: int) -> RangePlan:
+    """The plan of a 200 with the whole ``size``-byte body: what ``plan_range`` answers to a
+    request without ``Range``. Memoised by size (a plan is immutable; a cache hit asks for the
+    same few sizes over and over)."""
+    plan = _wholes.get(size)
+    if plan is None:
+        plan = RangePlan(200, (("content-length", str(size)),), ((0, size),) if size else (), size)
+        if len(_wholes) >= _WHOLE_MEMO_MAX:
+            _wholes.clear()
+        _wholes[size] = plan
+    return plan
+
+
+_whole = whole_plan
 
 
 def if_range_matches(if_range: str, stored: StoredResponse) -> bool:

@@ -26,6 +26,9 @@ class _Entry:
     meta: bytes
     body: bytes
     stored_at: float
+    # The hit handed out for it, made on its first get: a RamHit holds no per-request state,
+    # so every hit of the entry shares it (one EntryInfo and RamHit less per hit).
+    hit: RamHit | None = None
 
 
 class RamHit:
@@ -122,8 +125,9 @@ class RamWriter:
 
 
 # What an entry costs besides its body and metadata: the dict slot, the _Entry and its bytes
-# objects' headers, the policy's node (measured with sys.getsizeof: ~300 bytes on CPython 3.11).
-ENTRY_OVERHEAD_BYTES = 320
+# objects' headers, the policy's node (measured with sys.getsizeof: ~300 bytes on CPython 3.11),
+# and once hit its shared RamHit and EntryInfo (~140 bytes).
+ENTRY_OVERHEAD_BYTES = 460
 
 
 def _charged(key: bytes, entry: _Entry) -> int:
@@ -175,10 +179,13 @@ class RamStore:
             return None
         self._policy.touch(key)
         self._hits += 1
-        info = EntryInfo(
-            key=key, meta=entry.meta, size=len(entry.body), stored_at=entry.stored_at, complete=True
-        )
-        return RamHit(info, entry.body)
+        hit = entry.hit
+        if hit is None:
+            info = EntryInfo(
+                key=key, meta=entry.meta, size=len(entry.body), stored_at=entry.stored_at, complete=True
+            )
+            hit = entry.hit = RamHit(info, entry.body)
+        return hit
 
     def claim(self, key: bytes) -> RamClaim | None:
         """Mark ``key`` as being fetched by the caller; None if another task of this process is."""
@@ -211,6 +218,7 @@ class RamStore:
         if entry is None:
             return False
         entry.meta = meta
+        entry.hit = None  # (its info holds the old metadata)
         return True
 
     def remove(self, key: bytes) -> bool:

@@ -176,8 +176,12 @@ def test_admission_waits_for_the_catch_up_and_for_purges_a_lower_tier_asks_for(t
         with pytest.raises(invalidation.NotCaughtUp):  # never pulled: it cannot vouch for its cache
             await regional.admit(request(None), DIST)
         assert regional.health()["status"] == "catching_up"
+        assert not pop.settled(DIST) and not regional.settled(DIST)  # (the hit path must admit)
         regional.dists["video"].mark_ready()
         pop.dists["video"].mark_ready()
+        # Caught up, a POP admits every request (the hit path skips admit); a regional still
+        # reads each request's Hw-Purge-Min-Seq.
+        assert pop.settled(DIST) and not regional.settled(DIST)
         assert "status" not in regional.health()
         assert await regional.admit(request("0"), DIST) is True
         assert await regional.admit(request("5"), DIST) is False   # behind what the POP applied: bypass
