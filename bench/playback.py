@@ -54,6 +54,7 @@ from typing import Any, Iterator
 
 from .origin import STORE_TABLES, set_key, split_tables
 from .peers import PeerError, ProcessGroup, free_ports, headwater_cluster, wait_http
+from .sections import LICENCE_SECTION, ORIGIN_CLIENTS, SMALL_LADDER, TRANSCODER_KEYS
 from .steered_forwarder import SteeredForwarder, steered_answer
 
 __all__ = ["main", "world_sections", "Play", "Summary", "summarise", "render", "WARM_GOAL_MS", "COLD_GOAL_MS",
@@ -79,16 +80,7 @@ tls = false
 publish_cache_seconds = 1
 cdn_base_url = "http://{cdn_host}:{pop}"
 
-[[origin.clients]]
-id = "creator-app"
-scopes = ["upload", "titles:write"]
-secret = "sealed"
-
-[[origin.clients]]
-id = "viewer-app"
-scopes = ["view"]
-secret = "sealed"
-
+""" + ORIGIN_CLIENTS + """
 [[origin.users]]
 name = "vic"
 scopes = ["view"]
@@ -99,39 +91,7 @@ name = "nora"
 scopes = ["view"]
 password = "sealed"
 
-[licence]
-port = {licence}
-admin_port = {licence_admin}
-rpc_port = {licence_rpc}
-tls_cert = "auto"
-tls_key = "auto"
-
-[[licence.tokens.keys]]
-id = "local"
-alg = "HS256"
-secret = "sealed"
-
-[transcoder]
-admin_port = {transcoder_admin}
-workers = 1
-lease_seconds = 10
-heartbeat_seconds = 0.5
-poll_seconds = 0.2
-preset = "ultrafast"
-audio_bitrate = "64k"
-thumbnail_seconds = 5
-scheme = "{scheme}"
-
-[[transcoder.ladder]]
-name = "180p"
-height = 180
-bitrate = "300k"
-
-[[transcoder.ladder]]
-name = "90p"
-height = 90
-bitrate = "100k"
-
+""" + LICENCE_SECTION + "\n" + TRANSCODER_KEYS + 'scheme = "{scheme}"\n\n' + SMALL_LADDER + """
 [cdn.client_limits]
 enabled = false
 

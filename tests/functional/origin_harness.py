@@ -22,11 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from headwater.bench.sections import LICENCE_SECTION, ORIGIN_CLIENTS, SMALL_LADDER, TRANSCODER_SECTION
 from headwater.cli import main
 from tests.cluster import free_ports
 
-__all__ = ["HEADWATER", "TUS", "ORIGIN_SECTION", "LICENCE_SECTION", "SMALL_LADDER", "Daemon", "Origin",
-           "origin_fixture", "auth"]
+__all__ = ["HEADWATER", "TUS", "ORIGIN_SECTION", "ORIGIN_CLIENTS", "LICENCE_SECTION", "SMALL_LADDER",
+           "TRANSCODER_SECTION", "POP_AND_SHIELD", "Daemon", "Origin", "origin_fixture", "auth"]
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
 TUS = {"tus-resumable": "1.0.0"}
@@ -44,58 +45,8 @@ max_upload_size = "64MiB"
 max_uploads_per_client = 8
 upload_expiry_seconds = 3600
 
-[[origin.clients]]
-id = "creator-app"
-scopes = ["upload", "titles:write"]
-secret = "sealed"
+""" + ORIGIN_CLIENTS
 
-[[origin.clients]]
-id = "viewer-app"
-scopes = ["view"]
-secret = "sealed"
-"""
-
-
-# A licence server on the test's ports ({licence}, {licence_admin}, {licence_rpc}), TLS from the
-# local CA, its entitlement tokens signed with a sealed HS256 secret (what /play mints); a
-# transcoder takes titles' keys from its keys.title RPC, as one on another host would.
-LICENCE_SECTION = """[licence]
-port = {licence}
-admin_port = {licence_admin}
-rpc_port = {licence_rpc}
-tls_cert = "auto"
-tls_key = "auto"
-
-[[licence.tokens.keys]]
-id = "local"
-alg = "HS256"
-secret = "sealed"
-"""
-
-# A two-rung ladder small enough for a test clip (testsrc2 at 320x180).
-SMALL_LADDER = """[[transcoder.ladder]]
-name = "180p"
-height = 180
-bitrate = "300k"
-
-[[transcoder.ladder]]
-name = "90p"
-height = 90
-bitrate = "100k"
-"""
-
-#: A transcoder quick to take jobs (format keys: ``transcoder_admin``), with SMALL_LADDER.
-TRANSCODER_SECTION = """[transcoder]
-admin_port = {transcoder_admin}
-workers = 1
-lease_seconds = 10
-heartbeat_seconds = 0.5
-poll_seconds = 0.2
-preset = "ultrafast"
-audio_bitrate = "64k"
-thumbnail_seconds = 5
-
-""" + SMALL_LADDER
 
 #: Distribution ``video`` from the origin on http://127.0.0.1:{origin}, served by one POP and a
 #: shield (format keys: ``origin``, ``pop``, ``pop_admin``, ``shield``, ``shield_admin``).

@@ -41,7 +41,8 @@ from headwater.edge.daemon import run_edge
 from tests.cluster import free_ports
 from tests.functional.drm_media import FFPROBE, make_clip
 from tests.functional.licence_harness import cli
-from tests.functional.origin_harness import LICENCE_SECTION, POP_AND_SHIELD, TRANSCODER_SECTION, Daemon
+from tests.functional.origin_harness import (LICENCE_SECTION, ORIGIN_CLIENTS, POP_AND_SHIELD, TRANSCODER_SECTION,
+                                             Daemon)
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
 CENC = "{urn:mpeg:cenc:2013}"
@@ -55,16 +56,7 @@ tls = false
 [origin.delivery]
 publish_cache_seconds = 1
 
-[[origin.clients]]
-id = "creator-app"
-scopes = ["upload", "titles:write"]
-secret = "sealed"
-
-[[origin.clients]]
-id = "viewer-app"
-scopes = ["view"]
-secret = "sealed"
-
+""" + ORIGIN_CLIENTS + """
 """ + LICENCE_SECTION + """
 """ + TRANSCODER_SECTION + POP_AND_SHIELD
 
