@@ -26,9 +26,13 @@ setup: system-deps $(STAMP) $(BROWSER_STAMP) $(WEB_STAMP)
 # virtualenv, so they never depend on what the machine happens to have.
 SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils delv:bind9-dnsutils chromium:chromium node:nodejs npm:npm \
 	pg_ctlcluster:postgresql promtool:prometheus prometheus:prometheus
+# Shared libraries loaded with ctypes, each library:package: libisal2 (ISA-L) computes the object
+# store's parity with SIMD (objstore/parity.py; zfec does it, ~15x slower, where it is missing).
+SYSTEM_LIBS := libisal.so.2:libisal2
 
 system-deps:
 	@missing=""; for cp in $(SYSTEM_DEPS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
+	for lp in $(SYSTEM_LIBS); do ldconfig -p 2>/dev/null | grep -q "$${lp%%:*}" || missing="$$missing $${lp#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
