@@ -22,7 +22,8 @@ from .auth import HANDSHAKE_TIMEOUT_S, ClientHandshake, ClusterSecret, Handshake
 from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
                     FramePayload, cancel_header, encode_frame, request_header)
-from .server import DEFAULT_FRAME_TIMEOUT_S, RECEIVE_BYTES, FrameWatch, LogThrottle, Reply, set_nodelay
+from .server import DEFAULT_FRAME_TIMEOUT_S, RECEIVE_BYTES, FrameWatch, LogThrottle, Reply
+from .stream import RpcStream, connect
 
 __all__ = ["RpcClient", "PendingCall"]
 
@@ -48,7 +49,7 @@ class _Connection:
 
     __slots__ = ("stream", "send_lock", "pending", "lost", "closed_event", "peer")
 
-    def __init__(self, stream: anyio.abc.ByteStream, peer: str):
+    def __init__(self, stream: RpcStream, peer: str):
         self.stream = stream
         self.peer = peer
         self.send_lock = anyio.Lock()
@@ -221,8 +222,7 @@ class RpcClient:
             # mid-frame the connection cannot be reused, so it is dropped.
             with anyio.CancelScope(shield=True, deadline=deadline) as scope:
                 try:
-                    for buf in buffers:
-                        await conn.stream.send(buf)
+                    await conn.stream.send_buffers(buffers)
                 except _NETWORK_ERRORS as e:
                     self._lose(conn, f"send failed: {e!r}")
                     raise Unavailable(f"connection to {self._peer} lost while sending", peer=self._peer) from None
@@ -256,7 +256,7 @@ class RpcClient:
             budget = max(0.0, min(self.connect_timeout, deadline - anyio.current_time()))
             try:
                 with anyio.fail_after(budget):
-                    stream = await anyio.connect_tcp(self.host, self.port)
+                    stream = await connect(self.host, self.port)
             except TimeoutError:
                 if anyio.current_time() >= deadline:
                     raise DeadlineExceeded(f"connecting to {self._peer} took past the deadline",
@@ -266,7 +266,6 @@ class RpcClient:
             except OSError as e:
                 raise Unavailable(f"cannot connect to {self._peer}: {e.strerror or e}",
                                   peer=self._peer, sent=False) from None
-            set_nodelay(stream)
             # The handshake needs the server's event loop (the kernel accepted the connection), so
             # a busy peer may take longer than connect_timeout: it has the call's deadline, and
             # at most as long as the server would wait for it.
@@ -293,7 +292,7 @@ class RpcClient:
             self._tg.start_soon(self._reader, conn, early)
             return conn
 
-    async def _authenticate(self, stream: anyio.abc.ByteStream) -> bytes:
+    async def _authenticate(self, stream: RpcStream) -> bytes:
         """Prove the secret to the server and check its proof; the bytes that followed (if any).
 
         Raises AuthFailed (after telling the server why, when this side refused it), or
@@ -368,11 +367,7 @@ class RpcClient:
 
     async def _read_frames(self, conn: _Connection, decoder: FrameDecoder, watch: FrameWatch) -> None:
         stream = conn.stream
-        data = b""
         while conn.lost is None:
-            if data:
-                self.counters["bytes_in"] += len(data)
-                decoder.feed(data)
             got = False
             while (frame := decoder.next_frame()) is not None:
                 got = True
@@ -393,7 +388,16 @@ class RpcClient:
                 watch.completed(decoder.buffered)
             else:
                 watch.partial(decoder.buffered)
-            data = await stream.receive(RECEIVE_BYTES)
+            # A large reply payload (fragment blocks) is received in place, the rest in chunks.
+            target = decoder.payload_target()
+            if target is not None:
+                n = await stream.receive_into(target)
+                decoder.filled(n)
+            else:
+                data = await stream.receive(RECEIVE_BYTES)
+                decoder.feed(data)
+                n = len(data)
+            self.counters["bytes_in"] += n
 
 
 def pending_done(p: _Pending | None) -> bool:

@@ -30,6 +30,7 @@ from typing import Any, Sequence, Union
 import msgpack
 
 __all__ = [
+    "DIRECT_PAYLOAD_BYTES",
     "REQUEST",
     "RESPONSE",
     "ERROR",
@@ -70,10 +71,11 @@ class FrameError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded frame: the msgpack header (a list) and the raw payload."""
+    """One decoded frame: the msgpack header (a list) and the raw payload (a ``bytearray`` when
+    it was received in place, see :meth:`FrameDecoder.payload_target`)."""
 
     header: list[Any]
-    payload: bytes
+    payload: bytes | bytearray
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -122,15 +124,28 @@ def encode_frame(header: bytes, payload: FramePayload = b"",
     return [prefix + header, *(p if isinstance(p, memoryview) else memoryview(p) for p in parts if len(p))]
 
 
+#: A payload with at least this many bytes still to come is received into its own buffer
+#: (:meth:`FrameDecoder.payload_target`) rather than fed in chunks and joined.
+DIRECT_PAYLOAD_BYTES = 64 * 1024
+
+
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes)`` then ``next_frame()`` until it returns None.
 
     Received chunks are kept as a queue of views and each payload is assembled with exactly one
     copy (a slice of one chunk, or one join across chunks), so a 16 MiB payload arriving in
     256 KiB reads costs one memcpy, not a quadratic buffer shuffle.
+
+    A reader that can receive into a buffer does better: once a frame's header is in and at
+    least ``DIRECT_PAYLOAD_BYTES`` of its payload are still to come, ``payload_target()`` gives
+    the unfilled part of a buffer of the payload's size (what was already fed is moved in
+    first); the reader receives into it and calls ``filled(n)``. The payload is then the
+    ``bytearray`` itself: the only copy is the kernel's. Such a reader never receives past the
+    frame's end, since the target ends there.
     """
 
-    __slots__ = ("_chunks", "_size", "_pending", "max_frame_bytes", "max_header_bytes")
+    __slots__ = ("_chunks", "_size", "_pending", "max_frame_bytes", "max_header_bytes",
+                 "_direct", "_direct_filled", "_direct_header")
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES):
@@ -139,17 +154,46 @@ class FrameDecoder:
         self._pending: tuple[int, int] | None = None
         self.max_frame_bytes = max_frame_bytes
         self.max_header_bytes = max_header_bytes
+        self._direct: bytearray | None = None  # the payload being received in place
+        self._direct_filled = 0
+        self._direct_header: list[Any] | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet handed out as frames."""
-        return self._size
+        return self._size + self._direct_filled
 
     def wanted(self) -> int:
         """Bytes still missing to complete the frame in progress (at least 1 if none started)."""
+        if self._direct is not None:
+            return len(self._direct) - self._direct_filled
         if self._pending is None:
             return max(1, PREFIX_BYTES - self._size)
         return max(1, self._pending[0] - self._size)
+
+    def payload_target(self) -> memoryview | None:
+        """Where to receive the rest of a large payload in place, or None (``feed`` instead)."""
+        if self._direct is not None:
+            return memoryview(self._direct)[self._direct_filled:]
+        if self._pending is None and self._size >= PREFIX_BYTES:
+            self._start_frame()
+        if self._pending is None:
+            return None
+        body, hlen = self._pending
+        if self._size < hlen or body - self._size < DIRECT_PAYLOAD_BYTES:
+            return None
+        header = self._decode_header(self._take(hlen))
+        payload = bytearray(body - hlen)
+        got = self._size  # every byte buffered belongs to this payload (fewer than body)
+        if got:
+            payload[:got] = self._take(got)
+        self._direct, self._direct_filled, self._direct_header = payload, got, header
+        return memoryview(payload)[got:]
+
+    def filled(self, n: int) -> None:
+        """``n`` more bytes were received into the last ``payload_target()``."""
+        assert self._direct is not None and 0 <= n <= len(self._direct) - self._direct_filled
+        self._direct_filled += n
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if data:
@@ -167,29 +211,43 @@ class FrameDecoder:
         self._pending = None
         return data
 
-    def next_frame(self) -> Frame | None:
-        if self._pending is None:
-            if self._size < PREFIX_BYTES:
-                return None
-            body, hlen = _PREFIX.unpack(self._take(PREFIX_BYTES))
-            if body > self.max_frame_bytes:
-                raise FrameError(f"peer sent a {body}-byte frame; the limit is {self.max_frame_bytes}")
-            if hlen > body or hlen > self.max_header_bytes or hlen == 0:
-                raise FrameError(f"bad header length {hlen} in a {body}-byte frame")
-            self._pending = (body, hlen)
-        body, hlen = self._pending
-        if self._size < body:
-            return None
-        self._pending = None
-        raw_header = self._take(hlen)
-        payload = self._take(body - hlen)
+    def _start_frame(self) -> None:
+        body, hlen = _PREFIX.unpack(self._take(PREFIX_BYTES))
+        if body > self.max_frame_bytes:
+            raise FrameError(f"peer sent a {body}-byte frame; the limit is {self.max_frame_bytes}")
+        if hlen > body or hlen > self.max_header_bytes or hlen == 0:
+            raise FrameError(f"bad header length {hlen} in a {body}-byte frame")
+        self._pending = (body, hlen)
+
+    @staticmethod
+    def _decode_header(raw_header: bytes) -> list[Any]:
         try:
             header = msgpack.unpackb(raw_header, raw=False, use_list=True)
         except Exception as e:  # msgpack raises several unrelated types
             raise FrameError(f"undecodable frame header: {e}") from None
         if not isinstance(header, list) or not header or not isinstance(header[0], int):
             raise FrameError("frame header is not a message array")
-        return Frame(header, payload)
+        return header
+
+    def next_frame(self) -> Frame | None:
+        if self._direct is not None:
+            if self._direct_filled < len(self._direct):
+                return None
+            frame = Frame(self._direct_header, self._direct)  # type: ignore[arg-type]
+            self._direct, self._direct_filled, self._direct_header = None, 0, None
+            self._pending = None
+            return frame
+        if self._pending is None:
+            if self._size < PREFIX_BYTES:
+                return None
+            self._start_frame()
+            assert self._pending is not None
+        body, hlen = self._pending
+        if self._size < body:
+            return None
+        self._pending = None
+        header = self._decode_header(self._take(hlen))
+        return Frame(header, self._take(body - hlen))
 
     def _take(self, n: int) -> bytes:
         if n == 0:

@@ -8,13 +8,14 @@ open as long as it likes, but a frame once begun must arrive whole within ``fram
 
 Each connection has one reader loop; each request runs as its own task under a cancel scope that
 carries the caller's deadline and that a CANCEL frame from the caller also cancels. Replies are
-written under a per-connection send lock, header and payload back to back.
+written under a per-connection send lock, header and payload in one ``sendmsg``. Connections are
+:class:`~headwater.rpc.stream.RpcStream` s over the accepted sockets: a large request payload is
+received in place (:meth:`FrameDecoder.payload_target`), so the handler gets the only copy.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -27,6 +28,7 @@ from .auth import HANDSHAKE_TIMEOUT_S, ClusterSecret, HandshakeError, HandshakeR
 from .errors import BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, to_wire
 from .frame import (CANCEL, DEFAULT_MAX_FRAME_BYTES, REQUEST, Frame, FrameDecoder, FrameError,
                     encode_frame, error_header, response_header)
+from .stream import RpcStream, accept, listen
 
 __all__ = ["Reply", "Handler", "RpcServer", "FrameWatch", "DEFAULT_FRAME_TIMEOUT_S"]
 
@@ -49,15 +51,6 @@ class Reply:
 Handler = Callable[[dict, bytes], Awaitable[Any]]
 
 _NETWORK_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-
-def set_nodelay(stream: anyio.abc.ByteStream) -> None:
-    sock = stream.extra(SocketAttribute.raw_socket, None)
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 class FrameWatch:
@@ -132,7 +125,7 @@ def _peer_name(stream: anyio.abc.ByteStream) -> str:
 class _Connection:
     __slots__ = ("stream", "send_lock", "scopes", "cancelled", "slots", "send_timeout", "closed")
 
-    def __init__(self, stream: anyio.abc.ByteStream, max_in_flight: int, send_timeout: float):
+    def __init__(self, stream: RpcStream, max_in_flight: int, send_timeout: float):
         self.stream = stream
         self.send_lock = anyio.Lock()
         self.scopes: dict[int, anyio.CancelScope] = {}
@@ -148,8 +141,7 @@ class _Connection:
             # Shielded: a frame is written whole or the connection is dropped, never half-written.
             with anyio.move_on_after(self.send_timeout, shield=True) as scope:
                 try:
-                    for buf in buffers:
-                        await self.stream.send(buf)
+                    await self.stream.send_buffers(buffers)
                 except _NETWORK_ERRORS:
                     self.closed = True
                     return
@@ -197,16 +189,18 @@ class RpcServer:
     async def serve(self, host: str, port: int, *, reuse_port: bool = False,
                     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen on host:port and serve until cancelled; ``task_status.started(actual_port)``."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port,
-                                                   reuse_port=reuse_port)
-        async with listener:
-            self.port = listener.extra(SocketAttribute.local_port)
+        listener = listen(host, port, reuse_port=reuse_port)
+        try:
+            self.port = listener.getsockname()[1]
             log.info("rpc %s listening on %s:%d", self.name, host, self.port)
             task_status.started(self.port)
-            await listener.serve(self._serve_connection)
+            async with anyio.create_task_group() as tg:
+                while True:
+                    tg.start_soon(self._serve_connection, await accept(listener))
+        finally:
+            listener.close()
 
-    async def _serve_connection(self, stream: anyio.abc.ByteStream) -> None:
-        set_nodelay(stream)
+    async def _serve_connection(self, stream: RpcStream) -> None:
         self.counters["connections"] += 1
         self.counters["connections_open"] += 1
         try:
@@ -261,7 +255,7 @@ class RpcServer:
             more = f" ({held} more like it held back)" if held else ""
             log.warning("rpc %s: peer %s %s%s", self.name, peer, what, more)
 
-    async def _serve_calls(self, stream: anyio.abc.ByteStream, early: bytes) -> None:
+    async def _serve_calls(self, stream: RpcStream, early: bytes) -> None:
         conn = _Connection(stream, self.max_in_flight_per_connection, self.send_timeout)
         decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
         decoder.feed(early)
@@ -270,11 +264,7 @@ class RpcServer:
                 watch = FrameWatch(self.frame_timeout_s, reading)
                 tg.start_soon(watch.run)
                 try:
-                    data = b""
                     while not conn.closed:
-                        if data:
-                            self.counters["bytes_in"] += len(data)
-                            decoder.feed(data)
                         frame = decoder.next_frame()
                         if frame is None:
                             watch.partial(decoder.buffered)
@@ -284,7 +274,15 @@ class RpcServer:
                                 await self._dispatch(conn, tg, frame)
                                 frame = decoder.next_frame()
                             watch.completed(decoder.buffered)
-                        data = await stream.receive(RECEIVE_BYTES)
+                        target = decoder.payload_target()
+                        if target is not None:
+                            n = await stream.receive_into(target)
+                            decoder.filled(n)
+                        else:
+                            data = await stream.receive(RECEIVE_BYTES)
+                            decoder.feed(data)
+                            n = len(data)
+                        self.counters["bytes_in"] += n
                 except _NETWORK_ERRORS:
                     pass
                 except FrameError as e:

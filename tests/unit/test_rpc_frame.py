@@ -121,3 +121,66 @@ def test_wanted_reports_missing_bytes():
     d.feed(data[:20])
     assert d.next_frame() is None
     assert d.wanted() == len(data) - 20
+
+
+def decode_like_a_socket(data: bytes, sizes: list[int]):
+    """Decode ``data`` as the RPC readers do: a large payload's rest received in place with
+    ``payload_target``, the rest fed in reads of the next size from ``sizes`` (cycled)."""
+    d = FrameDecoder()
+    frames, pos, step, direct = [], 0, 0, 0
+    while pos < len(data):
+        target = d.payload_target()
+        size = sizes[step % len(sizes)]
+        step += 1
+        if target is not None:
+            n = min(size, len(target), len(data) - pos)
+            target[:n] = data[pos:pos + n]
+            d.filled(n)
+            direct += 1
+        else:
+            n = min(size, len(data) - pos)
+            d.feed(data[pos:pos + n])
+        pos += n
+        while (f := d.next_frame()) is not None:
+            frames.append(f)
+    assert d.buffered == 0 and d.payload_target() is None
+    return frames, direct
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.sampled_from([0, 10, 65535, 65536, 70000, 300000]), min_size=1, max_size=5),
+       sizes=st.lists(st.integers(1, 200000), min_size=1, max_size=6))
+def test_payloads_received_in_place_match_the_fed_ones(lengths, sizes):
+    frames_in = [(request_header(i, "frag.append", {"i": i}, 1.0), bytes([i % 251]) * n)
+                 for i, n in enumerate(lengths)]
+    data = b"".join(wire(h, p) for h, p in frames_in)
+    got, direct = decode_like_a_socket(data, sizes)
+    assert [(f.header[1], bytes(f.payload)) for f in got] == [(i, p) for i, (_, p) in enumerate(frames_in)]
+    big = [f for f in got if len(f.payload) >= 300000]
+    if big and max(sizes) < 65536:
+        # Small reads cannot have fed a large payload whole: its rest came in place.
+        assert direct and all(isinstance(f.payload, bytearray) for f in big)
+
+
+def test_payload_target_stops_at_the_frame_end_and_counts_as_buffered():
+    one = wire(request_header(1, "m", {}, 1.0), b"a" * 100_000)
+    two = wire(request_header(2, "m", {}, 1.0), b"b" * 10)
+    d = FrameDecoder()
+    d.feed(one[:1000])
+    target = d.payload_target()
+    assert target is not None and len(target) == len(one) - 1000
+    assert d.buffered == 1000 - (len(one) - 100_000)  # the payload bytes already here
+    target[:] = one[1000:]
+    d.filled(len(target))
+    f = d.next_frame()
+    assert f.header[1] == 1 and f.payload == b"a" * 100_000 and d.buffered == 0
+    d.feed(two)
+    assert d.payload_target() is None
+    assert d.next_frame().payload == b"b" * 10
+
+
+def test_payload_target_refuses_a_frame_over_the_limit():
+    d = FrameDecoder(max_frame_bytes=1 << 20)
+    d.feed(struct.pack("!II", 2 << 20, 10))
+    with pytest.raises(FrameError):
+        d.payload_target()

@@ -1,0 +1,227 @@
+"""An RPC connection's byte stream straight over a non-blocking socket (asyncio and trio alike).
+
+Bulk fragment bytes are most of what the object store's RPC carries: a PUT sends each storage
+node 1 MiB frames (a header and four 256 KiB blocks), a GET receives them back. Over anyio's
+own streams each buffer of a frame was one ``send`` (a checkpoint and a drain wait each), and
+each received 256 KiB became a fresh ``bytes`` that the frame decoder then copied once more into
+the payload. Here a frame goes out as one ``sendmsg`` of all its buffers (header and block views,
+nothing joined), and a large payload is received with ``recv_into`` straight into the buffer the
+handler gets (:meth:`FrameDecoder.payload_target <headwater.rpc.frame.FrameDecoder.payload_target>`):
+the kernel's copy is the only one.
+
+The stream waits for readiness only when the socket has nothing to give or take (as the HTTP
+core's ``SocketStream``), and yields to the scheduler every few operations that did not block,
+so one fast peer cannot starve the others. ``aclose`` wakes a task waiting on the socket
+(``anyio.notify_closing``) before closing it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any, Callable, Mapping, Sequence
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.abc import SocketAttribute
+
+__all__ = ["RpcStream", "connect", "listen", "accept"]
+
+_IMMEDIATE_OPS_PER_CHECKPOINT = 16
+# Linux takes at most IOV_MAX (1024) buffers per sendmsg.
+_MAX_BUFFERS = 1024
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY}
+
+
+def _nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class RpcStream(anyio.abc.ByteStream):
+    """A connected TCP socket as an anyio byte stream, plus ``send_buffers`` and ``receive_into``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        _nodelay(sock)
+        self._sock = sock
+        self._immediate = 0
+        self._closed = False
+
+    async def _fairness(self) -> None:
+        self._immediate += 1
+        if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+            self._immediate = 0
+            await anyio.lowlevel.checkpoint()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    async def _wait(self, wait: Callable[[socket.socket], Any]) -> None:
+        self._immediate = 0
+        try:
+            await wait(self._sock)
+        except (OSError, ValueError) as e:  # closed under us: the descriptor is gone
+            self._check_open()
+            raise anyio.BrokenResourceError from e
+        self._check_open()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        self._check_open()
+        sock = self._sock
+        while True:
+            try:
+                data = sock.recv(max_bytes)
+            except (BlockingIOError, InterruptedError):
+                await self._wait(anyio.wait_readable)
+                continue
+            except OSError as e:
+                self._check_open()
+                raise anyio.BrokenResourceError from e
+            if not data:
+                raise anyio.EndOfStream
+            await self._fairness()
+            return data
+
+    async def receive_into(self, target: memoryview) -> int:
+        """Receive at most ``len(target)`` bytes into ``target``; how many came (never 0)."""
+        self._check_open()
+        sock = self._sock
+        while True:
+            try:
+                n = sock.recv_into(target)
+            except (BlockingIOError, InterruptedError):
+                await self._wait(anyio.wait_readable)
+                continue
+            except OSError as e:
+                self._check_open()
+                raise anyio.BrokenResourceError from e
+            if not n:
+                raise anyio.EndOfStream
+            await self._fairness()
+            return n
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        await self.send_buffers([item])
+
+    async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send every buffer, in order, back to back: one ``sendmsg`` while the kernel takes them."""
+        self._check_open()
+        sock = self._sock
+        views = [b if isinstance(b, memoryview) else memoryview(b) for b in buffers if len(b)]
+        while views:
+            try:
+                n = sock.sendmsg(views[:_MAX_BUFFERS])
+            except (BlockingIOError, InterruptedError):
+                await self._wait(anyio.wait_writable)
+                continue
+            except OSError as e:
+                self._check_open()
+                raise anyio.BrokenResourceError from e
+            # Drop what went out: whole buffers, then the front of a partly sent one.
+            i = 0
+            while i < len(views) and n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            del views[:i]
+            if n:
+                views[0] = views[0][n:]
+        await self._fairness()
+
+    async def send_eof(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                anyio.notify_closing(self._sock)
+            except RuntimeError:  # pragma: no cover - no event loop (closing at interpreter exit)
+                pass
+            self._sock.close()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        sock = self._sock
+        return {
+            SocketAttribute.raw_socket: lambda: sock,
+            SocketAttribute.family: lambda: sock.family,
+            SocketAttribute.local_address: sock.getsockname,
+            SocketAttribute.remote_address: sock.getpeername,
+            SocketAttribute.local_port: lambda: sock.getsockname()[1],
+            SocketAttribute.remote_port: lambda: sock.getpeername()[1],
+        }
+
+
+async def connect(host: str, port: int) -> RpcStream:
+    """A TCP connection to host:port (the first address that answers), as an :class:`RpcStream`.
+    Raises OSError as ``anyio.connect_tcp`` does; cancellable (wrap it in a deadline)."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if err and err not in _IN_PROGRESS:
+                raise OSError(err, os.strerror(err))
+            if err:
+                await anyio.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+        except OSError as e:
+            sock.close()
+            last = e
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return RpcStream(sock)
+    raise last if last is not None else OSError(f"no address for {host}:{port}")
+
+
+def listen(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket for :func:`accept`."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def accept(listener: socket.socket) -> RpcStream:
+    """The next connection on ``listener`` (from :func:`listen`)."""
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_readable(listener)
+            continue
+        except OSError as e:
+            if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                continue  # reset before we took it: the next one
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                await anyio.sleep(0.1)  # out of descriptors or memory: wait for some to be freed
+                continue
+            raise
+        return RpcStream(sock)
