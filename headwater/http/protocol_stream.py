@@ -99,7 +99,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         self._send_timeout_s = send_timeout_s
         self._fd = sock.fileno()
         self._transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._buffered = 0
         self._eof = False
         self._lost = False
@@ -201,8 +201,13 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
                 await anyio.lowlevel.checkpoint()
         data = chunks.popleft()
         if len(data) > max_bytes:
-            chunks.appendleft(data[max_bytes:])
-            data = data[:max_bytes]
+            # The rest stays a view of the chunk: slicing bytes both ways copied a 256 KiB read
+            # taken 64 KiB at a time 2.25 times over; this way each byte is copied once.
+            view = data if isinstance(data, memoryview) else memoryview(data)
+            chunks.appendleft(view[max_bytes:])
+            data = view[:max_bytes]
+        if isinstance(data, memoryview):
+            data = data.tobytes()
         self._buffered -= len(data)
         if self._reading_paused and self._buffered < READ_BUFFER_BYTES and not self._lost:
             self._reading_paused = False
