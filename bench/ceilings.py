@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Ceiling", "zfec_codec", "md5", "fsync_writes", "fsync_small_files", "loopback_tcp",
+__all__ = ["Ceiling", "zfec_codec", "parity_encode", "md5", "sha256", "fsync_writes", "fsync_small_files", "loopback_tcp",
            "parse_iperf3"]
 
 KiB = 1024
@@ -78,6 +78,29 @@ def zfec_codec(*, k: int = 4, m: int = 2, stripe_bytes: int = 1 * MiB,
     what = f"zfec {k}+{m}, {stripe_bytes // KiB} KiB stripes, 1 core"
     return [Ceiling(name="zfec encode", value=encode, unit="GB/s", how=what),
             Ceiling(name="zfec decode", value=decode, unit="GB/s", how=f"{what}, {m} data fragments lost")]
+
+
+def parity_encode(*, k: int = 4, m: int = 2, stripe_bytes: int = 1 * MiB, seconds: float = 1.0) -> Ceiling:
+    """What a PUT's erasure code costs as the store computes it (``stripe.encode``: ISA-L with
+    zfec's coefficients where libisal2 is installed, zfec otherwise), GB/s of user data, 1 core."""
+    from headwater.objstore import parity, stripe
+    from headwater.objstore.config import ErasureScheme
+
+    scheme = ErasureScheme(k=k, m=m, stripe_bytes=stripe_bytes)
+    data = os.urandom(stripe_bytes)
+    n, s = _timed_loop(lambda: stripe.encode(scheme, data), seconds)
+    by = "ISA-L, zfec's coefficients" if parity.isal_available() else "zfec (no libisal2)"
+    return Ceiling(name="parity encode", value=n * stripe_bytes / s / GB, unit="GB/s",
+                   how=f"stripe.encode {k}+{m}, {stripe_bytes // KiB} KiB stripes, {by}, 1 core")
+
+
+def sha256(*, seconds: float = 1.0, chunk_bytes: int = 1 * MiB) -> Ceiling:
+    """hashlib SHA-256 (what a signed payload's x-amz-content-sha256 costs), GB/s, one core."""
+    buf = os.urandom(chunk_bytes)
+    h = hashlib.sha256()
+    n, s = _timed_loop(lambda: h.update(buf), seconds)
+    return Ceiling(name="SHA-256", value=n * chunk_bytes / s / GB, unit="GB/s",
+                   how=f"hashlib.sha256, {chunk_bytes // KiB} KiB updates, 1 core")
 
 
 def md5(*, seconds: float = 1.0, chunk_bytes: int = 1 * MiB) -> Ceiling:

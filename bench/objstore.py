@@ -105,11 +105,11 @@ class Row:
 
 ROWS: tuple[Row, ...] = (
     Row(key="put_big_1", label="PUT 64 MiB, 1 client", unit="MB/s", min_ratio=1.5,
-        ceilings=("fsync'd writes", "zfec encode", "MD5")),
+        ceilings=("fsync'd writes", "parity encode", "MD5", "SHA-256")),
     Row(key="get_big_1", label="GET 64 MiB, 1 client", unit="MB/s", min_ratio=2.0,
         ceilings=("loopback TCP", "zfec decode")),
     Row(key="put_big_8", label="PUT 64 MiB, 8 clients", unit="MB/s", min_ratio=1.5,
-        ceilings=("fsync'd writes", "zfec encode", "MD5")),
+        ceilings=("fsync'd writes", "parity encode", "MD5", "SHA-256")),
     Row(key="get_big_8", label="GET 64 MiB, 8 clients", unit="MB/s", min_ratio=2.0,
         ceilings=("loopback TCP", "zfec decode")),
     Row(key="put_small", label="PUT 4 KiB, 32 clients", unit="ops/s", min_ratio=2.0,
@@ -422,7 +422,9 @@ def _measure_ceilings(data_dir: Path, quick: bool) -> list[dict]:
     found: list[_ceilings.Ceiling] = []
     seconds = 0.5 if quick else 1.5
     found += _ceilings.zfec_codec(seconds=seconds)
+    found.append(_ceilings.parity_encode(seconds=seconds))
     found.append(_ceilings.md5(seconds=seconds))
+    found.append(_ceilings.sha256(seconds=seconds))
     found.append(_ceilings.fsync_writes(data_dir, total_bytes=(256 if quick else 1024) * MiB))
     found.append(_ceilings.fsync_small_files(data_dir, count=200 if quick else 1000))
     found.append(_ceilings.loopback_tcp(seconds=2.0 if quick else 5.0))
