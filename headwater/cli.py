@@ -74,7 +74,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 # --- node --------------------------------------------------------------------------------------
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from . import log, malloc, roles
+    from . import log, roles
     from .supervisor import SUPERVISOR_PID_ENV, check_ports, listen_error_text
 
     try:
@@ -117,8 +117,6 @@ def cmd_node(args: argparse.Namespace) -> int:
         err(problems[0])
         return EXIT_FAILED
 
-    # Bulk bytes reuse freed heap blocks instead of faulting fresh pages in (see the module).
-    malloc.keep_freed_memory()
     log.configure(level=cfg.log_level, daemon=node_cfg.id,
                   fields={"worker": args.worker or 0} if has_workers else None)
     logger = log.get_logger(node_cfg.id)

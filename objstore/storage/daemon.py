@@ -55,6 +55,7 @@ import anyio.to_thread
 from headwater.admin import export_stats, serve_admin
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
+from headwater.malloc import keep_freed_memory
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
 
@@ -689,6 +690,8 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     """Run one storage node until cancelled. ``task_status.started(StorageNode)`` once listening
     (``node.rpc_port`` holds the bound port; pass ``port=0`` in tests for an ephemeral one)."""
     secret = cluster_secret(cluster)
+    # Every received block is a fresh 1 MiB buffer: reuse freed ones rather than fault pages in.
+    keep_freed_memory()
     sn = StorageNode(node.id, node.data_dir, clock=clock,
                      quarantine_retention_s=cluster.objstore.quarantine_retention_s)
     await anyio.to_thread.run_sync(sn.prepare)
