@@ -286,7 +286,8 @@ class H1Shell:
         if type(out) is bytes and len(out) < RECV_BYTES:
             # The common small answer, framed and sent in one piece without _write's dispatch.
             try:
-                out = conn.send_whole(response.status, response.headers, out, close=close)
+                out = conn.send_whole(response.status, response.headers, out, close=close,
+                                      prepared=response.prepared)
             except LocalProtocolError:
                 log.exception("unsendable response to %s %s", head.method, head.target)
                 out = conn.send_whole(500, *_plain(error_response(500)), close=close)
