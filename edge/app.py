@@ -110,7 +110,7 @@ from .errors import (
     UpstreamUnavailable,
     status_of,
 )
-from .invalidation import MIN_SEQ_FIELD
+from .invalidation import MIN_SEQ_FIELD, stored_seq
 from .preconditions import not_modified
 from .compress import CompressionConfig, Compressor, keep_weak_etag, with_vary, without_vary_on_encoding
 from .prefetch import PrefetchConfig, PrefetchPlanner
@@ -242,9 +242,14 @@ class _WarmHit:
     lifetime: float
     before_age: tuple[tuple[str, str], ...]
     after_age: tuple[tuple[str, str], ...]  # Via, X-Cache, Server-Timing, Content-Length
-    # The same, written out for HTTP/1.1 once (Response.prepared)
-    before_prepared: PreparedFields
-    after_prepared: PreparedFields
+    # The same written out for HTTP/1.1 once (Response.prepared: these lines around Age's, and
+    # the flags of all of them).
+    before_lines: str
+    after_lines: str
+    prepared_flags: tuple[int | None, bool, bool, bool]
+    # Invalidation.purge_state of the key (None: no purge log covers it) and the entry's seq.
+    purge_state: Any
+    seq: int
     size: int
 
 
@@ -639,8 +644,12 @@ class EdgeApp:
         at = next(i for i, (k, _) in enumerate(served) if k == "age")
         try:
             before, after = prepare_fields(served[:at]), prepare_fields(served[at + 1:])
-        except LocalProtocolError:
+            flags = before.joined("", after)[1:]
+        except (LocalProtocolError, ValueError):
             return  # (a stored field HTTP/1.1 cannot send: the full path answers, as ever)
+        purge_state, seq = None, 0
+        if self.purges is not None:
+            purge_state, seq = self.purges.purge_state(key), stored_seq(entry.stored)
         if len(self._warm) >= _WARM_MEMO_MAX:  # (Host and target are the client's: bounded)
             self._warm.clear()
         self._warm[(request.host, request.target)] = _WarmHit(
@@ -648,7 +657,8 @@ class EdgeApp:
             key=key, store_key=store_key(key), hit=hit, stored=entry.stored, data=hit.data,
             initial_age=current_age(stored, stored.response_time), response_time=stored.response_time,
             lifetime=lifetime, before_age=tuple(served[:at]), after_age=tuple(served[at + 1:]),
-            before_prepared=before, after_prepared=after, size=stored.body_size)
+            before_lines=before.lines, after_lines=after.lines, prepared_flags=flags,  # type: ignore[arg-type]
+            purge_state=purge_state, seq=seq, size=stored.body_size)
 
     def _warm_hit(self, request: Request, warm: _WarmHit) -> tuple[Response, str, int | None] | object | None:
         """``request`` answered from ``warm`` as the full path would answer it: (response, result,
@@ -675,13 +685,15 @@ class EdgeApp:
                 response, result = self._refused(refused)
                 return response, result, None
         hit = self.ram.get(warm.store_key)  # type: ignore[union-attr]
-        if hit is not warm.hit or (purges is not None and purges.purged(warm.key, warm.stored)):
+        state = warm.purge_state
+        if hit is not warm.hit or (state is not None and warm.seq < state.log.last_seq
+                                   and purges.purged(warm.key, warm.stored)):  # type: ignore[union-attr]
             del self._warm[(request.host, request.target)]
             return _ADMITTED if door is not None else None
         self.counts["hits"] += 1
         age_value = str(int(age))
         headers = [*warm.before_age, ("age", age_value), *warm.after_age]
-        prepared = warm.before_prepared.joined(f"age: {age_value}\r\n", warm.after_prepared)
+        prepared = PreparedFields(f"{warm.before_lines}age: {age_value}\r\n{warm.after_lines}", *warm.prepared_flags)
         if request.method == "HEAD":
             return Response(200, headers, b"", prepared), "Hit", 0
         return Response(200, headers, warm.data, prepared), "Hit", warm.size
