@@ -251,6 +251,11 @@ class _WarmHit:
     purge_state: Any
     seq: int
     size: int
+    # The Age field and prepared lines last served, by whole seconds of age (Age moves once a
+    # second: the hits of that second share them).
+    age: int = -1
+    age_field: tuple[str, str] = ("age", "")
+    prepared: PreparedFields | None = None
 
 
 # _serve's answer for "the front door admitted this request already" (a warm hit that fell through).
@@ -691,9 +696,14 @@ class EdgeApp:
             del self._warm[(request.host, request.target)]
             return _ADMITTED if door is not None else None
         self.counts["hits"] += 1
-        age_value = str(int(age))
-        headers = [*warm.before_age, ("age", age_value), *warm.after_age]
-        prepared = PreparedFields(f"{warm.before_lines}age: {age_value}\r\n{warm.after_lines}", *warm.prepared_flags)
+        whole = int(age)
+        if whole != warm.age:
+            value = str(whole)
+            warm.prepared = PreparedFields(f"{warm.before_lines}age: {value}\r\n{warm.after_lines}",
+                                           *warm.prepared_flags)
+            warm.age_field, warm.age = ("age", value), whole
+        headers = [*warm.before_age, warm.age_field, *warm.after_age]
+        prepared = warm.prepared
         if request.method == "HEAD":
             return Response(200, headers, b"", prepared), "Hit", 0
         return Response(200, headers, warm.data, prepared), "Hit", warm.size

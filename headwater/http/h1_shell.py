@@ -42,7 +42,7 @@ from headwater.http.exchange import (
 )
 from headwater.http.guards import RateFloor
 from headwater.http.transport import DISCONNECTS, RECV_BYTES, SocketStream
-from headwater.http.types import FileBody, Headers, Request, Response
+from headwater.http.types import FileBody, Headers, Response, new_request
 
 __all__ = ["H1Shell", "LINGER_S", "LINGER_BYTES"]
 
@@ -266,10 +266,8 @@ class H1Shell:
             if name == "host":
                 host = value
                 break
-        request = Request(method=head.method, target=head.target, path=path, query=query,
-                          headers=Headers.from_lower(fields), body=body,
-                          http_version=head.http_version, scheme=self.scheme, client=self.client,
-                          server=self.local, host=host)
+        request = new_request(head.method, head.target, path, query, Headers.from_lower(fields), body,
+                              head.http_version, self.scheme, self.client, self.local, host)
         if scope is None:
             response, close = await self.service.run_app(request)
         else:

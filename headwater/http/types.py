@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, NamedTuple, Protocol
 
-__all__ = ["Headers", "RequestBody", "Request", "Response", "FileBody", "App", "BodyTooLarge", "PreparedFields"]
+__all__ = ["Headers", "RequestBody", "Request", "Response", "FileBody", "App", "BodyTooLarge", "PreparedFields",
+           "new_request"]
 
 
 class BodyTooLarge(Exception):
@@ -124,6 +125,30 @@ class Request:
     client: tuple[str, int] | None = None
     server: tuple[str, int] | None = None
     host: str = ""
+
+
+_new_object = object.__new__
+
+
+def new_request(method: str, target: str, path: str, query: str, headers: Headers, body: RequestBody,
+                http_version: str, scheme: str, client: tuple[str, int] | None, server: tuple[str, int] | None,
+                host: str) -> Request:
+    """``Request(method=..., ...)`` at about a quarter of the cost, for the shells (once per
+    request): every field set positionally, without the generated keyword-only ``__init__``'s
+    argument handling. The result is the same object."""
+    r = _new_object(Request)
+    r.method = method
+    r.target = target
+    r.path = path
+    r.query = query
+    r.headers = headers
+    r.body = body
+    r.http_version = http_version
+    r.scheme = scheme
+    r.client = client
+    r.server = server
+    r.host = host
+    return r
 
 
 @dataclass(frozen=True, slots=True)

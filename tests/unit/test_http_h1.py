@@ -377,3 +377,14 @@ def test_prepare_fields_refuses_what_send_response_refuses() -> None:
     assert p == h1.PreparedFields("Content-Length: 5\r\nserver: s\r\n", 5, False, True, True)
     with pytest.raises(ValueError):
         p.joined("", p)  # content-length twice
+
+
+def test_new_request_is_the_request_the_keyword_constructor_makes() -> None:
+    from headwater.http.exchange import NO_BODY
+    from headwater.http.types import Headers, Request, new_request
+    h = Headers.from_lower([("host", "x")])
+    args = dict(method="GET", target="/a?b", path="/a", query="b", headers=h, body=NO_BODY, http_version="1.1",
+                scheme="http", client=("127.0.0.1", 1), server=("127.0.0.1", 2), host="x")
+    made = new_request(*args.values())
+    assert made == Request(**args) and type(made) is Request
+    assert [f for f in Request.__dataclass_fields__] == list(args)  # (new_request's order is the fields')
