@@ -31,6 +31,13 @@ pop-1``, ``StaleHit from pop-1``, ``Error from pop-1``, ``LimitExceeded from pop
 ``Via`` and ``Server-Timing`` (this tier's entry, then the upstream tiers' on a miss); each
 request is one structured access log line with CloudFront's standard fields, and counted in the
 metrics per tier.
+
+The common hit has a shortcut (:class:`_WarmHit`): once a fresh RAM-tier entry has answered a
+request, the next request with the same Host and target that carries none of the fields a hit
+reads is answered from what was worked out then (the key, the entry, its freshness lifetime, its
+served fields, written out for HTTP/1.1), after the same checks that could change the answer (the
+front door, the very same entry in the RAM tier, no purge since, still fresh). Anything else takes
+the full path above.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
@@ -234,9 +242,10 @@ class _WarmHit:
     reads: frozenset[str]
     key: bytes
     store_key: bytes
-    hit: Any  # the RamHit (shared by the entry's hits)
+    # The RamHit (shared by the entry's hits), weakly: an evicted entry's body must not stay
+    # alive in this memo.
+    hit: weakref.ref[Any]
     stored: StoredResponse
-    data: bytes
     initial_age: float  # current_age = initial_age + (now - response_time), once now is past it
     response_time: float
     lifetime: float
@@ -659,7 +668,7 @@ class EdgeApp:
             self._warm.clear()
         self._warm[(request.host, request.target)] = _WarmHit(
             dist=dist, matched=matched, methods=behaviour.cached_methods & _SAFE, reads=frozenset(reads),
-            key=key, store_key=store_key(key), hit=hit, stored=entry.stored, data=hit.data,
+            key=key, store_key=store_key(key), hit=weakref.ref(hit), stored=entry.stored,
             initial_age=current_age(stored, stored.response_time), response_time=stored.response_time,
             lifetime=lifetime, before_age=tuple(served[:at]), after_age=tuple(served[at + 1:]),
             before_lines=before.lines, after_lines=after.lines, prepared_flags=flags,  # type: ignore[arg-type]
@@ -691,7 +700,7 @@ class EdgeApp:
                 return response, result, None
         hit = self.ram.get(warm.store_key)  # type: ignore[union-attr]
         state = warm.purge_state
-        if hit is not warm.hit or (state is not None and warm.seq < state.log.last_seq
+        if hit is None or hit is not warm.hit() or (state is not None and warm.seq < state.log.last_seq
                                    and purges.purged(warm.key, warm.stored)):  # type: ignore[union-attr]
             del self._warm[(request.host, request.target)]
             return _ADMITTED if door is not None else None
@@ -706,7 +715,7 @@ class EdgeApp:
         prepared = warm.prepared
         if request.method == "HEAD":
             return Response(200, headers, b"", prepared), "Hit", 0
-        return Response(200, headers, warm.data, prepared), "Hit", warm.size
+        return Response(200, headers, hit.data, prepared), "Hit", warm.size
 
     def _headers(self, stored: StoredResponse, *, age: float, result: str, upstream_timing: str = "",
                  started: float | None = None, hit_key: bytes | None = None) -> list[tuple[str, str]]:
