@@ -765,7 +765,7 @@ class EdgeApp:
             # What plan_range answers without Range (the common hit), without its pass over the
             # request: the whole body. Its one field, content-length, is never among the stored
             # fields served.
-            plan = whole_plan(stored.body_size)
+            plan = whole_plan(stored.body_size, stored.status)
             headers += plan.headers
             return plan
         # The boundary (fresh randomness) only matters to a multipart answer.

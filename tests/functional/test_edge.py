@@ -209,3 +209,14 @@ def test_a_warm_hit_answers_as_the_full_path_does(env):
         assert [r.content for r in fresh] == [b"v" * 2000] * 3
         assert fresh[-1].headers["etag"] == '"w2"' and fresh[-1].headers["x-cache"] == "Hit from pop-1"
         assert fresh[-1].headers["content-length"] == "2000"
+
+
+def test_a_cached_error_is_answered_with_its_own_status_on_hits(env):
+    """A 404 kept for error_ttl is a hit with status 404 (the whole-body plan once said 200)."""
+    with client() as c:
+        answers = [c.get(env.pops[0] + "/t/9/missing.m4s") for _ in range(3)]
+        heads = c.head(env.pops[0] + "/t/9/missing.m4s")
+    assert [(r.status_code, r.headers["x-cache"]) for r in answers] == [
+        (404, "Miss from pop-1"), (404, "Hit from pop-1"), (404, "Hit from pop-1")]
+    assert heads.status_code == 404 and heads.headers["x-cache"] == "Hit from pop-1"
+    assert env.origin.fetches["/t/9/missing.m4s"] == 1
