@@ -676,8 +676,9 @@ class EdgeApp:
 
     def _warm_hit(self, request: Request, warm: _WarmHit) -> tuple[Response, str, int | None] | object | None:
         """``request`` answered from ``warm`` as the full path would answer it: (response, result,
-        body bytes, None: read from the response); None when the full path must decide; _ADMITTED when it must, and the front
-        door has admitted the request already (it is asked once per request: it counts)."""
+        body bytes or None: read them from the response); None when the full path must decide;
+        _ADMITTED when it must and the front door has admitted the request already (it is asked
+        once per request: it counts)."""
         if request.method not in warm.methods:
             return None
         reads = warm.reads
@@ -702,7 +703,7 @@ class EdgeApp:
         state = warm.purge_state
         if hit is None or hit is not warm.hit() or (state is not None and warm.seq < state.log.last_seq
                                    and purges.purged(warm.key, warm.stored)):  # type: ignore[union-attr]
-            del self._warm[(request.host, request.target)]
+            self._warm.pop((request.host, request.target), None)  # (replaced, evicted or purged)
             return _ADMITTED if door is not None else None
         self.counts["hits"] += 1
         whole = int(age)
