@@ -22,7 +22,11 @@ the measured runs: a fetch during them would mean a measured request was a miss,
 says so. Load: ``wrk -t2 -c64`` over HTTP/1.1 with keep-alive, ``h2load -t2 -c32 -m8`` over HTTP/2
 (``-m1`` for 2 MiB).
 Rounds alternate the servers' order; each ratio is the median of the per-round ratios, so drift
-in the shared machine's load hits both sides of a ratio alike.
+in the shared machine's load hits both sides of a ratio alike. Each run also reads the serving
+processes' CPU (user + system, ``/proc``) and reports it per request answered: on a machine shared
+with other work it moves far less than requests/s. The report says how many processes serve for
+each server (counted in ``/proc``): the comparison with nginx is one worker process each.
+``--hits-only --protos h1 --objects 1k`` runs only the 1 KiB HTTP/1.1 hits (under a minute).
 
 Then the machine's ceilings of the same run (wrk against the origin nginx serving each file
 itself from the page cache, nginx answering 1 KiB from memory, loopback TCP with iperf3), the miss
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
 import http.client
 import json
 import math
@@ -305,6 +310,56 @@ class Figure:
     errors: int
     p50_ms: float = math.nan
     p99_ms: float = math.nan
+    # The server's CPU (user + system, /proc) per request answered during the run, in µs: on a
+    # shared machine much steadier than requests/s.
+    cpu_us: float = math.nan
+
+
+# --- the servers' processes (/proc) -----------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += _children(p)
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    return []
+
+
+def serving_pids(server: str, root: int) -> list[int]:
+    """The processes that answer ``server``'s requests, under its root process: our hit POP's
+    workers (``headwater node pop``), nginx's workers, Varnish's child (its worker threads)."""
+    pids = descendants(root)
+    if server == "ours":  # (python -m headwater node pop -c FILE [--worker N])
+        return [p for p in pids if cmdline(p)[3:5] == ["node", "pop"]]
+    if server == "nginx":
+        return [p for p in pids if cmdline(p)[:1] == ["nginx: worker process"]]
+    return [p for p in pids if p != root]  # Varnish: the manager's child (cache-main)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (every thread's)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(url: str, body_bytes: int, *, threads: int, conns: int, seconds: float) -> Figure:
@@ -406,6 +461,7 @@ class Stack:
     chain_pop: int
     zipf_pop: int
     versions: dict[str, str]
+    pids: dict[str, list[int]]  # server -> the processes answering its requests (serving_pids)
 
 
 def _self_signed(root: Path) -> tuple[Path, Path]:
@@ -463,10 +519,12 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
     with _sigterm_as_interrupt():
         try:
             procs.start("origin", [nginx, "-c", str(root / "origin" / "nginx.conf"), "-p", str(root / "origin")])
-            procs.start("nginx", [nginx, "-c", str(root / "nginx" / "nginx.conf"), "-p", str(root / "nginx")])
-            procs.start("varnish", varnish_argv(varnishd, root / "varnish", port=p_varnish, origin_port=p_origin))
+            roots = {"nginx": procs.start("nginx", [nginx, "-c", str(root / "nginx" / "nginx.conf"),
+                                                   "-p", str(root / "nginx")]).pid,
+                     "varnish": procs.start("varnish", varnish_argv(varnishd, root / "varnish", port=p_varnish,
+                                                                    origin_port=p_origin)).pid}
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            procs.start("ours", [sys.executable, "-m", "headwater", "up", "-c", str(solo)], env=env)
+            roots["ours"] = procs.start("ours", [sys.executable, "-m", "headwater", "up", "-c", str(solo)], env=env).pid
             procs.start("chain", [sys.executable, "-m", "headwater", "up", "-c", str(chain)], env=env)
             for port in (p_origin, p_direct, p_memory, p_nginx, p_nginx_tls, p_nginx_h2c, p_varnish,
                          p_pop, p_pop_tls, p_zpop, p_chain[0], p_chain[2], p_chain[4]):
@@ -483,7 +541,8 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
                         h1={"ours": p_pop, "nginx": p_nginx, "varnish": p_varnish},
                         h2c={"ours": p_pop, "nginx": p_nginx_h2c, "varnish": p_varnish},
                         tls={"ours": p_pop_tls, "nginx": p_nginx_tls},
-                        chain_pop=p_chain[0], zipf_pop=p_zpop, versions=versions), procs
+                        chain_pop=p_chain[0], zipf_pop=p_zpop, versions=versions,
+                        pids={name: serving_pids(name, pid) for name, pid in roots.items()}), procs
         finally:
             procs.stop()
 
@@ -575,29 +634,36 @@ def _log(msg: str) -> None:
 
 
 def measure_hits(stack: Stack, args: argparse.Namespace) -> dict[str, dict[str, dict[str, list[Figure]]]]:
-    """proto -> object -> server -> one Figure per round."""
-    protos: dict[str, dict[str, int]] = {"h1": stack.h1, "h2-tls": stack.tls, "h2c": stack.h2c}
+    """proto -> object -> server -> one Figure per round (``--protos`` x ``--objects``)."""
+    every: dict[str, dict[str, int]] = {"h1": stack.h1, "h2-tls": stack.tls, "h2c": stack.h2c}
+    protos = {p: every[p] for p in args.protos}
+    objects = {o: OBJECTS[o] for o in args.objects}
     out: dict[str, dict[str, dict[str, list[Figure]]]] = {
-        p: {o: {s: [] for s in ports} for o in OBJECTS} for p, ports in protos.items()}
+        p: {o: {s: [] for s in ports} for o in objects} for p, ports in protos.items()}
     for rnd in range(args.rounds):
         for proto, ports in protos.items():
-            for name, size in OBJECTS.items():
+            for name, size in objects.items():
                 order = list(ports)
                 shift = rnd % len(order)
                 for server in order[shift:] + order[:shift]:
                     scheme = "https" if proto == "h2-tls" else "http"
                     url = f"{scheme}://127.0.0.1:{ports[server]}/{name}"
+                    cpu0 = cpu_seconds(stack.pids[server])
                     if proto == "h1":
                         fig = run_wrk(url, size, threads=args.threads, conns=args.conns, seconds=args.seconds)
+                        answered = fig.rps * args.seconds
                     else:
                         # One stream per connection for 2 MiB: 32 x 8 x 2 MiB in flight would
                         # leave most streams unfinished within a few seconds on a slow server.
                         streams = args.h2_streams if size <= 100 * KiB else 1
                         fig = run_h2load(url, size, threads=args.threads, conns=args.h2_conns,
                                          streams=streams, seconds=args.seconds)
+                        answered = fig.rps * (args.seconds + 0.5)  # (the CPU includes h2load's warm-up)
+                    if answered:
+                        fig = dataclasses.replace(fig, cpu_us=(cpu_seconds(stack.pids[server]) - cpu0) / answered * 1e6)
                     out[proto][name][server].append(fig)
                     _log(f"  round {rnd + 1} {proto:<6} {LABEL[name]:>7} {server:<7} {fig.rps / 1e3:8.1f} k req/s "
-                         f"{fig.gbit_per_s:6.2f} Gbit/s  errors {fig.errors}")
+                         f"{fig.gbit_per_s:6.2f} Gbit/s  {fig.cpu_us:7.1f} µs CPU/req  errors {fig.errors}")
     return out
 
 
@@ -631,6 +697,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zipf-ram", default="8MiB")
     ap.add_argument("--zipf-disk", default="16MiB")
     ap.add_argument("--zipf-clients", type=int, default=8)
+    ap.add_argument("--protos", default="h1,h2-tls,h2c", type=lambda v: _choices(v, ("h1", "h2-tls", "h2c")),
+                    help="the hit rows' protocols (comma-separated: h1, h2-tls, h2c)")
+    ap.add_argument("--objects", default=",".join(OBJECTS), type=lambda v: _choices(v, tuple(OBJECTS)),
+                    help="the hit rows' objects (comma-separated: 1k, 100k, 2m)")
+    ap.add_argument("--hits-only", action="store_true",
+                    help="only the hit table: no ceilings, miss latency or Zipf (e.g. --hits-only --protos h1 "
+                         "--objects 1k: the 1 KiB HTTP/1.1 hits in under a minute)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     if args.quick:
@@ -653,6 +726,15 @@ def main(argv: list[str] | None = None) -> int:
         hits = measure_hits(stack, args)
         after = fetch_counts(stack.fetch_log)
         procs.check_alive()
+        measured_fetches = {s: after[s] - before[s] for s in SERVERS}
+        if args.hits_only:
+            print("\n".join(render_hits(stack, hits, None, None, None, args, measured_fetches=measured_fetches)
+                            + [f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"]))
+            if args.json:
+                report.update({"versions": stack.versions, "serving_processes": stack.pids,
+                               "hits": _hits_json(hits)})
+                Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+            return 0
         # Ceilings: the origin nginx serving each file itself, 1 KiB from memory, loopback TCP.
         direct = {name: run_wrk(f"http://127.0.0.1:{stack.direct}/{name}", size, threads=args.threads,
                                 conns=args.conns, seconds=args.seconds) for name, size in OBJECTS.items()}
@@ -696,13 +778,13 @@ def main(argv: list[str] | None = None) -> int:
     loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=free_ports(1)[0])
 
     lines = render(stack, hits, direct, memory, loopback, misses, zipf, args,
-                   measured_fetches={s: after[s] - before[s] for s in SERVERS}, load_avg=load_avg)
+                   measured_fetches=measured_fetches, load_avg=load_avg)
     print("\n".join(lines))
     if args.json:
         report.update({
             "versions": stack.versions,
-            "hits": {p: {o: {s: [asdict(f) for f in figs] for s, figs in by.items()} for o, by in objs.items()}
-                     for p, objs in hits.items()},
+            "serving_processes": stack.pids,
+            "hits": _hits_json(hits),
             "ceilings": {"nginx_direct": {o: asdict(f) for o, f in direct.items()}, "nginx_memory_1k": asdict(memory),
                          "loopback_gbit_per_s": loopback.value * 8, "loopback_how": loopback.how},
             "miss_ms": {k: {"p50": percentile(v, 50), "p99": percentile(v, 99), "all": v} for k, v in misses.items()},
@@ -712,19 +794,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], direct: dict[str, Figure],
-           memory: Figure, loopback: _ceilings.Ceiling, misses: dict[str, list[float]],
-           zipf: dict[str, dict[str, float]], args: argparse.Namespace, *, measured_fetches: dict[str, int],
-           load_avg: float) -> list[str]:
-    """The report: the hit table with ratios, goals and ceilings, then misses and Zipf."""
+def _choices(value: str, allowed: tuple[str, ...]) -> list[str]:
+    picked = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in picked if v not in allowed]
+    if bad or not picked:
+        raise argparse.ArgumentTypeError(f"{value!r}: pick from {', '.join(allowed)}")
+    return picked
+
+
+def _hits_json(hits: dict[str, dict[str, dict[str, list[Figure]]]]) -> dict[str, object]:
+    return {p: {o: {s: [asdict(f) for f in figs] for s, figs in by.items()} for o, by in objs.items()}
+            for p, objs in hits.items()}
+
+
+def _processes_line(stack: Stack) -> str:
+    """How many processes answer for each server, read from /proc (the comparison is one worker
+    process each: our POP runs ``workers = 1``, nginx ``worker_processes 1``; Varnish is one child
+    process whose thread pool can use every CPU)."""
+    n = {s: len(p) for s, p in stack.pids.items()}
+    return (f"serving processes: ours {n.get('ours', 0)} (POP workers = 1), nginx {n.get('nginx', 0)} "
+            f"(worker_processes 1), varnish {n.get('varnish', 0)} (one child, a thread pool: may use every CPU)")
+
+
+def _cpu_ratio(figs: dict[str, list[Figure]], peer: str) -> float | None:
+    """Our CPU per request over the peer's (median of the rounds): >1 = we spend more."""
+    if peer not in figs or not figs[peer] or not figs["ours"]:
+        return None
+    pairs = [o.cpu_us / p.cpu_us for o, p in zip(figs["ours"], figs[peer]) if p.cpu_us > 0 and o.cpu_us == o.cpu_us]
+    return statistics.median(pairs) if pairs else None
+
+
+def render_hits(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], direct: dict[str, Figure] | None,
+                memory: Figure | None, loopback: _ceilings.Ceiling | None, args: argparse.Namespace, *,
+                measured_fetches: dict[str, int]) -> list[str]:
+    """The hit table (ratios, goals and, when measured, the ceilings) and the CPU per request."""
     proto_label = {"h1": "HTTP/1.1", "h2-tls": "h2 TLS", "h2c": "h2c"}
     head = (f"{'cache hits':<18}{'ours':>12}{'nginx':>12}{'varnish':>12}{'ours/nginx':>12}{'ours/varnish':>14}"
             f"   {'goal':<20}ceiling (same run)")
     lines = [f"edge cache hits, one worker each; HTTP/1.1: wrk -t{args.threads} -c{args.conns}; HTTP/2: h2load "
              f"-t{args.threads} -c{args.h2_conns} -m{args.h2_streams} (-m1 for 2 MiB); {args.seconds:g} s per point, "
              f"{args.rounds} round(s); nginx {stack.versions['nginx']}, Varnish {stack.versions['varnish']}",
-             head, "-" * len(head)]
-    loop_gbit = loopback.value * 8
+             _processes_line(stack), head, "-" * len(head)]
+    loop_gbit = loopback.value * 8 if loopback is not None else math.nan
     for proto, objs in hits.items():
         for name, figs in objs.items():
             med = {s: _median_fig(f) for s, f in figs.items()}
@@ -733,11 +844,13 @@ def render(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], di
             goal_text = ""
             if goal is not None and rn is not None:
                 goal_text = f"≥{goal:.1f}x nginx {'met' if rn >= goal else 'MISSED'}"
-            if name == "1k":
+            if direct is None or memory is None:
+                ceiling = "(not measured)"
+            elif name == "1k":
                 ceiling = f"nginx direct {direct[name].rps / 1e3:.1f} k/s, from memory {memory.rps / 1e3:.1f} k/s"
             else:
                 ceiling = f"nginx direct {direct[name].gbit_per_s:.2f} Gb/s, loopback {loop_gbit:.1f} Gb/s"
-            if proto != "h1":
+            if proto != "h1" and direct is not None:
                 ceiling = "(HTTP/1.1 ceilings above)" if name == "1k" else ""
             row = f"{proto_label[proto]} {LABEL[name]}"
             lines.append(f"{row:<18}{_fmt(med.get('ours'), name):>12}{_fmt(med.get('nginx'), name):>12}"
@@ -753,6 +866,27 @@ def render(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], di
         + ", ".join(f"{s} {n}" for s, n in measured_fetches.items()) + ";",
         "  Varnish has no TLS (it is run behind a TLS terminator such as hitch): no h2 TLS column;"
         " its h2c is -p feature=+http2.",
+        "",
+        "server CPU per request answered (µs, user + system of the serving processes, /proc; median of the rounds):",
+        f"{'cache hits':<18}{'ours':>10}{'nginx':>10}{'varnish':>10}{'ours/nginx':>12}{'ours/varnish':>14}",
+    ]
+    for proto, objs in hits.items():
+        for name, figs in objs.items():
+            med = {s: statistics.median([f.cpu_us for f in fs]) if fs else math.nan for s, fs in figs.items()}
+            rn, rv = _cpu_ratio(figs, "nginx"), _cpu_ratio(figs, "varnish")
+            lines.append(f"{proto_label[proto] + ' ' + LABEL[name]:<18}{med.get('ours', math.nan):>10.1f}"
+                         f"{med.get('nginx', math.nan):>10.1f}{med.get('varnish', math.nan):>10.1f}"
+                         f"{f'{rn:.2f}x' if rn is not None else '-':>12}{f'{rv:.2f}x' if rv is not None else '-':>14}")
+    return lines
+
+
+def render(stack: Stack, hits: dict[str, dict[str, dict[str, list[Figure]]]], direct: dict[str, Figure],
+           memory: Figure, loopback: _ceilings.Ceiling, misses: dict[str, list[float]],
+           zipf: dict[str, dict[str, float]], args: argparse.Namespace, *, measured_fetches: dict[str, int],
+           load_avg: float) -> list[str]:
+    """The report: the hit table with ratios, goals and ceilings, then misses and Zipf."""
+    lines = render_hits(stack, hits, direct, memory, loopback, args, measured_fetches=measured_fetches)
+    lines += [
         "",
         f"miss latency, {args.cold} cold 1 KiB objects one at a time on one keep-alive connection (ms):",
         f"{'path':<36}{'p50':>8}{'p99':>8}",

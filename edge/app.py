@@ -31,6 +31,13 @@ pop-1``, ``StaleHit from pop-1``, ``Error from pop-1``, ``LimitExceeded from pop
 ``Via`` and ``Server-Timing`` (this tier's entry, then the upstream tiers' on a miss); each
 request is one structured access log line with CloudFront's standard fields, and counted in the
 metrics per tier.
+
+The common hit has a shortcut (:class:`_WarmHit`): once a fresh RAM-tier entry has answered a
+request, the next request with the same Host and target that carries none of the fields a hit
+reads is answered from what was worked out then (the key, the entry, its freshness lifetime, its
+served fields, written out for HTTP/1.1), after the same checks that could change the answer (the
+front door, the very same entry in the RAM tier, no purge since, still fresh). Anything else takes
+the full path above.
 """
 
 from __future__ import annotations
@@ -40,13 +47,16 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.http import Request, Response, error_response
+from headwater.http.errors import LocalProtocolError
+from headwater.http.h1 import prepare_fields
 from headwater.http.ranges import parse_range_header
-from headwater.http.types import FileBody
+from headwater.http.types import FileBody, PreparedFields
 from headwater.metrics import Registry
 
 from .access import FrontDoor
@@ -108,6 +118,7 @@ from .errors import (
     UpstreamUnavailable,
     status_of,
 )
+from .invalidation import MIN_SEQ_FIELD, stored_seq
 from .preconditions import not_modified
 from .compress import CompressionConfig, Compressor, keep_weak_etag, with_vary, without_vary_on_encoding
 from .prefetch import PrefetchConfig, PrefetchPlanner
@@ -126,6 +137,11 @@ _SAFE = frozenset({"GET", "HEAD"})
 _PASS_FIELDS = ("content-type", "content-length", "content-encoding")
 _HOST_MEMO_MAX = 1024
 _SERVED_MEMO_MAX = 4096
+_WARM_MEMO_MAX = 4096
+# Request fields any step of a hit reads (the loop check, conditionals, Range, the client's own
+# Cache-Control, the purge floor): a request carrying one takes the full path (_WarmHit).
+_WARM_READS = frozenset({"via", "range", "if-range", "if-none-match", "if-modified-since", "if-match",
+                         "if-unmodified-since", "cache-control", "pragma", MIN_SEQ_FIELD})
 # Not copied from the viewer's request into a prefetch's: its Range and conditionals are its own.
 _PREFETCH_DROPPED = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "if-match",
                                "if-unmodified-since", "content-length", "transfer-encoding"})
@@ -204,6 +220,55 @@ class _Found:
     entry: Entry
     size: int
     tier: str = "ram"  # the store it was found in: "ram" or "disk" (Server-Timing's tier)
+
+
+@dataclass(slots=True, eq=False)
+class _WarmHit:
+    """A RAM-tier entry a request for this Host and target was last answered from, fresh, with
+    everything that does not change between its hits worked out once: the distribution, the
+    cache key, the entry, when it goes stale, and the served fields around ``Age``.
+
+    Valid for a later request with the same Host and target only if that request carries none of
+    ``reads`` (what the key, the loop check, the conditionals, Range and the client's own
+    Cache-Control would read: a request with any of them takes the full path), the RAM tier
+    still hands back the very same hit (an entry replaced, refreshed or evicted is another one,
+    or none), no purge since covers it, and it is still fresh. What the full path would then do
+    is exactly this: a ``Hit`` with these fields.
+    """
+
+    dist: Distribution
+    matched: str  # the path the front door's rules see
+    methods: frozenset[str]
+    reads: frozenset[str]
+    key: bytes
+    store_key: bytes
+    # The RamHit (shared by the entry's hits), weakly: an evicted entry's body must not stay
+    # alive in this memo.
+    hit: weakref.ref[Any]
+    stored: StoredResponse
+    initial_age: float  # current_age = initial_age + (now - response_time), once now is past it
+    response_time: float
+    lifetime: float
+    before_age: tuple[tuple[str, str], ...]
+    after_age: tuple[tuple[str, str], ...]  # Via, X-Cache, Server-Timing, Content-Length
+    # The same written out for HTTP/1.1 once (Response.prepared: these lines around Age's, and
+    # the flags of all of them).
+    before_lines: str
+    after_lines: str
+    prepared_flags: tuple[int | None, bool, bool, bool]
+    # Invalidation.purge_state of the key (None: no purge log covers it) and the entry's seq.
+    purge_state: Any
+    seq: int
+    size: int
+    # The Age field and prepared lines last served, by whole seconds of age (Age moves once a
+    # second: the hits of that second share them).
+    age: int = -1
+    age_field: tuple[str, str] = ("age", "")
+    prepared: PreparedFields | None = None
+
+
+# _serve's answer for "the front door admitted this request already" (a warm hit that fell through).
+_ADMITTED = object()
 
 
 def _via_ids(request: Request) -> list[str]:
@@ -317,6 +382,8 @@ class EdgeApp:
         self.compressor = Compressor(compression or CompressionConfig())
         # Segment prefetch (.prefetch): a POP's, under behaviours with prefetch > 0.
         self.prefetch = PrefetchPlanner(prefetch or PrefetchConfig()) if node.tier == "pop" else None
+        # Fresh RAM hits by (Host, target), for the next request for them (_WarmHit).
+        self._warm: dict[tuple[str, str], _WarmHit] = {}
         self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0, "refused": 0}
         self.active = 0
 
@@ -324,10 +391,21 @@ class EdgeApp:
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
+        admitted = False
+        warm = self._warm.get((request.host, request.target))
+        if warm is not None:
+            # (No await on this path: nothing can see self.active between its steps.)
+            answer = self._warm_hit(request, warm)
+            if answer is _ADMITTED:
+                admitted = True
+            elif answer is not None:
+                response, result, size = answer  # type: ignore[misc]
+                self._finish(request, response, result, started, size)
+                return response
         self.active += 1
         try:
             try:
-                response, result = await self._serve(request)
+                response, result = await self._serve(request, admitted)
             except EdgeError as e:
                 response, result = self._error(e), "Error"
             self._finish(request, response, result, started)
@@ -349,14 +427,17 @@ class EdgeApp:
         response.headers += [("x-cache", f"{result} from {self.node.id}"), ("via", self.via)]
         return response, result
 
-    def _finish(self, request: Request, response: Response, result: str, started: float) -> None:
+    def _finish(self, request: Request, response: Response, result: str, started: float,
+                size: int | None = None) -> None:
+        """Count the answer and write its access line; ``size``: its body bytes when known."""
         taken = time.perf_counter() - started
-        size = 0
-        if request.method != "HEAD":
-            for k, v in reversed(response.headers):  # (the last one counts: it comes last)
-                if k == "content-length" and v.isdigit():
-                    size = int(v)
-                    break
+        if size is None:
+            size = 0
+            if request.method != "HEAD":
+                for k, v in reversed(response.headers):  # (the last one counts: it comes last)
+                    if k == "content-length" and v.isdigit():
+                        size = int(v)
+                        break
         self.metrics.answered(result, size)
         if self.access_log is not None and self.access_log.enabled("info"):
             self.access_log.info(
@@ -397,10 +478,10 @@ class EdgeApp:
             return self.distributions[0]
         raise NoDistribution(f"no distribution answers for {host!r}")
 
-    async def _serve(self, request: Request) -> tuple[Response, str]:
+    async def _serve(self, request: Request, admitted: bool = False) -> tuple[Response, str]:
         matched = _matched_path(request.path)
         door = self.front_door
-        if door is not None:
+        if door is not None and not admitted:
             refused = door.admit(request, path=matched)
             if refused is not None:
                 return self._refused(refused)
@@ -421,10 +502,15 @@ class EdgeApp:
             response, result = await self._cached(request, dist, behaviour)
             with_vary(response.headers)  # (the key holds the encoding the request chose)
             return response, result
-        return await self._cached(request, dist, behaviour)
+        # Whether a fresh RAM hit of this request may be remembered for the next (_WarmHit):
+        # not when a signature is checked (verify reads the query and cookies, and may strip them).
+        warm_path = None if door is not None and dist.keys_for(route) else matched
+        return await self._cached(request, dist, behaviour, warm_path)
 
-    async def _cached(self, request: Request, dist: Distribution, behaviour: Behaviour) -> tuple[Response, str]:
-        """A GET or HEAD under ``behaviour``: from the stores, or through a flight."""
+    async def _cached(self, request: Request, dist: Distribution, behaviour: Behaviour,
+                      warm_path: str | None = None) -> tuple[Response, str]:
+        """A GET or HEAD under ``behaviour``: from the stores, or through a flight. ``warm_path``:
+        the matched path, when a fresh RAM hit may be remembered for the next such request."""
         key = cache_key(request, behaviour, distribution=dist.name)
         purges = self.purges
         use_cache = True if purges is None or purges.settled(dist) else await purges.admit(request, dist)
@@ -460,6 +546,8 @@ class EdgeApp:
             return await self._sliced_miss(ctx, now)
         if action is Action.FRESH:
             self.counts["hits"] += 1
+            if warm_path is not None and found.tier == "ram":
+                self._remember_warm(request, warm_path, dist, behaviour, key, found, decision.lifetime)
             return self._from_hit(request, found, decision.age, "Hit"), "Hit"
         if action is Action.STALE_WHILE_REVALIDATE:
             self.counts["stale"] += 1
@@ -542,6 +630,94 @@ class EdgeApp:
 
     # --- hits --------------------------------------------------------------------------------
 
+    def _remember_warm(self, request: Request, matched: str, dist: Distribution, behaviour: Behaviour,
+                       key: bytes, found: _Found, lifetime: float) -> None:
+        """Remember a fresh RAM hit for the next request with this Host and target (_WarmHit), when
+        nothing but those two (and the fields in ``reads``) chose it."""
+        hit, entry = found.hit, found.entry
+        stored = entry.stored
+        if (self.ram is None or stored.status != 200 or entry.key != key or entry.slice_size or stored.vary_key
+                or type(hit.data) is not bytes
+                or not request.host or behaviour.compress or behaviour.slice_size
+                or (behaviour.prefetch and self.prefetch is not None)
+                or behaviour.key_headers.mode not in ("none", "allow")
+                or (self.purges is not None and not self.purges.strip)):
+            return
+        reads = _WARM_READS | behaviour.key_headers.names
+        if behaviour.key_cookies.mode != "none":
+            reads |= {"cookie"}
+        for name, _ in request.headers:
+            if name in reads:
+                return
+        if stored.body_size != found.size:
+            stored = dataclasses.replace(stored, body_size=found.size)
+        # The fields _from_hit serves for it, split around Age (built by the same code).
+        served = self._headers(stored, age=0, result="Hit", hit_key=entry.key)
+        served.append(("server-timing", f'tier;desc="{found.tier}"'))
+        served += whole_plan(stored.body_size).headers
+        at = next(i for i, (k, _) in enumerate(served) if k == "age")
+        try:
+            before, after = prepare_fields(served[:at]), prepare_fields(served[at + 1:])
+            flags = before.joined("", after)[1:]
+        except (LocalProtocolError, ValueError):
+            return  # (a stored field HTTP/1.1 cannot send: the full path answers, as ever)
+        purge_state, seq = None, 0
+        if self.purges is not None:
+            purge_state, seq = self.purges.purge_state(key), stored_seq(entry.stored)
+        if len(self._warm) >= _WARM_MEMO_MAX:  # (Host and target are the client's: bounded)
+            self._warm.clear()
+        self._warm[(request.host, request.target)] = _WarmHit(
+            dist=dist, matched=matched, methods=behaviour.cached_methods & _SAFE, reads=frozenset(reads),
+            key=key, store_key=store_key(key), hit=weakref.ref(hit), stored=entry.stored,
+            initial_age=current_age(stored, stored.response_time), response_time=stored.response_time,
+            lifetime=lifetime, before_age=tuple(served[:at]), after_age=tuple(served[at + 1:]),
+            before_lines=before.lines, after_lines=after.lines, prepared_flags=flags,  # type: ignore[arg-type]
+            purge_state=purge_state, seq=seq, size=stored.body_size)
+
+    def _warm_hit(self, request: Request, warm: _WarmHit) -> tuple[Response, str, int | None] | object | None:
+        """``request`` answered from ``warm`` as the full path would answer it: (response, result,
+        body bytes or None: read them from the response); None when the full path must decide;
+        _ADMITTED when it must and the front door has admitted the request already (it is asked
+        once per request: it counts)."""
+        if request.method not in warm.methods:
+            return None
+        reads = warm.reads
+        for name, _ in request.headers:
+            if name in reads:
+                return None
+        purges = self.purges
+        if purges is not None and not purges.settled(warm.dist):
+            return None
+        now = self.clock.time()
+        resident = now - warm.response_time
+        age = warm.initial_age + resident if resident > 0 else warm.initial_age
+        if age >= warm.lifetime:
+            return None  # stale: revalidate or serve stale, as the full path decides
+        door = self.front_door
+        if door is not None:
+            refused = door.admit(request, path=warm.matched)
+            if refused is not None:
+                response, result = self._refused(refused)
+                return response, result, None
+        hit = self.ram.get(warm.store_key)  # type: ignore[union-attr]
+        state = warm.purge_state
+        if hit is None or hit is not warm.hit() or (state is not None and warm.seq < state.log.last_seq
+                                   and purges.purged(warm.key, warm.stored)):  # type: ignore[union-attr]
+            self._warm.pop((request.host, request.target), None)  # (replaced, evicted or purged)
+            return _ADMITTED if door is not None else None
+        self.counts["hits"] += 1
+        whole = int(age)
+        if whole != warm.age:
+            value = str(whole)
+            warm.prepared = PreparedFields(f"{warm.before_lines}age: {value}\r\n{warm.after_lines}",
+                                           *warm.prepared_flags)
+            warm.age_field, warm.age = ("age", value), whole
+        headers = [*warm.before_age, warm.age_field, *warm.after_age]
+        prepared = warm.prepared
+        if request.method == "HEAD":
+            return Response(200, headers, b"", prepared), "Hit", 0
+        return Response(200, headers, hit.data, prepared), "Hit", warm.size
+
     def _headers(self, stored: StoredResponse, *, age: float, result: str, upstream_timing: str = "",
                  started: float | None = None, hit_key: bytes | None = None) -> list[tuple[str, str]]:
         if started is None and not upstream_timing:
@@ -590,7 +766,7 @@ class EdgeApp:
             # What plan_range answers without Range (the common hit), without its pass over the
             # request: the whole body. Its one field, content-length, is never among the stored
             # fields served.
-            plan = whole_plan(stored.body_size)
+            plan = whole_plan(stored.body_size, stored.status)
             headers += plan.headers
             return plan
         # The boundary (fresh randomness) only matters to a multipart answer.

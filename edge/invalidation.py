@@ -391,6 +391,14 @@ class Invalidation:
         """The distribution a (readable) cache key belongs to: its first field."""
         return self._by_prefix.get(key.partition(b"\0")[0])
 
+    def purge_state(self, key: bytes) -> Any:
+        """What ``purged`` reads for the entries under the readable cache ``key``: its
+        distribution's state (whose ``log.last_seq`` moves as purges arrive, and whose ``log``
+        may be replaced), or None when no purge log covers the key. A caller that checks one
+        entry on every hit keeps it, and asks ``purged`` only once ``log.last_seq`` has passed
+        the entry's ``stored_seq``: nothing newer was purged until then."""
+        return self._of_key(key)
+
     def purged(self, key: bytes, stored: StoredResponse) -> bool:
         """Whether the response stored under the readable cache ``key`` was purged since."""
         d = self._of_key(key)

@@ -64,19 +64,20 @@ class RangePlan:
 
 
 _WHOLE_MEMO_MAX = 4096
-_wholes: dict[int, RangePlan] = {}
+_wholes: dict[tuple[int, int], RangePlan] = {}
 
 
-def whole_plan(size: int) -> RangePlan:
-    """The plan of a 200 with the whole ``size``-byte body: what ``plan_range`` answers to a
-    request without ``Range``. Memoised by size (a plan is immutable; a cache hit asks for the
+def whole_plan(size: int, status: int = 200) -> RangePlan:
+    """The plan of the whole ``size``-byte body of a stored ``status`` response (a 200, or a
+    stored 404, 301 ...: answered as it was stored): what ``plan_range`` answers to a request
+    without ``Range``. Memoised by size and status (a plan is immutable; a cache hit asks for the
     same few sizes over and over)."""
-    plan = _wholes.get(size)
+    plan = _wholes.get((size, status))
     if plan is None:
-        plan = RangePlan(200, (("content-length", str(size)),), ((0, size),) if size else (), size)
+        plan = RangePlan(status, (("content-length", str(size)),), ((0, size),) if size else (), size)
         if len(_wholes) >= _WHOLE_MEMO_MAX:
             _wholes.clear()
-        _wholes[size] = plan
+        _wholes[(size, status)] = plan
     return plan
 
 
@@ -108,7 +109,7 @@ def plan_range(method: str, request_headers: HeaderView, stored: StoredResponse,
     size = stored.body_size
     raw = request_headers.get("range")
     if raw is None or method != "GET" or stored.status != 200:
-        return _whole(size)
+        return _whole(size, stored.status)
     specs = parse_range_header(raw)
     if specs is None:
         return _whole(size)

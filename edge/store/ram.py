@@ -32,9 +32,10 @@ class _Entry:
 
 
 class RamHit:
-    """A committed RAM entry: ``data`` is the body."""
+    """A committed RAM entry: ``data`` is the body. (Weakly referable: the edge's memo of warm
+    hits must not keep an evicted body alive.)"""
 
-    __slots__ = ("info", "data")
+    __slots__ = ("info", "data", "__weakref__")
 
     def __init__(self, info: EntryInfo, data: bytes) -> None:
         self.info = info

@@ -12,6 +12,7 @@ _EXPORTS = {
     "bind_socket": ".server", "error_response": ".server", "serve": ".server",
     "server_ssl_context": ".tls",
     "App": ".types", "BodyTooLarge": ".types", "FileBody": ".types", "Headers": ".types",
+    "PreparedFields": ".types", "prepare_fields": ".h1",
     "Request": ".types", "RequestBody": ".types", "Response": ".types",
 }
 __all__ = sorted(_EXPORTS)

@@ -33,6 +33,7 @@ from headwater.http.errors import (
     ProtocolError,
     UnsupportedTransferCoding,
 )
+from headwater.http.types import PreparedFields
 
 __all__ = [
     "NEED_DATA",
@@ -49,6 +50,7 @@ __all__ = [
     "check_field",
     "valid_target",
     "HOP_BY_HOP",
+    "prepare_fields",
 ]
 
 SERVER_NAME = "headwater"
@@ -214,6 +216,50 @@ def _date_and_server(now: float) -> str:
     if _date_lines[0] != t:
         _date_lines = (t, f"date: {http_date(t)}\r\nserver: {SERVER_NAME}\r\n")
     return _date_lines[1]
+
+
+def _field_lines(headers: Iterable[tuple[str, str]], out: list[str],
+                 drop_length: bool) -> tuple[int | None, bool, bool, bool]:
+    """Append response ``headers`` to ``out`` as lines, checked (LocalProtocolError), hop-by-hop
+    fields left out (and content-length, with ``drop_length``); (the declared content-length,
+    whether a date and a server field were among them, whether a connection field said close)."""
+    declared: int | None = None
+    has_date = has_server = close = False
+    for name, value in headers:
+        lname = _checked_name(name)
+        if lname in _SPECIAL_RESPONSE_FIELDS:
+            if lname in HOP_BY_HOP:
+                if lname == "connection" and "close" in value.lower():
+                    close = True
+                continue
+            if lname == "content-length":
+                if declared is not None or not value.isdigit():
+                    raise LocalProtocolError(f"bad content-length {value!r} in the response")
+                declared = int(value)
+                if drop_length:
+                    continue
+            elif lname == "date":
+                has_date = True
+            elif lname == "server":
+                has_server = True
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise LocalProtocolError(f"invalid response header field {name!r}: {value!r}")
+        out.append(f"{name}: {value}\r\n")
+    return declared, has_date, has_server, close
+
+
+def prepare_fields(headers: Iterable[tuple[str, str]]) -> PreparedFields:
+    """``headers`` checked and written out once for ``Response.prepared``; LocalProtocolError
+    for what ``send_response`` would refuse (a bad name or value, a bad content-length, a value
+    that is not latin-1)."""
+    out: list[str] = []
+    declared, has_date, has_server, close = _field_lines(headers, out, False)
+    lines = "".join(out)
+    try:
+        lines.encode("latin-1")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("response header fields must be latin-1") from None
+    return PreparedFields(lines, declared, has_date, has_server, close)
 
 
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "expect"})
@@ -489,8 +535,10 @@ class H1Connection:
         return b"HTTP/1.1 100 Continue\r\n\r\n"
 
     def send_response(self, status: int, headers: Iterable[tuple[str, str]], *,
-                      body_length: int | None, close: bool = False) -> bytes:
+                      body_length: int | None, close: bool = False,
+                      prepared: PreparedFields | None = None) -> bytes:
         """The response head. ``body_length`` is the exact body size, or None for a stream.
+        ``prepared``: ``headers`` as ``prepare_fields`` wrote them out (``Response.prepared``).
 
         Decides the framing (content-length, chunked, or until close for HTTP/1.0 streams),
         whether the connection stays open, and whether an unread request body is drained.
@@ -515,28 +563,15 @@ class H1Connection:
             # lost and the client hangs until its read timeout. A 100 first costs 25 bytes.
             self.continue_sent = True
             out.insert(0, "HTTP/1.1 100 Continue\r\n\r\n")
-        declared: int | None = None
-        has_date = has_server = False
-        for name, value in headers:
-            lname = _checked_name(name)
-            if lname in _SPECIAL_RESPONSE_FIELDS:
-                if lname in HOP_BY_HOP:
-                    if lname == "connection" and "close" in value.lower():
-                        close = True
-                    continue
-                if lname == "content-length":
-                    if declared is not None or not value.isdigit():
-                        raise LocalProtocolError(f"bad content-length {value!r} in the response")
-                    declared = int(value)
-                    if status == 204:
-                        continue
-                elif lname == "date":
-                    has_date = True
-                elif lname == "server":
-                    has_server = True
-            if "\r" in value or "\n" in value or "\x00" in value:
-                raise LocalProtocolError(f"invalid response header field {name!r}: {value!r}")
-            out.append(f"{name}: {value}\r\n")
+        if prepared is not None and status != 204:
+            # Checked and written out by prepare_fields already (a 204 drops its content-length
+            # line: formatted below as usual).
+            out.append(prepared.lines)
+            declared, has_date, has_server = prepared.content_length, prepared.has_date, prepared.has_server
+            close = close or prepared.close
+        else:
+            declared, has_date, has_server, closes = _field_lines(headers, out, status == 204)
+            close = close or closes
         if not has_date and not has_server:
             out.append(_date_and_server(self.clock.time()))
         elif not has_date:
@@ -597,10 +632,10 @@ class H1Connection:
             raise LocalProtocolError("response header fields must be latin-1") from None
 
     def send_whole(self, status: int, headers: Iterable[tuple[str, str]], body: bytes, *,
-                   close: bool = False) -> bytes:
+                   close: bool = False, prepared: PreparedFields | None = None) -> bytes:
         """A whole response with a body in memory: ``send_response`` + ``send_data`` +
         ``send_end`` in one call."""
-        out = self.send_response(status, headers, body_length=len(body), close=close)
+        out = self.send_response(status, headers, body_length=len(body), close=close, prepared=prepared)
         if self.our_state is SEND_BODY:
             out += self.send_data(body) + self.send_end()
         return out

@@ -42,12 +42,12 @@ from headwater.http.exchange import (
 )
 from headwater.http.guards import RateFloor
 from headwater.http.transport import DISCONNECTS, RECV_BYTES, SocketStream
+from headwater.http.types import FileBody, Headers, Response, new_request
 
 # A request body is read in pieces this large: every piece costs the parser, the body event and
 # the app's loop a round of Python (an S3 PUT's body read 64 KiB at a time spent more there than
 # in receiving it), and the loop's transport hands over up to 256 KiB per read anyway.
 BODY_RECV_BYTES = 256 * 1024
-from headwater.http.types import FileBody, Headers, Request, Response
 
 __all__ = ["H1Shell", "LINGER_S", "LINGER_BYTES"]
 
@@ -271,10 +271,8 @@ class H1Shell:
             if name == "host":
                 host = value
                 break
-        request = Request(method=head.method, target=head.target, path=path, query=query,
-                          headers=Headers.from_lower(fields), body=body,
-                          http_version=head.http_version, scheme=self.scheme, client=self.client,
-                          server=self.local, host=host)
+        request = new_request(head.method, head.target, path, query, Headers.from_lower(fields), body,
+                              head.http_version, self.scheme, self.client, self.local, host)
         if scope is None:
             response, close = await self.service.run_app(request)
         else:
@@ -291,7 +289,8 @@ class H1Shell:
         if type(out) is bytes and len(out) < RECV_BYTES:
             # The common small answer, framed and sent in one piece without _write's dispatch.
             try:
-                out = conn.send_whole(response.status, response.headers, out, close=close)
+                out = conn.send_whole(response.status, response.headers, out, close=close,
+                                      prepared=response.prepared)
             except LocalProtocolError:
                 log.exception("unsendable response to %s %s", head.method, head.target)
                 out = conn.send_whole(500, *_plain(error_response(500)), close=close)

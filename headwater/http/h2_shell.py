@@ -55,7 +55,7 @@ from headwater.http.exchange import (
 )
 from headwater.http.guards import RateFloor
 from headwater.http.transport import DISCONNECTS, RECV_BYTES
-from headwater.http.types import FileBody, Headers, Request, Response
+from headwater.http.types import FileBody, Headers, Response, new_request
 
 __all__ = ["H2Shell", "H2_DRAIN_MAX_BYTES"]
 
@@ -437,10 +437,8 @@ class H2Shell:
     async def _run_stream(self, st: H2Stream, req: h2.StreamRequest) -> None:
         conn = self.conn
         path, query = split_target(req.target)
-        request = Request(method=req.method, target=req.target, path=path, query=query,
-                          headers=Headers(req.headers), body=st, http_version="2",
-                          scheme=req.scheme or self.scheme, client=self.client, server=self.local,
-                          host=req.authority)
+        request = new_request(req.method, req.target, path, query, Headers(req.headers), st, "2",
+                              req.scheme or self.scheme, self.client, self.local, req.authority)
         try:
             if st.reset:
                 # Reset by the peer before this task ran (a batch of HEADERS + RST_STREAM read in

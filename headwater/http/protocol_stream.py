@@ -95,6 +95,9 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
     """One connection: the Protocol the loop calls, and the byte stream the shell awaits."""
 
     def __init__(self, sock: socket.socket, send_timeout_s: float) -> None:
+        # The loop the connection lives on, kept: asyncio.get_running_loop() asks the kernel for
+        # the process id each time (its fork check), and a read waits once per request.
+        self._loop = asyncio.get_running_loop()
         self._sock = sock
         self._send_timeout_s = send_timeout_s
         self._fd = sock.fileno()
@@ -183,7 +186,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
                 if self._error is not None:
                     raise anyio.BrokenResourceError from self._error
                 raise anyio.EndOfStream
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self._loop.create_future()
             self._read_waiters.append(waiter)
             try:
                 await waiter
@@ -228,7 +231,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         try:
             while self._writing_paused:
                 self._check_writable()
-                waiter = asyncio.get_running_loop().create_future()
+                waiter = self._loop.create_future()
                 self._drain_waiters.append(waiter)
                 try:
                     await waiter

@@ -169,3 +169,58 @@ def test_ranges_from_cache_and_what_the_edge_refuses(env):
         assert loop.status_code == 508
     health = httpx.get(env.admin["pop-1"] + "/healthz", trust_env=False).json()
     assert health["status"] == "ok" and health["tier"] == "pop" and "load" in health
+
+
+def test_a_warm_hit_answers_as_the_full_path_does(env):
+    """From its second hit a RAM entry is answered by the warm path (app._WarmHit): the same
+    fields in the same order, HEAD, the counts; and whatever a request carries that the warm
+    path does not decide (conditionals, Range, Via), or an entry gone stale and replaced, still
+    gets the full path's answer."""
+    url = env.pops[0] + "/t/8/warm.m4s"
+    env.origin.objects["/t/8/warm.m4s"] = Obj(b"w" * 3000, [("cache-control", "max-age=2")], etag='"w1"')
+
+    def fields(r: httpx.Response) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in r.headers.multi_items() if k not in ("date", "age")]
+
+    def hits() -> int:
+        return httpx.get(env.admin["pop-1"] + "/healthz", trust_env=False).json()["hits"]
+
+    with client() as c:
+        assert c.get(url).headers["x-cache"] == "Miss from pop-1"
+        before = hits()
+        full = c.get(url)  # the full path: remembered for the next request
+        warm = [c.get(url) for _ in range(3)]
+        assert hits() == before + 4
+        for r in warm:
+            assert r.status_code == 200 and r.content == b"w" * 3000
+            assert fields(r) == fields(full) and r.headers["x-cache"] == "Hit from pop-1"
+            assert int(r.headers["age"]) >= int(full.headers["age"])
+        head = c.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert fields(head) == fields(full)
+        with client(http2=True) as c2:  # (HTTP/2 writes the fields itself: Response.prepared is HTTP/1.1's)
+            r2 = c2.get(url)
+        assert r2.http_version == "HTTP/2" and r2.content == b"w" * 3000
+        assert [h for h in fields(r2) if h[0] != "server"] == [h for h in fields(full) if h[0] != "server"]
+        assert c.get(url, headers={"if-none-match": '"w1"'}).status_code == 304
+        r = c.get(url, headers={"range": "bytes=0-9"})
+        assert r.status_code == 206 and r.content == b"w" * 10
+        assert c.get(url, headers={"via": "1.1 pop-1 (headwater)"}).status_code == 508
+        # Gone stale: revalidated (the origin's new body, a new entry), then warm again.
+        env.origin.objects["/t/8/warm.m4s"] = Obj(b"v" * 2000, [("cache-control", "max-age=60")], etag='"w2"')
+        time.sleep(2.2)
+        fresh = [c.get(url) for _ in range(3)]
+        assert [r.content for r in fresh] == [b"v" * 2000] * 3
+        assert fresh[-1].headers["etag"] == '"w2"' and fresh[-1].headers["x-cache"] == "Hit from pop-1"
+        assert fresh[-1].headers["content-length"] == "2000"
+
+
+def test_a_cached_error_is_answered_with_its_own_status_on_hits(env):
+    """A 404 kept for error_ttl is a hit with status 404 (the whole-body plan once said 200)."""
+    with client() as c:
+        answers = [c.get(env.pops[0] + "/t/9/missing.m4s") for _ in range(3)]
+        heads = c.head(env.pops[0] + "/t/9/missing.m4s")
+    assert [(r.status_code, r.headers["x-cache"]) for r in answers] == [
+        (404, "Miss from pop-1"), (404, "Hit from pop-1"), (404, "Hit from pop-1")]
+    assert heads.status_code == 404 and heads.headers["x-cache"] == "Hit from pop-1"
+    assert env.origin.fetches["/t/9/missing.m4s"] == 1

@@ -184,3 +184,27 @@ def test_nginx_accepts_the_generated_configs(tmp_path):
         r = subprocess.run([nginx, "-t", "-q", "-c", str(tmp_path / name), "-p", str(tmp_path)],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_the_hit_table_says_how_many_processes_serve_and_their_cpu_per_request():
+    import argparse
+    stack = edge.Stack(origin=1, direct=2, memory=3, fetch_log=Path("/nonexistent"), h1={"ours": 4, "nginx": 5},
+                       h2c={}, tls={}, chain_pop=6, zipf_pop=7, versions={"nginx": "1.22", "varnish": "7.1"},
+                       pids={"ours": [10], "nginx": [11], "varnish": [12]})
+    figs = {"ours": [edge.Figure(rps=20_000, gbit_per_s=0.16, errors=0, cpu_us=40.0)],
+            "nginx": [edge.Figure(rps=40_000, gbit_per_s=0.33, errors=0, cpu_us=20.0)]}
+    args = argparse.Namespace(threads=2, conns=64, h2_conns=32, h2_streams=8, seconds=5.0, rounds=1)
+    lines = edge.render_hits(stack, {"h1": {"1k": figs}}, None, None, None, args,
+                             measured_fetches={"ours": 0, "nginx": 0, "varnish": 0})
+    text = "\n".join(lines)
+    assert "serving processes: ours 1 (POP workers = 1), nginx 1 (worker_processes 1)" in text
+    assert "0.50x" in next(line for line in lines if line.startswith("HTTP/1.1 1 KiB") and "k/s" in line)
+    cpu_row = next(line for line in lines if line.startswith("HTTP/1.1 1 KiB") and "k/s" not in line)
+    assert cpu_row.split()[3:6] == ["40.0", "20.0", "nan"] and "2.00x" in cpu_row
+
+
+def test_protos_and_objects_are_picked_from_what_the_bench_knows():
+    assert edge._choices("h1", ("h1", "h2c")) == ["h1"]
+    assert edge._choices("1k, 2m", tuple(edge.OBJECTS)) == ["1k", "2m"]
+    with pytest.raises(Exception):
+        edge._choices("h3", ("h1", "h2c"))

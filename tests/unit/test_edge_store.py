@@ -502,3 +502,21 @@ async def test_the_daemons_disk_upkeep_runs_the_policy(tmp_path: Path) -> None:
         assert store.stats().bytes <= s.capacity_bytes * (1 - s.headroom)
     finally:
         store.close()
+
+
+def test_a_ram_hit_is_weakly_referable_and_goes_with_its_entry():
+    """The edge's warm-hit memo holds a RamHit weakly: an evicted or removed entry's body must
+    not stay alive through it."""
+    import weakref
+
+    store = RamStore(1 << 20)
+    w = store.begin(b"k", b"meta")
+    w.write(b"x" * 100)
+    assert w.commit()
+    hit = store.get(b"k")
+    ref = weakref.ref(hit)
+    assert store.get(b"k") is hit and ref() is hit  # one RamHit per entry, shared by its hits
+    del hit
+    assert ref() is not None  # the entry keeps it
+    assert store.remove(b"k")
+    assert ref() is None

@@ -334,3 +334,57 @@ def test_non_latin1_response_field_is_a_local_protocol_error() -> None:
 ])
 def test_valid_target(method: str, target: str, ok: bool) -> None:
     assert h1.valid_target(method, target) is ok
+
+
+_FIELD_SETS = [
+    [("server", "origin/1"), ("date", "Thu, 03 Dec 2026 06:40:57 GMT"), ("etag", '"a"'), ("age", "7"),
+     ("via", "1.1 pop-1 (headwater)"), ("content-length", "5")],
+    [("content-type", "text/plain"), ("Connection", "close"), ("x-cache", "Hit from pop-1")],
+    [("date", "Thu, 03 Dec 2026 06:40:57 GMT"), ("content-length", "5")],
+    [],
+]
+
+
+@pytest.mark.parametrize("fields", _FIELD_SETS)
+@pytest.mark.parametrize("method, status", [("GET", 200), ("HEAD", 200), ("GET", 204), ("GET", 304)])
+def test_prepared_fields_frame_as_the_fields_themselves(fields, method: str, status: int) -> None:
+    """Response.prepared is only a shortcut: the same bytes and the same connection state."""
+    outs = []
+    for split in (None, 2):
+        conn = h1.H1Connection(clock=FakeClock(start=1_000_000_000.0))
+        conn.receive_data(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        events(conn)
+        prepared = None
+        if split is not None:  # in two parts around a field the caller writes out, as the edge's Age
+            head, middle, tail = fields[:split], fields[split:split + 1], fields[split + 1:]
+            lines = "".join(f"{k}: {v}\r\n" for k, v in middle)
+            prepared = h1.prepare_fields(head).joined(lines, h1.prepare_fields(tail))
+        body = b"" if status in (204, 304) else b"hello"
+        try:
+            out = conn.send_whole(status, fields, body, prepared=prepared)
+        except LocalProtocolError as e:
+            out = repr(e).encode()
+        outs.append((out, conn.keep_alive, conn.our_state))
+    assert outs[0] == outs[1]
+
+
+def test_prepare_fields_refuses_what_send_response_refuses() -> None:
+    for bad in ([("x-a", "b\r\nset-cookie: s=1")], [("bad name", "v")], [("x-name", "\u20ac")],
+                [("content-length", "5"), ("content-length", "6")], [("content-length", "x")]):
+        with pytest.raises(LocalProtocolError):
+            h1.prepare_fields(bad)
+    p = h1.prepare_fields([("Content-Length", "5"), ("connection", "close"), ("server", "s")])
+    assert p == h1.PreparedFields("Content-Length: 5\r\nserver: s\r\n", 5, False, True, True)
+    with pytest.raises(ValueError):
+        p.joined("", p)  # content-length twice
+
+
+def test_new_request_is_the_request_the_keyword_constructor_makes() -> None:
+    from headwater.http.exchange import NO_BODY
+    from headwater.http.types import Headers, Request, new_request
+    h = Headers.from_lower([("host", "x")])
+    args = dict(method="GET", target="/a?b", path="/a", query="b", headers=h, body=NO_BODY, http_version="1.1",
+                scheme="http", client=("127.0.0.1", 1), server=("127.0.0.1", 2), host="x")
+    made = new_request(*args.values())
+    assert made == Request(**args) and type(made) is Request
+    assert [f for f in Request.__dataclass_fields__] == list(args)  # (new_request's order is the fields')
