@@ -14,6 +14,13 @@ same fixed GOP as H.264 so every rendition's segments align: ``-g``/``-keyint_mi
 encode use every core; ``-deadline``/``-cpu-used`` trade quality for speed (``realtime`` with a
 high ``cpu-used`` is several times faster than ``good``). Opus is libopus at 48 kHz (the only
 rate Opus decodes at), stereo, in an ``Opus`` sample entry with its ``dOps``.
+
+The poster and the thumbnail sprites are further outputs of the same run (:class:`ImageOutputs`):
+one rung's scaled frames are split off before its encoder, a ``select`` keeps the few frames
+wanted, and each goes to its own JPEG output. A second ffmpeg run over the finished ladder (as
+they were made before) decoded a rendition again after the encode, serially: a third of the
+pipeline's time around ffmpeg on a short title; the frames picked inside the run cost a select
+per frame and a JPEG per picture.
 """
 
 from __future__ import annotations
@@ -23,14 +30,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TranscodeFailed
 from .ladder import PlannedRung, gop_frames
 from .probe import SourceInfo
 
-__all__ = ["ladder_command", "poster_command", "sprite_command", "ProgressParser", "run_ffmpeg", "Stopped",
-           "STDERR_TAIL_BYTES"]
+__all__ = ["ladder_command", "ImageOutputs", "every_interval", "first_at", "ProgressParser", "run_ffmpeg", "Stopped", "STDERR_TAIL_BYTES"]
 
 STDERR_TAIL_BYTES = 4096
 MAX_PROGRESS_LINE = 1024
@@ -40,18 +47,70 @@ class Stopped(Exception):
     """The run was stopped from outside (the daemon is stopping, or the lease was lost)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageOutputs:
+    """The poster and thumbnail sprites a ladder run writes beside its MP4.
+
+    ``poster``: one JPEG of rung ``poster_from``'s frames, the first at or after ``poster_at_s``
+    (the first frame when the title is shorter). ``sprites``: an image2 pattern
+    (``…/sprite-%03d.jpg``, numbered from 1) of JPEGs tiling ``columns`` x ``rows`` thumbnails of
+    ``width`` x ``height``, one thumbnail every ``every_s`` of rung ``sprites_from``'s frames."""
+
+    poster: Path
+    poster_at_s: float
+    poster_from: int = 0
+    sprites: Path
+    sprites_from: int = 0
+    every_s: float
+    width: int
+    height: int
+    columns: int
+    rows: int
+
+
+def every_interval(every_s: float) -> str:
+    """A ``select`` expression: the first frame, then the first at least ``every_s`` after the
+    last one taken.
+
+    ``select``, not ``fps=1/every_s``: the fps filter gave no frame at all for a title shorter
+    than ``every_s``, and the JPEG encoder then failed the whole run."""
+    return f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{every_s:g})'"
+
+
+def first_at(at_s: float) -> str:
+    """A ``select`` expression: the first frame, and the first frame at or after ``at_s`` (none
+    after it). Written with ``-update 1``, the file holds the later of the two: there is always a
+    frame, so the encoder never fails for want of one (a title shorter than ``at_s``)."""
+    return (f"select='isnan(prev_selected_t)+gte(t\\,{at_s:.3f})*lt(prev_selected_t\\,{at_s:.3f})'")
+
+
 def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[PlannedRung], info: SourceInfo, *,
                    segment_seconds: int, preset: str, audio_bitrate: int, opus_bitrate: int = 96_000,
-                   vp9_deadline: str = "good", vp9_cpu_used: int = 4) -> list[str]:
+                   vp9_deadline: str = "good", vp9_cpu_used: int = 4,
+                   images: ImageOutputs | None = None) -> list[str]:
     """One ffmpeg run: ``source`` → ``out``, an MP4 with one video track per rendition (in
     ``rungs``' order, each in its codec) and the first audio stream as stereo AAC, and as
-    stereo Opus too when a rendition is VP9; every rendition with the same fixed GOP."""
+    stereo Opus too when a rendition is VP9; every rendition with the same fixed GOP. With
+    ``images``, the poster and the thumbnail sprites too, from the same decoded frames."""
     n = len(rungs)
     gop = gop_frames(info.frame_rate, segment_seconds)
+    # Per rung, the labels its scaled frames go to: its encoder, then any image chain.
+    taps: list[list[str]] = [[f"[v{i}]"] for i in range(n)]
+    chains: list[str] = []
+    if images is not None:
+        if not (0 <= images.poster_from < n and 0 <= images.sprites_from < n):
+            raise ValueError("the poster and sprites come from rungs of the ladder")
+        taps[images.poster_from].append("[poster_in]")
+        taps[images.sprites_from].append("[sprites_in]")
+        chains = [f"[poster_in]{first_at(images.poster_at_s)}[poster]",
+                  f"[sprites_in]{every_interval(images.every_s)},scale={images.width}:{images.height},"
+                  f"tile={images.columns}x{images.rows}[sprites]"]
     split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "[0:v:0]null[s0]"
-    scales = [f"[s{i}]scale={r.width}:{r.height}:flags=bicubic,setsar=1[v{i}]" for i, r in enumerate(rungs)]
+    scales = [f"[s{i}]scale={r.width}:{r.height}:flags=bicubic,setsar=1"
+              + (f",split={len(taps[i])}" if len(taps[i]) > 1 else "") + "".join(taps[i])
+              for i, r in enumerate(rungs)]
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-nostats", "-progress", "pipe:1",
-            "-i", str(source), "-filter_complex", ";".join([split, *scales])]
+            "-i", str(source), "-filter_complex", ";".join([split, *scales, *chains])]
     for i in range(n):
         argv += ["-map", f"[v{i}]"]
     opus = info.has_audio and any(r.codec == "vp9" for r in rungs)
@@ -80,28 +139,14 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
             argv += ["-c:a:1", "libopus", "-b:a:1", str(opus_bitrate), "-ar:a:1", "48000"]
         argv += ["-ac", "2"]
     argv += ["-map_metadata", "-1", "-sn", "-dn", "-f", "mp4", str(out)]
+    if images is not None:
+        # Options before an output file are that file's own: these touch neither the MP4 nor
+        # each other. ``-update 1``: the poster's later frame overwrites its first.
+        argv += ["-map", "[poster]", "-fps_mode", "vfr", "-q:v", "3", "-update", "1", "-f", "image2",
+                 str(images.poster)]
+        argv += ["-map", "[sprites]", "-fps_mode", "vfr", "-q:v", "4", "-f", "image2", "-start_number", "1",
+                 str(images.sprites)]
     return argv
-
-
-def poster_command(ffmpeg: str, ladder_mp4: Path, out: Path, *, at_s: float) -> list[str]:
-    """The poster: the first rung's frame at ``at_s`` as a JPEG."""
-    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-ss", f"{at_s:.3f}", "-i", str(ladder_mp4),
-            "-map", "0:v:0", "-frames:v", "1", "-q:v", "3", "-f", "image2", str(out)]
-
-
-def sprite_command(ffmpeg: str, ladder_mp4: Path, pattern: Path, *, every_s: float, width: int, height: int,
-                   columns: int, rows: int, track: int = 0) -> list[str]:
-    """Thumbnail sprites: one frame every ``every_s`` (the first frame, then the first at least
-    ``every_s`` after the last one taken) of the ladder's video ``track``, scaled to ``width`` x
-    ``height``, tiled ``columns`` x ``rows`` per JPEG, the JPEGs numbered from 1 by ``pattern``
-    (``…/sprite-%03d.jpg``).
-
-    ``select``, not ``fps=1/every_s``: the fps filter gave no frame at all for a title shorter
-    than ``every_s``, and the JPEG encoder then failed the whole job."""
-    pick = f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{every_s:g})'"
-    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(ladder_mp4), "-map", f"0:v:{track}",
-            "-vf", f"{pick},scale={width}:{height},tile={columns}x{rows}", "-fps_mode", "vfr",
-            "-q:v", "4", "-f", "image2", "-start_number", "1", str(pattern)]
 
 
 class ProgressParser:
