@@ -102,7 +102,10 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
             raise ValueError("the poster and sprites come from rungs of the ladder")
         taps[images.poster_from].append("[poster_in]")
         taps[images.sprites_from].append("[sprites_in]")
-        chains = [f"[poster_in]{first_at(images.poster_at_s)}[poster]",
+        # A scale after each select: the JPEG encoder wants full-range frames, and without a
+        # filter there to convert the few frames it gets, ffmpeg negotiated full range back
+        # through select and split into the rung's own scale: its encoder got pc-range frames.
+        chains = [f"[poster_in]{first_at(images.poster_at_s)},scale[poster]",
                   f"[sprites_in]{every_interval(images.every_s)},scale={images.width}:{images.height},"
                   f"tile={images.columns}x{images.rows}[sprites]"]
     split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "[0:v:0]null[s0]"

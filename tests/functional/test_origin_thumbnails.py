@@ -51,7 +51,10 @@ def test_sprites_and_poster_from_the_ladder_run(tmp_path, seconds, every_s, cell
     run_ffmpeg(ladder_command(FFMPEG, source, ladder, RUNGS, info, segment_seconds=1, preset="ultrafast",
                               audio_bitrate=64_000, images=images), duration_s=seconds, timeout_s=60)
     frames = round(seconds * 25)
-    assert probe(ladder, "stream=width,height,nb_read_frames") == [f"320,180,{frames}", f"160,90,{frames}"]
+    # Whole, and in the range the ladder alone encodes (the source's, unflagged): the JPEGs' full
+    # range stays in their own branches of the graph.
+    assert probe(ladder, "stream=width,height,color_range,nb_read_frames") == [
+        f"320,180,unknown,{frames}", f"160,90,unknown,{frames}"]
     files = collect_images(images, grid, seconds)
     sprites = sorted(k for k in files if k.endswith(".jpg") and "sprite" in k)
     assert len(sprites) == 1, files

@@ -135,8 +135,8 @@ def test_the_poster_and_sprites_are_outputs_of_the_ladder_run(tmp_path):
     graph = argv[argv.index("-filter_complex") + 1].split(";")
     assert graph[1] == "[s0]scale=1280:720:flags=bicubic,setsar=1,split=2[v0][poster_in]"
     assert graph[2] == "[s1]scale=640:360:flags=bicubic,setsar=1,split=2[v1][sprites_in]"
-    assert graph[3] == ("[poster_in]select='isnan(prev_selected_t)+gte(t\\,3.000)*lt(prev_selected_t\\,3.000)'"
-                        "[poster]")
+    assert graph[3] == ("[poster_in]select='isnan(prev_selected_t)+gte(t\\,3.000)*lt(prev_selected_t\\,3.000)',"
+                        "scale[poster]")
     assert graph[4] == ("[sprites_in]select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,10)',"
                         "scale=160:90,tile=10x10[sprites]")
     assert argv[mp4 + 1:] == [
