@@ -99,8 +99,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, prefix
 
 
-#: Segment PUTs in flight at once, by default.
-MAX_IN_FLIGHT = 4
+#: Segment PUTs in flight at once, by default. A PUT waits mostly on the store (its fragments
+#: written and fsynced on k+m nodes), not on this process (packaging a 30 s 720p ladder took
+#: 0.3 CPU-s here): packaging it into a local cluster took 3.1 s with 4 in flight, 2.6 s with
+#: 8, 2.2 s with 16 (medians of 3 on a loaded 2-core machine). 8 holds at most 8 files' bytes.
+MAX_IN_FLIGHT = 8
 
 
 class S3Sink:
