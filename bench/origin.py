@@ -35,17 +35,22 @@ One run, in this order (never two measured things at once):
    with ``--quick``; x264 ``veryfast`` CRF 20, made once into ``--cache``), ``--rounds`` times,
    the two alternating which goes first:
 
-   - *ffmpeg alone*: exactly the transcoder's command line
+   - *ffmpeg alone*: the transcoder's ladder command line
      (:func:`headwater.origin.transcode.ffmpeg.ladder_command` with the ``[transcoder]``
      settings and the rungs of its ladder that fit 720p, from ``ffprobe`` of the clip) on the
-     clip, output beside the worker's scratch dir;
+     clip, output beside the worker's scratch dir, *without* the poster and sprite outputs the
+     worker adds to that run (``images=None``): the ladder alone, so what the images cost
+     inside the run counts as the pipeline's overhead;
    - *the pipeline*: the clip PUT in ``uploads``, a title and its ``transcode`` job in the
      catalogue (as ``POST /api/titles`` makes them), then one
      :class:`~headwater.origin.transcode.worker.TranscodeWorker` (the class each
      ``headwater node transcoder`` worker process runs) in this process: ``run_once()`` from the
      lease to the published title. Its steps are timed by wrapping the functions the worker
-     calls (download, ffprobe, the ladder ffmpeg, poster + thumbnails, the title key, packaging
-     + encryption, the S3 PUTs of the packager's sink, catalogue calls); the rest is "other".
+     calls (download, ffprobe, the ladder ffmpeg with its poster and sprites, the thumbnail
+     track, the title key, packaging + encryption, the S3 PUTs of the packager's sink,
+     catalogue calls); the rest is "other". What ran beside the worker's thread of steps (the
+     title key and bucket on their own thread, heartbeats while ffmpeg ran) is listed apart,
+     outside the sum (:class:`StepTimer`).
 
    Seconds, multiple of real time, CPU-seconds (this process and its ffmpeg children), and
    overhead = (pipeline - ffmpeg alone) / ffmpeg alone, per round and the median. Goal (the
