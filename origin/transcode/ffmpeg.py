@@ -155,13 +155,20 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
 class ProgressParser:
     """Reads ffmpeg's ``-progress`` stream (``key=value`` lines, each block ending with
     ``progress=continue`` or ``progress=end``) and gives the share of ``duration_s`` done at the
-    end of each block. Lines longer than :data:`MAX_PROGRESS_LINE` are dropped, not buffered."""
+    end of each block. Lines longer than :data:`MAX_PROGRESS_LINE` are dropped, not buffered.
 
-    def __init__(self, duration_s: float) -> None:
+    The share is the larger of ``out_time`` and, given the ``frame_rate``, ``frame`` (frames
+    of the first video output) over the duration: ``out_time`` is the least advanced output
+    stream's, and a run that also writes the thumbnail sprites has one that gets its first
+    packet at the end (``out_time`` stays ``N/A`` until then)."""
+
+    def __init__(self, duration_s: float, frame_rate: float = 0.0) -> None:
         self.duration_s = duration_s
+        self.frame_rate = frame_rate
         self._buf = b""
         self._skipping = False
         self._out_us: int | None = None
+        self._frames: int | None = None
         self.done = False
 
     def feed(self, data: bytes) -> list[float]:
@@ -184,23 +191,33 @@ class ProgressParser:
                     self._out_us = max(0, int(value))
                 except ValueError:
                     pass
+            elif key == "frame":
+                try:
+                    self._frames = max(0, int(value))
+                except ValueError:
+                    pass
             elif key == "progress":
                 if value == "end":
                     self.done = True
                     out.append(1.0)
-                elif self._out_us is not None and self.duration_s > 0:
-                    out.append(min(1.0, self._out_us / 1e6 / self.duration_s))
+                    continue
+                done_s = [self._out_us / 1e6] if self._out_us is not None else []
+                if self._frames is not None and self.frame_rate > 0:
+                    done_s.append(self._frames / self.frame_rate)
+                if done_s and self.duration_s > 0:
+                    out.append(min(1.0, max(done_s) / self.duration_s))
 
 
-def run_ffmpeg(argv: Sequence[str], *, duration_s: float = 0.0, timeout_s: float,
+def run_ffmpeg(argv: Sequence[str], *, duration_s: float = 0.0, frame_rate: float = 0.0, timeout_s: float,
                tick: Callable[[float | None], None] = lambda p: None, should_stop: Callable[[], bool] = lambda: False,
                tick_s: float = 0.5, monotonic: Callable[[], float] = time.monotonic) -> None:
     """Run ffmpeg to the end. ``tick(progress)`` is called from this thread every ``tick_s``
-    with the latest progress (None before the first), and may raise to stop the run;
+    with the latest progress (None before the first; see :class:`ProgressParser` for
+    ``duration_s`` and ``frame_rate``), and may raise to stop the run;
     ``should_stop()`` true stops it too (:class:`Stopped`). Past ``timeout_s``, or on a non-zero
     exit, :class:`TranscodeFailed` with the tail of stderr. The process is killed and reaped on
     every way out."""
-    parser = ProgressParser(duration_s)
+    parser = ProgressParser(duration_s, frame_rate)
     latest: list[float | None] = [None]
     tail: collections.deque[bytes] = collections.deque()
     tail_size = [0]

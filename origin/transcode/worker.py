@@ -217,7 +217,8 @@ class _Job:
         # heartbeats); a failure of either is raised after the run, as it would have been.
         with ThreadPoolExecutor(1, thread_name_prefix="transcode-prepare") as prepare:
             prepared = prepare.submit(self._prepare_publish, objects, bucket)
-            run_ffmpeg(argv, duration_s=info.duration_s, timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
+            run_ffmpeg(argv, duration_s=info.duration_s, frame_rate=float(info.frame_rate),
+                       timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
                        tick=lambda p: self.beat(None if p is None else 0.05 + 0.8 * p))
             kid, key = prepared.result()
         source.unlink()

@@ -80,6 +80,15 @@ def test_progress_blocks_give_the_share_done_and_end():
     assert p.done
 
 
+def test_progress_counts_frames_when_an_output_holds_out_time_back():
+    # The sprites' output gets its first packet at the end: out_time is N/A (then 0) until then.
+    p = ProgressParser(10.0, frame_rate=25.0)
+    assert p.feed(b"frame=125\nout_time_us=N/A\nprogress=continue\n") == [0.5]
+    assert p.feed(b"frame=200\nout_time_us=0\nprogress=continue\n") == [0.8]
+    assert p.feed(b"frame=100\nout_time_us=9000000\nprogress=continue\n") == [0.9]  # the larger
+    assert ProgressParser(10.0).feed(b"frame=125\nout_time_us=N/A\nprogress=continue\n") == []
+
+
 def test_progress_drops_overlong_lines_without_buffering_them():
     p = ProgressParser(4.0)
     assert p.feed(b"x" * 5000) == []
