@@ -545,7 +545,7 @@ _STEPS = (
     ("headwater.origin.transcode.objects:ObjectStore", "download", "download the upload"),
     ("headwater.origin.transcode.worker", "probe_file", "ffprobe"),
     ("headwater.origin.transcode.worker", "run_ffmpeg", _LADDER),
-    ("headwater.origin.transcode.worker", "collect_images", "thumbnail track (images listed)"),
+    ("headwater.origin.transcode.worker", "collect_images", "sprites tiled + thumbnail track"),
     ("headwater.origin.transcode.worker", "fetch_title_key", "title key (key store or licence RPC)"),
     ("headwater.origin.transcode.worker", "package_title", "packaging + encryption"),
     ("headwater.drm.package.s3sink:S3Sink", "put", "S3 PUTs of segments/images"),

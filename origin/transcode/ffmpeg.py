@@ -15,12 +15,15 @@ encode use every core; ``-deadline``/``-cpu-used`` trade quality for speed (``re
 high ``cpu-used`` is several times faster than ``good``). Opus is libopus at 48 kHz (the only
 rate Opus decodes at), stereo, in an ``Opus`` sample entry with its ``dOps``.
 
-The poster and the thumbnail sprites are further outputs of the same run (:class:`ImageOutputs`):
+The poster and the thumbnails are further outputs of the same run (:class:`ImageOutputs`):
 one rung's scaled frames are split off before its encoder, a ``select`` keeps the few frames
-wanted, and each goes to its own JPEG output. A second ffmpeg run over the finished ladder (as
-they were made before) decoded a rendition again after the encode, serially: a third of the
-pipeline's time around ffmpeg on a short title; the frames picked inside the run cost a select
-per frame and a JPEG per picture.
+wanted: the poster goes to its JPEG, the thumbnails (scaled down) to one raw NUT file, which
+:func:`sprite_command` tiles into the sprite JPEGs after the run (a few small frames: tens of
+milliseconds). A second ffmpeg run over the finished ladder (as they were made before) decoded
+a rendition again after the encode, serially: a third of the pipeline's time around ffmpeg on
+a short title. The tiling is not in the ladder run because ffmpeg reports no progress until
+every output has had its first packet, and a sprite of 100 thumbnails has its first only when
+full (or at the end).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..errors import TranscodeFailed
 from .ladder import PlannedRung, gop_frames
 from .probe import SourceInfo
 
-__all__ = ["ladder_command", "ImageOutputs", "every_interval", "first_at", "ProgressParser", "run_ffmpeg", "Stopped", "STDERR_TAIL_BYTES"]
+__all__ = ["ladder_command", "ImageOutputs", "sprite_command", "every_interval", "first_at", "ProgressParser", "run_ffmpeg", "Stopped", "STDERR_TAIL_BYTES"]
 
 STDERR_TAIL_BYTES = 4096
 MAX_PROGRESS_LINE = 1024
@@ -49,23 +52,21 @@ class Stopped(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageOutputs:
-    """The poster and thumbnail sprites a ladder run writes beside its MP4.
+    """The poster and thumbnails a ladder run writes beside its MP4.
 
     ``poster``: one JPEG of rung ``poster_from``'s frames, the first at or after ``poster_at_s``
-    (the first frame when the title is shorter). ``sprites``: an image2 pattern
-    (``…/sprite-%03d.jpg``, numbered from 1) of JPEGs tiling ``columns`` x ``rows`` thumbnails of
-    ``width`` x ``height``, one thumbnail every ``every_s`` of rung ``sprites_from``'s frames."""
+    (the first frame when the title is shorter). ``thumbnails``: a NUT file of raw frames of
+    ``width`` x ``height``, one every ``every_s`` of rung ``sprites_from``'s frames, for
+    :func:`sprite_command` to tile."""
 
     poster: Path
     poster_at_s: float
     poster_from: int = 0
-    sprites: Path
+    thumbnails: Path
     sprites_from: int = 0
     every_s: float
     width: int
     height: int
-    columns: int
-    rows: int
 
 
 def every_interval(every_s: float) -> str:
@@ -101,13 +102,12 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
         if not (0 <= images.poster_from < n and 0 <= images.sprites_from < n):
             raise ValueError("the poster and sprites come from rungs of the ladder")
         taps[images.poster_from].append("[poster_in]")
-        taps[images.sprites_from].append("[sprites_in]")
+        taps[images.sprites_from].append("[thumbs_in]")
         # A scale after each select: the JPEG encoder wants full-range frames, and without a
         # filter there to convert the few frames it gets, ffmpeg negotiated full range back
         # through select and split into the rung's own scale: its encoder got pc-range frames.
         chains = [f"[poster_in]{first_at(images.poster_at_s)},scale[poster]",
-                  f"[sprites_in]{every_interval(images.every_s)},scale={images.width}:{images.height},"
-                  f"tile={images.columns}x{images.rows}[sprites]"]
+                  f"[thumbs_in]{every_interval(images.every_s)},scale={images.width}:{images.height}[thumbs]"]
     split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "[0:v:0]null[s0]"
     scales = [f"[s{i}]scale={r.width}:{r.height}:flags=bicubic,setsar=1"
               + (f",split={len(taps[i])}" if len(taps[i]) > 1 else "") + "".join(taps[i])
@@ -147,9 +147,16 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
         # each other. ``-update 1``: the poster's later frame overwrites its first.
         argv += ["-map", "[poster]", "-fps_mode", "vfr", "-q:v", "3", "-update", "1", "-f", "image2",
                  str(images.poster)]
-        argv += ["-map", "[sprites]", "-fps_mode", "vfr", "-q:v", "4", "-f", "image2", "-start_number", "1",
-                 str(images.sprites)]
+        argv += ["-map", "[thumbs]", "-fps_mode", "vfr", "-c:v", "rawvideo", "-f", "nut", str(images.thumbnails)]
     return argv
+
+
+def sprite_command(ffmpeg: str, thumbnails: Path, pattern: Path, *, columns: int, rows: int) -> list[str]:
+    """The thumbnails (the ladder run's NUT file) tiled ``columns`` x ``rows`` per JPEG, the
+    JPEGs numbered from 1 by ``pattern`` (``…/sprite-%03d.jpg``); the last one padded."""
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(thumbnails),
+            "-vf", f"tile={columns}x{rows}", "-fps_mode", "vfr", "-q:v", "4", "-f", "image2", "-start_number", "1",
+            str(pattern)]
 
 
 class ProgressParser:

@@ -6,21 +6,22 @@
   fragment form players' thumbnail plugins read), and ``thumbs/sprite-NNN.jpg``: JPEGs of
   :data:`COLUMNS` x :data:`ROWS` thumbnails each, numbered from 1, row by row.
 
-Both are outputs of the ladder's own ffmpeg run (:class:`~.ffmpeg.ImageOutputs`, from the
-frames it has already decoded and scaled; no second decode): :func:`image_outputs` says where
-they go, :func:`collect_images` writes the track once the run is over and names every file.
+Both come from the ladder's own ffmpeg run (:class:`~.ffmpeg.ImageOutputs`, from the frames
+it has already decoded and scaled; no second decode): :func:`image_outputs` says where they go,
+:func:`collect_images` tiles the thumbnails into the sprites once the run is over, writes the
+track and names every file.
 :func:`thumbnail_vtt` (sans-IO) writes the track.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TranscodeFailed
-from .ffmpeg import ImageOutputs
+from .ffmpeg import ImageOutputs, run_ffmpeg, sprite_command
 
 __all__ = ["COLUMNS", "ROWS", "POSTER_NAME", "THUMBS_DIR", "VTT_NAME", "ThumbnailGrid", "thumbnail_grid",
            "thumbnail_vtt", "sprite_name", "sprite_track", "image_outputs", "collect_images"]
@@ -97,16 +98,20 @@ def image_outputs(folder: Path, grid: ThumbnailGrid, *, poster_at_s: float, spri
     which is made."""
     (folder / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
     return ImageOutputs(poster=folder / POSTER_NAME, poster_at_s=poster_at_s, poster_from=0,
-                        sprites=folder / THUMBS_DIR / "sprite-%03d.jpg", sprites_from=sprites_from,
-                        every_s=grid.every_s, width=grid.width, height=grid.height, columns=COLUMNS, rows=ROWS)
+                        thumbnails=folder / "thumbnails.nut", sprites_from=sprites_from, every_s=grid.every_s,
+                        width=grid.width, height=grid.height)
 
 
-def collect_images(images: ImageOutputs, grid: ThumbnailGrid, duration_s: float) -> dict[str, Path]:
-    """After the ladder run: the thumbnail track written beside the sprites, and {object name:
-    file} of the poster, the track and every sprite. :class:`TranscodeFailed` if the run left
-    no poster or no sprite."""
+def collect_images(ffmpeg: str, images: ImageOutputs, grid: ThumbnailGrid, duration_s: float, *,
+                   timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> dict[str, Path]:
+    """After the ladder run: its thumbnails tiled into the sprites (:data:`COLUMNS` x
+    :data:`ROWS` each), the thumbnail track written beside them, and {object name: file} of
+    the poster, the track and every sprite. :class:`TranscodeFailed` if there is no poster or
+    no sprite."""
     folder = images.poster.parent
     thumbs = folder / THUMBS_DIR
+    run_ffmpeg(sprite_command(ffmpeg, images.thumbnails, thumbs / "sprite-%03d.jpg", columns=COLUMNS, rows=ROWS),
+               timeout_s=timeout_s, should_stop=should_stop)
     sprites = sorted(thumbs.glob("sprite-*.jpg"))
     if not images.poster.is_file() or not sprites:
         raise TranscodeFailed(f"ffmpeg made {'a' if images.poster.is_file() else 'no'} poster and "

@@ -4,9 +4,9 @@ and turns the upload it names into a published title.
 One job, step by step (the title's progress in brackets)::
 
     lease → title transcoding (0) → fetch the upload to scratch → ffprobe → ffmpeg: the ladder
-    MP4, the poster and the thumbnail sprites in one run (0.05 → 0.85, heartbeats; the title's
-    key fetched and the bucket made meanwhile) → the thumbnail track → package into titles/T/vN/
-    (0.9) → title packaged → publish: complete(lease, published, renditions)
+    MP4, the poster and the thumbnails in one run (0.05 → 0.85, heartbeats; the title's key
+    fetched and the bucket made meanwhile) → the sprites tiled, the thumbnail track → package
+    into titles/T/vN/ (0.9) → title packaged → publish: complete(lease, published, renditions)
 
 Only ffmpeg's run is long; what can wait on it does (the key, the bucket) and what could be a
 second decode after it (poster, sprites) is an output of it, so the steps after ffmpeg are the
@@ -223,7 +223,8 @@ class _Job:
             kid, key = prepared.result()
         source.unlink()
         self.beat(0.85)
-        image_files = collect_images(images, grid, info.duration_s)
+        image_files = collect_images(cfg.ffmpeg, images, grid, info.duration_s, timeout_s=cfg.job_timeout_s,
+                                     should_stop=self.stopping)
         s = w.store
         sink = S3Sink(S3Target(endpoint=s.endpoint, bucket=bucket, prefix=self.prefix, access_key=s.access_key,
                                secret_key=s.secret_key, region=s.region), ssl_context=s.ssl_context)

@@ -1,7 +1,8 @@
 """The poster and thumbnail sprites made by the real ffmpeg the transcoder runs, as outputs of
 the ladder's own run: for a title shorter than one thumbnail interval (its sprite run once wrote
 no sprite and failed the job) and for one of several intervals (one cell per started interval);
-the ladder MP4 beside them is whole, and the poster is the frame at its time, not the first."""
+the ladder MP4 beside them is whole, ffmpeg reports progress during the run, and the poster is
+the frame at its time, not the first."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from headwater.origin.transcode.config import default_binary
-from headwater.origin.transcode.ffmpeg import ladder_command, run_ffmpeg
+from headwater.origin.transcode.ffmpeg import ProgressParser, ladder_command
 from headwater.origin.transcode.ladder import PlannedRung
 from headwater.origin.transcode.poster import (COLUMNS, POSTER_NAME, ROWS, VTT_NAME, collect_images, image_outputs,
                                                sprite_track, thumbnail_grid)
@@ -48,14 +49,19 @@ def test_sprites_and_poster_from_the_ladder_run(tmp_path, seconds, every_s, cell
     info = SourceInfo(width=320, height=180, duration_s=seconds, frame_rate=Fraction(25), video_codec="h264",
                       has_audio=False)
     ladder = tmp_path / "ladder.mp4"
-    run_ffmpeg(ladder_command(FFMPEG, source, ladder, RUNGS, info, segment_seconds=1, preset="ultrafast",
-                              audio_bitrate=64_000, images=images), duration_s=seconds, timeout_s=60)
+    argv = ladder_command(FFMPEG, source, ladder, RUNGS, info, segment_seconds=1, preset="ultrafast",
+                          audio_bitrate=64_000, images=images)
+    # Progress every 20 ms: ffmpeg reports none until every output has had a packet, so an
+    # image output that gets its first late (a sprite tiled in the run) left the title at 0 %.
+    ran = subprocess.run([argv[0], "-stats_period", "0.02", *argv[1:]], capture_output=True, timeout=60, check=True)
+    progress = ProgressParser(seconds, frame_rate=25.0).feed(ran.stdout)
+    assert progress[-1] == 1.0 and any(0 < p < 1 for p in progress), progress
     frames = round(seconds * 25)
     # Whole, and in the range the ladder alone encodes (the source's, unflagged): the JPEGs' full
     # range stays in their own branches of the graph.
     assert probe(ladder, "stream=width,height,color_range,nb_read_frames") == [
         f"320,180,unknown,{frames}", f"160,90,unknown,{frames}"]
-    files = collect_images(images, grid, seconds)
+    files = collect_images(FFMPEG, images, grid, seconds, timeout_s=60)
     sprites = sorted(k for k in files if k.endswith(".jpg") and "sprite" in k)
     assert len(sprites) == 1, files
     assert probe(files[sprites[0]], "stream=width,height") == [f"{COLUMNS * grid.width},{ROWS * grid.height}"]

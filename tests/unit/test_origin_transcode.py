@@ -12,7 +12,7 @@ import pytest
 from headwater.config import ConfigError, loads
 from headwater.origin.errors import InvalidMedia
 from headwater.origin.transcode.config import DEFAULT_LADDER, Rung, parse_bitrate
-from headwater.origin.transcode.ffmpeg import ProgressParser, ladder_command
+from headwater.origin.transcode.ffmpeg import ProgressParser, ladder_command, sprite_command
 from headwater.origin.transcode.ladder import PlannedRung, gop_frames, plan_ladder
 from headwater.origin.transcode.poster import image_outputs, sprite_track, thumbnail_grid, thumbnail_vtt
 from headwater.origin.transcode.probe import SourceInfo, parse_probe
@@ -143,21 +143,24 @@ def test_the_poster_and_sprites_are_outputs_of_the_ladder_run(tmp_path):
         [a for a in plain if a != plain[plain.index("-filter_complex") + 1]]
     graph = argv[argv.index("-filter_complex") + 1].split(";")
     assert graph[1] == "[s0]scale=1280:720:flags=bicubic,setsar=1,split=2[v0][poster_in]"
-    assert graph[2] == "[s1]scale=640:360:flags=bicubic,setsar=1,split=2[v1][sprites_in]"
+    assert graph[2] == "[s1]scale=640:360:flags=bicubic,setsar=1,split=2[v1][thumbs_in]"
     assert graph[3] == ("[poster_in]select='isnan(prev_selected_t)+gte(t\\,3.000)*lt(prev_selected_t\\,3.000)',"
                         "scale[poster]")
-    assert graph[4] == ("[sprites_in]select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,10)',"
-                        "scale=160:90,tile=10x10[sprites]")
+    assert graph[4] == "[thumbs_in]select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,10)',scale=160:90[thumbs]"
     assert argv[mp4 + 1:] == [
         "-map", "[poster]", "-fps_mode", "vfr", "-q:v", "3", "-update", "1", "-f", "image2",
         str(tmp_path / "img" / "poster.jpg"),
-        "-map", "[sprites]", "-fps_mode", "vfr", "-q:v", "4", "-f", "image2", "-start_number", "1",
-        str(tmp_path / "img" / "thumbs" / "sprite-%03d.jpg")]
+        "-map", "[thumbs]", "-fps_mode", "vfr", "-c:v", "rawvideo", "-f", "nut", str(tmp_path / "img" / "thumbnails.nut")]
+    # The tiling after the run (a sprite's first packet only once it is full would hold back
+    # ffmpeg's progress reports for the whole run).
+    tile = sprite_command("ffmpeg", images.thumbnails, Path("t/sprite-%03d.jpg"), columns=10, rows=10)
+    assert tile[tile.index("-i") + 1] == str(images.thumbnails) and tile[tile.index("-vf") + 1] == "tile=10x10"
+    assert tile[-5:] == ["-f", "image2", "-start_number", "1", "t/sprite-%03d.jpg"]
     # One rung: poster and sprites both split off it.
     one = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(), segment_seconds=2, preset="fast",
                          audio_bitrate=96_000,
                          images=image_outputs(tmp_path / "one", grid, poster_at_s=0.0, sprites_from=0))
-    assert "setsar=1,split=3[v0][poster_in][sprites_in]" in one[one.index("-filter_complex") + 1]
+    assert "setsar=1,split=3[v0][poster_in][thumbs_in]" in one[one.index("-filter_complex") + 1]
     with pytest.raises(ValueError):
         ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(), segment_seconds=2, preset="fast",
                        audio_bitrate=96_000, images=images)
