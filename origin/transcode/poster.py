@@ -9,8 +9,7 @@
 Both come from the ladder's own ffmpeg run (:class:`~.ffmpeg.ImageOutputs`, from the frames
 it has already decoded and scaled; no second decode): :func:`image_outputs` says where they go,
 :func:`collect_images` tiles the thumbnails into the sprites once the run is over, writes the
-track and names every file.
-:func:`thumbnail_vtt` (sans-IO) writes the track.
+track (:func:`thumbnail_vtt`, sans-IO) and names every file.
 """
 
 from __future__ import annotations
@@ -94,8 +93,8 @@ def sprite_track(renditions: Sequence[tuple[int, str]], width: int) -> int:
 
 def image_outputs(folder: Path, grid: ThumbnailGrid, *, poster_at_s: float, sprites_from: int) -> ImageOutputs:
     """Where the ladder run writes the poster (from the first rendition, the top rung) and the
-    sprites (from rendition ``sprites_from``, see :func:`sprite_track`): under ``folder``,
-    which is made."""
+    thumbnails the sprites are tiled from (from rendition ``sprites_from``, see
+    :func:`sprite_track`): under ``folder``, which is made."""
     (folder / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
     return ImageOutputs(poster=folder / POSTER_NAME, poster_at_s=poster_at_s, poster_from=0,
                         thumbnails=folder / "thumbnails.nut", sprites_from=sprites_from, every_s=grid.every_s,
