@@ -46,9 +46,9 @@ One run, in this order (never two measured things at once):
      :class:`~headwater.origin.transcode.worker.TranscodeWorker` (the class each
      ``headwater node transcoder`` worker process runs) in this process: ``run_once()`` from the
      lease to the published title. Its steps are timed by wrapping the functions the worker
-     calls (download, ffprobe, the ladder ffmpeg with its poster and sprites, the thumbnail
-     track, the title key, packaging + encryption, the S3 PUTs of the packager's sink,
-     catalogue calls); the rest is "other". What ran beside the worker's thread of steps (the
+     calls (download, ffprobe, the ladder ffmpeg with its poster and thumbnails, the sprites
+     and thumbnail track, the title key, packaging + encryption, the S3 PUTs of the packager's
+     sink, catalogue calls); the rest is "other". What ran beside the worker's thread of steps (the
      title key and bucket on their own thread, heartbeats while ffmpeg ran) is listed apart,
      outside the sum (:class:`StepTimer`).
 
@@ -469,7 +469,7 @@ class TranscodeRound:
     title_id: int
     first: str
     overlapped: dict[str, float] = field(default_factory=dict)
-    ladder_cpu_s: float = 0.0  # the pipeline's ladder ffmpeg (with the poster and sprites), CPU-seconds
+    ladder_cpu_s: float = 0.0  # the pipeline's ladder ffmpeg (with the poster and thumbnails), CPU-seconds
 
     @property
     def overhead(self) -> float:
@@ -540,7 +540,7 @@ class StepTimer:
 #: StepTimer keeps them out of that step. The ladder's run_ffmpeg shadows what the worker does
 #: while it runs (heartbeats); the title key and the bucket are made on a thread of their own
 #: meanwhile: both are reported as overlapped, not as steps.
-_LADDER = "ffmpeg ladder (+ poster and sprites)"
+_LADDER = "ffmpeg ladder (+ poster and thumbnails)"
 _STEPS = (
     ("headwater.origin.transcode.objects:ObjectStore", "download", "download the upload"),
     ("headwater.origin.transcode.worker", "probe_file", "ffprobe"),
@@ -726,7 +726,7 @@ def render(rows: list[UploadRow], ceilings: list[Ceiling], rounds: list[Transcod
         out.append(f"    = {statistics.median(around):.2f} s around the ladder ffmpeg; the ladder run itself vs "
                    f"ffmpeg alone: {statistics.median(r.steps[_LADDER] - r.alone_s for r in rounds):+.2f} s wall, "
                    f"{statistics.median(r.ladder_cpu_s - r.alone_cpu_s for r in rounds):+.2f} CPU-s (the poster "
-                   f"and sprites it also makes, and the machine's drift between two runs)")
+                   f"and thumbnails it also makes, and the machine's drift between two runs)")
         ratios = [a / r.alone_s for a, r in zip(around, rounds)]
         # Signed: the CPU-seconds of two runs of one command differ by about a second here, so
         # clamping the difference at zero would only add that noise.
