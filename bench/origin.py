@@ -35,17 +35,22 @@ One run, in this order (never two measured things at once):
    with ``--quick``; x264 ``veryfast`` CRF 20, made once into ``--cache``), ``--rounds`` times,
    the two alternating which goes first:
 
-   - *ffmpeg alone*: exactly the transcoder's command line
+   - *ffmpeg alone*: the transcoder's ladder command line
      (:func:`headwater.origin.transcode.ffmpeg.ladder_command` with the ``[transcoder]``
      settings and the rungs of its ladder that fit 720p, from ``ffprobe`` of the clip) on the
-     clip, output beside the worker's scratch dir;
+     clip, output beside the worker's scratch dir, *without* the poster and sprite outputs the
+     worker adds to that run (``images=None``): the ladder alone, so what the images cost
+     inside the run counts as the pipeline's overhead;
    - *the pipeline*: the clip PUT in ``uploads``, a title and its ``transcode`` job in the
      catalogue (as ``POST /api/titles`` makes them), then one
      :class:`~headwater.origin.transcode.worker.TranscodeWorker` (the class each
      ``headwater node transcoder`` worker process runs) in this process: ``run_once()`` from the
      lease to the published title. Its steps are timed by wrapping the functions the worker
-     calls (download, ffprobe, the ladder ffmpeg, poster + thumbnails, the title key, packaging
-     + encryption, the S3 PUTs of the packager's sink, catalogue calls); the rest is "other".
+     calls (download, ffprobe, the ladder ffmpeg with its poster and thumbnails, the sprites
+     and thumbnail track, the title key, packaging + encryption, the S3 PUTs of the packager's
+     sink, catalogue calls); the rest is "other". What ran beside the worker's thread of steps (the
+     title key and bucket on their own thread, heartbeats while ffmpeg ran) is listed apart,
+     outside the sum (:class:`StepTimer`).
 
    Seconds, multiple of real time, CPU-seconds (this process and its ffmpeg children), and
    overhead = (pipeline - ffmpeg alone) / ffmpeg alone, per round and the median. Goal (the
@@ -70,6 +75,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -288,9 +294,13 @@ def _cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _cpu_all() -> float:
+def _cpu_children() -> float:
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return _cpu_self() + c.ru_utime + c.ru_stime
+    return c.ru_utime + c.ru_stime
+
+
+def _cpu_all() -> float:
+    return _cpu_self() + _cpu_children()
 
 
 def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: int, rounds: int,
@@ -458,6 +468,8 @@ class TranscodeRound:
     steps: dict[str, float]
     title_id: int
     first: str
+    overlapped: dict[str, float] = field(default_factory=dict)
+    ladder_cpu_s: float = 0.0  # the pipeline's ladder ffmpeg (with the poster and thumbnails), CPU-seconds
 
     @property
     def overhead(self) -> float:
@@ -467,25 +479,46 @@ class TranscodeRound:
 class StepTimer:
     """Wall seconds spent in named functions, by replacing them (module globals or class
     attributes) with timing wrappers for the length of a ``with`` block. Each step gets its own
-    time only: a wrapped call inside another (a heartbeat inside the ladder's ffmpeg run, the
-    sink's PUTs inside packaging) is taken out of the outer one's, so the steps add up to at
-    most the wall time. One thread (the worker calls everything from its own)."""
+    time only: a wrapped call inside another (the sink's PUTs inside packaging) is taken out of
+    the outer one's, so the steps add up to at most the wall time.
+
+    The critical path is the thread that entered the block (the worker's). A call made on another
+    thread (the worker fetches the title key while ffmpeg runs), or inside a step wrapped with
+    ``shadows`` (a heartbeat inside the ladder's ffmpeg run, which goes on meanwhile), ran beside
+    the critical path: its seconds go to :attr:`overlapped`, not to :attr:`seconds`, and are not
+    taken out of the step around it. :attr:`children_cpu` is the CPU-seconds of the child
+    processes each critical-path step reaped (the ladder's ffmpeg)."""
 
     def __init__(self) -> None:
         self.seconds: Counter[str] = Counter()
+        self.overlapped: Counter[str] = Counter()
+        self.children_cpu: Counter[str] = Counter()
         self._undo: list[tuple[Any, str, Any]] = []
         self._inner: list[float] = []  # per active wrapped call: seconds of the wrapped calls in it
+        self._thread = threading.get_ident()
+        self._shadowing = 0            # active calls of ``shadows`` steps on the critical path
+        self._lock = threading.Lock()
 
-    def wrap(self, owner: Any, attr: str, step: str) -> None:
+    def wrap(self, owner: Any, attr: str, step: str, *, shadows: bool = False) -> None:
         original = getattr(owner, attr)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self._thread or self._shadowing:
+                t0 = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    with self._lock:
+                        self.overlapped[step] += time.perf_counter() - t0
             self._inner.append(0.0)
-            t0 = time.perf_counter()
+            self._shadowing += shadows
+            c0, t0 = _cpu_children(), time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - t0
+                self.children_cpu[step] += _cpu_children() - c0
+                self._shadowing -= shadows
                 self.seconds[step] += elapsed - self._inner.pop()
                 if self._inner:
                     self._inner[-1] += elapsed
@@ -494,6 +527,7 @@ class StepTimer:
         setattr(owner, attr, timed)
 
     def __enter__(self) -> "StepTimer":
+        self._thread = threading.get_ident()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -502,13 +536,16 @@ class StepTimer:
         self._undo.clear()
 
 
-#: (module or class path, attribute, step name). The sink's PUTs and heartbeats happen inside
-#: package_title and the ladder's run_ffmpeg: StepTimer keeps them out of those steps.
+#: (module or class path, attribute, step name). The sink's PUTs happen inside package_title:
+#: StepTimer keeps them out of that step. The ladder's run_ffmpeg shadows what the worker does
+#: while it runs (heartbeats); the title key and the bucket are made on a thread of their own
+#: meanwhile: both are reported as overlapped, not as steps.
+_LADDER = "ffmpeg ladder (+ poster and thumbnails)"
 _STEPS = (
     ("headwater.origin.transcode.objects:ObjectStore", "download", "download the upload"),
     ("headwater.origin.transcode.worker", "probe_file", "ffprobe"),
-    ("headwater.origin.transcode.worker", "run_ffmpeg", "ffmpeg ladder"),
-    ("headwater.origin.transcode.worker", "make_images", "poster + thumbnails (2 ffmpeg runs)"),
+    ("headwater.origin.transcode.worker", "run_ffmpeg", _LADDER),
+    ("headwater.origin.transcode.worker", "collect_images", "sprites tiled + thumbnail track"),
     ("headwater.origin.transcode.worker", "fetch_title_key", "title key (key store or licence RPC)"),
     ("headwater.origin.transcode.worker", "package_title", "packaging + encryption"),
     ("headwater.drm.package.s3sink:S3Sink", "put", "S3 PUTs of segments/images"),
@@ -516,6 +553,7 @@ _STEPS = (
     ("headwater.origin.transcode.objects:ObjectStore", "ensure_bucket", "catalogue + store calls"),
     ("headwater.origin.transcode.worker", "request_cdn_purge", "catalogue + store calls"),
 )
+_SHADOWS = {"run_ffmpeg"}
 _CATALOGUE_CALLS = ("lease", "heartbeat", "move_title", "complete", "get_title")
 
 
@@ -578,14 +616,14 @@ def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, 
                      f"CPU {cpu:.2f} s  (load {_loadavg()})")
                 return wall, cpu
 
-            def pipeline() -> tuple[float, float, dict[str, float], int]:
+            def pipeline() -> tuple[float, float, dict[str, float], dict[str, float], float, int]:
                 title = catalogue.create_title(TitleDraft(title=f"Bench clip {name}", upload=name,
                                                           owner="creator-app"))
                 catalogue.enqueue("transcode", f"transcode:{title.id}:{name}", title_id=title.id,
                                   payload={"bucket": uploads_bucket, "key": f"uploads/{name}"})
                 with StepTimer() as timer:
                     for path, attr, step in _STEPS:
-                        timer.wrap(_resolve(path), attr, step)
+                        timer.wrap(_resolve(path), attr, step, shadows=attr in _SHADOWS)
                     for call in _CATALOGUE_CALLS:
                         timer.wrap(catalogue, call, "catalogue + store calls")
                     c0, t0 = _cpu_all(), time.perf_counter()
@@ -593,13 +631,15 @@ def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, 
                         raise PeerError("the worker found no job to lease")
                     wall, cpu = time.perf_counter() - t0, _cpu_all() - c0
                     steps = dict(timer.seconds)
+                    overlapped = dict(timer.overlapped)
+                    ladder_cpu = timer.children_cpu[_LADDER]
                 got = catalogue.get_title(title.id)
                 if got.state is not TitleState.PUBLISHED:
                     raise PeerError(f"title {title.id} is {got.state.value}: {got.error}")
                 steps["other (scratch, Python, cleanup)"] = wall - sum(steps.values())
                 _log(f"  round {rnd + 1} pipeline:     {wall:6.2f} s ({info.duration_s / wall:.2f}x real time), "
                      f"CPU {cpu:.2f} s, title {title.id} published  (load {_loadavg()})")
-                return wall, cpu, steps, title.id
+                return wall, cpu, steps, overlapped, ladder_cpu, title.id
 
             if rnd % 2 == 0:
                 a = alone()
@@ -608,7 +648,8 @@ def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, 
                 p = pipeline()
                 a = alone()
             out.append(TranscodeRound(alone_s=a[0], alone_cpu_s=a[1], pipeline_s=p[0], pipeline_cpu_s=p[1],
-                                      steps=p[2], title_id=p[3], first="alone" if rnd % 2 == 0 else "pipeline"))
+                                      steps=p[2], overlapped=p[3], ladder_cpu_s=p[4], title_id=p[5],
+                                      first="alone" if rnd % 2 == 0 else "pipeline"))
     finally:
         catalogue.close()
     return out, setup
@@ -675,13 +716,24 @@ def render(rows: list[UploadRow], ceilings: list[Ceiling], rounds: list[Transcod
         for name in names:
             vals = [r.steps.get(name, 0.0) for r in rounds]
             out.append(f"    {statistics.median(vals):8.2f} s  {name}")
-        extra = [n for n in names if n != "ffmpeg ladder"]
+        shadowed = sorted({n for r in rounds for n in r.overlapped})
+        if shadowed:
+            out.append("  beside the critical path (while ffmpeg ran; not in the sum):")
+            for name in shadowed:
+                out.append(f"    {statistics.median(r.overlapped.get(name, 0.0) for r in rounds):8.2f} s  {name}")
+        extra = [n for n in names if n != _LADDER]
         around = [sum(r.steps[n] for n in extra) for r in rounds]
         out.append(f"    = {statistics.median(around):.2f} s around the ladder ffmpeg; the ladder run itself vs "
-                   f"ffmpeg alone: {statistics.median(r.steps['ffmpeg ladder'] - r.alone_s for r in rounds):+.2f} s "
-                   f"(the machine's drift between two runs of the same command)")
+                   f"ffmpeg alone: {statistics.median(r.steps[_LADDER] - r.alone_s for r in rounds):+.2f} s wall, "
+                   f"{statistics.median(r.ladder_cpu_s - r.alone_cpu_s for r in rounds):+.2f} CPU-s (the poster "
+                   f"and thumbnails it also makes, and the machine's drift between two runs)")
+        ratios = [a / r.alone_s for a, r in zip(around, rounds)]
+        # Signed: the CPU-seconds of two runs of one command differ by about a second here, so
+        # clamping the difference at zero would only add that noise.
+        with_images = [(a + r.ladder_cpu_s - r.alone_cpu_s) / r.alone_s for a, r in zip(around, rounds)]
         out.append(f"  overhead without that drift, (seconds around the ladder) / ffmpeg alone, median: "
-                   f"{statistics.median(a / r.alone_s for a, r in zip(around, rounds)) * 100:.1f} %")
+                   f"{statistics.median(ratios) * 100:.1f} %; with the ladder run's extra CPU-seconds added: "
+                   f"{statistics.median(with_images) * 100:.1f} %")
     return "\n".join(out)
 
 

@@ -13,7 +13,8 @@ small thread pool) while the packager makes the next ones: one PUT at a time lef
 gateway and nodes idle for a round trip per file, and was a third of the pipeline's time around
 ffmpeg on a short title. ``put`` blocks only when that many are in flight (so at most that many
 files' bytes are held), a failed PUT fails the next ``put``, and ``commit`` waits for every
-segment before the first manifest goes up.
+segment before the first manifest goes up; the manifests then go up side by side too, all but
+the last one put (the HLS master, which names the others), which follows them.
 
 Why the standard library's ``http.client`` and the kernel's SigV4 signer rather than boto3:
 boto3 is a test dependency only (tens of MB), the packager sends nothing but single PUTs and
@@ -98,8 +99,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, prefix
 
 
-#: Segment PUTs in flight at once, by default.
-MAX_IN_FLIGHT = 4
+#: Segment PUTs in flight at once, by default. A PUT waits mostly on the store (its fragments
+#: written and fsynced on k+m nodes), not on this process (packaging a 30 s 720p ladder took
+#: 0.3 CPU-s here): packaging it into a local cluster took 3.1 s with 4 in flight, 2.6 s with
+#: 8, 2.2 s with 16 (medians of 3 on a loaded 2-core machine). 8 holds at most 8 files' bytes.
+MAX_IN_FLIGHT = 8
 
 
 class S3Sink:
@@ -164,7 +168,19 @@ class S3Sink:
 
     def commit(self) -> None:
         self._reap(everything=True)  # every segment is durable before any manifest names it
-        for name, data in self._held.items():
+        held = list(self._held.items())
+        # The manifests side by side, but the last one put after the others: the packager puts
+        # the HLS master last, and it names the media playlists. One at a time, the commit was
+        # a round trip to the store per manifest after the last segment.
+        if len(held) > 1 and self._max_in_flight > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3sink")
+            for name, data in held[:-1]:
+                self._reap(block=len(self._pending) >= self._max_in_flight)
+                self._pending.add(self._pool.submit(self._put, name, data))
+            self._reap(everything=True)
+            held = held[-1:]
+        for name, data in held:
             self._put(name, data)
         self._held.clear()
         self._uploaded.clear()

@@ -6,7 +6,10 @@
   fragment form players' thumbnail plugins read), and ``thumbs/sprite-NNN.jpg``: JPEGs of
   :data:`COLUMNS` x :data:`ROWS` thumbnails each, numbered from 1, row by row.
 
-:func:`thumbnail_vtt` (sans-IO) writes the track; :func:`make_images` runs ffmpeg for both.
+Both come from the ladder's own ffmpeg run (:class:`~.ffmpeg.ImageOutputs`, from the frames
+it has already decoded and scaled; no second decode): :func:`image_outputs` says where they go,
+:func:`collect_images` tiles the thumbnails into the sprites once the run is over, writes the
+track (:func:`thumbnail_vtt`, sans-IO) and names every file.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ffmpeg import poster_command, run_ffmpeg, sprite_command
+from ..errors import TranscodeFailed
+from .ffmpeg import ImageOutputs, run_ffmpeg, sprite_command
 
 __all__ = ["COLUMNS", "ROWS", "POSTER_NAME", "THUMBS_DIR", "VTT_NAME", "ThumbnailGrid", "thumbnail_grid",
-           "thumbnail_vtt", "sprite_name", "sprite_track", "make_images"]
+           "thumbnail_vtt", "sprite_name", "sprite_track", "image_outputs", "collect_images"]
 
 COLUMNS = 10
 ROWS = 10
@@ -77,32 +81,42 @@ def thumbnail_vtt(grid: ThumbnailGrid, duration_s: float) -> str:
 
 
 def sprite_track(renditions: Sequence[tuple[int, str]], width: int) -> int:
-    """Which video track of the ladder MP4 (``renditions``: each track's width and codec, in
-    file order) the sprites are read from: the narrowest H.264 one at least ``width`` wide (the
-    sprite run decodes its every frame: the 360p rung costs a quarter of the 720p one's decode,
-    and H.264 decodes faster than VP9), else the widest H.264 one."""
+    """Which rendition of the ladder (``renditions``: each one's width and codec, in file order)
+    the sprites are cut from: the narrowest H.264 one at least ``width`` wide (its scaled frames
+    are the fewest pixels to pick and scale down; an H.264 rung is of every size the ladder
+    has), else the widest H.264 one."""
     h264 = [(w, i) for i, (w, codec) in enumerate(renditions) if codec == "h264"] or \
         [(w, i) for i, (w, _) in enumerate(renditions)]
     wide_enough = [(w, i) for w, i in h264 if w >= width]
     return min(wide_enough)[1] if wide_enough else max(h264)[1]
 
 
-def make_images(ffmpeg: str, ladder_mp4: Path, folder: Path, *, duration_s: float, poster_at: float,
-                grid: ThumbnailGrid, timeout_s: float, should_stop: Callable[[], bool],
-                sprites_from: int = 0) -> dict[str, Path]:
-    """Render the poster (from the first video track), the sprites (from track ``sprites_from``,
-    see :func:`sprite_track`) and the track into ``folder``: {object name: file}."""
+def image_outputs(folder: Path, grid: ThumbnailGrid, *, poster_at_s: float, sprites_from: int) -> ImageOutputs:
+    """Where the ladder run writes the poster (from the first rendition, the top rung) and the
+    thumbnails the sprites are tiled from (from rendition ``sprites_from``, see
+    :func:`sprite_track`): under ``folder``, which is made."""
+    (folder / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
+    return ImageOutputs(poster=folder / POSTER_NAME, poster_at_s=poster_at_s, poster_from=0,
+                        thumbnails=folder / "thumbnails.nut", sprites_from=sprites_from, every_s=grid.every_s,
+                        width=grid.width, height=grid.height)
+
+
+def collect_images(ffmpeg: str, images: ImageOutputs, grid: ThumbnailGrid, duration_s: float, *,
+                   timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> dict[str, Path]:
+    """After the ladder run: its thumbnails tiled into the sprites (:data:`COLUMNS` x
+    :data:`ROWS` each), the thumbnail track written beside them, and {object name: file} of
+    the poster, the track and every sprite. :class:`TranscodeFailed` if there is no poster or
+    no sprite."""
+    folder = images.poster.parent
     thumbs = folder / THUMBS_DIR
-    thumbs.mkdir(parents=True, exist_ok=True)
-    poster = folder / POSTER_NAME
-    run_ffmpeg(poster_command(ffmpeg, ladder_mp4, poster, at_s=duration_s * poster_at), timeout_s=timeout_s,
-               should_stop=should_stop)
-    run_ffmpeg(sprite_command(ffmpeg, ladder_mp4, thumbs / "sprite-%03d.jpg", every_s=grid.every_s,
-                              width=grid.width, height=grid.height, columns=COLUMNS, rows=ROWS,
-                              track=sprites_from),
+    run_ffmpeg(sprite_command(ffmpeg, images.thumbnails, thumbs / "sprite-%03d.jpg", columns=COLUMNS, rows=ROWS),
                timeout_s=timeout_s, should_stop=should_stop)
+    sprites = sorted(thumbs.glob("sprite-*.jpg"))
+    if not images.poster.is_file() or not sprites:
+        raise TranscodeFailed(f"ffmpeg made {'a' if images.poster.is_file() else 'no'} poster and "
+                              f"{len(sprites)} thumbnail sprite(s)")
     (folder / VTT_NAME).write_text(thumbnail_vtt(grid, duration_s))
-    out = {POSTER_NAME: poster, VTT_NAME: folder / VTT_NAME}
-    for p in sorted(thumbs.glob("sprite-*.jpg")):
+    out = {POSTER_NAME: images.poster, VTT_NAME: folder / VTT_NAME}
+    for p in sprites:
         out[f"{THUMBS_DIR}/{p.name}"] = p
     return out

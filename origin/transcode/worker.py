@@ -4,8 +4,13 @@ and turns the upload it names into a published title.
 One job, step by step (the title's progress in brackets)::
 
     lease → title transcoding (0) → fetch the upload to scratch → ffprobe → ffmpeg: the ladder
-    MP4 (0.05 → 0.85, heartbeats) → poster + thumbnails → the title's key → package into
-    titles/T/vN/ (0.9) → title packaged → publish: complete(lease, published, renditions)
+    MP4, the poster and the thumbnails in one run (0.05 → 0.85, heartbeats; the title's key
+    fetched and the bucket made meanwhile) → the sprites tiled, the thumbnail track → package
+    into titles/T/vN/ (0.9) → title packaged → publish: complete(lease, published, renditions)
+
+Only ffmpeg's run is long; what can wait on it does (the key, the bucket) and what could be a
+second decode after it (poster, sprites) is an output of it, so the steps after ffmpeg are the
+packaging and its PUTs.
 
 Idempotency and fencing: every attempt writes under its own version prefix
 ``titles/T/v<job id>-<attempt>/``, so two attempts never write the same object, and an attempt
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +48,7 @@ from .ffmpeg import Stopped, ladder_command, run_ffmpeg
 from .ladder import plan_ladder
 from .objects import ObjectStore
 from .package import TickingSink, package_title, renditions_of
-from .poster import make_images, sprite_track, thumbnail_grid
+from .poster import collect_images, image_outputs, sprite_track, thumbnail_grid
 from .probe import probe_file
 
 __all__ = ["TranscodeWorker", "StoreSettings", "JOB_KIND", "version_prefix"]
@@ -199,30 +205,30 @@ class _Job:
         self.beat(0.02)
         info = probe_file(cfg.ffprobe, source)
         rungs = plan_ladder(cfg.ladder, info, cfg.codecs)
+        grid = thumbnail_grid(info.duration_s, cfg.thumbnail_s, cfg.thumbnail_width, rungs[0].width,
+                              rungs[0].height)
+        images = image_outputs(work / "images", grid, poster_at_s=info.duration_s * cfg.poster_at,
+                               sprites_from=sprite_track([(r.width, r.codec) for r in rungs], cfg.thumbnail_width))
         ladder_mp4 = work / "ladder.mp4"
         argv = ladder_command(cfg.ffmpeg, source, ladder_mp4, rungs, info, segment_seconds=cfg.segment_seconds,
                               preset=cfg.preset, audio_bitrate=cfg.audio_bitrate, opus_bitrate=cfg.opus_bitrate,
-                              vp9_deadline=cfg.vp9_deadline, vp9_cpu_used=cfg.vp9_cpu_used)
-        run_ffmpeg(argv, duration_s=info.duration_s, timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
-                   tick=lambda p: self.beat(None if p is None else 0.05 + 0.8 * p))
+                              vp9_deadline=cfg.vp9_deadline, vp9_cpu_used=cfg.vp9_cpu_used, images=images)
+        # The key and the bucket while ffmpeg runs (a thread of its own: this one keeps the
+        # heartbeats); a failure of either is raised after the run, as it would have been.
+        with ThreadPoolExecutor(1, thread_name_prefix="transcode-prepare") as prepare:
+            prepared = prepare.submit(self._prepare_publish, objects, bucket)
+            run_ffmpeg(argv, duration_s=info.duration_s, frame_rate=float(info.frame_rate),
+                       timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
+                       tick=lambda p: self.beat(None if p is None else 0.05 + 0.8 * p))
+            kid, key = prepared.result()
         source.unlink()
         self.beat(0.85)
-        grid = thumbnail_grid(info.duration_s, cfg.thumbnail_s, cfg.thumbnail_width, rungs[0].width,
-                              rungs[0].height)
-        images = make_images(cfg.ffmpeg, ladder_mp4, work / "images", duration_s=info.duration_s,
-                             poster_at=cfg.poster_at, grid=grid, timeout_s=cfg.job_timeout_s,
-                             should_stop=self.stopping,
-                             sprites_from=sprite_track([(r.width, r.codec) for r in rungs], cfg.thumbnail_width))
-        self.beat(0.88)
-        kid = key = b""
-        if cfg.scheme != "none":
-            content = fetch_title_key(w.cluster, str(self.title_id), cfg.scheme)
-            kid, key = content.kid, content.key
-        objects.ensure_bucket(bucket)
+        image_files = collect_images(cfg.ffmpeg, images, grid, info.duration_s, timeout_s=cfg.job_timeout_s,
+                                     should_stop=self.stopping)
         s = w.store
         sink = S3Sink(S3Target(endpoint=s.endpoint, bucket=bucket, prefix=self.prefix, access_key=s.access_key,
                                secret_key=s.secret_key, region=s.region), ssl_context=s.ssl_context)
-        result = package_title(ladder_mp4, TickingSink(sink, lambda: self.beat(0.9)), images=images,
+        result = package_title(ladder_mp4, TickingSink(sink, lambda: self.beat(0.9)), images=image_files,
                                scheme=cfg.scheme, key=key, kid=kid, segment_seconds=cfg.segment_seconds,
                                licence_url=licence_url(w.cluster) if cfg.scheme != "none" else None)
         renditions = renditions_of(result, rungs, self.prefix)
@@ -238,6 +244,16 @@ class _Job:
                         extra={"event": "transcode.purge_not_queued", "title": self.title_id})
         log.info("transcoder: title %s published as %s (%d rungs)", self.title_id, self.prefix, len(rungs),
                  extra={"event": "transcode.published", "job": self.job.id, "title": self.title_id})
+
+    def _prepare_publish(self, objects: ObjectStore, bucket: str) -> tuple[bytes, bytes]:
+        """The title's (KID, key) (empty for clear output) and the videos bucket made: what
+        packaging needs, got while ffmpeg runs. ``objects`` is this thread's alone meanwhile."""
+        kid = key = b""
+        if self.w.config.scheme != "none":
+            content = fetch_title_key(self.w.cluster, str(self.title_id), self.w.config.scheme)
+            kid, key = content.kid, content.key
+        objects.ensure_bucket(bucket)
+        return kid, key
 
     def _clean(self, objects: ObjectStore) -> None:
         """Delete this attempt's prefix (never another's); a failure is logged: the next attempt

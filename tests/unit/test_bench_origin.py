@@ -115,3 +115,37 @@ def test_step_timer_keeps_an_inner_step_out_of_the_outer_and_restores() -> None:
     assert t.seconds["in"] >= 0.05 and t.seconds["out"] >= 0.02
     assert t.seconds["out"] <= wall - t.seconds["in"] and t.seconds["in"] + t.seconds["out"] <= wall
     assert ns.outer is original_outer
+
+
+def test_step_timer_counts_other_threads_and_shadowed_calls_beside_the_critical_path() -> None:
+    import threading
+    import time as _time
+    import types
+
+    from headwater.bench.origin import StepTimer
+
+    ns = types.SimpleNamespace()
+    ns.beat = lambda seconds: _time.sleep(seconds)
+    ns.key = lambda: _time.sleep(0.04)
+    ns.pack = lambda: (_time.sleep(0.02), ns.beat(0.03))
+
+    def encode() -> None:  # the ladder: a heartbeat inside it, the key on another thread meanwhile
+        side = threading.Thread(target=ns.key)
+        side.start()
+        _time.sleep(0.02)
+        ns.beat(0.3)
+        side.join()
+
+    ns.encode = encode
+    with StepTimer() as t:
+        t.wrap(ns, "beat", "catalogue")
+        t.wrap(ns, "key", "title key")
+        t.wrap(ns, "pack", "packaging")
+        t.wrap(ns, "encode", "ladder", shadows=True)
+        ns.encode()
+        ns.pack()
+    # The heartbeat inside the ladder and the key on the side thread are overlapped, and the
+    # ladder keeps all its seconds; the heartbeat inside packaging is a step of its own.
+    assert t.overlapped["title key"] >= 0.04 and t.overlapped["catalogue"] >= 0.3
+    assert t.seconds["ladder"] >= 0.32 and "title key" not in t.seconds
+    assert 0.03 <= t.seconds["catalogue"] < 0.3 and t.seconds["packaging"] >= 0.02

@@ -21,6 +21,7 @@ class _Store(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.objects: dict[str, bytes] = {}
         self.events: list[tuple[str, str]] = []
+        self.spans: dict[str, tuple[float, float]] = {}  # path: (PUT received, answered)
         self.in_flight = self.most_in_flight = 0
         self.fail = ""          # a PUT of a path ending so answers 500
         self.delay_s = 0.05
@@ -41,6 +42,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         s = self.server
+        start = time.monotonic()
         with s.lock:
             s.in_flight += 1
             s.most_in_flight = max(s.most_in_flight, s.in_flight)
@@ -48,6 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with s.lock:
             s.in_flight -= 1
             s.events.append(("PUT", self.path))
+            s.spans[self.path] = (start, time.monotonic())
             if s.fail and self.path.endswith(s.fail):
                 self._answer(500)
                 return
@@ -87,6 +90,23 @@ def test_segments_overlap_up_to_the_bound_and_manifests_wait_for_them(store):
     puts = [p for m, p in store.events if m == "PUT"]
     assert puts[-1] == "/videos/t/1/manifest.mpd" and len(puts) == 13
     assert store.objects["/videos/t/1/video/seg-7.m4s"] == bytes([7]) * 1000
+
+
+def test_manifests_go_up_side_by_side_after_the_segments_and_the_last_one_after_them(store):
+    sink = _sink(store, max_in_flight=4)
+    for i in range(6):
+        sink.put(f"video-1/seg-{i}.m4s", b"s")
+    playlists = ["manifest.mpd", "video-1.m3u8", "video-2.m3u8", "audio-3.m3u8"]
+    for name in [*playlists, "master.m3u8"]:
+        sink.put(name, name.encode())
+    sink.commit()
+    spans = {p.rsplit("/", 1)[-1]: t for p, t in store.spans.items()}
+    last_segment = max(end for name, (_, end) in spans.items() if name.endswith(".m4s"))
+    assert all(spans[n][0] >= last_segment for n in [*playlists, "master.m3u8"])
+    assert spans["master.m3u8"][0] >= max(spans[n][1] for n in playlists)
+    # Side by side: every playlist's PUT began before the first of them was answered.
+    assert max(spans[n][0] for n in playlists) < min(spans[n][1] for n in playlists)
+    assert store.objects["/videos/t/1/master.m3u8"] == b"master.m3u8"
 
 
 def test_one_at_a_time_when_asked(store):

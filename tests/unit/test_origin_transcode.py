@@ -14,7 +14,7 @@ from headwater.origin.errors import InvalidMedia
 from headwater.origin.transcode.config import DEFAULT_LADDER, Rung, parse_bitrate
 from headwater.origin.transcode.ffmpeg import ProgressParser, ladder_command, sprite_command
 from headwater.origin.transcode.ladder import PlannedRung, gop_frames, plan_ladder
-from headwater.origin.transcode.poster import sprite_track, thumbnail_grid, thumbnail_vtt
+from headwater.origin.transcode.poster import image_outputs, sprite_track, thumbnail_grid, thumbnail_vtt
 from headwater.origin.transcode.probe import SourceInfo, parse_probe
 from headwater.origin.transcode.worker import version_prefix
 
@@ -80,6 +80,15 @@ def test_progress_blocks_give_the_share_done_and_end():
     assert p.done
 
 
+def test_progress_counts_frames_when_an_output_holds_out_time_back():
+    # The sprites' output gets its first packet at the end: out_time is N/A (then 0) until then.
+    p = ProgressParser(10.0, frame_rate=25.0)
+    assert p.feed(b"frame=125\nout_time_us=N/A\nprogress=continue\n") == [0.5]
+    assert p.feed(b"frame=200\nout_time_us=0\nprogress=continue\n") == [0.8]
+    assert p.feed(b"frame=100\nout_time_us=9000000\nprogress=continue\n") == [0.9]  # the larger
+    assert ProgressParser(10.0).feed(b"frame=125\nout_time_us=N/A\nprogress=continue\n") == []
+
+
 def test_progress_drops_overlong_lines_without_buffering_them():
     p = ProgressParser(4.0)
     assert p.feed(b"x" * 5000) == []
@@ -116,14 +125,45 @@ def test_thumbnail_track_names_regions_of_the_sprites():
     assert cues[11] == "sprite-001.jpg#xywh=160,90,160,90"
     assert cues[100] == "sprite-002.jpg#xywh=0,0,160,90"
     assert vtt[-2] == "00:16:40.000 --> 00:16:45.000"
-    argv = sprite_command("ffmpeg", Path("l.mp4"), Path("t/sprite-%03d.jpg"), every_s=10, width=160, height=90,
-                          columns=10, rows=10)
-    vf = argv[argv.index("-vf") + 1]
-    assert vf.endswith(",scale=160:90,tile=10x10") and "gte(t-prev_selected_t\\,10)" in vf
-    assert argv[argv.index("-map") + 1] == "0:v:0"
-    argv = sprite_command("ffmpeg", Path("l.mp4"), Path("t/s-%03d.jpg"), every_s=10, width=160, height=90,
-                          columns=10, rows=10, track=2)
-    assert argv[argv.index("-map") + 1] == "0:v:2"
+
+
+def test_the_poster_and_sprites_are_outputs_of_the_ladder_run(tmp_path):
+    rungs = (PlannedRung(name="a", width=1280, height=720, bitrate=3_000_000),
+             PlannedRung(name="b", width=640, height=360, bitrate=700_000))
+    grid = thumbnail_grid(30.0, 10.0, 160, 1280, 720)
+    images = image_outputs(tmp_path / "img", grid, poster_at_s=3.0, sprites_from=1)
+    assert (tmp_path / "img" / "thumbs").is_dir()
+    plain = ladder_command("ffmpeg", Path("in"), Path("out.mp4"), rungs, source(1280, 720), segment_seconds=2,
+                           preset="veryfast", audio_bitrate=96_000)
+    argv = ladder_command("ffmpeg", Path("in"), Path("out.mp4"), rungs, source(1280, 720), segment_seconds=2,
+                          preset="veryfast", audio_bitrate=96_000, images=images)
+    # The ladder's own outputs are unchanged: the images come after the MP4, each its own file.
+    mp4 = argv.index("out.mp4")
+    assert [a for a in argv[:mp4 + 1] if a != argv[argv.index("-filter_complex") + 1]] == \
+        [a for a in plain if a != plain[plain.index("-filter_complex") + 1]]
+    graph = argv[argv.index("-filter_complex") + 1].split(";")
+    assert graph[1] == "[s0]scale=1280:720:flags=bicubic,setsar=1,split=2[v0][poster_in]"
+    assert graph[2] == "[s1]scale=640:360:flags=bicubic,setsar=1,split=2[v1][thumbs_in]"
+    assert graph[3] == ("[poster_in]select='isnan(prev_selected_t)+gte(t\\,3.000)*lt(prev_selected_t\\,3.000)',"
+                        "scale[poster]")
+    assert graph[4] == "[thumbs_in]select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,10)',scale=160:90[thumbs]"
+    assert argv[mp4 + 1:] == [
+        "-map", "[poster]", "-fps_mode", "vfr", "-q:v", "3", "-update", "1", "-f", "image2",
+        str(tmp_path / "img" / "poster.jpg"),
+        "-map", "[thumbs]", "-fps_mode", "vfr", "-c:v", "rawvideo", "-f", "nut", str(tmp_path / "img" / "thumbnails.nut")]
+    # The tiling after the run (a sprite's first packet only once it is full would hold back
+    # ffmpeg's progress reports for the whole run).
+    tile = sprite_command("ffmpeg", images.thumbnails, Path("t/sprite-%03d.jpg"), columns=10, rows=10)
+    assert tile[tile.index("-i") + 1] == str(images.thumbnails) and tile[tile.index("-vf") + 1] == "tile=10x10"
+    assert tile[-5:] == ["-f", "image2", "-start_number", "1", "t/sprite-%03d.jpg"]
+    # One rung: poster and sprites both split off it.
+    one = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(), segment_seconds=2, preset="fast",
+                         audio_bitrate=96_000,
+                         images=image_outputs(tmp_path / "one", grid, poster_at_s=0.0, sprites_from=0))
+    assert "setsar=1,split=3[v0][poster_in][thumbs_in]" in one[one.index("-filter_complex") + 1]
+    with pytest.raises(ValueError):
+        ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(), segment_seconds=2, preset="fast",
+                       audio_bitrate=96_000, images=images)
 
 
 def test_sprites_are_read_from_the_narrowest_h264_rendition_wide_enough():
