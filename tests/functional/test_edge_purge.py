@@ -137,7 +137,7 @@ def test_a_pop_down_during_a_purge_catches_up_before_it_serves(cluster, capsys):
     with client() as c:
         warm(cluster, c, ["/titles/5/seg.m4s"])
         cluster.stop("pop-2")
-        code = main(["cdn", "invalidate", "video", "/titles/5/seg.m4s", "--wait", "0.5",
+        code = main(["cdn", "invalidate", "video", "/titles/5/seg.m4s", "--wait", "10",
                      "-c", str(cluster.config_path)])
         err = capsys.readouterr().err
         assert code == 0, err
