@@ -8,7 +8,6 @@ The job queue's lease is therefore one serialised transaction: select the next j
 
 from __future__ import annotations
 
-import json
 import queue
 import random
 import sqlite3
@@ -22,7 +21,7 @@ from .config import CatalogueConfig
 from .errors import BackendUnavailable
 from .query import TermGroup, fts5_expression
 from .schema import SQLITE_MIGRATIONS
-from .store import FILTERED_SET_MAX, SqlCatalogue, Tx
+from .store import SqlCatalogue, Tx
 
 __all__ = ["SqliteCatalogue"]
 
@@ -146,16 +145,6 @@ class SqliteCatalogue(SqlCatalogue):
                 raise BackendUnavailable(f"catalogue database: {e}") from e
             raise
 
-    def _match(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any], limit: int,
-               offset: int, cap: int | None) -> tuple[list[tuple], list[tuple] | None]:
-        # The page comes from our own ranking (SqlCatalogue._top_k: impact-ordered postings),
-        # whose cost follows the page; the capped count and the facets from one unranked walk of
-        # FTS5's index, newest first.
-        rows = self._match_rows(tx, groups, where, params, limit, offset)
-        if cap is None:
-            return rows, None
-        return rows, self._count_matches(tx, groups, where, params, cap)
-
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                        cap: int) -> list[tuple]:
         # CROSS JOIN: SQLite joins left to right, so the index's matches drive the join. With a
@@ -163,23 +152,14 @@ class SqliteCatalogue(SqlCatalogue):
         # title (its cost estimate for a filtered FTS5 scan is blind): 1.8 s at 5,000 titles.
         # "INDEXED BY titles_search_filters": the join reads a narrow covering index (id and the
         # filter columns), not the table's rows with their descriptions.
-        # A category or language filter that leaves few titles (found from their indexes,
-        # titles_browse_*) is applied first, as a set the walk probes before it joins: a common
-        # word with a rare category and language otherwise joined each of its 87,000 matches.
+        # (A filter leaving few titles, or a rare word, is counted from those titles instead:
+        # SqlCatalogue._count.)
         filters = " AND ".join(where)
-        prefilter, pre_params = "", []
-        if any(w.startswith(("t.category", "t.language")) for w in where):
-            few = self._filtered_titles(tx, where, params)
-            if not few:
-                return []
-            if len(few) <= FILTERED_SET_MAX:
-                prefilter, pre_params = "AND +title_search.rowid IN (SELECT value FROM json_each(?)) ", \
-                    [json.dumps(few)]
         return tx.rows(
             "SELECT category, count(*) FROM (SELECT t.category AS category "
             "FROM title_search CROSS JOIN titles t INDEXED BY titles_search_filters ON t.id = title_search.rowid "
-            f"WHERE title_search MATCH ? {prefilter}AND {filters} LIMIT ?) m GROUP BY category",
-            (fts5_expression(groups), *pre_params, *params, cap))
+            f"WHERE title_search MATCH ? AND {filters} LIMIT ?) m GROUP BY category",
+            (fts5_expression(groups), *params, cap))
 
     def close(self) -> None:
         with self._write_lock:

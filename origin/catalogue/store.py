@@ -48,6 +48,12 @@ MAX_WALK = 2000
 INTERSECT_MAX = 1500
 # A category/language filter leaving at most this many titles is applied as a set of titles.
 FILTERED_SET_MAX = 5000
+# The walk scores (by the database) at most this many of the titles it has read per round, those
+# whose bound is highest (or k, when k is more).
+RESOLVE_BATCH = 64
+# Scores are summed in Python for the bounds and by the database for the page: a bound this close
+# to the k-th score is counted as reaching it.
+_EPSILON = 1e-9
 # Above every character a normalised word holds: a prefix's words lie in [prefix, prefix + this).
 _TOP_CHAR = "\U0010ffff"
 
@@ -210,6 +216,8 @@ class SqlCatalogue(ABC):
         passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("1", [])
         outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
+        # What the capped count (_count) reuses: the groups' words and weights, and their sizes.
+        tx.memo["plan"] = (groups, weights, prefix_weight, sizes, by_size)
         if any(w.startswith(("t.category", "t.language")) for w in filters):
             # A category or language filter that leaves few titles (read from their indexes,
             # titles_browse_*): those titles are scored outright, or the walk probes them as a
@@ -227,29 +235,77 @@ class SqlCatalogue(ABC):
             # statement (exact, and cheaper than walking).
             return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
                 groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
-        # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
-        # impact first); the list whose next posting could score the most is read next, in
-        # batches that double per list; each batch's new titles are scored by the database
-        # (every group looked up by primary key; a title missing a group drops out). It stops
-        # once the k-th score is above what an unread title could reach (the sum over groups of
-        # the best their lists can still hold), when a group's lists are all read (every match
-        # has been seen), or after MAX_WALK + 2k postings: then the page is the best of the titles
-        # read, those whose words score highest in some list.
+        # The walk (Fagin's combined algorithm, CA: the threshold algorithm with random access
+        # spent only where it can change the page): every group's lists (its words' postings,
+        # best impact first); the list whose next posting could score the most is read next, in
+        # batches that double per list. A title read is not looked up at once: what the reads
+        # say of it (per group, the best weighted impact read; the groups not read bounded by
+        # what their lists can still hold) bounds its score from above, and only the titles whose
+        # bound could reach the page are scored by the database (every group looked up by primary
+        # key; a title missing a group drops out), the highest bounds first, at most RESOLVE_BATCH
+        # a round. A title whose bound falls below the k-th exact score is dropped for good (its
+        # bound only falls). The walk stops once the k-th exact score is above what any title
+        # not scored could reach (a title read, or one unread: the sum over groups of the best
+        # their lists can still hold). When a group's lists are all read (every match has been
+        # read), or after MAX_WALK + 2k postings, the candidates left that could reach the page
+        # are scored and the page is the best of the titles read (as the threshold walk gave:
+        # those whose words score highest in some list).
         # A one-letter prefix's unwalked completions are bounded by the group's peak.
         partial = [len(g.alternatives[0]) < 2 and g.prefix and prefix_weight[gi] > 0 and
                    sum(1 for c in cursors if c.group == gi) >= PREFIX_WALKED for gi, g in enumerate(groups)]
         top = TopK(k=k)
-        seen: set[int] = set()
         single = len(groups) == 1 and not any(
             c.word.startswith("*") and len(groups[0].alternatives[0]) > 3 for c in cursors)
         best: dict[int, float] = {}
+        # Titles read but not scored: per group the best weighted impact read (a lower bound of
+        # the group's score) and, for a superset list's read, a cap (its score in the group is
+        # at most that).
+        known: dict[int, list[float]] = {}
+        capped: dict[int, list[float]] = {}
+        # Titles scored or dropped (never looked at again).
+        done: set[int] = set()
         walked = 0
+        n_groups = len(groups)
         for c in cursors:
             c.batch = max(32, k + 1)
 
         def bound(gi: int) -> float:
             best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
-            return max(best, peaks[gi]) if partial[gi] and len(groups) > 1 else best
+            return max(best, peaks[gi]) if partial[gi] and n_groups > 1 else best
+
+        def resolve(limit: int) -> None:
+            """Score (by the database) the candidates whose bound could reach the page, highest
+            bounds first, at most ``limit``; drop those that cannot."""
+            bounds = [bound(gi) for gi in range(n_groups)]
+            kth = top.kth()
+            floor = -1.0 if kth is None else kth - _EPSILON
+            alive: list[tuple[float, int]] = []
+            dropped: list[int] = []
+            for tid, lo in known.items():
+                cap = capped.get(tid)
+                ub = 0.0
+                for gi in range(n_groups):
+                    b = bounds[gi] if lo[gi] < bounds[gi] else lo[gi]
+                    if cap is not None and cap[gi] > b:
+                        b = cap[gi]
+                    ub += b
+                if ub >= floor:
+                    alive.append((ub, tid))
+                else:
+                    dropped.append(tid)
+            for tid in dropped:
+                del known[tid]
+                capped.pop(tid, None)
+                done.add(tid)
+            if not alive:
+                return
+            pick = [tid for _, tid in heapq.nlargest(limit, alive)]
+            for tid in pick:
+                del known[tid]
+                capped.pop(tid, None)
+                done.add(tid)
+            for tid, score in self._scored(tx, groups, weights, prefix_weight, pick, None, order=by_size):
+                top.offer(tid, score)
 
         while True:
             live = [c for c in cursors if not c.exhausted]
@@ -279,31 +335,58 @@ class SqlCatalogue(ABC):
                 c.after = (float(read[-1][1]), int(read[-1][0]))
                 if not c.exhausted:
                     c.frontier = float(read[-1][1])
-            got = [(r[0], r[1]) for r in read if r[2]]
-            fresh = [int(r[0]) for r in got if int(r[0]) not in seen]
-            seen.update(fresh)
             if single:
                 # One group whose lists each hold exactly its titles: a title's score is the best
                 # of its postings, so no lookup is needed. A title's best read so far is its score
                 # once it is above every list's bound, and a title not read that high cannot
                 # reach the k-th (the k-th best read exceeds the bound when the walk stops).
-                for tid, impact in got:
-                    v = c.weight * impact
-                    if v > best.get(int(tid), -1.0):
-                        best[int(tid)] = v
-                fresh = []
-            if fresh:
-                # A superset list (a prefix past three letters) holds titles its group lacks.
-                exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
-                for tid, score in self._scored(tx, groups, weights, prefix_weight, fresh, None,
-                                               held=c.group if exact_list else None, order=by_size):
-                    top.offer(tid, score)
-            bounds = [bound(gi) for gi in range(len(groups))]
-            kth = top.kth() if not single else (heapq.nlargest(k, best.values())[-1] if len(best) >= k else None)
-            if min(bounds) <= 0.0 or (kth is not None and kth > sum(bounds)) or walked >= MAX_WALK + 2 * k:
-                break
+                for r in read:
+                    if r[2]:
+                        v = c.weight * r[1]
+                        if v > best.get(int(r[0]), -1.0):
+                            best[int(r[0])] = v
+                kth = heapq.nlargest(k, best.values())[-1] if len(best) >= k else None
+                if kth is not None and kth > bound(0) or walked >= MAX_WALK + 2 * k:
+                    break
+                continue
+            # A superset list (a prefix past three letters) holds titles its group lacks: what
+            # it says of a title is only a cap on its score in the group.
+            exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
+            gi = c.group
+            for r in read:
+                if not r[2]:
+                    continue
+                tid = int(r[0])
+                if tid in done:
+                    continue
+                v = c.weight * float(r[1])
+                if exact_list:
+                    lo = known.get(tid)
+                    if lo is None:
+                        lo = known[tid] = [0.0] * n_groups
+                    if v > lo[gi]:
+                        lo[gi] = v
+                else:
+                    if tid not in known:
+                        known[tid] = [0.0] * n_groups
+                    cap = capped.get(tid)
+                    if cap is None:
+                        cap = capped[tid] = [0.0] * n_groups
+                    if v > cap[gi]:
+                        cap[gi] = v
+            bounds = [bound(gi) for gi in range(n_groups)]
+            if min(bounds) <= 0.0:
+                break  # every match has been read
+            if walked >= MAX_WALK + 2 * k:
+                break  # the page: the best of the titles read
+            resolve(max(k, RESOLVE_BATCH))
+            kth = top.kth()
+            if kth is not None and kth - _EPSILON > sum(bounds):
+                break  # no unread title can reach the page
         if single:
             return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
+        while known:
+            resolve(max(k, RESOLVE_BATCH))
         return top.ranked()[:k]
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
@@ -344,6 +427,33 @@ class SqlCatalogue(ABC):
         Each title is first checked for the groups (but ``held``, which every title of ``ids``
         has) in ``order`` (rarest first), one primary-key probe each, stopping at the first
         missing; only the titles that match are scored (one more probe per group)."""
+        checks, kargs = self._checks(groups, weights, prefix_weight, held, order)
+        if checks is None:
+            return []
+        cols, cargs = [], []
+        for gi in range(len(groups)):
+            match, args = self._alternatives(groups, weights, prefix_weight, gi, "q.word")
+            ws = sorted(weights[gi].items())
+            # The word's own weight; a completion of the prefix gets the prefix's.
+            weight = ("CASE q.word" + " WHEN ? THEN ?" * len(ws) + " ELSE ? END") if ws else "?"
+            cols.append(f"coalesce((SELECT max(({weight}) * q.impact) FROM search_postings q{self.postings_by_title} "
+                        f"WHERE q.title_id = d.id AND ({match})), 0)")
+            cargs += [x for pair in ws for x in pair] + [prefix_weight[gi]] + args
+        if isinstance(ids, tuple):
+            source, sargs = ids
+        else:
+            source, sargs = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(ids)]
+        where = f" WHERE {checks}" if checks else ""
+        tail = " ORDER BY score DESC, id DESC LIMIT ?" if k is not None else ""
+        return [(int(r[0]), float(r[1])) for r in tx.rows(
+            f"SELECT d.id, {' + '.join(cols)} AS score FROM ({source}) d{where}{tail}",
+            (*cargs, *sargs, *kargs, *([k] if k is not None else [])))]
+
+    def _checks(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
+                held: int | None, order: list[int] | None) -> tuple[str | None, list[Any]]:
+        """SQL true for a title ``d.id`` holding every group but ``held`` (one primary-key probe
+        per group, in ``order``: rarest first, so a title missing one stops at the first), and
+        its parameters; ``None`` when a group can match nothing."""
         checks, kargs = [], []
         for gi in (order or range(len(groups))):
             if gi == held:
@@ -359,26 +469,9 @@ class SqlCatalogue(ABC):
                               "WHERE q.title_id = d.id AND q.word > ? AND q.word < ?)")
                 kargs += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
             if not probes:
-                return []
+                return None, []
             checks.append("(" + " OR ".join(probes) + ")")
-        cols, cargs = [], []
-        for gi in range(len(groups)):
-            match, args = self._alternatives(groups, weights, prefix_weight, gi, "q.word")
-            ws = sorted(weights[gi].items())
-            # The word's own weight; a completion of the prefix gets the prefix's.
-            weight = ("CASE q.word" + " WHEN ? THEN ?" * len(ws) + " ELSE ? END") if ws else "?"
-            cols.append(f"coalesce((SELECT max(({weight}) * q.impact) FROM search_postings q{self.postings_by_title} "
-                        f"WHERE q.title_id = d.id AND ({match})), 0)")
-            cargs += [x for pair in ws for x in pair] + [prefix_weight[gi]] + args
-        if isinstance(ids, tuple):
-            source, sargs = ids
-        else:
-            source, sargs = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(ids)]
-        where = f" WHERE {' AND '.join(checks)}" if checks else ""
-        tail = " ORDER BY score DESC, id DESC LIMIT ?" if k is not None else ""
-        return [(int(r[0]), float(r[1])) for r in tx.rows(
-            f"SELECT d.id, {' + '.join(cols)} AS score FROM ({source}) d{where}{tail}",
-            (*cargs, *sargs, *kargs, *([k] if k is not None else [])))]
+        return " AND ".join(checks), kargs
 
     @abstractmethod
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
@@ -391,7 +484,40 @@ class SqlCatalogue(ABC):
         over the first ``cap`` matches (:meth:`_count_matches`); a backend may answer both from
         one walk of the index."""
         rows = self._match_rows(tx, groups, where, params, limit, offset)
-        return rows, None if cap is None else self._count_matches(tx, groups, where, params, cap)
+        return rows, None if cap is None else self._count(tx, groups, where, params, cap)
+
+    def _count(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
+               cap: int) -> list[tuple]:
+        """(category, count) over the first ``cap`` matches: from a small set every match lies
+        in, when the ranking found one (titles passing a rare category/language filter, or the
+        titles of a rare group), each title probed for the other groups in ``search_postings``;
+        otherwise the backend's full-text index (:meth:`_count_matches`). The full-text count
+        walks the doclists of every word and completion until it has ``cap`` matches: for a
+        common word under a rare filter, or a long prefix beside a rare word (a merge of every
+        completion's doclist), that was most of the list for a handful of matches."""
+        plan = tx.memo.get("plan")
+        if plan is not None and plan[0] == groups:
+            _, weights, prefix_weight, sizes, by_size = plan
+            source: tuple[str, list[Any]] | None = None
+            held = None
+            if any(w.startswith(("t.category", "t.language")) for w in where):
+                few = self._filtered_titles(tx, where, params)
+                if len(few) <= FILTERED_SET_MAX:
+                    source = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(few)]
+            # (A rare group only when it has at most cap titles: the count is then exact, as the
+            # full-text one; past cap both are a sample of the matches, not the same one.)
+            if source is None and sizes[by_size[0]] <= cap:
+                held = by_size[0]
+                source = self._group_titles(groups, weights, prefix_weight, held, "", "", [])
+            if source is not None:
+                checks, kargs = self._checks(groups, weights, prefix_weight, held, by_size)
+                if checks is None:
+                    return []
+                cond = "".join(f" AND {w}" for w in [*([checks] if checks else []), *where])
+                return tx.rows(f"SELECT category, count(*) FROM (SELECT t.category AS category FROM ({source[0]}) d "
+                               f"{self.postings_join} ON t.id = d.id WHERE true{cond} LIMIT ?) m GROUP BY category",
+                               (*source[1], *kargs, *params, cap))
+        return self._count_matches(tx, groups, where, params, cap)
 
     @abstractmethod
     def close(self) -> None:
