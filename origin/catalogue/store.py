@@ -28,7 +28,7 @@ from .query import (SearchHit, SearchPage, SearchQuery, TermGroup, check_query, 
                     query_words)
 from .records import (Job, JobState, Lease, Person, Rendition, Title, TitleDraft, TitleState,
                       check_transition, validate_draft)
-from .ranking import ListCursor, TopK, idf, impacts, max_impact, prefix_impacts, prefix_key
+from .ranking import PREFIX_LENGTHS, ListCursor, TopK, idf, impacts, max_impact, prefix_impacts, prefix_key
 from .text import deletions, max_edits, normalised_text
 
 __all__ = ["SqlCatalogue", "Tx"]
@@ -48,8 +48,8 @@ MAX_WALK = 2000
 INTERSECT_MAX = 1500
 # A category/language filter leaving at most this many titles is applied as a set of titles.
 FILTERED_SET_MAX = 5000
-# The walk scores (by the database) at most this many of the titles it has read per round, those
-# whose bound is highest (or k, when k is more).
+# The walk scores (by the database) at most this many of the titles it has read per statement,
+# those whose bound is highest (or k, when k is more): SqlCatalogue.resolve_batch per backend.
 RESOLVE_BATCH = 64
 # Scores are summed in Python for the bounds and by the database for the page: a bound this close
 # to the k-th score is counted as reaching it.
@@ -112,6 +112,9 @@ class SqlCatalogue(ABC):
     # A lookup of given titles reads the postings' primary key, never the impact index (which
     # SQLite's planner may pick for a word list: a common word's whole list).
     postings_by_title = " NOT INDEXED"
+    # How many of the walk's candidates one statement scores (the more, the fewer statements,
+    # and the fewer candidates a rising k-th score spares).
+    resolve_batch = RESOLVE_BATCH
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -273,9 +276,25 @@ class SqlCatalogue(ABC):
             best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
             return max(best, peaks[gi]) if partial[gi] and n_groups > 1 else best
 
-        def resolve(limit: int) -> None:
+        # Where every group's matches are a list of words (its words, and a 2-3-letter prefix's
+        # own prefix list), a title is scored from its postings of those words, read in one
+        # statement (a primary-key probe per title and word) and summed here: cheaper than the
+        # database's per-title subqueries (_scored), which a longer prefix's range still needs.
+        lookup: dict[str, list[tuple[int, float]]] | None = {}
+        for gi, g in enumerate(groups):
+            for w, v in weights[gi].items():
+                lookup.setdefault(w, []).append((gi, v))
+            if g.prefix and prefix_weight[gi] > 0:
+                key = prefix_key(g.alternatives[0])
+                if key is None or len(g.alternatives[0]) > PREFIX_LENGTHS[-1] or len(g.alternatives) > 1:
+                    lookup = None
+                    break
+                lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
+
+        def resolve(limit: int, *, last: bool = False) -> None:
             """Score (by the database) the candidates whose bound could reach the page, highest
-            bounds first, at most ``limit``; drop those that cannot."""
+            bounds first, ``limit`` a statement: one statement, or (``last``) until no bound left
+            reaches the k-th score; drop those that cannot reach it."""
             bounds = [bound(gi) for gi in range(n_groups)]
             kth = top.kth()
             floor = -1.0 if kth is None else kth - _EPSILON
@@ -297,15 +316,28 @@ class SqlCatalogue(ABC):
                 del known[tid]
                 capped.pop(tid, None)
                 done.add(tid)
-            if not alive:
-                return
-            pick = [tid for _, tid in heapq.nlargest(limit, alive)]
-            for tid in pick:
-                del known[tid]
-                capped.pop(tid, None)
-                done.add(tid)
-            for tid, score in self._scored(tx, groups, weights, prefix_weight, pick, None, order=by_size):
-                top.offer(tid, score)
+            alive.sort(reverse=True)
+            at = 0
+            while at < len(alive):
+                pick = [tid for ub, tid in alive[at:at + limit] if ub >= floor]
+                if not pick:
+                    break
+                at += limit
+                for tid in pick:
+                    del known[tid]
+                    capped.pop(tid, None)
+                    done.add(tid)
+                found = self._looked_up(tx, lookup, n_groups, pick) if lookup is not None else \
+                    self._scored(tx, groups, weights, prefix_weight, pick, None, order=by_size)
+                for tid, score in found:
+                    top.offer(tid, score)
+                if not last:
+                    return
+                kth = top.kth()
+                floor = -1.0 if kth is None else kth - _EPSILON
+            if last:
+                known.clear()
+                capped.clear()
 
         while True:
             live = [c for c in cursors if not c.exhausted]
@@ -379,15 +411,40 @@ class SqlCatalogue(ABC):
                 break  # every match has been read
             if walked >= MAX_WALK + 2 * k:
                 break  # the page: the best of the titles read
-            resolve(max(k, RESOLVE_BATCH))
+            resolve(max(k, self.resolve_batch))
             kth = top.kth()
             if kth is not None and kth - _EPSILON > sum(bounds):
                 break  # no unread title can reach the page
         if single:
             return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
-        while known:
-            resolve(max(k, RESOLVE_BATCH))
+        resolve(max(k, self.resolve_batch), last=True)
         return top.ranked()[:k]
+
+    def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
+                   ids: list[int]) -> list[tuple[int, float]]:
+        """(title id, score) of the titles ``ids`` holding every group, from their postings of
+        the words in ``lookup`` (word → its groups and weights): a group scores its best weighted
+        impact, the score is the groups' sum (in group order, as :meth:`_scored` adds them)."""
+        per: dict[int, list[float]] = {}
+        for tid, word, impact in tx.rows(
+                f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
+                f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(lookup))})",
+                (json.dumps(ids), *lookup)):
+            got = per.get(tid)
+            if got is None:
+                got = per[tid] = [0.0] * n_groups
+            for gi, weight in lookup[word]:
+                v = weight * impact
+                if v > got[gi]:
+                    got[gi] = v
+        out = []
+        for tid, got in per.items():
+            if all(v > 0.0 for v in got):
+                score = 0.0
+                for v in got:
+                    score += v
+                out.append((int(tid), score))
+        return out
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
         """The titles passing the filters, up to FILTERED_SET_MAX + 1 (read once per search)."""
