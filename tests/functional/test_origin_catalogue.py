@@ -192,6 +192,26 @@ def test_the_threshold_walk_ranks_as_scoring_every_match(seeded, monkeypatch):
     assert sum(len(ids) if isinstance(ids, list) else 1 for ids in scored) > early_titles
 
 
+def test_totals_counted_from_a_small_set_are_the_full_text_index_counts(seeded, monkeypatch):
+    """A rare filter's titles or a rare word's titles count the matches (store._count) as the
+    full-text index does (FTS5 / tsvector): same total, exactness and facets."""
+    from headwater.origin.catalogue import store
+
+    queries = [SearchQuery(q="silent", category="drama", with_total=True),
+               SearchQuery(q="night", language="fr", with_total=True),
+               SearchQuery(q="night trian", with_total=True), SearchQuery(q="silent riv", with_total=True),
+               SearchQuery(q="golden harb", category="comedy", year_min=1990, with_total=True),
+               SearchQuery(q="maria", with_total=True), SearchQuery(q="zzzz night", with_total=True)]
+    full_text = []
+    real = type(seeded)._count_matches
+    monkeypatch.setattr(type(seeded), "_count_matches", lambda *a: full_text.append(1) or real(*a))
+    counted = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+    assert len(full_text) < len(queries) - 3  # most were counted from a small set
+    monkeypatch.setattr(store.SqlCatalogue, "_count", lambda self, tx, g, w, p, cap: real(self, tx, g, w, p, cap))
+    assert [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)] == counted
+    assert counted[0][0] and counted[2][0]
+
+
 def test_a_typed_word_outranks_its_completions(fresh):
     # The completions share the prefix's IDF, which counts the typed word's titles too: were it
     # the completions' own (two titles here against one), "Tramway" would come first.
