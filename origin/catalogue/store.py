@@ -48,9 +48,6 @@ MAX_WALK = 2000
 INTERSECT_MAX = 1500
 # A category/language filter leaving at most this many titles is applied as a set of titles.
 FILTERED_SET_MAX = 5000
-# The walk scores (by the database) at most this many of the titles it has read per statement,
-# those whose bound is highest (or k, when k is more): SqlCatalogue.resolve_batch per backend.
-RESOLVE_BATCH = 64
 # Scores are summed in Python for the bounds and by the database for the page: a bound this close
 # to the k-th score is counted as reaching it.
 _EPSILON = 1e-9
@@ -112,9 +109,10 @@ class SqlCatalogue(ABC):
     # A lookup of given titles reads the postings' primary key, never the impact index (which
     # SQLite's planner may pick for a word list: a common word's whole list).
     postings_by_title = " NOT INDEXED"
-    # How many of the walk's candidates one statement scores (the more, the fewer statements,
-    # and the fewer candidates a rising k-th score spares).
-    resolve_batch = RESOLVE_BATCH
+    # How the walk scores the titles it reads: SQLite by its per-title subqueries (_scored: the
+    # rarest group first, a title missing it stops there), PostgreSQL from the titles' postings
+    # read in one statement (_looked_up: one index-only probe per title and word, no subplans).
+    score_by_lookup = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -233,26 +231,28 @@ class SqlCatalogue(ABC):
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
                 passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
         rarest = by_size[0]
+        if join == "" and filters and sizes[rarest] <= FILTERED_SET_MAX:
+            # A filter leaving few titles (probed as a set) and a group with few postings: the
+            # walk would read its lists through the set, one statement per list and batch (a
+            # prefix's completions each a list), to find the few that pass; the group's titles
+            # in the set, scored in one statement, are cheaper.
+            return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
+                groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
         if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
             # One group has few postings: every match is among its titles, all scored in one
             # statement (exact, and cheaper than walking).
             return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
                 groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
-        # The walk (Fagin's combined algorithm, CA: the threshold algorithm with random access
-        # spent only where it can change the page): every group's lists (its words' postings,
-        # best impact first); the list whose next posting could score the most is read next, in
-        # batches that double per list. A title read is not looked up at once: what the reads
-        # say of it (per group, the best weighted impact read; the groups not read bounded by
-        # what their lists can still hold) bounds its score from above, and only the titles whose
-        # bound could reach the page are scored by the database (every group looked up by primary
-        # key; a title missing a group drops out), the highest bounds first, at most RESOLVE_BATCH
-        # a round. A title whose bound falls below the k-th exact score is dropped for good (its
-        # bound only falls). The walk stops once the k-th exact score is above what any title
-        # not scored could reach (a title read, or one unread: the sum over groups of the best
-        # their lists can still hold). When a group's lists are all read (every match has been
-        # read), or after MAX_WALK + 2k postings, the candidates left that could reach the page
-        # are scored and the page is the best of the titles read (as the threshold walk gave:
-        # those whose words score highest in some list).
+        # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
+        # impact first); the list whose next posting could score the most is read next, in
+        # batches that double per list. Each batch's new titles are scored by the database
+        # (every group looked up by primary key; a title missing a group drops out), but those
+        # whose bound is already below the k-th score: what the read says of a title (its
+        # weighted impact in the list read) plus what the other groups' lists can still hold.
+        # It stops once the k-th score is above what an unread title could reach (the sum over
+        # groups of the best their lists can still hold), when a group's lists are all read
+        # (every match has been seen), or after MAX_WALK + 2k postings: then the page is the
+        # best of the titles read, those whose words score highest in some list.
         # A one-letter prefix's unwalked completions are bounded by the group's peak.
         partial = [len(g.alternatives[0]) < 2 and g.prefix and prefix_weight[gi] > 0 and
                    sum(1 for c in cursors if c.group == gi) >= PREFIX_WALKED for gi, g in enumerate(groups)]
@@ -260,13 +260,7 @@ class SqlCatalogue(ABC):
         single = len(groups) == 1 and not any(
             c.word.startswith("*") and len(groups[0].alternatives[0]) > 3 for c in cursors)
         best: dict[int, float] = {}
-        # Titles read but not scored: per group the best weighted impact read (a lower bound of
-        # the group's score) and, for a superset list's read, a cap (its score in the group is
-        # at most that).
-        known: dict[int, list[float]] = {}
-        capped: dict[int, list[float]] = {}
-        # Titles scored or dropped (never looked at again).
-        done: set[int] = set()
+        seen: set[int] = set()
         walked = 0
         n_groups = len(groups)
         for c in cursors:
@@ -280,8 +274,8 @@ class SqlCatalogue(ABC):
         # own prefix list), a title is scored from its postings of those words, read in one
         # statement (a primary-key probe per title and word) and summed here: cheaper than the
         # database's per-title subqueries (_scored), which a longer prefix's range still needs.
-        lookup: dict[str, list[tuple[int, float]]] | None = {}
-        for gi, g in enumerate(groups):
+        lookup: dict[str, list[tuple[int, float]]] | None = {} if self.score_by_lookup else None
+        for gi, g in enumerate(groups if lookup is not None else ()):
             for w, v in weights[gi].items():
                 lookup.setdefault(w, []).append((gi, v))
             if g.prefix and prefix_weight[gi] > 0:
@@ -290,54 +284,6 @@ class SqlCatalogue(ABC):
                     lookup = None
                     break
                 lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
-
-        def resolve(limit: int, *, last: bool = False) -> None:
-            """Score (by the database) the candidates whose bound could reach the page, highest
-            bounds first, ``limit`` a statement: one statement, or (``last``) until no bound left
-            reaches the k-th score; drop those that cannot reach it."""
-            bounds = [bound(gi) for gi in range(n_groups)]
-            kth = top.kth()
-            floor = -1.0 if kth is None else kth - _EPSILON
-            alive: list[tuple[float, int]] = []
-            dropped: list[int] = []
-            for tid, lo in known.items():
-                cap = capped.get(tid)
-                ub = 0.0
-                for gi in range(n_groups):
-                    b = bounds[gi] if lo[gi] < bounds[gi] else lo[gi]
-                    if cap is not None and cap[gi] > b:
-                        b = cap[gi]
-                    ub += b
-                if ub >= floor:
-                    alive.append((ub, tid))
-                else:
-                    dropped.append(tid)
-            for tid in dropped:
-                del known[tid]
-                capped.pop(tid, None)
-                done.add(tid)
-            alive.sort(reverse=True)
-            at = 0
-            while at < len(alive):
-                pick = [tid for ub, tid in alive[at:at + limit] if ub >= floor]
-                if not pick:
-                    break
-                at += limit
-                for tid in pick:
-                    del known[tid]
-                    capped.pop(tid, None)
-                    done.add(tid)
-                found = self._looked_up(tx, lookup, n_groups, pick) if lookup is not None else \
-                    self._scored(tx, groups, weights, prefix_weight, pick, None, order=by_size)
-                for tid, score in found:
-                    top.offer(tid, score)
-                if not last:
-                    return
-                kth = top.kth()
-                floor = -1.0 if kth is None else kth - _EPSILON
-            if last:
-                known.clear()
-                capped.clear()
 
         while True:
             live = [c for c in cursors if not c.exhausted]
@@ -381,43 +327,35 @@ class SqlCatalogue(ABC):
                 if kth is not None and kth > bound(0) or walked >= MAX_WALK + 2 * k:
                     break
                 continue
-            # A superset list (a prefix past three letters) holds titles its group lacks: what
-            # it says of a title is only a cap on its score in the group.
-            exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
-            gi = c.group
-            for r in read:
-                if not r[2]:
-                    continue
-                tid = int(r[0])
-                if tid in done:
-                    continue
-                v = c.weight * float(r[1])
-                if exact_list:
-                    lo = known.get(tid)
-                    if lo is None:
-                        lo = known[tid] = [0.0] * n_groups
-                    if v > lo[gi]:
-                        lo[gi] = v
-                else:
-                    if tid not in known:
-                        known[tid] = [0.0] * n_groups
-                    cap = capped.get(tid)
-                    if cap is None:
-                        cap = capped[tid] = [0.0] * n_groups
-                    if v > cap[gi]:
-                        cap[gi] = v
             bounds = [bound(gi) for gi in range(n_groups)]
-            if min(bounds) <= 0.0:
-                break  # every match has been read
-            if walked >= MAX_WALK + 2 * k:
-                break  # the page: the best of the titles read
-            resolve(max(k, self.resolve_batch))
             kth = top.kth()
-            if kth is not None and kth - _EPSILON > sum(bounds):
-                break  # no unread title can reach the page
+            # A new title's bound: its group's score is at most the larger of the impact read
+            # (a prefix past three letters: the best of its 3-letter list, also an upper bound)
+            # and what that group's other lists still hold; each other group's, what its lists
+            # still hold (the title is in none of what they have read).
+            others = sum(bounds) - bounds[c.group]
+            floor = -1.0 if kth is None else kth - _EPSILON
+            fresh = []
+            for r in read:
+                if r[2] and int(r[0]) not in seen:
+                    tid = int(r[0])
+                    seen.add(tid)
+                    v = c.weight * float(r[1])
+                    if (v if v > bounds[c.group] else bounds[c.group]) + others >= floor:
+                        fresh.append(tid)
+            if fresh:
+                # A superset list (a prefix past three letters) holds titles its group lacks.
+                exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
+                found = self._looked_up(tx, lookup, n_groups, fresh) if lookup is not None else \
+                    self._scored(tx, groups, weights, prefix_weight, fresh, None,
+                                 held=c.group if exact_list else None, order=by_size)
+                for tid, score in found:
+                    top.offer(tid, score)
+            kth = top.kth()
+            if min(bounds) <= 0.0 or (kth is not None and kth - _EPSILON > sum(bounds)) or walked >= MAX_WALK + 2 * k:
+                break
         if single:
             return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
-        resolve(max(k, self.resolve_batch), last=True)
         return top.ranked()[:k]
 
     def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
@@ -460,11 +398,16 @@ class SqlCatalogue(ABC):
                       gi: int, col: str) -> tuple[str, list[Any]]:
         """SQL matching group ``gi``'s words in column ``col`` (its words; its prefix's range)."""
         words = sorted(weights[gi])
+        term = groups[gi].alternatives[0]
+        if groups[gi].prefix and prefix_weight[gi] > 0 and all(term <= w < term + _TOP_CHAR for w in words):
+            # One range (the word typed and its completions): an OR of the word and the range
+            # is a MULTI-INDEX OR in SQLite, which looks every row up again by primary key.
+            return f"({col} >= ? AND {col} < ?)", [term, term + _TOP_CHAR]
         parts = [f"{col} IN ({_marks(len(words))})"] if words else []
         args: list[Any] = list(words)
         if groups[gi].prefix and prefix_weight[gi] > 0:
             parts.append(f"({col} > ? AND {col} < ?)")
-            args += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
+            args += [term, term + _TOP_CHAR]
         return " OR ".join(parts) or "false", args
 
     def _group_titles(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
@@ -557,14 +500,23 @@ class SqlCatalogue(ABC):
             _, weights, prefix_weight, sizes, by_size = plan
             source: tuple[str, list[Any]] | None = None
             held = None
+            rarest = by_size[0]
+            # The rarest group's titles: when it has at most cap (the count is then exact, as
+            # the full-text one), or when it is a prefix past three letters beside other words
+            # (the full-text index merges every completion's doclist before it intersects them)
+            # with at most FILTERED_SET_MAX. (Past cap either count, and its facets, is a sample
+            # of the matches, not the same one.)
+            long_prefix = groups[rarest].prefix and len(groups[rarest].alternatives[0]) > PREFIX_LENGTHS[-1]
+            by_group = sizes[rarest] <= cap or (
+                long_prefix and len(groups) > 1 and sizes[rarest] <= FILTERED_SET_MAX)
             if any(w.startswith(("t.category", "t.language")) for w in where):
                 few = self._filtered_titles(tx, where, params)
-                if len(few) <= FILTERED_SET_MAX:
+                # The filter's titles when fewer (a set larger than a plain word's list costs
+                # more probes than the full-text walk of that list, which stops at cap matches).
+                if len(few) <= FILTERED_SET_MAX and len(few) <= sizes[rarest]:
                     source = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(few)]
-            # (A rare group only when it has at most cap titles: the count is then exact, as the
-            # full-text one; past cap both are a sample of the matches, not the same one.)
-            if source is None and sizes[by_size[0]] <= cap:
-                held = by_size[0]
+            if source is None and by_group:
+                held = rarest
                 source = self._group_titles(groups, weights, prefix_weight, held, "", "", [])
             if source is not None:
                 checks, kargs = self._checks(groups, weights, prefix_weight, held, by_size)
