@@ -69,11 +69,6 @@ class PostgresCatalogue(SqlCatalogue):
     greatest = "greatest"
     postings_by_title = ""
     score_by_lookup = True
-    # The GIN count fetches each match's title_search row (the tsvector's table) to join its
-    # title: a random page per match, most of a common word's search time (350-500 ms at 100,000
-    # titles on the bench's server); the postings' impact index holds a word's titles in order,
-    # read index-only.
-    count_group_max = 50_000
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

@@ -113,9 +113,6 @@ class SqlCatalogue(ABC):
     # rarest group first, a title missing it stops there), PostgreSQL from the titles' postings
     # read in one statement (_looked_up: one index-only probe per title and word, no subplans).
     score_by_lookup = False
-    # The capped count drives from the rarest group's postings (an index range) when it has at
-    # most this many (and at most cap, whatever this is); past it, the full-text index counts.
-    count_group_max = 0
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -510,7 +507,7 @@ class SqlCatalogue(ABC):
             # with at most FILTERED_SET_MAX. (Past cap either count, and its facets, is a sample
             # of the matches, not the same one.)
             long_prefix = groups[rarest].prefix and len(groups[rarest].alternatives[0]) > PREFIX_LENGTHS[-1]
-            by_group = sizes[rarest] <= max(cap, self.count_group_max) or (
+            by_group = sizes[rarest] <= cap or (
                 long_prefix and len(groups) > 1 and sizes[rarest] <= FILTERED_SET_MAX)
             if any(w.startswith(("t.category", "t.language")) for w in where):
                 few = self._filtered_titles(tx, where, params)
