@@ -8,6 +8,7 @@ The job queue's lease is therefore one serialised transaction: select the next j
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import sqlite3
@@ -21,7 +22,7 @@ from .config import CatalogueConfig
 from .errors import BackendUnavailable
 from .query import TermGroup, fts5_expression
 from .schema import SQLITE_MIGRATIONS
-from .store import SqlCatalogue, Tx
+from .store import FILTERED_SET_MAX, SqlCatalogue, Tx
 
 __all__ = ["SqliteCatalogue"]
 
@@ -152,14 +153,24 @@ class SqliteCatalogue(SqlCatalogue):
         # title (its cost estimate for a filtered FTS5 scan is blind): 1.8 s at 5,000 titles.
         # "INDEXED BY titles_search_filters": the join reads a narrow covering index (id and the
         # filter columns), not the table's rows with their descriptions.
-        # (A filter leaving few titles, or a rare word, is counted from those titles instead:
+        # A category or language filter that leaves few titles (found from their indexes,
+        # titles_browse_*) is applied first, as a set the walk probes before it joins. (Far
+        # fewer titles than the word's doclist are counted from those titles instead:
         # SqlCatalogue._count.)
         filters = " AND ".join(where)
+        prefilter, pre_params = "", []
+        if any(w.startswith(("t.category", "t.language")) for w in where):
+            few = self._filtered_titles(tx, where, params)
+            if not few:
+                return []
+            if len(few) <= FILTERED_SET_MAX:
+                prefilter, pre_params = "AND +title_search.rowid IN (SELECT value FROM json_each(?)) ", \
+                    [json.dumps(few)]
         return tx.rows(
             "SELECT category, count(*) FROM (SELECT t.category AS category "
             "FROM title_search CROSS JOIN titles t INDEXED BY titles_search_filters ON t.id = title_search.rowid "
-            f"WHERE title_search MATCH ? AND {filters} LIMIT ?) m GROUP BY category",
-            (fts5_expression(groups), *params, cap))
+            f"WHERE title_search MATCH ? {prefilter}AND {filters} LIMIT ?) m GROUP BY category",
+            (fts5_expression(groups), *pre_params, *params, cap))
 
     def close(self) -> None:
         with self._write_lock:

@@ -231,13 +231,6 @@ class SqlCatalogue(ABC):
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
                 passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
         rarest = by_size[0]
-        if join == "" and filters and sizes[rarest] <= FILTERED_SET_MAX:
-            # A filter leaving few titles (probed as a set) and a group with few postings: the
-            # walk would read its lists through the set, one statement per list and batch (a
-            # prefix's completions each a list), to find the few that pass; the group's titles
-            # in the set, scored in one statement, are cheaper.
-            return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
-                groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
         if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
             # One group has few postings: every match is among its titles, all scored in one
             # statement (exact, and cheaper than walking).
@@ -511,9 +504,10 @@ class SqlCatalogue(ABC):
                 long_prefix and len(groups) > 1 and sizes[rarest] <= FILTERED_SET_MAX)
             if any(w.startswith(("t.category", "t.language")) for w in where):
                 few = self._filtered_titles(tx, where, params)
-                # The filter's titles when fewer (a set larger than a plain word's list costs
-                # more probes than the full-text walk of that list, which stops at cap matches).
-                if len(few) <= FILTERED_SET_MAX and len(few) <= sizes[rarest]:
+                # The filter's titles when far fewer than the rarest group's postings: a probe of
+                # search_postings costs some ten times a doclist entry of the full-text walk
+                # (which probes the same set, _count_matches).
+                if len(few) <= FILTERED_SET_MAX and len(few) * 10 <= sizes[rarest]:
                     source = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(few)]
             if source is None and by_group:
                 held = rarest
