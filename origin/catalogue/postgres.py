@@ -68,6 +68,7 @@ class PostgresCatalogue(SqlCatalogue):
     walk_joins_in_order = False
     greatest = "greatest"
     postings_by_title = ""
+    score_by_lookup = True
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

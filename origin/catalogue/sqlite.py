@@ -146,16 +146,6 @@ class SqliteCatalogue(SqlCatalogue):
                 raise BackendUnavailable(f"catalogue database: {e}") from e
             raise
 
-    def _match(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any], limit: int,
-               offset: int, cap: int | None) -> tuple[list[tuple], list[tuple] | None]:
-        # The page comes from our own ranking (SqlCatalogue._top_k: impact-ordered postings),
-        # whose cost follows the page; the capped count and the facets from one unranked walk of
-        # FTS5's index, newest first.
-        rows = self._match_rows(tx, groups, where, params, limit, offset)
-        if cap is None:
-            return rows, None
-        return rows, self._count_matches(tx, groups, where, params, cap)
-
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                        cap: int) -> list[tuple]:
         # CROSS JOIN: SQLite joins left to right, so the index's matches drive the join. With a
@@ -164,8 +154,9 @@ class SqliteCatalogue(SqlCatalogue):
         # "INDEXED BY titles_search_filters": the join reads a narrow covering index (id and the
         # filter columns), not the table's rows with their descriptions.
         # A category or language filter that leaves few titles (found from their indexes,
-        # titles_browse_*) is applied first, as a set the walk probes before it joins: a common
-        # word with a rare category and language otherwise joined each of its 87,000 matches.
+        # titles_browse_*) is applied first, as a set the walk probes before it joins. (Far
+        # fewer titles than the word's doclist are counted from those titles instead:
+        # SqlCatalogue._count.)
         filters = " AND ".join(where)
         prefilter, pre_params = "", []
         if any(w.startswith(("t.category", "t.language")) for w in where):

@@ -28,7 +28,7 @@ from .query import (SearchHit, SearchPage, SearchQuery, TermGroup, check_query, 
                     query_words)
 from .records import (Job, JobState, Lease, Person, Rendition, Title, TitleDraft, TitleState,
                       check_transition, validate_draft)
-from .ranking import ListCursor, TopK, idf, impacts, max_impact, prefix_impacts, prefix_key
+from .ranking import PREFIX_LENGTHS, ListCursor, TopK, idf, impacts, max_impact, prefix_impacts, prefix_key
 from .text import deletions, max_edits, normalised_text
 
 __all__ = ["SqlCatalogue", "Tx"]
@@ -48,6 +48,9 @@ MAX_WALK = 2000
 INTERSECT_MAX = 1500
 # A category/language filter leaving at most this many titles is applied as a set of titles.
 FILTERED_SET_MAX = 5000
+# Scores are summed in Python for the bounds and by the database for the page: a bound this close
+# to the k-th score is counted as reaching it.
+_EPSILON = 1e-9
 # Above every character a normalised word holds: a prefix's words lie in [prefix, prefix + this).
 _TOP_CHAR = "\U0010ffff"
 
@@ -106,6 +109,10 @@ class SqlCatalogue(ABC):
     # A lookup of given titles reads the postings' primary key, never the impact index (which
     # SQLite's planner may pick for a word list: a common word's whole list).
     postings_by_title = " NOT INDEXED"
+    # How the walk scores the titles it reads: SQLite by its per-title subqueries (_scored: the
+    # rarest group first, a title missing it stops there), PostgreSQL from the titles' postings
+    # read in one statement (_looked_up: one index-only probe per title and word, no subplans).
+    score_by_lookup = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -210,6 +217,8 @@ class SqlCatalogue(ABC):
         passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("1", [])
         outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
+        # What the capped count (_count) reuses: the groups' words and weights, and their sizes.
+        tx.memo["plan"] = (groups, weights, prefix_weight, sizes, by_size)
         if any(w.startswith(("t.category", "t.language")) for w in filters):
             # A category or language filter that leaves few titles (read from their indexes,
             # titles_browse_*): those titles are scored outright, or the walk probes them as a
@@ -229,27 +238,45 @@ class SqlCatalogue(ABC):
                 groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
         # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
         # impact first); the list whose next posting could score the most is read next, in
-        # batches that double per list; each batch's new titles are scored by the database
-        # (every group looked up by primary key; a title missing a group drops out). It stops
-        # once the k-th score is above what an unread title could reach (the sum over groups of
-        # the best their lists can still hold), when a group's lists are all read (every match
-        # has been seen), or after MAX_WALK + 2k postings: then the page is the best of the titles
-        # read, those whose words score highest in some list.
+        # batches that double per list. Each batch's new titles are scored by the database
+        # (every group looked up by primary key; a title missing a group drops out), but those
+        # whose bound is already below the k-th score: what the read says of a title (its
+        # weighted impact in the list read) plus what the other groups' lists can still hold.
+        # It stops once the k-th score is above what an unread title could reach (the sum over
+        # groups of the best their lists can still hold), when a group's lists are all read
+        # (every match has been seen), or after MAX_WALK + 2k postings: then the page is the
+        # best of the titles read, those whose words score highest in some list.
         # A one-letter prefix's unwalked completions are bounded by the group's peak.
         partial = [len(g.alternatives[0]) < 2 and g.prefix and prefix_weight[gi] > 0 and
                    sum(1 for c in cursors if c.group == gi) >= PREFIX_WALKED for gi, g in enumerate(groups)]
         top = TopK(k=k)
-        seen: set[int] = set()
         single = len(groups) == 1 and not any(
             c.word.startswith("*") and len(groups[0].alternatives[0]) > 3 for c in cursors)
         best: dict[int, float] = {}
+        seen: set[int] = set()
         walked = 0
+        n_groups = len(groups)
         for c in cursors:
             c.batch = max(32, k + 1)
 
         def bound(gi: int) -> float:
             best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
-            return max(best, peaks[gi]) if partial[gi] and len(groups) > 1 else best
+            return max(best, peaks[gi]) if partial[gi] and n_groups > 1 else best
+
+        # Where every group's matches are a list of words (its words, and a 2-3-letter prefix's
+        # own prefix list), a title is scored from its postings of those words, read in one
+        # statement (a primary-key probe per title and word) and summed here: cheaper than the
+        # database's per-title subqueries (_scored), which a longer prefix's range still needs.
+        lookup: dict[str, list[tuple[int, float]]] | None = {} if self.score_by_lookup else None
+        for gi, g in enumerate(groups if lookup is not None else ()):
+            for w, v in weights[gi].items():
+                lookup.setdefault(w, []).append((gi, v))
+            if g.prefix and prefix_weight[gi] > 0:
+                key = prefix_key(g.alternatives[0])
+                if key is None or len(g.alternatives[0]) > PREFIX_LENGTHS[-1] or len(g.alternatives) > 1:
+                    lookup = None
+                    break
+                lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
 
         while True:
             live = [c for c in cursors if not c.exhausted]
@@ -279,32 +306,76 @@ class SqlCatalogue(ABC):
                 c.after = (float(read[-1][1]), int(read[-1][0]))
                 if not c.exhausted:
                     c.frontier = float(read[-1][1])
-            got = [(r[0], r[1]) for r in read if r[2]]
-            fresh = [int(r[0]) for r in got if int(r[0]) not in seen]
-            seen.update(fresh)
             if single:
                 # One group whose lists each hold exactly its titles: a title's score is the best
                 # of its postings, so no lookup is needed. A title's best read so far is its score
                 # once it is above every list's bound, and a title not read that high cannot
                 # reach the k-th (the k-th best read exceeds the bound when the walk stops).
-                for tid, impact in got:
-                    v = c.weight * impact
-                    if v > best.get(int(tid), -1.0):
-                        best[int(tid)] = v
-                fresh = []
+                for r in read:
+                    if r[2]:
+                        v = c.weight * r[1]
+                        if v > best.get(int(r[0]), -1.0):
+                            best[int(r[0])] = v
+                kth = heapq.nlargest(k, best.values())[-1] if len(best) >= k else None
+                if kth is not None and kth > bound(0) or walked >= MAX_WALK + 2 * k:
+                    break
+                continue
+            bounds = [bound(gi) for gi in range(n_groups)]
+            kth = top.kth()
+            # A new title's bound: its group's score is at most the larger of the impact read
+            # (a prefix past three letters: the best of its 3-letter list, also an upper bound)
+            # and what that group's other lists still hold; each other group's, what its lists
+            # still hold (the title is in none of what they have read).
+            others = sum(bounds) - bounds[c.group]
+            floor = -1.0 if kth is None else kth - _EPSILON
+            fresh = []
+            for r in read:
+                if r[2] and int(r[0]) not in seen:
+                    tid = int(r[0])
+                    seen.add(tid)
+                    v = c.weight * float(r[1])
+                    if (v if v > bounds[c.group] else bounds[c.group]) + others >= floor:
+                        fresh.append(tid)
             if fresh:
                 # A superset list (a prefix past three letters) holds titles its group lacks.
                 exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
-                for tid, score in self._scored(tx, groups, weights, prefix_weight, fresh, None,
-                                               held=c.group if exact_list else None, order=by_size):
+                found = self._looked_up(tx, lookup, n_groups, fresh) if lookup is not None else \
+                    self._scored(tx, groups, weights, prefix_weight, fresh, None,
+                                 held=c.group if exact_list else None, order=by_size)
+                for tid, score in found:
                     top.offer(tid, score)
-            bounds = [bound(gi) for gi in range(len(groups))]
-            kth = top.kth() if not single else (heapq.nlargest(k, best.values())[-1] if len(best) >= k else None)
-            if min(bounds) <= 0.0 or (kth is not None and kth > sum(bounds)) or walked >= MAX_WALK + 2 * k:
+            kth = top.kth()
+            if min(bounds) <= 0.0 or (kth is not None and kth - _EPSILON > sum(bounds)) or walked >= MAX_WALK + 2 * k:
                 break
         if single:
             return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
         return top.ranked()[:k]
+
+    def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
+                   ids: list[int]) -> list[tuple[int, float]]:
+        """(title id, score) of the titles ``ids`` holding every group, from their postings of
+        the words in ``lookup`` (word → its groups and weights): a group scores its best weighted
+        impact, the score is the groups' sum (in group order, as :meth:`_scored` adds them)."""
+        per: dict[int, list[float]] = {}
+        for tid, word, impact in tx.rows(
+                f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
+                f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(lookup))})",
+                (json.dumps(ids), *lookup)):
+            got = per.get(tid)
+            if got is None:
+                got = per[tid] = [0.0] * n_groups
+            for gi, weight in lookup[word]:
+                v = weight * impact
+                if v > got[gi]:
+                    got[gi] = v
+        out = []
+        for tid, got in per.items():
+            if all(v > 0.0 for v in got):
+                score = 0.0
+                for v in got:
+                    score += v
+                out.append((int(tid), score))
+        return out
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
         """The titles passing the filters, up to FILTERED_SET_MAX + 1 (read once per search)."""
@@ -320,11 +391,16 @@ class SqlCatalogue(ABC):
                       gi: int, col: str) -> tuple[str, list[Any]]:
         """SQL matching group ``gi``'s words in column ``col`` (its words; its prefix's range)."""
         words = sorted(weights[gi])
+        term = groups[gi].alternatives[0]
+        if groups[gi].prefix and prefix_weight[gi] > 0 and all(term <= w < term + _TOP_CHAR for w in words):
+            # One range (the word typed and its completions): an OR of the word and the range
+            # is a MULTI-INDEX OR in SQLite, which looks every row up again by primary key.
+            return f"({col} >= ? AND {col} < ?)", [term, term + _TOP_CHAR]
         parts = [f"{col} IN ({_marks(len(words))})"] if words else []
         args: list[Any] = list(words)
         if groups[gi].prefix and prefix_weight[gi] > 0:
             parts.append(f"({col} > ? AND {col} < ?)")
-            args += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
+            args += [term, term + _TOP_CHAR]
         return " OR ".join(parts) or "false", args
 
     def _group_titles(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
@@ -344,6 +420,33 @@ class SqlCatalogue(ABC):
         Each title is first checked for the groups (but ``held``, which every title of ``ids``
         has) in ``order`` (rarest first), one primary-key probe each, stopping at the first
         missing; only the titles that match are scored (one more probe per group)."""
+        checks, kargs = self._checks(groups, weights, prefix_weight, held, order)
+        if checks is None:
+            return []
+        cols, cargs = [], []
+        for gi in range(len(groups)):
+            match, args = self._alternatives(groups, weights, prefix_weight, gi, "q.word")
+            ws = sorted(weights[gi].items())
+            # The word's own weight; a completion of the prefix gets the prefix's.
+            weight = ("CASE q.word" + " WHEN ? THEN ?" * len(ws) + " ELSE ? END") if ws else "?"
+            cols.append(f"coalesce((SELECT max(({weight}) * q.impact) FROM search_postings q{self.postings_by_title} "
+                        f"WHERE q.title_id = d.id AND ({match})), 0)")
+            cargs += [x for pair in ws for x in pair] + [prefix_weight[gi]] + args
+        if isinstance(ids, tuple):
+            source, sargs = ids
+        else:
+            source, sargs = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(ids)]
+        where = f" WHERE {checks}" if checks else ""
+        tail = " ORDER BY score DESC, id DESC LIMIT ?" if k is not None else ""
+        return [(int(r[0]), float(r[1])) for r in tx.rows(
+            f"SELECT d.id, {' + '.join(cols)} AS score FROM ({source}) d{where}{tail}",
+            (*cargs, *sargs, *kargs, *([k] if k is not None else [])))]
+
+    def _checks(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
+                held: int | None, order: list[int] | None) -> tuple[str | None, list[Any]]:
+        """SQL true for a title ``d.id`` holding every group but ``held`` (one primary-key probe
+        per group, in ``order``: rarest first, so a title missing one stops at the first), and
+        its parameters; ``None`` when a group can match nothing."""
         checks, kargs = [], []
         for gi in (order or range(len(groups))):
             if gi == held:
@@ -359,26 +462,9 @@ class SqlCatalogue(ABC):
                               "WHERE q.title_id = d.id AND q.word > ? AND q.word < ?)")
                 kargs += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
             if not probes:
-                return []
+                return None, []
             checks.append("(" + " OR ".join(probes) + ")")
-        cols, cargs = [], []
-        for gi in range(len(groups)):
-            match, args = self._alternatives(groups, weights, prefix_weight, gi, "q.word")
-            ws = sorted(weights[gi].items())
-            # The word's own weight; a completion of the prefix gets the prefix's.
-            weight = ("CASE q.word" + " WHEN ? THEN ?" * len(ws) + " ELSE ? END") if ws else "?"
-            cols.append(f"coalesce((SELECT max(({weight}) * q.impact) FROM search_postings q{self.postings_by_title} "
-                        f"WHERE q.title_id = d.id AND ({match})), 0)")
-            cargs += [x for pair in ws for x in pair] + [prefix_weight[gi]] + args
-        if isinstance(ids, tuple):
-            source, sargs = ids
-        else:
-            source, sargs = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(ids)]
-        where = f" WHERE {' AND '.join(checks)}" if checks else ""
-        tail = " ORDER BY score DESC, id DESC LIMIT ?" if k is not None else ""
-        return [(int(r[0]), float(r[1])) for r in tx.rows(
-            f"SELECT d.id, {' + '.join(cols)} AS score FROM ({source}) d{where}{tail}",
-            (*cargs, *sargs, *kargs, *([k] if k is not None else [])))]
+        return " AND ".join(checks), kargs
 
     @abstractmethod
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
@@ -391,7 +477,50 @@ class SqlCatalogue(ABC):
         over the first ``cap`` matches (:meth:`_count_matches`); a backend may answer both from
         one walk of the index."""
         rows = self._match_rows(tx, groups, where, params, limit, offset)
-        return rows, None if cap is None else self._count_matches(tx, groups, where, params, cap)
+        return rows, None if cap is None else self._count(tx, groups, where, params, cap)
+
+    def _count(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
+               cap: int) -> list[tuple]:
+        """(category, count) over the first ``cap`` matches: from a small set every match lies
+        in, when the ranking found one (titles passing a rare category/language filter, or the
+        titles of a rare group), each title probed for the other groups in ``search_postings``;
+        otherwise the backend's full-text index (:meth:`_count_matches`). The full-text count
+        walks the doclists of every word and completion until it has ``cap`` matches: for a
+        common word under a rare filter, or a long prefix beside a rare word (a merge of every
+        completion's doclist), that was most of the list for a handful of matches."""
+        plan = tx.memo.get("plan")
+        if plan is not None and plan[0] == groups:
+            _, weights, prefix_weight, sizes, by_size = plan
+            source: tuple[str, list[Any]] | None = None
+            held = None
+            rarest = by_size[0]
+            # The rarest group's titles: when it has at most cap (the count is then exact, as
+            # the full-text one), or when it is a prefix past three letters beside other words
+            # (the full-text index merges every completion's doclist before it intersects them)
+            # with at most FILTERED_SET_MAX. (Past cap either count, and its facets, is a sample
+            # of the matches, not the same one.)
+            long_prefix = groups[rarest].prefix and len(groups[rarest].alternatives[0]) > PREFIX_LENGTHS[-1]
+            by_group = sizes[rarest] <= cap or (
+                long_prefix and len(groups) > 1 and sizes[rarest] <= FILTERED_SET_MAX)
+            if any(w.startswith(("t.category", "t.language")) for w in where):
+                few = self._filtered_titles(tx, where, params)
+                # The filter's titles when far fewer than the rarest group's postings: a probe of
+                # search_postings costs some ten times a doclist entry of the full-text walk
+                # (which probes the same set, _count_matches).
+                if len(few) <= FILTERED_SET_MAX and len(few) * 10 <= sizes[rarest]:
+                    source = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(few)]
+            if source is None and by_group:
+                held = rarest
+                source = self._group_titles(groups, weights, prefix_weight, held, "", "", [])
+            if source is not None:
+                checks, kargs = self._checks(groups, weights, prefix_weight, held, by_size)
+                if checks is None:
+                    return []
+                cond = "".join(f" AND {w}" for w in [*([checks] if checks else []), *where])
+                return tx.rows(f"SELECT category, count(*) FROM (SELECT t.category AS category FROM ({source[0]}) d "
+                               f"{self.postings_join} ON t.id = d.id WHERE true{cond} LIMIT ?) m GROUP BY category",
+                               (*source[1], *kargs, *params, cap))
+        return self._count_matches(tx, groups, where, params, cap)
 
     @abstractmethod
     def close(self) -> None:
