@@ -141,7 +141,8 @@ class MetadataNode:
     def _settings(self) -> GroupSettings:
         o = self.cluster.objstore
         election_s = o.raft_election_timeout_s
-        return GroupSettings(timing=Timing(election_s=election_s, heartbeat_s=election_s / 10),
+        return GroupSettings(timing=Timing(election_s=election_s, heartbeat_s=election_s / 10,
+                                           clock_drift=o.raft_clock_drift),
                              rpc_timeout_s=min(o.rpc_timeout_s, max(election_s, 1.0)),
                              compact_after_entries=o.raft_log_entries,
                              keep_entries=max(1, o.raft_log_entries // 10))

@@ -137,6 +137,8 @@ async def test_put_get_scan_delete_round_trip(tmp_path):
         assert all(v["entries"] > 0 for v in info.values())
         stats = [mc.node(i).statistics() for i in range(3)]
         assert sum(st["writes"] for st in stats) >= 6 and sum(st["gets"] for st in stats) > 0
+        # A leader that holds its lease answers reads without a heartbeat round.
+        assert 0 < sum(st["raft_lease_reads"] for st in stats) <= sum(st["raft_reads"] for st in stats)
         # 3 nodes, 16 partitions in 3 groups, each with one leader
         assert sum(st["raft_leading"] for st in stats) == mc.cfg.objstore.metadata_groups == 3
         # Every replica applies every write: a follower learns the last commit with the leader's

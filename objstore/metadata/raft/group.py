@@ -166,7 +166,7 @@ class RaftGroup:
         self._io = anyio.Lock()  # storage writes: the persister and a snapshot install take turns
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
-                      "reads": 0, "compactions": 0, "leader_changes": 0,
+                      "reads": 0, "lease_reads": 0, "compactions": 0, "leader_changes": 0,
                       "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0,
                       "handovers": 0}
         self._last_leader: str | None = None
@@ -468,8 +468,9 @@ class RaftGroup:
         if self._installing is not None:
             m = append_from_wire(args["m"])
             if m.term <= self._installing["term"]:
-                # From the installing leader itself, or a stale one the core would refuse.
-                return {"term": self.core.term, "success": False, "match": 0, "round": m.round}
+                # From the installing leader itself, or a stale one the core would refuse. Round
+                # 0 confirms nothing: the core did not see it, so it is no lease promise either.
+                return {"term": self.core.term, "success": False, "match": 0, "round": 0}
             await self._abandon_install()  # a later leader: the transfer's sender is deposed
         reply = self.core.on_append(append_from_wire(args["m"]), self._clock())
         await self._durable(self.core.seq)
@@ -575,13 +576,17 @@ class RaftGroup:
 
     async def read_barrier(self) -> None:
         """Return once this node may serve a linearizable read: it was still the leader after
-        the read arrived (a majority answered a heartbeat) and has applied everything committed
-        before it. Raises NotLeader."""
+        the read arrived (it holds a lease, or else a majority answered a heartbeat round that
+        started after the read) and has applied everything committed before it. Raises NotLeader."""
         self.stats["reads"] += 1
-        round_, index = self.core.read_index()
-        self._notify()
-        while not self.core.read_ready(round_):
-            await self._wait_changed(self.settings.timing.heartbeat_s)
+        index = self.core.lease_read(self._clock())
+        if index is not None:
+            self.stats["lease_reads"] += 1
+        else:
+            round_, index = self.core.read_index()
+            self._notify()
+            while not self.core.read_ready(round_):
+                await self._wait_changed(self.settings.timing.heartbeat_s)
         while self.core.applied < index:
             if not self.is_leader:
                 raise NotLeader(self.core.leader)
