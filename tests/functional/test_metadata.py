@@ -146,6 +146,19 @@ async def test_put_get_scan_delete_round_trip(tmp_path):
         await settle(lambda: all(mc.node(i).statistics()["raft_applied"] >= 7 for i in range(3)), timeout=10)
 
 
+async def test_heartbeats_of_all_groups_to_a_peer_go_in_one_call(tmp_path):
+    # Six groups on three nodes: some node leads two or more, and its heartbeats to each peer
+    # share calls (heartbeats.py).
+    async with meta_cluster(tmp_path, groups=6) as mc, mc.client() as meta:
+        await meta.put("obj/hb", "k", {"n": 1})
+        await anyio.sleep(0.5)
+        stats = [mc.node(i).statistics() for i in range(3)]
+        assert sum(st["raft_leading"] for st in stats) == 6
+        batched = sum(st["raft_heartbeats_batched"] for st in stats)
+        calls = sum(st["raft_heartbeat_calls"] for st in stats)
+        assert calls > 10 and batched > calls
+
+
 async def test_versions_move_forward_even_if_the_clock_does_not(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client(clock=lambda: 1000) as meta:
         a = await meta.put("obj/b", "k", {"n": 1})

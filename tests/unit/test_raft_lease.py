@@ -306,3 +306,19 @@ def test_the_leader_remembers_the_send_times_of_an_election_timeout_of_rounds_on
         for p in a.others:
             exchange(a, nodes[p], now)
     assert 200 <= len(a._round_sent_at) <= 260  # one round per 1/256 s, for one second
+
+
+def test_heartbeats_fall_due_at_the_same_slot_boundaries_in_every_group() -> None:
+    """So that a node's shell can send each peer the heartbeats of all its groups in one call."""
+    one, a = leading()
+    two, x = leading()
+    exchange(a, one["b"], T0 + 0.5)          # a's last message to b went out just after a slot began
+    exchange(x, two["b"], T0 + 0.5875)       # x's just before the next one
+    for core in (a, x):
+        assert core.append_for("b", T0 + 0.59) is None
+        assert core.send_due_in("b", T0 + 0.59) == pytest.approx(0.01, abs=2e-4)
+        before = core._round
+        m = core.append_for("b", T0 + 0.6 + 1e-4)  # due for both, in a new round that renews the lease
+        assert isinstance(m, AppendRequest) and not m.entries and m.round == before + 1
+    assert one["b"].leader == "a" and a.send_due_in("b", T0 + 0.61) == pytest.approx(0.09, abs=2e-4)
+    assert one["b"].send_due_in("a", T0) is None  # a follower sends nothing on its own

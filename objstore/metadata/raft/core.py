@@ -73,6 +73,7 @@ itself steps down; a node that is not a voter never stands for election.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -792,7 +793,7 @@ class RaftCore:
         self._renew_round(now)
         has_entries = pr.next <= self.last_index
         round_due = pr.round < self._round
-        heartbeat_due = now - pr.sent_at >= self.timing.heartbeat_s
+        heartbeat_due = self._slot(now) > self._slot(pr.sent_at)
         if not (has_entries or round_due or heartbeat_due):
             return None
         prev = pr.next - 1
@@ -822,10 +823,32 @@ class RaftCore:
         return AppendRequest(term=self.term, leader=self.id, prev_index=prev, prev_term=prev_term,
                              entries=tuple(batch), commit=min(self.commit, prev + len(batch)), round=self._round)
 
+    def send_due_in(self, peer: str, now: float) -> float | None:
+        """When ``append_for(peer)`` had nothing: seconds until a heartbeat to ``peer`` falls due
+        by the clock alone. None when only a change can make a message due (this node does not
+        lead); a proposal, a read or a reply is such a change, which the shell hears of anyway."""
+        if self.role is not Role.LEADER or peer not in self._progress:
+            return None
+        # Heartbeats (and the rounds that renew the lease) fall due at the start of each slot of
+        # the clock, the same instants for every group of a node: the shell can send all that
+        # go to one peer together (a hair after the boundary, so that they are due by then).
+        return max(0.0, (self._slot(now) + 1) * self.timing.heartbeat_s - now) + 1e-4
+
+    def tick_due_in(self, now: float) -> float:
+        """Seconds until ``tick`` has work: a follower's or candidate's election timer; a leader
+        checks its quorum every heartbeat interval."""
+        if self.role is Role.LEADER:
+            return self.timing.heartbeat_s
+        return max(0.0, self._election_at - now)
+
+    def _slot(self, t: float) -> int:
+        """The heartbeat slot ``t`` falls in: heartbeats are due once per slot."""
+        return math.floor(t / self.timing.heartbeat_s)
+
     def _renew_round(self, now: float) -> None:
-        """Start a new heartbeat round once the current one went out a heartbeat interval ago:
-        acknowledgments of messages sent later renew the lease."""
-        if self._round_sent and now - self._round_sent_at.get(self._round, -1e18) >= self.timing.heartbeat_s:
+        """Start a new heartbeat round once the current one went out in an earlier slot (at most
+        a heartbeat interval ago): acknowledgments of messages sent later renew the lease."""
+        if self._round_sent and self._slot(now) > self._slot(self._round_sent_at.get(self._round, -1e18)):
             self._round += 1
             self._round_sent = False
 

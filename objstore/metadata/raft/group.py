@@ -6,8 +6,11 @@ One :class:`RaftGroup` per consensus group a metadata node belongs to. Its tasks
   log, hard state and the committed entries applied) and wakes what waited for it. Everything
   that piles up while one write runs goes into the next: group commit for free;
 * one replicator per peer sends appends (or a snapshot) while this node leads, heartbeats when
-  idle; replicators come and go with the group's membership;
-* the ticker runs the core's timers and, for a candidate, sends vote requests.
+  idle; replicators come and go with the group's membership. Idle, a replicator sleeps until the
+  next heartbeat slot (the same instants in every group, so the node's transport can send one
+  peer the heartbeats of all its groups in one call: ``metadata/heartbeats.py``) or a change;
+* the ticker runs the core's timers (asleep until they have work, at most half an election
+  timeout) and, for a candidate, sends vote requests.
 
 Replies to a peer's vote or append go out only after the change they report is durable.
 A proposal resolves when its entry is applied: with the state machine's result if the entry
@@ -308,7 +311,10 @@ class RaftGroup:
 
     async def _ticker(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
-        period = self.settings.timing.heartbeat_s / 2
+        # Asleep until the core's timers have work, but never longer than half an election
+        # timeout (membership changes start replicators here): an idle node runs a follower's
+        # ticker twice a second, not twenty times.
+        longest = self.settings.timing.election_s / 2
         while True:
             was = self.core.role
             self.core.tick(self._clock())
@@ -317,7 +323,7 @@ class RaftGroup:
             self._campaign()
             if self.core.role is not was:
                 self._notify()
-            await anyio.sleep(period)
+            await anyio.sleep(min(longest, max(0.005, self.core.tick_due_in(self._clock()))))
 
     def _hand_to_preferred(self) -> None:
         """A leader that is not the group's preferred leader hands over to it once both have
@@ -370,9 +376,13 @@ class RaftGroup:
     async def _replicator(self, peer: str) -> None:
         failures = 0
         while True:
-            msg = self.core.append_for(peer, self._clock())
+            now = self._clock()
+            msg = self.core.append_for(peer, now)
             if msg is None:
-                await self._wait_changed(self.settings.timing.heartbeat_s / 2)
+                # Until the next heartbeat is due, or a change (a proposal, a read, a reply, a new
+                # role) may have made a message due sooner; a follower's waits on changes alone.
+                due = self.core.send_due_in(peer, now)
+                await self._wait_changed(self.settings.timing.election_s / 2 if due is None else max(0.002, due))
                 continue
             if isinstance(msg, SnapshotNeeded):
                 index, ok, term = 0, False, 0
