@@ -183,6 +183,10 @@ class RaftGroup:
         if leader != self._last_leader:
             previous, self._last_leader = self._last_leader, leader
             self._leading_since = self._clock()
+            if leader == self.node_id and self._tg is not None:
+                # A follower's ticker may sleep a while yet: the new leader replicates to every
+                # peer of its configuration from now on.
+                self._sync_replicators(self._tg)
             self.stats["leader_changes"] += 1
             # raft.leader_elected: this node now leads; raft.leader_changed: another does;
             # raft.leader_lost: none is known (an election is on)
@@ -312,8 +316,9 @@ class RaftGroup:
     async def _ticker(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
         # Asleep until the core's timers have work, but never longer than half an election
-        # timeout (membership changes start replicators here): an idle node runs a follower's
-        # ticker twice a second, not twenty times.
+        # timeout (a leader's membership changes start replicators here, as does a new
+        # leadership in _notify): an idle node runs a follower's ticker twice a second, not
+        # twenty times.
         longest = self.settings.timing.election_s / 2
         while True:
             was = self.core.role
