@@ -157,6 +157,10 @@ class ObjstoreConfig:
     # Metadata replica sets are Raft groups: a follower that hears no leader for a random
     # 1..2 x this starts an election, so failover takes about that long.
     raft_election_timeout_s: float = 1.0
+    # A group's leader serves reads without a heartbeat round while a majority's promise not to
+    # vote holds: election timeout x (1 - this) after what they acknowledged was sent. This bounds
+    # how much slower a leader's clock may run than a follower's (rate, not agreement); 1: off.
+    raft_clock_drift: float = 0.1
     # A metadata read or write gives up (503) after this long, leader failover included.
     metadata_timeout_s: float = 10.0
     # A Raft log is compacted once it holds this many applied entries (the records are the
@@ -255,7 +259,8 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
     r.check_keys(data, p, {"region", "ec", "bucket_ec", "inline_max_size", "max_object_size",
                            "max_put_size", "min_part_size", "max_parts", "clock_skew_seconds",
                            "partitions", "metadata_groups", "rpc_timeout_seconds", "retire_grace_seconds",
-                           "raft_election_timeout_seconds", "metadata_timeout_seconds", "raft_log_entries",
+                           "raft_election_timeout_seconds", "raft_clock_drift", "metadata_timeout_seconds",
+                           "raft_log_entries",
                            "scrub_rate", "scrub_interval_seconds", "quarantine_retention_seconds"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
@@ -264,6 +269,9 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
     partitions = r.get(data, "partitions", p, int, d.partitions)
     if not 1 <= partitions <= 65535:
         raise r.error(f"{p}.partitions", "must be between 1 and 65535 (partition 0xffff is reserved)")
+    drift = r.non_negative(data, "raft_clock_drift", p, d.raft_clock_drift)
+    if drift > 1:
+        raise r.error(f"{p}.raft_clock_drift", f"{drift} is more than 1 (1 turns lease reads off)")
     groups = r.get(data, "metadata_groups", p, int, min(d.metadata_groups, partitions))
     if not 1 <= groups <= partitions:
         raise r.error(f"{p}.metadata_groups", f"must be between 1 and partitions ({partitions})")
@@ -281,6 +289,7 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
         metadata_groups=groups,
         rpc_timeout_s=r.get(data, "rpc_timeout_seconds", p, float, d.rpc_timeout_s),
         raft_election_timeout_s=r.positive(data, "raft_election_timeout_seconds", p, d.raft_election_timeout_s),
+        raft_clock_drift=drift,
         metadata_timeout_s=r.positive(data, "metadata_timeout_seconds", p, d.metadata_timeout_s),
         raft_log_entries=int(r.positive(data, "raft_log_entries", p, d.raft_log_entries)),
         retire_grace_s=r.non_negative(data, "retire_grace_seconds", p, d.retire_grace_s),

@@ -61,6 +61,7 @@ from .errors import (
     NotStoredError,
     RingChanged,
 )
+from .heartbeats import HeartbeatBatcher, is_heartbeat, serve_heartbeats
 from .partition import DEFAULT_REPLICAS, PartitionMap, group_name, rendezvous
 from .raft.core import Config, NotLeader, Timing
 from .raft.group import (
@@ -116,13 +117,16 @@ class MetadataNode:
         self.ready = False  # the ring is known and the groups are running
         self._tg: anyio.abc.TaskGroup | None = None
         self._creating: dict[str, anyio.Lock] = {}
+        self.heartbeats = HeartbeatBatcher(self._call)
         self.server = RpcServer(node.id, secret=secret)
+        self._on_append = self._raft("on_append")
         for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan), ("kv.list", self._list),
                          ("kv.peek", self._peek), ("node.info", self._info), ("ring.get", self._ring_get),
                          ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),
                          ("meta.retire", self._meta_retire),
                          ("raft.vote", self._raft("on_vote")),
-                         ("raft.append", self._raft("on_append")), ("raft.snapshot", self._raft("on_snapshot")),
+                         ("raft.append", self._on_append), ("raft.heartbeats", self._raft_heartbeats),
+                         ("raft.snapshot", self._raft("on_snapshot")),
                          ("raft.timeout_now", self._raft("on_timeout_now"))):
             self.server.add(name, fn)
 
@@ -135,18 +139,26 @@ class MetadataNode:
             for k, v in g.stats.items():
                 out[f"raft_{k}"] = out.get(f"raft_{k}", 0) + v
         out["raft_leading"] = sum(1 for g in self.groups.values() if g.is_leader)
+        out.update({f"raft_{k}": v for k, v in self.heartbeats.stats.items()})
         out["raft_write_transactions"] = self.committer.stats["transactions"]
         return out
 
     def _settings(self) -> GroupSettings:
         o = self.cluster.objstore
         election_s = o.raft_election_timeout_s
-        return GroupSettings(timing=Timing(election_s=election_s, heartbeat_s=election_s / 10),
+        return GroupSettings(timing=Timing(election_s=election_s, heartbeat_s=election_s / 10,
+                                           clock_drift=o.raft_clock_drift),
                              rpc_timeout_s=min(o.rpc_timeout_s, max(election_s, 1.0)),
                              compact_after_entries=o.raft_log_entries,
                              keep_entries=max(1, o.raft_log_entries // 10))
 
     async def _transport(self, peer: str, method: str, args: dict[str, Any], timeout: float) -> Any:
+        """The groups' transport: heartbeats go through the batcher, one call per peer for all groups."""
+        if is_heartbeat(method, args):
+            return await self.heartbeats.call(peer, args, timeout)
+        return await self._call(peer, method, args, timeout)
+
+    async def _call(self, peer: str, method: str, args: dict[str, Any], timeout: float) -> Any:
         if peer not in self.peers:
             # A node added after we started: its address travels in the group's membership.
             for g in self.groups.values():
@@ -182,6 +194,7 @@ class MetadataNode:
         async with self.peers, anyio.create_task_group() as tg:
             self._tg = tg
             self.port = await tg.start(self.server.serve, cfg.host, cfg.port)
+            await tg.start(self.heartbeats.run)
             task_status.started(self)
             self.ring_record = await self._join_ring()
             for g in range(self.ring.groups):
@@ -331,6 +344,15 @@ class MetadataNode:
                 g = await self._adopt(index)
             return await getattr(g, method)(args)
         return handler
+
+    async def _raft_heartbeats(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """``raft.heartbeats``: several groups' heartbeats from one leader node (``heartbeats.py``)."""
+        if not self.ready:
+            raise Unavailable(f"{self.config.id} is starting", sent=False)
+        try:
+            return await serve_heartbeats(args, self._on_append)
+        except ValueError as e:
+            raise self._bad(str(e)) from None
 
     async def _adopt(self, index: int) -> RaftGroup:
         """A leader sent us group ``index``'s log: we were added to it. Start an empty replica

@@ -296,7 +296,7 @@ def test_a_returning_cut_off_follower_neither_raises_the_term_nor_deposes_the_le
 def test_a_pre_vote_is_answered_without_changing_anything(why: str, my_log: list[Entry], heard_leader: bool,
                                                           req: VoteRequest, reply: VoteReply) -> None:
     a = mk(hard_state=HardState(term=3), entries=my_log)
-    now = 0.5
+    now = 1.5  # past the election timeout a start counts as hearing a leader for
     if heard_leader:
         a.on_append(heartbeat(3, "c", prev=2, prev_term=3), now)
     flush(a, now)
@@ -952,9 +952,11 @@ class Sim:
         self.seen: dict[tuple[int, int], tuple[bytes, int | None]] = {}  # (index, term) -> (data, term before)
         self.proposed: dict[tuple[str, int, int], tuple[int, bytes]] = {}  # (node, life, index) -> (term, cmd)
         self.acked: dict[bytes, int] = {}             # command -> index, once its leader applied it
-        self.reads: list[tuple[str, int, int, int, int]] = []  # (node, life, round, index, history length)
+        self.reads: list[tuple[str, int, int | None, int, int]] = []  # (node, life, round, index, committed)
         self.hist_cmds: set[bytes] = set()            # the commands in it, each at most once
-        self.counts = {"pre_votes": 0, "elections": 0, "crashes": 0, "snapshots": 0, "reads": 0, "persist_fail": 0}
+        self.counts = {"pre_votes": 0, "elections": 0, "crashes": 0, "snapshots": 0, "reads": 0, "persist_fail": 0,
+                       "lease_reads": 0}
+        self.leases = True  # leaders try a lease read first, as the shell does
         self.cmds = itertools.count()
 
     # --- nodes ----------------------------------------------------------------------------------
@@ -1203,8 +1205,16 @@ class Sim:
             leaders = [n for n in self.nodes.values() if n is not None and n.core.role is Role.LEADER]
             if leaders:
                 n = rng.choice(leaders)
-                round_, index = n.core.read_index()
-                self.reads.append((n.core.id, n.life, round_, index, len(self.hist)))
+                # Every entry committed anywhere before the read began: applied somewhere, or
+                # below some node's commit index (a new leader may not have applied it yet).
+                need = max([len(self.hist)] + [m.core.commit for m in self.nodes.values() if m is not None])
+                index = n.core.lease_read(self.now) if self.leases else None
+                if index is not None:
+                    self.counts["lease_reads"] += 1
+                    self.reads.append((n.core.id, n.life, None, index, need))
+                else:
+                    round_, index = n.core.read_index()
+                    self.reads.append((n.core.id, n.life, round_, index, need))
 
     def propose_somewhere(self) -> bytes | None:
         live = [n for n in self.nodes.values() if n is not None]
@@ -1227,16 +1237,16 @@ class Sim:
                 waiting.append(read)
                 continue
             try:
-                ready = n.core.read_ready(round_)
+                ready = round_ is None or n.core.read_ready(round_)  # None: a lease read
             except NotLeader:
                 continue
             if not (ready and n.core.applied >= index):
                 waiting.append(read)
                 continue
-            # Served from this state machine: it must hold every entry applied anywhere before
-            # the read began (those were committed before it).
+            # Served from this state machine: it must hold every entry committed anywhere before
+            # the read began.
             if len(self.disks[i].sm) < need:
-                raise Violation(f"stale read on {i}: applied {len(self.disks[i].sm)}, but {need} was applied "
+                raise Violation(f"stale read on {i}: applied {len(self.disks[i].sm)}, but {need} was committed "
                                 f"somewhere before the read began")
             self.counts["reads"] += 1
         self.reads = waiting

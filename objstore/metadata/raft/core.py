@@ -19,8 +19,9 @@ the time, and takes from it what to persist, what to send and what to apply:
   when a round restarts in the same term): the shell sends ``vote_requests()`` once per value,
   checking after ``tick`` and after ``on_vote_reply``. Each reply goes back to
   ``on_vote_reply`` as it came, ``pre`` flag included.
-* ``propose(data)`` appends a command on the leader; ``read_index()`` starts a linearizable read
-  (Raft thesis section 6.4: the commit index, confirmed by a heartbeat round).
+* ``propose(data)`` appends a command on the leader; ``lease_read(now)`` gives the index at
+  which a linearizable read may be served at once while the leader holds a lease, and
+  ``read_index()`` starts one that waits for a heartbeat round (Raft thesis section 6.4).
 * ``ready()`` returns the hard state, log changes and newly committed entries as one unit of
   work; ``persisted(ready)`` reports it durable and applied.
 
@@ -31,6 +32,32 @@ come back with a raised term; a node that heard from a leader within the minimum
 timeout, or leads itself, refuses (pre-)votes for a later term; and a leader that loses contact
 with a majority steps down. The log can be compacted behind a snapshot, and a peer behind the
 compacted log gets a snapshot.
+
+Leader leases (thesis section 6.4.1). The rule above that makes a node refuse (pre-)votes for
+``election_s`` after it heard from a leader is a promise: a follower that acknowledged a message
+the leader sent at ``s`` helps no other node win before ``s + election_s``, measured on its own
+clock from the moment it got the message, which is later than ``s``. A node does not stand for
+election either until ``election_s`` after it last heard from a leader. So once a majority
+(the leader among them) acknowledged messages sent at ``s`` or later, no other leader can be
+elected before ``s + election_s`` of the followers' time. The leader records when each heartbeat
+round was first sent, and serves reads at its commit index without a round until
+``s + election_s * (1 - clock_drift)`` on its own clock. That assumes only a bounded difference
+in clock *rate*: the leader's clock runs at least ``1 - clock_drift`` times as fast as any
+follower's (NTP slews monotonic clocks by at most 500 ppm; the default drift allows 10 %), never
+that clocks agree. Every node must use the same ``election_s``. The holes in that promise are
+closed where they open:
+
+* A leadership transfer asks voters to ignore it (the ``transfer`` flag): a leader stops serving
+  lease reads for the rest of its term once it has sent a TimeoutNow, whether or not the transfer
+  succeeds.
+* A node that restarts has forgotten when it last heard a leader: it counts its start as having
+  heard one, so it neither votes nor stands for ``election_s`` after it starts (and likewise
+  after its replica is restored from a snapshot or wiped).
+* While a membership change is uncommitted there are two configurations whose majorities a
+  candidate might gather; the leader serves no lease read until the change commits, and counts
+  only the voters of the configuration in effect.
+* A leader serves no lease read before it has committed an entry of its own term (until then
+  its commit index may lag the previous leader's).
 
 Membership changes one server at a time (thesis section 4.1). A configuration is a log entry
 (``Config``, data starting with ``CONFIG_MARK``) and takes effect as soon as it is in a node's log,
@@ -46,6 +73,7 @@ itself steps down; a node that is not a voter never stands for election.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,10 +154,16 @@ class Timing:
     heartbeat_s: float = 0.1
     max_batch_entries: int = 512
     max_batch_bytes: int = 4 << 20
+    # The leader's clock runs at least (1 - clock_drift) times as fast as any follower's: its
+    # lease is election_s * (1 - clock_drift) from the send of what a majority acknowledged.
+    # 1 turns lease reads off (every read waits for a heartbeat round).
+    clock_drift: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_s < self.election_s:
             raise ValueError("heartbeat must be positive and shorter than the election timeout")
+        if not 0 <= self.clock_drift <= 1:
+            raise ValueError("clock drift must be between 0 and 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +267,7 @@ class _Progress:
     next: int
     match: int = 0
     round: int = 0           # highest heartbeat round the follower acknowledged
+    lease_from: float = -1e18  # the first send of the latest round it acknowledged in this term
     heard_at: float = 0.0    # when it last answered
     sent_at: float = -1e18   # when it was last sent anything
     inflight: bool = False
@@ -293,15 +328,19 @@ class RaftCore:
         self._truncate_from: int | None = None
         self._unstable_from: int | None = None
         self._applying_to = self.applied
-        # Timers and leader state.
-        self._heard_leader_at = -1e18
+        # Timers and leader state. A node that starts has forgotten when it last heard a leader,
+        # and may have promised one not to vote for a while (its lease): it counts its start as
+        # having heard one, so it neither votes nor stands for an election timeout.
+        self._heard_leader_at = now
         self._election_at = now + self._election_timeout()
         self._votes: set[str] = set()  # (pre-)votes won in the current round
         self._campaign = 0
         self._progress: dict[str, _Progress] = {}
         self._round = 0
         self._round_sent = True
+        self._round_sent_at: dict[int, float] = {}  # this leadership's recent rounds -> first send
         self._first_round = 0  # rounds up to this one belong to an earlier leadership
+        self._lease_revoked = False  # this leader sent a TimeoutNow in its term: no lease reads
         self._reads = _Reads()
         self._term_start = 0  # index of the leader's first entry in its term
         self._transfer_to: str | None = None  # the voter this leader hands its leadership to
@@ -414,6 +453,9 @@ class RaftCore:
             return None
         self._transfer_until = self._now + self.timing.election_s  # it has that long to win
         self._transfer_to = None
+        # The voters will grant ``peer`` its votes although they heard from us: their promise
+        # no longer holds, and we cannot tell when (if ever) the transfer succeeds.
+        self._lease_revoked = True
         return self.term
 
     def on_timeout_now(self, term: int, leader: str, now: float) -> bool:
@@ -576,6 +618,8 @@ class RaftCore:
         # never confirmed by this one's heartbeats (writes may have committed in between).
         self._first_round = self._round
         self._round_sent = True
+        self._round_sent_at = {}
+        self._lease_revoked = False
         self._advance_commit()
 
     # --- timers ---------------------------------------------------------------------------------
@@ -746,9 +790,10 @@ class RaftCore:
         # before it notices the change.
         if pr is None or pr.inflight or pr.snapshotting:
             return None
+        self._renew_round(now)
         has_entries = pr.next <= self.last_index
         round_due = pr.round < self._round
-        heartbeat_due = now - pr.sent_at >= self.timing.heartbeat_s
+        heartbeat_due = self._slot(now) > self._slot(pr.sent_at)
         if not (has_entries or round_due or heartbeat_due):
             return None
         prev = pr.next - 1
@@ -773,9 +818,52 @@ class RaftCore:
             i += 1
         pr.inflight = True
         pr.sent_at = now
-        self._round_sent = True
+        if not self._round_sent:
+            self._round_first_sent(now)
         return AppendRequest(term=self.term, leader=self.id, prev_index=prev, prev_term=prev_term,
                              entries=tuple(batch), commit=min(self.commit, prev + len(batch)), round=self._round)
+
+    def send_due_in(self, peer: str, now: float) -> float | None:
+        """When ``append_for(peer)`` had nothing: seconds until a heartbeat to ``peer`` falls due
+        by the clock alone. None when only a change can make a message due (this node does not
+        lead); a proposal, a read or a reply is such a change, which the shell hears of anyway."""
+        if self.role is not Role.LEADER or peer not in self._progress:
+            return None
+        # Heartbeats (and the rounds that renew the lease) fall due at the start of each slot of
+        # the clock, the same instants for every group of a node: the shell can send all that
+        # go to one peer together (a hair after the boundary, so that they are due by then).
+        return max(0.0, (self._slot(now) + 1) * self.timing.heartbeat_s - now) + 1e-4
+
+    def tick_due_in(self, now: float) -> float:
+        """Seconds until ``tick`` has work: a follower's or candidate's election timer; a leader
+        checks its quorum every heartbeat interval."""
+        if self.role is Role.LEADER:
+            return self.timing.heartbeat_s
+        return max(0.0, self._election_at - now)
+
+    def _slot(self, t: float) -> int:
+        """The heartbeat slot ``t`` falls in: heartbeats are due once per slot."""
+        return math.floor(t / self.timing.heartbeat_s)
+
+    def _renew_round(self, now: float) -> None:
+        """Start a new heartbeat round once the current one went out in an earlier slot (at most
+        a heartbeat interval ago): acknowledgments of messages sent later renew the lease."""
+        if self._round_sent and self._slot(now) > self._slot(self._round_sent_at.get(self._round, -1e18)):
+            self._round += 1
+            self._round_sent = False
+
+    def _round_first_sent(self, now: float) -> None:
+        self._round_sent = True
+        sent = self._round_sent_at
+        sent[self._round] = now
+        # A round first sent an election timeout ago can give no lease: forget it (the map
+        # holds rounds in the order they went out, oldest first).
+        horizon = now - self.timing.election_s
+        while True:
+            oldest = next(iter(sent))
+            if sent[oldest] >= horizon:
+                break
+            del sent[oldest]
 
     def append_failed(self, peer: str) -> None:
         """The request to ``peer`` got no answer (timeout, connection refused)."""
@@ -794,6 +882,12 @@ class RaftCore:
         pr.inflight = False
         pr.heard_at = now
         pr.round = max(pr.round, reply.round)
+        # It answered in our term, so it took the message as from its leader and reset its
+        # vote-refusing clock on getting it: it promises from the round's first send (rounds of
+        # an earlier leadership, and forgotten ones, are not in the map).
+        sent = self._round_sent_at.get(reply.round)
+        if sent is not None and sent > pr.lease_from:
+            pr.lease_from = sent
         if reply.success:
             pr.refused = 1 << 62
             pr.match = max(pr.match, reply.match)
@@ -850,6 +944,32 @@ class RaftCore:
         self._reads.waiting[self._round] = max(self._reads.waiting.get(self._round, 0), index)
         return self._round, index
 
+    def lease_until(self) -> float:
+        """Until when (this node's clock) no other node can be elected, from what a majority of
+        the voters in effect acknowledged; -inf if they have not. See the module docstring."""
+        if self.role is not Role.LEADER:
+            return float("-inf")
+        voters = self.config.voters
+        starts = [pr.lease_from for p, pr in self._progress.items() if p in voters]
+        if self.is_voter:
+            starts.append(float("inf"))  # a leader votes for no one while it leads
+        need = self._quorum()
+        if len(starts) < need:
+            return float("-inf")
+        starts.sort(reverse=True)
+        return starts[need - 1] + self.timing.election_s * (1.0 - self.timing.clock_drift)
+
+    def lease_read(self, now: float) -> int | None:
+        """The index a linearizable read may be served at now without a heartbeat round (once
+        the state machine has applied it), or None when this leader holds no lease: then use
+        ``read_index``. Raises NotLeader."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if (self._lease_revoked or self.commit < self._term_start or self.config_index > self.commit
+                or now >= self.lease_until()):
+            return None
+        return self.commit
+
     def read_ready(self, round_: int) -> bool:
         """A majority (this leader included) acknowledged heartbeat ``round_`` or a later one.
         Raises NotLeader if this node no longer leads or the read began under an earlier term."""
@@ -885,6 +1005,7 @@ class RaftCore:
         self.commit = self.applied = self._applying_to = self.durable = index
         self._unstable_from = None
         self._truncate_from = None
+        # As at a start: whatever this replica promised a leader is counted from now on.
         self._heard_leader_at = now
 
     def step_down(self, now: float) -> None:

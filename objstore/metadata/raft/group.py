@@ -6,8 +6,11 @@ One :class:`RaftGroup` per consensus group a metadata node belongs to. Its tasks
   log, hard state and the committed entries applied) and wakes what waited for it. Everything
   that piles up while one write runs goes into the next: group commit for free;
 * one replicator per peer sends appends (or a snapshot) while this node leads, heartbeats when
-  idle; replicators come and go with the group's membership;
-* the ticker runs the core's timers and, for a candidate, sends vote requests.
+  idle; replicators come and go with the group's membership. Idle, a replicator sleeps until the
+  next heartbeat slot (the same instants in every group, so the node's transport can send one
+  peer the heartbeats of all its groups in one call: ``metadata/heartbeats.py``) or a change;
+* the ticker runs the core's timers (asleep until they have work, at most half an election
+  timeout) and, for a candidate, sends vote requests.
 
 Replies to a peer's vote or append go out only after the change they report is durable.
 A proposal resolves when its entry is applied: with the state machine's result if the entry
@@ -166,7 +169,7 @@ class RaftGroup:
         self._io = anyio.Lock()  # storage writes: the persister and a snapshot install take turns
         self._installing: dict[str, Any] | None = None
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
-                      "reads": 0, "compactions": 0, "leader_changes": 0,
+                      "reads": 0, "lease_reads": 0, "compactions": 0, "leader_changes": 0,
                       "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0,
                       "handovers": 0}
         self._last_leader: str | None = None
@@ -180,6 +183,10 @@ class RaftGroup:
         if leader != self._last_leader:
             previous, self._last_leader = self._last_leader, leader
             self._leading_since = self._clock()
+            if leader == self.node_id and self._tg is not None:
+                # A follower's ticker may sleep a while yet: the new leader replicates to every
+                # peer of its configuration from now on.
+                self._sync_replicators(self._tg)
             self.stats["leader_changes"] += 1
             # raft.leader_elected: this node now leads; raft.leader_changed: another does;
             # raft.leader_lost: none is known (an election is on)
@@ -308,7 +315,11 @@ class RaftGroup:
 
     async def _ticker(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
-        period = self.settings.timing.heartbeat_s / 2
+        # Asleep until the core's timers have work, but never longer than half an election
+        # timeout (a leader's membership changes start replicators here, as does a new
+        # leadership in _notify): an idle node runs a follower's ticker twice a second, not
+        # twenty times.
+        longest = self.settings.timing.election_s / 2
         while True:
             was = self.core.role
             self.core.tick(self._clock())
@@ -317,7 +328,7 @@ class RaftGroup:
             self._campaign()
             if self.core.role is not was:
                 self._notify()
-            await anyio.sleep(period)
+            await anyio.sleep(min(longest, max(0.005, self.core.tick_due_in(self._clock()))))
 
     def _hand_to_preferred(self) -> None:
         """A leader that is not the group's preferred leader hands over to it once both have
@@ -370,9 +381,13 @@ class RaftGroup:
     async def _replicator(self, peer: str) -> None:
         failures = 0
         while True:
-            msg = self.core.append_for(peer, self._clock())
+            now = self._clock()
+            msg = self.core.append_for(peer, now)
             if msg is None:
-                await self._wait_changed(self.settings.timing.heartbeat_s / 2)
+                # Until the next heartbeat is due, or a change (a proposal, a read, a reply, a new
+                # role) may have made a message due sooner; a follower's waits on changes alone.
+                due = self.core.send_due_in(peer, now)
+                await self._wait_changed(self.settings.timing.election_s / 2 if due is None else max(0.002, due))
                 continue
             if isinstance(msg, SnapshotNeeded):
                 index, ok, term = 0, False, 0
@@ -468,8 +483,9 @@ class RaftGroup:
         if self._installing is not None:
             m = append_from_wire(args["m"])
             if m.term <= self._installing["term"]:
-                # From the installing leader itself, or a stale one the core would refuse.
-                return {"term": self.core.term, "success": False, "match": 0, "round": m.round}
+                # From the installing leader itself, or a stale one the core would refuse. Round
+                # 0 confirms nothing: the core did not see it, so it is no lease promise either.
+                return {"term": self.core.term, "success": False, "match": 0, "round": 0}
             await self._abandon_install()  # a later leader: the transfer's sender is deposed
         reply = self.core.on_append(append_from_wire(args["m"]), self._clock())
         await self._durable(self.core.seq)
@@ -575,13 +591,17 @@ class RaftGroup:
 
     async def read_barrier(self) -> None:
         """Return once this node may serve a linearizable read: it was still the leader after
-        the read arrived (a majority answered a heartbeat) and has applied everything committed
-        before it. Raises NotLeader."""
+        the read arrived (it holds a lease, or else a majority answered a heartbeat round that
+        started after the read) and has applied everything committed before it. Raises NotLeader."""
         self.stats["reads"] += 1
-        round_, index = self.core.read_index()
-        self._notify()
-        while not self.core.read_ready(round_):
-            await self._wait_changed(self.settings.timing.heartbeat_s)
+        index = self.core.lease_read(self._clock())
+        if index is not None:
+            self.stats["lease_reads"] += 1
+        else:
+            round_, index = self.core.read_index()
+            self._notify()
+            while not self.core.read_ready(round_):
+                await self._wait_changed(self.settings.timing.heartbeat_s)
         while self.core.applied < index:
             if not self.is_leader:
                 raise NotLeader(self.core.leader)
