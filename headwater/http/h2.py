@@ -57,6 +57,7 @@ _SERVER = SERVER_NAME.encode()
 #: A DATA frame's 9-byte header (RFC 9113 4.1): length << 8 | type 0, flags, stream id.
 _DATA_HEADER = struct.Struct(">LBL")
 _END_STREAM = 0x1
+_JOIN_BELOW_BYTES = 16 * KiB
 STREAM_WINDOW_BYTES = 256 * KiB
 CONNECTION_WINDOW_BYTES = 1 * MiB
 
@@ -294,9 +295,12 @@ class H2Connection:
         tail = self._conn.data_to_send()
         if tail:
             out.append(tail)
+        small = self._out_bytes < _JOIN_BELOW_BYTES and len(out) > 1
         self._out = []
         self._out_bytes = 0
-        return out
+        # Small responses leave as one string, as before send_body: copying a few KiB costs
+        # less than a gathering write of many tiny pieces.
+        return [b"".join(out)] if small else out
 
     def pending_bytes(self) -> int:
         """Bytes queued for the wire and not yet taken by ``take_output``.
