@@ -256,11 +256,17 @@ class H2Shell:
 
     async def _write_loop(self) -> None:
         conn = self.conn
+        # One gathering write of the queued pieces (DATA frames are [header, body view] pairs)
+        # where the stream has one; a TLS stream encrypts them joined, in one go.
+        send_many = getattr(self.stream, "send_many", None)
         try:
             while True:
-                data = conn.data_to_send()
-                if data:
-                    await self.stream.send(data)
+                pieces = conn.take_output()
+                if pieces:
+                    if send_many is not None:
+                        await send_many(pieces)
+                    else:
+                        await self.stream.send(b"".join(pieces))
                     self._wake_senders()
                     continue
                 self._wake_senders()
@@ -500,7 +506,8 @@ class H2Shell:
                 log.exception("unsendable response on stream %d", st.sid)
                 return await self._write(st, req, error_response(500))
             if not ended:
-                await self._send_data(st, bytes(body), end=True)
+                # bytes as is (the frames are views of it until sent); a mutable body copied
+                await self._send_data(st, body if type(body) is bytes else bytes(body), end=True)
             else:
                 self.poke()
         elif isinstance(body, FileBody):
@@ -527,7 +534,7 @@ class H2Shell:
                 if not ended:
                     async for chunk in body:
                         if chunk:
-                            await self._send_data(st, chunk)
+                            await self._send_data(st, chunk if type(chunk) is bytes else bytes(chunk))
                     await self._send_data(st, b"", end=True)
                 else:
                     self.poke()
@@ -575,10 +582,8 @@ class H2Shell:
                     del waiting[st.sid]
                 continue
             shut_since = math.inf
-            piece = view[:n]
-            view = view[n:]
+            view = view[conn.send_body(st.sid, view, end_stream=end):]
             last = end and not view
-            conn.send_data(st.sid, bytes(piece), end_stream=last)
             self.poke()
             if self._connection_waiters:
                 self._pass_window()

@@ -253,6 +253,19 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
                 self._immediate = 0
                 await anyio.lowlevel.checkpoint()
 
+    async def send_many(self, pieces: list[bytes | memoryview]) -> None:
+        """Send ``pieces`` in order, as one gathering write where the loop's transport has one."""
+        if self._closed or self._lost or self.send_expired:
+            self._check_writable()
+        self._transport.writelines(pieces)  # type: ignore[union-attr]
+        if self._writing_paused:
+            await self._wait_drained()
+        else:
+            self._immediate += 1
+            if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
+                self._immediate = 0
+                await anyio.lowlevel.checkpoint()
+
     async def _wait_empty(self) -> None:
         """Until the transport's buffer is empty (the low-water mark at 0 for the wait)."""
         transport = self._check_writable()

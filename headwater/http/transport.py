@@ -42,6 +42,7 @@ RECV_BYTES = 64 * KiB
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_IOV_MAX = 1024  # buffers one sendmsg takes (Linux's UIO_MAXIOV)
 
 DISCONNECTS = (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError,
                ClientDisconnected, ConnectionError, ssl.SSLError)
@@ -197,6 +198,31 @@ class SocketStream(anyio.abc.ByteStream):
             except OSError as e:
                 raise anyio.BrokenResourceError from e
             view = view[n:]
+        await self._fairness()
+
+    async def send_many(self, pieces: list[bytes | memoryview]) -> None:
+        """Send ``pieces`` in order with gathering writes (sendmsg), none of them joined."""
+        sock = self._sock
+        views = [memoryview(p) for p in pieces]
+        first = 0
+        while first < len(views):
+            try:
+                n = sock.sendmsg(views[first:first + _IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                await self._wait_writable()
+                continue
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+            while n:  # drop what the kernel took; a piece it took in part keeps its rest
+                size = len(views[first])
+                if n >= size:
+                    n -= size
+                    first += 1
+                else:
+                    views[first] = views[first][n:]
+                    n = 0
+            while first < len(views) and not views[first]:
+                first += 1
         await self._fairness()
 
     async def sendfile(self, fd: int, offset: int, count: int, *, head: bytes = b"") -> None:

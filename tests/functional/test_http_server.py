@@ -627,6 +627,47 @@ async def test_http2_limits_and_reset() -> None:
                 assert mine[-1].error_code == 0 and mine[1].data == b"no thanks"
 
 
+async def test_http2_large_bodies_to_a_late_reader_arrive_whole_and_in_order() -> None:
+    # DATA frames go out as [header, view of the body] pieces in gathering writes (sendmsg on
+    # trio, the loop transport's writelines on asyncio): a client that reads only once the
+    # socket buffers are full sees partial writes, and must still get every byte of both
+    # streams, in frames no larger than its SETTINGS_MAX_FRAME_SIZE.
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+    bodies = {"/a": os.urandom(3 * MiB), "/b": bytearray(os.urandom(MiB + 12345))}
+
+    async def app(req: Request) -> Response:
+        return Response(200, [], bodies[req.path])
+    async with running(app) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+                conn.initiate_connection()
+                conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+                conn.increment_flow_control_window(2**31 - 1 - 65535)
+                for sid, path in ((1, "/a"), (3, "/b")):
+                    conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                            (":authority", "a")], end_stream=True)
+                await s.send(conn.data_to_send())
+                await anyio.sleep(0.3)  # the server fills the socket buffers meanwhile
+                got = {1: bytearray(), 3: bytearray()}
+                ended: set[int] = set()
+                while ended != {1, 3}:
+                    for e in conn.receive_data(await s.receive()):
+                        if isinstance(e, h2.events.DataReceived):
+                            assert len(e.data) <= 16384
+                            got[e.stream_id] += e.data
+                            conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                        elif isinstance(e, h2.events.StreamEnded):
+                            ended.add(e.stream_id)
+                    out = conn.data_to_send()
+                    if out:
+                        await s.send(out)
+                assert got[1] == bodies["/a"] and got[3] == bodies["/b"]
+
+
 async def test_http2_goaway_on_shutdown() -> None:
     import h2.config
     import h2.connection

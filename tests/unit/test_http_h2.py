@@ -5,7 +5,9 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
+import pytest
 
 from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB
@@ -132,6 +134,65 @@ def test_declared_body_over_the_limit_is_invalid() -> None:
     p.exchange()
     [bad] = p.take(server_h2.StreamInvalid)
     assert bad.stream_id == 3 and bad.error.http_status == 413
+
+
+def _data_frames(p: Pair) -> list[h2.events.DataReceived]:
+    return [e for e in p.client_events if isinstance(e, h2.events.DataReceived)]
+
+
+def test_send_body_frames_views_within_both_windows() -> None:
+    # Two streams share the connection's 65,535-byte window (the client's default): send_body
+    # charges h2's windows every byte, frames at the peer's max frame size, and the client (the
+    # h2 library) parses what it queued, in order with the HEADERS h2 queued before it.
+    p = Pair()
+    p.request(1, "GET", "/a")
+    p.request(3, "GET", "/b")
+    body = bytes(range(256)) * 1024  # 256 KiB
+    p.server.send_response(1, 200, [], body_length=len(body))
+    p.server.send_response(3, 200, [], body_length=len(body))
+    view = memoryview(body)
+    assert p.server.send_body(1, view, end_stream=True, limit=40000) == 40000
+    assert p.server.send_body(3, view, end_stream=True) == 65535 - 40000  # the connection's rest
+    assert p.server.send_body(1, view[40000:], end_stream=True) == 0
+    assert p.server.connection_window() == 0 and p.server.outbound_window(1) == 0
+    p.exchange()
+    frames = _data_frames(p)
+    assert {e.stream_id for e in frames} == {1, 3}
+    assert all(len(e.data) <= 16384 for e in frames)
+    assert b"".join(e.data for e in frames if e.stream_id == 1) == body[:40000]
+    assert b"".join(e.data for e in frames if e.stream_id == 3) == body[:65535 - 40000]
+    assert not any(e.stream_ended for e in frames)
+    assert len([e for e in p.client_events if isinstance(e, h2.events.ResponseReceived)]) == 2
+
+
+def test_send_body_ends_the_stream_once_all_is_sent_and_windows_reopen() -> None:
+    p = Pair()
+    p.request(1, "GET", "/")
+    body = b"z" * (200 * KiB)
+    p.server.send_response(1, 200, [], body_length=len(body))
+    view, got = memoryview(body), b""
+    while view:
+        n = p.server.send_body(1, view, end_stream=True)
+        if n == 0:  # the window is shut: the client reads and acknowledges
+            assert p.server.outbound_window(1) == 0
+            p.exchange()
+            for e in _data_frames(p):
+                got += e.data
+                p.client.acknowledge_received_data(e.flow_controlled_length, 1)
+            p.client_events.clear()
+            p.exchange()
+            continue
+        assert p.server.pending_bytes() >= n
+        view = view[n:]
+    p.exchange()
+    frames = _data_frames(p)
+    got += b"".join(e.data for e in frames)
+    assert got == body
+    assert frames[-1].stream_ended is not None
+    assert [e for e in p.client_events if isinstance(e, h2.events.StreamEnded)]
+    # the stream is closed: nothing more can be queued on it, as h2's send_data refuses it
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        p.server.send_body(1, memoryview(b"more"))
 
 
 def test_reset_and_goaway() -> None:
