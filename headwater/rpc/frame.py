@@ -127,6 +127,9 @@ def encode_frame(header: bytes, payload: FramePayload = b"",
 #: A payload with at least this many bytes still to come is received into its own buffer
 #: (:meth:`FrameDecoder.payload_target`) rather than fed in chunks and joined.
 DIRECT_PAYLOAD_BYTES = 64 * 1024
+#: What a plain receive asks for beyond the frame in progress: the next frame's prefix and a
+#: header, so that a large payload behind them is received in place, not copied out of a chunk.
+LOOKAHEAD_BYTES = 8 * 1024
 
 
 class FrameDecoder:
@@ -170,6 +173,19 @@ class FrameDecoder:
         if self._pending is None:
             return max(1, PREFIX_BYTES - self._size)
         return max(1, self._pending[0] - self._size)
+
+    def receive_size(self, most: int) -> int:
+        """How many bytes a plain receive (when ``payload_target()`` is None) should ask for, at
+        most ``most``: the rest of the prefix, header or small payload in progress, plus
+        ``LOOKAHEAD_BYTES``. Asking for ``most`` every time took the first ``most`` bytes of
+        each large payload into a chunk, to be copied into the payload's buffer: a quarter of
+        every 1 MiB fragment frame at 256 KiB."""
+        if self._pending is None:
+            rest = PREFIX_BYTES - self._size
+        else:
+            body, hlen = self._pending
+            rest = (hlen if self._size < hlen else body) - self._size
+        return max(1, min(most, max(0, rest) + LOOKAHEAD_BYTES))
 
     def payload_target(self) -> memoryview | None:
         """Where to receive the rest of a large payload in place, or None (``feed`` instead)."""
