@@ -210,3 +210,23 @@ def test_payload_target_refuses_a_frame_over_the_limit():
     d.feed(struct.pack("!II", 2 << 20, 10))
     with pytest.raises(FrameError):
         d.payload_target()
+
+
+def test_a_payload_buffer_is_handed_out_only_once_filled_and_holds_what_came():
+    """The payload buffer is not zeroed before the socket fills it (whatever the heap held is
+    there at first): the frame must come out only once every byte was received into it."""
+    payload = bytes(range(256)) * 1024
+    data = wire(response_header(7, {}), payload)
+    d = FrameDecoder()
+    d.feed(data[:100])
+    target = d.payload_target()
+    assert target is not None
+    half = len(target) // 2
+    target[:half] = data[100:100 + half]
+    d.filled(half)
+    assert d.next_frame() is None
+    target = d.payload_target()
+    target[:] = data[100 + half:]
+    d.filled(len(target))
+    f = d.next_frame()
+    assert isinstance(f.payload, bytearray) and f.payload == payload
