@@ -394,7 +394,7 @@ class RpcClient:
                 n = await stream.receive_into(target)
                 decoder.filled(n)
             else:
-                data = await stream.receive(RECEIVE_BYTES)
+                data = await stream.receive(decoder.receive_size(RECEIVE_BYTES))
                 decoder.feed(data)
                 n = len(data)
             self.counters["bytes_in"] += n

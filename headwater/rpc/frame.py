@@ -22,10 +22,11 @@ This module knows no sockets: :class:`FrameDecoder` takes bytes in and hands fra
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import msgpack
 
@@ -127,6 +128,35 @@ def encode_frame(header: bytes, payload: FramePayload = b"",
 #: A payload with at least this many bytes still to come is received into its own buffer
 #: (:meth:`FrameDecoder.payload_target`) rather than fed in chunks and joined.
 DIRECT_PAYLOAD_BYTES = 64 * 1024
+#: What a plain receive asks for beyond the frame in progress: the next frame's prefix and a
+#: header, so that a large payload behind them is received in place, not copied out of a chunk.
+LOOKAHEAD_BYTES = 8 * 1024
+
+
+def _zeroed_bytearray(n: int) -> bytearray:
+    return bytearray(n)
+
+
+def _bytearray_allocator() -> Callable[[int], bytearray]:
+    """A function giving a bytearray of n bytes that are not zeroed first, where CPython's
+    ``PyByteArray_FromStringAndSize(NULL, n)`` is reachable (``bytearray(n)`` elsewhere).
+
+    A payload buffer is filled whole by the socket before its frame is handed out, so zeroing it
+    first is wasted: a 1 MiB memset per fragment frame, 0.05-0.1 s of CPU per GB received."""
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except (AttributeError, ValueError):  # not CPython
+        return _zeroed_bytearray
+    make.restype = ctypes.py_object
+    make.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
+
+    def uninitialised(n: int) -> bytearray:
+        return make(None, n)
+
+    return uninitialised
+
+
+_new_payload = _bytearray_allocator()
 
 
 class FrameDecoder:
@@ -171,6 +201,19 @@ class FrameDecoder:
             return max(1, PREFIX_BYTES - self._size)
         return max(1, self._pending[0] - self._size)
 
+    def receive_size(self, most: int) -> int:
+        """How many bytes a plain receive (when ``payload_target()`` is None) should ask for, at
+        most ``most``: the rest of the prefix, header or small payload in progress, plus
+        ``LOOKAHEAD_BYTES``. Asking for ``most`` every time took the first ``most`` bytes of
+        each large payload into a chunk, to be copied into the payload's buffer: a quarter of
+        every 1 MiB fragment frame at 256 KiB."""
+        if self._pending is None:
+            rest = PREFIX_BYTES - self._size
+        else:
+            body, hlen = self._pending
+            rest = (hlen if self._size < hlen else body) - self._size
+        return max(1, min(most, max(0, rest) + LOOKAHEAD_BYTES))
+
     def payload_target(self) -> memoryview | None:
         """Where to receive the rest of a large payload in place, or None (``feed`` instead)."""
         if self._direct is not None:
@@ -183,7 +226,7 @@ class FrameDecoder:
         if self._size < hlen or body - self._size < DIRECT_PAYLOAD_BYTES:
             return None
         header = self._decode_header(self._take(hlen))
-        payload = bytearray(body - hlen)
+        payload = _new_payload(body - hlen)  # not zeroed: next_frame hands it out only once filled
         got = self._size  # every byte buffered belongs to this payload (fewer than body)
         if got:
             payload[:got] = self._take(got)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.rpc.frame import (CANCEL, ERROR, REQUEST, RESPONSE, FrameDecoder, FrameError,
+from headwater.rpc.frame import (CANCEL, ERROR, LOOKAHEAD_BYTES, REQUEST, RESPONSE, FrameDecoder, FrameError,
                                  cancel_header, encode_frame, error_header, request_header,
                                  response_header)
 
@@ -179,8 +179,54 @@ def test_payload_target_stops_at_the_frame_end_and_counts_as_buffered():
     assert d.next_frame().payload == b"b" * 10
 
 
+@pytest.mark.parametrize("lengths", [[1 << 20] * 3, [10, 1 << 20, 0, 70000, 1 << 20, 5]])
+def test_reads_sized_by_receive_size_copy_little_of_a_large_payload(lengths):
+    """A reader that asks for ``receive_size(256 KiB)`` (a socket gives what is there, up to that)
+    feeds at most a lookahead's worth of each large payload; the rest is received in place."""
+    frames_in = [(response_header(i, {"lengths": [n]}), bytes([i % 251]) * n) for i, n in enumerate(lengths)]
+    data = b"".join(wire(h, p) for h, p in frames_in)
+    d = FrameDecoder()
+    got, pos, fed = [], 0, 0
+    while pos < len(data):
+        target = d.payload_target()
+        if target is not None:
+            n = min(len(target), len(data) - pos)
+            target[:n] = data[pos:pos + n]
+            d.filled(n)
+        else:
+            n = min(d.receive_size(256 * 1024), len(data) - pos)
+            d.feed(data[pos:pos + n])
+            fed += n
+        pos += n
+        while (f := d.next_frame()) is not None:
+            got.append(f)
+    assert [(f.header[1], bytes(f.payload)) for f in got] == [(i, p) for i, (_, p) in enumerate(frames_in)]
+    small = sum(len(wire(h, p)) for h, p in frames_in if len(p) < 1 << 20)
+    assert fed <= small + len(lengths) * (LOOKAHEAD_BYTES + 100)
+
+
 def test_payload_target_refuses_a_frame_over_the_limit():
     d = FrameDecoder(max_frame_bytes=1 << 20)
     d.feed(struct.pack("!II", 2 << 20, 10))
     with pytest.raises(FrameError):
         d.payload_target()
+
+
+def test_a_payload_buffer_is_handed_out_only_once_filled_and_holds_what_came():
+    """The payload buffer is not zeroed before the socket fills it (whatever the heap held is
+    there at first): the frame must come out only once every byte was received into it."""
+    payload = bytes(range(256)) * 1024
+    data = wire(response_header(7, {}), payload)
+    d = FrameDecoder()
+    d.feed(data[:100])
+    target = d.payload_target()
+    assert target is not None
+    half = len(target) // 2
+    target[:half] = data[100:100 + half]
+    d.filled(half)
+    assert d.next_frame() is None
+    target = d.payload_target()
+    target[:] = data[100 + half:]
+    d.filled(len(target))
+    f = d.next_frame()
+    assert isinstance(f.payload, bytearray) and f.payload == payload
