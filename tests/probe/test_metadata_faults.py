@@ -459,12 +459,16 @@ def test_two_metadata_nodes_down(cluster, bucket, heal):
     ops = [
         *[(f"PUT {k}", lambda c, k=k, v=v: c.put_object(Bucket=bucket, Key=k, Body=v)) for k, v in attempted.items()],
         ("PUT If-None-Match", lambda c: c.put_object(Bucket=bucket, Key="during/once", Body=b"x", IfNoneMatch="*")),
-        ("GET", lambda c: c.get_object(Bucket=bucket, Key="before/300")["Body"].read()),
-        ("HEAD", lambda c: c.head_object(Bucket=bucket, Key="before/20000")),
-        ("LIST", lambda c: c.list_objects_v2(Bucket=bucket)),
+        ("GET", lambda c: c.get_object(Bucket=bucket, Key="before/300")["Body"].read() == before["before/300"]),
+        ("HEAD", lambda c: c.head_object(Bucket=bucket, Key="before/20000")["ContentLength"] == 20000),
+        ("LIST", lambda c: {o["Key"] for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])} >= set(before)),
         ("DELETE", lambda c: c.delete_object(Bucket=bucket, Key="before/1")),
-        ("GET another", lambda c: c.get_object(Bucket=bucket, Key="before/0")["Body"].read()),
+        ("GET another", lambda c: c.get_object(Bucket=bucket, Key="before/0")["Body"].read() == before["before/0"]),
     ]
+    # A read may still be answered, and rightly, while the survivor's leader lease lasts (up to an
+    # election timeout after the last majority heard from it: docs/metadata.md): then it must be
+    # the acknowledged state. Writes cannot commit without a majority: every one answers 503.
+    reads = {"GET", "HEAD", "LIST", "GET another"}
     # All at once (one client each): every one must answer 503 by itself, none may hang.
     clients = [s3_client(cluster) for _ in ops]
     timings: list[tuple[str, Any, float]] = []
@@ -478,7 +482,7 @@ def test_two_metadata_nodes_down(cluster, bucket, heal):
             r = client_error(e)
         except CLIENT_GONE as e:
             r = repr(e)
-        timings.append((what, r if isinstance(r, tuple) else "answered", round(time.monotonic() - t, 2)))
+        timings.append((what, r if isinstance(r, tuple) else ("answered", r), round(time.monotonic() - t, 2)))
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(ops))]
     for t in threads:
@@ -487,7 +491,10 @@ def test_two_metadata_nodes_down(cluster, bucket, heal):
         t.join(timeout=READ_TIMEOUT_S + 5)
     assert len(timings) == len(ops), f"requests hang with 2 of 3 metadata nodes down: answered only {timings}"
     for what, r, took in timings:
-        assert isinstance(r, tuple) and r[0] == 503, f"{what} with 2 of 3 metadata nodes down: {r}"
+        if what in reads and r[0] == "answered":
+            assert r[1] is True, f"{what} with 2 of 3 metadata nodes down answered, not the acknowledged state"
+            continue
+        assert r[0] == 503, f"{what} with 2 of 3 metadata nodes down: {r}"
         assert took < NO_QUORUM_ANSWER_S, f"{what} took {took:.1f}s to answer 503 (limit {NO_QUORUM_ANSWER_S}s)"
     view = raft_view(cluster)
     assert all(g["role"] != "leader" for g in view.get(survivor, {}).values()), (
