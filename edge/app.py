@@ -919,6 +919,8 @@ class EdgeApp:
                 claim = None
             if claim is None and await self._follow_peer(flight, ctx):
                 return
+            if claim is not None:
+                self.spawn(self._keep_claim, claim, flight)
         try:
             if ctx.slice is not None:
                 await self._fetch_slice(flight, ctx, claim)
@@ -927,6 +929,17 @@ class EdgeApp:
         finally:
             if claim is not None:
                 claim.release()
+
+    async def _keep_claim(self, claim: Any, flight: Flight) -> None:
+        """Renew ``claim`` while its flight runs. The writer renews it as bytes arrive, but an
+        upstream that pauses (before its headers, or mid-body: a slow or held origin) for longer
+        than the lease would otherwise look dead to this POP's other workers: they would cut the
+        answers they stream from the growing entry, or fetch the object a second time."""
+        period = self.disk.settings.lease_s / 3  # type: ignore[union-attr]
+        while not flight.done:
+            await self.clock.sleep(period)
+            if flight.done or not claim.renew():
+                return
 
     def _stored_since(self, ctx: _Context) -> bool:
         """Whether the disk tier now holds a complete entry for ``ctx.key`` this request may be

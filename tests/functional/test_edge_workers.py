@@ -359,3 +359,56 @@ def test_a_miss_looked_up_before_another_workers_commit_reads_that_entry_not_the
     finally:
         disk.close()
     assert origin.fetches["/t/race.m4s"] == 1, origin.fetches
+
+
+def test_an_upstream_pausing_longer_than_the_fill_lease_does_not_cut_the_other_workers_answers(tmp_path):
+    """The worker fetching an object keeps its claim alive while the upstream pauses mid-body
+    for longer than the fill lease: the other worker, streaming the growing entry to its client,
+    neither gives up on it nor fetches the object again."""
+    ports = free_ports(4)
+    path = tmp_path / "cluster.toml"
+    path.write_text(SHIELD_ONLY.format(origin=ports[0], port=ports[1], admin=ports[2]))
+    cfg = load(str(path))
+    node = cfg.daemon("shield-1")
+    origin = ControlledOrigin()
+    body = bytes(range(256)) * 256
+    hold = threading.Event()
+    origin.objects["/t/paused.m4s"] = Obj(body, [("cache-control", "max-age=60")], chunk_delay_s=0.01, hold=hold)
+    lease_s = 0.6
+    disk = DiskStore(DiskSettings(cache_dir=tmp_path / "cache", capacity_bytes=64 * 1024 * 1024, lease_s=lease_s))
+    answers: dict[int, httpx.Response] = {}
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(origin.run, ports[0])
+            upstream = UpstreamClient()
+            tg.start_soon(upstream.run)
+            for port in (ports[1], ports[3]):  # two workers of one daemon, one disk store
+                app = EdgeApp(node=node, distributions=cfg.distributions, stores=[disk], upstream=upstream,
+                              next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream)
+                                                       for d in cfg.distributions},
+                              registry=Registry(), spawn=tg.start_soon)
+                await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+            async with httpx.AsyncClient(trust_env=False, timeout=20) as c:
+                async def get(port: int) -> None:
+                    answers[port] = await c.get(f"http://127.0.0.1:{port}/t/paused.m4s")
+
+                async with anyio.create_task_group() as clients:
+                    clients.start_soon(get, ports[1])
+                    with anyio.fail_after(10):
+                        while origin.fetches["/t/paused.m4s"] < 1:
+                            await anyio.sleep(0.01)
+                    await anyio.sleep(0.2)  # the first eighth is in the growing entry
+                    clients.start_soon(get, ports[3])
+                    await anyio.sleep(4 * lease_s)  # the upstream pauses past the lease
+                    hold.set()
+            await upstream.aclose()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        disk.close()
+    for port in (ports[1], ports[3]):
+        assert answers[port].status_code == 200 and answers[port].content == body, (port, len(answers[port].content))
+    assert origin.fetches["/t/paused.m4s"] == 1, origin.fetches
