@@ -27,6 +27,8 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
 
+from headwater.http.transport import bind_socket
+
 __all__ = ["RpcStream", "connect", "listen", "accept"]
 
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
@@ -192,21 +194,9 @@ async def connect(host: str, port: int) -> RpcStream:
 
 
 def listen(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket for :func:`accept`."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(addr)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A bound, listening, non-blocking TCP socket for :func:`accept` (the HTTP core's, as its
+    servers bind theirs: SO_REUSEADDR, and SO_REUSEPORT for workers sharing the port)."""
+    return bind_socket(host, port, reuse_port=reuse_port, backlog=backlog)
 
 
 async def accept(listener: socket.socket) -> RpcStream:
