@@ -245,19 +245,18 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         if self._closed or self._lost or self.send_expired:
             self._check_writable()
         self._transport.write(item)  # type: ignore[union-attr]
-        if self._writing_paused:
-            await self._wait_drained()
-        else:
-            self._immediate += 1
-            if self._immediate >= _IMMEDIATE_OPS_PER_CHECKPOINT:
-                self._immediate = 0
-                await anyio.lowlevel.checkpoint()
+        await self._after_write()
 
     async def send_many(self, pieces: list[bytes | memoryview]) -> None:
         """Send ``pieces`` in order, as one gathering write where the loop's transport has one."""
         if self._closed or self._lost or self.send_expired:
             self._check_writable()
         self._transport.writelines(pieces)  # type: ignore[union-attr]
+        await self._after_write()
+
+    async def _after_write(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark; otherwise yield to the
+        loop every few writes (a fast peer never makes a write wait)."""
         if self._writing_paused:
             await self._wait_drained()
         else:
