@@ -442,22 +442,72 @@ def closed_within(port: int, feed: Callable[[socket.socket], None], *, tls: bool
         except (OSError, ssl.SSLError):
             raw.close()
             return time.monotonic() - started, b""
-    threading.Thread(target=lambda: _quietly(feed, sock), daemon=True).start()
+    if not tls:
+        threading.Thread(target=lambda: _quietly(feed, sock), daemon=True).start()
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (socket.timeout, OSError):
+            pass
+        finally:
+            sock.close()
+        return time.monotonic() - started, out
+    # One SSL object must never be used by two threads at once (OpenSSL is not safe for it: a
+    # send in the feeding thread during a recv or close here crashed the interpreter): the two
+    # take turns under a lock, this side reading in short slices.
+    turn = _Turns(sock)
+    threading.Thread(target=lambda: _quietly(feed, turn), daemon=True).start()
     out = b""
+    deadline = started + limit
     try:
-        while chunk := sock.recv(65536):
+        while time.monotonic() < deadline:
+            with turn.lock:
+                sock.settimeout(0.02)
+                try:
+                    chunk = sock.recv(65536)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                finally:
+                    sock.settimeout(limit)
+            if not chunk:
+                break
             out += chunk
-    except (socket.timeout, OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError):
         pass
     finally:
-        sock.close()
+        with turn.lock:
+            turn.closed = True
+            sock.close()
     return time.monotonic() - started, out
 
 
-def _quietly(feed: Callable[[socket.socket], None], sock: socket.socket) -> None:
+class _Turns:
+    """The feeding thread's side of a TLS socket shared with the reading thread: each send
+    takes the lock the reader holds while it reads, and none follows the close."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def send(self, data: bytes) -> int:
+        with self.lock:
+            if self.closed:
+                raise OSError("closed")
+            return self.sock.send(data)
+
+    def sendall(self, data: bytes) -> None:
+        with self.lock:
+            if self.closed:
+                raise OSError("closed")
+            self.sock.sendall(data)
+
+
+def _quietly(feed: Callable[[Any], None], sock: Any) -> None:
     try:
         feed(sock)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
