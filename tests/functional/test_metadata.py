@@ -368,6 +368,9 @@ async def test_five_nodes_partial_replica_sets(tmp_path):
         assert [e.key for e in await meta.scan("obj/b", limit=500)] == keys
         await mc.stop(0)
         await mc.stop(1)
+        # A group's survivor may still serve reads while its leader lease lasts (the promises of
+        # the majority it last heard from, docs/metadata.md): wait that out first.
+        await anyio.sleep(mc.cfg.objstore.raft_election_timeout_s)
         ok = fail = 0
         lost_groups: set = set()
         async with mc.client("quick", timeout_s=1.0) as quick:
