@@ -17,21 +17,32 @@ from typing import Callable
 
 import httpx
 
+from tests.cluster import free_ports
+
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                    t.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
+    """A port free for both UDP and TCP, never one this process was handed before.
+
+    Picked below the kernel's ephemeral range (as ``tests.cluster.free_ports`` does) and
+    remembered: two calls in a row could otherwise get the same just-released port (a CI run
+    gave the DNS port and the admin port one number, and the daemon rightly refused).
+    """
+    for _ in range(200):
+        port = free_ports(1)[0]
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
     raise RuntimeError("no free port")
 
 
