@@ -22,8 +22,8 @@ from .auth import HANDSHAKE_TIMEOUT_S, ClientHandshake, ClusterSecret, Handshake
 from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
                     FramePayload, cancel_header, encode_frame, request_header)
-from .server import DEFAULT_FRAME_TIMEOUT_S, RECEIVE_BYTES, FrameWatch, LogThrottle, Reply
-from .stream import RpcStream, connect
+from .server import DEFAULT_FRAME_TIMEOUT_S, FrameWatch, LogThrottle, Reply
+from .stream import RpcStream, connect, receive_into_decoder
 
 __all__ = ["RpcClient", "PendingCall"]
 
@@ -388,16 +388,7 @@ class RpcClient:
                 watch.completed(decoder.buffered)
             else:
                 watch.partial(decoder.buffered)
-            # A large reply payload (fragment blocks) is received in place, the rest in chunks.
-            target = decoder.payload_target()
-            if target is not None:
-                n = await stream.receive_into(target)
-                decoder.filled(n)
-            else:
-                data = await stream.receive(decoder.receive_size(RECEIVE_BYTES))
-                decoder.feed(data)
-                n = len(data)
-            self.counters["bytes_in"] += n
+            self.counters["bytes_in"] += await receive_into_decoder(stream, decoder)
 
 
 def pending_done(p: _Pending | None) -> bool:

@@ -28,13 +28,12 @@ from .auth import HANDSHAKE_TIMEOUT_S, ClusterSecret, HandshakeError, HandshakeR
 from .errors import BadRequest, DeadlineExceeded, NoSuchMethod, RemoteError, to_wire
 from .frame import (CANCEL, DEFAULT_MAX_FRAME_BYTES, REQUEST, Frame, FrameDecoder, FrameError,
                     encode_frame, error_header, response_header)
-from .stream import RpcStream, accept, listen
+from .stream import RpcStream, accept, listen, receive_into_decoder
 
 __all__ = ["Reply", "Handler", "RpcServer", "FrameWatch", "DEFAULT_FRAME_TIMEOUT_S"]
 
 log = logging.getLogger("headwater.rpc")
 
-RECEIVE_BYTES = 256 * 1024
 #: A peer that has begun a frame must finish it within this long (a 65 MiB frame at 10 MB/s
 #: takes 7 s); an idle connection has no such bound.
 DEFAULT_FRAME_TIMEOUT_S = 30.0
@@ -274,15 +273,7 @@ class RpcServer:
                                 await self._dispatch(conn, tg, frame)
                                 frame = decoder.next_frame()
                             watch.completed(decoder.buffered)
-                        target = decoder.payload_target()
-                        if target is not None:
-                            n = await stream.receive_into(target)
-                            decoder.filled(n)
-                        else:
-                            data = await stream.receive(decoder.receive_size(RECEIVE_BYTES))
-                            decoder.feed(data)
-                            n = len(data)
-                        self.counters["bytes_in"] += n
+                        self.counters["bytes_in"] += await receive_into_decoder(stream, decoder)
                 except _NETWORK_ERRORS:
                     pass
                 except FrameError as e:

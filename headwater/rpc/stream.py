@@ -29,6 +29,8 @@ from anyio.abc import SocketAttribute
 
 from headwater.http.transport import bind_socket
 
+from .frame import FrameDecoder
+
 __all__ = ["RpcStream", "connect", "listen", "accept"]
 
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
@@ -215,3 +217,23 @@ async def accept(listener: socket.socket) -> RpcStream:
                 continue
             raise
         return RpcStream(sock)
+
+
+#: How much a plain receive may take when no large payload is in progress.
+RECEIVE_BYTES = 256 * 1024
+
+
+async def receive_into_decoder(stream: RpcStream, decoder: FrameDecoder) -> int:
+    """Receive the next bytes of ``decoder``'s frames from ``stream``; returns how many came.
+
+    A large payload in progress (fragment blocks) is received in place, into the buffer its
+    handler gets; otherwise the frame in progress and a little more are received and fed.
+    """
+    target = decoder.payload_target()
+    if target is not None:
+        n = await stream.receive_into(target)
+        decoder.filled(n)
+        return n
+    data = await stream.receive(decoder.receive_size(RECEIVE_BYTES))
+    decoder.feed(data)
+    return len(data)
