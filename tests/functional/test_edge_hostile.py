@@ -31,6 +31,7 @@ from headwater.config import load
 from headwater.edge.daemon import run_edge
 from headwater.rpc.auth import ensure_cluster_secret
 from tests.cluster import free_ports
+from tests.functional.tls_turns import read_while_feeding
 
 CONFIG = """
 [cluster]
@@ -453,55 +454,7 @@ def closed_within(port: int, feed: Callable[[socket.socket], None], *, tls: bool
         finally:
             sock.close()
         return time.monotonic() - started, out
-    # One SSL object must never be used by two threads at once (OpenSSL is not safe for it: a
-    # send in the feeding thread during a recv or close here crashed the interpreter): the two
-    # take turns under a lock, this side reading in short slices.
-    turn = _Turns(sock)
-    threading.Thread(target=lambda: _quietly(feed, turn), daemon=True).start()
-    out = b""
-    deadline = started + limit
-    try:
-        while time.monotonic() < deadline:
-            with turn.lock:
-                sock.settimeout(0.02)
-                try:
-                    chunk = sock.recv(65536)
-                except (socket.timeout, ssl.SSLWantReadError):
-                    continue
-                finally:
-                    sock.settimeout(limit)
-            if not chunk:
-                break
-            out += chunk
-    except (OSError, ssl.SSLError):
-        pass
-    finally:
-        with turn.lock:
-            turn.closed = True
-            sock.close()
-    return time.monotonic() - started, out
-
-
-class _Turns:
-    """The feeding thread's side of a TLS socket shared with the reading thread: each send
-    takes the lock the reader holds while it reads, and none follows the close."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
-        self.lock = threading.Lock()
-        self.closed = False
-
-    def send(self, data: bytes) -> int:
-        with self.lock:
-            if self.closed:
-                raise OSError("closed")
-            return self.sock.send(data)
-
-    def sendall(self, data: bytes) -> None:
-        with self.lock:
-            if self.closed:
-                raise OSError("closed")
-            self.sock.sendall(data)
+    return time.monotonic() - started, read_while_feeding(sock, feed, started + limit)
 
 
 def _quietly(feed: Callable[[Any], None], sock: Any) -> None:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cluster import free_ports
 from tests.functional.test_origin_upload import CLUSTER_OPTIONS, Origin, auth  # noqa: F401 (the cluster's shape)
+from tests.functional.tls_turns import read_while_feeding
 
 MiB = 1024 * 1024
 TUS = {"tus-resumable": "1.0.0"}
@@ -795,21 +796,7 @@ def _closed_within(origin: Origin, feed: Any, limit: float = 8.0) -> tuple[float
     s = tls_socket(origin, alpn=["h2"], timeout=limit)
     assert s.selected_alpn_protocol() == "h2"
     started = time.monotonic()
-
-    def run() -> None:
-        try:
-            feed(s)
-        except OSError:
-            pass
-    threading.Thread(target=run, daemon=True).start()
-    out = b""
-    try:
-        while _PING_ACK not in out and (chunk := s.recv(65536)):
-            out += chunk
-    except (OSError, ssl.SSLError):
-        pass
-    finally:
-        s.close()
+    out = read_while_feeding(s, feed, started + limit, done=lambda out: _PING_ACK in out)
     return time.monotonic() - started, out
 
 
