@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
@@ -20,6 +21,7 @@ from headwater.objstore.metadata import (
 )
 from headwater.objstore.metadata.errors import CorruptRecord, RingChanged
 from headwater.objstore.metadata.partition import PartitionMap, group_name
+from headwater.rpc import BadRequest, ClusterSecret, RpcClient
 from tests.cluster import TEST_SECRET_ENV
 
 from headwater.config import ClusterConfig
@@ -157,6 +159,35 @@ async def test_heartbeats_of_all_groups_to_a_peer_go_in_one_call(tmp_path):
         batched = sum(st["raft_heartbeats_batched"] for st in stats)
         calls = sum(st["raft_heartbeat_calls"] for st in stats)
         assert calls > 10 and batched > calls
+
+
+async def test_a_malformed_heartbeat_batch_from_a_member_changes_nothing(tmp_path):
+    """The hostile replay for ``raft.heartbeats``: a caller that holds the cluster secret (the
+    handshake keeps everyone else out: test_rpc_auth.py) sends batches that are not batches,
+    too many items, and items naming no group, another ring's group, malformed appends and a
+    stale term. The call or the item is refused; no node gains a group, a term or a leader."""
+    from headwater.objstore.metadata.heartbeats import MAX_BATCH
+    async with meta_cluster(tmp_path) as mc, mc.client() as meta:
+        await meta.put("obj/hb", "before", {"n": 1})
+        groups = [set(mc.node(i).groups) for i in range(3)]
+        secret = ClusterSecret.from_secret(mc.cfg.name, os.environ[TEST_SECRET_ENV].encode())
+        stale = [0, "meta-9", 0, 0, [], 0, 1]
+        items = [{}, {"g": 7}, {"g": "g3"}, {"g": "../g0"}, {"g": "g0"}, {"g": "g0", "m": "x"},
+                 {"g": "g0", "m": [1, 2]}, {"g": "g1", "m": ["x", "meta-0", 0, 0, [], 0, 0]},
+                 {"g": "g2", "m": [1, "meta-0", 0, 0, [["y", b"z"]], 0, 0]}, {"g": "g0", "m": stale}]
+        async with RpcClient("127.0.0.1", mc.cfg.metadata[0].port, secret=secret) as rc:
+            for args in ({}, {"b": "x"}, {"b": [1, 2]}, {"b": [{}] * (MAX_BATCH + 1)}):
+                with pytest.raises(BadRequest):
+                    await rc.call("raft.heartbeats", args, timeout=10)
+            replies = (await rc.call("raft.heartbeats", {"b": items}, timeout=10)).result["r"]
+        assert len(replies) == len(items)
+        assert all("error" in r for r in replies[:-1]), replies
+        assert replies[-1]["success"] is False and replies[-1]["term"] >= 1  # a stale leader is refused
+        # (terms are not compared: a loaded machine may hold a real election meanwhile)
+        assert [set(mc.node(i).groups) for i in range(3)] == groups
+        assert all(g.leader in (None, "meta-0", "meta-1", "meta-2") for i in range(3) for g in mc.node(i).groups.values())
+        await meta.put("obj/hb", "after", {"n": 2})
+        assert (await meta.get("obj/hb", "before")).value == {"n": 1}
 
 
 async def test_versions_move_forward_even_if_the_clock_does_not(tmp_path):
