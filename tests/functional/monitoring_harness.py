@@ -28,7 +28,7 @@ from headwater.config import load
 from headwater.drm.client import EntitlementMinter
 from tests.cluster import Cluster, free_ports
 from tests.functional.dns_harness import NodeWorkers
-from tests.functional.origin_harness import POP_AND_SHIELD, Daemon
+from tests.functional.origin_harness import LICENCE_SECTION, POP_AND_SHIELD, Daemon
 
 __all__ = ["monitored_cluster", "running_monitored_cluster", "wait_healthy", "SECTIONS"]
 
@@ -45,17 +45,7 @@ id = "viewer-app"
 scopes = ["view"]
 secret = "sealed"
 
-[licence]
-port = {licence}
-admin_port = {licence_admin}
-tls_cert = "auto"
-tls_key = "auto"
-
-[[licence.tokens.keys]]
-id = "local"
-alg = "HS256"
-secret = "sealed"
-
+""" + LICENCE_SECTION + """
 [transcoder]
 admin_port = {transcoder_admin}
 workers = 1
@@ -96,7 +86,7 @@ lon = -0.12
 healthz = "http://127.0.0.1:{pop_admin}/healthz"
 """
 
-PORT_NAMES = ("origin", "origin_admin", "licence", "licence_admin", "transcoder_admin", "pop", "pop_admin",
+PORT_NAMES = ("origin", "origin_admin", "licence", "licence_admin", "licence_rpc", "transcoder_admin", "pop", "pop_admin",
               "shield", "shield_admin", "dns", "dns_admin")
 
 

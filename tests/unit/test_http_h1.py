@@ -214,6 +214,7 @@ def test_response_header_injection_is_refused() -> None:
     with pytest.raises(LocalProtocolError):
         c.send_response(200, [("content-length", "5")], body_length=3)
     out = c.send_response(200, [("content-length", "5")], body_length=None)
+    assert out.startswith(b"HTTP/1.1 200 ") and b"content-length: 5\r\n" in out.lower()
     c.send_data(b"12345")
     with pytest.raises(LocalProtocolError):
         c.send_data(b"6")
