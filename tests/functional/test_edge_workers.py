@@ -30,9 +30,10 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 import httpx
 import pytest
@@ -302,6 +303,25 @@ admin_port = {admin}
 disk_size = "64MiB"
 """
 
+def shield_config(tmp_path: Path) -> tuple[Any, list[int]]:
+    """SHIELD_ONLY loaded, and its ports: origin, worker 1, admin, worker 2."""
+    ports = free_ports(4)
+    path = tmp_path / "cluster.toml"
+    path.write_text(SHIELD_ONLY.format(origin=ports[0], port=ports[1], admin=ports[2]))
+    return load(str(path)), ports
+
+
+async def start_workers(tg: anyio.abc.TaskGroup, cfg: Any, upstream: UpstreamClient,
+                        stores: dict[int, Any]) -> None:
+    """Workers of shield-1 on the given ports, each over its store (one disk store shared, as
+    a daemon's workers share it), each with its own flights."""
+    node = cfg.daemon("shield-1")
+    for port, store in stores.items():
+        app = EdgeApp(node=node, distributions=cfg.distributions, stores=[store], upstream=upstream,
+                      next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream) for d in cfg.distributions},
+                      registry=Registry(), spawn=tg.start_soon)
+        await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+
 
 class LookedUpEarly:
     """A worker's view of the disk store it shares, whose first lookup came just before the other
@@ -323,11 +343,7 @@ class LookedUpEarly:
 
 
 def test_a_miss_looked_up_before_another_workers_commit_reads_that_entry_not_the_origin(tmp_path):
-    ports = free_ports(4)
-    path = tmp_path / "cluster.toml"
-    path.write_text(SHIELD_ONLY.format(origin=ports[0], port=ports[1], admin=ports[2]))
-    cfg = load(str(path))
-    node = cfg.daemon("shield-1")
+    cfg, ports = shield_config(tmp_path)
     origin = ControlledOrigin()
     body = bytes(range(256)) * 40
     origin.objects["/t/race.m4s"] = Obj(body, [("cache-control", "max-age=60")])
@@ -338,13 +354,7 @@ def test_a_miss_looked_up_before_another_workers_commit_reads_that_entry_not_the
             await tg.start(origin.run, ports[0])
             upstream = UpstreamClient()
             tg.start_soon(upstream.run)
-            # Two workers of one daemon: their own flights, one disk store.
-            for port, store in ((ports[1], disk), (ports[3], LookedUpEarly(disk))):
-                app = EdgeApp(node=node, distributions=cfg.distributions, stores=[store], upstream=upstream,
-                              next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream)
-                                                       for d in cfg.distributions},
-                              registry=Registry(), spawn=tg.start_soon)
-                await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+            await start_workers(tg, cfg, upstream, {ports[1]: disk, ports[3]: LookedUpEarly(disk)})
             async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
                 first = await c.get(f"http://127.0.0.1:{ports[1]}/t/race.m4s")
                 assert first.headers["x-cache"] == "Miss from shield-1" and first.content == body
@@ -365,11 +375,7 @@ def test_an_upstream_pausing_longer_than_the_fill_lease_does_not_cut_the_other_w
     """The worker fetching an object keeps its claim alive while the upstream pauses mid-body
     for longer than the fill lease: the other worker, streaming the growing entry to its client,
     neither gives up on it nor fetches the object again."""
-    ports = free_ports(4)
-    path = tmp_path / "cluster.toml"
-    path.write_text(SHIELD_ONLY.format(origin=ports[0], port=ports[1], admin=ports[2]))
-    cfg = load(str(path))
-    node = cfg.daemon("shield-1")
+    cfg, ports = shield_config(tmp_path)
     origin = ControlledOrigin()
     body = bytes(range(256)) * 256
     hold = threading.Event()
@@ -383,12 +389,7 @@ def test_an_upstream_pausing_longer_than_the_fill_lease_does_not_cut_the_other_w
             await tg.start(origin.run, ports[0])
             upstream = UpstreamClient()
             tg.start_soon(upstream.run)
-            for port in (ports[1], ports[3]):  # two workers of one daemon, one disk store
-                app = EdgeApp(node=node, distributions=cfg.distributions, stores=[disk], upstream=upstream,
-                              next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream)
-                                                       for d in cfg.distributions},
-                              registry=Registry(), spawn=tg.start_soon)
-                await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+            await start_workers(tg, cfg, upstream, {ports[1]: disk, ports[3]: disk})
             async with httpx.AsyncClient(trust_env=False, timeout=20) as c:
                 async def get(port: int) -> None:
                     answers[port] = await c.get(f"http://127.0.0.1:{port}/t/paused.m4s")
