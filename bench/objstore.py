@@ -34,6 +34,7 @@ from . import listing as _listing
 from . import rebuild as _rebuild
 from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd, ServerCpu, server_cpu_text
 from .peers import (
+    OBJSTORE_ROLES,
     Endpoint,
     PeerError,
     ProcessGroup,
@@ -634,7 +635,7 @@ def headwater_nodes(config: Path, work_dir: Path, *, port_offset: int = 10000, r
     tmp_cfg = work_dir / "cluster.toml"
     text = rewrite_cluster_toml(config.read_text(), port_offset=port_offset, data_dir=work_dir / "var")
     tmp_cfg.write_text(with_rebuild_rate(text, rebuild_rate) if rebuild_rate else text)
-    cfg = hwconfig.load(tmp_cfg)
+    cfg = hwconfig.load(tmp_cfg).with_roles(OBJSTORE_ROLES)
     if cfg.gateway is None or not cfg.users or not cfg.storage:
         raise PeerError(f"{config} has no [gateway], [[users]] or [[storage]]")
     # `headwater up` creates the cluster secret; each `headwater node` only reads it (and exits
@@ -948,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
                     peer: contextlib.AbstractContextManager[Endpoint] = contextlib.nullcontext(ep)
                 else:
                     peer = headwater_cluster(args.config.resolve(), work / "headwater",
-                                             port_offset=args.port_offset)
+                                             port_offset=args.port_offset, roles=OBJSTORE_ROLES)
                 doc["targets"]["ours"] = _run_target("headwater", peer, sizes, sources, scratch,
                                                      swift_rows=swift_rows, listing=shapes if with_listing else (),
                                                      listing_repeats=args.listing_repeats)

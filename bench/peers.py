@@ -358,10 +358,16 @@ def _node_id(args: list[str]) -> str | None:
     return args[i + 1] if i + 1 < len(args) else None
 
 
+#: The object store's roles: what ``bench objstore`` starts of the cluster (Swift runs only its
+#: own servers too; the edges, DNS and origin would only add their idle CPU to the figures).
+OBJSTORE_ROLES = ("metadata", "storage", "gateway", "repair")
+
+
 @contextlib.contextmanager
 def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
-                      ready_timeout_s: float = 60.0) -> Iterator[Endpoint]:
-    """Start ``python -m headwater up`` on a copy of ``config`` with moved ports and a temp data_dir."""
+                      ready_timeout_s: float = 60.0, roles: tuple[str, ...] | None = None) -> Iterator[Endpoint]:
+    """Start ``python -m headwater up`` on a copy of ``config`` with moved ports and a temp
+    data_dir; only the daemons of ``roles`` when given (``up --roles``)."""
     from headwater import config as hwconfig  # the bench's only import from the store
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -371,6 +377,8 @@ def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
     cfg = hwconfig.load(tmp_cfg)
     if cfg.gateway is None or not cfg.users:
         raise PeerError(f"{config} has no [gateway] or no [[users]]")
+    if roles is not None:
+        cfg = cfg.with_roles(roles)
     busy = [d.port for d in cfg.daemons() if not port_free(d.port)]
     busy += [d.admin_port for d in cfg.daemons() if not port_free(d.admin_port)]
     if busy:
@@ -380,7 +388,8 @@ def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
     procs = ProcessGroup(work_dir)
     with _sigterm_as_interrupt():
         try:
-            procs.start("headwater", [sys.executable, "-m", "headwater", "up", "-c", str(tmp_cfg)],
+            only = ["--roles", ",".join(roles)] if roles is not None else []
+            procs.start("headwater", [sys.executable, "-m", "headwater", "up", "-c", str(tmp_cfg), *only],
                         cwd=work_dir)
             wait_http(url + "/", timeout_s=ready_timeout_s, procs=procs)
             yield Endpoint(

@@ -181,6 +181,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         cfg = _load(args.config)
+        if args.roles is not None:
+            cfg = cfg.with_roles(r.strip() for r in args.roles.split(",") if r.strip())
     except ConfigError as e:
         err(str(e))
         return EXIT_USAGE
@@ -403,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long each daemon has to become healthy (default 30)")
     p.add_argument("--stop-grace", type=float, default=10.0, metavar="SECONDS",
                    help="how long a daemon has to exit after SIGTERM before SIGKILL (default 10)")
+    p.add_argument("--roles", metavar="ROLE,...",
+                   help="start only these roles' daemons (e.g. metadata,storage,gateway,repair: the "
+                        "object store alone); the others stay down")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("node", help="run one daemon in the foreground (what systemd runs)")

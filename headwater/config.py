@@ -17,7 +17,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 __all__ = [
     "ConfigError",
@@ -228,6 +228,21 @@ class ClusterConfig:
     def replace(self, **changes: Any) -> ClusterConfig:
         """A copy with ``changes`` applied (``[cluster]`` keys or whole sections)."""
         return ClusterConfig(**{**self._fields(), **changes})
+
+    def with_roles(self, names: Iterable[str]) -> ClusterConfig:
+        """A copy whose daemons are only those of the roles ``names`` (``up --roles``): the
+        other roles' daemon sections emptied, every table section kept. Raises ConfigError
+        naming an unknown role."""
+        from .roles import registry
+
+        wanted = set(names)
+        roles = {r.name: r for r in registry().roles()}
+        unknown = sorted(wanted - set(roles))
+        if unknown:
+            raise ConfigError("roles", f"no role {', '.join(map(repr, unknown))} "
+                                       f"(roles: {', '.join(roles)})")
+        return self.replace(**{r.section: (() if r.many else None)
+                               for name, r in roles.items() if name not in wanted})
 
     def daemons(self) -> list[DaemonConfig]:
         """Every daemon, in the order the supervisor starts them (the registry's start order)."""

@@ -81,6 +81,25 @@ def test_a_bad_key_in_the_standin_section_names_key_and_line(tmp_path):
     assert not (tmp_path / "var").exists()
 
 
+def test_with_roles_keeps_only_those_roles_daemons():
+    cfg = loads((REPO / "cluster.toml").read_text(), path=str(REPO / "cluster.toml"))
+    store = cfg.with_roles(["metadata", "storage", "gateway", "repair"])
+    assert {d.role for d in cfg.daemons()} > {d.role for d in store.daemons()} == {"metadata", "storage", "gateway", "repair"}
+    assert [d.id for d in store.daemons()] == [d.id for d in cfg.daemons() if d.role in {"metadata", "storage", "gateway", "repair"}]
+    assert store.objstore == cfg.objstore and store.distributions == cfg.distributions  # tables stay
+    assert cfg.with_roles([]).daemons() == []
+    with pytest.raises(ConfigError, match=r"roles: no role 'bogus' \(roles: metadata, storage, "):
+        cfg.with_roles(["storage", "bogus"])
+
+
+def test_up_roles_names_an_unknown_role_and_starts_nothing(tmp_path):
+    path, _ = write_beacons(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "headwater", "up", "-c", str(path), "--roles", "beacon,nope"],
+                       env=beacon_env(), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "roles: no role 'nope' (roles: beacon, metadata," in r.stderr, r.stderr
+    assert not (tmp_path / "var").exists()
+
+
 def test_a_standin_role_is_started_supervised_and_shown(tmp_path):
     path, ports = write_beacons(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "headwater", "up", "-c", str(path)], env=beacon_env(),
