@@ -52,7 +52,9 @@ class _Connection:
     def __init__(self, stream: RpcStream, peer: str):
         self.stream = stream
         self.peer = peer
-        self.send_lock = anyio.Lock()
+        # fast_acquire: an uncontended send does not yield to the loop on the way in; the call
+        # yields anyway while it waits for its reply (one loop pass less per call).
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.pending: dict[int, _Pending] = {}
         self.lost: str | None = None  # why the connection is unusable, once it is
         self.closed_event = anyio.Event()
