@@ -141,10 +141,18 @@ class _Connection:
         if self.closed:
             return
         async with self.send_lock:
+            try:
+                # Nearly every reply goes out at once: no scope is needed for what does not wait.
+                rest = self.stream.send_nowait(buffers)
+            except _NETWORK_ERRORS:
+                self.closed = True
+                return
+            if not rest:
+                return
             # Shielded: a frame is written whole or the connection is dropped, never half-written.
             with anyio.move_on_after(self.send_timeout, shield=True) as scope:
                 try:
-                    await self.stream.send_buffers(buffers)
+                    await self.stream.send_buffers(rest)
                 except _NETWORK_ERRORS:
                     self.closed = True
                     return
