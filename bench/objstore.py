@@ -57,6 +57,7 @@ __all__ = ["main", "Sizes", "Row", "ROWS", "SelfRow", "SELF_ROWS", "ratio", "goa
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+IDLE_SECONDS = 3.0  # the store's CPU with no requests is sampled this long before the 4 KiB rows
 
 
 # --- what is measured --------------------------------------------------------------------------
@@ -193,10 +194,18 @@ def report_rows(results: dict, ceilings: list[dict]) -> list[dict]:
     return out
 
 
-def server_cpu_per_unit(res: dict) -> tuple[float, str, dict[str, float]] | None:
+def server_cpu_per_unit(res: dict, *, idle: dict | None = None) -> tuple[float, str, dict[str, float]] | None:
     """(total, unit, {role: value}) of one result's ``server_cpu_s``: CPU seconds per GB moved
-    for objects of 1 MiB or more, CPU milliseconds per request below; None without figures."""
+    for objects of 1 MiB or more, CPU milliseconds per request below; None without figures.
+
+    ``idle`` (the ``idle`` result: ``server_cpu_s`` over ``seconds`` with no requests) takes out
+    what the processes spend anyway (Raft heartbeats, health checks, the rest of the cluster's
+    daemons) over the batch's ``seconds``: at a few hundred requests a second that is a good
+    share of a request's figure, and more of it the slower the batch."""
     seconds = res.get("server_cpu_s") or {}
+    if idle and idle.get("seconds") and res.get("seconds"):
+        rate = {role: v / idle["seconds"] for role, v in (idle.get("server_cpu_s") or {}).items()}
+        seconds = {role: v - rate.get(role, 0.0) * res["seconds"] for role, v in seconds.items()}
     ok = (res.get("ops") or 0) - (res.get("errors") or 0)
     size = res.get("object_bytes") or 0
     if not seconds or ok <= 0:
@@ -210,22 +219,28 @@ def render_server_cpu(doc: dict) -> str:
     """The CPU each store's own processes spent per GB or per request, workload by workload:
     the figure to compare between runs on a shared machine (rates move with the neighbours)."""
     cells = []
+    results = {name: (doc["targets"].get(name) or {}).get("results") or {} for name in ("ours", "swift")}
     for row in ROWS:
-        got = {name: server_cpu_per_unit(((doc["targets"].get(name) or {}).get("results") or {}).get(row.key) or {})
-               for name in ("ours", "swift")}
+        got = {name: server_cpu_per_unit(results[name].get(row.key) or {}) for name in ("ours", "swift")}
         ours, swift = got["ours"], got["swift"]
         if ours is None and swift is None:
             continue
         unit = (ours or swift)[1]  # type: ignore[index]
         roles = ", ".join(f"{r} {v:.2f}" for r, v in ours[2].items()) if ours else ""
+        net = "-"
+        if unit == "ms/op":
+            nets = [server_cpu_per_unit(results[name].get(row.key) or {}, idle=results[name].get("idle"))
+                    if results[name].get("idle") else None for name in ("ours", "swift")]
+            if any(nets):
+                net = " / ".join("-" if n is None else f"{n[0]:.2f}" for n in nets)
         cells.append([f"{row.label} (server {unit})", "-" if ours is None else f"{ours[0]:.2f}",
                       "-" if swift is None else f"{swift[0]:.2f}",
                       "-" if ours is None or swift is None or not swift[0] else f"{ours[0] / swift[0]:.2f}x",
-                      roles or "-"])
+                      net, roles or "-"])
     if not cells:
         return ""
-    return render_table(["server CPU per workload", "Headwater", "Swift", "ours/Swift", "Headwater by role"],
-                        cells)
+    return render_table(["server CPU per workload", "Headwater", "Swift", "ours/Swift",
+                         "net of idle, ours / Swift", "Headwater by role"], cells)
 
 
 def render_report(doc: dict) -> str:
@@ -332,6 +347,13 @@ def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], lab
         n = sizes.small_clients
         body = sources["small"].read_bytes()
         http = HttpDriver(ep)
+        # What the store spends with no requests, to take out of the 4 KiB rows' CPU per request.
+        with ServerCpu(ep.process_groups) as idle:
+            time.sleep(IDLE_SECONDS)
+        results["idle"] = {"value": None, "unit": "s", "seconds": IDLE_SECONDS, "server_cpu_s": idle.seconds,
+                           "first_error": ""}
+        _say(f"  {label}: idle        server {sum(idle.seconds.values()) / IDLE_SECONDS:.2f} cores "
+             f"({', '.join(f'{r} {v / IDLE_SECONDS:.3f}' for r, v in idle.seconds.items())})")
         record("put_small", lambda: http.run("put", "put_small", bucket, keys_s, clients=n, body=body,
                                              object_bytes=len(body)), "ops/s")
         record("get_small", lambda: http.run("get", "get_small", bucket, keys_s, clients=n,

@@ -52,7 +52,9 @@ class _Connection:
     def __init__(self, stream: RpcStream, peer: str):
         self.stream = stream
         self.peer = peer
-        self.send_lock = anyio.Lock()
+        # fast_acquire: an uncontended send does not yield to the loop on the way in; the call
+        # yields anyway while it waits for its reply (one loop pass less per call).
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.pending: dict[int, _Pending] = {}
         self.lost: str | None = None  # why the connection is unusable, once it is
         self.closed_event = anyio.Event()
@@ -218,18 +220,21 @@ class RpcClient:
         async with conn.send_lock:  # waiting for the lock is cancellable
             if conn.lost is not None:
                 raise Unavailable(f"connection to {self._peer} lost: {conn.lost}", peer=self._peer)
-            # Once started, a frame is written whole: shield it, and if the deadline passes
-            # mid-frame the connection cannot be reused, so it is dropped.
-            with anyio.CancelScope(shield=True, deadline=deadline) as scope:
-                try:
-                    await conn.stream.send_buffers(buffers)
-                except _NETWORK_ERRORS as e:
-                    self._lose(conn, f"send failed: {e!r}")
-                    raise Unavailable(f"connection to {self._peer} lost while sending", peer=self._peer) from None
-            if scope.cancelled_caught:
-                self._lose(conn, "deadline passed mid-frame")
-                raise DeadlineExceeded(f"sending to {self._peer} did not finish before the deadline",
-                                       peer=self._peer)
+            try:
+                # Nearly every frame goes out at once: no scope is needed for what does not wait.
+                rest = conn.stream.send_nowait(buffers)
+                if rest:
+                    # Once started, a frame is written whole: shield it, and if the deadline
+                    # passes mid-frame the connection cannot be reused, so it is dropped.
+                    with anyio.CancelScope(shield=True, deadline=deadline) as scope:
+                        await conn.stream.send_buffers(rest)
+                    if scope.cancelled_caught:
+                        self._lose(conn, "deadline passed mid-frame")
+                        raise DeadlineExceeded(f"sending to {self._peer} did not finish before the deadline",
+                                               peer=self._peer)
+            except _NETWORK_ERRORS as e:
+                self._lose(conn, f"send failed: {e!r}")
+                raise Unavailable(f"connection to {self._peer} lost while sending", peer=self._peer) from None
             self.counters["bytes_out"] += sum(len(b) for b in buffers)
 
     async def _send_cancel(self, conn: _Connection, rid: int) -> None:

@@ -126,10 +126,13 @@ class _Connection:
 
     def __init__(self, stream: RpcStream, max_in_flight: int, send_timeout: float):
         self.stream = stream
-        self.send_lock = anyio.Lock()
+        # fast_acquire on both: neither yields to the loop when it is free, so a frame's
+        # dispatch and a reply's send cost no extra loop pass each (the reader still yields
+        # between receives, and a handler task runs only once the reader waits).
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.scopes: dict[int, anyio.CancelScope] = {}
         self.cancelled: set[int] = set()
-        self.slots = anyio.Semaphore(max_in_flight)
+        self.slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
         self.send_timeout = send_timeout
         self.closed = False
 
@@ -137,10 +140,18 @@ class _Connection:
         if self.closed:
             return
         async with self.send_lock:
+            try:
+                # Nearly every reply goes out at once: no scope is needed for what does not wait.
+                rest = self.stream.send_nowait(buffers)
+            except _NETWORK_ERRORS:
+                self.closed = True
+                return
+            if not rest:
+                return
             # Shielded: a frame is written whole or the connection is dropped, never half-written.
             with anyio.move_on_after(self.send_timeout, shield=True) as scope:
                 try:
-                    await self.stream.send_buffers(buffers)
+                    await self.stream.send_buffers(rest)
                 except _NETWORK_ERRORS:
                     self.closed = True
                     return

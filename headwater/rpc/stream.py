@@ -116,6 +116,16 @@ class RpcStream(anyio.abc.ByteStream):
 
     async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """Send every buffer, in order, back to back: one ``sendmsg`` while the kernel takes them."""
+        views = self.send_nowait(buffers)
+        while views:
+            await self._wait(anyio.wait_writable)
+            views = self.send_nowait(views)
+        await self._fairness()
+
+    def send_nowait(self, buffers: Sequence[bytes | bytearray | memoryview]) -> list[memoryview]:
+        """Send as much of ``buffers`` as the kernel takes now, in order, without waiting; the
+        views left unsent (empty when everything went). For a caller that only needs a wait,
+        and the cancel scope around it, when the socket's buffer is full."""
         self._check_open()
         sock = self._sock
         views = [b if isinstance(b, memoryview) else memoryview(b) for b in buffers if len(b)]
@@ -123,8 +133,7 @@ class RpcStream(anyio.abc.ByteStream):
             try:
                 n = sock.sendmsg(views[:_MAX_BUFFERS])
             except (BlockingIOError, InterruptedError):
-                await self._wait(anyio.wait_writable)
-                continue
+                return views
             except OSError as e:
                 self._check_open()
                 raise anyio.BrokenResourceError from e
@@ -136,7 +145,7 @@ class RpcStream(anyio.abc.ByteStream):
             del views[:i]
             if n:
                 views[0] = views[0][n:]
-        await self._fairness()
+        return views
 
     async def send_eof(self) -> None:
         try:

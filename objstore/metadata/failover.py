@@ -100,6 +100,7 @@ class Route:
         self._hinted: set[str] = set()
         self._heard = False  # a member answered this round
         self._queue: list[str] = []
+        self._others_at: float | None = None  # the round's time, while the others wait unordered
         self.new_round(now)
 
     def new_round(self, now: float) -> None:
@@ -107,28 +108,42 @@ class Route:
         self._asked.clear()
         self._hinted.clear()
         self._heard = False
+        leader = self.leader
+        if leader is not None and leader in self.members and not self._standing.suspect(leader):
+            # Nearly every request: a leader that answers. It comes first in any order, so the
+            # others are ordered (shuffled) only if it does not answer as leader.
+            self._queue = [leader]
+            self._others_at = now
+        else:
+            self._queue = self._order(now)
+            self._others_at = None
+
+    def _order(self, now: float) -> list[str]:
         s = self._standing
         live = [m for m in self.members if not s.held(m, now)]
         if not live:
             # Everyone is held (this client lost the network for a moment, or a group of one):
             # asking is the only way to find out, earliest-held first.
-            self._queue = sorted(self.members, key=s.held_until)
-            return
+            return sorted(self.members, key=s.held_until)
         self._rng.shuffle(live)
         live.sort(key=lambda m: (s.suspect(m), m != self.leader))
-        self._queue = live
+        return live
 
     def next(self) -> str | None:
         """The member to ask now, or None: this round is over without a leader."""
-        while self._queue:
-            node = self._queue.pop(0)
-            if node in self._asked:
-                continue
-            if self._heard and node not in self._hinted and self._standing.suspect(node):
-                return None  # the others are up and know of no leader yet: wait for the election
-            self._asked.add(node)
-            return node
-        return None
+        while True:
+            while self._queue:
+                node = self._queue.pop(0)
+                if node in self._asked:
+                    continue
+                if self._heard and node not in self._hinted and self._standing.suspect(node):
+                    return None  # the others are up and know of no leader yet: wait for the election
+                self._asked.add(node)
+                return node
+            if self._others_at is None:
+                return None
+            # The leader asked first did not answer as one: the others, in the round's order.
+            self._queue, self._others_at = self._order(self._others_at), None
 
     def redirect(self, hint: str | None, now: float) -> None:
         """A member answered ``not_leader`` naming ``hint`` (None: it knows of no leader). The

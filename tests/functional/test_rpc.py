@@ -266,3 +266,31 @@ def test_register_error_checks():
 
     with pytest.raises(ValueError):
         register_error(Clash)
+
+
+async def test_a_frame_the_kernel_cannot_take_at_once_is_left_to_send_buffers_in_order():
+    from headwater.rpc.stream import RpcStream
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer, reader = RpcStream(a), RpcStream(b)
+    data = random.Random(7).randbytes(1 << 20)
+    try:
+        assert writer.send_nowait([b"", b"small"]) == []  # taken whole, empty buffers skipped
+        assert await reader.receive(16) == b"small"
+        rest = writer.send_nowait([data[:1000], memoryview(data)[1000:]])
+        left = sum(len(v) for v in rest)
+        assert 0 < left < len(data)  # the kernel took a part and nothing waited
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(data):
+                got.extend(await reader.receive(65536))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await writer.send_buffers(rest)
+        assert bytes(got) == data
+    finally:
+        await writer.aclose()
+        await reader.aclose()

@@ -62,3 +62,24 @@ def test_the_report_puts_each_store_s_cpu_per_unit_side_by_side():
     assert "0.50x" in lines["PUT 64 MiB, 1 client"] and "gateway 3.73, storage 1.86" in lines["PUT 64 MiB, 1 client"]
     assert "2.00x" in lines["HEAD 4 KiB, 32 clients"] and "(server ms/op)" in lines["HEAD 4 KiB, 32 clients"]
     assert objstore.render_server_cpu({"targets": {"ours": {"results": {}}}}) == ""
+
+
+def test_what_the_store_spends_idle_is_taken_out_of_each_request():
+    # At a few hundred requests a second, heartbeats and health checks are a good share of a
+    # request's figure, more of it the slower the batch: net of idle, a slow batch of the same
+    # requests costs what a fast one does.
+    from headwater.bench import objstore
+
+    idle = {"seconds": 3.0, "server_cpu_s": {"gateway": 0.03, "metadata": 0.3}}
+    fast = {"ops": 2000, "errors": 0, "object_bytes": 4096, "seconds": 2.0,
+            "server_cpu_s": {"gateway": 1.02, "metadata": 1.2}}
+    slow = {**fast, "seconds": 4.0, "server_cpu_s": {"gateway": 1.04, "metadata": 1.4}}
+    assert objstore.server_cpu_per_unit(fast)[0] < objstore.server_cpu_per_unit(slow)[0]
+    net_fast = objstore.server_cpu_per_unit(fast, idle=idle)
+    net_slow = objstore.server_cpu_per_unit(slow, idle=idle)
+    assert abs(net_fast[0] - 1.0) < 1e-9 and abs(net_slow[0] - 1.0) < 1e-9
+    assert abs(net_slow[2]["metadata"] - 0.5) < 1e-9
+    doc = {"targets": {"ours": {"results": {"get_small": fast, "head_small": slow, "idle": idle}},
+                       "swift": {"results": {"get_small": fast}}}}
+    lines = {line.split(" (server")[0]: line for line in objstore.render_server_cpu(doc).splitlines()[2:]}
+    assert "1.00 / -" in lines["HEAD 4 KiB, 32 clients"] and "1.00 / -" in lines["GET 4 KiB, 32 clients"]
