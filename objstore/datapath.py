@@ -71,8 +71,10 @@ READ_AHEAD = 2
 # batching stripes up to this many bytes fills the pipe. Bounds memory per PUT to ~3x this.
 WRITE_BATCH_BYTES = 4 * 1024 * 1024
 # How far (in stripes' bytes) each digest lane of a PUT may fall behind the encode before the
-# writer waits for it: enough to ride out a late thread, little beside WRITE_BATCH_BYTES.
-DIGEST_BACKLOG_BYTES = 4 * 1024 * 1024
+# writer waits for it: enough to ride out a late thread. A lane holds up to twice this (its
+# queue, and what it hands a thread at once), mostly stripes the batches hold anyway; more
+# would show in the gateway's RSS with 8 streams (bench objstore, goal < 300 MiB).
+DIGEST_BACKLOG_BYTES = 2 * 1024 * 1024
 
 
 class WriteFailed(StoreError):
