@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def open_cached(path: str | os.PathLike[str]) -> int | None:
                   ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd >= 0:
         return fd
-    if ctypes.get_errno() in (38, 22):  # ENOSYS, EINVAL: no openat2 or no RESOLVE_CACHED here
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL):  # no openat2, or no RESOLVE_CACHED
         _openat2_works = False
     return None
 

@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 import msgpack
 import xxhash
 
+from headwater.pagecache import open_cached, pread_cached, start_writeback
 from headwater.rpc.errors import BadRequest, RpcError, register_error
-from headwater.pagecache import NotCached, open_cached, pread_cached, start_writeback
 
 from ..errors import StoreError
 
@@ -393,10 +393,10 @@ def _open(path: Path, fid: str) -> int:
         raise FragmentNotFound(f"no fragment {fid}", fid=fid) from None
 
 
-Pread = Callable[[int, int, int], bytes | bytearray]
+_Pread = Callable[[int, int, int], bytes | bytearray]
 
 
-def _read_header(fd: int, fid: str, pread: Pread = os.pread) -> FragmentHeader:
+def _read_header(fd: int, fid: str, pread: _Pread = os.pread) -> FragmentHeader:
     head = pread(fd, 4096, 0)
     if len(head) >= _HEAD.size:
         header_len = _HEAD.unpack_from(head)[3]
@@ -405,7 +405,7 @@ def _read_header(fd: int, fid: str, pread: Pread = os.pread) -> FragmentHeader:
     return parse_header(head, fid)
 
 
-def _layout(fd: int, header: FragmentHeader, pread: Pread = os.pread) -> tuple[int, int, bool, int]:
+def _layout(fd: int, header: FragmentHeader, pread: _Pread = os.pread) -> tuple[int, int, bool, int]:
     """(nblocks, last_len, complete, size) from the footer, or estimated from the size."""
     size = os.fstat(fd).st_size
     if size >= header.header_len + FOOTER_BYTES:
@@ -465,14 +465,14 @@ def read_blocks_cached(path: Path, fid: str, first: int, count: int) -> list[mem
         header = _read_header(fd, fid, pread_cached)
         layout = _layout(fd, header, pread_cached)
         return _read_verified(fd, header, layout, fid, first, count, pread_cached)
-    except (NotCached, Exception):  # noqa: BLE001 - read_blocks on the thread raises it properly
+    except Exception:  # noqa: BLE001 - NotCached, or what read_blocks on the thread raises properly
         return None
     finally:
         os.close(fd)
 
 
 def _read_verified(fd: int, header: FragmentHeader, layout: tuple[int, int, bool, int], fid: str,
-                   first: int, count: int, pread: Pread = os.pread) -> list[memoryview]:
+                   first: int, count: int, pread: _Pread = os.pread) -> list[memoryview]:
     nblocks, last_len, complete, _size = layout
     if complete and first + count > nblocks:
         raise BadRequest(f"{fid} has {nblocks} blocks; asked for {first}..{first + count - 1}",
