@@ -219,7 +219,7 @@ async def upload_part(store: Store, call: Call) -> Response:
         payload.checksum = checksums.new_checksum(upload.checksum_algorithm)
     assert call.bucket is not None
     _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket), payload.chunks(),
-                                 inline_max=-1, digest=payload.defer_digests())
+                                 inline_max=-1, digests=payload.defer_digests())
     assert layout is not None
     try:
         payload.verify()
@@ -248,9 +248,9 @@ async def upload_part_copy(store: Store, call: Call) -> Response:
                                  "copy source: 5368709120")
     md5 = hashlib.md5()
     assert call.bucket is not None
-    # The MD5 runs on the writer's encode thread, beside the erasure code (see store_body).
+    # The MD5 runs in the writer's digest lane, behind the erasure code (see store_body).
     _, layout = await store_body(store, store.cluster.objstore.scheme_for(call.bucket),
-                                 object_stream(store, src, start, end), inline_max=-1, digest=md5.update)
+                                 object_stream(store, src, start, end), inline_max=-1, digests=(md5.update,))
     assert layout is not None
     part = PartRecord(number=number, size=end - start, etag=f'"{md5.hexdigest()}"', md5=md5.digest(),
                       last_modified=store.clock(), layout=layout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import AsyncGenerator, AsyncIterator, Callable
+from typing import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import anyio
 
@@ -32,12 +32,13 @@ async def get_record(store: Store, bucket: str, key: str) -> ObjectRecord | None
 
 
 async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[bytes], *,
-                     inline_max: int, digest: Callable[[bytes], None] | None = None
+                     inline_max: int, digests: Sequence[Callable[[bytes], None]] = ()
                      ) -> tuple[bytes | None, Layout | None]:
     """Consume ``chunks`` into either inline bytes (small bodies) or an erasure-coded layout.
 
-    ``digest`` (a ``Payload.defer_digests()``) is given every byte of the body, in order, before
-    this returns: on the writer's encode thread for a layout, here for inline bytes.
+    Each of ``digests`` (a ``Payload.defer_digests()``) is given every byte of the body, in order,
+    before this returns: in its own lane of worker threads for a layout (see ``LayoutWriter``),
+    here for inline bytes.
     On any failure (bad body, client gone, too few nodes) every fragment written is removed.
     """
     head = bytearray()
@@ -48,10 +49,10 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
     else:
         if inline_max >= 0:
             inline = bytes(head)
-            if digest is not None:
-                digest(inline)
+            for update in digests:
+                update(inline)
             return inline, None
-    async with LayoutWriter(store.pool, scheme, digest=digest) as writer:
+    async with LayoutWriter(store.pool, scheme, digests=digests) as writer:
         await writer.write(bytes(head))
         del head
         # The same iterator goes on where the loop above stopped.
@@ -131,7 +132,7 @@ async def put_object(store: Store, call: Call) -> Response:
     payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
     cfg = store.cluster.objstore
     inline, layout = await store_body(store, cfg.scheme_for(call.bucket), payload.chunks(),
-                                      inline_max=cfg.inline_max_bytes, digest=payload.defer_digests())
+                                      inline_max=cfg.inline_max_bytes, digests=payload.defer_digests())
     try:
         payload.verify()
     except BaseException:
@@ -352,9 +353,9 @@ async def copy_object(store: Store, call: Call) -> Response:
         raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
                                  "copy source: 5368709120")
     md5 = hashlib.md5()
-    # The MD5 runs on the writer's encode thread, beside the erasure code (see store_body).
+    # The MD5 runs in the writer's digest lane, behind the erasure code (see store_body).
     inline, layout = await store_body(store, cfg.scheme_for(call.bucket), object_stream(store, src, 0, src.size),
-                                      inline_max=cfg.inline_max_bytes, digest=md5.update)
+                                      inline_max=cfg.inline_max_bytes, digests=(md5.update,))
     now = store.clock()
     # A copy is a new single-part object: its ETag is the MD5 of its bytes.
     rec = ObjectRecord(key=call.key, size=src.size, etag=f'"{md5.hexdigest()}"', last_modified=now,

@@ -120,22 +120,23 @@ class Payload:
         return piece
 
     def digest(self, data: bytes | memoryview) -> None:
-        """Feed ``data`` to the hashes ``verify`` checks and the ETag comes from. Thread-safe as
-        long as the calls are sequential: the caller of ``defer_digests`` may make them on a
-        worker thread."""
-        self.md5.update(data)
-        if self.checksum is not None:
-            self.checksum.update(data)
-        if self.sha256 is not None:
-            self.sha256.update(data)
+        """Feed ``data`` to the hashes ``verify`` checks and the ETag comes from."""
+        for update in self._updates():
+            update(data)
 
-    def defer_digests(self) -> Callable[[bytes | memoryview], None]:
+    def _updates(self) -> tuple[Callable[[bytes | memoryview], None], ...]:
+        hashes = (self.md5, self.sha256, self.checksum)
+        return tuple(h.update for h in hashes if h is not None)
+
+    def defer_digests(self) -> tuple[Callable[[bytes | memoryview], None], ...]:
         """Stop hashing in ``chunks()``: the caller promises to pass every chunk, in order, to
-        the function returned (``digest``) before it calls ``verify`` or reads the ETag. The
-        object writer does so on its encode thread, so the MD5 and SHA-256 of a large PUT run
-        off the event loop, beside the erasure code, instead of in front of it."""
+        each function returned (the MD5's, the payload SHA-256's, the checksum's ``update``)
+        before it calls ``verify`` or reads the ETag. They are independent, so each may be fed
+        on its own thread, all at once: the object writer gives each a lane of its own
+        (``LayoutWriter(digests=...)``), so the MD5 and SHA-256 of a large PUT run beside each
+        other and behind the erasure code, not in front of it."""
         self._deferred = True
-        return self.digest
+        return self._updates()
 
     async def read_all(self) -> bytes:
         out = bytearray()

@@ -71,6 +71,7 @@ from .fragment import (
     fragment_relpath,
     fsync_dir,
     read_blocks,
+    read_blocks_cached,
     read_info,
 )
 from .scrubber import Scrubber
@@ -132,7 +133,7 @@ class StorageNode:
         # Set by run_storage_node: fragments that failed a read are handed to it to verify whole.
         self.scrubber: Any = None
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
-                         "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
+                         "cached_reads": 0, "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
                          "quarantined": 0, "quarantine_pruned": 0, "quarantine_pruned_bytes": 0}
         self._quarantine_files = 0
@@ -315,7 +316,15 @@ class StorageNode:
                 except FragmentNotFound:
                     blocks = None  # committed (renamed) meanwhile: read it where it is now
             if blocks is None:
-                blocks = await anyio.to_thread.run_sync(read_blocks, self.path_of(fid), fid, first, count)
+                path = self.path_of(fid)
+                # A range the page cache holds is read right here (~0.1-0.3 ms per MiB): the
+                # worker thread's hand-off and wake-ups cost more than that. Anything else, an
+                # error included, goes to the thread, which waits for the disk and raises.
+                blocks = read_blocks_cached(path, fid, first, count)
+                if blocks is not None:
+                    self.counters["cached_reads"] += 1
+                else:
+                    blocks = await anyio.to_thread.run_sync(read_blocks, path, fid, first, count)
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
             log.warning("storage %s: %s", self.id, e,

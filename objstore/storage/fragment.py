@@ -25,11 +25,12 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 import xxhash
 
+from headwater.pagecache import open_cached, pread_cached, start_writeback
 from headwater.rpc.errors import BadRequest, RpcError, register_error
 
 from ..errors import StoreError
@@ -50,6 +51,7 @@ __all__ = [
     "fragment_relpath",
     "encode_header",
     "parse_header",
+    "read_blocks_cached",
     "block_prefix",
     "verify_block",
     "encode_footer",
@@ -338,6 +340,8 @@ class FragmentWriter:
                 pass
             raise
         written = sum(len(b) for b in buffers)
+        # The disk writes these while the next blocks arrive, not all in the commit's fsync.
+        start_writeback(self.fd, before, written)
         self.size += written
         self.count += len(blocks)
         if blocks:
@@ -389,20 +393,23 @@ def _open(path: Path, fid: str) -> int:
         raise FragmentNotFound(f"no fragment {fid}", fid=fid) from None
 
 
-def _read_header(fd: int, fid: str) -> FragmentHeader:
-    head = os.pread(fd, 4096, 0)
+_Pread = Callable[[int, int, int], bytes | bytearray]
+
+
+def _read_header(fd: int, fid: str, pread: _Pread = os.pread) -> FragmentHeader:
+    head = pread(fd, 4096, 0)
     if len(head) >= _HEAD.size:
         header_len = _HEAD.unpack_from(head)[3]
         if len(head) < header_len <= _HEAD.size + 200 + MAX_META_BYTES + 8:
-            head = os.pread(fd, header_len, 0)
+            head = pread(fd, header_len, 0)
     return parse_header(head, fid)
 
 
-def _layout(fd: int, header: FragmentHeader) -> tuple[int, int, bool, int]:
+def _layout(fd: int, header: FragmentHeader, pread: _Pread = os.pread) -> tuple[int, int, bool, int]:
     """(nblocks, last_len, complete, size) from the footer, or estimated from the size."""
     size = os.fstat(fd).st_size
     if size >= header.header_len + FOOTER_BYTES:
-        found = parse_footer(header, os.pread(fd, FOOTER_BYTES, size - FOOTER_BYTES))
+        found = parse_footer(header, pread(fd, FOOTER_BYTES, size - FOOTER_BYTES))
         if found is not None and file_size(header, *found) == size:
             return found[0], found[1], True, size
     # No valid footer: the file was cut short (or its tail damaged). Count the slots present.
@@ -441,8 +448,31 @@ def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview
         os.close(fd)
 
 
+def read_blocks_cached(path: Path, fid: str, first: int, count: int) -> list[memoryview] | None:
+    """What :func:`read_blocks` returns, or None when that would wait for the disk.
+
+    Made for the event loop: the file is opened only if its path resolves from the kernel's
+    caches (``openat2`` with ``RESOLVE_CACHED``), and every read is a ``preadv2`` with
+    ``RWF_NOWAIT``, which fails rather than wait for a page not in the page cache. None also
+    where either is missing (not Linux, a kernel before 5.12) and on any error at all: the
+    caller then calls :func:`read_blocks` on a worker thread, which waits, and raises the errors
+    as they are. Every block is verified as :func:`read_blocks` does it.
+    """
+    fd = open_cached(path)
+    if fd is None:
+        return None
+    try:
+        header = _read_header(fd, fid, pread_cached)
+        layout = _layout(fd, header, pread_cached)
+        return _read_verified(fd, header, layout, fid, first, count, pread_cached)
+    except Exception:  # noqa: BLE001 - NotCached, or what read_blocks on the thread raises properly
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_verified(fd: int, header: FragmentHeader, layout: tuple[int, int, bool, int], fid: str,
-                   first: int, count: int) -> list[memoryview]:
+                   first: int, count: int, pread: _Pread = os.pread) -> list[memoryview]:
     nblocks, last_len, complete, _size = layout
     if complete and first + count > nblocks:
         raise BadRequest(f"{fid} has {nblocks} blocks; asked for {first}..{first + count - 1}",
@@ -455,7 +485,7 @@ def _read_verified(fd: int, header: FragmentHeader, layout: tuple[int, int, bool
             last_len if first + count == nblocks else header.block_bytes)
     else:
         end = slot_offset(header, first + count)
-    raw = os.pread(fd, end - start, start)
+    raw = pread(fd, end - start, start)
     stride = BLOCK_PREFIX + header.block_bytes
     mv = memoryview(raw)
     out = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import socket
 import subprocess
 import urllib.parse
@@ -280,3 +281,46 @@ def test_listing_parameters_come_back_as_sent(cluster, s3, bucket, text):
     # boto3's view (encoding-type=url, decoded by botocore; V2, since botocore leaves V1's Prefix encoded)
     got = s3.list_objects_v2(Bucket=bucket, Prefix=text, Delimiter="/")
     assert got["Prefix"] == text and got["CommonPrefixes"] == [{"Prefix": f"{text}/"}]
+
+
+# --- bodies that do not match what the request declared ---------------------------------------
+
+def _wait_until(check, timeout_s: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("lie", ["x-amz-content-sha256", "content-md5"])
+def test_a_large_body_that_is_not_what_was_signed_stores_nothing(cluster, s3, bucket, lie):
+    """5 MiB (80 stripes, two write batches): the MD5 and SHA-256 run in lanes of their own,
+    behind the stripes sent to the storage nodes, so the fragments are written before the
+    mismatch is known; the PUT still fails with the right code, no object appears, and every
+    fragment written for it is removed."""
+    body = os.urandom(5 * 1024 * 1024 + 11)
+    url = f"{cluster.endpoint}/{bucket}/lie"
+    before = set(cluster.fragment_files())
+    honest = f"{cluster.endpoint}/{bucket}/honest"
+    good = httpx.put(honest, content=body, headers=sign_headers(cluster, "PUT", honest, body=body), timeout=60)
+    assert good.status_code == 200, good.text
+    assert set(cluster.fragment_files()) - before  # a PUT of this size leaves fragments: the check can fail
+
+    before = set(cluster.fragment_files())
+    other = body[:-1] + bytes([body[-1] ^ 1])  # the last byte differs
+    if lie == "content-md5":
+        headers = sign_headers(cluster, "PUT", url, body=body, headers={"content-md5": md5_b64(other)})
+        code = "BadDigest"
+    else:
+        headers = sign_headers(cluster, "PUT", url, body=body,
+                               payload_hash=hashlib.sha256(other).hexdigest())
+        code = "XAmzContentSHA256Mismatch"
+    r = httpx.put(url, content=body, headers=headers, timeout=60)
+    assert (r.status_code, xml_error(r)["Code"]) == (400, code)
+    assert keys_of(s3, bucket) == ["honest"]
+    assert _wait_until(lambda: set(cluster.fragment_files()) <= before), \
+        set(cluster.fragment_files()) - before

@@ -81,6 +81,7 @@ async def test_round_trip_and_info(anyio_backend, tmp_path):
             assert (await c.info())["fragments"] == 0
         s = sn.node.stats()
         assert s["bytes_written"] >= sum(map(len, blocks)) and s["not_found_reads"] == 1
+        assert s["cached_reads"] == 3  # just written: every read came from the page cache
         tg.cancel_scope.cancel()
 
 

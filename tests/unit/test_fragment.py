@@ -1,6 +1,7 @@
 """The fragment file format and its blocking file operations."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,46 @@ def test_meta_that_cannot_be_packed():
         fr.encode_header("f", 10, {"x": 2**70})
     with pytest.raises(BadRequest):
         fr.encode_header("f", 10, {"x": b"y" * (fr.MAX_META_BYTES + 1)})
+
+
+def test_cached_read_is_read_blocks_or_nothing(tmp_path):
+    """``read_blocks_cached`` gives what ``read_blocks`` gives when the file is in the page
+    cache, and None (never an error, never unverified bytes) whenever it is not so simple."""
+    from headwater.pagecache import NotCached, pread_cached
+
+    blocks = [os.urandom(4096) for _ in range(9)] + [os.urandom(77)]
+    path = write(tmp_path, "cached.0", blocks, 4096)
+    assert fr.read_blocks_cached(path, "cached.0", 0, 10) == blocks
+    assert fr.read_blocks_cached(path, "cached.0", 3, 4) == blocks[3:7]
+    assert fr.read_blocks_cached(path, "cached.0", 9, 1) == blocks[9:]
+    assert fr.read_blocks_cached(path, "cached.0", 9, 2) is None  # past the end: read_blocks says why
+    assert fr.read_blocks_cached(tmp_path / "nothing", "nothing.0", 0, 1) is None
+
+    raw = bytearray(path.read_bytes())
+    header = fr.parse_header(bytes(raw), "cached.0")
+    raw[fr.slot_offset(header, 2) + fr.BLOCK_PREFIX + 9] ^= 1
+    path.write_bytes(raw)
+    with pytest.raises(FragmentCorrupt):
+        fr.read_blocks(path, "cached.0", 2, 1)
+    assert fr.read_blocks_cached(path, "cached.0", 2, 1) is None
+    assert fr.read_blocks_cached(path, "cached.0", 3, 1) == blocks[3:4]
+
+    # Pages evicted (clean once synced): refused rather than waited for. Pages just read may
+    # sit in another CPU's LRU batch, where DONTNEED cannot drop them yet: try a few times.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        for _ in range(100):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            try:
+                pread_cached(fd, 4096, 0)
+            except NotCached:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.skip("this file system keeps the pages (tmpfs?)")
+    finally:
+        os.close(fd)
+    assert fr.read_blocks_cached(path, "cached.0", 3, 1) is None
+    assert fr.read_blocks(path, "cached.0", 3, 1) == blocks[3:4]
+    assert fr.read_blocks_cached(path, "cached.0", 3, 1) == blocks[3:4]  # read once: cached again

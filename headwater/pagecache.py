@@ -1,0 +1,110 @@
+"""What a storage daemon asks of the kernel's page cache: write early, read without waiting.
+
+**Writeback started early.** A storage node appends a fragment's blocks as they arrive and
+fsyncs the file once, at the commit. Left alone, the kernel keeps those pages dirty until the
+fsync (its own flusher wakes only after ``dirty_expire_centisecs``, 30 s, or past the dirty
+ratios), so every byte of a large PUT reaches the disk in the commit, after the last block,
+while the client waits. ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` queues a range's dirty
+pages for writing and returns without waiting for them: called after each append
+(:func:`start_writeback`), the disk writes the fragment while the rest of it is still arriving,
+and the commit's fsync waits only for the tail. It promises nothing on its own: the fsync is
+still what makes every byte and the file's metadata durable.
+
+**Reads that never wait for the disk.** A read RPC on a worker thread costs a hand-off each way
+(a futex wake-up, a context switch) whatever it reads; for a page-cached range that is most of
+its cost. :func:`open_cached` opens a path only if it resolves from the dentry cache
+(``openat2`` with ``RESOLVE_CACHED``, Linux 5.12) and :func:`pread_cached` reads only what the
+page cache holds (``preadv2`` with ``RWF_NOWAIT``, Linux 4.14): on the event loop they take
+microseconds or refuse, and the caller falls back to the thread.
+
+Linux only; elsewhere (or on older kernels) the functions do nothing or refuse, and callers
+go the ordinary way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["start_writeback", "open_cached", "pread_cached", "NotCached"]
+
+# <fcntl.h>: start writing dirty pages in the range; do not wait for any.
+_SYNC_FILE_RANGE_WRITE = 2
+# <linux/openat2.h>: fail with EAGAIN rather than do a lookup the dentry cache cannot answer.
+_RESOLVE_CACHED = 0x20
+_SYS_OPENAT2 = 437  # the same number on every architecture (the unified syscall table)
+_AT_FDCWD = -100
+
+
+class NotCached(Exception):
+    """The call would have waited for the disk."""
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def _libc():  # type: ignore[no-untyped-def]
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+_lib = _libc()
+_sync_file_range = getattr(_lib, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _sync_file_range.restype = ctypes.c_int
+_syscall = getattr(_lib, "syscall", None)
+_openat2_works = _syscall is not None and hasattr(os, "RWF_NOWAIT")
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
+    """Queue bytes ``offset .. offset+nbytes-1`` of ``fd`` for writing to disk, without waiting;
+    whether the kernel took the request. Refusal is no error: the fsync writes them anyway."""
+    if _sync_file_range is None or nbytes <= 0:
+        return False
+    # ctypes drops the GIL for the call; it may block briefly if the device's queue is full.
+    return _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0
+
+
+def open_cached(path: str | os.PathLike[str]) -> int | None:
+    """A read-only descriptor of ``path`` if it resolves without touching the disk, else None
+    (also when it does not exist or anything else fails: the caller's ordinary open says why)."""
+    global _openat2_works
+    if not _openat2_works:
+        return None
+    how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+    fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(Path(path)),
+                  ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd >= 0:
+        return fd
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL):  # no openat2, or no RESOLVE_CACHED
+        _openat2_works = False
+    return None
+
+
+def pread_cached(fd: int, n: int, offset: int) -> bytearray:
+    """Up to ``n`` bytes at ``offset``, as ``os.pread`` reads them, from the page cache alone;
+    :class:`NotCached` if any of them are not there. A short read is taken for a partly cached
+    range (``RWF_NOWAIT`` stops at the first page it lacks) unless the file ends there."""
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        raise NotCached() from None
+    if got < n:
+        if offset + got < os.fstat(fd).st_size:
+            raise NotCached()
+        del buf[got:]
+    return buf
