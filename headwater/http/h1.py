@@ -547,6 +547,18 @@ class H1Connection:
             return None
         return head
 
+    def take_lone_request(self, head: RequestHead) -> None:
+        """Take the request ``lone_request`` returned, head and end: what ``next_event`` and
+        ``end_without_body`` do with it, in one step."""
+        if self._events[0] is not head:
+            raise LocalProtocolError("take_lone_request without lone_request")
+        self._events.clear()
+        self.their_state = _THEIR_NEXT[(_THEIR_NEXT[(IDLE, RequestHead)], RequestEnd)]
+        self.request = head
+        self.body_consumed = 0
+        self.continue_sent = False
+        self.drain_before_next = False
+
     @property
     def head_in_progress(self) -> bool:
         """Bytes of a request head have arrived but not the whole head (for the header timeout)."""

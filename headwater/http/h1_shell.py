@@ -269,8 +269,7 @@ class H1Shell:
             answer = self.service.answer_now(self._request(head, NO_BODY))
             if answer is None:
                 return INLINE_FED
-            conn.next_event()
-            conn.end_without_body()
+            conn.take_lone_request(head)
             response, close = answer
             try:
                 out = conn.send_whole(response.status, response.headers, response.body,  # type: ignore[arg-type]

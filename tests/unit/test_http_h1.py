@@ -437,6 +437,11 @@ def test_lone_request_is_a_whole_bodiless_request_and_nothing_more() -> None:
     head = conn.lone_request()
     assert head is not None and head.target == "/a" and conn.lone_request() is head
     assert conn.next_event() is head and conn.end_without_body() and conn.lone_request() is None
+    taken = h1.H1Connection()
+    taken.receive_data(lone)
+    taken.take_lone_request(taken.lone_request())  # the same as those two calls
+    assert [(c.their_state, c.request, c.has_buffered_events, c.keep_alive) for c in (conn, taken)] == [
+        (h1.DONE, head, False, True), (h1.DONE, head, False, True)]
     conn.send_whole(200, [], b"x")
     conn.start_next_cycle()
     conn.receive_data(b"HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n")
