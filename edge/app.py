@@ -433,7 +433,6 @@ class EdgeApp:
     def _finish(self, request: Request, response: Response, result: str, started: float,
                 size: int | None = None) -> None:
         """Count the answer and write its access line; ``size``: its body bytes when known."""
-        taken = time.perf_counter() - started
         if size is None:
             size = 0
             if request.method != "HEAD":
@@ -443,6 +442,7 @@ class EdgeApp:
                         break
         self.metrics.answered(result, size)
         if self.access_log is not None and self.access_log.enabled("info"):
+            taken = time.perf_counter() - started
             self.access_log.info(
                 "edge.access", **{"x-edge-location": self.node.id, "c-ip": (request.client or ("", 0))[0],
                                   "cs-method": request.method, "cs(Host)": request.host,

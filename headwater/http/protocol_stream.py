@@ -140,7 +140,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
 
     def data_received(self, data: bytes) -> None:
         inline = self._inline
-        if inline is not None and not self._chunks and not self._writing_paused:
+        if inline is not None and not self._chunks and not self._writing_paused and not self.read_expired:
             # The reader waits in receive_unless_inline and offered to take input right here
             # (the HTTP/1.1 shell answering a lone request): no wake-up, no task switch.
             taken = inline(data)

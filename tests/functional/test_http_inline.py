@@ -189,3 +189,24 @@ async def test_a_peer_that_stops_reading_is_answered_no_further() -> None:
             for _ in range(answered - 1):
                 assert (await w.response())[1] == BODY
         tg.cancel_scope.cancel()
+
+
+async def test_inline_answers_restart_the_idle_timeout() -> None:
+    """Each answer restarts idle_timeout_s (as the task's next wait would): a client asking more
+    often than that keeps its connection however long it stays, and loses it once it stops."""
+    from headwater.config import HttpLimits
+
+    app = NowApp()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(lambda task_status: serve(app, host="127.0.0.1", port=0, task_status=task_status,
+                                                        limits=HttpLimits(idle_timeout_s=0.6)))
+        async with await anyio.connect_tcp("127.0.0.1", port) as s:
+            w = Wire(s)
+            for _ in range(6):  # 1.8 s in all, 0.3 s apart
+                await s.send(b"GET /now HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert (await w.response())[1] == BODY
+                await anyio.sleep(0.3)
+            with anyio.fail_after(3):
+                assert await w.closed()
+        assert app.now == (5 if _inline() else 0)
+        tg.cancel_scope.cancel()
