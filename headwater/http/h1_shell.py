@@ -224,7 +224,8 @@ class H1Shell:
             transport.read_deadline = deadline
             try:
                 if self.inline and not header_phase:
-                    data = await transport.receive_unless_inline(RECV_BYTES, self._inline)  # type: ignore[union-attr]
+                    data = await transport.receive_unless_inline(  # type: ignore[union-attr]
+                        RECV_BYTES, self._inline)
                 else:
                     data = await self.stream.receive(RECV_BYTES)
             except _READ_FAILURES:

@@ -247,8 +247,8 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
                 await self._wait_readable()
             finally:
                 self._inline = None
-            if self._fed:
-                self._fed = False
+                fed, self._fed = self._fed, False  # (a plain receive never sees the flag)
+            if fed:
                 return None
         return await self.receive(max_bytes)
 

@@ -125,7 +125,8 @@ async def test_inline_answers_are_the_tasks_bytes() -> None:
             assert (await w.response())[1] == BODY
             await s.send(b"POST /now HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
             assert (await w.response())[1] == b"abc"
-            await s.send(b"GET /now HTTP/1.1\r\nHost: a\r\nX-N: 7\r\n\r\nGET /now HTTP/1.1\r\nHost: a\r\nX-N: 8\r\n\r\n")
+            await s.send(b"GET /now HTTP/1.1\r\nHost: a\r\nX-N: 7\r\n\r\n"
+                         b"GET /now HTTP/1.1\r\nHost: a\r\nX-N: 8\r\n\r\n")
             assert [b"x-seen: 7" in (await w.response())[0], b"x-seen: 8" in (await w.response())[0]] == [True, True]
             assert app.now == now  # none of them answered inline
             # answer_now declines: __call__ answers, once.
