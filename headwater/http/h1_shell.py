@@ -154,6 +154,7 @@ class H1Shell:
         self.inline = (service.answers_now and stream is transport
                        and isinstance(transport, ProtocolStream))
         self.closed_inline = False
+        self.declined: tuple[h1.RequestHead, Request] | None = None
         if initial:
             self.conn.receive_data(initial)
 
@@ -267,8 +268,10 @@ class H1Shell:
             head = conn.lone_request()
             if head is None:
                 return INLINE_FED
-            answer = self.service.answer_now(self._request(head, NO_BODY))
+            request = self._request(head, NO_BODY)
+            answer = self.service.answer_now(request)
             if answer is None:
+                self.declined = (head, request)  # (_exchange's request for it: built once)
                 return INLINE_FED
             conn.take_lone_request(head)
             response, close = answer
@@ -324,7 +327,11 @@ class H1Shell:
             body = H1Body(self, head, scope)
             if self.floor is not None:
                 self.floor.reset()
-        request = self._request(head, body)
+        declined, self.declined = self.declined, None
+        if declined is not None and declined[0] is head and body is NO_BODY:
+            request = declined[1]
+        else:
+            request = self._request(head, body)
         if scope is None:
             response, close = await self.service.run_app(request)
         else:

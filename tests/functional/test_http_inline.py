@@ -40,6 +40,7 @@ class NowApp:
 
     async def __call__(self, request: Request) -> Response:
         self.awaited += 1
+        self.last = (request.method, request.target, request.headers.get("x-n"))
         if request.path == "/boom":
             raise ValueError("boom")
         if request.path == "/close":
@@ -131,9 +132,11 @@ async def test_inline_answers_are_the_tasks_bytes() -> None:
             assert app.now == now  # none of them answered inline
             # answer_now declines: __call__ answers, once.
             awaited = app.awaited
-            await s.send(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n")
-            assert (await w.response())[0].startswith(b"HTTP/1.1 404 ")
-            assert app.awaited == awaited + 1
+            for n in (1, 2):  # (__call__ sees each request as sent: the offered one, reused)
+                await s.send(b"GET /other?%d HTTP/1.1\r\nHost: a\r\nX-N: %d\r\n\r\n" % (n, n))
+                assert (await w.response())[0].startswith(b"HTTP/1.1 404 ")
+                assert app.last == ("GET", f"/other?{n}", str(n))
+            assert app.awaited == awaited + 2
             # answer_now fails: a 500, as when __call__ fails, and the connection goes on.
             await s.send(b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n")
             assert (await w.response())[0].startswith(b"HTTP/1.1 500 ")
