@@ -267,10 +267,6 @@ class _WarmHit:
     prepared: PreparedFields | None = None
 
 
-# _serve's answer for "the front door admitted this request already" (a warm hit that fell through).
-_ADMITTED = object()
-
-
 def _via_ids(request: Request) -> list[str]:
     ids: list[str] = []
     if request.headers.get("via") is None:
@@ -389,23 +385,30 @@ class EdgeApp:
 
     # --- entry -------------------------------------------------------------------------------
 
-    async def __call__(self, request: Request) -> Response:
-        started = time.perf_counter()
-        admitted = False
+    def answer_now(self, request: Request) -> Response | None:
+        """What ``__call__`` answers to ``request`` when it is a warm hit (_WarmHit) or refused by
+        the front door on the way to one, worked out without waiting (the HTTP/1.1 core may then
+        answer it from the loop's read callback); None, having done nothing, otherwise."""
         warm = self._warm.get((request.host, request.target))
-        if warm is not None:
-            # (No await on this path: nothing can see self.active between its steps.)
-            answer = self._warm_hit(request, warm)
-            if answer is _ADMITTED:
-                admitted = True
-            elif answer is not None:
-                response, result, size = answer  # type: ignore[misc]
-                self._finish(request, response, result, started, size)
-                return response
+        if warm is None:
+            return None
+        started = time.perf_counter()
+        answer = self._warm_hit(request, warm)
+        if answer is None:
+            return None
+        response, result, size = answer
+        self._finish(request, response, result, started, size)
+        return response
+
+    async def __call__(self, request: Request) -> Response:
+        response = self.answer_now(request)
+        if response is not None:
+            return response
+        started = time.perf_counter()
         self.active += 1
         try:
             try:
-                response, result = await self._serve(request, admitted)
+                response, result = await self._serve(request)
             except EdgeError as e:
                 response, result = self._error(e), "Error"
             self._finish(request, response, result, started)
@@ -430,7 +433,6 @@ class EdgeApp:
     def _finish(self, request: Request, response: Response, result: str, started: float,
                 size: int | None = None) -> None:
         """Count the answer and write its access line; ``size``: its body bytes when known."""
-        taken = time.perf_counter() - started
         if size is None:
             size = 0
             if request.method != "HEAD":
@@ -440,6 +442,7 @@ class EdgeApp:
                         break
         self.metrics.answered(result, size)
         if self.access_log is not None and self.access_log.enabled("info"):
+            taken = time.perf_counter() - started
             self.access_log.info(
                 "edge.access", **{"x-edge-location": self.node.id, "c-ip": (request.client or ("", 0))[0],
                                   "cs-method": request.method, "cs(Host)": request.host,
@@ -478,10 +481,10 @@ class EdgeApp:
             return self.distributions[0]
         raise NoDistribution(f"no distribution answers for {host!r}")
 
-    async def _serve(self, request: Request, admitted: bool = False) -> tuple[Response, str]:
+    async def _serve(self, request: Request) -> tuple[Response, str]:
         matched = _matched_path(request.path)
         door = self.front_door
-        if door is not None and not admitted:
+        if door is not None:
             refused = door.admit(request, path=matched)
             if refused is not None:
                 return self._refused(refused)
@@ -674,11 +677,10 @@ class EdgeApp:
             before_lines=before.lines, after_lines=after.lines, prepared_flags=flags,  # type: ignore[arg-type]
             purge_state=purge_state, seq=seq, size=stored.body_size)
 
-    def _warm_hit(self, request: Request, warm: _WarmHit) -> tuple[Response, str, int | None] | object | None:
+    def _warm_hit(self, request: Request, warm: _WarmHit) -> tuple[Response, str, int | None] | None:
         """``request`` answered from ``warm`` as the full path would answer it: (response, result,
-        body bytes or None: read them from the response); None when the full path must decide;
-        _ADMITTED when it must and the front door has admitted the request already (it is asked
-        once per request: it counts)."""
+        body bytes or None: read them from the response); None when the full path must decide
+        (before the front door is asked: it is asked once per request, and it counts)."""
         if request.method not in warm.methods:
             return None
         reads = warm.reads
@@ -693,18 +695,21 @@ class EdgeApp:
         age = warm.initial_age + resident if resident > 0 else warm.initial_age
         if age >= warm.lifetime:
             return None  # stale: revalidate or serve stale, as the full path decides
+        ram = self.ram
+        hit = warm.hit()
+        state = warm.purge_state
+        if hit is None or not ram.holds(warm.store_key, hit) or (  # type: ignore[union-attr]
+                state is not None and warm.seq < state.log.last_seq
+                and purges.purged(warm.key, warm.stored)):  # type: ignore[union-attr]
+            self._warm.pop((request.host, request.target), None)  # (replaced, evicted or purged)
+            return None
         door = self.front_door
         if door is not None:
             refused = door.admit(request, path=warm.matched)
             if refused is not None:
                 response, result = self._refused(refused)
                 return response, result, None
-        hit = self.ram.get(warm.store_key)  # type: ignore[union-attr]
-        state = warm.purge_state
-        if hit is None or hit is not warm.hit() or (state is not None and warm.seq < state.log.last_seq
-                                   and purges.purged(warm.key, warm.stored)):  # type: ignore[union-attr]
-            self._warm.pop((request.host, request.target), None)  # (replaced, evicted or purged)
-            return _ADMITTED if door is not None else None
+        ram.get(warm.store_key)  # type: ignore[union-attr]  # (the hit, counted and touched as ever)
         self.counts["hits"] += 1
         whole = int(age)
         if whole != warm.age:

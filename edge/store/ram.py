@@ -172,6 +172,12 @@ class RamStore:
         self._commits += 1
         return True
 
+    def holds(self, key: bytes, hit: RamHit) -> bool:
+        """Whether ``hit`` is still what ``get(key)`` hands out (neither replaced nor evicted),
+        without counting a lookup or touching the entry."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.hit is hit
+
     def get(self, key: bytes) -> RamHit | None:
         """The committed entry for ``key``, or None."""
         entry = self._entries.get(key)

@@ -55,14 +55,36 @@ def address(value: Any) -> tuple[str, int] | None:
 
 
 class Service:
-    """What every connection of one ``serve`` shares: the app, the limits, the clock."""
+    """What every connection of one ``serve`` shares: the app, the limits, the clock.
 
-    __slots__ = ("app", "limits", "clock")
+    ``answers_now``: whether the app also answers synchronously (``answer_now``, see ``App``), so
+    the HTTP/1.1 shell may answer a lone request without a body straight from the loop's read
+    callback (``H1Shell``'s inline answers).
+    """
+
+    __slots__ = ("app", "limits", "clock", "answers_now", "_answer_now")
 
     def __init__(self, app: App, limits: HttpLimits, clock: Clock = SYSTEM_CLOCK) -> None:
         self.app = app
         self.limits = limits
         self.clock = clock
+        self._answer_now = getattr(app, "answer_now", None)
+        self.answers_now = self._answer_now is not None
+
+    def answer_now(self, request: Request) -> tuple[Response, bool] | None:
+        """The app's synchronous answer to ``request`` and whether to close, as ``run_app`` would
+        give them; None when the app has none (it then did nothing: ``run_app`` follows)."""
+        try:
+            response = self._answer_now(request)  # type: ignore[misc]
+            if response is None:
+                return None
+            if type(response) is not Response and not isinstance(response, Response):
+                raise TypeError(f"answer_now returned {type(response).__name__}, not a Response")
+            if type(response.body) is not bytes:
+                raise TypeError("answer_now answers with a bytes body only")
+            return response, False
+        except Exception as e:
+            return self._failed(request, e)
 
     async def call(self, request: Request,
                    scope: anyio.CancelScope | None = None) -> tuple[Response | None, bool]:
@@ -91,13 +113,18 @@ class Service:
             return response, False
         except ClientDisconnected:
             return None, True
-        except HttpError as e:
+        except Exception as e:
+            return self._failed(request, e)
+
+    @staticmethod
+    def _failed(request: Request, e: Exception) -> tuple[Response, bool]:
+        """The answer for an exception that escaped the app, and whether to close."""
+        if isinstance(e, HttpError):
             if not isinstance(e, ProtocolError):
-                log.exception("app failed on %s %s", request.method, request.target)
+                log.error("app failed on %s %s", request.method, request.target, exc_info=e)
             return error_response(e.http_status), isinstance(e, ProtocolError)
-        except Exception:
-            log.exception("app failed on %s %s", request.method, request.target)
-            return error_response(500), False
+        log.error("app failed on %s %s", request.method, request.target, exc_info=e)
+        return error_response(500), False
 
 
 async def override_for_broken_body(response: Response, failed: ProtocolError | None) -> Response:

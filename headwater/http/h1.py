@@ -263,6 +263,55 @@ def prepare_fields(headers: Iterable[tuple[str, str]]) -> PreparedFields:
 
 
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "expect"})
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+# A request's header block as llhttp hands it over -> what _read_fields makes of it. A client
+# sends the same fields on every request of a connection (and many clients the same ones), so
+# the decoding, lower-casing and framing checks are done once per distinct block. Bounded: at
+# most _FIELDS_MEMO_MAX blocks of at most _FIELDS_MEMO_MAX_BYTES, cleared when full.
+_Fields = tuple[tuple[tuple[str, str], ...], int, int, "int | None", bool, bool]
+_FIELDS_MEMO: dict[tuple[tuple[bytes, bytes], ...], _Fields] = {}
+_FIELDS_MEMO_MAX = 512
+_FIELDS_MEMO_MAX_BYTES = 4 * KiB
+
+
+def _read_fields(raw_fields: tuple[tuple[bytes, bytes], ...]) -> _Fields:
+    """The request's header fields as (name lower case, value without surrounding blanks) str
+    pairs, their size on the wire, and what they say about the framing: (pairs, size, Host
+    fields, content-length, chunked, expects 100-continue). BadRequest or
+    UnsupportedTransferCoding for framing fields that cannot be served."""
+    size = 0
+    headers: list[tuple[str, str]] = []
+    host_count = 0
+    content_length: int | None = None
+    chunked = False
+    expects_continue = False
+    for raw_name, raw_value in raw_fields:
+        size += len(raw_name) + len(raw_value) + 4
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1").strip(" \t")
+        headers.append((name, value))
+        if name not in _FRAMING_FIELDS:
+            continue
+        if name == "host":
+            host_count += 1
+        elif name == "content-length":
+            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                raise BadRequest("invalid Content-Length")
+            content_length = int(value)
+        elif name == "transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(",")]
+            if codings[-1] != "chunked" or "chunked" in codings[:-1]:
+                raise UnsupportedTransferCoding(f"transfer coding {value!r} is not supported")
+            if len(codings) > 1:
+                raise UnsupportedTransferCoding("only the chunked transfer coding is supported")
+            chunked = True
+        elif name == "expect":
+            if value.lower() == "100-continue":
+                expects_continue = True
+    if chunked:
+        content_length = None
+    return tuple(headers), size, host_count, content_length, chunked, expects_continue
 
 
 def valid_target(method: str, target: str) -> bool:
@@ -405,40 +454,22 @@ class H1Connection:
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._parsing_head = False
-        target = b"".join(self._url)
-        method = parser.get_method()
-        size = len(method) + len(target) + 12
-        headers: list[tuple[str, str]] = []
-        host_count = 0
-        content_length: int | None = None
-        chunked = False
-        expects_continue = False
-        for raw_name, raw_value in self._headers:
-            size += len(raw_name) + len(raw_value) + 4
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1").strip(" \t")
-            headers.append((name, value))
-            if name not in _FRAMING_FIELDS:
-                continue
-            if name == "host":
-                host_count += 1
-            elif name == "content-length":
-                if not value.isdigit() or (content_length is not None and int(value) != content_length):
-                    raise BadRequest("invalid Content-Length")
-                content_length = int(value)
-            elif name == "transfer-encoding":
-                codings = [c.strip().lower() for c in value.split(",")]
-                if codings[-1] != "chunked" or "chunked" in codings[:-1]:
-                    raise UnsupportedTransferCoding(f"transfer coding {value!r} is not supported")
-                if len(codings) > 1:
-                    raise UnsupportedTransferCoding("only the chunked transfer coding is supported")
-                chunked = True
-            elif name == "expect":
-                if value.lower() == "100-continue":
-                    expects_continue = True
-        if size > self.limits.max_header_bytes:
+        url = self._url
+        target = url[0] if len(url) == 1 else b"".join(url)
+        raw_method = parser.get_method()
+        raw_fields = tuple(self._headers)
+        fields = _FIELDS_MEMO.get(raw_fields)
+        if fields is None:
+            fields = _read_fields(raw_fields)  # (raises on bad fields: never memoised)
+            if fields[1] <= _FIELDS_MEMO_MAX_BYTES:
+                if len(_FIELDS_MEMO) >= _FIELDS_MEMO_MAX:
+                    _FIELDS_MEMO.clear()
+                _FIELDS_MEMO[raw_fields] = fields
+        pairs, size, host_count, content_length, chunked, expects_continue = fields
+        if size + len(raw_method) + len(target) + 12 > self.limits.max_header_bytes:
             raise HeadersTooLarge("request head exceeds max_header_bytes")
-        if target[:1] != b"/" and not valid_target(method.decode("ascii"), target.decode("latin-1")):
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        if target[:1] != b"/" and not valid_target(method, target.decode("latin-1")):
             raise BadRequest("invalid request-target")
         version = parser.get_http_version()
         if version == "1.1" and host_count != 1:
@@ -447,13 +478,10 @@ class H1Connection:
             raise BadRequest("more than one Host header")
         if content_length is not None and content_length > self.limits.max_body_bytes:
             raise PayloadTooLarge(f"declared body of {content_length} bytes exceeds the limit")
-        if chunked:
-            content_length = None
         self._parsed_chunked = chunked
         self._events.append(_request_head(
-            method.decode("ascii"), target.decode("latin-1"), headers, version,
-            parser.should_keep_alive(), content_length, chunked,
-            expects_continue and version != "1.0"))
+            method, target.decode("latin-1"), list(pairs), version, parser.should_keep_alive(),
+            content_length, chunked, expects_continue and version != "1.0"))
 
     def on_body(self, body: bytes) -> None:
         self._parsed_body_bytes += len(body)
@@ -505,6 +533,31 @@ class H1Connection:
             self.their_state = _THEIR_NEXT[(BODY, RequestEnd)]
             return True
         return False
+
+    def lone_request(self) -> RequestHead | None:
+        """The head of the next request if it is all there is to read, whole and without a body,
+        on a persistent connection between exchanges (what the shell may answer inline); None
+        otherwise. Takes nothing: ``next_event`` and ``end_without_body`` then take it."""
+        events = self._events
+        if (len(events) != 2 or events[1] is not _REQUEST_END or self.their_state is not IDLE
+                or self.our_state is not IDLE or self._parsing_head or not self.keep_alive):
+            return None
+        head = events[0]
+        if type(head) is not RequestHead or not head.keep_alive or head.has_body or head.expects_continue:
+            return None
+        return head
+
+    def take_lone_request(self, head: RequestHead) -> None:
+        """Take the request ``lone_request`` returned, head and end: what ``next_event`` and
+        ``end_without_body`` do with it, in one step."""
+        if self._events[0] is not head:
+            raise LocalProtocolError("take_lone_request without lone_request")
+        self._events.clear()
+        self.their_state = _THEIR_NEXT[(_THEIR_NEXT[(IDLE, RequestHead)], RequestEnd)]
+        self.request = head
+        self.body_consumed = 0
+        self.continue_sent = False
+        self.drain_before_next = False
 
     @property
     def head_in_progress(self) -> bool:
@@ -635,6 +688,36 @@ class H1Connection:
                    close: bool = False, prepared: PreparedFields | None = None) -> bytes:
         """A whole response with a body in memory: ``send_response`` + ``send_data`` +
         ``send_end`` in one call."""
+        req = self.request
+        if (prepared is not None and not close and self.keep_alive and self.their_state is DONE
+                and self.our_state is IDLE and req is not None and req.http_version == "1.1"
+                and not req.expects_continue and req.method != "HEAD" and 200 <= status <= 999
+                and status != 204 and status != 304 and not prepared.close):
+            # The common answer (a cache hit) on a persistent HTTP/1.1 connection whose request
+            # is read: what the general path below makes of it, without its branches.
+            declared = prepared.content_length
+            length = len(body)
+            if declared is None:
+                tail = f"content-length: {length}\r\n\r\n"
+            elif declared == length:
+                tail = "\r\n"
+            else:
+                raise LocalProtocolError(f"content-length {declared} but the body has {length} bytes")
+            if prepared.has_date:
+                if not prepared.has_server:
+                    tail = f"server: {SERVER_NAME}\r\n{tail}"
+            elif prepared.has_server:
+                tail = f"date: {http_date(self.clock.time())}\r\n{tail}"
+            else:
+                tail = _date_and_server(self.clock.time()) + tail
+            self.our_state = DONE
+            self._framing = _NONE
+            self._remaining = 0
+            self._head_request = False
+            try:
+                return (_status_line(status) + prepared.lines + tail).encode("latin-1") + body
+            except UnicodeEncodeError:
+                raise LocalProtocolError("response header fields must be latin-1") from None
         out = self.send_response(status, headers, body_length=len(body), close=close, prepared=prepared)
         if self.our_state is SEND_BODY:
             out += self.send_data(body) + self.send_end()

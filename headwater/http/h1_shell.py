@@ -41,8 +41,9 @@ from headwater.http.exchange import (
     split_target,
 )
 from headwater.http.guards import RateFloor
+from headwater.http.protocol_stream import INLINE_ANSWERED, INLINE_FED, ProtocolStream
 from headwater.http.transport import DISCONNECTS, RECV_BYTES, SocketStream
-from headwater.http.types import FileBody, Headers, Response, new_request
+from headwater.http.types import FileBody, Headers, Request, Response, new_request
 
 # A request body is read in pieces this large: every piece costs the parser, the body event and
 # the app's loop a round of Python (an S3 PUT's body read 64 KiB at a time spent more there than
@@ -148,6 +149,12 @@ class H1Shell:
         self.floor = (RateFloor(limits.min_body_rate_bytes_per_s, limits.min_body_rate_window_s)
                       if limits.min_body_rate_bytes_per_s else None)
         self.can_sendfile = stream is transport
+        # Answer lone requests inline (_inline) when the app can answer at once and the bytes
+        # come straight from the loop's transport (plain TCP on asyncio).
+        self.inline = (service.answers_now and stream is transport
+                       and isinstance(transport, ProtocolStream))
+        self.closed_inline = False
+        self.declined: tuple[h1.RequestHead, Request] | None = None
         if initial:
             self.conn.receive_data(initial)
 
@@ -217,14 +224,23 @@ class H1Shell:
                 break
             transport.read_deadline = deadline
             try:
-                data = await self.stream.receive(RECV_BYTES)
+                if self.inline and not header_phase:
+                    data = await transport.receive_unless_inline(  # type: ignore[union-attr]
+                        RECV_BYTES, self._inline)
+                else:
+                    data = await self.stream.receive(RECV_BYTES)
             except _READ_FAILURES:
                 data = b""
             finally:
                 transport.read_deadline = math.inf
             if transport.read_expired:
                 break
-            conn.receive_data(data)
+            if data is None:  # _inline took bytes into the parser and left the rest to us
+                if self.closed_inline:
+                    return None  # it answered a request whose response closes the connection
+                deadline = time.monotonic() + self.limits.idle_timeout_s  # (the peer just spoke)
+            else:
+                conn.receive_data(data)
             ev = conn.next_event()
             if ev is not h1.NEED_DATA:
                 return ev
@@ -239,6 +255,53 @@ class H1Shell:
             if isinstance(err, h1.RequestInvalid):
                 await self._send_simple(error_response(408))
         return None
+
+    def _inline(self, data: bytes) -> object:
+        """Offered each read while the connection waits between requests (from the loop's read
+        callback, ``ProtocolStream.receive_unless_inline``): a lone request without a body that
+        the app answers at once (``Service.answer_now``) is parsed, answered and written here,
+        the same bytes ``run`` would write for it, without waking the connection's task.
+        Anything else is left to ``run`` (INLINE_FED: the bytes are in the parser)."""
+        conn = self.conn
+        try:
+            conn.receive_data(data)
+            head = conn.lone_request()
+            if head is None:
+                return INLINE_FED
+            request = self._request(head, NO_BODY)
+            answer = self.service.answer_now(request)
+            if answer is None:
+                self.declined = (head, request)  # (_exchange's request for it: built once)
+                return INLINE_FED
+            conn.take_lone_request(head)
+            response, close = answer
+            try:
+                out = conn.send_whole(response.status, response.headers, response.body,  # type: ignore[arg-type]
+                                      close=close, prepared=response.prepared)
+            except LocalProtocolError:
+                log.exception("unsendable response to %s %s", head.method, head.target)
+                out = conn.send_whole(500, *_plain(error_response(500)), close=close)
+            sent = self.transport.write_now(out)  # type: ignore[union-attr]
+        except Exception:  # (nothing may escape into the loop's callback)
+            log.exception("answering inline failed")
+            sent = False
+        if not sent or not conn.keep_alive:
+            self.closed_inline = True
+            return INLINE_FED  # _wait_for_head ends the connection
+        conn.start_next_cycle()
+        self.transport.read_deadline = time.monotonic() + self.limits.idle_timeout_s
+        return INLINE_ANSWERED
+
+    def _request(self, head: h1.RequestHead, body: H1Body | NoBody) -> Request:
+        path, query = split_target(head.target)
+        fields = head.headers
+        host = ""
+        for name, value in fields:
+            if name == "host":
+                host = value
+                break
+        return new_request(head.method, head.target, path, query, Headers.from_lower(fields), body,
+                           head.http_version, self.scheme, self.client, self.local, host)
 
     async def _send_simple(self, response: Response) -> None:
         assert isinstance(response.body, bytes)
@@ -264,15 +327,11 @@ class H1Shell:
             body = H1Body(self, head, scope)
             if self.floor is not None:
                 self.floor.reset()
-        path, query = split_target(head.target)
-        fields = head.headers
-        host = ""
-        for name, value in fields:
-            if name == "host":
-                host = value
-                break
-        request = new_request(head.method, head.target, path, query, Headers.from_lower(fields), body,
-                              head.http_version, self.scheme, self.client, self.local, host)
+        declined, self.declined = self.declined, None
+        if declined is not None and declined[0] is head and body is NO_BODY:
+            request = declined[1]
+        else:
+            request = self._request(head, body)
         if scope is None:
             response, close = await self.service.run_app(request)
         else:

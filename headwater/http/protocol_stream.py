@@ -42,7 +42,7 @@ from headwater.config import KiB
 from headwater.http.errors import LocalProtocolError
 from headwater.http.transport import socket_attributes
 
-__all__ = ["ProtocolStream", "open_protocol_stream", "READ_BUFFER_BYTES"]
+__all__ = ["ProtocolStream", "open_protocol_stream", "READ_BUFFER_BYTES", "INLINE_ANSWERED", "INLINE_FED"]
 
 READ_BUFFER_BYTES = 64 * KiB
 SENDFILE_FALLBACK_BYTES = 256 * KiB
@@ -51,6 +51,8 @@ WRITE_LOW_BYTES = 16 * KiB
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
+INLINE_ANSWERED = "answered"
+INLINE_FED = "fed"
 
 
 async def open_protocol_stream(sock: socket.socket, send_timeout_s: float) -> ProtocolStream:
@@ -117,6 +119,9 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         self._read_waiters: list[asyncio.Future[None]] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._immediate = 0
+        # receive_unless_inline's: whom to offer input, and that it took some into its parser
+        self._inline: Callable[[bytes], object] | None = None
+        self._fed = False
         # the Watchdog's stamps, as on SocketStream
         self.read_deadline = math.inf
         self.read_expired = False
@@ -134,6 +139,17 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         transport.set_write_buffer_limits(WRITE_HIGH_BYTES, WRITE_LOW_BYTES)
 
     def data_received(self, data: bytes) -> None:
+        inline = self._inline
+        if inline is not None and not self._chunks and not self._writing_paused and not self.read_expired:
+            # The reader waits in receive_unless_inline and offered to take input right here
+            # (the HTTP/1.1 shell answering a lone request): no wake-up, no task switch.
+            taken = inline(data)
+            if taken is INLINE_ANSWERED:
+                return
+            if taken is INLINE_FED:
+                self._fed = True
+                self._wake_reader()
+                return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered >= READ_BUFFER_BYTES and not self._reading_paused:
@@ -179,7 +195,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
 
     async def _wait_readable(self) -> None:
         self._immediate = 0
-        while not self._chunks:
+        while not self._chunks and not self._fed:
             if self._closed:
                 raise anyio.ClosedResourceError
             if self._eof or self.read_expired:
@@ -216,6 +232,33 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
             self._reading_paused = False
             self._transport.resume_reading()  # type: ignore[union-attr]
         return data
+
+    async def receive_unless_inline(self, max_bytes: int,
+                                    inline: Callable[[bytes], object]) -> bytes | None:
+        """``receive``, with each piece of input that arrives meanwhile first offered to
+        ``inline`` (called from the loop's read callback, so it must not block): it answers
+        ``INLINE_ANSWERED`` (taken and dealt with: go on waiting), ``INLINE_FED`` (taken into the
+        caller's parser, which now has something to say: None is returned) or anything else (not
+        taken: the bytes are read as usual). Input arrives inline only while nothing is buffered
+        and the writer is not paused, so a peer that stops reading is answered no further."""
+        if not self._chunks:
+            self._inline = inline
+            try:
+                await self._wait_readable()
+            finally:
+                self._inline = None
+                fed, self._fed = self._fed, False  # (a plain receive never sees the flag)
+            if fed:
+                return None
+        return await self.receive(max_bytes)
+
+    def write_now(self, data: bytes) -> bool:
+        """Hand ``data`` to the transport without waiting (an inline answer); False if the
+        connection can no longer take it."""
+        if self._closed or self._lost or self.send_expired:
+            return False
+        self._transport.write(data)  # type: ignore[union-attr]
+        return True
 
     def _check_writable(self) -> asyncio.Transport:
         if self._closed:

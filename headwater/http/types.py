@@ -211,3 +211,8 @@ class Response:
 
 
 App = Callable[[Request], Awaitable[Response]]
+"""``async def app(request) -> Response``. An app may also have ``answer_now(request) -> Response
+| None``: the same answer given without waiting (a bytes body only), or None having done nothing
+(the core then awaits the app as usual). The HTTP/1.1 core on asyncio asks it first for a lone
+request without a body and writes its answer from the loop's read callback (``H1Shell._inline``);
+the edge's warm cache hits answer so."""

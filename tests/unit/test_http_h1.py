@@ -389,3 +389,96 @@ def test_new_request_is_the_request_the_keyword_constructor_makes() -> None:
     made = new_request(*args.values())
     assert made == Request(**args) and type(made) is Request
     assert [f for f in Request.__dataclass_fields__] == list(args)  # (new_request's order is the fields')
+
+
+_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n",  # its body unread
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+]
+
+
+@pytest.mark.parametrize("raw", _REQUESTS)
+@pytest.mark.parametrize("fields", _FIELD_SETS)
+@pytest.mark.parametrize("status, body", [(200, b"hello"), (404, b"hello"), (200, b"much longer"), (200, b"")])
+def test_send_whole_with_prepared_fields_is_the_three_calls(raw: bytes, fields, status: int, body: bytes) -> None:
+    """send_whole's shortcut for prepared fields: the bytes, the error and the connection state
+    that send_response + send_data + send_end give for the same request and fields."""
+    outs = []
+    for whole in (True, False):
+        conn = h1.H1Connection(clock=FakeClock(start=1_000_000_000.0))
+        conn.receive_data(raw)
+        for ev in events(conn):
+            if isinstance(ev, h1.RequestEnd):
+                break
+        try:
+            if whole:
+                out = conn.send_whole(status, fields, body, prepared=h1.prepare_fields(fields))
+            else:
+                out = conn.send_response(status, fields, body_length=len(body))
+                if conn.our_state is h1.SEND_BODY:
+                    out += conn.send_data(body) + conn.send_end()
+        except LocalProtocolError as e:
+            out = repr(e).encode()
+        outs.append((out, conn.keep_alive, conn.our_state, conn.drain_before_next,
+                     conn.our_state is h1.DONE and conn.keep_alive and conn.their_state is h1.DONE))
+    assert outs[0] == outs[1]
+
+
+def test_lone_request_is_a_whole_bodiless_request_and_nothing_more() -> None:
+    """What the shell may answer inline: one whole request without a body on a persistent
+    connection, nothing after it; lone_request takes nothing (next_event still hands it out)."""
+    lone = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn = h1.H1Connection()
+    conn.receive_data(lone)
+    head = conn.lone_request()
+    assert head is not None and head.target == "/a" and conn.lone_request() is head
+    assert conn.next_event() is head and conn.end_without_body() and conn.lone_request() is None
+    taken = h1.H1Connection()
+    taken.receive_data(lone)
+    taken.take_lone_request(taken.lone_request())  # the same as those two calls
+    assert [(c.their_state, c.request, c.has_buffered_events, c.keep_alive) for c in (conn, taken)] == [
+        (h1.DONE, head, False, True), (h1.DONE, head, False, True)]
+    conn.send_whole(200, [], b"x")
+    conn.start_next_cycle()
+    conn.receive_data(b"HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.lone_request().method == "HEAD"
+    for raw in (lone + lone,  # pipelined
+                b"GET /a HTTP/1.1\r\nHo",  # not whole
+                lone + b"GET /b HTTP/1.1\r\n",  # something after it
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz",  # a body
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # not persistent
+                b"GET /a HTTP/1.0\r\n\r\n",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+                b"GET /a HTTP/1.1\r\n\r\n",  # invalid
+                b"GARBAGE\r\n\r\n"):
+        conn = h1.H1Connection()
+        conn.receive_data(raw)
+        assert conn.lone_request() is None, raw
+
+
+def test_header_blocks_are_read_alike_from_the_memo_and_errors_never_memoised() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-A:  b \t\r\nCONTENT-length: 0\r\n\r\n"
+    heads = []
+    for _ in range(3):  # the first reads the fields, the others find them in the memo
+        conn = h1.H1Connection()
+        conn.receive_data(raw)
+        heads.append(conn.next_event())
+    assert heads[0] == heads[1] == heads[2]
+    assert heads[0].headers == [("host", "x"), ("x-a", "b"), ("content-length", "0")]
+    assert heads[0].headers is not heads[1].headers  # (each request its own list: apps may change it)
+    for _ in range(2):
+        conn = h1.H1Connection()
+        conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n")
+        assert isinstance(conn.next_event(), h1.RequestInvalid)
+    # The size limit counts the memoised fields too.
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 500 + b"\r\n\r\n"
+    for limit, ok in ((2000, True), (300, False), (2000, True)):
+        conn = h1.H1Connection(HttpLimits(max_header_bytes=limit))
+        conn.receive_data(big)
+        assert isinstance(conn.next_event(), h1.RequestHead) is ok
