@@ -89,6 +89,11 @@ class FragmentStream:
         self.bytes_read = 0
 
     @property
+    def buffered(self) -> int:
+        """Bytes held for a box not yet complete."""
+        return len(self._buf)
+
+    @property
     def movie(self) -> Movie | None:
         """The movie once its ``moov`` has been read."""
         return self._movie
