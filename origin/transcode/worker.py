@@ -248,7 +248,11 @@ class _Job:
                                              should_stop=self.stopping)
             except BaseException:
                 if follower is not None:
-                    follower.abort()
+                    try:
+                        follower.abort()
+                    except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
+                        log.warning("transcoder: job %s: packaging's abort failed: %s", self.job.id, e,
+                                    extra={"event": "transcode.abort_failed", "job": self.job.id})
                 raise
         if follower is not None:
             # Only the last fragment, the images and the manifests are left.
