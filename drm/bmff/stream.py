@@ -24,11 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from headwater.drm.bmff.box import MAX_HEADER, parse_header_prefix
-from headwater.drm.bmff.fragment import (
-    FragmentSample, TrackDefaults, read_fragments,
-)
-from headwater.drm.bmff.box import ByteReader, iter_boxes
+from headwater.drm.bmff.box import MAX_HEADER, ByteReader, iter_boxes, parse_header_prefix
+from headwater.drm.bmff.fragment import FragmentSample, TrackDefaults, read_fragments
 from headwater.drm.bmff.movie import Movie, MovieLimits, parse_moov
 from headwater.drm.errors import MalformedMedia, UnsupportedMedia
 
