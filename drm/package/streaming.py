@@ -50,6 +50,7 @@ class _TrackCutter:
         self.open_bytes = 0
         self.start_dts = 0
         self.waiting: deque[tuple[Sample, memoryview]] = deque()  # audio not yet placed
+        self.waiting_bytes = 0
         self.next_cut = 0                       # index into the lead video's cuts
         self.segments: list[SegmentInfo] = []
         self.durations: Counter[int] = Counter()
@@ -163,7 +164,13 @@ class StreamingPackager:
                 c.durations[s.duration] += 1
             if t.handler == b"soun" and self._lead is not None:
                 c.waiting.append((sample, data))
+                c.waiting_bytes += s.size
                 self._place_audio(c, final=False)
+                if c.waiting_bytes > self._seg.max_segment_bytes:
+                    # Held for the video's next cut: an input whose video stops (or lags far
+                    # behind) while its audio runs on is refused, not buffered without bound.
+                    raise UnsupportedMedia(f"{c.where}: over {self._seg.max_segment_bytes} bytes of audio "
+                                           "past the video's last keyframe")
             else:
                 self._by_own_keyframes(c, sample, data)
 
@@ -206,6 +213,7 @@ class StreamingPackager:
                 if cut:
                     self._close_segment(c)
             c.waiting.popleft()
+            c.waiting_bytes -= s.size
             self._add(c, s, data)
 
     def _add(self, c: _TrackCutter, s: Sample, data: memoryview) -> None:

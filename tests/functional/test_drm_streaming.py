@@ -250,3 +250,25 @@ def test_skipped_boxes_are_not_buffered_and_capped_ones_are_refused_on_their_hea
     s = FragmentStream(StreamLimits(max_mdat_bytes=1 << 20))
     with pytest.raises(UnsupportedMedia, match="mdat"):
         s.feed(struct.pack(">I4s", (1 << 20) + 9, b"mdat"))  # its header alone
+
+
+def test_audio_running_ahead_of_a_stalled_video_is_refused_not_buffered(media, tmp_path):
+    """The first fragment whole, then only the audio of the others (the packager's event
+    handler driven directly: a file like that is tedious to forge): the audio waits for a
+    video cut that never comes, up to the segment cap, then the input is refused."""
+    from dataclasses import replace
+
+    from headwater.drm.bmff.stream import SamplesRead
+
+    movie, *samples = FragmentStream().feed(media["h264", True].read_bytes())
+    assert all(isinstance(e, SamplesRead) for e in samples)
+    audio_id = max(e.track_id for e in samples)
+    packager = StreamingPackager(LocalFolderSink(tmp_path / "out", fsync=False), options())
+    packager._start(movie.movie)
+    for e in samples[:3]:  # the first fragment: 180p, 90p, audio
+        packager._samples(e)
+    packager._seg = replace(packager._seg, max_segment_bytes=10_000)
+    with pytest.raises(UnsupportedMedia, match="past the video's last keyframe"):
+        for e in samples[3:]:
+            if e.track_id == audio_id:
+                packager._samples(e)
