@@ -112,7 +112,7 @@ class StreamedLadder:
         self.path = path
         self.sink = sink
         self._keys = keys
-        self._options = dict(scheme=scheme, segment_seconds=segment_seconds, licence_url=licence_url)
+        self._scheme, self._segment_seconds, self._licence_url = scheme, segment_seconds, licence_url
         self.poll_s = poll_s
         self.chunk_bytes = chunk_bytes
         self._stop = threading.Event()
@@ -162,7 +162,9 @@ class StreamedLadder:
 
     def _make_packager(self) -> StreamingPackager:
         kid, key = self._keys.result()
-        return StreamingPackager(self.sink, package_options(key=key, kid=kid, **self._options))  # type: ignore[arg-type]
+        return StreamingPackager(self.sink, package_options(
+            scheme=self._scheme, key=key, kid=kid, segment_seconds=self._segment_seconds,
+            licence_url=self._licence_url))
 
     def _follow(self) -> None:
         try:
