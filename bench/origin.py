@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -548,6 +549,11 @@ _STEPS = (
     ("headwater.origin.transcode.worker", "collect_images", "sprites tiled + thumbnail track"),
     ("headwater.origin.transcode.worker", "fetch_title_key", "title key (key store or licence RPC)"),
     ("headwater.origin.transcode.worker", "package_title", "packaging + encryption"),
+    # Packaging while ffmpeg encodes: the follower thread's feeds are beside the critical path
+    # (overlapped); what is left when ffmpeg exits (finish: the last fragment, the images, the
+    # manifests) is on it.
+    ("headwater.origin.transcode.package:StreamedLadder", "finish", "packaging + encryption"),
+    ("headwater.drm.package.streaming:StreamingPackager", "feed", "packaging + encryption"),
     ("headwater.drm.package.s3sink:S3Sink", "put", "S3 PUTs of segments/images"),
     ("headwater.drm.package.s3sink:S3Sink", "commit", "S3 PUTs of manifests (commit)"),
     ("headwater.origin.transcode.objects:ObjectStore", "ensure_bucket", "catalogue + store calls"),
@@ -565,9 +571,12 @@ def _resolve(path: str) -> Any:
     return getattr(obj, cls) if cls else obj
 
 
-def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, *, rounds: int) -> tuple[
-        list[TranscodeRound], dict[str, Any]]:
-    """``rounds`` × (ffmpeg alone, the pipeline), alternating which goes first."""
+def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, *, rounds: int,
+                      package: str | None = None) -> tuple[list[TranscodeRound], dict[str, Any]]:
+    """``rounds`` × (ffmpeg alone, the pipeline), alternating which goes first. ``package``
+    ("while" or "after" the encode; default the config's ``stream_packaging``) picks the
+    worker's path, and ffmpeg alone writes the ladder the way that path's run does (fragmented
+    or progressive MP4)."""
     from headwater.config import load
     from headwater.origin.catalogue import TitleDraft, TitleState, open_catalogue
     from headwater.origin.daemon import store_settings
@@ -579,15 +588,19 @@ def measure_transcode(endpoint: Any, origin: OriginRun, clip: Path, work: Path, 
 
     cfg = load(origin.config)
     tc = cfg.transcoder
+    if package is not None:
+        tc = dataclasses.replace(tc, stream_packaging=package == "while")
     info = probe_file(tc.ffprobe, clip)
     rungs = plan_ladder(tc.ladder, info, tc.codecs)
     tc.scratch_dir.mkdir(parents=True, exist_ok=True)
     alone_out = tc.scratch_dir.parent / "alone-ladder.mp4"  # same filesystem as the worker's scratch
     argv = ladder_command(tc.ffmpeg, clip, alone_out, rungs, info, segment_seconds=tc.segment_seconds,
                           preset=tc.preset, audio_bitrate=tc.audio_bitrate, opus_bitrate=tc.opus_bitrate,
-                          vp9_deadline=tc.vp9_deadline, vp9_cpu_used=tc.vp9_cpu_used)
+                          vp9_deadline=tc.vp9_deadline, vp9_cpu_used=tc.vp9_cpu_used,
+                          fragmented=tc.stream_packaging)
     setup = {"argv": argv, "rungs": [asdict(r) for r in rungs], "duration_s": info.duration_s,
-             "clip_bytes": clip.stat().st_size, "scheme": tc.scheme, "preset": tc.preset}
+             "clip_bytes": clip.stat().st_size, "scheme": tc.scheme, "preset": tc.preset,
+             "package": "while" if tc.stream_packaging else "after"}
     _log("  ffmpeg: " + " ".join(argv[1:]))
 
     s3 = _s3(endpoint)
@@ -700,7 +713,9 @@ def render(rows: list[UploadRow], ceilings: list[Ceiling], rounds: list[Transcod
         rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']} {r['bitrate'] // 1000}k" for r in setup["rungs"])
         out.append("")
         out.append(f"Transcode of a {dur:g} s 1280x720 testsrc2+sine clip ({setup['clip_bytes'] / MB:.1f} MB) to "
-                   f"{rungs} + AAC; x264 {setup['preset']}; packaging {setup['scheme']}")
+                   f"{rungs} + AAC; x264 {setup['preset']}; packaging {setup['scheme']} "
+                   + ("while ffmpeg encodes (fragmented MP4, alone too)" if setup.get("package", "after") == "while"
+                      else "after the encode (progressive MP4)"))
         out.append(f"  {'round':<7}{'ffmpeg alone':>14}{'(x rt)':>8}{'CPU s':>8}{'pipeline':>11}{'(x rt)':>8}"
                    f"{'CPU s':>8}{'overhead':>10}{'CPU ovh':>9}  first")
         for i, r in enumerate(rounds):
@@ -752,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="FILE", type=Path, help="py-spy the origin during one more tus upload")
     p.add_argument("--no-upload", action="store_true")
     p.add_argument("--no-transcode", action="store_true")
+    p.add_argument("--package", choices=("while", "after"), default=None,
+                   help="package while ffmpeg encodes or after it (default: [transcoder] stream_packaging)")
     args = p.parse_args(argv)
     size = int(args.upload_size or (64 if args.quick else 256)) * MiB
     rounds = args.rounds or (1 if args.quick else 2)
@@ -791,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 clip = make_clip(args.cache, seconds=clip_s, ffmpeg=default_binary("ffmpeg"))
                 _log(f"transcode of {clip}, {rounds} round(s)")
-                rounds_out, setup = measure_transcode(endpoint, origin, clip, base, rounds=rounds)
+                rounds_out, setup = measure_transcode(endpoint, origin, clip, base, rounds=rounds,
+                                                      package=args.package)
     except PeerError as e:
         print(f"origin bench: {e}", file=sys.stderr)
         return 1

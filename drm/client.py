@@ -4,7 +4,8 @@ they import from here, so what the origin depends on is this page.
 Packaging (the transcoder): a title's content key (:func:`fetch_title_key`: from the licence
 daemon's ``keys.title`` RPC when ``[licence] rpc_port`` is set, so transcoders run on any host;
 otherwise from its key store opened directly, :func:`open_title_keys`, on the licence host only),
-and the packager's entry points and S3 sink.
+and the packager's entry points (a finished MP4, or a fragmented one followed while ffmpeg
+writes it: :class:`StreamingPackager`) and S3 sink.
 
 Playback (the origin's ``/api/titles/T/play``):
 
@@ -31,11 +32,12 @@ from .package.manifests import MASTER_NAME, MPD_NAME, in_hls, media_playlist_nam
 from .package.pipeline import PackageOptions, PackageResult, package_file, package_path
 from .package.s3sink import S3Sink, S3SinkError, S3Target
 from .package.segmenter import TrackOutput
+from .package.streaming import StreamingPackager
 from .package.sink import SegmentSink
 
 __all__ = ["fetch_title_key", "open_title_keys", "title_key", "licence_url", "EntitlementMinter", "ContentKey",
            "KeyStore", "DrmError", "PackageOptions", "PackageResult", "package_file", "package_path", "S3Sink",
-           "S3SinkError", "S3Target", "SegmentSink", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name",
+           "S3SinkError", "S3Target", "SegmentSink", "StreamingPackager", "TrackOutput", "MPD_NAME", "MASTER_NAME", "media_playlist_name",
            "in_hls"]
 
 

@@ -37,7 +37,7 @@ from .manifests import MASTER_NAME, MPD_NAME, ManifestProtection, check_hls, das
 from .segmenter import SegmenterOptions, TrackOutput, bandwidths, plan_periods, plan_segments, segment_file
 from .sink import SegmentSink
 
-__all__ = ["PackageOptions", "PackageResult", "package_file", "package_path", "SCHEMES"]
+__all__ = ["PackageOptions", "PackageResult", "package_file", "package_path", "put_manifests", "SCHEMES"]
 
 SCHEMES = ("none", "cenc", "cbcs", "aes128")
 
@@ -168,23 +168,31 @@ def package_file(f: BinaryIO, sink: SegmentSink, options: PackageOptions, *, fil
                               options=options.segmenter_options)
         if cipher is not None:
             tracks = tuple(_as_padded(t) for t in tracks)
-        protection = None if options.scheme == "none" else \
-            ManifestProtection(options.scheme, kids[0], options.licence_url, kids)
-        names: list[str] = []
-        if options.dash:
-            sink.put(MPD_NAME, dash_manifest(tracks, protection))
-            names.append(MPD_NAME)
-        if options.hls:
-            playlists = hls_manifests(tracks, protection, None if cipher is None else cipher.ivs)
-            # The master last: media playlists it names are in before it.
-            for name in sorted(playlists, key=lambda n: n == MASTER_NAME):
-                sink.put(name, playlists[name])
-                names.append(name)
+        names = put_manifests(sink, tracks, options, kids, None if cipher is None else cipher.ivs)
         sink.commit()
         return PackageResult(tracks, tuple(names))
     except BaseException:
         sink.abort()
         raise
+
+
+def put_manifests(sink: SegmentSink, tracks: tuple[TrackOutput, ...], options: PackageOptions,
+                  kids: tuple[bytes, ...], ivs: Any = None) -> list[str]:
+    """Put the DASH MPD and the HLS playlists ``options`` asks for, naming ``tracks`` (the
+    HLS master last: the media playlists it names are in before it); their names. ``kids``:
+    the KID of each key period; ``ivs``: the ``aes128`` files' IVs."""
+    protection = None if options.scheme == "none" else \
+        ManifestProtection(options.scheme, kids[0], options.licence_url, kids)
+    names: list[str] = []
+    if options.dash:
+        sink.put(MPD_NAME, dash_manifest(tracks, protection))
+        names.append(MPD_NAME)
+    if options.hls:
+        playlists = hls_manifests(tracks, protection, ivs)
+        for name in sorted(playlists, key=lambda n: n == MASTER_NAME):
+            sink.put(name, playlists[name])
+            names.append(name)
+    return names
 
 
 def package_path(path: str | os.PathLike[str], sink: SegmentSink, options: PackageOptions,

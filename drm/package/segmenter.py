@@ -43,7 +43,8 @@ from headwater.drm.package.sink import SegmentSink
 
 __all__ = [
     "TrackProtector", "SegmenterOptions", "SegmentInfo", "TrackOutput", "plan_segments",
-    "plan_periods", "segment_file", "segment_path", "bandwidths",
+    "plan_periods", "segment_file", "segment_path", "bandwidths", "init_segment_for", "write_segment",
+    "track_output",
 ]
 
 
@@ -321,7 +322,8 @@ def bandwidths(segments: Sequence[SegmentInfo], timescale: int) -> tuple[int, in
     return bandwidth, max(peak, bandwidth)
 
 
-def _init_for(track: Track, protector: TrackProtector | None) -> bytes:
+def init_segment_for(track: Track, protector: TrackProtector | None) -> bytes:
+    """``track``'s init segment, its sample entry protected by ``protector`` when there is one."""
     entry = track.sample_entry if protector is None else protector.sample_entry(track.sample_entry)
     return init_segment(InitTrack(track_id=track.track_id, handler=track.handler,
                                   timescale=track.timescale, sample_entry=entry,
@@ -329,6 +331,37 @@ def _init_for(track: Track, protector: TrackProtector | None) -> bytes:
                                   height=track.height,
                                   presentation_offset=track.presentation_offset),
                         moov_extra=b"" if protector is None else protector.pssh_boxes())
+
+
+def write_segment(sink: SegmentSink, track: Track, number: int, batch: Sequence[Sample],
+                  data: Sequence[bytes | memoryview], protector: TrackProtector | None,
+                  options: SegmenterOptions) -> SegmentInfo:
+    """Segment ``number`` of ``track`` (``<kind>-<id>/seg-<number>.m4s``): the samples ``batch``
+    (only their timing and sync flags are used) with their bytes ``data``, encrypted through
+    ``protector`` when there is one, put into ``sink``."""
+    aux: list[Any] = []
+    if protector is not None:
+        encrypted = []
+        for d in data:
+            sealed, info = protector.encrypt(bytes(d))
+            encrypted.append(sealed)
+            aux.append(info)
+        data = encrypted
+    entries = [FragmentSample(s.duration, len(d), sample_flags(s.sync), s.cts_offset)
+               for s, d in zip(batch, data)]
+    traf_extra = None
+    if protector is not None:
+        def traf_extra(at: int, aux: list[Any] = aux, protector: TrackProtector = protector) -> bytes:
+            return protector.traf_boxes(aux, at)
+    segment = media_segment(sequence_number=number, track_id=track.track_id,
+                            base_decode_time=batch[0].dts, samples=entries, data=data,
+                            traf_extra=traf_extra, styp=options.styp)
+    name = f"{track.kind}-{track.track_id}/seg-{number}.m4s"
+    sink.put(name, segment)
+    return SegmentInfo(
+        number=number, name=name, decode_time=batch[0].dts,
+        presentation_time=min(s.dts + s.cts_offset for s in batch) - track.presentation_offset,
+        duration=sum(s.duration for s in batch), size=len(segment), sample_count=len(batch))
 
 
 def _write_track(f: BinaryIO, track: Track, starts: Sequence[int], sink: SegmentSink,
@@ -342,8 +375,7 @@ def _write_track(f: BinaryIO, track: Track, starts: Sequence[int], sink: Segment
     init_names = []
     for n, protector in enumerate(protectors, 1):
         init_names.append(f"{folder}/p{n}/init.mp4" if rotating else f"{folder}/init.mp4")
-        sink.put(init_names[-1], _init_for(track, protector))
-    init_name = init_names[0]
+        sink.put(init_names[-1], init_segment_for(track, protector))
     # segment index (0-based) -> the protector of the period it is in
     period_of = [0] * (len(starts))
     for p, first in enumerate(period_starts):
@@ -353,43 +385,27 @@ def _write_track(f: BinaryIO, track: Track, starts: Sequence[int], sink: Segment
     bounds = list(starts) + [track.tables.count]
     segments = []
     for number, (lo, hi) in enumerate(zip(bounds, bounds[1:]), 1):
-        protector = protectors[period_of[number - 1]]
         batch = list(itertools.islice(samples, hi - lo))
-        data: Sequence[bytes | memoryview] = _read_samples(f, batch)
-        aux: list[Any] = []
-        if protector is not None:
-            encrypted = []
-            for d in data:
-                sealed, info = protector.encrypt(bytes(d))
-                encrypted.append(sealed)
-                aux.append(info)
-            data = encrypted
-        entries = [FragmentSample(s.duration, len(d), sample_flags(s.sync), s.cts_offset)
-                   for s, d in zip(batch, data)]
-        traf_extra = None
-        if protector is not None:
-            def traf_extra(at: int, aux: list[Any] = aux,
-                           protector: TrackProtector = protector) -> bytes:
-                return protector.traf_boxes(aux, at)
-        segment = media_segment(sequence_number=number, track_id=track.track_id,
-                                base_decode_time=batch[0].dts, samples=entries, data=data,
-                                traf_extra=traf_extra, styp=options.styp)
-        name = f"{folder}/seg-{number}.m4s"
-        sink.put(name, segment)
-        segments.append(SegmentInfo(
-            number=number, name=name, decode_time=batch[0].dts,
-            presentation_time=min(s.dts + s.cts_offset for s in batch) - track.presentation_offset,
-            duration=sum(s.duration for s in batch), size=len(segment),
-            sample_count=len(batch)))
+        segments.append(write_segment(sink, track, number, batch, _read_samples(f, batch),
+                                      protectors[period_of[number - 1]], options))
+    return track_output(track, segments, init_names=init_names, protectors=protectors,
+                        period_starts=period_starts, frame_rate=track.frame_rate)
+
+
+def track_output(track: Track, segments: Sequence[SegmentInfo], *, init_names: Sequence[str],
+                 protectors: Sequence[TrackProtector | None], period_starts: Sequence[int],
+                 frame_rate: Fraction | None) -> TrackOutput:
+    """What was written for ``track``, for the manifests."""
+    folder = f"{track.kind}-{track.track_id}"
     duration = sum(s.duration for s in segments)
     bandwidth, peak = bandwidths(segments, track.timescale)
     return TrackOutput(
         track_id=track.track_id, kind=track.kind, codec=track.codec, timescale=track.timescale,
-        language=track.language, init_name=init_name,
+        language=track.language, init_name=init_names[0],
         segment_template=f"{folder}/seg-$Number$.m4s", segments=tuple(segments),
         duration=duration, bandwidth=bandwidth, peak_bandwidth=peak,
         presentation_offset=track.presentation_offset, width=track.width, height=track.height,
-        frame_rate=track.frame_rate, sample_rate=track.sample_rate, channels=track.channels,
+        frame_rate=frame_rate, sample_rate=track.sample_rate, channels=track.channels,
         protected=protectors[0] is not None, period_starts=tuple(period_starts),
         period_inits=tuple(init_names),
         period_kids=tuple(getattr(p, "kid", b"") for p in protectors if p is not None))

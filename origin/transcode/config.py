@@ -14,6 +14,9 @@ Keys (every default here)::
     max_source_size    a larger upload is refused as bad input ("50GiB")
     scheme             "cbcs" (default: FairPlay-compatible, Widevine, PlayReady) | "cenc" | "none"
     segment_seconds    CMAF segment duration = the fixed GOP of every rung (2)
+    stream_packaging   package while ffmpeg encodes (true): the ladder is written as fragmented
+                       MP4 and each segment is encrypted and PUT as soon as ffmpeg has written
+                       it; false packages the finished progressive MP4 after the run
     preset             x264 preset ("veryfast")
     audio_bitrate      AAC bitrate ("128k"), one audio track for every rung
     codecs             the video codecs every rung is made in: ["h264"] (default), or
@@ -118,6 +121,7 @@ class TranscoderConfig:
     max_source_bytes: int = 50 * GiB
     scheme: str = "cbcs"
     segment_seconds: int = 2
+    stream_packaging: bool = True
     preset: str = "veryfast"
     audio_bitrate: int = 128_000
     codecs: tuple[str, ...] = ("h264",)
@@ -142,7 +146,7 @@ class TranscoderConfig:
 
 
 _KEYS = {"id", "host", "admin_port", "data_dir", "workers", "scratch_dir", "ffmpeg", "ffprobe", "lease_seconds",
-         "heartbeat_seconds", "poll_seconds", "job_timeout_seconds", "max_source_size", "scheme",
+         "heartbeat_seconds", "poll_seconds", "job_timeout_seconds", "max_source_size", "scheme", "stream_packaging",
          "segment_seconds", "preset", "audio_bitrate", "poster_at", "thumbnail_seconds", "thumbnail_width",
          "ladder", "codecs", "vp9_deadline", "vp9_cpu_used", "opus_bitrate"}
 _RUNG_KEYS = {"name", "height", "bitrate", "codecs", "vp9_bitrate"}
@@ -250,6 +254,7 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
         lease_s=lease, heartbeat_s=heartbeat, poll_s=r.positive(item, "poll_seconds", p, 2.0),
         job_timeout_s=r.positive(item, "job_timeout_seconds", p, 21600.0),
         max_source_bytes=r.size(item, "max_source_size", p, 50 * GiB), scheme=scheme, segment_seconds=segment,
+        stream_packaging=r.get(item, "stream_packaging", p, bool, True),
         preset=preset, audio_bitrate=audio, codecs=codecs, vp9_deadline=deadline, vp9_cpu_used=cpu_used,
         opus_bitrate=_bitrate(r, item, "opus_bitrate", p, "96k"), poster_at=poster_at,
         thumbnail_s=r.positive(item, "thumbnail_seconds", p, 10.0), thumbnail_width=width,

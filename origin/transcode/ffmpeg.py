@@ -40,9 +40,16 @@ from ..errors import TranscodeFailed
 from .ladder import PlannedRung, gop_frames
 from .probe import SourceInfo
 
-__all__ = ["ladder_command", "ImageOutputs", "sprite_command", "every_interval", "first_at", "ProgressParser", "run_ffmpeg", "Stopped", "STDERR_TAIL_BYTES"]
+__all__ = ["FRAGMENTED_MOVFLAGS", "ladder_command", "ImageOutputs", "sprite_command", "every_interval", "first_at", "ProgressParser", "run_ffmpeg", "Stopped", "STDERR_TAIL_BYTES"]
 
 STDERR_TAIL_BYTES = 4096
+#: The ladder as fragmented MP4: a fragment (``moof`` + ``mdat``, every track) cut at each
+#: keyframe, i.e. at every segment boundary (the GOP is the segment); ``delay_moov`` writes the
+#: ``moov`` with the first fragment, once ffmpeg knows the edit lists (the AAC priming, the
+#: B-frame delay), so the presentation offsets are the progressive MP4's; sample data offsets
+#: relative to each ``moof``, as CMAF has them. ffmpeg writes each fragment whole and never
+#: seeks back before ``mfra`` at the end.
+FRAGMENTED_MOVFLAGS = "+frag_keyframe+delay_moov+default_base_moof"
 MAX_PROGRESS_LINE = 1024
 
 
@@ -88,11 +95,13 @@ def first_at(at_s: float) -> str:
 def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[PlannedRung], info: SourceInfo, *,
                    segment_seconds: int, preset: str, audio_bitrate: int, opus_bitrate: int = 96_000,
                    vp9_deadline: str = "good", vp9_cpu_used: int = 4,
-                   images: ImageOutputs | None = None) -> list[str]:
+                   images: ImageOutputs | None = None, fragmented: bool = False) -> list[str]:
     """One ffmpeg run: ``source`` → ``out``, an MP4 with one video track per rendition (in
     ``rungs``' order, each in its codec) and the first audio stream as stereo AAC, and as
     stereo Opus too when a rendition is VP9; every rendition with the same fixed GOP. With
-    ``images``, the poster and the thumbnail sprites too, from the same decoded frames."""
+    ``images``, the poster and the thumbnail sprites too, from the same decoded frames. With
+    ``fragmented``, the MP4 is written as it is encoded (:data:`FRAGMENTED_MOVFLAGS`), so
+    the packager can follow it."""
     n = len(rungs)
     gop = gop_frames(info.frame_rate, segment_seconds)
     # Per rung, the labels its scaled frames go to: its encoder, then any image chain.
@@ -141,7 +150,10 @@ def ladder_command(ffmpeg: str, source: Path, out: Path, rungs: Sequence[Planned
         if opus:
             argv += ["-c:a:1", "libopus", "-b:a:1", str(opus_bitrate), "-ar:a:1", "48000"]
         argv += ["-ac", "2"]
-    argv += ["-map_metadata", "-1", "-sn", "-dn", "-f", "mp4", str(out)]
+    argv += ["-map_metadata", "-1", "-sn", "-dn"]
+    if fragmented:
+        argv += ["-movflags", FRAGMENTED_MOVFLAGS]
+    argv += ["-f", "mp4", str(out)]
     if images is not None:
         # Options before an output file are that file's own: these touch neither the MP4 nor
         # each other. ``-update 1``: the poster's later frame overwrites its first.

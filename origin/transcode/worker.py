@@ -5,12 +5,16 @@ One job, step by step (the title's progress in brackets)::
 
     lease → title transcoding (0) → fetch the upload to scratch → ffprobe → ffmpeg: the ladder
     MP4, the poster and the thumbnails in one run (0.05 → 0.85, heartbeats; the title's key
-    fetched and the bucket made meanwhile) → the sprites tiled, the thumbnail track → package
-    into titles/T/vN/ (0.9) → title packaged → publish: complete(lease, published, renditions)
+    fetched and the bucket made meanwhile, and each segment packaged into titles/T/vN/ as
+    ffmpeg writes it) → the sprites tiled, the thumbnail track → the last segments, the images
+    and the manifests (0.9) → title packaged → publish: complete(lease, published, renditions)
 
-Only ffmpeg's run is long; what can wait on it does (the key, the bucket) and what could be a
-second decode after it (poster, sprites) is an output of it, so the steps after ffmpeg are the
-packaging and its PUTs.
+Only ffmpeg's run is long; what can wait on it does (the key, the bucket), what could be a
+second decode after it (poster, sprites) is an output of it, and the packaging and its PUTs
+follow the ladder file as ffmpeg writes it (fragmented MP4, :class:`~.package.StreamedLadder`),
+so after ffmpeg only the last fragment's segments, the images and the manifests are left. With
+``[transcoder] stream_packaging = false`` the ladder is a progressive MP4 packaged after the
+run instead (the log's ``transcode.packaged`` event says which path a title took).
 
 Idempotency and fencing: every attempt writes under its own version prefix
 ``titles/T/v<job id>-<attempt>/``, so two attempts never write the same object, and an attempt
@@ -47,7 +51,7 @@ from .config import TranscoderConfig
 from .ffmpeg import Stopped, ladder_command, run_ffmpeg
 from .ladder import plan_ladder
 from .objects import ObjectStore
-from .package import TickingSink, package_title, renditions_of
+from .package import StreamedLadder, TickingSink, package_title, renditions_of
 from .poster import collect_images, image_outputs, sprite_track, thumbnail_grid
 from .probe import probe_file
 
@@ -210,27 +214,58 @@ class _Job:
         images = image_outputs(work / "images", grid, poster_at_s=info.duration_s * cfg.poster_at,
                                sprites_from=sprite_track([(r.width, r.codec) for r in rungs], cfg.thumbnail_width))
         ladder_mp4 = work / "ladder.mp4"
+        streamed = cfg.stream_packaging
         argv = ladder_command(cfg.ffmpeg, source, ladder_mp4, rungs, info, segment_seconds=cfg.segment_seconds,
                               preset=cfg.preset, audio_bitrate=cfg.audio_bitrate, opus_bitrate=cfg.opus_bitrate,
-                              vp9_deadline=cfg.vp9_deadline, vp9_cpu_used=cfg.vp9_cpu_used, images=images)
-        # The key and the bucket while ffmpeg runs (a thread of its own: this one keeps the
-        # heartbeats); a failure of either is raised after the run, as it would have been.
-        with ThreadPoolExecutor(1, thread_name_prefix="transcode-prepare") as prepare:
-            prepared = prepare.submit(self._prepare_publish, objects, bucket)
-            run_ffmpeg(argv, duration_s=info.duration_s, frame_rate=float(info.frame_rate),
-                       timeout_s=cfg.job_timeout_s, should_stop=self.stopping,
-                       tick=lambda p: self.beat(None if p is None else 0.05 + 0.8 * p))
-            kid, key = prepared.result()
-        source.unlink()
-        self.beat(0.85)
-        image_files = collect_images(cfg.ffmpeg, images, grid, info.duration_s, timeout_s=cfg.job_timeout_s,
-                                     should_stop=self.stopping)
+                              vp9_deadline=cfg.vp9_deadline, vp9_cpu_used=cfg.vp9_cpu_used, images=images,
+                              fragmented=streamed)
         s = w.store
         sink = S3Sink(S3Target(endpoint=s.endpoint, bucket=bucket, prefix=self.prefix, access_key=s.access_key,
                                secret_key=s.secret_key, region=s.region), ssl_context=s.ssl_context)
-        result = package_title(ladder_mp4, TickingSink(sink, lambda: self.beat(0.9)), images=image_files,
-                               scheme=cfg.scheme, key=key, kid=kid, segment_seconds=cfg.segment_seconds,
-                               licence_url=licence_url(w.cluster) if cfg.scheme != "none" else None)
+        lic = licence_url(w.cluster) if cfg.scheme != "none" else None
+        # The key and the bucket while ffmpeg runs (a thread of its own: this one keeps the
+        # heartbeats); a failure of either is raised after the run, as it would have been (or,
+        # packaging while encoding, stops the run: the packager needs them).
+        with ThreadPoolExecutor(1, thread_name_prefix="transcode-prepare") as prepare:
+            prepared = prepare.submit(self._prepare_publish, objects, bucket)
+            follower = StreamedLadder(ladder_mp4, sink, prepared, scheme=cfg.scheme,
+                                      segment_seconds=cfg.segment_seconds, licence_url=lic) if streamed else None
+
+            def tick(p: float | None) -> None:
+                if follower is not None:
+                    follower.check()
+                self.beat(None if p is None else 0.05 + 0.8 * p)
+
+            try:
+                if follower is not None:
+                    follower.start()
+                run_ffmpeg(argv, duration_s=info.duration_s, frame_rate=float(info.frame_rate),
+                           timeout_s=cfg.job_timeout_s, should_stop=self.stopping, tick=tick)
+                kid, key = prepared.result()
+                source.unlink()
+                self.beat(0.85)
+                image_files = collect_images(cfg.ffmpeg, images, grid, info.duration_s, timeout_s=cfg.job_timeout_s,
+                                             should_stop=self.stopping)
+            except BaseException:
+                if follower is not None:
+                    try:
+                        follower.abort()
+                    except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
+                        log.warning("transcoder: job %s: packaging's abort failed: %s", self.job.id, e,
+                                    extra={"event": "transcode.abort_failed", "job": self.job.id})
+                raise
+        if follower is not None:
+            # Only the last fragment, the images and the manifests are left.
+            result = follower.finish(image_files, tick=lambda: self.beat(0.9))
+            log.info("transcoder: job %s packaged while encoding (%d of %d bytes of the ladder before ffmpeg "
+                     "exited)", self.job.id, follower.bytes_while_encoding, follower.bytes_read,
+                     extra={"event": "transcode.packaged", "job": self.job.id, "path": "streamed"})
+        else:
+            result = package_title(ladder_mp4, TickingSink(sink, lambda: self.beat(0.9)), images=image_files,
+                                   scheme=cfg.scheme, key=key, kid=kid, segment_seconds=cfg.segment_seconds,
+                                   licence_url=lic)
+            log.info("transcoder: job %s packaged after the encode", self.job.id,
+                     extra={"event": "transcode.packaged", "job": self.job.id, "path": "after"})
         renditions = renditions_of(result, rungs, self.prefix)
         w.catalogue.move_title(self.lease, TitleState.PACKAGED)
         # The publish: fenced, one transaction. LeaseLost here leaves the title to the new holder.

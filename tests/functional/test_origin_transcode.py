@@ -9,7 +9,8 @@ source's picture (SSIM against the source, which a wrong key fails), and nothing
 outside ``titles/T/v<job>-<attempt>/``. A corrupt upload fails its title with ffprobe's reason
 and publishes nothing. A worker SIGKILLed mid-job (with its ffmpeg) loses the job when its
 lease expires; the restarted worker takes it as attempt 2, deletes the dead attempt's objects
-and publishes one version.
+and publishes one version. Every title here is packaged while ffmpeg encodes (the default),
+but the last, packaged after the run with ``stream_packaging = false``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from headwater.bench.origin import set_key
 from headwater.config import load
 from headwater.drm.client import open_title_keys
 from headwater.origin.catalogue import JobState, TitleDraft, TitleState, open_catalogue
@@ -274,3 +276,28 @@ def test_the_store_down_mid_job_costs_an_attempt_and_the_title_is_published_once
     prefix = f"titles/{title_id}/v{job_id}-{job.attempts}/"
     stored = keys_under(s3, f"titles/{title_id}/")
     assert stored and all(k.startswith(prefix) for k in stored), stored
+
+
+def test_with_stream_packaging_off_the_finished_mp4_is_packaged_after_the_run(setup, cluster, s3):
+    """The default path packages each segment while ffmpeg encodes (every test above took it);
+    ``stream_packaging = false`` keeps the old one, the progressive MP4 packaged after the run,
+    with the same files published."""
+    cfg, catalogue, clip, worker = setup
+    assert "packaged while encoding" in worker.tail()  # the earlier titles' path
+    worker.kill()
+    text = cluster.config_path.read_text()
+    cluster.config_path.write_text(set_key(text, "transcoder", "stream_packaging", "false"))
+    try:
+        worker.start()
+        title_id, job_id = submit(s3, catalogue, "after-the-run", clip.read_bytes())
+        title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker)
+        assert title.state is TitleState.PUBLISHED, title.error
+        assert "packaged after the encode" in worker.tail()
+        prefix = f"titles/{title_id}/v{job_id}-1/"
+        stored = {k.removeprefix(prefix) for k in keys_under(s3, f"titles/{title_id}/")}
+        assert {"manifest.mpd", "master.m3u8", "poster.jpg", "thumbs/thumbs.vtt", "video-1/init.mp4",
+                "video-2/seg-6.m4s"} <= stored
+        assert {r.name for r in title.renditions} == {"dash", "hls", "180p", "90p", "audio"}
+    finally:
+        worker.kill()
+        cluster.config_path.write_text(text)

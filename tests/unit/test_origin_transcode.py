@@ -109,6 +109,12 @@ def test_ladder_command_maps_every_rung_with_aligned_keyframes():
     assert argv[argv.index("-force_key_frames") + 1] == "expr:gte(t,n_forced*2)"
     assert argv[argv.index("-b:v:1") + 1] == "300000" and argv[argv.index("-b:a:0") + 1] == "96000"
     assert argv[argv.index("-progress") + 1] == "pipe:1" and argv[-1] == "out.mp4"
+    assert "-movflags" not in argv
+    # Packaging while encoding: the same command, the MP4 fragmented at each keyframe.
+    frag = ladder_command("ffmpeg", Path("in"), Path("out.mp4"), rungs, source(1280, 720), segment_seconds=2,
+                          preset="veryfast", audio_bitrate=96_000, fragmented=True)
+    assert frag[-5:] == ["-movflags", "+frag_keyframe+delay_moov+default_base_moof", "-f", "mp4", "out.mp4"]
+    assert frag[:-5] == argv[:-3]
     silent = ladder_command("ffmpeg", Path("in"), Path("o"), rungs[:1], source(audio=False), segment_seconds=4,
                             preset="fast", audio_bitrate=96_000)
     assert "0:a:0" not in silent and "-c:a" not in silent
@@ -196,6 +202,8 @@ def test_reader_defaults_and_a_ladder():
                        'bitrate = 800000\n')
     t = cfg.transcoder
     assert (t.workers, t.lease_s, t.heartbeat_s, t.scheme, t.segment_seconds) == (2, 8.0, 2.0, "cbcs", 2)
+    assert t.stream_packaging is True
+    assert loads(BASE + "[transcoder]\nstream_packaging = false\n").transcoder.stream_packaging is False
     assert t.ladder == (Rung(name="big", height=360, bitrate=800_000), Rung(name="small", height=180, bitrate=300_000))
     assert t.scratch_dir == t.data_dir / "scratch" and t.port_keys == ("admin_port",)
 
@@ -203,6 +211,7 @@ def test_reader_defaults_and_a_ladder():
 @pytest.mark.parametrize("body,key", [
     ("scheme = \"aes128\"\n", "transcoder.scheme"),
     ("workers = 0\n", "transcoder.workers"),
+    ("stream_packaging = 1\n", "transcoder.stream_packaging"),
     ("heartbeat_seconds = 40\n", "transcoder.heartbeat_seconds"),
     ("[[transcoder.ladder]]\nname = \"x\"\nheight = 181\nbitrate = \"1M\"\n", "transcoder.ladder[0].height"),
     ("[[transcoder.ladder]]\nname = \"dash\"\nheight = 180\nbitrate = \"1M\"\n", "transcoder.ladder[0].name"),
