@@ -278,11 +278,29 @@ class SqlCatalogue(ABC):
                     break
                 lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
 
+        # Per group, its one list when the group's score of a title is that list's weighted
+        # impact (one list of exactly its titles: not a prefix's 3-letter superset list): a title
+        # read there needs no lookup of that group.
+        sole: list[str | None] = []
+        for gi, g in enumerate(groups):
+            own = [x for x in cursors if x.group == gi]
+            sole.append(own[0].word if len(own) == 1 and (
+                not own[0].word.startswith("*") or len(g.alternatives[0]) <= PREFIX_LENGTHS[-1]) else None)
         while True:
             live = [c for c in cursors if not c.exhausted]
             if not live:
                 break
             c = max(live, key=lambda c: c.weight * c.frontier)
+            if c.flat and n_groups > 1:
+                # The list whose next posting could score the most (TA's pick) stands on a
+                # plateau of equal impacts (a word alone in every 2-word title's title field):
+                # its frontier, and so the walk's bound, may not move for thousands of postings,
+                # while another group's list falls in a few dozen; that group is read first, then
+                # this list again (its batch doubled), so neither waits on the other.
+                others = [x for x in live if x.group != c.group]
+                if others:
+                    c.flat = False
+                    c = max(others, key=lambda c: c.weight * c.frontier)
             batch = c.batch
             c.batch *= 2
             after, aparams = "", []
@@ -300,12 +318,14 @@ class SqlCatalogue(ABC):
                                "ORDER BY p.impact DESC, p.title_id DESC",
                                (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
             walked += len(read)
+            before = c.frontier
             if len(read) < batch:
                 c.exhausted, c.frontier = True, 0.0
             if read:
                 c.after = (float(read[-1][1]), int(read[-1][0]))
                 if not c.exhausted:
                     c.frontier = float(read[-1][1])
+            c.flat = c.frontier == before
             if single:
                 # One group whose lists each hold exactly its titles: a title's score is the best
                 # of its postings, so no lookup is needed. A title's best read so far is its score
@@ -328,20 +348,18 @@ class SqlCatalogue(ABC):
             # still hold (the title is in none of what they have read).
             others = sum(bounds) - bounds[c.group]
             floor = -1.0 if kth is None else kth - _EPSILON
-            fresh = []
+            fresh: dict[int, float] = {}
             for r in read:
                 if r[2] and int(r[0]) not in seen:
                     tid = int(r[0])
                     seen.add(tid)
                     v = c.weight * float(r[1])
                     if (v if v > bounds[c.group] else bounds[c.group]) + others >= floor:
-                        fresh.append(tid)
+                        fresh[tid] = v
             if fresh:
-                # A superset list (a prefix past three letters) holds titles its group lacks.
-                exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
-                found = self._looked_up(tx, lookup, n_groups, fresh) if lookup is not None else \
-                    self._scored(tx, groups, weights, prefix_weight, fresh, None,
-                                 held=c.group if exact_list else None, order=by_size)
+                known = c.group if sole[c.group] == c.word else None
+                found = self._looked_up(tx, lookup, n_groups, fresh, known) if lookup is not None else \
+                    self._walk_scored(tx, groups, weights, prefix_weight, fresh, known)
                 for tid, score in found:
                     top.offer(tid, score)
             kth = top.kth()
@@ -352,18 +370,26 @@ class SqlCatalogue(ABC):
         return top.ranked()[:k]
 
     def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
-                   ids: list[int]) -> list[tuple[int, float]]:
+                   ids: list[int] | dict[int, float], known: int | None = None) -> list[tuple[int, float]]:
         """(title id, score) of the titles ``ids`` holding every group, from their postings of
         the words in ``lookup`` (word → its groups and weights): a group scores its best weighted
-        impact, the score is the groups' sum (in group order, as :meth:`_scored` adds them)."""
+        impact, the score is the groups' sum (in group order, as :meth:`_scored` adds them).
+        With ``known``, ``ids`` maps each title to its score in that group (the list the walk
+        read), whose words are not looked up."""
+        words = [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)]
+        if not words:
+            # Every other group has no word: only a lone group's titles can match.
+            return list(ids.items()) if n_groups == 1 and isinstance(ids, dict) else []
         per: dict[int, list[float]] = {}
         for tid, word, impact in tx.rows(
                 f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
-                f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(lookup))})",
-                (json.dumps(ids), *lookup)):
+                f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(words))})",
+                (json.dumps(list(ids)), *words)):
             got = per.get(tid)
             if got is None:
                 got = per[tid] = [0.0] * n_groups
+                if known is not None:
+                    got[known] = ids[tid]  # type: ignore[index]
             for gi, weight in lookup[word]:
                 v = weight * impact
                 if v > got[gi]:
@@ -441,6 +467,40 @@ class SqlCatalogue(ABC):
         return [(int(r[0]), float(r[1])) for r in tx.rows(
             f"SELECT d.id, {' + '.join(cols)} AS score FROM ({source}) d{where}{tail}",
             (*cargs, *sargs, *kargs, *([k] if k is not None else [])))]
+
+    def _walk_scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]],
+                     prefix_weight: list[float], fresh: dict[int, float], known: int | None) -> list[tuple[int, float]]:
+        """(title id, score) of the titles ``fresh`` (title → its weighted impact in the list
+        read) that match every group, for the walk: one primary-key probe per title and group
+        (but group ``known``, whose score is that weighted impact), each the group's best
+        weighted impact or NULL when the title lacks it; a title with a NULL drops out. Summed
+        here in group order, as :meth:`_scored`'s SQL adds them. (The walk used :meth:`_scored`,
+        which checks every group's presence first and then scores each: twice the probes for
+        the titles that match, and the walk's lookups were most of a long walk's time.)"""
+        cols, cargs = [], []
+        for gi in range(len(groups)):
+            if gi == known:
+                continue
+            match, args = self._alternatives(groups, weights, prefix_weight, gi, "q.word")
+            ws = sorted(weights[gi].items())
+            weight = ("CASE q.word" + " WHEN ? THEN ?" * len(ws) + " ELSE ? END") if ws else "?"
+            cols.append(f"(SELECT max(({weight}) * q.impact) FROM search_postings q{self.postings_by_title} "
+                        f"WHERE q.title_id = d.id AND ({match}))")
+            cargs += [x for pair in ws for x in pair] + [prefix_weight[gi]] + args
+        if not cols:
+            return list(fresh.items())
+        out = []
+        for r in tx.rows(f"SELECT d.id, {', '.join(cols)} FROM (SELECT value AS id FROM ({self.json_ints}) x) d",
+                         (*cargs, json.dumps(list(fresh)))):
+            if None in r:
+                continue
+            tid = int(r[0])
+            vals = iter(r[1:])
+            score = 0.0
+            for gi in range(len(groups)):
+                score += fresh[tid] if gi == known else float(next(vals))
+            out.append((tid, score))
+        return out
 
     def _checks(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
                 held: int | None, order: list[int] | None) -> tuple[str | None, list[Any]]:
