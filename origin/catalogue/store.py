@@ -413,29 +413,38 @@ class SqlCatalogue(ABC):
             memo = tx.memo["filtered"] = (key, found)
         return memo[1]
 
-    def _alternatives(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
-                      gi: int, col: str) -> tuple[str, list[Any]]:
-        """SQL matching group ``gi``'s words in column ``col`` (its words; its prefix's range)."""
+    def _alternative_parts(self, groups: list[TermGroup], weights: list[dict[str, float]],
+                           prefix_weight: list[float], gi: int, col: str) -> list[tuple[str, list[Any]]]:
+        """SQL conditions, one per index range, that together match group ``gi``'s words in
+        column ``col`` (its words; its prefix's range)."""
         words = sorted(weights[gi])
         term = groups[gi].alternatives[0]
         if groups[gi].prefix and prefix_weight[gi] > 0 and all(term <= w < term + _TOP_CHAR for w in words):
             # One range (the word typed and its completions): an OR of the word and the range
             # is a MULTI-INDEX OR in SQLite, which looks every row up again by primary key.
-            return f"({col} >= ? AND {col} < ?)", [term, term + _TOP_CHAR]
-        parts = [f"{col} IN ({_marks(len(words))})"] if words else []
-        args: list[Any] = list(words)
+            return [(f"({col} >= ? AND {col} < ?)", [term, term + _TOP_CHAR])]
+        parts: list[tuple[str, list[Any]]] = [(f"{col} IN ({_marks(len(words))})", list(words))] if words else []
         if groups[gi].prefix and prefix_weight[gi] > 0:
-            parts.append(f"({col} > ? AND {col} < ?)")
-            args += [term, term + _TOP_CHAR]
-        return " OR ".join(parts) or "false", args
+            parts.append((f"({col} > ? AND {col} < ?)", [term, term + _TOP_CHAR]))
+        return parts
+
+    def _alternatives(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
+                      gi: int, col: str) -> tuple[str, list[Any]]:
+        """SQL matching group ``gi``'s words in column ``col`` (its words; its prefix's range)."""
+        parts = self._alternative_parts(groups, weights, prefix_weight, gi, col)
+        return " OR ".join(p for p, _ in parts) or "false", [a for _, args in parts for a in args]
 
     def _group_titles(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
                       gi: int, join: str, cond: str, fparams: list[Any]) -> tuple[str, list[Any]]:
         """A subquery (and its parameters) of the titles holding group ``gi`` that pass the
-        filters."""
-        match, args = self._alternatives(groups, weights, prefix_weight, gi, "p.word")
-        return (f"SELECT DISTINCT p.title_id AS id FROM search_postings p{join} WHERE ({match}){cond}",
-                [*args, *fparams])
+        filters: a UNION of one select per index range (a corrected word beside a prefix's
+        completions as an OR was a MULTI-INDEX OR in SQLite, every row looked up again by
+        primary key: 15 ms for 2,900 postings, against 2 ms for the UNION)."""
+        parts = self._alternative_parts(groups, weights, prefix_weight, gi, "p.word") or [("false", [])]
+        distinct = " DISTINCT" if len(parts) == 1 else ""  # (UNION drops the repeats itself)
+        return (" UNION ".join(f"SELECT{distinct} p.title_id AS id FROM search_postings p{join} WHERE {m}{cond}"
+                               for m, _ in parts),
+                [a for _, args in parts for a in [*args, *fparams]])
 
     def _scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
                 ids: list[int] | tuple[str, list[Any]], k: int | None, *, held: int | None = None,
