@@ -358,8 +358,18 @@ class SqlCatalogue(ABC):
                         fresh[tid] = v
             if fresh:
                 known = c.group if sole[c.group] == c.word else None
-                found = self._looked_up(tx, lookup, n_groups, fresh, known) if lookup is not None else \
-                    self._walk_scored(tx, groups, weights, prefix_weight, fresh, known)
+                if lookup is not None:
+                    found = self._looked_up(tx, lookup, n_groups, fresh, known)
+                elif known is not None and all(2 * sizes[gi] >= total for gi in range(n_groups) if gi != known):
+                    # The other words are in most titles: score each title at once.
+                    found = self._walk_scored(tx, groups, weights, prefix_weight, fresh, known)
+                else:
+                    # A rarer word: most titles lack it, and a presence check (which stops at the
+                    # first word missing) is cheaper than a score (an aggregate) for those.
+                    # A superset list (a prefix past three letters) holds titles its group lacks.
+                    exact_list = not c.word.startswith("*") or len(groups[c.group].alternatives[0]) <= 3
+                    found = self._scored(tx, groups, weights, prefix_weight, list(fresh), None,
+                                         held=c.group if exact_list else None, order=by_size)
                 for tid, score in found:
                     top.offer(tid, score)
             kth = top.kth()
