@@ -490,9 +490,9 @@ class SqlCatalogue(ABC):
     def _walk_scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]],
                      prefix_weight: list[float], fresh: dict[int, float], known: int | None) -> list[tuple[int, float]]:
         """(title id, score) of the titles ``fresh`` (title → its weighted impact in the list
-        read) that match every group, for the walk: one primary-key probe per title and group
-        (but group ``known``, whose score is that weighted impact), each the group's best
-        weighted impact or NULL when the title lacks it; a title with a NULL drops out. Summed
+        read) that match every group, for the walk: one primary-key probe per title and index
+        range of each group (but group ``known``, whose score is that weighted impact), each the
+        range's best weighted impact or NULL; a title with only NULLs in a group drops out. Summed
         here in group order, as :meth:`_scored`'s SQL adds them. (The walk used :meth:`_scored`,
         which checks every group's presence first and then scores each: twice the probes for
         the titles that match, and the walk's lookups were most of a long walk's time.)"""
