@@ -104,6 +104,8 @@ class ListCursor:
     exhausted: bool = False
     # How many postings the next read takes (doubled by each read).
     batch: int = 32
+    # Whether its last read left its frontier where it was (a plateau of equal impacts).
+    flat: bool = False
 
 
 @dataclass(slots=True)

@@ -173,13 +173,16 @@ def test_the_threshold_walk_ranks_as_scoring_every_match(seeded, monkeypatch):
 
     scored = []  # the titles scored by the database (looked up, or scored outright)
     real_scored, real_looked_up = store.SqlCatalogue._scored, store.SqlCatalogue._looked_up
+    real_walk_scored = store.SqlCatalogue._walk_scored
     monkeypatch.setattr(store.SqlCatalogue, "_scored",
                         lambda self, tx, g, w, p, ids, *a, **kw: scored.append(ids) or real_scored(self, tx, g, w, p, ids, *a, **kw))
     monkeypatch.setattr(store.SqlCatalogue, "_looked_up",
-                        lambda self, tx, lookup, n, ids: scored.append(ids) or real_looked_up(self, tx, lookup, n, ids))
+                        lambda self, tx, lookup, n, ids, known=None: scored.append(ids) or real_looked_up(self, tx, lookup, n, ids, known))
+    monkeypatch.setattr(store.SqlCatalogue, "_walk_scored",
+                        lambda self, tx, g, w, p, fresh, known: scored.append(fresh) or real_walk_scored(self, tx, g, w, p, fresh, known))
     early = {q: pages(q) for q in RANKED}
     early_drama = pages("silent", category="drama")
-    early_titles = sum(len(ids) if isinstance(ids, list) else 1 for ids in scored)
+    early_titles = sum(len(ids) if isinstance(ids, (list, dict)) else 1 for ids in scored)
     monkeypatch.setattr(ranking.TopK, "kth", lambda self: None)
     monkeypatch.setattr(store, "MAX_WALK", 10 ** 9)
     monkeypatch.setattr(store, "INTERSECT_MAX", 0)
@@ -189,7 +192,29 @@ def test_the_threshold_walk_ranks_as_scoring_every_match(seeded, monkeypatch):
     assert pages("silent", category="drama") == early_drama
     assert len(early["silent"]) == 90 and len(early_drama) > 6
     # The early stops scored fewer titles: the comparison was not vacuous.
-    assert sum(len(ids) if isinstance(ids, list) else 1 for ids in scored) > early_titles
+    assert sum(len(ids) if isinstance(ids, (list, dict)) else 1 for ids in scored) > early_titles
+
+
+def test_a_walk_on_an_impact_plateau_turns_to_the_other_word(fresh, monkeypatch):
+    """Every "alpha" title has the same impact for it (a 2-word title field): a plateau. The
+    best pages need the highest "beta" impacts (the shortest descriptions), held by the oldest
+    titles, which an impact-ordered walk of the plateau (newest first) reaches last. The walk
+    reads "beta"'s list when "alpha"'s stands still, and finds them within a cap that reading
+    the plateau alone would hit first."""
+    from headwater.origin.catalogue import store
+
+    cat, _ = fresh
+    filler = [f"f{i}" for i in range(40)]
+    best = [TitleDraft(title=f"alpha a{n}", description=" ".join(["beta", *filler[:n]])) for n in range(10)]
+    rest = [TitleDraft(title=f"alpha b{n}", description=" ".join(["beta", *filler[:20 + n % 20]])) for n in range(300)]
+    other = [TitleDraft(title=f"gamma c{n}") for n in range(300)]
+    ids = cat.import_titles([*best, *rest, *other], state=TitleState.PUBLISHED)
+    monkeypatch.setattr(store, "INTERSECT_MAX", 0)  # walk, rather than score a small list outright
+    monkeypatch.setattr(store, "MAX_WALK", 40)  # the cap: 40 + 2k postings
+    page = cat.search(SearchQuery(q="alpha beta", limit=10))
+    # Shorter descriptions hold "beta" with a higher impact.
+    assert [h.id for h in page.hits] == ids[:10]
+    assert page.hits[0].score > page.hits[-1].score
 
 
 def test_totals_counted_from_a_small_set_are_the_full_text_index_counts(seeded, monkeypatch):
