@@ -207,6 +207,19 @@ class InitSegment:
     pssh: tuple[bytes, ...]
 
 
+def trex_defaults(buf: bytes | bytearray | memoryview, mvex: BoxHeader) -> dict[int, TrackDefaults]:
+    """Each track's ``trex`` defaults in the ``mvex`` box ``mvex`` of ``buf``, by track id."""
+    out = {}
+    for h in iter_boxes(buf, mvex.payload_start, mvex.end):
+        if h.type == b"trex":
+            r = ByteReader.of(buf, h)
+            r.full_header()
+            d = TrackDefaults(track_id=r.u32(), sample_description_index=r.u32(),
+                              duration=r.u32(), size=r.u32(), flags=r.u32())
+            out[d.track_id] = d
+    return out
+
+
 def read_init_segment(buf: bytes | memoryview) -> InitSegment:
     """Parse an init segment (``ftyp`` + ``moov`` with ``mvex``)."""
     ftyp = moov = None
@@ -225,14 +238,7 @@ def read_init_segment(buf: bytes | memoryview) -> InitSegment:
     mvex = find_box(buf, b"mvex", moov.payload_start, moov.end)
     if mvex is None:
         raise MalformedMedia("init segment's moov without mvex")
-    defaults = {}
-    for h in iter_boxes(buf, mvex.payload_start, mvex.end):
-        if h.type == b"trex":
-            r = ByteReader.of(buf, h)
-            r.full_header()
-            d = TrackDefaults(track_id=r.u32(), sample_description_index=r.u32(),
-                              duration=r.u32(), size=r.u32(), flags=r.u32())
-            defaults[d.track_id] = d
+    defaults = trex_defaults(buf, mvex)
     pssh = tuple(bytes(buf[h.offset:h.end]) for h in iter_boxes(buf, moov.payload_start, moov.end)
                  if h.type == b"pssh")
     return InitSegment(major_brand=major, compatible_brands=brands, movie=movie,

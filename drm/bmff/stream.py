@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from headwater.drm.bmff.box import MAX_HEADER, ByteReader, iter_boxes, parse_header_prefix
-from headwater.drm.bmff.fragment import FragmentSample, TrackDefaults, read_fragments
+from headwater.drm.bmff.box import MAX_HEADER, iter_boxes, parse_header_prefix
+from headwater.drm.bmff.fragment import FragmentSample, TrackDefaults, read_fragments, trex_defaults
 from headwater.drm.bmff.movie import Movie, MovieLimits, parse_moov
 from headwater.drm.errors import MalformedMedia, UnsupportedMedia
 
@@ -238,12 +238,4 @@ def _trex_defaults(moov: bytes) -> dict[int, TrackDefaults]:
     mvex = next((h for h in iter_boxes(moov, top.payload_start, top.end) if h.type == b"mvex"), None)
     if mvex is None:
         raise UnsupportedMedia("a moov without mvex: a progressive MP4, not a fragmented one")
-    out = {}
-    for h in iter_boxes(moov, mvex.payload_start, mvex.end):
-        if h.type == b"trex":
-            r = ByteReader.of(moov, h)
-            r.full_header()
-            d = TrackDefaults(track_id=r.u32(), sample_description_index=r.u32(), duration=r.u32(),
-                              size=r.u32(), flags=r.u32())
-            out[d.track_id] = d
-    return out
+    return trex_defaults(moov, mvex)
