@@ -28,12 +28,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import anyio
-import anyio.abc
 import anyio.from_thread
 import httpx
 import pytest
@@ -303,6 +302,7 @@ admin_port = {admin}
 disk_size = "64MiB"
 """
 
+
 def shield_config(tmp_path: Path) -> tuple[Any, list[int]]:
     """SHIELD_ONLY loaded, and its ports: origin, worker 1, admin, worker 2."""
     ports = free_ports(4)
@@ -311,16 +311,25 @@ def shield_config(tmp_path: Path) -> tuple[Any, list[int]]:
     return load(str(path)), ports
 
 
-async def start_workers(tg: anyio.abc.TaskGroup, cfg: Any, upstream: UpstreamClient,
-                        stores: dict[int, Any]) -> None:
-    """Workers of shield-1 on the given ports, each over its store (one disk store shared, as
-    a daemon's workers share it), each with its own flights."""
-    node = cfg.daemon("shield-1")
-    for port, store in stores.items():
-        app = EdgeApp(node=node, distributions=cfg.distributions, stores=[store], upstream=upstream,
-                      next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream) for d in cfg.distributions},
-                      registry=Registry(), spawn=tg.start_soon)
-        await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+@asynccontextmanager
+async def shield_workers(cfg: Any, ports: list[int], origin: ControlledOrigin,
+                         stores: dict[int, Any]) -> AsyncIterator[None]:
+    """``origin`` on ports[0], and workers of shield-1 on the given ports, each over its store
+    (one disk store shared, as a daemon's workers share it), each with its own flights; all
+    stopped on exit."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(origin.run, ports[0])
+        upstream = UpstreamClient()
+        tg.start_soon(upstream.run)
+        node = cfg.daemon("shield-1")
+        for port, store in stores.items():
+            app = EdgeApp(node=node, distributions=cfg.distributions, stores=[store], upstream=upstream,
+                          next_tier=None, origins={d.name: OriginFetcher(cfg, d, upstream) for d in cfg.distributions},
+                          registry=Registry(), spawn=tg.start_soon)
+            await tg.start(functools.partial(serve, app, host="127.0.0.1", port=port))
+        yield
+        await upstream.aclose()
+        tg.cancel_scope.cancel()
 
 
 class LookedUpEarly:
@@ -350,19 +359,13 @@ def test_a_miss_looked_up_before_another_workers_commit_reads_that_entry_not_the
     disk = DiskStore(DiskSettings(cache_dir=tmp_path / "cache", capacity_bytes=64 * 1024 * 1024))
 
     async def main() -> None:
-        async with anyio.create_task_group() as tg:
-            await tg.start(origin.run, ports[0])
-            upstream = UpstreamClient()
-            tg.start_soon(upstream.run)
-            await start_workers(tg, cfg, upstream, {ports[1]: disk, ports[3]: LookedUpEarly(disk)})
+        async with shield_workers(cfg, ports, origin, {ports[1]: disk, ports[3]: LookedUpEarly(disk)}):
             async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
                 first = await c.get(f"http://127.0.0.1:{ports[1]}/t/race.m4s")
                 assert first.headers["x-cache"] == "Miss from shield-1" and first.content == body
                 second = await c.get(f"http://127.0.0.1:{ports[3]}/t/race.m4s")
                 assert second.status_code == 200 and second.content == body
                 assert second.headers["x-cache"] == "Miss from shield-1"  # what its lookup found
-            await upstream.aclose()
-            tg.cancel_scope.cancel()
 
     try:
         anyio.run(main)
@@ -385,11 +388,7 @@ def test_an_upstream_pausing_longer_than_the_fill_lease_does_not_cut_the_other_w
     answers: dict[int, httpx.Response] = {}
 
     async def main() -> None:
-        async with anyio.create_task_group() as tg:
-            await tg.start(origin.run, ports[0])
-            upstream = UpstreamClient()
-            tg.start_soon(upstream.run)
-            await start_workers(tg, cfg, upstream, {ports[1]: disk, ports[3]: disk})
+        async with shield_workers(cfg, ports, origin, {ports[1]: disk, ports[3]: disk}):
             async with httpx.AsyncClient(trust_env=False, timeout=20) as c:
                 async def get(port: int) -> None:
                     answers[port] = await c.get(f"http://127.0.0.1:{port}/t/paused.m4s")
@@ -403,8 +402,6 @@ def test_an_upstream_pausing_longer_than_the_fill_lease_does_not_cut_the_other_w
                     clients.start_soon(get, ports[3])
                     await anyio.sleep(4 * lease_s)  # the upstream pauses past the lease
                     hold.set()
-            await upstream.aclose()
-            tg.cancel_scope.cancel()
 
     try:
         anyio.run(main)
