@@ -30,6 +30,8 @@ import os
 import sys
 from pathlib import Path
 
+from headwater.malloc import unfilled_bytearray
+
 __all__ = ["start_writeback", "open_cached", "pread_cached", "NotCached"]
 
 # <fcntl.h>: start writing dirty pages in the range; do not wait for any.
@@ -98,7 +100,7 @@ def pread_cached(fd: int, n: int, offset: int) -> bytearray:
     """Up to ``n`` bytes at ``offset``, as ``os.pread`` reads them, from the page cache alone;
     :class:`NotCached` if any of them are not there. A short read is taken for a partly cached
     range (``RWF_NOWAIT`` stops at the first page it lacks) unless the file ends there."""
-    buf = bytearray(n)
+    buf = unfilled_bytearray(n)  # filled up to ``got``, the rest cut off below
     try:
         got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
     except BlockingIOError:

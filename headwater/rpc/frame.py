@@ -22,13 +22,14 @@ This module knows no sockets: :class:`FrameDecoder` takes bytes in and hands fra
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import msgpack
+
+from headwater.malloc import unfilled_bytearray
 
 __all__ = [
     "DIRECT_PAYLOAD_BYTES",
@@ -133,32 +134,6 @@ DIRECT_PAYLOAD_BYTES = 64 * 1024
 LOOKAHEAD_BYTES = 8 * 1024
 
 
-def _zeroed_bytearray(n: int) -> bytearray:
-    return bytearray(n)
-
-
-def _bytearray_allocator() -> Callable[[int], bytearray]:
-    """A function giving a bytearray of n bytes that are not zeroed first, where CPython's
-    ``PyByteArray_FromStringAndSize(NULL, n)`` is reachable (``bytearray(n)`` elsewhere).
-
-    A payload buffer is filled whole by the socket before its frame is handed out, so zeroing it
-    first is wasted: a 1 MiB memset per fragment frame, 0.05-0.1 s of CPU per GB received."""
-    try:
-        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except (AttributeError, ValueError):  # not CPython
-        return _zeroed_bytearray
-    make.restype = ctypes.py_object
-    make.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
-
-    def uninitialised(n: int) -> bytearray:
-        return make(None, n)
-
-    return uninitialised
-
-
-_new_payload = _bytearray_allocator()
-
-
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes)`` then ``next_frame()`` until it returns None.
 
@@ -226,7 +201,7 @@ class FrameDecoder:
         if self._size < hlen or body - self._size < DIRECT_PAYLOAD_BYTES:
             return None
         header = self._decode_header(self._take(hlen))
-        payload = _new_payload(body - hlen)  # not zeroed: next_frame hands it out only once filled
+        payload = unfilled_bytearray(body - hlen)  # not zeroed: next_frame hands it out only once filled
         got = self._size  # every byte buffered belongs to this payload (fewer than body)
         if got:
             payload[:got] = self._take(got)
