@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import httpx
 
@@ -75,8 +75,8 @@ def _ephemeral_range() -> tuple[int, int]:
 _rng = random.Random()
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago.
+def free_ports(n: int, exclude: Collection[int] = ()) -> list[int]:
+    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago, none of ``exclude``.
 
     Picked at random below the kernel's ephemeral range (and checked by binding them), because a
     port the kernel handed out for ``bind(port 0)`` can be handed out again as the source port of
@@ -90,7 +90,7 @@ def free_ports(n: int) -> list[int]:
             tries += 1
             port = _rng.randrange(10000, lo)
             # SO_REUSEADDR lets two unlistened sockets bind one port: never pick a port twice.
-            if any(x.getsockname()[1] == port for x in socks):
+            if port in exclude or any(x.getsockname()[1] == port for x in socks):
                 continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,6 +103,9 @@ def free_ports(n: int) -> list[int]:
         while len(socks) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in exclude:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -460,7 +463,7 @@ class Cluster:
         assert self.mode == "nodes", "add_storage_node needs mode='nodes'"
         n = len(self.storage) + 1
         taken = {p for d in self.daemons for p in (d.port, d.admin_port)}
-        port, admin = [p for p in free_ports(8) if p not in taken][:2]
+        port, admin = free_ports(2, exclude=taken)
         d = Daemon(id=f"storage-{n}", role="storage", port=port, admin_port=admin,
                    data_dir=self.data_dir / f"storage-{n}")
         self.storage.append(d)
@@ -483,7 +486,7 @@ class Cluster:
         used = [d.id for d in self.metadata] + [name for name in self.procs if name.startswith("meta-")]
         n = max(int(i.rsplit("-", 1)[1]) for i in used) + 1
         taken = {p for d in self.daemons for p in (d.port, d.admin_port)}
-        port, admin = [p for p in free_ports(8) if p not in taken][:2]
+        port, admin = free_ports(2, exclude=taken)
         d = Daemon(id=f"meta-{n}", role="metadata", port=port, admin_port=admin,
                    data_dir=self.data_dir / f"meta-{n}")
         self.metadata.append(d)
