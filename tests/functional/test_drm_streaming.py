@@ -272,3 +272,72 @@ def test_audio_running_ahead_of_a_stalled_video_is_refused_not_buffered(media, t
         for e in samples[3:]:
             if e.track_id == audio_id:
                 packager._samples(e)
+
+
+# --- any split, any damage ----------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def events_of(data: bytes, cuts: list[int], limits: StreamLimits | None = None) -> list[tuple]:
+    """What a FragmentStream says about ``data`` fed in pieces cut at ``cuts``, as plain values;
+    the buffer it holds is checked against the largest box the limits allow after every piece."""
+    s = FragmentStream(limits)
+    lim = s.limits
+    most = max(lim.max_moof_bytes + lim.max_mdat_bytes, lim.movie_limits.max_moov_bytes) + 32
+    out: list[tuple] = []
+    for a, b in zip([0, *cuts], [*cuts, len(data)]):
+        for e in s.feed(data[a:b]):
+            if hasattr(e, "movie"):
+                out.append(("movie", tuple(t.track_id for t in e.movie.tracks)))
+            else:
+                out.append(("samples", e.track_id, e.base_decode_time, e.samples,
+                            tuple(bytes(d) for d in e.data)))
+        assert s.buffered <= most
+    s.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def fragmented(media) -> tuple[bytes, list[tuple]]:
+    """The transcoder's fragmented ladder and its events read in one piece."""
+    data = media["h264", True].read_bytes()
+    return data, events_of(data, [])
+
+
+@_FUZZ
+@given(st.data())
+def test_any_split_of_the_file_reads_as_the_whole(fragmented, data):
+    whole, expected = fragmented
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(whole) - 1), max_size=40)))
+    assert events_of(whole, cuts) == expected
+
+
+@_FUZZ
+@given(st.data())
+def test_damaged_files_are_refused_with_media_errors_and_bounded_buffers(fragmented, data):
+    """Flipped bytes (in box headers and tables: the first 64 KiB and each moof's
+    neighbourhood), cut files and inserted junk: the reader either reads a file or refuses it with
+    MalformedMedia/UnsupportedMedia, never another exception, never holding more than its caps."""
+    whole, _ = fragmented
+    buf = bytearray(whole)
+    moofs = [at for t, at, _ in top_level(whole) if t == b"moof"]
+    for _ in range(data.draw(st.integers(1, 8))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "junk"]))
+        base = data.draw(st.sampled_from([0, *moofs]))
+        at = min(len(buf) - 1, base + data.draw(st.integers(0, 4096 if base else 65535)))
+        if kind == "flip":
+            buf[at] ^= data.draw(st.integers(1, 255))
+        elif kind == "cut":
+            del buf[at:at + data.draw(st.integers(1, 64))]
+        else:
+            buf[at:at] = data.draw(st.binary(min_size=1, max_size=24))
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(buf) - 1), max_size=8)))
+    limits = StreamLimits(max_moof_bytes=256 * 1024, max_mdat_bytes=8 * 1024 * 1024)
+    try:
+        events_of(bytes(buf), cuts, limits)
+    except (MalformedMedia, UnsupportedMedia):
+        pass
