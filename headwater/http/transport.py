@@ -121,22 +121,21 @@ async def start_tls(stream: anyio.abc.ByteStream, ssl_context: ssl.SSLContext,
 
 
 class BatchingTLSStream(TLSStream):
-    """anyio's TLS stream, encrypting what it sends ``TLS_BATCH_BYTES`` at a time, with
-    ``send_many`` (one gathering write of the records; HTTP/2's writer uses it).
+    """anyio's TLS stream with ``send_many`` (HTTP/2's writer uses it): the pieces encrypted
+    ``TLS_BATCH_BYTES`` at a time, the records sent with one gathering write.
 
-    anyio's ``send`` encrypts the whole item in one ``SSLObject.write``: the memory BIO grows to
-    hold all of it encrypted (OpenSSL zeroes each byte before copying a record in) and
-    ``_flush_write_bio`` copies it all out again: passes over buffers of a few hundred KiB (a
-    2 MiB body over HTTP/1.1: 2 MiB) that no longer fit in the cache, so each pass goes to
-    memory. Encrypting a batch of four full records and reading it out of the BIO at once keeps
-    the BIO one batch long and every copy in the cache. The records on the wire are the same.
+    ``send`` of the pieces joined (what the writer did before) encrypts them in one
+    ``SSLObject.write``: the memory BIO grows to hold the whole output encrypted (OpenSSL zeroes
+    each byte before copying a record in) and ``_flush_write_bio`` copies it all out again,
+    passes over a few hundred KiB per connection that no longer fit in the cache. Encrypting a
+    batch of four full records and reading it out of the BIO at once keeps the BIO one batch
+    long and each copy in the cache. The records on the wire are the same as ``send``'s.
+
+    The batches are separate 64 KiB strings, freed as the socket takes them: in a process whose
+    malloc gives its heap's free top back to the kernel, that pattern can make the allocator
+    fault fresh pages in for every batch (measured: ~700 faults and 3x the CPU per 2 MiB; see
+    ``headwater.malloc``), so a daemon serving bulk bytes over TLS calls ``keep_freed_memory``.
     """
-
-    async def send(self, item: bytes) -> None:
-        if len(item) <= TLS_BATCH_BYTES:
-            await super().send(item)
-        else:
-            await self.send_many([item])
 
     async def send_many(self, pieces: list[bytes | memoryview]) -> None:
         """Send ``pieces`` in order, encrypted (records of at most 16 KiB, as ``send``'s)."""

@@ -732,9 +732,9 @@ async def test_tls_alpn_h2_and_http11(tls_files: tuple[Path, Path], tmp_path: Pa
 
 async def test_tls_bodies_larger_than_an_encryption_batch_arrive_whole(tls_files: tuple[Path, Path],
                                                                       tmp_path: Path) -> None:
-    """Bodies of several encryption batches and a part (BatchingTLSStream), twice on one
-    connection: over HTTP/2 (the writer's send_many of frame headers and body views), over
-    HTTP/1.1 (one send of the whole body; a file read in chunks)."""
+    """Bodies of several encryption batches and a part, twice on one connection: over HTTP/2
+    (the writer's send_many of frame headers and body views: BatchingTLSStream), and over
+    HTTP/1.1 (anyio's send of the whole body; a file read in chunks)."""
     cert, key = tls_files
     blob = os.urandom(5 * TLS_BATCH_BYTES + 12345)
     (tmp_path / "f.bin").write_bytes(blob[::-1])
@@ -785,7 +785,7 @@ async def test_batching_tls_stream_sends_mixed_pieces_in_order(tls_files: tuple[
             assert tls is not None
             await tls.send(b"first")
             await tls.send_many(pieces)
-            await tls.send(piece)  # over a batch: sent as batches too
+            await tls.send(piece)  # anyio's send, between and after
             await tls.send(b"last")
     await raw.aclose()
     listener.close()
