@@ -29,7 +29,6 @@ from headwater.config import ClusterConfig
 from headwater.http import serve
 from headwater.localca import client_ssl_context, tls_context
 from headwater.log import get_logger
-from headwater.malloc import keep_freed_memory
 from headwater.metrics import Registry, add_process_metrics
 from headwater.workermetrics import shared_metrics
 from headwater.rpc.auth import cluster_secret
@@ -96,9 +95,6 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point)."""
     registry = Registry()
     add_process_metrics(registry)
-    # A POP serves bulk bytes from fresh buffers (reads, TLS batches: BatchingTLSStream): reuse
-    # freed ones rather than fault pages in for each (headwater/malloc.py).
-    keep_freed_memory()
     # First: with tls_cert = "auto" this makes the local CA on a first start without `headwater up`,
     # which the upstream client below then trusts.
     tls = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None

@@ -34,7 +34,7 @@ from headwater.config import HttpLimits, KiB
 from headwater.http.errors import ClientDisconnected, LocalProtocolError
 
 __all__ = ["RECV_BYTES", "DISCONNECTS", "bind_socket", "SocketStream", "Watchdog", "accept_loop",
-           "start_tls", "BatchingTLSStream", "TLS_BATCH_BYTES"]
+           "start_tls"]
 
 log = logging.getLogger("headwater.http")
 
@@ -43,7 +43,6 @@ _IMMEDIATE_OPS_PER_CHECKPOINT = 16
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _IOV_MAX = 1024  # buffers one sendmsg takes (Linux's UIO_MAXIOV)
-TLS_BATCH_BYTES = 64 * KiB  # plaintext per SSLObject.write of BatchingTLSStream: 4 full records
 
 DISCONNECTS = (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError,
                ClientDisconnected, ConnectionError, ssl.SSLError)
@@ -112,68 +111,12 @@ async def _connection(handle: Callable[[socket.socket, Any], Awaitable[None]], s
 
 
 async def start_tls(stream: anyio.abc.ByteStream, ssl_context: ssl.SSLContext,
-                    timeout: float) -> BatchingTLSStream | None:
+                    timeout: float) -> TLSStream | None:
     """The server side of a TLS handshake; None if it did not finish within ``timeout``."""
     with anyio.move_on_after(timeout):
-        return await BatchingTLSStream.wrap(stream, server_side=True, ssl_context=ssl_context,
-                                            standard_compatible=False)
+        return await TLSStream.wrap(stream, server_side=True, ssl_context=ssl_context,
+                                    standard_compatible=False)
     return None
-
-
-class BatchingTLSStream(TLSStream):
-    """anyio's TLS stream with ``send_many`` (HTTP/2's writer uses it): the pieces encrypted
-    ``TLS_BATCH_BYTES`` at a time, the records sent with one gathering write.
-
-    ``send`` of the pieces joined (what the writer did before) encrypts them in one
-    ``SSLObject.write``: the memory BIO grows to hold the whole output encrypted (OpenSSL zeroes
-    each byte before copying a record in) and ``_flush_write_bio`` copies it all out again,
-    passes over a few hundred KiB per connection that no longer fit in the cache. Encrypting a
-    batch of four full records and reading it out of the BIO at once keeps the BIO one batch
-    long and each copy in the cache. The records on the wire are the same as ``send``'s.
-
-    The batches are separate 64 KiB strings, freed as the socket takes them: in a process whose
-    malloc gives its heap's free top back to the kernel, that pattern can make the allocator
-    fault fresh pages in for every batch (measured: ~700 faults and 3x the CPU per 2 MiB; see
-    ``headwater.malloc``), so a daemon serving bulk bytes over TLS calls ``keep_freed_memory``.
-    """
-
-    async def send_many(self, pieces: list[bytes | memoryview]) -> None:
-        """Send ``pieces`` in order, encrypted (records of at most 16 KiB, as ``send``'s)."""
-        if self._broken:
-            raise anyio.BrokenResourceError
-        data = memoryview(b"".join(pieces))  # (one bytes piece alone is not copied)
-        write = self._ssl_object.write
-        read = self._write_bio.read
-        records: list[bytes] = []
-        for start in range(0, len(data), TLS_BATCH_BYTES):
-            batch = data[start:start + TLS_BATCH_BYTES]
-            try:
-                write(batch)  # a memory BIO takes it all: no partial write
-            except ssl.SSLError:
-                # Not what an established server connection does (renegotiation is off); if
-                # the record layer wants to read first, or failed: anyio's path, in order.
-                await self._send_records(records)
-                records = []
-                await self._call_sslobject_method(write, batch)
-            else:
-                records.append(read())
-        await self._send_records(records)
-
-    async def _send_records(self, records: list[bytes]) -> None:
-        if not records:
-            return
-        transport = self.transport_stream
-        try:
-            send_many = getattr(transport, "send_many", None)
-            if send_many is not None:
-                await send_many(records)
-            else:
-                await transport.send(b"".join(records))
-        except BaseException:
-            # The records' sequence numbers are spent: the peer cannot decrypt what would
-            # follow a lost one (anyio's rule for its own flush).
-            self._broken = True
-            raise
 
 
 class SocketStream(anyio.abc.ByteStream):

@@ -22,7 +22,6 @@ import pytest
 
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http import ClientDisconnected, FileBody, Request, Response, serve, server_ssl_context
-from headwater.http.transport import TLS_BATCH_BYTES, SocketStream, bind_socket, start_tls
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -728,68 +727,6 @@ async def test_tls_alpn_h2_and_http11(tls_files: tuple[Path, Path], tmp_path: Pa
                 assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
                 r = await c.put(f"{base}/hash", content=blob)
                 assert r.text == f"{len(blob)} {hashlib.sha256(blob).hexdigest()}"
-
-
-async def test_tls_bodies_larger_than_an_encryption_batch_arrive_whole(tls_files: tuple[Path, Path],
-                                                                      tmp_path: Path) -> None:
-    """Bodies of several encryption batches and a part, twice on one connection: over HTTP/2
-    (the writer's send_many of frame headers and body views: BatchingTLSStream), and over
-    HTTP/1.1 (anyio's send of the whole body; a file read in chunks)."""
-    cert, key = tls_files
-    blob = os.urandom(5 * TLS_BATCH_BYTES + 12345)
-    (tmp_path / "f.bin").write_bytes(blob[::-1])
-
-    async def app(req: Request) -> Response:
-        if req.path == "/file":
-            return Response(200, [], FileBody(tmp_path / "f.bin"))
-        return Response(200, [], blob)
-
-    async with running(app, ssl_context=server_ssl_context(cert, key)) as port:
-        client_ctx = ssl.create_default_context(cafile=str(cert))
-        for http2 in (False, True):
-            async with httpx.AsyncClient(verify=client_ctx, http2=http2) as c:
-                for _ in range(2):
-                    r = await c.get(f"https://127.0.0.1:{port}/blob")
-                    assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
-                    assert r.content == blob
-                r = await c.get(f"https://127.0.0.1:{port}/file")
-                assert r.content == blob[::-1]
-
-
-async def test_batching_tls_stream_sends_mixed_pieces_in_order(tls_files: tuple[Path, Path]) -> None:
-    """send_many's pieces (bytes and views, empty ones, batch boundaries inside a piece and
-    between pieces) and sends around them reach the peer decrypted, whole and in order."""
-    cert, key = tls_files
-    piece = os.urandom(3 * TLS_BATCH_BYTES)
-    pieces: list[bytes | memoryview] = [b"h" * 9, memoryview(piece)[:TLS_BATCH_BYTES + 5], b"",
-                                        os.urandom(3), memoryview(piece)[7:], b"t" * (TLS_BATCH_BYTES - 12)]
-    expected = b"first" + b"".join(pieces) + piece + b"last"
-    listener = bind_socket("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    received = bytearray()
-
-    async def client() -> None:
-        client_ctx = ssl.create_default_context(cafile=str(cert))
-        async with await anyio.connect_tcp("127.0.0.1", port, ssl_context=client_ctx,
-                                           tls_standard_compatible=False) as s:
-            while len(received) < len(expected):
-                received.extend(await s.receive())
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(client)
-            await anyio.wait_readable(listener)
-            sock, _ = listener.accept()
-            raw = SocketStream(sock)
-            tls = await start_tls(raw, server_ssl_context(cert, key), 5)
-            assert tls is not None
-            await tls.send(b"first")
-            await tls.send_many(pieces)
-            await tls.send(piece)  # anyio's send, between and after
-            await tls.send(b"last")
-    await raw.aclose()
-    listener.close()
-    assert bytes(received) == expected
 
 
 async def test_http2_tls_many_large_streams_through_small_windows(tls_files: tuple[Path, Path],
