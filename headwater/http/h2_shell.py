@@ -100,7 +100,9 @@ class H2Stream(BodyReading):
         self.failed: ProtocolError | None = None
         self._wakeup: anyio.Event | None = None
         self.in_receive = False
-        self.scope = shell.new_scope()
+        # Made when a task runs the stream (a stream answered at once needs none); a reset
+        # before that only sets ``reset``, which the task checks first.
+        self.scope: anyio.CancelScope | None = None
         self._expects_continue = req.expects_continue
         self._content_length = req.content_length
         self.continue_sent = False
@@ -127,7 +129,7 @@ class H2Stream(BodyReading):
         self.reset = True
         if self.in_receive:
             self._wake()
-        else:
+        elif self.scope is not None:
             self.scope.cancel()
 
     def _wake(self) -> None:
@@ -155,7 +157,8 @@ class H2Stream(BodyReading):
         h = self._h
         while True:
             if self.reset:
-                self.scope.cancel()
+                if self.scope is not None:
+                    self.scope.cancel()
                 raise ClientDisconnected("the client reset the stream")
             if self._chunks:
                 chunk = self._chunks[0]
@@ -517,6 +520,7 @@ class H2Shell:
             # One scope for the app and the sending (a reset cancels either): a scope costs
             # about as much as a small app.
             response: Response | None = None
+            st.scope = self.new_scope()
             with st.scope:
                 response = answer if answer is not None else (await self.service.run_app(request))[0]
                 if response is not None and not st.reset and st.failed is None:
