@@ -183,9 +183,13 @@ def _parse_request(fields: tuple[tuple[bytes, bytes], ...]) -> _Parsed:
     content_length: int | None = None
     expects_continue = False
     has_host = False
+    cookies: list[str] = []
     for raw_name, raw_value in fields:
         name = raw_name.decode("latin-1")
         value = raw_value.decode("latin-1")
+        if name == "cookie":
+            cookies.append(value)  # (RFC 9113 8.2.3: a client may split it; joined below)
+            continue
         if name[0] == ":":
             if name == ":method":
                 method = value
@@ -208,6 +212,8 @@ def _parse_request(fields: tuple[tuple[bytes, bytes], ...]) -> _Parsed:
             expects_continue = True
     if not _valid_path(method, target):
         return BadRequest("invalid :path")
+    if cookies:
+        headers.append(("cookie", "; ".join(cookies)))  # (last, where h2 put it)
     if not has_host and authority:
         headers.append(("host", authority))
     return method, target, authority, scheme, tuple(headers), content_length, expects_continue
@@ -274,11 +280,13 @@ class H2Connection:
         # send_response itself (as h1 frames them): h2's own pass over them cost more than the
         # rest of a small response (and encoded str values as UTF-8, not as they came in).
         # Received blocks are checked by _request (h2's own checks, once per distinct list of
-        # fields) and _events (trailers), not by h2 on every block.
+        # fields; split cookie fields joined as h2 joins them) and _events (trailers), not by h2
+        # on every block.
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_outbound_headers=False,
                                            normalize_outbound_headers=False,
-                                           validate_inbound_headers=False)
+                                           validate_inbound_headers=False,
+                                           normalize_inbound_headers=False)
         self._conn = h2.connection.H2Connection(config=config)
         # Our own HPACK both ways (h2_fields): blocks remembered in, static-table literals out.
         decoder = RememberingDecoder(self._conn.decoder.max_header_list_size)

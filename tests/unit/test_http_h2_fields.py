@@ -222,3 +222,11 @@ def test_trailers_with_pseudo_fields_end_the_connection() -> None:
     p.client.send_headers(3, [(":path", "/x")], end_stream=True)
     p.exchange()
     assert isinstance(p.server_events[-1], server_h2.ConnectionEnded)
+
+
+def test_split_cookie_fields_are_joined_into_one() -> None:
+    p = Pair()
+    for sid in (1, 3):  # (the second from the memo of checked requests)
+        p.request(sid, [("cookie", "a=1"), ("x-y", "z"), ("cookie", "b=2")])
+    first, second = [e for e in p.server_events if isinstance(e, server_h2.StreamRequest)]
+    assert first.headers == second.headers == [("x-y", "z"), ("cookie", "a=1; b=2"), ("host", "example")]
