@@ -25,6 +25,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import h2.utilities
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
@@ -39,6 +40,14 @@ from headwater.http.errors import (
 )
 from headwater.http.guards import FloodBudget
 from headwater.http.h1 import HOP_BY_HOP, SERVER_NAME, check_field, http_date
+from headwater.http.h2_fields import (
+    TABLE_SIZE_ZERO,
+    FieldMemo,
+    RememberingDecoder,
+    encode_field,
+    encode_status,
+    header_frames,
+)
 
 __all__ = [
     "PREFACE",
@@ -134,6 +143,129 @@ def _valid_path(method: str, path: str) -> bool:
 
 _PATH_OK = re.compile(r"[^\x00-\x20\x7f]*")
 
+# h2's checks of a received field block (RFC 9113 8.2, 8.3), for a request and for trailers.
+_REQUEST_BLOCK = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False)
+_TRAILER_BLOCK = _REQUEST_BLOCK._replace(is_trailer=True)
+
+# A request's fields as h2 hands them over -> what _request makes of them once they passed
+# h2's checks: (method, target, authority, scheme, fields, content-length, expects 100-continue)
+# or the StreamInvalid error. A client sends the same fields for request after request, and h2
+# checks them in a chain of generators: both are done once per distinct list. Bounded like h1's
+# memo of request fields: at most _REQUESTS_MAX lists of at most _REQUESTS_MAX_BYTES, cleared
+# when full.
+_Parsed = tuple[str, str, str, str, tuple[tuple[str, str], ...], "int | None", bool] | ProtocolError
+_REQUESTS: dict[tuple[tuple[bytes, bytes], ...], _Parsed] = {}
+_REQUESTS_MAX = 512
+_REQUESTS_MAX_BYTES = 4 * KiB
+
+# Response fields encoded once (h2_fields.FieldMemo), shared by every connection: a field's
+# bytes do not depend on the connection (nothing goes in a dynamic table).
+_FIELDS = FieldMemo()
+_SERVER_FIELD = encode_field(b"server", _SERVER)
+_date_field: tuple[int, bytes] = (-1, b"")
+
+
+def _date(now: float) -> bytes:
+    """The encoded Date field, made once a second."""
+    global _date_field
+    t = int(now)
+    if _date_field[0] != t:
+        _date_field = (t, encode_field(b"date", http_date(t).encode()))
+    return _date_field[1]
+
+
+def _parse_request(fields: tuple[tuple[bytes, bytes], ...]) -> _Parsed:
+    """What a request's fields (checked by h2's rules) say, for ``StreamRequest``; the error
+    for a request that cannot be served (a fresh one each time: it is raised in the app)."""
+    method = target = authority = scheme = ""
+    headers: list[tuple[str, str]] = []
+    content_length: int | None = None
+    expects_continue = False
+    has_host = False
+    cookies: list[str] = []
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if name == "cookie":
+            cookies.append(value)  # (RFC 9113 8.2.3: a client may split it; joined below)
+            continue
+        if name[0] == ":":
+            if name == ":method":
+                method = value
+            elif name == ":path":
+                target = value
+            elif name == ":authority":
+                authority = value
+            elif name == ":scheme":
+                scheme = value
+            continue
+        headers.append((name, value))
+        if name == "content-length":
+            if not value.isdigit():
+                return BadRequest("invalid content-length")
+            content_length = int(value)
+        elif name == "host":
+            has_host = True
+            authority = authority or value
+        elif name == "expect" and value.lower() == "100-continue":
+            expects_continue = True
+    if not _valid_path(method, target):
+        return BadRequest("invalid :path")
+    if cookies:
+        headers.append(("cookie", "; ".join(cookies)))  # (last, where h2 put it)
+    if not has_host and authority:
+        headers.append(("host", authority))
+    return method, target, authority, scheme, tuple(headers), content_length, expects_continue
+
+
+def _checked_field(name: str, value: str) -> tuple[bytes, int, int]:
+    """A response field checked (LocalProtocolError), lower-cased, stripped and encoded, for
+    ``FieldMemo``."""
+    lname = name.lower()
+    if lname in HOP_BY_HOP:
+        return b"", FieldMemo.HOP_BY_HOP, 0
+    check_field(name, value)
+    kind, length = FieldMemo.PLAIN, 0
+    if lname == "content-length":
+        if not value.isdigit():
+            raise LocalProtocolError(f"bad content-length {value!r} in the response")
+        kind, length = FieldMemo.CONTENT_LENGTH, int(value)
+    elif lname == "date":
+        kind = FieldMemo.DATE
+    elif lname == "server":
+        kind = FieldMemo.SERVER
+    try:
+        # RFC 9113 8.2.1: no leading or trailing whitespace in a field value.
+        raw = value.strip(" \t").encode("latin-1")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("a response header value is not latin-1") from None
+    return encode_field(lname.encode(), raw), kind, length
+
+
+_LENGTHS: dict[int, bytes] = {}
+
+
+def _content_length(n: int) -> bytes:
+    """The encoded content-length field of ``n`` (remembered for small bodies' lengths)."""
+    field = _LENGTHS.get(n)
+    if field is None:
+        field = encode_field(b"content-length", str(n).encode())
+        if n < 65536 and len(_LENGTHS) < 4096:
+            _LENGTHS[n] = field
+    return field
+
+
+class _NoEncoder:
+    """Stands in for h2's HPACK encoder, which must not be used: our blocks (h2_fields) keep the
+    peer's dynamic table empty, and a block from h2's encoder would index into it. h2 still
+    records the peer's SETTINGS_HEADER_TABLE_SIZE here (our table stays at 0, below any)."""
+
+    header_table_size = 0
+
+    def encode(self, headers: object, huffman: bool = True) -> bytes:
+        raise LocalProtocolError("HTTP/2 header blocks are encoded by headwater.http.h2_fields")
+
 
 class H2Connection:
     """One HTTP/2 server connection."""
@@ -147,10 +279,20 @@ class H2Connection:
         # Outbound fields are checked, lower-cased, stripped and latin-1 encoded by
         # send_response itself (as h1 frames them): h2's own pass over them cost more than the
         # rest of a small response (and encoded str values as UTF-8, not as they came in).
+        # Received blocks are checked by _request (h2's own checks, once per distinct list of
+        # fields; split cookie fields joined as h2 joins them) and _events (trailers), not by h2
+        # on every block.
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_outbound_headers=False,
-                                           normalize_outbound_headers=False)
+                                           normalize_outbound_headers=False,
+                                           validate_inbound_headers=False,
+                                           normalize_inbound_headers=False)
         self._conn = h2.connection.H2Connection(config=config)
+        # Our own HPACK both ways (h2_fields): blocks remembered in, static-table literals out.
+        decoder = RememberingDecoder(self._conn.decoder.max_header_list_size)
+        self._conn.decoder = decoder
+        self._conn.encoder = _NoEncoder()  # type: ignore[assignment]
+        self._table_zeroed = False  # our first block has set the peer's table size to 0
         self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
@@ -186,6 +328,23 @@ class H2Connection:
             self.closed = True  # h2 has queued GOAWAY with the matching code
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
+        try:
+            out, costly = self._events(raw)
+        except h2.exceptions.ProtocolError as e:
+            # A malformed field block (RFC 9113 8.2, 8.3): a connection error, as h2 makes it
+            # when it checks blocks itself (none of the batch's events are answered).
+            self.close(int(getattr(e, "error_code", H2_PROTOCOL_ERROR)))
+            return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
+                                    reason=str(e))]
+        if costly and not self.budget.spend(costly):
+            error = Flooding("too many RST_STREAM/PING/SETTINGS/PRIORITY/empty DATA frames")
+            self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
+            self.close(error.h2_error_code)
+            out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error)))
+        return out
+
+    def _events(self, raw: list[h2.events.Event]) -> tuple[list[Event], int]:
+        """h2's events as ours, and how many of them are charged to the flood budget."""
         out: list[Event] = []
         costly = 0  # frames charged to the flood budget
         on_headers = None  # the PriorityUpdated h2 also reports for the last HEADERS
@@ -232,54 +391,37 @@ class H2Connection:
                 self.closed = True
                 out.append(ConnectionEnded(error_code=int(ev.error_code),
                                            reason=(ev.additional_data or b"").decode("latin-1")))
-            # SettingsAcknowledged, PingAckReceived, TrailersReceived: h2 already queued
-            # whatever answer they need.
-        if costly and not self.budget.spend(costly):
-            error = Flooding("too many RST_STREAM/PING/SETTINGS/PRIORITY/empty DATA frames")
-            self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
-            self.close(error.h2_error_code)
-            out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error)))
-        return out
+            elif t is h2.events.TrailersReceived:
+                # Checked as h2 would (no pseudo-header fields...), then dropped: no app reads
+                # trailers.
+                for _ in h2.utilities.validate_headers(ev.headers, _TRAILER_BLOCK):
+                    pass
+            # SettingsAcknowledged, PingAckReceived: h2 already queued whatever answer they
+            # need.
+        return out, costly
 
     def _request(self, ev: h2.events.RequestReceived) -> StreamRequest | StreamInvalid:
+        """The request of ``ev``, or why it is refused; h2's ProtocolError for a malformed block
+        (a connection error)."""
         sid = ev.stream_id
-        method = target = authority = scheme = ""
-        headers: list[tuple[str, str]] = []
-        content_length: int | None = None
-        expects_continue = False
-        has_host = False
-        for raw_name, raw_value in ev.headers:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
-            if name[0] == ":":
-                if name == ":method":
-                    method = value
-                elif name == ":path":
-                    target = value
-                elif name == ":authority":
-                    authority = value
-                elif name == ":scheme":
-                    scheme = value
-                continue
-            headers.append((name, value))
-            if name == "content-length":
-                if not value.isdigit():
-                    return StreamInvalid(stream_id=sid, error=BadRequest("invalid content-length"))
-                content_length = int(value)
-            elif name == "host":
-                has_host = True
-                authority = authority or value
-            elif name == "expect" and value.lower() == "100-continue":
-                expects_continue = True
-        if not _valid_path(method, target):
-            return StreamInvalid(stream_id=sid, error=BadRequest("invalid :path"))
-        if not has_host and authority:
-            headers.append(("host", authority))
+        fields = tuple(ev.headers)
+        parsed = _REQUESTS.get(fields)
+        if parsed is None:
+            for _ in h2.utilities.validate_headers(fields, _REQUEST_BLOCK):
+                pass
+            parsed = _parse_request(fields)
+            if type(parsed) is tuple and sum(len(n) + len(v) for n, v in fields) <= _REQUESTS_MAX_BYTES:
+                if len(_REQUESTS) >= _REQUESTS_MAX:
+                    _REQUESTS.clear()
+                _REQUESTS[fields] = parsed
+        if type(parsed) is not tuple:
+            return StreamInvalid(stream_id=sid, error=parsed)  # type: ignore[arg-type]
+        method, target, authority, scheme, headers, content_length, expects_continue = parsed
         if content_length is not None and content_length > self.limits.max_body_bytes:
             return StreamInvalid(stream_id=sid, error=PayloadTooLarge(
                 f"declared body of {content_length} bytes exceeds the limit"))
         return StreamRequest(stream_id=sid, method=method, target=target, authority=authority,
-                             scheme=scheme, headers=headers, content_length=content_length,
+                             scheme=scheme, headers=list(headers), content_length=content_length,
                              expects_continue=expects_continue,
                              end_stream=ev.stream_ended is not None)
 
@@ -311,7 +453,7 @@ class H2Connection:
         return self._out_bytes + len(self._conn._data_to_send)
 
     def send_informational(self, stream_id: int, status: int = 100) -> None:
-        self._conn.send_headers(stream_id, [(b":status", str(status).encode())])
+        self._send_block(stream_id, [encode_status(status)], end_stream=False, informational=True)
 
     def send_response(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]], *,
                       body_length: int | None, head_request: bool = False) -> bool:
@@ -319,42 +461,73 @@ class H2Connection:
         if not 200 <= status <= 999:
             raise LocalProtocolError(f"cannot send status {status} as a final response")
         no_body = head_request or status in (204, 304)
-        out: list[tuple[bytes, bytes]] = [(b":status", str(status).encode())]
+        block: list[bytes] = [encode_status(status)]
         declared = None
         has_date = has_server = False
-        try:
-            for name, value in headers:
-                lname = name.lower()
-                if lname in HOP_BY_HOP:
+        known = _FIELDS.entries
+        for name, value in headers:
+            entry = known.get((name, value))
+            if entry is None:
+                entry = _checked_field(name, value)
+                _FIELDS.remember(name, value, entry)
+            field, kind, length = entry
+            if kind:
+                if kind == FieldMemo.HOP_BY_HOP:
                     continue
-                check_field(name, value)
-                if lname == "content-length":
-                    if not value.isdigit():
-                        raise LocalProtocolError(f"bad content-length {value!r} in the response")
-                    declared = int(value)
+                if kind == FieldMemo.CONTENT_LENGTH:
+                    declared = length
                     if status == 204:
                         continue
                     if not no_body and body_length is not None and body_length != declared:
                         raise LocalProtocolError(
                             f"content-length {declared} but the body has {body_length} bytes")
-                elif lname == "date":
+                elif kind == FieldMemo.DATE:
                     has_date = True
-                elif lname == "server":
+                else:
                     has_server = True
-                # RFC 9113 8.2.1: no leading or trailing whitespace in a field value.
-                out.append((lname.encode(), value.strip(" \t").encode("latin-1")))
-        except UnicodeEncodeError:
-            raise LocalProtocolError("a response header value is not latin-1") from None
+            block.append(field)
         if declared is None and body_length is not None and status not in (204, 304) and (
                 body_length or not head_request):
-            out.append((b"content-length", str(body_length).encode()))
+            block.append(_content_length(body_length))
         if not has_date:
-            out.append((b"date", http_date(self.clock.time()).encode()))
+            block.append(_date(self.clock.time()))
         if not has_server:
-            out.append((b"server", _SERVER))
+            block.append(_SERVER_FIELD)
         end = no_body or body_length == 0
-        self._conn.send_headers(stream_id, out, end_stream=end)
+        self._send_block(stream_id, block, end_stream=end)
         return end
+
+    def _send_block(self, stream_id: int, block: list[bytes], *, end_stream: bool,
+                    informational: bool = False) -> None:
+        """Queue a response header block (h2_fields' encoding) as HEADERS (+ CONTINUATION).
+
+        What h2's ``send_headers`` does for a response on a stream the peer opened: the same
+        inputs to its connection and stream state machines (which raise as they would there),
+        with the block encoded and framed here instead of by h2's encoder.
+        """
+        conn = self._conn
+        conn.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
+        stream = conn._get_stream_by_id(stream_id)
+        if informational:
+            if end_stream:
+                raise LocalProtocolError("an informational response cannot end the stream")
+            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_INFORMATIONAL_HEADERS)
+        else:
+            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        if end_stream:
+            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+        if not self._table_zeroed:
+            self._table_zeroed = True
+            block.insert(0, TABLE_SIZE_ZERO)
+        out = self._out
+        queued = conn.data_to_send()  # h2's frames queued before these go first
+        if queued:
+            out.append(queued)
+            self._out_bytes += len(queued)
+        for frame in header_frames(stream_id, b"".join(block), end_stream=end_stream,
+                                   max_frame=conn.max_outbound_frame_size):
+            out.append(frame)
+            self._out_bytes += len(frame)
 
     def outbound_window(self, stream_id: int) -> int:
         """Bytes of DATA that may be sent on the stream now (0 when a window is exhausted)."""

@@ -55,7 +55,7 @@ from headwater.http.exchange import (
 )
 from headwater.http.guards import RateFloor
 from headwater.http.transport import DISCONNECTS, RECV_BYTES
-from headwater.http.types import FileBody, Headers, Response, new_request
+from headwater.http.types import FileBody, Headers, Request, Response, new_request
 
 __all__ = ["H2Shell", "H2_DRAIN_MAX_BYTES"]
 
@@ -77,6 +77,13 @@ OUTBOUND_HIGH_BYTES = 256 * 1024
 PARKED_WORKERS = 16
 
 
+def backend_types() -> tuple[type[anyio.CancelScope], type[anyio.Event]]:
+    """The running backend's CancelScope and Event classes, to make them directly:
+    ``anyio.CancelScope()`` and ``anyio.Event()`` look the backend up (sniffio) on every call,
+    ~1.5 µs each, and a stream made several."""
+    return type(anyio.CancelScope()), type(anyio.Event())
+
+
 class H2Stream(BodyReading):
     """One HTTP/2 request in flight; also its RequestBody."""
 
@@ -93,7 +100,9 @@ class H2Stream(BodyReading):
         self.failed: ProtocolError | None = None
         self._wakeup: anyio.Event | None = None
         self.in_receive = False
-        self.scope = anyio.CancelScope()
+        # Made when a task runs the stream (a stream answered at once needs none); a reset
+        # before that only sets ``reset``, which the task checks first.
+        self.scope: anyio.CancelScope | None = None
         self._expects_continue = req.expects_continue
         self._content_length = req.content_length
         self.continue_sent = False
@@ -120,7 +129,7 @@ class H2Stream(BodyReading):
         self.reset = True
         if self.in_receive:
             self._wake()
-        else:
+        elif self.scope is not None:
             self.scope.cancel()
 
     def _wake(self) -> None:
@@ -148,7 +157,8 @@ class H2Stream(BodyReading):
         h = self._h
         while True:
             if self.reset:
-                self.scope.cancel()
+                if self.scope is not None:
+                    self.scope.cancel()
                 raise ClientDisconnected("the client reset the stream")
             if self._chunks:
                 chunk = self._chunks[0]
@@ -189,7 +199,7 @@ class H2Stream(BodyReading):
         if floor is not None:
             timeout = min(timeout, floor.begin_wait(now) - now)
         before = self.received
-        self._wakeup = wakeup = anyio.Event()
+        self._wakeup = wakeup = self._h.new_event()
         self.in_receive = True
         try:
             with anyio.move_on_after(timeout) as waited:
@@ -216,6 +226,7 @@ class H2Shell:
         self.conn = h2.H2Connection(service.limits, clock=service.clock)
         self.conn.initiate()
         self.initial = initial
+        self.new_scope, self.new_event = backend_types()
         self.streams: dict[int, H2Stream] = {}
         # Streams waiting for a send window: their own stream's (woken by its WINDOW_UPDATE),
         # or the connection's (woken one at a time, in order, while it admits bytes: each
@@ -225,7 +236,9 @@ class H2Shell:
         self._window_waiters: dict[int, anyio.Event] = {}
         self._connection_waiters: dict[int, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
-        self._queue: deque[tuple[H2Stream, h2.StreamRequest]] = deque()  # streams to start
+        # Streams to start: (stream, its request event, the Request when already built, the
+        # app's answer when it gave one at once but it could not be sent at once).
+        self._queue: deque[tuple[H2Stream, h2.StreamRequest, Request | None, Response | None]] = deque()
         self._parked: list[anyio.Event] = []  # the idle workers' wakeups
         self._no_more_streams = False
         self._kick: anyio.Event | None = None  # the sleeping writer's; None while it works
@@ -249,7 +262,7 @@ class H2Shell:
             self.poke()
             sent = self._sent
             if sent is None:
-                sent = self._sent = anyio.Event()
+                sent = self._sent = self.new_event()
             await sent.wait()
         if self._broken:
             raise anyio.BrokenResourceError
@@ -272,7 +285,7 @@ class H2Shell:
                 self._wake_senders()
                 if self._closing:
                     return
-                kick = self._kick = anyio.Event()
+                kick = self._kick = self.new_event()
                 await kick.wait()
         except DISCONNECTS:
             # The peer is gone (or the watchdog cut it): nothing more can be sent, so the
@@ -353,6 +366,7 @@ class H2Shell:
                     return  # the writer could not send: the peer is gone
 
     def _dispatch(self, events: list[h2.Event]) -> None:
+        at_once: list[tuple[H2Stream, h2.StreamRequest]] | None = None
         for ev in events:
             kind = type(ev)
             if kind is h2.StreamData:
@@ -364,12 +378,12 @@ class H2Shell:
             elif kind is h2.StreamRequest:
                 st = H2Stream(self, ev)  # type: ignore[arg-type]
                 self.streams[st.sid] = st
-                self._queue.append((st, ev))  # type: ignore[arg-type]
-                if self._parked:
-                    self._parked.pop().set()
+                if self.service.answers_now and ev.end_stream:  # type: ignore[union-attr]
+                    if at_once is None:
+                        at_once = []
+                    at_once.append((st, ev))  # type: ignore[arg-type]
                 else:
-                    assert self._tg is not None
-                    self._tg.start_soon(self._worker)
+                    self._start(st, ev, None, None)  # type: ignore[arg-type]
             elif kind is h2.StreamEnd:
                 st = self.streams.get(ev.stream_id)  # type: ignore[union-attr]
                 if st is not None:
@@ -402,6 +416,58 @@ class H2Shell:
                                 self.client, ev.reason)  # type: ignore[union-attr]
                 for st in list(self.streams.values()):
                     st.abort()
+        if at_once is not None:
+            self._answer_at_once(at_once)
+
+    def _start(self, st: H2Stream, req: h2.StreamRequest, request: Request | None,
+               answer: Response | None) -> None:
+        """Queue the stream for a worker: wake a parked one, or start one."""
+        self._queue.append((st, req, request, answer))
+        if self._parked:
+            self._parked.pop().set()
+        else:
+            assert self._tg is not None
+            self._tg.start_soon(self._worker)
+
+    def _answer_at_once(self, streams: list[tuple[H2Stream, h2.StreamRequest]]) -> None:
+        """Requests without a body that the app may answer at once (``Service.answer_now``,
+        the edge's warm hits), after the whole read was dispatched (so a stream the same read
+        reset is not answered): answered here, HEADERS and DATA queued for the writer, without
+        a task, a scope or a wakeup. What cannot be answered so, because the app has no answer
+        at once, or its body does not fit the send windows at once, or the queue ahead of the
+        socket is full, goes to a worker as ever (with the Request, and the answer if any)."""
+        conn = self.conn
+        for st, req in streams:
+            if st.reset or conn.closed or self._no_more_streams:
+                self._start(st, req, None, None)  # (the worker ends it as it ends any reset stream)
+                continue
+            request = self._request(st, req)
+            answer = self.service.answer_now(request)
+            if answer is None:
+                self._start(st, req, request, None)
+                continue
+            response = answer[0]
+            body: bytes = response.body  # type: ignore[assignment]  # (answer_now: bytes only)
+            n = len(body)
+            if (conn.pending_bytes() >= OUTBOUND_HIGH_BYTES or n > conn.outbound_window(st.sid)
+                    or n > conn.connection_window()):
+                self._start(st, req, request, response)
+                continue
+            try:
+                ended = conn.send_response(st.sid, response.status, response.headers, body_length=n,
+                                           head_request=req.method == "HEAD")
+            except LocalProtocolError:
+                self._start(st, req, request, response)  # (the worker logs it and answers 500)
+                continue
+            if not ended:
+                conn.send_body(st.sid, memoryview(body), end_stream=True)
+            del self.streams[st.sid]
+            conn.stream_finished(st.sid)
+
+    def _request(self, st: H2Stream, req: h2.StreamRequest) -> Request:
+        path, query = split_target(req.target)
+        return new_request(req.method, req.target, path, query, Headers.from_lower(req.headers), st, "2",
+                           req.scheme or self.scheme, self.client, self.local, req.authority)
 
     def _pass_window(self) -> None:
         """Wake the first stream waiting for the connection's window, if it admits bytes."""
@@ -432,19 +498,19 @@ class H2Shell:
         queue = self._queue
         while True:
             while queue:
-                st, req = queue.popleft()
-                await self._run_stream(st, req)
+                await self._run_stream(*queue.popleft())
             if self._no_more_streams or len(self._parked) >= PARKED_WORKERS:
                 return
-            wakeup = anyio.Event()
+            wakeup = self.new_event()
             self._parked.append(wakeup)
             await wakeup.wait()
 
-    async def _run_stream(self, st: H2Stream, req: h2.StreamRequest) -> None:
+    async def _run_stream(self, st: H2Stream, req: h2.StreamRequest, request: Request | None,
+                          answer: Response | None) -> None:
+        """Run the app for the stream (unless its ``answer`` is known) and send the response."""
         conn = self.conn
-        path, query = split_target(req.target)
-        request = new_request(req.method, req.target, path, query, Headers(req.headers), st, "2",
-                              req.scheme or self.scheme, self.client, self.local, req.authority)
+        if request is None:
+            request = self._request(st, req)
         try:
             if st.reset:
                 # Reset by the peer before this task ran (a batch of HEADERS + RST_STREAM read in
@@ -454,17 +520,18 @@ class H2Shell:
             # One scope for the app and the sending (a reset cancels either): a scope costs
             # about as much as a small app.
             response: Response | None = None
+            st.scope = self.new_scope()
             with st.scope:
-                response, _ = await self.service.run_app(request)
+                response = answer if answer is not None else (await self.service.run_app(request))[0]
                 if response is not None and not st.reset and st.failed is None:
-                    answer, response = response, None  # _write closes its body
-                    await self._write(st, req, answer)
+                    sending, response = response, None  # _write closes its body
+                    await self._write(st, req, sending)
             if response is not None:
                 if st.reset or st.scope.cancelled_caught:
                     await discard_body(response.body)
                 else:
                     response = await override_for_broken_body(response, st.failed)
-                    st.scope = anyio.CancelScope()
+                    st.scope = self.new_scope()
                     with st.scope:
                         await self._write(st, req, response)
         except SendTimeout as e:
@@ -574,7 +641,7 @@ class H2Shell:
                     self._pass_window()  # the connection's window is for others meanwhile
                 wakeup = waiting.get(st.sid)
                 if wakeup is None:
-                    wakeup = waiting[st.sid] = anyio.Event()
+                    wakeup = waiting[st.sid] = self.new_event()
                 self.poke()
                 with anyio.move_on_after(left):
                     await wakeup.wait()
