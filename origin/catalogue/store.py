@@ -393,13 +393,13 @@ class SqlCatalogue(ABC):
             others = sum(bounds) - bounds[c.group]
             floor = -1.0 if kth is None else kth - _EPSILON
             fresh: dict[int, float] = {}
-            for r in read:
-                if r[2] and int(r[0]) not in seen:
-                    tid = int(r[0])
+            weight, own = c.weight, bounds[c.group]
+            for tid, impact, ok in read:
+                if ok and tid not in seen:
                     seen.add(tid)
-                    v = c.weight * float(r[1])
-                    if (v if v > bounds[c.group] else bounds[c.group]) + others >= floor:
-                        fresh[tid] = v
+                    v = weight * float(impact)
+                    if (v if v > own else own) + others >= floor:
+                        fresh[int(tid)] = v
             if fresh:
                 known = c.group if sole[c.group] == c.word else None
                 if lookup is not None:
@@ -421,7 +421,7 @@ class SqlCatalogue(ABC):
                 break
         if single:
             return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
-        return top.ranked()[:k]
+        return top.page()
 
     def _read_lists(self, tx: Tx, lists: list[ListCursor], join: str, cond: str, fparams: list[Any],
                     passes: str, passes_args: list[Any], outer: str) -> list[tuple[int, float, int]]:
@@ -581,9 +581,15 @@ class SqlCatalogue(ABC):
             spans.append(len(parts))
         if not cols:
             return list(fresh.items())
+        rows = tx.rows(f"SELECT d.id, {', '.join(cols)} FROM (SELECT value AS id FROM ({self.json_ints}) x) d",
+                       (*cargs, json.dumps(list(fresh))))
+        if len(spans) == 2 and known is not None and spans[1 - known] == 1:
+            # The common case (two words, one the list read: a long walk's 2,000 titles), without
+            # the general loop's per-title lists (a third of such a walk's CPU). The sum is the
+            # loop's: a float addition of two terms does not depend on their order.
+            return [(int(tid), fresh[int(tid)] + float(v)) for tid, v in rows if v is not None]
         out = []
-        for r in tx.rows(f"SELECT d.id, {', '.join(cols)} FROM (SELECT value AS id FROM ({self.json_ints}) x) d",
-                         (*cargs, json.dumps(list(fresh)))):
+        for r in rows:
             tid = int(r[0])
             score, i = 0.0, 1
             for gi, n in enumerate(spans):
