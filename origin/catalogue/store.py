@@ -358,7 +358,8 @@ class SqlCatalogue(ABC):
                                f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
                                "ORDER BY p.impact DESC, p.title_id DESC",
                                (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
-            walked += len(read)
+            if c.word != _MERGED:
+                walked += len(read)
             before = c.frontier
             if len(read) < batch:
                 c.exhausted, c.frontier = True, 0.0
