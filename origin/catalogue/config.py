@@ -8,6 +8,9 @@ Keys (every default here)::
                        put no password in it: libpq reads ~/.pgpass or PGPASSWORD
     dsn_env            or: the environment variable holding the DSN
     pool_size          PostgreSQL connections per process (4)
+    mmap_mib           SQLite: how much of the file readers map into memory (1024; 0: none): a
+                       search's probes then read the OS page cache in place instead of copying
+                       each page through a read(2) into SQLite's own small cache
     connect_timeout_seconds   (5)
     statement_timeout_ms      a query running longer is cancelled (PostgreSQL; 2000)
     max_query_chars, max_terms, max_page_size, max_offset    search bounds (200, 8, 100, 1000)
@@ -32,7 +35,7 @@ __all__ = ["CatalogueConfig", "read_catalogue", "BACKENDS"]
 
 BACKENDS = ("sqlite", "postgresql")
 
-_KEYS = {"backend", "path", "dsn", "dsn_env", "pool_size", "connect_timeout_seconds",
+_KEYS = {"backend", "path", "dsn", "dsn_env", "pool_size", "mmap_mib", "connect_timeout_seconds",
          "statement_timeout_ms", "max_query_chars", "max_terms", "max_page_size", "max_offset",
          "job_max_attempts", "job_lease_seconds", "backoff_base_seconds", "backoff_cap_seconds"}
 
@@ -45,6 +48,7 @@ class CatalogueConfig:
     path: Path | None = None
     dsn: str | None = None
     pool_size: int = 4
+    mmap_mib: int = 1024
     connect_timeout_s: float = 5.0
     statement_timeout_ms: int = 2000
     search: SearchLimits = field(default_factory=SearchLimits)
@@ -69,8 +73,9 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
         if not path.is_absolute():
             path = r.root / path
     else:
-        if "path" in item:
-            raise r.error(f"{p}.path", 'is for backend = "sqlite"')
+        for key in ("path", "mmap_mib"):
+            if key in item:
+                raise r.error(f"{p}.{key}", 'is for backend = "sqlite"')
         dsn = r.get(item, "dsn", p, str, None)
         env = r.get(item, "dsn_env", p, str, None)
         if (dsn is None) == (env is None):
@@ -95,6 +100,7 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
     return CatalogueConfig(
         backend=backend, path=path, dsn=dsn,
         pool_size=bounded("pool_size", 4, 1, 64),
+        mmap_mib=bounded("mmap_mib", 1024, 0, 1024 * 1024),
         connect_timeout_s=r.positive(item, "connect_timeout_seconds", p, 5.0),
         statement_timeout_ms=bounded("statement_timeout_ms", 2000, 10, 600_000),
         search=SearchLimits(max_query_chars=bounded("max_query_chars", 200, 10, 2000),

@@ -114,6 +114,11 @@ SQLITE_MIGRATIONS: list[list[Migration]] = [
                         "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?)"),
      "CREATE INDEX search_postings_impact ON search_postings(word, impact, title_id)",
      _PEAKS],
+    # 6: the titles passing a category and a language filter (store._filtered_titles, the set a
+    # filtered search walks or scores): exactly their entries, where titles_browse_language read
+    # every title of the language to keep the category's (comedy + en at 100,000 titles: 6.7 ->
+    # 2.3 ms). IF NOT EXISTS: a test replays migration 5 onwards.
+    ["CREATE INDEX IF NOT EXISTS titles_category_language ON titles(state, category, language, id)"],
 ]
 
 POSTGRES_MIGRATIONS: list[list[Migration]] = [

@@ -48,11 +48,17 @@ MAX_WALK = 2000
 INTERSECT_MAX = 1500
 # A category/language filter leaving at most this many titles is applied as a set of titles.
 FILTERED_SET_MAX = 5000
+# A group's lists of at most SMALL_LIST postings each, up to MERGED_MAX postings in all, are read
+# in one statement and walked as one list (store._top_k).
+SMALL_LIST = 256
+MERGED_MAX = 2048
 # Scores are summed in Python for the bounds and by the database for the page: a bound this close
 # to the k-th score is counted as reaching it.
 _EPSILON = 1e-9
 # Above every character a normalised word holds: a prefix's words lie in [prefix, prefix + this).
 _TOP_CHAR = "\U0010ffff"
+# The walk's name for a group's small lists read as one (never a word: a word is not empty).
+_MERGED = ""
 
 
 class Tx(ABC):
@@ -113,6 +119,11 @@ class SqlCatalogue(ABC):
     # rarest group first, a title missing it stops there), PostgreSQL from the titles' postings
     # read in one statement (_looked_up: one index-only probe per title and word, no subplans).
     score_by_lookup = False
+    # The count (_count) of a query whose rarest group is a prefix past three letters with at
+    # most this many postings probes that group's titles rather than walk the full-text index
+    # (PostgreSQL's GIN count reads a heap page per match; SQLite's FTS5 walk was measured
+    # faster than the probes on every such query of the bench: sqlite.py sets 0).
+    long_prefix_count_max = FILTERED_SET_MAX
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -164,11 +175,14 @@ class SqlCatalogue(ABC):
         peaks: list[float] = []
         # Per group, how many postings it has at most (the sum over its words).
         sizes: list[int] = []
+        # Per walked word (not a prefix list), how many postings it has.
+        docs_of: dict[str, int] = {}
         for gi, g in enumerate(groups):
             ws = {w: idf(vocab[w][0], total) for w in g.alternatives if w in vocab}
             sizes.append(sum(vocab[w][0] for w in ws))
             for w in ws:
                 cursors.append(ListCursor(word=w, group=gi, weight=ws[w], frontier=vocab[w][1]))
+                docs_of[w] = vocab[w][0]
             weights.append(ws)
             peak = max((ws[w] * vocab[w][1] for w in ws), default=0.0)
             wp = 0.0
@@ -189,8 +203,9 @@ class SqlCatalogue(ABC):
                     if len(completions) <= PREFIX_WALKED or (len(term) > 3 and len(completions) <= PREFIX_OWN_LISTS):
                         # Few completions (a longer prefix): each one's own list (exact, where
                         # the 3-letter list past three letters is a superset to filter).
-                        for w, _, peak in completions:
-                            cursors.append(ListCursor(word=w, group=gi, weight=wp, frontier=peak))
+                        for w, n, top_impact in completions:
+                            cursors.append(ListCursor(word=w, group=gi, weight=wp, frontier=top_impact))
+                            docs_of[w] = n
                     elif key is not None:
                         # Many: one walk of the prefix's list finds every completion (past
                         # three letters a superset: the lookups keep the completions).
@@ -258,6 +273,28 @@ class SqlCatalogue(ABC):
         n_groups = len(groups)
         for c in cursors:
             c.batch = max(32, k + 1)
+        # A group's small lists (a corrected word's, a longer prefix's few completions: some 40
+        # lists of a few postings each beside a common word) are read whole in one statement up
+        # front and walked as one list of weighted impacts, best first (each title once, at its
+        # best): one read and one lookup statement per list cost ~0.3 ms each, the postings
+        # themselves a fraction of that.
+        merged: dict[int, list[tuple[int, float, int]]] = {}
+        for gi in range(n_groups):
+            small = sorted((c for c in cursors if c.group == gi and not partial[gi]
+                            and docs_of.get(c.word, SMALL_LIST + 1) <= SMALL_LIST),
+                           key=lambda c: docs_of[c.word])
+            taken, held = [], 0
+            for c in small:
+                if held + docs_of[c.word] > MERGED_MAX:
+                    break
+                taken.append(c)
+                held += docs_of[c.word]
+            if len(taken) < 2:
+                continue
+            cursors = [c for c in cursors if c not in taken]
+            merged[gi] = self._read_lists(tx, taken, join, cond, fparams, passes, passes_args, outer)
+            cursors.append(ListCursor(word=_MERGED, group=gi, weight=1.0, exhausted=not merged[gi],
+                                      frontier=merged[gi][0][1] if merged[gi] else 0.0, batch=max(32, k + 1)))
 
         def bound(gi: int) -> float:
             best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
@@ -306,7 +343,11 @@ class SqlCatalogue(ABC):
             after, aparams = "", []
             if c.after is not None:
                 after, aparams = " AND (impact, title_id) < (?, ?)", list(c.after)
-            if self.walk_joins_in_order:
+            if c.word == _MERGED:
+                # A group's small lists, read up front (above): their weighted impacts.
+                read = merged[c.group][:batch]
+                merged[c.group] = merged[c.group][batch:]
+            elif self.walk_joins_in_order:
                 # The planner keeps the postings' order through the join: only passing postings
                 # come back, and the batch counts those.
                 read = tx.rows(f"SELECT p.title_id, p.impact, 1 FROM search_postings p{join} WHERE p.word = ?"
@@ -317,7 +358,8 @@ class SqlCatalogue(ABC):
                                f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
                                "ORDER BY p.impact DESC, p.title_id DESC",
                                (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
-            walked += len(read)
+            if c.word != _MERGED:
+                walked += len(read)
             before = c.frontier
             if len(read) < batch:
                 c.exhausted, c.frontier = True, 0.0
@@ -325,19 +367,25 @@ class SqlCatalogue(ABC):
                 c.after = (float(read[-1][1]), int(read[-1][0]))
                 if not c.exhausted:
                     c.frontier = float(read[-1][1])
+            if c.word == _MERGED:
+                c.exhausted = not merged[c.group]
+                c.frontier = merged[c.group][0][1] if merged[c.group] else 0.0
             c.flat = c.frontier == before
             if single:
                 # One group whose lists each hold exactly its titles: a title's score is the best
                 # of its postings, so no lookup is needed. A title's best read so far is its score
                 # once it is above every list's bound, and a title not read that high cannot
                 # reach the k-th (the k-th best read exceeds the bound when the walk stops).
-                for r in read:
-                    if r[2]:
-                        v = c.weight * r[1]
-                        if v > best.get(int(r[0]), -1.0):
-                            best[int(r[0])] = v
-                kth = heapq.nlargest(k, best.values())[-1] if len(best) >= k else None
-                if kth is not None and kth > bound(0) or walked >= MAX_WALK + 2 * k:
+                weight = c.weight
+                for tid, impact, ok in read:
+                    if ok:
+                        v = weight * impact
+                        if v > best.get(int(tid), -1.0):
+                            best[int(tid)] = v
+                # The k-th best is above the bound when k titles are: counted, where taking the
+                # k largest each batch cost ~0.5 ms a batch at k = 1,000 (a deep page).
+                above = bound(0)
+                if len(best) >= k and sum(1 for v in best.values() if v > above) >= k or walked >= MAX_WALK + 2 * k:
                     break
                 continue
             bounds = [bound(gi) for gi in range(n_groups)]
@@ -349,13 +397,13 @@ class SqlCatalogue(ABC):
             others = sum(bounds) - bounds[c.group]
             floor = -1.0 if kth is None else kth - _EPSILON
             fresh: dict[int, float] = {}
-            for r in read:
-                if r[2] and int(r[0]) not in seen:
-                    tid = int(r[0])
+            weight, own = c.weight, bounds[c.group]
+            for tid, impact, ok in read:
+                if ok and tid not in seen:
                     seen.add(tid)
-                    v = c.weight * float(r[1])
-                    if (v if v > bounds[c.group] else bounds[c.group]) + others >= floor:
-                        fresh[tid] = v
+                    v = weight * float(impact)
+                    if (v if v > own else own) + others >= floor:
+                        fresh[int(tid)] = v
             if fresh:
                 known = c.group if sole[c.group] == c.word else None
                 if lookup is not None:
@@ -376,8 +424,31 @@ class SqlCatalogue(ABC):
             if min(bounds) <= 0.0 or (kth is not None and kth - _EPSILON > sum(bounds)) or walked >= MAX_WALK + 2 * k:
                 break
         if single:
-            return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
-        return top.ranked()[:k]
+            # The page from the titles at or above the k-th (not a sort of every title read).
+            kth = heapq.nlargest(k, best.values())[-1] if len(best) > k else -1.0
+            return sorted(((t, v) for t, v in best.items() if v >= kth), key=lambda kv: (-kv[1], -kv[0]))[:k]
+        return top.page()
+
+    def _read_lists(self, tx: Tx, lists: list[ListCursor], join: str, cond: str, fparams: list[Any],
+                    passes: str, passes_args: list[Any], outer: str) -> list[tuple[int, float, int]]:
+        """The postings of the whole ``lists`` that pass the filters, in one statement: (title id,
+        its best weighted impact among them, 1), best first (ties newest first), each title once."""
+        weight = {c.word: c.weight for c in lists}
+        words = sorted(weight)
+        if self.walk_joins_in_order:
+            rows = tx.rows(f"SELECT p.title_id, p.impact, 1, p.word FROM search_postings p{join} "
+                           f"WHERE p.word IN ({_marks(len(words))}){cond}", (*words, *fparams))
+        else:
+            rows = tx.rows(f"SELECT p.title_id, p.impact, {passes}, p.word FROM (SELECT title_id, impact, word "
+                           f"FROM search_postings WHERE word IN ({_marks(len(words))})) p{outer}",
+                           (*passes_args, *words, *(fparams if outer else [])))
+        found: dict[int, float] = {}
+        for tid, impact, ok, word in rows:
+            if ok:
+                v = weight[word] * float(impact)
+                if v > found.get(int(tid), -1.0):
+                    found[int(tid)] = v
+        return [(tid, v, 1) for tid, v in sorted(found.items(), key=lambda kv: (-kv[1], -kv[0]))]
 
     def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
                    ids: list[int] | dict[int, float], known: int | None = None) -> list[tuple[int, float]]:
@@ -516,9 +587,15 @@ class SqlCatalogue(ABC):
             spans.append(len(parts))
         if not cols:
             return list(fresh.items())
+        rows = tx.rows(f"SELECT d.id, {', '.join(cols)} FROM (SELECT value AS id FROM ({self.json_ints}) x) d",
+                       (*cargs, json.dumps(list(fresh))))
+        if len(spans) == 2 and known is not None and spans[1 - known] == 1:
+            # The common case (two words, one the list read: a long walk's 2,000 titles), without
+            # the general loop's per-title lists (a third of such a walk's CPU). The sum is the
+            # loop's: a float addition of two terms does not depend on their order.
+            return [(int(tid), fresh[int(tid)] + float(v)) for tid, v in rows if v is not None]
         out = []
-        for r in tx.rows(f"SELECT d.id, {', '.join(cols)} FROM (SELECT value AS id FROM ({self.json_ints}) x) d",
-                         (*cargs, json.dumps(list(fresh)))):
+        for r in rows:
             tid = int(r[0])
             score, i = 0.0, 1
             for gi, n in enumerate(spans):
@@ -589,11 +666,11 @@ class SqlCatalogue(ABC):
             # The rarest group's titles: when it has at most cap (the count is then exact, as
             # the full-text one), or when it is a prefix past three letters beside other words
             # (the full-text index merges every completion's doclist before it intersects them)
-            # with at most FILTERED_SET_MAX. (Past cap either count, and its facets, is a sample
-            # of the matches, not the same one.)
+            # with at most long_prefix_count_max. (Past cap either count, and its facets, is a
+            # sample of the matches, not the same one.)
             long_prefix = groups[rarest].prefix and len(groups[rarest].alternatives[0]) > PREFIX_LENGTHS[-1]
             by_group = sizes[rarest] <= cap or (
-                long_prefix and len(groups) > 1 and sizes[rarest] <= FILTERED_SET_MAX)
+                long_prefix and len(groups) > 1 and sizes[rarest] <= self.long_prefix_count_max)
             if any(w.startswith(("t.category", "t.language")) for w in where):
                 few = self._filtered_titles(tx, where, params)
                 # The filter's titles when far fewer than the rarest group's postings: a probe of

@@ -138,6 +138,23 @@ def test_filters(seeded):
     assert page.hits and all(h.category == "documentary" and h.year == 2021 for h in page.hits)
 
 
+def test_a_category_and_language_set_is_read_from_its_own_index(seeded, backend):
+    """SQLite: the titles of a category and a language (the set a filtered search walks) come
+    from exactly their entries of titles_category_language (migration 6), not from every title
+    of the language; the set is every published title passing both."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's index (PostgreSQL plans its own)")
+    where, params = ["t.state = 'published'", "t.category = ?", "t.language = ?"], ["drama", "en"]
+    with seeded._tx(write=False) as tx:
+        plan = " ".join(str(r) for r in tx.rows(
+            f"EXPLAIN QUERY PLAN SELECT t.id FROM titles t WHERE {' AND '.join(where)} LIMIT ?", (*params, 10)))
+        few = seeded._filtered_titles(tx, where, params)
+        every = [r[0] for r in tx.rows("SELECT id FROM titles WHERE state = 'published' AND category = 'drama' "
+                                        "AND language = 'en'")]
+    assert "titles_category_language" in plan
+    assert few and sorted(few) == sorted(every)
+
+
 def test_paging_without_overlap_and_capped(seeded):
     seen: list[int] = []
     q = SearchQuery(q="silent", limit=25)
@@ -235,6 +252,41 @@ def test_totals_counted_from_a_small_set_are_the_full_text_index_counts(seeded, 
     monkeypatch.setattr(store.SqlCatalogue, "_count", lambda self, tx, g, w, p, cap: real(self, tx, g, w, p, cap))
     assert [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)] == counted
     assert counted[0][0] and counted[2][0]
+
+
+def test_a_groups_small_lists_are_read_as_one(fresh, monkeypatch):
+    """A common word beside a prefix with many small completions: the completions' lists are read
+    in one statement and walked as one list (store._top_k), and the pages, filtered or not, are
+    the ones the walk gives reading each list on its own."""
+    from headwater.origin.catalogue import store
+
+    cat, _ = fresh
+    rng = random.Random(7)
+    letters = "abcdefghij"
+    drafts = []
+    for n in range(600):
+        completions = ["rinn" + "".join(rng.choice(letters) for _ in range(2)) for _ in range(2)]  # of 100
+        filler = [rng.choice(letters) * 3 for _ in range(n % 9)]
+        # The prefix is rarer than "common" (its lists are read first); some titles hold a
+        # second completion, in the description: the one in the title is the better.
+        title = f"common {completions[0]}" if n % 4 == 1 else "common other"
+        drafts.append(TitleDraft(title=title, description=" ".join([*completions[1:n % 8 // 4 + 1], *filler]),
+                                 category=("drama", "comedy")[n % 3 % 2]))
+    cat.import_titles(drafts, state=TitleState.PUBLISHED)
+    monkeypatch.setattr(store, "INTERSECT_MAX", 0)  # walk, rather than score a small group outright
+    monkeypatch.setattr(store, "PREFIX_OWN_LISTS", 200)  # each completion its own list
+    merged = []
+    real = store.SqlCatalogue._read_lists
+    monkeypatch.setattr(store.SqlCatalogue, "_read_lists",
+                        lambda self, tx, lists, *a: merged.append(len(lists)) or real(self, tx, lists, *a))
+    queries = [SearchQuery(q="common rinn", limit=10), SearchQuery(q="common rinn", limit=10, offset=20),
+               SearchQuery(q="common rinn", limit=10, category="drama")]
+    pages = [[(h.id, round(h.score, 9)) for h in cat.search(q).hits] for q in queries]
+    assert merged and min(merged) > 20 and all(len(p) == 10 for p in pages)
+    monkeypatch.setattr(store, "SMALL_LIST", 0)
+    merged.clear()
+    assert [[(h.id, round(h.score, 9)) for h in cat.search(q).hits] for q in queries] == pages
+    assert not merged
 
 
 def test_a_typed_word_outranks_its_completions(fresh):

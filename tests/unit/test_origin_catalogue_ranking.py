@@ -37,3 +37,6 @@ def test_top_k_ties_go_to_the_newest():
         top.offer(tid, s)
     assert top.ranked() == [(2, 5.0), (3, 3.0), (1, 3.0)]
     assert top.kth() == 3.0 and TopK(k=4).kth() is None
+    assert top.page() == [(2, 5.0), (3, 3.0)]
+    top.offer(4, 4.0)
+    assert top.kth() == 4.0 and top.page() == [(2, 5.0), (4, 4.0)]

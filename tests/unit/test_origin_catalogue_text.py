@@ -113,3 +113,9 @@ def test_config(tmp_path, monkeypatch):
     assert cfg.dsn == "host=db1 dbname=hw" and cfg.search.max_page_size == 50
     with pytest.raises(ConfigError, match="unknown key"):
         read_catalogue(r, {"bogus": 1}, "origin.catalogue", tmp_path)
+    assert cfg.mmap_mib == 1024  # (the default; SQLite's)
+    assert read_catalogue(r, {"mmap_mib": 0}, "origin.catalogue", tmp_path).mmap_mib == 0
+    with pytest.raises(ConfigError, match="mmap_mib"):
+        read_catalogue(r, {"mmap_mib": -1}, "origin.catalogue", tmp_path)
+    with pytest.raises(ConfigError, match="mmap_mib"):
+        read_catalogue(r, {"backend": "postgresql", "dsn": "host=x", "mmap_mib": 8}, "origin.catalogue", tmp_path)
