@@ -11,8 +11,9 @@ carries the caller's deadline and that a CANCEL frame from the caller also cance
 also register an *at-once* handler: a plain function the reader calls first, which answers when
 it can without waiting (a metadata read under a leader's lease) and returns :data:`LATER`
 otherwise; only then does the request get a task (a task, its cancel scope and its in-flight
-slot were most of what a small read cost the server). Replies are
-written under a per-connection send lock, header and payload in one ``sendmsg``. Connections are
+slot were most of what a small read cost the server); the at-once replies to the frames of one
+receive go out together, in one ``sendmsg``. Replies are written under a per-connection send
+lock, header and payload in one ``sendmsg``. Connections are
 :class:`~headwater.rpc.stream.RpcStream` s over the accepted sockets: a large request payload is
 received in place (:meth:`FrameDecoder.payload_target`), so the handler gets the only copy.
 """
@@ -65,6 +66,10 @@ class _Later:
 
 #: What an at-once handler returns when it cannot answer without waiting.
 LATER: Any = _Later()
+
+#: At-once replies held for one sendmsg are sent once they reach this size (a receive's worth of
+#: small requests may each ask for a record with an inline object).
+ANSWERED_FLUSH_BYTES = 256 * 1024
 
 _NETWORK_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -139,7 +144,8 @@ def _peer_name(stream: anyio.abc.ByteStream) -> str:
 
 
 class _Connection:
-    __slots__ = ("stream", "send_lock", "scopes", "cancelled", "slots", "send_timeout", "closed")
+    __slots__ = ("stream", "send_lock", "scopes", "cancelled", "slots", "send_timeout", "closed", "answered",
+                 "answered_bytes")
 
     def __init__(self, stream: RpcStream, max_in_flight: int, send_timeout: float):
         self.stream = stream
@@ -152,6 +158,15 @@ class _Connection:
         self.slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
         self.send_timeout = send_timeout
         self.closed = False
+        # Replies of at-once handlers to the frames of one receive, sent together (one sendmsg)
+        # before the reader waits again.
+        self.answered: list = []
+        self.answered_bytes = 0
+
+    async def flush_answered(self) -> None:
+        if self.answered:
+            buffers, self.answered, self.answered_bytes = self.answered, [], 0
+            await self.send(buffers)
 
     async def send(self, buffers: list) -> None:
         if self.closed:
@@ -307,6 +322,7 @@ class RpcServer:
                             while frame is not None:
                                 await self._dispatch(conn, tg, frame)
                                 frame = decoder.next_frame()
+                            await conn.flush_answered()
                             watch.completed(decoder.buffered)
                         self.counters["bytes_in"] += await receive_into_decoder(stream, decoder)
                 except _NETWORK_ERRORS:
@@ -329,8 +345,11 @@ class RpcServer:
             if len(h) < 5 or not isinstance(h[1], int):
                 raise FrameError("malformed request header")
             at_once = self._at_once.get(h[2]) if isinstance(h[2], str) else None
-            if at_once is not None and await self._run_at_once(conn, frame, at_once):
+            if at_once is not None and self._run_at_once(conn, frame, at_once):
+                if conn.answered_bytes >= ANSWERED_FLUSH_BYTES:
+                    await conn.flush_answered()
                 return
+            await conn.flush_answered()  # before a wait for a slot
             await conn.slots.acquire()  # backpressure: stop reading while too many run
             scope = anyio.CancelScope()
             conn.scopes[h[1]] = scope
@@ -343,9 +362,9 @@ class RpcServer:
                     scope.cancel()
         # Unknown kinds are ignored so newer peers can add message kinds.
 
-    async def _run_at_once(self, conn: _Connection, frame: Frame, at_once: AtOnceHandler) -> bool:
-        """Answer a request from its at-once handler; False when that said LATER (or the
-        request is one the task path must refuse)."""
+    def _run_at_once(self, conn: _Connection, frame: Frame, at_once: AtOnceHandler) -> bool:
+        """Answer a request from its at-once handler (the reply joins ``conn.answered``); False
+        when that said LATER (or the request is one the task path must refuse)."""
         _, rid, method, args, timeout = frame.header[:5]
         if not isinstance(args, dict) or not (timeout is None or isinstance(timeout, (int, float))):
             return False
@@ -366,8 +385,10 @@ class RpcServer:
             code, message, details = to_wire(e)
             buffers = encode_frame(error_header(rid, code, message, details))
         self.counters["requests"] += 1
-        self.counters["bytes_out"] += sum(len(b) for b in buffers)
-        await conn.send(buffers)
+        size = sum(len(b) for b in buffers)
+        self.counters["bytes_out"] += size
+        conn.answered.extend(buffers)
+        conn.answered_bytes += size
         return True
 
     async def _run(self, conn: _Connection, frame: Frame, scope: anyio.CancelScope) -> None:
