@@ -17,8 +17,8 @@ so one fast peer cannot starve the others. ``aclose`` wakes a task waiting on th
 On asyncio the wait to read is :class:`_Readable`: the socket stays registered with the loop
 while a reader keeps coming back (``anyio.wait_readable`` registered and removed it for every
 wait: two ``epoll_ctl`` and its own event each time, once per reply a gateway's metadata call
-waits for, and per request on the node), and after a receive that drained the socket the next
-one waits first instead of trying a ``recv`` bound to fail (the registration is level-triggered,
+waits for, and per request on the node), and after a small receive that drained the socket (a
+reply or request frame) the next one waits first instead of trying a ``recv`` bound to fail (the registration is level-triggered,
 so bytes that came meanwhile are seen at once). Trio keeps ``anyio.wait_readable``.
 """
 
@@ -167,11 +167,12 @@ class RpcStream(anyio.abc.ByteStream):
             return data
 
     async def receive_into(self, target: memoryview) -> int:
-        """Receive at most ``len(target)`` bytes into ``target``; how many came (never 0)."""
+        """Receive at most ``len(target)`` bytes into ``target``; how many came (never 0).
+
+        Bulk payloads: a short read here is the kernel's buffer running dry while the peer is
+        still sending, so the next ``recv`` is tried before waiting (unlike ``receive``)."""
         self._check_open()
         sock = self._sock
-        if self._drained and self._readable is not None:
-            await self._wait_readable()
         while True:
             try:
                 n = sock.recv_into(target)
@@ -183,9 +184,7 @@ class RpcStream(anyio.abc.ByteStream):
                 raise anyio.BrokenResourceError from e
             if not n:
                 raise anyio.EndOfStream
-            self._drained = n < len(target)
-            if not self._drained:
-                await self._fairness()
+            await self._fairness()
             return n
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
