@@ -18,8 +18,9 @@ On asyncio the wait to read is :class:`_Readable`: the socket stays registered w
 while a reader keeps coming back (``anyio.wait_readable`` registered and removed it for every
 wait: two ``epoll_ctl`` and its own event each time, once per reply a gateway's metadata call
 waits for, and per request on the node), and after a small receive that drained the socket (a
-reply or request frame) the next one waits first instead of trying a ``recv`` bound to fail (the registration is level-triggered,
-so bytes that came meanwhile are seen at once). Trio keeps ``anyio.wait_readable``.
+reply or request frame) the next one waits first instead of trying a ``recv`` bound to fail
+(the registration is level-triggered, so bytes that came meanwhile are seen at once). Trio
+keeps ``anyio.wait_readable``.
 """
 
 from __future__ import annotations

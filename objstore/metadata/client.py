@@ -134,8 +134,8 @@ class RaftReplication:
         # where cluster.toml places it, or not there yet); absent: cluster.toml's placement.
         self._members: dict[int, tuple[str, ...]] = {}
         self.standing = MemberStanding(election_s=election_s)
-        self.stats = {"reads": 0, "paired_reads": 0, "paired_misses": 0, "writes": 0, "scans": 0, "lists": 0, "list_rounds": 0,
-                      "list_calls": 0, "redirects": 0, "retries": 0,
+        self.stats = {"reads": 0, "paired_reads": 0, "paired_misses": 0, "writes": 0, "scans": 0, "lists": 0,
+                      "list_rounds": 0, "list_calls": 0, "redirects": 0, "retries": 0,
                       "quorum_failures": 0, "unknown_outcomes": 0, "silent_attempts": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:

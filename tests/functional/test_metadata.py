@@ -228,7 +228,8 @@ async def test_a_get_reads_a_second_key_in_the_same_call_when_the_node_leads_bot
             for args in ({"ns": "buckets", "p": pb, "key": "b", "also": ["obj/b", 1]},
                          {"ns": "buckets", "p": pb, "key": "b", "also": "obj/b"},
                          {"ns": "buckets", "p": pb, "key": "b", "also": ["obj/b", 10_000, "k0"]},
-                         {"ns": "buckets", "p": pb, "key": "b", "also": ["obj/b", ring.partition_of("obj/b", same[0]), 7]},
+                         {"ns": "buckets", "p": pb, "key": "b",
+                          "also": ["obj/b", ring.partition_of("obj/b", same[0]), 7]},
                          {"ns": "buckets", "p": pb, "key": 7},
                          {"ns": "buckets", "p": "x", "key": "b"}):
                 with pytest.raises(BadRequest):
