@@ -359,3 +359,44 @@ async def test_an_at_once_handler_answers_in_the_reader_or_leaves_the_request_to
                 assert isinstance(pending.error, BadRequest), pending.error
         tg.cancel_scope.cancel()
     assert ran["now"] == before
+
+
+async def test_an_rpc_stream_reads_what_comes_after_it_drained_the_socket_and_wakes_on_close(anyio_backend):
+    """RpcStream's wait to read (on asyncio, a registration kept with the loop; a receive that
+    drained the socket waits before its next recv): bytes sent while nobody waits, or after
+    the reader waits, are read; ``aclose`` from another task ends a waiting receive at once."""
+    from headwater.rpc.stream import accept, connect, listen
+    listener = listen("127.0.0.1", 0)
+    try:
+        port = listener.getsockname()[1]
+        client = await connect("127.0.0.1", port)
+        server = await accept(listener)
+        async with client, server:
+            await client.send(b"one")
+            assert await server.receive(100) == b"one"  # short: the socket is drained
+            await client.send(b"two")  # arrives while nobody waits
+            await anyio.sleep(0.05)
+            assert await server.receive(100) == b"two"
+            async with anyio.create_task_group() as tg:
+                async def later() -> None:
+                    await anyio.sleep(0.05)
+                    await client.send(b"three")
+                tg.start_soon(later)
+                with anyio.fail_after(5):
+                    assert await server.receive(100) == b"three"
+            got: list[type] = []
+
+            async def waiting() -> None:
+                try:
+                    await server.receive(100)
+                except Exception as e:  # noqa: BLE001 - the test looks at which
+                    got.append(type(e))
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiting)
+                    await anyio.sleep(0.05)
+                    await server.aclose()
+            assert got == [anyio.ClosedResourceError]
+    finally:
+        listener.close()
