@@ -19,7 +19,7 @@ _EXPORTS = {
                                     "RpcError", "Unavailable", "register_error")},
     "DEFAULT_MAX_FRAME_BYTES": ".frame", "FrameError": ".frame",
     "ClientPool": ".pool",
-    "Handler": ".server", "Reply": ".server", "RpcServer": ".server",
+    "AtOnceHandler": ".server", "Handler": ".server", "LATER": ".server", "Reply": ".server", "RpcServer": ".server",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,8 +7,13 @@ open as long as it likes, but a frame once begun must arrive whole within ``fram
 (:class:`FrameWatch`), and what one connection buffers is bounded by ``max_frame_bytes``.
 
 Each connection has one reader loop; each request runs as its own task under a cancel scope that
-carries the caller's deadline and that a CANCEL frame from the caller also cancels. Replies are
-written under a per-connection send lock, header and payload in one ``sendmsg``. Connections are
+carries the caller's deadline and that a CANCEL frame from the caller also cancels. A method may
+also register an *at-once* handler: a plain function the reader calls first, which answers when
+it can without waiting (a metadata read under a leader's lease) and returns :data:`LATER`
+otherwise; only then does the request get a task (a task, its cancel scope and its in-flight
+slot were most of what a small read cost the server); the at-once replies to the frames of one
+receive go out together, in one ``sendmsg``. Replies are written under a per-connection send
+lock, header and payload in one ``sendmsg``. Connections are
 :class:`~headwater.rpc.stream.RpcStream` s over the accepted sockets: a large request payload is
 received in place (:meth:`FrameDecoder.payload_target`), so the handler gets the only copy.
 """
@@ -30,7 +35,7 @@ from .frame import (CANCEL, DEFAULT_MAX_FRAME_BYTES, REQUEST, Frame, FrameDecode
                     encode_frame, error_header, response_header)
 from .stream import RpcStream, accept, listen, receive_into_decoder
 
-__all__ = ["Reply", "Handler", "RpcServer", "FrameWatch", "DEFAULT_FRAME_TIMEOUT_S"]
+__all__ = ["Reply", "Handler", "AtOnceHandler", "LATER", "RpcServer", "FrameWatch", "DEFAULT_FRAME_TIMEOUT_S"]
 
 log = logging.getLogger("headwater.rpc")
 
@@ -48,6 +53,23 @@ class Reply:
 
 
 Handler = Callable[[dict, bytes], Awaitable[Any]]
+#: ``(args, payload) -> result``, or :data:`LATER`: see :meth:`RpcServer.add`.
+AtOnceHandler = Callable[[dict, bytes], Any]
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+#: What an at-once handler returns when it cannot answer without waiting.
+LATER: Any = _Later()
+
+#: At-once replies held for one sendmsg are sent once they reach this size (a receive's worth of
+#: small requests may each ask for a record with an inline object).
+ANSWERED_FLUSH_BYTES = 256 * 1024
 
 _NETWORK_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -122,7 +144,8 @@ def _peer_name(stream: anyio.abc.ByteStream) -> str:
 
 
 class _Connection:
-    __slots__ = ("stream", "send_lock", "scopes", "cancelled", "slots", "send_timeout", "closed")
+    __slots__ = ("stream", "send_lock", "scopes", "cancelled", "slots", "send_timeout", "closed", "answered",
+                 "answered_bytes")
 
     def __init__(self, stream: RpcStream, max_in_flight: int, send_timeout: float):
         self.stream = stream
@@ -135,6 +158,15 @@ class _Connection:
         self.slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
         self.send_timeout = send_timeout
         self.closed = False
+        # Replies of at-once handlers to the frames of one receive, sent together (one sendmsg)
+        # before the reader waits again.
+        self.answered: list = []
+        self.answered_bytes = 0
+
+    async def flush_answered(self) -> None:
+        if self.answered:
+            buffers, self.answered, self.answered_bytes = self.answered, [], 0
+            await self.send(buffers)
 
     async def send(self, buffers: list) -> None:
         if self.closed:
@@ -180,15 +212,22 @@ class RpcServer:
         self.send_timeout = send_timeout
         self.port: int | None = None
         self._handlers: dict[str, Handler] = {}
+        self._at_once: dict[str, AtOnceHandler] = {}
         self.counters = {"connections": 0, "connections_open": 0, "requests": 0, "errors": 0,
                          "deadlines": 0, "bytes_in": 0, "bytes_out": 0, "auth_ok": 0, "auth_refused": 0,
                          "handshake_timeouts": 0, "frame_timeouts": 0}
         self._log_throttle = LogThrottle()
 
-    def add(self, method: str, handler: Handler) -> None:
+    def add(self, method: str, handler: Handler, *, at_once: AtOnceHandler | None = None) -> None:
+        """Serve ``method`` with ``handler``. ``at_once``, if given, is tried first, in the
+        connection's reader, without a task: it must not block, and it returns :data:`LATER`
+        for anything it does not answer itself (including every malformed request, so that
+        ``handler`` alone refuses those); what it returns or raises otherwise is the reply."""
         if method in self._handlers:
             raise ValueError(f"method {method!r} is already registered on {self.name}")
         self._handlers[method] = handler
+        if at_once is not None:
+            self._at_once[method] = at_once
 
     def methods(self) -> list[str]:
         return sorted(self._handlers)
@@ -283,6 +322,7 @@ class RpcServer:
                             while frame is not None:
                                 await self._dispatch(conn, tg, frame)
                                 frame = decoder.next_frame()
+                            await conn.flush_answered()
                             watch.completed(decoder.buffered)
                         self.counters["bytes_in"] += await receive_into_decoder(stream, decoder)
                 except _NETWORK_ERRORS:
@@ -304,6 +344,12 @@ class RpcServer:
         if kind == REQUEST:
             if len(h) < 5 or not isinstance(h[1], int):
                 raise FrameError("malformed request header")
+            at_once = self._at_once.get(h[2]) if isinstance(h[2], str) else None
+            if at_once is not None and self._run_at_once(conn, frame, at_once):
+                if conn.answered_bytes >= ANSWERED_FLUSH_BYTES:
+                    await conn.flush_answered()
+                return
+            await conn.flush_answered()  # before a wait for a slot
             await conn.slots.acquire()  # backpressure: stop reading while too many run
             scope = anyio.CancelScope()
             conn.scopes[h[1]] = scope
@@ -315,6 +361,35 @@ class RpcServer:
                     conn.cancelled.add(h[1])
                     scope.cancel()
         # Unknown kinds are ignored so newer peers can add message kinds.
+
+    def _run_at_once(self, conn: _Connection, frame: Frame, at_once: AtOnceHandler) -> bool:
+        """Answer a request from its at-once handler (the reply joins ``conn.answered``); False
+        when that said LATER (or the request is one the task path must refuse)."""
+        _, rid, method, args, timeout = frame.header[:5]
+        if not isinstance(args, dict) or not (timeout is None or isinstance(timeout, (int, float))):
+            return False
+        try:
+            out = at_once(args, frame.payload)
+            if out is LATER:
+                return False
+            reply = out if isinstance(out, Reply) else Reply(result=out)
+            try:
+                buffers = encode_frame(response_header(rid, reply.result), reply.payload,
+                                       max_frame_bytes=self.max_frame_bytes)
+            except (TypeError, ValueError, OverflowError, FrameError) as e:
+                raise RemoteError(f"{method} returned a reply that cannot be sent: {e}") from None
+        except Exception as e:
+            self.counters["errors"] += 1
+            if not hasattr(e, "code"):
+                log.exception("rpc %s: %s raised", self.name, method)
+            code, message, details = to_wire(e)
+            buffers = encode_frame(error_header(rid, code, message, details))
+        self.counters["requests"] += 1
+        size = sum(len(b) for b in buffers)
+        self.counters["bytes_out"] += size
+        conn.answered.extend(buffers)
+        conn.answered_bytes += size
+        return True
 
     async def _run(self, conn: _Connection, frame: Frame, scope: anyio.CancelScope) -> None:
         _, rid, method, args, timeout = frame.header[:5]

@@ -13,10 +13,19 @@ The stream waits for readiness only when the socket has nothing to give or take 
 core's ``SocketStream``), and yields to the scheduler every few operations that did not block,
 so one fast peer cannot starve the others. ``aclose`` wakes a task waiting on the socket
 (``anyio.notify_closing``) before closing it.
+
+On asyncio the wait to read is :class:`_Readable`: the socket stays registered with the loop
+while a reader keeps coming back (``anyio.wait_readable`` registered and removed it for every
+wait: two ``epoll_ctl`` and its own event each time, once per reply a gateway's metadata call
+waits for, and per request on the node), and after a small receive that drained the socket (a
+reply or request frame) the next one waits first instead of trying a ``recv`` bound to fail
+(the registration is level-triggered, so bytes that came meanwhile are seen at once). Trio
+keeps ``anyio.wait_readable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
@@ -25,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 from anyio.abc import SocketAttribute
 
 from headwater.http.transport import bind_socket
@@ -47,6 +57,47 @@ def _nodelay(sock: socket.socket) -> None:
             pass
 
 
+class _Readable:
+    """Readability of one socket on an asyncio loop, registered with the loop once rather than
+    per wait. Level-triggered: when it fires with nobody waiting, it unregisters (else it would
+    fire on every pass of the loop until someone reads); the next wait registers it again."""
+
+    __slots__ = ("_loop", "_fd", "_waiter", "_registered")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int):
+        self._loop = loop
+        self._fd = fd
+        self._waiter: asyncio.Future[None] | None = None
+        self._registered = False
+
+    def _fire(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            self._loop.remove_reader(self._fd)
+            self._registered = False
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if not self._registered:
+            self._loop.add_reader(self._fd, self._fire)
+            self._registered = True
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def close(self) -> None:
+        """Unregister (before the socket closes) and wake a waiter."""
+        if self._registered:
+            self._registered = False
+            self._loop.remove_reader(self._fd)
+        self._fire()
+
+
 class RpcStream(anyio.abc.ByteStream):
     """A connected TCP socket as an anyio byte stream, plus ``send_buffers`` and ``receive_into``."""
 
@@ -56,6 +107,25 @@ class RpcStream(anyio.abc.ByteStream):
         self._sock = sock
         self._immediate = 0
         self._closed = False
+        # The asyncio wait to read (see the module docstring); None on trio, or before the
+        # first wait tells which loop runs.
+        self._readable: _Readable | None = None
+        self._asyncio: bool | None = None
+        # The last receive took less than it asked for: the socket is most likely drained.
+        self._drained = False
+
+    async def _wait_readable(self) -> None:
+        if self._asyncio is None:
+            self._asyncio = sniffio.current_async_library() == "asyncio"
+            if self._asyncio:
+                self._readable = _Readable(asyncio.get_running_loop(), self._sock.fileno())
+        readable = self._readable
+        if readable is None:
+            await self._wait(anyio.wait_readable)
+            return
+        self._immediate = 0
+        await readable.wait()
+        self._check_open()
 
     async def _fairness(self) -> None:
         self._immediate += 1
@@ -79,29 +149,36 @@ class RpcStream(anyio.abc.ByteStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         self._check_open()
         sock = self._sock
+        if self._drained and self._readable is not None:
+            await self._wait_readable()
         while True:
             try:
                 data = sock.recv(max_bytes)
             except (BlockingIOError, InterruptedError):
-                await self._wait(anyio.wait_readable)
+                await self._wait_readable()
                 continue
             except OSError as e:
                 self._check_open()
                 raise anyio.BrokenResourceError from e
             if not data:
                 raise anyio.EndOfStream
-            await self._fairness()
+            self._drained = len(data) < max_bytes
+            if not self._drained:
+                await self._fairness()
             return data
 
     async def receive_into(self, target: memoryview) -> int:
-        """Receive at most ``len(target)`` bytes into ``target``; how many came (never 0)."""
+        """Receive at most ``len(target)`` bytes into ``target``; how many came (never 0).
+
+        Bulk payloads: a short read here is the kernel's buffer running dry while the peer is
+        still sending, so the next ``recv`` is tried before waiting (unlike ``receive``)."""
         self._check_open()
         sock = self._sock
         while True:
             try:
                 n = sock.recv_into(target)
             except (BlockingIOError, InterruptedError):
-                await self._wait(anyio.wait_readable)
+                await self._wait_readable()
                 continue
             except OSError as e:
                 self._check_open()
@@ -156,6 +233,8 @@ class RpcStream(anyio.abc.ByteStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._readable is not None:
+                self._readable.close()
             try:
                 anyio.notify_closing(self._sock)
             except RuntimeError:  # pragma: no cover - no event loop (closing at interpreter exit)

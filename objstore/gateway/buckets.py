@@ -17,7 +17,7 @@ from .listing import list_page
 from .payload import Payload
 
 __all__ = ["create_bucket", "head_bucket", "delete_bucket", "list_buckets", "list_objects_v1",
-           "list_objects_v2", "list_versions", "get_location", "get_versioning", "owned_bucket",
+           "list_objects_v2", "list_versions", "get_location", "get_versioning", "owned_bucket", "check_owned",
            "xml_response", "int_param"]
 
 MAX_KEYS = 1000
@@ -49,7 +49,12 @@ async def owned_bucket(store: Store, call: Call, name: str | None = None) -> Buc
     """The named bucket, if it exists and the caller owns it (else NoSuchBucket / AccessDenied)."""
     name = name if name is not None else call.bucket
     assert name is not None
-    rec = await get_bucket(store, name)
+    return check_owned(await get_bucket(store, name), call, name)
+
+
+def check_owned(rec: BucketRecord | None, call: Call, name: str) -> BucketRecord:
+    """``rec``, bucket ``name``'s record as read, if it exists and the caller owns it (else
+    NoSuchBucket / AccessDenied)."""
     if rec is None:
         raise s3e.NoSuchBucket(resource=f"/{name}", BucketName=name)
     if rec.owner != call.user.name:

@@ -12,12 +12,12 @@ from headwater.http.types import Headers, Response
 from ..config import ErasureScheme
 from ..datapath import LayoutWriter, read_layout
 from ..errors import s3_error
-from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
-from ..records import Layout, ObjectRecord, objects_ns
+from ..metadata.errors import NOT_STORED, ConditionFailed, InvalidKey, MetadataError
+from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
 from ..s3 import conditions, names, ranges, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
-from .buckets import owned_bucket, xml_response
+from .buckets import check_owned, owned_bucket, xml_response
 from .context import Call, Store
 from .payload import Payload
 
@@ -183,9 +183,20 @@ async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -
 
 
 async def _read_target(store: Store, call: Call) -> ObjectRecord:
-    await owned_bucket(store, call)
+    """The object a GET or HEAD reads, after the bucket's checks and the request's conditions.
+
+    The bucket's record and the object's are read together (one metadata call when one node
+    leads both groups), each linearizably; the bucket is judged first, as before: NoSuchBucket
+    and AccessDenied over NoSuchKey."""
     assert call.bucket is not None and call.key is not None
-    rec = await get_record(store, call.bucket, call.key)
+    try:
+        bucket, entry = await store.meta.get_pair((BUCKETS_NS, call.bucket), (objects_ns(call.bucket), call.key))
+    except InvalidKey:
+        # A key that cannot exist (too long): the bucket is still judged first.
+        await owned_bucket(store, call)
+        raise
+    check_owned(BucketRecord.from_value(bucket.value) if bucket else None, call, call.bucket)
+    rec = ObjectRecord.from_value(entry.value) if entry else None
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)
     conditions.check_get_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)

@@ -134,8 +134,8 @@ class RaftReplication:
         # where cluster.toml places it, or not there yet); absent: cluster.toml's placement.
         self._members: dict[int, tuple[str, ...]] = {}
         self.standing = MemberStanding(election_s=election_s)
-        self.stats = {"reads": 0, "writes": 0, "scans": 0, "lists": 0, "list_rounds": 0,
-                      "list_calls": 0, "redirects": 0, "retries": 0,
+        self.stats = {"reads": 0, "paired_reads": 0, "paired_misses": 0, "writes": 0, "scans": 0, "lists": 0,
+                      "list_rounds": 0, "list_calls": 0, "redirects": 0, "retries": 0,
                       "quorum_failures": 0, "unknown_outcomes": 0, "silent_attempts": 0}
 
     async def open(self, stack: AsyncExitStack) -> None:
@@ -241,6 +241,33 @@ class RaftReplication:
         p = self.ring.partition_of(ns, key)
         r = await self._leader_call(p, "kv.get", {"ns": ns, "p": p, "key": key}, write=False)
         rec = record_from_wire(r["record"])
+        if rec is not None:
+            self.clock.observe(rec.version)
+        return rec
+
+    async def read_pair(self, first: tuple[str, str], second: tuple[str, str]) -> tuple[Record | None, Record | None]:
+        """Two keys' records (``(ns, key)`` each), each read linearizably from its group's leader:
+        in one ``kv.get`` (the second as ``also``) when both are in one group or one node is
+        known to lead both groups, else one call each, ``first`` then ``second``. A node that
+        no longer leads the second key's group answers without it, and it is read on its own."""
+        (ns1, key1), (ns2, key2) = first, second
+        p1, p2 = self.ring.partition_of(ns1, key1), self.ring.partition_of(ns2, key2)
+        g1, g2 = self.ring.group_of(p1), self.ring.group_of(p2)
+        leader = self._leaders.get(g1)
+        if g1 != g2 and (leader is None or leader != self._leaders.get(g2)):
+            return await self.read(ns1, key1), await self.read(ns2, key2)
+        self.stats["reads"] += 1
+        self.stats["paired_reads"] += 1
+        r = await self._leader_call(p1, "kv.get", {"ns": ns1, "p": p1, "key": key1, "also": [ns2, p2, key2]},
+                                    write=False)
+        rec1 = self._observed(record_from_wire(r["record"]))
+        also = r.get("also")
+        if isinstance(also, list) and len(also) == 1:
+            return rec1, self._observed(record_from_wire(also[0]))
+        self.stats["paired_misses"] += 1
+        return rec1, await self.read(ns2, key2)
+
+    def _observed(self, rec: Record | None) -> Record | None:
         if rec is not None:
             self.clock.observe(rec.version)
         return rec
@@ -451,6 +478,14 @@ class MetadataClient:
         """The live entry for ``key``, read from a majority of its replicas; None if absent."""
         _check(ns, key)
         return _entry(ns, key, await self.replication.read(ns, key))
+
+    async def get_pair(self, first: tuple[str, str], second: tuple[str, str]) -> tuple[Entry | None, Entry | None]:
+        """The live entries of two ``(ns, key)``, each as :meth:`get` reads it; one call to the
+        metadata ring when one node leads both keys' groups (a GET's bucket and object)."""
+        _check(*first)
+        _check(*second)
+        rec1, rec2 = await self.replication.read_pair(first, second)
+        return _entry(*first, rec1), _entry(*second, rec2)
 
     async def put(self, ns: str, key: str, value: dict[str, Any], *, if_absent: bool = False,
                   if_match: tuple[str, Any] | None = None) -> Entry:

@@ -16,7 +16,12 @@ Client methods (records travel as ``[ts, writer, value]``):
 ``kv.write`` {ns, p, key, kind, v, value, if_absent, if_match} -> {applied, previous}: ordered by
              the group's log and applied on a majority before the reply. ``applied`` false: the
              condition failed, ``previous`` is what it met.
-``kv.get``   {ns, p, key} -> {record}: a linearizable read (ReadIndex).
+``kv.get``   {ns, p, key, also?: [ns, p, key]} -> {record, also?}: a linearizable read (a lease
+             read, else ReadIndex). With ``also``, a second key is read in the same call when
+             this node leads that key's group too (``also``: ``[record]``), else ``also`` is
+             None and the caller asks that group's leader: a GET reads its bucket and its object
+             in one call when one node leads both. Answered in the connection's reader, with no
+             task, while the leader's lease holds (``_get_at_once``).
 ``kv.scan``  {ns, parts: [[p, start_after], ...], prefix, limit} ->
              {pages: [[p, [[key, record], ...], more, last], ...]}: linearizable per group.
 ``kv.list``  {ns, parts: [p, ...], prefix, delimiter, start_after, start_open, limit} ->
@@ -49,7 +54,7 @@ import anyio.to_thread
 from headwater.admin import export_stats, serve_admin
 from headwater.config import ClusterConfig
 from headwater.metrics import Registry, add_process_metrics
-from headwater.rpc import BadRequest, ClientPool, RpcServer, Unavailable, cluster_secret
+from headwater.rpc import LATER, BadRequest, ClientPool, RpcServer, Unavailable, cluster_secret
 
 from ..config import MetadataNodeConfig
 from .errors import (
@@ -128,7 +133,7 @@ class MetadataNode:
                          ("raft.append", self._on_append), ("raft.heartbeats", self._raft_heartbeats),
                          ("raft.snapshot", self._raft("on_snapshot")),
                          ("raft.timeout_now", self._raft("on_timeout_now"))):
-            self.server.add(name, fn)
+            self.server.add(name, fn, at_once=self._get_at_once if name == "kv.get" else None)
 
     def statistics(self) -> dict[str, int]:
         """Counters for /metrics, Raft counters summed over the node's groups."""
@@ -409,20 +414,79 @@ class MetadataNode:
         assert self.store is not None
         self.stats["gets"] += 1
         p = self._partition(args.get("p"))
+        also = self._also(args.get("also"))
         g = self._group(p)
         await self._barrier(g)
+        out: dict[str, Any] = {"record": record_to_wire(await self._read(g, args, p)), "corrupt": False}
+        if also is not None:
+            out["also"] = await self._read_also(also)
+        return out
+
+    def _also(self, value: Any) -> dict[str, Any] | None:
+        """kv.get's ``also`` as read arguments ({ns, p, key}), None if absent; BadRequest if malformed."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != 3:
+            raise self._bad(f"kv.get: also must be [ns, p, key], not {value!r}")
+        ns, p, key = value
+        return {"ns": ns, "p": self._partition(p), "key": key}
+
+    async def _read(self, g: RaftGroup, args: dict[str, Any], p: int) -> Record | None:
+        """The record of ``args``' ns and key in partition ``p``, once ``g``'s read barrier passed."""
+        assert self.store is not None
         try:
-            rec = self.store.get(args["ns"], p, args["key"])
+            return self.store.get(args["ns"], p, args["key"])
         except CorruptGroup as e:
             # Many records at once: rebuild this replica from the group (it steps down; the
             # client retries on the next leader).
             await g.resync(str(e))
             raise Unavailable(f"{self.config.id} is rebuilding its replica: {e}", sent=True) from None
         except CorruptRecord:
-            rec = await self._repair(g, args["ns"], p, args["key"])
+            return await self._repair(g, args["ns"], p, args["key"])
         except (KeyError, InvalidKey) as e:
             raise self._bad(f"kv.get: {e}") from None
-        return {"record": record_to_wire(rec), "corrupt": False}
+
+    async def _read_also(self, also: dict[str, Any]) -> list[Any] | None:
+        """``[record]`` of kv.get's second key when this node leads its group, else None."""
+        p = also["p"]
+        g = self.groups.get(group_name(self.ring.group_of(p)))
+        if g is None or not g.is_leader:
+            return None
+        try:
+            await g.read_barrier()
+        except NotLeader:
+            return None
+        return [record_to_wire(await self._read(g, also, p))]
+
+    def _get_at_once(self, args: dict, payload: bytes) -> Any:
+        """kv.get answered in the reader, without a task, when it needs no wait: the group's
+        leader holds its lease and has applied what it covers, and the records read cleanly.
+        Anything else (no lease, a malformed request, a corrupt record) is LATER: ``_get``
+        serves it, and refuses what it must."""
+        store = self.store
+        p, ns, key, also = args.get("p"), args.get("ns"), args.get("key"), args.get("also")
+        if store is None or type(p) is not int or not 0 <= p < self.partitions \
+                or type(ns) is not str or type(key) is not str:
+            return LATER
+        g2 = None
+        if also is not None:
+            if type(also) is not list or len(also) != 3 or type(also[0]) is not str \
+                    or type(also[1]) is not int or not 0 <= also[1] < self.partitions or type(also[2]) is not str:
+                return LATER
+            g2 = self.groups.get(group_name(self.ring.group_of(also[1])))
+            if g2 is not None and not g2.is_leader:
+                g2 = None  # not ours to read: the caller asks its leader
+        g = self.groups.get(group_name(self.ring.group_of(p)))
+        if g is None or not g.read_now() or (g2 is not None and g2 is not g and not g2.read_now()):
+            return LATER
+        try:
+            out: dict[str, Any] = {"record": record_to_wire(store.get(ns, p, key)), "corrupt": False}
+            if also is not None:
+                out["also"] = None if g2 is None else [record_to_wire(store.get(also[0], also[1], also[2]))]
+        except (CorruptGroup, CorruptRecord, InvalidKey):
+            return LATER
+        self.stats["gets"] += 1
+        return out
 
     async def _peek(self, args: dict, payload: bytes) -> dict[str, Any]:
         """This replica's own copy of a record (no consensus), with the log index it reflects."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 from typing import NamedTuple
@@ -67,6 +68,8 @@ def validate_key(key: str) -> None:
 
 
 def _decode(raw: str, *, plus_is_space: bool = False) -> str:
+    if raw.isascii() and "%" not in raw and not (plus_is_space and "+" in raw):
+        return raw  # nothing to decode (most keys and bucket names)
     if plus_is_space:
         raw = raw.replace("+", " ")
     try:
@@ -103,10 +106,17 @@ def host_bucket(host: str, base_domains: list[str] | tuple[str, ...] = ()) -> st
     """The bucket a virtual-host-style Host names (``<bucket>.<base domain>``, port ignored, the
     longest base domain first), else None."""
     h = _strip_port(host or "")
-    for base in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True):
-        if base and h.endswith("." + base):
+    for base in _longest_first(tuple(base_domains)):
+        if h.endswith("." + base):
             return h[: -len(base) - 1]
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _longest_first(base_domains: tuple[str, ...]) -> tuple[str, ...]:
+    """The base domains, ports stripped, empty ones left out, longest first (a gateway has one
+    list: sorted once, not twice a request)."""
+    return tuple(b for b in sorted((_strip_port(b) for b in base_domains), key=len, reverse=True) if b)
 
 
 def parse_target(host: str, raw_path: str, raw_query: str, *,

@@ -50,9 +50,18 @@ def iso8601(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(ts: float) -> str:
-    """POSIX seconds -> IMF-fixdate ``Sun, 22 Nov 2026 04:38:01 GMT``."""
-    return email.utils.formatdate(int(ts), usegmt=True)
+    """POSIX seconds -> IMF-fixdate ``Sun, 22 Nov 2026 04:38:01 GMT``.
+
+    Formatted here rather than by ``email.utils.formatdate`` (a Last-Modified on every GET and
+    HEAD: ~30 us each there, ~2 here)."""
+    t = time.gmtime(int(ts))
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def parse_http_date(value: str) -> float | None:

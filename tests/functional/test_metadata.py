@@ -190,6 +190,63 @@ async def test_a_malformed_heartbeat_batch_from_a_member_changes_nothing(tmp_pat
         assert (await meta.get("obj/hb", "before")).value == {"n": 1}
 
 
+async def test_a_get_reads_a_second_key_in_the_same_call_when_the_node_leads_both_groups(tmp_path):
+    """``kv.get`` with ``also`` (a GET's bucket and object): the leader of both keys' groups
+    answers both; a leader of only the first answers ``also`` None; a malformed ``also`` or key
+    is refused. ``MetadataClient.get_pair`` makes one call when it knows one node leads both,
+    else one per key, and returns what two ``get`` calls would."""
+    async with meta_cluster(tmp_path, groups=6) as mc, mc.client() as meta:
+        ring = PartitionMap.from_cluster(mc.cfg)
+        keys = [f"k{i}" for i in range(40)]
+        await meta.put("buckets", "b", {"owner": "alice"})
+        for k in keys[:20]:
+            await meta.put("obj/b", k, {"etag": k})
+
+        def leader_of(ns: str, key: str) -> int:
+            gid = group_name(ring.group_of(ring.partition_of(ns, key)))
+            return next(i for i in range(3) if gid in mc.node(i).groups and mc.node(i).groups[gid].is_leader)
+
+        await mc.elected()
+        b_leader = leader_of("buckets", "b")
+        same = [k for k in keys if leader_of("obj/b", k) == b_leader]
+        other = [k for k in keys if leader_of("obj/b", k) != b_leader]
+        assert same and other, "six groups on three nodes: the bucket's leader leads some, not all"
+        secret = ClusterSecret.from_secret(mc.cfg.name, os.environ[TEST_SECRET_ENV].encode())
+        pb = ring.partition_of("buckets", "b")
+        async with RpcClient("127.0.0.1", mc.cfg.metadata[b_leader].port, secret=secret) as rc:
+            for k in same[:3] + other[:3]:
+                r = (await rc.call("kv.get", {"ns": "buckets", "p": pb, "key": "b",
+                                              "also": ["obj/b", ring.partition_of("obj/b", k), k]})).result
+                assert r["record"][2] == {"owner": "alice"}
+                if k in other:
+                    assert r["also"] is None
+                elif k in keys[:20]:
+                    assert r["also"][0][2] == {"etag": k}
+                else:
+                    assert r["also"] == [None]
+            bad_before = mc.node(b_leader).statistics()["bad_requests"]
+            for args in ({"ns": "buckets", "p": pb, "key": "b", "also": ["obj/b", 1]},
+                         {"ns": "buckets", "p": pb, "key": "b", "also": "obj/b"},
+                         {"ns": "buckets", "p": pb, "key": "b", "also": ["obj/b", 10_000, "k0"]},
+                         {"ns": "buckets", "p": pb, "key": "b",
+                          "also": ["obj/b", ring.partition_of("obj/b", same[0]), 7]},
+                         {"ns": "buckets", "p": pb, "key": 7},
+                         {"ns": "buckets", "p": "x", "key": "b"}):
+                with pytest.raises(BadRequest):
+                    await rc.call("kv.get", args, timeout=10)
+            assert mc.node(b_leader).statistics()["bad_requests"] == bad_before + 6
+        for k in keys:
+            want = (await meta.get("buckets", "b"), await meta.get("obj/b", k))
+            assert await meta.get_pair(("buckets", "b"), ("obj/b", k)) == want
+        stats = meta.statistics()
+        # Once the leaders are known, every key the bucket's leader also leads takes one call.
+        assert stats["paired_reads"] >= len(same) and stats["paired_misses"] == 0
+        assert stats["paired_reads"] < len(keys)
+        gets = sum(mc.node(i).statistics()["gets"] for i in range(3))
+        await meta.get_pair(("buckets", "b"), ("obj/b", same[0]))
+        assert sum(mc.node(i).statistics()["gets"] for i in range(3)) == gets + 1
+
+
 async def test_versions_move_forward_even_if_the_clock_does_not(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client(clock=lambda: 1000) as meta:
         a = await meta.put("obj/b", "k", {"n": 1})

@@ -294,3 +294,109 @@ async def test_a_frame_the_kernel_cannot_take_at_once_is_left_to_send_buffers_in
     finally:
         await writer.aclose()
         await reader.aclose()
+
+
+async def test_an_at_once_handler_answers_in_the_reader_or_leaves_the_request_to_a_task(anyio_backend):
+    """``RpcServer.add(..., at_once=)``: what the at-once function returns or raises is the reply,
+    with no task; LATER, a malformed request or a non-numeric deadline go to the task handler,
+    which answers or refuses them as it would alone."""
+    from headwater.rpc import LATER
+    srv = RpcServer("test", secret=SECRET)
+    ran = {"now": 0, "task": 0}
+
+    def now(args, payload):
+        if args.get("wait"):
+            return LATER
+        ran["now"] += 1
+        if args.get("fail"):
+            raise QuotaExceeded("over quota", used=args["fail"], limit=10)
+        return Reply({"now": args.get("x")}, payload)
+
+    async def task(args, payload):
+        ran["task"] += 1
+        await anyio.sleep(0)
+        return {"task": args.get("x")}
+
+    srv.add("get", task, at_once=now)
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
+            r = await c.call("get", {"x": 1}, b"pay")
+            assert r.result == {"now": 1} and r.payload == b"pay"
+            assert (await c.call("get", {"x": 2, "wait": True})).result == {"task": 2}
+            with pytest.raises(QuotaExceeded) as e:
+                await c.call("get", {"fail": 11})
+            assert e.value.details["used"] == 11
+            assert ran == {"now": 2, "task": 1}
+            # Replies of both kinds interleave on one connection, each to its caller.
+            async with anyio.create_task_group() as calls:
+                got: dict[int, object] = {}
+
+                async def one(i: int) -> None:
+                    got[i] = (await c.call("get", {"x": i, "wait": i % 2 == 0})).result
+
+                for i in range(40):
+                    calls.start_soon(one, i)
+            assert got == {i: ({"task": i} if i % 2 == 0 else {"now": i}) for i in range(40)}
+            assert srv.statistics()["requests"] == 43
+        tg.cancel_scope.cancel()
+    # A request whose args are not a map, or whose deadline is not a number, never reaches the
+    # at-once function: the task path refuses it.
+    from headwater.rpc.client import _Pending
+    from headwater.rpc.frame import REQUEST, _packb, encode_frame
+    before = ran["now"]
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        async with RpcClient("127.0.0.1", port, secret=SECRET) as c:
+            conn = await c._connection(anyio.current_time() + 5)
+            for rid, args, timeout in ((10_001, [1, 2], 5.0), (10_002, {"x": 1}, "soon")):
+                pending = _Pending()
+                conn.pending[rid] = pending
+                await c._send(conn, encode_frame(_packb([REQUEST, rid, "get", args, timeout])),
+                              anyio.current_time() + 5)
+                with anyio.fail_after(5):
+                    await pending.event.wait()
+                assert isinstance(pending.error, BadRequest), pending.error
+        tg.cancel_scope.cancel()
+    assert ran["now"] == before
+
+
+async def test_an_rpc_stream_reads_what_comes_after_it_drained_the_socket_and_wakes_on_close(anyio_backend):
+    """RpcStream's wait to read (on asyncio, a registration kept with the loop; a receive that
+    drained the socket waits before its next recv): bytes sent while nobody waits, or after
+    the reader waits, are read; ``aclose`` from another task ends a waiting receive at once."""
+    from headwater.rpc.stream import accept, connect, listen
+    listener = listen("127.0.0.1", 0)
+    try:
+        port = listener.getsockname()[1]
+        client = await connect("127.0.0.1", port)
+        server = await accept(listener)
+        async with client, server:
+            await client.send(b"one")
+            assert await server.receive(100) == b"one"  # short: the socket is drained
+            await client.send(b"two")  # arrives while nobody waits
+            await anyio.sleep(0.05)
+            assert await server.receive(100) == b"two"
+            async with anyio.create_task_group() as tg:
+                async def later() -> None:
+                    await anyio.sleep(0.05)
+                    await client.send(b"three")
+                tg.start_soon(later)
+                with anyio.fail_after(5):
+                    assert await server.receive(100) == b"three"
+            got: list[type] = []
+
+            async def waiting() -> None:
+                try:
+                    await server.receive(100)
+                except Exception as e:  # noqa: BLE001 - the test looks at which
+                    got.append(type(e))
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiting)
+                    await anyio.sleep(0.05)
+                    await server.aclose()
+            assert got == [anyio.ClosedResourceError]
+    finally:
+        listener.close()

@@ -90,6 +90,12 @@ def test_create_other_users_bucket_is_already_exists(s3, s3_bob, bucket):
     expect_error(s3_bob.list_objects_v2, 403, "AccessDenied", Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="k", Body=b"secret")
     expect_error(s3_bob.get_object, 403, "AccessDenied", Bucket=bucket, Key="k")
+    expect_error(s3_bob.head_object, 403, "403", Bucket=bucket, Key="k")
+    # The bucket is judged before the key (one metadata call reads both, GET and HEAD alike).
+    expect_error(s3_bob.get_object, 403, "AccessDenied", Bucket=bucket, Key="missing")
+    expect_error(s3_bob.get_object, 403, "AccessDenied", Bucket=bucket, Key="m" * 5000)
+    expect_error(s3.get_object, 404, "NoSuchKey", Bucket=bucket, Key="missing")
+    expect_error(s3.head_object, 404, "404", Bucket=bucket, Key="missing")
     expect_error(s3_bob.put_object, 403, "AccessDenied", Bucket=bucket, Key="k2", Body=b"x")
     expect_error(s3_bob.delete_bucket, 403, "AccessDenied", Bucket=bucket)
     assert get_bytes(s3, bucket, "k") == b"secret"
@@ -161,6 +167,8 @@ def test_no_such_bucket(s3):
     expect_error(s3.list_objects_v2, 404, "NoSuchBucket", Bucket="no-such-bucket-here")
     expect_error(s3.put_object, 404, "NoSuchBucket", Bucket="no-such-bucket-here", Key="k", Body=b"x")
     expect_error(s3.get_object, 404, "NoSuchBucket", Bucket="no-such-bucket-here", Key="k")
+    expect_error(s3.get_object, 404, "NoSuchBucket", Bucket="no-such-bucket-here", Key="k" * 5000)
+    expect_error(s3.head_object, 404, "404", Bucket="no-such-bucket-here", Key="k")
 
 
 # --- put / get ----------------------------------------------------------------------------------

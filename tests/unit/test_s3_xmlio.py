@@ -34,6 +34,13 @@ def test_dates():
     assert x.parse_http_date("garbage") is None
 
 
+@given(st.floats(min_value=0, max_value=253402300799.0))  # 1970 .. 9999-12-31 23:59:59
+def test_http_date_is_what_email_utils_formats(ts):
+    import email.utils
+    assert x.http_date(ts) == email.utils.formatdate(int(ts), usegmt=True)
+    assert x.parse_http_date(x.http_date(ts)) == int(ts)
+
+
 def test_list_buckets():
     body = x.list_buckets(owner=x.Owner(id="o1", display_name="me"),
                           buckets=[x.BucketEntry(name="b1", created=T)])
