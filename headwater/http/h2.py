@@ -404,7 +404,8 @@ class H2Connection:
             elif t is h2.events.TrailersReceived:
                 # Checked as h2 would (no pseudo-header fields...), then dropped: no app reads
                 # trailers.
-                for _ in h2.utilities.validate_headers(ev.headers, _TRAILER_BLOCK):
+                for _ in h2.utilities.validate_headers(
+                        h2.utilities.normalize_inbound_headers(ev.headers, _TRAILER_BLOCK), _TRAILER_BLOCK):
                     pass
             # SettingsAcknowledged, PingAckReceived: h2 already queued whatever answer they
             # need.
@@ -417,7 +418,10 @@ class H2Connection:
         fields = tuple(ev.headers)
         parsed = _REQUESTS.get(fields)
         if parsed is None:
-            for _ in h2.utilities.validate_headers(fields, _REQUEST_BLOCK):
+            # Split cookie fields joined before the checks, as h2 did: a crumb may end with a
+            # blank ("a=1 ", "b=2" made "a=1 ; b=2") that the checks refuse in a field alone.
+            for _ in h2.utilities.validate_headers(
+                    h2.utilities.normalize_inbound_headers(fields, _REQUEST_BLOCK), _REQUEST_BLOCK):
                 pass
             parsed = _parse_request(fields)
             if type(parsed) is tuple and sum(32 + len(n) + len(v) for n, v in fields) <= _REQUESTS_MAX_BYTES:
