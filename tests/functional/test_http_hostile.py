@@ -295,7 +295,8 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
 @pytest.mark.parametrize(("bad", "last"), [(_NOW_BLOCK + b"\x00\x02te\x04gzip", 5), (_NOW_BLOCK + b"\x80", 3),
                                            (_NOW_BLOCK + b"\x00\x81\x00\x01a", 3)],
                          ids=["te: gzip", "index 0", "huffman"])
-async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_error(bad: bytes, last: int) -> None:
+async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_error(bad: bytes,
+                                                                                     last: int) -> None:
     # Our own field checks (once per distinct list) and HPACK decoder refuse as h2 did before
     # (7207706): the requests before are answered, then GOAWAY(PROTOCOL_ERROR) naming the
     # malformed stream (or, when its block could not be decoded, the one before), and close.
@@ -318,7 +319,8 @@ async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_
         frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
         pos += 9 + n
     assert [sid for kind, sid, _ in frames if kind == 0x1] == [1, 3]
-    assert [payload for kind, _, payload in frames if kind == 0x7] == [last.to_bytes(4, "big") + (1).to_bytes(4, "big")]
+    goaway = last.to_bytes(4, "big") + (1).to_bytes(4, "big")  # (last stream, PROTOCOL_ERROR)
+    assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
 
 
 @pytest.mark.parametrize("flood", ["ping", "settings"])

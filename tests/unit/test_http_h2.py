@@ -475,3 +475,19 @@ def test_the_memo_of_checked_requests_counts_fields_as_hpack_does() -> None:
     server.receive_data(_headers(1, _G + add + b"\xbe" * 200))
     server.receive_data(_headers(3, _G + b"\xbe" * 20))
     assert [len(fields) for fields in server_h2._REQUESTS] == [4 + 20]
+
+
+def test_a_block_replayed_after_the_table_changed_reads_as_the_table_now_says() -> None:
+    def add(value: bytes) -> bytes:  # "a: value", into the dynamic table
+        return b"\x40\x01a" + bytes((len(value),)) + value
+
+    server = _server()
+    replay = _G + b"\xbe"  # "the newest entry of the dynamic table"
+    wire = _headers(1, _G + add(b"1")) + _headers(3, replay) + _headers(5, replay)
+    seen = [e.headers[0] for e in server.receive_data(wire) if isinstance(e, server_h2.StreamRequest)]
+    assert seen == [("a", "1")] * 3
+    wire = _headers(7, _G + add(b"2")) + _headers(9, replay)
+    seen = [e.headers[0] for e in server.receive_data(wire) if isinstance(e, server_h2.StreamRequest)]
+    assert seen == [("a", "2")] * 2
+    events = server.receive_data(_headers(11, b"\x20" + _G) + _headers(13, replay))  # table emptied
+    assert [type(e) for e in events] == [server_h2.ConnectionEnded] and events[0].error_code == _PROTOCOL
