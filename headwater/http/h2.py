@@ -153,7 +153,10 @@ _TRAILER_BLOCK = _REQUEST_BLOCK._replace(is_trailer=True)
 # or the StreamInvalid error. A client sends the same fields for request after request, and h2
 # checks them in a chain of generators: both are done once per distinct list. Bounded like h1's
 # memo of request fields: at most _REQUESTS_MAX lists of at most _REQUESTS_MAX_BYTES, cleared
-# when full.
+# when full. A list's size is HPACK's (RFC 7541 4.1: 32 bytes a field besides its name and
+# value): a field indexed from the peer's dynamic table costs it one byte on the wire and us a
+# few hundred in the memo, and counted by characters alone, lists of ~2000 one-letter fields
+# pinned 100-200 MiB in a full memo (a POP grew by ~110 MiB for 1200 such requests).
 _Parsed = tuple[str, str, str, str, tuple[tuple[str, str], ...], "int | None", bool] | ProtocolError
 _REQUESTS: dict[tuple[tuple[bytes, bytes], ...], _Parsed] = {}
 _REQUESTS_MAX = 512
@@ -289,7 +292,9 @@ class H2Connection:
                                            normalize_inbound_headers=False)
         self._conn = h2.connection.H2Connection(config=config)
         # Our own HPACK both ways (h2_fields): blocks remembered in, static-table literals out.
-        decoder = RememberingDecoder(self._conn.decoder.max_header_list_size)
+        # The limit is ours, as advertised: h2 set its decoder's (64 KiB) before the SETTINGS
+        # below replaced its own, and a SETTINGS ack changes nothing that is not changed.
+        decoder = RememberingDecoder(limits.max_header_bytes)
         self._conn.decoder = decoder
         self._conn.encoder = _NoEncoder()  # type: ignore[assignment]
         self._table_zeroed = False  # our first block has set the peer's table size to 0
@@ -306,6 +311,7 @@ class H2Connection:
         self._out: list[bytes | memoryview] = []
         self._out_bytes = 0
         self.closed = False
+        self._last_read = 0  # the highest stream id read so far (for a GOAWAY mid-read)
 
     def initiate(self) -> None:
         """Queue the server preface (SETTINGS, and the connection window increase)."""
@@ -322,6 +328,7 @@ class H2Connection:
         if not data:
             self.closed = True
             return [ConnectionEnded(error_code=H2_NO_ERROR, reason="peer closed the connection")]
+        self._last_read = self._conn.highest_inbound_stream_id
         try:
             raw = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -332,8 +339,10 @@ class H2Connection:
             out, costly = self._events(raw)
         except h2.exceptions.ProtocolError as e:
             # A malformed field block (RFC 9113 8.2, 8.3): a connection error, as h2 makes it
-            # when it checks blocks itself (none of the batch's events are answered).
-            self.close(int(getattr(e, "error_code", H2_PROTOCOL_ERROR)))
+            # when it checks blocks itself (none of the batch's events are answered). h2 read
+            # the streams after it in the same data too: the GOAWAY names the last stream read
+            # up to the malformed block, as when h2 stopped there, not streams never acted on.
+            self.close(int(getattr(e, "error_code", H2_PROTOCOL_ERROR)), last_stream_id=self._last_read)
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
         if costly and not self.budget.spend(costly):
@@ -365,6 +374,7 @@ class H2Connection:
                 out.append(StreamData(stream_id=sid, data=ev.data,
                                       flow_controlled_length=ev.flow_controlled_length))
             elif t is h2.events.RequestReceived:
+                self._last_read = ev.stream_id
                 on_headers = ev.priority_updated
                 req = self._request(ev)
                 if type(req) is StreamInvalid:
@@ -394,7 +404,8 @@ class H2Connection:
             elif t is h2.events.TrailersReceived:
                 # Checked as h2 would (no pseudo-header fields...), then dropped: no app reads
                 # trailers.
-                for _ in h2.utilities.validate_headers(ev.headers, _TRAILER_BLOCK):
+                for _ in h2.utilities.validate_headers(
+                        h2.utilities.normalize_inbound_headers(ev.headers, _TRAILER_BLOCK), _TRAILER_BLOCK):
                     pass
             # SettingsAcknowledged, PingAckReceived: h2 already queued whatever answer they
             # need.
@@ -407,10 +418,13 @@ class H2Connection:
         fields = tuple(ev.headers)
         parsed = _REQUESTS.get(fields)
         if parsed is None:
-            for _ in h2.utilities.validate_headers(fields, _REQUEST_BLOCK):
+            # Split cookie fields joined before the checks, as h2 did: a crumb may end with a
+            # blank ("a=1 ", "b=2" made "a=1 ; b=2") that the checks refuse in a field alone.
+            for _ in h2.utilities.validate_headers(
+                    h2.utilities.normalize_inbound_headers(fields, _REQUEST_BLOCK), _REQUEST_BLOCK):
                 pass
             parsed = _parse_request(fields)
-            if type(parsed) is tuple and sum(len(n) + len(v) for n, v in fields) <= _REQUESTS_MAX_BYTES:
+            if type(parsed) is tuple and sum(32 + len(n) + len(v) for n, v in fields) <= _REQUESTS_MAX_BYTES:
                 if len(_REQUESTS) >= _REQUESTS_MAX:
                     _REQUESTS.clear()
                 _REQUESTS[fields] = parsed
@@ -611,11 +625,11 @@ class H2Connection:
         return stream is None or stream.closed or stream.state_machine.state.name in (
             "HALF_CLOSED_REMOTE", "CLOSED")
 
-    def close(self, error_code: int = H2_NO_ERROR) -> None:
+    def close(self, error_code: int = H2_NO_ERROR, last_stream_id: int | None = None) -> None:
         """GOAWAY: no new streams; streams already open may finish."""
         if not self.closed:
             try:
-                self._conn.close_connection(error_code=error_code)
+                self._conn.close_connection(error_code=error_code, last_stream_id=last_stream_id)
             except h2.exceptions.ProtocolError:
                 pass
             self.closed = True

@@ -31,6 +31,8 @@ import pytest
 from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http import FileBody, Request, Response
+from headwater.http.h2 import PREFACE
+from tests.functional.test_http_inline import NowApp
 from tests.functional.test_http_server import Probe, make_app, raw_exchange, running, split_responses
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -251,6 +253,74 @@ async def test_http2_rapid_reset_gets_goaway_enhance_your_calm() -> None:
         goaway = c.goaway()
         assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
         assert sent < 5000 and probe.calls < 5000  # cut off within the budget (400 + 100/s)
+
+
+async def test_http2_rapid_reset_of_streams_answered_at_once_gets_goaway_enhance_your_calm() -> None:
+    # The edge's warm hits are answered where their HEADERS are read (answer_now): a reset read
+    # with them still spends the budget, and the app is not asked for what was reset.
+    app = NowApp()
+    async with running(app) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
+                sid, sent = 1, 0
+                try:
+                    while c.goaway() is None and sent < 20_000:
+                        for _ in range(100):
+                            c.conn.send_headers(sid, c.headers("GET", "/now"), end_stream=True)
+                            c.conn.reset_stream(sid, error_code=8)
+                            sid += 2
+                            sent += 1
+                        await c.send()
+                        with anyio.move_on_after(0.01):
+                            await c.pump()
+                except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
+                    pass
+                await c.pump_until(lambda: c.goaway() is not None)
+        goaway = c.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        assert sent < 5000 and app.now + app.awaited < 100
+
+
+_NOW_BLOCK = b"".join(b"\x00" + bytes((len(n),)) + n + bytes((len(v),)) + v for n, v in [
+    (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/now"), (b":authority", b"a")])
+
+
+def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize(("bad", "last"), [(_NOW_BLOCK + b"\x00\x02te\x04gzip", 5), (_NOW_BLOCK + b"\x80", 3),
+                                           (_NOW_BLOCK + b"\x00\x81\x00\x01a", 3)],
+                         ids=["te: gzip", "index 0", "huffman"])
+async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_error(bad: bytes,
+                                                                                     last: int) -> None:
+    # Our own field checks (once per distinct list) and HPACK decoder refuse as h2 did before
+    # (7207706): the requests before are answered, then GOAWAY(PROTOCOL_ERROR) naming the
+    # malformed stream (or, when its block could not be decoded, the one before), and close.
+    async with running(NowApp()) as port:
+        hello = PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x4, 0x1, 0, b"")
+        with anyio.fail_after(5):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                await s.send(hello + _frame(0x1, 0x5, 1, _NOW_BLOCK) + _frame(0x1, 0x5, 3, _NOW_BLOCK))
+                await anyio.sleep(0.1)
+                await s.send(_frame(0x1, 0x5, 5, bad))
+                out = b""
+                while True:
+                    try:
+                        out += await s.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+    frames, pos = [], 0
+    while pos < len(out):
+        n = int.from_bytes(out[pos:pos + 3], "big")
+        frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
+        pos += 9 + n
+    assert [sid for kind, sid, _ in frames if kind == 0x1] == [1, 3]
+    goaway = last.to_bytes(4, "big") + (1).to_bytes(4, "big")  # (last stream, PROTOCOL_ERROR)
+    assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
 
 
 @pytest.mark.parametrize("flood", ["ping", "settings"])

@@ -258,3 +258,14 @@ def test_split_cookie_fields_are_joined_into_one() -> None:
         p.request(sid, [("cookie", "a=1"), ("x-y", "z"), ("cookie", "b=2")])
     first, second = [e for e in p.server_events if isinstance(e, server_h2.StreamRequest)]
     assert first.headers == second.headers == [("x-y", "z"), ("cookie", "a=1; b=2"), ("host", "example")]
+
+
+def test_split_cookie_fields_are_checked_joined_as_h2_checked_them() -> None:
+    # A crumb ending with a blank is no field of its own once joined ("a=1 ; b=2"): accepted
+    # before our own checks (7207706), and still, first from the checks, then from the memo.
+    p = _lax_pair()
+    for sid in (1, 3):
+        p.request(sid, [("cookie", "a=1 "), ("cookie", " b=2")])
+    assert not any(isinstance(e, server_h2.ConnectionEnded) for e in p.server_events)
+    first, second = [e for e in p.server_events if isinstance(e, server_h2.StreamRequest)]
+    assert first.headers == second.headers == [("cookie", "a=1 ;  b=2"), ("host", "example")]
