@@ -19,12 +19,14 @@ playlist). Any block that changes the table forgets all it remembered.
 
 from __future__ import annotations
 
+import h2.errors
+import h2.exceptions
 import hpack
-from hpack.exceptions import InvalidTableSizeError, OversizedHeaderListError
+from hpack.exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
 from hpack.table import HeaderTable, table_entry_size
 
 __all__ = ["TABLE_SIZE_ZERO", "encode_field", "encode_status", "header_frames", "FieldMemo",
-           "RememberingDecoder"]
+           "RememberingDecoder", "CompressionError"]
 
 #: A dynamic table size update to 0 (RFC 7541 6.3): the first bytes of our first block.
 TABLE_SIZE_ZERO = b"\x20"
@@ -136,6 +138,13 @@ class FieldMemo:
         self.entries[(name, value)] = entry
 
 
+class CompressionError(h2.exceptions.ProtocolError):
+    """A header block HPACK cannot decode: a connection error of type COMPRESSION_ERROR (RFC
+    9113 4.3; h2 itself reports it as PROTOCOL_ERROR). h2 sends its GOAWAY with this code."""
+
+    error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+
+
 class RememberingDecoder(hpack.Decoder):
     """hpack's ``Decoder`` that answers a block it decoded before, without changing the table
     since, with the fields it decoded then (see the module's docstring). Bounded per
@@ -161,13 +170,18 @@ class RememberingDecoder(hpack.Decoder):
                 raise OversizedHeaderListError(
                     f"A header list larger than {self.max_header_list_size} has been received")
             if self.header_table.maxsize > self.max_allowed_table_size:
-                raise InvalidTableSizeError("Decoder's table size exceeds the maximum allowed")
+                raise CompressionError("Decoder's table size exceeds the maximum allowed")
             return list(fields)
         table = self.header_table
         entries = table.dynamic_entries
         first = entries[0] if entries else None
         count, maxsize = len(entries), table.maxsize
-        fields = super().decode(data, raw)
+        try:
+            fields = super().decode(data, raw)
+        except OversizedHeaderListError:
+            raise  # (h2 makes it a denial of service: ENHANCE_YOUR_CALM)
+        except (HPACKDecodingError, IndexError, TypeError, UnicodeDecodeError) as e:
+            raise CompressionError(f"Error decoding header block: {e}") from e
         if (entries[0] if entries else None) is not first or len(entries) != count or table.maxsize != maxsize:
             self._blocks.clear()  # the table changed: what was remembered may now read otherwise
         elif len(data) <= self.MAX_BLOCK_BYTES and len(fields) <= self.MAX_FIELDS:

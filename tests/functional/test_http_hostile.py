@@ -292,14 +292,16 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload
 
 
-@pytest.mark.parametrize(("bad", "last"), [(_NOW_BLOCK + b"\x00\x02te\x04gzip", 5), (_NOW_BLOCK + b"\x80", 3),
-                                           (_NOW_BLOCK + b"\x00\x81\x00\x01a", 3)],
+@pytest.mark.parametrize(("bad", "last", "code"), [(_NOW_BLOCK + b"\x00\x02te\x04gzip", 5, 1),
+                                                   (_NOW_BLOCK + b"\x80", 3, 9),
+                                                   (_NOW_BLOCK + b"\x00\x81\x00\x01a", 3, 9)],
                          ids=["te: gzip", "index 0", "huffman"])
-async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_error(bad: bytes,
-                                                                                     last: int) -> None:
+async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_error(bad: bytes, last: int,
+                                                                                     code: int) -> None:
     # Our own field checks (once per distinct list) and HPACK decoder refuse as h2 did before
-    # (7207706): the requests before are answered, then GOAWAY(PROTOCOL_ERROR) naming the
-    # malformed stream (or, when its block could not be decoded, the one before), and close.
+    # (7207706): the requests before are answered, then GOAWAY naming the malformed stream (or,
+    # when its block could not be decoded, the one before), and close: PROTOCOL_ERROR for a
+    # field h2 refuses, COMPRESSION_ERROR for a block HPACK cannot decode (RFC 9113 4.3).
     async with running(NowApp()) as port:
         hello = PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x4, 0x1, 0, b"")
         with anyio.fail_after(5):
@@ -319,7 +321,7 @@ async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_
         frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
         pos += 9 + n
     assert [sid for kind, sid, _ in frames if kind == 0x1] == [1, 3]
-    goaway = last.to_bytes(4, "big") + (1).to_bytes(4, "big")  # (last stream, PROTOCOL_ERROR)
+    goaway = last.to_bytes(4, "big") + code.to_bytes(4, "big")
     assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
 
 
