@@ -51,6 +51,9 @@ FILTERED_SET_MAX = 5000
 # Scores are summed in Python for the bounds and by the database for the page: a bound this close
 # to the k-th score is counted as reaching it.
 _EPSILON = 1e-9
+# How much lower than the walk's bound test a test in SQL may keep a title (the same sums in
+# another order may round differently; the test here is the exact one).
+_LOOSE = 1e-6
 # Above every character a normalised word holds: a prefix's words lie in [prefix, prefix + this).
 _TOP_CHAR = "\U0010ffff"
 
@@ -148,13 +151,13 @@ class SqlCatalogue(ABC):
         its completions (one prefix list, or each completion's own); the walk below reads them
         best impact first, so a query's cost follows k and how deep its best titles lie in
         those lists, not the number of titles it matches."""
-        row = tx.one("SELECT value FROM search_stats WHERE name = 'documents'")
-        total = int(row[0]) if row else 0
-        if total <= 0 or not groups:
+        if not groups:
             return []
         exact = sorted({w for g in groups for w in g.alternatives})
-        vocab = {r[0]: (int(r[1]), float(r[2])) for r in tx.rows(
-            f"SELECT word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(exact))})", exact)}
+        vocab = self._vocabulary(tx, exact)
+        total = tx.memo["documents"]
+        if total <= 0:
+            return []
         cursors: list[ListCursor] = []
         # Per group: the weight of its exact words, and for a prefix group the weight shared by
         # its completions.
@@ -174,9 +177,7 @@ class SqlCatalogue(ABC):
             wp = 0.0
             if g.prefix:
                 term = g.alternatives[0]
-                completions = [(r[0], int(r[1]), float(r[2])) for r in tx.rows(
-                    "SELECT word, docs, max_impact FROM search_words WHERE word > ? AND word < ? LIMIT ?",
-                    (term, term + _TOP_CHAR, PREFIX_SCANNED))]
+                completions = self._completions(tx, term)
                 completions = [c for c in completions if c[0] not in ws]
                 sizes[gi] += sum(c[1] for c in completions)
                 if completions:
@@ -214,7 +215,7 @@ class SqlCatalogue(ABC):
         # index order (the inner LIMIT, so the database cannot choose to read the whole list
         # and sort it) and marks each posting, joining its title's filter columns or probing
         # the set of titles that pass.
-        passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("1", [])
+        passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("true", [])
         outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
         # What the capped count (_count) reuses: the groups' words and weights, and their sizes.
@@ -306,17 +307,33 @@ class SqlCatalogue(ABC):
             after, aparams = "", []
             if c.after is not None:
                 after, aparams = " AND (impact, title_id) < (?, ?)", list(c.after)
+            known = c.group if sole[c.group] == c.word else None
+            looked: list[tuple] | None = None
+            batch_sql = (f"SELECT p.title_id, p.impact, {passes} AS ok FROM (SELECT title_id, impact FROM search_postings "
+                         f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer}")
+            batch_args = (*passes_args, c.word, *aparams, batch, *(fparams if outer else []))
             if self.walk_joins_in_order:
-                # The planner keeps the postings' order through the join: only passing postings
-                # come back, and the batch counts those.
+                # SQLite's planner keeps the postings' order through the join: only passing
+                # postings come back, and the batch counts those.
                 read = tx.rows(f"SELECT p.title_id, p.impact, 1 FROM search_postings p{join} WHERE p.word = ?"
                                f"{after.replace('(impact, title_id)', '(p.impact, p.title_id)')}{cond} "
                                "ORDER BY p.impact DESC, p.title_id DESC LIMIT ?", (c.word, *aparams, *fparams, batch))
+            elif lookup is not None and not single and any(gi != known for gs in lookup.values() for gi, _ in gs):
+                # The read and the lookups of its new titles in one statement (one round trip a
+                # step, where a step was two): the titles looked up are those the bound test
+                # below keeps, tested in SQL as loosely as rounding needs (what the other lists
+                # still hold is known before the read; the list read bounds its own titles by
+                # their impact), and only the ones kept here are scored.
+                kth = top.kth()
+                rest = max((x.weight * x.frontier for x in cursors if x.group == c.group and x is not c), default=0.0)
+                if partial[c.group] and n_groups > 1:
+                    rest = max(rest, peaks[c.group])
+                beyond = sum(bound(gi) for gi in range(n_groups) if gi != c.group)
+                floor = -1.0 if kth is None else kth - _EPSILON - _LOOSE
+                read, looked = self._read_and_looked_up(tx, batch_sql, batch_args, lookup, known,
+                                                        (c.weight, rest, beyond, floor), seen)
             else:
-                read = tx.rows(f"SELECT p.title_id, p.impact, {passes} FROM (SELECT title_id, impact FROM search_postings "
-                               f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
-                               "ORDER BY p.impact DESC, p.title_id DESC",
-                               (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
+                read = tx.rows(f"{batch_sql} ORDER BY p.impact DESC, p.title_id DESC", batch_args)
             walked += len(read)
             before = c.frontier
             if len(read) < batch:
@@ -357,8 +374,9 @@ class SqlCatalogue(ABC):
                     if (v if v > bounds[c.group] else bounds[c.group]) + others >= floor:
                         fresh[tid] = v
             if fresh:
-                known = c.group if sole[c.group] == c.word else None
-                if lookup is not None:
+                if looked is not None:
+                    found = _summed(looked, lookup, n_groups, fresh, known)  # type: ignore[arg-type]
+                elif lookup is not None:
                     found = self._looked_up(tx, lookup, n_groups, fresh, known)
                 elif known is not None and all(2 * sizes[gi] >= total for gi in range(n_groups) if gi != known):
                     # The other words are in most titles: score each title at once.
@@ -379,6 +397,50 @@ class SqlCatalogue(ABC):
             return sorted(best.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
         return top.ranked()[:k]
 
+    def _vocabulary(self, tx: Tx, words: list[str]) -> dict[str, tuple[int, float]]:
+        """The words of ``words`` the vocabulary holds, each with its document count and highest
+        impact. The first call of a search reads, in the same statement, the document count
+        (``tx.memo["documents"]``) and the last word's completions (:meth:`_completions`): one
+        round trip where there were three."""
+        memo = tx.memo.get("vocabulary")
+        if memo is None:
+            last = words[-1]
+            rows = tx.rows(
+                f"SELECT 0, word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(words))}) "
+                "UNION ALL SELECT 1, NULL, value, 0 FROM search_stats WHERE name = 'documents' "
+                "UNION ALL SELECT 2, word, docs, max_impact FROM (SELECT word, docs, max_impact FROM search_words "
+                "WHERE word > ? AND word < ? LIMIT ?) c",
+                (*words, last, last + _TOP_CHAR, PREFIX_SCANNED))
+            memo = tx.memo["vocabulary"] = ({w: None for w in words}, {})
+            tx.memo["documents"] = 0
+            for kind, word, docs, peak in rows:
+                if kind == 0:
+                    memo[0][word] = (int(docs), float(peak))
+                elif kind == 1:
+                    tx.memo["documents"] = int(docs)
+                else:
+                    memo[1].setdefault(last, []).append((word, int(docs), float(peak)))
+            memo[1].setdefault(last, [])
+        held, _ = memo
+        missing = [w for w in words if w not in held]
+        if missing:
+            for r in tx.rows(f"SELECT word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(missing))})",
+                             missing):
+                held[r[0]] = (int(r[1]), float(r[2]))
+            for w in missing:
+                held.setdefault(w, None)
+        return {w: held[w] for w in words if held[w] is not None}
+
+    def _completions(self, tx: Tx, term: str) -> list[tuple[str, int, float]]:
+        """The vocabulary's words that extend ``term`` (up to PREFIX_SCANNED, in word order), each
+        with its document count and highest impact."""
+        memo = tx.memo.get("vocabulary")
+        if memo is not None and term in memo[1]:
+            return list(memo[1][term])
+        return [(r[0], int(r[1]), float(r[2])) for r in tx.rows(
+            "SELECT word, docs, max_impact FROM search_words WHERE word > ? AND word < ? LIMIT ?",
+            (term, term + _TOP_CHAR, PREFIX_SCANNED))]
+
     def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
                    ids: list[int] | dict[int, float], known: int | None = None) -> list[tuple[int, float]]:
         """(title id, score) of the titles ``ids`` holding every group, from their postings of
@@ -390,28 +452,29 @@ class SqlCatalogue(ABC):
         if not words:
             # Every other group has no word: only a lone group's titles can match.
             return list(ids.items()) if n_groups == 1 and isinstance(ids, dict) else []
-        per: dict[int, list[float]] = {}
-        for tid, word, impact in tx.rows(
-                f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
-                f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(words))})",
-                (json.dumps(list(ids)), *words)):
-            got = per.get(tid)
-            if got is None:
-                got = per[tid] = [0.0] * n_groups
-                if known is not None:
-                    got[known] = ids[tid]  # type: ignore[index]
-            for gi, weight in lookup[word]:
-                v = weight * impact
-                if v > got[gi]:
-                    got[gi] = v
-        out = []
-        for tid, got in per.items():
-            if all(v > 0.0 for v in got):
-                score = 0.0
-                for v in got:
-                    score += v
-                out.append((int(tid), score))
-        return out
+        return _summed(tx.rows(
+            f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
+            f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(words))})",
+            (json.dumps(list(ids)), *words)), lookup, n_groups, ids, known)
+
+    def _read_and_looked_up(self, tx: Tx, batch_sql: str, batch_args: Sequence[Any],
+                            lookup: dict[str, list[tuple[int, float]]], known: int | None,
+                            test: tuple[float, float, float, float], seen: set[int]) -> tuple[list[tuple], list[tuple]]:
+        """One step of the walk in one statement: the batch ``batch_sql`` reads (rows of title,
+        impact, passes; best first) and the postings of the words in ``lookup`` (but group
+        ``known``'s) of its titles that pass, are not in ``seen`` and whose bound ``greatest(weight
+        × impact, rest) + beyond`` reaches ``floor`` (``test``) (rows of title, word, impact)."""
+        words = [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)]
+        unseen, uargs = (f" AND title_id NOT IN ({self.json_ints})", [json.dumps(list(seen))]) if seen else ("", [])
+        rows = tx.rows(
+            f"WITH r AS MATERIALIZED ({batch_sql}) "
+            "SELECT 0 AS part, r.title_id, r.impact, r.ok, NULL AS word FROM r UNION ALL "
+            f"SELECT 1, q.title_id, q.impact, true, q.word FROM search_postings q{self.postings_by_title} "
+            f"WHERE q.title_id IN (SELECT title_id FROM r WHERE ok AND {self.greatest}(? * impact, ?) + ? >= ?{unseen}) "
+            f"AND q.word IN ({_marks(len(words))}) ORDER BY part, impact DESC, title_id DESC",
+            (*batch_args, *test, *uargs, *words))
+        read = [(r[1], r[2], r[3]) for r in rows if r[0] == 0]
+        return read, [(r[1], r[4], r[2]) for r in rows if r[0] == 1]
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
         """The titles passing the filters, up to FILTERED_SET_MAX + 1 (read once per search)."""
@@ -944,8 +1007,7 @@ class SqlCatalogue(ABC):
         cap = limits.max_offset + limits.max_page_size
         with self._tx(write=False) as tx:
             if terms:
-                known = {r[0] for r in tx.rows(f"SELECT word FROM search_words WHERE word IN ({_marks(len(terms))})",
-                                               terms)}
+                known = set(self._vocabulary(tx, terms))
                 candidates: dict[str, list[tuple[str, int]]] = {}
                 for term in terms:
                     if term in known or not max_edits(term):
@@ -1106,6 +1168,37 @@ class SqlCatalogue(ABC):
 
 
 _HIT_COLS = "t.id, t.title, t.category, t.year, t.language, t.duration_s"
+
+
+def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n_groups: int,
+            ids: list[int] | dict[int, float], known: int | None) -> list[tuple[int, float]]:
+    """(title id, score) of the titles of ``ids`` holding every group, from ``rows`` of their
+    postings (title, word, impact) of the words in ``lookup`` (word → its groups and weights): a
+    group scores its best weighted impact, the score is the groups' sum (in group order, as
+    ``_scored``'s SQL adds them). With ``known``, ``ids`` maps each title to its score in that
+    group; rows of titles not in ``ids`` are skipped."""
+    per: dict[int, list[float]] = {}
+    among = ids if isinstance(ids, dict) else None
+    for tid, word, impact in rows:
+        got = per.get(tid)
+        if got is None:
+            if among is not None and tid not in among:
+                continue
+            got = per[tid] = [0.0] * n_groups
+            if known is not None:
+                got[known] = ids[tid]  # type: ignore[index]
+        for gi, weight in lookup[word]:
+            v = weight * impact
+            if v > got[gi]:
+                got[gi] = v
+    out = []
+    for tid, got in per.items():
+        if all(v > 0.0 for v in got):
+            score = 0.0
+            for v in got:
+                score += v
+            out.append((int(tid), score))
+    return out
 
 
 def _tally(rows: list[tuple], cap: int) -> tuple[int, bool, dict[str, int]]:
