@@ -116,6 +116,10 @@ class SqlCatalogue(ABC):
     # rarest group first, a title missing it stops there), PostgreSQL from the titles' postings
     # read in one statement (_looked_up: one index-only probe per title and word, no subplans).
     score_by_lookup = False
+    # Whether a ranking that scores every match in one statement (a rare word's titles, a rare
+    # filter's) keeps them for the capped count, instead of the count checking each title for
+    # every word again (PostgreSQL: half the index probes of such a search).
+    count_from_matches = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -227,7 +231,8 @@ class SqlCatalogue(ABC):
             # category and language otherwise joined most of its list).
             few = self._filtered_titles(tx, where, params)
             if len(few) <= INTERSECT_MAX:
-                return self._scored(tx, groups, weights, prefix_weight, few, k, order=by_size) if few else []
+                return self._scored_top(tx, groups, weights, prefix_weight, few, k, where, params,
+                                        order=by_size) if few else []
             if len(few) <= FILTERED_SET_MAX:
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
                 passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
@@ -235,8 +240,9 @@ class SqlCatalogue(ABC):
         if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
             # One group has few postings: every match is among its titles, all scored in one
             # statement (exact, and cheaper than walking).
-            return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
-                groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
+            return self._scored_top(tx, groups, weights, prefix_weight, self._group_titles(
+                groups, weights, prefix_weight, rarest, join, cond, fparams), k, where, params, held=rarest,
+                order=by_size)
         # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
         # impact first); the list whose next posting could score the most is read next, in
         # batches that double per list. Each batch's new titles are scored by the database
@@ -519,6 +525,21 @@ class SqlCatalogue(ABC):
                                for m, _ in parts),
                 [a for _, args in parts for a in [*args, *fparams]])
 
+    def _scored_top(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]],
+                    prefix_weight: list[float], ids: list[int] | tuple[str, list[Any]], k: int, where: list[str],
+                    params: list[Any], *, held: int | None = None,
+                    order: list[int] | None = None) -> list[tuple[int, float]]:
+        """The best ``k`` of :meth:`_scored` over ``ids``, which hold every match. With
+        :attr:`count_from_matches`, every match is read and kept (``tx.memo["matches"]``) for the
+        capped count (:meth:`_count`), which then need not check each title for every group
+        again."""
+        if not self.count_from_matches:
+            return self._scored(tx, groups, weights, prefix_weight, ids, k, held=held, order=order)
+        found = self._scored(tx, groups, weights, prefix_weight, ids, None, held=held, order=order)
+        tx.memo["matches"] = ((groups, tuple(where), tuple(params)), [tid for tid, _ in found])
+        # As the SQL orders them: best score first, ties newest (highest id) first.
+        return sorted(found, key=lambda r: (-r[1], -r[0]))[:k]
+
     def _scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
                 ids: list[int] | tuple[str, list[Any]], k: int | None, *, held: int | None = None,
                 order: list[int] | None = None) -> list[tuple[int, float]]:
@@ -643,6 +664,13 @@ class SqlCatalogue(ABC):
         walks the doclists of every word and completion until it has ``cap`` matches: for a
         common word under a rare filter, or a long prefix beside a rare word (a merge of every
         completion's doclist), that was most of the list for a handful of matches."""
+        matches = tx.memo.get("matches")
+        if matches is not None and matches[0] == (groups, tuple(where), tuple(params)) and len(matches[1]) <= cap:
+            # The ranking scored every match (_scored_top): counted from those, exact.
+            if not matches[1]:
+                return []
+            return tx.rows(f"SELECT t.category, count(*) FROM titles t WHERE t.id IN ({self.json_ints}) "
+                           f"AND {' AND '.join(where)} GROUP BY t.category", (json.dumps(matches[1]), *params))
         plan = tx.memo.get("plan")
         if plan is not None and plan[0] == groups:
             _, weights, prefix_weight, sizes, by_size = plan
