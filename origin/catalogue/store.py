@@ -224,6 +224,21 @@ class SqlCatalogue(ABC):
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
         # What the capped count (_count) reuses: the groups' words and weights, and their sizes.
         tx.memo["plan"] = (groups, weights, prefix_weight, sizes, by_size)
+        # Where every group's matches are a list of words (its words, and a 2-3-letter prefix's
+        # own prefix list), a title is scored from its postings of those words, read in one
+        # statement (a primary-key probe per title and word) and summed here: cheaper than the
+        # database's per-title subqueries (_scored), which a longer prefix's range still needs.
+        lookup: dict[str, list[tuple[int, float]]] | None = {} if self.score_by_lookup else None
+        for gi, g in enumerate(groups if lookup is not None else ()):
+            for w, v in weights[gi].items():
+                lookup.setdefault(w, []).append((gi, v))
+            if g.prefix and prefix_weight[gi] > 0:
+                key = prefix_key(g.alternatives[0])
+                if key is None or len(g.alternatives[0]) > PREFIX_LENGTHS[-1] or len(g.alternatives) > 1:
+                    lookup = None
+                    break
+                lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
+
         if any(w.startswith(("t.category", "t.language")) for w in filters):
             # A category or language filter that leaves few titles (read from their indexes,
             # titles_browse_*): those titles are scored outright, or the walk probes them as a
@@ -232,7 +247,7 @@ class SqlCatalogue(ABC):
             few = self._filtered_titles(tx, where, params)
             if len(few) <= INTERSECT_MAX:
                 return self._scored_top(tx, groups, weights, prefix_weight, few, k, where, params,
-                                        order=by_size) if few else []
+                                        order=by_size, lookup=lookup) if few else []
             if len(few) <= FILTERED_SET_MAX:
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
                 passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
@@ -242,7 +257,7 @@ class SqlCatalogue(ABC):
             # statement (exact, and cheaper than walking).
             return self._scored_top(tx, groups, weights, prefix_weight, self._group_titles(
                 groups, weights, prefix_weight, rarest, join, cond, fparams), k, where, params, held=rarest,
-                order=by_size)
+                order=by_size, lookup=lookup)
         # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
         # impact first); the list whose next posting could score the most is read next, in
         # batches that double per list. Each batch's new titles are scored by the database
@@ -269,21 +284,6 @@ class SqlCatalogue(ABC):
         def bound(gi: int) -> float:
             best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
             return max(best, peaks[gi]) if partial[gi] and n_groups > 1 else best
-
-        # Where every group's matches are a list of words (its words, and a 2-3-letter prefix's
-        # own prefix list), a title is scored from its postings of those words, read in one
-        # statement (a primary-key probe per title and word) and summed here: cheaper than the
-        # database's per-title subqueries (_scored), which a longer prefix's range still needs.
-        lookup: dict[str, list[tuple[int, float]]] | None = {} if self.score_by_lookup else None
-        for gi, g in enumerate(groups if lookup is not None else ()):
-            for w, v in weights[gi].items():
-                lookup.setdefault(w, []).append((gi, v))
-            if g.prefix and prefix_weight[gi] > 0:
-                key = prefix_key(g.alternatives[0])
-                if key is None or len(g.alternatives[0]) > PREFIX_LENGTHS[-1] or len(g.alternatives) > 1:
-                    lookup = None
-                    break
-                lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
 
         # Per group, its one list when the group's score of a title is that list's weighted
         # impact (one list of exactly its titles: not a prefix's 3-letter superset list): a title
@@ -448,7 +448,8 @@ class SqlCatalogue(ABC):
             (term, term + _TOP_CHAR, PREFIX_SCANNED))]
 
     def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
-                   ids: list[int] | dict[int, float], known: int | None = None) -> list[tuple[int, float]]:
+                   ids: list[int] | dict[int, float] | tuple[str, list[Any]],
+                   known: int | None = None) -> list[tuple[int, float]]:
         """(title id, score) of the titles ``ids`` holding every group, from their postings of
         the words in ``lookup`` (word → its groups and weights): a group scores its best weighted
         impact, the score is the groups' sum (in group order, as :meth:`_scored` adds them).
@@ -458,10 +459,11 @@ class SqlCatalogue(ABC):
         if not words:
             # Every other group has no word: only a lone group's titles can match.
             return list(ids.items()) if n_groups == 1 and isinstance(ids, dict) else []
+        source, sargs = ids if isinstance(ids, tuple) else (self.json_ints, [json.dumps(list(ids))])
         return _summed(tx.rows(
             f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
-            f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(words))})",
-            (json.dumps(list(ids)), *words)), lookup, n_groups, ids, known)
+            f"WHERE q.title_id IN ({source}) AND q.word IN ({_marks(len(words))})",
+            (*sargs, *words)), lookup, n_groups, ids if isinstance(ids, dict) else [], known)
 
     def _read_and_looked_up(self, tx: Tx, batch_sql: str, batch_args: Sequence[Any],
                             lookup: dict[str, list[tuple[int, float]]], known: int | None,
@@ -527,15 +529,20 @@ class SqlCatalogue(ABC):
 
     def _scored_top(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]],
                     prefix_weight: list[float], ids: list[int] | tuple[str, list[Any]], k: int, where: list[str],
-                    params: list[Any], *, held: int | None = None,
-                    order: list[int] | None = None) -> list[tuple[int, float]]:
+                    params: list[Any], *, held: int | None = None, order: list[int] | None = None,
+                    lookup: dict[str, list[tuple[int, float]]] | None = None) -> list[tuple[int, float]]:
         """The best ``k`` of :meth:`_scored` over ``ids``, which hold every match. With
         :attr:`count_from_matches`, every match is read and kept (``tx.memo["matches"]``) for the
         capped count (:meth:`_count`), which then need not check each title for every group
-        again."""
+        again; with ``lookup`` (:meth:`_top_k`), the titles are scored from their postings of
+        its words (:meth:`_looked_up`: one index-only probe per title and word, summed here)
+        instead of the database's per-title subqueries."""
         if not self.count_from_matches:
             return self._scored(tx, groups, weights, prefix_weight, ids, k, held=held, order=order)
-        found = self._scored(tx, groups, weights, prefix_weight, ids, None, held=held, order=order)
+        if lookup is not None:
+            found = self._looked_up(tx, lookup, len(groups), ids)
+        else:
+            found = self._scored(tx, groups, weights, prefix_weight, ids, None, held=held, order=order)
         tx.memo["matches"] = ((groups, tuple(where), tuple(params)), [tid for tid, _ in found])
         # As the SQL orders them: best score first, ties newest (highest id) first.
         return sorted(found, key=lambda r: (-r[1], -r[0]))[:k]
