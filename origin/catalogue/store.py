@@ -461,8 +461,7 @@ class SqlCatalogue(ABC):
             return list(ids.items()) if n_groups == 1 and isinstance(ids, dict) else []
         source, sargs = ids if isinstance(ids, tuple) else (self.json_ints, [json.dumps(list(ids))])
         return _summed(tx.rows(
-            f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
-            f"WHERE q.title_id IN ({source}) AND q.word IN ({_marks(len(words))})",
+            f"SELECT q.title_id, q.word, q.impact FROM ({source}) f(id) CROSS JOIN LATERAL ({_probes(len(words))}) q",
             (*sargs, *words)), lookup, n_groups, ids if isinstance(ids, dict) else [], known)
 
     def _read_and_looked_up(self, tx: Tx, batch_sql: str, batch_args: Sequence[Any],
@@ -477,9 +476,9 @@ class SqlCatalogue(ABC):
         rows = tx.rows(
             f"WITH r AS MATERIALIZED ({batch_sql}) "
             "SELECT 0 AS part, r.title_id, r.impact, r.ok, NULL AS word FROM r UNION ALL "
-            f"SELECT 1, q.title_id, q.impact, true, q.word FROM search_postings q{self.postings_by_title} "
-            f"WHERE q.title_id IN (SELECT title_id FROM r WHERE ok AND {self.greatest}(? * impact, ?) + ? >= ?{unseen}) "
-            f"AND q.word IN ({_marks(len(words))}) ORDER BY part, impact DESC, title_id DESC",
+            f"SELECT 1, q.title_id, q.impact, true, q.word FROM (SELECT title_id AS id FROM r WHERE ok AND "
+            f"{self.greatest}(? * impact, ?) + ? >= ?{unseen}) f CROSS JOIN LATERAL ({_probes(len(words))}) q "
+            "ORDER BY part, impact DESC, title_id DESC",
             (*batch_args, *test, *uargs, *words))
         read = [(r[1], r[2], r[3]) for r in rows if r[0] == 0]
         return read, [(r[1], r[4], r[2]) for r in rows if r[0] == 1]
@@ -1203,6 +1202,15 @@ class SqlCatalogue(ABC):
 
 
 _HIT_COLS = "t.id, t.title, t.category, t.year, t.language, t.duration_s"
+
+
+def _probes(n_words: int) -> str:
+    """PostgreSQL: the postings of ``n_words`` words (bound) of the title ``f.id``, for a
+    ``CROSS JOIN LATERAL``: one index-only probe of the primary key per title. (OFFSET 0 keeps
+    the planner from flattening it into a join it may run as a hash join over the words' whole
+    lists: a common word's list is thousands of pages where the titles looked up are tens.)"""
+    return (f"SELECT q.title_id, q.word, q.impact FROM search_postings q WHERE q.title_id = f.id "
+            f"AND q.word IN ({_marks(n_words)}) OFFSET 0")
 
 
 def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n_groups: int,
