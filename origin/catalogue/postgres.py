@@ -69,6 +69,7 @@ class PostgresCatalogue(SqlCatalogue):
     greatest = "greatest"
     postings_by_title = ""
     score_by_lookup = True
+    count_from_matches = True
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

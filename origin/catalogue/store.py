@@ -55,6 +55,12 @@ MERGED_MAX = 2048
 # Scores are summed in Python for the bounds and by the database for the page: a bound this close
 # to the k-th score is counted as reaching it.
 _EPSILON = 1e-9
+# PostgreSQL: a lookup reads the words' whole lists, not one probe per title, when they hold
+# fewer postings than this many per title (store._lookup_join).
+LOOKUP_SCAN_RATIO = 16
+# How much lower than the walk's bound test a test in SQL may keep a title (the same sums in
+# another order may round differently; the test here is the exact one).
+_LOOSE = 1e-6
 # Above every character a normalised word holds: a prefix's words lie in [prefix, prefix + this).
 _TOP_CHAR = "\U0010ffff"
 # The walk's name for a group's small lists read as one (never a word: a word is not empty).
@@ -124,6 +130,10 @@ class SqlCatalogue(ABC):
     # (PostgreSQL's GIN count reads a heap page per match; SQLite's FTS5 walk was measured
     # faster than the probes on every such query of the bench: sqlite.py sets 0).
     long_prefix_count_max = FILTERED_SET_MAX
+    # Whether a ranking that scores every match in one statement (a rare word's titles, a rare
+    # filter's) keeps them for the capped count, instead of the count checking each title for
+    # every word again (PostgreSQL: half the index probes of such a search).
+    count_from_matches = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -159,13 +169,13 @@ class SqlCatalogue(ABC):
         its completions (one prefix list, or each completion's own); the walk below reads them
         best impact first, so a query's cost follows k and how deep its best titles lie in
         those lists, not the number of titles it matches."""
-        row = tx.one("SELECT value FROM search_stats WHERE name = 'documents'")
-        total = int(row[0]) if row else 0
-        if total <= 0 or not groups:
+        if not groups:
             return []
         exact = sorted({w for g in groups for w in g.alternatives})
-        vocab = {r[0]: (int(r[1]), float(r[2])) for r in tx.rows(
-            f"SELECT word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(exact))})", exact)}
+        vocab = self._vocabulary(tx, exact)
+        total = tx.memo["documents"]
+        if total <= 0:
+            return []
         cursors: list[ListCursor] = []
         # Per group: the weight of its exact words, and for a prefix group the weight shared by
         # its completions.
@@ -188,9 +198,7 @@ class SqlCatalogue(ABC):
             wp = 0.0
             if g.prefix:
                 term = g.alternatives[0]
-                completions = [(r[0], int(r[1]), float(r[2])) for r in tx.rows(
-                    "SELECT word, docs, max_impact FROM search_words WHERE word > ? AND word < ? LIMIT ?",
-                    (term, term + _TOP_CHAR, PREFIX_SCANNED))]
+                completions = self._completions(tx, term)
                 completions = [c for c in completions if c[0] not in ws]
                 sizes[gi] += sum(c[1] for c in completions)
                 if completions:
@@ -229,11 +237,34 @@ class SqlCatalogue(ABC):
         # index order (the inner LIMIT, so the database cannot choose to read the whole list
         # and sort it) and marks each posting, joining its title's filter columns or probing
         # the set of titles that pass.
-        passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("1", [])
+        passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("true", [])
         outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
         # What the capped count (_count) reuses: the groups' words and weights, and their sizes.
         tx.memo["plan"] = (groups, weights, prefix_weight, sizes, by_size)
+        # How many postings each list a lookup may read holds (a prefix's list: at most its
+        # completions' postings), to choose how the lookups read them (_lookup_join).
+        lengths: dict[str, int] = {w: vocab[w][0] for w in vocab}
+        for gi, g in enumerate(groups):
+            key = prefix_key(g.alternatives[0]) if g.prefix else None
+            if key is not None:
+                lengths[key] = sizes[gi] - sum(vocab[w][0] for w in weights[gi])
+        tx.memo["lengths"] = lengths
+        # Where every group's matches are a list of words (its words, and a 2-3-letter prefix's
+        # own prefix list), a title is scored from its postings of those words, read in one
+        # statement (a primary-key probe per title and word) and summed here: cheaper than the
+        # database's per-title subqueries (_scored), which a longer prefix's range still needs.
+        lookup: dict[str, list[tuple[int, float]]] | None = {} if self.score_by_lookup else None
+        for gi, g in enumerate(groups if lookup is not None else ()):
+            for w, v in weights[gi].items():
+                lookup.setdefault(w, []).append((gi, v))
+            if g.prefix and prefix_weight[gi] > 0:
+                key = prefix_key(g.alternatives[0])
+                if key is None or len(g.alternatives[0]) > PREFIX_LENGTHS[-1] or len(g.alternatives) > 1:
+                    lookup = None
+                    break
+                lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
+
         if any(w.startswith(("t.category", "t.language")) for w in filters):
             # A category or language filter that leaves few titles (read from their indexes,
             # titles_browse_*): those titles are scored outright, or the walk probes them as a
@@ -241,7 +272,8 @@ class SqlCatalogue(ABC):
             # category and language otherwise joined most of its list).
             few = self._filtered_titles(tx, where, params)
             if len(few) <= INTERSECT_MAX:
-                return self._scored(tx, groups, weights, prefix_weight, few, k, order=by_size) if few else []
+                return self._scored_top(tx, groups, weights, prefix_weight, few, k, where, params,
+                                        order=by_size, lookup=lookup) if few else []
             if len(few) <= FILTERED_SET_MAX:
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
                 passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
@@ -249,8 +281,9 @@ class SqlCatalogue(ABC):
         if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
             # One group has few postings: every match is among its titles, all scored in one
             # statement (exact, and cheaper than walking).
-            return self._scored(tx, groups, weights, prefix_weight, self._group_titles(
-                groups, weights, prefix_weight, rarest, join, cond, fparams), k, held=rarest, order=by_size)
+            return self._scored_top(tx, groups, weights, prefix_weight, self._group_titles(
+                groups, weights, prefix_weight, rarest, join, cond, fparams), k, where, params, held=rarest,
+                order=by_size, lookup=lookup, titles=sizes[rarest])
         # The walk (Fagin's threshold algorithm): every group's lists (its words' postings, best
         # impact first); the list whose next posting could score the most is read next, in
         # batches that double per list. Each batch's new titles are scored by the database
@@ -300,21 +333,6 @@ class SqlCatalogue(ABC):
             best = max((c.weight * c.frontier for c in cursors if c.group == gi), default=0.0)
             return max(best, peaks[gi]) if partial[gi] and n_groups > 1 else best
 
-        # Where every group's matches are a list of words (its words, and a 2-3-letter prefix's
-        # own prefix list), a title is scored from its postings of those words, read in one
-        # statement (a primary-key probe per title and word) and summed here: cheaper than the
-        # database's per-title subqueries (_scored), which a longer prefix's range still needs.
-        lookup: dict[str, list[tuple[int, float]]] | None = {} if self.score_by_lookup else None
-        for gi, g in enumerate(groups if lookup is not None else ()):
-            for w, v in weights[gi].items():
-                lookup.setdefault(w, []).append((gi, v))
-            if g.prefix and prefix_weight[gi] > 0:
-                key = prefix_key(g.alternatives[0])
-                if key is None or len(g.alternatives[0]) > PREFIX_LENGTHS[-1] or len(g.alternatives) > 1:
-                    lookup = None
-                    break
-                lookup.setdefault(key, []).append((gi, prefix_weight[gi]))
-
         # Per group, its one list when the group's score of a title is that list's weighted
         # impact (one list of exactly its titles: not a prefix's 3-letter superset list): a title
         # read there needs no lookup of that group.
@@ -343,21 +361,37 @@ class SqlCatalogue(ABC):
             after, aparams = "", []
             if c.after is not None:
                 after, aparams = " AND (impact, title_id) < (?, ?)", list(c.after)
+            known = c.group if sole[c.group] == c.word else None
+            looked: list[tuple] | None = None
+            batch_sql = (f"SELECT p.title_id, p.impact, {passes} AS ok FROM (SELECT title_id, impact FROM search_postings "
+                         f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer}")
+            batch_args = (*passes_args, c.word, *aparams, batch, *(fparams if outer else []))
             if c.word == _MERGED:
                 # A group's small lists, read up front (above): their weighted impacts.
                 read = merged[c.group][:batch]
                 merged[c.group] = merged[c.group][batch:]
             elif self.walk_joins_in_order:
-                # The planner keeps the postings' order through the join: only passing postings
-                # come back, and the batch counts those.
+                # SQLite's planner keeps the postings' order through the join: only passing
+                # postings come back, and the batch counts those.
                 read = tx.rows(f"SELECT p.title_id, p.impact, 1 FROM search_postings p{join} WHERE p.word = ?"
                                f"{after.replace('(impact, title_id)', '(p.impact, p.title_id)')}{cond} "
                                "ORDER BY p.impact DESC, p.title_id DESC LIMIT ?", (c.word, *aparams, *fparams, batch))
+            elif lookup is not None and not single and any(gi != known for gs in lookup.values() for gi, _ in gs):
+                # The read and the lookups of its new titles in one statement (one round trip a
+                # step, where a step was two): the titles looked up are those the bound test
+                # below keeps, tested in SQL as loosely as rounding needs (what the other lists
+                # still hold is known before the read; the list read bounds its own titles by
+                # their impact), and only the ones kept here are scored.
+                kth = top.kth()
+                rest = max((x.weight * x.frontier for x in cursors if x.group == c.group and x is not c), default=0.0)
+                if partial[c.group] and n_groups > 1:
+                    rest = max(rest, peaks[c.group])
+                beyond = sum(bound(gi) for gi in range(n_groups) if gi != c.group)
+                floor = -1.0 if kth is None else kth - _EPSILON - _LOOSE
+                read, looked = self._read_and_looked_up(tx, batch_sql, batch_args, lookup, known,
+                                                        (c.weight, rest, beyond, floor), seen, batch)
             else:
-                read = tx.rows(f"SELECT p.title_id, p.impact, {passes} FROM (SELECT title_id, impact FROM search_postings "
-                               f"WHERE word = ?{after} ORDER BY impact DESC, title_id DESC LIMIT ?) p{outer} "
-                               "ORDER BY p.impact DESC, p.title_id DESC",
-                               (*passes_args, c.word, *aparams, batch, *(fparams if outer else [])))
+                read = tx.rows(f"{batch_sql} ORDER BY p.impact DESC, p.title_id DESC", batch_args)
             if c.word != _MERGED:
                 walked += len(read)
             before = c.frontier
@@ -405,8 +439,9 @@ class SqlCatalogue(ABC):
                     if (v if v > own else own) + others >= floor:
                         fresh[int(tid)] = v
             if fresh:
-                known = c.group if sole[c.group] == c.word else None
-                if lookup is not None:
+                if looked is not None:
+                    found = _summed(looked, lookup, n_groups, fresh, known)  # type: ignore[arg-type]
+                elif lookup is not None:
                     found = self._looked_up(tx, lookup, n_groups, fresh, known)
                 elif known is not None and all(2 * sizes[gi] >= total for gi in range(n_groups) if gi != known):
                     # The other words are in most titles: score each title at once.
@@ -450,39 +485,108 @@ class SqlCatalogue(ABC):
                     found[int(tid)] = v
         return [(tid, v, 1) for tid, v in sorted(found.items(), key=lambda kv: (-kv[1], -kv[0]))]
 
+    def _vocabulary(self, tx: Tx, words: list[str]) -> dict[str, tuple[int, float]]:
+        """The words of ``words`` the vocabulary holds, each with its document count and highest
+        impact. The first call of a search reads, in the same statement, the document count
+        (``tx.memo["documents"]``) and the last word's completions (:meth:`_completions`): one
+        round trip where there were three."""
+        memo = tx.memo.get("vocabulary")
+        if memo is None:
+            last = words[-1]
+            rows = tx.rows(
+                f"SELECT 0, word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(words))}) "
+                "UNION ALL SELECT 1, NULL, value, 0 FROM search_stats WHERE name = 'documents' "
+                "UNION ALL SELECT 2, word, docs, max_impact FROM (SELECT word, docs, max_impact FROM search_words "
+                "WHERE word > ? AND word < ? LIMIT ?) c",
+                (*words, last, last + _TOP_CHAR, PREFIX_SCANNED))
+            memo = tx.memo["vocabulary"] = ({w: None for w in words}, {})
+            tx.memo["documents"] = 0
+            for kind, word, docs, peak in rows:
+                if kind == 0:
+                    memo[0][word] = (int(docs), float(peak))
+                elif kind == 1:
+                    tx.memo["documents"] = int(docs)
+                else:
+                    memo[1].setdefault(last, []).append((word, int(docs), float(peak)))
+            memo[1].setdefault(last, [])
+        held, _ = memo
+        missing = [w for w in words if w not in held]
+        if missing:
+            for r in tx.rows(f"SELECT word, docs, max_impact FROM search_words WHERE word IN ({_marks(len(missing))})",
+                             missing):
+                held[r[0]] = (int(r[1]), float(r[2]))
+            for w in missing:
+                held.setdefault(w, None)
+        return {w: held[w] for w in words if held[w] is not None}
+
+    def _completions(self, tx: Tx, term: str) -> list[tuple[str, int, float]]:
+        """The vocabulary's words that extend ``term`` (up to PREFIX_SCANNED, in word order), each
+        with its document count and highest impact."""
+        memo = tx.memo.get("vocabulary")
+        if memo is not None and term in memo[1]:
+            return list(memo[1][term])
+        return [(r[0], int(r[1]), float(r[2])) for r in tx.rows(
+            "SELECT word, docs, max_impact FROM search_words WHERE word > ? AND word < ? LIMIT ?",
+            (term, term + _TOP_CHAR, PREFIX_SCANNED))]
+
     def _looked_up(self, tx: Tx, lookup: dict[str, list[tuple[int, float]]], n_groups: int,
-                   ids: list[int] | dict[int, float], known: int | None = None) -> list[tuple[int, float]]:
+                   ids: list[int] | dict[int, float] | tuple[str, list[Any]],
+                   known: int | None = None, *, titles: int | None = None) -> list[tuple[int, float]]:
         """(title id, score) of the titles ``ids`` holding every group, from their postings of
         the words in ``lookup`` (word → its groups and weights): a group scores its best weighted
         impact, the score is the groups' sum (in group order, as :meth:`_scored` adds them).
         With ``known``, ``ids`` maps each title to its score in that group (the list the walk
-        read), whose words are not looked up."""
+        read), whose words are not looked up; ``titles`` is how many titles a subquery ``ids``
+        holds at most."""
         words = [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)]
         if not words:
             # Every other group has no word: only a lone group's titles can match.
             return list(ids.items()) if n_groups == 1 and isinstance(ids, dict) else []
-        per: dict[int, list[float]] = {}
-        for tid, word, impact in tx.rows(
-                f"SELECT q.title_id, q.word, q.impact FROM search_postings q{self.postings_by_title} "
-                f"WHERE q.title_id IN ({self.json_ints}) AND q.word IN ({_marks(len(words))})",
-                (json.dumps(list(ids)), *words)):
-            got = per.get(tid)
-            if got is None:
-                got = per[tid] = [0.0] * n_groups
-                if known is not None:
-                    got[known] = ids[tid]  # type: ignore[index]
-            for gi, weight in lookup[word]:
-                v = weight * impact
-                if v > got[gi]:
-                    got[gi] = v
-        out = []
-        for tid, got in per.items():
-            if all(v > 0.0 for v in got):
-                score = 0.0
-                for v in got:
-                    score += v
-                out.append((int(tid), score))
-        return out
+        source, sargs = ids if isinstance(ids, tuple) else (self.json_ints, [json.dumps(list(ids))])
+        join, probing = self._lookup_join(tx, words, titles if isinstance(ids, tuple) and titles else len(ids))
+        return _summed(tx.rows(f"SELECT q.title_id, q.word, q.impact FROM {join.format(titles=source)}",
+                               (*sargs, *words) if probing else (*words, *sargs)),
+                       lookup, n_groups, ids if isinstance(ids, dict) else [], known)
+
+    def _lookup_join(self, tx: Tx, words: list[str], titles: int) -> tuple[str, bool]:
+        """How a lookup reads the postings of ``words`` (bound) of some ``titles`` titles (a
+        subquery put in for ``{titles}``): the FROM of a select of ``q.title_id, q.word,
+        q.impact``, and whether the titles' parameters come before the words'. One index-only
+        probe of the primary key per title, or, when the words' lists hold fewer than
+        LOOKUP_SCAN_RATIO postings per title, those lists read whole (the impact index) and
+        joined to the titles by hash (a probe touches some three pages, a posting of a list
+        read a fiftieth of one: `lotor`'s 15,739 postings for 2,000 titles, 284 pages against
+        6,054). Chosen here from the words' document counts, not left to the planner, whose
+        estimate of a subquery's titles is a guess: given a walk's batch it read `vor`'s 81,344
+        postings for 1,000 titles (65 ms where the probes take 15)."""
+        lengths = tx.memo.get("lengths", {})
+        listed = sum(lengths.get(w, 1 << 40) for w in words)
+        if listed < LOOKUP_SCAN_RATIO * titles:
+            return (f"(SELECT title_id, word, impact FROM search_postings WHERE word IN ({_marks(len(words))}) "
+                    "OFFSET 0) q WHERE q.title_id IN ({titles})", False)
+        return f"({{titles}}) f(id) CROSS JOIN LATERAL ({_probes(len(words))}) q", True
+
+    def _read_and_looked_up(self, tx: Tx, batch_sql: str, batch_args: Sequence[Any],
+                            lookup: dict[str, list[tuple[int, float]]], known: int | None,
+                            test: tuple[float, float, float, float], seen: set[int],
+                            batch: int) -> tuple[list[tuple], list[tuple]]:
+        """One step of the walk in one statement: the batch ``batch_sql`` reads (rows of title,
+        impact, passes; best first) and the postings of the words in ``lookup`` (but group
+        ``known``'s) of its titles that pass, are not in ``seen`` and whose bound ``greatest(weight
+        × impact, rest) + beyond`` reaches ``floor`` (``test``) (rows of title, word, impact)."""
+        words = [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)]
+        unseen, uargs = (f" AND title_id NOT IN ({self.json_ints})", [json.dumps(list(seen))]) if seen else ("", [])
+        # The batch's size bounds the titles looked up.
+        join, probing = self._lookup_join(tx, words, batch)
+        kept = f"SELECT title_id FROM r WHERE ok AND {self.greatest}(? * impact, ?) + ? >= ?{unseen}"
+        rows = tx.rows(
+            f"WITH r AS MATERIALIZED ({batch_sql}) "
+            "SELECT 0 AS part, r.title_id, r.impact, r.ok, NULL AS word FROM r UNION ALL "
+            f"SELECT 1, q.title_id, q.impact, true, q.word FROM {join.format(titles=kept)} "
+            "ORDER BY part, impact DESC, title_id DESC",
+            (*batch_args, *test, *uargs, *words) if probing else (*batch_args, *words, *test, *uargs))
+        read = [(r[1], r[2], r[3]) for r in rows if r[0] == 0]
+        return read, [(r[1], r[4], r[2]) for r in rows if r[0] == 1]
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
         """The titles passing the filters, up to FILTERED_SET_MAX + 1 (read once per search)."""
@@ -526,6 +630,27 @@ class SqlCatalogue(ABC):
         return (" UNION ".join(f"SELECT{distinct} p.title_id AS id FROM search_postings p{join} WHERE {m}{cond}"
                                for m, _ in parts),
                 [a for _, args in parts for a in [*args, *fparams]])
+
+    def _scored_top(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]],
+                    prefix_weight: list[float], ids: list[int] | tuple[str, list[Any]], k: int, where: list[str],
+                    params: list[Any], *, held: int | None = None, order: list[int] | None = None,
+                    lookup: dict[str, list[tuple[int, float]]] | None = None,
+                    titles: int | None = None) -> list[tuple[int, float]]:
+        """The best ``k`` of :meth:`_scored` over ``ids``, which hold every match. With
+        :attr:`count_from_matches`, every match is read and kept (``tx.memo["matches"]``) for the
+        capped count (:meth:`_count`), which then need not check each title for every group
+        again; with ``lookup`` (:meth:`_top_k`), the titles are scored from their postings of
+        its words (:meth:`_looked_up`: one index-only probe per title and word, summed here)
+        instead of the database's per-title subqueries."""
+        if not self.count_from_matches:
+            return self._scored(tx, groups, weights, prefix_weight, ids, k, held=held, order=order)
+        if lookup is not None:
+            found = self._looked_up(tx, lookup, len(groups), ids, titles=titles)
+        else:
+            found = self._scored(tx, groups, weights, prefix_weight, ids, None, held=held, order=order)
+        tx.memo["matches"] = ((groups, tuple(where), tuple(params)), [tid for tid, _ in found])
+        # As the SQL orders them: best score first, ties newest (highest id) first.
+        return sorted(found, key=lambda r: (-r[1], -r[0]))[:k]
 
     def _scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
                 ids: list[int] | tuple[str, list[Any]], k: int | None, *, held: int | None = None,
@@ -657,6 +782,13 @@ class SqlCatalogue(ABC):
         walks the doclists of every word and completion until it has ``cap`` matches: for a
         common word under a rare filter, or a long prefix beside a rare word (a merge of every
         completion's doclist), that was most of the list for a handful of matches."""
+        matches = tx.memo.get("matches")
+        if matches is not None and matches[0] == (groups, tuple(where), tuple(params)) and len(matches[1]) <= cap:
+            # The ranking scored every match (_scored_top): counted from those, exact.
+            if not matches[1]:
+                return []
+            return tx.rows(f"SELECT t.category, count(*) FROM titles t WHERE t.id IN ({self.json_ints}) "
+                           f"AND {' AND '.join(where)} GROUP BY t.category", (json.dumps(matches[1]), *params))
         plan = tx.memo.get("plan")
         if plan is not None and plan[0] == groups:
             _, weights, prefix_weight, sizes, by_size = plan
@@ -1021,8 +1153,7 @@ class SqlCatalogue(ABC):
         cap = limits.max_offset + limits.max_page_size
         with self._tx(write=False) as tx:
             if terms:
-                known = {r[0] for r in tx.rows(f"SELECT word FROM search_words WHERE word IN ({_marks(len(terms))})",
-                                               terms)}
+                known = set(self._vocabulary(tx, terms))
                 candidates: dict[str, list[tuple[str, int]]] = {}
                 for term in terms:
                     if term in known or not max_edits(term):
@@ -1183,6 +1314,47 @@ class SqlCatalogue(ABC):
 
 
 _HIT_COLS = "t.id, t.title, t.category, t.year, t.language, t.duration_s"
+
+
+def _probes(n_words: int) -> str:
+    """PostgreSQL: the postings of ``n_words`` words (bound) of the title ``f.id``, for a
+    ``CROSS JOIN LATERAL``: one index-only probe of the primary key per title, as the lookups
+    always were. (OFFSET 0 keeps the planner from flattening it into a join it may run as a hash
+    join over the words' whole lists: some 15 ms of CPU for 1,000 titles become 65 for a common
+    word's 81,000 postings; docs/origin-catalogue.md.)"""
+    return (f"SELECT q.title_id, q.word, q.impact FROM search_postings q WHERE q.title_id = f.id "
+            f"AND q.word IN ({_marks(n_words)}) OFFSET 0")
+
+
+def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n_groups: int,
+            ids: list[int] | dict[int, float], known: int | None) -> list[tuple[int, float]]:
+    """(title id, score) of the titles of ``ids`` holding every group, from ``rows`` of their
+    postings (title, word, impact) of the words in ``lookup`` (word → its groups and weights): a
+    group scores its best weighted impact, the score is the groups' sum (in group order, as
+    ``_scored``'s SQL adds them). With ``known``, ``ids`` maps each title to its score in that
+    group; rows of titles not in ``ids`` are skipped."""
+    per: dict[int, list[float]] = {}
+    among = ids if isinstance(ids, dict) else None
+    for tid, word, impact in rows:
+        got = per.get(tid)
+        if got is None:
+            if among is not None and tid not in among:
+                continue
+            got = per[tid] = [0.0] * n_groups
+            if known is not None:
+                got[known] = ids[tid]  # type: ignore[index]
+        for gi, weight in lookup[word]:
+            v = weight * impact
+            if v > got[gi]:
+                got[gi] = v
+    out = []
+    for tid, got in per.items():
+        if all(v > 0.0 for v in got):
+            score = 0.0
+            for v in got:
+                score += v
+            out.append((int(tid), score))
+    return out
 
 
 def _tally(rows: list[tuple], cap: int) -> tuple[int, bool, dict[str, int]]:

@@ -194,7 +194,11 @@ def test_the_threshold_walk_ranks_as_scoring_every_match(seeded, monkeypatch):
     monkeypatch.setattr(store.SqlCatalogue, "_scored",
                         lambda self, tx, g, w, p, ids, *a, **kw: scored.append(ids) or real_scored(self, tx, g, w, p, ids, *a, **kw))
     monkeypatch.setattr(store.SqlCatalogue, "_looked_up",
-                        lambda self, tx, lookup, n, ids, known=None: scored.append(ids) or real_looked_up(self, tx, lookup, n, ids, known))
+                        lambda self, tx, lookup, n, ids, known=None, **kw: scored.append(ids) or real_looked_up(self, tx, lookup, n, ids, known, **kw))
+    # (PostgreSQL's walk reads a batch and looks its titles up in one statement: its batches.)
+    real_read_and_looked_up = store.SqlCatalogue._read_and_looked_up
+    monkeypatch.setattr(store.SqlCatalogue, "_read_and_looked_up",
+                        lambda self, *a: (lambda out: scored.append([r[0] for r in out[0]]) or out)(real_read_and_looked_up(self, *a)))
     monkeypatch.setattr(store.SqlCatalogue, "_walk_scored",
                         lambda self, tx, g, w, p, fresh, known: scored.append(fresh) or real_walk_scored(self, tx, g, w, p, fresh, known))
     early = {q: pages(q) for q in RANKED}
