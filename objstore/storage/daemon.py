@@ -133,7 +133,8 @@ class StorageNode:
         # Set by run_storage_node: fragments that failed a read are handed to it to verify whole.
         self.scrubber: Any = None
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
-                         "cached_reads": 0, "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
+                         "cached_reads": 0, "parity_uncached": 0, "commits": 0, "aborts": 0, "deletes": 0,
+                         "corrupt_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
                          "quarantined": 0, "quarantine_pruned": 0, "quarantine_pruned_bytes": 0}
         self._quarantine_files = 0
@@ -266,7 +267,8 @@ class StorageNode:
         try:
             # Shielded: once the rename may have happened, the node's books must follow it.
             with anyio.CancelScope(shield=True):
-                size = await anyio.to_thread.run_sync(self._locked, up, up.writer.commit, dest, nblocks)
+                size = await anyio.to_thread.run_sync(self._locked, up, self._commit_writer, up.writer, dest,
+                                                      nblocks)
         except BadRequest:
             raise  # wrong block count: the upload stays open so the writer can finish or abort
         except BaseException:
@@ -278,10 +280,18 @@ class StorageNode:
             self._mark_committing(fid, -1)
         self._uploads.pop(fid, None)
         self.counters["commits"] += 1
+        if up.writer.is_parity:
+            self.counters["parity_uncached"] += 1
         if not existed:
             self._fragments += 1
         self._used_bytes += size
         return size
+
+    def _commit_writer(self, writer: FragmentWriter, dest: Path, nblocks: int) -> int:
+        # A parity fragment is read only to rebuild or decode around a lost data fragment: its
+        # pages are dropped once durable, so the next appends reuse them (see pagecache.py).
+        # Data fragments stay cached for the GETs that usually follow a PUT.
+        return writer.commit(dest, nblocks, keep_cached=not writer.is_parity)
 
     async def abort(self, fid: str) -> bool:
         check_fid(fid)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import msgpack
 import xxhash
 
-from headwater.pagecache import open_cached, pread_cached, start_writeback
+from headwater.pagecache import drop_cached, open_cached, pread_cached, start_writeback
 from headwater.rpc.errors import BadRequest, RpcError, register_error
 
 from ..errors import StoreError
@@ -348,8 +348,18 @@ class FragmentWriter:
             self.last_len = len(blocks[-1])
         return written
 
-    def commit(self, dest: Path, nblocks: int) -> int:
-        """Write the footer, fsync, rename to ``dest`` and fsync its directory. Returns the size."""
+    @property
+    def is_parity(self) -> bool:
+        """Whether this is a parity fragment of its layout (index k or above, by the ``k`` its
+        writer put in the meta): read back only when a data fragment of its stripes is lost."""
+        k = self.header.meta.get("k")
+        index = self.fid.rpartition(".")[2]
+        return isinstance(k, int) and index.isdigit() and int(index) >= k
+
+    def commit(self, dest: Path, nblocks: int, *, keep_cached: bool = True) -> int:
+        """Write the footer, fsync, rename to ``dest`` and fsync its directory. Returns the size.
+        Without ``keep_cached`` the file's pages leave the page cache once the fsync has made
+        them clean (see :func:`headwater.pagecache.drop_cached`)."""
         if self.fd is None:
             raise BadRequest(f"upload of {self.fid} is closed")
         if nblocks != self.count:
@@ -358,6 +368,8 @@ class FragmentWriter:
         self._write_all([encode_footer(self.header, self.count, self.last_len if self.count else 0)])
         try:
             os.fsync(self.fd)
+            if not keep_cached:
+                drop_cached(self.fd)
             os.close(self.fd)
             self.fd = None
             makedirs_durable(dest.parent)

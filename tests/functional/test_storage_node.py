@@ -85,6 +85,37 @@ async def test_round_trip_and_info(anyio_backend, tmp_path):
         tg.cancel_scope.cancel()
 
 
+async def test_parity_fragments_leave_the_page_cache_once_committed(anyio_backend, tmp_path):
+    """A parity fragment (index >= k) is read only around a lost data fragment: the node drops
+    its pages once the commit's fsync made them clean; a data fragment stays cached for GETs.
+    Both read back the same."""
+    # 32 blocks: the last pages written may stay cached in another CPU's LRU batch (see
+    # test_fragment), the first ones, read below, do not.
+    blocks = [os.urandom(4096) for _ in range(32)]
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        async with sn.client() as c:
+            for fid in ("0a1b.0", "0a1b.4"):
+                await c.append_many(fid, 0, blocks, block_bytes=4096, meta={"k": 4, "m": 2, "stripe": 16384})
+                await c.commit(fid, len(blocks))
+            assert sn.node.stats()["parity_uncached"] == 1
+            assert sn.node.stats()["cached_reads"] == 0
+            assert await c.read("0a1b.0", 0, 4) == blocks[:4]
+            assert sn.node.stats()["cached_reads"] == 1
+            assert await c.read("0a1b.4", 0, 4) == blocks[:4]
+            if "tmpfs" not in _mount_types(tmp_path):  # there the pages are the file
+                assert sn.node.stats()["cached_reads"] == 1  # the parity came from the disk
+        tg.cancel_scope.cancel()
+
+
+def _mount_types(path: Path) -> set[str]:
+    """File system types mounted at ``path`` or above it."""
+    real = str(path.resolve())
+    with open("/proc/mounts") as f:
+        return {line.split()[2] for line in f
+                if real.startswith(line.split()[1].rstrip("/") + "/") or real == line.split()[1]}
+
+
 async def test_erasure_coded_object_across_nodes(anyio_backend, tmp_path):
     """Six nodes, a 4+2 object: lose two nodes, read it back from the other four."""
     scheme = ErasureScheme(k=4, m=2, stripe_bytes=64 * 1024)
