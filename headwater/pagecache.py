@@ -17,15 +17,21 @@ its cost. :func:`open_cached` opens a path only if it resolves from the dentry c
 page cache holds (``preadv2`` with ``RWF_NOWAIT``, Linux 4.14): on the event loop they take
 microseconds or refuse, and the caller falls back to the thread.
 
-**Pages a node will not read back, dropped once durable.** A page the kernel frees is reused
-first by the next allocation; one left free for a few seconds on a VM with free page reporting
-(virtio-balloon, as on this machine) is handed back to the host, and the next page cache write
-into it stalls while the host backs it again: ~3 s of system time per GB written here, against
-~0.25 for a page freed a moment before (a file written, unlinked, written again). A storage node
-writes 1.5x the user bytes (EC 4+2) into fresh page cache, so on such a host most of its PUT CPU
-was spent there. :func:`drop_cached` (``POSIX_FADV_DONTNEED``) frees the clean pages of a
-committed file that nobody is expected to read (a parity fragment is read only when a data
-fragment is lost), so the next appends take them while they are still backed.
+**Pages dropped once durable, and behind reads.** A page the kernel frees is reused first by
+the next allocation; one left free for a few seconds on a VM with free page reporting
+(virtio-balloon, as on this machine) is handed back to the host, and the next write into it
+stalls while the host backs it again: 2.6-4.1 s of system time per GB written into such pages
+here, against 0.24-0.28 for pages freed a moment before (a file written, unlinked, written
+again). A storage node that keeps what it writes grows the page cache by 1.5x the user bytes
+(EC 4+2), every page of it fresh, and at times most of its PUT CPU went there (copy into the
+page cache 39-56 % of a node's samples, 5-12 s/GB). :func:`drop_cached`
+(``POSIX_FADV_DONTNEED``) frees clean pages: a node drops a fragment's pages once its commit's
+fsync made them clean, and the pages a read brought in from the disk once they are copied out
+(``[objstore] storage_page_cache``), so the page cache stops growing and the next writes and
+reads take pages just freed. Swift's object server does the same (``drop_buffer_cache`` after
+each PUT, and after reading any object above ``keep_cache_size``, 5 MiB). What it costs: a GET
+right after its PUT reads from the disk (here from the host's cache, 1.3-1.6 GB/s) through the
+node's worker thread instead of the page cache on the loop.
 
 Linux only; elsewhere (or on older kernels) the functions do nothing or refuse, and callers
 go the ordinary way.
@@ -90,13 +96,14 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
     return _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0
 
 
-def drop_cached(fd: int) -> bool:
-    """Free the page cache pages of ``fd`` that are clean (call it after an fsync, when all of
-    them are); whether the kernel took the advice. Dirty pages are left alone, nothing is lost."""
+def drop_cached(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+    """Free the clean page cache pages of bytes ``offset .. offset+nbytes-1`` of ``fd`` (0: to
+    the end; after an fsync every page is clean); whether the kernel took the advice. Dirty
+    pages are left alone: nothing is lost, at worst something stays cached."""
     if not hasattr(os, "posix_fadvise"):
         return False
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
     except OSError:
         return False
     return True

@@ -112,7 +112,7 @@ class StorageNode:
     def __init__(self, node_id: str, data_dir: str | os.PathLike[str], *,
                  tmp_max_age_s: float = DEFAULT_TMP_MAX_AGE_S,
                  quarantine_retention_s: float = DEFAULT_QUARANTINE_RETENTION_S,
-                 clock: Callable[[], float] = time.time):
+                 page_cache: str = "none", clock: Callable[[], float] = time.time):
         self.id = node_id
         self.data_dir = Path(data_dir)
         self.frags_dir = self.data_dir / "frags"
@@ -121,6 +121,9 @@ class StorageNode:
         self.tmp_max_age_s = tmp_max_age_s
         self.quarantine_retention_s = quarantine_retention_s
         self.clock = clock
+        # Which fragment pages stay in the page cache: "none", "data" or "all" (see
+        # ``[objstore] storage_page_cache`` and headwater/pagecache.py).
+        self.page_cache = page_cache
         self._uploads: dict[str, _Upload] = {}
         self.rpc: RpcServer | None = None
         self.rpc_port: int | None = None
@@ -133,7 +136,7 @@ class StorageNode:
         # Set by run_storage_node: fragments that failed a read are handed to it to verify whole.
         self.scrubber: Any = None
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
-                         "cached_reads": 0, "parity_uncached": 0, "commits": 0, "aborts": 0, "deletes": 0,
+                         "cached_reads": 0, "commits_uncached": 0, "commits": 0, "aborts": 0, "deletes": 0,
                          "corrupt_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
                          "quarantined": 0, "quarantine_pruned": 0, "quarantine_pruned_bytes": 0}
@@ -280,18 +283,22 @@ class StorageNode:
             self._mark_committing(fid, -1)
         self._uploads.pop(fid, None)
         self.counters["commits"] += 1
-        if up.writer.is_parity:
-            self.counters["parity_uncached"] += 1
+        if not self._keeps_cached(up.writer):
+            self.counters["commits_uncached"] += 1
         if not existed:
             self._fragments += 1
         self._used_bytes += size
         return size
 
+    def _keeps_cached(self, writer: FragmentWriter) -> bool:
+        """Whether a committed fragment's pages stay in the page cache (``page_cache``)."""
+        if self.page_cache == "all":
+            return True
+        # A parity fragment is read only to rebuild or decode around a lost data fragment.
+        return self.page_cache == "data" and not writer.is_parity
+
     def _commit_writer(self, writer: FragmentWriter, dest: Path, nblocks: int) -> int:
-        # A parity fragment is read only to rebuild or decode around a lost data fragment: its
-        # pages are dropped once durable, so the next appends reuse them (see pagecache.py).
-        # Data fragments stay cached for the GETs that usually follow a PUT.
-        return writer.commit(dest, nblocks, keep_cached=not writer.is_parity)
+        return writer.commit(dest, nblocks, keep_cached=self._keeps_cached(writer))
 
     async def abort(self, fid: str) -> bool:
         check_fid(fid)
@@ -334,7 +341,7 @@ class StorageNode:
                 if blocks is not None:
                     self.counters["cached_reads"] += 1
                 else:
-                    blocks = await anyio.to_thread.run_sync(read_blocks, path, fid, first, count)
+                    blocks = await anyio.to_thread.run_sync(self._read_from_disk, path, fid, first, count)
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
             log.warning("storage %s: %s", self.id, e,
@@ -348,6 +355,9 @@ class StorageNode:
         self.counters["blocks_read"] += len(blocks)
         self.counters["bytes_read"] += sum(len(b) for b in blocks)
         return blocks
+
+    def _read_from_disk(self, path: Path, fid: str, first: int, count: int) -> list[memoryview]:
+        return read_blocks(path, fid, first, count, drop_behind=self.page_cache != "all")
 
     async def stat(self, fid: str) -> dict:
         check_fid(fid)
@@ -712,7 +722,8 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     # Every received block is a fresh 1 MiB buffer: reuse freed ones rather than fault pages in.
     keep_freed_memory()
     sn = StorageNode(node.id, node.data_dir, clock=clock,
-                     quarantine_retention_s=cluster.objstore.quarantine_retention_s)
+                     quarantine_retention_s=cluster.objstore.quarantine_retention_s,
+                     page_cache=cluster.objstore.storage_page_cache)
     await anyio.to_thread.run_sync(sn.prepare)
     srv = sn.rpc_server(secret)
     sn.scrubber = Scrubber(sn, rate_bytes_s=cluster.objstore.scrub_rate_bytes,

@@ -441,8 +441,10 @@ def read_info(path: Path, fid: str) -> FragmentInfo:
                         last_len=last_len, size_bytes=size, complete=complete)
 
 
-def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview]:
-    """Blocks ``first .. first+count-1`` of a committed fragment, each verified.
+def read_blocks(path: Path, fid: str, first: int, count: int, *, drop_behind: bool = False) -> list[memoryview]:
+    """Blocks ``first .. first+count-1`` of a committed fragment, each verified. With
+    ``drop_behind`` the pages read leave the page cache once copied out (the next reads reuse
+    them: see :mod:`headwater.pagecache`).
 
     The blocks are views into one buffer filled by a single ``pread`` (block ``j`` starts at
     ``j * (BLOCK_PREFIX + block_bytes)`` in ``view.obj``), so serving them costs no copy.
@@ -455,7 +457,10 @@ def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview
     try:
         header = _read_header(fd, fid)
         layout = _layout(fd, header)
-        return _read_verified(fd, header, layout, fid, first, count)
+        blocks = _read_verified(fd, header, layout, fid, first, count)
+        if drop_behind:
+            drop_cached(fd, slot_offset(header, first), count * (BLOCK_PREFIX + header.block_bytes))
+        return blocks
     finally:
         os.close(fd)
 
