@@ -181,7 +181,8 @@ class ObjstoreConfig:
     # node's background loop. 0: kept until removed by hand.
     quarantine_retention_s: float = 7 * 86400.0
     # What a storage node leaves in the page cache (STORAGE_PAGE_CACHE): "none" drops a fragment's
-    # pages once its commit is fsynced and the pages of what it reads from disk once read, as
+    # pages once its commit is fsynced and the pages of what it reads from disk once read (of
+    # fragments over storage.daemon.READ_CACHED_MAX_BYTES), as
     # Swift's object server does (see headwater/pagecache.py for why); "data" keeps data
     # fragments cached (a GET right after a PUT reads memory), dropping parity only; "all" keeps
     # every page, for the kernel to evict.

@@ -84,6 +84,11 @@ DEFAULT_TMP_MAX_AGE_S = 3600.0
 DEFAULT_QUARANTINE_RETENTION_S = 7 * 86400.0
 GC_INTERVAL_S = 60.0
 MAX_READ_BLOCKS = 1024
+# Unless every page is kept (``storage_page_cache = "all"``), what a read brings in from the disk
+# leaves the page cache once read when its fragment is larger than this; smaller ones stay (a
+# hot segment is read from memory from its second GET on). Swift keeps objects up to 5 MiB
+# (``keep_cache_size``); 4 MiB fragments are those of objects up to 16 MiB in EC 4+2.
+READ_CACHED_MAX_BYTES = 4 * 1024 * 1024
 MAX_STAT_FIDS = 1024
 MAX_LIST_ENTRIES = 10_000
 
@@ -357,7 +362,8 @@ class StorageNode:
         return blocks
 
     def _read_from_disk(self, path: Path, fid: str, first: int, count: int) -> list[memoryview]:
-        return read_blocks(path, fid, first, count, drop_behind=self.page_cache != "all")
+        keep = None if self.page_cache == "all" else READ_CACHED_MAX_BYTES
+        return read_blocks(path, fid, first, count, drop_behind_above=keep)
 
     async def stat(self, fid: str) -> dict:
         check_fid(fid)

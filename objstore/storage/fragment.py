@@ -441,10 +441,11 @@ def read_info(path: Path, fid: str) -> FragmentInfo:
                         last_len=last_len, size_bytes=size, complete=complete)
 
 
-def read_blocks(path: Path, fid: str, first: int, count: int, *, drop_behind: bool = False) -> list[memoryview]:
+def read_blocks(path: Path, fid: str, first: int, count: int, *,
+                drop_behind_above: int | None = None) -> list[memoryview]:
     """Blocks ``first .. first+count-1`` of a committed fragment, each verified. With
-    ``drop_behind`` the pages read leave the page cache once copied out (the next reads reuse
-    them: see :mod:`headwater.pagecache`).
+    ``drop_behind_above``, the pages read leave the page cache once copied out if the file is
+    larger than that (the next reads reuse them: see :mod:`headwater.pagecache`).
 
     The blocks are views into one buffer filled by a single ``pread`` (block ``j`` starts at
     ``j * (BLOCK_PREFIX + block_bytes)`` in ``view.obj``), so serving them costs no copy.
@@ -458,7 +459,7 @@ def read_blocks(path: Path, fid: str, first: int, count: int, *, drop_behind: bo
         header = _read_header(fd, fid)
         layout = _layout(fd, header)
         blocks = _read_verified(fd, header, layout, fid, first, count)
-        if drop_behind:
+        if drop_behind_above is not None and layout[3] > drop_behind_above:
             drop_cached(fd, slot_offset(header, first), count * (BLOCK_PREFIX + header.block_bytes))
         return blocks
     finally:

@@ -339,16 +339,21 @@ def _cached_pages(path: Path, lo: int = 0, hi: int | None = None) -> int:
 
 
 def test_read_blocks_drops_behind_what_it_read(tmp_path):
-    """``drop_behind``: the pages a read brought in leave the page cache once copied out."""
+    """``drop_behind_above``: the pages a read brought in leave the page cache once copied out,
+    when the file is larger than that."""
     if _file_system(tmp_path) == "tmpfs":
         pytest.skip("tmpfs pages are the files themselves: nothing to drop")
     blocks = [os.urandom(64 * 1024) for _ in range(16)]
     path = write(tmp_path, "0a1b.2", blocks, 64 * 1024, {"k": 4, "m": 2})
     header = fr.parse_header(path.read_bytes()[:4096], "0a1b.2")
-    lo, hi = fr.slot_offset(header, 4) + 4096, fr.slot_offset(header, 12)  # whole pages inside
+    # The whole pages inside what blocks 4..11 occupy.
+    lo, hi = -(-fr.slot_offset(header, 4) // 4096) * 4096, fr.slot_offset(header, 12) // 4096 * 4096
     pages = (hi - lo) // 4096
     assert fr.read_blocks(path, "0a1b.2", 4, 8) == blocks[4:12]
     if _cached_pages(path, lo, hi) < pages:
         pytest.skip("this file system does not keep read pages cached")
-    assert fr.read_blocks(path, "0a1b.2", 4, 8, drop_behind=True) == blocks[4:12]
+    size = path.stat().st_size
+    assert fr.read_blocks(path, "0a1b.2", 4, 8, drop_behind_above=size) == blocks[4:12]
+    assert _cached_pages(path, lo, hi) == pages  # not above: kept
+    assert fr.read_blocks(path, "0a1b.2", 4, 8, drop_behind_above=size - 1) == blocks[4:12]
     assert _cached_pages(path, lo, hi) <= pages // 2  # see the test above: most, not all
