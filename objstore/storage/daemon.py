@@ -214,6 +214,7 @@ class StorageNode:
                 await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
             tmp = self.tmp_dir / fid
             writer = await anyio.to_thread.run_sync(self._new_writer, tmp, fid, block_bytes, meta)
+            writer.drop_behind = not self._keeps_cached(writer)
             up = _Upload(writer, self.clock())
             self._uploads[fid] = up
         elif up is None:

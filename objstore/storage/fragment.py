@@ -274,6 +274,14 @@ def makedirs_durable(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+# FragmentWriter.drop_behind: how far behind the last append its pages are dropped (writeback,
+# started at each append, is done with them by then; a page still dirty is left alone), and in
+# steps of how much (one fadvise per few appends).
+DROP_LAG_BYTES = 8 * 1024 * 1024
+DROP_STEP_BYTES = 4 * 1024 * 1024
+PAGE_BYTES = 4096
+
+
 class FragmentWriter:
     """Appends the blocks of one fragment to a temporary file, then commits it into place.
 
@@ -288,6 +296,11 @@ class FragmentWriter:
         self.count = 0
         self.last_len = 0
         self.fd: int | None = None
+        # Drop the pages of what was appended DROP_LAG_BYTES and more ago (written back by then,
+        # so clean) as the upload goes on, not all at the commit: a large fragment reuses its
+        # own pages instead of holding new ones to the end (see headwater/pagecache.py).
+        self.drop_behind = False
+        self._dropped = 0
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self.fd = fd
         try:
@@ -342,6 +355,11 @@ class FragmentWriter:
         written = sum(len(b) for b in buffers)
         # The disk writes these while the next blocks arrive, not all in the commit's fsync.
         start_writeback(self.fd, before, written)
+        if self.drop_behind:
+            upto = (before - DROP_LAG_BYTES) // PAGE_BYTES * PAGE_BYTES
+            if upto - self._dropped >= DROP_STEP_BYTES:
+                drop_cached(self.fd, self._dropped, upto - self._dropped)
+                self._dropped = upto
         self.size += written
         self.count += len(blocks)
         if blocks:
