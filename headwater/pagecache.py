@@ -25,10 +25,12 @@ here, against 0.24-0.28 for pages freed a moment before (a file written, unlinke
 again). A storage node that keeps what it writes grows the page cache by 1.5x the user bytes
 (EC 4+2), every page of it fresh, and at times most of its PUT CPU went there (copy into the
 page cache 39-56 % of a node's samples, 5-12 s/GB). :func:`drop_cached`
-(``POSIX_FADV_DONTNEED``) frees clean pages: a node drops a fragment's pages once its commit's
-fsync made them clean, and the pages a read of a large fragment brought in from the disk
-once they are copied out (``[objstore] storage_page_cache``), so the page cache stops growing and the next writes and
-reads take pages just freed. Swift's object server does the same (``drop_buffer_cache`` after
+(``POSIX_FADV_DONTNEED``) frees clean pages: a node drops a fragment's pages as its upload
+goes on (what lies some MiB behind the last append, written back by then) and the rest once its
+commit's fsync made them clean, and the pages a read of a large fragment brought in from the
+disk once they are copied out (``[objstore] storage_page_cache``), so the page cache stops
+growing and the next writes and reads take pages just freed. It is advice: a page the kernel
+still holds (another CPU's LRU batch, a journal commit) stays for the moment. Swift's object server does the same (``drop_buffer_cache`` after
 each PUT, and after reading any object above ``keep_cache_size``, 5 MiB). What it costs: a GET
 right after its PUT reads from the disk (here from the host's cache, 1.3-1.6 GB/s) through the
 node's worker thread instead of the page cache on the loop.
