@@ -26,8 +26,11 @@ __all__ = [
     "ErasureScheme", "User", "ObjstoreConfig", "GatewayConfig", "StorageNodeConfig",
     "MetadataNodeConfig", "RepairConfig", "user_by_access_key",
     "read_objstore", "read_users", "read_gateway", "read_storage", "read_metadata", "read_repair",
-    "check_objstore",
+    "check_objstore", "STORAGE_PAGE_CACHE",
 ]
+
+#: ``[objstore] storage_page_cache``: which fragment pages a storage node leaves in the page cache.
+STORAGE_PAGE_CACHE = ("none", "data", "all")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +180,13 @@ class ObjstoreConfig:
     # inspection; it is already rebuilt elsewhere from the other fragments), then removed by the
     # node's background loop. 0: kept until removed by hand.
     quarantine_retention_s: float = 7 * 86400.0
+    # What a storage node leaves in the page cache (STORAGE_PAGE_CACHE): "none" drops a fragment's
+    # pages once its commit is fsynced and the pages of what it reads from disk once read (of
+    # fragments over storage.daemon.READ_CACHED_MAX_BYTES), as
+    # Swift's object server does (see headwater/pagecache.py for why); "data" keeps data
+    # fragments cached (a GET right after a PUT reads memory), dropping parity only; "all" keeps
+    # every page, for the kernel to evict.
+    storage_page_cache: str = "none"
 
     def scheme_for(self, bucket: str) -> ErasureScheme:
         return self.bucket_ec.get(bucket, self.ec)
@@ -261,7 +271,8 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
                            "partitions", "metadata_groups", "rpc_timeout_seconds", "retire_grace_seconds",
                            "raft_election_timeout_seconds", "raft_clock_drift", "metadata_timeout_seconds",
                            "raft_log_entries",
-                           "scrub_rate", "scrub_interval_seconds", "quarantine_retention_seconds"})
+                           "scrub_rate", "scrub_interval_seconds", "quarantine_retention_seconds",
+                           "storage_page_cache"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
     bucket_ec = {name: _scheme(r, v if isinstance(v, dict) else {}, f"{p}.bucket_ec.{name}", ec)
@@ -275,6 +286,9 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
     groups = r.get(data, "metadata_groups", p, int, min(d.metadata_groups, partitions))
     if not 1 <= groups <= partitions:
         raise r.error(f"{p}.metadata_groups", f"must be between 1 and partitions ({partitions})")
+    page_cache = r.get(data, "storage_page_cache", p, str, d.storage_page_cache)
+    if page_cache not in STORAGE_PAGE_CACHE:
+        raise r.error(f"{p}.storage_page_cache", f"{page_cache!r} is not one of {', '.join(STORAGE_PAGE_CACHE)}")
     return ObjstoreConfig(
         region=r.get(data, "region", p, str, d.region),
         ec=ec,
@@ -296,6 +310,7 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
         scrub_rate_bytes=r.size(data, "scrub_rate", p, d.scrub_rate_bytes),
         scrub_interval_s=r.non_negative(data, "scrub_interval_seconds", p, d.scrub_interval_s),
         quarantine_retention_s=r.non_negative(data, "quarantine_retention_seconds", p, d.quarantine_retention_s),
+        storage_page_cache=page_cache,
     )
 
 

@@ -84,6 +84,11 @@ DEFAULT_TMP_MAX_AGE_S = 3600.0
 DEFAULT_QUARANTINE_RETENTION_S = 7 * 86400.0
 GC_INTERVAL_S = 60.0
 MAX_READ_BLOCKS = 1024
+# Unless every page is kept (``storage_page_cache = "all"``), what a read brings in from the disk
+# leaves the page cache once read when its fragment is larger than this; smaller ones stay (a
+# hot segment is read from memory from its second GET on). Swift keeps objects up to 5 MiB
+# (``keep_cache_size``); 4 MiB fragments are those of objects up to 16 MiB in EC 4+2.
+READ_CACHED_MAX_BYTES = 4 * 1024 * 1024
 MAX_STAT_FIDS = 1024
 MAX_LIST_ENTRIES = 10_000
 
@@ -112,7 +117,7 @@ class StorageNode:
     def __init__(self, node_id: str, data_dir: str | os.PathLike[str], *,
                  tmp_max_age_s: float = DEFAULT_TMP_MAX_AGE_S,
                  quarantine_retention_s: float = DEFAULT_QUARANTINE_RETENTION_S,
-                 clock: Callable[[], float] = time.time):
+                 page_cache: str = "none", clock: Callable[[], float] = time.time):
         self.id = node_id
         self.data_dir = Path(data_dir)
         self.frags_dir = self.data_dir / "frags"
@@ -121,6 +126,9 @@ class StorageNode:
         self.tmp_max_age_s = tmp_max_age_s
         self.quarantine_retention_s = quarantine_retention_s
         self.clock = clock
+        # Which fragment pages stay in the page cache: "none", "data" or "all" (see
+        # ``[objstore] storage_page_cache`` and headwater/pagecache.py).
+        self.page_cache = page_cache
         self._uploads: dict[str, _Upload] = {}
         self.rpc: RpcServer | None = None
         self.rpc_port: int | None = None
@@ -133,7 +141,8 @@ class StorageNode:
         # Set by run_storage_node: fragments that failed a read are handed to it to verify whole.
         self.scrubber: Any = None
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
-                         "cached_reads": 0, "commits": 0, "aborts": 0, "deletes": 0, "corrupt_reads": 0,
+                         "cached_reads": 0, "commits_uncached": 0, "commits": 0, "aborts": 0, "deletes": 0,
+                         "corrupt_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
                          "quarantined": 0, "quarantine_pruned": 0, "quarantine_pruned_bytes": 0}
         self._quarantine_files = 0
@@ -205,6 +214,7 @@ class StorageNode:
                 await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
             tmp = self.tmp_dir / fid
             writer = await anyio.to_thread.run_sync(self._new_writer, tmp, fid, block_bytes, meta)
+            writer.drop_behind = not self._keeps_cached(writer)
             up = _Upload(writer, self.clock())
             self._uploads[fid] = up
         elif up is None:
@@ -266,7 +276,8 @@ class StorageNode:
         try:
             # Shielded: once the rename may have happened, the node's books must follow it.
             with anyio.CancelScope(shield=True):
-                size = await anyio.to_thread.run_sync(self._locked, up, up.writer.commit, dest, nblocks)
+                size = await anyio.to_thread.run_sync(self._locked, up, self._commit_writer, up.writer, dest,
+                                                      nblocks)
         except BadRequest:
             raise  # wrong block count: the upload stays open so the writer can finish or abort
         except BaseException:
@@ -278,10 +289,22 @@ class StorageNode:
             self._mark_committing(fid, -1)
         self._uploads.pop(fid, None)
         self.counters["commits"] += 1
+        if not self._keeps_cached(up.writer):
+            self.counters["commits_uncached"] += 1
         if not existed:
             self._fragments += 1
         self._used_bytes += size
         return size
+
+    def _keeps_cached(self, writer: FragmentWriter) -> bool:
+        """Whether a committed fragment's pages stay in the page cache (``page_cache``)."""
+        if self.page_cache == "all":
+            return True
+        # A parity fragment is read only to rebuild or decode around a lost data fragment.
+        return self.page_cache == "data" and not writer.is_parity
+
+    def _commit_writer(self, writer: FragmentWriter, dest: Path, nblocks: int) -> int:
+        return writer.commit(dest, nblocks, keep_cached=self._keeps_cached(writer))
 
     async def abort(self, fid: str) -> bool:
         check_fid(fid)
@@ -324,7 +347,7 @@ class StorageNode:
                 if blocks is not None:
                     self.counters["cached_reads"] += 1
                 else:
-                    blocks = await anyio.to_thread.run_sync(read_blocks, path, fid, first, count)
+                    blocks = await anyio.to_thread.run_sync(self._read_from_disk, path, fid, first, count)
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
             log.warning("storage %s: %s", self.id, e,
@@ -338,6 +361,10 @@ class StorageNode:
         self.counters["blocks_read"] += len(blocks)
         self.counters["bytes_read"] += sum(len(b) for b in blocks)
         return blocks
+
+    def _read_from_disk(self, path: Path, fid: str, first: int, count: int) -> list[memoryview]:
+        keep = None if self.page_cache == "all" else READ_CACHED_MAX_BYTES
+        return read_blocks(path, fid, first, count, drop_behind_above=keep)
 
     async def stat(self, fid: str) -> dict:
         check_fid(fid)
@@ -702,7 +729,8 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     # Every received block is a fresh 1 MiB buffer: reuse freed ones rather than fault pages in.
     keep_freed_memory()
     sn = StorageNode(node.id, node.data_dir, clock=clock,
-                     quarantine_retention_s=cluster.objstore.quarantine_retention_s)
+                     quarantine_retention_s=cluster.objstore.quarantine_retention_s,
+                     page_cache=cluster.objstore.storage_page_cache)
     await anyio.to_thread.run_sync(sn.prepare)
     srv = sn.rpc_server(secret)
     sn.scrubber = Scrubber(sn, rate_bytes_s=cluster.objstore.scrub_rate_bytes,

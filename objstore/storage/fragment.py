@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import msgpack
 import xxhash
 
-from headwater.pagecache import open_cached, pread_cached, start_writeback
+from headwater.pagecache import drop_cached, open_cached, pread_cached, start_writeback
 from headwater.rpc.errors import BadRequest, RpcError, register_error
 
 from ..errors import StoreError
@@ -274,6 +274,14 @@ def makedirs_durable(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+# FragmentWriter.drop_behind: how far behind the last append its pages are dropped (writeback,
+# started at each append, is done with them by then; a page still dirty is left alone), and in
+# steps of how much (one fadvise per few appends).
+DROP_LAG_BYTES = 8 * 1024 * 1024
+DROP_STEP_BYTES = 4 * 1024 * 1024
+PAGE_BYTES = 4096
+
+
 class FragmentWriter:
     """Appends the blocks of one fragment to a temporary file, then commits it into place.
 
@@ -288,6 +296,11 @@ class FragmentWriter:
         self.count = 0
         self.last_len = 0
         self.fd: int | None = None
+        # Drop the pages of what was appended DROP_LAG_BYTES and more ago (written back by then,
+        # so clean) as the upload goes on, not all at the commit: a large fragment reuses its
+        # own pages instead of holding new ones to the end (see headwater/pagecache.py).
+        self.drop_behind = False
+        self._dropped = 0
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self.fd = fd
         try:
@@ -342,14 +355,29 @@ class FragmentWriter:
         written = sum(len(b) for b in buffers)
         # The disk writes these while the next blocks arrive, not all in the commit's fsync.
         start_writeback(self.fd, before, written)
+        if self.drop_behind:
+            upto = (before - DROP_LAG_BYTES) // PAGE_BYTES * PAGE_BYTES
+            if upto - self._dropped >= DROP_STEP_BYTES:
+                drop_cached(self.fd, self._dropped, upto - self._dropped)
+                self._dropped = upto
         self.size += written
         self.count += len(blocks)
         if blocks:
             self.last_len = len(blocks[-1])
         return written
 
-    def commit(self, dest: Path, nblocks: int) -> int:
-        """Write the footer, fsync, rename to ``dest`` and fsync its directory. Returns the size."""
+    @property
+    def is_parity(self) -> bool:
+        """Whether this is a parity fragment of its layout (index k or above, by the ``k`` its
+        writer put in the meta): read back only when a data fragment of its stripes is lost."""
+        k = self.header.meta.get("k")
+        index = self.fid.rpartition(".")[2]
+        return isinstance(k, int) and index.isdigit() and int(index) >= k
+
+    def commit(self, dest: Path, nblocks: int, *, keep_cached: bool = True) -> int:
+        """Write the footer, fsync, rename to ``dest`` and fsync its directory. Returns the size.
+        Without ``keep_cached`` the file's pages leave the page cache once the fsync has made
+        them clean (see :func:`headwater.pagecache.drop_cached`)."""
         if self.fd is None:
             raise BadRequest(f"upload of {self.fid} is closed")
         if nblocks != self.count:
@@ -358,6 +386,8 @@ class FragmentWriter:
         self._write_all([encode_footer(self.header, self.count, self.last_len if self.count else 0)])
         try:
             os.fsync(self.fd)
+            if not keep_cached:
+                drop_cached(self.fd)
             os.close(self.fd)
             self.fd = None
             makedirs_durable(dest.parent)
@@ -429,8 +459,11 @@ def read_info(path: Path, fid: str) -> FragmentInfo:
                         last_len=last_len, size_bytes=size, complete=complete)
 
 
-def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview]:
-    """Blocks ``first .. first+count-1`` of a committed fragment, each verified.
+def read_blocks(path: Path, fid: str, first: int, count: int, *,
+                drop_behind_above: int | None = None) -> list[memoryview]:
+    """Blocks ``first .. first+count-1`` of a committed fragment, each verified. With
+    ``drop_behind_above``, the pages read leave the page cache once copied out if the file is
+    larger than that (the next reads reuse them: see :mod:`headwater.pagecache`).
 
     The blocks are views into one buffer filled by a single ``pread`` (block ``j`` starts at
     ``j * (BLOCK_PREFIX + block_bytes)`` in ``view.obj``), so serving them costs no copy.
@@ -443,7 +476,10 @@ def read_blocks(path: Path, fid: str, first: int, count: int) -> list[memoryview
     try:
         header = _read_header(fd, fid)
         layout = _layout(fd, header)
-        return _read_verified(fd, header, layout, fid, first, count)
+        blocks = _read_verified(fd, header, layout, fid, first, count)
+        if drop_behind_above is not None and layout[3] > drop_behind_above:
+            drop_cached(fd, slot_offset(header, first), count * (BLOCK_PREFIX + header.block_bytes))
+        return blocks
     finally:
         os.close(fd)
 

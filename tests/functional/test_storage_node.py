@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 from headwater.objstore import stripe
-from headwater.objstore.config import ErasureScheme, StorageNodeConfig
+from headwater.objstore.config import ErasureScheme, ObjstoreConfig, StorageNodeConfig
 from headwater.objstore.storage import fragment as fr
 from headwater.objstore.storage.client import (
     FragmentCorrupt,
@@ -45,15 +45,16 @@ class Running:
         return StorageClient(self.node.id, "127.0.0.1", self.node.rpc_port, secret=secret, **kw)
 
 
-async def start(tg, tmp_path: Path, node_id: str = "s1") -> Running:
+async def start(tg, tmp_path: Path, node_id: str = "s1", *, page_cache: str = "none") -> Running:
+    cluster = ClusterConfig(secret_env=TEST_SECRET_ENV, objstore=ObjstoreConfig(storage_page_cache=page_cache))
     node = await tg.start(lambda task_status: run_storage_node(
-        ClusterConfig(secret_env=TEST_SECRET_ENV), node_config(tmp_path, node_id), port=0, task_status=task_status))
+        cluster, node_config(tmp_path, node_id), port=0, task_status=task_status))
     return Running(tg, node)
 
 
 async def test_round_trip_and_info(anyio_backend, tmp_path):
     async with anyio.create_task_group() as tg:
-        sn = await start(tg, tmp_path)
+        sn = await start(tg, tmp_path, page_cache="all")
         blocks = [os.urandom(4096) for _ in range(7)] + [os.urandom(1000)]
         async with sn.client() as c:
             for i, b in enumerate(blocks):
@@ -83,6 +84,33 @@ async def test_round_trip_and_info(anyio_backend, tmp_path):
         assert s["bytes_written"] >= sum(map(len, blocks)) and s["not_found_reads"] == 1
         assert s["cached_reads"] == 3  # just written: every read came from the page cache
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("page_cache, from_cache", [("none", set()), ("data", {"0a1b.0"}),
+                                                    ("all", {"0a1b.0", "0a1b.4"})])
+async def test_what_stays_in_the_page_cache(anyio_backend, tmp_path, page_cache, from_cache):
+    """``storage_page_cache``: "none" drops every fragment's pages once its commit is fsynced,
+    "data" only a parity fragment's (index >= k: read only around a lost data fragment), "all"
+    none. Whatever the policy, every fragment reads back the same; what was kept comes from the
+    page cache (on the loop). (What was dropped mostly comes from the disk, but the kernel may
+    hold a page back for a moment: see test_fragment.)"""
+    blocks = [os.urandom(4096) for _ in range(32)]
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path, page_cache=page_cache)
+        async with sn.client() as c:
+            for fid in ("0a1b.0", "0a1b.4"):
+                await c.append_many(fid, 0, blocks, block_bytes=4096, meta={"k": 4, "m": 2, "stripe": 16384})
+                await c.commit(fid, len(blocks))
+            assert sn.node.stats()["commits_uncached"] == 2 - len(from_cache)
+            cached = set()
+            for fid in ("0a1b.0", "0a1b.4"):
+                before = sn.node.stats()["cached_reads"]
+                assert await c.read(fid, 0, 4) == blocks[:4]
+                if sn.node.stats()["cached_reads"] > before:
+                    cached.add(fid)
+            assert from_cache <= cached
+        tg.cancel_scope.cancel()
+
 
 
 async def test_erasure_coded_object_across_nodes(anyio_backend, tmp_path):

@@ -263,3 +263,141 @@ def test_cached_read_is_read_blocks_or_nothing(tmp_path):
     assert fr.read_blocks_cached(path, "cached.0", 3, 1) is None
     assert fr.read_blocks(path, "cached.0", 3, 1) == blocks[3:4]
     assert fr.read_blocks_cached(path, "cached.0", 3, 1) == blocks[3:4]  # read once: cached again
+
+
+def test_parity_fragments_are_known_by_index_and_k(tmp_path):
+    (tmp_path / "tmp").mkdir()
+
+    def parity(fid: str, meta) -> bool:
+        w = FragmentWriter(tmp_path / "tmp" / fid, fid, 4096, meta)
+        w.abort()
+        return w.is_parity
+
+    assert parity("0a1b.4", {"k": 4, "m": 2}) and parity("0a1b.5", {"k": 4, "m": 2})
+    assert not parity("0a1b.3", {"k": 4, "m": 2}) and not parity("0a1b.0", {"k": 4, "m": 2})
+    assert not parity("0a1b.4", {}) and not parity("0a1b.4", None)  # no k: kept, as before
+    assert not parity("obj1.p0.f2", {"k": 1})  # not "<oid>.<index>"
+
+
+def test_a_commit_without_keep_cached_drops_the_file_from_the_page_cache(tmp_path, monkeypatch):
+    """``keep_cached=False``: once the fsync made every page clean, the whole file is dropped
+    (the kernel's part, best effort, is :func:`test_drop_cached_frees_clean_pages`'s); by
+    default nothing is. Either way every byte reads back."""
+    calls = _record_drops(monkeypatch)
+    blocks = [os.urandom(64 * 1024) for _ in range(16)]
+    (tmp_path / "tmp").mkdir()
+    for fid, keep in (("0a1b.0", True), ("0a1b.4", False)):
+        w = FragmentWriter(tmp_path / "tmp" / fid, fid, 64 * 1024, {"k": 4, "m": 2})
+        w.append(0, blocks)
+        dest = tmp_path / fr.fragment_relpath(fid)
+        w.commit(dest, len(blocks), keep_cached=keep)
+        assert calls == ([] if keep else [(0, 0)])
+        assert fr.read_blocks(dest, fid, 0, 16) == blocks
+
+
+def _record_drops(monkeypatch) -> list[tuple[int, int]]:
+    """The (offset, nbytes) of every drop_cached the fragment module makes from now on."""
+    calls: list[tuple[int, int]] = []
+    real = fr.drop_cached
+
+    def record(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+        calls.append((offset, nbytes))
+        return real(fd, offset, nbytes)
+
+    monkeypatch.setattr(fr, "drop_cached", record)
+    return calls
+
+
+def test_drop_cached_frees_clean_pages(tmp_path):
+    """DONTNEED frees a synced file's pages; a page the kernel still holds (an LRU batch of
+    another CPU, a journal commit in progress) stays for the moment: asked again, it goes."""
+    if _file_system(tmp_path) == "tmpfs":
+        pytest.skip("tmpfs pages are the files themselves: nothing to drop")
+    from headwater.pagecache import drop_cached
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1024 * 1024))
+    pages = 256
+    assert _cached_pages(path) == pages
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        for _ in range(50):
+            assert drop_cached(fd)
+            if _cached_pages(path) == 0:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the pages of a synced file stayed cached")
+    finally:
+        os.close(fd)
+
+
+def _file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on (the longest mount point above it)."""
+    best, kind = "", ""
+    real = str(path.resolve())
+    with open("/proc/mounts") as f:
+        for line in f:
+            _dev, mnt, fstype = line.split()[:3]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best, kind = mnt, fstype
+    return kind
+
+
+def _cached_pages(path: Path, lo: int = 0, hi: int | None = None) -> int:
+    """How many of the pages of bytes ``lo .. hi-1`` of ``path`` are in the page cache."""
+    from headwater.pagecache import NotCached, pread_cached
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n = 0
+        end = os.fstat(fd).st_size if hi is None else hi
+        # Last page first: a refused read may start readahead of the pages after it.
+        for off in reversed(range(lo, end, 4096)):
+            try:
+                pread_cached(fd, 1, off)
+                n += 1
+            except NotCached:
+                pass
+        return n
+    finally:
+        os.close(fd)
+
+
+def test_read_blocks_drops_behind_what_it_read(tmp_path, monkeypatch):
+    """``drop_behind_above``: the pages a read brought in are dropped once copied out, when
+    the file is larger than that."""
+    blocks = [os.urandom(64 * 1024) for _ in range(16)]
+    path = write(tmp_path, "0a1b.2", blocks, 64 * 1024, {"k": 4, "m": 2})
+    header = fr.parse_header(path.read_bytes()[:4096], "0a1b.2")
+    calls = _record_drops(monkeypatch)
+    size = path.stat().st_size
+    assert fr.read_blocks(path, "0a1b.2", 4, 8) == blocks[4:12]
+    assert fr.read_blocks(path, "0a1b.2", 4, 8, drop_behind_above=size) == blocks[4:12]
+    assert calls == []
+    assert fr.read_blocks(path, "0a1b.2", 4, 8, drop_behind_above=size - 1) == blocks[4:12]
+    assert calls == [(fr.slot_offset(header, 4), fr.slot_offset(header, 12) - fr.slot_offset(header, 4))]
+
+
+def test_drop_behind_drops_what_was_appended_long_enough_ago(tmp_path, monkeypatch):
+    """``drop_behind``: what lies DROP_LAG_BYTES and more behind the last append is dropped
+    while the upload goes on, in steps of DROP_STEP_BYTES, whole pages from the start; the
+    rest at the commit. Every byte reads back."""
+    calls = _record_drops(monkeypatch)
+    (tmp_path / "tmp").mkdir()
+    bs = 1024 * 1024
+    w = FragmentWriter(tmp_path / "tmp" / "0a1b.4", "0a1b.4", bs, {"k": 4, "m": 2})
+    w.drop_behind = True
+    blocks = [os.urandom(bs) for _ in range(24)]
+    for i, b in enumerate(blocks):
+        w.append(i, [b])
+    assert calls and calls[0][0] == 0
+    for (off, n), (nxt, _) in zip(calls, calls[1:] + [(None, 0)]):
+        assert n >= fr.DROP_STEP_BYTES and off % fr.PAGE_BYTES == 0 and n % fr.PAGE_BYTES == 0
+        assert nxt is None or nxt == off + n  # contiguous, nothing dropped twice
+    end = calls[-1][0] + calls[-1][1]
+    assert w.size - fr.DROP_LAG_BYTES - bs - fr.DROP_STEP_BYTES <= end <= w.size - fr.DROP_LAG_BYTES
+    dest = tmp_path / fr.fragment_relpath("0a1b.4")
+    w.commit(dest, len(blocks), keep_cached=False)
+    assert fr.read_blocks(dest, "0a1b.4", 0, 24) == blocks
