@@ -227,32 +227,37 @@ async def test_http2_trickled_body_gets_408() -> None:
 
 # --- HTTP/2 floods -----------------------------------------------------------------------------
 
+async def rapid_reset(port: int, path: str) -> tuple[h2.events.ConnectionTerminated | None, int]:
+    """HEADERS + RST_STREAM pairs, as in CVE-2023-44487, 100 a write, until the server ends the
+    connection (or 20,000 were sent): its GOAWAY and how many streams were opened and reset."""
+    with anyio.fail_after(20):
+        async with await anyio.connect_tcp("127.0.0.1", port) as s:
+            c = H2Client(s)
+            await c.start()
+            await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
+            sid, sent = 1, 0
+            try:
+                while c.goaway() is None and sent < 20_000:
+                    for _ in range(100):
+                        c.conn.send_headers(sid, c.headers("GET", path), end_stream=True)
+                        c.conn.reset_stream(sid, error_code=8)
+                        sid += 2
+                        sent += 1
+                    await c.send()
+                    with anyio.move_on_after(0.01):
+                        await c.pump()
+            except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
+                pass
+            await c.pump_until(lambda: c.goaway() is not None)
+    return c.goaway(), sent
+
+
 async def test_http2_rapid_reset_gets_goaway_enhance_your_calm() -> None:
     probe = Probe()
     async with running(make_app(probe)) as port:
-        with anyio.fail_after(20):
-            async with await anyio.connect_tcp("127.0.0.1", port) as s:
-                c = H2Client(s)
-                await c.start()
-                await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
-                sid = 1
-                sent = 0
-                try:
-                    while c.goaway() is None and sent < 20_000:
-                        for _ in range(100):  # HEADERS + RST_STREAM pairs, as in CVE-2023-44487
-                            c.conn.send_headers(sid, c.headers("GET", "/hello"), end_stream=True)
-                            c.conn.reset_stream(sid, error_code=8)
-                            sid += 2
-                            sent += 1
-                        await c.send()
-                        with anyio.move_on_after(0.01):
-                            await c.pump()
-                except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
-                    pass
-                await c.pump_until(lambda: c.goaway() is not None)
-        goaway = c.goaway()
-        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-        assert sent < 5000 and probe.calls < 5000  # cut off within the budget (400 + 100/s)
+        goaway, sent = await rapid_reset(port, "/hello")
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert sent < 5000 and probe.calls < 5000  # cut off within the budget (400 + 100/s)
 
 
 async def test_http2_rapid_reset_of_streams_answered_at_once_gets_goaway_enhance_your_calm() -> None:
@@ -260,28 +265,9 @@ async def test_http2_rapid_reset_of_streams_answered_at_once_gets_goaway_enhance
     # with them still spends the budget, and the app is not asked for what was reset.
     app = NowApp()
     async with running(app) as port:
-        with anyio.fail_after(20):
-            async with await anyio.connect_tcp("127.0.0.1", port) as s:
-                c = H2Client(s)
-                await c.start()
-                await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
-                sid, sent = 1, 0
-                try:
-                    while c.goaway() is None and sent < 20_000:
-                        for _ in range(100):
-                            c.conn.send_headers(sid, c.headers("GET", "/now"), end_stream=True)
-                            c.conn.reset_stream(sid, error_code=8)
-                            sid += 2
-                            sent += 1
-                        await c.send()
-                        with anyio.move_on_after(0.01):
-                            await c.pump()
-                except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
-                    pass
-                await c.pump_until(lambda: c.goaway() is not None)
-        goaway = c.goaway()
-        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-        assert sent < 5000 and app.now + app.awaited < 100
+        goaway, sent = await rapid_reset(port, "/now")
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert sent < 5000 and app.now + app.awaited < 100
 
 
 _NOW_BLOCK = b"".join(b"\x00" + bytes((len(n),)) + n + bytes((len(v),)) + v for n, v in [

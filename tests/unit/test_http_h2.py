@@ -16,15 +16,18 @@ from headwater.http.errors import LocalProtocolError
 
 
 class Pair:
-    """A client (h2 library) and our server connection, wired back to back."""
+    """A client (h2 library) and our server connection, wired back to back; ``wire`` holds what
+    the server sent."""
 
-    def __init__(self, limits: HttpLimits = HttpLimits()) -> None:
-        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.server = server_h2.H2Connection(limits)
+    def __init__(self, limits: HttpLimits = HttpLimits(), *,
+                 client_config: h2.config.H2Configuration | None = None, clock: FakeClock | None = None) -> None:
+        self.client = h2.connection.H2Connection(client_config or h2.config.H2Configuration(client_side=True))
+        self.server = server_h2.H2Connection(limits, clock=clock or FakeClock(start=1_000_000_000.0))
         self.server.initiate()
         self.client.initiate_connection()
         self.server_events: list = []
         self.client_events: list = []
+        self.wire: list[bytes] = []
         self.exchange()
 
     def exchange(self) -> None:
@@ -34,6 +37,7 @@ class Pair:
                 self.server_events += self.server.receive_data(c)
             s = self.server.data_to_send()
             if s:
+                self.wire.append(s)
                 self.client_events += self.client.receive_data(s)
             if not c and not s:
                 return
@@ -227,14 +231,7 @@ def _goaway_code(p: Pair) -> int | None:
 
 def _flood_pair(clock: FakeClock, *, burst: int = 50, rate: float = 10.0) -> Pair:
     limits = HttpLimits(h2_flood_burst=burst, h2_flood_rate_per_s=rate, max_concurrent_streams=1000)
-    p = Pair.__new__(Pair)
-    p.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    p.server = server_h2.H2Connection(limits, clock=clock)
-    p.server.initiate()
-    p.client.initiate_connection()
-    p.server_events, p.client_events = [], []
-    p.exchange()
-    return p
+    return Pair(limits, clock=clock)
 
 
 def test_rapid_reset_spends_the_budget_and_ends_with_enhance_your_calm() -> None:
@@ -318,14 +315,8 @@ def test_date_comes_from_the_injected_clock() -> None:
 
 def test_a_path_not_starting_with_a_slash_is_invalid() -> None:
     # A proxy appends :path to http://host:port: "@evil:80/x" named another host (SSRF).
-    p = Pair.__new__(Pair)
-    p.client = h2.connection.H2Connection(h2.config.H2Configuration(
+    p = Pair(client_config=h2.config.H2Configuration(
         client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
-    p.server = server_h2.H2Connection(HttpLimits())
-    p.server.initiate()
-    p.client.initiate_connection()
-    p.server_events, p.client_events = [], []
-    p.exchange()
     for sid, method, path in ((1, "GET", "@127.0.0.1:9/x"), (3, "GET", "x"), (5, "GET", "*"), (7, "GET", "/a b"),
                               (9, "GET", "/a\x7f")):
         p.request(sid, method, path)

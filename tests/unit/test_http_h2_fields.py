@@ -13,10 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-from headwater.clock import FakeClock
-from headwater.config import HttpLimits
 from headwater.http import h2 as server_h2
 from headwater.http.h2_fields import TABLE_SIZE_ZERO, CompressionError, RememberingDecoder, encode_field, header_frames
+from tests.unit import test_http_h2
 
 # Static pairs, static names (index < 15 and above: multi-byte integers), new names, values
 # long enough for a multi-byte length, never-indexed names, an empty value.
@@ -58,33 +57,10 @@ def test_a_long_block_is_split_into_continuation_frames() -> None:
     assert payload == block
 
 
-class Pair:
-    """An h2 library client and our server connection, back to back (as test_http_h2)."""
+class Pair(test_http_h2.Pair):
+    """An h2 library client and our server connection, back to back, asking for GETs."""
 
-    def __init__(self, *, client_config: h2.config.H2Configuration | None = None,
-                 limits: HttpLimits = HttpLimits()) -> None:
-        self.client = h2.connection.H2Connection(client_config or h2.config.H2Configuration(client_side=True))
-        self.server = server_h2.H2Connection(limits, clock=FakeClock(start=1_000_000_000.0))
-        self.server.initiate()
-        self.client.initiate_connection()
-        self.server_events: list = []
-        self.client_events: list = []
-        self.wire: list[bytes] = []  # what the server sent
-        self.exchange()
-
-    def exchange(self) -> None:
-        for _ in range(10):
-            c = self.client.data_to_send()
-            if c:
-                self.server_events += self.server.receive_data(c)
-            s = self.server.data_to_send()
-            if s:
-                self.wire.append(s)
-                self.client_events += self.client.receive_data(s)
-            if not c and not s:
-                return
-
-    def request(self, sid: int, extra=(), path: str = "/", end: bool = True) -> None:
+    def request(self, sid: int, extra=(), path: str = "/", end: bool = True) -> None:  # type: ignore[override]
         self.client.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
                                        (":authority", "example"), *extra], end_stream=end)
         self.exchange()
