@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import anyio
 import anyio.abc
@@ -227,28 +227,39 @@ async def test_http2_trickled_body_gets_408() -> None:
 
 # --- HTTP/2 floods -----------------------------------------------------------------------------
 
+async def flood(c: H2Client, write: Callable[[int], int], most: int) -> int:
+    """Frames queued by ``write(sent)`` (it returns how many), a write at a time, until the
+    server's GOAWAY or ``most`` were sent; then the GOAWAY is awaited. How many were sent."""
+    sent = 0
+    try:
+        while c.goaway() is None and sent < most:
+            sent += write(sent)
+            await c.send()
+            with anyio.move_on_after(0.01):
+                await c.pump()
+    except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
+        pass
+    await c.pump_until(lambda: c.goaway() is not None)
+    return sent
+
+
 async def rapid_reset(port: int, path: str) -> tuple[h2.events.ConnectionTerminated | None, int]:
     """HEADERS + RST_STREAM pairs, as in CVE-2023-44487, 100 a write, until the server ends the
     connection (or 20,000 were sent): its GOAWAY and how many streams were opened and reset."""
+
+    def pairs(sent: int) -> int:
+        for i in range(100):
+            sid = 2 * (sent + i) + 1
+            c.conn.send_headers(sid, c.headers("GET", path), end_stream=True)
+            c.conn.reset_stream(sid, error_code=8)
+        return 100
+
     with anyio.fail_after(20):
         async with await anyio.connect_tcp("127.0.0.1", port) as s:
             c = H2Client(s)
             await c.start()
             await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
-            sid, sent = 1, 0
-            try:
-                while c.goaway() is None and sent < 20_000:
-                    for _ in range(100):
-                        c.conn.send_headers(sid, c.headers("GET", path), end_stream=True)
-                        c.conn.reset_stream(sid, error_code=8)
-                        sid += 2
-                        sent += 1
-                    await c.send()
-                    with anyio.move_on_after(0.01):
-                        await c.pump()
-            except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
-                pass
-            await c.pump_until(lambda: c.goaway() is not None)
+            sent = await flood(c, pairs, 20_000)
     return c.goaway(), sent
 
 
@@ -311,28 +322,23 @@ async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_
     assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
 
 
-@pytest.mark.parametrize("flood", ["ping", "settings"])
-async def test_http2_control_frame_flood_gets_goaway_enhance_your_calm(flood: str) -> None:
+@pytest.mark.parametrize("flood_kind", ["ping", "settings"])
+async def test_http2_control_frame_flood_gets_goaway_enhance_your_calm(flood_kind: str) -> None:
     async with running(make_app(Probe())) as port:
         with anyio.fail_after(20):
             async with await anyio.connect_tcp("127.0.0.1", port) as s:
                 c = H2Client(s)
                 await c.start()
-                sent = 0
-                try:
-                    while c.goaway() is None and sent < 200_000:
-                        for i in range(1000):
-                            if flood == "ping":
-                                c.conn.ping(b"%08d" % (i % 10**8))
-                            else:
-                                c.conn.update_settings({h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 4096 + i})
-                        sent += 1000
-                        await c.send()
-                        with anyio.move_on_after(0.01):
-                            await c.pump()
-                except (anyio.BrokenResourceError, h2.exceptions.ProtocolError):
-                    pass
-                await c.pump_until(lambda: c.goaway() is not None)
+
+                def control(sent: int) -> int:
+                    for i in range(1000):
+                        if flood_kind == "ping":
+                            c.conn.ping(b"%08d" % (i % 10**8))
+                        else:
+                            c.conn.update_settings({h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 4096 + i})
+                    return 1000
+
+                sent = await flood(c, control, 200_000)
         goaway = c.goaway()
         assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
         answered = [e for e in c.events if isinstance(e, (h2.events.PingAckReceived,
