@@ -3,8 +3,9 @@ and turns the upload it names into a published title.
 
 One job, step by step (the title's progress in brackets)::
 
-    lease → title transcoding (0) → fetch the upload to scratch → ffprobe → ffmpeg: the ladder
-    MP4, the poster and the thumbnails in one run (0.05 → 0.85, heartbeats; the title's key
+    lease → title transcoding (0) → fetch the upload to scratch (0.02, reported at once) →
+    ffprobe → ffmpeg: the ladder MP4, the poster and the thumbnails in one run (0.05 → 0.85,
+    heartbeats; 0.85 reported at once when it ends; the title's key
     fetched and the bucket made meanwhile, and each segment packaged into titles/T/vN/ as
     ffmpeg writes it) → the sprites tiled, the thumbnail track → the last segments, the images
     and the manifests (0.9) → title packaged → publish: complete(lease, published, renditions)
@@ -206,7 +207,9 @@ class _Job:
             raise InvalidMedia("the job names no upload (payload bucket and key)")
         source = work / "source"
         objects.download(payload["bucket"], payload["key"], source, max_bytes=cfg.max_source_bytes)
-        self.beat(0.02)
+        # Reported at once, not at the next heartbeat: a short title's whole ffmpeg run can
+        # fit between two, and the creator would see 0 % until it is published.
+        self.beat(0.02, force=True)
         info = probe_file(cfg.ffprobe, source)
         rungs = plan_ladder(cfg.ladder, info, cfg.codecs)
         grid = thumbnail_grid(info.duration_s, cfg.thumbnail_s, cfg.thumbnail_width, rungs[0].width,
@@ -243,7 +246,7 @@ class _Job:
                            timeout_s=cfg.job_timeout_s, should_stop=self.stopping, tick=tick)
                 kid, key = prepared.result()
                 source.unlink()
-                self.beat(0.85)
+                self.beat(0.85, force=True)
                 image_files = collect_images(cfg.ffmpeg, images, grid, info.duration_s, timeout_s=cfg.job_timeout_s,
                                              should_stop=self.stopping)
             except BaseException:
