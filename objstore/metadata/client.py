@@ -240,10 +240,7 @@ class RaftReplication:
         self.stats["reads"] += 1
         p = self.ring.partition_of(ns, key)
         r = await self._leader_call(p, "kv.get", {"ns": ns, "p": p, "key": key}, write=False)
-        rec = record_from_wire(r["record"])
-        if rec is not None:
-            self.clock.observe(rec.version)
-        return rec
+        return self._observed(record_from_wire(r["record"]))
 
     async def read_pair(self, first: tuple[str, str], second: tuple[str, str]) -> tuple[Record | None, Record | None]:
         """Two keys' records (``(ns, key)`` each), each read linearizably from its group's leader:
@@ -268,6 +265,7 @@ class RaftReplication:
         return rec1, await self.read(ns2, key2)
 
     def _observed(self, rec: Record | None) -> Record | None:
+        """``rec``, its version seen by the hybrid clock (so later writes order after it)."""
         if rec is not None:
             self.clock.observe(rec.version)
         return rec
@@ -401,10 +399,7 @@ class RaftReplication:
                     "start_after": w.start_after, "start_open": w.start_open, "limit": w.limit}, write=False)
                 names: list[tuple[str, Record | None]] = []
                 for name, wire in r["names"]:
-                    rec = None if wire is None else record_from_wire(wire)
-                    if rec is not None:
-                        self.clock.observe(rec.version)
-                    names.append((name, rec))
+                    names.append((name, None if wire is None else self._observed(record_from_wire(wire))))
                 merge.feed(w.stream, names, more=r["more"], last=r["last"], last_open=r["last_open"])
             except (ValueError, TypeError, KeyError) as e:  # a malformed answer
                 failures.append(MetadataError(f"kv.list to group {w.stream}: {e}"))
