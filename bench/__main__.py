@@ -21,6 +21,7 @@ BENCHES = {
     "search": "catalogue search on a 100,000-title synthetic catalogue per backend (SQLite, PostgreSQL), with ceilings",
     "simulate": "the Tbps-scale CDN simulator: scenarios, sweeps, plots, trace replay vs libCacheSim",
     "playback": "a viewer's startup in headless Chromium, DNS -> POP -> regional -> shield -> origin, cold and warm",
+    "h2_floods": "what each HTTP/2 frame flood (RST_STREAM, WINDOW_UPDATE, PRIORITY, empty DATA...) costs the core",
     "origin": "tus uploads through the origin beside S3 multipart; the transcode pipeline beside ffmpeg alone",
 }
 
