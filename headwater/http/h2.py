@@ -7,9 +7,16 @@ turns app responses into HEADERS/DATA frames. Flow control is explicit: the shel
 ``outbound_window(stream_id)`` before sending DATA and calls ``acknowledge(stream_id, n)`` once
 the app has consumed received bytes, which is what re-opens the peer's window (backpressure).
 
-Frames that cost the peer little and us more (RST_STREAM of a stream we took on, PING,
-SETTINGS, PRIORITY, empty DATA, refused streams) draw on a ``FloodBudget`` on the injected clock;
-once it is spent the connection ends with GOAWAY(ENHANCE_YOUR_CALM) (``Flooding``).
+Frames that cost the peer little and us more draw on a ``FloodBudget`` on the injected clock;
+once it is spent the connection ends with GOAWAY(ENHANCE_YOUR_CALM) (``Flooding``, its ``kind``
+the kind of frame that spent most). Charged are the frames that neither open nor end a stream
+nor move useful data: RST_STREAM (of a stream we took on, or of one already closed), PING,
+SETTINGS, PRIORITY, PRIORITY_UPDATE and unknown frame types, empty DATA, refused streams,
+unsolicited SETTINGS and PING acknowledgements, DATA, HEADERS and WINDOW_UPDATE of streams no
+longer open (beyond the few a stream closed recently may still have in flight), and a
+WINDOW_UPDATE that grows a window nothing was sent from since the scope's previous one (a big
+download's WINDOW_UPDATEs each follow DATA we sent: never charged). h2 hands us no event for
+several of them, so its own handlers of those frame types are wrapped (``_wrap_h2``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
+from hyperframe.frame import AltSvcFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
@@ -69,6 +77,12 @@ _END_STREAM = 0x1
 _JOIN_BELOW_BYTES = 16 * KiB
 STREAM_WINDOW_BYTES = 256 * KiB
 CONNECTION_WINDOW_BYTES = 1 * MiB
+#: DATA and WINDOW_UPDATE frames a stream closed recently may still bring uncharged: what a
+#: client had in flight when the stream ended (our reset of an upload answered early, its
+#: last WINDOW_UPDATE racing our END_STREAM): a stream window's worth of 16 KiB frames.
+LATE_FRAMES = STREAM_WINDOW_BYTES // (16 * KiB)
+_PRIORITY_UPDATE = 0x10  # RFC 9218 7.1
+_H2_PROTOCOL = h2.exceptions.ProtocolError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +141,9 @@ class ConnectionEnded:
 
     error_code: int
     reason: str = ""
+    #: The kind of frame that spent the flood budget ("rst_stream", "window_update"...) when
+    #: the connection ends for flooding (ENHANCE_YOUR_CALM); "" otherwise.
+    flood: str = ""
 
 
 Event = StreamRequest | StreamData | StreamEnd | StreamReset | StreamInvalid | WindowOpened | ConnectionEnded
@@ -312,6 +329,13 @@ class H2Connection:
         self._out_bytes = 0
         self.closed = False
         self._last_read = 0  # the highest stream id read so far (for a GOAWAY mid-read)
+        # Flood accounting: frames charged in this read, and per kind over the connection.
+        self._costly = 0
+        self.spent: dict[str, int] = {}
+        self._settings_acks_due = 1  # our SETTINGS not yet acknowledged (initiate's one)
+        self._window_after: dict[int, int] = {}  # scope -> send window after its last update
+        self._late: dict[int, int] = {}  # recently closed stream -> late frames still free
+        self._wrap_h2()
 
     def initiate(self) -> None:
         """Queue the server preface (SETTINGS, and the connection window increase)."""
@@ -345,24 +369,34 @@ class H2Connection:
             self.close(int(getattr(e, "error_code", H2_PROTOCOL_ERROR)), last_stream_id=self._last_read)
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
-        if costly and not self.budget.spend(costly):
-            error = Flooding("too many RST_STREAM/PING/SETTINGS/PRIORITY/empty DATA frames")
-            self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
-            self.close(error.h2_error_code)
-            out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error)))
+        costly += self._costly
+        if costly:
+            self._costly = 0
+            if not self.budget.spend(costly):
+                kind = max(self.spent, key=self.spent.__getitem__)
+                error = Flooding(f"HTTP/2 flood: too many frames doing no work (most: {kind})")
+                self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
+                self.close(error.h2_error_code)
+                out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error), flood=kind))
         return out
+
+    def _charge(self, kind: str) -> None:
+        """One frame of ``kind`` that did no work, charged at the end of the read."""
+        self._costly += 1
+        self.spent[kind] = self.spent.get(kind, 0) + 1
 
     def _events(self, raw: list[h2.events.Event]) -> tuple[list[Event], int]:
         """h2's events as ours, and how many of them are charged to the flood budget."""
         out: list[Event] = []
-        costly = 0  # frames charged to the flood budget
+        costly = 0  # frames charged to the flood budget (by _charge)
+        charge = self._charge
         on_headers = None  # the PriorityUpdated h2 also reports for the last HEADERS
         for ev in raw:
             t = type(ev)
             if t is h2.events.DataReceived:
                 sid = ev.stream_id
                 if not ev.data and ev.stream_ended is None:
-                    costly += 1  # empty DATA (CVE-2019-9518)
+                    charge("empty_data")  # empty DATA (CVE-2019-9518)
                 n = self._body_bytes.get(sid, 0) + len(ev.data)
                 self._body_bytes[sid] = n
                 if n > self.limits.max_body_bytes:
@@ -378,25 +412,25 @@ class H2Connection:
                 on_headers = ev.priority_updated
                 req = self._request(ev)
                 if type(req) is StreamInvalid:
-                    costly += 1
+                    charge("refused_stream")
                 out.append(req)
             elif t is h2.events.StreamEnded:  # also follows a HEADERS or DATA with END_STREAM
                 out.append(StreamEnd(stream_id=ev.stream_id))
             elif t is h2.events.StreamReset:
                 if ev.remote_reset:
-                    costly += 1  # rapid reset (CVE-2023-44487)
+                    charge("rst_stream")  # rapid reset (CVE-2023-44487)
                 self._forget(ev.stream_id)
                 out.append(StreamReset(stream_id=ev.stream_id, error_code=int(ev.error_code)))
             elif t is h2.events.WindowUpdated:
                 out.append(WindowOpened(stream_id=ev.stream_id))
             elif t is h2.events.RemoteSettingsChanged:
-                costly += 1  # SETTINGS flood (CVE-2019-9515)
+                charge("settings")  # SETTINGS flood (CVE-2019-9515)
                 out.append(WindowOpened(stream_id=0, settings=True))
             elif t is h2.events.PingReceived:
-                costly += 1  # PING flood (CVE-2019-9512)
+                charge("ping")  # PING flood (CVE-2019-9512)
             elif t is h2.events.PriorityUpdated:
                 if ev is not on_headers:
-                    costly += 1  # a PRIORITY frame of its own (CVE-2019-9513), not on HEADERS
+                    charge("priority")  # a PRIORITY frame of its own (CVE-2019-9513), not on HEADERS
             elif t is h2.events.ConnectionTerminated:
                 self.closed = True
                 out.append(ConnectionEnded(error_code=int(ev.error_code),
@@ -407,9 +441,106 @@ class H2Connection:
                 for _ in h2.utilities.validate_headers(
                         h2.utilities.normalize_inbound_headers(ev.headers, _TRAILER_BLOCK), _TRAILER_BLOCK):
                     pass
-            # SettingsAcknowledged, PingAckReceived: h2 already queued whatever answer they
-            # need.
+            elif t is h2.events.SettingsAcknowledged:
+                if self._settings_acks_due:
+                    self._settings_acks_due -= 1
+                else:
+                    charge("settings")  # acknowledges nothing we sent
+            elif t is h2.events.PingAckReceived:
+                charge("ping")  # we send no PING: acknowledges nothing
+            elif t is h2.events.UnknownFrameReceived:
+                # RFC 9113 5.5: ignored, but not for free; PRIORITY_UPDATE (RFC 9218) is one too.
+                charge("priority" if ev.frame.type == _PRIORITY_UPDATE else "unknown_frame")
         return out, costly
+
+    # --- frames h2 takes without an event -----------------------------------------------------
+
+    def _wrap_h2(self) -> None:
+        """Put our accounting around h2's handlers of the frames it may take without telling us
+        (its per-connection dispatch table: nothing else of h2 changes)."""
+        table = self._conn._frame_dispatch_table
+        self._h2_rst_stream = table[RstStreamFrame]
+        self._h2_window_update = table[WindowUpdateFrame]
+        self._h2_data = table[DataFrame]
+        self._h2_headers = table[HeadersFrame]
+        self._h2_alt_svc = table[AltSvcFrame]
+        table[RstStreamFrame] = self._receive_rst_stream
+        table[WindowUpdateFrame] = self._receive_window_update
+        table[DataFrame] = self._receive_data
+        table[HeadersFrame] = self._receive_headers
+        table[AltSvcFrame] = self._receive_alt_svc
+
+    def _receive_rst_stream(self, frame: RstStreamFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        sid = frame.stream_id
+        conn = self._conn
+        if sid not in conn.streams and sid > (conn.highest_inbound_stream_id if sid % 2
+                                              else conn.highest_outbound_stream_id):
+            # RFC 9113 6.4: a connection error (h2 ignores it, and would do so without limit).
+            raise _H2_PROTOCOL(f"RST_STREAM of idle stream {sid}")
+        frames, events = self._h2_rst_stream(frame)
+        if not events:
+            self._charge("rst_stream")  # of a stream already closed: nothing to cancel
+        return frames, events
+
+    def _receive_window_update(self, frame: WindowUpdateFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        sid = frame.stream_id
+        conn = self._conn
+        if sid:
+            stream = conn.streams.get(sid)
+            before = stream.outbound_flow_control_window if stream is not None else 0
+        else:
+            before = conn.outbound_flow_control_window
+        frames, events = self._h2_window_update(frame)
+        if not events:
+            self._late_frame(sid, "window_update")  # of a stream no longer open
+            return frames, events
+        # Free when DATA we sent drew on the window since the scope's last update (or it is the
+        # first): it re-opens what a download uses. Otherwise it made the window bigger to no end.
+        last = self._window_after.get(sid)
+        if last is not None and before >= last:
+            self._charge("window_update")
+        self._window_after[sid] = before + frame.window_increment
+        return frames, events
+
+    def _receive_data(self, frame: DataFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        frames, events = self._h2_data(frame)
+        if not events:  # the stream is closed: h2 answered RST_STREAM and refunded the window
+            self._late_frame(frame.stream_id, "closed_stream")
+        return frames, events
+
+    def _receive_headers(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        try:
+            return self._h2_headers(frame)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError) as e:
+            # On a stream reset, h2 answers RST_STREAM and goes on (on one ended, the
+            # connection ends): charged like DATA there.
+            if self._conn._stream_is_closed_by_reset(e.stream_id):
+                self._charge("closed_stream")
+            raise
+
+    def _receive_alt_svc(self, frame: AltSvcFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        self._charge("unknown_frame")  # ALTSVC is the server's to send (RFC 7838): ignored
+        return self._h2_alt_svc(frame)
+
+    def _late_frame(self, sid: int, kind: str) -> None:
+        """A DATA or WINDOW_UPDATE frame of stream ``sid`` no longer open: free while one of the
+        streams opened last (the ones that can have been in flight as they closed) has some
+        of its LATE_FRAMES left; charged otherwise."""
+        conn = self._conn
+        floor = conn.highest_inbound_stream_id - 4 * self.limits.max_concurrent_streams
+        late = self._late
+        if sid % 2 == 0 or sid <= floor:
+            self._charge(kind)
+            return
+        left = late.get(sid, LATE_FRAMES)
+        if left <= 0:
+            self._charge(kind)
+            return
+        late[sid] = left - 1
+        if len(late) > 4 * self.limits.max_concurrent_streams:
+            for old in [s for s in late if s <= floor]:
+                del late[old]
+
 
     def _request(self, ev: h2.events.RequestReceived) -> StreamRequest | StreamInvalid:
         """The request of ``ev``, or why it is refused; h2's ProtocolError for a malformed block
@@ -644,3 +775,5 @@ class H2Connection:
 
     def _forget(self, stream_id: int) -> None:
         self._body_bytes.pop(stream_id, None)
+        if self._window_after:
+            self._window_after.pop(stream_id, None)
