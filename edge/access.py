@@ -8,7 +8,9 @@ regional caches and shields see POPs as their clients.
 
 * Connections: :meth:`FrontDoor.on_connection` / :meth:`FrontDoor.on_disconnect` are the HTTP
   core's hooks (``serve(on_connection=...)``): the per-client connection cap and address-only
-  block rules refuse a connection before a byte of it is read.
+  block rules refuse a connection before a byte of it is read; :meth:`FrontDoor.on_flood`
+  counts an HTTP/2 connection ended for flooding (``serve(on_flood=...)``), by the kind of
+  frame that spent its budget.
 * Requests: :meth:`FrontDoor.admit` answers 403 (a block rule) or 429 with ``Retry-After`` (the
   client's token bucket, or a ``limit`` rule's); every refusal is counted in
   ``hw_edge_rejected_total{tier, reason}``.
@@ -70,6 +72,11 @@ class FrontDoor:
 
     def on_disconnect(self, peer: tuple[str, int] | None) -> None:
         self.guard.connection_closed(peer[0] if peer else "")
+
+    def on_flood(self, peer: tuple[str, int] | None, kind: str) -> None:
+        """An HTTP/2 connection ended for flooding (GOAWAY ENHANCE_YOUR_CALM): counted by the
+        kind of frame that spent its budget, as ``h2_flood:<kind>``."""
+        self.rejected.labels(self.tier, f"h2_flood:{kind}").inc()
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -112,7 +112,8 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     door = FrontDoor(getattr(cluster, "cdn", None) or CdnConfig(), distributions, registry=registry,
                      tier=node.tier, monotonic=clock.monotonic, wall=clock.time) if node.tier == "pop" else None
     hooks: dict[str, Any] = {} if door is None else {"on_connection": door.on_connection,
-                                                      "on_disconnect": door.on_disconnect}
+                                                      "on_disconnect": door.on_disconnect,
+                                                      "on_flood": door.on_flood}
     purges = Invalidation(cluster=cluster, node=node, distributions=distributions, stores=stores,
                           top=router is None, worker=worker, clock=clock,
                           key=lambda: admin_key(cluster_secret(cluster)))

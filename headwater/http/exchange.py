@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import anyio.to_thread
@@ -59,15 +59,19 @@ class Service:
 
     ``answers_now``: whether the app also answers synchronously (``answer_now``, see ``App``), so
     the HTTP/1.1 shell may answer a lone request without a body straight from the loop's read
-    callback (``H1Shell``'s inline answers).
+    callback (``H1Shell``'s inline answers). ``on_flood(peer, kind)``: called when an HTTP/2
+    connection is ended for flooding (GOAWAY ENHANCE_YOUR_CALM), with the kind of frame that
+    spent its budget (``h2.ConnectionEnded.flood``), for a daemon's metrics.
     """
 
-    __slots__ = ("app", "limits", "clock", "answers_now", "_answer_now")
+    __slots__ = ("app", "limits", "clock", "answers_now", "_answer_now", "on_flood")
 
-    def __init__(self, app: App, limits: HttpLimits, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, app: App, limits: HttpLimits, clock: Clock = SYSTEM_CLOCK,
+                 on_flood: Callable[[tuple[str, int] | None, str], None] | None = None) -> None:
         self.app = app
         self.limits = limits
         self.clock = clock
+        self.on_flood = on_flood
         self._answer_now = getattr(app, "answer_now", None)
         self.answers_now = self._answer_now is not None
 

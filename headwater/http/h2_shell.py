@@ -414,6 +414,8 @@ class H2Shell:
                 if ev.error_code == H2_ENHANCE_YOUR_CALM:  # type: ignore[union-attr]
                     log.warning("HTTP/2 client %s flooded: GOAWAY(ENHANCE_YOUR_CALM): %s",
                                 self.client, ev.reason)  # type: ignore[union-attr]
+                    if ev.flood and self.service.on_flood is not None:  # type: ignore[union-attr]
+                        self.service.on_flood(self.client, ev.flood)  # type: ignore[union-attr]
                 for st in list(self.streams.values()):
                     st.abort()
         if at_once is not None:

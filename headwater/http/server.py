@@ -15,7 +15,9 @@ HTTP/2.0`` means h2c with prior knowledge). The rest is split by concern:
 A daemon that accounts connections per client (the edge's connection caps and address rules)
 passes ``on_connection(peer) -> bool``: called with the socket's peer address before a byte is
 read; False closes the connection at once. ``on_disconnect(peer)`` is called once for every
-connection ``on_connection`` accepted, when it ends, whatever ended it.
+connection ``on_connection`` accepted, when it ends, whatever ended it. ``on_flood(peer, kind)``
+is called when an HTTP/2 connection is ended for spending its flood budget (``kind``: the kind
+of frame that spent most of it, "rst_stream", "window_update"..., see ``h2``), for metrics.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
                 clock: Clock = SYSTEM_CLOCK, loop_transport: bool = True,
                 on_connection: Callable[[Peer], bool] | None = None,
                 on_disconnect: Callable[[Peer], None] | None = None,
+                on_flood: Callable[[Peer, str], None] | None = None,
                 task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` until cancelled. ``task_status.started`` receives the bound port.
 
@@ -69,11 +72,11 @@ async def serve(app: App, *, host: str = "127.0.0.1", port: int = 0,
     their time. ``loop_transport`` (on by default; asyncio only, trio always waits on the bare
     socket) carries the bytes on the loop's own transports (uvloop's, in C: ``ProtocolStream``),
     which ``bench http_core`` measures at about 1.5x the requests per second of ``SocketStream``.
-    ``on_connection`` / ``on_disconnect``: see the module docstring.
+    ``on_connection`` / ``on_disconnect`` / ``on_flood``: see the module docstring.
     """
     listener = sock if sock is not None else bind_socket(host, port, reuse_port=reuse_port)
     listener.setblocking(False)
-    server = _Server(Service(app, limits, clock), ssl_context, loop_transport=loop_transport,
+    server = _Server(Service(app, limits, clock, on_flood), ssl_context, loop_transport=loop_transport,
                      on_connection=on_connection, on_disconnect=on_disconnect)
     try:
         async with anyio.create_task_group() as tg:
