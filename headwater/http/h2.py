@@ -13,10 +13,10 @@ the kind of frame that spent most). Charged are the frames that neither open nor
 nor move useful data: RST_STREAM (of a stream we took on, or of one already closed), PING,
 SETTINGS, PRIORITY, PRIORITY_UPDATE and unknown frame types, empty DATA, refused streams,
 unsolicited SETTINGS and PING acknowledgements, DATA, HEADERS and WINDOW_UPDATE of streams no
-longer open (beyond the few a stream closed recently may still have in flight), and a
-WINDOW_UPDATE that grows a window nothing was sent from since the scope's previous one (a big
-download's WINDOW_UPDATEs each follow DATA we sent: never charged). h2 hands us no event for
-several of them, so its own handlers of those frame types are wrapped (``_wrap_h2``).
+longer open (beyond the few a stream closed recently may still have in flight), and
+WINDOW_UPDATEs of a window beyond one per 4 KiB of DATA we sent on it (a big download's, which
+re-open what it drew, are never charged). h2 hands us no event for several of them, so its own
+handlers of those frame types are wrapped (``_wrap_h2``).
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ CONNECTION_WINDOW_BYTES = 1 * MiB
 #: client had in flight when the stream ended (our reset of an upload answered early, its
 #: last WINDOW_UPDATE racing our END_STREAM): a stream window's worth of 16 KiB frames.
 LATE_FRAMES = STREAM_WINDOW_BYTES // (16 * KiB)
+#: A WINDOW_UPDATE is free for each this many bytes of DATA we sent since the last (a client
+#: acknowledging every 4 KiB it reads never pays), up to _WINDOW_CREDITS_MAX banked.
+_WINDOW_CREDIT_BYTES = 4 * KiB
+_WINDOW_CREDITS_MAX = 256
 _PRIORITY_UPDATE = 0x10  # RFC 9218 7.1
 _H2_PROTOCOL = h2.exceptions.ProtocolError
 
@@ -333,7 +337,9 @@ class H2Connection:
         self._costly = 0
         self.spent: dict[str, int] = {}
         self._settings_acks_due = 1  # our SETTINGS not yet acknowledged (initiate's one)
-        self._window_after: dict[int, int] = {}  # scope -> send window after its last update
+        # A window's scope (0: the connection's, or a stream's) -> [the send window after its
+        # last WINDOW_UPDATE, the updates it may still have for free]
+        self._window_after: dict[int, list[int]] = {}
         self._late: dict[int, int] = {}  # recently closed stream -> late frames still free
         self._wrap_h2()
 
@@ -494,12 +500,25 @@ class H2Connection:
         if not events:
             self._late_frame(sid, "window_update")  # of a stream no longer open
             return frames, events
-        # Free when DATA we sent drew on the window since the scope's last update (or it is the
-        # first): it re-opens what a download uses. Otherwise it made the window bigger to no end.
-        last = self._window_after.get(sid)
-        if last is not None and before >= last:
+        # Free while it re-opens what DATA we sent drew on the window: a credit per
+        # _WINDOW_CREDIT_BYTES drawn since the scope's last update (a client may acknowledge
+        # each frame it reads, in one update or several), banked up to _WINDOW_CREDITS_MAX;
+        # plus one to begin with (a client's first update often enlarges the window). An
+        # update past those made the window bigger to no end.
+        scope = self._window_after.get(sid)
+        if scope is None:
+            initial = conn.remote_settings.initial_window_size if sid else 65535
+            scope = self._window_after[sid] = [initial, 1]
+        drawn = scope[0] - before
+        credit = scope[1]
+        if drawn > 0:
+            credit = min(_WINDOW_CREDITS_MAX, credit + -(-drawn // _WINDOW_CREDIT_BYTES))
+        if credit >= 1:
+            credit -= 1
+        else:
             self._charge("window_update")
-        self._window_after[sid] = before + frame.window_increment
+        scope[0] = before + frame.window_increment
+        scope[1] = credit
         return frames, events
 
     def _receive_data(self, frame: DataFrame) -> tuple[list[Frame], list[h2.events.Event]]:

@@ -488,3 +488,111 @@ def test_a_block_replayed_after_the_table_changed_reads_as_the_table_now_says() 
     assert seen == [("a", "2")] * 2
     events = server.receive_data(_headers(11, b"\x20" + _G) + _headers(13, replay))  # table emptied
     assert [type(e) for e in events] == [server_h2.ConnectionEnded] and events[0].error_code == _COMPRESSION
+
+
+# --- frames that do no work (issue 10): each one charged, whether h2 tells us of it or not ----
+
+_PUT = _literal([(b":method", b"PUT"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"x")])
+
+
+def _wu(sid: int, n: int = 1) -> bytes:
+    return _frame(0x8, 0, sid, n.to_bytes(4, "big"))
+
+
+def _rst(sid: int) -> bytes:
+    return _frame(0x3, 0, sid, (8).to_bytes(4, "big"))
+
+
+def _answered(server: server_h2.H2Connection) -> None:
+    """Stream 1: a GET answered and finished (closed both ways)."""
+    server.receive_data(_headers(1, _G))
+    server.send_response(1, 200, [], body_length=0)
+    server.stream_finished(1)
+
+
+def _upload(server: server_h2.H2Connection) -> None:
+    server.receive_data(_headers(1, _PUT, end_stream=False))
+
+
+def _reset(server: server_h2.H2Connection) -> None:
+    server.receive_data(_headers(1, _PUT, end_stream=False) + _rst(1))
+
+
+_NO_WORK = {  # (what comes first, the frame repeated, the kind it is charged as)
+    "RST_STREAM of a closed stream": (_answered, _rst(1), "rst_stream"),
+    "WINDOW_UPDATE of the connection": (None, _wu(0), "window_update"),
+    "WINDOW_UPDATE of an open stream": (_upload, _wu(1), "window_update"),
+    "WINDOW_UPDATE of a closed stream": (_answered, _wu(1), "window_update"),
+    "DATA of a closed stream": (_answered, _frame(0x0, 0, 1, b"x"), "closed_stream"),
+    "empty DATA of a reset stream": (_reset, _frame(0x0, 0, 1, b""), "closed_stream"),
+    "HEADERS of a reset stream": (_reset, _headers(1, _G), "closed_stream"),
+    "PRIORITY_UPDATE": (_answered, _frame(0x10, 0, 0, (1).to_bytes(4, "big") + b"u=3"), "priority"),
+    "unknown frame type": (None, _frame(0xFA, 0, 0, b"12345678"), "unknown_frame"),
+    "ALTSVC": (None, _frame(0xA, 0, 0, b"\x00\x00"), "unknown_frame"),
+    "SETTINGS ack of nothing": (None, _frame(0x4, 0x1, 0, b""), "settings"),
+    "PING ack of nothing": (None, _frame(0x6, 0x1, 0, b"12345678"), "ping"),
+}
+
+
+@pytest.mark.parametrize("case", _NO_WORK)
+def test_frames_that_do_no_work_spend_the_budget(case: str) -> None:
+    first, one, kind = _NO_WORK[case]
+    server = _server(HttpLimits(h2_flood_burst=20, h2_flood_rate_per_s=0.0))
+    if first is not None:
+        first(server)
+    server.data_to_send()
+    # Past the budget even after what is free: a stream's late frames, a scope's first update.
+    events = server.receive_data(one * (20 + server_h2.LATE_FRAMES + 4))
+    ended = [e for e in events if isinstance(e, server_h2.ConnectionEnded)]
+    assert ended and ended[0].error_code == _CALM and ended[0].flood == kind, events[-3:]
+    assert _goaway(server.data_to_send())[1] == _CALM
+    assert server.spent[kind] > 20
+
+
+def test_rst_stream_of_an_idle_stream_is_a_protocol_error() -> None:
+    # RFC 9113 6.4; h2 ignored it, as often as it came.
+    server = _server()
+    _answered(server)
+    server.data_to_send()
+    events = server.receive_data(_rst(1001))
+    assert [(type(e), e.error_code) for e in events] == [(server_h2.ConnectionEnded, _PROTOCOL)]
+    assert _goaway(server.data_to_send())[1] == _PROTOCOL
+
+
+def test_the_window_updates_of_a_big_download_are_free() -> None:
+    # The client's 64 KiB windows, re-opened as it reads: ~250 WINDOW_UPDATEs for 4 MiB, each
+    # after DATA we sent; a budget of 5 would not cover ten of them.
+    p = _flood_pair(FakeClock(), burst=5, rate=0.0)
+    p.request(1, "GET", "/")
+    p.server.send_response(1, 200, [], body_length=None)
+    body = memoryview(b"d" * (4 * 1024 * KiB))
+    sent = 0
+    while sent < len(body):
+        n = p.server.send_body(1, body[sent:], end_stream=True)
+        sent += n
+        p.exchange()
+        for e in [e for e in p.client_events if isinstance(e, h2.events.DataReceived)]:
+            p.client.acknowledge_received_data(e.flow_controlled_length, 1)
+        p.client_events = [e for e in p.client_events if not isinstance(e, h2.events.DataReceived)]
+        p.exchange()
+    assert sent == len(body) and not p.server.closed and _goaway_code(p) is None
+    assert p.server.spent == {"settings": 1}  # (the client's own SETTINGS)
+    assert len(p.take(server_h2.WindowOpened)) > 100
+
+
+def test_a_streams_frames_in_flight_when_we_reset_it_are_free() -> None:
+    # An upload answered early: the client's DATA already sent (a stream window's worth, 16
+    # frames of 16 KiB) arrive after our RST_STREAM, as may a WINDOW_UPDATE racing our
+    # END_STREAM of a download.
+    p = _flood_pair(FakeClock(), burst=5, rate=0.0)
+    p.request(1, "PUT", "/", end=False)
+    for _ in range(server_h2.LATE_FRAMES - 1):
+        p.client.send_data(1, b"u" * 16 * KiB)
+    p.server.reset(1, 0)  # sent before the client's DATA is read
+    p.exchange()
+    p.request(3, "GET", "/")
+    p.server.send_response(3, 200, [], body_length=5)
+    p.server.send_data(3, b"hello", end_stream=True)
+    p.server.stream_finished(3)
+    p.server.receive_data(_wu(3, 5))
+    assert not p.server.closed and p.server.spent == {"settings": 1}  # (the client's own SETTINGS)
