@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import socket
 import struct
 from pathlib import Path
@@ -80,6 +81,7 @@ class H2Client:
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window})
         self.events: list = []
         self.closed = False
+        self.raw = bytearray()  # hand-made frames (the h2 library would not send them), sent next
 
     async def start(self) -> None:
         self.conn.initiate_connection()
@@ -87,6 +89,8 @@ class H2Client:
 
     async def send(self) -> None:
         data = self.conn.data_to_send()
+        if self.raw:
+            data, self.raw = data + self.raw, bytearray()
         if data:
             await self.s.send(data)
 
@@ -344,6 +348,97 @@ async def test_http2_control_frame_flood_gets_goaway_enhance_your_calm(flood_kin
         answered = [e for e in c.events if isinstance(e, (h2.events.PingAckReceived,
                                                           h2.events.SettingsAcknowledged))]
         assert len(answered) < 2000 and sent < 200_000
+
+
+def _frame_of(kind: int, sid: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    return _frame(kind, flags, sid, payload)
+
+
+_WU1 = (1).to_bytes(4, "big")
+# Frames that do no work (issue 10), each charged to the flood budget: (what opens stream 1
+# first: "get" a GET answered, "upload" a PUT whose body the app waits for, "reset" that PUT
+# reset by the client; the frame repeated).
+_NO_WORK = {
+    "RST_STREAM of a closed stream": ("get", _frame_of(0x3, 1, (8).to_bytes(4, "big"))),
+    "WINDOW_UPDATE of the connection": ("", _frame_of(0x8, 0, _WU1)),
+    "WINDOW_UPDATE of an open stream": ("upload", _frame_of(0x8, 1, _WU1)),
+    "WINDOW_UPDATE of a closed stream": ("get", _frame_of(0x8, 1, _WU1)),
+    "DATA of a reset stream": ("reset", _frame_of(0x0, 1, b"x")),
+    "HEADERS of a reset stream": ("reset", _frame_of(0x1, 1, _NOW_BLOCK, flags=0x5)),
+    "PRIORITY_UPDATE": ("get", _frame_of(0x10, 0, (1).to_bytes(4, "big") + b"u=3")),
+    "unknown frame type": ("", _frame_of(0xFA, 0, b"12345678")),
+    "SETTINGS ack of nothing": ("", _frame_of(0x4, 0, flags=0x1)),
+    "PING ack of nothing": ("", _frame_of(0x6, 0, b"12345678", flags=0x1)),
+}
+
+
+@pytest.mark.parametrize("case", _NO_WORK)
+async def test_http2_frames_that_do_no_work_get_goaway_enhance_your_calm(case: str) -> None:
+    # h2 took these without telling us (or we did not charge them): a client could make the
+    # server work per frame without end, the connection open (bench h2_floods: 5-14 CPU
+    # seconds per million frames).
+    first, one = _NO_WORK[case]
+    floods: list[str] = []
+    async with running(hostile_app(Live(), make_app(Probe())),
+                       on_flood=lambda peer, kind: floods.append(kind)) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                if first == "get":
+                    c.conn.send_headers(1, c.headers("GET", "/hello"), end_stream=True)
+                    await c.send()
+                    await c.pump_until(lambda: any(isinstance(e, h2.events.StreamEnded) for e in c.events))
+                elif first:
+                    c.conn.send_headers(1, c.headers("PUT", "/swallow"), end_stream=False)
+                    if first == "reset":
+                        c.conn.reset_stream(1, error_code=8)
+                    await c.send()
+
+                def frames(sent: int) -> int:
+                    c.raw += one * 1000
+                    return 1000
+
+                sent = await flood(c, frames, 200_000)
+    goaway = c.goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert sent < 200_000 and len(floods) == 1
+
+
+async def test_http2_rst_stream_of_an_idle_stream_gets_goaway_protocol_error() -> None:
+    # RFC 9113 6.4 (h2 ignored it, as often as it came).
+    async with running(make_app(Probe())) as port:
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                c.conn.send_headers(1, c.headers("GET", "/hello"), end_stream=True)
+                c.raw += _frame_of(0x3, 1001, (8).to_bytes(4, "big"))
+                await c.send()
+                await c.pump_until(lambda: c.goaway() is not None)
+    goaway = c.goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+
+H2LOAD = shutil.which("h2load")
+
+
+@pytest.mark.skipif(H2LOAD is None, reason="h2load (nghttp2-client) not installed")
+async def test_http2_big_downloads_with_small_windows_never_spend_the_flood_budget() -> None:
+    # h2load with 16 KiB stream and 64 KiB connection windows: ~3,000 WINDOW_UPDATEs for 48
+    # MiB over one connection, each re-opening what DATA drew; and httpx (h2's 64 KiB windows).
+    floods: list[str] = []
+    async with running(make_app(Probe()), on_flood=lambda peer, kind: floods.append(kind)) as port:
+        url = f"http://127.0.0.1:{port}/big?n={4 * MiB}"
+        with anyio.fail_after(40):
+            done = await anyio.run_process([H2LOAD, "-n", "12", "-c", "1", "-m", "4", "-w", "14", "-W", "16", url])
+            async with httpx.AsyncClient(http1=False, http2=True) as client:
+                for _ in range(3):
+                    r = await client.get(url)
+                    assert r.status_code == 200 and len(r.content) == 4 * MiB
+    out = done.stdout.decode()
+    assert "12 succeeded, 0 failed, 0 errored" in out, out
+    assert floods == []
 
 
 # --- malformed chunked bodies ----------------------------------------------------------------
