@@ -132,6 +132,7 @@ class Lab:
     tls: int
     origin: RawOrigin
     portal: Any
+    admin: int = 0
 
     @property
     def url(self) -> str:
@@ -174,7 +175,7 @@ def lab(tmp_path_factory):
         _wait_listening(ports[0])
         _wait_listening(ports[5])
         try:
-            yield Lab(pop=ports[0], shield=ports[2], tls=ports[5], origin=origin, portal=portal)
+            yield Lab(pop=ports[0], shield=ports[2], tls=ports[5], origin=origin, portal=portal, admin=ports[1])
         finally:
             for t in tasks:
                 t.cancel()
@@ -562,6 +563,11 @@ def _hpack_bomb(sock: socket.socket) -> None:
     ("PING flood", lambda s: s.sendall(_PREFACE + _frame(6, 0, 0, b"12345678") * 2000)),
     ("SETTINGS flood", lambda s: s.sendall(_PREFACE + _frame(4, 0, 0, b"\x00\x03\x00\x00\x00\x64") * 2000)),
     ("WINDOW_UPDATE past 2^31-1", lambda s: s.sendall(_PREFACE + _frame(8, 0, 0, b"\x7f\xff\xff\xff") * 2)),
+    # Frames that do no work (issue 10): h2 took them without a word, and the POP kept reading.
+    ("RST_STREAM of a closed stream", lambda s: s.sendall(
+        _PREFACE + _frame(1, 0x5, 1, _get_block(hpack.Encoder(), "/f/closed")) + _frame(3, 0, 1, b"\x00\x00\x00\x08") * 3000)),
+    ("WINDOW_UPDATE flood", lambda s: s.sendall(_PREFACE + _frame(8, 0, 0, b"\x00\x00\x00\x01") * 3000)),
+    ("unknown frame type flood", lambda s: s.sendall(_PREFACE + _frame(0xFA, 0, 0, b"12345678") * 3000)),
     ("HPACK bomb", _hpack_bomb),
 ])
 def test_h2_floods_end_the_connection(lab, name, feed):
@@ -574,3 +580,20 @@ def test_h2_floods_end_the_connection(lab, name, feed):
     # POP took over two seconds to read them.
     bound = 400 + 100 * taken + 50
     assert fetched <= bound, f"{name}: {fetched} fetches reached the origin in {taken:.1f} s (bound {bound:.0f})"
+
+
+def flood_count(lab: Lab, kind: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{lab.admin}/metrics", trust_env=False).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("hw_edge_rejected_total{") and f'reason="h2_flood:{kind}"' in line)
+
+
+def test_h2_floods_are_counted_by_the_kind_of_frame(lab):
+    before = flood_count(lab, "window_update")
+    taken, _ = closed_within(lab.pop, lambda s: s.sendall(_PREFACE + _frame(8, 0, 0, b"\x00\x00\x00\x01") * 3000),
+                             limit=8)
+    assert taken < 6
+    deadline = time.monotonic() + 10  # (a scrape merges the workers' series every few seconds)
+    while flood_count(lab, "window_update") < before + 1:
+        assert time.monotonic() < deadline, "hw_edge_rejected_total{reason=h2_flood:window_update} never counted it"
+        time.sleep(0.2)
