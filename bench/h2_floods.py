@@ -5,9 +5,10 @@ once and reads the body of ``/upload``, so a stream there stays open) and one at
 sockets, a fresh h2c connection per attack. Each attack sends its frame, in writes of 1000, up
 to ``--frames`` frames or until the server ends the connection, while a thread reads (and
 throws away) what the server answers, so that it never stops reading us for want of a reader.
-Reported per attack: frames sent, the server's CPU seconds (from /proc) and its RSS growth,
-both scaled to a million frames, and how the connection ended (GOAWAY and its code, or still
-open when the attacker stopped).
+Reported per attack: frames sent (into the socket: once the server has ended the connection
+many of them were never read), the server's CPU time (from /proc) over the attack and per
+million frames sent, its RSS growth, the attack's seconds, and how the connection ended
+(GOAWAY and its code, or still open when the attacker stopped).
 
 The frames are those a client sends at no cost to itself and that do no useful work: RST_STREAM
 and WINDOW_UPDATE of closed streams, WINDOW_UPDATE of windows nothing drew on, PRIORITY,
@@ -161,8 +162,8 @@ class Result:
 
     def row(self) -> str:
         per_m = 1e6 / max(self.frames, 1)
-        return (f"{self.name:<22} {self.frames:>9,} {self.cpu_s * per_m:>12.1f} "
-                f"{self.rss_growth * per_m / 2**20:>12.1f} {self.seconds:>7.2f}  {self.ended}")
+        return (f"{self.name:<22} {self.frames:>9,} {self.cpu_s * 1000:>8.0f} {self.cpu_s * per_m:>8.1f} "
+                f"{self.rss_growth / 2**20:>8.1f} {self.seconds:>7.2f}  {self.ended}")
 
 
 def attack(port: int, pid: int, name: str, most: int) -> Result:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the server did not start")
                 time.sleep(0.1)
-        print(f"{'attack':<22} {'frames':>9} {'CPU s/M':>12} {'RSS MiB/M':>12} {'seconds':>7}  ended")
+        print(f"{'attack':<22} {'frames':>9} {'CPU ms':>8} {'CPU s/M':>8} {'RSS MiB':>8} {'seconds':>7}  ended")
         for name in names:
             print(attack(port, proc.pid, name, args.frames).row(), flush=True)
     finally:

@@ -124,9 +124,12 @@ class HttpLimits:
     # (Apache mod_reqtimeout's MinRate); 0 disables it. body_timeout_s still bounds one read.
     min_body_rate_bytes_per_s: int = 1 * KiB
     min_body_rate_window_s: float = 10.0
-    # HTTP/2 frames cheap for the client and costly for us (RST_STREAM, PING, SETTINGS, PRIORITY,
-    # empty DATA, refused streams) draw on a per-connection bucket of h2_flood_burst tokens
-    # refilled at h2_flood_rate_per_s; an empty bucket means GOAWAY(ENHANCE_YOUR_CALM).
+    # HTTP/2 frames cheap for the client and costly for us, that neither open nor end a stream
+    # nor move useful data (RST_STREAM, PING, SETTINGS, PRIORITY and PRIORITY_UPDATE, unknown
+    # frame types, empty DATA, refused streams, unsolicited acks, DATA, HEADERS and
+    # WINDOW_UPDATE of closed streams, WINDOW_UPDATEs beyond one per 4 KiB of DATA sent) draw
+    # on a per-connection bucket of h2_flood_burst tokens refilled at h2_flood_rate_per_s; an
+    # empty bucket means GOAWAY(ENHANCE_YOUR_CALM). headwater/http/h2.py has the exact rules.
     h2_flood_rate_per_s: float = 100.0
     h2_flood_burst: int = 400
 
