@@ -86,6 +86,7 @@ LATE_FRAMES = STREAM_WINDOW_BYTES // (16 * KiB)
 _WINDOW_CREDIT_BYTES = 4 * KiB
 _WINDOW_CREDITS_MAX = 256
 _PRIORITY_UPDATE = 0x10  # RFC 9218 7.1
+_WE_ENDED = (h2.stream.StreamClosedBy.SEND_RST_STREAM, h2.stream.StreamClosedBy.SEND_END_STREAM)
 _H2_PROTOCOL = h2.exceptions.ProtocolError
 
 
@@ -542,13 +543,14 @@ class H2Connection:
         return self._h2_alt_svc(frame)
 
     def _late_frame(self, sid: int, kind: str) -> None:
-        """A DATA or WINDOW_UPDATE frame of stream ``sid`` no longer open: free while one of the
-        streams opened last (the ones that can have been in flight as they closed) has some
-        of its LATE_FRAMES left; charged otherwise."""
+        """A DATA or WINDOW_UPDATE frame of stream ``sid`` no longer open: free while it is one
+        of the streams opened last that we ended (RST_STREAM or END_STREAM: the client's frames
+        may have been in flight) and has some of its LATE_FRAMES left; charged otherwise (a
+        stream never opened, skipped over, or ended by the client, knows nothing in flight)."""
         conn = self._conn
         floor = conn.highest_inbound_stream_id - 4 * self.limits.max_concurrent_streams
         late = self._late
-        if sid % 2 == 0 or sid <= floor:
+        if sid % 2 == 0 or sid <= floor or conn._stream_closed_by(sid) not in _WE_ENDED:
             self._charge(kind)
             return
         left = late.get(sid, LATE_FRAMES)

@@ -596,3 +596,15 @@ def test_a_streams_frames_in_flight_when_we_reset_it_are_free() -> None:
     p.server.stream_finished(3)
     p.server.receive_data(_wu(3, 5))
     assert not p.server.closed and p.server.spent == {"settings": 1}  # (the client's own SETTINGS)
+
+
+def test_frames_of_streams_skipped_over_or_ended_by_the_client_are_never_free() -> None:
+    # Streams 3..199 were never opened (201 skipped over them), stream 1 the client reset: no
+    # frame of theirs can have been in flight as we ended them.
+    server = _server(HttpLimits(h2_flood_burst=20, h2_flood_rate_per_s=0.0))
+    server.receive_data(_headers(1, _PUT, end_stream=False) + _rst(1) + _headers(201, _G))
+    server.data_to_send()
+    assert server.spent == {"settings": 1, "rst_stream": 1}  # (the preface's SETTINGS)
+    events = server.receive_data(b"".join(_frame(0x0, 0, sid, b"x") for sid in range(1, 43, 2)))
+    assert server.spent == {"settings": 1, "rst_stream": 1, "closed_stream": 21}
+    assert [e.flood for e in events if isinstance(e, server_h2.ConnectionEnded)] == ["closed_stream"]
