@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from .peers import free_ports
@@ -68,7 +70,7 @@ class Attack:
 
 ATTACKS: dict[str, Attack] = {
     "rst_closed": Attack(GET_1, lambda i: RESET_1),
-    "rst_idle": Attack(b"", lambda i: frame(0x3, 0, 1001 + 2 * i, (8).to_bytes(4, "big"))),
+    "rst_idle": Attack(GET_1, lambda i: frame(0x3, 0, 1001 + 2 * i, (8).to_bytes(4, "big"))),
     "window_update_conn": Attack(b"", lambda i: frame(0x8, 0, 0, WU)),
     "window_update_open": Attack(UPLOAD_1, lambda i: frame(0x8, 0, 1, WU)),
     "window_update_closed": Attack(GET_1, lambda i: frame(0x8, 0, 1, WU)),
@@ -106,6 +108,46 @@ def _serve(port: int) -> None:
     run(main)
 
 
+_EDGE_TOML = """
+[cluster]
+name = "h2-floods"
+data_dir = "{root}/var"
+
+[[distributions]]
+name = "bench"
+hostnames = ["bench"]
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = {port}
+admin_port = {admin}
+lat = 0.0
+lon = 0.0
+ram_size = "8MiB"
+disk_size = "16MiB"
+"""
+
+
+def _serve_edge(port: int, root: str) -> None:
+    """One edge POP worker (``run_edge``, as ``headwater up`` runs it) in front of an origin
+    that is not there: the attacks' own requests are answered 502 at once."""
+    import functools
+
+    from headwater.config import load
+    from headwater.edge.daemon import run_edge
+    from headwater.rpc.auth import ensure_cluster_secret
+    from headwater.runtime import run
+
+    admin, origin = free_ports(2)
+    path = Path(root, "cluster.toml")
+    path.write_text(_EDGE_TOML.format(root=root, port=port, admin=admin, origin=origin))
+    cfg = load(str(path))
+    ensure_cluster_secret(cfg)
+    run(functools.partial(run_edge, cfg, cfg.daemon("pop-1")))
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -135,7 +177,10 @@ class _Reader(threading.Thread):
         buf = b""
         try:
             while True:
-                data = self.sock.recv(1 << 16)
+                try:
+                    data = self.sock.recv(1 << 16)
+                except TimeoutError:
+                    continue  # (the send timeout is the socket's too: silence is not an end)
                 if not data:
                     break
                 buf += data
@@ -166,12 +211,25 @@ class Result:
                 f"{self.rss_growth / 2**20:>8.1f} {self.seconds:>7.2f}  {self.ended}")
 
 
+def _wait_idle(pid: int, most_s: float = 60.0) -> None:
+    """Return once the server used under 5 ms of CPU in 0.2 s (or after ``most_s``)."""
+    deadline = time.monotonic() + most_s
+    last = _cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = _cpu_seconds(pid)
+        if now - last < 0.005:
+            return
+        last = now
+
+
 def attack(port: int, pid: int, name: str, most: int) -> Result:
     a = ATTACKS[name]
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(3)
     reader = _Reader(sock)
     reader.start()
+    _wait_idle(pid)  # (the attack before, or the server's start, are not counted)
     sock.sendall(PREFACE + frame(0x4, 0, 0) + frame(0x4, 0x1, 0) + a.setup)
     time.sleep(0.2)
     cpu, rss, start = _cpu_seconds(pid), _rss_bytes(pid), time.monotonic()
@@ -183,7 +241,9 @@ def attack(port: int, pid: int, name: str, most: int) -> Result:
             sent += n
     except OSError:
         pass  # reset by the server, or it stopped reading us for 3 s
-    reader.eof.wait(2)
+    # The server may still be working through what the socket buffers hold: wait until it is
+    # idle (or has ended the connection and is idle), so the CPU counted is all of the attack's.
+    _wait_idle(pid)
     seconds = time.monotonic() - start
     cpu, rss = _cpu_seconds(pid) - cpu, _rss_bytes(pid) - rss
     ended = (f"GOAWAY {GOAWAY_CODES.get(reader.goaway, reader.goaway)}" if reader.goaway is not None
@@ -197,14 +257,25 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=200_000, help="most frames per attack (default 200,000)")
     ap.add_argument("--only", help="comma-separated attacks (default: all)")
+    ap.add_argument("--edge", action="store_true",
+                    help="attack an edge POP worker (run_edge, one-POP cluster) instead of the bare core")
     ap.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-edge", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         _serve(args.serve)
         return 0
+    if args.serve_edge:
+        _serve_edge(args.serve_edge, args.root)
+        return 0
     names = args.only.split(",") if args.only else list(ATTACKS)
     port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "headwater.bench", "h2_floods", "--serve", str(port)])
+    root = tempfile.mkdtemp(prefix="h2-floods-")
+    serve = ["--serve-edge", str(port), "--root", root] if args.edge else ["--serve", str(port)]
+    # (quiet: the edge logs every request, and the core every flood it cuts)
+    proc = subprocess.Popen([sys.executable, "-m", "headwater.bench", "h2_floods", *serve],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
