@@ -5,6 +5,9 @@ Write protocol: ``frag.append`` adds blocks (stripe ``index``, ``index + 1``, ..
 ``data_dir/frags/ab/cd/<fid>`` and fsyncs that directory before it answers. ``frag.abort``
 removes the temp file; temp files nobody touched for ``tmp_max_age_s`` are removed by
 :meth:`StorageNode.collect_garbage`. Every read verifies the checksum of each block it returns.
+A ``frag.read`` whose blocks the page cache holds is read, verified and answered in the
+connection's reader (the RPC server's at-once path); any other read gets a task and a worker
+thread, which waits for the disk and raises what it finds.
 
 RPC methods (args map / payload):
 
