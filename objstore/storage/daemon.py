@@ -5,6 +5,9 @@ Write protocol: ``frag.append`` adds blocks (stripe ``index``, ``index + 1``, ..
 ``data_dir/frags/ab/cd/<fid>`` and fsyncs that directory before it answers. ``frag.abort``
 removes the temp file; temp files nobody touched for ``tmp_max_age_s`` are removed by
 :meth:`StorageNode.collect_garbage`. Every read verifies the checksum of each block it returns.
+A ``frag.read`` whose blocks the page cache holds is read, verified and answered in the
+connection's reader (the RPC server's at-once path); any other read gets a task and a worker
+thread, which waits for the disk and raises what it finds.
 
 RPC methods (args map / payload):
 
@@ -57,7 +60,7 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.malloc import keep_freed_memory
 from headwater.metrics import Registry, add_process_metrics
-from headwater.rpc import BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
+from headwater.rpc import LATER, BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
 
 from ..config import StorageNodeConfig
 from ..errors import StoreError
@@ -339,15 +342,14 @@ class StorageNode:
                 except FragmentNotFound:
                     blocks = None  # committed (renamed) meanwhile: read it where it is now
             if blocks is None:
-                path = self.path_of(fid)
                 # A range the page cache holds is read right here (~0.1-0.3 ms per MiB): the
                 # worker thread's hand-off and wake-ups cost more than that. Anything else, an
                 # error included, goes to the thread, which waits for the disk and raises.
-                blocks = read_blocks_cached(path, fid, first, count)
+                blocks = self.read_now(fid, first, count)
                 if blocks is not None:
-                    self.counters["cached_reads"] += 1
-                else:
-                    blocks = await anyio.to_thread.run_sync(self._read_from_disk, path, fid, first, count)
+                    return blocks
+                blocks = await anyio.to_thread.run_sync(self._read_from_disk, self.path_of(fid), fid,
+                                                        first, count)
         except FragmentCorrupt as e:
             self.counters["corrupt_reads"] += 1
             log.warning("storage %s: %s", self.id, e,
@@ -358,8 +360,29 @@ class StorageNode:
         except FragmentNotFound:
             self.counters["not_found_reads"] += 1
             raise
+        self._count_read(blocks)
+        return blocks
+
+    def _count_read(self, blocks: list[memoryview]) -> None:
         self.counters["blocks_read"] += len(blocks)
         self.counters["bytes_read"] += sum(len(b) for b in blocks)
+
+    def read_now(self, fid: object, first: object, count: object) -> list[memoryview] | None:
+        """What :meth:`read` returns for a committed fragment whose range the page cache holds,
+        read and verified right here; None for anything else (not cached, malformed, missing,
+        corrupt, pending): :meth:`read` then does it, on a worker thread where it must wait, and
+        raises what it finds."""
+        if (not isinstance(fid, str) or type(first) is not int or type(count) is not int or first < 0
+                or not 0 <= count <= MAX_READ_BLOCKS):
+            return None
+        try:
+            check_fid(fid)
+        except BadRequest:
+            return None
+        blocks = read_blocks_cached(self.path_of(fid), fid, first, count)
+        if blocks is not None:
+            self.counters["cached_reads"] += 1
+            self._count_read(blocks)
         return blocks
 
     def _read_from_disk(self, path: Path, fid: str, first: int, count: int) -> list[memoryview]:
@@ -627,7 +650,7 @@ class StorageNode:
         srv.add("frag.append", self._rpc_append)
         srv.add("frag.commit", self._rpc_commit)
         srv.add("frag.abort", self._rpc_abort)
-        srv.add("frag.read", self._rpc_read)
+        srv.add("frag.read", self._rpc_read, at_once=self._read_at_once)
         srv.add("frag.stat", self._rpc_stat)
         srv.add("frag.delete", self._rpc_delete)
         srv.add("frag.stat_many", self._rpc_stat_many)
@@ -667,19 +690,19 @@ class StorageNode:
     async def _rpc_abort(self, args: dict, payload: bytes) -> Any:
         return {"aborted": await self.abort(args.get("fid"))}
 
+    def _read_at_once(self, args: dict, payload: bytes) -> Any:
+        """A read of page-cached blocks answered in the connection's reader: no task, cancel
+        scope or in-flight slot for it (most of what the node spent per read RPC in Python
+        besides the copies). Anything that would wait or fail goes to :meth:`_rpc_read`."""
+        if args.get("pending") is not None:
+            return LATER
+        blocks = self.read_now(args.get("fid"), args.get("first", 0), args.get("count", 1))
+        return LATER if blocks is None else _read_reply(blocks)
+
     async def _rpc_read(self, args: dict, payload: bytes) -> Reply:
         blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1),
                                  pending=args.get("pending") is True)
-        lengths = [len(b) for b in blocks]
-        if len(blocks) <= 1:
-            return Reply({"lengths": lengths}, blocks[0] if blocks else b"")
-        # read_blocks leaves block j at j * stride + BLOCK_PREFIX in one buffer (every block but
-        # the last is full): send that buffer from the first block's data on, the later blocks'
-        # prefixes included, and let the client slice. No copy on the node.
-        stride = BLOCK_PREFIX + lengths[0]
-        end = (len(blocks) - 1) * stride + BLOCK_PREFIX + lengths[-1]
-        whole = memoryview(blocks[0].obj)[BLOCK_PREFIX:end]
-        return Reply({"lengths": lengths, "stride": stride}, whole)
+        return _read_reply(blocks)
 
     async def _rpc_stat(self, args: dict, payload: bytes) -> Any:
         return await self.stat(args.get("fid"))
@@ -711,6 +734,20 @@ class StorageNode:
 
     async def _rpc_collect(self, args: dict, payload: bytes) -> Any:
         return {"removed": len(await anyio.to_thread.run_sync(self.collect_garbage))}
+
+
+def _read_reply(blocks: list[memoryview]) -> Reply:
+    """A frag.read reply: the blocks' lengths, and their bytes as one payload."""
+    lengths = [len(b) for b in blocks]
+    if len(blocks) <= 1:
+        return Reply({"lengths": lengths}, blocks[0] if blocks else b"")
+    # read_blocks leaves block j at j * stride + BLOCK_PREFIX in one buffer (every block but
+    # the last is full): send that buffer from the first block's data on, the later blocks'
+    # prefixes included, and let the client slice. No copy on the node.
+    stride = BLOCK_PREFIX + lengths[0]
+    end = (len(blocks) - 1) * stride + BLOCK_PREFIX + lengths[-1]
+    whole = memoryview(blocks[0].obj)[BLOCK_PREFIX:end]
+    return Reply({"lengths": lengths, "stride": stride}, whole)
 
 
 def _sorted_dirs(path: Path) -> list[str]:
