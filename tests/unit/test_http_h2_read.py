@@ -46,6 +46,8 @@ def _client_bytes() -> bytes:
 
 
 def _state(conn: server_h2.H2Connection) -> tuple:
+    """h2's state, once the streams not made in h2 (``_unopened``) are."""
+    conn._open_all()
     c = conn._conn
     return (c.state_machine.state, c.highest_inbound_stream_id, c.open_inbound_streams,
             {sid: (s.state_machine.state, s.inbound_flow_control_window, s.outbound_flow_control_window,
@@ -54,7 +56,8 @@ def _state(conn: server_h2.H2Connection) -> tuple:
 
 
 def _read(conn: server_h2.H2Connection, wire: bytes, step: int) -> list:
-    events: list = []
+    events = conn.receive_data(wire[:len(server_h2.PREFACE)])  # (h2 reads the preface itself)
+    wire = wire[len(server_h2.PREFACE):]
     for i in range(0, len(wire), step):
         events += conn.receive_data(wire[i:i + step])
     return events
@@ -68,14 +71,49 @@ def test_reads_as_h2_reads_whatever_the_cut(step: int) -> None:
     assert [type(e).__name__ for e in expected].count("StreamRequest") == 6
     ours = _connection(h2_reads_all=False)
     assert _read(ours, wire, step) == expected
-    assert _state(ours) == _state(reference)
-    assert ours.data_to_send() == reference.data_to_send()  # SETTINGS and PING acks, the same
-    # and they answer alike afterwards
+    # Streams 9 and 11 came after the last frame that concerned a stream: never made in h2
+    # when all came in one read. Their answers (HEAD: HEADERS alone; GET: HEADERS and DATA)
+    # close them; h2 ends in the same state as with its own streams.
+    if step == 1 << 20:
+        assert set(ours._unopened) == {9, 11}
     for conn in (ours, reference):
+        assert conn.outbound_window(11) == 16384 and conn.request_complete(11)
+        assert conn.send_response(9, 200, [], body_length=10, head_request=True)
+        assert not conn.send_response(11, 200, [], body_length=2)
+        assert conn.send_body(11, memoryview(b"ok"), end_stream=True) == 2
+    assert not ours._unopened
+    assert ours.data_to_send() == reference.data_to_send()  # SETTINGS and PING acks, the answers
+    assert _state(ours) == _state(reference)
+    for conn in (ours, reference):  # and they answer alike afterwards
         conn.send_response(1, 200, [], body_length=2)
         conn.send_body(1, memoryview(b"ok"), end_stream=True)
+        conn.reset(3, 8)
     assert ours.data_to_send() == reference.data_to_send()
     assert _state(ours) == _state(reference)
+
+
+def test_a_stream_not_made_in_h2_is_made_when_anything_else_concerns_it() -> None:
+    c, preface = _client()
+    wire = []
+    for sid in (1, 3, 5, 7):
+        c.send_headers(sid, _GET, end_stream=True)
+        wire.append(c.data_to_send())
+    results = []
+    for h2_reads_all in (True, False):
+        conn = _connection(h2_reads_all=h2_reads_all)
+        conn.receive_data(preface)
+        events = conn.receive_data(b"".join(wire))
+        conn.send_informational(1)  # 100 first: made, then answered
+        conn.send_response(1, 200, [], body_length=3)
+        conn.send_body(1, memoryview(b"abc"), end_stream=True)
+        conn.send_response(3, 200, [], body_length=20000)  # not all at once: made
+        sent = conn.send_body(3, memoryview(b"x" * 20000), end_stream=True, limit=1000)
+        conn.reset(5, 8)
+        conn.send_response(7, 200, [], body_length=None)  # a body of unknown length
+        conn.send_data(7, b"abc")
+        conn.end_stream(7)
+        results.append((events, sent, conn.data_to_send(), _state(conn)))
+    assert results[0] == results[1]
 
 
 def _client() -> tuple[h2.connection.H2Connection, bytes]:
@@ -116,7 +154,9 @@ def test_refuses_what_h2_refuses_with_the_same_goaway(case: str) -> None:
         conn.receive_data(preface)
         conn.data_to_send()
         events = conn.receive_data(wire)
-        results.append(([type(e).__name__ for e in events], events[-1], conn.data_to_send(), _state(conn)))
+        # (the connection is over: h2 kept a stream it made before it refused the block)
+        results.append(([type(e).__name__ for e in events], events[-1], conn.data_to_send(),
+                        conn._conn.highest_inbound_stream_id, conn._conn.state_machine.state))
     assert results[0] == results[1]
     last = results[1][1]
     assert isinstance(last, server_h2.ConnectionEnded) and last.error_code != 0
