@@ -266,6 +266,25 @@ def _content_length(n: int) -> bytes:
     return field
 
 
+_RECV_HEADERS = h2.connection.ConnectionInputs.RECV_HEADERS
+_SEND_HEADERS = h2.connection.ConnectionInputs.SEND_HEADERS
+_SEND_DATA = h2.connection.ConnectionInputs.SEND_DATA
+_SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
+# h2's connection state machine leaves an open server connection as it is on these inputs (no
+# event, no check): a hit's three inputs skip it then. Read from h2's own table, so an h2 that
+# did something there would be asked as ever.
+_STAYS_OPEN = frozenset(i for i in (_RECV_HEADERS, _SEND_HEADERS, _SEND_DATA)
+                        if h2.connection.H2ConnectionStateMachine._transitions.get((_SERVER_OPEN, i))
+                        == (None, _SERVER_OPEN))
+
+
+def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.ConnectionInputs) -> None:
+    """``conn.state_machine.process_input(event)``, without the call where it changes nothing."""
+    machine = conn.state_machine
+    if machine.state is not _SERVER_OPEN or event not in _STAYS_OPEN:
+        machine.process_input(event)
+
+
 class _ContentLength:
     """What ``H2Stream._initialize_content_length`` reads and sets, for a stream not made."""
 
@@ -466,7 +485,7 @@ class H2Connection:
             return None  # h2's errors (or trailers, or a CONTINUATION expected) are h2's
         try:
             fields = h2.connection._decode_headers(conn.decoder, block)
-            conn.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+            _connection_input(conn, _RECV_HEADERS)
             conn.highest_inbound_stream_id = sid  # (_begin_new_stream: the id is new and odd)
             if h2.utilities.is_informational_response(fields):
                 raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses")
@@ -677,7 +696,7 @@ class H2Connection:
         if unopened is not None and (informational or unopened[1]):
             self._open(stream_id)
             unopened = None
-        conn.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
+        _connection_input(conn, _SEND_HEADERS)
         if unopened is not None:  # (the response's HEADERS on a half-closed stream: no error)
             unopened[1] = True
             if end_stream:
@@ -748,7 +767,7 @@ class H2Connection:
                     and n <= conn.remote_settings.initial_window_size):
                 # All of the body in one go after the HEADERS: what h2's stream would go
                 # through ends with it closed by our END_STREAM.
-                conn.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+                _connection_input(conn, _SEND_DATA)
                 conn.outbound_flow_control_window -= n
                 self._close_unopened(stream_id)
                 self._queue_data(stream_id, data, n, True)
@@ -760,7 +779,7 @@ class H2Connection:
         if n <= 0:
             return 0
         last = end_stream and n == len(data)
-        conn.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+        _connection_input(conn, _SEND_DATA)
         stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
         if last:
             stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
