@@ -7,6 +7,10 @@ turns app responses into HEADERS/DATA frames. Flow control is explicit: the shel
 ``outbound_window(stream_id)`` before sending DATA and calls ``acknowledge(stream_id, n)`` once
 the app has consumed received bytes, which is what re-opens the peer's window (backpressure).
 
+A request without a body (HEADERS with END_STREAM) is read here rather than by h2, through
+h2's own steps, and its stream made in h2 only when something needs it there: a cache hit's
+stream, answered with HEADERS and one DATA frame, never is (``_receive``, ``_unopened``).
+
 Frames that cost the peer little and us more (RST_STREAM of a stream we took on, PING,
 SETTINGS, PRIORITY, empty DATA, refused streams) draw on a ``FloodBudget`` on the injected clock;
 once it is spent the connection ends with GOAWAY(ENHANCE_YOUR_CALM) (``Flooding``).
@@ -401,14 +405,16 @@ class H2Connection:
         generic path for it (hyperframe's frame objects, their eager repr for a trace log,
         the dispatch, the stream's header pipeline) was about a third of a 1 KiB hit's CPU.
         Here such a frame goes through the very steps h2's ``_receive_headers_frame`` takes
-        for it, in the same order (the stream limit, HPACK, the connection's and the new
-        stream's state machines, the content-length), so both raise the same errors and h2's
-        state (streams, highest stream id, windows, GOAWAY) is what h2 would have made it.
-        Every other frame goes to h2 as it came, in order: the frames between two such
-        HEADERS in one run. Only whole frames are handed to h2 (the tail of a frame not yet
-        complete waits in ``_tail``, at most one frame of SETTINGS_MAX_FRAME_SIZE), so h2's
-        buffer holds nothing when a HEADERS is read here; a frame longer than that limit is
-        refused (FRAME_SIZE_ERROR) as soon as its header is read.
+        for it, in the same order (the stream limit, HPACK, the connection's state machine,
+        the stream id, the content-length), so both raise the same errors and h2's state
+        (highest stream id, windows, GOAWAY; the stream itself once made, ``_open``) is what
+        h2 would have made it. Every other frame goes to h2 as it came, in order: the frames
+        between two such HEADERS in one run, after the streams not made in h2 are made,
+        unless they are only PING and the connection's WINDOW_UPDATE. Only whole frames are
+        handed to h2 (the tail of a frame not yet complete waits in ``_tail``, at most one
+        frame of SETTINGS_MAX_FRAME_SIZE), so h2's buffer holds nothing when a HEADERS is read
+        here; a frame longer than that limit is refused (FRAME_SIZE_ERROR) as soon as its
+        header is read.
         """
         conn = self._conn
         buffer = conn.incoming_buffer
