@@ -7,6 +7,10 @@ turns app responses into HEADERS/DATA frames. Flow control is explicit: the shel
 ``outbound_window(stream_id)`` before sending DATA and calls ``acknowledge(stream_id, n)`` once
 the app has consumed received bytes, which is what re-opens the peer's window (backpressure).
 
+A request without a body (HEADERS with END_STREAM) is read here rather than by h2, through
+h2's own steps, and its stream made in h2 only when something needs it there: a cache hit's
+stream, answered with HEADERS and one DATA frame, never is (``_receive``, ``_unopened``).
+
 Frames that cost the peer little and us more draw on a ``FloodBudget`` on the injected clock;
 once it is spent the connection ends with GOAWAY(ENHANCE_YOUR_CALM) (``Flooding``, its ``kind``
 the kind of frame that spent most). Charged are the frames that neither open nor end a stream
@@ -28,6 +32,7 @@ from typing import Iterable
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -74,6 +79,12 @@ _SERVER = SERVER_NAME.encode()
 #: A DATA frame's 9-byte header (RFC 9113 4.1): length << 8 | type 0, flags, stream id.
 _DATA_HEADER = struct.Struct(">LBL")
 _END_STREAM = 0x1
+#: A frame's 9-byte header (RFC 9113 4.1): length (24 bits, as 16 + 8), type, flags, stream id.
+_FRAME_HEADER = struct.Struct(">HBBBL")
+#: HEADERS flags END_STREAM, END_HEADERS, PADDED, PRIORITY; a request read by _receive has the
+#: first two only.
+_HEADERS_FLAGS = 0x1 | 0x4 | 0x8 | 0x20
+_REQUEST_FLAGS = 0x1 | 0x4
 _JOIN_BELOW_BYTES = 16 * KiB
 STREAM_WINDOW_BYTES = 256 * KiB
 CONNECTION_WINDOW_BYTES = 1 * MiB
@@ -281,6 +292,35 @@ def _content_length(n: int) -> bytes:
     return field
 
 
+_RECV_HEADERS = h2.connection.ConnectionInputs.RECV_HEADERS
+_SEND_HEADERS = h2.connection.ConnectionInputs.SEND_HEADERS
+_SEND_DATA = h2.connection.ConnectionInputs.SEND_DATA
+_SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
+# h2's connection state machine leaves an open server connection as it is on these inputs (no
+# event, no check): a hit's three inputs skip it then. Read from h2's own table, so an h2 that
+# did something there would be asked as ever.
+_STAYS_OPEN = frozenset(i for i in (_RECV_HEADERS, _SEND_HEADERS, _SEND_DATA)
+                        if h2.connection.H2ConnectionStateMachine._transitions.get((_SERVER_OPEN, i))
+                        == (None, _SERVER_OPEN))
+
+
+def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.ConnectionInputs) -> None:
+    """``conn.state_machine.process_input(event)``, without the call where it changes nothing."""
+    machine = conn.state_machine
+    if machine.state is not _SERVER_OPEN or event not in _STAYS_OPEN:
+        machine.process_input(event)
+
+
+class _ContentLength:
+    """What ``H2Stream._initialize_content_length`` reads and sets, for a stream not made."""
+
+    __slots__ = ("request_method", "_expected_content_length")
+
+    def __init__(self) -> None:
+        self.request_method = None  # (a server's streams never have one)
+        self._expected_content_length: int | None = None
+
+
 class _NoEncoder:
     """Stands in for h2's HPACK encoder, which must not be used: our blocks (h2_fields) keep the
     peer's dynamic table empty, and a block from h2's encoder would index into it. h2 still
@@ -343,6 +383,10 @@ class H2Connection:
         self._window_after: dict[int, list[int]] = {}
         self._late: dict[int, int] = {}  # recently closed stream -> late frames still free
         self._wrap_h2()
+        self._tail = b""  # the start of a frame not yet read whole (_receive)
+        # Streams opened by a request's HEADERS (END_STREAM) read by _request_headers and not
+        # made in h2 (yet): id -> [the content-length h2 keeps, response HEADERS sent].
+        self._unopened: dict[int, list] = {}
 
     def initiate(self) -> None:
         """Queue the server preface (SETTINGS, and the connection window increase)."""
@@ -361,7 +405,7 @@ class H2Connection:
             return [ConnectionEnded(error_code=H2_NO_ERROR, reason="peer closed the connection")]
         self._last_read = self._conn.highest_inbound_stream_id
         try:
-            raw = self._conn.receive_data(data)
+            raw = self._receive(data)
         except h2.exceptions.ProtocolError as e:
             self.closed = True  # h2 has queued GOAWAY with the matching code
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
@@ -391,6 +435,140 @@ class H2Connection:
         """One frame of ``kind`` that did no work, charged at the end of the read."""
         self._costly += 1
         self.spent[kind] = self.spent.get(kind, 0) + 1
+
+    def _receive(self, data: bytes) -> list[h2.events.Event]:
+        """h2's events for ``data``, as ``h2.H2Connection.receive_data`` makes them, with a
+        request's HEADERS read here rather than by h2 where h2 would do nothing else with it.
+
+        A request without a body (HEADERS with END_HEADERS and END_STREAM, neither PADDED nor
+        PRIORITY) opening a new stream is most of what a client of cache hits sends, and h2's
+        generic path for it (hyperframe's frame objects, their eager repr for a trace log,
+        the dispatch, the stream's header pipeline) was about a third of a 1 KiB hit's CPU.
+        Here such a frame goes through the very steps h2's ``_receive_headers_frame`` takes
+        for it, in the same order (the stream limit, HPACK, the connection's state machine,
+        the stream id, the content-length), so both raise the same errors and h2's state
+        (highest stream id, windows, GOAWAY; the stream itself once made, ``_open``) is what
+        h2 would have made it. Every other frame goes to h2 as it came, in order: the frames
+        between two such HEADERS in one run, after the streams not made in h2 are made,
+        unless they are only PING and the connection's WINDOW_UPDATE. Only whole frames are
+        handed to h2 (the tail of a frame not yet complete waits in ``_tail``, at most one
+        frame of SETTINGS_MAX_FRAME_SIZE), so h2's buffer holds nothing when a HEADERS is read
+        here; a frame longer than that limit is refused (FRAME_SIZE_ERROR) as soon as its
+        header is read.
+        """
+        conn = self._conn
+        buffer = conn.incoming_buffer
+        if buffer._preamble_len:  # (h2 checks the client preface)
+            return conn.receive_data(data)
+        if buffer._data:  # what h2 held from before the preface was done: read on from it
+            data = bytes(buffer._data) + data
+            buffer._data = bytearray()
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        events: list[h2.events.Event] = []
+        end = len(data)
+        start = i = 0  # the frames from ``start`` to ``i`` are h2's
+        concerns_streams = False  # one of them may concern a stream not opened in h2
+        max_frame = conn.max_inbound_frame_size
+        unpack = _FRAME_HEADER.unpack_from
+        while end - i >= 9:
+            high, low, kind, flags, sid = unpack(data, i)
+            length = high << 8 | low
+            if length > max_frame:
+                # Refused as h2 refuses it, but from its header: h2 waited for the whole frame
+                # (up to 16 MiB) before it did.
+                if start < i:
+                    self._open_all()
+                    conn.receive_data(data[start:i])
+                conn._terminate_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                raise h2.exceptions.FrameTooLargeError(
+                    f"Received overlong frame: length {length}, max {max_frame}")
+            after = i + 9 + length
+            if after > end:
+                break
+            sid &= 0x7FFFFFFF
+            if kind == 1 and flags & _HEADERS_FLAGS == _REQUEST_FLAGS and sid & 1:
+                if start < i:
+                    if concerns_streams:
+                        self._open_all()
+                        concerns_streams = False
+                    events.extend(conn.receive_data(data[start:i]))
+                    start = i
+                fast = self._request_headers(sid, data[i + 9:after])
+                if fast is not None:
+                    events.extend(fast)
+                    start = after
+                    i = after
+                    continue
+            # PING and the connection's WINDOW_UPDATE concern no stream; anything else may
+            # (a SETTINGS frame changes every stream's window).
+            if sid or (kind != 6 and kind != 8):
+                concerns_streams = True
+            i = after
+        if start < i:
+            if concerns_streams:
+                self._open_all()
+            events.extend(conn.receive_data(data[start:i]))
+        if i < end:
+            self._tail = data[i:]
+        return events
+
+    def _request_headers(self, sid: int, block: bytes) -> list[h2.events.Event] | None:
+        """h2's events for a HEADERS frame with END_STREAM and END_HEADERS on stream ``sid``,
+        made as h2 makes them (``_receive_headers_frame``, ``H2Stream.receive_headers``); None
+        when the frame is not one that opens a new stream (h2 reads it).
+
+        The stream is not made in h2: it is ``_unopened`` (half closed by the peer, as h2's
+        would be) until something needs it there (``_open``). A response of HEADERS and one
+        DATA frame within the windows, all a cache hit needs, closes it without it ever being
+        made (``_send_block``, ``send_body``): h2's stream objects and state machines were the
+        biggest part left of a hit's CPU."""
+        conn = self._conn
+        if (sid <= conn.highest_inbound_stream_id or conn.incoming_buffer._headers_buffer
+                or conn.open_inbound_streams + len(self._unopened) + 1
+                > conn.local_settings.max_concurrent_streams):
+            return None  # h2's errors (or trailers, or a CONTINUATION expected) are h2's
+        try:
+            fields = h2.connection._decode_headers(conn.decoder, block)
+            _connection_input(conn, _RECV_HEADERS)
+            conn.highest_inbound_stream_id = sid  # (_begin_new_stream: the id is new and odd)
+            if h2.utilities.is_informational_response(fields):
+                raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses")
+            length = _ContentLength()
+            h2.stream.H2Stream._initialize_content_length(length, fields)  # type: ignore[arg-type]
+        except h2.exceptions.ProtocolError as e:
+            conn._terminate_connection(e.error_code)  # (GOAWAY, as h2's receive_data queues it)
+            raise
+        self._unopened[sid] = [length._expected_content_length, False]
+        ended = h2.events.StreamEnded(stream_id=sid)
+        request = h2.events.RequestReceived(stream_id=sid, headers=list(fields), stream_ended=ended)
+        return [request, ended]
+
+    def _open(self, stream_id: int) -> None:
+        """Make the ``_unopened`` stream in h2, in the state h2 would have it in now."""
+        expected_length, headers_sent = self._unopened.pop(stream_id)
+        conn = self._conn
+        stream = h2.stream.H2Stream(stream_id, config=conn.config,
+                                    inbound_window_size=conn.local_settings.initial_window_size,
+                                    outbound_window_size=conn.remote_settings.initial_window_size)
+        stream.max_outbound_frame_size = conn.max_outbound_frame_size
+        conn.streams[stream_id] = stream
+        machine = stream.state_machine
+        machine.process_input(h2.stream.StreamInputs.RECV_HEADERS)
+        machine.process_input(h2.stream.StreamInputs.RECV_END_STREAM)
+        stream._expected_content_length = expected_length
+        if headers_sent:
+            machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+
+    def _open_all(self) -> None:
+        for stream_id in list(self._unopened):
+            self._open(stream_id)
+
+    def _close_unopened(self, stream_id: int) -> None:
+        """Our END_STREAM closed the ``_unopened`` stream: h2 remembers it as closed so."""
+        del self._unopened[stream_id]
+        self._conn._closed_streams[stream_id] = h2.stream.StreamClosedBy.SEND_END_STREAM
 
     def _events(self, raw: list[h2.events.Event]) -> tuple[list[Event], int]:
         """h2's events as ours, and how many of them are charged to the flood budget."""
@@ -672,16 +850,25 @@ class H2Connection:
         with the block encoded and framed here instead of by h2's encoder.
         """
         conn = self._conn
-        conn.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
-        stream = conn._get_stream_by_id(stream_id)
-        if informational:
+        unopened = self._unopened.get(stream_id)
+        if unopened is not None and (informational or unopened[1]):
+            self._open(stream_id)
+            unopened = None
+        _connection_input(conn, _SEND_HEADERS)
+        if unopened is not None:  # (the response's HEADERS on a half-closed stream: no error)
+            unopened[1] = True
             if end_stream:
-                raise LocalProtocolError("an informational response cannot end the stream")
-            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_INFORMATIONAL_HEADERS)
+                self._close_unopened(stream_id)
         else:
-            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
-        if end_stream:
-            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+            stream = conn._get_stream_by_id(stream_id)
+            if informational:
+                if end_stream:
+                    raise LocalProtocolError("an informational response cannot end the stream")
+                stream.state_machine.process_input(h2.stream.StreamInputs.SEND_INFORMATIONAL_HEADERS)
+            else:
+                stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+            if end_stream:
+                stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
         if not self._table_zeroed:
             self._table_zeroed = True
             block.insert(0, TABLE_SIZE_ZERO)
@@ -697,6 +884,10 @@ class H2Connection:
 
     def outbound_window(self, stream_id: int) -> int:
         """Bytes of DATA that may be sent on the stream now (0 when a window is exhausted)."""
+        if stream_id in self._unopened:  # (nothing sent on it yet: the peer's initial window)
+            conn = self._conn
+            return min(conn.outbound_flow_control_window, conn.remote_settings.initial_window_size,
+                       conn.max_outbound_frame_size)
         try:
             window = self._conn.local_flow_control_window(stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
@@ -708,6 +899,8 @@ class H2Connection:
         return self._conn.outbound_flow_control_window
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        if stream_id in self._unopened:
+            self._open(stream_id)
         self._conn.send_data(stream_id, data, end_stream=end_stream)
 
     def send_body(self, stream_id: int, data: memoryview, *, end_stream: bool = False,
@@ -725,18 +918,38 @@ class H2Connection:
         until ``take_output`` has handed it to the socket.
         """
         conn = self._conn
+        unopened = self._unopened.get(stream_id)
+        if unopened is not None:
+            n = len(data)
+            if (end_stream and unopened[1] and 0 < n <= limit and n <= conn.outbound_flow_control_window
+                    and n <= conn.remote_settings.initial_window_size):
+                # All of the body in one go after the HEADERS: what h2's stream would go
+                # through ends with it closed by our END_STREAM.
+                _connection_input(conn, _SEND_DATA)
+                conn.outbound_flow_control_window -= n
+                self._close_unopened(stream_id)
+                self._queue_data(stream_id, data, n, True)
+                return n
+            self._open(stream_id)
         stream = conn._get_stream_by_id(stream_id)  # h2's errors for a stream gone, as send_data
         n = min(len(data), limit, conn.outbound_flow_control_window,
                 stream.outbound_flow_control_window)
         if n <= 0:
             return 0
         last = end_stream and n == len(data)
-        conn.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+        _connection_input(conn, _SEND_DATA)
         stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
         if last:
             stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
         stream.outbound_flow_control_window -= n
         conn.outbound_flow_control_window -= n
+        self._queue_data(stream_id, data, n, last)
+        return n
+
+    def _queue_data(self, stream_id: int, data: memoryview, n: int, last: bool) -> None:
+        """Queue the first ``n`` bytes of ``data`` as DATA frames (END_STREAM on the last if
+        ``last``), after what h2 has queued."""
+        conn = self._conn
         out = self._out
         queued = conn.data_to_send()  # h2's frames queued before these go first
         if queued:
@@ -750,14 +963,17 @@ class H2Connection:
             out.append(pack(size << 8, flags, stream_id))
             out.append(data[start:start + size])
         self._out_bytes += n + 9 * len(range(0, n, frame))
-        return n
 
     def end_stream(self, stream_id: int) -> None:
+        if stream_id in self._unopened:
+            self._open(stream_id)
         self._conn.end_stream(stream_id)
 
     def acknowledge(self, stream_id: int, nbytes: int) -> None:
         """The app consumed ``nbytes`` flow-controlled bytes: let the peer send more."""
         if nbytes:
+            if stream_id in self._unopened:
+                self._open(stream_id)
             try:
                 self._conn.acknowledge_received_data(nbytes, stream_id)
             except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError,
@@ -773,6 +989,8 @@ class H2Connection:
 
     def request_complete(self, stream_id: int) -> bool:
         """The peer has ended its side of the stream (or the stream is gone)."""
+        if stream_id in self._unopened:
+            return True  # (opened by a HEADERS with END_STREAM)
         stream = self._conn.streams.get(stream_id)
         return stream is None or stream.closed or stream.state_machine.state.name in (
             "HALF_CLOSED_REMOTE", "CLOSED")
@@ -780,6 +998,7 @@ class H2Connection:
     def close(self, error_code: int = H2_NO_ERROR, last_stream_id: int | None = None) -> None:
         """GOAWAY: no new streams; streams already open may finish."""
         if not self.closed:
+            self._open_all()  # (h2 has every stream the GOAWAY leaves to finish)
             try:
                 self._conn.close_connection(error_code=error_code, last_stream_id=last_stream_id)
             except h2.exceptions.ProtocolError:
@@ -787,6 +1006,8 @@ class H2Connection:
             self.closed = True
 
     def _reset_quietly(self, stream_id: int, error_code: int) -> None:
+        if stream_id in self._unopened:
+            self._open(stream_id)
         try:
             self._conn.reset_stream(stream_id, error_code=error_code)
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError,
