@@ -783,12 +783,13 @@ class SqlCatalogue(ABC):
         common word under a rare filter, or a long prefix beside a rare word (a merge of every
         completion's doclist), that was most of the list for a handful of matches."""
         matches = tx.memo.get("matches")
-        if matches is not None and matches[0] == (groups, tuple(where), tuple(params)) and len(matches[1]) <= cap:
-            # The ranking scored every match (_scored_top): counted from those, exact.
+        if matches is not None and matches[0] == (groups, tuple(where), tuple(params)):
+            # The ranking scored every match (_scored_top): counted from those (up to cap).
             if not matches[1]:
                 return []
-            return tx.rows(f"SELECT t.category, count(*) FROM titles t WHERE t.id IN ({self.json_ints}) "
-                           f"AND {' AND '.join(where)} GROUP BY t.category", (json.dumps(matches[1]), *params))
+            return tx.rows(f"SELECT category, count(*) FROM (SELECT t.category AS category FROM titles t "
+                           f"WHERE t.id IN ({self.json_ints}) AND {' AND '.join(where)} LIMIT ?) m GROUP BY category",
+                           (json.dumps(matches[1]), *params, cap))
         plan = tx.memo.get("plan")
         if plan is not None and plan[0] == groups:
             _, weights, prefix_weight, sizes, by_size = plan
@@ -1150,7 +1151,7 @@ class SqlCatalogue(ABC):
         corrections: dict[str, str] = {}
         groups: list[TermGroup] = []
         # The total and the facets count matches up to cap (one more tells it is not exact).
-        cap = limits.max_offset + limits.max_page_size
+        cap = limits.exact_total_max
         with self._tx(write=False) as tx:
             if terms:
                 known = set(self._vocabulary(tx, terms))
