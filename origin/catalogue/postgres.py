@@ -73,6 +73,7 @@ class PostgresCatalogue(SqlCatalogue):
     postings_by_title = ""
     score_by_lookup = True
     count_from_matches = True
+    probe_barrier = " OFFSET 0"
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

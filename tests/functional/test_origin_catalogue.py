@@ -316,6 +316,28 @@ def test_postgres_dense_count_scans_in_order_as_the_gin_index_counts(seeded, bac
         assert not a.total_exact or a.facets == b.facets, q
 
 
+def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatch):
+    """PostgreSQL: a rare word's titles checked for a common group probe each title (the check
+    ends with OFFSET 0, so the planner cannot read the group's whole lists into a hash), and
+    the pages and totals are those of the planner's own choice."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    from headwater.origin.catalogue import postgres
+
+    queries = [SearchQuery(q=q, with_total=True) for q in ("maria nigh", "lisbon sile", "ruiz rive", "maria silent", "lisbn night")]
+    statements: list[str] = []
+    real = postgres._PgTx.rows
+    monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
+        self, sql, params))
+    probed = [seeded.search(q) for q in queries]
+    assert any("EXISTS" in sql and "OFFSET 0)" in sql for sql in statements)
+    monkeypatch.setattr(postgres.PostgresCatalogue, "probe_barrier", "")
+    for q, a in zip(queries, probed):
+        b = seeded.search(q)
+        assert [(h.id, h.score) for h in a.hits] == [(h.id, h.score) for h in b.hits], q
+        assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
+
+
 def test_a_groups_small_lists_are_read_as_one(fresh, monkeypatch):
     """A common word beside a prefix with many small completions: the completions' lists are read
     in one statement and walked as one list (store._top_k), and the pages, filtered or not, are
