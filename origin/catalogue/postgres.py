@@ -74,6 +74,7 @@ class PostgresCatalogue(SqlCatalogue):
     score_by_lookup = True
     count_from_matches = True
     probe_barrier = " OFFSET 0"
+    filtered_group_count_max = 50_000
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

@@ -316,6 +316,32 @@ def test_postgres_dense_count_scans_in_order_as_the_gin_index_counts(seeded, bac
         assert not a.total_exact or a.facets == b.facets, q
 
 
+def test_postgres_filtered_count_from_a_groups_postings(seeded, backend, monkeypatch):
+    """PostgreSQL: a filtered search whose filter leaves a few thousand titles counts the
+    rarest group's postings of those titles (store._count, filtered_group_count_max) with the
+    full-text index's totals, exactness and facets."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's count")
+    from headwater.origin.catalogue import postgres, store
+
+    # The ranking walks (rather than score the filter's titles outright and count those).
+    monkeypatch.setattr(store, "INTERSECT_MAX", 5)
+    queries = [SearchQuery(q=q, category=c, language=lang, with_total=True)
+               for q in ("silent", "night", "river of", "silent ri", "golden harb")
+               for c, lang in (("drama", None), (None, "en"), ("comedy", "fr"))]
+    used: list[str] = []
+    real_group_titles = postgres.PostgresCatalogue._group_titles
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_group_titles", lambda self, *a: used.append(a[-2]) or
+                        real_group_titles(self, *a))
+    counted = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+    assert any("+p.title_id IN" in cond for cond in used)
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_count", postgres.PostgresCatalogue._count_matches)
+    for q, (total, exact, facets) in zip(queries, counted):
+        b = seeded.search(q)
+        assert (total, exact) == (b.total, b.total_exact), q
+        assert not exact or facets == b.facets, q
+
+
 def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatch):
     """PostgreSQL: a rare word's titles checked for a common group probe each title (the check
     ends with OFFSET 0, so the planner cannot read the group's whole lists into a hash), and
