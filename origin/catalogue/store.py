@@ -851,7 +851,8 @@ class SqlCatalogue(ABC):
                 # (which probes the same set, _count_matches).
                 if len(few) <= FILTERED_SET_MAX and len(few) * 10 <= sizes[rarest]:
                     source = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(few)]
-                elif len(few) <= FILTERED_SET_MAX and sizes[rarest] <= self.filtered_group_count_max:
+                elif (self.filtered_group_count_max and len(few) <= FILTERED_SET_MAX
+                      and sizes[rarest] <= self.filtered_group_count_max):
                     # The rarest group's titles among the filter's, intersected in the postings'
                     # index (a range read and a hash of the set), then checked for the others.
                     held = rarest
