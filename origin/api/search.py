@@ -7,8 +7,10 @@
      "score"}], "total": 2, "total_exact": true, "page": 1, "per_page": 20, "pages": 1,
      "next": null, "corrections": {"trian": "train"}, "facets": {"category": {"drama": 2}}}
 
-``total`` is counted up to the deepest page a client may ask for (``max_offset`` +
-``max_page_size``); past it ``total_exact`` is false and the facets count that many matches.
+``total`` is exact up to ``exact_total_max`` matches (200; ``[origin.catalogue]``); past it
+``total_exact`` is false, ``total`` is that bound ("more than 200"), ``pages`` counts only its
+pages and the facets count ``exact_total_max`` + 1 matches; ``next`` pages on to ``max_offset``
+whatever the total says.
 ``GET /api/categories`` and ``GET /api/languages`` answer ``{"categories": [{"slug", "name"}]}``
 and ``{"languages": [{"code", "name"}]}``.
 """

@@ -14,6 +14,8 @@ Keys (every default here)::
     connect_timeout_seconds   (5)
     statement_timeout_ms      a query running longer is cancelled (PostgreSQL; 2000)
     max_query_chars, max_terms, max_page_size, max_offset    search bounds (200, 8, 100, 1000)
+    exact_total_max    a search's total and facets are exact up to this many matches, past it
+                       "more than N" (200): the count stops there
     job_max_attempts   runs of a job before it is dead (5)
     job_lease_seconds  a worker's default lease (60)
     backoff_base_seconds, backoff_cap_seconds   retry delays (5, 3600)
@@ -37,6 +39,7 @@ BACKENDS = ("sqlite", "postgresql")
 
 _KEYS = {"backend", "path", "dsn", "dsn_env", "pool_size", "mmap_mib", "connect_timeout_seconds",
          "statement_timeout_ms", "max_query_chars", "max_terms", "max_page_size", "max_offset",
+         "exact_total_max",
          "job_max_attempts", "job_lease_seconds", "backoff_base_seconds", "backoff_cap_seconds"}
 
 
@@ -106,7 +109,8 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
         search=SearchLimits(max_query_chars=bounded("max_query_chars", 200, 10, 2000),
                             max_terms=bounded("max_terms", 8, 1, 32),
                             max_page_size=bounded("max_page_size", 100, 1, 1000),
-                            max_offset=bounded("max_offset", 1000, 0, 100_000)),
+                            max_offset=bounded("max_offset", 1000, 0, 100_000),
+                            exact_total_max=bounded("exact_total_max", 200, 1, 100_000)),
         job_max_attempts=bounded("job_max_attempts", 5, 1, 100),
         job_lease_s=r.positive(item, "job_lease_seconds", p, 60.0),
         backoff=Backoff(base_s=base, cap_s=cap))

@@ -33,6 +33,11 @@ class SearchLimits:
     default_page_size: int = 20
     max_offset: int = 1000
     corrections_per_term: int = 3
+    # A search's total and facets are exact up to this many matches; past it the total is
+    # "more than exact_total_max" (total_exact False) and the facets count that many matches
+    # (as Elasticsearch's track_total_hits): the count stops there, and on a common word the
+    # count was the larger part of a search's cost (bench/README.md, issue 14).
+    exact_total_max: int = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,8 +86,9 @@ class SearchPage:
     next_offset: int | None
     # query word → the known word it was read as ("trian" → "train"), for "did you mean".
     corrections: Mapping[str, str] = field(default_factory=dict)
-    # With SearchQuery.with_total: the number of matches, counted up to max_offset +
-    # max_page_size (total_exact is False past it, and then the facets count only that many).
+    # With SearchQuery.with_total: the number of matches, counted up to
+    # SearchLimits.exact_total_max (total_exact is False past it, the total is then that bound
+    # and means "more than", and the facets count only that many matches).
     total: int | None = None
     total_exact: bool = True
     # category → matches in it (with_total only), most first.

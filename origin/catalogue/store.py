@@ -18,7 +18,7 @@ import json
 import random
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
@@ -134,6 +134,17 @@ class SqlCatalogue(ABC):
     # filter's) keeps them for the capped count, instead of the count checking each title for
     # every word again (PostgreSQL: half the index probes of such a search).
     count_from_matches = False
+    # What ends a presence check's subquery (_checks) that must probe each title rather than
+    # let the database read the group's whole lists into a hash table: PostgreSQL turns an
+    # EXISTS into a hashed subplan at will (it read 88,000 postings of `sajo*` for 44 titles of
+    # `lobarsil`, 90 ms), and OFFSET 0 keeps it a probe. SQLite always probes.
+    probe_barrier = ""
+    # The capped count (_count) of a search whose category/language filter leaves at most
+    # FILTERED_SET_MAX titles reads the rarest group's postings of those titles (one index range
+    # and a hash of the set) when the group has at most this many postings, rather than the
+    # full-text count. PostgreSQL's GIN count fetched each match's row and its title to test the
+    # filter (`ormo`, drama, fr: 24-72 ms at load 15); SQLite's FTS5 walk is cheaper (0: never).
+    filtered_group_count_max = 0
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -474,6 +485,12 @@ class SqlCatalogue(ABC):
             rows = tx.rows(f"SELECT p.title_id, p.impact, 1, p.word FROM search_postings p{join} "
                            f"WHERE p.word IN ({_marks(len(words))}){cond}", (*words, *fparams))
         else:
+            if outer:
+                # Each posting's title probed by its key (a subquery the planner cannot flatten):
+                # left to itself PostgreSQL hashed every title of the filter's category and
+                # language, a scan of the table, for 259 postings of `anmo*` (67 ms).
+                outer = (f" LEFT JOIN LATERAL (SELECT t.id FROM {self.titles_filters} WHERE t.id = p.title_id{cond} "
+                         "OFFSET 0) t ON true")
             rows = tx.rows(f"SELECT p.title_id, p.impact, {passes}, p.word FROM (SELECT title_id, impact, word "
                            f"FROM search_postings WHERE word IN ({_marks(len(words))})) p{outer}",
                            (*passes_args, *words, *(fparams if outer else [])))
@@ -643,25 +660,28 @@ class SqlCatalogue(ABC):
         its words (:meth:`_looked_up`: one index-only probe per title and word, summed here)
         instead of the database's per-title subqueries."""
         if not self.count_from_matches:
-            return self._scored(tx, groups, weights, prefix_weight, ids, k, held=held, order=order)
+            return self._scored(tx, groups, weights, prefix_weight, ids, k, held=held, order=order, titles=titles)
         if lookup is not None:
             found = self._looked_up(tx, lookup, len(groups), ids, titles=titles)
         else:
-            found = self._scored(tx, groups, weights, prefix_weight, ids, None, held=held, order=order)
+            found = self._scored(tx, groups, weights, prefix_weight, ids, None, held=held, order=order,
+                                 titles=titles)
         tx.memo["matches"] = ((groups, tuple(where), tuple(params)), [tid for tid, _ in found])
         # As the SQL orders them: best score first, ties newest (highest id) first.
         return sorted(found, key=lambda r: (-r[1], -r[0]))[:k]
 
     def _scored(self, tx: Tx, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
                 ids: list[int] | tuple[str, list[Any]], k: int | None, *, held: int | None = None,
-                order: list[int] | None = None) -> list[tuple[int, float]]:
+                order: list[int] | None = None, titles: int | None = None) -> list[tuple[int, float]]:
         """(title id, score) of the titles ``ids`` (a list, or a subquery and its parameters)
         that match every group, scored by the database; with ``k``, the best k, best first.
 
         Each title is first checked for the groups (but ``held``, which every title of ``ids``
         has) in ``order`` (rarest first), one primary-key probe each, stopping at the first
-        missing; only the titles that match are scored (one more probe per group)."""
-        checks, kargs = self._checks(groups, weights, prefix_weight, held, order)
+        missing; only the titles that match are scored (one more probe per group). ``titles``:
+        how many ``ids`` holds, when a subquery (:meth:`_checks` chooses probes by it)."""
+        checks, kargs = self._checks(groups, weights, prefix_weight, held, order, self._probed(
+            tx, groups, len(ids) if isinstance(ids, list) else titles))
         if checks is None:
             return []
         cols, cargs = [], []
@@ -736,24 +756,44 @@ class SqlCatalogue(ABC):
                 out.append((tid, score))
         return out
 
+    def _probed(self, tx: Tx, groups: list[TermGroup], titles: int | None) -> set[int]:
+        """The groups whose presence checks (:meth:`_checks`) of ``titles`` titles must probe
+        each title: those whose lists hold at least LOOKUP_SCAN_RATIO postings a title (the
+        ranking's plan), as :meth:`_lookup_join` chooses."""
+        plan = tx.memo.get("plan")
+        if not self.probe_barrier or titles is None or plan is None or plan[0] != groups:
+            return set()
+        return {gi for gi, size in enumerate(plan[3]) if size >= LOOKUP_SCAN_RATIO * titles}
+
     def _checks(self, groups: list[TermGroup], weights: list[dict[str, float]], prefix_weight: list[float],
-                held: int | None, order: list[int] | None) -> tuple[str | None, list[Any]]:
+                held: int | None, order: list[int] | None,
+                probed: Collection[int] = ()) -> tuple[str | None, list[Any]]:
         """SQL true for a title ``d.id`` holding every group but ``held`` (one primary-key probe
         per group, in ``order``: rarest first, so a title missing one stops at the first), and
-        its parameters; ``None`` when a group can match nothing."""
+        its parameters; ``None`` when a group can match nothing. The groups ``probed``
+        (:meth:`_probed`) end their subqueries with :attr:`probe_barrier`."""
         checks, kargs = [], []
         for gi in (order or range(len(groups))):
             if gi == held:
                 continue
             words = sorted(weights[gi])
             probes = []
+            tail = self.probe_barrier if gi in probed else ""
+            prefix = groups[gi].alternatives[0] if groups[gi].prefix and prefix_weight[gi] > 0 else None
+            if prefix is not None and all(w.startswith(prefix) for w in words):
+                # The word as typed and its completions: one index range, one probe (a title
+                # lacking the group was two, `linveldor sajor`: 795 of 1,441 titles).
+                checks.append(f"EXISTS (SELECT 1 FROM search_postings q{self.postings_by_title} "
+                              f"WHERE q.title_id = d.id AND q.word >= ? AND q.word < ?{tail})")
+                kargs += [prefix, prefix + _TOP_CHAR]
+                continue
             if words:
                 probes.append(f"EXISTS (SELECT 1 FROM search_postings q{self.postings_by_title} "
-                              f"WHERE q.title_id = d.id AND q.word IN ({_marks(len(words))}))")
+                              f"WHERE q.title_id = d.id AND q.word IN ({_marks(len(words))}){tail})")
                 kargs += words
             if groups[gi].prefix and prefix_weight[gi] > 0:
                 probes.append(f"EXISTS (SELECT 1 FROM search_postings q{self.postings_by_title} "
-                              "WHERE q.title_id = d.id AND q.word > ? AND q.word < ?)")
+                              f"WHERE q.title_id = d.id AND q.word > ? AND q.word < ?{tail})")
                 kargs += [groups[gi].alternatives[0], groups[gi].alternatives[0] + _TOP_CHAR]
             if not probes:
                 return None, []
@@ -783,12 +823,13 @@ class SqlCatalogue(ABC):
         common word under a rare filter, or a long prefix beside a rare word (a merge of every
         completion's doclist), that was most of the list for a handful of matches."""
         matches = tx.memo.get("matches")
-        if matches is not None and matches[0] == (groups, tuple(where), tuple(params)) and len(matches[1]) <= cap:
-            # The ranking scored every match (_scored_top): counted from those, exact.
+        if matches is not None and matches[0] == (groups, tuple(where), tuple(params)):
+            # The ranking scored every match (_scored_top): counted from those (up to cap).
             if not matches[1]:
                 return []
-            return tx.rows(f"SELECT t.category, count(*) FROM titles t WHERE t.id IN ({self.json_ints}) "
-                           f"AND {' AND '.join(where)} GROUP BY t.category", (json.dumps(matches[1]), *params))
+            return tx.rows(f"SELECT category, count(*) FROM (SELECT t.category AS category FROM titles t "
+                           f"WHERE t.id IN ({self.json_ints}) AND {' AND '.join(where)} LIMIT ?) m GROUP BY category",
+                           (json.dumps(matches[1]), *params, cap))
         plan = tx.memo.get("plan")
         if plan is not None and plan[0] == groups:
             _, weights, prefix_weight, sizes, by_size = plan
@@ -810,11 +851,21 @@ class SqlCatalogue(ABC):
                 # (which probes the same set, _count_matches).
                 if len(few) <= FILTERED_SET_MAX and len(few) * 10 <= sizes[rarest]:
                     source = f"SELECT value AS id FROM ({self.json_ints}) x", [json.dumps(few)]
+                elif (self.filtered_group_count_max and len(few) <= FILTERED_SET_MAX
+                      and sizes[rarest] <= self.filtered_group_count_max):
+                    # The rarest group's titles among the filter's, intersected in the postings'
+                    # index (a range read and a hash of the set), then checked for the others.
+                    held = rarest
+                    source = self._group_titles(groups, weights, prefix_weight, rarest, "",
+                                                f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)])
+            titles = (min(len(few), sizes[rarest]) if held is not None else len(few)) if source is not None else None
             if source is None and by_group:
                 held = rarest
                 source = self._group_titles(groups, weights, prefix_weight, held, "", "", [])
+                titles = sizes[rarest]
             if source is not None:
-                checks, kargs = self._checks(groups, weights, prefix_weight, held, by_size)
+                checks, kargs = self._checks(groups, weights, prefix_weight, held, by_size,
+                                             self._probed(tx, groups, titles))
                 if checks is None:
                     return []
                 cond = "".join(f" AND {w}" for w in [*([checks] if checks else []), *where])
@@ -1150,7 +1201,7 @@ class SqlCatalogue(ABC):
         corrections: dict[str, str] = {}
         groups: list[TermGroup] = []
         # The total and the facets count matches up to cap (one more tells it is not exact).
-        cap = limits.max_offset + limits.max_page_size
+        cap = limits.exact_total_max
         with self._tx(write=False) as tx:
             if terms:
                 known = set(self._vocabulary(tx, terms))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -256,6 +257,111 @@ def test_totals_counted_from_a_small_set_are_the_full_text_index_counts(seeded, 
     monkeypatch.setattr(store.SqlCatalogue, "_count", lambda self, tx, g, w, p, cap: real(self, tx, g, w, p, cap))
     assert [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)] == counted
     assert counted[0][0] and counted[2][0]
+
+
+def test_totals_are_exact_up_to_exact_total_max(backend, request, tmp_path):
+    """Totals and facets are exact up to exact_total_max matches and "more than" it past it
+    (total = the bound, total_exact false, facets over bound + 1 matches), on both backends;
+    the pages (ids, order, scores) are those of a catalogue counting far further."""
+    from headwater.origin.catalogue.query import SearchLimits
+
+    pg = request.getfixturevalue("postgres") if backend == "postgresql" else None
+    wide = open_catalogue(_config(backend, pg, tmp_path))
+    try:
+        wide.import_titles([TitleDraft(title=f"Harbour Lights {i}", category=("drama", "comedy", "news")[i % 3])
+                            for i in range(30)] + [TitleDraft(title=f"Harbour Night {i}", category="drama")
+                                                    for i in range(4)], state=TitleState.PUBLISHED)
+        narrow = open_catalogue(replace(wide.config, search=SearchLimits(exact_total_max=10)))
+        try:
+            for q in ("harbour", "harbour li", "harbour night", "lights"):
+                for cat in (None, "drama"):
+                    query = SearchQuery(q=q, category=cat, with_total=True)
+                    a, b = wide.search(query), narrow.search(query)
+                    assert [(h.id, h.score) for h in b.hits] == [(h.id, h.score) for h in a.hits]
+                    assert a.total_exact and a.total == sum(a.facets.values())
+                    if a.total <= 10:
+                        assert (b.total, b.total_exact, b.facets) == (a.total, True, a.facets)
+                    else:
+                        assert (b.total, b.total_exact, sum(b.facets.values())) == (10, False, 11)
+                        assert all(b.facets[c] <= n for c, n in a.facets.items() if c in b.facets)
+            assert narrow.search(SearchQuery(q="harbour", with_total=True)).total_exact is False
+            assert narrow.search(SearchQuery(q="harbour night", with_total=True)).total == 4
+        finally:
+            narrow.close()
+    finally:
+        wide.close()
+
+
+def test_postgres_dense_count_scans_in_order_as_the_gin_index_counts(seeded, backend, monkeypatch):
+    """PostgreSQL: where matches are dense, the capped count tests title_search in key order
+    (ts_match_vq, no index) instead of the GIN index; both count the same totals, exactness
+    and (when exact) facets, and the dense scan is chosen for a common word."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's count")
+    from headwater.origin.catalogue import postgres
+
+    queries = [SearchQuery(q=q, category=c, with_total=True)
+               for q in ("silent", "night", "the", "river of", "silent ri", "tra", "night trian", "golden harb")
+               for c in (None, "drama")]
+    chosen: list[bool] = []
+    real = postgres.PostgresCatalogue._dense
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_dense", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_count", postgres.PostgresCatalogue._count_matches)
+    dense = [seeded.search(q) for q in queries]
+    assert any(chosen) and not all(chosen)
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_dense", lambda *a: False)
+    for q, a in zip(queries, dense):
+        b = seeded.search(q)
+        assert (a.total, a.total_exact) == (b.total, b.total_exact), q
+        assert not a.total_exact or a.facets == b.facets, q
+
+
+def test_postgres_filtered_count_from_a_groups_postings(seeded, backend, monkeypatch):
+    """PostgreSQL: a filtered search whose filter leaves a few thousand titles counts the
+    rarest group's postings of those titles (store._count, filtered_group_count_max) with the
+    full-text index's totals, exactness and facets."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's count")
+    from headwater.origin.catalogue import postgres, store
+
+    # The ranking walks (rather than score the filter's titles outright and count those).
+    monkeypatch.setattr(store, "INTERSECT_MAX", 5)
+    queries = [SearchQuery(q=q, category=c, language=lang, with_total=True)
+               for q in ("silent", "night", "river of", "silent ri", "golden harb")
+               for c, lang in (("drama", None), (None, "en"), ("comedy", "fr"))]
+    used: list[str] = []
+    real_group_titles = postgres.PostgresCatalogue._group_titles
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_group_titles", lambda self, *a: used.append(a[-2]) or
+                        real_group_titles(self, *a))
+    counted = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+    assert any("+p.title_id IN" in cond for cond in used)
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_count", postgres.PostgresCatalogue._count_matches)
+    for q, (total, exact, facets) in zip(queries, counted):
+        b = seeded.search(q)
+        assert (total, exact) == (b.total, b.total_exact), q
+        assert not exact or facets == b.facets, q
+
+
+def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatch):
+    """PostgreSQL: a rare word's titles checked for a common group probe each title (the check
+    ends with OFFSET 0, so the planner cannot read the group's whole lists into a hash), and
+    the pages and totals are those of the planner's own choice."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    from headwater.origin.catalogue import postgres
+
+    queries = [SearchQuery(q=q, with_total=True) for q in ("maria nigh", "lisbon sile", "ruiz rive", "maria silent", "lisbn night")]
+    statements: list[str] = []
+    real = postgres._PgTx.rows
+    monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
+        self, sql, params))
+    probed = [seeded.search(q) for q in queries]
+    assert any("EXISTS" in sql and "OFFSET 0)" in sql for sql in statements)
+    monkeypatch.setattr(postgres.PostgresCatalogue, "probe_barrier", "")
+    for q, a in zip(queries, probed):
+        b = seeded.search(q)
+        assert [(h.id, h.score) for h in a.hits] == [(h.id, h.score) for h in b.hits], q
+        assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
 
 
 def test_a_groups_small_lists_are_read_as_one(fresh, monkeypatch):

@@ -119,3 +119,7 @@ def test_config(tmp_path, monkeypatch):
         read_catalogue(r, {"mmap_mib": -1}, "origin.catalogue", tmp_path)
     with pytest.raises(ConfigError, match="mmap_mib"):
         read_catalogue(r, {"backend": "postgresql", "dsn": "host=x", "mmap_mib": 8}, "origin.catalogue", tmp_path)
+    assert cfg.search.exact_total_max == 200  # (the default)
+    assert read_catalogue(r, {"exact_total_max": 1100}, "origin.catalogue", tmp_path).search.exact_total_max == 1100
+    with pytest.raises(ConfigError, match="exact_total_max"):
+        read_catalogue(r, {"exact_total_max": 0}, "origin.catalogue", tmp_path)
