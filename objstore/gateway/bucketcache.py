@@ -35,12 +35,13 @@ __all__ = ["BucketCache", "MAX_ENTRIES"]
 # Buckets one worker keeps at most; a user with more buckets in use than this only pays the
 # metadata call on the ones that fell out. Each entry is a few hundred bytes.
 MAX_ENTRIES = 4096
+_NEVER = float("inf")
 
 
 class BucketCache:
     """Bucket name -> record, each until its own expiry (see the module's docstring)."""
 
-    __slots__ = ("keep_s", "wait_s", "max_entries", "_now", "_entries", "hits", "misses")
+    __slots__ = ("keep_s", "wait_s", "max_entries", "_now", "_entries", "hits", "misses", "refreshes")
 
     def __init__(self, *, ttl_s: float, clock_drift: float, monotonic: Callable[[], float] = time.monotonic,
                  max_entries: int = MAX_ENTRIES):
@@ -52,9 +53,12 @@ class BucketCache:
         self.wait_s = ttl_s if self.keep_s > 0 else 0.0
         self.max_entries = max_entries
         self._now = monotonic
-        self._entries: dict[str, tuple[float, BucketRecord]] = {}
+        # name -> [expires, record, refresh_at]; refresh_at is inf once one caller was sent to
+        # read the record again.
+        self._entries: dict[str, list] = {}
         self.hits = 0
         self.misses = 0
+        self.refreshes = 0
 
     @property
     def enabled(self) -> bool:
@@ -65,12 +69,19 @@ class BucketCache:
         return self._now()
 
     def get(self, name: str) -> BucketRecord | None:
-        """The record of bucket ``name`` if one is kept and not expired, else None."""
+        """The record of bucket ``name`` if one is kept and not expired, else None (read it, and
+        offer what was read). In an entry's last quarter one caller gets None, once, so that the
+        record is read again before it expires rather than by every request in flight then."""
         found = self._entries.get(name)
         if found is not None:
-            if self._now() < found[0]:
-                self.hits += 1
-                return found[1]
+            now = self._now()
+            if now < found[0]:
+                if now < found[2]:
+                    self.hits += 1
+                    return found[1]
+                found[2] = _NEVER
+                self.refreshes += 1
+                return None
             del self._entries[name]
         self.misses += 1
         return None
@@ -87,13 +98,13 @@ class BucketCache:
         entries = self._entries
         if name not in entries and len(entries) >= self.max_entries:
             self._evict()
-        entries[name] = (expires, rec)
+        entries[name] = [expires, rec, expires - self.keep_s / 4]
 
     def _evict(self) -> None:
         """Make room: drop the expired entries, else the oldest quarter (by insertion)."""
         now = self._now()
         entries = self._entries
-        expired = [n for n, (t, _) in entries.items() if t <= now]
+        expired = [n for n, e in entries.items() if e[0] <= now]
         for n in expired:
             del entries[n]
         if len(entries) >= self.max_entries:
@@ -101,4 +112,5 @@ class BucketCache:
                 del entries[n]
 
     def statistics(self) -> dict[str, int]:
-        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses}
+        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses,
+                "refreshes": self.refreshes}

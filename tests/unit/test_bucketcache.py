@@ -28,12 +28,29 @@ def test_a_record_is_kept_for_the_ttl_less_the_drift_from_when_its_read_was_sent
     cache.offer("b1", record(), sent)
     assert cache.get("b1") == record()
     clock.t = sent + 0.899
+    assert cache.get("b1") is None  # the one sent to read it again (see below)
     assert cache.get("b1") == record()
     clock.t = sent + 0.9  # 1 s x (1 - 0.1), counted from the send, not from the answer
     assert cache.get("b1") is None
-    assert cache.statistics() == {"entries": 0, "hits": 2, "misses": 1}
+    assert cache.statistics() == {"entries": 0, "hits": 2, "misses": 1, "refreshes": 1}
     # DeleteBucket waits the whole ttl, longer than any entry lives on any clock within the drift.
     assert cache.wait_s == 1.0
+
+
+def test_one_caller_reads_the_record_again_in_the_last_quarter_the_others_keep_using_it() -> None:
+    clock = Ticker()
+    cache = BucketCache(ttl_s=1.0, clock_drift=0.1, monotonic=clock)
+    cache.offer("b1", record(), cache.now())  # kept 0.9 s: refreshed from 0.675 s on
+    clock.t += 0.674
+    assert [cache.get("b1") for _ in range(3)] == [record()] * 3
+    clock.t += 0.001
+    assert cache.get("b1") is None  # this caller reads the record again and offers it
+    assert [cache.get("b1") for _ in range(3)] == [record()] * 3  # the requests in flight do not
+    cache.offer("b1", record(), cache.now())  # the new read: kept 0.9 s from now
+    clock.t += 0.8
+    assert cache.get("b1") is None  # its own last quarter
+    assert cache.get("b1") == record()
+    assert cache.statistics()["refreshes"] == 2 and cache.statistics()["misses"] == 0
 
 
 def test_absence_and_marked_records_are_never_kept() -> None:
