@@ -95,6 +95,10 @@ class GatewayConfig:
     # spent (clients that stopped reading) waits read_buffer_wait_s for its share, then gets 503.
     read_buffer_bytes: int = 256 * MiB
     read_buffer_wait_s: float = 10.0
+    # A worker reuses a bucket's record for GET and HEAD this long (less the clock drift) after
+    # reading it; DeleteBucket waits as long between marking the record and removing it, so the
+    # reuse is never a stale read (gateway/bucketcache.py). 0: off, and no wait.
+    bucket_cache_s: float = 1.0
 
     @property
     def role(self) -> str:
@@ -343,7 +347,7 @@ def read_users(r: Reader, raw: Any) -> tuple[User, ...]:
 def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
     """``[gateway]``: the S3 gateway and its HTTP limits."""
     r.check_keys(data, p, {"id", "host", "port", "admin_port", "workers", "tls_cert", "tls_key", "limits",
-                           "read_buffer", "read_buffer_wait_seconds"})
+                           "read_buffer", "read_buffer_wait_seconds", "bucket_cache_seconds"})
     d = GatewayConfig()
     workers = r.get(data, "workers", p, int, d.workers)
     if not 1 <= workers <= 256:
@@ -360,7 +364,16 @@ def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
         limits=read_http_limits(r, r.table(data, "limits", p), f"{p}.limits"),
         read_buffer_bytes=_at_least(r, data, "read_buffer", p, d.read_buffer_bytes, 4 * MiB),
         read_buffer_wait_s=r.positive(data, "read_buffer_wait_seconds", p, d.read_buffer_wait_s),
+        bucket_cache_s=_bucket_cache_seconds(r, data, p, d.bucket_cache_s),
     )
+
+
+def _bucket_cache_seconds(r: Reader, data: Mapping[str, Any], p: str, default: float) -> float:
+    value = r.non_negative(data, "bucket_cache_seconds", p, default)
+    # Every DeleteBucket waits this long: a minute would be a broken DeleteBucket, not a cache.
+    if value > 10:
+        raise r.error(f"{p}.bucket_cache_seconds", f"{value} is more than 10 (DeleteBucket waits this long)")
+    return value
 
 
 def _at_least(r: Reader, data: Mapping[str, Any], key: str, p: str, default: int, least: int) -> int:

@@ -118,19 +118,28 @@ class Layout:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BucketRecord:
-    """A bucket and its owner (the user's name)."""
+    """A bucket and its owner (the user's name).
+
+    ``deleting``: a DeleteBucket in progress marked it (a token of its own) and waits out the
+    gateways' bucket caches before removing it (``gateway/bucketcache.py``); the bucket still
+    exists meanwhile, and no gateway keeps a marked record."""
 
     name: str
     owner: str
     created: float
     region: str = "us-east-1"
+    deleting: str | None = None
 
     def to_value(self) -> dict[str, Any]:
-        return {"name": self.name, "owner": self.owner, "created": self.created, "region": self.region}
+        v = {"name": self.name, "owner": self.owner, "created": self.created, "region": self.region}
+        if self.deleting is not None:
+            v["deleting"] = self.deleting
+        return v
 
     @classmethod
     def from_value(cls, v: dict[str, Any]) -> BucketRecord:
-        return cls(name=v["name"], owner=v["owner"], created=v["created"], region=v.get("region", "us-east-1"))
+        return cls(name=v["name"], owner=v["owner"], created=v["created"], region=v.get("region", "us-east-1"),
+                   deleting=v.get("deleting"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,11 @@ ListObjectVersions, GetBucketLocation, GetBucketVersioning."""
 from __future__ import annotations
 
 import base64
+import secrets
+from dataclasses import replace
 from typing import Any, Sequence
+
+import anyio
 
 from headwater.http.types import Response
 
@@ -100,18 +104,57 @@ async def delete_bucket(store: Store, call: Call) -> Response:
     # multipart imports this module's helpers, so it is imported here rather than at the top.
     from .multipart import abort_all
 
-    await owned_bucket(store, call)
-    assert call.bucket is not None
-    if await store.meta.scan(objects_ns(call.bucket), limit=1):
-        raise s3e.BucketNotEmpty(BucketName=call.bucket)
-    await abort_all(store, call.bucket)
-    # Checked again: a Complete that finished meanwhile made an object, and an upload created
-    # since the scan would outlive the bucket.
-    if await store.meta.scan(objects_ns(call.bucket), limit=1) or \
-            await store.meta.scan(uploads_ns(call.bucket), limit=1):
-        raise s3e.BucketNotEmpty(BucketName=call.bucket)
-    await store.meta.delete(BUCKETS_NS, call.bucket)
+    rec = await owned_bucket(store, call)
+    name = call.bucket
+    assert name is not None
+    if await store.meta.scan(objects_ns(name), limit=1):
+        raise s3e.BucketNotEmpty(BucketName=name)
+    await abort_all(store, name)
+    token = await _mark_deleting(store, rec) if store.buckets.enabled else None
+    # Checked again (after the wait): a Complete that finished meanwhile made an object, and an
+    # upload created since the scan would outlive the bucket.
+    if await store.meta.scan(objects_ns(name), limit=1) or await store.meta.scan(uploads_ns(name), limit=1):
+        if token is not None:
+            await _unmark(store, rec, token)
+        raise s3e.BucketNotEmpty(BucketName=name)
+    if token is None:
+        await store.meta.delete(BUCKETS_NS, name)
+        return Response(status=204)
+    try:
+        await store.meta.delete(BUCKETS_NS, name, if_match=("deleting", token))
+    except ConditionFailed as e:
+        # Another DeleteBucket marked the record since ours (or removed it): it decides.
+        if e.current is None:
+            raise s3e.NoSuchBucket(resource=f"/{name}", BucketName=name) from None
+        raise s3e.OperationAborted() from None
     return Response(status=204)
+
+
+async def _mark_deleting(store: Store, rec: BucketRecord) -> str:
+    """Mark ``rec``'s bucket as being deleted and wait until no gateway keeps it unmarked in its
+    bucket cache (``bucketcache.py``); the mark's token, which the removal must match."""
+    token = secrets.token_hex(8)
+    try:
+        await store.meta.put(BUCKETS_NS, rec.name, replace(rec, deleting=token).to_value(),
+                             if_match=("created", rec.created))
+    except ConditionFailed as e:
+        if e.current is None:
+            raise s3e.NoSuchBucket(resource=f"/{rec.name}", BucketName=rec.name) from None
+        raise s3e.OperationAborted() from None  # deleted and created again meanwhile
+    # From the mark's commit: every unmarked copy (this worker's too) was read before it, and
+    # expires before this wait ends.
+    await anyio.sleep(store.buckets.wait_s)
+    return token
+
+
+async def _unmark(store: Store, rec: BucketRecord, token: str) -> None:
+    """Take our mark off a bucket that stays (not empty after all), unless another DeleteBucket
+    has marked it since."""
+    try:
+        await store.meta.put(BUCKETS_NS, rec.name, replace(rec, deleting=None).to_value(),
+                             if_match=("deleting", token))
+    except ConditionFailed:
+        pass
 
 
 MAX_BUCKETS = 10_000  # S3's page size for a paginated ListBuckets, and the largest max-buckets

@@ -14,13 +14,14 @@ from ..config import User
 from ..datapath import StoragePool, delete_layouts
 from ..metadata.client import MetadataClient
 from ..records import Layout
+from .bucketcache import BucketCache
 
 __all__ = ["Store", "Call"]
 
 
 @dataclass(slots=True, kw_only=True)
 class Store:
-    """The gateway's long-lived handles: config, metadata ring, storage pool, clock."""
+    """The gateway's long-lived handles: config, metadata ring, storage pool, clock, bucket cache."""
 
     cluster: ClusterConfig
     meta: MetadataClient
@@ -29,6 +30,8 @@ class Store:
     # Fragments of replaced or deleted objects wait this long before removal, so that a GET that
     # read the old record just before the change can still stream it.
     retire_grace_s: float = 300.0
+    # Bucket records GET and HEAD may reuse (off unless the daemon configures it).
+    buckets: BucketCache = field(default_factory=lambda: BucketCache(ttl_s=0.0, clock_drift=0.0))
     _retired: list[tuple[float, Layout]] = field(default_factory=list)
 
     def retire(self, layouts: Iterable[Layout], *, now: bool = False) -> None:

@@ -32,6 +32,7 @@ from ..metadata.client import MetadataClient
 from ..s3 import errors as s3e
 from ..s3 import auth, names
 from . import buckets, multipart, objects
+from .bucketcache import BucketCache
 from .context import Call, Store
 
 __all__ = ["Gateway", "run_gateway"]
@@ -181,7 +182,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
             StoragePool(cluster, read_budget=ByteBudget(node.read_buffer_bytes),
                         read_wait_s=node.read_buffer_wait_s) as pool:
         store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time,
-                      retire_grace_s=cluster.objstore.retire_grace_s)
+                      retire_grace_s=cluster.objstore.retire_grace_s,
+                      buckets=BucketCache(ttl_s=node.bucket_cache_s, clock_drift=cluster.objstore.raft_clock_drift))
         app = Gateway(store, registry=registry, worker=worker)
         # The config reader has checked that both files are given and readable (or both "auto":
         # the local CA's leaf).
@@ -194,7 +196,8 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
             return {"status": "ok" if ok else "degraded", "role": "gateway", "id": node.id, "pid": os.getpid(), "worker": worker,
                     "ec": cluster.objstore.ec.describe(), "metadata_up": meta_up,
                     "storage_down": sorted(down), "workers": node.workers,
-                    "read_buffer": pool.read_budget.statistics() if pool.read_budget else None}
+                    "read_buffer": pool.read_budget.statistics() if pool.read_budget else None,
+                    "bucket_cache": store.buckets.statistics()}
 
         async with anyio.create_task_group() as tg:
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,

@@ -185,17 +185,29 @@ async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -
 async def _read_target(store: Store, call: Call) -> ObjectRecord:
     """The object a GET or HEAD reads, after the bucket's checks and the request's conditions.
 
-    The bucket's record and the object's are read together (one metadata call when one node
-    leads both groups), each linearizably; the bucket is judged first, as before: NoSuchBucket
-    and AccessDenied over NoSuchKey."""
-    assert call.bucket is not None and call.key is not None
-    try:
-        bucket, entry = await store.meta.get_pair((BUCKETS_NS, call.bucket), (objects_ns(call.bucket), call.key))
-    except InvalidKey:
-        # A key that cannot exist (too long): the bucket is still judged first.
-        await owned_bucket(store, call)
-        raise
-    check_owned(BucketRecord.from_value(bucket.value) if bucket else None, call, call.bucket)
+    The bucket is judged first, as before: NoSuchBucket and AccessDenied over NoSuchKey. Its
+    record comes from the worker's bucket cache when kept there (as linearizable as a read, see
+    ``bucketcache.py``), and the object's is then the only metadata call; else both are read
+    together (one call when one node leads both groups), each linearizably, and the bucket's
+    offered to the cache."""
+    bucket_name, key = call.bucket, call.key
+    assert bucket_name is not None and key is not None
+    cache = store.buckets
+    kept = cache.get(bucket_name)
+    if kept is not None:
+        check_owned(kept, call, bucket_name)
+        entry = await store.meta.get(objects_ns(bucket_name), key)
+    else:
+        sent_at = cache.now()
+        try:
+            bucket, entry = await store.meta.get_pair((BUCKETS_NS, bucket_name), (objects_ns(bucket_name), key))
+        except InvalidKey:
+            # A key that cannot exist (too long): the bucket is still judged first.
+            await owned_bucket(store, call)
+            raise
+        bucket_rec = BucketRecord.from_value(bucket.value) if bucket else None
+        cache.offer(bucket_name, bucket_rec, sent_at)
+        check_owned(bucket_rec, call, bucket_name)
     rec = ObjectRecord.from_value(entry.value) if entry else None
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)

@@ -127,6 +127,76 @@ def test_delete_bucket(s3, bucket):
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
 
 
+def bucket_cache_stats(cluster) -> dict:
+    r = cluster.healthz(cluster.gateway)
+    assert r is not None and r.status_code == 200
+    return r.json()["bucket_cache"]
+
+
+def test_gets_and_heads_see_a_deleted_bucket_gone_at_once(cluster, s3, s3_bob, bucket):
+    """GET and HEAD reuse the bucket's record (the gateway's bucket cache), yet once DeleteBucket
+    has answered they see NoSuchBucket, and the owner of a bucket created again under that name:
+    DeleteBucket marked the record and waited the cache out before removing it."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    before = bucket_cache_stats(cluster)
+    for _ in range(3):
+        assert get_bytes(s3, bucket, "k") == b"v"
+        s3.head_object(Bucket=bucket, Key="k")
+    assert bucket_cache_stats(cluster)["hits"] > before["hits"]  # the one worker kept it
+    s3.delete_object(Bucket=bucket, Key="k")
+    expect_error(s3.get_object, 404, "NoSuchKey", Bucket=bucket, Key="k")  # a cache hit, the key read
+    started = time.monotonic()
+    assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    waited = time.monotonic() - started
+    expect_error(s3.get_object, 404, "NoSuchBucket", Bucket=bucket, Key="k")
+    expect_error(s3.head_object, 404, "404", Bucket=bucket, Key="k")
+    assert waited >= 0.9  # bucket_cache_seconds (1 s by default)
+    s3_bob.create_bucket(Bucket=bucket)
+    s3_bob.put_object(Bucket=bucket, Key="k", Body=b"bob's")
+    expect_error(s3.get_object, 403, "AccessDenied", Bucket=bucket, Key="k")
+    expect_error(s3.head_object, 403, "403", Bucket=bucket, Key="k")
+    assert get_bytes(s3_bob, bucket, "k") == b"bob's"
+    s3_bob.delete_object(Bucket=bucket, Key="k")
+    s3_bob.delete_bucket(Bucket=bucket)
+
+
+def test_a_delete_bucket_that_finds_an_object_after_its_wait_leaves_the_bucket_as_it_was(cluster, s3, bucket):
+    """An object PUT while DeleteBucket waits out the caches: BucketNotEmpty, and the bucket's
+    record loses its mark, so GETs reuse it again."""
+    import threading
+
+    s3_alt = cluster.s3_client(0)  # its own connection: the first is busy with the delete
+    for _attempt in range(3):
+        outcome: dict[str, object] = {}
+
+        def delete() -> None:
+            started = time.monotonic()
+            try:
+                outcome["status"] = s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"]
+            except ClientError as e:
+                outcome["status"] = client_error(e)
+            outcome["seconds"] = time.monotonic() - started
+
+        t = threading.Thread(target=delete)
+        t.start()
+        time.sleep(0.3)  # DeleteBucket found the bucket empty and marked it; it waits 1 s
+        s3_alt.put_object(Bucket=bucket, Key="late", Body=b"v")
+        t.join(10)
+        assert outcome["status"] == (409, "BucketNotEmpty")
+        if outcome["seconds"] >= 0.9:
+            break  # the PUT came during the wait, as meant
+        s3.delete_object(Bucket=bucket, Key="late")  # it came before the mark (a loaded machine)
+    else:
+        pytest.fail("the PUT never came while DeleteBucket waited")
+    before = bucket_cache_stats(cluster)
+    for _ in range(3):
+        assert get_bytes(s3_alt, bucket, "late") == b"v"
+    after = bucket_cache_stats(cluster)
+    assert after["hits"] > before["hits"], (before, after)  # unmarked: kept again
+    s3.delete_object(Bucket=bucket, Key="late")
+    assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+
 def test_get_bucket_location_and_versioning(s3, bucket):
     assert s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") in (None, "")
     v = s3.get_bucket_versioning(Bucket=bucket)

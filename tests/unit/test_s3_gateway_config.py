@@ -1,4 +1,4 @@
-"""[gateway] TLS settings: both files or neither, each readable, relative to cluster.toml."""
+"""[gateway] settings: TLS (both files or neither, each readable, relative to cluster.toml), the bucket cache."""
 
 from __future__ import annotations
 
@@ -97,3 +97,16 @@ def test_a_file_that_cannot_be_read(tmp_path, pem, which):
         path, text = config(tmp_path, 'tls_cert = "tls/cert.pem"\ntls_key = "tls/key.pem"\n')
         with pytest.raises(ConfigError, match=f"gateway.{which}: cannot read"):
             loads(text, path=str(path), env={})
+
+
+def test_bucket_cache_seconds(tmp_path):
+    path, text = config(tmp_path, "")
+    assert loads(text, path=str(path), env={}).gateway.bucket_cache_s == 1.0
+    path, text = config(tmp_path, "bucket_cache_seconds = 0\n")
+    assert loads(text, path=str(path), env={}).gateway.bucket_cache_s == 0.0
+    for bad, why in (("-1", "negative"), ("11", "more than 10")):
+        path, text = config(tmp_path, f"bucket_cache_seconds = {bad}\n")
+        with pytest.raises(ConfigError) as info:
+            loads(text, path=str(path), env={})
+        assert info.value.key == "gateway.bucket_cache_seconds" and why in str(info.value)
+        assert info.value.line == line_of(text, "bucket_cache_seconds")

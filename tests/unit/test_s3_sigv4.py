@@ -371,3 +371,40 @@ def test_non_ascii_metadata_as_botocore_signs_and_sends_it():
     method, url, headers = botocore_signed("PUT", "k", headers={"x-amz-meta-title": "Café"})
     with pytest.raises(e.SignatureDoesNotMatch):
         verify(method, url, headers)
+
+
+# The fast paths of the request verification (a GET's hot loop) against the general code.
+_WS_AND_MORE = " \t\n\r\x0b\x0c\x85\xa0abc,=;/"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=_WS_AND_MORE, max_size=12))
+def test_trim_fast_path_is_the_regex(value):
+    from headwater.objstore.s3.sigv4 import _WS, _WS_RUN, _trim
+    assert _trim(value) == _WS_RUN.sub(" ", value.strip(_WS))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["Credential=AK/20130524/us-east-1/s3/aws4_request", "SignedHeaders=host;x-amz-date",
+                                 "Signature=abc123", "Credential=", " Signature = x ", "Bogus=1", "Sig nature=1"]),
+                min_size=0, max_size=4),
+       st.sampled_from([",", ", ", " ,", ",  "]), st.sampled_from(["", " ", "\t"]))
+def test_parse_authorization_fast_path_is_the_general_parse(parts, sep, pad):
+    from headwater.objstore.s3 import sigv4
+    authz = pad + "AWS4-HMAC-SHA256 " + sep.join(parts) + pad
+
+    def general() -> object:
+        saved = sigv4._AUTH_USUAL
+        sigv4._AUTH_USUAL = __import__("re").compile(r"(?!)")  # never matches: the general loop alone
+        try:
+            return sigv4._parse_authorization(authz)
+        except e.S3Error as err:
+            return type(err)
+        finally:
+            sigv4._AUTH_USUAL = saved
+
+    try:
+        fast: object = sigv4._parse_authorization(authz)
+    except e.S3Error as err:
+        fast = type(err)
+    assert fast == general()
