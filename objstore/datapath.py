@@ -235,8 +235,9 @@ class LayoutWriter:
     lane, not the sum of them, bounds one stream. The lanes are handed each batch's stripes as
     the batch goes out (one thread hand-off per lane and batch), and a lane may hold
     ``DIGEST_BACKLOG_BATCHES`` queued beside the batch it is hashing before ``write`` waits for
-    it. Every call has returned once ``finish`` has (the lanes finish beside the commit's fsyncs); nothing is committed to the metadata here, so a
-    caller that finds a hash wrong afterwards discards the layout and nothing was visible.
+    it. Every call has returned once ``finish`` has (the lanes finish beside the commit's
+    fsyncs); nothing is committed to the metadata here, so a caller that finds a hash wrong
+    afterwards discards the layout and nothing was visible.
     """
 
     def __init__(self, pool: StoragePool, scheme: ErasureScheme, *,
