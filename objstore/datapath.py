@@ -228,14 +228,11 @@ class LayoutWriter:
     acknowledged.
 
     ``digests``, if given, are hash updates (an MD5's, a SHA-256's, a checksum's ``update``)
-    each called with every byte written, stripe by stripe and in order, each in its own *lane*:
-    a task feeding it on worker threads, behind the encode and send rather than in front of them
-    and beside the other lanes. hashlib releases the GIL for large buffers, so a PUT's MD5 and
-    SHA-256 run on different cores at once instead of one after the other on one: the longest
-    lane, not the sum of them, bounds one stream. The lanes are handed each batch's stripes as
-    the batch goes out (one thread hand-off per lane and batch), and a lane may hold
-    ``DIGEST_BACKLOG_BATCHES`` queued beside the batch it is hashing before ``write`` waits for
-    it. Every call has returned once ``finish`` has (the lanes finish beside the commit's
+    each called with every byte written, stripe by stripe and in order, in a *lane*: a task
+    feeding them on worker threads (hashlib releases the GIL for large buffers), behind the
+    encode and send rather than in front of them. The lane is handed each batch's stripes as the
+    batch goes out (one thread hand-off per batch), and may hold ``DIGEST_BACKLOG_BATCHES``
+    queued beside the batch it is hashing before ``write`` waits for it. Every call has returned once ``finish`` has (the lanes finish beside the commit's
     fsyncs); nothing is committed to the metadata here, so a caller that finds a hash wrong
     afterwards discards the layout and nothing was visible.
     """
@@ -255,7 +252,11 @@ class LayoutWriter:
         self._placed: list[str | None] = list(self.nodes)
         self._strays: list[tuple[int, str]] = []  # replaced nodes that may hold a temp file
         self._committing = False
-        self._lanes = [_DigestLane(update, DIGEST_BACKLOG_BATCHES) for update in digests]
+        # One lane feeds every digest, one after the other: a thread hand-off is dear here (a
+        # wake-up of another vCPU, then of the loop, ~12 % of the gateway's GIL time at one per
+        # lane and batch), dearer than the parallelism of two lanes, which only one stream on an
+        # idle machine could use (MD5 + SHA-256 of a batch take ~9 ms, its arrival ~25).
+        self._lanes = [_DigestLane(tuple(digests), DIGEST_BACKLOG_BATCHES)] if digests else []
         # Stripes cut since the last batch went out, not yet handed to the lanes.
         self._unhashed: list[bytes] = []
         # Parity on the event loop only where it is cheap (ISA-L); zfec's takes ~1.5 ms per MiB.
@@ -591,15 +592,16 @@ class LayoutWriter:
 
 
 class _DigestLane:
-    """One hash's ``update`` fed every stripe of a write, in order, on worker threads.
+    """Hash ``updates`` fed every stripe of a write, in order, on worker threads.
 
     ``put`` queues a parcel of stripes (waiting while ``backlog`` parcels are queued already);
-    ``run``, a task of the writer, hands each parcel to a worker thread. ``close`` says no more is
-    coming; ``wait`` returns once everything queued was hashed, and raises what ``update`` did.
+    ``run``, a task of the writer, hands each parcel to a worker thread, which feeds it to each
+    update in turn. ``close`` says no more is coming; ``wait`` returns once everything queued
+    was hashed, and raises what an update did.
     """
 
-    def __init__(self, update: Callable[[Buffer], None], backlog: int):
-        self.update = update
+    def __init__(self, updates: Sequence[Callable[[Buffer], None]], backlog: int):
+        self.updates = updates
         self._send, self._receive = anyio.create_memory_object_stream[list[Buffer]](backlog)
         self._done = anyio.Event()
         self._error: BaseException | None = None
@@ -626,8 +628,9 @@ class _DigestLane:
             self._done.set()
 
     def _feed(self, parcel: list[Buffer]) -> None:
-        for piece in parcel:
-            self.update(piece)
+        for update in self.updates:
+            for piece in parcel:
+                update(piece)
 
     async def wait(self) -> None:
         await self._done.wait()
