@@ -232,9 +232,10 @@ class LayoutWriter:
     feeding them on worker threads (hashlib releases the GIL for large buffers), behind the
     encode and send rather than in front of them. The lane is handed each batch's stripes as the
     batch goes out (one thread hand-off per batch), and may hold ``DIGEST_BACKLOG_BATCHES``
-    queued beside the batch it is hashing before ``write`` waits for it. Every call has returned once ``finish`` has (the lanes finish beside the commit's
-    fsyncs); nothing is committed to the metadata here, so a caller that finds a hash wrong
-    afterwards discards the layout and nothing was visible.
+    queued beside the batch it is hashing before ``write`` waits for it. Every call has returned
+    once ``finish`` has (the lane finishes beside the commit's fsyncs); nothing is committed to
+    the metadata here, so a caller that finds a hash wrong afterwards discards the layout and
+    nothing was visible.
     """
 
     def __init__(self, pool: StoragePool, scheme: ErasureScheme, *,

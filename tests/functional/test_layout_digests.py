@@ -1,13 +1,14 @@
-"""The digest lanes of ``LayoutWriter`` against real storage nodes on loopback: every hash sees
-every byte, in order, each on its own lane (a slow one included, which the writer waits for
-rather than outrunning by more than its backlog); a hash that fails fails the write and leaves
-no fragment behind, committed or temporary.
+"""The digest lane of ``LayoutWriter`` against real storage nodes on loopback: every hash sees
+every byte, in order, on a worker thread, never the loop's (a slow hash included, which the
+writer waits for rather than outrunning by more than the lane's backlog); a hash that fails
+fails the write and leaves no fragment behind, committed or temporary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 
 import anyio
@@ -41,8 +42,10 @@ class SlowHash:
     def __init__(self) -> None:
         self.h = hashlib.sha256()
         self.seen = 0
+        self.threads: set[int] = set()
 
     def update(self, data) -> None:
+        self.threads.add(threading.get_ident())
         time.sleep(0.01)
         self.h.update(data)
         self.seen += len(data)
@@ -71,6 +74,7 @@ async def test_every_lane_sees_every_byte_in_order(tmp_path):
             assert md5.digest() == hashlib.md5(body).digest()
             assert sha.digest() == hashlib.sha256(body).digest()
             assert slow.h.digest() == hashlib.sha256(body).digest() and slow.seen == len(body)
+            assert slow.threads and threading.get_ident() not in slow.threads
             assert await read_back(pool, lay) == body
         tg.cancel_scope.cancel()
 
