@@ -70,11 +70,13 @@ READ_AHEAD = 2
 # whatever its size, so one stripe per trip left PUT latency-bound (nodes and gateway idle);
 # batching stripes up to this many bytes fills the pipe. Bounds memory per PUT to ~3x this.
 WRITE_BATCH_BYTES = 4 * 1024 * 1024
-# How far (in stripes' bytes) each digest lane of a PUT may fall behind the encode before the
-# writer waits for it: enough to ride out a late thread. A lane holds up to twice this (its
-# queue, and what it hands a thread at once), mostly stripes the batches hold anyway; more
-# would show in the gateway's RSS with 8 streams (bench objstore, goal < 300 MiB).
-DIGEST_BACKLOG_BYTES = 2 * 1024 * 1024
+# Batches each digest lane of a PUT may hold queued beside the one its thread is hashing before
+# the writer waits for it. A lane is handed a whole batch's stripes at once, as the batch goes
+# out (one thread hand-off per batch, not per stripe: each wakes a thread, then the loop), so a
+# late thread has the time the next batch takes to arrive to catch up; none queued keeps what
+# a lane holds to the stripes the batches hold anyway (the gateway's RSS with 8 streams, bench
+# objstore, goal < 300 MiB).
+DIGEST_BACKLOG_BATCHES = 0
 
 
 class WriteFailed(StoreError):
@@ -226,14 +228,14 @@ class LayoutWriter:
     acknowledged.
 
     ``digests``, if given, are hash updates (an MD5's, a SHA-256's, a checksum's ``update``)
-    each called with every byte written, stripe by stripe and in order, each in its own *lane*:
-    a task feeding it on worker threads, behind the encode and send rather than in front of them
-    and beside the other lanes. hashlib releases the GIL for large buffers, so a PUT's MD5 and
-    SHA-256 run on different cores at once instead of one after the other on one: the longest
-    lane, not the sum of them, bounds one stream. A lane may fall up to ``DIGEST_BACKLOG_BYTES``
-    behind before ``write`` waits for it. Every call has returned once ``finish`` has (the
-    lanes finish beside the commit's fsyncs); nothing is committed to the metadata here, so a
-    caller that finds a hash wrong afterwards discards the layout and nothing was visible.
+    each called with every byte written, stripe by stripe and in order, in a *lane*: a task
+    feeding them on worker threads (hashlib releases the GIL for large buffers), behind the
+    encode and send rather than in front of them. The lane is handed each batch's stripes as the
+    batch goes out (one thread hand-off per batch), and may hold ``DIGEST_BACKLOG_BATCHES``
+    queued beside the batch it is hashing before ``write`` waits for it. Every call has returned
+    once ``finish`` has (the lane finishes beside the commit's fsyncs); nothing is committed to
+    the metadata here, so a caller that finds a hash wrong afterwards discards the layout and
+    nothing was visible.
     """
 
     def __init__(self, pool: StoragePool, scheme: ErasureScheme, *,
@@ -251,8 +253,13 @@ class LayoutWriter:
         self._placed: list[str | None] = list(self.nodes)
         self._strays: list[tuple[int, str]] = []  # replaced nodes that may hold a temp file
         self._committing = False
-        self._lanes = [_DigestLane(update, max(2, DIGEST_BACKLOG_BYTES // scheme.stripe_bytes))
-                       for update in digests]
+        # One lane feeds every digest, one after the other: a thread hand-off is dear here (a
+        # wake-up of another vCPU, then of the loop, ~12 % of the gateway's GIL time at one per
+        # lane and batch), dearer than the parallelism of two lanes, which only one stream on an
+        # idle machine could use (MD5 + SHA-256 of a batch take ~9 ms, its arrival ~25).
+        self._lanes = [_DigestLane(tuple(digests), DIGEST_BACKLOG_BATCHES)] if digests else []
+        # Stripes cut since the last batch went out, not yet handed to the lanes.
+        self._unhashed: list[bytes] = []
         # Parity on the event loop only where it is cheap (ISA-L); zfec's takes ~1.5 ms per MiB.
         self._encode_inline = parity.isal_available() or scheme.m == 0
         # Written bytes not yet cut into a stripe: immutable buffers, joined once per stripe.
@@ -332,8 +339,8 @@ class LayoutWriter:
         """Queue ``data`` (the next stripe) for the digest lanes, encode it and batch its blocks;
         with zfec a full stripe goes to a worker thread, and this returns once the stripe before
         it is done, not this one."""
-        for lane in self._lanes:
-            await lane.put(data)
+        if self._lanes:
+            self._unhashed.append(data)
         await self._settle()
         if self._encode_inline or len(data) < 128 * 1024:
             await self._add(stripe.encode(self.scheme, data))
@@ -369,8 +376,17 @@ class LayoutWriter:
         if len(self._batch) >= self._batch_size:
             await self._flush()
 
+    async def _hash(self) -> None:
+        """Hand the stripes cut since the last call to every digest lane, as one parcel."""
+        if not self._unhashed:
+            return
+        parcel, self._unhashed = self._unhashed, []
+        for lane in self._lanes:
+            await lane.put(parcel)
+
     async def _flush(self) -> None:
         """Send the batched stripes once the previous batch is acknowledged."""
+        await self._hash()
         if not self._batch:
             return
         batch, self._batch = self._batch, []
@@ -501,6 +517,7 @@ class LayoutWriter:
                           stripe_bytes=self.scheme.stripe_bytes, nodes=(None,) * self.scheme.width)
         if self._buffered:
             await self._send_stripe(self._take(self._buffered))
+        await self._hash()
         for lane in self._lanes:
             lane.close()  # the lanes finish their backlog while the last batch and commit run
         await self._settle()
@@ -576,23 +593,23 @@ class LayoutWriter:
 
 
 class _DigestLane:
-    """One hash's ``update`` fed every stripe of a write, in order, on worker threads.
+    """Hash ``updates`` fed every stripe of a write, in order, on worker threads.
 
-    ``put`` queues a stripe (waiting while ``backlog`` stripes are queued already); ``run``, a
-    task of the writer, hands the queue to a worker thread, everything queued in one hand-off,
-    so a lane that fell behind catches up in fewer, larger calls. ``close`` says no more is
-    coming; ``wait`` returns once everything queued was hashed, and raises what ``update`` did.
+    ``put`` queues a parcel of stripes (waiting while ``backlog`` parcels are queued already);
+    ``run``, a task of the writer, hands each parcel to a worker thread, which feeds it to each
+    update in turn. ``close`` says no more is coming; ``wait`` returns once everything queued
+    was hashed, and raises what an update did.
     """
 
-    def __init__(self, update: Callable[[Buffer], None], backlog: int):
-        self.update = update
-        self._send, self._receive = anyio.create_memory_object_stream[Buffer](backlog)
+    def __init__(self, updates: Sequence[Callable[[Buffer], None]], backlog: int):
+        self.updates = updates
+        self._send, self._receive = anyio.create_memory_object_stream[list[Buffer]](backlog)
         self._done = anyio.Event()
         self._error: BaseException | None = None
 
-    async def put(self, data: Buffer) -> None:
+    async def put(self, parcel: list[Buffer]) -> None:
         try:
-            await self._send.send(data)
+            await self._send.send(parcel)
         except anyio.BrokenResourceError:
             await self.wait()  # the lane ended on an error: that error, not this one
             raise
@@ -603,23 +620,18 @@ class _DigestLane:
     async def run(self) -> None:
         try:
             async with self._receive:
-                async for first in self._receive:
-                    pending = [first]
-                    while True:
-                        try:
-                            pending.append(self._receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    await anyio.to_thread.run_sync(self._feed, pending)
-                    del pending, first
+                async for parcel in self._receive:
+                    await anyio.to_thread.run_sync(self._feed, parcel)
+                    del parcel
         except Exception as e:  # noqa: BLE001 - raised by wait(), in the writer's own task
             self._error = e
         finally:
             self._done.set()
 
-    def _feed(self, pieces: list[Buffer]) -> None:
-        for piece in pieces:
-            self.update(piece)
+    def _feed(self, parcel: list[Buffer]) -> None:
+        for update in self.updates:
+            for piece in parcel:
+                update(piece)
 
     async def wait(self) -> None:
         await self._done.wait()

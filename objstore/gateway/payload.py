@@ -131,10 +131,9 @@ class Payload:
     def defer_digests(self) -> tuple[Callable[[bytes | memoryview], None], ...]:
         """Stop hashing in ``chunks()``: the caller promises to pass every chunk, in order, to
         each function returned (the MD5's, the payload SHA-256's, the checksum's ``update``)
-        before it calls ``verify`` or reads the ETag. They are independent, so each may be fed
-        on its own thread, all at once: the object writer gives each a lane of its own
-        (``LayoutWriter(digests=...)``), so the MD5 and SHA-256 of a large PUT run beside each
-        other and behind the erasure code, not in front of it."""
+        before it calls ``verify`` or reads the ETag. The object writer feeds them on a worker
+        thread a batch of stripes at a time (``LayoutWriter(digests=...)``), so the MD5 and
+        SHA-256 of a large PUT run behind the erasure code and the sends, not in front of them."""
         self._deferred = True
         return self._updates()
 

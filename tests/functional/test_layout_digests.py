@@ -1,19 +1,20 @@
-"""The digest lanes of ``LayoutWriter`` against real storage nodes on loopback: every hash sees
-every byte, in order, each on its own lane (a slow one included, which the writer waits for
-rather than outrunning by more than its backlog); a hash that fails fails the write and leaves
-no fragment behind, committed or temporary.
+"""The digest lane of ``LayoutWriter`` against real storage nodes on loopback: every hash sees
+every byte, in order, on a worker thread, never the loop's (a slow hash included, which the
+writer waits for rather than outrunning by more than the lane's backlog); a hash that fails
+fails the write and leaves no fragment behind, committed or temporary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 
 import anyio
 import pytest
 from headwater.objstore.config import ErasureScheme
-from headwater.objstore.datapath import DIGEST_BACKLOG_BYTES, WRITE_BATCH_BYTES, LayoutWriter, StoragePool
+from headwater.objstore.datapath import DIGEST_BACKLOG_BATCHES, WRITE_BATCH_BYTES, LayoutWriter, StoragePool
 
 from tests.functional.test_handoff_writes import start_nodes
 from tests.functional.test_repair import read_back
@@ -41,15 +42,17 @@ class SlowHash:
     def __init__(self) -> None:
         self.h = hashlib.sha256()
         self.seen = 0
+        self.threads: set[int] = set()
 
     def update(self, data) -> None:
+        self.threads.add(threading.get_ident())
         time.sleep(0.01)
         self.h.update(data)
         self.seen += len(data)
 
 
 async def test_every_lane_sees_every_byte_in_order(tmp_path):
-    body = os.urandom(2 * WRITE_BATCH_BYTES + 7 * SCHEME.stripe_bytes + 77)
+    body = os.urandom(4 * WRITE_BATCH_BYTES + 7 * SCHEME.stripe_bytes + 77)
     md5, sha, slow = hashlib.md5(), hashlib.sha256(), SlowHash()
     async with anyio.create_task_group() as tg:
         cluster, _nodes, _ = await start_nodes(tg, tmp_path, n=3)
@@ -59,17 +62,19 @@ async def test_every_lane_sees_every_byte_in_order(tmp_path):
                 for p in pieces(body):
                     await w.write(p)
                     written += len(p)
-                    # The slow lane holds back the writer: never more behind than its queue and
-                    # one hand-off (the backlog each), the stripe a waiting put adds to the
-                    # queue as the hand-off drains it, the stripe being put, and the bytes not a
-                    # whole stripe yet.
-                    assert written - slow.seen <= 2 * DIGEST_BACKLOG_BYTES + 3 * SCHEME.stripe_bytes + len(p)
+                    # The slow lane holds back the writer: never more behind than the batch its
+                    # thread hashes, its queue (the backlog), the batch cut since (whose put
+                    # waits), the bytes not a whole stripe yet, and this write.
+                    backlog = DIGEST_BACKLOG_BATCHES * WRITE_BATCH_BYTES
+                    assert written - slow.seen <= backlog + 2 * WRITE_BATCH_BYTES + SCHEME.stripe_bytes + len(p)
                     lag = max(lag, written - slow.seen)
-                assert lag > DIGEST_BACKLOG_BYTES  # it did fall behind, as far as it may
+                # It did fall behind, past its backlog and the batch it was hashing.
+                assert lag > DIGEST_BACKLOG_BATCHES * WRITE_BATCH_BYTES + WRITE_BATCH_BYTES
                 lay = await w.finish()
             assert md5.digest() == hashlib.md5(body).digest()
             assert sha.digest() == hashlib.sha256(body).digest()
             assert slow.h.digest() == hashlib.sha256(body).digest() and slow.seen == len(body)
+            assert slow.threads and threading.get_ident() not in slow.threads
             assert await read_back(pool, lay) == body
         tg.cancel_scope.cancel()
 

@@ -298,8 +298,8 @@ def _wait_until(check, timeout_s: float = 10.0) -> bool:
 
 @pytest.mark.parametrize("lie", ["x-amz-content-sha256", "content-md5"])
 def test_a_large_body_that_is_not_what_was_signed_stores_nothing(cluster, s3, bucket, lie):
-    """5 MiB (80 stripes, two write batches): the MD5 and SHA-256 run in lanes of their own,
-    behind the stripes sent to the storage nodes, so the fragments are written before the
+    """5 MiB (80 stripes, two write batches): the MD5 and SHA-256 run in the writer's digest
+    lane, behind the stripes sent to the storage nodes, so the fragments are written before the
     mismatch is known; the PUT still fails with the right code, no object appears, and every
     fragment written for it is removed."""
     body = os.urandom(5 * 1024 * 1024 + 11)
