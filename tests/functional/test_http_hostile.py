@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import struct
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -28,13 +29,16 @@ import h2.exceptions
 import h2.settings
 import httpx
 import pytest
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http import FileBody, Request, Response
 from headwater.http.h2 import PREFACE
 from tests.functional.test_http_inline import NowApp
-from tests.functional.test_http_server import Probe, make_app, raw_exchange, running, split_responses
+from headwater.http.tls import server_ssl_context
+from tests.functional.test_http_server import (Probe, make_app, raw_exchange, running, split_responses,  # noqa: F401
+                                             tls_files)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -142,6 +146,46 @@ async def test_http1_client_that_stops_reading_is_dropped() -> None:
                         got += len(await stream.receive())
             finally:
                 await stream.aclose()
+        assert live.open == 0 and live.started == 1
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+async def test_tls_client_that_stops_reading_is_dropped(tls_files: tuple[Path, Path], alpn: str) -> None:
+    """Over TLS the response's records wait for the socket as plain bytes do (the TLS stream's
+    own send path): a reader that stops is not written past its buffers, and is cut."""
+    live = Live()
+    limits = HttpLimits(send_timeout_s=0.5)
+    cert, key = tls_files
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx.set_alpn_protocols([alpn])
+    async with running(hostile_app(live, make_app(Probe())), limits=limits,
+                       ssl_context=server_ssl_context(cert, key)) as port:
+        with anyio.fail_after(20):
+            raw = await anyio.connect_tcp("127.0.0.1", port)
+            raw.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=client_ctx,
+                                          standard_compatible=False)
+            try:
+                assert stream.extra(TLSAttribute.alpn_protocol) == alpn
+                if alpn == "h2":
+                    c = H2Client(stream, initial_window=2**31 - 1)  # only the socket can stop it
+                    await c.start()
+                    c.conn.increment_flow_control_window(2**30)
+                    c.conn.send_headers(1, c.headers("GET", "/endless"), end_stream=True)
+                    await c.send()
+                else:
+                    await stream.send(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
+                while not live.started:
+                    await anyio.sleep(0.01)
+                # never read: the server's send blocks, makes no progress, and is cut
+                while live.open:
+                    await anyio.sleep(0.05)
+                with pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError)):
+                    while True:  # what the kernel had buffered, then the reset (or end)
+                        await stream.receive()
+            finally:
+                await raw.aclose()
         assert live.open == 0 and live.started == 1
 
 
