@@ -355,9 +355,18 @@ class MetadataNode:
         if not self.ready:
             raise Unavailable(f"{self.config.id} is starting", sent=False)
         try:
-            return await serve_heartbeats(args, self._on_append)
+            return await serve_heartbeats(args, self._on_append, self._append_at_once)
         except ValueError as e:
             raise self._bad(str(e)) from None
+
+    def _append_at_once(self, args: dict) -> Any:
+        """One heartbeat of a ``raft.heartbeats`` call without a task when its group is here
+        (``RaftGroup.append_at_once``); else the ordinary handler (which adopts or refuses)."""
+        name = args.get("g")
+        g = self.groups.get(name) if isinstance(name, str) else None
+        if g is None:
+            return self._on_append(args, b"")
+        return g.append_at_once(args)
 
     async def _adopt(self, index: int) -> RaftGroup:
         """A leader sent us group ``index``'s log: we were added to it. Start an empty replica
