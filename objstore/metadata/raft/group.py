@@ -172,6 +172,7 @@ class RaftGroup:
         self._waiters: dict[int, list[_Waiter]] = {}
         self._io = anyio.Lock()  # storage writes: the persister and a snapshot install take turns
         self._installing: dict[str, Any] | None = None
+        self._confirming = 0  # ReadIndex reads waiting for a heartbeat round's acknowledgements
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "reads": 0, "lease_reads": 0, "compactions": 0, "leader_changes": 0,
                       "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0,
@@ -424,11 +425,18 @@ class RaftGroup:
                 await anyio.sleep(min(self.settings.timing.heartbeat_s * min(failures, 4), 1.0))
                 continue
             failures = 0
-            self.core.on_append_reply(peer, msg, reply, self._clock())
-            term = self.core.timeout_now_for(peer)
+            c = self.core
+            before = (c.term, c.role, c.commit, c.match_of(peer))
+            c.on_append_reply(peer, msg, reply, self._clock())
+            term = c.timeout_now_for(peer)
             if term is not None and self._tg is not None:
                 self._tg.start_soon(self._timeout_now, peer, term)
-            self._notify()
+            # An idle heartbeat's reply changes nothing another task waits on (unless a
+            # ReadIndex read waits for its round): waking the group's other replicators and
+            # waiters for each was most of an idle leader's work.
+            if (msg.entries or self._confirming or term is not None
+                    or before != (c.term, c.role, c.commit, c.match_of(peer))):
+                self._notify()
 
     async def _send_snapshot(self, peer: str) -> tuple[int, bool, int]:
         """Stream this node's records as of its applied index; (index, installed, peer's term)."""
@@ -648,8 +656,12 @@ class RaftGroup:
         else:
             round_, index = self.core.read_index()
             self._notify()
-            while not self.core.read_ready(round_):
-                await self._wait_changed(self.settings.timing.heartbeat_s)
+            self._confirming += 1
+            try:
+                while not self.core.read_ready(round_):
+                    await self._wait_changed(self.settings.timing.heartbeat_s)
+            finally:
+                self._confirming -= 1
         while self.core.applied < index:
             if not self.is_leader:
                 raise NotLeader(self.core.leader)
