@@ -111,6 +111,7 @@ class MetadataNode:
             "gets": 0, "writes": 0, "conditions_failed": 0, "scans": 0, "scanned_records": 0,
             "lists": 0, "listed_names": 0, "list_examined": 0,
             "not_leader": 0, "corrupt_records": 0, "bad_requests": 0, "records_repaired": 0,
+            "heartbeats_at_once": 0,  # batched heartbeats answered without a task (nothing to write)
         }
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
         secret = cluster_secret(cluster)
@@ -366,7 +367,10 @@ class MetadataNode:
         g = self.groups.get(name) if isinstance(name, str) else None
         if g is None:
             return self._on_append(args, b"")
-        return g.append_at_once(args)
+        answer = g.append_at_once(args)
+        if isinstance(answer, dict):
+            self.stats["heartbeats_at_once"] += 1
+        return answer
 
     async def _adopt(self, index: int) -> RaftGroup:
         """A leader sent us group ``index``'s log: we were added to it. Start an empty replica
