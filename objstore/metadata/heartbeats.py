@@ -11,7 +11,9 @@ do not wait here: only ``raft.append`` calls without entries come through.
 
 The receiving node (:func:`serve_heartbeats`) runs each item as its own ``raft.append`` call,
 concurrently, and answers each with the reply or with the error it raised; one item's failure
-is its group's alone.
+is its group's alone. An item that changes nothing to be written first (an idle heartbeat) is
+answered in the call's own task (``at_once``): an idle node used to start a task per group per
+heartbeat for it, and wake each group's persister and replicators.
 """
 
 from __future__ import annotations
@@ -136,25 +138,46 @@ class HeartbeatBatcher:
         return replies
 
 
-async def serve_heartbeats(args: dict[str, Any], on_append: Callable[[dict[str, Any], bytes], Awaitable[Any]]
-                           ) -> dict[str, Any]:
+AtOnce = Callable[[dict[str, Any]], "dict[str, Any] | Awaitable[Any]"]
+
+
+async def serve_heartbeats(args: dict[str, Any], on_append: Callable[[dict[str, Any], bytes], Awaitable[Any]],
+                           at_once: AtOnce | None = None) -> dict[str, Any]:
     """Answer a ``raft.heartbeats`` call: each item through ``on_append`` (the ``raft.append``
     handler), all at once; ``{"r": [reply or {"error": text}, ...]}`` in the items' order.
-    Raises ValueError on a malformed call."""
+    ``at_once`` (optional) answers an item without a task: its reply (a dict), or an awaitable
+    of it when the item must wait (for a write); only those get a task each, so an idle
+    heartbeat costs a function call, not a task. Raises ValueError on a malformed call."""
     batch = args.get("b")
     if not isinstance(batch, list) or not all(isinstance(a, dict) for a in batch):
         raise ValueError("b must be a list of raft.append arguments")
     if len(batch) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH} heartbeats in one call, not {len(batch)}")
     replies: list[Any] = [None] * len(batch)
-
-    async def one(i: int, a: dict[str, Any]) -> None:
+    waiting: list[tuple[int, Awaitable[Any]]] = []
+    for i, a in enumerate(batch):
+        if at_once is None:
+            waiting.append((i, on_append(a, b"")))
+            continue
         try:
-            replies[i] = await on_append(a, b"")
+            r = at_once(a)
+        except Exception as e:
+            replies[i] = {"error": f"{type(e).__name__}: {e}"[:200]}
+            continue
+        if isinstance(r, dict):
+            replies[i] = r
+        else:
+            waiting.append((i, r))
+    if not waiting:
+        return {"r": replies}
+
+    async def one(i: int, pending: Awaitable[Any]) -> None:
+        try:
+            replies[i] = await pending
         except Exception as e:
             replies[i] = {"error": f"{type(e).__name__}: {e}"[:200]}
 
     async with anyio.create_task_group() as tg:
-        for i, a in enumerate(batch):
-            tg.start_soon(one, i, a)
+        for i, pending in waiting:
+            tg.start_soon(one, i, pending)
     return {"r": replies}

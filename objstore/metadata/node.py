@@ -111,6 +111,7 @@ class MetadataNode:
             "gets": 0, "writes": 0, "conditions_failed": 0, "scans": 0, "scanned_records": 0,
             "lists": 0, "listed_names": 0, "list_examined": 0,
             "not_leader": 0, "corrupt_records": 0, "bad_requests": 0, "records_repaired": 0,
+            "heartbeats_at_once": 0,  # batched heartbeats answered without a task (nothing to write)
         }
         self._addresses = {m.id: (m.host, m.port) for m in cluster.metadata}
         secret = cluster_secret(cluster)
@@ -355,9 +356,21 @@ class MetadataNode:
         if not self.ready:
             raise Unavailable(f"{self.config.id} is starting", sent=False)
         try:
-            return await serve_heartbeats(args, self._on_append)
+            return await serve_heartbeats(args, self._on_append, self._append_at_once)
         except ValueError as e:
             raise self._bad(str(e)) from None
+
+    def _append_at_once(self, args: dict) -> Any:
+        """One heartbeat of a ``raft.heartbeats`` call without a task when its group is here
+        (``RaftGroup.append_at_once``); else the ordinary handler (which adopts or refuses)."""
+        name = args.get("g")
+        g = self.groups.get(name) if isinstance(name, str) else None
+        if g is None:
+            return self._on_append(args, b"")
+        answer = g.append_at_once(args)
+        if isinstance(answer, dict):
+            self.stats["heartbeats_at_once"] += 1
+        return answer
 
     async def _adopt(self, index: int) -> RaftGroup:
         """A leader sent us group ``index``'s log: we were added to it. Start an empty replica

@@ -161,6 +161,34 @@ async def test_heartbeats_of_all_groups_to_a_peer_go_in_one_call(tmp_path):
         assert calls > 10 and batched > calls
 
 
+async def test_an_idle_ring_writes_nothing_and_answers_heartbeats_without_tasks(tmp_path):
+    """At rest, a follower's heartbeat changes nothing to be written: the nodes commit no LMDB
+    transaction, and the batched heartbeats are answered in the call's own task
+    (``RaftGroup.append_at_once``), not a task per group; the ring still serves."""
+    async with meta_cluster(tmp_path, groups=6) as mc, mc.client() as meta:
+        await meta.put("obj/idle", "k", {"n": 1})
+        await anyio.sleep(0.5)  # the write's commit reaches the followers
+
+        def counts() -> tuple[int, int, int]:
+            stats = [mc.node(i).statistics() for i in range(3)]
+            return tuple(sum(st[k] for st in stats)  # type: ignore[return-value]
+                         for k in ("raft_write_transactions", "heartbeats_at_once", "raft_leader_changes"))
+
+        windows = []
+        for _ in range(5):
+            before = counts()
+            await anyio.sleep(1.0)
+            after = counts()
+            windows.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
+            if after[2] == before[2]:
+                break  # a window without an election (a loaded machine may hold one, or a handover)
+        writes, at_once, elections = windows[-1]
+        assert elections == 0, windows
+        assert writes == 0, windows  # a second of heartbeats (about 10 a group) wrote nothing
+        assert at_once >= 20, windows
+        assert (await meta.get("obj/idle", "k")).value == {"n": 1}
+
+
 async def test_a_malformed_heartbeat_batch_from_a_member_changes_nothing(tmp_path):
     """The hostile replay for ``raft.heartbeats``: a caller that holds the cluster secret (the
     handshake keeps everyone else out: test_rpc_auth.py) sends batches that are not batches,

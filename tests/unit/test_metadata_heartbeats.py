@@ -107,3 +107,45 @@ def test_only_appends_without_entries_are_heartbeats() -> None:
     assert is_heartbeat("raft.append", hb("g0"))
     assert not is_heartbeat("raft.append", {"g": "g0", "m": [1, "a", 0, 0, [[1, b"x"]], 0, 1]})
     assert not is_heartbeat("raft.vote", hb("g0"))
+
+
+async def test_the_receiver_answers_at_once_what_it_can_and_waits_only_for_the_rest() -> None:
+    """``at_once`` answers idle heartbeats in the call's own task; an item it hands back as an
+    awaitable (a write to wait for) gets a task, and one that raises is that group's error
+    alone. Replies stay in the items' order, whichever way each was answered."""
+    peers = Peers()
+    in_tasks: list[str] = []
+    released = anyio.Event()
+
+    async def slow(args: dict[str, Any]) -> dict[str, Any]:
+        in_tasks.append(args["g"])
+        await released.wait()
+        return {"term": 1, "success": True, "match": 5, "round": 1, "g": args["g"]}
+
+    def at_once(args: dict[str, Any]) -> Any:
+        if args["g"] == "busy":
+            return slow(args)
+        if args["g"] == "broken":
+            raise RuntimeError("no such replica")
+        return {"term": 1, "success": True, "match": 0, "round": 1, "g": args["g"]}
+
+    async def unused(args: dict[str, Any], payload: bytes) -> Any:
+        raise AssertionError("every item goes through at_once")
+
+    batch = {"b": [hb("g0"), hb("busy"), hb("broken"), hb("g3")]}
+    out: dict[str, Any] = {}
+
+    async def serve() -> None:
+        out.update(await serve_heartbeats(batch, unused, at_once))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        await anyio.wait_all_tasks_blocked()
+        assert in_tasks == ["busy"] and not out  # the call waits for the one that must wait
+        released.set()
+    replies = out["r"]
+    assert [r.get("g") for r in replies] == ["g0", "busy", None, "g3"]
+    assert replies[1]["match"] == 5
+    assert "no such replica" in replies[2]["error"]
+    # Without at_once every item is an on_append call, as before.
+    assert [r["g"] for r in (await serve_heartbeats({"b": [hb("g0"), hb("g1")]}, peers.append))["r"]] == ["g0", "g1"]

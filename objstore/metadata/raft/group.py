@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 import anyio.abc
@@ -162,12 +162,17 @@ class RaftGroup:
         self._replicators: dict[str, anyio.CancelScope] = {}
         self._scope: anyio.CancelScope | None = None
         self._changed = anyio.Event()
+        # The persister's own wake-up, set only when there is something to write: the general
+        # one above fires at every heartbeat reply a leader takes, and an idle group must not
+        # wake its persister for each.
+        self._to_persist = anyio.Event()
         self._durable_seq = -1
         # Index -> proposals waiting for it. Several: a deposed leader re-elected may propose at
         # an index its earlier proposal (still waiting, never applied) had.
         self._waiters: dict[int, list[_Waiter]] = {}
         self._io = anyio.Lock()  # storage writes: the persister and a snapshot install take turns
         self._installing: dict[str, Any] | None = None
+        self._confirming = 0  # ReadIndex reads waiting for a heartbeat round's acknowledgements
         self.stats = {"proposals": 0, "applied": 0, "elections": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                       "reads": 0, "lease_reads": 0, "compactions": 0, "leader_changes": 0,
                       "persist_errors": 0, "resyncs": 0, "config_changes": 0, "transfers_received": 0,
@@ -179,6 +184,8 @@ class RaftGroup:
     def _notify(self) -> None:
         ev, self._changed = self._changed, anyio.Event()
         ev.set()
+        if self.core.seq > self._durable_seq and not self._to_persist.is_set():
+            self._to_persist.set()
         leader = self.core.leader
         if leader != self._last_leader:
             previous, self._last_leader = self._last_leader, leader
@@ -251,7 +258,11 @@ class RaftGroup:
     async def _persister(self) -> None:
         while True:
             if self.core.seq <= self._durable_seq:
-                await self._wait_changed(1.0)
+                # Woken by _notify when the core has changes; the timeout is a safety net only.
+                self._to_persist = anyio.Event()
+                if self.core.seq <= self._durable_seq:
+                    with anyio.move_on_after(1.0):
+                        await self._to_persist.wait()
                 continue
             failed = False
             async with self._io:
@@ -326,7 +337,7 @@ class RaftGroup:
             self._hand_to_preferred()
             self._sync_replicators(tg)
             self._campaign()
-            if self.core.role is not was:
+            if self.core.role is not was or self.core.seq > self._durable_seq:
                 self._notify()
             await anyio.sleep(min(longest, max(0.005, self.core.tick_due_in(self._clock()))))
 
@@ -414,11 +425,18 @@ class RaftGroup:
                 await anyio.sleep(min(self.settings.timing.heartbeat_s * min(failures, 4), 1.0))
                 continue
             failures = 0
-            self.core.on_append_reply(peer, msg, reply, self._clock())
-            term = self.core.timeout_now_for(peer)
+            c = self.core
+            before = (c.term, c.role, c.commit, c.match_of(peer))
+            c.on_append_reply(peer, msg, reply, self._clock())
+            term = c.timeout_now_for(peer)
             if term is not None and self._tg is not None:
                 self._tg.start_soon(self._timeout_now, peer, term)
-            self._notify()
+            # An idle heartbeat's reply changes nothing another task waits on (unless a
+            # ReadIndex read waits for its round): waking the group's other replicators and
+            # waiters for each was most of an idle leader's work.
+            if (msg.entries or self._confirming or term is not None
+                    or before != (c.term, c.role, c.commit, c.match_of(peer))):
+                self._notify()
 
     async def _send_snapshot(self, peer: str) -> tuple[int, bool, int]:
         """Stream this node's records as of its applied index; (index, installed, peer's term)."""
@@ -479,7 +497,31 @@ class RaftGroup:
         await self._durable(self.core.seq)  # a vote is on disk before it is announced
         return {"term": reply.term, "granted": reply.granted, "pre": reply.pre}
 
+    def append_at_once(self, args: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """``raft.append`` without a task when it can be: the reply itself if the append changed
+        nothing that must be durable before it goes out (an idle heartbeat: nearly all of them),
+        else an awaitable of it (entries or a commit to write, a new term, an install under way).
+        An idle heartbeat wakes none of the group's tasks either, unless it names a new leader."""
+        if self._installing is not None:
+            return self._append_while_installing(args)
+        role = self.core.role
+        reply = self.core.on_append(append_from_wire(args["m"]), self._clock())
+        answer = {"term": reply.term, "success": reply.success, "match": reply.match, "round": reply.round}
+        if self.core.seq > self._durable_seq:
+            return self._answer_when_durable(self.core.seq, answer)
+        if self.core.leader != self._last_leader or self.core.role is not role:
+            self._notify()
+        return answer
+
+    async def _answer_when_durable(self, seq: int, answer: dict[str, Any]) -> dict[str, Any]:
+        await self._durable(seq)
+        return answer
+
     async def on_append(self, args: dict[str, Any]) -> dict[str, Any]:
+        answer = self.append_at_once(args)
+        return answer if isinstance(answer, dict) else await answer
+
+    async def _append_while_installing(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._installing is not None:
             m = append_from_wire(args["m"])
             if m.term <= self._installing["term"]:
@@ -614,8 +656,12 @@ class RaftGroup:
         else:
             round_, index = self.core.read_index()
             self._notify()
-            while not self.core.read_ready(round_):
-                await self._wait_changed(self.settings.timing.heartbeat_s)
+            self._confirming += 1
+            try:
+                while not self.core.read_ready(round_):
+                    await self._wait_changed(self.settings.timing.heartbeat_s)
+            finally:
+                self._confirming -= 1
         while self.core.applied < index:
             if not self.is_leader:
                 raise NotLeader(self.core.leader)
