@@ -22,6 +22,7 @@ from .payload import Payload
 
 __all__ = ["create_bucket", "head_bucket", "delete_bucket", "list_buckets", "list_objects_v1",
            "list_objects_v2", "list_versions", "get_location", "get_versioning", "owned_bucket", "check_owned",
+           "still_there",
            "xml_response", "int_param"]
 
 MAX_KEYS = 1000
@@ -110,22 +111,23 @@ async def delete_bucket(store: Store, call: Call) -> Response:
     if await store.meta.scan(objects_ns(name), limit=1):
         raise s3e.BucketNotEmpty(BucketName=name)
     await abort_all(store, name)
-    token = await _mark_deleting(store, rec) if store.buckets.enabled else None
+    # Marked even with the cache off (no wait then): a write that lands after the scan below
+    # finds the mark and takes it off, which our removal, conditional on the mark, then sees.
+    token = await _mark_deleting(store, rec)
     # Checked again (after the wait): a Complete that finished meanwhile made an object, and an
     # upload created since the scan would outlive the bucket.
     if await store.meta.scan(objects_ns(name), limit=1) or await store.meta.scan(uploads_ns(name), limit=1):
-        if token is not None:
-            await _unmark(store, rec, token)
+        await _unmark(store, rec, token)
         raise s3e.BucketNotEmpty(BucketName=name)
-    if token is None:
-        await store.meta.delete(BUCKETS_NS, name)
-        return Response(status=204)
     try:
         await store.meta.delete(BUCKETS_NS, name, if_match=("deleting", token))
     except ConditionFailed as e:
         # Another DeleteBucket marked the record since ours (or removed it): it decides.
         if e.current is None:
             raise s3e.NoSuchBucket(resource=f"/{name}", BucketName=name) from None
+        if BucketRecord.from_value(e.current.value).deleting is None:
+            # A write that landed after our scan took the mark off (``still_there``).
+            raise s3e.BucketNotEmpty(BucketName=name) from None
         raise s3e.OperationAborted() from None
     return Response(status=204)
 
@@ -143,7 +145,8 @@ async def _mark_deleting(store: Store, rec: BucketRecord) -> str:
         raise s3e.OperationAborted() from None  # deleted and created again meanwhile
     # From the mark's commit: every unmarked copy (this worker's too) was read before it, and
     # expires before this wait ends.
-    await anyio.sleep(store.buckets.wait_s)
+    if store.buckets.wait_s > 0:
+        await anyio.sleep(store.buckets.wait_s)
     return token
 
 
@@ -155,6 +158,39 @@ async def _unmark(store: Store, rec: BucketRecord, token: str) -> None:
                              if_match=("deleting", token))
     except ConditionFailed:
         pass
+
+
+async def still_there(store: Store, read: BucketRecord, sent_at: float) -> bool:
+    """After a write into bucket ``read`` (as read by a call sent at ``sent_at``, the bucket
+    cache's clock): whether the bucket is still that one, so the write stays. False: it was
+    removed (or removed and created again) since, and the caller must take its write back, which
+    may have landed after DeleteBucket's last scan.
+
+    A write acknowledged while a cache entry of that read would still be kept needs no second
+    read: by the bucket cache's argument, a DeleteBucket that marked the record after that read
+    scans only after such an entry expires, so it sees the write.
+
+    A DeleteBucket's mark found here is taken off (if still the same mark): that DeleteBucket may
+    have scanned before the write committed, and its removal, conditional on its mark, now fails
+    (OperationAborted). A record found unmarked was read after the write committed, so any later
+    mark's scan sees the write (BucketNotEmpty)."""
+    if read.deleting is None and store.buckets.now() < sent_at + store.buckets.keep_s:
+        return True
+    for _attempt in range(4):
+        entry = await store.meta.get(BUCKETS_NS, read.name)
+        now = BucketRecord.from_value(entry.value) if entry else None
+        if now is None or now.created != read.created or now.owner != read.owner:
+            return False
+        if now.deleting is None:
+            return True
+        try:
+            await store.meta.put(BUCKETS_NS, read.name, replace(now, deleting=None).to_value(),
+                                 if_match=("deleting", now.deleting))
+            return True
+        except ConditionFailed:
+            continue  # removed meanwhile, or marked again by another DeleteBucket: read again
+    # DeleteBuckets keep marking it: count the bucket as going, and take the write back.
+    return False
 
 
 MAX_BUCKETS = 10_000  # S3's page size for a paginated ListBuckets, and the largest max-buckets

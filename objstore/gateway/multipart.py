@@ -36,7 +36,7 @@ from ..records import (
 )
 from ..s3 import checksums, names, xmlio
 from ..s3 import errors as s3e
-from .buckets import int_param, owned_bucket, xml_response
+from .buckets import int_param, owned_bucket, still_there, xml_response
 from .context import Call, Store
 from .listing import after_prefix
 from .objects import (
@@ -159,7 +159,8 @@ def _in_progress(upload: UploadRecord) -> s3e.S3Error:
 
 
 async def create_upload(store: Store, call: Call) -> Response:
-    await owned_bucket(store, call)
+    sent_at = store.buckets.now()
+    bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
     content_type, std, meta = standard_headers(call.request.headers)
@@ -170,6 +171,11 @@ async def create_upload(store: Store, call: Call) -> Response:
     rec = UploadRecord(key=call.key, upload_id=upload_id, initiated=store.clock(), owner=call.user.name,
                        content_type=content_type, headers=std, meta=meta, checksum_algorithm=algo)
     await store.meta.put(uploads_ns(call.bucket), upload_key(call.key, upload_id), rec.to_value())
+    with anyio.CancelScope(shield=True):
+        if not await still_there(store, bucket_rec, sent_at):
+            # Created after DeleteBucket's last scan: it would outlive the bucket.
+            await store.meta.delete(uploads_ns(call.bucket), upload_key(call.key, upload_id))
+            raise s3e.NoSuchBucket(resource=f"/{call.bucket}", BucketName=call.bucket)
     headers = [("x-amz-checksum-algorithm", algo.upper())] if algo else []
     resp = xml_response(xmlio.initiate_multipart_upload(bucket=call.bucket, key=call.key, upload_id=upload_id))
     resp.headers.extend(headers)
@@ -284,7 +290,8 @@ async def _all_parts(store: Store, bucket: str, upload_id: str) -> list[PartReco
 
 
 async def complete_upload(store: Store, call: Call) -> Response:
-    await owned_bucket(store, call)
+    sent_at = store.buckets.now()
+    bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     upload, written_ns = await _lookup(store, call)
     wanted = await Payload(call, max_bytes=4 * 1024 * 1024).read_document(xmlio.parse_complete_multipart_upload)
@@ -310,10 +317,16 @@ async def complete_upload(store: Store, call: Call) -> Response:
     with anyio.CancelScope(shield=True):
         try:
             await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match,
-                                owns_layouts=False)
+                                owns_layouts=False, bucket_rec=bucket_rec, bucket_sent_at=sent_at)
         except (s3e.PreconditionFailed, s3e.NoSuchKey, *NOT_STORED):
             # commit_object raises these only when the record provably was not stored.
             await _reopen(store, call.bucket, upload)
+            raise
+        except s3e.NoSuchBucket:
+            # The bucket was deleted meanwhile and the object taken back (its parts retired):
+            # the upload goes too, as DeleteBucket would have aborted it.
+            store.retire(unchosen)
+            await _drop_upload(store, call.bucket, upload)
             raise
         # Any other failure (WriteOutcomeUnknown above all: 503) may have stored the record: the
         # upload stays "completing" and the next request on it settles it.

@@ -17,7 +17,7 @@ from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
 from ..s3 import conditions, names, ranges, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
-from .buckets import check_owned, owned_bucket, xml_response
+from .buckets import check_owned, owned_bucket, still_there, xml_response
 from .context import Call, Store
 from .payload import Payload
 
@@ -83,8 +83,15 @@ def _quote(etag: str) -> str:
 
 
 async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_absent: bool = False,
-                        if_match: str | None = None, owns_layouts: bool = True) -> None:
+                        if_match: str | None = None, owns_layouts: bool = True,
+                        bucket_rec: BucketRecord | None = None, bucket_sent_at: float = 0.0) -> None:
     """Make ``rec`` the visible version; retire the fragments of the version it replaces.
+
+    ``bucket_rec``: the bucket's record as read (by a call sent at ``bucket_sent_at``) before
+    the body was taken. After the write the
+    bucket is checked again (``buckets.still_there``): a body that outlasted a DeleteBucket
+    would otherwise leave an object under a removed name, for its next owner to list. Then the
+    record is taken back (with its fragments) and NoSuchBucket raised.
 
     The record write is shielded: once started it completes even if the client goes away, so
     the outcome is always known here. When the write provably stored nothing, the new
@@ -110,10 +117,24 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
         mine = {layout.oid for layout in rec.layouts}
         store.retire([layout for layout in ObjectRecord.from_value(previous.value).layouts
                       if layout.oid not in mine])
+    if bucket_rec is None:
+        return
+    # Shielded: a client gone now must not leave the write in a removed bucket.
+    with anyio.CancelScope(shield=True):
+        if await still_there(store, bucket_rec, bucket_sent_at):
+            return
+        try:
+            mine_now = await store.meta.delete(objects_ns(bucket), rec.key, if_match=("mtime", rec.last_modified))
+        except ConditionFailed:
+            mine_now = None  # replaced since: not ours to remove
+        if mine_now is not None:
+            store.retire(ObjectRecord.from_value(mine_now.value).layouts)
+        raise s3e.NoSuchBucket(resource=f"/{bucket}", BucketName=bucket)
 
 
 async def put_object(store: Store, call: Call) -> Response:
-    await owned_bucket(store, call)
+    sent_at = store.buckets.now()
+    bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
     h = call.request.headers
@@ -142,7 +163,8 @@ async def put_object(store: Store, call: Call) -> Response:
     rec = ObjectRecord(key=call.key, size=payload.size, etag=payload.etag, last_modified=store.clock(),
                        owner=call.user.name, content_type=content_type, headers=std, meta=meta,
                        checksums=payload.checksums(), inline=inline, layouts=(layout,) if layout else ())
-    await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match)
+    await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match,
+                        bucket_rec=bucket_rec, bucket_sent_at=sent_at)
     headers = [("etag", rec.etag), ("content-length", "0")]
     headers += [(f"x-amz-checksum-{a}", v) for a, v in rec.checksums.items()]
     return Response(status=200, headers=headers)
@@ -354,7 +376,8 @@ async def copy_source(store: Store, call: Call) -> ObjectRecord:
 
 
 async def copy_object(store: Store, call: Call) -> Response:
-    await owned_bucket(store, call)
+    sent_at = store.buckets.now()
+    bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
     src = await copy_source(store, call)
@@ -385,5 +408,5 @@ async def copy_object(store: Store, call: Call) -> Response:
                        owner=call.user.name, content_type=content_type, headers=std, meta=meta,
                        checksums=dict(src.checksums) if not src.parts else {}, inline=inline,
                        layouts=(layout,) if layout else ())
-    await commit_object(store, call.bucket, rec)
+    await commit_object(store, call.bucket, rec, bucket_rec=bucket_rec, bucket_sent_at=sent_at)
     return xml_response(xmlio.copy_object_result(etag=rec.etag, last_modified=now))

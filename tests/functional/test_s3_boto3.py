@@ -197,6 +197,38 @@ def test_a_delete_bucket_that_finds_an_object_after_its_wait_leaves_the_bucket_a
     assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
 
 
+def test_a_put_whose_body_outlasts_delete_bucket_leaves_no_object_behind(cluster, s3, s3_bob, bucket):
+    """A PUT judged its bucket, then its body came slowly while DeleteBucket marked, waited and
+    removed the bucket: the PUT must not land an object under the removed name (where the next
+    owner of the name, bob, would list it). It answers NoSuchBucket and leaves nothing."""
+    path = f"/{bucket}/slow"
+    body = b"0123456789"
+    hdrs = sign_headers(cluster, "PUT", cluster.endpoint + path, payload_hash="UNSIGNED-PAYLOAD",
+                        headers={"Content-Length": str(len(body))})
+    with socket.create_connection((cluster.host, cluster.gateway.port), timeout=10) as sock:
+        head = f"PUT {path} HTTP/1.1\r\nHost: {cluster.host}:{cluster.gateway.port}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items() if k.lower() != "host") + "\r\n"
+        sock.sendall(head.encode() + body[:5])
+        time.sleep(0.3)  # the PUT has read the bucket's record and waits for the rest of its body
+        assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+        sock.sendall(body[5:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed before the answer"
+            answer += chunk
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", answer)
+        while length and len(answer.split(b"\r\n\r\n", 1)[1]) < int(length.group(1)):
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed in the answer's body"
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    assert b" 404 " in status and b"NoSuchBucket" in answer, answer[:400]
+    s3_bob.create_bucket(Bucket=bucket)
+    assert s3_bob.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    s3_bob.delete_bucket(Bucket=bucket)
+
+
 def test_get_bucket_location_and_versioning(s3, bucket):
     assert s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") in (None, "")
     v = s3.get_bucket_versioning(Bucket=bucket)
