@@ -4,6 +4,7 @@ ListObjectVersions, GetBucketLocation, GetBucketVersioning."""
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 from dataclasses import replace
 from typing import Any, Sequence
@@ -160,37 +161,38 @@ async def _unmark(store: Store, rec: BucketRecord, token: str) -> None:
         pass
 
 
-async def still_there(store: Store, read: BucketRecord, sent_at: float) -> bool:
-    """After a write into bucket ``read`` (as read by a call sent at ``sent_at``, the bucket
-    cache's clock): whether the bucket is still that one, so the write stays. False: it was
-    removed (or removed and created again) since, and the caller must take its write back, which
-    may have landed after DeleteBucket's last scan.
+async def still_there(store: Store, read: BucketRecord, sent_at: float) -> float | None:
+    """Whether bucket ``read`` (as read by a call sent at ``sent_at``, the bucket cache's clock)
+    is still that bucket, asked just before and again just after a write into it (an object, an
+    upload). None: it was removed (or removed and created again) since, and the caller must not
+    write, or must take its write back: it may have landed after DeleteBucket's last scan, under
+    a name whose next owner would list it. Else the ``sent_at`` to ask with next time.
 
-    A write acknowledged while a cache entry of that read would still be kept needs no second
-    read: by the bucket cache's argument, a DeleteBucket that marked the record after that read
-    scans only after such an entry expires, so it sees the write.
+    While a cache entry of the read would still be kept, the answer is yes without a call: by
+    the bucket cache's argument, a DeleteBucket that marked the record after that read scans
+    only after such an entry would expire, so it sees a write acknowledged before then.
 
     A DeleteBucket's mark found here is taken off (if still the same mark): that DeleteBucket may
-    have scanned before the write committed, and its removal, conditional on its mark, now fails
-    (OperationAborted). A record found unmarked was read after the write committed, so any later
-    mark's scan sees the write (BucketNotEmpty)."""
+    scan before the write commits, and its removal, conditional on its mark, then fails
+    (BucketNotEmpty). A record read unmarked is as good as the first read, from this read on."""
     if read.deleting is None and store.buckets.now() < sent_at + store.buckets.keep_s:
-        return True
+        return sent_at
     for _attempt in range(4):
+        sent_at = store.buckets.now()
         entry = await store.meta.get(BUCKETS_NS, read.name)
         now = BucketRecord.from_value(entry.value) if entry else None
         if now is None or now.created != read.created or now.owner != read.owner:
-            return False
+            return None
         if now.deleting is None:
-            return True
+            return sent_at
         try:
             await store.meta.put(BUCKETS_NS, read.name, replace(now, deleting=None).to_value(),
                                  if_match=("deleting", now.deleting))
-            return True
+            return -math.inf  # no read saw it unmarked: the next asking reads again
         except ConditionFailed:
             continue  # removed meanwhile, or marked again by another DeleteBucket: read again
-    # DeleteBuckets keep marking it: count the bucket as going, and take the write back.
-    return False
+    # DeleteBuckets keep marking it: count the bucket as going.
+    return None
 
 
 MAX_BUCKETS = 10_000  # S3's page size for a paginated ListBuckets, and the largest max-buckets

@@ -172,7 +172,7 @@ async def create_upload(store: Store, call: Call) -> Response:
                        content_type=content_type, headers=std, meta=meta, checksum_algorithm=algo)
     await store.meta.put(uploads_ns(call.bucket), upload_key(call.key, upload_id), rec.to_value())
     with anyio.CancelScope(shield=True):
-        if not await still_there(store, bucket_rec, sent_at):
+        if await still_there(store, bucket_rec, sent_at) is None:
             # Created after DeleteBucket's last scan: it would outlive the bucket.
             await store.meta.delete(uploads_ns(call.bucket), upload_key(call.key, upload_id))
             raise s3e.NoSuchBucket(resource=f"/{call.bucket}", BucketName=call.bucket)
@@ -323,7 +323,8 @@ async def complete_upload(store: Store, call: Call) -> Response:
             await _reopen(store, call.bucket, upload)
             raise
         except s3e.NoSuchBucket:
-            # The bucket was deleted meanwhile and the object taken back (its parts retired):
+            # The bucket was deleted meanwhile: the object was not written or was taken back
+            # (its parts retired either way);
             # the upload goes too, as DeleteBucket would have aborted it.
             store.retire(unchosen)
             await _drop_upload(store, call.bucket, upload)

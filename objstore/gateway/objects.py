@@ -88,16 +88,23 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
     """Make ``rec`` the visible version; retire the fragments of the version it replaces.
 
     ``bucket_rec``: the bucket's record as read (by a call sent at ``bucket_sent_at``) before
-    the body was taken. After the write the
-    bucket is checked again (``buckets.still_there``): a body that outlasted a DeleteBucket
-    would otherwise leave an object under a removed name, for its next owner to list. Then the
-    record is taken back (with its fragments) and NoSuchBucket raised.
+    the body was taken. Before and after the write the bucket is checked again
+    (``buckets.still_there``): a body that outlasted a DeleteBucket would otherwise leave an
+    object under a removed name, for its next owner to list. If it is gone, the record is not
+    written, or taken back, its fragments retired (``owns_layouts`` or not), and NoSuchBucket
+    raised.
 
     The record write is shielded: once started it completes even if the client goes away, so
     the outcome is always known here. When the write provably stored nothing, the new
     fragments are removed at once (if ``owns_layouts``); they are never removed on an unknown
     outcome, which would leave a visible record without its bytes.
     """
+    if bucket_rec is not None:
+        checked = await still_there(store, bucket_rec, bucket_sent_at)
+        if checked is None:
+            store.retire(rec.layouts, now=True)
+            raise s3e.NoSuchBucket(resource=f"/{bucket}", BucketName=bucket)
+        bucket_sent_at = checked
     try:
         with anyio.CancelScope(shield=True):
             _, previous = await store.meta.replace(objects_ns(bucket), rec.key, rec.to_value(),
@@ -121,7 +128,7 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
         return
     # Shielded: a client gone now must not leave the write in a removed bucket.
     with anyio.CancelScope(shield=True):
-        if await still_there(store, bucket_rec, bucket_sent_at):
+        if await still_there(store, bucket_rec, bucket_sent_at) is not None:
             return
         try:
             mine_now = await store.meta.delete(objects_ns(bucket), rec.key, if_match=("mtime", rec.last_modified))

@@ -197,21 +197,18 @@ def test_a_delete_bucket_that_finds_an_object_after_its_wait_leaves_the_bucket_a
     assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
 
 
-def test_a_put_whose_body_outlasts_delete_bucket_leaves_no_object_behind(cluster, s3, s3_bob, bucket):
-    """A PUT judged its bucket, then its body came slowly while DeleteBucket marked, waited and
-    removed the bucket: the PUT must not land an object under the removed name (where the next
-    owner of the name, bob, would list it). It answers NoSuchBucket and leaves nothing."""
-    path = f"/{bucket}/slow"
-    body = b"0123456789"
-    hdrs = sign_headers(cluster, "PUT", cluster.endpoint + path, payload_hash="UNSIGNED-PAYLOAD",
+def send_slowly(cluster, method: str, target: str, body: bytes, meanwhile) -> tuple[int, bytes]:
+    """Send a signed request whose body stops halfway until ``meanwhile()`` has run (the
+    gateway has judged the bucket and waits for the rest); its status and whole answer."""
+    hdrs = sign_headers(cluster, method, cluster.endpoint + target, payload_hash="UNSIGNED-PAYLOAD",
                         headers={"Content-Length": str(len(body))})
     with socket.create_connection((cluster.host, cluster.gateway.port), timeout=10) as sock:
-        head = f"PUT {path} HTTP/1.1\r\nHost: {cluster.host}:{cluster.gateway.port}\r\n"
+        head = f"{method} {target} HTTP/1.1\r\nHost: {cluster.host}:{cluster.gateway.port}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items() if k.lower() != "host") + "\r\n"
-        sock.sendall(head.encode() + body[:5])
-        time.sleep(0.3)  # the PUT has read the bucket's record and waits for the rest of its body
-        assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
-        sock.sendall(body[5:])
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        time.sleep(0.3)
+        meanwhile()
+        sock.sendall(body[len(body) // 2:])
         answer = b""
         while b"\r\n\r\n" not in answer:
             chunk = sock.recv(4096)
@@ -222,10 +219,39 @@ def test_a_put_whose_body_outlasts_delete_bucket_leaves_no_object_behind(cluster
             chunk = sock.recv(4096)
             assert chunk, "connection closed in the answer's body"
             answer += chunk
-    status = answer.split(b"\r\n", 1)[0]
-    assert b" 404 " in status and b"NoSuchBucket" in answer, answer[:400]
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+def test_a_put_whose_body_outlasts_delete_bucket_leaves_no_object_behind(cluster, s3, s3_bob, bucket):
+    """A PUT judged its bucket, then its body came slowly while DeleteBucket marked, waited and
+    removed the bucket: the PUT must not land an object under the removed name (where the next
+    owner of the name, bob, would list it). It answers NoSuchBucket and leaves nothing."""
+    def delete() -> None:
+        assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+    status, answer = send_slowly(cluster, "PUT", f"/{bucket}/slow", b"0123456789", delete)
+    assert status == 404 and b"NoSuchBucket" in answer, answer[:400]
     s3_bob.create_bucket(Bucket=bucket)
     assert s3_bob.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    s3_bob.delete_bucket(Bucket=bucket)
+
+
+def test_a_complete_whose_body_outlasts_delete_bucket_leaves_no_object_behind(cluster, s3, s3_bob, bucket):
+    """The same with CompleteMultipartUpload: DeleteBucket aborts the upload while the Complete's
+    document comes slowly; the Complete fails and the next owner of the name finds nothing."""
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=1, Body=b"part")["ETag"]
+    doc = (f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part>"
+           "</CompleteMultipartUpload>").encode()
+
+    def delete() -> None:
+        assert s3.delete_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+    status, answer = send_slowly(cluster, "POST", f"/{bucket}/mp?uploadId={up}", doc, delete)
+    assert status == 404 and (b"NoSuchBucket" in answer or b"NoSuchUpload" in answer), answer[:400]
+    s3_bob.create_bucket(Bucket=bucket)
+    assert s3_bob.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    assert not s3_bob.list_multipart_uploads(Bucket=bucket).get("Uploads")
     s3_bob.delete_bucket(Bucket=bucket)
 
 
