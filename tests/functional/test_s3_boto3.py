@@ -255,6 +255,36 @@ def test_a_complete_whose_body_outlasts_delete_bucket_leaves_no_object_behind(cl
     s3_bob.delete_bucket(Bucket=bucket)
 
 
+def test_a_write_into_a_marked_bucket_takes_the_mark_off(cluster, s3, bucket):
+    """A write that finds its bucket marked by a DeleteBucket (here a mark set straight in the
+    metadata ring, as a DeleteBucket between its mark and its removal leaves it) takes the mark
+    off: that DeleteBucket may have made its last scan before the write landed, and its removal,
+    conditional on its mark, must then fail rather than leave the object under a removed name."""
+    import anyio
+
+    from headwater.config import load as load_config
+    from headwater.objstore.metadata.client import MetadataClient
+    from headwater.objstore.records import BUCKETS_NS, BucketRecord
+
+    cfg = load_config(cluster.config_path)
+
+    async def record(mark: str | None = None) -> BucketRecord:
+        async with MetadataClient(cfg, writer_id=f"mark-test-{time.monotonic_ns()}") as meta:
+            entry = await meta.get(BUCKETS_NS, bucket)
+            assert entry is not None
+            rec = BucketRecord.from_value(entry.value)
+            if mark is not None:
+                rec = BucketRecord(name=rec.name, owner=rec.owner, created=rec.created, region=rec.region,
+                                   deleting=mark)
+                await meta.put(BUCKETS_NS, bucket, rec.to_value(), if_match=("created", rec.created))
+            return rec
+
+    assert anyio.run(record, "forged-mark").deleting == "forged-mark"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    assert anyio.run(record).deleting is None
+    s3.delete_object(Bucket=bucket, Key="k")
+
+
 def test_get_bucket_location_and_versioning(s3, bucket):
     assert s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") in (None, "")
     v = s3.get_bucket_versioning(Bucket=bucket)
