@@ -38,6 +38,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import AltSvcFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from headwater.clock import SYSTEM_CLOCK, Clock
@@ -311,6 +312,15 @@ def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.Con
         machine.process_input(event)
 
 
+def _refused_header(data: bytes, i: int) -> bool:
+    """Whether h2 refuses the frame header at ``data[i:]`` from the header alone."""
+    try:
+        Frame.parse_frame_header(memoryview(data)[i:i + 9])
+    except (InvalidDataError, InvalidFrameError):
+        return True
+    return False
+
+
 class _ContentLength:
     """What ``H2Stream._initialize_content_length`` reads and sets, for a stream not made."""
 
@@ -454,7 +464,8 @@ class H2Connection:
         handed to h2 (the tail of a frame not yet complete waits in ``_tail``, at most one
         frame of SETTINGS_MAX_FRAME_SIZE), so h2's buffer holds nothing when a HEADERS is read
         here; a frame longer than that limit is refused (FRAME_SIZE_ERROR) as soon as its
-        header is read.
+        header is read, and so is a header h2 refuses from the header alone (a stream id where
+        none may be, or none where one must be), by h2 as it would.
         """
         conn = self._conn
         buffer = conn.incoming_buffer
@@ -475,6 +486,13 @@ class H2Connection:
         while end - i >= 9:
             high, low, kind, flags, sid = unpack(data, i)
             length = high << 8 | low
+            after = i + 9 + length
+            if (after > end or length > max_frame) and _refused_header(data, i):
+                # h2 refuses such a header (a stream id where none may be, or none where one
+                # must be) as soon as it is read, before its frame is whole: h2 says so here.
+                self._open_all()
+                events.extend(conn.receive_data(data[start:]))  # (raises ProtocolError)
+                return events
             if length > max_frame:
                 # Refused as h2 refuses it, but from its header: h2 waited for the whole frame
                 # (up to 16 MiB) before it did.
@@ -484,7 +502,6 @@ class H2Connection:
                 conn._terminate_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
                 raise h2.exceptions.FrameTooLargeError(
                     f"Received overlong frame: length {length}, max {max_frame}")
-            after = i + 9 + length
             if after > end:
                 break
             sid &= 0x7FFFFFFF
