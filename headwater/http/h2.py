@@ -38,8 +38,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import AltSvcFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import FRAMES, AltSvcFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
@@ -312,13 +311,10 @@ def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.Con
         machine.process_input(event)
 
 
-def _refused_header(data: bytes, i: int) -> bool:
-    """Whether h2 refuses the frame header at ``data[i:]`` from the header alone."""
-    try:
-        Frame.parse_frame_header(memoryview(data)[i:i + 9])
-    except (InvalidDataError, InvalidFrameError):
-        return True
-    return False
+# Frame types hyperframe refuses in a header without a stream id, and with one (h2 says so as
+# soon as it reads the header: "Received frame with invalid header").
+_STREAM_REQUIRED = frozenset(t for t, f in FRAMES.items() if f.stream_association == "has-stream")
+_STREAM_FORBIDDEN = frozenset(t for t, f in FRAMES.items() if f.stream_association == "no-stream")
 
 
 class _ContentLength:
@@ -487,7 +483,8 @@ class H2Connection:
             high, low, kind, flags, sid = unpack(data, i)
             length = high << 8 | low
             after = i + 9 + length
-            if (after > end or length > max_frame) and _refused_header(data, i):
+            if (after > end or length > max_frame) and (
+                    kind in _STREAM_FORBIDDEN if sid & 0x7FFFFFFF else kind in _STREAM_REQUIRED):
                 # h2 refuses such a header (a stream id where none may be, or none where one
                 # must be) as soon as it is read, before its frame is whole: h2 says so here.
                 self._open_all()
