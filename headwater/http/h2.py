@@ -38,7 +38,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
-from hyperframe.frame import AltSvcFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import FRAMES, AltSvcFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
@@ -311,6 +311,12 @@ def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.Con
         machine.process_input(event)
 
 
+# Frame types hyperframe refuses in a header without a stream id, and with one (h2 says so as
+# soon as it reads the header: "Received frame with invalid header").
+_STREAM_REQUIRED = frozenset(t for t, f in FRAMES.items() if f.stream_association == "has-stream")
+_STREAM_FORBIDDEN = frozenset(t for t, f in FRAMES.items() if f.stream_association == "no-stream")
+
+
 class _ContentLength:
     """What ``H2Stream._initialize_content_length`` reads and sets, for a stream not made."""
 
@@ -454,7 +460,8 @@ class H2Connection:
         handed to h2 (the tail of a frame not yet complete waits in ``_tail``, at most one
         frame of SETTINGS_MAX_FRAME_SIZE), so h2's buffer holds nothing when a HEADERS is read
         here; a frame longer than that limit is refused (FRAME_SIZE_ERROR) as soon as its
-        header is read.
+        header is read, and so is a header h2 refuses from the header alone (a stream id where
+        none may be, or none where one must be), by h2 as it would.
         """
         conn = self._conn
         buffer = conn.incoming_buffer
@@ -475,6 +482,14 @@ class H2Connection:
         while end - i >= 9:
             high, low, kind, flags, sid = unpack(data, i)
             length = high << 8 | low
+            after = i + 9 + length
+            if (after > end or length > max_frame) and (
+                    kind in _STREAM_FORBIDDEN if sid & 0x7FFFFFFF else kind in _STREAM_REQUIRED):
+                # h2 refuses such a header (a stream id where none may be, or none where one
+                # must be) as soon as it is read, before its frame is whole: h2 says so here.
+                self._open_all()
+                events.extend(conn.receive_data(data[start:]))  # (raises ProtocolError)
+                return events
             if length > max_frame:
                 # Refused as h2 refuses it, but from its header: h2 waited for the whole frame
                 # (up to 16 MiB) before it did.
@@ -484,7 +499,6 @@ class H2Connection:
                 conn._terminate_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
                 raise h2.exceptions.FrameTooLargeError(
                     f"Received overlong frame: length {length}, max {max_frame}")
-            after = i + 9 + length
             if after > end:
                 break
             sid &= 0x7FFFFFFF

@@ -1,7 +1,9 @@
 """Hostile peers replayed over real sockets: each attack the HTTP core bounds, and the bound.
 
 Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, request bodies
-trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, malformed chunked
+trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, HTTP/2 frame
+headers refused before their frame is whole, requests waiting for the app counted against
+SETTINGS_MAX_CONCURRENT_STREAMS (and held to a window shut meanwhile), malformed chunked
 bodies, connections that end (or stay silent) before their first request; plus FileBody with
 an open descriptor and the Date header from the injected clock.
 Every test runs on both anyio backends.
@@ -440,6 +442,100 @@ async def test_http2_rst_stream_of_an_idle_stream_gets_goaway_protocol_error() -
                 await c.pump_until(lambda: c.goaway() is not None)
     goaway = c.goaway()
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+
+# --- the request reader's own frames (headwater.http.h2._receive) ---------------------------
+
+def _frames_of(out: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each whole frame in ``out``."""
+    frames, pos = [], 0
+    while pos + 9 <= len(out):
+        n = int.from_bytes(out[pos:pos + 3], "big")
+        frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
+        pos += 9 + n
+    return frames
+
+
+@pytest.mark.parametrize(("header", "code"), [
+    (b"\xff\xff\xff\x00\x00\x00\x00\x00\x01", 0x6),  # DATA of 16 MiB: FRAME_SIZE_ERROR
+    (b"\x00\x06\x00\x04\x00\x00\x00\x00\x01", 0x1),  # SETTINGS on stream 1: PROTOCOL_ERROR
+    (b"\x00\x01\x00\x06\x00\x00\x00\x00\x03", 0x1),  # PING on stream 3
+], ids=["overlong", "settings on a stream", "ping on a stream"])
+async def test_http2_frame_header_refused_from_the_header_then_trickle(header: bytes, code: int) -> None:
+    # The frame's body is trickled and never completes: the header alone ends the connection
+    # (GOAWAY, close) at once, as h2 refuses it, with nothing of the frame buffered meanwhile.
+    async with running(NowApp()) as port:
+        with anyio.fail_after(5):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                await s.send(PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x1, 0x5, 1, _NOW_BLOCK))
+                await anyio.sleep(0.05)
+                await s.send(header)
+                out = b""
+                with anyio.move_on_after(4):
+                    while True:
+                        with anyio.move_on_after(0.05):
+                            try:
+                                out += await s.receive()
+                            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                                break
+                        try:
+                            await s.send(b"\x00")
+                        except (anyio.BrokenResourceError, OSError):
+                            pass
+    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    assert goaways == [(1).to_bytes(4, "big") + code.to_bytes(4, "big")]
+
+
+def _waiting_app(gate: list[anyio.Event], fallback):
+    async def app(req: Request) -> Response:
+        if req.path == "/wait":
+            await gate[-1].wait()
+            return Response(200, [], b"waited")
+        return await fallback(req)
+    return app
+
+
+async def test_http2_streams_waiting_for_the_app_count_against_max_concurrent_streams() -> None:
+    # Requests read by _receive wait for the app without a stream made in h2: they still count
+    # toward SETTINGS_MAX_CONCURRENT_STREAMS (one past it is refused as h2 refuses it), and a
+    # SETTINGS that shuts the initial window while they wait holds back their DATA until the
+    # client opens each stream's window (the h2 client checks every DATA against its windows).
+    gate = [anyio.Event()]
+    async with running(_waiting_app(gate, make_app(Probe())),
+                       limits=HttpLimits(max_concurrent_streams=2)) as port:
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s)
+                await c.start()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in c.events))
+                for sid in (1, 3):
+                    c.conn.send_headers(sid, c.headers("GET", "/wait"), end_stream=True)
+                await c.send()
+                await anyio.sleep(0.1)
+                c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                await c.send()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.SettingsAcknowledged) for e in c.events))
+                gate[-1].set()
+                await c.pump_until(lambda: sum(isinstance(e, h2.events.ResponseReceived) for e in c.events) == 2)
+                await anyio.sleep(0.1)
+                assert not any(isinstance(e, h2.events.DataReceived) for e in c.events)
+                for sid in (1, 3):
+                    c.conn.increment_flow_control_window(100, stream_id=sid)
+                await c.send()
+                await c.pump_until(lambda: sum(isinstance(e, h2.events.StreamEnded) for e in c.events) == 2)
+                assert b"".join(e.data for e in c.events if isinstance(e, h2.events.DataReceived)) == b"waited" * 2
+                # two waiting again: a third is one too many
+                gate.append(anyio.Event())
+                for sid in (5, 7):
+                    c.conn.send_headers(sid, c.headers("GET", "/wait"), end_stream=True)
+                await c.send()
+                await anyio.sleep(0.1)
+                c.raw += _frame(0x1, 0x5, 9, _NOW_BLOCK)  # (the h2 client would not send it)
+                await c.send()
+                await c.pump_until(lambda: c.goaway() is not None)
+    goaway = c.goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert goaway.last_stream_id == 7
 
 
 H2LOAD = shutil.which("h2load")

@@ -176,3 +176,25 @@ def test_an_overlong_frame_is_refused_from_its_header() -> None:
     assert wire[-17 + 3] == 0x7 and int.from_bytes(wire[-4:], "big") == 0x6  # GOAWAY(FRAME_SIZE_ERROR)
     assert int.from_bytes(wire[-8:-4], "big") == 1
     assert conn.receive_data(b"\x00" * 100) == []
+
+
+@pytest.mark.parametrize("header", [
+    b"\x00\x00\x06\x04\x00\x00\x00\x00\x01",  # SETTINGS on stream 1
+    b"\x00\x00\x08\x06\x00\x00\x00\x00\x03",  # PING on stream 3
+    b"\x00\x00\x05\x00\x00\x00\x00\x00\x00",  # DATA on stream 0
+    b"\x00\x40\x00\x07\x00\x00\x00\x00\x01",  # GOAWAY on stream 1, overlong too (h2 names the stream)
+])
+def test_a_frame_header_h2_refuses_is_refused_before_its_frame_is_whole(header: bytes) -> None:
+    # h2 refuses it from its header; the frame's body need not come (nor be waited for).
+    c, preface = _client()
+    c.send_headers(1, _GET, end_stream=True)
+    wire = c.data_to_send() + header
+    results = []
+    for h2_reads_all in (True, False):
+        conn = _connection(h2_reads_all=h2_reads_all)
+        conn.receive_data(preface)
+        conn.data_to_send()
+        results.append((conn.receive_data(wire[:5]), repr(conn.receive_data(wire[5:])),
+                        conn.data_to_send(), conn.closed))
+    assert results[0] == results[1]
+    assert results[1][1].startswith("[ConnectionEnded(error_code=1,") and results[1][3]
