@@ -49,7 +49,11 @@ async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_wri
                                        data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
             mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
             await mc.start(3)
-            await anyio.sleep(0.5)
+            # The joining node fetches the ring's record from a founder; under load that can
+            # take longer than any fixed pause, so wait for it (bounded).
+            with anyio.fail_after(10):
+                while not mc.node(3).ring_record:
+                    await anyio.sleep(0.05)
             assert mc.node(3).groups == {}  # joined, not founding: no group until a leader adds it
             assert mc.node(3).ring_record["founders"] == ["meta-0", "meta-1", "meta-2"]
             before = progress["ok"]
