@@ -4,10 +4,14 @@
 // of the search page, the title page (playing) and the upload page land in spec.shots.
 //
 // Input (stdin, one JSON line): {chromium, base, trustSpki: [...], clip, title, query,
-//   creator: {user, password}, viewer: {user, password}, shots, timeoutMs, viewport: {width, height}}
+//   creator: {user, password}, viewer: {user, password}, shots, timeoutMs, viewport: {width, height},
+//   hold?}: hold is a file the test made to keep the transcoder's ffmpeg waiting
+//   (tests/functional/ffmpeg_hold.py); it is deleted once the creator's page has shown the
+//   title transcoding, so that state is seen however fast the encode and however slow the polls.
 // Output (stdout, one JSON line): {ok, steps: [...], upload: {progress: [...], states: [...]},
 //   play: {frames, currentTime, status}, titleId, error?, console: [...]}
 // Exit status 0 whenever a result was printed.
+import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -79,6 +83,10 @@ async function creator(browser, spec, out, consoleLog) {
     if (!shot && s.state === 'transcoding') {
       await page.screenshot({ path: `${spec.shots}/upload-transcoding.png`, fullPage: true });
       shot = true;
+      if (spec.hold) {
+        rmSync(spec.hold, { force: true });
+        log('transcoding seen: ffmpeg released');
+      }
     }
     if (s.done || s.notice) break;
     if (Date.now() > deadline) throw new Error(`not published in time: ${JSON.stringify(s)}`);

@@ -7,7 +7,8 @@ through the CDN, cross-origin.
 
 Headless Chromium (``tests/browser/site.mjs``, playwright-core) then does what people do: a
 creator opens /upload, signs in (a wrong password first: the form says so), uploads a 10-second
-clip with the progress bar and watches the title go uploaded -> transcoding % -> published; a
+clip with the progress bar and watches the title go uploaded -> transcoding % -> published (the
+transcoder's ffmpeg held until the page has shown ``transcoding``: ``ffmpeg_hold.py``); a
 viewer types a misspelt query into the search box (no Enter), opens the title, presses Play, is
 sent to sign in and back, and plays it: the page's shaka-player fetches the manifest, gets the
 key from the licence server with /play's entitlement token, and the test reads the decoded frame
@@ -44,6 +45,7 @@ from headwater.origin.auth.login import hash_password
 from tests.cluster import free_ports
 from tests.functional.browser_harness import BROWSER_DIR, CHROMIUM, require_browser
 from tests.functional.drm_media import make_clip
+from tests.functional.ffmpeg_hold import FfmpegHold
 from tests.functional.licence_harness import cli, spki_sha256
 from tests.functional.origin_harness import LICENCE_SECTION, POP_AND_SHIELD, TRANSCODER_SECTION, Daemon
 
@@ -76,7 +78,7 @@ scopes = ["view"]
 password = "sealed"
 
 """ + LICENCE_SECTION + """
-""" + TRANSCODER_SECTION + POP_AND_SHIELD
+""" + TRANSCODER_SECTION.replace("[transcoder]\n", "[transcoder]\n{transcoder_ffmpeg}") + POP_AND_SHIELD
 
 
 def _leaf_spki(port: int, ca: str) -> str:
@@ -95,8 +97,9 @@ def world(cluster):
     p = dict(zip(names, free_ports(len(names))))
     # A cheap scrypt (2^10) for the test; cluster.toml's default cost is 2^15.
     creator_hash = hash_password(CREATOR_PASSWORD, log_n=10)
+    hold = FfmpegHold(cluster.root)
     with open(cluster.config_path, "a") as f:
-        f.write(SECTIONS.format(creator_hash=creator_hash, **p))
+        f.write(SECTIONS.format(creator_hash=creator_hash, transcoder_ffmpeg=hold.toml, **p))
     cfg = load(str(cluster.config_path))
     localca.prepare(cfg)
     EntitlementMinter(cfg)
@@ -117,7 +120,7 @@ def world(cluster):
             try:
                 yield {"cfg": cfg, "config": cluster.config_path, "url": f"http://127.0.0.1:{p['origin']}",
                        "pop": f"http://127.0.0.1:{p['pop']}", "logs": logs, "ca": ca,
-                       "licence_spki": _leaf_spki(p["licence"], ca),
+                       "licence_spki": _leaf_spki(p["licence"], ca), "ffmpeg_hold": hold,
                        "viewer_password": user_password(cfg, cfg.origin, "vic")}
             finally:
                 for e in edges:
@@ -133,7 +136,6 @@ def _tail(world, name: str) -> str:
 
 def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_path):
     require_browser()
-    # 10 s: long enough that the page's half-second polls see it transcoding on a fast machine.
     clip = make_clip(tmp_path / "Harbour Lights.mp4", seconds=10, size="320x180", gop=25)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
@@ -145,8 +147,14 @@ def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_
             "creator": {"user": "ada", "password": CREATOR_PASSWORD},
             "viewer": {"user": "vic", "password": world["viewer_password"]}}
     started = time.monotonic()
-    proc = subprocess.run(["node", str(BROWSER_DIR / "site.mjs")], input=json.dumps(spec) + "\n",
-                          capture_output=True, text=True, cwd=BROWSER_DIR, timeout=150)
+    # The encode of this clip takes well under a second, the title is transcoding for ~1.5 s
+    # and the page polls every half-second: left alone, a slow poll on a loaded machine sees
+    # uploaded, then published. So ffmpeg waits until the page has shown the title transcoding
+    # (site.mjs deletes the hold file then); the page must still show it to end the wait.
+    with world["ffmpeg_hold"].held() as hold:
+        spec["hold"] = str(hold.hold_file)
+        proc = subprocess.run(["node", str(BROWSER_DIR / "site.mjs")], input=json.dumps(spec) + "\n",
+                              capture_output=True, text=True, cwd=BROWSER_DIR, timeout=150)
     print(f"site.mjs took {time.monotonic() - started:.1f} s; screenshots in {ARTIFACTS}")
     print(proc.stderr[-3000:])
     assert proc.returncode == 0 and proc.stdout, proc.stderr[-3000:]
