@@ -9,7 +9,8 @@ licence server is on HTTPS with the local CA.
 A creator's token (``upload titles:write``) from the built-in issuer; a 10-second ``testsrc2``
 clip uploaded with ``tuspy`` (stopped half-way, resumed by a second uploader from the server's
 offset); ``POST /api/titles``; ``GET /api/titles/T`` polled through ``transcoding`` (progress
-only going up) to ``published``; a search with a typo finds it; a viewer's token gets ``/play``;
+only going up; the transcoder's ffmpeg held until the poll has seen it: ``ffmpeg_hold.py``) to
+``published``; a search with a typo finds it; a viewer's token gets ``/play``;
 the HLS master and a segment are fetched through an edge POP and its shield (in-process, as
 ``test_origin_delivery.py`` runs them) from the origin, and ffprobe reads the HLS URL on the POP;
 the licence server answers the /play licence token with the title's key for the KID in the
@@ -40,6 +41,7 @@ from headwater.drm.client import EntitlementMinter, open_title_keys
 from headwater.edge.daemon import run_edge
 from tests.cluster import free_ports
 from tests.functional.drm_media import FFPROBE, make_clip
+from tests.functional.ffmpeg_hold import FfmpegHold
 from tests.functional.licence_harness import cli
 from tests.functional.origin_harness import (LICENCE_SECTION, ORIGIN_CLIENTS, POP_AND_SHIELD, TRANSCODER_SECTION,
                                              Daemon)
@@ -58,7 +60,7 @@ publish_cache_seconds = 1
 
 """ + ORIGIN_CLIENTS + """
 """ + LICENCE_SECTION + """
-""" + TRANSCODER_SECTION + POP_AND_SHIELD
+""" + TRANSCODER_SECTION.replace("[transcoder]\n", "[transcoder]\n{transcoder_ffmpeg}") + POP_AND_SHIELD
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,9 @@ def world(cluster):
     names = ("origin", "origin_admin", "licence", "licence_admin", "licence_rpc", "transcoder_admin", "pop", "pop_admin", "shield",
              "shield_admin")
     p = dict(zip(names, free_ports(len(names))))
+    hold = FfmpegHold(cluster.root)
     with open(cluster.config_path, "a") as f:
-        f.write(SECTIONS.format(**p))
+        f.write(SECTIONS.format(transcoder_ffmpeg=hold.toml, **p))
     cfg = load(str(cluster.config_path))
     # The local CA and the licence token secret made once here, as `headwater up` would, so the
     # daemons do not race to create them.
@@ -89,7 +92,7 @@ def world(cluster):
             try:
                 yield {"cfg": cfg, "config": cluster.config_path, "ports": p, "logs": logs,
                        "url": f"http://127.0.0.1:{p['origin']}", "pop": f"http://127.0.0.1:{p['pop']}",
-                       "ca": str(cluster.data_dir / "ca" / "ca.pem")}
+                       "ca": str(cluster.data_dir / "ca" / "ca.pem"), "ffmpeg_hold": hold}
             finally:
                 for e in edges:
                     e.cancel()
@@ -119,7 +122,10 @@ def test_a_video_file_becomes_a_playable_encrypted_title(world, tmp_path):
     upload_id = first.url.rsplit("/", 1)[1]
 
     http = httpx.Client(base_url=world["url"], timeout=30, trust_env=False)
-    with http:
+    # The clip is encoded in well under a second and the title is transcoding for ~1.5 s: a
+    # poll slowed by a loaded machine could miss it. So ffmpeg waits (the title transcoding,
+    # its download reported) until a poll has seen that, and is released then.
+    with http, world["ffmpeg_hold"].held() as hold:
         r = http.post("/api/titles", headers=bearer(creator),
                       json={"title": "Midnight Lighthouse", "category": "documentary", "year": 2026,
                             "language": "en", "upload": upload_id})
@@ -134,6 +140,8 @@ def test_a_video_file_becomes_a_playable_encrypted_title(world, tmp_path):
             if not states or states[-1] != doc["state"]:
                 states.append(doc["state"])
             progress.append(doc["progress"])
+            if doc["state"] == "transcoding" and 0 < doc["progress"] < 100:
+                hold.release()
             if doc["state"] in ("published", "failed"):
                 break
             assert time.monotonic() < deadline, (states, progress, _tail(world, "transcoder"))
