@@ -2,7 +2,7 @@
 transcoding.
 
 A 10-second test clip at 320x180 is encoded in well under a second, and the transcoder moves
-the title ``uploaded -> transcoding -> published`` in ~1.5 s on an idle machine: a poller that
+the title ``uploaded -> transcoding -> published`` in ~1-1.5 s (measured here): a poller that
 checks every half-second, or one whose request is slowed by a loaded machine, can see
 ``uploaded`` and then ``published``, although the catalogue said ``transcoding`` all along
 (``test_web_page.py`` failed so, once in five CI runs). So the test holds the job in
@@ -10,8 +10,8 @@ checks every half-second, or one whose request is slowed by a loaded machine, ca
 
 :class:`FfmpegHold` writes a small shell script the transcoder is configured to run as its
 ``ffmpeg`` (``[transcoder] ffmpeg``): while the hold file exists the script waits, then it
-``exec``\\ s the real ffmpeg with its arguments (same pid, so the worker's kill and its
-``-progress`` pipe are the real ffmpeg's). The worker reaches ffmpeg only after it has moved
+becomes the real ffmpeg with its arguments (``exec``: the same pid, so the worker's kill and
+its ``-progress`` pipe are the real ffmpeg's). The worker reaches ffmpeg only after it has moved
 the title to ``transcoding`` and reported the download (2 %), and it keeps heartbeating while
 ffmpeg runs, so a held title is ``transcoding`` at 2 % until :meth:`release`. The script waits
 at most ``max_wait_s`` (a test that forgets to release fails on its own deadline, the job
@@ -71,6 +71,7 @@ class FfmpegHold:
 
     @property
     def holding(self) -> bool:
+        """Whether ffmpeg would wait now."""
         return self.hold_file.exists()
 
     @contextlib.contextmanager
