@@ -342,7 +342,8 @@
   async function follow(id) {
     let t;
     try {
-      t = await api(`/api/titles/${id}`);
+      // Bounded: a request that never answers would otherwise stop the following for good.
+      t = await api(`/api/titles/${id}`, {signal: AbortSignal.timeout(10000)});
     } catch (e) {
       $('upload-state').textContent = `Could not read the title's state: ${e.message}`;
       setTimeout(() => follow(id), 3000);
