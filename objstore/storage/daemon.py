@@ -3,7 +3,9 @@
 Write protocol: ``frag.append`` adds blocks (stripe ``index``, ``index + 1``, ...) to a temp file
 ``data_dir/tmp/<fid>``; ``frag.commit`` writes the footer, fsyncs the file, renames it to
 ``data_dir/frags/ab/cd/<fid>`` and fsyncs that directory before it answers. ``frag.abort``
-removes the temp file; temp files nobody touched for ``tmp_max_age_s`` are removed by
+removes the temp file, one a block-0 append is still creating included (it answers once that is
+gone, so a writer that aborts without waiting for an append it gave up on leaves nothing); temp
+files nobody touched for ``tmp_max_age_s`` are removed by
 :meth:`StorageNode.collect_garbage`. Every read verifies the checksum of each block it returns.
 A ``frag.read`` whose blocks the page cache holds is read, verified and answered in the
 connection's reader (the RPC server's at-once path); any other read gets a task and a worker
