@@ -580,16 +580,14 @@ class LayoutWriter:
                     if self._finished:
                         tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
                         continue
-                    tg.start_soon(_quietly, client.abort, f"{self.oid}.{i}")
-                    if self._committing:  # some nodes may have committed before the quorum failed
-                        tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
+                    # Some nodes may have committed before the quorum failed, or be committing
+                    # still (a commit we gave up on runs to its end there).
+                    tg.start_soon(_remove, client, f"{self.oid}.{i}", self._committing)
                 for i, node in self._strays:
                     if node in self._placed:
                         continue  # named again for some fragment: handled above
                     client = self.pool.client(node)
-                    tg.start_soon(_quietly, client.abort, f"{self.oid}.{i}")
-                    if self._committing or self._finished:
-                        tg.start_soon(_quietly, client.delete, f"{self.oid}.{i}")
+                    tg.start_soon(_remove, client, f"{self.oid}.{i}", self._committing or self._finished)
 
 
 class _DigestLane:
@@ -650,6 +648,15 @@ async def _quietly(fn: Callable, *args: object) -> None:
             await fn(*args)
     except (RpcError, TimeoutError) as e:
         log.info("cleanup call failed (garbage collector will remove it): %s", e)
+
+
+async def _remove(client: StorageClient, fid: str, committed_too: bool) -> None:
+    """Abort the upload of ``fid`` on a node, then (``committed_too``) delete the committed file.
+    In that order: a commit still running there holds the upload until its rename is done, and
+    the abort answers only then, so the delete comes after the rename, never before it."""
+    await _quietly(client.abort, fid)
+    if committed_too:
+        await _quietly(client.delete, fid)
 
 
 async def delete_layouts(pool: StoragePool, layouts: Sequence[Layout]) -> None:

@@ -24,6 +24,7 @@ from headwater.http.types import Response
 
 from ..metadata.errors import NOT_STORED, ConditionFailed, MetadataError
 from ..records import (
+    Layout,
     ObjectRecord,
     PartInfo,
     PartRecord,
@@ -197,9 +198,14 @@ def _part_number(call: Call) -> int:
 async def _save_part(store: Store, call: Call, part: PartRecord) -> None:
     """Record a part; the layout it replaces (same number uploaded again) is retired.
 
-    Only while the upload is still open: once a Complete or Abort has started, which layout
-    the object uses is not this request's to know, so nothing is retired here and leftovers
-    are the garbage collector's.
+    The upload is looked up again once the part is recorded. Still open: any Abort takes the
+    upload after this record landed, so it sees the part and retires it. Aborted (``aborting``,
+    or gone and its object names neither layout) meanwhile: an Abort may have scanned the parts
+    before this record landed, so this request takes its own part back, record and fragments
+    (and the layout it displaced), and answers NoSuchUpload, as S3 does for a part after an
+    abort. Being completed: which layout the object uses is not this request's to know, so
+    nothing is retired (the Complete drops the part records; unchosen fragments no record
+    names are the garbage collector's).
     """
     assert call.bucket is not None
     upload_id = call.q("uploadId") or ""
@@ -210,9 +216,35 @@ async def _save_part(store: Store, call: Call, part: PartRecord) -> None:
     except NOT_STORED:
         store.retire([part.layout], now=True)
         raise
-    await _upload(store, call, open_only=True)
-    if old is not None:
-        store.retire([PartRecord.from_value(old.value).layout])
+    displaced = [PartRecord.from_value(old.value).layout] if old is not None else []
+    with anyio.CancelScope(shield=True):
+        try:
+            upload, _ = await _lookup(store, call)
+        except s3e.NoSuchUpload:
+            upload = None
+        if upload is None or upload.state == "aborting":
+            assert call.key is not None
+            await _take_back(store, call.bucket, call.key, upload_id, part, displaced,
+                             aborting=upload is not None)
+            raise s3e.NoSuchUpload(UploadId=upload_id)
+    if upload.state != "open":
+        raise s3e.NoSuchUpload(UploadId=upload_id)
+    store.retire(displaced)
+
+
+async def _take_back(store: Store, bucket: str, key: str, upload_id: str, part: PartRecord,
+                     displaced: list[Layout], *, aborting: bool) -> None:
+    """Remove a part recorded after its upload was aborted: its fragments, those of the layout
+    it displaced, and its record. With the upload record gone (``aborting`` false) the upload
+    may instead have completed, with either layout: one the key's object names is kept."""
+    layouts = [part.layout, *displaced]
+    if not aborting:
+        entry = await store.meta.get(objects_ns(bucket), key)
+        named = {lay.oid for lay in ObjectRecord.from_value(entry.value).layouts} if entry is not None else set()
+        layouts = [lay for lay in layouts if lay.oid not in named]
+    store.retire(layouts, now=True)
+    # Every part record of an ended upload is garbage, whoever wrote it: no condition needed.
+    await store.meta.delete(parts_ns(bucket, upload_id), part_key(part.number))
 
 
 async def upload_part(store: Store, call: Call) -> Response:

@@ -3,7 +3,9 @@
 Write protocol: ``frag.append`` adds blocks (stripe ``index``, ``index + 1``, ...) to a temp file
 ``data_dir/tmp/<fid>``; ``frag.commit`` writes the footer, fsyncs the file, renames it to
 ``data_dir/frags/ab/cd/<fid>`` and fsyncs that directory before it answers. ``frag.abort``
-removes the temp file; temp files nobody touched for ``tmp_max_age_s`` are removed by
+removes the temp file, one a block-0 append is still creating included (it answers once that is
+gone, so a writer that aborts without waiting for an append it gave up on leaves nothing); temp
+files nobody touched for ``tmp_max_age_s`` are removed by
 :meth:`StorageNode.collect_garbage`. Every read verifies the checksum of each block it returns.
 A ``frag.read`` whose blocks the page cache holds is read, verified and answered in the
 connection's reader (the RPC server's at-once path); any other read gets a task and a worker
@@ -109,6 +111,18 @@ class _Upload:
         self.touched = now
 
 
+class _Opening:
+    """A block-0 append creating its temp file on a worker thread: ``aborted`` once a
+    ``frag.abort`` of the fid came meanwhile, ``done`` once the append has either opened the
+    upload or (aborted) removed the file again."""
+
+    __slots__ = ("aborted", "done")
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.done = anyio.Event()
+
+
 class StorageNode:
     """One node's fragments. All blocking file I/O runs in worker threads.
 
@@ -133,6 +147,9 @@ class StorageNode:
         # ``[objstore] storage_page_cache`` and headwater/pagecache.py).
         self.page_cache = page_cache
         self._uploads: dict[str, _Upload] = {}
+        # Block-0 appends whose temp file is being created: not in _uploads yet, but an abort
+        # arriving now must still reach them (see append).
+        self._opening: dict[str, _Opening] = {}
         self.rpc: RpcServer | None = None
         self.rpc_port: int | None = None
         self._fragments = 0
@@ -216,10 +233,25 @@ class StorageNode:
                 self._uploads.pop(fid, None)
                 await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
             tmp = self.tmp_dir / fid
-            writer = await anyio.to_thread.run_sync(self._new_writer, tmp, fid, block_bytes, meta)
-            writer.drop_behind = not self._keeps_cached(writer)
-            up = _Upload(writer, self.clock())
-            self._uploads[fid] = up
+            # The file is created on a worker thread, which a cancelled caller does not stop: a
+            # writer whose append it gave up on (a failed hash, say) sends its abort at once, and
+            # that abort may land while the file is being created, before the upload is in
+            # _uploads, where it would find nothing and leave the file behind. So it is told
+            # (claim.aborted), this append removes what it made, and the abort answers after.
+            claim = self._opening[fid] = _Opening()
+            try:
+                writer = await anyio.to_thread.run_sync(self._new_writer, tmp, fid, block_bytes, meta)
+                if claim.aborted:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(writer.abort)
+                    raise BadRequest(f"upload of {fid} aborted while it started", fid=fid)
+                writer.drop_behind = not self._keeps_cached(writer)
+                up = _Upload(writer, self.clock())
+                self._uploads[fid] = up
+            finally:
+                if self._opening.get(fid) is claim:
+                    del self._opening[fid]
+                claim.done.set()
         elif up is None:
             raise BadRequest(f"no upload of {fid} in progress (start at block 0)", fid=fid)
         elif up.writer.header.block_bytes != block_bytes:
@@ -310,11 +342,17 @@ class StorageNode:
         return writer.commit(dest, nblocks, keep_cached=self._keeps_cached(writer))
 
     async def abort(self, fid: str) -> bool:
+        """Remove the upload of ``fid`` in progress, its temp file included (one a block-0
+        append is creating right now too: this answers once it is gone). Whether there was one."""
         check_fid(fid)
         up = self._uploads.pop(fid, None)
+        claim = self._opening.pop(fid, None)
+        if claim is not None:
+            claim.aborted = True  # its append removes the file once it is made: wait for that
+            await claim.done.wait()
         if up is not None:
             await anyio.to_thread.run_sync(self._locked, up, up.writer.abort)
-        else:  # maybe left over from before a restart
+        elif claim is None:  # maybe left over from before a restart
             try:
                 await anyio.to_thread.run_sync(os.unlink, self.tmp_dir / fid)
             except FileNotFoundError:

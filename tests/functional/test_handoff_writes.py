@@ -12,6 +12,7 @@ The metadata ring is the dict stand-in of ``test_repair`` (the ring has its own 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import anyio
@@ -169,4 +170,42 @@ async def test_a_known_down_home_is_handed_off_and_moved_home_unless_overwritten
                     assert not by_id[lay.nodes[i]].path_of(lay.fid(i)).exists()  # handoff copy gone
                     by_id[new.nodes[(i + 1) % 3]].path_of(lay.fid((i + 1) % 3)).unlink()
                     assert await read_back(pool, new) == bodies[key]  # the home copy is read
+        tg.cancel_scope.cancel()
+
+
+async def test_a_write_cancelled_while_a_node_commits_leaves_nothing(tmp_path, monkeypatch):
+    """The client goes away while the fragments are being committed: the commit a node is
+    running goes on to its rename (it is shielded there), after the writer's clean-up has been
+    sent. The delete of that fragment must come after the rename, not race it (it found
+    nothing, and the fragment committed a moment later stayed until the garbage collector)."""
+    committing, release = anyio.Event(), threading.Event()
+    real = StorageNode._commit_writer
+
+    def slow_commit(self, writer, dest, nblocks):
+        if self.id == "s1":  # one node's disk is slow to fsync
+            anyio.from_thread.run_sync(committing.set)
+            release.wait(10)
+        return real(self, writer, dest, nblocks)
+
+    monkeypatch.setattr(StorageNode, "_commit_writer", slow_commit)
+    body = os.urandom(3 * SCHEME.stripe_bytes + 5)
+    async with anyio.create_task_group() as tg:
+        cluster, nodes, _ = await start_nodes(tg, tmp_path, n=3)
+        async with StoragePool(cluster, probe_interval_s=3600) as pool:
+            async def client_goes_away(scope: anyio.CancelScope) -> None:
+                await committing.wait()
+                scope.cancel()
+                await anyio.sleep(0.3)  # the clean-up reaches s1 while its commit is held
+                release.set()
+
+            with anyio.CancelScope() as scope:
+                async with LayoutWriter(pool, SCHEME) as w:
+                    tg.start_soon(client_goes_away, scope)
+                    await w.write(body)
+                    await w.finish()
+            assert scope.cancelled_caught
+        release.set()
+        for n in nodes:
+            assert [f for f in n.frags_dir.rglob("*") if f.is_file()] == [] and list(n.tmp_dir.iterdir()) == []
+            assert n.fragment_count == 0
         tg.cancel_scope.cancel()

@@ -15,7 +15,10 @@ Each test replays a bug that a reading of the gateway found (and that is fixed).
 
 from __future__ import annotations
 
+import io
+import threading
 import time
+import traceback
 from typing import Any
 
 import anyio
@@ -25,6 +28,7 @@ from headwater.objstore.gateway import multipart, objects
 from headwater.objstore.gateway.context import Call, Store
 from headwater.objstore.metadata.client import MetadataClient
 from headwater.objstore.metadata.errors import MetadataError, WriteOutcomeUnknown
+from headwater.objstore.records import parts_ns
 from headwater.objstore.s3 import errors as s3e
 from headwater.objstore.s3 import sigv4
 
@@ -539,3 +543,120 @@ def test_unknown_outcome_of_complete_that_did_not_commit(cluster, s3, bucket, th
         assert (out["after lease"], out["read"]) == ((200, ""), "ok")
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
     assert uid not in _upload_ids(s3, bucket)
+
+
+# --- UploadPart and AbortMultipartUpload ----------------------------------------------------------
+
+
+def part_records(cluster, bucket: str, uid: str) -> list[str]:
+    async def scan(store: Store, proxy: MetaProxy, cfg) -> list[str]:
+        return [e.key for e in await store.meta.scan(parts_ns(bucket, uid))]
+
+    return run_in_store(cluster, scan)
+
+
+def settle_oids(cluster, expected: set[str], timeout: float = 10.0) -> set[str]:
+    """The fragments' object ids once they are ``expected`` (the retirer deletes within ~1 s),
+    or as they are after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (got := frag_oids(cluster)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
+def test_upload_part_after_abort_is_no_such_upload(cluster, s3, bucket):
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="late")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="late", UploadId=uid, PartNumber=1, Body=data(2 * STRIPE, seed=30))
+    s3.abort_multipart_upload(Bucket=bucket, Key="late", UploadId=uid)
+    after_abort = frag_oids(cluster)  # part 1's go after the retire grace, as any retired layout
+    with pytest.raises(Exception) as ei:
+        s3.upload_part(Bucket=bucket, Key="late", UploadId=uid, PartNumber=2, Body=data(2 * STRIPE, seed=31))
+    assert client_error(ei.value) == (404, "NoSuchUpload")
+    assert part_records(cluster, bucket, uid) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert frag_oids(cluster) == after_abort
+
+
+class HeldBody(io.BytesIO):
+    """A part body whose sending (not botocore's checksum and signing passes, which read it
+    first) stops after ``hold_at`` bytes until ``release`` is set: the request is then at the
+    gateway, its body half received."""
+
+    def __init__(self, payload: bytes, hold_at: int) -> None:
+        super().__init__(payload)
+        self.hold_at = hold_at
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def read(self, size: int | None = -1) -> bytes:
+        sending = any(f.filename.endswith(("http/client.py", "urllib3/connection.py"))
+                      for f in traceback.extract_stack())
+        if sending and self.tell() >= self.hold_at and not self.release.is_set():
+            self.held.set()
+            self.release.wait(30)
+        if sending and size is not None and size > 0 and self.tell() < self.hold_at:
+            size = min(size, self.hold_at - self.tell())
+        return super().read(size)
+
+
+def test_part_in_flight_during_abort_leaves_nothing(cluster, s3, bucket):
+    """An UploadPart whose body is still arriving when AbortMultipartUpload ends the upload: the
+    part's record landed under an upload already gone (Abort had scanned the parts before it),
+    so it stayed for ever, and its fragments until the garbage collector found them. S3 answers
+    NoSuchUpload; afterwards nothing of the upload may be left: no part record, no fragment,
+    no listing."""
+    before = frag_oids(cluster)
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="slow")["UploadId"]
+    body = HeldBody(data(5 * STRIPE + 123, seed=33), hold_at=2 * STRIPE)
+    out: dict[str, Any] = {}
+
+    def upload() -> None:
+        try:
+            s3.upload_part(Bucket=bucket, Key="slow", UploadId=uid, PartNumber=1, Body=body)
+            out["part"] = "stored"
+        except Exception as e:  # noqa: BLE001 - the answer is what the test checks
+            out["part"] = client_error(e)
+
+    t = threading.Thread(target=upload)
+    t.start()
+    try:
+        assert body.held.wait(20), "the part's body never started"
+        time.sleep(0.3)  # the gateway has taken the request and is reading the body
+        s3.abort_multipart_upload(Bucket=bucket, Key="slow", UploadId=uid)
+    finally:
+        body.release.set()
+        t.join(30)
+    assert out == {"part": (404, "NoSuchUpload")}
+    assert part_records(cluster, bucket, uid) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    with pytest.raises(Exception) as ei:
+        s3.list_parts(Bucket=bucket, Key="slow", UploadId=uid)
+    assert client_error(ei.value) == (404, "NoSuchUpload")
+    assert settle_oids(cluster, before) == before, "fragments of an aborted upload left behind"
+
+
+def test_reupload_recorded_as_abort_begins_leaves_nothing(cluster, s3, bucket):
+    """Part 1 uploaded again; its record lands just before AbortMultipartUpload takes the upload
+    (the Abort sees the new layout, not the one it displaced), and the re-upload, finding the
+    upload no longer open, retired nothing: the displaced layout's fragments were no one's."""
+    before = frag_oids(cluster)
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="re")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="re", UploadId=uid, PartNumber=1, Body=data(2 * STRIPE, seed=34))
+
+    async def scenario(store: Store, proxy: MetaProxy, cfg) -> Any:
+        async def abort_now() -> None:
+            proxy.after.clear()
+            await multipart.abort_upload(store, make_call(cfg, "DELETE", bucket, "re", query={"uploadId": uid}))
+
+        proxy.after[("replace", "part/")] = abort_now
+        call = make_call(cfg, "PUT", bucket, "re", body=data(2 * STRIPE, seed=35),
+                         query={"uploadId": uid, "partNumber": "1"})
+        try:
+            await multipart.upload_part(store, call)
+            answer: Any = "stored"
+        except s3e.S3Error as e:
+            answer = e.code
+        await store.collect_retired(everything=True)  # the grace period has passed
+        return answer, [e.key for e in await store.meta.scan(parts_ns(bucket, uid))]
+
+    assert run_in_store(cluster, scenario) == ("NoSuchUpload", [])
+    assert frag_oids(cluster) == before, "fragments of an aborted upload left behind"

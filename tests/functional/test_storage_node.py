@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -205,6 +206,57 @@ async def test_commit_abort_and_bad_requests(anyio_backend, tmp_path):
                                                  "lengths": [5, 6]}, b"x" * 10)
             with pytest.raises(BadRequest):
                 await c.append("z", 0, b"x" * 11, block_bytes=10)
+        tg.cancel_scope.cancel()
+
+
+async def test_an_abort_while_block_0_creates_the_file_leaves_nothing(anyio_backend, tmp_path, monkeypatch):
+    """An abort that lands while a block-0 append's worker thread is still creating the temp file
+    (the gateway aborts at once after a failed hash, without waiting for the append it gave up
+    on) reaches that upload all the same: the append fails, no temp file, no open upload."""
+    from headwater.objstore.storage import daemon
+
+    creating, release = anyio.Event(), threading.Event()
+
+    class SlowDisk(fr.FragmentWriter):
+        """A FragmentWriter whose creation takes until the test says (a disk under load)."""
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            anyio.from_thread.run_sync(creating.set)
+            release.wait(10)
+
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        monkeypatch.setattr(daemon, "FragmentWriter", SlowDisk)
+        async with sn.client() as c:
+            outcome: list[BaseException | None] = []
+            aborted: list[tuple[bool, list]] = []
+
+            async def append() -> None:
+                try:
+                    await c.append("p", 0, b"a" * 10, block_bytes=10)
+                    outcome.append(None)
+                except BadRequest as e:
+                    outcome.append(e)
+
+            async def abort() -> None:
+                answer = await c.abort("p")
+                aborted.append((answer, list((tmp_path / "s1" / "tmp").iterdir())))
+
+            async with anyio.create_task_group() as calls:
+                calls.start_soon(append)
+                await creating.wait()
+                assert (tmp_path / "s1" / "tmp" / "p").exists()
+                calls.start_soon(abort)
+                await anyio.sleep(0.2)  # the abort is on the node, waiting for the file
+                release.set()
+            assert aborted == [(True, [])]  # answered once the file was gone
+            assert list((tmp_path / "s1" / "tmp").iterdir()) == []
+            assert sn.node.stats()["uploads_open"] == 0
+            assert "aborted while it started" in str(outcome[0])
+            with pytest.raises(BadRequest, match="no upload"):
+                await c.append("p", 1, b"b" * 10, block_bytes=10)
+        release.set()
         tg.cancel_scope.cancel()
 
 
