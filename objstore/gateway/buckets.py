@@ -58,11 +58,16 @@ async def owned_bucket(store: Store, call: Call, name: str | None = None) -> Buc
     return check_owned(await get_bucket(store, name), call, name)
 
 
+def no_such_bucket(name: str) -> s3e.NoSuchBucket:
+    """S3's NoSuchBucket for bucket ``name``, naming it as S3 does (resource and BucketName)."""
+    return s3e.NoSuchBucket(resource=f"/{name}", BucketName=name)
+
+
 def check_owned(rec: BucketRecord | None, call: Call, name: str) -> BucketRecord:
     """``rec``, bucket ``name``'s record as read, if it exists and the caller owns it (else
     NoSuchBucket / AccessDenied)."""
     if rec is None:
-        raise s3e.NoSuchBucket(resource=f"/{name}", BucketName=name)
+        raise no_such_bucket(name)
     if rec.owner != call.user.name:
         raise s3e.AccessDenied(resource=f"/{name}")
     return rec
@@ -125,7 +130,7 @@ async def delete_bucket(store: Store, call: Call) -> Response:
     except ConditionFailed as e:
         # Another DeleteBucket marked the record since ours (or removed it): it decides.
         if e.current is None:
-            raise s3e.NoSuchBucket(resource=f"/{name}", BucketName=name) from None
+            raise no_such_bucket(name) from None
         if BucketRecord.from_value(e.current.value).deleting is None:
             # A write that landed after our scan took the mark off (``still_there``).
             raise s3e.BucketNotEmpty(BucketName=name) from None
@@ -142,7 +147,7 @@ async def _mark_deleting(store: Store, rec: BucketRecord) -> str:
                              if_match=("created", rec.created))
     except ConditionFailed as e:
         if e.current is None:
-            raise s3e.NoSuchBucket(resource=f"/{rec.name}", BucketName=rec.name) from None
+            raise no_such_bucket(rec.name) from None
         raise s3e.OperationAborted() from None  # deleted and created again meanwhile
     # From the mark's commit: every unmarked copy (this worker's too) was read before it, and
     # expires before this wait ends.

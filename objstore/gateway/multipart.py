@@ -37,7 +37,7 @@ from ..records import (
 )
 from ..s3 import checksums, names, xmlio
 from ..s3 import errors as s3e
-from .buckets import int_param, owned_bucket, still_there, xml_response
+from .buckets import int_param, no_such_bucket, owned_bucket, still_there, xml_response
 from .context import Call, Store
 from .listing import after_prefix
 from .objects import (
@@ -176,7 +176,7 @@ async def create_upload(store: Store, call: Call) -> Response:
         if await still_there(store, bucket_rec, sent_at) is None:
             # Created after DeleteBucket's last scan: it would outlive the bucket.
             await store.meta.delete(uploads_ns(call.bucket), upload_key(call.key, upload_id))
-            raise s3e.NoSuchBucket(resource=f"/{call.bucket}", BucketName=call.bucket)
+            raise no_such_bucket(call.bucket)
     headers = [("x-amz-checksum-algorithm", algo.upper())] if algo else []
     resp = xml_response(xmlio.initiate_multipart_upload(bucket=call.bucket, key=call.key, upload_id=upload_id))
     resp.headers.extend(headers)

@@ -17,7 +17,7 @@ from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
 from ..s3 import conditions, names, ranges, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
-from .buckets import check_owned, owned_bucket, still_there, xml_response
+from .buckets import check_owned, no_such_bucket, owned_bucket, still_there, xml_response
 from .context import Call, Store
 from .payload import Payload
 
@@ -103,7 +103,7 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
         checked = await still_there(store, bucket_rec, bucket_sent_at)
         if checked is None:
             store.retire(rec.layouts, now=True)
-            raise s3e.NoSuchBucket(resource=f"/{bucket}", BucketName=bucket)
+            raise no_such_bucket(bucket)
         bucket_sent_at = checked
     try:
         with anyio.CancelScope(shield=True):
@@ -136,7 +136,7 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
             mine_now = None  # replaced since: not ours to remove
         if mine_now is not None:
             store.retire(ObjectRecord.from_value(mine_now.value).layouts)
-        raise s3e.NoSuchBucket(resource=f"/{bucket}", BucketName=bucket)
+        raise no_such_bucket(bucket)
 
 
 async def put_object(store: Store, call: Call) -> Response:
