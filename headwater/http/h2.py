@@ -45,6 +45,7 @@ from headwater.config import HttpLimits, KiB, MiB
 from headwater.http.errors import (
     H2_NO_ERROR,
     H2_PROTOCOL_ERROR,
+    H2_REFUSED_STREAM,
     BadRequest,
     Flooding,
     LocalProtocolError,
@@ -721,6 +722,12 @@ class H2Connection:
         return frames, events
 
     def _receive_headers(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        conn = self._conn
+        sid = frame.stream_id
+        if (sid % 2 and sid > conn.highest_inbound_stream_id
+                and conn.open_inbound_streams + len(self._unopened) + 1
+                > conn.local_settings.max_concurrent_streams):
+            return self._refuse_stream(frame)
         try:
             return self._h2_headers(frame)
         except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError) as e:
@@ -729,6 +736,26 @@ class H2Connection:
             if self._conn._stream_is_closed_by_reset(e.stream_id):
                 self._charge("closed_stream")
             raise
+
+    def _refuse_stream(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        """A HEADERS opening a stream past SETTINGS_MAX_CONCURRENT_STREAMS: RST_STREAM
+        (REFUSED_STREAM) and the connection goes on (RFC 9113 5.1.2; h2 ends the connection).
+
+        The block is decoded all the same (the peer's HPACK table changed with it, RFC 9113
+        4.3), the stream id is used up, and the stream is closed as one we reset (frames the
+        client had in flight for it are late frames). A refusal is charged to the flood
+        budget: a client that keeps opening streams past the limit ends with ENHANCE_YOUR_CALM.
+        """
+        conn = self._conn
+        sid = frame.stream_id
+        _connection_input(conn, _RECV_HEADERS)
+        h2.connection._decode_headers(conn.decoder, frame.data)
+        conn.highest_inbound_stream_id = sid
+        conn._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        self._charge("refused_stream")
+        refusal = RstStreamFrame(sid)
+        refusal.error_code = H2_REFUSED_STREAM
+        return [refusal], []
 
     def _receive_alt_svc(self, frame: AltSvcFrame) -> tuple[list[Frame], list[h2.events.Event]]:
         self._charge("unknown_frame")  # ALTSVC is the server's to send (RFC 7838): ignored
