@@ -88,6 +88,7 @@ class H2Client:
         self.events: list = []
         self.closed = False
         self.raw = bytearray()  # hand-made frames (the h2 library would not send them), sent next
+        self.received = bytearray()  # every byte read, for frames h2 takes without an event
 
     async def start(self) -> None:
         self.conn.initiate_connection()
@@ -107,6 +108,7 @@ class H2Client:
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             self.closed = True
             return
+        self.received += data
         self.events += self.conn.receive_data(data)
         try:
             await self.send()
@@ -497,7 +499,8 @@ def _waiting_app(gate: list[anyio.Event], fallback):
 
 async def test_http2_streams_waiting_for_the_app_count_against_max_concurrent_streams() -> None:
     # Requests read by _receive wait for the app without a stream made in h2: they still count
-    # toward SETTINGS_MAX_CONCURRENT_STREAMS (one past it is refused as h2 refuses it), and a
+    # toward SETTINGS_MAX_CONCURRENT_STREAMS (one past it is refused, RST_STREAM(REFUSED_STREAM),
+    # and the connection goes on: RFC 9113 5.1.2), and a
     # SETTINGS that shuts the initial window while they wait holds back their DATA until the
     # client opens each stream's window (the h2 client checks every DATA against its windows).
     gate = [anyio.Event()]
@@ -532,10 +535,20 @@ async def test_http2_streams_waiting_for_the_app_count_against_max_concurrent_st
                 await anyio.sleep(0.1)
                 c.raw += _frame(0x1, 0x5, 9, _NOW_BLOCK)  # (the h2 client would not send it)
                 await c.send()
-                await c.pump_until(lambda: c.goaway() is not None)
-    goaway = c.goaway()
-    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
-    assert goaway.last_stream_id == 7
+                refused = _frame(0x3, 0, 9, (h2.errors.ErrorCodes.REFUSED_STREAM).to_bytes(4, "big"))
+                await c.pump_until(lambda: refused in c.received)
+                gate[-1].set()
+                for sid in (5, 7):
+                    c.conn.increment_flow_control_window(100, stream_id=sid)
+                await c.send()
+                await c.pump_until(lambda: sum(isinstance(e, h2.events.StreamEnded) for e in c.events) == 4)
+                c.conn.highest_outbound_stream_id = 9  # (h2 did not see the refused stream go)
+                c.conn.send_headers(11, c.headers("GET", "/hello"), end_stream=True)
+                c.conn.increment_flow_control_window(100, stream_id=11)
+                await c.send()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 11
+                                               for e in c.events))
+    assert c.goaway() is None
 
 
 H2LOAD = shutil.which("h2load")
