@@ -394,6 +394,12 @@ class H2Connection:
         # Streams opened by a request's HEADERS (END_STREAM) read by _request_headers and not
         # made in h2 (yet): id -> [the content-length h2 keeps, response HEADERS sent].
         self._unopened: dict[int, list] = {}
+        # Read deadlines (read_deadline): since when the frame not yet read whole has been
+        # coming (the client preface's from the start), and the header block h2 holds while
+        # CONTINUATION frames are due (its first frame, and since when).
+        self._frame_since: float | None = clock.monotonic()
+        self._block_first: object = None
+        self._block_since = 0.0
 
     def initiate(self) -> None:
         """Queue the server preface (SETTINGS, and the connection window increase)."""
@@ -411,12 +417,14 @@ class H2Connection:
             self.closed = True
             return [ConnectionEnded(error_code=H2_NO_ERROR, reason="peer closed the connection")]
         self._last_read = self._conn.highest_inbound_stream_id
+        partial = len(self._tail) + len(self._conn.incoming_buffer._data)
         try:
             raw = self._receive(data)
         except h2.exceptions.ProtocolError as e:
             self.closed = True  # h2 has queued GOAWAY with the matching code
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
+        self._note_partial(partial + len(data))
         try:
             out, costly = self._events(raw)
         except h2.exceptions.ProtocolError as e:
@@ -437,6 +445,61 @@ class H2Connection:
                 self.close(error.h2_error_code)
                 out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error), flood=kind))
         return out
+
+    def _note_partial(self, unread: int) -> None:
+        """After a read that left ``unread`` bytes unread if it completed nothing: start the
+        clock of a frame begun in it, and of a header block begun in it."""
+        buffer = self._conn.incoming_buffer
+        if not buffer._preamble_len:  # (the preface's clock runs from the start)
+            left = len(self._tail) + len(buffer._data)
+            if not left:
+                self._frame_since = None
+            elif left != unread or self._frame_since is None:
+                # A frame was read whole (or the preface): what is left is a new frame's start.
+                self._frame_since = self.clock.monotonic()
+        block = buffer._headers_buffer
+        if not block:
+            self._block_first = None
+        elif block[0] is not self._block_first:
+            self._block_first = block[0]
+            self._block_since = self.clock.monotonic()
+
+    def read_deadline(self) -> float | None:
+        """When what the peer began must be read whole (on the injected clock's monotonic
+        time), or None when nothing is pending: the client preface, a frame's header and any
+        frame but DATA, and a header block (HEADERS and its CONTINUATION frames) within
+        ``header_timeout_s`` of their first byte; a DATA frame within ``body_timeout_s``.
+
+        A frame or a block trickled a byte at a time is bounded so, as an HTTP/1.1 head is: the
+        peer's progress does not move the deadline. Past it, ``expire`` ends the connection.
+        """
+        deadline = None
+        since = self._frame_since
+        if since is not None:
+            tail = self._tail or self._conn.incoming_buffer._data
+            limits = self.limits
+            timeout = limits.body_timeout_s if len(tail) > 3 and tail[3] == 0 else limits.header_timeout_s
+            deadline = since + timeout
+        if self._block_first is not None:
+            block_deadline = self._block_since + self.limits.header_timeout_s
+            if deadline is None or block_deadline < deadline:
+                deadline = block_deadline
+        return deadline
+
+    def expire(self) -> list[Event]:
+        """End the connection (GOAWAY) if ``read_deadline`` has passed; its ConnectionEnded."""
+        deadline = self.read_deadline()
+        if self.closed or deadline is None or self.clock.monotonic() < deadline:
+            return []
+        if self._block_first is not None and self._block_since + self.limits.header_timeout_s <= deadline:
+            what = "a header block"
+        elif self._conn.incoming_buffer._preamble_len:
+            what = "the client preface"
+        else:
+            what = "a frame"
+        reason = f"{what} not read whole in time"
+        self.close(H2_NO_ERROR, debug=reason.encode())
+        return [ConnectionEnded(error_code=H2_NO_ERROR, reason=reason)]
 
     def _charge(self, kind: str) -> None:
         """One frame of ``kind`` that did no work, charged at the end of the read."""
@@ -1036,12 +1099,15 @@ class H2Connection:
         return stream is None or stream.closed or stream.state_machine.state.name in (
             "HALF_CLOSED_REMOTE", "CLOSED")
 
-    def close(self, error_code: int = H2_NO_ERROR, last_stream_id: int | None = None) -> None:
-        """GOAWAY: no new streams; streams already open may finish."""
+    def close(self, error_code: int = H2_NO_ERROR, last_stream_id: int | None = None,
+              debug: bytes | None = None) -> None:
+        """GOAWAY (with ``debug`` as its additional debug data): no new streams; streams
+        already open may finish."""
         if not self.closed:
             self._open_all()  # (h2 has every stream the GOAWAY leaves to finish)
             try:
-                self._conn.close_connection(error_code=error_code, last_stream_id=last_stream_id)
+                self._conn.close_connection(error_code=error_code, last_stream_id=last_stream_id,
+                                            additional_data=debug)
             except h2.exceptions.ProtocolError:
                 pass
             self.closed = True
