@@ -245,6 +245,9 @@ class H2Shell:
         self._sent: anyio.Event | None = None  # for those waiting on the writer to send
         self._closing = False  # nothing more will be queued: the writer sends the rest, ends
         self._broken = False  # the writer's send failed: the connection is gone
+        # For the idle timeout: when a stream was last open, and whether one opened since.
+        self._active_at = time.monotonic()
+        self._opened = False
 
     def poke(self) -> None:
         """Something was queued in the connection: wake the writer (it sends all there is)."""
@@ -344,15 +347,34 @@ class H2Shell:
         if self.initial:
             self._dispatch(conn.receive_data(self.initial))
         self.poke()
+        idle_s = self.limits.idle_timeout_s
+        clock = conn.clock
         while not conn.closed:
+            # Idle is measured from the last stream's end, not from the last byte: frames that
+            # open no stream (PING, SETTINGS, WINDOW_UPDATE) do not keep a connection open.
+            now = time.monotonic()
+            if self.streams or self._opened:
+                self._opened = False
+                self._active_at = now
+            timeout = self._active_at + idle_s - now
+            # A frame, header block or preface begun must be read whole by its deadline,
+            # however it trickles in (the sans-IO connection keeps the clock).
+            deadline = conn.read_deadline()
+            if deadline is not None:
+                timeout = min(timeout, deadline - clock.monotonic())
             data = None
-            with anyio.move_on_after(self.limits.idle_timeout_s):
+            with anyio.move_on_after(timeout):
                 try:
                     data = await self.stream.receive(RECV_BYTES)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
                     data = b""
             if data is None:
-                if not self.streams:
+                expired = conn.expire()
+                if expired:
+                    log.info("HTTP/2 client %s: %s", self.client, expired[0].reason)
+                    self._dispatch(expired)
+                    return  # GOAWAY and close
+                if not self.streams and time.monotonic() - self._active_at >= idle_s:
                     return  # idle: GOAWAY and close
                 continue
             self._dispatch(conn.receive_data(data))
@@ -376,6 +398,7 @@ class H2Shell:
                 else:
                     self.conn.acknowledge(ev.stream_id, ev.flow_controlled_length)  # type: ignore[union-attr]
             elif kind is h2.StreamRequest:
+                self._opened = True
                 st = H2Stream(self, ev)  # type: ignore[arg-type]
                 self.streams[st.sid] = st
                 if self.service.answers_now and ev.end_stream:  # type: ignore[union-attr]
@@ -551,6 +574,7 @@ class H2Shell:
             self._connection_waiters.pop(st.sid, None)
             self._pass_window()  # in case it was woken for a window it will not use
             unread = st.discard()
+            self._active_at = time.monotonic()
             if not st.reset:
                 if not conn.request_complete(st.sid):
                     # Answered before the whole body came: a short rest is let in (and

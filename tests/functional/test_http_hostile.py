@@ -798,3 +798,73 @@ async def test_the_loop_transport_wakes_every_task_waiting_on_it(anyio_backend):
     finally:
         await stream.aclose()
         peer.close()
+
+
+# --- HTTP/2 read deadlines ---------------------------------------------------------------------
+
+_PING = _frame(0x6, 0, 0, b"12345678")
+# (what the client sends first, then a byte at a time, or whole every 0.2 s: the case's name)
+_TRICKLES = {
+    "the preface a byte at a time": (b"", PREFACE + _frame(0x4, 0, 0, b""), 1),
+    "a frame a byte at a time": (PREFACE + _frame(0x4, 0, 0, b""), _PING * 4, 1),
+    "a header block never ended": (PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x1, 0x1, 1, _NOW_BLOCK[:8]),
+                                   _frame(0x9, 0, 1, b"") * 40, 9),
+    "PINGs and no stream": (PREFACE + _frame(0x4, 0, 0, b""), _PING * 40, len(_PING)),
+}
+
+
+async def _trickled(port: int, tls: Path | None, first: bytes, then: bytes, step: int) -> tuple[float, bytes]:
+    """Send ``first``, then ``then`` ``step`` bytes every 0.2 s: (seconds until the server
+    closed, what it sent)."""
+    raw = await anyio.connect_tcp("127.0.0.1", port)
+    stream: anyio.abc.ByteStream = raw
+    if tls is not None:
+        ctx = ssl.create_default_context(cafile=str(tls))
+        ctx.set_alpn_protocols(["h2"])
+        stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=ctx, standard_compatible=False)
+    started = anyio.current_time()
+    out = bytearray()
+    async with stream:
+        async def read() -> None:
+            try:
+                while True:
+                    out.extend(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError):
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            try:
+                if first:
+                    await stream.send(first)
+                for i in range(0, len(then), step):
+                    await anyio.sleep(0.2)
+                    await stream.send(then[i:i + step])
+                await anyio.sleep(30)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError):
+                await anyio.sleep(30)  # (the reader sees the end)
+    return anyio.current_time() - started, bytes(out)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2"])
+@pytest.mark.parametrize("case", _TRICKLES)
+async def test_http2_what_trickles_in_is_cut_at_its_deadline(tls_files: tuple[Path, Path], case: str,
+                                                             tls: bool) -> None:
+    # Every byte (or PING) came before the idle timeout ran out, and moved it on: a frame, a
+    # header block or the preface (over TLS: after the handshake) trickled in held the
+    # connection for as long as the client liked. Now each has a deadline from its first byte
+    # (header_timeout_s), and idle is counted from the last stream, not the last frame.
+    first, then, step = _TRICKLES[case]
+    if not tls and not first:
+        first = then[:5]  # (h2c: the server reads the preface in its HTTP/1.1 sniffing)
+    cert, key = tls_files
+    limits = HttpLimits(header_timeout_s=1.0, idle_timeout_s=1.0, body_timeout_s=1.0)
+    async with running(make_app(Probe()), limits=limits,
+                       ssl_context=server_ssl_context(cert, key) if tls else None) as port:
+        with anyio.fail_after(30):
+            taken, out = await _trickled(port, cert if tls else None, first, then, step)
+    assert taken < 3.0, f"{case}: open for {taken:.1f} s"
+    if case == "the preface a byte at a time" and not tls:
+        return  # (cut by the HTTP/1.1 sniffing's header timeout: nothing sent)
+    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    assert len(goaways) == 1 and goaways[0][4:8] == b"\x00\x00\x00\x00", out
