@@ -200,6 +200,40 @@ async def test_http2_window_never_opened_resets_the_streams_and_frees_them() -> 
                 assert c.goaway() is None
 
 
+@pytest.mark.parametrize("scope", ["stream", "connection"])
+async def test_http2_window_opened_a_few_bytes_at_a_time_resets_the_stream(scope: str) -> None:
+    # A slow reader whose WINDOW_UPDATEs each come in time for send_timeout_s, 10 bytes a time:
+    # the response made progress, so it was held for as long as the client liked (an endless
+    # one, forever). Below min_send_rate over a window of waiting for windows, it is reset.
+    live = Live()
+    limits = HttpLimits(send_timeout_s=0.5, min_send_rate_bytes_per_s=1 * KiB, min_send_rate_window_s=1.0)
+    async with running(hostile_app(live, make_app(Probe())), limits=limits) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s, initial_window=0 if scope == "stream" else 2**31 - 1)
+                await c.start()
+                c.conn.send_headers(1, c.headers("GET", "/endless"), end_stream=True)
+                await c.send()
+                start = anyio.current_time()
+                received = 0
+                # (the connection's window starts at 65,535: what it admits goes first)
+                while not any(isinstance(e, h2.events.StreamReset) for e in c.events):
+                    assert anyio.current_time() - start < 15, f"still sending after {received} bytes"
+                    with anyio.move_on_after(0.1):  # (10 bytes each 0.1 s: 100 B/s)
+                        while not c.closed:
+                            await c.pump()
+                    received = sum(len(e.data) for e in c.events if isinstance(e, h2.events.DataReceived))
+                    if not any(isinstance(e, h2.events.StreamReset) for e in c.events):
+                        c.conn.increment_flow_control_window(10, stream_id=1 if scope == "stream" else None)
+                        await c.send()
+                [reset] = [e for e in c.events if isinstance(e, h2.events.StreamReset)]
+                assert reset.error_code == h2.errors.ErrorCodes.CANCEL and received < 100 * KiB
+                assert anyio.current_time() - start < 8  # (two 1 s windows of waiting, on a busy machine)
+                while live.open:
+                    await anyio.sleep(0.01)
+                assert c.goaway() is None
+
+
 # --- minimum body rate -------------------------------------------------------------------------
 
 async def test_http1_trickled_body_gets_408() -> None:
