@@ -43,6 +43,7 @@ from hyperframe.frame import FRAMES, AltSvcFrame, DataFrame, Frame, HeadersFrame
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http.errors import (
+    H2_ENHANCE_YOUR_CALM,
     H2_NO_ERROR,
     H2_PROTOCOL_ERROR,
     H2_REFUSED_STREAM,
@@ -444,6 +445,12 @@ class H2Connection:
                 self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
                 self.close(error.h2_error_code)
                 out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error), flood=kind))
+        if self._block_first is not None and not self.closed and self._block_too_big():
+            # h2 buffers up to 64 CONTINUATION frames (1 MiB of 16 KiB frames) before it
+            # refuses a block: refused here as the decoder refuses the list it would make.
+            self.close(H2_ENHANCE_YOUR_CALM)
+            out.append(ConnectionEnded(error_code=H2_ENHANCE_YOUR_CALM,
+                                       reason="a header block larger than max_header_bytes"))
         return out
 
     def _note_partial(self, unread: int) -> None:
@@ -463,6 +470,13 @@ class H2Connection:
         elif block[0] is not self._block_first:
             self._block_first = block[0]
             self._block_since = self.clock.monotonic()
+
+    def _block_too_big(self) -> bool:
+        """The header block h2 holds, not yet whole, is over twice ``max_header_bytes``: it could
+        not decode to a list within it (HPACK counts a field at 32 bytes more than its name and
+        value, more than any literal's encoding adds; twice, for Huffman codes longer than their
+        text)."""
+        return sum(len(f.data) for f in self._conn.incoming_buffer._headers_buffer) > 2 * self.limits.max_header_bytes
 
     def read_deadline(self) -> float | None:
         """When what the peer began must be read whole (on the injected clock's monotonic

@@ -693,3 +693,15 @@ def test_h2_a_stream_past_the_limit_is_refused_and_the_connection_goes_on(lab):
         assert h2_status(events, extra + 2) == 200
     finally:
         s.close()
+
+
+def test_h2_a_header_block_growing_past_the_limit_is_refused_before_it_is_whole(lab):
+    # h2 held up to 64 CONTINUATION frames of 16 KiB (1 MiB a connection) until the block
+    # ended or the 65th came; now no more than twice max_header_size (64 KiB) is held.
+    def feed(sock: Any) -> None:
+        sock.sendall(_PREFACE + _frame(1, 0x1, 1, _literal_block("/f/big-block")))
+        sock.sendall(_frame(9, 0, 1, b"\x10\x03x-a\x7f\x81\xff\x01" + b"v" * 16000) + _frame(9, 0, 1, b"v" * 16000) * 8)
+    taken, out = closed_within(lab.pop, feed, limit=5)
+    assert taken < 0.9, f"open for {taken:.1f} s"  # (not the 1 s header timeout)
+    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    assert len(goaways) == 1 and goaways[0][4:8] == (0xB).to_bytes(4, "big")

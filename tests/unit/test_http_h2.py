@@ -704,3 +704,13 @@ def test_frames_read_whole_in_time_never_expire() -> None:
         clock.advance(5.0)
         assert not server.expire() and not server.closed
     assert server.read_deadline() is None  # (the last read ended on a frame's end)
+
+
+def test_a_header_block_growing_past_the_limit_ends_the_connection_before_it_is_whole() -> None:
+    # h2 buffered up to 64 CONTINUATION frames of up to 16 KiB (1 MiB) before it refused it.
+    server = _server(HttpLimits(max_header_bytes=8 * KiB))
+    assert server.receive_data(_headers(1, _G + b"\x00\x03x-a\x7f\x81\x3f" + b"v" * 4000, end_headers=False)) == []
+    assert server.receive_data(_frame(0x9, 0, 1, b"v" * 12000)) == []  # 16 KiB: twice the limit
+    events = server.receive_data(_frame(0x9, 0, 1, b"v" * 1000))
+    assert [(type(e), e.error_code) for e in events] == [(server_h2.ConnectionEnded, _CALM)]
+    assert _goaway(server.data_to_send())[1] == _CALM and server.closed
