@@ -425,7 +425,9 @@ class H2Connection:
             self.closed = True  # h2 has queued GOAWAY with the matching code
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
-        self._note_partial(partial + len(data))
+        if self._tail or self._frame_since is not None or self._block_first is not None \
+                or self._conn.incoming_buffer._headers_buffer:
+            self._note_partial(partial + len(data))
         try:
             out, costly = self._events(raw)
         except h2.exceptions.ProtocolError as e:
