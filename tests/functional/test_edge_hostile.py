@@ -22,7 +22,9 @@ import anyio.from_thread
 import httpx
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import hpack
 import pytest
 from Crypto.PublicKey import RSA
@@ -81,6 +83,8 @@ header_timeout_seconds = 1
 body_timeout_seconds = 1
 send_timeout_seconds = 1.5
 min_body_rate_window_seconds = 1
+min_send_rate = "1KiB"
+min_send_rate_window_seconds = 1
 
 [[edge]]
 id = "shield-1"
@@ -457,7 +461,8 @@ def closed_within(port: int, feed: Callable[[socket.socket], None], *, tls: bool
         finally:
             sock.close()
         return time.monotonic() - started, out
-    return time.monotonic() - started, read_while_feeding(sock, feed, started + limit)
+    out = read_while_feeding(sock, feed, started + limit)
+    return time.monotonic() - started, out  # (after the read: the handshake alone, it was)
 
 
 def _quietly(feed: Callable[[Any], None], sock: Any) -> None:
@@ -705,3 +710,38 @@ def test_h2_a_header_block_growing_past_the_limit_is_refused_before_it_is_whole(
     assert taken < 0.9, f"open for {taken:.1f} s"  # (not the 1 s header timeout)
     goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
     assert len(goaways) == 1 and goaways[0][4:8] == (0xB).to_bytes(4, "big")
+
+
+def test_h2_a_window_opened_a_few_bytes_at_a_time_resets_the_stream(lab):
+    # Each WINDOW_UPDATE (10 bytes) came in time for send_timeout_seconds (1.5): the response
+    # made progress, and a 200 KB one held its stream for hours. Below min_send_rate (1 KiB/s
+    # over each second of waiting, in this lab) it is reset.
+    async def big(reader, writer, head) -> bool:
+        body = b"b" * 200_000
+        writer.write(b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        return True
+    lab.origin.handlers["/f/drip"] = big
+    s, c = h2_client(lab.pop)
+    try:
+        c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        c.send_headers(1, [(":method", "GET"), (":path", "/f/drip"), (":scheme", "http"),
+                           (":authority", "video.test")], end_stream=True)
+        s.sendall(c.data_to_send())
+        started = time.monotonic()
+        events: list[Any] = []
+        while not any(isinstance(e, (h2.events.StreamReset, h2.events.ConnectionTerminated)) for e in events):
+            assert time.monotonic() - started < 10, "still sending"
+            s.settimeout(0.2)
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                c.increment_flow_control_window(10, stream_id=1)
+                s.sendall(c.data_to_send())
+                continue
+            assert data, "the POP closed the connection"
+            events += c.receive_data(data)
+        [reset] = [e for e in events if isinstance(e, h2.events.StreamReset)]
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL
+        assert time.monotonic() - started < 5
+    finally:
+        s.close()
