@@ -20,7 +20,13 @@ unsolicited SETTINGS and PING acknowledgements, DATA, HEADERS and WINDOW_UPDATE 
 longer open (beyond the few a stream closed recently may still have in flight), and
 WINDOW_UPDATEs of a window beyond one per 4 KiB of DATA we sent on it (a big download's, which
 re-open what it drew, are never charged). h2 hands us no event for several of them, so its own
-handlers of those frame types are wrapped (``_wrap_h2``).
+handlers of those frame types are wrapped (``_wrap_h2``). A HEADERS opening a stream past
+SETTINGS_MAX_CONCURRENT_STREAMS is refused (RST_STREAM REFUSED_STREAM) and charged so.
+
+What the peer begins it must finish in time (``read_deadline``, ``expire``): a frame, a header
+block or the client preface begun and not read whole by its deadline ends the connection with
+GOAWAY, however it trickles in; a header block held for CONTINUATION frames may not grow past
+twice ``max_header_bytes``.
 """
 
 from __future__ import annotations
