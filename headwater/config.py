@@ -124,6 +124,12 @@ class HttpLimits:
     # (Apache mod_reqtimeout's MinRate); 0 disables it. body_timeout_s still bounds one read.
     min_body_rate_bytes_per_s: int = 1 * KiB
     min_body_rate_window_s: float = 10.0
+    # An HTTP/2 response whose peer opens its flow-control windows slower than this on average
+    # over each window of waiting for them (WINDOW_UPDATEs of a few bytes, each in time for
+    # send_timeout_s) has its stream reset (IIS's minBytesPerSecond, 240); 0 disables it. Low,
+    # as the streams of one connection share its window: 50 at once on a 100 kbit/s link pass.
+    min_send_rate_bytes_per_s: int = 256
+    min_send_rate_window_s: float = 10.0
     # HTTP/2 frames cheap for the client and costly for us, that neither open nor end a stream
     # nor move useful data (RST_STREAM, PING, SETTINGS, PRIORITY and PRIORITY_UPDATE, unknown
     # frame types, empty DATA, refused streams, unsolicited acks, DATA, HEADERS and
@@ -144,6 +150,7 @@ def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str,
                                 "idle_timeout_seconds", "body_timeout_seconds",
                                 "max_concurrent_streams", "max_connections", "send_timeout_seconds",
                                 "min_body_rate", "min_body_rate_window_seconds",
+                                "min_send_rate", "min_send_rate_window_seconds",
                                 "h2_flood_rate_per_second", "h2_flood_burst"})
     return HttpLimits(
         max_header_bytes=r.size(data, "max_header_size", prefix, d.max_header_bytes),
@@ -156,6 +163,8 @@ def read_http_limits(r: Reader, data: Mapping[str, Any], prefix: str,
         send_timeout_s=r.positive(data, "send_timeout_seconds", prefix, d.send_timeout_s),
         min_body_rate_bytes_per_s=r.size(data, "min_body_rate", prefix, d.min_body_rate_bytes_per_s),
         min_body_rate_window_s=r.positive(data, "min_body_rate_window_seconds", prefix, d.min_body_rate_window_s),
+        min_send_rate_bytes_per_s=r.size(data, "min_send_rate", prefix, d.min_send_rate_bytes_per_s),
+        min_send_rate_window_s=r.positive(data, "min_send_rate_window_seconds", prefix, d.min_send_rate_window_s),
         h2_flood_rate_per_s=r.positive(data, "h2_flood_rate_per_second", prefix, d.h2_flood_rate_per_s),
         h2_flood_burst=int(r.positive(data, "h2_flood_burst", prefix, d.h2_flood_burst)),
     )

@@ -20,7 +20,13 @@ unsolicited SETTINGS and PING acknowledgements, DATA, HEADERS and WINDOW_UPDATE 
 longer open (beyond the few a stream closed recently may still have in flight), and
 WINDOW_UPDATEs of a window beyond one per 4 KiB of DATA we sent on it (a big download's, which
 re-open what it drew, are never charged). h2 hands us no event for several of them, so its own
-handlers of those frame types are wrapped (``_wrap_h2``).
+handlers of those frame types are wrapped (``_wrap_h2``). A HEADERS opening a stream past
+SETTINGS_MAX_CONCURRENT_STREAMS is refused (RST_STREAM REFUSED_STREAM) and charged so.
+
+What the peer begins it must finish in time (``read_deadline``, ``expire``): a frame, a header
+block or the client preface begun and not read whole by its deadline ends the connection with
+GOAWAY, however it trickles in; a header block held for CONTINUATION frames may not grow past
+twice ``max_header_bytes``.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from hyperframe.frame import FRAMES, AltSvcFrame, DataFrame, Frame, HeadersFrame
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http.errors import (
+    H2_ENHANCE_YOUR_CALM,
     H2_NO_ERROR,
     H2_PROTOCOL_ERROR,
+    H2_REFUSED_STREAM,
     BadRequest,
     Flooding,
     LocalProtocolError,
@@ -393,6 +401,12 @@ class H2Connection:
         # Streams opened by a request's HEADERS (END_STREAM) read by _request_headers and not
         # made in h2 (yet): id -> [the content-length h2 keeps, response HEADERS sent].
         self._unopened: dict[int, list] = {}
+        # Read deadlines (read_deadline): since when the frame not yet read whole has been
+        # coming (the client preface's from the start), and the header block h2 holds while
+        # CONTINUATION frames are due (its first frame, and since when).
+        self._frame_since: float | None = clock.monotonic()
+        self._block_first: object = None
+        self._block_since = 0.0
 
     def initiate(self) -> None:
         """Queue the server preface (SETTINGS, and the connection window increase)."""
@@ -410,12 +424,16 @@ class H2Connection:
             self.closed = True
             return [ConnectionEnded(error_code=H2_NO_ERROR, reason="peer closed the connection")]
         self._last_read = self._conn.highest_inbound_stream_id
+        partial = len(self._tail) + len(self._conn.incoming_buffer._data)
         try:
             raw = self._receive(data)
         except h2.exceptions.ProtocolError as e:
             self.closed = True  # h2 has queued GOAWAY with the matching code
             return [ConnectionEnded(error_code=int(getattr(e, "error_code", H2_PROTOCOL_ERROR)),
                                     reason=str(e))]
+        if self._tail or self._frame_since is not None or self._block_first is not None \
+                or self._conn.incoming_buffer._headers_buffer:
+            self._note_partial(partial + len(data))
         try:
             out, costly = self._events(raw)
         except h2.exceptions.ProtocolError as e:
@@ -435,7 +453,75 @@ class H2Connection:
                 self._conn.data_to_send()  # the flood's answers (PING/SETTINGS acks) are not sent
                 self.close(error.h2_error_code)
                 out.append(ConnectionEnded(error_code=error.h2_error_code, reason=str(error), flood=kind))
+        if self._block_first is not None and not self.closed and self._block_too_big():
+            # h2 buffers up to 64 CONTINUATION frames (1 MiB of 16 KiB frames) before it
+            # refuses a block: refused here as the decoder refuses the list it would make.
+            self.close(H2_ENHANCE_YOUR_CALM)
+            out.append(ConnectionEnded(error_code=H2_ENHANCE_YOUR_CALM,
+                                       reason="a header block larger than max_header_bytes"))
         return out
+
+    def _note_partial(self, unread: int) -> None:
+        """After a read that left ``unread`` bytes unread if it completed nothing: start the
+        clock of a frame begun in it, and of a header block begun in it."""
+        buffer = self._conn.incoming_buffer
+        if not buffer._preamble_len:  # (the preface's clock runs from the start)
+            left = len(self._tail) + len(buffer._data)
+            if not left:
+                self._frame_since = None
+            elif left != unread or self._frame_since is None:
+                # A frame was read whole (or the preface): what is left is a new frame's start.
+                self._frame_since = self.clock.monotonic()
+        block = buffer._headers_buffer
+        if not block:
+            self._block_first = None
+        elif block[0] is not self._block_first:
+            self._block_first = block[0]
+            self._block_since = self.clock.monotonic()
+
+    def _block_too_big(self) -> bool:
+        """The header block h2 holds, not yet whole, is over twice ``max_header_bytes``: it could
+        not decode to a list within it (HPACK counts a field at 32 bytes more than its name and
+        value, more than any literal's encoding adds; twice, for Huffman codes longer than their
+        text)."""
+        return sum(len(f.data) for f in self._conn.incoming_buffer._headers_buffer) > 2 * self.limits.max_header_bytes
+
+    def read_deadline(self) -> float | None:
+        """When what the peer began must be read whole (on the injected clock's monotonic
+        time), or None when nothing is pending: the client preface, a frame's header and any
+        frame but DATA, and a header block (HEADERS and its CONTINUATION frames) within
+        ``header_timeout_s`` of their first byte; a DATA frame within ``body_timeout_s``.
+
+        A frame or a block trickled a byte at a time is bounded so, as an HTTP/1.1 head is: the
+        peer's progress does not move the deadline. Past it, ``expire`` ends the connection.
+        """
+        deadline = None
+        since = self._frame_since
+        if since is not None:
+            tail = self._tail or self._conn.incoming_buffer._data
+            limits = self.limits
+            timeout = limits.body_timeout_s if len(tail) > 3 and tail[3] == 0 else limits.header_timeout_s
+            deadline = since + timeout
+        if self._block_first is not None:
+            block_deadline = self._block_since + self.limits.header_timeout_s
+            if deadline is None or block_deadline < deadline:
+                deadline = block_deadline
+        return deadline
+
+    def expire(self) -> list[Event]:
+        """End the connection (GOAWAY) if ``read_deadline`` has passed; its ConnectionEnded."""
+        deadline = self.read_deadline()
+        if self.closed or deadline is None or self.clock.monotonic() < deadline:
+            return []
+        if self._block_first is not None and self._block_since + self.limits.header_timeout_s <= deadline:
+            what = "a header block"
+        elif self._conn.incoming_buffer._preamble_len:
+            what = "the client preface"
+        else:
+            what = "a frame"
+        reason = f"{what} not read whole in time"
+        self.close(H2_NO_ERROR, debug=reason.encode())
+        return [ConnectionEnded(error_code=H2_NO_ERROR, reason=reason)]
 
     def _charge(self, kind: str) -> None:
         """One frame of ``kind`` that did no work, charged at the end of the read."""
@@ -721,6 +807,12 @@ class H2Connection:
         return frames, events
 
     def _receive_headers(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        conn = self._conn
+        sid = frame.stream_id
+        if (sid % 2 and sid > conn.highest_inbound_stream_id
+                and conn.open_inbound_streams + len(self._unopened) + 1
+                > conn.local_settings.max_concurrent_streams):
+            return self._refuse_stream(frame)
         try:
             return self._h2_headers(frame)
         except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError) as e:
@@ -729,6 +821,26 @@ class H2Connection:
             if self._conn._stream_is_closed_by_reset(e.stream_id):
                 self._charge("closed_stream")
             raise
+
+    def _refuse_stream(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        """A HEADERS opening a stream past SETTINGS_MAX_CONCURRENT_STREAMS: RST_STREAM
+        (REFUSED_STREAM) and the connection goes on (RFC 9113 5.1.2; h2 ends the connection).
+
+        The block is decoded all the same (the peer's HPACK table changed with it, RFC 9113
+        4.3), the stream id is used up, and the stream is closed as one we reset (frames the
+        client had in flight for it are late frames). A refusal is charged to the flood
+        budget: a client that keeps opening streams past the limit ends with ENHANCE_YOUR_CALM.
+        """
+        conn = self._conn
+        sid = frame.stream_id
+        _connection_input(conn, _RECV_HEADERS)
+        h2.connection._decode_headers(conn.decoder, frame.data)
+        conn.highest_inbound_stream_id = sid
+        conn._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        self._charge("refused_stream")
+        refusal = RstStreamFrame(sid)
+        refusal.error_code = H2_REFUSED_STREAM
+        return [refusal], []
 
     def _receive_alt_svc(self, frame: AltSvcFrame) -> tuple[list[Frame], list[h2.events.Event]]:
         self._charge("unknown_frame")  # ALTSVC is the server's to send (RFC 7838): ignored
@@ -1009,12 +1121,15 @@ class H2Connection:
         return stream is None or stream.closed or stream.state_machine.state.name in (
             "HALF_CLOSED_REMOTE", "CLOSED")
 
-    def close(self, error_code: int = H2_NO_ERROR, last_stream_id: int | None = None) -> None:
-        """GOAWAY: no new streams; streams already open may finish."""
+    def close(self, error_code: int = H2_NO_ERROR, last_stream_id: int | None = None,
+              debug: bytes | None = None) -> None:
+        """GOAWAY (with ``debug`` as its additional debug data): no new streams; streams
+        already open may finish."""
         if not self.closed:
             self._open_all()  # (h2 has every stream the GOAWAY leaves to finish)
             try:
-                self._conn.close_connection(error_code=error_code, last_stream_id=last_stream_id)
+                self._conn.close_connection(error_code=error_code, last_stream_id=last_stream_id,
+                                            additional_data=debug)
             except h2.exceptions.ProtocolError:
                 pass
             self.closed = True

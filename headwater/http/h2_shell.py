@@ -12,10 +12,15 @@ What one stream can hold: its unread request body is bounded by the stream windo
 body; what all of them queue ahead of the socket is bounded by ``OUTBOUND_HIGH_BYTES``: a stream
 (or the reader, whose answers PING and SETTINGS make) that finds more queued waits for the writer
 to send it, so a peer that does not read stops being read and stops being answered. A stream
-whose send window stays shut for send_timeout_s is reset (CANCEL) and its body closed; a socket
-that takes nothing for that long is cut by the transport's watchdog, which fails the writer, and
-that ends the connection. Flood budgets are the sans-IO connection's business: it ends the
-connection with GOAWAY(ENHANCE_YOUR_CALM), and this loop then closes.
+whose send window stays shut for send_timeout_s, or opens slower than min_send_rate_bytes_per_s
+over the time spent waiting for it, is reset (CANCEL) and its body closed; a socket that takes
+nothing for that long is cut by the transport's watchdog, which fails the writer, and that ends
+the connection. Flood budgets are the sans-IO connection's business: it ends the connection with
+GOAWAY(ENHANCE_YOUR_CALM), and this loop then closes.
+
+Reads wait no longer than the sans-IO connection's read deadline (a frame, header block or
+preface begun and not finished in time: GOAWAY and close), nor, with no stream open, than
+idle_timeout_s since the last stream ended: frames that open no stream do not keep it open.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from headwater.config import HttpLimits
 from headwater.http import h2
 from headwater.http.errors import (
     H2_ENHANCE_YOUR_CALM,
@@ -89,7 +95,7 @@ class H2Stream(BodyReading):
 
     __slots__ = ("sid", "_h", "_chunks", "ended", "reset", "failed", "_wakeup", "in_receive",
                  "scope", "_expects_continue", "_content_length", "continue_sent", "received",
-                 "_floor")
+                 "_floor", "sent", "_metered", "_send_floor")
 
     def __init__(self, shell: H2Shell, req: h2.StreamRequest) -> None:
         self.sid = req.stream_id
@@ -108,6 +114,11 @@ class H2Stream(BodyReading):
         self.continue_sent = False
         self.received = 0
         self._floor: RateFloor | None = None
+        # Response bytes queued, those counted by the send-rate floor, and the floor (made at
+        # the first wait for a window).
+        self.sent = 0
+        self._metered = 0
+        self._send_floor: RateFloor | None = None
 
     # fed by the connection's reader task
 
@@ -142,6 +153,12 @@ class H2Stream(BodyReading):
         n = sum(c[1] for c in self._chunks)
         self._chunks.clear()
         return n
+
+    def send_floor(self, limits: HttpLimits) -> RateFloor | None:
+        """The response's minimum send rate over its waits for flow-control windows."""
+        if self._send_floor is None and limits.min_send_rate_bytes_per_s:
+            self._send_floor = RateFloor(limits.min_send_rate_bytes_per_s, limits.min_send_rate_window_s)
+        return self._send_floor
 
     # RequestBody
 
@@ -245,6 +262,9 @@ class H2Shell:
         self._sent: anyio.Event | None = None  # for those waiting on the writer to send
         self._closing = False  # nothing more will be queued: the writer sends the rest, ends
         self._broken = False  # the writer's send failed: the connection is gone
+        # For the idle timeout: when a stream was last open, and whether one opened since.
+        self._active_at = time.monotonic()
+        self._opened = False
 
     def poke(self) -> None:
         """Something was queued in the connection: wake the writer (it sends all there is)."""
@@ -344,15 +364,34 @@ class H2Shell:
         if self.initial:
             self._dispatch(conn.receive_data(self.initial))
         self.poke()
+        idle_s = self.limits.idle_timeout_s
+        clock = conn.clock
         while not conn.closed:
+            # Idle is measured from the last stream's end, not from the last byte: frames that
+            # open no stream (PING, SETTINGS, WINDOW_UPDATE) do not keep a connection open.
+            now = time.monotonic()
+            if self.streams or self._opened:
+                self._opened = False
+                self._active_at = now
+            timeout = self._active_at + idle_s - now
+            # A frame, header block or preface begun must be read whole by its deadline,
+            # however it trickles in (the sans-IO connection keeps the clock).
+            deadline = conn.read_deadline()
+            if deadline is not None:
+                timeout = min(timeout, deadline - clock.monotonic())
             data = None
-            with anyio.move_on_after(self.limits.idle_timeout_s):
+            with anyio.move_on_after(timeout):
                 try:
                     data = await self.stream.receive(RECV_BYTES)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
                     data = b""
             if data is None:
-                if not self.streams:
+                expired = conn.expire()
+                if expired:
+                    log.info("HTTP/2 client %s: %s", self.client, expired[0].reason)
+                    self._dispatch(expired)
+                    return  # GOAWAY and close
+                if not self.streams and time.monotonic() - self._active_at >= idle_s:
                     return  # idle: GOAWAY and close
                 continue
             self._dispatch(conn.receive_data(data))
@@ -376,6 +415,7 @@ class H2Shell:
                 else:
                     self.conn.acknowledge(ev.stream_id, ev.flow_controlled_length)  # type: ignore[union-attr]
             elif kind is h2.StreamRequest:
+                self._opened = True
                 st = H2Stream(self, ev)  # type: ignore[arg-type]
                 self.streams[st.sid] = st
                 if self.service.answers_now and ev.end_stream:  # type: ignore[union-attr]
@@ -551,6 +591,7 @@ class H2Shell:
             self._connection_waiters.pop(st.sid, None)
             self._pass_window()  # in case it was woken for a window it will not use
             unread = st.discard()
+            self._active_at = time.monotonic()
             if not st.reset:
                 if not conn.request_complete(st.sid):
                     # Answered before the whole body came: a short rest is let in (and
@@ -645,13 +686,25 @@ class H2Shell:
                 if wakeup is None:
                     wakeup = waiting[st.sid] = self.new_event()
                 self.poke()
+                # Only the time spent waiting for the peer's windows counts toward the floor,
+                # so a slow app never makes a client look slow (the bytes sent since the last
+                # wait are counted at the end of this one).
+                floor = st.send_floor(self.limits)
+                if floor is not None:
+                    left = min(left, floor.begin_wait(now) - now)
                 with anyio.move_on_after(left):
                     await wakeup.wait()
                 if waiting.get(st.sid) is wakeup:
                     del waiting[st.sid]
+                if floor is not None:
+                    if not floor.end_wait(st.sent - st._metered, time.monotonic()):
+                        raise SendTimeout("the peer opened its windows slower than min_send_rate")
+                    st._metered = st.sent
                 continue
             shut_since = math.inf
-            view = view[conn.send_body(st.sid, view, end_stream=end):]
+            queued = conn.send_body(st.sid, view, end_stream=end)
+            st.sent += queued
+            view = view[queued:]
             last = end and not view
             self.poke()
             if self._connection_waiters:

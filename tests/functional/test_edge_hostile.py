@@ -22,7 +22,9 @@ import anyio.from_thread
 import httpx
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import hpack
 import pytest
 from Crypto.PublicKey import RSA
@@ -81,6 +83,8 @@ header_timeout_seconds = 1
 body_timeout_seconds = 1
 send_timeout_seconds = 1.5
 min_body_rate_window_seconds = 1
+min_send_rate = "1KiB"
+min_send_rate_window_seconds = 1
 
 [[edge]]
 id = "shield-1"
@@ -428,9 +432,9 @@ def test_a_blocked_path_spelt_differently_is_still_blocked(lab):
 # --- slow clients ----------------------------------------------------------------------------
 
 def closed_within(port: int, feed: Callable[[socket.socket], None], *, tls: bool = False,
-                  limit: float = 4.0) -> tuple[float, bytes]:
+                  limit: float = 4.0, alpn: str | None = None) -> tuple[float, bytes]:
     """Seconds until the POP closes a connection that ``feed`` drives (in a thread), and what
-    it answered; ``limit`` if it never did."""
+    it answered; ``limit`` if it never did. Over TLS, ``alpn`` is the protocol offered."""
     # The POP's header clock starts at accept, so ours does too: on a loaded machine the TLS
     # handshake alone can take past the timeout, and a cut there is the answer under test.
     started = time.monotonic()
@@ -439,6 +443,8 @@ def closed_within(port: int, feed: Callable[[socket.socket], None], *, tls: bool
     if tls:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if alpn is not None:
+            ctx.set_alpn_protocols([alpn])
         try:
             sock = ctx.wrap_socket(raw, server_hostname="video.test")
         except (OSError, ssl.SSLError):
@@ -455,7 +461,8 @@ def closed_within(port: int, feed: Callable[[socket.socket], None], *, tls: bool
         finally:
             sock.close()
         return time.monotonic() - started, out
-    return time.monotonic() - started, read_while_feeding(sock, feed, started + limit)
+    out = read_while_feeding(sock, feed, started + limit)
+    return time.monotonic() - started, out  # (after the read: the handshake alone, it was)
 
 
 def _quietly(feed: Callable[[Any], None], sock: Any) -> None:
@@ -597,3 +604,144 @@ def test_h2_floods_are_counted_by_the_kind_of_frame(lab):
     while flood_count(lab, "window_update") < before + 1:
         assert time.monotonic() < deadline, "hw_edge_rejected_total{reason=h2_flood:window_update} never counted it"
         time.sleep(0.2)
+
+
+
+# --- HTTP/2 waits (issue 10) -----------------------------------------------------------------
+
+def _frames_of(out: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each whole frame in ``out`` (the server's preface first)."""
+    frames, pos = [], 0
+    while pos + 9 <= len(out):
+        n = int.from_bytes(out[pos:pos + 3], "big")
+        frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
+        pos += 9 + n
+    return frames
+
+
+def _literal_block(path: str, method: str = "GET") -> bytes:
+    """A request's fields as HPACK literals never indexed: it leaves the POP's table as it was."""
+    fields = [(b":method", method.encode()), (b":path", path.encode()), (b":scheme", b"http"),
+              (b":authority", b"video.test")]
+    return b"".join(b"\x10" + bytes((len(n),)) + n + bytes((len(v),)) + v for n, v in fields)
+
+
+def _trickled(first: bytes, then: bytes, step: int) -> Callable[[Any], None]:
+    def feed(sock: Any) -> None:
+        sock.sendall(first)
+        for i in range(0, len(then), step):
+            time.sleep(0.2)
+            sock.sendall(then[i:i + step])
+    return feed
+
+
+# What a client begins and never finishes, one piece every 0.2 s: before issue 10 each piece
+# moved the idle timeout (75 s) on, and the connection was held for as long as the client liked.
+H2_TRICKLES = {
+    "a frame a byte at a time": (_PREFACE, _frame(6, 0, 0, b"12345678") * 4, 1),
+    "a header block never ended": (_PREFACE + _frame(1, 0x1, 1, _literal_block("/f/cont")[:6]),
+                                   _frame(9, 0, 1, b"") * 30, 9),  # (fewer than h2's 64-frame cap)
+    "an upload's DATA frame a byte at a time": (_PREFACE + _frame(1, 0x4, 1, _literal_block("/f/up", "POST")),
+                                                _frame(0, 0, 1, b"x" * 100), 1),
+    "the preface a byte at a time, after the TLS handshake": (b"", _PREFACE, 1),
+}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2"])
+@pytest.mark.parametrize("case", H2_TRICKLES)
+def test_h2_what_trickles_in_is_cut_at_its_deadline(lab, case, tls):
+    first, then, step = H2_TRICKLES[case]
+    if not first and not tls:
+        pytest.skip("h2c: the preface is read (with its timeout) before HTTP/2 begins")
+    taken, out = closed_within(lab.tls if tls else lab.pop, _trickled(first, then, step), tls=tls,
+                               alpn="h2" if tls else None, limit=8)
+    # header_timeout_seconds = body_timeout_seconds = 1 (a TLS handshake on a loaded machine
+    # before it)
+    assert taken < 3.5, f"{case}: still open after {taken:.1f} s"
+    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    assert len(goaways) == 1 and goaways[0][4:8] == b"\x00\x00\x00\x00" and b"in time" in goaways[0], out[-80:]
+
+
+def test_h2_a_stream_past_the_limit_is_refused_and_the_connection_goes_on(lab):
+    async def hang(reader, writer, head) -> bool:
+        await asyncio.sleep(30)
+        return False
+    lab.origin.handlers["/c/held"] = hang
+    s, c = h2_client(lab.pop)
+    try:
+        h2_events(s, c, lambda ev: isinstance(ev, h2.events.RemoteSettingsChanged))
+        most = c.remote_settings.max_concurrent_streams
+        assert most < 1000
+        for i in range(most):  # every one waits for the hanging origin (read_timeout_seconds = 2)
+            c.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/c/held"), (":scheme", "http"),
+                                       (":authority", "video.test")], end_stream=True)
+        extra = 1 + 2 * most
+        s.sendall(c.data_to_send() + _frame(1, 0x5, extra, _literal_block("/f/one-too-many")))
+        refused = _frame(3, 0, extra, (7).to_bytes(4, "big"))  # RST_STREAM(REFUSED_STREAM)
+        raw = b""
+        events: list[Any] = []
+        deadline = time.monotonic() + 10
+        while refused not in raw or sum(isinstance(e, h2.events.StreamEnded) for e in events) < most:
+            assert time.monotonic() < deadline, "neither refused nor answered"
+            data = s.recv(65536)
+            assert data, "the POP closed the connection"
+            raw += data
+            events += c.receive_data(data)  # (h2 ignores the RST_STREAM of a stream it never saw)
+            s.sendall(c.data_to_send())
+        assert {h2_status(events, 1 + 2 * i) for i in range(most)} == {504}
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        assert lab.origin.fetches("/f/one-too-many") == 0
+        c.send_headers(extra + 2, [(":method", "GET"), (":path", "/f/after"), (":scheme", "http"),
+                                   (":authority", "video.test")], end_stream=True)
+        s.sendall(c.data_to_send())
+        events = h2_events(s, c, lambda ev: isinstance(ev, h2.events.StreamEnded), wait=5)
+        assert h2_status(events, extra + 2) == 200
+    finally:
+        s.close()
+
+
+def test_h2_a_header_block_growing_past_the_limit_is_refused_before_it_is_whole(lab):
+    # h2 held up to 64 CONTINUATION frames of 16 KiB (1 MiB a connection) until the block
+    # ended or the 65th came; now no more than twice max_header_size (64 KiB) is held.
+    def feed(sock: Any) -> None:
+        sock.sendall(_PREFACE + _frame(1, 0x1, 1, _literal_block("/f/big-block")))
+        sock.sendall(_frame(9, 0, 1, b"\x10\x03x-a\x7f\x81\xff\x01" + b"v" * 16000) + _frame(9, 0, 1, b"v" * 16000) * 8)
+    taken, out = closed_within(lab.pop, feed, limit=5)
+    assert taken < 0.9, f"open for {taken:.1f} s"  # (not the 1 s header timeout)
+    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    assert len(goaways) == 1 and goaways[0][4:8] == (0xB).to_bytes(4, "big")
+
+
+def test_h2_a_window_opened_a_few_bytes_at_a_time_resets_the_stream(lab):
+    # Each WINDOW_UPDATE (10 bytes) came in time for send_timeout_seconds (1.5): the response
+    # made progress, and a 200 KB one held its stream for hours. Below min_send_rate (1 KiB/s
+    # over each second of waiting, in this lab) it is reset.
+    async def big(reader, writer, head) -> bool:
+        body = b"b" * 200_000
+        writer.write(b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        return True
+    lab.origin.handlers["/f/drip"] = big
+    s, c = h2_client(lab.pop)
+    try:
+        c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        c.send_headers(1, [(":method", "GET"), (":path", "/f/drip"), (":scheme", "http"),
+                           (":authority", "video.test")], end_stream=True)
+        s.sendall(c.data_to_send())
+        started = time.monotonic()
+        events: list[Any] = []
+        while not any(isinstance(e, (h2.events.StreamReset, h2.events.ConnectionTerminated)) for e in events):
+            assert time.monotonic() - started < 10, "still sending"
+            s.settimeout(0.2)
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                c.increment_flow_control_window(10, stream_id=1)
+                s.sendall(c.data_to_send())
+                continue
+            assert data, "the POP closed the connection"
+            events += c.receive_data(data)
+        [reset] = [e for e in events if isinstance(e, h2.events.StreamReset)]
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL
+        assert time.monotonic() - started < 5
+    finally:
+        s.close()

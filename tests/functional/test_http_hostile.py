@@ -88,6 +88,7 @@ class H2Client:
         self.events: list = []
         self.closed = False
         self.raw = bytearray()  # hand-made frames (the h2 library would not send them), sent next
+        self.received = bytearray()  # every byte read, for frames h2 takes without an event
 
     async def start(self) -> None:
         self.conn.initiate_connection()
@@ -107,6 +108,7 @@ class H2Client:
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             self.closed = True
             return
+        self.received += data
         self.events += self.conn.receive_data(data)
         try:
             await self.send()
@@ -195,6 +197,40 @@ async def test_http2_window_never_opened_resets_the_streams_and_frees_them() -> 
                 await c.send()
                 await c.pump_until(lambda: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 101
                                                for e in c.events))
+                assert c.goaway() is None
+
+
+@pytest.mark.parametrize("scope", ["stream", "connection"])
+async def test_http2_window_opened_a_few_bytes_at_a_time_resets_the_stream(scope: str) -> None:
+    # A slow reader whose WINDOW_UPDATEs each come in time for send_timeout_s, 10 bytes a time:
+    # the response made progress, so it was held for as long as the client liked (an endless
+    # one, forever). Below min_send_rate over a window of waiting for windows, it is reset.
+    live = Live()
+    limits = HttpLimits(send_timeout_s=0.5, min_send_rate_bytes_per_s=1 * KiB, min_send_rate_window_s=1.0)
+    async with running(hostile_app(live, make_app(Probe())), limits=limits) as port:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                c = H2Client(s, initial_window=0 if scope == "stream" else 2**31 - 1)
+                await c.start()
+                c.conn.send_headers(1, c.headers("GET", "/endless"), end_stream=True)
+                await c.send()
+                start = anyio.current_time()
+                received = 0
+                # (the connection's window starts at 65,535: what it admits goes first)
+                while not any(isinstance(e, h2.events.StreamReset) for e in c.events):
+                    assert anyio.current_time() - start < 15, f"still sending after {received} bytes"
+                    with anyio.move_on_after(0.1):  # (10 bytes each 0.1 s: 100 B/s)
+                        while not c.closed:
+                            await c.pump()
+                    received = sum(len(e.data) for e in c.events if isinstance(e, h2.events.DataReceived))
+                    if not any(isinstance(e, h2.events.StreamReset) for e in c.events):
+                        c.conn.increment_flow_control_window(10, stream_id=1 if scope == "stream" else None)
+                        await c.send()
+                [reset] = [e for e in c.events if isinstance(e, h2.events.StreamReset)]
+                assert reset.error_code == h2.errors.ErrorCodes.CANCEL and received < 100 * KiB
+                assert anyio.current_time() - start < 8  # (two 1 s windows of waiting, on a busy machine)
+                while live.open:
+                    await anyio.sleep(0.01)
                 assert c.goaway() is None
 
 
@@ -497,7 +533,8 @@ def _waiting_app(gate: list[anyio.Event], fallback):
 
 async def test_http2_streams_waiting_for_the_app_count_against_max_concurrent_streams() -> None:
     # Requests read by _receive wait for the app without a stream made in h2: they still count
-    # toward SETTINGS_MAX_CONCURRENT_STREAMS (one past it is refused as h2 refuses it), and a
+    # toward SETTINGS_MAX_CONCURRENT_STREAMS (one past it is refused, RST_STREAM(REFUSED_STREAM),
+    # and the connection goes on: RFC 9113 5.1.2), and a
     # SETTINGS that shuts the initial window while they wait holds back their DATA until the
     # client opens each stream's window (the h2 client checks every DATA against its windows).
     gate = [anyio.Event()]
@@ -532,10 +569,20 @@ async def test_http2_streams_waiting_for_the_app_count_against_max_concurrent_st
                 await anyio.sleep(0.1)
                 c.raw += _frame(0x1, 0x5, 9, _NOW_BLOCK)  # (the h2 client would not send it)
                 await c.send()
-                await c.pump_until(lambda: c.goaway() is not None)
-    goaway = c.goaway()
-    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
-    assert goaway.last_stream_id == 7
+                refused = _frame(0x3, 0, 9, (h2.errors.ErrorCodes.REFUSED_STREAM).to_bytes(4, "big"))
+                await c.pump_until(lambda: refused in c.received)
+                gate[-1].set()
+                for sid in (5, 7):
+                    c.conn.increment_flow_control_window(100, stream_id=sid)
+                await c.send()
+                await c.pump_until(lambda: sum(isinstance(e, h2.events.StreamEnded) for e in c.events) == 4)
+                c.conn.highest_outbound_stream_id = 9  # (h2 did not see the refused stream go)
+                c.conn.send_headers(11, c.headers("GET", "/hello"), end_stream=True)
+                c.conn.increment_flow_control_window(100, stream_id=11)
+                await c.send()
+                await c.pump_until(lambda: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 11
+                                               for e in c.events))
+    assert c.goaway() is None
 
 
 H2LOAD = shutil.which("h2load")
@@ -785,3 +832,73 @@ async def test_the_loop_transport_wakes_every_task_waiting_on_it(anyio_backend):
     finally:
         await stream.aclose()
         peer.close()
+
+
+# --- HTTP/2 read deadlines ---------------------------------------------------------------------
+
+_PING = _frame(0x6, 0, 0, b"12345678")
+# (what the client sends first, then a byte at a time, or whole every 0.2 s: the case's name)
+_TRICKLES = {
+    "the preface a byte at a time": (b"", PREFACE + _frame(0x4, 0, 0, b""), 1),
+    "a frame a byte at a time": (PREFACE + _frame(0x4, 0, 0, b""), _PING * 4, 1),
+    "a header block never ended": (PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x1, 0x1, 1, _NOW_BLOCK[:8]),
+                                   _frame(0x9, 0, 1, b"") * 40, 9),
+    "PINGs and no stream": (PREFACE + _frame(0x4, 0, 0, b""), _PING * 40, len(_PING)),
+}
+
+
+async def _trickled(port: int, tls: Path | None, first: bytes, then: bytes, step: int) -> tuple[float, bytes]:
+    """Send ``first``, then ``then`` ``step`` bytes every 0.2 s: (seconds until the server
+    closed, what it sent)."""
+    raw = await anyio.connect_tcp("127.0.0.1", port)
+    stream: anyio.abc.ByteStream = raw
+    if tls is not None:
+        ctx = ssl.create_default_context(cafile=str(tls))
+        ctx.set_alpn_protocols(["h2"])
+        stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=ctx, standard_compatible=False)
+    started = anyio.current_time()
+    out = bytearray()
+    async with stream:
+        async def read() -> None:
+            try:
+                while True:
+                    out.extend(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError):
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            try:
+                if first:
+                    await stream.send(first)
+                for i in range(0, len(then), step):
+                    await anyio.sleep(0.2)
+                    await stream.send(then[i:i + step])
+                await anyio.sleep(30)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError):
+                await anyio.sleep(30)  # (the reader sees the end)
+    return anyio.current_time() - started, bytes(out)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2"])
+@pytest.mark.parametrize("case", _TRICKLES)
+async def test_http2_what_trickles_in_is_cut_at_its_deadline(tls_files: tuple[Path, Path], case: str,
+                                                             tls: bool) -> None:
+    # Every byte (or PING) came before the idle timeout ran out, and moved it on: a frame, a
+    # header block or the preface (over TLS: after the handshake) trickled in held the
+    # connection for as long as the client liked. Now each has a deadline from its first byte
+    # (header_timeout_s), and idle is counted from the last stream, not the last frame.
+    first, then, step = _TRICKLES[case]
+    if not tls and not first:
+        first = then[:5]  # (h2c: the server reads the preface in its HTTP/1.1 sniffing)
+    cert, key = tls_files
+    limits = HttpLimits(header_timeout_s=1.0, idle_timeout_s=1.0, body_timeout_s=1.0)
+    async with running(make_app(Probe()), limits=limits,
+                       ssl_context=server_ssl_context(cert, key) if tls else None) as port:
+        with anyio.fail_after(30):
+            taken, out = await _trickled(port, cert if tls else None, first, then, step)
+    assert taken < 3.0, f"{case}: open for {taken:.1f} s"
+    if case == "the preface a byte at a time" and not tls:
+        return  # (cut by the HTTP/1.1 sniffing's header timeout: nothing sent)
+    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    assert len(goaways) == 1 and goaways[0][4:8] == b"\x00\x00\x00\x00", out

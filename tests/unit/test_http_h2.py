@@ -608,3 +608,109 @@ def test_frames_of_streams_skipped_over_or_ended_by_the_client_are_never_free() 
     events = server.receive_data(b"".join(_frame(0x0, 0, sid, b"x") for sid in range(1, 43, 2)))
     assert server.spent == {"settings": 1, "rst_stream": 1, "closed_stream": 21}
     assert [e.flood for e in events if isinstance(e, server_h2.ConnectionEnded)] == ["closed_stream"]
+
+
+# --- read deadlines ----------------------------------------------------------------------------
+
+_LIMITS = HttpLimits(header_timeout_s=10.0, body_timeout_s=60.0)
+
+
+def _goaway_debug(wire: bytes) -> tuple[int, int, bytes]:
+    """(last stream id, error code, debug data) of the only GOAWAY in ``wire``."""
+    frames = []
+    while wire:
+        n = int.from_bytes(wire[:3], "big")
+        frames.append((wire[3], wire[9:9 + n]))
+        wire = wire[9 + n:]
+    [payload] = [p for kind, p in frames if kind == 0x7]
+    return int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big"), payload[8:]
+
+
+def _timed_server(clock: FakeClock, *, preface: bool = True) -> server_h2.H2Connection:
+    server = server_h2.H2Connection(_LIMITS, clock=clock)
+    server.initiate()
+    server.data_to_send()
+    if preface:
+        server.receive_data(server_h2.PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x4, 0x1, 0, b""))
+        server.data_to_send()
+    return server
+
+
+def _trickle(server: server_h2.H2Connection, clock: FakeClock, wire: bytes, every_s: float) -> float:
+    """Feed ``wire`` a byte at a time, one every ``every_s``, until the connection expires;
+    the time it took."""
+    start = clock.monotonic()
+    for i in range(len(wire)):
+        ended = server.expire()
+        if ended:
+            assert [type(e) for e in ended] == [server_h2.ConnectionEnded] and server.closed
+            assert _goaway_debug(server.data_to_send())[1:] == (0, ended[0].reason.encode())
+            return clock.monotonic() - start
+        assert server.receive_data(wire[i:i + 1]) == [] or i == 0
+        clock.advance(every_s)
+    raise AssertionError("read whole without expiring")
+
+
+def test_a_preface_trickled_expires_at_the_header_timeout() -> None:
+    # (over TLS the preface comes after the handshake: nothing bounded it but the idle timeout,
+    # which every byte moved on)
+    clock = FakeClock()
+    server = _timed_server(clock, preface=False)
+    assert server.read_deadline() == clock.monotonic() + 10
+    assert _trickle(server, clock, server_h2.PREFACE, 0.5) == 10
+
+
+def test_a_frame_trickled_expires_at_the_header_timeout_whatever_its_progress() -> None:
+    clock = FakeClock()
+    server = _timed_server(clock)
+    assert server.read_deadline() is None
+    assert _trickle(server, clock, _frame(0x6, 0, 0, b"12345678") * 2, 1.0) == 10  # a PING
+
+
+def test_a_data_frame_trickled_expires_at_the_body_timeout() -> None:
+    clock = FakeClock()
+    server = _timed_server(clock)
+    server.receive_data(_headers(1, _PUT, end_stream=False))
+    assert server.read_deadline() is None
+    assert _trickle(server, clock, _frame(0x0, 0, 1, b"x" * 200), 1.0) == 60
+
+
+def test_a_header_block_whose_continuation_never_ends_expires_at_the_header_timeout() -> None:
+    # Every CONTINUATION frame comes whole and in time: the block does not.
+    clock = FakeClock()
+    server = _timed_server(clock)
+    server.receive_data(_headers(1, _G[:10], end_headers=False))
+    for second in range(1, 30):
+        clock.advance(1.0)
+        ended = server.expire()
+        if ended:
+            break
+        assert server.receive_data(_frame(0x9, 0, 1, b"")) == []
+    assert second == 10 and ended[0].reason == "a header block not read whole in time"
+    assert _goaway_debug(server.data_to_send()) == (0, 0, b"a header block not read whole in time")
+
+
+def test_frames_read_whole_in_time_never_expire() -> None:
+    # A big upload in reads that each end within a frame: each frame has its own deadline.
+    clock = FakeClock()
+    server = _timed_server(clock)
+    server.receive_data(_headers(1, _PUT, end_stream=False))
+    wire = _frame(0x0, 0, 1, b"u" * 1000) * 100
+    for i in range(0, len(wire), 700):
+        events = server.receive_data(wire[i:i + 700])
+        for e in events:
+            if isinstance(e, server_h2.StreamData):
+                server.acknowledge(1, e.flow_controlled_length)
+        clock.advance(5.0)
+        assert not server.expire() and not server.closed
+    assert server.read_deadline() is None  # (the last read ended on a frame's end)
+
+
+def test_a_header_block_growing_past_the_limit_ends_the_connection_before_it_is_whole() -> None:
+    # h2 buffered up to 64 CONTINUATION frames of up to 16 KiB (1 MiB) before it refused it.
+    server = _server(HttpLimits(max_header_bytes=8 * KiB))
+    assert server.receive_data(_headers(1, _G + b"\x00\x03x-a\x7f\x81\x3f" + b"v" * 4000, end_headers=False)) == []
+    assert server.receive_data(_frame(0x9, 0, 1, b"v" * 12000)) == []  # 16 KiB: twice the limit
+    events = server.receive_data(_frame(0x9, 0, 1, b"v" * 1000))
+    assert [(type(e), e.error_code) for e in events] == [(server_h2.ConnectionEnded, _CALM)]
+    assert _goaway(server.data_to_send())[1] == _CALM and server.closed

@@ -124,7 +124,7 @@ def _client() -> tuple[h2.connection.H2Connection, bytes]:
     return c, c.data_to_send()
 
 
-@pytest.mark.parametrize("case", ["stream id not above the last", "even stream id", "too many streams",
+@pytest.mark.parametrize("case", ["stream id not above the last", "even stream id",
                                   "bad content-length", "status field", "undecodable block"])
 def test_refuses_what_h2_refuses_with_the_same_goaway(case: str) -> None:
     limits = HttpLimits(max_concurrent_streams=2)
@@ -135,11 +135,6 @@ def test_refuses_what_h2_refuses_with_the_same_goaway(case: str) -> None:
         frame = bytearray(wire)  # stream 3's HEADERS again, as stream 1 or 4
         frame[5:9] = (1 if case == "stream id not above the last" else 4).to_bytes(4, "big")
         wire += frame
-    elif case == "too many streams":
-        c.send_headers(5, [(":method", "PUT"), *_GET[1:]])
-        c.send_headers(7, [(":method", "PUT"), *_GET[1:]])
-        c.send_headers(9, _GET, end_stream=True)
-        wire += c.data_to_send()
     elif case == "bad content-length":
         c.send_headers(5, [*_GET, ("content-length", "x")], end_stream=True)
         wire += c.data_to_send()
@@ -198,3 +193,53 @@ def test_a_frame_header_h2_refuses_is_refused_before_its_frame_is_whole(header: 
                         conn.data_to_send(), conn.closed))
     assert results[0] == results[1]
     assert results[1][1].startswith("[ConnectionEnded(error_code=1,") and results[1][3]
+
+
+def test_a_stream_past_the_limit_is_refused_and_the_connection_goes_on() -> None:
+    # RFC 9113 5.1.2: RST_STREAM(REFUSED_STREAM), not the end of the connection (h2 ends it).
+    # The refused block is decoded all the same: the fields it put in the HPACK table are
+    # there for the next block, which refers to them.
+    limits = HttpLimits(max_concurrent_streams=2)
+    c, preface = _client()
+    c.send_headers(3, [(":method", "PUT"), *_GET[1:]])
+    c.send_headers(5, [(":method", "PUT"), *_GET[1:]])
+    c.send_headers(7, [*_GET, ("x-new", "indexed by the refused block")], end_stream=True)  # refused
+    c.send_data(3, b"abc", end_stream=True)  # stream 3's request ends; 5 stays open
+    first = c.data_to_send()
+    c.send_headers(9, [*_GET, ("x-new", "indexed by the refused block")], end_stream=True)
+    second = c.data_to_send()
+    assert len(second) < 20  # (all of it from the table)
+    results = []
+    for h2_reads_all in (True, False):
+        conn = _connection(h2_reads_all=h2_reads_all, limits=limits)
+        conn.receive_data(preface)
+        conn.data_to_send()
+        events = conn.receive_data(first)
+        wire = conn.data_to_send()
+        conn.send_response(3, 200, [], body_length=0)
+        conn.stream_finished(3)
+        conn.data_to_send()
+        events += conn.receive_data(second)
+        results.append((events, wire, conn.closed, conn.spent, conn._conn.highest_inbound_stream_id))
+    assert results[0] == results[1]
+    events, wire, closed, spent, highest = results[1]
+    # RST_STREAM(REFUSED_STREAM) on stream 7 after the SETTINGS ack
+    assert b"\x00\x00\x04\x03\x00\x00\x00\x00\x07\x00\x00\x00\x07" in wire
+    requests = [e for e in events if isinstance(e, server_h2.StreamRequest)]
+    assert [r.stream_id for r in requests] == [3, 5, 9]
+    assert ("x-new", "indexed by the refused block") in requests[-1].headers
+    assert not closed and highest == 9 and spent["refused_stream"] == 1
+    assert not any(isinstance(e, server_h2.ConnectionEnded) for e in events)
+
+
+def test_refusals_are_charged_to_the_flood_budget() -> None:
+    limits = HttpLimits(max_concurrent_streams=1, h2_flood_burst=20, h2_flood_rate_per_s=0.0)
+    c, preface = _client()
+    c.send_headers(1, [(":method", "PUT"), *_GET[1:]])  # held open: every other stream is refused
+    for sid in range(3, 3 + 2 * 40, 2):
+        c.send_headers(sid, _GET, end_stream=True)
+    conn = _connection(h2_reads_all=False, limits=limits)
+    conn.receive_data(preface)
+    events = conn.receive_data(c.data_to_send())
+    assert isinstance(events[-1], server_h2.ConnectionEnded) and events[-1].error_code == 0xB
+    assert events[-1].flood == "refused_stream"
