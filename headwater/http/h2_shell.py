@@ -344,26 +344,49 @@ class H2Shell:
         if self.initial:
             self._dispatch(conn.receive_data(self.initial))
         self.poke()
+        idle_s = self.limits.idle_timeout_s
+        receive = self.stream.receive
+        monotonic = time.monotonic
+        wait = idle_s
+        read_at = monotonic()
         while not conn.closed:
-            data = None
-            with anyio.move_on_after(self.limits.idle_timeout_s):
-                try:
-                    data = await self.stream.receive(RECV_BYTES)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
-                    data = b""
-            if data is None:
+            # One idle scope per idle_timeout_s of traffic, not one per read: entering a
+            # scope with a deadline (a timer armed and cancelled, the backend looked up) cost
+            # more than a small request. A scope that runs out while reads kept coming is
+            # replaced by one for the rest of the idle time since the last read.
+            full = False
+            with anyio.move_on_after(wait) as scope:
+                while not conn.closed:
+                    try:
+                        data = await receive(RECV_BYTES)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
+                        data = b""
+                    read_at = monotonic()
+                    self._dispatch(conn.receive_data(data))
+                    self.poke()
+                    # Answers (PING and SETTINGS acks, refusals) are bounded with what the
+                    # streams queue: a peer that does not read stops being read, so they
+                    # cannot pile up. (Waited for outside the idle scope.)
+                    if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+                        full = True
+                        break
+            if scope.cancelled_caught:
+                quiet = monotonic() - read_at
+                if quiet < idle_s:
+                    wait = idle_s - quiet
+                    continue
                 if not self.streams:
                     return  # idle: GOAWAY and close
+                wait = idle_s
+                read_at = monotonic()
                 continue
-            self._dispatch(conn.receive_data(data))
-            self.poke()
-            # Answers (PING and SETTINGS acks, refusals) are bounded with what the streams
-            # queue: a peer that does not read stops being read, so they cannot pile up.
-            if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+            if full:
                 try:
                     await self.room()
                 except anyio.BrokenResourceError:
                     return  # the writer could not send: the peer is gone
+                read_at = monotonic()  # (the next read gets the whole idle time, as ever)
+            wait = idle_s - (monotonic() - read_at)
 
     def _dispatch(self, events: list[h2.Event]) -> None:
         at_once: list[tuple[H2Stream, h2.StreamRequest]] | None = None
