@@ -153,6 +153,9 @@ class StreamEnd:
     stream_id: int
 
 
+_SET_END_ID = StreamEnd.stream_id.__set__  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamReset:
     """The peer reset the stream (RST_STREAM): its request is abandoned."""
@@ -442,6 +445,10 @@ class H2Connection:
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
         self._connection_window = connection_window
+        # The peer's SETTINGS_INITIAL_WINDOW_SIZE, read from h2 again whenever its SETTINGS
+        # change (RemoteSettingsChanged): h2's property lookup (an Enum hashed in Python) was
+        # read twice for every small response.
+        self._peer_window: int = self._conn.remote_settings.initial_window_size
         self._body_bytes: dict[int, int] = {}
         # What is queued for the wire, in order: h2's own bytes, and the DATA frames of
         # send_body as [frame header, view of the body] pairs (the body is not copied).
@@ -688,7 +695,9 @@ class H2Connection:
                     charge("refused_stream")
                 out.append(req)
             elif t is h2.events.StreamEnded:  # also follows a HEADERS or DATA with END_STREAM
-                out.append(StreamEnd(stream_id=ev.stream_id))
+                end = _new_object(StreamEnd)
+                _SET_END_ID(end, ev.stream_id)  # (StreamEnd(stream_id=...) without its __init__)
+                out.append(end)
             elif t is h2.events.StreamReset:
                 if ev.remote_reset:
                     charge("rst_stream")  # rapid reset (CVE-2023-44487)
@@ -698,6 +707,7 @@ class H2Connection:
                 out.append(WindowOpened(stream_id=ev.stream_id))
             elif t is h2.events.RemoteSettingsChanged:
                 charge("settings")  # SETTINGS flood (CVE-2019-9515)
+                self._peer_window = self._conn.remote_settings.initial_window_size
                 out.append(WindowOpened(stream_id=0, settings=True))
             elif t is h2.events.PingReceived:
                 charge("ping")  # PING flood (CVE-2019-9512)
@@ -967,8 +977,7 @@ class H2Connection:
         """Bytes of DATA that may be sent on the stream now (0 when a window is exhausted)."""
         if stream_id in self._unopened:  # (nothing sent on it yet: the peer's initial window)
             conn = self._conn
-            return min(conn.outbound_flow_control_window, conn.remote_settings.initial_window_size,
-                       conn.max_outbound_frame_size)
+            return min(conn.outbound_flow_control_window, self._peer_window, conn.max_outbound_frame_size)
         try:
             window = self._conn.local_flow_control_window(stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
@@ -1003,7 +1012,7 @@ class H2Connection:
         if unopened is not None:
             n = len(data)
             if (end_stream and unopened[1] and 0 < n <= limit and n <= conn.outbound_flow_control_window
-                    and n <= conn.remote_settings.initial_window_size):
+                    and n <= self._peer_window):
                 # All of the body in one go after the HEADERS: what h2's stream would go
                 # through ends with it closed by our END_STREAM.
                 _connection_input(conn, _SEND_DATA)

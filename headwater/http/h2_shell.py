@@ -71,6 +71,11 @@ H2_DRAIN_MAX_BYTES = 1024 * 1024
 #: wait for the writer: a few DATA frames of every busy stream, one write's worth.
 OUTBOUND_HIGH_BYTES = 256 * 1024
 
+#: What the reader sends itself when the writer sleeps (_send_for_writer): the answers and acks
+#: of one read, as small hits give; more is the writer's, so that a large response's send,
+#: blocked by a peer slow to read, does not stop the reading of the connection's other streams.
+READER_SENDS_BELOW_BYTES = 64 * 1024
+
 #: Stream tasks that, their stream done, wait for the next one rather than end: starting a task
 #: in a task group costs more than a small app, and a client keeps streams coming in waves of
 #: its concurrency.
@@ -295,6 +300,37 @@ class H2Shell:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
 
+    async def _send_for_writer(self) -> None:
+        """What the read queued (the answers given at once, acks), sent by the reader itself
+        while the writer sleeps: waking the writer for it cost a task switch, an event set and
+        a new one to wait on, per read. The writer's wakeup is held meanwhile (so a stream
+        that queues more during the send leaves it to this loop, which sends until nothing
+        is queued) and handed back after; a send that fails ends the connection as the
+        writer's would."""
+        kick = self._kick
+        self._kick = None
+        conn = self.conn
+        send_many = getattr(self.stream, "send_many", None)
+        try:
+            while True:
+                pieces = conn.take_output()
+                if not pieces:
+                    break
+                if send_many is not None:
+                    await send_many(pieces)
+                else:
+                    await self.stream.send(b"".join(pieces))
+                self._wake_senders()
+        except DISCONNECTS:
+            self._broken = True
+            self._wake_senders()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        finally:
+            self._kick = kick
+            if self._closing or conn.pending_bytes():
+                self.poke()  # (cancelled mid-send, or closing: the writer takes it from here)
+
     def _wake_senders(self) -> None:
         sent = self._sent
         if sent is not None:
@@ -363,7 +399,11 @@ class H2Shell:
                         data = b""
                     read_at = monotonic()
                     self._dispatch(conn.receive_data(data))
-                    self.poke()
+                    if (self._kick is not None and not self._closing
+                            and conn.pending_bytes() < READER_SENDS_BELOW_BYTES):
+                        await self._send_for_writer()
+                    else:
+                        self.poke()
                     # Answers (PING and SETTINGS acks, refusals) are bounded with what the
                     # streams queue: a peer that does not read stops being read, so they
                     # cannot pile up. (Waited for outside the idle scope.)
