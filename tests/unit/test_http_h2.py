@@ -608,3 +608,37 @@ def test_frames_of_streams_skipped_over_or_ended_by_the_client_are_never_free() 
     events = server.receive_data(b"".join(_frame(0x0, 0, sid, b"x") for sid in range(1, 43, 2)))
     assert server.spent == {"settings": 1, "rst_stream": 1, "closed_stream": 21}
     assert [e.flood for e in events if isinstance(e, server_h2.ConnectionEnded)] == ["closed_stream"]
+
+
+def test_a_remembered_response_block_is_still_checked_against_each_response() -> None:
+    """send_response remembers a whole block by status and fields; what depends on the call (the
+    body's length against every content-length given, HEAD, 204) is checked on every call."""
+    p = Pair()
+    fields = [("Content-Type", "text/plain"), ("content-length", "5"), ("x-a", " 1 ")]
+    answers = []
+    for sid in (1, 3):
+        p.request(sid, "GET", "/")
+        assert not p.server.send_response(sid, 200, list(fields), body_length=5)
+        p.server.send_data(sid, b"hello", end_stream=True)
+        p.exchange()
+        answers.append([dict(e.headers) for e in p.client_events
+                        if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid][0])
+    assert answers[0] == answers[1]
+    assert answers[1][b"content-type"] == b"text/plain" and answers[1][b"x-a"] == b"1"
+    p.request(5, "GET", "/")
+    with pytest.raises(LocalProtocolError):
+        p.server.send_response(5, 200, fields, body_length=6)  # the same block, another body
+    # Two content-lengths that disagree: refused whichever the body matches, the second time
+    # from the remembered block.
+    twice = [("content-length", "5"), ("content-length", "7")]
+    for length in (5, 7):
+        with pytest.raises(LocalProtocolError):
+            p.server.send_response(5, 200, twice, body_length=length)
+    # A 204 drops content-length, remembered or not.
+    for sid in (7, 9):
+        p.request(sid, "GET", "/")
+        assert p.server.send_response(sid, 204, [("content-length", "5")], body_length=0)
+    p.exchange()
+    for e in p.client_events:
+        if isinstance(e, h2.events.ResponseReceived) and e.stream_id in (7, 9):
+            assert b"content-length" not in dict(e.headers)
