@@ -5,7 +5,10 @@ stream task runs the app and queues its response in the connection within the fl
 windows. One writer task alone sends what the connection has queued: woken by whoever queued
 something, it takes everything queued since its last send, so the frames of all the streams that
 ran in one turn of the loop leave in one write (one TLS record run, one syscall) instead of one
-write, lock and wakeup per frame.
+write, lock and wakeup per frame. While the writer sleeps, what one read queued (the answers
+given at once, acks; under ``READER_SENDS_BELOW_BYTES``) is sent by the reader itself, which
+saves the writer's wakeup per read; the reader's idle deadline is one scope per idle period, not
+one per read.
 
 What one stream can hold: its unread request body is bounded by the stream window we advertise
 (the peer's window only reopens as the app reads), and its response by one chunk of the app's
