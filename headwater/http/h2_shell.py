@@ -315,15 +315,20 @@ class H2Shell:
         conn = self.conn
         send_many = getattr(self.stream, "send_many", None)
         try:
-            while True:
-                pieces = conn.take_output()
-                if not pieces:
-                    break
-                if send_many is not None:
-                    await send_many(pieces)
-                else:
-                    await self.stream.send(b"".join(pieces))
-                self._wake_senders()
+            # Shielded from the reader's idle scope, which runs out once per idle period even
+            # while reads come: a send cancelled part way breaks the connection (a TLS stream
+            # that lost a record's tail is broken; a socket's partial write loses the rest).
+            # A send that waits on a peer not reading is ended by the watchdog, as the writer's.
+            with self.new_scope(shield=True):
+                while True:
+                    pieces = conn.take_output()
+                    if not pieces:
+                        break
+                    if send_many is not None:
+                        await send_many(pieces)
+                    else:
+                        await self.stream.send(b"".join(pieces))
+                    self._wake_senders()
         except DISCONNECTS:
             self._broken = True
             self._wake_senders()
