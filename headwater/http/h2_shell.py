@@ -253,6 +253,11 @@ class H2Shell:
         self._sent: anyio.Event | None = None  # for those waiting on the writer to send
         self._closing = False  # nothing more will be queued: the writer sends the rest, ends
         self._broken = False  # the writer's send failed: the connection is gone
+        # The idle deadline (_watch_idle): the last read, the reader's scope while it reads,
+        # and whether the reader is sending (never cancelled then).
+        self._read_at = time.monotonic()
+        self._idle_scope: anyio.CancelScope | None = None
+        self._reader_sending = False
 
     def poke(self) -> None:
         """Something was queued in the connection: wake the writer (it sends all there is)."""
@@ -314,27 +319,26 @@ class H2Shell:
         self._kick = None
         conn = self.conn
         send_many = getattr(self.stream, "send_many", None)
+        # The idle deadline's cancel waits while this sends (_watch_idle); a send that waits on
+        # a peer not reading is ended by the watchdog, as the writer's.
+        self._reader_sending = True
         try:
-            # Shielded from the reader's idle scope, which runs out once per idle period even
-            # while reads come: a send cancelled part way breaks the connection (a TLS stream
-            # that lost a record's tail is broken; a socket's partial write loses the rest).
-            # A send that waits on a peer not reading is ended by the watchdog, as the writer's.
-            with self.new_scope(shield=True):
-                while True:
-                    pieces = conn.take_output()
-                    if not pieces:
-                        break
-                    if send_many is not None:
-                        await send_many(pieces)
-                    else:
-                        await self.stream.send(b"".join(pieces))
-                    self._wake_senders()
+            while True:
+                pieces = conn.take_output()
+                if not pieces:
+                    break
+                if send_many is not None:
+                    await send_many(pieces)
+                else:
+                    await self.stream.send(b"".join(pieces))
+                self._wake_senders()
         except DISCONNECTS:
             self._broken = True
             self._wake_senders()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
         finally:
+            self._reader_sending = False
             self._kick = kick
             if self._closing or conn.pending_bytes():
                 self.poke()  # (cancelled mid-send, or closing: the writer takes it from here)
@@ -352,9 +356,12 @@ class H2Shell:
                 try:
                     async with anyio.create_task_group() as tg:
                         self._tg = tg
+                        watch = self.new_scope()
+                        tg.start_soon(self._watch_idle, watch)
                         try:
                             await self._read_loop()
                         finally:
+                            watch.cancel()
                             for st in list(self.streams.values()):
                                 st.abort()
                             self._no_more_streams = True
@@ -388,24 +395,22 @@ class H2Shell:
         if self.initial:
             self._dispatch(conn.receive_data(self.initial))
         self.poke()
-        idle_s = self.limits.idle_timeout_s
         receive = self.stream.receive
         monotonic = time.monotonic
-        wait = idle_s
-        read_at = monotonic()
+        self._read_at = monotonic()
         while not conn.closed:
-            # One idle scope per idle_timeout_s of traffic, not one per read: entering a
-            # scope with a deadline (a timer armed and cancelled, the backend looked up) cost
-            # more than a small request. A scope that runs out while reads kept coming is
-            # replaced by one for the rest of the idle time since the last read.
+            # One scope per idle period, not one per read (entering a scope with a deadline,
+            # a timer armed and cancelled and the backend looked up, cost more than a small
+            # request): _watch_idle cancels it once idle_timeout_s passed since the last read.
             full = False
-            with anyio.move_on_after(wait) as scope:
+            with self.new_scope() as scope:
+                self._idle_scope = scope
                 while not conn.closed:
                     try:
                         data = await receive(RECV_BYTES)
                     except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
                         data = b""
-                    read_at = monotonic()
+                    self._read_at = monotonic()
                     self._dispatch(conn.receive_data(data))
                     if (self._kick is not None and not self._closing
                             and conn.pending_bytes() < READER_SENDS_BELOW_BYTES):
@@ -418,23 +423,38 @@ class H2Shell:
                     if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
                         full = True
                         break
+            self._idle_scope = None
             if scope.cancelled_caught:
-                quiet = monotonic() - read_at
-                if quiet < idle_s:
-                    wait = idle_s - quiet
-                    continue
                 if not self.streams:
                     return  # idle: GOAWAY and close
-                wait = idle_s
-                read_at = monotonic()
-                continue
+                continue  # (streams still run: another idle period)
             if full:
                 try:
                     await self.room()
                 except anyio.BrokenResourceError:
                     return  # the writer could not send: the peer is gone
-                read_at = monotonic()  # (the next read gets the whole idle time, as ever)
-            wait = idle_s - (monotonic() - read_at)
+                self._read_at = monotonic()  # (the next read gets the whole idle time, as ever)
+
+    async def _watch_idle(self, scope: anyio.CancelScope) -> None:
+        """Cancel the reader's idle scope once idle_timeout_s passed since its last read (or
+        since the last such cancel), never while the reader sends (a send cancelled part way
+        breaks the connection: a TLS stream that lost a record's tail, a socket's partial
+        write); the reader then closes the connection if no stream is open."""
+        idle_s = self.limits.idle_timeout_s
+        monotonic = time.monotonic
+        with scope:
+            while True:
+                left = self._read_at + idle_s - monotonic()
+                if left > 0:
+                    await anyio.sleep(left)
+                    continue
+                if self._reader_sending:
+                    await anyio.sleep(min(idle_s, 0.05))  # (ends with the send, or the watchdog)
+                    continue
+                idle = self._idle_scope
+                if idle is not None:
+                    idle.cancel()
+                self._read_at = monotonic()  # the next idle period, if the reader goes on
 
     def _dispatch(self, events: list[h2.Event]) -> None:
         at_once: list[tuple[H2Stream, h2.StreamRequest]] | None = None
