@@ -31,6 +31,7 @@ twice ``max_header_bytes``.
 
 from __future__ import annotations
 
+import collections
 import re
 import struct
 from dataclasses import dataclass
@@ -122,6 +123,32 @@ class StreamRequest:
     end_stream: bool
 
 
+_new_object = object.__new__
+_SET_REQUEST = tuple(getattr(StreamRequest, name).__set__ for name in (
+    "stream_id", "method", "target", "authority", "scheme", "headers", "content_length",
+    "expects_continue", "end_stream"))
+
+
+def _stream_request(stream_id: int, method: str, target: str, authority: str, scheme: str,
+                    headers: list[tuple[str, str]], content_length: int | None,
+                    expects_continue: bool, end_stream: bool) -> StreamRequest:
+    """``StreamRequest(stream_id=..., ...)`` at about a third of the cost (once per request):
+    the fields set through their slots, without the frozen keyword-only ``__init__``'s
+    argument handling and ``object.__setattr__`` per field. The result is the same object."""
+    r = _new_object(StreamRequest)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _SET_REQUEST
+    s0(r, stream_id)
+    s1(r, method)
+    s2(r, target)
+    s3(r, authority)
+    s4(r, scheme)
+    s5(r, headers)
+    s6(r, content_length)
+    s7(r, expects_continue)
+    s8(r, end_stream)
+    return r
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamData:
     stream_id: int
@@ -132,6 +159,9 @@ class StreamData:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamEnd:
     stream_id: int
+
+
+_SET_END_ID = StreamEnd.stream_id.__set__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,6 +317,44 @@ def _checked_field(name: str, value: str) -> tuple[bytes, int, int]:
     return encode_field(lname.encode(), raw), kind, length
 
 
+#: Whole response blocks (status and fields, as the app gave them) already checked and
+#: encoded (_encoded_fields): a cache hit sends the same fields as the hit before it (Age moves
+#: once a second), and one lookup costs less than the per-field memo's, field by field.
+#: Bounded like FieldMemo: at most _BLOCK_MEMO_MAX blocks of _BLOCK_MEMO_MAX_BYTES.
+_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[bytes, tuple[int, ...], bool, bool]] = {}
+_BLOCK_MEMO_MAX = 1024
+_BLOCK_MEMO_MAX_BYTES = 2 * KiB
+
+
+def _encoded_fields(status: int, fields: tuple[tuple[str, str], ...]) -> tuple[bytes, tuple[int, ...], bool, bool]:
+    """``status`` and ``fields`` checked (LocalProtocolError) and encoded, hop-by-hop fields
+    left out (and content-length under 204): (the block's bytes, the content-lengths declared,
+    whether a Date and a Server are among them)."""
+    block: list[bytes] = [encode_status(status)]
+    lengths: list[int] = []
+    has_date = has_server = False
+    known = _FIELDS.entries
+    for name, value in fields:
+        entry = known.get((name, value))
+        if entry is None:
+            entry = _checked_field(name, value)
+            _FIELDS.remember(name, value, entry)
+        field, kind, length = entry
+        if kind:
+            if kind == FieldMemo.HOP_BY_HOP:
+                continue
+            if kind == FieldMemo.CONTENT_LENGTH:
+                lengths.append(length)
+                if status == 204:
+                    continue
+            elif kind == FieldMemo.DATE:
+                has_date = True
+            else:
+                has_server = True
+        block.append(field)
+    return b"".join(block), tuple(lengths), has_date, has_server
+
+
 _LENGTHS: dict[int, bytes] = {}
 
 
@@ -310,6 +378,10 @@ _SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 _STAYS_OPEN = frozenset(i for i in (_RECV_HEADERS, _SEND_HEADERS, _SEND_DATA)
                         if h2.connection.H2ConnectionStateMachine._transitions.get((_SERVER_OPEN, i))
                         == (None, _SERVER_OPEN))
+
+
+_ORDERED_SET = collections.OrderedDict.__setitem__
+_SENT_END_STREAM = h2.stream.StreamClosedBy.SEND_END_STREAM
 
 
 def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.ConnectionInputs) -> None:
@@ -381,6 +453,10 @@ class H2Connection:
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
         self._connection_window = connection_window
+        # The peer's SETTINGS_INITIAL_WINDOW_SIZE, read from h2 again whenever its SETTINGS
+        # change (RemoteSettingsChanged): h2's property lookup (an Enum hashed in Python) was
+        # read twice for every small response.
+        self._peer_window: int = self._conn.remote_settings.initial_window_size
         self._body_bytes: dict[int, int] = {}
         # What is queued for the wire, in order: h2's own bytes, and the DATA frames of
         # send_body as [frame header, view of the body] pairs (the body is not copied).
@@ -668,7 +744,12 @@ class H2Connection:
     def _close_unopened(self, stream_id: int) -> None:
         """Our END_STREAM closed the ``_unopened`` stream: h2 remembers it as closed so."""
         del self._unopened[stream_id]
-        self._conn._closed_streams[stream_id] = h2.stream.StreamClosedBy.SEND_END_STREAM
+        # What h2's SizeLimitDict.__setitem__ does, without its Python call and size loop on
+        # every closed stream: the limit is checked only once it could be passed.
+        closed = self._conn._closed_streams
+        _ORDERED_SET(closed, stream_id, _SENT_END_STREAM)
+        if len(closed) > (closed._size_limit or 0):  # type: ignore[attr-defined]
+            closed._check_size_limit()  # type: ignore[attr-defined]
 
     def _events(self, raw: list[h2.events.Event]) -> tuple[list[Event], int]:
         """h2's events as ours, and how many of them are charged to the flood budget."""
@@ -700,7 +781,9 @@ class H2Connection:
                     charge("refused_stream")
                 out.append(req)
             elif t is h2.events.StreamEnded:  # also follows a HEADERS or DATA with END_STREAM
-                out.append(StreamEnd(stream_id=ev.stream_id))
+                end = _new_object(StreamEnd)
+                _SET_END_ID(end, ev.stream_id)  # (StreamEnd(stream_id=...) without its __init__)
+                out.append(end)
             elif t is h2.events.StreamReset:
                 if ev.remote_reset:
                     charge("rst_stream")  # rapid reset (CVE-2023-44487)
@@ -710,6 +793,7 @@ class H2Connection:
                 out.append(WindowOpened(stream_id=ev.stream_id))
             elif t is h2.events.RemoteSettingsChanged:
                 charge("settings")  # SETTINGS flood (CVE-2019-9515)
+                self._peer_window = self._conn.remote_settings.initial_window_size
                 out.append(WindowOpened(stream_id=0, settings=True))
             elif t is h2.events.PingReceived:
                 charge("ping")  # PING flood (CVE-2019-9512)
@@ -890,10 +974,8 @@ class H2Connection:
         if content_length is not None and content_length > self.limits.max_body_bytes:
             return StreamInvalid(stream_id=sid, error=PayloadTooLarge(
                 f"declared body of {content_length} bytes exceeds the limit"))
-        return StreamRequest(stream_id=sid, method=method, target=target, authority=authority,
-                             scheme=scheme, headers=list(headers), content_length=content_length,
-                             expects_continue=expects_continue,
-                             end_stream=ev.stream_ended is not None)
+        return _stream_request(sid, method, target, authority, scheme, list(headers), content_length,
+                               expects_continue, ev.stream_ended is not None)
 
     # --- output ----------------------------------------------------------------------------
 
@@ -931,32 +1013,27 @@ class H2Connection:
         if not 200 <= status <= 999:
             raise LocalProtocolError(f"cannot send status {status} as a final response")
         no_body = head_request or status in (204, 304)
-        block: list[bytes] = [encode_status(status)]
-        declared = None
-        has_date = has_server = False
-        known = _FIELDS.entries
-        for name, value in headers:
-            entry = known.get((name, value))
-            if entry is None:
-                entry = _checked_field(name, value)
-                _FIELDS.remember(name, value, entry)
-            field, kind, length = entry
-            if kind:
-                if kind == FieldMemo.HOP_BY_HOP:
-                    continue
-                if kind == FieldMemo.CONTENT_LENGTH:
-                    declared = length
-                    if status == 204:
-                        continue
-                    if not no_body and body_length is not None and body_length != declared:
-                        raise LocalProtocolError(
-                            f"content-length {declared} but the body has {body_length} bytes")
-                elif kind == FieldMemo.DATE:
-                    has_date = True
-                else:
-                    has_server = True
-            block.append(field)
-        if declared is None and body_length is not None and status not in (204, 304) and (
+        fields = headers if type(headers) is tuple else tuple(headers)
+        key = (status, fields)
+        try:
+            known = _BLOCKS.get(key)
+            hashable = True
+        except TypeError:  # (fields given as lists, say: checked and encoded, not remembered)
+            known, hashable = None, False
+        if known is None:
+            known = _encoded_fields(status, fields)
+            if hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
+                if len(_BLOCKS) >= _BLOCK_MEMO_MAX:
+                    _BLOCKS.clear()
+                _BLOCKS[key] = known
+        encoded, lengths, has_date, has_server = known
+        if lengths and not no_body and body_length is not None and status != 204:
+            for declared in lengths:
+                if body_length != declared:
+                    raise LocalProtocolError(
+                        f"content-length {declared} but the body has {body_length} bytes")
+        block: list[bytes] = [encoded]
+        if not lengths and body_length is not None and status not in (204, 304) and (
                 body_length or not head_request):
             block.append(_content_length(body_length))
         if not has_date:
@@ -1012,8 +1089,7 @@ class H2Connection:
         """Bytes of DATA that may be sent on the stream now (0 when a window is exhausted)."""
         if stream_id in self._unopened:  # (nothing sent on it yet: the peer's initial window)
             conn = self._conn
-            return min(conn.outbound_flow_control_window, conn.remote_settings.initial_window_size,
-                       conn.max_outbound_frame_size)
+            return min(conn.outbound_flow_control_window, self._peer_window, conn.max_outbound_frame_size)
         try:
             window = self._conn.local_flow_control_window(stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
@@ -1048,7 +1124,7 @@ class H2Connection:
         if unopened is not None:
             n = len(data)
             if (end_stream and unopened[1] and 0 < n <= limit and n <= conn.outbound_flow_control_window
-                    and n <= conn.remote_settings.initial_window_size):
+                    and n <= self._peer_window):
                 # All of the body in one go after the HEADERS: what h2's stream would go
                 # through ends with it closed by our END_STREAM.
                 _connection_input(conn, _SEND_DATA)

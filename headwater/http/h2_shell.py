@@ -5,7 +5,10 @@ stream task runs the app and queues its response in the connection within the fl
 windows. One writer task alone sends what the connection has queued: woken by whoever queued
 something, it takes everything queued since its last send, so the frames of all the streams that
 ran in one turn of the loop leave in one write (one TLS record run, one syscall) instead of one
-write, lock and wakeup per frame.
+write, lock and wakeup per frame. While the writer sleeps, what one read queued (the answers
+given at once, acks; under ``READER_SENDS_BELOW_BYTES``) is sent by the reader itself, which
+saves the writer's wakeup per read; the reader's idle deadline is one scope per idle period, not
+one per read.
 
 What one stream can hold: its unread request body is bounded by the stream window we advertise
 (the peer's window only reopens as the app reads), and its response by one chunk of the app's
@@ -76,6 +79,11 @@ H2_DRAIN_MAX_BYTES = 1024 * 1024
 #: What the streams and the reader may queue in the connection ahead of the socket before they
 #: wait for the writer: a few DATA frames of every busy stream, one write's worth.
 OUTBOUND_HIGH_BYTES = 256 * 1024
+
+#: What the reader sends itself when the writer sleeps (_send_for_writer): the answers and acks
+#: of one read, as small hits give; more is the writer's, so that a large response's send,
+#: blocked by a peer slow to read, does not stop the reading of the connection's other streams.
+READER_SENDS_BELOW_BYTES = 64 * 1024
 
 #: Stream tasks that, their stream done, wait for the next one rather than end: starting a task
 #: in a task group costs more than a small app, and a client keeps streams coming in waves of
@@ -262,9 +270,16 @@ class H2Shell:
         self._sent: anyio.Event | None = None  # for those waiting on the writer to send
         self._closing = False  # nothing more will be queued: the writer sends the rest, ends
         self._broken = False  # the writer's send failed: the connection is gone
-        # For the idle timeout: when a stream was last open, and whether one opened since.
+        # The idle deadline (_watch_idle): when a stream was last open, whether one opened
+        # since, the reader's scope while it reads, and whether the reader is sending (never
+        # cancelled then). The watcher sleeps until _watch_at on _watch_wake; the reader sets it
+        # when a frame begun has a deadline earlier than that (read_deadline).
         self._active_at = time.monotonic()
         self._opened = False
+        self._idle_scope: anyio.CancelScope | None = None
+        self._reader_sending = False
+        self._watch_at = 0.0
+        self._watch_wake: anyio.Event | None = None
 
     def poke(self) -> None:
         """Something was queued in the connection: wake the writer (it sends all there is)."""
@@ -315,6 +330,41 @@ class H2Shell:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
 
+    async def _send_for_writer(self) -> None:
+        """What the read queued (the answers given at once, acks), sent by the reader itself
+        while the writer sleeps: waking the writer for it cost a task switch, an event set and
+        a new one to wait on, per read. The writer's wakeup is held meanwhile (so a stream
+        that queues more during the send leaves it to this loop, which sends until nothing
+        is queued) and handed back after; a send that fails ends the connection as the
+        writer's would."""
+        kick = self._kick
+        self._kick = None
+        conn = self.conn
+        send_many = getattr(self.stream, "send_many", None)
+        # The idle deadline's cancel waits while this sends (_watch_idle); a send that waits on
+        # a peer not reading is ended by the watchdog, as the writer's.
+        self._reader_sending = True
+        try:
+            while True:
+                pieces = conn.take_output()
+                if not pieces:
+                    break
+                if send_many is not None:
+                    await send_many(pieces)
+                else:
+                    await self.stream.send(b"".join(pieces))
+                self._wake_senders()
+        except DISCONNECTS:
+            self._broken = True
+            self._wake_senders()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        finally:
+            self._reader_sending = False
+            self._kick = kick
+            if self._closing or conn.pending_bytes():
+                self.poke()  # (cancelled mid-send, or closing: the writer takes it from here)
+
     def _wake_senders(self) -> None:
         sent = self._sent
         if sent is not None:
@@ -328,9 +378,12 @@ class H2Shell:
                 try:
                     async with anyio.create_task_group() as tg:
                         self._tg = tg
+                        watch = self.new_scope()
+                        tg.start_soon(self._watch_idle, watch)
                         try:
                             await self._read_loop()
                         finally:
+                            watch.cancel()
                             for st in list(self.streams.values()):
                                 st.abort()
                             self._no_more_streams = True
@@ -364,45 +417,106 @@ class H2Shell:
         if self.initial:
             self._dispatch(conn.receive_data(self.initial))
         self.poke()
-        idle_s = self.limits.idle_timeout_s
+        receive = self.stream.receive
+        monotonic = time.monotonic
         clock = conn.clock
+        self._active_at = monotonic()
         while not conn.closed:
-            # Idle is measured from the last stream's end, not from the last byte: frames that
-            # open no stream (PING, SETTINGS, WINDOW_UPDATE) do not keep a connection open.
-            now = time.monotonic()
-            if self.streams or self._opened:
-                self._opened = False
-                self._active_at = now
-            timeout = self._active_at + idle_s - now
-            # A frame, header block or preface begun must be read whole by its deadline,
-            # however it trickles in (the sans-IO connection keeps the clock).
-            deadline = conn.read_deadline()
-            if deadline is not None:
-                timeout = min(timeout, deadline - clock.monotonic())
-            data = None
-            with anyio.move_on_after(timeout):
-                try:
-                    data = await self.stream.receive(RECV_BYTES)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
-                    data = b""
-            if data is None:
+            # One scope per idle period, not one per read (entering a scope with a deadline,
+            # a timer armed and cancelled and the backend looked up, cost more than a small
+            # request): _watch_idle cancels it at the idle deadline or at the read deadline of
+            # a frame begun and not finished.
+            full = False
+            with self.new_scope() as scope:
+                self._idle_scope = scope
+                while not conn.closed:
+                    try:
+                        data = await receive(RECV_BYTES)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, ssl.SSLError):
+                        data = b""
+                    self._dispatch(conn.receive_data(data))
+                    # Idle is measured from the last stream's end, not from the last byte:
+                    # frames that open no stream (PING, SETTINGS, WINDOW_UPDATE) do not keep a
+                    # connection open.
+                    if self._opened:
+                        self._opened = False
+                        self._active_at = monotonic()
+                    # A frame, header block or preface begun must be read whole by its
+                    # deadline, however it trickles in (the sans-IO connection keeps the clock).
+                    deadline = conn.read_deadline()
+                    if deadline is not None:
+                        wake = self._watch_wake
+                        if wake is not None and monotonic() + deadline - clock.monotonic() < self._watch_at:
+                            wake.set()
+                    if (self._kick is not None and not self._closing
+                            and conn.pending_bytes() < READER_SENDS_BELOW_BYTES):
+                        await self._send_for_writer()
+                    else:
+                        self.poke()
+                    # Answers (PING and SETTINGS acks, refusals) are bounded with what the
+                    # streams queue: a peer that does not read stops being read, so they
+                    # cannot pile up. (Waited for outside the idle scope.)
+                    if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+                        full = True
+                        break
+            self._idle_scope = None
+            if scope.cancelled_caught:
                 expired = conn.expire()
                 if expired:
                     log.info("HTTP/2 client %s: %s", self.client, expired[0].reason)
                     self._dispatch(expired)
                     return  # GOAWAY and close
-                if not self.streams and time.monotonic() - self._active_at >= idle_s:
+                if not self.streams and monotonic() - self._active_at >= self.limits.idle_timeout_s:
                     return  # idle: GOAWAY and close
-                continue
-            self._dispatch(conn.receive_data(data))
-            self.poke()
-            # Answers (PING and SETTINGS acks, refusals) are bounded with what the streams
-            # queue: a peer that does not read stops being read, so they cannot pile up.
-            if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
+                continue  # (streams still run, or the deadline moved: another period)
+            if full:
                 try:
                     await self.room()
                 except anyio.BrokenResourceError:
                     return  # the writer could not send: the peer is gone
+                    return  # idle: GOAWAY and close
+                continue  # (streams still run: another idle period)
+            if full:
+                try:
+                    await self.room()
+                except anyio.BrokenResourceError:
+                    return  # the writer could not send: the peer is gone
+
+    async def _watch_idle(self, scope: anyio.CancelScope) -> None:
+        """Cancel the reader's idle scope once no stream has been open for idle_timeout_s, or
+        once a frame, header block or preface begun is past its read deadline
+        (``H2Connection.read_deadline``), never while the reader sends (a send cancelled part
+        way breaks the connection: a TLS stream that lost a record's tail, a socket's partial
+        write); the reader then ends the connection (``expire``) or closes it if idle."""
+        idle_s = self.limits.idle_timeout_s
+        monotonic = time.monotonic
+        conn = self.conn
+        clock = conn.clock
+        with scope:
+            while True:
+                now = monotonic()
+                if self.streams:
+                    self._active_at = now  # not idle while a stream runs
+                at = self._active_at + idle_s
+                deadline = conn.read_deadline()
+                if deadline is not None:
+                    at = min(at, now + deadline - clock.monotonic())
+                if at > now:
+                    self._watch_at = at
+                    wake = self._watch_wake = anyio.Event()
+                    with anyio.move_on_after(at - now):
+                        await wake.wait()  # (set by the reader when a frame begun moves `at`)
+                    self._watch_wake = None
+                    continue
+                if self._reader_sending:
+                    await anyio.sleep(min(idle_s, 0.05))  # (ends with the send, or the watchdog)
+                    continue
+                idle = self._idle_scope
+                if idle is not None:
+                    idle.cancel()
+                # The reader expires or closes the connection, or goes on (a stream opened
+                # meanwhile, a clock behind): look again a little later, not in a busy loop.
+                await anyio.sleep(0.05)
 
     def _dispatch(self, events: list[h2.Event]) -> None:
         at_once: list[tuple[H2Stream, h2.StreamRequest]] | None = None

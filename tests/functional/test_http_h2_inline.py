@@ -7,12 +7,14 @@ at once, still goes through a stream task. An h2 library client over h2c, on bot
 from __future__ import annotations
 
 import anyio
+import anyio.abc
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
 import pytest
 
+from headwater.config import HttpLimits
 from headwater.http import serve
 from tests.functional.test_http_inline import BODY, NowApp
 
@@ -101,3 +103,57 @@ async def test_an_answer_that_fails_is_a_500() -> None:
     got = await _exchange(app, [("GET", "/boom"), ("GET", "/now")])
     boom, now = (_answer(got[sid]) for sid in sorted(got))
     assert boom[0][b":status"] == b"500" and now[1] == BODY
+
+
+async def _open_h2c(port: int) -> tuple[anyio.abc.SocketStream, h2.connection.H2Connection]:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    s = await anyio.connect_tcp("127.0.0.1", port)
+    await s.send(client.data_to_send())
+    with anyio.fail_after(5):
+        while not any(isinstance(e, h2.events.SettingsAcknowledged) for e in client.receive_data(await s.receive())):
+            pass
+    await s.send(client.data_to_send())
+    return s, client
+
+
+async def test_idle_timeout_counts_from_the_last_read_not_from_the_first() -> None:
+    """The reader keeps one idle scope per idle_timeout_s, not one per read: a connection whose
+    requests keep coming for several idle periods stays open (a scope running out while reads
+    came is replaced), and one that goes quiet gets GOAWAY after idle_timeout_s from its last
+    request, not later."""
+    app = NowApp()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(lambda task_status: serve(app, host="127.0.0.1", port=0,
+                                                        limits=HttpLimits(idle_timeout_s=0.5),
+                                                        task_status=task_status))
+        s, client = await _open_h2c(port)
+        async with s:
+            start = anyio.current_time()
+            answered = 0
+            with anyio.fail_after(10):
+                while anyio.current_time() - start < 1.6:  # three idle periods and more
+                    sid = client.get_next_available_stream_id()
+                    client.send_headers(sid, [(":method", "GET"), (":path", "/now"), (":scheme", "http"),
+                                              (":authority", "t")], end_stream=True)
+                    await s.send(client.data_to_send())
+                    ended = False
+                    while not ended:
+                        events = client.receive_data(await s.receive())
+                        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+                        ended = any(isinstance(e, h2.events.StreamEnded) for e in events)
+                    await s.send(client.data_to_send())
+                    last_sent = anyio.current_time()  # (what the server read last, at the latest)
+                    answered += 1
+                    await anyio.sleep(0.15)
+                terminated = False
+                while not terminated:  # then quiet: GOAWAY, and the server closes
+                    try:
+                        data = await s.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+                    terminated = any(isinstance(e, h2.events.ConnectionTerminated) for e in client.receive_data(data))
+                waited = anyio.current_time() - last_sent
+            assert terminated and 0.3 < waited < 2.0, waited
+            assert answered >= 8 and app.now == answered
+        tg.cancel_scope.cancel()

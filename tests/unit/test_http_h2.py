@@ -714,3 +714,37 @@ def test_a_header_block_growing_past_the_limit_ends_the_connection_before_it_is_
     events = server.receive_data(_frame(0x9, 0, 1, b"v" * 1000))
     assert [(type(e), e.error_code) for e in events] == [(server_h2.ConnectionEnded, _CALM)]
     assert _goaway(server.data_to_send())[1] == _CALM and server.closed
+
+
+def test_a_remembered_response_block_is_still_checked_against_each_response() -> None:
+    """send_response remembers a whole block by status and fields; what depends on the call (the
+    body's length against every content-length given, HEAD, 204) is checked on every call."""
+    p = Pair()
+    fields = [("Content-Type", "text/plain"), ("content-length", "5"), ("x-a", " 1 ")]
+    answers = []
+    for sid in (1, 3):
+        p.request(sid, "GET", "/")
+        assert not p.server.send_response(sid, 200, list(fields), body_length=5)
+        p.server.send_data(sid, b"hello", end_stream=True)
+        p.exchange()
+        answers.append([dict(e.headers) for e in p.client_events
+                        if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid][0])
+    assert answers[0] == answers[1]
+    assert answers[1][b"content-type"] == b"text/plain" and answers[1][b"x-a"] == b"1"
+    p.request(5, "GET", "/")
+    with pytest.raises(LocalProtocolError):
+        p.server.send_response(5, 200, fields, body_length=6)  # the same block, another body
+    # Two content-lengths that disagree: refused whichever the body matches, the second time
+    # from the remembered block.
+    twice = [("content-length", "5"), ("content-length", "7")]
+    for length in (5, 7):
+        with pytest.raises(LocalProtocolError):
+            p.server.send_response(5, 200, twice, body_length=length)
+    # A 204 drops content-length, remembered or not.
+    for sid in (7, 9):
+        p.request(sid, "GET", "/")
+        assert p.server.send_response(sid, 204, [("content-length", "5")], body_length=0)
+    p.exchange()
+    for e in p.client_events:
+        if isinstance(e, h2.events.ResponseReceived) and e.stream_id in (7, 9):
+            assert b"content-length" not in dict(e.headers)
