@@ -363,8 +363,6 @@ def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work
     try:
         catalogue = open_catalogue(config)
         try:
-            if backend == "postgresql" and pg is not None and pg.client_walk:
-                catalogue.walks_in_server = False
             if backend == "postgresql" and (server is None or server.keep):
                 with catalogue._tx(write=False) as tx:
                     row = tx.one("SELECT count(*) FROM title_search")
@@ -420,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-shared-buffers", default="256MB", help="the throwaway PostgreSQL's shared_buffers")
     ap.add_argument("--pg-prewarm", action="store_true",
                     help="pg_prewarm the search's tables and indexes before the queries (a restart empties the buffers)")
-    ap.add_argument("--client-walk", action="store_true",
-                    help="PostgreSQL: the threshold walk driven from the client, one statement a step (as before "
-                         "search_walk), to compare")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hw-bench-search-"))

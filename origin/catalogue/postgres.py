@@ -24,8 +24,6 @@ from .config import CatalogueConfig
 from .errors import BackendUnavailable
 from .query import TermGroup, tsquery_expression
 from .schema import POSTGRES_MIGRATIONS
-from . import store
-from .ranking import ListCursor
 from .store import SqlCatalogue, Tx
 
 __all__ = ["PostgresCatalogue"]
@@ -36,9 +34,6 @@ _PLACEHOLDER = re.compile(r"\?")
 # The capped count tests documents in order, rather than ask the GIN index for every match, when
 # it expects its cap of matches within this many documents (some 1 µs each: _count_matches).
 SCAN_ROWS_MAX = 5000
-# The filters search() makes, in the order search_walk takes their values.
-_WALK_FILTERS = ("t.category = ?", "t.language = ?", "t.year >= ?", "t.year <= ?", "t.duration_s >= ?",
-                 "t.duration_s <= ?")
 
 
 def _pg(sql: str) -> str:
@@ -80,7 +75,6 @@ class PostgresCatalogue(SqlCatalogue):
     count_from_matches = True
     probe_barrier = " OFFSET 0"
     filtered_group_count_max = 50_000
-    walks_in_server = True
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"
@@ -178,29 +172,6 @@ class PostgresCatalogue(SqlCatalogue):
         if filters:
             share *= min(1.0, len(self._filtered_titles(tx, where, params)) / documents)
         return share > 0 and cap / share <= SCAN_ROWS_MAX
-
-    def _walk_in_server(self, tx: Tx, k: int, n_groups: int, cursors: list[ListCursor], peaks: list[float],
-                        partial: list[bool], sole: list[str | None], lookup: dict[str, list[tuple[int, float]]],
-                        merged: dict[int, list[tuple[int, float, int]]], filters: dict[str, Any],
-                        filter_set: list[int] | None) -> list[tuple[int, float]] | None:
-        # The filters the function knows (search() makes no others; any other: the walk here).
-        values = [filters.pop(f, None) for f in _WALK_FILTERS]
-        if filters:
-            return None
-        lengths = tx.memo.get("lengths", {})
-        pairs = [(w, gi, weight) for w, gs in lookup.items() for gi, weight in gs]
-        rows_merged = [(gi, tid, v) for gi, rows in merged.items() for tid, v, _ in rows]
-        return [(int(t), float(s)) for t, s in tx.rows(
-            "SELECT title_id, score FROM search_walk(?, ?, ?, ?, ?::text[], ?::integer[], ?::float8[], ?::float8[], "
-            "?::float8[], ?::boolean[], ?::text[], ?::text[], ?::integer[], ?::float8[], ?::bigint[], ?::integer[], "
-            "?::bigint[], ?::float8[], ?::bigint[], ?, ?, ?::integer, ?::integer, ?::float8, ?::float8)",
-            (k, store.MAX_WALK, n_groups, max(32, k + 1),
-             [c.word for c in cursors], [c.group for c in cursors], [c.weight for c in cursors],
-             [c.frontier for c in cursors], peaks, partial, sole,
-             [w for w, _, _ in pairs], [gi for _, gi, _ in pairs], [v for _, _, v in pairs],
-             [lengths.get(w, 1 << 40) for w, _, _ in pairs],
-             [r[0] for r in rows_merged], [r[1] for r in rows_merged], [r[2] for r in rows_merged],
-             filter_set, *values))]
 
     def close(self) -> None:
         self._pool.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Union
 
-from .postgres_walk import SEARCH_WALK
 from .ranking import impacts, prefix_impacts
 
 __all__ = ["SQLITE_MIGRATIONS", "POSTGRES_MIGRATIONS", "TITLE_STATES", "JOB_STATES", "Migration"]
@@ -198,8 +197,4 @@ POSTGRES_MIGRATIONS: list[list[Migration]] = [
     # lookups of a few thousand titles were mostly page reads.
     ["ALTER TABLE search_postings DROP CONSTRAINT search_postings_pkey",
      "ALTER TABLE search_postings ADD PRIMARY KEY (title_id, word) INCLUDE (impact)"],
-    # 6: the search's threshold walk as a function (postgres_walk.py): one statement a search
-    # where the client drove it with one per step. (CREATE OR REPLACE: a later change of the
-    # walk is a migration that replaces it again.)
-    [SEARCH_WALK],
 ]

@@ -145,9 +145,6 @@ class SqlCatalogue(ABC):
     # full-text count. PostgreSQL's GIN count fetched each match's row and its title to test the
     # filter (`ormo`, drama, fr: 24-72 ms at load 15); SQLite's FTS5 walk is cheaper (0: never).
     filtered_group_count_max = 0
-    # Whether the threshold walk of a search scored by lookups runs in the database, in one
-    # statement (_walk_in_server), rather than here with one statement per step.
-    walks_in_server = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -252,8 +249,6 @@ class SqlCatalogue(ABC):
         # and sort it) and marks each posting, joining its title's filter columns or probing
         # the set of titles that pass.
         passes, passes_args = ("t.id IS NOT NULL", []) if filters else ("true", [])
-        # The titles the walk probes instead of joining the filters (below), if any.
-        filter_set: list[int] | None = None
         outer = f" LEFT JOIN {self.titles_filters} ON t.id = p.title_id{cond}" if filters else ""
         by_size = sorted(range(len(groups)), key=lambda gi: sizes[gi])
         # What the capped count (_count) reuses: the groups' words and weights, and their sizes.
@@ -293,7 +288,6 @@ class SqlCatalogue(ABC):
             if len(few) <= FILTERED_SET_MAX:
                 join, cond, fparams = "", f" AND +p.title_id IN ({self.json_ints})", [json.dumps(few)]
                 passes, passes_args, outer = f"p.title_id IN ({self.json_ints})", [json.dumps(few)], ""
-                filter_set = few
         rarest = by_size[0]
         if len(groups) > 1 and sizes[rarest] <= INTERSECT_MAX:
             # One group has few postings: every match is among its titles, all scored in one
@@ -358,13 +352,6 @@ class SqlCatalogue(ABC):
             own = [x for x in cursors if x.group == gi]
             sole.append(own[0].word if len(own) == 1 and (
                 not own[0].word.startswith("*") or len(g.alternatives[0]) <= PREFIX_LENGTHS[-1]) else None)
-        if self.walks_in_server and lookup is not None and not single:
-            # The same walk run by the database in one statement (PostgreSQL: one round trip
-            # and no rows to the client per step; docs/origin-catalogue.md).
-            served = self._walk_in_server(tx, k, n_groups, cursors, peaks, partial, sole, lookup, merged,
-                                          dict(zip(filters, params)) if filters else {}, filter_set)
-            if served is not None:
-                return served
         while True:
             live = [c for c in cursors if not c.exhausted]
             if not live:
@@ -487,14 +474,6 @@ class SqlCatalogue(ABC):
             kth = heapq.nlargest(k, best.values())[-1] if len(best) > k else -1.0
             return sorted(((t, v) for t, v in best.items() if v >= kth), key=lambda kv: (-kv[1], -kv[0]))[:k]
         return top.page()
-
-    def _walk_in_server(self, tx: Tx, k: int, n_groups: int, cursors: list[ListCursor], peaks: list[float],
-                        partial: list[bool], sole: list[str | None], lookup: dict[str, list[tuple[int, float]]],
-                        merged: dict[int, list[tuple[int, float, int]]], filters: dict[str, Any],
-                        filter_set: list[int] | None) -> list[tuple[int, float]] | None:
-        """The walk of :meth:`_top_k` from its lists ``cursors`` on, run by the database (the
-        same steps, bounds and sums: the same page), or ``None`` where this backend does not."""
-        return None
 
     def _read_lists(self, tx: Tx, lists: list[ListCursor], join: str, cond: str, fparams: list[Any],
                     passes: str, passes_args: list[Any], outer: str) -> list[tuple[int, float, int]]:

@@ -364,50 +364,6 @@ def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatc
         assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
 
 
-def test_postgres_walks_in_the_server_with_the_clients_pages(seeded, backend, monkeypatch):
-    """PostgreSQL: the threshold walk runs in the database (search_walk, one statement a
-    search, where the client issued one per step) and gives the client-driven walk's pages:
-    ids, scores and order, across pages, with corrections, prefixes, filters, a set filter and
-    early stops (a small MAX_WALK), on walks forced where a rare group would be intersected."""
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL's function")
-    from headwater.origin.catalogue import postgres, store
-
-    monkeypatch.setattr(store, "INTERSECT_MAX", 0)
-    statements: list[str] = []
-    real = postgres._PgTx.rows
-    monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
-        self, sql, params))
-
-    def pages(q: str, **kw) -> list[tuple[int, float]]:
-        return [(h.id, h.score) for o in (0, 30, 60) for h in seeded.search(SearchQuery(q=q, limit=30, offset=o, **kw)).hits]
-
-    cases = [(q, {}) for q in [*RANKED, "silent night", "maria ri"]] + [
-        ("silent", {"category": "drama"}), ("river", {"year_min": 1990}), ("night silent", {"language": "en"})]
-    walks, steps = 0, 0
-    for max_walk in (store.MAX_WALK, 20):
-        monkeypatch.setattr(store, "MAX_WALK", max_walk)
-        for q, kw in cases:
-            statements.clear()
-            monkeypatch.setattr(postgres.PostgresCatalogue, "walks_in_server", True)
-            served = pages(q, **kw)
-            in_server = sum("search_walk(" in sql for sql in statements)
-            monkeypatch.setattr(postgres.PostgresCatalogue, "walks_in_server", False)
-            statements.clear()
-            assert served == pages(q, **kw), (q, kw, max_walk)
-            if in_server:
-                walks += in_server
-                steps += sum(" LIMIT ?) p" in sql for sql in statements)
-    # The client's walks took more statements than the server's one each.
-    assert steps > walks > 0
-    # The walk ran in the server on most of them (a lone word without prefix is walked here).
-    monkeypatch.setattr(postgres.PostgresCatalogue, "walks_in_server", True)
-    statements.clear()
-    for q, kw in cases:
-        seeded.search(SearchQuery(q=q, **kw))
-    assert sum("search_walk(" in sql for sql in statements) >= 8
-
-
 def test_a_groups_small_lists_are_read_as_one(fresh, monkeypatch):
     """A common word beside a prefix with many small completions: the completions' lists are read
     in one statement and walked as one list (store._top_k), and the pages, filtered or not, are
