@@ -324,8 +324,24 @@ def _tantivy_run(cat: Catalogue, queries: list[BenchQuery], work: Path) -> dict:
     return {"build_s": build_s, "stats": stats}
 
 
+# The search's relations, read into the shared buffers by --pg-prewarm.
+_PREWARMED = ("search_postings", "search_postings_pkey", "search_postings_impact", "search_words",
+              "search_words_pkey", "search_deletions", "search_deletions_pkey", "search_stats", "title_search",
+              "title_search_pkey", "title_search_doc", "titles", "titles_pkey", "titles_browse_category",
+              "titles_browse_language")
+
+
+def _prewarm(catalogue) -> int:
+    """pg_prewarm of the search's relations (contrib's extension); the pages read."""
+    with catalogue._tx(write=True) as tx:
+        tx.run("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        row = tx.one(f"SELECT sum(pg_prewarm(c.oid)) FROM pg_class c WHERE c.relname IN ({', '.join('?' * len(_PREWARMED))}) "
+                     "AND pg_table_is_visible(c.oid)", _PREWARMED)
+    return int(row[0] or 0) if row else 0
+
+
 def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work: Path,
-                   fresh: bool, dsn: str | None = None) -> dict:
+                   fresh: bool, dsn: str | None = None, pg: argparse.Namespace | None = None) -> dict:
     server = None
     if backend == "sqlite":
         db = work / f"catalogue-{len(cat.drafts)}.sqlite3"
@@ -338,14 +354,16 @@ def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work
         if dsn is None:
             from .postgres_server import start_postgres
 
-            server = start_postgres(60, settings={"shared_buffers": "256MB", "work_mem": "16MB"})
+            server = start_postgres(60, settings={"shared_buffers": pg.pg_shared_buffers if pg else "256MB",
+                                                  "work_mem": "16MB"},
+                                    data_dir=pg.pg_dir if pg else None)
             dsn = server.dsn()
         config = CatalogueConfig(backend="postgresql", dsn=dsn, pool_size=2, statement_timeout_ms=60_000)
         reuse = False
     try:
         catalogue = open_catalogue(config)
         try:
-            if backend == "postgresql" and server is None:
+            if backend == "postgresql" and (server is None or server.keep):
                 with catalogue._tx(write=False) as tx:
                     row = tx.one("SELECT count(*) FROM title_search")
                 reuse = bool(row and int(row[0]) >= len(cat.drafts))
@@ -358,6 +376,8 @@ def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work
                         tx.run("ANALYZE")
             else:
                 print(f"{backend}: reusing the seeded {config.path or 'database'}", file=sys.stderr)
+            if backend == "postgresql" and pg is not None and pg.pg_prewarm:
+                print(f"postgresql: prewarmed {_prewarm(catalogue)} pages", file=sys.stderr)
             print(f"{backend}: {len(queries)} queries", file=sys.stderr)
             stats = _time_queries(lambda q: catalogue.search(q.query), queries)
             ceilings = (_sqlite_ceilings if backend == "sqlite" else _postgres_ceilings)(catalogue, queries)
@@ -393,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tantivy", action="store_true", help="also time the queries on tantivy (package tantivy)")
     ap.add_argument("--dsn", default=None,
                     help="a PostgreSQL to use instead of a throwaway one (seeded unless it holds the catalogue)")
+    ap.add_argument("--pg-dir", type=Path, default=None,
+                    help="keep the throwaway PostgreSQL's folder here and start on it again next time (seeded once)")
+    ap.add_argument("--pg-shared-buffers", default="256MB", help="the throwaway PostgreSQL's shared_buffers")
+    ap.add_argument("--pg-prewarm", action="store_true",
+                    help="pg_prewarm the search's tables and indexes before the queries (a restart empties the buffers)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hw-bench-search-"))
@@ -406,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"titles": args.titles, "queries": len(queries), "seed": args.seed, "goal_p99_ms": GOAL_P99_MS,
                     "backends": {}}
     for b in backends:
-        result["backends"][b] = _bench_backend(b, cat, queries, work, args.fresh, args.dsn)
+        result["backends"][b] = _bench_backend(b, cat, queries, work, args.fresh, args.dsn, args)
     if args.tantivy:
         try:
             result["tantivy"] = _tantivy_run(cat, queries, work)

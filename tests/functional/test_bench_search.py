@@ -5,6 +5,11 @@ runs end to end and reports every query kind."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from headwater.bench import search as bench
 from headwater.origin.catalogue import CatalogueConfig, SearchQuery, TitleState, open_catalogue
@@ -47,3 +52,28 @@ def test_bench_runs_every_query_kind(tmp_path, capsys):
     assert all(s["p99_ms"] >= s["p50_ms"] > 0 for s in result["stats"].values())
     assert len(result["ceilings"]) == 2
     assert "as_you_type" in capsys.readouterr().out
+
+
+def test_bench_keeps_its_postgresql_folder_and_reuses_it(tmp_path):
+    """--pg-dir: the throwaway server's folder is kept; the next run starts on it again and
+    reuses the seeded catalogue (seeded once), with --pg-shared-buffers and --pg-prewarm."""
+    from headwater.bench.postgres_server import find_initdb
+
+    if find_initdb() is None:
+        pytest.fail("PostgreSQL is missing: install Debian's postgresql (make setup does)")
+    # Outside pytest's folders, which the server's own user (as root: postgres) cannot enter.
+    parent = Path(tempfile.mkdtemp(prefix="hw-bench-pg-"))
+    parent.chmod(0o755)
+    folder = parent / "pg"
+    runs = []
+    try:
+        for n in range(2):
+            out = tmp_path / f"r{n}.json"
+            assert bench.main(["--titles", "200", "--backend", "postgresql", "--queries", "14", "--pg-dir",
+                               str(folder), "--pg-shared-buffers", "32MB", "--pg-prewarm", "--json", str(out)]) == 0
+            runs.append(json.loads(out.read_text())["backends"]["postgresql"])
+            assert (folder / "data" / "PG_VERSION").exists()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+    assert runs[0]["seed_s"] is not None and runs[1]["seed_s"] is None
+    assert runs[1]["stats"]["all"]["n"] == 14
