@@ -9,8 +9,10 @@ runs them.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Ceiling", "zfec_codec", "parity_encode", "md5", "sha256", "fsync_writes", "fsync_small_files", "loopback_tcp",
-           "parse_iperf3"]
+           "parse_iperf3", "s5cmd_get"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -221,3 +223,85 @@ def _python_tcp(seconds: float) -> Ceiling:
     listener.close()
     return Ceiling(name="loopback TCP", value=received[0] / s / GB, unit="GB/s",
                    how=f"Python socket loop (no iperf3), 1 stream, {seconds:g} s")
+
+
+class _StubS3(http.server.BaseHTTPRequestHandler):
+    """Every HEAD and GET answered with one file (a Range honoured), its body by sendfile: an S3
+    endpoint that costs next to nothing, so what a client gets from it is the client's ceiling."""
+
+    protocol_version = "HTTP/1.1"
+    path_of_body = ""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        pass
+
+    def _head(self, lo: int, hi: int, size: int, partial: bool) -> None:
+        self.send_response(206 if partial else 200)
+        self.send_header("Content-Length", str(hi - lo + 1))
+        self.send_header("ETag", '"00000000000000000000000000000000"')
+        self.send_header("Last-Modified", "Thu, 03 Dec 2026 00:00:00 GMT")
+        self.send_header("Content-Type", "application/octet-stream")
+        if partial:
+            self.send_header("Content-Range", f"bytes {lo}-{hi}/{size}")
+        self.end_headers()
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        size = os.path.getsize(self.path_of_body)
+        self._head(0, size - 1, size, False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        size = os.path.getsize(self.path_of_body)
+        m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
+        lo, hi = (int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)) if m else (0, size - 1)
+        self._head(lo, hi, size, m is not None)
+        self.wfile.flush()
+        with open(self.path_of_body, "rb") as f:
+            offset, left = lo, hi - lo + 1
+            while left > 0:
+                sent = os.sendfile(self.connection.fileno(), f.fileno(), offset, left)
+                if not sent:
+                    return
+                offset += sent
+                left -= sent
+
+
+def s5cmd_get(binary: str, scratch: Path, *, object_bytes: int = 64 * MiB, count: int = 4) -> Ceiling:
+    """One s5cmd client GETting ``count`` objects of ``object_bytes`` (as the bench's 1-client GET
+    row does: into files in RAM) from a stub endpoint that sends one file by sendfile: MB/s, and
+    the client's CPU per GB in ``how``. What the client alone allows one stream on this machine."""
+    ram = "/dev/shm" if os.path.isdir("/dev/shm") else str(scratch)
+    work = Path(tempfile.mkdtemp(prefix="s5cmd-ceiling-", dir=ram))
+    body = work / "body"
+    with open(body, "wb") as f:
+        chunk = os.urandom(4 * MiB)
+        for _ in range(object_bytes // len(chunk)):
+            f.write(chunk)
+        f.write(chunk[:object_bytes % len(chunk)])
+    handler = type("_Stub", (_StubS3,), {"path_of_body": str(body)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    part_mib = object_bytes // MiB + 1
+    cmds = work / "cmds.txt"
+    cmds.write_text("".join(f"cp --concurrency 1 --part-size {max(5, part_mib)} s3://stub/k{i} {work}/{i}\n"
+                            for i in range(count)))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "AWS_ACCESS_KEY_ID": "stub",
+           "AWS_SECRET_ACCESS_KEY": "stub", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([binary, "--endpoint-url", f"http://127.0.0.1:{server.server_address[1]}",
+                                 "--retry-count", "0", "--numworkers", "1", "run", str(cmds)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(work, ignore_errors=True)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"s5cmd against the stub endpoint exited with status {status}")
+    gb = count * object_bytes / GB
+    cpu = usage.ru_utime + usage.ru_stime
+    return Ceiling(name="s5cmd GET alone", value=gb * GB / MB / seconds, unit="MB/s",
+                   how=f"1 client, {count} x {object_bytes // MiB} MiB from a sendfile stub endpoint into RAM; "
+                       f"client {cpu / gb:.2f} s/GB")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from . import ceilings as _ceilings
 from . import listing as _listing
 from . import rebuild as _rebuild
-from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd, ServerCpu, server_cpu_text
+from .load import Batch, HttpDriver, LoadError, RssSampler, S5cmd, ServerCpu, find_s5cmd, server_cpu_text
 from .peers import (
     OBJSTORE_ROLES,
     Endpoint,
@@ -109,7 +109,7 @@ ROWS: tuple[Row, ...] = (
     Row(key="put_big_1", label="PUT 64 MiB, 1 client", unit="MB/s", min_ratio=1.5,
         ceilings=("fsync'd writes", "parity encode", "MD5", "SHA-256")),
     Row(key="get_big_1", label="GET 64 MiB, 1 client", unit="MB/s", min_ratio=3.0,
-        ceilings=("loopback TCP", "zfec decode")),
+        ceilings=("loopback TCP", "zfec decode", "s5cmd GET alone")),
     Row(key="put_big_8", label="PUT 64 MiB, 8 clients", unit="MB/s", min_ratio=1.5,
         ceilings=("fsync'd writes", "parity encode", "MD5", "SHA-256")),
     Row(key="get_big_8", label="GET 64 MiB, 8 clients", unit="MB/s", min_ratio=3.0,
@@ -300,6 +300,20 @@ def _write_random(path: Path, size: int) -> None:
             left -= len(chunk)
 
 
+def read_timing_text(t: dict[str, float]) -> str:
+    """Where a GET batch's reads waited, per GET (the gateway's ``read_timing`` over the batch):
+    until its first bytes, for the storage nodes' later replies, and for the client to take
+    what it was handed. Wall-clock seconds of concurrent GETs add up, so with 8 clients the
+    shares, not the sums, are what to read."""
+    reads = t.get("reads") or 0
+    if not reads:
+        return "read timing: no GETs of stored objects counted"
+    parts = {"first bytes": t.get("first_wait_s", 0), "nodes": t.get("wait_s", 0), "client": t.get("send_s", 0)}
+    total = sum(parts.values()) or 1.0
+    each = ", ".join(f"{k} {v / reads * 1e3:.1f} ms ({v / total:.0%})" for k, v in parts.items())
+    return f"per GET waiting on {each}"
+
+
 def _batch_result(b: Batch, unit: str) -> dict:
     value = b.mb_per_s if unit == "MB/s" else b.ops_per_s
     return {"value": value if b.ok_ops else None, "unit": unit, "ops": b.ops, "errors": b.errors,
@@ -313,23 +327,33 @@ def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], lab
     s5.make_bucket(bucket)
     results: dict[str, dict] = {}
 
-    def measured(run: Callable[[], Batch]) -> tuple[Batch, dict[str, float]]:
+    timings: dict[str, dict[str, float]] = {}
+
+    def measured(run: Callable[[], Batch], key: str = "") -> tuple[Batch, dict[str, float]]:
         # The store's own CPU for the batch beside the rate: on a shared machine the rate moves
         # with the neighbours' load, the CPU per byte or per request much less.
+        before = ep.read_timing() if key.startswith("get_big") else {}
         with ServerCpu(ep.process_groups) as cpu:
             b = run()
+        if before:
+            after = ep.read_timing()
+            timings[key] = {k: round(after.get(k, 0) - v, 4) for k, v in before.items()}
         return b, cpu.seconds
 
     def record(key: str, run: Callable[[], Batch] | tuple[Batch, dict[str, float]], unit: str) -> None:
-        b, seconds = run if isinstance(run, tuple) else measured(run)
+        b, seconds = run if isinstance(run, tuple) else measured(run, key)
         results[key] = _batch_result(b, unit)
         results[key]["server_cpu_s"] = seconds
+        if key in timings:
+            results[key]["read_timing"] = timings[key]
         v = results[key]["value"]
         err = f", {b.errors} errors ({b.first_error[:120]})" if b.errors else ""
         spent = server_cpu_text(seconds, object_bytes=b.bytes, ops=b.ok_ops)
         _say(f"  {label}: {key:<11} {fmt_value(v, unit):>8} {unit:<5} "
              f"{b.ops} x {b.bytes} B in {b.seconds:.1f} s, client {b.client_cores:.2f} cores"
              f"{f'; {spent}' if spent else ''}{err}")
+        if key in timings:
+            _say(f"  {label}: {key:<11} {read_timing_text(timings[key])}")
 
     try:
         keys1 = [f"big1/{i:05d}" for i in range(sizes.big_objects_1)]
@@ -452,6 +476,10 @@ def _measure_ceilings(data_dir: Path, quick: bool) -> list[dict]:
     found.append(_ceilings.fsync_writes(data_dir, total_bytes=(256 if quick else 1024) * MiB))
     found.append(_ceilings.fsync_small_files(data_dir, count=200 if quick else 1000))
     found.append(_ceilings.loopback_tcp(seconds=2.0 if quick else 5.0))
+    try:
+        found.append(_ceilings.s5cmd_get(find_s5cmd(), data_dir))
+    except (OSError, RuntimeError, LoadError) as e:
+        _say(f"  s5cmd GET alone: not measured ({e})")
     for c in found:
         _say(f"  {c.name}: {fmt_value(c.value, c.unit)} {c.unit}  ({c.how})")
     return [asdict(c) for c in found]

@@ -65,6 +65,9 @@ class Endpoint:
     # Every process of the store by role ({"gateway": [...], "storage": [...]}), for the CPU
     # each batch costs the store (load.ServerCpu); empty when unknown (an external endpoint).
     process_groups: Callable[[], dict[str, list[int]]] = field(default=lambda: {}, repr=False)
+    # Where the gateway's GETs of stored objects spent their time, summed over its workers
+    # (their /healthz ``read_timing``); empty when unknown (Swift, an external endpoint).
+    read_timing: Callable[[], dict[str, float]] = field(default=lambda: {}, repr=False)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -301,6 +304,26 @@ def gateway_pids(gateway_id: str = "s3", config: Path | None = None) -> list[int
     return out
 
 
+def gateway_read_timing(admin_url: str, workers: int) -> dict[str, float]:
+    """The gateway workers' ``read_timing`` (``/healthz``) summed: the workers share one admin
+    port, so it is asked until each worker (by pid) has answered once, at most 20 times each."""
+    seen: dict[int, dict] = {}
+    for _ in range(20 * max(workers, 1)):
+        try:
+            with urllib.request.urlopen(admin_url + "/healthz", timeout=5) as r:
+                doc = json.loads(r.read())
+        except (OSError, ValueError):
+            continue
+        seen[int(doc.get("pid") or 0)] = doc.get("read_timing") or {}
+        if len(seen) >= workers:
+            break
+    out: dict[str, float] = {}
+    for timing in seen.values():
+        for k, v in timing.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def _is_node(args: list[str], node_id: str) -> bool:
     if "node" not in args or not any("headwater" in a for a in args):
         return False
@@ -402,6 +425,7 @@ def headwater_cluster(config: Path, work_dir: Path, *, port_offset: int = 10000,
                 description=f"Headwater, {cfg.objstore.ec.describe()}, {gw.workers} gateway workers",
                 server_pids=lambda: gateway_pids(gw.id, tmp_cfg),
                 process_groups=lambda: headwater_process_groups(cfg, tmp_cfg),
+                read_timing=lambda: gateway_read_timing(f"http://{gw.host}:{gw.admin_port}", gw.workers),
             )
         finally:
             procs.stop(timeout_s=20.0)

@@ -47,8 +47,8 @@ from .records import Layout
 from .storage.client import PendingRead, StorageClient
 from .stripe import Buffer
 
-__all__ = ["StoragePool", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed", "ReadsBusy",
-           "delete_layouts"]
+__all__ = ["StoragePool", "ReadTiming", "LayoutWriter", "read_layout", "WriteFailed", "ReadFailed",
+           "ReadsBusy", "delete_layouts"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,28 @@ class ReadsBusy(StoreError):
     log_event = "s3.reads_busy"
 
 
+class ReadTiming:
+    """Where a gateway worker's GETs of stored layouts spent their time, summed over them: the
+    first batch's wait (request to first bytes), the waits for later batches' replies (the
+    storage nodes behind the client) and the time the client took to take the bytes handed to
+    it (the client, or the send, behind the nodes). For telling a GET that waits on its reads
+    from one that waits on its client (``/healthz`` of a gateway worker, ``read_timing``)."""
+
+    __slots__ = ("reads", "batches", "first_wait_s", "wait_s", "send_s", "clock")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.reads = 0
+        self.batches = 0
+        self.first_wait_s = 0.0
+        self.wait_s = 0.0
+        self.send_s = 0.0
+
+    def statistics(self) -> dict[str, float]:
+        return {"reads": self.reads, "batches": self.batches, "first_wait_s": round(self.first_wait_s, 6),
+                "wait_s": round(self.wait_s, 6), "send_s": round(self.send_s, 6)}
+
+
 class StoragePool:
     """RPC clients for every storage node, plus a memory of which nodes are failing.
 
@@ -127,6 +149,7 @@ class StoragePool:
         self._stack = AsyncExitStack()
         self.stats = {"fragment_read_errors": 0, "fragment_write_errors": 0, "degraded_reads": 0,
                       "handoff_writes": 0, "degraded_writes": 0}
+        self.read_timing = ReadTiming()
 
     async def __aenter__(self) -> StoragePool:
         await self._stack.__aenter__()
@@ -827,6 +850,10 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
             entry[1].update(await _start_reads(pool, lay, *batches[n], data_indexes))
             n += 1
 
+    timing = pool.read_timing
+    clock = timing.clock
+    started = clock()
+    timing.reads += 1
     try:
         got = await take(batches[0][1])
         ahead.append((0, {}, got))
@@ -838,13 +865,22 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
                 ahead[0][1].update(await _start_reads(pool, lay, first, count, data_indexes))
             index, current, held = ahead.popleft()
             assert index == n, "read-ahead batches are kept in order"
+            asked = clock()
             stripes = await _finish_reads(pool, lay, first, count, current)
+            now = clock()
+            if n == 0:
+                timing.first_wait_s += now - started
+            else:
+                timing.wait_s += now - asked
             await read_ahead(n)
+            handed = clock()
             for j, pieces in enumerate(stripes):
                 base = (first + j) * sb
                 for piece in _window(pieces, max(start - base, 0), end - base):
                     yield piece
             del stripes
+            timing.send_s += clock() - handed
+            timing.batches += 1
             if budget is not None:
                 budget.give(held)
             held = 0

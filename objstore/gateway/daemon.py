@@ -197,6 +197,7 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
                     "ec": cluster.objstore.ec.describe(), "metadata_up": meta_up,
                     "storage_down": sorted(down), "workers": node.workers,
                     "read_buffer": pool.read_budget.statistics() if pool.read_budget else None,
+                    "read_timing": pool.read_timing.statistics(),
                     "bucket_cache": store.buckets.statistics()}
 
         async with anyio.create_task_group() as tg:

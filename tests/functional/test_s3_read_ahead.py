@@ -55,3 +55,22 @@ def test_a_get_reads_further_ahead_only_while_half_the_buffer_is_free(cluster, s
     # A client that reads it all gets every byte, in order, with the deeper read-ahead.
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == body
     assert s3.get_object(Bucket=bucket, Key="big", Range="bytes=5-20971525")["Body"].read() == body[5:20971526]
+
+
+def test_a_worker_tells_where_its_gets_waited(cluster, s3, bucket):
+    """``/healthz``'s ``read_timing``: a GET's batches counted once each, the first batch's wait
+    (request to first bytes) apart from the later batches' waits and the time sending took."""
+    body = bytes(range(256)) * (SIZE // 256)
+    s3.put_object(Bucket=bucket, Key="timed", Body=body)
+    before = gateway_health(cluster)["read_timing"]
+    assert s3.get_object(Bucket=bucket, Key="timed")["Body"].read() == body
+    after = gateway_health(cluster)["read_timing"]
+    assert after["reads"] - before["reads"] == 1
+    assert after["batches"] - before["batches"] == SIZE // BATCH
+    for k in ("first_wait_s", "wait_s", "send_s"):
+        assert after[k] > before[k], k
+    # A ranged GET inside one batch is one read of one batch.
+    got = s3.get_object(Bucket=bucket, Key="timed", Range="bytes=100-199")["Body"].read()
+    assert got == body[100:200]
+    last = gateway_health(cluster)["read_timing"]
+    assert (last["reads"] - after["reads"], last["batches"] - after["batches"]) == (1, 1)

@@ -90,3 +90,18 @@ def test_parse_iperf3():
     assert ceilings.parse_iperf3(json.dumps(doc)) == 8e9
     with pytest.raises(ValueError):
         ceilings.parse_iperf3(json.dumps({"error": "unable to connect"}))
+
+
+def test_read_timing_text_gives_each_stage_per_get_and_its_share():
+    text = objstore.read_timing_text({"reads": 4, "batches": 64, "first_wait_s": 0.04, "wait_s": 0.12,
+                                      "send_s": 0.24})
+    assert text == ("per GET waiting on first bytes 10.0 ms (10%), nodes 30.0 ms (30%), "
+                    "client 60.0 ms (60%)")
+    assert "no GETs" in objstore.read_timing_text({"reads": 0})
+
+
+def test_s5cmd_ceiling_downloads_from_the_stub_endpoint(tmp_path):
+    from headwater.bench.load import find_s5cmd
+    c = ceilings.s5cmd_get(find_s5cmd(), tmp_path, object_bytes=8 * 1024 * 1024, count=2)
+    assert c.name == "s5cmd GET alone" and c.unit == "MB/s" and c.value > 0
+    assert "client" in c.how and "s/GB" in c.how
