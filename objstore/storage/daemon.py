@@ -775,6 +775,13 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     async with anyio.create_task_group() as tg:
         bound = await tg.start(srv.serve, node.host, node.port if port is None else port)
         sn.rpc_port, sn.rpc = bound, srv
+        if cluster.objstore.storage_unix_sockets:
+            try:
+                await tg.start(srv.serve_unix, node.rpc_socket)
+            except OSError as e:  # a path too long for a socket address, say: TCP serves alone
+                log.warning("storage node %s: no Unix socket at %s: %s", node.id, node.rpc_socket, e,
+                            extra={"event": "storage.no_unix_socket", "path": str(node.rpc_socket),
+                                   "error": str(e)})
         tg.start_soon(sn.run_gc_forever)
         tg.start_soon(sn.scrubber.run_forever)
         registry = Registry()
