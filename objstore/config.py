@@ -34,6 +34,13 @@ __all__ = [
 #: probe tests give simulated hosts such addresses and cut them off with packet filters.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
+def rpc_socket_path(data_dir: Path, port: int) -> Path:
+    """A storage node's Unix socket: in its data_dir, named for the TCP port it serves beside it,
+    so a client reaches the node its configuration names (data_dir and port) or none: a node
+    moved to another port, or a configuration naming a port nobody serves, finds no socket."""
+    return data_dir / f"rpc-{port}.sock"
+
+
 #: ``[objstore] storage_page_cache``: which fragment pages a storage node leaves in the page cache.
 STORAGE_PAGE_CACHE = ("none", "data", "all")
 
@@ -130,7 +137,7 @@ class StorageNodeConfig:
     @property
     def rpc_socket(self) -> Path:
         """The Unix socket the node serves its RPC on besides host:port (``storage_unix_sockets``)."""
-        return self.data_dir / "rpc.sock"
+        return rpc_socket_path(self.data_dir, self.port)
 
     def local_rpc_socket(self) -> str | None:
         """``rpc_socket`` where this node's host is this machine's loopback (the only host a
@@ -206,7 +213,7 @@ class ObjstoreConfig:
     # fragments cached (a GET right after a PUT reads memory), dropping parity only; "all" keeps
     # every page, for the kernel to evict.
     storage_page_cache: str = "none"
-    # Storage nodes also listen on a Unix socket in their data_dir (rpc.sock), and daemons on the
+    # Storage nodes also listen on a Unix socket in their data_dir (rpc-PORT.sock), and daemons on the
     # same host (a node configured at 127.0.0.1, ::1 or localhost) connect through it rather than
     # loopback TCP: the same frames and handshake for about a third of the kernel's CPU per byte.
     storage_unix_sockets: bool = True

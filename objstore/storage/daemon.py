@@ -62,7 +62,7 @@ from headwater.malloc import keep_freed_memory
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import LATER, BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
 
-from ..config import StorageNodeConfig
+from ..config import StorageNodeConfig, rpc_socket_path
 from ..errors import StoreError
 from .fragment import (
     BLOCK_PREFIX,
@@ -776,12 +776,12 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
         bound = await tg.start(srv.serve, node.host, node.port if port is None else port)
         sn.rpc_port, sn.rpc = bound, srv
         if cluster.objstore.storage_unix_sockets:
+            sock_path = rpc_socket_path(node.data_dir, bound)
             try:
-                await tg.start(srv.serve_unix, node.rpc_socket)
+                await tg.start(srv.serve_unix, sock_path)
             except OSError as e:  # a path too long for a socket address, say: TCP serves alone
-                log.warning("storage node %s: no Unix socket at %s: %s", node.id, node.rpc_socket, e,
-                            extra={"event": "storage.no_unix_socket", "path": str(node.rpc_socket),
-                                   "error": str(e)})
+                log.warning("storage node %s: no Unix socket at %s: %s", node.id, sock_path, e,
+                            extra={"event": "storage.no_unix_socket", "path": str(sock_path), "error": str(e)})
         tg.start_soon(sn.run_gc_forever)
         tg.start_soon(sn.scrubber.run_forever)
         registry = Registry()

@@ -20,7 +20,7 @@ def test_only_a_node_on_this_machines_loopback_is_reached_by_its_socket():
         return StorageNodeConfig(id="s1", host=host, port=1, admin_port=2, data_dir=Path("/d/s1"))
 
     for host in ("127.0.0.1", "::1", "localhost"):
-        assert node(host).local_rpc_socket() == "/d/s1/rpc.sock"
+        assert node(host).local_rpc_socket() == "/d/s1/rpc-1.sock"
     # Another host, or a simulated one (the probe tests give those 127.0.N.x and cut them off
     # with packet filters, which a Unix socket would pass under).
     for host in ("10.0.0.5", "127.0.1.1", "storage-1.example"):
