@@ -215,7 +215,7 @@ class ObjstoreConfig:
     storage_page_cache: str = "none"
     # Storage nodes also listen on a Unix socket in their data_dir (rpc-PORT.sock), and daemons on the
     # same host (a node configured at 127.0.0.1, ::1 or localhost) connect through it rather than
-    # loopback TCP: the same frames and handshake for about a third of the kernel's CPU per byte.
+    # loopback TCP: the same frames and handshake for less kernel CPU per byte (bench/README.md).
     storage_unix_sockets: bool = True
 
     def scheme_for(self, bucket: str) -> ErasureScheme:

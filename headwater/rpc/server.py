@@ -254,8 +254,9 @@ class RpcServer:
                          task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Also listen on the Unix socket ``path`` (see :func:`~headwater.rpc.stream.listen_unix`)
         and serve until cancelled, then remove it; ``task_status.started(path)``. The same calls
-        and handshake as over TCP, for clients on this host: a Unix socket moves a byte for
-        about a third of the CPU loopback TCP takes (no TCP/IP stack, no acknowledgements)."""
+        and handshake as over TCP, for clients on this host: a Unix socket moves a byte for less
+        CPU than loopback TCP (no TCP/IP stack, no acknowledgements: 0.19 s per GB sent and
+        received against 0.27-0.48 on this project's bench machine)."""
         path = os.fspath(path)
         listener = listen_unix(path)
         try:
