@@ -29,6 +29,18 @@ __all__ = [
     "check_objstore", "STORAGE_PAGE_CACHE",
 ]
 
+#: Storage node hosts that are this machine for certain: a client connects to such a node through
+#: its Unix socket (``ObjstoreConfig.storage_unix_sockets``). Not 127.0.0.2 and the like: the
+#: probe tests give simulated hosts such addresses and cut them off with packet filters.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+def rpc_socket_path(data_dir: Path, port: int) -> Path:
+    """A storage node's Unix socket: in its data_dir, named for the TCP port it serves beside it,
+    so a client reaches the node its configuration names (data_dir and port) or none: a node
+    moved to another port, or a configuration naming a port nobody serves, finds no socket."""
+    return data_dir / f"rpc-{port}.sock"
+
+
 #: ``[objstore] storage_page_cache``: which fragment pages a storage node leaves in the page cache.
 STORAGE_PAGE_CACHE = ("none", "data", "all")
 
@@ -122,6 +134,16 @@ class StorageNodeConfig:
     def role(self) -> str:
         return "storage"
 
+    @property
+    def rpc_socket(self) -> Path:
+        """The Unix socket the node serves its RPC on besides host:port (``storage_unix_sockets``)."""
+        return rpc_socket_path(self.data_dir, self.port)
+
+    def local_rpc_socket(self) -> str | None:
+        """``rpc_socket`` where this node's host is this machine's loopback (the only host a
+        client can know shares the node's filesystem), else None."""
+        return str(self.rpc_socket) if self.host in LOOPBACK_HOSTS else None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetadataNodeConfig:
@@ -191,6 +213,10 @@ class ObjstoreConfig:
     # fragments cached (a GET right after a PUT reads memory), dropping parity only; "all" keeps
     # every page, for the kernel to evict.
     storage_page_cache: str = "none"
+    # Storage nodes also listen on a Unix socket in their data_dir (rpc-PORT.sock), and daemons on the
+    # same host (a node configured at 127.0.0.1, ::1 or localhost) connect through it rather than
+    # loopback TCP: the same frames and handshake for less kernel CPU per byte (bench/README.md).
+    storage_unix_sockets: bool = True
 
     def scheme_for(self, bucket: str) -> ErasureScheme:
         return self.bucket_ec.get(bucket, self.ec)
@@ -276,7 +302,7 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
                            "raft_election_timeout_seconds", "raft_clock_drift", "metadata_timeout_seconds",
                            "raft_log_entries",
                            "scrub_rate", "scrub_interval_seconds", "quarantine_retention_seconds",
-                           "storage_page_cache"})
+                           "storage_page_cache", "storage_unix_sockets"})
     d = ObjstoreConfig()
     ec = _scheme(r, r.table(data, "ec", p), f"{p}.ec", d.ec)
     bucket_ec = {name: _scheme(r, v if isinstance(v, dict) else {}, f"{p}.bucket_ec.{name}", ec)
@@ -315,6 +341,7 @@ def read_objstore(r: Reader, raw: Any) -> ObjstoreConfig:
         scrub_interval_s=r.non_negative(data, "scrub_interval_seconds", p, d.scrub_interval_s),
         quarantine_retention_s=r.non_negative(data, "quarantine_retention_seconds", p, d.quarantine_retention_s),
         storage_page_cache=page_cache,
+        storage_unix_sockets=r.get(data, "storage_unix_sockets", p, bool, d.storage_unix_sockets),
     )
 
 

@@ -156,7 +156,8 @@ class StoragePool:
         timeout = self.cluster.objstore.rpc_timeout_s
         secret = cluster_secret(self.cluster)
         for s in self.cluster.storage:
-            client = StorageClient(s.id, s.host, s.port, secret=secret, timeout=timeout)
+            unix = s.local_rpc_socket() if self.cluster.objstore.storage_unix_sockets else None
+            client = StorageClient(s.id, s.host, s.port, secret=secret, timeout=timeout, unix_path=unix)
             self._clients[s.id] = await self._stack.enter_async_context(client)
         self._prober = await self._stack.enter_async_context(anyio.create_task_group())
         self._prober.start_soon(self._probe_forever)

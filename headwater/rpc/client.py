@@ -1,7 +1,8 @@
 """The RPC client: many concurrent calls multiplexed over one lazily (re)connected TCP connection.
 
 ``call`` may be used from any number of tasks at once. The connection is opened on first use and
-re-opened on the first call after it is lost; calls in flight when it drops get
+re-opened on the first call after it is lost (over the server's Unix socket first when the
+client was given one, ``unix_path``, falling back to TCP); calls in flight when it drops get
 :class:`Unavailable`. A refused connection raises :class:`Unavailable` at once, a silent peer after
 ``connect_timeout``. A connection is usable once both ends have proved knowledge of the cluster
 secret (:class:`~headwater.rpc.auth.ClientHandshake`), within the call's deadline; a peer that
@@ -23,7 +24,7 @@ from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavaila
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
                     FramePayload, cancel_header, encode_frame, request_header)
 from .server import DEFAULT_FRAME_TIMEOUT_S, FrameWatch, LogThrottle, Reply
-from .stream import RpcStream, connect, receive_into_decoder
+from .stream import RpcStream, connect, connect_unix, receive_into_decoder
 
 __all__ = ["RpcClient", "PendingCall"]
 
@@ -74,17 +75,20 @@ class RpcClient:
     """A client for one :class:`~headwater.rpc.server.RpcServer` address.
 
     Use as ``async with RpcClient(host, port) as c: reply = await c.call("m", {...}, payload)``.
+    ``unix_path``: the server's Unix socket on this host (:meth:`RpcServer.serve_unix`), tried
+    before host:port at each connect; where it is missing or refuses, TCP is used.
     """
 
     def __init__(self, host: str, port: int, *, secret: ClusterSecret, connect_timeout: float = 3.0,
                  default_timeout: float = 30.0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S):
+                 frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S, unix_path: str | None = None):
         if not isinstance(secret, ClusterSecret):
             raise TypeError("RpcClient needs the cluster secret (headwater.rpc.auth.cluster_secret(cfg))")
         self.secret = secret
         self.frame_timeout_s = frame_timeout_s
         self.host = host
         self.port = port
+        self.unix_path = unix_path
         self.connect_timeout = connect_timeout
         self.default_timeout = default_timeout
         self.max_frame_bytes = max_frame_bytes
@@ -94,8 +98,8 @@ class RpcClient:
         self._connect_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
-        self.counters = {"calls": 0, "errors": 0, "connects": 0, "bytes_out": 0, "bytes_in": 0,
-                         "auth_failures": 0}
+        self.counters = {"calls": 0, "errors": 0, "connects": 0, "unix_connects": 0, "bytes_out": 0,
+                         "bytes_in": 0, "auth_failures": 0}
 
     def __repr__(self) -> str:
         return f"RpcClient({self._peer!r})"
@@ -261,7 +265,7 @@ class RpcClient:
             budget = max(0.0, min(self.connect_timeout, deadline - anyio.current_time()))
             try:
                 with anyio.fail_after(budget):
-                    stream = await connect(self.host, self.port)
+                    stream = await self._open()
             except TimeoutError:
                 if anyio.current_time() >= deadline:
                     raise DeadlineExceeded(f"connecting to {self._peer} took past the deadline",
@@ -296,6 +300,18 @@ class RpcClient:
             self.counters["connects"] += 1
             self._tg.start_soon(self._reader, conn, early)
             return conn
+
+    async def _open(self) -> RpcStream:
+        """A new connection: the Unix socket if there is one to try and it answers, else TCP."""
+        if self.unix_path is not None:
+            try:
+                stream = connect_unix(self.unix_path)
+            except OSError:
+                pass  # not there (another host's path, a node not started), or refusing
+            else:
+                self.counters["unix_connects"] += 1
+                return stream
+        return await connect(self.host, self.port)
 
     async def _authenticate(self, stream: RpcStream) -> bytes:
         """Prove the secret to the server and check its proof; the bytes that followed (if any).

@@ -29,6 +29,7 @@ import asyncio
 import errno
 import os
 import socket
+import stat
 from typing import Any, Callable, Mapping, Sequence
 
 import anyio
@@ -41,18 +42,30 @@ from headwater.http.transport import bind_socket
 
 from .frame import FrameDecoder
 
-__all__ = ["RpcStream", "connect", "listen", "accept"]
+__all__ = ["RpcStream", "connect", "connect_unix", "listen", "listen_unix", "accept"]
 
 _IMMEDIATE_OPS_PER_CHECKPOINT = 16
 # Linux takes at most IOV_MAX (1024) buffers per sendmsg.
 _MAX_BUFFERS = 1024
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY}
+UNIX_SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 def _nodelay(sock: socket.socket) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _unix_send_buffer(sock: socket.socket) -> None:
+    """A connected Unix socket's send buffer is all it queues (net.core.wmem_default, ~208 KiB,
+    where TCP grows its own up to tcp_wmem's 4 MiB): a 1 MiB frame went out in five sendmsg calls
+    and woke the receiver three times. The kernel caps this at net.core.wmem_max."""
+    if sock.family == socket.AF_UNIX:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER_BYTES)
         except OSError:
             pass
 
@@ -99,7 +112,8 @@ class _Readable:
 
 
 class RpcStream(anyio.abc.ByteStream):
-    """A connected TCP socket as an anyio byte stream, plus ``send_buffers`` and ``receive_into``."""
+    """A connected TCP (or Unix) socket as an anyio byte stream, plus ``send_buffers`` and
+    ``receive_into``."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -283,6 +297,44 @@ async def connect(host: str, port: int) -> RpcStream:
     raise last if last is not None else OSError(f"no address for {host}:{port}")
 
 
+def connect_unix(path: str | os.PathLike[str]) -> RpcStream:
+    """A connection to the Unix stream socket at ``path`` (a server on this host, see
+    :func:`listen_unix`). A Unix connect completes at once or fails at once (EAGAIN when the
+    listener's backlog is full): raises OSError, and the caller falls back to TCP."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        _unix_send_buffer(sock)
+        sock.connect(os.fspath(path))
+    except BaseException:
+        sock.close()
+        raise
+    return RpcStream(sock)
+
+
+def listen_unix(path: str | os.PathLike[str], *, backlog: int = 1024) -> socket.socket:
+    """A bound, listening, non-blocking Unix stream socket at ``path`` for :func:`accept`,
+    readable and writable by this user alone (a peer still has to pass the cluster-secret
+    handshake). A socket file left there by an earlier run is replaced; any other file is not
+    (OSError). Raises OSError where the path is too long for a socket address (108 bytes)."""
+    path = os.fspath(path)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def listen(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
     """A bound, listening, non-blocking TCP socket for :func:`accept` (the HTTP core's, as its
     servers bind theirs: SO_REUSEADDR, and SO_REUSEPORT for workers sharing the port)."""
@@ -304,6 +356,7 @@ async def accept(listener: socket.socket) -> RpcStream:
                 await anyio.sleep(0.1)  # out of descriptors or memory: wait for some to be freed
                 continue
             raise
+        _unix_send_buffer(sock)
         return RpcStream(sock)
 
 

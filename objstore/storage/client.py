@@ -14,14 +14,16 @@ __all__ = ["StorageClient", "PendingRead", "FragmentCorrupt", "FragmentNotFound"
 class StorageClient:
     """Typed calls to one storage node; one multiplexed connection, opened lazily.
 
-    ``async with StorageClient("s1", host, port, secret=s) as sc: await sc.append(fid, 0, block, ...)``
+    ``async with StorageClient("s1", host, port, secret=s) as sc: await sc.append(fid, 0, block, ...)``;
+    ``unix_path`` (the node's ``StorageNodeConfig.local_rpc_socket()``) is tried before TCP.
     """
 
     def __init__(self, node_id: str, host: str, port: int, *, secret: ClusterSecret, timeout: float = 30.0,
-                 connect_timeout: float = 3.0):
+                 connect_timeout: float = 3.0, unix_path: str | None = None):
         self.node_id = node_id
         self.timeout = timeout
-        self.rpc = RpcClient(host, port, secret=secret, connect_timeout=connect_timeout, default_timeout=timeout)
+        self.rpc = RpcClient(host, port, secret=secret, connect_timeout=connect_timeout, default_timeout=timeout,
+                             unix_path=unix_path)
 
     def __repr__(self) -> str:
         return f"StorageClient({self.node_id!r}, {self.rpc.host}:{self.rpc.port})"

@@ -64,7 +64,7 @@ from headwater.malloc import keep_freed_memory
 from headwater.metrics import Registry, add_process_metrics
 from headwater.rpc import LATER, BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
 
-from ..config import StorageNodeConfig
+from ..config import StorageNodeConfig, rpc_socket_path
 from ..errors import StoreError
 from .fragment import (
     BLOCK_PREFIX,
@@ -813,6 +813,13 @@ async def run_storage_node(cluster: ClusterConfig, node: StorageNodeConfig, *,
     async with anyio.create_task_group() as tg:
         bound = await tg.start(srv.serve, node.host, node.port if port is None else port)
         sn.rpc_port, sn.rpc = bound, srv
+        if cluster.objstore.storage_unix_sockets:
+            sock_path = rpc_socket_path(node.data_dir, bound)
+            try:
+                await tg.start(srv.serve_unix, sock_path)
+            except OSError as e:  # a path too long for a socket address, say: TCP serves alone
+                log.warning("storage node %s: no Unix socket at %s: %s", node.id, sock_path, e,
+                            extra={"event": "storage.no_unix_socket", "path": str(sock_path), "error": str(e)})
         tg.start_soon(sn.run_gc_forever)
         tg.start_soon(sn.scrubber.run_forever)
         registry = Registry()

@@ -10,8 +10,11 @@ import struct
 import anyio
 import pytest
 
-from headwater.rpc import (BadRequest, ClusterSecret, DeadlineExceeded, NoSuchMethod, RemoteError, Reply, RpcClient,
-                           RpcError, RpcServer, Unavailable, register_error)
+from anyio.abc import SocketAttribute
+
+from headwater.rpc import (AuthFailed, BadRequest, ClusterSecret, DeadlineExceeded, NoSuchMethod, RemoteError, Reply,
+                           RpcClient, RpcError, RpcServer, Unavailable, register_error)
+from headwater.rpc.stream import UNIX_SEND_BUFFER_BYTES, listen_unix
 
 pytestmark = pytest.mark.anyio
 
@@ -400,3 +403,82 @@ async def test_an_rpc_stream_reads_what_comes_after_it_drained_the_socket_and_wa
             assert got == [anyio.ClosedResourceError]
     finally:
         listener.close()
+
+
+async def test_a_client_given_the_servers_unix_socket_calls_through_it_and_falls_back_to_tcp(anyio_backend, tmp_path):
+    srv, _ = make_server()
+    path = tmp_path / "rpc.sock"
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        assert await tg.start(srv.serve_unix, path) == str(path)
+        assert stat_mode(path) == 0o600  # this user's alone (and the handshake still applies)
+        async with RpcClient("127.0.0.1", port, secret=SECRET, unix_path=str(path)) as c:
+            r = await c.call("blob", {"n": 4 * 1024 * 1024})
+            assert len(r.payload) == 4 * 1024 * 1024
+            assert (await c.call("echo", {}, b"x" * 300_000)).result["n"] == 300_000
+            assert c.counters["unix_connects"] == 1 and c.counters["connects"] == 1
+            assert c._conn is not None and c._conn.stream.extra(SocketAttribute.family) == socket.AF_UNIX
+            # Its send buffer grown as far as the kernel lets (it doubles what is asked).
+            sock = c._conn.stream.extra(SocketAttribute.raw_socket)
+            with open("/proc/sys/net/core/wmem_max") as f:
+                cap = int(f.read())
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * min(cap, UNIX_SEND_BUFFER_BYTES)
+        # No socket there (a node on another host, not started, or serving TCP alone): TCP.
+        async with RpcClient("127.0.0.1", port, secret=SECRET, unix_path=str(tmp_path / "none.sock")) as c:
+            assert (await c.call("echo", {}, b"t")).payload == b"t"
+            assert c.counters["unix_connects"] == 0
+            assert c._conn is not None and c._conn.stream.extra(SocketAttribute.family) == socket.AF_INET
+        # A socket file nobody listens on any more (the server stopped without removing it).
+        stale = tmp_path / "stale.sock"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(stale))
+        async with RpcClient("127.0.0.1", port, secret=SECRET, unix_path=str(stale)) as c:
+            assert (await c.call("echo", {}, b"s")).payload == b"s"
+            assert c.counters["unix_connects"] == 0
+        tg.cancel_scope.cancel()
+    assert not path.exists()  # the server removes its socket when it stops
+
+
+async def test_the_unix_socket_asks_for_the_cluster_secret_as_tcp_does(anyio_backend, tmp_path):
+    srv, _ = make_server()
+    path = tmp_path / "rpc.sock"
+    async with anyio.create_task_group() as tg:
+        port = await start(tg, srv)
+        await tg.start(srv.serve_unix, path)
+        other = ClusterSecret.from_secret("test", os.urandom(32))
+        async with RpcClient("127.0.0.1", port, secret=other, unix_path=str(path)) as c:
+            with pytest.raises(AuthFailed):
+                await c.call("echo", {}, b"x", timeout=5)
+            assert c.counters["unix_connects"] == 1
+        # Bytes that are no handshake: the connection is dropped, no handler runs.
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(struct.pack(">I", 12) + b"not a frame!" * 50)
+            s.settimeout(5)
+            with anyio.fail_after(10):
+                try:
+                    while await anyio.to_thread.run_sync(s.recv, 65536):
+                        pass
+                except ConnectionResetError:
+                    pass  # dropped with our bytes unread
+        assert srv.counters["requests"] == 0 and srv.counters["auth_refused"] >= 2
+        tg.cancel_scope.cancel()
+
+
+def test_listen_unix_replaces_a_stale_socket_but_not_another_file(tmp_path):
+    stale = tmp_path / "rpc.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))
+    listener = listen_unix(stale)
+    listener.close()
+    other = tmp_path / "data"
+    other.write_bytes(b"keep me")
+    with pytest.raises(OSError):
+        listen_unix(other)
+    assert other.read_bytes() == b"keep me"
+    with pytest.raises(OSError):  # longer than a socket address can hold
+        listen_unix(tmp_path / ("x" * 120))
+
+
+def stat_mode(path) -> int:
+    return os.stat(path).st_mode & 0o777

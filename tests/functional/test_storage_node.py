@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import threading
@@ -374,4 +375,33 @@ async def test_restart_keeps_fragments(anyio_backend, tmp_path):
         async with sn.client() as c:
             assert await c.read("keep") == [b"k" * 50]
             assert (await c.info())["fragments"] == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_the_node_serves_its_unix_socket_and_a_local_client_writes_through_it(anyio_backend, tmp_path):
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path)
+        cfg = dataclasses.replace(node_config(tmp_path), port=sn.node.rpc_port)  # the port it serves
+        assert cfg.rpc_socket.is_socket() and cfg.local_rpc_socket() == str(cfg.rpc_socket)
+        assert cfg.rpc_socket.name == f"rpc-{sn.node.rpc_port}.sock"
+        secret = cluster_secret(ClusterConfig(secret_env=TEST_SECRET_ENV))
+        blocks = [os.urandom(256 * 1024) for _ in range(4)]
+        async with StorageClient("s1", "127.0.0.1", sn.node.rpc_port, secret=secret,
+                                 unix_path=cfg.local_rpc_socket()) as c:
+            await c.append_many("obj9.p0.f0", 0, blocks, block_bytes=256 * 1024, meta={"k": 4})
+            await c.commit("obj9.p0.f0", 4)
+            assert await c.read("obj9.p0.f0", 0, 4) == blocks
+            assert c.rpc.counters["unix_connects"] == 1
+        tg.cancel_scope.cancel()
+    assert not cfg.rpc_socket.exists()
+
+
+async def test_a_node_told_not_to_serves_tcp_alone(anyio_backend, tmp_path):
+    cluster = ClusterConfig(secret_env=TEST_SECRET_ENV, objstore=ObjstoreConfig(storage_unix_sockets=False))
+    async with anyio.create_task_group() as tg:
+        node = await tg.start(lambda task_status: run_storage_node(
+            cluster, node_config(tmp_path), port=0, task_status=task_status))
+        assert not list((tmp_path / "s1").glob("*.sock"))
+        async with Running(tg, node).client() as c:
+            await c.append("obj9.p0.f0", 0, b"abc", block_bytes=4)
         tg.cancel_scope.cancel()
