@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -22,7 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Collection, Iterator
 
 if TYPE_CHECKING:
     from headwater.config import ClusterConfig
@@ -121,26 +122,63 @@ class ProcessGroup:
         self.procs.clear()
 
 
-def free_ports(count: int, *, udp: bool = False) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (and free for UDP too with ``udp``, for a
-    DNS server). All are held until all are chosen, so two in one call are never the same."""
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_rng = random.Random()
+
+
+def free_ports(count: int, *, udp: bool = False, exclude: Collection[int] = ()) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 a moment ago (for TCP, and for UDP too with
+    ``udp``, for a DNS server), none of ``exclude``.
+
+    Picked at random below the kernel's ephemeral range and checked by binding them: a port the
+    kernel handed out for ``bind(port 0)`` can be handed out again as the source port of any
+    outgoing connection (another test's, another bench client's) before the daemon binds it, and
+    the daemon then fails with EADDRINUSE. Falls back to port-0 binds if that range is too small.
+    All are held until all are chosen, so two in one call are never the same."""
     held: list[socket.socket] = []
     ports: list[int] = []
-    try:
-        for _ in range(50 * count):
-            if len(ports) == count:
-                return ports
-            t = socket.socket()
-            held.append(t)
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            if not udp:
-                ports.append(port)
-                continue
+
+    def hold(port: int) -> int | None:
+        t = socket.socket()
+        held.append(t)
+        # SO_REUSEADDR lets two unlistened sockets bind one port: never pick a port twice.
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            t.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+        port = t.getsockname()[1]
+        if port in exclude or port in ports:
+            return None
+        if udp:
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             held.append(u)
-            with contextlib.suppress(OSError):
+            try:
                 u.bind(("127.0.0.1", port))
+            except OSError:
+                return None
+        return port
+
+    lo, _ = _ephemeral_range()
+    try:
+        for _ in range(50 * count):
+            if len(ports) == count or lo <= 12000:
+                break
+            port = hold(_rng.randrange(10000, lo))
+            if port is not None:
+                ports.append(port)
+        for _ in range(50 * count):
+            if len(ports) == count:
+                break
+            port = hold(0)
+            if port is not None:
                 ports.append(port)
     finally:
         for sock in held:

@@ -38,6 +38,8 @@ from typing import Any, Collection, Iterable, Sequence
 
 import httpx
 
+from headwater.bench.peers import free_ports as _bench_free_ports
+
 __all__ = ["Cluster", "UserKeys", "USERS", "free_ports", "VENV_BIN", "CLUSTER_START_TIMEOUT_S", "TEST_SECRET_ENV",
            "TlsFiles", "make_test_tls", "sign_headers", "signed_request", "xml_error", "client_error", "write_random",
            "sha256_file"]
@@ -64,53 +66,11 @@ USERS = (
 )
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-_rng = random.Random()
-
-
 def free_ports(n: int, exclude: Collection[int] = ()) -> list[int]:
-    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago, none of ``exclude``.
-
-    Picked at random below the kernel's ephemeral range (and checked by binding them), because a
-    port the kernel handed out for ``bind(port 0)`` can be handed out again as the source port of
-    any outgoing connection before the daemon binds it; falls back to port 0 binds.
-    """
-    lo, _ = _ephemeral_range()
-    socks: list[socket.socket] = []
-    try:
-        tries = 0
-        while len(socks) < n and tries < 50 * n and lo > 12000:
-            tries += 1
-            port = _rng.randrange(10000, lo)
-            # SO_REUSEADDR lets two unlistened sockets bind one port: never pick a port twice.
-            if port in exclude or any(x.getsockname()[1] == port for x in socks):
-                continue
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                s.close()
-                continue
-            socks.append(s)
-        while len(socks) < n:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            if s.getsockname()[1] in exclude:
-                s.close()
-                continue
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct TCP ports that were free on 127.0.0.1 a moment ago, none of ``exclude``:
+    ``headwater.bench.peers.free_ports`` (below the kernel's ephemeral range; the benches the
+    tests start pick theirs the same way)."""
+    return _bench_free_ports(n, exclude=exclude)
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
