@@ -33,6 +33,7 @@ from headwater.config import load
 from headwater.edge.daemon import run_edge
 from headwater.rpc.auth import ensure_cluster_secret
 from tests.cluster import free_ports
+from tests.functional.h2_frames import frames_of
 from tests.functional.tls_turns import read_while_feeding
 
 CONFIG = """
@@ -609,15 +610,6 @@ def test_h2_floods_are_counted_by_the_kind_of_frame(lab):
 
 # --- HTTP/2 waits (issue 10) -----------------------------------------------------------------
 
-def _frames_of(out: bytes) -> list[tuple[int, int, bytes]]:
-    """(type, stream id, payload) of each whole frame in ``out`` (the server's preface first)."""
-    frames, pos = [], 0
-    while pos + 9 <= len(out):
-        n = int.from_bytes(out[pos:pos + 3], "big")
-        frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
-        pos += 9 + n
-    return frames
-
 
 def _literal_block(path: str, method: str = "GET") -> bytes:
     """A request's fields as HPACK literals never indexed: it leaves the POP's table as it was."""
@@ -658,7 +650,7 @@ def test_h2_what_trickles_in_is_cut_at_its_deadline(lab, case, tls):
     # header_timeout_seconds = body_timeout_seconds = 1 (a TLS handshake on a loaded machine
     # before it)
     assert taken < 3.5, f"{case}: still open after {taken:.1f} s"
-    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    goaways = [payload for kind, _, payload in frames_of(out) if kind == 0x7]
     assert len(goaways) == 1 and goaways[0][4:8] == b"\x00\x00\x00\x00" and b"in time" in goaways[0], out[-80:]
 
 
@@ -708,7 +700,7 @@ def test_h2_a_header_block_growing_past_the_limit_is_refused_before_it_is_whole(
         sock.sendall(_frame(9, 0, 1, b"\x10\x03x-a\x7f\x81\xff\x01" + b"v" * 16000) + _frame(9, 0, 1, b"v" * 16000) * 8)
     taken, out = closed_within(lab.pop, feed, limit=5)
     assert taken < 0.9, f"open for {taken:.1f} s"  # (not the 1 s header timeout)
-    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    goaways = [payload for kind, _, payload in frames_of(out) if kind == 0x7]
     assert len(goaways) == 1 and goaways[0][4:8] == (0xB).to_bytes(4, "big")
 
 

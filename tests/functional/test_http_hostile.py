@@ -37,6 +37,7 @@ from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http import FileBody, Request, Response
 from headwater.http.h2 import PREFACE
+from tests.functional.h2_frames import frames_of
 from tests.functional.test_http_inline import NowApp
 from headwater.http.tls import server_ssl_context
 from tests.functional.test_http_server import (Probe, make_app, raw_exchange, running, split_responses,  # noqa: F401
@@ -482,15 +483,6 @@ async def test_http2_rst_stream_of_an_idle_stream_gets_goaway_protocol_error() -
 
 # --- the request reader's own frames (headwater.http.h2._receive) ---------------------------
 
-def _frames_of(out: bytes) -> list[tuple[int, int, bytes]]:
-    """(type, stream id, payload) of each whole frame in ``out``."""
-    frames, pos = [], 0
-    while pos + 9 <= len(out):
-        n = int.from_bytes(out[pos:pos + 3], "big")
-        frames.append((out[pos + 3], int.from_bytes(out[pos + 5:pos + 9], "big"), out[pos + 9:pos + 9 + n]))
-        pos += 9 + n
-    return frames
-
 
 @pytest.mark.parametrize(("header", "code"), [
     (b"\xff\xff\xff\x00\x00\x00\x00\x00\x01", 0x6),  # DATA of 16 MiB: FRAME_SIZE_ERROR
@@ -518,7 +510,7 @@ async def test_http2_frame_header_refused_from_the_header_then_trickle(header: b
                             await s.send(b"\x00")
                         except (anyio.BrokenResourceError, OSError):
                             pass
-    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    goaways = [payload for kind, _, payload in frames_of(out) if kind == 0x7]
     assert goaways == [(1).to_bytes(4, "big") + code.to_bytes(4, "big")]
 
 
@@ -900,5 +892,5 @@ async def test_http2_what_trickles_in_is_cut_at_its_deadline(tls_files: tuple[Pa
     assert taken < 3.0, f"{case}: open for {taken:.1f} s"
     if case == "the preface a byte at a time" and not tls:
         return  # (cut by the HTTP/1.1 sniffing's header timeout: nothing sent)
-    goaways = [payload for kind, _, payload in _frames_of(out) if kind == 0x7]
+    goaways = [payload for kind, _, payload in frames_of(out) if kind == 0x7]
     assert len(goaways) == 1 and goaways[0][4:8] == b"\x00\x00\x00\x00", out
