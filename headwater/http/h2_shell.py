@@ -474,13 +474,6 @@ class H2Shell:
                     await self.room()
                 except anyio.BrokenResourceError:
                     return  # the writer could not send: the peer is gone
-                    return  # idle: GOAWAY and close
-                continue  # (streams still run: another idle period)
-            if full:
-                try:
-                    await self.room()
-                except anyio.BrokenResourceError:
-                    return  # the writer could not send: the peer is gone
 
     async def _watch_idle(self, scope: anyio.CancelScope) -> None:
         """Cancel the reader's idle scope once no stream has been open for idle_timeout_s, or
