@@ -11,6 +11,10 @@ regional caches and shields see POPs as their clients.
   block rules refuse a connection before a byte of it is read; :meth:`FrontDoor.on_flood`
   counts an HTTP/2 connection ended for flooding (``serve(on_flood=...)``), by the kind of
   frame that spent its budget.
+* Countries: with a rule that names ``countries``, the client's country is looked up in
+  ``[cdn.geo]`` (its CIDR rules, then the MaxMind database; memoised per address by
+  :class:`~headwater.geo.locate.Locator`); an address the data cannot place has no country, and
+  a rule with countries never matches it.
 * Requests: :meth:`FrontDoor.admit` answers 403 (a block rule) or 429 with ``Retry-After`` (the
   client's token bucket, or a ``limit`` rule's); every refusal is counted in
   ``hw_edge_rejected_total{tier, reason}``.
@@ -24,7 +28,10 @@ regional caches and shields see POPs as their clients.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import Any, Callable, Sequence
+
+from headwater.geo.locate import Locator
 
 from headwater.http import Request, Response
 from headwater.http.types import Headers
@@ -46,6 +53,7 @@ class FrontDoor:
                  tier: str, monotonic: Callable[[], float], wall: Callable[[], float],
                  secret: bytes | None = None) -> None:
         self.guard = Guard(cdn.client_limits, cdn.rules, secret=secret)
+        self._locator = Locator(cdn.geo) if cdn.geo is not None and any(r.countries for r in cdn.rules) else None
         self.monotonic = monotonic
         self.wall = wall
         self.tier = tier
@@ -63,8 +71,19 @@ class FrontDoor:
 
     # --- connections (the HTTP core's hooks) ----------------------------------------------
 
+    def country(self, client_ip: str) -> str | None:
+        """The client's ISO country code, or None (no rule asks, or the geo data cannot place it)."""
+        if self._locator is None or not client_ip:
+            return None
+        try:
+            network = ipaddress.ip_network(client_ip)
+        except ValueError:
+            return None
+        return self._locator.locate(network).country or None
+
     def on_connection(self, peer: tuple[str, int] | None) -> bool:
-        decision = self.guard.connection_opened(peer[0] if peer else "")
+        client = peer[0] if peer else ""
+        decision = self.guard.connection_opened(client, country=self.country(client))
         if decision.allowed:
             return True
         self.rejected.labels(self.tier, decision.reason).inc()
@@ -89,7 +108,8 @@ class FrontDoor:
         decision = self.guard.check_request(client_ip=client, method=request.method,
                                             path=request.path if path is None else path,
                                             now=self.monotonic(),
-                                            user_agent=request.headers.get("user-agent") or "")
+                                            user_agent=request.headers.get("user-agent") or "",
+                                            country=self.country(client))
         if decision.allowed:
             return None
         self.rejected.labels(self.tier, decision.reason).inc()

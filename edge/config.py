@@ -23,7 +23,8 @@ and ``allowed_methods`` (GET and HEAD by default; others are passed through to t
 cached, and invalidate what they change). A behaviour may set both for its paths.
 
 ``[cdn]`` holds what every POP enforces: ``[[cdn.keys]]`` (:mod:`.signedurl`),
-``[cdn.client_limits]`` and ``[[cdn.rules]]`` (:mod:`.limits`), ``[cdn.purge]`` (:mod:`.purge`).
+``[cdn.client_limits]`` and ``[[cdn.rules]]`` (:mod:`.limits`), ``[cdn.purge]`` (:mod:`.purge`),
+``[cdn.geo]`` (where clients are, for rules by country: :mod:`headwater.geo.config`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
+from headwater.geo.config import GeoConfig, read_geo
 
 from .cache import DEFAULT_BEHAVIOUR, Behaviour, read_behaviour
 from .compress import CompressionConfig, read_compression_config
@@ -179,6 +181,9 @@ class CdnConfig:
     purge: PurgeConfig = PurgeConfig()
     prefetch: PrefetchConfig = PrefetchConfig()
     compression: CompressionConfig = CompressionConfig()
+    # Where clients are, for rules by country: ``[cdn.geo]`` (the format of ``[dns.geo]``); read
+    # when a rule names countries or the table is given, else None (no lookups).
+    geo: GeoConfig | None = None
 
 
 _EDGE_KEYS = {"id", "tier", "host", "port", "admin_port", "tls_port", "tls_cert", "tls_key", "workers",
@@ -352,14 +357,18 @@ def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
 
 
 def read_cdn(r: Reader, value: Any) -> CdnConfig:
-    """``[cdn]``: ``[[cdn.keys]]``, ``[cdn.client_limits]``, ``[[cdn.rules]]``, ``[cdn.purge]``."""
+    """``[cdn]``: ``[[cdn.keys]]``, ``[cdn.client_limits]``, ``[[cdn.rules]]``, ``[cdn.purge]``, ``[cdn.geo]``."""
     if not isinstance(value, dict):
         raise r.error("cdn", "expected a table ([cdn])")
     r.check_keys(value, "cdn", {"keys", "client_limits", "rules", "purge", "prefetch",
-                                "compression"})
+                                "compression", "geo"})
+    rules = read_rules(r, value.get("rules"), "cdn.rules")
+    # A Country database will do here: the rules need a country, not coordinates.
+    geo = read_geo(r, value.get("geo", {}), "cdn.geo", coordinates=False) \
+        if "geo" in value or any(rule.countries for rule in rules) else None
     return CdnConfig(keys=read_signing_keys(r, value.get("keys"), "cdn.keys"),
                      client_limits=read_client_limits(r, value.get("client_limits"), "cdn.client_limits"),
-                     rules=read_rules(r, value.get("rules"), "cdn.rules"),
+                     rules=rules, geo=geo,
                      purge=read_purge_config(r, value.get("purge"), "cdn.purge"),
                      prefetch=read_prefetch_config(r, value.get("prefetch"), "cdn.prefetch"),
                      compression=read_compression_config(r, value.get("compression"), "cdn.compression"))

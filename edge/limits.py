@@ -9,8 +9,8 @@ Three checks, all decided before a request costs anything upstream, each answeri
 2. **Rules** (:class:`RuleSet`), first match wins: each rule has an action and conditions that
    must all hold — ``paths`` (globs: ``*`` any run, ``?`` one character; matched against the path
    without its query), ``methods``, ``user_agent_contains`` (case-insensitive substrings),
-   ``user_agent_regex``, ``cidrs``, ``countries`` (ISO codes, once the GeoDNS's geo data is
-   wired; a rule with countries never matches a request whose country is unknown). Within one
+   ``user_agent_regex``, ``cidrs``, ``countries`` (ISO codes, looked up in ``[cdn.geo]``;
+   a rule with countries never matches a request whose country is unknown). Within one
    condition any listed value matches. ``allow`` lets the request through without rate limits
    (trusted monitors); ``block`` answers 403; ``limit`` charges the rule's own token bucket per
    client (e.g. ``/login`` at 1 request/s) and answers 429 when it is empty.

@@ -10,22 +10,20 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from headwater.config import Reader
+from headwater.geo.config import (GeoConfig, GeoRule, IPNetwork, expect_array, expect_table, packaged_geoip_db,
+                                  read_coordinate, read_geo)
 
 __all__ = [
-    "Pop", "GeoRule", "GeoConfig", "SteeredName", "SteeringConfig",
-    "read_pops", "read_geo", "read_steered", "read_steering", "packaged_geoip_db",
+    "Pop", "SteeredName", "SteeringConfig",
+    "read_pops", "read_steered", "read_steering",
 ]
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # One DNS label (RFC 1035 letters, digits and hyphens; underscores for service names).
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?")
-_COUNTRY = re.compile(r"[A-Z]{2}")
 # A POP name is an id (it appears in metrics labels, logs and `headwater dns explain`).
 _POP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 MAX_ANSWERS = 16  # POPs in one steered answer: more would only bloat the UDP response
@@ -57,24 +55,6 @@ class Pop:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GeoRule:
-    """A configured location for a network: it overrides the geo database (private ranges, tests)."""
-
-    network: IPNetwork
-    lat: float
-    lon: float
-    country: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GeoConfig:
-    """Where client locations come from: CIDR rules first, then a MaxMind-format database."""
-
-    geoip_db: Path
-    rules: tuple[GeoRule, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class SteeredName:
     """A name (relative to the zone, lowercase) whose A and AAAA answers the steering chooses."""
 
@@ -96,32 +76,6 @@ class SteeringConfig:
             if p.name == name:
                 return p
         raise KeyError(name)
-
-
-def packaged_geoip_db() -> Path:
-    """The GeoLite2 City file the ``maxminddb-geolite2`` package ships (the default database)."""
-    from _maxminddb_geolite2 import geolite2_database  # the package's own locator of its file
-
-    return Path(geolite2_database())
-
-
-def _table(r: Reader, value: Any, prefix: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise r.error(prefix, "expected a table")
-    return value
-
-
-def _array(r: Reader, raw: Any, prefix: str) -> list[Any]:
-    if not isinstance(raw, list):
-        raise r.error(prefix, f"expected an array of tables ([[{prefix}]])")
-    return raw
-
-
-def _coordinate(r: Reader, data: Mapping[str, Any], key: str, prefix: str, limit: float) -> float:
-    value = r.get(data, key, prefix, float, required=True)
-    if not -limit <= value <= limit:
-        raise r.error(f"{prefix}.{key}", f"{value} is outside -{limit:g}..{limit:g}")
-    return value
 
 
 def _addresses(r: Reader, data: Mapping[str, Any], key: str, prefix: str, version: int) -> tuple[str, ...]:
@@ -160,9 +114,9 @@ def _healthz_url(r: Reader, data: Mapping[str, Any], prefix: str) -> str:
 def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
     """``[[dns.pops]]``: the POPs, each with its addresses, coordinates, health URL and weight."""
     pops: list[Pop] = []
-    for i, item in enumerate(_array(r, raw, prefix)):
+    for i, item in enumerate(expect_array(r, raw, prefix)):
         p = f"{prefix}[{i}]"
-        item = _table(r, item, p)
+        item = expect_table(r, item, p)
         r.check_keys(item, p, {"name", "ipv4", "ipv6", "lat", "lon", "region", "healthz", "weight",
                                "max_load"})
         name = r.get(item, "name", p, str, required=True)
@@ -179,7 +133,7 @@ def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
             raise r.error(f"{p}.max_load", f"{max_load} is outside 0..1 (a fraction of capacity, above 0)")
         pops.append(Pop(
             name=name, ipv4=ipv4, ipv6=ipv6,
-            lat=_coordinate(r, item, "lat", p, 90.0), lon=_coordinate(r, item, "lon", p, 180.0),
+            lat=read_coordinate(r, item, "lat", p, 90.0), lon=read_coordinate(r, item, "lon", p, 180.0),
             region=r.get(item, "region", p, str, ""), healthz=_healthz_url(r, item, p),
             weight=r.positive(item, "weight", p, 1.0), max_load=max_load,
         ))
@@ -188,63 +142,13 @@ def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
     return tuple(pops)
 
 
-def _read_rules(r: Reader, raw: Any, prefix: str) -> tuple[GeoRule, ...]:
-    rules: list[GeoRule] = []
-    for i, item in enumerate(_array(r, raw, prefix)):
-        p = f"{prefix}[{i}]"
-        item = _table(r, item, p)
-        r.check_keys(item, p, {"cidr", "lat", "lon", "country"})
-        cidr = r.get(item, "cidr", p, str, required=True)
-        try:
-            network = ipaddress.ip_network(cidr, strict=True)
-        except ValueError as e:
-            raise r.error(f"{p}.cidr", f"{cidr!r} is not a network (host bits must be zero): {e}") from None
-        if any(x.network == network for x in rules):
-            raise r.error(f"{p}.cidr", f"{cidr} has two rules")
-        country = r.get(item, "country", p, str, "").upper()
-        if country and not _COUNTRY.fullmatch(country):
-            raise r.error(f"{p}.country", f"{country!r} is not a two-letter ISO 3166 country code")
-        rules.append(GeoRule(network=network, lat=_coordinate(r, item, "lat", p, 90.0),
-                             lon=_coordinate(r, item, "lon", p, 180.0), country=country))
-    return tuple(rules)
-
-
-def read_geo(r: Reader, data: Mapping[str, Any], prefix: str = "dns.geo") -> GeoConfig:
-    """``[dns.geo]``: the geo database (checked to open now) and its ``[[dns.geo.rules]]``."""
-    data = _table(r, data, prefix)
-    r.check_keys(data, prefix, {"geoip_db", "rules"})
-    raw = r.get(data, "geoip_db", prefix, str, "")
-    if raw:
-        path = Path(raw).expanduser()
-        path = path if path.is_absolute() else r.root / path
-    else:
-        try:
-            path = packaged_geoip_db()
-        except ImportError:
-            raise r.error(f"{prefix}.geoip_db", "not set, and the maxminddb-geolite2 package that "
-                                                "ships the default database is not installed") from None
-    import maxminddb
-
-    try:
-        with maxminddb.open_database(str(path)) as db:
-            kind = db.metadata().database_type
-    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
-        raise r.error(f"{prefix}.geoip_db", f"cannot open {path} as a MaxMind database: {e}") from None
-    if "City" not in kind and "Location" not in kind:
-        # A Country or ASN database has no coordinates to measure distances from.
-        raise r.error(f"{prefix}.geoip_db", f"{path} is a {kind} database; steering needs coordinates "
-                                            "(a City database such as GeoLite2-City)")
-    rules = _read_rules(r, data.get("rules", []), f"{prefix}.rules")
-    return GeoConfig(geoip_db=path, rules=rules)
-
-
 def read_steered(r: Reader, raw: Any, prefix: str = "dns.steered",
                  *, max_answers: int = MAX_ANSWERS) -> tuple[SteeredName, ...]:
     """``[[dns.steered]]``: the names answered by steering, and how many POPs each answer holds."""
     out: list[SteeredName] = []
-    for i, item in enumerate(_array(r, raw, prefix)):
+    for i, item in enumerate(expect_array(r, raw, prefix)):
         p = f"{prefix}[{i}]"
-        item = _table(r, item, p)
+        item = expect_table(r, item, p)
         r.check_keys(item, p, {"name", "answers"})
         name = r.get(item, "name", p, str, required=True).lower().rstrip(".")
         labels = name.split(".")

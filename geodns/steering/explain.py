@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from ..health.tracker import StaticHealthView
 from .config import SteeringConfig
-from .locate import Locator
+from headwater.geo.locate import Locator
 from .steer import Steering
 
 __all__ = ["explain", "render_text", "explain_command"]

@@ -35,7 +35,7 @@ from typing import Any
 from ..health.tracker import HealthView
 from .config import IPNetwork, Pop, SteeringConfig
 from .distance import great_circle_km
-from .locate import Location, Locator
+from headwater.geo.locate import Location, Locator
 
 __all__ = ["Steered", "Steering", "Decision", "Candidate"]
 

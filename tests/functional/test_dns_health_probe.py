@@ -19,7 +19,8 @@ import pytest
 from headwater.dns.health.config import HealthConfig
 from headwater.dns.health.prober import Prober
 from headwater.dns.health.tracker import HealthTracker
-from headwater.dns.steering.config import GeoConfig, GeoRule, Pop, SteeredName, SteeringConfig, packaged_geoip_db
+from headwater.dns.steering.config import Pop, SteeredName, SteeringConfig
+from headwater.geo.config import GeoConfig, GeoRule, packaged_geoip_db
 from headwater.dns.steering.steer import Steering
 from headwater.http import Request, Response, serve
 

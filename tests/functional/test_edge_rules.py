@@ -117,6 +117,35 @@ name = "no-admin"
 action = "block"
 paths = ["/admin/*"]
 
+[[cdn.rules]]
+name = "not-in-gb"
+action = "block"
+countries = ["GB"]
+paths = ["/regional/*"]
+
+[[cdn.rules]]
+name = "no-zz-at-all"
+action = "block"
+countries = ["ZZ"]
+
+[[cdn.geo.rules]]
+cidr = "127.0.0.44/32"
+lat = 51.5
+lon = -0.12
+country = "GB"
+
+[[cdn.geo.rules]]
+cidr = "127.0.0.45/32"
+lat = 48.85
+lon = 2.35
+country = "FR"
+
+[[cdn.geo.rules]]
+cidr = "127.0.0.46/32"
+lat = 0.0
+lon = 0.0
+country = "ZZ"
+
 [[distributions]]
 name = "video"
 hostnames = ["video.test"]
@@ -307,6 +336,20 @@ def test_rules_block_by_user_agent_and_path(env):
     assert env.origin.fetches["/admin/panel"] == 0 and env.origin.fetches["/ok/seg.m4s"] == 1
     assert metric(env, "pop-1", "hw_edge_rejected_total", reason="rule:no-bad-bots") == 1
     assert metric(env, "pop-1", "hw_edge_rejected_total", reason="rule:no-admin") == 1
+
+
+def test_rules_by_country_from_the_geo_data(env):
+    env.origin.objects["/regional/seg.m4s"] = Obj(b"regional", [("cache-control", "max-age=600")])
+    with client("127.0.0.44") as gb:  # placed in GB by [[cdn.geo.rules]]
+        assert gb.get(env.pop + "/regional/seg.m4s").status_code == 403
+    assert env.origin.fetches["/regional/seg.m4s"] == 0
+    with client("127.0.0.45") as fr, client("127.0.0.47") as unplaced:  # FR; a private address: no country
+        assert fr.get(env.pop + "/regional/seg.m4s").status_code == 200
+        assert unplaced.get(env.pop + "/regional/seg.m4s").status_code == 200
+    assert metric(env, "pop-1", "hw_edge_rejected_total", reason="rule:not-in-gb") == 1
+    with client("127.0.0.46") as zz:  # a rule by country alone, any path
+        assert zz.get(env.pop + "/ok/seg.m4s").status_code == 403
+    assert metric(env, "pop-1", "hw_edge_rejected_total", reason="rule:no-zz-at-all") == 1
 
 
 def test_connection_cap_per_client(env):

@@ -119,7 +119,7 @@ def test_a_replaced_geo_database_is_a_reload_that_opens_it_afresh(tmp_path):
     import shutil
 
     from headwater.dns.daemon import DnsServer
-    from headwater.dns.steering.config import packaged_geoip_db
+    from headwater.geo.config import packaged_geoip_db
     from headwater.metrics import Registry
 
     db = tmp_path / "City.mmdb"

@@ -15,17 +15,12 @@ import pytest
 from headwater.clock import FakeClock
 from headwater.config import ConfigError, Reader
 from headwater.dns.health.tracker import HealthTracker, StaticHealthView
-from headwater.dns.steering.config import (
-    GeoRule,
-    Pop,
-    SteeringConfig,
-    packaged_geoip_db,
-    read_steering,
-)
+from headwater.dns.steering.config import Pop, SteeringConfig, read_steering
 from headwater.dns.steering.distance import EARTH_RADIUS_KM, great_circle_km
 from headwater.dns.steering.explain import explain, explain_command
-from headwater.dns.steering.locate import Locator
 from headwater.dns.steering.steer import Steered, Steering
+from headwater.geo.config import GeoRule, packaged_geoip_db
+from headwater.geo.locate import Locator
 
 net = ipaddress.ip_network
 

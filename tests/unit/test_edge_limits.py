@@ -287,3 +287,21 @@ def test_read_rules() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             lim.read_rules(r, entries)
+
+
+def test_cdn_geo_is_read_when_a_rule_names_countries(tmp_path) -> None:
+    from headwater.edge.config import read_cdn
+    from headwater.geo.config import packaged_geoip_db
+
+    r = Reader("cluster.toml", "", root=tmp_path)
+    assert read_cdn(r, {"rules": [{"action": "block", "paths": ["/x"]}]}).geo is None  # no lookups at all
+    by_country = read_cdn(r, {"rules": [{"action": "block", "countries": ["gb"]}]})
+    assert by_country.geo is not None and by_country.geo.geoip_db == packaged_geoip_db()
+    placed = read_cdn(r, {"rules": [{"action": "block", "countries": ["GB"]}],
+                          "geo": {"rules": [{"cidr": "10.0.0.0/8", "lat": 51.5, "lon": -0.1, "country": "gb"}]}})
+    assert placed.geo is not None and placed.geo.rules[0].country == "GB"
+    (tmp_path / "not.mmdb").write_bytes(b"no")
+    with pytest.raises(ConfigError, match="cdn.geo.geoip_db: cannot open"):
+        read_cdn(r, {"rules": [{"action": "block", "countries": ["GB"]}], "geo": {"geoip_db": "not.mmdb"}})
+    with pytest.raises(ConfigError, match="cdn.geo.rules"):
+        read_cdn(r, {"geo": {"rules": [{"cidr": "10.0.0.1/8", "lat": 0, "lon": 0}]}})

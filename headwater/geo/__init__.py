@@ -1,0 +1,1 @@
+"""Client location: geo config (:mod:`.config`) and lookups (:mod:`.locate`)."""
