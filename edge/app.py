@@ -72,6 +72,7 @@ from .cache import (
     invalidation_paths,
     key_prefix,
     merge_304,
+    must_revalidate,
     parse_cache_control,
     plan_range,
     response_cache_control,
@@ -113,6 +114,7 @@ from .errors import (
     LoopDetected,
     MethodNotAllowed,
     NoDistribution,
+    RevalidationFailed,
     UpstreamBroken,
     UpstreamError,
     UpstreamUnavailable,
@@ -851,10 +853,12 @@ class EdgeApp:
         flight, leader = self._start_flight(ctx)
         try:
             head = await flight.wait_head()
-        except UpstreamError:
+        except UpstreamError as e:
             answer = self._stale_answer(ctx)
             if answer is not None:
                 return answer
+            if ctx.stale is not None and must_revalidate(ctx.stale):
+                raise RevalidationFailed(f"a stored response that must be revalidated could not be: {e}") from e
             raise
         kind, stored, timing, _ = head.extra
         if kind == "refreshed":

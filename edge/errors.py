@@ -6,7 +6,8 @@ status: the edge's own errors by their class attribute, the HTTP core's by their
 ``http_status``, anything else 500.
 
 - :class:`UpstreamError` and its kinds: the next tier or the origin failed (connection refused,
-  timeout, a broken response: wrong length, truncated body, garbage headers) -> 502/504;
+  timeout, a broken response: wrong length, truncated body, garbage headers) -> 502/504; a
+  stale stored response that must be revalidated and could not be -> 504;
 - :class:`NoDistribution`: no distribution answers for the request's Host -> 404 (never
   forwarded anywhere);
 - :class:`LoopDetected`: the request already passed through this daemon (its own id in Via) -> 508;
@@ -19,6 +20,7 @@ from headwater.http.errors import HttpError
 
 __all__ = [
     "EdgeError", "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "UpstreamBroken",
+    "RevalidationFailed",
     "NoDistribution", "LoopDetected", "MethodNotAllowed", "BadTarget", "CollapsedFetchFailed", "status_of",
 ]
 
@@ -51,6 +53,13 @@ class UpstreamBroken(UpstreamError):
     """A response that breaks HTTP: garbage head, body shorter or longer than its length."""
 
     http_status = 502
+
+
+class RevalidationFailed(UpstreamError):
+    """A stored response that must be revalidated (``must-revalidate``, ``proxy-revalidate``)
+    could not be: the cache may not serve it stale, and RFC 9111 5.2.2.2 prefers 504."""
+
+    http_status = 504
 
 
 class CollapsedFetchFailed(UpstreamError):

@@ -53,6 +53,7 @@ __all__ = [
     "HEURISTIC_FRACTION",
     "HEURISTIC_MAX",
     "SAFE_METHODS",
+    "must_revalidate",
     "Action",
     "Decision",
     "parse_http_date",
@@ -349,6 +350,13 @@ def _client_refuses(request: CacheRequest, age: float) -> bool:
 def _stale_if_error(cc: CacheControl, staleness: float) -> bool:
     sie = cc.stale_if_error
     return sie is not None and _may_serve_stale(cc) and staleness <= sie
+
+
+def must_revalidate(stored: StoredResponse) -> bool:
+    """Whether ``stored`` forbids a shared cache to serve it stale (``must-revalidate`` or
+    ``proxy-revalidate``): RFC 9111 5.2.2.2 wants an error then, 504 by preference."""
+    cc = _facts(stored.headers).cc
+    return cc.must_revalidate or cc.proxy_revalidate
 
 
 def stale_if_error_allowed(stored: StoredResponse, now: float, behaviour: Behaviour) -> bool:

@@ -69,9 +69,11 @@ def test_miss_then_hit_over_http1_and_h2c_with_age_growing(env):
 def test_expiry_revalidates_with_304_and_stale_if_error_when_the_origin_is_down(env):
     env.origin.objects["/t/2/manifest.mpd"] = Obj(b"<MPD/>", [("cache-control", "max-age=1")], etag='"v1"')
     env.origin.objects["/t/2/seg.m4s"] = Obj(b"s" * 100, [("cache-control", "max-age=1, stale-if-error=60")])
+    env.origin.objects["/t/2/must.m4s"] = Obj(b"m" * 100, [("cache-control", "max-age=1, must-revalidate")])
     with client() as c:
         assert c.get(env.pops[0] + "/t/2/manifest.mpd").headers["x-cache"] == "Miss from pop-1"
         assert c.get(env.pops[0] + "/t/2/seg.m4s").status_code == 200
+        assert c.get(env.pops[0] + "/t/2/must.m4s").status_code == 200
         time.sleep(1.2)
         again = c.get(env.pops[0] + "/t/2/manifest.mpd")
         assert again.status_code == 200 and again.content == b"<MPD/>"
@@ -87,6 +89,9 @@ def test_expiry_revalidates_with_304_and_stale_if_error_when_the_origin_is_down(
             assert stale.headers["x-cache"] in ("StaleHit from pop-2", "Miss from pop-2")
             gone = c.get(env.pops[1] + "/t/2/never-stored")
             assert gone.status_code in (502, 504)
+            # must-revalidate: never served stale; RFC 9111 5.2.2.2's 504 rather than a 502.
+            must = c.get(env.pops[0] + "/t/2/must.m4s")
+            assert must.status_code == 504 and must.content != b"m" * 100
         finally:
             env.tasks.append(env.portal.start_task(env.origin.run, env.origin_port)[0])
 
