@@ -11,6 +11,7 @@ Every test runs on both anyio backends.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -171,6 +172,81 @@ async def test_client_that_stops_reading_is_dropped(tls_files: tuple[Path, Path]
             finally:
                 await raw.aclose()
         assert live.open == 0 and live.started == 1
+
+
+async def tls_hello(port: int, cert: Path) -> float:
+    """Seconds a fresh TLS connection takes to get /hello (HTTP/1.1 over ALPN)."""
+    start = anyio.current_time()
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.set_alpn_protocols(["http/1.1"])
+    async with await anyio.connect_tcp("127.0.0.1", port, ssl_context=ctx, tls_hostname="localhost",
+                                       tls_standard_compatible=False) as s:
+        await s.send(b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        out = b""
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            while True:
+                out += await s.receive()
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"hello GET")
+    return anyio.current_time() - start
+
+
+@pytest.mark.parametrize("reader", ["stopped", "trickling"])
+async def test_http2_tls_reader_that_stops_or_trickles_is_closed_while_others_are_served(
+        tls_files: tuple[Path, Path], reader: str) -> None:
+    # test_client_that_stops_reading_is_dropped[h2] shows the stream freed and the connection
+    # ended; here, over TLS with the HTTP/2 windows wide open (only the socket can stop the
+    # server), what it did not: the connection closed within its bound whether the reader
+    # stopped (send_timeout_s) or takes a few bytes every 50 ms (min_send_rate, the socket's
+    # floor), and other clients answered at once all the while.
+    live = Live()
+    if reader == "stopped":
+        limits = HttpLimits(send_timeout_s=0.5)
+    else:
+        limits = HttpLimits(send_timeout_s=30.0, min_send_rate_bytes_per_s=64 * KiB,
+                            min_send_rate_window_s=0.5)
+    cert, key = tls_files
+    ended: list[float] = []
+    async with running(hostile_app(live, make_app(Probe())), limits=limits,
+                       ssl_context=server_ssl_context(cert, key), on_connection=lambda peer: True,
+                       on_disconnect=lambda peer: ended.append(anyio.current_time())) as port:
+        with anyio.fail_after(30):
+            raw = await anyio.connect_tcp("127.0.0.1", port)
+            raw.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                client_ctx = ssl.create_default_context(cafile=str(cert))
+                client_ctx.set_alpn_protocols(["h2"])
+                stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=client_ctx,
+                                              standard_compatible=False)
+                c = H2Client(stream, initial_window=2**31 - 1)
+                await c.start()
+                c.conn.increment_flow_control_window(2**30)
+                c.conn.send_headers(1, c.headers("GET", "/endless"), end_stream=True)
+                await c.send()
+                while not live.started:
+                    await anyio.sleep(0.01)
+                start = anyio.current_time()
+
+                async def read_slowly() -> None:
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream):
+                        while not ended:
+                            if reader == "trickling":  # raw TLS records, 64 bytes each 50 ms
+                                await raw.receive(64)
+                            await anyio.sleep(0.05)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_slowly)
+                    waits = []
+                    while not ended and anyio.current_time() - start < 10:
+                        waits.append(await tls_hello(port, cert))
+                        await anyio.sleep(0.1)
+                assert ended, "the stalled connection was still open after 10 s"
+                assert ended[0] - start < 3.0, f"held for {ended[0] - start:.1f} s"
+                assert waits and max(waits) < 1.0, waits  # (a busy machine: a second is plenty)
+                while live.open:  # the endless response was closed, its buffers freed
+                    await anyio.sleep(0.01)
+            finally:
+                await raw.aclose()
+        assert live.started == 1
+        assert await tls_hello(port, cert) < 1.0
 
 
 async def test_http2_window_never_opened_resets_the_streams_and_frees_them() -> None:
