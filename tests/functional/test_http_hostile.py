@@ -1,7 +1,8 @@
 """Hostile peers replayed over real sockets: each attack the HTTP core bounds, and the bound.
 
-Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, request bodies
-trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, HTTP/2 frame
+Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, readers that take a
+response a few bytes at a time below the minimum send rate (every HTTP/1.1 send path, and
+HTTP/2 over TLS with its windows open), request bodies trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, HTTP/2 frame
 headers refused before their frame is whole, requests waiting for the app counted against
 SETTINGS_MAX_CONCURRENT_STREAMS (and held to a window shut meanwhile), malformed chunked
 bodies, connections that end (or stay silent) before their first request; plus FileBody with
