@@ -124,10 +124,13 @@ class HttpLimits:
     # (Apache mod_reqtimeout's MinRate); 0 disables it. body_timeout_s still bounds one read.
     min_body_rate_bytes_per_s: int = 1 * KiB
     min_body_rate_window_s: float = 10.0
-    # An HTTP/2 response whose peer opens its flow-control windows slower than this on average
-    # over each window of waiting for them (WINDOW_UPDATEs of a few bytes, each in time for
-    # send_timeout_s) has its stream reset (IIS's minBytesPerSecond, 240); 0 disables it. Low,
-    # as the streams of one connection share its window: 50 at once on a 100 kbit/s link pass.
+    # A peer taking our bytes slower than this on average over each window of waiting for it
+    # (IIS's minBytesPerSecond, 240); 0 disables it. An HTTP/2 response whose flow-control
+    # windows open that slowly (WINDOW_UPDATEs of a few bytes, each in time for send_timeout_s)
+    # has its stream reset; a connection (either protocol) whose blocked socket sends see that
+    # few bytes acknowledged (a tiny receive buffer read a few bytes at a time) is dropped
+    # (http/send_floor.py). Low, as the streams of one connection share its window: 50 at once
+    # on a 100 kbit/s link pass.
     min_send_rate_bytes_per_s: int = 256
     min_send_rate_window_s: float = 10.0
     # HTTP/2 frames cheap for the client and costly for us, that neither open nor end a stream

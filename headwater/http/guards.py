@@ -6,8 +6,10 @@ server (HTTP/2 RST_STREAM of a stream the server took on, PING, SETTINGS, PRIORI
 (ENHANCE_YOUR_CALM) and closes, as nginx and h2o do against rapid reset (CVE-2023-44487) and
 the 2019 control-frame floods (CVE-2019-9512, -9514, -9515, -9518).
 
-``RateFloor`` is a minimum average rate for a request body (Apache mod_reqtimeout's MinRate):
-only the time spent waiting on the peer counts, so a slow app never makes a client look slow.
+``RateFloor`` is a minimum average rate for a request body (Apache mod_reqtimeout's MinRate),
+and for what a peer takes of our sends (an HTTP/2 stream's windows, a socket's acked bytes: see
+``send_floor``): only the time spent waiting on the peer counts, so a slow app never makes a
+client look slow.
 """
 
 from __future__ import annotations
@@ -94,3 +96,9 @@ class RateFloor:
             self._waited -= self.window_s
             self._bytes = 0
         return True
+
+    def window_ends_by(self, now: float) -> bool:
+        """Whether a wait begun at the last ``begin_wait`` and ending at ``now`` closes a window:
+        only then does ``end_wait`` look at the bytes (a caller whose count costs a system call
+        may pass 0 otherwise, and the sum at the window's end)."""
+        return self._waited + max(0.0, now - self._since) >= self.window_s

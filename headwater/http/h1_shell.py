@@ -6,8 +6,10 @@ app only as the socket takes it; whole files go out with sendfile on plain TCP).
 
 Time limits: reads carry a deadline the transport's watchdog enforces (header_timeout_s for a
 head, idle_timeout_s between requests, body_timeout_s per body read, and the RateFloor's
-deadline for min_body_rate_bytes_per_s); a send that makes no progress for send_timeout_s is
-cut by the watchdog as well.
+deadline for min_body_rate_bytes_per_s); a send that makes no progress for send_timeout_s, or
+whose peer acknowledges fewer than min_send_rate_bytes_per_s over a window of blocked sending
+(``send_floor``), is cut by the watchdog as well, whichever path the response takes (bytes, a
+stream, sendfile, an inline answer; plain or TLS).
 """
 
 from __future__ import annotations

@@ -12,10 +12,13 @@ Backpressure both ways: reading pauses once ``READ_BUFFER_BYTES`` wait unread (t
 only when the parser wants bytes, so a peer that pipelines or uploads faster than the app reads
 stops being read); ``send`` returns once the transport's buffer is under its high-water mark.
 
-Deadlines are the ``Watchdog``'s, as for ``SocketStream``: ``read_deadline`` and
-``send_blocked_since`` are stamps the watchdog reads; ``expire_read`` ends a pending read with end
-of file, ``abort`` resets the connection. A send counts as blocked from the moment the transport
-pauses the writer until it resumes (its buffer is back under the low-water mark).
+Deadlines are the ``Watchdog``'s, as for ``SocketStream``: ``read_deadline``,
+``send_blocked_since`` and ``send_floor`` (min_send_rate) are what the watchdog reads;
+``expire_read`` ends a pending read with end of file, ``abort`` resets the connection. Sending
+counts as blocked from the moment the transport pauses the writer until it resumes (its buffer
+is back under the low-water mark), whether or not a task waits meanwhile: an inline answer is
+written without waiting, and a peer reading it a few bytes at a time must not hold it (and the
+connection) any longer than one a send waits for.
 
 ``sendfile``: uvloop's transports have none, so the stream calls ``os.sendfile`` on the socket
 itself, only ever while the transport's own buffer is empty (so bytes keep their order). When
@@ -40,6 +43,7 @@ import anyio.lowlevel
 
 from headwater.config import KiB
 from headwater.http.errors import LocalProtocolError
+from headwater.http.send_floor import SendFloor
 from headwater.http.transport import socket_attributes
 
 __all__ = ["ProtocolStream", "open_protocol_stream", "READ_BUFFER_BYTES", "INLINE_ANSWERED", "INLINE_FED"]
@@ -127,6 +131,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         self.read_expired = False
         self.send_blocked_since = math.inf
         self.send_expired = False
+        self.send_floor: SendFloor | None = None  # the server's min_send_rate, if it sets one
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -172,9 +177,18 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self.send_blocked_since = now = time.monotonic()
+        floor = self.send_floor
+        if floor is not None:
+            floor.blocked(now)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.send_blocked_since = math.inf
+        floor = self.send_floor
+        if floor is not None and not floor.unblocked(time.monotonic()):
+            # (resumed between the floor's deadline and the watchdog's next tick)
+            self.abort()
         self._wake_writer()
 
     def _wake_reader(self) -> None:
@@ -268,21 +282,17 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         return self._transport  # type: ignore[return-value]
 
     async def _wait_drained(self) -> None:
-        """Wait for resume_writing; the watchdog sees the send as blocked meanwhile."""
+        """Wait for resume_writing (the watchdog sees sending as blocked from pause_writing)."""
         self._immediate = 0
-        self.send_blocked_since = time.monotonic()
-        try:
-            while self._writing_paused:
-                self._check_writable()
-                waiter = self._loop.create_future()
-                self._drain_waiters.append(waiter)
-                try:
-                    await waiter
-                finally:
-                    _forget(self._drain_waiters, waiter)
+        while self._writing_paused:
             self._check_writable()
-        finally:
-            self.send_blocked_since = math.inf
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                _forget(self._drain_waiters, waiter)
+        self._check_writable()
 
     async def send(self, item: bytes) -> None:
         if self._closed or self._lost or self.send_expired:
@@ -369,6 +379,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         """The peer stopped taking our bytes: fail the pending send, reset the connection."""
         self.send_expired = True
         self.send_blocked_since = math.inf
+        self.send_floor = None
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
         except OSError:

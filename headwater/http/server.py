@@ -10,7 +10,8 @@ HTTP/2.0`` means h2c with prior knowledge). The rest is split by concern:
 - ``transport``: listening sockets, byte streams, TLS, and the read/send deadlines (watchdog);
 - ``h1_shell`` / ``h2_shell``: the connection loops around the sans-IO ``h1`` / ``h2``;
 - ``exchange``: running the app and the core's own error answers, shared by both shells;
-- ``guards``: sans-IO budgets against abusive peers (HTTP/2 floods, slow request bodies).
+- ``guards``: sans-IO budgets against abusive peers (HTTP/2 floods, slow request bodies and
+  slow readers); ``send_floor``: the latter on a socket, in the bytes its peer acknowledged.
 
 A daemon that accounts connections per client (the edge's connection caps and address rules)
 passes ``on_connection(peer) -> bool``: called with the socket's peer address before a byte is
@@ -39,6 +40,7 @@ from headwater.http.exchange import Service, address, error_response
 from headwater.http.h1_shell import H1Shell
 from headwater.http.h2_shell import H2_DRAIN_MAX_BYTES, H2Shell
 from headwater.http.protocol_stream import ProtocolStream, open_protocol_stream
+from headwater.http.send_floor import SendFloor
 from headwater.http.transport import (
     DISCONNECTS,
     RECV_BYTES,
@@ -122,6 +124,7 @@ class _Server:
                 sock, self.limits.send_timeout_s)
         else:
             transport = SocketStream(sock)
+        transport.send_floor = SendFloor.for_limits(sock, self.limits)
         watched = self.watchdog.watched
         watched.add(transport)
         try:

@@ -9,8 +9,11 @@ Deadlines cost no cancel scope per operation. A shell waiting to read sets
 once the kernel takes bytes again). Every ``tick`` the ``Watchdog`` shuts the read side of
 streams past their read deadline (the pending read sees end of file, the shell sees
 ``read_expired`` and answers 408 or closes) and aborts streams whose send made no progress for
-``send_timeout_s`` (linger 0, so closing resets the connection and frees its kernel buffers; the
-pending send fails as a broken connection). Deadlines fire up to one tick late.
+``send_timeout_s``, or whose peer acknowledged fewer than ``min_send_rate_bytes_per_s`` over a
+window of ``min_send_rate_window_s`` spent blocked (``send_floor.SendFloor``: a reader that
+takes a few bytes now and then progresses inside every send timeout). Aborting sets linger 0,
+so closing resets the connection and frees its kernel buffers; the pending send fails as a
+broken connection. Deadlines fire up to one tick late.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from anyio.streams.tls import TLSStream
 
 from headwater.config import HttpLimits, KiB
 from headwater.http.errors import ClientDisconnected, LocalProtocolError
+from headwater.http.send_floor import SendFloor
 
 __all__ = ["RECV_BYTES", "DISCONNECTS", "bind_socket", "SocketStream", "Watchdog", "accept_loop",
            "start_tls"]
@@ -130,6 +134,7 @@ class SocketStream(anyio.abc.ByteStream):
         self.read_expired = False
         self.send_blocked_since = math.inf  # when a send started waiting for the socket
         self.send_expired = False
+        self.send_floor: SendFloor | None = None  # the server's min_send_rate, if it sets one
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -165,13 +170,24 @@ class SocketStream(anyio.abc.ByteStream):
             return data
 
     async def _wait_writable(self) -> None:
-        # Every block restarts the clock: the kernel took bytes since the last one (progress).
+        # Every block restarts the send timeout's clock: the kernel took bytes since the last
+        # one (progress). The floor's windows run on across blocks.
         self._immediate = 0
-        self.send_blocked_since = time.monotonic()
+        self.send_blocked_since = now = time.monotonic()
+        floor = self.send_floor
+        if floor is not None:
+            floor.blocked(now)
+        slow = False
         try:
             await anyio.wait_writable(self._sock)
         finally:
             self.send_blocked_since = math.inf
+            if floor is not None:
+                slow = not floor.unblocked(time.monotonic())
+        if slow:  # (woken between the floor's deadline and the watchdog's next tick)
+            log.info("dropping a connection whose peer takes our bytes slower than min_send_rate")
+            self.abort()
+            raise anyio.BrokenResourceError("the peer takes our bytes slower than min_send_rate")
 
     async def _send_more(self, item: bytes) -> None:
         sock = self._sock
@@ -258,6 +274,7 @@ class SocketStream(anyio.abc.ByteStream):
         """The peer stopped taking our bytes: fail the pending send, reset on close."""
         self.send_expired = True
         self.send_blocked_since = math.inf
+        self.send_floor = None
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -290,13 +307,16 @@ def socket_attributes(sock: socket.socket) -> Mapping[Any, Callable[[], Any]]:
 
 
 class Watchdog:
-    """Enforces the read deadlines and the send timeout of every watched ``SocketStream``."""
+    """Enforces the read deadlines, the send timeout and the send floor of every watched stream
+    (``SocketStream`` or ``ProtocolStream``)."""
 
     def __init__(self, limits: HttpLimits) -> None:
         shortest = min(limits.header_timeout_s, limits.idle_timeout_s, limits.body_timeout_s,
                        limits.send_timeout_s)
         if limits.min_body_rate_bytes_per_s:
             shortest = min(shortest, limits.min_body_rate_window_s)
+        if limits.min_send_rate_bytes_per_s:
+            shortest = min(shortest, limits.min_send_rate_window_s)
         self.tick = min(1.0, max(0.02, shortest / 10))
         self.send_timeout_s = limits.send_timeout_s
         self.watched: set[SocketStream] = set()
@@ -309,6 +329,11 @@ class Watchdog:
                 t.expire_read()
             if t.send_blocked_since < stalled_before:
                 log.info("dropping a connection that took no bytes for %.0f s", self.send_timeout_s)
+                t.abort()
+                continue
+            floor = t.send_floor
+            if floor is not None and floor.deadline < now and not floor.due(now):
+                log.info("dropping a connection whose peer takes our bytes slower than min_send_rate")
                 t.abort()
 
     async def run(self) -> NoReturn:

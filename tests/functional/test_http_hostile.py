@@ -1,7 +1,8 @@
 """Hostile peers replayed over real sockets: each attack the HTTP core bounds, and the bound.
 
-Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, request bodies
-trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, HTTP/2 frame
+Readers that stop reading (HTTP/1.1) or never open their HTTP/2 window, readers that take a
+response a few bytes at a time below the minimum send rate (every HTTP/1.1 send path, and
+HTTP/2 over TLS with its windows open), request bodies trickled below the minimum rate, HTTP/2 rapid reset and PING/SETTINGS floods, HTTP/2 frame
 headers refused before their frame is whole, requests waiting for the app counted against
 SETTINGS_MAX_CONCURRENT_STREAMS (and held to a window shut meanwhile), malformed chunked
 bodies, connections that end (or stay silent) before their first request; plus FileBody with
@@ -11,6 +12,7 @@ Every test runs on both anyio backends.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -31,6 +33,7 @@ import h2.exceptions
 import h2.settings
 import httpx
 import pytest
+import sniffio
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from headwater.clock import FakeClock
@@ -172,6 +175,81 @@ async def test_client_that_stops_reading_is_dropped(tls_files: tuple[Path, Path]
         assert live.open == 0 and live.started == 1
 
 
+async def tls_hello(port: int, cert: Path) -> float:
+    """Seconds a fresh TLS connection takes to get /hello (HTTP/1.1 over ALPN)."""
+    start = anyio.current_time()
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.set_alpn_protocols(["http/1.1"])
+    async with await anyio.connect_tcp("127.0.0.1", port, ssl_context=ctx, tls_hostname="localhost",
+                                       tls_standard_compatible=False) as s:
+        await s.send(b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        out = b""
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            while True:
+                out += await s.receive()
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"hello GET")
+    return anyio.current_time() - start
+
+
+@pytest.mark.parametrize("reader", ["stopped", "trickling"])
+async def test_http2_tls_reader_that_stops_or_trickles_is_closed_while_others_are_served(
+        tls_files: tuple[Path, Path], reader: str) -> None:
+    # test_client_that_stops_reading_is_dropped[h2] shows the stream freed and the connection
+    # ended; here, over TLS with the HTTP/2 windows wide open (only the socket can stop the
+    # server), what it did not: the connection closed within its bound whether the reader
+    # stopped (send_timeout_s) or takes a few bytes every 50 ms (min_send_rate, the socket's
+    # floor), and other clients answered at once all the while.
+    live = Live()
+    if reader == "stopped":
+        limits = HttpLimits(send_timeout_s=0.5)
+    else:
+        limits = HttpLimits(send_timeout_s=30.0, min_send_rate_bytes_per_s=64 * KiB,
+                            min_send_rate_window_s=0.5)
+    cert, key = tls_files
+    ended: list[float] = []
+    async with running(hostile_app(live, make_app(Probe())), limits=limits,
+                       ssl_context=server_ssl_context(cert, key), on_connection=lambda peer: True,
+                       on_disconnect=lambda peer: ended.append(anyio.current_time())) as port:
+        with anyio.fail_after(30):
+            raw = await anyio.connect_tcp("127.0.0.1", port)
+            raw.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                client_ctx = ssl.create_default_context(cafile=str(cert))
+                client_ctx.set_alpn_protocols(["h2"])
+                stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=client_ctx,
+                                              standard_compatible=False)
+                c = H2Client(stream, initial_window=2**31 - 1)
+                await c.start()
+                c.conn.increment_flow_control_window(2**30)
+                c.conn.send_headers(1, c.headers("GET", "/endless"), end_stream=True)
+                await c.send()
+                while not live.started:
+                    await anyio.sleep(0.01)
+                start = anyio.current_time()
+
+                async def read_slowly() -> None:
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream):
+                        while not ended:
+                            if reader == "trickling":  # raw TLS records, 64 bytes each 50 ms
+                                await raw.receive(64)
+                            await anyio.sleep(0.05)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_slowly)
+                    waits = []
+                    while not ended and anyio.current_time() - start < 10:
+                        waits.append(await tls_hello(port, cert))
+                        await anyio.sleep(0.1)
+                assert ended, "the stalled connection was still open after 10 s"
+                assert ended[0] - start < 3.0, f"held for {ended[0] - start:.1f} s"
+                assert waits and max(waits) < 1.0, waits  # (a busy machine: a second is plenty)
+                while live.open:  # the endless response was closed, its buffers freed
+                    await anyio.sleep(0.01)
+            finally:
+                await raw.aclose()
+        assert live.started == 1
+        assert await tls_hello(port, cert) < 1.0
+
+
 async def test_http2_window_never_opened_resets_the_streams_and_frees_them() -> None:
     live = Live()
     limits = HttpLimits(send_timeout_s=0.5)
@@ -233,6 +311,159 @@ async def test_http2_window_opened_a_few_bytes_at_a_time_resets_the_stream(scope
                 while live.open:
                     await anyio.sleep(0.01)
                 assert c.goaway() is None
+
+
+# --- minimum send rate (HTTP/1.1) ----------------------------------------------------------------
+
+SLOW_LIMITS = HttpLimits(send_timeout_s=30.0, min_send_rate_bytes_per_s=64 * KiB, min_send_rate_window_s=0.5)
+
+
+class BigApp:
+    """A body of ``?size`` bytes by each HTTP/1.1 send path: bytes, a streamed body, a file
+    (sendfile on plain TCP) and an inline answer (``answer_now``, taken on asyncio)."""
+
+    def __init__(self, file_path: Path) -> None:
+        self.file_path = file_path
+        self.inline = 0  # answers given by answer_now
+        self.open = 0  # streamed bodies not yet closed
+
+    def answer_now(self, req: Request) -> Response | None:
+        if req.path == "/tiny":
+            return Response(200, [], b"ok")
+        if req.path == "/inline":
+            self.inline += 1
+            return Response(200, [], b"i" * int(req.query))
+        return None
+
+    async def __call__(self, req: Request) -> Response:
+        if req.path == "/tiny":
+            return Response(200, [], b"ok")
+        size = int(req.query)
+        if req.path in ("/inline", "/bytes"):
+            return Response(200, [], b"i" * size)
+        if req.path == "/file":
+            return Response(200, [], FileBody(self.file_path, offset=0, length=size))
+
+        async def blocks() -> AsyncIterator[bytes]:
+            block = b"s" * (64 * KiB)
+            left = size
+            self.open += 1
+            try:
+                while left:
+                    yield block[:left]
+                    left -= min(left, len(block))
+            finally:
+                self.open -= 1
+        return Response(200, [("content-length", str(size))], blocks())
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    path.write_bytes(os.urandom(4 * MiB))
+    return path
+
+
+async def slow_client(port: int, target: str, *, tls: tuple[Path, Path] | None, rcvbuf: int
+                      ) -> tuple[anyio.abc.SocketStream, anyio.abc.ByteStream]:
+    """A connection with a small receive buffer that has asked for ``target`` (after /tiny, so
+    that on asyncio the second request is answered inline); the raw socket and the stream."""
+    raw = await anyio.connect_tcp("127.0.0.1", port)
+    raw.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    stream: anyio.abc.ByteStream = raw
+    if tls is not None:
+        client_ctx = ssl.create_default_context(cafile=str(tls[0]))
+        client_ctx.set_alpn_protocols(["http/1.1"])
+        stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=client_ctx,
+                                      standard_compatible=False)
+    await stream.send(b"GET /tiny HTTP/1.1\r\nHost: a\r\n\r\n")
+    got = b""
+    while not got.endswith(b"\r\n\r\nok"):
+        got += await stream.receive()
+    await stream.send(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    return raw, stream
+
+
+SEND_PATHS = ["bytes", "stream", "file", "inline", "tls-file"]
+
+
+@pytest.mark.parametrize("path", SEND_PATHS)
+async def test_http1_reader_below_min_send_rate_is_cut(big_file: Path, tls_files: tuple[Path, Path],
+                                                       path: str) -> None:
+    # A reader with a tiny receive buffer taking a few bytes every 50 ms: each of the server's
+    # sends makes a little progress well inside send_timeout_s (30 s here), so the response (and
+    # what it pins: an edge's cache object, a collapsed fetch) was held as long as the client
+    # liked. Below min_send_rate over a window of blocked sending it is cut.
+    app = BigApp(big_file)
+    tls = tls_files if path.startswith("tls") else None
+    ctx = server_ssl_context(*tls_files) if tls else None
+    ended: list[float] = []  # when the server let go of the connection
+    async with running(app, limits=SLOW_LIMITS, ssl_context=ctx, on_connection=lambda peer: True,
+                       on_disconnect=lambda peer: ended.append(anyio.current_time())) as port:
+        with anyio.fail_after(30):
+            raw, _ = await slow_client(port, f"/{path.removeprefix('tls-')}?{4 * MiB}", tls=tls, rcvbuf=4096)
+            start = anyio.current_time()
+            received = 0
+            try:
+                with anyio.move_on_after(8):
+                    while not ended:
+                        # the raw bytes, TLS records or not: 64 bytes every 50 ms, about 1.3 KB/s
+                        received += len(await raw.receive(64))
+                        await anyio.sleep(0.05)
+                assert ended, f"still held after 8 s ({received} bytes read)"
+                assert ended[0] - start < 3.0, f"held for {ended[0] - start:.1f} s"  # (0.5 s window; busy machine)
+                # What the kernel had buffered for us, then the reset: the rest was never sent.
+                with pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream)):
+                    while True:
+                        received += len(await raw.receive())
+            finally:
+                await raw.aclose()
+            assert received < 1 * MiB
+            assert app.open == 0  # a streamed body was closed, not left pinned
+            if path == "inline" and _on_asyncio():
+                assert app.inline == 1
+            if tls is None:  # the server still serves
+                out = await raw_exchange(port, b"GET /tiny HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                assert out.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("path", SEND_PATHS)
+async def test_http1_slow_reader_above_min_send_rate_gets_everything(
+        big_file: Path, tls_files: tuple[Path, Path], path: str) -> None:
+    # 16 KiB every 50 ms (about 320 KiB/s, five times the floor) through a 16 KiB receive buffer:
+    # the server's sends block all along, and the whole body arrives.
+    app = BigApp(big_file)
+    size = 512 * KiB
+    tls = tls_files if path.startswith("tls") else None
+    ctx = server_ssl_context(*tls_files) if tls else None
+    async with running(app, limits=SLOW_LIMITS, ssl_context=ctx) as port:
+        with anyio.fail_after(20):
+            raw, stream = await slow_client(port, f"/{path.removeprefix('tls-')}?{size}", tls=tls,
+                                            rcvbuf=16 * KiB)
+            try:
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    got += await stream.receive(16 * KiB)
+                head, body = got.split(b"\r\n\r\n", 1)
+                assert head.startswith(b"HTTP/1.1 200") and f"content-length: {size}".encode() in head.lower()
+                received = len(body)
+                while received < size:
+                    received += len(await stream.receive(min(16 * KiB, size - received)))
+                    await anyio.sleep(0.05)
+                assert received == size
+                # ... and the connection carries the next request
+                await stream.send(b"GET /tiny HTTP/1.1\r\nHost: a\r\n\r\n")
+                got = b""
+                while not got.endswith(b"\r\n\r\nok"):
+                    got += await stream.receive()
+            finally:
+                await raw.aclose()
+            if path == "inline" and _on_asyncio():
+                assert app.inline == 1
+
+
+def _on_asyncio() -> bool:
+    return sniffio.current_async_library() == "asyncio"
 
 
 # --- minimum body rate -------------------------------------------------------------------------
