@@ -86,7 +86,10 @@ def serve_config(args: argparse.Namespace) -> ClusterConfig:
     host, port = _host_port(args.listen, "--listen")
     admin_host, admin_port = _host_port(args.admin, "--admin") if args.admin else (host, port + 1)
     reader = Reader(None, "")
-    origin = read_origin(reader, {"origin": args.origin}, "origin", "")
+    try:
+        origin = read_origin(reader, {"origin": args.origin}, "origin", "")
+    except ConfigError as e:
+        raise ConfigError("--origin", str(e).split(": ", 1)[-1]) from None
     if origin is None or origin.kind != "http":
         raise ConfigError("--origin", "edge serve takes an http:// or https:// origin")
     node = EdgeConfig(id=args.id, tier="pop", host=host, port=port, admin_port=admin_port, lat=0.0, lon=0.0,
