@@ -343,6 +343,11 @@ def _checked_field(name: str, value: str) -> tuple[bytes, int, int]:
 _BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[bytes, tuple[int, ...], bool, bool]] = {}
 _BLOCK_MEMO_MAX = 1024
 _BLOCK_MEMO_MAX_BYTES = 2 * KiB
+#: The same blocks by the ``Response.prepared`` they came with (its id -> (it, the status, the
+#: block)): ``prepared`` stands for the same fields every time (the edge's warm hit makes one
+#: per entry and second of Age), so a hit's block is found without the fields' tuple made and
+#: hashed. The entry holds ``prepared``, so its id is not reused while remembered.
+_BY_PREPARED: dict[int, tuple[object, int, tuple[bytes, tuple[int, ...], bool, bool]]] = {}
 
 
 def _encoded_fields(status: int, fields: tuple[tuple[str, str], ...]) -> tuple[bytes, tuple[int, ...], bool, bool]:
@@ -397,6 +402,7 @@ _SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 _STAYS_OPEN = frozenset(i for i in (_RECV_HEADERS, _SEND_HEADERS, _SEND_DATA)
                         if h2.connection.H2ConnectionStateMachine._transitions.get((_SERVER_OPEN, i))
                         == (None, _SERVER_OPEN))
+_STAYS_OPEN_IDS = frozenset(map(id, _STAYS_OPEN))
 
 
 _ORDERED_SET = collections.OrderedDict.__setitem__
@@ -407,7 +413,8 @@ _SENT_END_STREAM = h2.stream.StreamClosedBy.SEND_END_STREAM
 def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.ConnectionInputs) -> None:
     """``conn.state_machine.process_input(event)``, without the call where it changes nothing."""
     machine = conn.state_machine
-    if machine.state is not _SERVER_OPEN or event not in _STAYS_OPEN:
+    # (By id: an Enum member hashes in Python, a call per input.)
+    if machine.state is not _SERVER_OPEN or id(event) not in _STAYS_OPEN_IDS:
         machine.process_input(event)
 
 
@@ -1078,10 +1085,11 @@ class H2Connection:
         return end
 
     def send_whole(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]], body: bytes, *,
-                   head_request: bool = False) -> bool:
+                   head_request: bool = False, prepared: object = None) -> bool:
         """``send_response`` and then all of ``body`` as one DATA frame ending the stream, if the
         body fits the stream's and the connection's send windows and one frame now; False, with
-        nothing queued or checked, if not. Raises what ``send_response`` raises.
+        nothing queued or checked, if not. Raises what ``send_response`` raises. ``prepared``:
+        the response's ``Response.prepared`` (the same object means the same fields).
 
         A stream opened by a request without a body and not yet answered (a cache hit's) takes
         one pass: the block made, the connection's state machine given the inputs both calls
@@ -1100,7 +1108,7 @@ class H2Connection:
         max_frame = conn.max_outbound_frame_size
         if n > conn.outbound_flow_control_window or n > self._peer_window or n > max_frame:
             return False
-        block, end = self._response_block(status, headers, n, head_request)
+        block, end = self._response_block(status, headers, n, head_request, prepared)
         _connection_input(conn, _SEND_HEADERS)
         if not end:
             _connection_input(conn, _SEND_DATA)
@@ -1134,24 +1142,35 @@ class H2Connection:
         return True
 
     def _response_block(self, status: int, headers: Iterable[tuple[str, str]], body_length: int | None,
-                        head_request: bool) -> tuple[list[bytes], bool]:
-        """A final response's header block, as pieces, and whether it ends the stream (no body)."""
+                        head_request: bool, prepared: object = None) -> tuple[list[bytes], bool]:
+        """A final response's header block, as pieces, and whether it ends the stream (no body).
+        ``prepared``: the response's ``Response.prepared``, the same fields every time it comes."""
         if not 200 <= status <= 999:
             raise LocalProtocolError(f"cannot send status {status} as a final response")
         no_body = head_request or status in (204, 304)
-        fields = headers if type(headers) is tuple else tuple(headers)
-        key = (status, fields)
-        try:
-            known = _BLOCKS.get(key)
-            hashable = True
-        except TypeError:  # (fields given as lists, say: checked and encoded, not remembered)
-            known, hashable = None, False
+        known = None
+        if prepared is not None:
+            by_prepared = _BY_PREPARED.get(id(prepared))
+            if by_prepared is not None and by_prepared[0] is prepared and by_prepared[1] == status:
+                known = by_prepared[2]
         if known is None:
-            known = _encoded_fields(status, fields)
-            if hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
-                if len(_BLOCKS) >= _BLOCK_MEMO_MAX:
-                    _BLOCKS.clear()
-                _BLOCKS[key] = known
+            fields = headers if type(headers) is tuple else tuple(headers)
+            key = (status, fields)
+            try:
+                known = _BLOCKS.get(key)
+                hashable = True
+            except TypeError:  # (fields given as lists, say: checked and encoded, not remembered)
+                known, hashable = None, False
+            if known is None:
+                known = _encoded_fields(status, fields)
+                if hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
+                    if len(_BLOCKS) >= _BLOCK_MEMO_MAX:
+                        _BLOCKS.clear()
+                    _BLOCKS[key] = known
+            if prepared is not None and hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
+                if len(_BY_PREPARED) >= _BLOCK_MEMO_MAX:
+                    _BY_PREPARED.clear()
+                _BY_PREPARED[id(prepared)] = (prepared, status, known)
         encoded, lengths, has_date, has_server = known
         if lengths and not no_body and body_length is not None and status != 204:
             for declared in lengths:

@@ -601,8 +601,8 @@ class H2Shell:
                 continue
             try:
                 # (answer_now's body is bytes; not sent unless all of it fits the windows now)
-                sent = conn.send_whole(st.sid, response.status, response.headers,
-                                       response.body, head_request=req.method == "HEAD")  # type: ignore[arg-type]
+                sent = conn.send_whole(st.sid, response.status, response.headers, response.body,  # type: ignore[arg-type]
+                                       head_request=req.method == "HEAD", prepared=response.prepared)
             except LocalProtocolError:
                 sent = False  # (the worker logs it and answers 500)
             if not sent:
