@@ -736,8 +736,11 @@ class H2Connection:
         The stream is not made in h2: it is ``_unopened`` (half closed by the peer, as h2's
         would be) until something needs it there (``_open``). A response of HEADERS and one
         DATA frame within the windows, all a cache hit needs, closes it without it ever being
-        made (``_send_block``, ``send_body``): h2's stream objects and state machines were the
-        biggest part left of a hit's CPU."""
+        made (``send_whole``, or ``_send_block`` and ``send_body``): h2's stream objects and
+        state machines were the biggest part left of a hit's CPU.
+
+        A block read before, while the decoder still remembers it, is given as one
+        ``_KnownRequest`` (h2's two events, with what ``_request`` made of its fields then)."""
         conn = self._conn
         if sid <= conn.highest_inbound_stream_id or conn.incoming_buffer._headers_buffer:
             return None  # h2's errors (or trailers, or a CONTINUATION expected) are h2's
@@ -1103,7 +1106,8 @@ class H2Connection:
             if n > self.outbound_window(stream_id) or n > conn.outbound_flow_control_window:
                 return False
             if not self.send_response(stream_id, status, headers, body_length=n, head_request=head_request):
-                self.send_body(stream_id, memoryview(body), end_stream=True)
+                # (All of it: it fits the windows and one frame, which may be over 64 KiB.)
+                self.send_body(stream_id, memoryview(body), end_stream=True, limit=n)
             return True
         max_frame = conn.max_outbound_frame_size
         if n > conn.outbound_flow_control_window or n > self._peer_window or n > max_frame:

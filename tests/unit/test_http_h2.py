@@ -829,3 +829,24 @@ def test_a_block_remembered_by_its_prepared_fields_keeps_status_and_lengths_apar
     events = client.receive_data(server.data_to_send())
     statuses = [dict(e.headers)[b":status"] for e in events if isinstance(e, h2.events.ResponseReceived)]
     assert statuses == [b"200", b"404"]
+
+
+def test_send_whole_sends_all_of_a_body_over_64_kib_when_the_peer_takes_it() -> None:
+    # A peer with large windows and frames (SETTINGS_MAX_FRAME_SIZE up to 16 MiB) may take a
+    # warm hit over 64 KiB in one frame: all of it goes, whether the stream was made in h2 or not
+    # (send_body queues 64 KiB a call by default: the rest was never sent).
+    config = h2.config.H2Configuration(client_side=True)
+    for made in (False, True):
+        p = Pair(client_config=config)
+        p.client.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20,
+                                  h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        p.client.increment_flow_control_window(1 << 20)
+        p.exchange()
+        p.request(1, "GET", "/", [("expect", "100-continue")] if made else [])
+        if made:
+            p.server.send_informational(1, 100)
+        body = bytes(range(256)) * 400  # 100 KiB
+        assert p.server.send_whole(1, 200, [], body)
+        p.exchange()
+        assert b"".join(e.data for e in _data_frames(p)) == body
+        assert [e for e in p.client_events if isinstance(e, h2.events.StreamEnded)]
