@@ -88,6 +88,7 @@ _SERVER = SERVER_NAME.encode()
 #: A DATA frame's 9-byte header (RFC 9113 4.1): length << 8 | type 0, flags, stream id.
 _DATA_HEADER = struct.Struct(">LBL")
 _END_STREAM = 0x1
+_END_HEADERS = 0x4
 #: A frame's 9-byte header (RFC 9113 4.1): length (24 bits, as 16 + 8), type, flags, stream id.
 _FRAME_HEADER = struct.Struct(">HBBBL")
 #: HEADERS flags END_STREAM, END_HEADERS, PADDED, PRIORITY; a request read by _receive has the
@@ -293,6 +294,24 @@ def _parse_request(fields: tuple[tuple[bytes, bytes], ...]) -> _Parsed:
     return method, target, authority, scheme, tuple(headers), content_length, expects_continue
 
 
+def _checked_request(fields: tuple[tuple[bytes, bytes], ...]) -> _Parsed:
+    """``fields`` checked by h2's rules for a request block (h2's ProtocolError: a connection
+    error) and parsed (``_parse_request``), remembered in ``_REQUESTS``."""
+    parsed = _REQUESTS.get(fields)
+    if parsed is None:
+        # Split cookie fields joined before the checks, as h2 did: a crumb may end with a
+        # blank ("a=1 ", "b=2" made "a=1 ; b=2") that the checks refuse in a field alone.
+        for _ in h2.utilities.validate_headers(
+                h2.utilities.normalize_inbound_headers(fields, _REQUEST_BLOCK), _REQUEST_BLOCK):
+            pass
+        parsed = _parse_request(fields)
+        if type(parsed) is tuple and sum(32 + len(n) + len(v) for n, v in fields) <= _REQUESTS_MAX_BYTES:
+            if len(_REQUESTS) >= _REQUESTS_MAX:
+                _REQUESTS.clear()
+            _REQUESTS[fields] = parsed
+    return parsed
+
+
 def _checked_field(name: str, value: str) -> tuple[bytes, int, int]:
     """A response field checked (LocalProtocolError), lower-cased, stripped and encoded, for
     ``FieldMemo``."""
@@ -324,6 +343,11 @@ def _checked_field(name: str, value: str) -> tuple[bytes, int, int]:
 _BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[bytes, tuple[int, ...], bool, bool]] = {}
 _BLOCK_MEMO_MAX = 1024
 _BLOCK_MEMO_MAX_BYTES = 2 * KiB
+#: The same blocks by the ``Response.prepared`` they came with (its id -> (it, the status, the
+#: block)): ``prepared`` stands for the same fields every time (the edge's warm hit makes one
+#: per entry and second of Age), so a hit's block is found without the fields' tuple made and
+#: hashed. The entry holds ``prepared``, so its id is not reused while remembered.
+_BY_PREPARED: dict[int, tuple[object, int, tuple[bytes, tuple[int, ...], bool, bool]]] = {}
 
 
 def _encoded_fields(status: int, fields: tuple[tuple[str, str], ...]) -> tuple[bytes, tuple[int, ...], bool, bool]:
@@ -378,16 +402,19 @@ _SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 _STAYS_OPEN = frozenset(i for i in (_RECV_HEADERS, _SEND_HEADERS, _SEND_DATA)
                         if h2.connection.H2ConnectionStateMachine._transitions.get((_SERVER_OPEN, i))
                         == (None, _SERVER_OPEN))
+_STAYS_OPEN_IDS = frozenset(map(id, _STAYS_OPEN))
 
 
 _ORDERED_SET = collections.OrderedDict.__setitem__
+_ORDERED_POP = collections.OrderedDict.popitem
 _SENT_END_STREAM = h2.stream.StreamClosedBy.SEND_END_STREAM
 
 
 def _connection_input(conn: h2.connection.H2Connection, event: h2.connection.ConnectionInputs) -> None:
     """``conn.state_machine.process_input(event)``, without the call where it changes nothing."""
     machine = conn.state_machine
-    if machine.state is not _SERVER_OPEN or event not in _STAYS_OPEN:
+    # (By id: an Enum member hashes in Python, a call per input.)
+    if machine.state is not _SERVER_OPEN or id(event) not in _STAYS_OPEN_IDS:
         machine.process_input(event)
 
 
@@ -405,6 +432,17 @@ class _ContentLength:
     def __init__(self) -> None:
         self.request_method = None  # (a server's streams never have one)
         self._expected_content_length: int | None = None
+
+
+class _KnownRequest:
+    """h2's RequestReceived and StreamEnded of a request whose header block the connection read
+    before (``_request_headers``), with what ``_request`` made of its fields then."""
+
+    __slots__ = ("stream_id", "parsed")
+
+    def __init__(self, stream_id: int, parsed: tuple) -> None:
+        self.stream_id = stream_id
+        self.parsed = parsed
 
 
 class _NoEncoder:
@@ -698,15 +736,34 @@ class H2Connection:
         The stream is not made in h2: it is ``_unopened`` (half closed by the peer, as h2's
         would be) until something needs it there (``_open``). A response of HEADERS and one
         DATA frame within the windows, all a cache hit needs, closes it without it ever being
-        made (``_send_block``, ``send_body``): h2's stream objects and state machines were the
-        biggest part left of a hit's CPU."""
+        made (``send_whole``, or ``_send_block`` and ``send_body``): h2's stream objects and
+        state machines were the biggest part left of a hit's CPU.
+
+        A block read before, while the decoder still remembers it, is given as one
+        ``_KnownRequest`` (h2's two events, with what ``_request`` made of its fields then)."""
         conn = self._conn
-        if (sid <= conn.highest_inbound_stream_id or conn.incoming_buffer._headers_buffer
-                or conn.open_inbound_streams + len(self._unopened) + 1
-                > conn.local_settings.max_concurrent_streams):
+        if sid <= conn.highest_inbound_stream_id or conn.incoming_buffer._headers_buffer:
             return None  # h2's errors (or trailers, or a CONTINUATION expected) are h2's
+        # The stream limit: h2's open_inbound_streams walks every stream it holds (none, for a
+        # client of cache hits: their streams are never made), and our local setting is never
+        # below the limit we gave it, so it is read only when the count could pass it.
+        count = len(self._unopened) + 1
+        if conn.streams:
+            count += conn.open_inbound_streams
+        if count > self.limits.max_concurrent_streams and count > conn.local_settings.max_concurrent_streams:
+            return None
+        decoder = conn.decoder
         try:
-            fields = h2.connection._decode_headers(conn.decoder, block)
+            known = decoder.remembered(block)
+            if known is not None and known[2] is not None:
+                # A block read before, that reads as the same fields: every check of them
+                # passed then and would again; only the connection's state moves.
+                _connection_input(conn, _RECV_HEADERS)
+                conn.highest_inbound_stream_id = sid
+                expected_length, parsed = known[2]
+                self._unopened[sid] = [expected_length, False]
+                return [_KnownRequest(sid, parsed)]
+            fields = h2.connection._decode_headers(decoder, block)
             _connection_input(conn, _RECV_HEADERS)
             conn.highest_inbound_stream_id = sid  # (_begin_new_stream: the id is new and odd)
             if h2.utilities.is_informational_response(fields):
@@ -717,6 +774,16 @@ class H2Connection:
             conn._terminate_connection(e.error_code)  # (GOAWAY, as h2's receive_data queues it)
             raise
         self._unopened[sid] = [length._expected_content_length, False]
+        known = decoder.remembered(block)
+        if known is not None and known[1] <= _REQUESTS_MAX_BYTES:
+            # Remembered with the block only once every check passed: a block the checks refuse
+            # is refused by _events (the connection error named there), every time it comes.
+            try:
+                parsed = _checked_request(tuple(fields))
+            except h2.exceptions.ProtocolError:
+                parsed = None
+            if type(parsed) is tuple:
+                known[2] = (length._expected_content_length, parsed)
         ended = h2.events.StreamEnded(stream_id=sid)
         request = h2.events.RequestReceived(stream_id=sid, headers=list(fields), stream_ended=ended)
         return [request, ended]
@@ -748,8 +815,12 @@ class H2Connection:
         # every closed stream: the limit is checked only once it could be passed.
         closed = self._conn._closed_streams
         _ORDERED_SET(closed, stream_id, _SENT_END_STREAM)
-        if len(closed) > (closed._size_limit or 0):  # type: ignore[attr-defined]
-            closed._check_size_limit()  # type: ignore[attr-defined]
+        limit = closed._size_limit  # type: ignore[attr-defined]
+        if limit is not None:
+            # (Once full, every insert drops the oldest: OrderedDict's own popitem, not h2's
+            # Python loop around it.)
+            while len(closed) > limit:
+                _ORDERED_POP(closed, False)
 
     def _events(self, raw: list[h2.events.Event]) -> tuple[list[Event], int]:
         """h2's events as ours, and how many of them are charged to the flood budget."""
@@ -759,7 +830,18 @@ class H2Connection:
         on_headers = None  # the PriorityUpdated h2 also reports for the last HEADERS
         for ev in raw:
             t = type(ev)
-            if t is h2.events.DataReceived:
+            if t is _KnownRequest:
+                sid = ev.stream_id
+                self._last_read = sid
+                on_headers = None  # (no PRIORITY on such a HEADERS)
+                req = self._stream_request(sid, ev.parsed, True)
+                if type(req) is StreamInvalid:
+                    charge("refused_stream")
+                out.append(req)
+                end = _new_object(StreamEnd)
+                _SET_END_ID(end, sid)
+                out.append(end)
+            elif t is h2.events.DataReceived:
                 sid = ev.stream_id
                 if not ev.data and ev.stream_ended is None:
                     charge("empty_data")  # empty DATA (CVE-2019-9518)
@@ -954,20 +1036,11 @@ class H2Connection:
     def _request(self, ev: h2.events.RequestReceived) -> StreamRequest | StreamInvalid:
         """The request of ``ev``, or why it is refused; h2's ProtocolError for a malformed block
         (a connection error)."""
-        sid = ev.stream_id
-        fields = tuple(ev.headers)
-        parsed = _REQUESTS.get(fields)
-        if parsed is None:
-            # Split cookie fields joined before the checks, as h2 did: a crumb may end with a
-            # blank ("a=1 ", "b=2" made "a=1 ; b=2") that the checks refuse in a field alone.
-            for _ in h2.utilities.validate_headers(
-                    h2.utilities.normalize_inbound_headers(fields, _REQUEST_BLOCK), _REQUEST_BLOCK):
-                pass
-            parsed = _parse_request(fields)
-            if type(parsed) is tuple and sum(32 + len(n) + len(v) for n, v in fields) <= _REQUESTS_MAX_BYTES:
-                if len(_REQUESTS) >= _REQUESTS_MAX:
-                    _REQUESTS.clear()
-                _REQUESTS[fields] = parsed
+        return self._stream_request(ev.stream_id, _checked_request(tuple(ev.headers)),
+                                    ev.stream_ended is not None)
+
+    def _stream_request(self, sid: int, parsed: _Parsed, end_stream: bool) -> StreamRequest | StreamInvalid:
+        """The request of stream ``sid`` from its fields' ``_checked_request``, or why it is refused."""
         if type(parsed) is not tuple:
             return StreamInvalid(stream_id=sid, error=parsed)  # type: ignore[arg-type]
         method, target, authority, scheme, headers, content_length, expects_continue = parsed
@@ -975,7 +1048,7 @@ class H2Connection:
             return StreamInvalid(stream_id=sid, error=PayloadTooLarge(
                 f"declared body of {content_length} bytes exceeds the limit"))
         return _stream_request(sid, method, target, authority, scheme, list(headers), content_length,
-                               expects_continue, ev.stream_ended is not None)
+                               expects_continue, end_stream)
 
     # --- output ----------------------------------------------------------------------------
 
@@ -1010,22 +1083,98 @@ class H2Connection:
     def send_response(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]], *,
                       body_length: int | None, head_request: bool = False) -> bool:
         """Queue the response HEADERS; True when that already ended the stream (no body)."""
+        block, end = self._response_block(status, headers, body_length, head_request)
+        self._send_block(stream_id, block, end_stream=end)
+        return end
+
+    def send_whole(self, stream_id: int, status: int, headers: Iterable[tuple[str, str]], body: bytes, *,
+                   head_request: bool = False, prepared: object = None) -> bool:
+        """``send_response`` and then all of ``body`` as one DATA frame ending the stream, if the
+        body fits the stream's and the connection's send windows and one frame now; False, with
+        nothing queued or checked, if not. Raises what ``send_response`` raises. ``prepared``:
+        the response's ``Response.prepared`` (the same object means the same fields).
+
+        A stream opened by a request without a body and not yet answered (a cache hit's) takes
+        one pass: the block made, the connection's state machine given the inputs both calls
+        give it, its window charged, the stream remembered as closed by our END_STREAM, and the
+        HEADERS and DATA frames queued, with no second look-up of the stream, window or queue.
+        """
+        n = len(body)
+        conn = self._conn
+        unopened = self._unopened.get(stream_id)
+        if unopened is None or unopened[1]:
+            if n > self.outbound_window(stream_id) or n > conn.outbound_flow_control_window:
+                return False
+            if not self.send_response(stream_id, status, headers, body_length=n, head_request=head_request):
+                # (All of it: it fits the windows and one frame, which may be over 64 KiB.)
+                self.send_body(stream_id, memoryview(body), end_stream=True, limit=n)
+            return True
+        max_frame = conn.max_outbound_frame_size
+        if n > conn.outbound_flow_control_window or n > self._peer_window or n > max_frame:
+            return False
+        block, end = self._response_block(status, headers, n, head_request, prepared)
+        _connection_input(conn, _SEND_HEADERS)
+        if not end:
+            _connection_input(conn, _SEND_DATA)
+            conn.outbound_flow_control_window -= n
+        self._close_unopened(stream_id)
+        if not self._table_zeroed:
+            self._table_zeroed = True
+            block.insert(0, TABLE_SIZE_ZERO)
+        out = self._out
+        if conn._data_to_send:  # h2's frames queued before these go first
+            queued = conn.data_to_send()
+            out.append(queued)
+            self._out_bytes += len(queued)
+        encoded = b"".join(block)
+        m = len(encoded)
+        if m <= max_frame:
+            out.append(_FRAME_HEADER.pack(m >> 8, m & 0xFF, 1, _END_HEADERS | _END_STREAM if end else _END_HEADERS,
+                                          stream_id))
+            out.append(encoded)
+            m += 9
+        else:
+            frames = header_frames(stream_id, encoded, end_stream=end, max_frame=max_frame)
+            out.extend(frames)
+            m = sum(len(f) for f in frames)
+        if end:
+            self._out_bytes += m
+            return True
+        out.append(_DATA_HEADER.pack(n << 8, _END_STREAM, stream_id))
+        out.append(body)
+        self._out_bytes += m + 9 + n
+        return True
+
+    def _response_block(self, status: int, headers: Iterable[tuple[str, str]], body_length: int | None,
+                        head_request: bool, prepared: object = None) -> tuple[list[bytes], bool]:
+        """A final response's header block, as pieces, and whether it ends the stream (no body).
+        ``prepared``: the response's ``Response.prepared``, the same fields every time it comes."""
         if not 200 <= status <= 999:
             raise LocalProtocolError(f"cannot send status {status} as a final response")
         no_body = head_request or status in (204, 304)
-        fields = headers if type(headers) is tuple else tuple(headers)
-        key = (status, fields)
-        try:
-            known = _BLOCKS.get(key)
-            hashable = True
-        except TypeError:  # (fields given as lists, say: checked and encoded, not remembered)
-            known, hashable = None, False
+        known = None
+        if prepared is not None:
+            by_prepared = _BY_PREPARED.get(id(prepared))
+            if by_prepared is not None and by_prepared[0] is prepared and by_prepared[1] == status:
+                known = by_prepared[2]
         if known is None:
-            known = _encoded_fields(status, fields)
-            if hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
-                if len(_BLOCKS) >= _BLOCK_MEMO_MAX:
-                    _BLOCKS.clear()
-                _BLOCKS[key] = known
+            fields = headers if type(headers) is tuple else tuple(headers)
+            key = (status, fields)
+            try:
+                known = _BLOCKS.get(key)
+                hashable = True
+            except TypeError:  # (fields given as lists, say: checked and encoded, not remembered)
+                known, hashable = None, False
+            if known is None:
+                known = _encoded_fields(status, fields)
+                if hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
+                    if len(_BLOCKS) >= _BLOCK_MEMO_MAX:
+                        _BLOCKS.clear()
+                    _BLOCKS[key] = known
+            if prepared is not None and hashable and len(known[0]) <= _BLOCK_MEMO_MAX_BYTES:
+                if len(_BY_PREPARED) >= _BLOCK_MEMO_MAX:
+                    _BY_PREPARED.clear()
+                _BY_PREPARED[id(prepared)] = (prepared, status, known)
         encoded, lengths, has_date, has_server = known
         if lengths and not no_body and body_length is not None and status != 204:
             for declared in lengths:
@@ -1040,9 +1189,7 @@ class H2Connection:
             block.append(_date(self.clock.time()))
         if not has_server:
             block.append(_SERVER_FIELD)
-        end = no_body or body_length == 0
-        self._send_block(stream_id, block, end_stream=end)
-        return end
+        return block, no_body or body_length == 0
 
     def _send_block(self, stream_id: int, block: list[bytes], *, end_stream: bool,
                     informational: bool = False) -> None:

@@ -158,14 +158,27 @@ class RememberingDecoder(hpack.Decoder):
 
     def __init__(self, max_header_list_size: int = hpack.hpack.DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
         super().__init__(max_header_list_size)
-        self._blocks: dict[bytes, tuple[list[tuple[bytes, bytes]], int]] = {}
+        # block -> [its fields, their HPACK size, what the connection made of them or None]
+        self._blocks: dict[bytes, list] = {}
+
+    def remembered(self, data: bytes) -> list | None:
+        """The entry of a block ``decode`` would answer from memory now, within the limits it
+        checks: [its fields, their size, the note the caller left on it (None at first)], or
+        None (``decode`` then decodes it, or raises). The note goes when the block is
+        forgotten: a connection keeps what it worked out from a block's fields there, valid for
+        as long as the block reads as those fields."""
+        known = self._blocks.get(data)
+        if (known is None or known[1] > self.max_header_list_size
+                or self.header_table.maxsize > self.max_allowed_table_size):
+            return None
+        return known
 
     def decode(self, data: bytes, raw: bool = False) -> list:  # type: ignore[override]
         if not raw:  # (h2 asks for raw fields; anything else is hpack's own business)
             return super().decode(data, raw)
         known = self._blocks.get(data)
         if known is not None:
-            fields, size = known
+            fields, size, _ = known
             if size > self.max_header_list_size:
                 raise OversizedHeaderListError(
                     f"A header list larger than {self.max_header_list_size} has been received")
@@ -188,6 +201,6 @@ class RememberingDecoder(hpack.Decoder):
             if len(self._blocks) >= self.MAX_BLOCKS:
                 self._blocks.clear()
             size = sum(table_entry_size(n, v) for n, v in fields)
-            self._blocks[bytes(data)] = (fields, size)
+            self._blocks[bytes(data)] = [fields, size, None]
             fields = list(fields)
         return fields

@@ -596,20 +596,18 @@ class H2Shell:
                 self._start(st, req, request, None)
                 continue
             response = answer[0]
-            body: bytes = response.body  # type: ignore[assignment]  # (answer_now: bytes only)
-            n = len(body)
-            if (conn.pending_bytes() >= OUTBOUND_HIGH_BYTES or n > conn.outbound_window(st.sid)
-                    or n > conn.connection_window()):
+            if conn.pending_bytes() >= OUTBOUND_HIGH_BYTES:
                 self._start(st, req, request, response)
                 continue
             try:
-                ended = conn.send_response(st.sid, response.status, response.headers, body_length=n,
-                                           head_request=req.method == "HEAD")
+                # (answer_now's body is bytes; not sent unless all of it fits the windows now)
+                sent = conn.send_whole(st.sid, response.status, response.headers, response.body,  # type: ignore[arg-type]
+                                       head_request=req.method == "HEAD", prepared=response.prepared)
             except LocalProtocolError:
-                self._start(st, req, request, response)  # (the worker logs it and answers 500)
+                sent = False  # (the worker logs it and answers 500)
+            if not sent:
+                self._start(st, req, request, response)
                 continue
-            if not ended:
-                conn.send_body(st.sid, memoryview(body), end_stream=True)
             del self.streams[st.sid]
             conn.stream_finished(st.sid)
 

@@ -200,8 +200,9 @@ class Response:
 
     ``prepared``, when set, is ``headers`` already written out for HTTP/1.1 (the same fields in
     the same order): the HTTP/1.1 core then copies its lines instead of formatting each field.
-    Everything else (HTTP/2, logs, tests) reads ``headers``; whoever changes ``headers`` after
-    the app made the response must drop ``prepared``.
+    Everything else (logs, tests) reads ``headers``; HTTP/2 reads them too, and remembers the
+    header block it made of them by ``prepared`` (the same object, the same fields): whoever
+    changes ``headers`` after the app made the response must drop ``prepared``.
     """
 
     status: int = 200

@@ -748,3 +748,105 @@ def test_a_remembered_response_block_is_still_checked_against_each_response() ->
     for e in p.client_events:
         if isinstance(e, h2.events.ResponseReceived) and e.stream_id in (7, 9):
             assert b"content-length" not in dict(e.headers)
+
+
+# --- a whole small response in one call (send_whole: the inline answers' path) ---------------
+
+def _state(server: server_h2.H2Connection) -> tuple:
+    conn = server._conn
+    return (dict(conn._closed_streams), sorted(conn.streams), sorted(server._unopened),
+            conn.outbound_flow_control_window, conn.state_machine.state, conn.highest_inbound_stream_id)
+
+
+@pytest.mark.parametrize("status,body,head", [
+    (200, b"x" * 1024, False), (200, b"", False), (200, b"x" * 10, True), (204, b"", False),
+    (404, b"gone", False), (200, b"x" * 16384, False)])
+def test_send_whole_queues_what_send_response_and_send_body_queue(status: int, body: bytes, head: bool) -> None:
+    fields = [("content-type", "text/plain"), ("x-cache", "Hit from pop"), ("age", "3"),
+              ("date", "Thu, 03 Dec 2026 22:00:00 GMT")]  # (not the clock's: the two runs compare)
+    if status != 204:
+        fields.append(("content-length", str(len(body))))
+    wires, states = [], []
+    for whole in (False, True):
+        server = _server()
+        server.receive_data(_headers(1, _G) + _headers(3, _G))  # (two streams, neither made in h2)
+        for sid in (1, 3):
+            if whole:
+                assert server.send_whole(sid, status, fields, body, head_request=head,
+                                         prepared=("fields", status) if sid == 3 else None)
+            elif not server.send_response(sid, status, fields, body_length=len(body), head_request=head):
+                server.send_body(sid, memoryview(body), end_stream=True)
+        wires.append(server.data_to_send())
+        states.append(_state(server))
+    assert wires[0] == wires[1] and states[0] == states[1]
+    assert not states[1][1] and not states[1][2]  # every stream closed, none made in h2
+
+
+def test_send_whole_sends_nothing_when_the_body_does_not_fit_at_once() -> None:
+    # A body over the peer's stream window (65,535 by default) or its frame size is not sent
+    # here: nothing is queued or checked, and the stream can still be answered the long way.
+    server = _server()
+    server.receive_data(_headers(1, _G))
+    before = _state(server)
+    body = b"x" * 70000
+    assert not server.send_whole(1, 200, [("content-length", "1")], body)  # (not even checked)
+    assert server.data_to_send() == b"" and _state(server) == before
+    assert not server.send_response(1, 200, [], body_length=len(body))
+    assert server.send_body(1, memoryview(body), end_stream=True) == 65535  # (the window's worth)
+
+
+def test_send_whole_on_a_stream_already_made_in_h2_takes_the_long_way() -> None:
+    p = Pair()
+    p.request(1, "GET", "/", [("expect", "100-continue")])
+    p.server.send_informational(1, 100)  # (makes the stream in h2)
+    assert 1 in p.server._conn.streams
+    assert p.server.send_whole(1, 200, [("x-a", "1")], b"hello")
+    p.exchange()
+    [resp] = [e for e in p.client_events if isinstance(e, h2.events.ResponseReceived)
+              and e.headers[0] == (b":status", b"200")]
+    assert dict(resp.headers)[b"x-a"] == b"1"
+    assert b"".join(e.data for e in _data_frames(p)) == b"hello"
+    assert [e for e in p.client_events if isinstance(e, h2.events.StreamEnded)]
+
+
+def test_a_block_remembered_by_its_prepared_fields_keeps_status_and_lengths_apart() -> None:
+    """send_whole finds a block again by ``prepared`` (the same object: the same fields); the
+    status and the body's length are still the call's own."""
+    prepared = object()
+    server = _server()
+    server.receive_data(_headers(1, _G) + _headers(3, _G) + _headers(5, _G))
+    fields = [("content-length", "5"), ("x-a", "1")]
+    assert server.send_whole(1, 200, fields, b"hello", prepared=prepared)
+    assert server.send_whole(3, 404, fields, b"hello", prepared=prepared)
+    with pytest.raises(LocalProtocolError):
+        server.send_whole(5, 200, fields, b"hello!", prepared=prepared)  # (content-length 5)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")],
+                        end_stream=True)
+    client.send_headers(3, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")],
+                        end_stream=True)
+    events = client.receive_data(server.data_to_send())
+    statuses = [dict(e.headers)[b":status"] for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert statuses == [b"200", b"404"]
+
+
+def test_send_whole_sends_all_of_a_body_over_64_kib_when_the_peer_takes_it() -> None:
+    # A peer with large windows and frames (SETTINGS_MAX_FRAME_SIZE up to 16 MiB) may take a
+    # warm hit over 64 KiB in one frame: all of it goes, whether the stream was made in h2 or not
+    # (send_body queues 64 KiB a call by default: the rest was never sent).
+    config = h2.config.H2Configuration(client_side=True)
+    for made in (False, True):
+        p = Pair(client_config=config)
+        p.client.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20,
+                                  h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        p.client.increment_flow_control_window(1 << 20)
+        p.exchange()
+        p.request(1, "GET", "/", [("expect", "100-continue")] if made else [])
+        if made:
+            p.server.send_informational(1, 100)
+        body = bytes(range(256)) * 400  # 100 KiB
+        assert p.server.send_whole(1, 200, [], body)
+        p.exchange()
+        assert b"".join(e.data for e in _data_frames(p)) == body
+        assert [e for e in p.client_events if isinstance(e, h2.events.StreamEnded)]
