@@ -102,7 +102,12 @@ class FrontDoor:
     def admit(self, request: Request, path: str | None = None) -> Response | None:
         """None to go on, else the 403/429 to answer. ``path``: what path rules are matched
         against (the app's canonical form of the request's path; default the raw path)."""
-        if not self.guard.limits.enabled:
+        limits = self.guard.limits
+        if len(request.path) + len(request.query) > limits.max_url_bytes:
+            self.rejected.labels(self.tier, "url_too_long").inc()
+            return Response(414, [("content-type", "text/plain; charset=utf-8")],
+                            f"the URL is longer than {limits.max_url_bytes} bytes\n".encode())
+        if not limits.enabled:
             return None  # (what check_request answers then, without reading the request for it)
         client = request.client[0] if request.client else ""
         decision = self.guard.check_request(client_ip=client, method=request.method,

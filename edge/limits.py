@@ -318,6 +318,9 @@ class ClientLimits:
     max_clients: int = 100_000
     max_connections_per_client: int = 64
     max_user_agent_chars: int = 1024
+    # The request target (path and query) a POP accepts: CloudFront's 8,192 bytes. Longer gets
+    # 414 and goes nowhere (checked with enabled = false too: it bounds what goes upstream).
+    max_url_bytes: int = 8192
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,14 +413,16 @@ class Guard:
 def read_client_limits(r: Reader, data: Mapping[str, Any] | None,
                        prefix: str = "cdn.client_limits") -> ClientLimits:
     """``[cdn.client_limits]``: ``enabled``, ``requests_per_second``, ``burst``, ``ipv4_prefix``,
-    ``ipv6_prefix``, ``max_clients``, ``max_connections_per_client``, ``max_user_agent_chars``."""
+    ``ipv6_prefix``, ``max_clients``, ``max_connections_per_client``, ``max_user_agent_chars``,
+    ``max_url_size``."""
     d = ClientLimits()
     if data is None:
         return d
     if not isinstance(data, dict):
         raise r.error(prefix, "expected a table")
     r.check_keys(data, prefix, {"enabled", "requests_per_second", "burst", "ipv4_prefix", "ipv6_prefix",
-                                "max_clients", "max_connections_per_client", "max_user_agent_chars"})
+                                "max_clients", "max_connections_per_client", "max_user_agent_chars",
+                                "max_url_size"})
     rate = r.positive(data, "requests_per_second", prefix, d.rate.requests_per_s)
     burst = r.get(data, "burst", prefix, (int, float), d.rate.burst)
     if burst < 1:
@@ -443,6 +448,7 @@ def read_client_limits(r: Reader, data: Mapping[str, Any] | None,
         max_clients=count("max_clients", d.max_clients),
         max_connections_per_client=count("max_connections_per_client", d.max_connections_per_client),
         max_user_agent_chars=count("max_user_agent_chars", d.max_user_agent_chars),
+        max_url_bytes=max(1, r.size(data, "max_url_size", prefix, d.max_url_bytes)),
     )
 
 
