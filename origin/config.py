@@ -24,8 +24,8 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
                                                this long after completion, with its object
                                                if no title was made from it)
     allowed_origins, cors_max_age_seconds     (CORS for browser tus clients: [] = any origin; 600)
-    [origin.oauth]    issuer, audience, jwks_url, jwks_refresh_seconds, jwks_max_size,
-                      jwks_max_keys, leeway_seconds, token_lifetime_seconds
+    [origin.oauth]    issuer, audience, jwks_url, jwks_refresh_seconds, jwks_min_refresh_seconds,
+                      jwks_max_size, jwks_max_keys, leeway_seconds, token_lifetime_seconds
     [[origin.clients]] id, scopes, and secret = "sealed" or secret_sha256 = "<hex>"
     [[origin.users]]   name, scopes, and password = "sealed" or password_scrypt = "scrypt$..."
                       (people who sign in on the web page: the authorization-code grant with PKCE)
@@ -107,6 +107,8 @@ class OAuthConfig:
     audience: str = "headwater-origin"
     jwks_url: str | None = None  # set: an external issuer; the built-in one is off
     jwks_refresh_s: float = 300.0
+    # A token naming a key the JWKS lacks (a rotation) fetches it again, at most this often.
+    jwks_min_refresh_s: float = 30.0
     jwks_max_bytes: int = 64 * KiB
     jwks_max_keys: int = 16
     leeway_s: float = 30.0
@@ -198,7 +200,7 @@ _KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data
          "max_unverified_spool", "min_spool_free", "upload_retention_seconds",
          "cors_max_age_seconds", "oauth", "clients", "limits", "catalogue", "catalogue_threads",
          "videos_bucket", "delivery", "rate_limits", "users"}
-_OAUTH_KEYS = {"issuer", "audience", "jwks_url", "jwks_refresh_seconds", "jwks_max_size", "jwks_max_keys",
+_OAUTH_KEYS = {"issuer", "audience", "jwks_url", "jwks_refresh_seconds", "jwks_min_refresh_seconds", "jwks_max_size", "jwks_max_keys",
                "leeway_seconds", "token_lifetime_seconds"}
 _CLIENT_KEYS = {"id", "scopes", "secret", "secret_sha256"}
 _USER_KEYS = {"name", "scopes", "password", "password_scrypt"}
@@ -223,6 +225,7 @@ def _read_oauth(r: Reader, data: Mapping[str, Any], p: str) -> OAuthConfig:
         raise r.error(f"{p}.audience", "must not be empty (RFC 9068: tokens name their resource server)")
     return OAuthConfig(issuer=issuer, audience=audience, jwks_url=jwks_url,
                        jwks_refresh_s=r.positive(data, "jwks_refresh_seconds", p, 300.0),
+                       jwks_min_refresh_s=r.positive(data, "jwks_min_refresh_seconds", p, 30.0),
                        jwks_max_bytes=r.size(data, "jwks_max_size", p, 64 * KiB),
                        jwks_max_keys=r.get(data, "jwks_max_keys", p, int, 16),
                        leeway_s=r.non_negative(data, "leeway_seconds", p, 30.0),

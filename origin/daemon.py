@@ -132,6 +132,7 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     else:
         assert node.oauth.jwks_url is not None
         jwks = JwksSource(node.oauth.jwks_url, client=client, refresh_s=node.oauth.jwks_refresh_s,
+                          min_interval_s=node.oauth.jwks_min_refresh_s,
                           max_bytes=node.oauth.jwks_max_bytes, max_keys=node.oauth.jwks_max_keys,
                           monotonic=clock.monotonic)
 

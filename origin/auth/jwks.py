@@ -72,9 +72,10 @@ class JwksSource:
         self._wake = anyio.Event()
 
     def request_refresh(self, kid: str) -> None:
-        """A token named ``kid``, which no key has: fetch again soon (rate-limited)."""
-        if self.monotonic() - self._last_try >= self.min_interval_s:
-            self._wake.set()
+        """A token named ``kid``, which no key has: fetch again, ``min_interval_s`` after the last
+        fetch at the earliest (a flood of made-up kids costs the issuer one fetch per interval;
+        a real rotation is picked up by then without waiting for another token)."""
+        self._wake.set()
 
     async def fetch_once(self) -> None:
         self._last_try = self.monotonic()
@@ -99,4 +100,7 @@ class JwksSource:
             await self.fetch_once()
             with anyio.move_on_after(self.refresh_s):
                 await self._wake.wait()
+                early = self._last_try + self.min_interval_s - self.monotonic()
+                if early > 0:
+                    await anyio.sleep(early)
             self._wake = anyio.Event()
