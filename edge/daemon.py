@@ -104,8 +104,10 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                               verify=client_ssl_context(cluster))
     router = next_tier(cluster, node, clock)
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
-    origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
-        if router is None else {}
+    # The origins' breaker follows the tiers' rule and settings (upstream_fall, upstream_down_seconds).
+    origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time, fall=node.upstream_fall,
+                                     down_s=node.upstream_down_s, monotonic=clock.monotonic)
+               for d in distributions} if router is None else {}
     # Workers share the port: the access line says which one answered (the kernel chose).
     access_log = get_logger(node.id).bind(worker=worker)
     # A POP's front door (client limits, rules, signed URLs); the other tiers' clients are POPs.
