@@ -38,6 +38,7 @@ from .adminauth import admin_key
 from .app import EdgeApp
 from .config import CdnConfig, EdgeConfig
 from .invalidation import MAX_BODY_BYTES, Invalidation
+from .scrapemetrics import add_edge_scrape_metrics
 from .store.disk import DiskSettings, DiskStore
 from .store.ram import RamStore
 from .tiers import TierRouter, Upstream
@@ -133,6 +134,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                                                               "active": app.active})
             purges.flights = app.collapser.flights
             export_stats(registry, "hw_edge_purge", purges.stats)
+            add_edge_scrape_metrics(registry, node.tier, stores, origins)
             for puller in purges.pullers():
                 tg.start_soon(puller.run_forever)
             tg.start_soon(DiskUpkeep(stores[-1], clock=clock).run_forever)
