@@ -39,6 +39,20 @@ class Health:
         until = self._down_until.get(upstream_id)
         return until is None or self.clock() >= until
 
+    def take(self, upstream_id: str) -> bool:
+        """Whether a request may go to ``upstream_id`` now: yes while it is up; while it is down,
+        no until its down time is over, then yes for this one request, the probe, and no for the
+        others until the probe's outcome (or, if none comes, another ``down_s``): a dead upstream
+        costs one request a timeout per ``down_s``, not every request in flight."""
+        until = self._down_until.get(upstream_id)
+        if until is None:
+            return True
+        now = self.clock()
+        if now < until:
+            return False
+        self._down_until[upstream_id] = now + self.down_s
+        return True
+
     def succeeded(self, upstream_id: str) -> None:
         self._failures[upstream_id] = 0
         self._down_until.pop(upstream_id, None)

@@ -245,8 +245,8 @@ class OriginFetcher:
     row (no answer, or a 5xx) mark an origin down for ``down_s`` seconds, during which fetches
     skip it and go to the other one at once, rather than every miss waiting on a dead primary
     first; after that the next fetch tries it again (a success brings it back, a failure restarts
-    the wait). When every origin is down they are all tried, in order: a request is never refused
-    only because of old failures.
+    the wait; the fetches meanwhile keep skipping it: one probe at a time). When every origin is
+    down they are all tried, in order: a request is never refused only because of old failures.
     """
 
     def __init__(self, cluster: Any, dist: Distribution, client: UpstreamClient,
@@ -263,11 +263,12 @@ class OriginFetcher:
         self.failovers = 0
 
     def attempts(self, with_body: bool = False) -> list[ResolvedOrigin]:
-        """The origins one fetch tries, in order: the live ones (primary first), or every one
-        when none is live. A request with a body is sent once, to the primary."""
+        """The origins one fetch tries, in order: the live ones (primary first; a down one whose
+        time is over is this fetch's probe), or every one when none is live. A request with a
+        body is sent once, to the primary."""
         if with_body:
             return self.origins[:1]
-        live = [o for o in self.origins if self.health.is_up(o.label)]
+        live = [o for o in self.origins if self.health.take(o.label)]
         return live or list(self.origins)
 
     def request_for(self, origin: ResolvedOrigin, method: str, path: str, query: str,

@@ -64,6 +64,25 @@ def test_the_breaker_skips_a_down_primary_until_its_down_time_is_over():
     assert f.attempts() == [secondary]
 
 
+def test_one_fetch_probes_a_down_primary_while_the_others_keep_skipping_it():
+    now = [0.0]
+    f = fetcher(now)
+    primary, secondary = f.origins
+    f.health.failed(primary.label)
+    f.health.failed(primary.label)
+    now[0] = 10.0
+    assert f.attempts() == [primary, secondary]  # the probe
+    assert f.attempts() == [secondary] and f.attempts() == [secondary]  # fetches meanwhile
+    f.health.succeeded(primary.label)  # the probe answered
+    assert f.attempts() == [primary, secondary]
+    f.health.failed(primary.label)
+    f.health.failed(primary.label)
+    now[0] = 20.0
+    assert f.attempts() == [primary, secondary]
+    now[0] = 30.0  # the probe never reported (cancelled): another after one more down time
+    assert f.attempts() == [primary, secondary]
+
+
 def test_every_origin_down_still_tries_them_all_in_order():
     now = [0.0]
     f = fetcher(now)
