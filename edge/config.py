@@ -400,7 +400,7 @@ def _check_failover_timeouts(r: Reader, edges: tuple[EdgeConfig, ...], dists: An
             if e.tier != top and e.read_timeout_s < need:
                 raise r.error(f"edge[{i}].read_timeout_seconds",
                               f"{e.read_timeout_s:g} s is shorter than the {need:g} s {worst.id} may take to fail "
-                              f"over to distribution {d.name!r}'s secondary_origin (2 x (connect_timeout_seconds "
+                              f"over to the secondary_origin of distribution {d.name!r} (2 x (connect_timeout_seconds "
                               f"{min(worst.connect_timeout_s, d.origin_timeout_s):g} + origin_timeout_seconds "
                               f"{d.origin_timeout_s:g}) + {FAILOVER_MARGIN_S:g} s): raise it, or lower "
                               f"origin_timeout_seconds")
@@ -420,8 +420,8 @@ def purge_home(cluster: Any) -> EdgeConfig | None:
 def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
     """Across sections: upstream ids name daemons of the next tier; the purge home runs one
     worker; the lower tiers' read timeouts outlast the top tier's failover between origins
-    (:func:`failover_budget_s`); an s3:// origin needs a gateway (or s3_endpoint) and credentials (its own or a
-    [[users]] entry)."""
+    (:func:`failover_budget_s`); an s3:// origin needs a gateway (or s3_endpoint) and credentials
+    (its own or a [[users]] entry)."""
     edges = tuple(getattr(cfg, "edge", ()) or ())
     by_id = {e.id: e for e in edges}
     home = purge_home(cfg)

@@ -20,8 +20,9 @@ class Health:
     """The up/down state of a set of upstreams, by id.
 
     A failure is whatever the caller counts as one (the tiers: no answer; origins: no answer or
-    a 5xx). Once ``down_s`` has passed, :meth:`is_up` says True again; the failure count is kept,
-    so the next failure marks it down again at once, and only a success resets it.
+    a 5xx). Once ``down_s`` has passed, :meth:`is_up` says True again (the tiers ask that) and
+    :meth:`take` lets one request through (the origins' breaker asks that); the failure count is
+    kept, so the next failure marks it down again at once, and only a success resets it.
     """
 
     def __init__(self, ids: Iterable[str], *, fall: int = 3, down_s: float = 10.0,

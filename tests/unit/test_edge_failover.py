@@ -45,7 +45,9 @@ def test_health_refuses_a_fall_below_one():
 
 def fetcher(now: list[float], secondary: bool = True) -> OriginFetcher:
     dist = Distribution(name="video", origin=PRIMARY, secondary=SECONDARY if secondary else None)
-    return OriginFetcher(None, dist, client=None, fall=2, down_s=10.0, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    # No client: attempts() is sans-IO (the fetches themselves are the functional tests').
+    return OriginFetcher(None, dist, client=None, fall=2, down_s=10.0,  # type: ignore[arg-type]
+                         monotonic=lambda: now[0])
 
 
 def test_the_breaker_skips_a_down_primary_until_its_down_time_is_over():
