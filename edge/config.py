@@ -46,7 +46,8 @@ from .purge import PurgeConfig, read_purge_config
 from .signedurl import SigningKeys, read_signing_keys
 
 __all__ = ["TIERS", "METHODS", "SAFE_ONLY", "EdgeConfig", "Origin", "Route", "Distribution", "CdnConfig",
-           "read_edge", "read_distributions", "read_origin", "read_cdn", "check_edge", "purge_home"]
+           "read_edge", "read_distributions", "read_origin", "read_cdn", "check_edge", "purge_home",
+           "failover_budget_s", "FAILOVER_MARGIN_S"]
 
 TIERS = ("pop", "regional", "shield")
 # What ``allowed_methods`` may name (CloudFront's seven); GET and HEAD are always allowed.
@@ -77,10 +78,14 @@ class EdgeConfig:
     cache_dir: Path = Path("var/edge/cache")
     # The ids of the next tier's daemons this one fetches from; empty: every daemon of that tier.
     upstreams: tuple[str, ...] = ()
-    # Upstream: connecting, and the wait for each part of the answer (head, each body read).
+    # Upstream: connecting, and the wait for each part of the answer (head, each body read). A
+    # POP's or regional's wait for the head must outlast the shield's failover from a hung
+    # primary to the secondary (failover_budget_s; check_edge refuses less): 15 s covers the
+    # defaults' 2 x (2 s connect + 4 s origin_timeout) and a second for the hops between.
     connect_timeout_s: float = 2.0
-    read_timeout_s: float = 10.0
-    # A regional that fails this many fetches in a row is left out for down_seconds.
+    read_timeout_s: float = 15.0
+    # A regional that fails this many fetches in a row is left out for down_seconds; at the top
+    # tier, an origin that does (no answer, or a 5xx) is skipped for as long (the breaker).
     upstream_fall: int = 3
     upstream_down_s: float = 10.0
     # A collapsed fetch keeps this much of its body in memory for the requests that share it;
@@ -154,7 +159,7 @@ class Distribution:
     trusted_keys: tuple[str, ...] = ()
     allowed_methods: frozenset[str] = SAFE_ONLY
     # How long the shield waits on the origin before it fails over (connect, head, each read).
-    origin_timeout_s: float = 10.0
+    origin_timeout_s: float = 4.0
 
     def route(self, path: str) -> Route:
         """The behaviour ``path`` falls under (CloudFront: the first matching pattern)."""
@@ -241,7 +246,7 @@ def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
         ram_bytes=ram, disk_bytes=r.size(item, "disk_size", p, 1 * GiB), cache_dir=cache_dir,
         upstreams=tuple(upstreams),
         connect_timeout_s=r.positive(item, "connect_timeout_seconds", p, 2.0),
-        read_timeout_s=r.positive(item, "read_timeout_seconds", p, 10.0),
+        read_timeout_s=r.positive(item, "read_timeout_seconds", p, 15.0),
         upstream_fall=fall, upstream_down_s=r.positive(item, "upstream_down_seconds", p, 10.0),
         collapse_window_bytes=r.size(item, "collapse_window", p, 4 * MiB),
         promotion=PromotionConfig(max_object_bytes=r.size(item, "promote_max_size", p, 1 * MiB),
@@ -352,7 +357,7 @@ def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
             secondary=read_origin(r, item, "secondary_origin", p, required=False),
             behaviours=routes, default_route=default, trusted_keys=_key_ids(r, item, p),
             allowed_methods=_methods(r, item, p),
-            origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, 10.0)))
+            origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, 4.0)))
     return tuple(out)
 
 
@@ -374,6 +379,42 @@ def read_cdn(r: Reader, value: Any) -> CdnConfig:
                      compression=read_compression_config(r, value.get("compression"), "cdn.compression"))
 
 
+# What a lower tier's read timeout must exceed a shield's failover budget by: the hops between.
+FAILOVER_MARGIN_S = 1.0
+
+
+def failover_budget_s(dist: Distribution, connect_timeout_s: float) -> float:
+    """The longest a top-tier daemon (connecting with ``connect_timeout_s``) may take to get a
+    response head for ``dist`` when it fails over: each origin of the group in turn, its connect
+    (at most the origin timeout) then its head."""
+    attempts = 1 + (dist.secondary is not None)
+    return attempts * (min(connect_timeout_s, dist.origin_timeout_s) + dist.origin_timeout_s)
+
+
+def _check_failover_timeouts(r: Reader, edges: tuple[EdgeConfig, ...], dists: Any) -> None:
+    """A POP's or regional's read timeout outlasts what the top tier may spend failing over to a
+    distribution's secondary origin; else a hung primary ends as a 504 from the lower tier while
+    the secondary is healthy. (Without a secondary the lower tier timing out first changes only
+    which tier says 504.)"""
+    top = next((t for t in ("shield", "regional", "pop") if any(e.tier == t for e in edges)), None)
+    tops = [e for e in edges if e.tier == top]
+    if len(tops) == len(edges):
+        return  # one tier: nothing waits on it but viewers
+    for d in dists:
+        if d.secondary is None:
+            continue
+        worst = max(tops, key=lambda e: failover_budget_s(d, e.connect_timeout_s))
+        need = failover_budget_s(d, worst.connect_timeout_s) + FAILOVER_MARGIN_S
+        for i, e in enumerate(edges):
+            if e.tier != top and e.read_timeout_s < need:
+                raise r.error(f"edge[{i}].read_timeout_seconds",
+                              f"{e.read_timeout_s:g} s is shorter than the {need:g} s {worst.id} may take to fail "
+                              f"over to the secondary_origin of distribution {d.name!r} (2 x (connect_timeout_seconds "
+                              f"{min(worst.connect_timeout_s, d.origin_timeout_s):g} + origin_timeout_seconds "
+                              f"{d.origin_timeout_s:g}) + {FAILOVER_MARGIN_S:g} s): raise it, or lower "
+                              f"origin_timeout_seconds")
+
+
 def purge_home(cluster: Any) -> EdgeConfig | None:
     """The daemon holding every distribution's purge log (:mod:`.invalidation`): the first shield
     in cluster.toml; with no shield the first regional, else the first POP (None: no ``[[edge]]``)."""
@@ -387,8 +428,9 @@ def purge_home(cluster: Any) -> EdgeConfig | None:
 
 def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
     """Across sections: upstream ids name daemons of the next tier; the purge home runs one
-    worker; an s3:// origin needs a gateway (or s3_endpoint) and credentials (its own or a
-    [[users]] entry)."""
+    worker; the lower tiers' read timeouts outlast the top tier's failover between origins
+    (:func:`failover_budget_s`); an s3:// origin needs a gateway (or s3_endpoint) and credentials
+    (its own or a [[users]] entry)."""
     edges = tuple(getattr(cfg, "edge", ()) or ())
     by_id = {e.id: e for e in edges}
     home = purge_home(cfg)
@@ -406,6 +448,7 @@ def check_edge(r: Reader, cfg: Any, env: Mapping[str, str]) -> None:
     dists = getattr(cfg, "distributions", ()) or ()
     if edges and not dists:
         raise r.error("edge", "the edge serves distributions: add a [[distributions]] entry")
+    _check_failover_timeouts(r, edges, dists)
     known = set(getattr(cfg, "cdn", CdnConfig()).keys.ids())
     for i, d in enumerate(dists):
         for where, ids in [("trusted_keys", d.trusted_keys)] + [

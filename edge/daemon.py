@@ -38,6 +38,7 @@ from .adminauth import admin_key
 from .app import EdgeApp
 from .config import CdnConfig, EdgeConfig
 from .invalidation import MAX_BODY_BYTES, Invalidation
+from .scrapemetrics import add_edge_scrape_metrics
 from .store.disk import DiskSettings, DiskStore
 from .store.ram import RamStore
 from .tiers import TierRouter, Upstream
@@ -104,8 +105,10 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                               verify=client_ssl_context(cluster))
     router = next_tier(cluster, node, clock)
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
-    origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time) for d in distributions} \
-        if router is None else {}
+    # The origins' breaker follows the tiers' rule and settings (upstream_fall, upstream_down_seconds).
+    origins = {d.name: OriginFetcher(cluster, d, upstream, clock=clock.time, fall=node.upstream_fall,
+                                     down_s=node.upstream_down_s, monotonic=clock.monotonic)
+               for d in distributions} if router is None else {}
     # Workers share the port: the access line says which one answered (the kernel chose).
     access_log = get_logger(node.id).bind(worker=worker)
     # A POP's front door (client limits, rules, signed URLs); the other tiers' clients are POPs.
@@ -131,6 +134,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                                                               "active": app.active})
             purges.flights = app.collapser.flights
             export_stats(registry, "hw_edge_purge", purges.stats)
+            add_edge_scrape_metrics(registry, node.tier, stores, origins)
             for puller in purges.pullers():
                 tg.start_soon(puller.run_forever)
             tg.start_soon(DiskUpkeep(stores[-1], clock=clock).run_forever)

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import xxhash
 
+from .health import Health
+
 __all__ = ["Upstream", "rendezvous_order", "TierRouter"]
 
 
@@ -46,7 +48,8 @@ class TierRouter:
     """The next tier of one daemon, and which of its members are up.
 
     ``fall`` failures in a row mark an upstream down for ``down_s`` seconds; after that it is
-    tried again (one request decides: a success brings it back, a failure restarts the wait).
+    tried again (one request decides: a success brings it back, a failure restarts the wait):
+    :class:`~.health.Health`, whose ``is_up``/``succeeded``/``failed``/``state`` it passes on.
     When every upstream is down the key's first preference is tried anyway: a request is never
     refused only because of old failures.
     """
@@ -54,15 +57,10 @@ class TierRouter:
     def __init__(self, upstreams: Sequence[Upstream], *, fall: int = 3, down_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.upstreams = tuple(upstreams)
-        self.fall = fall
-        self.down_s = down_s
-        self.clock = clock
-        self._failures: dict[str, int] = {u.id: 0 for u in self.upstreams}
-        self._down_until: dict[str, float] = {}
+        self.health = Health((u.id for u in self.upstreams), fall=fall, down_s=down_s, clock=clock)
 
     def is_up(self, upstream_id: str) -> bool:
-        until = self._down_until.get(upstream_id)
-        return until is None or self.clock() >= until
+        return self.health.is_up(upstream_id)
 
     def order(self, key: bytes) -> list[Upstream]:
         """The upstreams to try for ``key``: live ones in preference order, then the down ones."""
@@ -74,18 +72,12 @@ class TierRouter:
         return self.order(key)[0]
 
     def succeeded(self, upstream_id: str) -> None:
-        self._failures[upstream_id] = 0
-        self._down_until.pop(upstream_id, None)
+        self.health.succeeded(upstream_id)
 
     def failed(self, upstream_id: str) -> bool:
         """Count a failure; True when it marks the upstream down (now or again)."""
-        n = self._failures.get(upstream_id, 0) + 1
-        self._failures[upstream_id] = n
-        if n >= self.fall:
-            self._down_until[upstream_id] = self.clock() + self.down_s
-            return True
-        return False
+        return self.health.failed(upstream_id)
 
     def state(self) -> dict[str, str]:
         """Each upstream: "up" or "down" (for /healthz)."""
-        return {u.id: "up" if self.is_up(u.id) else "down" for u in self.upstreams}
+        return self.health.state()

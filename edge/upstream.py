@@ -16,7 +16,8 @@ never stores it), a stalled one :class:`UpstreamTimeout`; no connection at all
 
 :class:`OriginFetcher` is the shield's way to an origin: the URL of an HTTP(S) origin, or of the
 object store's S3 gateway signed with SigV4 (:mod:`headwater.sigv4`), and failover to the secondary
-origin on a 5xx, a connection failure or a timeout.
+origin on a 5xx, a connection failure or a timeout, with a circuit breaker that skips a primary
+marked down (:mod:`.health`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .health import Health
 from headwater.sigv4 import canonical_path, canonical_query, sign_request
 
 __all__ = ["UpstreamResponse", "UpstreamClient", "ResolvedOrigin", "resolve_origin", "OriginFetcher",
@@ -237,17 +239,37 @@ def resolve_origin(cluster: Any, origin: Origin, label: str) -> ResolvedOrigin:
 
 
 class OriginFetcher:
-    """The shield's fetches from one distribution's origin group (primary, then secondary)."""
+    """The shield's fetches from one distribution's origin group (primary, then secondary).
+
+    A circuit breaker (:class:`~.health.Health`, the rule the tiers use): ``fall`` failures in a
+    row (no answer, or a 5xx) mark an origin down for ``down_s`` seconds, during which fetches
+    skip it and go to the other one at once, rather than every miss waiting on a dead primary
+    first; after that the next fetch tries it again (a success brings it back, a failure restarts
+    the wait; the fetches meanwhile keep skipping it: one probe at a time). When every origin is
+    down they are all tried, in order: a request is never refused only because of old failures.
+    """
 
     def __init__(self, cluster: Any, dist: Distribution, client: UpstreamClient,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, fall: int = 3, down_s: float = 10.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.dist = dist
         self.client = client
         self.clock = clock
         self.origins = [resolve_origin(cluster, dist.origin, "origin")]
         if dist.secondary is not None:
             self.origins.append(resolve_origin(cluster, dist.secondary, "secondary origin"))
+        self.health = Health((o.label for o in self.origins), fall=fall, down_s=down_s, clock=monotonic)
+        # Fetches sent to the secondary because the primary failed or was down.
         self.failovers = 0
+
+    def attempts(self, with_body: bool = False) -> list[ResolvedOrigin]:
+        """The origins one fetch tries, in order: the live ones (primary first; a down one whose
+        time is over is this fetch's probe), or every one when none is live. A request with a
+        body is sent once, to the primary."""
+        if with_body:
+            return self.origins[:1]
+        live = [o for o in self.origins if self.health.take(o.label)]
+        return live or list(self.origins)
 
     def request_for(self, origin: ResolvedOrigin, method: str, path: str, query: str,
                     headers: Sequence[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
@@ -267,14 +289,23 @@ class OriginFetcher:
                                 extra_headers=extra)
         return url, out
 
+    def _failed(self, origin: ResolvedOrigin, why: object) -> None:
+        if self.health.failed(origin.label):
+            log.warning("%s of %s marked down for %.1f s: %s", origin.label, self.dist.name, self.health.down_s,
+                        why, extra={"event": "edge.origin_down", "distribution": self.dist.name,
+                                    "origin": origin.label})
+
     async def fetch(self, method: str, path: str, query: str,
                     headers: Sequence[tuple[str, str]], content: Any = None) -> UpstreamResponse:
         """From the primary; from the secondary (when there is one) if the primary answers 5xx,
-        cannot be reached or times out. The last failure is raised when both fail. A request
-        with a body (``content``, passed through once) is sent to the primary only."""
+        cannot be reached, times out or is marked down. The last failure is raised when both
+        fail. A request with a body (``content``, passed through once) is sent to the primary
+        only."""
         failure: UpstreamError | None = None
         bad: UpstreamResponse | None = None  # a 5xx kept in case the secondary fails worse
-        origins = self.origins if content is None else self.origins[:1]
+        origins = self.attempts(with_body=content is not None)
+        if origins[0] is not self.origins[0]:
+            self.failovers += 1  # the primary is down: straight to the secondary
         for i, origin in enumerate(origins):
             url, sent = self.request_for(origin, method, path, query, headers)
             try:
@@ -282,7 +313,12 @@ class OriginFetcher:
                                                    timeout_s=self.dist.origin_timeout_s, content=content)
             except UpstreamError as e:
                 failure = e
+                self._failed(origin, e)
             else:
+                if response.status < 500:
+                    self.health.succeeded(origin.label)
+                else:
+                    self._failed(origin, f"status {response.status}")
                 if response.status < 500 or i == len(origins) - 1:
                     if bad is not None:
                         await bad.aclose()
@@ -291,9 +327,10 @@ class OriginFetcher:
                     await bad.aclose()
                 bad = response
             if i < len(origins) - 1:
-                self.failovers += 1
-                log.warning("origin of %s failed (%s): trying the secondary", self.dist.name,
-                            failure if bad is None else f"status {bad.status}",
+                if origin is self.origins[0]:
+                    self.failovers += 1
+                log.warning("%s of %s failed (%s): trying the %s", origin.label, self.dist.name,
+                            failure if bad is None else f"status {bad.status}", origins[i + 1].label,
                             extra={"event": "edge.origin_failover", "distribution": self.dist.name})
         if bad is not None:
             return bad

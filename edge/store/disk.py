@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ from headwater.edge.store.policy import DEFAULT_POLICY, EvictionPolicy, make_pol
 from headwater.http.types import FileBody
 
 __all__ = ["DiskSettings", "DiskStore", "DiskHit", "DiskWriter", "DiskClaim"]
+
+log = logging.getLogger("headwater.edge")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -260,9 +263,9 @@ class DiskStore:
         if journal:
             self._journal_append(txn, _OP_REMOVE, key, cost)
 
-    def _drop_if_same(self, key: bytes, name: str) -> bool:
-        """Drop ``key``'s entry if it is still the one stored in ``name`` (corrupt or missing);
-        False if it is gone or another version by now."""
+    def _drop_if_same(self, key: bytes, name: str, why: str) -> bool:
+        """Drop ``key``'s entry if it is still the one stored in ``name`` (corrupt or missing:
+        ``why``, logged); False if it is gone or another version by now."""
         with self._env.begin(write=True) as txn:
             raw = txn.get(key, db=self._entries)
             if raw is None:
@@ -273,6 +276,9 @@ class DiskStore:
             self._drop_entry_txn(txn, key, rec, journal=True)
         self._unlink(name)
         self._n.corrupt_dropped += 1
+        # A disk going bad shows here first: say which entry, and why, each time.
+        log.warning("disk tier %s: entry %r dropped: %s", self.settings.cache_dir, key, why,
+                    extra={"event": "edge.corrupt_dropped", "key": key.decode("utf-8", "replace"), "why": why})
         return True
 
     # -- reading -------------------------------------------------------------------------------
@@ -329,11 +335,11 @@ class DiskStore:
             fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             # Lost, or replaced by a newer commit (whose file is another): look again then.
-            return _REPLACED if not self._drop_if_same(key, name) else None
+            return _REPLACED if not self._drop_if_same(key, name, "file missing") else None
         ok = False
         try:
             if os.fstat(fd).st_size != size:
-                self._drop_if_same(key, name)
+                self._drop_if_same(key, name, "file size differs from the record")
                 return None
             info = EntryInfo(
                 key=key, meta=rec[_E_META], size=size, stored_at=rec[_E_STORED], complete=True
@@ -341,7 +347,7 @@ class DiskStore:
             if size <= rec[_E_BLOCK]:
                 data = os.pread(fd, size, 0)
                 if len(data) != size or xxhash.xxh3_128_digest(data) != rec[_E_SUM]:
-                    self._drop_if_same(key, name)
+                    self._drop_if_same(key, name, "body failed its checksum")
                     return None
                 return DiskHit(self, info, None, name, None, data=data)
             ok = True
@@ -878,7 +884,7 @@ class DiskHit:
 
     def _bad(self) -> EntryCorrupt:
         self.close()
-        self._store._drop_if_same(self.info.key, self._name)
+        self._store._drop_if_same(self.info.key, self._name, "a block failed its checksum")
         return EntryCorrupt(f"disk entry {self.info.key!r} failed its checksum: dropped")
 
     def _blocks(self, offset: int, end: int):
@@ -986,7 +992,7 @@ class DiskHit:
                 if final is not None:
                     # All of the committed body is read: it must be what was committed.
                     if pos != final[_E_SIZE] or hasher.digest() != final[_E_SUM]:
-                        store._drop_if_same(key, self._name)
+                        store._drop_if_same(key, self._name, "followed body failed its checksum")
                         raise EntryCorrupt(f"the followed body of {key!r} does not match its checksum")
                     if held is not None:
                         yield held
