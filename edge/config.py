@@ -55,6 +55,10 @@ METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"}
 SAFE_ONLY = frozenset({"GET", "HEAD"})
 
 
+# The shield's wait on an origin (connect, head, each body read), by default.
+ORIGIN_TIMEOUT_S = 10.0
+ORIGIN_TIMEOUT_WITH_SECONDARY_S = 4.0
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeConfig:
     """One edge daemon: ``workers`` processes share ``port`` (and ``tls_port``) with SO_REUSEPORT."""
@@ -158,8 +162,9 @@ class Distribution:
     # Key-pair ids of [[cdn.keys]]: empty = public.
     trusted_keys: tuple[str, ...] = ()
     allowed_methods: frozenset[str] = SAFE_ONLY
-    # How long the shield waits on the origin before it fails over (connect, head, each read).
-    origin_timeout_s: float = 4.0
+    # How long the shield waits on the origin before it fails over (connect, head, each read):
+    # by default ORIGIN_TIMEOUT_WITH_SECONDARY_S with a secondary, else ORIGIN_TIMEOUT_S.
+    origin_timeout_s: float = 10.0
 
     def route(self, path: str) -> Route:
         """The behaviour ``path`` falls under (CloudFront: the first matching pattern)."""
@@ -352,12 +357,17 @@ def read_distributions(r: Reader, value: Any) -> tuple[Distribution, ...]:
                 raise r.error(f"{p}.hostnames", f"{h!r} is already distribution {seen_hosts[h]!r}'s")
             seen_hosts[h] = name
         routes, default = _read_routes(r, item, p)
+        secondary = read_origin(r, item, "secondary_origin", p, required=False)
+        # With a secondary, a short wait: a hung primary costs each miss this long before the
+        # failover (the lower tiers' read timeout must outlast two of it). Without one there is
+        # nothing to fail over to, and a slow origin (a busy store) is better waited for.
+        timeout_default = ORIGIN_TIMEOUT_WITH_SECONDARY_S if secondary is not None else ORIGIN_TIMEOUT_S
         out.append(Distribution(
             name=name, hostnames=tuple(hosts), origin=read_origin(r, item, "origin", p),  # type: ignore[arg-type]
-            secondary=read_origin(r, item, "secondary_origin", p, required=False),
+            secondary=secondary,
             behaviours=routes, default_route=default, trusted_keys=_key_ids(r, item, p),
             allowed_methods=_methods(r, item, p),
-            origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, 4.0)))
+            origin_timeout_s=r.positive(item, "origin_timeout_seconds", p, timeout_default)))
     return tuple(out)
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.config import ConfigError, load
+from headwater.config import ConfigError, Reader, load
 from headwater.edge.config import (
     FAILOVER_MARGIN_S,
+    ORIGIN_TIMEOUT_S,
+    ORIGIN_TIMEOUT_WITH_SECONDARY_S,
     Distribution,
     EdgeConfig,
     Origin,
     failover_budget_s,
+    read_distributions,
 )
 from headwater.edge.health import Health
 from headwater.edge.upstream import OriginFetcher
@@ -103,8 +106,18 @@ def test_the_default_lower_tier_read_timeout_outlasts_the_default_failover():
     was 10 s, so a hung primary was a 504 although the secondary was healthy."""
     lower = EdgeConfig(id="pop-1", tier="pop", port=1, admin_port=2)
     shield = EdgeConfig(id="shield-1", tier="shield", port=3, admin_port=4)
-    dist = Distribution(name="video", origin=PRIMARY, secondary=SECONDARY)
+    dist = Distribution(name="video", origin=PRIMARY, secondary=SECONDARY,
+                        origin_timeout_s=ORIGIN_TIMEOUT_WITH_SECONDARY_S)
     assert failover_budget_s(dist, shield.connect_timeout_s) + FAILOVER_MARGIN_S <= lower.read_timeout_s
+
+
+def test_the_origin_timeout_defaults_short_only_with_a_secondary():
+    r = Reader("cluster.toml", "")
+    alone, paired = read_distributions(r, [
+        {"name": "alone", "origin": "http://127.0.0.1:1"},
+        {"name": "paired", "origin": "http://127.0.0.1:1", "secondary_origin": "http://127.0.0.1:2"}])
+    assert alone.origin_timeout_s == ORIGIN_TIMEOUT_S == 10.0
+    assert paired.origin_timeout_s == ORIGIN_TIMEOUT_WITH_SECONDARY_S == 4.0
 
 
 CONFIG = """
