@@ -64,6 +64,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from headwater.edge.store.disk import ENTRY_OVERHEAD_BYTES as DISK_ENTRY_OVERHEAD_BYTES
+
 from . import ceilings as _ceilings
 from .http_core import parse_wrk
 from .peers import PeerError, ProcessGroup, _sigterm_as_interrupt, free_ports, wait_http, wait_port
@@ -404,10 +406,12 @@ def zipf_trace(objects: int, requests: int, *, s: float, rng: random.Random) -> 
     return [bisect.bisect_left(cdf, rng.random()) for _ in range(requests)]
 
 
-def lru_fetches(trace: list[int], *, object_bytes: int, capacity_bytes: int, warm: int = 0) -> int:
+def lru_fetches(trace: list[int], *, object_bytes: int, capacity_bytes: int, warm: int = 0,
+                entry_overhead: int = 0) -> int:
     """Origin fetches an LRU cache of ``capacity_bytes`` makes over ``trace[warm:]`` after seeing
-    ``trace[:warm]`` (every object ``object_bytes``): the yardstick for a cache of that size."""
-    slots = capacity_bytes // object_bytes
+    ``trace[:warm]`` (every object ``object_bytes``, charged ``entry_overhead`` more, as a store
+    charges its metadata and index): the yardstick for a cache of that size."""
+    slots = capacity_bytes // (object_bytes + entry_overhead)
     cache: OrderedDict[int, None] = OrderedDict()
     fetches = 0
     for n, key in enumerate(trace):
@@ -774,6 +778,12 @@ def main(argv: list[str] | None = None) -> int:
                                 ("LRU, RAM + disk tiers' bytes", zipf_budget)):
             f = lru_fetches(trace, object_bytes=args.zipf_object_bytes, capacity_bytes=capacity, warm=args.zipf_warm)
             zipf[label] = {"fetches": f, "per_1000": f / args.zipf_requests * 1000}
+        # The same budget charged as our disk tier charges an entry (its index and metadata, in
+        # whole pages): what LRU would do holding as many objects as our tiers can.
+        f = lru_fetches(trace, object_bytes=args.zipf_object_bytes, capacity_bytes=zipf_budget, warm=args.zipf_warm,
+                        entry_overhead=DISK_ENTRY_OVERHEAD_BYTES)
+        zipf["LRU, RAM + disk tiers' bytes, each entry charged as our disk tier's"] = {
+            "fetches": f, "per_1000": f / args.zipf_requests * 1000}
         load_avg = os.getloadavg()[0]
     loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=free_ports(1)[0])
 

@@ -120,6 +120,9 @@ def test_lru_fetches_counts_misses_after_the_warm_up():
     assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=30) == 5  # 0,1,2,3 and 0 after 3
     assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=30, warm=3) == 2
     assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=5) == len(trace)  # holds nothing
+    # Charged 5 more an entry, 30 bytes hold two objects, not three.
+    assert edge.lru_fetches(trace, object_bytes=10, capacity_bytes=30, entry_overhead=5) == \
+        edge.lru_fetches(trace, object_bytes=10, capacity_bytes=20)
     big = edge.zipf_trace(500, 5000, s=0.9, rng=random.Random(3))
     small_cache = edge.lru_fetches(big, object_bytes=1, capacity_bytes=50)
     large_cache = edge.lru_fetches(big, object_bytes=1, capacity_bytes=400)
