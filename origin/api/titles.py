@@ -11,6 +11,8 @@ its metadata, withdraws it, and lists their own; anyone reads a published title.
 ``PATCH /api/titles/{id}``                      owner + ``titles:write``   metadata change
 ``DELETE /api/titles/{id}``,                    owner + ``titles:write``   state ``withdrawn``
 ``POST /api/titles/{id}/withdraw``
+``POST /api/titles/{id}/retry``                 owner + ``titles:write``   transcode a failed or
+                                                                           withdrawn title again (202)
 ``GET /api/titles?mine=1&after=&limit=&state=``  ``titles:read``/``:write``  the caller's titles
 ==============================================  =========================  ==========================
 
@@ -19,6 +21,15 @@ not told. Creating enqueues the transcode job ``kind="transcode"``, idempotency 
 ``transcode:<title id>:<upload id>``, payload ``{"bucket": <uploads bucket>, "key":
 "uploads/<upload id>"}``; a re-post of the same upload by the same owner answers the title made
 the first time (its metadata unchanged) and enqueues nothing new.
+
+A retry (``POST /api/titles/{id}/retry``, no body) of a ``failed`` or ``withdrawn`` title moves it
+to ``transcoding`` and enqueues a new transcode job from the same upload under a new key,
+``transcode:<title id>:<upload id>:retry:<the title's updated time>`` (one job per failure or
+withdrawal, however often the POST is repeated: a repeat finds the title transcoding, 409). The
+job publishes a new version ``titles/T/v<job>-<attempt>/`` through the transcoder's normal publish
+(its CDN purge by surrogate key included); the old version is no longer served from then on. 409
+(``illegal_transition``) for a title in any other state, or whose transcode is still queued or
+running; 404 for an unknown title or another owner's unpublished one.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from headwater.http import Request, Response
 from ..auth.tokens import AccessToken, AccessTokenVerifier
 from ..catalogue import SqlCatalogue, Title, TitleState
 from ..delivery.invalidation import request_cdn_purge
-from ..errors import BadSearch, Forbidden, Gone, NotFound, TitleNotFound, UploadNotFinished
+from ..errors import BadSearch, Forbidden, Gone, NotFound, TitleConflict, TitleNotFound, UploadNotFinished
 from ..upload.service import UploadService
 from .runner import CatalogueRunner
 from .title_doc import draft_of, parse_create, parse_patch, title_json
@@ -66,6 +77,7 @@ class TitlesApi:
             Route.of("GET HEAD POST", r"/api/titles", self.collection),
             Route.of("GET HEAD PATCH DELETE", r"/api/titles/([0-9]+)", self.one),
             Route.of("POST", r"/api/titles/([0-9]+)/withdraw", self.withdraw),
+            Route.of("POST", r"/api/titles/([0-9]+)/retry", self.retry),
         ]
 
     # --- /api/titles ---------------------------------------------------------------------------
@@ -176,6 +188,17 @@ class TitlesApi:
             # The CDN still holds its manifests and segments: purge its surrogate key.
             await self.catalogue.call(lambda cat: request_cdn_purge(cat, withdrawn))
         return json_response(200, title_json(title, owner_view=True))
+
+
+    async def retry(self, request: Request, args: tuple[str, ...]) -> Response:
+        """Queue a failed or withdrawn title's transcode again (see the module docstring)."""
+        title_id = _title_id(args[0])
+        _, title = await self._owned(request, title_id)
+        if title.upload is None:  # an operator's import: there is no source to transcode
+            raise TitleConflict(f"title {title_id} was not made from an upload: there is nothing to transcode")
+        payload = {"bucket": self.uploads_bucket, "key": f"uploads/{title.upload}"}
+        title, _ = await self.catalogue.call(lambda cat: cat.retry_title(title_id, TRANSCODE_KIND, payload=payload))
+        return json_response(202, title_json(title, owner_view=True), [("location", f"/api/titles/{title.id}")])
 
 
 def _bounded_int(params: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
