@@ -65,11 +65,15 @@ class TitlesApi:
     """The handlers of ``/api/titles`` (see the module docstring)."""
 
     def __init__(self, *, catalogue: CatalogueRunner, uploads: UploadService, verifier: AccessTokenVerifier,
-                 uploads_bucket: str) -> None:
+                 uploads_bucket: str, media_base_url: str = "") -> None:
         self.catalogue = catalogue
         self.uploads = uploads
         self.verifier = verifier
         self.uploads_bucket = uploads_bucket
+        self.media_base_url = media_base_url.rstrip("/")  # the CDN's: a title's poster and thumbnails
+
+    def _json(self, title: Title, *, owner_view: bool) -> dict:
+        return title_json(title, owner_view=owner_view, media_base_url=self.media_base_url)
 
     def routes(self) -> list[Route]:
         """This module's routes, for the app's table."""
@@ -117,7 +121,7 @@ class TitlesApi:
             raise NotFound("no such upload") from None  # another client's: not told
         except Gone:
             raise UploadNotFinished("the upload expired before it was finished: upload again") from None
-        return json_response(201 if created else 200, title_json(title, owner_view=True),
+        return json_response(201 if created else 200, self._json(title, owner_view=True),
                              [("location", f"/api/titles/{title.id}")])
 
     async def mine(self, request: Request) -> Response:
@@ -136,7 +140,7 @@ class TitlesApi:
         nxt = None
         if len(titles) == limit:
             nxt = f"/api/titles?mine=1&after={titles[-1].id}&limit={limit}" + (f"&state={state}" if state else "")
-        return json_response(200, {"titles": [title_json(t, owner_view=True) for t in titles], "next": nxt})
+        return json_response(200, {"titles": [self._json(t, owner_view=True) for t in titles], "next": nxt})
 
     # --- /api/titles/{id} ----------------------------------------------------------------------
 
@@ -155,7 +159,7 @@ class TitlesApi:
         owner_view = token is not None and token.subject == title.owner and bool(token.scopes & set(_READ))
         if title.state is not TitleState.PUBLISHED and not owner_view:
             raise TitleNotFound(f"no title {title_id}")
-        return json_response(200, title_json(title, owner_view=owner_view))
+        return json_response(200, self._json(title, owner_view=owner_view))
 
     async def _owned(self, request: Request, title_id: int) -> tuple[AccessToken, Title]:
         token = caller(self.verifier, request, "titles:write")
@@ -174,7 +178,7 @@ class TitlesApi:
         if changes:
             draft = draft_of(title, changes)
             title = await self.catalogue.call(lambda cat: cat.update_metadata(title_id, draft))
-        return json_response(200, title_json(title, owner_view=True))
+        return json_response(200, self._json(title, owner_view=True))
 
     async def withdraw(self, request: Request, args: tuple[str, ...]) -> Response:
         return await self._withdraw(request, _title_id(args[0]))
@@ -187,7 +191,7 @@ class TitlesApi:
             withdrawn = title
             # The CDN still holds its manifests and segments: purge its surrogate key.
             await self.catalogue.call(lambda cat: request_cdn_purge(cat, withdrawn))
-        return json_response(200, title_json(title, owner_view=True))
+        return json_response(200, self._json(title, owner_view=True))
 
 
     async def retry(self, request: Request, args: tuple[str, ...]) -> Response:
@@ -198,7 +202,7 @@ class TitlesApi:
             raise TitleConflict(f"title {title_id} was not made from an upload: there is nothing to transcode")
         payload = {"bucket": self.uploads_bucket, "key": f"uploads/{title.upload}"}
         title, _ = await self.catalogue.call(lambda cat: cat.retry_title(title_id, TRANSCODE_KIND, payload=payload))
-        return json_response(202, title_json(title, owner_view=True), [("location", f"/api/titles/{title.id}")])
+        return json_response(202, self._json(title, owner_view=True), [("location", f"/api/titles/{title.id}")])
 
 
 def _bounded_int(params: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
