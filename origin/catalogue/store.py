@@ -35,6 +35,7 @@ __all__ = ["SqlCatalogue", "Tx"]
 
 MAX_KEY_CHARS = 200
 MAX_ERROR_CHARS = 2000
+_DIED_ON_LAST_ATTEMPT = "the worker stopped answering (lease expired) on its last attempt"
 MAX_PAYLOAD_BYTES = 16 * 1024
 # The ranking's bounds (_top_k): completions of a prefix read from the vocabulary, how many of
 # them a one-letter prefix walks (its most frequent), how many a prefix past three letters walks
@@ -1313,11 +1314,15 @@ class SqlCatalogue(ABC):
                            "GROUP BY kind", (now,))
         return {str(kind): (int(n), float(oldest)) for kind, n, oldest in rows}
 
-    def lease(self, worker: str, kinds: Sequence[str], lease_s: float | None = None) -> Lease | None:
+    def lease(self, worker: str, kinds: Sequence[str], lease_s: float | None = None, *,
+              fail_titles: bool = False) -> Lease | None:
         """Take the next runnable job of one of ``kinds`` for ``lease_s`` seconds, or ``None``.
 
         Runnable: queued and due, or leased by a worker whose lease has expired (it died).
-        A job whose lease expired on its last allowed attempt is dead instead.
+        A job whose lease expired on its last allowed attempt is dead instead; with
+        ``fail_titles`` (the transcoder's jobs: their title's state is theirs) its title, if it
+        is still ``transcoding`` or ``packaged``, is ``failed`` with it — else it would show
+        ``transcoding`` forever, with no job left to move it and no retry allowed.
         """
         if not kinds:
             return None
@@ -1325,10 +1330,16 @@ class SqlCatalogue(ABC):
         now = self.clock.time()
         kinds = list(kinds)
         with self._tx(write=True) as tx:
+            if fail_titles:
+                tx.run("UPDATE titles SET state = 'failed', error = ?, updated = ? "
+                       "WHERE state IN ('transcoding', 'packaged') AND id IN (SELECT title_id FROM jobs "
+                       "WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
+                       f"AND kind IN ({_marks(len(kinds))}))",
+                       (_DIED_ON_LAST_ATTEMPT, now, now, *kinds))
             tx.run("UPDATE jobs SET state = 'failed', updated = ?, leased_by = NULL, lease_expires = NULL, "
-                   "last_error = 'the worker stopped answering (lease expired) on its last attempt' "
+                   "last_error = ? "
                    f"WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
-                   f"AND kind IN ({_marks(len(kinds))})", (now, now, *kinds))
+                   f"AND kind IN ({_marks(len(kinds))})", (now, _DIED_ON_LAST_ATTEMPT, now, *kinds))
             row = tx.one(
                 f"SELECT id FROM jobs WHERE kind IN ({_marks(len(kinds))}) AND "
                 "((state = 'queued' AND run_at <= ?) OR (state = 'leased' AND lease_expires <= ?)) "
