@@ -164,7 +164,7 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     purges = PurgeWorker(catalogue, purger.purge if purger is not None else None, versions=versions,
                          worker=f"{node.id}:{os.getpid()}", clock=clock)
     routes = [*TitlesApi(catalogue=runner, uploads=uploads, verifier=verifier,
-                         uploads_bucket=node.uploads_bucket).routes(),
+                         uploads_bucket=node.uploads_bucket, media_base_url=playback.cdn_base_url).routes(),
               *SearchApi(catalogue=runner).routes()]
     web = WebSite(csp=page_csp(cdn_url=playback.cdn_base_url, licence_url=playback.licence_url))
     if web.missing:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from ..catalogue import Person, Title, TitleDraft
+from ..delivery.published import publication_of
 from ..errors import InvalidJson
 
 __all__ = ["parse_create", "parse_patch", "draft_of", "title_json", "iso_time"]
@@ -108,9 +109,15 @@ def iso_time(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def title_json(title: Title, *, owner_view: bool) -> dict[str, Any]:
+def title_json(title: Title, *, owner_view: bool, media_base_url: str = "") -> dict[str, Any]:
     """The title as the API answers it; ``owner_view`` adds what only its owner sees (owner,
-    upload, and the error of a failed title)."""
+    upload, and the error of a failed title).
+
+    ``poster`` and ``thumbnails`` (the WebVTT thumbnail track) are the published version's
+    files under ``media_base_url`` (the CDN's URL; "" gives the path the origin serves them
+    on), null unless the title is published. Unsigned: where the CDN checks signatures a player
+    appends /play's ``cdn.query``, or takes /play's own signed ``poster`` and ``thumbnails``."""
+    pub = publication_of(title)
     doc: dict[str, Any] = {
         "id": title.id, "title": title.title, "description": title.description, "category": title.category,
         "year": title.year, "language": title.language, "duration_s": title.duration_s,
@@ -119,6 +126,8 @@ def title_json(title: Title, *, owner_view: bool) -> dict[str, Any]:
         "error": title.error if owner_view else None,
         "renditions": [{"name": r.name, "codec": r.codec, "width": r.width, "height": r.height,
                         "bitrate": r.bitrate, "path": r.path} for r in title.renditions],
+        "poster": f"{media_base_url}/{pub.poster}" if pub.poster else None,
+        "thumbnails": f"{media_base_url}/{pub.thumbnails}" if pub.thumbnails else None,
         "created": iso_time(title.created), "updated": iso_time(title.updated),
     }
     if owner_view:

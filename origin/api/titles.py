@@ -11,6 +11,8 @@ its metadata, withdraws it, and lists their own; anyone reads a published title.
 ``PATCH /api/titles/{id}``                      owner + ``titles:write``   metadata change
 ``DELETE /api/titles/{id}``,                    owner + ``titles:write``   state ``withdrawn``
 ``POST /api/titles/{id}/withdraw``
+``POST /api/titles/{id}/retry``                 owner + ``titles:write``   transcode a failed or
+                                                                           withdrawn title again (202)
 ``GET /api/titles?mine=1&after=&limit=&state=``  ``titles:read``/``:write``  the caller's titles
 ==============================================  =========================  ==========================
 
@@ -19,6 +21,15 @@ not told. Creating enqueues the transcode job ``kind="transcode"``, idempotency 
 ``transcode:<title id>:<upload id>``, payload ``{"bucket": <uploads bucket>, "key":
 "uploads/<upload id>"}``; a re-post of the same upload by the same owner answers the title made
 the first time (its metadata unchanged) and enqueues nothing new.
+
+A retry (``POST /api/titles/{id}/retry``, no body) of a ``failed`` or ``withdrawn`` title moves it
+to ``transcoding`` and enqueues a new transcode job from the same upload under a new key,
+``transcode:<title id>:<upload id>:retry:<the title's updated time>`` (one job per failure or
+withdrawal, however often the POST is repeated: a repeat finds the title transcoding, 409). The
+job publishes a new version ``titles/T/v<job>-<attempt>/`` through the transcoder's normal publish
+(its CDN purge by surrogate key included); the old version is no longer served from then on. 409
+(``illegal_transition``) for a title in any other state, or whose transcode is still queued or
+running; 404 for an unknown title or another owner's unpublished one.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from headwater.http import Request, Response
 from ..auth.tokens import AccessToken, AccessTokenVerifier
 from ..catalogue import SqlCatalogue, Title, TitleState
 from ..delivery.invalidation import request_cdn_purge
-from ..errors import BadSearch, Forbidden, Gone, NotFound, TitleNotFound, UploadNotFinished
+from ..errors import BadSearch, Forbidden, Gone, NotFound, TitleConflict, TitleNotFound, UploadNotFinished
 from ..upload.service import UploadService
 from .runner import CatalogueRunner
 from .title_doc import draft_of, parse_create, parse_patch, title_json
@@ -54,11 +65,15 @@ class TitlesApi:
     """The handlers of ``/api/titles`` (see the module docstring)."""
 
     def __init__(self, *, catalogue: CatalogueRunner, uploads: UploadService, verifier: AccessTokenVerifier,
-                 uploads_bucket: str) -> None:
+                 uploads_bucket: str, media_base_url: str = "") -> None:
         self.catalogue = catalogue
         self.uploads = uploads
         self.verifier = verifier
         self.uploads_bucket = uploads_bucket
+        self.media_base_url = media_base_url.rstrip("/")  # the CDN's: a title's poster and thumbnails
+
+    def _json(self, title: Title, *, owner_view: bool) -> dict:
+        return title_json(title, owner_view=owner_view, media_base_url=self.media_base_url)
 
     def routes(self) -> list[Route]:
         """This module's routes, for the app's table."""
@@ -66,6 +81,7 @@ class TitlesApi:
             Route.of("GET HEAD POST", r"/api/titles", self.collection),
             Route.of("GET HEAD PATCH DELETE", r"/api/titles/([0-9]+)", self.one),
             Route.of("POST", r"/api/titles/([0-9]+)/withdraw", self.withdraw),
+            Route.of("POST", r"/api/titles/([0-9]+)/retry", self.retry),
         ]
 
     # --- /api/titles ---------------------------------------------------------------------------
@@ -105,7 +121,7 @@ class TitlesApi:
             raise NotFound("no such upload") from None  # another client's: not told
         except Gone:
             raise UploadNotFinished("the upload expired before it was finished: upload again") from None
-        return json_response(201 if created else 200, title_json(title, owner_view=True),
+        return json_response(201 if created else 200, self._json(title, owner_view=True),
                              [("location", f"/api/titles/{title.id}")])
 
     async def mine(self, request: Request) -> Response:
@@ -124,7 +140,7 @@ class TitlesApi:
         nxt = None
         if len(titles) == limit:
             nxt = f"/api/titles?mine=1&after={titles[-1].id}&limit={limit}" + (f"&state={state}" if state else "")
-        return json_response(200, {"titles": [title_json(t, owner_view=True) for t in titles], "next": nxt})
+        return json_response(200, {"titles": [self._json(t, owner_view=True) for t in titles], "next": nxt})
 
     # --- /api/titles/{id} ----------------------------------------------------------------------
 
@@ -143,7 +159,7 @@ class TitlesApi:
         owner_view = token is not None and token.subject == title.owner and bool(token.scopes & set(_READ))
         if title.state is not TitleState.PUBLISHED and not owner_view:
             raise TitleNotFound(f"no title {title_id}")
-        return json_response(200, title_json(title, owner_view=owner_view))
+        return json_response(200, self._json(title, owner_view=owner_view))
 
     async def _owned(self, request: Request, title_id: int) -> tuple[AccessToken, Title]:
         token = caller(self.verifier, request, "titles:write")
@@ -162,7 +178,7 @@ class TitlesApi:
         if changes:
             draft = draft_of(title, changes)
             title = await self.catalogue.call(lambda cat: cat.update_metadata(title_id, draft))
-        return json_response(200, title_json(title, owner_view=True))
+        return json_response(200, self._json(title, owner_view=True))
 
     async def withdraw(self, request: Request, args: tuple[str, ...]) -> Response:
         return await self._withdraw(request, _title_id(args[0]))
@@ -175,7 +191,18 @@ class TitlesApi:
             withdrawn = title
             # The CDN still holds its manifests and segments: purge its surrogate key.
             await self.catalogue.call(lambda cat: request_cdn_purge(cat, withdrawn))
-        return json_response(200, title_json(title, owner_view=True))
+        return json_response(200, self._json(title, owner_view=True))
+
+
+    async def retry(self, request: Request, args: tuple[str, ...]) -> Response:
+        """Queue a failed or withdrawn title's transcode again (see the module docstring)."""
+        title_id = _title_id(args[0])
+        _, title = await self._owned(request, title_id)
+        if title.upload is None:  # an operator's import: there is no source to transcode
+            raise TitleConflict(f"title {title_id} was not made from an upload: there is nothing to transcode")
+        payload = {"bucket": self.uploads_bucket, "key": f"uploads/{title.upload}"}
+        title, _ = await self.catalogue.call(lambda cat: cat.retry_title(title_id, TRANSCODE_KIND, payload=payload))
+        return json_response(202, self._json(title, owner_view=True), [("location", f"/api/titles/{title.id}")])
 
 
 def _bounded_int(params: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:

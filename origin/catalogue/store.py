@@ -23,7 +23,7 @@ from typing import Any, Collection, Iterable, Sequence
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from .config import CatalogueConfig
-from .errors import BadQuery, InvalidTitle, JobNotFound, LeaseLost, TitleNotFound
+from .errors import BadQuery, IllegalTransition, InvalidTitle, JobNotFound, LeaseLost, TitleNotFound
 from .query import (SearchHit, SearchPage, SearchQuery, TermGroup, check_query, plan_groups,
                     query_words)
 from .records import (Job, JobState, Lease, Person, Rendition, Title, TitleDraft, TitleState,
@@ -35,6 +35,7 @@ __all__ = ["SqlCatalogue", "Tx"]
 
 MAX_KEY_CHARS = 200
 MAX_ERROR_CHARS = 2000
+_DIED_ON_LAST_ATTEMPT = "the worker stopped answering (lease expired) on its last attempt"
 MAX_PAYLOAD_BYTES = 16 * 1024
 # The ranking's bounds (_top_k): completions of a prefix read from the vocabulary, how many of
 # them a one-letter prefix walks (its most frequent), how many a prefix past three letters walks
@@ -1023,6 +1024,46 @@ class SqlCatalogue(ABC):
             self._move(tx, title_id, state, progress=progress, error=error, renditions=renditions)
             return self._load_title(tx, title_id)
 
+    def retry_title(self, title_id: int, kind: str, *, payload: dict) -> tuple[Title, Job]:
+        """Transcode a ``failed`` or ``withdrawn`` title again: in one transaction it moves to
+        ``transcoding`` (progress 0, its error cleared) and a ``kind`` job is queued for it with
+        ``payload``, under a new idempotency key ``<kind>:<id>:<upload>:retry:<updated>`` (the
+        title's ``updated`` before the retry: the one failure or withdrawal it answers).
+
+        :class:`IllegalTransition` if the title is in another state, or if a ``kind`` job of it
+        is still queued or running (a withdrawn title's: two jobs would publish twice). The
+        move is a compare-and-set on (state, updated), so of two racing retries one queues the
+        job and the other is refused, on either backend."""
+        with self._tx(write=True) as tx:
+            row = tx.one("SELECT state, updated, upload FROM titles WHERE id = ?", (title_id,))
+            if row is None:
+                raise TitleNotFound(f"no title {title_id}")
+            state, updated, upload = TitleState(row[0]), float(row[1]), row[2]
+            if state not in (TitleState.FAILED, TitleState.WITHDRAWN):
+                raise IllegalTransition(f"only a failed or withdrawn title can be retried: this one is {state.value}")
+            # jobs_ready (state, run_at) bounds this to the live jobs, however long the queue's history.
+            if tx.one("SELECT 1 FROM jobs WHERE state IN ('queued', 'leased') AND kind = ? AND title_id = ?",
+                      (kind, title_id)) is not None:
+                raise IllegalTransition("this title's transcode is still queued or running: retry once it has ended")
+            check_transition(state, TitleState.TRANSCODING)
+            now = self.clock.time()
+            n = tx.run("UPDATE titles SET state = ?, progress = 0, error = NULL, updated = ? "
+                       "WHERE id = ? AND state = ? AND updated = ?",
+                       (TitleState.TRANSCODING.value, now, title_id, state.value, updated))
+            if not n:
+                raise IllegalTransition("the title changed meanwhile (another retry?): read it and try again")
+            self._reindex(tx, title_id)
+            key = f"{kind}:{title_id}:{upload}:retry:{updated!r}"
+            body = json.dumps(payload, sort_keys=True)
+            if len(body) > MAX_PAYLOAD_BYTES or len(key) > MAX_KEY_CHARS:
+                raise BadQuery("job payload or key is too large")
+            tx.run("INSERT INTO jobs (kind, title_id, key, payload, state, max_attempts, run_at, created, updated) "
+                   "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                   (kind, title_id, key, body, self.config.job_max_attempts, now, now, now))
+            job = tx.one(f"SELECT {_JOB_COLS} FROM jobs WHERE key = ?", (key,))
+            assert job is not None
+            return self._load_title(tx, title_id), _job(job)
+
     def list_titles(self, *, state: TitleState | None = None, owner: str | None = None,
                     after_id: int = 0, limit: int = 50) -> list[Title]:
         """Titles in id order after ``after_id`` (keyset paging for the creator and admin tools)."""
@@ -1273,11 +1314,15 @@ class SqlCatalogue(ABC):
                            "GROUP BY kind", (now,))
         return {str(kind): (int(n), float(oldest)) for kind, n, oldest in rows}
 
-    def lease(self, worker: str, kinds: Sequence[str], lease_s: float | None = None) -> Lease | None:
+    def lease(self, worker: str, kinds: Sequence[str], lease_s: float | None = None, *,
+              fail_titles: bool = False) -> Lease | None:
         """Take the next runnable job of one of ``kinds`` for ``lease_s`` seconds, or ``None``.
 
         Runnable: queued and due, or leased by a worker whose lease has expired (it died).
-        A job whose lease expired on its last allowed attempt is dead instead.
+        A job whose lease expired on its last allowed attempt is dead instead; with
+        ``fail_titles`` (the transcoder's jobs: their title's state is theirs) its title, if it
+        is still ``transcoding`` or ``packaged``, is ``failed`` with it — else it would show
+        ``transcoding`` forever, with no job left to move it and no retry allowed.
         """
         if not kinds:
             return None
@@ -1285,10 +1330,16 @@ class SqlCatalogue(ABC):
         now = self.clock.time()
         kinds = list(kinds)
         with self._tx(write=True) as tx:
+            if fail_titles:
+                tx.run("UPDATE titles SET state = 'failed', error = ?, updated = ? "
+                       "WHERE state IN ('transcoding', 'packaged') AND id IN (SELECT title_id FROM jobs "
+                       "WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
+                       f"AND kind IN ({_marks(len(kinds))}))",
+                       (_DIED_ON_LAST_ATTEMPT, now, now, *kinds))
             tx.run("UPDATE jobs SET state = 'failed', updated = ?, leased_by = NULL, lease_expires = NULL, "
-                   "last_error = 'the worker stopped answering (lease expired) on its last attempt' "
+                   "last_error = ? "
                    f"WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
-                   f"AND kind IN ({_marks(len(kinds))})", (now, now, *kinds))
+                   f"AND kind IN ({_marks(len(kinds))})", (now, _DIED_ON_LAST_ATTEMPT, now, *kinds))
             row = tx.one(
                 f"SELECT id FROM jobs WHERE kind IN ({_marks(len(kinds))}) AND "
                 "((state = 'queued' AND run_at <= ?) OR (state = 'leased' AND lease_expires <= ?)) "

@@ -26,12 +26,16 @@ from dataclasses import dataclass
 from ..errors import BadRequest, NotFound
 
 __all__ = ["ObjectPath", "parse_object_path", "object_kind", "content_type", "is_object_path", "PREFIX",
-           "MAX_DEPTH", "MANIFEST", "IMMUTABLE", "version_of_key"]
+           "MAX_DEPTH", "MANIFEST", "IMMUTABLE", "version_of_key", "POSTER_NAME", "THUMBNAILS_NAME"]
 
 PREFIX = "/titles/"
 MAX_DEPTH = 4  # folders below the version prefix (video-1/p2/init.mp4 is 2)
 MANIFEST = "manifest"
 IMMUTABLE = "immutable"
+# Beside the manifests in every version the transcoder publishes (its poster module writes them):
+# the title's poster and its WebVTT thumbnail track, whose cues name sprites relative to it.
+POSTER_NAME = "poster.jpg"
+THUMBNAILS_NAME = "thumbs/thumbs.vtt"
 
 _NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 # A version is the transcode job's id and the attempt that made it ("12-2": job 12, attempt 2,

@@ -3,6 +3,7 @@
 For a published title it answers::
 
     {"title": T, "dash": <signed URL>, "hls": <signed URL>,
+     "poster": <signed URL>, "thumbnails": <signed URL: the WebVTT thumbnail track>,
      "licence": {"url": <licence server>, "token": <entitlement JWT>, "expires": <epoch>},
      "cdn": {"query": <signing parameters>, "cookies": {...}, "resource": <granted URLs>},
      "expires": <epoch: the URLs' policy ends>}
@@ -11,7 +12,8 @@ How the CDN authorises the player (CloudFront's format, checked by every POP): o
 policy whose Resource is the title's version prefix with a wildcard**,
 ``<cdn_base_url>/titles/T/vN/*``, signed once per request with the ``[[cdn.keys]]`` key
 ``signing_key_id``. The manifest URLs carry it as query parameters (a signed URL), so a player
-that is handed just a URL can start. Segment URLs inside the manifests are relative and a player
+that is handed just a URL can start; the poster (a JPEG) and the thumbnail track (WebVTT, whose
+cues name sprite regions relative to it) are signed URLs under the same prefix. Segment URLs inside the manifests are relative and a player
 resolves them without the manifest's query, so the same grant is also given as ``cdn.query``
 (to append to every request: shaka's request filters, hls.js ``xhrSetup``) and as ``cdn.cookies``
 (CloudFront's signed cookies, for a player on a site that sets cookies for the CDN's domain): the
@@ -86,6 +88,8 @@ class PlaybackService:
         return {"title": title_id,
                 "dash": f"{self.cdn_base_url}/{pub.dash}{sep}",
                 "hls": f"{self.cdn_base_url}/{pub.hls}{sep}",
+                "poster": f"{self.cdn_base_url}/{pub.poster}{sep}",
+                "thumbnails": f"{self.cdn_base_url}/{pub.thumbnails}{sep}",
                 "licence": {"url": self.licence_url, "token": token, "expires": token_exp},
                 "cdn": {"resource": resource, "query": query, "cookies": cookies, "signed": bool(query)},
                 "expires": expires}

@@ -25,7 +25,7 @@ import anyio
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from ..catalogue import Title, TitleNotFound, TitleState
-from .objectpath import version_of_key
+from .objectpath import POSTER_NAME, THUMBNAILS_NAME, version_of_key
 
 __all__ = ["Availability", "Publication", "publication_of", "PublishedVersions", "UNKNOWN"]
 
@@ -39,12 +39,14 @@ class Availability(str, enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Publication:
     """What the origin may serve of one title: ``version`` (and the object keys of its DASH and
-    HLS manifests) are set only when published."""
+    HLS manifests, its poster and its thumbnail track) are set only when published."""
 
     availability: Availability
     version: str | None = None
     dash: str | None = None
     hls: str | None = None
+    poster: str | None = None
+    thumbnails: str | None = None
 
 
 UNKNOWN = Publication(Availability.UNAVAILABLE)
@@ -61,7 +63,9 @@ def publication_of(title: Title) -> Publication:
     if len(versions) != 1 or None in versions:
         return UNKNOWN
     (version,) = versions
-    return Publication(Availability.PUBLISHED, version, manifests.get("dash"), manifests.get("hls"))
+    prefix = f"titles/{title.id}/v{version}/"
+    return Publication(Availability.PUBLISHED, version, manifests.get("dash"), manifests.get("hls"),
+                       poster=prefix + POSTER_NAME, thumbnails=prefix + THUMBNAILS_NAME)
 
 
 class PublishedVersions:

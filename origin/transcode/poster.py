@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..delivery.objectpath import POSTER_NAME, THUMBNAILS_NAME
 from ..errors import TranscodeFailed
 from .ffmpeg import ImageOutputs, run_ffmpeg, sprite_command
 
@@ -27,9 +28,8 @@ __all__ = ["COLUMNS", "ROWS", "POSTER_NAME", "THUMBS_DIR", "VTT_NAME", "Thumbnai
 
 COLUMNS = 10
 ROWS = 10
-POSTER_NAME = "poster.jpg"
 THUMBS_DIR = "thumbs"
-VTT_NAME = "thumbs/thumbs.vtt"
+VTT_NAME = THUMBNAILS_NAME  # the published layout's names (objectpath): what the title doc and /play name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,7 +29,9 @@ by the catalogue, and the manifests are written last (the sink's commit).
 
 Failures: bad input (:class:`InvalidMedia`) fails the title at once with the reason; anything
 else (ffmpeg, the store, the packager) is retried by the queue with backoff while attempts are
-left (the title stays ``transcoding`` with the error shown), then fails the title.
+left (the title stays ``transcoding`` with the error shown), then fails the title. A worker that
+dies on the job's last attempt cannot: the next lease fails the title (``fail_titles``). A failed
+title is transcoded again only by a new job (``POST /api/titles/T/retry``), so a new version.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class TranscodeWorker:
     def run_once(self) -> bool:
         """Lease one job and run it to its end (published, retried, failed or lost); False if
         there was none."""
-        lease = self.catalogue.lease(self.name, [JOB_KIND], self.config.lease_s)
+        lease = self.catalogue.lease(self.name, [JOB_KIND], self.config.lease_s, fail_titles=True)
         if lease is None:
             return False
         self.counts["jobs_leased"] += 1

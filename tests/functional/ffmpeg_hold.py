@@ -17,6 +17,10 @@ ffmpeg runs, so a held title is ``transcoding`` at 2 % until :meth:`release`. Th
 at most ``max_wait_s`` (a test that forgets to release fails on its own deadline, the job
 does not hang), and with no hold file ffmpeg runs at once (other tests of the module are not
 held).
+
+:meth:`failing` makes the same script stand in for an ffmpeg that fails: while the fail file
+exists it writes an error to stderr and exits 1 at once, as ffmpeg does on a broken encoder, so
+a test sees the transcoder's retry and failure path with the real daemons.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from headwater.origin.transcode.config import default_binary
 __all__ = ["FfmpegHold"]
 
 _SCRIPT = """#!/bin/sh
-# tests/functional/ffmpeg_hold.py: wait while {hold} exists (at most {max_wait_s} s), then
-# become the real ffmpeg.
+# tests/functional/ffmpeg_hold.py: fail while {fail} exists; wait while {hold} exists (at most
+# {max_wait_s} s), then become the real ffmpeg.
+if [ -e '{fail}' ]; then echo 'ffmpeg_hold: {failure}' >&2; exit 1; fi
 i=0
 while [ -e '{hold}' ] && [ "$i" -lt {polls} ]; do sleep 0.05; i=$((i + 1)); done
 exec '{ffmpeg}' "$@"
@@ -42,17 +47,21 @@ exec '{ffmpeg}' "$@"
 
 class FfmpegHold:
     """The gated ffmpeg in ``root``: :attr:`toml` goes into ``[transcoder]``, :meth:`held`
-    holds every job's ffmpeg until it is released."""
+    holds every job's ffmpeg until it is released, :meth:`failing` makes every run fail."""
+
+    #: What the failing ffmpeg writes to stderr (the title's error quotes it).
+    FAILURE = "Error while opening encoder (a failure the test asked for)"
 
     def __init__(self, root: Path, *, ffmpeg: str | None = None, max_wait_s: int = 60) -> None:
         self.ffmpeg = ffmpeg or default_binary("ffmpeg")
         self.hold_file = root / "ffmpeg.hold"
+        self.fail_file = root / "ffmpeg.fail"
         self.script = root / "ffmpeg-held"
-        for p in (self.hold_file, Path(self.ffmpeg)):
+        for p in (self.hold_file, self.fail_file, Path(self.ffmpeg)):
             # single-quoted in the script
             assert "'" not in str(p), p
-        self.script.write_text(_SCRIPT.format(hold=self.hold_file, ffmpeg=self.ffmpeg, max_wait_s=max_wait_s,
-                                              polls=max_wait_s * 20))
+        self.script.write_text(_SCRIPT.format(hold=self.hold_file, fail=self.fail_file, failure=self.FAILURE,
+                                              ffmpeg=self.ffmpeg, max_wait_s=max_wait_s, polls=max_wait_s * 20))
         self.script.chmod(0o755)
 
     @property
@@ -82,3 +91,14 @@ class FfmpegHold:
             yield self
         finally:
             self.release()
+
+    @contextlib.contextmanager
+    def failing(self) -> Iterator[FfmpegHold]:
+        """Every ffmpeg run within the block exits 1 with :attr:`FAILURE` on stderr; ffmpeg
+        works again on the way out however it ends."""
+        self.fail_file.touch()
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.fail_file)

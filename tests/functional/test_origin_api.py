@@ -8,8 +8,10 @@ scopes and other owners; bad JSON, unknown fields, wrong types, a body over 64 K
 unfinished or someone else's upload; search on a seeded catalogue (a few hundred published
 titles through ``import_titles``, and unpublished ones no search returns): ranking, typos
 (``night trian``), filters, paging, totals and facets; SQL-injection strings in every parameter
-(400 or no hits, never 500, nothing changed); and the same API on PostgreSQL (a second origin
-whose ``[origin.catalogue]`` names a real server).
+(400 or no hits, never 500, nothing changed); a retry (``POST /api/titles/T/retry``) refused for
+a title that has not failed or whose job is still queued (409), for others (401/403/404), and
+accepted for a failed one (202, transcoding, a new job under a new key, once); and the same API
+on PostgreSQL (a second origin whose ``[origin.catalogue]`` names a real server).
 """
 
 from __future__ import annotations
@@ -197,6 +199,61 @@ def test_create_refused(origin, tokens):
         assert post({"title": "Fine", "upload": mine}).status_code == 201
 
 
+def _lease_title_jobs(cat, tid: int) -> list:
+    """Lease every runnable transcode job: the title's are returned leased, the others are put
+    back (no transcoder runs here)."""
+    ours, others = [], []
+    while (lease := cat.lease("test-worker", ["transcode"])) is not None:
+        (ours if lease.job.title_id == tid else others).append(lease)
+    for lease in others:
+        cat.fail(lease, "test: put back", retry=True)
+    return ours
+
+
+def check_retry(origin: Origin, open_cat, tokens: dict[str, str]) -> None:
+    """The retry route on ``origin`` (whose catalogue ``open_cat()`` opens)."""
+    creator = tokens["creator"]
+    upload = tus_upload(origin, creator, b"r" * 3000)
+    with origin.http() as c:
+        r = c.post("/api/titles", json={"title": "Second Try", "upload": upload}, headers=bearer(creator))
+        assert r.status_code == 201, r.text
+        tid = r.json()["id"]
+        url = f"/api/titles/{tid}/retry"
+
+        def retry(token=creator):
+            return c.post(url, headers=bearer(token) if token else {})
+
+        r = retry()  # uploaded, its job queued
+        assert r.status_code == 409 and r.json()["error"] == "illegal_transition", r.text
+        assert retry(None).status_code == 401
+        assert retry(tokens["upload_only"]).status_code == 403
+        assert retry(tokens["other"]).json()["error"] == "title_not_found"  # not told
+        assert c.post("/api/titles/999999999/retry", headers=bearer(creator)).status_code == 404
+        with open_cat() as cat:
+            cat.set_state(tid, TitleState.FAILED, error="test: ffmpeg failed")
+        r = retry()  # failed, but its job is still queued: a second one would publish twice
+        assert r.status_code == 409 and "still queued" in r.json()["message"], r.text
+        with open_cat() as cat:
+            (lease,) = _lease_title_jobs(cat, tid)
+            cat.fail(lease, "test: ffmpeg failed", retry=False)
+        r = retry()
+        assert r.status_code == 202, r.text
+        doc = r.json()
+        assert (doc["state"], doc["error"], doc["progress"], doc["id"]) == ("transcoding", None, 0, tid)
+        r = retry()  # transcoding now: once
+        assert r.status_code == 409 and r.json()["error"] == "illegal_transition"
+        assert c.get(f"/api/titles/{tid}", headers=bearer(creator)).json()["state"] == "transcoding"
+    with open_cat() as cat:
+        (lease,) = _lease_title_jobs(cat, tid)
+        assert lease.job.key.startswith(f"transcode:{tid}:{upload}:retry:"), lease.job.key
+        assert lease.job.payload == {"bucket": "uploads", "key": f"uploads/{upload}"} and lease.job.attempts == 1
+        cat.fail(lease, "test: not a transcoder", retry=False)
+
+
+def test_retry(origin, tokens):
+    check_retry(origin, lambda: catalogue_of(origin), tokens)
+
+
 def search(c, **params):
     r = c.get("/api/search", params=params)
     assert r.status_code == 200, r.text
@@ -274,7 +331,7 @@ def test_the_api_on_postgresql(origin, postgres):
     port, admin = free_ports(2)
     text = origin.cluster.config_path.read_text()
     text = text[:text.index("\n[origin]\n")] + ORIGIN_SECTION.format(port=port, admin=admin).replace(
-        'id = "origin"', 'id = "origin-pg"') + f'\n[origin.catalogue]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+        'id = "origin"', 'id = "origin-pg"') + EXTRA_CLIENTS + f'\n[origin.catalogue]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
     config = origin.cluster.root / "cluster-pg.toml"
     config.write_text(text)
     pg = Origin(origin.cluster, port, admin, config_path=config, name="origin-pg")
@@ -284,6 +341,9 @@ def test_the_api_on_postgresql(origin, postgres):
         upload = tus_upload(pg, token, b"z" * 2000)
         with open_catalogue(CatalogueConfig(backend="postgresql", dsn=dsn)) as cat:
             cat.import_titles([*NAMED, *generated(50)], state=TitleState.PUBLISHED)
+        check_retry(pg, lambda: open_catalogue(CatalogueConfig(backend="postgresql", dsn=dsn)),
+                    {"creator": token, "upload_only": pg.token("creator-app", "upload"),
+                     "other": pg.token("other-app", "upload titles:read titles:write")})
         with pg.http() as c:
             r = c.post("/api/titles", json={"title": "Night Train Reloaded", "upload": upload}, headers=bearer(token))
             assert r.status_code == 201, r.text
@@ -299,4 +359,4 @@ def test_the_api_on_postgresql(origin, postgres):
     finally:
         pg.stop()
     with open_catalogue(CatalogueConfig(backend="postgresql", dsn=dsn)) as cat:
-        assert len(cat.list_titles(limit=100)) == len(NAMED) + 50 + 1
+        assert len(cat.list_titles(limit=100)) == len(NAMED) + 50 + 2

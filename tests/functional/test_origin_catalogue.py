@@ -20,7 +20,7 @@ import pytest
 
 from headwater.clock import FakeClock
 from headwater.origin.catalogue import (BadQuery, CatalogueConfig, IllegalTransition, JobState, LeaseLost,
-                                        SearchQuery, TitleDraft, TitleState, open_catalogue,
+                                        SearchQuery, TitleDraft, TitleNotFound, TitleState, open_catalogue,
                                         parse_search_params)
 from headwater.origin.catalogue.backoff import Backoff
 
@@ -573,6 +573,93 @@ def test_a_job_whose_workers_keep_dying_ends_failed(fresh):
     assert cat.lease("w", ["transcode"], 10) is None
     dead = cat.get_job(job.id)
     assert dead.state is JobState.FAILED and "lease expired" in dead.last_error
+
+
+def test_a_transcode_that_dies_on_its_last_attempt_fails_its_title(fresh):
+    """With ``fail_titles`` (the transcoder's lease) the dead job's title is failed, not left
+    transcoding with nothing to move it; without it (another kind's worker) the title is kept."""
+    cat, clock = fresh
+    t = cat.create_title(TitleDraft(title="Poison", upload="u1", owner="o"))
+    other = cat.create_title(TitleDraft(title="Kept", upload="u2", owner="o"))
+    cat.enqueue("transcode", "poison", title_id=t.id)
+    cat.enqueue("probe", "kept", title_id=other.id)
+    for _ in range(3):
+        lease = cat.lease("w", ["transcode"], 10, fail_titles=True)
+        cat.move_title(lease, TitleState.TRANSCODING, progress=0.1)
+        clock.advance(11)
+    assert cat.lease("w", ["transcode"], 10, fail_titles=True) is None
+    dead = cat.get_title(t.id)
+    assert dead.state is TitleState.FAILED and "lease expired" in dead.error
+    for _ in range(3):
+        lease = cat.lease("w", ["probe"], 10)
+        cat.move_title(lease, TitleState.TRANSCODING)
+        clock.advance(11)
+    assert cat.lease("w", ["probe"], 10) is None
+    assert cat.get_title(other.id).state is TitleState.TRANSCODING
+
+
+def test_a_failed_or_withdrawn_title_is_retried_once(fresh):
+    cat, clock = fresh
+    t = cat.create_title(TitleDraft(title="Second Try", upload="u1", owner="o"))
+    cat.enqueue("transcode", f"transcode:{t.id}:u1", title_id=t.id)
+    with pytest.raises(IllegalTransition, match="uploaded"):
+        cat.retry_title(t.id, "transcode", payload={})
+    lease = cat.lease("w", ["transcode"], 10)
+    cat.move_title(lease, TitleState.FAILED, error="ffmpeg: exit 1")
+    with pytest.raises(IllegalTransition, match="still queued or running"):  # its job is still leased
+        cat.retry_title(t.id, "transcode", payload={})
+    cat.fail(lease, "ffmpeg: exit 1", retry=False)
+    clock.advance(1)
+    title, job = cat.retry_title(t.id, "transcode", payload={"bucket": "uploads", "key": "uploads/u1"})
+    assert (title.state, title.error, title.progress) == (TitleState.TRANSCODING, None, 0.0)
+    assert job.key.startswith(f"transcode:{t.id}:u1:retry:") and job.state is JobState.QUEUED
+    assert job.payload == {"bucket": "uploads", "key": "uploads/u1"} and job.title_id == t.id
+    with pytest.raises(IllegalTransition, match="transcoding"):
+        cat.retry_title(t.id, "transcode", payload={})
+    with pytest.raises(TitleNotFound):
+        cat.retry_title(10**9, "transcode", payload={})
+    # Withdrawn after publishing: retried again as a new job (a new version).
+    lease = cat.lease("w", ["transcode"], 10)
+    assert lease.job.id == job.id
+    cat.move_title(lease, TitleState.PACKAGED)
+    cat.complete(lease, title_state=TitleState.PUBLISHED)
+    cat.set_state(t.id, TitleState.WITHDRAWN)
+    _, again = cat.retry_title(t.id, "transcode", payload={})
+    assert again.id != job.id and again.key != job.key
+
+
+def test_racing_retries_queue_one_job(fresh):
+    """Eight threads, each with its own connection, retry one failed title: one wins (a
+    compare-and-set on the title's state and updated time), the others get IllegalTransition."""
+    cat, _ = fresh
+    t = cat.create_title(TitleDraft(title="Contested", upload="u1", owner="o"))
+    cat.set_state(t.id, TitleState.FAILED, error="x")
+    barrier = threading.Barrier(8)
+    won: list[int] = []
+    refused: list[str] = []
+
+    def retry() -> None:
+        other = open_catalogue(cat.config)
+        try:
+            barrier.wait()
+            try:
+                won.append(other.retry_title(t.id, "transcode", payload={})[1].id)
+            except IllegalTransition as e:
+                refused.append(str(e))
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=retry) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert len(won) == 1 and len(refused) == 7, (won, refused)
+    real = open_catalogue(cat.config)  # the threads' clock: their job is due on it
+    try:
+        assert real.lease("w", ["transcode"], 10).job.id == won[0] and real.lease("w", ["transcode"], 10) is None
+    finally:
+        real.close()
 
 
 def test_kinds_select_jobs(fresh):

@@ -103,6 +103,8 @@ disk_size = "64MiB"
 SEGMENT = os.urandom(300_000)
 MPD = b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static"></MPD>\n'
 M3U8 = b"#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nvideo-1.m3u8\n"
+POSTER = b"\xff\xd8\xff\xe0" + os.urandom(2000)
+VTT = b"WEBVTT\n\n00:00:00.000 --> 00:00:05.000\nsprite-001.jpg#xywh=0,0,160,90\n"
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,7 @@ def world(cluster, s3):
     s3.create_bucket(Bucket="videos")
     objects = {"titles/1/v5/manifest.mpd": MPD, "titles/1/v5/master.m3u8": M3U8,
                "titles/1/v5/video-1/seg-1.m4s": SEGMENT, "titles/1/v4/manifest.mpd": MPD,
+               "titles/1/v5/poster.jpg": POSTER, "titles/1/v5/thumbs/thumbs.vtt": VTT,
                "titles/2/v6/manifest.mpd": MPD}
     for key, body in objects.items():
         s3.put_object(Bucket="videos", Key=key, Body=body)
@@ -281,6 +284,15 @@ def test_play_and_the_edge_and_the_licence(world):
     assert doc["hls"].startswith(f"{pop}/titles/1/v5/master.m3u8?")
     assert time.time() < doc["expires"] <= time.time() + 125
     assert doc["cdn"]["resource"] == f"{pop}/titles/1/v5/*" and doc["cdn"]["signed"]
+    # The poster and the thumbnail track: signed URLs under the same prefix; the title doc names
+    # them unsigned.
+    query = doc["cdn"]["query"]
+    assert doc["poster"] == f"{pop}/titles/1/v5/poster.jpg?{query}"
+    assert doc["thumbnails"] == f"{pop}/titles/1/v5/thumbs/thumbs.vtt?{query}"
+    with _origin(world) as c:
+        public = c.get("/api/titles/1").json()
+    assert (public["poster"], public["thumbnails"]) == (f"{pop}/titles/1/v5/poster.jpg",
+                                                        f"{pop}/titles/1/v5/thumbs/thumbs.vtt")
 
     with httpx.Client(timeout=15, trust_env=False) as c:
         # Through the POP and the shield, from the origin over HTTPS: the signed URL works.
@@ -292,6 +304,11 @@ def test_play_and_the_edge_and_the_licence(world):
         # Unsigned, or the grant on another title's URL: refused at the POP.
         assert c.get(f"{pop}/titles/1/v5/manifest.mpd").status_code == 403
         assert c.get(f"{pop}/titles/2/v6/manifest.mpd?{doc['cdn']['query']}").status_code == 403
+        r = c.get(doc["poster"])
+        assert r.status_code == 200 and r.content == POSTER and r.headers["content-type"] == "image/jpeg"
+        r = c.get(doc["thumbnails"])
+        assert r.status_code == 200 and r.content == VTT and r.headers["content-type"].startswith("text/vtt")
+        assert c.get(public["poster"]).status_code == 403  # unsigned
         # A segment with the same grant (query, then cookies).
         r = c.get(f"{pop}/titles/1/v5/video-1/seg-1.m4s?{doc['cdn']['query']}")
         assert r.status_code == 200 and r.content == SEGMENT

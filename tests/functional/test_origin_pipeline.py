@@ -15,13 +15,22 @@ the HLS master and a segment are fetched through an edge POP and its shield (in-
 ``test_origin_delivery.py`` runs them) from the origin, and ffprobe reads the HLS URL on the POP;
 the licence server answers the /play licence token with the title's key for the KID in the
 MPD's ``cenc:default_KID``.
+
+A title whose ffmpeg fails (``ffmpeg_hold.py``'s failing mode: exit 1 with an error) is seen
+``transcoding`` with the retry's error, then ``failed`` with ffmpeg's, nothing of it in the
+videos bucket; ``POST /api/titles/T/retry`` with a working ffmpeg publishes it (poster and
+thumbnail track in the title doc and /play, served); withdrawn and retried again, it publishes a
+new version: the old one is 404 at the origin and, after the publish's surrogate-key purge, at
+the POP that had cached it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import re
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -57,6 +66,10 @@ tls = false
 
 [origin.delivery]
 publish_cache_seconds = 1
+
+[origin.catalogue]
+job_max_attempts = 2
+backoff_base_seconds = 3
 
 """ + ORIGIN_CLIENTS + """
 """ + LICENCE_SECTION + """
@@ -208,6 +221,125 @@ def test_a_video_file_becomes_a_playable_encrypted_title(world, tmp_path):
     # The transcoder took the key over the licence server's keys.title RPC (rpc_port is set).
     health = httpx.get(f"http://127.0.0.1:{world['cfg'].licence.admin_port}/healthz", timeout=5).json()
     assert health["keys_served"] >= 1 and health["keys_refused"] == 0
+
+
+def _wait_state(http, tid: int, token: str, done: tuple[str, ...], world, timeout_s: float = 90) -> list[dict]:
+    """The creator's polls of the title until its state is one of ``done``: every doc seen."""
+    docs = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        docs.append(http.get(f"/api/titles/{tid}", headers=bearer(token)).json())
+        if docs[-1]["state"] in done:
+            return docs
+        assert time.monotonic() < deadline, (docs[-1], _tail(world, "transcoder"))
+        time.sleep(0.1)
+
+
+def _origin_health(world) -> dict:
+    return httpx.get(f"http://127.0.0.1:{world['ports']['origin_admin']}/healthz", timeout=5).json()
+
+
+def test_a_failed_title_is_retried_and_republished(world, tmp_path, s3):
+    config, hold = world["config"], world["ffmpeg_hold"]
+    creator = cli(config, "token", "--client", "creator-app", "--scope", "upload titles:write").strip()
+    viewer = cli(config, "token", "--client", "viewer-app", "--scope", "view").strip()
+    data = make_clip(tmp_path / "clip.mp4", seconds=4, size="320x180", gop=25).read_bytes()
+    http = httpx.Client(base_url=world["url"], timeout=30, trust_env=False)
+    with http:
+        r = http.post("/uploads", content=data, headers={**bearer(creator), "tus-resumable": "1.0.0",
+                                                         "upload-length": str(len(data)),
+                                                         "content-type": "application/offset+octet-stream"})
+        assert r.status_code == 201, r.text
+        upload_id = r.headers["location"].rsplit("/", 1)[1]
+
+        # ffmpeg fails: the title is retried (transcoding, the attempt's error shown), then failed.
+        with hold.failing():
+            r = http.post("/api/titles", headers=bearer(creator), json={"title": "Lantern Ferry", "upload": upload_id})
+            assert r.status_code == 201, r.text
+            tid = r.json()["id"]
+            docs = _wait_state(http, tid, creator, ("failed", "published"), world)
+        failed = docs[-1]
+        assert failed["state"] == "failed" and hold.FAILURE in failed["error"], failed
+        retrying = [d for d in docs if d["state"] == "transcoding" and d["error"]]
+        assert retrying and "attempt 1 of 2 failed, retrying" in retrying[0]["error"], docs
+        assert hold.FAILURE in retrying[0]["error"]
+        assert failed["renditions"] == [] and failed["poster"] is None and failed["thumbnails"] is None
+        # No partial title: nothing to read, play or fetch, nothing of it in the bucket.
+        assert http.get(f"/api/titles/{tid}").status_code == 404
+        assert http.get(f"/api/titles/{tid}/play", headers=bearer(viewer)).status_code == 404
+        assert s3.list_objects_v2(Bucket="videos", Prefix=f"titles/{tid}/").get("KeyCount", 0) == 0
+
+        # The retry route: the owner's titles:write; 404 unknown, 401/403 without a token or the scope.
+        assert http.post(f"/api/titles/{tid}/retry").status_code == 401
+        r = http.post(f"/api/titles/{tid}/retry", headers=bearer(viewer))
+        assert r.status_code == 403 and r.json()["error"] == "insufficient_scope"
+        r = http.post("/api/titles/999999999/retry", headers=bearer(creator))
+        assert r.status_code == 404 and r.json()["error"] == "title_not_found"
+        assert http.get(f"/api/titles/{tid}/retry", headers=bearer(creator)).status_code == 405
+        r = http.post(f"/api/titles/{tid}/retry", headers=bearer(creator))
+        assert r.status_code == 202, r.text
+        assert (r.json()["state"], r.json()["error"], r.json()["progress"]) == ("transcoding", None, 0)
+        assert r.headers["location"] == f"/api/titles/{tid}"
+        again = http.post(f"/api/titles/{tid}/retry", headers=bearer(creator))  # it is transcoding now
+        assert again.status_code == 409 and again.json()["error"] == "illegal_transition", again.text
+        doc = _wait_state(http, tid, creator, ("failed", "published"), world)[-1]
+        assert doc["state"] == "published", (doc["error"], _tail(world, "transcoder"))
+        first = next(r["path"] for r in doc["renditions"] if r["name"] == "hls").rsplit("/", 1)[0]
+
+        # The poster and the thumbnail track: named by the title doc (public once published) and
+        # by /play (on the POP, under the manifests' prefix), and served.
+        public = http.get(f"/api/titles/{tid}").json()
+        base = world["pop"]
+        assert (public["poster"], public["thumbnails"]) == (f"{base}/{first}/poster.jpg",
+                                                            f"{base}/{first}/thumbs/thumbs.vtt"), public
+        play = http.get(f"/api/titles/{tid}/play", headers=bearer(viewer)).json()
+        assert play["poster"].startswith(public["poster"]) and play["thumbnails"].startswith(public["thumbnails"])
+        poster = http.get(play["poster"])
+        assert poster.status_code == 200 and poster.headers["content-type"] == "image/jpeg"
+        assert poster.content[:2] == b"\xff\xd8"
+        vtt = http.get(play["thumbnails"])
+        assert vtt.status_code == 200 and vtt.text.startswith("WEBVTT") and "#xywh=" in vtt.text, vtt.text
+        sprite = vtt.text.split("#xywh=")[0].split()[-1]
+        assert http.get(urljoin(play["thumbnails"], sprite)).status_code == 200
+
+        # A published title is not retried; withdrawn, it is.
+        r = http.post(f"/api/titles/{tid}/retry", headers=bearer(creator))
+        assert r.status_code == 409 and r.json()["error"] == "illegal_transition"
+        assert http.get(f"{base}/{first}/master.m3u8").status_code == 200  # the POP holds the first version
+        purged = _origin_health(world)["purges_sent"]
+        assert http.post(f"/api/titles/{tid}/withdraw", headers=bearer(creator)).json()["state"] == "withdrawn"
+        r = http.post(f"/api/titles/{tid}/retry", headers=bearer(creator))
+        assert r.status_code == 202 and r.json()["state"] == "transcoding", r.text
+        doc = _wait_state(http, tid, creator, ("failed", "published"), world)[-1]
+        assert doc["state"] == "published", (doc["error"], _tail(world, "transcoder"))
+        second = next(r["path"] for r in doc["renditions"] if r["name"] == "hls").rsplit("/", 1)[0]
+        assert second != first and doc["poster"] == f"{base}/{second}/poster.jpg"
+        # The old version is gone from the origin, the new one served.
+        old = http.get(f"/{first}/master.m3u8")
+        assert old.status_code == 404 and old.headers["surrogate-key"] == f"title-{tid}", old.text
+        assert http.get(f"/{second}/master.m3u8").status_code == 200
+        assert http.get(f"/{first}/poster.jpg").status_code == 404
+        # The re-publish queued its surrogate-key purge through the publish path (as the first
+        # publish and the withdrawal did), and the origin's purge worker sent it to the edge.
+        catalogue = world["cfg"].data_dir / "origin" / "catalogue.sqlite3"
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.closing(sqlite3.connect(catalogue)) as db:
+                purges = db.execute("SELECT key, state FROM jobs WHERE kind = 'cdn-purge' AND title_id = ? "
+                                    "ORDER BY id", (tid,)).fetchall()
+            if _origin_health(world)["purges_sent"] >= purged + 2 and all(st == "done" for _, st in purges):
+                break
+            assert time.monotonic() < deadline, (purges, _origin_health(world), _tail(world, "origin"))
+            time.sleep(0.2)
+        assert [k.split(":")[2] for k, _ in purges] == ["published", "withdrawn", "published"], purges
+        # The POP: the origin's 404 for the old version (not its cached 200 or 410), the new one.
+        deadline = time.monotonic() + 20
+        while http.get(f"{base}/{first}/master.m3u8").status_code != 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert http.get(f"{base}/{second}/master.m3u8").status_code == 200
+        play = http.get(f"/api/titles/{tid}/play", headers=bearer(viewer)).json()
+        assert play["hls"].startswith(f"{base}/{second}/") and play["poster"].startswith(f"{base}/{second}/")
 
 
 def _tail(world, name: str) -> str:

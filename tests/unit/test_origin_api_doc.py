@@ -3,6 +3,8 @@ and catalogue errors mapped to the origin's wire table."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from headwater.origin.api.title_doc import draft_of, parse_create, parse_patch, title_json
@@ -40,6 +42,14 @@ def test_patch_changes_only_what_it_names():
     assert public["renditions"] == [{"name": "hls", "codec": "manifest", "width": 0, "height": 0, "bitrate": 0,
                                      "path": "titles/7/v3/master.m3u8"}]
     assert title_json(title, owner_view=True)["owner"] == "creator-app"
+    # Poster and thumbnail track: only once published, under the published version.
+    assert (public["poster"], public["thumbnails"]) == (None, None)
+    dash = Rendition(name="dash", codec="manifest", path="titles/7/v3/manifest.mpd")
+    published = replace(title, state=TitleState.PUBLISHED, renditions=(*title.renditions, dash))
+    doc = title_json(published, owner_view=False, media_base_url="https://cdn.test")
+    assert (doc["poster"], doc["thumbnails"]) == ("https://cdn.test/titles/7/v3/poster.jpg",
+                                                  "https://cdn.test/titles/7/v3/thumbs/thumbs.vtt")
+    assert title_json(published, owner_view=False)["poster"] == "/titles/7/v3/poster.jpg"
 
 
 def test_catalogue_errors_on_the_wire():

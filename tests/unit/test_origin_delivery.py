@@ -58,6 +58,8 @@ def _title(state: TitleState, dash: str | None = "titles/3/v9/manifest.mpd",
 def test_publication_of_a_title():
     pub = publication_of(_title(TitleState.PUBLISHED))
     assert (pub.availability, pub.version, pub.dash) == (Availability.PUBLISHED, "9", "titles/3/v9/manifest.mpd")
+    assert (pub.poster, pub.thumbnails) == ("titles/3/v9/poster.jpg", "titles/3/v9/thumbs/thumbs.vtt")
+    assert publication_of(_title(TitleState.WITHDRAWN)).poster is None
     assert publication_of(_title(TitleState.WITHDRAWN)).availability is Availability.WITHDRAWN
     assert publication_of(_title(TitleState.PACKAGED)).availability is Availability.UNAVAILABLE
     # Manifests that disagree, or name another title's keys, or none: not served.
