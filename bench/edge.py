@@ -826,6 +826,10 @@ class PrefetchRun:
     origin_not_found: int  # 404s past a rendition's end (a prefetch run ends at the first)
     origin_bytes: int
     pop_prefetch: dict[str, Any]
+    # Distinct segments the sessions ask for: an endless cache without prefetch fetches each
+    # once, so 1 - distinct / requests is the off run's ceiling (requests joining a fetch in
+    # flight count as misses at the viewer, so it sits a little under).
+    distinct_segments: int
 
     def per_1000(self, count: int) -> float:
         return count / self.requests * 1000 if self.requests else math.nan
@@ -869,7 +873,8 @@ def measure_prefetch(root: Path, origin_port: int, segment_log: Path,
             **prefetch_summary(played), seconds=secs,
             regional_fetches=sum(int(regional.get(k, 0)) for k in _ANSWERED),
             origin_fetches=origin["fetches"], origin_not_found=origin["not_found"], origin_bytes=origin["bytes"],
-            pop_prefetch={k: v for k, v in pop.get("prefetch", {}).items() if k != "running"})
+            pop_prefetch={k: v for k, v in pop.get("prefetch", {}).items() if k != "running"},
+            distinct_segments=len({path for x in sessions for path in x.paths()}))
     return out
 
 
@@ -901,7 +906,10 @@ def render_prefetch(result: dict[str, PrefetchRun], args: argparse.Namespace) ->
         delta = ("+" if b >= a else "") + fmt.format(b - a)
         lines.append(f"{label:<44}{fmt.format(a):>10}{fmt.format(b):>10}{delta:>10}")
     counted = ", ".join(f"{k.removeprefix('prefetch_')} {v}" for k, v in on.pop_prefetch.items())
-    lines += [f"  the POP's /healthz with prefetch on: {counted}",
+    ceiling = 1 - off.distinct_segments / off.requests if off.requests else math.nan
+    lines += [f"  ceiling without prefetch (an endless cache, each distinct segment fetched once): hit ratio "
+              f"{ceiling * 100:.1f} %, {off.per_1000(off.distinct_segments):.0f} fetches / 1,000 requests",
+              f"  the POP's /healthz with prefetch on: {counted}",
               f"  run time off {off.seconds:.0f} s, on {on.seconds:.0f} s"]
     return lines
 

@@ -272,7 +272,7 @@ def test_the_prefetch_table_reports_off_against_on():
 
     args = argparse.Namespace(prefetch_sessions=2, prefetch_titles=1, prefetch_segments=4, prefetch_viewers=1,
                               prefetch_think=0.1, prefetch_seed=1, prefetch_depth=3)
-    run = dict(requests=1000, errors=0, p50_ms=5.0, p99_ms=50.0, miss_p50_ms=20.0, seconds=10.0)
+    run = dict(requests=1000, errors=0, p50_ms=5.0, p99_ms=50.0, miss_p50_ms=20.0, seconds=10.0, distinct_segments=350)
     result = {"off": edge.PrefetchRun(**run, hit_ratio=0.3, byte_hit_ratio=0.35, regional_fetches=700,
                                       origin_fetches=700, origin_not_found=0, origin_bytes=10 * edge.MiB,
                                       pop_prefetch={}),
@@ -284,3 +284,4 @@ def test_the_prefetch_table_reports_off_against_on():
     assert re.search(r"origin fetches / 1,000 requests\s+700\s+760\s+\+60", text)
     assert re.search(r"regional fetches / 1,000 requests\s+700\s+760\s+\+60", text)
     assert "fetched 500, used 440" in text
+    assert "hit ratio 65.0 %, 350 fetches / 1,000 requests" in text
