@@ -36,6 +36,14 @@ Zipf workload over ``--zipf-objects`` objects against one POP whose RAM and disk
 hold less than the working set, beside an LRU cache of the same bytes simulated on the same trace
 and a Varnish with a malloc store of the same bytes.
 
+Last, segment prefetch (``edge.prefetch``): viewers playing video renditions segment after
+segment (a think time between; Zipf-popular titles; some start mid-way, seek ahead or abandon,
+so some prefetched segments are never asked for) through a fresh POP -> regional -> shield chain
+with prefetch off, then the same seeded sessions through another with ``prefetch = 3``: the
+POP's hit ratio (requests and bytes), regional and origin fetches per 1,000 requests (what
+prefetching adds), and the viewers' latency p50/p99. ``--prefetch-only`` runs just that (the
+origin nginx and the two chains; about two minutes, ``--quick`` one).
+
 Nothing is installed here: ``scripts/install-bench-deps.sh`` installs Debian ``nginx``,
 ``varnish``, ``wrk`` and ``nghttp2-client`` (h2load).
 """
@@ -59,10 +67,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from headwater.edge.store.disk import ENTRY_OVERHEAD_BYTES as DISK_ENTRY_OVERHEAD_BYTES
 
@@ -73,7 +82,9 @@ from .peers import PeerError, ProcessGroup, _sigterm_as_interrupt, free_ports, w
 __all__ = [
     "main", "OBJECTS", "GOALS", "Figure", "H2load", "parse_h2load", "origin_nginx_conf",
     "cache_nginx_conf", "varnish_argv", "solo_cluster_toml", "chain_cluster_toml", "zipf_trace",
-    "lru_fetches", "percentile", "fetcher_of",
+    "lru_fetches", "percentile", "fetcher_of", "RENDITIONS", "Session", "Played", "segment_path",
+    "playback_sessions", "is_hit", "segment_fetches", "prefetch_summary", "write_segments", "PrefetchRun",
+    "render_prefetch",
 ]
 
 KiB = 1024
@@ -99,7 +110,9 @@ def origin_nginx_conf(root: Path, www: Path, *, port: int, direct_port: int, mem
     ``root/fetches.log`` as ``VIA|X-VARNISH|URI`` (which cache asked for what); the same files
     unlogged on ``direct_port`` (the ceiling: nginx serving the file itself) and 1 KiB from
     memory on ``memory_port``. Any ``/cold/NAME`` is the 1 KiB file (a fresh object per name, for
-    miss latency) and any ``/z/NAME`` the ``zipf`` file (the Zipf workload's objects)."""
+    miss latency) and any ``/z/NAME`` the ``zipf`` file (the Zipf workload's objects). Video
+    segments under ``/p/`` (files of ``www``: :func:`write_segments`) are logged apart, to
+    ``root/segments.log`` as ``STATUS|BYTES|URI``: a 404 past a rendition's end is a fetch too."""
     return f"""\
 worker_processes 1;
 daemon off;
@@ -116,6 +129,7 @@ http {{
     default_type application/octet-stream;
     open_file_cache max=1000 inactive=60s;
 {_temp_paths(root)}    log_format fetch "$http_via|$http_x_varnish|$request_uri";
+    log_format segment "$status|$body_bytes_sent|$request_uri";
     server {{
         listen 127.0.0.1:{port};
         root {www};
@@ -123,6 +137,7 @@ http {{
         add_header Cache-Control "public, max-age={MAX_AGE}" always;
         location /cold/ {{ try_files /1k =404; }}
         location /z/ {{ try_files /zipf =404; }}
+        location /p/ {{ access_log {root}/segments.log segment; }}
     }}
     server {{
         listen 127.0.0.1:{direct_port};
@@ -242,9 +257,11 @@ disk_size = "{zipf_disk}"
 """
 
 
-def chain_cluster_toml(data_dir: Path, *, origin_port: int, ports: list[int]) -> str:
+def chain_cluster_toml(data_dir: Path, *, origin_port: int, ports: list[int], prefetch: int | None = None) -> str:
     """A POP, a regional and a shield (one worker each, ``ports`` = their port/admin port pairs):
-    a POP's miss goes to the regional, the regional's to the shield, the shield's to the origin."""
+    a POP's miss goes to the regional, the regional's to the shield, the shield's to the origin.
+    ``prefetch`` (0 = off) adds a ``*.m4s`` behaviour with that ``prefetch``: the segment
+    prefetch scenario runs the same chain with it off and on."""
     tables = []
     for i, (node, tier) in enumerate((("cpop", "pop"), ("regional", "regional"), ("shield", "shield"))):
         extra = 'lat = 0.0\nlon = 0.0\nram_size = "64MiB"\n' if tier == "pop" else ""
@@ -253,6 +270,8 @@ def chain_cluster_toml(data_dir: Path, *, origin_port: int, ports: list[int]) ->
     return (f'[cluster]\nname = "bench-edge-chain"\nlog_level = "warning"\ndata_dir = "{data_dir}"\n\n'
             '[cdn.client_limits]\nenabled = false\n\n'
             f'[[distributions]]\nname = "bench"\norigin = "http://127.0.0.1:{origin_port}"\n\n'
+            + (f'[[distributions.behaviours]]\npath_pattern = "*.m4s"\nprefetch = {prefetch}\n\n'
+               if prefetch is not None else "")
             + "\n".join(tables))
 
 
@@ -449,6 +468,92 @@ def fetcher_of(line: str) -> str:
     return "direct"
 
 
+# --- the segment prefetch workload (pure) ---------------------------------------------------------
+
+# rendition -> segment body bytes (a 2 s segment at roughly 0.8, 2.4 and 6 Mbit/s, scaled down by
+# 10: the ratios, not the sizes, are what a byte hit ratio weighs).
+RENDITIONS = {"360p": 20 * KiB, "720p": 60 * KiB, "1080p": 150 * KiB}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """One viewer playing one rendition of a title: the segment numbers it asks for, in order."""
+
+    title: int
+    rendition: str
+    segments: tuple[int, ...]
+
+    def paths(self) -> list[str]:
+        return [segment_path(self.title, self.rendition, n) for n in self.segments]
+
+
+def segment_path(title: int, rendition: str, n: int) -> str:
+    """The origin path of segment ``n`` (zero-padded, as packagers write them)."""
+    return f"/p/t{title}/{rendition}/seg-{n:05d}.m4s"
+
+
+def playback_sessions(count: int, *, titles: int, segments: int, rng: random.Random, s: float = 0.8,
+                      start_mid: float = 0.2, seek: float = 0.04, abandon: float = 0.05) -> list[Session]:
+    """``count`` viewing sessions: a title drawn by Zipf(``s``) over ``titles``, a rendition at
+    random; most start at segment 0 (``start_mid`` of them somewhere inside), then play on one
+    segment at a time, after each segment seeking ahead 5-20 segments with probability ``seek``
+    (the prefetched ones are wasted) and abandoning with probability ``abandon`` (so are the
+    ones prefetched past the last watched); a session ends at the rendition's last segment."""
+    picks = zipf_trace(titles, count, s=s, rng=rng)
+    out = []
+    for title in picks:
+        rendition = rng.choice(list(RENDITIONS))
+        n = rng.randrange(segments) if rng.random() < start_mid else 0
+        played = []
+        while n < segments:
+            played.append(n)
+            if rng.random() < abandon:
+                break
+            n += rng.randint(5, 20) if rng.random() < seek else 1
+        out.append(Session(title=title, rendition=rendition, segments=tuple(played)))
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Played:
+    """One segment request as its viewer saw it."""
+
+    ms: float
+    bytes: int
+    hit: bool  # the POP answered from its cache (X-Cache: Hit/RefreshHit/StaleHit from ...)
+    status: int
+
+
+def is_hit(x_cache: str) -> bool:
+    """Whether an ``X-Cache`` value says the answering tier had it (``Hit``, ``RefreshHit``,
+    ``StaleHit``); a request that joined an in-flight fetch (a prefetch's too) is a ``Miss``."""
+    return x_cache.partition(" ")[0] in ("Hit", "RefreshHit", "StaleHit")
+
+
+def segment_fetches(log_lines: list[str]) -> dict[str, int]:
+    """The origin's segment log (``STATUS|BYTES|URI``): fetches, how many were 404s, body bytes."""
+    out = {"fetches": 0, "not_found": 0, "bytes": 0}
+    for line in log_lines:
+        status, _, rest = line.partition("|")
+        size = rest.partition("|")[0]
+        out["fetches"] += 1
+        out["not_found"] += status == "404"
+        out["bytes"] += int(size) if size.isdigit() else 0
+    return out
+
+
+def prefetch_summary(played: list[Played]) -> dict[str, float]:
+    """Hit ratio by requests and by bytes, and the latency p50/p99 (ms) of what the viewers saw."""
+    ok = [p for p in played if p.status == 200]
+    total_bytes = sum(p.bytes for p in ok)
+    ms = [p.ms for p in played]
+    return {"requests": len(played), "errors": len(played) - len(ok),
+            "hit_ratio": sum(p.hit for p in ok) / len(ok) if ok else math.nan,
+            "byte_hit_ratio": sum(p.bytes for p in ok if p.hit) / total_bytes if total_bytes else math.nan,
+            "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+            "miss_p50_ms": percentile([p.ms for p in ok if not p.hit], 50)}
+
+
 # --- the servers -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -503,6 +608,7 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
     for name, size in OBJECTS.items():
         (www / name).write_bytes(os.urandom(size))
     (www / "zipf").write_bytes(os.urandom(args.zipf_object_bytes))
+    write_segments(www, titles=args.prefetch_titles, segments=args.prefetch_segments)
     cert, key = _self_signed(root)
     (p_origin, p_direct, p_memory, p_nginx, p_nginx_tls, p_nginx_h2c, p_varnish,
      p_pop, p_pop_admin, p_pop_tls, p_zpop, p_zpop_admin, *p_chain) = free_ports(19)
@@ -547,6 +653,29 @@ def start_stack(root: Path, args: argparse.Namespace) -> Iterator[tuple[Stack, P
                         tls={"ours": p_pop_tls, "nginx": p_nginx_tls},
                         chain_pop=p_chain[0], zipf_pop=p_zpop, versions=versions,
                         pids={name: serving_pids(name, pid) for name, pid in roots.items()}), procs
+        finally:
+            procs.stop()
+
+
+@contextlib.contextmanager
+def start_origin(root: Path, args: argparse.Namespace) -> Iterator[int]:
+    """Only the origin nginx (``--prefetch-only``), with the segments; its port."""
+    nginx = _binary("nginx")
+    assert nginx  # checked by main()
+    os.chmod(root, 0o755)
+    www = root / "www"
+    www.mkdir()
+    write_segments(www, titles=args.prefetch_titles, segments=args.prefetch_segments)
+    port, direct, memory = free_ports(3)
+    (root / "origin").mkdir()
+    (root / "origin" / "nginx.conf").write_text(origin_nginx_conf(
+        root / "origin", www, port=port, direct_port=direct, memory_port=memory))
+    procs = ProcessGroup(root / "origin")
+    with _sigterm_as_interrupt():
+        try:
+            procs.start("origin", [nginx, "-c", str(root / "origin" / "nginx.conf"), "-p", str(root / "origin")])
+            wait_port(port, procs, 60.0)
+            yield port
         finally:
             procs.stop()
 
@@ -621,6 +750,172 @@ def drive_trace(port: int, paths: list[str], clients: int) -> tuple[int, float]:
     for t in threads:
         t.join()
     return sum(errors), time.perf_counter() - t0
+
+
+# --- segment prefetch: POP -> regional -> shield -> origin, off then on ----------------------------
+
+def write_segments(www: Path, *, titles: int, segments: int) -> None:
+    """Every title's renditions as ``segments`` files each under ``www/p`` (hard links to one
+    random body per rendition: the origin serves them as static files, 404 past the last)."""
+    bodies = www / "p-bodies"
+    bodies.mkdir()
+    for rendition, size in RENDITIONS.items():
+        (bodies / rendition).write_bytes(os.urandom(size))
+    for title in range(titles):
+        for rendition in RENDITIONS:
+            folder = www / "p" / f"t{title}" / rendition
+            folder.mkdir(parents=True)
+            for n in range(segments):
+                os.link(bodies / rendition, www / segment_path(title, rendition, n).lstrip("/"))
+
+
+def play(port: int, sessions: list[Session], *, viewers: int, think_s: float) -> list[Played]:
+    """``viewers`` players at once, each playing its share of ``sessions`` (``sessions[k::viewers]``)
+    back to back on its own keep-alive connection, ``think_s`` between a segment's arrival and the
+    next request (a player's buffer filling, scaled down); starts staggered over one think time."""
+    results: list[list[Played]] = [[] for _ in range(viewers)]
+    failures: list[BaseException] = []
+
+    def one(k: int) -> None:
+        time.sleep(think_s * k / viewers)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for session in sessions[k::viewers]:
+                for path in session.paths():
+                    t0 = time.perf_counter()
+                    status, got, headers = _get(conn, path)
+                    results[k].append(Played(ms=(time.perf_counter() - t0) * 1e3, bytes=got, status=status,
+                                             hit=is_hit(headers.get("x-cache", ""))))
+                    time.sleep(think_s)
+        except BaseException as e:  # reported by the caller: a silent thread would shrink the sample
+            failures.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(viewers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise PeerError(f"a viewer failed: {failures[0]!r}")
+    return [p for r in results for p in r]
+
+
+# A tier's /healthz counts of the requests it answered (the refused never reached its cache).
+_ANSWERED = ("hits", "misses", "refresh_hits", "stale", "errors")
+
+
+def _health(admin: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=10) as r:
+        return json.loads(r.read())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrefetchRun:
+    """One pass of the sessions through a fresh chain: what the viewers saw
+    (:func:`prefetch_summary`), what the tiers above the POP were asked, and the POP's
+    ``/healthz`` prefetch figures (empty with prefetch off)."""
+
+    requests: int
+    errors: int
+    hit_ratio: float
+    byte_hit_ratio: float
+    p50_ms: float
+    p99_ms: float
+    miss_p50_ms: float
+    seconds: float
+    regional_fetches: int  # requests the regional answered: the POP's fetches, prefetches included
+    origin_fetches: int
+    origin_not_found: int  # 404s past a rendition's end (a prefetch run ends at the first)
+    origin_bytes: int
+    pop_prefetch: dict[str, Any]
+    # Distinct segments the sessions ask for: an endless cache without prefetch fetches each
+    # once, so 1 - distinct / requests is the off run's ceiling (requests joining a fetch in
+    # flight count as misses at the viewer, so it sits a little under).
+    distinct_segments: int
+
+    def per_1000(self, count: int) -> float:
+        return count / self.requests * 1000 if self.requests else math.nan
+
+
+def measure_prefetch(root: Path, origin_port: int, segment_log: Path,
+                     args: argparse.Namespace) -> dict[str, PrefetchRun]:
+    """The same viewing sessions through a fresh POP -> regional -> shield chain with prefetch
+    off, then through another with ``prefetch = --prefetch-depth``: ``{"off": ..., "on": ...}``."""
+    sessions = playback_sessions(args.prefetch_sessions, titles=args.prefetch_titles, segments=args.prefetch_segments,
+                                 rng=random.Random(args.prefetch_seed))
+    out: dict[str, PrefetchRun] = {}
+    for label, depth in (("off", 0), ("on", args.prefetch_depth)):
+        ports = free_ports(6)
+        folder = root / f"prefetch-{label}"
+        folder.mkdir()
+        toml = folder / "cluster.toml"
+        toml.write_text(chain_cluster_toml(folder / "var", origin_port=origin_port, ports=ports, prefetch=depth))
+        procs = ProcessGroup(folder)
+        try:
+            procs.start("chain", [sys.executable, "-m", "headwater", "up", "-c", str(toml)],
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            for admin in ports[1::2]:
+                wait_http(f"http://127.0.0.1:{admin}/healthz", timeout_s=60, procs=procs, ok=lambda s: s == 200)
+            before = len(segment_log.read_text().splitlines()) if segment_log.exists() else 0
+            _log(f"  prefetch {label}: {len(sessions)} sessions, {sum(len(x.segments) for x in sessions)} segment "
+                 f"requests, {args.prefetch_viewers} viewers at once, {args.prefetch_think * 1e3:.0f} ms think time")
+            t0 = time.perf_counter()
+            played = play(ports[0], sessions, viewers=args.prefetch_viewers, think_s=args.prefetch_think)
+            secs = time.perf_counter() - t0
+            # Runs still fetching are part of what prefetching cost: let them end before counting.
+            deadline = time.monotonic() + 30
+            while depth and time.monotonic() < deadline and _health(ports[1]).get("prefetch", {}).get("running"):
+                time.sleep(0.2)
+            pop, regional = _health(ports[1]), _health(ports[3])
+            procs.check_alive()
+        finally:
+            procs.stop()
+        origin = segment_fetches(segment_log.read_text().splitlines()[before:] if segment_log.exists() else [])
+        out[label] = PrefetchRun(
+            **prefetch_summary(played), seconds=secs,
+            regional_fetches=sum(int(regional.get(k, 0)) for k in _ANSWERED),
+            origin_fetches=origin["fetches"], origin_not_found=origin["not_found"], origin_bytes=origin["bytes"],
+            pop_prefetch={k: v for k, v in pop.get("prefetch", {}).items() if k != "running"},
+            distinct_segments=len({path for x in sessions for path in x.paths()}))
+    return out
+
+
+def render_prefetch(result: dict[str, PrefetchRun], args: argparse.Namespace) -> list[str]:
+    """Off against on: hit ratios, the fetches each tier above the POP made per 1,000 viewer
+    requests, the viewers' latency, and what the POP counted of its prefetches."""
+    off, on = result["off"], result["on"]
+    head = f"{'segment prefetch':<44}{'off':>10}{'on':>10}{'on - off':>10}"
+    sizes = ", ".join(f"{r} {b // KiB} KiB" for r, b in RENDITIONS.items())
+    lines = [f"segment prefetch: {args.prefetch_sessions} sessions ({off.requests:,} segment requests) over "
+             f"{args.prefetch_titles} titles x {len(RENDITIONS)} renditions x {args.prefetch_segments} segments "
+             f"({sizes}), {args.prefetch_viewers} viewers at once, {args.prefetch_think * 1e3:.0f} ms think time, "
+             f"seed {args.prefetch_seed}; POP -> regional -> shield -> origin, fresh caches each run; "
+             f"on = prefetch {args.prefetch_depth}", head, "-" * len(head)]
+    rows: list[tuple[str, Callable[[PrefetchRun], float], str]] = [
+        ("POP hit ratio, requests (%)", lambda r: r.hit_ratio * 100, "{:.1f}"),
+        ("POP hit ratio, bytes (%)", lambda r: r.byte_hit_ratio * 100, "{:.1f}"),
+        ("regional fetches / 1,000 requests", lambda r: r.per_1000(r.regional_fetches), "{:.0f}"),
+        ("origin fetches / 1,000 requests", lambda r: r.per_1000(r.origin_fetches), "{:.0f}"),
+        ("  of which 404 past a rendition's end", lambda r: r.per_1000(r.origin_not_found), "{:.0f}"),
+        ("origin MiB fetched", lambda r: r.origin_bytes / MiB, "{:.1f}"),
+        ("viewer latency p50 (ms)", lambda r: r.p50_ms, "{:.1f}"),
+        ("viewer latency p99 (ms)", lambda r: r.p99_ms, "{:.1f}"),
+        ("viewer latency p50 of POP misses (ms)", lambda r: r.miss_p50_ms, "{:.1f}"),
+        ("errors (non-200 answers)", lambda r: r.errors, "{:.0f}"),
+    ]
+    for label, get, fmt in rows:
+        a, b = get(off), get(on)
+        delta = ("+" if b >= a else "") + fmt.format(b - a)
+        lines.append(f"{label:<44}{fmt.format(a):>10}{fmt.format(b):>10}{delta:>10}")
+    counted = ", ".join(f"{k.removeprefix('prefetch_')} {v}" for k, v in on.pop_prefetch.items())
+    ceiling = 1 - off.distinct_segments / off.requests if off.requests else math.nan
+    lines += [f"  ceiling without prefetch (an endless cache, each distinct segment fetched once): hit ratio "
+              f"{ceiling * 100:.1f} %, {off.per_1000(off.distinct_segments):.0f} fetches / 1,000 requests",
+              f"  the POP's /healthz with prefetch on: {counted}",
+              f"  run time off {off.seconds:.0f} s, on {on.seconds:.0f} s"]
+    return lines
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -701,6 +996,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zipf-ram", default="8MiB")
     ap.add_argument("--zipf-disk", default="16MiB")
     ap.add_argument("--zipf-clients", type=int, default=8)
+    ap.add_argument("--prefetch-sessions", type=int, default=128, help="viewing sessions (segment prefetch)")
+    ap.add_argument("--prefetch-viewers", type=int, default=16, help="sessions played at once")
+    ap.add_argument("--prefetch-think", type=float, default=0.15, help="seconds between a segment and the next request")
+    ap.add_argument("--prefetch-titles", type=int, default=8)
+    ap.add_argument("--prefetch-segments", type=int, default=60, help="segments per rendition")
+    ap.add_argument("--prefetch-depth", type=int, default=3, help="prefetch = N in the 'on' run")
+    ap.add_argument("--prefetch-seed", type=int, default=11)
+    ap.add_argument("--prefetch-only", action="store_true",
+                    help="only the segment prefetch scenario (prefetch off, then on): no other server than the "
+                         "origin nginx and two POP -> regional -> shield chains")
     ap.add_argument("--protos", default="h1,h2-tls,h2c", type=lambda v: _choices(v, ("h1", "h2-tls", "h2c")),
                     help="the hit rows' protocols (comma-separated: h1, h2-tls, h2c)")
     ap.add_argument("--objects", default=",".join(OBJECTS), type=lambda v: _choices(v, tuple(OBJECTS)),
@@ -713,10 +1018,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds, args.rounds, args.cold = 2.0, 1, 100
         args.zipf_warm, args.zipf_requests = 5_000, 5_000
-    missing = [name for name in ("nginx", "varnishd", "wrk", "h2load", "openssl") if _binary(name) is None]
+        args.prefetch_sessions, args.prefetch_viewers, args.prefetch_think = 48, 12, 0.1
+    needed = ("nginx",) if args.prefetch_only else ("nginx", "varnishd", "wrk", "h2load", "openssl")
+    missing = [name for name in needed if _binary(name) is None]
     if missing:
         _log(f"missing {' '.join(missing)}: run scripts/install-bench-deps.sh (make bench does)")
         return 2
+    if args.prefetch_only:
+        with tempfile.TemporaryDirectory(prefix="hw-edge-bench-") as tmp, start_origin(Path(tmp), args) as origin:
+            _log(f"edge bench, segment prefetch only; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+            prefetch = measure_prefetch(Path(tmp), origin, Path(tmp) / "origin" / "segments.log", args)
+        print("\n".join(render_prefetch(prefetch, args)
+                        + [f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"]))
+        if args.json:
+            only = {"args": vars(args), "prefetch": {k: asdict(v) for k, v in prefetch.items()}}
+            Path(args.json).write_text(json.dumps(only, indent=2, default=str))
+        return 0
     from headwater.config import parse_size
 
     zipf_budget = parse_size(args.zipf_ram, "--zipf-ram") + parse_size(args.zipf_disk, "--zipf-disk")
@@ -784,11 +1101,13 @@ def main(argv: list[str] | None = None) -> int:
                         entry_overhead=DISK_ENTRY_OVERHEAD_BYTES)
         zipf["LRU, RAM + disk tiers' bytes, each entry charged as our disk tier's"] = {
             "fetches": f, "per_1000": f / args.zipf_requests * 1000}
+        prefetch = measure_prefetch(Path(tmp), stack.origin, Path(tmp) / "origin" / "segments.log", args)
         load_avg = os.getloadavg()[0]
     loopback = _ceilings.loopback_tcp(seconds=min(args.seconds, 3.0), port=free_ports(1)[0])
 
     lines = render(stack, hits, direct, memory, loopback, misses, zipf, args,
                    measured_fetches=measured_fetches, load_avg=load_avg)
+    lines[-1:-1] = ["", *render_prefetch(prefetch, args)]
     print("\n".join(lines))
     if args.json:
         report.update({
@@ -799,6 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
                          "loopback_gbit_per_s": loopback.value * 8, "loopback_how": loopback.how},
             "miss_ms": {k: {"p50": percentile(v, 50), "p99": percentile(v, 99), "all": v} for k, v in misses.items()},
             "zipf": zipf,
+            "prefetch": {k: asdict(v) for k, v in prefetch.items()},
         })
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -211,3 +212,79 @@ def test_protos_and_objects_are_picked_from_what_the_bench_knows():
     assert edge._choices("1k, 2m", tuple(edge.OBJECTS)) == ["1k", "2m"]
     with pytest.raises(Exception):
         edge._choices("h3", ("h1", "h2c"))
+
+
+def test_playback_sessions_are_deterministic_sequential_and_bounded():
+    sessions = edge.playback_sessions(400, titles=8, segments=60, rng=random.Random(11))
+    assert sessions == edge.playback_sessions(400, titles=8, segments=60, rng=random.Random(11))
+    assert all(s.segments and all(0 <= n < 60 for n in s.segments) for s in sessions)
+    assert {s.rendition for s in sessions} == set(edge.RENDITIONS)
+    assert Counter(s.title for s in sessions).most_common(1)[0][0] == 0  # Zipf: title 0 the most watched
+    steps = Counter(b - a for s in sessions for a, b in zip(s.segments, s.segments[1:]))
+    assert min(steps) >= 1 and steps[1] > 0.9 * sum(steps.values())  # mostly n, n+1, ...: a few seeks ahead
+    assert any(5 <= step <= 20 for step in steps)
+    # Some viewers abandon early, others play to the end: prefetching past the last watched is wasted.
+    assert any(len(s.segments) < 10 and s.segments[-1] < 50 for s in sessions)
+    assert any(s.segments[-1] == 59 for s in sessions)
+    assert sum(s.segments[0] == 0 for s in sessions) > len(sessions) // 2  # most start at the beginning
+    first = sessions[0]
+    assert first.paths()[0] == edge.segment_path(first.title, first.rendition, first.segments[0])
+    assert edge.segment_path(3, "720p", 42) == "/p/t3/720p/seg-00042.m4s"
+
+
+def test_x_cache_hits_and_the_origins_segment_log():
+    assert edge.is_hit("Hit from cpop") and edge.is_hit("RefreshHit from cpop") and edge.is_hit("StaleHit from cpop")
+    assert not edge.is_hit("Miss from cpop") and not edge.is_hit("") and not edge.is_hit("Error from cpop")
+    lines = ["200|61440|/p/t0/720p/seg-00001.m4s", "404|153|/p/t0/720p/seg-00060.m4s", "200|-|/p/x"]
+    assert edge.segment_fetches(lines) == {"fetches": 3, "not_found": 1, "bytes": 61440 + 153}
+
+
+def test_prefetch_summary_weighs_hits_by_requests_and_bytes():
+    played = [edge.Played(ms=1.0, bytes=100, hit=True, status=200),
+              edge.Played(ms=3.0, bytes=300, hit=False, status=200),
+              edge.Played(ms=2.0, bytes=100, hit=True, status=200),
+              edge.Played(ms=9.0, bytes=0, hit=False, status=502)]
+    s = edge.prefetch_summary(played)
+    assert (s["requests"], s["errors"]) == (4, 1)
+    assert s["hit_ratio"] == pytest.approx(2 / 3) and s["byte_hit_ratio"] == pytest.approx(200 / 500)
+    assert (s["p50_ms"], s["p99_ms"], s["miss_p50_ms"]) == (2.0, 9.0, 3.0)
+
+
+def test_the_prefetch_chain_differs_only_in_its_segment_behaviour(tmp_path):
+    on, off = tmp_path / "on.toml", tmp_path / "off.toml"
+    ports = list(range(9100, 9106))
+    on.write_text(edge.chain_cluster_toml(tmp_path / "v1", origin_port=8080, ports=ports, prefetch=3))
+    off.write_text(edge.chain_cluster_toml(tmp_path / "v2", origin_port=8080, ports=ports, prefetch=0))
+    (dist_on,), (dist_off,) = hwconfig.load(str(on)).distributions, hwconfig.load(str(off)).distributions
+    segment = edge.segment_path(0, "360p", 1)
+    assert (dist_on.route(segment).cache.prefetch, dist_off.route(segment).cache.prefetch) == (3, 0)
+    assert dist_on.route("/1k").cache.prefetch == 0  # only segments
+    assert [e.tier for e in hwconfig.load(str(on)).edge] == ["pop", "regional", "shield"]
+
+
+def test_segments_are_files_until_the_renditions_end(tmp_path):
+    edge.write_segments(tmp_path, titles=2, segments=3)
+    for title in range(2):
+        for rendition, size in edge.RENDITIONS.items():
+            assert (tmp_path / edge.segment_path(title, rendition, 2).lstrip("/")).stat().st_size == size
+            assert not (tmp_path / edge.segment_path(title, rendition, 3).lstrip("/")).exists()
+
+
+def test_the_prefetch_table_reports_off_against_on():
+    import argparse
+
+    args = argparse.Namespace(prefetch_sessions=2, prefetch_titles=1, prefetch_segments=4, prefetch_viewers=1,
+                              prefetch_think=0.1, prefetch_seed=1, prefetch_depth=3)
+    run = dict(requests=1000, errors=0, p50_ms=5.0, p99_ms=50.0, miss_p50_ms=20.0, seconds=10.0, distinct_segments=350)
+    result = {"off": edge.PrefetchRun(**run, hit_ratio=0.3, byte_hit_ratio=0.35, regional_fetches=700,
+                                      origin_fetches=700, origin_not_found=0, origin_bytes=10 * edge.MiB,
+                                      pop_prefetch={}),
+              "on": edge.PrefetchRun(**run, hit_ratio=0.8, byte_hit_ratio=0.82, regional_fetches=760,
+                                     origin_fetches=760, origin_not_found=4, origin_bytes=11 * edge.MiB,
+                                     pop_prefetch={"prefetch_fetched": 500, "used": 440})}
+    text = "\n".join(edge.render_prefetch(result, args))
+    assert re.search(r"POP hit ratio, requests \(%\)\s+30\.0\s+80\.0\s+\+50\.0", text)
+    assert re.search(r"origin fetches / 1,000 requests\s+700\s+760\s+\+60", text)
+    assert re.search(r"regional fetches / 1,000 requests\s+700\s+760\s+\+60", text)
+    assert "fetched 500, used 440" in text
+    assert "hit ratio 65.0 %, 350 fetches / 1,000 requests" in text
