@@ -585,7 +585,7 @@ class SqlCatalogue(ABC):
         if listed < LOOKUP_SCAN_RATIO * titles:
             return (f"(SELECT title_id, word, impact FROM search_postings WHERE word IN ({_marks(len(words))}) "
                     f"OFFSET 0) q WHERE q.title_id IN ({source})", [*words, *sargs])
-        return _probes(len(words), source), [a for w in words for a in (*sargs, w)]
+        return _probes(len(words), source), [*sargs, *words]
 
     def _read_and_looked_up(self, tx: Tx, batch_sql: str, batch_args: Sequence[Any],
                             lookup: dict[str, list[tuple[int, float]]], known: int | None,
@@ -1380,21 +1380,22 @@ _HIT_COLS = "t.id, t.title, t.category, t.year, t.language, t.duration_s"
 
 
 def _probes(n_words: int, titles: str) -> str:
-    """PostgreSQL: the postings of ``n_words`` words of the titles of the subquery ``titles``,
-    a FROM of ``q.title_id, q.word, q.impact`` whose parameters are, per word, the subquery's
-    and the word: per word one index-only scan of the primary key whose condition holds the
-    titles as an array and the word (``title_id = ANY(ARRAY(…)) AND word = ?``), each title a
-    descent of the same scan, in key order. A ``CROSS JOIN LATERAL`` subquery per title (with
-    ``word IN (…)``) restarted the scan and its plan nodes for each title, and, for two words or
-    more, the planner tested the words as a filter on every posting of the title (some 56):
-    1,000 titles of `ver` looked up in `ramarwin` and `*ver` 8.1 → 4.8 ms of CPU, 2,000 of
-    `vor` in `kelgar` 8.9 → 7.1 ms (best of 11, load 9-14). An array's size is unknown to the
-    planner, which then probes rather than read a word's whole list and hash it (which
-    _lookup_join chooses itself: some 15 ms of CPU for 1,000 titles became 65 for `vor`'s 81,000
-    postings; docs/origin-catalogue.md)."""
-    return "(" + " UNION ALL ".join(
-        f"SELECT p.title_id, p.word, p.impact FROM search_postings p WHERE p.title_id = ANY(ARRAY({titles})) "
-        "AND p.word = ?" for _ in range(n_words)) + ") q"
+    """PostgreSQL: the postings of ``n_words`` words (bound after the parameters of the subquery
+    ``titles``) of its titles, a FROM of ``q.title_id, q.word, q.impact``: per title a
+    ``CROSS JOIN LATERAL`` subquery of one index-only probe of the primary key per word (the
+    title and the word, a unique key: the planner never reads a word's list for it), the
+    words' probes joined by ``UNION ALL``. (OFFSET 0 keeps the planner from flattening it into
+    a join it may run as a hash join over the words' whole lists: some 15 ms of CPU for 1,000
+    titles become 65 for a common word's 81,000 postings; docs/origin-catalogue.md.) One probe
+    with ``word IN (…)`` of two words or more made the planner test the words as a filter over
+    every posting of the title (some 56), one descent but a far longer read: 1,000 titles of
+    `ver` looked up in `ramarwin` and `*ver` 10.2 → 6.8 ms of server CPU (best of 11, load 19).
+    (The titles bound as an array in one scan per word, ``title_id = ANY(ARRAY(…)) AND word =
+    ?``, spared the restarts too, but left the planner free to read a word's list instead, which
+    it did for a word it took for rare: `anlo`, 8,688 postings, for 19 titles.)"""
+    probes = " UNION ALL ".join(f"SELECT q.title_id, q.word, q.impact FROM search_postings q "
+                                f"WHERE q.title_id = f.id AND q.word = ?" for _ in range(n_words))
+    return f"({titles}) f(id) CROSS JOIN LATERAL (SELECT * FROM ({probes}) u OFFSET 0) q"
 
 
 def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n_groups: int,
