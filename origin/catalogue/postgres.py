@@ -75,6 +75,7 @@ class PostgresCatalogue(SqlCatalogue):
     count_from_matches = True
     probe_barrier = " OFFSET 0"
     filtered_group_count_max = 50_000
+    count_probes_titles = True
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

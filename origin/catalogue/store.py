@@ -146,6 +146,9 @@ class SqlCatalogue(ABC):
     # full-text count. PostgreSQL's GIN count fetched each match's row and its title to test the
     # filter (`ormo`, drama, fr: 24-72 ms at load 15); SQLite's FTS5 walk is cheaper (0: never).
     filtered_group_count_max = 0
+    # Whether that count (from a set every match lies in) joins each title by a probe of its
+    # key rather than leave the join to the planner (PostgreSQL's hashed a scan of `titles`).
+    count_probes_titles = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
@@ -561,16 +564,17 @@ class SqlCatalogue(ABC):
             # Every other group has no word: only a lone group's titles can match.
             return list(ids.items()) if n_groups == 1 and isinstance(ids, dict) else []
         source, sargs = ids if isinstance(ids, tuple) else (self.json_ints, [json.dumps(list(ids))])
-        join, probing = self._lookup_join(tx, words, titles if isinstance(ids, tuple) and titles else len(ids))
-        return _summed(tx.rows(f"SELECT q.title_id, q.word, q.impact FROM {join.format(titles=source)}",
-                               (*sargs, *words) if probing else (*words, *sargs)),
+        join, args = self._lookup_join(tx, words, titles if isinstance(ids, tuple) and titles else len(ids),
+                                       source, sargs)
+        return _summed(tx.rows(f"SELECT q.title_id, q.word, q.impact FROM {join}", args),
                        lookup, n_groups, ids if isinstance(ids, dict) else [], known)
 
-    def _lookup_join(self, tx: Tx, words: list[str], titles: int) -> tuple[str, bool]:
-        """How a lookup reads the postings of ``words`` (bound) of some ``titles`` titles (a
-        subquery put in for ``{titles}``): the FROM of a select of ``q.title_id, q.word,
-        q.impact``, and whether the titles' parameters come before the words'. One index-only
-        probe of the primary key per title, or, when the words' lists hold fewer than
+    def _lookup_join(self, tx: Tx, words: list[str], titles: int, source: str,
+                     sargs: Sequence[Any]) -> tuple[str, list[Any]]:
+        """How a lookup reads the postings of ``words`` of some ``titles`` titles (the subquery
+        ``source``, whose parameters are ``sargs``): the FROM of a select of ``q.title_id,
+        q.word, q.impact``, and its parameters. One index-only probe of the primary key per
+        title and word (:func:`_probes`), or, when the words' lists hold fewer than
         LOOKUP_SCAN_RATIO postings per title, those lists read whole (the impact index) and
         joined to the titles by hash (a probe touches some three pages, a posting of a list
         read a fiftieth of one: `lotor`'s 15,739 postings for 2,000 titles, 284 pages against
@@ -581,8 +585,8 @@ class SqlCatalogue(ABC):
         listed = sum(lengths.get(w, 1 << 40) for w in words)
         if listed < LOOKUP_SCAN_RATIO * titles:
             return (f"(SELECT title_id, word, impact FROM search_postings WHERE word IN ({_marks(len(words))}) "
-                    "OFFSET 0) q WHERE q.title_id IN ({titles})", False)
-        return f"({{titles}}) f(id) CROSS JOIN LATERAL ({_probes(len(words))}) q", True
+                    f"OFFSET 0) q WHERE q.title_id IN ({source})", [*words, *sargs])
+        return _probes(len(words), source), [*sargs, *words]
 
     def _read_and_looked_up(self, tx: Tx, batch_sql: str, batch_args: Sequence[Any],
                             lookup: dict[str, list[tuple[int, float]]], known: int | None,
@@ -594,15 +598,14 @@ class SqlCatalogue(ABC):
         × impact, rest) + beyond`` reaches ``floor`` (``test``) (rows of title, word, impact)."""
         words = [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)]
         unseen, uargs = (f" AND title_id NOT IN ({self.json_ints})", [json.dumps(list(seen))]) if seen else ("", [])
-        # The batch's size bounds the titles looked up.
-        join, probing = self._lookup_join(tx, words, batch)
         kept = f"SELECT title_id FROM r WHERE ok AND {self.greatest}(? * impact, ?) + ? >= ?{unseen}"
+        # The batch's size bounds the titles looked up.
+        join, args = self._lookup_join(tx, words, batch, kept, [*test, *uargs])
         rows = tx.rows(
             f"WITH r AS MATERIALIZED ({batch_sql}) "
             "SELECT 0 AS part, r.title_id, r.impact, r.ok, NULL AS word FROM r UNION ALL "
-            f"SELECT 1, q.title_id, q.impact, true, q.word FROM {join.format(titles=kept)} "
-            "ORDER BY part, impact DESC, title_id DESC",
-            (*batch_args, *test, *uargs, *words) if probing else (*batch_args, *words, *test, *uargs))
+            f"SELECT 1, q.title_id, q.impact, true, q.word FROM {join} "
+            "ORDER BY part, impact DESC, title_id DESC", (*batch_args, *args))
         read = [(r[1], r[2], r[3]) for r in rows if r[0] == 0]
         return read, [(r[1], r[4], r[2]) for r in rows if r[0] == 1]
 
@@ -869,6 +872,15 @@ class SqlCatalogue(ABC):
                                              self._probed(tx, groups, titles))
                 if checks is None:
                     return []
+                if self.count_probes_titles:
+                    # Each title probed by its key (a subquery the planner cannot flatten), its
+                    # checks first: left to itself PostgreSQL hashed a scan of every title for
+                    # the 161 postings of a typo's corrections (`loota`: 25 ms, 0.6 with probes).
+                    return tx.rows(
+                        f"SELECT category, count(*) FROM (SELECT t.category AS category FROM ({source[0]}) d "
+                        f"CROSS JOIN LATERAL (SELECT t.category FROM titles t WHERE t.id = d.id AND "
+                        f"{' AND '.join(where)} OFFSET 0) t{' WHERE ' + checks if checks else ''} LIMIT ?) m "
+                        "GROUP BY category", (*source[1], *params, *kargs, cap))
                 cond = "".join(f" AND {w}" for w in [*([checks] if checks else []), *where])
                 return tx.rows(f"SELECT category, count(*) FROM (SELECT t.category AS category FROM ({source[0]}) d "
                                f"{self.postings_join} ON t.id = d.id WHERE true{cond} LIMIT ?) m GROUP BY category",
@@ -1418,14 +1430,23 @@ class SqlCatalogue(ABC):
 _HIT_COLS = "t.id, t.title, t.category, t.year, t.language, t.duration_s"
 
 
-def _probes(n_words: int) -> str:
-    """PostgreSQL: the postings of ``n_words`` words (bound) of the title ``f.id``, for a
-    ``CROSS JOIN LATERAL``: one index-only probe of the primary key per title, as the lookups
-    always were. (OFFSET 0 keeps the planner from flattening it into a join it may run as a hash
-    join over the words' whole lists: some 15 ms of CPU for 1,000 titles become 65 for a common
-    word's 81,000 postings; docs/origin-catalogue.md.)"""
-    return (f"SELECT q.title_id, q.word, q.impact FROM search_postings q WHERE q.title_id = f.id "
-            f"AND q.word IN ({_marks(n_words)}) OFFSET 0")
+def _probes(n_words: int, titles: str) -> str:
+    """PostgreSQL: the postings of ``n_words`` words (bound after the parameters of the subquery
+    ``titles``) of its titles, a FROM of ``q.title_id, q.word, q.impact``: per title a
+    ``CROSS JOIN LATERAL`` subquery of one index-only probe of the primary key per word (the
+    title and the word, a unique key: the planner never reads a word's list for it), the
+    words' probes joined by ``UNION ALL``. (OFFSET 0 keeps the planner from flattening it into
+    a join it may run as a hash join over the words' whole lists: some 15 ms of CPU for 1,000
+    titles become 65 for a common word's 81,000 postings; docs/origin-catalogue.md.) One probe
+    with ``word IN (…)`` of two words or more made the planner test the words as a filter over
+    every posting of the title (some 56), one descent but a far longer read: 1,000 titles of
+    `ver` looked up in `ramarwin` and `*ver` 10.2 → 6.8 ms of server CPU (best of 11, load 19).
+    (The titles bound as an array in one scan per word, ``title_id = ANY(ARRAY(…)) AND word =
+    ?``, spared the restarts too, but left the planner free to read a word's list instead, which
+    it did for a word it took for rare: `anlo`, 8,688 postings, for 19 titles.)"""
+    probes = " UNION ALL ".join(f"SELECT q.title_id, q.word, q.impact FROM search_postings q "
+                                f"WHERE q.title_id = f.id AND q.word = ?" for _ in range(n_words))
+    return f"({titles}) f(id) CROSS JOIN LATERAL (SELECT * FROM ({probes}) u OFFSET 0) q"
 
 
 def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n_groups: int,

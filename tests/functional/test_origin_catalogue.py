@@ -364,6 +364,39 @@ def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatc
         assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
 
 
+def test_postgres_lookups_probe_each_word_and_the_count_probes_each_title(seeded, backend, monkeypatch):
+    """PostgreSQL: a lookup of several words probes the unique key once per word (UNION ALL in
+    the per-title subquery, store._probes), and the capped count from a small set probes each
+    title's row by key (count_probes_titles); pages, totals and facets are those of one probe
+    with word IN (…) and of the join left to the planner."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's lookups")
+    from headwater.origin.catalogue import postgres, store
+
+    # Every lookup probes (the catalogue's lists are short enough to read whole otherwise).
+    monkeypatch.setattr(store, "LOOKUP_SCAN_RATIO", 0)
+    queries = [SearchQuery(q=q, with_total=True, **kw) for q in RANKED
+               for kw in ({}, {"category": "drama"}, {"offset": 20})]
+    statements: list[str] = []
+    real = postgres._PgTx.rows
+    monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
+        self, sql, params))
+    probed = [seeded.search(q) for q in queries]
+    assert any("AND q.word = ? UNION ALL SELECT" in sql for sql in statements)
+    assert any("CROSS JOIN LATERAL (SELECT t.category FROM titles t WHERE t.id = d.id" in sql for sql in statements)
+
+    def one_probe(n_words: int, titles: str) -> str:
+        return (f"({titles}) f(id) CROSS JOIN LATERAL (SELECT q.title_id, q.word, q.impact FROM search_postings q "
+                f"WHERE q.title_id = f.id AND q.word IN ({', '.join('?' * n_words)}) OFFSET 0) q")
+
+    monkeypatch.setattr(store, "_probes", one_probe)
+    monkeypatch.setattr(postgres.PostgresCatalogue, "count_probes_titles", False)
+    for q, a in zip(queries, probed):
+        b = seeded.search(q)
+        assert [(h.id, h.score) for h in a.hits] == [(h.id, h.score) for h in b.hits], q
+        assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
+
+
 def test_a_groups_small_lists_are_read_as_one(fresh, monkeypatch):
     """A common word beside a prefix with many small completions: the completions' lists are read
     in one statement and walked as one list (store._top_k), and the pages, filtered or not, are
