@@ -108,3 +108,27 @@ def test_headwater_up_makes_the_key_and_cdn_sign_urls_pass_the_pop(tmp_path):
                 up.wait()
             served.cancel()
     assert key_file.exists() and os.stat(key_file).st_size > 1000
+
+
+def test_cdn_keygen_makes_the_auto_key_and_a_new_one_to_rotate_to(tmp_path):
+    ports = free_ports(11)
+    path = tmp_path / "cluster.toml"
+    path.write_text(signed_like_the_shipped_config(CONFIG).format(origin=ports[10], p=ports))
+    made = cli("cdn", "keygen", "-c", str(path))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == f"local: created {tmp_path / 'var' / 'cdn' / 'local.pem'}"
+    again = cli("cdn", "keygen", "-c", str(path))
+    assert again.returncode == 0 and "already there" in again.stdout
+    assert not load(str(path)).cdn.keys.get("local").missing
+
+    new = cli("cdn", "keygen", "--id", "local2", "-c", str(path))
+    assert new.returncode == 0, new.stderr
+    assert '[[cdn.keys]]\nid = "local2"\nprivate_key_file = "auto"' in new.stdout
+    # The printed entry, added as it says, is a key the POPs can trust and the CLI signs with.
+    path.write_text(path.read_text().replace('trusted_keys = ["local"]', 'trusted_keys = ["local", "local2"]')
+                    + '\n[[cdn.keys]]\nid = "local2"\nprivate_key_file = "auto"\n')
+    signed = cli("cdn", "sign", "video", "/titles/1/a.m4s", "--expires", "1h", "--key-id", "local2", "-c", str(path))
+    assert signed.returncode == 0 and "Key-Pair-Id=local2" in signed.stdout, signed.stderr
+    bad = cli("cdn", "keygen", "--id", "../x", "-c", str(path))
+    assert bad.returncode == 2 and "not a key-pair id" in bad.stderr
+    assert not (tmp_path / "var" / "x.pem").exists()
