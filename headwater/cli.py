@@ -179,10 +179,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .sealed import SealedError
     from .supervisor import StartupError, Supervisor, check_ports
 
-    try:
+    def read() -> ClusterConfig:
         cfg = _load(args.config)
         if args.roles is not None:
             cfg = cfg.with_roles(r.strip() for r in args.roles.split(",") if r.strip())
+        return cfg
+
+    try:
+        cfg = read()
     except ConfigError as e:
         err(str(e))
         return EXIT_USAGE
@@ -215,9 +219,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             if rs.prepare is not None:
                 made += rs.prepare(cfg)
         if made:
-            cfg = _load(args.config)
-            if args.roles is not None:
-                cfg = cfg.with_roles(r.strip() for r in args.roles.split(",") if r.strip())
+            cfg = read()  # sections read what was just made (the edge's auto keys)
     except (ConfigError, OSError) as e:
         err(str(e))
         err("nothing was started")

@@ -24,12 +24,44 @@ from headwater.config import load
 from headwater.edge import cdnkeys
 from headwater.edge.signedurl import sign_url
 from tests.functional.dns_harness import HEADWATER, wait_for
-from tests.functional.edge_harness import CONFIG, ControlledOrigin, Obj
+from tests.functional.edge_harness import ControlledOrigin, Obj
 from tests.cluster import free_ports
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "cluster.toml"
+
+# A POP and its shield (fewer processes than edge_harness.CONFIG's five: `up` starts each).
+CONFIG = """
+[cluster]
+name = "signing-test"
+data_dir = "var"
+
+[cdn.client_limits]
+enabled = false
+
+[[distributions]]
+name = "video"
+hostnames = ["video.test"]
+origin = "http://127.0.0.1:{origin}"
+
+[[edge]]
+id = "pop-1"
+tier = "pop"
+port = {p[0]}
+admin_port = {p[1]}
+lat = 51.5
+lon = -0.12
+ram_size = "16MiB"
+disk_size = "64MiB"
+
+[[edge]]
+id = "shield-1"
+tier = "shield"
+port = {p[2]}
+admin_port = {p[3]}
+disk_size = "64MiB"
+"""
 
 
 def signed_like_the_shipped_config(config: str) -> str:
@@ -50,9 +82,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_headwater_up_makes_the_key_and_cdn_sign_urls_pass_the_pop(tmp_path):
-    ports = free_ports(11)
+    ports = free_ports(5)
     path = tmp_path / "cluster.toml"
-    path.write_text(signed_like_the_shipped_config(CONFIG).format(origin=ports[10], p=ports))
+    path.write_text(signed_like_the_shipped_config(CONFIG).format(origin=ports[4], p=ports))
     key_file = tmp_path / "var" / "cdn" / "local.pem"
     origin = ControlledOrigin()
     origin.objects["/titles/1/a.m4s"] = Obj(b"segment bytes " * 100, [("cache-control", "max-age=60")])
@@ -63,14 +95,14 @@ def test_headwater_up_makes_the_key_and_cdn_sign_urls_pass_the_pop(tmp_path):
     assert not key_file.exists()
 
     with anyio.from_thread.start_blocking_portal("asyncio") as portal:
-        served, _ = portal.start_task(origin.run, ports[10])
+        served, _ = portal.start_task(origin.run, ports[4])
         log = (tmp_path / "up.log").open("w+")
         up = subprocess.Popen([HEADWATER, "up", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
         try:
             def ready() -> bool:
                 assert up.poll() is None, Path(log.name).read_text()
                 return "is up" in Path(log.name).read_text()
-            wait_for(ready, 60, interval=0.1)
+            wait_for(ready, 120, interval=0.1)
             said = Path(log.name).read_text()
             assert f"created the CDN signing key {key_file}" in said
             assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -111,9 +143,9 @@ def test_headwater_up_makes_the_key_and_cdn_sign_urls_pass_the_pop(tmp_path):
 
 
 def test_cdn_keygen_makes_the_auto_key_and_a_new_one_to_rotate_to(tmp_path):
-    ports = free_ports(11)
+    ports = free_ports(5)
     path = tmp_path / "cluster.toml"
-    path.write_text(signed_like_the_shipped_config(CONFIG).format(origin=ports[10], p=ports))
+    path.write_text(signed_like_the_shipped_config(CONFIG).format(origin=ports[4], p=ports))
     made = cli("cdn", "keygen", "-c", str(path))
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == f"local: created {tmp_path / 'var' / 'cdn' / 'local.pem'}"
