@@ -62,6 +62,9 @@ def find_signing_key(cluster: Any, key_id: str = "") -> SigningKey | None:
     if key_id:
         for k in keys:
             if k.id == key_id:
+                if k.missing:
+                    raise ValueError(f"[[cdn.keys]] {key_id}: {k.auto_file} is not made yet "
+                                     "(`headwater up` makes it on first start, or `headwater cdn keygen`)")
                 if k.private_key_pem is None:
                     raise ValueError(f"[[cdn.keys]] {key_id} has no private_key_file: the origin cannot sign")
                 return k

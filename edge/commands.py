@@ -2,7 +2,8 @@
 cluster.toml, as ``varnishd -b`` does), ``headwater edge check``, and the CDN's operations:
 ``headwater cdn invalidate DIST PATH... [--tag T]`` (a signed ``POST /_hw/invalidate`` to the
 purge home, then a wait until every tier has applied it) and ``headwater cdn sign DIST PATH
---expires 1h`` (a CloudFront signed URL with a ``[[cdn.keys]]`` private key).
+--expires 1h`` (a CloudFront signed URL with a ``[[cdn.keys]]`` private key), and ``headwater cdn
+keygen [--id ID]`` (makes the key of a ``private_key_file = "auto"`` entry, :mod:`.cdnkeys`).
 
 ``headwater edge serve --origin http://127.0.0.1:8080 --listen 127.0.0.1:6081 --cache-dir DIR
 --ram 256MiB`` runs one edge worker whose tier is "pop" with no tier above it: misses go
@@ -27,7 +28,8 @@ from headwater.config import ClusterConfig, ConfigError, GiB, Reader, load, pars
 
 from .config import Distribution, EdgeConfig, read_origin
 
-__all__ = ["add_commands", "serve_config", "cmd_edge_serve", "cmd_cdn_invalidate", "cmd_cdn_sign"]
+__all__ = ["add_commands", "serve_config", "cmd_edge_serve", "cmd_cdn_invalidate", "cmd_cdn_sign",
+           "cmd_cdn_keygen"]
 
 
 def add_commands(sub: Any, config_help: str) -> None:
@@ -72,6 +74,13 @@ def add_commands(sub: Any, config_help: str) -> None:
     g.add_argument("--https", action="store_true", help="an https:// URL on the POP's tls_port")
     g.add_argument("-c", "--config", metavar="FILE", help=config_help)
     g.set_defaults(func=cmd_cdn_sign)
+    k = cdn_sub.add_parser("keygen", help="make the CDN signing key of an [[cdn.keys]] entry with "
+                                          'private_key_file = "auto" (or a new one, to rotate)')
+    k.add_argument("--id", metavar="ID", dest="key_id",
+                   help="the key-pair id (default: every auto entry of cluster.toml); a new id prints "
+                        "the [[cdn.keys]] entry to add")
+    k.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    k.set_defaults(func=cmd_cdn_keygen)
 
 
 def _host_port(value: str, flag: str) -> tuple[str, int]:
@@ -254,9 +263,10 @@ def cmd_cdn_sign(args: argparse.Namespace) -> int:
                 raise ConfigError("--key-id", f"no [[cdn.keys]] entry has id {args.key_id!r} "
                                               f"({', '.join(keys.ids()) or 'none configured'})")
         else:
-            key = next((k for k in keys.keys if k.private_key_pem is not None), None)
+            key = next((k for k in keys.keys if k.private_key_pem is not None or k.missing), None)
             if key is None:
-                raise ConfigError("cdn.keys", "no [[cdn.keys]] entry has a private_key_file on this host")
+                raise ConfigError("cdn.keys", "no [[cdn.keys]] entry has a private_key_file on this host "
+                                              '(private_key_file = "auto" makes one: README, "Signed CDN URLs")')
         pops = [e for e in cfg.edge if e.tier == "pop"]
         pop = next((e for e in pops if e.id == args.pop), None) if args.pop else (pops[0] if pops else None)
         if pop is None:
@@ -277,4 +287,41 @@ def cmd_cdn_sign(args: argparse.Namespace) -> int:
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_cdn_keygen(args: argparse.Namespace) -> int:
+    """``headwater cdn keygen [--id ID]``: make ``auto`` keys that are missing (what ``headwater
+    up`` does on first start); with a new ``--id``, make that key and print its entry."""
+    from .cdnkeys import default_key_file, make_key_file
+    from .signedurl import KEY_ID_PATTERN
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        _err(str(e).lstrip(": "))
+        return EXIT_USAGE
+    keys = cfg.cdn.keys
+    if args.key_id is None:
+        autos = [k for k in keys.keys if k.auto_file is not None]
+        if not autos:
+            _err('no [[cdn.keys]] entry has private_key_file = "auto": give --id to make a new key')
+            return EXIT_USAGE
+        for k in autos:
+            made = make_key_file(k.auto_file)
+            print(f"{k.id}: {'created' if made else 'already there:'} {k.auto_file}")
+        return EXIT_OK
+    if not KEY_ID_PATTERN.fullmatch(args.key_id):
+        _err(f"--id: {args.key_id!r} is not a key-pair id (letters, digits, _ -)")
+        return EXIT_USAGE
+    known = keys.get(args.key_id)
+    if known is not None and known.auto_file is None:
+        _err(f"[[cdn.keys]] {args.key_id} names its own key files: keygen makes only auto keys")
+        return EXIT_USAGE
+    file = default_key_file(cfg, args.key_id)
+    made = make_key_file(file)
+    print(f"{args.key_id}: {'created' if made else 'already there:'} {file}")
+    if known is None:
+        print(f"add to {cfg.path}, then name it in trusted_keys and [origin.delivery] signing_key_id:\n"
+              f'[[cdn.keys]]\nid = "{args.key_id}"\nprivate_key_file = "auto"', flush=True)
     return EXIT_OK

@@ -114,6 +114,13 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     # A POP's front door (client limits, rules, signed URLs); the other tiers' clients are POPs.
     door = FrontDoor(getattr(cluster, "cdn", None) or CdnConfig(), distributions, registry=registry,
                      tier=node.tier, monotonic=clock.monotonic, wall=clock.time) if node.tier == "pop" else None
+    if door is not None:
+        for key in (getattr(cluster, "cdn", None) or CdnConfig()).keys.keys:
+            if key.missing:
+                # Fail closed (what it signs is refused), but say why every signed URL is a 403.
+                log.warning("edge: %s: CDN key %s is not made yet (%s): URLs signed with it are refused; "
+                            "copy the file from the host whose `headwater up` made it", node.id, key.id,
+                            key.auto_file, extra={"event": "edge.key_missing", "key_id": key.id})
     hooks: dict[str, Any] = {} if door is None else {"on_connection": door.on_connection,
                                                       "on_disconnect": door.on_disconnect,
                                                       "on_flood": door.on_flood}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from headwater.config import ClusterConfig
 from headwater.roles import Role, RoleSet, Section
 
-from . import config, status
+from . import cdnkeys, config, status
 
 
 def _endpoints(cfg: ClusterConfig) -> list[str]:
@@ -73,4 +73,5 @@ ROLE_SET = RoleSet(
     status_report=status.status_report,
     commands=_commands,
     tls_names=_tls_names,
+    prepare=cdnkeys.prepare,
 )

@@ -33,8 +33,9 @@ unknown key → bad signature → expired → not yet valid → IP not allowed �
 signature is checked before the policy's conditions so an unauthenticated client learns nothing
 about a policy it did not sign. Every failure is a :class:`Denial` (a 403 with a clear body).
 
-Cost per request: one RSA public-key operation (e = 65537: tens of microseconds for 2048-bit
-keys), after parsing bounded by :data:`MAX_POLICY_CHARS`; the wildcard match runs only once the
+Cost per request: one RSA public-key operation (e = 65537: ~120 µs of pycryptodome for a 2048-bit
+key here) the first time a worker sees a signature, then a SHA-256 over it and the policy
+(:class:`Verifier` remembers signatures that held), after parsing bounded by :data:`MAX_POLICY_CHARS`; the wildcard match runs only once the
 policy's signature holds, so its pattern is the operator's, not an attacker's.
 
 The verdict's ``target`` is the request target with the signing parameters removed: that is what
@@ -52,9 +53,12 @@ import base64
 import binascii
 import enum
 import functools
+import hashlib
 import ipaddress
 import json
+import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -67,7 +71,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Denial",
     "Access",
+    "AUTO",
+    "KEY_ID_PATTERN",
     "SigningKey",
+    "auto_key_file",
     "SigningKeys",
     "Verifier",
     "canned_policy",
@@ -101,7 +108,9 @@ MAX_POLICY_CHARS = 8192
 # RSA signatures up to 8192-bit keys (1,024 bytes, 1,368 base64 characters).
 _MAX_SIGNATURE_CHARS = 1368
 _MAX_KEY_ID_CHARS = 128
-_KEY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+#: ``private_key_file = "auto"``: the key lives in the data_dir, made on first start.
+AUTO = "auto"
 _EPOCH = re.compile(r"[0-9]{1,12}")
 _HASH_NAMES = ("SHA1", "SHA256")
 
@@ -191,8 +200,16 @@ class SigningKey:
     only where this host signs URLs (``headwater cdn sign``)."""
 
     id: str
-    public_key_pem: bytes
+    public_key_pem: bytes | None
     private_key_pem: bytes | None = None
+    #: ``private_key_file = "auto"``: the key's file in the cluster's data_dir, made by
+    #: ``headwater up`` on first start (:mod:`.cdnkeys`); both PEMs are None until it exists.
+    auto_file: Path | None = None
+
+    @property
+    def missing(self) -> bool:
+        """An ``auto`` key whose file is not made yet: it verifies and signs nothing."""
+        return self.public_key_pem is None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,7 +249,11 @@ def load_private_key(pem: bytes) -> RSA.RsaKey:
 def read_signing_keys(r: Reader, entries: Any, prefix: str = "cdn.keys") -> SigningKeys:
     """``[[cdn.keys]]``: ``id`` (the Key-Pair-Id), ``public_key_file`` and optionally
     ``private_key_file`` (relative paths resolve against cluster.toml's folder). Each file is read
-    and parsed now, so a bad key stops the cluster before anything starts."""
+    and parsed now, so a bad key stops the cluster before anything starts.
+
+    ``private_key_file = "auto"`` (and no ``public_key_file``): the pair is one owner-only file,
+    :func:`auto_key_file`, that ``headwater up`` makes on first start; until then the entry is
+    :attr:`SigningKey.missing` (it signs nothing and nothing signed with it is accepted)."""
     if entries is None:
         return SigningKeys()
     if not isinstance(entries, list):
@@ -245,11 +266,14 @@ def read_signing_keys(r: Reader, entries: Any, prefix: str = "cdn.keys") -> Sign
             raise r.error(prefix, "expected an array of tables ([[cdn.keys]])")
         r.check_keys(entry, prefix, {"id", "public_key_file", "private_key_file"})
         key_id = r.get(entry, "id", prefix, str, required=True)
-        if not _KEY_ID.fullmatch(key_id):
+        if not KEY_ID_PATTERN.fullmatch(key_id):
             raise r.error(f"{prefix}.id", f"{key_id!r} is not a key-pair id (letters, digits, _ -)")
         if key_id in seen:
             raise r.error(f"{prefix}.id", f"key-pair id {key_id!r} appears twice")
         seen.add(key_id)
+        if entry.get("private_key_file") == AUTO:
+            keys.append(_read_auto_key(r, entry, key_id, where, prefix))
+            continue
         pub_pem = _read_key_file(r, entry, "public_key_file", prefix, required=True)
         assert pub_pem is not None
         try:
@@ -267,6 +291,38 @@ def read_signing_keys(r: Reader, entries: Any, prefix: str = "cdn.keys") -> Sign
                               f"{where}: this private key is not the pair of public_key_file")
         keys.append(SigningKey(id=key_id, public_key_pem=pub_pem, private_key_pem=priv_pem))
     return SigningKeys(keys=tuple(keys))
+
+
+def auto_key_file(data_dir: Path, key_id: str) -> Path:
+    """Where ``private_key_file = "auto"`` keeps key ``key_id``: ``data_dir/cdn/<id>.pem``."""
+    return data_dir / "cdn" / f"{key_id}.pem"
+
+
+def _read_auto_key(r: Reader, entry: Mapping[str, Any], key_id: str, where: str, prefix: str) -> SigningKey:
+    # One file holds the pair (the public half is derived), so two hosts or two starts can never
+    # end up with halves of different pairs.
+    if "public_key_file" in entry:
+        raise r.error(f"{prefix}.public_key_file",
+                      f'{where}: private_key_file = "auto" keeps the pair in one file: drop public_key_file')
+    file = auto_key_file(r.data_dir, key_id)
+    try:
+        with open(file, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(64 * 1024 + 1)
+    except FileNotFoundError:
+        return SigningKey(id=key_id, public_key_pem=None, auto_file=file)
+    except OSError as e:
+        raise r.error(f"{prefix}.private_key_file", f"cannot read {file}: {e.strerror}") from None
+    if mode & 0o077:
+        # As ssh refuses a private key others can read: whoever reads it can sign any URL.
+        raise r.error(f"{prefix}.private_key_file",
+                      f"{file} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+    try:
+        priv = load_private_key(data)
+    except (ValueError, IndexError, TypeError) as e:
+        raise r.error(f"{prefix}.private_key_file", f"{where}: {file} is not an RSA private key in PEM: {e}") from None
+    return SigningKey(id=key_id, public_key_pem=priv.public_key().export_key("PEM"), private_key_pem=data,
+                      auto_file=file)
 
 
 def _read_key_file(r: Reader, entry: Mapping[str, Any], name: str, prefix: str, *,
@@ -491,14 +547,28 @@ def _signing_cookies(cookie_header: str | None) -> dict[str, str] | None:
 class Verifier:
     """Verifies signed URLs and signed cookies against the trusted public keys, by key-pair id.
 
-    One per distribution (the keys it trusts); stateless between calls, so one instance serves
-    every request of a worker. ``verify`` never raises on client input.
+    One per distribution (the keys it trusts), serving every request of a worker. ``verify``
+    never raises on client input.
+
+    A player sends one grant (the same policy and signature) with each of hundreds of segment
+    requests, and the RSA check costs more than a small cache hit's whole path (~120 µs against
+    45-70 µs, bench/README.md): so the digests of the last ``cache_entries`` (key id, hash,
+    policy, signature) whose signature held are remembered and not checked again. Only the
+    signature's outcome is remembered, and only when it held: the policy's conditions (expiry,
+    start, IP, resource) are checked on every request, and a forged signature is checked (and
+    refused) every time, so the cache holds nothing a client without a key can put there.
+    ``signature_checks`` and ``signature_cache_hits`` count both paths.
     """
 
-    def __init__(self, keys: SigningKeys | Mapping[str, bytes]) -> None:
-        pems = ({k.id: k.public_key_pem for k in keys.keys} if isinstance(keys, SigningKeys)
-                else dict(keys))
+    def __init__(self, keys: SigningKeys | Mapping[str, bytes], *, cache_entries: int = 4096) -> None:
+        # A key not made yet (``auto``) is unknown here: what it would sign is refused.
+        pems = ({k.id: k.public_key_pem for k in keys.keys if k.public_key_pem is not None}
+                if isinstance(keys, SigningKeys) else dict(keys))
         self._keys = {kid: load_public_key(pem) for kid, pem in pems.items()}
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._cache_entries = cache_entries
+        self.signature_checks = 0
+        self.signature_cache_hits = 0
 
     def key_ids(self) -> tuple[str, ...]:
         return tuple(self._keys)
@@ -547,7 +617,7 @@ class Verifier:
         # Exactly one of Expires (canned) and Policy (custom), plus a signature and a key id.
         if (expires_s is None) == (policy_s is None) or not sig_s or not key_id:
             return deny(Denial.MALFORMED)
-        if len(key_id) > _MAX_KEY_ID_CHARS or not _KEY_ID.fullmatch(key_id):
+        if len(key_id) > _MAX_KEY_ID_CHARS or not KEY_ID_PATTERN.fullmatch(key_id):
             return deny(Denial.MALFORMED)
         hash_name = hash_name if hash_name is not None else "SHA1"
         if hash_name not in _HASH_NAMES or len(sig_s) > _MAX_SIGNATURE_CHARS:
@@ -573,10 +643,19 @@ class Verifier:
         key = self._keys.get(key_id)
         if key is None:
             return deny(Denial.UNKNOWN_KEY, key_id, policy.expires)
-        try:
-            _pkcs1().new(key).verify(_digest(hash_name).new(policy_bytes), signature)
-        except (ValueError, TypeError):
-            return deny(Denial.BAD_SIGNATURE, key_id, policy.expires)
+        seen = hashlib.sha256(b"\0".join((key_id.encode(), hash_name.encode(), signature, policy_bytes))).digest()
+        if seen in self._verified:
+            self._verified.move_to_end(seen)
+            self.signature_cache_hits += 1
+        else:
+            self.signature_checks += 1
+            try:
+                _pkcs1().new(key).verify(_digest(hash_name).new(policy_bytes), signature)
+            except (ValueError, TypeError):
+                return deny(Denial.BAD_SIGNATURE, key_id, policy.expires)
+            self._verified[seen] = None
+            if len(self._verified) > self._cache_entries:
+                self._verified.popitem(last=False)
         if now >= policy.expires:
             return deny(Denial.EXPIRED, key_id, policy.expires)
         if policy.starts is not None and now <= policy.starts:
@@ -676,6 +755,9 @@ def sign_with_key(url: str, key: SigningKey, *, expires: int, starts: int | None
                   hash_algorithm: str = "SHA1") -> str:
     """:func:`sign_url` with a configured ``[[cdn.keys]]`` entry; ValueError naming the key when
     this host has no ``private_key_file`` for it."""
+    if key.missing:
+        raise ValueError(f"key {key.id}: {key.auto_file} is not made yet (`headwater up` makes it on first "
+                         "start, or `headwater cdn keygen`)")
     if key.private_key_pem is None:
         raise ValueError(f"key {key.id} has no private_key_file here: cannot sign with it")
     return sign_url(url, key_id=key.id, private_key=load_private_key(key.private_key_pem), expires=expires,

@@ -179,10 +179,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .sealed import SealedError
     from .supervisor import StartupError, Supervisor, check_ports
 
-    try:
+    def read() -> ClusterConfig:
         cfg = _load(args.config)
         if args.roles is not None:
             cfg = cfg.with_roles(r.strip() for r in args.roles.split(",") if r.strip())
+        return cfg
+
+    try:
+        cfg = read()
     except ConfigError as e:
         err(str(e))
         return EXIT_USAGE
@@ -209,6 +213,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             err(str(e))
             return EXIT_USAGE
 
+    made: list[str] = []
+    try:
+        for rs in registry().role_sets:
+            if rs.prepare is not None:
+                made += rs.prepare(cfg)
+        if made:
+            cfg = read()  # sections read what was just made (the edge's auto keys)
+    except (ConfigError, OSError) as e:
+        err(str(e))
+        err("nothing was started")
+        return EXIT_FAILED
+
     try:
         # Before any daemon starts, so its workers find the certificate made and agree on it.
         tls = localca.prepare(cfg)
@@ -223,6 +239,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if created is not None:
         print(f"headwater: created the cluster secret {created} (owner-only; every host of the cluster "
               "needs the same file)", flush=True)
+    for line in made:
+        print(f"headwater: {line}", flush=True)
     if tls is not None and tls[0].created:
         print(f"headwater: created a local CA, {tls[0].cert_path}: trust it to use the HTTPS ports without "
               "warnings (README, \"Trusting the local CA\"; `headwater ca show`)", flush=True)

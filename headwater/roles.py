@@ -115,6 +115,9 @@ class RoleSet:
     - ``tls_names(cfg)``: host names the package's TLS listeners answer for beyond their own
       addresses (the edge's distribution hostnames), put in the local CA's leaf
       (:mod:`headwater.localca`).
+    - ``prepare(cfg)``: what ``up`` makes on first start before any daemon starts (the edge's
+      CDN signing keys); one line to print per thing made. ``up`` reads the configuration again
+      when anything was made, since sections may read the files it made.
     """
 
     name: str
@@ -126,6 +129,7 @@ class RoleSet:
     status_report: Callable[[ClusterConfig, list[dict[str, Any]]], StatusReport] | None = None
     commands: Callable[[Any, str], None] | None = None
     tls_names: Callable[[ClusterConfig], Iterable[str]] | None = None
+    prepare: Callable[[ClusterConfig], list[str]] | None = None
 
 
 class RoleUnavailable(Exception):

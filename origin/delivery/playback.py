@@ -6,7 +6,7 @@ For a published title it answers::
      "poster": <signed URL>, "thumbnails": <signed URL: the WebVTT thumbnail track>,
      "licence": {"url": <licence server>, "token": <entitlement JWT>, "expires": <epoch>},
      "cdn": {"query": <signing parameters>, "cookies": {...}, "resource": <granted URLs>},
-     "expires": <epoch: the URLs' policy ends>}
+     "issued": <epoch: now>, "expires": <epoch: the URLs' policy ends>}
 
 How the CDN authorises the player (CloudFront's format, checked by every POP): one **custom
 policy whose Resource is the title's version prefix with a wildcard**,
@@ -20,6 +20,13 @@ resolves them without the manifest's query, so the same grant is also given as `
 same policy and signature, valid for every file of that version and nothing else — not another
 title, not another version, not past ``expires``. A canned policy per file would need a signature
 per segment; cookies alone would not work for a player handed only a URL.
+
+The grant is short (``play_url_seconds``, 5 minutes by default) and a player keeps it valid by
+asking /play again before ``expires`` (the web page's ``static/grant.js``: a minute early, timed
+from ``issued`` so the viewer's clock does not matter). That, rather than one policy sized to the
+title's duration, because a viewer may pause for longer than any margin, and a leaked URL or
+cookie then opens the title for minutes, not for a film's length; each renewal is a fresh
+entitlement check (a withdrawn title or a revoked viewer gets no new grant).
 
 With no ``[[cdn.keys]]`` in cluster.toml at all, the URLs are unsigned (the edge has no key to
 check them with either); with keys but none this origin can sign with, /play answers 503. The licence token is an entitlement token for ``titles=[str(T)]``, the
@@ -92,4 +99,4 @@ class PlaybackService:
                 "thumbnails": f"{self.cdn_base_url}/{pub.thumbnails}{sep}",
                 "licence": {"url": self.licence_url, "token": token, "expires": token_exp},
                 "cdn": {"resource": resource, "query": query, "cookies": cookies, "signed": bool(query)},
-                "expires": expires}
+                "issued": int(now), "expires": expires}

@@ -6,7 +6,9 @@ request path onto the filesystem: every answer is one of the files loaded at sta
 ==========================  ================================================================
 ``/``, ``/title/{id}``,     ``static/index.html`` (one page; ``app.js`` shows the search, a
 ``/upload``, ``/signed-in``  title, the creator's upload, or finishes a sign-in, by path)
-``/static/app.js|app.css``  the page's own script and style
+``/static/app.js``,         the page's own scripts and style (``grant.js``: the playback
+``/static/grant.js``,       grant, renewed before it expires)
+``/static/app.css``
 ``/static/lib/shaka-player.compiled.js``, ``/static/lib/tus.min.js``
                             the player and the tus client, from ``origin/web/node_modules``
                             (``make setup`` installs them as ``origin/web``'s lock pins them);
@@ -94,7 +96,7 @@ class WebSite:
         self.csp = csp
         self.files: dict[str, _File] = {}
         self.files["/"] = _file((static_dir / "index.html").read_bytes(), _TYPES[".html"], "no-cache")
-        for name in ("app.js", "app.css"):
+        for name in ("app.js", "grant.js", "app.css"):
             self.files[f"/static/{name}"] = _file((static_dir / name).read_bytes(), _TYPES[Path(name).suffix],
                                                   "public, max-age=300")
         self.missing: list[str] = []

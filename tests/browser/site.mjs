@@ -9,7 +9,7 @@
 //   (tests/functional/ffmpeg_hold.py); it is deleted once the creator's page has shown the
 //   title transcoding, so that state is seen however fast the encode and however slow the polls.
 // Output (stdout, one JSON line): {ok, steps: [...], upload: {progress: [...], states: [...]},
-//   play: {frames, currentTime, status}, titleId, error?, console: [...]}
+//   play: {frames, currentTime, status, grant: {signed, renewals, playerError}}, titleId, error?, console: [...]}
 // Exit status 0 whenever a result was printed.
 import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -135,6 +135,16 @@ async function viewer(browser, spec, out, consoleLog) {
   });
   out.play.startMs = Date.now() - started;
   out.play.ok = played;
+  // The page's CDN grant (grant.js): renewed before it expires while the player plays.
+  if (played) {
+    await page.waitForFunction(() => window.hwPlayback && window.hwPlayback.renewals >= 1 ? true : null,
+      null, { timeout: 20000, polling: 200 }).catch(() => null);
+  }
+  out.play.grant = await page.evaluate(() => ({
+    signed: !!(window.hwPlayback && window.hwPlayback.query.includes('Signature=')),
+    renewals: window.hwPlayback ? window.hwPlayback.renewals : null,
+    playerError: /error|refused|stop/i.test(document.getElementById('play-status').textContent),
+  }));
   await page.screenshot({ path: `${spec.shots}/viewer-title-playing.png`, fullPage: true });
   if (played) out.steps.push('played');
   await context.close();

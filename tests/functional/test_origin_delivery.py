@@ -26,6 +26,7 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import anyio
 import anyio.from_thread
@@ -44,6 +45,8 @@ from tests.cluster import free_ports
 from tests.functional.licence_harness import cli
 from tests.functional.origin_harness import LICENCE_SECTION, Daemon
 
+BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
+GRANT_JS = Path(__file__).resolve().parents[2] / "origin" / "web" / "static" / "grant.js"
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB")
 
 SECTIONS = """
@@ -55,7 +58,8 @@ tls_key = "auto"
 
 [origin.delivery]
 publish_cache_seconds = 1
-play_url_seconds = 120
+# Short, so the grant renewal test sees it expire.
+play_url_seconds = 20
 
 [[origin.clients]]
 id = "creator-app"
@@ -282,7 +286,7 @@ def test_play_and_the_edge_and_the_licence(world):
     pop = world["pop"]
     assert doc["title"] == 1 and doc["dash"].startswith(f"{pop}/titles/1/v5/manifest.mpd?Policy=")
     assert doc["hls"].startswith(f"{pop}/titles/1/v5/master.m3u8?")
-    assert time.time() < doc["expires"] <= time.time() + 125
+    assert time.time() < doc["expires"] <= time.time() + 25 and doc["expires"] - doc["issued"] == 20
     assert doc["cdn"]["resource"] == f"{pop}/titles/1/v5/*" and doc["cdn"]["signed"]
     # The poster and the thumbnail track: signed URLs under the same prefix; the title doc names
     # them unsigned.
@@ -328,6 +332,25 @@ def test_play_and_the_edge_and_the_licence(world):
         assert r.json()["keys"][0]["kid"] == kid
         claims = json.loads(base64.urlsafe_b64decode(lic["token"].split(".")[1] + "=="))
         assert claims["titles"] == ["1"] and claims["exp"] - claims["iat"] == 300 and claims["sub"]
+
+
+def test_the_page_renews_the_grant_so_playback_outlasts_it(world):
+    """origin/web/static/grant.js, the file the page loads, run by Node against /play and the POP:
+    a player fetching a segment and retrying its manifest every 2 s for 34 s, with a 20-s grant,
+    is never refused; the same requests with the first grant frozen are 403 once it expires."""
+    viewer = cli(world["config"], "token", "--client", "viewer-app", "--scope", "view").strip()
+    out = subprocess.run(
+        ["node", str(BROWSER_DIR / "renew_grant.mjs"), str(GRANT_JS), world["origin"], "1", viewer,
+         "/titles/1/v5/video-1/seg-1.m4s", "34"],
+        capture_output=True, text=True, timeout=90, env={**os.environ, "NODE_EXTRA_CA_CERTS": world["ca"]})
+    assert out.returncode == 0, out.stderr
+    *rounds, summary = [json.loads(line) for line in out.stdout.splitlines()]
+    assert summary["summary"] and summary["first_expires_in"] == 20 and summary["seconds"] > 30
+    assert summary["renewals"] >= 2 and summary["gave_up"] == [], summary
+    assert all(r["segment"] == 200 and r["manifest"] == 200 for r in rounds), rounds
+    assert all(r["licence_auth"] and r["signatures_in_manifest_url"] == 1 for r in rounds), rounds
+    # The control: the first grant alone (what the page did before) stops working at 20 s.
+    assert rounds[0]["frozen"] == 200 and rounds[-1]["frozen"] == 403, rounds
 
 
 def test_withdrawal_reaches_the_origin_and_the_cdn(world):

@@ -39,6 +39,7 @@ from cryptography import x509
 from headwater import localca
 from headwater.config import load
 from headwater.drm.client import EntitlementMinter
+from headwater.edge import cdnkeys
 from headwater.edge.daemon import run_edge
 from headwater.origin.auth.issuer import user_password
 from headwater.origin.auth.login import hash_password
@@ -61,6 +62,9 @@ tls = false
 
 [origin.delivery]
 publish_cache_seconds = 1
+# Signed as the shipped cluster.toml signs (its [[cdn.keys]] "local", made as `headwater up` makes
+# it), with a grant short enough that the page renews it while the viewer watches.
+play_url_seconds = 8
 
 [[origin.clients]]
 id = "creator-app"
@@ -78,7 +82,12 @@ scopes = ["view"]
 password = "sealed"
 
 """ + LICENCE_SECTION + """
-""" + TRANSCODER_SECTION.replace("[transcoder]\n", "[transcoder]\n{transcoder_ffmpeg}") + POP_AND_SHIELD
+""" + TRANSCODER_SECTION.replace("[transcoder]\n", "[transcoder]\n{transcoder_ffmpeg}") + POP_AND_SHIELD.replace(
+    'origin = "http://127.0.0.1:{origin}"\n', 'origin = "http://127.0.0.1:{origin}"\ntrusted_keys = ["local"]\n', 1) + """
+[[cdn.keys]]
+id = "local"
+private_key_file = "auto"
+"""
 
 
 def _leaf_spki(port: int, ca: str) -> str:
@@ -100,6 +109,7 @@ def world(cluster):
     hold = FfmpegHold(cluster.root)
     with open(cluster.config_path, "a") as f:
         f.write(SECTIONS.format(creator_hash=creator_hash, transcoder_ffmpeg=hold.toml, **p))
+    assert cdnkeys.prepare(load(str(cluster.config_path)))  # the CDN key, as `headwater up` makes it
     cfg = load(str(cluster.config_path))
     localca.prepare(cfg)
     EntitlementMinter(cfg)
@@ -179,6 +189,9 @@ def test_a_creator_uploads_and_a_viewer_finds_and_plays_in_a_browser(world, tmp_
     play = out["play"]
     assert play["ok"] and play["frames"] > 25 and play["currentTime"] > 1.0, why
     assert not play["error"], why
+    # The grant was signed and the page renewed it (8-s grants) while playing, with no error.
+    grant = play["grant"]
+    assert grant["signed"] and grant["renewals"] >= 1 and not grant["playerError"], why
     # The manifest and the segments came through the CDN's POP, not from the origin.
     cdn = out["cdn"]
     assert any(u.endswith("manifest.mpd") for u in cdn) and sum(".m4s" in u or ".mp4" in u for u in cdn) >= 2, cdn

@@ -372,3 +372,60 @@ def test_sign_with_a_configured_key_and_parse_expiry(keys, verifier) -> None:
     for bad in ("", "1y", "-5m", "0s", "soon"):
         with pytest.raises(ValueError):
             su.parse_expiry(bad, now=NOW)
+
+
+def test_auto_keys_are_missing_until_made_then_owner_only(tmp_path, keys) -> None:
+    from headwater.edge.cdnkeys import make_key_file
+
+    r = Reader("cluster.toml", "", root=tmp_path, data_dir=tmp_path / "var")
+    entries = [{"id": "local", "private_key_file": "auto"}]
+    missing = su.read_signing_keys(r, entries).get("local")
+    assert missing.missing and missing.auto_file == tmp_path / "var" / "cdn" / "local.pem"
+    assert su.Verifier(su.SigningKeys(keys=(missing,))).key_ids() == ()  # nothing signed with it passes
+    with pytest.raises(ValueError, match="not made yet"):
+        su.sign_with_key("http://h/x", missing, expires=NOW + 60)
+
+    assert make_key_file(missing.auto_file, bits=1024) and not make_key_file(missing.auto_file, bits=1024)
+    made = su.read_signing_keys(r, entries).get("local")
+    assert not made.missing and made.private_key_pem == missing.auto_file.read_bytes()
+    url = su.sign_with_key(f"http://{HOST}/m.mpd", made, expires=NOW + 60)
+    assert check(su.Verifier(su.SigningKeys(keys=(made,))), url).allowed
+
+    with pytest.raises(ConfigError, match="drop public_key_file"):
+        su.read_signing_keys(r, [{"id": "local", "private_key_file": "auto", "public_key_file": "x.pem"}])
+    missing.auto_file.chmod(0o640)
+    with pytest.raises(ConfigError, match="readable by others"):
+        su.read_signing_keys(r, entries)
+    missing.auto_file.chmod(0o600)
+    missing.auto_file.write_bytes(keys[0].public_key().export_key())
+    with pytest.raises(ConfigError, match="not an RSA private key"):
+        su.read_signing_keys(r, entries)
+
+
+def test_a_grant_is_checked_once_its_conditions_every_time(keys) -> None:
+    """The segment requests of one player carry one grant: RSA once, then the remembered verdict;
+    expiry, resource and a forged signature are still judged on every request."""
+    verifier = su.Verifier({KEY_ID: keys[0].public_key().export_key()}, cache_entries=2)
+
+    def grant(key, expires: int = NOW + 300) -> str:
+        return su.sign_url(f"http://{HOST}/x", key_id=KEY_ID, private_key=key, expires=expires,
+                           resource=f"http://{HOST}/titles/1/v5/*").split("?", 1)[1]
+
+    query = grant(keys[0])
+    for n in range(1, 4):
+        assert check(verifier, f"http://{HOST}/titles/1/v5/seg-{n}.m4s?{query}").allowed
+    assert (verifier.signature_checks, verifier.signature_cache_hits) == (1, 2)
+    assert check(verifier, f"http://{HOST}/titles/1/v5/seg-1.m4s?{query}", now=NOW + 300).denial is Denial.EXPIRED
+    assert check(verifier, f"http://{HOST}/titles/2/v5/seg-1.m4s?{query}").denial is Denial.RESOURCE_MISMATCH
+    # The same policy signed by another key: checked, refused, never remembered.
+    forged = grant(keys[1])
+    assert forged.split("&")[0] == query.split("&")[0]
+    for _ in range(2):
+        assert check(verifier, f"http://{HOST}/titles/1/v5/seg-1.m4s?{forged}").denial is Denial.BAD_SIGNATURE
+    assert verifier.signature_checks == 3
+    # Bounded: two other grants push the first out, and it is checked again.
+    for extra in (1, 2):
+        assert check(verifier, f"http://{HOST}/titles/1/v5/seg-1.m4s?{grant(keys[0], NOW + 300 + extra)}").allowed
+    checks = verifier.signature_checks
+    assert check(verifier, f"http://{HOST}/titles/1/v5/seg-1.m4s?{query}").allowed
+    assert verifier.signature_checks == checks + 1

@@ -166,6 +166,7 @@
   // --- viewers: a title and its playback ------------------------------------------------------
 
   let player = null;
+  let playback = null;  // the HwPlaybackGrant of what the player plays
 
   async function showTitle(id) {
     $('view-title').hidden = false;
@@ -223,16 +224,14 @@
     await player.attach(video);
     player.configure({drm: {servers: {'org.w3.clearkey': grant.licence.url}}});
     const types = shaka.net.NetworkingEngine.RequestType;
-    const query = grant.cdn && grant.cdn.query;
-    player.getNetworkingEngine().registerRequestFilter((type, request) => {
-      if (type === types.LICENSE) {
-        request.headers.Authorization = `Bearer ${grant.licence.token}`;
-      } else if (query && (type === types.SEGMENT || type === types.MANIFEST)) {
-        // Segment URLs in the manifest are relative and carry no signature: the CDN's grant
-        // (one policy for the title's version) goes on every request.
-        request.uris = request.uris.map((u) => (u.includes('Signature=') ? u : `${u}${u.includes('?') ? '&' : '?'}${query}`));
-      }
+    // The CDN's grant (one policy for the title's version) goes on every manifest and segment
+    // request, and is renewed before it expires (grant.js): a title outlasts play_url_seconds.
+    if (playback) playback.stop();
+    playback = new HwPlaybackGrant(grant, () => api(`/api/titles/${id}/play`), {
+      onGiveUp: (why) => { status.textContent = `Playback may stop soon: ${why}.`; },
     });
+    window.hwPlayback = playback;  // for the browser test and the curious
+    player.getNetworkingEngine().registerRequestFilter((type, request) => playback.request(type, request, types));
     player.addEventListener('error', (ev) => {
       const d = ev.detail || {};
       status.textContent = d.code === 6007 || d.code === 6008
