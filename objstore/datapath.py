@@ -70,7 +70,7 @@ READ_AHEAD = 2
 # whatever its size, so one stripe per trip left PUT latency-bound (nodes and gateway idle);
 # batching stripes up to this many bytes fills the pipe. 8 MiB, not 4: each round trip costs
 # the node a wake-up, a task, a thread hand-off and a reply, and the gateway a task and a wake-up
-# per node, which on a loaded 2-core machine came to ~0.7 s of CPU per GB at 4 MiB (bench
+# per node, which on a loaded 2-core machine came to ~0.7-1 s of CPU per GB at 4 MiB (bench
 # objstore, 8 clients: see bench/README.md, objput4). Bounds memory per PUT to ~2.5x this: the
 # batch in flight with its parity, and the stripes of the next one (parity is made as it goes).
 WRITE_BATCH_BYTES = 8 * 1024 * 1024
