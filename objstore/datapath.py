@@ -68,8 +68,12 @@ READ_BATCH = 4
 READ_AHEAD = 2
 # User bytes sent to the storage nodes per append round trip. A round trip costs about the same
 # whatever its size, so one stripe per trip left PUT latency-bound (nodes and gateway idle);
-# batching stripes up to this many bytes fills the pipe. Bounds memory per PUT to ~3x this.
-WRITE_BATCH_BYTES = 4 * 1024 * 1024
+# batching stripes up to this many bytes fills the pipe. 8 MiB, not 4: each round trip costs
+# the node a wake-up, a task, a thread hand-off and a reply, and the gateway a task and a wake-up
+# per node, which on a loaded 2-core machine came to ~0.7-1 s of CPU per GB at 4 MiB (bench
+# objstore, 8 clients: see bench/README.md, objput4). Bounds memory per PUT to ~2.5x this: the
+# batch in flight with its parity, and the stripes of the next one (parity is made as it goes).
+WRITE_BATCH_BYTES = 8 * 1024 * 1024
 # Batches each digest lane of a PUT may hold queued beside the one its thread is hashing before
 # the writer waits for it. A lane is handed a whole batch's stripes at once, as the batch goes
 # out (one thread hand-off per batch, not per stripe: each wakes a thread, then the loop), so a
@@ -245,11 +249,12 @@ class LayoutWriter:
     repeatedly and ``layout = await w.finish()``. Leaving the block without finishing (an error,
     a cancellation, a client gone) removes every fragment written so far.
 
-    Stripes are pipelined: while the caller receives stripe i+1, stripe i is encoded (on the
-    event loop with ISA-L, which takes ~0.1 ms per MiB without the GIL; on a worker thread with
-    zfec) and batched, and the batch before it travels to the storage nodes. Fragments of one
-    file still arrive in order, because a batch is sent only once the one before it is
-    acknowledged.
+    Stripes are pipelined: while the caller's stripes fill a batch, the batch before it travels
+    to the storage nodes. Parity is made on the event loop with ISA-L (~0.1 ms per MiB without
+    the GIL) as a batch goes out, once the one before is acknowledged, so the batch being filled
+    holds no parity yet; with zfec each stripe is encoded on a worker thread as it is cut.
+    Fragments of one file still arrive in order, because a batch is sent only once the one before
+    it is acknowledged.
 
     ``digests``, if given, are hash updates (an MD5's, a SHA-256's, a checksum's ``update``)
     each called with every byte written, stripe by stripe and in order, in a *lane*: a task
@@ -296,7 +301,9 @@ class LayoutWriter:
         self._size = 0
         self._finished = False
         self._inflight: anyio.Event | None = None
-        self._batch: list[list] = []  # encoded stripes not yet sent
+        # Stripes not yet sent: their blocks, or (encoded inline) the stripe itself, whose parity
+        # is made only once the batch before has gone, so a full batch waits without its parity.
+        self._batch: list[list | bytes] = []
         self._batch_size = max(1, WRITE_BATCH_BYTES // scheme.stripe_bytes)
         self._tg: anyio.abc.TaskGroup | None = None
         self._meta = {"k": scheme.k, "m": scheme.m, "stripe": scheme.stripe_bytes}
@@ -360,14 +367,14 @@ class LayoutWriter:
         return b"".join(parts)
 
     async def _send_stripe(self, data: bytes) -> None:
-        """Queue ``data`` (the next stripe) for the digest lanes, encode it and batch its blocks;
-        with zfec a full stripe goes to a worker thread, and this returns once the stripe before
-        it is done, not this one."""
+        """Queue ``data`` (the next stripe) for the digest lanes and batch it (encoded as the batch
+        goes out); with zfec a full stripe is encoded on a worker thread now, and this returns
+        once the stripe before it is done, not this one."""
         if self._lanes:
             self._unhashed.append(data)
         await self._settle()
         if self._encode_inline or len(data) < 128 * 1024:
-            await self._add(stripe.encode(self.scheme, data))
+            await self._add(data)  # encoded by _flush
             return
         done = anyio.Event()
         self._encoding, self._encoded = done, None
@@ -395,7 +402,7 @@ class LayoutWriter:
         assert result is not None
         await self._add(result)
 
-    async def _add(self, blocks: list) -> None:
+    async def _add(self, blocks: list | bytes) -> None:
         self._batch.append(blocks)
         if len(self._batch) >= self._batch_size:
             await self._flush()
@@ -415,6 +422,7 @@ class LayoutWriter:
             return
         batch, self._batch = self._batch, []
         await self._drain()
+        batch = [b if isinstance(b, list) else stripe.encode(self.scheme, b) for b in batch]
         done = anyio.Event()
         self._inflight = done
         assert self._tg is not None, "use LayoutWriter as an async context manager"
