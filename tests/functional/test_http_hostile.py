@@ -31,6 +31,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import httpx
 import pytest
 import sniffio
@@ -687,6 +688,32 @@ async def test_http2_a_remembered_request_block_reads_the_dynamic_table_as_it_is
                       15: b"z /"}
     goaway = (15).to_bytes(4, "big") + (9).to_bytes(4, "big")  # COMPRESSION_ERROR
     assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
+
+
+def _request_block(method: bytes, *extra: tuple[bytes, bytes]) -> bytes:
+    """HPACK: literal fields without indexing (the decoder remembers such a block)."""
+    return b"".join(b"\x00" + bytes((len(n),)) + n + bytes((len(v),)) + v for n, v in [
+        (b":method", method), (b":scheme", b"http"), (b":path", b"/up"), (b":authority", b"a"), *extra])
+
+
+async def test_http2_headers_ending_the_stream_with_a_content_length_is_refused() -> None:
+    # RFC 9113 8.1.1: a request whose content-length is not the length of its DATA is malformed;
+    # HEADERS with END_STREAM carry none, so "content-length: 3" there is refused (400), the
+    # app never sees a request that says 3 bytes and has none. The same block read again (the
+    # remembered block's path) is refused again; "content-length: 0" is a request like any other.
+    app = _EchoApp()
+    bad = _request_block(b"PUT", (b"content-length", b"3"))
+    zero = _request_block(b"PUT", (b"content-length", b"0"))
+    async with running(app) as port:
+        with anyio.fail_after(10):
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, bad) + _frame(0x1, 0x5, 3, bad), _frame(0x1, 0x5, 5, bad),
+                _frame(0x1, 0x5, 7, zero)])
+    dec = hpack.Decoder()
+    statuses = {sid: dict(dec.decode(payload))[":status"] for kind, sid, payload in frames_of(out) if kind == 0x1}
+    assert statuses == {1: "400", 3: "400", 5: "400", 7: "200"}
+    assert app.bodies == [b""]  # stream 7's
+    assert not [payload for kind, _, payload in frames_of(out) if kind == 0x7]  # no GOAWAY: stream errors
 
 
 @pytest.mark.parametrize("flood_kind", ["ping", "settings"])
