@@ -716,6 +716,23 @@ async def test_http2_headers_ending_the_stream_with_a_content_length_is_refused(
     assert not [payload for kind, _, payload in frames_of(out) if kind == 0x7]  # no GOAWAY: stream errors
 
 
+async def test_http2_answers_at_once_keep_to_a_window_shrunk_in_the_same_read() -> None:
+    # A SETTINGS_INITIAL_WINDOW_SIZE of 0 read between two requests' HEADERS, all in one read:
+    # the answers (given once the whole read is dispatched, send_whole) send HEADERS alone, for
+    # the stream opened before the SETTINGS too; their bodies follow the streams' WINDOW_UPDATEs.
+    window_0 = _frame(0x4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big"))
+    async with running(_EchoApp()) as port:
+        with anyio.fail_after(10):
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, _NOW_BLOCK) + window_0 + _frame(0x1, 0x5, 3, _NOW_BLOCK), b""])
+            assert [(kind, sid) for kind, sid, _ in frames_of(out) if kind in (0x0, 0x1)] == [(0x1, 1), (0x1, 3)]
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, _NOW_BLOCK) + window_0 + _frame(0x1, 0x5, 3, _NOW_BLOCK),
+                _frame(0x8, 0, 3, (100).to_bytes(4, "big")) + _frame(0x8, 0, 1, (100).to_bytes(4, "big"))])
+    data = [(sid, payload) for kind, sid, payload in frames_of(out) if kind == 0x0]
+    assert sorted(data) == [(1, b"a /now"), (3, b"a /now")]
+
+
 @pytest.mark.parametrize("flood_kind", ["ping", "settings"])
 async def test_http2_control_frame_flood_gets_goaway_enhance_your_calm(flood_kind: str) -> None:
     async with running(make_app(Probe())) as port:
