@@ -1044,6 +1044,12 @@ class H2Connection:
         if type(parsed) is not tuple:
             return StreamInvalid(stream_id=sid, error=parsed)  # type: ignore[arg-type]
         method, target, authority, scheme, headers, content_length, expects_continue = parsed
+        if end_stream and content_length:
+            # RFC 9113 8.1.1: content-length must match the DATA, and HEADERS with END_STREAM
+            # carry none (h2 checks the DATA's sum only when DATA comes): the app would see a
+            # request declaring bytes it never gets.
+            return StreamInvalid(stream_id=sid, error=BadRequest(
+                "content-length on a request whose HEADERS end the stream"))
         if content_length is not None and content_length > self.limits.max_body_bytes:
             return StreamInvalid(stream_id=sid, error=PayloadTooLarge(
                 f"declared body of {content_length} bytes exceeds the limit"))

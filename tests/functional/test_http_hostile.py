@@ -31,6 +31,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import httpx
 import pytest
 import sniffio
@@ -616,6 +617,120 @@ async def test_http2_malformed_block_after_answers_at_once_gets_goaway_protocol_
     assert [sid for kind, sid, _ in frames if kind == 0x1] == [1, 3]
     goaway = last.to_bytes(4, "big") + code.to_bytes(4, "big")
     assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
+
+
+class _EchoApp:
+    """Answers every request with its Host and target, at once (``answer_now``) or awaited;
+    records the bodies it read."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def answer_now(self, request: Request) -> Response | None:
+        if request.method != "GET":
+            return None
+        return Response(200, [], f"{request.headers.get('host')} {request.target}".encode())
+
+    async def __call__(self, request: Request) -> Response:
+        self.bodies.append(await request.body.read_all(1 << 20))
+        return Response(200, [], f"{request.headers.get('host')} {request.target}".encode())
+
+
+async def _h2_exchange(port: int, reads: list[bytes]) -> bytes:
+    """``reads`` sent one write each (a pause between them), after the preface; all the server
+    sent until it closed or went quiet."""
+    out = b""
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x4, 0x1, 0, b""))
+        for data in reads:
+            await s.send(data)
+            await anyio.sleep(0.05)
+        with anyio.move_on_after(1):
+            while True:
+                try:
+                    out += await s.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+    return out
+
+
+def _lit(index: int, value: bytes) -> bytes:
+    """HPACK: a literal field with incremental indexing (RFC 7541 6.2.1), its name a static index."""
+    return bytes((0x40 | index, len(value))) + value
+
+
+# GET http; :path and :authority added to the peer's dynamic table (62 :authority, 63 :path).
+_ADDS_A = b"\x82\x86" + _lit(4, b"/a") + _lit(1, b"a")
+_ADDS_B = b"\x82\x86" + _lit(4, b"/b") + _lit(1, b"b")
+# GET http and dynamic entries 62 and 63: the block changes nothing, so the decoder remembers it.
+_INDEXED = b"\x82\x86\xbe\xbf"
+# A table size update to 0 and back to 4096 (the table emptied), and :authority z added alone.
+_EMPTIES = b"\x20\x3f\xe1\x1f\x82\x86\x84" + _lit(1, b"z")
+
+
+async def test_http2_a_remembered_request_block_reads_the_dynamic_table_as_it_is_now() -> None:
+    # A block read before is answered from what its first reading made (h2tls4) only while the
+    # dynamic table it indexes is unchanged: after another block adds entries, the same bytes
+    # name another :authority and :path, and after the table is emptied they name entries that
+    # are gone (COMPRESSION_ERROR), however many times they were read before.
+    async with running(_EchoApp()) as port:
+        with anyio.fail_after(10):
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, _ADDS_A) + _frame(0x1, 0x5, 3, _INDEXED) + _frame(0x1, 0x5, 5, _INDEXED),
+                _frame(0x1, 0x5, 7, _INDEXED),
+                _frame(0x1, 0x5, 9, _ADDS_B) + _frame(0x1, 0x5, 11, _INDEXED),
+                _frame(0x1, 0x5, 13, _INDEXED),
+                _frame(0x1, 0x5, 15, _EMPTIES),
+                _frame(0x1, 0x5, 17, _INDEXED)])
+    frames = frames_of(out)
+    bodies = {sid: payload for kind, sid, payload in frames if kind == 0x0}
+    assert bodies == {1: b"a /a", 3: b"a /a", 5: b"a /a", 7: b"a /a", 9: b"b /b", 11: b"b /b", 13: b"b /b",
+                      15: b"z /"}
+    goaway = (15).to_bytes(4, "big") + (9).to_bytes(4, "big")  # COMPRESSION_ERROR
+    assert [payload for kind, _, payload in frames if kind == 0x7] == [goaway]
+
+
+def _request_block(method: bytes, *extra: tuple[bytes, bytes]) -> bytes:
+    """HPACK: literal fields without indexing (the decoder remembers such a block)."""
+    return b"".join(b"\x00" + bytes((len(n),)) + n + bytes((len(v),)) + v for n, v in [
+        (b":method", method), (b":scheme", b"http"), (b":path", b"/up"), (b":authority", b"a"), *extra])
+
+
+async def test_http2_headers_ending_the_stream_with_a_content_length_is_refused() -> None:
+    # RFC 9113 8.1.1: a request whose content-length is not the length of its DATA is malformed;
+    # HEADERS with END_STREAM carry none, so "content-length: 3" there is refused (400), the
+    # app never sees a request that says 3 bytes and has none. The same block read again (the
+    # remembered block's path) is refused again; "content-length: 0" is a request like any other.
+    app = _EchoApp()
+    bad = _request_block(b"PUT", (b"content-length", b"3"))
+    zero = _request_block(b"PUT", (b"content-length", b"0"))
+    async with running(app) as port:
+        with anyio.fail_after(10):
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, bad) + _frame(0x1, 0x5, 3, bad), _frame(0x1, 0x5, 5, bad),
+                _frame(0x1, 0x5, 7, zero)])
+    dec = hpack.Decoder()
+    statuses = {sid: dict(dec.decode(payload))[":status"] for kind, sid, payload in frames_of(out) if kind == 0x1}
+    assert statuses == {1: "400", 3: "400", 5: "400", 7: "200"}
+    assert app.bodies == [b""]  # stream 7's
+    assert not [payload for kind, _, payload in frames_of(out) if kind == 0x7]  # no GOAWAY: stream errors
+
+
+async def test_http2_answers_at_once_keep_to_a_window_shrunk_in_the_same_read() -> None:
+    # A SETTINGS_INITIAL_WINDOW_SIZE of 0 read between two requests' HEADERS, all in one read:
+    # the answers (given once the whole read is dispatched, send_whole) send HEADERS alone, for
+    # the stream opened before the SETTINGS too; their bodies follow the streams' WINDOW_UPDATEs.
+    window_0 = _frame(0x4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big"))
+    async with running(_EchoApp()) as port:
+        with anyio.fail_after(10):
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, _NOW_BLOCK) + window_0 + _frame(0x1, 0x5, 3, _NOW_BLOCK), b""])
+            assert [(kind, sid) for kind, sid, _ in frames_of(out) if kind in (0x0, 0x1)] == [(0x1, 1), (0x1, 3)]
+            out = await _h2_exchange(port, [
+                _frame(0x1, 0x5, 1, _NOW_BLOCK) + window_0 + _frame(0x1, 0x5, 3, _NOW_BLOCK),
+                _frame(0x8, 0, 3, (100).to_bytes(4, "big")) + _frame(0x8, 0, 1, (100).to_bytes(4, "big"))])
+    data = [(sid, payload) for kind, sid, payload in frames_of(out) if kind == 0x0]
+    assert sorted(data) == [(1, b"a /now"), (3, b"a /now")]
 
 
 @pytest.mark.parametrize("flood_kind", ["ping", "settings"])

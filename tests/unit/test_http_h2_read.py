@@ -63,14 +63,23 @@ def _read(conn: server_h2.H2Connection, wire: bytes, step: int) -> list:
     return events
 
 
+def _comparable(events: list) -> list:
+    """``events`` with each StreamInvalid's error as its type and message (a fresh exception
+    per request compares by identity)."""
+    return [(type(e), e.stream_id, type(e.error), str(e.error)) if type(e) is server_h2.StreamInvalid else e
+            for e in events]
+
+
 @pytest.mark.parametrize("step", [1, 7, 9, 100, 1 << 20])
 def test_reads_as_h2_reads_whatever_the_cut(step: int) -> None:
     wire = _client_bytes()
     reference = _connection(h2_reads_all=True)
     expected = _read(reference, wire, 1 << 20)
-    assert [type(e).__name__ for e in expected].count("StreamRequest") == 6
+    # (The HEAD's content-length of 10 on HEADERS that end the stream: refused, RFC 9113 8.1.1.)
+    names = [type(e).__name__ for e in expected]
+    assert (names.count("StreamRequest"), names.count("StreamInvalid")) == (5, 1)
     ours = _connection(h2_reads_all=False)
-    assert _read(ours, wire, step) == expected
+    assert _comparable(_read(ours, wire, step)) == _comparable(expected)
     # Streams 9 and 11 came after the last frame that concerned a stream: never made in h2
     # when all came in one read. Their answers (HEAD: HEADERS alone; GET: HEADERS and DATA)
     # close them; h2 ends in the same state as with its own streams.
