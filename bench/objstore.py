@@ -477,7 +477,10 @@ def _measure_ceilings(data_dir: Path, quick: bool) -> list[dict]:
     found.append(_ceilings.fsync_small_files(data_dir, count=200 if quick else 1000))
     found.append(_ceilings.loopback_tcp(seconds=2.0 if quick else 5.0))
     try:
-        found.append(_ceilings.s5cmd_get(find_s5cmd(), data_dir))
+        # As many objects as the 1-client GET row moves, so both last as long.
+        sizes = Sizes.quick() if quick else Sizes()
+        found.append(_ceilings.s5cmd_get(find_s5cmd(), data_dir, object_bytes=sizes.big_bytes,
+                                         count=sizes.big_objects_1))
     except (OSError, RuntimeError, LoadError) as e:
         _say(f"  s5cmd GET alone: not measured ({e})")
     for c in found:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "PendingCall": ".client", "RpcClient": ".client",
     **{name: ".errors" for name in ("AuthFailed", "BadRequest", "DeadlineExceeded", "NoSuchMethod", "RemoteError",
                                     "RpcError", "Unavailable", "register_error")},
-    "DEFAULT_MAX_FRAME_BYTES": ".frame", "FrameError": ".frame",
+    "DEFAULT_MAX_FRAME_BYTES": ".frame", "FileRange": ".frame", "FrameError": ".frame",
     "ClientPool": ".pool",
     "AtOnceHandler": ".server", "Handler": ".server", "LATER": ".server", "Reply": ".server", "RpcServer": ".server",
 }

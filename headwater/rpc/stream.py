@@ -40,7 +40,7 @@ from anyio.abc import SocketAttribute
 
 from headwater.http.transport import bind_socket
 
-from .frame import FrameDecoder
+from .frame import FileRange, FrameDecoder
 
 __all__ = ["RpcStream", "connect", "connect_unix", "listen", "listen_unix", "accept"]
 
@@ -205,24 +205,43 @@ class RpcStream(anyio.abc.ByteStream):
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         await self.send_buffers([item])
 
-    async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Send every buffer, in order, back to back: one ``sendmsg`` while the kernel takes them."""
+    async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview | FileRange]) -> None:
+        """Send every buffer, in order, back to back: one ``sendmsg`` while the kernel takes them
+        (a :class:`~headwater.rpc.frame.FileRange` by ``os.sendfile``)."""
         views = self.send_nowait(buffers)
         while views:
             await self._wait(anyio.wait_writable)
             views = self.send_nowait(views)
         await self._fairness()
 
-    def send_nowait(self, buffers: Sequence[bytes | bytearray | memoryview]) -> list[memoryview]:
+    def send_nowait(self, buffers: Sequence[bytes | bytearray | memoryview | FileRange]) -> list:
         """Send as much of ``buffers`` as the kernel takes now, in order, without waiting; the
-        views left unsent (empty when everything went). For a caller that only needs a wait,
-        and the cancel scope around it, when the socket's buffer is full."""
+        views (and file ranges) left unsent (empty when everything went). For a caller that only
+        needs a wait, and the cancel scope around it, when the socket's buffer is full."""
         self._check_open()
         sock = self._sock
-        views = [b if isinstance(b, memoryview) else memoryview(b) for b in buffers if len(b)]
+        views = [b if isinstance(b, (memoryview, FileRange)) else memoryview(b) for b in buffers if len(b)]
         while views:
+            head = views[0]
+            if isinstance(head, FileRange):
+                try:
+                    n = os.sendfile(sock.fileno(), head.fd, head.offset, head.count)
+                except (BlockingIOError, InterruptedError):
+                    return views
+                except OSError as e:
+                    self._check_open()
+                    raise anyio.BrokenResourceError from e
+                if n == 0:  # the file ends before the range: the frame can never be completed
+                    raise anyio.BrokenResourceError(f"{head!r} is past the end of its file")
+                if head.advance(n):
+                    del views[0]
+                continue
+            end = 1
+            while end < len(views) and end < _MAX_BUFFERS and not isinstance(views[end], FileRange):
+                end += 1
             try:
-                n = sock.sendmsg(views[:_MAX_BUFFERS])
+                # MSG_MORE before a file range: on TCP the header shares a segment with its bytes.
+                n = sock.sendmsg(views[:end], (), socket.MSG_MORE if end < len(views) else 0)
             except (BlockingIOError, InterruptedError):
                 return views
             except OSError as e:

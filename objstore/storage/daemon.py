@@ -8,8 +8,9 @@ gone, so a writer that aborts without waiting for an append it gave up on leaves
 files nobody touched for ``tmp_max_age_s`` are removed by
 :meth:`StorageNode.collect_garbage`. Every read verifies the checksum of each block it returns.
 A ``frag.read`` whose blocks the page cache holds is read, verified and answered in the
-connection's reader (the RPC server's at-once path); any other read gets a task and a worker
-thread, which waits for the disk and raises what it finds.
+connection's reader (the RPC server's at-once path), its payload sent from the file by sendfile
+once verified (page cache to socket, never through a buffer of ours); any other read gets a task
+and a worker thread, which waits for the disk and raises what it finds.
 
 RPC methods (args map / payload):
 
@@ -62,7 +63,7 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.config import ClusterConfig
 from headwater.malloc import keep_freed_memory
 from headwater.metrics import Registry, add_process_metrics
-from headwater.rpc import LATER, BadRequest, ClusterSecret, Reply, RpcServer, cluster_secret
+from headwater.rpc import LATER, BadRequest, ClusterSecret, FileRange, Reply, RpcServer, cluster_secret
 
 from ..config import StorageNodeConfig, rpc_socket_path
 from ..errors import StoreError
@@ -77,6 +78,7 @@ from .fragment import (
     fsync_dir,
     read_blocks,
     read_blocks_cached,
+    read_blocks_cached_open,
     read_info,
 )
 from .scrubber import Scrubber
@@ -94,6 +96,9 @@ MAX_READ_BLOCKS = 1024
 # hot segment is read from memory from its second GET on). Swift keeps objects up to 5 MiB
 # (``keep_cache_size``); 4 MiB fragments are those of objects up to 16 MiB in EC 4+2.
 READ_CACHED_MAX_BYTES = 4 * 1024 * 1024
+# A page-cached read's reply payload at least this large is sent from the file (sendfile), not
+# from the buffer it was verified in; smaller ones go out joined with their frame's header.
+SENDFILE_MIN_BYTES = 64 * 1024
 MAX_STAT_FIDS = 1024
 MAX_LIST_ENTRIES = 10_000
 
@@ -423,6 +428,23 @@ class StorageNode:
             self._count_read(blocks)
         return blocks
 
+    def read_now_open(self, fid: object, first: object,
+                      count: object) -> tuple[list[memoryview], int, int] | None:
+        """:meth:`read_now` with the fragment file left open: ``(blocks, fd, offset)`` (see
+        ``read_blocks_cached_open``), for a reply sent from the file; the caller closes ``fd``."""
+        if (not isinstance(fid, str) or type(first) is not int or type(count) is not int or first < 0
+                or not 0 <= count <= MAX_READ_BLOCKS):
+            return None
+        try:
+            check_fid(fid)
+        except BadRequest:
+            return None
+        got = read_blocks_cached_open(self.path_of(fid), fid, first, count)
+        if got is not None:
+            self.counters["cached_reads"] += 1
+            self._count_read(got[0])
+        return got
+
     def _read_from_disk(self, path: Path, fid: str, first: int, count: int) -> list[memoryview]:
         keep = None if self.page_cache == "all" else READ_CACHED_MAX_BYTES
         return read_blocks(path, fid, first, count, drop_behind_above=keep)
@@ -734,8 +756,11 @@ class StorageNode:
         besides the copies). Anything that would wait or fail goes to :meth:`_rpc_read`."""
         if args.get("pending") is not None:
             return LATER
-        blocks = self.read_now(args.get("fid"), args.get("first", 0), args.get("count", 1))
-        return LATER if blocks is None else _read_reply(blocks)
+        got = self.read_now_open(args.get("fid"), args.get("first", 0), args.get("count", 1))
+        if got is None:
+            return LATER
+        blocks, fd, offset = got
+        return _read_reply_from_file(blocks, fd, offset)
 
     async def _rpc_read(self, args: dict, payload: bytes) -> Reply:
         blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1),
@@ -786,6 +811,22 @@ def _read_reply(blocks: list[memoryview]) -> Reply:
     end = (len(blocks) - 1) * stride + BLOCK_PREFIX + lengths[-1]
     whole = memoryview(blocks[0].obj)[BLOCK_PREFIX:end]
     return Reply({"lengths": lengths, "stride": stride}, whole)
+
+
+def _read_reply_from_file(blocks: list[memoryview], fd: int, offset: int) -> Reply:
+    """:func:`_read_reply` for blocks just read and verified from the page cache of the file
+    ``fd`` (block 0's prefix at ``offset``): the same payload, sent from the file by sendfile
+    (a :class:`FileRange` that owns ``fd``), so the bytes go from the page cache to the socket
+    without the copy into a socket buffer (on the Unix socket the gateway then copies them
+    straight from the page cache). What goes out is the pages just verified: a committed
+    fragment is never written in place (a rebuild or quarantine renames; the open file keeps
+    its inode). Small payloads are sent from memory (``fd`` closed here)."""
+    reply = _read_reply(blocks)
+    size = len(reply.payload)
+    if size < SENDFILE_MIN_BYTES:
+        os.close(fd)
+        return reply
+    return Reply(reply.result, FileRange(fd, offset + BLOCK_PREFIX, size))
 
 
 def _sorted_dirs(path: Path) -> list[str]:

@@ -52,6 +52,7 @@ __all__ = [
     "encode_header",
     "parse_header",
     "read_blocks_cached",
+    "read_blocks_cached_open",
     "block_prefix",
     "verify_block",
     "encode_footer",
@@ -494,17 +495,30 @@ def read_blocks_cached(path: Path, fid: str, first: int, count: int) -> list[mem
     caller then calls :func:`read_blocks` on a worker thread, which waits, and raises the errors
     as they are. Every block is verified as :func:`read_blocks` does it.
     """
+    got = read_blocks_cached_open(path, fid, first, count)
+    if got is None:
+        return None
+    os.close(got[1])
+    return got[0]
+
+
+def read_blocks_cached_open(path: Path, fid: str, first: int,
+                            count: int) -> tuple[list[memoryview], int, int] | None:
+    """What :func:`read_blocks_cached` returns, with the file left open: ``(blocks, fd,
+    offset)``, ``offset`` where block ``first``'s prefix starts in the file (the blocks lie
+    back to back from there, ``BLOCK_PREFIX + block_bytes`` apart). For a reply that sends the
+    verified range from the file itself; the caller closes ``fd``."""
     fd = open_cached(path)
     if fd is None:
         return None
     try:
         header = _read_header(fd, fid, pread_cached)
         layout = _layout(fd, header, pread_cached)
-        return _read_verified(fd, header, layout, fid, first, count, pread_cached)
+        blocks = _read_verified(fd, header, layout, fid, first, count, pread_cached)
     except Exception:  # noqa: BLE001 - NotCached, or what read_blocks on the thread raises properly
-        return None
-    finally:
         os.close(fd)
+        return None
+    return blocks, fd, slot_offset(header, first)
 
 
 def _read_verified(fd: int, header: FragmentHeader, layout: tuple[int, int, bool, int], fid: str,

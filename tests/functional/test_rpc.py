@@ -482,3 +482,44 @@ def test_listen_unix_replaces_a_stale_socket_but_not_another_file(tmp_path):
 
 def stat_mode(path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+async def test_a_file_range_goes_out_from_its_file_in_order_and_its_file_is_closed(tmp_path):
+    """A ``FileRange`` among a frame's buffers is sent with sendfile, between the buffers around
+    it, in order, also when the kernel takes only part of it at a time; once all of it went its
+    descriptor is closed. encode_frame never joins it into a buffer, however small."""
+    from headwater.rpc import FileRange
+    from headwater.rpc.frame import encode_frame
+    from headwater.rpc.stream import RpcStream
+
+    data = random.Random(11).randbytes(3 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer, reader = RpcStream(a), RpcStream(b)
+    fd = os.open(path, os.O_RDONLY)
+    lo, hi = 12345, 12345 + (2 << 20)
+    try:
+        rest = writer.send_nowait([b"head", FileRange(fd, lo, hi - lo), memoryview(b"tail")])
+        assert rest and isinstance(rest[0], FileRange) and rest[0].fd == fd  # part went, no wait
+        got = bytearray()
+        want = b"head" + data[lo:hi] + b"tail"
+
+        async def drain() -> None:
+            while len(got) < len(want):
+                got.extend(await reader.receive(65536))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await writer.send_buffers(rest)
+        assert bytes(got) == want
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed by the stream once sent
+        small = os.open(path, os.O_RDONLY)
+        buffers = encode_frame(b"\x90", FileRange(small, 0, 10))
+        assert len(buffers) == 2 and isinstance(buffers[1], FileRange)
+        buffers[1].close()
+    finally:
+        await writer.aclose()
+        await reader.aclose()

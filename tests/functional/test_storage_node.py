@@ -88,6 +88,39 @@ async def test_round_trip_and_info(anyio_backend, tmp_path):
         tg.cancel_scope.cancel()
 
 
+async def test_a_page_cached_read_is_sent_from_the_file_once_verified(anyio_backend, tmp_path):
+    """A read the page cache holds is answered in the reader with its payload as a FileRange of
+    the fragment file (sendfile: the bytes never pass through a buffer of the node's), the same
+    bytes as before at every offset; a small one goes out from memory. A block flipped in the
+    page cache is still caught: the read is not answered from the file but fails as corrupt."""
+    from headwater.rpc import FileRange
+    blocks = [os.urandom(64 * 1024) for _ in range(6)] + [os.urandom(5000)]
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path, page_cache="all")
+        async with sn.client() as c:
+            await c.append_many("0c0d.1", 0, blocks, block_bytes=64 * 1024, meta={"k": 4, "m": 2})
+            await c.commit("0c0d.1", len(blocks))
+            for first, count in ((0, 4), (3, 4), (5, 2), (0, 7), (2, 1)):
+                reply = sn.node._read_at_once({"fid": "0c0d.1", "first": first, "count": count}, b"")
+                assert isinstance(reply.payload, FileRange), (first, count)
+                reply.payload.close()
+                assert await c.read("0c0d.1", first, count) == blocks[first:first + count]
+            small = sn.node._read_at_once({"fid": "0c0d.1", "first": 6, "count": 1}, b"")
+            assert not isinstance(small.payload, FileRange)  # 5000 bytes: from memory
+            sent = sn.node.stats()["cached_reads"]
+            path = tmp_path / "s1" / fr.fragment_relpath("0c0d.1")
+            with open(path, "r+b") as f:  # a flipped byte, in the page cache the next read uses
+                f.seek(fr.parse_header(f.read(4096)).header_len + 2 * (fr.BLOCK_PREFIX + 64 * 1024) + 77)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 1]))
+            with pytest.raises(FragmentCorrupt):
+                await c.read("0c0d.1", 0, 4)
+            assert sn.node.stats()["corrupt_reads"] == 1
+            assert sn.node.stats()["cached_reads"] == sent  # the corrupt read was not answered at once
+        tg.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("page_cache, from_cache", [("none", set()), ("data", {"0a1b.0"}),
                                                     ("all", {"0a1b.0", "0a1b.4"})])
 async def test_what_stays_in_the_page_cache(anyio_backend, tmp_path, page_cache, from_cache):

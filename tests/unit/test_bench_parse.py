@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,8 +102,13 @@ def test_read_timing_text_gives_each_stage_per_get_and_its_share():
     assert "no GETs" in objstore.read_timing_text({"reads": 0})
 
 
-def test_s5cmd_ceiling_downloads_from_the_stub_endpoint(tmp_path):
+@pytest.mark.parametrize("server", ["nginx", "thread"])
+def test_s5cmd_ceiling_downloads_from_the_stub_endpoint(tmp_path, server):
     from headwater.bench.load import find_s5cmd
-    c = ceilings.s5cmd_get(find_s5cmd(), tmp_path, object_bytes=8 * 1024 * 1024, count=2)
+    if server == "nginx" and not (shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK)):
+        pytest.skip("no nginx")
+    c = ceilings.s5cmd_get(find_s5cmd(), tmp_path, object_bytes=8 * 1024 * 1024, count=2, repeats=2,
+                           server=server)
     assert c.name == "s5cmd GET alone" and c.unit == "MB/s" and c.value > 0
-    assert "client" in c.how and "s/GB" in c.how
+    assert "client" in c.how and "s/GB" in c.how and "best of 2" in c.how
+    assert ("nginx" in c.how) == (server == "nginx")
