@@ -338,6 +338,16 @@ def _validator(stored: StoredResponse) -> str | None:
     return stored.get("last-modified")
 
 
+def _range_of(content_range: str | None) -> tuple[int | str, int | str]:
+    """(first, last) byte of a ``Content-Range: bytes a-b/n``, else ("-", "-") as CloudFront logs."""
+    if content_range and content_range.startswith("bytes "):
+        first, _, rest = content_range[6:].partition("-")
+        last = rest.partition("/")[0]
+        if first.isdigit() and last.isdigit():
+            return int(first), int(last)
+    return "-", "-"
+
+
 class EdgeApp:
     """The request path of one edge worker (any tier)."""
 
@@ -384,6 +394,10 @@ class EdgeApp:
         self._warm: dict[tuple[str, str], _WarmHit] = {}
         self.counts = {"hits": 0, "misses": 0, "refresh_hits": 0, "stale": 0, "errors": 0, "refused": 0}
         self.active = 0
+        # x-edge-request-id: unique per request across processes and restarts (a random prefix
+        # a process, then its count), without a random draw per request.
+        self._request_id_prefix = f"{secrets.token_hex(8)}-"
+        self._requests_logged = 0
 
     # --- entry -------------------------------------------------------------------------------
 
@@ -445,12 +459,31 @@ class EdgeApp:
         self.metrics.answered(result, size)
         if self.access_log is not None and self.access_log.enabled("info"):
             taken = time.perf_counter() - started
+            self._requests_logged += 1
+            client = request.client or ("", 0)
+            ctype = clen = crange = None
+            for k, v in response.headers:
+                if k == "content-type":
+                    ctype = v
+                elif k == "content-length":
+                    clen = v
+                elif k == "content-range":
+                    crange = v
+            start, end = _range_of(crange)
+            # CloudFront's standard log fields, by their names (a subset: no cookies, whose
+            # values are the viewer's, and no TLS details, which the HTTP core does not pass on).
             self.access_log.info(
-                "edge.access", **{"x-edge-location": self.node.id, "c-ip": (request.client or ("", 0))[0],
+                "edge.access", **{"x-edge-location": self.node.id, "c-ip": client[0], "c-port": client[1],
+                                  "x-edge-request-id": f"{self._request_id_prefix}{self._requests_logged:x}",
                                   "cs-method": request.method, "cs(Host)": request.host,
+                                  "x-host-header": request.headers.get("host", request.host or "-"),
                                   "cs-uri-stem": request.path, "cs-uri-query": request.query or "-",
                                   "sc-status": response.status, "sc-bytes": size,
+                                  "sc-content-type": ctype or "-", "sc-content-len": clen or "-",
+                                  "sc-range-start": start, "sc-range-end": end,
+                                  "cs(Referer)": request.headers.get("referer", "-"),
                                   "cs(User-Agent)": request.headers.get("user-agent", "-"),
+                                  "x-forwarded-for": request.headers.get("x-forwarded-for", "-"),
                                   "x-edge-result-type": result, "time-taken": round(taken, 6),
                                   "cs-protocol-version": f"HTTP/{request.http_version}",
                                   "cs-protocol": request.scheme})

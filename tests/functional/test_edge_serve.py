@@ -110,6 +110,14 @@ def test_misses_then_hits_over_http1_and_h2c(origin, pop):
     beyond = curl("-o", "/dev/null", "-w", "%{http_code}", "-r", "9000-9999", pop.url + "/v/seg-1.m4s")
     assert beyond.stdout == b"416"
     assert origin.fetches["/v/seg-1.m4s"] == 1
+    # The access log: one JSON line a request, CloudFront's standard field names.
+    lines = [json.loads(x) for x in pop.log.read_text().splitlines() if '"edge.access"' in x]
+    ranged_line = next(x for x in lines if x["cs-uri-stem"] == "/v/seg-1.m4s" and x["sc-status"] == 206)
+    assert (ranged_line["sc-range-start"], ranged_line["sc-range-end"], ranged_line["sc-bytes"]) == (10, 19, 10)
+    assert ranged_line["c-ip"] == "127.0.0.1" and ranged_line["c-port"] > 0
+    assert ranged_line["x-edge-result-type"] == "Hit" and ranged_line["cs-method"] == "GET"
+    ids = [x["x-edge-request-id"] for x in lines]
+    assert len(set(ids)) == len(ids)
     metrics = httpx.get(pop.admin + "/metrics", trust_env=False).text
     assert 'hw_edge_upstream_fetches_total{' in metrics and 'hw_edge_requests_total{' in metrics, metrics[-3000:]
 
