@@ -96,6 +96,32 @@ def test_expiry_revalidates_with_304_and_stale_if_error_when_the_origin_is_down(
             env.tasks.append(env.portal.start_task(env.origin.run, env.origin_port)[0])
 
 
+def test_stale_while_revalidate_private_and_expires_through_the_tiers(env):
+    """RFC 5861's stale-while-revalidate answered at once and refreshed behind the answer;
+    ``private`` never stored by a shared cache; ``Expires`` without max-age sets the lifetime."""
+    import email.utils
+
+    env.origin.objects["/t/6/swr.mpd"] = Obj(b"v1", [("cache-control", "max-age=1, stale-while-revalidate=60")])
+    env.origin.objects["/t/6/private"] = Obj(b"mine", [("cache-control", "private, max-age=600")])
+    env.origin.objects["/t/6/expires"] = Obj(b"e", [("expires", email.utils.formatdate(time.time() + 600, usegmt=True))])
+    with client() as c:
+        assert c.get(env.pops[0] + "/t/6/swr.mpd").content == b"v1"
+        time.sleep(1.3)
+        env.origin.objects["/t/6/swr.mpd"] = Obj(b"v2", [("cache-control", "max-age=60, stale-while-revalidate=60")])
+        stale = c.get(env.pops[0] + "/t/6/swr.mpd")
+        assert stale.content == b"v1" and stale.headers["x-cache"].startswith("StaleHit")  # not waiting for v2
+        deadline = time.monotonic() + 10
+        while c.get(env.pops[0] + "/t/6/swr.mpd").content != b"v2":  # refreshed in the background
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for _ in range(2):
+            assert c.get(env.pops[0] + "/t/6/private").content == b"mine"
+        assert env.origin.fetches["/t/6/private"] == 2
+        assert c.get(env.pops[0] + "/t/6/expires").headers["x-cache"] == "Miss from pop-1"
+        assert c.get(env.pops[0] + "/t/6/expires").headers["x-cache"] == "Hit from pop-1"
+    assert env.origin.fetches["/t/6/expires"] == 1
+
+
 def test_no_store_is_never_stored(env):
     env.origin.objects["/t/3/private"] = Obj(b"p", [("cache-control", "no-store")])
     with client() as c:
