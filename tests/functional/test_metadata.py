@@ -234,8 +234,20 @@ async def test_a_get_reads_a_second_key_in_the_same_call_when_the_node_leads_bot
             gid = group_name(ring.group_of(ring.partition_of(ns, key)))
             return next(i for i in range(3) if gid in mc.node(i).groups and mc.node(i).groups[gid].is_leader)
 
+        def gid_of(ns: str, key: str) -> str:
+            return group_name(ring.group_of(ring.partition_of(ns, key)))
+
         await mc.elected()
         b_leader = leader_of("buckets", "b")
+        # Elections can leave one node leading every group (or the bucket's leader leading
+        # none of the keys' groups): hand one group over so the test has keys of both kinds.
+        if all(leader_of("obj/b", k) == b_leader for k in keys):
+            gid = next(gid_of("obj/b", k) for k in keys if gid_of("obj/b", k) != gid_of("buckets", "b"))
+            await mc.node(b_leader).groups[gid].transfer_leadership(f"meta-{(b_leader + 1) % 3}")
+        elif all(leader_of("obj/b", k) != b_leader for k in keys):
+            gid = gid_of("obj/b", keys[0])
+            await mc.node(leader_of("obj/b", keys[0])).groups[gid].transfer_leadership(f"meta-{b_leader}")
+        await mc.elected()
         same = [k for k in keys if leader_of("obj/b", k) == b_leader]
         other = [k for k in keys if leader_of("obj/b", k) != b_leader]
         assert same and other, "six groups on three nodes: the bucket's leader leads some, not all"

@@ -149,7 +149,10 @@ def wait_state(catalogue, title_id: int, states: set[TitleState], worker: Transc
 
 
 def keys_under(s3, prefix: str) -> list[str]:
-    found = s3.list_objects_v2(Bucket="videos", Prefix=prefix).get("Contents", [])
+    try:
+        found = s3.list_objects_v2(Bucket="videos", Prefix=prefix).get("Contents", [])
+    except s3.exceptions.NoSuchBucket:  # nothing published yet (this test ran first)
+        return []
     return sorted(o["Key"] for o in found)
 
 
@@ -223,7 +226,10 @@ def test_a_corrupt_upload_fails_its_title_and_publishes_nothing(setup, s3):
     data[:4096] = os.urandom(4096)  # the ftyp and moov head are gone
     title_id, job_id = submit(s3, catalogue, "corrupt", bytes(data))
     title = wait_state(catalogue, title_id, {TitleState.FAILED, TitleState.PUBLISHED}, worker)
-    assert title.state is TitleState.FAILED and "not a video ffprobe can read" in title.error, title.error
+    # Random bytes sometimes read as a stray stream (ffprobe once found a subtitle track in
+    # them): either way the upload is refused as media, not retried as an outage.
+    assert title.state is TitleState.FAILED, title.error
+    assert "not a video ffprobe can read" in title.error or "has no video stream" in title.error, title.error
     job = catalogue.get_job(job_id)
     assert job.state is JobState.FAILED and job.attempts == 1  # bad input is not retried
     assert title.renditions == () and keys_under(s3, f"titles/{title_id}/") == []
