@@ -103,6 +103,19 @@ def test_http2_over_tls_with_alpn_and_http11_when_only_it_is_offered(origin, pop
         r = client.get(pop.https + "/t/seg-1.m4s")
         assert r.http_version == "HTTP/2" and r.content == b"t" * 3000
     assert origin.fetches["/t/seg-1.m4s"] == 1
+    # CloudFront's TLS fields on each line: the negotiated protocol and OpenSSL's cipher name
+    lines = [x for x in access_lines(pop) if x["cs-uri-stem"] == "/t/seg-1.m4s"]
+    by_version = {(x["cs-protocol-version"], x["ssl-protocol"]): x for x in lines}
+    assert set(by_version) == {("HTTP/2.0", "TLSv1.3"), ("HTTP/1.1", "TLSv1.3")}, lines
+    for x in lines:
+        assert x["cs-protocol"] == "https" and x["ssl-cipher"].startswith("TLS_") and x["ssl-cipher"].isupper()
+        assert 0 <= x["time-to-first-byte"] < 5
+    # a TLS 1.2 client: its protocol and its ECDHE cipher, as CloudFront's logs name them
+    tls12 = curl("--http1.1", "--tlsv1.2", "--tls-max", "1.2", "--cacert", str(pop.cert), "-o", "/dev/null",
+                 pop.https + "/t/seg-1.m4s")
+    assert tls12.returncode == 0, tls12.stderr
+    line = next(x for x in access_lines(pop) if x["cs-uri-stem"] == "/t/seg-1.m4s" and x["ssl-protocol"] == "TLSv1.2")
+    assert line["ssl-cipher"].startswith("ECDHE-ECDSA-") and line["cs-protocol"] == "https", line
 
 
 def test_two_workers_both_serve_and_share_hits_through_the_disk_tier(origin, pop):
