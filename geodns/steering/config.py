@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from headwater.config import Reader
 from headwater.geo.config import (GeoConfig, GeoRule, IPNetwork, expect_array, expect_table, packaged_geoip_db,
                                   read_coordinate, read_geo)
-from headwater.geo.pops import PopLocation, read_pop_locations
+from headwater.geo.pops import PopLocation, edge_tier, read_pop_locations
 
 __all__ = [
     "Pop", "SteeredName", "SteeringConfig",
@@ -137,6 +137,11 @@ def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops",
         edge = locations.get(name)
         if edge is not None:
             item = _with_edge_location(r, item, p, edge)
+        elif "ipv4" not in item and "ipv6" not in item and (other := edge_tier(r, name)) is not None:
+            # (a whole entry that happens to share a regional's or a shield's id is read as before)
+            raise r.error(f"{p}.name", f"{name!r} is {other[0]}, a {other[1]}, not a POP: only an [[edge]] of "
+                                       f"tier \"pop\" lends its address and place; give ipv4/ipv6, lat, lon and "
+                                       f"healthz, or name a POP")
         ipv4 = _addresses(r, item, "ipv4", p, 4)
         ipv6 = _addresses(r, item, "ipv6", p, 6)
         if not ipv4 and not ipv6:

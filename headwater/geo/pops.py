@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 from headwater.config import Reader
 
-__all__ = ["PopLocation", "read_pop_locations", "EDGE_DEFAULT_HOST"]
+__all__ = ["PopLocation", "read_pop_locations", "edge_tier", "EDGE_DEFAULT_HOST"]
 
 #: The ``host`` of an ``[[edge]]`` table that gives none (the edge's own default).
 EDGE_DEFAULT_HOST = "127.0.0.1"
@@ -78,3 +78,13 @@ def read_pop_locations(r: Reader) -> dict[str, PopLocation]:
             name=item["id"], prefix=p, host=r.get(item, "host", p, str, EDGE_DEFAULT_HOST),
             admin_port=r.port(item, "admin_port", p), lat=lat, lon=lon, region=r.get(item, "region", p, str, "")))
     return out
+
+
+def edge_tier(r: Reader, name: str) -> tuple[str, str] | None:
+    """``(prefix, tier)`` of the ``[[edge]]`` table whose id is ``name`` (None if there is none):
+    so that a steering entry naming a regional cache or a shield is told why it takes nothing."""
+    raw = r.document.get("edge", [])
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        if isinstance(item, dict) and item.get("id") == name:
+            return f"edge[{i}]", str(item.get("tier"))
+    return None

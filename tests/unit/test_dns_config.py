@@ -236,3 +236,13 @@ def test_what_an_edge_pop_cannot_give_is_asked_for(entry, edge_change, key):
         loads(STEERED + '[[dns.pops]]\nname = "pop-lon"\n' + entry + EDGE_POPS.replace(*edge_change),
               path="cluster.toml")
     assert e.value.key == key, str(e.value)
+
+
+def test_an_entry_naming_an_edge_of_another_tier_is_refused():
+    with pytest.raises(ConfigError) as e:
+        loads(STEERED + '[[dns.pops]]\nname = "regional-1"\n' + EDGE_POPS, path="cluster.toml")
+    assert e.value.key == "dns.pops[0].name" and "'regional-1' is edge[2], a regional, not a POP" in str(e.value)
+    assert e.value.line == 6
+    whole = loads(STEERED + '[[dns.pops]]\nname = "regional-1"\nipv4 = ["192.0.2.7"]\nlat = 1\nlon = 2\n'
+                  'healthz = "http://192.0.2.7/healthz"\n' + EDGE_POPS).dns.steering.pops[0]
+    assert (whole.name, whole.ipv4, whole.lat) == ("regional-1", ("192.0.2.7",), 1.0)  # read as before
