@@ -91,13 +91,6 @@ def open_stores(node: EdgeConfig, worker: int) -> list[Any]:
     return stores
 
 
-def _no_key(why: str) -> Any:
-    """A key source that has none, saying ``why`` (the admin port answers purges with it)."""
-    def key() -> Any:
-        raise ValueError(why)
-    return key
-
-
 async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0, clock: Clock = SYSTEM_CLOCK,
                    purges_refused: str | None = None,
                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -137,7 +130,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                                                       "on_flood": door.on_flood}
     purges = Invalidation(cluster=cluster, node=node, distributions=distributions, stores=stores,
                           top=router is None, worker=worker, clock=clock,
-                          key=_no_key(purges_refused) if purges_refused else lambda: admin_key(cluster_secret(cluster)))
+                          key=lambda: admin_key(cluster_secret(cluster)), refused=purges_refused)
     try:
         await purges.open()
         async with anyio.create_task_group() as tg:

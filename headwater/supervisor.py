@@ -472,7 +472,8 @@ class Supervisor:
     # -- state file ---------------------------------------------------------------------------
 
     def _write_state(self) -> None:
-        doc = {"cluster": self.cfg.name, "config": str(self.config_path) if self.config_path else None, "supervisor_pid": os.getpid(),
+        doc = {"cluster": self.cfg.name, "config": str(self.config_path) if self.config_path else None,
+               "supervisor_pid": os.getpid(),
                "stopping": self._stopping, "started_at": self._started_at, "updated_at": time.time(),
                "children": self.snapshot()}
         tmp = self.state_path.with_suffix(".tmp")
