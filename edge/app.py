@@ -338,6 +338,10 @@ def _validator(stored: StoredResponse) -> str | None:
     return stored.get("last-modified")
 
 
+# cs-protocol-version as CloudFront writes it (HTTP/1.1, HTTP/2.0), by the core's http_version.
+_PROTOCOL_VERSIONS = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2.0"}
+
+
 def _range_of(content_range: str | None) -> tuple[int | str, int | str]:
     """(first, last) byte of a ``Content-Range: bytes a-b/n``, else ("-", "-") as CloudFront logs."""
     if content_range and content_range.startswith("bytes "):
@@ -470,8 +474,13 @@ class EdgeApp:
                 elif k == "content-range":
                     crange = v
             start, end = _range_of(crange)
+            tls = request.tls
             # CloudFront's standard log fields, by their names (a subset: no cookies, whose
-            # values are the viewer's, and no TLS details, which the HTTP core does not pass on).
+            # values are the viewer's). The line is written as the answer's head goes to the HTTP
+            # core, which writes its first byte next: time-to-first-byte is that wait, and
+            # time-taken (CloudFront's: until the last byte) is the same here, the core telling
+            # the app nothing of the body's send. cs-protocol is the connection's (TLS or not),
+            # not the scheme an HTTP/2 client claims.
             self.access_log.info(
                 "edge.access", **{"x-edge-location": self.node.id, "c-ip": client[0], "c-port": client[1],
                                   "x-edge-request-id": f"{self._request_id_prefix}{self._requests_logged:x}",
@@ -485,8 +494,12 @@ class EdgeApp:
                                   "cs(User-Agent)": request.headers.get("user-agent", "-"),
                                   "x-forwarded-for": request.headers.get("x-forwarded-for", "-"),
                                   "x-edge-result-type": result, "time-taken": round(taken, 6),
-                                  "cs-protocol-version": f"HTTP/{request.http_version}",
-                                  "cs-protocol": request.scheme})
+                                  "time-to-first-byte": round(taken, 6),
+                                  "cs-protocol-version": _PROTOCOL_VERSIONS.get(request.http_version,
+                                                                                f"HTTP/{request.http_version}"),
+                                  "cs-protocol": "https" if tls is not None else "http",
+                                  "ssl-protocol": tls.protocol if tls is not None else "-",
+                                  "ssl-cipher": tls.cipher if tls is not None else "-"})
 
     # --- the request path --------------------------------------------------------------------
 

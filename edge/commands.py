@@ -6,8 +6,12 @@ purge home, then a wait until every tier has applied it) and ``headwater cdn sig
 keygen [--id ID]`` (makes the key of a ``private_key_file = "auto"`` entry, :mod:`.cdnkeys`).
 
 ``headwater edge serve --origin http://127.0.0.1:8080 --listen 127.0.0.1:6081 --cache-dir DIR
---ram 256MiB`` runs one edge worker whose tier is "pop" with no tier above it: misses go
-straight to the origin. /healthz and /metrics listen on ``--admin`` (default: the next port).
+--ram 256MiB`` runs one edge POP with no tier above it: misses go straight to the origin.
+/healthz and /metrics listen on ``--admin`` (default: the next port); ``--tls-cert``/``--tls-key``
+add HTTPS with ALPN on ``--tls-listen``. One worker runs in this process; ``--workers N`` hands N
+of them (``edge serve ... --worker i``, sharing the ports and the disk tier) to the kernel's
+supervisor, as ``headwater up`` runs a POP's workers. Such workers refuse purges: the purge log
+must be one process's.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
 from headwater.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from headwater.cli import err as _err
-from headwater.config import ClusterConfig, ConfigError, GiB, Reader, load, parse_size
+from headwater.config import TLS_AUTO, ClusterConfig, ConfigError, GiB, Reader, load, parse_size
 
 from .config import Distribution, EdgeConfig, read_origin
 
@@ -47,6 +51,14 @@ def add_commands(sub: Any, config_help: str) -> None:
     s.add_argument("--runtime", default="asyncio", choices=("asyncio", "trio"))
     s.add_argument("--secret-file", default=None, metavar="FILE",
                    help="the secret signing POST /_hw/invalidate on the admin port (none: purges refused)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes sharing the ports (SO_REUSEPORT) and the disk tier, restarted if they exit")
+    s.add_argument("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain): HTTPS on --tls-listen")
+    s.add_argument("--tls-key", default=None, metavar="FILE", help="the PEM private key of --tls-cert")
+    s.add_argument("--tls-listen", default=None, metavar="HOST:PORT",
+                   help=f"HTTPS (ALPN h2, http/1.1) with --tls-cert (default: the --listen host, port {DEFAULT_TLS_PORT})")
+    # One worker of --workers N, as the supervisor starts it: not for people.
+    s.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_edge_serve)
     c = edge_sub.add_parser("check", help="validate [[edge]] and [[distributions]]; print the tiers")
     c.add_argument("-c", "--config", metavar="FILE", help=config_help)
@@ -90,6 +102,13 @@ def _host_port(value: str, flag: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+#: ``--tls-listen``'s port when only ``--tls-cert``/``--tls-key`` are given.
+DEFAULT_TLS_PORT = 6443
+#: Why ``edge serve --workers N`` (N > 1) refuses purges: the purge log is one process's.
+NO_PURGES_WITH_WORKERS = ("edge serve with --workers above 1 keeps no purge log (each worker would number its "
+                          "own): run --workers 1 to purge, or a cluster whose shield holds the log")
+
+
 def serve_config(args: argparse.Namespace) -> ClusterConfig:
     """The one-POP cluster ``edge serve`` runs, from its flags (ConfigError names the flag)."""
     host, port = _host_port(args.listen, "--listen")
@@ -101,20 +120,81 @@ def serve_config(args: argparse.Namespace) -> ClusterConfig:
         raise ConfigError("--origin", str(e).split(": ", 1)[-1]) from None
     if origin is None or origin.kind != "http":
         raise ConfigError("--origin", "edge serve takes an http:// or https:// origin")
+    workers = getattr(args, "workers", 1)
+    if not 1 <= workers <= 256:
+        raise ConfigError("--workers", f"{workers} is outside 1..256")
+    if workers > 1 and getattr(args, "secret_file", None):
+        raise ConfigError("--secret-file", NO_PURGES_WITH_WORKERS)
+    tls_port, cert, key = _tls_flags(args, host)
+    cache_dir = Path(args.cache_dir)
     node = EdgeConfig(id=args.id, tier="pop", host=host, port=port, admin_port=admin_port, lat=0.0, lon=0.0,
                       ram_bytes=parse_size(args.ram, "--ram"), disk_bytes=parse_size(args.disk, "--disk") or GiB,
-                      cache_dir=Path(args.cache_dir))
+                      cache_dir=cache_dir, workers=workers, tls_port=tls_port, tls_cert=cert, tls_key=key)
     if admin_host != host:
         raise ConfigError("--admin", "the admin port listens on the --listen host")
+    if len({port, admin_port, tls_port} - {None}) < 2 + (tls_port is not None):
+        raise ConfigError("--tls-listen" if tls_port in (port, admin_port) else "--admin",
+                          "the HTTP, admin and HTTPS ports must differ")
     # Without --secret-file, the kernel's default (var/cluster.secret); none there: the admin port
     # refuses every purge, having nothing to check it against.
     secret = Path(args.secret_file).expanduser().absolute() if getattr(args, "secret_file", None) else None
-    return ClusterConfig(name="edge-serve", edge=(node,), secret_file=secret,
+    # Several workers keep the supervisor's logs and state, and their shared metrics, beside the
+    # cache (not in ./var, where a cluster's `headwater up` keeps its own).
+    data_dir = {"data_dir": cache_dir.absolute() / "serve"} if workers > 1 else {}
+    return ClusterConfig(name="edge-serve", edge=(node,), secret_file=secret, **data_dir,
                          distributions=(Distribution(name="default", origin=origin),))
 
 
+def _tls_flags(args: argparse.Namespace, host: str) -> tuple[int | None, str | None, str | None]:
+    """``--tls-cert``/``--tls-key`` (both, readable; an SSLContext is built from them now, so a
+    bad pair is a usage error, not a worker that dies) and ``--tls-listen``'s port."""
+    cert, key, listen = (getattr(args, name, None) for name in ("tls_cert", "tls_key", "tls_listen"))
+    if cert is None and key is None:
+        if listen is not None:
+            raise ConfigError("--tls-listen", "needs --tls-cert and --tls-key")
+        return None, None, None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert" if cert is None else "--tls-key",
+                          "--tls-cert and --tls-key go together (a certificate and its key)")
+    if TLS_AUTO in (cert, key):
+        raise ConfigError("--tls-cert", f'"{TLS_AUTO}" is cluster.toml\'s local CA: edge serve takes PEM files')
+    given = {"tls_cert": cert, "tls_key": key}
+    try:
+        cert, key = Reader(None, "", root=Path.cwd()).tls_files(given, "")
+    except ConfigError as e:
+        raise ConfigError(f"--{e.key.replace('_', '-')}", str(e).split(": ", 1)[-1]) from None
+    from headwater.http.tls import server_ssl_context
+
+    try:
+        server_ssl_context(cert, key)
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        raise ConfigError("--tls-cert", f"{cert} with {key}: {e}") from None
+    if listen is None:
+        return DEFAULT_TLS_PORT, cert, key
+    tls_host, tls_port = _host_port(listen, "--tls-listen")
+    if tls_host != host:
+        raise ConfigError("--tls-listen", "HTTPS listens on the --listen host")
+    return tls_port, cert, key
+
+
+def _worker_argv(args: argparse.Namespace, cluster: ClusterConfig) -> Callable[[Any], list[str]]:
+    """How the supervisor starts worker ``spec.worker``: this command again, every flag spelled
+    out (paths absolute, the admin port resolved) plus ``--worker``."""
+    node = cluster.edge[0]
+    base = [sys.executable, "-m", "headwater", "edge", "serve", "--origin", args.origin,
+            "--listen", f"{node.host}:{node.port}", "--admin", f"{node.host}:{node.admin_port}",
+            "--cache-dir", str(Path(node.cache_dir).absolute()), "--ram", str(node.ram_bytes),
+            "--disk", str(node.disk_bytes), "--id", node.id, "--runtime", args.runtime,
+            "--workers", str(node.workers)]
+    if node.tls_port is not None:
+        base += ["--tls-cert", str(node.tls_cert), "--tls-key", str(node.tls_key),
+                 "--tls-listen", f"{node.host}:{node.tls_port}"]
+    return lambda spec: [*base, "--worker", str(spec.worker)]
+
+
 def cmd_edge_serve(args: argparse.Namespace) -> int:
-    """Run one edge POP in the foreground until interrupted."""
+    """Run one edge POP in the foreground until interrupted: in this process with one worker,
+    else under the kernel's supervisor (as ``headwater up`` runs a POP's workers)."""
     from headwater import log
     from headwater.runtime import backend_options
 
@@ -126,15 +206,100 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         _err(str(e).lstrip(": "))
         return EXIT_USAGE
     node = cluster.edge[0]
-    log.configure(level="info", daemon=node.id)
-    print(f"edge {node.id}: http://{node.host}:{node.port}/ in front of {cluster.distributions[0].origin.url} "
-          f"(admin http://{node.host}:{node.admin_port}/healthz)", flush=True)
+    worker = getattr(args, "worker", None)
+    if worker is not None and not 0 <= worker < node.workers:
+        _err(f"--worker: {worker} is outside 0..{node.workers - 1}")
+        return EXIT_USAGE
+    if node.workers > 1 and worker is None:
+        return _supervise(args, cluster)
+    log.configure(level="info", daemon=node.id, fields={"worker": worker} if worker is not None else None)
+    if worker is None:
+        tls = f" and https://{node.host}:{node.tls_port}/" if node.tls_port is not None else ""
+        print(f"edge {node.id}: http://{node.host}:{node.port}/{tls} in front of {cluster.distributions[0].origin.url} "
+              f"(admin http://{node.host}:{node.admin_port}/healthz)", flush=True)
+    run = functools.partial(run_edge, cluster, node, worker=worker or 0,
+                            purges_refused=NO_PURGES_WITH_WORKERS if node.workers > 1 else None)
     try:
-        anyio.run(functools.partial(run_edge, cluster, node), backend=args.runtime,
-                  backend_options=backend_options(args.runtime))
+        anyio.run(_until_signalled, run, backend=args.runtime, backend_options=backend_options(args.runtime))
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+async def _until_signalled(run: Callable[..., Any]) -> None:
+    """``run`` until SIGINT or SIGTERM (a supervised worker is stopped with SIGTERM), or until the
+    supervisor that started it is gone."""
+    import os
+    import signal
+
+    from headwater.supervisor import SUPERVISOR_PID_ENV
+
+    async def watch_signals(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                scope.cancel()
+                return
+
+    async def watch_parent(scope: anyio.CancelScope, pid: int) -> None:
+        while os.getppid() == pid:
+            await anyio.sleep(1.0)
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_signals, tg.cancel_scope)
+        parent = os.environ.get(SUPERVISOR_PID_ENV, "")
+        if parent.isdigit():
+            tg.start_soon(watch_parent, tg.cancel_scope, int(parent))
+        await tg.start(run)
+
+
+def _supervise(args: argparse.Namespace, cluster: ClusterConfig) -> int:
+    """``--workers N``: the kernel's supervisor starts N workers (``edge serve ... --worker i``),
+    waits until each answered /healthz, restarts one that exits, and stops them all on SIGINT or
+    SIGTERM."""
+    import signal
+
+    from headwater.supervisor import StartupError, Supervisor, check_ports
+
+    node = cluster.edge[0]
+    problems = check_ports([node], reuse_port=True)
+    if problems:
+        _err(problems[0])
+        return EXIT_FAILED
+    supervisor = Supervisor(cluster, argv=_worker_argv(args, cluster))
+    tls = f" and https://{node.host}:{node.tls_port}/" if node.tls_port is not None else ""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await tg.start(supervisor.run)
+            print(f"edge {node.id}: http://{node.host}:{node.port}/{tls} in front of "
+                  f"{cluster.distributions[0].origin.url}, {node.workers} workers (admin "
+                  f"http://{node.host}:{node.admin_port}/healthz; logs in {supervisor.log_dir})", flush=True)
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - a worker that cannot start is one clear report
+        startup = [e for e in _leaves(exc) if isinstance(e, StartupError)]
+        if not startup:
+            raise
+        _err(startup[0].report())
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:

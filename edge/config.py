@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from headwater.config import GiB, HttpLimits, MiB, Reader, read_http_limits
 from headwater.geo.config import GeoConfig, read_geo
+from headwater.geo.pops import EDGE_DEFAULT_HOST
 
 from .cache import DEFAULT_BEHAVIOUR, Behaviour, read_behaviour
 from .compress import CompressionConfig, read_compression_config
@@ -65,7 +66,7 @@ class EdgeConfig:
 
     id: str
     tier: str
-    host: str = "127.0.0.1"
+    host: str = EDGE_DEFAULT_HOST
     port: int
     admin_port: int
     # HTTPS with ALPN (h2, http/1.1) on tls_port, with tls_cert and tls_key.
@@ -244,7 +245,7 @@ def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
     if fall < 1:
         raise r.error(f"{p}.upstream_fall", "must be at least 1")
     return EdgeConfig(
-        id=node_id, tier=tier, host=r.get(item, "host", p, str, "127.0.0.1"),
+        id=node_id, tier=tier, host=r.get(item, "host", p, str, EDGE_DEFAULT_HOST),
         port=r.port(item, "port", p), admin_port=r.port(item, "admin_port", p),
         tls_port=tls_port, tls_cert=cert, tls_key=key, workers=workers,
         region=r.get(item, "region", p, str, ""), lat=lat, lon=lon,

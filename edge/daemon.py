@@ -92,8 +92,12 @@ def open_stores(node: EdgeConfig, worker: int) -> list[Any]:
 
 
 async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0, clock: Clock = SYSTEM_CLOCK,
+                   purges_refused: str | None = None,
                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-    """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point)."""
+    """Serve one worker of ``node`` until cancelled (the ``edge`` role's entry point).
+
+    ``purges_refused``: this worker takes no purge (``edge serve --workers N``, where no one
+    process could hold the purge log); its admin port says why to whoever sends one."""
     registry = Registry()
     add_process_metrics(registry)
     # First: with tls_cert = "auto" this makes the local CA on a first start without `headwater up`,
@@ -126,7 +130,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                                                       "on_flood": door.on_flood}
     purges = Invalidation(cluster=cluster, node=node, distributions=distributions, stores=stores,
                           top=router is None, worker=worker, clock=clock,
-                          key=lambda: admin_key(cluster_secret(cluster)))
+                          key=lambda: admin_key(cluster_secret(cluster)), refused=purges_refused)
     try:
         await purges.open()
         async with anyio.create_task_group() as tg:

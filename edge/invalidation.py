@@ -266,7 +266,7 @@ class Invalidation:
     def __init__(self, *, cluster: ClusterConfig, node: EdgeConfig, distributions: Sequence[Distribution],
                  stores: Sequence[Any], top: bool, worker: int = 0, clock: Clock = SYSTEM_CLOCK,
                  key: AdminKey | None | Callable[[], AdminKey] = None,
-                 epoch: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
+                 epoch: Callable[[], str] = lambda: secrets.token_hex(8), refused: str | None = None) -> None:
         cdn = getattr(cluster, "cdn", None)
         self.config: PurgeConfig = cdn.purge if isinstance(cdn, CdnConfig) else PurgeConfig()
         self.node = node
@@ -286,7 +286,9 @@ class Invalidation:
         self._by_prefix: dict[bytes, _Distribution] = {}
         self._client: httpx.AsyncClient | None = None
         why = "no cluster secret is configured on this host"
-        if callable(key):
+        if refused is not None:  # this worker takes no purge whatever the secret (``refused`` says why)
+            why, key = refused, None
+        elif callable(key):
             try:
                 key = key()
             except (ConfigError, ValueError, OSError) as e:

@@ -317,12 +317,14 @@ class Reader:
 
     Daemon packages read their sections through it: ``root`` is the folder relative paths
     resolve against, ``data_dir`` the cluster's data directory (each node's default lives in
-    ``data_dir/<id>``).
+    ``data_dir/<id>``), ``document`` the whole parsed file, for the few kernel readers that take
+    one role's facts from another's section (:mod:`headwater.geo.pops`).
     """
 
     def __init__(self, path: str | None, text: str, *, root: Path | None = None,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, document: Mapping[str, Any] | None = None) -> None:
         self.path = path
+        self.document: Mapping[str, Any] = document if document is not None else {}
         self.lines = _key_lines(text)
         self.root = root or Path.cwd()
         self.data_dir = data_dir or self.root / "var"
@@ -472,7 +474,7 @@ def loads(text: str, *, path: str | None = None, env: Mapping[str, str] | None =
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError("toml", str(e), path=path, line=int(m.group(1)) if m else None) from None
     root = Path(path).resolve().parent if path else Path.cwd()
-    r = Reader(path, text, root=root)
+    r = Reader(path, text, root=root, document=data)
     reg = registry()
     r.check_keys(data, "", {"cluster", *reg.section_names()})
 

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import anyio
 import httpx
@@ -251,11 +251,15 @@ class Supervisor:
     def __init__(self, cfg: ClusterConfig, *, clock: Clock = SYSTEM_CLOCK,
                  start_timeout_s: float = 30.0, stop_grace_s: float = 10.0,
                  python: str = sys.executable, env: Mapping[str, str] | None = None,
-                 logger: Logger | None = None, backoff: Mapping[str, float] | None = None) -> None:
-        if cfg.path is None:
+                 logger: Logger | None = None, backoff: Mapping[str, float] | None = None,
+                 argv: Callable[[ChildSpec], Sequence[str]] | None = None) -> None:
+        # Children re-read cluster.toml (``headwater node``), unless ``argv`` says how each one
+        # starts (``headwater edge serve --workers N``: its cluster lives in its flags, no file).
+        if cfg.path is None and argv is None:
             raise ValueError("the supervisor needs a config loaded from a file (children re-read it)")
         self.cfg = cfg
-        self.config_path = Path(cfg.path)
+        self.config_path = Path(cfg.path) if cfg.path is not None else None
+        self._argv = argv
         self.clock = clock
         self.start_timeout_s = start_timeout_s
         self.stop_grace_s = stop_grace_s
@@ -343,8 +347,10 @@ class Supervisor:
         with open(child.log_path, "ab") as out:
             child.log_offset = out.tell()
             try:
+                argv = (list(self._argv(spec)) if self._argv is not None
+                        else spec.argv(self.python, self.config_path))  # type: ignore[arg-type]
                 child.process = await anyio.open_process(
-                    spec.argv(self.python, self.config_path), stdin=subprocess.DEVNULL,
+                    argv, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=out, env=env, start_new_session=True)
             except OSError as e:
                 raise StartupError(spec.name, f"cannot run {self.python}: {e}") from e
@@ -466,7 +472,8 @@ class Supervisor:
     # -- state file ---------------------------------------------------------------------------
 
     def _write_state(self) -> None:
-        doc = {"cluster": self.cfg.name, "config": str(self.config_path), "supervisor_pid": os.getpid(),
+        doc = {"cluster": self.cfg.name, "config": str(self.config_path) if self.config_path else None,
+               "supervisor_pid": os.getpid(),
                "stopping": self._stopping, "started_at": self._started_at, "updated_at": time.time(),
                "children": self.snapshot()}
         tmp = self.state_path.with_suffix(".tmp")

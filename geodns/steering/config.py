@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from headwater.config import Reader
 from headwater.geo.config import (GeoConfig, GeoRule, IPNetwork, expect_array, expect_table, packaged_geoip_db,
                                   read_coordinate, read_geo)
+from headwater.geo.pops import PopLocation, edge_tier, read_pop_locations
 
 __all__ = [
     "Pop", "SteeredName", "SteeringConfig",
@@ -111,8 +112,17 @@ def _healthz_url(r: Reader, data: Mapping[str, Any], prefix: str) -> str:
     return url
 
 
-def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
-    """``[[dns.pops]]``: the POPs, each with its addresses, coordinates, health URL and weight."""
+def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops",
+              locations: Mapping[str, PopLocation] | None = None) -> tuple[Pop, ...]:
+    """``[[dns.pops]]``: the POPs, each with its addresses, coordinates, health URL and weight.
+
+    An entry named as an ``[[edge]]`` POP (``locations``, :func:`~headwater.geo.pops.read_pop_locations`
+    by default) takes what it leaves out from that POP: ``ipv4`` or ``ipv6`` from its host,
+    ``lat``, ``lon``, ``region``, and ``healthz`` on its admin port. A ``lat``, ``lon`` or
+    ``region`` that differs from the POP's is refused, naming both keys: a POP is in one place.
+    """
+    if locations is None:
+        locations = read_pop_locations(r)
     pops: list[Pop] = []
     for i, item in enumerate(expect_array(r, raw, prefix)):
         p = f"{prefix}[{i}]"
@@ -124,6 +134,14 @@ def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
             raise r.error(f"{p}.name", f"{name!r} is not a valid POP name (letters, digits, . _ -)")
         if any(x.name == name for x in pops):
             raise r.error(f"{p}.name", f"POP {name!r} is defined twice")
+        edge = locations.get(name)
+        if edge is not None:
+            item = _with_edge_location(r, item, p, edge)
+        elif "ipv4" not in item and "ipv6" not in item and (other := edge_tier(r, name)) is not None:
+            # (a whole entry that happens to share a regional's or a shield's id is read as before)
+            raise r.error(f"{p}.name", f"{name!r} is {other[0]}, a {other[1]}, not a POP: only an [[edge]] of "
+                                       f"tier \"pop\" lends its address and place; give ipv4/ipv6, lat, lon and "
+                                       f"healthz, or name a POP")
         ipv4 = _addresses(r, item, "ipv4", p, 4)
         ipv6 = _addresses(r, item, "ipv6", p, 6)
         if not ipv4 and not ipv6:
@@ -140,6 +158,37 @@ def read_pops(r: Reader, raw: Any, prefix: str = "dns.pops") -> tuple[Pop, ...]:
     if not pops:
         raise r.error(prefix, "the GeoDNS needs at least one POP")
     return tuple(pops)
+
+
+def _with_edge_location(r: Reader, item: Mapping[str, Any], p: str, edge: PopLocation) -> dict[str, Any]:
+    """``item`` with what it omits taken from its ``[[edge]]`` POP; a contradiction is refused."""
+    out = dict(item)
+    for key in ("lat", "lon", "region"):
+        ours = getattr(edge, key)
+        if key not in item:
+            out[key] = ours
+            continue
+        given = r.get(item, key, p, str if key == "region" else float)
+        if key == "region" and not ours:
+            continue  # the POP's table names no region: this entry's is the only one
+        if given != ours:
+            line = r.lines.get(f"{edge.prefix}.{key}")
+            where = f"{edge.prefix}.{key}" + (f" on line {line}" if line else "")
+            raise r.error(f"{p}.{key}", f"{given!r} contradicts the [[edge]] POP {edge.name!r}, whose {key} is "
+                                        f"{ours!r} ({where}): drop it here, the POP's table says where it is")
+    if "ipv4" not in item and "ipv6" not in item:
+        addr = edge.address()
+        if addr is None:
+            raise r.error(f"{p}.ipv4", f"the [[edge]] POP {edge.name!r} listens on {edge.host!r}, no address to "
+                                       f"answer with: give ipv4 or ipv6")
+        out["ipv4" if addr.version == 4 else "ipv6"] = [str(addr)]
+    if "healthz" not in item:
+        url = edge.healthz_url()
+        if url is None:
+            raise r.error(f"{p}.healthz", f"the [[edge]] POP {edge.name!r} listens on {edge.host!r}, no address to "
+                                          f"probe: give healthz")
+        out["healthz"] = url
+    return out
 
 
 def read_steered(r: Reader, raw: Any, prefix: str = "dns.steered",

@@ -13,7 +13,7 @@ _EXPORTS = {
     "server_ssl_context": ".tls",
     "App": ".types", "BodyTooLarge": ".types", "FileBody": ".types", "Headers": ".types",
     "PreparedFields": ".types", "prepare_fields": ".h1",
-    "Request": ".types", "RequestBody": ".types", "Response": ".types",
+    "Request": ".types", "RequestBody": ".types", "Response": ".types", "TlsSession": ".types",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

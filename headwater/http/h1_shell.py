@@ -45,7 +45,7 @@ from headwater.http.exchange import (
 from headwater.http.guards import RateFloor
 from headwater.http.protocol_stream import INLINE_ANSWERED, INLINE_FED, ProtocolStream
 from headwater.http.transport import DISCONNECTS, RECV_BYTES, SocketStream
-from headwater.http.types import FileBody, Headers, Request, Response, new_request
+from headwater.http.types import FileBody, Headers, Request, Response, TlsSession, new_request
 
 # A request body is read in pieces this large: every piece costs the parser, the body event and
 # the app's loop a round of Python (an S3 PUT's body read 64 KiB at a time spent more there than
@@ -139,8 +139,9 @@ class H1Shell:
 
     def __init__(self, service: Service, stream: anyio.abc.ByteStream, transport: SocketStream,
                  initial: bytes, scheme: str, client: tuple[str, int] | None,
-                 local: tuple[str, int] | None) -> None:
+                 local: tuple[str, int] | None, tls: TlsSession | None = None) -> None:
         self.service = service
+        self.tls = tls
         self.limits = limits = service.limits
         self.stream = stream
         self.transport = transport
@@ -303,7 +304,7 @@ class H1Shell:
                 host = value
                 break
         return new_request(head.method, head.target, path, query, Headers.from_lower(fields), body,
-                           head.http_version, self.scheme, self.client, self.local, host)
+                           head.http_version, self.scheme, self.client, self.local, host, self.tls)
 
     async def _send_simple(self, response: Response) -> None:
         assert isinstance(response.body, bytes)

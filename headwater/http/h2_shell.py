@@ -64,7 +64,7 @@ from headwater.http.exchange import (
 )
 from headwater.http.guards import RateFloor
 from headwater.http.transport import DISCONNECTS, RECV_BYTES
-from headwater.http.types import FileBody, Headers, Request, Response, new_request
+from headwater.http.types import FileBody, Headers, Request, Response, TlsSession, new_request
 
 __all__ = ["H2Shell", "H2_DRAIN_MAX_BYTES"]
 
@@ -241,8 +241,10 @@ class H2Shell:
     """One HTTP/2 connection: ``run`` serves its streams until GOAWAY, idle timeout or EOF."""
 
     def __init__(self, service: Service, stream: anyio.abc.ByteStream, initial: bytes,
-                 scheme: str, client: tuple[str, int] | None, local: tuple[str, int] | None) -> None:
+                 scheme: str, client: tuple[str, int] | None, local: tuple[str, int] | None,
+                 tls: TlsSession | None = None) -> None:
         self.service = service
+        self.tls = tls
         self.limits = service.limits
         self.stream = stream
         self.scheme = scheme
@@ -614,7 +616,7 @@ class H2Shell:
     def _request(self, st: H2Stream, req: h2.StreamRequest) -> Request:
         path, query = split_target(req.target)
         return new_request(req.method, req.target, path, query, Headers.from_lower(req.headers), st, "2",
-                           req.scheme or self.scheme, self.client, self.local, req.authority)
+                           req.scheme or self.scheme, self.client, self.local, req.authority, self.tls)
 
     def _pass_window(self) -> None:
         """Wake the first stream waiting for the connection's window, if it admits bytes."""

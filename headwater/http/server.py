@@ -50,7 +50,7 @@ from headwater.http.transport import (
     bind_socket,
     start_tls,
 )
-from headwater.http.types import App
+from headwater.http.types import App, TlsSession
 
 __all__ = ["serve", "bind_socket", "SocketStream", "error_response", "H2_DRAIN_MAX_BYTES", "Peer"]
 
@@ -134,10 +134,11 @@ class _Server:
                 tls = await start_tls(transport, self.ssl_context, self.limits.header_timeout_s)
                 if tls is None:
                     return  # handshake too slow
+                session = _session(tls)
                 if tls.extra(TLSAttribute.alpn_protocol, None) == "h2":
-                    await H2Shell(self.service, tls, b"", "https", client, local).run()
+                    await H2Shell(self.service, tls, b"", "https", client, local, session).run()
                 else:
-                    await H1Shell(self.service, tls, transport, b"", "https", client, local).run()
+                    await H1Shell(self.service, tls, transport, b"", "https", client, local, session).run()
                 return
             data = b""
             with anyio.move_on_after(self.limits.header_timeout_s):
@@ -162,3 +163,10 @@ class _Server:
             # (see open_protocol_stream), and left open it would be closed twice, later.
             with anyio.CancelScope(shield=True):
                 await transport.aclose()
+
+
+def _session(tls: Any) -> TlsSession:
+    """The protocol and cipher a handshake settled on, for the requests of its connection."""
+    cipher = tls.extra(TLSAttribute.cipher, None)
+    return TlsSession(protocol=tls.extra(TLSAttribute.tls_version, None) or "-",
+                      cipher=cipher[0] if cipher else "-")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, NamedTuple, Protocol
 
-__all__ = ["Headers", "RequestBody", "Request", "Response", "FileBody", "App", "BodyTooLarge", "PreparedFields",
+__all__ = ["Headers", "RequestBody", "Request", "Response", "FileBody", "App", "BodyTooLarge", "PreparedFields", "TlsSession",
            "new_request"]
 
 
@@ -110,9 +110,21 @@ class RequestBody(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSession:
+    """What a TLS connection negotiated, as access logs report it: ``protocol`` as OpenSSL names
+    it (``TLSv1.2``, ``TLSv1.3``) and ``cipher`` its OpenSSL cipher name
+    (``ECDHE-RSA-AES128-GCM-SHA256``, ``TLS_AES_128_GCM_SHA256``). One per connection."""
+
+    protocol: str
+    cipher: str
+
+
 @dataclass(slots=True, kw_only=True)
 class Request:
-    """One HTTP request as the app sees it. ``path`` and ``query`` are raw (still %-encoded)."""
+    """One HTTP request as the app sees it. ``path`` and ``query`` are raw (still %-encoded);
+    ``scheme`` is the request's own (HTTP/2's ``:scheme``), ``tls`` the connection's TLS session
+    (None on plain TCP)."""
 
     method: str
     target: str
@@ -125,6 +137,7 @@ class Request:
     client: tuple[str, int] | None = None
     server: tuple[str, int] | None = None
     host: str = ""
+    tls: TlsSession | None = None
 
 
 _new_object = object.__new__
@@ -132,7 +145,7 @@ _new_object = object.__new__
 
 def new_request(method: str, target: str, path: str, query: str, headers: Headers, body: RequestBody,
                 http_version: str, scheme: str, client: tuple[str, int] | None, server: tuple[str, int] | None,
-                host: str) -> Request:
+                host: str, tls: TlsSession | None = None) -> Request:
     """``Request(method=..., ...)`` at about a quarter of the cost, for the shells (once per
     request): every field set positionally, without the generated keyword-only ``__init__``'s
     argument handling. The result is the same object."""
@@ -148,6 +161,7 @@ def new_request(method: str, target: str, path: str, query: str, headers: Header
     r.client = client
     r.server = server
     r.host = host
+    r.tls = tls
     return r
 
 

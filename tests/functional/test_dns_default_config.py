@@ -39,6 +39,14 @@ def dns_only_copy(folder: Path, port: int, admin_port: int) -> Path:
     dns_part = re.sub(r"(?m)^port = 5353$", f"port = {port}", dns_part, count=1)
     dns_part = re.sub(r"(?m)^admin_port = 9353$", f"admin_port = {admin_port}", dns_part, count=1)
     dns_part = dns_part.replace("[dns.dnssec]\nenabled = false", "[dns.dnssec]\nenabled = true")
+    # The shipped [[dns.pops]] take their addresses, places and health URLs from the [[edge]]
+    # POPs, which this copy leaves out (so that `up` starts the DNS alone): spell them out, as
+    # the shipped file resolves them.
+    for pop in load(SHIPPED).dns.steering.pops:
+        head = f'[[dns.pops]]\nname = "{pop.name}"\n'
+        assert head in dns_part, pop.name
+        dns_part = dns_part.replace(head, head + f"ipv4 = {list(pop.ipv4)}\nlat = {pop.lat}\nlon = {pop.lon}\n"
+                                                 f'region = "{pop.region}"\nhealthz = "{pop.healthz}"\n')
     assert f"port = {port}" in dns_part and "[dns.dnssec]\nenabled = true" in dns_part
     path = folder / "cluster.toml"
     path.write_text(cluster + "\n" + dns_part)

@@ -116,6 +116,12 @@ def test_misses_then_hits_over_http1_and_h2c(origin, pop):
     assert (ranged_line["sc-range-start"], ranged_line["sc-range-end"], ranged_line["sc-bytes"]) == (10, 19, 10)
     assert ranged_line["c-ip"] == "127.0.0.1" and ranged_line["c-port"] > 0
     assert ranged_line["x-edge-result-type"] == "Hit" and ranged_line["cs-method"] == "GET"
+    # plain TCP: no TLS fields; the protocol version as CloudFront writes it, h2c's too
+    assert (ranged_line["cs-protocol"], ranged_line["cs-protocol-version"], ranged_line["ssl-protocol"],
+            ranged_line["ssl-cipher"]) == ("http", "HTTP/1.1", "-", "-")
+    assert 0 <= ranged_line["time-to-first-byte"] <= ranged_line["time-taken"] < 5
+    h2c_line = next(x for x in lines if x["cs-uri-stem"] == "/v/seg-1.m4s" and x["cs-protocol-version"] == "HTTP/2.0")
+    assert (h2c_line["cs-protocol"], h2c_line["ssl-protocol"], h2c_line["ssl-cipher"]) == ("http", "-", "-")
     ids = [x["x-edge-request-id"] for x in lines]
     assert len(set(ids)) == len(ids)
     metrics = httpx.get(pop.admin + "/metrics", trust_env=False).text

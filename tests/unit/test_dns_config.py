@@ -140,3 +140,109 @@ def test_a_replaced_geo_database_is_a_reload_that_opens_it_afresh(tmp_path):
     again = server.steering
     path.write_text(path.read_text().replace(MINIMAL, MINIMAL + "ttl = 77\n"))  # no geo change
     assert server.reload() and server.steering is again
+
+
+# --- [[dns.pops]] named as an [[edge]] POP -------------------------------------------------------
+
+EDGE_POPS = '''
+[[distributions]]
+name = "video"
+hostnames = ["video.z.example"]
+origin = "http://127.0.0.1:8080"
+
+[[edge]]
+id = "pop-lon"
+tier = "pop"
+host = "127.0.0.7"
+port = 18081
+admin_port = 19081
+lat = 51.5
+lon = -0.12
+region = "eu"
+
+[[edge]]
+id = "pop-v6"
+tier = "pop"
+host = "::1"
+port = 18082
+admin_port = 19082
+lat = 1.35
+lon = 103.82
+
+[[edge]]
+id = "regional-1"
+tier = "regional"
+port = 18091
+admin_port = 19091
+'''
+STEERED = MINIMAL + '[[dns.steered]]\nname = "video"\n'
+
+
+def test_a_pop_named_as_an_edge_pop_takes_what_it_omits_from_it():
+    pops = loads(STEERED + '[[dns.pops]]\nname = "pop-lon"\nweight = 2.0\nmax_load = 0.8\n'
+                 '[[dns.pops]]\nname = "pop-v6"\nregion = "ap"\n'
+                 '[[dns.pops]]\nname = "elsewhere"\nipv4 = ["192.0.2.9"]\nlat = 10\nlon = 20\n'
+                 'healthz = "https://192.0.2.9/healthz"\n' + EDGE_POPS).dns.steering.pops
+    lon, v6, elsewhere = pops
+    assert (lon.ipv4, lon.ipv6, lon.lat, lon.lon, lon.region, lon.healthz, lon.weight, lon.max_load) == (
+        ("127.0.0.7",), (), 51.5, -0.12, "eu", "http://127.0.0.7:19081/healthz", 2.0, 0.8)
+    # an IPv6 host gives the AAAA; the edge POP names no region, so the entry's own is kept
+    assert (v6.ipv4, v6.ipv6, v6.region, v6.healthz) == ((), ("::1",), "ap", "http://[::1]:19082/healthz")
+    assert (elsewhere.ipv4, elsewhere.lat, elsewhere.healthz) == (("192.0.2.9",), 10.0, "https://192.0.2.9/healthz")
+    # what the entry gives of its own wins over what it would take: a public address, a probe URL
+    own = loads(STEERED + '[[dns.pops]]\nname = "pop-lon"\nipv4 = ["198.51.100.1"]\nlat = 51.5\n'
+                'healthz = "http://10.0.0.1:9/healthz"\n' + EDGE_POPS).dns.steering.pops[0]
+    assert (own.ipv4, own.ipv6, own.lat, own.lon, own.healthz) == (
+        ("198.51.100.1",), (), 51.5, -0.12, "http://10.0.0.1:9/healthz")
+
+
+def test_the_shipped_pops_are_the_edge_pops_with_their_weights():
+    shipped = load(os.path.join(os.path.dirname(__file__), "..", "..", "cluster.toml"))
+    for pop in shipped.dns.steering.pops:
+        edge = next(e for e in shipped.edge if e.id == pop.name)
+        assert (pop.ipv4, pop.ipv6, pop.lat, pop.lon, pop.region, pop.healthz, pop.weight, pop.max_load) == (
+            (edge.host,), (), edge.lat, edge.lon, edge.region, f"http://{edge.host}:{edge.admin_port}/healthz",
+            1.0, 0.9)
+    assert [p.name for p in shipped.dns.steering.pops] == ["pop-1", "pop-2", "pop-3"]
+
+
+@pytest.mark.parametrize("entry,key,says", [
+    ('lat = 51.6\n', "dns.pops[0].lat", "51.6 contradicts the [[edge]] POP 'pop-lon', whose lat is 51.5 (edge[0].lat"),
+    ('lon = 0\n', "dns.pops[0].lon", "whose lon is -0.12"),
+    ('region = "us"\n', "dns.pops[0].region", "'us' contradicts the [[edge]] POP 'pop-lon', whose region is 'eu'"),
+])
+def test_an_entry_contradicting_its_edge_pop_is_refused_naming_both_keys(entry, key, says):
+    text = STEERED + '[[dns.pops]]\nname = "pop-lon"\n' + entry + EDGE_POPS
+    with pytest.raises(ConfigError) as e:
+        loads(text, path="cluster.toml")
+    assert e.value.key == key and says in str(e.value), str(e.value)
+    assert e.value.line == 7  # the contradicting line of [[dns.pops]]
+    edge_line = text.splitlines().index(f"{key.rsplit('.', 1)[1]} = " + {"lat": "51.5", "lon": "-0.12",
+                                                                         "region": '"eu"'}[key.rsplit('.', 1)[1]]) + 1
+    assert f"on line {edge_line})" in str(e.value)
+
+
+@pytest.mark.parametrize("entry,edge_change,key", [
+    # a POP listening on every address names none to answer with, nor to probe
+    ('', ('host = "127.0.0.7"', 'host = "0.0.0.0"'), "dns.pops[0].ipv4"),
+    ('ipv4 = ["192.0.2.1"]\n', ('host = "127.0.0.7"', 'host = "0.0.0.0"'), "dns.pops[0].healthz"),
+    # not an [[edge]] POP: the entry must be whole, as before
+    ('', ('id = "pop-lon"', 'id = "pop-elsewhere"'), "dns.pops[0].ipv4"),
+    # a broken [[edge]] POP is named by its own key, not blamed on the DNS entry
+    ('', ('lat = 51.5', 'lat = 99.0'), "edge[0].lat"),
+])
+def test_what_an_edge_pop_cannot_give_is_asked_for(entry, edge_change, key):
+    with pytest.raises(ConfigError) as e:
+        loads(STEERED + '[[dns.pops]]\nname = "pop-lon"\n' + entry + EDGE_POPS.replace(*edge_change),
+              path="cluster.toml")
+    assert e.value.key == key, str(e.value)
+
+
+def test_an_entry_naming_an_edge_of_another_tier_is_refused():
+    with pytest.raises(ConfigError) as e:
+        loads(STEERED + '[[dns.pops]]\nname = "regional-1"\n' + EDGE_POPS, path="cluster.toml")
+    assert e.value.key == "dns.pops[0].name" and "'regional-1' is edge[2], a regional, not a POP" in str(e.value)
+    assert e.value.line == 6
+    whole = loads(STEERED + '[[dns.pops]]\nname = "regional-1"\nipv4 = ["192.0.2.7"]\nlat = 1\nlon = 2\n'
+                  'healthz = "http://192.0.2.7/healthz"\n' + EDGE_POPS).dns.steering.pops[0]
+    assert (whole.name, whole.ipv4, whole.lat) == ("regional-1", ("192.0.2.7",), 1.0)  # read as before

@@ -382,13 +382,16 @@ def test_prepare_fields_refuses_what_send_response_refuses() -> None:
 
 def test_new_request_is_the_request_the_keyword_constructor_makes() -> None:
     from headwater.http.exchange import NO_BODY
-    from headwater.http.types import Headers, Request, new_request
+    from headwater.http.types import Headers, Request, TlsSession, new_request
     h = Headers.from_lower([("host", "x")])
     args = dict(method="GET", target="/a?b", path="/a", query="b", headers=h, body=NO_BODY, http_version="1.1",
-                scheme="http", client=("127.0.0.1", 1), server=("127.0.0.1", 2), host="x")
+                scheme="http", client=("127.0.0.1", 1), server=("127.0.0.1", 2), host="x",
+                tls=TlsSession(protocol="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256"))
     made = new_request(*args.values())
     assert made == Request(**args) and type(made) is Request
     assert [f for f in Request.__dataclass_fields__] == list(args)  # (new_request's order is the fields')
+    plain = new_request(*list(args.values())[:-1])  # the shells of plain TCP pass no session
+    assert plain.tls is None and plain == Request(**{**args, "tls": None})
 
 
 _REQUESTS = [
