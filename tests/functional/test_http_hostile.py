@@ -1235,7 +1235,9 @@ async def test_http2_what_trickles_in_is_cut_at_its_deadline(tls_files: tuple[Pa
                        ssl_context=server_ssl_context(cert, key) if tls else None) as port:
         with anyio.fail_after(30):
             taken, out = await _trickled(port, cert if tls else None, first, then, step)
-    assert taken < 3.0, f"{case}: open for {taken:.1f} s"
+    # (Deadlines of 1 s; the slack is for a loaded machine. Held to the end, the shortest case,
+    # the preface, would be open 6.6 s of trickling plus the idle second.)
+    assert taken < 5.0, f"{case}: open for {taken:.1f} s"
     if case == "the preface a byte at a time" and not tls:
         return  # (cut by the HTTP/1.1 sniffing's header timeout: nothing sent)
     goaways = [payload for kind, _, payload in frames_of(out) if kind == 0x7]
