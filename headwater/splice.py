@@ -37,6 +37,7 @@ __all__ = ["AVAILABLE", "PIPE_CAPACITY_BYTES", "PIPE_FILL_BYTES", "PipeBuffer", 
 AVAILABLE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
 _NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 0)
 _MOVE = getattr(os, "SPLICE_F_MOVE", 0)
+_MORE = getattr(os, "SPLICE_F_MORE", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: What each pipe is sized to (``fs.pipe-max-size``'s default, so any user may ask for it).
 PIPE_CAPACITY_BYTES = 1 << 20
@@ -159,7 +160,10 @@ class PipeBuffer:
         """Splice up to ``most`` of the next bytes into socket ``fd`` without waiting; how many
         went. BlockingIOError when the socket takes nothing now."""
         pipe = self._head()
-        n = os.splice(pipe.r, fd, min(most, pipe.held), flags=_NONBLOCK | _MOVE)
+        # More of the run in the next pipe: held back as send(2) would hold the rest of one
+        # buffer (MSG_MORE), so that the client is not woken per pipe.
+        flags = _NONBLOCK | _MOVE | _MORE if most > pipe.held else _NONBLOCK | _MOVE
+        n = os.splice(pipe.r, fd, min(most, pipe.held), flags=flags)
         pipe.held -= n
         self.taken += n
         return n

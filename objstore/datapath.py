@@ -142,13 +142,15 @@ class StoragePool:
 
     def __init__(self, cluster: ClusterConfig, *, clock: Callable[[], float] = time.monotonic,
                  read_budget: ByteBudget | None = None, read_wait_s: float = 10.0,
-                 probe_interval_s: float = PROBE_INTERVAL_S):
+                 probe_interval_s: float = PROBE_INTERVAL_S, splice_reads: bool = False):
         self.cluster = cluster
         self.clock = clock
         # What every GET of this process may hold in stripes read ahead of its client, and how
         # long a GET waits for its share before answering 503 (None: unbounded, for repair).
         self.read_budget = read_budget
         self.read_wait_s = read_wait_s
+        # A GET's response body is read with read_layout(spliced=...) ([gateway] splice_reads).
+        self.splice_reads = splice_reads
         self.sites = [NodeSite(id=s.id, zone=s.zone, rack=s.rack, host=s.node_host or s.id)
                       for s in cluster.storage]
         self._clients: dict[str, StorageClient] = {}

@@ -292,7 +292,7 @@ async def get_object(store: Store, call: Call, *, head: bool = False) -> Respons
         return Response(status=status, headers=headers, body=rec.inline[start:end])
     # The first stripes are read before the head is sent, so a GET that cannot start (the read
     # buffer spent, too few fragments) is answered with its S3 error, not a cut 200.
-    stream = object_stream(store, rec, start, end, spliced=True)
+    stream = object_stream(store, rec, start, end, spliced=store.pool.splice_reads)
     try:
         first = await anext(stream, None)
     except BaseException:

@@ -17,7 +17,7 @@ from headwater.objstore.datapath import READ_AHEAD, READ_BATCH
 from tests.functional.test_s3_slow_readers import gateway_health, stalled_get
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, metadata_groups=1, stripe_size="1MiB",
-                       extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1})
+                       extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1, "splice_reads": True})
 
 BATCH = READ_BATCH * MiB
 SIZE = 12 * BATCH  # long enough that neither stalled GET nears its end
@@ -77,7 +77,7 @@ def test_a_worker_tells_where_its_gets_waited(cluster, s3, bucket):
 
 
 def test_a_get_sends_the_nodes_bytes_on_through_pipes(cluster, s3, bucket):
-    """A GET over plain HTTP/1.1 hands the storage nodes' replies on still in pipes
+    """With ``[gateway] splice_reads`` a GET over plain HTTP/1.1 hands the storage nodes' replies on still in pipes
     (``read_timing.piped_bytes``), spliced to the client's socket: whole, ranged (cut inside
     blocks, across stripes and batches, the object's unpadded tail) and byte for byte."""
     size = 3 * BATCH + 12345  # a short last batch and a last stripe that is not whole
