@@ -30,7 +30,6 @@ import fcntl
 import os
 import termios
 from collections import deque
-from typing import Union
 
 __all__ = ["AVAILABLE", "PIPE_CAPACITY_BYTES", "PIPE_FILL_BYTES", "PipeBuffer", "PipeSpan"]
 
@@ -249,5 +248,3 @@ class PipeSpan:
         self.sent = self.length
         return data
 
-
-Chunk = Union[bytes, bytearray, memoryview, PipeSpan]

@@ -39,7 +39,6 @@ import sniffio
 from anyio.abc import SocketAttribute
 
 from headwater.http.transport import bind_socket
-
 from headwater.splice import PipeBuffer
 
 from .frame import FileRange, FrameDecoder

@@ -22,12 +22,10 @@ def _filled(payload: bytes, *, early: int = 0, family: int = socket.AF_UNIX) -> 
         buf = PipeBuffer(len(payload))
         if early:
             buf.write(payload[:early])
-        a.sendall(payload[early:]) if len(payload) - early < 100_000 else None
-        sent = early if len(payload) - early < 100_000 else None
         view = memoryview(payload)
         pos = early
         while not buf.complete:
-            if sent is None and pos < len(payload):
+            if pos < len(payload):
                 try:
                     pos += a.send(view[pos:pos + 65536], socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -97,3 +95,42 @@ def test_a_payload_over_tcp_fills_and_reads_whole():
     buf = _filled(payload, family=socket.AF_INET)
     assert bytes(PipeSpan(buf, 0, len(payload))) == payload
     buf.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["socket", "protocol"])
+async def test_a_transport_splices_a_span_after_its_head_to_a_slow_reader(kind, anyio_backend_name):
+    """Both HTTP transports: the head first, then the span's bytes, through a small send buffer
+    that keeps filling (the wait for writability: on a loop transport's duplicate descriptor)."""
+    import anyio
+
+    if kind == "protocol" and anyio_backend_name != "asyncio":
+        pytest.skip("the loop's transports are asyncio's")
+
+    from headwater.http.protocol_stream import open_protocol_stream
+    from headwater.http.transport import SocketStream
+
+    payload = os.urandom(2 * PIPE_FILL_BYTES + 999)
+    buf = _filled(payload)
+    n = len(payload) - 2000
+    a, b = _pair(socket.AF_INET)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    b.setblocking(False)
+    stream = SocketStream(a) if kind == "socket" else await open_protocol_stream(a, 10.0)
+    got = bytearray()
+
+    async def slow_reader() -> None:
+        while len(got) < 4 + n:
+            await anyio.sleep(0.001)
+            await anyio.wait_readable(b)
+            got.extend(b.recv(8192))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_reader)
+            await stream.splice(PipeSpan(buf, 1000, n), head=b"HEAD")
+    finally:
+        await stream.aclose()
+        b.close()
+    assert bytes(got) == b"HEAD" + payload[1000:1000 + n]
