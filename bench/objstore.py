@@ -321,8 +321,10 @@ def _batch_result(b: Batch, unit: str) -> dict:
             "client_cores": round(b.client_cores, 3), "first_error": b.first_error}
 
 
-def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], label: str) -> dict:
-    """Every workload against one endpoint, in order; returns {row key: result dict}."""
+def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], label: str, *,
+            big_only: bool = False) -> dict:
+    """Every workload against one endpoint, in order (``big_only``: the 64 MiB PUT and GET
+    rows alone); returns {row key: result dict}."""
     bucket = f"hwbench-{os.getpid()}-{secrets.token_hex(3)}"
     s5.make_bucket(bucket)
     results: dict[str, dict] = {}
@@ -366,6 +368,8 @@ def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], lab
         record("get_big_8", lambda: s5.get("get_big_8", bucket, keys8, object_bytes=sizes.big_bytes,
                                            clients=sizes.big_clients), "MB/s")
         s5.delete_prefix(bucket, "big")
+        if big_only:
+            return results
 
         keys_s = [f"small/{i:06d}" for i in range(sizes.small_objects)]
         n = sizes.small_clients
@@ -409,7 +413,8 @@ def measure(ep: Endpoint, s5: S5cmd, sizes: Sizes, sources: dict[str, Path], lab
 
 def _run_target(name: str, peer: contextlib.AbstractContextManager[Endpoint], sizes: Sizes,
                 sources: dict[str, Path], scratch: Path, *, swift_rows: bool = True,
-                listing: tuple[_listing.Shape, ...] = (), listing_repeats: int = 3) -> dict:
+                listing: tuple[_listing.Shape, ...] = (), listing_repeats: int = 3,
+                big_only: bool = False) -> dict:
     _say(f"{name}: starting")
     t0 = time.monotonic()
     out: dict = {"description": "(did not start)", "results": {}}
@@ -419,7 +424,7 @@ def _run_target(name: str, peer: contextlib.AbstractContextManager[Endpoint], si
             out["url"] = ep.url
             _say(f"{name}: {ep.description} at {ep.url} (ready in {time.monotonic() - t0:.0f} s)")
             if swift_rows:
-                out["results"] = measure(ep, S5cmd(ep, scratch), sizes, sources, name)
+                out["results"] = measure(ep, S5cmd(ep, scratch), sizes, sources, name, big_only=big_only)
             if listing:
                 try:
                     out["listing"] = _listing.measure_listing(ep, listing, label=name, repeats=listing_repeats)
@@ -920,6 +925,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ours-only", action="store_true", help="measure only Headwater (implies --no-swift)")
     p.add_argument("--no-ours", action="store_true", help="measure only Swift and the ceilings")
     p.add_argument("--no-ceilings", action="store_true", help="skip the machine ceilings")
+    p.add_argument("--big-only", action="store_true",
+                   help="only the 64 MiB PUT and GET rows, 1 and 8 clients (with --scenario swift)")
     p.add_argument("--endpoint", metavar="URL",
                    help="measure this running S3 endpoint as ours instead of starting a cluster")
     p.add_argument("--access-key", help="with --endpoint (default: the first [[users]] of --config)")
@@ -988,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes = _fit_stream(sizes, work, 1 if no_swift else args.swift_replicas)
         doc["sizes"] = asdict(sizes)
         doc["sizes_text"] = _sizes_text(sizes)
-        names = ("big", "small", "stream") if swift_rows else ("big", "small") if with_resilience else ()
+        names = (("big",) if args.big_only else ("big", "small", "stream")) if swift_rows \
+            else ("big", "small") if with_resilience else ()
         with _sources(sizes, scratch, names) as sources:
             if not args.no_ours and (swift_rows or with_listing):
                 if args.endpoint:
@@ -1005,14 +1013,14 @@ def main(argv: list[str] | None = None) -> int:
                                              port_offset=args.port_offset, roles=OBJSTORE_ROLES)
                 doc["targets"]["ours"] = _run_target("headwater", peer, sizes, sources, scratch,
                                                      swift_rows=swift_rows, listing=shapes if with_listing else (),
-                                                     listing_repeats=args.listing_repeats)
+                                                     listing_repeats=args.listing_repeats, big_only=args.big_only)
                 shutil.rmtree(work / "headwater" / "var", ignore_errors=True)
             if not no_swift and (swift_rows or with_listing):
                 peer = swift_saio(work / "swift", replicas=args.swift_replicas, workers=swift_workers,
                                   port_base=args.swift_port_base)
                 doc["targets"]["swift"] = _run_target("swift", peer, sizes, sources, scratch,
                                                       swift_rows=swift_rows, listing=shapes if with_listing else (),
-                                                     listing_repeats=args.listing_repeats)
+                                                      listing_repeats=args.listing_repeats, big_only=args.big_only)
             if with_resilience:
                 doc["resilience"] = _run_resilience(args.config.resolve(), work, sizes, sources, scratch,
                                                     args.port_offset)

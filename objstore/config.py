@@ -111,6 +111,11 @@ class GatewayConfig:
     # reading it; DeleteBucket waits as long between marking the record and removing it, so the
     # reuse is never a stale read (gateway/bucketcache.py). 0: off, and no wait.
     bucket_cache_s: float = 1.0
+    # A GET's fragment replies spliced from the storage nodes' sockets to the client's through
+    # pipes, never copied through the worker (headwater/splice.py). Off by default: on loopback
+    # (the bench's s5cmd on the same two cores) the client's receive of spliced pages cost it
+    # more than the worker saved (bench/README.md, objget5).
+    splice_reads: bool = False
 
     @property
     def role(self) -> str:
@@ -374,7 +379,7 @@ def read_users(r: Reader, raw: Any) -> tuple[User, ...]:
 def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
     """``[gateway]``: the S3 gateway and its HTTP limits."""
     r.check_keys(data, p, {"id", "host", "port", "admin_port", "workers", "tls_cert", "tls_key", "limits",
-                           "read_buffer", "read_buffer_wait_seconds", "bucket_cache_seconds"})
+                           "read_buffer", "read_buffer_wait_seconds", "bucket_cache_seconds", "splice_reads"})
     d = GatewayConfig()
     workers = r.get(data, "workers", p, int, d.workers)
     if not 1 <= workers <= 256:
@@ -392,6 +397,7 @@ def read_gateway(r: Reader, data: Mapping[str, Any], p: str) -> GatewayConfig:
         read_buffer_bytes=_at_least(r, data, "read_buffer", p, d.read_buffer_bytes, 4 * MiB),
         read_buffer_wait_s=r.positive(data, "read_buffer_wait_seconds", p, d.read_buffer_wait_s),
         bucket_cache_s=_bucket_cache_seconds(r, data, p, d.bucket_cache_s),
+        splice_reads=r.get(data, "splice_reads", p, bool, d.splice_reads),
     )
 
 

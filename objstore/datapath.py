@@ -38,6 +38,7 @@ import anyio.to_thread
 from headwater.budget import BudgetExhausted, ByteBudget
 from headwater.config import ClusterConfig
 from headwater.rpc import DeadlineExceeded, RpcError, Unavailable, cluster_secret
+from headwater.splice import PipeSpan
 
 from . import parity, stripe
 from .config import ErasureScheme
@@ -111,9 +112,10 @@ class ReadTiming:
     first batch's wait (request to first bytes), the waits for later batches' replies (the
     storage nodes behind the client) and the time the client took to take the bytes handed to
     it (the client, or the send, behind the nodes). For telling a GET that waits on its reads
-    from one that waits on its client (``/healthz`` of a gateway worker, ``read_timing``)."""
+    from one that waits on its client (``/healthz`` of a gateway worker, ``read_timing``).
+    ``piped_bytes``: what was handed on still in pipes (``read_layout(spliced=True)``)."""
 
-    __slots__ = ("reads", "batches", "first_wait_s", "wait_s", "send_s", "clock")
+    __slots__ = ("reads", "batches", "first_wait_s", "wait_s", "send_s", "piped_bytes", "clock")
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self.clock = clock
@@ -122,10 +124,12 @@ class ReadTiming:
         self.first_wait_s = 0.0
         self.wait_s = 0.0
         self.send_s = 0.0
+        self.piped_bytes = 0
 
     def statistics(self) -> dict[str, float]:
         return {"reads": self.reads, "batches": self.batches, "first_wait_s": round(self.first_wait_s, 6),
-                "wait_s": round(self.wait_s, 6), "send_s": round(self.send_s, 6)}
+                "wait_s": round(self.wait_s, 6), "send_s": round(self.send_s, 6),
+                "piped_bytes": self.piped_bytes}
 
 
 class StoragePool:
@@ -138,13 +142,15 @@ class StoragePool:
 
     def __init__(self, cluster: ClusterConfig, *, clock: Callable[[], float] = time.monotonic,
                  read_budget: ByteBudget | None = None, read_wait_s: float = 10.0,
-                 probe_interval_s: float = PROBE_INTERVAL_S):
+                 probe_interval_s: float = PROBE_INTERVAL_S, splice_reads: bool = False):
         self.cluster = cluster
         self.clock = clock
         # What every GET of this process may hold in stripes read ahead of its client, and how
         # long a GET waits for its share before answering 503 (None: unbounded, for repair).
         self.read_budget = read_budget
         self.read_wait_s = read_wait_s
+        # A GET's response body is read with read_layout(spliced=...) ([gateway] splice_reads).
+        self.splice_reads = splice_reads
         self.sites = [NodeSite(id=s.id, zone=s.zone, rack=s.rack, host=s.node_host or s.id)
                       for s in cluster.storage]
         self._clients: dict[str, StorageClient] = {}
@@ -711,9 +717,10 @@ def _read_failed(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> Non
 
 
 async def _start_reads(pool: StoragePool, lay: Layout, first: int, count: int,
-                       indexes: Iterable[int], *, down_too: bool = False) -> dict[int, PendingRead]:
+                       indexes: Iterable[int], *, down_too: bool = False,
+                       into_pipe: bool = False) -> dict[int, PendingRead]:
     """Put reads of blocks ``first .. first+count-1`` of the given fragments on the wire (those
-    on nodes marked down only with ``down_too``)."""
+    on nodes marked down only with ``down_too``; ``into_pipe``: see ``read_layout``)."""
     calls: dict[int, PendingRead] = {}
     down = set() if down_too else pool.down()
     for i in indexes:
@@ -721,7 +728,7 @@ async def _start_reads(pool: StoragePool, lay: Layout, first: int, count: int,
         if node is None or node in down:
             continue
         try:
-            calls[i] = await pool.client(node).start_read(lay.fid(i), first, count)
+            calls[i] = await pool.client(node).start_read(lay.fid(i), first, count, into_pipe=into_pipe)
         except RpcError as e:
             _read_failed(pool, lay, i, e)
     return calls
@@ -767,6 +774,9 @@ async def _finish_reads(pool: StoragePool, lay: Layout, first: int, count: int,
     if len(got) < scheme.k:
         raise ReadFailed(f"object {lay.oid}: only {len(got)} of {scheme.k} needed fragments readable")
     whole = all(i in got for i in range(scheme.k))
+    if not whole:
+        # A decode needs the bytes: blocks still in pipes are read out (each node's in order).
+        got = {i: [bytes(b) if type(b) is PipeSpan else b for b in blocks] for i, blocks in got.items()}
     out = []
     for j in range(count):
         s = first + j
@@ -784,7 +794,7 @@ def _truncate(pieces: list, length: int) -> list:
     for p in pieces:
         if length <= 0:
             break
-        mv = memoryview(p)
+        mv = p if type(p) is PipeSpan else memoryview(p)
         out.append(mv[:length] if len(mv) > length else mv)
         length -= len(mv)
     return out
@@ -805,8 +815,14 @@ def _window(pieces: list, lo: int, hi: int) -> list:
     return out
 
 
-async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> AsyncIterator[bytes]:
+async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int, *,
+                      spliced: bool = False) -> AsyncIterator[bytes | PipeSpan]:
     """Yield bytes ``start .. end-1`` of ``lay``, touching only the stripes the range covers.
+
+    ``spliced`` (a GET's response body): where every data fragment answers, the pieces are
+    :class:`~headwater.splice.PipeSpan` of the storage nodes' replies, never received into this
+    process, for the HTTP core to splice to the client's socket (``bytes(piece)`` where it
+    cannot). Each piece must be taken (sent or read) before the next one is asked for.
 
     The next batches of stripes are requested before the current one is yielded, so the storage
     nodes read while the client receives. With a read budget, a batch's bytes are taken from it
@@ -856,7 +872,7 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
             # Appended before the await: a failure while starting still gives the bytes back.
             entry = (n, {}, got)
             ahead.append(entry)
-            entry[1].update(await _start_reads(pool, lay, *batches[n], data_indexes))
+            entry[1].update(await _start_reads(pool, lay, *batches[n], data_indexes, into_pipe=spliced))
             n += 1
 
     timing = pool.read_timing
@@ -866,12 +882,12 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
     try:
         got = await take(batches[0][1])
         ahead.append((0, {}, got))
-        ahead[0][1].update(await _start_reads(pool, lay, *batches[0], data_indexes))
+        ahead[0][1].update(await _start_reads(pool, lay, *batches[0], data_indexes, into_pipe=spliced))
         for n, (first, count) in enumerate(batches):
             if not ahead:  # no room to read ahead last time: read this batch now
                 got = await take(count)
                 ahead.append((n, {}, got))
-                ahead[0][1].update(await _start_reads(pool, lay, first, count, data_indexes))
+                ahead[0][1].update(await _start_reads(pool, lay, first, count, data_indexes, into_pipe=spliced))
             index, current, held = ahead.popleft()
             assert index == n, "read-ahead batches are kept in order"
             asked = clock()
@@ -886,6 +902,8 @@ async def read_layout(pool: StoragePool, lay: Layout, start: int, end: int) -> A
             for j, pieces in enumerate(stripes):
                 base = (first + j) * sb
                 for piece in _window(pieces, max(start - base, 0), end - base):
+                    if type(piece) is PipeSpan:
+                        timing.piped_bytes += piece.length
                     yield piece
             del stripes
             timing.send_s += clock() - handed

@@ -46,6 +46,7 @@ from headwater.http.guards import RateFloor
 from headwater.http.protocol_stream import INLINE_ANSWERED, INLINE_FED, ProtocolStream
 from headwater.http.transport import DISCONNECTS, RECV_BYTES, SocketStream
 from headwater.http.types import FileBody, Headers, Request, Response, TlsSession, new_request
+from headwater.splice import PipeSpan
 
 # A request body is read in pieces this large: every piece costs the parser, the body event and
 # the app's loop a round of Python (an S3 PUT's body read 64 KiB at a time spent more there than
@@ -458,9 +459,18 @@ class H1Shell:
             await self.stream.send(out)
             return
         try:
+            splice = self.can_sendfile and conn.sends_length_framed
             async for chunk in body:
                 if not chunk:
                     continue
+                if type(chunk) is PipeSpan:
+                    if splice:
+                        # the pipe's pages go to the socket, never through this process
+                        conn.note_body_sent(len(chunk))
+                        await self.transport.splice(chunk, head=out)
+                        out = b""
+                        continue
+                    chunk = bytes(chunk)
                 await self.stream.send(out + conn.send_data(chunk) if out else conn.send_data(chunk))
                 out = b""
             await self.stream.send(out + conn.send_end())

@@ -45,6 +45,7 @@ from headwater.config import KiB
 from headwater.http.errors import LocalProtocolError
 from headwater.http.send_floor import SendFloor
 from headwater.http.transport import socket_attributes
+from headwater.splice import PipeSpan
 
 __all__ = ["ProtocolStream", "open_protocol_stream", "READ_BUFFER_BYTES", "INLINE_ANSWERED", "INLINE_FED"]
 
@@ -366,6 +367,54 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
             offset += n
             count -= n
         await self._fairness()
+
+    async def splice(self, span: PipeSpan, *, head: bytes = b"") -> None:
+        """Send ``head``, then ``span`` with splice(2) from its pipe (see ``headwater.splice``),
+        only ever while the transport's own buffer is empty (so bytes keep their order).
+
+        When the kernel's buffer is full this waits for the socket to be writable through a
+        duplicate of its descriptor (the loop refuses a reader or writer on a transport's own);
+        the wait counts as a blocked send for the watchdog, as the transport's pauses do."""
+        if head:
+            await self._wait_empty()
+            transport = self._check_writable()
+            try:
+                n = self._sock.send(head, MSG_MORE)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+            if n < len(head):
+                transport.write(head[n:])
+        while span.remaining:
+            await self._wait_empty()
+            self._check_writable()
+            try:
+                span.splice_to(self._fd)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_socket_writable()
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+        await self._fairness()
+
+    async def _wait_socket_writable(self) -> None:
+        self._immediate = 0
+        self.send_blocked_since = now = time.monotonic()
+        floor = self.send_floor
+        if floor is not None:
+            floor.blocked(now)
+        slow = False
+        fd = os.dup(self._fd)
+        try:
+            await anyio.wait_writable(fd)
+        finally:
+            os.close(fd)
+            self.send_blocked_since = math.inf
+            if floor is not None:
+                slow = not floor.unblocked(time.monotonic())
+        if slow:
+            self.abort()
+        self._check_writable()
 
     def expire_read(self) -> None:
         """The read deadline passed: a pending (or the next) read ends with end of file."""

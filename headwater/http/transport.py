@@ -36,6 +36,7 @@ from anyio.streams.tls import TLSStream
 from headwater.config import HttpLimits, KiB
 from headwater.http.errors import ClientDisconnected, LocalProtocolError
 from headwater.http.send_floor import SendFloor
+from headwater.splice import PipeSpan
 
 __all__ = ["RECV_BYTES", "DISCONNECTS", "bind_socket", "SocketStream", "Watchdog", "accept_loop",
            "start_tls"]
@@ -260,6 +261,20 @@ class SocketStream(anyio.abc.ByteStream):
             offset += n
             count -= n
             await anyio.lowlevel.checkpoint()
+
+    async def splice(self, span: PipeSpan, *, head: bytes = b"") -> None:
+        """Send ``head``, then ``span`` with splice(2) from its pipe (see ``headwater.splice``)."""
+        if head:
+            await self._send_more(head)
+        out = self._sock.fileno()
+        while span.remaining:
+            try:
+                span.splice_to(out)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_writable()
+            except OSError as e:
+                raise anyio.BrokenResourceError from e
+        await self._fairness()
 
     def expire_read(self) -> None:
         """The read deadline passed: shut the read side (a pending read sees end of file)."""

@@ -19,6 +19,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from headwater.splice import PipeBuffer
+
 from .auth import HANDSHAKE_TIMEOUT_S, ClientHandshake, ClusterSecret, HandshakeError, HandshakeRefused
 from .errors import AuthFailed, BadRequest, DeadlineExceeded, RpcError, Unavailable, from_wire
 from .frame import (DEFAULT_MAX_FRAME_BYTES, ERROR, RESPONSE, FrameDecoder, FrameError,
@@ -37,12 +39,13 @@ _auth_log_throttle = LogThrottle()
 
 
 class _Pending:
-    __slots__ = ("event", "reply", "error")
+    __slots__ = ("event", "reply", "error", "into_pipe")
 
-    def __init__(self) -> None:
+    def __init__(self, into_pipe: bool = False) -> None:
         self.event = anyio.Event()
         self.reply: Reply | None = None
         self.error: RpcError | None = None
+        self.into_pipe = into_pipe  # a large reply payload is wanted as a PipeBuffer
 
 
 class _Connection:
@@ -186,12 +189,16 @@ class RpcClient:
 
     async def start_call(self, method: str, args: dict | None = None,
                          payload: FramePayload = b"", *,
-                         timeout: float | None = None) -> PendingCall:
+                         timeout: float | None = None, into_pipe: bool = False) -> PendingCall:
         """Send a request now and collect its reply later with ``await pending.result()``.
 
         This lets a caller keep several requests in flight from one task (a GET prefetching the
         next stripes while it streams the current ones) without spawning tasks. A caller that
         no longer wants the reply calls ``pending.discard()``.
+
+        ``into_pipe``: a reply payload of 64 KiB or more comes as a
+        :class:`~headwater.splice.PipeBuffer` (spliced from the socket, never in this process's
+        memory), to be sent on with splice; smaller ones as bytes, as always.
         """
         if timeout is None:
             timeout = self.default_timeout
@@ -205,7 +212,7 @@ class RpcClient:
                 buffers = encode_frame(header, payload, max_frame_bytes=self.max_frame_bytes)
             except (FrameError, TypeError, ValueError, OverflowError) as e:
                 raise BadRequest(str(e), method=method) from None
-            pending = _Pending()
+            pending = _Pending(into_pipe)
             conn.pending[rid] = pending
             try:
                 await self._send(conn, buffers, deadline)
@@ -359,6 +366,13 @@ class RpcClient:
     async def _reader(self, conn: _Connection, early: bytes = b"") -> None:
         decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
         decoder.feed(early)
+        pending = conn.pending
+
+        def into_pipe(header: list) -> bool:
+            p = pending.get(header[1]) if header[0] == RESPONSE and len(header) > 1 else None
+            return p is not None and p.into_pipe
+
+        decoder.into_pipe = into_pipe
         reason = "closed by peer"
         try:
             async with anyio.create_task_group() as tg:
@@ -396,6 +410,8 @@ class RpcClient:
                 kind = h[0]
                 p = conn.pending.get(h[1]) if len(h) > 1 else None
                 if p is None:
+                    if type(frame.payload) is PipeBuffer:
+                        frame.payload.close()
                     continue  # a reply for a call that already gave up
                 if kind == RESPONSE and len(h) >= 3:
                     p.reply = Reply(h[2], frame.payload)
@@ -456,3 +472,6 @@ class PendingCall:
     def discard(self) -> None:
         """Forget the call: its reply, if it comes, is dropped by the reader."""
         self._conn.pending.pop(self._rid, None)
+        reply = self._pending.reply
+        if reply is not None and type(reply.payload) is PipeBuffer:
+            reply.payload.close()

@@ -26,11 +26,13 @@ import os
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import msgpack
 
+from headwater import splice
 from headwater.malloc import unfilled_bytearray
+from headwater.splice import PipeBuffer
 
 __all__ = [
     "DIRECT_PAYLOAD_BYTES",
@@ -79,7 +81,7 @@ class Frame:
     it was received in place, see :meth:`FrameDecoder.payload_target`)."""
 
     header: list[Any]
-    payload: bytes | bytearray
+    payload: bytes | bytearray | PipeBuffer
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -193,10 +195,15 @@ class FrameDecoder:
     first); the reader receives into it and calls ``filled(n)``. The payload is then the
     ``bytearray`` itself: the only copy is the kernel's. Such a reader never receives past the
     frame's end, since the target ends there.
+
+    With ``into_pipe`` set, a large payload whose header it accepts (a storage node's fragment
+    reply that a GET will send on unread) is received into a :class:`~headwater.splice.PipeBuffer`
+    instead: ``payload_target()`` returns the buffer, the reader splices the socket into it
+    (``PipeBuffer.fill_from``) and calls ``filled(n)``, and the frame's payload is the buffer.
     """
 
     __slots__ = ("_chunks", "_size", "_pending", "max_frame_bytes", "max_header_bytes",
-                 "_direct", "_direct_filled", "_direct_header")
+                 "_direct", "_direct_filled", "_direct_header", "into_pipe")
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES):
@@ -205,9 +212,10 @@ class FrameDecoder:
         self._pending: tuple[int, int] | None = None
         self.max_frame_bytes = max_frame_bytes
         self.max_header_bytes = max_header_bytes
-        self._direct: bytearray | None = None  # the payload being received in place
+        self._direct: bytearray | PipeBuffer | None = None  # the payload being received in place
         self._direct_filled = 0
         self._direct_header: list[Any] | None = None
+        self.into_pipe: Callable[[list[Any]], bool] | None = None
 
     @property
     def buffered(self) -> int:
@@ -235,10 +243,14 @@ class FrameDecoder:
             rest = (hlen if self._size < hlen else body) - self._size
         return max(1, min(most, max(0, rest) + LOOKAHEAD_BYTES))
 
-    def payload_target(self) -> memoryview | None:
-        """Where to receive the rest of a large payload in place, or None (``feed`` instead)."""
-        if self._direct is not None:
-            return memoryview(self._direct)[self._direct_filled:]
+    def payload_target(self) -> memoryview | PipeBuffer | None:
+        """Where to receive the rest of a large payload in place (a view of its buffer, or the
+        pipe buffer to splice into), or None (``feed`` instead)."""
+        direct = self._direct
+        if direct is not None:
+            if type(direct) is PipeBuffer:
+                return direct
+            return memoryview(direct)[self._direct_filled:]
         if self._pending is None and self._size >= PREFIX_BYTES:
             self._start_frame()
         if self._pending is None:
@@ -247,8 +259,14 @@ class FrameDecoder:
         if self._size < hlen or body - self._size < DIRECT_PAYLOAD_BYTES:
             return None
         header = self._decode_header(self._take(hlen))
-        payload = unfilled_bytearray(body - hlen)  # not zeroed: next_frame hands it out only once filled
         got = self._size  # every byte buffered belongs to this payload (fewer than body)
+        if self.into_pipe is not None and splice.AVAILABLE and self.into_pipe(header):
+            piped = PipeBuffer(body - hlen)
+            if got:
+                piped.write(self._take(got))
+            self._direct, self._direct_filled, self._direct_header = piped, got, header
+            return piped
+        payload = unfilled_bytearray(body - hlen)  # not zeroed: next_frame hands it out only once filled
         if got:
             payload[:got] = self._take(got)
         self._direct, self._direct_filled, self._direct_header = payload, got, header

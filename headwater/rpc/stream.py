@@ -39,6 +39,7 @@ import sniffio
 from anyio.abc import SocketAttribute
 
 from headwater.http.transport import bind_socket
+from headwater.splice import PipeBuffer
 
 from .frame import FileRange, FrameDecoder
 
@@ -191,6 +192,25 @@ class RpcStream(anyio.abc.ByteStream):
         while True:
             try:
                 n = sock.recv_into(target)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_readable()
+                continue
+            except OSError as e:
+                self._check_open()
+                raise anyio.BrokenResourceError from e
+            if not n:
+                raise anyio.EndOfStream
+            await self._fairness()
+            return n
+
+    async def receive_into_pipe(self, target: PipeBuffer) -> int:
+        """Splice the next bytes of ``target``'s payload from the socket into its pipes; how many
+        came (never 0). As ``receive_into``, a short splice tries again before waiting."""
+        self._check_open()
+        fd = self._sock.fileno()
+        while True:
+            try:
+                n = target.fill_from(fd)
             except (BlockingIOError, InterruptedError):
                 await self._wait_readable()
                 continue
@@ -391,7 +411,10 @@ async def receive_into_decoder(stream: RpcStream, decoder: FrameDecoder) -> int:
     """
     target = decoder.payload_target()
     if target is not None:
-        n = await stream.receive_into(target)
+        if type(target) is PipeBuffer:
+            n = await stream.receive_into_pipe(target)
+        else:
+            n = await stream.receive_into(target)
         decoder.filled(n)
         return n
     data = await stream.receive(decoder.receive_size(RECEIVE_BYTES))

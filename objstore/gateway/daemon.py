@@ -180,7 +180,7 @@ async def run_gateway(cluster: ClusterConfig, node: GatewayConfig, *, worker: in
     metrics = shared_metrics(cluster, node, registry, worker)  # whichever worker answers, all workers' series
     async with MetadataClient(cluster, writer_id=f"{node.id}-w{worker}-{os.getpid()}") as meta, \
             StoragePool(cluster, read_budget=ByteBudget(node.read_buffer_bytes),
-                        read_wait_s=node.read_buffer_wait_s) as pool:
+                        read_wait_s=node.read_buffer_wait_s, splice_reads=node.splice_reads) as pool:
         store = Store(cluster=cluster, meta=meta, pool=pool, clock=time.time,
                       retire_grace_s=cluster.objstore.retire_grace_s,
                       buckets=BucketCache(ttl_s=node.bucket_cache_s, clock_drift=cluster.objstore.raft_clock_drift))

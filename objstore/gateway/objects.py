@@ -8,6 +8,7 @@ from typing import AsyncGenerator, AsyncIterator, Callable, Sequence
 import anyio
 
 from headwater.http.types import Headers, Response
+from headwater.splice import PipeSpan
 
 from ..config import ErasureScheme
 from ..datapath import LayoutWriter, read_layout
@@ -194,8 +195,10 @@ def object_headers(rec: ObjectRecord, call: Call, *, whole: bool = True) -> list
     return out
 
 
-async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -> AsyncGenerator[bytes, None]:
-    """Bytes ``start .. end-1`` of an object, from its inline bytes or its layouts in order."""
+async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int, *,
+                        spliced: bool = False) -> AsyncGenerator[bytes | PipeSpan, None]:
+    """Bytes ``start .. end-1`` of an object, from its inline bytes or its layouts in order
+    (``spliced``: as ``read_layout``'s, for a response body)."""
     if rec.inline is not None:
         if end > start:
             yield rec.inline[start:end]
@@ -204,7 +207,7 @@ async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int) -
     for lay in rec.layouts:
         lo, hi = max(start - base, 0), min(end - base, lay.size)
         if lo < hi:
-            async for piece in read_layout(store.pool, lay, lo, hi):
+            async for piece in read_layout(store.pool, lay, lo, hi, spliced=spliced):
                 yield piece
         base += lay.size
         if base >= end:
@@ -289,7 +292,7 @@ async def get_object(store: Store, call: Call, *, head: bool = False) -> Respons
         return Response(status=status, headers=headers, body=rec.inline[start:end])
     # The first stripes are read before the head is sent, so a GET that cannot start (the read
     # buffer spent, too few fragments) is answered with its S3 error, not a cut 200.
-    stream = object_stream(store, rec, start, end)
+    stream = object_stream(store, rec, start, end, spliced=store.pool.splice_reads)
     try:
         first = await anext(stream, None)
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from headwater.rpc import ClusterSecret, PendingCall, Reply, RpcClient, RpcError
+from headwater.splice import PipeBuffer, PipeSpan
 
 from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid
 
@@ -84,11 +85,15 @@ class StorageClient:
         return _blocks(r)
 
     async def start_read(self, fid: str, first: int = 0, count: int = 1, *,
-                         timeout: float | None = None) -> PendingRead:
-        """Send a read now; ``await pending.blocks()`` later (prefetching while streaming)."""
+                         timeout: float | None = None, into_pipe: bool = False) -> PendingRead:
+        """Send a read now; ``await pending.blocks()`` later (prefetching while streaming).
+
+        ``into_pipe``: the blocks of a large reply come as :class:`~headwater.splice.PipeSpan`,
+        still in the kernel, to be taken in order (a GET splicing them to its client)."""
         try:
             call = await self.rpc.start_call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
-                                             timeout=self.timeout if timeout is None else timeout)
+                                             timeout=self.timeout if timeout is None else timeout,
+                                             into_pipe=into_pipe)
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
             raise
@@ -126,9 +131,13 @@ class StorageClient:
         return (await self._call("node.info", {}, timeout=timeout)).result
 
 
-def _blocks(r: Reply) -> list[memoryview]:
-    """Split a frag.read reply's payload into its blocks, without copying."""
+def _blocks(r: Reply) -> list:
+    """Split a frag.read reply's payload into its blocks, without copying (as views, or as
+    spans of a payload still in pipes)."""
     lengths = r.result["lengths"]
+    if type(r.payload) is PipeBuffer:
+        stride = r.result.get("stride") or (lengths[0] if lengths else 0)
+        return [PipeSpan(r.payload, j * stride, n) for j, n in enumerate(lengths)]
     mv = memoryview(r.payload)
     if len(lengths) <= 1:
         return [mv] if lengths else []

@@ -17,7 +17,7 @@ from headwater.objstore.datapath import READ_AHEAD, READ_BATCH
 from tests.functional.test_s3_slow_readers import gateway_health, stalled_get
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, metadata_groups=1, stripe_size="1MiB",
-                       extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1})
+                       extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1, "splice_reads": True})
 
 BATCH = READ_BATCH * MiB
 SIZE = 12 * BATCH  # long enough that neither stalled GET nears its end
@@ -74,3 +74,21 @@ def test_a_worker_tells_where_its_gets_waited(cluster, s3, bucket):
     assert got == body[100:200]
     last = gateway_health(cluster)["read_timing"]
     assert (last["reads"] - after["reads"], last["batches"] - after["batches"]) == (1, 1)
+
+
+def test_a_get_sends_the_nodes_bytes_on_through_pipes(cluster, s3, bucket):
+    """With ``[gateway] splice_reads`` a GET over plain HTTP/1.1 hands the storage nodes' replies on still in pipes
+    (``read_timing.piped_bytes``), spliced to the client's socket: whole, ranged (cut inside
+    blocks, across stripes and batches, the object's unpadded tail) and byte for byte."""
+    size = 3 * BATCH + 12345  # a short last batch and a last stripe that is not whole
+    body = bytes((i * 7 + i // 251) % 256 for i in range(size))
+    s3.put_object(Bucket=bucket, Key="piped", Body=body)
+    before = gateway_health(cluster)["read_timing"]["piped_bytes"]
+    assert s3.get_object(Bucket=bucket, Key="piped")["Body"].read() == body
+    after = gateway_health(cluster)["read_timing"]["piped_bytes"]
+    # The last stripe's 12345 bytes come in replies under 64 KiB: those are received as bytes.
+    assert after - before == size - 12345
+    for lo, hi in [(1, 2), (100, 300_000), (MiB - 7, 3 * MiB + 9), (BATCH - 1, 2 * BATCH + 1),
+                   (size - 20_000, size - 1), (0, size - 1)]:
+        got = s3.get_object(Bucket=bucket, Key="piped", Range=f"bytes={lo}-{hi}")["Body"].read()
+        assert got == body[lo:hi + 1], (lo, hi)
