@@ -343,6 +343,42 @@ def test_postgres_filtered_count_from_a_groups_postings(seeded, backend, monkeyp
         assert not exact or facets == b.facets, q
 
 
+def test_postgres_filtered_count_probes_the_sets_titles_when_matches_are_dense(seeded, backend, monkeypatch):
+    """PostgreSQL: the capped count of a filtered search whose matches are dense in the filter's
+    titles probes those titles in turn and stops at cap + 1 matches (filtered_count_stops,
+    store._probes_to_cap), with the totals, exactness and facets (where exact) of the count
+    from the rarest group's postings and of the full-text index."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's count")
+    from headwater.origin.catalogue import postgres, store
+
+    monkeypatch.setattr(store, "INTERSECT_MAX", 5)
+    queries = [SearchQuery(q=q, category=c, language=lang, with_total=True)
+               for q in ("silent", "night", "river of", "silent ri", "golden harb", "story", "story of", "emp")
+               for c, lang in (("drama", None), (None, "en"), ("comedy", "fr"))]
+    statements: list[str] = []
+    real = postgres._PgTx.rows
+    monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
+        self, sql, params))
+    pages, probed = {}, {}
+    for cap in (3, 200):
+        monkeypatch.setattr(seeded, "config", replace(seeded.config, search=replace(seeded.config.search,
+                                                                                     exact_total_max=cap)))
+        for stops in (True, False):
+            monkeypatch.setattr(seeded, "filtered_count_stops", stops)
+            statements.clear()
+            pages[cap, stops] = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+            probed[cap, stops] = sum(1 for sql in statements if "FROM (SELECT value AS id FROM (SELECT value::bigint"
+                                     in sql and "CROSS JOIN LATERAL (SELECT t.category FROM titles t" in sql)
+        monkeypatch.setattr(seeded, "_count", seeded._count_matches)
+        pages[cap, None] = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+        monkeypatch.delattr(seeded, "_count")
+        for q, a, b, c in zip(queries, pages[cap, True], pages[cap, False], pages[cap, None]):
+            assert a[:2] == b[:2] == c[:2], (cap, q)
+            assert not a[1] or a[2] == b[2] == c[2], (cap, q)
+    assert probed[3, True] > probed[3, False]
+
+
 def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatch):
     """PostgreSQL: a rare word's titles checked for a common group probe each title (the check
     ends with OFFSET 0, so the planner cannot read the group's whole lists into a hash), and
