@@ -18,7 +18,7 @@ import json
 import random
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Any, Collection, Iterable, Iterator, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
@@ -467,7 +467,8 @@ class SqlCatalogue(ABC):
                         fresh[int(tid)] = v
             if fresh:
                 if looked is not None:
-                    found = _summed(looked, lookup, n_groups, fresh, known)  # type: ignore[arg-type]
+                    found = _summed(looked, [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)],  # type: ignore[union-attr]
+                                    lookup, n_groups, fresh, known)  # type: ignore[arg-type]
                 elif lookup is not None:
                     found = self._looked_up(tx, lookup, n_groups, fresh, known)
                 elif known is not None and all(2 * sizes[gi] >= total for gi in range(n_groups) if gi != known):
@@ -578,14 +579,13 @@ class SqlCatalogue(ABC):
         source, sargs = ids if isinstance(ids, tuple) else (self.json_ints, [json.dumps(list(ids))])
         select, args = self._lookup_select(tx, words, titles if isinstance(ids, tuple) and titles else len(ids),
                                            source, sargs)
-        return _summed(_unpacked(tx.rows(select, args), words), lookup, n_groups,
-                       ids if isinstance(ids, dict) else [], known)
+        return _summed(tx.rows(select, args), words, lookup, n_groups, ids if isinstance(ids, dict) else [], known)
 
     def _lookup_select(self, tx: Tx, words: list[str], titles: int, source: str,
                        sargs: Sequence[Any]) -> tuple[str, list[Any]]:
         """How a lookup reads the postings of ``words`` of some ``titles`` titles (the subquery
         ``source``, whose parameters are ``sargs``): a select of ``title_id, word, impact,
-        impacts`` (:func:`_unpacked` reads its rows), and its parameters. One probe of
+        impacts`` (:func:`_summed` reads its rows), and its parameters. One probe of
         ``search_terms`` per title, the words' impacts in one array (:func:`_term_probes`,
         :attr:`search_terms`), or one index-only probe of the postings' primary key per title
         and word (:func:`_probes`), or, when the words' lists hold fewer than
@@ -612,7 +612,7 @@ class SqlCatalogue(ABC):
         """One step of the walk in one statement: the batch ``batch_sql`` reads (rows of title,
         impact, passes; best first) and the postings of the words in ``lookup`` (but group
         ``known``'s) of its titles that pass, are not in ``seen`` and whose bound ``greatest(weight
-        × impact, rest) + beyond`` reaches ``floor`` (``test``) (rows of title, word, impact)."""
+        × impact, rest) + beyond`` reaches ``floor`` (``test``) (rows for :func:`_summed`)."""
         words = [w for w, gs in lookup.items() if any(gi != known for gi, _ in gs)]
         unseen, uargs = (f" AND title_id NOT IN ({self.json_ints})", [json.dumps(list(seen))]) if seen else ("", [])
         kept = f"SELECT title_id FROM r WHERE ok AND {self.greatest}(? * impact, ?) + ? >= ?{unseen}"
@@ -624,7 +624,7 @@ class SqlCatalogue(ABC):
             f"UNION ALL SELECT 1, q.title_id, q.impact, true, q.word, q.impacts FROM ({select}) q "
             "ORDER BY part, impact DESC, title_id DESC", (*batch_args, *args))
         read = [(r[1], r[2], r[3]) for r in rows if r[0] == 0]
-        return read, list(_unpacked([(r[1], r[4], r[2], r[5]) for r in rows if r[0] == 1], words))
+        return read, [(r[1], r[4], r[2], r[5]) for r in rows if r[0] == 1]
 
     def _filtered_titles(self, tx: Tx, where: list[str], params: list[Any]) -> list[int]:
         """The titles passing the filters, up to FILTERED_SET_MAX + 1 (read once per search)."""
@@ -1505,28 +1505,19 @@ def _term_probes(n_words: int, titles: str) -> str:
             f"FROM search_terms s WHERE s.title_id = ANY(ARRAY({titles}))")
 
 
-def _unpacked(rows: Iterable[tuple], words: list[str]) -> Iterator[tuple]:
-    """(title id, word, impact) from the rows of :meth:`SqlCatalogue._lookup_select`: a
-    posting, or (:func:`_term_probes`) a title with its impacts of ``words`` in order."""
-    for tid, word, impact, impacts in rows:
-        if impacts is None:
-            yield tid, word, impact
-        else:
-            for w, v in zip(words, impacts):
-                if v is not None:
-                    yield tid, w, v
-
-
-def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n_groups: int,
+def _summed(rows: Iterable[tuple], words: list[str], lookup: dict[str, list[tuple[int, float]]], n_groups: int,
             ids: list[int] | dict[int, float], known: int | None) -> list[tuple[int, float]]:
     """(title id, score) of the titles of ``ids`` holding every group, from ``rows`` of their
-    postings (title, word, impact) of the words in ``lookup`` (word → its groups and weights): a
-    group scores its best weighted impact, the score is the groups' sum (in group order, as
-    ``_scored``'s SQL adds them). With ``known``, ``ids`` maps each title to its score in that
-    group; rows of titles not in ``ids`` are skipped."""
+    postings of ``words`` (:meth:`SqlCatalogue._lookup_select`: title, word, impact, or
+    (:func:`_term_probes`) title and the impacts of ``words`` in order) and ``lookup`` (word →
+    its groups and weights): a group scores its best weighted impact, the score is the groups'
+    sum (in group order, as ``_scored``'s SQL adds them). With ``known``, ``ids`` maps each title
+    to its score in that group; rows of titles not in ``ids`` are skipped. (A third of a long
+    walk's client CPU: kept to plain loops.)"""
     per: dict[int, list[float]] = {}
     among = ids if isinstance(ids, dict) else None
-    for tid, word, impact in rows:
+    plan = [lookup[w] for w in words]
+    for tid, word, impact, impacts in rows:
         got = per.get(tid)
         if got is None:
             if among is not None and tid not in among:
@@ -1534,16 +1525,26 @@ def _summed(rows: Iterable[tuple], lookup: dict[str, list[tuple[int, float]]], n
             got = per[tid] = [0.0] * n_groups
             if known is not None:
                 got[known] = ids[tid]  # type: ignore[index]
-        for gi, weight in lookup[word]:
-            v = weight * impact
-            if v > got[gi]:
-                got[gi] = v
+        if impacts is None:
+            for gi, weight in lookup[word]:
+                v = weight * impact
+                if v > got[gi]:
+                    got[gi] = v
+            continue
+        for groups, impact in zip(plan, impacts):
+            if impact is not None:
+                for gi, weight in groups:
+                    v = weight * impact
+                    if v > got[gi]:
+                        got[gi] = v
     out = []
     for tid, got in per.items():
-        if all(v > 0.0 for v in got):
-            score = 0.0
-            for v in got:
-                score += v
+        score = 0.0
+        for v in got:
+            if v <= 0.0:
+                break
+            score += v
+        else:
             out.append((int(tid), score))
     return out
 
