@@ -343,16 +343,20 @@ def test_postgres_filtered_count_from_a_groups_postings(seeded, backend, monkeyp
         assert not exact or facets == b.facets, q
 
 
-def test_postgres_filtered_count_probes_the_sets_titles_when_matches_are_dense(seeded, backend, monkeypatch):
+@pytest.mark.parametrize("set_max", [5000, 40])
+def test_postgres_filtered_count_probes_the_sets_titles_when_matches_are_dense(seeded, backend, monkeypatch, set_max):
     """PostgreSQL: the capped count of a filtered search whose matches are dense in the filter's
     titles probes those titles in turn and stops at cap + 1 matches (filtered_count_stops,
-    store._probes_to_cap), with the totals, exactness and facets (where exact) of the count
-    from the rarest group's postings and of the full-text index."""
+    store._probes_to_cap; with set_max 40, most filters leave more titles than a set holds and
+    the first ones are probed, the full-text count taking over when they hold too few matches),
+    with the totals, exactness and facets (where exact) of the count from the rarest group's
+    postings and of the full-text index."""
     if backend != "postgresql":
         pytest.skip("PostgreSQL's count")
     from headwater.origin.catalogue import postgres, store
 
     monkeypatch.setattr(store, "INTERSECT_MAX", 5)
+    monkeypatch.setattr(store, "FILTERED_SET_MAX", set_max)
     queries = [SearchQuery(q=q, category=c, language=lang, with_total=True)
                for q in ("silent", "night", "river of", "silent ri", "golden harb", "story", "story of", "emp")
                for c, lang in (("drama", None), (None, "en"), ("comedy", "fr"))]
