@@ -158,8 +158,10 @@ class SqlCatalogue(ABC):
     # FILTERED_SET_MAX titles probes those titles in turn when it expects cap + 1 matches within
     # a twentieth of the rarest group's postings (it stops there: _probes_to_cap), rather than read
     # that group's postings of the set (filtered_group_count_max: a range read whole, hashed and
-    # made distinct before the first match counts). SQLite's alternative, FTS5's walk, stops at
-    # cap too, and was measured cheaper than the probes.
+    # made distinct before the first match counts); and, for a filter leaving more titles than
+    # that, probes its first titles when they are expected to hold cap matches (the full-text
+    # count when they do not). SQLite's alternative, FTS5's walk, stops at cap too, and was
+    # measured cheaper than the probes.
     filtered_count_stops = False
 
     def __init__(self, config: CatalogueConfig, *, clock: Clock = SYSTEM_CLOCK,
