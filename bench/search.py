@@ -325,10 +325,10 @@ def _tantivy_run(cat: Catalogue, queries: list[BenchQuery], work: Path) -> dict:
 
 
 # The search's relations, read into the shared buffers by --pg-prewarm.
-_PREWARMED = ("search_postings", "search_postings_pkey", "search_postings_impact", "search_words",
-              "search_words_pkey", "search_deletions", "search_deletions_pkey", "search_stats", "title_search",
-              "title_search_pkey", "title_search_doc", "titles", "titles_pkey", "titles_browse_category",
-              "titles_browse_language")
+_PREWARMED = ("search_postings", "search_postings_pkey", "search_postings_impact", "search_terms",
+              "search_terms_pkey", "search_words", "search_words_pkey", "search_deletions",
+              "search_deletions_pkey", "search_stats", "title_search", "title_search_pkey", "title_search_doc",
+              "titles", "titles_pkey", "titles_browse_category", "titles_browse_language")
 
 
 def _prewarm(catalogue) -> int:

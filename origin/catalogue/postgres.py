@@ -76,6 +76,8 @@ class PostgresCatalogue(SqlCatalogue):
     probe_barrier = " OFFSET 0"
     filtered_group_count_max = 50_000
     count_probes_titles = True
+    search_terms = True
+    filtered_count_stops = True
 
     def _json_item(self, i: int, sql_type: str | None = None) -> str:
         return f"(value->>{i})::{sql_type}" if sql_type else f"value->>{i}"

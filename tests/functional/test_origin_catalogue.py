@@ -10,6 +10,7 @@ enqueue; SQL injection strings in the query and the filters.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import threading
 from dataclasses import replace
@@ -342,6 +343,46 @@ def test_postgres_filtered_count_from_a_groups_postings(seeded, backend, monkeyp
         assert not exact or facets == b.facets, q
 
 
+@pytest.mark.parametrize("set_max", [5000, 40])
+def test_postgres_filtered_count_probes_the_sets_titles_when_matches_are_dense(seeded, backend, monkeypatch, set_max):
+    """PostgreSQL: the capped count of a filtered search whose matches are dense in the filter's
+    titles probes those titles in turn and stops at cap + 1 matches (filtered_count_stops,
+    store._probes_to_cap; with set_max 40, most filters leave more titles than a set holds and
+    the first ones are probed, the full-text count taking over when they hold too few matches),
+    with the totals, exactness and facets (where exact) of the count from the rarest group's
+    postings and of the full-text index."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's count")
+    from headwater.origin.catalogue import postgres, store
+
+    monkeypatch.setattr(store, "INTERSECT_MAX", 5)
+    monkeypatch.setattr(store, "FILTERED_SET_MAX", set_max)
+    queries = [SearchQuery(q=q, category=c, language=lang, with_total=True)
+               for q in ("silent", "night", "river of", "silent ri", "golden harb", "story", "story of", "emp")
+               for c, lang in (("drama", None), (None, "en"), ("comedy", "fr"))]
+    statements: list[str] = []
+    real = postgres._PgTx.rows
+    monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
+        self, sql, params))
+    pages, probed = {}, {}
+    for cap in (3, 200):
+        monkeypatch.setattr(seeded, "config", replace(seeded.config, search=replace(seeded.config.search,
+                                                                                     exact_total_max=cap)))
+        for stops in (True, False):
+            monkeypatch.setattr(seeded, "filtered_count_stops", stops)
+            statements.clear()
+            pages[cap, stops] = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+            probed[cap, stops] = sum(1 for sql in statements if "FROM (SELECT value AS id FROM (SELECT value::bigint"
+                                     in sql and "CROSS JOIN LATERAL (SELECT t.category FROM titles t" in sql)
+        monkeypatch.setattr(seeded, "_count", seeded._count_matches)
+        pages[cap, None] = [(p.total, p.total_exact, p.facets) for p in map(seeded.search, queries)]
+        monkeypatch.delattr(seeded, "_count")
+        for q, a, b, c in zip(queries, pages[cap, True], pages[cap, False], pages[cap, None]):
+            assert a[:2] == b[:2] == c[:2], (cap, q)
+            assert not a[1] or a[2] == b[2] == c[2], (cap, q)
+    assert probed[3, True] > probed[3, False]
+
+
 def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatch):
     """PostgreSQL: a rare word's titles checked for a common group probe each title (the check
     ends with OFFSET 0, so the planner cannot read the group's whole lists into a hash), and
@@ -364,11 +405,12 @@ def test_postgres_presence_checks_probe_a_few_titles(seeded, backend, monkeypatc
         assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
 
 
-def test_postgres_lookups_probe_each_word_and_the_count_probes_each_title(seeded, backend, monkeypatch):
-    """PostgreSQL: a lookup of several words probes the unique key once per word (UNION ALL in
-    the per-title subquery, store._probes), and the capped count from a small set probes each
-    title's row by key (count_probes_titles); pages, totals and facets are those of one probe
-    with word IN (…) and of the join left to the planner."""
+def test_postgres_lookups_probe_each_title_once_and_the_count_probes_each_title(seeded, backend, monkeypatch):
+    """PostgreSQL: a lookup probes each title's row of search_terms once whatever the words
+    (store._term_probes), and the capped count from a small set probes each title's row by key
+    (count_probes_titles); pages, totals and facets are those of the lookups in search_postings,
+    one probe per title and word (UNION ALL in the per-title subquery, store._probes) or one
+    with word IN (…), and of the join left to the planner."""
     if backend != "postgresql":
         pytest.skip("PostgreSQL's lookups")
     from headwater.origin.catalogue import postgres, store
@@ -381,9 +423,20 @@ def test_postgres_lookups_probe_each_word_and_the_count_probes_each_title(seeded
     real = postgres._PgTx.rows
     monkeypatch.setattr(postgres._PgTx, "rows", lambda self, sql, params=(): statements.append(sql) or real(
         self, sql, params))
-    probed = [seeded.search(q) for q in queries]
-    assert any("AND q.word = ? UNION ALL SELECT" in sql for sql in statements)
+    termed = [seeded.search(q) for q in queries]
+    assert any("FROM search_terms s WHERE s.title_id = ANY(ARRAY(" in sql for sql in statements)
+    assert not any("FROM search_postings q WHERE q.title_id = f.id" in sql for sql in statements)
     assert any("CROSS JOIN LATERAL (SELECT t.category FROM titles t WHERE t.id = d.id" in sql for sql in statements)
+
+    def same(pages: list) -> None:
+        for q, a, b in zip(queries, termed, pages):
+            assert [(h.id, h.score) for h in a.hits] == [(h.id, h.score) for h in b.hits], q
+            assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
+
+    monkeypatch.setattr(seeded, "search_terms", False)
+    statements.clear()
+    same([seeded.search(q) for q in queries])
+    assert any("AND q.word = ? UNION ALL SELECT" in sql for sql in statements)
 
     def one_probe(n_words: int, titles: str) -> str:
         return (f"({titles}) f(id) CROSS JOIN LATERAL (SELECT q.title_id, q.word, q.impact FROM search_postings q "
@@ -391,10 +444,40 @@ def test_postgres_lookups_probe_each_word_and_the_count_probes_each_title(seeded
 
     monkeypatch.setattr(store, "_probes", one_probe)
     monkeypatch.setattr(postgres.PostgresCatalogue, "count_probes_titles", False)
-    for q, a in zip(queries, probed):
-        b = seeded.search(q)
-        assert [(h.id, h.score) for h in a.hits] == [(h.id, h.score) for h in b.hits], q
-        assert (a.total, a.total_exact, a.facets) == (b.total, b.total_exact, b.facets), q
+    same([seeded.search(q) for q in queries])
+
+
+def test_postgres_search_terms_follow_the_postings(fresh, backend):
+    """PostgreSQL: search_terms holds each indexed title's postings as one JSON object, exactly
+    (every word and prefix entry, the same doubles), through publishing, a metadata change,
+    withdrawal and a bulk import (store._index, _reindex)."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's search_terms")
+    cat, _ = fresh
+    cat.import_titles(generated(40), state=TitleState.PUBLISHED)
+    t = cat.create_title(TitleDraft(title="Night Train", description="a slow night", category="drama"))
+    for state in (TitleState.TRANSCODING, TitleState.PACKAGED, TitleState.PUBLISHED):
+        cat.set_state(t.id, state)
+    withdrawn = cat.list_titles(state=TitleState.PUBLISHED)[0].id
+    cat.set_state(withdrawn, TitleState.WITHDRAWN)
+    cat.update_metadata(t.id, TitleDraft(title="Night Bus Lines", description="late", category="drama"))
+
+    def terms() -> dict[int, dict[str, float]]:
+        with cat._tx(write=False) as tx:
+            return {int(tid): json.loads(text) for tid, text in tx.rows("SELECT title_id, terms::text FROM search_terms")}
+
+    def postings() -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        with cat._tx(write=False) as tx:
+            for tid, w, v in tx.rows("SELECT title_id, word, impact FROM search_postings"):
+                out.setdefault(int(tid), {})[w] = float(v)
+        return out
+
+    held = terms()
+    assert held == postings()
+    assert t.id in held and "bus" in held[t.id] and "train" not in held[t.id] and "*bu" in held[t.id]
+    assert withdrawn not in held and len(held) == 40
+    assert cat.search(SearchQuery(q="night bus")).hits[0].id == t.id
 
 
 def test_a_groups_small_lists_are_read_as_one(fresh, monkeypatch):
@@ -482,6 +565,7 @@ def test_the_postings_migration_indexes_an_existing_catalogue(backend, request, 
     version = cat.schema_version
     postings = {"sqlite": 5, "postgresql": 4}[backend]  # the migration that made them
     with cat._tx(write=True) as tx:  # back to the schema before the postings
+        tx.run("DROP TABLE IF EXISTS search_terms")  # PostgreSQL's copy of the postings (its 6)
         tx.run("DROP TABLE search_postings")
         tx.run("DROP TABLE search_stats")
         tx.run("ALTER TABLE search_words DROP COLUMN max_impact")
