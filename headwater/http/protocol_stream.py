@@ -339,16 +339,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         it shares a segment with the file's first bytes (what nginx gets from tcp_nopush).
         """
         if head:
-            await self._wait_empty()
-            transport = self._check_writable()
-            try:
-                n = self._sock.send(head, MSG_MORE)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as e:
-                raise anyio.BrokenResourceError from e
-            if n < len(head):
-                transport.write(head[n:])
+            await self._send_head(head)
         while count > 0:
             await self._wait_empty()
             transport = self._check_writable()
@@ -368,6 +359,21 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
             count -= n
         await self._fairness()
 
+    async def _send_head(self, head: bytes) -> None:
+        """``head`` straight to the socket with MSG_MORE once the transport holds nothing, so it
+        shares a segment with the body bytes sent next (what nginx gets from tcp_nopush); what
+        the kernel does not take goes through the transport."""
+        await self._wait_empty()
+        transport = self._check_writable()
+        try:
+            n = self._sock.send(head, MSG_MORE)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            raise anyio.BrokenResourceError from e
+        if n < len(head):
+            transport.write(head[n:])
+
     async def splice(self, span: PipeSpan, *, head: bytes = b"") -> None:
         """Send ``head``, then ``span`` with splice(2) from its pipe (see ``headwater.splice``),
         only ever while the transport's own buffer is empty (so bytes keep their order).
@@ -376,16 +382,7 @@ class ProtocolStream(asyncio.Protocol, anyio.abc.ByteStream):
         duplicate of its descriptor (the loop refuses a reader or writer on a transport's own);
         the wait counts as a blocked send for the watchdog, as the transport's pauses do."""
         if head:
-            await self._wait_empty()
-            transport = self._check_writable()
-            try:
-                n = self._sock.send(head, MSG_MORE)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as e:
-                raise anyio.BrokenResourceError from e
-            if n < len(head):
-                transport.write(head[n:])
+            await self._send_head(head)
         while span.remaining:
             await self._wait_empty()
             self._check_writable()
