@@ -267,11 +267,16 @@ class _StubS3(http.server.BaseHTTPRequestHandler):
                 left -= sent
 
 
+def nginx_temp_paths(root: Path) -> str:
+    """nginx's temporary folders under ``root`` (its defaults are under /var, which a peer started
+    by the bench must not write): lines for an ``http`` block."""
+    return "".join(f"    {kind}_temp_path {root}/tmp-{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
 def _stub_nginx_conf(root: Path, port: int) -> str:
     """nginx answering every HEAD and GET (a Range honoured) with ``root/body`` by sendfile, one
     worker, no logs: the cheapest S3 endpoint a GET can have here (it checks no signature)."""
-    temp = "".join(f"    {kind}_temp_path {root}/tmp-{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""\
 worker_processes 1;
 daemon off;
@@ -284,7 +289,7 @@ http {{
     tcp_nodelay on;
     keepalive_requests 100000000;
     default_type application/octet-stream;
-{temp}    server {{
+{nginx_temp_paths(root)}    server {{
         listen 127.0.0.1:{port};
         root {root};
         location / {{ try_files /body =404; }}

@@ -100,11 +100,6 @@ MAX_AGE = 86400
 
 # --- the configs (pure) --------------------------------------------------------------------------
 
-def _temp_paths(root: Path) -> str:
-    return "".join(f"    {kind}_temp_path {root}/tmp-{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-
-
 def origin_nginx_conf(root: Path, www: Path, *, port: int, direct_port: int, memory_port: int) -> str:
     """The origin: ``www``'s files on ``port`` with a day's max-age, each fetch logged to
     ``root/fetches.log`` as ``VIA|X-VARNISH|URI`` (which cache asked for what); the same files
@@ -128,7 +123,7 @@ http {{
     keepalive_timeout 75s;
     default_type application/octet-stream;
     open_file_cache max=1000 inactive=60s;
-{_temp_paths(root)}    log_format fetch "$http_via|$http_x_varnish|$request_uri";
+{_ceilings.nginx_temp_paths(root)}    log_format fetch "$http_via|$http_x_varnish|$request_uri";
     log_format segment "$status|$body_bytes_sent|$request_uri";
     server {{
         listen 127.0.0.1:{port};
@@ -173,7 +168,7 @@ http {{
     keepalive_timeout 75s;
     default_type application/octet-stream;
     open_file_cache max=10000 inactive=60s;
-{_temp_paths(root)}    proxy_cache_path {root}/cache levels=1:2 keys_zone=edge:16m max_size={max_size} inactive=1d use_temp_path=off;
+{_ceilings.nginx_temp_paths(root)}    proxy_cache_path {root}/cache levels=1:2 keys_zone=edge:16m max_size={max_size} inactive=1d use_temp_path=off;
     upstream origin {{
         server 127.0.0.1:{origin_port};
         keepalive 32;
