@@ -4,16 +4,18 @@ tampers with answers), and BIND's validator (``delv``) with our DS as its only t
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 
@@ -53,6 +55,28 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         assert time.monotonic() - start < timeout, "timed out"
         time.sleep(interval)
     return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def headwater_up(path: Path, log: Path, *, timeout: float, stop: signal.Signals = signal.SIGINT,
+                 stop_wait: float = 30.0) -> Iterator[subprocess.Popen]:
+    """``headwater up -c path``, its output in ``log``, once it says it is up (failing at once
+    if it exits first); stopped with ``stop`` on the way out, killed if not gone in ``stop_wait``."""
+    with log.open("w+") as out:
+        up = subprocess.Popen([HEADWATER, "up", "-c", str(path)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def ready() -> bool:
+                assert up.poll() is None, log.read_text()
+                return "is up" in log.read_text()
+            wait_for(ready, timeout, interval=0.1)
+            yield up
+        finally:
+            up.send_signal(stop)
+            try:
+                up.wait(stop_wait)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
 
 
 def write_secret(data_dir: Path) -> Path:

@@ -20,7 +20,7 @@ import pytest
 
 from headwater.config import load
 
-from .dns_harness import HEADWATER, delv_validate, free_port, wait_for
+from .dns_harness import HEADWATER, delv_validate, free_port, headwater_up
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,14 +65,8 @@ def test_headwater_up_serves_the_shipped_dns_config(tmp_path):
     path = dns_only_copy(tmp_path, port, admin_port)
     cfg = load(path)
     assert [d.id for d in cfg.daemons()] == ["dns-1"] and cfg.dns.workers == 2
-    log = (tmp_path / "up.log").open("w+")
-    up = subprocess.Popen([HEADWATER, "up", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        def ready() -> bool:
-            assert up.poll() is None, Path(log.name).read_text()
-            return "is up" in Path(log.name).read_text()
-        wait_for(ready, 40, interval=0.1)
-        said = Path(log.name).read_text()
+    with headwater_up(path, tmp_path / "up.log", timeout=40, stop=signal.SIGTERM, stop_wait=20):
+        said = (tmp_path / "up.log").read_text()
         assert "created the cluster secret" in said and f"DNS           127.0.0.1:{port} UDP and TCP" in said
         assert "DNSSEC        signed online" in said and "headwater dns ds" in said
         assert httpx.get(f"http://127.0.0.1:{admin_port}/healthz").json()["signed"]
@@ -99,11 +93,3 @@ def test_headwater_up_serves_the_shipped_dns_config(tmp_path):
         served = dns.query.udp(dns.message.make_query(origin, "DNSKEY", want_dnssec=True), "127.0.0.1",
                                port=port, timeout=2).answer[0][0]
         assert dns.dnssec.make_ds(origin, served, "SHA256").digest.hex().upper() == digest
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(20)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        log.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import anyio
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.cluster import free_ports
-from tests.functional.dns_harness import HEADWATER, wait_for
+from tests.functional.dns_harness import headwater_up, wait_for
 from tests.functional.edge_harness import ControlledOrigin, Obj
 from tests.functional.test_edge_signing_keys import CONFIG
 
@@ -44,38 +43,27 @@ def test_a_killed_pop_worker_comes_back_with_its_cache(tmp_path):
 
     with anyio.from_thread.start_blocking_portal("asyncio") as portal:
         served, _ = portal.start_task(origin.run, ports[4])
-        log = (tmp_path / "up.log").open("w+")
-        up = subprocess.Popen([HEADWATER, "up", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            def ready() -> bool:
-                assert up.poll() is None, Path(log.name).read_text()
-                return "is up" in Path(log.name).read_text()
-            wait_for(ready, 120, interval=0.1)
-            url = f"http://127.0.0.1:{ports[0]}"
-            with httpx.Client(trust_env=False, timeout=10, headers={"host": "video.test"}) as c:
-                for p in paths:
-                    assert c.get(url + p).status_code == 200
-                victim, _ = pop_workers(state)[0]
-                os.kill(victim, signal.SIGKILL)
-
-                def back() -> bool:
-                    workers = pop_workers(state)
-                    return workers[0][0] not in (None, victim) and workers[0][1] == "running"
-                wait_for(back, 60, interval=0.1)
-                # New connections land on either worker (SO_REUSEPORT): many, to reach the new one.
-                results = []
-                for _ in range(4):
+            with headwater_up(path, tmp_path / "up.log", timeout=120):
+                url = f"http://127.0.0.1:{ports[0]}"
+                with httpx.Client(trust_env=False, timeout=10, headers={"host": "video.test"}) as c:
                     for p in paths:
-                        with httpx.Client(trust_env=False, timeout=10, headers={"host": "video.test"}) as fresh:
-                            r = fresh.get(url + p)
-                            results.append((r.status_code, r.headers.get("x-cache", "")))
-                assert all(s == 200 and x.startswith("Hit from pop-1") for s, x in results), results
-            assert all(origin.fetches[p] == 1 for p in paths), dict(origin.fetches)
+                        assert c.get(url + p).status_code == 200
+                    victim, _ = pop_workers(state)[0]
+                    os.kill(victim, signal.SIGKILL)
+
+                    def back() -> bool:
+                        workers = pop_workers(state)
+                        return workers[0][0] not in (None, victim) and workers[0][1] == "running"
+                    wait_for(back, 60, interval=0.1)
+                    # New connections land on either worker (SO_REUSEPORT): many, to reach the new one.
+                    results = []
+                    for _ in range(4):
+                        for p in paths:
+                            with httpx.Client(trust_env=False, timeout=10, headers={"host": "video.test"}) as fresh:
+                                r = fresh.get(url + p)
+                                results.append((r.status_code, r.headers.get("x-cache", "")))
+                    assert all(s == 200 and x.startswith("Hit from pop-1") for s, x in results), results
+                assert all(origin.fetches[p] == 1 for p in paths), dict(origin.fetches)
         finally:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
             served.cancel()

@@ -8,7 +8,6 @@ while the unsigned URL, a tampered one and one signed by another key with the sa
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import tomllib
@@ -23,7 +22,7 @@ from Crypto.PublicKey import RSA
 from headwater.config import load
 from headwater.edge import cdnkeys
 from headwater.edge.signedurl import sign_url
-from tests.functional.dns_harness import HEADWATER, wait_for
+from tests.functional.dns_harness import HEADWATER, headwater_up
 from tests.functional.edge_harness import ControlledOrigin, Obj
 from tests.cluster import free_ports
 
@@ -96,48 +95,37 @@ def test_headwater_up_makes_the_key_and_cdn_sign_urls_pass_the_pop(tmp_path):
 
     with anyio.from_thread.start_blocking_portal("asyncio") as portal:
         served, _ = portal.start_task(origin.run, ports[4])
-        log = (tmp_path / "up.log").open("w+")
-        up = subprocess.Popen([HEADWATER, "up", "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            def ready() -> bool:
-                assert up.poll() is None, Path(log.name).read_text()
-                return "is up" in Path(log.name).read_text()
-            wait_for(ready, 120, interval=0.1)
-            said = Path(log.name).read_text()
-            assert f"created the CDN signing key {key_file}" in said
-            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-            assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
-            # The key is made once: a later start finds it.
-            assert cdnkeys.prepare(load(str(path))) == []
+            with headwater_up(path, tmp_path / "up.log", timeout=120):
+                said = (tmp_path / "up.log").read_text()
+                assert f"created the CDN signing key {key_file}" in said
+                assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+                assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+                # The key is made once: a later start finds it.
+                assert cdnkeys.prepare(load(str(path))) == []
 
-            out = cli("cdn", "sign", "video", "/titles/1/a.m4s", "--expires", "1h", "-c", str(path))
-            assert out.returncode == 0, out.stderr
-            url = httpx.URL(out.stdout.strip())
-            pop = load(str(path)).daemon("pop-1")
-            assert (url.host, url.port, url.path) == ("video.test", pop.port, "/titles/1/a.m4s")
-            assert "Key-Pair-Id=local" in str(url)
+                out = cli("cdn", "sign", "video", "/titles/1/a.m4s", "--expires", "1h", "-c", str(path))
+                assert out.returncode == 0, out.stderr
+                url = httpx.URL(out.stdout.strip())
+                pop = load(str(path)).daemon("pop-1")
+                assert (url.host, url.port, url.path) == ("video.test", pop.port, "/titles/1/a.m4s")
+                assert "Key-Pair-Id=local" in str(url)
 
-            def get(target: str) -> httpx.Response:
-                return httpx.get(f"http://127.0.0.1:{pop.port}{target}", headers={"host": f"video.test:{pop.port}"},
-                                 timeout=10)
+                def get(target: str) -> httpx.Response:
+                    return httpx.get(f"http://127.0.0.1:{pop.port}{target}", headers={"host": f"video.test:{pop.port}"},
+                                     timeout=10)
 
-            target = url.raw_path.decode()
-            ok = get(target)
-            assert ok.status_code == 200 and ok.content == b"segment bytes " * 100
-            unsigned = get("/titles/1/a.m4s")
-            assert unsigned.status_code == 403
-            assert get(target.replace("/titles/1/a.m4s", "/titles/2/a.m4s")).status_code == 403
-            impostor = sign_url(f"http://video.test:{pop.port}/titles/1/a.m4s", key_id="local",
-                                private_key=RSA.generate(2048), expires=int(url.params["Expires"]))
-            assert get(httpx.URL(impostor).raw_path.decode()).status_code == 403
-            assert origin.fetches["/titles/2/a.m4s"] == 0  # refused at the POP
+                target = url.raw_path.decode()
+                ok = get(target)
+                assert ok.status_code == 200 and ok.content == b"segment bytes " * 100
+                unsigned = get("/titles/1/a.m4s")
+                assert unsigned.status_code == 403
+                assert get(target.replace("/titles/1/a.m4s", "/titles/2/a.m4s")).status_code == 403
+                impostor = sign_url(f"http://video.test:{pop.port}/titles/1/a.m4s", key_id="local",
+                                    private_key=RSA.generate(2048), expires=int(url.params["Expires"]))
+                assert get(httpx.URL(impostor).raw_path.decode()).status_code == 403
+                assert origin.fetches["/titles/2/a.m4s"] == 0  # refused at the POP
         finally:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
             served.cancel()
     assert key_file.exists() and os.stat(key_file).st_size > 1000
 
