@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .peers import PeerError, ProcessGroup, free_ports, wait_port
+
 __all__ = ["Ceiling", "zfec_codec", "parity_encode", "md5", "sha256", "fsync_writes", "fsync_small_files", "loopback_tcp",
            "parse_iperf3", "s5cmd_get"]
 
@@ -310,31 +312,18 @@ def _stub_endpoint(body: Path, server: str) -> Iterator[tuple[int, str]]:
         root = body.parent
         os.chmod(root, 0o755)  # nginx's worker runs as nobody when we are root
         os.chmod(body, 0o644)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_ports(1)[0]  # (below the ephemeral range: no outgoing connection takes it first)
         (root / "nginx.conf").write_text(_stub_nginx_conf(root, port))
-        proc = subprocess.Popen([nginx, "-c", str(root / "nginx.conf"), "-p", str(root)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = ProcessGroup(root)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"nginx for the s5cmd ceiling did not start "
-                                           f"({(root / 'error.log').read_text(errors='replace')[-300:]})") from None
-                    time.sleep(0.05)
+            try:
+                procs.start("nginx", [nginx, "-c", str(root / "nginx.conf"), "-p", str(root)])
+                wait_port(port, procs, timeout_s=10)
+            except PeerError as e:
+                raise RuntimeError(f"nginx for the s5cmd ceiling did not start: {e}") from None
             yield port, "nginx (sendfile, 1 worker)"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            procs.stop()
         return
     handler = type("_Stub", (_StubS3,), {"path_of_body": str(body)})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
