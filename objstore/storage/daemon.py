@@ -103,6 +103,19 @@ MAX_STAT_FIDS = 1024
 MAX_LIST_ENTRIES = 10_000
 
 
+def _well_formed_read(fid: object, first: object, count: object) -> bool:
+    """Whether a read's arguments name a fragment and a block range it may ask for (the
+    answered-at-once paths decline anything else; :meth:`StorageNode.read` refuses it)."""
+    if (not isinstance(fid, str) or type(first) is not int or type(count) is not int or first < 0
+            or not 0 <= count <= MAX_READ_BLOCKS):
+        return False
+    try:
+        check_fid(fid)
+    except BadRequest:
+        return False
+    return True
+
+
 class StorageNodeError(StoreError):
     """The node cannot start (its data directory is missing, not a directory, or read-only)."""
 
@@ -415,12 +428,7 @@ class StorageNode:
         read and verified right here; None for anything else (not cached, malformed, missing,
         corrupt, pending): :meth:`read` then does it, on a worker thread where it must wait, and
         raises what it finds."""
-        if (not isinstance(fid, str) or type(first) is not int or type(count) is not int or first < 0
-                or not 0 <= count <= MAX_READ_BLOCKS):
-            return None
-        try:
-            check_fid(fid)
-        except BadRequest:
+        if not _well_formed_read(fid, first, count):
             return None
         blocks = read_blocks_cached(self.path_of(fid), fid, first, count)
         if blocks is not None:
@@ -432,12 +440,7 @@ class StorageNode:
                       count: object) -> tuple[list[memoryview], int, int] | None:
         """:meth:`read_now` with the fragment file left open: ``(blocks, fd, offset)`` (see
         ``read_blocks_cached_open``), for a reply sent from the file; the caller closes ``fd``."""
-        if (not isinstance(fid, str) or type(first) is not int or type(count) is not int or first < 0
-                or not 0 <= count <= MAX_READ_BLOCKS):
-            return None
-        try:
-            check_fid(fid)
-        except BadRequest:
+        if not _well_formed_read(fid, first, count):
             return None
         got = read_blocks_cached_open(self.path_of(fid), fid, first, count)
         if got is not None:
