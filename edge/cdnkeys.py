@@ -14,11 +14,10 @@ RSA because CloudFront's signed URLs are RSA PKCS#1 v1.5 (what :mod:`.signedurl`
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from headwater.config import ClusterConfig
+from headwater.sealed import publish_private
 
 from .signedurl import auto_key_file
 
@@ -38,29 +37,13 @@ def make_key_file(path: Path, *, bits: int = KEY_BITS) -> bool:
 
     if path.exists():
         return False
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     pem = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+        publish_private(path, pem, exclusive=True)
+    except FileExistsError:
+        return False
+    return True
 
 
 def missing_auto_keys(cfg: ClusterConfig) -> list[Path]:

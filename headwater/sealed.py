@@ -62,6 +62,7 @@ __all__ = [
     "Sealer",
     "cluster_secret_bytes",
     "load_or_create",
+    "publish_private",
     "read_sealed",
     "write_sealed",
 ]
@@ -277,18 +278,16 @@ def _write_temp(folder: Path, name: str, data: bytes) -> Path:
     return tmp
 
 
-def write_sealed(path: Path, plaintext: bytes, sealer: Sealer, purpose: bytes, *,
-                 exclusive: bool = False) -> None:
-    """Seal ``plaintext`` into ``path`` atomically (readers see the old file or the new one,
-    never a part), mode 0600; missing folders are created 0700.
+def publish_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """``data`` into ``path`` atomically (readers see the old file or the new one, never a
+    part), mode 0600; missing folders are created 0700.
 
     With ``exclusive=True`` the file is published only if ``path`` does not exist yet, and
     :class:`FileExistsError` is raised otherwise (another process won the race).
     """
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    blob = sealer.seal(plaintext, purpose)
-    tmp = _write_temp(path.parent, path.name, blob)
+    tmp = _write_temp(path.parent, path.name, data)
     try:
         if exclusive:
             os.link(tmp, path)  # fails with EEXIST if someone else published first
@@ -297,6 +296,12 @@ def write_sealed(path: Path, plaintext: bytes, sealer: Sealer, purpose: bytes, *
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def write_sealed(path: Path, plaintext: bytes, sealer: Sealer, purpose: bytes, *,
+                 exclusive: bool = False) -> None:
+    """Seal ``plaintext`` into ``path`` as :func:`publish_private` writes a file."""
+    publish_private(path, sealer.seal(plaintext, purpose), exclusive=exclusive)
 
 
 def read_owner_only(path: Path, max_bytes: int, what: str = "") -> bytes:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
-from headwater.sealed import SealedError, read_owner_only
+from headwater.sealed import SealedError, publish_private, read_owner_only
 
 from ..errors import KeyStoreError
 
@@ -107,21 +107,11 @@ def create_kek_file(path: Path) -> bool:
     path = Path(path)
     if path.exists():
         return False
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, (secrets.token_hex(KEK_BYTES) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-        return True
+        publish_private(path, (secrets.token_hex(KEK_BYTES) + "\n").encode(), exclusive=True)
     except FileExistsError:
         return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    return True
 
 
 def _aad(kek_id: bytes, kid: bytes, title: str) -> bytes:
