@@ -1463,9 +1463,15 @@ class SqlCatalogue(ABC):
             self._move(tx, lease.job.title_id, state, progress=progress, error=error, renditions=None)
             return self._load_title(tx, lease.job.title_id)
 
-    def fail(self, lease: Lease, error: str, *, retry: bool = True) -> Job:
+    def fail(self, lease: Lease, error: str, *, retry: bool = True, move_title: bool = False) -> Job:
         """Record a failed run: queued again after a backoff, or dead (``failed``) once the job has
-        used its attempts or ``retry`` is false (the input is bad; running again cannot help)."""
+        used its attempts or ``retry`` is false (the input is bad; running again cannot help).
+
+        With ``move_title`` the job's title follows in the same transaction: back to
+        ``transcoding`` at 0 % with the error shown when the job is queued again, ``failed`` with
+        the error when it is dead (a withdrawn title stays withdrawn). One transaction, so no
+        reader sees a failed title whose job is still leased, or a dead job whose title still
+        reads as transcoding."""
         now = self.clock.time()
         error = error[:MAX_ERROR_CHARS]
         with self._tx(write=True) as tx:
@@ -1474,13 +1480,23 @@ class SqlCatalogue(ABC):
             if row is None:
                 raise LeaseLost(f"job {lease.job.id}: {lease.worker} no longer holds its lease")
             attempts, max_attempts = int(row[0]), int(row[1])
-            if retry and attempts < max_attempts:
+            again = retry and attempts < max_attempts
+            if again:
                 run_at = now + self.config.backoff.delay(attempts, self.rng)
                 self._fence(tx, lease, "state = 'queued', run_at = ?, lease_expires = NULL, leased_by = NULL, "
                             "last_error = ?, updated = ?", (run_at, error, now))
             else:
                 self._fence(tx, lease, "state = 'failed', lease_expires = NULL, last_error = ?, updated = ?",
                             (error, now))
+            # A title withdrawn meanwhile stays withdrawn: the job's end must not bring it back.
+            state = tx.one("SELECT state FROM titles WHERE id = ?", (lease.job.title_id,)) if move_title else None
+            if state is not None and state[0] != TitleState.WITHDRAWN.value:
+                if again:
+                    self._move(tx, lease.job.title_id, TitleState.TRANSCODING, progress=0.0, renditions=None,
+                               error=f"attempt {attempts} of {max_attempts} failed, retrying: {error}")
+                else:
+                    self._move(tx, lease.job.title_id, TitleState.FAILED, progress=None, error=error,
+                               renditions=None)
             got = tx.one(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (lease.job.id,))
             assert got is not None
             return _job(got)

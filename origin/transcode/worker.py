@@ -47,7 +47,7 @@ from typing import Any
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.drm.client import S3Sink, S3Target, fetch_title_key, licence_url
 
-from ..catalogue import Lease, LeaseLost, SqlCatalogue, TitleState
+from ..catalogue import JobState, Lease, LeaseLost, SqlCatalogue, TitleState
 from ..delivery.invalidation import request_cdn_purge
 from ..errors import InvalidMedia, TranscodeError
 from .config import TranscoderConfig
@@ -305,20 +305,12 @@ class _Job:
                         extra={"event": "transcode.cleanup_failed", "job": self.job.id})
 
     def _give_back(self, message: str, *, retry: bool) -> None:
-        """Record the failure, fenced: retried (the title stays transcoding, the error shown)
-        or dead (the title failed with the reason)."""
+        """Record the failure, fenced, the job and its title in one transaction: retried (the
+        title stays transcoding, the error shown) or dead (the title failed with the reason)."""
         w = self.w
-        again = retry and self.job.attempts < self.job.max_attempts
         try:
-            if again:
-                w.catalogue.move_title(self.lease, TitleState.TRANSCODING, progress=0.0,
-                                       error=f"attempt {self.job.attempts} of {self.job.max_attempts} failed, "
-                                             f"retrying: {message}")
-                w.counts["jobs_retried"] += 1
-            else:
-                w.catalogue.move_title(self.lease, TitleState.FAILED, error=message)
-                w.counts["jobs_failed"] += 1
-            w.catalogue.fail(self.lease, message, retry=again)
+            job = w.catalogue.fail(self.lease, message, retry=retry, move_title=True)
+            w.counts["jobs_retried" if job.state is JobState.QUEUED else "jobs_failed"] += 1
         except LeaseLost:
             w.counts["leases_lost"] += 1
             log.warning("transcoder: job %s: lease lost before its failure was recorded", self.job.id,

@@ -715,6 +715,38 @@ def test_a_transcode_that_dies_on_its_last_attempt_fails_its_title(fresh):
     assert cat.get_title(other.id).state is TitleState.TRANSCODING
 
 
+def test_a_failed_run_moves_its_title_with_the_job_in_one_transaction(fresh):
+    """``fail(move_title=True)``: retried → the title back to transcoding at 0 % with the attempt
+    shown; dead → failed with the reason; withdrawn meanwhile → stays withdrawn, the job dies."""
+    cat, clock = fresh
+    t = cat.create_title(TitleDraft(title="Flaky", upload="u1", owner="o"))
+    cat.enqueue("transcode", "flaky", title_id=t.id, max_attempts=2)
+    lease = cat.lease("w", ["transcode"], 30)
+    cat.move_title(lease, TitleState.TRANSCODING, progress=0.6)
+    job = cat.fail(lease, "object store down", move_title=True)
+    title = cat.get_title(t.id)
+    assert job.state is JobState.QUEUED
+    assert (title.state, title.progress) == (TitleState.TRANSCODING, 0.0)
+    assert title.error == "attempt 1 of 2 failed, retrying: object store down"
+    clock.advance(60)
+    lease = cat.lease("w", ["transcode"], 30)
+    job = cat.fail(lease, "ffmpeg: exit 1", move_title=True)
+    title = cat.get_title(t.id)
+    assert job.state is JobState.FAILED
+    assert (title.state, title.error) == (TitleState.FAILED, "ffmpeg: exit 1")
+    # A fenced-out worker moves nothing.
+    with pytest.raises(LeaseLost):
+        cat.fail(lease, "late", move_title=True)
+    assert cat.get_title(t.id).error == "ffmpeg: exit 1"
+    gone = cat.create_title(TitleDraft(title="Gone", upload="u2", owner="o"))
+    cat.enqueue("transcode", "gone", title_id=gone.id)
+    lease = cat.lease("w", ["transcode"], 30)
+    cat.move_title(lease, TitleState.TRANSCODING)
+    cat.set_state(gone.id, TitleState.WITHDRAWN)
+    assert cat.fail(lease, "bad input", retry=False, move_title=True).state is JobState.FAILED
+    assert cat.get_title(gone.id).state is TitleState.WITHDRAWN
+
+
 def test_a_failed_or_withdrawn_title_is_retried_once(fresh):
     cat, clock = fresh
     t = cat.create_title(TitleDraft(title="Second Try", upload="u1", owner="o"))
