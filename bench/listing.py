@@ -7,6 +7,9 @@ What every S3 browser, `aws s3 ls s3://videos/titles/` and rclone do first:
 both stores, with boto3 (what the issue measured with; one client, so its parsing is in both
 figures alike). Keys go in with the lean SigV4 driver (32 clients, 16-byte bodies); a bigger
 shape reuses the keys of a smaller one with the same prefixes, so 100 k keys cost 90 k more PUTs.
+Swift's keys go in the same way with ``swift_fill="put"``; by default (``"direct"``) its rows are
+written straight into its container databases (``swift_container_fill.py``: Swift takes half an
+hour for 100,000 PUTs here, and a listing reads the container database alone).
 
 Reported per shape: the full delimiter listing's seconds (best of ``repeats``), its pages, and
 the speed ratio Swift-seconds / ours (goal >= 0.5x); and, so the growth can be read, the same
@@ -15,11 +18,14 @@ listing's seconds per common prefix. The result is checked: every common prefix 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .load import HttpDriver, LoadError
@@ -103,10 +109,26 @@ def list_folders(s3: Any, bucket: str, prefix: str = "titles/") -> tuple[float, 
     return time.perf_counter() - t0, pages, prefixes, keys
 
 
+def fill_swift_directly(ep: Endpoint, bucket: str, keys: list[str]) -> int:
+    """Write ``keys`` as 16-byte objects' rows into every replica of Swift's container database
+    for ``bucket`` (see ``swift_container_fill.py``); returns the replicas written."""
+    if ep.data_dir is None:
+        raise LoadError("the Swift endpoint names no data directory: cannot fill its containers directly")
+    script = Path(__file__).with_name("swift_container_fill.py")
+    r = subprocess.run(["/usr/bin/python3", "-I", str(script), str(ep.data_dir), bucket, str(len(BODY)),
+                        hashlib.md5(BODY).hexdigest()], input="\n".join(keys) + "\n",
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise LoadError(f"filling Swift's container {bucket} directly failed: {r.stderr.strip()[-500:]}")
+    return int(r.stdout.split()[0])
+
+
 def measure_listing(ep: Endpoint, shapes: tuple[Shape, ...], *, label: str, repeats: int = 3,
-                    clients: int = 32) -> dict[str, dict]:
+                    clients: int = 32, swift_fill: str = "direct") -> dict[str, dict]:
     """Fill one bucket per prefix count, growing it through ``shapes``' key counts, and time the
-    delimiter listing at each shape; returns {shape label: result}."""
+    delimiter listing at each shape; returns {shape label: result}. ``swift_fill``: how a Swift
+    endpoint's keys go in, ``"direct"`` (its container databases) or ``"put"``."""
+    direct = ep.name == "swift" and swift_fill == "direct"
     s3 = _boto3_client(ep)
     http = HttpDriver(ep)
     results: dict[str, dict] = {}
@@ -119,7 +141,12 @@ def measure_listing(ep: Endpoint, shapes: tuple[Shape, ...], *, label: str, repe
         written = 0
         for shape in sorted(group, key=lambda s: s.keys):
             keys = shape_keys(shape)[written:]
-            if keys:
+            if keys and direct:
+                t0 = time.perf_counter()
+                replicas = fill_swift_directly(ep, bucket, keys)
+                _say(f"  {label}: filled {shape.label}: {len(keys)} rows written into {replicas} container "
+                     f"database replicas in {time.perf_counter() - t0:.1f} s (no PUTs)")
+            elif keys:
                 batch = http.run("put", f"fill {shape.label}", bucket, keys, clients=clients, body=BODY,
                                  object_bytes=len(BODY))
                 _say(f"  {label}: filled {shape.label}: {batch.ops} PUTs in {batch.seconds:.1f} s"
@@ -135,6 +162,7 @@ def measure_listing(ep: Endpoint, shapes: tuple[Shape, ...], *, label: str, repe
             exact = got == want and keys_listed == 0
             best = min(runs)
             results[shape.label] = {"keys": shape.keys, "prefixes": prefixes, "seconds": round(best, 4),
+                                    "fill": "direct" if direct else "put",
                                     "runs": [round(r, 4) for r in runs], "pages": pages,
                                     "ms_per_prefix": round(1000 * best / prefixes, 3), "exact": exact}
             _say(f"  {label}: list {shape.label}: {best:.3f} s best of {repeats} "
