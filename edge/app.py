@@ -43,6 +43,7 @@ the full path above.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import secrets
@@ -167,6 +168,9 @@ class EdgeMetrics:
                                                 "Upstream fetches that failed, by kind.", labels=["tier", "kind"])
         self.not_stored = registry.counter("hw_edge_not_stored_total",
                                            "Upstream bodies not stored, by reason.", labels=["tier", "reason"])
+        self.rest_fetches = registry.counter(
+            "hw_edge_rest_fetches_total", "Fetches by range of the rest of a response, for a viewer that fell "
+            "behind the fetch it shared when no store held the bytes it missed.", labels=["tier"])
         self.invalidated = registry.counter("hw_edge_invalidated_total",
                                             "Entries removed by unsafe requests passed through (RFC 9111 4.4).",
                                             labels=["tier"])
@@ -331,7 +335,8 @@ def _declared_length(headers: Sequence[tuple[str, str]]) -> int | None:
 
 
 def _validator(stored: StoredResponse) -> str | None:
-    """The strong validator later slice fetches carry in If-Range."""
+    """The strong validator later slice fetches (and a slow waiter's fetch of the rest of a
+    response, ``_rest_from_upstream``) carry in If-Range."""
     etag = stored.get("etag")
     if etag is not None and not etag.strip().startswith("W/"):
         return etag.strip()
@@ -462,44 +467,53 @@ class EdgeApp:
                         break
         self.metrics.answered(result, size)
         if self.access_log is not None and self.access_log.enabled("info"):
-            taken = time.perf_counter() - started
-            self._requests_logged += 1
-            client = request.client or ("", 0)
-            ctype = clen = crange = None
-            for k, v in response.headers:
-                if k == "content-type":
-                    ctype = v
-                elif k == "content-length":
-                    clen = v
-                elif k == "content-range":
-                    crange = v
-            start, end = _range_of(crange)
-            tls = request.tls
-            # CloudFront's standard log fields, by their names (a subset: no cookies, whose
-            # values are the viewer's). The line is written as the answer's head goes to the HTTP
-            # core, which writes its first byte next: time-to-first-byte is that wait, and
-            # time-taken (CloudFront's: until the last byte) is the same here, the core telling
-            # the app nothing of the body's send. cs-protocol is the connection's (TLS or not),
-            # not the scheme an HTTP/2 client claims.
-            self.access_log.info(
-                "edge.access", **{"x-edge-location": self.node.id, "c-ip": client[0], "c-port": client[1],
-                                  "x-edge-request-id": f"{self._request_id_prefix}{self._requests_logged:x}",
-                                  "cs-method": request.method, "cs(Host)": request.host,
-                                  "x-host-header": request.headers.get("host", request.host or "-"),
-                                  "cs-uri-stem": request.path, "cs-uri-query": request.query or "-",
-                                  "sc-status": response.status, "sc-bytes": size,
-                                  "sc-content-type": ctype or "-", "sc-content-len": clen or "-",
-                                  "sc-range-start": start, "sc-range-end": end,
-                                  "cs(Referer)": request.headers.get("referer", "-"),
-                                  "cs(User-Agent)": request.headers.get("user-agent", "-"),
-                                  "x-forwarded-for": request.headers.get("x-forwarded-for", "-"),
-                                  "x-edge-result-type": result, "time-taken": round(taken, 6),
-                                  "time-to-first-byte": round(taken, 6),
-                                  "cs-protocol-version": _PROTOCOL_VERSIONS.get(request.http_version,
-                                                                                f"HTTP/{request.http_version}"),
-                                  "cs-protocol": "https" if tls is not None else "http",
-                                  "ssl-protocol": tls.protocol if tls is not None else "-",
-                                  "ssl-cipher": tls.cipher if tls is not None else "-"})
+            first_byte = time.perf_counter() - started
+            # The line is written when the HTTP core has handed the answer's last byte on
+            # (Response.on_sent): time-taken is until then, as CloudFront's (to its "output
+            # queue"); time-to-first-byte is until the head went to the core, now.
+            response.on_sent = lambda sent: self._log_access(request, response, result, started, size,
+                                                             first_byte, sent)
+
+    def _log_access(self, request: Request, response: Response, result: str, started: float, size: int,
+                    first_byte: float, sent: bool) -> None:
+        """One access line, CloudFront's standard log fields by their names (a subset: no
+        cookies, whose values are the viewer's). An answer cut short (the viewer left, the stream
+        was reset) is an Error whose detailed type is ClientCommError, as CloudFront logs it."""
+        assert self.access_log is not None
+        taken = time.perf_counter() - started
+        self._requests_logged += 1
+        client = request.client or ("", 0)
+        ctype = clen = crange = None
+        for k, v in response.headers:
+            if k == "content-type":
+                ctype = v
+            elif k == "content-length":
+                clen = v
+            elif k == "content-range":
+                crange = v
+        start, end = _range_of(crange)
+        tls = request.tls
+        # cs-protocol is the connection's (TLS or not), not the scheme an HTTP/2 client claims.
+        self.access_log.info(
+            "edge.access", **{"x-edge-location": self.node.id, "c-ip": client[0], "c-port": client[1],
+                              "x-edge-request-id": f"{self._request_id_prefix}{self._requests_logged:x}",
+                              "cs-method": request.method, "cs(Host)": request.host,
+                              "x-host-header": request.headers.get("host", request.host or "-"),
+                              "cs-uri-stem": request.path, "cs-uri-query": request.query or "-",
+                              "sc-status": response.status, "sc-bytes": size,
+                              "sc-content-type": ctype or "-", "sc-content-len": clen or "-",
+                              "sc-range-start": start, "sc-range-end": end,
+                              "cs(Referer)": request.headers.get("referer", "-"),
+                              "cs(User-Agent)": request.headers.get("user-agent", "-"),
+                              "x-forwarded-for": request.headers.get("x-forwarded-for", "-"),
+                              "x-edge-result-type": result if sent else "Error",
+                              "x-edge-detailed-result-type": result if sent else "ClientCommError",
+                              "time-taken": round(taken, 6), "time-to-first-byte": round(first_byte, 6),
+                              "cs-protocol-version": _PROTOCOL_VERSIONS.get(request.http_version,
+                                                                            f"HTTP/{request.http_version}"),
+                              "cs-protocol": "https" if tls is not None else "http",
+                              "ssl-protocol": tls.protocol if tls is not None else "-",
+                              "ssl-cipher": tls.cipher if tls is not None else "-"})
 
     # --- the request path --------------------------------------------------------------------
 
@@ -930,11 +944,19 @@ class EdgeApp:
             headers.append(("content-length", str(head.content_length)))
         if ctx.request.method == "HEAD":
             return Response(head.status, headers, b""), "Miss"
-        fallback = self._fallback(ctx.key) if head.stored and self.stores else None
+        if head.stored and self.stores:
+            fallback: Callable[[int], AsyncIterator[bytes]] | None = self._fallback(ctx.key, ctx, stored)
+        elif head.status == 200 and not ctx.behaviour.compress:
+            fallback = functools.partial(self._rest_from_upstream, ctx, stored)
+        else:
+            fallback = None
         return Response(head.status, headers, flight.follow(fallback)), "Miss"
 
-    def _fallback(self, key: bytes) -> Callable[[int], AsyncIterator[bytes]]:
-        """For a waiter that fell behind its flight's window: the stored entry from ``offset``."""
+    def _fallback(self, key: bytes, ctx: _Context | None = None,
+                  stored: StoredResponse | None = None) -> Callable[[int], AsyncIterator[bytes]]:
+        """For a waiter that fell behind its flight's window: the stored entry from ``offset``;
+        with ``ctx`` and ``stored`` (a whole 200), when the store no longer holds it (it grew past
+        the store's largest entry, or was evicted), the rest from upstream by range."""
         store = self.stores[-1]
 
         async def read_from(offset: int) -> AsyncIterator[bytes]:
@@ -942,10 +964,37 @@ class EdgeApp:
             if hit is None:
                 hit = await store.wait_filling(store_key(key), timeout=self.node.read_timeout_s)
             if hit is None:
-                raise CollapsedFetchFailed("the shared response left the store before it was read")
+                if ctx is None or stored is None or stored.status != 200 or ctx.behaviour.compress:
+                    raise CollapsedFetchFailed("the shared response left the store before it was read")
+                async for chunk in self._rest_from_upstream(ctx, stored, offset):
+                    yield chunk
+                return
             async for chunk in _window(hit.chunks(), offset, None, hit.close):
                 yield chunk
         return read_from
+
+    async def _rest_from_upstream(self, ctx: _Context, stored: StoredResponse, offset: int) -> AsyncIterator[bytes]:
+        """The body of ``stored`` from ``offset``, fetched again by range for a waiter that fell
+        behind its flight when nothing holds the bytes it missed (the flight keeps only a
+        window: a slow viewer must not hold a whole large body in memory). ``If-Range`` with the
+        response's strong validator: an upstream whose object changed since answers 200, and the
+        viewer's response is cut short rather than spliced from two versions."""
+        validator = _validator(stored)
+        if validator is None:
+            raise CollapsedFetchFailed("fell behind a shared fetch whose response is not stored and has "
+                                       "no strong validator to fetch the rest by range")
+        self.metrics.rest_fetches.labels(self.node.tier).inc()
+        response = await self._send(ctx, "GET", self._request_headers(ctx) + [
+            ("range", f"bytes={offset}-"), ("if-range", validator)])
+        try:
+            content_range = response.header("content-range") or ""
+            if response.status != 206 or not content_range.startswith(f"bytes {offset}-"):
+                raise CollapsedFetchFailed(f"the rest of the response from byte {offset} was not had by range "
+                                           f"(upstream answered {response.status} {content_range})")
+            async for chunk in response.chunks():
+                yield chunk
+        finally:
+            await response.aclose()
 
     async def _run_flight(self, flight: Flight, ctx: _Context) -> None:
         try:

@@ -22,7 +22,7 @@ from headwater.http.transport import RECV_BYTES
 from headwater.http.types import App, BodyTooLarge, FileBody, Request, Response
 
 __all__ = ["Service", "BodyReading", "NoBody", "NO_BODY", "OpenFile", "error_response", "split_target", "address",
-           "aclose_iterable", "discard_body", "override_for_broken_body", "SHUTDOWN_GRACE_S"]
+           "aclose_iterable", "discard_body", "override_for_broken_body", "report_sent", "SHUTDOWN_GRACE_S"]
 
 log = logging.getLogger("headwater.http")
 
@@ -37,6 +37,15 @@ def error_response(status: int, detail: str = "") -> Response:
         text += detail + "\n"
     return Response(status=status, headers=[("content-type", "text/plain; charset=utf-8")],
                     body=text.encode())
+
+
+def report_sent(hook: Callable[[bool], None], sent: bool) -> None:
+    """Call a response's ``on_sent`` hook; what it raises is the app's fault, logged here, so
+    that a broken hook cannot break the connection it reports on."""
+    try:
+        hook(sent)
+    except Exception:
+        log.exception("a response's on_sent hook failed")
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -40,6 +40,7 @@ from headwater.http.exchange import (
     discard_body,
     error_response,
     override_for_broken_body,
+    report_sent,
     split_target,
 )
 from headwater.http.guards import RateFloor
@@ -159,6 +160,7 @@ class H1Shell:
                        and isinstance(transport, ProtocolStream))
         self.closed_inline = False
         self.declined: tuple[h1.RequestHead, Request] | None = None
+        self.answered = False  # the last response went out whole (_answer; for its on_sent)
         if initial:
             self.conn.receive_data(initial)
 
@@ -279,13 +281,17 @@ class H1Shell:
                 return INLINE_FED
             conn.take_lone_request(head)
             response, close = answer
+            whole = True
             try:
                 out = conn.send_whole(response.status, response.headers, response.body,  # type: ignore[arg-type]
                                       close=close, prepared=response.prepared)
             except LocalProtocolError:
                 log.exception("unsendable response to %s %s", head.method, head.target)
                 out = conn.send_whole(500, *_plain(error_response(500)), close=close)
+                whole = False  # (the core's 500 went out, not the app's answer)
             sent = self.transport.write_now(out)  # type: ignore[union-attr]
+            if response.on_sent is not None:
+                report_sent(response.on_sent, sent and whole)
         except Exception:  # (nothing may escape into the loop's callback)
             log.exception("answering inline failed")
             sent = False
@@ -342,6 +348,21 @@ class H1Shell:
             response, close = await self.service.call(request, scope)
         if response is None:
             return False
+        hook = response.on_sent
+        if hook is None:
+            return await self._answer(head, body, response, close)
+        self.answered = False
+        try:
+            return await self._answer(head, body, response, close)
+        finally:
+            # (False too when the request body broke and the core's own answer went out)
+            report_sent(hook, self.answered and body.failed is None)
+
+    async def _answer(self, head: h1.RequestHead, body: H1Body | NoBody, response: Response,
+                      close: bool) -> bool:
+        """Send the app's answer to ``head``; True if the connection may carry the next request.
+        ``answered`` tells whether the response went out whole (for its ``on_sent``)."""
+        conn = self.conn
         if body.disconnected:
             await discard_body(response.body)
             return False
@@ -351,18 +372,23 @@ class H1Shell:
         out = response.body
         if type(out) is bytes and len(out) < RECV_BYTES:
             # The common small answer, framed and sent in one piece without _write's dispatch.
+            whole = True
             try:
                 out = conn.send_whole(response.status, response.headers, out, close=close,
                                       prepared=response.prepared)
             except LocalProtocolError:
                 log.exception("unsendable response to %s %s", head.method, head.target)
                 out = conn.send_whole(500, *_plain(error_response(500)), close=close)
+                whole = False  # (the core's 500 went out, not the app's answer)
             try:
                 await self.stream.send(out)
             except DISCONNECTS:
                 return False
+            self.answered = whole
         elif not await self._write(response, head, close):
             return False
+        else:
+            self.answered = True
         if conn.their_state is h1.BODY:
             if conn.keep_alive and conn.drain_before_next:
                 if not await self._drain():

@@ -33,7 +33,7 @@ import math
 import ssl
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import anyio.abc
@@ -60,6 +60,7 @@ from headwater.http.exchange import (
     discard_body,
     error_response,
     override_for_broken_body,
+    report_sent,
     split_target,
 )
 from headwater.http.guards import RateFloor
@@ -612,6 +613,8 @@ class H2Shell:
                 continue
             del self.streams[st.sid]
             conn.stream_finished(st.sid)
+            if response.on_sent is not None:
+                report_sent(response.on_sent, True)  # (all of it is in the outbound queue)
 
     def _request(self, st: H2Stream, req: h2.StreamRequest) -> Request:
         path, query = split_target(req.target)
@@ -660,6 +663,8 @@ class H2Shell:
         conn = self.conn
         if request is None:
             request = self._request(st, req)
+        hook: Callable[[bool], None] | None = None
+        answered = False  # the app's response went out whole (for its on_sent)
         try:
             if st.reset:
                 # Reset by the peer before this task ran (a batch of HEADERS + RST_STREAM read in
@@ -672,9 +677,12 @@ class H2Shell:
             st.scope = self.new_scope()
             with st.scope:
                 response = answer if answer is not None else (await self.service.run_app(request))[0]
+                if response is not None:
+                    hook = response.on_sent
                 if response is not None and not st.reset and st.failed is None:
                     sending, response = response, None  # _write closes its body
                     await self._write(st, req, sending)
+                    answered = not st.reset
             if response is not None:
                 if st.reset or st.scope.cancelled_caught:
                     await discard_body(response.body)
@@ -693,6 +701,8 @@ class H2Shell:
             log.exception("HTTP/2 stream %d failed", st.sid)
             conn.reset(st.sid, H2_INTERNAL_ERROR)
         finally:
+            if hook is not None:
+                report_sent(hook, answered)
             self.streams.pop(st.sid, None)
             self._window_waiters.pop(st.sid, None)
             self._connection_waiters.pop(st.sid, None)

@@ -217,12 +217,20 @@ class Response:
     Everything else (logs, tests) reads ``headers``; HTTP/2 reads them too, and remembers the
     header block it made of them by ``prepared`` (the same object, the same fields): whoever
     changes ``headers`` after the app made the response must drop ``prepared``.
+
+    ``on_sent``, when set, is called once by the core when the exchange is over: True when the
+    response's last byte was handed to the connection (the kernel's socket buffer for HTTP/1.1,
+    the connection's outbound queue for HTTP/2: CloudFront's "output queue"), False when it was
+    not (the client left, the stream was reset, the request body broke and another answer went
+    out). It runs on the connection's task or the loop's read callback: keep it short; an
+    exception from it is logged and goes no further.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes | AsyncIterable[bytes] | FileBody = b""
     prepared: PreparedFields | None = None
+    on_sent: Callable[[bool], None] | None = None
 
 
 App = Callable[[Request], Awaitable[Response]]

@@ -12,10 +12,13 @@ import functools
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import anyio
 import anyio.from_thread
@@ -93,6 +96,86 @@ def pop(origin, tmp_path_factory):
 
 def curl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--noproxy", "*", *args], capture_output=True, timeout=30)
+
+
+def _access_line(pop: Pop, port: int, timeout_s: float = 10.0) -> dict:
+    """The access line of the request made from local ``port`` (written once it is over)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for x in pop.log.read_text().splitlines():
+            if '"edge.access"' in x and (line := json.loads(x))["c-port"] == port:
+                return line
+        assert time.monotonic() < deadline, f"no access line from port {port}"
+        time.sleep(0.05)
+
+
+def _slow_get(pop: Pop, path: str, *, wait_s: float, read_all: bool,
+              meanwhile: Callable[[], None] = lambda: None) -> tuple[int, bytes]:
+    """GET ``path`` with a 4 KiB receive buffer, read the first bytes, wait ``wait_s`` (calling
+    ``meanwhile``); then read the rest, or leave with a reset. Returns the local port (the access
+    line's c-port) and what was read."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", pop.port))
+    port = s.getsockname()[1]
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{pop.port}\r\nConnection: close\r\n\r\n".encode())
+    got = [s.recv(12)]
+    assert got[0].startswith(b"HTTP/1.1 200")
+    meanwhile()
+    time.sleep(wait_s)
+    if read_all:
+        while chunk := s.recv(1 << 20):
+            got.append(chunk)
+    else:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    s.close()
+    return port, b"".join(got)
+
+
+def _body(response: bytes) -> tuple[int, bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    return length, body
+
+
+def test_the_access_line_times_the_whole_answer_and_logs_a_viewer_who_left(origin, pop):
+    """time-taken runs until the answer's last byte was handed on (CloudFront's "output
+    queue"): a viewer that waits before reading a 12 MiB answer (more than a socket's send
+    buffer holds, 4 MiB here) makes it that long, not its time-to-first-byte. A viewer who
+    leaves mid-body is logged too, as an Error whose detailed type is ClientCommError."""
+    body = os.urandom(1 << 20) * 12
+    origin.objects["/v/long.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"long-1"')
+    port, got = _slow_get(pop, "/v/long.mp4", wait_s=1.5, read_all=True)
+    slow = _access_line(pop, port)
+    assert _body(got) == (len(body), body)
+    assert slow["x-edge-result-type"] == slow["x-edge-detailed-result-type"] == "Miss"
+    assert slow["time-to-first-byte"] < 1.0 <= 1.4 <= slow["time-taken"] < 20, slow
+    left = _access_line(pop, _slow_get(pop, "/v/long.mp4", wait_s=0.3, read_all=False)[0])
+    assert (left["x-edge-result-type"], left["x-edge-detailed-result-type"]) == ("Error", "ClientCommError"), left
+    assert left["sc-status"] == 200 and left["time-to-first-byte"] <= left["time-taken"]
+
+
+def test_a_viewer_behind_a_fetch_too_large_to_store_gets_the_rest_by_range(origin, pop):
+    """A 12 MiB response is above the disk tier's largest entry (64 MiB / 16), so no store keeps
+    it and the fetch keeps only a 4 MiB window for its viewers: one that falls behind is sent
+    the rest from a ranged fetch (If-Range: the ETag), whole and exact. If the object changed
+    upstream meanwhile, the origin answers 200 to the If-Range and the viewer's response is cut
+    short rather than spliced from two versions."""
+    body = os.urandom(1 << 20) * 12
+    origin.objects["/v/huge.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"huge-1"')
+    port, got = _slow_get(pop, "/v/huge.mp4", wait_s=1.0, read_all=True)
+    assert _body(got) == (len(body), body)
+    assert (origin.fetches["/v/huge.mp4"], origin.ranges["/v/huge.mp4"]) == (2, 1)
+    assert _access_line(pop, port)["x-edge-result-type"] == "Miss"
+
+    def replace() -> None:
+        origin.objects["/v/huge.mp4"] = Obj(os.urandom(1 << 20) * 12, [("cache-control", "max-age=600")],
+                                            etag='"huge-2"')
+    _, got = _slow_get(pop, "/v/huge.mp4", wait_s=1.0, read_all=True, meanwhile=replace)
+    length, cut = _body(got)
+    assert length == len(body) and len(cut) < length and body.startswith(cut)
+    assert origin.ranges["/v/huge.mp4"] == 1  # (asked, refused by If-Range: not a 206)
 
 
 def test_misses_then_hits_over_http1_and_h2c(origin, pop):

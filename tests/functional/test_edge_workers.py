@@ -147,15 +147,6 @@ class UpEdge:
     def pop(self, index: int) -> str:
         return f"http://127.0.0.1:{self.ports[2 * index]}"
 
-    def release_when_seen(self, path: str, n: int, hold: threading.Event, timeout_s: float = 40.0) -> None:
-        """Set ``hold`` once the POPs logged ``n`` requests for ``path`` (or after ``timeout_s``:
-        the test then fails on the hits that came after the fetch, not on upstream timeouts).
-        Generous: on a loaded CI machine 1,000 requests took over 8 s to reach the POPs."""
-        deadline = time.monotonic() + timeout_s
-        while sum(len(self.access_lines(pop_id, path)) for pop_id in POPS) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        hold.set()
-
     def access_lines(self, node_id: str, path: str) -> list[dict]:
         """The ``edge.access`` lines of ``node_id``'s workers (one log file for all) for ``path``."""
         lines = []
@@ -199,18 +190,26 @@ def up_edge(folder: Path) -> Iterator[UpEdge]:
             served.cancel()
 
 
-async def _fire(pops: list[str], path: str, n: int) -> list[tuple[int, bytes, str]]:
+async def _fire(pops: list[str], path: str, n: int, hold: threading.Event) -> list[tuple[int, bytes, str]]:
     """``n`` concurrent GETs of ``path`` spread over ``pops``: per POP, half over HTTP/1.1 on a
-    connection each, half over h2c multiplexed on four connections (four clients).
+    connection each, half over h2c multiplexed on four connections (four clients). ``hold`` is
+    set once every response's head has come (each request has reached a POP and joined the
+    fetch: the origin may send the rest).
 
     HTTP/1.1 goes through clients of ten connections each: one httpx client with hundreds of
     connections spends most of the run in its pool's bookkeeping (9 s of CPU for 500).
     """
     results: list[tuple[int, bytes, str]] = []
+    heads = 0
 
     async def one(c: httpx.AsyncClient, base: str) -> None:
-        r = await c.get(base + path)
-        results.append((r.status_code, r.content, r.headers.get("x-cache", "")))
+        nonlocal heads
+        async with c.stream("GET", base + path) as r:
+            heads += 1
+            if heads == n:
+                hold.set()
+            content = await r.aread()
+        results.append((r.status_code, content, r.headers.get("x-cache", "")))
 
     per_pop = -(-n // len(pops))
     # One TLS context for all (http:// URLs never use it; each client would load the CAs: 20 ms).
@@ -241,20 +240,29 @@ def edge(tmp_path_factory) -> Iterator[UpEdge]:
 def _collapse(edge: UpEdge, path: str, n: int, size: int) -> None:
     body = bytes(range(256)) * (size // 256)
     # The origin sends the head and the body's first eighth, then holds the rest until every
-    # request has reached a POP (its access line is written with the head), however slow the
-    # client is today: every answer is then a miss sharing the one fetch.
+    # request has its response's head (it reached a POP and joined the fetch), however slow the
+    # client is today: every answer is then a miss sharing the one fetch. (After 40 s the rest
+    # comes anyway: the test then fails on the hits that came after the fetch, not on
+    # upstream timeouts. On a loaded CI machine 1,000 requests took over 8 s to reach the POPs.)
     hold = threading.Event()
     edge.origin.objects[path] = Obj(body, [("cache-control", "max-age=60")], chunk_delay_s=0.05, hold=hold)
-    watch = threading.Thread(target=edge.release_when_seen, args=(path, n, hold), daemon=True)
-    watch.start()
-    results = anyio.run(_fire, [edge.pop(i) for i in range(len(POPS))], path, n, backend_options={"use_uvloop": True})
-    watch.join()
+    timer = threading.Timer(40.0, hold.set)
+    timer.start()
+    try:
+        results = anyio.run(_fire, [edge.pop(i) for i in range(len(POPS))], path, n, hold,
+                            backend_options={"use_uvloop": True})
+    finally:
+        timer.cancel()
     bad = [(s, len(b), x) for s, b, x in results if s != 200 or b != body]
     assert len(results) == n and not bad, (len(results), bad[:5])
     assert edge.origin.fetches[path] == 1, edge.origin.fetches
     assert hold.is_set() and all(x.startswith("Miss from pop-") for _, _, x in results), \
         Counter(x for _, _, x in results)
-    time.sleep(0.3)  # the access lines of the last answers reach the log files
+    # The access lines of the last answers reach the log files (each is written once its
+    # answer's last byte went out).
+    deadline = time.monotonic() + 10
+    while sum(len(edge.access_lines(p, path)) for p in POPS) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
     for pop_id in POPS:
         lines = edge.access_lines(pop_id, path)
         served = Counter(line["worker"] for line in lines if line["sc-status"] == 200)
