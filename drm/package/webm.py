@@ -20,12 +20,12 @@ import struct
 from collections.abc import Sequence
 
 from headwater.drm.bmff.box import ByteReader, find_box
-from headwater.drm.bmff.movie import Sample, Track
+from headwater.drm.bmff.movie import Movie, Sample, Track
 from headwater.drm.errors import MalformedMedia, UnsupportedMedia
 from headwater.drm.webm.encrypt import FrameEncryptor
 from headwater.drm.webm.segment import Block, WebmTrack, cluster, init_segment
 
-__all__ = ["WEBM_FORMATS", "webm_track", "webm_init_segment", "webm_media_segment", "opus_head"]
+__all__ = ["WEBM_FORMATS", "webm_track", "webm_init_segment", "webm_media_segment", "opus_head", "webm_track_ids_of"]
 
 #: MP4 sample entry types a WebM rendition can be made of, and their Matroska CodecIDs.
 WEBM_FORMATS = {b"vp09": "V_VP9", b"Opus": "A_OPUS"}
@@ -49,6 +49,11 @@ def opus_head(sample_entry: bytes | memoryview) -> bytes:
         table = bytes(r.u8() for _ in range(2 + channels))
     return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, pre_skip, rate,
                                      struct.unpack(">h", gain.to_bytes(2, "big"))[0], family) + table
+
+
+def webm_track_ids_of(movie: Movie) -> frozenset[int]:
+    """The tracks of ``movie`` that can be WebM: its VP9 and Opus ones."""
+    return frozenset(t.track_id for t in movie.tracks if t.format in WEBM_FORMATS)
 
 
 def _ms(t: int, timescale: int) -> int:
