@@ -89,7 +89,7 @@ def webm_media_segment(track: Track, batch: Sequence[Sample], data: Sequence[byt
     offset = 0 if track.format == b"Opus" else track.presentation_offset
     blocks = []
     for s, d in zip(batch, data):
-        frame = encryptor.encrypt(d) if encryptor is not None else bytes(d)
+        frame = encryptor.encrypt(d) if encryptor is not None else d
         blocks.append(Block(_ms(s.dts + s.cts_offset - offset, track.timescale),
                             s.sync or track.kind == "audio", frame))
     return cluster(blocks)

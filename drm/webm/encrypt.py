@@ -24,6 +24,7 @@ from collections.abc import Callable
 from Crypto.Cipher import AES
 
 from headwater.drm.errors import BadKey, MalformedMedia
+from headwater.drm.package.encrypt import ctr_xor
 
 from . import ebml
 from .ids import (AES_SETTINGS_CIPHER_MODE, CONTENT_ENC_AES_SETTINGS, CONTENT_ENC_ALGO, CONTENT_ENC_KEY_ID,
@@ -66,6 +67,9 @@ class FrameEncryptor:
         self.key = key
         self.kid = kid
         self._next_iv = int.from_bytes(random_bytes(IV_SIZE), "big")
+        # One long-lived ECB cipher for the track: short frames (Opus) are enciphered as
+        # counter blocks through it, since creating a CTR cipher costs more than the frame.
+        self._ecb = AES.new(key, AES.MODE_ECB)
 
     def track_encodings(self) -> bytes:
         """The track entry's ``ContentEncodings``."""
@@ -75,8 +79,7 @@ class FrameEncryptor:
         """``frame`` as an encrypted WebM frame: signal byte, IV, ciphertext."""
         iv = self._next_iv.to_bytes(IV_SIZE, "big")
         self._next_iv = (self._next_iv + 1) % (1 << 64)
-        cipher = AES.new(self.key, AES.MODE_CTR, nonce=iv, initial_value=0)
-        return bytes((SIGNAL_ENCRYPTED,)) + iv + cipher.encrypt(frame)
+        return b"\x01" + iv + ctr_xor(self._ecb, self.key, iv, frame)
 
 
 def decrypt_frame(key: bytes, data: bytes | memoryview) -> bytes:

@@ -71,7 +71,7 @@ class Block:
 
     timestamp_ms: int
     keyframe: bool
-    frame: bytes
+    frame: bytes | memoryview
 
 
 def _ebml_header() -> bytes:
@@ -115,7 +115,11 @@ def cluster(blocks: Sequence[Block]) -> bytes:
     base = blocks[0].timestamp_ms
     if base < 0:
         raise UnsupportedMedia(f"WebM: a cluster cannot start before 0 ({base} ms)")
-    parts = [ebml.uint(TIMESTAMP, base)]
+    # Headers and frames as separate parts, joined once: each frame is copied once, into the
+    # segment (a segment of 1080p frames is megabytes; every intermediate copy faulted in
+    # fresh pages).
+    parts: list[bytes | memoryview] = [ebml.uint(TIMESTAMP, base)]
+    block_id = ebml.encode_id(SIMPLE_BLOCK)
     for b in blocks:
         relative = b.timestamp_ms - base
         if not -32768 <= relative <= MAX_RELATIVE_MS:
@@ -123,8 +127,10 @@ def cluster(blocks: Sequence[Block]) -> bytes:
                                    f"than {MAX_RELATIVE_MS / 1000:g} s)")
         header = bytes((0x80 | _TRACK_NUMBER,)) + relative.to_bytes(2, "big", signed=True) + \
             bytes((_KEYFRAME if b.keyframe else 0,))
-        parts.append(ebml.element(SIMPLE_BLOCK, header + bytes(b.frame)))
-    return ebml.master(CLUSTER, *parts)
+        parts.append(block_id + ebml.encode_size(len(header) + len(b.frame)) + header)
+        parts.append(b.frame)
+    size = sum(len(p) for p in parts)
+    return b"".join([ebml.encode_id(CLUSTER) + ebml.encode_size(size), *parts])
 
 
 # --- reading back -----------------------------------------------------------------------------
