@@ -7,7 +7,8 @@ DASH segments: the MPD has a ``video/webm`` and an ``audio/webm`` set beside the
 every video rendition on the same segment timeline; each WebM init segment names the title's
 KID, and its frames, decrypted here with the title's key from the key store (pycryptodome, the
 WebM Encryption frame format), decode in ffmpeg with ``-xerror`` to the source's picture (SSIM,
-which the still-encrypted frames cannot give). The HLS master names H.264 and AAC only.
+which the still-encrypted frames cannot give). The HLS master names H.264 and AAC only. With
+``stream_packaging = false`` (packaged after the encode) the same WebM files are published.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from headwater.bench.origin import set_key
 from headwater.drm.client import open_title_keys
 from headwater.drm.webm.segment import read_init
 from headwater.origin.catalogue import TitleState
@@ -111,3 +113,36 @@ def test_vp9_and_opus_are_published_as_encrypted_webm_beside_cmaf_h264(setup, s3
     frames = [line for line in run(FFMPEG, "-v", "error", "-i", audio, "-f", "framemd5", "-").stdout.decode()
               .splitlines() if not line.startswith("#")]
     assert len(frames) >= 190  # 4 s of 20 ms Opus frames
+
+
+def test_packaged_after_the_run_the_webm_renditions_are_the_same(setup, cluster, s3, tmp_path):
+    """``stream_packaging = false`` (the progressive ladder, packaged after ffmpeg exits) makes
+    the same WebM files, encrypted under the title's key."""
+    cfg, catalogue, clip, worker = setup
+    worker.kill()
+    text = cluster.config_path.read_text()
+    cluster.config_path.write_text(set_key(text, "transcoder", "stream_packaging", "false"))
+    try:
+        worker.start()
+        title_id, job_id = submit(s3, catalogue, "webm-after", clip.read_bytes())
+        title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker, timeout=60)
+        assert title.state is TitleState.PUBLISHED, title.error
+        assert "packaged after the encode" in worker.tail()
+        prefix = f"titles/{title_id}/v{job_id}-1/"
+        stored = {k.removeprefix(prefix) for k in keys_under(s3, prefix)}
+        assert {"video-3/init.webm", "video-3/seg-2.webm", "video-4/init.webm", "audio-6/init.webm",
+                "audio-6/seg-2.webm", "video-1/init.mp4", "audio-5/seg-2.m4s"} <= stored, stored
+        local = tmp_path / "title"
+        download(s3, prefix, local)
+        keys = open_title_keys(cfg)
+        try:
+            (info,) = list(keys.infos(str(title_id)))
+            key = keys.get(info.kid).key
+        finally:
+            keys.close()
+        assert decodes(clear_webm(local / "video-3", key, tmp_path / "180p.webm"))
+        assert decodes(clear_webm(local / "audio-6", key, tmp_path / "opus.webm"))
+    finally:
+        worker.kill()
+        cluster.config_path.write_text(text)
+        worker.start()
