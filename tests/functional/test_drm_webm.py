@@ -13,6 +13,8 @@ scheme), and an H.264 track packaged beside them stays CMAF under its own scheme
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import xml.etree.ElementTree as ET
 from fractions import Fraction
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 from Crypto.Cipher import AES
 
+from headwater.cli import main
 from headwater.drm.errors import DrmError, UnsupportedMedia
 from headwater.drm.package.pipeline import PackageOptions, package_path
 from headwater.drm.package.sink import LocalFolderSink
@@ -146,6 +149,12 @@ def test_webm_beside_cmaf_and_what_webm_refuses(tmp_path):
     assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.*"))
     with pytest.raises(UnsupportedMedia, match="not in the input"):
         package_path(h264, LocalFolderSink(tmp_path / "refused2", fsync=False), webm_options(ids={7}))
+    # The CLI's --webm names the input's VP9 and Opus tracks: an H.264 + AAC input has none.
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["package", str(h264), "--out", str(tmp_path / "cli"), "--scheme", "none", "--webm"])
+    assert code != 0 and "no VP9 or Opus track" in err.getvalue(), err.getvalue()
+    assert not (tmp_path / "cli").exists() or not any((tmp_path / "cli").rglob("*.*"))
     with pytest.raises(DrmError, match="key rotation or aes128"):
         PackageOptions(scheme="cenc", rotate_seconds=Fraction(4), hls=False, webm_track_ids=frozenset({1}))
     # Clear output, one track WebM beside a CMAF one: no ContentEncodings, frames as they are.
