@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 from ..bmff.movie import MovieLimits, read_movie
 from ..bmff.protection import Pssh
 from ..errors import DrmError
-from .aes128 import Aes128SegmentSink, key_uri, padded_size
 from ..webm.encrypt import FrameEncryptor
+from .aes128 import Aes128SegmentSink, key_uri, padded_size
 from .encrypt import TrackProtector
 from .manifests import MASTER_NAME, MPD_NAME, ManifestProtection, check_hls, dash_manifest, hls_manifests
 from .segmenter import SegmenterOptions, TrackOutput, bandwidths, plan_periods, plan_segments, segment_file

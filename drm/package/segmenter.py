@@ -20,6 +20,10 @@ video's). Each period of a track has its own protector (its own KID and key) and
 segment, ``<track>/p<n>/init.mp4`` (the ``tenc`` default KID and ``pssh`` of that period's
 key); segment numbers and ``tfdt`` run on across periods, so one timeline serves them all.
 
+A track named in ``webm_track_ids`` (VP9, Opus) is cut the same way but written as WebM DASH
+segments (``init.webm``, ``seg-<n>.webm``: :mod:`.webm`), its protector a WebM
+``FrameEncryptor`` (:mod:`headwater.drm.webm.encrypt`).
+
 The protector (``TrackProtector`` in ``drm/package/encrypt.py`` implements it) rewrites the
 sample entry, encrypts each sample returning its auxiliary info, lays out the ``traf`` boxes
 that carry that info (``saiz``/``saio``/``senc``) at a given moof-relative offset, and gives the
@@ -355,9 +359,10 @@ def init_segment_for(track: Track, protector: TrackProtector | None,
 def write_segment(sink: SegmentSink, track: Track, number: int, batch: Sequence[Sample],
                   data: Sequence[bytes | memoryview], protector: TrackProtector | None,
                   options: SegmenterOptions) -> SegmentInfo:
-    """Segment ``number`` of ``track`` (``<kind>-<id>/seg-<number>.m4s``): the samples ``batch``
-    (only their timing and sync flags are used) with their bytes ``data``, encrypted through
-    ``protector`` when there is one, put into ``sink``."""
+    """Segment ``number`` of ``track`` (``<kind>-<id>/seg-<number>.m4s``, or ``.webm`` for a
+    track ``options`` names as WebM): the samples ``batch`` (only their timing and sync flags
+    are used) with their bytes ``data``, encrypted through ``protector`` when there is one, put
+    into ``sink``."""
     if container_of(track, options) == "webm":
         segment = webm_media_segment(track, batch, data, protector)  # type: ignore[arg-type]
         name = f"{track.kind}-{track.track_id}/seg-{number}.webm"

@@ -28,10 +28,10 @@ from fractions import Fraction
 from ..bmff.movie import Movie, Sample, Track
 from ..bmff.stream import FragmentStream, MovieRead, SamplesRead, StreamLimits, is_sync
 from ..errors import DrmError, UnsupportedMedia
+from ..webm.encrypt import FrameEncryptor
 from .encrypt import TrackProtector
 from .manifests import check_hls
 from .pipeline import PackageOptions, PackageResult, put_manifests
-from ..webm.encrypt import FrameEncryptor
 from .segmenter import SegmentInfo, container_of, init_name, init_segment_for, track_output, write_segment
 from .sink import SegmentSink
 
