@@ -132,3 +132,16 @@ def test_frames_decrypt_with_pycryptodome_as_the_spec_says():
     # The track entry names AES (5), the KID and CTR (1).
     encodings = enc.track_encodings()
     assert b"\x47\xe1\x81\x05" in encodings and b"\x47\xe2\x90" + KID in encodings and b"\x47\xe8\x81\x01" in encodings
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**9), st.lists(st.tuples(st.integers(-32768, 32767), st.booleans(), st.binary(max_size=300)),
+                                       min_size=1, max_size=20))
+def test_any_cluster_reads_back_as_written(base, frames):
+    blocks = [Block(base, True, frames[0][2])] + [Block(base + rel, key, data) for rel, key, data in frames[1:]]
+    assert read_cluster(cluster(blocks)) == blocks
+    # Cut anywhere short of its end, it is refused, never misread.
+    whole = cluster(blocks)
+    for cut in {1, len(whole) // 2, len(whole) - 1}:
+        with pytest.raises(MalformedMedia):
+            read_cluster(whole[:cut])
