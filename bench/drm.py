@@ -44,6 +44,14 @@ One run, in this order (never two measured things at once):
    rate the token verification, key lookup, JSON and audit line leave, while nginx's rate would
    mostly measure C against Python.
 
+``--webm`` runs instead one comparison for the WebM renditions (issue 14): a 720p25 VP9 title,
+video only (libvpx ``realtime``, ``cpu-used`` 8, 3 Mb/s, noise, a keyframe every 2 s; 30 s
+encoded once into ``--cache``, looped by stream copy to ``--title-seconds``), packaged DASH-only with one key, best of ``--runs``, alternating order: ours
+as CMAF ``cenc`` and as WebM (``webm_track_ids``: WebM Encryption, AES-CTR per frame), Shaka
+Packager 3.8 the same two ways (``.m4s`` / ``.webm`` segment templates, ``--protection_scheme
+cenc``), and the pycryptodome AES-128-CTR ceiling. (Shaka Packager refuses our Opus tracks,
+"Unsupported negative timestamp" for the priming edit, hence video only.)
+
 Every row is printed with the load average at the start: the machine's cores are shared.
 Progress goes to stderr, the table to stdout; ``--json FILE`` keeps every run's seconds.
 ``--profile FILE`` instead runs one ``cbcs`` packaging of ours under ``py-spy record`` (pip
@@ -203,6 +211,103 @@ def _run_tool(argv: list[str]) -> None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise PeerError(f"{Path(argv[0]).name} failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
+
+
+def make_vp9_title(cache: Path, *, seconds: int, bitrate: str = "3M", encoded_seconds: int = 30) -> Path:
+    """The 720p VP9 title (video only) of ``--webm`` in ``cache``, made once: ``encoded_seconds``
+    encoded (libvpx takes minutes here), then looped by stream copy to ``seconds``, so a peer's
+    process start is a small share of its run."""
+    path = cache / f"title-720p-vp9-{seconds}s-{bitrate}.mp4"
+    if path.exists() and path.stat().st_size > 0:
+        return path
+    if seconds > encoded_seconds:
+        base = make_vp9_title(cache, seconds=encoded_seconds, bitrate=bitrate, encoded_seconds=encoded_seconds)
+        tmp = path.with_suffix(".part.mp4")
+        _run_tool([_binaries()["ffmpeg"], "-hide_banner", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(base),
+                   "-t", str(seconds), "-c", "copy", "-f", "mp4", str(tmp)])
+        os.replace(tmp, path)
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.mp4")
+    print(f"making the VP9 input once: {path}", file=sys.stderr, flush=True)
+    argv = [_binaries()["ffmpeg"], "-hide_banner", "-v", "error", "-y", "-f", "lavfi",
+            "-i", "testsrc2=size=1280x720:rate=25", "-t", str(seconds), "-vf", "noise=alls=12:allf=t",
+            "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-pix_fmt", "yuv420p",
+            "-b:v", bitrate, "-g", "50", "-keyint_min", "50", "-an", "-f", "mp4", str(tmp)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PeerError(f"ffmpeg could not make the VP9 input: {r.stderr[-2000:]}")
+    os.replace(tmp, path)
+    return path
+
+
+def _ours_dash(src: Path, out: Path, key: bytes, kid: bytes, *, webm: bool) -> None:
+    from headwater.drm.package.pipeline import PackageOptions, package_path
+    from headwater.drm.package.sink import LocalFolderSink
+
+    package_path(src, LocalFolderSink(out, fsync=False),
+                 PackageOptions(scheme="cenc", key=key, kid=kid, dash=True, hls=False,
+                                webm_track_ids=frozenset({1}) if webm else frozenset()))
+
+
+def shaka_video_argv(packager: str, src: Path, out: Path, key: bytes, kid: bytes, *, webm: bool) -> list[str]:
+    """Shaka Packager: the video of ``src`` as CMAF or WebM segments, DASH only, ``cenc``."""
+    ext = ("webm", "webm") if webm else ("mp4", "m4s")
+    return [packager, f"in={src},stream=video,init_segment={out}/video/init.{ext[0]},"
+            f"segment_template={out}/video/seg-$Number$.{ext[1]}",
+            "--enable_raw_key_encryption", "--protection_scheme", "cenc", "--clear_lead", "0",
+            "--keys", f"label=:key_id={kid.hex()}:key={key.hex()}", "--segment_duration", "2",
+            "--mpd_output", f"{out}/manifest.mpd", "--quiet"]
+
+
+def measure_webm(src: Path, out_root: Path, runs: int) -> list[Row]:
+    """Ours and Shaka Packager, CMAF cenc and WebM, ``runs`` rounds in alternating order."""
+    bins = _binaries()
+    key, kid = secrets.token_bytes(16), secrets.token_bytes(16)
+    size = src.stat().st_size
+    src.read_bytes()
+    rows: dict[tuple[str, str], Row] = {}
+    jobs = [(who, fmt) for fmt in ("cmaf-cenc", "webm") for who in ("ours", "shaka")]
+    for rnd in range(runs):
+        for who, fmt in (jobs if rnd % 2 == 0 else list(reversed(jobs))):
+            out = Path(tempfile.mkdtemp(prefix=f"{who}-{fmt}-", dir=out_root))
+            webm = fmt == "webm"
+            if who == "ours":
+                seconds, cpu = _timed(lambda: _ours_dash(src, out, key, kid, webm=webm))
+            else:
+                seconds, cpu = _timed(lambda: _run_tool(shaka_video_argv(bins["packager"], src, out, key, kid,
+                                                                         webm=webm)))
+            row = rows.setdefault((who, fmt), Row(who=who, scheme=fmt, input_bytes=size))
+            row.seconds.append(seconds)
+            row.cpu_seconds.append(cpu)
+            if not row.output_bytes:
+                object.__setattr__(row, "output_bytes", _folder_bytes(out))
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"  round {rnd + 1} {who:<6} {fmt:<9}: {seconds:6.2f} s = {size / seconds / MB:7.1f} MB/s, "
+                  f"CPU {cpu:5.2f} s = {size / cpu / MB:7.1f} MB per CPU-s", file=sys.stderr, flush=True)
+    return list(rows.values())
+
+
+def webm_report(load_avg: tuple[float, float, float], src: Path, runs: int, rows: list[Row], ctr: float) -> str:
+    """The ``--webm`` table: MB of input per wall second and per CPU-second, ours beside Shaka."""
+    by = {(r.who, r.scheme): r for r in rows}
+    lines = [f"headwater drm bench --webm: load average {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f} at "
+             f"start, {os.cpu_count()} CPUs (shared); input {src.name} ({src.stat().st_size / MB:.1f} MB), "
+             f"best of {runs}", "",
+             f"{'VP9 720p, DASH, MB of input per':<36}{'ours':>8}{'shaka 3.8':>11}{'ours/shaka':>12}"
+             f"{'out MB ours':>13}{'out MB shaka':>14}"]
+    for fmt in ("cmaf-cenc", "webm"):
+        o, k = by.get(("ours", fmt)), by.get(("shaka", fmt))
+        for unit, fig in (("s (wall)", "best_mb_s"), ("CPU-s", "best_mb_per_cpu_s")):
+            om, km = (getattr(r, fig) if r else 0.0 for r in (o, k))
+            lines.append(f"{fmt + ', ' + unit:<36}{om:>8.1f}{km:>11.1f}{_ratio(om, km):>12}"
+                         f"{(o.output_bytes / MB if o else 0):>13.2f}{(k.output_bytes / MB if k else 0):>14.2f}")
+    ow = by.get(("ours", "webm"))
+    lines.append("")
+    lines.append(f"ceiling: pycryptodome AES-128-CTR, 16 MiB, one core: {ctr / MB:.0f} MB/s; ours webm / it: "
+                 f"{_ratio(ow.best_mb_per_cpu_s if ow else 0.0, ctr / MB)} (per CPU-s)")
+    lines.append(f"  load average at the end {os.getloadavg()[0]:.2f}")
+    return "\n".join(lines)
 
 
 def measure_packaging(src: Path, out_root: Path, runs: int) -> list[Row]:
@@ -546,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--licence-seconds", type=float, default=10.0, help="wrk duration (default 10)")
     ap.add_argument("--conns", type=int, default=32, help="wrk connections (default 32)")
     ap.add_argument("--no-packaging", action="store_true")
+    ap.add_argument("--webm", action="store_true",
+                    help="only the WebM comparison: a VP9 title as CMAF and as WebM, ours and Shaka Packager's")
     ap.add_argument("--no-licence", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="save every run's figures")
     ap.add_argument("--profile", metavar="FILE", help="py-spy one cbcs packaging of ours (SVG, or .txt collapsed)")
@@ -573,6 +680,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load_avg = os.getloadavg()
     out_root = Path(tempfile.mkdtemp(prefix="hw-drm-bench-", dir=args.out))
+    if args.webm:
+        try:
+            with _sigterm_as_interrupt():
+                src = make_vp9_title(Path(args.cache), seconds=args.title_seconds)
+                print(f"packaging {src.name} ({src.stat().st_size / MB:.1f} MB), {args.runs} rounds",
+                      file=sys.stderr, flush=True)
+                rows = measure_webm(src, out_root, args.runs)
+                ctr = pycryptodome_aes("ctr")
+        finally:
+            shutil.rmtree(out_root, ignore_errors=True)
+        print(webm_report(load_avg, src, args.runs, rows, ctr))
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "load_average": load_avg, "input": str(src), "input_bytes": src.stat().st_size,
+                "packaging": [{**asdict(r), "best_mb_s": r.best_mb_s} for r in rows],
+                "ceiling_ctr_bytes_per_s": ctr}, indent=2))
+        return 0
     try:
         with _sigterm_as_interrupt():
             src = None if args.no_packaging and not args.profile else \

@@ -93,6 +93,9 @@ def add_commands(sub: Any, config_help: str) -> None:
     pk.add_argument("--licence-url", default=None, metavar="URL",
                     help="the licence URL named in the MPD, and beside which aes128 playlists name the "
                     "key (default: this cluster's [licence] server)")
+    pk.add_argument("--webm", action="store_true",
+                    help="write the VP9 and Opus tracks as WebM DASH segments (WebM Encryption, AES-CTR under the "
+                    "same key) instead of CMAF")
     pk.add_argument("--rotate-every", default=None, metavar="DURATION",
                     help="key rotation (cenc/cbcs, with --title): a new key from the store for each period of "
                     "this length, starting at the first keyframe at or after each multiple of it")
@@ -348,12 +351,21 @@ def cmd_package(args: argparse.Namespace) -> int:
         if not licence_url:
             raise ValueError("--scheme aes128 needs --licence-url (or a [licence] server in cluster.toml): "
                              "the playlists name its key delivery, GET <licence URL's folder>/keys/<KID hex>")
-    options = PackageOptions(scheme=args.scheme, key=key, kid=kid, segment_seconds=segment,
-                             dash=args.dash or both, hls=args.hls or both, licence_url=licence_url,
-                             rotate_seconds=rotate)
-    sink = _package_sink(args, cfg)
     if not Path(args.input).is_file():
         raise FileNotFoundError(2, "no such file", args.input)
+    webm: frozenset[int] = frozenset()
+    if getattr(args, "webm", False):
+        from .bmff.movie import read_movie
+        from .package.webm import webm_track_ids_of
+
+        with open(args.input, "rb") as f:
+            webm = webm_track_ids_of(read_movie(f))
+        if not webm:
+            raise DrmError("--webm: the input has no VP9 or Opus track (WebM carries those only)")
+    options = PackageOptions(scheme=args.scheme, key=key, kid=kid, segment_seconds=segment,
+                             dash=args.dash or both, hls=args.hls or both, licence_url=licence_url,
+                             rotate_seconds=rotate, webm_track_ids=webm)
+    sink = _package_sink(args, cfg)
     made: list[bytes] = []
     period_keys = None
     if rotate is not None:
@@ -372,8 +384,10 @@ def cmd_package(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     for t in result.tracks:
-        print(f"{t.kind}-{t.track_id}  {t.codec}  {len(t.segments)} segments  "
-              f"{t.bandwidth // 1000} kbit/s{'  encrypted ' + args.scheme if args.scheme != 'none' else ''}")
+        # WebM Encryption has one mode, AES-CTR, whatever --scheme the CMAF tracks have.
+        how = ("webm-ctr" if t.container == "webm" else args.scheme) if args.scheme != "none" else ""
+        print(f"{t.kind}-{t.track_id}  {t.codec}{'  webm' if t.container == 'webm' else ''}  {len(t.segments)} "
+              f"segments  {t.bandwidth // 1000} kbit/s{'  encrypted ' + how if how else ''}")
     for name in result.manifests:
         print(f"{args.out.rstrip('/')}/{name}")
     if kid:

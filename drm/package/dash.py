@@ -137,12 +137,16 @@ class Representation:
     #: the first segment's time on the timeline (its tfdt), and the media time at the period's start
     first_time: int = 0
     presentation_time_offset: int = 0
+    #: the segments' container: "mp4" (CMAF) or "webm" (WebM DASH: its own adaptation set)
+    container: str = "mp4"
 
     def __post_init__(self) -> None:
         if self.first_time < 0 or self.presentation_time_offset < 0:
             raise ValueError(f"representation {self.id!r}: times must be >= 0")
         if self.kind not in ("video", "audio"):
             raise ValueError(f"representation {self.id!r}: kind must be video or audio")
+        if self.container not in ("mp4", "webm"):
+            raise ValueError(f"representation {self.id!r}: container must be mp4 or webm")
         for name in ("id", "codecs", "init", "media"):
             value = getattr(self, name)
             if not value:
@@ -167,7 +171,7 @@ class Representation:
 
     @property
     def mime_type(self) -> str:
-        return f"{self.kind}/mp4"
+        return f"{self.kind}/{self.container}"
 
 
 def _xs_duration(seconds: Fraction) -> str:
@@ -268,9 +272,10 @@ def _adaptation_sets(reps: Sequence[Representation]) -> list[list[Representation
     # of one set seamlessly, so a set must be one decoder's; H.264 and VP9 renditions of one
     # title are two video sets, AAC and Opus two audio sets, and the player keeps those it
     # can decode (MediaSource.isTypeSupported) and adapts within one.
-    groups: dict[tuple[str, str | None, str], list[Representation]] = {}
+    # A container is a set's too (its mimeType): MSE takes one per SourceBuffer.
+    groups: dict[tuple[str, str | None, str, str], list[Representation]] = {}
     for rep in reps:
-        groups.setdefault((rep.kind, rep.language, codec_family(rep.codecs)), []).append(rep)
+        groups.setdefault((rep.kind, rep.language, codec_family(rep.codecs), rep.container), []).append(rep)
     # Video first: some players pick the first adaptation set's timing as the reference.
     return sorted(groups.values(), key=lambda g: g[0].kind != "video")
 

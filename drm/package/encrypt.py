@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from Crypto.Cipher import AES
 from Crypto.Util.strxor import strxor
@@ -49,7 +50,7 @@ from headwater.drm.package.vp9 import Vp9HeaderReader
 
 __all__ = [
     "Subsample", "SampleAux", "SampleEncryptor", "TrackProtector", "SCHEMES", "CODECS",
-    "VIDEO_PATTERN", "codec_of_entry",
+    "VIDEO_PATTERN", "codec_of_entry", "ctr_xor",
 ]
 
 SCHEMES = ("cenc", "cbcs")
@@ -77,6 +78,20 @@ def _xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -
     if n > _SHORT_XOR:
         return strxor(a, b)
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(n, "big")
+
+
+def ctr_xor(ecb: Any, key: bytes, iv: bytes, data: bytes | memoryview) -> bytes:
+    """``data`` XOR the AES-128-CTR key stream whose first counter block is the 8-byte ``iv``
+    followed by a 64-bit block number from 0. ``ecb`` is a long-lived ECB cipher under ``key``:
+    short data are enciphered as counter blocks through it, because creating a pycryptodome
+    cipher per sample costs more than enciphering a typical audio frame; long data get a CTR
+    cipher of their own (its set-up amortised)."""
+    n = len(data)
+    blocks = -(-n // _BLOCK)
+    if blocks > _SHORT_BLOCKS:
+        return AES.new(key, AES.MODE_CTR, nonce=iv, initial_value=0).encrypt(data)
+    counters = _xor(_COUNTERS[:blocks * _BLOCK], (iv + bytes(8)) * blocks)
+    return _xor(data, ecb.encrypt(counters)[:n])
 
 
 def _check_key(key: bytes, what: str = "content key") -> bytes:
@@ -195,16 +210,13 @@ class SampleEncryptor:
         over counter blocks built from a template, because creating a pycryptodome cipher per
         sample costs more than enciphering a typical audio frame; long data get a CTR cipher
         of their own (its set-up amortised)."""
+        if len(iv) == 8:
+            return ctr_xor(self._ecb, self.key, iv, data)
         n = len(data)
         blocks = -(-n // _BLOCK)
-        if blocks > _SHORT_BLOCKS:
-            if len(iv) == 8:
-                return AES.new(self.key, AES.MODE_CTR, nonce=iv, initial_value=0).encrypt(data)
-            if len(iv) == 16:
-                return AES.new(self.key, AES.MODE_CTR, nonce=b"", initial_value=iv).encrypt(data)
-        if len(iv) == 8:
-            counters = _xor(_COUNTERS[:blocks * _BLOCK], (iv + bytes(8)) * blocks)
-        elif len(iv) == 16:
+        if blocks > _SHORT_BLOCKS and len(iv) == 16:
+            return AES.new(self.key, AES.MODE_CTR, nonce=b"", initial_value=iv).encrypt(data)
+        if len(iv) == 16:
             start = int.from_bytes(iv, "big")
             counters = b"".join(((start + i) % (1 << 128)).to_bytes(16, "big") for i in range(blocks))
         else:

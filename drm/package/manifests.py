@@ -119,11 +119,15 @@ def dash_manifest(tracks: Sequence[TrackOutput], protection: ManifestProtection 
     if protection is not None:
         prot = dash.Protection(scheme=protection.scheme, default_kid=protection.kid,  # type: ignore[arg-type]
                                licence_url=protection.licence_url)
+    # WebM Encryption is AES-CTR whatever the CMAF tracks' scheme: its sets say cenc.
+    webm_prot = None if prot is None else dash.Protection(scheme="cenc", default_kid=prot.default_kid,
+                                                          licence_url=prot.licence_url)
     reps = []
     for t in tracks:
         common = dict(id=f"{t.kind}-{t.track_id}", kind=t.kind, codecs=t.codec, bandwidth=max(1, t.peak_bandwidth),
                       timescale=t.timescale, init=t.init_name, media=t.segment_template,
-                      segment_durations=_durations(t), start_number=t.segments[0].number, protection=prot)
+                      segment_durations=_durations(t), start_number=t.segments[0].number,
+                      protection=webm_prot if t.container == "webm" else prot, container=t.container)
         if t.kind == "video":
             reps.append(dash.Representation(**common, width=t.width, height=t.height,  # type: ignore[arg-type]
                                              frame_rate=t.frame_rate))

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from ..bmff.movie import MovieLimits, read_movie
 from ..bmff.protection import Pssh
 from ..errors import DrmError
+from ..webm.encrypt import FrameEncryptor
 from .aes128 import Aes128SegmentSink, key_uri, padded_size
 from .encrypt import TrackProtector
 from .manifests import MASTER_NAME, MPD_NAME, ManifestProtection, check_hls, dash_manifest, hls_manifests
@@ -62,6 +63,9 @@ class PackageOptions:
     extra_pssh: tuple[Pssh, ...] = ()
     movie_limits: MovieLimits = field(default_factory=MovieLimits)
     rotate_seconds: Fraction | None = None
+    #: tracks (VP9, Opus) to write as WebM DASH segments with WebM Encryption (AES-CTR under
+    #: ``key``, whatever ``scheme`` the CMAF tracks have), not as CMAF
+    webm_track_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -76,6 +80,9 @@ class PackageOptions:
             if self.rotate_seconds < self.segment_seconds:
                 raise DrmError(f"the rotation period ({self.rotate_seconds} s) is shorter than a segment "
                                f"({self.segment_seconds} s)")
+        if self.webm_track_ids and (self.rotate_seconds is not None or self.scheme == "aes128"):
+            raise DrmError("WebM renditions are packaged with one key (cenc or cbcs titles): not with key "
+                           "rotation or aes128")
         if self.scheme == "aes128":
             if self.dash:
                 raise DrmError("--scheme aes128 is HLS's whole-segment METHOD=AES-128, which DASH does not "
@@ -94,7 +101,7 @@ class PackageOptions:
     def segmenter_options(self) -> SegmenterOptions:
         """How the segmenter cuts for these options."""
         return SegmenterOptions(segment_seconds=self.segment_seconds, movie_limits=self.movie_limits,
-                                period_seconds=self.rotate_seconds)
+                                period_seconds=self.rotate_seconds, webm_track_ids=self.webm_track_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +151,10 @@ def package_file(f: BinaryIO, sink: SegmentSink, options: PackageOptions, *, fil
             movie = movie or read_movie(f, file_size, options.movie_limits)
             if options.rotate_seconds is None:
                 for t in movie.tracks:
-                    if t.kind in ("video", "audio"):
+                    if t.track_id in options.webm_track_ids:
+                        protectors[t.track_id] = FrameEncryptor(options.key, options.kid,  # type: ignore[assignment]
+                                                                random_bytes=random_bytes)
+                    elif t.kind in ("video", "audio"):
                         protectors[t.track_id] = protector_factory(t.sample_entry, scheme=options.scheme,
                                                                    key=options.key, kid=options.kid,
                                                                    extra_pssh=options.extra_pssh)

@@ -20,6 +20,10 @@ video's). Each period of a track has its own protector (its own KID and key) and
 segment, ``<track>/p<n>/init.mp4`` (the ``tenc`` default KID and ``pssh`` of that period's
 key); segment numbers and ``tfdt`` run on across periods, so one timeline serves them all.
 
+A track named in ``webm_track_ids`` (VP9, Opus) is cut the same way but written as WebM DASH
+segments (``init.webm``, ``seg-<n>.webm``: :mod:`.webm`), its protector a WebM
+``FrameEncryptor`` (:mod:`headwater.drm.webm.encrypt`).
+
 The protector (``TrackProtector`` in ``drm/package/encrypt.py`` implements it) rewrites the
 sample entry, encrypts each sample returning its auxiliary info, lays out the ``traf`` boxes
 that carry that info (``saiz``/``saio``/``senc``) at a given moof-relative offset, and gives the
@@ -40,11 +44,12 @@ from headwater.drm.bmff.fragment import (
 from headwater.drm.bmff.movie import Movie, MovieLimits, Sample, Track, read_movie
 from headwater.drm.errors import MalformedMedia, UnsupportedMedia
 from headwater.drm.package.sink import SegmentSink
+from headwater.drm.package.webm import webm_init_segment, webm_media_segment
 
 __all__ = [
     "TrackProtector", "SegmenterOptions", "SegmentInfo", "TrackOutput", "plan_segments",
     "plan_periods", "segment_file", "segment_path", "bandwidths", "init_segment_for", "write_segment",
-    "track_output",
+    "track_output", "container_of", "init_name",
 ]
 
 
@@ -78,6 +83,8 @@ class SegmenterOptions:
     styp: bool = True
     movie_limits: MovieLimits = field(default_factory=MovieLimits)
     period_seconds: Fraction | None = None
+    #: tracks written as WebM DASH segments (VP9, Opus) instead of CMAF: :mod:`.webm`
+    webm_track_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         seconds = self.segment_seconds
@@ -141,6 +148,7 @@ class TrackOutput:
     sample_rate: int = 0
     channels: int = 0
     protected: bool = False
+    container: str = "mp4"              #: "mp4" (CMAF) or "webm"
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -322,8 +330,23 @@ def bandwidths(segments: Sequence[SegmentInfo], timescale: int) -> tuple[int, in
     return bandwidth, max(peak, bandwidth)
 
 
-def init_segment_for(track: Track, protector: TrackProtector | None) -> bytes:
-    """``track``'s init segment, its sample entry protected by ``protector`` when there is one."""
+def container_of(track: Track, options: SegmenterOptions | None) -> str:
+    """``webm`` for the tracks ``options`` has written as WebM, else ``mp4``."""
+    return "webm" if options is not None and track.track_id in options.webm_track_ids else "mp4"
+
+
+def init_name(track: Track, options: SegmenterOptions | None, period: int | None = None) -> str:
+    """``video-1/init.mp4`` (``video-1/p<n>/init.mp4`` for key period ``n``; ``init.webm`` for WebM)."""
+    folder = f"{track.kind}-{track.track_id}" + (f"/p{period}" if period is not None else "")
+    return f"{folder}/init.{container_of(track, options)}"
+
+
+def init_segment_for(track: Track, protector: TrackProtector | None,
+                     options: SegmenterOptions | None = None) -> bytes:
+    """``track``'s init segment, its sample entry protected by ``protector`` when there is one
+    (for a WebM track, ``protector`` is its :class:`~headwater.drm.webm.encrypt.FrameEncryptor`)."""
+    if container_of(track, options) == "webm":
+        return webm_init_segment(track, protector)  # type: ignore[arg-type]
     entry = track.sample_entry if protector is None else protector.sample_entry(track.sample_entry)
     return init_segment(InitTrack(track_id=track.track_id, handler=track.handler,
                                   timescale=track.timescale, sample_entry=entry,
@@ -336,9 +359,25 @@ def init_segment_for(track: Track, protector: TrackProtector | None) -> bytes:
 def write_segment(sink: SegmentSink, track: Track, number: int, batch: Sequence[Sample],
                   data: Sequence[bytes | memoryview], protector: TrackProtector | None,
                   options: SegmenterOptions) -> SegmentInfo:
-    """Segment ``number`` of ``track`` (``<kind>-<id>/seg-<number>.m4s``): the samples ``batch``
-    (only their timing and sync flags are used) with their bytes ``data``, encrypted through
-    ``protector`` when there is one, put into ``sink``."""
+    """Segment ``number`` of ``track`` (``<kind>-<id>/seg-<number>.m4s``, or ``.webm`` for a
+    track ``options`` names as WebM): the samples ``batch`` (only their timing and sync flags
+    are used) with their bytes ``data``, encrypted through ``protector`` when there is one, put
+    into ``sink``."""
+    if container_of(track, options) == "webm":
+        segment = webm_media_segment(track, batch, data, protector)  # type: ignore[arg-type]
+        name = f"{track.kind}-{track.track_id}/seg-{number}.webm"
+    else:
+        segment = _cmaf_segment(track, number, batch, data, protector, options)
+        name = f"{track.kind}-{track.track_id}/seg-{number}.m4s"
+    sink.put(name, segment)
+    return SegmentInfo(
+        number=number, name=name, decode_time=batch[0].dts,
+        presentation_time=min(s.dts + s.cts_offset for s in batch) - track.presentation_offset,
+        duration=sum(s.duration for s in batch), size=len(segment), sample_count=len(batch))
+
+
+def _cmaf_segment(track: Track, number: int, batch: Sequence[Sample], data: Sequence[bytes | memoryview],
+                  protector: TrackProtector | None, options: SegmenterOptions) -> bytes:
     aux: list[Any] = []
     if protector is not None:
         encrypted = []
@@ -353,29 +392,22 @@ def write_segment(sink: SegmentSink, track: Track, number: int, batch: Sequence[
     if protector is not None:
         def traf_extra(at: int, aux: list[Any] = aux, protector: TrackProtector = protector) -> bytes:
             return protector.traf_boxes(aux, at)
-    segment = media_segment(sequence_number=number, track_id=track.track_id,
-                            base_decode_time=batch[0].dts, samples=entries, data=data,
-                            traf_extra=traf_extra, styp=options.styp)
-    name = f"{track.kind}-{track.track_id}/seg-{number}.m4s"
-    sink.put(name, segment)
-    return SegmentInfo(
-        number=number, name=name, decode_time=batch[0].dts,
-        presentation_time=min(s.dts + s.cts_offset for s in batch) - track.presentation_offset,
-        duration=sum(s.duration for s in batch), size=len(segment), sample_count=len(batch))
+    return media_segment(sequence_number=number, track_id=track.track_id,
+                         base_decode_time=batch[0].dts, samples=entries, data=data,
+                         traf_extra=traf_extra, styp=options.styp)
 
 
 def _write_track(f: BinaryIO, track: Track, starts: Sequence[int], sink: SegmentSink,
                  options: SegmenterOptions, protectors: Sequence[TrackProtector | None],
                  period_starts: Sequence[int]) -> TrackOutput:
-    folder = f"{track.kind}-{track.track_id}"
     if len(protectors) != len(period_starts):
         raise ValueError(f"track {track.track_id}: {len(protectors)} protectors for "
                          f"{len(period_starts)} key periods")
     rotating = len(period_starts) > 1
     init_names = []
     for n, protector in enumerate(protectors, 1):
-        init_names.append(f"{folder}/p{n}/init.mp4" if rotating else f"{folder}/init.mp4")
-        sink.put(init_names[-1], init_segment_for(track, protector))
+        init_names.append(init_name(track, options, n if rotating else None))
+        sink.put(init_names[-1], init_segment_for(track, protector, options))
     # segment index (0-based) -> the protector of the period it is in
     period_of = [0] * (len(starts))
     for p, first in enumerate(period_starts):
@@ -389,20 +421,22 @@ def _write_track(f: BinaryIO, track: Track, starts: Sequence[int], sink: Segment
         segments.append(write_segment(sink, track, number, batch, _read_samples(f, batch),
                                       protectors[period_of[number - 1]], options))
     return track_output(track, segments, init_names=init_names, protectors=protectors,
-                        period_starts=period_starts, frame_rate=track.frame_rate)
+                        period_starts=period_starts, frame_rate=track.frame_rate,
+                        container=container_of(track, options))
 
 
 def track_output(track: Track, segments: Sequence[SegmentInfo], *, init_names: Sequence[str],
                  protectors: Sequence[TrackProtector | None], period_starts: Sequence[int],
-                 frame_rate: Fraction | None) -> TrackOutput:
-    """What was written for ``track``, for the manifests."""
+                 frame_rate: Fraction | None, container: str = "mp4") -> TrackOutput:
+    """What was written for ``track`` (in ``container``: mp4 or webm), for the manifests."""
     folder = f"{track.kind}-{track.track_id}"
     duration = sum(s.duration for s in segments)
     bandwidth, peak = bandwidths(segments, track.timescale)
     return TrackOutput(
         track_id=track.track_id, kind=track.kind, codec=track.codec, timescale=track.timescale,
         language=track.language, init_name=init_names[0],
-        segment_template=f"{folder}/seg-$Number$.m4s", segments=tuple(segments),
+        segment_template=f"{folder}/seg-$Number$.{'webm' if container == 'webm' else 'm4s'}",
+        segments=tuple(segments), container=container,
         duration=duration, bandwidth=bandwidth, peak_bandwidth=peak,
         presentation_offset=track.presentation_offset, width=track.width, height=track.height,
         frame_rate=frame_rate, sample_rate=track.sample_rate, channels=track.channels,
@@ -429,6 +463,9 @@ def segment_file(f: BinaryIO, sink: SegmentSink, *, options: SegmenterOptions | 
         unknown = set(protectors) - {t.track_id for t in movie.tracks}
         if unknown:
             raise ValueError(f"protectors for tracks not in the input: {sorted(unknown)}")
+        unknown = set(options.webm_track_ids) - {t.track_id for t in movie.tracks}
+        if unknown:
+            raise UnsupportedMedia(f"WebM asked for tracks not in the input: {sorted(unknown)}")
         plan = plan_segments(movie, options)
         periods = plan_periods(movie, plan, options)
         ordered = sorted(movie.tracks, key=lambda t: (t.handler != b"vide", t.track_id))

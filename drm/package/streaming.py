@@ -28,10 +28,11 @@ from fractions import Fraction
 from ..bmff.movie import Movie, Sample, Track
 from ..bmff.stream import FragmentStream, MovieRead, SamplesRead, StreamLimits, is_sync
 from ..errors import DrmError, UnsupportedMedia
+from ..webm.encrypt import FrameEncryptor
 from .encrypt import TrackProtector
 from .manifests import check_hls
 from .pipeline import PackageOptions, PackageResult, put_manifests
-from .segmenter import SegmentInfo, init_segment_for, track_output, write_segment
+from .segmenter import SegmentInfo, container_of, init_name, init_segment_for, track_output, write_segment
 from .sink import SegmentSink
 
 __all__ = ["StreamingPackager"]
@@ -108,8 +109,9 @@ class StreamingPackager:
                     self._place_audio(c, final=True)
                 self._close_segment(c)
             tracks = tuple(
-                track_output(c.track, c.segments, init_names=[f"{c.track.kind}-{c.track.track_id}/init.mp4"],
-                             protectors=[c.protector], period_starts=[0], frame_rate=_frame_rate(c))
+                track_output(c.track, c.segments, init_names=[init_name(c.track, self._seg)],
+                             protectors=[c.protector], period_starts=[0], frame_rate=_frame_rate(c),
+                             container=container_of(c.track, self._seg))
                 for c in self._ordered())
             names = put_manifests(_Ticking(self.sink, tick), tracks, self.options, (self.options.kid,))
             if tick is not None:
@@ -134,13 +136,20 @@ class StreamingPackager:
             check_hls([(t.kind, t.codec) for t in tracks])
         self._movie = movie
         o = self.options
+        unknown = o.webm_track_ids - {t.track_id for t in tracks}
+        if unknown:
+            raise UnsupportedMedia(f"WebM asked for tracks not in the input: {sorted(unknown)}")
         for t in sorted(tracks, key=lambda t: (t.handler != b"vide", t.track_id)):
-            protector = None if o.scheme == "none" else self._factory(
-                t.sample_entry, scheme=o.scheme, key=o.key, kid=o.kid, extra_pssh=o.extra_pssh)
+            protector: TrackProtector | FrameEncryptor | None = None
+            if o.scheme != "none" and t.track_id in o.webm_track_ids:
+                protector = FrameEncryptor(o.key, o.kid)
+            elif o.scheme != "none":
+                protector = self._factory(t.sample_entry, scheme=o.scheme, key=o.key, kid=o.kid,
+                                          extra_pssh=o.extra_pssh)
             c = self._cutters[t.track_id] = _TrackCutter(t, protector)
             if self._lead is None and t.handler == b"vide":
                 self._lead = c
-            self._put(f"{t.kind}-{t.track_id}/init.mp4", init_segment_for(t, protector))
+            self._put(init_name(t, self._seg), init_segment_for(t, protector, self._seg))  # type: ignore[arg-type]
 
     def _ordered(self) -> list[_TrackCutter]:
         return list(self._cutters.values())  # made video first, by track id

@@ -27,15 +27,21 @@ Keys (every default here)::
     vp9_cpu_used       libvpx's speed within that mode, 0 (slowest) … 8 (4)
     opus_bitrate       Opus bitrate ("96k"): the audio played with the VP9 renditions, made when
                        any rung is VP9
+    container          the container of the VP9 renditions and the Opus audio: "mp4" (default:
+                       CMAF fMP4, as the H.264 ones) or "webm" (WebM DASH segments, encrypted by
+                       WebM Encryption under the title's key); VP9/Opus only: refused where no
+                       rung is made in vp9
     poster_at          where in the title the poster frame is, as a share of its duration (0.1)
     thumbnail_seconds  one thumbnail every this many seconds (10)
     thumbnail_width    pixel width of a thumbnail (160)
     [[transcoder.ladder]]  name, height, bitrate ("3000k"): the ABR ladder, best first; rungs
                            above the source's height are skipped (default: 1080p 5000k,
                            720p 3000k, 480p 1200k, 360p 700k); optional per rung: codecs
-                           (this rung's, instead of [transcoder] codecs) and vp9_bitrate
+                           (this rung's, instead of [transcoder] codecs), vp9_bitrate
                            (default two thirds of bitrate: VP9 needs about a third fewer bits
-                           than H.264 for the same picture)
+                           than H.264 for the same picture) and container (this rung's VP9
+                           rendition's, instead of [transcoder] container; "webm" is refused
+                           on a rung made in h264 only)
 """
 
 from __future__ import annotations
@@ -44,17 +50,19 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 from headwater.config import GiB, Reader
 
 __all__ = ["Rung", "TranscoderConfig", "read_transcoder", "DEFAULT_LADDER", "default_binary", "parse_bitrate",
-           "SCHEMES", "VIDEO_CODECS", "VP9_DEADLINES"]
+           "SCHEMES", "VIDEO_CODECS", "VP9_DEADLINES", "CONTAINERS"]
 
 SCHEMES = ("cbcs", "cenc", "none")
 #: Video codecs a rung can be made in (ffmpeg encoders: libx264, libvpx-vp9).
 VIDEO_CODECS = ("h264", "vp9")
 VP9_DEADLINES = ("good", "realtime")
+#: Containers of the VP9 renditions (and the Opus audio): CMAF fMP4, or WebM DASH segments.
+CONTAINERS = ("mp4", "webm")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _BITRATE = re.compile(r"^([0-9]+)([kKmM]?)$")
 
@@ -63,13 +71,15 @@ _BITRATE = re.compile(r"^([0-9]+)([kKmM]?)$")
 class Rung:
     """One rung of the ABR ladder: its name (the rendition's), height and video bitrate (H.264's;
     ``vp9_bitrate`` is VP9's, 0 for two thirds of ``bitrate``); ``codecs`` are the rung's own
-    (None: ``[transcoder] codecs``)."""
+    (None: ``[transcoder] codecs``); ``container`` its VP9 rendition's (None: ``[transcoder]
+    container``)."""
 
     name: str
     height: int
     bitrate: int  # bits per second
     codecs: tuple[str, ...] | None = None
     vp9_bitrate: int = 0
+    container: str | None = None
 
     @property
     def vp9_bits(self) -> int:
@@ -128,6 +138,7 @@ class TranscoderConfig:
     vp9_deadline: str = "good"
     vp9_cpu_used: int = 4
     opus_bitrate: int = 96_000
+    container: str = "mp4"
     poster_at: float = 0.1
     thumbnail_s: float = 10.0
     thumbnail_width: int = 160
@@ -148,8 +159,8 @@ class TranscoderConfig:
 _KEYS = {"id", "host", "admin_port", "data_dir", "workers", "scratch_dir", "ffmpeg", "ffprobe", "lease_seconds",
          "heartbeat_seconds", "poll_seconds", "job_timeout_seconds", "max_source_size", "scheme", "stream_packaging",
          "segment_seconds", "preset", "audio_bitrate", "poster_at", "thumbnail_seconds", "thumbnail_width",
-         "ladder", "codecs", "vp9_deadline", "vp9_cpu_used", "opus_bitrate"}
-_RUNG_KEYS = {"name", "height", "bitrate", "codecs", "vp9_bitrate"}
+         "ladder", "codecs", "vp9_deadline", "vp9_cpu_used", "opus_bitrate", "container"}
+_RUNG_KEYS = {"name", "height", "bitrate", "codecs", "vp9_bitrate", "container"}
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -166,11 +177,38 @@ def _read_codecs(r: Reader, item: Mapping[str, Any], key: str, p: str) -> tuple[
     return tuple(c for c in VIDEO_CODECS if c in raw)
 
 
+def _read_container(r: Reader, item: Mapping[str, Any], p: str) -> str:
+    container = r.get(item, "container", p, str)
+    if container not in CONTAINERS:
+        raise r.error(f"{p}.container", f"{container!r} is not one of {', '.join(CONTAINERS)}")
+    return container
+
+
 def _bitrate(r: Reader, item: Mapping[str, Any], key: str, p: str, default: Any = ...) -> int:
     try:
         return parse_bitrate(str(r.get(item, key, p, (str, int), default, required=default is ...)))
     except ValueError as e:
         raise r.error(f"{p}.{key}", str(e)) from None
+
+
+def _check_containers(r: Reader, item: Mapping[str, Any], p: str, ladder: Sequence[Rung], codecs: tuple[str, ...],
+                      container: str) -> None:
+    """WebM carries the VP9 renditions (and Opus) only: a ``container = "webm"`` written where
+    nothing would be VP9 is a mistake, named at its key."""
+    raw = item.get("ladder") if isinstance(item.get("ladder"), list) else []
+    for i, rung in enumerate(ladder):
+        if rung.container == "webm" and "vp9" not in (rung.codecs or codecs):
+            raise r.error(f"{p}.ladder[{_index_of(raw, rung.name, i)}].container",
+                          f"webm carries VP9 and Opus only, and rung {rung.name!r} is made in h264 only "
+                          "(add \"vp9\" to its codecs)")
+    if container == "webm" and not any("vp9" in (rung.codecs or codecs) for rung in ladder):
+        raise r.error(f"{p}.container", "webm carries VP9 and Opus only, and no rung is made in vp9 "
+                      "(codecs = [\"h264\", \"vp9\"])")
+
+
+def _index_of(raw: Sequence[Any], name: str, default: int) -> int:
+    """The index a rung was written at (the ladder is sorted tallest first once read)."""
+    return next((i for i, e in enumerate(raw) if isinstance(e, dict) and e.get("name") == name), default)
 
 
 def _read_ladder(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Rung, ...]:
@@ -196,7 +234,9 @@ def _read_ladder(r: Reader, item: Mapping[str, Any], p: str) -> tuple[Rung, ...]
         bitrate = _bitrate(r, entry, "bitrate", q)
         codecs = _read_codecs(r, entry, "codecs", q) if "codecs" in entry else None
         vp9_bitrate = _bitrate(r, entry, "vp9_bitrate", q) if "vp9_bitrate" in entry else 0
-        rungs.append(Rung(name=name, height=height, bitrate=bitrate, codecs=codecs, vp9_bitrate=vp9_bitrate))
+        container = _read_container(r, entry, q) if "container" in entry else None
+        rungs.append(Rung(name=name, height=height, bitrate=bitrate, codecs=codecs, vp9_bitrate=vp9_bitrate,
+                          container=container))
     names = [x.name for x in rungs]
     if len(set(names)) != len(names):
         raise r.error(f"{p}.ladder", f"rung names repeat: {names}")
@@ -234,6 +274,8 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
     if not any("h264" in (rung.codecs or codecs) for rung in ladder):
         # HLS (and so Safari and iOS) plays only the H.264 renditions: every title needs one.
         raise r.error(f"{p}.codecs", "no rung is made in h264, which HLS players need")
+    container = _read_container(r, item, p) if "container" in item else "mp4"
+    _check_containers(r, item, p, ladder, codecs, container)
     deadline = r.get(item, "vp9_deadline", p, str, "good")
     if deadline not in VP9_DEADLINES:
         raise r.error(f"{p}.vp9_deadline", f"{deadline!r} is not one of {', '.join(VP9_DEADLINES)}")
@@ -256,7 +298,7 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
         max_source_bytes=r.size(item, "max_source_size", p, 50 * GiB), scheme=scheme, segment_seconds=segment,
         stream_packaging=r.get(item, "stream_packaging", p, bool, True),
         preset=preset, audio_bitrate=audio, codecs=codecs, vp9_deadline=deadline, vp9_cpu_used=cpu_used,
-        opus_bitrate=_bitrate(r, item, "opus_bitrate", p, "96k"), poster_at=poster_at,
+        opus_bitrate=_bitrate(r, item, "opus_bitrate", p, "96k"), container=container, poster_at=poster_at,
         thumbnail_s=r.positive(item, "thumbnail_seconds", p, 10.0), thumbnail_width=width,
         ladder=ladder)
 

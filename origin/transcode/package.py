@@ -8,6 +8,12 @@ the title's one content key, and one DASH MPD and one HLS master name them. The 
 AdaptationSet per codec (H.264 video, VP9 video, AAC audio, Opus audio), so a player picks the
 sets it can decode and adapts within one; the HLS master names the H.264 renditions and the AAC
 audio only (VP9/Opus in HLS is played by too few players: README, "VP9 and Opus renditions").
+A VP9 rendition whose container is ``webm`` (and the Opus audio, when any is) is packaged as
+WebM DASH segments instead of CMAF (:func:`webm_track_ids` names their tracks to the packager):
+``video-<k>/init.webm`` and ``seg-<n>.webm``, cut at the same samples as every other rendition,
+its frames encrypted by WebM Encryption (AES-CTR) under the same title key, in adaptation sets
+of their own (``video/webm``, ``audio/webm``).
+
 The poster and thumbnails are put through the same sink first, so a failure anywhere deletes
 them with the segments; the manifests go last, at the sink's commit.
 
@@ -41,7 +47,7 @@ from headwater.drm.client import (MASTER_NAME, MPD_NAME, PackageOptions, Package
 from ..catalogue import Rendition
 from .ladder import PlannedRung
 
-__all__ = ["TickingSink", "package_title", "package_options", "StreamedLadder", "renditions_of"]
+__all__ = ["TickingSink", "package_title", "package_options", "StreamedLadder", "renditions_of", "webm_track_ids"]
 
 
 class TickingSink:
@@ -66,8 +72,19 @@ class TickingSink:
         self.inner.abort()
 
 
+def webm_track_ids(rungs: Sequence[PlannedRung], has_audio: bool) -> frozenset[int]:
+    """The ladder file's tracks to package as WebM: the VP9 renditions whose container is
+    ``webm`` (track k+1 is rendition k), and the Opus track (after the video tracks and the AAC
+    one: :func:`~.ffmpeg.ladder_command`'s order) when any is."""
+    ids = {i + 1 for i, r in enumerate(rungs) if r.codec == "vp9" and r.container == "webm"}
+    if ids and has_audio:
+        ids.add(len(rungs) + 2)
+    return frozenset(ids)
+
+
 def package_title(ladder_mp4: Path, sink: SegmentSink, *, images: Mapping[str, Path], scheme: str, key: bytes,
-                  kid: bytes, segment_seconds: int, licence_url: str | None) -> PackageResult:
+                  kid: bytes, segment_seconds: int, licence_url: str | None,
+                  webm: frozenset[int] = frozenset()) -> PackageResult:
     """Put ``images`` ({name: file}) and the packaged ladder into ``sink`` and commit it; on any
     error the sink is aborted (everything put is deleted) and the error raised."""
     try:
@@ -78,15 +95,16 @@ def package_title(ladder_mp4: Path, sink: SegmentSink, *, images: Mapping[str, P
         raise
     return package_path(ladder_mp4, sink, package_options(scheme=scheme, key=key, kid=kid,
                                                           segment_seconds=segment_seconds,
-                                                          licence_url=licence_url))
+                                                          licence_url=licence_url, webm=webm))
 
 
 def package_options(*, scheme: str, key: bytes, kid: bytes, segment_seconds: int,
-                    licence_url: str | None) -> PackageOptions:
-    """What a title is packaged into: DASH and HLS, one key (none for clear output)."""
+                    licence_url: str | None, webm: frozenset[int] = frozenset()) -> PackageOptions:
+    """What a title is packaged into: DASH and HLS, one key (none for clear output); the
+    tracks ``webm`` names as WebM."""
     return PackageOptions(scheme=scheme, key=key if scheme != "none" else b"",
                           kid=kid if scheme != "none" else b"", segment_seconds=Fraction(segment_seconds),
-                          dash=True, hls=True, licence_url=licence_url)
+                          dash=True, hls=True, licence_url=licence_url, webm_track_ids=webm)
 
 
 class StreamedLadder:
@@ -107,12 +125,13 @@ class StreamedLadder:
     is deleted, and nothing of the title was ever named by a manifest."""
 
     def __init__(self, path: Path, sink: SegmentSink, keys: Future[tuple[bytes, bytes]], *, scheme: str,
-                 segment_seconds: int, licence_url: str | None, poll_s: float = 0.05,
-                 chunk_bytes: int = 1 << 20) -> None:
+                 segment_seconds: int, licence_url: str | None, webm: frozenset[int] = frozenset(),
+                 poll_s: float = 0.05, chunk_bytes: int = 1 << 20) -> None:
         self.path = path
         self.sink = sink
         self._keys = keys
         self._scheme, self._segment_seconds, self._licence_url = scheme, segment_seconds, licence_url
+        self._webm = webm
         self.poll_s = poll_s
         self.chunk_bytes = chunk_bytes
         self._stop = threading.Event()
@@ -164,7 +183,7 @@ class StreamedLadder:
         kid, key = self._keys.result()
         return StreamingPackager(self.sink, package_options(
             scheme=self._scheme, key=key, kid=kid, segment_seconds=self._segment_seconds,
-            licence_url=self._licence_url))
+            licence_url=self._licence_url, webm=self._webm))
 
     def _follow(self) -> None:
         try:
@@ -211,8 +230,8 @@ class StreamedLadder:
 def renditions_of(result: PackageResult, rungs: Sequence[PlannedRung], prefix: str) -> tuple[Rendition, ...]:
     """The catalogue's renditions: ``dash`` and ``hls`` (the manifests), then one per planned
     rendition and audio track, each ``path`` a full object key under ``prefix``: its HLS media
-    playlist, or for a DASH-only track (VP9, Opus) its init segment. The AAC track is
-    ``audio``, the Opus one ``audio-opus``."""
+    playlist, or for a DASH-only track (VP9, Opus) its init segment (``init.webm`` for a WebM
+    one). The AAC track is ``audio``, the Opus one ``audio-opus``."""
     videos = [t for t in result.tracks if t.kind == "video"]
     if len(videos) != len(rungs):
         raise ValueError(f"the ladder file has {len(videos)} video tracks for {len(rungs)} rungs")

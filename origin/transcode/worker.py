@@ -54,7 +54,7 @@ from .config import TranscoderConfig
 from .ffmpeg import Stopped, ladder_command, run_ffmpeg
 from .ladder import plan_ladder
 from .objects import ObjectStore
-from .package import StreamedLadder, TickingSink, package_title, renditions_of
+from .package import StreamedLadder, TickingSink, package_title, renditions_of, webm_track_ids
 from .poster import collect_images, image_outputs, sprite_track, thumbnail_grid
 from .probe import probe_file
 
@@ -213,7 +213,8 @@ class _Job:
         # fit between two, and the creator would see 0 % until it is published.
         self.beat(0.02, force=True)
         info = probe_file(cfg.ffprobe, source)
-        rungs = plan_ladder(cfg.ladder, info, cfg.codecs)
+        rungs = plan_ladder(cfg.ladder, info, cfg.codecs, cfg.container)
+        webm = webm_track_ids(rungs, info.has_audio)
         grid = thumbnail_grid(info.duration_s, cfg.thumbnail_s, cfg.thumbnail_width, rungs[0].width,
                               rungs[0].height)
         images = image_outputs(work / "images", grid, poster_at_s=info.duration_s * cfg.poster_at,
@@ -234,7 +235,8 @@ class _Job:
         with ThreadPoolExecutor(1, thread_name_prefix="transcode-prepare") as prepare:
             prepared = prepare.submit(self._prepare_publish, objects, bucket)
             follower = StreamedLadder(ladder_mp4, sink, prepared, scheme=cfg.scheme,
-                                      segment_seconds=cfg.segment_seconds, licence_url=lic) if streamed else None
+                                      segment_seconds=cfg.segment_seconds, licence_url=lic,
+                                      webm=webm) if streamed else None
 
             def tick(p: float | None) -> None:
                 if follower is not None:
@@ -268,7 +270,7 @@ class _Job:
         else:
             result = package_title(ladder_mp4, TickingSink(sink, lambda: self.beat(0.9)), images=image_files,
                                    scheme=cfg.scheme, key=key, kid=kid, segment_seconds=cfg.segment_seconds,
-                                   licence_url=lic)
+                                   licence_url=lic, webm=webm)
             log.info("transcoder: job %s packaged after the encode", self.job.id,
                      extra={"event": "transcode.packaged", "job": self.job.id, "path": "after"})
         renditions = renditions_of(result, rungs, self.prefix)

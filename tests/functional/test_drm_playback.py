@@ -34,7 +34,10 @@ block-aligned), the MPD having no other codec, so the frames decoded are VP9's; 
 H.264 and VP9 video and AAC and Opus audio, as the transcoder makes with ``codecs = ["h264",
 "vp9"]`` (one MPD, an AdaptationSet per codec), where shaka-player picks the video codec whose
 renditions cost fewer bits for the same picture, VP9 (and, in the runs so far, the AAC audio:
-shaka 5.2 chose it over Opus).
+shaka 5.2 chose it over Opus). The same VP9 + Opus clip packaged ``--webm`` (WebM DASH
+segments, WebM Encryption) plays in shaka-player too, from its ``.webm`` segments; and so does
+the mixed clip packaged ``cbcs --webm`` (H.264/AAC CMAF ``cbcs`` beside VP9/Opus WebM in one
+MPD, as the transcoder publishes with ``container = "webm"``), shaka taking the WebM VP9 set.
 
 Classic ``METHOD=AES-128`` HLS (``headwater package --scheme aes128``: every file encrypted
 whole, the key tag naming the daemon's ``GET /keys/<KID hex>``) plays in hls.js without EME:
@@ -102,6 +105,8 @@ CASES = [
     Case("shaka-vp9-cenc-dash", "shaka", "vp9-cenc/manifest.mpd"),
     Case("shaka-vp9-cbcs-dash-laurl", "shaka", "vp9-cbcs/manifest.mpd", licence="mpd"),
     Case("shaka-mixed-cbcs-dash", "shaka", "mixed-cbcs/manifest.mpd"),
+    Case("shaka-vp9-webm-dash", "shaka", "vp9-webm/manifest.mpd"),
+    Case("shaka-mixed-webm-dash", "shaka", "mixed-webm/manifest.mpd"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 PLAYING = [c.name for c in CASES if c.expect == "plays" and "-rotated-" not in c.name]
@@ -168,6 +173,12 @@ def played(tmp_path_factory) -> Played:
                 assert _package(lic, webm_clip.result(), media / f"vp9-{scheme}", scheme, "--title", TITLE,
                                 "--dash") == kid_hex
             assert _package(lic, mixed_clip.result(), media / "mixed-cbcs", "cbcs") == kid_hex
+            # VP9 + Opus as WebM DASH segments, WebM Encryption (AES-CTR) under the title's key.
+            assert _package(lic, webm_clip.result(), media / "vp9-webm", "cenc", "--title", TITLE, "--dash",
+                            "--webm") == kid_hex
+            # The transcoder's output with container = "webm": H.264/AAC CMAF cbcs beside VP9/Opus WebM.
+            assert _package(lic, mixed_clip.result(), media / "mixed-webm", "cbcs", "--title", TITLE,
+                            "--webm") == kid_hex
             # The right KID, so the licence is granted, but not the key the store holds for it.
             _package(lic, clip.result(), media / "wrong", "cenc", "--kid", kid_hex, "--key", secrets.token_hex(16))
             # Last: rotation adds new keys to title 1, which the runs above must not pick up.
@@ -299,6 +310,21 @@ def test_vp9_renditions_played_are_vp9_and_opus(played):
         assert {c.split(".")[0] for c in codecs} == {"vp09", "opus"}, codecs
         assert f"/media/vp9-{scheme}/video-1/init.mp4" in played.served
         assert f"/media/vp9-{scheme}/audio-2/seg-1.m4s" in played.served
+
+
+def test_webm_renditions_play_from_webm_segments(played):
+    # shaka-player fed Chromium's MSE the WebM init and clusters; Chromium's "encrypted" event
+    # carried the ContentEncKeyID (WebM init data), and the licence was for the title's KID
+    # (test_plays_with_a_licence_for_exactly_our_kid checks the audit for every playing case).
+    mpd = (played.media / "vp9-webm" / "manifest.mpd").read_text()
+    assert 'mimeType="video/webm"' in mpd and 'mimeType="audio/webm"' in mpd
+    for path in ("video-1/init.webm", "video-1/seg-1.webm", "audio-2/init.webm", "audio-2/seg-1.webm"):
+        assert f"/media/vp9-webm/{path}" in played.served, path
+    assert not any(p.startswith("/media/vp9-webm/") and p.endswith((".m4s", ".mp4")) for p in played.served)
+    # Beside CMAF H.264 (cbcs) in one MPD, as the transcoder publishes with container = "webm":
+    # shaka-player takes the VP9 set, now WebM, under the same licence.
+    fetched = {p.removeprefix("/media/mixed-webm/") for p in played.served if p.startswith("/media/mixed-webm/")}
+    assert "video-2/seg-1.webm" in fetched and not any(p.startswith("video-1/seg-") for p in fetched), fetched
 
 
 def test_a_mixed_mpd_plays_in_the_codecs_shaka_prefers(played):

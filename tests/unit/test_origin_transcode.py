@@ -284,3 +284,44 @@ def test_a_source_below_every_h264_rung_still_gets_one_h264_rendition():
               Rung(name="small", height=180, bitrate=300_000, codecs=("vp9",)))
     rungs = plan_ladder(ladder, source(640, 360))
     assert [(r.name, r.codec) for r in rungs] == [("small", "h264"), ("small-vp9", "vp9")]
+
+
+@pytest.mark.parametrize("body,key,line", [
+    # WebM of an H.264-only rung: named at the rung's own key, whatever order the ladder was written in.
+    ('codecs = ["h264", "vp9"]\n[[transcoder.ladder]]\nname = "a"\nheight = 90\nbitrate = "1M"\n'
+     '[[transcoder.ladder]]\nname = "b"\nheight = 180\nbitrate = "1M"\ncodecs = ["h264"]\ncontainer = "webm"\n',
+     "transcoder.ladder[1].container", 21),
+    # WebM for the ladder, but no rung is VP9.
+    ('container = "webm"\n', "transcoder.container", 11),
+    ('container = "mkv"\n', "transcoder.container", 11),
+    ('codecs = ["h264", "vp9"]\n[[transcoder.ladder]]\nname = "a"\nheight = 90\nbitrate = "1M"\ncontainer = "ogg"\n',
+     "transcoder.ladder[0].container", 16),
+])
+def test_a_webm_container_is_for_vp9_and_opus_only(body, key, line):
+    with pytest.raises(ConfigError) as e:
+        loads(BASE + "[transcoder]\n" + body)
+    assert e.value.key == key and e.value.line == line, (e.value, e.value.line)
+
+
+def test_webm_renditions_are_planned_per_rung_and_name_their_tracks():
+    from headwater.origin.transcode.package import webm_track_ids
+    cfg = loads(BASE + '[transcoder]\ncodecs = ["h264", "vp9"]\ncontainer = "webm"\n'
+                       '[[transcoder.ladder]]\nname = "big"\nheight = 360\nbitrate = "900k"\n'
+                       '[[transcoder.ladder]]\nname = "small"\nheight = 180\nbitrate = "300k"\ncontainer = "mp4"\n')
+    t = cfg.transcoder
+    assert t.container == "webm" and [r.container for r in t.ladder] == [None, "mp4"]
+    assert loads(BASE + "[transcoder]\n").transcoder.container == "mp4"
+    rungs = plan_ladder(t.ladder, source(640, 360), t.codecs, t.container)
+    assert [(r.name, r.codec, r.container) for r in rungs] == [
+        ("big", "h264", "mp4"), ("small", "h264", "mp4"), ("big-vp9", "vp9", "webm"), ("small-vp9", "vp9", "mp4")]
+    # Tracks: 1-4 video in that order, 5 AAC, 6 Opus (WebM with the WebM rendition).
+    assert webm_track_ids(rungs, has_audio=True) == {3, 6}
+    assert webm_track_ids(rungs, has_audio=False) == {3}
+    # The ladder's mp4 with a rung's own webm: that rung's VP9 rendition only.
+    own = loads(BASE + '[transcoder]\ncodecs = ["h264", "vp9"]\n'
+                       '[[transcoder.ladder]]\nname = "big"\nheight = 360\nbitrate = "900k"\n'
+                       '[[transcoder.ladder]]\nname = "small"\nheight = 180\nbitrate = "300k"\ncontainer = "webm"\n')
+    mixed = plan_ladder(own.transcoder.ladder, source(640, 360), own.transcoder.codecs, own.transcoder.container)
+    assert [r.container for r in mixed] == ["mp4", "mp4", "mp4", "webm"]
+    assert webm_track_ids(mixed, has_audio=True) == {4, 6}
+    assert webm_track_ids(plan_ladder(t.ladder, source(640, 360), t.codecs, "mp4")[:2], has_audio=True) == set()
