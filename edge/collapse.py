@@ -7,9 +7,10 @@ Every joined request streams the body as it arrives, not once it is whole.
 The fan-out costs no copy per waiter: the flight keeps the body's most recent
 ``window_bytes`` in one shared list of chunks, and each waiter only holds its offset. The fetch
 never waits for a waiter. A waiter that falls behind the window (a slow client) leaves the shared
-buffer and reads the stored entry from its offset instead (``fallback``: the store's growing
-entry, which edge-store streams as it is written); a waiter with no such fallback (the response
-is not being stored) fails with :class:`~.errors.CollapsedFetchFailed` rather than hold memory.
+buffer and reads the rest from its offset through its ``fallback`` (the app's: the store's growing
+entry, which edge-store streams as it is written, or a ranged fetch upstream when no store keeps
+the response); a waiter with no fallback fails with :class:`~.errors.CollapsedFetchFailed` rather
+than hold memory.
 
 Across a POP's worker processes, collapsing is the store's: one process claims the key (the
 in-flight marker), the others read its growing entry (:mod:`headwater.edge.store.api`).
