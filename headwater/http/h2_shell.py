@@ -663,7 +663,8 @@ class H2Shell:
         conn = self.conn
         if request is None:
             request = self._request(st, req)
-        hook: Callable[[bool], None] | None = None
+        # (an answer given at once carries its hook already: a reset before this runs reports it)
+        hook: Callable[[bool], None] | None = answer.on_sent if answer is not None else None
         answered = False  # the app's response went out whole (for its on_sent)
         try:
             if st.reset:
