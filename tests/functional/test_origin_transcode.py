@@ -163,8 +163,11 @@ def download(s3, prefix: str, dest: Path) -> None:
         p.write_bytes(s3.get_object(Bucket="videos", Key=k)["Body"].read())
 
 
-def ssim(encrypted: Path, source: Path, key: bytes) -> float:
-    out = subprocess.run([FFMPEG, "-v", "info", "-nostats", "-decryption_key", key.hex(), "-i", str(encrypted),
+def ssim(encrypted: Path, source: Path, key: bytes | None = None) -> float:
+    """ffmpeg's SSIM of a rendition against the source; ``key`` decrypts a CENC rendition
+    (None: ``encrypted`` is in the clear, e.g. WebM decrypted by the test itself)."""
+    decrypt = ["-decryption_key", key.hex()] if key is not None else []
+    out = subprocess.run([FFMPEG, "-v", "info", "-nostats", *decrypt, "-i", str(encrypted),
                           "-i", str(source), "-lavfi", "[0:v][1:v]ssim", "-f", "null", "-"],
                          capture_output=True, timeout=60).stderr.decode(errors="replace")
     m = re.search(r"SSIM .* All:([0-9.]+)", out)

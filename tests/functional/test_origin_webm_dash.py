@@ -13,10 +13,7 @@ which the still-encrypted frames cannot give). The HLS master names H.264 and AA
 
 from __future__ import annotations
 
-import re
-import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -27,8 +24,8 @@ from headwater.origin.catalogue import TitleState
 from tests.functional.drm_media import FFMPEG, FFPROBE, make_clip, run
 from tests.functional.origin_harness import SMALL_LADDER
 from tests.functional.test_drm_webm import clear_webm, decodes
-from tests.functional.test_origin_transcode import (SECTIONS, download, keys_under, submit, transcoder_world,
-                                                    wait_state)
+from tests.functional.test_origin_transcode import (SECTIONS, download, keys_under, ssim, submit,
+                                                    transcoder_world, wait_state)
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB")
 MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
@@ -49,14 +46,6 @@ def setup(cluster, s3, tmp_path_factory):
         worker.kill()
         worker.log.close()
         catalogue.close()
-
-
-def ssim(clear: Path, source: Path) -> float:
-    out = subprocess.run([FFMPEG, "-v", "info", "-nostats", "-i", str(clear), "-i", str(source),
-                          "-lavfi", "[0:v][1:v]ssim", "-f", "null", "-"],
-                         capture_output=True, timeout=60).stderr.decode(errors="replace")
-    m = re.search(r"SSIM .* All:([0-9.]+)", out)
-    return float(m.group(1)) if m else 0.0
 
 
 def test_vp9_and_opus_are_published_as_encrypted_webm_beside_cmaf_h264(setup, s3, tmp_path):
