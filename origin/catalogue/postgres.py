@@ -10,10 +10,11 @@ hosts each take a different job without waiting on one another.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -22,14 +23,20 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 
 from .config import CatalogueConfig
 from .errors import BackendUnavailable
-from .query import TermGroup, tsquery_expression
+from .query import SearchPage, SearchQuery, TermGroup, tsquery_expression
 from .schema import POSTGRES_MIGRATIONS
 from .store import SqlCatalogue, Tx
+
+if TYPE_CHECKING:
+    from .localsearch import LocalSearchIndex
 
 __all__ = ["PostgresCatalogue"]
 
 # Any constant: the advisory lock that serialises migrations across origin hosts starting at once.
 _MIGRATION_LOCK = 0x6877_6361  # "hwca"
+# And the one that serialises appends to the search feed (localsearch.py): held to the commit, so
+# the feed's seq values become visible in order and a reader of "seq > last" skips none.
+_FEED_LOCK = 0x6877_6366  # "hwcf"
 _PLACEHOLDER = re.compile(r"\?")
 # The capped count tests documents in order, rather than ask the GIN index for every match, when
 # it expects its cap of matches within this many documents (some 1 µs each: _count_matches).
@@ -101,6 +108,36 @@ class PostgresCatalogue(SqlCatalogue):
             self._pool.close()
             raise BackendUnavailable(f"catalogue database: {e}") from e
         self._migrate()
+        self._search_index = None
+        if config.search_index is not None:
+            from .localsearch import LocalSearchIndex
+            self._search_index = LocalSearchIndex(self, config.search_index)
+
+    @property
+    def search_index(self) -> LocalSearchIndex | None:
+        """The local search index (``search = "local"``), or None: searches run in PostgreSQL."""
+        return self._search_index
+
+    def warm_search(self) -> None:
+        """Open the local search index now (rebuilt in the background if it must be) rather
+        than at the first search; a process that never searches (the transcoder) never opens it."""
+        if self._search_index is not None:
+            self._search_index.start()
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """As :meth:`SqlCatalogue.search`: from the local search index when there is one and it
+        is up to date (localsearch.py), else in PostgreSQL."""
+        if self._search_index is not None:
+            page = self._search_index.search(query)
+            if page is not None:
+                return page
+        return super().search(query)
+
+    def _search_changed(self, tx: Tx, title_ids: list[int]) -> None:
+        # Writes are rare (a publish, a withdrawal, an edit): one writer at a time is cheap.
+        tx.run("SELECT pg_advisory_xact_lock(?)", (_FEED_LOCK,))
+        tx.run("INSERT INTO search_feed (title_id, at) SELECT value::bigint, ? FROM json_array_elements_text(?::json)",
+               (self.clock.time(), json.dumps(title_ids)))
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # statement_timeout bounds what one search can cost the database (set per connection,
@@ -177,4 +214,6 @@ class PostgresCatalogue(SqlCatalogue):
         return share > 0 and cap / share <= SCAN_ROWS_MAX
 
     def close(self) -> None:
+        if self._search_index is not None:
+            self._search_index.close()
         self._pool.close()
