@@ -26,6 +26,7 @@ How it stays consistent (docs/origin-catalogue.md, "Search on PostgreSQL: the lo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import sqlite3
@@ -94,6 +95,10 @@ class LocalSearchIndex:
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._built = threading.Event()
+        # One user per file: an exclusive flock on <path>.lock (another process, or another
+        # catalogue object of this one, on the same file searches PostgreSQL instead).
+        self._lock_file: Any = None
+        self._disabled = False
         #: Seconds the last rebuild took (None: none yet), and how many there were.
         self.last_build_s: float | None = None
         self.rebuilds = 0
@@ -107,6 +112,17 @@ class LocalSearchIndex:
             if self._started:
                 return
             self._started = True
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            lock_file = open(f"{self._path}.lock", "ab")
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock_file.close()
+                self._disabled = True
+                log.warning("catalogue: the local search index %s is in use by another process: searching "
+                            "in PostgreSQL", self._path, extra={"event": "catalogue.search_index_in_use"})
+                return
+            self._lock_file = lock_file
             self._open_existing()
             self._thread = threading.Thread(target=self.run_forever, name="catalogue-search-index", daemon=True)
             self._thread.start()
@@ -115,13 +131,13 @@ class LocalSearchIndex:
         """Wait until the index answers searches (built and caught up at least once)."""
         self.start()
         deadline = time.monotonic() + timeout_s
-        while not self._ready:
+        while not self._ready and not self._disabled:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             self._wake.set()
             self._built.wait(min(left, 0.1))
-        return True
+        return self._ready
 
     @property
     def position(self) -> int:
@@ -139,6 +155,9 @@ class LocalSearchIndex:
             self._thread.join(timeout=30)
         with self._write:
             self._retire()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     # --- searching -------------------------------------------------------------------------
 

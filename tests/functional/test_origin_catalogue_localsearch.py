@@ -233,3 +233,15 @@ def test_concurrent_writers_leave_no_gap_in_the_feed(database):
         every = [r[0] for r in conn.execute("SELECT seq FROM search_feed ORDER BY seq").fetchall()]
     assert len(every) == 32
     assert seen == every  # read in order as it went, none skipped
+
+
+def test_a_second_user_of_the_file_searches_postgresql(database, tmp_path, no_poll):
+    """One index file, one user: a second catalogue (another process on the same data dir) does
+    not touch the first one's file and searches in PostgreSQL."""
+    path = tmp_path / "a.sqlite3"
+    with _host(database, path) as a, _host(database, path) as b:
+        new = _publish(a, "Shared Lantern")
+        assert a.search_index.wait_ready(60) and not b.search_index.wait_ready(1)
+        assert _ids(b.search(SearchQuery(q="shared lantern"))) == [new]
+        assert _ids(a.search(SearchQuery(q="shared lantern"))) == [new]
+        assert a.search_index.rebuilds == 1 and b.search_index.rebuilds == 0
