@@ -163,26 +163,35 @@ class LocalSearchIndex:
 
     def search(self, query: SearchQuery) -> SearchPage | None:
         """The page ``query`` gets, from the local file once it holds every change committed
-        before this call; ``None`` when it cannot answer now (search PostgreSQL instead)."""
+        before this call; ``None`` when it cannot answer now (search PostgreSQL instead).
+
+        The file is searched first; then one statement reads the feed's head and the hits'
+        rows (published ones only) in one snapshot, taken after this call began. If the file
+        was at that head, it held every change committed before the call and the page stands
+        (a hit PostgreSQL no longer shows as published is left out); if it was behind, the
+        missing changes are applied and the file searched again, once."""
         if not self._started:
             self.start()
-        if not self._ready:
-            self._wake.set()
-            return None
-        head = self._head()
-        if not self._caught_up(head):
-            return None
-        page = self._local_search(query)
-        if page is None:
-            return None
-        checked = self._checked(page, drop=False)
-        if checked is not None:
-            return checked
-        # A hit changed after the head was read (withdrawn meanwhile): apply that and search again.
-        if not self._caught_up(self._head()):
-            return None
-        page = self._local_search(query)
-        return None if page is None else self._checked(page, drop=True)
+        for attempt in range(2):
+            if not self._ready:
+                self._wake.set()
+                return None
+            # A lower bound of what the search reads: a catch-up moves the position after it commits.
+            position = self._position
+            page = self._local_search(query)
+            if page is None:
+                return None
+            head, rows = self._head_and_rows([h.id for h in page.hits])
+            if head <= position or attempt == 1:
+                if head < position:  # the feed went backwards (a restored database): rebuild
+                    self._wake.set()
+                    return None
+                hits = tuple(replace(h, title=r[1], category=r[2], year=r[3], language=r[4], duration_s=r[5])
+                             for h in page.hits if (r := rows.get(h.id)) is not None)
+                return replace(page, hits=hits)
+            if not self._caught_up(head):
+                return None
+        raise AssertionError("unreachable")
 
     def _caught_up(self, head: int) -> bool:
         behind = head - self._position
@@ -215,20 +224,15 @@ class LocalSearchIndex:
                 self._users -= 1
                 self._idle.notify_all()
 
-    def _checked(self, page: SearchPage, *, drop: bool) -> SearchPage | None:
-        """``page`` with its hits' rows as PostgreSQL has them now; a hit that is no longer
-        published is left out with ``drop``, else the answer is ``None`` (search again)."""
-        if not page.hits:
-            return page
+    def _head_and_rows(self, ids: list[int]) -> tuple[int, dict[int, tuple]]:
+        """The feed's head and the rows of those of ``ids`` that are published, in one statement
+        (one snapshot, one round trip)."""
         with self._source._tx(write=False) as tx:
-            found = {int(r[0]): r for r in tx.rows(
-                "SELECT id, title, category, year, language, duration_s FROM titles "
-                "WHERE id = ANY(?::bigint[]) AND state = 'published'", ([h.id for h in page.hits],))}
-        if len(found) < len(page.hits) and not drop:
-            return None
-        hits = tuple(replace(h, title=r[1], category=r[2], year=r[3], language=r[4], duration_s=r[5])
-                     for h in page.hits if (r := found.get(h.id)) is not None)
-        return replace(page, hits=hits)
+            found = tx.rows(
+                "SELECT h.head, t.id, t.title, t.category, t.year, t.language, t.duration_s "
+                "FROM (SELECT coalesce(max(seq), 0) AS head FROM search_feed) h LEFT JOIN titles t ON t.id = ANY(?::bigint[]) AND t.state = 'published'",
+                (ids,))
+        return int(found[0][0]), {int(r[1]): r[1:] for r in found if r[1] is not None}
 
     # --- keeping up ------------------------------------------------------------------------
 
