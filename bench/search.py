@@ -31,6 +31,10 @@ bare ``@@`` match with no rank. With the ``tantivy`` package installed, ``--tant
 the same queries on a tantivy index of the same documents (fuzzy distance 1, last word as a
 prefix, filters, ranked top page plus a capped count), as the issue asks to consider it.
 
+PostgreSQL searches its local search index by default (``--search local``: built from the
+database first, the build timed; origin/catalogue/localsearch.py), or the database itself
+(``--search database``); ``--check-pages`` compares the two on every query.
+
 One client, one query at a time: the figures are latencies; queries/s is 1 / mean latency.
 """
 
