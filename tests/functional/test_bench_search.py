@@ -81,6 +81,7 @@ def test_bench_keeps_its_postgresql_folder_and_reuses_it(tmp_path):
     assert runs[0]["seed_s"] is not None and runs[1]["seed_s"] is None
     assert runs[1]["stats"]["all"]["n"] == 14
     assert runs[0]["search"] == "local" and runs[0]["index_build_s"] > 0
-    assert runs[0]["same_pages"]["ids"] == runs[0]["same_pages"]["totals"] == 14
+    same = runs[0]["same_pages"]
+    assert same["ids"] == same["hits"] == same["totals"] == 14 and same["facets_of_exact"] == same["exact_totals"]
     assert "local index alone (no feed head, no hit check)" in runs[0]["ceilings"]
     assert runs[1]["search"] == "database" and runs[1]["index_build_s"] is None
