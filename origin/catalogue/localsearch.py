@@ -227,11 +227,10 @@ class LocalSearchIndex:
     def _head_and_rows(self, ids: list[int]) -> tuple[int, dict[int, tuple]]:
         """The feed's head and the rows of those of ``ids`` that are published, in one statement
         (one snapshot, one round trip)."""
-        with self._source._tx(write=False) as tx:
-            found = tx.rows(
-                "SELECT h.head, t.id, t.title, t.category, t.year, t.language, t.duration_s "
-                "FROM (SELECT coalesce(max(seq), 0) AS head FROM search_feed) h LEFT JOIN titles t ON t.id = ANY(?::bigint[]) AND t.state = 'published'",
-                (ids,))
+        found = self._source._statement(
+            "SELECT h.head, t.id, t.title, t.category, t.year, t.language, t.duration_s "
+            "FROM (SELECT coalesce(max(seq), 0) AS head FROM search_feed) h "
+            "LEFT JOIN titles t ON t.id = ANY(?::bigint[]) AND t.state = 'published'", (ids,))
         return int(found[0][0]), {int(r[1]): r[1:] for r in found if r[1] is not None}
 
     # --- keeping up ------------------------------------------------------------------------
@@ -250,12 +249,16 @@ class LocalSearchIndex:
             self.catch_up(head)
 
     def run_forever(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 self.run_once()
+                failing = False
             except Exception as e:  # the database away, a full disk: try again later
-                log.warning("catalogue: the local search index could not catch up: %s", e,
-                            extra={"event": "catalogue.search_index_behind"})
+                if not failing:  # once per outage, not once a poll
+                    log.warning("catalogue: the local search index could not catch up: %s", e,
+                                extra={"event": "catalogue.search_index_behind"})
+                failing = True
                 self._stop.wait(self._poll_s)
             self._wake.wait(self._poll_s)
             self._wake.clear()

@@ -177,6 +177,21 @@ class PostgresCatalogue(SqlCatalogue):
         except psycopg.OperationalError as e:
             raise BackendUnavailable(f"catalogue database: {e}") from e
 
+    def _statement(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of one read-only statement run outside a transaction block (autocommit): one
+        round trip, where :meth:`_tx` costs three (BEGIN, the statement, COMMIT). A search
+        through the local index runs one such statement (localsearch.py)."""
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    return conn.execute(_pg(sql), tuple(params)).fetchall()
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
+        except psycopg.OperationalError as e:
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+
     def _count_matches(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                        cap: int) -> list[tuple]:
         # Where matches are dense (the documents read in key order hold cap matches within

@@ -38,6 +38,11 @@ def postgres():
         pytest.fail("PostgreSQL is missing: install Debian's postgresql (make setup does)")
     server = start_postgres()
     yield server
+    # The seeded catalogues on it first (a local index's worker would poll a stopped server).
+    for name in ("postgresql", "local"):
+        cat = _seeded_cache.pop(name, None)
+        if cat is not None:
+            cat.close()
     server.stop()
 
 
