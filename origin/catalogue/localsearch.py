@@ -13,13 +13,14 @@ How it stays consistent (docs/origin-catalogue.md, "Search on PostgreSQL: the lo
   the title to ``search_feed`` (migration 7) under an advisory lock held to its commit, so the
   feed's ``seq`` commits in order: a reader that has applied everything up to ``seq`` n never
   later meets a row below n (no gap to skip).
-- A search first reads the feed's head (one statement). Behind by at most
-  :data:`CATCH_UP_IN_SEARCH_MAX` rows, it applies them (the titles' current rows, re-read) before
-  it answers: a title published on any host is found by the next search here. Further behind
+- A search runs on the file, then reads the feed's head and its hits' rows (``state =
+  'published'``) in one statement, one snapshot taken after the search began. If the file was at
+  that head, it held every change committed before the search, so the page stands (hits shown
+  with PostgreSQL's rows). If it was behind by at most :data:`CATCH_UP_IN_SEARCH_MAX` rows, the
+  search applies them (the titles' current rows, re-read) and runs again: a title published on
+  any host is found by the next search here, a withdrawn one is never shown. Further behind
   (a fresh file, a host that was away), it answers from PostgreSQL's own search while the
   background worker catches up or rebuilds.
-- The hits' rows are read from PostgreSQL (``state = 'published'``): a title withdrawn after
-  the head was read is never shown (the index catches up and the search runs again).
 - A missing, corrupt, unfinished or foreign (another database's feed epoch) file is rebuilt from
   PostgreSQL in the background at start; searches use PostgreSQL until it is ready.
 """
