@@ -22,7 +22,8 @@ How it stays consistent (docs/origin-catalogue.md, "Search on PostgreSQL: the lo
   (a fresh file, a host that was away), it answers from PostgreSQL's own search while the
   background worker catches up or rebuilds.
 - A missing, corrupt, unfinished or foreign (another database's feed epoch) file is rebuilt from
-  PostgreSQL in the background at start; searches use PostgreSQL until it is ready.
+  PostgreSQL in the background at start, as is one behind the feed's pruning (``pruned_to``);
+  searches use PostgreSQL until it is ready.
 """
 
 from __future__ import annotations
@@ -273,8 +274,15 @@ class LocalSearchIndex:
             if not self._ready or local is None or start >= head:
                 return
             with self._source._tx(write=False) as tx:
+                pruned_to = int(tx.one("SELECT pruned_to FROM search_feed_epoch")[0])
                 ids = [int(r[0]) for r in tx.rows(
                     "SELECT DISTINCT title_id FROM search_feed WHERE seq > ? AND seq <= ? ORDER BY 1", (start, head))]
+            if pruned_to > start:
+                # Changes this file has not seen were pruned from the feed: it cannot catch up.
+                # Searches use PostgreSQL until the worker has rebuilt it.
+                self._broken = True
+                self._wake.set()
+                return
             for i in range(0, max(len(ids), 1), BATCH):
                 chunk = ids[i:i + BATCH]
                 rows = self._published(f"t.id = ANY(?::bigint[]) ORDER BY t.id", (chunk,)) if chunk else []

@@ -37,6 +37,10 @@ _MIGRATION_LOCK = 0x6877_6361  # "hwca"
 # And the one that serialises appends to the search feed (localsearch.py): held to the commit, so
 # the feed's seq values become visible in order and a reader of "seq > last" skips none.
 _FEED_LOCK = 0x6877_6366  # "hwcf"
+# The feed keeps a week of changes: every FEED_PRUNE_EVERY-th append deletes older rows (a local
+# index further behind than that is rebuilt, as one 50,000 changes behind is).
+FEED_KEEP_S = 7 * 24 * 3600.0
+FEED_PRUNE_EVERY = 1000
 _PLACEHOLDER = re.compile(r"\?")
 # The capped count tests documents in order, rather than ask the GIN index for every match, when
 # it expects its cap of matches within this many documents (some 1 µs each: _count_matches).
@@ -136,8 +140,13 @@ class PostgresCatalogue(SqlCatalogue):
     def _search_changed(self, tx: Tx, title_ids: list[int]) -> None:
         # Writes are rare (a publish, a withdrawal, an edit): one writer at a time is cheap.
         tx.run("SELECT pg_advisory_xact_lock(?)", (_FEED_LOCK,))
-        tx.run("INSERT INTO search_feed (title_id, at) SELECT value::bigint, ? FROM json_array_elements_text(?::json)",
-               (self.clock.time(), json.dumps(title_ids)))
+        now = self.clock.time()
+        seqs = tx.rows("INSERT INTO search_feed (title_id, at) SELECT value::bigint, ? "
+                       "FROM json_array_elements_text(?::json) RETURNING seq", (now, json.dumps(title_ids)))
+        if any(int(r[0]) % FEED_PRUNE_EVERY == 0 for r in seqs):
+            tx.run("WITH gone AS (DELETE FROM search_feed WHERE at < ? RETURNING seq) "
+                   "UPDATE search_feed_epoch SET pruned_to = greatest(pruned_to, (SELECT coalesce(max(seq), 0) FROM gone))",
+                   (now - FEED_KEEP_S,))
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # statement_timeout bounds what one search can cost the database (set per connection,

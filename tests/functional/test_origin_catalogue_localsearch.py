@@ -245,3 +245,34 @@ def test_a_second_user_of_the_file_searches_postgresql(database, tmp_path, no_po
         assert _ids(b.search(SearchQuery(q="shared lantern"))) == [new]
         assert _ids(a.search(SearchQuery(q="shared lantern"))) == [new]
         assert a.search_index.rebuilds == 1 and b.search_index.rebuilds == 0
+
+
+def test_a_file_behind_a_pruned_feed_is_rebuilt(database, tmp_path, no_poll, monkeypatch):
+    """The feed keeps FEED_KEEP_S of changes (pruned on every FEED_PRUNE_EVERY-th append): a host
+    whose file missed pruned changes answers from PostgreSQL and rebuilds, never from a file
+    that lacks them."""
+    from headwater.clock import FakeClock
+
+    path = tmp_path / "b.sqlite3"
+    with _host(database, path) as b:
+        _publish(b, "Before The Gap")
+        assert b.search_index.wait_ready(60)
+    monkeypatch.setattr(postgres, "FEED_PRUNE_EVERY", 1)
+    clock = FakeClock()
+    with open_catalogue(CatalogueConfig(backend="postgresql", dsn=database), clock=clock) as a:
+        missed = _publish(a, "Across The Gap")
+        clock.advance(postgres.FEED_KEEP_S + 1)
+        _publish(a, "After The Gap")  # prunes the rows before it
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert conn.execute("SELECT pruned_to FROM search_feed_epoch").fetchone()[0] > 1
+    with _host(database, path) as b:
+        b.warm_search()
+        assert b.search_index.ready and b.search_index.rebuilds == 0  # whole, but behind the prune
+        assert missed in _ids(b.search(SearchQuery(q="gap", limit=10)))  # from PostgreSQL
+        deadline = time.monotonic() + 60
+        while b.search_index.rebuilds == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.search_index.wait_ready(60) and b.search_index.rebuilds == 1
+        monkeypatch.setattr(postgres.PostgresCatalogue, "_match", None)  # the file answers now
+        assert {h.title for h in b.search(SearchQuery(q="gap", limit=10)).hits} == {
+            "Before The Gap", "Across The Gap", "After The Gap"}
