@@ -144,6 +144,8 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     catalogue_config = node.catalogue_config
     # Opening migrates the schema (and waits on another host's migration): off the event loop.
     catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
+    # PostgreSQL: open the local search index now (or start its rebuild), not at the first search.
+    await anyio.to_thread.run_sync(catalogue.warm_search)
     # PostgreSQL: no more threads than pooled connections (a thread would only wait for one).
     threads = node.catalogue_threads if catalogue_config.backend == "sqlite" \
         else min(node.catalogue_threads, catalogue_config.pool_size)

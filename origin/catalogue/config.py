@@ -8,6 +8,10 @@ Keys (every default here)::
                        put no password in it: libpq reads ~/.pgpass or PGPASSWORD
     dsn_env            or: the environment variable holding the DSN
     pool_size          PostgreSQL connections per process (4)
+    search             PostgreSQL: "local" (default): each origin searches its own SQLite copy of
+                       the published titles' search index (<origin data_dir>/search-index.sqlite3,
+                       derived data fed from the database's search feed: localsearch.py), or
+                       "database": every search runs in PostgreSQL; SQLite ignores it
     mmap_mib           SQLite: how much of the file readers map into memory (1024; 0: none): a
                        search's probes then read the OS page cache in place instead of copying
                        each page through a read(2) into SQLite's own small cache
@@ -37,7 +41,9 @@ __all__ = ["CatalogueConfig", "read_catalogue", "BACKENDS"]
 
 BACKENDS = ("sqlite", "postgresql")
 
-_KEYS = {"backend", "path", "dsn", "dsn_env", "pool_size", "mmap_mib", "connect_timeout_seconds",
+SEARCH_MODES = ("local", "database")
+
+_KEYS = {"backend", "path", "dsn", "dsn_env", "pool_size", "mmap_mib", "connect_timeout_seconds", "search",
          "statement_timeout_ms", "max_query_chars", "max_terms", "max_page_size", "max_offset",
          "exact_total_max",
          "job_max_attempts", "job_lease_seconds", "backoff_base_seconds", "backoff_cap_seconds"}
@@ -50,6 +56,8 @@ class CatalogueConfig:
     backend: str = "sqlite"
     path: Path | None = None
     dsn: str | None = None
+    # PostgreSQL: the local search index's file (search = "local"); None: search in the database.
+    search_index: Path | None = None
     pool_size: int = 4
     mmap_mib: int = 1024
     connect_timeout_s: float = 5.0
@@ -68,6 +76,10 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
         raise r.error(f"{p}.backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
     path = None
     dsn = None
+    search_index = None
+    mode = r.get(item, "search", p, str, "local")
+    if mode not in SEARCH_MODES:
+        raise r.error(f"{p}.search", f"{mode!r} is not one of {', '.join(SEARCH_MODES)}")
     if backend == "sqlite":
         if "dsn" in item or "dsn_env" in item:
             raise r.error(f"{p}.dsn", 'is for backend = "postgresql"')
@@ -89,6 +101,10 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
                 raise r.error(f"{p}.dsn_env", f"the environment variable {env} is not set")
         if "password=" in dsn.replace(" ", "") and "dsn" in item:
             raise r.error(f"{p}.dsn", "holds a password: use ~/.pgpass, PGPASSWORD or dsn_env")
+        if mode == "local":
+            search_index = data_dir / "search-index.sqlite3"
+            if not search_index.is_absolute():
+                search_index = r.root / search_index
 
     def bounded(key: str, default: int, lo: int, hi: int) -> int:
         value = r.get(item, key, p, int, default)
@@ -101,7 +117,7 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
     if cap < base:
         raise r.error(f"{p}.backoff_cap_seconds", "is below backoff_base_seconds")
     return CatalogueConfig(
-        backend=backend, path=path, dsn=dsn,
+        backend=backend, path=path, dsn=dsn, search_index=search_index,
         pool_size=bounded("pool_size", 4, 1, 64),
         mmap_mib=bounded("mmap_mib", 1024, 0, 1024 * 1024),
         connect_timeout_s=r.positive(item, "connect_timeout_seconds", p, 5.0),

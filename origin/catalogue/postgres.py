@@ -10,10 +10,11 @@ hosts each take a different job without waiting on one another.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -22,14 +23,24 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 
 from .config import CatalogueConfig
 from .errors import BackendUnavailable
-from .query import TermGroup, tsquery_expression
+from .query import SearchPage, SearchQuery, TermGroup, tsquery_expression
 from .schema import POSTGRES_MIGRATIONS
 from .store import SqlCatalogue, Tx
+
+if TYPE_CHECKING:
+    from .localsearch import LocalSearchIndex
 
 __all__ = ["PostgresCatalogue"]
 
 # Any constant: the advisory lock that serialises migrations across origin hosts starting at once.
 _MIGRATION_LOCK = 0x6877_6361  # "hwca"
+# And the one that serialises appends to the search feed (localsearch.py): held to the commit, so
+# the feed's seq values become visible in order and a reader of "seq > last" skips none.
+_FEED_LOCK = 0x6877_6366  # "hwcf"
+# The feed keeps a week of changes: every FEED_PRUNE_EVERY-th append deletes older rows (a local
+# index further behind than that is rebuilt, as one 50,000 changes behind is).
+FEED_KEEP_S = 7 * 24 * 3600.0
+FEED_PRUNE_EVERY = 1000
 _PLACEHOLDER = re.compile(r"\?")
 # The capped count tests documents in order, rather than ask the GIN index for every match, when
 # it expects its cap of matches within this many documents (some 1 µs each: _count_matches).
@@ -101,6 +112,41 @@ class PostgresCatalogue(SqlCatalogue):
             self._pool.close()
             raise BackendUnavailable(f"catalogue database: {e}") from e
         self._migrate()
+        self._search_index = None
+        if config.search_index is not None:
+            from .localsearch import LocalSearchIndex
+            self._search_index = LocalSearchIndex(self, config.search_index)
+
+    @property
+    def search_index(self) -> LocalSearchIndex | None:
+        """The local search index (``search = "local"``), or None: searches run in PostgreSQL."""
+        return self._search_index
+
+    def warm_search(self) -> None:
+        """Open the local search index now (rebuilt in the background if it must be) rather
+        than at the first search; a process that never searches (the transcoder) never opens it."""
+        if self._search_index is not None:
+            self._search_index.start()
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """As :meth:`SqlCatalogue.search`: from the local search index when there is one and it
+        is up to date (localsearch.py), else in PostgreSQL."""
+        if self._search_index is not None:
+            page = self._search_index.search(query)
+            if page is not None:
+                return page
+        return super().search(query)
+
+    def _search_changed(self, tx: Tx, title_ids: list[int]) -> None:
+        # Writes are rare (a publish, a withdrawal, an edit): one writer at a time is cheap.
+        tx.run("SELECT pg_advisory_xact_lock(?)", (_FEED_LOCK,))
+        now = self.clock.time()
+        seqs = tx.rows("INSERT INTO search_feed (title_id, at) SELECT value::bigint, ? "
+                       "FROM json_array_elements_text(?::json) RETURNING seq", (now, json.dumps(title_ids)))
+        if any(int(r[0]) % FEED_PRUNE_EVERY == 0 for r in seqs):
+            tx.run("WITH gone AS (DELETE FROM search_feed WHERE at < ? RETURNING seq) "
+                   "UPDATE search_feed_epoch SET pruned_to = greatest(pruned_to, (SELECT coalesce(max(seq), 0) FROM gone))",
+                   (now - FEED_KEEP_S,))
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # statement_timeout bounds what one search can cost the database (set per connection,
@@ -137,6 +183,21 @@ class PostgresCatalogue(SqlCatalogue):
             with self._pool.connection() as conn:
                 with conn.transaction():
                     yield _PgTx(conn)
+        except psycopg.OperationalError as e:
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+
+    def _statement(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of one read-only statement run outside a transaction block (autocommit): one
+        round trip, where :meth:`_tx` costs three (BEGIN, the statement, COMMIT). A search
+        through the local index runs one such statement (localsearch.py)."""
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    return conn.execute(_pg(sql), tuple(params)).fetchall()
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
         except psycopg.OperationalError as e:
             raise BackendUnavailable(f"catalogue database: {e}") from e
 
@@ -177,4 +238,6 @@ class PostgresCatalogue(SqlCatalogue):
         return share > 0 and cap / share <= SCAN_ROWS_MAX
 
     def close(self) -> None:
+        if self._search_index is not None:
+            self._search_index.close()
         self._pool.close()

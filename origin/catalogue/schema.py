@@ -210,4 +210,14 @@ POSTGRES_MIGRATIONS: list[list[Migration]] = [
      "INSERT INTO search_terms (title_id, terms) SELECT title_id, jsonb_object_agg(word, impact) "
      "FROM search_postings GROUP BY title_id",
      "ANALYZE search_terms"],
+    # 7 (PostgreSQL only): the search feed, a row per change of a title's search entry (publish,
+    # withdrawal, metadata), written in the changing transaction under an advisory lock so seq
+    # commits in order (localsearch.py: each origin's local search index reads it past its
+    # position); the epoch names this database's feed, so a local index made from another
+    # database is rebuilt rather than caught up; pruned_to, the highest seq pruned (a file
+    # whose position is below it cannot catch up: it is rebuilt).
+    ["CREATE TABLE search_feed (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+     "title_id BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+     "CREATE TABLE search_feed_epoch (epoch TEXT NOT NULL, pruned_to BIGINT NOT NULL DEFAULT 0)",
+     "INSERT INTO search_feed_epoch (epoch) VALUES (md5(random()::text || clock_timestamp()::text))"],
 ]

@@ -950,6 +950,9 @@ class SqlCatalogue(ABC):
     def close(self) -> None:
         """Release the connections."""
 
+    def warm_search(self) -> None:
+        """Prepare what searches use (PostgreSQL's local search index) before the first one."""
+
     def __enter__(self) -> SqlCatalogue:
         return self
 
@@ -1060,6 +1063,7 @@ class SqlCatalogue(ABC):
             self._add_words(tx, vocabulary, peaks)
             if published:
                 self._count_documents(tx, len(ids))
+                self._search_changed(tx, ids)
         return ids
 
     def update_metadata(self, title_id: int, draft: TitleDraft) -> Title:
@@ -1222,22 +1226,35 @@ class SqlCatalogue(ABC):
 
     def _reindex(self, tx: Tx, title_id: int) -> None:
         """Make the title's search entry and vocabulary match it: present iff it is published."""
-        key = self.search_key
-        old = tx.one(f"SELECT title, people, description FROM title_search WHERE {key} = ?", (title_id,))
-        if old is not None:
-            tx.run(f"DELETE FROM title_search WHERE {key} = ?", (title_id,))
-            tx.run("DELETE FROM search_postings WHERE title_id = ?", (title_id,))
-            if self.search_terms:
-                tx.run("DELETE FROM search_terms WHERE title_id = ?", (title_id,))
-            self._count_words(tx, set(" ".join(old).split()), -1)
-            self._count_documents(tx, -1)
+        was_indexed = self._unindex(tx, title_id)
         row = tx.one("SELECT title, description, state FROM titles WHERE id = ?", (title_id,))
         if row is None or row[2] != TitleState.PUBLISHED.value:
+            if was_indexed:
+                self._search_changed(tx, [title_id])
             return
         people = [n for (n,) in tx.rows(
             "SELECT p.name FROM title_people tp JOIN people p ON p.id = tp.person_id "
             "WHERE tp.title_id = ? ORDER BY tp.position", (title_id,))]
         self._index(tx, title_id, row[0], people, row[1])
+        self._search_changed(tx, [title_id])
+
+    def _unindex(self, tx: Tx, title_id: int) -> bool:
+        """Remove the title's search entry and its words from the vocabulary; whether it had one."""
+        key = self.search_key
+        old = tx.one(f"SELECT title, people, description FROM title_search WHERE {key} = ?", (title_id,))
+        if old is None:
+            return False
+        tx.run(f"DELETE FROM title_search WHERE {key} = ?", (title_id,))
+        tx.run("DELETE FROM search_postings WHERE title_id = ?", (title_id,))
+        if self.search_terms:
+            tx.run("DELETE FROM search_terms WHERE title_id = ?", (title_id,))
+        self._count_words(tx, set(" ".join(old).split()), -1)
+        self._count_documents(tx, -1)
+        return True
+
+    def _search_changed(self, tx: Tx, title_ids: list[int]) -> None:
+        """Called in the transaction that changed these titles' search entries (published,
+        withdrawn, metadata): PostgreSQL appends them to its search feed (localsearch.py)."""
 
     def _index(self, tx: Tx, title_id: int, title: str, people: Iterable[str], description: str, *,
                count: bool = True) -> dict[str, float]:

@@ -67,13 +67,21 @@ def test_bench_keeps_its_postgresql_folder_and_reuses_it(tmp_path):
     folder = parent / "pg"
     runs = []
     try:
-        for n in range(2):
+        # The first run searches the local index (built, timed, its pages checked against the
+        # database's search), the second the database.
+        for n, extra in enumerate((["--check-pages"], ["--search", "database"])):
             out = tmp_path / f"r{n}.json"
             assert bench.main(["--titles", "200", "--backend", "postgresql", "--queries", "14", "--pg-dir",
-                               str(folder), "--pg-shared-buffers", "32MB", "--pg-prewarm", "--json", str(out)]) == 0
+                               str(folder), "--pg-shared-buffers", "32MB", "--pg-prewarm", "--json", str(out),
+                               "--work-dir", str(tmp_path), *extra]) == 0
             runs.append(json.loads(out.read_text())["backends"]["postgresql"])
             assert (folder / "data" / "PG_VERSION").exists()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
     assert runs[0]["seed_s"] is not None and runs[1]["seed_s"] is None
     assert runs[1]["stats"]["all"]["n"] == 14
+    assert runs[0]["search"] == "local" and runs[0]["index_build_s"] > 0
+    same = runs[0]["same_pages"]
+    assert same["ids"] == same["hits"] == same["totals"] == 14 and same["facets_of_exact"] == same["exact_totals"]
+    assert "local index alone (no feed head, no hit check)" in runs[0]["ceilings"]
+    assert runs[1]["search"] == "database" and runs[1]["index_build_s"] is None

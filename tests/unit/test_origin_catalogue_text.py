@@ -111,6 +111,15 @@ def test_config(tmp_path, monkeypatch):
     cfg = read_catalogue(r, {"backend": "postgresql", "dsn_env": "HW_TEST_DSN", "max_page_size": 50},
                          "origin.catalogue", tmp_path)
     assert cfg.dsn == "host=db1 dbname=hw" and cfg.search.max_page_size == 50
+    # PostgreSQL searches a local index in the origin's data dir unless told to search the database.
+    assert cfg.search_index == tmp_path / "search-index.sqlite3"
+    assert read_catalogue(r, {"backend": "postgresql", "dsn": "host=x", "search": "database"},
+                          "origin.catalogue", tmp_path).search_index is None
+    with pytest.raises(ConfigError, match="origin.catalogue.search"):
+        read_catalogue(r, {"backend": "postgresql", "dsn": "host=x", "search": "elastic"}, "origin.catalogue", tmp_path)
+    with pytest.raises(ConfigError, match="origin.catalogue.search"):
+        read_catalogue(r, {"search": 3}, "origin.catalogue", tmp_path)
+    assert read_catalogue(r, {"search": "database"}, "origin.catalogue", tmp_path).search_index is None  # SQLite
     with pytest.raises(ConfigError, match="unknown key"):
         read_catalogue(r, {"bogus": 1}, "origin.catalogue", tmp_path)
     assert cfg.mmap_mib == 1024  # (the default; SQLite's)

@@ -1,0 +1,278 @@
+"""PostgreSQL's local search index (origin/catalogue/localsearch.py) on a real PostgreSQL server:
+two catalogue objects on one database stand for two origin hosts, each with its own index file.
+
+A publish is found by the next search on either host, a withdrawal never shows again (even in
+the race where it commits between a search's read of the feed head and its hits); a deleted or
+corrupt file is rebuilt; an index far behind answers from PostgreSQL meanwhile; concurrent
+writers leave no gap in the feed a reader could skip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from headwater.origin.catalogue import (CatalogueConfig, SearchQuery, TitleDraft, TitleState, open_catalogue)
+from headwater.origin.catalogue import localsearch, postgres
+
+from .catalogue_seed import NAMED, generated
+from .postgres_server import find_initdb, start_postgres
+
+_schemas = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server():
+    if find_initdb() is None:
+        pytest.fail("PostgreSQL is missing: install Debian's postgresql (make setup does)")
+    s = start_postgres()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def database(server):
+    """A DSN of a fresh schema of the test server."""
+    schema = f"ls{next(_schemas)}"
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return server.dsn(options=f"-csearch_path={schema}")
+
+
+@pytest.fixture
+def no_poll(monkeypatch):
+    """The background worker builds the index but never polls the feed: what a search finds
+    it applied itself."""
+    monkeypatch.setattr(localsearch, "POLL_S", 3600.0)
+
+
+def _host(dsn: str, index: Path | None):
+    return open_catalogue(CatalogueConfig(backend="postgresql", dsn=dsn, search_index=index))
+
+
+def _publish(cat, title: str, **kw) -> int:
+    t = cat.create_title(TitleDraft(title=title, **kw))
+    for s in (TitleState.TRANSCODING, TitleState.PACKAGED, TitleState.PUBLISHED):
+        cat.set_state(t.id, s)
+    return t.id
+
+
+def _ids(page) -> list[int]:
+    return [h.id for h in page.hits]
+
+
+@pytest.fixture
+def database_search_refused(monkeypatch):
+    """PostgreSQL's own ranking raises: a search that answers came from the local index."""
+    def refused(*a, **kw):
+        raise AssertionError("searched in PostgreSQL, not the local index")
+    monkeypatch.setattr(postgres.PostgresCatalogue, "_match", refused)
+
+
+def test_two_hosts_each_find_the_others_publish_at_once(database, tmp_path, no_poll, database_search_refused):
+    a, b = _host(database, tmp_path / "a.sqlite3"), _host(database, tmp_path / "b.sqlite3")
+    with a, b:
+        a.import_titles(generated(200) + NAMED, state=TitleState.PUBLISHED)
+        assert a.search_index.wait_ready(60) and b.search_index.wait_ready(60)
+        assert a.search(SearchQuery(q="night train")).hits[0].title == "Night Train"
+        for writer, reader in ((a, b), (b, a), (a, a)):
+            word = f"zorblat{writer is a}{reader is a}"
+            new = _publish(writer, f"The {word} Affair", category="drama", year=2026)
+            page = reader.search(SearchQuery(q=word, with_total=True))
+            assert _ids(page) == [new] and page.total == 1
+            assert page.hits[0].title == f"The {word} Affair" and page.hits[0].category == "drama"
+        # A metadata change follows too (the old words gone, the new found).
+        a.update_metadata(new, TitleDraft(title="Quimbly Stations", category="comedy"))
+        assert b.search(SearchQuery(q="zorblatTrueTrue")).hits == ()
+        assert _ids(b.search(SearchQuery(q="quimbly", category="comedy"))) == [new]
+        assert b.search(SearchQuery(q="quimbyl")).corrections == {"quimbyl": "quimbly"}
+
+
+def test_a_withdrawn_title_is_never_shown(database, tmp_path, no_poll):
+    a, b = _host(database, tmp_path / "a.sqlite3"), _host(database, tmp_path / "b.sqlite3")
+    with a, b:
+        ids = [_publish(a, f"Velvet Harbour {n}") for n in range(12)]
+        assert b.search_index.wait_ready(60)
+        assert sorted(_ids(b.search(SearchQuery(q="velvet harbour", limit=50)))) == ids
+        gone: set[int] = set()
+        for title_id in ids[:6]:
+            a.set_state(title_id, TitleState.WITHDRAWN)
+            gone.add(title_id)
+            for host in (b, a):
+                shown = set(_ids(host.search(SearchQuery(q="velvet", limit=50))))
+                assert not shown & gone and shown == set(ids) - gone
+
+
+def test_a_withdrawal_racing_a_search_is_not_shown(database, tmp_path, no_poll, monkeypatch):
+    """The withdrawal commits after the search read the feed's head and before its hits are
+    checked: the index then still holds the title, PostgreSQL's rows do not show it."""
+    a, b = _host(database, tmp_path / "a.sqlite3"), _host(database, tmp_path / "b.sqlite3")
+    with a, b:
+        ids = [_publish(a, f"Copper Lantern {n}") for n in range(3)]
+        assert b.search_index.wait_ready(60)
+        real = localsearch.LocalSearchIndex._local_search
+        raced = []
+
+        def racing(self, query):
+            if not raced:
+                raced.append(ids[0])
+                a.set_state(ids[0], TitleState.WITHDRAWN)
+            return real(self, query)
+
+        monkeypatch.setattr(localsearch.LocalSearchIndex, "_local_search", racing)
+        page = b.search(SearchQuery(q="copper lantern"))
+        assert raced and sorted(_ids(page)) == ids[1:]
+        assert b.search_index.position > 0  # it caught up, then searched again
+
+
+def test_an_index_far_behind_answers_from_postgresql_meanwhile(database, tmp_path, no_poll, monkeypatch):
+    a = _host(database, tmp_path / "a.sqlite3")
+    with a:
+        a.import_titles(generated(50), state=TitleState.PUBLISHED)
+        assert a.search_index.wait_ready(60)
+        monkeypatch.setattr(localsearch, "CATCH_UP_IN_SEARCH_MAX", 2)
+        new = [_publish(a, f"Amber Quay {n}") for n in range(4)]
+        before = a.search_index.position
+        assert sorted(_ids(a.search(SearchQuery(q="amber quay")))) == new  # PostgreSQL's answer
+        a.search_index.run_once()  # what the worker does next
+        assert a.search_index.position > before
+        monkeypatch.setattr(postgres.PostgresCatalogue, "_match", None)  # the index answers now
+        assert sorted(_ids(a.search(SearchQuery(q="amber quay")))) == new
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt", "unfinished"])
+def test_a_damaged_local_file_is_rebuilt_at_start(database, tmp_path, damage):
+    path = tmp_path / "a.sqlite3"
+    a = _host(database, path)
+    with a:
+        a.import_titles(generated(100) + NAMED, state=TitleState.PUBLISHED)
+        assert a.search_index.wait_ready(60) and a.search_index.rebuilds == 1
+        expected = a.search(SearchQuery(q="night trian", with_total=True))
+        assert expected.hits[0].title == "Night Train"
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "corrupt":
+        for p in tmp_path.glob("a.sqlite3*"):
+            p.write_bytes(b"not a database" * 1000)
+    else:  # a build cut short (its last step marks the file complete)
+        import sqlite3
+        with sqlite3.connect(path) as conn:
+            conn.execute("DELETE FROM local_feed WHERE name = 'complete'")
+    a = _host(database, path)
+    with a:
+        assert a.search(SearchQuery(q="night trian", with_total=True)) == expected  # PostgreSQL meanwhile
+        assert a.search_index.wait_ready(60) and a.search_index.rebuilds == 1
+        assert a.search(SearchQuery(q="night trian", with_total=True)) == expected
+    # A whole file is kept: the next start opens it as it is.
+    a = _host(database, path)
+    with a:
+        a.warm_search()
+        assert a.search_index.ready and a.search_index.rebuilds == 0
+
+
+def test_a_file_of_another_database_is_rebuilt(database, server, tmp_path):
+    path = tmp_path / "a.sqlite3"
+    with _host(database, path) as a:
+        _publish(a, "Old Database Title")
+        assert a.search_index.wait_ready(60)
+    other = f"ls{next(_schemas)}"
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {other}")
+    with _host(server.dsn(options=f"-csearch_path={other}"), path) as b:
+        _publish(b, "New Database Title")
+        assert b.search_index.wait_ready(60) and b.search_index.rebuilds == 1
+        assert [h.title for h in b.search(SearchQuery(q="database title")).hits] == ["New Database Title"]
+
+
+def test_concurrent_writers_leave_no_gap_in_the_feed(database):
+    """Writers on two hosts append to the feed at once, each holding its transaction open a while
+    after its row (a slow commit); a reader reading "seq > last" as it goes must meet every row.
+    (The feed's own append, as every search change makes it: a publish today also updates the
+    document count's row, which orders writers too, but the feed must not rely on that.)"""
+    hosts = [_host(database, None) for _ in range(2)]
+    rng = random.Random(7)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        with psycopg.connect(database, autocommit=True) as conn:
+            last = 0
+            while True:
+                finished = done.is_set()
+                rows = conn.execute("SELECT seq FROM search_feed WHERE seq > %s ORDER BY seq", (last,)).fetchall()
+                seen.extend(r[0] for r in rows)
+                last = rows[-1][0] if rows else last
+                if finished:
+                    return
+
+    def write(worker: int) -> None:
+        host = hosts[worker % 2]
+        for n in range(8):
+            with host._tx(write=True) as tx:
+                host._search_changed(tx, [worker * 100 + n])
+                time.sleep(rng.random() * 0.02)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    reader.join()
+    for h in hosts:
+        h.close()
+    with psycopg.connect(database, autocommit=True) as conn:
+        every = [r[0] for r in conn.execute("SELECT seq FROM search_feed ORDER BY seq").fetchall()]
+    assert len(every) == 32
+    assert seen == every  # read in order as it went, none skipped
+
+
+def test_a_second_user_of_the_file_searches_postgresql(database, tmp_path, no_poll):
+    """One index file, one user: a second catalogue (another process on the same data dir) does
+    not touch the first one's file and searches in PostgreSQL."""
+    path = tmp_path / "a.sqlite3"
+    with _host(database, path) as a, _host(database, path) as b:
+        new = _publish(a, "Shared Lantern")
+        assert a.search_index.wait_ready(60) and not b.search_index.wait_ready(1)
+        assert _ids(b.search(SearchQuery(q="shared lantern"))) == [new]
+        assert _ids(a.search(SearchQuery(q="shared lantern"))) == [new]
+        assert a.search_index.rebuilds == 1 and b.search_index.rebuilds == 0
+
+
+def test_a_file_behind_a_pruned_feed_is_rebuilt(database, tmp_path, no_poll, monkeypatch):
+    """The feed keeps FEED_KEEP_S of changes (pruned on every FEED_PRUNE_EVERY-th append): a host
+    whose file missed pruned changes answers from PostgreSQL and rebuilds, never from a file
+    that lacks them."""
+    from headwater.clock import FakeClock
+
+    path = tmp_path / "b.sqlite3"
+    with _host(database, path) as b:
+        _publish(b, "Before The Gap")
+        assert b.search_index.wait_ready(60)
+    monkeypatch.setattr(postgres, "FEED_PRUNE_EVERY", 1)
+    clock = FakeClock()
+    with open_catalogue(CatalogueConfig(backend="postgresql", dsn=database), clock=clock) as a:
+        missed = _publish(a, "Across The Gap")
+        clock.advance(postgres.FEED_KEEP_S + 1)
+        _publish(a, "After The Gap")  # prunes the rows before it
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert conn.execute("SELECT pruned_to FROM search_feed_epoch").fetchone()[0] > 1
+    with _host(database, path) as b:
+        b.warm_search()
+        assert b.search_index.ready and b.search_index.rebuilds == 0  # whole, but behind the prune
+        assert missed in _ids(b.search(SearchQuery(q="gap", limit=10)))  # from PostgreSQL
+        deadline = time.monotonic() + 60
+        while b.search_index.rebuilds == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.search_index.wait_ready(60) and b.search_index.rebuilds == 1
+        monkeypatch.setattr(postgres.PostgresCatalogue, "_match", None)  # the file answers now
+        assert {h.title for h in b.search(SearchQuery(q="gap", limit=10)).hits} == {
+            "Before The Gap", "Across The Gap", "After The Gap"}
