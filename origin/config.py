@@ -16,7 +16,12 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
     max_parts_in_flight                       (8: parts being sent at once: memory is this x part_size)
     upload_expiry_seconds                     (86400: an unfinished upload is aborted after this)
     max_metadata_size                         ("4KiB": the Upload-Metadata header)
-    state_map_size                            ("64MiB": the LMDB map of upload records)
+    state_map_size                            (accepted and unused: upload records are in the
+                                               catalogue's database since several hosts share them)
+    upload_lease_seconds                      (30: a PATCH's lease on its upload lapses this long
+                                               after its last renewal, e.g. its host died)
+    max_incomplete_segments                   (8: objects the bytes past the last part may be
+                                               stored as before a PATCH writes them as one)
     max_unverified_spool                      ("2GiB": bytes of checksummed PATCHes held on disk
                                                until verified, the whole process; over it 503)
     min_spool_free                            ("1GiB": free space the spool's disk keeps; under it 507)
@@ -142,6 +147,8 @@ class OriginConfig:
     upload_expiry_s: float = 86400.0
     max_metadata_bytes: int = 4 * KiB
     state_map_bytes: int = 64 * MiB
+    upload_lease_s: float = 30.0
+    max_incomplete_segments: int = 8
     max_unverified_spool_bytes: int = 2 * GiB
     min_spool_free_bytes: int = 1 * GiB
     upload_retention_s: float = 7 * 86400.0
@@ -198,7 +205,7 @@ _KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data
          "secret_key", "region", "uploads_bucket", "part_size", "max_upload_size", "max_uploads_per_client",
          "max_parts_in_flight", "upload_expiry_seconds", "max_metadata_size", "state_map_size", "allowed_origins",
          "max_unverified_spool", "min_spool_free", "upload_retention_seconds",
-         "cors_max_age_seconds", "oauth", "clients", "limits", "catalogue", "catalogue_threads",
+         "cors_max_age_seconds", "oauth", "upload_lease_seconds", "max_incomplete_segments", "clients", "limits", "catalogue", "catalogue_threads",
          "videos_bucket", "delivery", "rate_limits", "users"}
 _OAUTH_KEYS = {"issuer", "audience", "jwks_url", "jwks_refresh_seconds", "jwks_min_refresh_seconds", "jwks_max_size", "jwks_max_keys",
                "leeway_seconds", "token_lifetime_seconds"}
@@ -349,6 +356,9 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
     unverified = r.size(item, "max_unverified_spool", p, 2 * GiB)
     if unverified < 1:
         raise r.error(f"{p}.max_unverified_spool", "must be at least 1 byte (checksummed PATCHes need room)")
+    segments = r.get(item, "max_incomplete_segments", p, int, 8)
+    if not 1 <= segments <= 1000:
+        raise r.error(f"{p}.max_incomplete_segments", "must be between 1 and 1000")
     threads = r.get(item, "catalogue_threads", p, int, 8)
     if not 1 <= threads <= 256:
         raise r.error(f"{p}.catalogue_threads", "must be between 1 and 256")
@@ -367,6 +377,8 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
         upload_expiry_s=r.positive(item, "upload_expiry_seconds", p, 86400.0),
         max_metadata_bytes=r.size(item, "max_metadata_size", p, 4 * KiB),
         state_map_bytes=r.size(item, "state_map_size", p, 64 * MiB),
+        upload_lease_s=r.positive(item, "upload_lease_seconds", p, 30.0),
+        max_incomplete_segments=segments,
         max_unverified_spool_bytes=unverified,
         min_spool_free_bytes=r.size(item, "min_spool_free", p, 1 * GiB),
         upload_retention_s=r.positive(item, "upload_retention_seconds", p, 7 * 86400.0),

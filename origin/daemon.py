@@ -1,8 +1,9 @@
 """The ``origin`` daemon: a thin shell on the kernel's HTTP core.
 
-:func:`run_origin` is the role's entry point. It opens the upload records (LMDB) and makes the
-spool agree with them, ensures the uploads bucket, loads the built-in issuer's key (or starts
-fetching the configured issuer's JWKS), opens (and migrates) the catalogue, and serves:
+:func:`run_origin` is the role's entry point. It opens (and migrates) the catalogue, whose
+database also holds the upload records (shared by every origin host on it), empties the local
+spool (a cache of the stored incomplete parts), ensures the uploads bucket, loads the built-in
+issuer's key (or starts fetching the configured issuer's JWKS), and serves:
 
 - the API on ``port`` (tus uploads, OAuth2, and the catalogue's JSON API, whose blocking
   database calls run in at most ``catalogue_threads`` worker threads): HTTPS (ALPN h2,
@@ -103,7 +104,11 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
         raise ValueError(f"origin: part_size {node.part_size} is below the store's min_part_size {min_part}")
     store = MultipartStore(client, endpoint=endpoint, bucket=node.uploads_bucket, access_key=access,
                            secret_key=secret, region=region, clock=clock)
-    records = UploadRecords(node.state_dir, map_size=node.state_map_bytes)
+    catalogue_config = node.catalogue_config
+    # Opening migrates the schema (and waits on another host's migration): off the event loop.
+    catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
+    # The upload records live in the catalogue's database: every origin host on it shares them.
+    records = UploadRecords(catalogue, clock=clock, lease_s=node.upload_lease_s)
 
     async def source_in_use(owner: str, upload_id: str) -> bool:
         return await runner.call(lambda cat: cat.uses_upload(owner, upload_id))  # runner: made below
@@ -115,7 +120,8 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                             max_parts_in_flight=node.max_parts_in_flight,
                             max_unverified_spool_bytes=node.max_unverified_spool_bytes,
                             min_spool_free_bytes=node.min_spool_free_bytes, retention_s=node.upload_retention_s,
-                            clock=clock, source_in_use=source_in_use)
+                            clock=clock, source_in_use=source_in_use, host_id=node.id,
+                            max_incomplete_segments=node.max_incomplete_segments)
     pending = uploads.recover()
 
     issuer: Issuer | None = None
@@ -141,9 +147,6 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     verifier = AccessTokenVerifier(keys, issuer=node.issuer, audience=node.oauth.audience, clock=clock.time,
                                    leeway_s=node.oauth.leeway_s,
                                    on_unknown_kid=jwks.request_refresh if jwks is not None else None)
-    catalogue_config = node.catalogue_config
-    # Opening migrates the schema (and waits on another host's migration): off the event loop.
-    catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
     # PostgreSQL: no more threads than pooled connections (a thread would only wait for one).
     threads = node.catalogue_threads if catalogue_config.backend == "sqlite" \
         else min(node.catalogue_threads, catalogue_config.pool_size)

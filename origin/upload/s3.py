@@ -194,6 +194,24 @@ class MultipartStore:
             raise StoreUnavailable(f"CompleteMultipartUpload failed: {_text(answer, 'Code')}")
         return _text(answer, "ETag") or ""
 
+    async def put_object(self, key: str, data: bytes) -> None:
+        """PutObject (its SHA-256 signed, so the store checks every byte): durable in the store
+        once this returns."""
+        await self._call("PUT", key, "", data)
+
+    async def read_object(self, key: str, *, max_bytes: int) -> bytes:
+        """The whole of a small object (at most ``max_bytes``, else :class:`StoreUnavailable`)."""
+        obj = await self.get_object(key)
+        out = bytearray()
+        try:
+            async for chunk in obj.body:
+                out += chunk
+                if len(out) > max_bytes:
+                    raise StoreUnavailable(f"object {key[:200]!r} is longer than {max_bytes} bytes")
+        finally:
+            await obj.aclose()
+        return bytes(out)
+
     async def delete(self, key: str) -> None:
         """DeleteObject (an object already gone is fine: S3 answers 204 either way)."""
         await self._call("DELETE", key, "", ok=(204, 200, 404))

@@ -88,6 +88,8 @@ READ_BYTES = 256 * 1024
 # What a PATCH refused for the spool budget is told to wait: the PATCHes holding it end at
 # their clients' pace, which the origin cannot know; a short wait costs a retry at most.
 SPOOL_RETRY_AFTER_S = 10
+#: Segments the incomplete part may be stored as before a PATCH writes it whole, as one.
+MAX_INCOMPLETE_SEGMENTS = 8
 log = logging.getLogger("headwater.origin.upload")
 
 
@@ -106,7 +108,8 @@ class UploadService:
                  min_spool_free_bytes: int = 1024**3, retention_s: float = 7 * 86400.0,
                  clock: Clock = SYSTEM_CLOCK, new_id: Callable[[], str] = lambda: secrets.token_hex(16),
                  disk_free: Callable[[Path], int] = free_disk_bytes,
-                 source_in_use: SourceInUse | None = None) -> None:
+                 source_in_use: SourceInUse | None = None, host_id: str = "origin",
+                 max_incomplete_segments: int = MAX_INCOMPLETE_SEGMENTS) -> None:
         self.records = records
         self.store = store
         self.spool_dir = spool_dir
@@ -122,44 +125,81 @@ class UploadService:
         self.retention_s = retention_s
         self.disk_free = disk_free
         self.source_in_use = source_in_use
+        self.host_id = host_id
+        self.max_incomplete_segments = max_incomplete_segments
         self.unverified_bytes = 0  # reserved by checksummed PATCHes in progress
-        self._busy: set[str] = set()
+        # The uploads this process holds the lease of, with the lease's fence.
+        self._held: dict[str, int] = {}
         # A part is in memory while it is sent: this bounds the process's part buffers to
         # max_parts_in_flight x part_size whatever the number of uploads.
         self._part_slots = anyio.Semaphore(max_parts_in_flight)
-        self._open: dict[str, int] = {}  # unfinished uploads per owner
         self.counts = {"created": 0, "completed": 0, "patches": 0, "parts": 0, "checksum_mismatches": 0,
                        "expired": 0, "terminated": 0, "bytes": 0,
                        "spool_busy": 0, "disk_refusals": 0, "retired": 0,
-                       "unused_deleted": 0}
+                       "unused_deleted": 0, "segments_stored": 0, "segments_coalesced": 0,
+                       "segments_read": 0}
         spool_dir.mkdir(parents=True, exist_ok=True)
 
-    # --- start: make the spool agree with the records --------------------------------------------
+    # --- start: the local spool is a cache -----------------------------------------------------
 
     def recover(self) -> list[UploadState]:
-        """Cut every spool back to its recorded length, drop files no record names; returns the
-        uploads that are whole but not completed (a crash between the last byte and completion)."""
-        live: set[str] = set()
-        pending = []
-        for st in self.records:
-            if st.finished:
-                continue
-            self._open[st.owner] = self._open.get(st.owner, 0) + 1
-            path = self._spool(st)
-            live.add(path.name)
-            with open(path, "ab") as f:
-                if f.tell() < st.spooled:
-                    raise RuntimeError(f"upload {st.id}: its spool {path} lost acknowledged bytes")
-                f.truncate(st.spooled)
-            if st.offset == st.length:
-                pending.append(st)
+        """Empty the local spool (every acknowledged byte is in the store: a copy is rebuilt from
+        the segments when a PATCH needs it); returns the uploads that are whole but not completed
+        (a crash between the last byte and completion, on any host)."""
         for p in self.spool_dir.iterdir():
-            if p.name not in live:
-                p.unlink(missing_ok=True)
-        return pending
+            p.unlink(missing_ok=True)
+        return [st for st in self.records.unfinished() if st.offset == st.length]
 
-    def _spool(self, st: UploadState, gen: int | None = None) -> Path:
-        return self.spool_dir / f"{st.id}.{st.spool_gen if gen is None else gen}"
+    def _spool(self, st: UploadState, gen: int | None = None, spooled: int | None = None) -> Path:
+        """The local copy of the incomplete part, named by what it holds: a file named for the
+        record's generation and length was written under a lease that stored those bytes."""
+        return self.spool_dir / (f"{st.id}.{st.spool_gen if gen is None else gen}."
+                                 f"{st.spooled if spooled is None else spooled}")
+
+    async def _open_spool(self, st: UploadState) -> Any:
+        """The local spool of ``st`` opened at its recorded length: this host's copy if it names
+        the record's state, else rebuilt from the incomplete part's segments in the store."""
+        path = self._spool(st)
+        try:
+            f = open(path, "r+b")
+        except FileNotFoundError:
+            f = None
+        if f is not None:
+            if os.fstat(f.fileno()).st_size >= st.spooled:
+                f.truncate(st.spooled)
+                f.seek(st.spooled)
+                return f
+            f.close()
+        self._drop_local(st.id)
+        f = open(path, "w+b")
+        try:
+            for key, size in st.segments:
+                data = await self.store.read_object(key, max_bytes=size)
+                if len(data) != size:
+                    raise StoreUnavailable(f"upload {st.id}: segment {key} holds {len(data)} bytes, not {size}")
+                f.write(data)
+                self.counts["segments_read"] += 1
+            if f.tell() != st.spooled:
+                raise RuntimeError(f"upload {st.id}: its segments hold {f.tell()} bytes, its record {st.spooled}")
+        except BaseException:
+            f.close()
+            path.unlink(missing_ok=True)
+            raise
+        return f
+
+    def _drop_local(self, upload_id: str) -> None:
+        for p in self.spool_dir.glob(f"{upload_id}.*"):
+            p.unlink(missing_ok=True)
+
+    async def _drop_segments(self, st: UploadState, keys: Any) -> None:
+        """Delete segments no record names any more (best effort: one left behind is an orphan
+        object under ``incomplete/<id>/``, which removing the upload does not find)."""
+        for key in keys:
+            try:
+                await self.store.delete(key)
+            except OriginError as e:
+                log.warning("upload %s: deleting segment %s failed: %s", st.id, key, e,
+                            extra={"event": "origin.segment_orphaned", "upload": st.id, "key": key})
 
     # --- the requests --------------------------------------------------------------------------
 
@@ -183,13 +223,11 @@ class UploadService:
         termination or a retirement of it meanwhile is refused or skipped (409 ``upload_locked``
         for one that arrives while it is held, as for one that finds a PATCH running)."""
         st = self.get(owner, upload_id)
-        if st.id in self._busy:
-            raise _Locked()
-        self._busy.add(st.id)
+        fence = self._acquire(st.id)
         try:
             yield st
         finally:
-            self._busy.discard(st.id)
+            self._release(st.id, fence)
 
     async def head(self, owner: str, upload_id: str) -> UploadState:
         """tus HEAD. An upload whose bytes are all durable but whose completion failed (the store
@@ -209,31 +247,26 @@ class UploadService:
                                                    max_metadata_bytes=self.max_metadata_bytes)
         if length == 0:
             raise _EmptyUpload()
-        if self._open.get(owner, 0) >= self.max_uploads_per_client:
+        # Every host's uploads count (the records are shared); two hosts creating at once may
+        # let one past the bound.
+        if self.records.open_count(owner) >= self.max_uploads_per_client:
             raise TooManyRequests(f"at most {self.max_uploads_per_client} unfinished uploads per client")
         self._check_disk(0)  # an upload that could not spool a byte is not worth making
-        self._open[owner] = self._open.get(owner, 0) + 1
+        upload_id = self.new_id()
+        key = f"uploads/{upload_id}"
+        store_id = await self.store.create(key)
+        now = self.clock.time()
+        st = UploadState(id=upload_id, owner=owner, length=length, metadata=metadata, created=now,
+                         expires=now + self.expiry_s, store_upload_id=store_id, key=key)
         try:
-            upload_id = self.new_id()
-            key = f"uploads/{upload_id}"
-            store_id = await self.store.create(key)
-            now = self.clock.time()
-            st = UploadState(id=upload_id, owner=owner, length=length, metadata=metadata, created=now,
-                             expires=now + self.expiry_s, store_upload_id=store_id, key=key)
-            open(self._spool(st), "wb").close()
+            self.records.insert(st)
+        except OriginError:
+            # No record will ever name this multipart upload: abort it now (best effort: the
+            # store's own lifecycle is the last resort), or it would hold parts forever.
             try:
-                self.records.put(st)
-            except InsufficientStorage:
-                # No record will ever name this multipart upload: abort it now (best effort:
-                # the store's own lifecycle is the last resort), or it would hold parts forever.
-                self._spool(st).unlink(missing_ok=True)
-                try:
-                    await self.store.abort(key, store_id)
-                except OriginError:
-                    pass
-                raise
-        except BaseException:
-            self._open[owner] -= 1
+                await self.store.abort(key, store_id)
+            except OriginError:
+                pass
             raise
         self.counts["created"] += 1
         log.info("upload %s created by %s: %d bytes", upload_id, owner, length,
@@ -307,17 +340,42 @@ class UploadService:
             log.warning("upload %s: discarding it failed, it will expire: %s", st.id, e,
                         extra={"event": "origin.discard_failed", "upload": st.id})
 
-    async def _locked(self, st: UploadState, action: Callable[[UploadState], Any]) -> Any:
-        if st.id in self._busy:
+    def _acquire(self, upload_id: str) -> int:
+        """Take the upload's lease (see :mod:`.records`): its fence; 409 ``upload_locked`` while
+        another request, on this host or another, holds it; 404 if the upload is gone."""
+        if upload_id in self._held:
             raise _Locked()
-        self._busy.add(st.id)
+        fence = self.records.acquire(upload_id, f"{self.host_id}:{os.getpid()}:{secrets.token_hex(4)}")
+        if fence is None:
+            if self.records.get(upload_id) is None:
+                raise NotFound("no such upload")
+            raise _Locked()
+        self._held[upload_id] = fence
+        return fence
+
+    def _release(self, upload_id: str, fence: int) -> None:
+        if self._held.get(upload_id) == fence:
+            del self._held[upload_id]
+        try:
+            self.records.release(upload_id, fence)
+        except OriginError as e:  # the lease lapses by itself
+            log.warning("upload %s: releasing its lease failed: %s", upload_id, e,
+                        extra={"event": "origin.lease_release_failed", "upload": upload_id})
+
+    def _put(self, st: UploadState) -> None:
+        """Record ``st`` under the lease this request holds (LeaseLost if it was taken over)."""
+        self.records.put(st, fence=self._held[st.id])
+
+    async def _locked(self, st: UploadState, action: Callable[[UploadState], Any]) -> Any:
+        fence = self._acquire(st.id)
         try:
             fresh = self.records.get(st.id)
             if fresh is None:
                 raise NotFound("no such upload")
             return await action(fresh)
         finally:
-            self._busy.discard(st.id)
+            with anyio.CancelScope(shield=True):
+                self._release(st.id, fence)
 
     async def _remove(self, st: UploadState) -> None:
         if st.finished:
@@ -326,9 +384,9 @@ class UploadService:
                 await self.store.delete(st.key)
         else:
             await self.store.abort(st.key, st.store_upload_id)
-            self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
-        self.records.delete(st.id)
-        self._spool(st).unlink(missing_ok=True)
+        self.records.delete(st.id, fence=self._held[st.id])
+        self._drop_local(st.id)
+        await self._drop_segments(st, [k for k, _ in st.segments])
 
     # --- a PATCH body ----------------------------------------------------------------------------
 
@@ -339,10 +397,9 @@ class UploadService:
         limit = reserved if checksum is not None else st.length - st.offset
         hasher = checksum.new() if checksum is not None else None
         drop_unrecorded = hasher is not None  # until verified
-        f = open(self._spool(st), "r+b")
+        f = await self._open_spool(st)
+        renewed = self.clock.monotonic()
         try:
-            f.truncate(st.spooled)
-            f.seek(st.spooled)
             size = st.spooled  # bytes in the spool file now (recorded or not)
             received = 0
             try:
@@ -355,6 +412,10 @@ class UploadService:
                         raise PayloadTooLarge(f"the body ends past Upload-Length {st.length}"
                                               if hasher is None or limit == st.length - st.offset
                                               else f"the body is longer than its Content-Length {limit}")
+                    if self.clock.monotonic() - renewed > self.records.lease_s / 3:
+                        # A slow body: keep the lease (another host would take it over when it lapses).
+                        self.records.renew(st.id, self._held[st.id])
+                        renewed = self.clock.monotonic()
                     if hasher is not None:
                         hasher.update(chunk)
                         f.write(chunk)
@@ -372,8 +433,8 @@ class UploadService:
             except HttpError:
                 # The client went away or was cut off mid-body: keep what arrived (tus), unless it
                 # was to be verified as a whole.
-                # The core cancels the request's scope when the client vanishes: shield the fsync
-                # and the record, or the bytes already on disk would never be acknowledged.
+                # The core cancels the request's scope when the client vanishes: shield the store
+                # write and the record, or the bytes already received would never be acknowledged.
                 if hasher is None:
                     with anyio.CancelScope(shield=True):
                         st = await self._commit_spool(st, f, size)
@@ -411,14 +472,37 @@ class UploadService:
         return st
 
     async def _commit_spool(self, st: UploadState, f: Any, size: int) -> UploadState:
-        """fsync the spool, then record its length: those bytes are acknowledged."""
+        """Store the spool's bytes past the recorded ones as a segment of the incomplete part,
+        then record them: those bytes are acknowledged, durable in the store. The segment that
+        would be one too many (``max_incomplete_segments``) is written as the whole incomplete
+        part instead, replacing the others (see the module docstring: the write bound)."""
         if size == st.spooled:
             return st
         f.flush()
-        await anyio.to_thread.run_sync(os.fsync, f.fileno())
-        st = replace(st, spooled=size)
-        self.records.put(st)
-        return st
+        coalesce = len(st.segments) >= self.max_incomplete_segments
+        start = 0 if coalesce else st.spooled
+        key = f"incomplete/{st.id}/{st.spool_gen}.{secrets.token_hex(6)}"
+        async with self._part_slots:
+            data = os.pread(f.fileno(), size - start, start)
+            if len(data) != size - start:
+                raise RuntimeError(f"upload {st.id}: the spool is shorter than its record")
+            await self.store.put_object(key, data)
+            del data
+        self.counts["segments_stored"] += 1
+        if coalesce:
+            self.counts["segments_coalesced"] += 1
+            new = replace(st, spooled=size, segments=((key, size),))
+        else:
+            new = replace(st, spooled=size, segments=st.segments + ((key, size - start),))
+        try:
+            self._put(new)
+        except OriginError:
+            await self._drop_segments(st, [key])  # nothing names it
+            raise
+        os.rename(self._spool(st), self._spool(new))
+        if coalesce:
+            await self._drop_segments(st, [k for k, _ in st.segments])
+        return new
 
     async def _send(self, st: UploadState, f: Any, regions: list[tuple[int, int]]) -> tuple[Part, ...]:
         f.flush()
@@ -435,23 +519,19 @@ class UploadService:
             self.counts["parts"] += 1
         return tuple(out)
 
-    async def _new_generation(self, st: UploadState, f: Any, tail_start: int, tail: int) -> tuple[int, Any]:
-        """A new spool file holding the old one's last ``tail`` bytes, fsynced before any record
-        names it."""
-        gen = st.spool_gen + 1
-        path = self._spool(st, gen)
+    async def _new_generation(self, st: UploadState, f: Any, tail_start: int, tail: int) -> Any:
+        """A new local spool file holding the old one's last ``tail`` bytes (not yet stored: the
+        commit that follows stores them as the new generation's first segment)."""
         data = os.pread(f.fileno(), tail, tail_start) if tail else b""
-        nf = open(path, "w+b")
+        nf = open(self._spool(st, st.spool_gen + 1, 0), "w+b")
         nf.write(data)
-        nf.flush()
-        await anyio.to_thread.run_sync(os.fsync, nf.fileno())
-        return gen, nf
+        return nf
 
     async def _cut_one(self, st: UploadState, f: Any) -> tuple[UploadState, Any]:
         """The spool is exactly one part: store it, then record it with an empty spool."""
         parts = await self._send(st, f, [(0, self.part_size)])
-        gen, nf = await self._new_generation(st, f, 0, 0)
-        return self._switch(st, f, parts, 0, gen), nf
+        nf = await self._new_generation(st, f, 0, 0)
+        return await self._switch(st, f, parts), nf
 
     async def _cut_spool(self, st: UploadState, f: Any, size: int) -> tuple[UploadState, Any, int]:
         """A verified spool of ``size`` bytes: its whole parts stored, the rest kept."""
@@ -460,29 +540,34 @@ class UploadService:
             return st, f, size
         parts = await self._send(st, f, regions)
         cut = sum(r[1] for r in regions)
-        await anyio.to_thread.run_sync(os.fsync, f.fileno())
-        gen, nf = await self._new_generation(st, f, cut, size - cut)
-        return self._switch(st, f, parts, size - cut, gen), nf, size - cut
+        nf = await self._new_generation(st, f, cut, size - cut)
+        return await self._switch(st, f, parts), nf, size - cut
 
-    def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...], spooled: int, gen: int) -> UploadState:
+    async def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...]) -> UploadState:
+        """Record the new parts (the incomplete part they consumed is gone), then delete its
+        segments and local copy."""
         old = self._spool(st)
-        new = st.with_parts(parts, spooled, gen)
-        self.records.put(new)
+        new = st.with_parts(parts, st.spool_gen + 1)
+        self._put(new)
         f.close()
         old.unlink(missing_ok=True)
+        await self._drop_segments(st, [k for k, _ in st.segments])
         return new
 
     async def _complete(self, st: UploadState) -> UploadState:
         """The rest of the spool as the last part, then CompleteMultipartUpload."""
         regions = tus.parts_to_cut(st.spooled, self.part_size, final=True, stored_parts=len(st.parts))
-        with open(self._spool(st), "rb") as f:
+        f = await self._open_spool(st)
+        try:
             last = await self._send(st, f, regions)
+        finally:
+            f.close()
         parts = st.parts + last
         await self.store.complete(st.key, st.store_upload_id, parts)
-        done = replace(st, parts=(), spooled=0, completed=self.clock.time())
-        self.records.put(done)
-        self._spool(st).unlink(missing_ok=True)
-        self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
+        done = replace(st, parts=(), spooled=0, segments=(), completed=self.clock.time())
+        self._put(done)
+        self._drop_local(st.id)
+        await self._drop_segments(st, [k for k, _ in st.segments])
         self.counts["completed"] += 1
         log.info("upload %s complete: s3://%s/%s", st.id, self.store.bucket, st.key,
                  extra={"event": "origin.upload_completed", "upload": st.id, "key": st.key, "length": st.length})
@@ -492,9 +577,9 @@ class UploadService:
         """Complete uploads that are whole but not completed (found at start after a crash, or
         left by a store that refused the completion); every whole one when ``pending`` is None."""
         if pending is None:
-            pending = [st for st in self.records if not st.finished and st.offset == st.length]
+            pending = [st for st in self.records.unfinished() if st.offset == st.length]
         for st in pending:
-            if st.id in self._busy:
+            if st.id in self._held:
                 continue
             try:
                 await self._locked(st, self._complete_if_whole)
@@ -507,12 +592,12 @@ class UploadService:
     async def retire_once(self) -> int:
         """Remove the records of uploads completed ``retention_s`` ago or more, and the objects
         of those no title was made from (see the module docstring); how many records. One the
-        store or the catalogue cannot answer for now is left to the next pass."""
-        cutoff = self.clock.time() - self.retention_s
-        old = [st for st in self.records if st.finished and st.completed is not None and st.completed <= cutoff]
+        store or the catalogue cannot answer for now (or another host is working on) is left to
+        the next pass."""
+        old = self.records.completed_before(self.clock.time() - self.retention_s)
         retired = 0
         for st in old:
-            if st.id in self._busy:
+            if st.id in self._held:
                 continue
             try:
                 await self._locked(st, self._retire)
@@ -526,18 +611,18 @@ class UploadService:
         if self.source_in_use is not None and not await self.source_in_use(st.owner, st.id):
             await self.store.delete(st.key)  # first: a record left behind is retried next pass
             self.counts["unused_deleted"] += 1
-        self.records.delete(st.id)
+        self.records.delete(st.id, fence=self._held[st.id])
         self.counts["retired"] += 1
 
     async def expire_once(self) -> int:
-        """Abort every unfinished upload past its expiry; how many."""
-        now = self.clock.time()
-        gone = [st for st in self.records if not st.finished and st.expires <= now and st.id not in self._busy]
+        """Abort every unfinished upload past its expiry (every host's: the janitors share the
+        records, and the lease lets one of them at a time at an upload); how many."""
+        gone = [st for st in self.records.expired(self.clock.time()) if st.id not in self._held]
         for st in gone:
             try:
                 await self._locked(st, self._remove)
                 self.counts["expired"] += 1
-            except (StoreUnavailable, Conflict) as e:
+            except (StoreUnavailable, Conflict, NotFound) as e:
                 log.warning("upload %s: expiring failed: %s", st.id, e, extra={"event": "origin.expire_failed"})
         return len(gone)
 
