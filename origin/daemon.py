@@ -128,9 +128,13 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     jwks: JwksSource | None = None
     users: UserDirectory | None = None
     if node.oauth.builtin:
-        users = users_from_config(cluster, node)
-        issuer = Issuer(key=load_signing_key(cluster, node), issuer=node.issuer, audience=node.oauth.audience,
-                        lifetime_s=node.oauth.token_lifetime_s, clients=ClientRegistry.from_config(cluster, node))
+        # One key, one secret per client and user for every origin host (auth/shared.py); reading
+        # them from the database blocks: off the event loop.
+        users = await anyio.to_thread.run_sync(lambda: users_from_config(cluster, node, db=catalogue))
+        key = await anyio.to_thread.run_sync(lambda: load_signing_key(cluster, node, db=catalogue))
+        clients = await anyio.to_thread.run_sync(lambda: ClientRegistry.from_config(cluster, node, db=catalogue))
+        issuer = Issuer(key=key, issuer=node.issuer, audience=node.oauth.audience,
+                        lifetime_s=node.oauth.token_lifetime_s, clients=clients)
         builtin_keys = [issuer.access_key]
 
         def keys() -> list[AccessKey]:
