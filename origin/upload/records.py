@@ -79,9 +79,9 @@ class UploadRecords:
             tx.run("INSERT INTO uploads (id, owner, record, expires, completed) VALUES (?, ?, ?, ?, ?)",
                    (state.id, state.owner, record, expires, completed))
 
-    def put(self, state: UploadState, *, fence: int | None = None) -> None:
+    def put(self, state: UploadState, *, fence: int | None = None, release: bool = False) -> None:
         """Write ``state`` (an upsert without ``fence``; with it, only while that lease holds,
-        which it extends: else :class:`LeaseLost`)."""
+        which it extends, or gives back with ``release``: else :class:`LeaseLost`)."""
         record, expires, completed = self._row(state)
         with self._tx(True) as tx:
             if fence is None:
@@ -90,9 +90,11 @@ class UploadRecords:
                     tx.run("INSERT INTO uploads (id, owner, record, expires, completed) VALUES (?, ?, ?, ?, ?)",
                            (state.id, state.owner, record, expires, completed))
                 return
-            if tx.run("UPDATE uploads SET record = ?, expires = ?, completed = ?, lease_until = ? "
+            lease = "holder = NULL, lease_until = 0" if release else "lease_until = ?"
+            until = () if release else (self.clock.time() + self.lease_s,)
+            if tx.run(f"UPDATE uploads SET record = ?, expires = ?, completed = ?, {lease} "
                       "WHERE id = ? AND fence = ? AND holder IS NOT NULL",
-                      (record, expires, completed, self.clock.time() + self.lease_s, state.id, fence)) == 0:
+                      (record, expires, completed, *until, state.id, fence)) == 0:
                 raise LeaseLost(state.id)
 
     def delete(self, upload_id: str, *, fence: int | None = None) -> None:
@@ -105,18 +107,19 @@ class UploadRecords:
 
     # --- the lease ---------------------------------------------------------------------------------
 
-    def acquire(self, upload_id: str, holder: str) -> int | None:
-        """Take the upload's lease: its new fence, or None while another holds it (or the upload
-        is gone). One conditional UPDATE: of two hosts racing, the database lets one through
-        (PostgreSQL re-checks the condition on the row the other just wrote)."""
+    def acquire(self, upload_id: str, holder: str) -> tuple[int, UploadState] | None:
+        """Take the upload's lease: its new fence and the upload as it is now, or None while
+        another holds it (or the upload is gone). One conditional UPDATE: of two hosts racing,
+        the database lets one through (PostgreSQL re-checks the condition on the row the other
+        just wrote)."""
         now = self.clock.time()
         with self._tx(True) as tx:
             if tx.run("UPDATE uploads SET holder = ?, lease_until = ?, fence = fence + 1 "
                       "WHERE id = ? AND (holder IS NULL OR lease_until <= ?)",
                       (holder, now + self.lease_s, upload_id, now)) == 0:
                 return None
-            row = tx.one("SELECT fence FROM uploads WHERE id = ? AND holder = ?", (upload_id, holder))
-        return None if row is None else int(row[0])
+            row = tx.one("SELECT fence, record FROM uploads WHERE id = ? AND holder = ?", (upload_id, holder))
+        return None if row is None else (int(row[0]), UploadState.from_record(json.loads(row[1])))
 
     def renew(self, upload_id: str, fence: int) -> None:
         """Push the lease's deadline on (a long PATCH body): :class:`LeaseLost` if it was taken."""

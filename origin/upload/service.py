@@ -1,64 +1,79 @@
 """The upload service: tus requests (checked by :mod:`.tus`) made real, each PATCH streamed
-into the object store's multipart upload.
+into the object store's multipart upload. Any origin host on the catalogue's database can serve
+any upload's next request: everything acknowledged is in the object store, and the record that
+says so is in the database (:mod:`.records`). The design in full: docs/origin-uploads.md.
 
 Where bytes are, and when an offset is acknowledged (``Upload-Offset`` in an answer is always
-the durable offset):
+the durable offset, durable in the erasure-coded store):
 
-- A PATCH's body is read in pieces of at most 256 KiB and appended to the upload's **spool
-  file** (``<data_dir>/spool/<id>.<generation>``). The spool holds the bytes past the last part
-  stored, so at most one part (``part_size``) per upload sits on local disk between PATCHes;
-  in memory there is one piece per PATCH, and one part while it is being sent (at most
-  ``max_parts_in_flight`` parts in the whole process).
+- A PATCH's body is read in pieces of at most 256 KiB and appended to the upload's local
+  **spool file** (``<data_dir>/spool/<id>.<generation>.<length>``): a working copy of the
+  **incomplete part**, the bytes past the last part stored (less than ``part_size``). In memory
+  there is one piece per PATCH, and one part while it is being sent (at most
+  ``max_parts_in_flight`` parts or segments in the whole process).
 - Whenever the spool reaches ``part_size`` (a PATCH without a checksum), that part is read
   back, sent to the store (UploadPart, its SHA-256 signed so the store checks it), and once the
-  store has answered, the record (LMDB) gains the part and names a fresh, empty spool
+  store has answered, the record gains the part and names an empty incomplete part of the next
   generation: the part is acknowledged because it is durable in the store.
-- When the PATCH ends (or the client goes away mid-body, as tus asks a server to keep what it
-  got), the spool is fsynced and then the record's ``spooled`` count is updated: those bytes are
-  acknowledged durable *on the origin's disk*, and survive a daemon restart (the spool is cut
-  back to the recorded count at start). That is the one window where acknowledged bytes live on
-  one disk rather than in the erasure-coded store: at most part_size - 1 bytes per upload, until
-  the next PATCH fills the part or the upload completes. The alternative (acknowledge only
-  whole parts) would make tus clients with chunks smaller than a part resend forever.
+- When a PATCH ends inside a part (or the client goes away mid-body, as tus asks a server to
+  keep what it got), the bytes it added to the incomplete part are PUT to the uploads bucket
+  as one **segment** object (``incomplete/<id>/<generation>.<random>``, SHA-256 signed), then
+  the record names the segment: those bytes are acknowledged, durable in the store. When the
+  next part is stored the record stops naming the segments and they are deleted. (tusd's S3
+  store keeps its "incomplete part" object the same way, rewriting it whole each PATCH.)
+- **The write bound.** A PATCH ending mid-part writes only its own bytes as a new segment, not
+  the incomplete part again: however small the PATCHes, a byte goes to the store once in a
+  segment and once in its part. But a part could gather many segments, each a GET for a host
+  rebuilding the spool: a PATCH that would make one more than ``max_incomplete_segments`` (K, 8)
+  writes the whole incomplete part (under ``part_size`` bytes) as one segment instead, replacing
+  the others. So an upload has at most K segments, and the bytes written to the store are at
+  most 2 x the upload's length + ``part_size`` x (PATCHes ending mid-part) / K.
+- A PATCH starts from the local spool when its name says it holds the record's generation and
+  length (this host wrote it); otherwise (another host took the last PATCH, or this one
+  restarted: the spool is emptied at start) it rebuilds it from the segments, read back from the
+  store in order. The PATCH that makes the upload whole sends the rest as the last part (no
+  segment), then CompleteMultipartUpload; the object is ``s3://<uploads_bucket>/uploads/<id>``.
+  Should completion fail, that PATCH acknowledged none of its rest (the client sends it again).
 - With ``Upload-Checksum``, nothing of the body counts until the digest matches: the bytes wait
   in the spool (on disk, never in memory), are dropped on a mismatch (460, offset unchanged) or
-  when the body is cut, and are cut into parts once verified. Such bytes are bounded for the
-  whole process by ``max_unverified_spool``: before its body is read, a checksummed PATCH
-  reserves what it may spool (its Content-Length, else the rest of the upload); one that would
-  take the total past the budget is answered 503 ``spool_busy`` with Retry-After (nothing read,
-  nothing acknowledged), one larger than the whole budget 413 (send smaller chunks). The
-  reservation is released when the PATCH ends, however it ends.
+  when the body is cut, and are cut into parts and a segment once verified. Such bytes are
+  bounded for the whole process by ``max_unverified_spool``: before its body is read, a
+  checksummed PATCH reserves what it may spool (its Content-Length, else the rest of the
+  upload); one that would take the total past the budget is answered 503 ``spool_busy`` with
+  Retry-After (nothing read, nothing acknowledged), one larger than the whole budget 413 (send
+  smaller chunks). The reservation is released when the PATCH ends, however it ends.
 - The spool's filesystem: a PATCH that would leave less than ``min_spool_free`` free (counting
   what it may write) is answered 507 before its body is read; a disk that fills anyway
   (ENOSPC mid-body) drops the bytes not yet recorded and answers 507: the client resumes from
   the recorded offset.
-- Completion (offset == length): the spool's rest is the last part, then
-  CompleteMultipartUpload; the object is ``s3://<uploads_bucket>/uploads/<id>``.
 
-A record is rewritten only after what it names is durable (a part in the store, spool bytes
-fsynced), and a new spool generation is written before the record names it, so a crash at any
-point leaves a record describing bytes that exist. One PATCH at a time per upload (another gets
-409 ``upload_locked``); at most ``max_uploads_per_client`` unfinished uploads per client (429). A
+A record is rewritten only after what it names is durable in the store (a part, a segment), so
+a crash at any point leaves a record describing bytes that exist; a segment stored but never
+named (a crash between the PUT and the record) is an orphan object under ``incomplete/<id>/``.
+One request at a time per upload, across hosts: a PATCH, a termination, a completion, a
+retirement or a title being made (:meth:`UploadService.claimed`) first takes the upload's
+**lease** in the database, and writes only under its fence; another request meanwhile, on any
+host, gets 409 ``upload_locked`` (see :mod:`.records`). At most ``max_uploads_per_client``
+unfinished uploads per client (429), counted in the database (every host's). A
 creation-with-upload whose first chunk is refused (460, 413, 503, 507) is removed at once: its
 answer names no upload to resume. An upload of 0 bytes is refused (400 ``empty_upload``): it can
 be no video, and each would leave an object and a record for nothing.
 
-Records of completed uploads are retired (:meth:`UploadService.retire_once`, from the janitor)
-``upload_retention_seconds`` after completion. A record is only what lets its owner name the
-upload in ``POST /api/titles``: a creator has the retention (7 days by default) to make the
-title. The title's transcode job names the object (bucket and key in its payload), never the
-record, so the object of an upload a title was made from stays (the source master, for a later
-transcode); the object of an upload no title names is deleted with its record, or it would hold
-its bytes forever. Whether a title names it is ``source_in_use`` (the catalogue, in the daemon);
-without one, retirement keeps every object. A title is made under :meth:`UploadService.claimed`,
-which holds the upload as a PATCH does, so a retirement or a tus termination never decides on
-an upload while a title is being made from it; a termination (tus DELETE) of an upload a title
-names removes the record and keeps the object.
+Records of completed uploads are retired (:meth:`UploadService.retire_once`, from the janitor
+of every host: the lease lets one at a time at an upload) ``upload_retention_seconds`` after
+completion. A record is only what lets its owner name the upload in ``POST /api/titles``: a
+creator has the retention (7 days by default) to make the title. The title's transcode job names
+the object (bucket and key in its payload), never the record, so the object of an upload a title
+was made from stays (the source master, for a later transcode); the object of an upload no title
+names is deleted with its record, or it would hold its bytes forever. Whether a title names it
+is ``source_in_use`` (the catalogue, in the daemon); without one, retirement keeps every object.
+A termination (tus DELETE) of an upload a title names removes the record and keeps the object.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -130,6 +145,7 @@ class UploadService:
         self.unverified_bytes = 0  # reserved by checksummed PATCHes in progress
         # The uploads this process holds the lease of, with the lease's fence.
         self._held: dict[str, int] = {}
+        self._released: set[str] = set()  # of those, the ones whose last write gave the lease back
         # A part is in memory while it is sent: this bounds the process's part buffers to
         # max_parts_in_flight x part_size whatever the number of uploads.
         self._part_slots = anyio.Semaphore(max_parts_in_flight)
@@ -223,11 +239,12 @@ class UploadService:
         termination or a retirement of it meanwhile is refused or skipped (409 ``upload_locked``
         for one that arrives while it is held, as for one that finds a PATCH running)."""
         st = self.get(owner, upload_id)
-        fence = self._acquire(st.id)
+        fence, _ = await self._acquire(st.id)
         try:
             yield st
         finally:
-            self._release(st.id, fence)
+            with anyio.CancelScope(shield=True):
+                await self._release(st.id, fence)
 
     async def head(self, owner: str, upload_id: str) -> UploadState:
         """tus HEAD. An upload whose bytes are all durable but whose completion failed (the store
@@ -249,7 +266,7 @@ class UploadService:
             raise _EmptyUpload()
         # Every host's uploads count (the records are shared); two hosts creating at once may
         # let one past the bound.
-        if self.records.open_count(owner) >= self.max_uploads_per_client:
+        if await self._db(self.records.open_count, owner) >= self.max_uploads_per_client:
             raise TooManyRequests(f"at most {self.max_uploads_per_client} unfinished uploads per client")
         self._check_disk(0)  # an upload that could not spool a byte is not worth making
         upload_id = self.new_id()
@@ -259,7 +276,7 @@ class UploadService:
         st = UploadState(id=upload_id, owner=owner, length=length, metadata=metadata, created=now,
                          expires=now + self.expiry_s, store_upload_id=store_id, key=key)
         try:
-            self.records.insert(st)
+            await self._db(self.records.insert, st)
         except OriginError:
             # No record will ever name this multipart upload: abort it now (best effort: the
             # store's own lifecycle is the last resort), or it would hold parts forever.
@@ -340,42 +357,57 @@ class UploadService:
             log.warning("upload %s: discarding it failed, it will expire: %s", st.id, e,
                         extra={"event": "origin.discard_failed", "upload": st.id})
 
-    def _acquire(self, upload_id: str) -> int:
-        """Take the upload's lease (see :mod:`.records`): its fence; 409 ``upload_locked`` while
-        another request, on this host or another, holds it; 404 if the upload is gone."""
+    async def _db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A write (or a scan) of the records, in a worker thread: the database's round trip and
+        commit (fsync) never hold up the event loop's other requests."""
+        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
+    async def _acquire(self, upload_id: str) -> tuple[int, UploadState]:
+        """Take the upload's lease (see :mod:`.records`): its fence and the upload as it is now;
+        409 ``upload_locked`` while another request, on this host or another, holds it; 404 if
+        the upload is gone."""
         if upload_id in self._held:
             raise _Locked()
-        fence = self.records.acquire(upload_id, f"{self.host_id}:{os.getpid()}:{secrets.token_hex(4)}")
-        if fence is None:
-            if self.records.get(upload_id) is None:
-                raise NotFound("no such upload")
-            raise _Locked()
-        self._held[upload_id] = fence
-        return fence
+        self._held[upload_id] = -1  # taken for this request while the database is asked
+        try:
+            got = await self._db(self.records.acquire, upload_id,
+                                 f"{self.host_id}:{os.getpid()}:{secrets.token_hex(4)}")
+            if got is None:
+                if self.records.get(upload_id) is None:
+                    raise NotFound("no such upload")
+                raise _Locked()
+        except BaseException:
+            del self._held[upload_id]
+            raise
+        self._held[upload_id] = got[0]
+        return got
 
-    def _release(self, upload_id: str, fence: int) -> None:
+    async def _release(self, upload_id: str, fence: int) -> None:
         if self._held.get(upload_id) == fence:
             del self._held[upload_id]
+        if upload_id in self._released:
+            self._released.discard(upload_id)  # given back with the request's last write
+            return
         try:
-            self.records.release(upload_id, fence)
+            await self._db(self.records.release, upload_id, fence)
         except OriginError as e:  # the lease lapses by itself
             log.warning("upload %s: releasing its lease failed: %s", upload_id, e,
                         extra={"event": "origin.lease_release_failed", "upload": upload_id})
 
-    def _put(self, st: UploadState) -> None:
-        """Record ``st`` under the lease this request holds (LeaseLost if it was taken over)."""
-        self.records.put(st, fence=self._held[st.id])
+    async def _put(self, st: UploadState, *, release: bool = False) -> None:
+        """Record ``st`` under the lease this request holds (LeaseLost if it was taken over);
+        ``release``: the request's last write, which gives the lease back in the same commit."""
+        await self._db(self.records.put, st, fence=self._held[st.id], release=release)
+        if release:
+            self._released.add(st.id)
 
     async def _locked(self, st: UploadState, action: Callable[[UploadState], Any]) -> Any:
-        fence = self._acquire(st.id)
+        fence, fresh = await self._acquire(st.id)
         try:
-            fresh = self.records.get(st.id)
-            if fresh is None:
-                raise NotFound("no such upload")
             return await action(fresh)
         finally:
             with anyio.CancelScope(shield=True):
-                self._release(st.id, fence)
+                await self._release(st.id, fence)
 
     async def _remove(self, st: UploadState) -> None:
         if st.finished:
@@ -384,7 +416,7 @@ class UploadService:
                 await self.store.delete(st.key)
         else:
             await self.store.abort(st.key, st.store_upload_id)
-        self.records.delete(st.id, fence=self._held[st.id])
+        await self._db(self.records.delete, st.id, fence=self._held[st.id])
         self._drop_local(st.id)
         await self._drop_segments(st, [k for k, _ in st.segments])
 
@@ -414,7 +446,7 @@ class UploadService:
                                               else f"the body is longer than its Content-Length {limit}")
                     if self.clock.monotonic() - renewed > self.records.lease_s / 3:
                         # A slow body: keep the lease (another host would take it over when it lapses).
-                        self.records.renew(st.id, self._held[st.id])
+                        await self._db(self.records.renew, st.id, self._held[st.id])
                         renewed = self.clock.monotonic()
                     if hasher is not None:
                         hasher.update(chunk)
@@ -437,7 +469,7 @@ class UploadService:
                 # write and the record, or the bytes already received would never be acknowledged.
                 if hasher is None:
                     with anyio.CancelScope(shield=True):
-                        st = await self._commit_spool(st, f, size)
+                        st = await self._commit_spool(st, f, size, last=True)
                 raise
             if hasher is not None and checksum is not None:
                 if hasher.digest() != checksum.digest:
@@ -445,7 +477,12 @@ class UploadService:
                     raise ChecksumMismatch(f"the body's {checksum.algorithm} differs from Upload-Checksum")
                 drop_unrecorded = False
                 st, f, size = await self._cut_spool(st, f, size)
-            st = await self._commit_spool(st, f, size)
+            if st.stored + size == st.length:
+                # The upload is whole: the spool's rest is the last part, never a segment first.
+                # Should completing fail, nothing of this rest is acknowledged (the client resends).
+                st = await self._complete(st, f, size)
+            else:
+                st = await self._commit_spool(st, f, size, last=True)
             self.counts["bytes"] += received
         except OSError as e:
             if e.errno != errno.ENOSPC:
@@ -467,15 +504,14 @@ class UploadService:
                 _truncate_quietly(self._spool(st), st.spooled)
             else:
                 f.close()
-        if st.offset == st.length:
-            st = await self._complete(st)
         return st
 
-    async def _commit_spool(self, st: UploadState, f: Any, size: int) -> UploadState:
+    async def _commit_spool(self, st: UploadState, f: Any, size: int, *, last: bool = False) -> UploadState:
         """Store the spool's bytes past the recorded ones as a segment of the incomplete part,
         then record them: those bytes are acknowledged, durable in the store. The segment that
         would be one too many (``max_incomplete_segments``) is written as the whole incomplete
-        part instead, replacing the others (see the module docstring: the write bound)."""
+        part instead, replacing the others (see the module docstring: the write bound). ``last``:
+        the request's last write, which gives the lease back with it (one commit, not two)."""
         if size == st.spooled:
             return st
         f.flush()
@@ -495,7 +531,7 @@ class UploadService:
         else:
             new = replace(st, spooled=size, segments=st.segments + ((key, size - start),))
         try:
-            self._put(new)
+            await self._put(new, release=last)
         except OriginError:
             await self._drop_segments(st, [key])  # nothing names it
             raise
@@ -548,24 +584,31 @@ class UploadService:
         segments and local copy."""
         old = self._spool(st)
         new = st.with_parts(parts, st.spool_gen + 1)
-        self._put(new)
+        await self._put(new)
         f.close()
         old.unlink(missing_ok=True)
         await self._drop_segments(st, [k for k, _ in st.segments])
         return new
 
-    async def _complete(self, st: UploadState) -> UploadState:
-        """The rest of the spool as the last part, then CompleteMultipartUpload."""
-        regions = tus.parts_to_cut(st.spooled, self.part_size, final=True, stored_parts=len(st.parts))
-        f = await self._open_spool(st)
+    async def _complete(self, st: UploadState, f: Any = None, size: int | None = None) -> UploadState:
+        """The rest of the spool as the last part, then CompleteMultipartUpload; the record of
+        the completed upload is the request's last write (it gives the lease back). ``f`` and
+        ``size``: a PATCH's open spool holding ``size`` bytes (else the recorded incomplete part)."""
+        own = f is None
+        if own:
+            f = await self._open_spool(st)
+            size = st.spooled
+        assert size is not None
+        regions = tus.parts_to_cut(size, self.part_size, final=True, stored_parts=len(st.parts))
         try:
             last = await self._send(st, f, regions)
         finally:
-            f.close()
+            if own:
+                f.close()
         parts = st.parts + last
         await self.store.complete(st.key, st.store_upload_id, parts)
         done = replace(st, parts=(), spooled=0, segments=(), completed=self.clock.time())
-        self._put(done)
+        await self._put(done, release=True)
         self._drop_local(st.id)
         await self._drop_segments(st, [k for k, _ in st.segments])
         self.counts["completed"] += 1
@@ -577,7 +620,7 @@ class UploadService:
         """Complete uploads that are whole but not completed (found at start after a crash, or
         left by a store that refused the completion); every whole one when ``pending`` is None."""
         if pending is None:
-            pending = [st for st in self.records.unfinished() if st.offset == st.length]
+            pending = [st for st in await self._db(self.records.unfinished) if st.offset == st.length]
         for st in pending:
             if st.id in self._held:
                 continue
@@ -594,7 +637,7 @@ class UploadService:
         of those no title was made from (see the module docstring); how many records. One the
         store or the catalogue cannot answer for now (or another host is working on) is left to
         the next pass."""
-        old = self.records.completed_before(self.clock.time() - self.retention_s)
+        old = await self._db(self.records.completed_before, self.clock.time() - self.retention_s)
         retired = 0
         for st in old:
             if st.id in self._held:
@@ -611,13 +654,13 @@ class UploadService:
         if self.source_in_use is not None and not await self.source_in_use(st.owner, st.id):
             await self.store.delete(st.key)  # first: a record left behind is retried next pass
             self.counts["unused_deleted"] += 1
-        self.records.delete(st.id, fence=self._held[st.id])
+        await self._db(self.records.delete, st.id, fence=self._held[st.id])
         self.counts["retired"] += 1
 
     async def expire_once(self) -> int:
         """Abort every unfinished upload past its expiry (every host's: the janitors share the
         records, and the lease lets one of them at a time at an upload); how many."""
-        gone = [st for st in self.records.expired(self.clock.time()) if st.id not in self._held]
+        gone = [st for st in await self._db(self.records.expired, self.clock.time()) if st.id not in self._held]
         for st in gone:
             try:
                 await self._locked(st, self._remove)

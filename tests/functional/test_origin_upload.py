@@ -370,3 +370,58 @@ class _Bytes:
     async def receive(self, max_bytes: int = 65536) -> bytes:
         chunk, self.data = self.data[:max_bytes], self.data[max_bytes:]
         return chunk
+
+
+def test_small_patches_alternating_between_two_services_coalesce_their_segments(cluster, s3, tmp_path):
+    """Two upload services (two hosts: each its own spool, one records database) against the
+    real store take turns at one upload's PATCHes of 1,000 bytes: each PATCH's bytes are a
+    segment of the incomplete part in the store when it is answered; past
+    ``max_incomplete_segments`` (3) a PATCH writes the incomplete part whole as one; each service
+    rebuilds the part from the store when the other moved on; the last PATCH completes the
+    upload, its bytes right, its segments gone."""
+    import anyio
+
+    from headwater.http import Headers
+    from headwater.http.client import HttpClient
+    from headwater.origin.catalogue import CatalogueConfig, open_catalogue
+    from headwater.origin.upload.records import UploadRecords
+    from headwater.origin.upload.s3 import MultipartStore
+    from headwater.origin.upload.service import UploadService
+
+    user = cluster.user(0)
+    data = os.urandom(10_000)
+
+    async def main() -> None:
+        client = HttpClient()
+        catalogue = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "catalogue.sqlite3"))
+        store = MultipartStore(client, endpoint=cluster.endpoint, bucket="uploads", access_key=user.access_key,
+                               secret_key=user.secret_key, region=cluster.region)
+        await store.ensure_bucket()
+        hosts = [UploadService(records=UploadRecords(catalogue), store=store, spool_dir=tmp_path / f"spool-{n}",
+                               part_size=5 * MiB, max_upload_bytes=64 * MiB, max_uploads_per_client=2, expiry_s=600,
+                               max_metadata_bytes=4096, max_incomplete_segments=3, host_id=f"host-{n}")
+                 for n in range(2)]
+        st = await hosts[0].create("alice-app", Headers([("tus-resumable", "1.0.0"),
+                                                          ("upload-length", str(len(data)))]), None)
+        seen = []
+        for i in range(10):
+            chunk = data[i * 1000:(i + 1) * 1000]
+            headers = Headers([("tus-resumable", "1.0.0"), ("upload-offset", str(i * 1000)),
+                               ("content-type", "application/offset+octet-stream"),
+                               ("content-length", "1000")])
+            st = await hosts[i % 2].patch("alice-app", st.id, headers, _Bytes(chunk))
+            assert st.offset == (i + 1) * 1000
+            found = s3.list_objects_v2(Bucket="uploads", Prefix=f"incomplete/{st.id}/").get("Contents", [])
+            seen.append(sorted(o["Size"] for o in found))
+        # 1, 2, 3 segments; the fourth PATCH writes the 4,000 bytes as one; and so on.
+        assert seen[:9] == [[1000], [1000, 1000], [1000, 1000, 1000], [4000], [1000, 4000],
+                            [1000, 1000, 4000], [7000], [1000, 7000], [1000, 1000, 7000]]
+        assert seen[9] == [] and st.finished  # the last PATCH: its rest went into the last part
+        assert s3.get_object(Bucket="uploads", Key=f"uploads/{st.id}")["Body"].read() == data
+        stored = sum(h.counts["segments_stored"] for h in hosts)
+        assert stored == 9 and sum(h.counts["segments_coalesced"] for h in hosts) == 2
+        assert sum(h.counts["segments_read"] for h in hosts) > 0  # each rebuilt what the other stored
+        catalogue.close()
+        await client.aclose()
+
+    anyio.run(main)
