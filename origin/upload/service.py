@@ -455,13 +455,15 @@ class UploadService:
                         continue
                     view = memoryview(chunk)
                     while view:
+                        if size == self.part_size:
+                            # A whole part and more to come: store it. (A part the body ends on
+                            # is stored by _end_of_body, whose record also gives the lease back.)
+                            st, f = await self._cut_one(st, f)
+                            size = 0
                         take = min(len(view), self.part_size - size)
                         f.write(view[:take])
                         size += take
                         view = view[take:]
-                        if size == self.part_size:
-                            st, f = await self._cut_one(st, f)
-                            size = 0
             except HttpError:
                 # The client went away or was cut off mid-body: keep what arrived (tus), unless it
                 # was to be verified as a whole.
@@ -469,7 +471,7 @@ class UploadService:
                 # write and the record, or the bytes already received would never be acknowledged.
                 if hasher is None:
                     with anyio.CancelScope(shield=True):
-                        st = await self._commit_spool(st, f, size, last=True)
+                        st, f = await self._end_of_body(st, f, size)
                 raise
             if hasher is not None and checksum is not None:
                 if hasher.digest() != checksum.digest:
@@ -477,12 +479,7 @@ class UploadService:
                     raise ChecksumMismatch(f"the body's {checksum.algorithm} differs from Upload-Checksum")
                 drop_unrecorded = False
                 st, f, size = await self._cut_spool(st, f, size)
-            if st.stored + size == st.length:
-                # The upload is whole: the spool's rest is the last part, never a segment first.
-                # Should completing fail, nothing of this rest is acknowledged (the client resends).
-                st = await self._complete(st, f, size)
-            else:
-                st = await self._commit_spool(st, f, size, last=True)
+            st, f = await self._end_of_body(st, f, size)
             self.counts["bytes"] += received
         except OSError as e:
             if e.errno != errno.ENOSPC:
@@ -505,6 +502,18 @@ class UploadService:
             else:
                 f.close()
         return st
+
+    async def _end_of_body(self, st: UploadState, f: Any, size: int) -> tuple[UploadState, Any]:
+        """What a PATCH's body leaves in the spool (``size`` bytes), made durable, in the PATCH's
+        last record write (which gives the lease back): the upload completed if it is whole (the
+        rest is the last part, never a segment first; should completing fail, nothing of the rest
+        is acknowledged and the client sends it again), else a whole part stored, else the rest
+        stored as a segment."""
+        if st.stored + size == st.length:
+            return await self._complete(st, f, size), f
+        if size == self.part_size:
+            return await self._cut_one(st, f, last=True)
+        return await self._commit_spool(st, f, size, last=True), f
 
     async def _commit_spool(self, st: UploadState, f: Any, size: int, *, last: bool = False) -> UploadState:
         """Store the spool's bytes past the recorded ones as a segment of the incomplete part,
@@ -563,11 +572,12 @@ class UploadService:
         nf.write(data)
         return nf
 
-    async def _cut_one(self, st: UploadState, f: Any) -> tuple[UploadState, Any]:
-        """The spool is exactly one part: store it, then record it with an empty spool."""
+    async def _cut_one(self, st: UploadState, f: Any, *, last: bool = False) -> tuple[UploadState, Any]:
+        """The spool is exactly one part: store it, then record it with an empty spool (``last``:
+        the request's last write, which gives the lease back)."""
         parts = await self._send(st, f, [(0, self.part_size)])
         nf = await self._new_generation(st, f, 0, 0)
-        return await self._switch(st, f, parts), nf
+        return await self._switch(st, f, parts, release=last), nf
 
     async def _cut_spool(self, st: UploadState, f: Any, size: int) -> tuple[UploadState, Any, int]:
         """A verified spool of ``size`` bytes: its whole parts stored, the rest kept."""
@@ -579,12 +589,13 @@ class UploadService:
         nf = await self._new_generation(st, f, cut, size - cut)
         return await self._switch(st, f, parts), nf, size - cut
 
-    async def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...]) -> UploadState:
+    async def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...], *,
+                      release: bool = False) -> UploadState:
         """Record the new parts (the incomplete part they consumed is gone), then delete its
         segments and local copy."""
         old = self._spool(st)
         new = st.with_parts(parts, st.spool_gen + 1)
-        await self._put(new)
+        await self._put(new, release=release)
         f.close()
         old.unlink(missing_ok=True)
         await self._drop_segments(st, [k for k, _ in st.segments])
