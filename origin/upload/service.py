@@ -239,9 +239,9 @@ class UploadService:
         termination or a retirement of it meanwhile is refused or skipped (409 ``upload_locked``
         for one that arrives while it is held, as for one that finds a PATCH running)."""
         st = self.get(owner, upload_id)
-        fence, _ = await self._acquire(st.id)
+        fence, fresh = await self._acquire(st.id)
         try:
-            yield st
+            yield fresh
         finally:
             with anyio.CancelScope(shield=True):
                 await self._release(st.id, fence)
@@ -314,7 +314,7 @@ class UploadService:
         try:
             self._check_disk(may_write if checksum is not None else min(may_write, self.part_size))
             self.counts["patches"] += 1
-            return await self._locked(st, lambda s: self._receive(s, body, checksum, reserved))
+            return await self._locked(st, lambda s: self._receive_at(s, headers, body, checksum, reserved))
         finally:
             self.unverified_bytes -= reserved
 
@@ -421,6 +421,13 @@ class UploadService:
         await self._drop_segments(st, [k for k, _ in st.segments])
 
     # --- a PATCH body ----------------------------------------------------------------------------
+
+    async def _receive_at(self, st: UploadState, headers: Any, body: Any, checksum: tus.Checksum | None,
+                          reserved: int) -> UploadState:
+        # The upload as the lease found it: another host may have moved it on since the checks
+        # before the lease (409 if the PATCH's Upload-Offset is no longer the upload's).
+        tus.patch_start(st, headers, self.clock.time())
+        return await self._receive(st, body, checksum, reserved)
 
     async def _receive(self, st: UploadState, body: Any, checksum: tus.Checksum | None,
                        reserved: int) -> UploadState:
