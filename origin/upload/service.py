@@ -210,12 +210,19 @@ class UploadService:
     async def _drop_segments(self, st: UploadState, keys: Any) -> None:
         """Delete segments no record names any more (best effort: one left behind is an orphan
         object under ``incomplete/<id>/``, which removing the upload does not find)."""
-        for key in keys:
-            try:
-                await self.store.delete(key)
-            except OriginError as e:
-                log.warning("upload %s: deleting segment %s failed: %s", st.id, key, e,
-                            extra={"event": "origin.segment_orphaned", "upload": st.id, "key": key})
+        keys = list(keys)
+        if not keys:
+            return
+        try:
+            failed = await self.store.delete_objects(keys)  # one request for them all
+        except OriginError as e:
+            failed = keys
+            log.warning("upload %s: deleting its segments failed: %s", st.id, e,
+                        extra={"event": "origin.segment_orphaned", "upload": st.id, "keys": keys})
+        else:
+            if failed:
+                log.warning("upload %s: the store kept segments %s", st.id, ", ".join(failed),
+                            extra={"event": "origin.segment_orphaned", "upload": st.id, "keys": failed})
 
     # --- the requests --------------------------------------------------------------------------
 
