@@ -19,8 +19,9 @@ the durable offset, durable in the erasure-coded store):
   keep what it got), the bytes it added to the incomplete part are PUT to the uploads bucket
   as one **segment** object (``incomplete/<id>/<generation>.<random>``, SHA-256 signed), then
   the record names the segment: those bytes are acknowledged, durable in the store. When the
-  next part is stored the record stops naming the segments and they are deleted. (tusd's S3
-  store keeps its "incomplete part" object the same way, rewriting it whole each PATCH.)
+  next part is stored the record stops naming the segments and they are deleted (one
+  DeleteObjects). (tusd's S3 store keeps an "incomplete part" object the same way, but
+  rewrites it whole at each PATCH.)
 - **The write bound.** A PATCH ending mid-part writes only its own bytes as a new segment, not
   the incomplete part again: however small the PATCHes, a byte goes to the store once in a
   segment and once in its part. But a part could gather many segments, each a GET for a host
