@@ -17,7 +17,8 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
     upload_expiry_seconds                     (86400: an unfinished upload is aborted after this)
     max_metadata_size                         ("4KiB": the Upload-Metadata header)
     state_map_size                            (accepted and unused: upload records are in the
-                                               catalogue's database since several hosts share them)
+                                               catalogue's database since several hosts share them;
+                                               the old LMDB ones are brought over once at start)
     upload_lease_seconds                      (30: a PATCH's lease on its upload lapses this long
                                                after its last renewal, e.g. its host died)
     max_incomplete_segments                   (8: objects the bytes past the last part may be

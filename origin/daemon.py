@@ -53,6 +53,7 @@ from .config import OriginConfig
 from .errors import StoreUnavailable
 from .queuegauges import JobQueueGauges
 from .upload.janitor import UploadJanitor
+from .upload.legacy import import_lmdb_records
 from .upload.records import UploadRecords
 from .upload.s3 import MultipartStore
 from .upload.service import UploadService
@@ -122,7 +123,6 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                             min_spool_free_bytes=node.min_spool_free_bytes, retention_s=node.upload_retention_s,
                             clock=clock, source_in_use=source_in_use, host_id=node.id,
                             max_incomplete_segments=node.max_incomplete_segments)
-    pending = uploads.recover()
 
     issuer: Issuer | None = None
     jwks: JwksSource | None = None
@@ -200,6 +200,18 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                 tg.start_soon(jwks.run_forever)
             try:
                 await store.ensure_bucket()
+            except StoreUnavailable as e:
+                log.warning("origin: the object store is not ready: %s", e, extra={"event": "origin.store_down"})
+            try:
+                # Once, after an upgrade: the records of the LMDB days, their spooled bytes
+                # stored as segments before the spool is emptied (upload/legacy.py).
+                await import_lmdb_records(node.state_dir, node.spool_dir, records, store)
+            except StoreUnavailable as e:
+                raise RuntimeError(f"origin: the upload records in {node.state_dir} (the previous version's) "
+                                   f"need the object store to be brought over; start again once it is up: "
+                                   f"{e}") from None
+            pending = uploads.recover()
+            try:
                 await uploads.finish_pending(pending)
             except StoreUnavailable as e:
                 # Serve anyway: each upload request reports the store's state as 503.

@@ -425,3 +425,70 @@ def test_small_patches_alternating_between_two_services_coalesce_their_segments(
         await client.aclose()
 
     anyio.run(main)
+
+
+def test_the_lmdb_records_of_the_previous_version_are_brought_over(cluster, s3, tmp_path):
+    """An upgrade: an unfinished upload's record in the old LMDB environment, 3,000 bytes of it
+    in the old spool file (acknowledged then); the import stores them as a segment, puts the
+    record in the database and renames the LMDB folder; the upload then completes with the
+    right bytes. A second start imports nothing."""
+    import json
+
+    import anyio
+    import lmdb
+
+    from headwater.http import Headers
+    from headwater.http.client import HttpClient
+    from headwater.origin.catalogue import CatalogueConfig, open_catalogue
+    from headwater.origin.upload.legacy import import_lmdb_records
+    from headwater.origin.upload.records import UploadRecords
+    from headwater.origin.upload.s3 import MultipartStore
+    from headwater.origin.upload.service import UploadService
+    from headwater.origin.upload.tus import UploadState
+
+    user = cluster.user(0)
+    data = os.urandom(5000)
+    state_dir, spool_dir = tmp_path / "uploads", tmp_path / "spool"
+
+    async def main() -> None:
+        client = HttpClient()
+        store = MultipartStore(client, endpoint=cluster.endpoint, bucket="uploads", access_key=user.access_key,
+                               secret_key=user.secret_key, region=cluster.region)
+        await store.ensure_bucket()
+        upload_id = "ab" * 16
+        key = f"uploads/{upload_id}"
+        old = UploadState(id=upload_id, owner="alice-app", length=len(data), metadata="", created=time.time(),
+                          expires=time.time() + 600, store_upload_id=await store.create(key), key=key,
+                          spooled=3000, spool_gen=0)
+        done = UploadState(id="cd" * 16, owner="alice-app", length=3, metadata="", created=time.time(),
+                           expires=time.time() + 600, store_upload_id="x", key="uploads/done", completed=time.time())
+        env = lmdb.open(str(state_dir), map_size=1 << 20, max_dbs=1, subdir=True)
+        with env.begin(write=True) as txn:
+            for st in (old, done):
+                record = st.to_record()
+                del record["segments"]  # the old format had none
+                txn.put(st.id.encode(), json.dumps(record).encode())
+        env.close()
+        spool_dir.mkdir()
+        (spool_dir / f"{upload_id}.0").write_bytes(data[:3000])
+        catalogue = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "catalogue.sqlite3"))
+        records = UploadRecords(catalogue)
+        assert await import_lmdb_records(state_dir, spool_dir, records, store) == 2
+        assert not state_dir.exists() and (tmp_path / "uploads.imported").exists()
+        assert await import_lmdb_records(state_dir, spool_dir, records, store) == 0
+        assert records.get(done.id).finished
+        st = records.get(upload_id)
+        assert st.offset == 3000 and [n for _, n in st.segments] == [3000]
+        uploads = UploadService(records=records, store=store, spool_dir=spool_dir, part_size=5 * MiB,
+                                max_upload_bytes=64 * MiB, max_uploads_per_client=2, expiry_s=600,
+                                max_metadata_bytes=4096)
+        assert uploads.recover() == [] and not list(spool_dir.iterdir())
+        headers = Headers([("tus-resumable", "1.0.0"), ("upload-offset", "3000"),
+                           ("content-type", "application/offset+octet-stream"), ("content-length", "2000")])
+        st = await uploads.patch("alice-app", upload_id, headers, _Bytes(data[3000:]))
+        assert st.finished
+        assert s3.get_object(Bucket="uploads", Key=key)["Body"].read() == data
+        catalogue.close()
+        await client.aclose()
+
+    anyio.run(main)
