@@ -216,7 +216,8 @@ _KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data
          "secret_key", "region", "uploads_bucket", "part_size", "max_upload_size", "max_uploads_per_client",
          "max_parts_in_flight", "upload_expiry_seconds", "max_metadata_size", "state_map_size", "allowed_origins",
          "max_unverified_spool", "min_spool_free", "upload_retention_seconds",
-         "cors_max_age_seconds", "oauth", "upload_lease_seconds", "max_incomplete_segments", "clients", "limits", "catalogue", "catalogue_threads",
+         "cors_max_age_seconds", "oauth", "upload_lease_seconds", "max_incomplete_segments", "clients", "limits",
+         "catalogue", "catalogue_threads",
          "videos_bucket", "delivery", "rate_limits", "users", "hosts"}
 _HOST_KEYS = {"id", "host", "port", "admin_port", "data_dir"}
 _OAUTH_KEYS = {"issuer", "audience", "jwks_url", "jwks_refresh_seconds", "jwks_min_refresh_seconds", "jwks_max_size", "jwks_max_keys",
