@@ -232,9 +232,15 @@ class UploadService:
 
         Another client's upload is answered exactly as an id that never existed: a 403 would
         tell a prober which ids are live."""
-        if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
-            raise NotFound("no such upload")
-        st = self.records.get(upload_id)
+        _check_id(upload_id)
+        return self._owned(owner, self.records.get(upload_id))
+
+    async def _read(self, owner: str, upload_id: str) -> UploadState:
+        """:meth:`get`, its database read in a worker thread (a request's path)."""
+        _check_id(upload_id)
+        return self._owned(owner, await self._db(self.records.get, upload_id))
+
+    def _owned(self, owner: str, st: UploadState | None) -> UploadState:
         if st is None or st.owner != owner:
             raise NotFound("no such upload")
         if not st.finished and self.clock.time() >= st.expires:
@@ -246,7 +252,7 @@ class UploadService:
         """The upload (as :meth:`get`), held while the caller makes a title from it: a PATCH, a
         termination or a retirement of it meanwhile is refused or skipped (409 ``upload_locked``
         for one that arrives while it is held, as for one that finds a PATCH running)."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         fence, fresh = await self._acquire(st.id)
         try:
             yield fresh
@@ -258,7 +264,7 @@ class UploadService:
         """tus HEAD. An upload whose bytes are all durable but whose completion failed (the store
         was down at the last PATCH) is completed now: a client that reads offset == length takes
         the upload as done, so it must be (503 if the store still refuses)."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         if not st.finished and st.offset == st.length:
             st = await self._locked(st, self._complete_if_whole)
         return st
@@ -309,7 +315,7 @@ class UploadService:
     async def patch(self, owner: str, upload_id: str, headers: Any, body: Any, *,
                     offset_given: bool = True) -> UploadState:
         """tus PATCH: the body appended at the upload's offset; the new durable state."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         if not offset_given:  # creation-with-upload: the body starts at 0 by definition
             headers = _WithOffset(headers, st.offset)
         checksum = tus.patch_start(st, headers, self.clock.time())
@@ -353,7 +359,7 @@ class UploadService:
     async def delete(self, owner: str, upload_id: str) -> None:
         """tus termination: the multipart upload aborted (or the finished object deleted), the
         spool and the record removed."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         await self._locked(st, self._remove)
         self.counts["terminated"] += 1
 
@@ -381,7 +387,7 @@ class UploadService:
             got = await self._db(self.records.acquire, upload_id,
                                  f"{self.host_id}:{os.getpid()}:{secrets.token_hex(4)}")
             if got is None:
-                if self.records.get(upload_id) is None:
+                if await self._db(self.records.get, upload_id) is None:
                     raise NotFound("no such upload")
                 raise _Locked()
         except BaseException:
@@ -694,6 +700,12 @@ class UploadService:
             except (StoreUnavailable, Conflict, NotFound) as e:
                 log.warning("upload %s: expiring failed: %s", st.id, e, extra={"event": "origin.expire_failed"})
         return len(gone)
+
+
+def _check_id(upload_id: str) -> None:
+    """404 for what cannot be an upload id (32 lower-case hex digits), before any lookup."""
+    if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
+        raise NotFound("no such upload")
 
 
 class _Locked(Conflict):
