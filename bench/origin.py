@@ -21,14 +21,20 @@ One run, in this order (never two measured things at once):
      timed from the POST to the last PATCH's 204: by then the origin has completed the multipart
      upload in the store (its answer says so); the object's size is checked with a HEAD;
    - *tus, one PATCH*: the same with the whole file in one PATCH (the origin cuts the parts);
+   - *tus, small PATCHes*: PATCHes of ``--small-chunk`` MiB (1), each ending inside a part: the
+     origin stores the bytes past the last part as a segment of the incomplete part per PATCH
+     (coalesced past ``max_incomplete_segments``) before it acknowledges them;
    - *S3 multipart, 1 stream*: boto3 ``upload_file`` straight to the gateway, same part size,
      ``max_concurrency=1`` — the shape of the origin's own sending (one part at a time per upload);
    - *S3 multipart, 10 streams*: the same with boto3's default concurrency (10);
-   - *S3 PUT*: one PutObject of the whole file: the store's own PUT figure in this run.
+   - *S3 PUT*: one PutObject of the whole file: the store's own PUT figure in this run;
+   - *S3 PUTs, small, serial*: a PutObject per ``--small-chunk`` MiB, one after the other: the
+     floor of *tus, small PATCHes*, which stores each PATCH's bytes so before answering.
 
    MB/s (10^6 bytes per second of wall time); ratio = tus / S3 multipart. What the origin adds
-   on the way is printed under the table (TLS, the spool write + fsync per PATCH and per part,
-   re-reading the part, the LMDB record, one part in flight at a time). ``--profile FILE``
+   on the way is printed under the table (TLS, the spool write, re-reading the part, the
+   record in the catalogue's database, the incomplete part's segments, one part in flight at a
+   time); each tus row also has the origin process's CPU-seconds (/proc/PID/stat). ``--profile FILE``
    records one more tus upload with ``py-spy record --nonblocking --subprocesses`` attached to
    the origin and prints where its samples go (collapsed stacks kept in FILE).
 4. **Transcode** of a 1280x720 25 fps ``testsrc2`` + sine clip (``--clip-seconds``, 30; 10
@@ -249,6 +255,7 @@ class UploadRow:
     size: int
     seconds: list[float] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
+    origin_cpu: list[float] = field(default_factory=list)  # the origin process's CPU-seconds (tus rows)
 
     @property
     def best_mb_s(self) -> float:
@@ -304,8 +311,14 @@ def _cpu_all() -> float:
     return _cpu_self() + _cpu_children()
 
 
+def _cpu_of(pid: int) -> float:
+    """A process's CPU-seconds so far (user + system, /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: int, rounds: int,
-                    uploads_bucket: str) -> list[UploadRow]:
+                    uploads_bucket: str, small_chunk: int = MiB) -> list[UploadRow]:
     """Every upload row ``rounds`` times (order reversed every other round), each object deleted
     after its run."""
     from boto3.s3.transfer import TransferConfig
@@ -318,17 +331,23 @@ def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: i
     rows = {
         "tus": UploadRow(who="tus via the origin", how=f"httpx PATCHes of {part_size // MiB} MiB, TLS", size=size),
         "tus1": UploadRow(who="tus, one PATCH", how="the whole file in one PATCH, TLS", size=size),
+        "tus_small": UploadRow(who="tus, small PATCHes",
+                               how=f"httpx PATCHes of {small_chunk / MiB:g} MiB (ending mid-part), TLS", size=size),
         "mpu1": UploadRow(who="S3 multipart, 1 stream", how=f"boto3, {part_size // MiB} MiB parts, concurrency 1",
                           size=size),
         "mpu10": UploadRow(who="S3 multipart, 10 streams",
                            how=f"boto3, {part_size // MiB} MiB parts, concurrency 10", size=size),
         "put": UploadRow(who="S3 PUT", how="boto3 put_object of the whole file", size=size),
+        "put_small": UploadRow(who="S3 PUTs, small, serial",
+                               how=f"boto3 put_object of each {small_chunk / MiB:g} MiB in turn (the segments' "
+                                   "shape: their floor)", size=size),
     }
 
     def run(name: str) -> None:
-        c0 = _cpu_self()
-        if name in ("tus", "tus1"):
-            seconds, upload_id = tus_upload(origin, token, src, chunk=part_size if name == "tus" else size)
+        c0, o0 = _cpu_self(), _cpu_of(origin.pid)
+        if name in ("tus", "tus1", "tus_small"):
+            chunk = {"tus": part_size, "tus1": size, "tus_small": small_chunk}[name]
+            seconds, upload_id = tus_upload(origin, token, src, chunk=chunk)
             key = f"uploads/{upload_id}"
             got = s3.head_object(Bucket=uploads_bucket, Key=key)["ContentLength"]
             if got != size:
@@ -340,6 +359,20 @@ def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: i
             if name == "put":
                 with open(src, "rb") as f:
                     s3.put_object(Bucket="bench", Key=key, Body=f)
+            elif name == "put_small":
+                with open(src, "rb") as f:
+                    n = 0
+                    while chunk := f.read(small_chunk):
+                        s3.put_object(Bucket="bench", Key=f"{key}-{n}", Body=chunk)
+                        n += 1
+                seconds = time.perf_counter() - t0
+                for i in range(n):
+                    s3.delete_object(Bucket="bench", Key=f"{key}-{i}")
+                rows[name].seconds.append(seconds)
+                rows[name].client_cpu.append(_cpu_self() - c0)
+                rows[name].origin_cpu.append(_cpu_of(origin.pid) - o0)
+                _log(f"  {rows[name].who:<26} {seconds:7.2f} s = {size / seconds / MB:7.1f} MB/s  (load {_loadavg()})")
+                return
             else:
                 conc = 1 if name == "mpu1" else 10
                 s3.upload_file(str(src), "bench", key, Config=TransferConfig(
@@ -352,6 +385,7 @@ def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: i
             s3.delete_object(Bucket="bench", Key=key)
         rows[name].seconds.append(seconds)
         rows[name].client_cpu.append(_cpu_self() - c0)
+        rows[name].origin_cpu.append(_cpu_of(origin.pid) - o0)
         _log(f"  {rows[name].who:<26} {seconds:7.2f} s = {size / seconds / MB:7.1f} MB/s  (load {_loadavg()})")
 
     order = list(rows)
@@ -682,10 +716,12 @@ def render(rows: list[UploadRow], ceilings: list[Ceiling], rounds: list[Transcod
         out.append("")
         out.append(f"Uploads of {size // MiB} MiB (random bytes), {len(tus.seconds)} run(s) each: "
                    "MB/s median (best)")
-        out.append(f"  {'row':<28}{'MB/s':>9}{'best':>9}  {'tus / this':>10}  how")
+        out.append(f"  {'row':<28}{'MB/s':>9}{'best':>9}  {'tus / this':>10}{'origin CPU s':>13}  how")
         for r in rows:
             ratio = tus.median_mb_s / r.median_mb_s if r.median_mb_s else 0.0
-            out.append(f"  {r.who:<28}{r.median_mb_s:9.1f}{r.best_mb_s:9.1f}  {ratio:9.2f}x  {r.how}")
+            cpu = f"{statistics.median(r.origin_cpu):13.2f}" if r.who.startswith("tus") and r.origin_cpu \
+                else f"{'-':>13}"
+            out.append(f"  {r.who:<28}{r.median_mb_s:9.1f}{r.best_mb_s:9.1f}  {ratio:9.2f}x{cpu}  {r.how}")
         mpu1, mpu10 = by["S3 multipart, 1 stream"], by["S3 multipart, 10 streams"]
         out.append(f"  ratio tus / S3 multipart: {tus.median_mb_s / mpu1.median_mb_s:.2f}x of the same shape "
                    f"(1 stream), {tus.median_mb_s / mpu10.median_mb_s:.2f}x of boto3's default (10 streams)")
@@ -695,9 +731,10 @@ def render(rows: list[UploadRow], ceilings: list[Ceiling], rounds: list[Transcod
         out.append(f"  What the origin adds to each byte: TLS (the gateway is cleartext here); a write into the "
                    f"spool file on the origin's disk; per {part_size // MiB} MiB part a re-read of it (pread), "
                    f"one UploadPart with its SHA-256 to the gateway (one part in flight per upload), a new "
-                   f"fsync'd spool generation and an LMDB record; per PATCH an fsync of the spool; at the end "
-                   f"CompleteMultipartUpload. Every byte is thus written twice on this one disk (spool + "
-                   f"the store's EC fragments).")
+                   f"spool file and a record in the catalogue's database (SQLite here, fsync'd); per PATCH "
+                   f"ending mid-part the bytes past the last part PUT to the store as a segment of the "
+                   f"incomplete part and a record (those bytes go to the store twice: segment, then in "
+                   f"their part); at the end CompleteMultipartUpload.")
         if profile is not None:
             out.append(f"  py-spy on the origin during one more tus upload ({profile.seconds:.2f} s): its threads "
                        f"were running in {profile.on_cpu * 100:.0f} % of the wall time ({profile.samples} samples "
@@ -760,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port-offset", type=int, default=12000, help="moves the store's ports (S3 on 9000+offset)")
     p.add_argument("--upload-size", default=None, help="MiB to upload (256; 64 with --quick)")
     p.add_argument("--part-size", type=int, default=8, help="MiB: the origin's part_size, the PATCH and S3 part size")
+    p.add_argument("--small-chunk", type=float, default=1.0,
+                   help="MiB: the PATCH size of the 'tus, small PATCHes' row (1)")
     p.add_argument("--rounds", type=int, default=None, help="runs of every row (2; 1 with --quick)")
     p.add_argument("--clip-seconds", type=int, default=None, help="the clip's length (30; 10 with --quick)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "headwater-bench" / "origin")
@@ -799,7 +838,8 @@ def main(argv: list[str] | None = None) -> int:
                 from headwater.config import load
 
                 rows = measure_uploads(endpoint, origin, src, part_size=part, rounds=rounds,
-                                       uploads_bucket=load(origin.config).origin.uploads_bucket)
+                                       uploads_bucket=load(origin.config).origin.uploads_bucket,
+                                       small_chunk=int(args.small_chunk * MiB))
                 if args.profile:
                     profile = profile_upload(origin, src, args.profile, part_size=part)
                 src.unlink()

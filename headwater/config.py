@@ -269,7 +269,9 @@ class ClusterConfig:
             if role.many:
                 out.extend(value)
             elif value is not None:
-                out.append(value)
+                # A one-table role may stand for several daemons (``[[origin.hosts]]``): its
+                # ``hosts``, each a config of its own.
+                out.extend(getattr(value, "hosts", ()) or (value,))
         return out
 
     def daemon(self, node_id: str) -> DaemonConfig:

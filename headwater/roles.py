@@ -61,7 +61,9 @@ class Role:
 
     ``read(reader, table, prefix)`` turns one cluster.toml table into the daemon's frozen config
     (a :class:`~headwater.config.DaemonConfig`), raising through ``reader`` so errors name the key
-    and line. ``many`` means an array of tables (``[[storage]]``), else one table (``[gateway]``).
+    and line. ``many`` means an array of tables (``[[storage]]``), else one table (``[gateway]``),
+    whose config may still stand for several daemons: a non-empty ``hosts`` attribute of it
+    (``[[origin.hosts]]``) lists them, each a config of its own (``ClusterConfig.daemons``).
     Roles start in ascending ``order`` (ties in registration order), each role's daemons together,
     and stop in reverse. ``details_text(health)`` is the role's DETAILS column in ``headwater
     status`` from its ``/healthz`` JSON. ``rpc`` means its daemons talk msgpack RPC to their peers,

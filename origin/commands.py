@@ -25,7 +25,9 @@ from headwater.cli import err as _err
 from headwater.config import ConfigError, load
 from headwater.sealed import SealedError
 
-__all__ = ["add_commands", "cmd_token", "cmd_password", "fetch_token", "origin_url", "origin_verify"]
+from .catalogue.errors import CatalogueError
+
+__all__ = ["add_commands", "cmd_token", "cmd_password", "fetch_token", "origin_host", "origin_url", "origin_verify"]
 
 
 def add_commands(sub: Any, config_help: str) -> None:
@@ -35,6 +37,8 @@ def add_commands(sub: Any, config_help: str) -> None:
     t.add_argument("--scope", action="append", default=None,
                    help="a scope to ask for (repeatable; default: all the client's scopes)")
     t.add_argument("--print-secret", action="store_true", help="print the client's secret instead of a token")
+    t.add_argument("--origin", metavar="ID", default=None,
+                   help="the [[origin.hosts]] id to ask (default: the first); any host's token is good on every host")
     t.add_argument("-c", "--config", metavar="FILE", help=config_help)
     t.set_defaults(func=cmd_token)
     pw = sub.add_parser("password", help="a web user's sealed password, or an scrypt hash for password_scrypt")
@@ -42,6 +46,7 @@ def add_commands(sub: Any, config_help: str) -> None:
     which.add_argument("--user", help="a [[origin.users]] name whose password is sealed: print it")
     which.add_argument("--hash", action="store_true",
                        help="read a password (a prompt, or stdin's first line) and print its password_scrypt")
+    pw.add_argument("--origin", metavar="ID", default=None, help="the [[origin.hosts]] id (default: the first)")
     pw.add_argument("-c", "--config", metavar="FILE", help=config_help)
     pw.set_defaults(func=cmd_password)
     d = sub.add_parser("demo", help="make a test title with ffmpeg, upload it as a creator, wait for it to be "
@@ -59,6 +64,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import cmd_demo
 
     return cmd_demo(args)
+
+
+def origin_host(cfg: Any, host_id: str | None = None) -> Any:
+    """The origin process a command talks to: the ``[[origin.hosts]]`` entry ``host_id`` (by
+    default the first), or the ``[origin]`` table itself when it names no hosts."""
+    node = cfg.origin
+    if node is None:
+        raise ConfigError("origin", "cluster.toml has no [origin] section")
+    if host_id is None:
+        return node.hosts[0] if node.hosts else node
+    for h in node.hosts or (node,):
+        if h.id == host_id:
+            return h
+    raise ConfigError("origin.hosts", f"no origin host {host_id!r} (known: "
+                                      f"{', '.join(h.id for h in node.hosts or (node,))})")
 
 
 def origin_url(node: Any) -> str:
@@ -119,9 +139,7 @@ def cmd_password(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         cfg = load(args.config)
-        node = cfg.origin
-        if node is None:
-            raise ConfigError("origin", "cluster.toml has no [origin] section")
+        node = origin_host(cfg, args.origin)
         user = next((u for u in node.users if u.name == args.user), None)
         if user is None:
             raise ConfigError("origin.users", f"no user {args.user!r} in [[origin.users]]")
@@ -129,7 +147,7 @@ def cmd_password(args: argparse.Namespace) -> int:
             _err(f"user {user.name!r} has their own password (password_scrypt): it is not stored anywhere")
             return EXIT_FAILED
         print(user_password(cfg, node, user.name))
-    except (ConfigError, SealedError, OSError) as e:
+    except (ConfigError, SealedError, OSError, CatalogueError) as e:
         _err(str(e))
         return EXIT_FAILED
     return EXIT_OK
@@ -140,9 +158,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     try:
         cfg = load(args.config)
-        node = cfg.origin
-        if node is None:
-            raise ConfigError("origin", "cluster.toml has no [origin] section")
+        node = origin_host(cfg, args.origin)
         client = next((c for c in node.clients if c.id == args.client), None)
         if client is None:
             raise ConfigError("origin.clients", f"no client {args.client!r} in [[origin.clients]]")
@@ -150,7 +166,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             _err(f"client {client.id!r} has its own secret (secret_sha256): ask the token endpoint with it")
             return EXIT_FAILED
         secret = client_secret(cfg, node, client)
-    except (ConfigError, SealedError, OSError) as e:
+    except (ConfigError, SealedError, OSError, CatalogueError) as e:
         _err(str(e))
         return EXIT_FAILED
     if args.print_secret:

@@ -16,7 +16,13 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
     max_parts_in_flight                       (8: parts being sent at once: memory is this x part_size)
     upload_expiry_seconds                     (86400: an unfinished upload is aborted after this)
     max_metadata_size                         ("4KiB": the Upload-Metadata header)
-    state_map_size                            ("64MiB": the LMDB map of upload records)
+    state_map_size                            (accepted and unused: upload records are in the
+                                               catalogue's database since several hosts share them;
+                                               the old LMDB ones are brought over once at start)
+    upload_lease_seconds                      (30: a PATCH's lease on its upload lapses this long
+                                               after its last renewal, e.g. its host died)
+    max_incomplete_segments                   (8: objects the bytes past the last part may be
+                                               stored as before a PATCH writes them as one)
     max_unverified_spool                      ("2GiB": bytes of checksummed PATCHes held on disk
                                                until verified, the whole process; over it 503)
     min_spool_free                            ("1GiB": free space the spool's disk keeps; under it 507)
@@ -38,12 +44,20 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
     catalogue_threads (8: catalogue calls running at once in worker threads, off the event loop)
     videos_bucket     ("videos": published titles, titles/T/v<job>-<attempt>/...)
     [origin.delivery]  the CDN's origin and the playback API (:mod:`.delivery.config`)
+    [[origin.hosts]]  several origin processes on one catalogue: each entry's id, host, port,
+                      admin_port, data_dir (default data_dir/<id>) override the [origin] table's
+                      (every other key is the table's); each is a daemon of its own
+                      (``headwater node <id>``, ``headwater up`` starts them all). Two or more
+                      need [origin.catalogue] backend = "postgresql" (the upload records and the
+                      issuer's secrets are shared there); their tokens' iss is the [origin]
+                      table's URL (its host and port: the name clients know the cluster by)
+                      unless [origin.oauth] issuer says otherwise.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -142,6 +156,8 @@ class OriginConfig:
     upload_expiry_s: float = 86400.0
     max_metadata_bytes: int = 4 * KiB
     state_map_bytes: int = 64 * MiB
+    upload_lease_s: float = 30.0
+    max_incomplete_segments: int = 8
     max_unverified_spool_bytes: int = 2 * GiB
     min_spool_free_bytes: int = 1 * GiB
     upload_retention_s: float = 7 * 86400.0
@@ -156,6 +172,8 @@ class OriginConfig:
     # None: SQLite at data_dir/catalogue.sqlite3 (read_origin always sets it; see catalogue_config).
     catalogue: CatalogueConfig | None = None
     catalogue_threads: int = 8
+    # [[origin.hosts]]: the origin processes this table stands for (empty: itself alone).
+    hosts: tuple["OriginConfig", ...] = ()
 
     @property
     def catalogue_config(self) -> CatalogueConfig:
@@ -198,8 +216,10 @@ _KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data
          "secret_key", "region", "uploads_bucket", "part_size", "max_upload_size", "max_uploads_per_client",
          "max_parts_in_flight", "upload_expiry_seconds", "max_metadata_size", "state_map_size", "allowed_origins",
          "max_unverified_spool", "min_spool_free", "upload_retention_seconds",
-         "cors_max_age_seconds", "oauth", "clients", "limits", "catalogue", "catalogue_threads",
-         "videos_bucket", "delivery", "rate_limits", "users"}
+         "cors_max_age_seconds", "oauth", "upload_lease_seconds", "max_incomplete_segments", "clients", "limits",
+         "catalogue", "catalogue_threads",
+         "videos_bucket", "delivery", "rate_limits", "users", "hosts"}
+_HOST_KEYS = {"id", "host", "port", "admin_port", "data_dir"}
 _OAUTH_KEYS = {"issuer", "audience", "jwks_url", "jwks_refresh_seconds", "jwks_min_refresh_seconds", "jwks_max_size", "jwks_max_keys",
                "leeway_seconds", "token_lifetime_seconds"}
 _CLIENT_KEYS = {"id", "scopes", "secret", "secret_sha256"}
@@ -288,7 +308,39 @@ def _read_user(r: Reader, item: Mapping[str, Any], p: str) -> UserConfig:
 
 
 def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
-    """The ``[origin]`` table."""
+    """The ``[origin]`` table (and its ``[[origin.hosts]]``)."""
+    base = _read_origin_table(r, item, p)
+    raw_hosts = r.get(item, "hosts", p, list, [])
+    if not raw_hosts:
+        return base
+    if len(raw_hosts) > 1 and base.catalogue_config.backend != "postgresql":
+        key = f"{p}.catalogue.backend" if "backend" in r.table(item, "catalogue", p) else f"{p}.hosts[1]"
+        raise r.error(key, 'several origin hosts share one catalogue: [origin.catalogue] backend = "postgresql" '
+                           "(with SQLite each host would have its own uploads, tokens and titles)")
+    # One iss for every host: a token one host signs is checked against it on every other. The
+    # catalogue is the table's (a single host on SQLite keeps the table's file, which the
+    # transcoder opens too).
+    shared = replace(base, oauth=replace(base.oauth, issuer=base.issuer))
+    hosts = []
+    for i, h in enumerate(raw_hosts):
+        hp = f"{p}.hosts[{i}]"
+        if not isinstance(h, dict):
+            raise r.error(hp, "expected a table")
+        r.check_keys(h, hp, _HOST_KEYS)
+        host_id = r.node_id(h, hp)
+        data_dir = r.node_data_dir(h, hp, host_id)
+        hosts.append(replace(shared, id=host_id, host=r.get(h, "host", hp, str, base.host),
+                             port=r.port(h, "port", hp, base.port),
+                             admin_port=r.port(h, "admin_port", hp, base.admin_port),
+                             data_dir=data_dir))
+    ids = [h.id for h in hosts]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise r.error(f"{p}.hosts", f"host id {dup[0]!r} is used twice")
+    return replace(base, hosts=tuple(hosts))
+
+
+def _read_origin_table(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
     r.check_keys(item, p, _KEYS)
     node_id = r.node_id(item, p, "origin")
     cert, key = r.tls_or_auto(item, p)
@@ -342,13 +394,14 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
     limits = read_http_limits(r, r.table(item, "limits", p), f"{p}.limits", ORIGIN_HTTP_LIMITS) \
         if "limits" in item else ORIGIN_HTTP_LIMITS
     if "limits" not in item or "max_body_size" not in r.table(item, "limits", p):
-        from dataclasses import replace
-
         limits = replace(limits, max_body_bytes=max_upload)
     data_dir = r.node_data_dir(item, p, node_id)
     unverified = r.size(item, "max_unverified_spool", p, 2 * GiB)
     if unverified < 1:
         raise r.error(f"{p}.max_unverified_spool", "must be at least 1 byte (checksummed PATCHes need room)")
+    segments = r.get(item, "max_incomplete_segments", p, int, 8)
+    if not 1 <= segments <= 1000:
+        raise r.error(f"{p}.max_incomplete_segments", "must be between 1 and 1000")
     threads = r.get(item, "catalogue_threads", p, int, 8)
     if not 1 <= threads <= 256:
         raise r.error(f"{p}.catalogue_threads", "must be between 1 and 256")
@@ -367,6 +420,8 @@ def read_origin(r: Reader, item: Mapping[str, Any], p: str) -> OriginConfig:
         upload_expiry_s=r.positive(item, "upload_expiry_seconds", p, 86400.0),
         max_metadata_bytes=r.size(item, "max_metadata_size", p, 4 * KiB),
         state_map_bytes=r.size(item, "state_map_size", p, 64 * MiB),
+        upload_lease_s=r.positive(item, "upload_lease_seconds", p, 30.0),
+        max_incomplete_segments=segments,
         max_unverified_spool_bytes=unverified,
         min_spool_free_bytes=r.size(item, "min_spool_free", p, 1 * GiB),
         upload_retention_s=r.positive(item, "upload_retention_seconds", p, 7 * 86400.0),

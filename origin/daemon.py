@@ -1,8 +1,9 @@
 """The ``origin`` daemon: a thin shell on the kernel's HTTP core.
 
-:func:`run_origin` is the role's entry point. It opens the upload records (LMDB) and makes the
-spool agree with them, ensures the uploads bucket, loads the built-in issuer's key (or starts
-fetching the configured issuer's JWKS), opens (and migrates) the catalogue, and serves:
+:func:`run_origin` is the role's entry point. It opens (and migrates) the catalogue, whose
+database also holds the upload records (shared by every origin host on it), empties the local
+spool (a cache of the stored incomplete parts), ensures the uploads bucket, loads the built-in
+issuer's key (or starts fetching the configured issuer's JWKS), and serves:
 
 - the API on ``port`` (tus uploads, OAuth2, and the catalogue's JSON API, whose blocking
   database calls run in at most ``catalogue_threads`` worker threads): HTTPS (ALPN h2,
@@ -52,6 +53,7 @@ from .config import OriginConfig
 from .errors import StoreUnavailable
 from .queuegauges import JobQueueGauges
 from .upload.janitor import UploadJanitor
+from .upload.legacy import import_lmdb_records
 from .upload.records import UploadRecords
 from .upload.s3 import MultipartStore
 from .upload.service import UploadService
@@ -103,7 +105,11 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
         raise ValueError(f"origin: part_size {node.part_size} is below the store's min_part_size {min_part}")
     store = MultipartStore(client, endpoint=endpoint, bucket=node.uploads_bucket, access_key=access,
                            secret_key=secret, region=region, clock=clock)
-    records = UploadRecords(node.state_dir, map_size=node.state_map_bytes)
+    catalogue_config = node.catalogue_config
+    # Opening migrates the schema (and waits on another host's migration): off the event loop.
+    catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
+    # The upload records live in the catalogue's database: every origin host on it shares them.
+    records = UploadRecords(catalogue, clock=clock, lease_s=node.upload_lease_s)
 
     async def source_in_use(owner: str, upload_id: str) -> bool:
         return await runner.call(lambda cat: cat.uses_upload(owner, upload_id))  # runner: made below
@@ -115,16 +121,20 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                             max_parts_in_flight=node.max_parts_in_flight,
                             max_unverified_spool_bytes=node.max_unverified_spool_bytes,
                             min_spool_free_bytes=node.min_spool_free_bytes, retention_s=node.upload_retention_s,
-                            clock=clock, source_in_use=source_in_use)
-    pending = uploads.recover()
+                            clock=clock, source_in_use=source_in_use, host_id=node.id,
+                            max_incomplete_segments=node.max_incomplete_segments)
 
     issuer: Issuer | None = None
     jwks: JwksSource | None = None
     users: UserDirectory | None = None
     if node.oauth.builtin:
-        users = users_from_config(cluster, node)
-        issuer = Issuer(key=load_signing_key(cluster, node), issuer=node.issuer, audience=node.oauth.audience,
-                        lifetime_s=node.oauth.token_lifetime_s, clients=ClientRegistry.from_config(cluster, node))
+        # One key, one secret per client and user for every origin host (auth/shared.py); reading
+        # them from the database blocks: off the event loop.
+        users = await anyio.to_thread.run_sync(lambda: users_from_config(cluster, node, db=catalogue))
+        key = await anyio.to_thread.run_sync(lambda: load_signing_key(cluster, node, db=catalogue))
+        clients = await anyio.to_thread.run_sync(lambda: ClientRegistry.from_config(cluster, node, db=catalogue))
+        issuer = Issuer(key=key, issuer=node.issuer, audience=node.oauth.audience,
+                        lifetime_s=node.oauth.token_lifetime_s, clients=clients)
         builtin_keys = [issuer.access_key]
 
         def keys() -> list[AccessKey]:
@@ -141,9 +151,6 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     verifier = AccessTokenVerifier(keys, issuer=node.issuer, audience=node.oauth.audience, clock=clock.time,
                                    leeway_s=node.oauth.leeway_s,
                                    on_unknown_kid=jwks.request_refresh if jwks is not None else None)
-    catalogue_config = node.catalogue_config
-    # Opening migrates the schema (and waits on another host's migration): off the event loop.
-    catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
     # PostgreSQL: open the local search index now (or start its rebuild), not at the first search.
     await anyio.to_thread.run_sync(catalogue.warm_search)
     # PostgreSQL: no more threads than pooled connections (a thread would only wait for one).
@@ -195,6 +202,18 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                 tg.start_soon(jwks.run_forever)
             try:
                 await store.ensure_bucket()
+            except StoreUnavailable as e:
+                log.warning("origin: the object store is not ready: %s", e, extra={"event": "origin.store_down"})
+            try:
+                # Once, after an upgrade: the records of the LMDB days, their spooled bytes
+                # stored as segments before the spool is emptied (upload/legacy.py).
+                await import_lmdb_records(node.state_dir, node.spool_dir, records, store)
+            except StoreUnavailable as e:
+                raise RuntimeError(f"origin: the upload records in {node.state_dir} (the previous version's) "
+                                   f"need the object store to be brought over; start again once it is up: "
+                                   f"{e}") from None
+            pending = uploads.recover()
+            try:
                 await uploads.finish_pending(pending)
             except StoreUnavailable as e:
                 # Serve anyway: each upload request reports the store's state as 503.

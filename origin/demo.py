@@ -90,13 +90,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import httpx
 
     from .auth.issuer import client_secret, user_password
+    from .commands import origin_host
     from .transcode.config import default_binary
 
     try:
         cfg = load(args.config)
-        node = cfg.origin
-        if node is None:
-            raise ConfigError("origin", "cluster.toml has no [origin] section")
+        node = origin_host(cfg)
         if not node.oauth.builtin:
             raise ConfigError("origin.oauth", "the demo gets its creator's token from the built-in issuer")
         wanted = {"upload", "titles:write"}

@@ -158,7 +158,7 @@ class SpoolFull(OriginError):
 
 class InsufficientStorage(OriginError):
     """The origin's own disk cannot take this request: the spool's filesystem is below
-    ``min_spool_free``, or the upload records' LMDB map (``state_map_size``) is full (507)."""
+    ``min_spool_free``, or full (507)."""
 
     http_status = 507
     code = "insufficient_storage"

@@ -22,7 +22,8 @@ def _endpoints(cfg: ClusterConfig) -> list[str]:
     node = cfg.origin
     if node is None:
         return []
-    return [f"origin  {node.id:<6} {node.base_url}/uploads  (tus; tokens: headwater token --client ID --scope upload)"]
+    return [f"origin  {h.id:<6} {h.base_url}/uploads  (tus; tokens: headwater token --client ID --scope upload)"
+            for h in node.hosts or (node,)]
 
 
 def _check(r: Reader, cfg: ClusterConfig, env: Mapping[str, str]) -> None:

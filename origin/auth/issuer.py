@@ -20,6 +20,10 @@ So that ``make up`` works alone. A real deployment names its OIDC provider in
 - Users (``[[origin.users]]``): ``password = "sealed"`` (random, made on first use, sealed in
   ``<data_dir>/user-<name>.sealed``, purpose ``origin-user-password``; ``headwater password
   --user NAME`` shows it) or ``password_scrypt`` (``headwater password --hash``).
+
+With the PostgreSQL catalogue (several origin hosts) the signing key, the sealed client secrets
+and the sealed passwords are not files but rows of the catalogue's ``cluster_secrets``, sealed
+the same way, made once for the cluster (:mod:`.shared`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import hmac
 import json
 import secrets
 import uuid
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -42,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..config import ClientConfig, OriginConfig
 from ..errors import InvalidClient, InvalidGrant, InvalidScope, UnsupportedGrantType
 from .login import PUBLIC_CLIENT, CodeStore, User, UserDirectory
+from .shared import shared_secret
 from .tokens import AccessKey
 
 __all__ = ["TokenRequest", "parse_token_request", "ClientRegistry", "Issuer", "client_secret", "load_signing_key",
@@ -123,38 +127,26 @@ def parse_token_request(authorization: str | None, content_type: str | None, bod
     return TokenRequest(client_id, secret, scopes)
 
 
-def _sealer(cluster: Any) -> Any:
-    from headwater.sealed import Sealer
-
-    return Sealer.from_config(cluster)
-
-
-def client_secret(cluster: Any, node: OriginConfig, client: ClientConfig) -> str:
-    """A sealed client's secret, made on first use (the daemon and ``headwater token`` share it)."""
-    from headwater.sealed import load_or_create
-
-    path = Path(node.data_dir) / f"client-{client.id}.sealed"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw, _ = load_or_create(path, _sealer(cluster), CLIENT_PURPOSE,
-                            lambda: secrets.token_urlsafe(32).encode())
-    return raw.decode()
+def client_secret(cluster: Any, node: OriginConfig, client: ClientConfig, *, db: Any = None) -> str:
+    """A sealed client's secret, made on first use (the daemon and ``headwater token`` share it;
+    every origin host of the cluster too: :mod:`.shared`)."""
+    return shared_secret(cluster, node, f"client-{client.id}", CLIENT_PURPOSE,
+                         lambda: secrets.token_urlsafe(32).encode(), db=db).decode()
 
 
-def user_password(cluster: Any, node: OriginConfig, name: str) -> str:
-    """A sealed user's password, made on first use (the daemon and ``headwater password`` share it)."""
-    from headwater.sealed import load_or_create
-
-    path = Path(node.data_dir) / f"user-{name}.sealed"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw, _ = load_or_create(path, _sealer(cluster), USER_PURPOSE, lambda: secrets.token_urlsafe(18).encode())
-    return raw.decode()
+def user_password(cluster: Any, node: OriginConfig, name: str, *, db: Any = None) -> str:
+    """A sealed user's password, made on first use (the daemon and ``headwater password`` share it;
+    every origin host of the cluster too: :mod:`.shared`)."""
+    return shared_secret(cluster, node, f"user-{name}", USER_PURPOSE,
+                         lambda: secrets.token_urlsafe(18).encode(), db=db).decode()
 
 
-def users_from_config(cluster: Any, node: OriginConfig) -> UserDirectory:
+def users_from_config(cluster: Any, node: OriginConfig, *, db: Any = None) -> UserDirectory:
     """``[[origin.users]]`` as a :class:`UserDirectory` (sealed passwords unsealed once)."""
     users = {}
     for u in node.users:
-        digest = hashlib.sha256(user_password(cluster, node, u.name).encode()).digest() if u.sealed else None
+        digest = hashlib.sha256(user_password(cluster, node, u.name, db=db).encode()).digest() if u.sealed \
+            else None
         users[u.name] = User(name=u.name, scopes=u.scopes, scrypt=u.password_scrypt, sha256=digest)
     return UserDirectory(users)
 
@@ -166,11 +158,11 @@ class ClientRegistry:
         self._clients = dict(clients)
 
     @classmethod
-    def from_config(cls, cluster: Any, node: OriginConfig) -> ClientRegistry:
+    def from_config(cls, cluster: Any, node: OriginConfig, *, db: Any = None) -> ClientRegistry:
         out = {}
         for c in node.clients:
             digest = c.secret_sha256 if c.secret_sha256 is not None else \
-                hashlib.sha256(client_secret(cluster, node, c).encode()).digest()
+                hashlib.sha256(client_secret(cluster, node, c, db=db).encode()).digest()
             out[c.id] = (c, digest)
         return cls(out)
 
@@ -193,21 +185,18 @@ def _thumbprint(public: ec.EllipticCurvePublicKey) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canon.encode()).digest()).rstrip(b"=").decode()
 
 
-def load_signing_key(cluster: Any, node: OriginConfig) -> ec.EllipticCurvePrivateKey:
-    """The issuer's P-256 key, made and sealed on first use."""
-    from headwater.sealed import load_or_create
-
+def load_signing_key(cluster: Any, node: OriginConfig, *, db: Any = None) -> ec.EllipticCurvePrivateKey:
+    """The issuer's P-256 key, made and sealed on first use (one for every origin host of the
+    cluster: :mod:`.shared`)."""
     def make() -> bytes:
         key = ec.generate_private_key(ec.SECP256R1())
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
 
-    path = Path(node.data_dir) / "issuer-es256.sealed"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem, _ = load_or_create(path, _sealer(cluster), KEY_PURPOSE, make)
+    pem = shared_secret(cluster, node, "issuer-es256", KEY_PURPOSE, make, db=db)
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path} does not hold an EC key")
+        raise ValueError("the issuer's sealed signing key is not an EC key")
     return key
 
 

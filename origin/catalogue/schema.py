@@ -119,6 +119,18 @@ SQLITE_MIGRATIONS: list[list[Migration]] = [
     # every title of the language to keep the category's (comedy + en at 100,000 titles: 6.7 ->
     # 2.3 ms). IF NOT EXISTS: a test replays migration 5 onwards.
     ["CREATE INDEX IF NOT EXISTS titles_category_language ON titles(state, category, language, id)"],
+    # Upload records (origin/upload/records.py), shared by every origin host on this database:
+    # the record as JSON, the columns the janitor and the per-client bound query, and the lease
+    # (holder, until, fence) one PATCH takes so two hosts' PATCHes never interleave. Cluster
+    # secrets (origin/auth/shared.py): the sealed signing key, client secrets and user
+    # passwords made once for the cluster (the first host's INSERT wins).
+    ["CREATE TABLE uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, record TEXT NOT NULL, "
+     "expires DOUBLE PRECISION NOT NULL, completed DOUBLE PRECISION, holder TEXT, "
+     "lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)",
+     "CREATE INDEX uploads_open ON uploads(owner) WHERE completed IS NULL",
+     "CREATE INDEX uploads_expires ON uploads(expires) WHERE completed IS NULL",
+     "CREATE INDEX uploads_completed ON uploads(completed) WHERE completed IS NOT NULL",
+     "CREATE TABLE cluster_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
 ]
 
 POSTGRES_MIGRATIONS: list[list[Migration]] = [
@@ -220,4 +232,16 @@ POSTGRES_MIGRATIONS: list[list[Migration]] = [
      "title_id BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL)",
      "CREATE TABLE search_feed_epoch (epoch TEXT NOT NULL, pruned_to BIGINT NOT NULL DEFAULT 0)",
      "INSERT INTO search_feed_epoch (epoch) VALUES (md5(random()::text || clock_timestamp()::text))"],
+    # Upload records (origin/upload/records.py), shared by every origin host on this database:
+    # the record as JSON, the columns the janitor and the per-client bound query, and the lease
+    # (holder, until, fence) one PATCH takes so two hosts' PATCHes never interleave. Cluster
+    # secrets (origin/auth/shared.py): the sealed signing key, client secrets and user
+    # passwords made once for the cluster (the first host's INSERT wins).
+    ["CREATE TABLE uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, record TEXT NOT NULL, "
+     "expires DOUBLE PRECISION NOT NULL, completed DOUBLE PRECISION, holder TEXT, "
+     "lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)",
+     "CREATE INDEX uploads_open ON uploads(owner) WHERE completed IS NULL",
+     "CREATE INDEX uploads_expires ON uploads(expires) WHERE completed IS NULL",
+     "CREATE INDEX uploads_completed ON uploads(completed) WHERE completed IS NOT NULL",
+     "CREATE TABLE cluster_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
 ]

@@ -180,6 +180,11 @@ class SqlCatalogue(ABC):
     def _tx(self, *, write: bool) -> AbstractContextManager[Tx]:
         """A transaction; ``write`` ones are serialised where the database needs it."""
 
+    def transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        """A transaction on the catalogue's database, for the tables other modules keep there
+        (the upload records, the cluster's secrets: :mod:`headwater.origin.upload.records`)."""
+        return self._tx(write=write)
+
     def _match_rows(self, tx: Tx, groups: list[TermGroup], where: list[str], params: list[Any],
                     limit: int, offset: int) -> list[tuple]:
         """Ranked matches: rows of ``_HIT_COLS`` plus a score, best first (:meth:`_top_k`)."""

@@ -1,7 +1,9 @@
 """The upload service's background loop: each pass aborts unfinished uploads past their expiry
-(tus expiration: the multipart upload aborted, spool and record removed), retires the records
-of uploads completed more than ``upload_retention_seconds`` ago (the LMDB map is bounded) with
-the objects of those no title was made from, and completes whole uploads whose completion the store refused earlier. On the kernel's
+(tus expiration: the multipart upload aborted, segments and record removed), retires the
+records of uploads completed more than ``upload_retention_seconds`` ago (the records table
+stays bounded) with the objects of those no title was made from, and completes whole uploads
+whose completion the store refused earlier. Every origin host runs one on the shared records:
+each action takes the upload's lease, so two never act on one upload at once. On the kernel's
 :class:`~headwater.background.BackgroundLoop` (``run_once`` for tests, ``run_forever`` in the
 daemon)."""
 

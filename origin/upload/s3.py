@@ -12,7 +12,9 @@ the signature, so the store checks every byte it acknowledges.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from xml.sax.saxutils import escape
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 from urllib.parse import quote, urlsplit
@@ -80,14 +82,15 @@ class MultipartStore:
         self.timeout_s = timeout_s
 
     async def _call(self, method: str, key: str | None, query: str, body: bytes = b"",
-                    ok: Sequence[int] = (200,)) -> tuple[int, dict[str, str], bytes]:
+                    ok: Sequence[int] = (200,),
+                    fields: Sequence[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
         path = f"/{self.bucket}" + (f"/{quote(key, safe='/')}" if key is not None else "")
         sha = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         extra = (("content-length", str(len(body))),) if method in ("PUT", "POST") else ()
-        headers = [("host", self.host), *extra,
+        headers = [("host", self.host), *extra, *fields,
                    *sign_request(method, self.host, path, query, access_key=self.access_key,
                                  secret_key=self.secret_key, region=self.region, now=self.clock.time(),
-                                 payload_sha256=sha)]
+                                 payload_sha256=sha, extra_headers=tuple(fields))]
         url = f"{self.endpoint}{path}" + (f"?{query}" if query else "")
         try:
             resp = await self.client.request(method, url, headers, body=body, timeout_s=self.timeout_s)
@@ -194,9 +197,45 @@ class MultipartStore:
             raise StoreUnavailable(f"CompleteMultipartUpload failed: {_text(answer, 'Code')}")
         return _text(answer, "ETag") or ""
 
+    async def put_object(self, key: str, data: bytes) -> None:
+        """PutObject (its SHA-256 signed, so the store checks every byte): durable in the store
+        once this returns."""
+        await self._call("PUT", key, "", data)
+
+    async def read_object(self, key: str, *, max_bytes: int) -> bytes:
+        """The whole of a small object (at most ``max_bytes``, else :class:`StoreUnavailable`)."""
+        obj = await self.get_object(key)
+        out = bytearray()
+        try:
+            async for chunk in obj.body:
+                out += chunk
+                if len(out) > max_bytes:
+                    raise StoreUnavailable(f"object {key[:200]!r} is longer than {max_bytes} bytes")
+        finally:
+            await obj.aclose()
+        return bytes(out)
+
     async def delete(self, key: str) -> None:
         """DeleteObject (an object already gone is fine: S3 answers 204 either way)."""
         await self._call("DELETE", key, "", ok=(204, 200, 404))
+
+    async def delete_objects(self, keys: Sequence[str]) -> list[str]:
+        """DeleteObjects (one request for up to 1,000 keys, quiet): the keys the store could not
+        delete (a key already gone counts as deleted)."""
+        failed: list[str] = []
+        for i in range(0, len(keys), 1000):
+            body = ("<Delete><Quiet>true</Quiet>" + "".join(
+                f"<Object><Key>{escape(k)}</Key></Object>" for k in keys[i:i + 1000]) + "</Delete>").encode()
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+            _, _, answer = await self._call("POST", None, "delete=", body, fields=(("content-md5", md5),))
+            try:
+                root = ElementTree.fromstring(answer)
+            except ElementTree.ParseError:
+                raise StoreUnavailable("DeleteObjects answered no document") from None
+            for el in root.iter():
+                if el.tag.rsplit("}", 1)[-1] == "Error":
+                    failed += [c.text or "" for c in el if c.tag.rsplit("}", 1)[-1] == "Key"]
+        return failed
 
     async def abort(self, key: str, upload_id: str) -> None:
         """AbortMultipartUpload (an upload already gone is fine)."""

@@ -1,64 +1,80 @@
 """The upload service: tus requests (checked by :mod:`.tus`) made real, each PATCH streamed
-into the object store's multipart upload.
+into the object store's multipart upload. Any origin host on the catalogue's database can serve
+any upload's next request: everything acknowledged is in the object store, and the record that
+says so is in the database (:mod:`.records`). The design in full: docs/origin-uploads.md.
 
 Where bytes are, and when an offset is acknowledged (``Upload-Offset`` in an answer is always
-the durable offset):
+the durable offset, durable in the erasure-coded store):
 
-- A PATCH's body is read in pieces of at most 256 KiB and appended to the upload's **spool
-  file** (``<data_dir>/spool/<id>.<generation>``). The spool holds the bytes past the last part
-  stored, so at most one part (``part_size``) per upload sits on local disk between PATCHes;
-  in memory there is one piece per PATCH, and one part while it is being sent (at most
-  ``max_parts_in_flight`` parts in the whole process).
+- A PATCH's body is read in pieces of at most 256 KiB and appended to the upload's local
+  **spool file** (``<data_dir>/spool/<id>.<generation>.<length>``): a working copy of the
+  **incomplete part**, the bytes past the last part stored (less than ``part_size``). In memory
+  there is one piece per PATCH, and one part while it is being sent (at most
+  ``max_parts_in_flight`` parts or segments in the whole process).
 - Whenever the spool reaches ``part_size`` (a PATCH without a checksum), that part is read
   back, sent to the store (UploadPart, its SHA-256 signed so the store checks it), and once the
-  store has answered, the record (LMDB) gains the part and names a fresh, empty spool
+  store has answered, the record gains the part and names an empty incomplete part of the next
   generation: the part is acknowledged because it is durable in the store.
-- When the PATCH ends (or the client goes away mid-body, as tus asks a server to keep what it
-  got), the spool is fsynced and then the record's ``spooled`` count is updated: those bytes are
-  acknowledged durable *on the origin's disk*, and survive a daemon restart (the spool is cut
-  back to the recorded count at start). That is the one window where acknowledged bytes live on
-  one disk rather than in the erasure-coded store: at most part_size - 1 bytes per upload, until
-  the next PATCH fills the part or the upload completes. The alternative (acknowledge only
-  whole parts) would make tus clients with chunks smaller than a part resend forever.
+- When a PATCH ends inside a part (or the client goes away mid-body, as tus asks a server to
+  keep what it got), the bytes it added to the incomplete part are PUT to the uploads bucket
+  as one **segment** object (``incomplete/<id>/<generation>.<random>``, SHA-256 signed), then
+  the record names the segment: those bytes are acknowledged, durable in the store. When the
+  next part is stored the record stops naming the segments and they are deleted (one
+  DeleteObjects). (tusd's S3 store keeps an "incomplete part" object the same way, but
+  rewrites it whole at each PATCH.)
+- **The write bound.** A PATCH ending mid-part writes only its own bytes as a new segment, not
+  the incomplete part again: however small the PATCHes, a byte goes to the store once in a
+  segment and once in its part. But a part could gather many segments, each a GET for a host
+  rebuilding the spool: a PATCH that would make one more than ``max_incomplete_segments`` (K, 8)
+  writes the whole incomplete part (under ``part_size`` bytes) as one segment instead, replacing
+  the others. So an upload has at most K segments, and the bytes written to the store are at
+  most 2 x the upload's length + ``part_size`` x (PATCHes ending mid-part) / K.
+- A PATCH starts from the local spool when its name says it holds the record's generation and
+  length (this host wrote it); otherwise (another host took the last PATCH, or this one
+  restarted: the spool is emptied at start) it rebuilds it from the segments, read back from the
+  store in order. The PATCH that makes the upload whole sends the rest as the last part (no
+  segment), then CompleteMultipartUpload; the object is ``s3://<uploads_bucket>/uploads/<id>``.
+  Should completion fail, that PATCH acknowledged none of its rest (the client sends it again).
 - With ``Upload-Checksum``, nothing of the body counts until the digest matches: the bytes wait
   in the spool (on disk, never in memory), are dropped on a mismatch (460, offset unchanged) or
-  when the body is cut, and are cut into parts once verified. Such bytes are bounded for the
-  whole process by ``max_unverified_spool``: before its body is read, a checksummed PATCH
-  reserves what it may spool (its Content-Length, else the rest of the upload); one that would
-  take the total past the budget is answered 503 ``spool_busy`` with Retry-After (nothing read,
-  nothing acknowledged), one larger than the whole budget 413 (send smaller chunks). The
-  reservation is released when the PATCH ends, however it ends.
+  when the body is cut, and are cut into parts and a segment once verified. Such bytes are
+  bounded for the whole process by ``max_unverified_spool``: before its body is read, a
+  checksummed PATCH reserves what it may spool (its Content-Length, else the rest of the
+  upload); one that would take the total past the budget is answered 503 ``spool_busy`` with
+  Retry-After (nothing read, nothing acknowledged), one larger than the whole budget 413 (send
+  smaller chunks). The reservation is released when the PATCH ends, however it ends.
 - The spool's filesystem: a PATCH that would leave less than ``min_spool_free`` free (counting
   what it may write) is answered 507 before its body is read; a disk that fills anyway
   (ENOSPC mid-body) drops the bytes not yet recorded and answers 507: the client resumes from
   the recorded offset.
-- Completion (offset == length): the spool's rest is the last part, then
-  CompleteMultipartUpload; the object is ``s3://<uploads_bucket>/uploads/<id>``.
 
-A record is rewritten only after what it names is durable (a part in the store, spool bytes
-fsynced), and a new spool generation is written before the record names it, so a crash at any
-point leaves a record describing bytes that exist. One PATCH at a time per upload (another gets
-409 ``upload_locked``); at most ``max_uploads_per_client`` unfinished uploads per client (429). A
+A record is rewritten only after what it names is durable in the store (a part, a segment), so
+a crash at any point leaves a record describing bytes that exist; a segment stored but never
+named (a crash between the PUT and the record) is an orphan object under ``incomplete/<id>/``.
+One request at a time per upload, across hosts: a PATCH, a termination, a completion, a
+retirement or a title being made (:meth:`UploadService.claimed`) first takes the upload's
+**lease** in the database, and writes only under its fence; another request meanwhile, on any
+host, gets 409 ``upload_locked`` (see :mod:`.records`). At most ``max_uploads_per_client``
+unfinished uploads per client (429), counted in the database (every host's). A
 creation-with-upload whose first chunk is refused (460, 413, 503, 507) is removed at once: its
 answer names no upload to resume. An upload of 0 bytes is refused (400 ``empty_upload``): it can
 be no video, and each would leave an object and a record for nothing.
 
-Records of completed uploads are retired (:meth:`UploadService.retire_once`, from the janitor)
-``upload_retention_seconds`` after completion. A record is only what lets its owner name the
-upload in ``POST /api/titles``: a creator has the retention (7 days by default) to make the
-title. The title's transcode job names the object (bucket and key in its payload), never the
-record, so the object of an upload a title was made from stays (the source master, for a later
-transcode); the object of an upload no title names is deleted with its record, or it would hold
-its bytes forever. Whether a title names it is ``source_in_use`` (the catalogue, in the daemon);
-without one, retirement keeps every object. A title is made under :meth:`UploadService.claimed`,
-which holds the upload as a PATCH does, so a retirement or a tus termination never decides on
-an upload while a title is being made from it; a termination (tus DELETE) of an upload a title
-names removes the record and keeps the object.
+Records of completed uploads are retired (:meth:`UploadService.retire_once`, from the janitor
+of every host: the lease lets one at a time at an upload) ``upload_retention_seconds`` after
+completion. A record is only what lets its owner name the upload in ``POST /api/titles``: a
+creator has the retention (7 days by default) to make the title. The title's transcode job names
+the object (bucket and key in its payload), never the record, so the object of an upload a title
+was made from stays (the source master, for a later transcode); the object of an upload no title
+names is deleted with its record, or it would hold its bytes forever. Whether a title names it
+is ``source_in_use`` (the catalogue, in the daemon); without one, retirement keeps every object.
+A termination (tus DELETE) of an upload a title names removes the record and keeps the object.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -88,6 +104,8 @@ READ_BYTES = 256 * 1024
 # What a PATCH refused for the spool budget is told to wait: the PATCHes holding it end at
 # their clients' pace, which the origin cannot know; a short wait costs a retry at most.
 SPOOL_RETRY_AFTER_S = 10
+#: Segments the incomplete part may be stored as before a PATCH writes it whole, as one.
+MAX_INCOMPLETE_SEGMENTS = 8
 log = logging.getLogger("headwater.origin.upload")
 
 
@@ -106,7 +124,8 @@ class UploadService:
                  min_spool_free_bytes: int = 1024**3, retention_s: float = 7 * 86400.0,
                  clock: Clock = SYSTEM_CLOCK, new_id: Callable[[], str] = lambda: secrets.token_hex(16),
                  disk_free: Callable[[Path], int] = free_disk_bytes,
-                 source_in_use: SourceInUse | None = None) -> None:
+                 source_in_use: SourceInUse | None = None, host_id: str = "origin",
+                 max_incomplete_segments: int = MAX_INCOMPLETE_SEGMENTS) -> None:
         self.records = records
         self.store = store
         self.spool_dir = spool_dir
@@ -122,44 +141,89 @@ class UploadService:
         self.retention_s = retention_s
         self.disk_free = disk_free
         self.source_in_use = source_in_use
+        self.host_id = host_id
+        self.max_incomplete_segments = max_incomplete_segments
         self.unverified_bytes = 0  # reserved by checksummed PATCHes in progress
-        self._busy: set[str] = set()
+        # The uploads this process holds the lease of, with the lease's fence.
+        self._held: dict[str, int] = {}
+        self._released: set[str] = set()  # of those, the ones whose last write gave the lease back
         # A part is in memory while it is sent: this bounds the process's part buffers to
         # max_parts_in_flight x part_size whatever the number of uploads.
         self._part_slots = anyio.Semaphore(max_parts_in_flight)
-        self._open: dict[str, int] = {}  # unfinished uploads per owner
         self.counts = {"created": 0, "completed": 0, "patches": 0, "parts": 0, "checksum_mismatches": 0,
                        "expired": 0, "terminated": 0, "bytes": 0,
                        "spool_busy": 0, "disk_refusals": 0, "retired": 0,
-                       "unused_deleted": 0}
+                       "unused_deleted": 0, "segments_stored": 0, "segments_coalesced": 0,
+                       "segments_read": 0}
         spool_dir.mkdir(parents=True, exist_ok=True)
 
-    # --- start: make the spool agree with the records --------------------------------------------
+    # --- start: the local spool is a cache -----------------------------------------------------
 
     def recover(self) -> list[UploadState]:
-        """Cut every spool back to its recorded length, drop files no record names; returns the
-        uploads that are whole but not completed (a crash between the last byte and completion)."""
-        live: set[str] = set()
-        pending = []
-        for st in self.records:
-            if st.finished:
-                continue
-            self._open[st.owner] = self._open.get(st.owner, 0) + 1
-            path = self._spool(st)
-            live.add(path.name)
-            with open(path, "ab") as f:
-                if f.tell() < st.spooled:
-                    raise RuntimeError(f"upload {st.id}: its spool {path} lost acknowledged bytes")
-                f.truncate(st.spooled)
-            if st.offset == st.length:
-                pending.append(st)
+        """Empty the local spool (every acknowledged byte is in the store: a copy is rebuilt from
+        the segments when a PATCH needs it); returns the uploads that are whole but not completed
+        (a crash between the last byte and completion, on any host)."""
         for p in self.spool_dir.iterdir():
-            if p.name not in live:
-                p.unlink(missing_ok=True)
-        return pending
+            p.unlink(missing_ok=True)
+        return [st for st in self.records.unfinished() if st.offset == st.length]
 
-    def _spool(self, st: UploadState, gen: int | None = None) -> Path:
-        return self.spool_dir / f"{st.id}.{st.spool_gen if gen is None else gen}"
+    def _spool(self, st: UploadState, gen: int | None = None, spooled: int | None = None) -> Path:
+        """The local copy of the incomplete part, named by what it holds: a file named for the
+        record's generation and length was written under a lease that stored those bytes."""
+        return self.spool_dir / (f"{st.id}.{st.spool_gen if gen is None else gen}."
+                                 f"{st.spooled if spooled is None else spooled}")
+
+    async def _open_spool(self, st: UploadState) -> Any:
+        """The local spool of ``st`` opened at its recorded length: this host's copy if it names
+        the record's state, else rebuilt from the incomplete part's segments in the store."""
+        path = self._spool(st)
+        try:
+            f = open(path, "r+b")
+        except FileNotFoundError:
+            f = None
+        if f is not None:
+            if os.fstat(f.fileno()).st_size >= st.spooled:
+                f.truncate(st.spooled)
+                f.seek(st.spooled)
+                return f
+            f.close()
+        self._drop_local(st.id)
+        f = open(path, "w+b")
+        try:
+            for key, size in st.segments:
+                data = await self.store.read_object(key, max_bytes=size)
+                if len(data) != size:
+                    raise StoreUnavailable(f"upload {st.id}: segment {key} holds {len(data)} bytes, not {size}")
+                f.write(data)
+                self.counts["segments_read"] += 1
+            if f.tell() != st.spooled:
+                raise RuntimeError(f"upload {st.id}: its segments hold {f.tell()} bytes, its record {st.spooled}")
+        except BaseException:
+            f.close()
+            path.unlink(missing_ok=True)
+            raise
+        return f
+
+    def _drop_local(self, upload_id: str) -> None:
+        for p in self.spool_dir.glob(f"{upload_id}.*"):
+            p.unlink(missing_ok=True)
+
+    async def _drop_segments(self, st: UploadState, keys: Any) -> None:
+        """Delete segments no record names any more (best effort: one left behind is an orphan
+        object under ``incomplete/<id>/``, which removing the upload does not find)."""
+        keys = list(keys)
+        if not keys:
+            return
+        try:
+            failed = await self.store.delete_objects(keys)  # one request for them all
+        except OriginError as e:
+            failed = keys
+            log.warning("upload %s: deleting its segments failed: %s", st.id, e,
+                        extra={"event": "origin.segment_orphaned", "upload": st.id, "keys": keys})
+        else:
+            if failed:
+                log.warning("upload %s: the store kept segments %s", st.id, ", ".join(failed),
+                            extra={"event": "origin.segment_orphaned", "upload": st.id, "keys": failed})
 
     # --- the requests --------------------------------------------------------------------------
 
@@ -168,9 +232,15 @@ class UploadService:
 
         Another client's upload is answered exactly as an id that never existed: a 403 would
         tell a prober which ids are live."""
-        if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
-            raise NotFound("no such upload")
-        st = self.records.get(upload_id)
+        _check_id(upload_id)
+        return self._owned(owner, self.records.get(upload_id))
+
+    async def _read(self, owner: str, upload_id: str) -> UploadState:
+        """:meth:`get`, its database read in a worker thread (a request's path)."""
+        _check_id(upload_id)
+        return self._owned(owner, await self._db(self.records.get, upload_id))
+
+    def _owned(self, owner: str, st: UploadState | None) -> UploadState:
         if st is None or st.owner != owner:
             raise NotFound("no such upload")
         if not st.finished and self.clock.time() >= st.expires:
@@ -182,20 +252,19 @@ class UploadService:
         """The upload (as :meth:`get`), held while the caller makes a title from it: a PATCH, a
         termination or a retirement of it meanwhile is refused or skipped (409 ``upload_locked``
         for one that arrives while it is held, as for one that finds a PATCH running)."""
-        st = self.get(owner, upload_id)
-        if st.id in self._busy:
-            raise _Locked()
-        self._busy.add(st.id)
+        st = await self._read(owner, upload_id)
+        fence, fresh = await self._acquire(st.id)
         try:
-            yield st
+            yield fresh
         finally:
-            self._busy.discard(st.id)
+            with anyio.CancelScope(shield=True):
+                await self._release(st.id, fence)
 
     async def head(self, owner: str, upload_id: str) -> UploadState:
         """tus HEAD. An upload whose bytes are all durable but whose completion failed (the store
         was down at the last PATCH) is completed now: a client that reads offset == length takes
         the upload as done, so it must be (503 if the store still refuses)."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         if not st.finished and st.offset == st.length:
             st = await self._locked(st, self._complete_if_whole)
         return st
@@ -209,31 +278,26 @@ class UploadService:
                                                    max_metadata_bytes=self.max_metadata_bytes)
         if length == 0:
             raise _EmptyUpload()
-        if self._open.get(owner, 0) >= self.max_uploads_per_client:
+        # Every host's uploads count (the records are shared); two hosts creating at once may
+        # let one past the bound.
+        if await self._db(self.records.open_count, owner) >= self.max_uploads_per_client:
             raise TooManyRequests(f"at most {self.max_uploads_per_client} unfinished uploads per client")
         self._check_disk(0)  # an upload that could not spool a byte is not worth making
-        self._open[owner] = self._open.get(owner, 0) + 1
+        upload_id = self.new_id()
+        key = f"uploads/{upload_id}"
+        store_id = await self.store.create(key)
+        now = self.clock.time()
+        st = UploadState(id=upload_id, owner=owner, length=length, metadata=metadata, created=now,
+                         expires=now + self.expiry_s, store_upload_id=store_id, key=key)
         try:
-            upload_id = self.new_id()
-            key = f"uploads/{upload_id}"
-            store_id = await self.store.create(key)
-            now = self.clock.time()
-            st = UploadState(id=upload_id, owner=owner, length=length, metadata=metadata, created=now,
-                             expires=now + self.expiry_s, store_upload_id=store_id, key=key)
-            open(self._spool(st), "wb").close()
+            await self._db(self.records.insert, st)
+        except OriginError:
+            # No record will ever name this multipart upload: abort it now (best effort: the
+            # store's own lifecycle is the last resort), or it would hold parts forever.
             try:
-                self.records.put(st)
-            except InsufficientStorage:
-                # No record will ever name this multipart upload: abort it now (best effort:
-                # the store's own lifecycle is the last resort), or it would hold parts forever.
-                self._spool(st).unlink(missing_ok=True)
-                try:
-                    await self.store.abort(key, store_id)
-                except OriginError:
-                    pass
-                raise
-        except BaseException:
-            self._open[owner] -= 1
+                await self.store.abort(key, store_id)
+            except OriginError:
+                pass
             raise
         self.counts["created"] += 1
         log.info("upload %s created by %s: %d bytes", upload_id, owner, length,
@@ -251,7 +315,7 @@ class UploadService:
     async def patch(self, owner: str, upload_id: str, headers: Any, body: Any, *,
                     offset_given: bool = True) -> UploadState:
         """tus PATCH: the body appended at the upload's offset; the new durable state."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         if not offset_given:  # creation-with-upload: the body starts at 0 by definition
             headers = _WithOffset(headers, st.offset)
         checksum = tus.patch_start(st, headers, self.clock.time())
@@ -264,7 +328,7 @@ class UploadService:
         try:
             self._check_disk(may_write if checksum is not None else min(may_write, self.part_size))
             self.counts["patches"] += 1
-            return await self._locked(st, lambda s: self._receive(s, body, checksum, reserved))
+            return await self._locked(st, lambda s: self._receive_at(s, headers, body, checksum, reserved))
         finally:
             self.unverified_bytes -= reserved
 
@@ -295,7 +359,7 @@ class UploadService:
     async def delete(self, owner: str, upload_id: str) -> None:
         """tus termination: the multipart upload aborted (or the finished object deleted), the
         spool and the record removed."""
-        st = self.get(owner, upload_id)
+        st = await self._read(owner, upload_id)
         await self._locked(st, self._remove)
         self.counts["terminated"] += 1
 
@@ -307,17 +371,57 @@ class UploadService:
             log.warning("upload %s: discarding it failed, it will expire: %s", st.id, e,
                         extra={"event": "origin.discard_failed", "upload": st.id})
 
-    async def _locked(self, st: UploadState, action: Callable[[UploadState], Any]) -> Any:
-        if st.id in self._busy:
+    async def _db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A write (or a scan) of the records, in a worker thread: the database's round trip and
+        commit (fsync) never hold up the event loop's other requests."""
+        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
+    async def _acquire(self, upload_id: str) -> tuple[int, UploadState]:
+        """Take the upload's lease (see :mod:`.records`): its fence and the upload as it is now;
+        409 ``upload_locked`` while another request, on this host or another, holds it; 404 if
+        the upload is gone."""
+        if upload_id in self._held:
             raise _Locked()
-        self._busy.add(st.id)
+        self._held[upload_id] = -1  # taken for this request while the database is asked
         try:
-            fresh = self.records.get(st.id)
-            if fresh is None:
-                raise NotFound("no such upload")
+            got = await self._db(self.records.acquire, upload_id,
+                                 f"{self.host_id}:{os.getpid()}:{secrets.token_hex(4)}")
+            if got is None:
+                if await self._db(self.records.get, upload_id) is None:
+                    raise NotFound("no such upload")
+                raise _Locked()
+        except BaseException:
+            del self._held[upload_id]
+            raise
+        self._held[upload_id] = got[0]
+        return got
+
+    async def _release(self, upload_id: str, fence: int) -> None:
+        if self._held.get(upload_id) == fence:
+            del self._held[upload_id]
+        if upload_id in self._released:
+            self._released.discard(upload_id)  # given back with the request's last write
+            return
+        try:
+            await self._db(self.records.release, upload_id, fence)
+        except OriginError as e:  # the lease lapses by itself
+            log.warning("upload %s: releasing its lease failed: %s", upload_id, e,
+                        extra={"event": "origin.lease_release_failed", "upload": upload_id})
+
+    async def _put(self, st: UploadState, *, release: bool = False) -> None:
+        """Record ``st`` under the lease this request holds (LeaseLost if it was taken over);
+        ``release``: the request's last write, which gives the lease back in the same commit."""
+        await self._db(self.records.put, st, fence=self._held[st.id], release=release)
+        if release:
+            self._released.add(st.id)
+
+    async def _locked(self, st: UploadState, action: Callable[[UploadState], Any]) -> Any:
+        fence, fresh = await self._acquire(st.id)
+        try:
             return await action(fresh)
         finally:
-            self._busy.discard(st.id)
+            with anyio.CancelScope(shield=True):
+                await self._release(st.id, fence)
 
     async def _remove(self, st: UploadState) -> None:
         if st.finished:
@@ -326,11 +430,18 @@ class UploadService:
                 await self.store.delete(st.key)
         else:
             await self.store.abort(st.key, st.store_upload_id)
-            self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
-        self.records.delete(st.id)
-        self._spool(st).unlink(missing_ok=True)
+        await self._db(self.records.delete, st.id, fence=self._held[st.id])
+        self._drop_local(st.id)
+        await self._drop_segments(st, [k for k, _ in st.segments])
 
     # --- a PATCH body ----------------------------------------------------------------------------
+
+    async def _receive_at(self, st: UploadState, headers: Any, body: Any, checksum: tus.Checksum | None,
+                          reserved: int) -> UploadState:
+        # The upload as the lease found it: another host may have moved it on since the checks
+        # before the lease (409 if the PATCH's Upload-Offset is no longer the upload's).
+        tus.patch_start(st, headers, self.clock.time())
+        return await self._receive(st, body, checksum, reserved)
 
     async def _receive(self, st: UploadState, body: Any, checksum: tus.Checksum | None,
                        reserved: int) -> UploadState:
@@ -339,10 +450,9 @@ class UploadService:
         limit = reserved if checksum is not None else st.length - st.offset
         hasher = checksum.new() if checksum is not None else None
         drop_unrecorded = hasher is not None  # until verified
-        f = open(self._spool(st), "r+b")
+        f = await self._open_spool(st)
+        renewed = self.clock.monotonic()
         try:
-            f.truncate(st.spooled)
-            f.seek(st.spooled)
             size = st.spooled  # bytes in the spool file now (recorded or not)
             received = 0
             try:
@@ -355,6 +465,10 @@ class UploadService:
                         raise PayloadTooLarge(f"the body ends past Upload-Length {st.length}"
                                               if hasher is None or limit == st.length - st.offset
                                               else f"the body is longer than its Content-Length {limit}")
+                    if self.clock.monotonic() - renewed > self.records.lease_s / 3:
+                        # A slow body: keep the lease (another host would take it over when it lapses).
+                        await self._db(self.records.renew, st.id, self._held[st.id])
+                        renewed = self.clock.monotonic()
                     if hasher is not None:
                         hasher.update(chunk)
                         f.write(chunk)
@@ -362,21 +476,23 @@ class UploadService:
                         continue
                     view = memoryview(chunk)
                     while view:
+                        if size == self.part_size:
+                            # A whole part and more to come: store it. (A part the body ends on
+                            # is stored by _end_of_body, whose record also gives the lease back.)
+                            st, f = await self._cut_one(st, f)
+                            size = 0
                         take = min(len(view), self.part_size - size)
                         f.write(view[:take])
                         size += take
                         view = view[take:]
-                        if size == self.part_size:
-                            st, f = await self._cut_one(st, f)
-                            size = 0
             except HttpError:
                 # The client went away or was cut off mid-body: keep what arrived (tus), unless it
                 # was to be verified as a whole.
-                # The core cancels the request's scope when the client vanishes: shield the fsync
-                # and the record, or the bytes already on disk would never be acknowledged.
+                # The core cancels the request's scope when the client vanishes: shield the store
+                # write and the record, or the bytes already received would never be acknowledged.
                 if hasher is None:
                     with anyio.CancelScope(shield=True):
-                        st = await self._commit_spool(st, f, size)
+                        st, f = await self._end_of_body(st, f, size)
                 raise
             if hasher is not None and checksum is not None:
                 if hasher.digest() != checksum.digest:
@@ -384,7 +500,7 @@ class UploadService:
                     raise ChecksumMismatch(f"the body's {checksum.algorithm} differs from Upload-Checksum")
                 drop_unrecorded = False
                 st, f, size = await self._cut_spool(st, f, size)
-            st = await self._commit_spool(st, f, size)
+            st, f = await self._end_of_body(st, f, size)
             self.counts["bytes"] += received
         except OSError as e:
             if e.errno != errno.ENOSPC:
@@ -406,19 +522,53 @@ class UploadService:
                 _truncate_quietly(self._spool(st), st.spooled)
             else:
                 f.close()
-        if st.offset == st.length:
-            st = await self._complete(st)
         return st
 
-    async def _commit_spool(self, st: UploadState, f: Any, size: int) -> UploadState:
-        """fsync the spool, then record its length: those bytes are acknowledged."""
+    async def _end_of_body(self, st: UploadState, f: Any, size: int) -> tuple[UploadState, Any]:
+        """What a PATCH's body leaves in the spool (``size`` bytes), made durable, in the PATCH's
+        last record write (which gives the lease back): the upload completed if it is whole (the
+        rest is the last part, never a segment first; should completing fail, nothing of the rest
+        is acknowledged and the client sends it again), else a whole part stored, else the rest
+        stored as a segment."""
+        if st.stored + size == st.length:
+            return await self._complete(st, f, size), f
+        if size == self.part_size:
+            return await self._cut_one(st, f, last=True)
+        return await self._commit_spool(st, f, size, last=True), f
+
+    async def _commit_spool(self, st: UploadState, f: Any, size: int, *, last: bool = False) -> UploadState:
+        """Store the spool's bytes past the recorded ones as a segment of the incomplete part,
+        then record them: those bytes are acknowledged, durable in the store. The segment that
+        would be one too many (``max_incomplete_segments``) is written as the whole incomplete
+        part instead, replacing the others (see the module docstring: the write bound). ``last``:
+        the request's last write, which gives the lease back with it (one commit, not two)."""
         if size == st.spooled:
             return st
         f.flush()
-        await anyio.to_thread.run_sync(os.fsync, f.fileno())
-        st = replace(st, spooled=size)
-        self.records.put(st)
-        return st
+        coalesce = len(st.segments) >= self.max_incomplete_segments
+        start = 0 if coalesce else st.spooled
+        key = f"incomplete/{st.id}/{st.spool_gen}.{secrets.token_hex(6)}"
+        async with self._part_slots:
+            data = os.pread(f.fileno(), size - start, start)
+            if len(data) != size - start:
+                raise RuntimeError(f"upload {st.id}: the spool is shorter than its record")
+            await self.store.put_object(key, data)
+            del data
+        self.counts["segments_stored"] += 1
+        if coalesce:
+            self.counts["segments_coalesced"] += 1
+            new = replace(st, spooled=size, segments=((key, size),))
+        else:
+            new = replace(st, spooled=size, segments=st.segments + ((key, size - start),))
+        try:
+            await self._put(new, release=last)
+        except OriginError:
+            await self._drop_segments(st, [key])  # nothing names it
+            raise
+        os.rename(self._spool(st), self._spool(new))
+        if coalesce:
+            await self._drop_segments(st, [k for k, _ in st.segments])
+        return new
 
     async def _send(self, st: UploadState, f: Any, regions: list[tuple[int, int]]) -> tuple[Part, ...]:
         f.flush()
@@ -435,23 +585,20 @@ class UploadService:
             self.counts["parts"] += 1
         return tuple(out)
 
-    async def _new_generation(self, st: UploadState, f: Any, tail_start: int, tail: int) -> tuple[int, Any]:
-        """A new spool file holding the old one's last ``tail`` bytes, fsynced before any record
-        names it."""
-        gen = st.spool_gen + 1
-        path = self._spool(st, gen)
+    async def _new_generation(self, st: UploadState, f: Any, tail_start: int, tail: int) -> Any:
+        """A new local spool file holding the old one's last ``tail`` bytes (not yet stored: the
+        commit that follows stores them as the new generation's first segment)."""
         data = os.pread(f.fileno(), tail, tail_start) if tail else b""
-        nf = open(path, "w+b")
+        nf = open(self._spool(st, st.spool_gen + 1, 0), "w+b")
         nf.write(data)
-        nf.flush()
-        await anyio.to_thread.run_sync(os.fsync, nf.fileno())
-        return gen, nf
+        return nf
 
-    async def _cut_one(self, st: UploadState, f: Any) -> tuple[UploadState, Any]:
-        """The spool is exactly one part: store it, then record it with an empty spool."""
+    async def _cut_one(self, st: UploadState, f: Any, *, last: bool = False) -> tuple[UploadState, Any]:
+        """The spool is exactly one part: store it, then record it with an empty spool (``last``:
+        the request's last write, which gives the lease back)."""
         parts = await self._send(st, f, [(0, self.part_size)])
-        gen, nf = await self._new_generation(st, f, 0, 0)
-        return self._switch(st, f, parts, 0, gen), nf
+        nf = await self._new_generation(st, f, 0, 0)
+        return await self._switch(st, f, parts, release=last), nf
 
     async def _cut_spool(self, st: UploadState, f: Any, size: int) -> tuple[UploadState, Any, int]:
         """A verified spool of ``size`` bytes: its whole parts stored, the rest kept."""
@@ -460,29 +607,42 @@ class UploadService:
             return st, f, size
         parts = await self._send(st, f, regions)
         cut = sum(r[1] for r in regions)
-        await anyio.to_thread.run_sync(os.fsync, f.fileno())
-        gen, nf = await self._new_generation(st, f, cut, size - cut)
-        return self._switch(st, f, parts, size - cut, gen), nf, size - cut
+        nf = await self._new_generation(st, f, cut, size - cut)
+        return await self._switch(st, f, parts), nf, size - cut
 
-    def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...], spooled: int, gen: int) -> UploadState:
+    async def _switch(self, st: UploadState, f: Any, parts: tuple[Part, ...], *,
+                      release: bool = False) -> UploadState:
+        """Record the new parts (the incomplete part they consumed is gone), then delete its
+        segments and local copy."""
         old = self._spool(st)
-        new = st.with_parts(parts, spooled, gen)
-        self.records.put(new)
+        new = st.with_parts(parts, st.spool_gen + 1)
+        await self._put(new, release=release)
         f.close()
         old.unlink(missing_ok=True)
+        await self._drop_segments(st, [k for k, _ in st.segments])
         return new
 
-    async def _complete(self, st: UploadState) -> UploadState:
-        """The rest of the spool as the last part, then CompleteMultipartUpload."""
-        regions = tus.parts_to_cut(st.spooled, self.part_size, final=True, stored_parts=len(st.parts))
-        with open(self._spool(st), "rb") as f:
+    async def _complete(self, st: UploadState, f: Any = None, size: int | None = None) -> UploadState:
+        """The rest of the spool as the last part, then CompleteMultipartUpload; the record of
+        the completed upload is the request's last write (it gives the lease back). ``f`` and
+        ``size``: a PATCH's open spool holding ``size`` bytes (else the recorded incomplete part)."""
+        own = f is None
+        if own:
+            f = await self._open_spool(st)
+            size = st.spooled
+        assert size is not None
+        regions = tus.parts_to_cut(size, self.part_size, final=True, stored_parts=len(st.parts))
+        try:
             last = await self._send(st, f, regions)
+        finally:
+            if own:
+                f.close()
         parts = st.parts + last
         await self.store.complete(st.key, st.store_upload_id, parts)
-        done = replace(st, parts=(), spooled=0, completed=self.clock.time())
-        self.records.put(done)
-        self._spool(st).unlink(missing_ok=True)
-        self._open[st.owner] = max(0, self._open.get(st.owner, 1) - 1)
+        done = replace(st, parts=(), spooled=0, segments=(), completed=self.clock.time())
+        await self._put(done, release=True)
+        self._drop_local(st.id)
+        await self._drop_segments(st, [k for k, _ in st.segments])
         self.counts["completed"] += 1
         log.info("upload %s complete: s3://%s/%s", st.id, self.store.bucket, st.key,
                  extra={"event": "origin.upload_completed", "upload": st.id, "key": st.key, "length": st.length})
@@ -492,9 +652,9 @@ class UploadService:
         """Complete uploads that are whole but not completed (found at start after a crash, or
         left by a store that refused the completion); every whole one when ``pending`` is None."""
         if pending is None:
-            pending = [st for st in self.records if not st.finished and st.offset == st.length]
+            pending = [st for st in await self._db(self.records.unfinished) if st.offset == st.length]
         for st in pending:
-            if st.id in self._busy:
+            if st.id in self._held:
                 continue
             try:
                 await self._locked(st, self._complete_if_whole)
@@ -507,12 +667,12 @@ class UploadService:
     async def retire_once(self) -> int:
         """Remove the records of uploads completed ``retention_s`` ago or more, and the objects
         of those no title was made from (see the module docstring); how many records. One the
-        store or the catalogue cannot answer for now is left to the next pass."""
-        cutoff = self.clock.time() - self.retention_s
-        old = [st for st in self.records if st.finished and st.completed is not None and st.completed <= cutoff]
+        store or the catalogue cannot answer for now (or another host is working on) is left to
+        the next pass."""
+        old = await self._db(self.records.completed_before, self.clock.time() - self.retention_s)
         retired = 0
         for st in old:
-            if st.id in self._busy:
+            if st.id in self._held:
                 continue
             try:
                 await self._locked(st, self._retire)
@@ -526,20 +686,26 @@ class UploadService:
         if self.source_in_use is not None and not await self.source_in_use(st.owner, st.id):
             await self.store.delete(st.key)  # first: a record left behind is retried next pass
             self.counts["unused_deleted"] += 1
-        self.records.delete(st.id)
+        await self._db(self.records.delete, st.id, fence=self._held[st.id])
         self.counts["retired"] += 1
 
     async def expire_once(self) -> int:
-        """Abort every unfinished upload past its expiry; how many."""
-        now = self.clock.time()
-        gone = [st for st in self.records if not st.finished and st.expires <= now and st.id not in self._busy]
+        """Abort every unfinished upload past its expiry (every host's: the janitors share the
+        records, and the lease lets one of them at a time at an upload); how many."""
+        gone = [st for st in await self._db(self.records.expired, self.clock.time()) if st.id not in self._held]
         for st in gone:
             try:
                 await self._locked(st, self._remove)
                 self.counts["expired"] += 1
-            except (StoreUnavailable, Conflict) as e:
+            except (StoreUnavailable, Conflict, NotFound) as e:
                 log.warning("upload %s: expiring failed: %s", st.id, e, extra={"event": "origin.expire_failed"})
         return len(gone)
+
+
+def _check_id(upload_id: str) -> None:
+    """404 for what cannot be an upload id (32 lower-case hex digits), before any lookup."""
+    if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
+        raise NotFound("no such upload")
 
 
 class _Locked(Conflict):

@@ -58,11 +58,14 @@ class Part:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UploadState:
-    """One upload as recorded (LMDB): everything a restart needs.
+    """One upload as recorded (the catalogue's database): everything another host needs.
 
-    ``offset`` is the acknowledged offset: every byte before it is durable, either in a part in
-    the object store (``stored``) or in the local spool file (``spooled`` bytes, generation
-    ``spool_gen``), fsynced before the offset was recorded."""
+    ``offset`` is the acknowledged offset: every byte before it is durable in the object store,
+    either in a part of the multipart upload (``stored``) or in the **incomplete part**: the
+    ``spooled`` bytes past the last part, stored as ``segments`` (objects of the uploads
+    bucket, ``(key, size)`` in order) before the offset was recorded. ``spool_gen`` counts the
+    parts cut: the name of a host's local copy of the incomplete part says the generation and
+    length it holds (see :mod:`.service`)."""
 
     id: str
     owner: str
@@ -76,6 +79,7 @@ class UploadState:
     spooled: int = 0
     spool_gen: int = 0
     completed: float | None = None
+    segments: tuple[tuple[str, int], ...] = ()
 
     @property
     def stored(self) -> int:
@@ -94,17 +98,20 @@ class UploadState:
         return {"id": self.id, "owner": self.owner, "length": self.length, "metadata": self.metadata,
                 "created": self.created, "expires": self.expires, "store_upload_id": self.store_upload_id,
                 "key": self.key, "parts": [[p.number, p.etag, p.size] for p in self.parts],
-                "spooled": self.spooled, "spool_gen": self.spool_gen, "completed": self.completed}
+                "spooled": self.spooled, "spool_gen": self.spool_gen, "completed": self.completed,
+                "segments": [[k, n] for k, n in self.segments]}
 
     @classmethod
     def from_record(cls, d: Mapping[str, Any]) -> UploadState:
         return cls(id=d["id"], owner=d["owner"], length=d["length"], metadata=d["metadata"], created=d["created"],
                    expires=d["expires"], store_upload_id=d["store_upload_id"], key=d["key"],
                    parts=tuple(Part(n, e, s) for n, e, s in d["parts"]), spooled=d["spooled"],
-                   spool_gen=d["spool_gen"], completed=d["completed"])
+                   spool_gen=d["spool_gen"], completed=d["completed"],
+                   segments=tuple((k, n) for k, n in d.get("segments", ())))
 
-    def with_parts(self, new: tuple[Part, ...], spooled: int, spool_gen: int) -> UploadState:
-        return replace(self, parts=self.parts + new, spooled=spooled, spool_gen=spool_gen)
+    def with_parts(self, new: tuple[Part, ...], spool_gen: int) -> UploadState:
+        """New parts stored: the incomplete part they consumed is gone (its segments too)."""
+        return replace(self, parts=self.parts + new, spooled=0, spool_gen=spool_gen, segments=())
 
 
 @dataclass(frozen=True, slots=True)

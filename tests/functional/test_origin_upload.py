@@ -11,7 +11,8 @@ scope, an expired token, another client's upload -> 401/403/404 JSON; the built-
 by curl (Basic auth) verifying against its JWKS; tus discovery and the CORS preflight; 412; the
 S3 gateway down during a PATCH -> 503 with nothing acknowledged, then the same PATCH once it is back;
 the JWKS fetcher against the built-in issuer; expiry (410, then aborted by the janitor) and the
-spool's recovery at start, on a fake clock against the real store.
+spool's recovery at start (emptied: the incomplete part is in the store), on a fake clock against
+the real store. Several origin hosts on one PostgreSQL: test_origin_multihost.py.
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ def test_tuspy_upload_interrupted_killed_and_resumed(origin, token, s3, tmp_path
     first.upload(stop_at=6 * MiB)  # the client stops after six chunks
     url = first.url
     assert offset_of(origin, url, token) == 6 * MiB
-    # One part (5 MiB) is in the store; only the part being filled is spooled on the origin.
+    # One part (5 MiB) is in the store, and the part being filled is too, as the incomplete
+    # part's segment (one per PATCH ending mid-part); the origin's spool holds a copy of it.
+    upload_id = url.rsplit('/', 1)[1]
     spool = list((origin.cluster.data_dir / "origin" / "spool").iterdir())
     assert [p.stat().st_size for p in spool] == [1 * MiB]
+    segments = s3.list_objects_v2(Bucket="uploads", Prefix=f"incomplete/{upload_id}/").get("Contents", [])
+    assert [o["Size"] for o in segments] == [1 * MiB]
 
     # A PATCH whose connection dies mid-body: what arrived is kept and acknowledged (tus).
     host = "127.0.0.1"
@@ -121,6 +126,7 @@ def test_tuspy_upload_interrupted_killed_and_resumed(origin, token, s3, tmp_path
     got = s3.get_object(Bucket="uploads", Key=f"uploads/{url.rsplit('/', 1)[1]}")["Body"].read()
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
     assert not list((origin.cluster.data_dir / "origin" / "spool").iterdir())
+    assert not s3.list_objects_v2(Bucket="uploads", Prefix=f"incomplete/{upload_id}/").get("Contents")
 
 
 def _create(c: httpx.Client, token: str, length: int, **extra: str) -> str:
@@ -260,7 +266,8 @@ def test_jwks_source_fetches_an_issuers_keys(origin, token):
 def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
     """The upload service in this process against the cluster's real S3 gateway, on a fake
     clock: an unfinished upload is 410 once expired and the janitor's pass aborts its multipart
-    upload and removes it; at start, bytes a spool holds past its record are cut away."""
+    upload and removes it; at start, the local spool (a cache of the stored incomplete parts) is
+    emptied."""
     import anyio
 
     from headwater.clock import SYSTEM_CLOCK, FakeClock
@@ -268,6 +275,7 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
     from headwater.http.client import HttpClient
     from headwater.origin.errors import Gone, NotFound, TooManyRequests
     from headwater.origin.upload.janitor import UploadJanitor
+    from headwater.origin.catalogue import CatalogueConfig, open_catalogue
     from headwater.origin.upload.records import UploadRecords
     from headwater.origin.upload.s3 import MultipartStore
     from headwater.origin.upload.service import UploadService
@@ -291,7 +299,9 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
 
     async def main() -> None:
         client = HttpClient()
-        records = UploadRecords(tmp_path / "records", map_size=16 * MiB)
+        catalogue = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "catalogue.sqlite3"),
+                                   clock=clock)
+        records = UploadRecords(catalogue, clock=clock)
         uploads = service(client, records)
         await uploads.store.ensure_bucket()
         hdrs = Headers([("tus-resumable", "1.0.0"), ("upload-length", "1000")])
@@ -302,13 +312,13 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
         live = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket="uploads").get("Uploads", [])}
         assert {a.store_upload_id, b.store_upload_id} <= live
 
-        # Junk past b's recorded spool (a crash mid-PATCH): a restarted service cuts it away.
-        (tmp_path / "spool" / f"{b.id}.0").write_bytes(b"x" * 500)
+        # Junk in the spool (a crash mid-PATCH): a restarted service empties it (what was
+        # acknowledged is in the store).
+        (tmp_path / "spool" / f"{b.id}.0.0").write_bytes(b"x" * 500)
         (tmp_path / "spool" / "orphan.3").write_bytes(b"y")
         uploads = service(client, records)
         assert uploads.recover() == []
-        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == sorted([f"{a.id}.0", f"{b.id}.0"])
-        assert (tmp_path / "spool" / f"{b.id}.0").stat().st_size == 0
+        assert not list((tmp_path / "spool").iterdir())
 
         clock.advance(601)
         with pytest.raises(Gone):
@@ -342,7 +352,7 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
         with pytest.raises(s3.exceptions.NoSuchKey):
             s3.get_object(Bucket="uploads", Key=f"uploads/{unused.id}")
         assert uploads.counts["unused_deleted"] == 1
-        records.close()
+        catalogue.close()
         await client.aclose()
 
     anyio.run(main, backend=backend)
@@ -360,3 +370,125 @@ class _Bytes:
     async def receive(self, max_bytes: int = 65536) -> bytes:
         chunk, self.data = self.data[:max_bytes], self.data[max_bytes:]
         return chunk
+
+
+def test_small_patches_alternating_between_two_services_coalesce_their_segments(cluster, s3, tmp_path):
+    """Two upload services (two hosts: each its own spool, one records database) against the
+    real store take turns at one upload's PATCHes of 1,000 bytes: each PATCH's bytes are a
+    segment of the incomplete part in the store when it is answered; past
+    ``max_incomplete_segments`` (3) a PATCH writes the incomplete part whole as one; each service
+    rebuilds the part from the store when the other moved on; the last PATCH completes the
+    upload, its bytes right, its segments gone."""
+    import anyio
+
+    from headwater.http import Headers
+    from headwater.http.client import HttpClient
+    from headwater.origin.catalogue import CatalogueConfig, open_catalogue
+    from headwater.origin.upload.records import UploadRecords
+    from headwater.origin.upload.s3 import MultipartStore
+    from headwater.origin.upload.service import UploadService
+
+    user = cluster.user(0)
+    data = os.urandom(10_000)
+
+    async def main() -> None:
+        client = HttpClient()
+        catalogue = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "catalogue.sqlite3"))
+        store = MultipartStore(client, endpoint=cluster.endpoint, bucket="uploads", access_key=user.access_key,
+                               secret_key=user.secret_key, region=cluster.region)
+        await store.ensure_bucket()
+        hosts = [UploadService(records=UploadRecords(catalogue), store=store, spool_dir=tmp_path / f"spool-{n}",
+                               part_size=5 * MiB, max_upload_bytes=64 * MiB, max_uploads_per_client=2, expiry_s=600,
+                               max_metadata_bytes=4096, max_incomplete_segments=3, host_id=f"host-{n}")
+                 for n in range(2)]
+        st = await hosts[0].create("alice-app", Headers([("tus-resumable", "1.0.0"),
+                                                          ("upload-length", str(len(data)))]), None)
+        seen = []
+        for i in range(10):
+            chunk = data[i * 1000:(i + 1) * 1000]
+            headers = Headers([("tus-resumable", "1.0.0"), ("upload-offset", str(i * 1000)),
+                               ("content-type", "application/offset+octet-stream"),
+                               ("content-length", "1000")])
+            st = await hosts[i % 2].patch("alice-app", st.id, headers, _Bytes(chunk))
+            assert st.offset == (i + 1) * 1000
+            found = s3.list_objects_v2(Bucket="uploads", Prefix=f"incomplete/{st.id}/").get("Contents", [])
+            seen.append(sorted(o["Size"] for o in found))
+        # 1, 2, 3 segments; the fourth PATCH writes the 4,000 bytes as one; and so on.
+        assert seen[:9] == [[1000], [1000, 1000], [1000, 1000, 1000], [4000], [1000, 4000],
+                            [1000, 1000, 4000], [7000], [1000, 7000], [1000, 1000, 7000]]
+        assert seen[9] == [] and st.finished  # the last PATCH: its rest went into the last part
+        assert s3.get_object(Bucket="uploads", Key=f"uploads/{st.id}")["Body"].read() == data
+        stored = sum(h.counts["segments_stored"] for h in hosts)
+        assert stored == 9 and sum(h.counts["segments_coalesced"] for h in hosts) == 2
+        assert sum(h.counts["segments_read"] for h in hosts) > 0  # each rebuilt what the other stored
+        catalogue.close()
+        await client.aclose()
+
+    anyio.run(main)
+
+
+def test_the_lmdb_records_of_the_previous_version_are_brought_over(cluster, s3, tmp_path):
+    """An upgrade: an unfinished upload's record in the old LMDB environment, 3,000 bytes of it
+    in the old spool file (acknowledged then); the import stores them as a segment, puts the
+    record in the database and renames the LMDB folder; the upload then completes with the
+    right bytes. A second start imports nothing."""
+    import json
+
+    import anyio
+    import lmdb
+
+    from headwater.http import Headers
+    from headwater.http.client import HttpClient
+    from headwater.origin.catalogue import CatalogueConfig, open_catalogue
+    from headwater.origin.upload.legacy import import_lmdb_records
+    from headwater.origin.upload.records import UploadRecords
+    from headwater.origin.upload.s3 import MultipartStore
+    from headwater.origin.upload.service import UploadService
+    from headwater.origin.upload.tus import UploadState
+
+    user = cluster.user(0)
+    data = os.urandom(5000)
+    state_dir, spool_dir = tmp_path / "uploads", tmp_path / "spool"
+
+    async def main() -> None:
+        client = HttpClient()
+        store = MultipartStore(client, endpoint=cluster.endpoint, bucket="uploads", access_key=user.access_key,
+                               secret_key=user.secret_key, region=cluster.region)
+        await store.ensure_bucket()
+        upload_id = "ab" * 16
+        key = f"uploads/{upload_id}"
+        old = UploadState(id=upload_id, owner="alice-app", length=len(data), metadata="", created=time.time(),
+                          expires=time.time() + 600, store_upload_id=await store.create(key), key=key,
+                          spooled=3000, spool_gen=0)
+        done = UploadState(id="cd" * 16, owner="alice-app", length=3, metadata="", created=time.time(),
+                           expires=time.time() + 600, store_upload_id="x", key="uploads/done", completed=time.time())
+        env = lmdb.open(str(state_dir), map_size=1 << 20, max_dbs=1, subdir=True)
+        with env.begin(write=True) as txn:
+            for st in (old, done):
+                record = st.to_record()
+                del record["segments"]  # the old format had none
+                txn.put(st.id.encode(), json.dumps(record).encode())
+        env.close()
+        spool_dir.mkdir()
+        (spool_dir / f"{upload_id}.0").write_bytes(data[:3000])
+        catalogue = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "catalogue.sqlite3"))
+        records = UploadRecords(catalogue)
+        assert await import_lmdb_records(state_dir, spool_dir, records, store) == 2
+        assert not state_dir.exists() and (tmp_path / "uploads.imported").exists()
+        assert await import_lmdb_records(state_dir, spool_dir, records, store) == 0
+        assert records.get(done.id).finished
+        st = records.get(upload_id)
+        assert st.offset == 3000 and [n for _, n in st.segments] == [3000]
+        uploads = UploadService(records=records, store=store, spool_dir=spool_dir, part_size=5 * MiB,
+                                max_upload_bytes=64 * MiB, max_uploads_per_client=2, expiry_s=600,
+                                max_metadata_bytes=4096)
+        assert uploads.recover() == [] and not list(spool_dir.iterdir())
+        headers = Headers([("tus-resumable", "1.0.0"), ("upload-offset", "3000"),
+                           ("content-type", "application/offset+octet-stream"), ("content-length", "2000")])
+        st = await uploads.patch("alice-app", upload_id, headers, _Bytes(data[3000:]))
+        assert st.finished
+        assert s3.get_object(Bucket="uploads", Key=key)["Body"].read() == data
+        catalogue.close()
+        await client.aclose()
+
+    anyio.run(main)

@@ -1,12 +1,13 @@
 """The upload service's bounds on the origin's own disk, on an injected clock and disk gauge:
 the process-wide budget of unverified (checksummed) spool bytes, the spool filesystem's free
-floor, retiring completed uploads' records, a full LMDB map, zero-length uploads, and the
+floor, retiring completed uploads' records (in the catalogue's SQLite database), zero-length uploads, and the
 ``[origin]`` keys that set them; and the app's one write budget per client for tus and the JSON
 API.
 
-No object store is reached: every path here ends before a part would be sent (a refusal, a
-checksum mismatch, a record retired). The store object points at a closed port so that a path
-that did reach it would fail the test.
+No object store is reached: every path here ends before a part or a segment of the incomplete
+part would be stored (a refusal, a checksum mismatch, a record retired). The store object points
+at a closed port so that a path that did reach it fails (503, nothing acknowledged: an offset is
+acknowledged only once its bytes are in the store).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from headwater.origin.auth.issuer import ClientRegistry, Issuer
 from headwater.origin.auth.ratelimit import RateLimits
 from headwater.origin.auth.tokens import AccessTokenVerifier
 from headwater.origin.errors import (BadRequest, ChecksumMismatch, Conflict, InsufficientStorage, PayloadTooLarge,
-                                     SpoolFull, wire_of)
+                                     SpoolFull, StoreUnavailable, wire_of)
+from headwater.origin.catalogue import CatalogueConfig, open_catalogue
 from headwater.origin.upload.records import UploadRecords
 from headwater.origin.upload.s3 import MultipartStore
 from headwater.origin.upload.service import SPOOL_RETRY_AFTER_S, SourceInUse, UploadService
@@ -90,12 +92,13 @@ class Disk:
 
 
 def service(tmp_path: Path, clock: FakeClock, *, budget: int = 4 * MiB, floor: int = 0, disk: Disk | None = None,
-            map_size: int = 1 * MiB, retention_s: float = 7 * 86400.0,
+            retention_s: float = 7 * 86400.0,
             source_in_use: SourceInUse | None = None) -> UploadService:
     store = MultipartStore(HttpClient(ClientSettings(connect_timeout_s=0.1, read_timeout_s=0.1)),
                            endpoint="http://127.0.0.1:9", bucket="uploads", access_key="a", secret_key="s",
                            region="us-east-1", clock=clock)
-    return UploadService(records=UploadRecords(tmp_path / "records", map_size=map_size), store=store,
+    catalogue = open_catalogue(CatalogueConfig(backend="sqlite", path=tmp_path / "catalogue.sqlite3"), clock=clock)
+    return UploadService(records=UploadRecords(catalogue, clock=clock), store=store,
                          spool_dir=tmp_path / "spool", part_size=1 * MiB, max_upload_bytes=64 * MiB,
                          max_uploads_per_client=4, expiry_s=3600.0, max_metadata_bytes=1024,
                          max_unverified_spool_bytes=budget, min_spool_free_bytes=floor, retention_s=retention_s,
@@ -107,7 +110,6 @@ def put_upload(svc: UploadService, upload_id: str, length: int, *, completed: fl
     now = svc.clock.time()
     st = UploadState(id=upload_id, owner=OWNER, length=length, metadata="", created=now, expires=now + 3600,
                      store_upload_id="mp", key=f"uploads/{upload_id}", completed=completed)
-    (svc.spool_dir / f"{upload_id}.0").write_bytes(b"")
     svc.records.put(st)
     return st
 
@@ -142,15 +144,18 @@ async def test_a_checksummed_patch_over_the_budget_is_503_before_its_body_is_rea
         assert wire_of(e.value) == (503, "spool_busy") and e.value.retry_after_s == SPOOL_RETRY_AFTER_S
         assert "max_unverified_spool" in str(e.value)
         assert second.reads == 0 and svc.unverified_bytes == 2 * MiB  # nothing read, nothing taken
-        # Without a checksum b's bytes are not held back: at most a part sits on disk.
+        # Without a checksum b's bytes are not held back by the budget: they go to the store
+        # (here a closed port: 503, and nothing is acknowledged).
         plain = Body(b"p" * 1000)
-        assert (await svc.patch(OWNER, b.id, patch_headers(plain.data), plain)).offset == 1000
+        with pytest.raises(StoreUnavailable):
+            await svc.patch(OWNER, b.id, patch_headers(plain.data), plain)
+        assert plain.reads > 0 and svc.records.get(b.id).offset == 0
         slow.go.set()
     assert svc.unverified_bytes == 0 and svc.counts["spool_busy"] == 1
     # The budget is back: the same checksummed PATCH now goes through to its verification.
-    again = Body(b"x" * (2 * MiB - 1000))
+    again = Body(b"x" * 2 * MiB)
     with pytest.raises(ChecksumMismatch):
-        await svc.patch(OWNER, b.id, patch_headers(again.data, digest=b"\0" * 32, offset=1000), again)
+        await svc.patch(OWNER, b.id, patch_headers(again.data, digest=b"\0" * 32), again)
 
 
 async def test_a_checksummed_patch_larger_than_the_whole_budget_is_413(tmp_path):
@@ -171,7 +176,7 @@ async def test_the_reservation_is_released_and_the_bytes_dropped_when_the_checks
         with pytest.raises(ChecksumMismatch):
             await svc.patch(OWNER, st.id, patch_headers(data, digest=b"\1" * 32), body)
         assert body.reads > 0 and svc.unverified_bytes == 0
-        assert (svc.spool_dir / f"{st.id}.0").stat().st_size == 0  # gone with the PATCH, not later
+        assert (svc.spool_dir / f"{st.id}.0.0").stat().st_size == 0  # gone with the PATCH, not later
     assert svc.records.get(st.id).offset == 0
 
 
@@ -183,7 +188,7 @@ async def test_a_body_longer_than_its_content_length_cannot_overrun_its_reservat
     with pytest.raises(PayloadTooLarge, match="Content-Length"):
         await svc.patch(OWNER, st.id, patch_headers(data, digest=hashlib.sha256(data).digest(), length=300_000),
                         body)
-    assert svc.unverified_bytes == 0 and (svc.spool_dir / f"{st.id}.0").stat().st_size == 0
+    assert svc.unverified_bytes == 0 and (svc.spool_dir / f"{st.id}.0.0").stat().st_size == 0
 
 
 async def test_the_spool_disk_floor_is_507_before_the_body_is_read(tmp_path):
@@ -197,21 +202,23 @@ async def test_the_spool_disk_floor_is_507_before_the_body_is_read(tmp_path):
         await svc.patch(OWNER, st.id, patch_headers(data, digest=hashlib.sha256(data).digest()), body)
     assert wire_of(e.value) == (507, "insufficient_storage") and "min_spool_free" in str(e.value)
     assert body.reads == 0 and svc.unverified_bytes == 0 and disk.asked == 1
-    # Unchecked: at most a part (1 MiB) goes to disk first, which fits; the bytes are kept.
+    # Unchecked: at most a part (1 MiB) goes to disk first, which fits: the body is read (and
+    # refused by the closed-port store, 503, not 507).
     small = Body(b"u" * 1000)
-    new = await svc.patch(OWNER, st.id, patch_headers(small.data), small)
-    assert new.offset == 1000 and svc.counts["disk_refusals"] == 1
+    with pytest.raises(StoreUnavailable):
+        await svc.patch(OWNER, st.id, patch_headers(small.data), small)
+    assert small.reads > 0 and svc.counts["disk_refusals"] == 1
     disk.free = 2 * MiB + 10  # now under the floor once a part is written
     late = Body(b"t" * 1000)
     with pytest.raises(InsufficientStorage):
-        await svc.patch(OWNER, st.id, patch_headers(late.data, offset=1000), late)
-    assert late.reads == 0 and svc.records.get(st.id).offset == 1000
+        await svc.patch(OWNER, st.id, patch_headers(late.data), late)
+    assert late.reads == 0 and svc.records.get(st.id).offset == 0
     # A new upload under the floor: 507 before the store is asked for a multipart upload (this
     # one's store is a closed port: reaching it would be 503).
     disk.free = 2 * MiB - 1
     with pytest.raises(InsufficientStorage):
         await svc.create(OWNER, Headers([("tus-resumable", "1.0.0"), ("upload-length", "10")]), Body(b""))
-    assert svc.records.count() == 1 and svc._open.get(OWNER, 0) == 0
+    assert svc.records.count() == 1 and svc.records.open_count(OWNER) == 1
 
 
 async def test_completed_records_are_retired_after_the_retention_and_others_kept(tmp_path):
@@ -232,28 +239,12 @@ async def test_completed_records_are_retired_after_the_retention_and_others_kept
     assert svc.counts["retired"] == 2
 
 
-async def test_a_full_record_map_is_507_naming_the_key(tmp_path):
-    records = UploadRecords(tmp_path / "r", map_size=64 * 1024)
-    big = "m" * 3000  # metadata: each record ~3 KiB
-    with pytest.raises(InsufficientStorage, match="state_map_size") as e:
-        for n in range(1000):
-            records.put(UploadState(id=uid(n), owner=OWNER, length=1, metadata=big, created=0.0, expires=1.0,
-                                    store_upload_id="mp", key=f"uploads/{uid(n)}"))
-    assert wire_of(e.value) == (507, "insufficient_storage")
-    kept = records.count()
-    assert 0 < kept < 1000
-    records.delete(uid(0))  # removing frees room again
-    records.put(UploadState(id=uid(0), owner=OWNER, length=1, metadata="", created=0.0, expires=1.0,
-                            store_upload_id="mp", key=f"uploads/{uid(0)}"))
-    records.close()
-
-
 async def test_a_zero_length_upload_is_refused_before_anything_is_made(tmp_path):
     svc = service(tmp_path, FakeClock())
     with pytest.raises(BadRequest) as e:
         await svc.create(OWNER, Headers([("tus-resumable", "1.0.0"), ("upload-length", "0")]), Body(b""))
     assert wire_of(e.value) == (400, "empty_upload")
-    assert svc.records.count() == 0 and svc._open.get(OWNER, 0) == 0
+    assert svc.records.count() == 0 and svc.records.open_count(OWNER) == 0
 
 
 def test_the_keys_in_cluster_toml():
