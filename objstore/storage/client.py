@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from headwater.rpc import ClusterSecret, PendingCall, Reply, RpcClient, RpcError
 from headwater.splice import PipeBuffer, PipeSpan
 
-from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid
+from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid, verify_prefixed
 
 __all__ = ["StorageClient", "PendingRead", "FragmentCorrupt", "FragmentNotFound", "StorageFull"]
 
@@ -89,15 +89,26 @@ class StorageClient:
         """Send a read now; ``await pending.blocks()`` later (prefetching while streaming).
 
         ``into_pipe``: the blocks of a large reply come as :class:`~headwater.splice.PipeSpan`,
-        still in the kernel, to be taken in order (a GET splicing them to its client)."""
+        still in the kernel, to be taken in order (a GET splicing them to its client). Without
+        it the read is ``prefixed``: a page-cached range comes unread with each block's prefix,
+        and ``blocks()`` verifies every block here (FragmentCorrupt as the node would raise it;
+        then call :meth:`suspect`), the bytes warm from their receive; the node verifies the rest."""
+        args: dict[str, Any] = {"fid": check_fid(fid), "first": first, "count": count}
+        if not into_pipe:
+            args["prefixed"] = True
         try:
-            call = await self.rpc.start_call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
+            call = await self.rpc.start_call("frag.read", args,
                                              timeout=self.timeout if timeout is None else timeout,
                                              into_pipe=into_pipe)
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
             raise
-        return PendingRead(self.node_id, call)
+        return PendingRead(self.node_id, call, fid, first)
+
+    async def suspect(self, fid: str, block: int, *, timeout: float | None = None) -> None:
+        """Tell the node that block ``block`` of ``fid`` failed its check here (a prefixed read):
+        it counts a corrupt read and has its scrubber verify the fragment."""
+        await self._call("frag.suspect", {"fid": check_fid(fid), "block": block}, timeout=timeout)
 
     async def stat(self, fid: str, *, timeout: float | None = None) -> dict:
         return (await self._call("frag.stat", {"fid": check_fid(fid)}, timeout=timeout)).result
@@ -148,15 +159,24 @@ def _blocks(r: Reply) -> list:
 class PendingRead:
     """A fragment read in flight (see ``StorageClient.start_read``)."""
 
-    __slots__ = ("node_id", "_call")
+    __slots__ = ("node_id", "_call", "fid", "first")
 
-    def __init__(self, node_id: str, call: PendingCall):
+    def __init__(self, node_id: str, call: PendingCall, fid: str = "", first: int = 0):
         self.node_id = node_id
         self._call = call
+        self.fid = fid
+        self.first = first
 
     async def blocks(self) -> list[memoryview]:
         try:
-            return _blocks(await self._call.result())
+            r = await self._call.result()
+            if r.result.get("prefixed") is True:
+                try:
+                    return verify_prefixed(self.fid, self.first, r.result.get("lengths"), r.payload)
+                except FragmentCorrupt as e:
+                    e.details["found_by"] = "reader"  # the node has not seen it: suspect() tells it
+                    raise
+            return _blocks(r)
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
             raise
