@@ -726,7 +726,8 @@ async def _report_corrupt(pool: StoragePool, lay: Layout, index: int, e: RpcErro
     the fragment), as its own check would have; briefly: the read goes on without it."""
     try:
         with anyio.fail_after(SUSPECT_TIMEOUT_S):
-            await pool.client(lay.nodes[index]).suspect(lay.fid(index), e.details.get("block", -1))  # type: ignore[arg-type]
+            client = pool.client(lay.nodes[index])  # type: ignore[arg-type]
+            await client.suspect(lay.fid(index), e.details.get("block", -1))
     except (RpcError, TimeoutError) as err:
         log.info("could not report corrupt %s to %s: %s", lay.fid(index), lay.nodes[index], err)
 

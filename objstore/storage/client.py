@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from headwater.rpc import ClusterSecret, PendingCall, Reply, RpcClient, RpcError
@@ -91,19 +92,21 @@ class StorageClient:
         ``into_pipe``: the blocks of a large reply come as :class:`~headwater.splice.PipeSpan`,
         still in the kernel, to be taken in order (a GET splicing them to its client). Without
         it the read is ``prefixed``: a page-cached range comes unread with each block's prefix,
-        and ``blocks()`` verifies every block here (FragmentCorrupt as the node would raise it;
-        then call :meth:`suspect`), the bytes warm from their receive; the node verifies the rest."""
+        and every block is verified here as soon as the reply is whole, the bytes still warm from
+        their receive (``blocks()`` raises FragmentCorrupt as the node would; then call
+        :meth:`suspect`); the node verifies the rest."""
         args: dict[str, Any] = {"fid": check_fid(fid), "first": first, "count": count}
         if not into_pipe:
             args["prefixed"] = True
         try:
             call = await self.rpc.start_call("frag.read", args,
                                              timeout=self.timeout if timeout is None else timeout,
-                                             into_pipe=into_pipe)
+                                             into_pipe=into_pipe,
+                                             on_reply=None if into_pipe else functools.partial(_verified, fid, first))
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
             raise
-        return PendingRead(self.node_id, call, fid, first)
+        return PendingRead(self.node_id, call)
 
     async def suspect(self, fid: str, block: int, *, timeout: float | None = None) -> None:
         """Tell the node that block ``block`` of ``fid`` failed its check here (a prefixed read):
@@ -156,26 +159,40 @@ def _blocks(r: Reply) -> list:
     return [mv[j * stride:j * stride + n] for j, n in enumerate(lengths)]
 
 
+class _Verified(Reply):
+    """A prefixed read's reply once its blocks are verified: ``payload`` is the list of them."""
+
+    __slots__ = ()
+
+
+def _verified(fid: str, first: int, r: Reply) -> Reply:
+    """A ``prefixed`` reply's blocks verified as soon as the reply is whole (the RPC reader's
+    ``on_reply``: its bytes were just received, so the hash reads them from the cache); any
+    other reply as it came."""
+    if type(r.result) is not dict or r.result.get("prefixed") is not True:
+        return r
+    try:
+        blocks = verify_prefixed(fid, first, r.result.get("lengths"), r.payload)
+        return _Verified(r.result, blocks)  # type: ignore[arg-type]
+    except FragmentCorrupt as e:
+        e.details["found_by"] = "reader"  # the node has not seen it: suspect() tells it
+        raise
+
+
 class PendingRead:
     """A fragment read in flight (see ``StorageClient.start_read``)."""
 
-    __slots__ = ("node_id", "_call", "fid", "first")
+    __slots__ = ("node_id", "_call")
 
-    def __init__(self, node_id: str, call: PendingCall, fid: str = "", first: int = 0):
+    def __init__(self, node_id: str, call: PendingCall):
         self.node_id = node_id
         self._call = call
-        self.fid = fid
-        self.first = first
 
     async def blocks(self) -> list[memoryview]:
         try:
             r = await self._call.result()
-            if r.result.get("prefixed") is True:
-                try:
-                    return verify_prefixed(self.fid, self.first, r.result.get("lengths"), r.payload)
-                except FragmentCorrupt as e:
-                    e.details["found_by"] = "reader"  # the node has not seen it: suspect() tells it
-                    raise
+            if type(r) is _Verified:
+                return r.payload
             return _blocks(r)
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
