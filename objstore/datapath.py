@@ -60,14 +60,11 @@ DOWN_HOLD_S = 5.0
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 # Stripes fetched per read RPC: bounds memory per GET to about READ_BATCH * stripe * (k+m)/k.
-# 8, not 4: each read RPC costs a storage node a wake-up, an open, the header and footer reads and
-# a reply, and the gateway a sendmsg and a wake-up (objget5's profile: the read requests' sends
-# were 13 % of the gateway); 8 MiB batches halve them per GB (bench/README.md, objget6).
-READ_BATCH = 8
+READ_BATCH = 4
 # Batches a GET reads ahead of the one it sends while the read buffer is at least half free (one
 # when it is not). Each batch is a round trip to k nodes whose latency (a thread hand-off and a
 # wake-up on each side) varies far more than its cost: one batch ahead left the client waiting
-# on the slowest node of every batch. Two, not more: each is 8 MiB per GET, and the gateway's
+# on the slowest node of every batch. Two, not more: each is 4 MiB per GET, and the gateway's
 # RSS with 8 streams in and out (bench objstore) must stay under 300 MiB.
 READ_AHEAD = 2
 # How long a GET waits for a node to take its report of a corrupt block (frag.suspect).

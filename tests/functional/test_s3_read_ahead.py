@@ -3,9 +3,9 @@
 A GET reads up to ``READ_AHEAD`` batches of stripes ahead of the one it sends while at least half
 of the worker's read buffer (``[gateway] read_buffer``) is free, and one batch ahead otherwise.
 Stalled clients (they read the response head, then nothing) show what each GET holds: here a
-batch is READ_BATCH stripes of 1 MiB (EC 2+1) and the buffer 8 batches, so the first stalled GET
-holds 1 + READ_AHEAD batches (3), and the second, finding less than half free once it holds two
-batches, stops there (2): 3 batches are free, not the 2 there would be without the half rule.
+batch is 4 stripes of 1 MiB (EC 2+1) and the buffer 32 MiB, so the first stalled GET holds
+1 + READ_AHEAD batches (12 MiB), and the second, finding less than half free once it holds two
+batches, stops there (8 MiB): free is 12 MiB, not the 8 it would be without the half rule.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from headwater.config import MiB
 from headwater.objstore.datapath import READ_AHEAD, READ_BATCH
 from tests.functional.test_s3_slow_readers import gateway_health, stalled_get
 
-BATCH = READ_BATCH * MiB
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, metadata_groups=1, stripe_size="1MiB",
-                       extra_gateway={"read_buffer": f"{8 * READ_BATCH}MiB", "read_buffer_wait_seconds": 1,
-                                      "splice_reads": True})
-SIZE = 6 * BATCH  # long enough that neither stalled GET nears its end (it holds 3 batches at most)
+                       extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1, "splice_reads": True})
+
+BATCH = READ_BATCH * MiB
+SIZE = 12 * BATCH  # long enough that neither stalled GET nears its end
 
 
 def free_settles_at(cluster, expected: int, timeout_s: float = 10.0) -> None:
@@ -39,14 +39,14 @@ def test_a_get_reads_further_ahead_only_while_half_the_buffer_is_free(cluster, s
     body = bytes(range(256)) * (SIZE // 256)
     s3.put_object(Bucket=bucket, Key="big", Body=body)
     total = gateway_health(cluster)["read_buffer"]["total"]
-    assert total == 8 * BATCH
+    assert total == 32 * MiB
 
     first = stalled_get(cluster, bucket, "big")
     try:
-        free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH)  # 5 batches free: over half
+        free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH)  # 20 MiB free: over half
         second = stalled_get(cluster, bucket, "big")
         try:
-            free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH - 2 * BATCH)  # 3 batches
+            free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH - 2 * BATCH)  # 12 MiB
         finally:
             second.close()
     finally:
