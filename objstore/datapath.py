@@ -67,6 +67,8 @@ READ_BATCH = 4
 # on the slowest node of every batch. Two, not more: each is 4 MiB per GET, and the gateway's
 # RSS with 8 streams in and out (bench objstore) must stay under 300 MiB.
 READ_AHEAD = 2
+# How long a GET waits for a node to take its report of a corrupt block (frag.suspect).
+SUSPECT_TIMEOUT_S = 2.0
 # User bytes sent to the storage nodes per append round trip. A round trip costs about the same
 # whatever its size, so one stripe per trip left PUT latency-bound (nodes and gateway idle);
 # batching stripes up to this many bytes fills the pipe. 8 MiB, not 4: each round trip costs
@@ -716,6 +718,17 @@ def _read_failed(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> Non
         pool.mark_down(lay.nodes[index])  # type: ignore[arg-type]
 
 
+async def _report_corrupt(pool: StoragePool, lay: Layout, index: int, e: RpcError) -> None:
+    """Tell the node a block it sent unread failed its check here (its scrubber then verifies
+    the fragment), as its own check would have; briefly: the read goes on without it."""
+    try:
+        with anyio.fail_after(SUSPECT_TIMEOUT_S):
+            client = pool.client(lay.nodes[index])  # type: ignore[arg-type]
+            await client.suspect(lay.fid(index), e.details.get("block", -1))
+    except (RpcError, TimeoutError) as err:
+        log.info("could not report corrupt %s to %s: %s", lay.fid(index), lay.nodes[index], err)
+
+
 async def _start_reads(pool: StoragePool, lay: Layout, first: int, count: int,
                        indexes: Iterable[int], *, down_too: bool = False,
                        into_pipe: bool = False) -> dict[int, PendingRead]:
@@ -741,6 +754,8 @@ async def _collect(pool: StoragePool, lay: Layout, count: int, calls: dict[int, 
             blocks = await call.blocks()
         except RpcError as e:
             _read_failed(pool, lay, i, e)
+            if e.details.get("found_by") == "reader":
+                await _report_corrupt(pool, lay, i, e)
             continue
         if len(blocks) == count:
             got[i] = blocks

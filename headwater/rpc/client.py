@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import anyio.abc
@@ -39,13 +39,14 @@ _auth_log_throttle = LogThrottle()
 
 
 class _Pending:
-    __slots__ = ("event", "reply", "error", "into_pipe")
+    __slots__ = ("event", "reply", "error", "into_pipe", "on_reply")
 
-    def __init__(self, into_pipe: bool = False) -> None:
+    def __init__(self, into_pipe: bool = False, on_reply: Callable[[Reply], Reply] | None = None) -> None:
         self.event = anyio.Event()
         self.reply: Reply | None = None
         self.error: RpcError | None = None
         self.into_pipe = into_pipe  # a large reply payload is wanted as a PipeBuffer
+        self.on_reply = on_reply  # see RpcClient.start_call
 
 
 class _Connection:
@@ -189,7 +190,8 @@ class RpcClient:
 
     async def start_call(self, method: str, args: dict | None = None,
                          payload: FramePayload = b"", *,
-                         timeout: float | None = None, into_pipe: bool = False) -> PendingCall:
+                         timeout: float | None = None, into_pipe: bool = False,
+                         on_reply: Callable[[Reply], Reply] | None = None) -> PendingCall:
         """Send a request now and collect its reply later with ``await pending.result()``.
 
         This lets a caller keep several requests in flight from one task (a GET prefetching the
@@ -199,6 +201,11 @@ class RpcClient:
         ``into_pipe``: a reply payload of 64 KiB or more comes as a
         :class:`~headwater.splice.PipeBuffer` (spliced from the socket, never in this process's
         memory), to be sent on with splice; smaller ones as bytes, as always.
+
+        ``on_reply``: called by the connection's reader with the reply as soon as it is whole
+        (its payload just received, still in the CPU's caches: a caller that checks the bytes
+        checks them there, not once they have been pushed out by later replies); what it
+        returns is what ``result()`` gives, and an RpcError it raises is the call's error.
         """
         if timeout is None:
             timeout = self.default_timeout
@@ -212,7 +219,7 @@ class RpcClient:
                 buffers = encode_frame(header, payload, max_frame_bytes=self.max_frame_bytes)
             except (FrameError, TypeError, ValueError, OverflowError) as e:
                 raise BadRequest(str(e), method=method) from None
-            pending = _Pending(into_pipe)
+            pending = _Pending(into_pipe, on_reply)
             conn.pending[rid] = pending
             try:
                 await self._send(conn, buffers, deadline)
@@ -414,7 +421,13 @@ class RpcClient:
                         frame.payload.close()
                     continue  # a reply for a call that already gave up
                 if kind == RESPONSE and len(h) >= 3:
-                    p.reply = Reply(h[2], frame.payload)
+                    if p.on_reply is None:
+                        p.reply = Reply(h[2], frame.payload)
+                    else:
+                        try:
+                            p.reply = p.on_reply(Reply(h[2], frame.payload))
+                        except RpcError as e:
+                            p.error = e
                 elif kind == ERROR and len(h) >= 5:
                     p.error = from_wire(h[2], h[3], h[4])
                 else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from headwater.rpc import ClusterSecret, PendingCall, Reply, RpcClient, RpcError
 from headwater.splice import PipeBuffer, PipeSpan
 
-from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid
+from .fragment import FragmentCorrupt, FragmentNotFound, StorageFull, check_fid, verify_prefixed
 
 __all__ = ["StorageClient", "PendingRead", "FragmentCorrupt", "FragmentNotFound", "StorageFull"]
 
@@ -89,15 +90,28 @@ class StorageClient:
         """Send a read now; ``await pending.blocks()`` later (prefetching while streaming).
 
         ``into_pipe``: the blocks of a large reply come as :class:`~headwater.splice.PipeSpan`,
-        still in the kernel, to be taken in order (a GET splicing them to its client)."""
+        still in the kernel, to be taken in order (a GET splicing them to its client). Without
+        it the read is ``prefixed``: a page-cached range comes unread with each block's prefix,
+        and every block is verified here as soon as the reply is whole, the bytes still warm from
+        their receive (``blocks()`` raises FragmentCorrupt as the node would; then call
+        :meth:`suspect`); the node verifies the rest."""
+        args: dict[str, Any] = {"fid": check_fid(fid), "first": first, "count": count}
+        if not into_pipe:
+            args["prefixed"] = True
         try:
-            call = await self.rpc.start_call("frag.read", {"fid": check_fid(fid), "first": first, "count": count},
+            call = await self.rpc.start_call("frag.read", args,
                                              timeout=self.timeout if timeout is None else timeout,
-                                             into_pipe=into_pipe)
+                                             into_pipe=into_pipe,
+                                             on_reply=None if into_pipe else functools.partial(_verified, fid, first))
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
             raise
         return PendingRead(self.node_id, call)
+
+    async def suspect(self, fid: str, block: int, *, timeout: float | None = None) -> None:
+        """Tell the node that block ``block`` of ``fid`` failed its check here (a prefixed read):
+        it counts a corrupt read and has its scrubber verify the fragment."""
+        await self._call("frag.suspect", {"fid": check_fid(fid), "block": block}, timeout=timeout)
 
     async def stat(self, fid: str, *, timeout: float | None = None) -> dict:
         return (await self._call("frag.stat", {"fid": check_fid(fid)}, timeout=timeout)).result
@@ -145,6 +159,26 @@ def _blocks(r: Reply) -> list:
     return [mv[j * stride:j * stride + n] for j, n in enumerate(lengths)]
 
 
+class _Verified(Reply):
+    """A prefixed read's reply once its blocks are verified: ``payload`` is the list of them."""
+
+    __slots__ = ()
+
+
+def _verified(fid: str, first: int, r: Reply) -> Reply:
+    """A ``prefixed`` reply's blocks verified as soon as the reply is whole (the RPC reader's
+    ``on_reply``: its bytes were just received, so the hash reads them from the cache); any
+    other reply as it came."""
+    if type(r.result) is not dict or r.result.get("prefixed") is not True:
+        return r
+    try:
+        blocks = verify_prefixed(fid, first, r.result.get("lengths"), r.payload)
+        return _Verified(r.result, blocks)  # type: ignore[arg-type]
+    except FragmentCorrupt as e:
+        e.details["found_by"] = "reader"  # the node has not seen it: suspect() tells it
+        raise
+
+
 class PendingRead:
     """A fragment read in flight (see ``StorageClient.start_read``)."""
 
@@ -156,7 +190,10 @@ class PendingRead:
 
     async def blocks(self) -> list[memoryview]:
         try:
-            return _blocks(await self._call.result())
+            r = await self._call.result()
+            if type(r) is _Verified:
+                return r.payload
+            return _blocks(r)
         except RpcError as e:
             e.details.setdefault("node", self.node_id)
             raise

@@ -22,8 +22,11 @@ method             args                                                       re
 ``frag.commit``    fid, nblocks                                               {size_bytes}
 ``frag.abort``     fid                                                        {aborted: bool}
 ``frag.read``      fid, first, count, pending (optional: the upload in        {lengths}; payload =
-                   progress, if any)
-                                                                              the blocks back to back
+                   progress, if any), prefixed (optional: the reader          the blocks back to back
+                   verifies)                                                  ({lengths, stride,
+                                                                              prefixed}: each block
+                                                                              with its prefix)
+``frag.suspect``   fid, block (a reader found it corrupt)                     {}
 ``frag.stat``      fid                                                        {block_bytes, nblocks,
                                                                               last_len, size_bytes,
                                                                               complete, meta, mtime}
@@ -36,6 +39,12 @@ method             args                                                       re
 ``node.collect``   -                                                          {removed: n} (stale
                                                                               temp files)
 =================  =========================================================  =====================
+
+A ``prefixed`` read (a GET's: the gateway receives the bytes anyway and hashes them there, warm in
+its cache) of a committed range the page cache holds whole is answered from the file as it lies,
+each block's length-and-xxh3 prefix included, with nothing read or hashed on the node; anything
+else (not cached, pending, an error) is answered as an ordinary read, verified here, and says so
+by leaving out ``prefixed``. A reader whose check fails tells the node (``frag.suspect``).
 
 Corruption: a fragment that fails a checksum on read is handed to the node's scrubber to verify
 whole; a fragment the scrubber finds corrupt is moved to ``data_dir/quarantine/`` (never served
@@ -73,6 +82,7 @@ from .fragment import (
     FragmentNotFound,
     FragmentWriter,
     StorageFull,
+    cached_range_open,
     check_fid,
     fragment_relpath,
     fsync_dir,
@@ -180,7 +190,7 @@ class StorageNode:
         self.scrubber: Any = None
         self.counters = {"bytes_written": 0, "bytes_read": 0, "blocks_written": 0, "blocks_read": 0,
                          "cached_reads": 0, "commits_uncached": 0, "commits": 0, "aborts": 0, "deletes": 0,
-                         "corrupt_reads": 0,
+                         "corrupt_reads": 0, "prefixed_reads": 0,
                          "not_found_reads": 0, "storage_full": 0, "tmp_collected": 0,
                          "quarantined": 0, "quarantine_pruned": 0, "quarantine_pruned_bytes": 0}
         self._quarantine_files = 0
@@ -714,6 +724,7 @@ class StorageNode:
         srv.add("frag.commit", self._rpc_commit)
         srv.add("frag.abort", self._rpc_abort)
         srv.add("frag.read", self._rpc_read, at_once=self._read_at_once)
+        srv.add("frag.suspect", self._rpc_suspect)
         srv.add("frag.stat", self._rpc_stat)
         srv.add("frag.delete", self._rpc_delete)
         srv.add("frag.stat_many", self._rpc_stat_many)
@@ -759,11 +770,46 @@ class StorageNode:
         besides the copies). Anything that would wait or fail goes to :meth:`_rpc_read`."""
         if args.get("pending") is not None:
             return LATER
+        if args.get("prefixed") is True:
+            reply = self._prefixed_read_now(args.get("fid"), args.get("first", 0), args.get("count", 1))
+            if reply is not None:
+                return reply
         got = self.read_now_open(args.get("fid"), args.get("first", 0), args.get("count", 1))
         if got is None:
             return LATER
         blocks, fd, offset = got
         return _read_reply_from_file(blocks, fd, offset)
+
+    def _prefixed_read_now(self, fid: object, first: object, count: object) -> Reply | None:
+        """A ``prefixed`` read's reply sent from the file unread (see the module docstring), or
+        None where the range is not wholly page-cached, not committed, malformed or small."""
+        if not _well_formed_read(fid, first, count):
+            return None
+        got = cached_range_open(self.path_of(fid), fid, first, count)  # type: ignore[arg-type]
+        if got is None:
+            return None
+        fd, offset, size, lengths = got
+        if size < SENDFILE_MIN_BYTES:
+            os.close(fd)
+            return None
+        self.counters["cached_reads"] += 1
+        self.counters["prefixed_reads"] += 1
+        self.counters["blocks_read"] += len(lengths)
+        self.counters["bytes_read"] += sum(lengths)
+        return Reply({"lengths": lengths, "stride": BLOCK_PREFIX + lengths[0], "prefixed": True},
+                     FileRange(fd, offset, size))
+
+    async def _rpc_suspect(self, args: dict, payload: bytes) -> Any:
+        """A reader found a block of ``fid`` corrupt in a prefixed read: counted and logged as a
+        corrupt read here, and the fragment handed to the scrubber (which verifies it whole
+        before it quarantines anything: a false report costs one scan)."""
+        fid = check_fid(args.get("fid"))
+        self.counters["corrupt_reads"] += 1
+        log.warning("storage %s: a reader found block %s of %s corrupt", self.id, args.get("block"), fid,
+                    extra={"event": "fragment.corrupt_read", "fid": fid, "error": "reported by the reader"})
+        if self.scrubber is not None:
+            self.scrubber.suspect(fid)
+        return {}
 
     async def _rpc_read(self, args: dict, payload: bytes) -> Reply:
         blocks = await self.read(args.get("fid"), args.get("first", 0), args.get("count", 1),

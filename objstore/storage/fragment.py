@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import msgpack
 import xxhash
 
-from headwater.pagecache import drop_cached, open_cached, pread_cached, start_writeback
+from headwater.pagecache import NotCached, all_cached, drop_cached, open_cached, pread_cached, start_writeback
 from headwater.rpc.errors import BadRequest, RpcError, register_error
 
 from ..errors import StoreError
@@ -53,6 +53,8 @@ __all__ = [
     "parse_header",
     "read_blocks_cached",
     "read_blocks_cached_open",
+    "cached_range_open",
+    "verify_prefixed",
     "block_prefix",
     "verify_block",
     "encode_footer",
@@ -519,6 +521,62 @@ def read_blocks_cached_open(path: Path, fid: str, first: int,
         os.close(fd)
         return None
     return blocks, fd, slot_offset(header, first)
+
+
+def cached_range_open(path: Path, fid: str, first: int,
+                      count: int) -> tuple[int, int, int, list[int]] | None:
+    """Where blocks ``first .. first+count-1`` of a committed fragment lie in its file, left
+    open, when the page cache holds every byte of them: ``(fd, offset, size, lengths)``, the
+    blocks back to back from ``offset`` (block ``first``'s prefix), ``BLOCK_PREFIX +
+    block_bytes`` apart, each prefix included, ``size`` bytes in all. Nothing is read or
+    verified but the header and footer: for a reader that verifies each block against its
+    prefix itself (:func:`verify_prefixed`). None for anything else (not cached, not committed,
+    out of range, damaged): the caller reads it as :func:`read_blocks` does. The caller closes
+    ``fd``."""
+    fd = open_cached(path)
+    if fd is None:
+        return None
+    try:
+        header = _read_header(fd, fid, pread_cached)
+        nblocks, last_len, complete, _size = _layout(fd, header, pread_cached)
+        if not complete or count <= 0 or first < 0 or first + count > nblocks:
+            raise NotCached
+        start = slot_offset(header, first)
+        lengths = [header.block_bytes] * count
+        if first + count == nblocks:
+            lengths[-1] = last_len
+        size = (count - 1) * (BLOCK_PREFIX + header.block_bytes) + BLOCK_PREFIX + lengths[-1]
+        if not all_cached(fd, start, size):
+            raise NotCached
+    except Exception:  # noqa: BLE001 - NotCached, or what read_blocks on the thread raises properly
+        os.close(fd)
+        return None
+    return fd, start, size, lengths
+
+
+def verify_prefixed(fid: str, first: int, lengths: Sequence[int],
+                    payload: bytes | bytearray | memoryview) -> list[memoryview]:
+    """The blocks of a payload sent as :func:`cached_range_open` describes it (each block with
+    its prefix), each verified against its prefix as :func:`read_blocks` verifies it (length,
+    then xxh3 seeded with the block's index): views of the data, without the prefixes.
+    FragmentCorrupt for the first that fails, or a payload of the wrong size."""
+    if (not isinstance(lengths, list) or not lengths
+            or not all(type(n) is int and n >= 0 for n in lengths)):
+        raise FragmentCorrupt(f"{fid}: blocks {first}.. came with lengths {str(lengths)[:80]}",
+                              fid=fid, block=first)
+    mv = memoryview(payload)
+    stride = BLOCK_PREFIX + lengths[0]
+    want = (len(lengths) - 1) * stride + BLOCK_PREFIX + lengths[-1]
+    if len(mv) != want:
+        raise FragmentCorrupt(f"{fid}: blocks {first}.. came as {len(mv)} bytes, expected {want}",
+                              fid=fid, block=first)
+    out = []
+    for j, n in enumerate(lengths):
+        pos = j * stride
+        data = mv[pos + BLOCK_PREFIX:pos + BLOCK_PREFIX + n]
+        verify_block(fid, first + j, mv[pos:pos + BLOCK_PREFIX], data)
+        out.append(data)
+    return out
 
 
 def _read_verified(fd: int, header: FragmentHeader, layout: tuple[int, int, bool, int], fid: str,

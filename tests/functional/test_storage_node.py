@@ -121,6 +121,52 @@ async def test_a_page_cached_read_is_sent_from_the_file_once_verified(anyio_back
         tg.cancel_scope.cancel()
 
 
+async def test_a_prefixed_read_is_sent_unread_and_verified_by_the_reader(anyio_backend, tmp_path):
+    """A GET's read (``start_read``, not into pipes) of a page-cached range comes from the file
+    with each block's prefix, and the reader verifies every block: the same bytes at every
+    offset, with nothing read or hashed on the node. A byte flipped in the page cache is caught
+    by the reader (FragmentCorrupt, marked as found there), which tells the node (``suspect``):
+    a corrupt read counted there, and its scrubber handed the fragment. A range the page cache
+    does not hold whole is answered as before, verified on the node."""
+    blocks = [os.urandom(64 * 1024) for _ in range(6)] + [os.urandom(5000)]
+    async with anyio.create_task_group() as tg:
+        sn = await start(tg, tmp_path, page_cache="all")
+        suspects = []
+        sn.node.scrubber = type("Scrubber", (), {"suspect": lambda self, fid: suspects.append(fid),
+                                                 "stats": lambda self: {}})()
+        async with sn.client() as c:
+            await c.append_many("0e0f.1", 0, blocks, block_bytes=64 * 1024, meta={"k": 4, "m": 2})
+            await c.commit("0e0f.1", len(blocks))
+            for first, count in ((0, 4), (3, 4), (5, 2), (0, 7), (6, 1)):
+                assert await (await c.start_read("0e0f.1", first, count)).blocks() == blocks[first:first + count]
+            # every range of at least 64 KiB went out unread (the 5000-byte one from memory)
+            assert sn.node.stats()["prefixed_reads"] == 4
+            path = tmp_path / "s1" / fr.fragment_relpath("0e0f.1")
+            with open(path, "r+b") as f:  # a flipped byte, in the page cache the next read uses
+                f.seek(fr.parse_header(f.read(4096)).header_len + 2 * (fr.BLOCK_PREFIX + 64 * 1024) + 77)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 1]))
+            assert await (await c.start_read("0e0f.1", 0, 2)).blocks() == blocks[:2]  # before it: fine
+            with pytest.raises(FragmentCorrupt) as caught:
+                await (await c.start_read("0e0f.1", 1, 3)).blocks()
+            assert caught.value.details["found_by"] == "reader" and caught.value.details["block"] == 2
+            assert sn.node.stats()["corrupt_reads"] == 0  # the node sent it unread: it knows nothing yet
+            await c.suspect("0e0f.1", 2)
+            assert sn.node.stats()["corrupt_reads"] == 1 and suspects == ["0e0f.1"]
+            # Not in the page cache: read and verified on the node (its own FragmentCorrupt).
+            with open(path, "rb") as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            before = sn.node.stats()["prefixed_reads"]
+            with pytest.raises(FragmentCorrupt) as caught:
+                await (await c.start_read("0e0f.1", 0, 4)).blocks()
+            assert "found_by" not in caught.value.details
+            assert sn.node.stats()["prefixed_reads"] == before and sn.node.stats()["corrupt_reads"] == 2
+            with pytest.raises(BadRequest):
+                await c.suspect("../etc", 0)
+        tg.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("page_cache, from_cache", [("none", set()), ("data", {"0a1b.0"}),
                                                     ("all", {"0a1b.0", "0a1b.4"})])
 async def test_what_stays_in_the_page_cache(anyio_backend, tmp_path, page_cache, from_cache):

@@ -9,11 +9,13 @@ killing any two leaves exactly k=4 fragments of each stripe.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
 import botocore.exceptions
+import httpx
 import pytest
 
 from tests.cluster import client_error
@@ -232,12 +234,28 @@ def flip_byte(path: Path, offset: int) -> None:
         os.fsync(f.fileno())
 
 
+def storage_counter(cluster, path: Path, name: str) -> float:
+    """Counter ``name`` (/metrics ``headwater_storage_<name>``) of the storage node holding ``path``."""
+    node = next(d for d in cluster.storage if d.data_dir in path.parents)
+    text = httpx.get(f"http://{node.host}:{node.admin_port}/metrics", timeout=2).text
+    m = re.search(rf"^headwater_storage_{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_flipped_byte_in_data_fragment(cluster, s3):
     body, frags = fresh_object(cluster, s3, "flip", 6 * STRIPE + 77, 11)
     data0 = frags[0]
     assert fragment_index(data0) == 0
-    flip_byte(data0, data0.stat().st_size // 2)
+    # Read once first: the fragments (small ones) stay in the page cache after it.
     assert s3.get_object(Bucket="faults", Key="flip")["Body"].read() == body
+    flip_byte(data0, data0.stat().st_size // 2)
+    sent_unread = storage_counter(cluster, frags[1], "prefixed_reads")
+    corrupt = storage_counter(cluster, data0, "corrupt_reads")
+    assert s3.get_object(Bucket="faults", Key="flip")["Body"].read() == body
+    # The fragments came page-cached and unread (each block with its prefix): the gateway found
+    # the flipped block itself and told the node holding it, as the node's own check would count it.
+    assert storage_counter(cluster, frags[1], "prefixed_reads") > sent_unread
+    assert storage_counter(cluster, data0, "corrupt_reads") > corrupt
     for spec in RANGES:
         assert s3.get_object(Bucket="faults", Key="flip", Range=spec)["Body"].read() == slice_for(spec, body)
 
