@@ -1,11 +1,13 @@
 """How far a GET reads ahead of its client, against what the worker's read buffer has left.
 
 A GET reads up to ``READ_AHEAD`` batches of stripes ahead of the one it sends while at least half
-of the worker's read buffer (``[gateway] read_buffer``) is free, and one batch ahead otherwise.
-Stalled clients (they read the response head, then nothing) show what each GET holds: here a
-batch is 4 stripes of 1 MiB (EC 2+1) and the buffer 32 MiB, so the first stalled GET holds
-1 + READ_AHEAD batches (12 MiB), and the second, finding less than half free once it holds two
-batches, stops there (8 MiB): free is 12 MiB, not the 8 it would be without the half rule.
+of the worker's read buffer (``[gateway] read_buffer``) is free, and one batch ahead otherwise;
+a GET that starts while no other reads in its worker reads larger batches (``READ_BATCH_ALONE``
+stripes, ``READ_AHEAD_ALONE`` ahead). Stalled clients (they read the response head, then
+nothing) show what each GET holds: here stripes are 1 MiB (EC 2+1) and the buffer 32 MiB, so the
+first stalled GET, alone, holds 1 + READ_AHEAD_ALONE batches of 8 stripes (16 MiB), and the
+second, not alone, reads batches of 4 stripes and, finding less than half free once it holds
+two, stops there (8 MiB): free is 8 MiB, not the 4 it would be without the half rule.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import time
 
 from headwater.config import MiB
-from headwater.objstore.datapath import READ_AHEAD, READ_BATCH
+from headwater.objstore.datapath import READ_AHEAD, READ_AHEAD_ALONE, READ_BATCH, READ_BATCH_ALONE
 from tests.functional.test_s3_slow_readers import gateway_health, stalled_get
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, metadata_groups=1, stripe_size="1MiB",
                        extra_gateway={"read_buffer": "32MiB", "read_buffer_wait_seconds": 1, "splice_reads": True})
 
 BATCH = READ_BATCH * MiB
+BATCH_ALONE = READ_BATCH_ALONE * MiB
 SIZE = 12 * BATCH  # long enough that neither stalled GET nears its end
 
 
@@ -35,7 +38,8 @@ def free_settles_at(cluster, expected: int, timeout_s: float = 10.0) -> None:
 
 
 def test_a_get_reads_further_ahead_only_while_half_the_buffer_is_free(cluster, s3, bucket):
-    assert READ_AHEAD == 2, "the figures below assume two batches ahead"
+    assert (READ_AHEAD, READ_BATCH, READ_AHEAD_ALONE, READ_BATCH_ALONE) == (2, 4, 1, 8), \
+        "the figures below assume these batches"
     body = bytes(range(256)) * (SIZE // 256)
     s3.put_object(Bucket=bucket, Key="big", Body=body)
     total = gateway_health(cluster)["read_buffer"]["total"]
@@ -43,10 +47,11 @@ def test_a_get_reads_further_ahead_only_while_half_the_buffer_is_free(cluster, s
 
     first = stalled_get(cluster, bucket, "big")
     try:
-        free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH)  # 20 MiB free: over half
+        alone = (1 + READ_AHEAD_ALONE) * BATCH_ALONE
+        free_settles_at(cluster, total - alone)  # 16 MiB free: half
         second = stalled_get(cluster, bucket, "big")
         try:
-            free_settles_at(cluster, total - (1 + READ_AHEAD) * BATCH - 2 * BATCH)  # 12 MiB
+            free_settles_at(cluster, total - alone - 2 * BATCH)  # 8 MiB
         finally:
             second.close()
     finally:
@@ -66,7 +71,7 @@ def test_a_worker_tells_where_its_gets_waited(cluster, s3, bucket):
     assert s3.get_object(Bucket=bucket, Key="timed")["Body"].read() == body
     after = gateway_health(cluster)["read_timing"]
     assert after["reads"] - before["reads"] == 1
-    assert after["batches"] - before["batches"] == SIZE // BATCH
+    assert after["batches"] - before["batches"] == SIZE // BATCH_ALONE  # alone: the larger batches
     for k in ("first_wait_s", "wait_s", "send_s"):
         assert after[k] > before[k], k
     # A ranged GET inside one batch is one read of one batch.
@@ -86,8 +91,10 @@ def test_a_get_sends_the_nodes_bytes_on_through_pipes(cluster, s3, bucket):
     before = gateway_health(cluster)["read_timing"]["piped_bytes"]
     assert s3.get_object(Bucket=bucket, Key="piped")["Body"].read() == body
     after = gateway_health(cluster)["read_timing"]["piped_bytes"]
-    # The last stripe's 12345 bytes come in replies under 64 KiB: those are received as bytes.
-    assert after - before == size - 12345
+    # A GET alone reads 8-stripe batches: the last stripe's 12345 bytes come in the second
+    # batch's replies, with 4 whole stripes (a reply under 64 KiB would be received as bytes).
+    assert READ_BATCH_ALONE == 8 and size // MiB == 12
+    assert after - before == size
     for lo, hi in [(1, 2), (100, 300_000), (MiB - 7, 3 * MiB + 9), (BATCH - 1, 2 * BATCH + 1),
                    (size - 20_000, size - 1), (0, size - 1)]:
         got = s3.get_object(Bucket=bucket, Key="piped", Range=f"bytes={lo}-{hi}")["Body"].read()
