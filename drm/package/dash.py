@@ -1,4 +1,4 @@
-"""The DASH MPD writer (ISO/IEC 23009-1, static, ``isoff-live`` + CMAF profiles). Sans-IO.
+"""The DASH MPD writer (ISO/IEC 23009-1, static; ``isoff-live`` + CMAF profiles, no CMAF beside WebM). Sans-IO.
 
 The packager describes what it wrote as frozen :class:`Representation` records (one per
 track, with its own init segment, a ``$Number$`` media template and the duration of every
@@ -64,6 +64,8 @@ MP4PROTECTION_SCHEME = "urn:mpeg:dash:mp4protection:2011"
 CLEARKEY_SCHEME = "urn:uuid:e2719d58-a985-b3c9-781a-b030af78d30e"
 W3C_COMMON_SCHEME = "urn:uuid:1077efec-c0b2-4d02-ace3-3c1e52e2fb4b"
 PROFILES = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019"
+#: with WebM sets present: CMAF's profile claims that every set is CMAF, which WebM is not
+NON_CMAF_PROFILES = "urn:mpeg:dash:profile:isoff-live:2011"
 AUDIO_CHANNEL_SCHEME = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011"
 
 Kind = Literal["video", "audio"]
@@ -348,7 +350,8 @@ def write_periods(
     if uses_laurl:
         root_attrs["xmlns:dashif"] = DASHIF_NS
     root_attrs.update({
-        "type": "static", "profiles": PROFILES,
+        "type": "static",
+        "profiles": NON_CMAF_PROFILES if any(r.container == "webm" for r in all_reps) else PROFILES,
         "minBufferTime": _xs_duration(Fraction(min_buffer_seconds)),
         "mediaPresentationDuration": _xs_duration(total),
     })

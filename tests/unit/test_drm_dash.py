@@ -50,6 +50,10 @@ def test_static_mpd_with_profiles_duration_and_sets_video_first():
     assert root.get("type") == "static"
     assert root.get("profiles").split(",") == [
         "urn:mpeg:dash:profile:isoff-live:2011", "urn:mpeg:dash:profile:cmaf:2019"]
+    # a WebM set beside them: the MPD no longer claims that every set is CMAF
+    webm = parse(write_mpd([video(), audio(id="a2", codecs="opus", container="webm", init="a/init.webm",
+                                          media="a/seg-$Number$.webm")]))
+    assert webm.get("profiles") == "urn:mpeg:dash:profile:isoff-live:2011"
     # audio runs 288256/48000 = 6.005333 s, the longest: the presentation's duration
     assert root.get("mediaPresentationDuration") == "PT6.005S"
     sets = root.findall(f"{NS}Period/{NS}AdaptationSet")
