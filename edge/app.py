@@ -944,19 +944,18 @@ class EdgeApp:
             headers.append(("content-length", str(head.content_length)))
         if ctx.request.method == "HEAD":
             return Response(head.status, headers, b""), "Miss"
-        if head.stored and self.stores:
-            fallback: Callable[[int], AsyncIterator[bytes]] | None = self._fallback(ctx.key, ctx, stored)
-        elif head.status == 200 and not ctx.behaviour.compress:
-            fallback = functools.partial(self._rest_from_upstream, ctx, stored)
-        else:
-            fallback = None
+        # A whole, uncompressed 200 can be fetched again from any offset by range.
+        rest: Callable[[int], AsyncIterator[bytes]] | None = None
+        if head.status == 200 and not ctx.behaviour.compress:
+            rest = functools.partial(self._rest_from_upstream, ctx, stored)
+        fallback = self._fallback(ctx.key, rest) if head.stored and self.stores else rest
         return Response(head.status, headers, flight.follow(fallback)), "Miss"
 
-    def _fallback(self, key: bytes, ctx: _Context | None = None,
-                  stored: StoredResponse | None = None) -> Callable[[int], AsyncIterator[bytes]]:
+    def _fallback(self, key: bytes, rest: Callable[[int], AsyncIterator[bytes]] | None = None,
+                  ) -> Callable[[int], AsyncIterator[bytes]]:
         """For a waiter that fell behind its flight's window: the stored entry from ``offset``;
-        with ``ctx`` and ``stored`` (a whole 200), when the store no longer holds it (it grew past
-        the store's largest entry, or was evicted), the rest from upstream by range."""
+        when the store no longer holds it (it grew past the store's largest entry, or was
+        evicted), ``rest`` from that offset, if given."""
         store = self.stores[-1]
 
         async def read_from(offset: int) -> AsyncIterator[bytes]:
@@ -964,9 +963,9 @@ class EdgeApp:
             if hit is None:
                 hit = await store.wait_filling(store_key(key), timeout=self.node.read_timeout_s)
             if hit is None:
-                if ctx is None or stored is None or stored.status != 200 or ctx.behaviour.compress:
+                if rest is None:
                     raise CollapsedFetchFailed("the shared response left the store before it was read")
-                async for chunk in self._rest_from_upstream(ctx, stored, offset):
+                async for chunk in rest(offset):
                     yield chunk
                 return
             async for chunk in _window(hit.chunks(), offset, None, hit.close):
