@@ -118,6 +118,15 @@ def object_kind(name: str) -> str:
     return MANIFEST if _extension(name) in ("mpd", "m3u8") else IMMUTABLE
 
 
+# Containers that hold either kind of track: an audio rendition's folder is ``audio-<track>``
+# (the packager's layout), and its files are the container's audio type.
+_AUDIO_TYPES = {"mp4": "audio/mp4", "webm": "audio/webm"}
+
+
 def content_type(name: str) -> str:
-    """The media type by extension; ``application/octet-stream`` for anything unknown."""
-    return _CONTENT_TYPES.get(_extension(name), "application/octet-stream")
+    """The media type by extension (``audio/...`` for an MP4 or WebM file in an audio
+    rendition's folder); ``application/octet-stream`` for anything unknown."""
+    extension = _extension(name)
+    if extension in _AUDIO_TYPES and any(part.startswith("audio-") for part in name.split("/")[:-1]):
+        return _AUDIO_TYPES[extension]
+    return _CONTENT_TYPES.get(extension, "application/octet-stream")

@@ -44,6 +44,10 @@ def test_kinds_and_types():
     assert content_type("v/seg-1.m4s") == "video/iso.segment" and content_type("v/init.mp4") == "video/mp4"
     assert content_type("poster.jpg") == "image/jpeg" and content_type("thumbs/t.vtt").startswith("text/vtt")
     assert content_type("x.bin") == "application/octet-stream"
+    # WebM and MP4 hold either kind of track: an audio rendition's files say audio.
+    assert content_type("video-1/init.webm") == "video/webm" and content_type("audio-2/seg-3.webm") == "audio/webm"
+    assert content_type("audio-2/p1/init.mp4") == "audio/mp4" and content_type("video-1/p1/init.mp4") == "video/mp4"
+    assert content_type("audio-2.webm") == "video/webm"  # only a folder names the kind
 
 
 def _title(state: TitleState, dash: str | None = "titles/3/v9/manifest.mpd",
