@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from ..catalogue.errors import BackendUnavailable
 from ..errors import Conflict, StoreUnavailable
+from .orphans import RecordView
 from .tus import UploadState
 
 __all__ = ["UploadRecords", "LeaseLost", "DEFAULT_LEASE_S"]
 
 #: How long a lease holds without renewal (a PATCH renews it every third of this).
 DEFAULT_LEASE_S = 30.0
+_IDS_PER_QUERY = 500  # SQLite's bound on parameters is 999 in old builds
 
 
 class LeaseLost(Conflict):
@@ -157,6 +159,22 @@ class UploadRecords:
 
     def __iter__(self) -> Iterator[UploadState]:
         return iter(self._states("1 = 1"))
+
+    def views(self, upload_ids: Iterable[str]) -> dict[str, RecordView]:
+        """What the orphan sweep needs of these uploads' records (those that exist), each row
+        read whole in one statement (its lease and what it names together)."""
+        ids = sorted(set(upload_ids))
+        out: dict[str, RecordView] = {}
+        with self._tx(False) as tx:
+            for i in range(0, len(ids), _IDS_PER_QUERY):
+                batch = ids[i:i + _IDS_PER_QUERY]
+                marks = ", ".join("?" * len(batch))
+                for uid, holder, record in tx.rows(f"SELECT id, holder, record FROM uploads WHERE id IN ({marks})",
+                                                   tuple(batch)):
+                    st = UploadState.from_record(json.loads(record))
+                    out[uid] = RecordView(held=holder is not None, segments=frozenset(k for k, _ in st.segments),
+                                          store_upload_id=st.store_upload_id, finished=st.finished)
+        return out
 
     def count(self) -> int:
         with self._tx(False) as tx:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import datetime
 from xml.sax.saxutils import escape
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 from urllib.parse import quote, urlsplit
 
 from defusedxml import ElementTree
@@ -29,9 +30,12 @@ from headwater.sigv4 import EMPTY_SHA256, sign_request
 from ..errors import NotFound, StoreUnavailable
 from .tus import Part
 
-__all__ = ["MultipartStore", "StoredObject", "READ_STATUSES"]
+__all__ = ["MultipartStore", "StoredObject", "ListedObject", "ListedUpload", "READ_STATUSES"]
 
 _MAX_ANSWER = 64 * 1024
+# A list's page: S3 caps one at 1,000 entries of keys up to 1 KiB each (ours are ~70 bytes).
+_MAX_LIST_ANSWER = 4 * 1024 * 1024
+_LIST_PAGE = 1000
 #: The store's answers to a GET/HEAD that :meth:`MultipartStore.get_object` hands back: the object
 #: (200), a range of it (206), a conditional's verdicts (304, 412), an unsatisfiable range (416).
 READ_STATUSES = (200, 206, 304, 412, 416)
@@ -54,6 +58,45 @@ class StoredObject:
     async def aclose(self) -> None:
         """Give up the body (its connection is closed unless the body was read to its end)."""
         await self.body.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """An object as ListObjectsV2 names it: its key, when it was written (POSIX seconds, the
+    store's clock) and its size."""
+
+    key: str
+    modified: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListedUpload:
+    """A multipart upload in progress as ListMultipartUploads names it."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
+def _posix(stamp: str | None) -> float:
+    """S3's ``2026-12-04T09:30:00.000Z`` as POSIX seconds (StoreUnavailable for anything else:
+    an entry whose age cannot be told must not be taken for an old one)."""
+    try:
+        return datetime.fromisoformat((stamp or "").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise StoreUnavailable(f"the object store listed a time that is not ISO 8601: {stamp!r:.60}") from None
+
+
+def _children(el: Any) -> dict[str, str]:
+    return {c.tag.rsplit("}", 1)[-1]: c.text or "" for c in el}
+
+
+def _list_document(answer: bytes, what: str) -> Any:
+    try:
+        return ElementTree.fromstring(answer)
+    except ElementTree.ParseError:
+        raise StoreUnavailable(f"{what} answered no document") from None
 
 
 def _text(xml: bytes, name: str) -> str | None:
@@ -82,8 +125,8 @@ class MultipartStore:
         self.timeout_s = timeout_s
 
     async def _call(self, method: str, key: str | None, query: str, body: bytes = b"",
-                    ok: Sequence[int] = (200,),
-                    fields: Sequence[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+                    ok: Sequence[int] = (200,), fields: Sequence[tuple[str, str]] = (),
+                    max_answer: int = _MAX_ANSWER) -> tuple[int, dict[str, str], bytes]:
         path = f"/{self.bucket}" + (f"/{quote(key, safe='/')}" if key is not None else "")
         sha = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         extra = (("content-length", str(len(body))),) if method in ("PUT", "POST") else ()
@@ -95,7 +138,7 @@ class MultipartStore:
         try:
             resp = await self.client.request(method, url, headers, body=body, timeout_s=self.timeout_s)
             try:
-                answer = await resp.read(_MAX_ANSWER)
+                answer = await resp.read(max_answer)
             finally:
                 await resp.aclose()
         except (ConnectFailed, ResponseTimeout, BadResponse, OSError) as e:
@@ -236,6 +279,43 @@ class MultipartStore:
                 if el.tag.rsplit("}", 1)[-1] == "Error":
                     failed += [c.text or "" for c in el if c.tag.rsplit("}", 1)[-1] == "Key"]
         return failed
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ListedObject]:
+        """ListObjectsV2 of every key under ``prefix``, page by page (1,000 keys a request)."""
+        token: str | None = None
+        while True:
+            query = f"list-type=2&max-keys={_LIST_PAGE}&prefix={quote(prefix, safe='')}"
+            if token is not None:
+                query += f"&continuation-token={quote(token, safe='')}"
+            _, _, answer = await self._call("GET", None, query, max_answer=_MAX_LIST_ANSWER)
+            root = _list_document(answer, "ListObjectsV2")
+            top = _children(root)
+            for el in root:
+                if el.tag.rsplit("}", 1)[-1] == "Contents":
+                    entry = _children(el)
+                    yield ListedObject(entry.get("Key", ""), _posix(entry.get("LastModified")),
+                                       int(entry.get("Size") or 0))
+            token = top.get("NextContinuationToken")
+            if top.get("IsTruncated") != "true" or not token:
+                return
+
+    async def list_uploads(self, prefix: str) -> AsyncIterator[ListedUpload]:
+        """ListMultipartUploads of every upload in progress under ``prefix``, page by page."""
+        key_marker = id_marker = ""
+        while True:
+            query = (f"key-marker={quote(key_marker, safe='')}&max-uploads={_LIST_PAGE}"
+                     f"&prefix={quote(prefix, safe='')}&upload-id-marker={quote(id_marker, safe='')}&uploads=")
+            _, _, answer = await self._call("GET", None, query, max_answer=_MAX_LIST_ANSWER)
+            root = _list_document(answer, "ListMultipartUploads")
+            top = _children(root)
+            for el in root:
+                if el.tag.rsplit("}", 1)[-1] == "Upload":
+                    entry = _children(el)
+                    yield ListedUpload(entry.get("Key", ""), entry.get("UploadId", ""),
+                                       _posix(entry.get("Initiated")))
+            key_marker, id_marker = top.get("NextKeyMarker", ""), top.get("NextUploadIdMarker", "")
+            if top.get("IsTruncated") != "true" or not (key_marker or id_marker):
+                return
 
     async def abort(self, key: str, upload_id: str) -> None:
         """AbortMultipartUpload (an upload already gone is fine)."""

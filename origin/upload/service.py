@@ -50,7 +50,8 @@ the durable offset, durable in the erasure-coded store):
 
 A record is rewritten only after what it names is durable in the store (a part, a segment), so
 a crash at any point leaves a record describing bytes that exist; a segment stored but never
-named (a crash between the PUT and the record) is an orphan object under ``incomplete/<id>/``.
+named (a crash between the PUT and the record) is an orphan object under ``incomplete/<id>/``,
+which the janitor's orphan sweep deletes once ``orphan_grace_s`` old (:mod:`.orphans`).
 One request at a time per upload, across hosts: a PATCH, a termination, a completion, a
 retirement or a title being made (:meth:`UploadService.claimed`) first takes the upload's
 **lease** in the database, and writes only under its fence; another request meanwhile, on any
@@ -91,6 +92,7 @@ from headwater.http.errors import HttpError
 from ..errors import BadRequest, ChecksumMismatch, Conflict, Gone, InsufficientStorage, NotFound, OriginError, \
     PayloadTooLarge, SpoolFull, StoreUnavailable, TooManyRequests
 from . import tus
+from .orphans import SEGMENT_PREFIX, UPLOAD_PREFIX, orphan_segments, stray_multipart_uploads, upload_id_of
 from .records import UploadRecords
 from .s3 import MultipartStore
 from .tus import Part, UploadState
@@ -106,6 +108,8 @@ READ_BYTES = 256 * 1024
 SPOOL_RETRY_AFTER_S = 10
 #: Segments the incomplete part may be stored as before a PATCH writes it whole, as one.
 MAX_INCOMPLETE_SEGMENTS = 8
+#: How old (the store's time) an object no record names must be before the sweep removes it.
+DEFAULT_ORPHAN_GRACE_S = 3600.0
 log = logging.getLogger("headwater.origin.upload")
 
 
@@ -125,7 +129,8 @@ class UploadService:
                  clock: Clock = SYSTEM_CLOCK, new_id: Callable[[], str] = lambda: secrets.token_hex(16),
                  disk_free: Callable[[Path], int] = free_disk_bytes,
                  source_in_use: SourceInUse | None = None, host_id: str = "origin",
-                 max_incomplete_segments: int = MAX_INCOMPLETE_SEGMENTS) -> None:
+                 max_incomplete_segments: int = MAX_INCOMPLETE_SEGMENTS,
+                 orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S, db_threads: int | None = None) -> None:
         self.records = records
         self.store = store
         self.spool_dir = spool_dir
@@ -143,6 +148,9 @@ class UploadService:
         self.source_in_use = source_in_use
         self.host_id = host_id
         self.max_incomplete_segments = max_incomplete_segments
+        self.orphan_grace_s = orphan_grace_s
+        # None: anyio's default limiter (the process's 40 worker threads).
+        self._db_limiter = anyio.CapacityLimiter(db_threads) if db_threads is not None else None
         self.unverified_bytes = 0  # reserved by checksummed PATCHes in progress
         # The uploads this process holds the lease of, with the lease's fence.
         self._held: dict[str, int] = {}
@@ -154,18 +162,22 @@ class UploadService:
                        "expired": 0, "terminated": 0, "bytes": 0,
                        "spool_busy": 0, "disk_refusals": 0, "retired": 0,
                        "unused_deleted": 0, "segments_stored": 0, "segments_coalesced": 0,
-                       "segments_read": 0}
+                       "segments_read": 0, "orphan_segments_deleted": 0, "stray_uploads_aborted": 0,
+                       "orphan_sweep_failures": 0}
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     # --- start: the local spool is a cache -----------------------------------------------------
 
-    def recover(self) -> list[UploadState]:
+    async def recover(self) -> list[UploadState]:
         """Empty the local spool (every acknowledged byte is in the store: a copy is rebuilt from
         the segments when a PATCH needs it); returns the uploads that are whole but not completed
-        (a crash between the last byte and completion, on any host)."""
-        for p in self.spool_dir.iterdir():
-            p.unlink(missing_ok=True)
-        return [st for st in self.records.unfinished() if st.offset == st.length]
+        (a crash between the last byte and completion, on any host). Both in worker threads: a
+        slow database (or disk) holds up no other task of the loop meanwhile."""
+        def empty_spool() -> None:
+            for p in self.spool_dir.iterdir():
+                p.unlink(missing_ok=True)
+        await anyio.to_thread.run_sync(empty_spool)
+        return [st for st in await self._db(self.records.unfinished) if st.offset == st.length]
 
     def _spool(self, st: UploadState, gen: int | None = None, spooled: int | None = None) -> Path:
         """The local copy of the incomplete part, named by what it holds: a file named for the
@@ -210,7 +222,7 @@ class UploadService:
 
     async def _drop_segments(self, st: UploadState, keys: Any) -> None:
         """Delete segments no record names any more (best effort: one left behind is an orphan
-        object under ``incomplete/<id>/``, which removing the upload does not find)."""
+        object under ``incomplete/<id>/``, for the orphan sweep)."""
         keys = list(keys)
         if not keys:
             return
@@ -227,18 +239,16 @@ class UploadService:
 
     # --- the requests --------------------------------------------------------------------------
 
-    def get(self, owner: str, upload_id: str) -> UploadState:
-        """The upload, if it is ``owner``'s (404 for an unknown id or another client's, 410 expired).
+    async def get(self, owner: str, upload_id: str) -> UploadState:
+        """The upload, if it is ``owner``'s (404 for an unknown id or another client's, 410
+        expired); its database read in a worker thread.
 
         Another client's upload is answered exactly as an id that never existed: a 403 would
         tell a prober which ids are live."""
         _check_id(upload_id)
-        return self._owned(owner, self.records.get(upload_id))
-
-    async def _read(self, owner: str, upload_id: str) -> UploadState:
-        """:meth:`get`, its database read in a worker thread (a request's path)."""
-        _check_id(upload_id)
         return self._owned(owner, await self._db(self.records.get, upload_id))
+
+    _read = get
 
     def _owned(self, owner: str, st: UploadState | None) -> UploadState:
         if st is None or st.owner != owner:
@@ -372,9 +382,10 @@ class UploadService:
                         extra={"event": "origin.discard_failed", "upload": st.id})
 
     async def _db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A write (or a scan) of the records, in a worker thread: the database's round trip and
-        commit (fsync) never hold up the event loop's other requests."""
-        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+        """Every read and write of the records, in a worker thread (at most ``db_threads`` at
+        once, as the catalogue's calls: more would only wait for a pooled connection): the
+        database's round trip and commit (fsync) never hold up the event loop's other requests."""
+        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs), limiter=self._db_limiter)
 
     async def _acquire(self, upload_id: str) -> tuple[int, UploadState]:
         """Take the upload's lease (see :mod:`.records`): its fence and the upload as it is now;
@@ -700,6 +711,54 @@ class UploadService:
             except (StoreUnavailable, Conflict, NotFound) as e:
                 log.warning("upload %s: expiring failed: %s", st.id, e, extra={"event": "origin.expire_failed"})
         return len(gone)
+
+    # --- orphans ----------------------------------------------------------------------------------
+
+    async def collect_orphans_once(self) -> tuple[int, int]:
+        """Delete the segments and abort the multipart uploads that no upload record will name
+        again and are older than ``orphan_grace_s`` (the rules: :mod:`.orphans`); how many of
+        each. The store is listed before the records are read, which the rules rely on. A store
+        or database that does not answer leaves everything to the next pass."""
+        try:
+            segments = [o async for o in self.store.list_objects(SEGMENT_PREFIX)]
+            strays = [u async for u in self.store.list_uploads(UPLOAD_PREFIX)]
+            ids = {upload_id_of(x.key) for x in (*segments, *strays)} - {None}
+            views = await self._db(self.records.views, ids) if ids else {}
+        except OriginError as e:
+            self.counts["orphan_sweep_failures"] += 1
+            log.warning("uploads: the orphan sweep could not list the store or read the records: %s", e,
+                        extra={"event": "origin.orphan_sweep_failed"})
+            return 0, 0
+        now = self.clock.time()
+        doomed = orphan_segments(segments, views, now=now, grace_s=self.orphan_grace_s)
+        deleted = 0
+        if doomed:
+            try:
+                kept = await self.store.delete_objects(doomed)
+            except OriginError as e:
+                kept = doomed
+                log.warning("uploads: deleting orphan segments failed: %s", e,
+                            extra={"event": "origin.orphan_sweep_failed"})
+            refused = set(kept)
+            gone = [k for k in doomed if k not in refused]
+            deleted = len(gone)
+            self.counts["orphan_segments_deleted"] += deleted
+            if gone:
+                log.info("uploads: deleted %d orphan segments", deleted,
+                         extra={"event": "origin.orphans_deleted", "keys": gone[:50]})
+        aborted = 0
+        for up in stray_multipart_uploads(strays, views, now=now, grace_s=self.orphan_grace_s):
+            try:
+                await self.store.abort(up.key, up.upload_id)
+            except OriginError as e:
+                log.warning("uploads: aborting stray multipart upload %s of %s failed: %s", up.upload_id, up.key, e,
+                            extra={"event": "origin.orphan_sweep_failed"})
+                continue
+            aborted += 1
+            self.counts["stray_uploads_aborted"] += 1
+            log.info("uploads: aborted stray multipart upload %s of %s", up.upload_id, up.key,
+                     extra={"event": "origin.stray_upload_aborted", "key": up.key})
+        return deleted, aborted
 
 
 def _check_id(upload_id: str) -> None:
