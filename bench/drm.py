@@ -73,6 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -264,26 +265,35 @@ def measure_webm(src: Path, out_root: Path, runs: int) -> list[Row]:
     """Ours and Shaka Packager, CMAF cenc and WebM, ``runs`` rounds in alternating order."""
     bins = _binaries()
     key, kid = secrets.token_bytes(16), secrets.token_bytes(16)
+
+    def run(who: str, fmt: str, out: Path) -> tuple[float, float]:
+        webm = fmt == "webm"
+        if who == "ours":
+            return _timed(lambda: _ours_dash(src, out, key, kid, webm=webm))
+        return _timed(lambda: _run_tool(shaka_video_argv(bins["packager"], src, out, key, kid, webm=webm)))
+
+    return _rounds(src, out_root, runs, [(who, fmt) for fmt in ("cmaf-cenc", "webm") for who in ("ours", "shaka")], run)
+
+
+def _rounds(src: Path, out_root: Path, runs: int, jobs: list[tuple[str, str]],
+            run: Callable[[str, str, Path], tuple[float, float]]) -> list[Row]:
+    """``runs`` rounds of every ``(who, scheme)`` job, each into a fresh folder, timed by
+    ``run``; within a round the jobs alternate order so drift in the machine's load hits each
+    alike."""
     size = src.stat().st_size
-    src.read_bytes()
+    src.read_bytes()  # into the page cache before the first timed run
     rows: dict[tuple[str, str], Row] = {}
-    jobs = [(who, fmt) for fmt in ("cmaf-cenc", "webm") for who in ("ours", "shaka")]
     for rnd in range(runs):
-        for who, fmt in (jobs if rnd % 2 == 0 else list(reversed(jobs))):
-            out = Path(tempfile.mkdtemp(prefix=f"{who}-{fmt}-", dir=out_root))
-            webm = fmt == "webm"
-            if who == "ours":
-                seconds, cpu = _timed(lambda: _ours_dash(src, out, key, kid, webm=webm))
-            else:
-                seconds, cpu = _timed(lambda: _run_tool(shaka_video_argv(bins["packager"], src, out, key, kid,
-                                                                         webm=webm)))
-            row = rows.setdefault((who, fmt), Row(who=who, scheme=fmt, input_bytes=size))
+        for who, scheme in (jobs if rnd % 2 == 0 else list(reversed(jobs))):
+            out = Path(tempfile.mkdtemp(prefix=f"{who}-{scheme}-", dir=out_root))
+            seconds, cpu = run(who, scheme, out)
+            row = rows.setdefault((who, scheme), Row(who=who, scheme=scheme, input_bytes=size))
             row.seconds.append(seconds)
             row.cpu_seconds.append(cpu)
             if not row.output_bytes:
                 object.__setattr__(row, "output_bytes", _folder_bytes(out))
             shutil.rmtree(out, ignore_errors=True)
-            print(f"  round {rnd + 1} {who:<6} {fmt:<9}: {seconds:6.2f} s = {size / seconds / MB:7.1f} MB/s, "
+            print(f"  round {rnd + 1} {who:<6} {scheme:<9}: {seconds:6.2f} s = {size / seconds / MB:7.1f} MB/s, "
                   f"CPU {cpu:5.2f} s = {size / cpu / MB:7.1f} MB per CPU-s", file=sys.stderr, flush=True)
     return list(rows.values())
 
@@ -315,32 +325,19 @@ def measure_packaging(src: Path, out_root: Path, runs: int) -> list[Row]:
     so drift in the machine's load hits each alike."""
     bins = _binaries()
     key, kid = secrets.token_bytes(16), secrets.token_bytes(16)
-    size = src.stat().st_size
-    src.read_bytes()  # into the page cache before the first timed run
-    rows: dict[tuple[str, str], Row] = {}
+
+    def run(who: str, scheme: str, out: Path) -> tuple[float, float]:
+        if who == "ours":
+            return _timed(lambda: _ours(src, out, scheme, key, kid))
+        if who == "cli":
+            return _timed(lambda: _run_tool(cli_argv(src, out, scheme, key, kid)))
+        if who == "shaka":
+            return _timed(lambda: _run_tool(shaka_argv(bins["packager"], src, out, scheme, key, kid)))
+        return _timed(lambda: _run_tool(ffmpeg_argv(bins["ffmpeg"], src, out, key, kid)))
+
     jobs = [(who, scheme) for scheme in SCHEMES for who in ("ours", "cli", "shaka", "ffmpeg")
             if not (who == "ffmpeg" and scheme != "cenc")]
-    for rnd in range(runs):
-        for who, scheme in (jobs if rnd % 2 == 0 else list(reversed(jobs))):
-            out = Path(tempfile.mkdtemp(prefix=f"{who}-{scheme}-", dir=out_root))
-            if who == "ours":
-                seconds, cpu = _timed(lambda: _ours(src, out, scheme, key, kid))
-            elif who == "cli":
-                seconds, cpu = _timed(lambda: _run_tool(cli_argv(src, out, scheme, key, kid)))
-            elif who == "shaka":
-                seconds, cpu = _timed(lambda: _run_tool(shaka_argv(bins["packager"], src, out, scheme, key, kid)))
-            else:
-                seconds, cpu = _timed(lambda: _run_tool(ffmpeg_argv(bins["ffmpeg"], src, out, key, kid)))
-            row = rows.setdefault((who, scheme), Row(who=who, scheme=scheme, input_bytes=size))
-            row.seconds.append(seconds)
-            row.cpu_seconds.append(cpu)
-            if not row.output_bytes:
-                object.__setattr__(row, "output_bytes", _folder_bytes(out))
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"  round {rnd + 1} {who:<6} {scheme}: {seconds:6.2f} s = {size / seconds / MB:7.1f} MB/s, "
-                  f"CPU {cpu:5.2f} s = {size / cpu / MB:7.1f} MB per CPU-s",
-                  file=sys.stderr, flush=True)
-    return list(rows.values())
+    return _rounds(src, out_root, runs, jobs, run)
 
 
 # --- AES ceilings ----------------------------------------------------------------------------------

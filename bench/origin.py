@@ -24,6 +24,10 @@ One run, in this order (never two measured things at once):
    - *tus, small PATCHes*: PATCHes of ``--small-chunk`` MiB (1), each ending inside a part: the
      origin stores the bytes past the last part as a segment of the incomplete part per PATCH
      (coalesced past ``max_incomplete_segments``) before it acknowledges them;
+   - *tus, PostgreSQL* and *tus, small, PostgreSQL*: the same two through a second origin whose
+     catalogue (so its upload records) is in PostgreSQL, a durable server this bench starts
+     (``--no-postgresql``: none), with its own data_dir and uploads bucket; PostgreSQL's
+     CPU-seconds beside the origin's;
    - *S3 multipart, 1 stream*: boto3 ``upload_file`` straight to the gateway, same part size,
      ``max_concurrency=1`` — the shape of the origin's own sending (one part at a time per upload);
    - *S3 multipart, 10 streams*: the same with boto3's default concurrency (10);
@@ -92,7 +96,8 @@ from typing import Any, Iterator
 from .ceilings import Ceiling, fsync_writes, loopback_tcp
 from .peers import PeerError, ProcessGroup, _HEADER, free_ports, headwater_cluster, wait_http
 
-__all__ = ["main", "split_tables", "origin_sections", "set_key", "summarise_collapsed", "ProfileSummary", "UploadRow",
+__all__ = ["main", "split_tables", "origin_sections", "postgres_origin_sections", "set_key", "summarise_collapsed",
+           "ProfileSummary", "UploadRow",
            "TranscodeRound"]
 
 MB = 1_000_000
@@ -100,6 +105,7 @@ MiB = 1 << 20
 STORE_TABLES = ("cluster", "objstore", "users", "gateway", "metadata", "storage")
 ORIGIN_TABLES = ("licence", "origin", "transcoder")
 OVERHEAD_GOAL = 0.10
+PG_UPLOADS_BUCKET = "uploads-pg"
 _RPC_PORT_LINE = re.compile(r"^\s*rpc_port\s*=")
 _PORT_LINE = re.compile(r"^(\s*(?:port|admin_port|tls_port)\s*=\s*)(\d+)(.*)$")
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cluster.toml"
@@ -191,16 +197,31 @@ class OriginRun:
         return ssl.create_default_context(cafile=str(self.ca))
 
 
+def postgres_origin_sections(body: str, *, dsn: str, data_dir: Path, bucket: str) -> str:
+    """The origin's sections (``origin_sections``'s text) for a second origin on PostgreSQL: its
+    own data_dir and uploads bucket (its records are another database's: sharing a bucket, each
+    origin's orphan sweep would take the other's segments for orphans)."""
+    body = set_key(body, "origin", "data_dir", json.dumps(str(data_dir)))
+    body = set_key(body, "origin", "uploads_bucket", json.dumps(bucket))
+    try:
+        body = set_key(body, "origin.catalogue", "backend", '"postgresql"')
+    except ValueError:
+        body += '\n[origin.catalogue]\nbackend = "postgresql"\n'
+    return set_key(body, "origin.catalogue", "dsn", json.dumps(dsn))
+
+
 @contextlib.contextmanager
-def origin_cluster(config: Path, work: Path, *, port_offset: int, part_size: int,
-                   max_upload: int) -> Iterator[tuple[Any, OriginRun]]:
-    """The object store (``headwater up`` on its sections) and ``headwater node origin``."""
+def origin_cluster(config: Path, work: Path, *, port_offset: int, part_size: int, max_upload: int,
+                   postgres_dsn: str | None = None) -> Iterator[tuple[Any, OriginRun, OriginRun | None]]:
+    """The object store (``headwater up`` on its sections) and ``headwater node origin``; with
+    ``postgres_dsn`` a second origin process whose catalogue (and upload records) are in that
+    PostgreSQL database (its own ports, data_dir and uploads bucket ``uploads-pg``)."""
     text = config.read_text()
     store_src = work / "store-src.toml"
     store_src.write_text(set_key(split_tables(text, STORE_TABLES), "cluster", "log_level", '"warning"'))
     with headwater_cluster(store_src, work / "store", port_offset=port_offset, ready_timeout_s=240) as endpoint:
         full = work / "store" / "full.toml"
-        ports = iter(free_ports(16))
+        ports = iter(free_ports(32))
         full.write_text((work / "store" / "cluster.toml").read_text()
                         + origin_sections(text, ports, part_size=part_size, max_upload=max_upload))
         from headwater.config import load
@@ -213,8 +234,23 @@ def origin_cluster(config: Path, work: Path, *, port_offset: int, part_size: int
             wait_http(admin + "/healthz", timeout_s=240, procs=procs, ok=lambda s: s == 200)
             from headwater.localca import CA_CERT_FILE, ca_folder
 
-            yield endpoint, OriginRun(config=full, url=f"https://{cfg.origin.host}:{cfg.origin.port}",
-                                      admin_url=admin, ca=ca_folder(cfg) / CA_CERT_FILE, pid=proc.pid)
+            run = OriginRun(config=full, url=f"https://{cfg.origin.host}:{cfg.origin.port}",
+                            admin_url=admin, ca=ca_folder(cfg) / CA_CERT_FILE, pid=proc.pid)
+            pg_run = None
+            if postgres_dsn is not None:
+                # After the first is up: the local CA it made is the second's too.
+                pg_conf = work / "store" / "full-pg.toml"
+                pg_conf.write_text((work / "store" / "cluster.toml").read_text() + postgres_origin_sections(
+                    origin_sections(text, ports, part_size=part_size, max_upload=max_upload), dsn=postgres_dsn,
+                    data_dir=work / "origin-pg", bucket=PG_UPLOADS_BUCKET))
+                pg_cfg = load(pg_conf)
+                pg_proc = procs.start("origin-pg", [_headwater(), "node", pg_cfg.origin.id, "-c", str(pg_conf)],
+                                      cwd=work)
+                pg_admin = f"http://{pg_cfg.origin.host}:{pg_cfg.origin.admin_port}"
+                wait_http(pg_admin + "/healthz", timeout_s=240, procs=procs, ok=lambda s: s == 200)
+                pg_run = OriginRun(config=pg_conf, url=f"https://{pg_cfg.origin.host}:{pg_cfg.origin.port}",
+                                   admin_url=pg_admin, ca=ca_folder(pg_cfg) / CA_CERT_FILE, pid=pg_proc.pid)
+            yield endpoint, run, pg_run
         finally:
             procs.stop()
 
@@ -256,6 +292,7 @@ class UploadRow:
     seconds: list[float] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
     origin_cpu: list[float] = field(default_factory=list)  # the origin process's CPU-seconds (tus rows)
+    db_cpu: list[float] = field(default_factory=list)  # PostgreSQL's processes' CPU-seconds (its tus rows)
 
     @property
     def best_mb_s(self) -> float:
@@ -317,22 +354,56 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_of_tree(root: int) -> float:
+    """CPU-seconds of ``root`` and every live process below it (a PostgreSQL server: runuser,
+    the postmaster and its backends; the pooled connections live as long as the origin, so none
+    of their work is lost between two readings)."""
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, clock ticks)
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, grown = {root}, True
+    while grown:
+        below = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
+        grown = bool(below)
+        tree |= below
+    return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
+#: The rows' names (``--rows``), in the order each round runs them.
+UPLOAD_ROWS = ("tus", "tus1", "tus_small", "tus_pg", "tus_small_pg", "mpu1", "mpu10", "put", "put_small")
+
+
 def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: int, rounds: int,
-                    uploads_bucket: str, small_chunk: int = MiB) -> list[UploadRow]:
+                    uploads_bucket: str, small_chunk: int = MiB, pg_origin: OriginRun | None = None,
+                    pg_pid: int | None = None, only: tuple[str, ...] | None = None) -> list[UploadRow]:
     """Every upload row ``rounds`` times (order reversed every other round), each object deleted
-    after its run."""
+    after its run. With ``pg_origin`` (the origin on PostgreSQL, its server's process
+    root ``pg_pid``) the tus rows of 8 MiB and small PATCHes are run through it too."""
     from boto3.s3.transfer import TransferConfig
 
     s3 = _s3(endpoint)
     _ensure_bucket(s3, "bench")
     _ensure_bucket(s3, uploads_bucket)
+    if pg_origin is not None:
+        _ensure_bucket(s3, PG_UPLOADS_BUCKET)
     size = src.stat().st_size
     token = _token(origin.config, "creator-app", "upload")
+    pg_token = _token(pg_origin.config, "creator-app", "upload") if pg_origin is not None else ""
     rows = {
         "tus": UploadRow(who="tus via the origin", how=f"httpx PATCHes of {part_size // MiB} MiB, TLS", size=size),
         "tus1": UploadRow(who="tus, one PATCH", how="the whole file in one PATCH, TLS", size=size),
         "tus_small": UploadRow(who="tus, small PATCHes",
                                how=f"httpx PATCHes of {small_chunk / MiB:g} MiB (ending mid-part), TLS", size=size),
+        "tus_pg": UploadRow(who="tus, PostgreSQL", how="as 'tus via the origin', the records in PostgreSQL",
+                            size=size),
+        "tus_small_pg": UploadRow(who="tus, small, PostgreSQL",
+                                  how="as 'tus, small PATCHes', the records in PostgreSQL", size=size),
         "mpu1": UploadRow(who="S3 multipart, 1 stream", how=f"boto3, {part_size // MiB} MiB parts, concurrency 1",
                           size=size),
         "mpu10": UploadRow(who="S3 multipart, 10 streams",
@@ -343,16 +414,27 @@ def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: i
                                    "shape: their floor)", size=size),
     }
 
+    if pg_origin is None:
+        del rows["tus_pg"], rows["tus_small_pg"]
+    if only is not None:
+        rows = {k: v for k, v in rows.items() if k in only}
+
     def run(name: str) -> None:
-        c0, o0 = _cpu_self(), _cpu_of(origin.pid)
-        if name in ("tus", "tus1", "tus_small"):
-            chunk = {"tus": part_size, "tus1": size, "tus_small": small_chunk}[name]
-            seconds, upload_id = tus_upload(origin, token, src, chunk=chunk)
+        on_pg = name.endswith("_pg")
+        by = pg_origin if on_pg and pg_origin is not None else origin
+        c0, o0 = _cpu_self(), _cpu_of(by.pid)
+        d0 = _cpu_of_tree(pg_pid) if on_pg and pg_pid else 0.0
+        if name.startswith("tus"):
+            chunk = {"tus": part_size, "tus1": size, "tus_small": small_chunk}[name.removesuffix("_pg")]
+            seconds, upload_id = tus_upload(by, pg_token if on_pg else token, src, chunk=chunk)
             key = f"uploads/{upload_id}"
-            got = s3.head_object(Bucket=uploads_bucket, Key=key)["ContentLength"]
+            bucket = PG_UPLOADS_BUCKET if on_pg else uploads_bucket
+            got = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
             if got != size:
                 raise PeerError(f"the origin stored {got} bytes of {size}")
-            s3.delete_object(Bucket=uploads_bucket, Key=key)
+            s3.delete_object(Bucket=bucket, Key=key)
+            if on_pg and pg_pid:
+                rows[name].db_cpu.append(_cpu_of_tree(pg_pid) - d0)
         else:
             key = f"bench-{name}-{secrets.token_hex(4)}"
             t0 = time.perf_counter()
@@ -385,7 +467,7 @@ def measure_uploads(endpoint: Any, origin: OriginRun, src: Path, *, part_size: i
             s3.delete_object(Bucket="bench", Key=key)
         rows[name].seconds.append(seconds)
         rows[name].client_cpu.append(_cpu_self() - c0)
-        rows[name].origin_cpu.append(_cpu_of(origin.pid) - o0)
+        rows[name].origin_cpu.append(_cpu_of(by.pid) - o0)
         _log(f"  {rows[name].who:<26} {seconds:7.2f} s = {size / seconds / MB:7.1f} MB/s  (load {_loadavg()})")
 
     order = list(rows)
@@ -712,19 +794,29 @@ def render(rows: list[UploadRow], ceilings: list[Ceiling], rounds: list[Transcod
     if rows:
         size = rows[0].size
         by = {r.who: r for r in rows}
-        tus = by["tus via the origin"]
+        tus = by.get("tus via the origin", rows[0])
         out.append("")
         out.append(f"Uploads of {size // MiB} MiB (random bytes), {len(tus.seconds)} run(s) each: "
                    "MB/s median (best)")
-        out.append(f"  {'row':<28}{'MB/s':>9}{'best':>9}  {'tus / this':>10}{'origin CPU s':>13}  how")
+        out.append(f"  {'row':<28}{'MB/s':>9}{'best':>9}  {'tus / this':>10}{'origin CPU s':>13}{'PG CPU s':>9}  how")
         for r in rows:
             ratio = tus.median_mb_s / r.median_mb_s if r.median_mb_s else 0.0
             cpu = f"{statistics.median(r.origin_cpu):13.2f}" if r.who.startswith("tus") and r.origin_cpu \
                 else f"{'-':>13}"
-            out.append(f"  {r.who:<28}{r.median_mb_s:9.1f}{r.best_mb_s:9.1f}  {ratio:9.2f}x{cpu}  {r.how}")
-        mpu1, mpu10 = by["S3 multipart, 1 stream"], by["S3 multipart, 10 streams"]
-        out.append(f"  ratio tus / S3 multipart: {tus.median_mb_s / mpu1.median_mb_s:.2f}x of the same shape "
-                   f"(1 stream), {tus.median_mb_s / mpu10.median_mb_s:.2f}x of boto3's default (10 streams)")
+            db = f"{statistics.median(r.db_cpu):9.2f}" if r.db_cpu else f"{'-':>9}"
+            out.append(f"  {r.who:<28}{r.median_mb_s:9.1f}{r.best_mb_s:9.1f}  {ratio:9.2f}x{cpu}{db}  {r.how}")
+        mpu1, mpu10 = by.get("S3 multipart, 1 stream"), by.get("S3 multipart, 10 streams")
+        if mpu1 is not None and mpu10 is not None and tus is by.get("tus via the origin"):
+            out.append(f"  ratio tus / S3 multipart: {tus.median_mb_s / mpu1.median_mb_s:.2f}x of the same shape "
+                       f"(1 stream), {tus.median_mb_s / mpu10.median_mb_s:.2f}x of boto3's default (10 streams)")
+        pairs = [("tus via the origin", "tus, PostgreSQL"), ("tus, small PATCHes", "tus, small, PostgreSQL")]
+        for lite, pg in pairs:
+            if lite in by and pg in by and by[pg].median_mb_s:
+                a, b = by[lite], by[pg]
+                pg_cpu = statistics.median(b.db_cpu or [0.0])
+                out.append(f"  {pg} / {lite}: {b.median_mb_s / a.median_mb_s:.2f}x the MB/s; origin CPU-s "
+                           f"{statistics.median(b.origin_cpu):.2f} + PostgreSQL {pg_cpu:.2f} against "
+                           f"{statistics.median(a.origin_cpu):.2f} (SQLite inside the origin)")
         out.append("  ceilings of this run:")
         for c in ceilings:
             out.append(f"    {c.name:<18} {c.value:9.2f} {c.unit:<6} {c.how}")
@@ -804,6 +896,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "headwater-bench" / "origin")
     p.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir under var/ of the repo's disk")
     p.add_argument("--profile", metavar="FILE", type=Path, help="py-spy the origin during one more tus upload")
+    p.add_argument("--no-postgresql", action="store_true",
+                   help="no second origin on PostgreSQL (by default the bench starts a PostgreSQL server and "
+                        "an origin on it for the rows 'tus, PostgreSQL' and 'tus, small, PostgreSQL')")
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated rows to run (default all): {','.join(UPLOAD_ROWS)}")
     p.add_argument("--no-upload", action="store_true")
     p.add_argument("--no-transcode", action="store_true")
     p.add_argument("--package", choices=("while", "after"), default=None,
@@ -822,10 +919,32 @@ def main(argv: list[str] | None = None) -> int:
     rounds_out: list[TranscodeRound] = []
     setup: dict[str, Any] = {}
     profile: ProfileSummary | None = None
+    only = tuple(x.strip() for x in args.rows.split(",")) if args.rows else None
+    if only is not None and set(only) - set(UPLOAD_ROWS):
+        p.error(f"--rows: unknown {', '.join(sorted(set(only) - set(UPLOAD_ROWS)))}")
+    pg_server = None
     try:
-        with origin_cluster(args.config, base, port_offset=args.port_offset, part_size=part,
-                            max_upload=size) as (endpoint, origin):
-            _log(f"store {endpoint.url}, origin {origin.url} (config {origin.config})")
+        wants_pg = only is None or bool({"tus_pg", "tus_small_pg"} & set(only))
+        if not args.no_postgresql and not args.no_upload and wants_pg:
+            from .postgres_server import find_initdb, start_postgres
+
+            if find_initdb() is None:
+                _log("PostgreSQL is not installed (Debian package postgresql): no PostgreSQL rows")
+            else:
+                # Durable as an operator runs it (the tests' server has fsync off): an upload's
+                # offset is acknowledged after its record's commit.
+                pg_server = start_postgres(60, port=free_ports(1)[0],
+                                           settings={"fsync": "on", "synchronous_commit": "on",
+                                                     "full_page_writes": "on"})
+                import psycopg
+
+                with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+                    conn.execute("CREATE DATABASE origin")
+        with origin_cluster(args.config, base, port_offset=args.port_offset, part_size=part, max_upload=size,
+                            postgres_dsn=pg_server.dsn("origin") if pg_server is not None else None) \
+                as (endpoint, origin, pg_origin):
+            _log(f"store {endpoint.url}, origin {origin.url} (config {origin.config})"
+                 + (f", origin on PostgreSQL {pg_origin.url}" if pg_origin is not None else ""))
             if not args.no_upload:
                 _log("ceilings")
                 ceilings.append(loopback_tcp(seconds=2.0, port=free_ports(1)[0]))
@@ -839,7 +958,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 rows = measure_uploads(endpoint, origin, src, part_size=part, rounds=rounds,
                                        uploads_bucket=load(origin.config).origin.uploads_bucket,
-                                       small_chunk=int(args.small_chunk * MiB))
+                                       small_chunk=int(args.small_chunk * MiB), pg_origin=pg_origin,
+                                       pg_pid=pg_server.proc.pid if pg_server is not None else None, only=only)
                 if args.profile:
                     profile = profile_upload(origin, src, args.profile, part_size=part)
                 src.unlink()
@@ -854,6 +974,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"origin bench: {e}", file=sys.stderr)
         return 1
     finally:
+        if pg_server is not None:
+            pg_server.stop()
         if args.work_dir is None:
             shutil.rmtree(base, ignore_errors=True)
     load_end = _loadavg()

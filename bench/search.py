@@ -33,7 +33,9 @@ prefix, filters, ranked top page plus a capped count), as the issue asks to cons
 
 PostgreSQL searches its local search index by default (``--search local``: built from the
 database first, the build timed; origin/catalogue/localsearch.py), or the database itself
-(``--search database``); ``--check-pages`` compares the two on every query.
+(``--search database``); ``--check-pages`` compares the two on every query. ``--database-away``
+then stops the throwaway server and times the queries again: the local index answering alone,
+marked stale, as an origin does while its database is down.
 
 One client, one query at a time: the figures are latencies; queries/s is 1 / mean latency.
 """
@@ -376,7 +378,7 @@ def _same_pages(catalogue, queries: list[BenchQuery]) -> dict[str, int]:
 def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work: Path,
                    fresh: bool, dsn: str | None = None, pg: argparse.Namespace | None = None) -> dict:
     server = None
-    index_s = same = None
+    index_s = same = away = None
     if backend == "sqlite":
         db = work / f"catalogue-{len(cat.drafts)}.sqlite3"
         if fresh and db.exists():
@@ -438,6 +440,8 @@ def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work
                 ceilings.update(_local_ceiling(catalogue, queries))
                 if pg is not None and pg.check_pages:
                     same = _same_pages(catalogue, queries)
+                if pg is not None and pg.database_away and server is not None:
+                    away = _database_away(catalogue, server, queries)
         finally:
             catalogue.close()
     finally:
@@ -445,7 +449,22 @@ def _bench_backend(backend: str, cat: Catalogue, queries: list[BenchQuery], work
             server.stop()
     return {"seed_s": seed_s, "stats": stats, "ceilings": ceilings, "index_build_s": index_s,
             "search": "local" if backend == "postgresql" and (pg is None or pg.search == "local")
-            else "database", "same_pages": same}
+            else "database", "same_pages": same, "away": away}
+
+
+def _database_away(catalogue, server, queries: list[BenchQuery]) -> dict[str, dict]:
+    """The queries again with the database's server stopped: every page from the local index
+    alone, marked stale. The configuration's own breaker: once per search_retry_s (5 s) one
+    search probes the database and waits for a connection up to search_wait_s (1 s), unless
+    the worker's failing polls kept the breaker open meanwhile."""
+    server.stop()
+    print("postgresql: server stopped; the queries again, the database away", file=sys.stderr)
+
+    def stale(q: BenchQuery) -> None:
+        if catalogue.search(q.query).stale_s is None:
+            raise RuntimeError("a search with the database away was not marked stale")
+
+    return _time_queries(stale, queries)
 
 
 def _print_table(name: str, stats: dict[str, dict]) -> None:
@@ -481,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="PostgreSQL: search its local index (built from the database first, timed) or the database")
     ap.add_argument("--check-pages", action="store_true",
                     help="PostgreSQL, local: also compare every query's page with the database's own search")
+    ap.add_argument("--database-away", action="store_true",
+                    help="PostgreSQL, local, throwaway server: then stop the server and time the queries again "
+                         "(answered by the local index alone, marked stale)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hw-bench-search-"))
@@ -512,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(f"{b}{seeded}{mode}", r["stats"])
         if r.get("same_pages"):
             print(f"  pages, local index vs the database's search: {r['same_pages']}")
+        if r.get("away"):
+            _print_table("postgresql, the database away (the local index alone, stale)", r["away"])
         verdict = "met" if r["stats"]["all"]["p99_ms"] < GOAL_P99_MS else "missed"
         print(f"  goal p99 < {GOAL_P99_MS:.0f} ms: {verdict}")
         print("  ceilings (same run):")

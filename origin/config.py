@@ -29,6 +29,10 @@ line) into frozen dataclasses; every origin default lives here. Keys of ``[origi
     upload_retention_seconds                  (604800: a completed upload's record is removed
                                                this long after completion, with its object
                                                if no title was made from it)
+    upload_orphan_grace_seconds               (3600: an object of the uploads bucket no upload
+                                               record names (a segment left by a crash, a stray
+                                               multipart upload) is removed once this old; more
+                                               than upload_lease_seconds + a store request's 30 s)
     allowed_origins, cors_max_age_seconds     (CORS for browser tus clients: [] = any origin; 600)
     [origin.oauth]    issuer, audience, jwks_url, jwks_refresh_seconds, jwks_min_refresh_seconds,
                       jwks_max_size, jwks_max_keys, leeway_seconds, token_lifetime_seconds
@@ -67,6 +71,9 @@ from headwater.config import TLS_AUTO, GiB, HttpLimits, KiB, MiB, Reader, read_h
 from .auth.ratelimit import RateLimits, read_rate_limits
 from .catalogue.config import CatalogueConfig, read_catalogue
 from .delivery.config import DeliveryConfig, read_delivery
+
+#: Each request of the upload service to the object store waits at most this long.
+UPLOAD_STORE_TIMEOUT_S = 30.0
 
 __all__ = ["ClientConfig", "UserConfig", "OAuthConfig", "OriginConfig", "read_origin", "ORIGIN_HTTP_LIMITS", "SCOPES",
            "MIN_PART_SIZE"]
@@ -161,6 +168,7 @@ class OriginConfig:
     max_unverified_spool_bytes: int = 2 * GiB
     min_spool_free_bytes: int = 1 * GiB
     upload_retention_s: float = 7 * 86400.0
+    upload_orphan_grace_s: float = 3600.0
     allowed_origins: tuple[str, ...] = ()
     cors_max_age_s: int = 600
     oauth: OAuthConfig = OAuthConfig()
@@ -215,7 +223,7 @@ class OriginConfig:
 _KEYS = {"id", "host", "port", "admin_port", "tls", "tls_cert", "tls_key", "data_dir", "s3_endpoint", "access_key",
          "secret_key", "region", "uploads_bucket", "part_size", "max_upload_size", "max_uploads_per_client",
          "max_parts_in_flight", "upload_expiry_seconds", "max_metadata_size", "state_map_size", "allowed_origins",
-         "max_unverified_spool", "min_spool_free", "upload_retention_seconds",
+         "max_unverified_spool", "min_spool_free", "upload_retention_seconds", "upload_orphan_grace_seconds",
          "cors_max_age_seconds", "oauth", "upload_lease_seconds", "max_incomplete_segments", "clients", "limits",
          "catalogue", "catalogue_threads",
          "videos_bucket", "delivery", "rate_limits", "users", "hosts"}
@@ -402,6 +410,14 @@ def _read_origin_table(r: Reader, item: Mapping[str, Any], p: str) -> OriginConf
     segments = r.get(item, "max_incomplete_segments", p, int, 8)
     if not 1 <= segments <= 1000:
         raise r.error(f"{p}.max_incomplete_segments", "must be between 1 and 1000")
+    lease = r.positive(item, "upload_lease_seconds", p, 30.0)
+    grace = r.positive(item, "upload_orphan_grace_seconds", p, 3600.0)
+    if grace <= lease + UPLOAD_STORE_TIMEOUT_S:
+        # A segment is named by its record within a lease of its PUT (the request's fence);
+        # the margin is the PUT itself, which may take a store request's whole timeout.
+        raise r.error(f"{p}.upload_orphan_grace_seconds",
+                      f"{grace:g} must be more than upload_lease_seconds + {UPLOAD_STORE_TIMEOUT_S:g} s "
+                      f"({lease + UPLOAD_STORE_TIMEOUT_S:g}): a segment being written would look orphaned")
     threads = r.get(item, "catalogue_threads", p, int, 8)
     if not 1 <= threads <= 256:
         raise r.error(f"{p}.catalogue_threads", "must be between 1 and 256")
@@ -420,7 +436,7 @@ def _read_origin_table(r: Reader, item: Mapping[str, Any], p: str) -> OriginConf
         upload_expiry_s=r.positive(item, "upload_expiry_seconds", p, 86400.0),
         max_metadata_bytes=r.size(item, "max_metadata_size", p, 4 * KiB),
         state_map_bytes=r.size(item, "state_map_size", p, 64 * MiB),
-        upload_lease_s=r.positive(item, "upload_lease_seconds", p, 30.0),
+        upload_lease_s=lease, upload_orphan_grace_s=grace,
         max_incomplete_segments=segments,
         max_unverified_spool_bytes=unverified,
         min_spool_free_bytes=r.size(item, "min_spool_free", p, 1 * GiB),

@@ -49,7 +49,7 @@ from .auth.issuer import ClientRegistry, Issuer, load_signing_key, users_from_co
 from .auth.login import UserDirectory
 from .auth.jwks import JwksSource
 from .auth.tokens import AccessKey, AccessTokenVerifier
-from .config import OriginConfig
+from .config import UPLOAD_STORE_TIMEOUT_S, OriginConfig
 from .errors import StoreUnavailable
 from .queuegauges import JobQueueGauges
 from .upload.janitor import UploadJanitor
@@ -104,10 +104,14 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     if node.part_size < min_part:
         raise ValueError(f"origin: part_size {node.part_size} is below the store's min_part_size {min_part}")
     store = MultipartStore(client, endpoint=endpoint, bucket=node.uploads_bucket, access_key=access,
-                           secret_key=secret, region=region, clock=clock)
+                           secret_key=secret, region=region, clock=clock, timeout_s=UPLOAD_STORE_TIMEOUT_S)
     catalogue_config = node.catalogue_config
     # Opening migrates the schema (and waits on another host's migration): off the event loop.
     catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
+    # PostgreSQL: no more threads than pooled connections (a thread would only wait for one);
+    # the catalogue's calls and the upload records' each have that many.
+    threads = node.catalogue_threads if catalogue_config.backend == "sqlite" \
+        else min(node.catalogue_threads, catalogue_config.pool_size)
     # The upload records live in the catalogue's database: every origin host on it shares them.
     records = UploadRecords(catalogue, clock=clock, lease_s=node.upload_lease_s)
 
@@ -122,7 +126,8 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                             max_unverified_spool_bytes=node.max_unverified_spool_bytes,
                             min_spool_free_bytes=node.min_spool_free_bytes, retention_s=node.upload_retention_s,
                             clock=clock, source_in_use=source_in_use, host_id=node.id,
-                            max_incomplete_segments=node.max_incomplete_segments)
+                            max_incomplete_segments=node.max_incomplete_segments,
+                            orphan_grace_s=node.upload_orphan_grace_s, db_threads=threads)
 
     issuer: Issuer | None = None
     jwks: JwksSource | None = None
@@ -153,9 +158,6 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                                    on_unknown_kid=jwks.request_refresh if jwks is not None else None)
     # PostgreSQL: open the local search index now (or start its rebuild), not at the first search.
     await anyio.to_thread.run_sync(catalogue.warm_search)
-    # PostgreSQL: no more threads than pooled connections (a thread would only wait for one).
-    threads = node.catalogue_threads if catalogue_config.backend == "sqlite" \
-        else min(node.catalogue_threads, catalogue_config.pool_size)
     runner = CatalogueRunner(catalogue, threads=threads)
     delivery = node.delivery
     videos = MultipartStore(client, endpoint=endpoint, bucket=node.videos_bucket, access_key=access,
@@ -172,9 +174,10 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                                                  timeout_s=delivery.purge_timeout_s)
     purges = PurgeWorker(catalogue, purger.purge if purger is not None else None, versions=versions,
                          worker=f"{node.id}:{os.getpid()}", clock=clock)
+    search = SearchApi(catalogue=runner)
     routes = [*TitlesApi(catalogue=runner, uploads=uploads, verifier=verifier,
                          uploads_bucket=node.uploads_bucket, media_base_url=playback.cdn_base_url).routes(),
-              *SearchApi(catalogue=runner).routes()]
+              *search.routes()]
     web = WebSite(csp=page_csp(cdn_url=playback.cdn_base_url, licence_url=playback.licence_url))
     if web.missing:
         log.warning("origin: the web page's libraries are not installed (run `make setup`): %s",
@@ -185,12 +188,13 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     queue = JobQueueGauges(catalogue.ready_jobs, registry, kinds=(TRANSCODE_KIND, PURGE_JOB), clock=clock)
 
     def counts() -> dict[str, Any]:
-        return {**uploads.counts, **app.counts, **runner.statistics(), **objects.counts, **versions.counts,
-                **playback.counts, **purges.counts}
+        return {**uploads.counts, **app.counts, **runner.statistics(), **search.statistics(), **objects.counts,
+                **versions.counts, **playback.counts, **purges.counts}
     export_stats(registry, "hw_origin", counts)
 
     async def health() -> dict[str, Any]:
-        return {**counts(), "uploads": records.count(), "catalogue": catalogue_config.backend, "tls": tls is not None,
+        stored = await anyio.to_thread.run_sync(records.count)  # a database read: off the loop
+        return {**counts(), "uploads": stored, "catalogue": catalogue_config.backend, "tls": tls is not None,
                 "issuer": node.issuer, "builtin_issuer": issuer is not None, "pid": os.getpid()}
 
     janitor = UploadJanitor(uploads, interval_s=min(60.0, node.upload_expiry_s / 10), clock=clock)
@@ -212,7 +216,7 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                 raise RuntimeError(f"origin: the upload records in {node.state_dir} (the previous version's) "
                                    f"need the object store to be brought over; start again once it is up: "
                                    f"{e}") from None
-            pending = uploads.recover()
+            pending = await uploads.recover()
             try:
                 await uploads.finish_pending(pending)
             except StoreUnavailable as e:

@@ -16,7 +16,7 @@ __all__ = [
     "TooManyRequests", "RateLimited", "OriginNotAllowed", "StoreUnavailable", "InvalidClient", "InvalidGrant",
     "InvalidScope", "UnsupportedGrantType", "TranscodeError", "InvalidMedia", "TranscodeFailed", "InvalidJson",
     "InvalidTitleRequest", "UploadNotFinished", "TitleNotFound", "TitleConflict", "BadSearch",
-    "CatalogueUnavailable", "Withdrawn", "NotPublished", "PlaybackUnavailable", "from_catalogue", "wire_of",
+    "CatalogueUnavailable", "SearchUnavailable", "Withdrawn", "NotPublished", "PlaybackUnavailable", "from_catalogue", "wire_of",
 ]
 
 from .catalogue import errors as catalogue_errors
@@ -293,6 +293,17 @@ class CatalogueUnavailable(OriginError):
     code = "catalogue_unavailable"
 
 
+class SearchUnavailable(CatalogueUnavailable):
+    """A search while the catalogue's database is away and this host's local search index is
+    older than its bound (or not built): retry later."""
+
+    code = "search_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 _FROM_CATALOGUE: dict[type[catalogue_errors.CatalogueError], type[OriginError]] = {
     catalogue_errors.BadQuery: BadSearch,
     catalogue_errors.InvalidTitle: InvalidTitleRequest,
@@ -301,6 +312,7 @@ _FROM_CATALOGUE: dict[type[catalogue_errors.CatalogueError], type[OriginError]] 
     catalogue_errors.LeaseLost: TitleConflict,
     catalogue_errors.JobNotFound: NotFound,
     catalogue_errors.BackendUnavailable: CatalogueUnavailable,
+    catalogue_errors.SearchUnavailable: SearchUnavailable,
 }
 
 

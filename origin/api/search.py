@@ -5,25 +5,33 @@
 
     {"q": "night trian", "hits": [{"id", "title", "category", "year", "language", "duration_s",
      "score"}], "total": 2, "total_exact": true, "page": 1, "per_page": 20, "pages": 1,
-     "next": null, "corrections": {"trian": "train"}, "facets": {"category": {"drama": 2}}}
+     "next": null, "corrections": {"trian": "train"}, "facets": {"category": {"drama": 2}},
+     "stale_seconds": null}
 
 ``total`` is exact up to ``exact_total_max`` matches (200; ``[origin.catalogue]``); past it
 ``total_exact`` is false, ``total`` is that bound ("more than 200"), ``pages`` counts only its
 pages and the facets count ``exact_total_max`` + 1 matches; ``next`` pages on to ``max_offset``
 whatever the total says.
+``stale_seconds`` is null when the page saw every change committed before the search; while
+the catalogue's database cannot be reached (PostgreSQL, ``search = "local"``) the page comes
+from this host's search index alone, ``stale_seconds`` says how old it is (whole seconds since it
+last matched the database, rounded up) and so does the ``X-Search-Stale`` header; past
+``search_stale_max_seconds`` the answer is 503 ``search_unavailable`` with Retry-After.
 ``GET /api/categories`` and ``GET /api/languages`` answer ``{"categories": [{"slug", "name"}]}``
 and ``{"languages": [{"code", "name"}]}``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from urllib.parse import urlencode
 
 from headwater.http import Request, Response
 
 from ..catalogue import SearchPage, parse_search_params
-from ..errors import BadSearch
+from ..catalogue.breaker import BreakerState
+from ..errors import BadSearch, SearchUnavailable
 from .runner import CatalogueRunner
 from .wire import Route, json_response, query_params
 
@@ -37,6 +45,7 @@ class SearchApi:
 
     def __init__(self, *, catalogue: CatalogueRunner) -> None:
         self.catalogue = catalogue
+        self.counts = {"search_stale_answers": 0, "search_unavailable": 0}
 
     def routes(self) -> list[Route]:
         """This module's routes, for the app's table."""
@@ -53,8 +62,27 @@ class SearchApi:
             {**{k: v for k, v in params.items() if k not in ("page", "per_page")},
              "limit": str(per_page), "offset": str((page - 1) * per_page)}, limits)
         query = replace(query, with_total=True)
-        result = await self.catalogue.call(lambda cat: cat.search(query))
-        return json_response(200, search_json(result, params, page=page, per_page=per_page))
+        try:
+            result = await self.catalogue.call(lambda cat: cat.search(query))
+        except SearchUnavailable:
+            self.counts["search_unavailable"] += 1
+            raise
+        doc = search_json(result, params, page=page, per_page=per_page)
+        if doc["stale_seconds"] is None:
+            return json_response(200, doc)
+        self.counts["search_stale_answers"] += 1
+        return json_response(200, doc, (("x-search-stale", str(doc["stale_seconds"])),))
+
+    def statistics(self) -> dict[str, float]:
+        """Searches answered stale and refused (the database away); the local index's age
+        (seconds since it last matched the database; -1: not yet; 0 without one) and whether
+        searches skip the database now (the breaker open or probing)."""
+        index = getattr(self.catalogue.catalogue, "search_index", None)
+        if index is None:  # SQLite, or search = "database": always current, never skipped
+            return {**self.counts, "search_index_age_seconds": 0.0, "search_database_skipped": 0}
+        age = index.staleness_s()
+        return {**self.counts, "search_index_age_seconds": -1.0 if age is None else age,
+                "search_database_skipped": int(index.breaker.state is not BreakerState.CLOSED)}
 
     async def categories(self, request: Request, args: tuple[str, ...]) -> Response:
         rows = await self.catalogue.call(lambda cat: cat.categories())
@@ -87,4 +115,5 @@ def search_json(result: SearchPage, params: dict[str, str], *, page: int, per_pa
         "total": total, "total_exact": result.total_exact, "page": page, "per_page": per_page,
         "pages": -(-total // per_page), "next": nxt, "corrections": dict(result.corrections),
         "facets": {"category": dict(result.facets)},
+        "stale_seconds": None if result.stale_s is None else math.ceil(result.stale_s),
     }

@@ -18,6 +18,7 @@ _EXPORTS = {
     "CatalogueConfig": ".config",
     "read_catalogue": ".config",
     "BackendUnavailable": ".errors",
+    "SearchUnavailable": ".errors",
     "BadQuery": ".errors",
     "CatalogueError": ".errors",
     "IllegalTransition": ".errors",
@@ -39,14 +40,16 @@ _EXPORTS = {
     "TitleDraft": ".records",
     "TitleState": ".records",
     "SqlCatalogue": ".store",
+    "RetiredVersion": ".versions",
 }
 
 __all__ = [
     "open_catalogue", "CatalogueConfig", "read_catalogue", "SqlCatalogue",
     "CatalogueError", "BadQuery", "InvalidTitle", "TitleNotFound", "IllegalTransition", "LeaseLost",
-    "JobNotFound", "BackendUnavailable",
+    "JobNotFound", "BackendUnavailable", "SearchUnavailable",
     "SearchQuery", "SearchLimits", "SearchPage", "SearchHit", "parse_search_params",
     "Title", "TitleDraft", "TitleState", "Person", "Rendition", "Job", "JobState", "Lease",
+    "RetiredVersion",
 ]
 
 

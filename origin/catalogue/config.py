@@ -12,6 +12,13 @@ Keys (every default here)::
                        the published titles' search index (<origin data_dir>/search-index.sqlite3,
                        derived data fed from the database's search feed: localsearch.py), or
                        "database": every search runs in PostgreSQL; SQLite ignores it
+    search_wait_seconds        search = "local": how long a search waits for a database
+                       connection before it answers from the local index alone (1)
+    search_retry_seconds       after the database failed a search, searches answer from the
+                       local index without trying it for this long; then one search tries (5)
+    search_stale_max_seconds   the oldest local index (seconds since it last matched the
+                       database's feed) a search answers from while the database is away;
+                       past it, 503 (3600; 0: never answer without the database)
     mmap_mib           SQLite: how much of the file readers map into memory (1024; 0: none): a
                        search's probes then read the OS page cache in place instead of copying
                        each page through a read(2) into SQLite's own small cache
@@ -44,7 +51,8 @@ BACKENDS = ("sqlite", "postgresql")
 SEARCH_MODES = ("local", "database")
 
 _KEYS = {"backend", "path", "dsn", "dsn_env", "pool_size", "mmap_mib", "connect_timeout_seconds", "search",
-         "statement_timeout_ms", "max_query_chars", "max_terms", "max_page_size", "max_offset",
+         "statement_timeout_ms", "search_wait_seconds", "search_retry_seconds",
+         "search_stale_max_seconds", "max_query_chars", "max_terms", "max_page_size", "max_offset",
          "exact_total_max",
          "job_max_attempts", "job_lease_seconds", "backoff_base_seconds", "backoff_cap_seconds"}
 
@@ -62,6 +70,12 @@ class CatalogueConfig:
     mmap_mib: int = 1024
     connect_timeout_s: float = 5.0
     statement_timeout_ms: int = 2000
+    # The local search index while the database is away (localsearch.py): the wait a search
+    # gives it, how long searches then skip it (the breaker's interval), and the staleness
+    # past which a search fails rather than answer from the index alone.
+    search_wait_s: float = 1.0
+    search_retry_s: float = 5.0
+    search_stale_max_s: float = 3600.0
     search: SearchLimits = field(default_factory=SearchLimits)
     job_max_attempts: int = 5
     job_lease_s: float = 60.0
@@ -112,6 +126,12 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
             raise r.error(f"{p}.{key}", f"{value} is outside {lo}..{hi}")
         return value
 
+    def seconds(key: str, default: float, lo: float, hi: float) -> float:
+        value = r.get(item, key, p, float, default)
+        if not lo <= value <= hi:  # NaN too
+            raise r.error(f"{p}.{key}", f"{value} is outside {lo:g}..{hi:g} seconds")
+        return float(value)
+
     base = r.positive(item, "backoff_base_seconds", p, 5.0)
     cap = r.positive(item, "backoff_cap_seconds", p, 3600.0)
     if cap < base:
@@ -122,6 +142,9 @@ def read_catalogue(r: Reader, item: Mapping[str, Any], p: str, data_dir: Path) -
         mmap_mib=bounded("mmap_mib", 1024, 0, 1024 * 1024),
         connect_timeout_s=r.positive(item, "connect_timeout_seconds", p, 5.0),
         statement_timeout_ms=bounded("statement_timeout_ms", 2000, 10, 600_000),
+        search_wait_s=seconds("search_wait_seconds", 1.0, 0.01, 60.0),
+        search_retry_s=seconds("search_retry_seconds", 5.0, 0.1, 3600.0),
+        search_stale_max_s=seconds("search_stale_max_seconds", 3600.0, 0.0, 30 * 86400.0),
         search=SearchLimits(max_query_chars=bounded("max_query_chars", 200, 10, 2000),
                             max_terms=bounded("max_terms", 8, 1, 32),
                             max_page_size=bounded("max_page_size", 100, 1, 1000),

@@ -7,7 +7,7 @@ subclass, or map ``http_status`` and ``code`` as they are.
 from __future__ import annotations
 
 __all__ = ["CatalogueError", "BadQuery", "InvalidTitle", "TitleNotFound", "IllegalTransition",
-           "LeaseLost", "JobNotFound", "BackendUnavailable"]
+           "LeaseLost", "JobNotFound", "BackendUnavailable", "SearchUnavailable"]
 
 
 class CatalogueError(Exception):
@@ -65,3 +65,10 @@ class BackendUnavailable(CatalogueError):
 
     http_status = 503
     code = "catalogue_unavailable"
+
+
+class SearchUnavailable(BackendUnavailable):
+    """The database cannot be reached and the local search index is too old to answer alone
+    (older than ``search_stale_max_seconds``), or is not built yet."""
+
+    code = "search_unavailable"

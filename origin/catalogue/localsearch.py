@@ -24,6 +24,15 @@ How it stays consistent (docs/origin-catalogue.md, "Search on PostgreSQL: the lo
 - A missing, corrupt, unfinished or foreign (another database's feed epoch) file is rebuilt from
   PostgreSQL in the background at start, as is one behind the feed's pruning (``pruned_to``);
   searches use PostgreSQL until it is ready.
+
+When PostgreSQL cannot be reached (down, unreachable, its pool taken past ``search_wait_s``), a
+search answers from the file alone, marked stale (:attr:`SearchPage.stale_s`: seconds since the
+file last matched the feed's head), as long as that is within ``search_stale_max_s``; past it,
+:class:`SearchUnavailable`. The file holds every field a hit shows (its ``titles`` rows: title,
+category, year, language, duration), so the page is the one the database would have confirmed
+at that time; a title whose withdrawal the file applied is not in it. A :class:`Breaker` makes
+a dead database cost one bounded wait per ``search_retry_s``, not one per search; the worker's
+polls report to it too, so searches are fresh again as soon as it reaches the database.
 """
 
 from __future__ import annotations
@@ -38,8 +47,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .breaker import Breaker
 from .config import CatalogueConfig
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, SearchUnavailable
 from .query import SearchPage, SearchQuery
 from .sqlite import SqliteCatalogue
 
@@ -82,6 +92,13 @@ class LocalSearchIndex:
         self._path = path
         self._config = CatalogueConfig(backend="sqlite", path=path, search=source.config.search)
         self._poll_s = POLL_S if poll_s is None else poll_s
+        self._clock = source.clock
+        self._stale_max_s = source.config.search_stale_max_s
+        self._wait_s = source.config.search_wait_s
+        #: Whether searches use the database now (it failed within search_retry_s: no).
+        self.breaker = Breaker(source.config.search_retry_s, clock=source.clock)
+        # When (monotonic) the file last held every change the feed had: None, not since start.
+        self._synced_at: float | None = None
         self._local: SqliteCatalogue | None = None
         self._position = 0
         self._ready = False
@@ -171,7 +188,9 @@ class LocalSearchIndex:
         rows (published ones only) in one snapshot, taken after this call began. If the file
         was at that head, it held every change committed before the call and the page stands
         (a hit PostgreSQL no longer shows as published is left out); if it was behind, the
-        missing changes are applied and the file searched again, once."""
+        missing changes are applied and the file searched again, once. If PostgreSQL cannot
+        be reached (or the breaker says not to try), the file's page is the answer, marked
+        stale, or :class:`SearchUnavailable` past the staleness bound."""
         if not self._started:
             self.start()
         for attempt in range(2):
@@ -180,20 +199,66 @@ class LocalSearchIndex:
                 return None
             # A lower bound of what the search reads: a catch-up moves the position after it commits.
             position = self._position
+            began = self._clock.monotonic()
             page = self._local_search(query)
             if page is None:
                 return None
-            head, rows = self._head_and_rows([h.id for h in page.hits])
+            if not self.breaker.allow():
+                return self._stale(page)
+            try:
+                head, rows = self._head_and_rows([h.id for h in page.hits])
+            except BackendUnavailable as e:
+                self._database_failed(e)
+                return self._stale(page)
+            self._database_answered()
             if head <= position or attempt == 1:
                 if head < position:  # the feed went backwards (a restored database): rebuild
                     self._wake.set()
                     return None
+                if head == position:
+                    self._synced(began)
                 hits = tuple(replace(h, title=r[1], category=r[2], year=r[3], language=r[4], duration_s=r[5])
                              for h in page.hits if (r := rows.get(h.id)) is not None)
                 return replace(page, hits=hits)
-            if not self._caught_up(head):
-                return None
+            try:
+                if not self._caught_up(head):
+                    return None
+            except BackendUnavailable as e:  # the database went away while catching up
+                self._database_failed(e)
+                return self._stale(page)
         raise AssertionError("unreachable")
+
+    def _stale(self, page: SearchPage) -> SearchPage:
+        """``page`` (the file's own) marked stale, if the file is recent enough to answer alone."""
+        age = self.staleness_s()
+        if age is None or self._stale_max_s <= 0 or age > self._stale_max_s:
+            raise SearchUnavailable(
+                "the catalogue database cannot be reached and this host's search index is "
+                + ("not known to be current" if age is None else f"{age:.0f} s old")
+                + f" (it may answer alone up to {self._stale_max_s:g} s)")
+        return replace(page, stale_s=age)
+
+    def staleness_s(self) -> float | None:
+        """Seconds since the file last held every change of the feed (None: not since start)."""
+        synced = self._synced_at
+        return None if synced is None else max(0.0, self._clock.monotonic() - synced)
+
+    def _synced(self, at: float) -> None:
+        # Several threads report: keep the latest (a float store is atomic under the GIL).
+        if self._synced_at is None or at > self._synced_at:
+            self._synced_at = at
+
+    def _database_failed(self, e: Exception) -> None:
+        if self.breaker.failed():  # once per outage, not once a search
+            log.warning("catalogue: the database cannot be reached (%s): searches answer from the local "
+                        "search index alone (%s)", e,
+                        "not known to be current" if (age := self.staleness_s()) is None else f"{age:.0f} s old",
+                        extra={"event": "catalogue.search_index_alone"})
+
+    def _database_answered(self) -> None:
+        if self.breaker.succeeded():
+            log.info("catalogue: the database answers again: searches are current",
+                     extra={"event": "catalogue.search_index_current"})
 
     def _caught_up(self, head: int) -> bool:
         behind = head - self._position
@@ -202,7 +267,10 @@ class LocalSearchIndex:
         if behind < 0 or behind > CATCH_UP_IN_SEARCH_MAX:
             self._wake.set()
             return False
+        began = self._clock.monotonic()
         self.catch_up(head)
+        if self._ready and self._position == head:
+            self._synced(began)
         return self._ready and self._position >= head
 
     def _local_search(self, query: SearchQuery) -> SearchPage | None:
@@ -232,23 +300,37 @@ class LocalSearchIndex:
         found = self._source._statement(
             "SELECT h.head, t.id, t.title, t.category, t.year, t.language, t.duration_s "
             "FROM (SELECT coalesce(max(seq), 0) AS head FROM search_feed) h "
-            "LEFT JOIN titles t ON t.id = ANY(?::bigint[]) AND t.state = 'published'", (ids,))
+            "LEFT JOIN titles t ON t.id = ANY(?::bigint[]) AND t.state = 'published'", (ids,), wait_s=self._wait_s)
         return int(found[0][0]), {int(r[1]): r[1:] for r in found if r[1] is not None}
 
     # --- keeping up ------------------------------------------------------------------------
 
     def run_once(self) -> None:
         """Build the file if it is missing or broken, rebuild it if it is far behind (or ahead:
-        the database was restored), else apply the feed up to its head."""
+        the database was restored), else apply the feed up to its head. Whether the database
+        answered is reported to the breaker."""
+        try:
+            self._run_once()
+        except BackendUnavailable as e:
+            self._database_failed(e)
+            raise
+        self._database_answered()
+
+    def _run_once(self) -> None:
         if not self._ready or self._broken:
             self.rebuild()
             return
+        began = self._clock.monotonic()
         head = self._head()
         behind = head - self._position
         if behind < 0 or behind > REBUILD_BEHIND:
             self.rebuild()
         elif behind:
             self.catch_up(head)
+            if self._ready and self._position == head:
+                self._synced(began)
+        else:
+            self._synced(began)
 
     def run_forever(self) -> None:
         failing = False
@@ -304,6 +386,7 @@ class LocalSearchIndex:
             local = SqliteCatalogue(self._config)
             try:
                 _ensure_meta(local)
+                began = self._clock.monotonic()
                 with self._source._tx(write=False) as tx:
                     head = int(tx.one(_HEAD)[0])
                     epoch = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
@@ -339,6 +422,7 @@ class LocalSearchIndex:
                      extra={"event": "catalogue.search_index_built"})
             with self._idle:
                 self._local, self._position, self._broken, self._ready = local, head, False, True
+            self._synced(began)
             self._built.set()
 
     # --- the file --------------------------------------------------------------------------

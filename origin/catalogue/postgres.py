@@ -22,10 +22,11 @@ from psycopg_pool import ConnectionPool
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from .config import CatalogueConfig
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, SearchUnavailable
 from .query import SearchPage, SearchQuery, TermGroup, tsquery_expression
 from .schema import POSTGRES_MIGRATIONS
 from .store import SqlCatalogue, Tx
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .localsearch import LocalSearchIndex
@@ -37,9 +38,12 @@ _MIGRATION_LOCK = 0x6877_6361  # "hwca"
 # And the one that serialises appends to the search feed (localsearch.py): held to the commit, so
 # the feed's seq values become visible in order and a reader of "seq > last" skips none.
 _FEED_LOCK = 0x6877_6366  # "hwcf"
-# The feed keeps a week of changes: every FEED_PRUNE_EVERY-th append deletes older rows (a local
-# index further behind than that is rebuilt, as one 50,000 changes behind is).
-FEED_KEEP_S = 7 * 24 * 3600.0
+# The feed keeps its last FEED_KEEP_ROWS changes: every FEED_PRUNE_EVERY-th append deletes the
+# rows before them. Pruned by sequence, not by anyone's clock: a host whose clock runs ahead
+# would prune changes the others have not read. A local index further behind than
+# localsearch.REBUILD_BEHIND (50,000) rebuilds rather than catch up, so it never needs rows
+# that old; twice that leaves room for one that found itself just within it while it reads.
+FEED_KEEP_ROWS = 100_000
 FEED_PRUNE_EVERY = 1000
 _PLACEHOLDER = re.compile(r"\?")
 # The capped count tests documents in order, rather than ask the GIN index for every match, when
@@ -50,6 +54,16 @@ SCAN_ROWS_MAX = 5000
 def _pg(sql: str) -> str:
     # The shared SQL uses "?"; none of it has a literal "?" or "%".
     return _PLACEHOLDER.sub("%s", sql)
+
+
+def _connection_kwargs(config: CatalogueConfig) -> dict[str, Any]:
+    """libpq's connection parameters beside the DSN. An unreachable server (a partition, a
+    frozen host) would otherwise hold a statement for the kernel's TCP retries (~15 minutes):
+    tcp_user_timeout drops a connection whose sent data stays unacknowledged that long, and
+    keepalives find a silent peer while a statement waits for its answer."""
+    timeout_s = max(1, int(config.connect_timeout_s))
+    return {"connect_timeout": timeout_s, "tcp_user_timeout": timeout_s * 1000, "keepalives": 1,
+            "keepalives_idle": timeout_s, "keepalives_interval": 1, "keepalives_count": 3}
 
 
 class _PgTx(Tx):
@@ -101,7 +115,7 @@ class PostgresCatalogue(SqlCatalogue):
         self._pool = ConnectionPool(
             config.dsn, min_size=1, max_size=config.pool_size, open=False, name="catalogue",
             timeout=config.connect_timeout_s,
-            kwargs={"connect_timeout": max(1, int(config.connect_timeout_s))},
+            kwargs=_connection_kwargs(config),
             configure=self._configure)
         try:
             self._pool.open(wait=True, timeout=config.connect_timeout_s)
@@ -112,6 +126,9 @@ class PostgresCatalogue(SqlCatalogue):
             self._pool.close()
             raise BackendUnavailable(f"catalogue database: {e}") from e
         self._migrate()
+        # Checks the search's statements (_statement with wait_s) twice per wait; on the real
+        # clock, as the pool's wait is: it bounds a real socket's wait, not the catalogue's logic.
+        self._watchdog = Watchdog(max(0.05, config.search_wait_s / 2))
         self._search_index = None
         if config.search_index is not None:
             from .localsearch import LocalSearchIndex
@@ -130,23 +147,37 @@ class PostgresCatalogue(SqlCatalogue):
 
     def search(self, query: SearchQuery) -> SearchPage:
         """As :meth:`SqlCatalogue.search`: from the local search index when there is one and it
-        is up to date (localsearch.py), else in PostgreSQL."""
-        if self._search_index is not None:
-            page = self._search_index.search(query)
-            if page is not None:
-                return page
-        return super().search(query)
+        is up to date (localsearch.py), else in PostgreSQL. With the local index, while the
+        database cannot be reached: from the index alone, marked stale (``stale_s``), or
+        :class:`SearchUnavailable` at once when it cannot answer (not built, too old)."""
+        index = self._search_index
+        if index is None:
+            return super().search(query)
+        page = index.search(query)
+        if page is not None:
+            return page
+        if not index.breaker.allow():
+            raise SearchUnavailable("the catalogue database cannot be reached and this host's search "
+                                    "index is not ready")
+        try:
+            page = super().search(query)
+        except BackendUnavailable:
+            index.breaker.failed()
+            raise
+        index.breaker.succeeded()
+        return page
 
     def _search_changed(self, tx: Tx, title_ids: list[int]) -> None:
         # Writes are rare (a publish, a withdrawal, an edit): one writer at a time is cheap.
         tx.run("SELECT pg_advisory_xact_lock(?)", (_FEED_LOCK,))
-        now = self.clock.time()
-        seqs = tx.rows("INSERT INTO search_feed (title_id, at) SELECT value::bigint, ? "
-                       "FROM json_array_elements_text(?::json) RETURNING seq", (now, json.dumps(title_ids)))
-        if any(int(r[0]) % FEED_PRUNE_EVERY == 0 for r in seqs):
-            tx.run("WITH gone AS (DELETE FROM search_feed WHERE at < ? RETURNING seq) "
+        # at: when, by the database's clock (for whoever reads the feed; nothing relies on it).
+        seqs = [int(r[0]) for r in tx.rows(
+            "INSERT INTO search_feed (title_id, at) SELECT value::bigint, extract(epoch FROM now()) "
+            "FROM json_array_elements_text(?::json) RETURNING seq", (json.dumps(title_ids),))]
+        if any(seq % FEED_PRUNE_EVERY == 0 for seq in seqs):
+            tx.run("WITH gone AS (DELETE FROM search_feed WHERE seq <= ? RETURNING seq) "
                    "UPDATE search_feed_epoch SET pruned_to = greatest(pruned_to, (SELECT coalesce(max(seq), 0) FROM gone))",
-                   (now - FEED_KEEP_S,))
+                   (max(seqs) - FEED_KEEP_ROWS,))
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # statement_timeout bounds what one search can cost the database (set per connection,
@@ -186,15 +217,20 @@ class PostgresCatalogue(SqlCatalogue):
         except psycopg.OperationalError as e:
             raise BackendUnavailable(f"catalogue database: {e}") from e
 
-    def _statement(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _statement(self, sql: str, params: Sequence[Any] = (), *, wait_s: float | None = None) -> list[tuple]:
         """The rows of one read-only statement run outside a transaction block (autocommit): one
         round trip, where :meth:`_tx` costs three (BEGIN, the statement, COMMIT). A search
-        through the local index runs one such statement (localsearch.py)."""
+        through the local index runs one such statement (localsearch.py). With ``wait_s``, the
+        wait for a connection is bounded by it (else by connect_timeout_seconds), and so is the
+        statement itself, client-side: past it, the :class:`Watchdog` cuts its connection."""
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=wait_s) as conn:
                 conn.autocommit = True
                 try:
-                    return conn.execute(_pg(sql), tuple(params)).fetchall()
+                    if wait_s is None:
+                        return conn.execute(_pg(sql), tuple(params)).fetchall()
+                    with self._watchdog.guard(conn.fileno(), wait_s):
+                        return conn.execute(_pg(sql), tuple(params)).fetchall()
                 finally:
                     if not conn.closed:
                         conn.autocommit = False
@@ -240,4 +276,5 @@ class PostgresCatalogue(SqlCatalogue):
     def close(self) -> None:
         if self._search_index is not None:
             self._search_index.close()
+        self._watchdog.close()
         self._pool.close()

@@ -93,6 +93,10 @@ class SearchPage:
     total_exact: bool = True
     # category → matches in it (with_total only), most first.
     facets: Mapping[str, int] = field(default_factory=dict)
+    # None: the page is current (it saw every change committed before the search). Else it was
+    # answered by the local search index alone, the database being away, and may miss the
+    # changes of the last stale_s seconds (since the index last matched the feed's head).
+    stale_s: float | None = None
 
 
 def _int(params: Mapping[str, str], key: str, lo: int, hi: int) -> int | None:

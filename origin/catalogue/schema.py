@@ -131,6 +131,15 @@ SQLITE_MIGRATIONS: list[list[Migration]] = [
      "CREATE INDEX uploads_expires ON uploads(expires) WHERE completed IS NULL",
      "CREATE INDEX uploads_completed ON uploads(completed) WHERE completed IS NOT NULL",
      "CREATE TABLE cluster_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
+    # Version prefixes to delete (origin/transcode/versions.py): a title's superseded version,
+    # recorded by the publish that replaced it, and a dead or failed attempt's prefix, recorded
+    # by the lease that took its job over or the failure; since when (the retention counts from
+    # it) and the sweep's claim (claimed_by until claimed_until), so two sweeps never work one
+    # prefix at once. A row is removed once its prefix lists empty.
+    ["CREATE TABLE retired_versions (prefix TEXT PRIMARY KEY, title_id INTEGER NOT NULL, job_id INTEGER, "
+     "attempt INTEGER, reason TEXT NOT NULL, since REAL NOT NULL, claimed_by TEXT, "
+     "claimed_until REAL NOT NULL DEFAULT 0)",
+     "CREATE INDEX retired_versions_due ON retired_versions(since)"],
 ]
 
 POSTGRES_MIGRATIONS: list[list[Migration]] = [
@@ -244,4 +253,9 @@ POSTGRES_MIGRATIONS: list[list[Migration]] = [
      "CREATE INDEX uploads_expires ON uploads(expires) WHERE completed IS NULL",
      "CREATE INDEX uploads_completed ON uploads(completed) WHERE completed IS NOT NULL",
      "CREATE TABLE cluster_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
+    # Version prefixes to delete: as SQLite's 8.
+    ["CREATE TABLE retired_versions (prefix TEXT PRIMARY KEY, title_id BIGINT NOT NULL, job_id BIGINT, "
+     "attempt INTEGER, reason TEXT NOT NULL, since DOUBLE PRECISION NOT NULL, claimed_by TEXT, "
+     "claimed_until DOUBLE PRECISION NOT NULL DEFAULT 0)",
+     "CREATE INDEX retired_versions_due ON retired_versions(since)"],
 ]

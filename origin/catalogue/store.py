@@ -18,7 +18,7 @@ import json
 import random
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
@@ -30,6 +30,7 @@ from .records import (Job, JobState, Lease, Person, Rendition, Title, TitleDraft
                       check_transition, validate_draft)
 from .ranking import PREFIX_LENGTHS, ListCursor, TopK, idf, impacts, max_impact, prefix_impacts, prefix_key
 from .text import deletions, max_edits, normalised_text
+from .versions import DEAD, FAILED, SUPERSEDED, RetiredVersion, folders, parse_version_prefix
 
 __all__ = ["SqlCatalogue", "Tx"]
 
@@ -89,6 +90,7 @@ _TITLE_COLS = ("id, title, description, category, year, language, duration_s, st
                "renditions, upload, owner, error, created, updated")
 _JOB_COLS = ("id, kind, title_id, key, payload, state, attempts, max_attempts, run_at, lease_expires, "
              "leased_by, last_error, created, updated, lease_token")
+_RETIRED_COLS = "prefix, title_id, job_id, attempt, reason, since, claimed_by, claimed_until"
 
 
 def _marks(n: int) -> str:
@@ -1224,8 +1226,81 @@ class SqlCatalogue(ABC):
         if renditions is not None:
             sets.append("renditions = ?")
             params.append(json.dumps([_rendition_dict(r) for r in renditions]))
+            self._supersede(tx, title_id, renditions)
         tx.run(f"UPDATE titles SET {', '.join(sets)} WHERE id = ?", (*params, title_id))
         self._reindex(tx, title_id)
+
+    # --- retired versions (versions.py) --------------------------------------------------------
+
+    def _supersede(self, tx: Tx, title_id: int, renditions: Sequence[Rendition]) -> None:
+        """The title's renditions are about to become ``renditions``: record the version folders
+        they leave for deletion (since now), and forget any record of a folder they name again
+        (the published version is never deleted). In the caller's transaction."""
+        row = tx.one("SELECT renditions FROM titles WHERE id = ?", (title_id,))
+        before = folders(title_id, (r["path"] for r in json.loads(row[0]))) if row else set()
+        after = folders(title_id, (r.path for r in renditions))
+        for prefix in sorted(before - after):
+            self._retire(tx, prefix, SUPERSEDED)
+        for prefix in sorted(after):
+            tx.run("DELETE FROM retired_versions WHERE prefix = ?", (prefix,))
+
+    def _retire(self, tx: Tx, prefix: str, reason: str) -> None:
+        """Record ``prefix`` for deletion (kept as first recorded if it already is)."""
+        parsed = parse_version_prefix(prefix)
+        if parsed is None:
+            raise ValueError(f"{prefix!r} is not a version prefix (titles/T/vN/)")
+        title_id, job_id, attempt = parsed
+        tx.run("INSERT INTO retired_versions (prefix, title_id, job_id, attempt, reason, since) "
+               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (prefix) DO NOTHING",
+               (prefix, title_id, job_id, attempt, reason, self.clock.time()))
+
+    def retired_versions(self, *, limit: int = 1000) -> list[RetiredVersion]:
+        """The prefixes waiting for deletion, oldest first (for the sweep's status and tests)."""
+        with self._tx(write=False) as tx:
+            rows = tx.rows(f"SELECT {_RETIRED_COLS} FROM retired_versions ORDER BY since, prefix LIMIT ?", (limit,))
+        return [_retired(r) for r in rows]
+
+    def claim_retired_versions(self, sweeper: str, *, retired_before: float, claim_s: float,
+                               limit: int = 16) -> list[RetiredVersion]:
+        """Up to ``limit`` prefixes retired before ``retired_before`` (wall clock) that no other
+        sweep holds, claimed by ``sweeper`` for ``claim_s`` seconds: two sweeps (two hosts)
+        never work one prefix at once (PostgreSQL's rows are locked SKIP LOCKED; SQLite's
+        writer transaction excludes the other sweep).
+
+        In the same transaction each is checked against what must never be deleted: a prefix
+        its title's renditions name (published again: its record is dropped) and a prefix an
+        attempt holding a live lease is writing (left for a later sweep)."""
+        now = self.clock.time()
+        with self._tx(write=True) as tx:
+            rows = tx.rows(f"SELECT {_RETIRED_COLS} FROM retired_versions WHERE since <= ? AND claimed_until <= ? "
+                           f"ORDER BY since, prefix LIMIT ?{self.lease_lock_clause}", (retired_before, now, limit))
+            claimed = []
+            for r in map(_retired, rows):
+                title = tx.one("SELECT renditions FROM titles WHERE id = ?", (r.title_id,))
+                if title is not None and r.prefix in folders(r.title_id, (x["path"] for x in json.loads(title[0]))):
+                    tx.run("DELETE FROM retired_versions WHERE prefix = ?", (r.prefix,))
+                    continue
+                until = now + claim_s
+                if r.job_id is not None and r.attempt is not None and tx.one(
+                        "SELECT 1 FROM jobs WHERE id = ? AND attempts = ? AND state = 'leased' AND lease_expires > ?",
+                        (r.job_id, r.attempt, now)) is not None:
+                    # Its attempt still holds its lease: not dead after all. Looked at again later.
+                    tx.run("UPDATE retired_versions SET claimed_by = NULL, claimed_until = ? WHERE prefix = ?",
+                           (until, r.prefix))
+                    continue
+                tx.run("UPDATE retired_versions SET claimed_by = ?, claimed_until = ? WHERE prefix = ?",
+                       (sweeper[:200], until, r.prefix))
+                claimed.append(RetiredVersion(prefix=r.prefix, title_id=r.title_id, job_id=r.job_id,
+                                              attempt=r.attempt, reason=r.reason, since=r.since,
+                                              claimed_by=sweeper[:200], claimed_until=until))
+            return claimed
+
+    def forget_retired_version(self, prefix: str, sweeper: str) -> bool:
+        """Remove the record of ``prefix`` (its folder has listed empty) if ``sweeper`` still
+        holds its claim; whether it did."""
+        with self._tx(write=True) as tx:
+            return bool(tx.run("DELETE FROM retired_versions WHERE prefix = ? AND claimed_by = ?",
+                               (prefix, sweeper[:200])))
 
     # --- the search index --------------------------------------------------------------------
 
@@ -1414,7 +1489,8 @@ class SqlCatalogue(ABC):
         return {str(kind): (int(n), float(oldest)) for kind, n, oldest in rows}
 
     def lease(self, worker: str, kinds: Sequence[str], lease_s: float | None = None, *,
-              fail_titles: bool = False) -> Lease | None:
+              fail_titles: bool = False,
+              attempt_prefix: Callable[[int, int, int], str] | None = None) -> Lease | None:
         """Take the next runnable job of one of ``kinds`` for ``lease_s`` seconds, or ``None``.
 
         Runnable: queued and due, or leased by a worker whose lease has expired (it died).
@@ -1422,6 +1498,11 @@ class SqlCatalogue(ABC):
         ``fail_titles`` (the transcoder's jobs: their title's state is theirs) its title, if it
         is still ``transcoding`` or ``packaged``, is ``failed`` with it — else it would show
         ``transcoding`` forever, with no job left to move it and no retry allowed.
+
+        With ``attempt_prefix`` ((title, job, attempt) → the object prefix that attempt writes:
+        the transcoder's) the prefix of every attempt found dead here (taken over, or dead on
+        its last attempt) is recorded for deletion (:meth:`claim_retired_versions`) in this
+        same transaction.
         """
         if not kinds:
             return None
@@ -1435,14 +1516,21 @@ class SqlCatalogue(ABC):
                        "WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
                        f"AND kind IN ({_marks(len(kinds))}))",
                        (_DIED_ON_LAST_ATTEMPT, now, now, *kinds))
-            tx.run("UPDATE jobs SET state = 'failed', updated = ?, leased_by = NULL, lease_expires = NULL, "
-                   "last_error = ? "
-                   f"WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
-                   f"AND kind IN ({_marks(len(kinds))})", (now, _DIED_ON_LAST_ATTEMPT, now, *kinds))
+            dead = tx.rows("UPDATE jobs SET state = 'failed', updated = ?, leased_by = NULL, lease_expires = NULL, "
+                           "last_error = ? "
+                           f"WHERE state = 'leased' AND lease_expires <= ? AND attempts >= max_attempts "
+                           f"AND kind IN ({_marks(len(kinds))}) RETURNING id, title_id, attempts",
+                           (now, _DIED_ON_LAST_ATTEMPT, now, *kinds))
             row = tx.one(
-                f"SELECT id FROM jobs WHERE kind IN ({_marks(len(kinds))}) AND "
+                f"SELECT id, state, title_id, attempts FROM jobs WHERE kind IN ({_marks(len(kinds))}) AND "
                 "((state = 'queued' AND run_at <= ?) OR (state = 'leased' AND lease_expires <= ?)) "
                 f"ORDER BY run_at, id LIMIT 1{self.lease_lock_clause}", (*kinds, now, now))
+            if attempt_prefix is not None:
+                if row is not None and row[1] == JobState.LEASED.value:
+                    dead.append((row[0], row[2], row[3]))  # its attempt died: this lease takes it over
+                for job_id, title_id, attempt in dead:
+                    if title_id is not None and attempt:
+                        self._retire(tx, attempt_prefix(int(title_id), int(job_id), int(attempt)), DEAD)
             if row is None:
                 return None
             expires = now + lease_s
@@ -1485,7 +1573,8 @@ class SqlCatalogue(ABC):
             self._move(tx, lease.job.title_id, state, progress=progress, error=error, renditions=None)
             return self._load_title(tx, lease.job.title_id)
 
-    def fail(self, lease: Lease, error: str, *, retry: bool = True, move_title: bool = False) -> Job:
+    def fail(self, lease: Lease, error: str, *, retry: bool = True, move_title: bool = False,
+             retire_prefix: str | None = None) -> Job:
         """Record a failed run: queued again after a backoff, or dead (``failed``) once the job has
         used its attempts or ``retry`` is false (the input is bad; running again cannot help).
 
@@ -1493,7 +1582,10 @@ class SqlCatalogue(ABC):
         ``transcoding`` at 0 % with the error shown when the job is queued again, ``failed`` with
         the error when it is dead (a withdrawn title stays withdrawn). One transaction, so no
         reader sees a failed title whose job is still leased, or a dead job whose title still
-        reads as transcoding."""
+        reads as transcoding.
+
+        ``retire_prefix``: the failed attempt's object prefix, recorded for deletion in the same
+        transaction (its own clean-up may have failed: the store may be what failed)."""
         now = self.clock.time()
         error = error[:MAX_ERROR_CHARS]
         with self._tx(write=True) as tx:
@@ -1502,6 +1594,8 @@ class SqlCatalogue(ABC):
             if row is None:
                 raise LeaseLost(f"job {lease.job.id}: {lease.worker} no longer holds its lease")
             attempts, max_attempts = int(row[0]), int(row[1])
+            if retire_prefix is not None:
+                self._retire(tx, retire_prefix, FAILED)
             again = retry and attempts < max_attempts
             if again:
                 run_at = now + self.config.backoff.delay(attempts, self.rng)
@@ -1626,6 +1720,12 @@ def _tally(rows: list[tuple], cap: int) -> tuple[int, bool, dict[str, int]]:
 def _rendition_dict(r: Rendition) -> dict:
     return {"name": r.name, "codec": r.codec, "width": r.width, "height": r.height,
             "bitrate": r.bitrate, "path": r.path}
+
+
+def _retired(row: tuple) -> RetiredVersion:
+    return RetiredVersion(prefix=row[0], title_id=int(row[1]), job_id=None if row[2] is None else int(row[2]),
+                          attempt=None if row[3] is None else int(row[3]), reason=row[4], since=float(row[5]),
+                          claimed_by=row[6], claimed_until=float(row[7]))
 
 
 def _job(row: tuple) -> Job:

@@ -3,7 +3,8 @@ catalogue and turns an upload into a published, encrypted title (:mod:`.worker`)
 validation (:mod:`.probe`), the ABR ladder (:mod:`.ladder`) encoded by ffmpeg (:mod:`.ffmpeg`),
 a poster and thumbnail track (:mod:`.poster`), CMAF packaging and encryption through
 ``headwater.drm.client`` into ``s3://videos/titles/T/vN/`` (:mod:`.package`), and one fenced
-catalogue update that publishes it."""
+catalogue update that publishes it. The version collector (:mod:`.versions`) deletes superseded
+versions and dead attempts' prefixes after a retention."""
 
 from headwater.lazy import lazy_exports
 
@@ -16,8 +17,10 @@ _EXPORTS = {
     "JOB_KIND": ".worker",
     "TranscodeWorker": ".worker",
     "version_prefix": ".worker",
+    "VersionCollector": ".versions",
 }
 
-__all__ = ["Rung", "TranscoderConfig", "read_transcoder", "TranscodeWorker", "JOB_KIND", "version_prefix"]
+__all__ = ["Rung", "TranscoderConfig", "read_transcoder", "TranscodeWorker", "JOB_KIND", "version_prefix",
+           "VersionCollector"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

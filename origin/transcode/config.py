@@ -34,6 +34,12 @@ Keys (every default here)::
     poster_at          where in the title the poster frame is, as a share of its duration (0.1)
     thumbnail_seconds  one thumbnail every this many seconds (10)
     thumbnail_width    pixel width of a thumbnail (160)
+    version_retention_seconds  how long a title's superseded version, or a dead or failed
+                       attempt's prefix, is kept before the version collector deletes it
+                       (86400: more than the manifest TTL plus the longest playback to survive;
+                       at least twice lease_seconds, so a worker declared dead has stopped writing)
+    version_sweep_seconds  how often the collector (the first worker of each transcoder)
+                       looks for prefixes past the retention (300)
     [[transcoder.ladder]]  name, height, bitrate ("3000k"): the ABR ladder, best first; rungs
                            above the source's height are skipped (default: 1080p 5000k,
                            720p 3000k, 480p 1200k, 360p 700k); optional per rung: codecs
@@ -143,6 +149,8 @@ class TranscoderConfig:
     thumbnail_s: float = 10.0
     thumbnail_width: int = 160
     ladder: tuple[Rung, ...] = DEFAULT_LADDER
+    version_retention_s: float = 86400.0
+    version_sweep_s: float = 300.0
 
     # It listens on its admin port only (/healthz with its jobs, /metrics).
     port_keys: ClassVar[tuple[str, ...]] = ("admin_port",)
@@ -159,7 +167,8 @@ class TranscoderConfig:
 _KEYS = {"id", "host", "admin_port", "data_dir", "workers", "scratch_dir", "ffmpeg", "ffprobe", "lease_seconds",
          "heartbeat_seconds", "poll_seconds", "job_timeout_seconds", "max_source_size", "scheme", "stream_packaging",
          "segment_seconds", "preset", "audio_bitrate", "poster_at", "thumbnail_seconds", "thumbnail_width",
-         "ladder", "codecs", "vp9_deadline", "vp9_cpu_used", "opus_bitrate", "container"}
+         "ladder", "codecs", "vp9_deadline", "vp9_cpu_used", "opus_bitrate", "container",
+         "version_retention_seconds", "version_sweep_seconds"}
 _RUNG_KEYS = {"name", "height", "bitrate", "codecs", "vp9_bitrate", "container"}
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
@@ -288,6 +297,11 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
     width = r.get(item, "thumbnail_width", p, int, 160)
     if not 16 <= width <= 640 or width % 2:
         raise r.error(f"{p}.thumbnail_width", "must be an even width within 16..640")
+    retention = r.positive(item, "version_retention_seconds", p, 86400.0)
+    if retention < 2 * lease:
+        # A worker declared dead may still be writing until its next heartbeat finds the lease gone.
+        raise r.error(f"{p}.version_retention_seconds", f"{retention:g} must be at least twice lease_seconds "
+                      f"({2 * lease:g})")
     return TranscoderConfig(
         id=node_id, host=r.get(item, "host", p, str, "127.0.0.1"), admin_port=r.port(item, "admin_port", p, 9098),
         data_dir=data_dir, workers=workers, scratch_dir=scratch_dir,
@@ -300,7 +314,8 @@ def read_transcoder(r: Reader, item: Mapping[str, Any], p: str) -> TranscoderCon
         preset=preset, audio_bitrate=audio, codecs=codecs, vp9_deadline=deadline, vp9_cpu_used=cpu_used,
         opus_bitrate=_bitrate(r, item, "opus_bitrate", p, "96k"), container=container, poster_at=poster_at,
         thumbnail_s=r.positive(item, "thumbnail_seconds", p, 10.0), thumbnail_width=width,
-        ladder=ladder)
+        ladder=ladder, version_retention_s=retention,
+        version_sweep_s=r.positive(item, "version_sweep_seconds", p, 300.0))
 
 
 def origin_catalogue(cluster: Any) -> Any:

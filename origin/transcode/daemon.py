@@ -3,6 +3,9 @@ leasing ``transcode`` jobs from the origin's catalogue and running them one at a
 thread (the work is blocking: ffmpeg runs, S3 PUTs, the packager), with /healthz and /metrics
 on ``admin_port`` (shared by the workers with SO_REUSEPORT).
 
+The first worker (``--worker 0``) also runs the version collector (:mod:`.versions`) every
+``version_sweep_seconds``.
+
 Stopping (SIGTERM, ``headwater down``) sets the worker's stop flag: a running ffmpeg is
 killed, the attempt's prefix deleted and its job handed back to the queue.
 """
@@ -27,7 +30,8 @@ from headwater.workermetrics import shared_metrics
 from ..catalogue import open_catalogue
 from ..daemon import store_settings
 from .config import TranscoderConfig, origin_catalogue, videos_bucket
-from .worker import StoreSettings, TranscodeWorker
+from .versions import VersionCollector
+from .worker import StoreSettings, TranscodeWorker, open_objects
 
 __all__ = ["run_transcoder"]
 
@@ -53,11 +57,17 @@ async def run_transcoder(cluster: ClusterConfig, node: TranscoderConfig, *, work
     name = f"{node.id}#{worker}@{os.uname().nodename}:{os.getpid()}"
     job_worker = TranscodeWorker(node, catalogue, store, cluster=cluster, name=name,
                                  scratch=node.scratch_dir / f"w{worker}", clock=clock, stop=stop)
-    export_stats(registry, "hw_transcoder", lambda: dict(job_worker.counts))
+    # The first worker of each transcoder also sweeps retired versions (versions.py): one
+    # sweeper per host is plenty, and several hosts' sweeps are safe together.
+    collector = VersionCollector(catalogue, lambda: open_objects(store), bucket=store.videos_bucket,
+                                 retention_s=node.version_retention_s, clock=clock) if worker == 0 else None
+    export_stats(registry, "hw_transcoder",
+                 lambda: {**job_worker.counts, **(collector.counts if collector is not None else {})})
 
     async def health() -> dict[str, Any]:
         return {"status": "ok", "role": "transcoder", "id": node.id, "pid": os.getpid(), "worker": worker,
-                "workers": node.workers, **job_worker.counts, "current": job_worker.current}
+                "workers": node.workers, **job_worker.counts, **(collector.counts if collector is not None else {}),
+                "current": job_worker.current}
 
     async def stop_on_cancel() -> None:
         try:
@@ -76,6 +86,8 @@ async def run_transcoder(cluster: ClusterConfig, node: TranscoderConfig, *, work
             tg.start_soon(stop_on_cancel)
             # Not cancellable: on cancel the stop flag ends the loop (ffmpeg killed, the job handed back).
             tg.start_soon(lambda: anyio.to_thread.run_sync(job_worker.run_forever))
+            if collector is not None:
+                tg.start_soon(lambda: anyio.to_thread.run_sync(collector.run_forever, stop, node.version_sweep_s))
             log.info("transcoder: %s leasing transcode jobs", name, extra={"event": "transcode.started"})
             task_status.started()
     finally:

@@ -7,11 +7,13 @@ the worker runs them in its job thread between blocking ffmpeg runs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -19,11 +21,13 @@ from headwater.sigv4 import EMPTY_SHA256, sign_request
 
 from ..errors import InvalidMedia, StoreUnavailable
 
-__all__ = ["ObjectStore"]
+__all__ = ["ObjectStore", "MAX_DELETE_KEYS"]
 
 _S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 CHUNK = 1024 * 1024
 MAX_LIST_BYTES = 8 * 1024 * 1024
+#: S3's limit of keys in one DeleteObjects request
+MAX_DELETE_KEYS = 1000
 
 
 class ObjectStore:
@@ -105,13 +109,36 @@ class ObjectStore:
         if resp.status not in (200, 204, 404):
             raise StoreUnavailable(f"DELETE s3://{bucket}/{key}: HTTP {resp.status} {_code(body)}")
 
+    def delete_objects(self, bucket: str, keys: Sequence[str]) -> int:
+        """Delete up to :data:`MAX_DELETE_KEYS` keys in one DeleteObjects request (Quiet: only
+        failures are listed); how many it deleted. A key that was not there counts as deleted
+        (S3's answer too). Any key the store could not delete is :class:`StoreUnavailable`."""
+        if not keys:
+            return 0
+        if len(keys) > MAX_DELETE_KEYS:
+            raise ValueError(f"{len(keys)} keys: DeleteObjects takes at most {MAX_DELETE_KEYS}")
+        root = ET.Element("Delete", xmlns=_S3.strip("{}"))
+        ET.SubElement(root, "Quiet").text = "true"
+        for k in keys:
+            ET.SubElement(ET.SubElement(root, "Object"), "Key").text = k
+        body = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        resp = self._send("POST", "/" + quote(bucket, safe=""), "delete=", body=body)
+        answer = resp.read(MAX_LIST_BYTES)
+        if resp.status != 200:
+            raise StoreUnavailable(f"DeleteObjects s3://{bucket}: HTTP {resp.status} {_code(answer)}")
+        failed = [e.findtext(f"{_S3}Key") for e in ET.fromstring(answer).iter(f"{_S3}Error")]
+        if failed:
+            raise StoreUnavailable(f"DeleteObjects s3://{bucket}: {len(failed)} of {len(keys)} keys not deleted "
+                                   f"(first {failed[0]!r}: {_code(answer)})")
+        return len(keys)
+
     def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every key under ``prefix`` (which must end with ``/``); how many."""
         if not prefix.endswith("/"):
             raise ValueError(f"{prefix!r}: a prefix to delete ends with /")
         keys = list(self.list_keys(bucket, prefix))
-        for k in keys:
-            self.delete(bucket, k)
+        for i in range(0, len(keys), MAX_DELETE_KEYS):
+            self.delete_objects(bucket, keys[i:i + MAX_DELETE_KEYS])
         return len(keys)
 
     def ensure_bucket(self, bucket: str) -> None:
@@ -127,11 +154,14 @@ class ObjectStore:
     def _path(bucket: str, key: str) -> str:
         return "/" + quote(f"{bucket}/{key}", safe="/-_.~")
 
-    def _send(self, method: str, path: str, query: str = "") -> http.client.HTTPResponse:
+    def _send(self, method: str, path: str, query: str = "", *, body: bytes = b"") -> http.client.HTTPResponse:
+        # DeleteObjects requires Content-MD5 (signed, as the body's SHA-256 is).
+        extra = (("content-md5", base64.b64encode(hashlib.md5(body).digest()).decode()),) if body else ()
         headers = dict(sign_request(method, self._host_header, path, query, access_key=self._access,
                                     secret_key=self._secret, region=self._region, now=self._clock(),
-                                    payload_sha256=EMPTY_SHA256))
-        headers.update({"Host": self._host_header, "Content-Length": "0"})
+                                    extra_headers=extra,
+                                    payload_sha256=hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256))
+        headers.update({"Host": self._host_header, "Content-Length": str(len(body)), **dict(extra)})
         target = f"{path}?{query}" if query else path
         for attempt in (0, 1):
             if self._conn is None:
@@ -140,7 +170,7 @@ class ObjectStore:
                               if self._https else http.client.HTTPConnection(self._host, self._port,
                                                                               timeout=self._timeout))
             try:
-                self._conn.request(method, target, headers=headers)
+                self._conn.request(method, target, body=body or None, headers=headers)
                 return self._conn.getresponse()
             except (http.client.HTTPException, OSError) as e:
                 # One retry on a fresh connection: the server may have closed an idle keep-alive one.

@@ -19,8 +19,12 @@ run instead (the log's ``transcode.packaged`` event says which path a title took
 
 Idempotency and fencing: every attempt writes under its own version prefix
 ``titles/T/v<job id>-<attempt>/``, so two attempts never write the same object, and an attempt
-that fails or loses its lease deletes only its own prefix. An attempt after a dead one (the
-lease expired: SIGKILL, a lost host) first deletes what earlier attempts of the job left. The
+that fails or loses its lease deletes only its own prefix. What an attempt leaves is recorded in
+the catalogue for the version collector (:mod:`.versions`) in the transaction that ends it: a
+dead attempt's prefix (the lease expired: SIGKILL, a lost host) by the lease that takes its job
+over, a failed one's by its failure (its own clean-up may have failed with the store), and the
+title's earlier version by the publish that supersedes it; the collector deletes them after
+the retention (``version_retention_seconds``). The
 title changes only through catalogue calls fenced by the lease token (:meth:`move_title`,
 :meth:`complete`, :meth:`fail`), so a worker whose lease was taken over can no longer publish:
 its next heartbeat or its publish raises :class:`LeaseLost`, and it cleans up and gives up.
@@ -48,6 +52,7 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.drm.client import S3Sink, S3Target, fetch_title_key, licence_url
 
 from ..catalogue import JobState, Lease, LeaseLost, SqlCatalogue, TitleState
+from ..catalogue.versions import attempt_prefix
 from ..delivery.invalidation import request_cdn_purge
 from ..errors import InvalidMedia, TranscodeError
 from .config import TranscoderConfig
@@ -58,7 +63,7 @@ from .package import StreamedLadder, TickingSink, package_title, renditions_of, 
 from .poster import collect_images, image_outputs, sprite_track, thumbnail_grid
 from .probe import probe_file
 
-__all__ = ["TranscodeWorker", "StoreSettings", "JOB_KIND", "version_prefix"]
+__all__ = ["TranscodeWorker", "StoreSettings", "JOB_KIND", "version_prefix", "open_objects"]
 
 log = logging.getLogger("headwater.origin.transcode")
 
@@ -77,9 +82,13 @@ class StoreSettings:
     ssl_context: Any = None
 
 
-def version_prefix(title_id: int, job_id: int, attempt: int) -> str:
-    """``titles/T/v<job>-<attempt>/``: the folder one attempt of one job writes."""
-    return f"titles/{title_id}/v{job_id}-{attempt}/"
+def open_objects(store: StoreSettings) -> ObjectStore:
+    """A client of ``store`` (one connection: one thread's)."""
+    return ObjectStore(store.endpoint, access_key=store.access_key, secret_key=store.secret_key,
+                       region=store.region, ssl_context=store.ssl_context)
+
+
+version_prefix = attempt_prefix  # ``titles/T/v<job>-<attempt>/``: the folder one attempt of one job writes
 
 
 class TranscodeWorker:
@@ -101,9 +110,7 @@ class TranscodeWorker:
         self.current: dict[str, Any] | None = None
 
     def _objects(self) -> ObjectStore:
-        s = self.store
-        return ObjectStore(s.endpoint, access_key=s.access_key, secret_key=s.secret_key, region=s.region,
-                           ssl_context=s.ssl_context)
+        return open_objects(self.store)
 
     def run_forever(self) -> None:
         """Lease and run jobs until :attr:`stop` is set; wait ``poll_s`` when there is none."""
@@ -120,7 +127,9 @@ class TranscodeWorker:
     def run_once(self) -> bool:
         """Lease one job and run it to its end (published, retried, failed or lost); False if
         there was none."""
-        lease = self.catalogue.lease(self.name, [JOB_KIND], self.config.lease_s, fail_titles=True)
+        # A dead attempt's prefix is recorded for the version collector by the lease taking over.
+        lease = self.catalogue.lease(self.name, [JOB_KIND], self.config.lease_s, fail_titles=True,
+                                     attempt_prefix=version_prefix)
         if lease is None:
             return False
         self.counts["jobs_leased"] += 1
@@ -198,11 +207,6 @@ class _Job:
             log.info("transcoder: job %s dropped: title %s was withdrawn", self.job.id, self.title_id,
                      extra={"event": "transcode.dropped", "job": self.job.id, "title": self.title_id})
             return
-        if self.job.attempts > 1:
-            # Earlier attempts of this job died or failed: delete what they left.
-            for key in objects.list_keys(bucket, f"titles/{self.title_id}/v{self.job.id}-"):
-                if not key.startswith(self.prefix):
-                    objects.delete(bucket, key)
         w.catalogue.move_title(self.lease, TitleState.TRANSCODING, progress=0.0)
         payload = self.job.payload
         if not isinstance(payload.get("bucket"), str) or not isinstance(payload.get("key"), str):
@@ -298,8 +302,8 @@ class _Job:
         return kid, key
 
     def _clean(self, objects: ObjectStore) -> None:
-        """Delete this attempt's prefix (never another's); a failure is logged: the next attempt
-        of the job deletes it again."""
+        """Delete this attempt's prefix (never another's) at once; a failure is logged: the
+        version collector deletes what is left (the failure or the next lease recorded it)."""
         try:
             objects.delete_prefix(self.w.store.videos_bucket, self.prefix)
         except Exception as e:
@@ -311,7 +315,7 @@ class _Job:
         title stays transcoding, the error shown) or dead (the title failed with the reason)."""
         w = self.w
         try:
-            job = w.catalogue.fail(self.lease, message, retry=retry, move_title=True)
+            job = w.catalogue.fail(self.lease, message, retry=retry, move_title=True, retire_prefix=self.prefix)
             w.counts["jobs_retried" if job.state is JobState.QUEUED else "jobs_failed"] += 1
         except LeaseLost:
             w.counts["leases_lost"] += 1

@@ -69,7 +69,7 @@ def test_bench_keeps_its_postgresql_folder_and_reuses_it(tmp_path):
     try:
         # The first run searches the local index (built, timed, its pages checked against the
         # database's search), the second the database.
-        for n, extra in enumerate((["--check-pages"], ["--search", "database"])):
+        for n, extra in enumerate((["--check-pages", "--database-away"], ["--search", "database"])):
             out = tmp_path / f"r{n}.json"
             assert bench.main(["--titles", "200", "--backend", "postgresql", "--queries", "14", "--pg-dir",
                                str(folder), "--pg-shared-buffers", "32MB", "--pg-prewarm", "--json", str(out),
@@ -84,4 +84,5 @@ def test_bench_keeps_its_postgresql_folder_and_reuses_it(tmp_path):
     same = runs[0]["same_pages"]
     assert same["ids"] == same["hits"] == same["totals"] == 14 and same["facets_of_exact"] == same["exact_totals"]
     assert "local index alone (no feed head, no hit check)" in runs[0]["ceilings"]
+    assert runs[0]["away"]["all"]["n"] == 14 and runs[1]["away"] is None  # then restarted on its folder
     assert runs[1]["search"] == "database" and runs[1]["index_build_s"] is None

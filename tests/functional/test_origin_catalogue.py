@@ -585,6 +585,7 @@ def test_the_postings_migration_indexes_an_existing_catalogue(backend, request, 
         tx.run("DROP TABLE IF EXISTS search_feed_epoch")
         tx.run("DROP TABLE IF EXISTS uploads")  # and the upload records, cluster secrets (8; SQLite's 7)
         tx.run("DROP TABLE IF EXISTS cluster_secrets")
+        tx.run("DROP TABLE IF EXISTS retired_versions")  # and the retired versions (9; SQLite's 8)
         tx.run("DROP TABLE search_postings")
         tx.run("DROP TABLE search_stats")
         tx.run("ALTER TABLE search_words DROP COLUMN max_impact")

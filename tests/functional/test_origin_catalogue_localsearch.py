@@ -13,6 +13,7 @@ import itertools
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -248,20 +249,17 @@ def test_a_second_user_of_the_file_searches_postgresql(database, tmp_path, no_po
 
 
 def test_a_file_behind_a_pruned_feed_is_rebuilt(database, tmp_path, no_poll, monkeypatch):
-    """The feed keeps FEED_KEEP_S of changes (pruned on every FEED_PRUNE_EVERY-th append): a host
-    whose file missed pruned changes answers from PostgreSQL and rebuilds, never from a file
-    that lacks them."""
-    from headwater.clock import FakeClock
-
+    """The feed keeps its last FEED_KEEP_ROWS changes (pruned on every FEED_PRUNE_EVERY-th
+    append): a host whose file missed pruned changes answers from PostgreSQL and rebuilds, never
+    from a file that lacks them."""
     path = tmp_path / "b.sqlite3"
     with _host(database, path) as b:
         _publish(b, "Before The Gap")
         assert b.search_index.wait_ready(60)
     monkeypatch.setattr(postgres, "FEED_PRUNE_EVERY", 1)
-    clock = FakeClock()
-    with open_catalogue(CatalogueConfig(backend="postgresql", dsn=database), clock=clock) as a:
+    monkeypatch.setattr(postgres, "FEED_KEEP_ROWS", 1)
+    with open_catalogue(CatalogueConfig(backend="postgresql", dsn=database)) as a:
         missed = _publish(a, "Across The Gap")
-        clock.advance(postgres.FEED_KEEP_S + 1)
         _publish(a, "After The Gap")  # prunes the rows before it
     with psycopg.connect(database, autocommit=True) as conn:
         assert conn.execute("SELECT pruned_to FROM search_feed_epoch").fetchone()[0] > 1
@@ -276,3 +274,190 @@ def test_a_file_behind_a_pruned_feed_is_rebuilt(database, tmp_path, no_poll, mon
         monkeypatch.setattr(postgres.PostgresCatalogue, "_match", None)  # the file answers now
         assert {h.title for h in b.search(SearchQuery(q="gap", limit=10)).hits} == {
             "Before The Gap", "Across The Gap", "After The Gap"}
+
+
+def test_a_host_with_a_clock_far_ahead_prunes_nothing_unread(database, tmp_path, no_poll, monkeypatch):
+    """The feed is pruned by sequence, not by a host's clock: a host whose clock runs a year
+    ahead appends (and prunes) without taking changes from a host that has not read them."""
+    from headwater.clock import FakeClock
+
+    path = tmp_path / "b.sqlite3"
+    with _host(database, path) as b:
+        _publish(b, "Before The Skew")
+        assert b.search_index.wait_ready(60)
+        position, rebuilds = b.search_index.position, b.search_index.rebuilds
+        monkeypatch.setattr(postgres, "FEED_PRUNE_EVERY", 1)
+        clock = FakeClock(start=time.time() + 365 * 86400)
+        with open_catalogue(CatalogueConfig(backend="postgresql", dsn=database), clock=clock) as a:
+            skewed = [_publish(a, f"Skewed Clock {n}") for n in range(3)]
+        with psycopg.connect(database, autocommit=True) as conn:
+            assert conn.execute("SELECT pruned_to FROM search_feed_epoch").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM search_feed WHERE seq > %s", (position,)).fetchone()[0] >= 3
+        b.search_index.run_once()  # caught up, not rebuilt
+        assert b.search_index.rebuilds == rebuilds and b.search_index.position > position
+        monkeypatch.setattr(postgres.PostgresCatalogue, "_match", None)  # the file answers
+        assert sorted(_ids(b.search(SearchQuery(q="skewed clock")))) == skewed
+
+
+def test_the_database_down_the_index_answers_alone_within_its_bound(tmp_path, no_poll, monkeypatch):
+    """PostgreSQL stopped (``pg_ctl stop -m immediate``) under a catalogue on a fake clock: the
+    index answers alone, marked with its age; the database is tried once per
+    search_retry_s, not per search; past search_stale_max_s, SearchUnavailable; the database
+    back, the next probe finds it and searches are current again."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from headwater.bench.postgres_server import start_postgres as start_kept
+    from headwater.clock import FakeClock
+    from headwater.origin.catalogue import SearchUnavailable
+    from tests.cluster import free_ports
+
+    root = Path(tempfile.mkdtemp(prefix="hw-pg-down-"))
+    # Commits durable before they are acknowledged (the test server's default is not): an
+    # immediate stop then loses none, as on a production server.
+    durable = {"synchronous_commit": "on"}
+    pg = start_kept(port=free_ports(1)[0], data_dir=root, settings=durable)
+    clock = FakeClock()
+    config = CatalogueConfig(backend="postgresql", dsn=pg.dsn(), search_index=tmp_path / "a.sqlite3",
+                             search_wait_s=0.5, search_retry_s=10.0, search_stale_max_s=60.0)
+    tried = []
+    real = localsearch.LocalSearchIndex._head_and_rows
+
+    def counted(self, ids):
+        tried.append(clock.monotonic())
+        return real(self, ids)
+
+    monkeypatch.setattr(localsearch.LocalSearchIndex, "_head_and_rows", counted)
+    try:
+        with open_catalogue(config, clock=clock) as a:
+            ids = [_publish(a, f"Granite Ferry {n}") for n in range(3)]
+            assert a.search_index.wait_ready(60)
+            fresh = a.search(SearchQuery(q="granite ferry", with_total=True))
+            assert sorted(_ids(fresh)) == ids and fresh.stale_s is None
+            a.set_state(ids[0], TitleState.WITHDRAWN)
+            fresh = a.search(SearchQuery(q="granite ferry", with_total=True))
+            assert sorted(_ids(fresh)) == ids[1:]
+            prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+            subprocess.run([*prefix, str(find_initdb().parent / "pg_ctl"), "stop", "-m", "immediate", "-D",
+                            str(root / "data")], check=True, capture_output=True, timeout=60)
+            pg.proc.wait(30)
+            del tried[:]
+            clock.advance(3)
+            for _ in range(20):
+                page = a.search(SearchQuery(q="granite ferry", with_total=True))
+                assert page == replace(fresh, stale_s=3.0)
+            assert len(tried) == 1  # the first search's bounded wait, then the breaker
+            clock.advance(10)
+            assert a.search(SearchQuery(q="granite", with_total=True)).stale_s == 13.0
+            assert len(tried) == 2  # one probe per interval
+            clock.advance(47)
+            assert a.search(SearchQuery(q="granite")).stale_s == 60.0  # at the bound: still answers
+            assert len(tried) == 3
+            clock.advance(1)
+            with pytest.raises(SearchUnavailable, match="61 s old"):
+                a.search(SearchQuery(q="granite"))
+            restarted = start_kept(port=pg.port, data_dir=root, settings=durable)
+            try:
+                clock.advance(10)  # the next probe
+                deadline = time.monotonic() + 30
+                while True:  # the pool reconnects in the background: a probe may still fail
+                    try:
+                        page = a.search(SearchQuery(q="granite ferry", with_total=True))
+                        if page.stale_s is None:
+                            break
+                    except SearchUnavailable:
+                        pass
+                    assert time.monotonic() < deadline
+                    clock.advance(10)
+                    time.sleep(0.2)
+                assert page == fresh
+            finally:
+                restarted.stop()
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_pool_taken_past_the_wait_answers_from_the_index(database, tmp_path, no_poll):
+    """Every connection of the pool busy (here: held by the test) past search_wait_s: the
+    search answers from the index, marked stale, after that one wait; the next search does not
+    wait at all (the breaker); a connection free again and the interval passed, fresh."""
+    from headwater.clock import FakeClock
+
+    clock = FakeClock()
+    config = CatalogueConfig(backend="postgresql", dsn=database, search_index=tmp_path / "a.sqlite3",
+                             pool_size=1, search_wait_s=0.3, search_retry_s=5.0)
+    with open_catalogue(config, clock=clock) as a:
+        ids = [_publish(a, f"Saffron Viaduct {n}") for n in range(2)]
+        assert a.search_index.wait_ready(60)
+        fresh = a.search(SearchQuery(q="saffron viaduct"))
+        assert sorted(_ids(fresh)) == ids and fresh.stale_s is None
+        with a._pool.connection():
+            t0 = time.monotonic()
+            page = a.search(SearchQuery(q="saffron viaduct"))
+            waited = time.monotonic() - t0
+            assert page == replace(fresh, stale_s=0.0) and 0.25 < waited < 3
+            t0 = time.monotonic()
+            assert a.search(SearchQuery(q="saffron")).stale_s == 0.0
+            assert time.monotonic() - t0 < 0.25
+        clock.advance(5)
+        assert a.search(SearchQuery(q="saffron viaduct")) == fresh
+
+
+def _processes(root: int) -> list[int]:
+    """``root`` and its descendants."""
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_database_that_stops_answering_costs_a_search_one_bounded_wait(tmp_path, no_poll):
+    """The server's processes stopped (SIGSTOP: its kernel still acknowledges, so no TCP
+    timeout or keepalive fires and statement_timeout, the server's own timer, never runs): the
+    search's statement is cut client-side after search_wait_s and the index answers alone;
+    the server resumed, searches are current again."""
+    import os
+    import signal
+
+    from headwater.clock import FakeClock
+
+    pg = start_postgres()
+    clock = FakeClock()
+    config = CatalogueConfig(backend="postgresql", dsn=pg.dsn(), search_index=tmp_path / "a.sqlite3",
+                             search_wait_s=0.5, search_retry_s=10.0)
+    try:
+        with open_catalogue(config, clock=clock) as a:
+            ids = [_publish(a, f"Cobalt Lighthouse {n}") for n in range(3)]
+            assert a.search_index.wait_ready(60)
+            query = SearchQuery(q="cobalt lighthouse", with_total=True)
+            fresh = a.search(query)
+            assert sorted(_ids(fresh)) == ids and fresh.stale_s is None
+            stopped = _processes(pg.proc.pid)  # each backend leads a process group of its own
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                answered: list = []
+                t0 = time.monotonic()
+                searching = threading.Thread(target=lambda: answered.append(a.search(query)), daemon=True)
+                searching.start()
+                searching.join(20)
+                took = time.monotonic() - t0
+                assert answered == [replace(fresh, stale_s=0.0)], "the search waited on the stopped server"
+                assert took < 5 and a._watchdog.cut == 1
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while (page := a.search(query)).stale_s is not None:
+                assert time.monotonic() < deadline
+                clock.advance(10)  # the next probe
+                time.sleep(0.1)
+            assert page == fresh
+    finally:
+        pg.stop()

@@ -343,6 +343,11 @@ def test_a_failed_title_is_retried_and_republished(world, tmp_path, s3):
             assert time.monotonic() < deadline, (purges, _origin_health(world), _tail(world, "origin"))
             time.sleep(0.2)
         assert [k.split(":")[2] for k, _ in purges] == ["published", "withdrawn", "published"], purges
+        # The re-publish recorded the first version for the version collector (deleted after the
+        # retention: test_origin_transcode.py), never the second.
+        with contextlib.closing(sqlite3.connect(catalogue)) as db:
+            retired = dict(db.execute("SELECT prefix, reason FROM retired_versions WHERE title_id = ?", (tid,)))
+        assert retired.get(f"{first.lstrip('/')}/") == "superseded" and f"{second.lstrip('/')}/" not in retired, retired
         # The POP: the origin's 404 for the old version (not its cached 200 or 410), the new one.
         deadline = time.monotonic() + 20
         while http.get(f"{base}/{first}/master.m3u8").status_code != 404:

@@ -8,13 +8,16 @@ MPD and the HLS master, the 180p rung decrypts with the title's key from the key
 source's picture (SSIM against the source, which a wrong key fails), and nothing is written
 outside ``titles/T/v<job>-<attempt>/``. A corrupt upload fails its title with ffprobe's reason
 and publishes nothing. A worker SIGKILLed mid-job (with its ffmpeg) loses the job when its
-lease expires; the restarted worker takes it as attempt 2, deletes the dead attempt's objects
-and publishes one version. Every title here is packaged while ffmpeg encodes (the default),
+lease expires; the restarted worker takes it as attempt 2 and publishes one version, and the
+dead attempt's half-written prefix is deleted by the version collector once the retention has
+passed (kept before); a withdrawn title retried and published again has its earlier version
+collected likewise, the published version and the other titles' objects never. Every title here is packaged while ffmpeg encodes (the default),
 but the last, packaged after the run with ``stream_packaging = false``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -28,16 +31,22 @@ import httpx
 import pytest
 
 from headwater.bench.origin import set_key
+from headwater.clock import FakeClock
 from headwater.config import load
 from headwater.drm.client import open_title_keys
 from headwater.origin.catalogue import JobState, TitleDraft, TitleState, open_catalogue
+from headwater.origin.daemon import store_settings
 from headwater.origin.transcode.config import origin_catalogue
+from headwater.origin.transcode.versions import VersionCollector
+from headwater.origin.transcode.worker import StoreSettings, open_objects
 from tests.cluster import free_ports
 from tests.functional.drm_media import FFMPEG, FFPROBE, make_clip, run
 from tests.functional.origin_harness import SMALL_LADDER
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB")
 TOKEN_ENV = "HW_TEST_TRANSCODE_TOKEN_SECRET"
+#: the version collector's retention in these tests' sweeps (its clock is set past it or not)
+RETENTION_S = 86400.0
 
 SECTIONS = """
 [origin]
@@ -117,16 +126,28 @@ def transcoder_world(cluster, s3, sections: str = SECTIONS):
     return cfg, catalogue, worker
 
 
-@pytest.fixture(scope="module")
-def setup(cluster, s3, tmp_path_factory):
-    clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=12, size="320x180", gop=25)
-    cfg, catalogue, worker = transcoder_world(cluster, s3)
+#: the transcoder's VP9/Opus settings the WebM tests add (libvpx realtime: a few seconds a clip)
+VP9_SETTINGS = 'codecs = ["h264", "vp9"]\nvp9_deadline = "realtime"\nvp9_cpu_used = 8\nopus_bitrate = "48k"\n'
+
+
+@contextlib.contextmanager
+def transcoder_setup(cluster, s3, tmp_path_factory, sections: str = SECTIONS, seconds: int = 12):
+    """A ``seconds`` long 320x180 clip and :func:`transcoder_world`: ``(cfg, catalogue, clip,
+    worker)``, stopped on exit."""
+    clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=seconds, size="320x180", gop=25)
+    cfg, catalogue, worker = transcoder_world(cluster, s3, sections)
     try:
         yield cfg, catalogue, clip, worker
     finally:
         worker.kill()
         worker.log.close()
         catalogue.close()
+
+
+@pytest.fixture(scope="module")
+def setup(cluster, s3, tmp_path_factory):
+    with transcoder_setup(cluster, s3, tmp_path_factory) as world:
+        yield world
 
 
 def submit(s3, catalogue, name: str, body: bytes) -> tuple[int, int]:
@@ -239,14 +260,60 @@ def test_a_corrupt_upload_fails_its_title_and_publishes_nothing(setup, s3):
     assert title.renditions == () and keys_under(s3, f"titles/{title_id}/") == []
 
 
+def sweep_at(cfg, catalogue, wall: float, retention_s: float = RETENTION_S):
+    """One sweep of the version collector as the transcoder runs it, against the real store and
+    catalogue, with its clock at ``wall``: what it did (:class:`Swept`)."""
+    endpoint, access, secret, region = store_settings(cfg, cfg.origin)
+    store = StoreSettings(endpoint=endpoint, access_key=access, secret_key=secret, region=region)
+    collector = VersionCollector(catalogue, lambda: open_objects(store), bucket="videos", retention_s=retention_s,
+                                 clock=FakeClock(start=wall), delete_batch=7)  # several DeleteObjects a prefix
+    return collector.sweep_once()
+
+
+def collected_only(s3, cfg, catalogue, prefix: str, reason: str) -> None:
+    """``prefix`` (retired for ``reason``, holding objects) is kept by a sweep before the
+    retention has passed since it was retired, and deleted by one after it, its record with it;
+    every other object of the bucket is untouched."""
+    (record,) = [r for r in catalogue.retired_versions() if r.prefix == prefix]
+    assert record.reason == reason, record
+    assert keys_under(s3, prefix), f"{prefix} holds nothing: the test proves nothing"
+    # Beside what the transcoder wrote: a name XML must escape, inside the prefix; and keys that
+    # share its characters but not its folder (the prefix without its slash, a longer attempt
+    # number), which must survive.
+    decoys = [prefix[:-1], prefix[:-1] + "0/decoy.m4s", prefix[:-1] + "0"]
+    for key in (prefix + "odd &<>'\" name.txt", *decoys):
+        s3.put_object(Bucket="videos", Key=key, Body=b"x")
+    doomed = keys_under(s3, prefix)
+    others = [k for k in keys_under(s3, "titles/") if not k.startswith(prefix)]
+    assert set(decoys) <= set(others)
+    assert others
+    sweep_at(cfg, catalogue, record.since + RETENTION_S - 1)  # (an earlier test's records may be due)
+    assert keys_under(s3, prefix) == doomed and prefix in {r.prefix for r in catalogue.retired_versions()}
+    swept = sweep_at(cfg, catalogue, record.since + RETENTION_S + 1)
+    assert swept.errors == 0 and swept.prefixes >= 1 and swept.objects >= len(doomed), swept
+    assert keys_under(s3, prefix) == []
+    assert prefix not in {r.prefix for r in catalogue.retired_versions()}
+    assert [k for k in keys_under(s3, "titles/") if not k.startswith(prefix)] == others
+    for key in decoys:
+        s3.delete_object(Bucket="videos", Key=key)
+
+
 def test_a_worker_killed_mid_job_is_replaced_and_one_version_published(setup, s3):
+    """The dead attempt's half-written prefix is recorded by the lease that takes its job over,
+    kept through the retention, then deleted by the version collector; the published version and
+    the other titles' objects are untouched."""
     cfg, catalogue, clip, worker = setup
     title_id, job_id = submit(s3, catalogue, "killed", clip.read_bytes())
+    dead = f"titles/{title_id}/v{job_id}-1/"
     wait_state(catalogue, title_id, {TitleState.TRANSCODING}, worker, timeout=20)
-    time.sleep(0.3)  # into the download or ffmpeg
+    deadline = time.monotonic() + 20
+    while not keys_under(s3, dead):  # killed once it has written part of its version
+        assert time.monotonic() < deadline and catalogue.get_title(title_id).state is TitleState.TRANSCODING
+        time.sleep(0.02)
     worker.kill()
     title = catalogue.get_title(title_id)
     assert title.state is TitleState.TRANSCODING, f"the job ended before the kill ({title.state.value})"
+    assert not any(r.prefix == dead for r in catalogue.retired_versions())  # not known dead yet
     worker.start()  # the restarted worker takes the job once the dead one's lease has expired
     title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker)
     assert title.state is TitleState.PUBLISHED, title.error
@@ -255,7 +322,35 @@ def test_a_worker_killed_mid_job_is_replaced_and_one_version_published(setup, s3
     prefix = f"titles/{title_id}/v{job_id}-2/"
     assert {r.path.rsplit("/", 1)[0] + "/" for r in title.renditions if r.name in ("dash", "hls")} == {prefix}
     stored = keys_under(s3, f"titles/{title_id}/")
-    assert stored and all(k.startswith(prefix) for k in stored), stored
+    assert {r.path for r in title.renditions} <= set(stored)
+    assert stored and all(k.startswith((prefix, dead)) for k in stored), stored
+    collected_only(s3, cfg, catalogue, dead, "dead")
+    assert set(keys_under(s3, f"titles/{title_id}/")) == {k for k in stored if k.startswith(prefix)}
+
+
+def test_a_republished_titles_earlier_version_is_collected_after_the_retention(setup, s3):
+    """Withdrawn and retried, a title is published again under a new version: the publish
+    records the earlier one (never the new), which a sweep deletes only past the retention."""
+    cfg, catalogue, clip, worker = setup
+    title_id, job_id = submit(s3, catalogue, "republished", clip.read_bytes())
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker)
+    assert title.state is TitleState.PUBLISHED, title.error
+    first = f"titles/{title_id}/v{job_id}-1/"
+    catalogue.set_state(title_id, TitleState.WITHDRAWN)
+    _, again = catalogue.retry_title(title_id, "transcode", payload={"bucket": "uploads",
+                                                                    "key": "uploads/republished"})
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker)
+    assert title.state is TitleState.PUBLISHED, title.error
+    second = f"titles/{title_id}/v{again.id}-1/"
+    assert {r.path.rsplit("/", 1)[0] + "/" for r in title.renditions if r.name in ("dash", "hls")} == {second}
+    assert second not in {r.prefix for r in catalogue.retired_versions()}
+    collected_only(s3, cfg, catalogue, first, "superseded")
+    assert {r.path for r in catalogue.get_title(title_id).renditions} <= set(keys_under(s3, second))
+    # The daemon's own collector (worker 0) has swept at start, at the real clock: nothing was due.
+    health = httpx.get(f"http://127.0.0.1:{worker.admin}/healthz", timeout=5).json()
+    assert health["versions_sweeps"] >= 1 and health["versions_sweep_errors"] == 0, health
+    metrics = httpx.get(f"http://127.0.0.1:{worker.admin}/metrics", timeout=5).text
+    assert "hw_transcoder_versions_prefixes_removed" in metrics
 
 
 def test_the_store_down_mid_job_costs_an_attempt_and_the_title_is_published_once(setup, cluster, s3):
@@ -284,8 +379,15 @@ def test_the_store_down_mid_job_costs_an_attempt_and_the_title_is_published_once
     job = catalogue.get_job(job_id)
     assert job.state is JobState.DONE and job.attempts >= 2
     prefix = f"titles/{title_id}/v{job_id}-{job.attempts}/"
+    # What the failed attempts could not delete with the store down is recorded with their
+    # failures, and collected past the retention.
+    failed = {f"titles/{title_id}/v{job_id}-{n}/" for n in range(1, job.attempts)}
+    assert failed <= {r.prefix for r in catalogue.retired_versions() if r.reason == "failed"}
     stored = keys_under(s3, f"titles/{title_id}/")
-    assert stored and all(k.startswith(prefix) for k in stored), stored
+    assert stored and all(k.startswith((prefix, *failed)) for k in stored), stored
+    swept = sweep_at(cfg, catalogue, time.time() + RETENTION_S + 1)
+    assert swept.errors == 0 and swept.prefixes >= len(failed), swept
+    assert keys_under(s3, f"titles/{title_id}/") == [k for k in stored if k.startswith(prefix)]
 
 
 def test_with_stream_packaging_off_the_finished_mp4_is_packaged_after_the_run(setup, cluster, s3):

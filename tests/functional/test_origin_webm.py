@@ -23,30 +23,23 @@ import pytest
 
 from headwater.drm.client import open_title_keys
 from headwater.origin.catalogue import TitleState
-from tests.functional.drm_media import FFMPEG, FFPROBE, make_clip, run
+from tests.functional.drm_media import FFMPEG, FFPROBE, run
 from tests.functional.origin_harness import SMALL_LADDER
-from tests.functional.test_origin_transcode import (SECTIONS, download, keys_under, ssim, submit,
-                                                    transcoder_world, wait_state)
+from tests.functional.test_origin_transcode import (SECTIONS, VP9_SETTINGS, download, keys_under, ssim, submit,
+                                                    transcoder_setup, wait_state)
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB")
 MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
 
-WEBM = SECTIONS.replace('thumbnail_seconds = 5\n', 'thumbnail_seconds = 5\ncodecs = ["h264", "vp9"]\n'
-                        'vp9_deadline = "realtime"\nvp9_cpu_used = 8\nopus_bitrate = "48k"\n')
+WEBM = SECTIONS.replace('thumbnail_seconds = 5\n', 'thumbnail_seconds = 5\n' + VP9_SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def setup(cluster, s3, tmp_path_factory):
     assert "vp9" in WEBM and SMALL_LADDER in WEBM
-    clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=4, size="320x180", gop=25)
-    cfg, catalogue, worker = transcoder_world(cluster, s3, WEBM)
-    assert cfg.transcoder.codecs == ("h264", "vp9")
-    try:
-        yield cfg, catalogue, clip, worker
-    finally:
-        worker.kill()
-        worker.log.close()
-        catalogue.close()
+    with transcoder_setup(cluster, s3, tmp_path_factory, WEBM, seconds=4) as world:
+        assert world[0].transcoder.codecs == ("h264", "vp9")
+        yield world
 
 
 def joined(local: Path, track: str, out: Path) -> Path:

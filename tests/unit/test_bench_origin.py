@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from headwater.bench.origin import origin_sections, set_key, split_tables, summarise_collapsed
+from headwater.bench.origin import origin_sections, postgres_origin_sections, set_key, split_tables, \
+    summarise_collapsed
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "cluster.toml"
 
@@ -82,6 +83,18 @@ def test_the_repository_cluster_toml_splits_into_a_store_and_an_origin() -> None
     origin = tomllib.loads(origin_sections(text, ports, part_size=1 << 20, max_upload=1 << 20))
     assert set(origin) == {"licence", "origin", "transcoder"}
     assert all(v >= 31000 for t in origin.values() for k, v in t.items() if k.endswith("port"))
+
+
+def test_the_second_origin_on_postgresql_has_its_own_folder_bucket_and_database() -> None:
+    ports = iter(range(31000, 31100))
+    body = origin_sections(REPO_CONFIG.read_text(), ports, part_size=1 << 20, max_upload=1 << 20)
+    pg = tomllib.loads(postgres_origin_sections(body, dsn="host=127.0.0.1 port=5 dbname=origin",
+                                                data_dir=Path("/tmp/x/origin-pg"), bucket="uploads-pg"))
+    origin = pg["origin"]
+    assert (origin["data_dir"], origin["uploads_bucket"]) == ("/tmp/x/origin-pg", "uploads-pg")
+    assert origin["catalogue"]["backend"] == "postgresql" and origin["catalogue"]["dsn"].endswith("dbname=origin")
+    bare = tomllib.loads(postgres_origin_sections("[origin]\nport = 1\n", dsn="d", data_dir=Path("/o"), bucket="b"))
+    assert bare["origin"]["catalogue"] == {"backend": "postgresql", "dsn": "d"}
 
 
 def test_summarise_collapsed_by_running_frame_and_by_own_function_once_per_stack() -> None:

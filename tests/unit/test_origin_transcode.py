@@ -206,6 +206,15 @@ def test_reader_defaults_and_a_ladder():
     assert loads(BASE + "[transcoder]\nstream_packaging = false\n").transcoder.stream_packaging is False
     assert t.ladder == (Rung(name="big", height=360, bitrate=800_000), Rung(name="small", height=180, bitrate=300_000))
     assert t.scratch_dir == t.data_dir / "scratch" and t.port_keys == ("admin_port",)
+    assert (t.version_retention_s, t.version_sweep_s) == (86400.0, 300.0)
+    kept = loads(BASE + "[transcoder]\nlease_seconds = 8\nversion_retention_seconds = 16\nversion_sweep_seconds = 5\n")
+    assert (kept.transcoder.version_retention_s, kept.transcoder.version_sweep_s) == (16.0, 5.0)
+
+
+def test_a_retention_under_two_leases_is_refused_at_its_line():
+    with pytest.raises(ConfigError, match=r"version_retention_seconds: 19 .*twice lease_seconds \(20\)") as e:
+        loads(BASE + "[transcoder]\nlease_seconds = 10\nversion_retention_seconds = 19\n")
+    assert e.value.line == 12
 
 
 @pytest.mark.parametrize("body,key", [
@@ -213,6 +222,10 @@ def test_reader_defaults_and_a_ladder():
     ("workers = 0\n", "transcoder.workers"),
     ("stream_packaging = 1\n", "transcoder.stream_packaging"),
     ("heartbeat_seconds = 40\n", "transcoder.heartbeat_seconds"),
+    ("version_retention_seconds = 0\n", "transcoder.version_retention_seconds"),
+    ("version_retention_seconds = 119\n", "transcoder.version_retention_seconds"),  # under 2 leases
+    ("version_retention_seconds = \"1d\"\n", "transcoder.version_retention_seconds"),
+    ("version_sweep_seconds = 0\n", "transcoder.version_sweep_seconds"),
     ("[[transcoder.ladder]]\nname = \"x\"\nheight = 181\nbitrate = \"1M\"\n", "transcoder.ladder[0].height"),
     ("[[transcoder.ladder]]\nname = \"dash\"\nheight = 180\nbitrate = \"1M\"\n", "transcoder.ladder[0].name"),
     ("colour = 1\n", "transcoder.colour"),

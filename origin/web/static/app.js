@@ -142,7 +142,9 @@
         el('a', {href: `/title/${h.id}`}, h.title), el('span', {class: 'muted'}, describe(h)))));
       const fixed = Object.entries(doc.corrections || {}).map(([a, b]) => `${a} → ${b}`).join(', ');
       $('search-status').textContent = (doc.total === 0 ? 'Nothing found.' : `${doc.total} title${doc.total === 1 ? '' : 's'}`)
-        + (fixed ? ` (searched for ${fixed})` : '');
+        + (fixed ? ` (searched for ${fixed})` : '')
+        // The catalogue's database is away: the answer came from this host's copy alone.
+        + (doc.stale_seconds != null ? ` (as of ${doc.stale_seconds} s ago: newer changes may be missing)` : '');
     } catch (e) {
       if (e.name !== 'AbortError') $('search-status').textContent = `Search failed: ${e.message}`;
     }
