@@ -31,6 +31,8 @@ import jwt
 import pytest
 from tusclient import client as tus_client
 
+from tests.bodies import MemoryBody
+
 from .origin_harness import TUS, Origin, auth, origin_fixture
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
@@ -335,10 +337,10 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
 
         # A completed upload's record is retired after the retention; the object of one a title
         # was made from stays (the title's source), the object of one no title names goes.
-        def whole(data: bytes) -> tuple[Headers, _Bytes]:
+        def whole(data: bytes) -> tuple[Headers, MemoryBody]:
             return Headers([("tus-resumable", "1.0.0"), ("upload-length", str(len(data))),
                             ("content-type", "application/offset+octet-stream"),
-                            ("content-length", str(len(data)))]), _Bytes(data)
+                            ("content-length", str(len(data)))]), MemoryBody(data)
         done = await uploads.create("alice-app", *whole(b"abc"))
         unused = await uploads.create("alice-app", *whole(b"never titled"))
         assert done.finished and unused.finished
@@ -359,20 +361,6 @@ def test_expiry_and_recovery_on_a_fake_clock(cluster, s3, tmp_path, backend):
         await client.aclose()
 
     anyio.run(main, backend=backend)
-
-
-class _Bytes:
-    """A request body as the HTTP core hands it to the app, from bytes in memory."""
-
-    content_length = None
-    expects_continue = False
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        chunk, self.data = self.data[:max_bytes], self.data[max_bytes:]
-        return chunk
 
 
 def test_small_patches_alternating_between_two_services_coalesce_their_segments(cluster, s3, tmp_path):
@@ -412,7 +400,7 @@ def test_small_patches_alternating_between_two_services_coalesce_their_segments(
             headers = Headers([("tus-resumable", "1.0.0"), ("upload-offset", str(i * 1000)),
                                ("content-type", "application/offset+octet-stream"),
                                ("content-length", "1000")])
-            st = await hosts[i % 2].patch("alice-app", st.id, headers, _Bytes(chunk))
+            st = await hosts[i % 2].patch("alice-app", st.id, headers, MemoryBody(chunk))
             assert st.offset == (i + 1) * 1000
             found = s3.list_objects_v2(Bucket="uploads", Prefix=f"incomplete/{st.id}/").get("Contents", [])
             seen.append(sorted(o["Size"] for o in found))
@@ -488,7 +476,7 @@ def test_the_lmdb_records_of_the_previous_version_are_brought_over(cluster, s3, 
         assert await uploads.recover() == [] and not list(spool_dir.iterdir())
         headers = Headers([("tus-resumable", "1.0.0"), ("upload-offset", "3000"),
                            ("content-type", "application/offset+octet-stream"), ("content-length", "2000")])
-        st = await uploads.patch("alice-app", upload_id, headers, _Bytes(data[3000:]))
+        st = await uploads.patch("alice-app", upload_id, headers, MemoryBody(data[3000:]))
         assert st.finished
         assert s3.get_object(Bucket="uploads", Key=key)["Body"].read() == data
         catalogue.close()

@@ -36,26 +36,14 @@ from headwater.origin.upload.records import UploadRecords
 from headwater.origin.upload.s3 import MultipartStore
 from headwater.origin.upload.service import UploadService
 
+from tests.bodies import MemoryBody
+
 from .postgres_server import find_initdb, start_postgres
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
 MiB = 1024 * 1024
 BUCKET = "uploads-orphans"
 GRACE_S = 600.0
-
-
-class Body:
-    """A request body as the HTTP core hands it to the app, from bytes in memory."""
-
-    content_length = None
-    expects_continue = False
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        chunk, self.data = self.data[:max_bytes], self.data[max_bytes:]
-        return chunk
 
 
 def creation(length: int) -> Headers:
@@ -105,7 +93,7 @@ def test_the_sweep_removes_what_no_record_names_once_past_the_grace(cluster, s3,
         await uploads.store.ensure_bucket()
         data = os.urandom(6 * MiB + 999)
         live = await uploads.create("alice-app", creation(len(data)), None)
-        live = await uploads.patch("alice-app", live.id, patching(0, 300_000), Body(data[:300_000]))
+        live = await uploads.patch("alice-app", live.id, patching(0, 300_000), MemoryBody(data[:300_000]))
         [(named, _)] = live.segments
         held = await uploads.create("alice-app", creation(1000), None)
         # A PATCH on another host between its segment's PUT and its record write: it holds the lease.
@@ -150,7 +138,7 @@ def test_the_sweep_removes_what_no_record_names_once_past_the_grace(cluster, s3,
 
         # The live upload goes on from its named segment and completes with the right bytes.
         done = await uploads.patch("alice-app", live.id, patching(300_000, len(data) - 300_000),
-                                   Body(data[300_000:]))
+                                   MemoryBody(data[300_000:]))
         assert done.finished
         assert s3.get_object(Bucket=BUCKET, Key=live.key)["Body"].read() == data
         # The held upload's request lost (its lease given back, its record never naming the
@@ -230,7 +218,7 @@ def test_a_database_that_does_not_answer_holds_up_no_other_task(cluster, s3, tmp
             tg.start_soon(run, "head", lambda: uploads.head("alice-app", ids[0]))
             for i, uid in enumerate(ids):
                 tg.start_soon(run, f"patch{i}",
-                              lambda uid=uid: uploads.patch("alice-app", uid, patching(0, len(data)), Body(data)))
+                              lambda uid=uid: uploads.patch("alice-app", uid, patching(0, len(data)), MemoryBody(data)))
             while len(results) < 3 + len(ids):
                 await anyio.sleep(0.05)
             finished = time.monotonic()
