@@ -37,8 +37,8 @@ class Obj:
     # Set by the test when the rest may come: the body's first piece is sent, then the origin
     # waits for it (a threading.Event: the test sets it from outside the origin's event loop).
     hold: threading.Event | None = None
-    # Count the answers for this path being sent at once (ControlledOrigin.sending, .peak): the
-    # body in 256 KiB pieces, counted until the last is sent or the edge lets go of it.
+    # Count the answers for this path in progress at once (ControlledOrigin.sending, .peak;
+    # ControlledOrigin._counted says until when).
     counted: bool = False
 
 
@@ -55,14 +55,22 @@ class ControlledOrigin:
         self.peak: Counter[str] = Counter()  # ... and the most at once
 
     def _counted(self, path: str, body: bytes) -> Any:
+        """``body`` in 64 KiB pieces, counted in ``sending`` from the request until its last
+        piece is handed to the server (not until that is sent: the edge reads it at its viewer's
+        pace, and may ask again the moment it has it) or the edge lets go of it."""
         async def pieces():
             self.sending[path] += 1
             self.peak[path] = max(self.peak[path], self.sending[path])
+            counted = True
             try:
-                for i in range(0, len(body), 256 * 1024):
-                    yield body[i:i + 256 * 1024]
+                for i in range(0, len(body), 64 * 1024):
+                    if i + 64 * 1024 >= len(body):
+                        self.sending[path] -= 1
+                        counted = False
+                    yield body[i:i + 64 * 1024]
             finally:
-                self.sending[path] -= 1
+                if counted:
+                    self.sending[path] -= 1
         return pieces()
 
     async def app(self, request: Request) -> Response:

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -197,10 +198,12 @@ def _capped_pop(origin, tmp_path_factory, *flags: str):
         p.stop()
 
 
-def _trickle_get(pop: Pop, path: str, resume_at: float) -> tuple[int, bytes]:
+def _trickle_get(pop: Pop, path: str, resume: float | threading.Event,
+                 pause_per_mib_s: float = 0.1) -> tuple[int, bytes]:
     """A slow viewer: GET ``path`` with a 4 KiB receive buffer, read the first bytes, then
-    nothing until ``resume_at`` (time.monotonic) while the shared fetch runs ahead of it; then
-    read the rest at about 10 MiB/s, until the end or until the edge cuts the answer."""
+    nothing until ``resume`` (a time.monotonic, or an event set) while the shared fetch runs ahead
+    of it; then read the rest, pausing ``pause_per_mib_s`` after each MiB, until the end or until
+    the edge cuts the answer."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(30)
@@ -209,7 +212,10 @@ def _trickle_get(pop: Pop, path: str, resume_at: float) -> tuple[int, bytes]:
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{pop.port}\r\nConnection: close\r\n\r\n".encode())
     got = [s.recv(12)]
     assert got[0].startswith(b"HTTP/1.1 200"), got
-    time.sleep(max(0.0, resume_at - time.monotonic()))
+    if isinstance(resume, threading.Event):
+        assert resume.wait(30)
+    else:
+        time.sleep(max(0.0, resume - time.monotonic()))
     size, next_pause = 0, 1 << 20
     try:
         while chunk := s.recv(1 << 20):
@@ -217,11 +223,22 @@ def _trickle_get(pop: Pop, path: str, resume_at: float) -> tuple[int, bytes]:
             size += len(chunk)
             if size >= next_pause:
                 next_pause += 1 << 20
-                time.sleep(0.1)
+                time.sleep(pause_per_mib_s)
     except ConnectionResetError:
         pass  # cut short by the edge
     s.close()
     return port, b"".join(got)
+
+
+def _slots(pop: Pop, kind: str) -> dict:
+    return httpx.get(pop.admin + "/healthz", trust_env=False).json()["upstream_slots"][kind]
+
+
+def _until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
 
 
 def _metric(pop: Pop, name: str, **labels: str) -> float:
@@ -236,7 +253,7 @@ def _metric(pop: Pop, name: str, **labels: str) -> float:
 def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tmp_path_factory):
     """Six slow viewers of a 12 MiB object no store keeps each fall behind the shared fetch's
     4 MiB window and need the rest by range: with --max-rest-fetches 2 the origin never sends
-    more than two answers for it at once (uncapped: five or six), and with a wait long enough
+    more than two answers for it at once (uncapped: six), and with a wait long enough
     every viewer gets a slot in turn and its exact bytes. With one slot and a short wait, the
     viewers past it are cut short (logged as CloudFront's SlowReaderOriginError, counted as
     refusals), and a plain miss with no slot is a 503 with Retry-After that never went upstream."""
@@ -256,15 +273,18 @@ def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tm
     origin.objects["/v/crowd2.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-2"', counted=True)
     origin.objects["/v/other.mp4"] = Obj(b"x" * 1000, [("cache-control", "max-age=600")])
     with _capped_pop(origin, tmp_path_factory, "--max-upstream-fetches", "1", "--upstream-wait", "0.3") as pop:
-        start = time.monotonic()
+        go_late = threading.Event()
         with ThreadPoolExecutor(3) as pool:
-            first = pool.submit(_trickle_get, pop, "/v/crowd2.mp4", start + 1.5)
-            late = [pool.submit(_trickle_get, pop, "/v/crowd2.mp4", start + 2.0) for _ in range(2)]
-            time.sleep(max(0.0, start + 2.2 - time.monotonic()))
-            # Meanwhile the one slot is the first viewer's rest fetch: a miss is refused at once.
+            # Three viewers share the fetch; the first resumes first, slowly (some 6 s for the rest).
+            first = pool.submit(_trickle_get, pop, "/v/crowd2.mp4", time.monotonic() + 1.0, 0.5)
+            late = [pool.submit(_trickle_get, pop, "/v/crowd2.mp4", go_late) for _ in range(2)]
+            _until(lambda: _slots(pop, "rest")["in_use"] == 1, "the first viewer's rest fetch never began")
+            go_late.set()  # behind the window too, and no slot for them within 0.3 s
+            cut = [f.result() for f in late]
+            # The one slot is still the first viewer's: a miss is refused without going upstream.
+            assert _slots(pop, "fetch")["in_use"] == 1 and not first.done()
             busy = curl("-D", "-", "-o", "/dev/null", pop.url + "/v/other.mp4").stdout.decode().lower()
             port, got = first.result()
-            cut = [f.result() for f in late]
         assert " 503" in busy.splitlines()[0] and "retry-after: 1" in busy and "x-cache: error from pop-x" in busy
         assert origin.fetches["/v/other.mp4"] == 0
         assert _body(got) == (len(body), body)
@@ -277,6 +297,7 @@ def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tm
         assert origin.ranges["/v/crowd2.mp4"] == 1 and origin.peak["/v/crowd2.mp4"] == 1
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="rest", reason="timeout") == 2
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="fetch") == 1
+        assert _slots(pop, "fetch")["in_use"] == 0
         assert httpx.get(pop.url + "/v/other.mp4", trust_env=False).status_code == 200  # the slot came back
 
 
