@@ -511,7 +511,7 @@ class EdgeApp:
             elif k == "content-range":
                 crange = v
         start, end = _range_of(crange)
-        # Cut short by the edge itself (a rest fetch refused: _ViewerBody), else the viewer left.
+        # Cut short by the edge itself (an upstream slot refused: _ViewerBody), else the viewer left.
         cut = getattr(response.body, "cut_detail", None) or "ClientCommError"
         tls = request.tls
         # cs-protocol is the connection's (TLS or not), not the scheme an HTTP/2 client claims.
@@ -968,13 +968,11 @@ class EdgeApp:
         if ctx.request.method == "HEAD":
             return Response(head.status, headers, b""), "Miss"
         # A whole, uncompressed 200 can be fetched again from any offset by range.
-        body = _ViewerBody()
         rest: Callable[[int], AsyncIterator[bytes]] | None = None
         if head.status == 200 and not ctx.behaviour.compress:
-            rest = functools.partial(self._rest_from_upstream, ctx, stored, body)
+            rest = functools.partial(self._rest_from_upstream, ctx, stored)
         fallback = self._fallback(ctx.key, rest) if head.stored and self.stores else rest
-        body.chunks = flight.follow(fallback)
-        return Response(head.status, headers, body), "Miss"
+        return Response(head.status, headers, _ViewerBody(flight.follow(fallback))), "Miss"
 
     def _fallback(self, key: bytes, rest: Callable[[int], AsyncIterator[bytes]] | None = None,
                   ) -> Callable[[int], AsyncIterator[bytes]]:
@@ -997,8 +995,7 @@ class EdgeApp:
                 yield chunk
         return read_from
 
-    async def _rest_from_upstream(self, ctx: _Context, stored: StoredResponse, viewer: _ViewerBody,
-                                  offset: int) -> AsyncIterator[bytes]:
+    async def _rest_from_upstream(self, ctx: _Context, stored: StoredResponse, offset: int) -> AsyncIterator[bytes]:
         """The body of ``stored`` from ``offset``, fetched again by range for a waiter that fell
         behind its flight when nothing holds the bytes it missed (the flight keeps only a
         window: a slow viewer must not hold a whole large body in memory). ``If-Range`` with the
@@ -1014,8 +1011,7 @@ class EdgeApp:
         try:
             response = await self._send(ctx, "GET", self._request_headers(ctx) + [
                 ("range", f"bytes={offset}-"), ("if-range", validator)], rest=True)
-        except UpstreamBusy as e:
-            viewer.cut_detail = e.detail
+        except UpstreamBusy as e:  # (the viewer's _ViewerBody notes why its answer is cut)
             log.info("%s: %s: a viewer %d bytes into %r is cut short", self.node.id, e, offset, ctx.key,
                      extra={"event": "edge.rest_refused"})
             raise
@@ -1427,7 +1423,7 @@ class EdgeApp:
         if ctx.request.method == "HEAD":
             return Response(head.status, headers, b""), "Miss"
         fallback = self._fallback(ctx.key) if head.stored and self.stores else None
-        return Response(head.status, headers, flight.follow(fallback)), "Miss"
+        return Response(head.status, headers, _ViewerBody(flight.follow(fallback))), "Miss"
 
     def _sliced_response(self, ctx: _Context, whole: StoredResponse, age: float, result: str,
                          timing: str = "", started: float | None = None) -> Response:
@@ -1437,7 +1433,8 @@ class EdgeApp:
             return self._not_modified(headers)
         if ctx.request.method == "HEAD" or plan.status == 416 or not plan.parts:
             return Response(plan.status, headers, b"")
-        return Response(plan.status, headers, self._sliced_body(ctx, whole, plan.parts))
+        # (later slices are fetched as the answer goes out: one refused cuts it short)
+        return Response(plan.status, headers, _ViewerBody(self._sliced_body(ctx, whole, plan.parts)))
 
     async def _sliced_body(self, ctx: _Context, whole: StoredResponse, parts: Sequence[Any]) -> AsyncIterator[bytes]:
         size = ctx.behaviour.slice_size
@@ -1659,22 +1656,29 @@ async def wait_for_slot(pool: SlotPool, clock: Clock) -> str:
 
 
 class _ViewerBody:
-    """A streamed answer's body, as the HTTP core iterates and closes it, with what the access
-    line says when the edge cut it short (``cut_detail``, CloudFront's detailed result type;
-    None: if cut, the viewer left). ``close`` runs when the core lets go of it, even unread (an
-    upstream response under it is closed, and its slot released)."""
+    """A streamed answer's body as the HTTP core iterates and closes it, noting why the edge cut
+    it short: ``cut_detail``, CloudFront's detailed result type for the access line, when an
+    upstream fetch it needed was refused for want of a slot (UpstreamBusy; a rest fetch: the
+    viewer read too slowly, SlowReaderOriginError). None: if cut, the viewer left
+    (ClientCommError). ``close`` runs when the core lets go of it, even unread (an upstream
+    response under it is closed, and its slot released)."""
 
     __slots__ = ("chunks", "close", "cut_detail")
 
-    def __init__(self, chunks: AsyncIterator[bytes] | None = None,
-                 close: Callable[[], Any] | None = None) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Any] | None = None) -> None:
         self.chunks = chunks
         self.close = close
         self.cut_detail: str | None = None
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        assert self.chunks is not None
-        return self.chunks
+    def __aiter__(self) -> _ViewerBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.chunks.__anext__()
+        except UpstreamBusy as e:
+            self.cut_detail = e.detail
+            raise
 
     async def aclose(self) -> None:
         try:
