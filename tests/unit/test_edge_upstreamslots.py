@@ -210,3 +210,31 @@ def test_errors_name_the_key_and_line(extra, key):
     assert e.value.key == key
     name = key.rsplit(".", 1)[1]
     assert e.value.line == next(i for i, x in enumerate(text.splitlines(), 1) if x.startswith(name + " "))
+
+
+# --- a viewer's answer cut short ----------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_a_body_cut_by_a_refusal_says_why_and_closes_what_is_under_it():
+    from headwater.edge.app import _ViewerBody
+
+    async def chunks():
+        yield b"first"
+        raise UpstreamBusy("no rest slot", kind="rest")
+
+    closed: list[bool] = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    body = _ViewerBody(chunks(), close)
+    got = []
+    with pytest.raises(UpstreamBusy):
+        async for chunk in body:
+            got.append(chunk)
+    assert got == [b"first"] and body.cut_detail == "SlowReaderOriginError"
+    await body.aclose()
+    assert closed == [True]
+    unread = _ViewerBody(chunks(), close)  # never iterated (the viewer left first): still closed
+    await unread.aclose()
+    assert closed == [True, True] and unread.cut_detail is None
