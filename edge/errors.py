@@ -24,7 +24,8 @@ from headwater.http.errors import HttpError
 __all__ = [
     "EdgeError", "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "UpstreamBroken",
     "RevalidationFailed", "UpstreamBusy",
-    "NoDistribution", "LoopDetected", "MethodNotAllowed", "BadTarget", "CollapsedFetchFailed", "status_of", "headers_of",
+    "NoDistribution", "LoopDetected", "MethodNotAllowed", "BadTarget", "CollapsedFetchFailed", "status_of",
+    "headers_of",
 ]
 
 
