@@ -11,7 +11,8 @@ keygen [--id ID]`` (makes the key of a ``private_key_file = "auto"`` entry, :mod
 add HTTPS with ALPN on ``--tls-listen``. One worker runs in this process; ``--workers N`` hands N
 of them (``edge serve ... --worker i``, sharing the ports and the disk tier) to the kernel's
 supervisor, as ``headwater up`` runs a POP's workers. Such workers refuse purges: the purge log
-must be one process's.
+must be one process's. ``--max-upstream-fetches``, ``--max-rest-fetches`` and ``--upstream-wait``
+are the ``[[edge]]`` keys that bound a worker's fetches to the origin (:mod:`.upstreamslots`).
 """
 
 from __future__ import annotations
