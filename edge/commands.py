@@ -61,7 +61,7 @@ def add_commands(sub: Any, config_help: str) -> None:
                    help=f"HTTPS (ALPN h2, http/1.1) with --tls-cert (default: the --listen host, port {DEFAULT_TLS_PORT})")
     # One worker of --workers N, as the supervisor starts it: not for people.
     s.add_argument("--max-upstream-fetches", type=int, default=None, metavar="N",
-                   help="per worker, fetches open to the origin at once (default 256); past them a fetch "
+                   help="per worker, fetches open to the origin at once (default 512); past them a fetch "
                         "waits --upstream-wait, then is answered 503")
     s.add_argument("--max-rest-fetches", type=int, default=None, metavar="N",
                    help="per worker, of those, ranged fetches for viewers that fell behind a shared fetch "

@@ -99,7 +99,7 @@ class EdgeConfig:
     collapse_window_bytes: int = 4 * MiB
     # Per worker: upstream fetches open at once (every kind), of which rest fetches (a viewer
     # behind a shared fetch no store keeps); a fetch past them waits, then is refused
-    # (.upstreamslots: 256 and 16 by default, a wait of 1 s, 256 waiting at most).
+    # (.upstreamslots: 512 and 16 by default, a wait of 1 s, 256 waiting at most).
     upstream_slots: SlotLimits = SlotLimits()
     # A POP copies a disk-tier hit into its RAM tier on the key's second disk hit (.promote):
     # bodies up to promote_max_size, at most promote_rate bytes a second.

@@ -107,7 +107,7 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     # An https origin signed by the cluster's local CA (the gateway with tls_cert = "auto") verifies.
     # Its pool per upstream is as large as the worker's upstream slots (edge.upstreamslots), which
     # bound it first: past them a fetch queues (then 503), never waits out a connect timeout for a
-    # 502 as though the upstream had failed.
+    # 504 as though the upstream had failed.
     upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s,
                               max_connections=node.upstream_slots.max_upstream_fetches,
                               verify=client_ssl_context(cluster))

@@ -8,8 +8,11 @@ it, but two kinds of request still cost an upstream fetch each, and nothing else
   ``_rest_from_upstream``), for as long as it takes to read it: a crowd of slow or trickle-reading
   viewers is a crowd of upstream connections, the load collapsing exists to prevent;
 - ``fetch``: every upstream request (a flight's fetch, a pass-through, a prefetch, and each rest
-  fetch too), bounded below only by the HTTP client's pool per upstream, which waits on a
-  connect timeout and then answers 502 as if the upstream had failed.
+  fetch too). Before these slots only the HTTP client's pool per upstream bounded them (512
+  connections, not configurable): a fetch past it waited out the connect timeout and failed as
+  ``UpstreamTimeout``, a 504 counted as the upstream's failure (at a POP, one more strike
+  towards marking a healthy regional down). The edge's daemon now sizes that pool to
+  ``max_upstream_fetches``, so these slots bind first.
 
 So each worker holds two :class:`SlotPool` s, as Varnish bounds a backend's connections
 (``.max_connections``, with ``.wait_timeout`` / ``.wait_limit`` for the requests past it) and
@@ -37,10 +40,13 @@ KINDS = ("fetch", "rest")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlotLimits:
-    """``[[edge]]``'s bounds on one worker's upstream fetches (every default in edge.config)."""
+    """``[[edge]]``'s bounds on one worker's upstream fetches; the defaults are these (edge.config
+    reads the keys)."""
 
-    # Every upstream fetch at once (flights, passes, prefetches, rest fetches).
-    max_upstream_fetches: int = 256
+    # Every upstream fetch at once (flights, passes, prefetches, rest fetches): 512, the HTTP
+    # client's pool per upstream before these slots (so plain misses are bounded no lower than
+    # they were; only what happens past the bound changed, see the module's docstring).
+    max_upstream_fetches: int = 512
     # Of those, fetches of the rest of a response for a viewer behind its flight's window.
     max_rest_fetches: int = 16
     # How long a fetch waits for a slot, and how many may wait (per pool), before refusals.

@@ -187,7 +187,7 @@ lon = 2.0
 
 def test_the_keys_and_their_defaults():
     assert loads(EDGE).edge[0].upstream_slots == SlotLimits()
-    assert SlotLimits() == SlotLimits(max_upstream_fetches=256, max_rest_fetches=16, wait_s=1.0, max_waiting=256)
+    assert SlotLimits() == SlotLimits(max_upstream_fetches=512, max_rest_fetches=16, wait_s=1.0, max_waiting=256)
     cfg = loads(EDGE + 'max_upstream_fetches = 8\nmax_rest_fetches = 0\nupstream_wait_seconds = 0.25\n'
                        'upstream_wait_limit = 3\n').edge[0].upstream_slots
     assert cfg == SlotLimits(max_upstream_fetches=8, max_rest_fetches=0, wait_s=0.25, max_waiting=3)
