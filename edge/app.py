@@ -45,12 +45,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import re
 import secrets
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+
+import anyio
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.http import Request, Response, error_response
@@ -117,8 +120,10 @@ from .errors import (
     NoDistribution,
     RevalidationFailed,
     UpstreamBroken,
+    UpstreamBusy,
     UpstreamError,
     UpstreamUnavailable,
+    headers_of,
     status_of,
 )
 from .invalidation import MIN_SEQ_FIELD, stored_seq
@@ -128,6 +133,7 @@ from .prefetch import PrefetchConfig, PrefetchPlanner
 from .promote import PROMOTED, Promoter, PromotionConfig, copy_data, copy_entry
 from .tiers import TierRouter
 from .upstream import OriginFetcher, UpstreamClient, UpstreamResponse
+from .upstreamslots import SlotPool, pools_for
 
 __all__ = ["EdgeApp", "EdgeMetrics", "encode_meta", "decode_meta"]
 
@@ -171,6 +177,13 @@ class EdgeMetrics:
         self.rest_fetches = registry.counter(
             "hw_edge_rest_fetches_total", "Fetches by range of the rest of a response, for a viewer that fell "
             "behind the fetch it shared when no store held the bytes it missed.", labels=["tier"])
+        self.slot_waits = registry.counter(
+            "hw_edge_upstream_slot_waits_total", "Upstream fetches that queued for a slot (every slot of the "
+            "worker's pool in use: max_upstream_fetches, or max_rest_fetches for kind rest).", labels=["tier", "kind"])
+        self.slot_refusals = registry.counter(
+            "hw_edge_upstream_slot_refusals_total", "Upstream fetches refused for want of a slot (the queue full, "
+            "or upstream_wait_seconds over): a 503, or a viewer's answer cut short (kind rest).",
+            labels=["tier", "kind", "reason"])
         self.invalidated = registry.counter("hw_edge_invalidated_total",
                                             "Entries removed by unsafe requests passed through (RFC 9111 4.4).",
                                             labels=["tier"])
@@ -381,6 +394,8 @@ class EdgeApp:
         self.next_tier = next_tier
         self.origins = dict(origins)
         self.collapser = Collapser(node.collapse_window_bytes)
+        # Upstream fetches open at once, per worker (.upstreamslots): every kind, and rest fetches.
+        self.slots: dict[str, SlotPool] = pools_for(node.upstream_slots)
         self.metrics = EdgeMetrics(registry, node.tier)
         self.spawn = spawn
         self.clock = clock
@@ -443,10 +458,14 @@ class EdgeApp:
 
     def _error(self, e: EdgeError) -> Response:
         self.counts["errors"] += 1
-        if isinstance(e, UpstreamError):
+        if isinstance(e, UpstreamBusy):  # (counted in hw_edge_upstream_slot_refusals_total)
+            log.info("%s: %s", self.node.id, e, extra={"event": "edge.upstream_busy"})
+        elif isinstance(e, UpstreamError):
             log.warning("%s: %s", self.node.id, e, extra={"event": "edge.upstream_failed"})
-        r = error_response(status_of(e), str(e) if not isinstance(e, UpstreamError) else "upstream failed")
-        r.headers += [("x-cache", f"Error from {self.node.id}"), ("via", self.via)]
+        message = "upstream busy" if isinstance(e, UpstreamBusy) else \
+            "upstream failed" if isinstance(e, UpstreamError) else str(e)
+        r = error_response(status_of(e), message)
+        r.headers += headers_of(e) + [("x-cache", f"Error from {self.node.id}"), ("via", self.via)]
         return r
 
     def _refused(self, response: Response) -> tuple[Response, str]:
@@ -492,6 +511,8 @@ class EdgeApp:
             elif k == "content-range":
                 crange = v
         start, end = _range_of(crange)
+        # Cut short by the edge itself (an upstream slot refused: _ViewerBody), else the viewer left.
+        cut = getattr(response.body, "cut_detail", None) or "ClientCommError"
         tls = request.tls
         # cs-protocol is the connection's (TLS or not), not the scheme an HTTP/2 client claims.
         self.access_log.info(
@@ -507,7 +528,7 @@ class EdgeApp:
                               "cs(User-Agent)": request.headers.get("user-agent", "-"),
                               "x-forwarded-for": request.headers.get("x-forwarded-for", "-"),
                               "x-edge-result-type": result if sent else "Error",
-                              "x-edge-detailed-result-type": result if sent else "ClientCommError",
+                              "x-edge-detailed-result-type": result if sent else cut,
                               "time-taken": round(taken, 6), "time-to-first-byte": round(first_byte, 6),
                               "cs-protocol-version": _PROTOCOL_VERSIONS.get(request.http_version,
                                                                             f"HTTP/{request.http_version}"),
@@ -917,6 +938,8 @@ class EdgeApp:
             answer = self._stale_answer(ctx)
             if answer is not None:
                 return answer
+            if isinstance(e, UpstreamBusy):
+                raise  # 503 and Retry-After: this edge's overload, not the upstream's failure
             if ctx.stale is not None and must_revalidate(ctx.stale):
                 raise RevalidationFailed(f"a stored response that must be revalidated could not be: {e}") from e
             raise
@@ -949,7 +972,7 @@ class EdgeApp:
         if head.status == 200 and not ctx.behaviour.compress:
             rest = functools.partial(self._rest_from_upstream, ctx, stored)
         fallback = self._fallback(ctx.key, rest) if head.stored and self.stores else rest
-        return Response(head.status, headers, flight.follow(fallback)), "Miss"
+        return Response(head.status, headers, _ViewerBody(flight.follow(fallback))), "Miss"
 
     def _fallback(self, key: bytes, rest: Callable[[int], AsyncIterator[bytes]] | None = None,
                   ) -> Callable[[int], AsyncIterator[bytes]]:
@@ -977,14 +1000,21 @@ class EdgeApp:
         behind its flight when nothing holds the bytes it missed (the flight keeps only a
         window: a slow viewer must not hold a whole large body in memory). ``If-Range`` with the
         response's strong validator: an upstream whose object changed since answers 200, and the
-        viewer's response is cut short rather than spliced from two versions."""
+        viewer's response is cut short rather than spliced from two versions. A rest fetch takes a
+        ``rest`` slot (.upstreamslots): past ``max_rest_fetches`` and the wait, the viewer's answer
+        is cut short too (logged as CloudFront's SlowReaderOriginError), rather than one more
+        upstream connection per slow viewer."""
         validator = _validator(stored)
         if validator is None:
             raise CollapsedFetchFailed("fell behind a shared fetch whose response is not stored and has "
                                        "no strong validator to fetch the rest by range")
-        self.metrics.rest_fetches.labels(self.node.tier).inc()
-        response = await self._send(ctx, "GET", self._request_headers(ctx) + [
-            ("range", f"bytes={offset}-"), ("if-range", validator)])
+        try:
+            response = await self._send(ctx, "GET", self._request_headers(ctx) + [
+                ("range", f"bytes={offset}-"), ("if-range", validator)], rest=True)
+        except UpstreamBusy as e:  # (the viewer's _ViewerBody notes why its answer is cut)
+            log.info("%s: %s: a viewer %d bytes into %r is cut short", self.node.id, e, offset, ctx.key,
+                     extra={"event": "edge.rest_refused"})
+            raise
         try:
             content_range = response.header("content-range") or ""
             if response.status != 206 or not content_range.startswith(f"bytes {offset}-"):
@@ -1213,8 +1243,44 @@ class EdgeApp:
                                        stored=bool(writers), extra=("fetched", stored, timing, 0)))
         return writers
 
+    async def _take_slot(self, pool: SlotPool) -> None:
+        """A slot of ``pool`` (:func:`wait_for_slot`), counted; else UpstreamBusy."""
+        outcome = await wait_for_slot(pool, self.clock)
+        if outcome in ("waited", "timeout"):
+            self.metrics.slot_waits.labels(self.node.tier, pool.kind).inc()
+        if outcome in _TAKEN:
+            return
+        self.metrics.slot_refusals.labels(self.node.tier, pool.kind, outcome).inc()
+        why = f"{pool.waiting} already waiting" if outcome == "queue_full" else f"none within {pool.wait_s:g} s"
+        raise UpstreamBusy(f"all {pool.capacity} {pool.kind} slots upstream in use, {why}", kind=pool.kind,
+                           retry_after_s=math.ceil(pool.wait_s))
+
     async def _send(self, ctx: _Context, method: str, headers: list[tuple[str, str]],
-                    content: Any = None) -> UpstreamResponse:
+                    content: Any = None, *, rest: bool = False) -> UpstreamResponse:
+        """The request to the next tier or the origin (:meth:`_send_now`), once this worker has
+        an upstream slot for it (and a ``rest`` slot for a rest fetch); the slots go back when
+        the response is closed. UpstreamBusy when there is none within the wait."""
+        taken: list[SlotPool] = []
+        try:
+            for pool in ((self.slots["rest"], self.slots["fetch"]) if rest else (self.slots["fetch"],)):
+                await self._take_slot(pool)
+                taken.append(pool)
+            if rest:
+                self.metrics.rest_fetches.labels(self.node.tier).inc()
+            response = await self._send_now(ctx, method, headers, content)
+        except BaseException:
+            for pool in taken:
+                pool.release()
+            raise
+
+        def release() -> None:
+            for pool in taken:
+                pool.release()
+        response.on_close = release
+        return response
+
+    async def _send_now(self, ctx: _Context, method: str, headers: list[tuple[str, str]],
+                        content: Any = None) -> UpstreamResponse:
         """The request to the next tier (trying the key's next preference when one is down) or,
         at the top, to the distribution's origin group."""
         request = ctx.request
@@ -1357,7 +1423,7 @@ class EdgeApp:
         if ctx.request.method == "HEAD":
             return Response(head.status, headers, b""), "Miss"
         fallback = self._fallback(ctx.key) if head.stored and self.stores else None
-        return Response(head.status, headers, flight.follow(fallback)), "Miss"
+        return Response(head.status, headers, _ViewerBody(flight.follow(fallback))), "Miss"
 
     def _sliced_response(self, ctx: _Context, whole: StoredResponse, age: float, result: str,
                          timing: str = "", started: float | None = None) -> Response:
@@ -1367,7 +1433,8 @@ class EdgeApp:
             return self._not_modified(headers)
         if ctx.request.method == "HEAD" or plan.status == 416 or not plan.parts:
             return Response(plan.status, headers, b"")
-        return Response(plan.status, headers, self._sliced_body(ctx, whole, plan.parts))
+        # (later slices are fetched as the answer goes out: one refused cuts it short)
+        return Response(plan.status, headers, _ViewerBody(self._sliced_body(ctx, whole, plan.parts)))
 
     async def _sliced_body(self, ctx: _Context, whole: StoredResponse, parts: Sequence[Any]) -> AsyncIterator[bytes]:
         size = ctx.behaviour.slice_size
@@ -1519,7 +1586,7 @@ class EdgeApp:
         if request.method == "HEAD":
             await response.aclose()
             return Response(response.status, out, b""), "Pass"
-        return Response(response.status, out, _closing(response)), "Pass"
+        return Response(response.status, out, _ViewerBody(_closing(response), response.aclose)), "Pass"
 
     def _invalidate(self, prefix: bytes) -> None:
         for store in self.stores:
@@ -1552,7 +1619,75 @@ class EdgeApp:
             doc["prefetch"] = self.prefetch.health(served)
         if self.promoter is not None:
             doc["promotions"] = dict(self.promoter.results)
+        doc["upstream_slots"] = {kind: dataclasses.asdict(pool.statistics()) for kind, pool in self.slots.items()}
         return doc
+
+
+_TAKEN = frozenset({"now", "waited"})
+
+
+async def wait_for_slot(pool: SlotPool, clock: Clock) -> str:
+    """Take a slot of ``pool``: at once (``"now"``), or once one is released to this fetch within
+    the pool's wait, in order (``"waited"``), timed on ``clock``; else ``"queue_full"`` or
+    ``"timeout"``, having taken none. Cancelled while waiting, it takes none either (a slot
+    handed over meanwhile goes on to the next waiter)."""
+    if pool.take_nowait():
+        return "now"
+    ticket = pool.enqueue(clock.monotonic())
+    if ticket is None:
+        return "queue_full"
+    granted = anyio.Event()
+    ticket.wake = granted.set
+    try:
+        async with anyio.create_task_group() as tg:
+            async def time_out() -> None:
+                await clock.sleep(ticket.deadline - clock.monotonic())
+                tg.cancel_scope.cancel()
+            tg.start_soon(time_out)
+            await granted.wait()
+            tg.cancel_scope.cancel()
+    except BaseException:
+        pool.give_up(ticket, timed_out=False)
+        raise
+    if ticket.granted:
+        return "waited"
+    pool.give_up(ticket)
+    return "timeout"
+
+
+class _ViewerBody:
+    """A streamed answer's body as the HTTP core iterates and closes it, noting why the edge cut
+    it short: ``cut_detail``, CloudFront's detailed result type for the access line, when an
+    upstream fetch it needed was refused for want of a slot (UpstreamBusy; a rest fetch: the
+    viewer read too slowly, SlowReaderOriginError). None: if cut, the viewer left
+    (ClientCommError). ``close`` runs when the core lets go of it, even unread (an upstream
+    response under it is closed, and its slot released)."""
+
+    __slots__ = ("chunks", "close", "cut_detail")
+
+    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Any] | None = None) -> None:
+        self.chunks = chunks
+        self.close = close
+        self.cut_detail: str | None = None
+
+    def __aiter__(self) -> _ViewerBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.chunks.__anext__()
+        except UpstreamBusy as e:
+            self.cut_detail = e.detail
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self.close is not None:
+                await self.close()
 
 
 async def _body(request: Request) -> AsyncIterator[bytes]:

@@ -11,7 +11,8 @@ keygen [--id ID]`` (makes the key of a ``private_key_file = "auto"`` entry, :mod
 add HTTPS with ALPN on ``--tls-listen``. One worker runs in this process; ``--workers N`` hands N
 of them (``edge serve ... --worker i``, sharing the ports and the disk tier) to the kernel's
 supervisor, as ``headwater up`` runs a POP's workers. Such workers refuse purges: the purge log
-must be one process's.
+must be one process's. ``--max-upstream-fetches``, ``--max-rest-fetches`` and ``--upstream-wait``
+are the ``[[edge]]`` keys that bound a worker's fetches to the origin (:mod:`.upstreamslots`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from headwater.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from headwater.cli import err as _err
 from headwater.config import TLS_AUTO, ClusterConfig, ConfigError, GiB, Reader, load, parse_size
 
-from .config import Distribution, EdgeConfig, read_origin
+from .config import Distribution, EdgeConfig, read_origin, read_upstream_slots
+from .upstreamslots import SlotLimits
 
 __all__ = ["add_commands", "serve_config", "cmd_edge_serve", "cmd_cdn_invalidate", "cmd_cdn_sign",
            "cmd_cdn_keygen"]
@@ -58,6 +60,14 @@ def add_commands(sub: Any, config_help: str) -> None:
     s.add_argument("--tls-listen", default=None, metavar="HOST:PORT",
                    help=f"HTTPS (ALPN h2, http/1.1) with --tls-cert (default: the --listen host, port {DEFAULT_TLS_PORT})")
     # One worker of --workers N, as the supervisor starts it: not for people.
+    s.add_argument("--max-upstream-fetches", type=int, default=None, metavar="N",
+                   help="per worker, fetches open to the origin at once (default 512); past them a fetch "
+                        "waits --upstream-wait, then is answered 503")
+    s.add_argument("--max-rest-fetches", type=int, default=None, metavar="N",
+                   help="per worker, of those, ranged fetches for viewers that fell behind a shared fetch "
+                        "too large to store (default 16); past them such a viewer's answer is cut short")
+    s.add_argument("--upstream-wait", type=float, default=None, metavar="SECONDS",
+                   help="how long a fetch waits for a slot (default 1)")
     s.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_edge_serve)
     c = edge_sub.add_parser("check", help="validate [[edge]] and [[distributions]]; print the tiers")
@@ -127,9 +137,11 @@ def serve_config(args: argparse.Namespace) -> ClusterConfig:
         raise ConfigError("--secret-file", NO_PURGES_WITH_WORKERS)
     tls_port, cert, key = _tls_flags(args, host)
     cache_dir = Path(args.cache_dir)
+    slots = _slot_flags(args)
     node = EdgeConfig(id=args.id, tier="pop", host=host, port=port, admin_port=admin_port, lat=0.0, lon=0.0,
                       ram_bytes=parse_size(args.ram, "--ram"), disk_bytes=parse_size(args.disk, "--disk") or GiB,
-                      cache_dir=cache_dir, workers=workers, tls_port=tls_port, tls_cert=cert, tls_key=key)
+                      cache_dir=cache_dir, workers=workers, tls_port=tls_port, tls_cert=cert, tls_key=key,
+                      upstream_slots=slots)
     if admin_host != host:
         raise ConfigError("--admin", "the admin port listens on the --listen host")
     if len({port, admin_port, tls_port} - {None}) < 2 + (tls_port is not None):
@@ -143,6 +155,22 @@ def serve_config(args: argparse.Namespace) -> ClusterConfig:
     data_dir = {"data_dir": cache_dir.absolute() / "serve"} if workers > 1 else {}
     return ClusterConfig(name="edge-serve", edge=(node,), secret_file=secret, **data_dir,
                          distributions=(Distribution(name="default", origin=origin),))
+
+
+_SLOT_FLAGS = {"max_upstream_fetches": "--max-upstream-fetches", "max_rest_fetches": "--max-rest-fetches",
+               "upstream_wait_seconds": "--upstream-wait"}
+
+
+def _slot_flags(args: argparse.Namespace) -> SlotLimits:
+    """``--max-upstream-fetches``, ``--max-rest-fetches``, ``--upstream-wait``: read as their
+    ``[[edge]]`` keys are (ConfigError names the flag)."""
+    given = {"max_upstream_fetches": getattr(args, "max_upstream_fetches", None),
+             "max_rest_fetches": getattr(args, "max_rest_fetches", None),
+             "upstream_wait_seconds": getattr(args, "upstream_wait", None)}
+    try:
+        return read_upstream_slots(Reader(None, ""), {k: v for k, v in given.items() if v is not None}, "")
+    except ConfigError as e:
+        raise ConfigError(_SLOT_FLAGS.get(e.key.lstrip("."), e.key), str(e).split(": ", 1)[-1]) from None
 
 
 def _tls_flags(args: argparse.Namespace, host: str) -> tuple[int | None, str | None, str | None]:

@@ -45,10 +45,11 @@ from .promote import PromotionConfig
 from .limits import ClientLimits, Rule, read_client_limits, read_rules
 from .purge import PurgeConfig, read_purge_config
 from .signedurl import SigningKeys, read_signing_keys
+from .upstreamslots import SlotLimits
 
 __all__ = ["TIERS", "METHODS", "SAFE_ONLY", "EdgeConfig", "Origin", "Route", "Distribution", "CdnConfig",
            "read_edge", "read_distributions", "read_origin", "read_cdn", "check_edge", "purge_home",
-           "failover_budget_s", "FAILOVER_MARGIN_S"]
+           "failover_budget_s", "FAILOVER_MARGIN_S", "read_upstream_slots"]
 
 TIERS = ("pop", "regional", "shield")
 # What ``allowed_methods`` may name (CloudFront's seven); GET and HEAD are always allowed.
@@ -96,6 +97,10 @@ class EdgeConfig:
     # A collapsed fetch keeps this much of its body in memory for the requests that share it;
     # a waiter further behind reads the stored entry instead.
     collapse_window_bytes: int = 4 * MiB
+    # Per worker: upstream fetches open at once (every kind), of which rest fetches (a viewer
+    # behind a shared fetch no store keeps); a fetch past them waits, then is refused
+    # (.upstreamslots: 512 and 16 by default, a wait of 1 s, 256 waiting at most).
+    upstream_slots: SlotLimits = SlotLimits()
     # A POP copies a disk-tier hit into its RAM tier on the key's second disk hit (.promote):
     # bodies up to promote_max_size, at most promote_rate bytes a second.
     promotion: PromotionConfig = PromotionConfig()
@@ -201,7 +206,30 @@ _EDGE_KEYS = {"id", "tier", "host", "port", "admin_port", "tls_port", "tls_cert"
               "region", "lat", "lon", "ram_size", "disk_size", "cache_dir", "data_dir", "upstreams",
               "connect_timeout_seconds", "read_timeout_seconds", "upstream_fall", "upstream_down_seconds",
               "collapse_window", "limits", "promote_max_size",
-              "promote_rate"}
+              "promote_rate", "max_upstream_fetches", "max_rest_fetches", "upstream_wait_seconds",
+              "upstream_wait_limit"}
+
+# The largest slot and queue counts accepted (the defaults are SlotLimits').
+_SLOTS_CEILING = 65536
+
+
+def read_upstream_slots(r: Reader, item: Mapping[str, Any], p: str) -> SlotLimits:
+    """``max_upstream_fetches`` (1 or more), ``max_rest_fetches`` (0: a viewer behind a shared
+    fetch no store keeps is cut at once; at most max_upstream_fetches, whose slots it also
+    takes), ``upstream_wait_seconds`` (0: refuse at once) and ``upstream_wait_limit``."""
+    d = SlotLimits()
+    fetches = r.get(item, "max_upstream_fetches", p, int, d.max_upstream_fetches)
+    if not 1 <= fetches <= _SLOTS_CEILING:
+        raise r.error(f"{p}.max_upstream_fetches", f"{fetches} is outside 1..{_SLOTS_CEILING}")
+    rest = r.get(item, "max_rest_fetches", p, int, min(d.max_rest_fetches, fetches))
+    if not 0 <= rest <= fetches:
+        raise r.error(f"{p}.max_rest_fetches", f"{rest} is outside 0..{fetches} (max_upstream_fetches: "
+                      f"a rest fetch takes one of those slots too)")
+    limit = r.get(item, "upstream_wait_limit", p, int, d.max_waiting)
+    if not 0 <= limit <= _SLOTS_CEILING:
+        raise r.error(f"{p}.upstream_wait_limit", f"{limit} is outside 0..{_SLOTS_CEILING}")
+    wait = r.non_negative(item, "upstream_wait_seconds", p, d.wait_s)
+    return SlotLimits(max_upstream_fetches=fetches, max_rest_fetches=rest, wait_s=wait, max_waiting=limit)
 
 
 def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
@@ -255,6 +283,7 @@ def read_edge(r: Reader, item: Mapping[str, Any], p: str) -> EdgeConfig:
         read_timeout_s=r.positive(item, "read_timeout_seconds", p, 15.0),
         upstream_fall=fall, upstream_down_s=r.positive(item, "upstream_down_seconds", p, 10.0),
         collapse_window_bytes=r.size(item, "collapse_window", p, 4 * MiB),
+        upstream_slots=read_upstream_slots(r, item, p),
         promotion=PromotionConfig(max_object_bytes=r.size(item, "promote_max_size", p, 1 * MiB),
                                   bytes_per_second=r.size(item, "promote_rate", p, 64 * MiB)),
         limits=read_http_limits(r, r.table(item, "limits", p), f"{p}.limits"),

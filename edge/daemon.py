@@ -105,7 +105,11 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
     tls = tls_context(cluster, node.tls_cert, node.tls_key, clock=clock) if node.tls_port is not None else None
     stores = open_stores(node, worker)
     # An https origin signed by the cluster's local CA (the gateway with tls_cert = "auto") verifies.
+    # Its pool per upstream is as large as the worker's upstream slots (edge.upstreamslots), which
+    # bound it first: past them a fetch queues (then 503), never waits out a connect timeout for a
+    # 504 as though the upstream had failed.
     upstream = UpstreamClient(connect_timeout_s=node.connect_timeout_s, read_timeout_s=node.read_timeout_s,
+                              max_connections=node.upstream_slots.max_upstream_fetches,
                               verify=client_ssl_context(cluster))
     router = next_tier(cluster, node, clock)
     distributions = tuple(getattr(cluster, "distributions", ()) or ())
@@ -141,8 +145,10 @@ async def run_edge(cluster: ClusterConfig, node: EdgeConfig, *, worker: int = 0,
                           promotion=node.promotion,
                           prefetch=(getattr(cluster, "cdn", None) or CdnConfig()).prefetch,
                           compression=(getattr(cluster, "cdn", None) or CdnConfig()).compression)
-            export_stats(registry, "hw_edge_worker", lambda: {**app.counts, "in_flight": len(app.collapser.flights),
-                                                              "active": app.active})
+            export_stats(registry, "hw_edge_worker", lambda: {
+                **app.counts, "in_flight": len(app.collapser.flights), "active": app.active,
+                "upstream_fetches": app.slots["fetch"].in_use, "rest_fetches": app.slots["rest"].in_use,
+                "upstream_waiting": app.slots["fetch"].waiting + app.slots["rest"].waiting})
             purges.flights = app.collapser.flights
             export_stats(registry, "hw_edge_purge", purges.stats)
             add_edge_scrape_metrics(registry, node.tier, stores, origins)

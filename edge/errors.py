@@ -8,6 +8,9 @@ status: the edge's own errors by their class attribute, the HTTP core's by their
 - :class:`UpstreamError` and its kinds: the next tier or the origin failed (connection refused,
   timeout, a broken response: wrong length, truncated body, garbage headers) -> 502/504; a
   stale stored response that must be revalidated and could not be -> 504;
+- :class:`UpstreamBusy`: this worker has as many fetches open upstream as it may
+  (:mod:`.upstreamslots`) and the wait for a slot ran out -> 503 with ``Retry-After``
+  (:func:`headers_of`); the fetch was never sent;
 - :class:`NoDistribution`: no distribution answers for the request's Host -> 404 (never
   forwarded anywhere);
 - :class:`LoopDetected`: the request already passed through this daemon (its own id in Via) -> 508;
@@ -20,8 +23,9 @@ from headwater.http.errors import HttpError
 
 __all__ = [
     "EdgeError", "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "UpstreamBroken",
-    "RevalidationFailed",
+    "RevalidationFailed", "UpstreamBusy",
     "NoDistribution", "LoopDetected", "MethodNotAllowed", "BadTarget", "CollapsedFetchFailed", "status_of",
+    "headers_of",
 ]
 
 
@@ -69,6 +73,25 @@ class CollapsedFetchFailed(UpstreamError):
     http_status = 502
 
 
+class UpstreamBusy(UpstreamError):
+    """No upstream slot within the wait (:mod:`.upstreamslots`): the fetch was not sent. An
+    UpstreamError, so a stale copy may answer instead (``stale-if-error``); else 503 with
+    Retry-After (RFC 9110 15.6.4: overload, temporary). ``kind`` names the pool (``fetch`` or
+    ``rest``); ``detail`` is CloudFront's detailed result type of a viewer's answer it cut short
+    (a rest fetch refused: the viewer read too slowly to keep up with the shared fetch)."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, kind: str = "fetch", retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after_s = max(1, retry_after_s)
+
+    @property
+    def detail(self) -> str:
+        return "SlowReaderOriginError" if self.kind == "rest" else "OriginConnectError"
+
+
 class NoDistribution(EdgeError):
     """No ``[[distributions]]`` entry answers for this Host."""
 
@@ -98,6 +121,14 @@ class PassBodyTooLarge(EdgeError):
     """A passed-through request's body is larger than the edge buffers for its upstream."""
 
     http_status = 413
+
+
+def headers_of(error: BaseException) -> list[tuple[str, str]]:
+    """The fields an error answer carries besides its status (``Retry-After`` of a refusal)."""
+    retry = getattr(error, "retry_after_s", None)
+    if isinstance(error, EdgeError) and retry is not None:
+        return [("retry-after", str(int(retry)))]
+    return []
 
 
 def status_of(error: BaseException) -> int:

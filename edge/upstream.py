@@ -86,6 +86,8 @@ class UpstreamResponse:
         # Neither length nor chunks: the body ends when the upstream closes, so a cut-short one
         # cannot be told from a whole one (HTTP/1.0-style origins only; the tiers never do this).
         self.until_close = response.until_close
+        # Run once when the response is closed (the app's: the fetch's upstream slot goes back).
+        self.on_close: Callable[[], None] | None = None
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -115,7 +117,12 @@ class UpstreamResponse:
         return b"".join(parts)
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        callback, self.on_close = self.on_close, None
+        try:
+            await self._response.aclose()
+        finally:
+            if callback is not None:
+                callback()
 
 
 # Request bodies the edge passes through (API calls beside the video) are read whole before they

@@ -37,6 +37,9 @@ class Obj:
     # Set by the test when the rest may come: the body's first piece is sent, then the origin
     # waits for it (a threading.Event: the test sets it from outside the origin's event loop).
     hold: threading.Event | None = None
+    # Count the answers for this path in progress at once (ControlledOrigin.sending, .peak;
+    # ControlledOrigin._counted says until when).
+    counted: bool = False
 
 
 class ControlledOrigin:
@@ -48,6 +51,27 @@ class ControlledOrigin:
         self.conditionals: Counter[str] = Counter()
         self.ranges: Counter[str] = Counter()  # 206s answered to "Range: bytes=N-" by path
         self.scope: anyio.CancelScope | None = None
+        self.sending: Counter[str] = Counter()  # answers of Obj.counted paths being sent now
+        self.peak: Counter[str] = Counter()  # ... and the most at once
+
+    def _counted(self, path: str, body: bytes) -> Any:
+        """``body`` in 64 KiB pieces, counted in ``sending`` from the request until its last
+        piece is handed to the server (not until that is sent: the edge reads it at its viewer's
+        pace, and may ask again the moment it has it) or the edge lets go of it."""
+        async def pieces():
+            self.sending[path] += 1
+            self.peak[path] = max(self.peak[path], self.sending[path])
+            counted = True
+            try:
+                for i in range(0, len(body), 64 * 1024):
+                    if i + 64 * 1024 >= len(body):
+                        self.sending[path] -= 1
+                        counted = False
+                    yield body[i:i + 64 * 1024]
+            finally:
+                if counted:
+                    self.sending[path] -= 1
+        return pieces()
 
     async def app(self, request: Request) -> Response:
         self.fetches[request.path] += 1
@@ -67,9 +91,10 @@ class ControlledOrigin:
             # (only what the edge asks: the rest from an offset, under If-Range with the ETag)
             start = int(wanted[6:-1])
             self.ranges[request.path] += 1
+            rest = obj.body[start:]
             return Response(206, headers + [("content-length", str(len(obj.body) - start)),
                                             ("content-range", f"bytes {start}-{len(obj.body) - 1}/{len(obj.body)}")],
-                            obj.body[start:])
+                            self._counted(request.path, rest) if obj.counted else rest)
         headers.append(("content-length", str(len(obj.body))))
         if obj.truncate:
             async def half():
@@ -84,7 +109,7 @@ class ControlledOrigin:
                     await anyio.sleep(obj.chunk_delay_s)
                     yield obj.body[i:i + step]
             return Response(200, headers, slow())
-        return Response(200, headers, obj.body)
+        return Response(200, headers, self._counted(request.path, obj.body) if obj.counted else obj.body)
 
     async def run(self, port: int, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as self.scope:

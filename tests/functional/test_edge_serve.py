@@ -8,6 +8,7 @@ and a restart that keeps the disk tier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -16,9 +17,11 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
 
 import anyio
 import anyio.from_thread
@@ -43,7 +46,8 @@ def origin():
 class Pop:
     """A ``headwater edge serve`` process."""
 
-    def __init__(self, origin_port: int, folder: Path, port: int, admin: int, secret: Path) -> None:
+    def __init__(self, origin_port: int, folder: Path, port: int, admin: int, secret: Path,
+                 extra: Sequence[str] = ()) -> None:
         self.port = port
         self.secret = secret
         self.url = f"http://127.0.0.1:{port}"
@@ -52,7 +56,7 @@ class Pop:
                      "--origin", f"http://127.0.0.1:{origin_port}", "--listen", f"127.0.0.1:{port}",
                      "--admin", f"127.0.0.1:{admin}",
                      "--cache-dir", str(folder / "cache"), "--ram", "8MiB", "--disk", "64MiB",
-                     "--id", "pop-x", "--secret-file", str(secret)]
+                     "--id", "pop-x", "--secret-file", str(secret), *extra]
         self.log = folder / "serve.log"
         self.proc: subprocess.Popen | None = None
 
@@ -176,6 +180,125 @@ def test_a_viewer_behind_a_fetch_too_large_to_store_gets_the_rest_by_range(origi
     length, cut = _body(got)
     assert length == len(body) and len(cut) < length and body.startswith(cut)
     assert origin.ranges["/v/huge.mp4"] == 1  # (asked, refused by If-Range: not a 206)
+
+
+@contextlib.contextmanager
+def _capped_pop(origin, tmp_path_factory, *flags: str):
+    """A POP of its own, started with ``flags`` (its upstream slots)."""
+    folder = tmp_path_factory.mktemp("edge-capped")
+    secret = folder / "purge.secret"
+    secret.write_text(os.urandom(32).hex() + "\n")
+    secret.chmod(0o600)
+    port, admin = free_ports(2, exclude=(origin.port,))
+    p = Pop(origin.port, folder, port, admin, secret, flags)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _trickle_get(pop: Pop, path: str, resume: float | threading.Event,
+                 pause_per_mib_s: float = 0.1) -> tuple[int, bytes]:
+    """A slow viewer: GET ``path`` with a 4 KiB receive buffer, read the first bytes, then
+    nothing until ``resume`` (a time.monotonic, or an event set) while the shared fetch runs ahead
+    of it; then read the rest, pausing ``pause_per_mib_s`` after each MiB, until the end or until
+    the edge cuts the answer."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", pop.port))
+    port = s.getsockname()[1]
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{pop.port}\r\nConnection: close\r\n\r\n".encode())
+    got = [s.recv(12)]
+    assert got[0].startswith(b"HTTP/1.1 200"), got
+    if isinstance(resume, threading.Event):
+        assert resume.wait(30)
+    else:
+        time.sleep(max(0.0, resume - time.monotonic()))
+    size, next_pause = 0, 1 << 20
+    try:
+        while chunk := s.recv(1 << 20):
+            got.append(chunk)
+            size += len(chunk)
+            if size >= next_pause:
+                next_pause += 1 << 20
+                time.sleep(pause_per_mib_s)
+    except ConnectionResetError:
+        pass  # cut short by the edge
+    s.close()
+    return port, b"".join(got)
+
+
+def _slots(pop: Pop, kind: str) -> dict:
+    return httpx.get(pop.admin + "/healthz", trust_env=False).json()["upstream_slots"][kind]
+
+
+def _until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _metric(pop: Pop, name: str, **labels: str) -> float:
+    text = httpx.get(pop.admin + "/metrics", trust_env=False).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tmp_path_factory):
+    """Six slow viewers of a 12 MiB object no store keeps each fall behind the shared fetch's
+    4 MiB window and need the rest by range: with --max-rest-fetches 2 the origin never sends
+    more than two answers for it at once (uncapped: six), and with a wait long enough
+    every viewer gets a slot in turn and its exact bytes. With one slot and a short wait, the
+    viewers past it are cut short (logged as CloudFront's SlowReaderOriginError, counted as
+    refusals), and a plain miss with no slot is a 503 with Retry-After that never went upstream."""
+    body = os.urandom(1 << 20) * 12
+    origin.objects["/v/crowd.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-1"', counted=True)
+    with _capped_pop(origin, tmp_path_factory, "--max-rest-fetches", "2", "--upstream-wait", "60") as pop:
+        resume = time.monotonic() + 1.5
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: _trickle_get(pop, "/v/crowd.mp4", resume), range(6)))
+        for port, got in answers:
+            assert _body(got) == (len(body), body)
+            assert _access_line(pop, port)["x-edge-result-type"] == "Miss"
+        assert origin.ranges["/v/crowd.mp4"] == 6 and origin.peak["/v/crowd.mp4"] == 2
+        assert _metric(pop, "hw_edge_upstream_slot_waits_total", kind="rest") >= 1
+        assert _metric(pop, "hw_edge_upstream_slot_refusals_total") == 0
+
+    origin.objects["/v/crowd2.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-2"', counted=True)
+    origin.objects["/v/other.mp4"] = Obj(b"x" * 1000, [("cache-control", "max-age=600")])
+    with _capped_pop(origin, tmp_path_factory, "--max-upstream-fetches", "1", "--upstream-wait", "0.3") as pop:
+        go_late = threading.Event()
+        with ThreadPoolExecutor(3) as pool:
+            # Three viewers share the fetch; the first resumes first, slowly (some 6 s for the rest).
+            first = pool.submit(_trickle_get, pop, "/v/crowd2.mp4", time.monotonic() + 1.0, 0.5)
+            late = [pool.submit(_trickle_get, pop, "/v/crowd2.mp4", go_late) for _ in range(2)]
+            _until(lambda: _slots(pop, "rest")["in_use"] == 1, "the first viewer's rest fetch never began")
+            go_late.set()  # behind the window too, and no slot for them within 0.3 s
+            cut = [f.result() for f in late]
+            # The one slot is still the first viewer's: a miss is refused without going upstream.
+            assert _slots(pop, "fetch")["in_use"] == 1 and not first.done()
+            busy = curl("-D", "-", "-o", "/dev/null", pop.url + "/v/other.mp4").stdout.decode().lower()
+            port, got = first.result()
+        assert " 503" in busy.splitlines()[0] and "retry-after: 1" in busy and "x-cache: error from pop-x" in busy
+        assert origin.fetches["/v/other.mp4"] == 0
+        assert _body(got) == (len(body), body)
+        for cut_port, cut_got in cut:
+            length, part = _body(cut_got)
+            assert length == len(body) and len(part) < length and body.startswith(part)
+            line = _access_line(pop, cut_port)
+            assert (line["x-edge-result-type"], line["x-edge-detailed-result-type"]) == \
+                ("Error", "SlowReaderOriginError"), line
+        assert origin.ranges["/v/crowd2.mp4"] == 1 and origin.peak["/v/crowd2.mp4"] == 1
+        assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="rest", reason="timeout") == 2
+        assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="fetch") == 1
+        assert _slots(pop, "fetch")["in_use"] == 0
+        assert httpx.get(pop.url + "/v/other.mp4", trust_env=False).status_code == 200  # the slot came back
 
 
 def test_misses_then_hits_over_http1_and_h2c(origin, pop):
