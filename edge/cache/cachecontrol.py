@@ -160,7 +160,7 @@ def _build(pairs: Iterable[tuple[str, str | None]], *, surrogate: bool = False,
            targeted: bool = False) -> CacheControl:
     f: dict[str, object] = {}
     invalid = False
-    seen_delta: dict[str, int | None] = {}
+    seen_delta: dict[str, str | None] = {}
     no_cache_fields: list[str] = []
     private_fields: list[str] = []
     for name, arg in pairs:
@@ -168,9 +168,12 @@ def _build(pairs: Iterable[tuple[str, str | None]], *, surrogate: bool = False,
             if surrogate and arg and "+" in arg:
                 arg = arg.split("+", 1)[0].strip()
             v = _delta(arg)
-            if name in seen_delta and seen_delta[name] != v:
+            # Repeats conflict by their digits, not by the clamped value: two different values
+            # past 2^31 still disagree (leading zeros aside).
+            said = None if v is None else (arg.lstrip("0") or "0")  # type: ignore[union-attr]
+            if name in seen_delta and seen_delta[name] != said:
                 invalid = True
-            seen_delta[name] = v
+            seen_delta[name] = said
             if v is None:
                 invalid = True
             else:
