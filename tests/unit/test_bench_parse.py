@@ -48,6 +48,24 @@ def test_report_rows_and_table():
     assert table[2].endswith(" 1.50x")  # numbers right-aligned
 
 
+def test_best_pass_and_first_pass_ratio():
+    a = {"value": 700.0, "server_cpu_s": {"gateway": 1.0}}
+    b = {"value": 900.0, "server_cpu_s": {"gateway": 0.8}}
+    assert objstore.best_pass([a]) is a  # one pass: as it was, no "passes"
+    best = objstore.best_pass([a, b, {"value": None}])
+    assert best["value"] == 900.0 and best["server_cpu_s"] == {"gateway": 0.8}
+    assert best["passes"] == [700.0, 900.0, None]
+    assert objstore.best_pass([{"value": None}, {"value": None}])["value"] is None
+    targets = {"ours": {"description": "ours", "results": {"get_big_8": {"value": 900.0, "passes": [360.0, 900.0]}}},
+               "swift": {"description": "swift", "results": {"get_big_8": {"value": 300.0, "passes": [180.0, 300.0]}}}}
+    row = next(r for r in objstore.report_rows(targets, []) if r["key"] == "get_big_8")
+    assert row["ratio"] == pytest.approx(3.0) and row["first_ratio"] == pytest.approx(2.0)
+    doc = {"rows": objstore.report_rows(targets, []), "targets": targets, "ceilings": [], "sizes": {}}
+    text = objstore.render_report(doc)
+    assert "3.00x (first pass 2.00x)" in text
+    assert "Headwater 8 clients 360 / 900" in text and "Swift 8 clients 180 / 300" in text
+
+
 def test_fmt_value():
     assert objstore.fmt_value(None, "MB/s") == "-"
     assert objstore.fmt_value(1234.4, "ops/s") == "1,234"
