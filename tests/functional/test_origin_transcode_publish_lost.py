@@ -1,0 +1,130 @@
+"""A publish whose COMMIT's answer never comes back: the title is published, and its version
+must stay in the store.
+
+The transcoder (``headwater node transcoder``, as test_origin_transcode.py runs it) uses a
+PostgreSQL catalogue through a TCP relay this module runs. The relay lets every statement
+through; once the worker's publish (the ``UPDATE titles … renditions = …`` of ``complete``) has
+gone by, it passes that transaction's COMMIT to the server, waits for the server to answer it,
+drops the answer and closes the client's connection: the server committed, the worker reads
+end-of-file (psycopg's OperationalError, the catalogue's BackendUnavailable) and cannot tell
+whether its publish happened, as after a network cut or a failover at that moment. The worker
+must not delete the prefix it may have just published (the version collector deletes it later
+if the publish did not commit: the failure records it, the claim refuses a named prefix).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import psycopg
+import pytest
+
+from headwater.origin.catalogue import JobState, TitleState
+from tests.cluster import free_ports
+from tests.functional.drm_media import make_clip
+from tests.functional.test_origin_transcode import SECTIONS, keys_under, submit, transcoder_world, wait_state
+
+from .test_origin_catalogue import postgres  # noqa: F401 - the session's PostgreSQL server
+
+PUBLISH = b"renditions = $"
+
+
+class CommitCutter:
+    """A TCP relay to PostgreSQL that, once, answers the COMMIT after a publish with nothing but
+    a closed connection (the server did commit)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = free_ports(1)[0]
+        self.cut = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            conn = {"publishing": False, "dropping": False}
+            threading.Thread(target=self._to_server, args=(client, server, conn), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client, conn), daemon=True).start()
+
+    def _to_server(self, client: socket.socket, server: socket.socket, conn: dict) -> None:
+        seen = b""
+        try:
+            while data := client.recv(65536):
+                seen = (seen + data)[-65536:]
+                if not self.cut.is_set() and PUBLISH in seen:
+                    conn["publishing"] = True
+                if conn["publishing"] and b"COMMIT" in data and not self.cut.is_set():
+                    self.cut.set()
+                    conn["dropping"] = True  # before the COMMIT leaves: its answer is never relayed
+                    server.sendall(data)
+                    time.sleep(0.5)  # the server commits and answers (into the void)
+                    break
+                server.sendall(data)
+        except OSError:
+            pass
+        for s in (client, server):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _to_client(self, server: socket.socket, client: socket.socket, conn: dict) -> None:
+        try:
+            while data := server.recv(65536):
+                if conn["dropping"]:
+                    continue
+                client.sendall(data)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def world(cluster, s3, tmp_path_factory, postgres):  # noqa: F811
+    with psycopg.connect(postgres.dsn(), autocommit=True) as c:
+        c.execute("CREATE DATABASE publish_lost")
+    cutter = CommitCutter(postgres.port)
+    dsn = f"host=127.0.0.1 port={cutter.port} user=hw dbname=publish_lost"
+    clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=4, size="320x180", gop=25)
+    # [origin.catalogue] last: after the ladder's tables, the config's one catalogue.
+    sections = SECTIONS + f'\n[origin.catalogue]\nbackend = "postgresql"\ndsn = "{dsn}"\nsearch = "database"\n'
+    cfg, catalogue, worker = transcoder_world(cluster, s3, sections)
+    try:
+        yield catalogue, clip, worker, cutter
+    finally:
+        worker.kill()
+        worker.log.close()
+        catalogue.close()
+        cutter.close()
+
+
+def test_a_publish_whose_commit_answer_is_lost_keeps_its_version(world, s3):
+    catalogue, clip, worker, cutter = world
+    title_id, job_id = submit(s3, catalogue, "commit-lost", clip.read_bytes())
+    title = wait_state(catalogue, title_id, {TitleState.PUBLISHED, TitleState.FAILED}, worker, timeout=90)
+    assert title.state is TitleState.PUBLISHED, title.error
+    assert cutter.cut.is_set(), "the relay never cut a publish's COMMIT"
+    prefix = f"titles/{title_id}/v{job_id}-1/"
+    assert {r.path for r in title.renditions} and all(r.path.startswith(prefix) for r in title.renditions)
+    assert catalogue.get_job(job_id).state is JobState.DONE
+    # The worker's failure handling has run (it gave the job back, found it done) by now.
+    deadline = time.monotonic() + 20
+    while b"lease lost before its failure was recorded" not in (worker.cluster.root / "logs" / "transcoder.out").read_bytes():
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.1)
+    stored = set(keys_under(s3, prefix))
+    assert {r.path for r in title.renditions} <= stored, (sorted(stored), worker.tail())
+    # Published, so never recorded for the version collector either.
+    assert prefix not in {r.prefix for r in catalogue.retired_versions()}
