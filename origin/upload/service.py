@@ -93,7 +93,7 @@ from ..errors import BadRequest, ChecksumMismatch, Conflict, Gone, InsufficientS
     PayloadTooLarge, SpoolFull, StoreUnavailable, TooManyRequests
 from . import tus
 from .orphans import SEGMENT_PREFIX, UPLOAD_PREFIX, orphan_segments, stray_multipart_uploads, upload_id_of
-from .records import UploadRecords
+from .records import LeaseLost, UploadRecords
 from .s3 import MultipartStore
 from .tus import Part, UploadState
 
@@ -573,9 +573,11 @@ class UploadService:
             new = replace(st, spooled=size, segments=st.segments + ((key, size - start),))
         try:
             await self._put(new, release=last)
-        except OriginError:
-            await self._drop_segments(st, [key])  # nothing names it
+        except LeaseLost:
+            await self._drop_segments(st, [key])  # the fenced write matched nothing: nothing names it
             raise
+        # Any other failure (the database did not answer) may come after the commit, the record
+        # then naming the segment: it stays, and is the orphan sweep's if the write did not happen.
         os.rename(self._spool(st), self._spool(new))
         if coalesce:
             await self._drop_segments(st, [k for k, _ in st.segments])

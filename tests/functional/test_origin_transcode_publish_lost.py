@@ -14,88 +14,27 @@ if the publish did not commit: the failure records it, the claim refuses a named
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import psycopg
 import pytest
 
 from headwater.origin.catalogue import JobState, TitleState
-from tests.cluster import free_ports
+from tests.functional.commit_cutter import CommitCutter
 from tests.functional.drm_media import make_clip
 from tests.functional.test_origin_transcode import SECTIONS, keys_under, submit, transcoder_world, wait_state
 
 from .test_origin_catalogue import postgres  # noqa: F401 - the session's PostgreSQL server
 
+#: the publish's statement (complete's UPDATE of the title's renditions)
 PUBLISH = b"renditions = $"
-
-
-class CommitCutter:
-    """A TCP relay to PostgreSQL that, once, answers the COMMIT after a publish with nothing but
-    a closed connection (the server did commit)."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
-        self.port = free_ports(1)[0]
-        self.cut = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._stop = True
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            conn = {"publishing": False, "dropping": False}
-            threading.Thread(target=self._to_server, args=(client, server, conn), daemon=True).start()
-            threading.Thread(target=self._to_client, args=(server, client, conn), daemon=True).start()
-
-    def _to_server(self, client: socket.socket, server: socket.socket, conn: dict) -> None:
-        seen = b""
-        try:
-            while data := client.recv(65536):
-                seen = (seen + data)[-65536:]
-                if not self.cut.is_set() and PUBLISH in seen:
-                    conn["publishing"] = True
-                if conn["publishing"] and b"COMMIT" in data and not self.cut.is_set():
-                    self.cut.set()
-                    conn["dropping"] = True  # before the COMMIT leaves: its answer is never relayed
-                    server.sendall(data)
-                    time.sleep(0.5)  # the server commits and answers (into the void)
-                    break
-                server.sendall(data)
-        except OSError:
-            pass
-        for s in (client, server):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def _to_client(self, server: socket.socket, client: socket.socket, conn: dict) -> None:
-        try:
-            while data := server.recv(65536):
-                if conn["dropping"]:
-                    continue
-                client.sendall(data)
-        except OSError:
-            pass
 
 
 @pytest.fixture
 def world(cluster, s3, tmp_path_factory, postgres):  # noqa: F811
     with psycopg.connect(postgres.dsn(), autocommit=True) as c:
         c.execute("CREATE DATABASE publish_lost")
-    cutter = CommitCutter(postgres.port)
+    cutter = CommitCutter(postgres.port, after=PUBLISH)
     dsn = f"host=127.0.0.1 port={cutter.port} user=hw dbname=publish_lost"
     clip = make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=4, size="320x180", gop=25)
     # [origin.catalogue] last: after the ladder's tables, the config's one catalogue.

@@ -36,6 +36,7 @@ from headwater.origin.upload.records import UploadRecords
 from headwater.origin.upload.s3 import MultipartStore
 from headwater.origin.upload.service import UploadService
 
+from .commit_cutter import CommitCutter
 from .postgres_server import find_initdb, start_postgres
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
@@ -248,3 +249,49 @@ def test_a_database_that_does_not_answer_holds_up_no_other_task(cluster, s3, tmp
         anyio.run(main)
     finally:
         catalogue.close()
+
+
+def test_a_segment_whose_record_write_may_have_committed_is_kept(cluster, s3, tmp_path, pg):
+    """A PATCH's segment is PUT, then its record write's COMMIT is applied by PostgreSQL but its
+    answer lost (a relay cuts the connection: commit_cutter.py). The PATCH fails, yet the record
+    names the segment (a HEAD reads its bytes as stored), so the segment must stay: the client
+    resumes from that offset and the completed upload holds every byte. (Had the write not
+    committed, the segment would be an orphan for the sweep.)"""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE lost_commit")
+    # The record write naming a segment: its JSON (a bound parameter) holds the segment's key.
+    cutter = CommitCutter(pg.port, after=b"incomplete/")
+    catalogue = open_catalogue(CatalogueConfig(
+        backend="postgresql", dsn=f"host=127.0.0.1 port={cutter.port} user=hw dbname=lost_commit", pool_size=2),
+        clock=SYSTEM_CLOCK)
+    records = UploadRecords(catalogue)
+    data = os.urandom(7 * MiB)
+    first = MiB + 12345  # less than a part: stored as a segment
+
+    async def main() -> None:
+        client, uploads = make_service(cluster, records, tmp_path / "spool", SYSTEM_CLOCK)
+        try:
+            await uploads.store.ensure_bucket()
+            uid = (await uploads.create("alice-app", creation(len(data)), None)).id
+            with pytest.raises(Exception):
+                await uploads.patch("alice-app", uid, patching(0, first), Body(data[:first]))
+            assert cutter.cut.is_set()
+            st = await uploads.head("alice-app", uid)
+            assert st.offset == first and len(st.segments) == 1  # the write did commit
+            assert keys(s3, f"incomplete/{uid}/") == {st.segments[0][0]}
+            # Another host resumes (no local spool): the segment is read back from the store.
+            other_client, other = make_service(cluster, records, tmp_path / "spool2", SYSTEM_CLOCK)
+            try:
+                done = await other.patch("alice-app", uid, patching(first, len(data) - first), Body(data[first:]))
+            finally:
+                await other_client.aclose()
+            assert done.finished
+            assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
+        finally:
+            await client.aclose()
+
+    try:
+        anyio.run(main)
+    finally:
+        catalogue.close()
+        cutter.close()
