@@ -15,18 +15,25 @@ __all__ = ["CommitCutter"]
 
 
 class CommitCutter:
-    """A TCP relay to PostgreSQL that, once, answers the COMMIT of the first transaction that sent
-    ``after`` (bytes of a statement or of a bound parameter) with nothing but a closed connection:
-    the server did commit, the client cannot tell."""
+    """A TCP relay to PostgreSQL that, once (again after :meth:`arm`), answers the COMMIT of the
+    first transaction that sent ``after`` (bytes of a statement or of a bound parameter) with
+    nothing but a closed connection: the server did commit (``deliver``), or never saw the
+    COMMIT and rolled back (not ``deliver``); the client cannot tell which."""
 
-    def __init__(self, upstream: int, *, after: bytes) -> None:
+    def __init__(self, upstream: int, *, after: bytes, deliver: bool = True) -> None:
         self.upstream = upstream
         self.after = after
+        self.deliver = deliver
         self.port = free_ports(1)[0]
         self.cut = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, *, deliver: bool) -> None:
+        """Cut the next such COMMIT (after the last cut), delivered to the server or not."""
+        self.deliver = deliver
+        self.cut.clear()
 
     def close(self) -> None:
         self._stop = True
@@ -53,10 +60,13 @@ class CommitCutter:
                 if conn["publishing"] and b"COMMIT" in data and not self.cut.is_set():
                     self.cut.set()
                     conn["dropping"] = True  # before the COMMIT leaves: its answer is never relayed
-                    server.sendall(data)
-                    time.sleep(0.5)  # the server commits and answers (into the void)
+                    if self.deliver:
+                        server.sendall(data)
+                        time.sleep(0.5)  # the server commits and answers (into the void)
                     break
                 server.sendall(data)
+                if b"COMMIT" in data:  # a transaction ended: ``after`` is looked for in the next one
+                    seen, conn["publishing"] = b"", False
         except OSError:
             pass
         for s in (client, server):
