@@ -646,12 +646,21 @@ class UploadService:
         assert size is not None
         regions = tus.parts_to_cut(size, self.part_size, final=True, stored_parts=len(st.parts))
         try:
-            last = await self._send(st, f, regions)
-        finally:
-            if own:
-                f.close()
-        parts = st.parts + last
-        await self.store.complete(st.key, st.store_upload_id, parts)
+            try:
+                last = await self._send(st, f, regions)
+            finally:
+                if own:
+                    f.close()
+            parts = st.parts + last
+            await self.store.complete(st.key, st.store_upload_id, parts)
+        except StoreUnavailable:
+            # An earlier completion may have succeeded in the store with its record write lost
+            # (the database away at that moment): the multipart upload is gone (NoSuchUpload,
+            # for ever) and the object whole. Then only the record is missing.
+            if not await self._whole_in_store(st):
+                raise
+            log.info("upload %s: already complete in the store (its record was not): recorded now", st.id,
+                     extra={"event": "origin.upload_completion_recorded", "upload": st.id})
         done = replace(st, parts=(), spooled=0, segments=(), completed=self.clock.time())
         await self._put(done, release=True)
         self._drop_local(st.id)
@@ -660,6 +669,16 @@ class UploadService:
         log.info("upload %s complete: s3://%s/%s", st.id, self.store.bucket, st.key,
                  extra={"event": "origin.upload_completed", "upload": st.id, "key": st.key, "length": st.length})
         return done
+
+    async def _whole_in_store(self, st: UploadState) -> bool:
+        """Whether the store holds ``st``'s object at its full length: only its own multipart
+        upload's completion writes ``uploads/<id>`` (ids are random and never reused)."""
+        try:
+            obj = await self.store.get_object(st.key, head=True)
+        except (NotFound, StoreUnavailable):
+            return False
+        await obj.aclose()
+        return obj.status == 200 and obj.headers.get("content-length") == str(st.length)
 
     async def finish_pending(self, pending: list[UploadState] | None = None) -> None:
         """Complete uploads that are whole but not completed (found at start after a crash, or

@@ -12,7 +12,10 @@ PUT and its record write), an orphan still inside the grace period, a key that i
 service's; the live upload then completes with the right bytes; the listings are walked in
 pages of two. On PostgreSQL: with the ``uploads`` table locked by another session (a database
 that does not answer for 1.5 s), the start's ``recover()``, a HEAD's read and PATCHes wait in
-worker threads while the event loop keeps ticking.
+worker threads while the event loop keeps ticking. Through a relay that loses one COMMIT
+(commit_cutter.py): a segment whose record write committed unbeknown to the PATCH is kept (the
+sweep's, had it not), and an upload the store completed whose record write was lost is
+recorded complete when its client resumes.
 """
 
 from __future__ import annotations
@@ -286,6 +289,50 @@ def test_a_segment_whose_record_write_may_have_committed_is_kept(cluster, s3, tm
             finally:
                 await other_client.aclose()
             assert done.finished
+            assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
+        finally:
+            await client.aclose()
+
+    try:
+        anyio.run(main)
+    finally:
+        catalogue.close()
+        cutter.close()
+
+
+def test_an_upload_completed_in_the_store_whose_record_write_failed_completes(cluster, s3, tmp_path, pg):
+    """The last PATCH's CompleteMultipartUpload succeeds, then the record saying so fails (the
+    database unreachable for that write: the relay drops its COMMIT, the server rolls back). The
+    multipart upload is gone, the object whole: the client's resumption (HEAD, the rest sent
+    again) must record the upload complete rather than send parts to an upload the store no
+    longer has (503 for ever: the upload never usable, its object never removed)."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE lost_completion")
+    # The write recording the completion: its JSON (a bound parameter) holds the completion time.
+    cutter = CommitCutter(pg.port, after=b'"completed":1', deliver=False)
+    catalogue = open_catalogue(CatalogueConfig(
+        backend="postgresql", dsn=f"host=127.0.0.1 port={cutter.port} user=hw dbname=lost_completion", pool_size=2),
+        clock=SYSTEM_CLOCK)
+    records = UploadRecords(catalogue)
+    data = os.urandom(7 * MiB + 4321)
+
+    async def main() -> None:
+        client, uploads = make_service(cluster, records, tmp_path / "spool", SYSTEM_CLOCK)
+        try:
+            await uploads.store.ensure_bucket()
+            uid = (await uploads.create("alice-app", creation(len(data)), None)).id
+            with pytest.raises(Exception):
+                await uploads.patch("alice-app", uid, patching(0, len(data)), Body(data))
+            assert cutter.cut.is_set()
+            assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
+            # The client resumes as tus says: HEAD for the offset (the record's: the part cut
+            # before the last one), then the rest again.
+            st = await uploads.head("alice-app", uid)
+            assert not st.finished and 0 < st.offset < len(data)
+            st = await uploads.patch("alice-app", uid, patching(st.offset, len(data) - st.offset),
+                                     Body(data[st.offset:]))
+            assert st.finished and st.offset == len(data)
+            assert (await uploads.head("alice-app", uid)).finished
             assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
         finally:
             await client.aclose()
