@@ -441,6 +441,9 @@ class UploadService:
                 await self.store.delete(st.key)
         else:
             await self.store.abort(st.key, st.store_upload_id)
+            # An object of an unfinished upload: the store completed it but the record of that
+            # was lost (_complete). No title names it (a title needs a finished upload).
+            await self.store.delete(st.key)
         await self._db(self.records.delete, st.id, fence=self._held[st.id])
         self._drop_local(st.id)
         await self._drop_segments(st, [k for k, _ in st.segments])

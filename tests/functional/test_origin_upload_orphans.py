@@ -305,7 +305,8 @@ def test_an_upload_completed_in_the_store_whose_record_write_failed_completes(cl
     database unreachable for that write: the relay drops its COMMIT, the server rolls back). The
     multipart upload is gone, the object whole: the client's resumption (HEAD, the rest sent
     again) must record the upload complete rather than send parts to an upload the store no
-    longer has (503 for ever: the upload never usable, its object never removed)."""
+    longer has (503 for ever: the upload never usable). One never resumed is terminated with
+    its object (it was left in the store for ever)."""
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute("CREATE DATABASE lost_completion")
     # The write recording the completion: its JSON (a bound parameter) holds the completion time.
@@ -320,11 +321,16 @@ def test_an_upload_completed_in_the_store_whose_record_write_failed_completes(cl
         client, uploads = make_service(cluster, records, tmp_path / "spool", SYSTEM_CLOCK)
         try:
             await uploads.store.ensure_bucket()
-            uid = (await uploads.create("alice-app", creation(len(data)), None)).id
-            with pytest.raises(Exception):
-                await uploads.patch("alice-app", uid, patching(0, len(data)), Body(data))
-            assert cutter.cut.is_set()
-            assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
+            uid, dropped = [(await uploads.create("alice-app", creation(len(data)), None)).id for _ in range(2)]
+            for u in (uid, dropped):
+                cutter.arm(deliver=False)
+                with pytest.raises(Exception):
+                    await uploads.patch("alice-app", u, patching(0, len(data)), Body(data))
+                assert cutter.cut.is_set()
+                assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{u}")["Body"].read() == data
+            # One its client gives up on (terminated, as expiry would): its object goes with it.
+            await uploads.delete("alice-app", dropped)
+            assert keys(s3, f"uploads/{dropped}") == set()
             # The client resumes as tus says: HEAD for the offset (the record's: the part cut
             # before the last one), then the rest again.
             st = await uploads.head("alice-app", uid)
