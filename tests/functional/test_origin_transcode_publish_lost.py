@@ -64,7 +64,8 @@ def test_a_publish_whose_commit_answer_is_lost_keeps_its_version(world, s3):
     assert catalogue.get_job(job_id).state is JobState.DONE
     # The worker's failure handling has run (it gave the job back, found it done) by now.
     deadline = time.monotonic() + 20
-    while b"lease lost before its failure was recorded" not in (worker.cluster.root / "logs" / "transcoder.out").read_bytes():
+    log = worker.cluster.root / "logs" / "transcoder.out"
+    while b"lease lost before its failure was recorded" not in log.read_bytes():
         assert time.monotonic() < deadline, worker.tail()
         time.sleep(0.1)
     stored = set(keys_under(s3, prefix))
