@@ -103,8 +103,12 @@ def _int(params: Mapping[str, str], key: str, lo: int, hi: int) -> int | None:
     raw = params.get(key)
     if raw is None or raw == "":
         return None
-    # isascii: "²".isdigit() is true, and int() refuses it.
-    if len(raw) > 12 or not raw.isascii() or not raw.strip().lstrip("-").isdigit():
+    # isascii: "²".isdigit() is true, and int() refuses it. One sign at most: "--5" is not a
+    # number to int() (a ValueError, a 500, if it got that far).
+    digits = raw.strip()
+    if digits.startswith("-"):
+        digits = digits[1:]
+    if len(raw) > 12 or not raw.isascii() or not digits.isdigit():
         raise BadQuery(f"{key} must be an integer")
     value = int(raw)
     if not lo <= value <= hi:

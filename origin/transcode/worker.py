@@ -19,7 +19,9 @@ run instead (the log's ``transcode.packaged`` event says which path a title took
 
 Idempotency and fencing: every attempt writes under its own version prefix
 ``titles/T/v<job id>-<attempt>/``, so two attempts never write the same object, and an attempt
-that fails or loses its lease deletes only its own prefix. What an attempt leaves is recorded in
+that fails or loses its lease deletes only its own prefix (never once its publish was sent: a
+publish that fails may have committed with only its answer lost, the title then naming the
+prefix; the version collector deletes it if the failure recorded it). What an attempt leaves is recorded in
 the catalogue for the version collector (:mod:`.versions`) in the transaction that ends it: a
 dead attempt's prefix (the lease expired: SIGKILL, a lost host) by the lease that takes its job
 over, a failed one's by its failure (its own clean-up may have failed with the store), and the
@@ -149,6 +151,10 @@ class _Job:
         self.prefix = version_prefix(self.title_id, self.job.id, self.job.attempts)
         self.next_beat = worker.clock.monotonic() + worker.config.heartbeat_s
         self.progress = 0.0
+        # Set once the publish (complete) is sent: a failure from then on may come after its
+        # commit (the connection lost with the COMMIT's answer), the title published from this
+        # prefix, so the prefix is no longer this attempt's to delete.
+        self.publish_sent = False
 
     # --- lease keeping ----------------------------------------------------------------------
 
@@ -190,7 +196,11 @@ class _Job:
             message = str(e) if isinstance(e, TranscodeError) else f"{type(e).__name__}: {e}"
             log.warning("transcoder: job %s (title %s) attempt %s failed: %s", self.job.id, self.title_id,
                         self.job.attempts, message, extra={"event": "transcode.failed", "job": self.job.id})
-            self._clean(objects)
+            if not self.publish_sent:
+                self._clean(objects)
+            # Else the prefix is left to the version collector: the failure records it if the
+            # publish did not commit (the job is still ours); if it did, the title names it and
+            # nothing records it (the failure finds the job done: LeaseLost).
             self._give_back(message, retry=retry)
         finally:
             objects.close()
@@ -280,6 +290,7 @@ class _Job:
         renditions = renditions_of(result, rungs, self.prefix)
         w.catalogue.move_title(self.lease, TitleState.PACKAGED)
         # The publish: fenced, one transaction. LeaseLost here leaves the title to the new holder.
+        self.publish_sent = True
         w.catalogue.complete(self.lease, title_state=TitleState.PUBLISHED, renditions=renditions)
         w.counts["jobs_published"] += 1
         try:

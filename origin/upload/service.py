@@ -93,7 +93,7 @@ from ..errors import BadRequest, ChecksumMismatch, Conflict, Gone, InsufficientS
     PayloadTooLarge, SpoolFull, StoreUnavailable, TooManyRequests
 from . import tus
 from .orphans import SEGMENT_PREFIX, UPLOAD_PREFIX, orphan_segments, stray_multipart_uploads, upload_id_of
-from .records import UploadRecords
+from .records import LeaseLost, UploadRecords
 from .s3 import MultipartStore
 from .tus import Part, UploadState
 
@@ -441,6 +441,9 @@ class UploadService:
                 await self.store.delete(st.key)
         else:
             await self.store.abort(st.key, st.store_upload_id)
+            # An object of an unfinished upload: the store completed it but the record of that
+            # was lost (_complete). No title names it (a title needs a finished upload).
+            await self.store.delete(st.key)
         await self._db(self.records.delete, st.id, fence=self._held[st.id])
         self._drop_local(st.id)
         await self._drop_segments(st, [k for k, _ in st.segments])
@@ -573,9 +576,11 @@ class UploadService:
             new = replace(st, spooled=size, segments=st.segments + ((key, size - start),))
         try:
             await self._put(new, release=last)
-        except OriginError:
-            await self._drop_segments(st, [key])  # nothing names it
+        except LeaseLost:
+            await self._drop_segments(st, [key])  # the fenced write matched nothing: nothing names it
             raise
+        # Any other failure (the database did not answer) may come after the commit, the record
+        # then naming the segment: it stays, and is the orphan sweep's if the write did not happen.
         os.rename(self._spool(st), self._spool(new))
         if coalesce:
             await self._drop_segments(st, [k for k, _ in st.segments])
@@ -644,12 +649,21 @@ class UploadService:
         assert size is not None
         regions = tus.parts_to_cut(size, self.part_size, final=True, stored_parts=len(st.parts))
         try:
-            last = await self._send(st, f, regions)
-        finally:
-            if own:
-                f.close()
-        parts = st.parts + last
-        await self.store.complete(st.key, st.store_upload_id, parts)
+            try:
+                last = await self._send(st, f, regions)
+            finally:
+                if own:
+                    f.close()
+            parts = st.parts + last
+            await self.store.complete(st.key, st.store_upload_id, parts)
+        except StoreUnavailable:
+            # An earlier completion may have succeeded in the store with its record write lost
+            # (the database away at that moment): the multipart upload is gone (NoSuchUpload,
+            # for ever) and the object whole. Then only the record is missing.
+            if not await self._whole_in_store(st):
+                raise
+            log.info("upload %s: already complete in the store (its record was not): recorded now", st.id,
+                     extra={"event": "origin.upload_completion_recorded", "upload": st.id})
         done = replace(st, parts=(), spooled=0, segments=(), completed=self.clock.time())
         await self._put(done, release=True)
         self._drop_local(st.id)
@@ -658,6 +672,16 @@ class UploadService:
         log.info("upload %s complete: s3://%s/%s", st.id, self.store.bucket, st.key,
                  extra={"event": "origin.upload_completed", "upload": st.id, "key": st.key, "length": st.length})
         return done
+
+    async def _whole_in_store(self, st: UploadState) -> bool:
+        """Whether the store holds ``st``'s object at its full length: only its own multipart
+        upload's completion writes ``uploads/<id>`` (ids are random and never reused)."""
+        try:
+            obj = await self.store.get_object(st.key, head=True)
+        except (NotFound, StoreUnavailable):
+            return False
+        await obj.aclose()
+        return obj.status == 200 and obj.headers.get("content-length") == str(st.length)
 
     async def finish_pending(self, pending: list[UploadState] | None = None) -> None:
         """Complete uploads that are whole but not completed (found at start after a crash, or

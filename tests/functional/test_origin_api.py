@@ -291,7 +291,8 @@ def test_search(origin, seeded):
         assert {"slug": "drama", "name": "drama"} in cats
         assert {"code": "nl", "name": "nl"} in c.get("/api/languages").json()["languages"]
         for params in ({"page": "0"}, {"per_page": "1000"}, {"year": "2026..2020"}, {"page": "9999"},
-                       {"q": "a b c d e f g h i j"}, {"q": "x" * 300}, {"year": "²"}):
+                       {"q": "a b c d e f g h i j"}, {"q": "x" * 300}, {"year": "²"},
+                       {"year": "--5"}, {"year": "1990..--5"}, {"duration": "--60"}):
             r = c.get("/api/search", params=params)
             assert r.status_code == 400 and r.json()["error"] == "bad_query", (params, r.text)
         assert c.post("/api/search").status_code == 405

@@ -12,7 +12,10 @@ PUT and its record write), an orphan still inside the grace period, a key that i
 service's; the live upload then completes with the right bytes; the listings are walked in
 pages of two. On PostgreSQL: with the ``uploads`` table locked by another session (a database
 that does not answer for 1.5 s), the start's ``recover()``, a HEAD's read and PATCHes wait in
-worker threads while the event loop keeps ticking.
+worker threads while the event loop keeps ticking. Through a relay that loses one COMMIT
+(commit_cutter.py): a segment whose record write committed unbeknown to the PATCH is kept (the
+sweep's, had it not), and an upload the store completed whose record write was lost is
+recorded complete when its client resumes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from headwater.origin.upload.service import UploadService
 
 from tests.bodies import MemoryBody
 
+from .commit_cutter import CommitCutter
 from .postgres_server import find_initdb, start_postgres
 
 CLUSTER_OPTIONS = dict(k=2, m=1, storage_nodes=3, metadata_nodes=1, stripe_size="1MiB", min_part_size="5MiB")
@@ -236,3 +240,99 @@ def test_a_database_that_does_not_answer_holds_up_no_other_task(cluster, s3, tmp
         anyio.run(main)
     finally:
         catalogue.close()
+
+
+def test_a_segment_whose_record_write_may_have_committed_is_kept(cluster, s3, tmp_path, pg):
+    """A PATCH's segment is PUT, then its record write's COMMIT is applied by PostgreSQL but its
+    answer lost (a relay cuts the connection: commit_cutter.py). The PATCH fails, yet the record
+    names the segment (a HEAD reads its bytes as stored), so the segment must stay: the client
+    resumes from that offset and the completed upload holds every byte. (Had the write not
+    committed, the segment would be an orphan for the sweep.)"""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE lost_commit")
+    # The record write naming a segment: its JSON (a bound parameter) holds the segment's key.
+    cutter = CommitCutter(pg.port, after=b"incomplete/")
+    catalogue = open_catalogue(CatalogueConfig(
+        backend="postgresql", dsn=f"host=127.0.0.1 port={cutter.port} user=hw dbname=lost_commit", pool_size=2),
+        clock=SYSTEM_CLOCK)
+    records = UploadRecords(catalogue)
+    data = os.urandom(7 * MiB)
+    first = MiB + 12345  # less than a part: stored as a segment
+
+    async def main() -> None:
+        client, uploads = make_service(cluster, records, tmp_path / "spool", SYSTEM_CLOCK)
+        try:
+            await uploads.store.ensure_bucket()
+            uid = (await uploads.create("alice-app", creation(len(data)), None)).id
+            with pytest.raises(Exception):
+                await uploads.patch("alice-app", uid, patching(0, first), MemoryBody(data[:first]))
+            assert cutter.cut.is_set()
+            st = await uploads.head("alice-app", uid)
+            assert st.offset == first and len(st.segments) == 1  # the write did commit
+            assert keys(s3, f"incomplete/{uid}/") == {st.segments[0][0]}
+            # Another host resumes (no local spool): the segment is read back from the store.
+            other_client, other = make_service(cluster, records, tmp_path / "spool2", SYSTEM_CLOCK)
+            try:
+                done = await other.patch("alice-app", uid, patching(first, len(data) - first), MemoryBody(data[first:]))
+            finally:
+                await other_client.aclose()
+            assert done.finished
+            assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
+        finally:
+            await client.aclose()
+
+    try:
+        anyio.run(main)
+    finally:
+        catalogue.close()
+        cutter.close()
+
+
+def test_an_upload_completed_in_the_store_whose_record_write_failed_completes(cluster, s3, tmp_path, pg):
+    """The last PATCH's CompleteMultipartUpload succeeds, then the record saying so fails (the
+    database unreachable for that write: the relay drops its COMMIT, the server rolls back). The
+    multipart upload is gone, the object whole: the client's resumption (HEAD, the rest sent
+    again) must record the upload complete rather than send parts to an upload the store no
+    longer has (503 for ever: the upload never usable). One never resumed is terminated with
+    its object (it was left in the store for ever)."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE lost_completion")
+    # The write recording the completion: its JSON (a bound parameter) holds the completion time.
+    cutter = CommitCutter(pg.port, after=b'"completed":1', deliver=False)
+    catalogue = open_catalogue(CatalogueConfig(
+        backend="postgresql", dsn=f"host=127.0.0.1 port={cutter.port} user=hw dbname=lost_completion", pool_size=2),
+        clock=SYSTEM_CLOCK)
+    records = UploadRecords(catalogue)
+    data = os.urandom(7 * MiB + 4321)
+
+    async def main() -> None:
+        client, uploads = make_service(cluster, records, tmp_path / "spool", SYSTEM_CLOCK)
+        try:
+            await uploads.store.ensure_bucket()
+            uid, dropped = [(await uploads.create("alice-app", creation(len(data)), None)).id for _ in range(2)]
+            for u in (uid, dropped):
+                cutter.arm(deliver=False)
+                with pytest.raises(Exception):
+                    await uploads.patch("alice-app", u, patching(0, len(data)), MemoryBody(data))
+                assert cutter.cut.is_set()
+                assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{u}")["Body"].read() == data
+            # One its client gives up on (terminated, as expiry would): its object goes with it.
+            await uploads.delete("alice-app", dropped)
+            assert keys(s3, f"uploads/{dropped}") == set()
+            # The client resumes as tus says: HEAD for the offset (the record's: the part cut
+            # before the last one), then the rest again.
+            st = await uploads.head("alice-app", uid)
+            assert not st.finished and 0 < st.offset < len(data)
+            st = await uploads.patch("alice-app", uid, patching(st.offset, len(data) - st.offset),
+                                     MemoryBody(data[st.offset:]))
+            assert st.finished and st.offset == len(data)
+            assert (await uploads.head("alice-app", uid)).finished
+            assert s3.get_object(Bucket=BUCKET, Key=f"uploads/{uid}")["Body"].read() == data
+        finally:
+            await client.aclose()
+
+    try:
+        anyio.run(main)
+    finally:
+        catalogue.close()
+        cutter.close()
