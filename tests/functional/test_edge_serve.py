@@ -202,10 +202,14 @@ def _trickle_get(pop: Pop, path: str, headed: Callable[[], None], resume: thread
                  finish: threading.Event | None = None, stop_at: int = 6 << 20) -> tuple[int, bytes]:
     """A slow viewer: GET ``path`` with a 4 KiB receive buffer, read the status line (then call
     ``headed``), then nothing until ``resume`` is set, while the shared fetch runs ahead of it;
-    then read until the end or until the edge cuts the answer. With ``finish``, it stops again
-    after ``stop_at`` bytes until ``finish`` is set: past its last 4 MiB send buffer (tcp_wmem's
-    largest) and behind the window, it has then had bytes of a rest fetch of its own, which the
-    edge cannot have read to its end (so its upstream slots are held until ``finish``)."""
+    then read until the end or until the edge cuts the answer.
+
+    With ``finish``, it stops again after ``stop_at`` bytes until ``finish`` is set. Stalled, it
+    was handed no more than the edge's send buffer holds (tcp_wmem's largest, 4 MiB) before it
+    fell behind a finished fetch's 4 MiB window of a 12 MiB body: bytes past that came from a rest
+    fetch of its own, and with more than a send buffer of it still to send, the edge cannot have
+    read that fetch to its end. Its upstream slots are then taken until ``finish``, however slowly
+    the machine runs."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(30)
@@ -241,10 +245,10 @@ def _slots(pop: Pop, kind: str) -> dict:
     return _health(pop)["upstream_slots"][kind]
 
 
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+def _until(condition: Callable[[], bool], what: str | Callable[[], str], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what if isinstance(what, str) else what()
         time.sleep(0.02)
 
 
@@ -300,7 +304,8 @@ def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tm
             def two_and_four() -> bool:
                 rest = _slots(pop, "rest")
                 return (rest["in_use"], rest["waiting"], origin.ranges["/v/crowd.mp4"]) == (2, 4, 2)
-            _until(two_and_four, "never two rest fetches upstream and four waiting for a slot")
+            _until(two_and_four, lambda: f"never two rest fetches upstream and four waiting for a slot: "
+                                         f"{_slots(pop, 'rest')}, {origin.ranges['/v/crowd.mp4']} ranges")
             finish.set()
             answers = [f.result() for f in viewers]
         for port, got in answers:
