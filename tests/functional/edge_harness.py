@@ -38,7 +38,8 @@ class Obj:
     # waits for it (a threading.Event: the test sets it from outside the origin's event loop).
     hold: threading.Event | None = None
     # Count the answers for this path in progress at once (ControlledOrigin.sending, .peak;
-    # ControlledOrigin._counted says until when).
+    # ControlledOrigin._counted says until when). Such a body honours ``hold`` too (the pieces
+    # after the first wait for it); truncate and chunk_delay_s do not apply to it.
     counted: bool = False
 
 
@@ -54,16 +55,19 @@ class ControlledOrigin:
         self.sending: Counter[str] = Counter()  # answers of Obj.counted paths being sent now
         self.peak: Counter[str] = Counter()  # ... and the most at once
 
-    def _counted(self, path: str, body: bytes) -> Any:
+    def _counted(self, path: str, body: bytes, hold: threading.Event | None = None) -> Any:
         """``body`` in 64 KiB pieces, counted in ``sending`` from the request until its last
         piece is handed to the server (not until that is sent: the edge reads it at its viewer's
-        pace, and may ask again the moment it has it) or the edge lets go of it."""
+        pace, and may ask again the moment it has it) or the edge lets go of it. The pieces after
+        the first wait for ``hold``, if given."""
         async def pieces():
             self.sending[path] += 1
             self.peak[path] = max(self.peak[path], self.sending[path])
             counted = True
             try:
                 for i in range(0, len(body), 64 * 1024):
+                    while i and hold is not None and not hold.is_set():
+                        await anyio.sleep(0.02)
                     if i + 64 * 1024 >= len(body):
                         self.sending[path] -= 1
                         counted = False
@@ -94,8 +98,10 @@ class ControlledOrigin:
             rest = obj.body[start:]
             return Response(206, headers + [("content-length", str(len(obj.body) - start)),
                                             ("content-range", f"bytes {start}-{len(obj.body) - 1}/{len(obj.body)}")],
-                            self._counted(request.path, rest) if obj.counted else rest)
+                            self._counted(request.path, rest, obj.hold) if obj.counted else rest)
         headers.append(("content-length", str(len(obj.body))))
+        if obj.counted:
+            return Response(200, headers, self._counted(request.path, obj.body, obj.hold))
         if obj.truncate:
             async def half():
                 yield obj.body[: len(obj.body) // 2]
@@ -109,7 +115,7 @@ class ControlledOrigin:
                     await anyio.sleep(obj.chunk_delay_s)
                     yield obj.body[i:i + step]
             return Response(200, headers, slow())
-        return Response(200, headers, self._counted(request.path, obj.body) if obj.counted else obj.body)
+        return Response(200, headers, obj.body)
 
     async def run(self, port: int, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as self.scope:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import anyio
@@ -198,12 +198,18 @@ def _capped_pop(origin, tmp_path_factory, *flags: str):
         p.stop()
 
 
-def _trickle_get(pop: Pop, path: str, resume: float | threading.Event,
-                 pause_per_mib_s: float = 0.1) -> tuple[int, bytes]:
-    """A slow viewer: GET ``path`` with a 4 KiB receive buffer, read the first bytes, then
-    nothing until ``resume`` (a time.monotonic, or an event set) while the shared fetch runs ahead
-    of it; then read the rest, pausing ``pause_per_mib_s`` after each MiB, until the end or until
-    the edge cuts the answer."""
+def _trickle_get(pop: Pop, path: str, headed: Callable[[], None], resume: threading.Event,
+                 finish: threading.Event | None = None, stop_at: int = 6 << 20) -> tuple[int, bytes]:
+    """A slow viewer: GET ``path`` with a 4 KiB receive buffer, read the status line (then call
+    ``headed``), then nothing until ``resume`` is set, while the shared fetch runs ahead of it;
+    then read until the end or until the edge cuts the answer.
+
+    With ``finish``, it stops again after ``stop_at`` bytes until ``finish`` is set. Stalled, it
+    was handed no more than the edge's send buffer holds (tcp_wmem's largest, 4 MiB) before it
+    fell behind a finished fetch's 4 MiB window of a 12 MiB body: bytes past that came from a rest
+    fetch of its own, and with more than a send buffer of it still to send, the edge cannot have
+    read that fetch to its end. Its upstream slots are then taken until ``finish``, however slowly
+    the machine runs."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(30)
@@ -212,32 +218,37 @@ def _trickle_get(pop: Pop, path: str, resume: float | threading.Event,
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{pop.port}\r\nConnection: close\r\n\r\n".encode())
     got = [s.recv(12)]
     assert got[0].startswith(b"HTTP/1.1 200"), got
-    if isinstance(resume, threading.Event):
-        assert resume.wait(30)
-    else:
-        time.sleep(max(0.0, resume - time.monotonic()))
-    size, next_pause = 0, 1 << 20
+    headed()
+    assert resume.wait(30)
+    size = 0
     try:
-        while chunk := s.recv(1 << 20):
+        while True:
+            if finish is not None and size >= stop_at:
+                assert finish.wait(30)
+                finish = None
+            chunk = s.recv(1 << 20 if finish is None else min(1 << 20, stop_at - size))
+            if not chunk:
+                break
             got.append(chunk)
             size += len(chunk)
-            if size >= next_pause:
-                next_pause += 1 << 20
-                time.sleep(pause_per_mib_s)
     except ConnectionResetError:
         pass  # cut short by the edge
     s.close()
     return port, b"".join(got)
 
 
+def _health(pop: Pop) -> dict:
+    return httpx.get(pop.admin + "/healthz", trust_env=False).json()
+
+
 def _slots(pop: Pop, kind: str) -> dict:
-    return httpx.get(pop.admin + "/healthz", trust_env=False).json()["upstream_slots"][kind]
+    return _health(pop)["upstream_slots"][kind]
 
 
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+def _until(condition: Callable[[], bool], what: str | Callable[[], str], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what if isinstance(what, str) else what()
         time.sleep(0.02)
 
 
@@ -250,40 +261,84 @@ def _metric(pop: Pop, name: str, **labels: str) -> float:
     return total
 
 
+def _behind_one_fetch(pop: Pop, origin: ControlledOrigin, path: str, hold: threading.Event,
+                      viewers: Sequence[Future], headed: threading.Semaphore) -> None:
+    """Until ``viewers`` all have the head of one shared fetch of ``path`` (the origin holds its
+    body meanwhile: none of them can come after the fetch and start one of its own), and that
+    fetch is over: each viewer is then behind its window, whatever the machine's speed."""
+    for _ in viewers:
+        assert headed.acquire(timeout=30), [f.exception() for f in viewers if f.done()]
+    assert origin.fetches[path] == 1  # (collapsed onto the one fetch)
+    hold.set()
+
+    def over() -> bool:
+        health = _health(pop)
+        return health["in_flight"] == 0 and health["upstream_slots"]["fetch"]["in_use"] == 0
+    _until(over, "the shared fetch never ended")
+
+
 def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tmp_path_factory):
     """Six slow viewers of a 12 MiB object no store keeps each fall behind the shared fetch's
-    4 MiB window and need the rest by range: with --max-rest-fetches 2 the origin never sends
-    more than two answers for it at once (uncapped: six), and with a wait long enough
-    every viewer gets a slot in turn and its exact bytes. With one slot and a short wait, the
-    viewers past it are cut short (logged as CloudFront's SlowReaderOriginError, counted as
-    refusals), and a plain miss with no slot is a 503 with Retry-After that never went upstream."""
+    4 MiB window and need the rest by range: with --max-rest-fetches 2 two rest fetches run and
+    four wait for them, the origin never sends more than two answers for it at once (uncapped:
+    six), and with a wait long enough every viewer gets a slot in turn and its exact bytes. With
+    one slot and a short wait, the viewers past it are cut short (logged as CloudFront's
+    SlowReaderOriginError, counted as refusals), and a plain miss with no slot is a 503 with
+    Retry-After that never went upstream.
+
+    The test waits on conditions, not on time: the origin holds the body until every viewer has
+    joined the one fetch, the viewers resume once it is over (so all are behind its window), and
+    a viewer holding a slot stops reading until the test has seen what the others get."""
     body = os.urandom(1 << 20) * 12
-    origin.objects["/v/crowd.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-1"', counted=True)
+    hold = threading.Event()
+    origin.objects["/v/crowd.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-1"', counted=True,
+                                         hold=hold)
     with _capped_pop(origin, tmp_path_factory, "--max-rest-fetches", "2", "--upstream-wait", "60") as pop:
-        resume = time.monotonic() + 1.5
+        headed, resume, finish = threading.Semaphore(0), threading.Event(), threading.Event()
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: _trickle_get(pop, "/v/crowd.mp4", resume), range(6)))
+            viewers = [pool.submit(_trickle_get, pop, "/v/crowd.mp4", headed.release, resume, finish)
+                       for _ in range(6)]
+            _behind_one_fetch(pop, origin, "/v/crowd.mp4", hold, viewers, headed)
+            resume.set()
+            # Two rest fetches, each held open by its viewer (stopped reading), and four queued.
+            def two_and_four() -> bool:
+                rest = _slots(pop, "rest")
+                return (rest["in_use"], rest["waiting"], origin.ranges["/v/crowd.mp4"]) == (2, 4, 2)
+            _until(two_and_four, lambda: f"never two rest fetches upstream and four waiting for a slot: "
+                                         f"{_slots(pop, 'rest')}, {origin.ranges['/v/crowd.mp4']} ranges")
+            finish.set()
+            answers = [f.result() for f in viewers]
         for port, got in answers:
             assert _body(got) == (len(body), body)
             assert _access_line(pop, port)["x-edge-result-type"] == "Miss"
-        assert origin.ranges["/v/crowd.mp4"] == 6 and origin.peak["/v/crowd.mp4"] == 2
-        assert _metric(pop, "hw_edge_upstream_slot_waits_total", kind="rest") >= 1
+        # (fetches counts every request: the one shared fetch, and the six by range)
+        assert (origin.fetches["/v/crowd.mp4"], origin.ranges["/v/crowd.mp4"]) == (7, 6)
+        assert origin.peak["/v/crowd.mp4"] <= 2 and _slots(pop, "rest")["peak_in_use"] == 2
+        assert _metric(pop, "hw_edge_upstream_slot_waits_total", kind="rest") == 4
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total") == 0
 
-    origin.objects["/v/crowd2.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-2"', counted=True)
+    hold = threading.Event()
+    origin.objects["/v/crowd2.mp4"] = Obj(body, [("cache-control", "max-age=600")], etag='"crowd-2"', counted=True,
+                                          hold=hold)
     origin.objects["/v/other.mp4"] = Obj(b"x" * 1000, [("cache-control", "max-age=600")])
     with _capped_pop(origin, tmp_path_factory, "--max-upstream-fetches", "1", "--upstream-wait", "0.3") as pop:
-        go_late = threading.Event()
+        headed, go_first, finish_first, go_late = (threading.Semaphore(0), threading.Event(), threading.Event(),
+                                                   threading.Event())
         with ThreadPoolExecutor(3) as pool:
-            # Three viewers share the fetch; the first resumes first, slowly (some 6 s for the rest).
-            first = pool.submit(_trickle_get, pop, "/v/crowd2.mp4", time.monotonic() + 1.0, 0.5)
-            late = [pool.submit(_trickle_get, pop, "/v/crowd2.mp4", go_late) for _ in range(2)]
-            _until(lambda: _slots(pop, "rest")["in_use"] == 1, "the first viewer's rest fetch never began")
+            first = pool.submit(_trickle_get, pop, "/v/crowd2.mp4", headed.release, go_first, finish_first)
+            late = [pool.submit(_trickle_get, pop, "/v/crowd2.mp4", headed.release, go_late) for _ in range(2)]
+            _behind_one_fetch(pop, origin, "/v/crowd2.mp4", hold, [first, *late], headed)
+            go_first.set()
+            # The first viewer's rest fetch has the one slot (of each kind), and keeps it: the
+            # viewer stopped reading, its answer is not over.
+            _until(lambda: _slots(pop, "rest")["in_use"] == _slots(pop, "fetch")["in_use"] == 1
+                   and origin.ranges["/v/crowd2.mp4"] == 1, "the first viewer's rest fetch never began")
             go_late.set()  # behind the window too, and no slot for them within 0.3 s
             cut = [f.result() for f in late]
             # The one slot is still the first viewer's: a miss is refused without going upstream.
             assert _slots(pop, "fetch")["in_use"] == 1 and not first.done()
             busy = curl("-D", "-", "-o", "/dev/null", pop.url + "/v/other.mp4").stdout.decode().lower()
+            finish_first.set()
             port, got = first.result()
         assert " 503" in busy.splitlines()[0] and "retry-after: 1" in busy and "x-cache: error from pop-x" in busy
         assert origin.fetches["/v/other.mp4"] == 0
@@ -297,7 +352,7 @@ def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tm
         assert origin.ranges["/v/crowd2.mp4"] == 1 and origin.peak["/v/crowd2.mp4"] == 1
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="rest", reason="timeout") == 2
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="fetch") == 1
-        assert _slots(pop, "fetch")["in_use"] == 0
+        _until(lambda: _slots(pop, "fetch")["in_use"] == 0, "the first viewer's slot never came back")
         assert httpx.get(pop.url + "/v/other.mp4", trust_env=False).status_code == 200  # the slot came back
 
 
