@@ -14,7 +14,7 @@ import json
 import random
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -24,6 +24,7 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 from .config import CatalogueConfig
 from .errors import BackendUnavailable, SearchUnavailable
 from .query import SearchPage, SearchQuery, TermGroup, tsquery_expression
+from .records import TitleDraft, TitleState
 from .schema import POSTGRES_MIGRATIONS
 from .store import SqlCatalogue, Tx
 from .watchdog import Watchdog
@@ -79,6 +80,13 @@ class _PgTx(Tx):
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.conn.execute(_pg(sql), tuple(params)).rowcount
+
+
+#: Titles in one import past which the import ends with an ANALYZE of what it wrote.
+ANALYZE_AFTER_IMPORT = 1000
+# The tables an import writes (store.import_titles and the search entries of published titles).
+_IMPORTED_TABLES = ("titles", "people", "title_people", "categories", "languages", "title_search",
+                    "search_postings", "search_terms", "search_words", "search_stats", "search_feed")
 
 
 class PostgresCatalogue(SqlCatalogue):
@@ -138,6 +146,18 @@ class PostgresCatalogue(SqlCatalogue):
     def search_index(self) -> LocalSearchIndex | None:
         """The local search index (``search = "local"``), or None: searches run in PostgreSQL."""
         return self._search_index
+
+    def import_titles(self, drafts: Iterable[TitleDraft], *, state: TitleState = TitleState.UPLOADED) -> list[int]:
+        """As :meth:`SqlCatalogue.import_titles`; an import of :data:`ANALYZE_AFTER_IMPORT`
+        titles or more then refreshes the planner's statistics of the tables it wrote. Until
+        autovacuum gets there, the planner sees the tables as they were before the import:
+        searches of common words right after a bulk import of 20,000 titles took 2.8-6 s (some
+        past the statement timeout) instead of tens of milliseconds."""
+        ids = super().import_titles(drafts, state=state)
+        if len(ids) >= ANALYZE_AFTER_IMPORT:
+            with self._tx(write=True) as tx:
+                tx.run("ANALYZE " + ", ".join(_IMPORTED_TABLES))
+        return ids
 
     def warm_search(self) -> None:
         """Open the local search index now (rebuilt in the background if it must be) rather

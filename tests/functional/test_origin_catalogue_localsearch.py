@@ -461,3 +461,25 @@ def test_a_database_that_stops_answering_costs_a_search_one_bounded_wait(tmp_pat
             assert page == fresh
     finally:
         pg.stop()
+
+
+def test_a_bulk_import_refreshes_the_planners_statistics(database, monkeypatch):
+    """An import of ANALYZE_AFTER_IMPORT titles or more ends with an ANALYZE of the tables it
+    wrote (searches right after a bulk import otherwise ran on the planner's picture of the
+    empty tables, seconds each, until autovacuum came); a small one leaves that to autovacuum."""
+    monkeypatch.setattr(postgres, "ANALYZE_AFTER_IMPORT", 50)
+
+    def analysed(cat) -> dict[str, int]:
+        with cat._tx(write=False) as tx:
+            return dict(tx.rows("SELECT relname, analyze_count FROM pg_stat_user_tables "
+                                "WHERE schemaname = current_schema()"))
+
+    with _host(database, None) as cat:
+        before = analysed(cat)
+        cat.import_titles([TitleDraft(title=f"Cobalt Orchard {n}") for n in range(10)], state=TitleState.PUBLISHED)
+        assert analysed(cat) == before
+        cat.import_titles([TitleDraft(title=f"Cobalt Orchard {n}") for n in range(60)], state=TitleState.PUBLISHED)
+        after = analysed(cat)
+        for table in postgres._IMPORTED_TABLES:
+            assert after[table] == before.get(table, 0) + 1, table
+        assert after["jobs"] == before.get("jobs", 0)  # only what the import wrote
