@@ -71,9 +71,9 @@ class Sizes:
     big_objects_8: int = 32         # objects moved by the 8 clients
     big_clients: int = 8
     # Each 64 MiB GET batch is run this many times over the same objects, and the best pass is
-    # the row's figure (the first pass is kept beside it): the first GET after a PUT reads pages
-    # the VM must back again (see bench/README.md, "The first GET after a PUT"), and one pass is
-    # a few seconds of a shared machine. The same for every store.
+    # the row's figure (the first pass is kept beside it): in the seconds after a large PUT every
+    # copy on this VM may cost 2-3x (bench/README.md, "The first GET after a PUT"), and one pass
+    # is a few seconds of a shared machine. The same for every store.
     big_get_passes: int = 3
     small_bytes: int = 4 * KiB
     small_objects: int = 2000
