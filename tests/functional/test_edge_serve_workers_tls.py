@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import anyio
 import anyio.from_thread
@@ -88,6 +89,18 @@ def access_lines(pop) -> list[dict]:
     return [json.loads(x) for x in pop.worker_log.read_text().splitlines() if '"edge.access"' in x]
 
 
+def logged(pop, keep: Callable[[dict], bool], count: int, timeout_s: float = 10.0) -> list[dict]:
+    """The access lines ``keep`` accepts, once there are ``count`` of them: a line is written when
+    the answer's last byte has been handed to the connection, so a client can have it all (and
+    exit) a moment before its line is there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [x for x in access_lines(pop) if keep(x)]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def test_http2_over_tls_with_alpn_and_http11_when_only_it_is_offered(origin, pop):
     origin.objects["/t/seg-1.m4s"] = Obj(b"t" * 3000, [("cache-control", "max-age=600")])
     out = curl("--http2", "--cacert", str(pop.cert), "-D", "-", "-o", "/dev/null", "-w", "%{http_version}",
@@ -104,7 +117,7 @@ def test_http2_over_tls_with_alpn_and_http11_when_only_it_is_offered(origin, pop
         assert r.http_version == "HTTP/2" and r.content == b"t" * 3000
     assert origin.fetches["/t/seg-1.m4s"] == 1
     # CloudFront's TLS fields on each line: the negotiated protocol and OpenSSL's cipher name
-    lines = [x for x in access_lines(pop) if x["cs-uri-stem"] == "/t/seg-1.m4s"]
+    lines = logged(pop, lambda x: x["cs-uri-stem"] == "/t/seg-1.m4s", 3)
     by_version = {(x["cs-protocol-version"], x["ssl-protocol"]): x for x in lines}
     assert set(by_version) == {("HTTP/2.0", "TLSv1.3"), ("HTTP/1.1", "TLSv1.3")}, lines
     for x in lines:
@@ -114,7 +127,9 @@ def test_http2_over_tls_with_alpn_and_http11_when_only_it_is_offered(origin, pop
     tls12 = curl("--http1.1", "--tlsv1.2", "--tls-max", "1.2", "--cacert", str(pop.cert), "-o", "/dev/null",
                  pop.https + "/t/seg-1.m4s")
     assert tls12.returncode == 0, tls12.stderr
-    line = next(x for x in access_lines(pop) if x["cs-uri-stem"] == "/t/seg-1.m4s" and x["ssl-protocol"] == "TLSv1.2")
+    line = next(iter(logged(pop, lambda x: x["cs-uri-stem"] == "/t/seg-1.m4s" and x["ssl-protocol"] == "TLSv1.2", 1)),
+                None)
+    assert line is not None, access_lines(pop)
     assert line["ssl-cipher"].startswith("ECDHE-ECDSA-") and line["cs-protocol"] == "https", line
 
 
@@ -127,7 +142,7 @@ def test_two_workers_both_serve_and_share_hits_through_the_disk_tier(origin, pop
         r = httpx.get(pop.url + "/w/seg-1.m4s", trust_env=False)
         assert r.content == b"w" * 20000 and r.headers["x-cache"].startswith("Hit from pop-w"), r.headers
     assert origin.fetches["/w/seg-1.m4s"] == 1
-    served = [x for x in access_lines(pop) if x["cs-uri-stem"] == "/w/seg-1.m4s"]
+    served = logged(pop, lambda x: x["cs-uri-stem"] == "/w/seg-1.m4s", 41)
     hits_by = {x["worker"] for x in served if x["x-edge-result-type"] == "Hit"}
     assert hits_by == {0, 1}, served  # the worker that did not fetch it served it from the shared disk tier
     health = {httpx.get(pop.admin + "/healthz", trust_env=False).json()["worker"] for _ in range(40)}
