@@ -132,6 +132,21 @@ def _ephemeral_range() -> tuple[int, int]:
 
 _rng = random.Random()
 
+#: ``LO-HI``: the ports :func:`free_ports` picks from (default: 10000 up to the kernel's
+#: ephemeral range). The test suite gives each of its parallel workers its own slice
+#: (tests/conftest.py), inherited by the daemons and benches they start, so that two workers
+#: never pick the same port between one's check and its daemon's bind.
+PORT_RANGE_ENV = "HEADWATER_PORT_RANGE"
+
+
+def _pick_range(ephemeral_lo: int) -> tuple[int, int]:
+    text = os.environ.get(PORT_RANGE_ENV, "")
+    try:
+        lo, hi = (int(x) for x in text.split("-"))
+    except ValueError:
+        return 10000, ephemeral_lo
+    return max(1024, lo), min(hi, ephemeral_lo)
+
 
 def free_ports(count: int, *, udp: bool = False, exclude: Collection[int] = ()) -> list[int]:
     """``count`` distinct ports free on 127.0.0.1 a moment ago (for TCP, and for UDP too with
@@ -166,12 +181,12 @@ def free_ports(count: int, *, udp: bool = False, exclude: Collection[int] = ()) 
                 return None
         return port
 
-    lo, _ = _ephemeral_range()
+    first, end = _pick_range(_ephemeral_range()[0])
     try:
         for _ in range(50 * count):
-            if len(ports) == count or lo <= 12000:
+            if len(ports) == count or end - first < 2000:
                 break
-            port = hold(_rng.randrange(10000, lo))
+            port = hold(_rng.randrange(first, end))
             if port is not None:
                 ports.append(port)
         for _ in range(50 * count):

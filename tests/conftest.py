@@ -47,6 +47,22 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker picks its free ports from its own slice of the range
+    (``HEADWATER_PORT_RANGE``, read by ``headwater.bench.peers.free_ports``; the daemons and
+    benches a test starts inherit it): a port one worker found free is then never taken by the
+    other's daemon before its own daemon binds it."""
+    from headwater.bench.peers import PORT_RANGE_ENV, _ephemeral_range
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1 and PORT_RANGE_ENV not in os.environ:
+        lo, hi = 10000, _ephemeral_range()[0]
+        span = (hi - lo) // count
+        first = lo + int(worker[2:]) * span
+        os.environ[PORT_RANGE_ENV] = f"{first}-{first + span}"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """A test marked ``heavy`` (a multi-second in-process cluster) runs on asyncio in ``make test``;

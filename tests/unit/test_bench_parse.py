@@ -130,3 +130,17 @@ def test_s5cmd_ceiling_downloads_from_the_stub_endpoint(tmp_path, server):
     assert c.name == "s5cmd GET alone" and c.unit == "MB/s" and c.value > 0
     assert "client" in c.how and "s/GB" in c.how and "best of 2" in c.how
     assert ("nginx" in c.how) == (server == "nginx")
+
+
+def test_free_ports_pick_from_the_range_the_environment_gives(monkeypatch):
+    from headwater.bench import peers
+
+    monkeypatch.setenv(peers.PORT_RANGE_ENV, "20000-24000")
+    ports = peers.free_ports(50)
+    assert len(set(ports)) == 50 and all(20000 <= p < 24000 for p in ports)
+    monkeypatch.setenv(peers.PORT_RANGE_ENV, "nonsense")
+    assert peers._pick_range(32768) == (10000, 32768)
+    monkeypatch.delenv(peers.PORT_RANGE_ENV)
+    assert peers._pick_range(32768) == (10000, 32768)
+    monkeypatch.setenv(peers.PORT_RANGE_ENV, "500-90000")  # clamped below the ephemeral range
+    assert peers._pick_range(32768) == (1024, 32768)
