@@ -113,11 +113,9 @@ def _access_line(pop: Pop, port: int, timeout_s: float = 10.0) -> dict:
         time.sleep(0.05)
 
 
-def _slow_get(pop: Pop, path: str, *, wait_s: float, read_all: bool,
-              meanwhile: Callable[[], None] = lambda: None) -> tuple[int, bytes]:
-    """GET ``path`` with a 4 KiB receive buffer, read the first bytes, wait ``wait_s`` (calling
-    ``meanwhile``); then read the rest, or leave with a reset. Returns the local port (the access
-    line's c-port) and what was read."""
+def _small_window_get(pop: Pop, path: str) -> tuple[socket.socket, int, list[bytes]]:
+    """A GET of ``path`` on a connection with a 4 KiB receive buffer, its status line's first
+    bytes read (a 200): the socket, its local port (the access line's c-port), what was read."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(30)
@@ -125,7 +123,16 @@ def _slow_get(pop: Pop, path: str, *, wait_s: float, read_all: bool,
     port = s.getsockname()[1]
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{pop.port}\r\nConnection: close\r\n\r\n".encode())
     got = [s.recv(12)]
-    assert got[0].startswith(b"HTTP/1.1 200")
+    assert got[0].startswith(b"HTTP/1.1 200"), got
+    return s, port, got
+
+
+def _slow_get(pop: Pop, path: str, *, wait_s: float, read_all: bool,
+              meanwhile: Callable[[], None] = lambda: None) -> tuple[int, bytes]:
+    """GET ``path`` with a 4 KiB receive buffer, read the first bytes, wait ``wait_s`` (calling
+    ``meanwhile``); then read the rest, or leave with a reset. Returns the local port (the access
+    line's c-port) and what was read."""
+    s, port, got = _small_window_get(pop, path)
     meanwhile()
     time.sleep(wait_s)
     if read_all:
@@ -210,14 +217,7 @@ def _trickle_get(pop: Pop, path: str, headed: Callable[[], None], resume: thread
     fetch of its own, and with more than a send buffer of it still to send, the edge cannot have
     read that fetch to its end. Its upstream slots are then taken until ``finish``, however slowly
     the machine runs."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(30)
-    s.connect(("127.0.0.1", pop.port))
-    port = s.getsockname()[1]
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{pop.port}\r\nConnection: close\r\n\r\n".encode())
-    got = [s.recv(12)]
-    assert got[0].startswith(b"HTTP/1.1 200"), got
+    s, port, got = _small_window_get(pop, path)
     headed()
     assert resume.wait(30)
     size = 0
