@@ -1261,6 +1261,10 @@ class EdgeApp:
         an upstream slot for it (and a ``rest`` slot for a rest fetch); the slots go back when
         the response is closed. UpstreamBusy when there is none within the wait."""
         taken: list[SlotPool] = []
+
+        def release() -> None:
+            for pool in taken:
+                pool.release()
         try:
             for pool in ((self.slots["rest"], self.slots["fetch"]) if rest else (self.slots["fetch"],)):
                 await self._take_slot(pool)
@@ -1269,13 +1273,8 @@ class EdgeApp:
                 self.metrics.rest_fetches.labels(self.node.tier).inc()
             response = await self._send_now(ctx, method, headers, content)
         except BaseException:
-            for pool in taken:
-                pool.release()
+            release()
             raise
-
-        def release() -> None:
-            for pool in taken:
-                pool.release()
         response.on_close = release
         return response
 
