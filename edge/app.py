@@ -57,7 +57,7 @@ import anyio
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.http import Request, Response, error_response
-from headwater.http.errors import LocalProtocolError
+from headwater.http.errors import BodyCut, LocalProtocolError
 from headwater.http.h1 import prepare_fields
 from headwater.http.ranges import parse_range_header
 from headwater.http.types import FileBody, PreparedFields
@@ -1266,7 +1266,14 @@ class EdgeApp:
             for pool in taken:
                 pool.release()
         try:
-            for pool in ((self.slots["rest"], self.slots["fetch"]) if rest else (self.slots["fetch"],)):
+            if ctx.prefetch:
+                fetch = self.slots["fetch"]
+                if not fetch.take_spare():  # (rare: _prefetch_run looked a moment ago)
+                    raise UpstreamBusy(f"no spare upstream slot for a prefetch ({fetch.in_use} of "
+                                       f"{fetch.capacity} in use, {fetch.waiting} waiting)")
+                taken.append(fetch)
+            for pool in (() if ctx.prefetch else (self.slots["rest"], self.slots["fetch"]) if rest
+                         else (self.slots["fetch"],)):
                 await self._take_slot(pool)
                 taken.append(pool)
             if rest:
@@ -1368,6 +1375,10 @@ class EdgeApp:
                     planner.count(result)
                     self.metrics.prefetch.labels(self.node.tier, result).inc()
                     continue
+                if not self.slots["fetch"].spare:  # viewers need the upstream slots: stop guessing
+                    planner.count("no_slot")
+                    self.metrics.prefetch.labels(self.node.tier, "no_slot").inc()
+                    return
                 flight, _ = self._start_flight(_Context(ask, dist, behaviour, key, prefetch=True))
                 planner.fetched(key)
                 try:
@@ -1377,7 +1388,8 @@ class EdgeApp:
                     head = None
                 if head is None or flight.error is not None or head.status >= 400:
                     planner.forget(key)
-                    result = "not_found" if head is not None and head.status in (404, 410) else "error"
+                    result = ("not_found" if head is not None and head.status in (404, 410)
+                              else "no_slot" if isinstance(flight.error, UpstreamBusy) else "error")
                     planner.count(result)
                     self.metrics.prefetch.labels(self.node.tier, result).inc()
                     return
@@ -1676,8 +1688,9 @@ class _ViewerBody:
         try:
             return await self.chunks.__anext__()
         except UpstreamBusy as e:
+            # A bound of ours, not a crash: the core cuts the answer and logs a line (BodyCut).
             self.cut_detail = e.detail
-            raise
+            raise BodyCut(str(e)) from e
 
     async def aclose(self) -> None:
         try:

@@ -18,7 +18,8 @@ So each worker holds two :class:`SlotPool` s, as Varnish bounds a backend's conn
 (``.max_connections``, with ``.wait_timeout`` / ``.wait_limit`` for the requests past it) and
 nginx a server's (``max_conns``, ``proxy_cache_lock_timeout``): a fetch takes a slot or queues for
 one, in order, at most ``max_waiting`` deep and at most ``wait_s`` long; past either it is
-refused, never sent upstream. What a refusal becomes is the app's: before the response head a
+refused, never sent upstream. A prefetch takes a slot only while the pool has room to spare
+(:attr:`SlotPool.spare`) and never queues. What a refusal becomes is the app's: before the response head a
 503 with Retry-After (:class:`~.errors.UpstreamBusy`), after it the viewer's answer cut short.
 
 The pool is sans-IO: it counts, queues :class:`Ticket` s and hands a released slot straight to
@@ -108,6 +109,21 @@ class SlotPool:
     def take_nowait(self) -> bool:
         """A slot now, if one is free and nobody queues for one (no barging past the queue)."""
         if self.in_use < self.capacity and not self._queue:
+            self._took()
+            return True
+        return False
+
+    @property
+    def spare(self) -> bool:
+        """Whether speculative work (a segment prefetch) may take a slot now: nobody queues and,
+        after it, a quarter of the slots (rounded down) stay free for viewers. A prefetch never
+        waits for a slot, nor takes one a viewer's fetch would have queued for: it is a guess
+        about the future, and the viewers in front of the edge are the present."""
+        return not self._queue and self.in_use + 1 <= self.capacity - self.capacity // 4
+
+    def take_spare(self) -> bool:
+        """A slot for speculative work, if :attr:`spare`; never queues."""
+        if self.spare:
             self._took()
             return True
         return False

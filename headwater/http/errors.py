@@ -19,6 +19,7 @@ __all__ = [
     "Flooding",
     "UnsupportedTransferCoding",
     "LocalProtocolError",
+    "BodyCut",
     "BadResponse",
     "ResponseHeadTooLarge",
     "ConnectFailed",
@@ -107,6 +108,16 @@ class LocalProtocolError(HttpError):
     """The app handed the core something it cannot send (bad header, wrong content-length)."""
 
     http_status = 500
+    h2_error_code = H2_INTERNAL_ERROR
+
+
+class BodyCut(HttpError):
+    """The app cut its own streamed response body short on purpose, after the head was sent (a
+    bound it enforces: the edge refused the upstream fetch the rest needed). The core ends the
+    exchange as for any failure mid-body (the connection cut on HTTP/1.1, RST_STREAM on HTTP/2),
+    but it is an expected outcome, logged in a line, not as a crash with its traceback."""
+
+    http_status = 503  # never sent: the head is out
     h2_error_code = H2_INTERNAL_ERROR
 
 

@@ -25,6 +25,7 @@ import anyio.abc
 
 from headwater.http import h1
 from headwater.http.errors import (
+    BodyCut,
     ClientDisconnected,
     LocalProtocolError,
     ProtocolError,
@@ -502,6 +503,9 @@ class H1Shell:
             await self.stream.send(out + conn.send_end())
         except DISCONNECTS:
             raise
+        except BodyCut as e:
+            log.info("response to %s %s cut short: %s", head.method, head.target, e)
+            raise AbortConnection from None
         except ProtocolError as e:
             # The request body broke mid-stream (an echoing app): the client's fault, no traceback.
             log.info("request body of %s %s failed while streaming the response: %s",

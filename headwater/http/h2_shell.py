@@ -45,6 +45,7 @@ from headwater.http.errors import (
     H2_ENHANCE_YOUR_CALM,
     H2_INTERNAL_ERROR,
     H2_NO_ERROR,
+    BodyCut,
     ClientDisconnected,
     LocalProtocolError,
     ProtocolError,
@@ -698,6 +699,9 @@ class H2Shell:
             st.reset = True
         except DISCONNECTS:
             pass
+        except BodyCut as e:
+            log.info("HTTP/2 stream %d from %s cut short: %s", st.sid, self.client, e)
+            conn.reset(st.sid, e.h2_error_code)
         except Exception:
             log.exception("HTTP/2 stream %d failed", st.sid)
             conn.reset(st.sid, H2_INTERNAL_ERROR)

@@ -8,6 +8,7 @@ import gzip
 import json
 import re
 import subprocess
+import threading
 import time
 
 import brotli
@@ -27,8 +28,13 @@ prefetch = 3
 [[distributions.behaviours]]
 path_pattern = "/m/*"
 compress = true
+''', 1).replace('''lon = -74.0
+ram_size = "64MiB"
+''', '''lon = -74.0
+ram_size = "64MiB"
+max_upstream_fetches = 4
 ''', 1)
-assert FEATURES != CONFIG
+assert FEATURES.count("max_upstream_fetches = 4") == 1  # pop-2's: three of them are a prefetch's
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +142,50 @@ def test_a_viewer_asking_during_a_prefetch_shares_its_fetch(cluster):
         # Joined at the POP itself (not merely collapsed further up): pop-2 saw no other request.
         assert metric(c, cluster.admin("pop-2"), "hw_edge_collapsed_total") == 1
         assert c.get(cluster.admin("pop-2") + "/healthz").json()["prefetch"]["used"] >= 1
+
+
+def test_a_prefetch_never_takes_the_upstream_slots_viewers_need(cluster):
+    """pop-2 may have 4 fetches open upstream; a prefetch takes one only while a quarter (1)
+    stays free and nobody queues. Three viewers held mid-answer leave it none: the run ends
+    (no_slot) without going upstream; once they are done, prefetching resumes."""
+    origin = cluster.origin
+    hold = threading.Event()
+    for n in range(3):
+        origin.objects[f"/h/held-{n}"] = Obj(b"h" * 80_000, [("cache-control", "max-age=600")], hold=hold)
+    for n in range(1, 4):
+        origin.objects[f"/v/r3/seg-{n}.m4s"] = Obj(b"%d" % n * 3000, [("cache-control", "max-age=600")])
+    pop, admin = cluster.url("pop-2"), cluster.admin("pop-2")
+    bodies: list[bytes] = []
+
+    def viewer(n: int) -> None:
+        with client() as c:
+            bodies.append(c.get(pop + f"/h/held-{n}").content)
+
+    viewers = [threading.Thread(target=viewer, args=(n,)) for n in range(3)]
+    try:
+        for t in viewers:
+            t.start()
+        with client() as c:
+            wait_for(lambda: c.get(admin + "/healthz").json()["upstream_slots"]["fetch"]["in_use"] == 3)
+            assert c.get(pop + "/v/r3/seg-1.m4s").status_code == 200
+            wait_for(lambda: c.get(admin + "/healthz").json()["prefetch"].get("prefetch_no_slot") == 1)
+            time.sleep(0.3)
+            assert origin.fetches["/v/r3/seg-2.m4s"] == 0  # never sent upstream
+            slots = c.get(admin + "/healthz").json()["upstream_slots"]["fetch"]
+            assert slots["refused_full"] == slots["refused_timeout"] == 0  # not a viewer's refusal
+            assert re.search(r'hw_edge_prefetch_total\{[^}]*result="no_slot"[^}]*\} 1', c.get(admin + "/metrics").text)
+            hold.set()
+            for t in viewers:
+                t.join(10)
+            assert bodies == [b"h" * 80_000] * 3
+            wait_for(lambda: c.get(admin + "/healthz").json()["upstream_slots"]["fetch"]["in_use"] == 0)
+            # seg-2, asked for now, is a miss whose run prefetches seg-3 as usual
+            assert c.get(pop + "/v/r3/seg-2.m4s").headers["x-cache"] == "Miss from pop-2"
+            wait_for(lambda: origin.fetches["/v/r3/seg-3.m4s"] == 1)
+    finally:
+        hold.set()
+        for t in viewers:
+            t.join(10)
 
 
 def test_no_prefetch_under_a_behaviour_without_it(cluster):

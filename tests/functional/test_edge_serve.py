@@ -349,6 +349,8 @@ def test_slow_viewers_cost_the_upstream_no_more_than_max_rest_fetches(origin, tm
             line = _access_line(pop, cut_port)
             assert (line["x-edge-result-type"], line["x-edge-detailed-result-type"]) == \
                 ("Error", "SlowReaderOriginError"), line
+        log = pop.log.read_text()  # a bound of ours at work, not a crash: a line each, no traceback
+        assert log.count("cut short: all 1 rest slots upstream in use") == 2 and "Traceback" not in log
         assert origin.ranges["/v/crowd2.mp4"] == 1 and origin.peak["/v/crowd2.mp4"] == 1
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="rest", reason="timeout") == 2
         assert _metric(pop, "hw_edge_upstream_slot_refusals_total", kind="fetch") == 1

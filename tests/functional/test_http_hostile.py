@@ -40,6 +40,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from headwater.clock import FakeClock
 from headwater.config import HttpLimits, KiB, MiB
 from headwater.http import FileBody, Request, Response
+from headwater.http.errors import BodyCut
 from headwater.http.h2 import PREFACE
 from tests.functional.h2_frames import frames_of
 from tests.functional.test_http_inline import NowApp
@@ -962,6 +963,32 @@ async def test_malformed_chunked_body_while_echoing_logs_no_traceback(caplog) ->
                                            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
     assert raw.startswith(b"HTTP/1.1 200") and not raw.endswith(b"0\r\n\r\n")
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def _cut_on_purpose(req: Request) -> Response:
+    """A streamed answer the app cuts short itself after its first chunk (the edge does so
+    when an upstream slot the rest needed is refused)."""
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first chunk"
+        raise BodyCut("no rest slot upstream")
+    return Response(200, [("content-type", "application/octet-stream")], chunks())
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/2"])
+async def test_a_body_the_app_cuts_on_purpose_is_cut_and_logged_in_a_line(version: str, caplog) -> None:
+    async with running(_cut_on_purpose) as port:
+        with caplog.at_level(logging.INFO, logger="headwater.http"):
+            if version == "HTTP/1.1":
+                raw = await raw_exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+                # the head and the chunk sent, then the connection cut: no last chunk, never "complete"
+                assert raw.startswith(b"HTTP/1.1 200") and b"first chunk" in raw
+                assert not raw.endswith(b"0\r\n\r\n")
+            else:
+                async with httpx.AsyncClient(http1=False, http2=True) as client:
+                    with pytest.raises(httpx.RemoteProtocolError):  # RST_STREAM(INTERNAL_ERROR)
+                        await client.get(f"http://127.0.0.1:{port}/x")
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert [r for r in caplog.records if "cut short: no rest slot upstream" in r.getMessage()]
 
 
 # --- FileBody with a descriptor, Date from the clock ------------------------------------------

@@ -7,6 +7,7 @@ import anyio
 import pytest
 from headwater.clock import FakeClock
 from headwater.config import ConfigError, loads
+from headwater.http.errors import BodyCut
 from headwater.edge.app import wait_for_slot
 from headwater.edge.errors import UpstreamBusy, UpstreamError, headers_of, status_of
 from headwater.edge.upstreamslots import SlotLimits, SlotPool, pools_for
@@ -59,6 +60,23 @@ def test_a_full_queue_refuses_at_once_and_so_does_a_pool_without_slots_or_wait()
     assert pool(0).enqueue(0.0) is None and not pool(0).take_nowait()  # max_rest_fetches = 0
     no_wait = pool(1, wait_s=0)
     assert no_wait.take_nowait() and no_wait.enqueue(0.0) is None
+
+
+def test_a_prefetch_takes_only_a_spare_slot_and_never_queues():
+    """Speculative work leaves a quarter of the slots to viewers and never goes before one."""
+    p = SlotPool("fetch", 8, 1.0, 4)
+    for _ in range(6):  # 8 - 8 // 4: the spare ones
+        assert p.spare and p.take_spare()
+    assert not p.spare and not p.take_spare() and p.in_use == 6
+    assert p.take_nowait() and p.take_nowait() and p.in_use == 8  # viewers still get the rest
+    assert p.waiting == 0 and p.statistics().refused_full == 0  # a declined prefetch queued nothing
+    for _ in range(3):
+        p.release()
+    assert p.in_use == 5 and p.spare
+    ticket = p.enqueue(0.0)  # ...and a viewer waiting anywhere in the pool stops them all
+    assert ticket is not None and not p.spare and not p.take_spare()
+    tiny = SlotPool("fetch", 2, 1.0, 4)  # a quarter of 2 is none: both may go to prefetches
+    assert tiny.take_spare() and tiny.take_spare() and not tiny.take_spare()
 
 
 def test_giving_up_a_ticket_and_a_slot_granted_meanwhile():
@@ -229,9 +247,10 @@ async def test_a_body_cut_by_a_refusal_says_why_and_closes_what_is_under_it():
 
     body = _ViewerBody(chunks(), close)
     got = []
-    with pytest.raises(UpstreamBusy):
+    with pytest.raises(BodyCut) as cut:  # the core's "cut on purpose": a line, no traceback
         async for chunk in body:
             got.append(chunk)
+    assert isinstance(cut.value.__cause__, UpstreamBusy)
     assert got == [b"first"] and body.cut_detail == "SlowReaderOriginError"
     await body.aclose()
     assert closed == [True]
