@@ -28,7 +28,7 @@ __all__ = [
     "list_buckets", "list_objects_v1", "list_objects_v2", "list_object_versions",
     "location_constraint", "versioning_configuration", "initiate_multipart_upload",
     "complete_multipart_upload", "list_parts", "list_multipart_uploads", "copy_object_result",
-    "copy_part_result", "delete_result",
+    "copy_part_result", "delete_result", "post_response",
     "parse_complete_multipart_upload", "parse_delete", "parse_create_bucket_configuration",
     "parse_versioning_configuration", "MAX_DELETE_OBJECTS",
 ]
@@ -386,6 +386,16 @@ def complete_multipart_upload(*, location: str, bucket: str, key: str, etag: str
     _checksums(w, checksums)
     w.el("ChecksumType", checksum_type)
     return w.done("CompleteMultipartUploadResult")
+
+
+def post_response(*, location: str, bucket: str, key: str, etag: str) -> bytes:
+    """POST Object's answer to ``success_action_status=201``."""
+    w = _W("PostResponse")
+    w.el("Location", location)
+    w.el("Bucket", bucket)
+    w.el("Key", key)
+    w.el("ETag", _etag(etag))
+    return w.done("PostResponse")
 
 
 def list_parts(*, bucket: str, key: str, upload_id: str, owner: Owner | None,

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-from datetime import timedelta
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 from minio import Minio
 from minio.commonconfig import REPLACE, ComposeSource, CopySource
+from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 MiB = 1024 * 1024
+NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 CLUSTER_OPTIONS = dict(stripe_size="64KiB", inline_max_size="4KiB", k=2, m=1, storage_nodes=3, metadata_nodes=1)
 
 
@@ -269,3 +271,100 @@ def test_failed_streamed_upload_aborts(mc, bucket):
     uploads = mc._list_multipart_uploads(bucket)  # minio-py's own (private) ListMultipartUploads
     assert list(uploads.uploads) == []
     assert s3_error(mc.stat_object, bucket, "broken").code == "NoSuchKey"
+
+
+# --- POST Object (browser uploads) ---------------------------------------------------------------
+
+def post_form(mc, bucket: str, *, prefix: str = "up/", max_size: int = MiB, expires: timedelta = timedelta(minutes=5),
+              starts: dict[str, str] | None = None, **equals: str) -> dict[str, str]:
+    """minio-py's presigned POST policy: keys under ``prefix``, at most ``max_size`` bytes, an
+    exact match for each of ``equals`` and a prefix for each of ``starts`` (field -> value)."""
+    policy = PostPolicy(bucket, datetime.now(timezone.utc) + expires)
+    policy.add_starts_with_condition("key", prefix)
+    for name, value in (starts or {}).items():
+        policy.add_starts_with_condition(name, value)
+    policy.add_content_length_range_condition(1, max_size)
+    for name, value in equals.items():
+        policy.add_equals_condition(name, value)
+    return mc.presigned_post_policy(policy)
+
+
+def post(cluster, bucket: str, form: dict[str, str], body: bytes, *, filename: str = "clip.mp4",
+         content_type: str = "video/mp4", **fields: str) -> httpx.Response:
+    """What a browser sends: the form's fields, then the file, as multipart/form-data."""
+    return httpx.post(f"{cluster.endpoint}/{bucket}", data={**form, **fields},
+                      files={"file": (filename, body, content_type)}, timeout=60)
+
+
+@pytest.mark.parametrize("size", [300_000, 9 * MiB + 7])  # past the inline size: stored as stripes
+def test_presigned_post_policy_upload(cluster, mc, bucket, size):
+    body = blob(size, seed=7)
+    form = post_form(mc, bucket, max_size=10 * MiB, **{"Content-Type": "video/mp4", "x-amz-meta-owner": "alice"})
+    r = post(cluster, bucket, form, body, key="up/${filename}", **{"Content-Type": "video/mp4",
+                                                                   "x-amz-meta-owner": "alice"})
+    # S3's default answer: 204, with the ETag and the new object's Location
+    assert r.status_code == 204, r.text
+    assert r.headers["etag"] == f'"{md5_hex(body)}"'
+    assert r.headers["location"].endswith(f"/{bucket}/up/clip.mp4")
+    st = mc.stat_object(bucket, "up/clip.mp4")
+    assert (st.size, st.etag, st.content_type) == (len(body), md5_hex(body), "video/mp4")
+    assert st.metadata["x-amz-meta-owner"] == "alice"
+    assert mc.get_object(bucket, "up/clip.mp4").data == body
+
+
+def test_post_success_action_status_and_redirect(cluster, mc, bucket):
+    form = post_form(mc, bucket, success_action_status="201")
+    r = post(cluster, bucket, form, b"small", key="up/a", success_action_status="201")
+    assert r.status_code == 201, r.text
+    root = ET.fromstring(r.content)
+    assert root.tag == f"{NS}PostResponse"
+    assert [root.findtext(f"{NS}{t}") for t in ("Bucket", "Key", "ETag")] == [bucket, "up/a", f'"{md5_hex(b"small")}"']
+    form = post_form(mc, bucket, starts={"success_action_redirect": "https://example.test/"})
+    r = post(cluster, bucket, form, b"small", key="up/b", success_action_redirect="https://example.test/done?x=1")
+    assert r.status_code == 303
+    assert r.headers["location"] == ("https://example.test/done?x=1&bucket=" + bucket + "&key=up%2Fb&etag=%22"
+                                     + md5_hex(b"small") + "%22")
+    assert mc.stat_object(bucket, "up/b").size == 5
+
+
+def s3_code(r: httpx.Response) -> tuple[int, str, str]:
+    root = ET.fromstring(r.content)
+    return r.status_code, root.findtext("Code"), root.findtext("Message")
+
+
+def test_post_policy_is_enforced(cluster, mc, bucket):
+    form = post_form(mc, bucket, max_size=1000)
+    # a key outside the policy's prefix
+    status, code, message = s3_code(post(cluster, bucket, form, b"x", key="elsewhere/x"))
+    assert (status, code) == (403, "AccessDenied") and "Policy Condition failed" in message
+    # a field the policy does not name
+    status, code, message = s3_code(post(cluster, bucket, form, b"x", key="up/x", acl="public-read"))
+    assert (status, code) == (403, "AccessDenied") and "Extra input fields: acl" in message
+    # content-length-range: too large (while it streams), too small (empty)
+    assert s3_code(post(cluster, bucket, form, b"x" * 1001, key="up/x"))[:2] == (400, "EntityTooLarge")
+    assert s3_code(post(cluster, bucket, form, b"", key="up/x"))[:2] == (400, "EntityTooSmall")
+    # the policy signed for this bucket does not open another one
+    other = bucket + "-other"
+    mc.make_bucket(other)
+    status, code, message = s3_code(post(cluster, other, form, b"x", key="up/x"))
+    assert (status, code) == (403, "AccessDenied") and "$bucket" in message
+    # a changed policy, a wrong signature, an expired policy
+    tampered = {**form, "x-amz-signature": "0" * 64}
+    assert s3_code(post(cluster, bucket, tampered, b"x", key="up/x"))[:2] == (403, "SignatureDoesNotMatch")
+    expired = post_form(mc, bucket, expires=timedelta(seconds=-1))
+    status, code, message = s3_code(post(cluster, bucket, expired, b"x", key="up/x"))
+    assert (status, code) == (403, "AccessDenied") and "Policy expired" in message
+    # no policy at all: an anonymous upload, which no bucket here takes
+    assert s3_code(post(cluster, bucket, {}, b"x", key="up/x"))[:2] == (403, "AccessDenied")
+    assert list(mc.list_objects(bucket, recursive=True)) == []
+    assert list(mc.list_objects(other, recursive=True)) == []
+
+
+def test_post_policy_of_another_user(cluster, mc, bucket):
+    """bob's signed policy does not let him into alice's bucket."""
+    u = cluster.user(1)
+    bob = Minio(cluster.endpoint.removeprefix("http://"), access_key=u.access_key, secret_key=u.secret_key,
+                secure=False, region=cluster.region)
+    form = post_form(bob, bucket)
+    assert s3_code(post(cluster, bucket, form, b"x", key="up/x"))[:2] == (403, "AccessDenied")
+    assert list(mc.list_objects(bucket, recursive=True)) == []
