@@ -62,8 +62,23 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
         return None, await writer.finish()
 
 
+#: The headers that ask for an object's retention or legal hold (S3 Object Lock).
+OBJECT_LOCK_HEADERS = ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date",
+                       "x-amz-object-lock-legal-hold")
+
+
+def refuse_object_lock(h: Headers) -> None:
+    """No bucket here has Object Lock: a write asking for retention or a legal hold is refused
+    as S3 refuses it on such a bucket, rather than stored without the protection it asked for."""
+    for name in OBJECT_LOCK_HEADERS:
+        if name in h:
+            raise s3e.InvalidRequest("Bucket is missing Object Lock Configuration")
+
+
 def standard_headers(h: Headers) -> tuple[str, dict[str, str], dict[str, str]]:
-    """Content-Type, the other standard headers, and x-amz-meta-* from a request."""
+    """Content-Type, the other standard headers, and x-amz-meta-* from a request (which must not
+    ask for Object Lock: :func:`refuse_object_lock`)."""
+    refuse_object_lock(h)
     std = names.extract_standard_headers(h)
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     return content_type, std, names.extract_metadata(h)
@@ -390,6 +405,7 @@ async def copy_object(store: Store, call: Call) -> Response:
     bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
+    refuse_object_lock(call.request.headers)
     src = await copy_source(store, call)
     directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE"):

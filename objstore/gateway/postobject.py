@@ -24,7 +24,7 @@ from ..s3 import errors as s3e
 from ..s3 import formdata, names, postpolicy, xmlio
 from .buckets import owned_bucket
 from .context import Call, Store
-from .objects import commit_object, store_body
+from .objects import commit_object, refuse_object_lock, store_body
 
 __all__ = ["is_post_form", "post_object"]
 
@@ -155,6 +155,7 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     bucket_rec = await owned_bucket(store, call)
     # The form's fields stand for the headers a PutObject would carry.
     as_headers = Headers((name, _wire(value)) for name, value in fields.items())
+    refuse_object_lock(as_headers)
     std = names.extract_standard_headers(as_headers)
     content_type = std.pop("content-type", None) or file_part.content_type or "binary/octet-stream"
     meta = names.extract_metadata(as_headers)

@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 from minio import Minio
-from minio.commonconfig import REPLACE, ComposeSource, CopySource
+from minio.commonconfig import GOVERNANCE, REPLACE, ComposeSource, CopySource
 from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from minio.retention import Retention
 
 MiB = 1024 * 1024
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -69,6 +70,27 @@ def test_buckets(mc, bucket):
     mc.remove_bucket(name)
     assert not mc.bucket_exists(name)
     assert s3_error(mc.remove_bucket, name).code == "NoSuchBucket"
+
+
+def test_object_lock_is_refused_not_ignored(mc, bucket):
+    """Object Lock (WORM retention) is not implemented. A bucket asked for with it is refused
+    (501 NotImplemented, the header named) rather than made without it, and writes asking for
+    retention or a legal hold get S3's answer on a bucket without Object Lock (400 InvalidRequest):
+    their owner must not believe the objects protected."""
+    err = s3_error(mc.make_bucket, bucket + "-locked", object_lock=True)
+    assert (err.code, err.response.status) == ("NotImplemented", 501)
+    assert not mc.bucket_exists(bucket + "-locked")
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
+    for kw in ({"legal_hold": True}, {"retention": Retention(GOVERNANCE, until)}):
+        err = s3_error(mc.put_object, bucket, "locked", io.BytesIO(b"x"), 1, **kw)
+        assert (err.code, err.message) == ("InvalidRequest", "Bucket is missing Object Lock Configuration")
+        err = s3_error(mc.put_object, bucket, "locked", io.BytesIO(b"x"), -1, part_size=5 * MiB, **kw)
+        assert err.code == "InvalidRequest"
+    mc.put_object(bucket, "src", io.BytesIO(b"x"), 1)
+    err = s3_error(mc.copy_object, bucket, "locked", CopySource(bucket, "src"), legal_hold=True)
+    assert err.code == "InvalidRequest"
+    assert [o.object_name for o in mc.list_objects(bucket)] == ["src"]
+    assert list(mc._list_multipart_uploads(bucket).uploads) == []
 
 
 # --- uploads ---------------------------------------------------------------------------------------
