@@ -201,3 +201,17 @@ def test_malformed_policies():
                      {"expiration": later, "conditions": [["content-length-range", 5, 1]]}, [1]):
         with pytest.raises(e.InvalidPolicyDocument):
             authorize(signed(document))
+
+
+def test_botocore_sigv2_signed_policy():
+    """boto3 with ``signature_version="s3"`` signs the policy SigV2 (AWSAccessKeyId, signature)."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", region_name=REGION, aws_access_key_id=AK, aws_secret_access_key=SK,
+                      endpoint_url="http://127.0.0.1:1", config=Config(signature_version="s3"))
+    post = s3.generate_presigned_post("media", "up/x")
+    assert "signature" in post["fields"] and "AWSAccessKeyId" in post["fields"]
+    assert authorize(post["fields"]).key == "up/x"
+    with pytest.raises(e.SignatureDoesNotMatch):
+        authorize({**post["fields"], "signature": "AAAA"})
