@@ -229,6 +229,12 @@ async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int, *
             return
 
 
+def other_version(version: str | None) -> str | None:
+    """A ``versionId`` naming a version other than the object itself. Buckets are unversioned,
+    so only the version ``null`` exists: a request for any other must not act on the object."""
+    return version if version not in (None, "null") else None
+
+
 async def _read_target(store: Store, call: Call) -> ObjectRecord:
     """The object a GET or HEAD reads, after the bucket's checks and the request's conditions.
 
@@ -255,6 +261,9 @@ async def _read_target(store: Store, call: Call) -> ObjectRecord:
         bucket_rec = BucketRecord.from_value(bucket.value) if bucket else None
         cache.offer(bucket_name, bucket_rec, sent_at)
         check_owned(bucket_rec, call, bucket_name)
+    version = other_version(call.q("versionId"))
+    if version is not None:
+        raise s3e.NoSuchVersion(Key=key, VersionId=version)
     rec = ObjectRecord.from_value(entry.value) if entry else None
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)
@@ -334,8 +343,11 @@ async def head_object(store: Store, call: Call) -> Response:
 async def delete_object(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
-    await _delete_key(store, call.bucket, call.key)
-    return Response(status=204)
+    version = call.q("versionId")
+    # A version that does not exist is deleted already: 204, and the object stays.
+    if other_version(version) is None:
+        await _delete_key(store, call.bucket, call.key)
+    return Response(status=204, headers=[("x-amz-version-id", version)] if version is not None else [])
 
 
 async def _delete_key(store: Store, bucket: str, key: str) -> None:
@@ -354,31 +366,32 @@ async def delete_objects(store: Store, call: Call) -> Response:
                                                 for k, _ in h):
         raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
     wanted, quiet = await Payload(call, max_bytes=2 * 1024 * 1024).read_document(xmlio.parse_delete)
-    keys = [o.key for o in wanted]
-    deleted: list[str] = []
-    failed: list[tuple[str, str, str]] = []
+    deleted: list[int] = []
+    failed: list[tuple[int, str, str]] = []
     limiter = anyio.CapacityLimiter(16)
 
-    async def one(key: str) -> None:
+    async def one(i: int, obj: xmlio.ObjectToDelete) -> None:
         async with limiter:
             try:
-                names.validate_key(key)
-                await _delete_key(store, call.bucket, key)  # type: ignore[arg-type]
-                deleted.append(key)
+                names.validate_key(obj.key)
+                # As DeleteObject: a version that does not exist is deleted already.
+                if other_version(obj.version_id) is None:
+                    await _delete_key(store, call.bucket, obj.key)  # type: ignore[arg-type]
+                deleted.append(i)
             except (s3e.S3Error, MetadataError) as e:
                 err = s3_error(e, "DeleteObjects")
                 assert err is not None  # only the client going away answers None
-                failed.append((key, err.code, err.message))
+                failed.append((i, err.code, err.message))
 
     async with anyio.create_task_group() as tg:
-        for key in keys:
-            tg.start_soon(one, key)
-    order = {k: i for i, k in enumerate(keys)}
-    deleted.sort(key=order.__getitem__)
-    failed.sort(key=lambda f: order[f[0]])
+        for i, obj in enumerate(wanted):
+            tg.start_soon(one, i, obj)
+    deleted.sort()
+    failed.sort()
     return xml_response(xmlio.delete_result(
-        deleted=[xmlio.DeletedEntry(key=k) for k in deleted],
-        errors=[xmlio.DeleteErrorEntry(key=k, code=c, message=m) for k, c, m in failed], quiet=quiet))
+        deleted=[xmlio.DeletedEntry(key=wanted[i].key, version_id=wanted[i].version_id) for i in deleted],
+        errors=[xmlio.DeleteErrorEntry(key=wanted[i].key, version_id=wanted[i].version_id, code=c, message=m)
+                for i, c, m in failed], quiet=quiet))
 
 
 def parse_copy_source(raw: str) -> tuple[str, str]:

@@ -254,6 +254,27 @@ def test_remove_object_and_objects(mc, bucket):
     assert [o.object_name for o in mc.list_objects(bucket, recursive=True)] == keys[3:]
 
 
+def test_version_ids_other_than_null_do_not_reach_the_object(mc, bucket):
+    """Buckets are unversioned: the object is version ``null``, and no other version exists.
+    Reading another is 404 NoSuchVersion (as CopyObject's source already was); deleting one,
+    alone or in bulk, deletes nothing that exists, so answers as S3 does for a version already
+    gone (204, or listed as Deleted) and leaves the object as it is."""
+    mc.put_object(bucket, "k", io.BytesIO(b"v"), 1)
+    assert mc.get_object(bucket, "k", version_id="null").data == b"v"
+    assert mc.stat_object(bucket, "k", version_id="null").size == 1
+    assert s3_error(mc.get_object, bucket, "k", version_id="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrH").code == "NoSuchVersion"
+    err = s3_error(mc.stat_object, bucket, "k", version_id="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrH")
+    assert err.response.status == 404
+    mc.remove_object(bucket, "k", version_id="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrH")
+    assert list(mc.remove_objects(bucket, [DeleteObject("k", "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrH")])) == []
+    assert mc.get_object(bucket, "k").data == b"v"
+    assert list(mc.remove_objects(bucket, [DeleteObject("k", "null")])) == []
+    assert s3_error(mc.stat_object, bucket, "k").code == "NoSuchKey"
+    mc.put_object(bucket, "k", io.BytesIO(b"v"), 1)
+    mc.remove_object(bucket, "k", version_id="null")
+    assert list(mc.list_objects(bucket)) == []
+
+
 # --- presigned URLs --------------------------------------------------------------------------------
 
 def test_presigned_get_and_put(mc, bucket):
