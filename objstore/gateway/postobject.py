@@ -157,7 +157,9 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     as_headers = Headers((name, _wire(value)) for name, value in fields.items())
     refuse_object_lock(as_headers)
     std = names.extract_standard_headers(as_headers)
-    content_type = std.pop("content-type", None) or file_part.content_type or "binary/octet-stream"
+    # S3 takes the Content-Type field, not the file part's own header (which browsers fill in
+    # from the file's extension): without the field, the object is binary/octet-stream.
+    content_type = std.pop("content-type", None) or "binary/octet-stream"
     meta = names.extract_metadata(as_headers)
     limit = min(cfg.max_put_bytes, auth.max_length if auth.max_length is not None else cfg.max_put_bytes)
     md5 = hashlib.md5()

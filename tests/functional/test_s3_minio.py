@@ -368,6 +368,8 @@ def test_post_success_action_status_and_redirect(cluster, mc, bucket):
     assert r.headers["location"] == ("https://example.test/done?x=1&bucket=" + bucket + "&key=up%2Fb&etag=%22"
                                      + md5_hex(b"small") + "%22")
     assert mc.stat_object(bucket, "up/b").size == 5
+    # no Content-Type field: the file part's own type is not the object's (S3 does the same)
+    assert mc.stat_object(bucket, "up/a").content_type == "binary/octet-stream"
 
 
 def s3_code(r: httpx.Response) -> tuple[int, str, str]:
