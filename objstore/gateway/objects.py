@@ -344,16 +344,30 @@ async def delete_object(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     version = call.q("versionId")
+    if_match = call.header("if-match")
     # A version that does not exist is deleted already: 204, and the object stays.
     if other_version(version) is None:
-        await _delete_key(store, call.bucket, call.key)
+        await _delete_key(store, call.bucket, call.key, if_match=if_match)
     return Response(status=204, headers=[("x-amz-version-id", version)] if version is not None else [])
 
 
-async def _delete_key(store: Store, bucket: str, key: str) -> None:
+async def _delete_key(store: Store, bucket: str, key: str, *, if_match: str | None = None) -> None:
+    """Delete ``key``; with ``if_match`` (If-Match, or DeleteObjects' ``<ETag>``) only while its
+    ETag is that one (``*``: any), else PreconditionFailed, or NoSuchKey when there is none:
+    the condition is part of the metadata write, so an overwrite in between is never deleted."""
+    condition = None
+    if if_match is not None and if_match.strip() != "*":
+        condition = ("etag", _quote(if_match))
     # Shielded like commit_object: a delete that lands must also retire what it removed.
-    with anyio.CancelScope(shield=True):
-        previous = await store.meta.delete(objects_ns(bucket), key)
+    try:
+        with anyio.CancelScope(shield=True):
+            previous = await store.meta.delete(objects_ns(bucket), key, if_match=condition)
+    except ConditionFailed as e:
+        if e.current is None:
+            raise s3e.NoSuchKey(Key=key) from None
+        raise s3e.PreconditionFailed(Condition="If-Match") from None
+    if previous is None and if_match is not None:
+        raise s3e.NoSuchKey(Key=key)
     if previous is not None:
         store.retire(ObjectRecord.from_value(previous.value).layouts)
 
@@ -376,7 +390,7 @@ async def delete_objects(store: Store, call: Call) -> Response:
                 names.validate_key(obj.key)
                 # As DeleteObject: a version that does not exist is deleted already.
                 if other_version(obj.version_id) is None:
-                    await _delete_key(store, call.bucket, obj.key)  # type: ignore[arg-type]
+                    await _delete_key(store, call.bucket, obj.key, if_match=obj.etag)  # type: ignore[arg-type]
                 deleted.append(i)
             except (s3e.S3Error, MetadataError) as e:
                 err = s3_error(e, "DeleteObjects")

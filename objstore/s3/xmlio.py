@@ -594,6 +594,7 @@ def parse_complete_multipart_upload(body: bytes, *, max_parts: int = 10_000,
 class ObjectToDelete:
     key: str
     version_id: str | None = None
+    etag: str | None = None  # delete only if the object's ETag is this one
 
 
 def parse_delete(body: bytes, *, max_objects: int = MAX_DELETE_OBJECTS,
@@ -611,18 +612,21 @@ def parse_delete(body: bytes, *, max_objects: int = MAX_DELETE_OBJECTS,
         elif name == "Object":
             key: str | None = None
             version: str | None = None
+            etag: str | None = None
             for cname, c in _children(el):
                 if cname == "Key":
                     key = _text(c)
                 elif cname == "VersionId":
                     version = _text(c).strip() or None
-                elif cname in ("ETag", "LastModifiedTime", "Size"):
-                    pass  # conditional-delete fields: accepted, not evaluated here
+                elif cname == "ETag":
+                    etag = _text(c).strip() or None
+                elif cname in ("LastModifiedTime", "Size"):
+                    pass  # directory buckets' conditions: accepted, not evaluated here
                 else:
                     raise MalformedXML(f"Unexpected element <{cname}> in Object")
             if key is None or key == "":
                 raise MalformedXML("Each Object needs a non-empty Key")
-            objects.append(ObjectToDelete(key=key, version_id=version))
+            objects.append(ObjectToDelete(key=key, version_id=version, etag=etag))
             if len(objects) > max_objects:
                 raise MalformedXML(f"The request may delete at most {max_objects} objects")
         else:
