@@ -21,7 +21,7 @@ __all__ = [
     "InvalidBucketName", "KeyTooLongError", "InvalidArgument", "InvalidRequest", "BadDigest",
     "InvalidDigest", "XAmzContentSHA256Mismatch", "EntityTooSmall", "EntityTooLarge",
     "IncompleteBody", "InvalidPart", "InvalidPartOrder", "MalformedXML", "MalformedPOSTRequest",
-    "MaxPostPreDataLengthExceededError", "IncorrectNumberOfFilesInPostRequest",
+    "MaxPostPreDataLengthExceededError",
     "MetadataTooLarge", "TooManyBuckets", "MissingRequestBodyError", "InvalidLocationConstraint",
     "IllegalLocationConstraintException", "RequestTimeout", "InvalidStorageClass", "InvalidURI",
     "InvalidToken", "ExpiredToken", "InvalidEncryptionAlgorithmError", "MaxMessageLengthExceeded",
@@ -117,8 +117,6 @@ MalformedPOSTRequest = _error("MalformedPOSTRequest", 400,
                               "The body of your POST request is not well-formed multipart/form-data.")
 MaxPostPreDataLengthExceededError = _error("MaxPostPreDataLengthExceededError", 400,
                                            "Your POST request fields preceding the upload file were too large.")
-IncorrectNumberOfFilesInPostRequest = _error("IncorrectNumberOfFilesInPostRequest", 400,
-                                             "POST requires exactly one file upload per request.")
 MetadataTooLarge = _error("MetadataTooLarge", 400,
                           "Your metadata headers exceed the maximum allowed metadata size.")
 TooManyBuckets = _error("TooManyBuckets", 400, "You have attempted to create more buckets than allowed.")

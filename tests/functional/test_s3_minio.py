@@ -405,6 +405,20 @@ def test_post_policy_is_enforced(cluster, mc, bucket):
     assert list(mc.list_objects(other, recursive=True)) == []
 
 
+def test_post_form_limits_and_metadata(cluster, mc, bucket):
+    # more than S3's 20 KB of fields before the file
+    form = post_form(mc, bucket, starts={"x-amz-meta-note": ""})
+    r = post(cluster, bucket, form, b"x", key="up/x", **{"x-amz-meta-note": "n" * 21_000})
+    assert s3_code(r)[:2] == (400, "MaxPostPreDataLengthExceededError")
+    # no file at all
+    r = httpx.post(f"{cluster.endpoint}/{bucket}", data={**form, "key": "up/x"}, files={"other": ("a", b"x")})
+    assert s3_code(r)[:2] == (400, "InvalidArgument")
+    # non-ASCII metadata in a form (UTF-8, as browsers send it) comes back RFC 2047 encoded, as from a PUT
+    r = post(cluster, bucket, form, b"x", key="up/x", **{"x-amz-meta-note": "Grüße"})
+    assert r.status_code == 204, r.text
+    assert mc.stat_object(bucket, "up/x").metadata["x-amz-meta-note"] == "=?UTF-8?B?R3LDvMOfZQ==?="
+
+
 def test_post_policy_of_another_user(cluster, mc, bucket):
     """bob's signed policy does not let him into alice's bucket."""
     u = cluster.user(1)
