@@ -93,6 +93,17 @@ def test_object_lock_is_refused_not_ignored(mc, bucket):
     assert list(mc._list_multipart_uploads(bucket).uploads) == []
 
 
+def test_without_a_region_minio_asks_get_bucket_location(cluster, bucket):
+    """Without ``region=`` minio-py asks each bucket's region first (GetBucketLocation: an empty
+    LocationConstraint means us-east-1) and signs for it."""
+    u = cluster.user(0)
+    plain = Minio(cluster.endpoint.removeprefix("http://"), access_key=u.access_key, secret_key=u.secret_key,
+                  secure=False)
+    plain.put_object(bucket, "k", io.BytesIO(b"v"), 1)
+    assert plain.get_object(bucket, "k").data == b"v"
+    assert plain._get_region(bucket) == cluster.region
+
+
 # --- uploads ---------------------------------------------------------------------------------------
 
 def test_put_object_known_length(mc, bucket):
