@@ -76,6 +76,11 @@ def check_owned(rec: BucketRecord | None, call: Call, name: str) -> BucketRecord
 async def create_bucket(store: Store, call: Call) -> Response:
     assert call.bucket is not None
     names.validate_bucket_name(call.bucket)
+    lock = call.header("x-amz-bucket-object-lock-enabled")
+    if lock is not None and lock.strip().lower() == "true":
+        # Object Lock (WORM retention) is not implemented: creating the bucket without it would
+        # leave its owner believing their objects cannot be deleted or overwritten.
+        raise s3e.NotImplemented(Header="x-amz-bucket-object-lock-enabled")
     body = await Payload(call, max_bytes=64 * 1024).read_all()
     region = store.cluster.objstore.region
     if body.strip():

@@ -31,7 +31,7 @@ from ..errors import s3_error
 from ..metadata.client import MetadataClient
 from ..s3 import errors as s3e
 from ..s3 import auth, names
-from . import buckets, multipart, objects
+from . import buckets, multipart, objects, postobject
 from .bucketcache import BucketCache
 from .context import Call, Store
 
@@ -140,6 +140,11 @@ class Gateway:
                                                     base_domains=self.base_domains)
             if bucket is not None:
                 resource = f"/{bucket}" + (f"/{key}" if key is not None else "")
+            if bucket is not None and postobject.is_post_form(request, key):
+                # A browser upload: the form's signed policy is its authentication.
+                operation = "PostObject"
+                response = await postobject.post_object(self.store, request, bucket=bucket, request_id=request_id)
+                return self._finish(response, operation, request_id, started)
             verified = auth.authenticate(
                 method=request.method, raw_path=request.path, raw_query=request.query,
                 headers=request.headers, lookup_user=functools.partial(user_by_access_key, self.store.cluster),
@@ -160,6 +165,10 @@ class Gateway:
             if err is None:
                 raise  # the client went away: there is no one to answer
             response = self._error(err, resource, request_id, request.method)
+        return self._finish(response, operation, request_id, started)
+
+    def _finish(self, response: Response, operation: str, request_id: str, started: float) -> Response:
+        """Every answer's request ids, and its count and time in the metrics."""
         response.headers.append(("x-amz-request-id", request_id))
         response.headers.append(("x-amz-id-2", base64.b64encode(f"{self.worker}/{request_id}".encode()).decode()))
         self.m_requests.labels(operation, str(response.status)).inc()

@@ -62,8 +62,23 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
         return None, await writer.finish()
 
 
+#: The headers that ask for an object's retention or legal hold (S3 Object Lock).
+OBJECT_LOCK_HEADERS = ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date",
+                       "x-amz-object-lock-legal-hold")
+
+
+def refuse_object_lock(h: Headers) -> None:
+    """No bucket here has Object Lock: a write asking for retention or a legal hold is refused
+    as S3 refuses it on such a bucket, rather than stored without the protection it asked for."""
+    for name in OBJECT_LOCK_HEADERS:
+        if name in h:
+            raise s3e.InvalidRequest("Bucket is missing Object Lock Configuration")
+
+
 def standard_headers(h: Headers) -> tuple[str, dict[str, str], dict[str, str]]:
-    """Content-Type, the other standard headers, and x-amz-meta-* from a request."""
+    """Content-Type, the other standard headers, and x-amz-meta-* from a request (which must not
+    ask for Object Lock: :func:`refuse_object_lock`)."""
+    refuse_object_lock(h)
     std = names.extract_standard_headers(h)
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     return content_type, std, names.extract_metadata(h)
@@ -214,6 +229,12 @@ async def object_stream(store: Store, rec: ObjectRecord, start: int, end: int, *
             return
 
 
+def other_version(version: str | None) -> str | None:
+    """A ``versionId`` naming a version other than the object itself. Buckets are unversioned,
+    so only the version ``null`` exists: a request for any other must not act on the object."""
+    return version if version not in (None, "null") else None
+
+
 async def _read_target(store: Store, call: Call) -> ObjectRecord:
     """The object a GET or HEAD reads, after the bucket's checks and the request's conditions.
 
@@ -240,6 +261,9 @@ async def _read_target(store: Store, call: Call) -> ObjectRecord:
         bucket_rec = BucketRecord.from_value(bucket.value) if bucket else None
         cache.offer(bucket_name, bucket_rec, sent_at)
         check_owned(bucket_rec, call, bucket_name)
+    version = other_version(call.q("versionId"))
+    if version is not None:
+        raise s3e.NoSuchVersion(Key=key, VersionId=version)
     rec = ObjectRecord.from_value(entry.value) if entry else None
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)
@@ -319,14 +343,31 @@ async def head_object(store: Store, call: Call) -> Response:
 async def delete_object(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
-    await _delete_key(store, call.bucket, call.key)
-    return Response(status=204)
+    version = call.q("versionId")
+    if_match = call.header("if-match")
+    # A version that does not exist is deleted already: 204, and the object stays.
+    if other_version(version) is None:
+        await _delete_key(store, call.bucket, call.key, if_match=if_match)
+    return Response(status=204, headers=[("x-amz-version-id", version)] if version is not None else [])
 
 
-async def _delete_key(store: Store, bucket: str, key: str) -> None:
+async def _delete_key(store: Store, bucket: str, key: str, *, if_match: str | None = None) -> None:
+    """Delete ``key``; with ``if_match`` (If-Match, or DeleteObjects' ``<ETag>``) only while its
+    ETag is that one (``*``: any), else PreconditionFailed, or NoSuchKey when there is none:
+    the condition is part of the metadata write, so an overwrite in between is never deleted."""
+    condition = None
+    if if_match is not None and if_match.strip() != "*":
+        condition = ("etag", _quote(if_match))
     # Shielded like commit_object: a delete that lands must also retire what it removed.
-    with anyio.CancelScope(shield=True):
-        previous = await store.meta.delete(objects_ns(bucket), key)
+    try:
+        with anyio.CancelScope(shield=True):
+            previous = await store.meta.delete(objects_ns(bucket), key, if_match=condition)
+    except ConditionFailed as e:
+        if e.current is None:
+            raise s3e.NoSuchKey(Key=key) from None
+        raise s3e.PreconditionFailed(Condition="If-Match") from None
+    if previous is None and if_match is not None:
+        raise s3e.NoSuchKey(Key=key)
     if previous is not None:
         store.retire(ObjectRecord.from_value(previous.value).layouts)
 
@@ -339,31 +380,32 @@ async def delete_objects(store: Store, call: Call) -> Response:
                                                 for k, _ in h):
         raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
     wanted, quiet = await Payload(call, max_bytes=2 * 1024 * 1024).read_document(xmlio.parse_delete)
-    keys = [o.key for o in wanted]
-    deleted: list[str] = []
-    failed: list[tuple[str, str, str]] = []
+    deleted: list[int] = []
+    failed: list[tuple[int, str, str]] = []
     limiter = anyio.CapacityLimiter(16)
 
-    async def one(key: str) -> None:
+    async def one(i: int, obj: xmlio.ObjectToDelete) -> None:
         async with limiter:
             try:
-                names.validate_key(key)
-                await _delete_key(store, call.bucket, key)  # type: ignore[arg-type]
-                deleted.append(key)
+                names.validate_key(obj.key)
+                # As DeleteObject: a version that does not exist is deleted already.
+                if other_version(obj.version_id) is None:
+                    await _delete_key(store, call.bucket, obj.key, if_match=obj.etag)  # type: ignore[arg-type]
+                deleted.append(i)
             except (s3e.S3Error, MetadataError) as e:
                 err = s3_error(e, "DeleteObjects")
                 assert err is not None  # only the client going away answers None
-                failed.append((key, err.code, err.message))
+                failed.append((i, err.code, err.message))
 
     async with anyio.create_task_group() as tg:
-        for key in keys:
-            tg.start_soon(one, key)
-    order = {k: i for i, k in enumerate(keys)}
-    deleted.sort(key=order.__getitem__)
-    failed.sort(key=lambda f: order[f[0]])
+        for i, obj in enumerate(wanted):
+            tg.start_soon(one, i, obj)
+    deleted.sort()
+    failed.sort()
     return xml_response(xmlio.delete_result(
-        deleted=[xmlio.DeletedEntry(key=k) for k in deleted],
-        errors=[xmlio.DeleteErrorEntry(key=k, code=c, message=m) for k, c, m in failed], quiet=quiet))
+        deleted=[xmlio.DeletedEntry(key=wanted[i].key, version_id=wanted[i].version_id) for i in deleted],
+        errors=[xmlio.DeleteErrorEntry(key=wanted[i].key, version_id=wanted[i].version_id, code=c, message=m)
+                for i, c, m in failed], quiet=quiet))
 
 
 def parse_copy_source(raw: str) -> tuple[str, str]:
@@ -390,6 +432,7 @@ async def copy_object(store: Store, call: Call) -> Response:
     bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
+    refuse_object_lock(call.request.headers)
     src = await copy_source(store, call)
     directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE"):

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidBucketName", "KeyTooLongError", "InvalidArgument", "InvalidRequest", "BadDigest",
     "InvalidDigest", "XAmzContentSHA256Mismatch", "EntityTooSmall", "EntityTooLarge",
     "IncompleteBody", "InvalidPart", "InvalidPartOrder", "MalformedXML", "MalformedPOSTRequest",
+    "MaxPostPreDataLengthExceededError",
     "MetadataTooLarge", "TooManyBuckets", "MissingRequestBodyError", "InvalidLocationConstraint",
     "IllegalLocationConstraintException", "RequestTimeout", "InvalidStorageClass", "InvalidURI",
     "InvalidToken", "ExpiredToken", "InvalidEncryptionAlgorithmError", "MaxMessageLengthExceeded",
@@ -114,6 +115,8 @@ MalformedXML = _error("MalformedXML", 400,
                       "published schema.")
 MalformedPOSTRequest = _error("MalformedPOSTRequest", 400,
                               "The body of your POST request is not well-formed multipart/form-data.")
+MaxPostPreDataLengthExceededError = _error("MaxPostPreDataLengthExceededError", 400,
+                                           "Your POST request fields preceding the upload file were too large.")
 MetadataTooLarge = _error("MetadataTooLarge", 400,
                           "Your metadata headers exceed the maximum allowed metadata size.")
 TooManyBuckets = _error("TooManyBuckets", 400, "You have attempted to create more buckets than allowed.")

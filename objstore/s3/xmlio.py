@@ -28,7 +28,7 @@ __all__ = [
     "list_buckets", "list_objects_v1", "list_objects_v2", "list_object_versions",
     "location_constraint", "versioning_configuration", "initiate_multipart_upload",
     "complete_multipart_upload", "list_parts", "list_multipart_uploads", "copy_object_result",
-    "copy_part_result", "delete_result",
+    "copy_part_result", "delete_result", "post_response",
     "parse_complete_multipart_upload", "parse_delete", "parse_create_bucket_configuration",
     "parse_versioning_configuration", "MAX_DELETE_OBJECTS",
 ]
@@ -388,6 +388,16 @@ def complete_multipart_upload(*, location: str, bucket: str, key: str, etag: str
     return w.done("CompleteMultipartUploadResult")
 
 
+def post_response(*, location: str, bucket: str, key: str, etag: str) -> bytes:
+    """POST Object's answer to ``success_action_status=201``."""
+    w = _W("PostResponse")
+    w.el("Location", location)
+    w.el("Bucket", bucket)
+    w.el("Key", key)
+    w.el("ETag", _etag(etag))
+    return w.done("PostResponse")
+
+
 def list_parts(*, bucket: str, key: str, upload_id: str, owner: Owner | None,
                part_number_marker: int = 0, next_part_number_marker: int | None = None,
                max_parts: int = 1000, is_truncated: bool = False, parts: Sequence[PartEntry] = (),
@@ -584,6 +594,7 @@ def parse_complete_multipart_upload(body: bytes, *, max_parts: int = 10_000,
 class ObjectToDelete:
     key: str
     version_id: str | None = None
+    etag: str | None = None  # delete only if the object's ETag is this one
 
 
 def parse_delete(body: bytes, *, max_objects: int = MAX_DELETE_OBJECTS,
@@ -601,18 +612,21 @@ def parse_delete(body: bytes, *, max_objects: int = MAX_DELETE_OBJECTS,
         elif name == "Object":
             key: str | None = None
             version: str | None = None
+            etag: str | None = None
             for cname, c in _children(el):
                 if cname == "Key":
                     key = _text(c)
                 elif cname == "VersionId":
                     version = _text(c).strip() or None
-                elif cname in ("ETag", "LastModifiedTime", "Size"):
-                    pass  # conditional-delete fields: accepted, not evaluated here
+                elif cname == "ETag":
+                    etag = _text(c).strip() or None
+                elif cname in ("LastModifiedTime", "Size"):
+                    pass  # directory buckets' conditions: accepted, not evaluated here
                 else:
                     raise MalformedXML(f"Unexpected element <{cname}> in Object")
             if key is None or key == "":
                 raise MalformedXML("Each Object needs a non-empty Key")
-            objects.append(ObjectToDelete(key=key, version_id=version))
+            objects.append(ObjectToDelete(key=key, version_id=version, etag=etag))
             if len(objects) > max_objects:
                 raise MalformedXML(f"The request may delete at most {max_objects} objects")
         else:

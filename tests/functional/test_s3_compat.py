@@ -405,3 +405,24 @@ def test_sigv2_virtual_host_style(cluster, s3, bucket):
             assert (r.status_code, r.content) == (200, b"virtual")
         else:
             assert (r.status_code, xml_error(r)["Code"]) == (403, "SignatureDoesNotMatch")
+
+
+# --- conditional deletes --------------------------------------------------------------------------
+
+def test_conditional_deletes(s3, bucket):
+    """DeleteObject with If-Match, and DeleteObjects' <ETag> per object (boto3's ``IfMatch`` and
+    ``ETag``): the object goes only while its ETag is the one named; otherwise 412
+    PreconditionFailed (an Error entry in bulk) and it stays; NoSuchKey when there is none."""
+    old = s3.put_object(Bucket=bucket, Key="k", Body=b"one")["ETag"]
+    new = s3.put_object(Bucket=bucket, Key="k", Body=b"two")["ETag"]
+    expect_error(s3.delete_object, 412, "PreconditionFailed", Bucket=bucket, Key="k", IfMatch=old)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"two"
+    expect_error(s3.delete_object, 404, "NoSuchKey", Bucket=bucket, Key="absent", IfMatch=old)
+    resp = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "k", "ETag": old}]})
+    assert [(e["Key"], e["Code"]) for e in resp["Errors"]] == [("k", "PreconditionFailed")]
+    assert s3.head_object(Bucket=bucket, Key="k")["ETag"] == new
+    resp = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "k", "ETag": new}]})
+    assert [d["Key"] for d in resp["Deleted"]] == ["k"] and not resp.get("Errors")
+    s3.put_object(Bucket=bucket, Key="k", Body=b"three")
+    s3.delete_object(Bucket=bucket, Key="k", IfMatch=s3.head_object(Bucket=bucket, Key="k")["ETag"])
+    expect_error(s3.head_object, 404, "404", Bucket=bucket, Key="k")

@@ -1,0 +1,217 @@
+"""POST Object's pieces, sans-IO: the streaming multipart/form-data reader, and the POST policy
+checks with policies signed by real signers (minio-py's PostPolicy, botocore's presigned POST)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from minio.credentials import Credentials
+from minio.datatypes import PostPolicy
+from headwater.objstore.config import User
+from headwater.objstore.s3 import errors as e
+from headwater.objstore.s3 import formdata, postpolicy
+
+AK, SK = "AKIDALICE0000000", "alice-secret-key-0123456789"
+USER = User(name="alice", access_key=AK, secret_key=SK)
+REGION = "us-east-1"
+
+
+def lookup(ak: str) -> User | None:
+    return USER if ak == AK else None
+
+
+# --- the form reader -----------------------------------------------------------------------------
+
+def encode(fields: dict[str, str], file: bytes, filename: str = "a.bin") -> tuple[str, bytes]:
+    """A body as httpx (like a browser) writes it: (Content-Type, bytes)."""
+    req = httpx.Request("POST", "http://h/b", data=fields, files={"file": (filename, file, "video/mp4")})
+    return req.headers["content-type"], req.read()
+
+
+def read(content_type: str, body: bytes, sizes: list[int]) -> list[tuple[str, str | None, str | None, bytes]]:
+    """(name, filename, content type, bytes) per part, feeding ``body`` in pieces of ``sizes``."""
+    boundary = formdata.boundary_of(content_type)
+    assert boundary is not None
+    reader = formdata.FormReader(boundary)
+    events: list[formdata.FormEvent] = []
+    at, i = 0, 0
+    while at < len(body):
+        n = sizes[i % len(sizes)] if sizes else len(body)
+        events += reader.feed(body[at:at + n])
+        at, i = at + n, i + 1
+    reader.finish()
+    parts: list = []
+    for ev in events:
+        if isinstance(ev, formdata.PartStarted):
+            parts.append([ev.name, ev.filename, ev.content_type, b""])
+        elif isinstance(ev, formdata.PartData):
+            parts[-1][3] += ev.data
+    return [tuple(p) for p in parts]
+
+
+@given(file=st.binary(max_size=3000), sizes=st.lists(st.integers(1, 200), max_size=5),
+       value=st.text(max_size=40))
+def test_reader_gives_every_part_back_however_the_body_is_split(file, sizes, value):
+    ctype, body = encode({"key": "up/${filename}", "x-amz-meta-note": value}, file, filename="clip ü.mp4")
+    assert read(ctype, body, sizes) == [("key", None, None, b"up/${filename}"),
+                                        ("x-amz-meta-note", None, None, value.encode()),
+                                        ("file", "clip ü.mp4", "video/mp4", file)]
+
+
+def test_reader_file_holding_boundary_lookalikes():
+    ctype, body = encode({"key": "k"}, b"\r\n--\r\n--x\r\n" * 100)
+    boundary = formdata.boundary_of(ctype)
+    assert read(ctype, body, [7])[1][3] == b"\r\n--\r\n--x\r\n" * 100
+    # the boundary itself, less its last byte, inside the file
+    near = b"\r\n--" + boundary.encode()[:-1]
+    ctype2 = f"multipart/form-data; boundary={boundary}"
+    body2 = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n").encode() \
+        + near + f"\r\n--{boundary}--\r\n".encode()
+    assert read(ctype2, body2, [1]) == [("file", "f", None, near)]
+
+
+def test_reader_preamble_padding_and_epilogue():
+    body = (b"ignored preamble\r\n--XyZ  \r\nContent-Disposition: form-data; name=key\r\n\r\nv\r\n"
+            b"--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"\"\r\n\r\n\r\n--XyZ--\r\nepilogue")
+    assert read('multipart/form-data; boundary="XyZ"', body, [3]) == [("key", None, None, b"v"),
+                                                                       ("file", "", None, b"")]
+
+
+@pytest.mark.parametrize("body", [
+    b"--B\r\nContent-Disposition: form-data; name=key\r\n\r\nv",            # no closing boundary
+    b"--B\r\nContent-Type: text/plain\r\n\r\nv\r\n--B--",                   # no Content-Disposition
+    b"--B\r\nContent-Disposition: form-data\r\n\r\nv\r\n--B--",             # no name
+    b"--B junk\r\nContent-Disposition: form-data; name=k\r\n\r\nv\r\n--B--",  # text after a boundary
+    b"no boundary anywhere",
+])
+def test_reader_refuses_malformed_bodies(body):
+    with pytest.raises(e.MalformedPOSTRequest):
+        reader = formdata.FormReader("B")
+        reader.feed(body)
+        reader.finish()
+
+
+def test_boundary_of():
+    assert formdata.boundary_of("multipart/form-data; boundary=abc") == "abc"
+    assert formdata.boundary_of('Multipart/Form-Data; charset=utf-8; boundary="a b"') == "a b"
+    assert formdata.boundary_of("application/x-www-form-urlencoded") is None
+    assert formdata.boundary_of("multipart/form-data") is None
+    assert formdata.boundary_of(None) is None
+
+
+# --- the policy ----------------------------------------------------------------------------------
+
+def minio_form(bucket: str = "media", *, expires: timedelta = timedelta(minutes=5), **equals: str) -> dict[str, str]:
+    policy = PostPolicy(bucket, datetime.now(timezone.utc) + expires)
+    policy.add_starts_with_condition("key", "up/")
+    policy.add_content_length_range_condition(10, 1000)
+    for name, value in equals.items():
+        policy.add_equals_condition(name, value)
+    return policy.form_data(Credentials(AK, SK), REGION)
+
+
+def authorize(fields: dict[str, str], *, bucket: str = "media", filename: str | None = "f.mp4",
+              now: float | None = None) -> postpolicy.PostAuthorization:
+    return postpolicy.authorize({k.lower(): v for k, v in fields.items()}, bucket=bucket, filename=filename,
+                                lookup_user=lookup, region=REGION, now=time.time() if now is None else now)
+
+
+def test_minio_signed_policy():
+    got = authorize({**minio_form(**{"Content-Type": "video/mp4"}), "key": "up/${filename}",
+                     "Content-Type": "video/mp4"})
+    assert (got.user, got.key, got.min_length, got.max_length) == (USER, "up/f.mp4", 10, 1000)
+    postpolicy.check_length(got, 10, final=True)
+    with pytest.raises(e.EntityTooSmall):
+        postpolicy.check_length(got, 9, final=True)
+    postpolicy.check_length(got, 9, final=False)  # still streaming
+    with pytest.raises(e.EntityTooLarge):
+        postpolicy.check_length(got, 1001, final=False)
+
+
+def test_botocore_signed_policy():
+    import boto3
+
+    s3 = boto3.client("s3", region_name=REGION, aws_access_key_id=AK, aws_secret_access_key=SK,
+                      endpoint_url="http://127.0.0.1:1")
+    post = s3.generate_presigned_post("media", "up/${filename}", Fields={"success_action_status": "201"},
+                                      Conditions=[{"success_action_status": "201"},
+                                                  ["starts-with", "$Content-Type", "image/"]])
+    fields = {**post["fields"], "Content-Type": "image/png, image/jpeg"}
+    got = authorize(fields, filename=r"C:\photos\cat.png")
+    assert got.key == "up/cat.png"
+    with pytest.raises(e.AccessDenied, match="Policy Condition failed"):
+        authorize({**fields, "Content-Type": "image/png, text/html"})
+
+
+@pytest.mark.parametrize("change,error,message", [
+    ({"key": "other/x"}, e.AccessDenied, r'Policy Condition failed: \["starts-with", "\$key", "up/"\]'),
+    ({"acl": "public-read"}, e.AccessDenied, "Extra input fields: acl"),
+    ({"x-amz-signature": "0" * 64}, e.SignatureDoesNotMatch, None),
+    ({"x-amz-credential": f"{AK}/20000101/us-east-1/s3/aws4_request"}, e.InvalidArgument, None),  # not x-amz-date's day
+    ({"x-amz-algorithm": "AWS4-HMAC-SHA1"}, e.InvalidArgument, None),
+    ({"policy": None}, e.AccessDenied, None),
+])
+def test_policy_refusals(change, error, message):
+    fields = {**minio_form(), "key": "up/x", "x-ignore-anything": "is fine"}
+    for k, v in change.items():
+        if v is None:
+            fields.pop(k)
+        else:
+            fields[k] = v
+    with pytest.raises(error, match=message):
+        authorize(fields)
+
+
+def test_unknown_key_and_other_bucket_and_expiry():
+    form = minio_form()
+    cred = form["x-amz-credential"].replace(AK, "AKIDNOBODY000000")
+    with pytest.raises(e.InvalidAccessKeyId):
+        authorize({**form, "x-amz-credential": cred, "key": "up/x"})
+    with pytest.raises(e.AccessDenied, match=r"\$bucket"):
+        authorize({**form, "key": "up/x"}, bucket="other")
+    with pytest.raises(e.AccessDenied, match="Policy expired"):
+        authorize({**form, "key": "up/x"}, now=time.time() + 600)
+    with pytest.raises(e.InvalidArgument, match="key"):
+        authorize(form)
+
+
+def test_malformed_policies():
+    def signed(document: object) -> dict[str, str]:
+        import hashlib
+        import hmac
+
+        from headwater.objstore.s3 import sigv4
+
+        form = minio_form()
+        b64 = base64.b64encode(json.dumps(document).encode()).decode()
+        key = sigv4.signing_key(SK, form["x-amz-date"][:8], REGION)
+        return {**form, "policy": b64, "key": "up/x",
+                "x-amz-signature": hmac.new(key, b64.encode(), hashlib.sha256).hexdigest()}
+
+    later = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for document in ({"conditions": []}, {"expiration": "soon", "conditions": []}, {"expiration": later},
+                     {"expiration": later, "conditions": [["ends-with", "$key", "x"]]},
+                     {"expiration": later, "conditions": [["content-length-range", 5, 1]]}, [1]):
+        with pytest.raises(e.InvalidPolicyDocument):
+            authorize(signed(document))
+
+
+def test_botocore_sigv2_signed_policy():
+    """boto3 with ``signature_version="s3"`` signs the policy SigV2 (AWSAccessKeyId, signature)."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", region_name=REGION, aws_access_key_id=AK, aws_secret_access_key=SK,
+                      endpoint_url="http://127.0.0.1:1", config=Config(signature_version="s3"))
+    post = s3.generate_presigned_post("media", "up/x")
+    assert "signature" in post["fields"] and "AWSAccessKeyId" in post["fields"]
+    assert authorize(post["fields"]).key == "up/x"
+    with pytest.raises(e.SignatureDoesNotMatch):
+        authorize({**post["fields"], "signature": "AAAA"})
