@@ -107,6 +107,8 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                            secret_key=secret, region=region, clock=clock, timeout_s=UPLOAD_STORE_TIMEOUT_S)
     catalogue_config = node.catalogue_config
     # Opening migrates the schema (and waits on another host's migration): off the event loop.
+    # A PostgreSQL server that is down does not stop the origin: the catalogue is made all the
+    # same and migrated when the database first answers (catalogue/schemagate.py).
     catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
     # PostgreSQL: no more threads than pooled connections (a thread would only wait for one);
     # the catalogue's calls and the upload records' each have that many.
@@ -189,13 +191,20 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
 
     def counts() -> dict[str, Any]:
         return {**uploads.counts, **app.counts, **runner.statistics(), **search.statistics(), **objects.counts,
-                **versions.counts, **playback.counts, **purges.counts}
+                **versions.counts, **playback.counts, **purges.counts,
+                "catalogue_available": int(catalogue.database_available)}
     export_stats(registry, "hw_origin", counts)
 
     async def health() -> dict[str, Any]:
-        stored = await anyio.to_thread.run_sync(records.count)  # a database read: off the loop
-        return {**counts(), "uploads": stored, "catalogue": catalogue_config.backend, "tls": tls is not None,
-                "issuer": node.issuer, "builtin_issuer": issuer is not None, "pid": os.getpid()}
+        report = {**counts(), "catalogue": catalogue_config.backend, "tls": tls is not None, "issuer": node.issuer,
+                  "builtin_issuer": issuer is not None, "pid": os.getpid()}
+        try:
+            stored = await anyio.to_thread.run_sync(records.count)  # a database read: off the loop
+        except StoreUnavailable as e:
+            # Degraded, not dead: published titles, the local search index and uploads' 503s
+            # are still served; what needs the database answers 503 until it is back.
+            return {**report, "status": "degraded", "catalogue_database": "unavailable", "error": str(e)}
+        return {**report, "uploads": stored, "catalogue_database": "available"}
 
     janitor = UploadJanitor(uploads, interval_s=min(60.0, node.upload_expiry_s / 10), clock=clock)
 
@@ -216,12 +225,14 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                 raise RuntimeError(f"origin: the upload records in {node.state_dir} (the previous version's) "
                                    f"need the object store to be brought over; start again once it is up: "
                                    f"{e}") from None
-            pending = await uploads.recover()
             try:
+                pending = await uploads.recover()
                 await uploads.finish_pending(pending)
             except StoreUnavailable as e:
-                # Serve anyway: each upload request reports the store's state as 503.
-                log.warning("origin: the object store is not ready: %s", e, extra={"event": "origin.store_down"})
+                # Serve anyway: each upload request reports the store's (or the records'
+                # database's) state as 503; the janitor's passes complete whole uploads later.
+                log.warning("origin: the object store or the catalogue database is not ready: %s", e,
+                            extra={"event": "origin.store_down"})
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
                                                      ssl_context=tls, clock=clock, task_status=task_status))
             await tg.start(lambda task_status: serve(admin_app(health=health, registry=registry), host=node.host,
