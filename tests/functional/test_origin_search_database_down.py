@@ -160,7 +160,7 @@ def test_search_answers_stale_while_the_database_is_down_then_fresh_again(world)
         r = _search(world, "quiet harbour")
         assert [h["title"] for h in _hits(r)][:1] == ["The Quiet Harbour"] and "x-search-stale" in r.headers
     assert time.monotonic() - t0 < 4, "each search waited on the dead database"
-    # (/healthz says "error" meanwhile: it counts the upload records, kept in the database.)
+    # (/healthz says "degraded" meanwhile: it counts the upload records, kept in the database.)
     metrics = _metrics(world)
     assert metrics["hw_origin_search_stale_answers"] >= 14 and metrics["hw_origin_search_database_skipped"] == 1
     assert 0 <= metrics["hw_origin_search_index_age_seconds"] <= STALE_MAX_S
