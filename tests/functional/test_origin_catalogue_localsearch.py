@@ -483,3 +483,45 @@ def test_a_bulk_import_refreshes_the_planners_statistics(database, monkeypatch):
         for table in postgres._IMPORTED_TABLES:
             assert after[table] == before.get(table, 0) + 1, table
         assert after["jobs"] == before.get("jobs", 0)  # only what the import wrote
+
+
+def test_a_start_while_the_database_is_down_answers_from_the_kept_file_by_its_recorded_age(database, tmp_path):
+    """origindb: a catalogue made while PostgreSQL cannot be reached (a port nothing listens on)
+    opens the index file a previous run left, and answers from it alone, stale by the time the
+    file recorded (``synced_at``, written at close), on a fake clock; past
+    search_stale_max_s, SearchUnavailable; a write answers BackendUnavailable at once. A file
+    that recorded no time cannot tell its age: SearchUnavailable."""
+    import sqlite3
+
+    from headwater.clock import FakeClock
+    from headwater.origin.catalogue import BackendUnavailable, SearchUnavailable
+    from tests.cluster import free_ports
+
+    clock = FakeClock()
+    path = tmp_path / "a.sqlite3"
+    config = CatalogueConfig(backend="postgresql", dsn=database, search_index=path, search_stale_max_s=600.0)
+    with open_catalogue(config, clock=clock) as a:
+        ids = [_publish(a, f"Basalt Lighthouse {n}") for n in range(3)]
+        assert a.search_index.wait_ready(60)
+        fresh = a.search(SearchQuery(q="basalt lighthouse", with_total=True))
+        assert sorted(_ids(fresh)) == ids and fresh.stale_s is None
+    clock.advance(100)
+    down = replace(config, dsn=f"postgresql://postgres@127.0.0.1:{free_ports(1)[0]}/postgres")
+    with open_catalogue(down, clock=clock) as b:
+        assert not b.database_available
+        page = b.search(SearchQuery(q="basalt lighthouse", with_total=True))
+        assert page == replace(fresh, stale_s=100.0)
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            b.create_title(TitleDraft(title="Written While Down"))
+        assert time.monotonic() - t0 < 2
+        clock.advance(500)
+        assert b.search(SearchQuery(q="basalt")).stale_s == 600.0
+        clock.advance(1)
+        with pytest.raises(SearchUnavailable, match="601 s old"):
+            b.search(SearchQuery(q="basalt"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM local_feed WHERE name = 'synced_at'")
+    with open_catalogue(down, clock=clock) as c:
+        with pytest.raises(SearchUnavailable, match="not known to be current"):
+            c.search(SearchQuery(q="basalt"))
