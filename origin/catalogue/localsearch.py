@@ -385,7 +385,7 @@ class LocalSearchIndex:
             start = self._position
             if not self._ready or local is None or start >= head:
                 return
-            with self._source._tx(write=False) as tx:
+            with self._source._index_tx() as tx:
                 pruned_to = int(tx.one("SELECT pruned_to FROM search_feed_epoch")[0])
                 ids = [int(r[0]) for r in tx.rows(
                     "SELECT DISTINCT title_id FROM search_feed WHERE seq > ? AND seq <= ? ORDER BY 1", (start, head))]
@@ -417,7 +417,7 @@ class LocalSearchIndex:
             try:
                 _ensure_meta(local)
                 began = self._clock.monotonic()
-                with self._source._tx(write=False) as tx:
+                with self._source._index_tx() as tx:
                     head = int(tx.one(_HEAD)[0])
                     epoch = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
                 # The postings' impact index is made after them (one sort, as the migration that
@@ -464,7 +464,7 @@ class LocalSearchIndex:
     def _verify(self) -> None:
         """Check that the file opened while the database was away is of this database (its feed
         epoch): if so it is used as any other, else it is rebuilt."""
-        with self._source._tx(write=False) as tx:
+        with self._source._index_tx() as tx:
             epoch = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
         local = self._local
         if local is None:
@@ -519,7 +519,7 @@ class LocalSearchIndex:
             local.close()
             return
         try:
-            with self._source._tx(write=False) as tx:
+            with self._source._index_tx() as tx:
                 epoch: str | None = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
         except BackendUnavailable as e:
             # The database is away at start: the file may answer alone, stale since the time it
@@ -553,11 +553,11 @@ class LocalSearchIndex:
             local.close()
 
     def _head(self) -> int:
-        with self._source._tx(write=False) as tx:
+        with self._source._index_tx() as tx:
             return int(tx.one(_HEAD)[0])
 
     def _published(self, where: str, params: Sequence[Any]) -> list[tuple]:
-        with self._source._tx(write=False) as tx:
+        with self._source._index_tx() as tx:
             return tx.rows(_PUBLISHED + where, params)
 
     def _write_titles(self, local: SqliteCatalogue, rows: list[tuple], *, removed: Sequence[int],

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import psycopg
@@ -270,14 +270,26 @@ class PostgresCatalogue(SqlCatalogue):
         return int(row[0]) if row and row[0] is not None else 0
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Tx]:
+    def _tx(self, *, write: bool, deadline_s: float | None = None) -> Iterator[Tx]:
+        """A transaction on a pooled connection; with ``deadline_s``, its connection is cut by
+        the :class:`Watchdog` if the transaction still runs that long after it began (the
+        caller does no other slow work inside it)."""
         self._gate.check()
         try:
             with self._pool.connection() as conn:
-                with conn.transaction():
-                    yield _PgTx(conn)
+                with self._watchdog.guard(conn.fileno(), deadline_s) if deadline_s is not None else nullcontext():
+                    with conn.transaction():
+                        yield _PgTx(conn)
         except psycopg.OperationalError as e:
             raise BackendUnavailable(f"catalogue database: {e}") from e
+
+    def _index_tx(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction of the local search index's worker (its catch-up, rebuild
+        and checks), bounded client-side: a frozen server (its processes stopped, its kernel
+        still acknowledging) would otherwise hold the worker, and the shutdown joining it, for
+        ever. The bound is statement_timeout_ms plus search_wait_s: by then the server would
+        have cancelled any statement it is still running, so only a stuck one is cut."""
+        return self._tx(write=False, deadline_s=self.config.statement_timeout_ms / 1000 + self.config.search_wait_s)
 
     def _statement(self, sql: str, params: Sequence[Any] = (), *, wait_s: float | None = None) -> list[tuple]:
         """The rows of one read-only statement run outside a transaction block (autocommit): one

@@ -525,3 +525,37 @@ def test_a_start_while_the_database_is_down_answers_from_the_kept_file_by_its_re
     with open_catalogue(down, clock=clock) as c:
         with pytest.raises(SearchUnavailable, match="not known to be current"):
             c.search(SearchQuery(q="basalt"))
+
+
+def test_a_frozen_database_does_not_hold_the_index_worker_or_the_shutdown(tmp_path):
+    """The server's processes stopped (SIGSTOP) while the index's worker polls the feed: its
+    statement is cut client-side after statement_timeout_ms + search_wait_s (the catch-up's and
+    rebuild's bound), so closing the catalogue (an origin's shutdown) returns within seconds
+    instead of waiting on the frozen server for ever."""
+    import os
+    import signal
+
+    pg = start_postgres()
+    config = CatalogueConfig(backend="postgresql", dsn=pg.dsn(), search_index=tmp_path / "a.sqlite3",
+                             search_wait_s=0.5, statement_timeout_ms=1000)
+    stopped: list[int] = []
+    try:
+        a = open_catalogue(config)
+        _publish(a, "Frozen Harbour")
+        assert a.search_index.wait_ready(60)
+        stopped = _processes(pg.proc.pid)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(localsearch.POLL_S * 2)  # the worker's next poll is now waiting on the server
+        closed = threading.Event()
+        t0 = time.monotonic()
+        closing = threading.Thread(target=lambda: (a.close(), closed.set()), daemon=True)
+        closing.start()
+        closed.wait(20)
+        took = time.monotonic() - t0
+        assert closed.is_set() and took < 10, f"close waited {took:.1f} s on the frozen server"
+        assert a._watchdog.cut >= 1
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        pg.stop()
