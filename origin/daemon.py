@@ -63,6 +63,9 @@ __all__ = ["run_origin", "store_settings"]
 
 log = logging.getLogger("headwater.origin")
 
+#: How long /healthz waits for its read of the catalogue's database before it says "degraded".
+HEALTH_DATABASE_WAIT_S = 1.0
+
 
 def store_settings(cluster: ClusterConfig, node: OriginConfig) -> tuple[str, str, str, str]:
     """(endpoint URL, access key, secret key, region) of the object store uploads go to: the
@@ -198,12 +201,20 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     async def health() -> dict[str, Any]:
         report = {**counts(), "catalogue": catalogue_config.backend, "tls": tls is not None, "issuer": node.issuer,
                   "builtin_issuer": issuer is not None, "pid": os.getpid()}
+        stored = None
         try:
-            stored = await anyio.to_thread.run_sync(records.count)  # a database read: off the loop
+            # A database read: off the loop, and not waited for past HEALTH_DATABASE_WAIT_S (a
+            # pool waiting for a connection to a dead server would hold the probe for its
+            # connect_timeout_seconds, longer than a load balancer's probe waits).
+            with anyio.move_on_after(HEALTH_DATABASE_WAIT_S):
+                stored = await anyio.to_thread.run_sync(records.count, abandon_on_cancel=True)
+            error = None if stored is not None else f"no answer within {HEALTH_DATABASE_WAIT_S:g} s"
         except StoreUnavailable as e:
-            # Degraded, not dead: published titles, the local search index and uploads' 503s
-            # are still served; what needs the database answers 503 until it is back.
-            return {**report, "status": "degraded", "catalogue_database": "unavailable", "error": str(e)}
+            error = str(e)
+        if error is not None:
+            # Degraded, not dead: published titles (while cached), the local search index and
+            # clean 503s are still served; what needs the database answers 503 until it is back.
+            return {**report, "status": "degraded", "catalogue_database": "unavailable", "error": error}
         return {**report, "uploads": stored, "catalogue_database": "available"}
 
     janitor = UploadJanitor(uploads, interval_s=min(60.0, node.upload_expiry_s / 10), clock=clock)
