@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,6 +46,7 @@ from .app import OriginApp
 from .catalogue import open_catalogue
 from .api.titles import TRANSCODE_KIND
 from .delivery import PURGE_JOB, ObjectServer, PlaybackService, PublishedVersions, PurgeWorker
+from .delivery.lastknown import SAVE_EVERY_S, LastKnownPublications
 from .auth.issuer import ClientRegistry, Issuer, load_signing_key, users_from_config
 from .auth.login import UserDirectory
 from .auth.jwks import JwksSource
@@ -171,8 +173,19 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     async def read_title(title_id: int) -> Any:
         return await anyio.to_thread.run_sync(catalogue.get_title, title_id)
 
+    # The published verdicts the catalogue last gave, kept across restarts: titles play on while
+    # its database is away (delivery/lastknown.py).
+    last_known = LastKnownPublications(Path(node.data_dir) / "published-versions.json",
+                                       stale_max_s=delivery.publish_stale_max_s,
+                                       max_entries=delivery.publish_cache_entries, clock=clock)
+    await anyio.to_thread.run_sync(last_known.load)
     versions = PublishedVersions(read_title, ttl_s=delivery.publish_cache_s, max_entries=delivery.publish_cache_entries,
-                                 clock=clock)
+                                 clock=clock, last_known=last_known)
+
+    async def keep_publications() -> None:
+        while True:
+            await anyio.sleep(SAVE_EVERY_S)
+            await anyio.to_thread.run_sync(last_known.write, last_known.snapshot())
     objects = ObjectServer(store=videos, versions=versions, config=delivery)
     playback = _playback(cluster, node, versions, clock)
     purger = edge_client.EdgePurger.from_cluster(cluster, client=client, distribution=delivery.distribution,
@@ -252,9 +265,15 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
             tg.start_soon(janitor.run_forever)
             tg.start_soon(purges.run_forever)
             tg.start_soon(queue.run_forever)
+            tg.start_soon(keep_publications)
             log.info("origin: %s serving on %s", node.id, node.base_url, extra={"event": "origin.started"})
             task_status.started()
     finally:
+        try:
+            last_known.write(last_known.snapshot(force=bool(len(last_known))))
+        except OSError as e:
+            log.warning("origin: could not keep the published versions: %s", e,
+                        extra={"event": "origin.published_versions_unsaved"})
         records.close()
         catalogue.close()
         await client.aclose()

@@ -6,9 +6,10 @@ titles seeded through the catalogue itself; everything asked over HTTP with http
 
 Covered: the origin stopped, then PostgreSQL, then the origin started again: it is up within a
 bound; /healthz answers "degraded" (503) naming the catalogue's database, /metrics
-``hw_origin_catalogue_available 0``; a published title's manifest and segment answer 503
-``catalogue_unavailable`` with Retry-After (which version is published is read from the
-catalogue); a search answers from the local index kept from before, marked stale by the time
+``hw_origin_catalogue_available 0``; a published title played before the restart plays on
+(manifest and segment: its published version as the catalogue last confirmed it, kept in the
+data dir), one never played here and a title's page answer 503 ``catalogue_unavailable`` with
+Retry-After; a search answers from the local index kept from before, marked stale by the time
 the file recorded (``stale_seconds``, ``X-Search-Stale``); a catalogue write (PATCH) answers
 503 JSON with Retry-After, quickly. PostgreSQL started again: without a restart of the origin,
 within a bound, searches are fresh, the write succeeds, the title plays and /healthz is ok; the
@@ -196,8 +197,14 @@ def test_an_origin_started_while_postgresql_is_down_serves_what_it_can_then_ever
     assert stale.headers["x-search-stale"] == str(age)
     assert [h["title"] for h in _hits(_search(world, "quiet"))] == ["The Quiet Harbour"]
 
-    # Playback reads which version is published from the catalogue: a clean 503, quickly.
-    for r in (*_plays(world, world["ids"][0]), _get(world, f"/api/titles/{world['ids'][0]}")):
+    # A title played before the restart plays on: its published version, as the catalogue last
+    # confirmed it, was kept in the data dir (delivery/lastknown.py).
+    manifest, segment = _plays(world, world["ids"][0])
+    assert manifest.status_code == 200 and manifest.content == MPD, manifest.text
+    assert segment.status_code == 200 and segment.content == SEGMENT
+    assert _metrics(world)["hw_origin_publish_stale_answers"] >= 1
+    # One this host never served, and the title's page: only the catalogue can say; a clean 503.
+    for r in (*_plays(world, world["ids"][1]), _get(world, f"/api/titles/{world['ids'][0]}")):
         assert r.status_code == 503, r.text
         assert r.json()["error"] == "catalogue_unavailable" and r.headers["retry-after"] == "5"
 
