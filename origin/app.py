@@ -216,7 +216,7 @@ class OriginApp:
             extra.append(("allow", allow))
         if isinstance(exc, TooManyRequests):
             self.counts["rate_limited"] += 1
-        retry_after = getattr(exc, "retry_after_s", None)  # 429 and 503 spool_busy
+        retry_after = getattr(exc, "retry_after_s", None)  # 429, 503 spool_busy and catalogue_unavailable
         if retry_after is not None:
             extra.append(("retry-after", str(retry_after)))
         if oauth:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,6 +46,7 @@ from .app import OriginApp
 from .catalogue import open_catalogue
 from .api.titles import TRANSCODE_KIND
 from .delivery import PURGE_JOB, ObjectServer, PlaybackService, PublishedVersions, PurgeWorker
+from .delivery.lastknown import SAVE_EVERY_S, LastKnownPublications
 from .auth.issuer import ClientRegistry, Issuer, load_signing_key, users_from_config
 from .auth.login import UserDirectory
 from .auth.jwks import JwksSource
@@ -62,6 +64,9 @@ from .web.site import WebSite, page_csp
 __all__ = ["run_origin", "store_settings"]
 
 log = logging.getLogger("headwater.origin")
+
+#: How long /healthz waits for its read of the catalogue's database before it says "degraded".
+HEALTH_DATABASE_WAIT_S = 1.0
 
 
 def store_settings(cluster: ClusterConfig, node: OriginConfig) -> tuple[str, str, str, str]:
@@ -107,6 +112,8 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                            secret_key=secret, region=region, clock=clock, timeout_s=UPLOAD_STORE_TIMEOUT_S)
     catalogue_config = node.catalogue_config
     # Opening migrates the schema (and waits on another host's migration): off the event loop.
+    # A PostgreSQL server that is down does not stop the origin: the catalogue is made all the
+    # same and migrated when the database first answers (catalogue/schemagate.py).
     catalogue = await anyio.to_thread.run_sync(lambda: open_catalogue(catalogue_config, clock=clock))
     # PostgreSQL: no more threads than pooled connections (a thread would only wait for one);
     # the catalogue's calls and the upload records' each have that many.
@@ -166,8 +173,19 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
     async def read_title(title_id: int) -> Any:
         return await anyio.to_thread.run_sync(catalogue.get_title, title_id)
 
+    # The published verdicts the catalogue last gave, kept across restarts: titles play on while
+    # its database is away (delivery/lastknown.py).
+    last_known = LastKnownPublications(Path(node.data_dir) / "published-versions.json",
+                                       stale_max_s=delivery.publish_stale_max_s,
+                                       max_entries=delivery.publish_cache_entries, clock=clock)
+    await anyio.to_thread.run_sync(last_known.load)
     versions = PublishedVersions(read_title, ttl_s=delivery.publish_cache_s, max_entries=delivery.publish_cache_entries,
-                                 clock=clock)
+                                 clock=clock, last_known=last_known)
+
+    async def keep_publications() -> None:
+        while True:
+            await anyio.sleep(SAVE_EVERY_S)
+            await anyio.to_thread.run_sync(last_known.write, last_known.snapshot())
     objects = ObjectServer(store=videos, versions=versions, config=delivery)
     playback = _playback(cluster, node, versions, clock)
     purger = edge_client.EdgePurger.from_cluster(cluster, client=client, distribution=delivery.distribution,
@@ -189,13 +207,28 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
 
     def counts() -> dict[str, Any]:
         return {**uploads.counts, **app.counts, **runner.statistics(), **search.statistics(), **objects.counts,
-                **versions.counts, **playback.counts, **purges.counts}
+                **versions.counts, **playback.counts, **purges.counts,
+                "catalogue_available": int(catalogue.database_available)}
     export_stats(registry, "hw_origin", counts)
 
     async def health() -> dict[str, Any]:
-        stored = await anyio.to_thread.run_sync(records.count)  # a database read: off the loop
-        return {**counts(), "uploads": stored, "catalogue": catalogue_config.backend, "tls": tls is not None,
-                "issuer": node.issuer, "builtin_issuer": issuer is not None, "pid": os.getpid()}
+        report = {**counts(), "catalogue": catalogue_config.backend, "tls": tls is not None, "issuer": node.issuer,
+                  "builtin_issuer": issuer is not None, "pid": os.getpid()}
+        stored = None
+        try:
+            # A database read: off the loop, and not waited for past HEALTH_DATABASE_WAIT_S (a
+            # pool waiting for a connection to a dead server would hold the probe for its
+            # connect_timeout_seconds, longer than a load balancer's probe waits).
+            with anyio.move_on_after(HEALTH_DATABASE_WAIT_S):
+                stored = await anyio.to_thread.run_sync(records.count, abandon_on_cancel=True)
+            error = None if stored is not None else f"no answer within {HEALTH_DATABASE_WAIT_S:g} s"
+        except StoreUnavailable as e:
+            error = str(e)
+        if error is not None:
+            # Degraded, not dead: published titles (while cached), the local search index and
+            # clean 503s are still served; what needs the database answers 503 until it is back.
+            return {**report, "status": "degraded", "catalogue_database": "unavailable", "error": error}
+        return {**report, "uploads": stored, "catalogue_database": "available"}
 
     janitor = UploadJanitor(uploads, interval_s=min(60.0, node.upload_expiry_s / 10), clock=clock)
 
@@ -216,12 +249,14 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                 raise RuntimeError(f"origin: the upload records in {node.state_dir} (the previous version's) "
                                    f"need the object store to be brought over; start again once it is up: "
                                    f"{e}") from None
-            pending = await uploads.recover()
             try:
+                pending = await uploads.recover()
                 await uploads.finish_pending(pending)
             except StoreUnavailable as e:
-                # Serve anyway: each upload request reports the store's state as 503.
-                log.warning("origin: the object store is not ready: %s", e, extra={"event": "origin.store_down"})
+                # Serve anyway: each upload request reports the store's (or the records'
+                # database's) state as 503; the janitor's passes complete whole uploads later.
+                log.warning("origin: the object store or the catalogue database is not ready: %s", e,
+                            extra={"event": "origin.store_down"})
             await tg.start(lambda task_status: serve(app, host=node.host, port=node.port, limits=node.limits,
                                                      ssl_context=tls, clock=clock, task_status=task_status))
             await tg.start(lambda task_status: serve(admin_app(health=health, registry=registry), host=node.host,
@@ -230,9 +265,15 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
             tg.start_soon(janitor.run_forever)
             tg.start_soon(purges.run_forever)
             tg.start_soon(queue.run_forever)
+            tg.start_soon(keep_publications)
             log.info("origin: %s serving on %s", node.id, node.base_url, extra={"event": "origin.started"})
             task_status.started()
     finally:
+        try:
+            last_known.write(last_known.snapshot(force=bool(len(last_known))))
+        except OSError as e:
+            log.warning("origin: could not keep the published versions: %s", e,
+                        extra={"event": "origin.published_versions_unsaved"})
         records.close()
         catalogue.close()
         await client.aclose()

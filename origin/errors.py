@@ -287,10 +287,15 @@ class BadSearch(OriginError):
 
 
 class CatalogueUnavailable(OriginError):
-    """The catalogue's database cannot be reached, or is too busy: retry later."""
+    """The catalogue's database cannot be reached (down, or not answered since this host
+    started), or is too busy: retry after ``retry_after_s`` (503 with Retry-After)."""
 
     http_status = 503
     code = "catalogue_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class SearchUnavailable(CatalogueUnavailable):
@@ -298,10 +303,6 @@ class SearchUnavailable(CatalogueUnavailable):
     older than its bound (or not built): retry later."""
 
     code = "search_unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 _FROM_CATALOGUE: dict[type[catalogue_errors.CatalogueError], type[OriginError]] = {

@@ -9,7 +9,8 @@ cluster secret, so the database never holds a secret in the clear): the first ho
 one reads back the row that won, so a token one host signs verifies on every other, and a
 client's secret is the same whichever host it is shown to. A host that already had a sealed file
 (a single host grown into several) offers that file's secret as its candidate: the first such
-host keeps its tokens and secrets valid.
+host keeps its tokens and secrets valid. Each host keeps the database's sealed blob as that
+file, so that it starts (and signs, and checks secrets) while the database is down.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import base64
 from pathlib import Path
 from typing import Any, Callable
 
-from headwater.sealed import Sealer, load_or_create, read_sealed
+from headwater.sealed import (MAX_SEALED_BYTES, SealedError, Sealer, load_or_create, publish_private,
+                              read_owner_only, read_sealed)
+
+from ..catalogue.errors import BackendUnavailable
 
 __all__ = ["shared_secret"]
 
@@ -40,8 +44,17 @@ def shared_secret(cluster: Any, node: Any, name: str, purpose: bytes, create: Ca
         with open_catalogue(config) as opened:
             return shared_secret(cluster, node, name, purpose, create, db=opened)
     source = f"cluster_secrets {name!r} in the catalogue's database"
-    with db.transaction(write=False) as tx:
-        row = tx.one("SELECT value FROM cluster_secrets WHERE name = ?", (name,))
+    try:
+        with db.transaction(write=False) as tx:
+            row = tx.one("SELECT value FROM cluster_secrets WHERE name = ?", (name,))
+    except BackendUnavailable:
+        # The database is down as this host starts: the copy it kept of the cluster's secret
+        # (below) lets it sign and check tokens meanwhile. None kept: it cannot, say so.
+        try:
+            return read_sealed(path, sealer, purpose)
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{source} cannot be read and this host keeps no copy of it "
+                                     f"({path}): start it once the database answers") from None
     if row is None:
         try:
             candidate = read_sealed(path, sealer, purpose)  # this host's secret from before
@@ -53,4 +66,21 @@ def shared_secret(cluster: Any, node: Any, name: str, purpose: bytes, create: Ca
                    (name, blob))
             row = tx.one("SELECT value FROM cluster_secrets WHERE name = ?", (name,))
         assert row is not None
-    return sealer.open(base64.b64decode(row[0]), purpose, source=source)
+    sealed = base64.b64decode(row[0])
+    secret = sealer.open(sealed, purpose, source=source)
+    _keep_copy(path, sealed)
+    return secret
+
+
+def _keep_copy(path: Path, sealed: bytes) -> None:
+    """The database's sealed blob kept as this host's file (written only when it differs): a
+    secret of the cluster is never changed once made, so the copy stays right, and a later
+    start while the database is down reads it."""
+    try:
+        if read_owner_only(path, MAX_SEALED_BYTES) == sealed:
+            return
+    except FileNotFoundError:
+        pass
+    except SealedError:
+        pass  # replaced below by the database's
+    publish_private(path, sealed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "OUTAGE_BACKOFF"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,3 +23,10 @@ class Backoff:
         """Seconds to wait after the ``attempt``-th run failed."""
         nominal = min(self.cap_s, self.base_s * 2.0 ** min(max(attempt, 1) - 1, 60))
         return nominal / 2 + rng.uniform(0.0, nominal / 2)
+
+
+#: How a background loop (the transcoder's lease loop, the version collector, the purge loop)
+#: waits after failed passes in a row, the database or the store away: 1, 2, 4 ... s (equal
+#: jitter), at most 30 s, so it resumes within 30 s of the outage's end and many hosts' loops
+#: do not return in one wave.
+OUTAGE_BACKOFF = Backoff(base_s=1.0, cap_s=30.0)

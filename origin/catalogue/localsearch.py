@@ -71,6 +71,11 @@ REBUILD_BEHIND = 50_000
 BATCH = 5000
 # How often the worker looks at the feed between searches.
 POLL_S = 1.0
+# How often (at most) the worker writes into the file when it last held every change of the
+# feed (``synced_at``, wall-clock seconds), so that an origin restarted while the database is
+# down knows how stale the file is. Written late by up to this much: the age read back after a
+# restart is never less than the truth.
+PERSIST_SYNCED_S = 5.0
 
 # A published title's row as the local index keeps it, its people as _reindex joins them.
 _PUBLISHED = ("SELECT t.id, t.title, t.description, t.category, t.year, t.language, t.duration_s, t.created, "
@@ -97,8 +102,15 @@ class LocalSearchIndex:
         self._wait_s = source.config.search_wait_s
         #: Whether searches use the database now (it failed within search_retry_s: no).
         self.breaker = Breaker(source.config.search_retry_s, clock=source.clock)
-        # When (monotonic) the file last held every change the feed had: None, not since start.
+        # When (monotonic) the file last held every change the feed had: None, not known (not
+        # since start, and the file kept no earlier time).
         self._synced_at: float | None = None
+        # The _synced_at last written into the file (PERSIST_SYNCED_S).
+        self._persisted_synced: float | None = None
+        # Whether the file is known to be of this database (its feed epoch checked). A file
+        # opened while the database could not be reached is not: it may answer alone, stale,
+        # but is never confirmed by the database until the worker has checked its epoch.
+        self._verified = False
         self._local: SqliteCatalogue | None = None
         self._position = 0
         self._ready = False
@@ -150,13 +162,13 @@ class LocalSearchIndex:
         """Wait until the index answers searches (built and caught up at least once)."""
         self.start()
         deadline = time.monotonic() + timeout_s
-        while not self._ready and not self._disabled:
+        while not (self._ready and self._verified) and not self._disabled:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             self._wake.set()
             self._built.wait(min(left, 0.1))
-        return self._ready
+        return self._ready and self._verified
 
     @property
     def position(self) -> int:
@@ -167,11 +179,21 @@ class LocalSearchIndex:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def verified(self) -> bool:
+        """Whether the file is known to be of this database (see ``_verified``)."""
+        return self._verified
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        try:
+            self._persist_synced(force=True)
+        except (sqlite3.Error, BackendUnavailable) as e:
+            log.warning("catalogue: could not record the local search index's age: %s", e,
+                        extra={"event": "catalogue.search_index_age_unsaved"})
         with self._write:
             self._retire()
         if self._lock_file is not None:
@@ -211,6 +233,11 @@ class LocalSearchIndex:
                 self._database_failed(e)
                 return self._stale(page)
             self._database_answered()
+            if not self._verified:
+                # Opened while the database was away: the worker checks it is this database's
+                # before the database confirms a page of it (PostgreSQL answers meanwhile).
+                self._wake.set()
+                return None
             if head <= position or attempt == 1:
                 if head < position:  # the feed went backwards (a restored database): rebuild
                     self._wake.set()
@@ -315,8 +342,11 @@ class LocalSearchIndex:
             self._database_failed(e)
             raise
         self._database_answered()
+        self._persist_synced()
 
     def _run_once(self) -> None:
+        if self._ready and not self._broken and not self._verified:
+            self._verify()
         if not self._ready or self._broken:
             self.rebuild()
             return
@@ -355,7 +385,7 @@ class LocalSearchIndex:
             start = self._position
             if not self._ready or local is None or start >= head:
                 return
-            with self._source._tx(write=False) as tx:
+            with self._source._index_tx() as tx:
                 pruned_to = int(tx.one("SELECT pruned_to FROM search_feed_epoch")[0])
                 ids = [int(r[0]) for r in tx.rows(
                     "SELECT DISTINCT title_id FROM search_feed WHERE seq > ? AND seq <= ? ORDER BY 1", (start, head))]
@@ -387,7 +417,7 @@ class LocalSearchIndex:
             try:
                 _ensure_meta(local)
                 began = self._clock.monotonic()
-                with self._source._tx(write=False) as tx:
+                with self._source._index_tx() as tx:
                     head = int(tx.one(_HEAD)[0])
                     epoch = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
                 # The postings' impact index is made after them (one sort, as the migration that
@@ -410,7 +440,9 @@ class LocalSearchIndex:
                 with local._tx(write=True) as ltx:
                     ltx.run("CREATE INDEX search_postings_impact ON search_postings(word, impact, title_id)")
                 with local._tx(write=True) as ltx:
-                    for name, value in (("format", FORMAT), ("epoch", epoch), ("position", head), ("complete", 1)):
+                    synced_at = self._clock.time() - max(0.0, self._clock.monotonic() - began)
+                    for name, value in (("format", FORMAT), ("epoch", epoch), ("position", head),
+                                        ("synced_at", repr(synced_at)), ("complete", 1)):
                         ltx.run("INSERT INTO local_feed (name, value) VALUES (?, ?) "
                                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, str(value)))
             except BaseException:
@@ -422,10 +454,48 @@ class LocalSearchIndex:
                      extra={"event": "catalogue.search_index_built"})
             with self._idle:
                 self._local, self._position, self._broken, self._ready = local, head, False, True
+                self._verified = True
             self._synced(began)
+            self._persisted_synced = began
             self._built.set()
 
     # --- the file --------------------------------------------------------------------------
+
+    def _verify(self) -> None:
+        """Check that the file opened while the database was away is of this database (its feed
+        epoch): if so it is used as any other, else it is rebuilt."""
+        with self._source._index_tx() as tx:
+            epoch = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
+        local = self._local
+        if local is None:
+            return
+        with local._tx(write=False) as ltx:
+            row = ltx.one("SELECT value FROM local_feed WHERE name = 'epoch'")
+        if row is None or row[0] != epoch:
+            log.warning("catalogue: the local search index %s is of another database: rebuilding it", self._path,
+                        extra={"event": "catalogue.search_index_foreign"})
+            self._broken = True
+            return
+        self._verified = True
+        self._built.set()
+
+    def _persist_synced(self, *, force: bool = False) -> None:
+        """Write into the file when it last held every change of the feed (wall-clock seconds),
+        at most every PERSIST_SYNCED_S (``force``: now, at close)."""
+        synced = self._synced_at
+        if synced is None or not self._verified:
+            return
+        if not force and self._persisted_synced is not None and synced - self._persisted_synced < PERSIST_SYNCED_S:
+            return
+        wall = self._clock.time() - max(0.0, self._clock.monotonic() - synced)
+        with self._write:
+            local = self._local
+            if local is None or not self._ready:
+                return
+            with local._tx(write=True) as tx:
+                tx.run("INSERT INTO local_feed (name, value) VALUES ('synced_at', ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (repr(wall),))
+        self._persisted_synced = synced
 
     def _open_existing(self) -> None:
         if not self._path.exists():
@@ -440,18 +510,37 @@ class LocalSearchIndex:
             _ensure_meta(local)
             with local._tx(write=False) as ltx:
                 meta = dict(ltx.rows("SELECT name, value FROM local_feed"))
-            with self._source._tx(write=False) as tx:
-                epoch = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
-        except (sqlite3.DatabaseError, BackendUnavailable) as e:
+        except sqlite3.DatabaseError as e:
             log.warning("catalogue: the local search index %s is unreadable (%s): rebuilding it", self._path, e,
                         extra={"event": "catalogue.search_index_unreadable"})
             local.close()
             return
-        if meta.get("format") != str(FORMAT) or meta.get("epoch") != epoch or meta.get("complete") != "1":
+        if meta.get("format") != str(FORMAT) or meta.get("complete") != "1":
+            local.close()
+            return
+        try:
+            with self._source._index_tx() as tx:
+                epoch: str | None = str(tx.one("SELECT epoch FROM search_feed_epoch")[0])
+        except BackendUnavailable as e:
+            # The database is away at start: the file may answer alone, stale since the time it
+            # recorded (none recorded: it cannot, not knowing its age), until the worker can
+            # check it is this database's (_verify).
+            epoch = None
+            synced = _float_or_none(meta.get("synced_at"))
+            if synced is not None:
+                self._synced_at = self._clock.monotonic() - max(0.0, self._clock.time() - synced)
+            log.warning("catalogue: the database cannot be reached (%s): the local search index %s answers alone, "
+                        "%s", e, self._path,
+                        "of unknown age" if synced is None else f"{self.staleness_s():.0f} s old",
+                        extra={"event": "catalogue.search_index_alone"})
+            self.breaker.failed()
+        if epoch is not None and meta.get("epoch") != epoch:
             local.close()
             return
         self._local, self._position, self._ready = local, int(meta["position"]), True
-        self._built.set()
+        if epoch is not None:
+            self._verified = True
+            self._built.set()
 
     def _retire(self) -> None:
         """Close the file once no search uses it (the caller holds the write lock)."""
@@ -464,11 +553,11 @@ class LocalSearchIndex:
             local.close()
 
     def _head(self) -> int:
-        with self._source._tx(write=False) as tx:
+        with self._source._index_tx() as tx:
             return int(tx.one(_HEAD)[0])
 
     def _published(self, where: str, params: Sequence[Any]) -> list[tuple]:
-        with self._source._tx(write=False) as tx:
+        with self._source._index_tx() as tx:
             return tx.rows(_PUBLISHED + where, params)
 
     def _write_titles(self, local: SqliteCatalogue, rows: list[tuple], *, removed: Sequence[int],
@@ -501,6 +590,13 @@ class LocalSearchIndex:
                 local._count_documents(tx, len(rows))
             if position is not None:
                 tx.run("UPDATE local_feed SET value = ? WHERE name = 'position'", (str(position),))
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def _ensure_meta(local: SqliteCatalogue) -> None:

@@ -11,9 +11,10 @@ hosts each take a different job without waiting on one another.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import psycopg
@@ -26,13 +27,20 @@ from .errors import BackendUnavailable, SearchUnavailable
 from .query import SearchPage, SearchQuery, TermGroup, tsquery_expression
 from .records import TitleDraft, TitleState
 from .schema import POSTGRES_MIGRATIONS
+from .schemagate import SchemaGate
 from .store import SqlCatalogue, Tx
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .localsearch import LocalSearchIndex
 
-__all__ = ["PostgresCatalogue"]
+__all__ = ["PostgresCatalogue", "SCHEMA_RETRY_S"]
+
+log = logging.getLogger("headwater.origin")
+
+#: While the database has not answered since start, one caller per this many seconds tries it
+#: (a refused connection costs ~1 ms; an unreachable host, one connect_timeout_seconds).
+SCHEMA_RETRY_S = 1.0
 
 # Any constant: the advisory lock that serialises migrations across origin hosts starting at once.
 _MIGRATION_LOCK = 0x6877_6361  # "hwca"
@@ -55,6 +63,12 @@ SCAN_ROWS_MAX = 5000
 def _pg(sql: str) -> str:
     # The shared SQL uses "?"; none of it has a literal "?" or "%".
     return _PLACEHOLDER.sub("%s", sql)
+
+
+def _reconnect_failed(pool: ConnectionPool) -> None:
+    # The pool gave up one connection after its reconnect_timeout; a later request grows it again.
+    log.warning("catalogue: the database pool could not reconnect for %.0f s; retrying on demand",
+                pool.reconnect_timeout, extra={"event": "catalogue.pool_reconnect_failed"})
 
 
 def _connection_kwargs(config: CatalogueConfig) -> dict[str, Any]:
@@ -120,20 +134,24 @@ class PostgresCatalogue(SqlCatalogue):
         super().__init__(config, clock=clock, rng=rng)
         if not config.dsn:
             raise ValueError("the PostgreSQL catalogue needs a dsn")
+        # Opened (without waiting) only once the database first answers (the schema gate): a
+        # pool opened during an outage backs off (1, 2, 4 ... s, uncapped until its
+        # reconnect_timeout), so it could take minutes to connect after the database is back.
         self._pool = ConnectionPool(
             config.dsn, min_size=1, max_size=config.pool_size, open=False, name="catalogue",
             timeout=config.connect_timeout_s,
             kwargs=_connection_kwargs(config),
-            configure=self._configure)
+            configure=self._configure, reconnect_failed=_reconnect_failed)
+        self._gate = SchemaGate(self._open_database, retry_s=SCHEMA_RETRY_S, wait_s=config.search_wait_s,
+                                clock=clock)
         try:
-            self._pool.open(wait=True, timeout=config.connect_timeout_s)
-        except psycopg.Error as e:
-            self._pool.close()
-            raise BackendUnavailable(f"catalogue database: {e}") from e
-        except Exception as e:  # psycopg_pool.PoolTimeout
-            self._pool.close()
-            raise BackendUnavailable(f"catalogue database: {e}") from e
-        self._migrate()
+            # Most opens find the database up: migrated here, as before. If it is down, the
+            # catalogue is made all the same; its statements answer BackendUnavailable until
+            # the database first answers (schemagate.py).
+            self._gate.check()
+        except BackendUnavailable as e:
+            log.warning("catalogue: the database cannot be reached at start (%s): catalogue calls answer "
+                        "'unavailable' until it does", e, extra={"event": "catalogue.start_unreachable"})
         # Checks the search's statements (_statement with wait_s) twice per wait; on the real
         # clock, as the pool's wait is: it bounds a real socket's wait, not the catalogue's logic.
         self._watchdog = Watchdog(max(0.05, config.search_wait_s / 2))
@@ -205,21 +223,44 @@ class PostgresCatalogue(SqlCatalogue):
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(self.config.statement_timeout_ms),))
         conn.commit()
 
-    def _migrate(self) -> None:
-        with self._tx(write=True) as tx:
-            tx.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            tx.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = tx.one("SELECT max(version) FROM schema_version")
-            current = int(row[0]) if row and row[0] is not None else 0
-            for n, statements in enumerate(POSTGRES_MIGRATIONS, start=1):
-                if n <= current:
-                    continue
-                for step in statements:
-                    if callable(step):
-                        step(tx)
-                    else:
-                        tx.run(step)
-                tx.run("INSERT INTO schema_version (version) VALUES (?)", (n,))
+    @property
+    def database_available(self) -> bool:
+        """Whether the database has answered since this process started (the schema gate is
+        open). An outage that begins later is seen by the statements that fail, not here."""
+        return self._gate.is_open
+
+    def _open_database(self) -> None:
+        """The schema gate's opener: one connection (bounded by connect_timeout_seconds) runs the
+        migrations; then the pool opens, without waiting, its first connection made at once."""
+        try:
+            conn = psycopg.connect(self.config.dsn, **_connection_kwargs(self.config))
+        except psycopg.OperationalError as e:
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+        try:
+            with conn:
+                self._configure(conn)
+                with conn.transaction():
+                    self._migrate(_PgTx(conn))
+        except psycopg.OperationalError as e:
+            raise BackendUnavailable(f"catalogue database: {e}") from e
+        self._pool.open(wait=False)
+
+    def _migrate(self, tx: Tx) -> None:
+        """Apply the migrations this database lacks (another host starting at once waits on the
+        advisory lock, then finds them applied)."""
+        tx.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        tx.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = tx.one("SELECT max(version) FROM schema_version")
+        current = int(row[0]) if row and row[0] is not None else 0
+        for n, statements in enumerate(POSTGRES_MIGRATIONS, start=1):
+            if n <= current:
+                continue
+            for step in statements:
+                if callable(step):
+                    step(tx)
+                else:
+                    tx.run(step)
+            tx.run("INSERT INTO schema_version (version) VALUES (?)", (n,))
 
     @property
     def schema_version(self) -> int:
@@ -229,13 +270,26 @@ class PostgresCatalogue(SqlCatalogue):
         return int(row[0]) if row and row[0] is not None else 0
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Tx]:
+    def _tx(self, *, write: bool, deadline_s: float | None = None) -> Iterator[Tx]:
+        """A transaction on a pooled connection; with ``deadline_s``, its connection is cut by
+        the :class:`Watchdog` if the transaction still runs that long after it began (the
+        caller does no other slow work inside it)."""
+        self._gate.check()
         try:
             with self._pool.connection() as conn:
-                with conn.transaction():
-                    yield _PgTx(conn)
+                with self._watchdog.guard(conn.fileno(), deadline_s) if deadline_s is not None else nullcontext():
+                    with conn.transaction():
+                        yield _PgTx(conn)
         except psycopg.OperationalError as e:
             raise BackendUnavailable(f"catalogue database: {e}") from e
+
+    def _index_tx(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction of the local search index's worker (its catch-up, rebuild
+        and checks), bounded client-side: a frozen server (its processes stopped, its kernel
+        still acknowledging) would otherwise hold the worker, and the shutdown joining it, for
+        ever. The bound is statement_timeout_ms plus search_wait_s: by then the server would
+        have cancelled any statement it is still running, so only a stuck one is cut."""
+        return self._tx(write=False, deadline_s=self.config.statement_timeout_ms / 1000 + self.config.search_wait_s)
 
     def _statement(self, sql: str, params: Sequence[Any] = (), *, wait_s: float | None = None) -> list[tuple]:
         """The rows of one read-only statement run outside a transaction block (autocommit): one
@@ -243,6 +297,7 @@ class PostgresCatalogue(SqlCatalogue):
         through the local index runs one such statement (localsearch.py). With ``wait_s``, the
         wait for a connection is bounded by it (else by connect_timeout_seconds), and so is the
         statement itself, client-side: past it, the :class:`Watchdog` cuts its connection."""
+        self._gate.check()
         try:
             with self._pool.connection(timeout=wait_s) as conn:
                 conn.autocommit = True

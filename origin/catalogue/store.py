@@ -957,6 +957,12 @@ class SqlCatalogue(ABC):
     def close(self) -> None:
         """Release the connections."""
 
+    @property
+    def database_available(self) -> bool:
+        """Whether the database has answered since this process started (always, but for a
+        PostgreSQL catalogue made while its server was down: postgres.py's schema gate)."""
+        return True
+
     def warm_search(self) -> None:
         """Prepare what searches use (PostgreSQL's local search index) before the first one."""
 

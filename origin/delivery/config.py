@@ -8,6 +8,9 @@ once into a frozen dataclass; every default here. Keys::
     publish_cache_seconds    (1: how long the title -> published version lookup is reused; a
                               withdrawal takes effect at the origin within this)
     publish_cache_entries    (10000: titles remembered at once)
+    publish_stale_max_seconds (3600: while the catalogue's database cannot be reached, a title the
+                              catalogue said was published within this long plays on, even
+                              after a restart (lastknown.py); 0: never)
     store_timeout_seconds    (10: each wait on the object store: connect, head, every body read)
     max_path_chars           (1024: a longer /titles/ path is refused)
     cdn_base_url             ("": the first [[edge]] POP of this cluster.toml, https on its tls_port
@@ -42,7 +45,8 @@ from headwater.config import Reader
 __all__ = ["DeliveryConfig", "read_delivery"]
 
 _KEYS = {"manifest_cache_control", "segment_cache_control", "error_cache_control", "publish_cache_seconds",
-         "publish_cache_entries", "store_timeout_seconds", "max_path_chars", "cdn_base_url", "distribution",
+         "publish_cache_entries", "publish_stale_max_seconds",
+         "store_timeout_seconds", "max_path_chars", "cdn_base_url", "distribution",
          "signing_key_id", "play_url_seconds", "licence_url", "licence_key_id", "licence_token_seconds",
          "purge_timeout_seconds"}
 
@@ -62,6 +66,7 @@ class DeliveryConfig:
     error_cache_control: str = ERROR_CACHE_CONTROL
     publish_cache_s: float = 1.0
     publish_cache_entries: int = 10_000
+    publish_stale_max_s: float = 3600.0
     store_timeout_s: float = 10.0
     max_path_chars: int = 1024
     cdn_base_url: str = ""
@@ -91,6 +96,13 @@ def _url(r: Reader, item: Mapping[str, Any], key: str, p: str) -> str:
     return value.rstrip("/")
 
 
+def _stale_max(r: Reader, item: Mapping[str, Any], p: str) -> float:
+    value = r.non_negative(item, "publish_stale_max_seconds", p, 3600.0)
+    if value > 30 * 86400:
+        raise r.error(f"{p}.publish_stale_max_seconds", "at most 30 days (2592000)")
+    return value
+
+
 def read_delivery(r: Reader, item: Mapping[str, Any], p: str) -> DeliveryConfig:
     """The ``[origin.delivery]`` table (``p`` is its dotted name)."""
     r.check_keys(item, p, _KEYS)
@@ -108,6 +120,7 @@ def read_delivery(r: Reader, item: Mapping[str, Any], p: str) -> DeliveryConfig:
         segment_cache_control=_cache_control(r, item, "segment_cache_control", p, SEGMENT_CACHE_CONTROL),
         error_cache_control=_cache_control(r, item, "error_cache_control", p, ERROR_CACHE_CONTROL),
         publish_cache_s=cache_s, publish_cache_entries=entries,
+        publish_stale_max_s=_stale_max(r, item, p),
         store_timeout_s=r.positive(item, "store_timeout_seconds", p, 10.0), max_path_chars=max_path,
         cdn_base_url=_url(r, item, "cdn_base_url", p),
         distribution=r.get(item, "distribution", p, str, ""),

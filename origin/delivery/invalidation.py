@@ -27,6 +27,7 @@ the origin itself stops serving a withdrawn title at once rather than within the
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -34,6 +35,7 @@ import anyio
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from ..catalogue import SqlCatalogue, Title, TitleState
+from ..catalogue.backoff import OUTAGE_BACKOFF
 from .published import PublishedVersions
 from .serve import surrogate_key
 
@@ -100,9 +102,16 @@ class PurgeWorker:
 
     async def run_forever(self) -> None:
         """:meth:`run_once` every ``interval_s``."""
+        failures = 0
+        rng = random.Random()
         while True:
             try:
                 await self.run_once()
-            except Exception:  # noqa: BLE001 - a catalogue hiccup must not end the loop
-                log.exception("origin: the purge loop failed", extra={"event": "origin.purge_loop_error"})
+            except Exception:  # noqa: BLE001 - a catalogue outage must not end the loop
+                failures += 1
+                if failures == 1:  # once per outage, not once a second
+                    log.exception("origin: the purge loop failed", extra={"event": "origin.purge_loop_error"})
+                await anyio.sleep(max(self.interval_s, OUTAGE_BACKOFF.delay(failures, rng)))
+                continue
+            failures = 0
             await anyio.sleep(self.interval_s)

@@ -10,7 +10,9 @@ a half-recorded publication is served).
 verdict reused for ``ttl_s`` on the injected clock, and concurrent misses for one title collapsed
 into one catalogue read (run off the event loop by the ``lookup`` the daemon gives it). So a
 withdrawal takes effect within ``ttl_s``; :meth:`PublishedVersions.forget` applies it at once in
-this process (the invalidation hook calls it).
+this process (the invalidation hook calls it). While the catalogue cannot be reached, a title's
+published verdict the catalogue last gave (:mod:`.lastknown`, kept across restarts) answers, within
+its age bound.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import anyio
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
-from ..catalogue import Title, TitleNotFound, TitleState
+from ..catalogue import BackendUnavailable, Title, TitleNotFound, TitleState
 from .objectpath import POSTER_NAME, THUMBNAILS_NAME, version_of_key
+
+if TYPE_CHECKING:
+    from .lastknown import LastKnownPublications
 
 __all__ = ["Availability", "Publication", "publication_of", "PublishedVersions", "UNKNOWN"]
 
@@ -73,14 +78,16 @@ class PublishedVersions:
     title (off the event loop) and raises :class:`TitleNotFound` for an unknown id."""
 
     def __init__(self, lookup: Callable[[int], Awaitable[Title]], *, ttl_s: float = 1.0,
-                 max_entries: int = 10_000, clock: Clock = SYSTEM_CLOCK) -> None:
+                 max_entries: int = 10_000, clock: Clock = SYSTEM_CLOCK,
+                 last_known: LastKnownPublications | None = None) -> None:
         self._lookup = lookup
+        self.last_known = last_known
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.clock = clock
         self._entries: OrderedDict[int, tuple[float, Publication]] = OrderedDict()
         self._inflight: dict[int, anyio.Event] = {}
-        self.counts = {"publish_lookups": 0, "publish_cache_hits": 0}
+        self.counts = {"publish_lookups": 0, "publish_cache_hits": 0, "publish_stale_answers": 0}
 
     async def get(self, title_id: int) -> Publication:
         """The title's publication, from the cache while fresh."""
@@ -103,6 +110,16 @@ class PublishedVersions:
                 pub = publication_of(await self._lookup(title_id))
             except TitleNotFound:
                 pub = UNKNOWN
+            except BackendUnavailable:
+                kept = self.last_known.get(title_id) if self.last_known is not None else None
+                if kept is None:
+                    raise  # only the catalogue can say a title is published: 503
+                # Cached like an answer: the catalogue is asked again after ttl_s, not per request.
+                self.counts["publish_stale_answers"] += 1
+                self._store(title_id, kept[0])
+                return kept[0]
+            if self.last_known is not None:
+                self.last_known.confirmed(title_id, pub)
             self._store(title_id, pub)
             return pub
         finally:
@@ -118,8 +135,10 @@ class PublishedVersions:
             self._entries.popitem(last=False)
 
     def forget(self, title_id: int) -> None:
-        """Drop the title's cached verdict: the next request reads the catalogue."""
+        """Drop the title's cached verdict (and the kept one): the next request reads the catalogue."""
         self._entries.pop(title_id, None)
+        if self.last_known is not None:
+            self.last_known.forget(title_id)
 
     def __len__(self) -> int:
         return len(self._entries)

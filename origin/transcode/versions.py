@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from itertools import islice
 from headwater.clock import SYSTEM_CLOCK, Clock
 
 from ..catalogue import RetiredVersion, SqlCatalogue
+from ..catalogue.backoff import OUTAGE_BACKOFF
 from ..catalogue.versions import parse_version_prefix
 from .objects import MAX_DELETE_KEYS, ObjectStore
 
@@ -128,10 +130,17 @@ class VersionCollector:
 
     def run_forever(self, stop: threading.Event, interval_s: float) -> None:
         """Sweep every ``interval_s`` until ``stop`` is set (the first sweep at once)."""
+        failures = 0
+        rng = random.Random()
         while not stop.is_set():
             try:
                 self.sweep_once()
-            except Exception:  # a catalogue outage: log, wait, go on
+            except Exception:  # a catalogue outage: log once, back off (at most the interval), go on
                 self.counts["versions_sweep_errors"] += 1
-                log.exception("versions: the sweep failed", extra={"event": "versions.sweep_error"})
+                failures += 1
+                if failures == 1:
+                    log.exception("versions: the sweep failed", extra={"event": "versions.sweep_error"})
+                stop.wait(min(interval_s, OUTAGE_BACKOFF.delay(failures, rng)))
+                continue
+            failures = 0
             stop.wait(interval_s)

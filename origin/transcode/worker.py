@@ -43,6 +43,7 @@ title is transcoded again only by a new job (``POST /api/titles/T/retry``), so a
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ from headwater.clock import SYSTEM_CLOCK, Clock
 from headwater.drm.client import S3Sink, S3Target, fetch_title_key, licence_url
 
 from ..catalogue import JobState, Lease, LeaseLost, SqlCatalogue, TitleState
+from ..catalogue.backoff import OUTAGE_BACKOFF
 from ..catalogue.versions import attempt_prefix
 from ..delivery.invalidation import request_cdn_purge
 from ..errors import InvalidMedia, TranscodeError
@@ -116,13 +118,22 @@ class TranscodeWorker:
 
     def run_forever(self) -> None:
         """Lease and run jobs until :attr:`stop` is set; wait ``poll_s`` when there is none."""
+        failures = 0
+        rng = random.Random()
         while not self.stop.is_set():
             try:
                 did = self.run_once()
-            except Exception:  # a catalogue or store outage: log, wait, go on
-                log.exception("transcoder: %s: the lease loop failed", self.name,
-                              extra={"event": "transcode.loop_error"})
-                did = False
+            except Exception:  # a catalogue or store outage: log once, back off, go on
+                failures += 1
+                if failures == 1:
+                    log.exception("transcoder: %s: the lease loop failed; retrying with backoff", self.name,
+                                  extra={"event": "transcode.loop_error"})
+                self.stop.wait(OUTAGE_BACKOFF.delay(failures, rng))
+                continue
+            if failures:
+                log.info("transcoder: %s: the lease loop works again", self.name,
+                         extra={"event": "transcode.loop_resumed"})
+                failures = 0
             if not did:
                 self.stop.wait(self.config.poll_s)
 

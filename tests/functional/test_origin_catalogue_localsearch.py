@@ -483,3 +483,79 @@ def test_a_bulk_import_refreshes_the_planners_statistics(database, monkeypatch):
         for table in postgres._IMPORTED_TABLES:
             assert after[table] == before.get(table, 0) + 1, table
         assert after["jobs"] == before.get("jobs", 0)  # only what the import wrote
+
+
+def test_a_start_while_the_database_is_down_answers_from_the_kept_file_by_its_recorded_age(database, tmp_path):
+    """origindb: a catalogue made while PostgreSQL cannot be reached (a port nothing listens on)
+    opens the index file a previous run left, and answers from it alone, stale by the time the
+    file recorded (``synced_at``, written at close), on a fake clock; past
+    search_stale_max_s, SearchUnavailable; a write answers BackendUnavailable at once. A file
+    that recorded no time cannot tell its age: SearchUnavailable."""
+    import sqlite3
+
+    from headwater.clock import FakeClock
+    from headwater.origin.catalogue import BackendUnavailable, SearchUnavailable
+    from tests.cluster import free_ports
+
+    clock = FakeClock()
+    path = tmp_path / "a.sqlite3"
+    config = CatalogueConfig(backend="postgresql", dsn=database, search_index=path, search_stale_max_s=600.0)
+    with open_catalogue(config, clock=clock) as a:
+        ids = [_publish(a, f"Basalt Lighthouse {n}") for n in range(3)]
+        assert a.search_index.wait_ready(60)
+        fresh = a.search(SearchQuery(q="basalt lighthouse", with_total=True))
+        assert sorted(_ids(fresh)) == ids and fresh.stale_s is None
+    clock.advance(100)
+    down = replace(config, dsn=f"postgresql://postgres@127.0.0.1:{free_ports(1)[0]}/postgres")
+    with open_catalogue(down, clock=clock) as b:
+        assert not b.database_available
+        page = b.search(SearchQuery(q="basalt lighthouse", with_total=True))
+        assert page == replace(fresh, stale_s=100.0)
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            b.create_title(TitleDraft(title="Written While Down"))
+        assert time.monotonic() - t0 < 2
+        clock.advance(500)
+        assert b.search(SearchQuery(q="basalt")).stale_s == 600.0
+        clock.advance(1)
+        with pytest.raises(SearchUnavailable, match="601 s old"):
+            b.search(SearchQuery(q="basalt"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM local_feed WHERE name = 'synced_at'")
+    with open_catalogue(down, clock=clock) as c:
+        with pytest.raises(SearchUnavailable, match="not known to be current"):
+            c.search(SearchQuery(q="basalt"))
+
+
+def test_a_frozen_database_does_not_hold_the_index_worker_or_the_shutdown(tmp_path):
+    """The server's processes stopped (SIGSTOP) while the index's worker polls the feed: its
+    statement is cut client-side after statement_timeout_ms + search_wait_s (the catch-up's and
+    rebuild's bound), so closing the catalogue (an origin's shutdown) returns within seconds
+    instead of waiting on the frozen server for ever."""
+    import os
+    import signal
+
+    pg = start_postgres()
+    config = CatalogueConfig(backend="postgresql", dsn=pg.dsn(), search_index=tmp_path / "a.sqlite3",
+                             search_wait_s=0.5, statement_timeout_ms=1000)
+    stopped: list[int] = []
+    try:
+        a = open_catalogue(config)
+        _publish(a, "Frozen Harbour")
+        assert a.search_index.wait_ready(60)
+        stopped = _processes(pg.proc.pid)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(localsearch.POLL_S * 2)  # the worker's next poll is now waiting on the server
+        closed = threading.Event()
+        t0 = time.monotonic()
+        closing = threading.Thread(target=lambda: (a.close(), closed.set()), daemon=True)
+        closing.start()
+        closed.wait(20)
+        took = time.monotonic() - t0
+        assert closed.is_set() and took < 10, f"close waited {took:.1f} s on the frozen server"
+        assert a._watchdog.cut >= 1
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        pg.stop()

@@ -135,3 +135,65 @@ def test_signed_grant_covers_the_version_and_nothing_else():
     assert check("/titles/7/v12/video-1/seg-3.m4s", cookie_header=cookie)
     with pytest.raises(ValueError):
         signed_grant("https://cdn.test/*", SigningKey(id="K", public_key_pem=key.public_key_pem), expires=now)
+
+
+def test_published_versions_play_on_from_the_last_known_while_the_catalogue_is_away(tmp_path):
+    """origindb: with the catalogue unreachable, a title's published verdict the catalogue last
+    gave answers (kept in a file across a restart), within publish_stale_max_seconds of its
+    confirmation; a title never confirmed, or withdrawn since, still raises (503)."""
+    from headwater.origin.catalogue import BackendUnavailable
+    from headwater.origin.delivery.lastknown import LastKnownPublications
+
+    clock = FakeClock()
+    titles = {3: _title(TitleState.PUBLISHED)}
+    down = [False]
+
+    async def lookup(title_id: int) -> Title:
+        if down[0]:
+            raise BackendUnavailable("the catalogue database has not answered since this host started")
+        if title_id not in titles:
+            raise TitleNotFound(str(title_id))
+        return titles[title_id]
+
+    path = tmp_path / "published-versions.json"
+
+    def host() -> tuple[PublishedVersions, LastKnownPublications]:
+        kept = LastKnownPublications(path, stale_max_s=100.0, clock=clock)
+        kept.load()
+        return PublishedVersions(lookup, ttl_s=1.0, clock=clock, last_known=kept), kept
+
+    async def main() -> None:
+        versions, kept = host()
+        assert (await versions.get(3)).version == "9"
+        assert (await versions.get(4)).availability is Availability.UNAVAILABLE
+        kept.write(kept.snapshot())
+        assert kept.snapshot() is None  # nothing changed since
+        # A restart while the database is away: title 3 plays on from the file, marked stale.
+        down[0] = True
+        clock.advance(50)
+        versions, kept = host()
+        pub = await versions.get(3)
+        assert (pub.version, pub.dash) == ("9", "titles/3/v9/manifest.mpd")
+        assert versions.counts["publish_stale_answers"] == 1
+        with pytest.raises(BackendUnavailable):
+            await versions.get(4)  # never published: only the catalogue can say
+        clock.advance(51)  # past publish_stale_max_seconds since the catalogue confirmed it
+        with pytest.raises(BackendUnavailable):
+            await versions.get(3)
+        # The database back: a withdrawal drops the kept verdict (and the file, once written).
+        down[0] = False
+        titles[3] = _title(TitleState.WITHDRAWN)
+        assert (await versions.get(3)).availability is Availability.WITHDRAWN
+        assert len(kept) == 0
+        kept.write(kept.snapshot())
+        down[0] = True
+        clock.advance(2)
+        versions, kept = host()
+        with pytest.raises(BackendUnavailable):
+            await versions.get(3)
+
+    anyio.run(main)
+    path.write_bytes(b"{not json")
+    kept = LastKnownPublications(path, stale_max_s=100.0, clock=clock)
+    kept.load()  # unreadable: starts empty (logged), never fails the start
+    assert len(kept) == 0
