@@ -1,0 +1,240 @@
+"""rclone against a real cluster, as a user runs it: remote ``hw:`` of type s3, provider Other,
+configured only through ``RCLONE_CONFIG_HW_*`` environment variables (``Cluster.rclone``).
+
+rclone runs with one try and no low-level retries, and a command passes only with exit code 0
+and no ERROR line, so an answer rclone would have retried past is a failure here. What it
+reports is compared with the bytes, ETags and metadata boto3 reads back from the store.
+
+S3's real 5 MiB minimum part size: ``--s3-upload-cutoff 5M --s3-chunk-size 5M`` makes rclone
+upload the 12 MiB file in three parts, and ``--s3-copy-cutoff 5M`` makes its server-side copy
+of it CreateMultipartUpload + UploadPartCopy (CopyObject below the cutoff).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import client_error
+
+MiB = 1024 * 1024
+
+CLUSTER_OPTIONS = dict(stripe_size="1MiB", inline_max_size="64KiB", min_part_size="5MiB", k=2, m=1,
+                       storage_nodes=3, metadata_nodes=1)
+
+MULTIPART = ("--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M")
+BIG = "sub/big.bin"
+BIG_SIZE = 12 * MiB + 345  # three 5 MiB chunks: 5 + 5 + 2 MiB and a bit
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A local tree: small files, an empty one, names with spaces, unicode, '+', '%', '#' and
+    '=', and one file above the upload cutoff."""
+    rng = random.Random(7)
+    files = {
+        "a.txt": b"alpha\n",
+        "empty": b"",
+        "sub/d.txt": b"delta\n",
+        BIG: rng.randbytes(BIG_SIZE),
+        "with space/f+plus \u00e9.txt": b"x" * 1000,
+        "\u00fcn\u00efc\u00f8d\u00e9/\u540d\u524d 1+1=2.txt": "unicode \u540d\u524d\n".encode(),
+        "100% sure#.bin": rng.randbytes(70_000),  # above the inline size: striped
+    }
+    for rel, body in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    return files
+
+
+def ls_sizes(out: bytes) -> dict[str, int]:
+    """``rclone ls`` output: ``<size> <path>`` a line, the size right-aligned."""
+    sizes = {}
+    for line in out.decode().splitlines():
+        size, _, path = line.strip().partition(" ")
+        sizes[path] = int(size)
+    return sizes
+
+
+def keys(s3, bucket: str, prefix: str = "") -> dict[str, int]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+def md5_b64(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+@pytest.fixture
+def tree(tmp_path) -> tuple[Path, dict[str, bytes]]:
+    src = tmp_path / "src"
+    return src, make_tree(src)
+
+
+def test_rclone_copy_list_check_sync(cluster, s3, tree):
+    src, files = tree
+    cluster.rclone("mkdir", "hw:rc-copy")
+    s3.head_bucket(Bucket="rc-copy")
+    res = cluster.rclone("copy", str(src), "hw:rc-copy/t", *MULTIPART, "-v")
+    assert res.stderr.count(b"Copied (new)") == len(files), res.stderr.decode()
+    for rel, body in files.items():
+        got = s3.get_object(Bucket="rc-copy", Key=f"t/{rel}")
+        assert got["Body"].read() == body, rel
+        assert "mtime" in got["Metadata"], rel  # rclone's X-Amz-Meta-Mtime
+    head = s3.head_object(Bucket="rc-copy", Key=f"t/{BIG}")
+    assert head["ETag"].endswith('-3"'), head["ETag"]  # three parts of a real multipart upload
+    # the ETag of a multipart object is no MD5 of its bytes: rclone keeps that in X-Amz-Meta-Md5chksum
+    assert head["Metadata"]["md5chksum"] == md5_b64(files[BIG])
+
+    assert ls_sizes(cluster.rclone("ls", "hw:rc-copy").stdout) == {f"t/{k}": len(v) for k, v in files.items()}
+    # lsd: the common prefixes, "<size> <date> <time> <count> <name>" a line
+    lsd = cluster.rclone("lsd", "hw:rc-copy/t").stdout.decode().splitlines()
+    assert {line.split(maxsplit=4)[4] for line in lsd} == {"sub", "with space", "\u00fcn\u00efc\u00f8d\u00e9"}
+    want = set(files) | {"sub/", "with space/", "\u00fcn\u00efc\u00f8d\u00e9/"}
+    assert set(cluster.rclone("lsf", "-R", "hw:rc-copy/t").stdout.decode().splitlines()) == want
+    # the same through ListObjects (v1) in pages of two, names not URL-encoded
+    assert set(cluster.rclone("lsf", "-R", "--s3-list-version", "1", "--s3-list-chunk", "2",
+                              "--s3-list-url-encode=false", "hw:rc-copy/t").stdout.decode().splitlines()) == want
+
+    # check compares sizes and MD5s: the ETag of single-part objects, md5chksum of the multipart one
+    res = cluster.rclone("check", str(src), "hw:rc-copy/t")
+    assert b"0 differences found" in res.stderr and f"{len(files)} matching files".encode() in res.stderr
+    assert b"could not be checked" not in res.stderr, res.stderr.decode()
+    md5s = {line[34:]: line[:32] for line in cluster.rclone("md5sum", "hw:rc-copy/t").stdout.decode().splitlines()}
+    assert md5s == {rel: hashlib.md5(body).hexdigest() for rel, body in files.items()}
+    cluster.rclone("check", "--download", str(src), "hw:rc-copy/t")
+
+    # a change behind rclone's back, same size: check finds it by its MD5
+    s3.put_object(Bucket="rc-copy", Key="t/a.txt", Body=b"ALPHA\n")
+    res = cluster.rclone("check", str(src), "hw:rc-copy/t", check=False)
+    assert res.returncode != 0 and b"1 differences found" in res.stderr, res.stderr.decode()
+
+    # sync: the changed file again, a deleted one removed, then nothing left to do
+    (src / "sub/d.txt").unlink()
+    res = cluster.rclone("sync", str(src), "hw:rc-copy/t", *MULTIPART, "-v")
+    assert res.stderr.count(b"Copied") == 1 and b"a.txt: Copied (replaced existing)" in res.stderr, res.stderr.decode()
+    assert b"d.txt: Deleted" in res.stderr
+    del files["sub/d.txt"]
+    assert keys(s3, "rc-copy") == {f"t/{k}": len(v) for k, v in files.items()}
+    res = cluster.rclone("sync", str(src), "hw:rc-copy/t", *MULTIPART, "-v")
+    assert b"Copied" not in res.stderr and b"Deleted" not in res.stderr, res.stderr.decode()
+
+
+def test_rclone_server_side_copy_and_move(cluster, s3, tree):
+    src, files = tree
+    cluster.rclone("copy", str(src), "hw:rc-server-copy/t", *MULTIPART)
+    # below the copy cutoff: CopyObject, metadata (rclone's mtime) copied along
+    res = cluster.rclone("copyto", "hw:rc-server-copy/t/a.txt", "hw:rc-server-copy/c/a.txt", "-v")
+    assert b"Copied (server-side copy)" in res.stderr, res.stderr.decode()
+    copied = s3.get_object(Bucket="rc-server-copy", Key="c/a.txt")
+    assert copied["Body"].read() == files["a.txt"]
+    assert copied["Metadata"]["mtime"] == s3.head_object(Bucket="rc-server-copy", Key="t/a.txt")["Metadata"]["mtime"]
+    # above it: CreateMultipartUpload, UploadPartCopy of 5 MiB ranges, Complete
+    res = cluster.rclone("copyto", f"hw:rc-server-copy/t/{BIG}", "hw:rc-server-copy/c/big.bin",
+                         "--s3-copy-cutoff", "5M", "-v")
+    assert b"Copied (server-side copy)" in res.stderr, res.stderr.decode()
+    big = s3.get_object(Bucket="rc-server-copy", Key="c/big.bin")
+    assert big["ETag"].endswith('-3"'), big["ETag"]
+    assert big["Body"].read() == files[BIG]
+    assert big["Metadata"]["md5chksum"] == md5_b64(files[BIG])
+    assert cluster.rclone("md5sum", "hw:rc-server-copy/c/big.bin").stdout.decode().split()[0] == \
+        hashlib.md5(files[BIG]).hexdigest()
+    # a copy to another bucket of the same owner is server-side too
+    res = cluster.rclone("copyto", "hw:rc-server-copy/t/empty", "hw:rc-server-copy-2/empty", "-v")
+    assert b"server-side copy" in res.stderr
+    assert s3.get_object(Bucket="rc-server-copy-2", Key="empty")["Body"].read() == b""
+
+    # moveto: copy, then delete the source
+    name = "with space/f+plus \u00e9.txt"
+    cluster.rclone("moveto", f"hw:rc-server-copy/t/{name}", "hw:rc-server-copy/moved/\u00e9+.txt")
+    assert client_error_of(lambda: s3.head_object(Bucket="rc-server-copy", Key=f"t/{name}")) == (404, "404")
+    assert s3.get_object(Bucket="rc-server-copy", Key="moved/\u00e9+.txt")["Body"].read() == files[name]
+    cluster.rclone("moveto", f"hw:rc-server-copy/c/big.bin", "hw:rc-server-copy/moved/big.bin", "--s3-copy-cutoff", "5M")
+    assert set(keys(s3, "rc-server-copy", "moved/")) == {"moved/\u00e9+.txt", "moved/big.bin"}
+    assert "c/big.bin" not in keys(s3, "rc-server-copy")
+
+
+def client_error_of(call) -> tuple[int, str]:
+    with pytest.raises(Exception) as info:
+        call()
+    return client_error(info.value)
+
+
+def test_rclone_cat_ranges_rcat_touch_metadata(cluster, s3, tree, tmp_path):
+    src, files = tree
+    cluster.rclone("copy", str(src), "hw:rc-cat/t", *MULTIPART)
+    big = files[BIG]
+    for offset, count in ((0, 10), (5 * MiB - 3, 7), (BIG_SIZE - 5, 100), (123_456, MiB + 17)):
+        out = cluster.rclone("cat", f"hw:rc-cat/t/{BIG}", "--offset", str(offset), "--count", str(count)).stdout
+        assert out == big[offset:offset + count], (offset, count)
+    assert cluster.rclone("cat", f"hw:rc-cat/t/{BIG}", "--tail", "99").stdout == big[-99:]
+    assert cluster.rclone("cat", "hw:rc-cat/t/empty").stdout == b""
+
+    # rcat: a stream of unknown length is a multipart upload of 5 MiB chunks
+    stream = random.Random(3).randbytes(11 * MiB + 1)
+    cluster.rclone("rcat", "hw:rc-cat/stream.bin", "--s3-chunk-size", "5M", input=stream)
+    got = s3.get_object(Bucket="rc-cat", Key="stream.bin")
+    assert got["Body"].read() == stream and got["ETag"].endswith('-3"'), got["ETag"]
+
+    # touch: the modification time is metadata (X-Amz-Meta-Mtime), rewritten by a copy in place
+    cluster.rclone("touch", "hw:rc-cat/t/a.txt", "-t", "2020-01-02T03:04:05")
+    assert "2020-01-02 03:04:05" in cluster.rclone("lsl", "hw:rc-cat/t/a.txt").stdout.decode()
+    head = s3.head_object(Bucket="rc-cat", Key="t/a.txt")
+    assert float(head["Metadata"]["mtime"]) == 1577934245
+    assert s3.get_object(Bucket="rc-cat", Key="t/a.txt")["Body"].read() == files["a.txt"]
+    cluster.rclone("touch", "hw:rc-cat/new-empty")  # a new, empty object
+    assert s3.head_object(Bucket="rc-cat", Key="new-empty")["ContentLength"] == 0
+
+    # metadata set by the user arrives as the headers it names
+    cluster.rclone("copyto", str(src / "a.txt"), "hw:rc-cat/meta.txt", "-M", "--metadata-set", "content-type=text/x-rc",
+                   "--metadata-set", "cache-control=no-cache", "--metadata-set", "colour=blue")
+    head = s3.head_object(Bucket="rc-cat", Key="meta.txt")
+    assert (head["ContentType"], head["CacheControl"], head["Metadata"]["colour"]) == ("text/x-rc", "no-cache", "blue")
+    # rclone link: a presigned GET (SigV4 query, a week long) that needs no credentials
+    url = cluster.rclone("link", "hw:rc-cat/t/a.txt").stdout.decode().strip()
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read() == files["a.txt"]
+
+
+def test_rclone_delete_purge_rmdir_versions(cluster, s3, tree):
+    src, files = tree
+    cluster.rclone("copy", str(src), "hw:rc-delete/t", *MULTIPART)
+    cluster.rclone("copy", str(src), "hw:rc-delete/u")
+    # an unversioned bucket lists each key once, as version "null": --s3-versions shows the same
+    plain = cluster.rclone("ls", "hw:rc-delete").stdout
+    assert ls_sizes(cluster.rclone("ls", "--s3-versions", "hw:rc-delete").stdout) == ls_sizes(plain)
+
+    cluster.rclone("delete", "hw:rc-delete/t", "--include", "*.txt")
+    assert set(keys(s3, "rc-delete", "t/")) == {f"t/{k}" for k in files if not k.endswith(".txt")}
+    # S3 refuses to delete a bucket that holds objects: rclone reports it and exits non-zero
+    res = cluster.rclone("rmdir", "hw:rc-delete", check=False)
+    assert res.returncode != 0 and b"BucketNotEmpty" in res.stderr, res.stderr.decode()
+    cluster.rclone("purge", "hw:rc-delete/t")
+    assert set(keys(s3, "rc-delete")) == {f"u/{k}" for k in files}
+    cluster.rclone("delete", "hw:rc-delete")
+    assert keys(s3, "rc-delete") == {}
+    cluster.rclone("rmdir", "hw:rc-delete")
+    assert client_error_of(lambda: s3.head_bucket(Bucket="rc-delete"))[0] == 404
+    # purge of a whole bucket: its objects, then the bucket
+    cluster.rclone("copy", str(src), "hw:rc-purge/x", *MULTIPART)
+    cluster.rclone("purge", "hw:rc-purge")
+    assert "rc-purge" not in cluster.rclone("lsd", "hw:").stdout.decode()
+
+
+def test_rclone_sigv2_multipart(cluster, s3, tree):
+    """``--s3-v2-auth``: rclone signs SigV2, with the sub-resource of ``POST ?uploads=`` bare."""
+    src, files = tree
+    v2 = ("--s3-v2-auth",)
+    cluster.rclone("mkdir", "hw:rc-sigv2", *v2)
+    cluster.rclone("copy", str(src), "hw:rc-sigv2/t", *MULTIPART, *v2)
+    assert s3.get_object(Bucket="rc-sigv2", Key=f"t/{BIG}")["Body"].read() == files[BIG]
+    cluster.rclone("check", str(src), "hw:rc-sigv2/t", *v2)
+    cluster.rclone("copyto", f"hw:rc-sigv2/t/{BIG}", "hw:rc-sigv2/c.bin", "--s3-copy-cutoff", "5M", *v2)
+    assert s3.get_object(Bucket="rc-sigv2", Key="c.bin")["Body"].read() == files[BIG]
+    assert cluster.rclone("cat", "hw:rc-sigv2/t/a.txt", "--offset", "1", "--count", "3", *v2).stdout == b"lph"
+    cluster.rclone("purge", "hw:rc-sigv2", *v2)
