@@ -15,7 +15,7 @@ from ..datapath import LayoutWriter, read_layout
 from ..errors import s3_error
 from ..metadata.errors import NOT_STORED, ConditionFailed, InvalidKey, MetadataError
 from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
-from ..s3 import conditions, names, ranges, xmlio
+from ..s3 import conditions, encryption, names, ranges, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
 from .buckets import check_owned, no_such_bucket, owned_bucket, still_there, xml_response
@@ -243,6 +243,7 @@ async def _read_target(store: Store, call: Call) -> ObjectRecord:
     rec = ObjectRecord.from_value(entry.value) if entry else None
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)
+    encryption.check_key_for(call.request.headers)
     conditions.check_get_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
     return rec
 
@@ -381,6 +382,7 @@ async def copy_source(store: Store, call: Call) -> ObjectRecord:
     rec = await get_record(store, bucket, key)
     if rec is None:
         raise s3e.NoSuchKey(Key=key)
+    encryption.check_key_for(call.request.headers, copy_source=True)
     conditions.check_copy_source_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
     return rec
 

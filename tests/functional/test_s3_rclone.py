@@ -238,3 +238,39 @@ def test_rclone_sigv2_multipart(cluster, s3, tree):
     assert s3.get_object(Bucket="rc-sigv2", Key="c.bin")["Body"].read() == files[BIG]
     assert cluster.rclone("cat", "hw:rc-sigv2/t/a.txt", "--offset", "1", "--count", "3", *v2).stdout == b"lph"
     cluster.rclone("purge", "hw:rc-sigv2", *v2)
+
+
+SSE_C = ("--s3-sse-customer-algorithm", "AES256", "--s3-sse-customer-key", "0123456789abcdef0123456789abcdef")
+
+
+def test_rclone_sse_c_is_refused_not_stored_in_the_clear(cluster, s3, tree):
+    """The gateway cannot encrypt with a customer's key. As on an S3 bucket where SSE-C is
+    blocked (every new bucket since April 2026), an SSE-C write is 403 AccessDenied and stores
+    nothing; a key given to read a plain object is 400 InvalidRequest."""
+    src, files = tree
+    cluster.rclone("copy", str(src), "hw:rc-sse-c/plain", *MULTIPART)
+    for rel in ("a.txt", BIG):
+        res = cluster.rclone("copyto", str(src / rel), f"hw:rc-sse-c/secret/{rel}", *MULTIPART, *SSE_C, check=False)
+        assert res.returncode != 0 and b"AccessDenied" in res.stderr, res.stderr.decode()
+    assert keys(s3, "rc-sse-c", "secret/") == {}
+    res = cluster.rclone("cat", "hw:rc-sse-c/plain/a.txt", *SSE_C, check=False)
+    assert res.returncode != 0 and res.stdout == b"", res.stderr.decode()
+    assert b"InvalidRequest" in res.stderr or b"400" in res.stderr, res.stderr.decode()
+    # a server-side copy naming the source's key: the source is not encrypted with it
+    res = cluster.rclone("copyto", "hw:rc-sse-c/plain/a.txt", "hw:rc-sse-c/c.txt", *SSE_C, check=False)
+    assert res.returncode != 0 and b"400" in res.stderr, res.stderr.decode()
+    assert keys(s3, "rc-sse-c") == {f"plain/{k}": len(v) for k, v in files.items()}
+
+
+def test_rclone_storage_class(cluster, s3, tree):
+    """A storage class of S3's list is accepted (and kept as every object is, STANDARD); a name
+    S3 does not have is 400 InvalidStorageClass and stores nothing."""
+    src, files = tree
+    cluster.rclone("copy", str(src), "hw:rc-class/ia", *MULTIPART, "--s3-storage-class", "STANDARD_IA")
+    assert keys(s3, "rc-class") == {f"ia/{k}": len(v) for k, v in files.items()}
+    assert s3.head_object(Bucket="rc-class", Key=f"ia/{BIG}").get("StorageClass", "STANDARD") == "STANDARD"
+    for rel in ("a.txt", BIG):
+        res = cluster.rclone("copyto", str(src / rel), f"hw:rc-class/bogus/{rel}", *MULTIPART,
+                             "--s3-storage-class", "BOGUS", check=False)
+        assert res.returncode != 0 and b"InvalidStorageClass" in res.stderr, res.stderr.decode()
+    assert keys(s3, "rc-class", "bogus/") == {}

@@ -1,0 +1,50 @@
+"""SSE-C headers (``objstore/s3/encryption.py``) and ``x-amz-storage-class``
+(``objstore/s3/storageclass.py``): what S3 answers to writes and reads that name them."""
+
+from __future__ import annotations
+
+import pytest
+from headwater.objstore.s3 import errors as e
+from headwater.objstore.s3.encryption import check_key_for, check_write
+from headwater.objstore.s3.storageclass import check_storage_class
+
+from headwater.http.types import Headers
+
+SSE_C = [("x-amz-server-side-encryption-customer-algorithm", "AES256"),
+         ("x-amz-server-side-encryption-customer-key", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+         ("x-amz-server-side-encryption-customer-key-md5", "ZGVhZGJlZWZkZWFkYmVlZg==")]
+COPY_SSE_C = [(name.replace("x-amz-", "x-amz-copy-source-", 1), v) for name, v in SSE_C]
+
+
+@pytest.mark.parametrize("operation", ["PutObject", "CopyObject", "CreateMultipartUpload"])
+def test_sse_c_writes_are_access_denied(operation):
+    for one in SSE_C:  # any one of the three names the encryption
+        with pytest.raises(e.AccessDenied, match="SSE-C"):
+            check_write(operation, Headers([one]))
+    check_write(operation, Headers([("x-amz-server-side-encryption", "AES256")]))  # SSE-S3: not refused
+    check_write(operation, Headers(COPY_SSE_C))  # the source's key is the read side's business
+
+
+@pytest.mark.parametrize("operation", ["GetObject", "HeadObject", "UploadPart", "UploadPartCopy", "DeleteObject"])
+def test_other_operations_are_not_writes(operation):
+    check_write(operation, Headers(SSE_C))
+
+
+def test_a_key_for_an_object_not_encrypted_with_one():
+    with pytest.raises(e.InvalidRequest, match="not applicable to this object"):
+        check_key_for(Headers(SSE_C))
+    check_key_for(Headers([("range", "bytes=0-1")]))
+    check_key_for(Headers(SSE_C), copy_source=True)  # the destination's key, not the source's
+    with pytest.raises(e.InvalidRequest, match="not applicable to this object"):
+        check_key_for(Headers(COPY_SSE_C), copy_source=True)
+
+
+def test_storage_class():
+    for name in ("STANDARD", "STANDARD_IA", "GLACIER", "INTELLIGENT_TIERING", "REDUCED_REDUNDANCY"):
+        check_storage_class("PutObject", Headers([("x-amz-storage-class", name)]))
+    for operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
+        with pytest.raises(e.InvalidStorageClass) as info:
+            check_storage_class(operation, Headers([("x-amz-storage-class", "BOGUS")]))
+        assert info.value.http_status == 400 and info.value.extra == {"StorageClassRequested": "BOGUS"}
+    check_storage_class("PutObject", Headers([]))
+    check_storage_class("GetObject", Headers([("x-amz-storage-class", "BOGUS")]))  # only writes name one
