@@ -297,3 +297,24 @@ def test_rclone_crypt_remote_over_the_gateway(cluster, s3, tree):
     assert set(cluster.rclone("lsf", "-R", "--files-only", "sec:", env=crypt).stdout.decode().splitlines()) == set(files)
     assert cluster.rclone("cat", f"sec:{BIG}", "--offset", str(6 * MiB), "--count", "100", env=crypt).stdout == \
         files[BIG][6 * MiB:6 * MiB + 100]
+
+
+def test_rclone_acls(cluster, s3, tree):
+    """Objects are their owner's alone. ``acl = private`` (common in rclone configs, sent on
+    CreateBucket and every write) is what is stored anyway and works; an ACL granting anyone
+    else is refused as on an S3 bucket with ACLs disabled, and nothing is stored."""
+    src, files = tree
+    private = {"RCLONE_CONFIG_HW_ACL": "private", "RCLONE_CONFIG_HW_BUCKET_ACL": "private"}
+    cluster.rclone("copy", str(src), "hw:rc-acl/p", *MULTIPART, env=private)
+    assert keys(s3, "rc-acl") == {f"p/{k}": len(v) for k, v in files.items()}
+    cluster.rclone("copyto", "hw:rc-acl/p/a.txt", "hw:rc-acl/p/a2.txt", "--s3-acl", "bucket-owner-full-control")
+    for rel in ("a.txt", BIG):
+        res = cluster.rclone("copyto", str(src / rel), f"hw:rc-acl/pub/{rel}", *MULTIPART, "--s3-acl", "public-read",
+                             check=False)
+        assert res.returncode != 0 and b"AccessControlListNotSupported" in res.stderr, res.stderr.decode()
+    res = cluster.rclone("copyto", "hw:rc-acl/p/a.txt", "hw:rc-acl/pub/a.txt", "--s3-acl", "public-read", check=False)
+    assert res.returncode != 0 and b"AccessControlListNotSupported" in res.stderr, res.stderr.decode()
+    assert keys(s3, "rc-acl", "pub/") == {}
+    res = cluster.rclone("mkdir", "hw:rc-acl-public", "--s3-bucket-acl", "public-read", check=False)
+    assert res.returncode != 0 and b"InvalidBucketAclWithObjectOwnership" in res.stderr, res.stderr.decode()
+    assert client_error_of(lambda: s3.head_bucket(Bucket="rc-acl-public"))[0] == 404

@@ -1,5 +1,5 @@
-"""SSE-C headers (``objstore/s3/encryption.py``) and ``x-amz-storage-class``
-(``objstore/s3/storageclass.py``): what S3 answers to writes and reads that name them."""
+"""Headers a write names that the store cannot keep: SSE-C (``objstore/s3/encryption.py``),
+``x-amz-storage-class`` (``storageclass.py``) and ACLs (``acl.py``), answered as S3 answers them."""
 
 from __future__ import annotations
 
@@ -48,3 +48,26 @@ def test_storage_class():
         assert info.value.http_status == 400 and info.value.extra == {"StorageClassRequested": "BOGUS"}
     check_storage_class("PutObject", Headers([]))
     check_storage_class("GetObject", Headers([("x-amz-storage-class", "BOGUS")]))  # only writes name one
+
+
+def test_acls_that_grant_only_the_owner_pass_others_are_refused():
+    from headwater.objstore.s3.acl import bucket_acl_error, check_acl
+
+    for operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
+        for canned in ("private", "bucket-owner-full-control", "bucket-owner-read"):
+            check_acl(operation, Headers([("x-amz-acl", canned)]))
+        for canned in ("public-read", "public-read-write", "authenticated-read", "aws-exec-read"):
+            with pytest.raises(e.AccessControlListNotSupported):
+                check_acl(operation, Headers([("x-amz-acl", canned)]))
+        with pytest.raises(e.AccessControlListNotSupported):
+            check_acl(operation, Headers([("x-amz-grant-read", 'uri="http://acs.amazonaws.com/groups/global/AllUsers"')]))
+        with pytest.raises(e.InvalidArgument):
+            check_acl(operation, Headers([("x-amz-acl", "everyone")]))
+    assert bucket_acl_error(Headers([("x-amz-acl", "private")])) is None
+    assert bucket_acl_error(Headers([])) is None
+    for canned in ("public-read", "bucket-owner-full-control", "log-delivery-write"):
+        assert isinstance(bucket_acl_error(Headers([("x-amz-acl", canned)])), e.InvalidBucketAclWithObjectOwnership)
+    assert isinstance(bucket_acl_error(Headers([("x-amz-grant-full-control", "id=x")])),
+                      e.InvalidBucketAclWithObjectOwnership)
+    check_acl("CreateBucket", Headers([("x-amz-acl", "public-read")]))  # judged by create_bucket itself
+    check_acl("GetObject", Headers([("x-amz-acl", "public-read")]))  # only writes carry one
