@@ -15,17 +15,19 @@ since April 2026, when it blocked SSE-C for every new general purpose bucket (th
   given for an object not encrypted with it 400 InvalidRequest, "The encryption parameters are
   not applicable to this object."
 
-SSE-S3 and SSE-KMS (``x-amz-server-side-encryption``) are not refused here; docs/s3-compat.md says
-what the gateway does with them.
+SSE-S3 and SSE-KMS (``x-amz-server-side-encryption`` AES256, aws:kms, aws:kms:dsse) are not
+refused; docs/s3-compat.md says what the gateway does with them. Any other value is S3's 400
+InvalidArgument, "The encryption method specified is not supported".
 """
 
 from __future__ import annotations
 
 from headwater.http.types import Headers
 
-from .errors import AccessDenied, InvalidRequest
+from .errors import AccessDenied, InvalidArgument, InvalidRequest
 
-__all__ = ["SSE_C_PREFIX", "COPY_SOURCE_SSE_C_PREFIX", "NOT_APPLICABLE", "check_write", "check_key_for"]
+__all__ = ["SSE_C_PREFIX", "COPY_SOURCE_SSE_C_PREFIX", "NOT_APPLICABLE", "SSE_METHODS", "check_write",
+           "check_key_for"]
 
 SSE_C_PREFIX = "x-amz-server-side-encryption-customer-"
 COPY_SOURCE_SSE_C_PREFIX = "x-amz-copy-source-server-side-encryption-customer-"
@@ -35,16 +37,26 @@ _WRITES = frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"})
 
 NOT_APPLICABLE = "The encryption parameters are not applicable to this object."
 
+#: The values of x-amz-server-side-encryption S3 knows (SSE-S3, SSE-KMS, DSSE-KMS).
+SSE_METHODS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
+
 
 def _names(headers: Headers, prefix: str) -> bool:
     return any(name.lower().startswith(prefix) for name, _ in headers)
 
 
 def check_write(operation: str, headers: Headers) -> None:
-    """Raise AccessDenied when ``operation`` (the routed S3 operation's name) writes with SSE-C."""
-    if operation in _WRITES and _names(headers, SSE_C_PREFIX):
+    """Raise AccessDenied when ``operation`` (the routed S3 operation's name) writes with SSE-C,
+    and S3's InvalidArgument for an ``x-amz-server-side-encryption`` that names no method S3 has."""
+    if operation not in _WRITES:
+        return
+    if _names(headers, SSE_C_PREFIX):
         raise AccessDenied("Server-side encryption with customer-provided keys (SSE-C) is blocked for this "
                            "bucket: this store does not encrypt objects with a customer's key.")
+    method = headers.get("x-amz-server-side-encryption")
+    if method is not None and method.strip() not in SSE_METHODS:
+        raise InvalidArgument("The encryption method specified is not supported",
+                              ArgumentName="x-amz-server-side-encryption", ArgumentValue=method.strip())
 
 
 def check_key_for(headers: Headers, *, copy_source: bool = False) -> None:

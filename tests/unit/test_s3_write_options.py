@@ -21,7 +21,11 @@ def test_sse_c_writes_are_access_denied(operation):
     for one in SSE_C:  # any one of the three names the encryption
         with pytest.raises(e.AccessDenied, match="SSE-C"):
             check_write(operation, Headers([one]))
-    check_write(operation, Headers([("x-amz-server-side-encryption", "AES256")]))  # SSE-S3: not refused
+    for method in ("AES256", "aws:kms", "aws:kms:dsse"):  # SSE-S3, SSE-KMS: not refused
+        check_write(operation, Headers([("x-amz-server-side-encryption", method)]))
+    with pytest.raises(e.InvalidArgument, match="encryption method specified is not supported") as info:
+        check_write(operation, Headers([("x-amz-server-side-encryption", "aes256")]))
+    assert info.value.extra == {"ArgumentName": "x-amz-server-side-encryption", "ArgumentValue": "aes256"}
     check_write(operation, Headers(COPY_SSE_C))  # the source's key is the read side's business
 
 
