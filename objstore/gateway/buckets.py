@@ -16,7 +16,7 @@ from headwater.http.types import Response
 from ..metadata.errors import ConditionFailed
 from ..records import BUCKETS_NS, BucketRecord, ObjectRecord, objects_ns, uploads_ns
 from ..s3 import errors as s3e
-from ..s3 import acl, names, xmlio
+from ..s3 import acl, names, objectlock, xmlio
 from .context import Call, Store
 from .listing import list_page
 from .payload import Payload
@@ -83,9 +83,9 @@ async def create_bucket(store: Store, call: Call) -> Response:
         if location and location != region:
             raise s3e.InvalidLocationConstraint(
                 f"this endpoint serves region {region}, not {location}")
-    refused = acl.bucket_acl_error(call.request.headers)
+    refused = acl.bucket_acl_error(call.request.headers) or objectlock.bucket_lock_error(call.request.headers)
     if refused is not None:
-        # Refused only for a bucket it would make: the name is judged first.
+        # Refused only for a bucket it would make (an ACL, Object Lock): the name is judged first.
         entry = await store.meta.get(BUCKETS_NS, call.bucket)
         if entry is None:
             raise refused

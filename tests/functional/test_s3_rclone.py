@@ -323,3 +323,25 @@ def test_rclone_acls(cluster, s3, tree):
     res = cluster.rclone("mkdir", "hw:rc-acl-public", "--s3-bucket-acl", "public-read", check=False)
     assert res.returncode != 0 and b"InvalidBucketAclWithObjectOwnership" in res.stderr, res.stderr.decode()
     assert client_error_of(lambda: s3.head_bucket(Bucket="rc-acl-public"))[0] == 404
+
+
+def test_rclone_object_lock_is_refused_not_ignored(cluster, s3, tree):
+    """No Object Lock here. A locked upload fails as on an S3 bucket without an Object Lock
+    configuration (InvalidRequest), instead of being stored deletable while rclone reports it
+    locked; a bucket asked to have Object Lock is not made (NotImplemented)."""
+    src, files = tree
+    cluster.rclone("mkdir", "hw:rc-lock")
+    lock = ("--s3-object-lock-mode", "COMPLIANCE", "--s3-object-lock-retain-until-date", "2030-01-01T00:00:00Z")
+    for rel in ("a.txt", BIG):
+        res = cluster.rclone("copyto", str(src / rel), f"hw:rc-lock/{rel}", *MULTIPART, *lock, check=False)
+        assert res.returncode != 0 and b"Bucket is missing Object Lock Configuration" in res.stderr, res.stderr.decode()
+    res = cluster.rclone("copyto", str(src / "a.txt"), "hw:rc-lock/held.txt", "--s3-object-lock-legal-hold-status", "ON",
+                         check=False)
+    assert res.returncode != 0 and b"InvalidRequest" in res.stderr, res.stderr.decode()
+    assert keys(s3, "rc-lock") == {}
+    res = cluster.rclone("mkdir", "hw:rc-lock-new", "--s3-bucket-object-lock-enabled", check=False)
+    assert res.returncode != 0 and b"NotImplemented" in res.stderr, res.stderr.decode()
+    assert client_error_of(lambda: s3.head_bucket(Bucket="rc-lock-new"))[0] == 404
+    # the flag on a copy into a bucket that exists changes nothing there (the name is judged first)
+    cluster.rclone("copyto", str(src / "a.txt"), "hw:rc-lock/plain.txt", "--s3-bucket-object-lock-enabled")
+    assert keys(s3, "rc-lock") == {"plain.txt": len(files["a.txt"])}

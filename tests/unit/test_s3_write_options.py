@@ -1,5 +1,6 @@
 """Headers a write names that the store cannot keep: SSE-C (``objstore/s3/encryption.py``),
-``x-amz-storage-class`` (``storageclass.py``) and ACLs (``acl.py``), answered as S3 answers them."""
+``x-amz-storage-class`` (``storageclass.py``), ACLs (``acl.py``) and Object Lock (``objectlock.py``),
+answered as S3 answers them."""
 
 from __future__ import annotations
 
@@ -75,3 +76,19 @@ def test_acls_that_grant_only_the_owner_pass_others_are_refused():
                       e.InvalidBucketAclWithObjectOwnership)
     check_acl("CreateBucket", Headers([("x-amz-acl", "public-read")]))  # judged by create_bucket itself
     check_acl("GetObject", Headers([("x-amz-acl", "public-read")]))  # only writes carry one
+
+
+def test_object_lock_headers():
+    from headwater.objstore.s3.objectlock import bucket_lock_error, check_object_lock
+
+    for operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
+        for one in (("x-amz-object-lock-mode", "GOVERNANCE"), ("x-amz-object-lock-retain-until-date", "2030-01-01T00:00:00Z"),
+                    ("x-amz-object-lock-legal-hold", "ON")):
+            with pytest.raises(e.InvalidRequest, match="missing Object Lock Configuration"):
+                check_object_lock(operation, Headers([one]))
+        check_object_lock(operation, Headers([("x-amz-meta-lock", "no")]))
+    check_object_lock("GetObject", Headers([("x-amz-object-lock-mode", "GOVERNANCE")]))
+    err = bucket_lock_error(Headers([("x-amz-bucket-object-lock-enabled", "True")]))
+    assert isinstance(err, e.NotImplemented) and err.http_status == 501
+    assert bucket_lock_error(Headers([("x-amz-bucket-object-lock-enabled", "false")])) is None
+    assert bucket_lock_error(Headers([])) is None
