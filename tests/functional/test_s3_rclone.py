@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import client_error
+from tests.cluster import Cluster, client_error
 
 MiB = 1024 * 1024
 
@@ -345,3 +345,38 @@ def test_rclone_object_lock_is_refused_not_ignored(cluster, s3, tree):
     # the flag on a copy into a bucket that exists changes nothing there (the name is judged first)
     cluster.rclone("copyto", str(src / "a.txt"), "hw:rc-lock/plain.txt", "--s3-bucket-object-lock-enabled")
     assert keys(s3, "rc-lock") == {"plain.txt": len(files["a.txt"])}
+
+
+@pytest.fixture
+def tls_cluster(tmp_path_factory):
+    """A second, TLS cluster (the module's is plain HTTP): rclone's Go client then speaks HTTP/2,
+    negotiated by ALPN, which no other client of these tests does over many streams at once."""
+    c = Cluster(tmp_path_factory.mktemp("rclone-tls"), tls=True, **CLUSTER_OPTIONS)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_rclone_over_tls_speaks_http2(tls_cluster, tree, tmp_path):
+    src, files = tree
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(60):
+        (many / f"f{i:02}.txt").write_bytes(f"file {i}\n".encode())
+    c = tls_cluster
+    res = c.rclone("copy", str(src), "hw:rc-h2/t", *MULTIPART, "--dump", "headers")
+    assert b"HTTP/2.0 200 OK" in res.stderr and b"HTTP/1.1 200 OK" not in res.stderr
+    c.rclone("copy", str(many), "hw:rc-h2/many", "--transfers", "16", "--checkers", "16")
+    res = c.rclone("check", str(src), "hw:rc-h2/t")
+    assert b"0 differences found" in res.stderr and f"{len(files)} matching files".encode() in res.stderr
+    res = c.rclone("check", str(many), "hw:rc-h2/many", "--checkers", "16")
+    assert b"60 matching files" in res.stderr
+    c.rclone("copyto", f"hw:rc-h2/t/{BIG}", "hw:rc-h2/c.bin", "--s3-copy-cutoff", "5M")
+    assert c.rclone("cat", "hw:rc-h2/c.bin", "--offset", str(7 * MiB), "--count", "99").stdout == \
+        files[BIG][7 * MiB:7 * MiB + 99]
+    down = tmp_path / "down"
+    c.rclone("copy", "hw:rc-h2/t", str(down), "--multi-thread-cutoff", "1M", "--multi-thread-streams", "4")
+    assert all((down / rel).read_bytes() == body for rel, body in files.items())
+    c.rclone("purge", "hw:rc-h2")
