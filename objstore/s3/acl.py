@@ -9,9 +9,11 @@ Object Ownership", AccessControlListNotSupported). So does the gateway: an uploa
 
 - PutObject, CopyObject, CreateMultipartUpload: a canned ACL that grants only the owner
   (``private``, ``bucket-owner-full-control``, ``bucket-owner-read``: the writer owns the bucket)
-  is accepted, it being what is stored anyway (rclone's ``acl = private`` sends one on every
-  write); any other canned ACL or any ``x-amz-grant-*`` header is 400
-  AccessControlListNotSupported.
+  is accepted, it being what is stored anyway; any other canned ACL or any ``x-amz-grant-*``
+  header is 400 AccessControlListNotSupported. An enforced S3 bucket takes only
+  ``bucket-owner-full-control``; ``private`` passes here too because rclone's common
+  ``acl = private`` sends it on CreateBucket and every write, and S3 makes a bucket created with
+  ``x-amz-acl: private`` one whose ACLs are enabled ("bucket owner preferred"), where it passes.
 - CreateBucket: ``private`` is accepted (S3 accepts it too; rclone sends its ``acl`` on
   CreateBucket unless ``bucket_acl`` says otherwise); another canned ACL or a grant is 400
   InvalidBucketAclWithObjectOwnership for a bucket that would be made. The name is judged first:
