@@ -66,6 +66,13 @@ def keys(s3, bucket: str, prefix: str = "") -> dict[str, int]:
     return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
+def client_error_of(call) -> tuple[int, str]:
+    """(status, code) of the boto3 call's ClientError."""
+    with pytest.raises(Exception) as info:
+        call()
+    return client_error(info.value)
+
+
 def md5_b64(body: bytes) -> str:
     return base64.b64encode(hashlib.md5(body).digest()).decode()
 
@@ -157,12 +164,6 @@ def test_rclone_server_side_copy_and_move(cluster, s3, tree):
     cluster.rclone("moveto", f"hw:rc-server-copy/c/big.bin", "hw:rc-server-copy/moved/big.bin", "--s3-copy-cutoff", "5M")
     assert set(keys(s3, "rc-server-copy", "moved/")) == {"moved/\u00e9+.txt", "moved/big.bin"}
     assert "c/big.bin" not in keys(s3, "rc-server-copy")
-
-
-def client_error_of(call) -> tuple[int, str]:
-    with pytest.raises(Exception) as info:
-        call()
-    return client_error(info.value)
 
 
 def test_rclone_cat_ranges_rcat_touch_metadata(cluster, s3, tree, tmp_path):
