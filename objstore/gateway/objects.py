@@ -387,6 +387,17 @@ async def copy_source(store: Store, call: Call) -> ObjectRecord:
     return rec
 
 
+def _changes_in_place(call: Call) -> bool:
+    """Whether a copy of an object onto itself that keeps its metadata changes what S3 counts:
+    its storage class (every object here is STANDARD, whatever a write named), its encryption
+    or its website redirect. S3 accepts such a copy (how ``aws s3 cp --storage-class`` and
+    rclone's ``settier`` change a class in place); the attributes are accepted and not kept here,
+    as on any write (docs/s3-compat.md)."""
+    storage_class = (call.header("x-amz-storage-class") or "STANDARD").strip()
+    return (storage_class != "STANDARD" or call.header("x-amz-server-side-encryption") is not None
+            or call.header("x-amz-website-redirect-location") is not None)
+
+
 async def copy_object(store: Store, call: Call) -> Response:
     sent_at = store.buckets.now()
     bucket_rec = await owned_bucket(store, call)
@@ -398,7 +409,7 @@ async def copy_object(store: Store, call: Call) -> Response:
         raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive",
                                   ArgumentValue=directive)
     src_bucket, src_key = parse_copy_source(call.header("x-amz-copy-source") or "")
-    if (src_bucket, src_key) == (call.bucket, call.key) and directive == "COPY":
+    if (src_bucket, src_key) == (call.bucket, call.key) and directive == "COPY" and not _changes_in_place(call):
         raise s3e.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself without changing "
             "the object's metadata, storage class, website redirect location or encryption attributes.")

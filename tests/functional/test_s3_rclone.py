@@ -381,3 +381,18 @@ def test_rclone_over_tls_speaks_http2(tls_cluster, tree, tmp_path):
     c.rclone("copy", "hw:rc-h2/t", str(down), "--multi-thread-cutoff", "1M", "--multi-thread-streams", "4")
     assert all((down / rel).read_bytes() == body for rel, body in files.items())
     c.rclone("purge", "hw:rc-h2")
+
+
+def test_rclone_settier_copies_in_place(cluster, s3):
+    """rclone's settier (provider AWS) copies an object onto itself, metadata kept, with a new
+    x-amz-storage-class: S3 accepts a copy in place that changes the storage class. The object is
+    left as it was (one storage class here); a copy in place that changes nothing is refused."""
+    s3.create_bucket(Bucket="rc-tier")
+    s3.put_object(Bucket="rc-tier", Key="k.txt", Body=b"tiered", Metadata={"mtime": "1577934245"})
+    cluster.rclone("settier", "STANDARD_IA", "hw:rc-tier/k.txt", env={"RCLONE_CONFIG_HW_PROVIDER": "AWS"})
+    got = s3.get_object(Bucket="rc-tier", Key="k.txt")
+    assert got["Body"].read() == b"tiered" and got["Metadata"] == {"mtime": "1577934245"}
+    s3.copy_object(Bucket="rc-tier", Key="k.txt", CopySource="rc-tier/k.txt", ServerSideEncryption="AES256")
+    with pytest.raises(Exception) as info:
+        s3.copy_object(Bucket="rc-tier", Key="k.txt", CopySource="rc-tier/k.txt", StorageClass="STANDARD")
+    assert client_error(info.value) == (400, "InvalidRequest")
