@@ -277,6 +277,7 @@ async def upload_part_copy(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     number = _part_number(call)
     await _upload(store, call, open_only=True)
+    encryption.check_key_for(call.request.headers)  # no upload is begun with SSE-C
     src = await copy_source(store, call)
     start, end = 0, src.size
     raw_range = call.header("x-amz-copy-source-range")

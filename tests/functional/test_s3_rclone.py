@@ -396,3 +396,22 @@ def test_rclone_settier_copies_in_place(cluster, s3):
     with pytest.raises(Exception) as info:
         s3.copy_object(Bucket="rc-tier", Key="k.txt", CopySource="rc-tier/k.txt", StorageClass="STANDARD")
     assert client_error(info.value) == (400, "InvalidRequest")
+
+
+def test_sse_c_keys_on_parts_and_reads_boto3(cluster, s3):
+    """The SSE-C refusals where rclone cannot reach them: a part (uploaded or copied) naming a
+    key for an upload not begun with one, and a HEAD or GET naming one (400), while a missing
+    object is still 404."""
+    key = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "0123456789abcdef0123456789abcdef"}
+    s3.create_bucket(Bucket="rc-sse-c-parts")
+    s3.put_object(Bucket="rc-sse-c-parts", Key="plain", Body=b"x" * 100)
+    uid = s3.create_multipart_upload(Bucket="rc-sse-c-parts", Key="mp")["UploadId"]
+    for call, args in ((s3.upload_part, dict(Body=b"part")),
+                       (s3.upload_part_copy, dict(CopySource="rc-sse-c-parts/plain"))):
+        with pytest.raises(Exception) as info:
+            call(Bucket="rc-sse-c-parts", Key="mp", UploadId=uid, PartNumber=1, **args, **key)
+        assert client_error(info.value) == (400, "InvalidRequest")
+    assert s3.list_parts(Bucket="rc-sse-c-parts", Key="mp", UploadId=uid).get("Parts", []) == []
+    for call in (s3.head_object, s3.get_object):
+        assert client_error_of(lambda: call(Bucket="rc-sse-c-parts", Key="plain", **key))[0] == 400
+        assert client_error_of(lambda: call(Bucket="rc-sse-c-parts", Key="missing", **key))[0] == 404
