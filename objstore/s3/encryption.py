@@ -10,8 +10,8 @@ since April 2026, when it blocked SSE-C for every new general purpose bucket (th
 - PutObject, CopyObject and CreateMultipartUpload with ``x-amz-server-side-encryption-customer-*``
   headers: 403 AccessDenied;
 - a read or part upload naming an SSE-C key (``x-amz-server-side-encryption-customer-*`` on
-  GetObject, HeadObject, UploadPart or UploadPartCopy, ``x-amz-copy-source-server-side-encryption-
-  customer-*`` on CopyObject or UploadPartCopy): no object here is encrypted with one, and S3 answers a key
+  GetObject, HeadObject, UploadPart or UploadPartCopy; the ``x-amz-copy-source-`` form of them
+  on CopyObject or UploadPartCopy): no object here is encrypted with one, and S3 answers a key
   given for an object not encrypted with it 400 InvalidRequest, "The encryption parameters are
   not applicable to this object."
 
