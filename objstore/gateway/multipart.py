@@ -35,7 +35,7 @@ from ..records import (
     upload_key,
     uploads_ns,
 )
-from ..s3 import checksums, names, xmlio
+from ..s3 import checksums, encryption, names, xmlio
 from ..s3 import errors as s3e
 from .buckets import int_param, no_such_bucket, owned_bucket, still_there, xml_response
 from .context import Call, Store
@@ -251,6 +251,7 @@ async def upload_part(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     number = _part_number(call)
     upload = await _upload(store, call, open_only=True)
+    encryption.check_key_for(call.request.headers)  # no upload is begun with SSE-C
     payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
     if upload.checksum_algorithm and payload.algorithm is None:
         payload.algorithm = upload.checksum_algorithm
@@ -276,6 +277,7 @@ async def upload_part_copy(store: Store, call: Call) -> Response:
     await owned_bucket(store, call)
     number = _part_number(call)
     await _upload(store, call, open_only=True)
+    encryption.check_key_for(call.request.headers)  # no upload is begun with SSE-C
     src = await copy_source(store, call)
     start, end = 0, src.size
     raw_range = call.header("x-amz-copy-source-range")

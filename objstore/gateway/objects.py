@@ -15,7 +15,7 @@ from ..datapath import LayoutWriter, read_layout
 from ..errors import s3_error
 from ..metadata.errors import NOT_STORED, ConditionFailed, InvalidKey, MetadataError
 from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
-from ..s3 import conditions, names, ranges, xmlio
+from ..s3 import conditions, encryption, names, ranges, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
 from .buckets import check_owned, no_such_bucket, owned_bucket, still_there, xml_response
@@ -62,23 +62,8 @@ async def store_body(store: Store, scheme: ErasureScheme, chunks: AsyncIterator[
         return None, await writer.finish()
 
 
-#: The headers that ask for an object's retention or legal hold (S3 Object Lock).
-OBJECT_LOCK_HEADERS = ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date",
-                       "x-amz-object-lock-legal-hold")
-
-
-def refuse_object_lock(h: Headers) -> None:
-    """No bucket here has Object Lock: a write asking for retention or a legal hold is refused
-    as S3 refuses it on such a bucket, rather than stored without the protection it asked for."""
-    for name in OBJECT_LOCK_HEADERS:
-        if name in h:
-            raise s3e.InvalidRequest("Bucket is missing Object Lock Configuration")
-
-
 def standard_headers(h: Headers) -> tuple[str, dict[str, str], dict[str, str]]:
-    """Content-Type, the other standard headers, and x-amz-meta-* from a request (which must not
-    ask for Object Lock: :func:`refuse_object_lock`)."""
-    refuse_object_lock(h)
+    """Content-Type, the other standard headers, and x-amz-meta-* from a request."""
     std = names.extract_standard_headers(h)
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     return content_type, std, names.extract_metadata(h)
@@ -267,6 +252,7 @@ async def _read_target(store: Store, call: Call) -> ObjectRecord:
     rec = ObjectRecord.from_value(entry.value) if entry else None
     if rec is None:
         raise s3e.NoSuchKey(Key=call.key)
+    encryption.check_key_for(call.request.headers)
     conditions.check_get_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
     return rec
 
@@ -423,8 +409,20 @@ async def copy_source(store: Store, call: Call) -> ObjectRecord:
     rec = await get_record(store, bucket, key)
     if rec is None:
         raise s3e.NoSuchKey(Key=key)
+    encryption.check_key_for(call.request.headers, copy_source=True)
     conditions.check_copy_source_preconditions(call.request.headers, etag=rec.etag, last_modified=rec.last_modified)
     return rec
+
+
+def _changes_in_place(call: Call) -> bool:
+    """Whether a copy of an object onto itself that keeps its metadata changes what S3 counts:
+    its storage class (every object here is STANDARD, whatever a write named), its encryption
+    or its website redirect. S3 accepts such a copy (how ``aws s3 cp --storage-class`` and
+    rclone's ``settier`` change a class in place); the attributes are accepted and not kept here,
+    as on any write (docs/s3-compat.md)."""
+    storage_class = (call.header("x-amz-storage-class") or "STANDARD").strip()
+    return (storage_class != "STANDARD" or call.header("x-amz-server-side-encryption") is not None
+            or call.header("x-amz-website-redirect-location") is not None)
 
 
 async def copy_object(store: Store, call: Call) -> Response:
@@ -432,14 +430,13 @@ async def copy_object(store: Store, call: Call) -> Response:
     bucket_rec = await owned_bucket(store, call)
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
-    refuse_object_lock(call.request.headers)
     src = await copy_source(store, call)
     directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive",
                                   ArgumentValue=directive)
     src_bucket, src_key = parse_copy_source(call.header("x-amz-copy-source") or "")
-    if (src_bucket, src_key) == (call.bucket, call.key) and directive == "COPY":
+    if (src_bucket, src_key) == (call.bucket, call.key) and directive == "COPY" and not _changes_in_place(call):
         raise s3e.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself without changing "
             "the object's metadata, storage class, website redirect location or encryption attributes.")

@@ -21,10 +21,10 @@ from headwater.http.types import Headers, Request, Response
 from ..config import user_by_access_key
 from ..records import ObjectRecord
 from ..s3 import errors as s3e
-from ..s3 import formdata, names, postpolicy, xmlio
+from ..s3 import formdata, names, objectlock, postpolicy, xmlio
 from .buckets import owned_bucket
 from .context import Call, Store
-from .objects import commit_object, refuse_object_lock, store_body
+from .objects import commit_object, store_body
 
 __all__ = ["is_post_form", "post_object"]
 
@@ -155,7 +155,7 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     bucket_rec = await owned_bucket(store, call)
     # The form's fields stand for the headers a PutObject would carry.
     as_headers = Headers((name, _wire(value)) for name, value in fields.items())
-    refuse_object_lock(as_headers)
+    objectlock.check_object_lock("PostObject", as_headers)
     std = names.extract_standard_headers(as_headers)
     # S3 takes the Content-Type field, not the file part's own header (which browsers fill in
     # from the file's extension): without the field, the object is binary/octet-stream.

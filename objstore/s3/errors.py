@@ -27,6 +27,7 @@ __all__ = [
     "InvalidToken", "ExpiredToken", "InvalidEncryptionAlgorithmError", "MaxMessageLengthExceeded",
     "UnexpectedContent", "InvalidTag", "IllegalVersioningConfigurationException",
     "RequestHeaderSectionTooLarge", "InvalidPolicyDocument", "UnresolvableGrantByEmailAddress",
+    "AccessControlListNotSupported", "InvalidBucketAclWithObjectOwnership",
     # 404
     "NoSuchBucket", "NoSuchKey", "NoSuchUpload", "NoSuchVersion", "NoSuchBucketPolicy",
     "NoSuchTagSet", "NoSuchCORSConfiguration", "NoSuchLifecycleConfiguration",
@@ -147,6 +148,9 @@ InvalidPolicyDocument = _error("InvalidPolicyDocument", 400,
                                "The content of the form does not meet the conditions specified in the policy document.")
 UnresolvableGrantByEmailAddress = _error("UnresolvableGrantByEmailAddress", 400,
                                          "The email address you provided does not match any account on record.")
+AccessControlListNotSupported = _error("AccessControlListNotSupported", 400, "The bucket does not allow ACLs")
+InvalidBucketAclWithObjectOwnership = _error("InvalidBucketAclWithObjectOwnership", 400,
+                                             "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting")
 
 NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist")
 NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")

@@ -86,25 +86,38 @@ def has_query_auth(raw_query: str) -> bool:
     return any(name in QUERY_AUTH_PARAMS for name, _ in _query_pieces(raw_query))
 
 
-def canonical_resource(raw_path: str, raw_query: str, *, host_bucket: str | None = None) -> bytes:
+def canonical_resource(raw_path: str, raw_query: str, *, host_bucket: str | None = None,
+                       empty_as_bare: bool = False) -> bytes:
     """``[/bucket]`` + the raw path + ``?sub&sub=value`` for the sub-resources present, sorted by
-    name, values %-decoded (as signers write them). ``host_bucket``: the bucket the Host named."""
+    name, values %-decoded (as signers write them). ``host_bucket``: the bucket the Host named.
+    ``empty_as_bare``: a sub-resource sent with an empty value (``uploads=``) is written as its
+    bare name (``uploads``), as the reference words it ("its value if it has one")."""
     path = raw_path or "/"
     res = _wire((f"/{host_bucket}" if host_bucket else "") + path)
     subs = sorted(((name, value) for name, value in _query_pieces(raw_query) if name in SUBRESOURCES),
                   key=lambda p: p[0])
     if subs:
-        res += b"?" + b"&".join(name.encode() + (b"=" + unquote(value).encode("utf-8") if value is not None else b"")
+        res += b"?" + b"&".join(name.encode() + (b"=" + unquote(value).encode("utf-8")
+                                                 if value is not None and not (empty_as_bare and not value) else b"")
                                 for name, value in subs)
     return res
 
 
 def _resources(raw_path: str, raw_query: str, host_bucket: str | None) -> list[bytes]:
     """The canonical resources a signer may have meant. A path-style bucket request is sent as
-    ``/bucket`` but botocore signs ``/bucket/`` (S3 accepts both): the second is tried too."""
-    out = [canonical_resource(raw_path, raw_query, host_bucket=host_bucket)]
+    ``/bucket`` but botocore signs ``/bucket/`` (S3 accepts both): the second is tried too. A
+    sub-resource sent with an empty value (``?uploads=``, as Go's url.Values writes every
+    parameter) is signed as ``uploads=`` by botocore but as a bare ``uploads`` by rclone's and
+    MinIO's SigV2 signers (Go cannot tell the two forms apart): both are tried."""
+    paths = [(raw_path, host_bucket)]
     if host_bucket is None and len(raw_path) > 1 and "/" not in raw_path[1:]:
-        out.append(canonical_resource(raw_path + "/", raw_query))
+        paths.append((raw_path + "/", None))
+    empty_sub = any(name in SUBRESOURCES and value == "" for name, value in _query_pieces(raw_query))
+    out = []
+    for path, bucket in paths:
+        out.append(canonical_resource(path, raw_query, host_bucket=bucket))
+        if empty_sub:
+            out.append(canonical_resource(path, raw_query, host_bucket=bucket, empty_as_bare=True))
     return out
 
 

@@ -223,3 +223,26 @@ def test_botocore_path_style_bucket_request_signs_a_trailing_slash():
     raw_path, query, h = _botocore("GET", "/bucket/key", auth_path="/bucket/key/")
     with pytest.raises(e.SignatureDoesNotMatch):  # only the bucket's own path gains the slash
         _verify("GET", raw_path, query, h, at(h["date"]))
+
+
+def test_empty_subresource_value_signed_bare_as_go_signers_do():
+    """rclone's ``--s3-v2-auth`` (and MinIO's SigV2 signer) send CreateMultipartUpload as
+    ``POST /bucket/k?uploads=`` (Go's url.Values writes every parameter with '=') and sign the
+    sub-resource bare, ``/bucket/k?uploads``: the reference adds "its value if it has one". That
+    verifies, and so does botocore's ``uploads=`` for the same query; a different resource does not."""
+    date = "Fri, 04 Dec 2026 16:33:45 UTC"
+    amz = "x-amz-meta-mtime:1796401991.90507655\n"
+    for resource in ("/bucket/k?uploads", "/bucket/k?uploads="):
+        sts = f"POST\n\napplication/octet-stream\n{date}\n{amz}{resource}".encode()
+        h = _headers("127.0.0.1:9000", {"Date": date, "Content-Type": "application/octet-stream",
+                                        "X-Amz-Meta-Mtime": "1796401991.90507655",
+                                        "Authorization": f"AWS {AK}:{sigv2.sign(SK, sts)}"})
+        assert _verify("POST", "/bucket/k", "uploads=", h, at(date)).version == 2
+        with pytest.raises(e.SignatureDoesNotMatch):
+            _verify("POST", "/bucket/k", "uploads=&uploadId=u1", h, at(date))
+    # a bare name signed for an upload ID with a value is still refused
+    sts = f"PUT\n\n\n{date}\n/bucket/k?partNumber=1&uploadId".encode()
+    h = _headers("127.0.0.1:9000", {"Date": date, "Authorization": f"AWS {AK}:{sigv2.sign(SK, sts)}"})
+    with pytest.raises(e.SignatureDoesNotMatch):
+        _verify("PUT", "/bucket/k", "partNumber=1&uploadId=u1", h, at(date))
+    assert sigv2.canonical_resource("/k", "uploads=&delete", empty_as_bare=True) == b"/k?delete&uploads"
