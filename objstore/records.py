@@ -16,6 +16,7 @@ __all__ = [
     "objects_ns",
     "uploads_ns",
     "parts_ns",
+    "BUCKET_TAGS_NS",
     "upload_key",
     "part_key",
     "Layout",
@@ -31,6 +32,13 @@ BUCKETS_NS = "buckets"
 
 def objects_ns(bucket: str) -> str:
     return f"obj/{bucket}"
+
+
+#: A bucket's tag set (PutBucketTagging), one record per bucket name: ``{"created": the bucket
+#: record's ``created``, "tags": {...}}``. Kept apart from the bucket record, which DeleteBucket's
+#: mark and the gateways' bucket caches compare-and-swap: a tagging write never races them. A
+#: record whose ``created`` is not the bucket's is an earlier bucket's of that name, and is no tags.
+BUCKET_TAGS_NS = "btags"
 
 
 def uploads_ns(bucket: str) -> str:
@@ -167,6 +175,8 @@ class ObjectRecord:
     inline: bytes | None = None
     layouts: tuple[Layout, ...] = ()
     parts: tuple[PartInfo, ...] = ()  # non-empty for completed multipart uploads
+    # S3 object tags (x-amz-tagging, PutObjectTagging), key -> value in the order given.
+    tags: dict[str, str] = field(default_factory=dict)
 
     def oids(self) -> list[str]:
         return [lay.oid for lay in self.layouts]
@@ -178,6 +188,7 @@ class ObjectRecord:
             "meta": self.meta, "sums": self.checksums, "inline": self.inline,
             "layouts": [lay.to_value() for lay in self.layouts],
             "parts": [[p.number, p.size, p.etag] for p in self.parts],
+            **({"tags": self.tags} if self.tags else {}),  # untagged records keep their shape
         }
 
     @classmethod
@@ -188,6 +199,7 @@ class ObjectRecord:
             meta=dict(v.get("meta") or {}), checksums=dict(v.get("sums") or {}), inline=v.get("inline"),
             layouts=tuple(Layout.from_value(x) for x in v.get("layouts") or ()),
             parts=tuple(PartInfo(number=a, size=b, etag=c) for a, b, c in v.get("parts") or ()),
+            tags=dict(v.get("tags") or {}),
         )
 
 
@@ -206,18 +218,21 @@ class UploadRecord:
     # "open" takes parts; "completing" while CompleteMultipartUpload builds the object, so that
     # a racing UploadPart never retires a layout the object is about to use.
     state: str = "open"
+    # The x-amz-tagging of CreateMultipartUpload: the completed object's tags.
+    tags: dict[str, str] = field(default_factory=dict)
 
     def to_value(self) -> dict[str, Any]:
         return {"key": self.key, "upload_id": self.upload_id, "initiated": self.initiated,
                 "owner": self.owner, "ctype": self.content_type, "headers": self.headers,
-                "meta": self.meta, "algo": self.checksum_algorithm, "state": self.state}
+                "meta": self.meta, "algo": self.checksum_algorithm, "state": self.state,
+                **({"tags": self.tags} if self.tags else {})}
 
     @classmethod
     def from_value(cls, v: dict[str, Any]) -> UploadRecord:
         return cls(key=v["key"], upload_id=v["upload_id"], initiated=v["initiated"], owner=v["owner"],
                    content_type=v.get("ctype", "binary/octet-stream"), headers=dict(v.get("headers") or {}),
                    meta=dict(v.get("meta") or {}), checksum_algorithm=v.get("algo"),
-                   state=v.get("state", "open"))
+                   state=v.get("state", "open"), tags=dict(v.get("tags") or {}))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
