@@ -6,6 +6,7 @@ the metadata ring stores. The ring does not interpret them; only this module kno
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "UploadRecord",
     "PartRecord",
     "PartInfo",
+    "new_rev",
 ]
 
 BUCKETS_NS = "buckets"
@@ -56,6 +58,11 @@ def upload_key(key: str, upload_id: str) -> str:
 
 def part_key(number: int) -> str:
     return f"{number:05d}"
+
+
+def new_rev() -> str:
+    """A fresh ``ObjectRecord.rev``: random, so no two writes of a record share one."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +184,10 @@ class ObjectRecord:
     parts: tuple[PartInfo, ...] = ()  # non-empty for completed multipart uploads
     # S3 object tags (x-amz-tagging, PutObjectTagging), key -> value in the order given.
     tags: dict[str, str] = field(default_factory=dict)
+    # Changed by every write of the record (a new version, a tagging change, a repair's layout
+    # rewrite): the field a read-modify-write of the record compares-and-swaps on, so that it
+    # lands only on the record exactly as read. "" in records written before it existed.
+    rev: str = ""
 
     def oids(self) -> list[str]:
         return [lay.oid for lay in self.layouts]
@@ -189,6 +200,7 @@ class ObjectRecord:
             "layouts": [lay.to_value() for lay in self.layouts],
             "parts": [[p.number, p.size, p.etag] for p in self.parts],
             **({"tags": self.tags} if self.tags else {}),  # untagged records keep their shape
+            **({"rev": self.rev} if self.rev else {}),
         }
 
     @classmethod
@@ -199,7 +211,7 @@ class ObjectRecord:
             meta=dict(v.get("meta") or {}), checksums=dict(v.get("sums") or {}), inline=v.get("inline"),
             layouts=tuple(Layout.from_value(x) for x in v.get("layouts") or ()),
             parts=tuple(PartInfo(number=a, size=b, etag=c) for a, b, c in v.get("parts") or ()),
-            tags=dict(v.get("tags") or {}),
+            tags=dict(v.get("tags") or {}), rev=v.get("rev") or "",
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import anyio
@@ -14,7 +15,7 @@ from ..config import ErasureScheme
 from ..datapath import LayoutWriter, read_layout
 from ..errors import s3_error
 from ..metadata.errors import NOT_STORED, ConditionFailed, InvalidKey, MetadataError
-from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
+from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, new_rev, objects_ns
 from ..s3 import conditions, names, ranges, tagging, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
@@ -115,6 +116,8 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
     fragments are removed at once (if ``owns_layouts``); they are never removed on an unknown
     outcome, which would leave a visible record without its bytes.
     """
+    if not rec.rev:
+        rec = replace(rec, rev=new_rev())  # each version its own (see ObjectRecord.rev)
     if bucket_rec is not None:
         checked = await still_there(store, bucket_rec, bucket_sent_at)
         if checked is None:

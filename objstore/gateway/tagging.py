@@ -3,10 +3,13 @@
 An object's tags live in its record (``ObjectRecord.tags``), written with the object by PutObject,
 CompleteMultipartUpload, CopyObject and POST Object, and changed here without touching anything
 else: the ETag and Last-Modified stay (as on S3), and so do the bytes. The change is a
-compare-and-swap on the record's ``mtime``, the identity of the version read: a PutObject or
-DeleteObject that lands between our read and our write makes the write fail instead of bringing
-back the version it replaced (or mixing its tags into the new one), and the change is then
-applied to whatever is there now (NoSuchKey if nothing is).
+compare-and-swap on the record's ``rev``, which every write of the record changes: a PutObject
+or DeleteObject that lands between our read and our write makes the write fail instead of
+bringing back the version it replaced (or mixing its tags into the new one), and so does a
+repair's layout rewrite (which would otherwise be undone, pointing the record back at fragments
+that are going away); the change is then applied to whatever is there now (NoSuchKey if
+nothing is). A record written before ``rev`` existed is compared on its layouts (unique to a
+version, and what a repair changes), or for inline bytes on its ``mtime``.
 
 A bucket's tags live in a record of their own (``records.BUCKET_TAGS_NS``), tied to the bucket
 by its ``created`` time, so that a tagging write never races DeleteBucket's mark on the bucket
@@ -23,12 +26,12 @@ import anyio
 from headwater.http.types import Response
 
 from ..metadata.errors import ConditionFailed
-from ..records import BUCKET_TAGS_NS, BucketRecord, ObjectRecord, objects_ns
+from ..records import BUCKET_TAGS_NS, BucketRecord, ObjectRecord, new_rev, objects_ns
 from ..s3 import errors as s3e
 from ..s3 import names, tagging
 from .buckets import owned_bucket, xml_response
 from .context import Call, Store
-from .objects import get_record, other_version
+from .objects import other_version
 from .payload import Payload
 
 __all__ = ["get_object_tagging", "put_object_tagging", "delete_object_tagging",
@@ -57,9 +60,10 @@ def _version_header(call: Call) -> list[tuple[str, str]]:
 
 async def get_object_tagging(store: Store, call: Call) -> Response:
     bucket, key = await _target(store, call)
-    rec = await get_record(store, bucket, key)
-    if rec is None:
+    entry = await store.meta.get(objects_ns(bucket), key)
+    if entry is None:
         raise s3e.NoSuchKey(Key=key)
+    rec = ObjectRecord.from_value(entry.value)
     response = xml_response(tagging.tagging_document(rec.tags))
     response.headers += _version_header(call)
     return response
@@ -69,17 +73,17 @@ async def _retag(store: Store, bucket: str, key: str, tags: dict[str, str]) -> O
     """Give the object at ``key`` the tag set ``tags``, as a conditional write on the version
     read (see the module's docstring); the record written."""
     for _attempt in range(ATTEMPTS):
-        rec = await get_record(store, bucket, key)
-        if rec is None:
+        entry = await store.meta.get(objects_ns(bucket), key)
+        if entry is None:
             raise s3e.NoSuchKey(Key=key)
+        rec = ObjectRecord.from_value(entry.value)
         if rec.tags == tags:
             return rec  # nothing to change (a DeleteObjectTagging of an untagged object)
-        new = replace(rec, tags=dict(tags))
+        new = replace(rec, tags=dict(tags), rev=new_rev())
         try:
             # Shielded: once sent, the outcome is known before we answer.
             with anyio.CancelScope(shield=True):
-                await store.meta.put(objects_ns(bucket), key, new.to_value(),
-                                     if_match=("mtime", rec.last_modified))
+                await store.meta.put(objects_ns(bucket), key, new.to_value(), if_match=_as_read(entry.value))
             return new
         except ConditionFailed as e:
             if e.current is None:
@@ -87,6 +91,16 @@ async def _retag(store: Store, bucket: str, key: str, tags: dict[str, str]) -> O
             # Replaced since the read: tag the object that is there now.
             continue
     raise s3e.OperationAborted()
+
+
+def _as_read(value: dict[str, Any]) -> tuple[str, Any]:
+    """The condition under which a rewrite of the object record ``value`` lands only on that
+    record as read (see the module's docstring)."""
+    if value.get("rev"):
+        return "rev", value["rev"]
+    if value.get("layouts"):
+        return "layouts", value["layouts"]
+    return "mtime", value["mtime"]
 
 
 async def put_object_tagging(store: Store, call: Call) -> Response:

@@ -142,3 +142,42 @@ def test_records_keep_tags_and_untagged_records_keep_their_shape():
     assert "tags" not in ObjectRecord(key="k", size=0, etag='"e"', last_modified=1.0, owner="o").to_value()
     up = UploadRecord(key="k", upload_id="u", initiated=1.0, owner="o", tags={"b": "2"})
     assert UploadRecord.from_value(up.to_value()).tags == {"b": "2"}
+
+
+def _lands(value_now: dict, condition: tuple) -> bool:
+    """Whether a write under ``condition`` lands on the live record ``value_now``: the metadata
+    ring's own check, as applied in its log."""
+    from headwater.objstore.metadata.store import Command, OpKind, Record, _satisfied
+    cmd = Command(kind=OpKind.PUT, ns="obj/b", partition=0, key="k", version=(1, "w"), value={},
+                  if_match=condition)
+    return _satisfied(cmd, Record(version=(0, "w"), value=value_now))
+
+
+def test_tagging_and_a_repair_rewrite_never_undo_each_other():
+    """A tagging change and a repair's layout rewrite, both from the same read: whichever lands
+    second fails its compare-and-swap (and reads again) instead of undoing the first, the
+    rewrite's layout or the new tags."""
+    from dataclasses import replace
+
+    from headwater.objstore.gateway.tagging import _as_read
+    from headwater.objstore.layouts import layouts_in, rewrite
+    from headwater.objstore.records import Layout, new_rev
+
+    lay = Layout(oid="o1", size=100, k=2, m=1, stripe_bytes=64, nodes=("s1", "s2", None))
+    read = ObjectRecord(key="k", size=100, etag='"e"', last_modified=1.0, owner="o", layouts=(lay,),
+                        rev=new_rev()).to_value()
+    tagged = replace(ObjectRecord.from_value(read), tags={"a": "1"}, rev=new_rev()).to_value()
+    (ref,) = layouts_in("obj/b", "k", read)
+    repaired, repair_cond = rewrite(ref, replace(lay, nodes=("s1", "s2", "s3")))
+    assert repaired["rev"] != read["rev"]
+    assert _lands(read, repair_cond) and _lands(read, _as_read(read))
+    assert not _lands(tagged, repair_cond)       # the repair, after the tags: reads again
+    assert not _lands(repaired, _as_read(read))  # the tags, after the repair: read again
+    # records from before ``rev``: the layouts stand for the version, mtime for inline bytes
+    old = {k: v for k, v in read.items() if k != "rev"}
+    assert _as_read(old) == ("layouts", old["layouts"])
+    assert not _lands(rewrite(layouts_in("obj/b", "k", old)[0], replace(lay, nodes=("s1", "s2", "s3")))[0],
+                      _as_read(old))
+    inline = ObjectRecord(key="k", size=1, etag='"e"', last_modified=2.0, owner="o", inline=b"x").to_value()
+    assert _as_read(inline) == ("mtime", 2.0)
+    assert not _lands({**inline, "mtime": 3.0}, _as_read(inline))  # a newer inline version
