@@ -27,7 +27,6 @@ from minio.error import S3Error
 from tests.cluster import client_error, signed_request
 
 MiB = 1024 * 1024
-NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 CLUSTER_OPTIONS = dict(stripe_size="64KiB", inline_max_size="4KiB", min_part_size="64KiB", k=2, m=1,
                        storage_nodes=3, metadata_nodes=1)
 
