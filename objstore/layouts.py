@@ -4,7 +4,8 @@ A layout lives in an object record (``obj/<bucket>``, one per part of a multipar
 the record of a part of a multipart upload still in progress (``part/<bucket>/<upload id>``).
 :func:`walk_layouts` visits them all; :func:`layouts_in` and :func:`rewrite` are the pure halves:
 where a record keeps its layouts, and the record with one layout replaced plus the condition
-that makes that replacement a compare-and-swap (the layout field as it was read).
+that makes that replacement a compare-and-swap (the layout field as it was read, or for an
+object record that has one its ``rev``, which the rewrite changes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from .metadata.client import MetadataClient
-from .records import BUCKETS_NS, Layout, objects_ns, parts_ns, uploads_ns
+from .records import BUCKETS_NS, Layout, new_rev, objects_ns, parts_ns, uploads_ns
 
 __all__ = ["LayoutRef", "layouts_in", "rewrite", "walk_layouts", "oid_of"]
 
@@ -46,7 +47,12 @@ def layouts_in(ns: str, key: str, value: dict[str, Any]) -> list[LayoutRef]:
 
 def rewrite(ref: LayoutRef, layout: Layout) -> tuple[dict[str, Any], tuple[str, Any]]:
     """The record of ``ref`` with its layout replaced by ``layout``, and the ``if_match``
-    condition under which that write may land (the field unchanged since it was read)."""
+    condition under which that write may land (the field unchanged since it was read).
+
+    An object record with a ``rev`` gets a new one, and the condition is on the old: a tagging
+    change made since the read (same layouts, new tags and rev) then fails the rewrite, which
+    reads again, instead of being undone; and a tagging change read before the rewrite fails in
+    turn instead of putting the old layout back (``gateway/tagging.py``)."""
     value = dict(ref.value)
     if ref.slot is None:
         value["layout"] = layout.to_value()
@@ -54,6 +60,9 @@ def rewrite(ref: LayoutRef, layout: Layout) -> tuple[dict[str, Any], tuple[str, 
     layouts = list(ref.value["layouts"])
     layouts[ref.slot] = layout.to_value()
     value["layouts"] = layouts
+    if ref.value.get("rev"):
+        value["rev"] = new_rev()
+        return value, ("rev", ref.value["rev"])
     return value, ("layouts", ref.value["layouts"])
 
 

@@ -6,6 +6,7 @@ the metadata ring stores. The ring does not interpret them; only this module kno
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "objects_ns",
     "uploads_ns",
     "parts_ns",
+    "BUCKET_TAGS_NS",
     "upload_key",
     "part_key",
     "Layout",
@@ -24,6 +26,7 @@ __all__ = [
     "UploadRecord",
     "PartRecord",
     "PartInfo",
+    "new_rev",
 ]
 
 BUCKETS_NS = "buckets"
@@ -31,6 +34,13 @@ BUCKETS_NS = "buckets"
 
 def objects_ns(bucket: str) -> str:
     return f"obj/{bucket}"
+
+
+#: A bucket's tag set (PutBucketTagging), one record per bucket name: ``{"created": the bucket
+#: record's ``created``, "tags": {...}}``. Kept apart from the bucket record, which DeleteBucket's
+#: mark and the gateways' bucket caches compare-and-swap: a tagging write never races them. A
+#: record whose ``created`` is not the bucket's is an earlier bucket's of that name, and is no tags.
+BUCKET_TAGS_NS = "btags"
 
 
 def uploads_ns(bucket: str) -> str:
@@ -48,6 +58,11 @@ def upload_key(key: str, upload_id: str) -> str:
 
 def part_key(number: int) -> str:
     return f"{number:05d}"
+
+
+def new_rev() -> str:
+    """A fresh ``ObjectRecord.rev``: random, so no two writes of a record share one."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +182,12 @@ class ObjectRecord:
     inline: bytes | None = None
     layouts: tuple[Layout, ...] = ()
     parts: tuple[PartInfo, ...] = ()  # non-empty for completed multipart uploads
+    # S3 object tags (x-amz-tagging, PutObjectTagging), key -> value in the order given.
+    tags: dict[str, str] = field(default_factory=dict)
+    # Changed by every write of the record (a new version, a tagging change, a repair's layout
+    # rewrite): the field a read-modify-write of the record compares-and-swaps on, so that it
+    # lands only on the record exactly as read. "" in records written before it existed.
+    rev: str = ""
 
     def oids(self) -> list[str]:
         return [lay.oid for lay in self.layouts]
@@ -178,6 +199,8 @@ class ObjectRecord:
             "meta": self.meta, "sums": self.checksums, "inline": self.inline,
             "layouts": [lay.to_value() for lay in self.layouts],
             "parts": [[p.number, p.size, p.etag] for p in self.parts],
+            **({"tags": self.tags} if self.tags else {}),  # untagged records keep their shape
+            **({"rev": self.rev} if self.rev else {}),
         }
 
     @classmethod
@@ -188,6 +211,7 @@ class ObjectRecord:
             meta=dict(v.get("meta") or {}), checksums=dict(v.get("sums") or {}), inline=v.get("inline"),
             layouts=tuple(Layout.from_value(x) for x in v.get("layouts") or ()),
             parts=tuple(PartInfo(number=a, size=b, etag=c) for a, b, c in v.get("parts") or ()),
+            tags=dict(v.get("tags") or {}), rev=v.get("rev") or "",
         )
 
 
@@ -206,18 +230,21 @@ class UploadRecord:
     # "open" takes parts; "completing" while CompleteMultipartUpload builds the object, so that
     # a racing UploadPart never retires a layout the object is about to use.
     state: str = "open"
+    # The x-amz-tagging of CreateMultipartUpload: the completed object's tags.
+    tags: dict[str, str] = field(default_factory=dict)
 
     def to_value(self) -> dict[str, Any]:
         return {"key": self.key, "upload_id": self.upload_id, "initiated": self.initiated,
                 "owner": self.owner, "ctype": self.content_type, "headers": self.headers,
-                "meta": self.meta, "algo": self.checksum_algorithm, "state": self.state}
+                "meta": self.meta, "algo": self.checksum_algorithm, "state": self.state,
+                **({"tags": self.tags} if self.tags else {})}
 
     @classmethod
     def from_value(cls, v: dict[str, Any]) -> UploadRecord:
         return cls(key=v["key"], upload_id=v["upload_id"], initiated=v["initiated"], owner=v["owner"],
                    content_type=v.get("ctype", "binary/octet-stream"), headers=dict(v.get("headers") or {}),
                    meta=dict(v.get("meta") or {}), checksum_algorithm=v.get("algo"),
-                   state=v.get("state", "open"))
+                   state=v.get("state", "open"), tags=dict(v.get("tags") or {}))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

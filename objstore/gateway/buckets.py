@@ -126,8 +126,9 @@ async def delete_bucket(store: Store, call: Call) -> Response:
     not keep a bucket alive on S3: they are aborted here, their parts retired as
     AbortMultipartUpload retires them, so that no upload outlives its bucket and passes to
     whoever creates the name next."""
-    # multipart imports this module's helpers, so it is imported here rather than at the top.
+    # multipart and tagging import this module's helpers, so they are imported here rather than at the top.
     from .multipart import abort_all
+    from .tagging import forget_bucket_tags
 
     rec = await owned_bucket(store, call)
     name = call.bucket
@@ -153,6 +154,7 @@ async def delete_bucket(store: Store, call: Call) -> Response:
             # A write that landed after our scan took the mark off (``still_there``).
             raise s3e.BucketNotEmpty(BucketName=name) from None
         raise s3e.OperationAborted() from None
+    await forget_bucket_tags(store, rec)
     return Response(status=204)
 
 

@@ -33,7 +33,7 @@ from ..s3 import errors as s3e
 from ..s3 import auth, names
 from ..s3 import acl, encryption, objectlock
 from ..s3.storageclass import check_storage_class
-from . import buckets, multipart, objects, postobject
+from . import buckets, multipart, objects, postobject, tagging
 from .bucketcache import BucketCache
 from .context import Call, Store
 
@@ -57,10 +57,11 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
             for sub, name, h in (("location", "GetBucketLocation", buckets.get_location),
                                  ("versioning", "GetBucketVersioning", buckets.get_versioning),
                                  ("versions", "ListObjectVersions", buckets.list_versions),
-                                 ("uploads", "ListMultipartUploads", multipart.list_uploads)):
+                                 ("uploads", "ListMultipartUploads", multipart.list_uploads),
+                                 ("tagging", "GetBucketTagging", tagging.get_bucket_tagging)):
                 if sub in q:
                     return name, h
-            for sub in ("acl", "policy", "cors", "lifecycle", "tagging", "website", "encryption",
+            for sub in ("acl", "policy", "cors", "lifecycle", "website", "encryption",
                         "replication", "logging", "notification", "object-lock", "ownershipControls",
                         "publicAccessBlock", "accelerate", "requestPayment", "analytics", "metrics",
                         "inventory", "intelligent-tiering"):
@@ -70,12 +71,16 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
                 return "ListObjectsV2", buckets.list_objects_v2
             return "ListObjects", buckets.list_objects_v1
         if method == "PUT":
+            if "tagging" in q:
+                return "PutBucketTagging", tagging.put_bucket_tagging
             if q:
                 raise s3e.NotImplemented(f"bucket subresource ?{next(iter(q))} is not implemented")
             return "CreateBucket", buckets.create_bucket
         if method == "HEAD":
             return "HeadBucket", buckets.head_bucket
         if method == "DELETE":
+            if "tagging" in q:
+                return "DeleteBucketTagging", tagging.delete_bucket_tagging
             if q:
                 raise s3e.NotImplemented(f"bucket subresource ?{next(iter(q))} is not implemented")
             return "DeleteBucket", buckets.delete_bucket
@@ -88,7 +93,9 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
             if "x-amz-copy-source" in headers:
                 return "UploadPartCopy", multipart.upload_part_copy
             return "UploadPart", multipart.upload_part
-        for sub in ("acl", "tagging", "retention", "legal-hold"):
+        if "tagging" in q:
+            return "PutObjectTagging", tagging.put_object_tagging
+        for sub in ("acl", "retention", "legal-hold"):
             if sub in q:
                 raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
         if "x-amz-copy-source" in headers:
@@ -97,7 +104,9 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
     if method == "GET":
         if upload:
             return "ListParts", multipart.list_parts
-        for sub in ("acl", "tagging", "attributes", "torrent", "retention", "legal-hold"):
+        if "tagging" in q:
+            return "GetObjectTagging", tagging.get_object_tagging
+        for sub in ("acl", "attributes", "torrent", "retention", "legal-hold"):
             if sub in q:
                 raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
         return "GetObject", objects.get_object
@@ -106,6 +115,8 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
     if method == "DELETE":
         if upload:
             return "AbortMultipartUpload", multipart.abort_upload
+        if "tagging" in q:
+            return "DeleteObjectTagging", tagging.delete_object_tagging
         return "DeleteObject", objects.delete_object
     if method == "POST":
         if "uploads" in q:

@@ -35,7 +35,7 @@ from ..records import (
     upload_key,
     uploads_ns,
 )
-from ..s3 import checksums, encryption, names, xmlio
+from ..s3 import checksums, encryption, names, tagging, xmlio
 from ..s3 import errors as s3e
 from .buckets import int_param, no_such_bucket, owned_bucket, still_there, xml_response
 from .context import Call, Store
@@ -165,12 +165,13 @@ async def create_upload(store: Store, call: Call) -> Response:
     assert call.bucket is not None and call.key is not None
     names.validate_key(call.key)
     content_type, std, meta = standard_headers(call.request.headers)
+    tags = tagging.parse_header(call.header("x-amz-tagging"))  # the completed object's
     algo = (call.header("x-amz-checksum-algorithm") or "").strip().lower() or None
     if algo is not None and algo not in checksums.ALGORITHMS:
         raise s3e.InvalidRequest(f"checksum algorithm {algo} is not supported")
     upload_id = secrets.token_urlsafe(24)
     rec = UploadRecord(key=call.key, upload_id=upload_id, initiated=store.clock(), owner=call.user.name,
-                       content_type=content_type, headers=std, meta=meta, checksum_algorithm=algo)
+                       content_type=content_type, headers=std, meta=meta, checksum_algorithm=algo, tags=tags)
     await store.meta.put(uploads_ns(call.bucket), upload_key(call.key, upload_id), rec.to_value())
     with anyio.CancelScope(shield=True):
         if await still_there(store, bucket_rec, sent_at) is None:
@@ -424,7 +425,8 @@ async def _assemble(store: Store, call: Call, upload: UploadRecord,
     rec = ObjectRecord(key=call.key, size=sum(p.size for p in chosen), etag=etag, last_modified=store.clock(),
                        owner=call.user.name, content_type=upload.content_type, headers=dict(upload.headers),
                        meta=dict(upload.meta), checksums=sums, layouts=tuple(p.layout for p in chosen),
-                       parts=tuple(PartInfo(number=p.number, size=p.size, etag=p.etag) for p in chosen))
+                       parts=tuple(PartInfo(number=p.number, size=p.size, etag=p.etag) for p in chosen),
+                       tags=dict(upload.tags))
     kept = {p.number for p in chosen}
     return rec, [p.layout for n, p in have.items() if n not in kept]
 

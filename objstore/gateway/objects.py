@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import anyio
@@ -14,8 +15,8 @@ from ..config import ErasureScheme
 from ..datapath import LayoutWriter, read_layout
 from ..errors import s3_error
 from ..metadata.errors import NOT_STORED, ConditionFailed, InvalidKey, MetadataError
-from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, objects_ns
-from ..s3 import conditions, encryption, names, ranges, xmlio
+from ..records import BUCKETS_NS, BucketRecord, Layout, ObjectRecord, new_rev, objects_ns
+from ..s3 import conditions, encryption, names, ranges, tagging, xmlio
 from ..s3 import errors as s3e
 from ..s3.xmlio import http_date
 from .buckets import check_owned, no_such_bucket, owned_bucket, still_there, xml_response
@@ -100,6 +101,8 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
     fragments are removed at once (if ``owns_layouts``); they are never removed on an unknown
     outcome, which would leave a visible record without its bytes.
     """
+    if not rec.rev:
+        rec = replace(rec, rev=new_rev())  # each version its own (see ObjectRecord.rev)
     if bucket_rec is not None:
         checked = await still_there(store, bucket_rec, bucket_sent_at)
         if checked is None:
@@ -158,6 +161,8 @@ async def put_object(store: Store, call: Call) -> Response:
             if current.etag != if_match:
                 raise s3e.PreconditionFailed(Condition="If-Match")
     content_type, std, meta = standard_headers(h)
+    # Checked before the body is taken: a bad tag set stores nothing (S3 keeps no object either).
+    tags = tagging.parse_header(h.get("x-amz-tagging"))
     payload = Payload(call, max_bytes=store.cluster.objstore.max_put_bytes)
     cfg = store.cluster.objstore
     inline, layout = await store_body(store, cfg.scheme_for(call.bucket), payload.chunks(),
@@ -170,7 +175,8 @@ async def put_object(store: Store, call: Call) -> Response:
         raise
     rec = ObjectRecord(key=call.key, size=payload.size, etag=payload.etag, last_modified=store.clock(),
                        owner=call.user.name, content_type=content_type, headers=std, meta=meta,
-                       checksums=payload.checksums(), inline=inline, layouts=(layout,) if layout else ())
+                       checksums=payload.checksums(), inline=inline, layouts=(layout,) if layout else (),
+                       tags=tags)
     await commit_object(store, call.bucket, rec, if_absent=if_absent, if_match=if_match,
                         bucket_rec=bucket_rec, bucket_sent_at=sent_at)
     headers = [("etag", rec.etag), ("content-length", "0")]
@@ -183,6 +189,8 @@ def object_headers(rec: ObjectRecord, call: Call, *, whole: bool = True) -> list
            ("content-type", rec.content_type)]
     out += sorted(rec.headers.items())
     out += [(f"x-amz-meta-{k}", names.metadata_value_out(v)) for k, v in sorted(rec.meta.items())]
+    if rec.tags:
+        out.append(("x-amz-tagging-count", str(len(rec.tags))))
     if rec.parts and call.q("partNumber") is not None:
         out.append(("x-amz-mp-parts-count", str(len(rec.parts))))
     # A checksum describes the whole object: S3 returns none with a range (clients would fail
@@ -425,6 +433,18 @@ def _changes_in_place(call: Call) -> bool:
             or call.header("x-amz-website-redirect-location") is not None)
 
 
+def copied_tags(call: Call, src: ObjectRecord) -> dict[str, str]:
+    """A copy's tags: the source's (``x-amz-tagging-directive: COPY``, the default) or the
+    request's ``x-amz-tagging`` (``REPLACE``; none without it)."""
+    directive = (call.header("x-amz-tagging-directive") or "COPY").strip().upper()
+    if directive == "COPY":
+        return dict(src.tags)
+    if directive == "REPLACE":
+        return tagging.parse_header(call.header("x-amz-tagging"))
+    raise s3e.InvalidArgument("Unknown tagging directive.", ArgumentName="x-amz-tagging-directive",
+                              ArgumentValue=directive)
+
+
 async def copy_object(store: Store, call: Call) -> Response:
     sent_at = store.buckets.now()
     bucket_rec = await owned_bucket(store, call)
@@ -444,6 +464,7 @@ async def copy_object(store: Store, call: Call) -> Response:
         content_type, std, meta = standard_headers(call.request.headers)
     else:
         content_type, std, meta = src.content_type, dict(src.headers), dict(src.meta)
+    tags = copied_tags(call, src)
     cfg = store.cluster.objstore
     if src.size > cfg.max_put_bytes:
         raise s3e.InvalidRequest("The specified copy source is larger than the maximum allowable size for a "
@@ -457,6 +478,6 @@ async def copy_object(store: Store, call: Call) -> Response:
     rec = ObjectRecord(key=call.key, size=src.size, etag=f'"{md5.hexdigest()}"', last_modified=now,
                        owner=call.user.name, content_type=content_type, headers=std, meta=meta,
                        checksums=dict(src.checksums) if not src.parts else {}, inline=inline,
-                       layouts=(layout,) if layout else ())
+                       layouts=(layout,) if layout else (), tags=tags)
     await commit_object(store, call.bucket, rec, bucket_rec=bucket_rec, bucket_sent_at=sent_at)
     return xml_response(xmlio.copy_object_result(etag=rec.etag, last_modified=now))

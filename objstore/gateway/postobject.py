@@ -21,7 +21,7 @@ from headwater.http.types import Headers, Request, Response
 from ..config import user_by_access_key
 from ..records import ObjectRecord
 from ..s3 import errors as s3e
-from ..s3 import formdata, names, objectlock, postpolicy, xmlio
+from ..s3 import formdata, names, objectlock, postpolicy, tagging, xmlio
 from .buckets import owned_bucket
 from .context import Call, Store
 from .objects import commit_object, store_body
@@ -161,6 +161,9 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     # from the file's extension): without the field, the object is binary/octet-stream.
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     meta = names.extract_metadata(as_headers)
+    # The form's tags are a <Tagging> document (not the header's URL-encoded form), as on S3.
+    tags = (tagging.parse_document(fields["tagging"].encode("utf-8"), max_tags=tagging.MAX_OBJECT_TAGS)
+            if fields.get("tagging", "").strip() else {})
     limit = min(cfg.max_put_bytes, auth.max_length if auth.max_length is not None else cfg.max_put_bytes)
     md5 = hashlib.md5()
     size = 0
@@ -185,7 +188,7 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
         raise
     rec = ObjectRecord(key=auth.key, size=size, etag=f'"{md5.hexdigest()}"', last_modified=store.clock(),
                        owner=auth.user.name, content_type=content_type, headers=std, meta=meta,
-                       inline=inline, layouts=(layout,) if layout else ())
+                       inline=inline, layouts=(layout,) if layout else (), tags=tags)
     await commit_object(store, bucket, rec, bucket_rec=bucket_rec, bucket_sent_at=sent_at)
     return _answer(fields, location=_location(request, bucket, auth.key), bucket=bucket, key=auth.key,
                    etag=rec.etag)

@@ -30,7 +30,7 @@ __all__ = [
     "complete_multipart_upload", "list_parts", "list_multipart_uploads", "copy_object_result",
     "copy_part_result", "delete_result", "post_response",
     "parse_complete_multipart_upload", "parse_delete", "parse_create_bucket_configuration",
-    "parse_versioning_configuration", "MAX_DELETE_OBJECTS",
+    "parse_versioning_configuration", "MAX_DELETE_OBJECTS", "tagging", "parse_root", "children", "text_of",
 ]
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -500,6 +500,20 @@ def delete_result(*, deleted: Sequence[DeletedEntry] = (), errors: Sequence[Dele
     return w.done("DeleteResult")
 
 
+def tagging(tags: Sequence[tuple[str, str]]) -> bytes:
+    """GetObjectTagging / GetBucketTagging: ``<Tagging><TagSet><Tag>...`` (an empty TagSet when
+    there are none, as GetObjectTagging answers for an untagged object)."""
+    w = _W("Tagging")
+    w.open("TagSet")
+    for key, value in tags:
+        w.open("Tag")
+        w.el("Key", key)
+        w.el("Value", value)
+        w.close("Tag")
+    w.close("TagSet")
+    return w.done("Tagging")
+
+
 # --- parsers -----------------------------------------------------------------------------------
 
 def _parse(body: bytes, root: str, max_bytes: int) -> ET.Element:
@@ -521,6 +535,22 @@ def _parse(body: bytes, root: str, max_bytes: int) -> ET.Element:
     if _local(el.tag) != root or _ns(el.tag) not in ("", NS):
         raise MalformedXML(f"The root element must be {root}, not {_local(el.tag)}")
     return el
+
+
+def parse_root(body: bytes, root: str, max_bytes: int) -> ET.Element:
+    """A request document's root element, parsed and checked as :func:`_parse` does (for the
+    parsers of other modules: ``tagging``)."""
+    return _parse(body, root, max_bytes)
+
+
+def children(el: ET.Element) -> list[tuple[str, ET.Element]]:
+    """``el``'s child elements as (local name, element)."""
+    return _children(el)
+
+
+def text_of(el: ET.Element) -> str:
+    """``el``'s text (MalformedXML if it holds elements)."""
+    return _text(el)
 
 
 def _local(tag: str) -> str:

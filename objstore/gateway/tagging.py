@@ -1,0 +1,182 @@
+"""Object and bucket tagging: ``?tagging`` GET / PUT / DELETE on an object or a bucket.
+
+An object's tags live in its record (``ObjectRecord.tags``), written with the object by PutObject,
+CompleteMultipartUpload, CopyObject and POST Object, and changed here without touching anything
+else: the ETag and Last-Modified stay (as on S3), and so do the bytes. The change is a
+compare-and-swap on the record's ``rev``, which every write of the record changes: a PutObject
+or DeleteObject that lands between our read and our write makes the write fail instead of
+bringing back the version it replaced (or mixing its tags into the new one), and so does a
+repair's layout rewrite (which would otherwise be undone, pointing the record back at fragments
+that are going away); the change is then applied to whatever is there now (NoSuchKey if
+nothing is). A record written before ``rev`` existed is compared on its layouts (unique to a
+version, and what a repair changes), or for inline bytes on its ``mtime``.
+
+A bucket's tags live in a record of their own (``records.BUCKET_TAGS_NS``), tied to the bucket
+by its ``created`` time, so that a tagging write never races DeleteBucket's mark on the bucket
+record, and a bucket created again under the same name starts untagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import anyio
+
+from headwater.http.types import Response
+
+from ..metadata.errors import ConditionFailed
+from ..records import BUCKET_TAGS_NS, BucketRecord, ObjectRecord, new_rev, objects_ns
+from ..s3 import errors as s3e
+from ..s3 import names, tagging
+from .buckets import owned_bucket, xml_response
+from .context import Call, Store
+from .objects import other_version
+from .payload import Payload
+
+__all__ = ["get_object_tagging", "put_object_tagging", "delete_object_tagging",
+           "get_bucket_tagging", "put_bucket_tagging", "delete_bucket_tagging"]
+
+#: How many times a tagging write is tried against records that keep changing under it (each
+#: failure means some other write landed: the system as a whole made progress).
+ATTEMPTS = 8
+
+
+async def _target(store: Store, call: Call) -> tuple[str, str]:
+    """The (bucket, key) a ``?tagging`` request on an object names, after the bucket's checks.
+    Buckets are unversioned: a versionId other than ``null`` names nothing."""
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    names.validate_key(call.key)
+    version = other_version(call.q("versionId"))
+    if version is not None:
+        raise s3e.NoSuchVersion(Key=call.key, VersionId=version)
+    return call.bucket, call.key
+
+
+def _version_header(call: Call) -> list[tuple[str, str]]:
+    return [("x-amz-version-id", "null")] if call.q("versionId") is not None else []
+
+
+async def get_object_tagging(store: Store, call: Call) -> Response:
+    bucket, key = await _target(store, call)
+    entry = await store.meta.get(objects_ns(bucket), key)
+    if entry is None:
+        raise s3e.NoSuchKey(Key=key)
+    rec = ObjectRecord.from_value(entry.value)
+    response = xml_response(tagging.tagging_document(rec.tags))
+    response.headers += _version_header(call)
+    return response
+
+
+async def _retag(store: Store, bucket: str, key: str, tags: dict[str, str]) -> ObjectRecord:
+    """Give the object at ``key`` the tag set ``tags``, as a conditional write on the version
+    read (see the module's docstring); the record written."""
+    for _attempt in range(ATTEMPTS):
+        entry = await store.meta.get(objects_ns(bucket), key)
+        if entry is None:
+            raise s3e.NoSuchKey(Key=key)
+        rec = ObjectRecord.from_value(entry.value)
+        if rec.tags == tags:
+            return rec  # nothing to change (a DeleteObjectTagging of an untagged object)
+        new = replace(rec, tags=dict(tags), rev=new_rev())
+        try:
+            # Shielded: once sent, the outcome is known before we answer.
+            with anyio.CancelScope(shield=True):
+                await store.meta.put(objects_ns(bucket), key, new.to_value(), if_match=_as_read(entry.value))
+            return new
+        except ConditionFailed as e:
+            if e.current is None:
+                raise s3e.NoSuchKey(Key=key) from None
+            # Replaced since the read: tag the object that is there now.
+            continue
+    raise s3e.OperationAborted()
+
+
+def _as_read(value: dict[str, Any]) -> tuple[str, Any]:
+    """The condition under which a rewrite of the object record ``value`` lands only on that
+    record as read (see the module's docstring)."""
+    if value.get("rev"):
+        return "rev", value["rev"]
+    if value.get("layouts"):
+        return "layouts", value["layouts"]
+    return "mtime", value["mtime"]
+
+
+async def put_object_tagging(store: Store, call: Call) -> Response:
+    bucket, key = await _target(store, call)
+    tags = await Payload(call, max_bytes=tagging.MAX_DOCUMENT_BYTES).read_document(
+        lambda body: tagging.parse_document(body, max_tags=tagging.MAX_OBJECT_TAGS))
+    await _retag(store, bucket, key, tags)
+    return Response(status=200, headers=[("content-length", "0")] + _version_header(call))
+
+
+async def delete_object_tagging(store: Store, call: Call) -> Response:
+    bucket, key = await _target(store, call)
+    await _retag(store, bucket, key, {})
+    return Response(status=204, headers=_version_header(call))
+
+
+def _bucket_tags(entry_value: dict[str, Any] | None, bucket: BucketRecord) -> dict[str, str] | None:
+    """The tags of ``bucket`` in its tag record as read, or None (no record, or one left by an
+    earlier bucket of that name)."""
+    if entry_value is None or entry_value.get("created") != bucket.created:
+        return None
+    return dict(entry_value.get("tags") or {})
+
+
+async def get_bucket_tagging(store: Store, call: Call) -> Response:
+    rec = await owned_bucket(store, call)
+    entry = await store.meta.get(BUCKET_TAGS_NS, rec.name)
+    tags = _bucket_tags(entry.value if entry else None, rec)
+    if not tags:
+        raise s3e.NoSuchTagSet(BucketName=rec.name)
+    return xml_response(tagging.tagging_document(tags))
+
+
+async def _write_bucket_tags(store: Store, rec: BucketRecord, tags: dict[str, str] | None) -> None:
+    """Set (or with None remove) ``rec``'s tag record: a compare-and-swap on the record as read,
+    so that a stale write for an earlier bucket of the name never lands over a later one's."""
+    for _attempt in range(ATTEMPTS):
+        entry = await store.meta.get(BUCKET_TAGS_NS, rec.name)
+        current = entry.value if entry else None
+        if current is not None and current.get("created", 0) > rec.created:
+            # The bucket we checked was deleted and the name created again since.
+            raise s3e.NoSuchBucket(resource=f"/{rec.name}", BucketName=rec.name)
+        try:
+            if tags is None:
+                if current is not None:
+                    await store.meta.delete(BUCKET_TAGS_NS, rec.name, if_match=("created", current.get("created")))
+                return
+            value = {"created": rec.created, "tags": tags}
+            if current is None:
+                await store.meta.put(BUCKET_TAGS_NS, rec.name, value, if_absent=True)
+            else:
+                await store.meta.put(BUCKET_TAGS_NS, rec.name, value, if_match=("created", current.get("created")))
+            return
+        except ConditionFailed:
+            continue  # written or removed since the read: read again
+    raise s3e.OperationAborted()
+
+
+async def put_bucket_tagging(store: Store, call: Call) -> Response:
+    rec = await owned_bucket(store, call)
+    tags = await Payload(call, max_bytes=tagging.MAX_DOCUMENT_BYTES).read_document(
+        lambda body: tagging.parse_document(body, max_tags=tagging.MAX_BUCKET_TAGS))
+    await _write_bucket_tags(store, rec, tags)
+    return Response(status=204)
+
+
+async def delete_bucket_tagging(store: Store, call: Call) -> Response:
+    rec = await owned_bucket(store, call)
+    await _write_bucket_tags(store, rec, None)
+    return Response(status=204)
+
+
+async def forget_bucket_tags(store: Store, rec: BucketRecord) -> None:
+    """After DeleteBucket: remove the deleted bucket's tag record (if still its own). A record
+    left behind (a crash between the two) is harmless: its ``created`` is not the next bucket's."""
+    try:
+        await store.meta.delete(BUCKET_TAGS_NS, rec.name, if_match=("created", rec.created))
+    except ConditionFailed:
+        pass
