@@ -215,3 +215,39 @@ def test_botocore_sigv2_signed_policy():
     assert authorize(post["fields"]).key == "up/x"
     with pytest.raises(e.SignatureDoesNotMatch):
         authorize({**post["fields"], "signature": "AAAA"})
+
+
+def test_hostile_signatures_are_refused_not_crashed():
+    """A signature field holding non-ASCII characters (anyone can send one, with a known access
+    key id) is a signature that does not match, for SigV4 and SigV2, not a TypeError (a 500)."""
+    with pytest.raises(e.SignatureDoesNotMatch):
+        authorize({**minio_form(), "key": "up/x", "x-amz-signature": "é" * 64})
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", region_name=REGION, aws_access_key_id=AK, aws_secret_access_key=SK,
+                      endpoint_url="http://127.0.0.1:1", config=Config(signature_version="s3"))
+    fields = s3.generate_presigned_post("media", "up/x")["fields"]
+    with pytest.raises(e.SignatureDoesNotMatch):
+        authorize({**fields, "signature": "\u00e9\u20ac"})
+
+
+def test_hostile_policy_documents():
+    """Signed but hostile documents: JSON nested deeper than the parser recurses, and a
+    content-length-range of booleans, are InvalidPolicyDocument (400), not a 500 or a range."""
+    import hashlib
+    import hmac
+
+    from headwater.objstore.s3 import sigv4
+
+    form = minio_form()
+    key = sigv4.signing_key(SK, form["x-amz-date"][:8], REGION)
+    later = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for text in ("[" * 5000 + "]" * 5000,
+                 '{"expiration": "%s", "conditions": %s}' % (later, "[" * 3000 + "]" * 3000),
+                 json.dumps({"expiration": later, "conditions": [["content-length-range", True, True]]})):
+        b64 = base64.b64encode(text.encode()).decode()
+        fields = {**form, "policy": b64, "key": "up/x",
+                  "x-amz-signature": hmac.new(key, b64.encode(), hashlib.sha256).hexdigest()}
+        with pytest.raises(e.InvalidPolicyDocument):
+            authorize(fields)
