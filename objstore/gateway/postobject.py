@@ -31,6 +31,8 @@ __all__ = ["is_post_form", "post_object"]
 #: S3: "The form data and boundaries (excluding the contents of the file) cannot exceed 20 KB."
 MAX_FIELDS_BYTES = 20 * 1024
 READ_SIZE = 256 * 1024
+#: The characters of a redirect URL sent as they are: printable US-ASCII but the space.
+_URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 def is_post_form(request: Request, key: str | None) -> bool:
@@ -71,11 +73,17 @@ class _Form:
         name: str | None = None
         value = bytearray()
         while True:
+            # S3's 20 KB count the boundaries and part headers too, not only names and values:
+            # else a stream of empty-named parts (or a long preamble) is read without end.
+            if not self.pending and self.reader.consumed > MAX_FIELDS_BYTES:
+                raise s3e.MaxPostPreDataLengthExceededError()
             event = await self.next()
             if event is None:
                 raise s3e.InvalidArgument("POST requires exactly one file upload per request.",
                                           ArgumentName="file", ArgumentValue="0")
             if isinstance(event, formdata.PartStarted):
+                if event.offset > MAX_FIELDS_BYTES:
+                    raise s3e.MaxPostPreDataLengthExceededError()
                 if event.name.lower() == "file":
                     return fields, event
                 name = event.name.lower()
@@ -128,7 +136,10 @@ def _answer(fields: dict[str, str], *, location: str, bucket: str, key: str, eta
         parts = urlsplit(redirect)
         if parts.scheme in ("http", "https") and parts.netloc:
             query = urlencode({"bucket": bucket, "key": key, "etag": etag})
-            target = redirect + ("&" if parts.query else "?") + query
+            # A form field can hold CR, LF, spaces or non-latin-1 text, none of which a Location
+            # header can carry (the answer would be unsendable after the object was stored):
+            # they go out percent-encoded, as a browser would send them; '%' itself is kept.
+            target = quote(redirect, safe=_URL_SAFE) + ("&" if parts.query else "?") + query
             return Response(status=303, headers=[("etag", etag), ("location", target), ("content-length", "0")])
         # S3: "If the URL is invalid, Amazon S3 ignores the field" and answers as without it
     status = fields.get("success_action_status", "204")
@@ -161,6 +172,11 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     # from the file's extension): without the field, the object is binary/octet-stream.
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     meta = names.extract_metadata(as_headers)
+    # Form fields, unlike headers, can hold CR, LF or NUL: stored, they would make every GET and
+    # HEAD of the object unsendable (a 500), so they are refused before a byte is stored.
+    for name, value in (("content-type", content_type), *std.items(),
+                        *((names.META_PREFIX + k, v) for k, v in meta.items())):
+        names.refuse_control_characters(name, value)
     limit = min(cfg.max_put_bytes, auth.max_length if auth.max_length is not None else cfg.max_put_bytes)
     md5 = hashlib.md5()
     size = 0

@@ -262,9 +262,16 @@ def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
         if param not in query:
             continue
         value = query[param][-1]
-        if _FIELD_VALUE_BAD.search(value):
-            raise InvalidArgument(f"{param} holds a control character, which an HTTP header cannot carry",
-                                  ArgumentName=param,
-                                  ArgumentValue=value.encode("unicode_escape").decode("ascii"))
+        refuse_control_characters(param, value)
         out[header] = value.encode("utf-8").decode("latin-1")
     return out
+
+
+def refuse_control_characters(name: str, value: str) -> None:
+    """InvalidArgument for a value meant to go out as a header that holds a control character (CR,
+    LF, NUL, ...): an HTTP header cannot carry one, and a stored one would make every answer that
+    sends it unsendable. Header values that came in as headers never hold one; the fields of a
+    POST form (``s3.formdata``) and query parameters can."""
+    if _FIELD_VALUE_BAD.search(value):
+        raise InvalidArgument(f"{name} holds a control character, which an HTTP header cannot carry",
+                              ArgumentName=name, ArgumentValue=value.encode("unicode_escape").decode("ascii"))

@@ -98,6 +98,33 @@ def test_reader_refuses_malformed_bodies(body):
         reader.finish()
 
 
+def test_reader_refuses_a_long_part_header_however_it_arrives():
+    """MAX_PART_HEADER_BYTES holds when the header section comes whole in one feed, too."""
+    body = (b"--B\r\nContent-Disposition: form-data; name=k\r\nX-Pad: " + b"p" * 200_000
+            + b"\r\n\r\nv\r\n--B--\r\n")
+    for size in (len(body), 1000):
+        reader = formdata.FormReader("B")
+        with pytest.raises(e.MalformedPOSTRequest):
+            for at in range(0, len(body), size):
+                reader.feed(body[at:at + size])
+
+
+def test_reader_offsets_count_every_byte_before_a_part():
+    """A part's offset is the body's bytes before its content, boundaries, headers and preamble
+    included (S3's 20 KB before the file), and ``consumed`` what was read past, however fed."""
+    body = (b"preamble\r\n--B\r\nContent-Disposition: form-data; name=\"\"\r\n\r\n\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=file\r\n\r\nDATA\r\n--B--\r\n")
+    for size in (1, 5, len(body)):
+        reader = formdata.FormReader("B")
+        starts = []
+        for at in range(0, len(body), size):
+            starts += [ev.offset for ev in reader.feed(body[at:at + size]) if isinstance(ev, formdata.PartStarted)]
+            assert reader.consumed <= at + size
+        reader.finish()
+        assert starts == [body.index(b"\r\n\r\n\r\n") + 4, body.index(b"DATA")]
+        assert reader.consumed == len(body)
+
+
 def test_boundary_of():
     assert formdata.boundary_of("multipart/form-data; boundary=abc") == "abc"
     assert formdata.boundary_of('Multipart/Form-Data; charset=utf-8; boundary="a b"') == "a b"
