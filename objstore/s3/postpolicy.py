@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable
 
 from ..config import User
@@ -120,8 +120,10 @@ def _expiration(document: dict) -> float:
     if not isinstance(raw, str):
         raise InvalidPolicyDocument("Invalid Policy: Policy missing expiration.")
     try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        # S3's expirations are UTC; one without an offset is too, not the gateway's local time
+        return (when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)).timestamp()
+    except (ValueError, OverflowError):
         raise InvalidPolicyDocument(f"Invalid Policy: Invalid 'expiration' value: '{raw}'") from None
 
 

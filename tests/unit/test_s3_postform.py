@@ -278,3 +278,32 @@ def test_hostile_policy_documents():
                   "x-amz-signature": hmac.new(key, b64.encode(), hashlib.sha256).hexdigest()}
         with pytest.raises(e.InvalidPolicyDocument):
             authorize(fields)
+
+
+def test_expiration_without_an_offset_is_utc(monkeypatch):
+    """An ``expiration`` without "Z" is UTC, as on S3, whatever the gateway's local time zone:
+    read as local time, in UTC+9 a policy good for an hour had expired eight hours before."""
+    import hashlib
+    import hmac
+
+    from headwater.objstore.s3 import sigv4
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        form = minio_form()
+        key = sigv4.signing_key(SK, form["x-amz-date"][:8], REGION)
+        in_an_hour = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        document = {"expiration": in_an_hour, "conditions": [["starts-with", "$key", "up/"]] + [
+            {name: form[name]} for name in ("bucket", "x-amz-algorithm", "x-amz-credential", "x-amz-date")
+            if name in form]}
+        b64 = base64.b64encode(json.dumps(document).encode()).decode()
+        fields = {**form, "policy": b64, "key": "up/x",
+                  "x-amz-signature": hmac.new(key, b64.encode(), hashlib.sha256).hexdigest()}
+        fields.pop("bucket", None)
+        assert authorize(fields).key == "up/x"
+        with pytest.raises(e.AccessDenied, match="Policy expired"):
+            authorize(fields, now=time.time() + 3601)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
