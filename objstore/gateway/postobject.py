@@ -5,7 +5,8 @@ The request carries no Authorization header: the form's fields before the file (
 read first, at most 20 KB of them as on S3, and the signed policy is checked
 (``s3.postpolicy``) before a byte of the file is stored. The file then streams into the object
 store as a PutObject body does, its size held to the policy's content-length-range as it
-arrives; fields after the file are ignored, as S3 ignores them. The answer is S3's: 204 by
+arrives; fields after the file are ignored, as S3 ignores them (but count toward the 20 KB,
+which are of the whole form but the file's bytes, as S3 counts them). The answer is S3's: 204 by
 default, 200 or 201 (a PostResponse document) as ``success_action_status`` asks, or a 303 to
 ``success_action_redirect`` with the bucket, key and ETag in its query.
 """
@@ -112,10 +113,15 @@ class _Form:
             else:
                 raise s3e.MalformedPOSTRequest()
 
-    async def drain(self) -> None:
-        """Read (and ignore) what follows the file, to the closing boundary."""
-        while await self.next() is not None:
-            pass
+    async def drain(self, file_size: int) -> None:
+        """Read (and ignore) what follows the file, to the closing boundary. S3's 20 KB are of
+        all the form but the file's bytes, so what follows the file counts too: else a client
+        could send without end after the file (an epilogue, ignored parts) and hold the upload."""
+        while True:
+            if self.reader.consumed - file_size > MAX_FIELDS_BYTES:
+                raise s3e.MaxPostPreDataLengthExceededError()
+            if await self.next() is None:
+                return
 
 
 def _wire(value: str) -> str:
@@ -194,7 +200,7 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
                                       digests=(md5.update,))
     try:
         postpolicy.check_length(auth, size, final=True)
-        await form.drain()
+        await form.drain(size)
     except BaseException:
         if layout is not None:
             store.retire([layout], now=True)
