@@ -178,10 +178,11 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     # from the file's extension): without the field, the object is binary/octet-stream.
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     meta = names.extract_metadata(as_headers)
-    # Form fields, unlike headers, can hold CR, LF or NUL: stored, they would make every GET and
-    # HEAD of the object unsendable (a 500), so they are refused before a byte is stored.
+    # Form fields, unlike headers, can hold CR, LF or NUL, and their names any text: stored, they
+    # would make every GET and HEAD of the object unsendable (a 500), so they are refused first.
     for name, value in (("content-type", content_type), *std.items(),
                         *((names.META_PREFIX + k, v) for k, v in meta.items())):
+        names.refuse_bad_header_name(name)
         names.refuse_control_characters(name, value)
     limit = min(cfg.max_put_bytes, auth.max_length if auth.max_length is not None else cfg.max_put_bytes)
     md5 = hashlib.md5()

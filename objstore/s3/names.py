@@ -248,6 +248,8 @@ def extract_standard_headers(headers: Headers) -> dict[str, str]:
 # Characters an HTTP field value cannot hold (RFC 9110 5.5: CTLs but HTAB, and DEL); CR and LF
 # would end the header and start another (response splitting).
 _FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A field name: an RFC 9110 token (no space, colon, control or non-ASCII character).
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
@@ -265,6 +267,14 @@ def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
         refuse_control_characters(param, value)
         out[header] = value.encode("utf-8").decode("latin-1")
     return out
+
+
+def refuse_bad_header_name(name: str) -> None:
+    """InvalidArgument for a name meant to go out as a header's (``x-amz-meta-*`` from a POST
+    form's field) that is not an HTTP token: stored, every answer that sends it is unsendable.
+    Names that came in as headers always are tokens; a form field's name can be any text."""
+    if not _FIELD_NAME.fullmatch(name):
+        raise InvalidArgument(f"{name!r} cannot be the name of an HTTP header", ArgumentName=name)
 
 
 def refuse_control_characters(name: str, value: str) -> None:
