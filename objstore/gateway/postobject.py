@@ -39,8 +39,10 @@ _URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 def is_post_form(request: Request, key: str | None) -> bool:
     """A POST Object request: POST to a bucket (no key) with a multipart/form-data body and no
     signature of its own (the form carries it)."""
+    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    # (without a boundary it is still a form, a malformed one: MalformedPOSTRequest, as S3)
     return (request.method == "POST" and key is None and "authorization" not in request.headers
-            and formdata.boundary_of(request.headers.get("content-type")) is not None)
+            and media_type == "multipart/form-data")
 
 
 class _Form:
@@ -48,7 +50,8 @@ class _Form:
 
     def __init__(self, request: Request) -> None:
         boundary = formdata.boundary_of(request.headers.get("content-type"))
-        assert boundary is not None
+        if boundary is None:
+            raise s3e.MalformedPOSTRequest()
         self.request = request
         self.reader = formdata.FormReader(boundary)
         self.pending: list[formdata.FormEvent] = []

@@ -515,3 +515,14 @@ def test_post_fields_after_the_file_are_ignored_but_bounded(cluster, mc, bucket)
                    headers={"content-type": ctype})
     assert r.status_code == 204, r.text
     assert r.headers["location"].endswith("/up/x")
+
+
+def test_post_form_without_a_boundary_is_malformed(cluster, mc, bucket):
+    """multipart/form-data without a (usable) boundary is a malformed form (400
+    MalformedPOSTRequest), not an anonymous request to some other operation (403)."""
+    form = {**post_form(mc, bucket), "key": "up/x"}
+    req = httpx.Request("POST", f"{cluster.endpoint}/{bucket}", data=form, files={"file": ("f", b"x")})
+    for ctype in ("multipart/form-data", 'multipart/form-data; boundary=""', "Multipart/Form-Data;charset=utf-8"):
+        r = httpx.post(f"{cluster.endpoint}/{bucket}", content=req.read(), headers={"content-type": ctype})
+        assert s3_code(r)[:2] == (400, "MalformedPOSTRequest"), ctype
+    assert list(mc.list_objects(bucket, recursive=True)) == []
