@@ -274,7 +274,8 @@ def refuse_bad_header_name(name: str) -> None:
     form's field) that is not an HTTP token: stored, every answer that sends it is unsendable.
     Names that came in as headers always are tokens; a form field's name can be any text."""
     if not _FIELD_NAME.fullmatch(name):
-        raise InvalidArgument(f"{name!r} cannot be the name of an HTTP header", ArgumentName=name)
+        shown = name.encode("unicode_escape").decode("ascii")  # (a control character: no XML's)
+        raise InvalidArgument(f"'{shown}' cannot be the name of an HTTP header", ArgumentName=shown)
 
 
 def refuse_control_characters(name: str, value: str) -> None:

@@ -98,8 +98,8 @@ def _verify_signature(fields: dict[str, str], policy_b64: str, *, lookup_user: C
         if user is None:
             raise InvalidAccessKeyId(AWSAccessKeyId=access_key)
         key = sigv4.signing_key(user.secret_key, date, cred_region)
-        expected = hmac.new(key, policy_b64.encode("ascii", "replace"), hashlib.sha256).digest()
-        if not _same_signature(expected.hex(), fields["x-amz-signature"].strip().lower()):
+        expected = hmac.new(key, policy_b64.encode("ascii", "replace"), hashlib.sha256).hexdigest()
+        if not _same_signature(expected, fields["x-amz-signature"].strip().lower()):
             raise SignatureDoesNotMatch(AWSAccessKeyId=access_key, StringToSign=policy_b64)
         return user
     if "signature" in fields and "awsaccesskeyid" in fields:

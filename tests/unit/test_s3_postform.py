@@ -307,3 +307,15 @@ def test_expiration_without_an_offset_is_utc(monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_header_names_from_form_fields():
+    """A form field's name goes out as a header's (x-amz-meta-*) only if it is an HTTP token; the
+    refusal shows a control character escaped (the error is an XML document, which cannot hold it)."""
+    from headwater.objstore.s3 import names
+
+    names.refuse_bad_header_name("x-amz-meta-Note_1")
+    for bad in ("x-amz-meta-a b", "x-amz-meta-\u00fc", "x-amz-meta-a:b", "x-amz-meta-a\x01"):
+        with pytest.raises(e.InvalidArgument) as info:
+            names.refuse_bad_header_name(bad)
+        assert "\x01" not in info.value.message + info.value.extra["ArgumentName"]
