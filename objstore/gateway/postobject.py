@@ -5,7 +5,8 @@ The request carries no Authorization header: the form's fields before the file (
 read first, at most 20 KB of them as on S3, and the signed policy is checked
 (``s3.postpolicy``) before a byte of the file is stored. The file then streams into the object
 store as a PutObject body does, its size held to the policy's content-length-range as it
-arrives; fields after the file are ignored, as S3 ignores them. The answer is S3's: 204 by
+arrives; fields after the file are ignored, as S3 ignores them (but count toward the 20 KB,
+which are of the whole form but the file's bytes, as S3 counts them). The answer is S3's: 204 by
 default, 200 or 201 (a PostResponse document) as ``success_action_status`` asks, or a 303 to
 ``success_action_redirect`` with the bucket, key and ETag in its query.
 """
@@ -31,13 +32,17 @@ __all__ = ["is_post_form", "post_object"]
 #: S3: "The form data and boundaries (excluding the contents of the file) cannot exceed 20 KB."
 MAX_FIELDS_BYTES = 20 * 1024
 READ_SIZE = 256 * 1024
+#: The characters of a redirect URL sent as they are: printable US-ASCII but the space.
+_URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 def is_post_form(request: Request, key: str | None) -> bool:
     """A POST Object request: POST to a bucket (no key) with a multipart/form-data body and no
     signature of its own (the form carries it)."""
+    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    # (without a boundary it is still a form, a malformed one: MalformedPOSTRequest, as S3)
     return (request.method == "POST" and key is None and "authorization" not in request.headers
-            and formdata.boundary_of(request.headers.get("content-type")) is not None)
+            and media_type == "multipart/form-data")
 
 
 class _Form:
@@ -45,7 +50,8 @@ class _Form:
 
     def __init__(self, request: Request) -> None:
         boundary = formdata.boundary_of(request.headers.get("content-type"))
-        assert boundary is not None
+        if boundary is None:
+            raise s3e.MalformedPOSTRequest()
         self.request = request
         self.reader = formdata.FormReader(boundary)
         self.pending: list[formdata.FormEvent] = []
@@ -71,11 +77,17 @@ class _Form:
         name: str | None = None
         value = bytearray()
         while True:
+            # S3's 20 KB count the boundaries and part headers too, not only names and values:
+            # else a stream of empty-named parts (or a long preamble) is read without end.
+            if not self.pending and self.reader.consumed > MAX_FIELDS_BYTES:
+                raise s3e.MaxPostPreDataLengthExceededError()
             event = await self.next()
             if event is None:
                 raise s3e.InvalidArgument("POST requires exactly one file upload per request.",
                                           ArgumentName="file", ArgumentValue="0")
             if isinstance(event, formdata.PartStarted):
+                if event.offset > MAX_FIELDS_BYTES:
+                    raise s3e.MaxPostPreDataLengthExceededError()
                 if event.name.lower() == "file":
                     return fields, event
                 name = event.name.lower()
@@ -104,10 +116,15 @@ class _Form:
             else:
                 raise s3e.MalformedPOSTRequest()
 
-    async def drain(self) -> None:
-        """Read (and ignore) what follows the file, to the closing boundary."""
-        while await self.next() is not None:
-            pass
+    async def drain(self, file_size: int) -> None:
+        """Read (and ignore) what follows the file, to the closing boundary. S3's 20 KB are of
+        all the form but the file's bytes, so what follows the file counts too: else a client
+        could send without end after the file (an epilogue, ignored parts) and hold the upload."""
+        while True:
+            if self.reader.consumed - file_size > MAX_FIELDS_BYTES:
+                raise s3e.MaxPostPreDataLengthExceededError()
+            if await self.next() is None:
+                return
 
 
 def _wire(value: str) -> str:
@@ -128,7 +145,10 @@ def _answer(fields: dict[str, str], *, location: str, bucket: str, key: str, eta
         parts = urlsplit(redirect)
         if parts.scheme in ("http", "https") and parts.netloc:
             query = urlencode({"bucket": bucket, "key": key, "etag": etag})
-            target = redirect + ("&" if parts.query else "?") + query
+            # A form field can hold CR, LF, spaces or non-latin-1 text, none of which a Location
+            # header can carry (the answer would be unsendable after the object was stored):
+            # they go out percent-encoded, as a browser would send them; '%' itself is kept.
+            target = quote(redirect, safe=_URL_SAFE) + ("&" if parts.query else "?") + query
             return Response(status=303, headers=[("etag", etag), ("location", target), ("content-length", "0")])
         # S3: "If the URL is invalid, Amazon S3 ignores the field" and answers as without it
     status = fields.get("success_action_status", "204")
@@ -161,6 +181,12 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
     # from the file's extension): without the field, the object is binary/octet-stream.
     content_type = std.pop("content-type", None) or "binary/octet-stream"
     meta = names.extract_metadata(as_headers)
+    # Form fields, unlike headers, can hold CR, LF or NUL, and their names any text: stored, they
+    # would make every GET and HEAD of the object unsendable (a 500), so they are refused first.
+    for name, value in (("content-type", content_type), *std.items(),
+                        *((names.META_PREFIX + k, v) for k, v in meta.items())):
+        names.refuse_bad_header_name(name)
+        names.refuse_control_characters(name, value)
     # The form's tags are a <Tagging> document (not the header's URL-encoded form), as on S3.
     tags = (tagging.parse_document(fields["tagging"].encode("utf-8"), max_tags=tagging.MAX_OBJECT_TAGS)
             if fields.get("tagging", "").strip() else {})
@@ -181,7 +207,7 @@ async def post_object(store: Store, request: Request, *, bucket: str, request_id
                                       digests=(md5.update,))
     try:
         postpolicy.check_length(auth, size, final=True)
-        await form.drain()
+        await form.drain(size)
     except BaseException:
         if layout is not None:
             store.retire([layout], now=True)

@@ -9,6 +9,7 @@ form data raises MalformedPOSTRequest, as S3 answers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ class PartStarted:
     name: str
     filename: str | None
     content_type: str | None
+    #: The body's bytes before this part's content (preamble, boundaries, headers, other parts):
+    #: what S3 holds to 20 KB before the file, however many parts they make.
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,10 +76,18 @@ class FormReader:
         self._buffer = bytearray(b"\r\n")
         self._state = _State.PREAMBLE
         self.parts = 0
+        self._fed = 0  # the body's bytes fed so far
+
+    @property
+    def consumed(self) -> int:
+        """The body's bytes read past: fed, and not held back as a possible boundary or header
+        (0 while the CRLF put in front of the body is still held)."""
+        return max(0, self._fed - len(self._buffer))
 
     def feed(self, data: bytes) -> list[FormEvent]:
         """The events the body's next bytes complete."""
         self._buffer += data
+        self._fed += len(data)
         events: list[FormEvent] = []
         while self._step(events):
             pass
@@ -116,12 +128,14 @@ class FormReader:
             return True
         if self._state is _State.HEADERS:
             end = buf.find(b"\r\n\r\n")
+            # found or not: one feed of many KB can bring a long header section whole
+            if end > MAX_PART_HEADER_BYTES or (end < 0 and len(buf) > MAX_PART_HEADER_BYTES):
+                raise MalformedPOSTRequest()
             if end < 0:
-                if len(buf) > MAX_PART_HEADER_BYTES:
-                    raise MalformedPOSTRequest()
                 return False
-            events.append(self._part_started(bytes(buf[:end])))
+            started = self._part_started(bytes(buf[:end]))
             del buf[:end + 4]
+            events.append(dataclasses.replace(started, offset=self.consumed))
             self._state = _State.CONTENT
             return True
         if self._state is _State.CONTENT:

@@ -248,6 +248,8 @@ def extract_standard_headers(headers: Headers) -> dict[str, str]:
 # Characters an HTTP field value cannot hold (RFC 9110 5.5: CTLs but HTAB, and DEL); CR and LF
 # would end the header and start another (response splitting).
 _FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A field name: an RFC 9110 token (no space, colon, control or non-ASCII character).
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
@@ -262,9 +264,25 @@ def response_overrides(query: dict[str, list[str]]) -> dict[str, str]:
         if param not in query:
             continue
         value = query[param][-1]
-        if _FIELD_VALUE_BAD.search(value):
-            raise InvalidArgument(f"{param} holds a control character, which an HTTP header cannot carry",
-                                  ArgumentName=param,
-                                  ArgumentValue=value.encode("unicode_escape").decode("ascii"))
+        refuse_control_characters(param, value)
         out[header] = value.encode("utf-8").decode("latin-1")
     return out
+
+
+def refuse_bad_header_name(name: str) -> None:
+    """InvalidArgument for a name meant to go out as a header's (``x-amz-meta-*`` from a POST
+    form's field) that is not an HTTP token: stored, every answer that sends it is unsendable.
+    Names that came in as headers always are tokens; a form field's name can be any text."""
+    if not _FIELD_NAME.fullmatch(name):
+        shown = name.encode("unicode_escape").decode("ascii")  # (a control character: no XML's)
+        raise InvalidArgument(f"'{shown}' cannot be the name of an HTTP header", ArgumentName=shown)
+
+
+def refuse_control_characters(name: str, value: str) -> None:
+    """InvalidArgument for a value meant to go out as a header that holds a control character (CR,
+    LF, NUL, ...): an HTTP header cannot carry one, and a stored one would make every answer that
+    sends it unsendable. Header values that came in as headers never hold one; the fields of a
+    POST form (``s3.formdata``) and query parameters can."""
+    if _FIELD_VALUE_BAD.search(value):
+        raise InvalidArgument(f"{name} holds a control character, which an HTTP header cannot carry",
+                              ArgumentName=name, ArgumentValue=value.encode("unicode_escape").decode("ascii"))

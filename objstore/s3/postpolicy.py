@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable
 
 from ..config import User
@@ -66,6 +66,12 @@ def _policy_failed(condition: list | dict) -> AccessDenied:
     return AccessDenied("Invalid according to Policy: Policy Condition failed: " + json.dumps(condition))
 
 
+def _same_signature(expected: str, given: str) -> bool:
+    """Constant-time comparison of a form's signature with ours. As bytes: ``compare_digest`` of
+    two str raises TypeError when one holds a non-ASCII character, and the given one is anyone's."""
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", "surrogateescape"))
+
+
 def _verify_signature(fields: dict[str, str], policy_b64: str, *, lookup_user: Callable[[str], User | None],
                       region: str) -> User:
     if "x-amz-signature" in fields:
@@ -93,7 +99,7 @@ def _verify_signature(fields: dict[str, str], policy_b64: str, *, lookup_user: C
             raise InvalidAccessKeyId(AWSAccessKeyId=access_key)
         key = sigv4.signing_key(user.secret_key, date, cred_region)
         expected = hmac.new(key, policy_b64.encode("ascii", "replace"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, fields["x-amz-signature"].strip().lower()):
+        if not _same_signature(expected, fields["x-amz-signature"].strip().lower()):
             raise SignatureDoesNotMatch(AWSAccessKeyId=access_key, StringToSign=policy_b64)
         return user
     if "signature" in fields and "awsaccesskeyid" in fields:
@@ -103,7 +109,7 @@ def _verify_signature(fields: dict[str, str], policy_b64: str, *, lookup_user: C
             raise InvalidAccessKeyId(AWSAccessKeyId=access_key)
         expected_v2 = base64.b64encode(hmac.digest(user.secret_key.encode("utf-8"),
                                                    policy_b64.encode("ascii", "replace"), "sha1")).decode()
-        if not hmac.compare_digest(expected_v2, fields["signature"].strip()):
+        if not _same_signature(expected_v2, fields["signature"].strip()):
             raise SignatureDoesNotMatch(AWSAccessKeyId=access_key, StringToSign=policy_b64)
         return user
     raise AccessDenied("Access Denied: a POST policy must be signed (x-amz-signature or signature)")
@@ -114,8 +120,10 @@ def _expiration(document: dict) -> float:
     if not isinstance(raw, str):
         raise InvalidPolicyDocument("Invalid Policy: Policy missing expiration.")
     try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        # S3's expirations are UTC; one without an offset is too, not the gateway's local time
+        return (when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)).timestamp()
+    except (ValueError, OverflowError):
         raise InvalidPolicyDocument(f"Invalid Policy: Invalid 'expiration' value: '{raw}'") from None
 
 
@@ -130,7 +138,7 @@ def authorize(fields: dict[str, str], *, bucket: str, filename: str | None,
     user = _verify_signature(fields, policy_b64, lookup_user=lookup_user, region=region)
     try:
         document = json.loads(base64.b64decode(policy_b64, validate=True).decode("utf-8"))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: arrays nested ~1000 deep
         raise InvalidPolicyDocument("Invalid Policy: Invalid JSON.") from None
     if not isinstance(document, dict):
         raise InvalidPolicyDocument("Invalid Policy: Invalid JSON.")
@@ -152,7 +160,8 @@ def authorize(fields: dict[str, str], *, bucket: str, filename: str | None,
             op = cond[0].lower()
             if op == "content-length-range":
                 lo, hi = cond[1], cond[2]
-                if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < lo:
+                # (JSON's true and false are Python ints: not sizes)
+                if not (type(lo) is int and type(hi) is int) or lo < 0 or hi < lo:
                     raise InvalidPolicyDocument("Invalid Policy: Invalid content-length-range condition: "
                                                 + json.dumps(cond))
                 min_length, max_length = max(min_length, lo), hi if max_length is None else min(max_length, hi)

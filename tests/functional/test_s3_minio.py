@@ -438,3 +438,91 @@ def test_post_policy_of_another_user(cluster, mc, bucket):
     form = post_form(bob, bucket)
     assert s3_code(post(cluster, bucket, form, b"x", key="up/x"))[:2] == (403, "AccessDenied")
     assert list(mc.list_objects(bucket, recursive=True)) == []
+
+
+# --- POST Object as a hostile client sends it ------------------------------------------------------
+
+def test_post_header_fields_with_control_characters_are_refused(cluster, mc, bucket):
+    """A form field, unlike a header, can hold CR, LF or NUL. Content-Type and x-amz-meta-* with
+    one are refused (400 InvalidArgument) and nothing is stored: stored, every GET and HEAD of the
+    object was a 500 (the header could not be sent). A policy's ``starts-with "image/"`` let
+    ``image/png\\r\\nX-Evil: 1`` through."""
+    form = post_form(mc, bucket, starts={"Content-Type": "image/", "x-amz-meta-note": ""})
+    for fields in ({"Content-Type": "image/png\r\nX-Evil: 1", "x-amz-meta-note": "n"},
+                   {"Content-Type": "image/png", "x-amz-meta-note": "a\r\nSet-Cookie: s=1"},
+                   {"Content-Type": "image/png", "x-amz-meta-note": "nul\x00"}):
+        status, code, message = s3_code(post(cluster, bucket, form, b"x", key="up/x", **fields))
+        assert (status, code) == (400, "InvalidArgument") and "control character" in message
+    # a metadata field whose name is no header's (a policy can name it)
+    for name in ("x-amz-meta-a b", "x-amz-meta-\u00fc", "x-amz-meta-a:b"):
+        named = post_form(mc, bucket, starts={name: ""})
+        status, code, message = s3_code(post(cluster, bucket, named, b"x", key="up/x", **{name: "v"}))
+        assert (status, code) == (400, "InvalidArgument") and "name of an HTTP header" in message
+    assert list(mc.list_objects(bucket, recursive=True)) == []
+    r = post(cluster, bucket, form, b"x", key="up/x", **{"Content-Type": "image/png", "x-amz-meta-note": "tab\tok"})
+    assert r.status_code == 204, r.text
+    assert mc.stat_object(bucket, "up/x").content_type == "image/png"
+
+
+def test_post_redirect_that_no_header_can_carry(cluster, mc, bucket):
+    """``success_action_redirect`` with CR/LF or non-latin-1 text: the object was stored and the
+    answer was a 500 (or a dropped connection). It is a 303 with the URL percent-encoded."""
+    form = post_form(mc, bucket, starts={"success_action_redirect": "https://example.test/"})
+    for url, sent in (("https://example.test/a\r\nX-Evil: 1", "https://example.test/a%0D%0AX-Evil:%201"),
+                      ("https://example.test/€ x", "https://example.test/%E2%82%AC%20x")):
+        r = post(cluster, bucket, form, b"small", key="up/r", success_action_redirect=url)
+        assert r.status_code == 303, r.text
+        assert r.headers["location"] == sent + "?bucket=" + bucket + "&key=up%2Fr&etag=%22" + md5_hex(b"small") + "%22"
+        assert "x-evil" not in r.headers
+
+
+def test_post_fields_count_boundaries_and_headers(cluster, mc, bucket):
+    """S3's 20 KB before the file count the boundaries and part headers, not only names and
+    values: 100 000 empty-named parts (5 MB) before the file, or a long preamble, were all read
+    and accepted; now MaxPostPreDataLengthExceededError, early, and nothing stored."""
+    form = {**post_form(mc, bucket), "key": "up/x"}
+    req = httpx.Request("POST", f"{cluster.endpoint}/{bucket}", data=form, files={"file": ("f", b"x")})
+    ctype, body = req.headers["content-type"], req.read()
+    boundary = ctype.split("boundary=")[1].encode()
+    empty = b"--" + boundary + b'\r\nContent-Disposition: form-data; name=""\r\n\r\n\r\n'
+    for hostile in (empty * 100_000 + body, b"p" * (1 << 20) + b"\r\n" + body):
+        r = httpx.post(f"{cluster.endpoint}/{bucket}", content=hostile, headers={"content-type": ctype}, timeout=60)
+        assert s3_code(r)[:2] == (400, "MaxPostPreDataLengthExceededError")
+    assert list(mc.list_objects(bucket, recursive=True)) == []
+    assert httpx.post(f"{cluster.endpoint}/{bucket}", content=body, headers={"content-type": ctype}).status_code == 204
+
+
+def test_post_fields_after_the_file_are_ignored_but_bounded(cluster, mc, bucket):
+    """Fields after the file are ignored (as S3 ignores them: an acl the policy does not name, a
+    second key), but S3's 20 KB are of the whole form less the file: 5 MB of field or of
+    epilogue after the file were read to the end before the object was committed."""
+    form = {**post_form(mc, bucket), "key": "up/x"}
+    req = httpx.Request("POST", f"{cluster.endpoint}/{bucket}", data=form, files={"file": ("f", b"x")})
+    ctype, body = req.headers["content-type"], req.read()
+    boundary = ctype.split("boundary=")[1].encode()
+    closing = b"--" + boundary + b"--\r\n"
+    assert body.endswith(closing)
+
+    def after_file(name: str, value: bytes) -> bytes:
+        return (body[:-len(closing)] + b"--" + boundary + b'\r\nContent-Disposition: form-data; name="'
+                + name.encode() + b'"\r\n\r\n' + value + b"\r\n" + closing)
+
+    for hostile in (after_file("x-ignore-note", b"n" * (5 << 20)), body + b"e" * (5 << 20)):
+        r = httpx.post(f"{cluster.endpoint}/{bucket}", content=hostile, headers={"content-type": ctype}, timeout=60)
+        assert s3_code(r)[:2] == (400, "MaxPostPreDataLengthExceededError")
+    assert list(mc.list_objects(bucket, recursive=True)) == []
+    r = httpx.post(f"{cluster.endpoint}/{bucket}", content=after_file("acl", b"public-read"),
+                   headers={"content-type": ctype})
+    assert r.status_code == 204, r.text
+    assert r.headers["location"].endswith("/up/x")
+
+
+def test_post_form_without_a_boundary_is_malformed(cluster, mc, bucket):
+    """multipart/form-data without a (usable) boundary is a malformed form (400
+    MalformedPOSTRequest), not an anonymous request to some other operation (403)."""
+    form = {**post_form(mc, bucket), "key": "up/x"}
+    req = httpx.Request("POST", f"{cluster.endpoint}/{bucket}", data=form, files={"file": ("f", b"x")})
+    for ctype in ("multipart/form-data", 'multipart/form-data; boundary=""', "Multipart/Form-Data;charset=utf-8"):
+        r = httpx.post(f"{cluster.endpoint}/{bucket}", content=req.read(), headers={"content-type": ctype})
+        assert s3_code(r)[:2] == (400, "MalformedPOSTRequest"), ctype
+    assert list(mc.list_objects(bucket, recursive=True)) == []

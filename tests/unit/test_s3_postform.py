@@ -98,6 +98,33 @@ def test_reader_refuses_malformed_bodies(body):
         reader.finish()
 
 
+def test_reader_refuses_a_long_part_header_however_it_arrives():
+    """MAX_PART_HEADER_BYTES holds when the header section comes whole in one feed, too."""
+    body = (b"--B\r\nContent-Disposition: form-data; name=k\r\nX-Pad: " + b"p" * 200_000
+            + b"\r\n\r\nv\r\n--B--\r\n")
+    for size in (len(body), 1000):
+        reader = formdata.FormReader("B")
+        with pytest.raises(e.MalformedPOSTRequest):
+            for at in range(0, len(body), size):
+                reader.feed(body[at:at + size])
+
+
+def test_reader_offsets_count_every_byte_before_a_part():
+    """A part's offset is the body's bytes before its content, boundaries, headers and preamble
+    included (S3's 20 KB before the file), and ``consumed`` what was read past, however fed."""
+    body = (b"preamble\r\n--B\r\nContent-Disposition: form-data; name=\"\"\r\n\r\n\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=file\r\n\r\nDATA\r\n--B--\r\n")
+    for size in (1, 5, len(body)):
+        reader = formdata.FormReader("B")
+        starts = []
+        for at in range(0, len(body), size):
+            starts += [ev.offset for ev in reader.feed(body[at:at + size]) if isinstance(ev, formdata.PartStarted)]
+            assert reader.consumed <= at + size
+        reader.finish()
+        assert starts == [body.index(b"\r\n\r\n\r\n") + 4, body.index(b"DATA")]
+        assert reader.consumed == len(body)
+
+
 def test_boundary_of():
     assert formdata.boundary_of("multipart/form-data; boundary=abc") == "abc"
     assert formdata.boundary_of('Multipart/Form-Data; charset=utf-8; boundary="a b"') == "a b"
@@ -215,3 +242,80 @@ def test_botocore_sigv2_signed_policy():
     assert authorize(post["fields"]).key == "up/x"
     with pytest.raises(e.SignatureDoesNotMatch):
         authorize({**post["fields"], "signature": "AAAA"})
+
+
+def test_hostile_signatures_are_refused_not_crashed():
+    """A signature field holding non-ASCII characters (anyone can send one, with a known access
+    key id) is a signature that does not match, for SigV4 and SigV2, not a TypeError (a 500)."""
+    with pytest.raises(e.SignatureDoesNotMatch):
+        authorize({**minio_form(), "key": "up/x", "x-amz-signature": "é" * 64})
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", region_name=REGION, aws_access_key_id=AK, aws_secret_access_key=SK,
+                      endpoint_url="http://127.0.0.1:1", config=Config(signature_version="s3"))
+    fields = s3.generate_presigned_post("media", "up/x")["fields"]
+    with pytest.raises(e.SignatureDoesNotMatch):
+        authorize({**fields, "signature": "\u00e9\u20ac"})
+
+
+def test_hostile_policy_documents():
+    """Signed but hostile documents: JSON nested deeper than the parser recurses, and a
+    content-length-range of booleans, are InvalidPolicyDocument (400), not a 500 or a range."""
+    import hashlib
+    import hmac
+
+    from headwater.objstore.s3 import sigv4
+
+    form = minio_form()
+    key = sigv4.signing_key(SK, form["x-amz-date"][:8], REGION)
+    later = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for text in ("[" * 5000 + "]" * 5000,
+                 '{"expiration": "%s", "conditions": %s}' % (later, "[" * 3000 + "]" * 3000),
+                 json.dumps({"expiration": later, "conditions": [["content-length-range", True, True]]})):
+        b64 = base64.b64encode(text.encode()).decode()
+        fields = {**form, "policy": b64, "key": "up/x",
+                  "x-amz-signature": hmac.new(key, b64.encode(), hashlib.sha256).hexdigest()}
+        with pytest.raises(e.InvalidPolicyDocument):
+            authorize(fields)
+
+
+def test_expiration_without_an_offset_is_utc(monkeypatch):
+    """An ``expiration`` without "Z" is UTC, as on S3, whatever the gateway's local time zone:
+    read as local time, in UTC+9 a policy good for an hour had expired eight hours before."""
+    import hashlib
+    import hmac
+
+    from headwater.objstore.s3 import sigv4
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        form = minio_form()
+        key = sigv4.signing_key(SK, form["x-amz-date"][:8], REGION)
+        in_an_hour = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        document = {"expiration": in_an_hour, "conditions": [["starts-with", "$key", "up/"]] + [
+            {name: form[name]} for name in ("bucket", "x-amz-algorithm", "x-amz-credential", "x-amz-date")
+            if name in form]}
+        b64 = base64.b64encode(json.dumps(document).encode()).decode()
+        fields = {**form, "policy": b64, "key": "up/x",
+                  "x-amz-signature": hmac.new(key, b64.encode(), hashlib.sha256).hexdigest()}
+        fields.pop("bucket", None)
+        assert authorize(fields).key == "up/x"
+        with pytest.raises(e.AccessDenied, match="Policy expired"):
+            authorize(fields, now=time.time() + 3601)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_header_names_from_form_fields():
+    """A form field's name goes out as a header's (x-amz-meta-*) only if it is an HTTP token; the
+    refusal shows a control character escaped (the error is an XML document, which cannot hold it)."""
+    from headwater.objstore.s3 import names
+
+    names.refuse_bad_header_name("x-amz-meta-Note_1")
+    for bad in ("x-amz-meta-a b", "x-amz-meta-\u00fc", "x-amz-meta-a:b", "x-amz-meta-a\x01"):
+        with pytest.raises(e.InvalidArgument) as info:
+            names.refuse_bad_header_name(bad)
+        assert "\x01" not in info.value.message + info.value.extra["ArgumentName"]
