@@ -181,3 +181,30 @@ def test_tagging_and_a_repair_rewrite_never_undo_each_other():
     inline = ObjectRecord(key="k", size=1, etag='"e"', last_modified=2.0, owner="o", inline=b"x").to_value()
     assert _as_read(inline) == ("mtime", 2.0)
     assert not _lands({**inline, "mtime": 3.0}, _as_read(inline))  # a newer inline version
+
+
+def test_a_repair_rewrite_read_before_rev_never_undoes_a_tagging_change():
+    """A record from before ``rev``: the reconstructor reads it, a PutObjectTagging then lands
+    (same layouts; tags and a first rev). The rewrite, built from the read without the tags,
+    must fail and read again: on the layouts alone it would land and undo the acknowledged
+    tags. And a rewrite gives the record a rev, so a tagging change read before it fails too."""
+    from dataclasses import replace
+
+    from headwater.objstore.gateway.tagging import _as_read
+    from headwater.objstore.layouts import layouts_in, rewrite
+    from headwater.objstore.records import Layout, new_rev
+
+    lay = Layout(oid="o1", size=100, k=2, m=1, stripe_bytes=64, nodes=("s1", "s2", None))
+    old = ObjectRecord(key="k", size=100, etag='"e"', last_modified=1.0, owner="o", layouts=(lay,)).to_value()
+    assert "rev" not in old
+    assert _lands(old, _as_read(old))
+    tagged = replace(ObjectRecord.from_value(old), tags={"a": "1"}, rev=new_rev()).to_value()
+    (ref,) = layouts_in("obj/b", "k", old)
+    repaired, cond = rewrite(ref, replace(lay, nodes=("s1", "s2", "s3")))
+    assert _lands(old, cond)           # nothing in between: the rewrite lands
+    assert not _lands(tagged, cond)    # the tags landed first: the rewrite reads again
+    assert repaired.get("rev")         # and the rewritten record has a rev of its own
+    assert not _lands(repaired, _as_read(old))  # a tagging change read before it reads again
+    newer = ObjectRecord(key="k", size=5, etag='"f"', last_modified=2.0, owner="o",
+                         layouts=(replace(lay, oid="o2"),), rev=new_rev()).to_value()
+    assert not _lands(newer, cond)     # a newer version: the rewrite reads again
