@@ -8,7 +8,8 @@ The rules are S3's (API reference, ``Tag`` / ``S3Tag``): a key is 1-128 characte
 0-256, both made of letters, numbers, spaces and ``_ . : / = + - @``; keys are unique within a
 set and may not start with ``aws:`` (reserved for AWS); an object has at most 10 tags, a bucket
 at most 50. Violations are ``InvalidTag`` (400), as S3 answers them; a document that is not a
-tagging document is ``MalformedXML``; a header that is not URL-encoded UTF-8 ``InvalidArgument``.
+tagging document is ``MalformedXML``; a header that is not URL-encoded UTF-8, or that names a
+key twice, ``InvalidArgument``.
 """
 
 from __future__ import annotations
@@ -70,18 +71,21 @@ def validate(pairs: list[tuple[str, str]], *, max_tags: int) -> dict[str, str]:
     return tags
 
 
+def _bad_header() -> InvalidArgument:
+    """S3's answer to an ``x-amz-tagging`` that is not URL-encoded UTF-8, or names a key twice."""
+    return InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL "
+                           "query parameters without tag name duplicates.", ArgumentName="x-amz-tagging")
+
+
 def _form_decode(raw: str) -> str:
     """One ``application/x-www-form-urlencoded`` component, strictly: ``+`` is a space, every
     ``%`` starts two hex digits, and the bytes are UTF-8 (else InvalidArgument)."""
     if _BAD_ESCAPE.search(raw) or not raw.isascii():
-        raise InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL "
-                              "query parameters without tag name duplicates.", ArgumentName="x-amz-tagging")
+        raise _bad_header()
     try:
         return unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL "
-                              "query parameters without tag name duplicates.",
-                              ArgumentName="x-amz-tagging") from None
+        raise _bad_header() from None
 
 
 def parse_header(raw: str | None) -> dict[str, str]:
@@ -101,6 +105,11 @@ def parse_header(raw: str | None) -> dict[str, str]:
     for piece in pieces:
         key, _, value = piece.partition("=")
         pairs.append((_form_decode(key), _form_decode(value)))
+    if len({key for key, _ in pairs}) != len(pairs):
+        # S3 answers a key named twice in the header (``a=1&a=2``, also when spelled
+        # differently: ``a=1&%61=2``) as the header's own fault, InvalidArgument; in a
+        # <Tagging> document it is InvalidTag (``validate``).
+        raise _bad_header()
     return validate(pairs, max_tags=MAX_OBJECT_TAGS)
 
 

@@ -109,6 +109,8 @@ def test_object_tagging_errors(s3, s3_bob, bucket):
     assert as_dict(s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"]) == full
     # refused writes store nothing
     assert error(s3.put_object, Bucket=bucket, Key="k2", Body=b"x", Tagging="aws:a=1") == (400, "InvalidTag")
+    # a key twice in the header: InvalidArgument, as S3 answers `put-object --tagging 'a=&a='`
+    assert error(s3.put_object, Bucket=bucket, Key="k2", Body=b"x", Tagging="a=1&a=2") == (400, "InvalidArgument")
     assert error(s3.head_object, Bucket=bucket, Key="k2") == (404, "404")
     # versionId: only null exists
     assert error(s3.get_object_tagging, Bucket=bucket, Key="k", VersionId="v1") == (404, "NoSuchVersion")
