@@ -127,6 +127,27 @@ def test_multipart_upload_carries_tags_to_the_object(s3, bucket):
     assert as_dict(s3.get_object_tagging(Bucket=bucket, Key="mp")["TagSet"]) == {"kind": "multipart", "n": "2"}
     assert s3.get_object(Bucket=bucket, Key="mp")["TagCount"] == 2
     assert error(s3.create_multipart_upload, Bucket=bucket, Key="mp2", Tagging="a=%zz") == (400, "InvalidArgument")
+    # retagging a multipart object keeps what makes it one: its ETag, its parts, its bytes
+    head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=2)
+    s3.put_object_tagging(Bucket=bucket, Key="mp", Tagging={"TagSet": tagset({"re": "tagged"})})
+    again = s3.head_object(Bucket=bucket, Key="mp", PartNumber=2)
+    assert (again["ETag"], again["PartsCount"], again["ContentLength"]) == (head["ETag"], 2, 64 * 1024)
+    assert s3.get_object(Bucket=bucket, Key="mp", PartNumber=1)["Body"].read() == b"p" * (64 * 1024)
+    assert as_dict(s3.get_object_tagging(Bucket=bucket, Key="mp")["TagSet"]) == {"re": "tagged"}
+
+
+@pytest.mark.parametrize("key", ["a b/c?d=e&tagging", "caf\u00e9/+%2F#x", "tagging", "..a/./b"])
+def test_tagging_on_keys_with_special_characters(s3, bucket, key):
+    """The ?tagging subresource on keys that look like queries, escapes or paths: the key is the
+    path's, whole (boto3 percent-encodes it)."""
+    s3.put_object(Bucket=bucket, Key=key, Body=b"x", Tagging="a=1")
+    assert as_dict(s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]) == {"a": "1"}
+    s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tagset({"b": "2"})})
+    assert as_dict(s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]) == {"b": "2"}
+    assert s3.get_object(Bucket=bucket, Key=key)["TagCount"] == 1
+    s3.delete_object_tagging(Bucket=bucket, Key=key)
+    assert s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"] == []
+    s3.delete_object(Bucket=bucket, Key=key)
 
 
 def test_copy_object_tagging_directive(s3, bucket):
