@@ -4,8 +4,8 @@ A layout lives in an object record (``obj/<bucket>``, one per part of a multipar
 the record of a part of a multipart upload still in progress (``part/<bucket>/<upload id>``).
 :func:`walk_layouts` visits them all; :func:`layouts_in` and :func:`rewrite` are the pure halves:
 where a record keeps its layouts, and the record with one layout replaced plus the condition
-that makes that replacement a compare-and-swap (a part record's layout field as it was read; an
-object record's ``rev``, which the rewrite changes).
+that makes that replacement a compare-and-swap (the layout field as it was read, or for an
+object record that has one its ``rev``, which the rewrite changes).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def rewrite(ref: LayoutRef, layout: Layout) -> tuple[dict[str, Any], tuple[str, 
     """The record of ``ref`` with its layout replaced by ``layout``, and the ``if_match``
     condition under which that write may land (the field unchanged since it was read).
 
-    An object record gets a new ``rev``, and the condition is on the one read (none, for a
-    record from before ``rev``): a tagging change made since the read (same layouts, new tags
-    and rev) then fails the rewrite, which reads again, instead of being undone; and a tagging
-    change read before the rewrite fails in turn instead of putting the old layout back
-    (``gateway/tagging.py``)."""
+    An object record gets a new ``rev``, and the condition is on the one read (on the layouts,
+    for a record from before ``rev``): a tagging change made since the read (same layouts, new
+    tags and rev; for a record from before rev, marked layouts) then fails the rewrite, which
+    reads again, instead of being undone; and a tagging change read before the rewrite fails in
+    turn instead of putting the old layout back (``gateway/tagging.py``)."""
     value = dict(ref.value)
     if ref.slot is None:
         value["layout"] = layout.to_value()
@@ -61,13 +61,15 @@ def rewrite(ref: LayoutRef, layout: Layout) -> tuple[dict[str, Any], tuple[str, 
     layouts = list(ref.value["layouts"])
     layouts[ref.slot] = layout.to_value()
     value["layouts"] = layouts
-    # Every writer of object records gives the record a fresh rev (a new version, a tagging
+    # Always a fresh rev: every write of an object record changes it (a new version, a tagging
     # change, this rewrite), so "rev as read" fails exactly when anything was written since.
-    # A record from before rev was read without one: the condition is then "still none" (the
-    # ring compares a missing field as None). Not its layouts: a tagging change keeps them, and
-    # this write, built from the read, would land on it and drop the tags it acknowledged.
     value["rev"] = new_rev()
-    return value, ("rev", ref.value.get("rev") or None)
+    if ref.value.get("rev"):
+        return value, ("rev", ref.value["rev"])
+    # A record from before rev: its layouts, which every version has its own of and which a
+    # tagging change of such a record marks (gateway/tagging.py ``retagged``). Not "still no
+    # rev": a gateway from before rev, mid-upgrade, writes versions without one.
+    return value, ("layouts", ref.value["layouts"])
 
 
 def oid_of(fid: str) -> str:

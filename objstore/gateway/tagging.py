@@ -9,7 +9,9 @@ bringing back the version it replaced (or mixing its tags into the new one), and
 repair's layout rewrite (which would otherwise be undone, pointing the record back at fragments
 that are going away); the change is then applied to whatever is there now (NoSuchKey if
 nothing is). A record written before ``rev`` existed is compared on its layouts (unique to a
-version, and what a repair changes), or for inline bytes on its ``mtime``.
+version, and what a repair changes), or for inline bytes on its ``mtime``; its layouts are
+written back marked (:func:`retagged`), since a repair's rewrite of such a record compares on
+them too.
 
 A bucket's tags live in a record of their own (``records.BUCKET_TAGS_NS``), tied to the bucket
 by its ``created`` time, so that a tagging write never races DeleteBucket's mark on the bucket
@@ -35,7 +37,7 @@ from .objects import other_version
 from .payload import Payload
 
 __all__ = ["get_object_tagging", "put_object_tagging", "delete_object_tagging",
-           "get_bucket_tagging", "put_bucket_tagging", "delete_bucket_tagging"]
+           "get_bucket_tagging", "put_bucket_tagging", "delete_bucket_tagging", "retagged"]
 
 #: How many times a tagging write is tried against records that keep changing under it (each
 #: failure means some other write landed: the system as a whole made progress).
@@ -79,18 +81,31 @@ async def _retag(store: Store, bucket: str, key: str, tags: dict[str, str]) -> O
         rec = ObjectRecord.from_value(entry.value)
         if rec.tags == tags:
             return rec  # nothing to change (a DeleteObjectTagging of an untagged object)
-        new = replace(rec, tags=dict(tags), rev=new_rev())
+        value, condition = retagged(entry.value, tags)
         try:
             # Shielded: once sent, the outcome is known before we answer.
             with anyio.CancelScope(shield=True):
-                await store.meta.put(objects_ns(bucket), key, new.to_value(), if_match=_as_read(entry.value))
-            return new
+                await store.meta.put(objects_ns(bucket), key, value, if_match=condition)
+            return ObjectRecord.from_value(value)
         except ConditionFailed as e:
             if e.current is None:
                 raise s3e.NoSuchKey(Key=key) from None
             # Replaced since the read: tag the object that is there now.
             continue
     raise s3e.OperationAborted()
+
+
+def retagged(value: dict[str, Any], tags: dict[str, str]) -> tuple[dict[str, Any], tuple[str, Any]]:
+    """The object record ``value`` (as read) with the tag set ``tags`` and a fresh ``rev``, and
+    the condition under which that write lands only on the record as read."""
+    new = replace(ObjectRecord.from_value(value), tags=dict(tags), rev=new_rev()).to_value()
+    if not value.get("rev") and new["layouts"]:
+        # A record from before rev: a repair's rewrite read before this write compares on the
+        # layouts (``layouts.rewrite``), which a tagging change keeps, and would land after it,
+        # dropping these tags. Marked, they compare unequal and it reads again. The mark is no
+        # part of a Layout (``Layout.from_value`` ignores it, a rewrite of its slot drops it).
+        new["layouts"] = [{**lay, "retag": new["rev"]} for lay in new["layouts"]]
+    return new, _as_read(value)
 
 
 def _as_read(value: dict[str, Any]) -> tuple[str, Any]:

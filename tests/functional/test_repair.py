@@ -226,18 +226,17 @@ async def test_a_rewrite_read_before_a_tagging_change_keeps_the_tags_on_a_record
     reconstructor reads it, and a PutObjectTagging (the gateway's own compare-and-swap,
     ``tagging._as_read``) lands just before the reconstructor's rewrite. The rewrite must fail,
     read again and land on the tagged record: the acknowledged tags stay, the layout is fixed."""
-    from headwater.objstore.gateway.tagging import _as_read
-    from headwater.objstore.records import new_rev
+    from headwater.objstore.gateway.tagging import retagged
+    from headwater.objstore.records import ObjectRecord
 
     class TaggedMeanwhile(DictMeta):
         tagged = False
 
         async def put(self, ns, key, value, *, if_match=None, **kw):
             if ns == "obj/b" and not self.tagged:
-                self.tagged = True
-                read = self.data[ns][key]
-                await DictMeta.put(self, ns, key, {**read, "tags": {"a": "1"}, "rev": new_rev()},
-                                   if_match=_as_read(read))
+                self.tagged = True  # the gateway's PutObjectTagging, as it writes
+                tagged, condition = retagged(self.data[ns][key], {"a": "1"})
+                await DictMeta.put(self, ns, key, tagged, if_match=condition)
             await DictMeta.put(self, ns, key, value, if_match=if_match, **kw)
 
     async with anyio.create_task_group() as tg:
@@ -247,20 +246,22 @@ async def test_a_rewrite_read_before_a_tagging_change_keeps_the_tags_on_a_record
         async with StoragePool(cluster) as pool:
             data = os.urandom(3 * SCHEME.stripe_bytes + 5)
             lay = await put_object(pool, meta, "k", data)
-            assert "rev" not in meta.data["obj/b"]["k"]
             gone = lay.nodes[2]
             by_id[gone].path_of(lay.fid(2)).unlink()
             nodes2 = list(lay.nodes)
             nodes2[2] = None
-            meta.data["obj/b"]["k"]["layouts"] = [Layout(**{**_fields(lay), "nodes": tuple(nodes2)}).to_value()]
+            degraded = Layout(**{**_fields(lay), "nodes": tuple(nodes2)})
+            meta.data["obj/b"]["k"] = ObjectRecord(key="k", size=len(data), etag='"e"', last_modified=1.0,
+                                                   owner="o", layouts=(degraded,)).to_value()
 
+            assert "rev" not in meta.data["obj/b"]["k"]
             recon = Reconstructor(cluster, meta, pool, rate_bytes_s=1024 * KiB, clock=FakeClock(autojump=True))
             await recon.run_once()
             assert meta.tagged and recon.stats()["records_rewritten"] == 1
             rec = meta.data["obj/b"]["k"]
             assert rec.get("tags") == {"a": "1"}  # the tagging change was not undone
             new = Layout.from_value(rec["layouts"][0])
-            assert None not in new.nodes and rec["rev"]
+            assert None not in new.nodes and rec["rev"] and "retag" not in rec["layouts"][0]
             all_verify(by_id[new.nodes[2]], new.fid(2), new.stripes)
             assert await read_back(pool, new) == data
         tg.cancel_scope.cancel()

@@ -101,15 +101,15 @@ def test_choose_targets_avoids_used_failure_domains():
 
 # --- records -------------------------------------------------------------------------------------
 
-def test_rewrite_is_a_compare_and_swap_on_rev_or_the_layout_field():
+def test_rewrite_is_a_compare_and_swap_on_the_layout_field():
     a, b = lay(["s1"] * 5 + [None], oid="a"), lay(["s2"] * 6, oid="b")
     value = {"key": "k", "layouts": [a.to_value(), b.to_value()], "etag": '"x"'}
     refs = layouts_in("obj/bk", "k", value)
     assert [r.layout.oid for r in refs] == ["a", "b"]
     new_a = Layout(oid="a", size=a.size, k=4, m=2, stripe_bytes=a.stripe_bytes, nodes=("s1",) * 5 + ("s7",))
     new_value, cond = rewrite(refs[0], new_a)
-    # a record from before ``rev``: the rewrite gives it one, and lands only while it has none
-    assert cond == ("rev", None) and new_value["rev"]
+    # a record from before ``rev``: compared on its layouts, and given a rev
+    assert cond == ("layouts", value["layouts"]) and new_value["rev"]
     assert new_value["layouts"][0]["nodes"][5] == "s7" and new_value["layouts"][1] == b.to_value()
     assert value["layouts"][0]["nodes"][5] is None  # the record as read is untouched
     part = {"n": 1, "layout": a.to_value()}

@@ -191,25 +191,34 @@ def test_tagging_and_a_repair_rewrite_never_undo_each_other():
 def test_a_repair_rewrite_read_before_rev_never_undoes_a_tagging_change():
     """A record from before ``rev``: the reconstructor reads it, a PutObjectTagging then lands
     (same layouts; tags and a first rev). The rewrite, built from the read without the tags,
-    must fail and read again: on the layouts alone it would land and undo the acknowledged
-    tags. And a rewrite gives the record a rev, so a tagging change read before it fails too."""
+    must fail and read again: on unchanged layouts it would land and undo the acknowledged
+    tags. Its condition stays on the layouts (not "no rev yet"): a gateway from before rev,
+    mid-upgrade, writes new versions without one. And the other way round: a rewrite gives the
+    record a rev and new layouts, so a tagging change read before it fails too."""
     from dataclasses import replace
 
-    from headwater.objstore.gateway.tagging import _as_read
+    from headwater.objstore.gateway.tagging import _as_read, retagged
     from headwater.objstore.layouts import layouts_in, rewrite
-    from headwater.objstore.records import Layout, new_rev
+    from headwater.objstore.records import Layout
 
     lay = Layout(oid="o1", size=100, k=2, m=1, stripe_bytes=64, nodes=("s1", "s2", None))
     old = ObjectRecord(key="k", size=100, etag='"e"', last_modified=1.0, owner="o", layouts=(lay,)).to_value()
     assert "rev" not in old
-    assert _lands(old, _as_read(old))
-    tagged = replace(ObjectRecord.from_value(old), tags={"a": "1"}, rev=new_rev()).to_value()
+    tagged, tag_cond = retagged(old, {"a": "1"})
+    assert _lands(old, tag_cond) and tagged["rev"]
+    assert ObjectRecord.from_value(tagged).layouts == (lay,)  # the mark is no part of the layout
     (ref,) = layouts_in("obj/b", "k", old)
     repaired, cond = rewrite(ref, replace(lay, nodes=("s1", "s2", "s3")))
     assert _lands(old, cond)           # nothing in between: the rewrite lands
     assert not _lands(tagged, cond)    # the tags landed first: the rewrite reads again
     assert repaired.get("rev")         # and the rewritten record has a rev of its own
-    assert not _lands(repaired, _as_read(old))  # a tagging change read before it reads again
-    newer = ObjectRecord(key="k", size=5, etag='"f"', last_modified=2.0, owner="o",
-                         layouts=(replace(lay, oid="o2"),), rev=new_rev()).to_value()
-    assert not _lands(newer, cond)     # a newer version: the rewrite reads again
+    assert not _lands(repaired, tag_cond)  # a tagging change read before it reads again
+    # a new version from a gateway without rev (mid-upgrade): the rewrite reads again
+    older_gateway = {**old, "etag": '"f"', "layouts": [replace(lay, oid="o2").to_value()]}
+    assert not _lands(older_gateway, cond)
+    # two tagging changes of a record from before rev, from the same read: the second reads again
+    assert not _lands(tagged, retagged(old, {"b": "2"})[1])
+    # once tagged, the record has a rev: the next rewrite and tagging compare on it
+    (ref2,) = layouts_in("obj/b", "k", tagged)
+    repaired2, cond2 = rewrite(ref2, replace(lay, nodes=("s1", "s2", "s3")))
+    assert cond2 == ("rev", tagged["rev"]) and repaired2["tags"] == {"a": "1"}
