@@ -23,8 +23,11 @@ nodes about the fragments in batches (``frag.stat_many``), and judges each fragm
   checked there (``frag.stat``: complete, every stripe), the record rewritten to name the home
   by a compare-and-swap on the layout that still names the handoff node (so an overwrite or
   delete of the object meanwhile is never undone: the home copy is removed instead), and only
-  then is the handoff copy deleted (:meth:`Reconstructor.bring_home`). An unplaced fragment
-  whose home answers is rebuilt there.
+  then is the handoff copy deleted (:meth:`Reconstructor.bring_home`). Parts of multipart
+  uploads in progress stay away until their upload completes (CompleteMultipartUpload copies a
+  part's layout as it read it into the object's record: a handoff copy deleted meanwhile would
+  be named there); the object's record is then moved home. An unplaced fragment whose home
+  answers is rebuilt there.
 
 A rebuild reads k surviving fragments a few stripes at a time (data fragments first, switching
 to another survivor if one fails mid-way), regenerates the wanted blocks with zfec
@@ -487,7 +490,11 @@ class Reconstructor(BackgroundLoop[dict[str, float]]):
             for c in checks:
                 self.current["layouts"] += 1
                 self.counters["layouts_checked"] += 1
-                if c.layout.away:
+                # Only an object's: CompleteMultipartUpload copies a part record's layout into
+                # the object's record unconditionally, so a part's handoff copy deleted after the
+                # Complete read it would leave the object naming a deleted fragment. Once the
+                # object is written, the next pass moves it (a compare-and-swap on that record).
+                if c.layout.away and c.ref.slot is not None:
                     try:
                         await self.bring_home(c, up_ids)
                     except Exception as e:  # noqa: BLE001 - one layout must not stop the pass

@@ -209,3 +209,53 @@ async def test_a_write_cancelled_while_a_node_commits_leaves_nothing(tmp_path, m
             assert [f for f in n.frags_dir.rglob("*") if f.is_file()] == [] and list(n.tmp_dir.iterdir()) == []
             assert n.fragment_count == 0
         tg.cancel_scope.cancel()
+
+
+async def test_a_part_away_from_home_stays_until_its_upload_completes(tmp_path):
+    """A part of a multipart upload in progress was handed off. CompleteMultipartUpload reads
+    the part's record (its layout, naming the handoff node) and writes the object's record from
+    it, with no condition on the part record. Had the reconstructor moved the fragment home in
+    between (part record rewritten, handoff copy deleted at once), the object's record would
+    name a deleted fragment. So parts' fragments come home only once they are an object's: the
+    next pass after the Complete moves it, by a compare-and-swap on the object's record."""
+    from headwater.objstore.records import parts_ns, upload_key, uploads_ns
+
+    async with anyio.create_task_group() as tg:
+        cluster, nodes, _scopes = await start_nodes(tg, tmp_path)
+        by_id = {n.id: n for n in nodes}
+        meta = DictMeta()
+        async with StoragePool(cluster, probe_interval_s=3600) as pool:
+            for _ in range(40):  # 3 homes of 5 nodes: 40 tries all missing s1 is 0.4**40
+                pool.mark_down("s1")
+                body = os.urandom(2 * SCHEME.stripe_bytes + 5)
+                async with LayoutWriter(pool, SCHEME) as w:
+                    await w.write(body)
+                    lay = await w.finish()
+                if lay.away:
+                    break
+            (i, home), = lay.away.items()
+            handoff = lay.nodes[i]
+            pool.mark_up("s1")
+            meta.data.setdefault(BUCKETS_NS, {})["b"] = {"name": "b"}
+            meta.data.setdefault(uploads_ns("b"), {})[upload_key("mp", "u1")] = {"key": "mp", "upload_id": "u1"}
+            meta.data.setdefault(parts_ns("b", "u1"), {})["00001"] = {"n": 1, "layout": lay.to_value()}
+            completes_with = dict(meta.data[parts_ns("b", "u1")]["00001"])  # Complete's read of the part
+
+            recon = Reconstructor(cluster, meta, pool, rate_bytes_s=1 << 30, clock=FakeClock(autojump=True))
+            await recon.run_once()
+            # Complete lands: the object names the layout as Complete read it; the part goes.
+            meta.data.setdefault(objects_ns("b"), {})["mp"] = {"key": "mp", "size": lay.size,
+                                                               "layouts": [completes_with["layout"]]}
+            del meta.data[uploads_ns("b")][upload_key("mp", "u1")], meta.data[parts_ns("b", "u1")]
+            named = Layout.from_value(meta.data["obj/b"]["mp"]["layouts"][0])
+            assert named.nodes[i] == handoff
+            all_verify(by_id[handoff], lay.fid(i), lay.stripes)  # what the object names is there
+            assert await read_back(pool, named) == body
+
+            await recon.run_once()  # now the object's: moved home
+            new = Layout.from_value(meta.data["obj/b"]["mp"]["layouts"][0])
+            assert new.nodes[i] == home and new.away == {}
+            all_verify(by_id[home], lay.fid(i), lay.stripes)
+            assert not by_id[handoff].path_of(lay.fid(i)).exists()
+            assert await read_back(pool, new) == body
+        tg.cancel_scope.cancel()
