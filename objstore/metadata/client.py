@@ -487,8 +487,9 @@ class MetadataClient:
         """Store ``value``; acknowledged once a majority of replicas synced it.
 
         ``if_absent``: only if no live entry exists. ``if_match=(field, expected)``: only if a
-        live entry exists and ``entry.value[field] == expected``. Raises ConditionFailed (with
-        ``.current``) or QuorumUnavailable.
+        live entry exists and ``entry.value.get(field) == expected`` (a missing field is None;
+        lists and dicts compare as msgpack gives them back, tuples as lists). Raises
+        ConditionFailed (with ``.current``) or QuorumUnavailable.
         """
         entry, _previous = await self.replace(ns, key, value, if_absent=if_absent, if_match=if_match)
         return entry

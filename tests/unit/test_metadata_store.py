@@ -134,6 +134,24 @@ def test_if_match(store):
     assert store.get("obj/b", 0, "k") is None
 
 
+def test_if_match_compares_structures_exactly_and_a_missing_field_as_none(store):
+    """What the object records' compare-and-swaps rely on (``layouts.rewrite``, tagging): a
+    layouts list matches only as stored (Python's ``==``, on the command as decoded from the
+    log, where a tuple sent is a list); one changed node or one added key fails it. A field the record lacks compares as
+    None: ``(field, None)`` matches it (no caller relies on that; none sends None)."""
+    lay = {"oid": "o", "size": 5, "k": 2, "m": 1, "stripe": 64, "nodes": ["s1", None, "s3"]}
+    run(store, put("k", 1, {"layouts": [lay]}))
+    assert not run(store, put("k", 2, {"x": 1}, if_match=("layouts", [{**lay, "nodes": ["s1", "s2", "s3"]}]))).applied
+    assert not run(store, put("k", 3, {"x": 1}, if_match=("layouts", [{**lay, "retag": "r"}]))).applied
+    assert not run(store, put("k", 4, {"x": 1}, if_match=("layouts", []))).applied
+    reordered = dict(reversed(list(lay.items())))  # key order is no part of a dict's value
+    sent = put("k", 5, {"layouts": [lay]}, if_match=("layouts", ({**reordered, "nodes": ("s1", None, "s3")},)))
+    assert not run(store, sent).applied  # Python's ==: a tuple is no list ...
+    assert run(store, Command.decode(sent.encode())).applied  # ... but entries are applied as logged
+    assert run(store, put("k", 6, {"layouts": [lay]}, if_match=("rev", None))).applied  # missing: None
+    assert not run(store, put("k", 7, {"rev": "r1"}, if_match=("rev", ""))).applied
+
+
 def test_commands_in_one_transaction_see_each_other_and_abort_together(store):
     results = run(store, put("a", 1), put("a", 2, if_absent=True), delete("a", 3), put("a", 4, if_absent=True))
     assert [r.applied for r in results] == [True, False, True, True]
