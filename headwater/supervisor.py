@@ -6,8 +6,8 @@ storage -> gateway -> repair). The daemons of one role start together (metadata 
 quorum of their peers before they report healthy) and the next role starts only
 when every one of them answers ``/healthz`` on its admin port with ``"status": "ok"``, or
 ``"degraded"``: serving, with a dependency it does not start itself away (the origin with its
-PostgreSQL down; :mod:`headwater.health`). Such a daemon is started, and shown as degraded. If any cannot start, everything
-already started is stopped and :class:`StartupError` says which daemon failed and shows the end
+PostgreSQL down; :mod:`headwater.health`); such a daemon is started, and shown as degraded.
+Any other answer is waited for. If any cannot start, everything already started is stopped and :class:`StartupError` says which daemon failed and shows the end
 of its log: nothing is left half-started.
 
 Once up, a child that exits is restarted after a delay that :class:`BackoffPolicy` decides. On
@@ -374,7 +374,7 @@ class Supervisor:
         url = f"http://{url_host(spec.host)}:{spec.admin_port}/healthz"
         deadline = self.clock.monotonic() + self.start_timeout_s
         pending = {c.pid for c in children}
-        degraded = False  # any worker that answered said "degraded": the daemon is
+        degraded = False  # some worker answered "degraded": the daemon is shown so
         last = "no answer yet"
         limits = httpx.Limits(max_keepalive_connections=0)  # new connection: any worker may answer
         async with httpx.AsyncClient(timeout=2.0, limits=limits, trust_env=False) as client:
