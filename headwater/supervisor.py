@@ -7,8 +7,9 @@ quorum of their peers before they report healthy) and the next role starts only
 when every one of them answers ``/healthz`` on its admin port with ``"status": "ok"``, or
 ``"degraded"``: serving, with a dependency it does not start itself away (the origin with its
 PostgreSQL down; :mod:`headwater.health`); such a daemon is started, and shown as degraded.
-Any other answer is waited for. If any cannot start, everything already started is stopped and :class:`StartupError` says which daemon failed and shows the end
-of its log: nothing is left half-started.
+Any other answer is waited for. If any cannot start, everything already started is stopped
+and :class:`StartupError` says which daemon failed and shows the end of its log: nothing is
+left half-started.
 
 Once up, a child that exits is restarted after a delay that :class:`BackoffPolicy` decides. On
 cancellation (``up`` turns SIGINT/SIGTERM into one) children are stopped in reverse order: SIGTERM,
