@@ -2,7 +2,10 @@
 
 ``health()`` returns a dict of what the daemon wants operators to see (free space, entries, EC
 scheme). It reports trouble with ``"status"`` set to anything but ``"ok"`` (or by raising), which
-answers 503. ``pid`` is added when the dict has none, so ``headwater status`` can show it.
+answers 503: ``"degraded"`` when it serves what it can with a dependency it does not start itself
+away (``headwater up`` counts it started), anything else while it is not ready
+(:mod:`headwater.health`). ``pid`` is added when the dict has none, so ``headwater status`` can
+show it.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@
 and each daemon package's own subcommands (``headwater meta status|rebalance`` for the object
 store's metadata ring), registered with its roles (:mod:`headwater.roles`).
 
-Exit codes: 0 success; 1 a daemon failed (to start, or is down for ``status``); 2 a bad config or
-command line, with nothing started.
+Exit codes: 0 success; 1 a daemon failed (to start, or for ``status`` is not ok: down or
+degraded); 2 a bad config or command line, with nothing started.
 """
 
 from __future__ import annotations
@@ -294,6 +294,11 @@ def up_summary(cfg: ClusterConfig, supervisor: Any) -> str:
         rows.append((d.id, d.role, ",".join(pids.get(d.id, ["-"])), f"{d.host}:{d.port}",
                      f"{d.host}:{d.admin_port}"))
     lines += ["  " + line for line in table(rows)]
+    degraded = sorted({c["id"] for c in supervisor.snapshot() if c.get("health_at_start") == "degraded"})
+    if degraded:
+        # Started (serving what it can), but a dependency it does not start itself is away.
+        lines += ["", f"  degraded: {', '.join(degraded)} (serving, a dependency is away: `headwater status` "
+                      "shows which; it recovers by itself when the dependency is back)"]
     if localca.uses_local_ca(cfg):
         lines += ["", f"  TLS: certificates from the local CA {localca.ca_folder(cfg) / localca.CA_CERT_FILE} "
                       "(curl --cacert it; `headwater ca show`)"]
@@ -325,10 +330,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         pid = ",".join(map(str, r["pids"])) if r.get("pids") else str(r["pid"]) if r["pid"] is not None else "-"
         rows_text.append((r["id"], r["role"], pid, r["address"],
-                          "ok" if r["healthy"] else "down", details_text(r["role"], r["details"])))
+                          r["health"], details_text(r["role"], r["details"])))
     up = sum(r["healthy"] for r in rows)
+    degraded = sum(r["health"] == "degraded" for r in rows)
     words = headline(cfg)
-    print(f"{cfg.name}: {up}/{len(rows)} daemons healthy" + (f"; {words}" if words else ""))
+    print(f"{cfg.name}: {up}/{len(rows)} daemons healthy" + (f", {degraded} degraded" if degraded else "")
+          + (f"; {words}" if words else ""))
     for line in table(rows_text):
         print(line)
     for rep in reports:

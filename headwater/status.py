@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import anyio
 
 from .config import ClusterConfig
+from .health import Health, health_of
 from .roles import RoleUnavailable, registry
 
 if TYPE_CHECKING:
@@ -84,7 +85,9 @@ def short_error(e: BaseException) -> str:
 
 
 async def gather_status(cfg: ClusterConfig, *, timeout_s: float = 1.5) -> list[dict[str, Any]]:
-    """Ask every daemon's /healthz; one entry per daemon, in start order."""
+    """Ask every daemon's /healthz; one entry per daemon, in start order: ``health`` is "ok",
+    "degraded" (serving, a dependency away) or "down" (:mod:`headwater.health`); ``healthy``
+    is whether it is "ok"."""
     import httpx  # here, not at the top: every daemon imports this module, only `status` asks
 
     from .supervisor import read_state
@@ -107,7 +110,9 @@ async def gather_status(cfg: ClusterConfig, *, timeout_s: float = 1.5) -> list[d
         except (httpx.HTTPError, ValueError) as e:
             row["details"] = {"error": short_error(e)}
             return
-        row["healthy"] = r.status_code == 200 and doc.get("status") == "ok"
+        health = health_of(r.status_code, doc)
+        row["health"] = health.value
+        row["healthy"] = health is Health.OK
         if isinstance(doc.get("pid"), int):
             row["pid"] = doc["pid"]
         row["details"] = {k: v for k, v in doc.items() if k != "pid"}
@@ -118,7 +123,7 @@ async def gather_status(cfg: ClusterConfig, *, timeout_s: float = 1.5) -> list[d
                 pids = known_pids.get(d.id, [])
                 row = {"id": d.id, "role": d.role, "pid": pids[0] if pids else None,
                        "address": f"{d.host}:{d.port}", "admin": f"{d.host}:{d.admin_port}",
-                       "healthy": False, "details": {}}
+                       "health": Health.DOWN.value, "healthy": False, "details": {}}
                 if d.role in with_workers and len(pids) > 1:
                     row["pids"] = pids
                 out.append(row)

@@ -4,9 +4,12 @@ run ``workers`` processes on one port, such as the S3 gateway).
 Roles start in the registry's order (:mod:`headwater.roles`; for the object store metadata ->
 storage -> gateway -> repair). The daemons of one role start together (metadata nodes may need a
 quorum of their peers before they report healthy) and the next role starts only
-when every one of them answers ``/healthz`` on its admin port. If any cannot start, everything
-already started is stopped and :class:`StartupError` says which daemon failed and shows the end
-of its log: nothing is left half-started.
+when every one of them answers ``/healthz`` on its admin port with ``"status": "ok"``, or
+``"degraded"``: serving, with a dependency it does not start itself away (the origin with its
+PostgreSQL down; :mod:`headwater.health`); such a daemon is started, and shown as degraded.
+Any other answer is waited for. If any cannot start, everything already started is stopped
+and :class:`StartupError` says which daemon failed and shows the end of its log: nothing is
+left half-started.
 
 Once up, a child that exits is restarted after a delay that :class:`BackoffPolicy` decides. On
 cancellation (``up`` turns SIGINT/SIGTERM into one) children are stopped in reverse order: SIGTERM,
@@ -39,6 +42,7 @@ from anyio.abc import Process, TaskStatus
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ClusterConfig, DaemonConfig, port_keys
+from .health import Health, health_of
 from .log import Logger, get_logger
 from .roles import registry
 from .status import url_host
@@ -225,6 +229,7 @@ class _Child:
     exit_code: int | None = None
     started_at: float | None = None
     log_offset: int = 0
+    health: Health | None = None  # what /healthz said when ``up`` counted it started
     pids_seen: set[int] = field(default_factory=set)
 
     def alive(self) -> bool:
@@ -307,7 +312,8 @@ class Supervisor:
         return [
             {"id": c.spec.daemon_id, "role": c.spec.role, "worker": c.spec.worker, "pid": c.pid,
              "state": c.state, "restarts": c.policy.restarts, "exit_code": c.exit_code,
-             "started_at": c.started_at, "log": str(c.log_path)}
+             "started_at": c.started_at, "log": str(c.log_path),
+             "health_at_start": c.health.value if c.health is not None else None}
             for c in self.children
         ]
 
@@ -363,11 +369,13 @@ class Supervisor:
         self._write_state()
 
     async def _wait_healthy(self, children: list[_Child]) -> None:
-        """Until /healthz is ok and (for workers sharing a port) every worker has answered."""
+        """Until /healthz says the daemon is started (ok or degraded: :mod:`headwater.health`)
+        and (for workers sharing a port) every worker has answered so."""
         spec = children[0].spec
         url = f"http://{url_host(spec.host)}:{spec.admin_port}/healthz"
         deadline = self.clock.monotonic() + self.start_timeout_s
         pending = {c.pid for c in children}
+        degraded = False  # some worker answered "degraded": the daemon is shown so
         last = "no answer yet"
         limits = httpx.Limits(max_keepalive_connections=0)  # new connection: any worker may answer
         async with httpx.AsyncClient(timeout=2.0, limits=limits, trust_env=False) as client:
@@ -380,12 +388,15 @@ class Supervisor:
                                            log_path=c.log_path, log_tail=_tail(c.log_path, c.log_offset))
                 try:
                     r = await client.get(url)
-                    if r.status_code == 200:
-                        pid = _json_pid(r)
-                        if pid is None or len(children) == 1:
-                            return
-                        pending.discard(pid)
-                        if not pending:
+                    doc = _json(r)
+                    health = health_of(r.status_code, doc)
+                    if health.started:
+                        degraded = degraded or health is Health.DEGRADED
+                        pid = doc.get("pid")
+                        if isinstance(pid, int) and len(children) > 1:
+                            pending.discard(pid)
+                        if not isinstance(pid, int) or len(children) == 1 or not pending:
+                            self._started(children, Health.DEGRADED if degraded else Health.OK, doc)
                             return
                         last = f"waiting for {len(pending)} more worker(s) to answer"
                         if self.clock.monotonic() < deadline:
@@ -402,6 +413,14 @@ class Supervisor:
                     raise StartupError(c.spec.name, f"not healthy after {self.start_timeout_s:g}s ({last})",
                                        log_path=c.log_path, log_tail=_tail(c.log_path, c.log_offset))
                 await self.clock.sleep(0.05)
+
+    def _started(self, children: list[_Child], health: Health, doc: dict[str, Any]) -> None:
+        for c in children:
+            c.health = health
+        if health is Health.DEGRADED:
+            # Started all the same: it serves what it can and waits for its dependency itself.
+            self.log.warning("child.degraded", child=children[0].spec.daemon_id,
+                             error=str(doc.get("error", ""))[:300])
 
     # -- watching -----------------------------------------------------------------------------
 
@@ -488,12 +507,11 @@ def _role_order() -> list[str]:
     return [r.name for r in registry().roles()]
 
 
-def _json_pid(r: httpx.Response) -> int | None:
+def _json(r: httpx.Response) -> Any:
     try:
-        pid = r.json().get("pid")
-    except (ValueError, AttributeError):
+        return r.json()
+    except ValueError:
         return None
-    return pid if isinstance(pid, int) else None
 
 
 def _exit_text(code: int | None) -> str:

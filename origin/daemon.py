@@ -180,7 +180,7 @@ async def run_origin(cluster: ClusterConfig, node: OriginConfig, *, clock: Clock
                                        max_entries=delivery.publish_cache_entries, clock=clock)
     await anyio.to_thread.run_sync(last_known.load)
     versions = PublishedVersions(read_title, ttl_s=delivery.publish_cache_s, max_entries=delivery.publish_cache_entries,
-                                 clock=clock, last_known=last_known)
+                                 clock=clock, last_known=last_known, breaker=catalogue.database_breaker)
 
     async def keep_publications() -> None:
         while True:

@@ -14,8 +14,9 @@ Keys (every default here)::
                        "database": every search runs in PostgreSQL; SQLite ignores it
     search_wait_seconds        search = "local": how long a search waits for a database
                        connection before it answers from the local index alone (1)
-    search_retry_seconds       after the database failed a search, searches answer from the
-                       local index without trying it for this long; then one search tries (5)
+    search_retry_seconds       after the database failed (a search, a publish lookup), searches
+                       answer from the local index, and publish lookups from their kept
+                       verdicts, without trying it for this long; then one caller tries (5)
     search_stale_max_seconds   the oldest local index (seconds since it last matched the
                        database's feed) a search answers from while the database is away;
                        past it, 503 (3600; 0: never answer without the database)

@@ -30,9 +30,10 @@ search answers from the file alone, marked stale (:attr:`SearchPage.stale_s`: se
 file last matched the feed's head), as long as that is within ``search_stale_max_s``; past it,
 :class:`SearchUnavailable`. The file holds every field a hit shows (its ``titles`` rows: title,
 category, year, language, duration), so the page is the one the database would have confirmed
-at that time; a title whose withdrawal the file applied is not in it. A :class:`Breaker` makes
-a dead database cost one bounded wait per ``search_retry_s``, not one per search; the worker's
-polls report to it too, so searches are fresh again as soon as it reaches the database.
+at that time; a title whose withdrawal the file applied is not in it. The catalogue's
+:class:`~.breaker.Breaker` makes a dead database cost one bounded wait per ``search_retry_s``,
+not one per search; the worker's polls (and the origin's publish lookups) report to it too, so
+searches are fresh again as soon as it reaches the database.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .breaker import Breaker
 from .config import CatalogueConfig
 from .errors import BackendUnavailable, SearchUnavailable
 from .query import SearchPage, SearchQuery
@@ -100,8 +100,9 @@ class LocalSearchIndex:
         self._clock = source.clock
         self._stale_max_s = source.config.search_stale_max_s
         self._wait_s = source.config.search_wait_s
-        #: Whether searches use the database now (it failed within search_retry_s: no).
-        self.breaker = Breaker(source.config.search_retry_s, clock=source.clock)
+        #: Whether searches use the database now (it failed within search_retry_s: no): the
+        #: catalogue's, which its other callers (the publish lookups) report to as well.
+        self.breaker = source.database_breaker
         # When (monotonic) the file last held every change the feed had: None, not known (not
         # since start, and the file kept no earlier time).
         self._synced_at: float | None = None

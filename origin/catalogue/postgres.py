@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
+from .breaker import Breaker
 from .config import CatalogueConfig
 from .errors import BackendUnavailable, SearchUnavailable
 from .query import SearchPage, SearchQuery, TermGroup, tsquery_expression
@@ -155,10 +156,19 @@ class PostgresCatalogue(SqlCatalogue):
         # Checks the search's statements (_statement with wait_s) twice per wait; on the real
         # clock, as the pool's wait is: it bounds a real socket's wait, not the catalogue's logic.
         self._watchdog = Watchdog(max(0.05, config.search_wait_s / 2))
+        # One breaker for the database, whoever saw it fail: a search that failed spares the
+        # publish lookups their wait for the pool, and a lookup that failed spares the searches.
+        self._breaker = Breaker(config.search_retry_s, clock=clock)
         self._search_index = None
         if config.search_index is not None:
             from .localsearch import LocalSearchIndex
             self._search_index = LocalSearchIndex(self, config.search_index)
+
+    @property
+    def database_breaker(self) -> Breaker:
+        """The database's breaker (store.py), shared by the local search index and the
+        origin's publish lookups (delivery/published.py); its interval is search_retry_seconds."""
+        return self._breaker
 
     @property
     def search_index(self) -> LocalSearchIndex | None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Collection, Iterable, Sequence
 
 from headwater.clock import SYSTEM_CLOCK, Clock
 
+from .breaker import Breaker
 from .config import CatalogueConfig
 from .errors import BadQuery, IllegalTransition, InvalidTitle, JobNotFound, LeaseLost, TitleNotFound
 from .query import (SearchHit, SearchPage, SearchQuery, TermGroup, check_query, plan_groups,
@@ -962,6 +963,13 @@ class SqlCatalogue(ABC):
         """Whether the database has answered since this process started (always, but for a
         PostgreSQL catalogue made while its server was down: postgres.py's schema gate)."""
         return True
+
+    @property
+    def database_breaker(self) -> Breaker | None:
+        """Whether callers that have an answer of their own (the local search index, a kept
+        publication) should skip the database now, as it failed within the breaker's interval
+        (breaker.py); None for a database that cannot be away (SQLite's, in this process)."""
+        return None
 
     def warm_search(self) -> None:
         """Prepare what searches use (PostgreSQL's local search index) before the first one."""

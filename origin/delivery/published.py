@@ -12,7 +12,10 @@ into one catalogue read (run off the event loop by the ``lookup`` the daemon giv
 withdrawal takes effect within ``ttl_s``; :meth:`PublishedVersions.forget` applies it at once in
 this process (the invalidation hook calls it). While the catalogue cannot be reached, a title's
 published verdict the catalogue last gave (:mod:`.lastknown`, kept across restarts) answers, within
-its age bound.
+its age bound; and while the catalogue's database breaker (``catalogue/breaker.py``) says the
+database failed within its interval, the catalogue is not asked at all: the kept verdict (or the
+503) comes at once, rather than after the pool's wait for a connection (up to
+``connect_timeout_seconds``) once per title per ``ttl_s``. One lookup per interval probes it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..catalogue import BackendUnavailable, Title, TitleNotFound, TitleState
 from .objectpath import POSTER_NAME, THUMBNAILS_NAME, version_of_key
 
 if TYPE_CHECKING:
+    from ..catalogue.breaker import Breaker
     from .lastknown import LastKnownPublications
 
 __all__ = ["Availability", "Publication", "publication_of", "PublishedVersions", "UNKNOWN"]
@@ -79,15 +83,18 @@ class PublishedVersions:
 
     def __init__(self, lookup: Callable[[int], Awaitable[Title]], *, ttl_s: float = 1.0,
                  max_entries: int = 10_000, clock: Clock = SYSTEM_CLOCK,
-                 last_known: LastKnownPublications | None = None) -> None:
+                 last_known: LastKnownPublications | None = None, breaker: Breaker | None = None) -> None:
         self._lookup = lookup
         self.last_known = last_known
+        self._breaker = breaker
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.clock = clock
         self._entries: OrderedDict[int, tuple[float, Publication]] = OrderedDict()
         self._inflight: dict[int, anyio.Event] = {}
-        self.counts = {"publish_lookups": 0, "publish_cache_hits": 0, "publish_stale_answers": 0}
+        # publish_lookups_skipped: the breaker said the database is down, so it was not asked.
+        self.counts = {"publish_lookups": 0, "publish_cache_hits": 0, "publish_stale_answers": 0,
+                       "publish_lookups_skipped": 0}
 
     async def get(self, title_id: int) -> Publication:
         """The title's publication, from the cache while fresh."""
@@ -105,11 +112,25 @@ class PublishedVersions:
                 break
         done = self._inflight[title_id] = anyio.Event()
         try:
-            self.counts["publish_lookups"] += 1
+            breaker = self._breaker
             try:
-                pub = publication_of(await self._lookup(title_id))
-            except TitleNotFound:
-                pub = UNKNOWN
+                if breaker is not None and not breaker.allow():
+                    # The database failed within the breaker's interval: waiting for the pool
+                    # would only end in the same failure.
+                    self.counts["publish_lookups_skipped"] += 1
+                    raise BackendUnavailable("the catalogue database cannot be reached (it failed within "
+                                             "the last few seconds)")
+                self.counts["publish_lookups"] += 1
+                try:
+                    pub = publication_of(await self._lookup(title_id))
+                except TitleNotFound:
+                    pub = UNKNOWN
+                except BackendUnavailable:
+                    if breaker is not None:
+                        breaker.failed()
+                    raise
+                if breaker is not None:
+                    breaker.succeeded()
             except BackendUnavailable:
                 kept = self.last_known.get(title_id) if self.last_known is not None else None
                 if kept is None:

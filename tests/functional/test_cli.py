@@ -3,7 +3,10 @@
 The real daemons are written elsewhere; here every role runs ``run_fake`` below (through
 HEADWATER_ENTRY_POINTS), a stand-in that listens on its ports and answers /healthz, so the CLI and
 supervisor are tested for real: processes, signals, ports, logs, restarts.
-``HEADWATER_FAKE="id=crash,id2=hang"`` makes chosen daemons misbehave.
+``HEADWATER_FAKE="id=crash,id2=hang"`` makes chosen daemons misbehave: ``crash`` raises, ``hang``
+never answers /healthz, ``starting`` answers ``"status": "starting"`` for ever, ``degraded``
+answers ``"status": "degraded"`` (503) until the file HEADWATER_FAKE_BACK names exists (its
+dependency is back), then ok.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ async def run_fake(cluster, node_cfg, *, worker=None, task_status=anyio.TASK_STA
     registry.counter("fake_starts_total", "Starts.").inc()
 
     async def health():
+        if mode == "starting":
+            return {**details, "status": "starting"}
+        if mode == "degraded" and not os.path.exists(os.environ.get("HEADWATER_FAKE_BACK", "")):
+            return {**details, "status": "degraded", "error": "fake dependency away"}
         return dict(details)
 
     async def close(stream):
@@ -411,6 +418,56 @@ def test_up_gives_up_on_a_daemon_that_never_becomes_healthy(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "meta-1 failed to start: not healthy after 1.5s" in err
+    assert all(port_free(p) for p in ports)
+
+
+def test_up_gives_up_on_a_daemon_that_stays_starting(tmp_path):
+    """A daemon answering, but not ready ("starting": a metadata node without its quorum) is
+    not started: only "ok" and "degraded" are."""
+    path, ports = write_cluster(tmp_path)
+    proc = start_up(path, "--start-timeout", "1.5", "--stop-grace", "2", HEADWATER_FAKE="meta-1=starting")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "meta-1 failed to start: not healthy after 1.5s (/healthz answered 503" in err
+    assert all(port_free(p) for p in ports)
+
+
+def test_up_counts_a_degraded_daemon_started_and_status_shows_it(tmp_path):
+    """A daemon whose /healthz says "degraded" (503: serving, a dependency away) is started at
+    once: the next roles start, `up` says it is up and names it degraded; `status` shows it
+    degraded (exit 1: not every daemon ok) until its dependency is back, then ok."""
+    path, ports = write_cluster(tmp_path)
+    back = tmp_path / "dependency-back"
+    proc = start_up(path, "--start-timeout", "20", HEADWATER_FAKE="meta-1=degraded",
+                    HEADWATER_FAKE_BACK=str(back))
+    try:
+        t0 = time.monotonic()
+        read_until(proc, "is up")
+        summary = read_until(proc, "Ctrl-C")
+        assert time.monotonic() - t0 < 15  # not the start timeout's 20 s
+        assert "degraded: meta-1 (serving" in summary
+        assert {c["id"]: c["health_at_start"] for c in state(tmp_path)["children"]}["meta-1"] == "degraded"
+
+        r = headwater("status", "-c", str(path), "--json")
+        assert r.returncode == 1, r.stdout + r.stderr
+        rows = {row["id"]: row for row in json.loads(r.stdout)}
+        assert rows["meta-1"]["health"] == "degraded" and rows["meta-1"]["healthy"] is False
+        assert all(row["health"] == "ok" for i, row in rows.items() if i != "meta-1")
+        table = headwater("status", "-c", str(path))
+        assert "4/5 daemons healthy, 1 degraded" in table.stdout
+        line = next(ln for ln in table.stdout.splitlines() if ln.startswith("meta-1 "))
+        assert " degraded " in line and "error: fake dependency away" in line
+
+        back.touch()
+        wait_for(lambda: headwater("status", "-c", str(path)).returncode == 0, what="ok again")
+        rows = {row["id"]: row for row in json.loads(headwater("status", "-c", str(path), "--json").stdout)}
+        assert rows["meta-1"]["health"] == "ok" and rows["meta-1"]["healthy"] is True
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
     assert all(port_free(p) for p in ports)
 
 

@@ -197,3 +197,59 @@ def test_published_versions_play_on_from_the_last_known_while_the_catalogue_is_a
     kept = LastKnownPublications(path, stale_max_s=100.0, clock=clock)
     kept.load()  # unreadable: starts empty (logged), never fails the start
     assert len(kept) == 0
+
+
+def test_published_versions_skip_the_catalogue_while_its_breaker_is_open(tmp_path):
+    """updegraded: once the catalogue's database breaker has seen the database fail, a publish
+    lookup does not ask it (no wait for the pool) until the breaker's interval has passed: the
+    kept verdict answers at once, a title with none gets its 503 at once; one lookup per interval
+    probes, and the first that succeeds closes the breaker."""
+    from headwater.origin.catalogue import BackendUnavailable
+    from headwater.origin.catalogue.breaker import Breaker, BreakerState
+    from headwater.origin.delivery.lastknown import LastKnownPublications
+
+    clock = FakeClock()
+    titles = {3: _title(TitleState.PUBLISHED)}
+    down = [False]
+    reads: list[int] = []
+
+    async def lookup(title_id: int) -> Title:
+        reads.append(title_id)  # each read is a wait for the pool, while the database is down
+        if down[0]:
+            raise BackendUnavailable("catalogue database: couldn't get a connection after 5.00 sec")
+        if title_id not in titles:
+            raise TitleNotFound(str(title_id))
+        return titles[title_id]
+
+    breaker = Breaker(5.0, clock=clock)
+    kept = LastKnownPublications(tmp_path / "published.json", stale_max_s=3600.0, clock=clock)
+    versions = PublishedVersions(lookup, ttl_s=1.0, clock=clock, last_known=kept, breaker=breaker)
+
+    async def main() -> None:
+        assert (await versions.get(3)).version == "9" and reads == [3]
+        down[0] = True
+        clock.advance(1.5)
+        assert (await versions.get(3)).version == "9"  # this one waited, failed: the breaker opens
+        assert reads == [3, 3] and breaker.state is BreakerState.OPEN
+        for _ in range(3):  # past the publish cache's TTL each time, within the breaker's interval
+            clock.advance(1.1)
+            assert (await versions.get(3)).version == "9"
+            with pytest.raises(BackendUnavailable):
+                await versions.get(4)  # never confirmed: 503, at once too
+        assert reads == [3, 3]  # not asked: no request waited for the pool
+        assert versions.counts["publish_lookups_skipped"] == 6
+        assert versions.counts["publish_stale_answers"] == 4
+        clock.advance(2.0)  # the interval passed: one lookup probes (and waits), the others do not
+        assert (await versions.get(3)).version == "9"
+        with pytest.raises(BackendUnavailable):
+            await versions.get(4)
+        assert reads == [3, 3, 3] and breaker.state is BreakerState.OPEN
+        down[0] = False
+        clock.advance(5.1)
+        titles[3] = _title(TitleState.WITHDRAWN)
+        assert (await versions.get(3)).availability is Availability.WITHDRAWN  # the probe succeeded
+        assert breaker.state is BreakerState.CLOSED
+        assert (await versions.get(4)).availability is Availability.UNAVAILABLE
+        assert reads == [3, 3, 3, 3, 4]
+
+    anyio.run(main)
