@@ -72,14 +72,19 @@ async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_wri
             # Drain meta-0: its groups move to the others; then it is stopped.
             mc.cfg = mc.cfg.replace(metadata=tuple(
                 dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
-            led = sum(g.is_leader for g in mc.node(0).groups.values())
+            def transfers() -> int:
+                return sum(mc.node(i).statistics()["raft_transfers_received"] for i in (1, 2, 3))
+            handed = transfers()
             before = progress["ok"]
-            states = await rebalance(mc.cfg, catch_up_s=30)
+            lines: list[str] = []
+            states = await rebalance(mc.cfg, catch_up_s=30, report=lines.append)
             assert progress["ok"] > before
-            assert all(st.in_place and "meta-0" not in st.voters for st in states), states
-            # a group meta-0 led was handed over before meta-0 left it, not left to an election
-            handed = sum(mc.node(i).statistics()["raft_transfers_received"] for i in (1, 2, 3))
-            assert handed >= 1 or led == 0
+            assert all(st.in_place and "meta-0" not in st.voters for st in states), (states, lines)
+            # A group meta-0 led when asked to move was handed over before meta-0 left it, not
+            # left to an election. (Whether meta-0 still leads one by then is not this test's to
+            # fix: on a busy machine an election can move a leadership first.)
+            asked_meta0 = [line for line in lines if line.endswith("(leader meta-0)")]
+            assert transfers() > handed or not asked_meta0, lines
             assert mc.node(0).groups == {}
             await mc.stop(0)
             # Writes go on with meta-0 gone for good. Counted, not timed: how many land in a
