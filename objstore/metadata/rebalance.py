@@ -100,13 +100,29 @@ async def survey(cluster: ClusterConfig, *, timeout_s: float = 2.0) -> list[Grou
         return [await _state(pool, ring, g, timeout_s) for g in range(ring.groups)]
 
 
+async def _retire_strays(pool: ClientPool, name: str, st: GroupState, addresses: dict[str, list[Any]],
+                         report: Callable[[str], None]) -> None:
+    """Tell each node that still holds a replica of group ``name`` but is no member of it any
+    more (``st``, in place as its leader sees it) to drop that replica."""
+    config = Config(voters=st.voters, addresses={n: addresses[n] for n in st.voters}).to_wire()
+    for node in st.strays:
+        try:
+            await (await pool.get(node)).call("meta.retire", {"g": name, "config": config}, timeout=30.0)
+            report(f"{name}: {node} dropped its replica")
+        except (RpcError, OSError) as e:
+            # It keeps a stale copy it never serves; the next run tries again.
+            report(f"{name}: {node} could not drop its replica: {e}")
+
+
 async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attempts: int = 3,
                     leader_wait_s: float = 30.0,
                     report: Callable[[str], None] = lambda line: None) -> list[GroupState]:
     """Move every group to its placement in ``cluster``, one group at a time; returns the
-    groups' states afterwards. A group gets ``attempts`` failed changes and ``leader_wait_s``
-    without a leader before it counts as stuck. Raises RebalanceError for a group that could not be moved (the
-    groups before it stay moved; running again goes on from there)."""
+    groups' states afterwards, each as a leader of the group saw it once the nodes it left were
+    told to drop their copies (an election just then is waited out, as during the move). A group
+    gets ``attempts`` failed changes and ``leader_wait_s`` without a leader before it counts as
+    stuck. Raises RebalanceError for a group that could not be moved (the groups before it stay
+    moved; running again goes on from there)."""
     ring = PartitionMap.from_cluster(cluster)
     wanted = min(DEFAULT_REPLICAS, len(cluster.metadata))
     if len(ring.nodes) < wanted:
@@ -118,16 +134,29 @@ async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attemp
             name = group_name(g)
             st = await _state(pool, ring, g, 2.0)
             failures = redirects = 0
+            retired = False
             leaderless_until = anyio.current_time() + leader_wait_s
-            while failures < attempts and not (st.leader is not None and st.in_place):
+            while True:
                 if st.leader is None:
-                    # An election (a leader that just handed over, a busy machine): wait for it.
+                    # An election (a leader that just handed over, a hand-over to the preferred
+                    # leader, a busy machine): wait for it. The state returned waits too: one
+                    # read between two leaders shows no voters, i.e. a moved group as unmoved.
                     if anyio.current_time() > leaderless_until:
                         break
                     await anyio.sleep(0.5)
                     st = await _state(pool, ring, g, 2.0)
                     continue
                 leaderless_until = anyio.current_time() + leader_wait_s
+                if st.in_place:
+                    if retired:
+                        break  # in place as a leader saw it after the old members were told
+                    await _retire_strays(pool, name, st, addresses, report)
+                    retired = True
+                    st = await _state(pool, ring, g, 2.0)
+                    continue
+                retired = False  # a leader that took over without the change: move it again
+                if failures >= attempts:
+                    break
                 report(f"{name}: {','.join(st.voters)} -> {','.join(st.target)} (leader {st.leader})")
                 try:
                     await (await pool.get(st.leader)).call(
@@ -145,13 +174,5 @@ async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attemp
             if st.leader is None or not st.in_place:
                 raise RebalanceError(f"{name} could not be moved to {','.join(st.target)} "
                                      f"(now: voters {','.join(st.voters) or '?'}, leader {st.leader or 'none'})")
-            config = Config(voters=st.voters, addresses={n: addresses[n] for n in st.voters}).to_wire()
-            for node in st.strays:
-                try:
-                    await (await pool.get(node)).call("meta.retire", {"g": name, "config": config}, timeout=30.0)
-                    report(f"{name}: {node} dropped its replica")
-                except (RpcError, OSError) as e:
-                    # It keeps a stale copy it never serves; the next run tries again.
-                    report(f"{name}: {node} could not drop its replica: {e}")
-            out.append(await _state(pool, ring, g, 2.0))
+            out.append(st)
     return out
