@@ -35,7 +35,9 @@ Client methods (records travel as ``[ts, writer, value]``):
 Operator methods: ``ring.get`` -> {ring}; ``meta.config`` {g} -> {config, leader, role};
 ``meta.reconfigure`` {g, voters: {id: [host, port]}, catch_up_s} -> {config} (on the leader:
 walk the group to those voters, one server at a time); ``meta.retire`` {g, config} (this node
-was removed by that committed configuration: drop the replica).
+was removed by that committed configuration: drop the replica); ``meta.prefer`` {leaders: {g: id}}
+-> {groups} (each group's preferred leader from now on: the placement's first choice in the
+cluster.toml ``headwater meta rebalance`` runs with, which never names a draining node).
 
 Peer methods: ``raft.vote``, ``raft.append``, ``raft.snapshot``, ``raft.timeout_now`` (see ``raft/group.py``).
 """
@@ -123,13 +125,16 @@ class MetadataNode:
         self.ready = False  # the ring is known and the groups are running
         self._tg: anyio.abc.TaskGroup | None = None
         self._creating: dict[str, anyio.Lock] = {}
+        # Preferred leaders the rebalance announced (``meta.prefer``), by group: they replace
+        # the start-up ring's first choice, which knows neither added nor draining nodes.
+        self._preferred: dict[str, str] = {}
         self.heartbeats = HeartbeatBatcher(self._call)
         self.server = RpcServer(node.id, secret=secret)
         self._on_append = self._raft("on_append")
         for name, fn in (("kv.write", self._write), ("kv.get", self._get), ("kv.scan", self._scan), ("kv.list", self._list),
                          ("kv.peek", self._peek), ("node.info", self._info), ("ring.get", self._ring_get),
                          ("meta.config", self._meta_config), ("meta.reconfigure", self._meta_reconfigure),
-                         ("meta.retire", self._meta_retire),
+                         ("meta.retire", self._meta_retire), ("meta.prefer", self._meta_prefer),
                          ("raft.vote", self._raft("on_vote")),
                          ("raft.append", self._on_append), ("raft.heartbeats", self._raft_heartbeats),
                          ("raft.snapshot", self._raft("on_snapshot")),
@@ -235,7 +240,8 @@ class MetadataNode:
         placed = self.ring.members_of(g)
         group = RaftGroup(group_id=name, node_id=self.config.id, initial=self._initial(g), storage=storage,
                           transport=self._transport, settings=self._settings(), clock=self._clock,
-                          preferred_leader=placed[0] if placed else None, committer=self.committer)
+                          preferred_leader=self._preferred.get(name, placed[0] if placed else None),
+                          committer=self.committer)
         self.groups[name] = group
         await self._tg.start(group.run)
         return group
@@ -634,6 +640,29 @@ class MetadataNode:
         except MembershipError as e:
             raise Unavailable(str(e), sent=True) from None
         return {"config": cfg.to_wire()}
+
+    async def _meta_prefer(self, args: dict, payload: bytes) -> dict[str, Any]:
+        """Take ``leaders`` ({group: node id}) as the groups' preferred leaders from now on.
+
+        A node reads its ring once, at start-up, so without this its groups' leaders would go on
+        handing the leadership to a node the operator has since marked ``drain`` (an extra
+        hand-over, and an election, for each group the drain then has to move off it again).
+        Only the optional hand-over to the preferred leader follows it; elections do not.
+        Kept in memory: a node restarted later reads the same placement from its cluster.toml."""
+        leaders = args.get("leaders")
+        if not isinstance(leaders, dict) or not all(isinstance(v, str) for v in leaders.values()):
+            raise self._bad("meta.prefer needs leaders: {group: node id}")
+        for name in leaders:
+            self._group_index(name)
+        self._preferred.update(leaders)
+        for name, node in leaders.items():
+            g = self.groups.get(name)
+            if g is not None:
+                g.preferred_leader = node
+        log.info("metadata node %s: preferred leaders now %s", self.config.id,
+                 ",".join(f"{k}={v}" for k, v in sorted(leaders.items())),
+                 extra={"event": "meta.preferred_leaders", "leaders": dict(leaders)})
+        return {"groups": len(leaders)}
 
     async def _meta_retire(self, args: dict, payload: bytes) -> dict[str, Any]:
         """Drop this node's replica of a group whose committed ``config`` no longer names it."""

@@ -1,7 +1,10 @@
 """``headwater meta rebalance``: move each Raft group of the metadata ring to where cluster.toml
 places it now (``PartitionMap.members_of``: rendezvous over the nodes that are not draining).
 
-For each group it finds the leader and asks it to walk the membership there one server at a
+First it tells every node each group's preferred leader in that placement (``meta.prefer``):
+a node reads its ring once, at start-up, and would otherwise go on handing groups' leadership
+to a node now marked ``drain`` (or never to a node added since). Then, for each group, it finds
+the leader and asks it to walk the membership there one server at a
 time (``meta.reconfigure``: a new node joins as a learner, catches up, becomes a voter, and only
 then is an old one removed), then tells every node the group left to drop its replica
 (``meta.retire``). Reads and writes go on throughout: every step keeps a majority of the old and
@@ -24,7 +27,7 @@ from .errors import MetadataError, NotLeaderError
 from .partition import DEFAULT_REPLICAS, PartitionMap, group_name
 from .raft.core import Config
 
-__all__ = ["GroupState", "RebalanceError", "survey", "rebalance"]
+__all__ = ["GroupState", "RebalanceError", "survey", "prefer_leaders", "rebalance"]
 
 log = logging.getLogger("headwater.objstore.metadata.rebalance")
 
@@ -114,6 +117,35 @@ async def _retire_strays(pool: ClientPool, name: str, st: GroupState, addresses:
             report(f"{name}: {node} could not drop its replica: {e}")
 
 
+async def _announce_leaders(pool: ClientPool, ring: PartitionMap, timeout_s: float,
+                            report: Callable[[str], None]) -> list[str]:
+    """Tell every reachable node each group's preferred leader in ``ring`` (the placement's
+    first choice, never a draining node); returns the nodes told. Best effort: a node that
+    misses it keeps its start-up choice, which costs hand-overs, not correctness."""
+    leaders = {group_name(g): ring.members_of(g)[0] for g in range(ring.groups) if ring.members_of(g)}
+    told: list[str] = []
+
+    async def one(node: str) -> None:
+        try:
+            await (await pool.get(node)).call("meta.prefer", {"leaders": leaders}, timeout=timeout_s)
+            told.append(node)
+        except (RpcError, OSError) as e:
+            report(f"{node}: could not be told the preferred leaders: {e}")
+
+    async with anyio.create_task_group() as tg:
+        for node in list(pool.addresses):
+            tg.start_soon(one, node)
+    return sorted(told)
+
+
+async def prefer_leaders(cluster: ClusterConfig, *, timeout_s: float = 2.0,
+                         report: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Tell every metadata node each group's preferred leader as ``cluster`` places the groups
+    (what ``rebalance`` does first); returns the nodes told."""
+    async with _pool(cluster) as pool:
+        return await _announce_leaders(pool, PartitionMap.from_cluster(cluster), timeout_s, report)
+
+
 async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attempts: int = 3,
                     leader_wait_s: float = 30.0,
                     report: Callable[[str], None] = lambda line: None) -> list[GroupState]:
@@ -130,6 +162,8 @@ async def rebalance(cluster: ClusterConfig, *, catch_up_s: float = 300.0, attemp
     addresses = {m.id: [m.host, m.port] for m in cluster.metadata}
     out: list[GroupState] = []
     async with _pool(cluster) as pool:
+        # Before any move: a leader must not hand a group to a node being drained.
+        await _announce_leaders(pool, ring, 2.0, report)
         for g in range(ring.groups):
             name = group_name(g)
             st = await _state(pool, ring, g, 2.0)

@@ -13,7 +13,7 @@ import pytest
 from headwater.objstore.config import MetadataNodeConfig
 from headwater.objstore.metadata import QuorumUnavailable, WriteOutcomeUnknown
 from headwater.objstore.metadata.partition import PartitionMap, group_name
-from headwater.objstore.metadata.rebalance import RebalanceError, rebalance, survey
+from headwater.objstore.metadata.rebalance import RebalanceError, prefer_leaders, rebalance, survey
 
 from ..cluster import free_ports
 from .test_metadata import meta_cluster
@@ -199,3 +199,41 @@ async def test_leaders_move_to_their_preferred_nodes_and_spread(tmp_path):
                                          + [0] * (3 - len(set(preferred.values()))))
         await meta.put("obj/b", "k", {"n": 1})
         assert (await meta.get("obj/b", "k")).value == {"n": 1}
+
+
+@pytest.mark.heavy
+async def test_leaders_do_not_hand_groups_to_a_node_being_drained(tmp_path):
+    """A node reads its ring once, at start-up: told nothing, the leader of a group whose
+    start-up first choice is meta-0 hands the group back to meta-0 after its ~10 s of steady
+    leadership even while meta-0 is being drained (an extra hand-over and election per group).
+    The rebalance first tells every node the new placement's preferred leaders, which never
+    name a draining node, and the hand-over to meta-0 does not happen."""
+    async with meta_cluster(tmp_path) as mc:
+        extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
+                                   data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
+        mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
+        await mc.start(3)
+        mc.cfg = mc.cfg.replace(metadata=tuple(
+            dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
+        old = PartitionMap(partitions=mc.cfg.objstore.partitions, groups=mc.cfg.objstore.metadata_groups,
+                           nodes=("meta-0", "meta-1", "meta-2"))
+        names = [group_name(g) for g in range(old.groups) if old.members_of(g)[0] == "meta-0"]
+        assert names  # the start-up ring prefers meta-0 for some group (g0 with these ids)
+        lines: list[str] = []
+        assert await prefer_leaders(mc.cfg, report=lines.append) == ["meta-0", "meta-1", "meta-2", "meta-3"], lines
+        for name in names:
+            assert mc.node(1).groups[name].preferred_leader != "meta-0"
+        # Leadership of those groups away from meta-0 (where an election, e.g. on a busy
+        # machine, can leave it at any time).
+        for name in names:
+            g0 = mc.node(0).groups[name]
+            with anyio.fail_after(10):
+                while not any(mc.node(i).groups[name].is_leader for i in range(3)):
+                    await anyio.sleep(0.05)
+            if g0.is_leader:
+                await g0.transfer_leadership("meta-1")
+        received = {name: mc.node(0).groups[name].stats["transfers_received"] for name in names}
+        # Past the steady-leadership delay (10 s) that precedes a hand-over to the preferred leader.
+        await anyio.sleep(14)
+        assert {name: mc.node(0).groups[name].stats["transfers_received"] for name in names} == received
+        assert not [name for name in names if mc.node(0).groups[name].is_leader]
