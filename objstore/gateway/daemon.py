@@ -164,8 +164,9 @@ class Gateway:
                 region=self.store.cluster.objstore.region, now=self.store.clock(),
                 max_skew_s=self.store.cluster.objstore.clock_skew_s, host=request.host or None,
                 host_bucket=names.host_bucket(host, self.base_domains))
-            # A SigV2 presigned URL may carry signed header fields (x-amz-meta-*, Content-Type)
-            # as parameters: they apply as the headers they stand for.
+            # A presigned URL may carry signed header fields as parameters (SigV2: x-amz-*,
+            # Content-Type; SigV4: the x-amz-* a presigner hoisted, x-amz-tagging, x-amz-meta-*):
+            # they apply as the headers they stand for.
             for name, value in verified.query_headers:
                 request.headers.add(name, value)
             operation, handler = route(request.method, bucket, key, query, request.headers)

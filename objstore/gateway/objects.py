@@ -428,8 +428,8 @@ def _changes_in_place(call: Call) -> bool:
     """Whether a copy of an object onto itself that keeps its metadata changes what S3 counts:
     its storage class (every object here is STANDARD, whatever a write named), its encryption
     or its website redirect. S3 accepts such a copy (how ``aws s3 cp --storage-class`` and
-    rclone's ``settier`` change a class in place); the attributes are accepted and not kept here,
-    as on any write (docs/s3-compat.md)."""
+    rclone's ``settier`` change a class in place); the class and encryption are accepted and not
+    kept here, as on any write, the redirect is stored (docs/s3-compat.md)."""
     storage_class = (call.header("x-amz-storage-class") or "STANDARD").strip()
     return (storage_class != "STANDARD" or call.header("x-amz-server-side-encryption") is not None
             or call.header("x-amz-website-redirect-location") is not None)
@@ -466,6 +466,12 @@ async def copy_object(store: Store, call: Call) -> Response:
         content_type, std, meta = standard_headers(call.request.headers)
     else:
         content_type, std, meta = src.content_type, dict(src.headers), dict(src.meta)
+        # S3 never copies the redirect ("unique to each object"): a COPY takes the request's.
+        std.pop(names.WEBSITE_REDIRECT, None)
+        redirect = call.header(names.WEBSITE_REDIRECT)
+        if redirect is not None:
+            names.validate_website_redirect(redirect)
+            std[names.WEBSITE_REDIRECT] = redirect
     tags = copied_tags(call, src)
     cfg = store.cluster.objstore
     if src.size > cfg.max_put_bytes:

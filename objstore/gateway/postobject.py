@@ -6,7 +6,8 @@ read first, at most 20 KB of them as on S3, and the signed policy is checked
 (``s3.postpolicy``) before a byte of the file is stored. The file then streams into the object
 store as a PutObject body does, its size held to the policy's content-length-range as it
 arrives; fields after the file are ignored, as S3 ignores them (but count toward the 20 KB,
-which are of the whole form but the file's bytes, as S3 counts them). The answer is S3's: 204 by
+which are of the whole form but the file's bytes, as S3 counts them), but for a second file,
+which S3 refuses (400 InvalidArgument, and nothing is stored). The answer is S3's: 204 by
 default, 200 or 201 (a PostResponse document) as ``success_action_status`` asks, or a 303 to
 ``success_action_redirect`` with the bucket, key and ETag in its query.
 """
@@ -119,12 +120,20 @@ class _Form:
     async def drain(self, file_size: int) -> None:
         """Read (and ignore) what follows the file, to the closing boundary. S3's 20 KB are of
         all the form but the file's bytes, so what follows the file counts too: else a client
-        could send without end after the file (an epilogue, ignored parts) and hold the upload."""
+        could send without end after the file (an epilogue, ignored parts) and hold the upload.
+
+        A second ``file`` part is not one of the ignored fields: S3 refuses the form, 400
+        InvalidArgument "POST requires exactly one file upload per request." (what uploaders
+        sending two file parts report back from S3), and the caller stores nothing."""
         while True:
             if self.reader.consumed - file_size > MAX_FIELDS_BYTES:
                 raise s3e.MaxPostPreDataLengthExceededError()
-            if await self.next() is None:
+            event = await self.next()
+            if event is None:
                 return
+            if isinstance(event, formdata.PartStarted) and event.name.lower() == "file":
+                raise s3e.InvalidArgument("POST requires exactly one file upload per request.",
+                                          ArgumentName="file", ArgumentValue="2")
 
 
 def _wire(value: str) -> str:

@@ -24,7 +24,8 @@ __all__ = ["Authenticated", "authenticate"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Authenticated:
     """A verified request: what the body checks need (``auth``), the signature version, and the
-    signed header fields a SigV2 presigned URL carried in its query (to apply as headers)."""
+    signed header fields a presigned URL (SigV2, or SigV4 with hoisted ``x-amz-*`` fields)
+    carried in its query (to apply as headers)."""
 
     auth: sigv4.AuthResult
     version: int
@@ -58,4 +59,5 @@ def authenticate(*, method: str, raw_path: str, raw_query: str, headers: Headers
         return Authenticated(auth=r.auth, version=2, query_headers=r.query_headers)
     a = sigv4.authenticate(method=method, raw_path=raw_path, raw_query=raw_query, headers=headers,
                            lookup_user=lookup_user, region=region, now=now, max_skew_s=max_skew_s, host=host)
-    return Authenticated(auth=a, version=4)
+    hoisted = sigv4.hoisted_headers(raw_query, headers) if a.presigned else ()
+    return Authenticated(auth=a, version=4, query_headers=hoisted)

@@ -17,16 +17,22 @@ __all__ = [
     "MAX_KEY_BYTES", "MAX_METADATA_BYTES", "STANDARD_HEADERS", "RESPONSE_OVERRIDES",
     "validate_bucket_name", "validate_key", "Target", "host_bucket", "parse_target", "parse_query",
     "parse_copy_source", "extract_metadata", "metadata_value_out", "extract_standard_headers",
-    "without_aws_chunked", "response_overrides",
+    "without_aws_chunked", "response_overrides", "WEBSITE_REDIRECT", "MAX_REDIRECT_BYTES",
+    "validate_website_redirect",
 ]
 
 MAX_KEY_BYTES = 1024
 MAX_METADATA_BYTES = 2 * 1024
 META_PREFIX = "x-amz-meta-"
 
+# The object's website redirect: stored and returned on GET/HEAD like the headers below.
+WEBSITE_REDIRECT = "x-amz-website-redirect-location"
+# "The length of the value is limited to 2 KB" (S3 user guide, configuring a webpage redirect).
+MAX_REDIRECT_BYTES = 2 * 1024
+
 # Stored with the object and returned on GET/HEAD exactly as sent.
 STANDARD_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language",
-                    "cache-control", "expires")
+                    "cache-control", "expires", WEBSITE_REDIRECT)
 
 # GET query parameters that override a response header.
 RESPONSE_OVERRIDES = {
@@ -241,8 +247,24 @@ def extract_standard_headers(headers: Headers) -> dict[str, str]:
             value = without_aws_chunked(value)
             if not value.strip():
                 continue
+        elif name == WEBSITE_REDIRECT:
+            validate_website_redirect(value)
         out[name] = value
     return out
+
+
+def validate_website_redirect(value: str) -> None:
+    """``x-amz-website-redirect-location`` as the S3 user guide allows it: starting with ``/``,
+    ``http://`` or ``https://``, at most 2 KB; else InvalidArgument (S3's own code for it is
+    not documented; docs/s3-compat.md). Why refuse rather than store: a website endpoint sends
+    the value as a Location, so a ``javascript:`` or ``data:`` value must never get in."""
+    if not value.startswith(("/", "http://", "https://")):
+        raise InvalidArgument("The website redirect location must have a prefix of 'http://' or 'https://' "
+                              "or '/'.", ArgumentName=WEBSITE_REDIRECT, ArgumentValue=value)
+    n = len(value.encode("latin-1", "replace"))  # the wire's bytes (values are latin-1 text here)
+    if n > MAX_REDIRECT_BYTES:
+        raise InvalidArgument(f"The website redirect location is {n} bytes; at most {MAX_REDIRECT_BYTES} "
+                              "are allowed.", ArgumentName=WEBSITE_REDIRECT)
 
 
 # Characters an HTTP field value cannot hold (RFC 9110 5.5: CTLs but HTAB, and DEL); CR and LF

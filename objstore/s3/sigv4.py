@@ -53,6 +53,7 @@ __all__ = [
     "PayloadMode", "payload_mode", "AuthResult", "authenticate", "has_query_auth", "PayloadVerifier",
     "signing_key", "sign", "canonical_uri", "canonical_query", "canonical_headers",
     "canonical_request", "string_to_sign", "wire_bytes", "parse_amz_date", "format_amz_date",
+    "hoisted_headers",
 ]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -461,6 +462,46 @@ def _header_auth(method: str, raw_path: str, raw_query: str, headers: Headers, a
     return AuthResult(user=user, access_key=access_key, signing_key=key, seed_signature=signature,
                       amz_date=amz_date, scope=scope, content_sha256=content_sha256,
                       presigned=False, signed_headers=tuple(signed))
+
+
+# The query parameters of SigV4 query authentication (lower-case): never header fields.
+_QUERY_AUTH_NAMES = frozenset(n.lower() for n in (
+    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders",
+    "X-Amz-Expires", "X-Amz-Security-Token"))
+
+
+def hoisted_headers(raw_query: str, headers: Headers) -> tuple[tuple[str, str], ...]:
+    """The ``x-amz-*`` header fields a SigV4 presigned URL carries as query parameters, as
+    ``(lower-case name, value)`` to apply as headers, the way S3 applies them: presigners that
+    hoist headers into the query (the AWS SDK for JavaScript v3's, for ``x-amz-tagging``,
+    ``x-amz-meta-*``, ...) make such URLs, and the query, all of it signed, is their only carrier.
+    Dropped, a presigned PUT's tags or metadata would be silently lost.
+
+    Left out: the authentication parameters, ``x-amz-content-sha256`` (the payload's mode is
+    the signature's business, settled from the headers) and a field also sent as a header (the
+    header wins, as for SigV2). Values are the parameter's percent-decoded bytes read as
+    latin-1, as header values are held. A value with a control character (CR, LF, NUL, ...) is
+    InvalidArgument: no header can carry it, and stored it would make every answer unsendable.
+    """
+    out: list[tuple[str, str]] = []
+    for piece in raw_query.split("&"):
+        raw_name, _, value = piece.partition("=")
+        name = unquote_to_bytes(raw_name).decode("latin-1").lower()
+        if (not name.startswith("x-amz-") or name in _QUERY_AUTH_NAMES or name == "x-amz-content-sha256"
+                or name in headers):
+            continue
+        text = unquote_to_bytes(value).decode("latin-1")
+        if _FIELD_BAD.search(text) or not _FIELD_NAME.fullmatch(name):
+            shown = f"{name}={text}".encode("unicode_escape").decode("ascii")
+            raise InvalidArgument(f"The query parameter {shown} cannot be sent as a header",
+                                  ArgumentName=name.encode("unicode_escape").decode("ascii"))
+        out.append((name, text))
+    return tuple(out)
+
+
+# What an HTTP field can hold (RFC 9110 5.5, 5.1): no CTL but HTAB in a value; a token for a name.
+_FIELD_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 
 
 def _query_params(raw_query: str) -> dict[str, str]:

@@ -550,6 +550,38 @@ def test_metadata_and_standard_headers_round_trip(s3, bucket):
         assert resp["Metadata"] == {"color": "blue", "mixed-case": "Value With Spaces", "empty": ""}
 
 
+def test_website_redirect_location_stored_and_returned(s3, bucket):
+    """x-amz-website-redirect-location is kept with the object (PutObject, CreateMultipartUpload,
+    CopyObject) and returned on GET and HEAD as sent; a COPY never copies the source's; a value
+    not starting with /, http:// or https://, or past 2 KB, is refused and stores nothing."""
+    s3.put_object(Bucket=bucket, Key="w", Body=b"x", WebsiteRedirectLocation="/other page.html?a=b")
+    for resp in (s3.head_object(Bucket=bucket, Key="w"), s3.get_object(Bucket=bucket, Key="w")):
+        assert resp["WebsiteRedirectLocation"] == "/other page.html?a=b"
+    up = s3.create_multipart_upload(Bucket=bucket, Key="wm", WebsiteRedirectLocation="https://example.test/x")
+    etag = s3.upload_part(Bucket=bucket, Key="wm", UploadId=up["UploadId"], PartNumber=1, Body=b"p")["ETag"]
+    s3.complete_multipart_upload(Bucket=bucket, Key="wm", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert s3.head_object(Bucket=bucket, Key="wm")["WebsiteRedirectLocation"] == "https://example.test/x"
+    src = {"Bucket": bucket, "Key": "w"}
+    s3.copy_object(Bucket=bucket, Key="c1", CopySource=src)
+    assert "WebsiteRedirectLocation" not in s3.head_object(Bucket=bucket, Key="c1")
+    s3.copy_object(Bucket=bucket, Key="c2", CopySource=src, WebsiteRedirectLocation="http://a.test/")
+    assert s3.head_object(Bucket=bucket, Key="c2")["WebsiteRedirectLocation"] == "http://a.test/"
+    s3.copy_object(Bucket=bucket, Key="c3", CopySource=src, MetadataDirective="REPLACE",
+                   WebsiteRedirectLocation="/r")
+    assert s3.head_object(Bucket=bucket, Key="c3")["WebsiteRedirectLocation"] == "/r"
+    # Onto itself, changing only the redirect: allowed, and the new one kept.
+    s3.copy_object(Bucket=bucket, Key="w", CopySource=src, WebsiteRedirectLocation="/new")
+    assert s3.head_object(Bucket=bucket, Key="w")["WebsiteRedirectLocation"] == "/new"
+    for bad in ("javascript:alert(1)", "other.html", "ftp://x.test/", "/" + "a" * 2048):
+        expect_error(s3.put_object, 400, "InvalidArgument", Bucket=bucket, Key="bad", Body=b"x",
+                     WebsiteRedirectLocation=bad)
+    expect_error(s3.head_object, 404, Bucket=bucket, Key="bad")
+    s3.put_object(Bucket=bucket, Key="edge", Body=b"x", WebsiteRedirectLocation="/" + "a" * 2047)
+    expect_error(s3.copy_object, 400, "InvalidArgument", Bucket=bucket, Key="c4", CopySource=src,
+                 WebsiteRedirectLocation="nope")
+
+
 def test_default_content_type(s3, bucket):
     s3.put_object(Bucket=bucket, Key="nt", Body=b"x")
     ct = s3.head_object(Bucket=bucket, Key="nt")["ContentType"]

@@ -517,6 +517,21 @@ def test_post_fields_after_the_file_are_ignored_but_bounded(cluster, mc, bucket)
     assert r.headers["location"].endswith("/up/x")
 
 
+def test_post_with_two_files_is_refused_and_stores_nothing(cluster, mc, bucket):
+    """Two ``file`` parts: S3 answers 400 InvalidArgument "POST requires exactly one file upload
+    per request." (before, the first was stored and the second ignored). Small and striped
+    first files alike leave nothing behind."""
+    form = {**post_form(mc, bucket), "key": "up/two"}
+    for first in (b"x", blob(300_000, seed=3)):
+        r = httpx.post(f"{cluster.endpoint}/{bucket}", data=form, timeout=60,
+                       files=[("file", ("a", first)), ("FILE", ("b", b"second"))])
+        assert s3_code(r) == (400, "InvalidArgument", "POST requires exactly one file upload per request."), r.text
+        assert ET.fromstring(r.content).findtext("ArgumentName") == "file"
+    assert list(mc.list_objects(bucket, recursive=True)) == []
+    r = httpx.post(f"{cluster.endpoint}/{bucket}", data=form, files=[("file", ("a", b"one"))])
+    assert r.status_code == 204, r.text
+
+
 def test_post_form_without_a_boundary_is_malformed(cluster, mc, bucket):
     """multipart/form-data without a (usable) boundary is a malformed form (400
     MalformedPOSTRequest), not an anonymous request to some other operation (403)."""

@@ -134,3 +134,17 @@ def test_metadata_values_out():
     out = metadata_value_out(wire(long))
     assert out.isascii() and all(len(w) <= 75 for w in out.split(" "))
     assert str(make_header(decode_header(out))) == long
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("/", True), ("/a/b.html", True), ("http://x.test/", True), ("https://x.test/?q=1", True),
+    ("/" + "a" * 2047, True), ("/" + "a" * 2048, False), ("", False), ("a.html", False),
+    ("javascript:alert(1)", False), ("ftp://x.test/", False),
+])
+def test_website_redirect_location_is_a_standard_header_with_s3s_rules(value, ok):
+    h = Headers([("x-amz-website-redirect-location", value)])
+    if ok:
+        assert extract_standard_headers(h) == {"x-amz-website-redirect-location": value}
+    else:
+        with pytest.raises(e.InvalidArgument):
+            extract_standard_headers(h)

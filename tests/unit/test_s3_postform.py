@@ -319,3 +319,15 @@ def test_header_names_from_form_fields():
         with pytest.raises(e.InvalidArgument) as info:
             names.refuse_bad_header_name(bad)
         assert "\x01" not in info.value.message + info.value.extra["ArgumentName"]
+
+
+def test_key_conditions_see_the_key_after_filename_is_put_in():
+    """The policy's ``$key`` conditions are held to the key with ``${filename}`` replaced, not to
+    the field as sent: "this check takes place after the ${filename} variable is expanded" (the
+    AWS SDK for Ruby's PresignedPost, on a starts-with condition on key). botocore's
+    ``generate_presigned_post("b", "up/${filename}")`` signs ``["starts-with", "$key", "up/"]``,
+    which passes either way; these two cases tell the readings apart."""
+    got = authorize({**minio_form(key="up/cat.png"), "key": "up/${filename}"}, filename="cat.png")
+    assert got.key == "up/cat.png"
+    with pytest.raises(e.AccessDenied, match="Policy Condition failed"):
+        authorize({**minio_form(key="up/${filename}"), "key": "up/${filename}"}, filename="cat.png")

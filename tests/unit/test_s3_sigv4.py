@@ -408,3 +408,21 @@ def test_parse_authorization_fast_path_is_the_general_parse(parts, sep, pad):
     except e.S3Error as err:
         fast = type(err)
     assert fast == general()
+
+
+def test_hoisted_headers_of_a_presigned_query():
+    """The x-amz-* fields a presigner hoisted into the query come back as headers; the auth
+    parameters, x-amz-content-sha256 and fields also sent as headers do not; a value no header
+    can carry is refused."""
+    from headwater.objstore.s3.sigv4 import hoisted_headers
+
+    query = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2Fb&X-Amz-Date=20260101T000000Z"
+             "&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=00&X-Amz-Security-Token=t"
+             "&x-amz-tagging=a%3D1%26b%3D2&X-Amz-Meta-Note=Gr%C3%BC%C3%9Fe&x-amz-content-sha256=x"
+             "&versionId=v&x-amz-acl=private&x-amz-storage-class=STANDARD")
+    got = hoisted_headers(query, Headers([("host", "h"), ("x-amz-acl", "private")]))
+    assert got == (("x-amz-tagging", "a=1&b=2"), ("x-amz-meta-note", "Grüße".encode().decode("latin-1")),
+                   ("x-amz-storage-class", "STANDARD"))
+    for bad in ("x-amz-meta-a=1%0D%0AX-Evil%3A%201", "x-amz-meta-a=%00", "x-amz-meta-a%20b=1"):
+        with pytest.raises(e.InvalidArgument):
+            hoisted_headers(bad, Headers([]))
