@@ -23,7 +23,7 @@ from headwater.origin.catalogue import (CatalogueConfig, SearchQuery, TitleDraft
 from headwater.origin.catalogue import localsearch, postgres
 
 from .catalogue_seed import NAMED, generated
-from .postgres_server import find_initdb, start_postgres
+from .postgres_server import find_initdb, start_postgres, stop_immediately
 
 _schemas = itertools.count()
 
@@ -304,9 +304,7 @@ def test_the_database_down_the_index_answers_alone_within_its_bound(tmp_path, no
     index answers alone, marked with its age; the database is tried once per
     search_retry_s, not per search; past search_stale_max_s, SearchUnavailable; the database
     back, the next probe finds it and searches are current again."""
-    import os
     import shutil
-    import subprocess
     import tempfile
 
     from headwater.bench.postgres_server import start_postgres as start_kept
@@ -339,10 +337,7 @@ def test_the_database_down_the_index_answers_alone_within_its_bound(tmp_path, no
             a.set_state(ids[0], TitleState.WITHDRAWN)
             fresh = a.search(SearchQuery(q="granite ferry", with_total=True))
             assert sorted(_ids(fresh)) == ids[1:]
-            prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            subprocess.run([*prefix, str(find_initdb().parent / "pg_ctl"), "stop", "-m", "immediate", "-D",
-                            str(root / "data")], check=True, capture_output=True, timeout=60)
-            pg.proc.wait(30)
+            stop_immediately(pg)
             del tried[:]
             clock.advance(3)
             for _ in range(20):

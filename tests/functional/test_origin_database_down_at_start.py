@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from tests.cluster import free_ports
 from tests.functional.licence_harness import cli
 from tests.functional.origin_harness import ORIGIN_CLIENTS, Daemon
 
-from .postgres_server import find_initdb
+from .postgres_server import find_initdb, stop_immediately
 from headwater.bench.postgres_server import start_postgres
 
 STALE_MAX_S = 600
@@ -69,13 +68,6 @@ MPD = b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="st
 M3U8 = b"#EXTM3U\n#EXT-X-VERSION:7\n"
 SEGMENT = os.urandom(100_000)
 
-
-def _pg_ctl_stop(pg) -> None:
-    """``pg_ctl stop -m immediate``: the postmaster and its backends quit at once."""
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*prefix, str(find_initdb().parent / "pg_ctl"), "stop", "-m", "immediate", "-D",
-                    str(pg.root / "data")], check=True, capture_output=True, timeout=60)
-    pg.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +158,7 @@ def test_an_origin_started_while_postgresql_is_down_serves_what_it_can_then_ever
 
     world["daemon"].stop()
     world["daemon"] = None
-    _pg_ctl_stop(world["pg"])
+    stop_immediately(world["pg"])
     stopped = time.monotonic()
 
     # Started while PostgreSQL is down: it comes up (degraded) rather than exit.

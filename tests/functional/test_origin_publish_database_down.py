@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from headwater.origin.catalogue import CatalogueConfig, Rendition, TitleDraft, T
 from tests.cluster import free_ports
 from tests.functional.origin_harness import ORIGIN_CLIENTS, Daemon
 
-from .postgres_server import find_initdb
+from .postgres_server import find_initdb, stop_immediately
 
 CONNECT_TIMEOUT_S = 3
 RETRY_S = 30         # search_retry_seconds: the breaker's interval, longer than the outage's checks
@@ -60,13 +59,6 @@ MPD = b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="st
 M3U8 = b"#EXTM3U\n#EXT-X-VERSION:7\n"
 SEGMENT = os.urandom(50_000)
 
-
-def _pg_ctl_stop(pg) -> None:
-    """``pg_ctl stop -m immediate``: the postmaster and its backends quit at once."""
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*prefix, str(find_initdb().parent / "pg_ctl"), "stop", "-m", "immediate", "-D",
-                    str(pg.root / "data")], check=True, capture_output=True, timeout=60)
-    pg.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +110,7 @@ def test_segments_do_not_wait_for_the_pool_once_the_breaker_knows_the_database_i
     for title_id in (first, second):  # played while the database is up: their verdicts are kept
         r, _ = _segment(world, title_id)
         assert r.status_code == 200 and r.content == SEGMENT, r.text
-    _pg_ctl_stop(world["pg"])
+    stop_immediately(world["pg"])
 
     # The first lookup after the outage began may wait for the pool (it is what tells the
     # breaker, unless the search index's worker already has).

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from headwater.origin.catalogue import CatalogueConfig, TitleDraft, TitleState, 
 from tests.cluster import free_ports
 from tests.functional.origin_harness import ORIGIN_CLIENTS, Daemon
 
-from .postgres_server import find_initdb
+from .postgres_server import find_initdb, stop_immediately
 from headwater.bench.postgres_server import start_postgres
 
 STALE_MAX_S = 10
@@ -56,13 +55,6 @@ search_stale_max_seconds = {stale_max}
 TITLES = [("Harbour Lights", "drama", 1998, "en", 5400.0), ("Harbour Of Ghosts", "horror", 2004, "fr", 6100.0),
           ("The Quiet Harbour", "documentary", 2019, "de", 3000.0), ("Harbour Blues", "music", 2011, "en", 4200.0)]
 
-
-def _stop_immediately(pg) -> None:
-    """``pg_ctl stop -m immediate``: the postmaster and its backends quit at once, no checkpoint."""
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*prefix, str(find_initdb().parent / "pg_ctl"), "stop", "-m", "immediate", "-D",
-                    str(pg.root / "data")], check=True, capture_output=True, timeout=60)
-    pg.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +129,7 @@ def test_search_answers_stale_while_the_database_is_down_then_fresh_again(world)
     ghosts = _search(world, "ghosts")
     assert _hits(ghosts) == [] and ghosts.json()["stale_seconds"] is None
 
-    _stop_immediately(pg)
+    stop_immediately(pg)
     stopped = time.monotonic()
     t0 = time.monotonic()
     stale = _search(world, "harbour")
