@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote_to_bytes
 from headwater.http.types import Headers
 
 from ..config import User
+from . import names
 from .errors import (
     AccessDenied,
     AuthorizationHeaderMalformed,
@@ -491,17 +492,11 @@ def hoisted_headers(raw_query: str, headers: Headers) -> tuple[tuple[str, str], 
                 or name in headers):
             continue
         text = unquote_to_bytes(value).decode("latin-1")
-        if _FIELD_BAD.search(text) or not _FIELD_NAME.fullmatch(name):
-            shown = f"{name}={text}".encode("unicode_escape").decode("ascii")
-            raise InvalidArgument(f"The query parameter {shown} cannot be sent as a header",
-                                  ArgumentName=name.encode("unicode_escape").decode("ascii"))
+        names.refuse_bad_header_name(name)
+        names.refuse_control_characters(name, text)
         out.append((name, text))
     return tuple(out)
 
-
-# What an HTTP field can hold (RFC 9110 5.5, 5.1): no CTL but HTAB in a value; a token for a name.
-_FIELD_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 
 
 def _query_params(raw_query: str) -> dict[str, str]:
