@@ -64,6 +64,9 @@ def rewrite(ref: LayoutRef, layout: Layout) -> tuple[dict[str, Any], tuple[str, 
     # Always a fresh rev: every write of an object record changes it (a new version, a tagging
     # change, this rewrite), so "rev as read" fails exactly when anything was written since.
     value["rev"] = new_rev()
+    # And a fresh data_rev: a tagging change read before this rewrite compares on it
+    # (``ObjectRecord.data_rev``) and must read again, not put the old layout back.
+    value["drev"] = new_rev()
     if ref.value.get("rev"):
         return value, ("rev", ref.value["rev"])
     # A record from before rev: its layouts, which every version has its own of and which a

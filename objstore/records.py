@@ -61,7 +61,7 @@ def part_key(number: int) -> str:
 
 
 def new_rev() -> str:
-    """A fresh ``ObjectRecord.rev``: random, so no two writes of a record share one."""
+    """A fresh ``ObjectRecord.rev`` (or ``data_rev``): random, so no two writes share one."""
     return secrets.token_hex(8)
 
 
@@ -188,6 +188,11 @@ class ObjectRecord:
     # rewrite): the field a read-modify-write of the record compares-and-swaps on, so that it
     # lands only on the record exactly as read. "" in records written before it existed.
     rev: str = ""
+    # Changed by every write of what the record says of the object's data (a new version, a
+    # repair's layout rewrite) but kept by a tagging change: what a tagging change compares on,
+    # so that two of them never fail each other (the last one wins, as on S3) while a new
+    # version or a rewrite since the read still fails it. "" in records written before it.
+    data_rev: str = ""
 
     def oids(self) -> list[str]:
         return [lay.oid for lay in self.layouts]
@@ -201,6 +206,7 @@ class ObjectRecord:
             "parts": [[p.number, p.size, p.etag] for p in self.parts],
             **({"tags": self.tags} if self.tags else {}),  # untagged records keep their shape
             **({"rev": self.rev} if self.rev else {}),
+            **({"drev": self.data_rev} if self.data_rev else {}),
         }
 
     @classmethod
@@ -212,6 +218,7 @@ class ObjectRecord:
             layouts=tuple(Layout.from_value(x) for x in v.get("layouts") or ()),
             parts=tuple(PartInfo(number=a, size=b, etag=c) for a, b, c in v.get("parts") or ()),
             tags=dict(v.get("tags") or {}), rev=v.get("rev") or "",
+            data_rev=v.get("drev") or "",
         )
 
 

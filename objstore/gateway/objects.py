@@ -101,10 +101,11 @@ async def commit_object(store: Store, bucket: str, rec: ObjectRecord, *, if_abse
     fragments are removed at once (if ``owns_layouts``); they are never removed on an unknown
     outcome, which would leave a visible record without its bytes.
     """
-    # Each version its own rev, always (see ObjectRecord.rev): a record built from another one
-    # must never carry that one's rev, or a repair's rewrite of the old version read before this
-    # write would pass its compare-and-swap on rev and put the old layouts back over this one.
-    rec = replace(rec, rev=new_rev())
+    # Each version its own rev and data_rev, always (see ObjectRecord): a record built from
+    # another one must never carry that one's, or a repair's rewrite (or a tagging change) of the
+    # old version read before this write would pass its compare-and-swap and put the old
+    # layouts back over this one.
+    rec = replace(rec, rev=new_rev(), data_rev=new_rev())
     if bucket_rec is not None:
         checked = await still_there(store, bucket_rec, bucket_sent_at)
         if checked is None:

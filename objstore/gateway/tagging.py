@@ -3,15 +3,18 @@
 An object's tags live in its record (``ObjectRecord.tags``), written with the object by PutObject,
 CompleteMultipartUpload, CopyObject and POST Object, and changed here without touching anything
 else: the ETag and Last-Modified stay (as on S3), and so do the bytes. The change is a
-compare-and-swap on the record's ``rev``, which every write of the record changes: a PutObject
-or DeleteObject that lands between our read and our write makes the write fail instead of
-bringing back the version it replaced (or mixing its tags into the new one), and so does a
-repair's layout rewrite (which would otherwise be undone, pointing the record back at fragments
-that are going away); the change is then applied to whatever is there now (NoSuchKey if
-nothing is). A record written before ``rev`` existed is compared on its layouts (unique to a
-version, and what a repair changes), or for inline bytes on its ``mtime``; its layouts are
-written back marked (:func:`retagged`), since a repair's rewrite of such a record compares on
-them too.
+compare-and-swap on the record's ``data_rev``, which every write of the object's data changes:
+a PutObject or DeleteObject that lands between our read and our write makes the write fail
+instead of bringing back the version it replaced (or mixing its tags into the new one), and so
+does a repair's layout rewrite (which would otherwise be undone, pointing the record back at
+fragments that are going away); the change is then applied to whatever is there now
+(NoSuchKey if nothing is). Another tagging change keeps ``data_rev``, so racing tag writes all
+land, the last one winning as on S3 (on ``rev``, which every write changes, they failed each
+other until one gave up). A repair's rewrite compares on ``rev``, so a tagging change since its
+read fails it in turn. A record written before ``data_rev`` existed is compared on its ``rev``;
+one from before ``rev`` on its layouts (unique to a version, and what a repair changes), or for
+inline bytes on its ``mtime``; its layouts are written back marked (:func:`retagged`), since a
+repair's rewrite of such a record compares on them too.
 
 A bucket's tags live in a record of their own (``records.BUCKET_TAGS_NS``), tied to the bucket
 by its ``created`` time, so that a tagging write never races DeleteBucket's mark on the bucket
@@ -74,8 +77,8 @@ async def get_object_tagging(store: Store, call: Call) -> Response:
 async def _retag(store: Store, bucket: str, key: str, tags: dict[str, str]) -> ObjectRecord:
     """Give the object at ``key`` the tag set ``tags``, as a conditional write on the version
     read (see the module's docstring); the record written."""
+    entry = await store.meta.get(objects_ns(bucket), key)
     for _attempt in range(ATTEMPTS):
-        entry = await store.meta.get(objects_ns(bucket), key)
         if entry is None:
             raise s3e.NoSuchKey(Key=key)
         rec = ObjectRecord.from_value(entry.value)
@@ -88,17 +91,18 @@ async def _retag(store: Store, bucket: str, key: str, tags: dict[str, str]) -> O
                 await store.meta.put(objects_ns(bucket), key, value, if_match=condition)
             return ObjectRecord.from_value(value)
         except ConditionFailed as e:
-            if e.current is None:
-                raise s3e.NoSuchKey(Key=key) from None
-            # Replaced since the read: tag the object that is there now.
-            continue
+            # Replaced since the read: tag the object that is there now, which is what the
+            # failed condition was checked against (a second read could lose the race again).
+            entry = e.current
     raise s3e.OperationAborted()
 
 
 def retagged(value: dict[str, Any], tags: dict[str, str]) -> tuple[dict[str, Any], tuple[str, Any]]:
-    """The object record ``value`` (as read) with the tag set ``tags`` and a fresh ``rev``, and
-    the condition under which that write lands only on the record as read."""
-    new = replace(ObjectRecord.from_value(value), tags=dict(tags), rev=new_rev()).to_value()
+    """The object record ``value`` (as read) with the tag set ``tags``, a fresh ``rev`` (and a
+    ``data_rev`` if it had none), and the condition under which that write lands only on the
+    version read, its layouts unchanged."""
+    rec = ObjectRecord.from_value(value)
+    new = replace(rec, tags=dict(tags), rev=new_rev(), data_rev=rec.data_rev or new_rev()).to_value()
     if not value.get("rev") and new["layouts"]:
         # A record from before rev: a repair's rewrite read before this write compares on the
         # layouts (``layouts.rewrite``), which a tagging change keeps, and would land after it,
@@ -109,8 +113,11 @@ def retagged(value: dict[str, Any], tags: dict[str, str]) -> tuple[dict[str, Any
 
 
 def _as_read(value: dict[str, Any]) -> tuple[str, Any]:
-    """The condition under which a rewrite of the object record ``value`` lands only on that
-    record as read (see the module's docstring)."""
+    """The condition under which a tagging change of the object record ``value`` lands only on
+    that version with its layouts as read (see the module's docstring): its ``data_rev``, which
+    another tagging change keeps, so that racing tag writes never fail each other."""
+    if value.get("drev"):
+        return "drev", value["drev"]
     if value.get("rev"):
         return "rev", value["rev"]
     if value.get("layouts"):

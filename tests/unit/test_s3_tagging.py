@@ -161,25 +161,37 @@ def _lands(value_now: dict, condition: tuple) -> bool:
 def test_tagging_and_a_repair_rewrite_never_undo_each_other():
     """A tagging change and a repair's layout rewrite, both from the same read: whichever lands
     second fails its compare-and-swap (and reads again) instead of undoing the first, the
-    rewrite's layout or the new tags."""
+    rewrite's layout or the new tags. Two tagging changes from one read both land (the last
+    wins, as on S3): on ``rev`` they failed each other, and racing taggers gave up with
+    OperationAborted."""
     from dataclasses import replace
 
-    from headwater.objstore.gateway.tagging import _as_read
+    from headwater.objstore.gateway.tagging import _as_read, retagged
     from headwater.objstore.layouts import layouts_in, rewrite
     from headwater.objstore.records import Layout, new_rev
 
     lay = Layout(oid="o1", size=100, k=2, m=1, stripe_bytes=64, nodes=("s1", "s2", None))
     read = ObjectRecord(key="k", size=100, etag='"e"', last_modified=1.0, owner="o", layouts=(lay,),
-                        rev=new_rev()).to_value()
-    tagged = replace(ObjectRecord.from_value(read), tags={"a": "1"}, rev=new_rev()).to_value()
+                        rev=new_rev(), data_rev=new_rev()).to_value()
+    tagged, tag_cond = retagged(read, {"a": "1"})
+    assert tag_cond == _as_read(read) == ("drev", read["drev"])
+    assert tagged["rev"] != read["rev"] and tagged["drev"] == read["drev"]
     (ref,) = layouts_in("obj/b", "k", read)
     repaired, repair_cond = rewrite(ref, replace(lay, nodes=("s1", "s2", "s3")))
-    assert repaired["rev"] != read["rev"]
-    assert _lands(read, repair_cond) and _lands(read, _as_read(read))
+    assert repaired["rev"] != read["rev"] and repaired["drev"] != read["drev"]
+    assert _lands(read, repair_cond) and _lands(read, tag_cond)
     assert not _lands(tagged, repair_cond)       # the repair, after the tags: reads again
-    assert not _lands(repaired, _as_read(read))  # the tags, after the repair: read again
+    assert not _lands(repaired, tag_cond)        # the tags, after the repair: read again
+    assert _lands(tagged, retagged(read, {"b": "2"})[1])  # a second tagging from the same read
+    new_version = replace(ObjectRecord.from_value(read), rev=new_rev(), data_rev=new_rev()).to_value()
+    assert not _lands(new_version, tag_cond)     # a PutObject since the read: read again
+    # records from before ``data_rev`` compare on ``rev``, and get a data_rev when tagged
+    no_drev = {k: v for k, v in read.items() if k != "drev"}
+    tagged2, cond2 = retagged(no_drev, {"a": "1"})
+    assert cond2 == ("rev", read["rev"]) and tagged2["drev"]
+    assert not _lands(tagged, cond2)
     # records from before ``rev``: the layouts stand for the version, mtime for inline bytes
-    old = {k: v for k, v in read.items() if k != "rev"}
+    old = {k: v for k, v in read.items() if k not in ("rev", "drev")}
     assert _as_read(old) == ("layouts", old["layouts"])
     assert not _lands(rewrite(layouts_in("obj/b", "k", old)[0], replace(lay, nodes=("s1", "s2", "s3")))[0],
                       _as_read(old))
