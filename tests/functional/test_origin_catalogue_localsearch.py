@@ -383,7 +383,7 @@ def test_a_pool_taken_past_the_wait_answers_from_the_index(database, tmp_path, n
 
     clock = FakeClock()
     config = CatalogueConfig(backend="postgresql", dsn=database, search_index=tmp_path / "a.sqlite3",
-                             pool_size=1, search_wait_s=0.3, search_retry_s=5.0)
+                             pool_size=1, search_wait_s=1.0, search_retry_s=5.0)
     with open_catalogue(config, clock=clock) as a:
         ids = [_publish(a, f"Saffron Viaduct {n}") for n in range(2)]
         assert a.search_index.wait_ready(60)
@@ -393,10 +393,10 @@ def test_a_pool_taken_past_the_wait_answers_from_the_index(database, tmp_path, n
             t0 = time.monotonic()
             page = a.search(SearchQuery(q="saffron viaduct"))
             waited = time.monotonic() - t0
-            assert page == replace(fresh, stale_s=0.0) and 0.25 < waited < 3
+            assert page == replace(fresh, stale_s=0.0) and 0.95 < waited < 5
             t0 = time.monotonic()
             assert a.search(SearchQuery(q="saffron")).stale_s == 0.0
-            assert time.monotonic() - t0 < 0.25
+            assert time.monotonic() - t0 < 0.8  # not the 1 s wait again (margin for a loaded machine)
         clock.advance(5)
         assert a.search(SearchQuery(q="saffron viaduct")) == fresh
 

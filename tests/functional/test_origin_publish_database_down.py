@@ -32,7 +32,7 @@ from .postgres_server import find_initdb, stop_immediately
 
 CONNECT_TIMEOUT_S = 3
 RETRY_S = 30         # search_retry_seconds: the breaker's interval, longer than the outage's checks
-QUICK_S = 0.5        # a segment answered without waiting for the pool
+QUICK_S = CONNECT_TIMEOUT_S / 2  # a segment answered without waiting for the pool (which takes 3 s)
 OUTAGE_S = 5         # how long segments are asked during the outage (5 publish cache expiries)
 
 SECTIONS = """

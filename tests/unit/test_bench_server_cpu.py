@@ -19,15 +19,21 @@ def test_large_objects_per_gb_small_ones_per_request():
 
 
 def test_a_busy_process_is_counted_under_its_role_and_a_gone_one_is_not():
-    # Burns 0.3 s of CPU, says so, then idles until killed (a daemon between batches).
-    busy = subprocess.Popen([sys.executable, "-c", "import sys, time\nt = time.process_time()\n"
+    # Told to go, burns 0.3 s of CPU, says so, then idles until killed (a daemon between
+    # batches). It waits for the word so that all its burning falls after ServerCpu's baseline,
+    # however the scheduler orders the processes on a loaded machine.
+    busy = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdin.readline()\n"
+                             "t = time.process_time()\n"
                              "while time.process_time() - t < 0.3: pass\nprint(flush=True)\ntime.sleep(60)"],
-                            stdout=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     try:
         with ServerCpu(lambda: {"gateway": [busy.pid], "storage": [gone.pid]}) as cpu:
-            assert busy.stdout is not None and busy.stdout.readline() == b"\n"
+            assert busy.stdin is not None and busy.stdout is not None
+            busy.stdin.write(b"go\n")
+            busy.stdin.flush()
+            assert busy.stdout.readline() == b"\n"
     finally:
         busy.kill()
         busy.wait()
