@@ -33,10 +33,10 @@ that code); a document that is no ACL is MalformedACLError.
 
 from __future__ import annotations
 
-from headwater.http.types import Headers
-
 from dataclasses import dataclass
 from xml.etree import ElementTree as ET
+
+from headwater.http.types import Headers
 
 from . import xmlio
 from .errors import (AccessControlListNotSupported, InvalidArgument, InvalidBucketAclWithObjectOwnership,
