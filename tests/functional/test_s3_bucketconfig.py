@@ -178,6 +178,8 @@ def test_sigv2_reads(cluster, s3, bucket):
     assert error(v2.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
     assert all(v2.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
     assert v2.delete_bucket_cors(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert v2.put_bucket_acl(Bucket=bucket, ACL="private")["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert error(v2.put_bucket_acl, Bucket=bucket, ACL="public-read") == (400, "AccessControlListNotSupported")
     assert error(v2_client(cluster, 1).get_bucket_acl, Bucket=bucket) == (403, "AccessDenied")
 
 
