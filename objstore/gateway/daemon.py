@@ -32,8 +32,10 @@ from ..metadata.client import MetadataClient
 from ..s3 import errors as s3e
 from ..s3 import auth, names
 from ..s3 import acl, encryption, objectlock
+from ..s3 import bucketconfig as s3_bucketconfig
 from ..s3.storageclass import check_storage_class
-from . import buckets, multipart, objects, postobject, tagging
+from . import bucketconfig, buckets, multipart, objects, postobject, tagging
+from . import acl as acl_handlers
 from .bucketcache import BucketCache
 from .context import Call, Store
 
@@ -42,6 +44,39 @@ __all__ = ["Gateway", "run_gateway"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Store, Call], Awaitable[Response]]
+
+
+#: Bucket sub-resources the gateway answers: ``?sub`` -> (S3 operation, handler), by method. A
+#: query naming several is routed by the first in table order.
+BUCKET_GET: dict[str, tuple[str, Handler]] = {
+    "location": ("GetBucketLocation", buckets.get_location),
+    "versioning": ("GetBucketVersioning", buckets.get_versioning),
+    "versions": ("ListObjectVersions", buckets.list_versions),
+    "uploads": ("ListMultipartUploads", multipart.list_uploads),
+    "tagging": ("GetBucketTagging", tagging.get_bucket_tagging),
+    "acl": ("GetBucketAcl", acl_handlers.get_bucket_acl),
+    # Configurations no bucket has (s3/bucketconfig.py): S3's "not configured" answers.
+    **{sub: (name, bucketconfig.getter(sub)) for sub, name in s3_bucketconfig.GET_OPERATIONS.items()},
+}
+BUCKET_PUT: dict[str, tuple[str, Handler]] = {
+    "tagging": ("PutBucketTagging", tagging.put_bucket_tagging),
+    "acl": ("PutBucketAcl", acl_handlers.put_bucket_acl),
+}
+BUCKET_DELETE: dict[str, tuple[str, Handler]] = {
+    "tagging": ("DeleteBucketTagging", tagging.delete_bucket_tagging),
+    **{sub: (name, bucketconfig.delete_config) for sub, name in s3_bucketconfig.DELETE_OPERATIONS.items()},
+}
+#: Sub-resources S3 has and the gateway does not: 501 NotImplemented (PUT of a configuration
+#: above, and these on any method).
+NOT_IMPLEMENTED_BUCKET = ("analytics", "metrics", "inventory", "intelligent-tiering")
+NOT_IMPLEMENTED_OBJECT = ("attributes", "torrent", "retention", "legal-hold")
+
+
+def _sub(table: dict[str, tuple[str, Handler]], q: dict[str, list[str]]) -> tuple[str, Handler] | None:
+    for sub, found in table.items():
+        if sub in q:
+            return found
+    return None
 
 
 def route(method: str, bucket: str | None, key: str | None, query: dict[str, list[str]],
@@ -54,33 +89,28 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
         raise s3e.MethodNotAllowed(f"{method} is not allowed on the service")
     if key is None:
         if method == "GET":
-            for sub, name, h in (("location", "GetBucketLocation", buckets.get_location),
-                                 ("versioning", "GetBucketVersioning", buckets.get_versioning),
-                                 ("versions", "ListObjectVersions", buckets.list_versions),
-                                 ("uploads", "ListMultipartUploads", multipart.list_uploads),
-                                 ("tagging", "GetBucketTagging", tagging.get_bucket_tagging)):
-                if sub in q:
-                    return name, h
-            for sub in ("acl", "policy", "cors", "lifecycle", "website", "encryption",
-                        "replication", "logging", "notification", "object-lock", "ownershipControls",
-                        "publicAccessBlock", "accelerate", "requestPayment", "analytics", "metrics",
-                        "inventory", "intelligent-tiering"):
+            found = _sub(BUCKET_GET, q)
+            if found is not None:
+                return found
+            for sub in NOT_IMPLEMENTED_BUCKET:
                 if sub in q:
                     raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
             if q.get("list-type", [""])[0] == "2":
                 return "ListObjectsV2", buckets.list_objects_v2
             return "ListObjects", buckets.list_objects_v1
         if method == "PUT":
-            if "tagging" in q:
-                return "PutBucketTagging", tagging.put_bucket_tagging
+            found = _sub(BUCKET_PUT, q)
+            if found is not None:
+                return found
             if q:
                 raise s3e.NotImplemented(f"bucket subresource ?{next(iter(q))} is not implemented")
             return "CreateBucket", buckets.create_bucket
         if method == "HEAD":
             return "HeadBucket", buckets.head_bucket
         if method == "DELETE":
-            if "tagging" in q:
-                return "DeleteBucketTagging", tagging.delete_bucket_tagging
+            found = _sub(BUCKET_DELETE, q)
+            if found is not None:
+                return found
             if q:
                 raise s3e.NotImplemented(f"bucket subresource ?{next(iter(q))} is not implemented")
             return "DeleteBucket", buckets.delete_bucket
@@ -95,7 +125,9 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
             return "UploadPart", multipart.upload_part
         if "tagging" in q:
             return "PutObjectTagging", tagging.put_object_tagging
-        for sub in ("acl", "retention", "legal-hold"):
+        if "acl" in q:
+            return "PutObjectAcl", acl_handlers.put_object_acl
+        for sub in NOT_IMPLEMENTED_OBJECT:
             if sub in q:
                 raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
         if "x-amz-copy-source" in headers:
@@ -106,7 +138,9 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, lis
             return "ListParts", multipart.list_parts
         if "tagging" in q:
             return "GetObjectTagging", tagging.get_object_tagging
-        for sub in ("acl", "attributes", "torrent", "retention", "legal-hold"):
+        if "acl" in q:
+            return "GetObjectAcl", acl_handlers.get_object_acl
+        for sub in NOT_IMPLEMENTED_OBJECT:
             if sub in q:
                 raise s3e.NotImplemented(f"the ?{sub} subresource is not implemented")
         return "GetObject", objects.get_object

@@ -27,11 +27,12 @@ __all__ = [
     "InvalidToken", "ExpiredToken", "InvalidEncryptionAlgorithmError", "MaxMessageLengthExceeded",
     "UnexpectedContent", "InvalidTag", "IllegalVersioningConfigurationException",
     "RequestHeaderSectionTooLarge", "InvalidPolicyDocument", "UnresolvableGrantByEmailAddress",
-    "AccessControlListNotSupported", "InvalidBucketAclWithObjectOwnership",
+    "AccessControlListNotSupported", "InvalidBucketAclWithObjectOwnership", "MalformedACLError",
     # 404
     "NoSuchBucket", "NoSuchKey", "NoSuchUpload", "NoSuchVersion", "NoSuchBucketPolicy",
     "NoSuchTagSet", "NoSuchCORSConfiguration", "NoSuchLifecycleConfiguration",
     "ServerSideEncryptionConfigurationNotFoundError", "NoSuchObjectLockConfiguration",
+    "NoSuchWebsiteConfiguration", "ReplicationConfigurationNotFoundError", "ObjectLockConfigurationNotFoundError",
     # others
     "BucketAlreadyExists", "BucketAlreadyOwnedByYou", "BucketNotEmpty", "OperationAborted",
     "ConditionalRequestConflict", "InvalidRange", "InvalidPartNumber", "PreconditionFailed", "NotModified",
@@ -151,6 +152,8 @@ UnresolvableGrantByEmailAddress = _error("UnresolvableGrantByEmailAddress", 400,
 AccessControlListNotSupported = _error("AccessControlListNotSupported", 400, "The bucket does not allow ACLs")
 InvalidBucketAclWithObjectOwnership = _error("InvalidBucketAclWithObjectOwnership", 400,
                                              "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting")
+MalformedACLError = _error("MalformedACLError", 400,
+                           "The XML you provided was not well-formed or did not validate against our published schema.")
 
 NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist")
 NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
@@ -169,6 +172,12 @@ ServerSideEncryptionConfigurationNotFoundError = _error(
     "The server side encryption configuration was not found")
 NoSuchObjectLockConfiguration = _error("NoSuchObjectLockConfiguration", 404,
                                        "Object Lock configuration does not exist for this bucket")
+NoSuchWebsiteConfiguration = _error("NoSuchWebsiteConfiguration", 404,
+                                    "The specified bucket does not have a website configuration")
+ReplicationConfigurationNotFoundError = _error("ReplicationConfigurationNotFoundError", 404,
+                                               "The replication configuration was not found")
+ObjectLockConfigurationNotFoundError = _error("ObjectLockConfigurationNotFoundError", 404,
+                                              "Object Lock configuration does not exist for this bucket")
 
 BucketAlreadyExists = _error("BucketAlreadyExists", 409,
                              "The requested bucket name is not available. The bucket namespace is "

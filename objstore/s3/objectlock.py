@@ -11,8 +11,10 @@ rather than store an object any client can delete while its writer believes it l
   NotImplemented, S3's code for "a header you provided implies functionality that is not
   implemented"; ``false`` is the default and passes.
 
-GetObjectLockConfiguration and PUT/GET ``?retention``/``?legal-hold`` answer NotImplemented (the
-gateway's router).
+GetObjectLockConfiguration answers 404 ObjectLockConfigurationNotFoundError, S3's answer for a
+bucket without Object Lock, which every bucket here is (``bucketconfig``; it answered 501 before,
+an error S3 never gives for that read). PutObjectLockConfiguration and PUT/GET
+``?retention``/``?legal-hold`` answer NotImplemented (the gateway's router).
 """
 
 from __future__ import annotations
