@@ -13,27 +13,21 @@ from headwater.http.types import Response
 from ..records import ObjectRecord, objects_ns
 from ..s3 import acl
 from ..s3 import errors as s3e
-from ..s3 import names
 from .buckets import owned_bucket, xml_response
 from .context import Call, Store
-from .objects import other_version
+from .objects import sub_resource_target
 from .payload import Payload
 
 __all__ = ["get_bucket_acl", "put_bucket_acl", "get_object_acl", "put_object_acl"]
 
 
 async def _object_owner(store: Store, call: Call) -> str:
-    """The owner of the object a ``?acl`` request names, after the bucket's checks. Buckets are
-    unversioned: a versionId other than ``null`` names nothing (as for ``?tagging``)."""
-    await owned_bucket(store, call)
-    assert call.bucket is not None and call.key is not None
-    names.validate_key(call.key)
-    version = other_version(call.q("versionId"))
-    if version is not None:
-        raise s3e.NoSuchVersion(Key=call.key, VersionId=version)
-    entry = await store.meta.get(objects_ns(call.bucket), call.key)
+    """The owner of the object a ``?acl`` request names, after the bucket's checks (as for
+    ``?tagging``: ``objects.sub_resource_target``)."""
+    bucket, key = await sub_resource_target(store, call)
+    entry = await store.meta.get(objects_ns(bucket), key)
     if entry is None:
-        raise s3e.NoSuchKey(Key=call.key)
+        raise s3e.NoSuchKey(Key=key)
     return ObjectRecord.from_value(entry.value).owner
 
 

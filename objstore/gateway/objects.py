@@ -231,6 +231,19 @@ def other_version(version: str | None) -> str | None:
     return version if version not in (None, "null") else None
 
 
+async def sub_resource_target(store: Store, call: Call) -> tuple[str, str]:
+    """The (bucket, key) a sub-resource request on an object (``?tagging``, ``?acl``) names,
+    after the bucket's checks. Buckets are unversioned: a versionId other than ``null`` names
+    nothing (NoSuchVersion)."""
+    await owned_bucket(store, call)
+    assert call.bucket is not None and call.key is not None
+    names.validate_key(call.key)
+    version = other_version(call.q("versionId"))
+    if version is not None:
+        raise s3e.NoSuchVersion(Key=call.key, VersionId=version)
+    return call.bucket, call.key
+
+
 async def _read_target(store: Store, call: Call) -> ObjectRecord:
     """The object a GET or HEAD reads, after the bucket's checks and the request's conditions.
 

@@ -33,10 +33,10 @@ from headwater.http.types import Response
 from ..metadata.errors import ConditionFailed
 from ..records import BUCKET_TAGS_NS, BucketRecord, ObjectRecord, new_rev, objects_ns
 from ..s3 import errors as s3e
-from ..s3 import names, tagging
+from ..s3 import tagging
 from .buckets import owned_bucket, xml_response
 from .context import Call, Store
-from .objects import other_version
+from .objects import sub_resource_target
 from .payload import Payload
 
 __all__ = ["get_object_tagging", "put_object_tagging", "delete_object_tagging",
@@ -47,24 +47,12 @@ __all__ = ["get_object_tagging", "put_object_tagging", "delete_object_tagging",
 ATTEMPTS = 8
 
 
-async def _target(store: Store, call: Call) -> tuple[str, str]:
-    """The (bucket, key) a ``?tagging`` request on an object names, after the bucket's checks.
-    Buckets are unversioned: a versionId other than ``null`` names nothing."""
-    await owned_bucket(store, call)
-    assert call.bucket is not None and call.key is not None
-    names.validate_key(call.key)
-    version = other_version(call.q("versionId"))
-    if version is not None:
-        raise s3e.NoSuchVersion(Key=call.key, VersionId=version)
-    return call.bucket, call.key
-
-
 def _version_header(call: Call) -> list[tuple[str, str]]:
     return [("x-amz-version-id", "null")] if call.q("versionId") is not None else []
 
 
 async def get_object_tagging(store: Store, call: Call) -> Response:
-    bucket, key = await _target(store, call)
+    bucket, key = await sub_resource_target(store, call)
     entry = await store.meta.get(objects_ns(bucket), key)
     if entry is None:
         raise s3e.NoSuchKey(Key=key)
@@ -126,7 +114,7 @@ def _as_read(value: dict[str, Any]) -> tuple[str, Any]:
 
 
 async def put_object_tagging(store: Store, call: Call) -> Response:
-    bucket, key = await _target(store, call)
+    bucket, key = await sub_resource_target(store, call)
     tags = await Payload(call, max_bytes=tagging.MAX_DOCUMENT_BYTES).read_document(
         lambda body: tagging.parse_document(body, max_tags=tagging.MAX_OBJECT_TAGS))
     await _retag(store, bucket, key, tags)
@@ -134,7 +122,7 @@ async def put_object_tagging(store: Store, call: Call) -> Response:
 
 
 async def delete_object_tagging(store: Store, call: Call) -> Response:
-    bucket, key = await _target(store, call)
+    bucket, key = await sub_resource_target(store, call)
     await _retag(store, bucket, key, {})
     return Response(status=204, headers=_version_header(call))
 

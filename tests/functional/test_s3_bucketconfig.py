@@ -162,14 +162,7 @@ def test_configuration_writes_stay_not_implemented(s3, bucket):
 
 def v2_client(cluster, user: int = 0):
     """boto3 signing SigV2 (``signature_version="s3"``)."""
-    import boto3
-    from botocore.config import Config
-
-    u = cluster.user(user)
-    return boto3.client("s3", endpoint_url=cluster.endpoint, region_name=cluster.region,
-                        aws_access_key_id=u.access_key, aws_secret_access_key=u.secret_key,
-                        config=Config(signature_version="s3", s3={"addressing_style": "path"},
-                                      retries={"total_max_attempts": 1, "mode": "standard"}))
+    return cluster.s3_client(user, signature_version="s3")
 
 
 def test_sigv2_reads(cluster, s3, bucket):
