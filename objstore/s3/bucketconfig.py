@@ -43,6 +43,9 @@ def _document(root: str, content: str = "") -> bytes:
 #: Sub-resource -> (GET operation, the answer: the S3 error for "none" or the document).
 _ANSWERS: dict[str, tuple[str, type[S3Error] | bytes]] = {
     "policy": ("GetBucketPolicy", NoSuchBucketPolicy),
+    # Whether the policy makes the bucket public: with no policy, S3 answers NoSuchBucketPolicy
+    # (security scanners such as CloudQuery read it for every bucket).
+    "policyStatus": ("GetBucketPolicyStatus", NoSuchBucketPolicy),
     "cors": ("GetBucketCors", NoSuchCORSConfiguration),
     "lifecycle": ("GetBucketLifecycleConfiguration", NoSuchLifecycleConfiguration),
     "website": ("GetBucketWebsite", NoSuchWebsiteConfiguration),

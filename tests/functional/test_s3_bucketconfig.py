@@ -101,6 +101,7 @@ def test_aws_cli_get_bucket_acl_and_policy(cluster, s3, bucket):
 
 NOT_CONFIGURED = [
     ("get_bucket_policy", "NoSuchBucketPolicy"),
+    ("get_bucket_policy_status", "NoSuchBucketPolicy"),
     ("get_bucket_cors", "NoSuchCORSConfiguration"),
     ("get_bucket_lifecycle_configuration", "NoSuchLifecycleConfiguration"),
     ("get_bucket_website", "NoSuchWebsiteConfiguration"),

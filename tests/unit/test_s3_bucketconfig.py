@@ -100,7 +100,7 @@ def test_malformed_documents_are_malformed_acl_error(body):
 
 
 @pytest.mark.parametrize("sub,code", [
-    ("policy", "NoSuchBucketPolicy"), ("cors", "NoSuchCORSConfiguration"),
+    ("policy", "NoSuchBucketPolicy"), ("policyStatus", "NoSuchBucketPolicy"), ("cors", "NoSuchCORSConfiguration"),
     ("lifecycle", "NoSuchLifecycleConfiguration"), ("website", "NoSuchWebsiteConfiguration"),
     ("encryption", "ServerSideEncryptionConfigurationNotFoundError"),
     ("replication", "ReplicationConfigurationNotFoundError"),
