@@ -54,6 +54,11 @@ _OBJECT_WRITES = frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"})
 GRANT_PREFIX = "x-amz-grant-"
 
 
+def _grant_headers(headers: Headers) -> bool:
+    """Whether the request names grantees in ``x-amz-grant-*`` headers."""
+    return any(name.lower().startswith(GRANT_PREFIX) for name, _ in headers)
+
+
 def _refusal(headers: Headers, owner_only: frozenset[str], refused: type[S3Error]) -> S3Error | None:
     canned = headers.get("x-amz-acl")
     if canned is not None:
@@ -62,7 +67,7 @@ def _refusal(headers: Headers, owner_only: frozenset[str], refused: type[S3Error
             return InvalidArgument(None, ArgumentName="x-amz-acl", ArgumentValue=canned)
         if canned not in owner_only:
             return refused()
-    if any(name.lower().startswith(GRANT_PREFIX) for name, _ in headers):
+    if _grant_headers(headers):
         return refused()
     return None
 
@@ -188,9 +193,7 @@ def check_put_acl(headers: Headers, body: bytes, *, owner_id: str) -> None:
 
     The ACL comes from the headers (a canned ``x-amz-acl`` or ``x-amz-grant-*``) or from the
     body, not both (S3: UnexpectedContent)."""
-    by_header = headers.get("x-amz-acl") is not None or any(
-        name.lower().startswith(GRANT_PREFIX) for name, _ in headers)
-    if by_header:
+    if headers.get("x-amz-acl") is not None or _grant_headers(headers):
         if body.strip():
             raise UnexpectedContent("This request does not support content when an ACL is given in headers")
         err = _refusal(headers, _OWNER_ONLY_OBJECT, AccessControlListNotSupported)

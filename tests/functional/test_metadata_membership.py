@@ -21,6 +21,19 @@ from .test_metadata import meta_cluster
 pytestmark = pytest.mark.anyio
 
 
+async def add_meta_3(mc, tmp_path) -> None:
+    """Start a fourth node, meta-3, which joins the running ring (it holds nothing until a
+    rebalance moves groups to it), and wait until it has the ring's record from a founder: under
+    load that can take longer than any fixed pause, so it is waited for (bounded)."""
+    extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
+                               data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
+    mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
+    await mc.start(3)
+    with anyio.fail_after(10):
+        while not mc.node(3).ring_record:
+            await anyio.sleep(0.05)
+
+
 @pytest.mark.heavy
 async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_write(tmp_path):
     async with meta_cluster(tmp_path) as mc, mc.client("w1") as meta:
@@ -45,16 +58,7 @@ async def test_adding_a_node_then_draining_one_moves_groups_without_losing_a_wri
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer)
-            # Add meta-3: it joins the existing ring, holds nothing until rebalance moves groups.
-            extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
-                                       data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
-            mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
-            await mc.start(3)
-            # The joining node fetches the ring's record from a founder; under load that can
-            # take longer than any fixed pause, so wait for it (bounded).
-            with anyio.fail_after(10):
-                while not mc.node(3).ring_record:
-                    await anyio.sleep(0.05)
+            await add_meta_3(mc, tmp_path)
             assert mc.node(3).groups == {}  # joined, not founding: no group until a leader adds it
             assert mc.node(3).ring_record["founders"] == ["meta-0", "meta-1", "meta-2"]
             before = progress["ok"]
@@ -132,13 +136,7 @@ async def test_a_group_whose_leader_steps_down_as_its_move_ends_is_reported_in_p
     survey taken between two leaders, which would call a moved group unmoved."""
     async with meta_cluster(tmp_path) as mc, mc.client("w1") as meta:
         await meta.put("obj/b", "k", {"n": 1})
-        extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
-                                   data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
-        mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
-        await mc.start(3)
-        with anyio.fail_after(10):
-            while not mc.node(3).ring_record:
-                await anyio.sleep(0.05)
+        await add_meta_3(mc, tmp_path)
         stepped_down: list[str] = []
 
         def report(line: str) -> None:
@@ -215,10 +213,7 @@ async def test_leaders_do_not_hand_groups_to_a_node_being_drained(tmp_path):
     The rebalance first tells every node the new placement's preferred leaders, which never
     name a draining node, and the hand-over to meta-0 does not happen."""
     async with meta_cluster(tmp_path) as mc:
-        extra = MetadataNodeConfig(id="meta-3", port=free_ports(1)[0], admin_port=1,
-                                   data_dir=tmp_path / "meta-3", map_size_bytes=64 << 20)
-        mc.cfg = mc.cfg.replace(metadata=(*mc.cfg.metadata, extra))
-        await mc.start(3)
+        await add_meta_3(mc, tmp_path)
         mc.cfg = mc.cfg.replace(metadata=tuple(
             dataclasses.replace(m, drain=True) if m.id == "meta-0" else m for m in mc.cfg.metadata))
         old = PartitionMap(partitions=mc.cfg.objstore.partitions, groups=mc.cfg.objstore.metadata_groups,
